@@ -1,0 +1,100 @@
+/**
+ * The server's storage and protocol state: generations, their bases and frames, and baton sessions.
+ * The HTTP routes (`SyncServer`) and the client's in-process remote (`SyncRemote.layerStore`) both talk
+ * to this service, so every storage layer is tested through one conformance suite.
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import type * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
+import type * as WalFrame from "./WalFrame.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface DatabaseInfo {
+  readonly generation: number
+  readonly maxFrameNo: number
+}
+
+/**
+ * Result of a push (`POST /sync/...`): `Ok` with the frame number the server now holds (`end - 1` when
+ * every frame was taken or was already there), or `Conflict` when a frame at or below the head differs
+ * or the generation is old. `baton` names the session a transaction that is not yet committed continues in.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type PushResult =
+  | { readonly _tag: "Ok"; readonly generation: number; readonly maxFrameNo: number; readonly baton?: string | undefined }
+  | { readonly _tag: "Conflict"; readonly generation: number; readonly maxFrameNo: number }
+
+/**
+ * Result of a pull (`GET /sync/...`): whole committed frames contiguous from `start`, or
+ * `CheckpointNeeded` when generation G has nothing at or after `start`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type PullResult =
+  | { readonly _tag: "Frames"; readonly frames: ReadonlyArray<WalFrame.Frame> }
+  | { readonly _tag: "CheckpointNeeded"; readonly generation: number; readonly maxFrameNo: number }
+
+/**
+ * Why a request was refused. Every reason maps to one HTTP status in `SyncServer`:
+ * BadRequest/BadFrames/Malformed/UnknownBaton/TooLarge → 400 (413 for TooLarge), GenerationNotFound → 404,
+ * GenerationGone → 410, Busy → 503, Storage → 500.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
+  reason: Schema.Literal(
+    "BadRequest",
+    "BadFrames",
+    "Malformed",
+    "UnknownBaton",
+    "TooLarge",
+    "GenerationNotFound",
+    "GenerationGone",
+    "Busy",
+    "Storage"
+  ),
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /** Creates the database (empty, generation 1) on first use. */
+  readonly info: (database: string) => Effect.Effect<DatabaseInfo, StoreError>
+  /** The base file of a generation (without its frames). */
+  readonly exportGeneration: (database: string, generation: number) => Effect.Effect<Uint8Array, StoreError>
+  /** Committed frames `start..end-1` (fewer is fine), or CheckpointNeeded. */
+  readonly pull: (
+    database: string,
+    generation: number,
+    start: number,
+    end: number
+  ) => Effect.Effect<PullResult, StoreError>
+  /** Frames `start..end-1`; `frames.length` must equal `end - start`. Durable before it answers Ok. */
+  readonly push: (
+    database: string,
+    generation: number,
+    start: number,
+    end: number,
+    frames: ReadonlyArray<WalFrame.Frame>,
+    baton?: string | undefined
+  ) => Effect.Effect<PushResult, StoreError>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class ServerStore extends Context.Tag("effect-sqlite-sync/ServerStore")<ServerStore, Service>() {}

@@ -1,0 +1,427 @@
+/**
+ * The WAL codec shared by the server and the client: SQLite WAL files (parse, validate, encode, append),
+ * the protocol's wire frames (24-byte header + one page) and materialising frames onto a base file.
+ *
+ * Everything here is pure: bytes in, bytes or values out. See sqlite.org/walformat.html.
+ *
+ * @since 0.1.0
+ */
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
+
+/**
+ * The only page size the protocol speaks.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const PAGE_SIZE = 4096
+
+/**
+ * @since 0.1.0
+ * @category constants
+ */
+export const FRAME_HEADER_SIZE = 24
+
+/**
+ * Bytes of one frame on the wire and in a WAL file.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const FRAME_SIZE = FRAME_HEADER_SIZE + PAGE_SIZE
+
+/**
+ * @since 0.1.0
+ * @category constants
+ */
+export const WAL_HEADER_SIZE = 32
+
+/**
+ * Magic with checksums over little-endian words (what SQLite writes on x86 and ARM).
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const MAGIC_LE = 0x377f0682
+
+/**
+ * Magic with checksums over big-endian words.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const MAGIC_BE = 0x377f0683
+
+/**
+ * @since 0.1.0
+ * @category constants
+ */
+export const FORMAT_VERSION = 3007000
+
+/**
+ * One frame: the page that replaces page `pgno`. `commitSize` is the database size in pages after the
+ * transaction, non-zero only on the last frame of a transaction.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Frame {
+  readonly pgno: number
+  readonly commitSize: number
+  readonly page: Uint8Array
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface WalHeader {
+  readonly bigEndian: boolean
+  readonly pageSize: number
+  readonly checkpointSeq: number
+  readonly salt1: number
+  readonly salt2: number
+}
+
+/**
+ * A parsed WAL: its header, its committed frames in order (frame number = index + 1) and the running
+ * checksum after the last of them, which is where an append continues.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Wal {
+  readonly header: WalHeader
+  readonly frames: ReadonlyArray<Frame>
+  readonly checksum: readonly [number, number]
+}
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export class WalFrameError extends Schema.TaggedError<WalFrameError>()("WalFrameError", {
+  reason: Schema.Literal("BodySize", "PageNumber", "CommitSize", "PageSize", "Empty"),
+  message: Schema.String
+}) {}
+
+/**
+ * Size of a WAL file that holds exactly `frames` frames.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const walSize = (frames: number): number => WAL_HEADER_SIZE + frames * FRAME_SIZE
+
+// The running checksum of the WAL format: two u32 accumulators over pairs of u32 words.
+const checksumInto = (
+  view: DataView,
+  offset: number,
+  length: number,
+  littleEndian: boolean,
+  s0In: number,
+  s1In: number
+): [number, number] => {
+  let s0 = s0In
+  let s1 = s1In
+  const end = offset + length
+  for (let i = offset; i < end; i += 8) {
+    s0 = (s0 + view.getUint32(i, littleEndian) + s1) >>> 0
+    s1 = (s1 + view.getUint32(i + 4, littleEndian) + s0) >>> 0
+  }
+  return [s0, s1]
+}
+
+const viewOf = (bytes: Uint8Array) => new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+
+/**
+ * An empty WAL with the given salts; the checksum starts from its header.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (options?: {
+  readonly salt1?: number | undefined
+  readonly salt2?: number | undefined
+  readonly checkpointSeq?: number | undefined
+  readonly bigEndian?: boolean | undefined
+}): Wal => {
+  const header: WalHeader = {
+    bigEndian: options?.bigEndian ?? false,
+    pageSize: PAGE_SIZE,
+    checkpointSeq: (options?.checkpointSeq ?? 0) >>> 0,
+    salt1: (options?.salt1 ?? 0x5a11ed01) >>> 0,
+    salt2: (options?.salt2 ?? 0x00c0ffee) >>> 0
+  }
+  const bytes = encodeHeaderBytes(header)
+  return { header, frames: [], checksum: headerChecksum(bytes, header.bigEndian) }
+}
+
+const headerChecksum = (headerBytes: Uint8Array, bigEndian: boolean) =>
+  checksumInto(viewOf(headerBytes), 0, 24, !bigEndian, 0, 0)
+
+const encodeHeaderBytes = (header: WalHeader): Uint8Array => {
+  const out = new Uint8Array(WAL_HEADER_SIZE)
+  const view = viewOf(out)
+  view.setUint32(0, header.bigEndian ? MAGIC_BE : MAGIC_LE)
+  view.setUint32(4, FORMAT_VERSION)
+  view.setUint32(8, header.pageSize)
+  view.setUint32(12, header.checkpointSeq)
+  view.setUint32(16, header.salt1)
+  view.setUint32(20, header.salt2)
+  const [c1, c2] = checksumInto(view, 0, 24, !header.bigEndian, 0, 0)
+  view.setUint32(24, c1)
+  view.setUint32(28, c2)
+  return out
+}
+
+/**
+ * The 32 bytes of a WAL header, checksum included.
+ *
+ * @since 0.1.0
+ * @category encoding
+ */
+export const encodeHeader = (wal: Wal): Uint8Array => encodeHeaderBytes(wal.header)
+
+/**
+ * Parses a WAL file the way SQLite's recovery does: a header with a valid magic, version, page size and
+ * checksum, then frames while their salts and cumulative checksums are valid; only frames up to the last
+ * commit frame are kept. `None` when the header itself is absent or invalid (SQLite ignores such a WAL).
+ *
+ * @since 0.1.0
+ * @category decoding
+ */
+export const parse = (bytes: Uint8Array): Option.Option<Wal> => {
+  if (bytes.byteLength < WAL_HEADER_SIZE) return Option.none()
+  const view = viewOf(bytes)
+  const magic = view.getUint32(0)
+  if (magic !== MAGIC_LE && magic !== MAGIC_BE) return Option.none()
+  const bigEndian = magic === MAGIC_BE
+  const littleEndian = !bigEndian
+  if (view.getUint32(4) !== FORMAT_VERSION) return Option.none()
+  const pageSize = view.getUint32(8)
+  if (pageSize !== PAGE_SIZE) return Option.none()
+  let [s0, s1] = checksumInto(view, 0, 24, littleEndian, 0, 0)
+  if (s0 !== view.getUint32(24) || s1 !== view.getUint32(28)) return Option.none()
+  const header: WalHeader = {
+    bigEndian,
+    pageSize,
+    checkpointSeq: view.getUint32(12),
+    salt1: view.getUint32(16),
+    salt2: view.getUint32(20)
+  }
+  const frames: Array<Frame> = []
+  let committed = 0
+  let committedChecksum: [number, number] = [s0, s1]
+  for (let offset = WAL_HEADER_SIZE; offset + FRAME_SIZE <= bytes.byteLength; offset += FRAME_SIZE) {
+    const pgno = view.getUint32(offset)
+    const commitSize = view.getUint32(offset + 4)
+    if (pgno === 0) break
+    if (view.getUint32(offset + 8) !== header.salt1 || view.getUint32(offset + 12) !== header.salt2) break
+    ;[s0, s1] = checksumInto(view, offset, 8, littleEndian, s0, s1)
+    ;[s0, s1] = checksumInto(view, offset + FRAME_HEADER_SIZE, PAGE_SIZE, littleEndian, s0, s1)
+    if (s0 !== view.getUint32(offset + 16) || s1 !== view.getUint32(offset + 20)) break
+    frames.push({
+      pgno,
+      commitSize,
+      page: bytes.subarray(offset + FRAME_HEADER_SIZE, offset + FRAME_SIZE)
+    })
+    if (commitSize !== 0) {
+      committed = frames.length
+      committedChecksum = [s0, s1]
+    }
+  }
+  frames.length = committed
+  return Option.some({ header, frames, checksum: committedChecksum })
+}
+
+/**
+ * Appends frames to a WAL. Returns the new WAL and the bytes to write after the existing file's
+ * `walSize(wal.frames.length)` bytes (salts and cumulative checksums computed for this WAL).
+ *
+ * @since 0.1.0
+ * @category encoding
+ */
+export const append = (
+  wal: Wal,
+  frames: ReadonlyArray<Frame>
+): { readonly wal: Wal; readonly bytes: Uint8Array } => {
+  const out = new Uint8Array(frames.length * FRAME_SIZE)
+  const view = viewOf(out)
+  const littleEndian = !wal.header.bigEndian
+  let [s0, s1] = wal.checksum
+  const appended: Array<Frame> = []
+  for (let i = 0; i < frames.length; i++) {
+    const frame = frames[i]
+    if (frame.page.byteLength !== PAGE_SIZE) throw new Error(`WalFrame.append: page of ${frame.page.byteLength} bytes`)
+    const offset = i * FRAME_SIZE
+    view.setUint32(offset, frame.pgno)
+    view.setUint32(offset + 4, frame.commitSize)
+    view.setUint32(offset + 8, wal.header.salt1)
+    view.setUint32(offset + 12, wal.header.salt2)
+    out.set(frame.page, offset + FRAME_HEADER_SIZE)
+    ;[s0, s1] = checksumInto(view, offset, 8, littleEndian, s0, s1)
+    ;[s0, s1] = checksumInto(view, offset + FRAME_HEADER_SIZE, PAGE_SIZE, littleEndian, s0, s1)
+    view.setUint32(offset + 16, s0)
+    view.setUint32(offset + 20, s1)
+    appended.push({
+      pgno: frame.pgno,
+      commitSize: frame.commitSize,
+      page: out.subarray(offset + FRAME_HEADER_SIZE, offset + FRAME_SIZE)
+    })
+  }
+  return {
+    wal: { header: wal.header, frames: wal.frames.concat(appended), checksum: [s0, s1] },
+    bytes: out
+  }
+}
+
+/**
+ * A whole WAL file: header then every frame.
+ *
+ * @since 0.1.0
+ * @category encoding
+ */
+export const encode = (wal: Wal): Uint8Array => {
+  const rebuilt = append(make(wal.header), wal.frames)
+  const out = new Uint8Array(walSize(wal.frames.length))
+  out.set(encodeHeaderBytes(wal.header), 0)
+  out.set(rebuilt.bytes, WAL_HEADER_SIZE)
+  return out
+}
+
+/**
+ * Frames in wire form: for each, a 24-byte header (pgno, commit size, then salts and checksums that a
+ * receiver ignores, sent as zero) followed by the page.
+ *
+ * @since 0.1.0
+ * @category encoding
+ */
+export const encodeWire = (frames: ReadonlyArray<Frame>): Uint8Array => {
+  const out = new Uint8Array(frames.length * FRAME_SIZE)
+  const view = viewOf(out)
+  for (let i = 0; i < frames.length; i++) {
+    const offset = i * FRAME_SIZE
+    view.setUint32(offset, frames[i].pgno)
+    view.setUint32(offset + 4, frames[i].commitSize)
+    out.set(frames[i].page, offset + FRAME_HEADER_SIZE)
+  }
+  return out
+}
+
+/**
+ * Decodes wire frames. Only `pgno`, the commit size and the page are read; the pages are views into
+ * `bytes`. Fails on a body that is not whole frames or on page number 0.
+ *
+ * @since 0.1.0
+ * @category decoding
+ */
+export const decodeWire = (bytes: Uint8Array): Either.Either<ReadonlyArray<Frame>, WalFrameError> => {
+  if (bytes.byteLength % FRAME_SIZE !== 0) {
+    return Either.left(
+      new WalFrameError({
+        reason: "BodySize",
+        message: `body of ${bytes.byteLength} bytes is not a whole number of ${FRAME_SIZE}-byte frames`
+      })
+    )
+  }
+  const view = viewOf(bytes)
+  const frames: Array<Frame> = []
+  for (let offset = 0; offset < bytes.byteLength; offset += FRAME_SIZE) {
+    const pgno = view.getUint32(offset)
+    if (pgno === 0) {
+      return Either.left(
+        new WalFrameError({ reason: "PageNumber", message: `frame ${frames.length} writes page number 0` })
+      )
+    }
+    frames.push({
+      pgno,
+      commitSize: view.getUint32(offset + 4),
+      page: bytes.subarray(offset + FRAME_HEADER_SIZE, offset + FRAME_SIZE)
+    })
+  }
+  return Either.right(frames)
+}
+
+/**
+ * Checks that frames can form transactions of a database: every commit frame's size covers every page
+ * its transaction writes. Frames after the last commit frame are an unfinished transaction and are
+ * checked when their commit frame arrives (pass `pending` from earlier requests).
+ *
+ * @since 0.1.0
+ * @category validation
+ */
+export const validateTransactions = (
+  frames: ReadonlyArray<Frame>,
+  pending: ReadonlyArray<Frame> = []
+): Either.Either<void, WalFrameError> => {
+  let maxPgno = 0
+  for (const frame of pending) maxPgno = Math.max(maxPgno, frame.pgno)
+  for (let i = 0; i < frames.length; i++) {
+    const frame = frames[i]
+    if (frame.pgno === 0) {
+      return Either.left(new WalFrameError({ reason: "PageNumber", message: `frame ${i} writes page number 0` }))
+    }
+    if (frame.page.byteLength !== PAGE_SIZE) {
+      return Either.left(new WalFrameError({ reason: "PageSize", message: `frame ${i} has a page of ${frame.page.byteLength} bytes` }))
+    }
+    maxPgno = Math.max(maxPgno, frame.pgno)
+    if (frame.commitSize !== 0) {
+      if (frame.commitSize < maxPgno) {
+        return Either.left(
+          new WalFrameError({
+            reason: "CommitSize",
+            message: `frame ${i} commits a database of ${frame.commitSize} pages but its transaction writes page ${maxPgno}`
+          })
+        )
+      }
+      maxPgno = 0
+    }
+  }
+  return Either.right(undefined)
+}
+
+/**
+ * The number of frames up to and including the last commit frame.
+ *
+ * @since 0.1.0
+ * @category getters
+ */
+export const committedLength = (frames: ReadonlyArray<Frame>): number => {
+  for (let i = frames.length - 1; i >= 0; i--) {
+    if (frames[i].commitSize !== 0) return i + 1
+  }
+  return 0
+}
+
+/**
+ * Whether two frames are the same frame (page number, commit size and page bytes).
+ *
+ * @since 0.1.0
+ * @category getters
+ */
+export const equals = (a: Frame, b: Frame): boolean =>
+  a.pgno === b.pgno && a.commitSize === b.commitSize && Buffer.compare(a.page, b.page) === 0
+
+/**
+ * Applies frames to a base database file, as a TRUNCATE checkpoint does: the newest copy of each page
+ * wins and the file is cut (or zero-extended) to the last commit frame's size. Frames after the last
+ * commit frame are ignored. With no commit frame the base is returned unchanged.
+ *
+ * @since 0.1.0
+ * @category materialize
+ */
+export const applyFrames = (base: Uint8Array, frames: ReadonlyArray<Frame>): Uint8Array => {
+  const committed = committedLength(frames)
+  if (committed === 0) return base
+  const pages = frames[committed - 1].commitSize
+  const out = new Uint8Array(pages * PAGE_SIZE)
+  out.set(base.byteLength > out.byteLength ? base.subarray(0, out.byteLength) : base, 0)
+  for (let i = 0; i < committed; i++) {
+    const frame = frames[i]
+    if (frame.pgno <= pages) out.set(frame.page, (frame.pgno - 1) * PAGE_SIZE)
+  }
+  return out
+}
