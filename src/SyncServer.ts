@@ -1,0 +1,351 @@
+/**
+ * The HTTP server of the WAL-frame sync protocol: the routes of docs/protocol.md over a `ServerStore`,
+ * with bearer-token auth, body limits, hostile-input checks and one structured log line per request.
+ *
+ * A database lives at `http://HOST:PORT/db/NAME`; the libSQL client (offline writes) and this project's
+ * own client use that URL as their sync URL.
+ *
+ * @since 0.1.0
+ */
+import * as HttpRouter from "@effect/platform/HttpRouter"
+import * as HttpServer from "@effect/platform/HttpServer"
+import type * as HttpServerError from "@effect/platform/HttpServerError"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import * as Http from "node:http"
+import * as internal from "./internal/syncServer.js"
+import { ServerStore, type StoreError } from "./ServerStore.js"
+import * as SyncProtocol from "./SyncProtocol.js"
+import * as WalFrame from "./WalFrame.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** When set, every request needs `Authorization: Bearer <token>`; others get 401. */
+  readonly authToken?: Redacted.Redacted<string> | undefined
+  /** Largest push body accepted, in bytes (default: `MAX_FRAMES_PER_REQUEST` frames). */
+  readonly maxBodyBytes?: number | undefined
+}
+
+/**
+ * The default push body limit: `MAX_FRAMES_PER_REQUEST` whole frames.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const DEFAULT_MAX_BODY_BYTES = SyncProtocol.MAX_FRAMES_PER_REQUEST * WalFrame.FRAME_SIZE
+
+// What the per-request log line reports; handlers fill it in as they learn it.
+class RequestLog extends Context.Tag("effect-sqlite-sync/SyncServer/RequestLog")<RequestLog, {
+  database: string | undefined
+  route: string
+  frames: number
+  bytes: number
+  error: string | undefined
+  detail: string | undefined
+}>() {}
+
+const fail = (failure: internal.HttpFailure) => Effect.fail(failure)
+
+const fromEither = <A>(either: Either.Either<A, internal.HttpFailure>) => Either.isRight(either) ? Effect.succeed(either.right) : fail(either.left)
+
+const failureResponse = (failure: internal.HttpFailure) =>
+  HttpServerResponse.unsafeJson({ error: failure.code, message: failure.message }, {
+    status: failure.status,
+    headers: failure.headers
+  })
+
+const json = (body: unknown, status = 200) => HttpServerResponse.unsafeJson(body, { status })
+
+const describe = (route: string) =>
+  Effect.flatMap(RequestLog, (log) =>
+    Effect.sync(() => {
+      log.route = route
+    }))
+
+const databaseParam = Effect.gen(function*() {
+  const params = yield* HttpRouter.params
+  const database = yield* fromEither(internal.parseDatabaseName(params.name))
+  const log = yield* RequestLog
+  log.database = database
+  return { params, database }
+})
+
+// Maps a store refusal to its HTTP failure and keeps the store's own words for the log when hiding them.
+const storeFailure = (storageStatus: 500 | 503) => (error: StoreError) =>
+  Effect.flatMap(RequestLog, (log) => {
+    const failure = internal.fromStoreError(error, storageStatus)
+    if (error.reason === "Storage") {
+      log.detail = error.message
+      return fail(new internal.HttpFailure({ ...failure, message: "the server could not read or write its storage" }))
+    }
+    return fail(failure)
+  })
+
+/**
+ * The sync protocol as an `HttpApp` over the `ServerStore` in context. It never fails: every refusal
+ * is a JSON response, and every request logs exactly one line (annotations `database`, `method`,
+ * `route`, `status`, `frames`, `bytes`, `ms`, and `error` when refused).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (options: Options = {}): Effect.Effect<
+  Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest>,
+  never,
+  ServerStore
+> =>
+  Effect.gen(function*() {
+    const store = yield* ServerStore
+    const expected = options.authToken === undefined ? undefined : internal.digest(Redacted.value(options.authToken))
+    const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES
+    const maxPushFrames = Math.floor(maxBodyBytes / WalFrame.FRAME_SIZE)
+
+    const info = Effect.gen(function*() {
+      yield* describe("GET /info")
+      const { database } = yield* databaseParam
+      const result = yield* store.info(database).pipe(Effect.catchAll(storeFailure(500)))
+      return json({ current_generation: result.generation })
+    })
+
+    const exportGeneration = Effect.gen(function*() {
+      yield* describe("GET /export/{G}")
+      const { database, params } = yield* databaseParam
+      const generation = yield* fromEither(internal.parsePathNumber(params.generation, "generation"))
+      const bytes = yield* store.exportGeneration(database, generation).pipe(Effect.catchAll(storeFailure(500)))
+      const log = yield* RequestLog
+      log.bytes = bytes.byteLength
+      return HttpServerResponse.uint8Array(bytes, { contentType: "application/octet-stream" })
+    })
+
+    const range = (params: Readonly<Record<string, string | undefined>>) =>
+      Effect.gen(function*() {
+        const generation = yield* fromEither(internal.parsePathNumber(params.generation, "generation"))
+        const start = yield* fromEither(internal.parsePathNumber(params.start, "start"))
+        const end = yield* fromEither(internal.parsePathNumber(params.end, "end"))
+        if (end <= start) {
+          return yield* fail(
+            new internal.HttpFailure({ status: 400, code: "bad_range", message: "end must be greater than start" })
+          )
+        }
+        return { generation, start, end }
+      })
+
+    const pull = Effect.gen(function*() {
+      yield* describe("GET /sync/{G}/{start}/{end}")
+      const { database, params } = yield* databaseParam
+      const { end, generation, start } = yield* range(params)
+      const capped = Math.min(end, start + SyncProtocol.MAX_FRAMES_PER_REQUEST)
+      // 503, never 500, on this route: the libSQL client reads a 500 here as "checkpoint needed".
+      const result = yield* store.pull(database, generation, start, capped).pipe(Effect.catchAll(storeFailure(503)))
+      if (result._tag === "CheckpointNeeded") {
+        return json({ status: "checkpoint_needed", generation: result.generation, max_frame_no: result.maxFrameNo }, 400)
+      }
+      if (result.frames.length === 0) {
+        // An empty 200 is an error to clients; the store promised CheckpointNeeded instead.
+        return yield* Effect.dieMessage("ServerStore.pull returned no frames")
+      }
+      const body = WalFrame.encodeWire(result.frames)
+      const log = yield* RequestLog
+      log.frames = result.frames.length
+      log.bytes = body.byteLength
+      return HttpServerResponse.uint8Array(body, { contentType: "application/octet-stream" })
+    })
+
+    const push = (route: string) =>
+      Effect.gen(function*() {
+        yield* describe(route)
+        const { database, params } = yield* databaseParam
+        const { end, generation, start } = yield* range(params)
+        const baton = yield* fromEither(internal.parseBaton(params.baton))
+        const count = end - start
+        if (count > maxPushFrames) {
+          return yield* fail(internal.tooLarge(`a push carries at most ${maxPushFrames} frames, not ${count}`))
+        }
+        const expectedBytes = count * WalFrame.FRAME_SIZE
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const declared = request.headers["content-length"]
+        if (declared !== undefined && /^[0-9]{1,15}$/.test(declared) && Number(declared) <= maxBodyBytes) {
+          if (Number(declared) !== expectedBytes) {
+            return yield* fail(
+              new internal.HttpFailure({
+                status: 400,
+                code: "bad_frames",
+                message: `frames ${start}..${end - 1} take ${expectedBytes} bytes, the body declares ${declared}`
+              })
+            )
+          }
+        }
+        const body = yield* internal.readBody(request, maxBodyBytes, 2 * maxBodyBytes)
+        const log = yield* RequestLog
+        log.bytes = body.byteLength
+        if (body.byteLength !== expectedBytes) {
+          return yield* fail(
+            new internal.HttpFailure({
+              status: 400,
+              code: "bad_frames",
+              message: `frames ${start}..${end - 1} take ${expectedBytes} bytes, the body has ${body.byteLength}`
+            })
+          )
+        }
+        const frames = yield* WalFrame.decodeWire(body).pipe(
+          Effect.mapError((error) => new internal.HttpFailure({ status: 400, code: "bad_frames", message: error.message }))
+        )
+        // Sound without the baton's earlier frames: they can only add pages a commit size must cover.
+        yield* WalFrame.validateTransactions(frames).pipe(
+          Effect.mapError((error) => new internal.HttpFailure({ status: 400, code: "bad_frames", message: error.message }))
+        )
+        log.frames = frames.length
+        // A push that reached the store finishes even if the client goes away: its answer may be lost,
+        // which the protocol allows (re-push is idempotent), but a half-applied push is not.
+        const result = yield* store.push(database, generation, start, end, frames, baton).pipe(
+          Effect.catchAll(storeFailure(500)),
+          Effect.uninterruptible
+        )
+        if (result._tag === "Conflict") {
+          return json({ status: "conflict", generation: result.generation, max_frame_no: result.maxFrameNo })
+        }
+        return json(
+          result.baton === undefined
+            ? { status: "ok", generation: result.generation, max_frame_no: result.maxFrameNo }
+            : { status: "ok", generation: result.generation, max_frame_no: result.maxFrameNo, baton: result.baton }
+        )
+      })
+
+    const router = HttpRouter.empty.pipe(
+      HttpRouter.get("/db/:name/info", info),
+      HttpRouter.get("/db/:name/export/:generation", exportGeneration),
+      HttpRouter.get("/db/:name/sync/:generation/:start/:end", pull),
+      HttpRouter.post("/db/:name/sync/:generation/:start/:end", push("POST /sync/{G}/{start}/{end}")),
+      HttpRouter.post("/db/:name/sync/:generation/:start/:end/:baton", push("POST /sync/{G}/{start}/{end}/{baton}"))
+    )
+    const routed = yield* HttpRouter.toHttpApp(router)
+
+    const dispatch = Effect.gen(function*() {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const path = yield* fromEither(internal.pathOf(request.url))
+      if (expected !== undefined) {
+        yield* fromEither(internal.authorize(expected, request.headers["authorization"]))
+      }
+      return yield* routed.pipe(
+        Effect.catchIf(
+          (error): error is HttpServerError.RouteNotFound => error._tag === "RouteNotFound",
+          () => fail(internal.classifyUnrouted(request.method, path))
+        )
+      )
+    })
+
+    return Effect.gen(function*() {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const started = yield* Clock.currentTimeNanos
+      const log: Context.Tag.Service<RequestLog> = {
+        database: undefined,
+        route: "unrouted",
+        frames: 0,
+        bytes: 0,
+        error: undefined,
+        detail: undefined
+      }
+      return yield* dispatch.pipe(
+        Effect.catchAll((failure) => {
+          if (failure._tag !== "HttpFailure") {
+            return Effect.die(failure)
+          }
+          log.error = failure.code
+          return Effect.succeed(failureResponse(failure))
+        }),
+        Effect.catchAllCause((cause) => {
+          if (Cause.isInterruptedOnly(cause)) return Effect.failCause(cause)
+          log.error = "internal"
+          log.detail = Cause.pretty(cause)
+          // Any 5xx but 503 on the pull route would read as "checkpoint needed" to the libSQL client.
+          const status = log.route.startsWith("GET /sync") ? 503 : 500
+          return Effect.succeed(
+            failureResponse(new internal.HttpFailure({ status, code: "internal", message: "internal server error" }))
+          )
+        }),
+        Effect.provideService(RequestLog, log),
+        Effect.onExit((exit) =>
+          Effect.gen(function*() {
+            const ended = yield* Clock.currentTimeNanos
+            const status = Exit.isSuccess(exit) ? exit.value.status : 499
+            const annotations: Record<string, unknown> = {
+              database: log.database ?? "-",
+              method: request.method,
+              route: log.route,
+              status,
+              frames: log.frames,
+              bytes: log.bytes,
+              ms: Math.round(Number(ended - started) / 1e4) / 100
+            }
+            if (log.error !== undefined) annotations.error = log.error
+            if (log.detail !== undefined) annotations.detail = log.detail
+            const line = status >= 500 ? Effect.logError("request") : Effect.logInfo("request")
+            yield* Effect.annotateLogs(line, annotations)
+          })
+        )
+      )
+    })
+  })
+
+/**
+ * Serves the protocol on the `HttpServer` in context (any platform).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options: Options = {}): Layer.Layer<never, never, HttpServer.HttpServer | ServerStore> =>
+  Layer.unwrapEffect(Effect.map(make(options), (app) => HttpServer.serve(app)))
+
+/**
+ * Serves the protocol on a Node HTTP server listening on `host:port` (port 0 picks a free port; read
+ * it from the `HttpServer` this layer outputs, or use `databaseUrl`).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerNode = (
+  options: Options & { readonly host?: string | undefined; readonly port?: number | undefined } = {}
+): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError, ServerStore> =>
+  layer(options).pipe(
+    Layer.provideMerge(
+      NodeHttpServer.layerServer(() => Http.createServer(), {
+        host: options.host ?? "127.0.0.1",
+        port: options.port ?? 8080
+      })
+    )
+  )
+
+/**
+ * The base URL the server listens on, such as `http://127.0.0.1:8080`.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const baseUrl: Effect.Effect<string, never, HttpServer.HttpServer> = HttpServer.addressWith((address) =>
+  Effect.succeed(
+    address._tag === "UnixAddress"
+      ? `http+unix://${address.path}`
+      : `http://${address.hostname.includes(":") ? `[${address.hostname}]` : address.hostname}:${address.port}`
+  )
+)
+
+/**
+ * The sync URL of one database on this server: `http://HOST:PORT/db/NAME`.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const databaseUrl = (name: string): Effect.Effect<string, never, HttpServer.HttpServer> =>
+  Effect.map(baseUrl, (base) => `${base}/db/${encodeURIComponent(name)}`)
