@@ -1,0 +1,108 @@
+/**
+ * The typed failures of the sync client. Every foreign error (SqlError, HttpClientError, file-system
+ * errors) is mapped to one of these where the client calls out; broken invariants are defects instead.
+ *
+ * @since 0.1.0
+ */
+import * as Schema from "effect/Schema"
+
+/**
+ * The remote could not be reached, or kept answering 5xx after bounded retries.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class NetworkError extends Schema.TaggedError<NetworkError>()("NetworkError", {
+  reason: Schema.Literal("Transport", "ServerUnavailable"),
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
+ * The remote answered, but refused the request (4xx) or answered something the protocol does not allow.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class RemoteError extends Schema.TaggedError<RemoteError>()("RemoteError", {
+  reason: Schema.Literal("Unauthorized", "Refused", "GenerationGone", "NotFound", "Protocol"),
+  message: Schema.String,
+  status: Schema.optional(Schema.Number),
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
+ * Other replicas kept pushing first: every round of reset, pull, replay and push conflicted.
+ * Nothing is lost: the local changes stay pending and the next push tries again.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ConflictError extends Schema.TaggedError<ConflictError>()("ConflictError", {
+  reason: Schema.Literal("RetriesExhausted"),
+  message: Schema.String,
+  rounds: Schema.Number,
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
+ * A statement failed: the caller's own (`execute`, `query`) or one the engine ran while replaying local
+ * changes onto the synced copy. `sql` is the statement.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class SqlStatementError extends Schema.TaggedError<SqlStatementError>()("SqlStatementError", {
+  reason: Schema.Literal("Statement", "Replay", "Capture"),
+  message: Schema.String,
+  sql: Schema.optional(Schema.String),
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
+ * The local files or the metadata file could not be read, written or trusted.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class StorageError extends Schema.TaggedError<StorageError>()("StorageError", {
+  reason: Schema.Literal("Metadata", "Files", "Corrupt"),
+  message: Schema.String,
+  path: Schema.optional(Schema.String),
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
+ * A brand-new local database could not be created from the remote (`/info` + `/export`).
+ * Nothing is left on disk.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class BootstrapError extends Schema.TaggedError<BootstrapError>()("BootstrapError", {
+  reason: Schema.Literal("Remote", "InvalidBase", "Storage"),
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
+ * Every failure of the sync client.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export type SyncError =
+  | NetworkError
+  | RemoteError
+  | ConflictError
+  | SqlStatementError
+  | StorageError
+  | BootstrapError
+
+/**
+ * Failures of talking to the remote.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export type RemoteFailure = NetworkError | RemoteError

@@ -1,0 +1,178 @@
+/**
+ * The client's `<path>-info` file: which generation and frame the synced copy holds, which change ids
+ * reached the remote, which copy serves reads, and whether a copy or a generation roll is under way.
+ * Schema-validated JSON, replaced atomically (temp file, fsync, rename, directory fsync).
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schema from "effect/Schema"
+import * as Fs from "node:fs"
+import * as NodePath from "node:path"
+import { StorageError } from "./SyncError.js"
+
+/**
+ * Where a copy stands on the remote's history: generation and frame number.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const Position = Schema.Struct({
+  generation: Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)),
+  frame: Schema.Int.pipe(Schema.greaterThanOrEqualTo(0))
+})
+
+/**
+ * @since 0.1.0
+ * @category schemas
+ */
+export const Metadata = Schema.Struct({
+  version: Schema.Literal(1),
+  clientId: Schema.String.pipe(Schema.minLength(1)),
+  /** Generation whose base is the synced copy's database file. */
+  generation: Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)),
+  /** Frames of `generation` in the synced copy's WAL at rest (all of them the remote's). */
+  syncedFrame: Schema.Int.pipe(Schema.greaterThanOrEqualTo(0)),
+  /** Highest local change id known to be on the remote (its progress row for this client). */
+  lastPushedChangeId: Schema.Int.pipe(Schema.greaterThanOrEqualTo(0)),
+  /** Set while a push whose outcome is unknown is in flight; settled from the progress row by the next pull. */
+  transferredChangeId: Schema.optional(Schema.Int),
+  /** Which copy serves reads. "synced" only while the draft copy is being replaced. */
+  activeCopy: Schema.Literal("draft", "synced"),
+  /** `<path>-draft.new` is complete and must replace the draft copy (redone on open). */
+  copyInProgress: Schema.Boolean,
+  /** `<path>-synced.next` is the base of `generation` and must replace the synced copy (redone on open). */
+  rollInProgress: Schema.Boolean,
+  /** The synced position the draft copy was last copied from; a pull with nothing new skips the copy. */
+  draftBase: Schema.optional(Position),
+  lastPushAt: Schema.optional(Schema.Number),
+  lastPullAt: Schema.optional(Schema.Number)
+})
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Metadata = typeof Metadata.Type
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /** The stored metadata, `None` for a database that was never bootstrapped. */
+  readonly read: Effect.Effect<Option.Option<Metadata>, StorageError>
+  /** Replaces the metadata durably. */
+  readonly write: (metadata: Metadata) => Effect.Effect<void, StorageError>
+  /** Removes the metadata (a bootstrap that failed half-way). */
+  readonly remove: Effect.Effect<void, StorageError>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class SyncMetadata extends Context.Tag("effect-sqlite-sync/SyncMetadata")<SyncMetadata, Service>() {}
+
+const decode = Schema.decodeUnknownEither(Schema.parseJson(Metadata))
+const encode = Schema.encodeSync(Schema.parseJson(Metadata))
+
+const storageError = (path: string, message: string) => (cause: unknown) =>
+  new StorageError({ reason: "Metadata", message, path, cause })
+
+/**
+ * Writes `bytes` to `path` so that after a crash the file is either the old one or the new one:
+ * temp file in the same directory, fsync, rename over, fsync the directory.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const writeFileAtomic = (path: string, bytes: Uint8Array | string): Effect.Effect<void, StorageError> =>
+  Effect.try({
+    try: () => {
+      const temp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`
+      const fd = Fs.openSync(temp, "w")
+      try {
+        Fs.writeSync(fd, typeof bytes === "string" ? Buffer.from(bytes) : bytes)
+        Fs.fsyncSync(fd)
+      } finally {
+        Fs.closeSync(fd)
+      }
+      Fs.renameSync(temp, path)
+      fsyncDirectorySync(NodePath.dirname(path))
+    },
+    catch: (cause) => new StorageError({ reason: "Files", message: `cannot write ${path}`, path, cause })
+  })
+
+/**
+ * fsync of a directory, so that a rename or unlink in it survives a crash.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const fsyncDirectorySync = (directory: string): void => {
+  const fd = Fs.openSync(directory, "r")
+  try {
+    Fs.fsyncSync(fd)
+  } finally {
+    Fs.closeSync(fd)
+  }
+}
+
+/**
+ * The metadata in the file `path` (the client uses `<path>-info`).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (path: string): Service => ({
+  read: Effect.flatMap(
+    Effect.try({
+      try: () => (Fs.existsSync(path) ? Option.some(Fs.readFileSync(path, "utf8")) : Option.none()),
+      catch: storageError(path, `cannot read ${path}`)
+    }),
+    Option.match({
+      onNone: () => Effect.succeed(Option.none()),
+      onSome: (text) =>
+        decode(text).pipe(
+          Effect.mapBoth({
+            onFailure: storageError(path, `${path} is not valid sync metadata`),
+            onSuccess: Option.some
+          })
+        )
+    })
+  ),
+  write: (metadata) =>
+    writeFileAtomic(path, encode(metadata)).pipe(
+      Effect.mapError((e) => new StorageError({ reason: "Metadata", message: e.message, path, cause: e.cause }))
+    ),
+  remove: Effect.try({
+    try: () => Fs.rmSync(path, { force: true }),
+    catch: storageError(path, `cannot remove ${path}`)
+  })
+})
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (path: string): Layer.Layer<SyncMetadata> => Layer.succeed(SyncMetadata, make(path))
+
+/**
+ * Metadata that lives in memory only (tests of the engine's decisions without files).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerMemory: Layer.Layer<SyncMetadata> = Layer.effect(
+  SyncMetadata,
+  Effect.map(Ref.make(Option.none<Metadata>()), (ref) => ({
+    read: Ref.get(ref),
+    write: (metadata: Metadata) => Ref.set(ref, Option.some(metadata)),
+    remove: Ref.set(ref, Option.none())
+  }))
+)

@@ -1,0 +1,396 @@
+/**
+ * What the client needs of a remote: the current generation, a generation's base file, frames to pull,
+ * and a place to push frames. `layerHttp` speaks the WAL-frame sync protocol over an `HttpClient`;
+ * `layerStore` talks to a `ServerStore` in the same process (fast engine tests, same semantics).
+ *
+ * @since 0.1.0
+ */
+import * as HttpClient from "@effect/platform/HttpClient"
+import type * as HttpClientError from "@effect/platform/HttpClientError"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+import type { PullResult, PushResult, StoreError } from "./ServerStore.js"
+import { ServerStore } from "./ServerStore.js"
+import * as SyncError from "./SyncError.js"
+import * as SyncProtocol from "./SyncProtocol.js"
+import * as WalFrame from "./WalFrame.js"
+
+export type {
+  /**
+   * @since 0.1.0
+   * @category models
+   */
+  PullResult,
+  /**
+   * @since 0.1.0
+   * @category models
+   */
+  PushResult
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /** The remote's current generation (`GET /info`). */
+  readonly info: Effect.Effect<{ readonly generation: number }, SyncError.RemoteFailure>
+  /** The base database file of a generation (`GET /export/{G}`). */
+  readonly export: (generation: number) => Effect.Effect<Uint8Array, SyncError.RemoteFailure>
+  /** Committed frames from `start` (fewer than `end - start` is fine), or CheckpointNeeded. */
+  readonly pull: (
+    generation: number,
+    start: number,
+    end: number
+  ) => Effect.Effect<PullResult, SyncError.RemoteFailure>
+  /**
+   * Frames `start..end-1`, sent in batches of at most `CLIENT_BATCH_FRAMES`, the baton of each answer
+   * threaded into the next request. `Ok` means the remote holds every frame up to `end - 1`.
+   */
+  readonly push: (
+    generation: number,
+    start: number,
+    end: number,
+    frames: ReadonlyArray<WalFrame.Frame>,
+    baton?: string | undefined
+  ) => Effect.Effect<PushResult, SyncError.RemoteFailure>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class SyncRemote extends Context.Tag("effect-sqlite-sync/SyncRemote")<SyncRemote, Service>() {}
+
+type SingleRequest = (
+  generation: number,
+  start: number,
+  end: number,
+  frames: ReadonlyArray<WalFrame.Frame>,
+  baton: string | undefined
+) => Effect.Effect<PushResult, SyncError.RemoteFailure>
+
+/**
+ * Splits a push into requests of at most `batchFrames` frames and threads batons between them. An `Ok`
+ * that names a lower head than asked makes the push continue from there (what the protocol says a
+ * server answers to a gap), a bounded number of times.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const batchedPush = (
+  single: SingleRequest,
+  batchFrames: number = SyncProtocol.CLIENT_BATCH_FRAMES
+): Service["push"] =>
+(generation, start, end, frames, baton) =>
+  Effect.gen(function*() {
+    if (frames.length !== end - start || frames.length === 0) {
+      return yield* Effect.dieMessage(`SyncRemote.push: ${frames.length} frames for ${start}..${end}`)
+    }
+    let offset = 0
+    let currentBaton = baton
+    let restarts = 0
+    for (;;) {
+      const count = Math.min(batchFrames, frames.length - offset)
+      const batchStart = start + offset
+      const batchEnd = batchStart + count
+      const result = yield* single(generation, batchStart, batchEnd, frames.slice(offset, offset + count), currentBaton)
+      if (result._tag === "Conflict") return result
+      if (result.maxFrameNo === batchEnd - 1) {
+        offset += count
+        currentBaton = result.baton
+        if (offset === frames.length) return result
+        continue
+      }
+      if (result.maxFrameNo >= start - 1 && result.maxFrameNo < batchEnd - 1 && restarts < 8) {
+        restarts++
+        offset = result.maxFrameNo + 1 - start
+        currentBaton = result.baton
+        continue
+      }
+      return yield* new SyncError.RemoteError({
+        reason: "Protocol",
+        message: `push of frames ${batchStart}..${batchEnd - 1} answered ok with max_frame_no ${result.maxFrameNo}`
+      })
+    }
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// in-process remote over a ServerStore
+// ---------------------------------------------------------------------------------------------------------
+
+const fromStoreError = (error: StoreError): SyncError.RemoteFailure => {
+  switch (error.reason) {
+    case "Busy":
+    case "Storage":
+      return new SyncError.NetworkError({ reason: "ServerUnavailable", message: error.message, cause: error })
+    case "GenerationGone":
+      return new SyncError.RemoteError({ reason: "GenerationGone", message: error.message, status: 410, cause: error })
+    case "GenerationNotFound":
+      return new SyncError.RemoteError({ reason: "NotFound", message: error.message, status: 404, cause: error })
+    default:
+      return new SyncError.RemoteError({ reason: "Refused", message: error.message, status: 400, cause: error })
+  }
+}
+
+/**
+ * A remote that is a `ServerStore` in the same process, for database `database`. Same batching, batons
+ * and error mapping as over HTTP, without the network.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeStore = (store: ServerStore["Type"], database: string): Service => ({
+  info: Effect.mapBoth(store.info(database), { onFailure: fromStoreError, onSuccess: (i) => ({ generation: i.generation }) }),
+  export: (generation) => Effect.mapError(store.exportGeneration(database, generation), fromStoreError),
+  pull: (generation, start, end) => Effect.mapError(store.pull(database, generation, start, end), fromStoreError),
+  push: batchedPush((generation, start, end, frames, baton) =>
+    Effect.mapError(store.push(database, generation, start, end, frames, baton), fromStoreError)
+  )
+})
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerStore = (options: { readonly database: string }): Layer.Layer<SyncRemote, never, ServerStore> =>
+  Layer.effect(SyncRemote, Effect.map(ServerStore, (store) => makeStore(store, options.database)))
+
+// ---------------------------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------------------------
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface HttpOptions {
+  /** The database URL, e.g. `http://127.0.0.1:8080/db/notes`; routes are appended to it. */
+  readonly url: string
+  readonly authToken?: Redacted.Redacted | string | undefined
+  /** Retries of transient failures (transport errors, 5xx). Default: exponential from 100 ms, 6 retries. */
+  readonly retrySchedule?: Schedule.Schedule<unknown, SyncError.RemoteFailure> | undefined
+  /** Time allowed for one request, body included. Default 30 seconds. */
+  readonly requestTimeout?: Duration.DurationInput | undefined
+}
+
+const decodeInfo = Schema.decodeUnknownEither(SyncProtocol.InfoResponse)
+const decodePush = Schema.decodeUnknownEither(SyncProtocol.PushResponse)
+const decodeCheckpoint = Schema.decodeUnknownEither(SyncProtocol.CheckpointNeeded)
+const decodeErrorBody = Schema.decodeUnknownEither(SyncProtocol.ErrorBody)
+
+const parseJson = (text: string): unknown => {
+  try {
+    return JSON.parse(text)
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, HttpClient.HttpClient> =>
+  Effect.gen(function*() {
+    const client = yield* HttpClient.HttpClient
+    const base = options.url.replace(/\/+$/, "")
+    const token = options.authToken === undefined
+      ? undefined
+      : typeof options.authToken === "string"
+      ? options.authToken
+      : Redacted.value(options.authToken)
+    const timeout = Duration.decode(options.requestTimeout ?? Duration.seconds(30))
+    const schedule = options.retrySchedule ??
+      Schedule.intersect(Schedule.exponential(Duration.millis(100), 2), Schedule.recurs(6))
+
+    const transport = (request: HttpClientRequest.HttpClientRequest) => (cause: HttpClientError.HttpClientError) =>
+      new SyncError.NetworkError({
+        reason: "Transport",
+        message: `${request.method} ${request.url}: ${cause.message}`,
+        cause
+      })
+
+    // One request, its body read fully; transport failures and 5xx are NetworkErrors (retried), the
+    // rest is left to `interpret`.
+    const send = <A>(
+      request: HttpClientRequest.HttpClientRequest,
+      interpret: (status: number, body: Uint8Array) => Either.Either<A, SyncError.RemoteFailure>,
+      serverErrorIsAnswer = false
+    ): Effect.Effect<A, SyncError.RemoteFailure> => {
+      const withAuth = token === undefined ? request : HttpClientRequest.bearerToken(request, token)
+      const once = client.execute(withAuth).pipe(
+        Effect.flatMap((response: HttpClientResponse.HttpClientResponse) =>
+          Effect.map(response.arrayBuffer, (buffer) => [response.status, new Uint8Array(buffer)] as const)
+        ),
+        Effect.mapError(transport(request)),
+        Effect.timeoutFail({
+          duration: timeout,
+          onTimeout: () =>
+            new SyncError.NetworkError({
+              reason: "Transport",
+              message: `${request.method} ${request.url}: no answer within ${Duration.format(timeout)}`
+            })
+        }),
+        Effect.flatMap(([status, body]): Effect.Effect<A, SyncError.RemoteFailure> => {
+          if (status >= 500 && !(serverErrorIsAnswer && status === 500)) {
+            return Effect.fail(
+              new SyncError.NetworkError({
+                reason: "ServerUnavailable",
+                message: `${request.method} ${request.url}: ${status} ${describeBody(body)}`
+              })
+            )
+          }
+          return interpret(status, body)
+        })
+      )
+      return Effect.retry(once, {
+        schedule,
+        while: (error) => error._tag === "NetworkError"
+      })
+    }
+
+    const refused = (request: string, status: number, body: Uint8Array): SyncError.RemoteError =>
+      new SyncError.RemoteError({
+        reason: status === 401 || status === 403
+          ? "Unauthorized"
+          : status === 404
+          ? "NotFound"
+          : status === 410
+          ? "GenerationGone"
+          : status >= 400 && status < 500
+          ? "Refused"
+          : "Protocol",
+        message: `${request}: ${status} ${describeBody(body)}`,
+        status
+      })
+
+    const json = <A>(
+      label: string,
+      status: number,
+      body: Uint8Array,
+      decode: (u: unknown) => Either.Either<A, unknown>
+    ): Either.Either<A, SyncError.RemoteError> =>
+      Either.mapLeft(
+        decode(parseJson(new TextDecoder().decode(body))),
+        (cause) =>
+          new SyncError.RemoteError({
+            reason: "Protocol",
+            message: `${label}: unexpected ${status} body ${describeBody(body)}`,
+            status,
+            cause
+          })
+      )
+
+    const info: Service["info"] = Effect.suspend(() => {
+      const url = `${base}/info`
+      return send(HttpClientRequest.get(url), (status, body) =>
+        status === 200
+          ? Either.map(json(`GET ${url}`, status, body, decodeInfo), (i) => ({ generation: i.current_generation }))
+          : Either.left(refused(`GET ${url}`, status, body)))
+    })
+
+    const exportGeneration: Service["export"] = (generation) =>
+      Effect.suspend(() => {
+        const url = `${base}/export/${generation}`
+        return send(HttpClientRequest.get(url), (status, body) => {
+          if (status !== 200) return Either.left(refused(`GET ${url}`, status, body))
+          if (body.byteLength === 0 || body.byteLength % WalFrame.PAGE_SIZE !== 0) {
+            return Either.left(
+              new SyncError.RemoteError({
+                reason: "Protocol",
+                message: `GET ${url}: a base of ${body.byteLength} bytes is not whole pages`,
+                status
+              })
+            )
+          }
+          return Either.right(body)
+        })
+      })
+
+    const pull: Service["pull"] = (generation, start, end) =>
+      Effect.suspend(() => {
+        const url = `${base}/sync/${generation}/${start}/${end}`
+        return send(
+          HttpClientRequest.get(url),
+          (status, body): Either.Either<PullResult, SyncError.RemoteFailure> => {
+            if (status === 200) {
+              if (body.byteLength === 0) {
+                return Either.left(
+                  new SyncError.RemoteError({ reason: "Protocol", message: `GET ${url}: empty 200 body`, status })
+                )
+              }
+              return Either.mapBoth(WalFrame.decodeWire(body), {
+                onLeft: (cause) =>
+                  new SyncError.RemoteError({ reason: "Protocol", message: `GET ${url}: ${cause.message}`, status, cause }),
+                onRight: (frames): PullResult => ({ _tag: "Frames", frames })
+              })
+            }
+            if (status === 400 || status === 500) {
+              const checkpoint = decodeCheckpoint(parseJson(new TextDecoder().decode(body)))
+              if (Either.isRight(checkpoint)) {
+                return Either.right({
+                  _tag: "CheckpointNeeded",
+                  generation: checkpoint.right.generation,
+                  maxFrameNo: checkpoint.right.max_frame_no
+                })
+              }
+              if (status === 500) {
+                return Either.left(
+                  new SyncError.NetworkError({
+                    reason: "ServerUnavailable",
+                    message: `GET ${url}: 500 ${describeBody(body)}`
+                  })
+                )
+              }
+            }
+            return Either.left(refused(`GET ${url}`, status, body))
+          },
+          true
+        )
+      })
+
+    const single: SingleRequest = (generation, start, end, frames, baton) =>
+      Effect.suspend(() => {
+        const url = `${base}/sync/${generation}/${start}/${end}${baton === undefined ? "" : `/${encodeURIComponent(baton)}`}`
+        const request = HttpClientRequest.post(url).pipe(
+          HttpClientRequest.bodyUint8Array(WalFrame.encodeWire(frames), "application/octet-stream")
+        )
+        return send(request, (status, body): Either.Either<PushResult, SyncError.RemoteFailure> => {
+          if (status !== 200) return Either.left(refused(`POST ${url}`, status, body))
+          return Either.map(json(`POST ${url}`, status, body, decodePush), (r): PushResult =>
+            r.status === "ok"
+              ? { _tag: "Ok", generation: r.generation, maxFrameNo: r.max_frame_no, baton: r.baton }
+              : { _tag: "Conflict", generation: r.generation, maxFrameNo: r.max_frame_no })
+        })
+      })
+
+    return { info, export: exportGeneration, pull, push: batchedPush(single) }
+  })
+
+const describeBody = (body: Uint8Array): string => {
+  const text = new TextDecoder().decode(body.subarray(0, 300))
+  const decoded = decodeErrorBody(parseJson(text))
+  if (Either.isRight(decoded)) {
+    return decoded.right.message === undefined ? decoded.right.error : `${decoded.right.error}: ${decoded.right.message}`
+  }
+  return /^[\x20-\x7e\s]*$/.test(text) ? JSON.stringify(text) : `(${body.byteLength} bytes)`
+}
+
+/**
+ * The WAL-frame sync protocol over HTTP. Requires an `HttpClient` (e.g. `FetchHttpClient.layer` or
+ * `NodeHttpClient.layerUndici`).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerHttp = (options: HttpOptions): Layer.Layer<SyncRemote, never, HttpClient.HttpClient> =>
+  Layer.effect(SyncRemote, makeHttp(options))
