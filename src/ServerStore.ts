@@ -7,7 +7,11 @@
  */
 import * as Context from "effect/Context"
 import type * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
+import type * as Scope from "effect/Scope"
+import * as internalCore from "./internal/serverCore.js"
+import * as internalMemory from "./internal/serverMemory.js"
 import type * as WalFrame from "./WalFrame.js"
 
 /**
@@ -98,3 +102,55 @@ export interface Service {
  * @category tags
  */
 export class ServerStore extends Context.Tag("effect-sqlite-sync/ServerStore")<ServerStore, Service>() {}
+
+/**
+ * Which SQLite check a commit must pass before it is acknowledged: `quick_check` (the default) finds
+ * every structural fault in time linear in the database size; `integrity_check` also cross-checks
+ * indexes against their tables; `off` trusts the pushers (for benchmarks and closed deployments).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type IntegrityCheck = "quick_check" | "integrity_check" | "off"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** Start a new generation after a commit that takes the current one past this many frames (default: never). */
+  readonly generationFrames?: number | undefined
+  /** How many generations before the current one stay pullable and exportable (default: all). */
+  readonly keepGenerations?: number | undefined
+  /** A baton session idle this long is dropped with its frames, releasing the database (default 10 000). */
+  readonly batonIdleMs?: number | undefined
+  /** The most frames an unfinished transaction may hold across its requests (default 262 144, 1 GiB). */
+  readonly maxPendingFrames?: number | undefined
+  /** Default `quick_check`. */
+  readonly integrityCheck?: IntegrityCheck | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface LayerOptions extends Options {
+  /** The data directory; each database lives in `<directory>/<name>/`. */
+  readonly directory: string
+}
+
+/**
+ * An in-memory store: everything is lost when the scope closes. For tests.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeMemory = (options: Options = {}): Effect.Effect<Service, never, Scope.Scope> =>
+  internalCore.make(internalMemory.make({ integrityCheck: options.integrityCheck ?? "quick_check" }), options)
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerMemory = (options: Options = {}): Layer.Layer<ServerStore> =>
+  Layer.scoped(ServerStore, makeMemory(options))
