@@ -230,7 +230,8 @@ export const make = (options: Options = {}): Effect.Effect<
       HttpRouter.post("/db/:name/sync/:generation/:start/:end", push("POST /sync/{G}/{start}/{end}")),
       HttpRouter.post("/db/:name/sync/:generation/:start/:end/:baton", push("POST /sync/{G}/{start}/{end}/{baton}"))
     )
-    const routed = yield* HttpRouter.toHttpApp(router)
+    // Strict paths: `/info/` is not `/info`.
+    const routed = yield* HttpRouter.toHttpApp(router).pipe(HttpRouter.withRouterConfig({ ignoreTrailingSlash: false }))
 
     const dispatch = Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest

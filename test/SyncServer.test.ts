@@ -1,0 +1,335 @@
+import { describe, expect, layer } from "@effect/vitest"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as HashMap from "effect/HashMap"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as Redacted from "effect/Redacted"
+import * as Fs from "node:fs"
+import * as ServerStore from "../src/ServerStore.js"
+import * as SyncProtocol from "../src/SyncProtocol.js"
+import * as SyncServer from "../src/SyncServer.js"
+import * as WalFrame from "../src/WalFrame.js"
+import * as H from "./support/http.js"
+
+const TOKEN = "test-token-\u00e9-1"
+const MAX_FRAMES = 64
+const FRAME = WalFrame.FRAME_SIZE
+
+interface LogLine {
+  readonly message: unknown
+  readonly level: string
+  readonly annotations: Record<string, unknown>
+}
+
+class TestServer extends Context.Tag("test/TestServer")<TestServer, {
+  readonly base: string
+  readonly dir: string | undefined
+  readonly lines: Array<LogLine>
+}>() {}
+
+// TODO(disk): add `ServerStore.layer({ directory })` when the SQLite store lands.
+const storeLayer = (_kind: "memory" | "disk", _directory: string) => ServerStore.layerMemory({})
+
+const serverLayer = (kind: "memory" | "disk") =>
+  Layer.unwrapScoped(Effect.gen(function*() {
+    const dir = yield* Effect.acquireRelease(
+      Effect.sync(() => H.tempDir(`server-${kind}`)),
+      (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
+    )
+    const lines: Array<LogLine> = []
+    const capture = Logger.make<unknown, void>(({ annotations, logLevel, message }) => {
+      lines.push({ message, level: logLevel.label, annotations: Object.fromEntries(HashMap.toEntries(annotations)) })
+    })
+    return Layer.effect(
+      TestServer,
+      Effect.map(SyncServer.baseUrl, (base) => ({ base, dir: kind === "disk" ? dir : undefined, lines }))
+    ).pipe(
+      Layer.provide(
+        SyncServer.layerNode({ port: 0, authToken: Redacted.make(TOKEN), maxBodyBytes: MAX_FRAMES * FRAME })
+      ),
+      Layer.provide(storeLayer(kind, dir)),
+      Layer.provide(Logger.replace(Logger.defaultLogger, capture))
+    )
+  }))
+
+const authed = H.auth(TOKEN)
+
+const call = (options: H.RawRequest & { readonly anonymous?: boolean }) =>
+  Effect.flatMap(TestServer, ({ base }) =>
+    Effect.promise(() =>
+      H.request(base, {
+        ...options,
+        headers: { ...(options.anonymous ? {} : authed), ...options.headers }
+      })
+    ))
+
+const push = (name: string, g: number, start: number, frames: ReadonlyArray<WalFrame.Frame>, baton?: string) =>
+  call({
+    method: "POST",
+    path: `/db/${name}/sync/${g}/${start}/${start + frames.length}${baton === undefined ? "" : `/${baton}`}`,
+    body: WalFrame.encodeWire(frames)
+  })
+
+const withBase = <A>(f: (base: string) => Promise<A>) =>
+  Effect.flatMap(TestServer, ({ base }) => Effect.promise(() => f(base)))
+
+const replicaOf = (name: string) =>
+  Effect.acquireRelease(
+    withBase((base) => H.exportBase(base, name, 1, TOKEN)).pipe(Effect.map((bytes) => new H.Replica(bytes))),
+    (replica) => Effect.sync(() => replica.close())
+  )
+
+const suite = (kind: "memory" | "disk") =>
+  layer(serverLayer(kind), { excludeTestServices: true })(`SyncServer over the ${kind} store`, (it) => {
+    describe("protocol", () => {
+      it.effect("a new database is at generation 1 with the one-page WAL-mode base, and a pull at the head says so", () =>
+        Effect.gen(function*() {
+          const info = yield* call({ path: "/db/fresh/info" })
+          expect(info.status).toBe(200)
+          expect(info.headers["content-type"]).toContain("application/json")
+          expect(H.json(info)).toEqual({ current_generation: 1 })
+          const base = yield* call({ path: "/db/fresh/export/1" })
+          expect(base.status).toBe(200)
+          expect(base.headers["content-type"]).toBe("application/octet-stream")
+          expect(base.body.byteLength).toBe(4096)
+          expect([base.body[18], base.body[19]]).toEqual([2, 2])
+          const pull = yield* call({ path: "/db/fresh/sync/1/1/129" })
+          expect(pull.status).toBe(400)
+          expect(H.json(pull)).toEqual({ status: "checkpoint_needed", generation: 1, max_frame_no: 0 })
+        }))
+
+      it.scoped("frames pushed come back byte for byte and materialize to the rows written", () =>
+        Effect.gen(function*() {
+          const replica = yield* replicaOf("roundtrip")
+          const frames = replica.write(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'one'), (2, 'two');"
+          )
+          expect(frames.length).toBeGreaterThan(0)
+          const res = yield* push("roundtrip", 1, 1, frames)
+          expect(res.status).toBe(200)
+          expect(H.json(res)).toEqual({ status: "ok", generation: 1, max_frame_no: frames.length })
+          const pulled = yield* call({ path: `/db/roundtrip/sync/1/1/${frames.length + 1}` })
+          expect(pulled.status).toBe(200)
+          expect(pulled.headers["content-type"]).toBe("application/octet-stream")
+          expect(Buffer.compare(pulled.body, Buffer.from(WalFrame.encodeWire(frames)))).toBe(0)
+          const snap = yield* withBase((base) => H.snapshot(base, "roundtrip", TOKEN))
+          const db = H.open(snap.file)
+          expect(db.prepare("SELECT id, v FROM t ORDER BY id").all()).toEqual([{ id: 1, v: "one" }, { id: 2, v: "two" }])
+          expect(db.pragma("integrity_check", { simple: true })).toBe("ok")
+          db.close()
+        }))
+
+      it.scoped("a re-push of identical frames is ok, differing frames conflict, a gap answers the real head", () =>
+        Effect.gen(function*() {
+          const a = yield* replicaOf("idem")
+          const b = yield* replicaOf("idem")
+          const frames = a.write("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+          expect((yield* push("idem", 1, 1, frames)).status).toBe(200)
+          const again = yield* push("idem", 1, 1, frames)
+          expect(H.json(again)).toEqual({ status: "ok", generation: 1, max_frame_no: frames.length })
+          const other = b.write("CREATE TABLE u(y); INSERT INTO u VALUES (2);")
+          const conflict = yield* push("idem", 1, 1, other)
+          expect(conflict.status).toBe(200)
+          expect(H.json(conflict)).toEqual({ status: "conflict", generation: 1, max_frame_no: frames.length })
+          const later = a.write("INSERT INTO t VALUES (2);")
+          const gap = yield* push("idem", 1, frames.length + 5, later)
+          expect(H.json(gap)).toEqual({ status: "ok", generation: 1, max_frame_no: frames.length })
+          const snap = yield* withBase((base) => H.snapshot(base, "idem", TOKEN))
+          expect(snap.frames.length).toBe(frames.length)
+        }))
+
+      it.scoped("a transaction split over requests travels with a baton and stays invisible until its commit", () =>
+        Effect.gen(function*() {
+          const replica = yield* replicaOf("baton")
+          const frames = replica.write(
+            "BEGIN; CREATE TABLE big(b BLOB); WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 20) INSERT INTO big SELECT randomblob(3000) FROM s; COMMIT;"
+          )
+          expect(frames.length).toBeGreaterThan(8)
+          const first = frames.slice(0, 4)
+          expect(WalFrame.committedLength(first)).toBe(0)
+          const r1 = yield* push("baton", 1, 1, first)
+          const body1 = H.json(r1)
+          expect(body1.status).toBe("ok")
+          expect(body1.max_frame_no).toBe(4)
+          expect(typeof body1.baton).toBe("string")
+          const hidden = yield* call({ path: "/db/baton/sync/1/1/10" })
+          expect(hidden.status).toBe(400)
+          expect(H.json(hidden)).toEqual({ status: "checkpoint_needed", generation: 1, max_frame_no: 0 })
+          const r2 = yield* push("baton", 1, 5, frames.slice(4), body1.baton)
+          expect(H.json(r2)).toMatchObject({ status: "ok", generation: 1, max_frame_no: frames.length })
+          const snap = yield* withBase((base) => H.snapshot(base, "baton", TOKEN))
+          expect(snap.frames.length).toBe(frames.length)
+          const db = H.open(snap.file)
+          expect(db.prepare("SELECT count(*) AS n FROM big").get()).toEqual({ n: 20 })
+          db.close()
+        }))
+
+      it.effect("every request logs exactly one line with database, route, status, frames and ms", () =>
+        Effect.gen(function*() {
+          const { lines } = yield* TestServer
+          const before = lines.length
+          yield* call({ path: "/db/logs/info" })
+          yield* call({ path: "/db/logs/sync/1/1/2" })
+          yield* call({ path: "/db/bad.name/info" })
+          yield* call({ path: "/db/logs/info", anonymous: true })
+          const mine = lines.slice(before)
+          expect(mine.length).toBe(4)
+          for (const line of mine) {
+            expect(line.message).toEqual(["request"])
+            expect(Object.keys(line.annotations)).toEqual(
+              expect.arrayContaining(["database", "method", "route", "status", "frames", "ms"])
+            )
+            expect(typeof line.annotations.ms).toBe("number")
+          }
+          expect(mine.map((l) => [l.annotations.database, l.annotations.route, l.annotations.status])).toEqual([
+            ["logs", "GET /info", 200],
+            ["logs", "GET /sync/{G}/{start}/{end}", 400],
+            ["-", "GET /info", 400],
+            ["-", "unrouted", 401]
+          ])
+          expect(mine[2].annotations.error).toBe("bad_database_name")
+        }))
+
+      it.effect("a pull asking for more than the per-request maximum gets at most that many frames", () =>
+        Effect.gen(function*() {
+          const res = yield* call({ path: `/db/roundtrip/sync/1/1/${2 ** 31 - 1}` })
+          expect(res.status).toBe(200)
+          expect(res.body.byteLength % FRAME).toBe(0)
+          expect(res.body.byteLength / FRAME).toBeLessThanOrEqual(SyncProtocol.MAX_FRAMES_PER_REQUEST)
+        }))
+    })
+
+    describe("hostile requests change nothing and get a 4xx with a JSON error", () => {
+      const name = "hostile"
+      const state: {
+        digest?: string
+        tree?: string
+        head: number
+        first: ReadonlyArray<WalFrame.Frame>
+        next: ReadonlyArray<WalFrame.Frame>
+      } = { head: 0, first: [], next: [] }
+
+      it.scoped("seed: a database with data and the frames of a valid next transaction", () =>
+        Effect.gen(function*() {
+          const replica = yield* replicaOf(name)
+          const frames = replica.write(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 60) INSERT INTO t SELECT x, hex(randomblob(200)) FROM s;"
+          )
+          expect(H.json(yield* push(name, 1, 1, frames)).status).toBe("ok")
+          state.head = frames.length
+          state.first = frames
+          state.next = replica.write("UPDATE t SET v = 'changed' WHERE id <= 30;")
+          expect(state.next.length).toBeGreaterThan(0)
+          const { dir } = yield* TestServer
+          const snap = yield* withBase((base) => H.snapshot(base, name, TOKEN))
+          state.digest = H.digestOf(snap)
+          if (dir !== undefined) state.tree = H.treeDigest(dir)
+        }))
+
+      const frame = (pgno: number, commitSize: number, fill?: number): WalFrame.Frame => {
+        const page = new Uint8Array(WalFrame.PAGE_SIZE)
+        if (fill === undefined) page.set(new Uint8Array(Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919) & 255))))
+        else page.fill(fill)
+        return { pgno, commitSize, page }
+      }
+      const pushPath = (start: number, end: number, extra = "") => `/db/${name}/sync/1/${start}/${end}${extra}`
+      const at = () => state.head + 1
+
+      interface Case {
+        readonly title: string
+        readonly request: () => H.RawRequest & { readonly anonymous?: boolean }
+        readonly status: number
+        readonly error: string
+      }
+      const cases: ReadonlyArray<Case> = [
+        { title: "raw '..' as the name", request: () => ({ path: "/db/../info" }), status: 400, error: "bad_database_name" },
+        { title: "'..%2f..%2fetc' traversal in the name", request: () => ({ path: "/db/..%2f..%2fetc/info" }), status: 400, error: "bad_database_name" },
+        { title: "'%2e%2e' as the name", request: () => ({ path: "/db/%2e%2e/export/1" }), status: 400, error: "bad_database_name" },
+        { title: "a name with a dot", request: () => ({ path: "/db/a.b/info" }), status: 400, error: "bad_database_name" },
+        { title: "a 65-character name", request: () => ({ path: `/db/${"a".repeat(65)}/info` }), status: 400, error: "bad_database_name" },
+        { title: "a 300-character name", request: () => ({ path: `/db/${"a".repeat(300)}/info` }), status: 400, error: "bad_database_name" },
+        { title: "an empty name", request: () => ({ path: "/db//info" }), status: 400, error: "bad_database_name" },
+        { title: "a name with an encoded NUL", request: () => ({ path: "/db/a%00b/info" }), status: 400, error: "bad_database_name" },
+        { title: "a name with non-ASCII letters", request: () => ({ path: "/db/%C3%A9t%C3%A9/info" }), status: 400, error: "bad_database_name" },
+        { title: "broken percent-encoding", request: () => ({ path: "/db/%zz/info" }), status: 400, error: "bad_path" },
+        { title: "generation 0", request: () => ({ path: `/db/${name}/export/0` }), status: 400, error: "bad_number" },
+        { title: "generation '01x'", request: () => ({ path: `/db/${name}/export/01x` }), status: 400, error: "bad_number" },
+        { title: "generation with a leading zero", request: () => ({ path: `/db/${name}/export/01` }), status: 400, error: "bad_number" },
+        { title: "generation -1", request: () => ({ path: `/db/${name}/export/-1` }), status: 400, error: "bad_number" },
+        { title: "generation 1e3", request: () => ({ path: `/db/${name}/sync/1e3/1/2` }), status: 400, error: "bad_number" },
+        { title: "generation 2^31", request: () => ({ path: `/db/${name}/export/2147483648` }), status: 400, error: "bad_number" },
+        { title: "a 40-digit frame number", request: () => ({ path: `/db/${name}/sync/1/${"9".repeat(40)}/2` }), status: 400, error: "bad_number" },
+        { title: "start 0", request: () => ({ path: `/db/${name}/sync/1/0/2` }), status: 400, error: "bad_number" },
+        { title: "end '2.5'", request: () => ({ path: `/db/${name}/sync/1/1/2.5` }), status: 400, error: "bad_number" },
+        { title: "end equal to start (pull)", request: () => ({ path: `/db/${name}/sync/1/5/5` }), status: 400, error: "bad_range" },
+        { title: "end before start (push)", request: () => ({ method: "POST", path: pushPath(5, 3), body: new Uint8Array(0) }), status: 400, error: "bad_range" },
+        { title: "a partial frame", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire([frame(1, 0)]).subarray(0, FRAME - 1) }), status: 400, error: "bad_frames" },
+        { title: "a body that is not whole frames, declared length hidden (chunked)", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: [new Uint8Array(FRAME + 100)] }), status: 400, error: "bad_frames" },
+        { title: "fewer frames than end - start", request: () => ({ method: "POST", path: pushPath(at(), at() + 3), body: WalFrame.encodeWire(state.next.slice(0, 1)) }), status: 400, error: "bad_frames" },
+        { title: "more frames than end - start", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire(state.next.slice(0, 2).length === 2 ? state.next.slice(0, 2) : [state.next[0], state.next[0]]) }), status: 400, error: "bad_frames" },
+        { title: "an empty push body", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: new Uint8Array(0) }), status: 400, error: "bad_frames" },
+        { title: "page number 0", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire([frame(0, 1)]) }), status: 400, error: "bad_frames" },
+        { title: "a commit size smaller than a page written", request: () => ({ method: "POST", path: pushPath(at(), at() + 2), body: WalFrame.encodeWire([frame(9, 0), frame(2, 3)]) }), status: 400, error: "bad_frames" },
+        { title: "a body over the limit, refused by content-length", request: () => ({ method: "POST", path: pushPath(at(), at() + MAX_FRAMES + 1), body: new Uint8Array((MAX_FRAMES + 1) * FRAME) }), status: 413, error: "too_large" },
+        { title: "a body over the limit, refused while reading (chunked)", request: () => ({ method: "POST", path: pushPath(at(), at() + 2), body: Array.from({ length: 7 }, () => new Uint8Array(16 * FRAME)) }), status: 413, error: "too_large" },
+        { title: "more frames in the path than a push may carry", request: () => ({ method: "POST", path: pushPath(at(), at() + MAX_FRAMES + 1) }), status: 413, error: "too_large" },
+        { title: "an unknown baton", request: () => ({ method: "POST", path: pushPath(at(), at() + state.next.length, "/no-such-baton"), body: WalFrame.encodeWire(state.next) }), status: 400, error: "unknown_baton" },
+        { title: "a baton with characters no baton has", request: () => ({ method: "POST", path: pushPath(at(), at() + 1, "/%3Cscript%3E"), body: WalFrame.encodeWire([state.next[0]]) }), status: 400, error: "bad_baton" },
+        { title: "no Authorization header", request: () => ({ path: `/db/${name}/export/1`, anonymous: true }), status: 401, error: "unauthorized" },
+        { title: "a wrong token", request: () => ({ path: `/db/${name}/export/1`, anonymous: true, headers: { authorization: "Bearer nope" } }), status: 401, error: "unauthorized" },
+        { title: "the right token under another scheme", request: () => ({ path: `/db/${name}/info`, anonymous: true, headers: { authorization: `Basic ${TOKEN}` } }), status: 401, error: "unauthorized" },
+        { title: "the token in another case", request: () => ({ path: `/db/${name}/info`, anonymous: true, headers: { authorization: `Bearer ${TOKEN.toUpperCase()}` } }), status: 401, error: "unauthorized" },
+        { title: "a prefix of the token", request: () => ({ path: `/db/${name}/info`, anonymous: true, headers: { authorization: `Bearer ${TOKEN.slice(0, -1)}` } }), status: 401, error: "unauthorized" },
+        { title: "an empty bearer token (what the libSQL client sends without one)", request: () => ({ path: `/db/${name}/info`, anonymous: true, headers: { authorization: "Bearer " } }), status: 401, error: "unauthorized" },
+        { title: "a push without a token", request: () => ({ method: "POST", path: pushPath(at(), at() + state.next.length), anonymous: true, body: WalFrame.encodeWire(state.next) }), status: 401, error: "unauthorized" },
+        { title: "DELETE on /info", request: () => ({ method: "DELETE", path: `/db/${name}/info` }), status: 405, error: "method_not_allowed" },
+        { title: "POST on /export", request: () => ({ method: "POST", path: `/db/${name}/export/1`, body: new Uint8Array(10) }), status: 405, error: "method_not_allowed" },
+        { title: "PUT on /sync", request: () => ({ method: "PUT", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire([state.next[0]]) }), status: 405, error: "method_not_allowed" },
+        { title: "GET with a baton", request: () => ({ path: `/db/${name}/sync/1/1/2/abc` }), status: 405, error: "method_not_allowed" },
+        { title: "an unknown route", request: () => ({ path: "/admin" }), status: 404, error: "not_found" },
+        { title: "an unknown route under a database", request: () => ({ path: `/db/${name}/drop` }), status: 404, error: "not_found" },
+        { title: "a trailing slash", request: () => ({ path: `/db/${name}/info/` }), status: 404, error: "not_found" },
+        { title: "export of a generation that does not exist", request: () => ({ path: `/db/${name}/export/99` }), status: 404, error: "generation_not_found" },
+        { title: "pull of a generation that does not exist", request: () => ({ path: `/db/${name}/sync/99/1/2` }), status: 404, error: "generation_not_found" },
+        { title: "garbage over page 1 (the header)", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire([frame(1, 1000)]) }), status: 400, error: "malformed_database" },
+        { title: "garbage over a table page", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire([frame(2, Math.max(...state.next.map((f) => f.commitSize)))]) }), status: 400, error: "malformed_database" },
+        { title: "a zeroed page 1", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire([frame(1, Math.max(...state.next.map((f) => f.commitSize)), 0)]) }), status: 400, error: "malformed_database" },
+        { title: "a commit that cuts the file below its tables", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire([{ ...state.first.filter((f) => f.pgno === 1).at(-1)!, commitSize: 1 }]) }), status: 400, error: "malformed_database" }
+      ]
+
+      for (const c of cases) {
+        it.effect(`${c.title} → ${c.status} ${c.error}`, () =>
+          Effect.gen(function*() {
+            const res = yield* call(c.request())
+            expect(res.status).toBe(c.status)
+            expect(res.headers["content-type"]).toContain("application/json")
+            const body = H.json(res)
+            expect(body.error).toBe(c.error)
+            expect(typeof body.message).toBe("string")
+            expect(Object.keys(body).sort()).toEqual(["error", "message"])
+            if (c.status === 401) expect(res.headers["www-authenticate"]).toBe("Bearer")
+            if (c.status === 405) expect(res.headers["allow"]).toBeTruthy()
+            const alive = yield* call({ path: `/db/${name}/info` })
+            expect(alive.status).toBe(200)
+          }))
+      }
+
+      it.effect("after all of them the stored database is unchanged, and a valid push still works", () =>
+        Effect.gen(function*() {
+          const { dir } = yield* TestServer
+          const snap = yield* withBase((base) => H.snapshot(base, name, TOKEN))
+          expect(H.digestOf(snap)).toBe(state.digest)
+          if (dir !== undefined) expect(H.treeDigest(dir)).toBe(state.tree)
+          const ok = yield* push(name, 1, at(), state.next)
+          expect(H.json(ok)).toEqual({ status: "ok", generation: 1, max_frame_no: state.head + state.next.length })
+          const after = yield* withBase((base) => H.snapshot(base, name, TOKEN))
+          const db = H.open(after.file)
+          expect(db.prepare("SELECT count(*) AS n FROM t WHERE v = 'changed'").get()).toEqual({ n: 30 })
+          expect(db.pragma("integrity_check", { simple: true })).toBe("ok")
+          db.close()
+        }))
+    })
+  })
+
+suite("memory")
