@@ -1,0 +1,12 @@
+/**
+ * Entry point of the `effect-sqlite-sync` binary. `NodeRuntime.runMain` interrupts the program on
+ * SIGINT/SIGTERM, so layers close (server stops listening, store closes its files) before exit.
+ *
+ * @since 0.1.0
+ */
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as Effect from "effect/Effect"
+import * as Cli from "./Cli.js"
+
+Cli.run(process.argv).pipe(Effect.provide(NodeContext.layer), NodeRuntime.runMain)

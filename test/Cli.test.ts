@@ -1,0 +1,91 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Fs from "node:fs"
+import * as WalFrame from "../src/WalFrame.js"
+import * as H from "./support/http.js"
+import { runBin, serverProcess } from "./support/process.js"
+
+const tempData = Effect.acquireRelease(
+  Effect.sync(() => H.tempDir("cli")),
+  (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
+)
+
+const promise = <A>(f: () => Promise<A>) => Effect.promise(f)
+
+describe("effect-sqlite-sync serve", () => {
+  it.scoped("an acknowledged push survives kill -9, and the restarted server serves it from the same directory", () =>
+    Effect.gen(function*() {
+      const data = yield* tempData
+      const first = yield* serverProcess(["--data", data])
+      expect(first.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
+      expect(first.url.endsWith(":0")).toBe(false)
+      const base = yield* promise(() => H.exportBase(first.url, "durable", 1))
+      const replica = new H.Replica(base)
+      yield* Effect.addFinalizer(() => Effect.sync(() => replica.close()))
+      const frames = replica.write(
+        "BEGIN; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'kept'), (2, 'also kept'); COMMIT;"
+      )
+      const res = yield* promise(() =>
+        H.request(first.url, {
+          method: "POST",
+          path: `/db/durable/sync/1/1/${frames.length + 1}`,
+          body: WalFrame.encodeWire(frames)
+        })
+      )
+      expect(H.json(res)).toEqual({ status: "ok", generation: 1, max_frame_no: frames.length })
+      first.child.kill("SIGKILL")
+      expect(yield* promise(() => first.exited)).toEqual({ code: null, signal: "SIGKILL" })
+
+      const second = yield* serverProcess(["--data", data])
+      const snap = yield* promise(() => H.snapshot(second.url, "durable"))
+      expect(snap.generation).toBe(1)
+      expect(Buffer.compare(Buffer.from(WalFrame.encodeWire(snap.frames)), Buffer.from(WalFrame.encodeWire(frames))))
+        .toBe(0)
+      const db = H.open(snap.file)
+      expect(db.prepare("SELECT v FROM t ORDER BY id").all()).toEqual([{ v: "kept" }, { v: "also kept" }])
+      db.close()
+    }))
+
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    it.scoped(`${signal} stops it cleanly: exit code 0, port closed`, () =>
+      Effect.gen(function*() {
+        const data = yield* tempData
+        const server = yield* serverProcess(["--data", data])
+        expect((yield* promise(() => H.request(server.url, { path: "/db/a/info" }))).status).toBe(200)
+        server.child.kill(signal)
+        const exit = yield* promise(() => server.exited)
+        expect(exit).toEqual({ code: 0, signal: null })
+        const refused = yield* promise(() =>
+          H.request(server.url, { path: "/db/a/info" }).then(() => "answered", (error: NodeJS.ErrnoException) => error.code)
+        )
+        expect(refused).toBe("ECONNREFUSED")
+      }))
+  }
+
+  it.scoped("--auth-token protects every route; logs go to stderr, one line per request", () =>
+    Effect.gen(function*() {
+      const data = yield* tempData
+      const server = yield* serverProcess(["--data", data, "--auth-token", "cli-secret", "--log-format", "json"])
+      const refused = yield* promise(() => H.request(server.url, { path: "/db/a/info" }))
+      expect(refused.status).toBe(401)
+      expect(H.json(refused).error).toBe("unauthorized")
+      const ok = yield* promise(() => H.request(server.url, { path: "/db/a/info", headers: H.auth("cli-secret") }))
+      expect(H.json(ok)).toEqual({ current_generation: 1 })
+      // Log lines are written after the response; give the child a moment to flush stderr.
+      yield* promise(() => new Promise((r) => setTimeout(r, 300)))
+      const lines = server.stderr().trim().split("\n").map((line) => JSON.parse(line))
+      expect(lines.length).toBe(2)
+      expect(lines.map((l) => [l.annotations.status, l.annotations.route])).toEqual([[401, "unrouted"], [200, "GET /info"]])
+      expect(server.stderr()).not.toContain("cli-secret")
+    }))
+
+  it.live("invalid options are refused with a non-zero exit code", () =>
+    Effect.gen(function*() {
+      for (const args of [["--port", "70000"], ["--port", "x"], ["--generation-frames", "0"], ["--auth-token", ""]]) {
+        const result = yield* promise(() => runBin(["serve", "--data", "/nonexistent-never-created", ...args]))
+        expect(result.code, args.join(" ")).not.toBe(0)
+        expect(result.stdout).not.toContain("Listening on")
+      }
+      expect(Fs.existsSync("/nonexistent-never-created")).toBe(false)
+    }))
+})

@@ -1,0 +1,68 @@
+/**
+ * Runs `node bin/effect-sqlite-sync.js serve ...` as a child process and reads the URL it prints.
+ */
+import * as ChildProcess from "node:child_process"
+import * as Path from "node:path"
+import * as Effect from "effect/Effect"
+
+export const BIN = Path.resolve(import.meta.dirname, "..", "..", "bin", "effect-sqlite-sync.js")
+
+export interface ServerProcess {
+  readonly child: ChildProcess.ChildProcess
+  readonly url: string
+  readonly stderr: () => string
+  /** Resolves with the exit code and signal once the process has exited. */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+}
+
+export const spawnServer = (args: ReadonlyArray<string>): Promise<ServerProcess> =>
+  new Promise((resolve, reject) => {
+    const child = ChildProcess.spawn(process.execPath, [BIN, "serve", "--host", "127.0.0.1", "--port", "0", ...args], {
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let stdout = ""
+    let stderr = ""
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) =>
+      child.once("exit", (code, signal) => done({ code, signal }))
+    )
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL")
+      reject(new Error(`server did not print its URL in time; stderr: ${stderr}`))
+    }, 30_000)
+    child.stderr!.on("data", (chunk: Buffer) => {
+      stderr += chunk.toString()
+    })
+    child.stdout!.on("data", (chunk: Buffer) => {
+      stdout += chunk.toString()
+      const match = /Listening on (http:\/\/\S+)/.exec(stdout)
+      if (match !== null) {
+        clearTimeout(timer)
+        resolve({ child, url: match[1], stderr: () => stderr, exited })
+      }
+    })
+    void exited.then(({ code, signal }) => {
+      clearTimeout(timer)
+      reject(new Error(`server exited (${code ?? signal}) before listening; stderr: ${stderr}`))
+    })
+  })
+
+/** A scoped server process, SIGKILLed on scope close if still running. */
+export const serverProcess = (args: ReadonlyArray<string>) =>
+  Effect.acquireRelease(
+    Effect.promise(() => spawnServer(args)),
+    (server) =>
+      Effect.promise(async () => {
+        if (server.child.exitCode === null && server.child.signalCode === null) {
+          server.child.kill("SIGKILL")
+          await server.exited
+        }
+      })
+  )
+
+/** Runs the binary to completion (for argument errors). */
+export const runBin = (args: ReadonlyArray<string>): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+  new Promise((resolve) => {
+    ChildProcess.execFile(process.execPath, [BIN, ...args], { timeout: 30_000 }, (error, stdout, stderr) => {
+      resolve({ code: error === null ? 0 : typeof error.code === "number" ? error.code : null, stdout, stderr })
+    })
+  })
