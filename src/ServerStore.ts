@@ -6,12 +6,14 @@
  * @since 0.1.0
  */
 import * as Context from "effect/Context"
-import type * as Effect from "effect/Effect"
+import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
+import * as fs from "node:fs"
 import type * as Scope from "effect/Scope"
 import * as internalCore from "./internal/serverCore.js"
 import * as internalMemory from "./internal/serverMemory.js"
+import * as internalSqlite from "./internal/serverSqlite.js"
 import type * as WalFrame from "./WalFrame.js"
 
 /**
@@ -154,3 +156,34 @@ export const makeMemory = (options: Options = {}): Effect.Effect<Service, never,
  */
 export const layerMemory = (options: Options = {}): Layer.Layer<ServerStore> =>
   Layer.scoped(ServerStore, makeMemory(options))
+
+/**
+ * The embedded SQLite store in a data directory: `<directory>/<name>/store.sqlite` holds every
+ * generation's base and frames (`synchronous=FULL`: an `Ok` push survives `kill -9`), and
+ * `<directory>/<name>/head.db` the current state used to check commits (rebuilt on first use after a
+ * start). One process at a time may serve a directory; a second one gets `Storage` errors.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (options: LayerOptions): Effect.Effect<Service, StoreError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const directory = options.directory
+    yield* Effect.try({
+      try: () => fs.mkdirSync(directory, { recursive: true }),
+      catch: (cause) => new StoreError({ reason: "Storage", message: `cannot create data directory ${directory}`, cause })
+    })
+    return yield* internalCore.make(
+      internalSqlite.make({ directory, integrityCheck: options.integrityCheck ?? "quick_check" }),
+      options
+    )
+  })
+
+/**
+ * The server's default store: `make` as a layer.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options: LayerOptions): Layer.Layer<ServerStore, StoreError> =>
+  Layer.scoped(ServerStore, make(options))

@@ -1,0 +1,777 @@
+import { describe, expect, it } from "@effect/vitest"
+import Database from "better-sqlite3"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
+import * as TestClock from "effect/TestClock"
+import fc from "fast-check"
+import { spawn } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import * as ServerStore from "../src/ServerStore.js"
+import { MAX_FRAMES_PER_REQUEST } from "../src/SyncProtocol.js"
+import * as WalFrame from "../src/WalFrame.js"
+
+type Store = ServerStore.Service
+type MakeLayer = (options?: ServerStore.Options) => Layer.Layer<ServerStore.ServerStore, ServerStore.StoreError>
+
+// ---------------------------------------------------------------------------------------------
+// Real SQLite replicas and helpers
+
+const makeTempDir = (prefix: string) => fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+
+const tempDir: Effect.Effect<string, never, Scope.Scope> = Effect.acquireRelease(
+  Effect.sync(() => makeTempDir("server-store-")),
+  (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true }))
+)
+
+/**
+ * A real SQLite database started from a generation's base, never checkpointed while in use, so its
+ * WAL holds exactly the frames a libSQL-style client would push.
+ */
+interface Replica {
+  readonly file: string
+  readonly db: Database.Database
+  /** Committed frames of its WAL, frame number = index + 1. */
+  readonly frames: () => ReadonlyArray<WalFrame.Frame>
+  /** TRUNCATE-checkpoints its WAL, as a client does when it moves to the next generation. */
+  readonly checkpoint: () => Uint8Array
+}
+
+const openReplica = (base: Uint8Array): Effect.Effect<Replica, never, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const dir = makeTempDir("replica-")
+      const file = path.join(dir, "db.sqlite")
+      fs.writeFileSync(file, base)
+      const db = new Database(file)
+      db.pragma("wal_autocheckpoint = 0")
+      const replica: Replica = {
+        file,
+        db,
+        frames: () => {
+          if (!fs.existsSync(`${file}-wal`)) return []
+          return Option.match(WalFrame.parse(new Uint8Array(fs.readFileSync(`${file}-wal`))), {
+            onNone: () => [],
+            onSome: (wal) => wal.frames.map((f) => ({ ...f, page: f.page.slice() }))
+          })
+        },
+        checkpoint: () => {
+          const [row] = db.pragma("wal_checkpoint(TRUNCATE)") as Array<{ busy: number }>
+          expect(row.busy).toBe(0)
+          return new Uint8Array(fs.readFileSync(file))
+        }
+      }
+      return { replica, dir }
+    }),
+    ({ dir, replica }) =>
+      Effect.sync(() => {
+        replica.db.close()
+        fs.rmSync(dir, { recursive: true, force: true })
+      })
+  ).pipe(Effect.map(({ replica }) => replica))
+
+/** Opens a database image in memory (a WAL-mode image must say rollback mode to be deserialized). */
+const queryImage = <T>(image: Uint8Array, sql: string): Array<T> => {
+  const copy = Buffer.from(image)
+  copy[18] = 1
+  copy[19] = 1
+  const db = new Database(copy)
+  try {
+    return db.prepare(sql).all() as Array<T>
+  } finally {
+    db.close()
+  }
+}
+
+const pullAll = (store: Store, name: string, generation: number, from = 1, window = 128) =>
+  Effect.gen(function*() {
+    const frames: Array<WalFrame.Frame> = []
+    let next = from
+    while (true) {
+      const result = yield* store.pull(name, generation, next, next + window)
+      if (result._tag === "CheckpointNeeded") return { frames, answer: result }
+      expect(result.frames.length).toBeGreaterThan(0)
+      frames.push(...result.frames)
+      next += result.frames.length
+    }
+  })
+
+/** What a fresh replica of the current generation sees: base plus every committed frame. */
+const materialize = (store: Store, name: string) =>
+  Effect.gen(function*() {
+    const info = yield* store.info(name)
+    const base = yield* store.exportGeneration(name, info.generation)
+    const { frames } = yield* pullAll(store, name, info.generation)
+    expect(frames.length).toBe(info.maxFrameNo)
+    return WalFrame.applyFrames(base, frames)
+  })
+
+const rowsOf = (image: Uint8Array) => queryImage<{ id: number; v: string }>(image, "SELECT id, v FROM t ORDER BY id")
+
+/** Pushes frames in chunks, following batons, checking every answer is Ok with end - 1. */
+const pushChunks = (
+  store: Store,
+  name: string,
+  generation: number,
+  start: number,
+  frames: ReadonlyArray<WalFrame.Frame>,
+  chunk: number
+) =>
+  Effect.gen(function*() {
+    let baton: string | undefined
+    const answers: Array<ServerStore.PushResult> = []
+    for (let i = 0; i < frames.length; i += chunk) {
+      const part = frames.slice(i, i + chunk)
+      const result = yield* store.push(name, generation, start + i, start + i + part.length, part, baton)
+      expect(result).toMatchObject({ _tag: "Ok", generation, maxFrameNo: start + i + part.length - 1 })
+      answers.push(result)
+      baton = result._tag === "Ok" ? result.baton : undefined
+    }
+    return answers
+  })
+
+const failure = <A>(effect: Effect.Effect<A, ServerStore.StoreError>) => Effect.map(Effect.flip(effect), (e) => e.reason)
+
+/** A replica from the database's current base, with a table `t` created and `rows` rows inserted. */
+const seeded = (store: Store, name: string, rows = 3) =>
+  Effect.gen(function*() {
+    const base = yield* store.exportGeneration(name, 1)
+    const replica = yield* openReplica(base)
+    replica.db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+    const insert = replica.db.prepare("INSERT INTO t (v) VALUES (?)")
+    for (let i = 0; i < rows; i++) insert.run(`row ${i}`)
+    return { base, replica }
+  })
+
+/** Frames of one transaction inserting `count` rows with a page-sized payload each. */
+const bigTransaction = (replica: Replica, count: number, tag: string) => {
+  const before = replica.frames().length
+  const insert = replica.db.prepare("INSERT INTO t (v) VALUES (? || hex(randomblob(1500)))")
+  replica.db.transaction(() => {
+    for (let i = 0; i < count; i++) insert.run(`${tag}${i}:`)
+  })()
+  const all = replica.frames()
+  return { start: before + 1, frames: all.slice(before) }
+}
+
+const corruptBtree = (frame: WalFrame.Frame): WalFrame.Frame => {
+  const page = frame.page.slice()
+  // A leaf page claiming 65535 cells: structurally impossible, the kind of page quick_check exists for.
+  const offset = frame.pgno === 1 ? 100 : 0
+  page[offset + 3] = 0xff
+  page[offset + 4] = 0xff
+  return { ...frame, page }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The conformance suite, run against every layer
+
+const conformance = (label: string, makeLayer: MakeLayer) =>
+  describe(`ServerStore conformance: ${label}`, () => {
+    const withStore = <A, E>(
+      options: ServerStore.Options,
+      body: (store: Store) => Effect.Effect<A, E, Scope.Scope>
+    ): Effect.Effect<A, E | ServerStore.StoreError, Scope.Scope> =>
+      Effect.flatMap(ServerStore.ServerStore, body).pipe(Effect.provide(makeLayer(options)))
+
+    it.scoped("creates a database on first use with the empty WAL-mode base", () =>
+      withStore({}, (store) =>
+        Effect.gen(function*() {
+          expect(yield* store.info("fresh")).toEqual({ generation: 1, maxFrameNo: 0 })
+          const base = yield* store.exportGeneration("fresh", 1)
+          expect(base.byteLength).toBe(4096)
+          expect([base[18], base[19]]).toEqual([2, 2])
+          expect(Buffer.from(base.subarray(0, 16)).toString("latin1")).toBe("SQLite format 3\0")
+          expect(queryImage(base, "SELECT count(*) AS n FROM sqlite_schema")).toEqual([{ n: 0 }])
+          expect(yield* failure(store.exportGeneration("fresh", 2))).toBe("GenerationNotFound")
+          expect(yield* failure(store.exportGeneration("fresh", 0))).toBe("GenerationNotFound")
+          expect(yield* store.pull("fresh", 1, 1, 10)).toEqual({ _tag: "CheckpointNeeded", generation: 1, maxFrameNo: 0 })
+          // Databases are independent.
+          expect(yield* store.info("other")).toEqual({ generation: 1, maxFrameNo: 0 })
+        })))
+
+    it.scoped("refuses database names that are not [A-Za-z0-9_-]{1,64}", () =>
+      withStore({}, (store) =>
+        Effect.gen(function*() {
+          for (const name of ["", "../etc", "a/b", "a b", "x".repeat(65), ".", "..", "é", "a\0b"]) {
+            expect(yield* failure(store.info(name))).toBe("BadRequest")
+            expect(yield* failure(store.exportGeneration(name, 1))).toBe("BadRequest")
+            expect(yield* failure(store.pull(name, 1, 1, 2))).toBe("BadRequest")
+          }
+          expect(yield* store.info("x".repeat(64))).toEqual({ generation: 1, maxFrameNo: 0 })
+          expect(yield* store.info("A-z_09")).toEqual({ generation: 1, maxFrameNo: 0 })
+        })))
+
+    it.scoped("stores pushed frames and serves them to pulls, byte for byte", () =>
+      withStore({}, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 5)
+          const frames = replica.frames()
+          expect(frames.length).toBeGreaterThan(2)
+          const end = frames.length + 1
+          expect(yield* store.push("db", 1, 1, end, frames)).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: end - 1 })
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: end - 1 })
+          const { answer, frames: pulled } = yield* pullAll(store, "db", 1, 1, 2)
+          expect(answer).toEqual({ _tag: "CheckpointNeeded", generation: 1, maxFrameNo: end - 1 })
+          expect(pulled.length).toBe(frames.length)
+          pulled.forEach((frame, i) => expect(WalFrame.equals(frame, frames[i])).toBe(true))
+          // A window past the head is cut at the head; one inside it is honoured.
+          const tail = yield* store.pull("db", 1, 2, 1000)
+          expect(tail._tag === "Frames" && tail.frames.length).toBe(frames.length - 1)
+          const one = yield* store.pull("db", 1, 2, 3)
+          expect(one._tag === "Frames" && one.frames.length).toBe(1)
+          const image = yield* materialize(store, "db")
+          expect(rowsOf(image)).toEqual(replica.db.prepare("SELECT id, v FROM t ORDER BY id").all())
+          expect(Buffer.compare(image, replica.checkpoint())).toBe(0)
+        })))
+
+    it.scoped("validates pull and push arguments and changes nothing", () =>
+      withStore({}, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db")
+          const frames = replica.frames()
+          const n = frames.length
+          expect(yield* failure(store.pull("db", 1, 0, 5))).toBe("BadRequest")
+          expect(yield* failure(store.pull("db", 1, 3, 3))).toBe("BadRequest")
+          expect(yield* failure(store.pull("db", 1, 3, 2))).toBe("BadRequest")
+          expect(yield* failure(store.pull("db", 1, 1.5, 3))).toBe("BadRequest")
+          expect(yield* failure(store.pull("db", 2, 1, 3))).toBe("GenerationNotFound")
+          expect(yield* failure(store.pull("db", 0, 1, 3))).toBe("GenerationNotFound")
+          expect(yield* failure(store.push("db", 1, 0, n, frames))).toBe("BadRequest")
+          expect(yield* failure(store.push("db", 1, 1, 1, []))).toBe("BadRequest")
+          expect(yield* failure(store.push("db", 1, 1, n, frames))).toBe("BadRequest")
+          expect(yield* failure(store.push("db", 1, 1, n + 2, frames))).toBe("BadRequest")
+          const many = Array.from({ length: MAX_FRAMES_PER_REQUEST + 1 }, () => frames[0])
+          expect(yield* failure(store.push("db", 1, 1, many.length + 1, many))).toBe("TooLarge")
+          expect(yield* failure(store.push("db", 2, 1, n + 1, frames))).toBe("GenerationNotFound")
+          expect(yield* failure(store.push("../x", 1, 1, n + 1, frames))).toBe("BadRequest")
+          const bad = (f: Partial<WalFrame.Frame>, at: number) => frames.map((frame, i) => (i === at ? { ...frame, ...f } : frame))
+          const last = n - 1
+          expect(yield* failure(store.push("db", 1, 1, n + 1, bad({ pgno: 0 }, 0)))).toBe("BadFrames")
+          expect(yield* failure(store.push("db", 1, 1, n + 1, bad({ page: new Uint8Array(100) }, 0)))).toBe("BadFrames")
+          expect(yield* failure(store.push("db", 1, 1, n + 1, bad({ pgno: 50 }, last - 1)))).toBe("BadFrames")
+          expect(yield* failure(store.push("db", 1, 1, n + 1, bad({ commitSize: 1 }, last)))).toBe("BadFrames")
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: 0 })
+          // And the genuine frames still go through afterwards.
+          expect(yield* store.push("db", 1, 1, n + 1, frames)).toMatchObject({ _tag: "Ok", maxFrameNo: n })
+        })))
+
+    it.scoped("re-pushing frames it already has is idempotent", () =>
+      withStore({}, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 2)
+          const first = replica.frames()
+          const n = first.length
+          yield* store.push("db", 1, 1, n + 1, first)
+          expect(yield* store.push("db", 1, 1, n + 1, first)).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: n })
+          expect(yield* store.push("db", 1, 2, n + 1, first.slice(1))).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: n })
+          expect(yield* store.push("db", 1, 1, 2, first.slice(0, 1))).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: 1 })
+          // Overlap plus new frames: the known ones are compared, the new ones appended.
+          replica.db.prepare("INSERT INTO t (v) VALUES ('more')").run()
+          const all = replica.frames()
+          expect(all.length).toBeGreaterThan(n)
+          expect(yield* store.push("db", 1, 2, all.length + 1, all.slice(1))).toEqual({
+            _tag: "Ok",
+            generation: 1,
+            maxFrameNo: all.length
+          })
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: all.length })
+          expect(rowsOf(yield* materialize(store, "db")).map((r) => r.v)).toEqual(["row 0", "row 1", "more"])
+        })))
+
+    it.scoped("answers conflict when a frame at or below the head differs, and keeps the first writer's data", () =>
+      withStore({}, (store) =>
+        Effect.gen(function*() {
+          const { base, replica: a } = yield* seeded(store, "db", 2)
+          const framesA = a.frames()
+          yield* store.push("db", 1, 1, framesA.length + 1, framesA)
+          const b = yield* openReplica(base)
+          b.db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL); INSERT INTO t (v) VALUES ('from b')")
+          const framesB = b.frames()
+          expect(yield* store.push("db", 1, 1, framesB.length + 1, framesB)).toEqual({
+            _tag: "Conflict",
+            generation: 1,
+            maxFrameNo: framesA.length
+          })
+          // A push that starts on a differing frame inside the head and runs past it conflicts too.
+          b.db.exec("INSERT INTO t (v) VALUES ('b2'), ('b3')")
+          const moreB = b.frames()
+          if (moreB.length > framesA.length) {
+            expect(yield* store.push("db", 1, framesA.length, moreB.length + 1, moreB.slice(framesA.length - 1))).toMatchObject({
+              _tag: "Conflict",
+              maxFrameNo: framesA.length
+            })
+          }
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: framesA.length })
+          expect(rowsOf(yield* materialize(store, "db")).map((r) => r.v)).toEqual(["row 0", "row 1"])
+        })))
+
+    it.scoped("answers a gap with the real head and stores nothing", () =>
+      withStore({}, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 1)
+          const first = replica.frames()
+          const n = first.length
+          yield* store.push("db", 1, 1, n + 1, first)
+          const { frames } = bigTransaction(replica, 5, "g")
+          expect(frames.length).toBeGreaterThan(2)
+          // Frames n+2.. without n+1: the client is told where the server really is.
+          expect(yield* store.push("db", 1, n + 2, n + frames.length + 1, frames.slice(1))).toEqual({
+            _tag: "Ok",
+            generation: 1,
+            maxFrameNo: n
+          })
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: n })
+          expect(yield* store.push("db", 1, n + 1, n + frames.length + 1, frames)).toEqual({
+            _tag: "Ok",
+            generation: 1,
+            maxFrameNo: n + frames.length
+          })
+          // Inside a baton session a gap answers the session's position and keeps the baton.
+          const more = bigTransaction(replica, 6, "h")
+          const at = n + frames.length + 1
+          const r = yield* store.push("db", 1, at, at + 2, more.frames.slice(0, 2))
+          const baton = r._tag === "Ok" ? r.baton : undefined
+          expect(baton).toBeDefined()
+          expect(yield* store.push("db", 1, at + 3, at + 4, more.frames.slice(3, 4), baton)).toEqual({
+            _tag: "Ok",
+            generation: 1,
+            maxFrameNo: at + 1,
+            baton
+          })
+        })))
+
+    it.scoped("a transaction spanning requests stays invisible until its commit frame, and locks out other pushers", () =>
+      withStore({}, (store) =>
+        Effect.gen(function*() {
+          const { base, replica } = yield* seeded(store, "db", 1)
+          const setup = replica.frames()
+          yield* store.push("db", 1, 1, setup.length + 1, setup)
+          const head = setup.length
+          const { frames, start } = bigTransaction(replica, 40, "big")
+          expect(start).toBe(head + 1)
+          expect(frames.length).toBeGreaterThan(30)
+          expect(frames.slice(0, -1).every((f) => f.commitSize === 0)).toBe(true)
+
+          let baton: string | undefined
+          const chunk = 8
+          const parts = Math.ceil(frames.length / chunk)
+          for (let p = 0; p < parts - 1; p++) {
+            const from = start + p * chunk
+            const part = frames.slice(p * chunk, (p + 1) * chunk)
+            const r = yield* store.push("db", 1, from, from + part.length, part, baton)
+            expect(r._tag).toBe("Ok")
+            if (r._tag !== "Ok") return
+            expect(r.maxFrameNo).toBe(from + part.length - 1)
+            expect(r.baton).toBeDefined()
+            if (baton !== undefined) expect(r.baton).toBe(baton)
+            baton = r.baton
+            // Invisible to pulls and info.
+            expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: head })
+            expect(yield* store.pull("db", 1, head + 1, head + 100)).toEqual({ _tag: "CheckpointNeeded", generation: 1, maxFrameNo: head })
+            // Other pushers are held off, unknown batons refused.
+            const other = yield* openReplica(base)
+            other.db.exec("CREATE TABLE u (x)")
+            expect(yield* failure(store.push("db", 1, 1, other.frames().length + 1, other.frames()))).toBe("Busy")
+            expect(yield* failure(store.push("db", 1, from, from + part.length, part, "not-a-baton"))).toBe("UnknownBaton")
+            // A retry of the same request with the baton is answered the same way.
+            expect(yield* store.push("db", 1, from, from + part.length, part, baton)).toEqual(r)
+          }
+          expect(yield* materialize(store, "db").pipe(Effect.map(rowsOf))).toHaveLength(1)
+          const from = start + (parts - 1) * chunk
+          const lastPart = frames.slice((parts - 1) * chunk)
+          const done = yield* store.push("db", 1, from, from + lastPart.length, lastPart, baton)
+          expect(done).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: head + frames.length })
+          // A retry of the committing request (its answer was lost) is still answered Ok.
+          expect(yield* store.push("db", 1, from, from + lastPart.length, lastPart, baton)).toEqual(done)
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: head + frames.length })
+          const image = yield* materialize(store, "db")
+          expect(rowsOf(image)).toHaveLength(41)
+          expect(Buffer.compare(image, replica.checkpoint())).toBe(0)
+          // The database is free again.
+          const other = yield* openReplica(yield* store.exportGeneration("db", 1))
+          other.db.exec("CREATE TABLE u (x)")
+          expect(yield* store.push("db", 1, 1, other.frames().length + 1, other.frames())).toMatchObject({ _tag: "Conflict" })
+        })))
+
+    it.scoped("a request can commit one transaction and leave the next one pending", () =>
+      withStore({}, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 1)
+          const first = replica.frames()
+          const { frames: big } = bigTransaction(replica, 10, "b")
+          const all = [...first, ...big]
+          const cut = first.length + 3
+          const r1 = yield* store.push("db", 1, 1, cut + 1, all.slice(0, cut))
+          expect(r1).toMatchObject({ _tag: "Ok", maxFrameNo: cut })
+          expect(r1._tag === "Ok" && r1.baton).toBeTruthy()
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: first.length })
+          const r2 = yield* store.push("db", 1, cut + 1, all.length + 1, all.slice(cut), r1._tag === "Ok" ? r1.baton : undefined)
+          expect(r2).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: all.length })
+          expect(rowsOf(yield* materialize(store, "db"))).toHaveLength(11)
+        })))
+
+    it.scoped("an idle baton expires: its frames are dropped and the database released", () =>
+      withStore({ batonIdleMs: 1000 }, (store) =>
+        Effect.gen(function*() {
+          const { base, replica } = yield* seeded(store, "db", 1)
+          const setup = replica.frames()
+          yield* store.push("db", 1, 1, setup.length + 1, setup)
+          const head = setup.length
+          const { frames } = bigTransaction(replica, 10, "x")
+          const r = yield* store.push("db", 1, head + 1, head + 5, frames.slice(0, 4))
+          const baton = r._tag === "Ok" ? r.baton : undefined
+          expect(baton).toBeDefined()
+          yield* TestClock.adjust(Duration.millis(900))
+          // Still alive: using it keeps it alive.
+          expect(yield* store.push("db", 1, head + 5, head + 7, frames.slice(4, 6), baton)).toMatchObject({ _tag: "Ok", baton })
+          yield* TestClock.adjust(Duration.millis(900))
+          const other = yield* openReplica(base)
+          other.db.exec("CREATE TABLE u (x)")
+          expect(yield* failure(store.push("db", 1, 1, other.frames().length + 1, other.frames()))).toBe("Busy")
+          yield* TestClock.adjust(Duration.millis(200))
+          expect(yield* failure(store.push("db", 1, head + 7, head + 9, frames.slice(6, 8), baton))).toBe("UnknownBaton")
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: head })
+          // The transaction can be pushed again from its start, without the dead baton.
+          const again = yield* pushChunks(store, "db", 1, head + 1, frames, 4)
+          expect(again[again.length - 1]).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: head + frames.length })
+          expect(rowsOf(yield* materialize(store, "db"))).toHaveLength(11)
+        })))
+
+    it.live("baton expiry with real time", () =>
+      withStore({ batonIdleMs: 50 }, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 1)
+          const setup = replica.frames()
+          yield* store.push("db", 1, 1, setup.length + 1, setup)
+          const { frames, start } = bigTransaction(replica, 5, "y")
+          const r = yield* store.push("db", 1, start, start + 2, frames.slice(0, 2))
+          expect(r._tag === "Ok" && r.baton).toBeTruthy()
+          expect(yield* failure(store.push("db", 1, start, start + 2, frames.slice(0, 2)))).toBe("Busy")
+          yield* Effect.sleep(Duration.millis(120))
+          expect(yield* store.push("db", 1, start, start + frames.length, frames)).toEqual({
+            _tag: "Ok",
+            generation: 1,
+            maxFrameNo: start + frames.length - 1
+          })
+        })).pipe(Effect.scoped))
+
+    it.scoped("refuses a commit that would leave a malformed database, and stores nothing", () =>
+      withStore({}, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 3)
+          const good = replica.frames()
+          yield* store.push("db", 1, 1, good.length + 1, good)
+          replica.db.prepare("INSERT INTO t (v) VALUES ('next')").run()
+          const next = replica.frames().slice(good.length)
+          const head = good.length
+          // Corrupt the last copy of a b-tree page in the transaction (that is the one that counts).
+          const corrupted = next.map((f, i) => (i === next.length - 1 ? corruptBtree(f) : f))
+          expect(yield* failure(store.push("db", 1, head + 1, head + next.length + 1, corrupted))).toBe("Malformed")
+          // A page 1 that leaves WAL mode is refused as well.
+          const page1 = good.findIndex((f) => f.pgno === 1)
+          expect(page1).toBeGreaterThanOrEqual(0)
+          const leaveWal = next.length > 0
+            ? [{ pgno: 1, commitSize: 0, page: (() => {
+              const p = good[page1].page.slice()
+              p[18] = 1
+              p[19] = 1
+              return p
+            })() }, ...next]
+            : []
+          expect(yield* failure(store.push("db", 1, head + 1, head + leaveWal.length + 1, leaveWal))).toBe("Malformed")
+          // Garbage in a brand-new page the transaction claims.
+          const garbage = { pgno: 2, commitSize: 2, page: new Uint8Array(4096).fill(0x41) }
+          expect(yield* failure(store.push("db", 1, head + 1, head + 2, [garbage]))).toBe("Malformed")
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: head })
+          expect(yield* store.pull("db", 1, head + 1, head + 10)).toMatchObject({ _tag: "CheckpointNeeded", maxFrameNo: head })
+          // The refused transaction left no trace: the genuine one is accepted.
+          expect(yield* store.push("db", 1, head + 1, head + next.length + 1, next)).toEqual({
+            _tag: "Ok",
+            generation: 1,
+            maxFrameNo: head + next.length
+          })
+          expect(rowsOf(yield* materialize(store, "db")).map((r) => r.v)).toEqual(["row 0", "row 1", "row 2", "next"])
+        })))
+
+    it.scoped("a malformed commit at the end of a baton session ends the session", () =>
+      withStore({}, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 1)
+          const setup = replica.frames()
+          yield* store.push("db", 1, 1, setup.length + 1, setup)
+          const head = setup.length
+          const { frames } = bigTransaction(replica, 6, "m")
+          const r = yield* store.push("db", 1, head + 1, head + 3, frames.slice(0, 2))
+          const baton = r._tag === "Ok" ? r.baton : undefined
+          const rest = frames.slice(2)
+          const bad = rest.map((f, i) => (i === rest.length - 1 ? corruptBtree(f) : f))
+          expect(yield* failure(store.push("db", 1, head + 3, head + frames.length + 1, bad, baton))).toBe("Malformed")
+          expect(yield* failure(store.push("db", 1, head + 3, head + frames.length + 1, rest, baton))).toBe("UnknownBaton")
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: head })
+          yield* pushChunks(store, "db", 1, head + 1, frames, 3)
+          expect(rowsOf(yield* materialize(store, "db"))).toHaveLength(7)
+        })))
+
+    it.scoped("rolls to a new generation whose base is byte-identical to a replica's TRUNCATE checkpoint", () =>
+      withStore({ generationFrames: 6 }, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 2)
+          const first = replica.frames()
+          expect(first.length).toBeLessThanOrEqual(6)
+          yield* store.push("db", 1, 1, first.length + 1, first)
+          expect((yield* store.info("db")).generation).toBe(1)
+          const { frames, start } = bigTransaction(replica, 6, "r")
+          // A push that is not committed does not roll, even past the threshold.
+          const r1 = yield* store.push("db", 1, start, start + 5, frames.slice(0, 5))
+          expect(r1._tag === "Ok" && r1.baton).toBeTruthy()
+          expect((yield* store.info("db")).generation).toBe(1)
+          // The committing push answers with the URL's generation, then the store has rolled.
+          const r2 = yield* store.push("db", 1, start + 5, start + frames.length, frames.slice(5), r1._tag === "Ok" ? r1.baton : undefined)
+          const last1 = start + frames.length - 1
+          expect(r2).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: last1 })
+          expect(yield* store.info("db")).toEqual({ generation: 2, maxFrameNo: 0 })
+          const base1 = yield* store.exportGeneration("db", 1)
+          const { frames: all1, answer } = yield* pullAll(store, "db", 1)
+          expect(all1.length).toBe(last1)
+          expect(answer).toEqual({ _tag: "CheckpointNeeded", generation: 2, maxFrameNo: 0 })
+          const base2 = yield* store.exportGeneration("db", 2)
+          expect(Buffer.compare(base2, WalFrame.applyFrames(base1, all1))).toBe(0)
+          expect(Buffer.compare(base2, replica.checkpoint())).toBe(0)
+          expect([base2[18], base2[19]]).toEqual([2, 2])
+          // Pushing to the old generation is a conflict naming its last frame.
+          expect(yield* store.push("db", 1, 1, first.length + 1, first)).toEqual({ _tag: "Conflict", generation: 1, maxFrameNo: last1 })
+          // The replica continues in generation 2 from frame 1.
+          replica.db.prepare("INSERT INTO t (v) VALUES ('gen2')").run()
+          const g2 = replica.frames()
+          expect(yield* store.push("db", 2, 1, g2.length + 1, g2)).toEqual({ _tag: "Ok", generation: 2, maxFrameNo: g2.length })
+          expect(yield* store.pull("db", 2, g2.length + 1, g2.length + 10)).toEqual({
+            _tag: "CheckpointNeeded",
+            generation: 2,
+            maxFrameNo: g2.length
+          })
+          expect(rowsOf(yield* materialize(store, "db"))).toHaveLength(9)
+          expect(yield* failure(store.exportGeneration("db", 3))).toBe("GenerationNotFound")
+        })))
+
+    it.scoped("keepGenerations drops old generations: they answer GenerationGone", () =>
+      withStore({ generationFrames: 1, keepGenerations: 1 }, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 1)
+          const lastFrames: Array<number> = []
+          let generation = 1
+          let frames = replica.frames()
+          for (let round = 0; round < 3; round++) {
+            yield* store.push("db", generation, 1, frames.length + 1, frames)
+            lastFrames.push(frames.length)
+            expect((yield* store.info("db")).generation).toBe(generation + 1)
+            const base = replica.checkpoint()
+            expect(Buffer.compare(base, yield* store.exportGeneration("db", generation + 1))).toBe(0)
+            generation++
+            // Two commits, so the generation goes past one frame.
+            replica.db.prepare("INSERT INTO t (v) VALUES (?)").run(`g${generation}`)
+            replica.db.prepare("INSERT INTO t (v) VALUES (?)").run(`g${generation}b`)
+            frames = replica.frames()
+            expect(frames.length).toBeGreaterThan(1)
+          }
+          // Current is 4; with one old generation kept, 3 stays, 1 and 2 are gone.
+          expect(yield* store.info("db")).toEqual({ generation: 4, maxFrameNo: 0 })
+          expect(yield* failure(store.exportGeneration("db", 1))).toBe("GenerationGone")
+          expect(yield* failure(store.exportGeneration("db", 2))).toBe("GenerationGone")
+          expect(yield* failure(store.pull("db", 2, 1, 10))).toBe("GenerationGone")
+          expect((yield* store.exportGeneration("db", 3)).byteLength).toBeGreaterThan(0)
+          expect((yield* store.pull("db", 3, 1, 10))._tag).toBe("Frames")
+          expect(yield* store.pull("db", 3, lastFrames[2] + 1, 100)).toEqual({ _tag: "CheckpointNeeded", generation: 4, maxFrameNo: 0 })
+          // A push to a dropped generation is still a conflict, as for any old generation.
+          expect(yield* store.push("db", 2, 1, frames.length + 1, frames)).toEqual({ _tag: "Conflict", generation: 2, maxFrameNo: lastFrames[1] })
+        })))
+
+    it.scoped("concurrent pushes of one database are serialized; different databases are independent", () =>
+      withStore({}, (store) =>
+        Effect.gen(function*() {
+          const base = yield* store.exportGeneration("db", 1)
+          const a = yield* openReplica(base)
+          const b = yield* openReplica(base)
+          a.db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL); INSERT INTO t (v) VALUES ('a')")
+          b.db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL); INSERT INTO t (v) VALUES ('b')")
+          const fa = a.frames()
+          const fb = b.frames()
+          const results = yield* Effect.all(
+            [
+              store.push("db", 1, 1, fa.length + 1, fa),
+              store.push("db", 1, 1, fb.length + 1, fb),
+              store.push("db", 1, 1, fa.length + 1, fa),
+              store.push("db2", 1, 1, fb.length + 1, fb)
+            ],
+            { concurrency: "unbounded" }
+          )
+          const winner = results[0]._tag === "Ok" ? "a" : "b"
+          expect(results.slice(0, 2).map((r) => r._tag).sort()).toEqual(["Conflict", "Ok"])
+          expect(results[2]._tag).toBe(winner === "a" ? "Ok" : "Conflict")
+          expect(results[3]._tag).toBe("Ok")
+          expect(rowsOf(yield* materialize(store, "db")).map((r) => r.v)).toEqual([winner])
+          expect(rowsOf(yield* materialize(store, "db2")).map((r) => r.v)).toEqual(["b"])
+        })))
+
+    it("property: any chunking and duplication of a replica's pushes reproduces the replica", async () => {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.array(
+            fc.record({
+              inserts: fc.integer({ min: 0, max: 6 }),
+              big: fc.boolean(),
+              deleteSome: fc.boolean()
+            }),
+            { minLength: 1, maxLength: 5 }
+          ),
+          fc.array(fc.integer({ min: 1, max: 7 }), { minLength: 1, maxLength: 8 }),
+          fc.array(fc.boolean(), { minLength: 1, maxLength: 8 }),
+          (transactions, chunks, repeats) =>
+            withStore({}, (store) =>
+              Effect.gen(function*() {
+                const { replica } = yield* seeded(store, "p", 1)
+                const insert = replica.db.prepare("INSERT INTO t (v) VALUES (?)")
+                for (const tx of transactions) {
+                  replica.db.transaction(() => {
+                    for (let i = 0; i < tx.inserts; i++) insert.run(tx.big ? "z".repeat(3000) : `v${i}`)
+                    if (tx.deleteSome) replica.db.exec("DELETE FROM t WHERE id % 3 = 0")
+                  })()
+                }
+                const frames = replica.frames()
+                let next = 1
+                let baton: string | undefined
+                let step = 0
+                while (next <= frames.length) {
+                  const size = chunks[step % chunks.length]
+                  const part = frames.slice(next - 1, next - 1 + size)
+                  const r = yield* store.push("p", 1, next, next + part.length, part, baton)
+                  expect(r).toMatchObject({ _tag: "Ok", maxFrameNo: next + part.length - 1 })
+                  if (repeats[step % repeats.length]) {
+                    expect(yield* store.push("p", 1, next, next + part.length, part, r._tag === "Ok" ? r.baton : undefined)).toEqual(r)
+                  }
+                  baton = r._tag === "Ok" ? r.baton : undefined
+                  next += part.length
+                  step++
+                }
+                expect(baton).toBeUndefined()
+                const image = yield* materialize(store, "p")
+                expect(Buffer.compare(image, replica.checkpoint())).toBe(0)
+              })
+            ).pipe(Effect.scoped, Effect.runPromise)
+        ),
+        { numRuns: 12 }
+      )
+    })
+  })
+
+conformance("layerMemory", (options) => ServerStore.layerMemory(options))
+
+conformance("layer (embedded SQLite in a temp directory)", (options) =>
+  Layer.unwrapScoped(Effect.map(tempDir, (directory) => ServerStore.layer({ ...options, directory }))))
+
+// ---------------------------------------------------------------------------------------------
+// What only the disk store can show
+
+describe("ServerStore.layer: persistence", () => {
+  const run = <A, E>(directory: string, options: ServerStore.Options, body: (store: Store) => Effect.Effect<A, E, Scope.Scope>) =>
+    Effect.flatMap(ServerStore.ServerStore, body).pipe(Effect.provide(ServerStore.layer({ ...options, directory })), Effect.scoped)
+
+  it.scoped("reopening the same directory keeps generations, bases, frames and the check's head", () =>
+    Effect.gen(function*() {
+      const directory = yield* tempDir
+      const options = { generationFrames: 4, keepGenerations: 1 }
+      const replicaBase = yield* run(directory, options, (store) => store.exportGeneration("db", 1))
+      const replica = yield* openReplica(replicaBase)
+      replica.db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+      const insert = replica.db.prepare("INSERT INTO t (v) VALUES (?)")
+      for (let i = 0; i < 5; i++) insert.run(`r${i}`)
+      const g1 = replica.frames()
+      expect(g1.length).toBeGreaterThan(4)
+      const before = yield* run(directory, options, (store) =>
+        Effect.gen(function*() {
+          yield* store.push("db", 1, 1, g1.length + 1, g1)
+          expect((yield* store.info("db")).generation).toBe(2)
+          return { base2: yield* store.exportGeneration("db", 2), pulled: (yield* pullAll(store, "db", 1)).frames }
+        }))
+      expect(Buffer.compare(before.base2, replica.checkpoint())).toBe(0)
+      insert.run("in g2")
+      const g2 = replica.frames()
+      yield* run(directory, options, (store) => store.push("db", 2, 1, g2.length + 1, g2))
+      // Leftovers a crash could leave next to the head file do not matter.
+      fs.writeFileSync(path.join(directory, "db", "head.db-wal"), new Uint8Array(5000).fill(7))
+      fs.writeFileSync(path.join(directory, "db", "head.db-shm"), new Uint8Array(100).fill(9))
+      fs.writeFileSync(path.join(directory, "db", "head.db"), new Uint8Array(4096))
+      yield* run(directory, options, (store) =>
+        Effect.gen(function*() {
+          expect(yield* store.info("db")).toEqual({ generation: 2, maxFrameNo: g2.length })
+          expect(Buffer.compare(yield* store.exportGeneration("db", 2), before.base2)).toBe(0)
+          const again = (yield* pullAll(store, "db", 1)).frames
+          expect(again.length).toBe(before.pulled.length)
+          again.forEach((f, i) => expect(WalFrame.equals(f, before.pulled[i])).toBe(true))
+          expect(rowsOf(yield* materialize(store, "db")).map((r) => r.v)).toEqual(["r0", "r1", "r2", "r3", "r4", "in g2"])
+          // The rebuilt head still guards commits.
+          insert.run("after reopen")
+          const g2b = replica.frames().slice(g2.length)
+          const bad = g2b.map((f, i) => (i === g2b.length - 1 ? corruptBtree(f) : f))
+          expect(yield* failure(store.push("db", 2, g2.length + 1, g2.length + bad.length + 1, bad))).toBe("Malformed")
+          expect(yield* store.push("db", 2, g2.length + 1, g2.length + g2b.length + 1, g2b)).toMatchObject({ _tag: "Ok" })
+        }))
+      // Lowering keepGenerations between runs drops the surplus on open.
+      yield* run(directory, { keepGenerations: 0 }, (store) =>
+        Effect.gen(function*() {
+          expect(yield* failure(store.exportGeneration("db", 1))).toBe("GenerationGone")
+          expect((yield* store.info("db")).generation).toBe(2)
+        }))
+      expect(fs.existsSync(path.join(directory, "db", "store.sqlite"))).toBe(true)
+    }))
+
+  it.scoped("a second store over the same directory is refused while the first is open", () =>
+    Effect.gen(function*() {
+      const directory = yield* tempDir
+      const first = yield* ServerStore.make({ directory })
+      yield* first.info("db")
+      const second = yield* ServerStore.make({ directory })
+      const error = yield* Effect.flip(second.info("db"))
+      expect(error.reason).toBe("Storage")
+      expect(error.message).toContain("another process")
+    }))
+
+  it.live("an Ok push survives kill -9 of the process that answered it", () =>
+    Effect.gen(function*() {
+      const directory = yield* tempDir
+      const base = yield* run(directory, {}, (store) => store.exportGeneration("db", 1))
+      const replica = yield* openReplica(base)
+      replica.db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+      const insert = replica.db.prepare("INSERT INTO t (v) VALUES (?)")
+      for (let i = 0; i < 20; i++) insert.run(`durable ${i}`)
+      const frames = replica.frames()
+      const framesFile = path.join(directory, "frames.bin")
+      fs.writeFileSync(framesFile, WalFrame.encodeWire(frames))
+      const answer = yield* Effect.async<string, Error>((resume) => {
+        const child = spawn(
+          process.execPath,
+          ["--import", "tsx", path.join(import.meta.dirname, "support", "serverStoreChild.ts"), directory, "db", framesFile],
+          { stdio: ["ignore", "pipe", "pipe"] }
+        )
+        let out = ""
+        let err = ""
+        child.stderr.on("data", (d) => (err += d))
+        child.stdout.on("data", (d) => {
+          out += d
+          if (out.includes("\n")) child.kill("SIGKILL")
+        })
+        child.on("exit", (_code, signal) =>
+          signal === "SIGKILL" ? resume(Effect.succeed(out.trim())) : resume(Effect.fail(new Error(`child exited: ${err}`))))
+      })
+      expect(JSON.parse(answer)).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: frames.length })
+      yield* run(directory, {}, (store) =>
+        Effect.gen(function*() {
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: frames.length })
+          expect(rowsOf(yield* materialize(store, "db"))).toHaveLength(20)
+        }))
+    }).pipe(Effect.scoped))
+})
