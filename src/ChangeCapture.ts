@@ -1,0 +1,174 @@
+/**
+ * Change capture on the Draft copy: a log table `_sync_changes` in Draft's main database, filled by TEMP
+ * triggers (they live in the connection, never in the file, so they never replicate) in the same SQLite
+ * transaction as the write they describe.
+ *
+ * - Every ordinary table of `main` except `_sync_%` and `sqlite_%` is captured (virtual and shadow tables
+ *   are not). Rows are identified by primary key; tables without one by rowid, under whichever of `_rowid_`,
+ *   `rowid`, `oid` no user column shadows.
+ * - Before and after images hold every stored column as the SQL literal SQLite's `quote()` writes (exact for
+ *   64-bit integers, REALs round-trip, BLOBs as `X'..'`), so replay never passes values through JS numbers.
+ * - Changes are ordered by the log's AUTOINCREMENT id, never by a clock. All changes of one
+ *   {@link transaction} share a `txId` (the id of its first change).
+ * - `INSERT OR REPLACE` / `UPDATE OR REPLACE` evicting another row: SQLite fires no DELETE trigger for it
+ *   while `recursive_triggers` is off (the default, which is kept so user triggers behave as everywhere
+ *   else). BEFORE triggers note the rows a write would evict through a UNIQUE index (or, for an update, the
+ *   key) and the AFTER trigger logs them as deletes, only if the write happened.
+ *
+ * Schema changes: run every statement through {@link execute} inside {@link transaction}. `execute` compares
+ * `PRAGMA schema_version` before and after the statement; when it moved, the statement's text is logged as
+ * a `"ddl"` change (in order with the data changes around it) and the triggers are reinstalled at once,
+ * still inside the transaction, so rows written right after a `CREATE TABLE` in the same transaction are
+ * captured. A schema change inside `transaction` that did not come through `execute` has no text to log:
+ * the transaction fails with `CaptureError("UnrecordedSchemaChange")` and is rolled back.
+ *
+ * @since 0.1.0
+ */
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import type * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
+import * as internal from "./internal/capture.js"
+
+/**
+ * Column name → SQL literal (as written by `quote()`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Image = Readonly<Record<string, string>>
+
+/**
+ * One captured change. `before`/`after` are null where they do not apply (insert has no before, delete no
+ * after, ddl neither). `rowid` is present for tables identified by rowid (no primary key): the rowid
+ * literals of the before and after rows. `sql` is the statement text of a `"ddl"` change.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Change {
+  readonly id: number
+  readonly txId: number
+  readonly table: string
+  readonly kind: "insert" | "update" | "delete" | "ddl"
+  readonly before: Image | null
+  readonly after: Image | null
+  readonly rowid?: { readonly before: string | null; readonly after: string | null }
+  readonly sql?: string
+}
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export class CaptureError extends Schema.TaggedError<CaptureError>()("CaptureError", {
+  reason: Schema.Literal("UnrecordedSchemaChange", "UnsupportedDdl"),
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
+ * Creates `_sync_changes` in main if absent and (re)installs the TEMP capture triggers for every user table
+ * on the connection in the environment. Idempotent; drops triggers of vanished tables. Call it after
+ * opening (or reopening) Draft. It also raises the log's id sequence above every id in `_sync_progress`.
+ *
+ * @since 0.1.0
+ * @category capture
+ */
+export const install: Effect.Effect<void, SqlError, SqlClient.SqlClient> = internal.install
+
+/**
+ * Runs `effect` as ONE local transaction whose change rows share a fresh transaction id. Nested calls join
+ * the outer transaction (as a savepoint). Installs the triggers first if this connection has none.
+ *
+ * `statement`: the SQL text of a single-statement transaction that did not run through {@link execute}.
+ * If the schema changed, it is logged as the `"ddl"` change (after the data changes of the transaction, so
+ * use it only when `effect` runs that one statement) and the triggers are reinstalled. Without it, a schema
+ * change not made through `execute` fails the transaction with `CaptureError("UnrecordedSchemaChange")`.
+ *
+ * @since 0.1.0
+ * @category capture
+ */
+export const transaction: <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  statement?: string
+) => Effect.Effect<A, E | SqlError | CaptureError, R | SqlClient.SqlClient> = internal.transaction
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface ExecuteResult {
+  /** Rows of a statement that returns rows (SELECT, RETURNING), else empty. */
+  readonly rows: ReadonlyArray<Record<string, unknown>>
+  readonly changes: number
+  readonly lastInsertRowid: number | bigint
+}
+
+/**
+ * Runs one SQL statement with capture: data changes are logged by the triggers; a schema change is logged
+ * as a `"ddl"` change holding `sql` and the triggers are reinstalled before the next statement. Outside a
+ * {@link transaction} it runs in one of its own. Schema changes with bound parameters are refused
+ * (`CaptureError("UnsupportedDdl")`), since only the text is replayed.
+ *
+ * @since 0.1.0
+ * @category capture
+ */
+export const execute: (
+  sql: string,
+  params?: ReadonlyArray<unknown>
+) => Effect.Effect<ExecuteResult, SqlError | CaptureError, SqlClient.SqlClient> = internal.execute
+
+/**
+ * Makes every change id handed out from now on greater than `floor` (creating the log if absent). For a
+ * Draft freshly copied from Synced, with `floor` = the last change id the remote acknowledged.
+ *
+ * @since 0.1.0
+ * @category capture
+ */
+export const ensureChangeIdsAbove: (floor: number) => Effect.Effect<void, SqlError, SqlClient.SqlClient> =
+  internal.ensureChangeIdsAbove
+
+/**
+ * Changes with id > `afterId`, in order (at most `limit` of them when given).
+ *
+ * @since 0.1.0
+ * @category reading
+ */
+export const pending: (
+  afterId: number,
+  limit?: number
+) => Effect.Effect<ReadonlyArray<Change>, SqlError, SqlClient.SqlClient> = internal.pending
+
+/**
+ * The highest change id handed out so far (0 when none).
+ *
+ * @since 0.1.0
+ * @category reading
+ */
+export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> = internal.lastChangeId
+
+/**
+ * How many changes have id > `afterId`.
+ *
+ * @since 0.1.0
+ * @category reading
+ */
+export const countPending: (afterId: number) => Effect.Effect<number, SqlError, SqlClient.SqlClient> =
+  internal.countPending
+
+/**
+ * Deletes logged changes with id <= `upToId` (those the remote has acknowledged). Ids are never reused.
+ *
+ * @since 0.1.0
+ * @category capture
+ */
+export const prune: (upToId: number) => Effect.Effect<void, SqlError, SqlClient.SqlClient> = internal.prune
+
+/**
+ * The capture transaction id of the current fiber, if it runs inside {@link transaction}.
+ *
+ * @since 0.1.0
+ * @category capture
+ */
+export const currentTransactionId: Effect.Effect<number | undefined> = internal.currentTransactionId

@@ -1,0 +1,198 @@
+/**
+ * Replay of captured changes onto another copy (Synced), in ONE SQLite transaction, by primary key (rowid
+ * for tables without one):
+ *
+ * - insert → upsert keyed by the key (`INSERT .. ON CONFLICT(key) DO UPDATE`); a key holding NULL never
+ *   conflicts, so such rows are deleted by `IS`-equality and inserted;
+ * - update → the row is located by the before image's key (key-changing updates move it) and only the
+ *   columns the update changed are written;
+ * - delete → by key;
+ * - ddl → its SQL text, idempotently (a CREATE of an existing object, a DROP of a missing one, an ADD COLUMN
+ *   of an existing column, a RENAME whose source is gone count as already applied).
+ *
+ * Every data change passes through one pure decision point, {@link decide}: given the change and the row
+ * Synced holds now (read by key), it returns what to do and which conflict (if any) it saw. The default and
+ * only policy so far is the seed's "last push wins". Foreign keys are checked at commit
+ * (`PRAGMA defer_foreign_keys = ON`), so replay order inside the transaction cannot trip them.
+ *
+ * User triggers on replicated tables fire again during replay (SQLite offers no per-statement switch);
+ * rows they wrote on Draft were captured too, so a trigger that writes with a deterministic key converges,
+ * while one that allocates new keys (an audit log with AUTOINCREMENT) writes its row twice. See the tests.
+ *
+ * @since 0.1.0
+ */
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import type * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
+import type * as ChangeCapture from "./ChangeCapture.js"
+import * as internal from "./internal/replay.js"
+import * as InternalTableInfo from "./internal/tableInfo.js"
+
+/**
+ * What replay knows of a target table (read from the database replayed onto).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type TableInfo = InternalTableInfo.TableInfo
+
+/**
+ * Reads a table's description from the database in the environment (undefined when it has no such table).
+ *
+ * @since 0.1.0
+ * @category reading
+ */
+export const readTableInfo: (
+  table: string
+) => Effect.Effect<TableInfo | undefined, SqlError, SqlClient.SqlClient> = InternalTableInfo.read
+
+/**
+ * The conflict kinds (the SQLite session extension's vocabulary): the row differs from the local before
+ * image, the row to update/delete is gone, an inserted key exists with other values.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ConflictKind = "RowChanged" | "RowMissing" | "KeyExists"
+
+/**
+ * A column/literal pair list identifying one row.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Key = ReadonlyArray<readonly [string, string]>
+
+/**
+ * What replay does with one change. `conflict` records what {@link decide} saw (null: nothing).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Decision =
+  | {
+    readonly _tag: "Upsert"
+    readonly key: Key
+    readonly row: ChangeCapture.Image
+    readonly rowid: string | null
+    readonly conflict?: ConflictKind | null
+  }
+  | {
+    readonly _tag: "Update"
+    readonly key: Key
+    readonly set: ChangeCapture.Image
+    readonly setRowid: string | null
+    readonly conflict: ConflictKind | null
+  }
+  | { readonly _tag: "Delete"; readonly key: Key; readonly conflict: ConflictKind | null }
+  | { readonly _tag: "Skip"; readonly conflict: ConflictKind | null }
+  | { readonly _tag: "Ddl"; readonly sql: string }
+  | { readonly _tag: "Invalid"; readonly reason: string }
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export class ReplayError extends Schema.TaggedError<ReplayError>()("ReplayError", {
+  reason: Schema.Literal("InvalidChange", "MissingTable", "NoRowIdentity", "Constraint", "Statement"),
+  message: Schema.String,
+  changeId: Schema.optional(Schema.Number),
+  txId: Schema.optional(Schema.Number),
+  statement: Schema.optional(Schema.String),
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
+ * `push`: apply onto Synced and upsert `_sync_progress(clientId, last change id)` in the same transaction;
+ * changes at or below the recorded progress are skipped (exactly once).
+ * `pull`: apply and re-record the applied changes into `_sync_changes` with the same ids (progress is not
+ * touched); with `clientId`, changes the remote already has (≤ its progress) are skipped and not re-recorded.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ApplyOptions =
+  | { readonly mode: "push"; readonly clientId: string }
+  | { readonly mode: "pull"; readonly clientId?: string | undefined }
+
+/**
+ * The key of a row image on `table` (primary key columns, else the rowid literal); undefined when none.
+ *
+ * @since 0.1.0
+ * @category planning
+ */
+export const keyOf: (
+  table: TableInfo,
+  image: ChangeCapture.Image,
+  rowid: string | null | undefined
+) => Key | undefined = internal.keyOf
+
+/**
+ * The single decision point (pure): "last push wins". `current` is the row the target holds at the
+ * change's lookup key (before key; after key for inserts), null when absent.
+ *
+ * @since 0.1.0
+ * @category planning
+ */
+export const decide: (
+  change: ChangeCapture.Change,
+  current: ChangeCapture.Image | null,
+  table: TableInfo
+) => Decision = internal.decide
+
+/**
+ * The SQL statements that carry out a decision (pure; values inlined as quote() literals).
+ *
+ * @since 0.1.0
+ * @category planning
+ */
+export const statements: (decision: Decision, table: TableInfo) => ReadonlyArray<string> = internal.statements
+
+/**
+ * {@link decide} then {@link statements} (pure).
+ *
+ * @since 0.1.0
+ * @category planning
+ */
+export const plan: (
+  change: ChangeCapture.Change,
+  table: TableInfo,
+  current: ChangeCapture.Image | null
+) => ReadonlyArray<string> = internal.plan
+
+/**
+ * The key a change is looked up by on the target: before key (update, delete), after key (insert).
+ *
+ * @since 0.1.0
+ * @category planning
+ */
+export const lookupKey: (change: ChangeCapture.Change, table: TableInfo) => Key | undefined = internal.lookupKey
+
+/**
+ * Whether a DDL statement's failure only says it was already applied (pure).
+ *
+ * @since 0.1.0
+ * @category planning
+ */
+export const alreadyApplied: (statement: string, message: string) => boolean = internal.alreadyApplied
+
+/**
+ * Replays `changes` (in order) onto the database in the environment in ONE transaction. Returns the last
+ * change id the target now has from this client (push) or the last applied id.
+ *
+ * @since 0.1.0
+ * @category replay
+ */
+export const apply: (
+  changes: ReadonlyArray<ChangeCapture.Change>,
+  options: ApplyOptions
+) => Effect.Effect<{ readonly lastChangeId: number }, ReplayError | SqlError, SqlClient.SqlClient> = internal.apply
+
+/**
+ * The last change id the database in the environment has from `clientId` (0 when none).
+ *
+ * @since 0.1.0
+ * @category replay
+ */
+export const progress: (clientId: string) => Effect.Effect<number, SqlError, SqlClient.SqlClient> = internal.progress

@@ -1,0 +1,415 @@
+import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
+import { globalValue } from "effect/GlobalValue"
+import * as ChangeCapture from "../ChangeCapture.js"
+import { concat, ident, stringLiteral } from "./sqlText.js"
+import * as TableInfo from "./tableInfo.js"
+
+// ---------------------------------------------------------------------------------------------------------
+// Schema of the log. Shared with ChangeReplay (pull mode re-records changes into Synced with the same DDL,
+// so that the copy that becomes Draft holds exactly this table).
+// ---------------------------------------------------------------------------------------------------------
+
+export const CHANGES_TABLE = "_sync_changes"
+
+export const createChangesTable = `CREATE TABLE IF NOT EXISTS main._sync_changes (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  tx_id INTEGER NOT NULL,
+  tbl TEXT NOT NULL,
+  kind TEXT NOT NULL CHECK (kind IN ('insert', 'update', 'delete', 'ddl')),
+  before TEXT,
+  after TEXT,
+  before_rowid TEXT,
+  after_rowid TEXT,
+  sql TEXT
+)`
+
+/** Per-connection state: the open capture transaction's id and the schema version triggers match. */
+const createSession = `CREATE TEMP TABLE IF NOT EXISTS _sync_session (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  tx_id INTEGER,
+  schema_version INTEGER NOT NULL
+)`
+
+/**
+ * Rows a BEFORE trigger found in the way of a write through a UNIQUE index other than the key. They are
+ * moved into the log as deletes by the AFTER trigger, which fires only when the write really happened
+ * (an `OR REPLACE` eviction); an `OR IGNORE`/failed write leaves them behind to be cleared by the next one.
+ */
+const createEvicted = `CREATE TEMP TABLE IF NOT EXISTS _sync_evicted (
+  seq INTEGER PRIMARY KEY,
+  tbl TEXT NOT NULL,
+  before TEXT NOT NULL,
+  before_rowid TEXT
+)`
+
+/**
+ * Raises the AUTOINCREMENT sequence of the log to at least every id the remote has acknowledged. After a
+ * pull, Draft is a copy of Synced whose log holds only the still-pending changes: without this floor an
+ * empty log would hand out ids the progress row already counts as applied.
+ */
+export const raiseSequenceFloor = (sql: SqlClient.SqlClient, floor: number) =>
+  Effect.gen(function*() {
+    yield* sql.unsafe(
+      `INSERT INTO main.sqlite_sequence(name, seq) SELECT '_sync_changes', 0
+       WHERE NOT EXISTS (SELECT 1 FROM main.sqlite_sequence WHERE name = '_sync_changes')`
+    ).raw
+    yield* sql.unsafe(
+      `UPDATE main.sqlite_sequence SET seq = max(seq, ${Math.trunc(floor)}) WHERE name = '_sync_changes'`
+    ).raw
+  })
+
+const progressFloor = (sql: SqlClient.SqlClient) =>
+  Effect.gen(function*() {
+    const exists = yield* sql<{ readonly n: number }>`
+      SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = '_sync_progress'`.withoutTransform
+    if (exists[0]!.n === 0) return 0
+    const rows = yield* sql<{ readonly m: number }>`
+      SELECT coalesce(max(change_id), 0) AS m FROM main._sync_progress`.withoutTransform
+    return rows[0]!.m
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// Trigger text (pure)
+// ---------------------------------------------------------------------------------------------------------
+
+export const TRIGGER_PREFIX = "_sync_"
+
+const txIdExpr = `coalesce((SELECT tx_id FROM temp._sync_session), ` +
+  `coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1)`
+
+/** JSON object `{"col": "<quote(value)>", ...}` built from NEW, OLD or an alias, exact for every storage class. */
+export const imageExpr = (row: string, columns: ReadonlyArray<string>): string => {
+  const parts: Array<string> = []
+  columns.forEach((column, i) => {
+    parts.push(stringLiteral(`${i === 0 ? "{" : ","}${JSON.stringify(column)}:`))
+    parts.push(`json_quote(quote(${row}.${ident(column)}))`)
+  })
+  parts.push(columns.length === 0 ? `'{}'` : `'}'`)
+  return concat(parts)
+}
+
+const rowidExpr = (row: "NEW" | "OLD", info: TableInfo.TableInfo): string =>
+  info.primaryKey.length === 0 && info.rowidAlias !== null ? `quote(${row}.${ident(info.rowidAlias)})` : "NULL"
+
+const logInsert = (
+  info: TableInfo.TableInfo,
+  kind: "insert" | "update" | "delete"
+): string => {
+  const before = kind === "insert" ? "NULL" : imageExpr("OLD", info.columns)
+  const after = kind === "delete" ? "NULL" : imageExpr("NEW", info.columns)
+  const beforeRowid = kind === "insert" ? "NULL" : rowidExpr("OLD", info)
+  const afterRowid = kind === "delete" ? "NULL" : rowidExpr("NEW", info)
+  return `INSERT INTO main._sync_changes (tx_id, tbl, kind, before, after, before_rowid, after_rowid)
+  VALUES (${txIdExpr}, ${stringLiteral(info.name)}, '${kind}', ${before}, ${after}, ${beforeRowid}, ${afterRowid});`
+}
+
+/** `a IS b AND ...` for the given column pairs. */
+const allIs = (pairs: ReadonlyArray<readonly [string, string]>): string =>
+  pairs.map(([left, right]) => `${left} IS ${right}`).join(" AND ")
+
+/** The columns that identify a row: the primary key, else the reachable rowid. */
+const keyColumns = (info: TableInfo.TableInfo): ReadonlyArray<string> =>
+  info.primaryKey.length > 0 ? info.primaryKey : info.rowidAlias !== null ? [info.rowidAlias] : []
+
+/**
+ * Predicate over `main.T AS r`: rows other than the one being written (`self`) that the write of NEW would
+ * evict with `OR REPLACE`: through a UNIQUE index, or through the key itself when an update changes it.
+ * NULLs never conflict in a UNIQUE index, hence `=` rather than `IS`.
+ */
+const evictionPredicate = (info: TableInfo.TableInfo, self: "NEW" | "OLD"): string | undefined => {
+  const key = keyColumns(info)
+  const indexes = self === "OLD" && key.length > 0 ? [...info.uniqueIndexes, key] : info.uniqueIndexes
+  if (indexes.length === 0) return undefined
+  const conflicts = indexes.map((columns) =>
+    "(" + columns.map((column) => `r.${ident(column)} = NEW.${ident(column)}`).join(" AND ") + ")"
+  )
+  const notSelf = key.length > 0
+    ? `NOT (${allIs(key.map((column) => [`r.${ident(column)}`, `${self}.${ident(column)}`]))})`
+    : "1"
+  return `(${conflicts.join(" OR ")}) AND ${notSelf}`
+}
+
+/** The CREATE TEMP TRIGGER statements that capture one table. */
+export const triggerStatements = (info: TableInfo.TableInfo): ReadonlyArray<string> => {
+  const table = `main.${ident(info.name)}`
+  const name = (suffix: string) => ident(`${TRIGGER_PREFIX}${suffix}_${info.name}`)
+  const tbl = stringLiteral(info.name)
+  const statements: Array<string> = []
+  const moveEvicted = `INSERT INTO main._sync_changes (tx_id, tbl, kind, before, after, before_rowid, after_rowid)
+  SELECT ${txIdExpr}, tbl, 'delete', before, NULL, before_rowid, NULL FROM temp._sync_evicted WHERE tbl = ${tbl} ORDER BY seq;
+  DELETE FROM temp._sync_evicted WHERE tbl = ${tbl};`
+  const stage = (self: "NEW" | "OLD") => {
+    const predicate = evictionPredicate(info, self)
+    if (predicate === undefined) return undefined
+    const rowid = info.primaryKey.length === 0 && info.rowidAlias !== null
+      ? `quote(r.${ident(info.rowidAlias)})`
+      : "NULL"
+    return `DELETE FROM temp._sync_evicted WHERE tbl = ${tbl};
+  INSERT INTO temp._sync_evicted (tbl, before, before_rowid)
+  SELECT ${tbl}, ${imageExpr("r", info.columns)}, ${rowid} FROM ${table} AS r WHERE ${predicate};`
+  }
+  const stageInsert = stage("NEW")
+  const stageUpdate = stage("OLD")
+  if (stageInsert !== undefined) {
+    statements.push(`CREATE TEMP TRIGGER ${name("bi")} BEFORE INSERT ON ${table} BEGIN
+  ${stageInsert}
+END`)
+  }
+  if (stageUpdate !== undefined) {
+    statements.push(`CREATE TEMP TRIGGER ${name("bu")} BEFORE UPDATE ON ${table} BEGIN
+  ${stageUpdate}
+END`)
+  }
+  statements.push(`CREATE TEMP TRIGGER ${name("ai")} AFTER INSERT ON ${table} BEGIN
+  ${stageInsert !== undefined ? moveEvicted : ""}
+  ${logInsert(info, "insert")}
+END`)
+  statements.push(`CREATE TEMP TRIGGER ${name("au")} AFTER UPDATE ON ${table} BEGIN
+  ${stageUpdate !== undefined ? moveEvicted : ""}
+  ${logInsert(info, "update")}
+END`)
+  statements.push(`CREATE TEMP TRIGGER ${name("ad")} AFTER DELETE ON ${table} BEGIN
+  ${logInsert(info, "delete")}
+END`)
+  return statements
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Effects
+// ---------------------------------------------------------------------------------------------------------
+
+const schemaVersion = (sql: SqlClient.SqlClient) =>
+  Effect.map(
+    sql<{ readonly schema_version: number }>`PRAGMA main.schema_version`.withoutTransform,
+    (rows) => rows[0]!.schema_version
+  )
+
+const reinstallTriggers = (sql: SqlClient.SqlClient) =>
+  Effect.gen(function*() {
+    const ours = yield* sql<{ readonly name: string }>`
+      SELECT name FROM temp.sqlite_schema WHERE type = 'trigger' AND substr(name, 1, 6) = '_sync_'`.withoutTransform
+    for (const { name } of ours) {
+      yield* sql.unsafe(`DROP TRIGGER IF EXISTS temp.${ident(name)}`).raw
+    }
+    const tables = yield* TableInfo.readAll
+    for (const info of tables) {
+      for (const statement of triggerStatements(info)) {
+        yield* sql.unsafe(statement).unprepared
+      }
+    }
+    yield* sql.unsafe(`DELETE FROM temp._sync_evicted`).raw
+    const version = yield* schemaVersion(sql)
+    yield* sql`UPDATE temp._sync_session SET schema_version = ${version}`.raw
+    return version
+  })
+
+export const install: Effect.Effect<void, SqlError, SqlClient.SqlClient> = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql.withTransaction(Effect.gen(function*() {
+    yield* sql.unsafe(createChangesTable).raw
+    yield* raiseSequenceFloor(sql, yield* progressFloor(sql))
+    yield* sql.unsafe(createSession).raw
+    yield* sql.unsafe(createEvicted).raw
+    yield* sql.unsafe(`INSERT OR IGNORE INTO temp._sync_session (id, tx_id, schema_version) VALUES (1, NULL, -1)`).raw
+    yield* reinstallTriggers(sql)
+  }))
+})
+
+const isInstalled = (sql: SqlClient.SqlClient) =>
+  Effect.map(
+    sql<{ readonly n: number }>`
+      SELECT count(*) AS n FROM temp.sqlite_schema WHERE type = 'table' AND name = '_sync_session'`.withoutTransform,
+    (rows) => rows[0]!.n > 0
+  )
+
+interface CaptureState {
+  readonly txId: number
+}
+
+const currentState = globalValue(
+  Symbol.for("effect-sqlite-sync/ChangeCapture/currentState"),
+  () => FiberRef.unsafeMake<CaptureState | undefined>(undefined)
+)
+
+/** The capture transaction's id, if the current fiber is inside one. */
+export const currentTransactionId: Effect.Effect<number | undefined> = Effect.map(
+  FiberRef.get(currentState),
+  (state) => state?.txId
+)
+
+const sessionSchemaVersion = (sql: SqlClient.SqlClient) =>
+  Effect.map(
+    sql<{ readonly v: number }>`SELECT schema_version AS v FROM temp._sync_session`.withoutTransform,
+    (rows) => rows[0]!.v
+  )
+
+export const transaction = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  statement?: string
+): Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, R | SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const outer = yield* FiberRef.get(currentState)
+    // Nested: the same local transaction (a savepoint, so a failing inner part can be caught and rolled back).
+    if (outer !== undefined) return yield* sql.withTransaction(effect)
+    const recordStatement = (txId: number) =>
+      Effect.gen(function*() {
+        yield* sql`INSERT INTO main._sync_changes (tx_id, tbl, kind, sql) VALUES (${txId}, '', 'ddl', ${statement!})`
+          .raw
+        yield* reinstallTriggers(sql)
+      })
+    return yield* sql.withTransaction(Effect.gen(function*() {
+      if (!(yield* isInstalled(sql))) yield* install
+      const start = yield* schemaVersion(sql)
+      if (start !== (yield* sessionSchemaVersion(sql))) {
+        // Someone changed the schema without going through capture (outside any capture transaction):
+        // there is no statement text to record. Capture what exists from now on and say so.
+        yield* Effect.logWarning("effect-sqlite-sync: schema changed outside ChangeCapture; triggers reinstalled")
+        yield* reinstallTriggers(sql)
+      }
+      const seq = yield* sql<{ readonly next: number }>`
+        SELECT coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1 AS next`
+        .withoutTransform
+      const txId = seq[0]!.next
+      yield* sql`UPDATE temp._sync_session SET tx_id = ${txId}`.raw
+      const result = yield* Effect.locally(effect, currentState, { txId })
+      const end = yield* schemaVersion(sql)
+      if (end !== (yield* sessionSchemaVersion(sql))) {
+        if (statement === undefined) return yield* Effect.fail(unrecordedSchemaChange())
+        yield* recordStatement(txId)
+      }
+      yield* sql`UPDATE temp._sync_session SET tx_id = NULL`.raw
+      return result
+    }))
+  })
+
+const unrecordedSchemaChange = () =>
+  new ChangeCapture.CaptureError({
+    reason: "UnrecordedSchemaChange",
+    message: "the schema changed inside ChangeCapture.transaction through a statement not run with " +
+      "ChangeCapture.execute, so its SQL text is unknown and it cannot be replicated; the transaction was rolled back"
+  })
+
+export interface ExecuteResult {
+  readonly rows: ReadonlyArray<Record<string, unknown>>
+  readonly changes: number
+  readonly lastInsertRowid: number | bigint
+}
+
+export const execute = (
+  statement: string,
+  params: ReadonlyArray<unknown> = []
+): Effect.Effect<ExecuteResult, SqlError | ChangeCapture.CaptureError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const state = yield* FiberRef.get(currentState)
+    if (state === undefined) return yield* transaction(execute(statement, params))
+    const sql = yield* SqlClient.SqlClient
+    const before = yield* schemaVersion(sql)
+    const raw = yield* sql.unsafe(statement, params).raw
+    const after = yield* schemaVersion(sql)
+    if (after !== before) {
+      if (params.length > 0) {
+        return yield* Effect.fail(
+          new ChangeCapture.CaptureError({
+            reason: "UnsupportedDdl",
+            message: `a schema change with bound parameters cannot be replicated: ${statement}`
+          })
+        )
+      }
+      yield* sql`INSERT INTO main._sync_changes (tx_id, tbl, kind, sql) VALUES (${state.txId}, '', 'ddl', ${statement})`
+        .raw
+      yield* reinstallTriggers(sql)
+    }
+    if (Array.isArray(raw)) {
+      const info = yield* sql<{ readonly changes: number; readonly id: number | bigint }>`
+        SELECT changes() AS changes, last_insert_rowid() AS id`.withoutTransform
+      return { rows: raw as ReadonlyArray<Record<string, unknown>>, changes: info[0]!.changes, lastInsertRowid: info[0]!.id }
+    }
+    const run = raw as { readonly changes: number; readonly lastInsertRowid: number | bigint }
+    return { rows: [], changes: run.changes, lastInsertRowid: run.lastInsertRowid }
+  })
+
+interface ChangeRow {
+  readonly id: number
+  readonly tx_id: number
+  readonly tbl: string
+  readonly kind: "insert" | "update" | "delete" | "ddl"
+  readonly before: string | null
+  readonly after: string | null
+  readonly before_rowid: string | null
+  readonly after_rowid: string | null
+  readonly sql: string | null
+}
+
+const toChange = (row: ChangeRow): ChangeCapture.Change => {
+  const base = {
+    id: row.id,
+    txId: row.tx_id,
+    table: row.tbl,
+    kind: row.kind,
+    before: row.before === null ? null : JSON.parse(row.before) as Record<string, string>,
+    after: row.after === null ? null : JSON.parse(row.after) as Record<string, string>
+  }
+  const withRowid = row.before_rowid !== null || row.after_rowid !== null
+    ? { ...base, rowid: { before: row.before_rowid, after: row.after_rowid } }
+    : base
+  return row.sql !== null ? { ...withRowid, sql: row.sql } : withRowid
+}
+
+const changesTableExists = (sql: SqlClient.SqlClient) =>
+  Effect.map(
+    sql<{ readonly n: number }>`
+      SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = '_sync_changes'`.withoutTransform,
+    (rows) => rows[0]!.n > 0
+  )
+
+export const ensureChangeIdsAbove = (floor: number): Effect.Effect<void, SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql.withTransaction(Effect.gen(function*() {
+      yield* sql.unsafe(createChangesTable).raw
+      yield* raiseSequenceFloor(sql, floor)
+    }))
+  })
+
+export const pending = (
+  afterId: number,
+  limit?: number
+): Effect.Effect<ReadonlyArray<ChangeCapture.Change>, SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    if (!(yield* changesTableExists(sql))) return []
+    const rows = yield* sql<ChangeRow>`
+      SELECT id, tx_id, tbl, kind, before, after, before_rowid, after_rowid, sql
+      FROM main._sync_changes WHERE id > ${afterId} ORDER BY id LIMIT ${limit ?? -1}`.withoutTransform
+    return rows.map(toChange)
+  })
+
+export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  if (!(yield* changesTableExists(sql))) return 0
+  const rows = yield* sql<{ readonly id: number }>`
+    SELECT max(coalesce((SELECT max(id) FROM main._sync_changes), 0),
+               coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0)) AS id`
+    .withoutTransform
+  return rows[0]!.id
+})
+
+export const countPending = (afterId: number): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    if (!(yield* changesTableExists(sql))) return 0
+    const rows = yield* sql<{ readonly n: number }>`
+      SELECT count(*) AS n FROM main._sync_changes WHERE id > ${afterId}`.withoutTransform
+    return rows[0]!.n
+  })
+
+export const prune = (upToId: number): Effect.Effect<void, SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    if (!(yield* changesTableExists(sql))) return
+    yield* sql`DELETE FROM main._sync_changes WHERE id <= ${upToId}`.raw
+  })

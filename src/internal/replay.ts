@@ -1,0 +1,331 @@
+import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import * as Effect from "effect/Effect"
+import type * as ChangeCapture from "../ChangeCapture.js"
+import * as ChangeReplay from "../ChangeReplay.js"
+import { createChangesTable, raiseSequenceFloor } from "./capture.js"
+import { ident, isLiteral } from "./sqlText.js"
+import * as TableInfo from "./tableInfo.js"
+
+type Image = ChangeCapture.Image
+type Key = ReadonlyArray<readonly [string, string]>
+
+// ---------------------------------------------------------------------------------------------------------
+// Pure part: identity, decision, statements
+// ---------------------------------------------------------------------------------------------------------
+
+/** The key of a row image on `table`: its primary key columns, else its rowid. Undefined: no identity. */
+export const keyOf = (table: TableInfo.TableInfo, image: Image, rowid: string | null | undefined): Key | undefined => {
+  if (table.primaryKey.length > 0) {
+    const key: Array<readonly [string, string]> = []
+    for (const column of table.primaryKey) {
+      const value = image[column]
+      if (value === undefined) return undefined
+      key.push([column, value])
+    }
+    return key
+  }
+  if (table.rowidAlias !== null && rowid !== null && rowid !== undefined) return [[table.rowidAlias, rowid]]
+  return undefined
+}
+
+const where = (key: Key): string => key.map(([column, value]) => `${ident(column)} IS ${value}`).join(" AND ")
+
+/** Columns whose literal differs between two images (columns of `after` only). */
+export const changedColumns = (before: Image, after: Image): ReadonlyArray<string> =>
+  Object.keys(after).filter((column) => before[column] !== after[column])
+
+const sameImage = (a: Image, b: Image): boolean => Object.keys(a).every((column) => a[column] === b[column])
+
+const decisionFor = (
+  change: ChangeCapture.Change,
+  table: TableInfo.TableInfo
+): { readonly beforeKey: Key | undefined; readonly afterKey: Key | undefined } => ({
+  beforeKey: change.before === null ? undefined : keyOf(table, change.before, change.rowid?.before),
+  afterKey: change.after === null ? undefined : keyOf(table, change.after, change.rowid?.after)
+})
+
+/** The key at which replay looks up the row Synced holds now: the before key, or for an insert the after key. */
+export const lookupKey = (change: ChangeCapture.Change, table: TableInfo.TableInfo): Key | undefined => {
+  const { afterKey, beforeKey } = decisionFor(change, table)
+  return change.kind === "insert" ? afterKey : beforeKey
+}
+
+/**
+ * Last push wins (the seed's behaviour): the local change is applied over whatever Synced holds, and only
+ * the columns an update changed are written, so edits of different columns made elsewhere survive.
+ * The conflict kind is recorded on the decision for reporting; it never changes this policy's outcome.
+ */
+export const decide = (
+  change: ChangeCapture.Change,
+  current: Image | null,
+  table: TableInfo.TableInfo
+): ChangeReplay.Decision => {
+  if (change.kind === "ddl") return { _tag: "Ddl", sql: change.sql ?? "" }
+  const { afterKey, beforeKey } = decisionFor(change, table)
+  switch (change.kind) {
+    case "insert": {
+      if (change.after === null || afterKey === undefined) return { _tag: "Invalid", reason: "insert without a key" }
+      if (current === null) return { _tag: "Upsert", key: afterKey, row: change.after, rowid: change.rowid?.after ?? null }
+      if (sameImage(change.after, current)) return { _tag: "Skip", conflict: null }
+      return {
+        _tag: "Upsert",
+        key: afterKey,
+        row: change.after,
+        rowid: change.rowid?.after ?? null,
+        conflict: "KeyExists"
+      }
+    }
+    case "update": {
+      if (change.before === null || change.after === null || beforeKey === undefined || afterKey === undefined) {
+        return { _tag: "Invalid", reason: "update without a key" }
+      }
+      if (current === null) {
+        return { _tag: "Upsert", key: afterKey, row: change.after, rowid: change.rowid?.after ?? null, conflict: "RowMissing" }
+      }
+      const set: Record<string, string> = {}
+      for (const column of changedColumns(change.before, change.after)) set[column] = change.after[column]!
+      const rowidBefore = change.rowid?.before ?? null
+      const rowidAfter = change.rowid?.after ?? null
+      const setRowid = table.primaryKey.length === 0 && rowidAfter !== null && rowidAfter !== rowidBefore
+        ? rowidAfter
+        : null
+      const conflict = sameImage(change.before, current) ? null : "RowChanged" as const
+      if (Object.keys(set).length === 0 && setRowid === null) return { _tag: "Skip", conflict }
+      return { _tag: "Update", key: beforeKey, set, setRowid, conflict }
+    }
+    case "delete": {
+      if (change.before === null || beforeKey === undefined) return { _tag: "Invalid", reason: "delete without a key" }
+      if (current === null) return { _tag: "Skip", conflict: "RowMissing" }
+      return { _tag: "Delete", key: beforeKey, conflict: sameImage(change.before, current) ? null : "RowChanged" }
+    }
+  }
+}
+
+/** SQL statements carrying out a decision on `table` (values are inlined literals). */
+export const statements = (decision: ChangeReplay.Decision, table: TableInfo.TableInfo): ReadonlyArray<string> => {
+  const name = ident(table.name)
+  switch (decision._tag) {
+    case "Skip":
+    case "Invalid":
+      return []
+    case "Ddl":
+      return [decision.sql]
+    case "Delete":
+      return [`DELETE FROM ${name} WHERE ${where(decision.key)}`]
+    case "Update": {
+      const assignments = Object.entries(decision.set).map(([column, value]) => `${ident(column)} = ${value}`)
+      if (decision.setRowid !== null && table.rowidAlias !== null) {
+        assignments.push(`${ident(table.rowidAlias)} = ${decision.setRowid}`)
+      }
+      return [`UPDATE ${name} SET ${assignments.join(", ")} WHERE ${where(decision.key)}`]
+    }
+    case "Upsert": {
+      const row = Object.entries(decision.row)
+      const usesRowid = table.primaryKey.length === 0
+      const columns = row.map(([column]) => ident(column))
+      const values = row.map(([, value]) => value)
+      if (usesRowid && table.rowidAlias !== null && decision.rowid !== null) {
+        columns.unshift(ident(table.rowidAlias))
+        values.unshift(decision.rowid)
+      }
+      const insert = `INSERT INTO ${name} (${columns.join(", ")}) VALUES (${values.join(", ")})`
+      // An upsert keyed on a NULL never conflicts (NULLs are distinct), so it would add a duplicate.
+      if (decision.key.some(([, value]) => value === "NULL")) {
+        return [`DELETE FROM ${name} WHERE ${where(decision.key)}`, insert]
+      }
+      const keyColumns = new Set(decision.key.map(([column]) => column))
+      const updates = row.filter(([column]) => !keyColumns.has(column))
+        .map(([column]) => `${ident(column)} = excluded.${ident(column)}`)
+      const target = decision.key.map(([column]) => ident(column)).join(", ")
+      return [
+        `${insert} ON CONFLICT (${target}) DO ${updates.length === 0 ? "NOTHING" : `UPDATE SET ${updates.join(", ")}`}`
+      ]
+    }
+  }
+}
+
+/** Pure: decide (last push wins) and the statements that carry it out. */
+export const plan = (
+  change: ChangeCapture.Change,
+  table: TableInfo.TableInfo,
+  current: Image | null
+): ReadonlyArray<string> => statements(decide(change, current, table), table)
+
+/** Every value of a change is one quote() literal (they are spliced into SQL text). */
+export const validLiterals = (change: ChangeCapture.Change): boolean => {
+  const images = [change.before, change.after].filter((image): image is Image => image !== null)
+  if (images.some((image) => Object.values(image).some((value) => typeof value !== "string" || !isLiteral(value)))) {
+    return false
+  }
+  const rowids = [change.rowid?.before, change.rowid?.after].filter((v): v is string => typeof v === "string")
+  return rowids.every(isLiteral)
+}
+
+/** Whether a failed DDL statement failed only because it was already applied. */
+export const alreadyApplied = (statement: string, message: string): boolean => {
+  const text = statement.replace(/^\s+/, "").toUpperCase()
+  const m = message.toLowerCase()
+  if (text.startsWith("CREATE")) return m.includes("already exists")
+  if (text.startsWith("DROP")) return /no such (table|index|view|trigger)/.test(m)
+  if (text.startsWith("ALTER")) {
+    return m.includes("duplicate column name") || /no such (table|column)/.test(m) || m.includes("already exists")
+  }
+  return false
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Effects
+// ---------------------------------------------------------------------------------------------------------
+
+const PROGRESS_DDL = `CREATE TABLE IF NOT EXISTS main._sync_progress (
+  client_id TEXT PRIMARY KEY,
+  change_id INTEGER NOT NULL
+)`
+
+const tableExists = (sql: SqlClient.SqlClient, name: string) =>
+  Effect.map(
+    sql<{ readonly n: number }>`
+      SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = ${name}`.withoutTransform,
+    (rows) => rows[0]!.n > 0
+  )
+
+const readProgress = (sql: SqlClient.SqlClient, clientId: string) =>
+  Effect.gen(function*() {
+    if (!(yield* tableExists(sql, "_sync_progress"))) return 0
+    const rows = yield* sql<{ readonly change_id: number }>`
+      SELECT change_id FROM main._sync_progress WHERE client_id = ${clientId}`.withoutTransform
+    return rows.length === 0 ? 0 : rows[0]!.change_id
+  })
+
+export const progress = (clientId: string): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) => readProgress(sql, clientId))
+
+const messageOf = (error: SqlError): string => {
+  const cause = error.cause
+  return cause instanceof Error ? cause.message : String(error.message ?? cause)
+}
+
+const isConstraint = (error: SqlError): boolean => {
+  const cause = error.cause as { readonly code?: unknown } | undefined
+  return typeof cause?.code === "string" && cause.code.startsWith("SQLITE_CONSTRAINT")
+}
+
+const readCurrent = (sql: SqlClient.SqlClient, table: TableInfo.TableInfo, key: Key) =>
+  Effect.gen(function*() {
+    if (table.columns.length === 0) return null
+    const rows = yield* sql.unsafe(
+      `SELECT ${table.columns.map((column) => `quote(${ident(column)})`).join(", ")} FROM ${ident(table.name)} ` +
+        `WHERE ${where(key)} LIMIT 1`
+    ).values
+    if (rows.length === 0) return null
+    const image: Record<string, string> = {}
+    table.columns.forEach((column, i) => {
+      image[column] = rows[0]![i] as string
+    })
+    return image as Image
+  })
+
+export const apply = (
+  changes: ReadonlyArray<ChangeCapture.Change>,
+  options: ChangeReplay.ApplyOptions
+): Effect.Effect<{ readonly lastChangeId: number }, ChangeReplay.ReplayError | SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    for (const change of changes) {
+      if (!validLiterals(change)) {
+        return yield* Effect.fail(
+          new ChangeReplay.ReplayError({
+            reason: "InvalidChange",
+            message: `change ${change.id} holds a value that is not a SQL literal`,
+            changeId: change.id
+          })
+        )
+      }
+    }
+    return yield* sql.withTransaction(Effect.gen(function*() {
+      yield* sql.unsafe(`PRAGMA defer_foreign_keys = ON`).raw
+      const clientId = options.mode === "push" ? options.clientId : options.clientId
+      const done = clientId === undefined ? 0 : yield* readProgress(sql, clientId)
+      const todo = changes.filter((change) => change.id > done)
+      const tables = new Map<string, TableInfo.TableInfo | undefined>()
+      const tableInfo = (name: string) =>
+        tables.has(name) ? Effect.succeed(tables.get(name)) : Effect.tap(TableInfo.read(name), (info) => {
+          tables.set(name, info)
+        })
+      for (const change of todo) {
+        const fail = (reason: ChangeReplay.ReplayError["reason"], message: string, statement?: string, cause?: unknown) =>
+          Effect.fail(
+            new ChangeReplay.ReplayError({
+              reason,
+              message,
+              changeId: change.id,
+              txId: change.txId,
+              ...(statement !== undefined ? { statement } : {}),
+              ...(cause !== undefined ? { cause } : {})
+            })
+          )
+        if (change.kind === "ddl") {
+          const text = change.sql ?? ""
+          yield* sql.unsafe(text).unprepared.pipe(
+            Effect.catchAll((error) =>
+              alreadyApplied(text, messageOf(error))
+                ? Effect.void
+                : fail("Statement", `schema change ${change.id} failed: ${messageOf(error)}`, text, error)
+            )
+          )
+          tables.clear()
+          continue
+        }
+        const table = yield* tableInfo(change.table)
+        if (table === undefined) {
+          return yield* fail("MissingTable", `change ${change.id}: table ${change.table} does not exist here`)
+        }
+        const key = lookupKey(change, table)
+        if (key === undefined) {
+          return yield* fail("NoRowIdentity", `change ${change.id}: no key for a row of ${change.table}`)
+        }
+        const current = yield* readCurrent(sql, table, key)
+        const decision = decide(change, current, table)
+        if (decision._tag === "Invalid") {
+          return yield* fail("InvalidChange", `change ${change.id}: ${decision.reason}`)
+        }
+        for (const statement of statements(decision, table)) {
+          yield* sql.unsafe(statement).unprepared.pipe(
+            Effect.catchAll((error) =>
+              fail(
+                isConstraint(error) ? "Constraint" : "Statement",
+                `change ${change.id} on ${change.table}: ${messageOf(error)}`,
+                statement,
+                error
+              )
+            )
+          )
+        }
+      }
+      const last = todo.length === 0 ? done : Math.max(done, todo[todo.length - 1]!.id)
+      if (options.mode === "push") {
+        if (todo.length > 0) {
+          yield* sql.unsafe(PROGRESS_DDL).raw
+          yield* sql`INSERT INTO main._sync_progress (client_id, change_id) VALUES (${options.clientId}, ${last})
+            ON CONFLICT (client_id) DO UPDATE SET change_id = max(change_id, excluded.change_id)`.raw
+        }
+      } else {
+        yield* sql.unsafe(createChangesTable).raw
+        for (const change of todo) {
+          yield* sql`INSERT OR REPLACE INTO main._sync_changes
+            (id, tx_id, tbl, kind, before, after, before_rowid, after_rowid, sql) VALUES (
+              ${change.id}, ${change.txId}, ${change.table}, ${change.kind},
+              ${change.before === null ? null : JSON.stringify(change.before)},
+              ${change.after === null ? null : JSON.stringify(change.after)},
+              ${change.rowid?.before ?? null}, ${change.rowid?.after ?? null}, ${change.sql ?? null})`.raw
+        }
+        const floor = (yield* tableExists(sql, "_sync_progress"))
+          ? (yield* sql<{ readonly m: number }>`
+              SELECT coalesce(max(change_id), 0) AS m FROM main._sync_progress`.withoutTransform)[0]!.m
+          : 0
+        yield* raiseSequenceFloor(sql, Math.max(floor, last))
+      }
+      return { lastChangeId: last }
+    }))
+  })

@@ -1,0 +1,45 @@
+/**
+ * Small pure helpers for building SQL text: identifiers, string literals and the literals SQLite's quote()
+ * produces. Replay inlines quote() literals into statement text so values never pass through JS numbers.
+ */
+
+/** `"name"` with embedded double quotes doubled: safe for any table or column name. */
+export const ident = (name: string): string => `"${name.replaceAll(`"`, `""`)}"`
+
+/** `'text'` with embedded single quotes doubled. */
+export const stringLiteral = (text: string): string => `'${text.replaceAll(`'`, `''`)}'`
+
+const integerLiteral = /^-?[0-9]+$/
+// quote() writes REALs with "%!.15g" or "%!.20e" (always a dot; an exponent when large or small).
+const realLiteral = /^-?[0-9]+\.[0-9]+(?:e[+-][0-9]+)?$/
+const blobLiteral = /^X'(?:[0-9A-F]{2})*'$/
+
+/**
+ * Whether `text` is one literal as quote() writes it: NULL, an integer, a real, a string or a blob.
+ * Anything else must never be spliced into SQL text.
+ */
+export const isLiteral = (text: string): boolean => {
+  if (text === "NULL") return true
+  if (text.length >= 2 && text.charCodeAt(0) === 39 && text.charCodeAt(text.length - 1) === 39) {
+    return !text.slice(1, -1).replaceAll("''", "").includes("'")
+  }
+  return integerLiteral.test(text) || realLiteral.test(text) || blobLiteral.test(text)
+}
+
+/**
+ * `a || b || c ...` as a balanced tree: a left-deep chain of thousands of operands would exceed SQLite's
+ * expression depth limit (1000), and a function call would exceed its argument limit.
+ */
+export const concat = (parts: ReadonlyArray<string>): string => {
+  if (parts.length === 0) return "''"
+  if (parts.length === 1) return parts[0]!
+  const middle = Math.floor(parts.length / 2)
+  return `(${concat(parts.slice(0, middle))} || ${concat(parts.slice(middle))})`
+}
+
+/** Case-insensitive prefix test, as SQLite compares names case-insensitively. */
+export const hasPrefix = (name: string, prefix: string): boolean =>
+  name.slice(0, prefix.length).toLowerCase() === prefix
+
+/** Tables that are never captured nor replayed as user data. */
+export const isInternalTable = (name: string): boolean => hasPrefix(name, "_sync_") || hasPrefix(name, "sqlite_")

@@ -1,0 +1,88 @@
+import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import * as Effect from "effect/Effect"
+import { isInternalTable } from "./sqlText.js"
+
+/**
+ * What capture and replay need to know about one table of `main`.
+ * `columns` are the stored, writable columns (generated and hidden columns are left out: they cannot be
+ * written and are recomputed by SQLite). `primaryKey` is in key order; empty means "identified by rowid",
+ * reachable under `rowidAlias` (null when the user has columns named rowid, _rowid_ and oid).
+ */
+export interface TableInfo {
+  readonly name: string
+  readonly columns: ReadonlyArray<string>
+  readonly primaryKey: ReadonlyArray<string>
+  readonly withoutRowid: boolean
+  readonly rowidAlias: string | null
+  /** Column lists of UNIQUE indexes other than the primary key (plain columns only, not partial). */
+  readonly uniqueIndexes: ReadonlyArray<ReadonlyArray<string>>
+}
+
+const ROWID_NAMES = ["_rowid_", "rowid", "oid"] as const
+
+/** Pure: picks the name under which the real rowid is still reachable. */
+export const rowidAlias = (allColumnNames: ReadonlyArray<string>, withoutRowid: boolean): string | null => {
+  if (withoutRowid) return null
+  const taken = new Set(allColumnNames.map((name) => name.toLowerCase()))
+  return ROWID_NAMES.find((name) => !taken.has(name)) ?? null
+}
+
+interface ColumnRow {
+  readonly name: string
+  readonly pk: number
+  readonly hidden: number
+}
+
+/** Reads one table's description; None when `main` has no such ordinary table. */
+export const read = (table: string): Effect.Effect<TableInfo | undefined, SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const listed = yield* sql<{ readonly type: string; readonly wr: number }>`
+      SELECT type, wr FROM pragma_table_list WHERE schema = 'main' AND name = ${table}`.withoutTransform
+    if (listed.length === 0 || listed[0]!.type !== "table") return undefined
+    const withoutRowid = listed[0]!.wr === 1
+    const rows = yield* sql<ColumnRow>`
+      SELECT name, pk, hidden FROM pragma_table_xinfo(${table}, 'main') ORDER BY cid`.withoutTransform
+    const columns = rows.filter((row) => row.hidden === 0).map((row) => row.name)
+    const primaryKey = rows.filter((row) => row.pk > 0).sort((a, b) => a.pk - b.pk).map((row) => row.name)
+    const indexes = yield* sql<{ readonly name: string; readonly origin: string; readonly partial: number }>`
+      SELECT name, origin, partial FROM pragma_index_list(${table}, 'main') WHERE "unique" = 1`.withoutTransform
+    const uniqueIndexes: Array<ReadonlyArray<string>> = []
+    for (const index of indexes) {
+      if (index.origin === "pk" || index.partial === 1) continue
+      const parts = yield* sql<{ readonly cid: number; readonly name: string | null }>`
+        SELECT cid, name FROM pragma_index_info(${index.name}, 'main') ORDER BY seqno`.withoutTransform
+      // Expression indexes (cid -2) cannot be matched from a trigger without re-evaluating the expression.
+      if (parts.some((part) => part.cid < 0 || part.name === null)) continue
+      uniqueIndexes.push(parts.map((part) => part.name!))
+    }
+    return {
+      name: table,
+      columns,
+      primaryKey,
+      withoutRowid,
+      rowidAlias: rowidAlias(rows.map((row) => row.name), withoutRowid),
+      uniqueIndexes
+    }
+  })
+
+/** Names of the user tables of `main` (ordinary tables, never `_sync_%`/`sqlite_%`, shadow or virtual). */
+export const userTables: Effect.Effect<ReadonlyArray<string>, SqlError, SqlClient.SqlClient> = Effect.gen(
+  function*() {
+    const sql = yield* SqlClient.SqlClient
+    const rows = yield* sql<{ readonly name: string }>`
+      SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'table' ORDER BY name`.withoutTransform
+    return rows.map((row) => row.name).filter((name) => !isInternalTable(name))
+  }
+)
+
+/** Reads every user table. */
+export const readAll: Effect.Effect<ReadonlyArray<TableInfo>, SqlError, SqlClient.SqlClient> = Effect.flatMap(
+  userTables,
+  (names) =>
+    Effect.map(
+      Effect.forEach(names, read),
+      (infos) => infos.filter((info): info is TableInfo => info !== undefined)
+    )
+)
