@@ -40,11 +40,14 @@ export const make = (options: { readonly integrityCheck: IntegrityCheck }): Back
               if (generation !== current || gen === undefined || gen.frames.length + 1 !== firstFrameNo) {
                 throw new Error(`commit of ${generation}/${firstFrameNo} does not continue the head`)
               }
-              const candidate = WalFrame.applyFrames(head, frames)
-              const problem = checkImage(candidate, options.integrityCheck)
-              if (problem !== undefined) return Either.left(problem)
+              // Without a check the head image is not needed: skip its copy.
+              if (options.integrityCheck !== "off") {
+                const candidate = WalFrame.applyFrames(head, frames)
+                const problem = checkImage(candidate, options.integrityCheck)
+                if (problem !== undefined) return Either.left(problem)
+                head = candidate
+              }
               gen.frames.push(...frames)
-              head = candidate
               return Either.right(undefined)
             },
             catch: (cause) => new StoreError({ reason: "Storage", message: "commit failed", cause })

@@ -1,0 +1,108 @@
+/**
+ * What the malformed-database check costs per push.
+ *
+ *   npx tsx bench/serverStoreCheck.ts [sizesMB=1,10] [pushes=40]
+ *
+ * For each store (memory, SQLite in a temp dir), database size and check mode, a database of that size
+ * is built from a real SQLite replica (a table with an index, ~1 KB rows), then `pushes` small commits
+ * (one row each, as a client syncing an edit does) are timed one by one. The difference between
+ * `off` and a check mode is the check's cost: materialising the candidate and running the pragma.
+ */
+import Database from "better-sqlite3"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import * as ServerStore from "../src/ServerStore.js"
+import * as WalFrame from "../src/WalFrame.js"
+
+const sizes = (process.argv[2] ?? "1,10").split(",").map(Number)
+const pushes = Number(process.argv[3] ?? 40)
+const modes: ReadonlyArray<ServerStore.IntegrityCheck> = ["off", "quick_check", "integrity_check"]
+
+const walFrames = (file: string): ReadonlyArray<WalFrame.Frame> =>
+  Option.match(WalFrame.parse(new Uint8Array(fs.readFileSync(`${file}-wal`))), { onNone: () => [], onSome: (w) => w.frames })
+
+const percentile = (sorted: ReadonlyArray<number>, p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]
+
+const run = (store: ServerStore.Service, sizeMb: number) =>
+  Effect.gen(function*() {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "bench-replica-"))
+    try {
+      const file = path.join(dir, "r.sqlite")
+      fs.writeFileSync(file, yield* store.exportGeneration("bench", 1))
+      const db = new Database(file)
+      db.pragma("wal_autocheckpoint = 0")
+      db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL, v TEXT NOT NULL); CREATE INDEX t_k ON t (k)")
+      const insert = db.prepare("INSERT INTO t (k, v) VALUES (hex(randomblob(8)), hex(randomblob(450)))")
+      const rows = Math.ceil((sizeMb * 1024 * 1024) / 1000)
+      const perTx = 1000
+      for (let done = 0; done < rows; done += perTx) {
+        db.transaction(() => {
+          for (let i = 0; i < Math.min(perTx, rows - done); i++) insert.run()
+        })()
+      }
+      let pushed = 0
+      const pushNew = (frames: ReadonlyArray<WalFrame.Frame>) => Effect.gen(function*() {
+        let baton: string | undefined
+        while (pushed < frames.length) {
+          const part = frames.slice(pushed, pushed + 1024)
+          const r = yield* store.push("bench", 1, pushed + 1, pushed + 1 + part.length, part, baton)
+          if (r._tag !== "Ok" || r.maxFrameNo !== pushed + part.length) throw new Error(`unexpected ${JSON.stringify(r)}`)
+          baton = r.baton
+          pushed += part.length
+        }
+      })
+      yield* pushNew(walFrames(file))
+      const pageCount = (db.pragma("page_count", { simple: true }) as number)
+      const times: Array<number> = []
+      for (let i = 0; i < pushes; i++) {
+        insert.run()
+        const frames = walFrames(file)
+        const t0 = performance.now()
+        yield* pushNew(frames)
+        times.push(performance.now() - t0)
+      }
+      db.close()
+      times.sort((a, b) => a - b)
+      return {
+        mb: ((pageCount * 4096) / 1024 / 1024).toFixed(1),
+        median: percentile(times, 0.5),
+        p90: percentile(times, 0.9),
+        mean: times.reduce((a, b) => a + b, 0) / times.length
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+const main = Effect.gen(function*() {
+  const lines: Array<string> = []
+  lines.push(`| store | db size | check | median ms/push | p90 | mean |`)
+  lines.push(`|---|---|---|---|---|---|`)
+  for (const sizeMb of sizes) {
+    for (const kind of ["memory", "sqlite"] as const) {
+      for (const integrityCheck of modes) {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), "bench-store-"))
+        const layer = kind === "memory"
+          ? ServerStore.layerMemory({ integrityCheck })
+          : ServerStore.layer({ directory: dir, integrityCheck })
+        const r = yield* Effect.flatMap(ServerStore.ServerStore, (store) => run(store, sizeMb)).pipe(
+          Effect.provide(layer),
+          Effect.scoped
+        )
+        fs.rmSync(dir, { recursive: true, force: true })
+        const line = `| ${kind} | ${r.mb} MB | ${integrityCheck} | ${r.median.toFixed(2)} | ${r.p90.toFixed(2)} | ${r.mean.toFixed(2)} |`
+        lines.push(line)
+        console.log(line)
+      }
+    }
+  }
+  console.log(`\n${lines.join("\n")}`)
+})
+
+Effect.runPromise(main).catch((error) => {
+  console.error(error)
+  process.exit(1)
+})
