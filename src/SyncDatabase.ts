@@ -1,0 +1,189 @@
+/**
+ * Local-first SQLite that syncs with a WAL-frame sync server: reads and writes are local; `push` sends
+ * local changes, `pull` brings the remote's, `sync` does both. The seed's design: two copies of the
+ * database (Draft takes writes, Synced mirrors the remote), local changes captured on Draft and replayed
+ * onto Synced to make the frames a push sends.
+ *
+ * ```ts
+ * import { FetchHttpClient } from "@effect/platform"
+ * import { Effect } from "effect"
+ * import { SyncDatabase } from "effect-sqlite-sync"
+ *
+ * const program = Effect.gen(function*() {
+ *   const db = yield* SyncDatabase.SyncDatabase
+ *   yield* db.execute("CREATE TABLE IF NOT EXISTS notes (id TEXT PRIMARY KEY, body TEXT)")
+ *   yield* db.execute("INSERT INTO notes VALUES (?, ?)", ["n1", "hello"])
+ *   yield* db.sync
+ *   return yield* db.query("SELECT * FROM notes")
+ * })
+ *
+ * program.pipe(
+ *   Effect.provide(SyncDatabase.layer({ path: "./notes.db", url: "http://127.0.0.1:8080/db/notes" })),
+ *   Effect.provide(FetchHttpClient.layer),
+ *   Effect.runPromise
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
+import type * as HttpClient from "@effect/platform/HttpClient"
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type * as Option from "effect/Option"
+import type * as Redacted from "effect/Redacted"
+import type * as Schedule from "effect/Schedule"
+import * as Engine from "./internal/engine.js"
+import * as LocalCopies from "./LocalCopies.js"
+import type * as SyncError from "./SyncError.js"
+import * as SyncMetadata from "./SyncMetadata.js"
+import * as SyncRemote from "./SyncRemote.js"
+
+/**
+ * Result of `execute`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ExecuteResult {
+  readonly changes: number
+  readonly lastInsertRowid: number | bigint
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Stats {
+  readonly clientId: string
+  /** Local changes the remote does not have yet (as of the last push or pull). */
+  readonly pendingChanges: number
+  readonly generation: number
+  readonly syncedFrame: number
+  readonly lastPushAt: Option.Option<Date>
+  readonly lastPullAt: Option.Option<Date>
+  /** Frame bytes pushed and frame/base bytes received since this layer was built. */
+  readonly bytesSent: number
+  readonly bytesReceived: number
+  readonly draftWalBytes: number
+  readonly syncedWalBytes: number
+  /** "synced" only while a pull replaces the draft copy. */
+  readonly activeCopy: "draft" | "synced"
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  readonly clientId: string
+  /** Runs one statement as one local transaction; its changes are captured for the next push. */
+  readonly execute: (
+    sql: string,
+    params?: ReadonlyArray<unknown>
+  ) => Effect.Effect<ExecuteResult, SyncError.SqlStatementError>
+  /** Runs one read-only statement on the local database; rows as objects. */
+  readonly query: <Row extends object = Record<string, unknown>>(
+    sql: string,
+    params?: ReadonlyArray<unknown>
+  ) => Effect.Effect<ReadonlyArray<Row>, SyncError.SqlStatementError>
+  /**
+   * Sends local changes to the remote (the seed's steps 1a–c). The local copy does not show the remote's
+   * changes afterwards; `pull` does. Succeeds with whether anything was pushed.
+   */
+  readonly push: Effect.Effect<boolean, SyncError.SyncError>
+  /** Brings the remote's changes into the local copy, keeping unpushed local changes (steps 2a–d). */
+  readonly pull: Effect.Effect<boolean, SyncError.SyncError>
+  /** `push` then `pull`; succeeds with whether the local copy changed. */
+  readonly sync: Effect.Effect<boolean, SyncError.SyncError>
+  readonly stats: Effect.Effect<Stats, SyncError.SyncError>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class SyncDatabase extends Context.Tag("effect-sqlite-sync/SyncDatabase")<SyncDatabase, Service>() {}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** Local files are `<path>-draft`, `<path>-synced`, `<path>-info` (and their `-wal`/`-shm`). */
+  readonly path: string
+  readonly clientName?: string | undefined
+  /** Rounds of reset, pull, replay and push before a push fails with ConflictError (default 12). */
+  readonly maxPushRounds?: number | undefined
+  readonly conflictBackoff?: Duration.DurationInput | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface HttpOptions extends Options {
+  /** The database URL on a sync server, e.g. `http://127.0.0.1:8080/db/notes`. */
+  readonly url: string
+  readonly authToken?: Redacted.Redacted | string | undefined
+  readonly retrySchedule?: Schedule.Schedule<unknown, SyncError.RemoteFailure> | undefined
+  readonly requestTimeout?: Duration.DurationInput | undefined
+}
+
+/**
+ * Opens (bootstrapping a brand-new database from the remote, or recovering after a crash) with the
+ * `SyncRemote`, `LocalCopies` and `SyncMetadata` in context.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (options: Options) => Effect.map(Engine.make(options), (engine): Service => engine)
+
+/**
+ * A `SyncDatabase` over any `SyncRemote` (for example `SyncRemote.layerStore` in tests).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerRemote = (options: Options): Layer.Layer<SyncDatabase, SyncError.SyncError, SyncRemote.SyncRemote> =>
+  Layer.scoped(SyncDatabase, make(options)).pipe(
+    Layer.provide(Layer.merge(LocalCopies.layer({ path: options.path }), SyncMetadata.layer(`${options.path}-info`)))
+  )
+
+/**
+ * A `SyncDatabase` syncing over HTTP. Requires only an `HttpClient`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options: HttpOptions): Layer.Layer<SyncDatabase, SyncError.SyncError, HttpClient.HttpClient> =>
+  layerRemote(options).pipe(
+    Layer.provide(
+      SyncRemote.layerHttp({
+        url: options.url,
+        authToken: options.authToken,
+        retrySchedule: options.retrySchedule,
+        requestTimeout: options.requestTimeout
+      })
+    )
+  )
+
+/**
+ * `layer` with its options read from `Config`, e.g.
+ * `layerConfig({ path: Config.string("DB_PATH"), url: Config.string("SYNC_URL"), authToken: Config.redacted("SYNC_TOKEN") })`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  config: Config.Config.Wrap<{
+    readonly path: string
+    readonly url: string
+    readonly authToken?: Redacted.Redacted | undefined
+    readonly clientName?: string | undefined
+  }>
+): Layer.Layer<SyncDatabase, SyncError.SyncError | ConfigError.ConfigError, HttpClient.HttpClient> =>
+  Layer.unwrapEffect(Effect.map(Config.unwrap(config), (options) => layer(options)))

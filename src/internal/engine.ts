@@ -1,0 +1,520 @@
+/**
+ * The client engine: the seed's push (1a–c) and pull (2a–d) over the Draft and Synced copies, bootstrap,
+ * generation rolls and recovery on open.
+ *
+ * Invariants (every step below keeps them; recovery on open restores them after a crash):
+ * 1. At rest, Synced = the remote's base of `generation` (its database file) + exactly the remote's frames
+ *    1..`syncedFrame` (its WAL). Frames beyond `syncedFrame` exist only inside a push or a pull and are cut
+ *    off by the next step (a) or on open.
+ * 2. Every change in Draft's change log with an id above the remote's progress row for this client
+ *    (`_sync_progress`, read from Synced after a pull) is not yet on the remote; every one at or below it is,
+ *    exactly once: the progress row is written in the same remote transaction as the replayed changes.
+ * 3. Draft is replaced only by a complete, fsynced copy of Synced (`<path>-draft.new`, renamed over it);
+ *    metadata says when a copy is under way, and open finishes it.
+ * 4. Writes never reach Draft while it is being replaced (the copy holds every write permit); reads never
+ *    see a half-replaced Draft (they are served by Synced meanwhile, which holds the same rows).
+ * 5. Push, pull and sync never run two at a time; Synced is only touched by them (and by reads during 2c).
+ * 6. Local change ids only grow, across copies and restarts, so that (2) can compare them.
+ *
+ * @internal
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as SynchronizedRef from "effect/SynchronizedRef"
+import * as Crypto from "node:crypto"
+import * as ChangeCapture from "../ChangeCapture.js"
+import * as ChangeReplay from "../ChangeReplay.js"
+import * as LocalCopies from "../LocalCopies.js"
+import * as SyncError from "../SyncError.js"
+import * as SyncMetadata from "../SyncMetadata.js"
+import * as SyncProtocol from "../SyncProtocol.js"
+import * as SyncRemote from "../SyncRemote.js"
+import * as WalFrame from "../WalFrame.js"
+import * as Files from "./files.js"
+
+/** @internal */
+export interface EngineOptions {
+  readonly path: string
+  readonly clientName?: string | undefined
+  /** Rounds of reset, pull, replay, push before a push gives up with ConflictError. Default 12. */
+  readonly maxPushRounds?: number | undefined
+  /** First backoff between conflicting push rounds; doubles each round, capped at 2 s. Default 20 ms. */
+  readonly conflictBackoff?: Duration.DurationInput | undefined
+}
+
+/** @internal */
+export interface ExecuteResult {
+  readonly changes: number
+  readonly lastInsertRowid: number | bigint
+}
+
+/** @internal */
+export interface Stats {
+  readonly clientId: string
+  readonly pendingChanges: number
+  readonly generation: number
+  readonly syncedFrame: number
+  readonly lastPushAt: Option.Option<Date>
+  readonly lastPullAt: Option.Option<Date>
+  readonly bytesSent: number
+  readonly bytesReceived: number
+  readonly draftWalBytes: number
+  readonly syncedWalBytes: number
+  readonly activeCopy: "draft" | "synced"
+}
+
+const WRITE_PERMITS = 64
+const READ_PERMITS = 1024
+/** Frames held in memory during a pull before they are written into Synced's WAL. */
+const FLUSH_FRAMES = 2048
+
+type Mode = "push" | "pull"
+
+const sqlStatementError = (reason: "Statement" | "Replay" | "Capture", sql?: string) => (cause: unknown) =>
+  new SyncError.SqlStatementError({
+    reason,
+    message: cause instanceof Error && "cause" in cause && cause.cause instanceof Error
+      ? cause.cause.message
+      : String(cause),
+    ...(sql === undefined ? {} : { sql }),
+    cause
+  })
+
+/** @internal */
+export const make = (options: EngineOptions) =>
+  Effect.gen(function*() {
+    const draft = yield* LocalCopies.Draft
+    const synced = yield* LocalCopies.Synced
+    const remote = yield* SyncRemote.SyncRemote
+    const metadataStore = yield* SyncMetadata.SyncMetadata
+    const names = LocalCopies.files(options.path)
+    const maxRounds = options.maxPushRounds ?? 12
+    const backoff = Duration.decode(options.conflictBackoff ?? Duration.millis(20))
+
+    const active = yield* Ref.make<"draft" | "synced">("draft")
+    const readGate = yield* Effect.makeSemaphore(READ_PERMITS)
+    const writeGate = yield* Effect.makeSemaphore(WRITE_PERMITS)
+    const syncLock = yield* Effect.makeSemaphore(1)
+    const traffic = yield* Ref.make({ sent: 0, received: 0 })
+
+    const on = <A, E, R>(copy: LocalCopies.Copy, effect: Effect.Effect<A, E, R>) =>
+      Effect.flatMap(copy.client, (client) => Effect.provideService(effect, SqlClient.SqlClient, client))
+
+    // -------------------------------------------------------------------------------------------------
+    // open: bootstrap or recovery
+    // -------------------------------------------------------------------------------------------------
+
+    const allFiles = [
+      names.draft, Files.walPath(names.draft), Files.shmPath(names.draft), names.draftNew,
+      names.synced, Files.walPath(names.synced), Files.shmPath(names.synced), names.syncedNext
+    ]
+
+    const finishCopyFiles = Effect.gen(function*() {
+      yield* Files.remove(Files.walPath(names.draft))
+      yield* Files.remove(Files.shmPath(names.draft))
+      yield* Files.rename(names.draftNew, names.draft)
+    })
+
+    const finishRollFiles = Effect.gen(function*() {
+      yield* Files.remove(Files.walPath(names.synced))
+      yield* Files.remove(Files.shmPath(names.synced))
+      yield* Files.rename(names.syncedNext, names.synced)
+    })
+
+    /** A brand-new local database: Synced = the remote's current base, Draft = a copy of it. */
+    const bootstrap = Effect.gen(function*() {
+      for (const file of allFiles) yield* Files.remove(file)
+      const { generation } = yield* remote.info
+      const base = yield* remote.export(generation)
+      yield* Ref.update(traffic, (t) => ({ ...t, received: t.received + base.byteLength }))
+      if (base.byteLength < 100 || new TextDecoder().decode(base.subarray(0, 15)) !== "SQLite format 3") {
+        return yield* new SyncError.BootstrapError({
+          reason: "InvalidBase",
+          message: `the base of generation ${generation} (${base.byteLength} bytes) is not an SQLite database`
+        })
+      }
+      yield* Files.writeNew(names.synced, base)
+      yield* Files.writeNew(names.draft, base)
+      const metadata: SyncMetadata.Metadata = {
+        version: 1,
+        clientId: `${options.clientName ?? "client"}-${Crypto.randomUUID()}`,
+        generation,
+        syncedFrame: 0,
+        lastPushedChangeId: 0,
+        activeCopy: "draft",
+        copyInProgress: false,
+        rollInProgress: false,
+        draftBase: { generation, frame: 0 }
+      }
+      // Written last: the metadata file is what says a bootstrap completed.
+      yield* metadataStore.write(metadata)
+      return metadata
+    }).pipe(
+      Effect.mapError((cause) =>
+        cause._tag === "BootstrapError" ? cause : new SyncError.BootstrapError({
+          reason: cause._tag === "StorageError" ? "Storage" : "Remote",
+          message: `cannot create a local database from the remote: ${cause.message}`,
+          cause
+        })
+      ),
+      Effect.tapError(() => Effect.forEach(allFiles, (f) => Effect.ignore(Files.remove(f))))
+    )
+
+    /** Finishes what a crash interrupted, and cuts Synced back to its synced frame (invariants 1, 3). */
+    const recover = (stored: SyncMetadata.Metadata) =>
+      Effect.gen(function*() {
+        let metadata = stored
+        if (metadata.rollInProgress) {
+          if (yield* Files.exists(names.syncedNext)) yield* finishRollFiles
+          metadata = { ...metadata, rollInProgress: false }
+        } else {
+          yield* Files.remove(names.syncedNext)
+        }
+        if (metadata.copyInProgress) {
+          if (yield* Files.exists(names.draftNew)) yield* finishCopyFiles
+          metadata = { ...metadata, copyInProgress: false }
+        } else {
+          yield* Files.remove(names.draftNew)
+        }
+        metadata = { ...metadata, activeCopy: "draft" }
+        const wal = yield* Files.readWal(names.synced)
+        const frames = Option.match(wal, { onNone: () => 0, onSome: (w) => w.frames.length })
+        if (frames < metadata.syncedFrame) {
+          // Cannot happen with fsync honoured; re-pulling from what is there is still correct.
+          yield* Effect.logWarning(`synced WAL holds ${frames} frames, metadata says ${metadata.syncedFrame}`)
+          metadata = { ...metadata, syncedFrame: frames }
+        }
+        yield* Files.truncateWal(names.synced, metadata.syncedFrame)
+        if (metadata !== stored) yield* metadataStore.write(metadata)
+        return metadata
+      })
+
+    const stored = yield* metadataStore.read
+    const initial = yield* Option.match(stored, { onNone: () => bootstrap, onSome: recover })
+    const metadata = yield* SynchronizedRef.make(initial)
+    const clientId = initial.clientId
+
+    const updateMetadata = (f: (m: SyncMetadata.Metadata) => SyncMetadata.Metadata) =>
+      SynchronizedRef.updateEffect(metadata, (m) => {
+        const next = f(m)
+        return Effect.as(metadataStore.write(next), next)
+      })
+
+    /** Opens Draft with capture installed and change ids above everything the remote has (invariant 6). */
+    const openDraft = Effect.gen(function*() {
+      yield* draft.open
+      const floor = (yield* SynchronizedRef.get(metadata)).lastPushedChangeId
+      yield* on(
+        draft,
+        Effect.zipRight(ChangeCapture.install, ChangeCapture.ensureChangeIdsAbove(floor))
+      ).pipe(Effect.mapError(sqlStatementError("Capture")))
+    })
+
+    yield* synced.open
+    yield* openDraft
+
+    // -------------------------------------------------------------------------------------------------
+    // file steps shared by the engine and recovery
+    // -------------------------------------------------------------------------------------------------
+
+    /** Cuts Synced's WAL back to the synced frame (invariant 1); Synced is closed meanwhile. */
+    const cutSyncedToSyncedFrame = Effect.gen(function*() {
+      const { syncedFrame } = yield* SynchronizedRef.get(metadata)
+      const size = yield* Files.fileSize(Files.walPath(names.synced))
+      if (size > WalFrame.walSize(syncedFrame)) {
+        yield* synced.withClosed(Files.truncateWal(names.synced, syncedFrame))
+      }
+    })
+
+    /** Synced's committed frames beyond the synced frame (local replays waiting to be pushed). */
+    const syncedFramesAfter = (frame: number) =>
+      Effect.map(Files.readWal(names.synced), (wal) =>
+        Option.match(wal, { onNone: () => [], onSome: (w) => w.frames.slice(frame) }))
+
+    /** Follows the remote to `generation + 1`: the new base = old base + all its frames (a TRUNCATE checkpoint). */
+    const rollSynced = (next: number) =>
+      Effect.gen(function*() {
+        const m = yield* SynchronizedRef.get(metadata)
+        const wal = yield* Files.readWal(names.synced)
+        const frames = Option.match(wal, { onNone: () => [], onSome: (w) => w.frames.slice(0, m.syncedFrame) })
+        yield* synced.close
+        yield* Files.materialize(names.synced, frames, names.syncedNext)
+        yield* updateMetadata((m) => ({ ...m, generation: next, syncedFrame: 0, rollInProgress: true }))
+        yield* finishRollFiles
+        yield* updateMetadata((m) => ({ ...m, rollInProgress: false }))
+      })
+
+    // -------------------------------------------------------------------------------------------------
+    // the seed's steps
+    // -------------------------------------------------------------------------------------------------
+
+    /**
+     * Step 1a and 2a: pull every frame the remote has beyond the synced frame into Synced's WAL (written
+     * while Synced is closed), following generation rolls. Returns whether anything arrived.
+     */
+    const pullRemoteIntoSynced = Effect.gen(function*() {
+      yield* cutSyncedToSyncedFrame
+      let { generation, syncedFrame: frame } = yield* SynchronizedRef.get(metadata)
+      let buffer: Array<WalFrame.Frame> = []
+      let changed = false
+
+      const flush = Effect.gen(function*() {
+        const committed = WalFrame.committedLength(buffer)
+        if (committed === 0) return
+        yield* synced.close
+        yield* Files.appendWal(names.synced, frame, buffer.slice(0, committed))
+        frame += committed
+        buffer = buffer.slice(committed)
+        const at = frame
+        yield* updateMetadata((m) => ({ ...m, generation, syncedFrame: at }))
+        changed = true
+      })
+
+      const loop = Effect.gen(function*() {
+        for (;;) {
+          const start = frame + buffer.length + 1
+          const result = yield* remote.pull(generation, start, start + SyncProtocol.CLIENT_BATCH_FRAMES)
+          if (result._tag === "Frames") {
+            if (result.frames.length === 0) {
+              return yield* new SyncError.RemoteError({ reason: "Protocol", message: `pull from ${start} answered no frames` })
+            }
+            for (const f of result.frames) buffer.push({ pgno: f.pgno, commitSize: f.commitSize, page: Uint8Array.from(f.page) })
+            yield* Ref.update(traffic, (t) => ({ ...t, received: t.received + result.frames.length * WalFrame.FRAME_SIZE }))
+            if (buffer.length >= FLUSH_FRAMES) yield* flush
+            continue
+          }
+          yield* flush
+          if (buffer.length > 0) {
+            return yield* new SyncError.RemoteError({
+              reason: "Protocol",
+              message: `generation ${generation} ends inside a transaction at frame ${frame + buffer.length}`
+            })
+          }
+          if (result.generation <= generation) return
+          // One generation per answer, like the libSQL client: the base of G+1 is G with all its frames.
+          yield* rollSynced(generation + 1)
+          generation += 1
+          frame = 0
+          changed = true
+        }
+      })
+      yield* loop.pipe(Effect.ensuring(Effect.ignore(synced.open)))
+      yield* synced.open
+      yield* updateMetadata((m) => ({ ...m, lastPullAt: Date.now() }))
+      return changed
+    })
+
+    /**
+     * After step (a): the remote's progress row for this client says which changes it has. That settles a
+     * push whose answer was lost (before or after a restart).
+     */
+    const settleProgress = Effect.gen(function*() {
+      const progress = yield* on(synced, ChangeReplay.progress(clientId)).pipe(Effect.mapError(sqlStatementError("Replay")))
+      yield* updateMetadata((m) => {
+        const { transferredChangeId: _, ...rest } = m
+        return { ...rest, lastPushedChangeId: Math.max(progress, m.lastPushedChangeId) }
+      })
+      return progress
+    })
+
+    /**
+     * Step 1b and 2b: replay Draft's changes that the remote does not have onto Synced, in one SQLite
+     * transaction. Push mode also writes the progress row; pull mode re-records the changes in Synced's
+     * change log so that the copy to Draft keeps them pending.
+     */
+    const replayDraftOntoSynced = (mode: Mode, progress: number) =>
+      Effect.gen(function*() {
+        const changes = yield* on(draft, ChangeCapture.pending(progress)).pipe(Effect.mapError(sqlStatementError("Capture")))
+        if (changes.length === 0) return { replayed: 0, lastChangeId: progress }
+        const result = yield* on(
+          synced,
+          ChangeReplay.apply(changes, mode === "push" ? { mode: "push", clientId } : { mode: "pull" })
+        ).pipe(Effect.mapError(sqlStatementError("Replay")))
+        return { replayed: changes.length, lastChangeId: result.lastChangeId }
+      })
+
+    /**
+     * Step 1c: push Synced's frames beyond the synced frame. `Ok` makes them the synced frames; `Conflict`
+     * (someone pushed first) cuts them off again. A failure leaves `transferredChangeId` for the next pull
+     * to settle.
+     */
+    const pushSyncedFrames = (lastChangeId: number) =>
+      Effect.gen(function*() {
+        const m = yield* SynchronizedRef.get(metadata)
+        const frames = yield* syncedFramesAfter(m.syncedFrame)
+        if (frames.length === 0) return "Nothing" as const
+        yield* updateMetadata((m) => ({ ...m, transferredChangeId: lastChangeId }))
+        const start = m.syncedFrame + 1
+        const result = yield* remote.push(m.generation, start, start + frames.length, frames).pipe(
+          Effect.ensuring(
+            Ref.update(traffic, (t) => ({ ...t, sent: t.sent + frames.length * WalFrame.FRAME_SIZE }))
+          )
+        )
+        if (result._tag === "Ok") {
+          yield* updateMetadata((m) => {
+            const { transferredChangeId: _, ...rest } = m
+            return { ...rest, syncedFrame: m.syncedFrame + frames.length, lastPushedChangeId: lastChangeId, lastPushAt: Date.now() }
+          })
+          return "Pushed" as const
+        }
+        yield* updateMetadata((m) => {
+          const { transferredChangeId: _, ...rest } = m
+          return rest
+        })
+        yield* resetSyncedWal
+        return "Conflict" as const
+      })
+
+    /** Moves reads to `copy`, after every read in flight on the other one has finished. */
+    const switchReads = (copy: "draft" | "synced") => readGate.withPermits(READ_PERMITS)(Ref.set(active, copy))
+
+    /**
+     * Step 2c: replace Draft by a copy of Synced (remote frames + the pending changes just replayed).
+     * Materialized into `<path>-draft.new`, fsynced, flagged in metadata, renamed over Draft. Reads go to
+     * Synced meanwhile; the caller holds every write permit.
+     */
+    const copySyncedOverDraft = Effect.gen(function*() {
+      const m = yield* SynchronizedRef.get(metadata)
+      const frames = yield* syncedFramesAfter(0)
+      yield* Files.materialize(names.synced, frames, names.draftNew)
+      const previousBase = m.draftBase
+      yield* updateMetadata((m) => ({
+        ...m,
+        copyInProgress: true,
+        activeCopy: "synced",
+        draftBase: { generation: m.generation, frame: m.syncedFrame }
+      }))
+      yield* switchReads("synced")
+      const swap = Effect.gen(function*() {
+        yield* draft.close
+        yield* finishCopyFiles
+        yield* updateMetadata((m) => ({ ...m, copyInProgress: false, activeCopy: "draft" }))
+      })
+      yield* swap.pipe(
+        Effect.tapError(() =>
+          // Not renamed: the old Draft is whole (closing it checkpointed its WAL); forget the copy.
+          Effect.ignore(Effect.all([
+            Files.remove(names.draftNew),
+            updateMetadata((m) => {
+              const { draftBase: _, ...rest } = m
+              return { ...rest, copyInProgress: false, activeCopy: "draft", ...(previousBase ? { draftBase: previousBase } : {}) }
+            })
+          ]))
+        ),
+        Effect.ensuring(Effect.ignore(openDraft)),
+        Effect.ensuring(switchReads("draft"))
+      )
+      yield* openDraft
+    })
+
+    /** Step 2d: cut Synced's WAL back to the synced frame, dropping the frames of the local replay. */
+    const resetSyncedWal = Effect.gen(function*() {
+      const { syncedFrame } = yield* SynchronizedRef.get(metadata)
+      yield* synced.withClosed(Files.truncateWal(names.synced, syncedFrame))
+    })
+
+    // -------------------------------------------------------------------------------------------------
+    // operations
+    // -------------------------------------------------------------------------------------------------
+
+    const pushRounds = Effect.gen(function*() {
+      for (let round = 1; round <= maxRounds; round++) {
+        yield* pullRemoteIntoSynced /* 1a */
+        const progress = yield* settleProgress
+        const replay = yield* replayDraftOntoSynced("push", progress) /* 1b */
+        if (replay.replayed === 0) return false
+        const outcome = yield* pushSyncedFrames(replay.lastChangeId) /* 1c */
+        if (outcome !== "Conflict") return true
+        const delay = Math.min(2000, Duration.toMillis(backoff) * 2 ** (round - 1)) * (0.5 + Math.random())
+        yield* Effect.sleep(Duration.millis(delay))
+      }
+      return yield* new SyncError.ConflictError({
+        reason: "RetriesExhausted",
+        message: `push conflicted ${maxRounds} times in a row; local changes stay pending`,
+        rounds: maxRounds
+      })
+    }).pipe(Effect.onError(() => Effect.ignore(resetSyncedWal)))
+
+    const pullSteps = Effect.gen(function*() {
+      const arrived = yield* pullRemoteIntoSynced /* 2a */
+      const progress = yield* settleProgress
+      const m = yield* SynchronizedRef.get(metadata)
+      if (
+        m.draftBase !== undefined && m.draftBase.generation === m.generation && m.draftBase.frame === m.syncedFrame
+      ) {
+        return arrived
+      }
+      yield* writeGate.withPermits(WRITE_PERMITS)(
+        Effect.zipRight(
+          replayDraftOntoSynced("pull", progress), /* 2b */
+          copySyncedOverDraft /* 2c */
+        )
+      ).pipe(Effect.ensuring(Effect.ignore(resetSyncedWal)))
+      yield* resetSyncedWal /* 2d */
+      return true
+    })
+
+    const push: Effect.Effect<boolean, SyncError.SyncError> = syncLock.withPermits(1)(pushRounds)
+    const pull: Effect.Effect<boolean, SyncError.SyncError> = syncLock.withPermits(1)(pullSteps)
+    const sync: Effect.Effect<boolean, SyncError.SyncError> = syncLock.withPermits(1)(
+      Effect.zipRight(pushRounds, pullSteps)
+    )
+
+    const execute = (sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<ExecuteResult, SyncError.SqlStatementError> =>
+      writeGate.withPermits(1)(on(draft, ChangeCapture.execute(sql, params))).pipe(
+        Effect.map((r): ExecuteResult => ({ changes: r.changes, lastInsertRowid: r.lastInsertRowid })),
+        Effect.mapError(sqlStatementError("Statement", sql))
+      )
+
+    const query = <Row extends object = Record<string, unknown>>(
+      sql: string,
+      params: ReadonlyArray<unknown> = []
+    ): Effect.Effect<ReadonlyArray<Row>, SyncError.SqlStatementError> =>
+      readGate.withPermits(1)(
+        Effect.flatMap(Ref.get(active), (which) =>
+          Effect.flatMap((which === "draft" ? draft : synced).client, (client) =>
+            client.unsafe<Row>(sql, params as Array<any>)))
+      ).pipe(Effect.mapError(sqlStatementError("Statement", sql)))
+
+    const stats: Effect.Effect<Stats, SyncError.SyncError> = Effect.gen(function*() {
+      const m = yield* SynchronizedRef.get(metadata)
+      const pendingChanges = yield* readGate.withPermits(1)(
+        Effect.flatMap(Ref.get(active), (which) =>
+          on(which === "draft" ? draft : synced, ChangeCapture.countPending(m.lastPushedChangeId)))
+      ).pipe(Effect.mapError(sqlStatementError("Capture")))
+      const t = yield* Ref.get(traffic)
+      return {
+        clientId,
+        pendingChanges,
+        generation: m.generation,
+        syncedFrame: m.syncedFrame,
+        lastPushAt: Option.map(Option.fromNullable(m.lastPushAt), (ms) => new Date(ms)),
+        lastPullAt: Option.map(Option.fromNullable(m.lastPullAt), (ms) => new Date(ms)),
+        bytesSent: t.sent,
+        bytesReceived: t.received,
+        draftWalBytes: yield* Files.fileSize(Files.walPath(names.draft)),
+        syncedWalBytes: yield* Files.fileSize(Files.walPath(names.synced)),
+        activeCopy: yield* Ref.get(active)
+      }
+    })
+
+    return {
+      clientId,
+      execute,
+      query,
+      push,
+      pull,
+      sync,
+      stats,
+      /** For tests: the current metadata. */
+      metadata: SynchronizedRef.get(metadata),
+      /** For tests and benchmarks: runs `effect` while holding every write permit, as step 2c does. */
+      withWritesBlocked: <A, E, R>(effect: Effect.Effect<A, E, R>) => writeGate.withPermits(WRITE_PERMITS)(effect)
+    }
+  })
+
+/** @internal */
+export type Engine = Effect.Effect.Success<ReturnType<typeof make>>

@@ -1,0 +1,250 @@
+/**
+ * The client engine's conformance suite: the seed's scenarios and the engine's own guarantees, run once
+ * against the in-process remote (SyncRemote.layerStore over a memory ServerStore) and once against the
+ * real HTTP server on loopback.
+ */
+import type * as Vitest from "@effect/vitest"
+import { expect, layer } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Ref from "effect/Ref"
+import * as Fs from "node:fs"
+import * as NodePath from "node:path"
+import * as Crypto from "node:crypto"
+import * as SyncError from "../src/SyncError.js"
+import { Harness, freshName, layerHttp, layerStore, openClient, remoteQuery, remoteState, tempDir } from "./support/engine.js"
+
+const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
+  it.scoped("(1) single client: push leaves the local copy without remote rows; pull brings them", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("single"))
+      const dir = yield* tempDir
+      const other = yield* openClient(remote, NodePath.join(dir, "other"))
+      const local = yield* openClient(remote, NodePath.join(dir, "local"))
+
+      yield* other.execute("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)")
+      yield* other.push
+      // `local` bootstrapped from the base: nothing of the remote's frames yet.
+      expect(yield* local.query("SELECT name FROM sqlite_master WHERE name = 't'")).toEqual([])
+      expect(yield* local.pull).toBe(true)
+      expect(yield* local.query("SELECT name FROM sqlite_master WHERE name = 't'")).toEqual([{ name: "t" }])
+
+      yield* other.execute("INSERT INTO t VALUES ('remote-1', 'r')")
+      yield* other.push
+      const inserted = yield* local.execute("INSERT INTO t VALUES (?, ?)", ["local-1", "l"])
+      expect(inserted.changes).toBe(1)
+      expect(yield* local.push).toBe(true)
+      expect(yield* local.query("SELECT id FROM t ORDER BY id")).toEqual([{ id: "local-1" }])
+      expect(yield* remoteQuery(remote, "SELECT id FROM t ORDER BY id")).toEqual([{ id: "local-1" }, { id: "remote-1" }])
+
+      yield* local.execute("INSERT INTO t VALUES ('local-2', 'l')")
+      yield* local.push
+      yield* local.pull
+      const all = [{ id: "local-1" }, { id: "local-2" }, { id: "remote-1" }]
+      expect(yield* local.query("SELECT id FROM t ORDER BY id")).toEqual(all)
+      expect(yield* remoteQuery(remote, "SELECT id FROM t ORDER BY id")).toEqual(all)
+      const stats = yield* local.stats
+      expect(stats.pendingChanges).toBe(0)
+      expect(stats.bytesSent).toBeGreaterThan(0)
+      expect(stats.bytesReceived).toBeGreaterThan(0)
+    }))
+
+  it.scoped("(2) repeated sync with local inserts in between adds up exactly", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("repeat"))
+      const dir = yield* tempDir
+      const a = yield* openClient(remote, NodePath.join(dir, "a"))
+      const b = yield* openClient(remote, NodePath.join(dir, "b"))
+      yield* a.execute("CREATE TABLE counter (id INTEGER PRIMARY KEY, client TEXT, n INTEGER)")
+      yield* a.sync
+      yield* b.sync
+      let expected = 0
+      for (let round = 0; round < 6; round++) {
+        for (const [name, db] of [["a", a], ["b", b]] as const) {
+          const n = round + 1
+          for (let i = 0; i < n; i++) {
+            yield* db.execute("INSERT INTO counter (id, client, n) VALUES (?, ?, ?)", [
+              expected + 1 + (name === "a" ? 0 : 1_000_000),
+              name,
+              n
+            ])
+            expected++
+          }
+          yield* db.sync
+        }
+      }
+      yield* a.sync
+      yield* b.sync
+      for (const db of [a, b]) {
+        expect(yield* db.query("SELECT count(*) AS c FROM counter")).toEqual([{ c: expected }])
+      }
+      expect(yield* remoteQuery(remote, "SELECT count(*) AS c FROM counter")).toEqual([{ c: expected }])
+    }))
+
+  it.scoped("(3) 8 clients insert their own values and push at the same time, repeatedly", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("eight"))
+      const dir = yield* tempDir
+      const setup = yield* openClient(remote, NodePath.join(dir, "setup"))
+      yield* setup.execute("CREATE TABLE v (value TEXT PRIMARY KEY, client INTEGER)")
+      yield* setup.push
+      const clients = yield* Effect.forEach(Array.from({ length: 8 }, (_, i) => i), (i) =>
+        openClient(remote, NodePath.join(dir, `c${i}`), { maxPushRounds: 40 }).pipe(Effect.tap((db) => db.pull)))
+      const rounds = 3
+      const perRound = 4
+      yield* Effect.forEach(clients, (db, i) =>
+        Effect.gen(function*() {
+          for (let r = 0; r < rounds; r++) {
+            for (let k = 0; k < perRound; k++) yield* db.execute("INSERT INTO v VALUES (?, ?)", [`c${i}-r${r}-k${k}`, i])
+            yield* db.push
+          }
+        }), { concurrency: "unbounded" })
+      const expected = clients.flatMap((_, i) =>
+        Array.from({ length: rounds * perRound }, (_, j) => `c${i}-r${Math.floor(j / perRound)}-k${j % perRound}`)
+      ).sort()
+      const onRemote = yield* remoteQuery<{ value: string }>(remote, "SELECT value FROM v ORDER BY value")
+      expect(onRemote.map((r) => r.value)).toEqual(expected)
+      for (const db of clients) yield* db.sync
+      for (const db of clients) {
+        const rows = yield* db.query<{ value: string }>("SELECT value FROM v ORDER BY value")
+        expect(rows.map((r) => r.value)).toEqual(expected)
+        expect((yield* db.stats).pendingChanges).toBe(0)
+      }
+    }))
+
+  it.scoped("(4) 10 tasks insert random blobs up to 4 KB and push: the remote has exactly those rows", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("blobs"))
+      const dir = yield* tempDir
+      const db = yield* openClient(remote, NodePath.join(dir, "blobs"))
+      yield* db.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
+      const expected = new Map<number, string>()
+      yield* Effect.forEach(Array.from({ length: 10 }, (_, i) => i), (task) =>
+        Effect.gen(function*() {
+          for (let k = 0; k < 3; k++) {
+            const id = task * 100 + k
+            const data = Crypto.randomBytes(Crypto.randomInt(0, 4097))
+            expected.set(id, data.toString("hex"))
+            yield* db.execute("INSERT INTO blobs (id, data) VALUES (?, ?)", [id, data])
+            yield* db.push
+          }
+        }), { concurrency: "unbounded" })
+      const rows = yield* remoteQuery<{ id: number; data: Buffer }>(remote, "SELECT id, data FROM blobs ORDER BY id")
+      expect(rows.map((r) => [r.id, Buffer.from(r.data).toString("hex")])).toEqual(
+        [...expected.entries()].sort((x, y) => x[0] - y[0])
+      )
+    }))
+
+  it.scoped("reads keep working during a pull, writes issued during it wait and land", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("during"))
+      const dir = yield* tempDir
+      const writer = yield* openClient(remote, NodePath.join(dir, "writer"))
+      const reader = yield* openClient(remote, NodePath.join(dir, "reader"))
+      yield* writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+      for (let i = 0; i < 20; i++) {
+        yield* writer.execute("INSERT INTO t (id, v) VALUES (?, ?)", [i, "x".repeat(3000)])
+      }
+      yield* writer.push
+      yield* reader.pull
+      yield* reader.execute("CREATE TABLE mine (id INTEGER PRIMARY KEY)")
+      for (let i = 20; i < 200; i++) yield* writer.execute("INSERT INTO t (id, v) VALUES (?, ?)", [i, "y".repeat(3000)])
+      yield* writer.push
+
+      const done = yield* Ref.make(false)
+      const pull = yield* Effect.fork(Effect.ensuring(reader.pull, Ref.set(done, true)))
+      const reads = yield* Effect.fork(Effect.gen(function*() {
+        const seen: Array<number> = []
+        while (!(yield* Ref.get(done))) {
+          const [row] = yield* reader.query<{ c: number }>("SELECT count(*) AS c FROM t")
+          seen.push(row.c)
+          yield* Effect.yieldNow()
+        }
+        return seen
+      }))
+      const writes = yield* Effect.forEach(Array.from({ length: 25 }, (_, i) => i), (i) =>
+        reader.execute("INSERT INTO mine (id) VALUES (?)", [i]), { concurrency: "unbounded" }).pipe(Effect.fork)
+      expect(yield* Fiber.join(pull)).toBe(true)
+      const seen = yield* Fiber.join(reads)
+      expect((yield* Fiber.join(writes)).every((r) => r.changes === 1)).toBe(true)
+      expect(seen.length).toBeGreaterThan(0)
+      for (const c of seen) expect(c === 20 || c === 200).toBe(true)
+      expect(yield* reader.query("SELECT count(*) AS c FROM t")).toEqual([{ c: 200 }])
+      expect(yield* reader.query("SELECT count(*) AS c FROM mine")).toEqual([{ c: 25 }])
+      yield* reader.sync
+      expect(yield* remoteQuery(remote, "SELECT count(*) AS c FROM mine")).toEqual([{ c: 25 }])
+    }))
+
+  it.scoped("follows generation rolls while holding unpushed changes", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("roll"), { rolling: true })
+      const dir = yield* tempDir
+      const a = yield* openClient(remote, NodePath.join(dir, "a"))
+      yield* a.execute("CREATE TABLE t (id TEXT PRIMARY KEY, v BLOB)")
+      yield* a.push
+      const b = yield* openClient(remote, NodePath.join(dir, "b"))
+      yield* b.pull
+      // b writes locally while a makes the remote roll several times.
+      yield* b.execute("INSERT INTO t VALUES ('b-1', randomblob(100))")
+      yield* b.execute("INSERT INTO t VALUES ('b-2', randomblob(100))")
+      for (let i = 0; i < 6; i++) {
+        yield* a.execute("INSERT INTO t VALUES (?, randomblob(3000))", [`a-${i}`])
+        yield* a.push
+      }
+      const before = (yield* remote.info).generation
+      expect(before).toBeGreaterThan(1)
+      yield* b.push
+      yield* b.pull
+      yield* a.pull
+      const expected = ["a-0", "a-1", "a-2", "a-3", "a-4", "a-5", "b-1", "b-2"].map((id) => ({ id }))
+      expect(yield* b.query("SELECT id FROM t ORDER BY id")).toEqual(expected)
+      expect(yield* a.query("SELECT id FROM t ORDER BY id")).toEqual(expected)
+      expect(yield* remoteQuery(remote, "SELECT id FROM t ORDER BY id")).toEqual(expected)
+      // Synced's database file is byte-identical to the remote's base of the generation it is at.
+      const stats = yield* b.stats
+      const base = yield* remote.export(stats.generation)
+      expect(Buffer.compare(Fs.readFileSync(NodePath.join(dir, "b-synced")), base)).toBe(0)
+    }))
+
+  it.scoped("reopening keeps pending changes and settles a push whose answer was lost", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("lost"))
+      const dir = yield* tempDir
+      const path = NodePath.join(dir, "lost")
+      // The answer to every push is lost once, after the remote applied it.
+      const lossy = {
+        ...remote,
+        push: (...args: Parameters<typeof remote.push>) =>
+          Effect.zipRight(
+            remote.push(...args),
+            Effect.fail(new SyncError.NetworkError({ reason: "Transport", message: "answer lost" }))
+          )
+      }
+      yield* Effect.scoped(Effect.gen(function*() {
+        const db = yield* openClient(lossy, path)
+        yield* db.execute("CREATE TABLE t (id TEXT PRIMARY KEY)")
+        yield* db.execute("INSERT INTO t VALUES ('once')")
+        const failed = yield* Effect.flip(db.push)
+        expect(failed._tag).toBe("NetworkError")
+      }))
+      const db = yield* openClient(remote, path)
+      expect(yield* db.query("SELECT id FROM t")).toEqual([{ id: "once" }])
+      yield* db.execute("INSERT INTO t VALUES ('twice')")
+      yield* db.sync
+      expect(yield* remoteQuery(remote, "SELECT id FROM t ORDER BY id")).toEqual([{ id: "once" }, { id: "twice" }])
+      expect(yield* db.query("SELECT id FROM t ORDER BY id")).toEqual([{ id: "once" }, { id: "twice" }])
+      expect((yield* db.stats).pendingChanges).toBe(0)
+      const state = yield* remoteState(remote)
+      state.db.close()
+    }))
+}
+
+layer(layerStore, { excludeTestServices: true })("SyncDatabase over SyncRemote.layerStore", conformance)
+layer(layerHttp, { excludeTestServices: true, timeout: 60_000 })("SyncDatabase over HTTP", conformance)
