@@ -52,6 +52,7 @@ class RequestLog extends Context.Tag("effect-sqlite-sync/SyncServer/RequestLog")
   route: string
   frames: number
   bytes: number
+  outcome: string | undefined
   error: string | undefined
   detail: string | undefined
 }>() {}
@@ -96,7 +97,8 @@ const storeFailure = (storageStatus: 500 | 503) => (error: StoreError) =>
 /**
  * The sync protocol as an `HttpApp` over the `ServerStore` in context. It never fails: every refusal
  * is a JSON response, and every request logs exactly one line (annotations `database`, `method`,
- * `route`, `status`, `frames`, `bytes`, `ms`, and `error` when refused).
+ * `route`, `status`, `frames`, `bytes`, `ms`; `outcome` for pushes and checkpoint answers; `error`
+ * when refused).
  *
  * @since 0.1.0
  * @category constructors
@@ -150,6 +152,8 @@ export const make = (options: Options = {}): Effect.Effect<
       // 503, never 500, on this route: the libSQL client reads a 500 here as "checkpoint needed".
       const result = yield* store.pull(database, generation, start, capped).pipe(Effect.catchAll(storeFailure(503)))
       if (result._tag === "CheckpointNeeded") {
+        const log = yield* RequestLog
+        log.outcome = "checkpoint_needed"
         return json({ status: "checkpoint_needed", generation: result.generation, max_frame_no: result.maxFrameNo }, 400)
       }
       if (result.frames.length === 0) {
@@ -213,6 +217,7 @@ export const make = (options: Options = {}): Effect.Effect<
           Effect.catchAll(storeFailure(500)),
           Effect.uninterruptible
         )
+        log.outcome = result._tag === "Conflict" ? "conflict" : "ok"
         if (result._tag === "Conflict") {
           return json({ status: "conflict", generation: result.generation, max_frame_no: result.maxFrameNo })
         }
@@ -255,6 +260,7 @@ export const make = (options: Options = {}): Effect.Effect<
         route: "unrouted",
         frames: 0,
         bytes: 0,
+        outcome: undefined,
         error: undefined,
         detail: undefined
       }
@@ -290,6 +296,7 @@ export const make = (options: Options = {}): Effect.Effect<
               bytes: log.bytes,
               ms: Math.round(Number(ended - started) / 1e4) / 100
             }
+            if (log.outcome !== undefined) annotations.outcome = log.outcome
             if (log.error !== undefined) annotations.error = log.error
             if (log.detail !== undefined) annotations.detail = log.detail
             const line = status >= 500 ? Effect.logError("request") : Effect.logInfo("request")
