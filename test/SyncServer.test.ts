@@ -28,8 +28,8 @@ class TestServer extends Context.Tag("test/TestServer")<TestServer, {
   readonly lines: Array<LogLine>
 }>() {}
 
-// TODO(disk): add `ServerStore.layer({ directory })` when the SQLite store lands.
-const storeLayer = (_kind: "memory" | "disk", _directory: string) => ServerStore.layerMemory({})
+const storeLayer = (kind: "memory" | "disk", directory: string) =>
+  kind === "memory" ? ServerStore.layerMemory({}) : ServerStore.layer({ directory })
 
 const serverLayer = (kind: "memory" | "disk") =>
   Layer.unwrapScoped(Effect.gen(function*() {
@@ -333,3 +333,4 @@ const suite = (kind: "memory" | "disk") =>
   })
 
 suite("memory")
+suite("disk")
