@@ -729,6 +729,38 @@ describe("ServerStore.layer: persistence", () => {
       expect(fs.existsSync(path.join(directory, "db", "store.sqlite"))).toBe(true)
     }))
 
+  it.scoped("the head file the check runs on stays equal to base + committed frames", () =>
+    Effect.gen(function*() {
+      const directory = yield* tempDir
+      const head = path.join(directory, "db", "head.db")
+      yield* run(directory, {}, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 2)
+          let pushed = 0
+          const sync = Effect.gen(function*() {
+            const frames = replica.frames()
+            yield* pushChunks(store, "db", 1, pushed + 1, frames.slice(pushed), 5)
+            pushed = frames.length
+          })
+          yield* sync
+          for (let round = 0; round < 4; round++) {
+            bigTransaction(replica, 3 + round, `h${round}`)
+            replica.db.exec(`DELETE FROM t WHERE id % ${round + 2} = 0`)
+            // A refused commit in between must not leave anything in the head.
+            const bad = bigTransaction(replica, 1, "x").frames
+            const corrupted = bad.map((f, i) => (i === bad.length - 1 ? corruptBtree(f) : f))
+            const fresh = replica.frames().slice(pushed, -bad.length)
+            yield* pushChunks(store, "db", 1, pushed + 1, fresh, 4)
+            pushed += fresh.length
+            expect(yield* failure(store.push("db", 1, pushed + 1, pushed + corrupted.length + 1, corrupted))).toBe("Malformed")
+            expect(Buffer.compare(fs.readFileSync(head), yield* materialize(store, "db"))).toBe(0)
+            expect(fs.existsSync(`${head}-wal`)).toBe(false)
+            yield* sync
+            expect(Buffer.compare(fs.readFileSync(head), yield* materialize(store, "db"))).toBe(0)
+          }
+        }))
+    }))
+
   it.scoped("a second store over the same directory is refused while the first is open", () =>
     Effect.gen(function*() {
       const directory = yield* tempDir

@@ -43,7 +43,32 @@ export interface EngineOptions {
   readonly maxPushRounds?: number | undefined
   /** First backoff between conflicting push rounds; doubles each round, capped at 2 s. Default 20 ms. */
   readonly conflictBackoff?: Duration.DurationInput | undefined
+  /** Called before each durable step (crash tests kill the process here; tracing may log). */
+  readonly onStep?: ((step: Step) => Effect.Effect<void>) | undefined
 }
+
+/**
+ * The points between durable steps, in the order a sync meets them.
+ *
+ * @internal
+ */
+export const steps = [
+  "pull:framesWritten",
+  "pull:metadataWritten",
+  "roll:materialized",
+  "roll:flagged",
+  "replay:done",
+  "push:beforeSend",
+  "push:answered",
+  "copy:materialized",
+  "copy:flagged",
+  "copy:draftClosed",
+  "copy:renamed",
+  "reset:before"
+] as const
+
+/** @internal */
+export type Step = typeof steps[number]
 
 /** @internal */
 export interface ExecuteResult {
@@ -93,6 +118,7 @@ export const make = (options: EngineOptions) =>
     const names = LocalCopies.files(options.path)
     const maxRounds = options.maxPushRounds ?? 12
     const backoff = Duration.decode(options.conflictBackoff ?? Duration.millis(20))
+    const step = options.onStep ?? (() => Effect.void)
 
     const active = yield* Ref.make<"draft" | "synced">("draft")
     const readGate = yield* Effect.makeSemaphore(READ_PERMITS)
@@ -242,7 +268,9 @@ export const make = (options: EngineOptions) =>
         const frames = Option.match(wal, { onNone: () => [], onSome: (w) => w.frames.slice(0, m.syncedFrame) })
         yield* synced.close
         yield* Files.materialize(names.synced, frames, names.syncedNext)
+        yield* step("roll:materialized")
         yield* updateMetadata((m) => ({ ...m, generation: next, syncedFrame: 0, rollInProgress: true }))
+        yield* step("roll:flagged")
         yield* finishRollFiles
         yield* updateMetadata((m) => ({ ...m, rollInProgress: false }))
       })
@@ -266,10 +294,12 @@ export const make = (options: EngineOptions) =>
         if (committed === 0) return
         yield* synced.close
         yield* Files.appendWal(names.synced, frame, buffer.slice(0, committed))
+        yield* step("pull:framesWritten")
         frame += committed
         buffer = buffer.slice(committed)
         const at = frame
         yield* updateMetadata((m) => ({ ...m, generation, syncedFrame: at }))
+        yield* step("pull:metadataWritten")
         changed = true
       })
 
@@ -333,6 +363,7 @@ export const make = (options: EngineOptions) =>
           synced,
           ChangeReplay.apply(changes, mode === "push" ? { mode: "push", clientId } : { mode: "pull" })
         ).pipe(Effect.mapError(sqlStatementError("Replay")))
+        yield* step("replay:done")
         return { replayed: changes.length, lastChangeId: result.lastChangeId }
       })
 
@@ -348,11 +379,13 @@ export const make = (options: EngineOptions) =>
         if (frames.length === 0) return "Nothing" as const
         yield* updateMetadata((m) => ({ ...m, transferredChangeId: lastChangeId }))
         const start = m.syncedFrame + 1
+        yield* step("push:beforeSend")
         const result = yield* remote.push(m.generation, start, start + frames.length, frames).pipe(
           Effect.ensuring(
             Ref.update(traffic, (t) => ({ ...t, sent: t.sent + frames.length * WalFrame.FRAME_SIZE }))
           )
         )
+        yield* step("push:answered")
         if (result._tag === "Ok") {
           yield* updateMetadata((m) => {
             const { transferredChangeId: _, ...rest } = m
@@ -380,6 +413,7 @@ export const make = (options: EngineOptions) =>
       const m = yield* SynchronizedRef.get(metadata)
       const frames = yield* syncedFramesAfter(0)
       yield* Files.materialize(names.synced, frames, names.draftNew)
+      yield* step("copy:materialized")
       const previousBase = m.draftBase
       yield* updateMetadata((m) => ({
         ...m,
@@ -387,10 +421,13 @@ export const make = (options: EngineOptions) =>
         activeCopy: "synced",
         draftBase: { generation: m.generation, frame: m.syncedFrame }
       }))
+      yield* step("copy:flagged")
       yield* switchReads("synced")
       const swap = Effect.gen(function*() {
         yield* draft.close
+        yield* step("copy:draftClosed")
         yield* finishCopyFiles
+        yield* step("copy:renamed")
         yield* updateMetadata((m) => ({ ...m, copyInProgress: false, activeCopy: "draft" }))
       })
       yield* swap.pipe(
@@ -413,6 +450,7 @@ export const make = (options: EngineOptions) =>
     /** Step 2d: cut Synced's WAL back to the synced frame, dropping the frames of the local replay. */
     const resetSyncedWal = Effect.gen(function*() {
       const { syncedFrame } = yield* SynchronizedRef.get(metadata)
+      yield* step("reset:before")
       yield* synced.withClosed(Files.truncateWal(names.synced, syncedFrame))
     })
 

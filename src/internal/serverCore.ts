@@ -12,6 +12,7 @@ import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Deferred from "effect/Deferred"
+import * as FiberId from "effect/FiberId"
 import type * as Scope from "effect/Scope"
 import * as crypto from "node:crypto"
 import type { PullResult, PushResult, Service } from "../ServerStore.js"
@@ -50,6 +51,11 @@ export interface DatabaseBackend {
     firstFrameNo: number,
     frames: ReadonlyArray<WalFrame.Frame>
   ) => Effect.Effect<Either.Either<void, string>, StoreError>
+  /**
+   * The generation's base with all its committed frames applied: `WalFrame.applyFrames(base, frames)`,
+   * which is what a replica's TRUNCATE checkpoint of the generation leaves.
+   */
+  readonly materialize: (generation: number) => Effect.Effect<Uint8Array, StoreError>
   /** Starts `generation` with `base` and no frames; it becomes the current generation. */
   readonly roll: (generation: number, base: Uint8Array) => Effect.Effect<void, StoreError>
   /** Forgets the bases and frames of every generation up to and including `generation`. */
@@ -167,7 +173,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
       return Effect.suspend(() => {
         const existing = opening.get(name)
         if (existing !== undefined) return Deferred.await(existing)
-        const deferred = Deferred.unsafeMake<Handle, StoreError>(undefined as never)
+        const deferred = Deferred.unsafeMake<Handle, StoreError>(FiberId.none)
         opening.set(name, deferred)
         return openHandle(name).pipe(
           Effect.exit,
@@ -249,13 +255,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         const generation = h.current
         const last = h.lastFrames.get(generation)!
         if (limit === undefined || h.session !== undefined || last <= limit) return
-        const base = yield* h.backend.readBase(generation)
-        const frames = yield* h.backend.readFrames(generation, 1, last + 1)
-        if (frames.length !== last) {
-          return yield* Effect.dieMessage(`ServerStore: generation ${generation} of ${h.name} has ${frames.length} of ${last} frames`)
-        }
-        // Exactly what a replica's TRUNCATE checkpoint of the whole generation leaves.
-        const next = WalFrame.applyFrames(base, frames)
+        const next = yield* h.backend.materialize(generation)
         yield* h.backend.roll(generation + 1, next)
         h.lastFrames.set(generation + 1, 0)
         h.current = generation + 1

@@ -52,6 +52,13 @@ export const make = (options: { readonly integrityCheck: IntegrityCheck }): Back
             },
             catch: (cause) => new StoreError({ reason: "Storage", message: "commit failed", cause })
           }),
+        materialize: (generation) =>
+          Effect.suspend(() => {
+            const gen = generations.get(generation)
+            return gen?.base === undefined
+              ? Effect.fail(gone(generation))
+              : Effect.succeed(WalFrame.applyFrames(gen.base, gen.frames))
+          }),
         roll: (generation, base) =>
           Effect.sync(() => {
             generations.set(generation, { base, frames: [] })

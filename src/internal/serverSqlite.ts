@@ -56,6 +56,15 @@ const writeFileDurably = (target: string, bytes: Uint8Array) => {
 
 const removeIfPresent = (file: string) => fs.rmSync(file, { force: true })
 
+class GenerationGoneError extends Error {
+  constructor(readonly generation: number) {
+    super(`generation ${generation} is no longer kept`)
+  }
+}
+
+const gone = (generation: number) =>
+  new StoreError({ reason: "GenerationGone", message: `generation ${generation} is no longer kept` })
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS generations (
   generation INTEGER PRIMARY KEY,
@@ -157,24 +166,26 @@ const openDatabase = (
     removeIfPresent(headShm)
   }
 
-  // Streams the generation's frames onto its base so memory stays at one database image.
+  // WalFrame.applyFrames(base, frames), streamed so memory stays at one database image.
+  const materialize = (generation: number): Uint8Array => {
+    const base = selectBase.get(generation)?.base
+    if (base === undefined) throw new GenerationGoneError(generation)
+    const last = lastFrameOf.get(generation)?.last_frame ?? 0
+    if (last === 0) return new Uint8Array(base)
+    const pages = selectCommitSize.get(generation, last)?.commit_size
+    if (pages === undefined || pages === 0) throw new Error(`frame ${last} of ${name}/${generation} is not a commit frame`)
+    const image = new Uint8Array(pages * WalFrame.PAGE_SIZE)
+    image.set(base.byteLength > image.byteLength ? base.subarray(0, image.byteLength) : base, 0)
+    for (const row of selectPages.iterate(generation)) {
+      if (row.pgno <= pages) image.set(row.page, (row.pgno - 1) * WalFrame.PAGE_SIZE)
+    }
+    return image
+  }
+
   const rebuildHead = () => {
     clearHeadWal()
     removeIfPresent(headPath)
-    const base = selectBase.get(current)?.base
-    if (base === undefined) throw new Error(`generation ${current} of ${name} has no base`)
-    const last = lastFrameOf.get(current)?.last_frame ?? 0
-    let image: Uint8Array = base
-    if (last > 0) {
-      const pages = selectCommitSize.get(current, last)?.commit_size
-      if (pages === undefined || pages === 0) throw new Error(`frame ${last} of ${name}/${current} is not a commit frame`)
-      image = new Uint8Array(pages * WalFrame.PAGE_SIZE)
-      image.set(base.byteLength > image.byteLength ? base.subarray(0, image.byteLength) : base, 0)
-      for (const row of selectPages.iterate(current)) {
-        if (row.pgno <= pages) image.set(row.page, (row.pgno - 1) * WalFrame.PAGE_SIZE)
-      }
-    }
-    writeFileDurably(headPath, image)
+    writeFileDurably(headPath, materialize(current))
   }
 
   // Only the check reads head.db; without a check it is not kept up to date.
@@ -204,6 +215,8 @@ const openDatabase = (
         return (error as Error).message
       }
       clearHeadWal()
+      // Whatever went wrong with head.db, the next check starts from a fresh one.
+      headStale = true
       throw error
     } finally {
       reader?.close()
@@ -235,7 +248,7 @@ const openDatabase = (
       }).pipe(
         Effect.flatMap((base) =>
           base === undefined
-            ? Effect.fail(new StoreError({ reason: "GenerationGone", message: `generation ${generation} is no longer kept` }))
+            ? Effect.fail(gone(generation))
             : Effect.succeed(new Uint8Array(base.buffer, base.byteOffset, base.byteLength))
         )
       ),
@@ -271,6 +284,14 @@ const openDatabase = (
           return Either.right(undefined)
         },
         catch: storage(`storing frames ${firstFrameNo}.. of ${name}/${generation} failed`)
+      }),
+    materialize: (generation) =>
+      Effect.try({
+        try: () => materialize(generation),
+        catch: (cause) =>
+          cause instanceof GenerationGoneError
+            ? gone(generation)
+            : storage(`materialising ${name}/${generation} failed`)(cause)
       }),
     roll: (generation, base) =>
       Effect.try({
