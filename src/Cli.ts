@@ -57,6 +57,14 @@ export const serve = Command.make(
       Options.optional,
       Options.withDescription("start a new generation once one holds more than this many frames (off by default)")
     ),
+    keepGenerations: Options.integer("keep-generations").pipe(
+      Options.optional,
+      Options.withDescription("how many generations before the current one stay pullable (default: all)")
+    ),
+    integrityCheck: Options.choice("integrity-check", ["quick_check", "integrity_check", "off"]).pipe(
+      Options.withDefault("quick_check" as const),
+      Options.withDescription("the check a pushed transaction must pass before it is acknowledged")
+    ),
     logFormat: Options.choice("log-format", ["logfmt", "json"]).pipe(
       Options.withDefault("logfmt" as const),
       Options.withDescription("format of the per-request log lines on stderr")
@@ -70,6 +78,9 @@ export const serve = Command.make(
       if (Option.isSome(options.generationFrames) && options.generationFrames.value < 1) {
         return yield* invalid("--generation-frames must be at least 1")
       }
+      if (Option.isSome(options.keepGenerations) && options.keepGenerations.value < 0) {
+        return yield* invalid("--keep-generations must be at least 0")
+      }
       if (Option.isSome(options.authToken) && Redacted.value(options.authToken.value).length === 0) {
         return yield* invalid("--auth-token must not be empty")
       }
@@ -81,7 +92,9 @@ export const serve = Command.make(
         Layer.provide(
           ServerStore.layer({
             directory: options.data,
-            generationFrames: Option.getOrUndefined(options.generationFrames)
+            generationFrames: Option.getOrUndefined(options.generationFrames),
+            keepGenerations: Option.getOrUndefined(options.keepGenerations),
+            integrityCheck: options.integrityCheck
           })
         )
       )

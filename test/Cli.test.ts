@@ -81,7 +81,7 @@ describe("effect-sqlite-sync serve", () => {
 
   it.live("invalid options are refused with a non-zero exit code", () =>
     Effect.gen(function*() {
-      for (const args of [["--port", "70000"], ["--port", "x"], ["--generation-frames", "0"], ["--auth-token", ""]]) {
+      for (const args of [["--port", "70000"], ["--port", "x"], ["--generation-frames", "0"], ["--keep-generations", "-1"], ["--auth-token", ""], ["--integrity-check", "maybe"]]) {
         const result = yield* promise(() => runBin(["serve", "--data", "/nonexistent-never-created", ...args]))
         expect(result.code, args.join(" ")).not.toBe(0)
         expect(result.stdout).not.toContain("Listening on")

@@ -28,10 +28,10 @@ class TestServer extends Context.Tag("test/TestServer")<TestServer, {
   readonly lines: Array<LogLine>
 }>() {}
 
-const storeLayer = (kind: "memory" | "disk", directory: string) =>
-  kind === "memory" ? ServerStore.layerMemory({}) : ServerStore.layer({ directory })
+const storeLayer = (kind: "memory" | "disk", directory: string, options: ServerStore.Options) =>
+  kind === "memory" ? ServerStore.layerMemory(options) : ServerStore.layer({ ...options, directory })
 
-const serverLayer = (kind: "memory" | "disk") =>
+const serverLayer = (kind: "memory" | "disk", storeOptions: ServerStore.Options = {}) =>
   Layer.unwrapScoped(Effect.gen(function*() {
     const dir = yield* Effect.acquireRelease(
       Effect.sync(() => H.tempDir(`server-${kind}`)),
@@ -48,7 +48,7 @@ const serverLayer = (kind: "memory" | "disk") =>
       Layer.provide(
         SyncServer.layerNode({ port: 0, authToken: Redacted.make(TOKEN), maxBodyBytes: MAX_FRAMES * FRAME })
       ),
-      Layer.provide(storeLayer(kind, dir)),
+      Layer.provide(storeLayer(kind, dir, storeOptions)),
       Layer.provide(Logger.replace(Logger.defaultLogger, capture))
     )
   }))
@@ -334,3 +334,52 @@ const suite = (kind: "memory" | "disk") =>
 
 suite("memory")
 suite("disk")
+
+layer(serverLayer("disk", { generationFrames: 1, keepGenerations: 1, batonIdleMs: 60_000 }), {
+  excludeTestServices: true
+})("SyncServer with rolling generations and batons", (it) => {
+  it.scoped("a dropped generation answers 410 to export and pull; a push to it conflicts", () =>
+    Effect.gen(function*() {
+      const replica = yield* replicaOf("gone")
+      const frames = replica.write("BEGIN; CREATE TABLE t(x); INSERT INTO t VALUES (1), (2); COMMIT;")
+      const first = yield* push("gone", 1, 1, frames)
+      expect(H.json(first)).toEqual({ status: "ok", generation: 1, max_frame_no: frames.length })
+      const info1 = H.json(yield* call({ path: "/db/gone/info" }))
+      expect(info1.current_generation).toBe(2)
+      // A replica of generation 2 starts from its base and pushes past the limit again: generation 1 goes.
+      const base2 = yield* call({ path: "/db/gone/export/2" })
+      expect(base2.status).toBe(200)
+      const replica2 = new H.Replica(new Uint8Array(base2.body))
+      yield* Effect.addFinalizer(() => Effect.sync(() => replica2.close()))
+      const more = replica2.write("BEGIN; INSERT INTO t VALUES (3); INSERT INTO t SELECT x + 10 FROM t; CREATE TABLE u(y); COMMIT;")
+      expect(H.json(yield* push("gone", 2, 1, more)).status).toBe("ok")
+      expect(H.json(yield* call({ path: "/db/gone/info" })).current_generation).toBe(3)
+      for (const path of ["/db/gone/export/1", "/db/gone/sync/1/1/2"]) {
+        const res = yield* call({ path })
+        expect(res.status).toBe(410)
+        expect(H.json(res).error).toBe("generation_gone")
+      }
+      const late = yield* push("gone", 1, frames.length + 1, replica.write("INSERT INTO t VALUES (99);"))
+      expect(late.status).toBe(200)
+      expect(H.json(late).status).toBe("conflict")
+      const pulled = yield* call({ path: "/db/gone/sync/2/1/100" })
+      expect(pulled.status).toBe(200)
+      expect(pulled.body.byteLength).toBe(more.length * FRAME)
+    }))
+
+  it.scoped("a push while another push's transaction is open gets 503 busy with Retry-After", () =>
+    Effect.gen(function*() {
+      const replica = yield* replicaOf("busy")
+      const frames = replica.write(
+        "BEGIN; CREATE TABLE big(b BLOB); WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 10) INSERT INTO big SELECT randomblob(3000) FROM s; COMMIT;"
+      )
+      const open = H.json(yield* push("busy", 1, 1, frames.slice(0, 3)))
+      expect(open.baton).toBeTypeOf("string")
+      const other = yield* push("busy", 1, 1, frames.slice(0, 3))
+      expect(other.status).toBe(503)
+      expect(other.headers["retry-after"]).toBe("1")
+      expect(H.json(other).error).toBe("busy")
+      const done = yield* push("busy", 1, 4, frames.slice(3), open.baton)
+      expect(H.json(done)).toMatchObject({ status: "ok", max_frame_no: frames.length })
+    }))
+})
