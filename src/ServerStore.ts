@@ -39,7 +39,9 @@ export type PushResult =
 
 /**
  * Result of a pull (`GET /sync/...`): whole committed frames contiguous from `start`, or
- * `CheckpointNeeded` when generation G has nothing at or after `start`.
+ * `CheckpointNeeded` when generation G has nothing at or after `start`. `CheckpointNeeded` always names
+ * the current generation and its head: for the current G it means "at the head" when `maxFrameNo` is
+ * the client's position; for an older G it tells the client to move on (one generation at a time).
  *
  * @since 0.1.0
  * @category models
@@ -88,7 +90,12 @@ export interface Service {
     start: number,
     end: number
   ) => Effect.Effect<PullResult, StoreError>
-  /** Frames `start..end-1`; `frames.length` must equal `end - start`. Durable before it answers Ok. */
+  /**
+   * Frames `start..end-1`; `frames.length` must equal `end - start`. Committed frames are durable before
+   * it answers Ok. Frames after the request's last commit frame wait in the baton session it answers
+   * with; they become visible and durable with their commit frame, and are dropped if the session idles
+   * out or the server restarts (the pusher then gets UnknownBaton, and a gap answer when it starts over).
+   */
   readonly push: (
     database: string,
     generation: number,
@@ -126,7 +133,7 @@ export interface Options {
   readonly keepGenerations?: number | undefined
   /** A baton session idle this long is dropped with its frames, releasing the database (default 10 000). */
   readonly batonIdleMs?: number | undefined
-  /** The most frames an unfinished transaction may hold across its requests (default 262 144, 1 GiB). */
+  /** The most frames an unfinished transaction may hold across its requests (default 65 536, 256 MiB of pages held in memory). */
   readonly maxPendingFrames?: number | undefined
   /** Default `quick_check`. */
   readonly integrityCheck?: IntegrityCheck | undefined

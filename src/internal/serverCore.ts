@@ -7,6 +7,11 @@
  * client that hangs up cannot leave half a commit behind). Pulls, info and exports take no lock: they
  * read the committed head from memory, which moves only after the backend has made the frames
  * durable, and frames at or below a head never change.
+ *
+ * The malformed-database check runs once per request, on the state after its last commit frame: a
+ * request holding several small transactions (the libSQL client batches 128 frames regardless of
+ * transaction boundaries) costs one check, not one per transaction. The states between those
+ * transactions are not checked on their own.
  */
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
@@ -75,8 +80,8 @@ export interface CoreOptions {
   readonly maxPendingFrames?: number | undefined
 }
 
-/** Frames a baton session may hold before its commit frame (the default is 1 GiB of pages). */
-export const DEFAULT_MAX_PENDING_FRAMES = 262_144
+/** Frames a baton session may hold before its commit frame (256 MiB of pages, held in memory). */
+export const DEFAULT_MAX_PENDING_FRAMES = 65_536
 
 export const DEFAULT_BATON_IDLE_MS = 10_000
 
