@@ -1,9 +1,59 @@
 /**
  * @since 0.1.0
  */
-export * as WalFrame from "./WalFrame.js"
+export * as ChangeCapture from "./ChangeCapture.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as ChangeReplay from "./ChangeReplay.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as Cli from "./Cli.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as LocalCopies from "./LocalCopies.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as ServerStore from "./ServerStore.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as SyncDatabase from "./SyncDatabase.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as SyncError from "./SyncError.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as SyncMetadata from "./SyncMetadata.js"
 
 /**
  * @since 0.1.0
  */
 export * as SyncProtocol from "./SyncProtocol.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as SyncRemote from "./SyncRemote.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as SyncServer from "./SyncServer.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as WalFrame from "./WalFrame.js"
