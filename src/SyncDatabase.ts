@@ -119,6 +119,11 @@ export interface Options {
   /** Rounds of reset, pull, replay and push before a push fails with ConflictError (default 12). */
   readonly maxPushRounds?: number | undefined
   readonly conflictBackoff?: Duration.DurationInput | undefined
+  /**
+   * Called before each durable step of push and pull (`"copy:flagged"`, `"push:answered"`, ...): crash
+   * tests kill the process there; tracing may log.
+   */
+  readonly onStep?: ((step: string) => Effect.Effect<void>) | undefined
 }
 
 /**

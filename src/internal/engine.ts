@@ -391,6 +391,10 @@ export const make = (options: EngineOptions) =>
             const { transferredChangeId: _, ...rest } = m
             return { ...rest, syncedFrame: m.syncedFrame + frames.length, lastPushedChangeId: lastChangeId, lastPushAt: Date.now() }
           })
+          // Acknowledged changes are not needed in Draft's log any more (ids are never reused).
+          yield* on(draft, ChangeCapture.prune(lastChangeId)).pipe(
+            Effect.catchAll((error) => Effect.logWarning("cannot prune acknowledged changes", error))
+          )
           return "Pushed" as const
         }
         yield* updateMetadata((m) => {

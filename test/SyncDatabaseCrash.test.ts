@@ -1,0 +1,80 @@
+/**
+ * Crash recovery: a child process syncs and is SIGKILLed at each durable step of push, pull, copy and
+ * generation roll; reopening the same files must finish or undo what was under way, and the next sync
+ * must converge with every local change on the remote exactly once.
+ */
+import { expect, layer } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as ChildProcess from "node:child_process"
+import * as Fs from "node:fs"
+import * as NodePath from "node:path"
+import * as Engine from "../src/internal/engine.js"
+import * as WalFrame from "../src/WalFrame.js"
+import { Harness, freshName, layerHttp, openClient, remoteQuery, tempDir } from "./support/engine.js"
+
+const CHILD = NodePath.resolve(import.meta.dirname, "support", "crashChild.ts")
+
+const runChild = (args: ReadonlyArray<string>) =>
+  Effect.promise(() =>
+    new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve) => {
+      const child = ChildProcess.spawn(process.execPath, ["--import", "tsx", CHILD, ...args], {
+        stdio: ["ignore", "ignore", "pipe"]
+      })
+      let stderr = ""
+      child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()))
+      child.once("exit", (code, signal) => resolve({ code, signal, stderr }))
+    })
+  )
+
+layer(layerHttp, { excludeTestServices: true, timeout: 120_000 })("SyncDatabase crash recovery", (it) => {
+  for (const crashAt of Engine.steps) {
+    it.scoped(`killed at ${crashAt}: reopening converges, every change exactly once`, () =>
+      Effect.gen(function*() {
+        const harness = yield* Harness
+        const rolling = crashAt.startsWith("roll:")
+        const name = freshName("crash")
+        const remote = yield* harness.remote(name, { rolling })
+        const url = harness.url(name, { rolling })!
+        const dir = yield* tempDir
+        const path = NodePath.join(dir, "victim")
+
+        const writer = yield* openClient(remote, NodePath.join(dir, "writer"))
+        yield* writer.execute("CREATE TABLE t (k TEXT PRIMARY KEY, n INTEGER)")
+        yield* writer.execute("INSERT INTO t VALUES ('w-0', 1)")
+        yield* writer.push
+
+        const first = yield* runChild([path, url, "none"])
+        expect(first.code, first.stderr).toBe(0)
+        // The remote moves on (rolling generations on the rolling server) while the victim has changes.
+        for (let i = 1; i <= 4; i++) {
+          yield* writer.execute("INSERT INTO t VALUES (?, ?)", [`w-${i}`, i])
+          yield* writer.execute("UPDATE t SET n = n + 1 WHERE k = 'w-0'")
+          yield* writer.push
+        }
+        const killed = yield* runChild([path, url, crashAt, "v-1", "v-2"])
+        expect(killed.signal, killed.stderr).toBe("SIGKILL")
+
+        const victim = yield* openClient(remote, path)
+        const metadataFile = JSON.parse(Fs.readFileSync(`${path}-info`, "utf8"))
+        expect(metadataFile.copyInProgress).toBe(false)
+        expect(metadataFile.rollInProgress).toBe(false)
+        expect(Fs.existsSync(`${path}-draft.new`)).toBe(false)
+        expect(Fs.statSync(`${path}-synced-wal`, { throwIfNoEntry: false })?.size ?? 0).toBeLessThanOrEqual(
+          WalFrame.walSize(metadataFile.syncedFrame)
+        )
+        expect(yield* victim.query("SELECT k FROM t WHERE k LIKE 'v-%' ORDER BY k")).toEqual([{ k: "v-1" }, { k: "v-2" }])
+        yield* victim.execute("INSERT INTO t VALUES ('v-3', 1)")
+        yield* victim.sync
+        yield* writer.sync
+        const expected = [
+          { k: "v-1", n: 1 }, { k: "v-2", n: 1 }, { k: "v-3", n: 1 },
+          { k: "w-0", n: 5 }, { k: "w-1", n: 1 }, { k: "w-2", n: 2 }, { k: "w-3", n: 3 }, { k: "w-4", n: 4 }
+        ]
+        expect(yield* remoteQuery(remote, "SELECT k, n FROM t ORDER BY k")).toEqual(expected)
+        expect(yield* victim.query("SELECT k, n FROM t ORDER BY k")).toEqual(expected)
+        expect(yield* writer.query("SELECT k, n FROM t ORDER BY k")).toEqual(expected)
+        expect(yield* victim.query("PRAGMA integrity_check")).toEqual([{ integrity_check: "ok" }])
+        expect((yield* victim.stats).pendingChanges).toBe(0)
+      }))
+  }
+})
