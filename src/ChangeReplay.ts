@@ -15,9 +15,13 @@
  * only policy so far is the seed's "last push wins". Foreign keys are checked at commit
  * (`PRAGMA defer_foreign_keys = ON`), so replay order inside the transaction cannot trip them.
  *
- * User triggers on replicated tables fire again during replay (SQLite offers no per-statement switch);
- * rows they wrote on Draft were captured too, so a trigger that writes with a deterministic key converges,
- * while one that allocates new keys (an audit log with AUTOINCREMENT) writes its row twice. See the tests.
+ * User triggers: every row a user trigger wrote on Draft was captured as a change of its own, so letting the
+ * target's triggers fire during replay would apply their effects twice (an audit row per replay, a counter
+ * bumped twice). SQLite has no per-statement switch for triggers (better-sqlite3 does not expose
+ * `SQLITE_DBCONFIG_ENABLE_TRIGGER`), so by default replay drops the target's triggers inside its transaction
+ * and recreates them from their stored SQL before committing (around a replayed schema change they are
+ * restored, so it sees the real schema). The cost is a schema-cookie bump per replay when triggers exist.
+ * `triggers: "fire"` keeps them firing.
  *
  * @since 0.1.0
  */
@@ -113,8 +117,11 @@ export class ReplayError extends Schema.TaggedError<ReplayError>()("ReplayError"
  * @category models
  */
 export type ApplyOptions =
-  | { readonly mode: "push"; readonly clientId: string }
-  | { readonly mode: "pull"; readonly clientId?: string | undefined }
+  & (
+    | { readonly mode: "push"; readonly clientId: string }
+    | { readonly mode: "pull"; readonly clientId?: string | undefined }
+  )
+  & { readonly triggers?: "suspend" | "fire" | undefined }
 
 /**
  * The key of a row image on `table` (primary key columns, else the rowid literal); undefined when none.

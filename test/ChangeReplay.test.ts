@@ -1,24 +1,513 @@
+import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import fc from "fast-check"
 import * as ChangeCapture from "../src/ChangeCapture.js"
 import * as ChangeReplay from "../src/ChangeReplay.js"
+import { isLiteral } from "../src/internal/sqlText.js"
 import { dump, exec, on, open, push, run } from "./support/changeSync.js"
 
-const both = (a: any, b: any, statement: string) => Effect.zipRight(exec(a, statement), exec(b, statement))
+type Client = SqlClient.SqlClient
+
+const both = (a: Client, b: Client, ...statements: ReadonlyArray<string>) =>
+  Effect.forEach(statements, (s) => Effect.zipRight(exec(a, s), exec(b, s)), { discard: true })
+
+/** A (captured Draft) and B (Synced), both with `schema`, capture installed on A. */
+const pair = (...schema: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const a = yield* open()
+    const b = yield* open()
+    yield* both(a, b, ...schema)
+    yield* on(a, ChangeCapture.install)
+    return { a, b }
+  })
+
+const expectSame = (a: Client, b: Client) =>
+  Effect.gen(function*() {
+    expect(yield* dump(b)).toEqual(yield* dump(a))
+  })
+
+const tx = (a: Client, ...statements: ReadonlyArray<string>) =>
+  on(a, ChangeCapture.transaction(Effect.forEach(statements, (s) => ChangeCapture.execute(s), { discard: true })))
+
+// ---------------------------------------------------------------------------------------------------------
+// Random values and workloads
+// ---------------------------------------------------------------------------------------------------------
+
+const value: fc.Arbitrary<unknown> = fc.oneof(
+  fc.constant(null),
+  fc.bigInt(-(2n ** 63n), 2n ** 63n - 1n),
+  fc.integer(),
+  fc.double(),
+  fc.constantFrom(2 ** 53 + 1, 0.1, 1e308, 5e-324, 1.0),
+  fc.string({ unit: "grapheme", maxLength: 30 }),
+  fc.uint8Array({ maxLength: 40 }).map((bytes) => Buffer.from(bytes))
+)
+
+const bind = (v: unknown) => typeof v === "number" && Number.isNaN(v) ? null : v
+
+const WORKLOAD_SCHEMA = [
+  "CREATE TABLE t_int (id INTEGER PRIMARY KEY, v, w REAL)",
+  "CREATE TABLE t_auto (id INTEGER PRIMARY KEY AUTOINCREMENT, v INTEGER)",
+  "CREATE TABLE t_comp (a TEXT, b INTEGER, v, PRIMARY KEY (a, b))",
+  "CREATE TABLE t_wr (k TEXT PRIMARY KEY, u INTEGER UNIQUE, v) WITHOUT ROWID",
+  "CREATE TABLE t_nopk (rowid TEXT, v)",
+  "CREATE TABLE t_parent (id INTEGER PRIMARY KEY, name TEXT UNIQUE)",
+  "CREATE TABLE t_child (id INTEGER PRIMARY KEY, parent INTEGER REFERENCES t_parent(id) ON DELETE CASCADE, v)"
+]
+
+type Op = { readonly sql: string; readonly params: ReadonlyArray<unknown> } | { readonly push: true }
+
+const key = fc.integer({ min: 1, max: 6 })
+const conflict = fc.constantFrom("", "OR REPLACE ", "OR IGNORE ")
+const statementOp: fc.Arbitrary<Op> = fc.oneof(
+  fc.tuple(conflict, key, value, value).map(([c, k, v, w]) => ({
+    sql: `INSERT ${c}INTO t_int VALUES (?, ?, ?)`,
+    params: [k, bind(v), bind(w)]
+  })),
+  fc.tuple(key, value).map(([k, v]) => ({ sql: `UPDATE t_int SET v = ? WHERE id = ?`, params: [bind(v), k] })),
+  fc.tuple(conflict, key, key).map(([c, k1, k2]) => ({ sql: `UPDATE ${c}t_int SET id = ? WHERE id = ?`, params: [k2, k1] })),
+  key.map((k) => ({ sql: `DELETE FROM t_int WHERE id = ?`, params: [k] })),
+  value.map((v) => ({ sql: `INSERT INTO t_auto (v) VALUES (?)`, params: [bind(v)] })),
+  key.map((k) => ({ sql: `DELETE FROM t_auto WHERE id = ?`, params: [k] })),
+  fc.tuple(conflict, fc.constantFrom("x", "y"), key, value).map(([c, a, b, v]) => ({
+    sql: `INSERT ${c}INTO t_comp VALUES (?, ?, ?)`,
+    params: [a, b, bind(v)]
+  })),
+  fc.tuple(fc.constantFrom("x", "y"), key, key).map(([a, b1, b2]) => ({
+    sql: `UPDATE OR IGNORE t_comp SET b = ?, a = ? WHERE a = 'x' AND b = ?`,
+    params: [b2, a, b1]
+  })),
+  fc.tuple(conflict, fc.constantFrom("k1", "k2", "k3"), key, value).map(([c, k, u, v]) => ({
+    sql: `INSERT ${c}INTO t_wr VALUES (?, ?, ?)`,
+    params: [k, u, bind(v)]
+  })),
+  fc.tuple(conflict, fc.constantFrom("k1", "k2", "k3"), key).map(([c, k, u]) => ({
+    sql: `UPDATE ${c}t_wr SET u = ? WHERE k = ?`,
+    params: [u, k]
+  })),
+  fc.constantFrom("k1", "k2", "k3").map((k) => ({ sql: `DELETE FROM t_wr WHERE k = ?`, params: [k] })),
+  fc.tuple(value, value).map(([r, v]) => ({ sql: `INSERT INTO t_nopk VALUES (?, ?)`, params: [bind(r), bind(v)] })),
+  fc.tuple(key, value).map(([k, v]) => ({ sql: `UPDATE t_nopk SET v = ? WHERE _rowid_ = ?`, params: [bind(v), k] })),
+  fc.tuple(key, key).map(([k1, k2]) => ({ sql: `UPDATE OR REPLACE t_nopk SET _rowid_ = ? WHERE _rowid_ = ?`, params: [k2, k1] })),
+  key.map((k) => ({ sql: `DELETE FROM t_nopk WHERE _rowid_ = ?`, params: [k] })),
+  fc.tuple(conflict, key, fc.constantFrom("p", "q", "r")).map(([c, k, n]) => ({
+    sql: `INSERT ${c}INTO t_parent VALUES (?, ?)`,
+    params: [k, n]
+  })),
+  key.map((k) => ({ sql: `DELETE FROM t_parent WHERE id = ?`, params: [k] })),
+  fc.tuple(conflict, key, key, value).map(([c, k, p, v]) => ({
+    sql: `INSERT ${c}INTO t_child VALUES (?, ?, ?)`,
+    params: [k, p, bind(v)]
+  }))
+)
+const op: fc.Arbitrary<Op> = fc.oneof({ weight: 12, arbitrary: statementOp }, {
+  weight: 1,
+  arbitrary: fc.constant({ push: true as const })
+})
+const workload = fc.array(fc.array(op, { minLength: 1, maxLength: 4 }), { minLength: 1, maxLength: 25 })
+
+/** Runs a workload on A (each inner array one local transaction; failed statements are skipped). */
+const runWorkload = (a: Client, b: Client, groups: ReadonlyArray<ReadonlyArray<Op>>) =>
+  Effect.gen(function*() {
+    for (const group of groups) {
+      yield* on(
+        a,
+        ChangeCapture.transaction(Effect.forEach(group, (o) =>
+          "push" in o ? Effect.void : Effect.ignore(ChangeCapture.execute(o.sql, o.params)), { discard: true }))
+      )
+      if (group.some((o) => "push" in o)) {
+        yield* push(a, b)
+        yield* expectSame(a, b)
+      }
+    }
+  })
+
+const runProperty = (program: Effect.Effect<void, unknown, import("effect/Scope").Scope>) =>
+  Effect.runPromise(Effect.scoped(program))
 
 describe("ChangeReplay", () => {
-  it.scoped("smoke: insert/update/delete replay onto B", () =>
-    Effect.gen(function*() {
-      const a = yield* open()
-      const b = yield* open()
-      yield* both(a, b, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-      yield* on(a, ChangeCapture.install)
-      yield* run(a, "INSERT INTO t VALUES (1, 'one'), (2, 'two')")
-      yield* run(a, "UPDATE t SET v = 'uno' WHERE id = 1")
-      yield* run(a, "DELETE FROM t WHERE id = 2")
-      const result = yield* push(a, b)
-      expect(result.lastChangeId).toBe(4)
-      expect(yield* dump(b)).toEqual(yield* dump(a))
-      expect(yield* on(b, ChangeReplay.progress("A"))).toBe(4)
-    }))
+  describe("pure planning", () => {
+    const table: ChangeReplay.TableInfo = {
+      name: "t",
+      columns: ["a", "b", "c"],
+      primaryKey: ["a"],
+      withoutRowid: false,
+      rowidAlias: "_rowid_",
+      uniqueIndexes: []
+    }
+    const image = fc.record({
+      a: fc.constantFrom("1", "2", "'k'"),
+      b: fc.constantFrom("NULL", "1", "1.0", "'1'", "X'01'"),
+      c: fc.constantFrom("NULL", "2", "'z'")
+    })
+
+    it("decide (last push wins) writes exactly the changed columns, at the before key", () =>
+      fc.assert(fc.property(image, image, fc.option(image, { nil: null }), (before, after, current) => {
+        const change: ChangeCapture.Change = { id: 1, txId: 1, table: "t", kind: "update", before, after }
+        const decision = ChangeReplay.decide(change, current, table)
+        if (current === null) {
+          expect(decision).toMatchObject({ _tag: "Upsert", row: after, conflict: "RowMissing" })
+          return
+        }
+        const changed = ["a", "b", "c"].filter((c) => before[c as "a"] !== after[c as "a"])
+        if (changed.length === 0) {
+          expect(decision._tag).toBe("Skip")
+        } else {
+          expect(decision._tag).toBe("Update")
+          if (decision._tag !== "Update") return
+          expect(Object.keys(decision.set).sort()).toEqual(changed)
+          expect(decision.key).toEqual([["a", before.a]])
+          const same = before.a === current.a && before.b === current.b && before.c === current.c
+          expect(decision.conflict).toBe(same ? null : "RowChanged")
+        }
+      })))
+
+    it("decide: deletes of missing rows are skipped, inserts over other values report KeyExists", () =>
+      fc.assert(fc.property(image, fc.option(image, { nil: null }), (row, current) => {
+        const del = ChangeReplay.decide({ id: 1, txId: 1, table: "t", kind: "delete", before: row, after: null }, current, table)
+        expect(del._tag).toBe(current === null ? "Skip" : "Delete")
+        const ins = ChangeReplay.decide({ id: 1, txId: 1, table: "t", kind: "insert", before: null, after: row }, current, table)
+        const same = current !== null && row.a === current.a && row.b === current.b && row.c === current.c
+        expect(ins._tag).toBe(same ? "Skip" : "Upsert")
+        if (ins._tag === "Upsert") expect(ins.conflict ?? null).toBe(current === null ? null : "KeyExists")
+      })))
+
+    it("statements never splice anything but identifiers and literals", () => {
+      const weird: ChangeReplay.TableInfo = { ...table, name: `we"ird'; DROP TABLE x; --`, columns: [`a"`, "b"], primaryKey: [`a"`] }
+      const [statement] = ChangeReplay.plan(
+        { id: 1, txId: 1, table: weird.name, kind: "insert", before: null, after: { [`a"`]: "'x'", b: "NULL" } },
+        weird,
+        null
+      )
+      expect(statement).toBe(
+        `INSERT INTO "we""ird'; DROP TABLE x; --" ("a""", "b") VALUES ('x', NULL) ON CONFLICT ("a""") DO UPDATE SET "b" = excluded."b"`
+      )
+    })
+
+    it("isLiteral accepts what quote() writes and rejects anything else", () => {
+      for (const ok of ["NULL", "-9223372036854775808", "0.1", "1.0e+301", "-9.0e+999", "'it''s'", "X'00FF'", "''"]) {
+        expect(isLiteral(ok)).toBe(true)
+      }
+      for (const bad of ["1; DROP TABLE t", "'a' || 'b'", "'unterminated", "'a'b'", "X'0'", "x'00'", "abs(1)", "", "1e5"]) {
+        expect(isLiteral(bad)).toBe(false)
+      }
+    })
+  })
+
+  describe("against real SQLite", () => {
+    it("property: literals round-trip exactly (plan an insert on B from A's quote() images)", () =>
+      fc.assert(
+        fc.asyncProperty(fc.array(fc.tuple(value, value, value), { minLength: 1, maxLength: 20 }), (rows) =>
+          runProperty(Effect.gen(function*() {
+            const { a, b } = yield* pair("CREATE TABLE r (id INTEGER PRIMARY KEY, x, y REAL, z INTEGER)")
+            for (const [i, [x, y, z]] of rows.entries()) {
+              yield* on(a, ChangeCapture.execute("INSERT INTO r VALUES (?, ?, ?, ?)", [i, bind(x), bind(y), bind(z)]))
+            }
+            const changes = yield* on(a, ChangeCapture.pending(0))
+            const info = (yield* on(b, ChangeReplay.readTableInfo("r")))!
+            for (const change of changes) {
+              for (const statement of ChangeReplay.plan(change, info, null)) yield* exec(b, statement)
+            }
+            yield* expectSame(a, b)
+          }))
+        ),
+        { numRuns: 40 }
+      ))
+
+    it("property: random workloads on A replayed onto B leave identical user tables", () =>
+      fc.assert(
+        fc.asyncProperty(workload, (groups) =>
+          runProperty(Effect.gen(function*() {
+            const { a, b } = yield* pair(...WORKLOAD_SCHEMA)
+            yield* runWorkload(a, b, groups)
+            yield* push(a, b)
+            yield* expectSame(a, b)
+            // exactly once: replaying everything again is a no-op
+            const all = yield* on(a, ChangeCapture.pending(0))
+            const last = yield* on(a, ChangeCapture.lastChangeId)
+            const again = yield* on(b, ChangeReplay.apply(all, { mode: "push", clientId: "A" }))
+            expect(again.lastChangeId).toBe(last)
+            yield* expectSame(a, b)
+            // pull mode from scratch onto a fresh copy: same tables, same log (ids included)
+            const c = yield* open()
+            yield* Effect.forEach(WORKLOAD_SCHEMA, (s) => exec(c, s), { discard: true })
+            yield* on(c, ChangeReplay.apply(all, { mode: "pull" }))
+            yield* expectSame(a, c)
+            expect(yield* on(c, ChangeCapture.pending(0))).toEqual(all)
+            expect(yield* on(c, ChangeReplay.progress("A"))).toBe(0)
+          }))
+        ),
+        { numRuns: 60 }
+      ))
+  })
+
+  describe("hard cases", () => {
+    it.scoped("composite key, NULL in a key column, key-changing update, delete + reinsert", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair("CREATE TABLE c (a TEXT, b INTEGER, v, PRIMARY KEY (a, b))")
+        yield* run(a, "INSERT INTO c VALUES ('x', 1, 'one'), (NULL, 2, 'null-key'), ('y', NULL, 'null-b')")
+        yield* push(a, b)
+        yield* expectSame(a, b)
+        yield* run(a, "UPDATE c SET v = 'changed' WHERE a IS NULL")
+        yield* run(a, "UPDATE c SET a = 'z', b = 9 WHERE a = 'x'")
+        yield* run(a, "UPDATE c SET b = 3 WHERE a = 'y'")
+        yield* tx(a, "DELETE FROM c WHERE a = 'z'", "INSERT INTO c VALUES ('z', 9, 'reborn')")
+        yield* push(a, b)
+        yield* expectSame(a, b)
+        yield* run(a, "DELETE FROM c WHERE a IS NULL")
+        yield* push(a, b)
+        yield* expectSame(a, b)
+        expect((yield* dump(b)).split("\n").filter((l) => l.startsWith("  ")).length).toBe(2)
+      }))
+
+    it.scoped("WITHOUT ROWID, INTEGER PRIMARY KEY, AUTOINCREMENT, no key with a column named rowid", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair(
+          "CREATE TABLE w (k TEXT PRIMARY KEY, v) WITHOUT ROWID",
+          "CREATE TABLE ipk (id INTEGER PRIMARY KEY, v)",
+          "CREATE TABLE auto (id INTEGER PRIMARY KEY AUTOINCREMENT, v)",
+          "CREATE TABLE plain (rowid TEXT, \"_rowid_\" INTEGER, v)"
+        )
+        yield* tx(
+          a,
+          "INSERT INTO w VALUES ('a', 1), ('b', 2)",
+          "INSERT INTO ipk (v) VALUES ('first'), ('second')",
+          "INSERT INTO auto (v) VALUES ('x'), ('y')",
+          "DELETE FROM auto WHERE v = 'y'",
+          "INSERT INTO auto (v) VALUES ('z')",
+          "INSERT INTO plain VALUES ('not-the-rowid', 7, 'p'), ('dup', 7, 'p')"
+        )
+        yield* push(a, b)
+        yield* expectSame(a, b)
+        yield* tx(a, "UPDATE plain SET oid = 40 WHERE rowid = 'dup'", "UPDATE w SET k = 'c' WHERE k = 'a'", "DELETE FROM ipk WHERE id = 1")
+        yield* push(a, b)
+        yield* expectSame(a, b)
+        const rows = yield* b.unsafe("SELECT oid, rowid FROM plain ORDER BY oid").values
+        expect(rows).toEqual([[1, "not-the-rowid"], [40, "dup"]])
+        // B's own AUTOINCREMENT counter does not drift below replicated ids
+        const seq = yield* b.unsafe("SELECT seq FROM sqlite_sequence WHERE name = 'auto'").values
+        expect(seq).toEqual([[3]])
+      }))
+
+    it.scoped("INSERT OR REPLACE evicting a row through a UNIQUE index replays the eviction", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair("CREATE TABLE u (id INTEGER PRIMARY KEY, email TEXT UNIQUE, v)")
+        yield* run(a, "INSERT INTO u VALUES (1, 'a@x', 'one'), (2, 'b@x', 'two')")
+        yield* push(a, b)
+        yield* run(a, "INSERT OR REPLACE INTO u VALUES (3, 'a@x', 'three')")
+        yield* run(a, "UPDATE OR REPLACE u SET email = 'b@x' WHERE id = 3")
+        const error = yield* push(a, b).pipe(Effect.flip, Effect.option)
+        expect(error._tag).toBe("None")
+        yield* expectSame(a, b)
+        expect(yield* b.unsafe("SELECT id, email FROM u").values).toEqual([[3, "b@x"]])
+      }))
+
+    it.scoped("ON DELETE CASCADE and child-before-parent order under deferred foreign keys", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair(
+          "CREATE TABLE p (id INTEGER PRIMARY KEY, name TEXT)",
+          "CREATE TABLE ch (id INTEGER PRIMARY KEY, p INTEGER NOT NULL REFERENCES p(id) ON DELETE CASCADE, v)"
+        )
+        yield* on(
+          a,
+          ChangeCapture.transaction(Effect.gen(function*() {
+            yield* ChangeCapture.execute("PRAGMA defer_foreign_keys = ON")
+            yield* ChangeCapture.execute("INSERT INTO ch VALUES (10, 1, 'child first')")
+            yield* ChangeCapture.execute("INSERT INTO p VALUES (1, 'parent')")
+          }))
+        )
+        yield* run(a, "INSERT INTO ch VALUES (11, 1, 'second child')")
+        yield* push(a, b)
+        yield* expectSame(a, b)
+        yield* run(a, "DELETE FROM p WHERE id = 1")
+        const kinds = (yield* on(a, ChangeCapture.pending(3))).map((c) => `${c.kind} ${c.table}`)
+        expect(kinds).toEqual(["delete ch", "delete ch", "delete p"])
+        yield* push(a, b)
+        yield* expectSame(a, b)
+        const fk = yield* b.unsafe("PRAGMA foreign_key_check").values
+        expect(fk).toEqual([])
+      }))
+
+    it.scoped("BLOBs, large TEXT, integers beyond 2^53, REAL vs INTEGER affinity", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair("CREATE TABLE v (id INTEGER PRIMARY KEY, i INTEGER, r REAL, n NUMERIC, t TEXT, x)")
+        const blob = Buffer.alloc(3 * 1024 * 1024, 0xab)
+        const text = "é'\"".repeat(1_000_000)
+        yield* on(a, ChangeCapture.execute("INSERT INTO v VALUES (1, ?, ?, ?, ?, ?)", [2n ** 63n - 1n, 5, "3.0", text, blob]))
+        yield* on(a, ChangeCapture.execute("INSERT INTO v VALUES (2, 9007199254740993, 9007199254740993, '10', 7, 1.0)"))
+        yield* on(a, ChangeCapture.execute("INSERT INTO v VALUES (3, 5.0, 0.1, 2.5, 0.30000000000000004, -0.0)"))
+        yield* push(a, b)
+        yield* expectSame(a, b)
+        const types = yield* b.unsafe(
+          "SELECT typeof(i), typeof(r), typeof(n), typeof(t), typeof(x), quote(i), quote(r) FROM v ORDER BY id"
+        ).values
+        expect(types).toEqual([
+          ["integer", "real", "integer", "text", "blob", "9223372036854775807", "5.0"],
+          ["integer", "real", "integer", "text", "real", "9007199254740993", "9007199254740992.0"],
+          ["integer", "real", "real", "text", "real", "5", "0.1"]
+        ])
+      }))
+
+    it.scoped("schema changes replay in order and idempotently", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair()
+        yield* tx(
+          a,
+          "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)",
+          "INSERT INTO items VALUES (1, 'a')",
+          "CREATE INDEX items_name ON items (name)",
+          "ALTER TABLE items ADD COLUMN qty INTEGER NOT NULL DEFAULT 0",
+          "UPDATE items SET qty = 5",
+          "ALTER TABLE items RENAME COLUMN name TO title",
+          "CREATE TABLE tmp (x)",
+          "INSERT INTO tmp VALUES (1)",
+          "ALTER TABLE tmp RENAME TO kept",
+          "INSERT INTO kept VALUES (2)",
+          "CREATE VIEW big AS SELECT * FROM items WHERE qty > 1",
+          "CREATE TABLE gone (x)",
+          "DROP TABLE gone"
+        )
+        yield* push(a, b)
+        yield* expectSame(a, b)
+        // the same statements again under another client id (no progress to skip them): already applied
+        const all = yield* on(a, ChangeCapture.pending(0))
+        const ddl = all.filter((c) => c.kind === "ddl")
+        yield* on(b, ChangeReplay.apply(ddl.filter((c) => !/tmp|kept/.test(c.sql!)), { mode: "push", clientId: "x" }))
+        expect(yield* dump(b)).toEqual(yield* dump(a))
+        // idempotence is per statement: replaying "CREATE TABLE tmp; ALTER TABLE tmp RENAME TO kept" once more
+        // is not an error, but re-creates an empty tmp (only the progress row makes a sequence exactly-once)
+        yield* on(b, ChangeReplay.apply(ddl, { mode: "push", clientId: "y" }))
+        expect(yield* b.unsafe("SELECT name FROM sqlite_schema WHERE name IN ('tmp', 'kept') ORDER BY name").values)
+          .toEqual([["kept"], ["tmp"]])
+        // a replica that made the same table itself
+        const c = yield* open()
+        yield* exec(c, "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+        yield* on(c, ChangeReplay.apply(all, { mode: "push", clientId: "A" }))
+        expect(yield* dump(c)).toEqual(yield* dump(a))
+      }))
+
+    it.scoped("replaying twice with progress applies exactly once; progress is per client", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair("CREATE TABLE n (id INTEGER PRIMARY KEY, v INTEGER)")
+        yield* run(a, "INSERT INTO n VALUES (1, 1)")
+        const first = yield* on(a, ChangeCapture.pending(0))
+        yield* on(b, ChangeReplay.apply(first, { mode: "push", clientId: "A" }))
+        // meanwhile someone else deletes the row on B; a second delivery of the same insert must not resurrect it
+        yield* exec(b, "DELETE FROM n")
+        const again = yield* on(b, ChangeReplay.apply(first, { mode: "push", clientId: "A" }))
+        expect(again.lastChangeId).toBe(1)
+        expect(yield* b.unsafe("SELECT count(*) FROM n").values).toEqual([[0]])
+        expect(yield* on(b, ChangeReplay.progress("A"))).toBe(1)
+        expect(yield* on(b, ChangeReplay.progress("B"))).toBe(0)
+        yield* run(a, "UPDATE n SET v = 2")
+        yield* push(a, b)
+        expect(yield* on(b, ChangeReplay.progress("A"))).toBe(2)
+        expect(yield* b.unsafe("SELECT id, v FROM n").values).toEqual([[1, 2]]) // last push wins: resurrected by update
+      }))
+
+    it.scoped("pull mode re-records changes with the same ids and leaves progress alone", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair("CREATE TABLE n (id INTEGER PRIMARY KEY, v)")
+        yield* run(a, "INSERT INTO n VALUES (1, 'pushed')")
+        yield* push(a, b)
+        yield* run(a, "INSERT INTO n VALUES (2, 'pending')")
+        yield* run(a, "UPDATE n SET v = 'pending too' WHERE id = 1")
+        const all = yield* on(a, ChangeCapture.pending(0))
+        const result = yield* on(b, ChangeReplay.apply(all, { mode: "pull", clientId: "A" }))
+        expect(result.lastChangeId).toBe(3)
+        expect(yield* on(b, ChangeReplay.progress("A"))).toBe(1)
+        expect((yield* on(b, ChangeCapture.pending(0))).map((c) => c.id)).toEqual([2, 3])
+        expect(yield* on(b, ChangeCapture.pending(0))).toEqual(all.slice(1))
+        yield* expectSame(a, b)
+        // B as the next Draft: capture continues above every id
+        yield* on(b, ChangeCapture.install)
+        yield* run(b, "DELETE FROM n WHERE id = 2")
+        expect((yield* on(b, ChangeCapture.pending(3))).map((c) => c.id)).toEqual([4])
+      }))
+
+    it.scoped("a failing change rolls back the whole replay (rows and progress) with a typed error", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair("CREATE TABLE u (id INTEGER PRIMARY KEY, email TEXT UNIQUE)")
+        yield* exec(b, "INSERT INTO u VALUES (100, 'taken@x')")
+        yield* run(a, "INSERT INTO u VALUES (1, 'free@x')")
+        yield* run(a, "INSERT INTO u VALUES (2, 'taken@x')")
+        const before = yield* dump(b)
+        const error = yield* push(a, b).pipe(Effect.flip)
+        expect(error._tag).toBe("ReplayError")
+        if (error._tag === "ReplayError") {
+          expect(error.reason).toBe("Constraint")
+          expect(error.changeId).toBe(2)
+          expect(error.statement).toContain("INSERT INTO \"u\"")
+        }
+        expect(yield* dump(b)).toEqual(before)
+        expect(yield* on(b, ChangeReplay.progress("A"))).toBe(0)
+        const missing = yield* on(
+          b,
+          ChangeReplay.apply([{ id: 9, txId: 9, table: "nope", kind: "delete", before: { id: "1" }, after: null }], {
+            mode: "push",
+            clientId: "A"
+          })
+        ).pipe(Effect.flip)
+        expect(missing._tag === "ReplayError" && missing.reason).toBe("MissingTable")
+      }))
+
+    it.scoped("values that are not quote() literals are refused before anything runs", () =>
+      Effect.gen(function*() {
+        const { b } = yield* pair("CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+        const error = yield* on(
+          b,
+          ChangeReplay.apply([{
+            id: 1,
+            txId: 1,
+            table: "t",
+            kind: "insert",
+            before: null,
+            after: { id: "1", v: "(SELECT 1); DROP TABLE t" }
+          }], { mode: "push", clientId: "A" })
+        ).pipe(Effect.flip)
+        expect(error._tag === "ReplayError" && error.reason).toBe("InvalidChange")
+        expect(yield* b.unsafe("SELECT count(*) FROM sqlite_schema WHERE name = 't'").values).toEqual([[1]])
+        expect(yield* on(b, ChangeReplay.progress("A"))).toBe(0)
+      }))
+
+    it.scoped("user triggers on replicated tables do not fire again on replay (unless asked to)", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair(
+          "CREATE TABLE acct (id INTEGER PRIMARY KEY, balance INTEGER)",
+          "CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, msg TEXT)",
+          "CREATE TABLE stamp (id INTEGER PRIMARY KEY, n INTEGER)",
+          `CREATE TRIGGER acct_audit AFTER UPDATE ON acct BEGIN
+             INSERT INTO audit (msg) VALUES ('balance ' || NEW.balance);
+             INSERT INTO stamp VALUES (NEW.id, 1) ON CONFLICT (id) DO UPDATE SET n = n + 1;
+           END`
+        )
+        yield* run(a, "INSERT INTO acct VALUES (1, 10)")
+        yield* run(a, "UPDATE acct SET balance = 20")
+        yield* run(a, "UPDATE acct SET balance = 30")
+        const changes = yield* on(a, ChangeCapture.pending(0))
+        // a copy that lets them fire shows the hazard: every trigger effect lands twice
+        const c = yield* open()
+        yield* Effect.forEach(
+          (yield* a<{ sql: string }>`SELECT sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite%' AND name NOT LIKE '\_sync%' ESCAPE '\\'`),
+          (row) => exec(c, row.sql),
+          { discard: true }
+        )
+        yield* exec(c, "INSERT INTO audit (msg) VALUES ('remote entry')") // C's audit ids have moved on
+        yield* on(c, ChangeReplay.apply(changes, { mode: "push", clientId: "A", triggers: "fire" }))
+        // (the remote entry is overwritten too: AUTOINCREMENT keys allocated on two replicas collide)
+        expect(yield* c.unsafe("SELECT msg FROM audit ORDER BY id").values).toEqual([
+          ["balance 20"],
+          ["balance 30"],
+          ["balance 30"]
+        ])
+        // default: suspended during replay, restored afterwards, B equals A
+        yield* push(a, b)
+        yield* expectSame(a, b)
+        expect(yield* b.unsafe("SELECT msg FROM audit ORDER BY id").values).toEqual([["balance 20"], ["balance 30"]])
+        expect(yield* b.unsafe("SELECT n FROM stamp").values).toEqual([[2]])
+        yield* exec(b, "UPDATE acct SET balance = 40") // still installed on B
+        expect(yield* b.unsafe("SELECT n FROM stamp").values).toEqual([[3]])
+      }))
+  })
 })

@@ -1,5 +1,5 @@
 import * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
+import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import type * as ChangeCapture from "../ChangeCapture.js"
 import * as ChangeReplay from "../ChangeReplay.js"
@@ -169,7 +169,8 @@ export const alreadyApplied = (statement: string, message: string): boolean => {
   if (text.startsWith("CREATE")) return m.includes("already exists")
   if (text.startsWith("DROP")) return /no such (table|index|view|trigger)/.test(m)
   if (text.startsWith("ALTER")) {
-    return m.includes("duplicate column name") || /no such (table|column)/.test(m) || m.includes("already exists")
+    return m.includes("duplicate column name") || /no such (table|column)/.test(m) || m.includes("already exists") ||
+      m.includes("already another table or index with this name")
   }
   return false
 }
@@ -211,6 +212,33 @@ const isConstraint = (error: SqlError): boolean => {
   return typeof cause?.code === "string" && cause.code.startsWith("SQLITE_CONSTRAINT")
 }
 
+/**
+ * Runs one statement without the prepared-statement cache (replay statements embed literals, so caching them
+ * would only hold memory). A statement that fails to prepare surfaces as an SqlError, not a defect.
+ */
+const runOnce = (sql: SqlClient.SqlClient, statement: string) =>
+  sql.unsafe(statement).unprepared.pipe(
+    Effect.catchAllDefect((defect) =>
+      Effect.fail(new SqlError({ cause: defect, message: "Failed to prepare statement" }))
+    )
+  )
+
+/**
+ * User triggers of the target are dropped for the replay and recreated from their stored SQL at the end (in
+ * the same transaction): every row they wrote on Draft was captured as a change of its own, so letting them
+ * fire again would apply their effects twice (an audit row per replay, a counter bumped twice).
+ */
+const suspendTriggers = (sql: SqlClient.SqlClient) =>
+  Effect.gen(function*() {
+    const triggers = yield* sql<{ readonly name: string; readonly sql: string }>`
+      SELECT name, sql FROM main.sqlite_schema WHERE type = 'trigger' ORDER BY rowid`.withoutTransform
+    for (const trigger of triggers) yield* runOnce(sql, `DROP TRIGGER main.${ident(trigger.name)}`)
+    return triggers
+  })
+
+const restoreTriggers = (sql: SqlClient.SqlClient, triggers: ReadonlyArray<{ readonly sql: string }>) =>
+  Effect.forEach(triggers, (trigger) => runOnce(sql, trigger.sql), { discard: true })
+
 const readCurrent = (sql: SqlClient.SqlClient, table: TableInfo.TableInfo, key: Key) =>
   Effect.gen(function*() {
     if (table.columns.length === 0) return null
@@ -248,6 +276,8 @@ export const apply = (
       const clientId = options.mode === "push" ? options.clientId : options.clientId
       const done = clientId === undefined ? 0 : yield* readProgress(sql, clientId)
       const todo = changes.filter((change) => change.id > done)
+      const suspend = options.triggers !== "fire" && todo.length > 0
+      let suspended = suspend ? yield* suspendTriggers(sql) : []
       const tables = new Map<string, TableInfo.TableInfo | undefined>()
       const tableInfo = (name: string) =>
         tables.has(name) ? Effect.succeed(tables.get(name)) : Effect.tap(TableInfo.read(name), (info) => {
@@ -267,7 +297,9 @@ export const apply = (
           )
         if (change.kind === "ddl") {
           const text = change.sql ?? ""
-          yield* sql.unsafe(text).unprepared.pipe(
+          // The schema change sees the real schema (it may create or drop triggers itself).
+          yield* restoreTriggers(sql, suspended)
+          yield* runOnce(sql, text).pipe(
             Effect.catchAll((error) =>
               alreadyApplied(text, messageOf(error))
                 ? Effect.void
@@ -275,6 +307,7 @@ export const apply = (
             )
           )
           tables.clear()
+          suspended = suspend ? yield* suspendTriggers(sql) : []
           continue
         }
         const table = yield* tableInfo(change.table)
@@ -291,7 +324,7 @@ export const apply = (
           return yield* fail("InvalidChange", `change ${change.id}: ${decision.reason}`)
         }
         for (const statement of statements(decision, table)) {
-          yield* sql.unsafe(statement).unprepared.pipe(
+          yield* runOnce(sql, statement).pipe(
             Effect.catchAll((error) =>
               fail(
                 isConstraint(error) ? "Constraint" : "Statement",
@@ -303,6 +336,7 @@ export const apply = (
           )
         }
       }
+      yield* restoreTriggers(sql, suspended)
       const last = todo.length === 0 ? done : Math.max(done, todo[todo.length - 1]!.id)
       if (options.mode === "push") {
         if (todo.length > 0) {

@@ -1,0 +1,228 @@
+import type * as SqlClient from "@effect/sql/SqlClient"
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as ChangeCapture from "../src/ChangeCapture.js"
+import { exec, on, open, run } from "./support/changeSync.js"
+
+const quoted = (client: SqlClient.SqlClient, expr: string) =>
+  Effect.map(client.unsafe(`SELECT quote(${expr}) AS q`).values, (rows) => rows[0]![0] as string)
+
+describe("ChangeCapture", () => {
+  it.scoped("install is idempotent and covers user tables only (prefix match, not LIKE)", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* exec(a, "CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+      yield* exec(a, "CREATE TABLE async_jobs (id INTEGER PRIMARY KEY)")
+      yield* exec(a, "CREATE TABLE _sync_private (x)")
+      yield* exec(a, "CREATE VIRTUAL TABLE IF NOT EXISTS vt USING json_each('[1]')").pipe(Effect.ignore)
+      yield* on(a, ChangeCapture.install)
+      yield* on(a, ChangeCapture.install)
+      const triggers = yield* a<{ name: string; tbl_name: string }>`
+        SELECT name, tbl_name FROM temp.sqlite_schema WHERE type = 'trigger' ORDER BY name`
+      const tables = [...new Set(triggers.map((t) => t.tbl_name))].sort()
+      expect(tables).toEqual(["async_jobs", "t"])
+      // AFTER insert/update/delete + BEFORE update (key eviction) per table
+      expect(triggers.length).toBe(8)
+      const recursive = yield* a<{ recursive_triggers: number }>`PRAGMA recursive_triggers`
+      expect(recursive[0]!.recursive_triggers).toBe(0)
+    }))
+
+  it.scoped("images are exact quote() literals for every storage class", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* exec(a, "CREATE TABLE v (id INTEGER PRIMARY KEY, i INTEGER, r REAL, t TEXT, b BLOB, n, any_col)")
+      yield* on(a, ChangeCapture.install)
+      const big = "x'y\"z\u00e9\u{1F600}".repeat(200_000)
+      yield* on(
+        a,
+        ChangeCapture.execute("INSERT INTO v VALUES (1, ?, ?, ?, ?, NULL, ?)", [
+          9223372036854775807n,
+          0.1,
+          big,
+          Buffer.from([0, 1, 2, 255]),
+          -9223372036854775808n
+        ])
+      )
+      yield* on(a, ChangeCapture.execute("INSERT INTO v VALUES (2, 9007199254740993, 1e308, '', x'', NULL, 2.5e-300)"))
+      const changes = yield* on(a, ChangeCapture.pending(0))
+      expect(changes.map((c) => c.kind)).toEqual(["insert", "insert"])
+      for (const change of changes) {
+        const id = change.after!["id"]!
+        for (const column of ["id", "i", "r", "t", "b", "n", "any_col"]) {
+          expect(change.after![column]).toBe(yield* quoted(a, `(SELECT ${column} FROM v WHERE id = ${id})`))
+        }
+      }
+      expect(changes[0]!.after!["i"]).toBe("9223372036854775807")
+      expect(changes[0]!.after!["any_col"]).toBe("-9223372036854775808")
+      expect(changes[0]!.after!["b"]).toBe("X'000102FF'")
+      expect(changes[1]!.after!["i"]).toBe("9007199254740993")
+      expect(changes[1]!.before).toBeNull()
+      expect(changes[0]!.rowid).toBeUndefined()
+    }))
+
+  it.scoped("transaction groups its changes under one txId; ids follow the local sequence", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* exec(a, "CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+      yield* on(a, ChangeCapture.install)
+      yield* on(
+        a,
+        ChangeCapture.transaction(Effect.gen(function*() {
+          yield* ChangeCapture.execute("INSERT INTO t VALUES (1, 'a')")
+          yield* ChangeCapture.execute("INSERT INTO t VALUES (2, 'b')")
+          yield* ChangeCapture.execute("UPDATE t SET v = 'c'")
+        }))
+      )
+      yield* run(a, "DELETE FROM t WHERE id = 1")
+      // a write that bypasses ChangeCapture entirely is still captured, as its own unit
+      yield* exec(a, "INSERT INTO t VALUES (3, 'raw')")
+      const changes = yield* on(a, ChangeCapture.pending(0))
+      expect(changes.map((c) => c.id)).toEqual([1, 2, 3, 4, 5, 6])
+      expect(changes.map((c) => c.txId)).toEqual([1, 1, 1, 1, 5, 6])
+      expect(changes.map((c) => c.kind)).toEqual(["insert", "insert", "update", "update", "delete", "insert"])
+      expect(changes[2]!.before).toEqual({ id: "1", v: "'a'" })
+      expect(changes[2]!.after).toEqual({ id: "1", v: "'c'" })
+      expect(yield* on(a, ChangeCapture.lastChangeId)).toBe(6)
+      expect(yield* on(a, ChangeCapture.countPending(4))).toBe(2)
+      yield* on(a, ChangeCapture.prune(4))
+      expect((yield* on(a, ChangeCapture.pending(0))).map((c) => c.id)).toEqual([5, 6])
+    }))
+
+  it.scoped("a failed transaction leaves no change rows", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* exec(a, "CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+      yield* on(a, ChangeCapture.install)
+      const exit = yield* on(
+        a,
+        ChangeCapture.transaction(
+          Effect.zipRight(ChangeCapture.execute("INSERT INTO t VALUES (1, 'a')"), Effect.fail("boom" as const))
+        )
+      ).pipe(Effect.exit)
+      expect(Exit.isFailure(exit)).toBe(true)
+      expect(yield* on(a, ChangeCapture.countPending(0))).toBe(0)
+      yield* run(a, "INSERT INTO t VALUES (1, 'a')")
+      expect((yield* on(a, ChangeCapture.pending(0))).map((c) => [c.id, c.txId])).toEqual([[1, 1]])
+    }))
+
+  it.scoped("DDL through execute is logged in order and new tables are captured in the same transaction", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* on(a, ChangeCapture.install)
+      yield* on(
+        a,
+        ChangeCapture.transaction(Effect.gen(function*() {
+          yield* ChangeCapture.execute("CREATE TABLE n (k TEXT PRIMARY KEY, v)")
+          yield* ChangeCapture.execute("INSERT INTO n VALUES ('a', 1)")
+          yield* ChangeCapture.execute("ALTER TABLE n ADD COLUMN w DEFAULT 7")
+          yield* ChangeCapture.execute("UPDATE n SET w = 8")
+          yield* ChangeCapture.execute("CREATE TABLE IF NOT EXISTS n (x)") // no schema change: not logged
+        }))
+      )
+      const changes = yield* on(a, ChangeCapture.pending(0))
+      expect(changes.map((c) => [c.kind, c.sql ?? c.table])).toEqual([
+        ["ddl", "CREATE TABLE n (k TEXT PRIMARY KEY, v)"],
+        ["insert", "n"],
+        ["ddl", "ALTER TABLE n ADD COLUMN w DEFAULT 7"],
+        ["update", "n"]
+      ])
+      expect(new Set(changes.map((c) => c.txId)).size).toBe(1)
+      expect(changes[3]!.before).toEqual({ k: "'a'", v: "1", w: "7" })
+      expect(changes[3]!.after).toEqual({ k: "'a'", v: "1", w: "8" })
+    }))
+
+  it.scoped("a schema change inside transaction not made through execute fails and rolls back", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* on(a, ChangeCapture.install)
+      const error = yield* on(
+        a,
+        ChangeCapture.transaction(Effect.asVoid(exec(a, "CREATE TABLE sneaky (x)")))
+      ).pipe(Effect.flip)
+      expect(error._tag).toBe("CaptureError")
+      const tables = yield* a<{ n: number }>`SELECT count(*) AS n FROM sqlite_schema WHERE name = 'sneaky'`
+      expect(tables[0]!.n).toBe(0)
+      // the statement text may be given to transaction instead (single-statement transactions)
+      yield* on(a, ChangeCapture.transaction(Effect.asVoid(exec(a, "CREATE TABLE named (x)")), "CREATE TABLE named (x)"))
+      yield* exec(a, "INSERT INTO named VALUES (1)")
+      const changes = yield* on(a, ChangeCapture.pending(0))
+      expect(changes.map((c) => [c.kind, c.sql ?? c.table])).toEqual([["ddl", "CREATE TABLE named (x)"], [
+        "insert",
+        "named"
+      ]])
+    }))
+
+  it.scoped("DDL with bound parameters is refused", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* exec(a, "CREATE TABLE t (x)")
+      yield* on(a, ChangeCapture.install)
+      const error = yield* on(a, ChangeCapture.execute("CREATE TABLE c AS SELECT ? AS x", [1])).pipe(Effect.flip)
+      expect(error._tag === "CaptureError" && error.reason).toBe("UnsupportedDdl")
+    }))
+
+  it.scoped("tables without a primary key carry their rowid, even when a column is named rowid", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* exec(a, `CREATE TABLE plain (rowid TEXT, oid INTEGER, v)`)
+      yield* on(a, ChangeCapture.install)
+      yield* run(a, "INSERT INTO plain VALUES ('user-rowid', 42, 'x')")
+      yield* run(a, "UPDATE plain SET _rowid_ = 10")
+      const changes = yield* on(a, ChangeCapture.pending(0))
+      expect(changes[0]!.after).toEqual({ rowid: "'user-rowid'", oid: "42", v: "'x'" })
+      expect(changes[0]!.rowid).toEqual({ before: null, after: "1" })
+      expect(changes[1]!.rowid).toEqual({ before: "1", after: "10" })
+    }))
+
+  it.scoped("INSERT OR REPLACE eviction through a UNIQUE index is logged as a delete; OR IGNORE is not", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* exec(a, "CREATE TABLE u (id INTEGER PRIMARY KEY, email TEXT UNIQUE, v)")
+      yield* exec(a, "INSERT INTO u VALUES (1, 'a@x', 'old')")
+      yield* on(a, ChangeCapture.install)
+      yield* run(a, "INSERT OR IGNORE INTO u VALUES (5, 'a@x', 'ignored')")
+      yield* run(a, "INSERT INTO u VALUES (6, 'b@x', 'plain')")
+      expect((yield* on(a, ChangeCapture.pending(0))).map((c) => c.kind)).toEqual(["insert"])
+      yield* run(a, "INSERT OR REPLACE INTO u VALUES (2, 'a@x', 'new')")
+      yield* run(a, "UPDATE OR REPLACE u SET id = 2 WHERE id = 6")
+      const changes = yield* on(a, ChangeCapture.pending(1))
+      expect(changes.map((c) => [c.kind, (c.before ?? c.after)!["id"]])).toEqual([
+        ["delete", "1"],
+        ["insert", "2"],
+        ["delete", "2"],
+        ["update", "6"]
+      ])
+    }))
+
+  it.scoped("wide tables (deep image expressions) are captured", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      const columns = Array.from({ length: 1500 }, (_, i) => `c${i}`)
+      yield* exec(a, `CREATE TABLE wide (id INTEGER PRIMARY KEY, ${columns.join(", ")})`)
+      yield* on(a, ChangeCapture.install)
+      yield* run(a, `INSERT INTO wide (id, c0, c1499) VALUES (1, 'first', 'last')`)
+      const [change] = yield* on(a, ChangeCapture.pending(0))
+      expect(Object.keys(change!.after!).length).toBe(1501)
+      expect(change!.after!["c1499"]).toBe("'last'")
+    }))
+
+  it.scoped("ensureChangeIdsAbove keeps new ids above what the remote acknowledged", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* exec(a, "CREATE TABLE t (x)")
+      yield* on(a, ChangeCapture.ensureChangeIdsAbove(41))
+      yield* on(a, ChangeCapture.install)
+      yield* run(a, "INSERT INTO t VALUES (1)")
+      const changes = yield* on(a, ChangeCapture.pending(0))
+      expect(changes.map((c) => c.id)).toEqual([42])
+      // and install alone respects _sync_progress
+      const b = yield* open()
+      yield* exec(b, "CREATE TABLE _sync_progress (client_id TEXT PRIMARY KEY, change_id INTEGER NOT NULL)")
+      yield* exec(b, "INSERT INTO _sync_progress VALUES ('me', 99)")
+      yield* exec(b, "CREATE TABLE t (x)")
+      yield* on(b, ChangeCapture.install)
+      yield* run(b, "INSERT INTO t VALUES (1)")
+      expect((yield* on(b, ChangeCapture.pending(0))).map((c) => c.id)).toEqual([100])
+    }))
+})
