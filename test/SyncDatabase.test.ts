@@ -212,6 +212,56 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       expect(Buffer.compare(Fs.readFileSync(NodePath.join(dir, "b-synced")), base)).toBe(0)
     }))
 
+  it.scoped("a transaction of more than 128 frames goes through in batches with batons", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("large"))
+      const dir = yield* tempDir
+      const a = yield* openClient(remote, NodePath.join(dir, "a"))
+      const b = yield* openClient(remote, NodePath.join(dir, "b"))
+      yield* a.execute("CREATE TABLE big (id INTEGER PRIMARY KEY, data BLOB)")
+      const inserted = yield* a.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400) INSERT INTO big SELECT i, randomblob(3000) FROM n"
+      )
+      expect(inserted.changes).toBe(400)
+      yield* a.push
+      expect((yield* a.stats).syncedFrame).toBeGreaterThan(2 * 128)
+      yield* b.pull
+      const digest = "SELECT count(*) AS c, sum(length(data)) AS bytes, hex(max(data)) AS top FROM big"
+      const expected = yield* a.query(digest)
+      expect(expected[0]).toMatchObject({ c: 400, bytes: 1_200_000 })
+      yield* a.pull
+      expect(yield* a.query(digest)).toEqual(expected)
+      expect(yield* b.query(digest)).toEqual(expected)
+    }))
+
+  it.scoped("a push that keeps conflicting fails with ConflictError, keeps its changes, and the next push succeeds", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("stubborn"))
+      const dir = yield* tempDir
+      const path = NodePath.join(dir, "a")
+      const conflicts = yield* Ref.make(0)
+      const hostile = {
+        ...remote,
+        push: (generation: number, _start: number, _end: number) =>
+          Effect.as(Ref.update(conflicts, (n) => n + 1), { _tag: "Conflict" as const, generation, maxFrameNo: 0 })
+      }
+      yield* Effect.scoped(Effect.gen(function*() {
+        const a = yield* openClient(hostile, path, { maxPushRounds: 3 })
+        yield* a.execute("CREATE TABLE t (id TEXT PRIMARY KEY)")
+        yield* a.execute("INSERT INTO t VALUES ('kept')")
+        const error = yield* Effect.flip(a.push)
+        expect(error._tag).toBe("ConflictError")
+        expect(yield* Ref.get(conflicts)).toBe(3)
+        expect((yield* a.stats).pendingChanges).toBe(2)
+      }))
+      const a = yield* openClient(remote, path)
+      expect(yield* a.push).toBe(true)
+      expect(yield* remoteQuery(remote, "SELECT id FROM t")).toEqual([{ id: "kept" }])
+      expect((yield* a.stats).pendingChanges).toBe(0)
+    }))
+
   it.scoped("reopening keeps pending changes and settles a push whose answer was lost", () =>
     Effect.gen(function*() {
       const harness = yield* Harness

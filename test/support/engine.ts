@@ -9,6 +9,8 @@ import BetterSqlite3 from "better-sqlite3"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
@@ -47,7 +49,7 @@ const serverUrl = (options: ServerStore.Options) =>
   Effect.gen(function*() {
     const context = yield* Layer.build(
       SyncServer.layerNode({ port: 0 }).pipe(Layer.provide(ServerStore.layerMemory(options)))
-    )
+    ).pipe(Logger.withMinimumLogLevel(LogLevel.Warning))
     return yield* Effect.provide(SyncServer.baseUrl, context)
   })
 
