@@ -6,6 +6,7 @@ import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Redacted from "effect/Redacted"
 import * as Fs from "node:fs"
+import * as Net from "node:net"
 import * as ServerStore from "../src/ServerStore.js"
 import * as SyncProtocol from "../src/SyncProtocol.js"
 import * as SyncServer from "../src/SyncServer.js"
@@ -315,6 +316,39 @@ const suite = (kind: "memory" | "disk") =>
           }))
       }
 
+      it.effect("a client that hangs up in the middle of a push body changes nothing and is logged as 499 or 400", () =>
+        Effect.gen(function*() {
+          const { base, lines } = yield* TestServer
+          const before = lines.length
+          const url = new URL(base)
+          const body = WalFrame.encodeWire(state.next)
+          yield* Effect.promise(() =>
+            new Promise<void>((resolve, reject) => {
+              const socket = Net.connect(Number(url.port), url.hostname, () => {
+                socket.write(
+                  `POST ${pushPath(at(), at() + state.next.length)} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${TOKEN}\r\n` +
+                    `Content-Length: ${body.byteLength}\r\n\r\n`,
+                  "latin1"
+                )
+                socket.write(body.subarray(0, Math.floor(body.byteLength / 2)), () => {
+                  setTimeout(() => {
+                    socket.destroy()
+                    resolve()
+                  }, 50)
+                })
+              })
+              socket.on("error", reject)
+            })
+          )
+          for (let i = 0; i < 50 && lines.length === before; i++) {
+            yield* Effect.promise(() => new Promise((r) => setTimeout(r, 20)))
+          }
+          const line = lines.slice(before).find((l) => l.annotations.route === "POST /sync/{G}/{start}/{end}")
+          expect(line).toBeDefined()
+          expect([400, 499]).toContain(line!.annotations.status)
+          expect((yield* call({ path: `/db/${name}/info` })).status).toBe(200)
+        }))
+
       it.effect("after all of them the stored database is unchanged, and a valid push still works", () =>
         Effect.gen(function*() {
           const { dir } = yield* TestServer
@@ -334,6 +368,72 @@ const suite = (kind: "memory" | "disk") =>
 
 suite("memory")
 suite("disk")
+
+// A store that fails on purpose, to see how the routes map its failures (database name = the failure).
+const failingStore = Layer.succeed(ServerStore.ServerStore, {
+  info: (database) => failWith(database),
+  exportGeneration: (database) => failWith(database),
+  pull: (database) => failWith(database),
+  push: (database) => failWith(database)
+})
+const failWith = (database: string): Effect.Effect<never, ServerStore.StoreError> =>
+  database === "defect"
+    ? Effect.die(new Error("a bug with a secret path /srv/secret"))
+    : Effect.fail(
+      new ServerStore.StoreError({
+        reason: database as ServerStore.StoreError["reason"],
+        message: database === "Storage" ? "disk /srv/secret/store.sqlite is full" : `refused: ${database}`
+      })
+    )
+
+layer(
+  Layer.unwrapEffect(Effect.sync(() => {
+    const lines: Array<LogLine> = []
+    const capture = Logger.make<unknown, void>(({ annotations, logLevel, message }) => {
+      lines.push({ message, level: logLevel.label, annotations: Object.fromEntries(HashMap.toEntries(annotations)) })
+    })
+    return Layer.effect(TestServer, Effect.map(SyncServer.baseUrl, (base) => ({ base, dir: undefined, lines }))).pipe(
+      Layer.provide(SyncServer.layerNode({ port: 0, authToken: Redacted.make(TOKEN) })),
+      Layer.provide(failingStore),
+      Layer.provide(Logger.replace(Logger.defaultLogger, capture))
+    )
+  })),
+  { excludeTestServices: true }
+)("SyncServer maps store failures", (it) => {
+  const expected: ReadonlyArray<readonly [string, number, string]> = [
+    ["BadRequest", 400, "bad_request"],
+    ["BadFrames", 400, "bad_frames"],
+    ["Malformed", 400, "malformed_database"],
+    ["UnknownBaton", 400, "unknown_baton"],
+    ["TooLarge", 413, "too_large"],
+    ["GenerationNotFound", 404, "generation_not_found"],
+    ["GenerationGone", 410, "generation_gone"],
+    ["Busy", 503, "busy"],
+    ["Storage", 500, "storage"],
+    ["defect", 500, "internal"]
+  ]
+  for (const [reason, status, error] of expected) {
+    it.effect(`${reason} → ${status} ${error} on info and export, and never 500 on a pull`, () =>
+      Effect.gen(function*() {
+        for (const path of [`/db/${reason}/info`, `/db/${reason}/export/1`, `/db/${reason}/sync/1/1/2`]) {
+          const res = yield* call({ path })
+          const pullRoute = path.includes("/sync/")
+          expect(res.status).toBe(pullRoute && status === 500 ? 503 : status)
+          expect(H.json(res).error).toBe(error)
+          // Storage details and defects stay in the log, not in the answer.
+          expect(res.body.toString()).not.toContain("/srv/secret")
+          if (reason === "Busy") expect(res.headers["retry-after"]).toBe("1")
+        }
+        const { lines } = yield* TestServer
+        const last = lines.at(-1)!
+        expect(last.annotations.status).toBe(status === 500 ? 503 : status)
+        if (status >= 500 && reason !== "Busy") {
+          expect(last.level).toBe("ERROR")
+          expect(String(last.annotations.detail)).toContain("/srv/secret")
+        }
+      }))
+  }
+})
 
 layer(serverLayer("disk", { generationFrames: 1, keepGenerations: 1, batonIdleMs: 60_000 }), {
   excludeTestServices: true
