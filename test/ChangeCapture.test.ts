@@ -226,3 +226,17 @@ describe("ChangeCapture", () => {
       expect((yield* on(b, ChangeCapture.pending(0))).map((c) => c.id)).toEqual([100])
     }))
 })
+
+describe("statement classification", () => {
+  it("only DML and queries skip the schema check", async () => {
+    const { firstKeyword, mayChangeSchema } = await import("../src/internal/sqlText.js")
+    expect(firstKeyword("  -- note\n /* block */ insert into t values (1)")).toBe("INSERT")
+    expect(firstKeyword("/* unterminated")).toBe("")
+    for (const dml of ["SELECT 1", "with x as (select 1) insert into t select * from x", "REPLACE INTO t VALUES (1)", "values (1)"]) {
+      expect(mayChangeSchema(dml)).toBe(false)
+    }
+    for (const ddl of ["CREATE TABLE t (x)", "-- c\nDROP TABLE t", "alter table t add column y", "ANALYZE", "PRAGMA x", "VACUUM", "", "; CREATE TABLE t(x)"]) {
+      expect(mayChangeSchema(ddl)).toBe(true)
+    }
+  })
+})

@@ -387,6 +387,27 @@ describe("ChangeReplay", () => {
         expect(yield* dump(c)).toEqual(yield* dump(a))
       }))
 
+    it.scoped("generated columns are not captured nor written; a column the target dropped is left out", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair(
+          `CREATE TABLE g (id INTEGER PRIMARY KEY, price INTEGER, qty INTEGER,
+             total INTEGER GENERATED ALWAYS AS (price * qty) STORED, label TEXT AS ('#' || id) VIRTUAL, note TEXT)`
+        )
+        yield* run(a, "INSERT INTO g (id, price, qty, note) VALUES (1, 3, 4, 'n')")
+        yield* run(a, "UPDATE g SET qty = 5")
+        const [insert] = yield* on(a, ChangeCapture.pending(0))
+        expect(Object.keys(insert!.after!)).toEqual(["id", "price", "qty", "note"])
+        yield* push(a, b)
+        yield* expectSame(a, b)
+        expect(yield* b.unsafe("SELECT total, label FROM g").values).toEqual([[15, "#1"]])
+        // another replica dropped `note`; last push wins on the columns that still exist
+        yield* exec(b, "ALTER TABLE g DROP COLUMN note")
+        yield* run(a, "INSERT INTO g (id, price, qty, note) VALUES (2, 1, 1, 'lost')")
+        yield* run(a, "UPDATE g SET note = 'lost too', qty = 2 WHERE id = 1")
+        yield* push(a, b)
+        expect(yield* b.unsafe("SELECT id, price, qty, total FROM g ORDER BY id").values).toEqual([[1, 3, 2, 6], [2, 1, 1, 1]])
+      }))
+
     it.scoped("replaying twice with progress applies exactly once; progress is per client", () =>
       Effect.gen(function*() {
         const { a, b } = yield* pair("CREATE TABLE n (id INTEGER PRIMARY KEY, v INTEGER)")

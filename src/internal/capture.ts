@@ -4,7 +4,7 @@ import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import { globalValue } from "effect/GlobalValue"
 import * as ChangeCapture from "../ChangeCapture.js"
-import { concat, ident, stringLiteral } from "./sqlText.js"
+import { concat, ident, mayChangeSchema, stringLiteral } from "./sqlText.js"
 import * as TableInfo from "./tableInfo.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -307,9 +307,10 @@ export const execute = (
     const state = yield* FiberRef.get(currentState)
     if (state === undefined) return yield* transaction(execute(statement, params))
     const sql = yield* SqlClient.SqlClient
-    const before = yield* schemaVersion(sql)
+    const check = mayChangeSchema(statement)
+    const before = check ? yield* schemaVersion(sql) : 0
     const raw = yield* sql.unsafe(statement, params).raw
-    const after = yield* schemaVersion(sql)
+    const after = check ? yield* schemaVersion(sql) : 0
     if (after !== before) {
       if (params.length > 0) {
         return yield* Effect.fail(

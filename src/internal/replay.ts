@@ -35,7 +35,18 @@ const where = (key: Key): string => key.map(([column, value]) => `${ident(column
 export const changedColumns = (before: Image, after: Image): ReadonlyArray<string> =>
   Object.keys(after).filter((column) => before[column] !== after[column])
 
-const sameImage = (a: Image, b: Image): boolean => Object.keys(a).every((column) => a[column] === b[column])
+/** Equal on the columns both images have (a column dropped or added on one side is not a difference). */
+const sameImage = (a: Image, b: Image): boolean =>
+  Object.keys(a).every((column) => !(column in b) || a[column] === b[column])
+
+/**
+ * Only columns the target has are written: a column that the target no longer has (dropped by another
+ * replica) cannot hold the value any more; key columns are always kept, so a missing key still fails.
+ */
+const onTarget = (table: TableInfo.TableInfo, entries: ReadonlyArray<readonly [string, string]>) => {
+  const columns = new Set(table.columns)
+  return entries.filter(([column]) => columns.has(column))
+}
 
 const decisionFor = (
   change: ChangeCapture.Change,
@@ -114,14 +125,15 @@ export const statements = (decision: ChangeReplay.Decision, table: TableInfo.Tab
     case "Delete":
       return [`DELETE FROM ${name} WHERE ${where(decision.key)}`]
     case "Update": {
-      const assignments = Object.entries(decision.set).map(([column, value]) => `${ident(column)} = ${value}`)
+      const assignments = onTarget(table, Object.entries(decision.set)).map(([column, value]) => `${ident(column)} = ${value}`)
       if (decision.setRowid !== null && table.rowidAlias !== null) {
         assignments.push(`${ident(table.rowidAlias)} = ${decision.setRowid}`)
       }
+      if (assignments.length === 0) return []
       return [`UPDATE ${name} SET ${assignments.join(", ")} WHERE ${where(decision.key)}`]
     }
     case "Upsert": {
-      const row = Object.entries(decision.row)
+      const row = onTarget(table, Object.entries(decision.row))
       const usesRowid = table.primaryKey.length === 0
       const columns = row.map(([column]) => ident(column))
       const values = row.map(([, value]) => value)
@@ -242,14 +254,16 @@ const restoreTriggers = (sql: SqlClient.SqlClient, triggers: ReadonlyArray<{ rea
 const readCurrent = (sql: SqlClient.SqlClient, table: TableInfo.TableInfo, key: Key) =>
   Effect.gen(function*() {
     if (table.columns.length === 0) return null
-    const rows = yield* sql.unsafe(
-      `SELECT ${table.columns.map((column) => `quote(${ident(column)})`).join(", ")} FROM ${ident(table.name)} ` +
-        `WHERE ${where(key)} LIMIT 1`
-    ).values
+    const rows = yield* runOnce(
+      sql,
+      `SELECT ${table.columns.map((column, i) => `quote(${ident(column)}) AS c${i}`).join(", ")} ` +
+        `FROM ${ident(table.name)} WHERE ${where(key)} LIMIT 1`
+    )
     if (rows.length === 0) return null
+    const row = rows[0] as Record<string, string>
     const image: Record<string, string> = {}
     table.columns.forEach((column, i) => {
-      image[column] = rows[0]![i] as string
+      image[column] = row[`c${i}`]!
     })
     return image as Image
   })

@@ -43,3 +43,30 @@ export const hasPrefix = (name: string, prefix: string): boolean =>
 
 /** Tables that are never captured nor replayed as user data. */
 export const isInternalTable = (name: string): boolean => hasPrefix(name, "_sync_") || hasPrefix(name, "sqlite_")
+
+const DML = new Set(["SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "VALUES"])
+
+/** The first keyword of a statement, after whitespace and comments (uppercase; "" when none). */
+export const firstKeyword = (statement: string): string => {
+  let i = 0
+  for (;;) {
+    while (i < statement.length && /\s/.test(statement[i]!)) i++
+    if (statement.startsWith("--", i)) {
+      const end = statement.indexOf("\n", i)
+      if (end === -1) return ""
+      i = end + 1
+    } else if (statement.startsWith("/*", i)) {
+      const end = statement.indexOf("*/", i + 2)
+      if (end === -1) return ""
+      i = end + 2
+    } else break
+  }
+  const match = /^[A-Za-z]+/.exec(statement.slice(i, i + 16))
+  return match === null ? "" : match[0].toUpperCase()
+}
+
+/**
+ * False only for statements that cannot change the schema of `main` (DML and queries: triggers cannot hold
+ * DDL), so their schema-version check can be skipped. Anything else is checked.
+ */
+export const mayChangeSchema = (statement: string): boolean => !DML.has(firstKeyword(statement))
