@@ -17,7 +17,9 @@ import * as Redacted from "effect/Redacted"
 import * as ServerStore from "./ServerStore.js"
 import * as SyncServer from "./SyncServer.js"
 
-const invalid = (message: string) => Effect.fail(ValidationError.invalidValue(HelpDoc.p(message)))
+// Printed here because @effect/cli prints only the errors of its own parsing.
+const invalid = (message: string) =>
+  Effect.zipRight(Console.error(message), Effect.fail(ValidationError.invalidValue(HelpDoc.p(message))))
 
 /**
  * Logs to stderr, so stdout carries only what a script may read (the `Listening on` line).

@@ -81,11 +81,24 @@ describe("effect-sqlite-sync serve", () => {
 
   it.live("invalid options are refused with a non-zero exit code", () =>
     Effect.gen(function*() {
-      for (const args of [["--port", "70000"], ["--port", "x"], ["--generation-frames", "0"], ["--keep-generations", "-1"], ["--auth-token", ""], ["--integrity-check", "maybe"]]) {
-        const result = yield* promise(() => runBin(["serve", "--data", "/nonexistent-never-created", ...args]))
-        expect(result.code, args.join(" ")).not.toBe(0)
+      const cases = [
+        [["--port", "70000"], "--port must be an integer from 0 to 65535"],
+        [["--port", "x"], "integer"],
+        [["--generation-frames", "0"], "--generation-frames must be at least 1"],
+        [["--keep-generations", "-1"], "--keep-generations must be at least 0"],
+        [["--auth-token", ""], "--auth-token must not be empty"],
+        [["--integrity-check", "maybe"], "quick_check"]
+      ] as const
+      const results = yield* promise(() =>
+        Promise.all(cases.map(([args]) => runBin(["serve", "--data", "/nonexistent-never-created", ...args])))
+      )
+      results.forEach((result, i) => {
+        const [args, message] = cases[i]
+        expect(result.code, args.join(" ")).toBe(1)
+        expect(result.stdout + result.stderr, args.join(" ")).toContain(message)
         expect(result.stdout).not.toContain("Listening on")
-      }
+        expect(result.stderr).not.toContain("_tag")
+      })
       expect(Fs.existsSync("/nonexistent-never-created")).toBe(false)
     }))
 })
