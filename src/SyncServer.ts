@@ -240,10 +240,10 @@ export const make = (options: Options = {}): Effect.Effect<
 
     const dispatch = Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
-      const path = yield* fromEither(internal.pathOf(request.url))
       if (expected !== undefined) {
         yield* fromEither(internal.authorize(expected, request.headers["authorization"]))
       }
+      const path = yield* fromEither(internal.pathOf(request.url))
       return yield* routed.pipe(
         Effect.catchIf(
           (error): error is HttpServerError.RouteNotFound => error._tag === "RouteNotFound",
