@@ -110,8 +110,15 @@ export const make = (options: Options = {}): Effect.Effect<
 > =>
   Effect.gen(function*() {
     const store = yield* ServerStore
+    if (options.authToken !== undefined && Redacted.value(options.authToken).length === 0) {
+      // "Bearer " with nothing after it is what the libSQL client sends when it has no token.
+      return yield* Effect.dieMessage("SyncServer: authToken must not be empty")
+    }
     const expected = options.authToken === undefined ? undefined : internal.digest(Redacted.value(options.authToken))
     const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES
+    if (!Number.isSafeInteger(maxBodyBytes) || maxBodyBytes < WalFrame.FRAME_SIZE) {
+      return yield* Effect.dieMessage(`SyncServer: maxBodyBytes must be an integer >= ${WalFrame.FRAME_SIZE}`)
+    }
     const maxPushFrames = Math.floor(maxBodyBytes / WalFrame.FRAME_SIZE)
 
     const info = Effect.gen(function*() {
