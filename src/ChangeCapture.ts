@@ -29,6 +29,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import type * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
 import * as internal from "./internal/capture.js"
+import * as internalSql from "./internal/sqlText.js"
 
 /**
  * Column name → SQL literal (as written by `quote()`).
@@ -62,7 +63,7 @@ export interface Change {
  * @category errors
  */
 export class CaptureError extends Schema.TaggedError<CaptureError>()("CaptureError", {
-  reason: Schema.Literal("UnrecordedSchemaChange", "UnsupportedDdl"),
+  reason: Schema.Literal("UnrecordedSchemaChange", "UnsupportedDdl", "InvalidStatement"),
   message: Schema.String,
   cause: Schema.optional(Schema.Defect)
 }) {}
@@ -106,10 +107,13 @@ export interface ExecuteResult {
 }
 
 /**
- * Runs one SQL statement with capture: data changes are logged by the triggers; a schema change is logged
- * as a `"ddl"` change holding `sql` and the triggers are reinstalled before the next statement. Outside a
- * {@link transaction} it runs in one of its own. Schema changes with bound parameters are refused
- * (`CaptureError("UnsupportedDdl")`), since only the text is replayed.
+ * Runs SQL with capture: data changes are logged by the triggers; a schema change is logged as a `"ddl"`
+ * change holding the statement's text and the triggers are reinstalled before the next statement. Outside a
+ * {@link transaction} it runs in one of its own. Text holding several statements (`a; b; c`) runs them in
+ * order as one unit (see {@link splitStatements}); bound parameters need a single statement
+ * (`CaptureError("InvalidStatement")`). Schema changes with bound parameters are refused
+ * (`CaptureError("UnsupportedDdl")`), since only the text is replayed. The result is the last statement's
+ * rows and last insert rowid, with the changes of all of them.
  *
  * @since 0.1.0
  * @category capture
@@ -128,6 +132,15 @@ export const execute: (
  */
 export const ensureChangeIdsAbove: (floor: number) => Effect.Effect<void, SqlError, SqlClient.SqlClient> =
   internal.ensureChangeIdsAbove
+
+/**
+ * Splits SQL text into statements at top-level semicolons (not inside literals, quoted names, comments, or
+ * a CREATE TRIGGER body). Pure.
+ *
+ * @since 0.1.0
+ * @category capture
+ */
+export const splitStatements: (sql: string) => ReadonlyArray<string> = internalSql.splitStatements
 
 /**
  * Changes with id > `afterId`, in order (at most `limit` of them when given).

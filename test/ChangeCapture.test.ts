@@ -1,9 +1,10 @@
 import type * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import fc from "fast-check"
 import * as Exit from "effect/Exit"
 import * as ChangeCapture from "../src/ChangeCapture.js"
-import { exec, on, open, run } from "./support/changeSync.js"
+import { dump, exec, on, open, run } from "./support/changeSync.js"
 
 const quoted = (client: SqlClient.SqlClient, expr: string) =>
   Effect.map(client.unsafe(`SELECT quote(${expr}) AS q`).values, (rows) => rows[0]![0] as string)
@@ -239,4 +240,50 @@ describe("statement classification", () => {
       expect(mayChangeSchema(ddl)).toBe(true)
     }
   })
+})
+
+describe("multi-statement text", () => {
+  const nasty = fc.array(fc.constantFrom(";", "'", "''", "--", "/*", "*/", "\n", "END", "BEGIN", "CASE", "a", " ", '"', "]"), {
+    maxLength: 8
+  }).map((parts) => parts.join(""))
+  const literal = nasty.map((text) => `'${text.replaceAll("'", "''")}'`)
+  const statement = fc.oneof(
+    literal.map((l) => `INSERT INTO t (v) VALUES (${l})`),
+    fc.tuple(nasty, literal).map(([name, l]) => `INSERT INTO t (v) SELECT ${l} AS "${name.replaceAll('"', '""')}"`),
+    literal.map((l) => `INSERT INTO t (v) VALUES (1 /* ; ${l.replaceAll("*/", "")} */ + 2) -- ;${l.replaceAll("\n", "")}\n`),
+    fc.tuple(fc.integer({ min: 0, max: 1e6 }), literal).map(([n, l]) =>
+      `CREATE TRIGGER tr${n} AFTER INSERT ON t WHEN NEW.v = ${l} BEGIN
+         INSERT INTO log VALUES (CASE WHEN NEW.v = ';' THEN 'semi' ELSE CASE WHEN 1 THEN ${l} END END);
+         UPDATE log SET x = x WHERE x = 'END;';
+       END`
+    )
+  )
+
+  it("property: splitStatements returns the statements that were joined", () =>
+    fc.assert(fc.property(fc.array(statement, { minLength: 1, maxLength: 6 }), fc.constantFrom(";", ";\n", " ; -- x\n;"), (statements, separator) => {
+      const unique = statements.map((s, i) => s.replace(/CREATE TRIGGER tr\d+/, `CREATE TRIGGER tr_${i}`))
+      expect(ChangeCapture.splitStatements(unique.join(separator) + separator)).toEqual(unique.map((s) => s.trim()))
+    })))
+
+  it.scoped("execute runs every statement of a script as one captured unit (SQLite agrees on the split)", () =>
+    Effect.gen(function*() {
+      const samples = fc.sample(fc.array(statement, { minLength: 2, maxLength: 6 }), { numRuns: 20, seed: 42 })
+      for (const statements of samples) {
+        const unique = statements.map((s, i) => s.replace(/CREATE TRIGGER tr\d+/, `CREATE TRIGGER tr_${i}`))
+        const a = yield* open()
+        const b = yield* open()
+        for (const c of [a, b]) yield* exec(c, "CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+        for (const c of [a, b]) yield* exec(c, "CREATE TABLE log (x)")
+        yield* on(a, ChangeCapture.install)
+        yield* on(a, ChangeCapture.execute(unique.join(";\n")))
+        for (const s of unique) yield* exec(b, s) // better-sqlite3 refuses text holding more than one statement
+        expect(yield* dump(a)).toEqual(yield* dump(b))
+        const changes = yield* on(a, ChangeCapture.pending(0))
+        expect(new Set(changes.map((c) => c.txId)).size).toBe(1)
+        expect(changes.filter((c) => c.kind === "ddl").length).toBe(unique.filter((s) => s.startsWith("CREATE")).length)
+      }
+      const c = yield* open()
+      const error = yield* on(c, ChangeCapture.execute("SELECT ?; SELECT ?", [1, 2])).pipe(Effect.flip)
+      expect(error._tag === "CaptureError" && error.reason).toBe("InvalidStatement")
+    }))
 })

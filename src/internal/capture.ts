@@ -4,7 +4,7 @@ import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import { globalValue } from "effect/GlobalValue"
 import * as ChangeCapture from "../ChangeCapture.js"
-import { concat, ident, mayChangeSchema, stringLiteral } from "./sqlText.js"
+import { concat, ident, mayChangeSchema, splitStatements, stringLiteral } from "./sqlText.js"
 import * as TableInfo from "./tableInfo.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -306,6 +306,31 @@ export const execute = (
   Effect.gen(function*() {
     const state = yield* FiberRef.get(currentState)
     if (state === undefined) return yield* transaction(execute(statement, params))
+    const parts = statement.includes(";") ? splitStatements(statement) : [statement]
+    if (parts.length <= 1) return yield* executeOne(state, parts[0] ?? statement, params)
+    if (params.length > 0) {
+      return yield* Effect.fail(
+        new ChangeCapture.CaptureError({
+          reason: "InvalidStatement",
+          message: "bound parameters are only supported with a single statement"
+        })
+      )
+    }
+    let changes = 0
+    let last: ExecuteResult = { rows: [], changes: 0, lastInsertRowid: 0 }
+    for (const part of parts) {
+      last = yield* executeOne(state, part, [])
+      changes += last.changes
+    }
+    return { ...last, changes }
+  })
+
+const executeOne = (
+  state: CaptureState,
+  statement: string,
+  params: ReadonlyArray<unknown>
+): Effect.Effect<ExecuteResult, SqlError | ChangeCapture.CaptureError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const check = mayChangeSchema(statement)
     const before = check ? yield* schemaVersion(sql) : 0

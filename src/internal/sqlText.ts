@@ -70,3 +70,89 @@ export const firstKeyword = (statement: string): string => {
  * DDL), so their schema-version check can be skipped. Anything else is checked.
  */
 export const mayChangeSchema = (statement: string): boolean => !DML.has(firstKeyword(statement))
+
+const isWordChar = (c: string) => /[A-Za-z0-9_$]/.test(c)
+
+/**
+ * Splits SQL text into statements at top-level semicolons: semicolons inside string literals, quoted
+ * identifiers (`"x"`, `` `x` ``, `[x]`), comments and the BEGIN … END body of CREATE TRIGGER (where CASE …
+ * END nests) do not split. Empty statements are dropped; each statement is returned without its `;`.
+ */
+export const splitStatements = (text: string): ReadonlyArray<string> => {
+  const statements: Array<string> = []
+  let start = 0
+  let i = 0
+  let words: Array<string> = [] // first words of the current statement (to spot CREATE [TEMP] TRIGGER)
+  let trigger = false
+  let depth = 0 // BEGIN/CASE … END nesting inside a trigger
+  const finish = (end: number) => {
+    const statement = text.slice(start, end).trim()
+    if (stripComments(statement).trim().length > 0) statements.push(statement)
+    start = end + 1
+    words = []
+    trigger = false
+    depth = 0
+  }
+  while (i < text.length) {
+    const c = text[i]!
+    if (c === "'" || c === `"` || c === "`" || c === "[") {
+      const close = c === "[" ? "]" : c
+      let j = i + 1
+      for (;;) {
+        const k = text.indexOf(close, j)
+        if (k === -1) {
+          j = text.length
+          break
+        }
+        if (close !== "]" && text[k + 1] === close) {
+          j = k + 2
+          continue
+        }
+        j = k + 1
+        break
+      }
+      i = j
+      continue
+    }
+    if (c === "-" && text[i + 1] === "-") {
+      const k = text.indexOf("\n", i)
+      i = k === -1 ? text.length : k + 1
+      continue
+    }
+    if (c === "/" && text[i + 1] === "*") {
+      const k = text.indexOf("*/", i + 2)
+      i = k === -1 ? text.length : k + 2
+      continue
+    }
+    if (isWordChar(c)) {
+      let j = i + 1
+      while (j < text.length && isWordChar(text[j]!)) j++
+      const word = text.slice(i, j).toUpperCase()
+      if (words.length < 4) {
+        words.push(word)
+        if (
+          words[0] === "CREATE" &&
+          (words[1] === "TRIGGER" || ((words[1] === "TEMP" || words[1] === "TEMPORARY") && words[2] === "TRIGGER"))
+        ) trigger = true
+      }
+      if (trigger) {
+        if (word === "BEGIN" || word === "CASE") depth++
+        else if (word === "END" && depth > 0) depth--
+      }
+      i = j
+      continue
+    }
+    if (c === ";" && !(trigger && depth > 0)) {
+      finish(i)
+      i++
+      continue
+    }
+    i++
+  }
+  finish(text.length)
+  return statements
+}
+
+/** The text with comments removed (strings kept as they are). */
+const stripComments = (text: string): string =>
+  text.replace(/--[^\n]*(\n|$)|\/\*[\s\S]*?(\*\/|$)/g, " ")
