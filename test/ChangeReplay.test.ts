@@ -1,4 +1,7 @@
-import * as SqlClient from "@effect/sql/SqlClient"
+import type * as SqlClient from "@effect/sql/SqlClient"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import fc from "fast-check"
@@ -406,6 +409,44 @@ describe("ChangeReplay", () => {
         yield* run(a, "UPDATE g SET note = 'lost too', qty = 2 WHERE id = 1")
         yield* push(a, b)
         expect(yield* b.unsafe("SELECT id, price, qty, total FROM g ORDER BY id").values).toEqual([[1, 3, 2, 6], [2, 1, 1, 1]])
+      }))
+
+    it.scoped("on files: triggers stay out of the file; a Draft rebuilt from Synced continues the log", () =>
+      Effect.gen(function*() {
+        const dir = yield* Effect.acquireRelease(
+          Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "capture-"))),
+          (d) => Effect.sync(() => fs.rmSync(d, { recursive: true, force: true }))
+        )
+        const draftPath = path.join(dir, "db-draft")
+        const syncedPath = path.join(dir, "db-synced")
+        yield* Effect.scoped(Effect.gen(function*() {
+          const a = yield* open(draftPath)
+          const b = yield* open(syncedPath)
+          yield* both(a, b, "CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+          yield* on(a, ChangeCapture.install)
+          yield* run(a, "INSERT INTO t VALUES (1, 'pushed')")
+          yield* push(a, b)
+          yield* run(a, "INSERT INTO t VALUES (2, 'pending')")
+          // a second connection to Draft has no triggers: its writes are not captured (documented)
+          const other = yield* open(draftPath)
+          yield* exec(other, "INSERT INTO t VALUES (3, 'uncaptured')")
+          expect(yield* on(a, ChangeCapture.countPending(0))).toBe(2)
+          yield* exec(other, "DELETE FROM t WHERE id = 3")
+          // pull step (b): pending changes replayed onto Synced and re-recorded there
+          const pendingChanges = yield* on(a, ChangeCapture.pending(yield* on(b, ChangeReplay.progress("A"))))
+          yield* on(b, ChangeReplay.apply(pendingChanges, { mode: "pull" }))
+          const triggers = yield* a.unsafe("SELECT count(*) FROM main.sqlite_schema WHERE type = 'trigger'").values
+          expect(triggers).toEqual([[0]])
+        }))
+        // pull step (c): Synced's file becomes Draft's
+        fs.copyFileSync(syncedPath, draftPath)
+        for (const suffix of ["-wal", "-shm"]) fs.rmSync(draftPath + suffix, { force: true })
+        const a = yield* open(draftPath)
+        yield* on(a, ChangeCapture.install)
+        expect((yield* on(a, ChangeCapture.pending(0))).map((c) => [c.id, c.after?.["v"]])).toEqual([[2, "'pending'"]])
+        yield* run(a, "UPDATE t SET v = 'later' WHERE id = 2")
+        expect((yield* on(a, ChangeCapture.pending(0))).map((c) => c.id)).toEqual([2, 3])
+        expect(yield* a.unsafe("SELECT id, v FROM t ORDER BY id").values).toEqual([[1, "pushed"], [2, "later"]])
       }))
 
     it.scoped("replaying twice with progress applies exactly once; progress is per client", () =>
