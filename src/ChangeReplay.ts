@@ -124,6 +124,53 @@ export type ApplyOptions =
   & { readonly triggers?: "suspend" | "fire" | undefined }
 
 /**
+ * A change whose target row was not what the local change expected, with what replay did about it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Conflict {
+  readonly change: ChangeCapture.Change
+  readonly kind: ConflictKind
+  /** The target's row at the lookup key before the change was applied (null: absent). */
+  readonly current: ChangeCapture.Image | null
+  readonly decision: Decision
+}
+
+/**
+ * `lastChangeId`: the last change id the target now has from this client (push) or the last applied id;
+ * `applied`: how many changes were replayed (the rest were already there); `conflicts`: every change whose
+ * target row differed from its before image (or was missing, or existed for an insert), in order.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ApplyResult {
+  readonly lastChangeId: number
+  readonly applied: number
+  readonly conflicts: ReadonlyArray<Conflict>
+}
+
+/**
+ * Groups changes by local transaction (consecutive changes sharing a `txId`), keeping order (pure). A
+ * transaction is the unit a conflict policy may keep or drop as a whole.
+ *
+ * @since 0.1.0
+ * @category planning
+ */
+export const groupByTransaction = (
+  changes: ReadonlyArray<ChangeCapture.Change>
+): ReadonlyArray<ReadonlyArray<ChangeCapture.Change>> => {
+  const groups: Array<Array<ChangeCapture.Change>> = []
+  for (const change of changes) {
+    const last = groups[groups.length - 1]
+    if (last !== undefined && last[0]!.txId === change.txId) last.push(change)
+    else groups.push([change])
+  }
+  return groups
+}
+
+/**
  * The key of a row image on `table` (primary key columns, else the rowid literal); undefined when none.
  *
  * @since 0.1.0
@@ -194,7 +241,7 @@ export const alreadyApplied: (statement: string, message: string) => boolean = i
 export const apply: (
   changes: ReadonlyArray<ChangeCapture.Change>,
   options: ApplyOptions
-) => Effect.Effect<{ readonly lastChangeId: number }, ReplayError | SqlError, SqlClient.SqlClient> = internal.apply
+) => Effect.Effect<ApplyResult, ReplayError | SqlError, SqlClient.SqlClient> = internal.apply
 
 /**
  * The last change id the database in the environment has from `clientId` (0 when none).

@@ -449,6 +449,33 @@ describe("ChangeReplay", () => {
         expect(yield* a.unsafe("SELECT id, v FROM t ORDER BY id").values).toEqual([[1, "pushed"], [2, "later"]])
       }))
 
+    it.scoped("last push wins, merging columns, and every conflict is reported with the remote row", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair("CREATE TABLE d (id INTEGER PRIMARY KEY, x, y)")
+        yield* run(a, "INSERT INTO d VALUES (1, 'x1', 'y1'), (2, 'x2', 'y2'), (3, 'x3', 'y3')")
+        yield* push(a, b)
+        // remote edits: column y of row 1, delete of row 2, a row 4 that A will insert too
+        yield* exec(b, "UPDATE d SET y = 'remote' WHERE id = 1")
+        yield* exec(b, "DELETE FROM d WHERE id = 2")
+        yield* exec(b, "INSERT INTO d VALUES (4, 'remote4', NULL)")
+        yield* tx(a, "UPDATE d SET x = 'local' WHERE id = 1", "UPDATE d SET x = 'local2' WHERE id = 2")
+        yield* tx(a, "DELETE FROM d WHERE id = 3", "INSERT INTO d VALUES (4, 'local4', NULL)")
+        const groups = ChangeReplay.groupByTransaction(yield* on(a, ChangeCapture.pending(3)))
+        expect(groups.map((g) => g.map((c) => c.id))).toEqual([[4, 5], [6, 7]])
+        const result = yield* push(a, b)
+        expect(result.applied).toBe(4)
+        expect(result.conflicts.map((c) => [c.change.id, c.kind, c.current?.["x"] ?? null, c.decision._tag])).toEqual([
+          [4, "RowChanged", "'x1'", "Update"],
+          [5, "RowMissing", null, "Upsert"],
+          [7, "KeyExists", "'remote4'", "Upsert"]
+        ])
+        expect(yield* b.unsafe("SELECT id, x, y FROM d ORDER BY id").values).toEqual([
+          [1, "local", "remote"], // edits of different columns both survive
+          [2, "local2", "y2"], // the local update wins over the remote delete
+          [4, "local4", null]
+        ])
+      }))
+
     it.scoped("replaying twice with progress applies exactly once; progress is per client", () =>
       Effect.gen(function*() {
         const { a, b } = yield* pair("CREATE TABLE n (id INTEGER PRIMARY KEY, v INTEGER)")

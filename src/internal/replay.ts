@@ -271,7 +271,7 @@ const readCurrent = (sql: SqlClient.SqlClient, table: TableInfo.TableInfo, key: 
 export const apply = (
   changes: ReadonlyArray<ChangeCapture.Change>,
   options: ChangeReplay.ApplyOptions
-): Effect.Effect<{ readonly lastChangeId: number }, ChangeReplay.ReplayError | SqlError, SqlClient.SqlClient> =>
+): Effect.Effect<ChangeReplay.ApplyResult, ChangeReplay.ReplayError | SqlError, SqlClient.SqlClient> =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     for (const change of changes) {
@@ -292,6 +292,7 @@ export const apply = (
       const todo = changes.filter((change) => change.id > done)
       const suspend = options.triggers !== "fire" && todo.length > 0
       let suspended = suspend ? yield* suspendTriggers(sql) : []
+      const conflicts: Array<ChangeReplay.Conflict> = []
       const tables = new Map<string, TableInfo.TableInfo | undefined>()
       const tableInfo = (name: string) =>
         tables.has(name) ? Effect.succeed(tables.get(name)) : Effect.tap(TableInfo.read(name), (info) => {
@@ -334,6 +335,8 @@ export const apply = (
         }
         const current = yield* readCurrent(sql, table, key)
         const decision = decide(change, current, table)
+        const seen = "conflict" in decision ? decision.conflict ?? null : null
+        if (seen !== null) conflicts.push({ change, kind: seen, current, decision })
         if (decision._tag === "Invalid") {
           return yield* fail("InvalidChange", `change ${change.id}: ${decision.reason}`)
         }
@@ -374,6 +377,6 @@ export const apply = (
           : 0
         yield* raiseSequenceFloor(sql, Math.max(floor, last))
       }
-      return { lastChangeId: last }
+      return { lastChangeId: last, applied: todo.length, conflicts }
     }))
   })
