@@ -2,6 +2,7 @@
  * Runs `node bin/effect-sqlite-sync.js serve ...` as a child process and reads the URL it prints.
  */
 import * as ChildProcess from "node:child_process"
+import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as Effect from "effect/Effect"
 
@@ -15,34 +16,48 @@ export interface ServerProcess {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
 }
 
-export const spawnServer = (args: ReadonlyArray<string>): Promise<ServerProcess> =>
+/**
+ * Starts the server. With `stderrFile`, its log goes to that file (readable by other processes while
+ * this thread is blocked, say inside a synchronous libSQL call) instead of a pipe.
+ */
+export const spawnServer = (
+  args: ReadonlyArray<string>,
+  options: { readonly stderrFile?: string } = {}
+): Promise<ServerProcess> =>
   new Promise((resolve, reject) => {
-    const child = ChildProcess.spawn(process.execPath, [BIN, "serve", "--host", "127.0.0.1", "--port", "0", ...args], {
-      stdio: ["ignore", "pipe", "pipe"]
+    const defaults = [
+      ...(args.includes("--host") ? [] : ["--host", "127.0.0.1"]),
+      ...(args.includes("--port") ? [] : ["--port", "0"])
+    ]
+    const logFd = options.stderrFile === undefined ? undefined : Fs.openSync(options.stderrFile, "a")
+    const child = ChildProcess.spawn(process.execPath, [BIN, "serve", ...defaults, ...args], {
+      stdio: ["ignore", "pipe", logFd ?? "pipe"]
     })
+    if (logFd !== undefined) Fs.closeSync(logFd)
     let stdout = ""
-    let stderr = ""
+    let piped = ""
+    const stderr = () => options.stderrFile === undefined ? piped : Fs.readFileSync(options.stderrFile, "utf8")
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) =>
       child.once("exit", (code, signal) => done({ code, signal }))
     )
     const timer = setTimeout(() => {
       child.kill("SIGKILL")
-      reject(new Error(`server did not print its URL in time; stderr: ${stderr}`))
+      reject(new Error(`server did not print its URL in time; stderr: ${stderr()}`))
     }, 30_000)
-    child.stderr!.on("data", (chunk: Buffer) => {
-      stderr += chunk.toString()
+    child.stderr?.on("data", (chunk: Buffer) => {
+      piped += chunk.toString()
     })
     child.stdout!.on("data", (chunk: Buffer) => {
       stdout += chunk.toString()
       const match = /Listening on (http:\/\/\S+)/.exec(stdout)
       if (match !== null) {
         clearTimeout(timer)
-        resolve({ child, url: match[1], stderr: () => stderr, exited })
+        resolve({ child, url: match[1], stderr, exited })
       }
     })
     void exited.then(({ code, signal }) => {
       clearTimeout(timer)
-      reject(new Error(`server exited (${code ?? signal}) before listening; stderr: ${stderr}`))
+      reject(new Error(`server exited (${code ?? signal}) before listening; stderr: ${stderr()}`))
     })
   })
 
