@@ -5,6 +5,8 @@
  *
  * @since 0.1.0
  */
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -194,3 +196,15 @@ export const make = (options: LayerOptions): Effect.Effect<Service, StoreError, 
  */
 export const layer = (options: LayerOptions): Layer.Layer<ServerStore, StoreError> =>
   Layer.scoped(ServerStore, make(options))
+
+/**
+ * `layer` with its options read from `Config`, e.g.
+ * `ServerStore.layerConfig({ directory: Config.string("DATA_DIR"), generationFrames: Config.option(...) })`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  config: Config.Config.Wrap<LayerOptions>
+): Layer.Layer<ServerStore, StoreError | ConfigError.ConfigError> =>
+  Layer.scoped(ServerStore, Effect.flatMap(Config.unwrap(config), make))

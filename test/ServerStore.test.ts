@@ -1,5 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import Database from "better-sqlite3"
+import * as Config from "effect/Config"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -759,6 +761,21 @@ describe("ServerStore.layer: persistence", () => {
             expect(Buffer.compare(fs.readFileSync(head), yield* materialize(store, "db"))).toBe(0)
           }
         }))
+    }))
+
+  it.scoped("layerConfig reads its options from Config", () =>
+    Effect.gen(function*() {
+      const directory = yield* tempDir
+      const layer = ServerStore.layerConfig({
+        directory: Config.string("DATA"),
+        generationFrames: Config.integer("GENERATION_FRAMES")
+      })
+      const info = yield* Effect.flatMap(ServerStore.ServerStore, (store) => store.info("cfg")).pipe(
+        Effect.provide(layer),
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["DATA", directory], ["GENERATION_FRAMES", "3"]])))
+      )
+      expect(info).toEqual({ generation: 1, maxFrameNo: 0 })
+      expect(fs.existsSync(path.join(directory, "cfg", "store.sqlite"))).toBe(true)
     }))
 
   it.scoped("a second store over the same directory is refused while the first is open", () =>
