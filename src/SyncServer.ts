@@ -21,7 +21,7 @@ import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
-import * as Http from "node:http"
+import * as nodeHttpGuard from "./internal/nodeHttpGuard.js"
 import * as internal from "./internal/syncServer.js"
 import { ServerStore, type StoreError } from "./ServerStore.js"
 import * as SyncProtocol from "./SyncProtocol.js"
@@ -273,9 +273,6 @@ export const make = (options: Options = {}): Effect.Effect<
       }
       return yield* dispatch.pipe(
         Effect.catchAll((failure) => {
-          if (failure._tag !== "HttpFailure") {
-            return Effect.die(failure)
-          }
           log.error = failure.code
           return Effect.succeed(failureResponse(failure))
         }),
@@ -325,17 +322,24 @@ export const layer = (options: Options = {}): Layer.Layer<never, never, HttpServ
 
 /**
  * Serves the protocol on a Node HTTP server listening on `host:port` (port 0 picks a free port; read
- * it from the `HttpServer` this layer outputs, or use `databaseUrl`).
+ * it from the `HttpServer` this layer outputs, or use `databaseUrl`). A request must arrive whole within
+ * `requestTimeoutMs` (default 60 000; headers within `headersTimeoutMs`, default 20 000), else 408; requests
+ * Node's parser refuses (oversized headers, bad framing) get a JSON error too.
  *
  * @since 0.1.0
  * @category layers
  */
 export const layerNode = (
-  options: Options & { readonly host?: string | undefined; readonly port?: number | undefined } = {}
+  options: Options & {
+    readonly host?: string | undefined
+    readonly port?: number | undefined
+    readonly requestTimeoutMs?: number | undefined
+    readonly headersTimeoutMs?: number | undefined
+  } = {}
 ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError, ServerStore> =>
   layer(options).pipe(
     Layer.provideMerge(
-      NodeHttpServer.layerServer(() => Http.createServer(), {
+      NodeHttpServer.layerServer(() => nodeHttpGuard.createServer(options), {
         host: options.host ?? "127.0.0.1",
         port: options.port ?? 8080
       })

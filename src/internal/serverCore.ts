@@ -104,6 +104,8 @@ interface Handle {
   session: Session | undefined
   /** The baton of the last session a commit ended: a retry of that request is answered, not refused. */
   closedBaton: string | undefined
+  /** Pages of the current generation's committed head (its last commit size), read on first need. */
+  headPages: number | undefined
 }
 
 const fail = (reason: StoreError["reason"], message: string) => Effect.fail(new StoreError({ reason, message }))
@@ -127,6 +129,28 @@ const copyFrame = (frame: WalFrame.Frame): WalFrame.Frame => ({
   commitSize: frame.commitSize,
   page: frame.page.slice()
 })
+
+/**
+ * SQLite's own bound on a commit size: a replica that checkpointed the previous commit and then reads
+ * these frames refuses, as SQLITE_CORRUPT, a database larger than its file plus the WAL's pages plus
+ * 64 KiB (walCheckpoint in wal.c). A real transaction grows the file only by pages it writes; a forged
+ * commit size would otherwise make every replica (and the server's own check) allocate up to 16 TiB.
+ */
+export const checkCommitSizes = (frames: ReadonlyArray<WalFrame.Frame>, headPages: number): string | undefined => {
+  const slack = 65_536 / WalFrame.PAGE_SIZE
+  let pages = headPages
+  let written = 0
+  for (const frame of frames) {
+    written++
+    if (frame.commitSize === 0) continue
+    if (frame.commitSize > pages + written + slack) {
+      return `a commit of ${written} frames grows the database from ${pages} to ${frame.commitSize} pages`
+    }
+    pages = frame.commitSize
+    written = 0
+  }
+  return undefined
+}
 
 const newBaton = () => crypto.randomBytes(16).toString("hex")
 
@@ -164,7 +188,8 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
             oldest,
             lastFrames,
             session: undefined,
-            closedBaton: undefined
+            closedBaton: undefined,
+            headPages: undefined
           }
         }),
         // A keepGenerations lowered between runs, or a crash between a roll and its drop, is settled here.
@@ -254,6 +279,19 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         return { _tag: "Frames", frames } satisfies PullResult as PullResult
       })
 
+    const headPagesOf = (h: Handle, generation: number, head: number): Effect.Effect<number, StoreError> =>
+      h.headPages !== undefined
+        ? Effect.succeed(h.headPages)
+        : (head === 0
+          ? Effect.map(h.backend.readBase(generation), (base) => base.byteLength / WalFrame.PAGE_SIZE)
+          : Effect.map(h.backend.readFrames(generation, head, head + 1), (frames) => frames[0].commitSize)).pipe(
+            Effect.tap((pages) =>
+              Effect.sync(() => {
+                h.headPages = pages
+              })
+            )
+          )
+
     const maybeRoll = (h: Handle): Effect.Effect<void, StoreError> =>
       Effect.gen(function*() {
         const limit = options.generationFrames
@@ -265,6 +303,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         h.lastFrames.set(generation + 1, 0)
         h.current = generation + 1
         h.closedBaton = undefined
+        h.headPages = next.byteLength / WalFrame.PAGE_SIZE
         yield* dropOld(h)
       })
 
@@ -370,9 +409,12 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         }
         const headerProblem = checkHeaderFrames(toCommit)
         if (headerProblem !== undefined) return yield* malformed(headerProblem)
+        const sizeProblem = checkCommitSizes(toCommit, yield* headPagesOf(h, generation, head))
+        if (sizeProblem !== undefined) return yield* malformed(sizeProblem)
         const result = yield* h.backend.commit(generation, head + 1, toCommit)
         if (Either.isLeft(result)) return yield* malformed(result.left)
         h.lastFrames.set(generation, head + committed)
+        h.headPages = toCommit[committed - 1].commitSize
         if (rest.length > 0) {
           if (session === undefined) {
             session = { baton: newBaton(), pending: rest, touchedAt: now }

@@ -1,0 +1,80 @@
+/**
+ * The Node HTTP server under `SyncServer.layerNode`, hardened against clients that never finish a
+ * request and against requests Node's parser refuses before any route sees them.
+ *
+ * Node's defaults let a client that sends headers and a few body bytes, then stalls, hold its socket
+ * (and the push's buffered body) for 300 s, and answer unparsable requests (oversized headers, bad
+ * `content-length`, broken chunking, unknown methods) with an empty body. Here a request must arrive
+ * whole within `requestTimeoutMs` (headers within `headersTimeoutMs`), and every such refusal is a
+ * JSON error like the routes' own: `{"error": code, "message": text}`.
+ *
+ * @internal
+ */
+import * as Http from "node:http"
+import type * as Net from "node:net"
+
+/** Time for a whole request, body included: a 4 MiB push at 70 KiB/s still fits. */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000
+
+/** Time for the request line and headers. */
+export const DEFAULT_HEADERS_TIMEOUT_MS = 20_000
+
+export interface Options {
+  readonly requestTimeoutMs?: number | undefined
+  readonly headersTimeoutMs?: number | undefined
+}
+
+const STATUS: Record<number, string> = { 400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large", 431: "Request Header Fields Too Large" }
+
+/** The status and JSON error code of a request Node's parser or timers refused. */
+export const classify = (code: string | undefined): { status: number; error: string; message: string } => {
+  switch (code) {
+    case "HPE_HEADER_OVERFLOW":
+      return { status: 431, error: "header_too_large", message: "the request line and headers are over the size limit" }
+    case "HPE_CHUNK_EXTENSIONS_OVERFLOW":
+      return { status: 413, error: "too_large", message: "chunk extensions are over the size limit" }
+    case "ERR_HTTP_REQUEST_TIMEOUT":
+      return { status: 408, error: "request_timeout", message: "the request did not arrive in time" }
+    default:
+      return { status: 400, error: "bad_request", message: "the request is not valid HTTP/1.1" }
+  }
+}
+
+/** The raw bytes of a refusal: always `Connection: close`, since the parser's state is lost. */
+export const refusal = (code: string | undefined): string => {
+  const { error, message, status } = classify(code)
+  const body = JSON.stringify({ error, message })
+  return `HTTP/1.1 ${status} ${STATUS[status]}\r\nContent-Type: application/json\r\n` +
+    `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
+}
+
+const onClientError = (error: Error & { code?: string }, socket: Net.Socket) => {
+  // Like Node's own handler: answer only when nothing of a response has gone out on this socket yet.
+  const inFlight = (socket as Net.Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage
+  if (error.code !== "ECONNRESET" && socket.writable && (inFlight == null || inFlight.headersSent !== true)) {
+    socket.end(refusal(error.code))
+  }
+  socket.destroy()
+}
+
+/**
+ * `http.createServer` with the timeouts and the JSON `clientError` answer. Timers are checked every
+ * second (Node's default is 30 s), so a stalled request is answered within a second of its deadline.
+ */
+export const createServer = (options: Options = {}): Http.Server => {
+  const requestTimeout = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS
+  const headersTimeout = Math.min(options.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS, requestTimeout)
+  if (!(Number.isSafeInteger(requestTimeout) && requestTimeout >= 1)) {
+    throw new Error(`SyncServer: requestTimeoutMs must be a positive integer, got ${requestTimeout}`)
+  }
+  if (!(Number.isSafeInteger(headersTimeout) && headersTimeout >= 1)) {
+    throw new Error(`SyncServer: headersTimeoutMs must be a positive integer, got ${headersTimeout}`)
+  }
+  const server = Http.createServer({
+    requestTimeout,
+    headersTimeout,
+    connectionsCheckingInterval: Math.min(1_000, headersTimeout)
+  })
+  server.on("clientError", onClientError)
+  return server
+}
