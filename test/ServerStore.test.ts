@@ -707,6 +707,7 @@ describe("ServerStore.layer: persistence", () => {
       fs.writeFileSync(path.join(directory, "db", "head.db-wal"), new Uint8Array(5000).fill(7))
       fs.writeFileSync(path.join(directory, "db", "head.db-shm"), new Uint8Array(100).fill(9))
       fs.writeFileSync(path.join(directory, "db", "head.db"), new Uint8Array(4096))
+      fs.writeFileSync(path.join(directory, "db", "head.db.tmp-999999"), new Uint8Array(10))
       yield* run(directory, options, (store) =>
         Effect.gen(function*() {
           expect(yield* store.info("db")).toEqual({ generation: 2, maxFrameNo: g2.length })
@@ -729,6 +730,7 @@ describe("ServerStore.layer: persistence", () => {
           expect((yield* store.info("db")).generation).toBe(2)
         }))
       expect(fs.existsSync(path.join(directory, "db", "store.sqlite"))).toBe(true)
+      expect(fs.readdirSync(path.join(directory, "db")).filter((f) => f.includes(".tmp-"))).toEqual([])
     }))
 
   it.scoped("the head file the check runs on stays equal to base + committed frames", () =>

@@ -185,6 +185,10 @@ const openDatabase = (
   const rebuildHead = () => {
     clearHeadWal()
     removeIfPresent(headPath)
+    // Temp files of a process that died mid-write.
+    for (const entry of fs.readdirSync(dir)) {
+      if (entry.startsWith("head.db.tmp-")) removeIfPresent(path.join(dir, entry))
+    }
     writeFileDurably(headPath, materialize(current))
   }
 
