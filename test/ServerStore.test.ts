@@ -417,6 +417,27 @@ const conformance = (label: string, makeLayer: MakeLayer) =>
           expect(rowsOf(yield* materialize(store, "db"))).toHaveLength(11)
         })))
 
+    it.scoped("requests and answers are capped at MAX_FRAMES_PER_REQUEST; pending transactions at maxPendingFrames", () =>
+      withStore({ maxPendingFrames: 1100 }, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 1)
+          const { frames: big } = bigTransaction(replica, 1100, "c")
+          const all = replica.frames()
+          expect(all.length).toBeGreaterThan(MAX_FRAMES_PER_REQUEST + 10)
+          const answers = yield* pushChunks(store, "db", 1, 1, all, MAX_FRAMES_PER_REQUEST)
+          expect(answers[0]._tag === "Ok" && answers[0].baton).toBeTruthy()
+          const pulled = yield* store.pull("db", 1, 1, 100_000)
+          expect(pulled._tag === "Frames" && pulled.frames.length).toBe(MAX_FRAMES_PER_REQUEST)
+          expect(rowsOf(yield* materialize(store, "db"))).toHaveLength(1101)
+          // An unfinished transaction may not grow past the limit.
+          const { frames: huge, start } = bigTransaction(replica, 1200, "d")
+          const r = yield* store.push("db", 1, start, start + 1000, huge.slice(0, 1000))
+          const baton = r._tag === "Ok" ? r.baton : undefined
+          expect(baton).toBeDefined()
+          expect(yield* failure(store.push("db", 1, start + 1000, start + 1200, huge.slice(1000, 1200), baton))).toBe("TooLarge")
+          expect(big.length).toBeGreaterThan(0)
+        })))
+
     it.scoped("an idle baton expires: its frames are dropped and the database released", () =>
       withStore({ batonIdleMs: 1000 }, (store) =>
         Effect.gen(function*() {
