@@ -154,6 +154,20 @@ describe("ChangeCapture", () => {
       ]])
     }))
 
+  it.scoped("a statement that failed to prepare works once its table exists (no stale prepared failure)", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      const missing = yield* on(a, ChangeCapture.execute("SELECT * FROM later")).pipe(Effect.flip)
+      expect(missing._tag).toBe("SqlError")
+      yield* on(a, ChangeCapture.execute("CREATE TABLE later (x)"))
+      yield* on(a, ChangeCapture.execute("INSERT INTO later VALUES (1)"))
+      const result = yield* on(a, ChangeCapture.execute("SELECT * FROM later"))
+      expect(result.rows).toEqual([{ x: 1 }])
+      const insert = yield* on(a, ChangeCapture.execute("INSERT INTO later VALUES (2), (3)"))
+      expect([insert.changes, insert.lastInsertRowid]).toEqual([2, 3])
+      expect((yield* on(a, ChangeCapture.pending(0))).map((c) => c.kind)).toEqual(["ddl", "insert", "insert", "insert"])
+    }))
+
   it.scoped("DDL with bound parameters is refused", () =>
     Effect.gen(function*() {
       const a = yield* open()

@@ -1,5 +1,5 @@
 import * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
+import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import { globalValue } from "effect/GlobalValue"
@@ -240,12 +240,6 @@ export const currentTransactionId: Effect.Effect<number | undefined> = Effect.ma
   (state) => state?.txId
 )
 
-const sessionSchemaVersion = (sql: SqlClient.SqlClient) =>
-  Effect.map(
-    sql<{ readonly v: number }>`SELECT schema_version AS v FROM temp._sync_session`.withoutTransform,
-    (rows) => rows[0]!.v
-  )
-
 export const transaction = <A, E, R>(
   effect: Effect.Effect<A, E, R>,
   statement?: string
@@ -262,29 +256,54 @@ export const transaction = <A, E, R>(
         yield* reinstallTriggers(sql)
       })
     return yield* sql.withTransaction(Effect.gen(function*() {
-      if (!(yield* isInstalled(sql))) yield* install
-      const start = yield* schemaVersion(sql)
-      if (start !== (yield* sessionSchemaVersion(sql))) {
-        // Someone changed the schema without going through capture (outside any capture transaction):
-        // there is no statement text to record. Capture what exists from now on and say so.
+      // One statement opens the capture transaction: allocate the id, read the versions to compare.
+      const begin = sql<SessionRow>`UPDATE temp._sync_session
+        SET tx_id = coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1
+        RETURNING tx_id, schema_version AS installed, (SELECT schema_version FROM pragma_schema_version) AS current`
+        .withoutTransform
+      // @effect/sql-sqlite-node caches a statement that failed to prepare (as a failure, for minutes): `begin`
+      // must never be prepared before the session table exists on this connection.
+      if (!knownInstalled.has(sql)) {
+        if (!(yield* isInstalled(sql))) yield* install
+        knownInstalled.add(sql)
+      }
+      const opened = yield* begin.pipe(
+        Effect.catchAll((error) =>
+          // installed state rolled back with an outer transaction: the cached statement is valid, rerun it
+          Effect.flatMap(isInstalled(sql), (installed) => installed ? Effect.fail(error) : Effect.zipRight(install, begin))
+        )
+      )
+      let session = opened[0]!
+      if (session.installed !== session.current) {
+        // The schema changed without going through capture (outside any capture transaction): there is no
+        // statement text to record. Capture what exists from now on and say so.
         yield* Effect.logWarning("effect-sqlite-sync: schema changed outside ChangeCapture; triggers reinstalled")
         yield* reinstallTriggers(sql)
+        session = (yield* begin)[0]!
       }
-      const seq = yield* sql<{ readonly next: number }>`
-        SELECT coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1 AS next`
-        .withoutTransform
-      const txId = seq[0]!.next
-      yield* sql`UPDATE temp._sync_session SET tx_id = ${txId}`.raw
+      const txId = session.tx_id!
       const result = yield* Effect.locally(effect, currentState, { txId })
-      const end = yield* schemaVersion(sql)
-      if (end !== (yield* sessionSchemaVersion(sql))) {
+      const [closed] = yield* sql<SessionRow>`UPDATE temp._sync_session SET tx_id = NULL
+        RETURNING tx_id, schema_version AS installed, (SELECT schema_version FROM pragma_schema_version) AS current`
+        .withoutTransform
+      if (closed!.installed !== closed!.current) {
         if (statement === undefined) return yield* Effect.fail(unrecordedSchemaChange())
         yield* recordStatement(txId)
       }
-      yield* sql`UPDATE temp._sync_session SET tx_id = NULL`.raw
       return result
     }))
   })
+
+const knownInstalled = globalValue(
+  Symbol.for("effect-sqlite-sync/ChangeCapture/knownInstalled"),
+  () => new WeakSet<SqlClient.SqlClient>()
+)
+
+interface SessionRow {
+  readonly tx_id: number | null
+  readonly installed: number
+  readonly current: number
+}
 
 const unrecordedSchemaChange = () =>
   new ChangeCapture.CaptureError({
@@ -334,7 +353,7 @@ const executeOne = (
     const sql = yield* SqlClient.SqlClient
     const check = mayChangeSchema(statement)
     const before = check ? yield* schemaVersion(sql) : 0
-    const raw = yield* sql.unsafe(statement, params).raw
+    const raw = yield* runUncached(sql, statement, params)
     const after = check ? yield* schemaVersion(sql) : 0
     if (after !== before) {
       if (params.length > 0) {
@@ -349,14 +368,24 @@ const executeOne = (
         .raw
       yield* reinstallTriggers(sql)
     }
-    if (Array.isArray(raw)) {
-      const info = yield* sql<{ readonly changes: number; readonly id: number | bigint }>`
-        SELECT changes() AS changes, last_insert_rowid() AS id`.withoutTransform
-      return { rows: raw as ReadonlyArray<Record<string, unknown>>, changes: info[0]!.changes, lastInsertRowid: info[0]!.id }
-    }
-    const run = raw as { readonly changes: number; readonly lastInsertRowid: number | bigint }
-    return { rows: [], changes: run.changes, lastInsertRowid: run.lastInsertRowid }
+    const info = yield* sql<{ readonly changes: number; readonly id: number | bigint }>`
+      SELECT changes() AS changes, last_insert_rowid() AS id`.withoutTransform
+    return { rows: raw, changes: info[0]!.changes, lastInsertRowid: info[0]!.id }
   })
+
+/**
+ * User statements bypass @effect/sql-sqlite-node's prepared-statement cache: it keeps a statement that
+ * failed to prepare as a failure for minutes, so `SELECT * FROM t` tried before `CREATE TABLE t` would keep
+ * failing after it. Preparing is cheap next to the rest; a prepare error becomes an SqlError, not a defect.
+ */
+export const runUncached = (
+  sql: SqlClient.SqlClient,
+  statement: string,
+  params: ReadonlyArray<unknown> = []
+): Effect.Effect<ReadonlyArray<Record<string, unknown>>, SqlError> =>
+  sql.withoutTransforms().unsafe<Record<string, unknown>>(statement, params as Array<unknown>).unprepared.pipe(
+    Effect.catchAllDefect((defect) => Effect.fail(new SqlError({ cause: defect, message: "Failed to prepare statement" })))
+  )
 
 interface ChangeRow {
   readonly id: number
