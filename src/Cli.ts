@@ -4,16 +4,22 @@
  *
  * @since 0.1.0
  */
+import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
 import * as ValidationError from "@effect/cli/ValidationError"
 import * as HelpDoc from "@effect/cli/HelpDoc"
+import type * as Runtime from "@effect/platform/Runtime"
+import * as Cause from "effect/Cause"
+import * as Config from "effect/Config"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as CliCommands from "./internal/cli.js"
 import * as ServerStore from "./ServerStore.js"
 import * as SyncServer from "./SyncServer.js"
 
@@ -108,6 +114,124 @@ export const serve = Command.make(
     }).pipe(Effect.provide(layerLogger(options.logFormat)))
 ).pipe(Command.withDescription("Serve the WAL-frame sync protocol over HTTP (databases at /db/NAME)"))
 
+// ---------------------------------------------------------------------------------------------------------
+// local-database subcommands (issue 5): bodies in internal/cli.ts
+// ---------------------------------------------------------------------------------------------------------
+
+const localOptions = (url: "required" | "optional") => ({
+  db: Options.text("db").pipe(
+    Options.withFallbackConfig(Config.string("EFFECT_SQLITE_SYNC_DB")),
+    Options.withDescription("the local database: files PATH-draft, PATH-synced, PATH-info (env EFFECT_SQLITE_SYNC_DB)")
+  ),
+  url: url === "required"
+    ? Options.text("url").pipe(
+      Options.withFallbackConfig(Config.string("EFFECT_SQLITE_SYNC_URL")),
+      Options.map(Option.some),
+      Options.withDescription("the database URL on a sync server, e.g. http://127.0.0.1:8080/db/notes (env EFFECT_SQLITE_SYNC_URL)")
+    )
+    : Options.text("url").pipe(
+      Options.withFallbackConfig(Config.string("EFFECT_SQLITE_SYNC_URL")),
+      Options.optional,
+      Options.withDescription("the database URL on a sync server; needed only to create the local database (env EFFECT_SQLITE_SYNC_URL)")
+    ),
+  authToken: Options.redacted("auth-token").pipe(
+    Options.withFallbackConfig(Config.redacted("EFFECT_SQLITE_SYNC_AUTH_TOKEN")),
+    Options.optional,
+    Options.withDescription("sent as 'Authorization: Bearer <token>' (env EFFECT_SQLITE_SYNC_AUTH_TOKEN)")
+  ),
+  json: Options.boolean("json").pipe(Options.withDescription("print exactly one JSON document on stdout")),
+  progress: Options.choice("progress", ["auto", "always", "never"]).pipe(
+    Options.withDefault("auto" as const),
+    Options.withDescription("progress bar on stderr: auto = on a terminal, for a bootstrap or a pull of 2 MB or more")
+  ),
+  retries: Options.integer("retries").pipe(
+    Options.withDefault(4),
+    Options.withDescription("retries of a request that failed in transit or with 5xx (exponential from 100 ms)")
+  )
+})
+
+const sqlArg = Args.text({ name: "sql" }).pipe(Args.withDescription("one SQL statement"))
+const paramsArg = Args.text({ name: "params" }).pipe(
+  Args.repeated,
+  Args.withDescription(
+    "bound to ?: NULL, integers (bigint beyond 2^53), reals, X'hex' blobs, 'quoted' text; anything else is text"
+  )
+)
+
+/**
+ * `effect-sqlite-sync pull --db PATH --url URL`: brings the remote's changes into the local database.
+ *
+ * @since 0.1.0
+ * @category commands
+ */
+export const pull = Command.make("pull", localOptions("required"), CliCommands.pull).pipe(
+  Command.withDescription("Bring the remote's changes into the local database (created from the remote if new)")
+)
+
+/**
+ * `effect-sqlite-sync push --db PATH --url URL`: sends local changes to the remote.
+ *
+ * @since 0.1.0
+ * @category commands
+ */
+export const push = Command.make("push", localOptions("required"), CliCommands.push).pipe(
+  Command.withDescription("Send local changes to the remote")
+)
+
+/**
+ * `effect-sqlite-sync sync --db PATH --url URL`: push, then pull.
+ *
+ * @since 0.1.0
+ * @category commands
+ */
+export const sync = Command.make("sync", localOptions("required"), CliCommands.sync).pipe(
+  Command.withDescription("Push local changes, then pull the remote's")
+)
+
+/**
+ * `effect-sqlite-sync status --db PATH [--url URL]`: local sync state, and the remote's head with `--url`.
+ *
+ * @since 0.1.0
+ * @category commands
+ */
+export const status = Command.make("status", localOptions("optional"), CliCommands.status).pipe(
+  Command.withDescription("Show pending local changes, the synced position and (with --url) the remote's head")
+)
+
+/**
+ * `effect-sqlite-sync exec --db PATH SQL [params...]`: one statement as one local transaction.
+ *
+ * @since 0.1.0
+ * @category commands
+ */
+export const exec = Command.make(
+  "exec",
+  { ...localOptions("optional"), sql: sqlArg, params: paramsArg },
+  (options) => CliCommands.exec(options, options.sql, options.params)
+).pipe(Command.withDescription("Run one statement on the local database; its changes are pushed by the next push"))
+
+/**
+ * `effect-sqlite-sync query --db PATH SQL [params...]`: rows of one statement.
+ *
+ * @since 0.1.0
+ * @category commands
+ */
+export const query = Command.make(
+  "query",
+  { ...localOptions("optional"), sql: sqlArg, params: paramsArg },
+  (options) => CliCommands.query(options, options.sql, options.params)
+).pipe(Command.withDescription("Print the rows of one statement on the local database (a JSON array with --json)"))
+
+/**
+ * `effect-sqlite-sync conflicts --db PATH`: the local conflict log (empty until the engine keeps one).
+ *
+ * @since 0.1.0
+ * @category commands
+ */
+export const conflicts = Command.make("conflicts", localOptions("optional"), CliCommands.conflicts).pipe(
+  Command.withDescription("List recorded sync conflicts (the conflict log arrives with issue 4; empty until then)")
+)
+
 /**
  * The root command with every subcommand.
  *
@@ -116,8 +240,26 @@ export const serve = Command.make(
  */
 export const command = Command.make("effect-sqlite-sync").pipe(
   Command.withDescription("Local-first SQLite with two-way WAL-frame sync, and its server"),
-  Command.withSubcommands([serve])
+  Command.withSubcommands([serve, pull, push, sync, status, exec, query, conflicts])
 )
+
+/**
+ * Exit status of the binary: 0 on success (and on SIGINT/SIGTERM), 2 on bad usage (a ValidationError,
+ * printed by @effect/cli or by the command), 1 on any other failure (a sync failure the command has
+ * printed already; anything else is printed here).
+ *
+ * @since 0.1.0
+ * @category running
+ */
+export const teardown: Runtime.Teardown = (exit, onExit) => {
+  if (Exit.isSuccess(exit) || Cause.isInterruptedOnly(exit.cause)) return onExit(0)
+  const failures = [...Cause.failures(exit.cause)]
+  if (failures.some(ValidationError.isValidationError)) return onExit(2)
+  if (!failures.some((e) => e instanceof CliCommands.ReportedFailure)) {
+    process.stderr.write(`${Cause.pretty(exit.cause)}\n`)
+  }
+  onExit(1)
+}
 
 /**
  * Runs the command line on `process.argv`-style arguments.
