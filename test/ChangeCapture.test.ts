@@ -168,6 +168,48 @@ describe("ChangeCapture", () => {
       expect((yield* on(a, ChangeCapture.pending(0))).map((c) => c.kind)).toEqual(["ddl", "insert", "insert", "insert"])
     }))
 
+  it.scoped("a rolled-back nested part takes its schema change, its log rows and its triggers with it", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* exec(a, "CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+      yield* on(a, ChangeCapture.install)
+      yield* on(
+        a,
+        ChangeCapture.transaction(Effect.gen(function*() {
+          yield* ChangeCapture.execute("INSERT INTO t VALUES (1, 'kept')")
+          yield* ChangeCapture.transaction(Effect.gen(function*() {
+            yield* ChangeCapture.execute("CREATE TABLE doomed (x)")
+            yield* ChangeCapture.execute("INSERT INTO doomed VALUES (1)")
+            yield* ChangeCapture.execute("ALTER TABLE t ADD COLUMN extra")
+            return yield* Effect.fail("nope" as const)
+          })).pipe(Effect.ignore)
+          yield* ChangeCapture.execute("INSERT INTO t VALUES (2, 'after')")
+        }))
+      )
+      const changes = yield* on(a, ChangeCapture.pending(0))
+      expect(changes.map((c) => [c.kind, c.table, c.after])).toEqual([
+        ["insert", "t", { id: "1", v: "'kept'" }],
+        ["insert", "t", { id: "2", v: "'after'" }]
+      ])
+      // triggers match the schema again: the next transaction needs no repair and captures normally
+      yield* run(a, "UPDATE t SET v = 'x' WHERE id = 2")
+      expect((yield* on(a, ChangeCapture.pending(2))).map((c) => c.kind)).toEqual(["update"])
+    }))
+
+  it.scoped("tables without any row identity refuse writes; virtual tables cannot be created through capture", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* exec(a, `CREATE TABLE hidden (rowid, _rowid_, oid)`)
+      yield* on(a, ChangeCapture.install)
+      const error = yield* run(a, "INSERT INTO hidden VALUES (1, 2, 3)").pipe(Effect.flip)
+      expect(String((error as { cause?: unknown }).cause)).toContain("cannot be identified for sync")
+      expect(yield* a.unsafe("SELECT count(*) FROM hidden").values).toEqual([[0]])
+      const fts = yield* run(a, "/* search */ CREATE VIRTUAL TABLE docs USING fts5(body)").pipe(Effect.flip)
+      expect(fts._tag === "CaptureError" && fts.reason).toBe("UnsupportedDdl")
+      expect(yield* a.unsafe("SELECT count(*) FROM sqlite_schema WHERE name = 'docs'").values).toEqual([[0]])
+      expect(yield* on(a, ChangeCapture.countPending(0))).toBe(0)
+    }))
+
   it.scoped("DDL with bound parameters is refused", () =>
     Effect.gen(function*() {
       const a = yield* open()

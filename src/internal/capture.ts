@@ -4,7 +4,7 @@ import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import { globalValue } from "effect/GlobalValue"
 import * as ChangeCapture from "../ChangeCapture.js"
-import { concat, ident, mayChangeSchema, splitStatements, stringLiteral } from "./sqlText.js"
+import { concat, ident, mayChangeSchema, splitStatements, stringLiteral, stripLeadingComments } from "./sqlText.js"
 import * as TableInfo from "./tableInfo.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -136,6 +136,19 @@ const evictionPredicate = (info: TableInfo.TableInfo, self: "NEW" | "OLD"): stri
 export const triggerStatements = (info: TableInfo.TableInfo): ReadonlyArray<string> => {
   const table = `main.${ident(info.name)}`
   const name = (suffix: string) => ident(`${TRIGGER_PREFIX}${suffix}_${info.name}`)
+  if (info.primaryKey.length === 0 && info.rowidAlias === null) {
+    // No key and the rowid hidden behind columns named rowid, _rowid_ and oid: no row identity to replay
+    // by. Writes fail at once with a clear message rather than diverge (or block every later push).
+    const message = stringLiteral(
+      `effect-sqlite-sync: table ${info.name} has no PRIMARY KEY and columns named rowid, _rowid_ and oid ` +
+        `hide its rowid, so its rows cannot be identified for sync; add a primary key`
+    )
+    return (["INSERT", "UPDATE", "DELETE"] as const).map((event) =>
+      `CREATE TEMP TRIGGER ${name(`no_${event.toLowerCase()}`)} BEFORE ${event} ON ${table} BEGIN
+  SELECT RAISE(ABORT, ${message});
+END`
+    )
+  }
   const tbl = stringLiteral(info.name)
   const statements: Array<string> = []
   const moveEvicted = `INSERT INTO main._sync_changes (tx_id, tbl, kind, before, after, before_rowid, after_rowid)
@@ -356,6 +369,15 @@ const executeOne = (
     const raw = yield* runUncached(sql, statement, params)
     const after = check ? yield* schemaVersion(sql) : 0
     if (after !== before) {
+      if (/^\s*CREATE\s+VIRTUAL\s/i.test(stripLeadingComments(statement))) {
+        return yield* Effect.fail(
+          new ChangeCapture.CaptureError({
+            reason: "UnsupportedDdl",
+            message: "virtual tables cannot be captured (SQLite allows no triggers on them or their shadow " +
+              `tables), so their rows would not sync: ${statement}`
+          })
+        )
+      }
       if (params.length > 0) {
         return yield* Effect.fail(
           new ChangeCapture.CaptureError({

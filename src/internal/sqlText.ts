@@ -48,6 +48,12 @@ const DML = new Set(["SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", 
 
 /** The first keyword of a statement, after whitespace and comments (uppercase; "" when none). */
 export const firstKeyword = (statement: string): string => {
+  const match = /^[A-Za-z]+/.exec(stripLeadingComments(statement).slice(0, 16))
+  return match === null ? "" : match[0].toUpperCase()
+}
+
+/** The statement without its leading whitespace and comments. */
+export const stripLeadingComments = (statement: string): string => {
   let i = 0
   for (;;) {
     while (i < statement.length && /\s/.test(statement[i]!)) i++
@@ -61,8 +67,7 @@ export const firstKeyword = (statement: string): string => {
       i = end + 2
     } else break
   }
-  const match = /^[A-Za-z]+/.exec(statement.slice(i, i + 16))
-  return match === null ? "" : match[0].toUpperCase()
+  return statement.slice(i)
 }
 
 /**
