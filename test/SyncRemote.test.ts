@@ -1,0 +1,130 @@
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Schedule from "effect/Schedule"
+import * as Http from "node:http"
+import type { AddressInfo } from "node:net"
+import * as SyncRemote from "../src/SyncRemote.js"
+import * as WalFrame from "../src/WalFrame.js"
+
+interface Seen {
+  readonly method: string
+  readonly url: string
+  readonly auth: string | undefined
+  readonly bytes: number
+}
+
+/** A scripted HTTP server: answers come from `answer`, every request is recorded. */
+const scripted = (answer: (seen: Seen, index: number) => { status: number; body?: string | Uint8Array }) =>
+  Effect.acquireRelease(
+    Effect.promise(() =>
+      new Promise<{ url: string; seen: Array<Seen>; server: Http.Server }>((resolve) => {
+        const seen: Array<Seen> = []
+        const server = Http.createServer((req, res) => {
+          const chunks: Array<Buffer> = []
+          req.on("data", (c: Buffer) => chunks.push(c))
+          req.on("end", () => {
+            const entry = { method: req.method!, url: req.url!, auth: req.headers.authorization, bytes: Buffer.concat(chunks).byteLength }
+            seen.push(entry)
+            const { body, status } = answer(entry, seen.length - 1)
+            res.writeHead(status)
+            res.end(body === undefined ? undefined : body)
+          })
+        })
+        server.listen(0, "127.0.0.1", () =>
+          resolve({ url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/db/x`, seen, server }))
+      })
+    ),
+    ({ server }) => Effect.sync(() => {
+      server.closeAllConnections()
+      server.close()
+    })
+  )
+
+const fast = Schedule.intersect(Schedule.spaced(1), Schedule.recurs(3))
+
+const remote = (url: string, authToken?: string) =>
+  SyncRemote.makeHttp({ url, authToken, retrySchedule: fast })
+
+const frame = (pgno: number, commitSize: number): WalFrame.Frame => ({
+  pgno,
+  commitSize,
+  page: new Uint8Array(WalFrame.PAGE_SIZE).fill(pgno % 251)
+})
+
+describe("SyncRemote.layerHttp", () => {
+  it.scopedLive("retries 503 and transport failures with the schedule, then succeeds", () =>
+    Effect.gen(function*() {
+      const server = yield* scripted((_, i) =>
+        i < 2 ? { status: 503, body: `{"error":"busy"}` } : { status: 200, body: `{"current_generation":3}` })
+      const r = yield* remote(server.url, "secret")
+      expect(yield* r.info).toEqual({ generation: 3 })
+      expect(server.seen.map((s) => [s.method, s.url, s.auth])).toEqual(
+        Array(3).fill(["GET", "/db/x/info", "Bearer secret"])
+      )
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
+
+  it.scopedLive("4xx answers are final and typed; protocol violations are RemoteError Protocol", () =>
+    Effect.gen(function*() {
+      const server = yield* scripted((seen) =>
+        seen.url.endsWith("/info")
+          ? { status: 401, body: `{"error":"unauthorized","message":"bad token"}` }
+          : seen.url.startsWith("/db/x/export/9")
+          ? { status: 410, body: `{"error":"generation_gone"}` }
+          : seen.url.startsWith("/db/x/sync/1/5/")
+          ? { status: 400, body: `{"status":"checkpoint_needed","generation":2,"max_frame_no":4}` }
+          : { status: 200, body: new Uint8Array(100) })
+      const r = yield* remote(server.url)
+      const unauthorized = yield* Effect.flip(r.info)
+      expect(unauthorized).toMatchObject({ _tag: "RemoteError", reason: "Unauthorized", status: 401 })
+      expect(unauthorized.message).toContain("bad token")
+      expect(yield* Effect.flip(r.export(9))).toMatchObject({ _tag: "RemoteError", reason: "GenerationGone" })
+      expect(yield* r.pull(1, 5, 133)).toEqual({ _tag: "CheckpointNeeded", generation: 2, maxFrameNo: 4 })
+      expect(yield* Effect.flip(r.pull(1, 1, 129))).toMatchObject({ _tag: "RemoteError", reason: "Protocol" })
+      expect(server.seen.length).toBe(4)
+      expect(server.seen[0].auth).toBeUndefined()
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
+
+  it.scopedLive("nothing listening: NetworkError after the retries", () =>
+    Effect.gen(function*() {
+      const server = yield* scripted(() => ({ status: 200 }))
+      const url = server.url
+      yield* Effect.promise(() => new Promise<void>((r) => {
+        server.server.closeAllConnections()
+        server.server.close(() => r())
+      }))
+      const r = yield* remote(url)
+      expect(yield* Effect.flip(r.info)).toMatchObject({ _tag: "NetworkError", reason: "Transport" })
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
+
+  it.scopedLive("a push is sent in batches of 128 frames with each answer's baton in the next URL", () =>
+    Effect.gen(function*() {
+      const server = yield* scripted((seen, i) => {
+        const [, , , , , start, end] = seen.url.split("/")
+        void start
+        return {
+          status: 200,
+          body: JSON.stringify({ status: "ok", generation: 1, max_frame_no: Number(end) - 1, ...(i < 2 ? { baton: `b${i}` } : {}) })
+        }
+      })
+      const r = yield* remote(server.url)
+      const frames = Array.from({ length: 300 }, (_, i) => frame(i + 1, i === 299 ? 300 : 0))
+      const result = yield* r.push(1, 1, 301, frames)
+      expect(result).toMatchObject({ _tag: "Ok", maxFrameNo: 300 })
+      expect(server.seen.map((s) => [s.method, s.url, s.bytes])).toEqual([
+        ["POST", "/db/x/sync/1/1/129", 128 * WalFrame.FRAME_SIZE],
+        ["POST", "/db/x/sync/1/129/257/b0", 128 * WalFrame.FRAME_SIZE],
+        ["POST", "/db/x/sync/1/257/301/b1", 44 * WalFrame.FRAME_SIZE]
+      ])
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
+
+  it.scopedLive("a conflict ends the push at once", () =>
+    Effect.gen(function*() {
+      const server = yield* scripted(() => ({ status: 200, body: `{"status":"conflict","generation":1,"max_frame_no":7}` }))
+      const r = yield* remote(server.url)
+      const frames = Array.from({ length: 200 }, (_, i) => frame(i + 1, i === 199 ? 200 : 0))
+      expect(yield* r.push(1, 3, 203, frames)).toEqual({ _tag: "Conflict", generation: 1, maxFrameNo: 7 })
+      expect(server.seen.length).toBe(1)
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
+})
+
