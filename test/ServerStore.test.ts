@@ -514,6 +514,10 @@ const conformance = (label: string, makeLayer: MakeLayer) =>
           // Garbage in a brand-new page the transaction claims.
           const garbage = { pgno: 2, commitSize: 2, page: new Uint8Array(4096).fill(0x41) }
           expect(yield* failure(store.push("db", 1, head + 1, head + 2, [garbage]))).toBe("Malformed")
+          // A commit size far beyond what the transaction writes (SQLite would call it corrupt) is refused
+          // before anything that size is allocated.
+          const forged = next.map((f, i) => (i === next.length - 1 ? { ...f, commitSize: 0xffff_fff0 } : f))
+          expect(yield* failure(store.push("db", 1, head + 1, head + next.length + 1, forged))).toBe("Malformed")
           expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: head })
           expect(yield* store.pull("db", 1, head + 1, head + 10)).toMatchObject({ _tag: "CheckpointNeeded", maxFrameNo: head })
           // The refused transaction left no trace: the genuine one is accepted.
