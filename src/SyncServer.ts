@@ -15,6 +15,8 @@ import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -321,6 +323,19 @@ export const layer = (options: Options = {}): Layer.Layer<never, never, HttpServ
   Layer.unwrapEffect(Effect.map(make(options), (app) => HttpServer.serve(app)))
 
 /**
+ * Options of `layerNode`: the protocol's, where to listen, and how long a request may take to arrive.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface NodeOptions extends Options {
+  readonly host?: string | undefined
+  readonly port?: number | undefined
+  readonly requestTimeoutMs?: number | undefined
+  readonly headersTimeoutMs?: number | undefined
+}
+
+/**
  * Serves the protocol on a Node HTTP server listening on `host:port` (port 0 picks a free port; read
  * it from the `HttpServer` this layer outputs, or use `databaseUrl`). A request must arrive whole within
  * `requestTimeoutMs` (default 60 000; headers within `headersTimeoutMs`, default 20 000), else 408; requests
@@ -329,14 +344,7 @@ export const layer = (options: Options = {}): Layer.Layer<never, never, HttpServ
  * @since 0.1.0
  * @category layers
  */
-export const layerNode = (
-  options: Options & {
-    readonly host?: string | undefined
-    readonly port?: number | undefined
-    readonly requestTimeoutMs?: number | undefined
-    readonly headersTimeoutMs?: number | undefined
-  } = {}
-): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError, ServerStore> =>
+export const layerNode = (options: NodeOptions = {}): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError, ServerStore> =>
   layer(options).pipe(
     Layer.provideMerge(
       NodeHttpServer.layerServer(() => nodeHttpGuard.createServer(options), {
@@ -345,6 +353,18 @@ export const layerNode = (
       })
     )
   )
+
+/**
+ * `layerNode` with its options read from `Config`, for example
+ * `SyncServer.layerConfig({ port: Config.integer("PORT"), authToken: Config.redacted("SYNC_TOKEN") })`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  config: Config.Config.Wrap<NodeOptions>
+): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError | ConfigError.ConfigError, ServerStore> =>
+  Layer.unwrapEffect(Effect.map(Config.unwrap(config), layerNode))
 
 /**
  * The base URL the server listens on, such as `http://127.0.0.1:8080`.

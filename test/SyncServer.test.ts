@@ -1,4 +1,6 @@
 import { describe, expect, layer } from "@effect/vitest"
+import * as Config from "effect/Config"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as HashMap from "effect/HashMap"
@@ -475,11 +477,43 @@ layer(serverLayer("disk", { generationFrames: 1, keepGenerations: 1, batonIdleMs
       )
       const open = H.json(yield* push("busy", 1, 1, frames.slice(0, 3)))
       expect(open.baton).toBeTypeOf("string")
-      const other = yield* push("busy", 1, 1, frames.slice(0, 3))
+      // The opening request sent again (its answer lost) gets the baton back...
+      const retry = H.json(yield* push("busy", 1, 1, frames.slice(0, 3)))
+      expect(retry).toEqual({ status: "ok", generation: 1, max_frame_no: 3, baton: open.baton })
+      // ...but another pusher's frames wait.
+      const rival = yield* replicaOf("busy")
+      const theirs = rival.write("BEGIN; CREATE TABLE other(x); INSERT INTO other VALUES (1); COMMIT;")
+      const other = yield* push("busy", 1, 1, theirs)
       expect(other.status).toBe(503)
       expect(other.headers["retry-after"]).toBe("1")
       expect(H.json(other).error).toBe("busy")
       const done = yield* push("busy", 1, 4, frames.slice(3), open.baton)
       expect(H.json(done)).toMatchObject({ status: "ok", max_frame_no: frames.length })
+    }))
+})
+
+layer(
+  Layer.effect(TestServer, Effect.map(SyncServer.baseUrl, (base) => ({ base, dir: undefined, lines: [] }))).pipe(
+    Layer.provide(
+      SyncServer.layerConfig({
+        host: Config.string("SYNC_HOST"),
+        port: Config.integer("SYNC_PORT"),
+        authToken: Config.redacted("SYNC_TOKEN")
+      })
+    ),
+    Layer.provide(ServerStore.layerMemory()),
+    Layer.provide(Layer.setConfigProvider(
+      ConfigProvider.fromMap(new Map([["SYNC_HOST", "127.0.0.1"], ["SYNC_PORT", "0"], ["SYNC_TOKEN", TOKEN]]))
+    )),
+    Layer.provide(Logger.replace(Logger.defaultLogger, Logger.none))
+  ),
+  { excludeTestServices: true }
+)("SyncServer.layerConfig", (it) => {
+  it.effect("reads host, port and token from Config", () =>
+    Effect.gen(function*() {
+      const { base } = yield* TestServer
+      expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
+      expect((yield* call({ path: "/db/cfg/info", anonymous: true })).status).toBe(401)
+      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1 })
     }))
 })
