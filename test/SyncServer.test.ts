@@ -236,6 +236,13 @@ const suite = (kind: "memory" | "disk") =>
         else page.fill(fill)
         return { pgno, commitSize, page }
       }
+      // The newest page 1 the database has, with some header bytes changed, as a one-frame commit.
+      const withHeaderBytes = (changes: Record<number, number>): WalFrame.Frame => {
+        const latest = state.first.filter((f) => f.pgno === 1).at(-1)!
+        const page = Uint8Array.from(latest.page)
+        for (const [offset, value] of Object.entries(changes)) page[Number(offset)] = value
+        return { pgno: 1, commitSize: Math.max(...state.first.map((f) => f.commitSize)), page }
+      }
       const pushPath = (start: number, end: number, extra = "") => `/db/${name}/sync/1/${start}/${end}${extra}`
       const at = () => state.head + 1
 
@@ -298,6 +305,9 @@ const suite = (kind: "memory" | "disk") =>
         { title: "garbage over page 1 (the header)", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire([frame(1, 1000)]) }), status: 400, error: "malformed_database" },
         { title: "garbage over a table page", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire([frame(2, Math.max(...state.next.map((f) => f.commitSize)))]) }), status: 400, error: "malformed_database" },
         { title: "a zeroed page 1", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire([frame(1, Math.max(...state.next.map((f) => f.commitSize)), 0)]) }), status: 400, error: "malformed_database" },
+        { title: "a commit size of 2^31-1 pages (8 TiB)", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire([{ ...state.next.at(-1)!, commitSize: 2 ** 31 - 1 }]) }), status: 400, error: "malformed_database" },
+        { title: "a page 1 declaring 8192-byte pages", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire([withHeaderBytes({ 16: 0x20, 17: 0x00 })]) }), status: 400, error: "malformed_database" },
+        { title: "a page 1 switching the database out of WAL mode", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire([withHeaderBytes({ 18: 1, 19: 1 })]) }), status: 400, error: "malformed_database" },
         { title: "a commit that cuts the file below its tables", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire([{ ...state.first.filter((f) => f.pgno === 1).at(-1)!, commitSize: 1 }]) }), status: 400, error: "malformed_database" }
       ]
 
