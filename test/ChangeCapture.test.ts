@@ -6,6 +6,9 @@ import * as Exit from "effect/Exit"
 import * as ChangeCapture from "../src/ChangeCapture.js"
 import { dump, exec, on, open, run } from "./support/changeSync.js"
 
+const tx = (a: SqlClient.SqlClient, ...statements: ReadonlyArray<string>) =>
+  on(a, ChangeCapture.transaction(Effect.forEach(statements, (s) => ChangeCapture.execute(s), { discard: true })))
+
 const quoted = (client: SqlClient.SqlClient, expr: string) =>
   Effect.map(client.unsafe(`SELECT quote(${expr}) AS q`).values, (rows) => rows[0]![0] as string)
 
@@ -208,6 +211,21 @@ describe("ChangeCapture", () => {
       expect(fts._tag === "CaptureError" && fts.reason).toBe("UnsupportedDdl")
       expect(yield* a.unsafe("SELECT count(*) FROM sqlite_schema WHERE name = 'docs'").values).toEqual([[0]])
       expect(yield* on(a, ChangeCapture.countPending(0))).toBe(0)
+    }))
+
+  it.scoped("a deferred foreign-key violation fails the transaction cleanly (no connection left mid-transaction)", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* exec(a, "CREATE TABLE p (id INTEGER PRIMARY KEY)")
+      yield* exec(a, "CREATE TABLE ch (id INTEGER PRIMARY KEY, p INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED)")
+      yield* on(a, ChangeCapture.install)
+      const error = yield* run(a, "INSERT INTO ch VALUES (1, 99)").pipe(Effect.flip)
+      expect(error._tag).toBe("SqlError")
+      expect(error.message).toContain("FOREIGN KEY")
+      // deferred, then fixed within the transaction: fine
+      yield* tx(a, "INSERT INTO ch VALUES (2, 7)", "INSERT INTO p VALUES (7)")
+      expect(yield* a.unsafe("SELECT id FROM ch").values).toEqual([[2]])
+      expect((yield* on(a, ChangeCapture.pending(0))).map((c) => c.table)).toEqual(["ch", "p"])
     }))
 
   it.scoped("DDL with bound parameters is refused", () =>

@@ -332,6 +332,27 @@ describe("ChangeReplay", () => {
         expect(fk).toEqual([])
       }))
 
+    it.scoped("a foreign key broken by replay is a typed error, rolled back, and the connection stays usable", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair(
+          "CREATE TABLE p (id INTEGER PRIMARY KEY)",
+          "CREATE TABLE ch (id INTEGER PRIMARY KEY, p INTEGER REFERENCES p(id))"
+        )
+        yield* run(a, "INSERT INTO p VALUES (1)")
+        yield* push(a, b)
+        yield* exec(b, "DELETE FROM p") // another replica removed the parent
+        yield* run(a, "INSERT INTO ch VALUES (10, 1)")
+        const error = yield* push(a, b).pipe(Effect.flip)
+        expect(error._tag === "ReplayError" && error.reason).toBe("Constraint")
+        expect(error.message).toContain("FOREIGN KEY")
+        expect(yield* b.unsafe("SELECT count(*) FROM ch").values).toEqual([[0]])
+        expect(yield* on(b, ChangeReplay.progress("A"))).toBe(1)
+        // B is not left inside a transaction: the next replay works (A re-asserts the parent)
+        yield* run(a, "INSERT OR REPLACE INTO p VALUES (1)")
+        yield* push(a, b)
+        yield* expectSame(a, b)
+      }))
+
     it.scoped("BLOBs, large TEXT, integers beyond 2^53, REAL vs INTEGER affinity", () =>
       Effect.gen(function*() {
         const { a, b } = yield* pair("CREATE TABLE v (id INTEGER PRIMARY KEY, i INTEGER, r REAL, n NUMERIC, t TEXT, x)")

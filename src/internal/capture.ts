@@ -5,6 +5,7 @@ import * as FiberRef from "effect/FiberRef"
 import { globalValue } from "effect/GlobalValue"
 import * as ChangeCapture from "../ChangeCapture.js"
 import { concat, ident, mayChangeSchema, splitStatements, stringLiteral, stripLeadingComments } from "./sqlText.js"
+import * as ForeignKeys from "./foreignKeys.js"
 import * as TableInfo from "./tableInfo.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -56,9 +57,7 @@ export const raiseSequenceFloor = (sql: SqlClient.SqlClient, floor: number) =>
       `INSERT INTO main.sqlite_sequence(name, seq) SELECT '_sync_changes', 0
        WHERE NOT EXISTS (SELECT 1 FROM main.sqlite_sequence WHERE name = '_sync_changes')`
     ).raw
-    yield* sql.unsafe(
-      `UPDATE main.sqlite_sequence SET seq = max(seq, ${Math.trunc(floor)}) WHERE name = '_sync_changes'`
-    ).raw
+    yield* sql`UPDATE main.sqlite_sequence SET seq = max(seq, ${Math.trunc(floor)}) WHERE name = '_sync_changes'`.raw
   })
 
 const progressFloor = (sql: SqlClient.SqlClient) =>
@@ -296,6 +295,15 @@ export const transaction = <A, E, R>(
       }
       const txId = session.tx_id!
       const result = yield* Effect.locally(effect, currentState, { txId })
+      if (yield* ForeignKeys.mayBeDeferred(sql)) {
+        const found = yield* ForeignKeys.violations(sql, undefined)
+        if (found.length > 0) {
+          // COMMIT would fail and leave the connection inside the transaction (see foreignKeys.ts).
+          return yield* Effect.fail(
+            new SqlError({ message: `FOREIGN KEY constraint failed: ${ForeignKeys.describe(found)}` })
+          )
+        }
+      }
       const [closed] = yield* sql<SessionRow>`UPDATE temp._sync_session SET tx_id = NULL
         RETURNING tx_id, schema_version AS installed, (SELECT schema_version FROM pragma_schema_version) AS current`
         .withoutTransform

@@ -4,7 +4,8 @@ import * as Effect from "effect/Effect"
 import type * as ChangeCapture from "../ChangeCapture.js"
 import * as ChangeReplay from "../ChangeReplay.js"
 import { createChangesTable, raiseSequenceFloor } from "./capture.js"
-import { ident, isLiteral } from "./sqlText.js"
+import { ident, isLiteral, splitStatements } from "./sqlText.js"
+import * as ForeignKeys from "./foreignKeys.js"
 import * as TableInfo from "./tableInfo.js"
 
 type Image = ChangeCapture.Image
@@ -293,6 +294,8 @@ export const apply = (
       const suspend = options.triggers !== "fire" && todo.length > 0
       let suspended = suspend ? yield* suspendTriggers(sql) : []
       const conflicts: Array<ChangeReplay.Conflict> = []
+      const touched = new Set<string>()
+      let ddlRan = false
       const tables = new Map<string, TableInfo.TableInfo | undefined>()
       const tableInfo = (name: string) =>
         tables.has(name) ? Effect.succeed(tables.get(name)) : Effect.tap(TableInfo.read(name), (info) => {
@@ -314,17 +317,21 @@ export const apply = (
           const text = change.sql ?? ""
           // The schema change sees the real schema (it may create or drop triggers itself).
           yield* restoreTriggers(sql, suspended)
-          yield* runOnce(sql, text).pipe(
-            Effect.catchAll((error) =>
-              alreadyApplied(text, messageOf(error))
-                ? Effect.void
-                : fail("Statement", `schema change ${change.id} failed: ${messageOf(error)}`, text, error)
+          for (const part of splitStatements(text)) {
+            yield* runOnce(sql, part).pipe(
+              Effect.catchAll((error) =>
+                alreadyApplied(part, messageOf(error))
+                  ? Effect.void
+                  : fail("Statement", `schema change ${change.id} failed: ${messageOf(error)}`, part, error)
+              )
             )
-          )
+          }
           tables.clear()
+          ddlRan = true
           suspended = suspend ? yield* suspendTriggers(sql) : []
           continue
         }
+        touched.add(change.table)
         const table = yield* tableInfo(change.table)
         if (table === undefined) {
           return yield* fail("MissingTable", `change ${change.id}: table ${change.table} does not exist here`)
@@ -354,6 +361,17 @@ export const apply = (
         }
       }
       yield* restoreTriggers(sql, suspended)
+      // Deferred foreign keys are checked by COMMIT; find violations first so the failure is a typed error
+      // and a clean rollback (see foreignKeys.ts).
+      const found = yield* ForeignKeys.violations(sql, ddlRan ? undefined : touched)
+      if (found.length > 0) {
+        return yield* Effect.fail(
+          new ChangeReplay.ReplayError({
+            reason: "Constraint",
+            message: `FOREIGN KEY constraint failed after replay: ${ForeignKeys.describe(found)}`
+          })
+        )
+      }
       const last = todo.length === 0 ? done : Math.max(done, todo[todo.length - 1]!.id)
       if (options.mode === "push") {
         if (todo.length > 0) {
