@@ -43,7 +43,7 @@ export const make = (options: { readonly integrityCheck: IntegrityCheck }): Back
               // Without a check the head image is not needed: skip its copy.
               if (options.integrityCheck !== "off") {
                 const candidate = WalFrame.applyFrames(head, frames)
-                const problem = checkImage(candidate, options.integrityCheck)
+                const problem = checkImage(candidate, options.integrityCheck, { owned: true })
                 if (problem !== undefined) return Either.left(problem)
                 head = candidate
               }

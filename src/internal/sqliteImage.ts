@@ -86,13 +86,32 @@ export const checkConnection = (db: Database.Database, mode: IntegrityCheck): st
  * Checks a complete database image held in memory (WAL-mode header bytes allowed: the copy handed to
  * SQLite is switched to rollback mode, which is what `new Database(buffer)` requires).
  */
-export const checkImage = (image: Uint8Array, mode: IntegrityCheck): string | undefined => {
+export const checkImage = (
+  image: Uint8Array,
+  mode: IntegrityCheck,
+  options?: { readonly owned?: boolean | undefined }
+): string | undefined => {
   if (mode === "off") return undefined
-  const copy = Buffer.from(image)
+  // better-sqlite3 copies the buffer it deserializes, so an image the caller owns needs no copy of its own.
+  const copy = options?.owned === true
+    ? Buffer.from(image.buffer, image.byteOffset, image.byteLength)
+    : Buffer.from(image)
+  const versions = [copy[18], copy[19]] as const
   if (copy.byteLength >= 20) {
     copy[18] = 1
     copy[19] = 1
   }
+  try {
+    return checkDeserialized(copy, mode)
+  } finally {
+    if (copy.byteLength >= 20) {
+      copy[18] = versions[0]
+      copy[19] = versions[1]
+    }
+  }
+}
+
+const checkDeserialized = (copy: Buffer, mode: IntegrityCheck): string | undefined => {
   let db: Database.Database
   try {
     db = new Database(copy)
