@@ -3,24 +3,37 @@
  * triggers (they live in the connection, never in the file, so they never replicate) in the same SQLite
  * transaction as the write they describe.
  *
- * - Every ordinary table of `main` except `_sync_%` and `sqlite_%` is captured (virtual and shadow tables
- *   are not). Rows are identified by primary key; tables without one by rowid, under whichever of `_rowid_`,
- *   `rowid`, `oid` no user column shadows.
- * - Before and after images hold every stored column as the SQL literal SQLite's `quote()` writes (exact for
- *   64-bit integers, REALs round-trip, BLOBs as `X'..'`), so replay never passes values through JS numbers.
+ * - Every ordinary table of `main` except `_sync_*` and `sqlite_*` (a prefix test, not LIKE) is captured.
+ *   Rows are identified by primary key (composite, WITHOUT ROWID and INTEGER PRIMARY KEY included); tables
+ *   without one by rowid, under whichever of `_rowid_`, `rowid`, `oid` no user column shadows. A table with
+ *   no key whose three rowid names are all columns refuses writes (RAISE with a clear message).
+ * - Before and after images hold every stored column (generated columns are left out) as the SQL literal
+ *   SQLite's `quote()` writes: exact for 64-bit integers, REALs round-trip, BLOBs as `X'..'`, so replay never
+ *   passes values through JS numbers. (`quote()` stops TEXT at an embedded NUL character; -0.0 reads 0.0.)
  * - Changes are ordered by the log's AUTOINCREMENT id, never by a clock. All changes of one
- *   {@link transaction} share a `txId` (the id of its first change).
- * - `INSERT OR REPLACE` / `UPDATE OR REPLACE` evicting another row: SQLite fires no DELETE trigger for it
- *   while `recursive_triggers` is off (the default, which is kept so user triggers behave as everywhere
- *   else). BEFORE triggers note the rows a write would evict through a UNIQUE index (or, for an update, the
- *   key) and the AFTER trigger logs them as deletes, only if the write happened.
+ *   {@link transaction} share a `txId` (the id its first change gets). Writes that bypass `transaction` on
+ *   this connection are still captured, each statement its own unit. Writes through another connection to
+ *   the same file are not captured (its triggers are its own).
+ * - `INSERT OR REPLACE` / `UPDATE OR REPLACE` (or `ON CONFLICT REPLACE` in the schema) evicting another row:
+ *   SQLite fires no DELETE trigger for it while `recursive_triggers` is off. It is kept off (turning it on
+ *   would make common self-updating user triggers recurse); instead BEFORE triggers note the rows a write
+ *   would evict through a UNIQUE index (for an update also through the key) and the AFTER trigger logs them
+ *   as deletes, only if the write happened. UNIQUE indexes on expressions or partial ones are not covered.
  *
- * Schema changes: run every statement through {@link execute} inside {@link transaction}. `execute` compares
- * `PRAGMA schema_version` before and after the statement; when it moved, the statement's text is logged as
- * a `"ddl"` change (in order with the data changes around it) and the triggers are reinstalled at once,
- * still inside the transaction, so rows written right after a `CREATE TABLE` in the same transaction are
- * captured. A schema change inside `transaction` that did not come through `execute` has no text to log:
- * the transaction fails with `CaptureError("UnrecordedSchemaChange")` and is rolled back.
+ * Schema changes: run statements through {@link execute} (inside {@link transaction} or not). `execute`
+ * compares `PRAGMA schema_version` before and after each statement that is not plain DML; when it moved,
+ * the statement's text is logged as a `"ddl"` change, in order with the data changes around it, and the
+ * triggers are reinstalled at once, inside the transaction, so rows written right after a `CREATE TABLE` in
+ * the same transaction are captured (a TEMP trigger can only be created once its table exists; statements
+ * run one at a time, so the reinstall happens between them). Text holding several statements is split and
+ * run the same way. A schema change inside `transaction` that did not come through `execute` (nor the
+ * `statement` argument) has no text to log: the transaction fails with `CaptureError("UnrecordedSchemaChange")`
+ * and is rolled back. Refused with `CaptureError("UnsupportedDdl")`: schema changes with bound parameters
+ * (only the text is replayed) and `CREATE VIRTUAL TABLE` (SQLite allows no triggers on virtual tables or
+ * their shadow tables, so their rows could not sync).
+ *
+ * Deferred foreign keys are checked before COMMIT: a violation fails the transaction with an SqlError and a
+ * clean rollback (a COMMIT failing on them would leave the connection inside the transaction).
  *
  * @since 0.1.0
  */

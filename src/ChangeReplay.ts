@@ -3,17 +3,25 @@
  * for tables without one):
  *
  * - insert → upsert keyed by the key (`INSERT .. ON CONFLICT(key) DO UPDATE`); a key holding NULL never
- *   conflicts, so such rows are deleted by `IS`-equality and inserted;
+ *   conflicts, so such rows are deleted by `IS`-equality and inserted (several rows sharing a NULL-holding
+ *   key cannot be told apart and collapse into one);
  * - update → the row is located by the before image's key (key-changing updates move it) and only the
- *   columns the update changed are written;
+ *   columns the update changed are written (edits of other columns made elsewhere survive);
  * - delete → by key;
- * - ddl → its SQL text, idempotently (a CREATE of an existing object, a DROP of a missing one, an ADD COLUMN
- *   of an existing column, a RENAME whose source is gone count as already applied).
+ * - ddl → its SQL text, idempotently per statement (a CREATE of an existing object, a DROP of a missing one,
+ *   an ADD COLUMN of an existing column, a RENAME whose source is gone or target exists count as already
+ *   applied). Exactly-once for a whole sequence comes from the progress row, not from this.
+ * Columns the target does not have (dropped elsewhere) are left out of writes.
  *
  * Every data change passes through one pure decision point, {@link decide}: given the change and the row
- * Synced holds now (read by key), it returns what to do and which conflict (if any) it saw. The default and
- * only policy so far is the seed's "last push wins". Foreign keys are checked at commit
- * (`PRAGMA defer_foreign_keys = ON`), so replay order inside the transaction cannot trip them.
+ * the target holds now (read by key), it returns what to do and which conflict it saw (RowChanged,
+ * RowMissing, KeyExists; reported in {@link ApplyResult}). The default and only policy so far is the seed's
+ * "last push wins": an update of a row deleted remotely re-creates it, a delete of a missing row is skipped.
+ *
+ * Foreign keys are checked at the end (`PRAGMA defer_foreign_keys = ON`, then `foreign_key_check` on the
+ * affected tables before COMMIT), so replay order inside the transaction cannot trip them and a violation is
+ * a typed `ReplayError("Constraint")` with a clean rollback. ON DELETE CASCADE converges: the cascaded child
+ * deletes were captured too and replay as deletes of rows already gone.
  *
  * User triggers: every row a user trigger wrote on Draft was captured as a change of its own, so letting the
  * target's triggers fire during replay would apply their effects twice (an audit row per replay, a counter
@@ -22,6 +30,9 @@
  * and recreates them from their stored SQL before committing (around a replayed schema change they are
  * restored, so it sees the real schema). The cost is a schema-cookie bump per replay when triggers exist.
  * `triggers: "fire"` keeps them firing.
+ *
+ * Known hazards (not conflicts this module can see): rowids of key-less tables and INTEGER/AUTOINCREMENT keys
+ * allocated independently on two replicas collide, and last push wins then overwrites the other row.
  *
  * @since 0.1.0
  */
