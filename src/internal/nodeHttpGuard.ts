@@ -73,6 +73,9 @@ export const createServer = (options: Options = {}): Http.Server => {
   const server = Http.createServer({
     requestTimeout,
     headersTimeout,
+    // Node's own refusal of a Host-less HTTP/1.1 request has an empty body and no JSON; the server
+    // serves every host the same, so it has no use for the header and takes such requests.
+    requireHostHeader: false,
     connectionsCheckingInterval: Math.min(1_000, headersTimeout)
   })
   server.on("clientError", onClientError)
