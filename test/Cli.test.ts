@@ -44,7 +44,7 @@ describe("effect-sqlite-sync serve", () => {
       const db = H.open(snap.file)
       expect(db.prepare("SELECT v FROM t ORDER BY id").all()).toEqual([{ v: "kept" }, { v: "also kept" }])
       db.close()
-    }))
+    }), 120_000)
 
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     it.scoped(`${signal} stops it cleanly: exit code 0, port closed`, () =>
@@ -59,7 +59,7 @@ describe("effect-sqlite-sync serve", () => {
           H.request(server.url, { path: "/db/a/info" }).then(() => "answered", (error: NodeJS.ErrnoException) => error.code)
         )
         expect(refused).toBe("ECONNREFUSED")
-      }))
+      }), 120_000)
   }
 
   it.scoped("--auth-token protects every route; logs go to stderr, one line per request", () =>
@@ -77,7 +77,7 @@ describe("effect-sqlite-sync serve", () => {
       expect(lines.length).toBe(2)
       expect(lines.map((l) => [l.annotations.status, l.annotations.route])).toEqual([[401, "unrouted"], [200, "GET /info"]])
       expect(server.stderr()).not.toContain("cli-secret")
-    }))
+    }), 120_000)
 
   it.live("invalid options are refused with a non-zero exit code", () =>
     Effect.gen(function*() {
@@ -101,5 +101,5 @@ describe("effect-sqlite-sync serve", () => {
         expect(result.stderr).not.toContain("_tag")
       })
       expect(Fs.existsSync("/nonexistent-never-created")).toBe(false)
-    }))
+    }), 120_000)
 })

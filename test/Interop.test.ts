@@ -157,7 +157,7 @@ describe("the real libSQL client against our server", () => {
       expect(rows(c, "SELECT count(*) AS n FROM big")).toEqual([{ n: 500 }])
       expect(rows(c, "SELECT id FROM t ORDER BY id")).toEqual([{ id: 1 }, { id: 2 }, { id: 3 }])
       for (const client of [a, b, c]) client.close()
-    }))
+    }), 180_000)
 
   it.scoped("clients follow a generation roll, and the new base is the old one with its frames applied", () =>
     Effect.gen(function*() {
@@ -220,7 +220,7 @@ describe("the real libSQL client against our server", () => {
       expect(snap.db.pragma("integrity_check", { simple: true })).toBe("ok")
       snap.db.close()
       for (const client of [a, b, c]) client.close()
-    }))
+    }), 180_000)
 
   it.scoped("kill -9 of the server in the middle of a 20 MB push: nothing partial is visible, the next sync completes it", () =>
     Effect.gen(function*() {
@@ -294,7 +294,7 @@ describe("the real libSQL client against our server", () => {
       expect(after.db.pragma("integrity_check", { simple: true })).toBe("ok")
       after.db.close()
       a.close()
-    }))
+    }), 180_000)
 
   it.scoped("a wrong token is refused: the constructor fails with 401 and leaves no local files", () =>
     Effect.gen(function*() {
@@ -309,5 +309,5 @@ describe("the real libSQL client against our server", () => {
       expect(Fs.readdirSync(clients)).toEqual([])
       const lines = yield* logsSince(server, 0, 1)
       expect(lines.map((l) => [l.annotations.status, l.annotations.error])).toEqual([[401, "unauthorized"]])
-    }))
+    }), 180_000)
 })
