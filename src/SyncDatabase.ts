@@ -72,6 +72,8 @@ export interface Stats {
   readonly syncedWalBytes: number
   /** "synced" only while a pull replaces the draft copy. */
   readonly activeCopy: "draft" | "synced"
+  /** How long the last pull that replaced the draft copy held writes back (steps 2b and 2c). */
+  readonly lastWriteBlockedMs: Option.Option<number>
 }
 
 /**

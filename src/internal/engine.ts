@@ -89,6 +89,7 @@ export interface Stats {
   readonly draftWalBytes: number
   readonly syncedWalBytes: number
   readonly activeCopy: "draft" | "synced"
+  readonly lastWriteBlockedMs: Option.Option<number>
 }
 
 const WRITE_PERMITS = 64
@@ -125,6 +126,7 @@ export const make = (options: EngineOptions) =>
     const writeGate = yield* Effect.makeSemaphore(WRITE_PERMITS)
     const syncLock = yield* Effect.makeSemaphore(1)
     const traffic = yield* Ref.make({ sent: 0, received: 0 })
+    const lastWriteBlockedMs = yield* Ref.make(Option.none<number>())
 
     const on = <A, E, R>(copy: LocalCopies.Copy, effect: Effect.Effect<A, E, R>) =>
       Effect.flatMap(copy.client, (client) => Effect.provideService(effect, SqlClient.SqlClient, client))
@@ -490,11 +492,13 @@ export const make = (options: EngineOptions) =>
         return arrived
       }
       yield* writeGate.withPermits(WRITE_PERMITS)(
-        Effect.zipRight(
-          replayDraftOntoSynced("pull", progress), /* 2b */
-          copySyncedOverDraft /* 2c */
-        )
-      ).pipe(Effect.ensuring(Effect.ignore(resetSyncedWal)))
+        Effect.gen(function*() {
+          const started = Date.now()
+          yield* replayDraftOntoSynced("pull", progress) /* 2b */
+          yield* copySyncedOverDraft /* 2c */
+          yield* Ref.set(lastWriteBlockedMs, Option.some(Date.now() - started))
+        })
+      ).pipe(Effect.onError(() => Effect.ignore(resetSyncedWal)))
       yield* resetSyncedWal /* 2d */
       return true
     })
@@ -539,7 +543,8 @@ export const make = (options: EngineOptions) =>
         bytesReceived: t.received,
         draftWalBytes: yield* Files.fileSize(Files.walPath(names.draft)),
         syncedWalBytes: yield* Files.fileSize(Files.walPath(names.synced)),
-        activeCopy: yield* Ref.get(active)
+        activeCopy: yield* Ref.get(active),
+        lastWriteBlockedMs: yield* Ref.get(lastWriteBlockedMs)
       }
     })
 
