@@ -369,6 +369,20 @@ describe("ChangeReplay", () => {
         yield* expectSame(a, b)
       }))
 
+    it.scoped("odd names: quotes in table and column names, columns named __proto__ and constructor", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair(
+          `CREATE TABLE "we""ird 'name" ("co""l" TEXT PRIMARY KEY, "__proto__", "constructor", [x;y])`
+        )
+        yield* run(a, `INSERT INTO "we""ird 'name" VALUES ('k''1', 'p', 'c', 1)`)
+        yield* run(a, `UPDATE "we""ird 'name" SET "__proto__" = 'p2', "co""l" = 'k2'`)
+        const changes = yield* on(a, ChangeCapture.pending(0))
+        expect(Object.keys(changes[1]!.after!)).toEqual([`co"l`, "__proto__", "constructor", "x;y"])
+        yield* push(a, b)
+        yield* expectSame(a, b)
+        expect(yield* b.unsafe(`SELECT "co""l", "__proto__" FROM "we""ird 'name"`).values).toEqual([["k2", "p2"]])
+      }))
+
     it.scoped("BLOBs, large TEXT, integers beyond 2^53, REAL vs INTEGER affinity", () =>
       Effect.gen(function*() {
         const { a, b } = yield* pair("CREATE TABLE v (id INTEGER PRIMARY KEY, i INTEGER, r REAL, n NUMERIC, t TEXT, x)")

@@ -20,7 +20,7 @@ export const keyOf = (table: TableInfo.TableInfo, image: Image, rowid: string | 
   if (table.primaryKey.length > 0) {
     const key: Array<readonly [string, string]> = []
     for (const column of table.primaryKey) {
-      const value = image[column]
+      const value = Object.hasOwn(image, column) ? image[column] : undefined
       if (value === undefined) return undefined
       key.push([column, value])
     }
@@ -34,11 +34,11 @@ const where = (key: Key): string => key.map(([column, value]) => `${ident(column
 
 /** Columns whose literal differs between two images (columns of `after` only). */
 export const changedColumns = (before: Image, after: Image): ReadonlyArray<string> =>
-  Object.keys(after).filter((column) => before[column] !== after[column])
+  Object.keys(after).filter((column) => !Object.hasOwn(before, column) || before[column] !== after[column])
 
 /** Equal on the columns both images have (a column dropped or added on one side is not a difference). */
 const sameImage = (a: Image, b: Image): boolean =>
-  Object.keys(a).every((column) => !(column in b) || a[column] === b[column])
+  Object.keys(a).every((column) => !Object.hasOwn(b, column) || a[column] === b[column])
 
 /**
  * Only columns the target has are written: a column that the target no longer has (dropped by another
@@ -95,8 +95,9 @@ export const decide = (
       if (current === null) {
         return { _tag: "Upsert", key: afterKey, row: change.after, rowid: change.rowid?.after ?? null, conflict: "RowMissing" }
       }
-      const set: Record<string, string> = {}
-      for (const column of changedColumns(change.before, change.after)) set[column] = change.after[column]!
+      // fromEntries defines own properties: a column named __proto__ stays a column
+      const after = change.after
+      const set: Image = Object.fromEntries(changedColumns(change.before, after).map((column) => [column, after[column]!]))
       const rowidBefore = change.rowid?.before ?? null
       const rowidAfter = change.rowid?.after ?? null
       const setRowid = table.primaryKey.length === 0 && rowidAfter !== null && rowidAfter !== rowidBefore
@@ -262,11 +263,7 @@ const readCurrent = (sql: SqlClient.SqlClient, table: TableInfo.TableInfo, key: 
     )
     if (rows.length === 0) return null
     const row = rows[0] as Record<string, string>
-    const image: Record<string, string> = {}
-    table.columns.forEach((column, i) => {
-      image[column] = row[`c${i}`]!
-    })
-    return image as Image
+    return Object.fromEntries(table.columns.map((column, i) => [column, row[`c${i}`]!])) as Image
   })
 
 export const apply = (
