@@ -132,7 +132,14 @@ export type ApplyOptions =
     | { readonly mode: "push"; readonly clientId: string }
     | { readonly mode: "pull"; readonly clientId?: string | undefined }
   )
-  & { readonly triggers?: "suspend" | "fire" | undefined }
+  & {
+    readonly triggers?: "suspend" | "fire" | undefined
+    /**
+     * Replaces {@link decide} (the policy point; for example "remote wins": keep the remote row on any
+     * conflict). It is given the same arguments and must return a {@link Decision} for this change.
+     */
+    readonly decide?: ((change: ChangeCapture.Change, current: ChangeCapture.Image | null, table: TableInfo) => Decision) | undefined
+  }
 
 /**
  * A change whose target row was not what the local change expected, with what replay did about it.

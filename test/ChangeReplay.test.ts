@@ -527,6 +527,23 @@ describe("ChangeReplay", () => {
         ])
       }))
 
+    it.scoped("the decision point can be replaced: a remote-wins policy keeps remote rows on conflict", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair("CREATE TABLE d (id INTEGER PRIMARY KEY, x)")
+        yield* run(a, "INSERT INTO d VALUES (1, 'a'), (2, 'b')")
+        yield* push(a, b)
+        yield* exec(b, "UPDATE d SET x = 'remote' WHERE id = 1")
+        yield* run(a, "UPDATE d SET x = 'local'")
+        const remoteWins: typeof ChangeReplay.decide = (change, current, table) => {
+          const decision = ChangeReplay.decide(change, current, table)
+          return "conflict" in decision && decision.conflict ? { _tag: "Skip", conflict: decision.conflict } : decision
+        }
+        const changes = yield* on(a, ChangeCapture.pending(2))
+        const result = yield* on(b, ChangeReplay.apply(changes, { mode: "push", clientId: "A", decide: remoteWins }))
+        expect(result.conflicts.map((c) => [c.change.id, c.kind, c.decision._tag])).toEqual([[3, "RowChanged", "Skip"]])
+        expect(yield* b.unsafe("SELECT id, x FROM d ORDER BY id").values).toEqual([[1, "remote"], [2, "local"]])
+      }))
+
     it.scoped("replaying twice with progress applies exactly once; progress is per client", () =>
       Effect.gen(function*() {
         const { a, b } = yield* pair("CREATE TABLE n (id INTEGER PRIMARY KEY, v INTEGER)")

@@ -338,7 +338,7 @@ export const apply = (
           return yield* fail("NoRowIdentity", `change ${change.id}: no key for a row of ${change.table}`)
         }
         const current = yield* readCurrent(sql, table, key)
-        const decision = decide(change, current, table)
+        const decision = (options.decide ?? decide)(change, current, table)
         const seen = "conflict" in decision ? decision.conflict ?? null : null
         if (seen !== null) conflicts.push({ change, kind: seen, current, decision })
         if (decision._tag === "Invalid") {
