@@ -20,8 +20,9 @@ const QUOTED = /^'(.*)'$/s
 /**
  * One positional parameter of `exec`/`query`, read like an SQL literal where it looks like one:
  * - `NULL` (any case) → NULL;
- * - a canonical integer (`0`, `42`, `-7`; no `+`, no leading zeros) → INTEGER: a JS number when
- *   |n| ≤ 2^53 - 1, a bigint up to the 64-bit range, refused beyond it;
+ * - a canonical integer (`0`, `42`, `-7`; no `+`, no leading zeros) → INTEGER, bound as a bigint
+ *   (better-sqlite3 binds every JS number as REAL, which a column without INTEGER affinity would keep);
+ *   refused outside the 64-bit range;
  * - a number with a fraction or exponent (`1.5`, `-2e3`) → REAL;
  * - `X'00ff'` → BLOB (even number of hex digits);
  * - `'text'` → TEXT without the quotes, `''` inside standing for one `'` (how to pass `'42'`, `'NULL'`);
@@ -36,7 +37,7 @@ export const parseParam = (input: string): Either.Either<Param, string> => {
         `parameter ${input} is outside SQLite's 64-bit integer range; write '${input}' for text or ${input}.0 for a real`
       )
     }
-    return Either.right(Number.isSafeInteger(Number(input)) ? Number(input) : n)
+    return Either.right(n)
   }
   if (REAL.test(input)) {
     const x = Number(input)
@@ -83,8 +84,11 @@ export const toJsonValue = (value: unknown): unknown => {
   if (value instanceof Date) return value.toISOString()
   if (Array.isArray(value)) return value.map(toJsonValue)
   if (value !== null && typeof value === "object") {
+    // defineProperty: a column may be called "__proto__".
     const out: Record<string, unknown> = {}
-    for (const [k, v] of Object.entries(value)) out[k] = toJsonValue(v)
+    for (const [k, v] of Object.entries(value)) {
+      Object.defineProperty(out, k, { value: toJsonValue(v), enumerable: true, writable: true, configurable: true })
+    }
     return out
   }
   if (typeof value === "number" && !Number.isFinite(value)) return null
@@ -93,13 +97,20 @@ export const toJsonValue = (value: unknown): unknown => {
 
 /**
  * JSON text of `value` (after `toJsonValue`), one line. Bigints are written as exact integer literals,
- * which is valid JSON; parsers that read numbers as doubles round them, `jq` 1.7+ and `JSON.parse` with a
- * reviver on the source text keep them.
+ * which is valid JSON; parsers that read numbers as doubles round them, `jq` 1.7+ keeps them.
  */
-export const stringify = (value: unknown): string => {
-  const marker = "\u0000bigint:"
-  const text = JSON.stringify(toJsonValue(value), (_key, v) => typeof v === "bigint" ? `${marker}${v.toString()}` : v)
-  return text.replace(/"\\u0000bigint:(-?[0-9]+)"/g, "$1")
+export const stringify = (value: unknown): string => write(toJsonValue(value)) ?? "null"
+
+const write = (value: unknown): string | undefined => {
+  if (typeof value === "bigint") return value.toString()
+  if (value === null || typeof value !== "object") return JSON.stringify(value)
+  if (Array.isArray(value)) return `[${value.map((v) => write(v) ?? "null").join(",")}]`
+  const fields: Array<string> = []
+  for (const [k, v] of Object.entries(value)) {
+    const text = write(v)
+    if (text !== undefined) fields.push(`${JSON.stringify(k)}:${text}`)
+  }
+  return `{${fields.join(",")}}`
 }
 
 /** A value as one cell of the human table. */
