@@ -6,9 +6,13 @@
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { describe, expect, it } from "@effect/vitest"
 import * as Context from "effect/Context"
+import * as Config from "effect/Config"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import * as Layer from "effect/Layer"
 import Database from "libsql"
+import * as Fs from "node:fs"
 import * as NodePath from "node:path"
 import * as SyncDatabase from "../src/SyncDatabase.js"
 import { tempDir } from "./support/engine.js"
@@ -61,5 +65,36 @@ describe("SyncDatabase with the real libSQL client", () => {
       expect(yield* db.query("SELECT id, who FROM t ORDER BY id")).toEqual(expected)
       libsql.sync()
       expect(libsql.prepare("SELECT id, who FROM t ORDER BY id").all()).toEqual(expected)
+    }))
+
+  it.scoped("layerConfig reads path, url, token and client name from Config; a wrong token is a typed RemoteError", () =>
+    Effect.gen(function*() {
+      const data = yield* tempDir
+      const dir = yield* tempDir
+      const server = yield* serverProcess(["--data", data, "--auth-token", TOKEN])
+      const options = {
+        path: Config.string("DB_PATH"),
+        url: Config.string("SYNC_URL"),
+        authToken: Config.option(Config.redacted("SYNC_TOKEN")).pipe(Config.map(Option.getOrUndefined)),
+        clientName: Config.string("CLIENT_NAME")
+      }
+      const build = (token: string, file: string) =>
+        Layer.build(SyncDatabase.layerConfig(options).pipe(Layer.provide(NodeHttpClient.layerUndici))).pipe(
+          Effect.map(Context.get(SyncDatabase.SyncDatabase)),
+          Effect.withConfigProvider(ConfigProvider.fromMap(new Map([
+            ["DB_PATH", NodePath.join(dir, file)],
+            ["SYNC_URL", `${server.url}/db/configured`],
+            ["SYNC_TOKEN", token],
+            ["CLIENT_NAME", "configured"]
+          ])))
+        )
+      const db = yield* build(TOKEN, "good")
+      yield* db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+      expect(yield* db.push).toBe(true)
+      expect((yield* db.stats).clientId).toMatch(/^configured-/)
+      const refused = yield* Effect.flip(build("wrong", "bad"))
+      expect(refused).toMatchObject({ _tag: "BootstrapError", reason: "Remote" })
+      expect((refused as { cause?: unknown }).cause).toMatchObject({ _tag: "RemoteError", reason: "Unauthorized" })
+      expect(Fs.readdirSync(dir).filter((f) => f.startsWith("bad"))).toEqual([])
     }))
 })
