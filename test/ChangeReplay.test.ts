@@ -348,6 +348,29 @@ describe("ChangeReplay", () => {
         expect(yield* b.unsafe("SELECT id, email FROM u").values).toEqual([[3, "b@x"]])
       }))
 
+    it.scoped("an eviction is logged even when a user trigger writes the same table during the write", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair(
+          "CREATE TABLE u (id INTEGER PRIMARY KEY, email TEXT UNIQUE)",
+          `CREATE TRIGGER u_shadow AFTER INSERT ON u WHEN NEW.id < 100 BEGIN
+             INSERT OR REPLACE INTO u VALUES (NEW.id + 100, NEW.email || '.shadow');
+           END`
+        )
+        yield* run(a, "INSERT INTO u VALUES (1, 'a'), (2, 'b')")
+        // a plain insert that collides (UNIQUE fails, nothing logged), then a REPLACE that evicts row 1,
+        // whose user trigger in turn evicts row 101 through its own REPLACE
+        yield* run(a, "INSERT INTO u VALUES (3, 'a.shadow')").pipe(Effect.ignore)
+        yield* run(a, "INSERT OR REPLACE INTO u VALUES (4, 'a')")
+        yield* push(a, b)
+        yield* expectSame(a, b)
+        expect(yield* b.unsafe("SELECT id, email FROM u ORDER BY id").values).toEqual([
+          [2, "b"],
+          [4, "a"],
+          [102, "b.shadow"],
+          [104, "a.shadow"]
+        ])
+      }))
+
     it.scoped("ON DELETE CASCADE and child-before-parent order under deferred foreign keys", () =>
       Effect.gen(function*() {
         const { a, b } = yield* pair(

@@ -287,7 +287,10 @@ export const apply = (
       yield* sql.unsafe(`PRAGMA defer_foreign_keys = ON`).raw
       const clientId = options.mode === "push" ? options.clientId : options.clientId
       const done = clientId === undefined ? 0 : yield* readProgress(sql, clientId)
-      const todo = changes.filter((change) => change.id > done)
+      // in id order, each id once (the log's order is the only order that means anything)
+      const byId = new Map<number, ChangeCapture.Change>()
+      for (const change of changes) if (change.id > done) byId.set(change.id, change)
+      const todo = [...byId.values()].sort((x, y) => x.id - y.id)
       const suspend = options.triggers !== "fire" && todo.length > 0
       let suspended = suspend ? yield* suspendTriggers(sql) : []
       const conflicts: Array<ChangeReplay.Conflict> = []
