@@ -6,11 +6,14 @@
 import type * as Vitest from "@effect/vitest"
 import { expect, layer } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import * as Deferred from "effect/Deferred"
 import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Fs from "node:fs"
 import * as NodePath from "node:path"
 import * as Crypto from "node:crypto"
+import type * as SyncDatabase from "../src/SyncDatabase.js"
 import * as SyncError from "../src/SyncError.js"
 import { Harness, freshName, layerHttp, layerStore, openClient, remoteQuery, remoteState, tempDir } from "./support/engine.js"
 
@@ -178,6 +181,53 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       expect(yield* reader.query("SELECT count(*) AS c FROM mine")).toEqual([{ c: 25 }])
       yield* reader.sync
       expect(yield* remoteQuery(remote, "SELECT count(*) AS c FROM mine")).toEqual([{ c: 25 }])
+    }))
+
+  it.scoped("during the copy step reads are served by Synced with the merged rows, and a write waits for the copy", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("copy"))
+      const dir = yield* tempDir
+      const other = yield* openClient(remote, NodePath.join(dir, "other"))
+      yield* other.execute("CREATE TABLE t (id TEXT PRIMARY KEY)")
+      yield* other.execute("INSERT INTO t VALUES ('remote')")
+      yield* other.push
+      const self = yield* Deferred.make<SyncDatabase.Service>()
+      const observed: Array<string> = []
+      const pendingWrite = yield* Deferred.make<Fiber.RuntimeFiber<SyncDatabase.ExecuteResult, unknown>>()
+      const armed = yield* Ref.make(false)
+      const onStep = (step: string) =>
+        Effect.gen(function*() {
+          if (!(yield* Ref.get(armed))) return
+          const db = yield* Deferred.await(self)
+          if (step === "copy:flagged") {
+            // A write issued now must wait for the copy and then land.
+            yield* Deferred.succeed(pendingWrite, yield* Effect.fork(db.execute("INSERT INTO t VALUES ('during')")))
+          }
+          if (step === "copy:draftClosed") {
+            const stats = yield* db.stats
+            const rows = yield* db.query<{ id: string }>("SELECT id FROM t ORDER BY id")
+            observed.push(`${stats.activeCopy}:${rows.map((r) => r.id).join(",")}`)
+            const write = yield* Deferred.await(pendingWrite)
+            observed.push(`write done: ${Option.isSome(yield* Fiber.poll(write))}`)
+          }
+        }).pipe(Effect.orDie)
+      const db = yield* openClient(remote, NodePath.join(dir, "self"), { onStep })
+      yield* Deferred.succeed(self, db)
+      yield* db.pull
+      yield* db.execute("INSERT INTO t VALUES ('local')")
+      yield* other.execute("INSERT INTO t VALUES ('remote-2')")
+      yield* other.push
+      yield* Ref.set(armed, true)
+      expect(yield* db.pull).toBe(true)
+      expect(observed).toEqual(["synced:local,remote,remote-2", "write done: false"])
+      const write = yield* Deferred.await(pendingWrite)
+      expect((yield* Fiber.join(write)).changes).toBe(1)
+      expect(yield* db.query("SELECT id FROM t ORDER BY id")).toEqual(
+        ["during", "local", "remote", "remote-2"].map((id) => ({ id }))
+      )
+      expect((yield* db.stats).pendingChanges).toBe(2)
+      expect(Option.isSome((yield* db.stats).lastWriteBlockedMs)).toBe(true)
     }))
 
   it.scoped("follows generation rolls while holding unpushed changes", () =>
