@@ -447,10 +447,12 @@ export const make = (options: EngineOptions) =>
             })
           ]))
         ),
-        Effect.ensuring(Effect.ignore(openDraft)),
+        Effect.exit,
+        // Whatever happened, Draft is opened again (capture reinstalled) before reads move back to it.
+        Effect.flatMap((exit) => Effect.zipRight(openDraft, exit)),
+        Effect.ensuring(Effect.ignore(draft.open)),
         Effect.ensuring(switchReads("draft"))
       )
-      yield* openDraft
     })
 
     /** Step 2d: cut Synced's WAL back to the synced frame, dropping the frames of the local replay. */
