@@ -219,9 +219,14 @@ describe("ChangeCapture", () => {
       yield* exec(a, "CREATE TABLE p (id INTEGER PRIMARY KEY)")
       yield* exec(a, "CREATE TABLE ch (id INTEGER PRIMARY KEY, p INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED)")
       yield* on(a, ChangeCapture.install)
-      const error = yield* run(a, "INSERT INTO ch VALUES (1, 99)").pipe(Effect.flip)
-      expect(error._tag).toBe("SqlError")
-      expect(error.message).toContain("FOREIGN KEY")
+      // alone (autocommit: SQLite checks at the statement's end) and inside a capture transaction
+      const alone = yield* run(a, "INSERT INTO ch VALUES (1, 99)").pipe(Effect.flip)
+      expect(alone._tag).toBe("SqlError")
+      expect(`${alone.message} ${String(alone.cause)}`).toContain("FOREIGN KEY")
+      const inTx = yield* tx(a, "INSERT INTO p VALUES (5)", "INSERT INTO ch VALUES (1, 99)").pipe(Effect.flip)
+      expect(inTx._tag).toBe("SqlError")
+      expect(inTx.message).toContain("FOREIGN KEY")
+      expect(yield* a.unsafe("SELECT count(*) FROM p").values).toEqual([[0]])
       // deferred, then fixed within the transaction: fine
       yield* tx(a, "INSERT INTO ch VALUES (2, 7)", "INSERT INTO p VALUES (7)")
       expect(yield* a.unsafe("SELECT id FROM ch").values).toEqual([[2]])

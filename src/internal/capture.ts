@@ -2,6 +2,8 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
+import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
 import { globalValue } from "effect/GlobalValue"
 import * as ChangeCapture from "../ChangeCapture.js"
 import { concat, ident, mayChangeSchema, splitStatements, stringLiteral, stripLeadingComments } from "./sqlText.js"
@@ -218,6 +220,11 @@ const reinstallTriggers = (sql: SqlClient.SqlClient) =>
     return version
   })
 
+const knownInstalled = globalValue(
+  Symbol.for("effect-sqlite-sync/ChangeCapture/knownInstalled"),
+  () => new WeakSet<SqlClient.SqlClient>()
+)
+
 export const install: Effect.Effect<void, SqlError, SqlClient.SqlClient> = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* sql.withTransaction(Effect.gen(function*() {
@@ -228,6 +235,7 @@ export const install: Effect.Effect<void, SqlError, SqlClient.SqlClient> = Effec
     yield* sql.unsafe(`INSERT OR IGNORE INTO temp._sync_session (id, tx_id, schema_version) VALUES (1, NULL, -1)`).raw
     yield* reinstallTriggers(sql)
   }))
+  knownInstalled.add(sql)
 })
 
 const isInstalled = (sql: SqlClient.SqlClient) =>
@@ -259,15 +267,19 @@ export const transaction = <A, E, R>(
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const outer = yield* FiberRef.get(currentState)
+    // A rolled-back transaction may have taken this connection's capture state with it (install, trigger
+    // reinstalls): forget that it is known to be installed, so the next write checks again.
+    const forgetOnFailure = <X, Y, Z>(self: Effect.Effect<X, Y, Z>) =>
+      Effect.onExit(self, (exit) => Exit.isFailure(exit) ? Effect.sync(() => knownInstalled.delete(sql)) : Effect.void)
     // Nested: the same local transaction (a savepoint, so a failing inner part can be caught and rolled back).
-    if (outer !== undefined) return yield* sql.withTransaction(effect)
+    if (outer !== undefined) return yield* forgetOnFailure(sql.withTransaction(effect))
     const recordStatement = (txId: number) =>
       Effect.gen(function*() {
         yield* sql`INSERT INTO main._sync_changes (tx_id, tbl, kind, sql) VALUES (${txId}, '', 'ddl', ${statement!})`
           .raw
         yield* reinstallTriggers(sql)
       })
-    return yield* sql.withTransaction(Effect.gen(function*() {
+    return yield* forgetOnFailure(sql.withTransaction(Effect.gen(function*() {
       // One statement opens the capture transaction: allocate the id, read the versions to compare.
       const begin = sql<SessionRow>`UPDATE temp._sync_session
         SET tx_id = coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1
@@ -312,13 +324,8 @@ export const transaction = <A, E, R>(
         yield* recordStatement(txId)
       }
       return result
-    }))
+    })))
   })
-
-const knownInstalled = globalValue(
-  Symbol.for("effect-sqlite-sync/ChangeCapture/knownInstalled"),
-  () => new WeakSet<SqlClient.SqlClient>()
-)
 
 interface SessionRow {
   readonly tx_id: number | null
@@ -345,8 +352,21 @@ export const execute = (
 ): Effect.Effect<ExecuteResult, SqlError | ChangeCapture.CaptureError, SqlClient.SqlClient> =>
   Effect.gen(function*() {
     const state = yield* FiberRef.get(currentState)
-    if (state === undefined) return yield* transaction(execute(statement, params))
     const parts = statement.includes(";") ? splitStatements(statement) : [statement]
+    if (state === undefined) {
+      const sql = yield* SqlClient.SqlClient
+      const single = parts.length <= 1 ? parts[0] ?? statement : undefined
+      if (
+        single !== undefined && !mayChangeSchema(single) && knownInstalled.has(sql) &&
+        Option.isNone(yield* Effect.serviceOption(SqlClient.TransactionConnection))
+      ) {
+        // One DML statement in autocommit mode is already one transaction with the log rows its triggers
+        // write, all of them sharing one txId (the log's sequence is saved at the statement's end); a
+        // deferred foreign-key violation fails just the statement. No capture transaction needed.
+        return yield* runStatement(sql, single, params)
+      }
+      return yield* transaction(execute(statement, params))
+    }
     if (parts.length <= 1) return yield* executeOne(state, parts[0] ?? statement, params)
     if (params.length > 0) {
       return yield* Effect.fail(
@@ -374,7 +394,7 @@ const executeOne = (
     const sql = yield* SqlClient.SqlClient
     const check = mayChangeSchema(statement)
     const before = check ? yield* schemaVersion(sql) : 0
-    const raw = yield* runUncached(sql, statement, params)
+    const result = yield* runStatement(sql, statement, params)
     const after = check ? yield* schemaVersion(sql) : 0
     if (after !== before) {
       if (/^\s*CREATE\s+VIRTUAL\s/i.test(stripLeadingComments(statement))) {
@@ -398,16 +418,64 @@ const executeOne = (
         .raw
       yield* reinstallTriggers(sql)
     }
-    const info = yield* sql<{ readonly changes: number; readonly id: number | bigint }>`
-      SELECT changes() AS changes, last_insert_rowid() AS id`.withoutTransform
-    return { rows: raw, changes: info[0]!.changes, lastInsertRowid: info[0]!.id }
+    return result
   })
 
 /**
- * User statements bypass @effect/sql-sqlite-node's prepared-statement cache: it keeps a statement that
- * failed to prepare as a failure for minutes, so `SELECT * FROM t` tried before `CREATE TABLE t` would keep
- * failing after it. Preparing is cheap next to the rest; a prepare error becomes an SqlError, not a defect.
+ * Runs a user statement, through @effect/sql-sqlite-node's prepared-statement cache when possible. That cache
+ * keeps a statement that failed to PREPARE as a failure for minutes, so `SELECT * FROM t` tried before
+ * `CREATE TABLE t` would keep failing after it: a prepare failure is retried without the cache, and the text
+ * is remembered for this client so it never goes through the cache again.
  */
+const runStatement = (
+  sql: SqlClient.SqlClient,
+  statement: string,
+  params: ReadonlyArray<unknown>
+): Effect.Effect<ExecuteResult, SqlError> => {
+  const uncached = Effect.zipWith(
+    runUncached(sql, statement, params),
+    sql<{ readonly changes: number; readonly id: number | bigint }>`
+      SELECT changes() AS changes, last_insert_rowid() AS id`.withoutTransform,
+    (rows, [info]) => ({ rows, changes: info!.changes, lastInsertRowid: info!.id })
+  )
+  const poisoned = poisonedTexts(sql)
+  if (poisoned.has(statement)) return uncached
+  return sql.unsafe(statement, params as Array<unknown>).raw.pipe(
+    Effect.flatMap((raw): Effect.Effect<ExecuteResult, SqlError> => {
+      if (!Array.isArray(raw)) {
+        const run = raw as { readonly changes: number; readonly lastInsertRowid: number | bigint }
+        return Effect.succeed({ rows: [], changes: run.changes, lastInsertRowid: run.lastInsertRowid })
+      }
+      return Effect.map(
+        sql<{ readonly changes: number; readonly id: number | bigint }>`
+          SELECT changes() AS changes, last_insert_rowid() AS id`.withoutTransform,
+        ([info]) => ({ rows: raw as ReadonlyArray<Record<string, unknown>>, changes: info!.changes, lastInsertRowid: info!.id })
+      )
+    }),
+    Effect.catchAll((error) => {
+      if (!(error.message ?? "").startsWith("Failed to prepare")) return Effect.fail(error)
+      if (poisoned.size >= 10_000) poisoned.clear()
+      poisoned.add(statement)
+      return uncached
+    })
+  )
+}
+
+const poisonedByClient = globalValue(
+  Symbol.for("effect-sqlite-sync/ChangeCapture/poisoned"),
+  () => new WeakMap<SqlClient.SqlClient, Set<string>>()
+)
+
+const poisonedTexts = (sql: SqlClient.SqlClient): Set<string> => {
+  let set = poisonedByClient.get(sql)
+  if (set === undefined) {
+    set = new Set()
+    poisonedByClient.set(sql, set)
+  }
+  return set
+}
+
+/** Runs a statement without the prepared-statement cache; a prepare error becomes an SqlError, not a defect. */
 export const runUncached = (
   sql: SqlClient.SqlClient,
   statement: string,
