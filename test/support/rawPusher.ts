@@ -1,0 +1,298 @@
+/**
+ * A minimal sync client made of raw HTTP and a real SQLite replica, for server reliability tests and the
+ * load benchmark. Each step writes one row `(pusher, seq)` in one transaction (sometimes a large one,
+ * split over several requests with a baton) and pushes its WAL frames. Whatever is uncertain (a
+ * conflict, a refused connection, a lost answer, an unknown baton after a server restart) is settled
+ * by rebuilding the replica from the server and looking for the row: it is retried only if absent, so
+ * a row is never written twice. Every push the server acknowledged is recorded with its frames.
+ */
+import * as WalFrame from "../../src/WalFrame.js"
+import * as H from "./http.js"
+
+export interface Ack {
+  readonly seq: number
+  readonly generation: number
+  readonly start: number
+  readonly frames: ReadonlyArray<WalFrame.Frame>
+}
+
+export interface PusherStats {
+  /** Transactions acknowledged (their last request answered ok). */
+  acked: number
+  /** Requests that got `conflict`: another pusher got there first. */
+  conflicts: number
+  /** 503 busy answers (another pusher's transaction was open). */
+  busy: number
+  /** Requests that failed on the network (server killed, connection refused or reset). */
+  networkErrors: number
+  /** Pushes cut while the request was in flight (reset or hang-up, not refused). */
+  cutPushes: number
+  /** Transactions whose answer was lost but which the server had applied. */
+  appliedUnacked: number
+  /** Gap or unknown-baton answers: the server lost an unfinished transaction (restart). */
+  restarts: number
+  /** Any other answer: each is a failure of the server. */
+  unexpected: Array<string>
+  /** Wall time of each acknowledged transaction's pushes, in ms. */
+  latencies: Array<number>
+  pulls: number
+}
+
+export interface PusherOptions {
+  readonly base: () => string
+  readonly database: string
+  readonly id: string
+  readonly token?: string | undefined
+  /** Frames per request (the libSQL client uses 128). */
+  readonly chunkFrames?: number
+  /** Share of transactions that are large (several requests with a baton). */
+  readonly largeShare?: number
+  readonly random?: () => number
+  /** Keep the frames of every acknowledged push (to compare them with the server's at the end). */
+  readonly keepFrames?: boolean
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+type PushOutcome =
+  | { readonly _tag: "Acked"; readonly generation: number }
+  | { readonly _tag: "Conflict" }
+  | { readonly _tag: "Uncertain"; readonly why: string }
+
+export class Pusher {
+  readonly stats: PusherStats = {
+    acked: 0,
+    conflicts: 0,
+    busy: 0,
+    networkErrors: 0,
+    cutPushes: 0,
+    appliedUnacked: 0,
+    restarts: 0,
+    unexpected: [],
+    latencies: [],
+    pulls: 0
+  }
+  readonly acks: Array<Ack> = []
+  /** Rows this pusher knows the server has: acknowledged or found after an uncertain push. */
+  readonly stored = new Set<number>()
+  private replica: H.Replica | undefined
+  private generation = 1
+  private head = 0
+  private seq = 0
+  /** A row whose push ended without an answer, not yet looked for on the server. */
+  private uncertain: { readonly seq: number; readonly conflicted: boolean } | undefined
+  private readonly random: () => number
+  /** A push request is on the wire right now. */
+  inFlight = false
+
+  constructor(readonly options: PusherOptions) {
+    this.random = options.random ?? Math.random
+  }
+
+  private headers() {
+    return H.auth(this.options.token)
+  }
+
+  /** Rebuilds the replica from the server's current generation: base plus every committed frame. */
+  async resync(): Promise<void> {
+    const snap = await H.snapshot(this.options.base(), this.options.database, this.options.token)
+    this.stats.pulls++
+    this.replica?.close()
+    this.replica = new H.Replica(snap.file)
+    this.generation = snap.generation
+    this.head = snap.frames.length
+  }
+
+  private hasRow(seq: number): boolean {
+    const db = this.replica!.db
+    const table = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 't'").get()
+    if (table === undefined) return false
+    return db.prepare("SELECT 1 FROM t WHERE pusher = ? AND seq = ?").get(this.options.id, seq) !== undefined
+  }
+
+  private async pushFrames(frames: ReadonlyArray<WalFrame.Frame>): Promise<PushOutcome> {
+    const chunk = this.options.chunkFrames ?? 64
+    let baton: string | undefined
+    for (let offset = 0; offset < frames.length; offset += chunk) {
+      const part = frames.slice(offset, offset + chunk)
+      const start = this.head + 1 + offset
+      const path = `/db/${this.options.database}/sync/${this.generation}/${start}/${start + part.length}` +
+        (baton === undefined ? "" : `/${baton}`)
+      let res: H.RawResponse
+      for (let attempt = 0;; attempt++) {
+        try {
+          this.inFlight = true
+          res = await H.request(this.options.base(), {
+            method: "POST",
+            path,
+            headers: this.headers(),
+            body: WalFrame.encodeWire(part)
+          })
+        } catch (error) {
+          this.stats.networkErrors++
+          const code = (error as NodeJS.ErrnoException).code ?? String(error)
+          if (code !== "ECONNREFUSED") this.stats.cutPushes++
+          return { _tag: "Uncertain", why: `network: ${code}` }
+        } finally {
+          this.inFlight = false
+        }
+        if (res.status === 503 && attempt < 50) {
+          this.stats.busy++
+          await sleep(10 + this.random() * 40)
+          continue
+        }
+        break
+      }
+      const body = res.headers["content-type"]?.includes("json") ? H.json(res) : undefined
+      if (res.status === 200 && body?.status === "conflict") {
+        this.stats.conflicts++
+        return { _tag: "Conflict" }
+      }
+      if (res.status === 200 && body?.status === "ok") {
+        if (body.max_frame_no !== start + part.length - 1) {
+          this.stats.restarts++
+          return { _tag: "Uncertain", why: `gap: head ${body.max_frame_no}, pushed to ${start + part.length - 1}` }
+        }
+        baton = body.baton
+        continue
+      }
+      if (res.status === 400 && body?.error === "unknown_baton") {
+        this.stats.restarts++
+        return { _tag: "Uncertain", why: "unknown baton" }
+      }
+      if (res.status === 503) return { _tag: "Uncertain", why: "still busy" }
+      this.stats.unexpected.push(`${res.status} ${res.body.toString("utf8").slice(0, 200)}`)
+      return { _tag: "Uncertain", why: `unexpected ${res.status}` }
+    }
+    return { _tag: "Acked", generation: this.generation }
+  }
+
+  /**
+   * Writes and pushes the next row. Returns false when the server could not be reached (the caller
+   * waits and calls again); throws only on a broken invariant.
+   */
+  async step(): Promise<boolean> {
+    try {
+      if (this.replica === undefined) await this.resync()
+    } catch {
+      this.stats.networkErrors++
+      return false
+    }
+    if (this.uncertain !== undefined) {
+      this.settle(this.uncertain)
+      this.uncertain = undefined
+    }
+    const seq = this.seq + 1
+    const large = this.random() < (this.options.largeShare ?? 0.1)
+    const payload = large ? 200_000 + Math.floor(this.random() * 200_000) : 50 + Math.floor(this.random() * 400)
+    const frames = this.replica!.write(
+      "BEGIN; CREATE TABLE IF NOT EXISTS t(pusher TEXT NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL); " +
+        `INSERT INTO t VALUES ('${this.options.id}', ${seq}, randomblob(${payload})); COMMIT;`
+    )
+    const started = performance.now()
+    const outcome = await this.pushFrames(frames)
+    if (outcome._tag === "Acked") {
+      this.stats.acked++
+      this.stats.latencies.push(performance.now() - started)
+      this.acks.push({
+        seq,
+        generation: outcome.generation,
+        start: this.head + 1,
+        frames: this.options.keepFrames === false ? [] : frames
+      })
+      this.stored.add(seq)
+      this.head += frames.length
+      this.seq = seq
+      return true
+    }
+    // Not acknowledged: the server has the row or it does not; only a fresh copy tells, and until one
+    // is read the row stays uncertain (never written again before it has been looked for).
+    this.uncertain = { seq, conflicted: outcome._tag === "Conflict" }
+    this.replica!.close()
+    this.replica = undefined
+    try {
+      await this.resync()
+    } catch {
+      this.stats.networkErrors++
+      return false
+    }
+    this.settle(this.uncertain)
+    this.uncertain = undefined
+    return outcome._tag !== "Uncertain" || !outcome.why.startsWith("network")
+  }
+
+  private settle(uncertain: { readonly seq: number; readonly conflicted: boolean }) {
+    if (!this.hasRow(uncertain.seq)) return
+    if (uncertain.conflicted) {
+      throw new Error(`${this.options.id}: row ${uncertain.seq} is on the server although its push conflicted`)
+    }
+    this.stats.appliedUnacked++
+    this.stored.add(uncertain.seq)
+    this.seq = uncertain.seq
+  }
+
+  close() {
+    this.replica?.close()
+    this.replica = undefined
+  }
+}
+
+/** Runs `step` until `running()` is false; backs off when the server is unreachable. */
+export const runPusher = async (pusher: Pusher, running: () => boolean): Promise<void> => {
+  while (running()) {
+    const reached = await pusher.step()
+    if (!reached) await sleep(50)
+  }
+}
+
+export interface Verdict {
+  readonly rows: number
+  readonly integrity: string
+  readonly duplicates: ReadonlyArray<string>
+  readonly missing: ReadonlyArray<string>
+  readonly framesDiffering: number
+}
+
+/**
+ * Checks the server's copy of a database against what the pushers were told: every acknowledged row
+ * (and every row found after an uncertain push) is there exactly once, every acknowledged frame is
+ * stored byte for byte at the number it was acknowledged at, and SQLite finds the database sound.
+ */
+export const verify = async (
+  base: string,
+  database: string,
+  pushers: ReadonlyArray<Pusher>,
+  token?: string
+): Promise<Verdict> => {
+  const snap = await H.snapshot(base, database, token)
+  const db = H.open(snap.file)
+  try {
+    const integrity = String(db.pragma("integrity_check", { simple: true }))
+    const hasTable = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 't'").get() !== undefined
+    const counts = new Map<string, number>()
+    if (hasTable) {
+      for (const row of db.prepare("SELECT pusher, seq, count(*) AS n FROM t GROUP BY pusher, seq").all() as Array<{ pusher: string; seq: number; n: number }>) {
+        counts.set(`${row.pusher}/${row.seq}`, row.n)
+      }
+    }
+    const duplicates = [...counts].filter(([, n]) => n !== 1).map(([k, n]) => `${k} x${n}`)
+    const missing: Array<string> = []
+    let framesDiffering = 0
+    for (const pusher of pushers) {
+      for (const seq of pusher.stored) {
+        if (!counts.has(`${pusher.options.id}/${seq}`)) missing.push(`${pusher.options.id}/${seq}`)
+      }
+      for (const ack of pusher.acks) {
+        if (ack.generation !== snap.generation) continue
+        for (let i = 0; i < ack.frames.length; i++) {
+          const stored = snap.frames[ack.start - 1 + i]
+          if (stored === undefined || !WalFrame.equals(stored, ack.frames[i])) framesDiffering++
+        }
+      }
+    }
+    const rows = [...counts.values()].reduce((a, b) => a + b, 0)
+    return { rows, integrity, duplicates, missing, framesDiffering }
+  } finally {
+    db.close()
+  }
+}
