@@ -99,12 +99,16 @@ export interface Wal {
 }
 
 /**
+ * Why frames were refused: a body that is not whole frames, page number 0, a commit size smaller than a
+ * page its transaction writes, or a page that is not `PAGE_SIZE` bytes.
+ *
  * @since 0.1.0
  * @category errors
  */
 export class WalFrameError extends Schema.TaggedError<WalFrameError>()("WalFrameError", {
   reason: Schema.Literal("BodySize", "PageNumber", "CommitSize", "PageSize", "Empty"),
-  message: Schema.String
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect)
 }) {}
 
 /**
