@@ -41,6 +41,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import type * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
 import type * as ChangeCapture from "./ChangeCapture.js"
+import { plain } from "./internal/capture.js"
 import * as internal from "./internal/replay.js"
 import * as InternalTableInfo from "./internal/tableInfo.js"
 
@@ -58,9 +59,9 @@ export type TableInfo = InternalTableInfo.TableInfo
  * @since 0.1.0
  * @category reading
  */
-export const readTableInfo: (
+export const readTableInfo = (
   table: string
-) => Effect.Effect<TableInfo | undefined, SqlError, SqlClient.SqlClient> = InternalTableInfo.read
+): Effect.Effect<TableInfo | undefined, SqlError, SqlClient.SqlClient> => plain(InternalTableInfo.read(table))
 
 /**
  * The conflict kinds (the SQLite session extension's vocabulary): the row differs from the local before

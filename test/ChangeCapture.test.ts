@@ -1,9 +1,10 @@
-import type * as SqlClient from "@effect/sql/SqlClient"
+import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import fc from "fast-check"
 import * as Exit from "effect/Exit"
 import * as ChangeCapture from "../src/ChangeCapture.js"
+import * as ChangeReplay from "../src/ChangeReplay.js"
 import { dump, exec, on, open, run } from "./support/changeSync.js"
 
 const tx = (a: SqlClient.SqlClient, ...statements: ReadonlyArray<string>) =>
@@ -231,6 +232,29 @@ describe("ChangeCapture", () => {
       yield* tx(a, "INSERT INTO ch VALUES (2, 7)", "INSERT INTO p VALUES (7)")
       expect(yield* a.unsafe("SELECT id FROM ch").values).toEqual([[2]])
       expect((yield* on(a, ChangeCapture.pending(0))).map((c) => c.table)).toEqual(["ch", "p"])
+    }))
+
+  it.scoped("bookkeeping keeps plain numbers when the caller asks for BigInts (SafeIntegers)", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      const b = yield* open()
+      yield* exec(a, "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
+      yield* exec(b, "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
+      const safe = <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.provideService(effect, SqlClient.SafeIntegers, true)
+      yield* safe(on(a, ChangeCapture.install))
+      const inserted = yield* safe(on(a, ChangeCapture.execute("INSERT INTO t VALUES (?, ?)", [9007199254740993n, 1])))
+      expect(inserted.lastInsertRowid).toBe(9007199254740993n)
+      expect(inserted.changes).toBe(1)
+      yield* safe(tx(a, "CREATE TABLE u (x)", "UPDATE t SET v = 2"))
+      const changes = yield* safe(on(a, ChangeCapture.pending(0)))
+      expect(changes.map((c) => [c.id, c.txId])).toEqual([[1, 1], [2, 2], [3, 2]])
+      expect(changes[0]!.after).toEqual({ id: "9007199254740993", v: "1" })
+      expect(yield* safe(on(a, ChangeCapture.lastChangeId))).toBe(3)
+      const result = yield* safe(on(b, ChangeReplay.apply(changes, { mode: "push", clientId: "A" })))
+      expect(result.lastChangeId).toBe(3)
+      expect(yield* safe(on(b, ChangeReplay.progress("A")))).toBe(3)
+      const rows = yield* safe(b.unsafe<{ id: bigint; v: bigint }>("SELECT id, v FROM t"))
+      expect(rows).toEqual([{ id: 9007199254740993n, v: 2n }])
     }))
 
   it.scoped("DDL with bound parameters is refused", () =>

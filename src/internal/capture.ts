@@ -3,6 +3,7 @@ import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import * as Exit from "effect/Exit"
+import type { YieldWrap } from "effect/Utils"
 import * as Option from "effect/Option"
 import { globalValue } from "effect/GlobalValue"
 import * as ChangeCapture from "../ChangeCapture.js"
@@ -195,14 +196,25 @@ END`)
 // Effects
 // ---------------------------------------------------------------------------------------------------------
 
+/**
+ * Bookkeeping reads numbers as numbers even when the caller asked for BigInts (`SqlClient.SafeIntegers`)
+ * for its own rows: ids and versions here stay far below 2^53.
+ */
+export const plain = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.provideService(effect, SqlClient.SafeIntegers, false)
+
+const plainGen = <Eff extends YieldWrap<Effect.Effect<any, any, any>>, A>(
+  f: () => Generator<Eff, A, never>
+) => plain(Effect.gen(f))
+
 const schemaVersion = (sql: SqlClient.SqlClient) =>
-  Effect.map(
+  plain(Effect.map(
     sql<{ readonly schema_version: number }>`PRAGMA main.schema_version`.withoutTransform,
     (rows) => rows[0]!.schema_version
-  )
+  ))
 
 const reinstallTriggers = (sql: SqlClient.SqlClient) =>
-  Effect.gen(function*() {
+  plainGen(function*() {
     const ours = yield* sql<{ readonly name: string }>`
       SELECT name FROM temp.sqlite_schema WHERE type = 'trigger' AND substr(name, 1, 6) = '_sync_'`.withoutTransform
     for (const { name } of ours) {
@@ -225,7 +237,7 @@ const knownInstalled = globalValue(
   () => new WeakSet<SqlClient.SqlClient>()
 )
 
-export const install: Effect.Effect<void, SqlError, SqlClient.SqlClient> = Effect.gen(function*() {
+export const install: Effect.Effect<void, SqlError, SqlClient.SqlClient> = plainGen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* sql.withTransaction(Effect.gen(function*() {
     yield* sql.unsafe(createChangesTable).raw
@@ -239,11 +251,11 @@ export const install: Effect.Effect<void, SqlError, SqlClient.SqlClient> = Effec
 })
 
 const isInstalled = (sql: SqlClient.SqlClient) =>
-  Effect.map(
+  plain(Effect.map(
     sql<{ readonly n: number }>`
       SELECT count(*) AS n FROM temp.sqlite_schema WHERE type = 'table' AND name = '_sync_session'`.withoutTransform,
     (rows) => rows[0]!.n > 0
-  )
+  ))
 
 interface CaptureState {
   readonly txId: number
@@ -291,7 +303,7 @@ export const transaction = <A, E, R>(
         if (!(yield* isInstalled(sql))) yield* install
         knownInstalled.add(sql)
       }
-      const opened = yield* begin.pipe(
+      const opened = yield* plain(begin).pipe(
         Effect.catchAll((error) =>
           // installed state rolled back with an outer transaction: the cached statement is valid, rerun it
           Effect.flatMap(isInstalled(sql), (installed) => installed ? Effect.fail(error) : Effect.zipRight(install, begin))
@@ -303,12 +315,12 @@ export const transaction = <A, E, R>(
         // statement text to record. Capture what exists from now on and say so.
         yield* Effect.logWarning("effect-sqlite-sync: schema changed outside ChangeCapture; triggers reinstalled")
         yield* reinstallTriggers(sql)
-        session = (yield* begin)[0]!
+        session = (yield* plain(begin))[0]!
       }
       const txId = session.tx_id!
       const result = yield* Effect.locally(effect, currentState, { txId })
-      if (yield* ForeignKeys.mayBeDeferred(sql)) {
-        const found = yield* ForeignKeys.violations(sql, undefined)
+      if (yield* plain(ForeignKeys.mayBeDeferred(sql))) {
+        const found = yield* plain(ForeignKeys.violations(sql, undefined))
         if (found.length > 0) {
           // COMMIT would fail and leave the connection inside the transaction (see foreignKeys.ts).
           return yield* Effect.fail(
@@ -316,9 +328,9 @@ export const transaction = <A, E, R>(
           )
         }
       }
-      const [closed] = yield* sql<SessionRow>`UPDATE temp._sync_session SET tx_id = NULL
+      const [closed] = yield* plain(sql<SessionRow>`UPDATE temp._sync_session SET tx_id = NULL
         RETURNING tx_id, schema_version AS installed, (SELECT schema_version FROM pragma_schema_version) AS current`
-        .withoutTransform
+        .withoutTransform)
       if (closed!.installed !== closed!.current) {
         if (statement === undefined) return yield* Effect.fail(unrecordedSchemaChange())
         yield* recordStatement(txId)
@@ -436,20 +448,24 @@ const runStatement = (
     runUncached(sql, statement, params),
     sql<{ readonly changes: number; readonly id: number | bigint }>`
       SELECT changes() AS changes, last_insert_rowid() AS id`.withoutTransform,
-    (rows, [info]) => ({ rows, changes: info!.changes, lastInsertRowid: info!.id })
+    (rows, [info]) => ({ rows, changes: Number(info!.changes), lastInsertRowid: info!.id })
   )
   const poisoned = poisonedTexts(sql)
   if (poisoned.has(statement)) return uncached
   return sql.unsafe(statement, params as Array<unknown>).raw.pipe(
     Effect.flatMap((raw): Effect.Effect<ExecuteResult, SqlError> => {
       if (!Array.isArray(raw)) {
-        const run = raw as { readonly changes: number; readonly lastInsertRowid: number | bigint }
-        return Effect.succeed({ rows: [], changes: run.changes, lastInsertRowid: run.lastInsertRowid })
+        const run = raw as { readonly changes: number | bigint; readonly lastInsertRowid: number | bigint }
+        return Effect.succeed({ rows: [], changes: Number(run.changes), lastInsertRowid: run.lastInsertRowid })
       }
       return Effect.map(
         sql<{ readonly changes: number; readonly id: number | bigint }>`
           SELECT changes() AS changes, last_insert_rowid() AS id`.withoutTransform,
-        ([info]) => ({ rows: raw as ReadonlyArray<Record<string, unknown>>, changes: info!.changes, lastInsertRowid: info!.id })
+        ([info]) => ({
+          rows: raw as ReadonlyArray<Record<string, unknown>>,
+          changes: Number(info!.changes),
+          lastInsertRowid: info!.id
+        })
       )
     }),
     Effect.catchAll((error) => {
@@ -520,7 +536,7 @@ const changesTableExists = (sql: SqlClient.SqlClient) =>
   )
 
 export const ensureChangeIdsAbove = (floor: number): Effect.Effect<void, SqlError, SqlClient.SqlClient> =>
-  Effect.gen(function*() {
+  plainGen(function*() {
     const sql = yield* SqlClient.SqlClient
     yield* sql.withTransaction(Effect.gen(function*() {
       yield* sql.unsafe(createChangesTable).raw
@@ -532,7 +548,7 @@ export const pending = (
   afterId: number,
   limit?: number
 ): Effect.Effect<ReadonlyArray<ChangeCapture.Change>, SqlError, SqlClient.SqlClient> =>
-  Effect.gen(function*() {
+  plainGen(function*() {
     const sql = yield* SqlClient.SqlClient
     if (!(yield* changesTableExists(sql))) return []
     const rows = yield* sql<ChangeRow>`
@@ -541,7 +557,7 @@ export const pending = (
     return rows.map(toChange)
   })
 
-export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> = Effect.gen(function*() {
+export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> = plainGen(function*() {
   const sql = yield* SqlClient.SqlClient
   if (!(yield* changesTableExists(sql))) return 0
   const rows = yield* sql<{ readonly id: number }>`
@@ -552,7 +568,7 @@ export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> 
 })
 
 export const countPending = (afterId: number): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
-  Effect.gen(function*() {
+  plainGen(function*() {
     const sql = yield* SqlClient.SqlClient
     if (!(yield* changesTableExists(sql))) return 0
     const rows = yield* sql<{ readonly n: number }>`
@@ -561,7 +577,7 @@ export const countPending = (afterId: number): Effect.Effect<number, SqlError, S
   })
 
 export const prune = (upToId: number): Effect.Effect<void, SqlError, SqlClient.SqlClient> =>
-  Effect.gen(function*() {
+  plainGen(function*() {
     const sql = yield* SqlClient.SqlClient
     if (!(yield* changesTableExists(sql))) return
     yield* sql`DELETE FROM main._sync_changes WHERE id <= ${upToId}`.raw

@@ -3,7 +3,7 @@ import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import type * as ChangeCapture from "../ChangeCapture.js"
 import * as ChangeReplay from "../ChangeReplay.js"
-import { createChangesTable, raiseSequenceFloor } from "./capture.js"
+import { createChangesTable, plain, raiseSequenceFloor } from "./capture.js"
 import { ident, isLiteral, splitStatements } from "./sqlText.js"
 import * as ForeignKeys from "./foreignKeys.js"
 import * as TableInfo from "./tableInfo.js"
@@ -214,7 +214,7 @@ const readProgress = (sql: SqlClient.SqlClient, clientId: string) =>
   })
 
 export const progress = (clientId: string): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) => readProgress(sql, clientId))
+  plain(Effect.flatMap(SqlClient.SqlClient, (sql) => readProgress(sql, clientId)))
 
 const messageOf = (error: SqlError): string => {
   const cause = error.cause
@@ -270,7 +270,7 @@ export const apply = (
   changes: ReadonlyArray<ChangeCapture.Change>,
   options: ChangeReplay.ApplyOptions
 ): Effect.Effect<ChangeReplay.ApplyResult, ChangeReplay.ReplayError | SqlError, SqlClient.SqlClient> =>
-  Effect.gen(function*() {
+  plain(Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     for (const change of changes) {
       if (!validLiterals(change)) {
@@ -397,4 +397,4 @@ export const apply = (
       }
       return { lastChangeId: last, applied: todo.length, conflicts }
     }))
-  })
+  }))
