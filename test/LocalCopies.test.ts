@@ -41,7 +41,7 @@ describe("LocalCopies", () => {
 
       // Frames written into the WAL while closed are recovered on open.
       const count = yield* Files.appendWal(synced.filename, 0, frames)
-      expect(count).toBe(frames.length)
+      expect(count?.frames).toBe(frames.length)
       yield* synced.open
       expect(yield* tables(synced)).toEqual(["t"])
       const client = yield* synced.client

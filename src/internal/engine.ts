@@ -257,18 +257,34 @@ export const make = (options: EngineOptions) =>
       }
     })
 
+    // Where Synced's WAL stands at the synced frame (header, running checksum), so that pushes and pulls
+    // read and validate only the frames after it, whatever the size of the WAL.
+    const syncedPrefix = yield* Ref.make<{ readonly generation: number; readonly state: Files.WalState } | undefined>(
+      undefined
+    )
+    const prefixAtSyncedFrame = Effect.gen(function*() {
+      const m = yield* SynchronizedRef.get(metadata)
+      if (m.syncedFrame === 0) return undefined
+      const cached = yield* Ref.get(syncedPrefix)
+      if (cached !== undefined && cached.generation === m.generation && cached.state.frames === m.syncedFrame) {
+        return cached.state
+      }
+      const state = yield* Files.prefixState(names.synced, m.syncedFrame)
+      if (state !== undefined) yield* Ref.set(syncedPrefix, { generation: m.generation, state })
+      return state
+    })
+
     /** Synced's committed frames beyond the synced frame (local replays waiting to be pushed). */
-    const syncedFramesAfter = (frame: number) =>
-      Effect.map(Files.readWal(names.synced), (wal) =>
-        Option.match(wal, { onNone: () => [], onSome: (w) => w.frames.slice(frame) }))
+    const syncedTail = Effect.flatMap(prefixAtSyncedFrame, (prefix) => Files.readWalTail(names.synced, prefix))
 
     /** Follows the remote to `generation + 1`: the new base = old base + all its frames (a TRUNCATE checkpoint). */
     const rollSynced = (next: number) =>
       Effect.gen(function*() {
         const m = yield* SynchronizedRef.get(metadata)
-        const wal = yield* Files.readWal(names.synced)
-        const frames = Option.match(wal, { onNone: () => [], onSome: (w) => w.frames.slice(0, m.syncedFrame) })
+        yield* prefixAtSyncedFrame // validates the synced frames once if this process has not yet
+        const frames = yield* Files.readWalFrames(names.synced, m.syncedFrame)
         yield* synced.close
+        yield* Ref.set(syncedPrefix, undefined)
         yield* Files.materialize(names.synced, frames, names.syncedNext)
         yield* step("roll:materialized")
         yield* updateMetadata((m) => ({ ...m, generation: next, syncedFrame: 0, rollInProgress: true }))
@@ -294,8 +310,10 @@ export const make = (options: EngineOptions) =>
       const flush = Effect.gen(function*() {
         const committed = WalFrame.committedLength(buffer)
         if (committed === 0) return
+        const prefix = frame === 0 ? undefined : yield* prefixAtSyncedFrame
         yield* synced.close
-        yield* Files.appendWal(names.synced, frame, buffer.slice(0, committed))
+        const state = yield* Files.appendWal(names.synced, frame, buffer.slice(0, committed), prefix)
+        yield* Ref.set(syncedPrefix, { generation, state })
         yield* step("pull:framesWritten")
         frame += committed
         buffer = buffer.slice(committed)
@@ -377,7 +395,8 @@ export const make = (options: EngineOptions) =>
     const pushSyncedFrames = (lastChangeId: number) =>
       Effect.gen(function*() {
         const m = yield* SynchronizedRef.get(metadata)
-        const frames = yield* syncedFramesAfter(m.syncedFrame)
+        const tail = yield* syncedTail
+        const frames = tail.frames
         if (frames.length === 0) return "Nothing" as const
         yield* updateMetadata((m) => ({ ...m, transferredChangeId: lastChangeId }))
         const start = m.syncedFrame + 1
@@ -389,6 +408,7 @@ export const make = (options: EngineOptions) =>
         )
         yield* step("push:answered")
         if (result._tag === "Ok") {
+          if (tail.state !== undefined) yield* Ref.set(syncedPrefix, { generation: m.generation, state: tail.state })
           yield* updateMetadata((m) => {
             const { transferredChangeId: _, ...rest } = m
             return { ...rest, syncedFrame: m.syncedFrame + frames.length, lastPushedChangeId: lastChangeId, lastPushAt: Date.now() }
@@ -415,10 +435,10 @@ export const make = (options: EngineOptions) =>
      * Materialized into `<path>-draft.new`, fsynced, flagged in metadata, renamed over Draft. Reads go to
      * Synced meanwhile; the caller holds every write permit.
      */
-    const copySyncedOverDraft = Effect.gen(function*() {
+    const copySyncedOverDraft = (prefix: Files.WalState | undefined) => Effect.gen(function*() {
       const m = yield* SynchronizedRef.get(metadata)
-      const frames = yield* syncedFramesAfter(0)
-      yield* Files.materialize(names.synced, frames, names.draftNew)
+      const tail = yield* Files.readWalTail(names.synced, prefix)
+      yield* Files.applyInPlace(names.draftNew, tail.frames)
       yield* step("copy:materialized")
       const previousBase = m.draftBase
       yield* updateMetadata((m) => ({
@@ -453,6 +473,20 @@ export const make = (options: EngineOptions) =>
         Effect.ensuring(Effect.ignore(draft.open)),
         Effect.ensuring(switchReads("draft"))
       )
+    }).pipe(Effect.tapError(() => Effect.ignore(Files.remove(names.draftNew))))
+
+    /**
+     * Step 2c, first part, while writes still flow: Synced at the synced frame (base + the remote's
+     * frames, no local replay yet) materialized into `<path>-draft.new`. The part under the write gate then
+     * only adds the frames of step 2b, so writes wait for work that follows the pending changes, not the
+     * database size.
+     */
+    const prepareDraftCopy = Effect.gen(function*() {
+      const m = yield* SynchronizedRef.get(metadata)
+      const prefix = yield* prefixAtSyncedFrame
+      const frames = yield* Files.readWalFrames(names.synced, m.syncedFrame)
+      yield* Files.materialize(names.synced, frames, names.draftNew)
+      return prefix
     })
 
     /** Step 2d: cut Synced's WAL back to the synced frame, dropping the frames of the local replay. */
@@ -493,11 +527,12 @@ export const make = (options: EngineOptions) =>
       ) {
         return arrived
       }
+      const prefix = yield* prepareDraftCopy /* 2c, first part */
       yield* writeGate.withPermits(WRITE_PERMITS)(
         Effect.gen(function*() {
           const started = Date.now()
           yield* replayDraftOntoSynced("pull", progress) /* 2b */
-          yield* copySyncedOverDraft /* 2c */
+          yield* copySyncedOverDraft(prefix) /* 2c */
           yield* Ref.set(lastWriteBlockedMs, Option.some(Date.now() - started))
         })
       ).pipe(Effect.onError(() => Effect.ignore(resetSyncedWal)))

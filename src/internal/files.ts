@@ -94,29 +94,41 @@ export const truncateWal = (db: string, frames: number) =>
  *
  * @internal
  */
-export const appendWal = (db: string, current: number, frames: ReadonlyArray<WalFrame.Frame>) =>
+export const appendWal = (
+  db: string,
+  current: number,
+  frames: ReadonlyArray<WalFrame.Frame>,
+  prefix?: WalState | undefined
+) =>
   Effect.flatMap(truncateWal(db, current), () =>
-    attempt(walPath(db), "cannot append to WAL", () => {
+    attempt(walPath(db), "cannot append to WAL", (): WalState => {
       const path = walPath(db)
-      const parsed = Fs.existsSync(path) ? WalFrame.parse(Fs.readFileSync(path)) : Option.none()
       let wal: WalFrame.Wal
-      if (Option.isSome(parsed)) {
-        wal = parsed.value
-      } else if (current === 0) {
-        wal = WalFrame.make({
-          salt1: (Math.random() * 0x100000000) >>> 0,
-          salt2: (Math.random() * 0x100000000) >>> 0
-        })
+      let fresh = false
+      if (prefix !== undefined && prefix.frames === current && current > 0) {
+        // The running checksum at `current` is known: no need to read the frames before it.
+        wal = { header: prefix.header, frames: [], checksum: prefix.checksum }
       } else {
-        throw new Error(`no valid WAL but ${current} frames expected`)
-      }
-      if (wal.frames.length !== current) {
-        throw new Error(`WAL holds ${wal.frames.length} committed frames, expected ${current}`)
+        const parsed = Fs.existsSync(path) ? WalFrame.parse(Fs.readFileSync(path)) : Option.none()
+        if (Option.isSome(parsed)) {
+          wal = parsed.value
+          if (wal.frames.length !== current) {
+            throw new Error(`WAL holds ${wal.frames.length} committed frames, expected ${current}`)
+          }
+        } else if (current === 0) {
+          fresh = true
+          wal = WalFrame.make({
+            salt1: (Math.random() * 0x100000000) >>> 0,
+            salt2: (Math.random() * 0x100000000) >>> 0
+          })
+        } else {
+          throw new Error(`no valid WAL but ${current} frames expected`)
+        }
       }
       const appended = WalFrame.append(wal, frames)
-      const fd = Fs.openSync(path, Option.isSome(parsed) ? "r+" : "w")
+      const fd = Fs.openSync(path, fresh ? "w" : "r+")
       try {
-        if (Option.isNone(parsed)) Fs.writeSync(fd, WalFrame.encodeHeader(wal), 0, WalFrame.WAL_HEADER_SIZE, 0)
+        if (fresh) Fs.writeSync(fd, WalFrame.encodeHeader(wal), 0, WalFrame.WAL_HEADER_SIZE, 0)
         Fs.writeSync(fd, appended.bytes, 0, appended.bytes.byteLength, WalFrame.walSize(current))
         Fs.ftruncateSync(fd, WalFrame.walSize(current + frames.length))
         Fs.fsyncSync(fd)
@@ -124,7 +136,7 @@ export const appendWal = (db: string, current: number, frames: ReadonlyArray<Wal
         Fs.closeSync(fd)
       }
       Fs.rmSync(shmPath(db), { force: true })
-      return appended.wal.frames.length
+      return { frames: current + frames.length, header: wal.header, checksum: appended.wal.checksum }
     }))
 
 /**
@@ -141,18 +153,178 @@ export const materialize = (basePath: string, frames: ReadonlyArray<WalFrame.Fra
     const committed = WalFrame.committedLength(frames)
     const fd = Fs.openSync(target, "r+")
     try {
-      if (committed > 0) {
-        const pages = frames[committed - 1].commitSize
-        const newest = new Map<number, WalFrame.Frame>()
-        for (let i = 0; i < committed; i++) newest.set(frames[i].pgno, frames[i])
-        Fs.ftruncateSync(fd, pages * WalFrame.PAGE_SIZE)
-        for (const [pgno, frame] of newest) {
-          if (pgno <= pages) Fs.writeSync(fd, frame.page, 0, WalFrame.PAGE_SIZE, (pgno - 1) * WalFrame.PAGE_SIZE)
-        }
-      }
+      if (committed > 0) writePages(fd, frames.slice(0, committed))
       Fs.fsyncSync(fd)
     } finally {
       Fs.closeSync(fd)
     }
     fsyncDirectorySync(dirnameOf(target))
   })
+
+// The WAL checksum (sqlite.org/walformat.html): two u32 accumulators over pairs of u32 words, in the
+// byte order the header's magic names.
+const checksum = (bytes: Uint8Array, offset: number, length: number, littleEndian: boolean, s: readonly [number, number]) => {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  let [s0, s1] = s
+  for (let i = offset; i < offset + length; i += 8) {
+    s0 = (s0 + view.getUint32(i, littleEndian) + s1) >>> 0
+    s1 = (s1 + view.getUint32(i + 4, littleEndian) + s0) >>> 0
+  }
+  return [s0, s1] as [number, number]
+}
+
+/**
+ * Where a WAL stands after its first `frames` frames: enough to validate what follows without reading
+ * (or checksumming) those frames again.
+ *
+ * @internal
+ */
+export interface WalState {
+  readonly frames: number
+  readonly header: WalFrame.WalHeader
+  readonly checksum: readonly [number, number]
+}
+
+/** @internal */
+export const stateOf = (wal: WalFrame.Wal): WalState => ({ frames: wal.frames.length, header: wal.header, checksum: wal.checksum })
+
+/**
+ * The state of `<db>-wal` after exactly `frames` frames (parsing only that prefix); fails when the WAL
+ * holds fewer valid frames. `undefined` for 0 frames (SQLite writes a new header on its first frame).
+ *
+ * @internal
+ */
+export const prefixState = (db: string, frames: number) =>
+  attempt(walPath(db), "cannot read WAL", (): WalState | undefined => {
+    if (frames === 0) return undefined
+    const fd = Fs.openSync(walPath(db), "r")
+    try {
+      const bytes = new Uint8Array(WalFrame.walSize(frames))
+      const read = Fs.readSync(fd, bytes, 0, bytes.byteLength, 0)
+      const wal = WalFrame.parse(bytes.subarray(0, read))
+      if (Option.isNone(wal) || wal.value.frames.length !== frames) {
+        throw new Error(`WAL does not hold ${frames} valid committed frames`)
+      }
+      return stateOf(wal.value)
+    } finally {
+      Fs.closeSync(fd)
+    }
+  })
+
+/**
+ * The committed frames of `<db>-wal` after the first `prefix.frames`, validated (salts and cumulative
+ * checksums) from the prefix's running checksum on: reads and checks only the tail, so the cost follows
+ * the frames a replay just wrote, not the size of the WAL. Without a prefix the whole WAL is parsed.
+ * Returns the frames and the state after them.
+ *
+ * @internal
+ */
+export const readWalTail = (db: string, prefix: WalState | undefined) =>
+  attempt(walPath(db), "cannot read WAL", (): { readonly frames: ReadonlyArray<WalFrame.Frame>; readonly state: WalState | undefined } => {
+    if (prefix === undefined) {
+      const wal = Fs.existsSync(walPath(db)) ? WalFrame.parse(Fs.readFileSync(walPath(db))) : Option.none()
+      return Option.match(wal, {
+        onNone: () => ({ frames: [], state: undefined }),
+        onSome: (w) => ({ frames: w.frames, state: stateOf(w) })
+      })
+    }
+    const start = WalFrame.walSize(prefix.frames)
+    const fd = Fs.openSync(walPath(db), "r")
+    let bytes: Uint8Array
+    try {
+      const size = Fs.fstatSync(fd).size
+      bytes = new Uint8Array(Math.max(0, size - start))
+      if (bytes.byteLength > 0) Fs.readSync(fd, bytes, 0, bytes.byteLength, start)
+    } finally {
+      Fs.closeSync(fd)
+    }
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+    const littleEndian = !prefix.header.bigEndian
+    let s: readonly [number, number] = prefix.checksum
+    let committedChecksum = s
+    const frames: Array<WalFrame.Frame> = []
+    let committed = 0
+    for (let offset = 0; offset + WalFrame.FRAME_SIZE <= bytes.byteLength; offset += WalFrame.FRAME_SIZE) {
+      const pgno = view.getUint32(offset)
+      if (pgno === 0) break
+      if (view.getUint32(offset + 8) !== prefix.header.salt1 || view.getUint32(offset + 12) !== prefix.header.salt2) break
+      s = checksum(bytes, offset, 8, littleEndian, s)
+      s = checksum(bytes, offset + WalFrame.FRAME_HEADER_SIZE, WalFrame.PAGE_SIZE, littleEndian, s)
+      if (s[0] !== view.getUint32(offset + 16) || s[1] !== view.getUint32(offset + 20)) break
+      const commitSize = view.getUint32(offset + 4)
+      frames.push({ pgno, commitSize, page: bytes.subarray(offset + WalFrame.FRAME_HEADER_SIZE, offset + WalFrame.FRAME_SIZE) })
+      if (commitSize !== 0) {
+        committed = frames.length
+        committedChecksum = s
+      }
+    }
+    return {
+      frames: frames.slice(0, committed),
+      state: { frames: prefix.frames + committed, header: prefix.header, checksum: committedChecksum }
+    }
+  })
+
+/**
+ * The first `count` frames of `<db>-wal` read by position, without validation: only for frames this
+ * client already validated (the synced frames).
+ *
+ * @internal
+ */
+export const readWalFrames = (db: string, count: number) =>
+  attempt(walPath(db), "cannot read WAL", (): ReadonlyArray<WalFrame.Frame> => {
+    if (count === 0) return []
+    const fd = Fs.openSync(walPath(db), "r")
+    const bytes = new Uint8Array(count * WalFrame.FRAME_SIZE)
+    try {
+      const read = Fs.readSync(fd, bytes, 0, bytes.byteLength, WalFrame.WAL_HEADER_SIZE)
+      if (read !== bytes.byteLength) throw new Error(`WAL holds fewer than ${count} frames`)
+    } finally {
+      Fs.closeSync(fd)
+    }
+    const view = new DataView(bytes.buffer)
+    const frames: Array<WalFrame.Frame> = []
+    for (let i = 0; i < count; i++) {
+      const offset = i * WalFrame.FRAME_SIZE
+      frames.push({
+        pgno: view.getUint32(offset),
+        commitSize: view.getUint32(offset + 4),
+        page: bytes.subarray(offset + WalFrame.FRAME_HEADER_SIZE, offset + WalFrame.FRAME_SIZE)
+      })
+    }
+    return frames
+  })
+
+/**
+ * Applies committed frames onto the existing file `target` in place (newest copy of each page, cut or
+ * extended to the last commit size) and fsyncs it. Runs of consecutive pages are written at once.
+ *
+ * @internal
+ */
+export const applyInPlace = (target: string, frames: ReadonlyArray<WalFrame.Frame>) =>
+  attempt(target, "cannot apply frames", () => {
+    const committed = WalFrame.committedLength(frames)
+    const fd = Fs.openSync(target, "r+")
+    try {
+      if (committed > 0) writePages(fd, frames.slice(0, committed))
+      Fs.fsyncSync(fd)
+    } finally {
+      Fs.closeSync(fd)
+    }
+  })
+
+const writePages = (fd: number, committed: ReadonlyArray<WalFrame.Frame>) => {
+  const pages = committed[committed.length - 1].commitSize
+  const newest = new Map<number, WalFrame.Frame>()
+  for (const frame of committed) newest.set(frame.pgno, frame)
+  Fs.ftruncateSync(fd, pages * WalFrame.PAGE_SIZE)
+  const pgnos = [...newest.keys()].filter((p) => p <= pages).sort((a, b) => a - b)
+  const RUN = 256
+  for (let i = 0; i < pgnos.length;) {
+    let j = i + 1
+    while (j < pgnos.length && j - i < RUN && pgnos[j] === pgnos[j - 1] + 1) j++
+    const run = Buffer.allocUnsafe((j - i) * WalFrame.PAGE_SIZE)
+    for (let k = i; k < j; k++) run.set(newest.get(pgnos[k])!.page, (k - i) * WalFrame.PAGE_SIZE)
+    Fs.writeSync(fd, run, 0, run.byteLength, (pgnos[i] - 1) * WalFrame.PAGE_SIZE)
+    i = j
+  }
+}
