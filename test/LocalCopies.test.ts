@@ -62,4 +62,38 @@ describe("LocalCopies", () => {
       const copyClient = yield* copy.open
       expect(yield* copyClient`SELECT v FROM t ORDER BY id`).toEqual([{ v: "a" }, { v: "b" }])
     }))
+
+  it.scoped("the WAL tail after a known prefix is read and validated alone; prefix + tail materialize like the whole", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const synced = yield* LocalCopies.make("synced", NodePath.join(dir, "db-synced"))
+      const sql = yield* synced.open
+      yield* sql`CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)`
+      for (let i = 0; i < 5; i++) yield* sql`INSERT INTO t (v) VALUES (randomblob(5000))`
+      const prefixFrames = Option.getOrThrow(yield* Files.readWal(synced.filename)).frames.length
+      for (let i = 0; i < 3; i++) yield* sql`UPDATE t SET v = randomblob(3000) WHERE id = ${i + 1}`
+      yield* sql`DELETE FROM t WHERE id = 5`
+      yield* synced.close
+      const whole = Option.getOrThrow(yield* Files.readWal(synced.filename))
+      const prefix = yield* Files.prefixState(synced.filename, prefixFrames)
+      expect(prefix?.frames).toBe(prefixFrames)
+      const tail = yield* Files.readWalTail(synced.filename, prefix)
+      expect(tail.frames.length).toBe(whole.frames.length - prefixFrames)
+      tail.frames.forEach((f, i) => expect(WalFrame.equals(f, whole.frames[prefixFrames + i])).toBe(true))
+      expect(tail.state).toEqual({ frames: whole.frames.length, header: whole.header, checksum: whole.checksum })
+      const trusted = yield* Files.readWalFrames(synced.filename, prefixFrames)
+      trusted.forEach((f, i) => expect(WalFrame.equals(f, whole.frames[i])).toBe(true))
+
+      const target = NodePath.join(dir, "copy")
+      yield* Files.materialize(synced.filename, trusted, target)
+      yield* Files.applyInPlace(target, tail.frames)
+      const base = Fs.readFileSync(synced.filename)
+      expect(Buffer.compare(Fs.readFileSync(target), WalFrame.applyFrames(base, whole.frames))).toBe(0)
+
+      // A corrupted tail frame ends the tail there (as SQLite's recovery would).
+      const wal = Fs.readFileSync(Files.walPath(synced.filename))
+      wal[WalFrame.walSize(prefixFrames) + WalFrame.FRAME_HEADER_SIZE + 100] ^= 0xff
+      Fs.writeFileSync(Files.walPath(synced.filename), wal)
+      expect((yield* Files.readWalTail(synced.filename, prefix)).frames).toEqual([])
+    }))
 })
