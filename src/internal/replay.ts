@@ -230,11 +230,19 @@ const isConstraint = (error: SqlError): boolean => {
  * Runs one statement without the prepared-statement cache (replay statements embed literals, so caching them
  * would only hold memory). A statement that fails to prepare surfaces as an SqlError, not a defect.
  */
-const runOnce = (sql: SqlClient.SqlClient, statement: string) =>
-  sql.unsafe(statement).unprepared.pipe(
-    Effect.catchAllDefect((defect) =>
-      Effect.fail(new SqlError({ cause: defect, message: "Failed to prepare statement" }))
-    )
+const runOnce = (sql: SqlClient.SqlClient, statement: string): Effect.Effect<ReadonlyArray<any>, SqlError> =>
+  Effect.flatMap(
+    Effect.serviceOption(SqlClient.TransactionConnection),
+    (conn) =>
+      // Inside the replay transaction, straight to the connection: a span and a Statement per replayed
+      // row cost more than the row's SQL itself.
+      (conn._tag === "Some"
+        ? conn.value[0].executeUnprepared(statement, [], undefined)
+        : sql.unsafe(statement).unprepared).pipe(
+          Effect.catchAllDefect((defect) =>
+            Effect.fail(new SqlError({ cause: defect, message: "Failed to prepare statement" }))
+          )
+        )
   )
 
 /**
