@@ -236,9 +236,12 @@ const runOnce = (sql: SqlClient.SqlClient, statement: string): Effect.Effect<Rea
     (conn) =>
       // Inside the replay transaction, straight to the connection: a span and a Statement per replayed
       // row cost more than the row's SQL itself.
-      (conn._tag === "Some"
-        ? conn.value[0].executeUnprepared(statement, [], undefined)
-        : sql.unsafe(statement).unprepared).pipe(
+      // (executeUnprepared prepares before it returns an Effect: suspend it so a prepare error is caught)
+      Effect.suspend(() =>
+        conn._tag === "Some"
+          ? conn.value[0].executeUnprepared(statement, [], undefined)
+          : sql.unsafe(statement).unprepared
+      ).pipe(
           Effect.catchAllDefect((defect) =>
             Effect.fail(new SqlError({ cause: defect, message: "Failed to prepare statement" }))
           )
