@@ -15,6 +15,7 @@ import * as NodePath from "node:path"
 import * as Crypto from "node:crypto"
 import type * as SyncDatabase from "../src/SyncDatabase.js"
 import * as SyncError from "../src/SyncError.js"
+import * as WalFrame from "../src/WalFrame.js"
 import { Harness, freshName, layerHttp, layerStore, openClient, remoteQuery, remoteState, tempDir } from "./support/engine.js"
 
 const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
@@ -51,6 +52,14 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       expect(stats.pendingChanges).toBe(0)
       expect(stats.bytesSent).toBeGreaterThan(0)
       expect(stats.bytesReceived).toBeGreaterThan(0)
+      expect(stats.generation).toBe((yield* remote.info).generation)
+      expect(stats.syncedFrame).toBeGreaterThan(0)
+      // At rest Synced's WAL holds exactly the synced frames.
+      expect(stats.syncedWalBytes).toBe(WalFrame.walSize(stats.syncedFrame))
+      expect(Option.isSome(stats.lastPushAt) && Option.isSome(stats.lastPullAt)).toBe(true)
+      expect(stats.activeCopy).toBe("draft")
+      yield* local.execute("INSERT INTO t VALUES ('local-3', 'l')")
+      expect((yield* local.stats).pendingChanges).toBe(1)
     }))
 
   it.scoped("(2) repeated sync with local inserts in between adds up exactly", () =>
