@@ -321,6 +321,87 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       expect((yield* a.stats).pendingChanges).toBe(0)
     }))
 
+  it.scoped("an unreliable network (requests lost before or after the remote applied them) drains exactly once", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("flaky"))
+      const dir = yield* tempDir
+      let seed = 42
+      const random = () => {
+        seed = (seed * 1103515245 + 12345) % 2147483648
+        return seed / 2147483648
+      }
+      const lost = (where: string) => new SyncError.NetworkError({ reason: "Transport", message: `lost ${where}` })
+      const flaky = <A, E>(call: Effect.Effect<A, E>) =>
+        Effect.suspend(() => {
+          const r = random()
+          if (r < 0.2) return Effect.fail(lost("before"))
+          if (r < 0.35) return Effect.zipRight(call, Effect.fail(lost("after")))
+          return call
+        })
+      const unreliable = {
+        info: flaky(remote.info),
+        export: (g: number) => flaky(remote.export(g)),
+        pull: (g: number, s: number, e: number) => flaky(remote.pull(g, s, e)),
+        push: (...args: Parameters<typeof remote.push>) => flaky(remote.push(...args))
+      }
+      const setup = yield* openClient(remote, NodePath.join(dir, "setup"))
+      yield* setup.execute("CREATE TABLE t (id TEXT PRIMARY KEY, n INTEGER)")
+      yield* setup.push
+      const db = yield* openClient(unreliable, NodePath.join(dir, "flaky")).pipe(
+        Effect.retry({ times: 20, while: (e) => e._tag === "BootstrapError" })
+      )
+      yield* db.pull.pipe(Effect.retry({ times: 50, while: (e) => e._tag === "NetworkError" }))
+      let failures = 0
+      for (let i = 0; i < 12; i++) {
+        yield* db.execute("INSERT INTO t VALUES (?, ?)", [`row-${i}`, i])
+        const op = i % 3 === 2 ? db.sync : db.push
+        yield* op.pipe(
+          Effect.tapError(() => Effect.sync(() => failures++)),
+          Effect.retry({ times: 50, while: (e) => e._tag === "NetworkError" })
+        )
+      }
+      expect(failures).toBeGreaterThan(0)
+      expect((yield* db.stats).pendingChanges).toBe(0)
+      const rows = yield* remoteQuery<{ id: string; n: number }>(remote, "SELECT id, n FROM t ORDER BY n")
+      expect(rows).toEqual(Array.from({ length: 12 }, (_, i) => ({ id: `row-${i}`, n: i })))
+    }))
+
+  it.scoped("reopening needs no network: reads and writes work while the remote is unreachable", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("offline"))
+      const dir = yield* tempDir
+      const path = NodePath.join(dir, "offline")
+      yield* Effect.scoped(Effect.gen(function*() {
+        const db = yield* openClient(remote, path)
+        yield* db.execute("CREATE TABLE t (id TEXT PRIMARY KEY)")
+        yield* db.execute("INSERT INTO t VALUES ('before')")
+        yield* db.push
+      }))
+      const down = new SyncError.NetworkError({ reason: "Transport", message: "unreachable" })
+      const unreachable = {
+        info: Effect.fail(down),
+        export: () => Effect.fail(down),
+        pull: () => Effect.fail(down),
+        push: () => Effect.fail(down)
+      }
+      yield* Effect.scoped(Effect.gen(function*() {
+        const db = yield* openClient(unreachable, path)
+        expect(yield* db.query("SELECT id FROM t")).toEqual([{ id: "before" }])
+        yield* db.execute("INSERT INTO t VALUES ('offline')")
+        expect((yield* Effect.flip(db.sync))._tag).toBe("NetworkError")
+        expect((yield* Effect.flip(db.pull))._tag).toBe("NetworkError")
+        expect(yield* db.query("SELECT id FROM t ORDER BY id")).toEqual([{ id: "before" }, { id: "offline" }])
+        yield* db.execute("INSERT INTO t VALUES ('offline-2')")
+      }))
+      const db = yield* openClient(remote, path)
+      yield* db.sync
+      expect(yield* remoteQuery(remote, "SELECT id FROM t ORDER BY id")).toEqual(
+        [{ id: "before" }, { id: "offline" }, { id: "offline-2" }]
+      )
+    }))
+
   it.scoped("reopening keeps pending changes and settles a push whose answer was lost", () =>
     Effect.gen(function*() {
       const harness = yield* Harness
