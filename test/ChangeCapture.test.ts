@@ -257,6 +257,26 @@ describe("ChangeCapture", () => {
       expect(rows).toEqual([{ id: 9007199254740993n, v: 2n }])
     }))
 
+  it.scoped("VACUUM runs (outside a transaction) and is not a schema change to replicate", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* exec(a, "CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+      yield* on(a, ChangeCapture.install)
+      yield* run(a, "INSERT INTO t VALUES (1, randomblob(100000))")
+      yield* run(a, "DELETE FROM t")
+      const before = yield* a.unsafe("PRAGMA schema_version").values
+      yield* run(a, "VACUUM")
+      const versions = yield* a.unsafe(
+        "SELECT (SELECT schema_version FROM pragma_schema_version), schema_version FROM temp._sync_session"
+      ).values
+      expect(versions[0]![0]).not.toEqual(before[0]![0]) // VACUUM bumps the cookie...
+      expect(versions[0]![0]).toEqual(versions[0]![1]) // ...and capture knows it was not a schema change
+      yield* tx(a, "INSERT INTO t VALUES (2, 'after')")
+      expect((yield* on(a, ChangeCapture.pending(0))).map((c) => c.kind)).toEqual(["insert", "delete", "insert"])
+      const inside = yield* tx(a, "VACUUM").pipe(Effect.flip)
+      expect(inside._tag).toBe("SqlError")
+    }))
+
   it.scoped("DDL with bound parameters is refused", () =>
     Effect.gen(function*() {
       const a = yield* open()

@@ -7,7 +7,15 @@ import type { YieldWrap } from "effect/Utils"
 import * as Option from "effect/Option"
 import { globalValue } from "effect/GlobalValue"
 import * as ChangeCapture from "../ChangeCapture.js"
-import { concat, ident, mayChangeSchema, splitStatements, stringLiteral, stripLeadingComments } from "./sqlText.js"
+import {
+  concat,
+  firstKeyword,
+  ident,
+  mayChangeSchema,
+  splitStatements,
+  stringLiteral,
+  stripLeadingComments
+} from "./sqlText.js"
 import * as ForeignKeys from "./foreignKeys.js"
 import * as TableInfo from "./tableInfo.js"
 
@@ -376,6 +384,16 @@ export const execute = (
         // write, all of them sharing one txId (the log's sequence is saved at the statement's end); a
         // deferred foreign-key violation fails just the statement. No capture transaction needed.
         return yield* runStatement(sql, single, params)
+      }
+      if (single !== undefined && firstKeyword(single) === "VACUUM" && knownInstalled.has(sql)) {
+        // VACUUM cannot run inside a transaction and rewrites the file without changing its content; it bumps
+        // the schema cookie, which is not a schema change to replicate.
+        const result = yield* runStatement(sql, single, params)
+        yield* plain(Effect.flatMap(
+          schemaVersion(sql),
+          (version) => sql`UPDATE temp._sync_session SET schema_version = ${version}`.raw
+        ))
+        return result
       }
       return yield* transaction(execute(statement, params))
     }
