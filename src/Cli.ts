@@ -150,7 +150,9 @@ const localOptions = (url: "required" | "optional") => ({
   )
 })
 
-const sqlArg = Args.text({ name: "sql" }).pipe(Args.withDescription("one SQL statement"))
+const sqlArg = Args.text({ name: "sql" }).pipe(
+  Args.withDescription("one statement, or several separated by ';' (then without params), as one local transaction")
+)
 const paramsArg = Args.text({ name: "params" }).pipe(
   Args.repeated,
   Args.withDescription(
