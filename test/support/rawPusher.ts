@@ -35,7 +35,14 @@ export interface PusherStats {
   unexpected: Array<string>
   /** Wall time of each acknowledged transaction's pushes, in ms. */
   latencies: Array<number>
+  /** Wall time of every push request answered (any status), in ms. */
+  pushRequestLatencies: Array<number>
+  /** Wall time of every incremental pull request answered, in ms. */
+  pullLatencies: Array<number>
+  /** Full re-reads of the database (export + every frame). */
   pulls: number
+  /** Frames received by incremental pulls. */
+  framesPulled: number
 }
 
 export interface PusherOptions {
@@ -70,12 +77,18 @@ export class Pusher {
     restarts: 0,
     unexpected: [],
     latencies: [],
-    pulls: 0
+    pushRequestLatencies: [],
+    pullLatencies: [],
+    pulls: 0,
+    framesPulled: 0
   }
   readonly acks: Array<Ack> = []
   /** Rows this pusher knows the server has: acknowledged or found after an uncertain push. */
   readonly stored = new Set<number>()
   private replica: H.Replica | undefined
+  /** The committed database the replica holds (base with every frame up to `head` applied). */
+  private file: Uint8Array = new Uint8Array(0)
+  private walFrames = 0
   private generation = 1
   private head = 0
   private seq = 0
@@ -93,14 +106,67 @@ export class Pusher {
     return H.auth(this.options.token)
   }
 
+  private rebuild() {
+    this.replica?.close()
+    this.replica = new H.Replica(this.file)
+    // The replica is rebuilt from the server whenever in doubt: its own durability buys nothing.
+    this.replica.db.pragma("synchronous = OFF")
+    this.walFrames = 0
+  }
+
   /** Rebuilds the replica from the server's current generation: base plus every committed frame. */
   async resync(): Promise<void> {
     const snap = await H.snapshot(this.options.base(), this.options.database, this.options.token)
     this.stats.pulls++
-    this.replica?.close()
-    this.replica = new H.Replica(snap.file)
+    this.file = snap.file
+    this.rebuild()
     this.generation = snap.generation
     this.head = snap.frames.length
+  }
+
+  /**
+   * Pulls frames after `head` (128 a request, like the libSQL client) until the server says there are
+   * no more, and rebuilds the replica if any came. Falls back to `resync` on a new generation.
+   * Returns the number of frames received; throws on network errors.
+   */
+  async catchUp(): Promise<number> {
+    if (this.replica === undefined) {
+      await this.resync()
+      return 0
+    }
+    let received = 0
+    for (;;) {
+      const start = this.head + 1
+      const started = performance.now()
+      const res = await H.request(this.options.base(), {
+        path: `/db/${this.options.database}/sync/${this.generation}/${start}/${start + 128}`,
+        headers: this.headers()
+      })
+      this.stats.pullLatencies.push(performance.now() - started)
+      if (res.status === 200) {
+        const decoded = WalFrame.decodeWire(new Uint8Array(res.body))
+        if (decoded._tag === "Left") throw new Error(`${this.options.id}: undecodable pull: ${decoded.left.message}`)
+        this.file = WalFrame.applyFrames(this.file, decoded.right)
+        this.head += decoded.right.length
+        received += decoded.right.length
+        this.stats.framesPulled += decoded.right.length
+        continue
+      }
+      const body = res.headers["content-type"]?.includes("json") ? H.json(res) : undefined
+      if (res.status === 400 && body?.status === "checkpoint_needed") {
+        if (body.generation !== this.generation) {
+          this.replica.close()
+          this.replica = undefined
+          await this.resync()
+          return received
+        }
+        break
+      }
+      this.stats.unexpected.push(`pull ${res.status} ${res.body.toString("utf8").slice(0, 200)}`)
+      throw new Error(`pull answered ${res.status}`)
+    }
+    if (received > 0) this.rebuild()
+    return received
   }
 
   private hasRow(seq: number): boolean {
@@ -120,6 +186,7 @@ export class Pusher {
         (baton === undefined ? "" : `/${baton}`)
       let res: H.RawResponse
       for (let attempt = 0;; attempt++) {
+        const requestStarted = performance.now()
         try {
           this.inFlight = true
           res = await H.request(this.options.base(), {
@@ -128,6 +195,7 @@ export class Pusher {
             headers: this.headers(),
             body: WalFrame.encodeWire(part)
           })
+          this.stats.pushRequestLatencies.push(performance.now() - requestStarted)
         } catch (error) {
           this.stats.networkErrors++
           const code = (error as NodeJS.ErrnoException).code ?? String(error)
@@ -202,12 +270,32 @@ export class Pusher {
       })
       this.stored.add(seq)
       this.head += frames.length
+      this.file = WalFrame.applyFrames(this.file, frames)
       this.seq = seq
+      // Replica.write re-reads its whole WAL each time: start a fresh one before that cost adds up.
+      this.walFrames += frames.length
+      if (this.walFrames > 256) this.rebuild()
+      return true
+    }
+    if (outcome._tag === "Conflict") {
+      // Someone else's frames are at our numbers: the replica's transaction cannot be pushed. Drop it,
+      // catch up with what the server has, and write the row again next time.
+      this.rebuild()
+      try {
+        await this.catchUp()
+      } catch {
+        this.stats.networkErrors++
+        this.replica?.close()
+        this.replica = undefined
+        this.uncertain = { seq, conflicted: true }
+        return false
+      }
+      this.settle({ seq, conflicted: true })
       return true
     }
     // Not acknowledged: the server has the row or it does not; only a fresh copy tells, and until one
     // is read the row stays uncertain (never written again before it has been looked for).
-    this.uncertain = { seq, conflicted: outcome._tag === "Conflict" }
+    this.uncertain = { seq, conflicted: false }
     this.replica!.close()
     this.replica = undefined
     try {
@@ -218,7 +306,7 @@ export class Pusher {
     }
     this.settle(this.uncertain)
     this.uncertain = undefined
-    return outcome._tag !== "Uncertain" || !outcome.why.startsWith("network")
+    return !outcome.why.startsWith("network")
   }
 
   private settle(uncertain: { readonly seq: number; readonly conflicted: boolean }) {
