@@ -87,7 +87,10 @@ export interface Service {
     sql: string,
     params?: ReadonlyArray<unknown>
   ) => Effect.Effect<ExecuteResult, SyncError.SqlStatementError>
-  /** Runs one read-only statement on the local database; rows as objects. */
+  /**
+   * Runs one read-only statement (SELECT, VALUES, EXPLAIN, WITH … SELECT, PRAGMA without `=`) on the local
+   * database; rows as objects. Writes are refused with a `SqlStatementError`: they would bypass capture.
+   */
   readonly query: <Row extends object = Record<string, unknown>>(
     sql: string,
     params?: ReadonlyArray<unknown>

@@ -4,7 +4,7 @@
  * real HTTP server on loopback.
  */
 import type * as Vitest from "@effect/vitest"
-import { expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Deferred from "effect/Deferred"
 import * as Fiber from "effect/Fiber"
@@ -13,6 +13,7 @@ import * as Ref from "effect/Ref"
 import * as Fs from "node:fs"
 import * as NodePath from "node:path"
 import * as Crypto from "node:crypto"
+import { isReadStatement } from "../src/internal/engine.js"
 import type * as SyncDatabase from "../src/SyncDatabase.js"
 import * as SyncError from "../src/SyncError.js"
 import * as WalFrame from "../src/WalFrame.js"
@@ -60,6 +61,9 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       expect(stats.activeCopy).toBe("draft")
       yield* local.execute("INSERT INTO t VALUES ('local-3', 'l')")
       expect((yield* local.stats).pendingChanges).toBe(1)
+      const refused = yield* Effect.flip(local.query("DELETE FROM t"))
+      expect(refused).toMatchObject({ _tag: "SqlStatementError", reason: "Statement", sql: "DELETE FROM t" })
+      expect((yield* local.query("SELECT count(*) AS c FROM t"))[0]).toEqual({ c: 4 })
     }))
 
   it.scoped("(2) repeated sync with local inserts in between adds up exactly", () =>
@@ -438,3 +442,17 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
 
 layer(layerStore, { excludeTestServices: true })("SyncDatabase over SyncRemote.layerStore", conformance)
 layer(layerHttp, { excludeTestServices: true, timeout: 60_000 })("SyncDatabase over HTTP", conformance)
+
+describe("isReadStatement", () => {
+  it("accepts reads and refuses writes that would bypass capture", () => {
+    for (const sql of ["SELECT 1", "  select * from t", "-- c\nSELECT 'INSERT'", "/* x */ VALUES (1)", "EXPLAIN SELECT 1",
+      "PRAGMA table_info(t)", "PRAGMA user_version", "WITH a AS (SELECT 1) SELECT * FROM a", "SELECT 'DELETE FROM t'"]) {
+      expect(isReadStatement(sql), sql).toBe(true)
+    }
+    for (const sql of ["INSERT INTO t VALUES (1)", "DELETE FROM t", "UPDATE t SET a = 1", "CREATE TABLE x (a)",
+      "PRAGMA user_version = 3", "WITH a AS (SELECT 1) INSERT INTO t SELECT * FROM a", "REPLACE INTO t VALUES (1)",
+      "DROP TABLE t", "ATTACH 'x' AS y", "VACUUM", ""]) {
+      expect(isReadStatement(sql), sql).toBe(false)
+    }
+  })
+})

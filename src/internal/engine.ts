@@ -109,6 +109,26 @@ const sqlStatementError = (reason: "Statement" | "Replay" | "Capture", sql?: str
     cause
   })
 
+/**
+ * Whether a statement only reads: a write through `query` would skip change capture (and never sync) or,
+ * during step 2c, land in Synced. Comments and string literals are skipped before looking at keywords.
+ *
+ * @internal
+ */
+export const isReadStatement = (sql: string): boolean => {
+  const text = sql
+    .replace(/--[^\n]*/g, " ")
+    .replace(/\/\*[\s\S]*?\*\//g, " ")
+    .replace(/'(?:[^']|'')*'/g, "''")
+    .trim()
+    .toUpperCase()
+  const first = /^[A-Z]+/.exec(text)?.[0]
+  if (first === "SELECT" || first === "VALUES" || first === "EXPLAIN") return true
+  if (first === "PRAGMA") return !text.includes("=")
+  if (first === "WITH") return !/\b(INSERT|UPDATE|DELETE|REPLACE)\b/.test(text)
+  return false
+}
+
 /** @internal */
 export const make = (options: EngineOptions) =>
   Effect.gen(function*() {
@@ -556,11 +576,19 @@ export const make = (options: EngineOptions) =>
       sql: string,
       params: ReadonlyArray<unknown> = []
     ): Effect.Effect<ReadonlyArray<Row>, SyncError.SqlStatementError> =>
-      readGate.withPermits(1)(
-        Effect.flatMap(Ref.get(active), (which) =>
-          Effect.flatMap((which === "draft" ? draft : synced).client, (client) =>
-            client.unsafe<Row>(sql, params as Array<any>)))
-      ).pipe(Effect.mapError(sqlStatementError("Statement", sql)))
+      isReadStatement(sql)
+        ? readGate.withPermits(1)(
+          Effect.flatMap(Ref.get(active), (which) =>
+            Effect.flatMap((which === "draft" ? draft : synced).client, (client) =>
+              client.unsafe<Row>(sql, params as Array<any>)))
+        ).pipe(Effect.mapError(sqlStatementError("Statement", sql)))
+        : Effect.fail(
+          new SyncError.SqlStatementError({
+            reason: "Statement",
+            message: "query runs reads only (a write here would bypass change capture); use execute",
+            sql
+          })
+        )
 
     const stats: Effect.Effect<Stats, SyncError.SyncError> = Effect.gen(function*() {
       const m = yield* SynchronizedRef.get(metadata)
