@@ -13,6 +13,7 @@ import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import * as fs from "node:fs"
 import type * as Scope from "effect/Scope"
+import * as internalCheckWorker from "./internal/checkWorker.js"
 import * as internalCore from "./internal/serverCore.js"
 import * as internalMemory from "./internal/serverMemory.js"
 import * as internalSqlite from "./internal/serverSqlite.js"
@@ -182,8 +183,9 @@ export const make = (options: LayerOptions): Effect.Effect<Service, StoreError, 
       try: () => fs.mkdirSync(directory, { recursive: true }),
       catch: (cause) => new StoreError({ reason: "Storage", message: `cannot create data directory ${directory}`, cause })
     })
+    const checker = yield* internalCheckWorker.make
     return yield* internalCore.make(
-      internalSqlite.make({ directory, integrityCheck: options.integrityCheck ?? "quick_check" }),
+      internalSqlite.make({ directory, integrityCheck: options.integrityCheck ?? "quick_check", checker }),
       options
     )
   })

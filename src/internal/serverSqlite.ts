@@ -26,6 +26,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { StoreError } from "../ServerStore.js"
 import * as WalFrame from "../WalFrame.js"
+import type { Checker } from "./checkWorker.js"
 import type { Backend, DatabaseBackend, GenerationRecord } from "./serverCore.js"
 import type { IntegrityCheck } from "./sqliteImage.js"
 import { checkConnection } from "./sqliteImage.js"
@@ -101,7 +102,8 @@ const openDatabase = (
   directory: string,
   name: string,
   emptyBase: Uint8Array,
-  integrityCheck: IntegrityCheck
+  integrityCheck: IntegrityCheck,
+  checker: Checker | undefined
 ): DatabaseBackend => {
   const dir = path.join(directory, name)
   const created = !fs.existsSync(dir)
@@ -199,7 +201,8 @@ const openDatabase = (
     headStale = false
   }
 
-  const checkWithHead = (frames: ReadonlyArray<WalFrame.Frame>): string | undefined => {
+  // Writes the candidate transaction as head.db's WAL; the check then reads head.db through it.
+  const prepareCheck = (frames: ReadonlyArray<WalFrame.Frame>) => {
     if (headStale) {
       rebuildHead()
       headStale = false
@@ -208,23 +211,31 @@ const openDatabase = (
     const wal = WalFrame.append(WalFrame.make({ salt1: salts.readUInt32BE(0), salt2: salts.readUInt32BE(4) }), frames).wal
     clearHeadWal()
     fs.writeFileSync(headWal, WalFrame.encode(wal))
-    let reader: Database.Database | undefined
-    try {
-      reader = new Database(headPath, { readonly: true, fileMustExist: true })
-      return checkConnection(reader, integrityCheck)
-    } catch (error) {
-      // SQLite can refuse to open a file whose header is garbage: that is a verdict, not a storage failure.
-      const code = (error as { code?: unknown }).code
-      if (typeof code === "string" && (code.startsWith("SQLITE_CORRUPT") || code.startsWith("SQLITE_NOTADB"))) {
-        return (error as Error).message
-      }
-      clearHeadWal()
-      // Whatever went wrong with head.db, the next check starts from a fresh one.
-      headStale = true
-      throw error
-    } finally {
-      reader?.close()
-    }
+  }
+
+  // A read-only connection recovers the WAL without ever checkpointing it, so a refused WAL is simply
+  // deleted. The check runs on the worker (see checkWorker.ts) when there is one.
+  const runCheck = (mode: Exclude<IntegrityCheck, "off">): Effect.Effect<string | undefined, Error> => {
+    if (checker !== undefined) return checker.check(headPath, mode)
+    return Effect.try({
+      try: () => {
+        let reader: Database.Database | undefined
+        try {
+          reader = new Database(headPath, { readonly: true, fileMustExist: true })
+          return checkConnection(reader, mode)
+        } catch (error) {
+          // SQLite can refuse to open a file whose header is garbage: that is a verdict, not a storage failure.
+          const code = (error as { code?: unknown }).code
+          if (typeof code === "string" && (code.startsWith("SQLITE_CORRUPT") || code.startsWith("SQLITE_NOTADB"))) {
+            return (error as Error).message
+          }
+          throw error
+        } finally {
+          reader?.close()
+        }
+      },
+      catch: (cause) => (cause instanceof Error ? cause : new Error(String(cause)))
+    })
   }
 
   const checkpointHead = () => {
@@ -264,32 +275,48 @@ const openDatabase = (
         catch: storage(`reading frames ${start}..${end - 1} of ${name}/${generation} failed`)
       }),
     commit: (generation, firstFrameNo, frames) =>
-      Effect.try({
-        try: () => {
-          if (generation !== current) throw new Error(`commit to ${generation} while ${current} is current`)
-          if (integrityCheck !== "off") {
-            const problem = checkWithHead(frames)
-            if (problem !== undefined) {
+      Effect.gen(function*() {
+        const failed = storage(`storing frames ${firstFrameNo}.. of ${name}/${generation} failed`)
+        if (generation !== current) {
+          return yield* Effect.fail(failed(new Error(`commit to ${generation} while ${current} is current`)))
+        }
+        if (integrityCheck !== "off") {
+          yield* Effect.try({ try: () => prepareCheck(frames), catch: failed })
+          const problem = yield* runCheck(integrityCheck).pipe(
+            Effect.mapError((cause) => {
               clearHeadWal()
-              return Either.left(problem)
-            }
+              // Whatever went wrong with head.db, the next check starts from a fresh one.
+              headStale = true
+              return failed(cause)
+            })
+          )
+          if (problem !== undefined) {
+            clearHeadWal()
+            return Either.left(problem)
           }
-          try {
+        }
+        yield* Effect.try({
+          try: () =>
             store.transaction(() => {
               for (let i = 0; i < frames.length; i++) {
                 const frame = frames[i]
-                insertFrame.run(generation, firstFrameNo + i, frame.pgno, frame.commitSize, Buffer.from(frame.page.buffer, frame.page.byteOffset, frame.page.byteLength))
+                insertFrame.run(
+                  generation,
+                  firstFrameNo + i,
+                  frame.pgno,
+                  frame.commitSize,
+                  Buffer.from(frame.page.buffer, frame.page.byteOffset, frame.page.byteLength)
+                )
               }
               setLastFrame.run(firstFrameNo + frames.length - 1, generation)
-            }).immediate()
-          } catch (error) {
+            }).immediate(),
+          catch: (cause) => {
             clearHeadWal()
-            throw error
+            return failed(cause)
           }
-          if (integrityCheck !== "off") checkpointHead()
-          return Either.right(undefined)
-        },
-        catch: storage(`storing frames ${firstFrameNo}.. of ${name}/${generation} failed`)
+        })
+        if (integrityCheck !== "off") checkpointHead()
+        return Either.right(undefined)
       }),
     materialize: (generation) =>
       Effect.try({
@@ -336,10 +363,15 @@ const openDatabase = (
   }
 }
 
-export const make = (options: { readonly directory: string; readonly integrityCheck: IntegrityCheck }): Backend => ({
+export const make = (options: {
+  readonly directory: string
+  readonly integrityCheck: IntegrityCheck
+  /** Where checks run; without one they run on the calling thread. */
+  readonly checker?: Checker | undefined
+}): Backend => ({
   open: (name, emptyBase) =>
     Effect.try({
-      try: () => openDatabase(options.directory, name, emptyBase, options.integrityCheck),
+      try: () => openDatabase(options.directory, name, emptyBase, options.integrityCheck, options.checker),
       catch: (cause) => {
         const code = (cause as { code?: unknown } | null)?.code
         return new StoreError({
