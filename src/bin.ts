@@ -13,5 +13,7 @@ import * as Cli from "./Cli.js"
 
 Cli.run(process.argv).pipe(
   Effect.provide(NodeContext.layer),
-  NodeRuntime.runMain({ disableErrorReporting: true, teardown: Cli.teardown })
+  // No pretty logger: it would print every log line a second time, on stdout, which carries only what a
+  // script may read (`serve` logs to stderr through `Cli.layerLogger`).
+  NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true, teardown: Cli.teardown })
 )

@@ -77,6 +77,8 @@ describe("effect-sqlite-sync serve", () => {
       expect(lines.length).toBe(2)
       expect(lines.map((l) => [l.annotations.status, l.annotations.route])).toEqual([[401, "unrouted"], [200, "GET /info"]])
       expect(server.stderr()).not.toContain("cli-secret")
+      // Stdout is for scripts: the URL line and nothing else (no second, pretty copy of the log lines).
+      expect(server.stdout()).toBe(`Listening on ${server.url}\n`)
     }), 120_000)
 
   it.live("invalid options are refused with a non-zero exit code", () =>

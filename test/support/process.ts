@@ -12,6 +12,8 @@ export interface ServerProcess {
   readonly child: ChildProcess.ChildProcess
   readonly url: string
   readonly stderr: () => string
+  /** Everything the server printed on stdout so far. */
+  readonly stdout: () => string
   /** Resolves with the exit code and signal once the process has exited. */
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
 }
@@ -54,7 +56,7 @@ export const spawnServer = (
       if (match !== null) {
         clearTimeout(timer)
         listening = true
-        resolve({ child, url: match[1], stderr, exited })
+        resolve({ child, url: match[1], stderr, stdout: () => stdout, exited })
       }
     })
     void exited.then(({ code, signal }) => {
