@@ -62,6 +62,7 @@ export const make: Effect.Effect<Checker, never, Scope.Scope> = Effect.gen(funct
       const deferred = waiting.get(reply.id)
       if (deferred === undefined) return
       waiting.delete(reply.id)
+      if (waiting.size === 0) w.unref()
       Deferred.unsafeDone(
         deferred,
         reply.error !== undefined ? Effect.fail(new Error(reply.error)) : Effect.succeed(reply.problem ?? undefined)
@@ -93,7 +94,10 @@ export const make: Effect.Effect<Checker, never, Scope.Scope> = Effect.gen(funct
         const id = nextId++
         waiting.set(id, deferred)
         try {
-          start().postMessage({ id, file, mode })
+          const w = start()
+          // Held only while a check is out, so an idle worker never keeps the process alive.
+          w.ref()
+          w.postMessage({ id, file, mode })
         } catch (error) {
           waiting.delete(id)
           return Effect.fail(error instanceof Error ? error : new Error(String(error)))
