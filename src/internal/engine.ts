@@ -620,11 +620,7 @@ export const make = (options: EngineOptions) =>
       push,
       pull,
       sync,
-      stats,
-      /** For tests: the current metadata. */
-      metadata: SynchronizedRef.get(metadata),
-      /** For tests and benchmarks: runs `effect` while holding every write permit, as step 2c does. */
-      withWritesBlocked: <A, E, R>(effect: Effect.Effect<A, E, R>) => writeGate.withPermits(WRITE_PERMITS)(effect)
+      stats
     }
   })
 
