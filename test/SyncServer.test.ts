@@ -244,6 +244,18 @@ const suite = (kind: "memory" | "disk") =>
         return { pgno: 1, commitSize: Math.max(...state.first.map((f) => f.commitSize)), page }
       }
       const pushPath = (start: number, end: number, extra = "") => `/db/${name}/sync/1/${start}/${end}${extra}`
+      // Wire frames as a sender with another page size would build them: 24-byte header, then the page.
+      const otherPageSize = (pageSize: number, count: number) => {
+        const out = new Uint8Array(count * (WalFrame.FRAME_HEADER_SIZE + pageSize))
+        const view = new DataView(out.buffer)
+        for (let i = 0; i < count; i++) {
+          const offset = i * (WalFrame.FRAME_HEADER_SIZE + pageSize)
+          view.setUint32(offset, i + 2)
+          view.setUint32(offset + 4, i === count - 1 ? count + 1 : 0)
+          out.fill(0x5a, offset + WalFrame.FRAME_HEADER_SIZE, offset + WalFrame.FRAME_HEADER_SIZE + pageSize)
+        }
+        return out
+      }
       const at = () => state.head + 1
 
       interface Case {
@@ -279,6 +291,8 @@ const suite = (kind: "memory" | "disk") =>
         { title: "fewer frames than end - start", request: () => ({ method: "POST", path: pushPath(at(), at() + 3), body: WalFrame.encodeWire(state.next.slice(0, 1)) }), status: 400, error: "bad_frames" },
         { title: "more frames than end - start", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire(state.next.slice(0, 2).length === 2 ? state.next.slice(0, 2) : [state.next[0], state.next[0]]) }), status: 400, error: "bad_frames" },
         { title: "an empty push body", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: new Uint8Array(0) }), status: 400, error: "bad_frames" },
+        { title: "frames of 1024-byte pages (1048 bytes each, as many as end - start)", request: () => ({ method: "POST", path: pushPath(at(), at() + 4), body: otherPageSize(1024, 4) }), status: 400, error: "bad_frames" },
+        { title: "frames of 8192-byte pages (8216 bytes each, as many as end - start)", request: () => ({ method: "POST", path: pushPath(at(), at() + 2), body: otherPageSize(8192, 2) }), status: 400, error: "bad_frames" },
         { title: "page number 0", request: () => ({ method: "POST", path: pushPath(at(), at() + 1), body: WalFrame.encodeWire([frame(0, 1)]) }), status: 400, error: "bad_frames" },
         { title: "a commit size smaller than a page written", request: () => ({ method: "POST", path: pushPath(at(), at() + 2), body: WalFrame.encodeWire([frame(9, 0), frame(2, 3)]) }), status: 400, error: "bad_frames" },
         { title: "a body over the limit, refused by content-length", request: () => ({ method: "POST", path: pushPath(at(), at() + MAX_FRAMES + 1), body: new Uint8Array((MAX_FRAMES + 1) * FRAME) }), status: 413, error: "too_large" },
