@@ -3,7 +3,10 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
+import type * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
 import fc from "fast-check"
 import * as ChangeCapture from "../src/ChangeCapture.js"
 import * as ChangeReplay from "../src/ChangeReplay.js"
@@ -716,4 +719,152 @@ describe("ChangeReplay", () => {
         expect(yield* b.unsafe("SELECT n FROM stamp").values).toEqual([[3]])
       }))
   })
+})
+
+// ---------------------------------------------------------------------------------------------------------
+// Two clients and a remote, through the seed's push and pull steps (logical part only: Synced is the remote
+// itself for push, and a backup of it for pull)
+// ---------------------------------------------------------------------------------------------------------
+
+const CLIENT_SCHEMA = [
+  "CREATE TABLE kv (k INTEGER PRIMARY KEY, v)",
+  "CREATE TABLE pair (a TEXT, b INTEGER, v, PRIMARY KEY (a, b)) WITHOUT ROWID",
+  "CREATE TABLE bag (x, y)",
+  "CREATE TABLE events (id TEXT PRIMARY KEY, n INTEGER)",
+  "CREATE TABLE own (k TEXT PRIMARY KEY, v)"
+]
+
+type ClientOp =
+  | { readonly _tag: "write"; readonly client: 0 | 1; readonly sql: string; readonly params: ReadonlyArray<unknown> }
+  | { readonly _tag: "event"; readonly client: 0 | 1 }
+  | { readonly _tag: "own"; readonly client: 0 | 1; readonly verb: "upsert" | "update" | "delete"; readonly key: number; readonly v: unknown }
+  | { readonly _tag: "push" | "pull" | "sync"; readonly client: 0 | 1 }
+
+const clientIndex = fc.constantFrom(0 as const, 1 as const)
+const smallKey = fc.integer({ min: 1, max: 4 })
+const clientOp: fc.Arbitrary<ClientOp> = fc.oneof(
+  { weight: 6, arbitrary: fc.tuple(clientIndex, fc.oneof(
+    fc.tuple(smallKey, value).map(([k, v]) => ({ sql: "INSERT OR REPLACE INTO kv VALUES (?, ?)", params: [k, bind(v)] })),
+    fc.tuple(smallKey, value).map(([k, v]) => ({ sql: "UPDATE kv SET v = ? WHERE k = ?", params: [bind(v), k] })),
+    smallKey.map((k) => ({ sql: "DELETE FROM kv WHERE k = ?", params: [k] })),
+    fc.tuple(fc.constantFrom("p", "q"), smallKey, value).map(([a, b, v]) => ({
+      sql: "INSERT OR REPLACE INTO pair VALUES (?, ?, ?)",
+      params: [a, b, bind(v)]
+    })),
+    fc.tuple(smallKey, smallKey).map(([b1, b2]) => ({ sql: "UPDATE OR REPLACE pair SET b = ? WHERE b = ?", params: [b2, b1] })),
+    fc.tuple(value, value).map(([x, y]) => ({ sql: "INSERT INTO bag VALUES (?, ?)", params: [bind(x), bind(y)] })),
+    fc.tuple(smallKey, value).map(([r, y]) => ({ sql: "UPDATE bag SET y = ? WHERE rowid = ?", params: [bind(y), r] })),
+    fc.constantFrom("extra", "more").map((c) => ({ sql: `ALTER TABLE kv ADD COLUMN ${c} DEFAULT 1`, params: [] }))
+  )).map(([client, op]) => ({ _tag: "write" as const, client, ...op })) },
+  { weight: 2, arbitrary: clientIndex.map((client) => ({ _tag: "event" as const, client })) },
+  // rows only their own client writes: whatever happens to them must reach the remote exactly
+  {
+    weight: 3,
+    arbitrary: fc.tuple(clientIndex, fc.constantFrom("upsert" as const, "update" as const, "delete" as const), smallKey, value)
+      .map(([client, verb, key, v]) => ({ _tag: "own" as const, client, verb, key, v: bind(v) }))
+  },
+  {
+    weight: 3,
+    arbitrary: fc.tuple(fc.constantFrom("push" as const, "pull" as const, "sync" as const), clientIndex)
+      .map(([_tag, client]) => ({ _tag, client }))
+  }
+)
+
+describe("ChangeReplay: two clients, push and pull", () => {
+  it("property: replicas converge; client-owned rows and client-keyed inserts reach the remote exactly", () =>
+    fc.assert(
+      fc.asyncProperty(fc.array(clientOp, { minLength: 1, maxLength: 30 }), (ops) =>
+        runProperty(Effect.gen(function*() {
+          const dir = yield* Effect.acquireRelease(
+            Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "replicas-"))),
+            (d) => Effect.sync(() => fs.rmSync(d, { recursive: true, force: true }))
+          )
+          const remote = yield* open(path.join(dir, "remote"))
+          for (const s of CLIENT_SCHEMA) yield* exec(remote, s)
+          const paths = [path.join(dir, "c0"), path.join(dir, "c1")] as const
+          const ids = ["c0", "c1"] as const
+          const scopes: Array<Scope.CloseableScope> = []
+          const clients: Array<SqlClient.SqlClient> = []
+          const openClient = (i: 0 | 1) =>
+            Effect.gen(function*() {
+              const scope = yield* Scope.make()
+              scopes[i] = scope
+              clients[i] = yield* Scope.extend(open(paths[i]), scope)
+              yield* on(clients[i]!, ChangeCapture.install)
+            })
+          const remove = (file: string) => ["", "-wal", "-shm"].forEach((s) => fs.rmSync(file + s, { force: true }))
+          // step 2: pending changes onto a fresh copy of the remote (pull mode), which becomes the Draft
+          const pull = (i: 0 | 1) =>
+            Effect.gen(function*() {
+              const done = yield* on(remote, ChangeReplay.progress(ids[i]))
+              const changes = yield* on(clients[i]!, ChangeCapture.pending(done))
+              yield* Scope.close(scopes[i]!, Exit.void)
+              const next = `${paths[i]}.next`
+              remove(next)
+              yield* (remote as SqliteClient.SqliteClient).backup(next)
+              yield* Effect.scoped(Effect.flatMap(open(next), (copy) =>
+                on(copy, ChangeReplay.apply(changes, { mode: "pull", clientId: ids[i] }))))
+              remove(paths[i])
+              fs.renameSync(next, paths[i])
+              yield* openClient(i)
+              yield* on(clients[i]!, ChangeCapture.ensureChangeIdsAbove(done))
+            })
+          const push = (i: 0 | 1) =>
+            Effect.gen(function*() {
+              const done = yield* on(remote, ChangeReplay.progress(ids[i]))
+              const changes = yield* on(clients[i]!, ChangeCapture.pending(done))
+              yield* on(remote, ChangeReplay.apply(changes, { mode: "push", clientId: ids[i] }))
+            })
+          // both start as copies of the remote
+          for (const i of [0, 1] as const) {
+            yield* (remote as SqliteClient.SqliteClient).backup(paths[i])
+            yield* openClient(i)
+          }
+          const events: Array<Set<string>> = [new Set(), new Set()]
+          let counter = 0
+          for (const op of ops) {
+            const c = clients[op.client]!
+            if (op._tag === "write") yield* Effect.ignore(on(c, ChangeCapture.execute(op.sql, op.params)))
+            else if (op._tag === "own") {
+              const k = `${ids[op.client]}-${op.key}`
+              const [text, params] = op.verb === "upsert"
+                ? ["INSERT OR REPLACE INTO own VALUES (?, ?)", [k, op.v]]
+                : op.verb === "update"
+                ? ["UPDATE own SET v = ? WHERE k = ?", [op.v, k]]
+                : ["DELETE FROM own WHERE k = ?", [k]]
+              yield* on(c, ChangeCapture.execute(text, params))
+            }
+            else if (op._tag === "event") {
+              const id = `${ids[op.client]}-${counter++}`
+              yield* on(c, ChangeCapture.execute("INSERT INTO events VALUES (?, ?)", [id, counter]))
+              events[op.client]!.add(id)
+            } else if (op._tag === "push") yield* push(op.client)
+            else if (op._tag === "pull") yield* pull(op.client)
+            else {
+              yield* push(op.client)
+              yield* pull(op.client)
+            }
+          }
+          const ownRows = (client: SqlClient.SqlClient, i: 0 | 1) =>
+            client.unsafe(`SELECT k, quote(v) FROM own WHERE k LIKE '${ids[i]}-%' ORDER BY k`).values
+          const owned = [yield* ownRows(clients[0]!, 0), yield* ownRows(clients[1]!, 1)]
+          yield* push(0)
+          yield* push(1)
+          expect(yield* ownRows(remote, 0)).toEqual(owned[0])
+          expect(yield* ownRows(remote, 1)).toEqual(owned[1])
+          yield* pull(0)
+          yield* pull(1)
+          const expected = yield* dump(remote)
+          expect(yield* dump(clients[0]!)).toEqual(expected)
+          expect(yield* dump(clients[1]!)).toEqual(expected)
+          const arrived = (yield* remote.unsafe("SELECT id FROM events ORDER BY id").values).map((r) => r[0])
+          expect(arrived).toEqual([...events[0]!, ...events[1]!].sort())
+          for (const i of [0, 1] as const) {
+            expect(yield* on(clients[i]!, ChangeCapture.countPending(yield* on(remote, ChangeReplay.progress(ids[i]))))).toBe(0)
+          }
+          for (const scope of scopes) yield* Scope.close(scope, Exit.void)
+        }))
+      ),
+      { numRuns: 25 }
+    ), 120_000)
 })
