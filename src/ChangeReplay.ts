@@ -92,7 +92,7 @@ export type Decision =
     readonly key: Key
     readonly row: ChangeCapture.Image
     readonly rowid: string | null
-    readonly conflict?: ConflictKind | null
+    readonly conflict: ConflictKind | null
   }
   | {
     readonly _tag: "Update"

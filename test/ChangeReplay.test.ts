@@ -192,7 +192,7 @@ describe("ChangeReplay", () => {
         const ins = ChangeReplay.decide({ id: 1, txId: 1, table: "t", kind: "insert", before: null, after: row }, current, table)
         const same = current !== null && row.a === current.a && row.b === current.b && row.c === current.c
         expect(ins._tag).toBe(same ? "Skip" : "Upsert")
-        if (ins._tag === "Upsert") expect(ins.conflict ?? null).toBe(current === null ? null : "KeyExists")
+        if (ins._tag === "Upsert") expect(ins.conflict).toBe(current === null ? null : "KeyExists")
       })))
 
     it("statements never splice anything but identifiers and literals", () => {

@@ -78,7 +78,9 @@ export const decide = (
   switch (change.kind) {
     case "insert": {
       if (change.after === null || afterKey === undefined) return { _tag: "Invalid", reason: "insert without a key" }
-      if (current === null) return { _tag: "Upsert", key: afterKey, row: change.after, rowid: change.rowid?.after ?? null }
+      if (current === null) {
+        return { _tag: "Upsert", key: afterKey, row: change.after, rowid: change.rowid?.after ?? null, conflict: null }
+      }
       if (sameImage(change.after, current)) return { _tag: "Skip", conflict: null }
       return {
         _tag: "Upsert",
@@ -353,7 +355,7 @@ export const apply = (
         }
         const current = yield* readCurrent(sql, table, key)
         const decision = (options.decide ?? decide)(change, current, table)
-        const seen = "conflict" in decision ? decision.conflict ?? null : null
+        const seen = "conflict" in decision ? decision.conflict : null
         if (seen !== null) conflicts.push({ change, kind: seen, current, decision })
         if (decision._tag === "Invalid") {
           return yield* fail("InvalidChange", `change ${change.id}: ${decision.reason}`)
