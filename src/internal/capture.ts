@@ -327,7 +327,12 @@ export const transaction = <A, E, R>(
       }
       const txId = session.tx_id!
       const result = yield* Effect.locally(effect, currentState, { txId })
-      if (yield* plain(ForeignKeys.mayBeDeferred(sql))) {
+      // One statement closes it: versions to compare, and whether deferred foreign keys need a look.
+      const [closed] = yield* plain(sql<SessionRow & { readonly deferred: number }>`
+        UPDATE temp._sync_session SET tx_id = NULL
+        RETURNING tx_id, schema_version AS installed, (SELECT schema_version FROM pragma_schema_version) AS current,
+          ${sql.literal(ForeignKeys.mayBeDeferredExpr)} AS deferred`.withoutTransform)
+      if (closed!.deferred === 1) {
         const found = yield* plain(ForeignKeys.violations(sql, undefined))
         if (found.length > 0) {
           // COMMIT would fail and leave the connection inside the transaction (see foreignKeys.ts).
@@ -336,9 +341,6 @@ export const transaction = <A, E, R>(
           )
         }
       }
-      const [closed] = yield* plain(sql<SessionRow>`UPDATE temp._sync_session SET tx_id = NULL
-        RETURNING tx_id, schema_version AS installed, (SELECT schema_version FROM pragma_schema_version) AS current`
-        .withoutTransform)
       if (closed!.installed !== closed!.current) {
         if (statement === undefined) return yield* Effect.fail(unrecordedSchemaChange())
         yield* recordStatement(txId)

@@ -53,16 +53,10 @@ export const violations = (
     return found
   })
 
-/** Whether a transaction on this connection can hold deferred violations right now. */
-export const mayBeDeferred = (sql: SqlClient.SqlClient): Effect.Effect<boolean, SqlError> =>
-  Effect.map(
-    sql<{ readonly d: number }>`
-      SELECT (SELECT foreign_keys FROM pragma_foreign_keys) = 1 AND (
-        (SELECT defer_foreign_keys FROM pragma_defer_foreign_keys) = 1 OR
-        EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND sql LIKE '%DEFERRED%')) AS d`
-      .withoutTransform,
-    (rows) => rows[0]?.d === 1
-  )
+/** SQL expression: 1 when a transaction on this connection can hold deferred violations right now. */
+export const mayBeDeferredExpr = `((SELECT foreign_keys FROM pragma_foreign_keys) = 1 AND (
+  (SELECT defer_foreign_keys FROM pragma_defer_foreign_keys) = 1 OR
+  EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND sql LIKE '%DEFERRED%')))`
 
 export const describe = (found: ReadonlyArray<Violation>): string =>
   found.map((v) => `${v.table} row ${v.rowid ?? "?"} references a missing row of ${v.parent}`).join("; ")
