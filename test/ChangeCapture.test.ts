@@ -319,6 +319,18 @@ describe("ChangeCapture", () => {
       ])
     }))
 
+  it.scoped("eviction through a UNIQUE index with its own collation (NOCASE) is logged", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* exec(a, "CREATE TABLE u (id INTEGER PRIMARY KEY, email TEXT)")
+      yield* exec(a, "CREATE UNIQUE INDEX u_email ON u (email COLLATE NOCASE)")
+      yield* exec(a, "INSERT INTO u VALUES (1, 'A@X')")
+      yield* on(a, ChangeCapture.install)
+      yield* run(a, "INSERT OR REPLACE INTO u VALUES (2, 'a@x')")
+      const changes = yield* on(a, ChangeCapture.pending(0))
+      expect(changes.map((c) => [c.kind, (c.before ?? c.after)!["id"]])).toEqual([["delete", "1"], ["insert", "2"]])
+    }))
+
   it.scoped("wide tables (deep image expressions) are captured", () =>
     Effect.gen(function*() {
       const a = yield* open()

@@ -131,10 +131,14 @@ const keyColumns = (info: TableInfo.TableInfo): ReadonlyArray<string> =>
  */
 const evictionPredicate = (info: TableInfo.TableInfo, self: "NEW" | "OLD"): string | undefined => {
   const key = keyColumns(info)
-  const indexes = self === "OLD" && key.length > 0 ? [...info.uniqueIndexes, key] : info.uniqueIndexes
+  // the key compares with each column's own collation, which `=` applies by default
+  const keyIndex = key.map((column) => ({ column, collation: "" }))
+  const indexes = self === "OLD" && key.length > 0 ? [...info.uniqueIndexes, keyIndex] : info.uniqueIndexes
   if (indexes.length === 0) return undefined
   const conflicts = indexes.map((columns) =>
-    "(" + columns.map((column) => `r.${ident(column)} = NEW.${ident(column)}`).join(" AND ") + ")"
+    "(" + columns.map(({ collation, column }) =>
+      `r.${ident(column)} = NEW.${ident(column)}${collation === "" ? "" : ` COLLATE ${ident(collation)}`}`
+    ).join(" AND ") + ")"
   )
   const notSelf = key.length > 0
     ? `NOT (${allIs(key.map((column) => [`r.${ident(column)}`, `${self}.${ident(column)}`]))})`

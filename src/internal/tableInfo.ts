@@ -15,8 +15,16 @@ export interface TableInfo {
   readonly primaryKey: ReadonlyArray<string>
   readonly withoutRowid: boolean
   readonly rowidAlias: string | null
-  /** Column lists of UNIQUE indexes other than the primary key (plain columns only, not partial). */
-  readonly uniqueIndexes: ReadonlyArray<ReadonlyArray<string>>
+  /**
+   * UNIQUE indexes other than the primary key (plain columns only, not partial): their columns, each with
+   * the collation the index compares it with.
+   */
+  readonly uniqueIndexes: ReadonlyArray<ReadonlyArray<IndexColumn>>
+}
+
+export interface IndexColumn {
+  readonly column: string
+  readonly collation: string
 }
 
 const ROWID_NAMES = ["_rowid_", "rowid", "oid"] as const
@@ -48,14 +56,15 @@ export const read = (table: string): Effect.Effect<TableInfo | undefined, SqlErr
     const primaryKey = rows.filter((row) => row.pk > 0).sort((a, b) => a.pk - b.pk).map((row) => row.name)
     const indexes = yield* sql<{ readonly name: string; readonly origin: string; readonly partial: number }>`
       SELECT name, origin, partial FROM pragma_index_list(${table}, 'main') WHERE "unique" = 1`.withoutTransform
-    const uniqueIndexes: Array<ReadonlyArray<string>> = []
+    const uniqueIndexes: Array<ReadonlyArray<IndexColumn>> = []
     for (const index of indexes) {
       if (index.origin === "pk" || index.partial === 1) continue
-      const parts = yield* sql<{ readonly cid: number; readonly name: string | null }>`
-        SELECT cid, name FROM pragma_index_info(${index.name}, 'main') ORDER BY seqno`.withoutTransform
+      const parts = yield* sql<{ readonly cid: number; readonly name: string | null; readonly coll: string }>`
+        SELECT cid, name, coll FROM pragma_index_xinfo(${index.name}, 'main') WHERE key = 1 ORDER BY seqno`
+        .withoutTransform
       // Expression indexes (cid -2) cannot be matched from a trigger without re-evaluating the expression.
       if (parts.some((part) => part.cid < 0 || part.name === null)) continue
-      uniqueIndexes.push(parts.map((part) => part.name!))
+      uniqueIndexes.push(parts.map((part) => ({ column: part.name!, collation: part.coll })))
     }
     return {
       name: table,
