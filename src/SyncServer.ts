@@ -333,6 +333,8 @@ export interface NodeOptions extends Options {
   readonly port?: number | undefined
   readonly requestTimeoutMs?: number | undefined
   readonly headersTimeoutMs?: number | undefined
+  /** A connection idle this long (say, a client that stopped reading an answer) is closed (default 120 000). */
+  readonly socketTimeoutMs?: number | undefined
 }
 
 /**

@@ -12,6 +12,7 @@ import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Redacted from "effect/Redacted"
 import * as Fs from "node:fs"
+import * as Net from "node:net"
 import * as nodeHttpGuard from "../src/internal/nodeHttpGuard.js"
 import * as ServerStore from "../src/ServerStore.js"
 import * as SyncServer from "../src/SyncServer.js"
@@ -456,8 +457,74 @@ describe("the hostile-input campaign", () => {
     expect(server.requestTimeout).toBe(nodeHttpGuard.DEFAULT_REQUEST_TIMEOUT_MS)
     expect(server.headersTimeout).toBe(nodeHttpGuard.DEFAULT_HEADERS_TIMEOUT_MS)
     expect(server.listenerCount("clientError")).toBe(1)
+    expect(server.timeout).toBe(nodeHttpGuard.DEFAULT_SOCKET_TIMEOUT_MS)
     server.close()
   })
+})
+
+// A client that asks for answers and never reads them: the server drops it after socketTimeoutMs
+// instead of holding the answers' buffers and sockets forever.
+const SOCKET_TIMEOUT_MS = 1_000
+layer(
+  Layer.effect(TestServer, Effect.map(SyncServer.baseUrl, (base) => ({ base, dir: undefined, token: undefined }))).pipe(
+    Layer.provide(SyncServer.layerNode({ port: 0, socketTimeoutMs: SOCKET_TIMEOUT_MS })),
+    Layer.provide(ServerStore.layerMemory({ integrityCheck: "off" })),
+    Layer.provide(Logger.replace(Logger.defaultLogger, Logger.none))
+  ),
+  { excludeTestServices: true }
+)("clients that stop reading", (it) => {
+  it.effect("are disconnected after the socket timeout, with their answers unsent", () =>
+    Effect.gen(function*() {
+      const { base } = yield* TestServer
+      const replica = new H.Replica(yield* Effect.promise(() => H.exportBase(base, "big", 1)))
+      const frames = replica.write(
+        "BEGIN; CREATE TABLE b(x); WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 5) INSERT INTO b SELECT randomblob(1000000) FROM s; COMMIT;"
+      )
+      replica.close()
+      expect(frames.length).toBeGreaterThan(1024)
+      let baton: string | undefined
+      for (let offset = 0; offset < frames.length; offset += 1000) {
+        const part = frames.slice(offset, offset + 1000)
+        const res = yield* Effect.promise(() =>
+          H.request(base, {
+            method: "POST",
+            path: `/db/big/sync/1/${offset + 1}/${offset + 1 + part.length}${baton === undefined ? "" : `/${baton}`}`,
+            body: WalFrame.encodeWire(part)
+          })
+        )
+        expect(H.json(res).status).toBe("ok")
+        baton = H.json(res).baton
+      }
+      const answerBytes = 1024 * FRAME
+      const url = new URL(base)
+      // Several stalled readers, each asking for the largest answer a pull gives.
+      const outcomes = yield* Effect.promise(() =>
+        Promise.all(Array.from({ length: 4 }, () =>
+          new Promise<{ received: number; closedWithin: number }>((resolve) => {
+            const started = Date.now()
+            let received = 0
+            const socket = Net.connect(Number(url.port), url.hostname, () => {
+              socket.write(`GET /db/big/sync/1/1/1025 HTTP/1.1\r\nHost: x\r\n\r\n`)
+              socket.pause()
+              // After the timeout has passed, read whatever the server had sent before dropping us.
+              setTimeout(() => socket.resume(), SOCKET_TIMEOUT_MS * 3)
+            })
+            socket.on("data", (chunk: Buffer) => {
+              received += chunk.byteLength
+            })
+            socket.on("error", () => {})
+            socket.on("close", () => resolve({ received, closedWithin: Date.now() - started }))
+            setTimeout(() => socket.destroy(), SOCKET_TIMEOUT_MS * 10)
+          })
+        ))
+      )
+      for (const outcome of outcomes) {
+        expect(outcome.received).toBeLessThan(answerBytes)
+        expect(outcome.closedWithin).toBeLessThan(SOCKET_TIMEOUT_MS * 10)
+      }
+      const alive = yield* Effect.promise(() => H.request(base, { path: "/db/big/info" }))
+      expect(alive.status).toBe(200)
+    }), 30_000)
 })
 
 suite("memory", false)

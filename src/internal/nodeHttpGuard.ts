@@ -19,9 +19,16 @@ export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000
 /** Time for the request line and headers. */
 export const DEFAULT_HEADERS_TIMEOUT_MS = 20_000
 
+/**
+ * A connection on which nothing moves for this long is closed. Without it, a client that asks for a
+ * pull and never reads the answer holds the answer's buffer (up to 4 MiB) and its socket forever.
+ */
+export const DEFAULT_SOCKET_TIMEOUT_MS = 120_000
+
 export interface Options {
   readonly requestTimeoutMs?: number | undefined
   readonly headersTimeoutMs?: number | undefined
+  readonly socketTimeoutMs?: number | undefined
 }
 
 const STATUS: Record<number, string> = { 400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large", 431: "Request Header Fields Too Large" }
@@ -70,6 +77,10 @@ export const createServer = (options: Options = {}): Http.Server => {
   if (!(Number.isSafeInteger(headersTimeout) && headersTimeout >= 1)) {
     throw new Error(`SyncServer: headersTimeoutMs must be a positive integer, got ${headersTimeout}`)
   }
+  const socketTimeout = options.socketTimeoutMs ?? DEFAULT_SOCKET_TIMEOUT_MS
+  if (!(Number.isSafeInteger(socketTimeout) && socketTimeout >= 1)) {
+    throw new Error(`SyncServer: socketTimeoutMs must be a positive integer, got ${socketTimeout}`)
+  }
   const server = Http.createServer({
     requestTimeout,
     headersTimeout,
@@ -79,5 +90,7 @@ export const createServer = (options: Options = {}): Http.Server => {
     connectionsCheckingInterval: Math.min(1_000, headersTimeout)
   })
   server.on("clientError", onClientError)
+  // With no "timeout" listener, Node destroys a socket idle this long (keep-alive idling has its own 5 s).
+  server.timeout = socketTimeout
   return server
 }
