@@ -39,6 +39,8 @@ export interface GenerationRecord {
 export interface DatabaseBackend {
   /** Every generation ever created, oldest first; never empty (a new database has generation 1). */
   readonly generations: ReadonlyArray<GenerationRecord>
+  /** The current generation's frame numbers answered Ok while still pending (see `recordAck`). */
+  readonly ackedPending: ReadonlyArray<number>
   readonly readBase: (generation: number) => Effect.Effect<Uint8Array, StoreError>
   /** Committed frames `start..end-1` of a generation; fewer only when the generation was dropped. */
   readonly readFrames: (
@@ -49,7 +51,8 @@ export interface DatabaseBackend {
   /**
    * Checks the current generation's head with `frames` (whole transactions) applied and, when SQLite
    * finds nothing wrong, stores them durably as frames `firstFrameNo..` of `generation` and moves the
-   * head. Left(message) when the result is malformed; then nothing is stored.
+   * head. Left(message) when the result is malformed; then nothing is stored. Recorded acks below the
+   * new head are forgotten with it.
    */
   readonly commit: (
     generation: number,
@@ -61,6 +64,12 @@ export interface DatabaseBackend {
    * which is what a replica's TRUNCATE checkpoint of the generation leaves.
    */
   readonly materialize: (generation: number) => Effect.Effect<Uint8Array, StoreError>
+  /**
+   * Durably notes that frame `frameNo` of `generation` was answered Ok while still pending, before the
+   * answer leaves: the pusher now counts it as stored, and must not later be let to continue after it
+   * on top of someone else's frames (see the rewind in `pushLocked`).
+   */
+  readonly recordAck: (generation: number, frameNo: number) => Effect.Effect<void, StoreError>
   /** Starts `generation` with `base` and no frames; it becomes the current generation. */
   readonly roll: (generation: number, base: Uint8Array) => Effect.Effect<void, StoreError>
   /** Forgets the bases and frames of every generation up to and including `generation`. */
@@ -106,6 +115,8 @@ interface Handle {
   session: Session | undefined
   /** The baton of the last session a commit ended: a retry of that request is answered, not refused. */
   closedBaton: string | undefined
+  /** Frame numbers (at or above the head) some pusher was told are stored while they were pending. */
+  readonly acked: Set<number>
   /** Pages of the current generation's committed head (its last commit size), read on first need. */
   headPages: number | undefined
 }
@@ -191,6 +202,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
             lastFrames,
             session: undefined,
             closedBaton: undefined,
+            acked: new Set(db.ackedPending),
             headPages: undefined
           }
         }),
@@ -305,9 +317,17 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         h.lastFrames.set(generation + 1, 0)
         h.current = generation + 1
         h.closedBaton = undefined
+        h.acked.clear()
         h.headPages = next.byteLength / WalFrame.PAGE_SIZE
         yield* dropOld(h)
       })
+
+    const recordAck = (h: Handle, generation: number, frameNo: number): Effect.Effect<void, StoreError> =>
+      frameNo <= h.lastFrames.get(generation)! || h.acked.has(frameNo)
+        ? Effect.void
+        : Effect.tap(h.backend.recordAck(generation, frameNo), () => {
+          h.acked.add(frameNo)
+        })
 
     const pushLocked = (
       h: Handle,
@@ -349,6 +369,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
             for (let n = Math.max(start, head + 1); n <= end - 1; n++) stored.push(session.pending[n - head - 1])
             if (stored.length === frames.length && stored.every((frame, i) => WalFrame.equals(frame, frames[i]))) {
               session.touchedAt = now
+              yield* recordAck(h, generation, end - 1)
               return { _tag: "Ok", generation, maxFrameNo: end - 1, baton: session.baton } as const
             }
           }
@@ -357,17 +378,25 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         const touch = () => {
           if (session !== undefined) session.touchedAt = now
         }
-        const answer = (maxFrameNo: number): PushResult =>
+        const answer = (maxFrameNo: number): Effect.Effect<PushResult, StoreError> =>
           session === undefined
-            ? { _tag: "Ok", generation, maxFrameNo }
-            : { _tag: "Ok", generation, maxFrameNo, baton: session.baton }
+            ? Effect.succeed({ _tag: "Ok", generation, maxFrameNo })
+            : Effect.as(recordAck(h, generation, maxFrameNo), { _tag: "Ok", generation, maxFrameNo, baton: session.baton })
 
         const head = h.lastFrames.get(generation)!
         const pending = session?.pending ?? []
         const known = head + pending.length
         if (start > known + 1) {
           touch()
-          return answer(known)
+          return yield* answer(known)
+        }
+        if (session === undefined && baton === undefined && start === head + 1 && h.acked.has(head)) {
+          // A pusher was once told frame `head` was stored while it was pending, and its session was lost
+          // since (idle, refused or a restart): others' commits now end exactly there. Its continuation
+          // would land on their frames, and a newcomer's new transaction looks the same from here. Asking
+          // for frame `head` again tells them apart: the newcomer has the committed one; the old pusher
+          // has its pending frame (commit size 0, so never equal to a commit frame) and gets a conflict.
+          return { _tag: "Ok", generation, maxFrameNo: head - 1 } as const
         }
 
         // Frames the server already has must come back byte for byte.
@@ -389,7 +418,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         }
         if (end - 1 <= known) {
           touch()
-          return answer(end - 1)
+          return yield* answer(end - 1)
         }
         if (retryOfClosed) {
           return yield* fail("UnknownBaton", `baton ${baton!.slice(0, 64)} belongs to a finished transaction`)
@@ -411,7 +440,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
             session.pending = combined
             session.touchedAt = now
           }
-          return answer(end - 1)
+          return yield* answer(end - 1)
         }
 
         const toCommit = combined.slice(0, committed)
@@ -429,6 +458,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         if (Either.isLeft(result)) return yield* malformed(result.left)
         h.lastFrames.set(generation, head + committed)
         h.headPages = toCommit[committed - 1].commitSize
+        for (const n of h.acked) if (n < head + committed) h.acked.delete(n)
         if (rest.length > 0) {
           if (session === undefined) {
             session = { baton: newBaton(), pending: rest, touchedAt: now }
@@ -442,7 +472,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
           session = undefined
           h.session = undefined
         }
-        const result2 = answer(end - 1)
+        const result2 = yield* answer(end - 1)
         // The frames are durable whatever happens to the roll; a failed roll is retried after the next commit.
         yield* maybeRoll(h).pipe(
           Effect.catchAll((error) => Effect.logWarning(`ServerStore: roll of ${h.name} failed`, error))

@@ -26,6 +26,9 @@ export const make = (options: { readonly integrityCheck: IntegrityCheck }): Back
       let head = emptyBase
       return {
         generations: [{ generation: 1, lastFrame: 0, dropped: false }],
+        // Nothing here outlives the process, and the core keeps the acks of this process itself.
+        ackedPending: [],
+        recordAck: () => Effect.void,
         readBase: (generation) =>
           Effect.suspend(() => {
             const base = generations.get(generation)?.base

@@ -6,6 +6,8 @@
  *   page number, commit size, page). WAL journal with `synchronous=FULL`, so a commit's frames are
  *   durable when its INSERT transaction returns, which is before the push is answered. Bases are BLOBs
  *   rather than files so that starting a generation (its row and its base) is one atomic transaction;
+ *   `acked_pending` lists frame numbers answered Ok while still pending (see `recordAck`), so that the
+ *   protection they need survives a restart, which loses every baton session;
  *   no file protocol is needed for them. `locking_mode=EXCLUSIVE` keeps a second server process out:
  *   two writers would break the frame accounting silently.
  * - `head.db`: the current generation materialised (its base with every committed frame applied),
@@ -76,6 +78,11 @@ CREATE TABLE IF NOT EXISTS bases (
   generation INTEGER PRIMARY KEY,
   base BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS acked_pending (
+  generation INTEGER NOT NULL,
+  frame_no INTEGER NOT NULL,
+  PRIMARY KEY (generation, frame_no)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS frames (
   generation INTEGER NOT NULL,
   frame_no INTEGER NOT NULL,
@@ -159,6 +166,16 @@ const openDatabase = (
       dropped: row.dropped !== 0
     }))
   let current = generations[generations.length - 1].generation
+  const ackedPending = store
+    .prepare<[number], { frame_no: number }>("SELECT frame_no FROM acked_pending WHERE generation = ?")
+    .all(current)
+    .map((row) => row.frame_no)
+  const insertAck = store.prepare<[number, number]>(
+    "INSERT OR IGNORE INTO acked_pending (generation, frame_no) VALUES (?, ?)"
+  )
+  const forgetAcksBelow = store.prepare<[number, number]>(
+    "DELETE FROM acked_pending WHERE generation = ? AND frame_no < ?"
+  )
 
   const headPath = path.join(dir, "head.db")
   const headWal = `${headPath}-wal`
@@ -258,6 +275,14 @@ const openDatabase = (
 
   return {
     generations,
+    ackedPending,
+    recordAck: (generation, frameNo) =>
+      Effect.try({
+        try: () => {
+          insertAck.run(generation, frameNo)
+        },
+        catch: storage(`recording frame ${frameNo} of ${name}/${generation} failed`)
+      }),
     readBase: (generation) =>
       Effect.try({
         try: () => selectBase.get(generation)?.base,
@@ -309,6 +334,7 @@ const openDatabase = (
                 )
               }
               setLastFrame.run(firstFrameNo + frames.length - 1, generation)
+              forgetAcksBelow.run(generation, firstFrameNo + frames.length - 1)
             }).immediate(),
           catch: (cause) => {
             clearHeadWal()
@@ -332,6 +358,7 @@ const openDatabase = (
           store.transaction(() => {
             store.prepare("INSERT INTO generations (generation, last_frame) VALUES (?, 0)").run(generation)
             store.prepare("INSERT INTO bases (generation, base) VALUES (?, ?)").run(generation, Buffer.from(base))
+            store.prepare("DELETE FROM acked_pending WHERE generation < ?").run(generation)
           }).immediate()
           current = generation
           headStale = true
