@@ -6,19 +6,19 @@
  *   page number, commit size, page). WAL journal with `synchronous=FULL`, so a commit's frames are
  *   durable when its INSERT transaction returns, which is before the push is answered. Bases are BLOBs
  *   rather than files so that starting a generation (its row and its base) is one atomic transaction;
- *   `acked_pending` lists frame numbers answered Ok while still pending (see `recordAck`), so that the
- *   protection they need survives a restart, which loses every baton session;
- *   no file protocol is needed for them. `locking_mode=EXCLUSIVE` keeps a second server process out:
- *   two writers would break the frame accounting silently.
+ *   no file protocol is needed for them. `acked_pending` lists frame numbers answered Ok while still
+ *   pending (see `recordAck` in serverCore.ts), so the protection they need survives a restart, which
+ *   loses every baton session. `locking_mode=EXCLUSIVE` keeps a second server process out: two
+ *   writers would break the frame accounting silently.
  * - `head.db`: the current generation materialised (its base with every committed frame applied),
  *   used only to check commits. It is derived data: rebuilt from `store.sqlite` the first time the
  *   database is used after a start (written to a temp file, fsynced, renamed), so a crash at any point
  *   of a commit leaves nothing to repair.
  *
  * A commit is checked the way SQLite itself will read it: its frames are written as a fresh
- * `head.db-wal`, a read-only connection recovers that WAL and runs the check (a read-only connection
- * never checkpoints on close, so a refused WAL is simply deleted); once the frames are stored, a
- * writer checkpoints them into `head.db` with TRUNCATE.
+ * `head.db-wal`, a read-only connection (on a worker thread, see checkWorker.ts) recovers that WAL and
+ * runs the check (a read-only connection never checkpoints on close, so a refused WAL is simply
+ * deleted); once the frames are stored, a writer checkpoints them into `head.db` with TRUNCATE.
  */
 import Database from "better-sqlite3"
 import * as Effect from "effect/Effect"
