@@ -32,6 +32,9 @@ export interface DatabaseInfo {
  * Result of a push (`POST /sync/...`): `Ok` with the frame number the server now holds (`end - 1` when
  * every frame was taken or was already there), or `Conflict` when a frame at or below the head differs
  * or the generation is old. `baton` names the session a transaction that is not yet committed continues in.
+ * An `Ok` below `end - 1` means "continue from `maxFrameNo + 1`": after a gap it is the head; it can also
+ * be below `start - 1` when the server must see an earlier frame again to tell a pusher whose baton
+ * session was lost from a newcomer (see `recordAck` in internal/serverCore.ts).
  *
  * @since 0.1.0
  * @category models
@@ -171,7 +174,8 @@ export const layerMemory = (options: Options = {}): Layer.Layer<ServerStore> =>
  * The embedded SQLite store in a data directory: `<directory>/<name>/store.sqlite` holds every
  * generation's base and frames (`synchronous=FULL`: an `Ok` push survives `kill -9`), and
  * `<directory>/<name>/head.db` the current state used to check commits (rebuilt on first use after a
- * start). One process at a time may serve a directory; a second one gets `Storage` errors.
+ * start); the check runs on a worker thread. One process at a time may serve a directory; a second one
+ * gets `Storage` errors.
  *
  * @since 0.1.0
  * @category constructors
