@@ -243,6 +243,44 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       expect(Option.isSome((yield* db.stats).lastWriteBlockedMs)).toBe(true)
     }))
 
+  it.scoped("a steady stream of writes and reads does not starve a pull's copy step", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("stream"))
+      const dir = yield* tempDir
+      const other = yield* openClient(remote, NodePath.join(dir, "other"))
+      yield* other.execute("CREATE TABLE t (id TEXT PRIMARY KEY)")
+      yield* other.push
+      const db = yield* openClient(remote, NodePath.join(dir, "busy"))
+      yield* db.pull
+      yield* other.execute("INSERT INTO t VALUES ('remote')")
+      yield* other.push
+      const stop = yield* Ref.make(false)
+      const written = yield* Ref.make(0)
+      const loop = (i: number) =>
+        Effect.gen(function*() {
+          let n = 0
+          while (!(yield* Ref.get(stop))) {
+            yield* db.execute("INSERT INTO t VALUES (?)", [`w${i}-${n++}`])
+            yield* db.query("SELECT count(*) FROM t")
+            yield* Ref.update(written, (k) => k + 1)
+            // better-sqlite3 runs on the event loop: a loop that never waits would hold it (and the test) forever.
+            yield* Effect.sleep("1 millis")
+          }
+        })
+      const fibers = yield* Effect.forEach([0, 1, 2, 3], (i) => Effect.fork(loop(i)))
+      yield* Effect.sleep("50 millis")
+      const pulled = yield* db.pull.pipe(Effect.timeout("20 seconds"))
+      expect(pulled).toBe(true)
+      yield* Ref.set(stop, true)
+      yield* Effect.forEach(fibers, Fiber.join)
+      const n = yield* Ref.get(written)
+      expect(n).toBeGreaterThan(0)
+      expect(yield* db.query("SELECT count(*) AS c FROM t")).toEqual([{ c: n + 1 }])
+      yield* db.sync
+      expect(yield* remoteQuery(remote, "SELECT count(*) AS c FROM t")).toEqual([{ c: n + 1 }])
+    }))
+
   it.scoped("follows generation rolls while holding unpushed changes", () =>
     Effect.gen(function*() {
       const harness = yield* Harness

@@ -144,6 +144,17 @@ export const make = (options: EngineOptions) =>
     const active = yield* Ref.make<"draft" | "synced">("draft")
     const readGate = yield* Effect.makeSemaphore(READ_PERMITS)
     const writeGate = yield* Effect.makeSemaphore(WRITE_PERMITS)
+    // Effect's semaphores let a small taker pass a waiting large one, so a stream of reads or writes could
+    // starve the step that needs every permit. The latches close the door first: new reads (writes) wait
+    // at the latch while the ones in flight finish, then the step runs, then the door opens again.
+    const readsOpen = yield* Effect.makeLatch(true)
+    const writesOpen = yield* Effect.makeLatch(true)
+    const reading = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      Effect.zipRight(readsOpen.await, readGate.withPermits(1)(effect))
+    const writing = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      Effect.zipRight(writesOpen.await, writeGate.withPermits(1)(effect))
+    const exclusively = <A, E, R>(latch: Effect.Latch, gate: Effect.Semaphore, permits: number, effect: Effect.Effect<A, E, R>) =>
+      Effect.acquireUseRelease(latch.close, () => gate.withPermits(permits)(effect), () => latch.open)
     const syncLock = yield* Effect.makeSemaphore(1)
     const traffic = yield* Ref.make({ sent: 0, received: 0 })
     const lastWriteBlockedMs = yield* Ref.make(Option.none<number>())
@@ -448,7 +459,7 @@ export const make = (options: EngineOptions) =>
       })
 
     /** Moves reads to `copy`, after every read in flight on the other one has finished. */
-    const switchReads = (copy: "draft" | "synced") => readGate.withPermits(READ_PERMITS)(Ref.set(active, copy))
+    const switchReads = (copy: "draft" | "synced") => exclusively(readsOpen, readGate, READ_PERMITS, Ref.set(active, copy))
 
     /**
      * Step 2c: replace Draft by a copy of Synced (remote frames + the pending changes just replayed).
@@ -548,7 +559,7 @@ export const make = (options: EngineOptions) =>
         return arrived
       }
       const prefix = yield* prepareDraftCopy /* 2c, first part */
-      yield* writeGate.withPermits(WRITE_PERMITS)(
+      yield* exclusively(writesOpen, writeGate, WRITE_PERMITS,
         Effect.gen(function*() {
           const started = Date.now()
           yield* replayDraftOntoSynced("pull", progress) /* 2b */
@@ -567,7 +578,7 @@ export const make = (options: EngineOptions) =>
     )
 
     const execute = (sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<ExecuteResult, SyncError.SqlStatementError> =>
-      writeGate.withPermits(1)(on(draft, ChangeCapture.execute(sql, params))).pipe(
+      writing(on(draft, ChangeCapture.execute(sql, params))).pipe(
         Effect.map((r): ExecuteResult => ({ changes: r.changes, lastInsertRowid: r.lastInsertRowid })),
         Effect.mapError(sqlStatementError("Statement", sql))
       )
@@ -577,7 +588,7 @@ export const make = (options: EngineOptions) =>
       params: ReadonlyArray<unknown> = []
     ): Effect.Effect<ReadonlyArray<Row>, SyncError.SqlStatementError> =>
       isReadStatement(sql)
-        ? readGate.withPermits(1)(
+        ? reading(
           Effect.flatMap(Ref.get(active), (which) =>
             Effect.flatMap((which === "draft" ? draft : synced).client, (client) =>
               client.unsafe<Row>(sql, params as Array<any>)))
@@ -592,7 +603,7 @@ export const make = (options: EngineOptions) =>
 
     const stats: Effect.Effect<Stats, SyncError.SyncError> = Effect.gen(function*() {
       const m = yield* SynchronizedRef.get(metadata)
-      const pendingChanges = yield* readGate.withPermits(1)(
+      const pendingChanges = yield* reading(
         Effect.flatMap(Ref.get(active), (which) =>
           on(which === "draft" ? draft : synced, ChangeCapture.countPending(m.lastPushedChangeId)))
       ).pipe(Effect.mapError(sqlStatementError("Capture")))
