@@ -19,6 +19,8 @@ import * as SyncServer from "../src/SyncServer.js"
 import * as WalFrame from "../src/WalFrame.js"
 import * as H from "./support/http.js"
 import * as Raw from "./support/rawHttp.js"
+import { Pusher } from "./support/rawPusher.js"
+import * as RawPusher from "./support/rawPusher.js"
 
 const TOKEN = "hostile-token-\u00e9-7"
 const MAX_FRAMES = 64
@@ -320,74 +322,80 @@ const storedState = Effect.gen(function*() {
   return { victim, other, files: dir === undefined ? "memory" : H.treeDigest(dir) }
 })
 
+/** Gives VICTIM data and a finished baton transaction, opens one on OTHER, and fills in `seed`. */
+const seedServer = (seed: Seed, replicas: Array<H.Replica>) =>
+  Effect.gen(function*() {
+    const { base, token } = yield* TestServer
+    seed.authLines = token === undefined ? [] : [`Authorization: Bearer ${token}`]
+    const send = (name: string, g: number, start: number, frames: ReadonlyArray<WalFrame.Frame>, baton?: string) =>
+      Effect.promise(() =>
+        H.request(base, {
+          method: "POST",
+          path: `/db/${name}/sync/${g}/${start}/${start + frames.length}${baton === undefined ? "" : `/${baton}`}`,
+          headers: H.auth(token),
+          body: WalFrame.encodeWire(frames)
+        })
+      ).pipe(Effect.map(H.json))
+
+    const replica = new H.Replica(yield* Effect.promise(() => H.exportBase(base, VICTIM, 1, token)))
+    replicas.push(replica)
+    const first = replica.write(
+      "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 60) INSERT INTO t SELECT x, hex(randomblob(200)) FROM s;"
+    )
+    expect((yield* send(VICTIM, 1, 1, first)).status).toBe("ok")
+    const big = replica.write(
+      "BEGIN; WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 40) INSERT INTO t SELECT x + 100, hex(randomblob(600)) FROM s; COMMIT;"
+    )
+    expect(WalFrame.committedLength(big.slice(0, 2))).toBe(0)
+    const opened = yield* send(VICTIM, 1, first.length + 1, big.slice(0, 2))
+    expect(opened.baton).toBeTypeOf("string")
+    const closed = yield* send(VICTIM, 1, first.length + 3, big.slice(2), opened.baton)
+    expect(closed).toMatchObject({ status: "ok", max_frame_no: first.length + big.length })
+    seed.closedBaton = opened.baton
+    seed.next = replica.write("UPDATE t SET v = 'changed' WHERE id <= 30;")
+    expect(seed.next.length).toBeGreaterThan(0)
+
+    const snap = yield* snapshotOf(VICTIM)
+    seed.head = snap.frames.length
+    seed.last = snap.frames[snap.frames.length - 1]
+    seed.pages = snap.file.byteLength / WalFrame.PAGE_SIZE
+    seed.page1 = snap.file.slice(0, WalFrame.PAGE_SIZE)
+    seed.page2 = snap.file.slice(WalFrame.PAGE_SIZE, 2 * WalFrame.PAGE_SIZE)
+    // Page 2 is table t's root: an interior table page (5) once t spans several leaves.
+    expect([0x05, 0x0d]).toContain(seed.page2[0])
+
+    const other = new H.Replica(yield* Effect.promise(() => H.exportBase(base, OTHER, 1, token)))
+    replicas.push(other)
+    const otherFrames = other.write(
+      "BEGIN; CREATE TABLE big(b BLOB); WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 10) INSERT INTO big SELECT randomblob(3000) FROM s; COMMIT;"
+    )
+    expect(WalFrame.committedLength(otherFrames.slice(0, 2))).toBe(0)
+    const otherOpen = yield* send(OTHER, 1, 1, otherFrames.slice(0, 2))
+    expect(otherOpen.baton).toBeTypeOf("string")
+    seed.otherBaton = otherOpen.baton
+  })
+
+const emptySeed = (): Seed => ({
+  head: 0,
+  pages: 0,
+  next: [],
+  page1: new Uint8Array(0),
+  page2: new Uint8Array(0),
+  otherBaton: "",
+  closedBaton: "",
+  last: { pgno: 1, commitSize: 0, page: new Uint8Array(0) },
+  authLines: []
+})
+
 const suite = (kind: StoreKind, auth: boolean) =>
   layer(serverLayer(kind, auth), { excludeTestServices: true })(
     `hostile requests over the ${kind} store, ${auth ? "with" : "without"} auth`,
     (it) => {
-      const seed: Seed = {
-        head: 0,
-        pages: 0,
-        next: [],
-        page1: new Uint8Array(0),
-        page2: new Uint8Array(0),
-        otherBaton: "",
-        closedBaton: "",
-        last: { pgno: 1, commitSize: 0, page: new Uint8Array(0) },
-        authLines: []
-      }
+      const seed = emptySeed()
       const replicas: Array<H.Replica> = []
 
       it.effect("seed: a database with data, a finished baton transaction, and an open one on another database", () =>
-        Effect.gen(function*() {
-          const { base, token } = yield* TestServer
-          seed.authLines = token === undefined ? [] : [`Authorization: Bearer ${token}`]
-          const send = (name: string, g: number, start: number, frames: ReadonlyArray<WalFrame.Frame>, baton?: string) =>
-            Effect.promise(() =>
-              H.request(base, {
-                method: "POST",
-                path: `/db/${name}/sync/${g}/${start}/${start + frames.length}${baton === undefined ? "" : `/${baton}`}`,
-                headers: H.auth(token),
-                body: WalFrame.encodeWire(frames)
-              })
-            ).pipe(Effect.map(H.json))
-
-          const replica = new H.Replica(yield* Effect.promise(() => H.exportBase(base, VICTIM, 1, token)))
-          replicas.push(replica)
-          const first = replica.write(
-            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 60) INSERT INTO t SELECT x, hex(randomblob(200)) FROM s;"
-          )
-          expect((yield* send(VICTIM, 1, 1, first)).status).toBe("ok")
-          const big = replica.write(
-            "BEGIN; WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 40) INSERT INTO t SELECT x + 100, hex(randomblob(600)) FROM s; COMMIT;"
-          )
-          expect(WalFrame.committedLength(big.slice(0, 2))).toBe(0)
-          const opened = yield* send(VICTIM, 1, first.length + 1, big.slice(0, 2))
-          expect(opened.baton).toBeTypeOf("string")
-          const closed = yield* send(VICTIM, 1, first.length + 3, big.slice(2), opened.baton)
-          expect(closed).toMatchObject({ status: "ok", max_frame_no: first.length + big.length })
-          seed.closedBaton = opened.baton
-          seed.next = replica.write("UPDATE t SET v = 'changed' WHERE id <= 30;")
-          expect(seed.next.length).toBeGreaterThan(0)
-
-          const snap = yield* snapshotOf(VICTIM)
-          seed.head = snap.frames.length
-          seed.last = snap.frames[snap.frames.length - 1]
-          seed.pages = snap.file.byteLength / WalFrame.PAGE_SIZE
-          seed.page1 = snap.file.slice(0, WalFrame.PAGE_SIZE)
-          seed.page2 = snap.file.slice(WalFrame.PAGE_SIZE, 2 * WalFrame.PAGE_SIZE)
-          // Page 2 is table t's root: an interior table page (5) once t spans several leaves.
-          expect([0x05, 0x0d]).toContain(seed.page2[0])
-
-          const other = new H.Replica(yield* Effect.promise(() => H.exportBase(base, OTHER, 1, token)))
-          replicas.push(other)
-          const otherFrames = other.write(
-            "BEGIN; CREATE TABLE big(b BLOB); WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 10) INSERT INTO big SELECT randomblob(3000) FROM s; COMMIT;"
-          )
-          expect(WalFrame.committedLength(otherFrames.slice(0, 2))).toBe(0)
-          const otherOpen = yield* send(OTHER, 1, 1, otherFrames.slice(0, 2))
-          expect(otherOpen.baton).toBeTypeOf("string")
-          seed.otherBaton = otherOpen.baton
-        }))
+        seedServer(seed, replicas))
 
       const kinds = KINDS.filter((k) => auth || !k.authOnly)
       for (const k of kinds) {
@@ -526,6 +534,71 @@ layer(
       expect(alive.status).toBe(200)
     }), 30_000)
 })
+
+// Hostile requests fired concurrently with real pushers on the same database: the pushers' data is
+// exactly what they were acknowledged, nothing hostile ever lands, and no answer is a 5xx but 503 busy.
+const STORM_MS = 6_000
+for (const kind of ["memory", "disk"] as const) {
+  layer(serverLayer(kind, true), { excludeTestServices: true })(`a hostile storm during real pushes (${kind} store)`, (it) => {
+    const seed = emptySeed()
+    const replicas: Array<H.Replica> = []
+    it.effect("seed", () => seedServer(seed, replicas))
+
+    it.effect(`${STORM_MS / 1000} s of hostile requests from 4 workers against 3 pushers`, () =>
+      Effect.gen(function*() {
+        const { base, token } = yield* TestServer
+        const pushers = [1, 2, 3].map((n) => new Pusher({ base: () => base, database: VICTIM, id: `p${n}`, token, largeShare: 0.15 }))
+        const kinds = KINDS.filter((k) => k.group !== "slow")
+        const answers = new Map<string, number>()
+        const wrong: Array<string> = []
+        let running = true
+        const deadline = Date.now() + STORM_MS
+        const pushing = pushers.map((p) => RawPusher.runPusher(p, () => running))
+        const attacking = [0, 1, 2, 3].map(async (w) => {
+          let i = w * 37
+          while (Date.now() < deadline) {
+            const k = kinds[i++ % kinds.length]
+            const send = k.build(seed)
+            const res = send._tag === "raw"
+              ? await Raw.send(base, send.send)
+              : await H.request(base, {
+                ...send.request,
+                headers: { ...(send.anonymous ? {} : H.auth(token)), ...send.request.headers }
+              })
+            const body = String(res.headers["content-type"] ?? "").includes("json") ? JSON.parse(res.body.toString("utf8")) : undefined
+            const key = `${res.status} ${body?.error ?? body?.status ?? "-"}`
+            answers.set(key, (answers.get(key) ?? 0) + 1)
+            // The head moved since the seed, so a hostile push at the old head meets stored frames
+            // (conflict) and an open transaction of a pusher makes others wait (503): both refuse it.
+            const refused = (res.status >= 400 && res.status < 500) || res.status === 503 ||
+              (res.status === 200 && body?.status === "conflict")
+            if (!refused || body === undefined) wrong.push(`${k.title}: ${key}`)
+          }
+        })
+        yield* Effect.promise(() => Promise.all(attacking))
+        running = false
+        yield* Effect.promise(() => Promise.all(pushing))
+        expect(wrong).toEqual([])
+        for (const p of pushers) expect(p.stats.unexpected).toEqual([])
+        const verdict = yield* Effect.promise(() => RawPusher.verify(base, VICTIM, pushers, token))
+        expect(verdict.integrity).toBe("ok")
+        expect(verdict.duplicates).toEqual([])
+        expect(verdict.missing).toEqual([])
+        expect(verdict.framesDiffering).toBe(0)
+        expect(pushers.reduce((n, p) => n + p.stats.acked, 0)).toBeGreaterThan(5)
+        // Every frame after the seed's is one a pusher was acknowledged for: nothing else got in.
+        expect(pushers.reduce((n, p) => n + p.stats.appliedUnacked, 0)).toBe(0)
+        expect(verdict.totalFrames).toBe(seed.head + verdict.framesAcknowledged)
+        const snap = yield* Effect.promise(() => H.snapshot(base, VICTIM, token))
+        const db = H.open(snap.file)
+        expect(db.prepare("SELECT count(*) AS n FROM t").get()).toEqual({ n: 100 })
+        db.close()
+        for (const p of pushers) p.close()
+        for (const r of replicas) r.close()
+        console.log(`hostile storm (${kind}): ${[...answers].map(([k, n]) => `${k} x${n}`).join(", ")}; acked ${pushers.reduce((n, p) => n + p.stats.acked, 0)}`)
+      }), 60_000)
+  })
+}
 
 suite("memory", false)
 suite("disk", false)

@@ -1,6 +1,6 @@
 /**
  * A minimal sync client made of raw HTTP and a real SQLite replica, for server reliability tests and the
- * load benchmark. Each step writes one row `(pusher, seq)` in one transaction (sometimes a large one,
+ * load benchmark. Each step writes one row `(pusher, seq)` of table `pushed` in one transaction (sometimes a large one,
  * split over several requests with a baton) and pushes its WAL frames. Whatever is uncertain (a
  * conflict, a refused connection, a lost answer, an unknown baton after a server restart) is settled
  * by rebuilding the replica from the server and looking for the row: it is retried only if absent, so
@@ -171,9 +171,9 @@ export class Pusher {
 
   private hasRow(seq: number): boolean {
     const db = this.replica!.db
-    const table = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 't'").get()
+    const table = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'pushed'").get()
     if (table === undefined) return false
-    return db.prepare("SELECT 1 FROM t WHERE pusher = ? AND seq = ?").get(this.options.id, seq) !== undefined
+    return db.prepare("SELECT 1 FROM pushed WHERE pusher = ? AND seq = ?").get(this.options.id, seq) !== undefined
   }
 
   private async pushFrames(frames: ReadonlyArray<WalFrame.Frame>): Promise<PushOutcome> {
@@ -254,8 +254,8 @@ export class Pusher {
     const large = this.random() < (this.options.largeShare ?? 0.1)
     const payload = large ? 200_000 + Math.floor(this.random() * 200_000) : 50 + Math.floor(this.random() * 400)
     const frames = this.replica!.write(
-      "BEGIN; CREATE TABLE IF NOT EXISTS t(pusher TEXT NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL); " +
-        `INSERT INTO t VALUES ('${this.options.id}', ${seq}, randomblob(${payload})); COMMIT;`
+      "BEGIN; CREATE TABLE IF NOT EXISTS pushed(pusher TEXT NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL); " +
+        `INSERT INTO pushed VALUES ('${this.options.id}', ${seq}, randomblob(${payload})); COMMIT;`
     )
     const started = performance.now()
     const outcome = await this.pushFrames(frames)
@@ -339,6 +339,9 @@ export interface Verdict {
   readonly duplicates: ReadonlyArray<string>
   readonly missing: ReadonlyArray<string>
   readonly framesDiffering: number
+  /** Frames of the current generation, and how many of them acknowledged pushes account for. */
+  readonly totalFrames: number
+  readonly framesAcknowledged: number
 }
 
 /**
@@ -356,22 +359,24 @@ export const verify = async (
   const db = H.open(snap.file)
   try {
     const integrity = String(db.pragma("integrity_check", { simple: true }))
-    const hasTable = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 't'").get() !== undefined
+    const hasTable = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'pushed'").get() !== undefined
     const counts = new Map<string, number>()
     if (hasTable) {
-      for (const row of db.prepare("SELECT pusher, seq, count(*) AS n FROM t GROUP BY pusher, seq").all() as Array<{ pusher: string; seq: number; n: number }>) {
+      for (const row of db.prepare("SELECT pusher, seq, count(*) AS n FROM pushed GROUP BY pusher, seq").all() as Array<{ pusher: string; seq: number; n: number }>) {
         counts.set(`${row.pusher}/${row.seq}`, row.n)
       }
     }
     const duplicates = [...counts].filter(([, n]) => n !== 1).map(([k, n]) => `${k} x${n}`)
     const missing: Array<string> = []
     let framesDiffering = 0
+    let framesAcknowledged = 0
     for (const pusher of pushers) {
       for (const seq of pusher.stored) {
         if (!counts.has(`${pusher.options.id}/${seq}`)) missing.push(`${pusher.options.id}/${seq}`)
       }
       for (const ack of pusher.acks) {
         if (ack.generation !== snap.generation) continue
+        framesAcknowledged += ack.frames.length
         for (let i = 0; i < ack.frames.length; i++) {
           const stored = snap.frames[ack.start - 1 + i]
           if (stored === undefined || !WalFrame.equals(stored, ack.frames[i])) framesDiffering++
@@ -379,7 +384,7 @@ export const verify = async (
       }
     }
     const rows = [...counts.values()].reduce((a, b) => a + b, 0)
-    return { rows, integrity, duplicates, missing, framesDiffering }
+    return { rows, integrity, duplicates, missing, framesDiffering, totalFrames: snap.frames.length, framesAcknowledged }
   } finally {
     db.close()
   }
