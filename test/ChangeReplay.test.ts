@@ -10,7 +10,7 @@ import * as Scope from "effect/Scope"
 import fc from "fast-check"
 import * as ChangeCapture from "../src/ChangeCapture.js"
 import * as ChangeReplay from "../src/ChangeReplay.js"
-import { isLiteral } from "../src/internal/sqlText.js"
+import { isLiteral, partialIndexWhere } from "../src/internal/sqlText.js"
 import { dump, exec, on, open, push, run } from "./support/changeSync.js"
 
 type Client = SqlClient.SqlClient
@@ -156,7 +156,8 @@ describe("ChangeReplay", () => {
       primaryKey: ["a"],
       withoutRowid: false,
       rowidAlias: "_rowid_",
-      uniqueIndexes: []
+      uniqueIndexes: [],
+      allColumns: ["a", "b", "c"]
     }
     const image = fc.record({
       a: fc.constantFrom("1", "2", "'k'"),
@@ -205,6 +206,14 @@ describe("ChangeReplay", () => {
       expect(statement).toBe(
         `INSERT INTO "we""ird'; DROP TABLE x; --" ("a""", "b") VALUES ('x', NULL) ON CONFLICT ("a""") DO UPDATE SET "b" = excluded."b"`
       )
+    })
+
+    it("partialIndexWhere finds the top-level WHERE only", () => {
+      expect(partialIndexWhere(`CREATE UNIQUE INDEX i ON t (a) WHERE b = 1`)).toBe("b = 1")
+      expect(partialIndexWhere(`CREATE UNIQUE INDEX "where" ON "where" ([where], a) WHERE 'where' <> a -- c`))
+        .toBe("'where' <> a -- c")
+      expect(partialIndexWhere(`CREATE UNIQUE INDEX i ON t (a COLLATE NOCASE)`)).toBeUndefined()
+      expect(partialIndexWhere(`CREATE INDEX i ON t (a) /* WHERE */`)).toBeUndefined()
     })
 
     it("isLiteral accepts what quote() writes and rejects anything else", () => {
@@ -372,6 +381,23 @@ describe("ChangeReplay", () => {
           [102, "b.shadow"],
           [104, "a.shadow"]
         ])
+      }))
+
+    it.scoped("INSERT OR REPLACE eviction through a partial UNIQUE index evicts only rows the index holds", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair(
+          "CREATE TABLE s (id INTEGER PRIMARY KEY, user TEXT, active INTEGER, note TEXT)",
+          `CREATE UNIQUE INDEX "one where active" ON s (user) WHERE active = 1 AND note IS NOT 'WHERE (x'`
+        )
+        yield* run(a, "INSERT INTO s VALUES (1, 'u', 1, NULL), (2, 'u', 0, NULL), (3, 'v', 1, 'WHERE (x')")
+        yield* push(a, b)
+        yield* run(a, "INSERT OR REPLACE INTO s VALUES (4, 'u', 1, 'new')") // evicts 1, not 2
+        yield* run(a, "INSERT OR REPLACE INTO s VALUES (5, 'v', 1, NULL)") // 3 is not in the index: no eviction
+        yield* run(a, "UPDATE OR REPLACE s SET active = 1 WHERE id = 2") // evicts 4
+        const kinds = (yield* on(a, ChangeCapture.pending(3))).map((c) => `${c.kind} ${(c.before ?? c.after)!["id"]}`)
+        expect(kinds).toEqual(["delete 1", "insert 4", "insert 5", "delete 4", "update 2"])
+        yield* push(a, b)
+        yield* expectSame(a, b)
       }))
 
     it.scoped("ON DELETE CASCADE and child-before-parent order under deferred foreign keys", () =>

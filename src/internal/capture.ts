@@ -132,14 +132,22 @@ const keyColumns = (info: TableInfo.TableInfo): ReadonlyArray<string> =>
 const evictionPredicate = (info: TableInfo.TableInfo, self: "NEW" | "OLD"): string | undefined => {
   const key = keyColumns(info)
   // the key compares with each column's own collation, which `=` applies by default
-  const keyIndex = key.map((column) => ({ column, collation: "" }))
+  const keyIndex: TableInfo.UniqueIndex = { columns: key.map((column) => ({ column, collation: "" })), where: null }
   const indexes = self === "OLD" && key.length > 0 ? [...info.uniqueIndexes, keyIndex] : info.uniqueIndexes
   if (indexes.length === 0) return undefined
-  const conflicts = indexes.map((columns) =>
-    "(" + columns.map(({ collation, column }) =>
+  // A partial index only holds rows its WHERE accepts: both the written row and the other one must match.
+  // The expression's bare column names resolve against a one-row projection of that row.
+  const satisfies = (row: string, where: string) =>
+    `EXISTS (SELECT 1 FROM (SELECT ${
+      info.allColumns.map((column) => `${row}.${ident(column)} AS ${ident(column)}`).join(", ")
+    }) WHERE (${where}))`
+  const conflicts = indexes.map(({ columns, where }) => {
+    const match = columns.map(({ collation, column }) =>
       `r.${ident(column)} = NEW.${ident(column)}${collation === "" ? "" : ` COLLATE ${ident(collation)}`}`
-    ).join(" AND ") + ")"
-  )
+    )
+    if (where !== null) match.push(satisfies("NEW", where), satisfies("r", where))
+    return "(" + match.join(" AND ") + ")"
+  })
   const notSelf = key.length > 0
     ? `NOT (${allIs(key.map((column) => [`r.${ident(column)}`, `${self}.${ident(column)}`]))})`
     : "1"
@@ -233,10 +241,20 @@ const reinstallTriggers = (sql: SqlClient.SqlClient) =>
       yield* sql.unsafe(`DROP TRIGGER IF EXISTS temp.${ident(name)}`).raw
     }
     const tables = yield* TableInfo.readAll
+    const create = (info: TableInfo.TableInfo) =>
+      sql.withTransaction(Effect.forEach(triggerStatements(info), (statement) => runUncached(sql, statement), {
+        discard: true
+      }))
     for (const info of tables) {
-      for (const statement of triggerStatements(info)) {
-        yield* sql.unsafe(statement).unprepared
-      }
+      // A partial index's WHERE that cannot be evaluated from a trigger must not stop capture of the table:
+      // without those indexes only their evictions go unseen.
+      yield* create(info).pipe(
+        Effect.catchAll((error) =>
+          info.uniqueIndexes.some((index) => index.where !== null)
+            ? create({ ...info, uniqueIndexes: info.uniqueIndexes.filter((index) => index.where === null) })
+            : Effect.fail(error)
+        )
+      )
     }
     yield* sql.unsafe(`DELETE FROM temp._sync_evicted`).raw
     const version = yield* schemaVersion(sql)

@@ -161,3 +161,56 @@ export const splitStatements = (text: string): ReadonlyArray<string> => {
 /** The text with comments removed (strings kept as they are). */
 const stripComments = (text: string): string =>
   text.replace(/--[^\n]*(\n|$)|\/\*[\s\S]*?(\*\/|$)/g, " ")
+
+/**
+ * The WHERE clause of a partial index's CREATE INDEX text (the expression after the top-level WHERE), or
+ * undefined. Strings, quoted names, comments and parentheses are skipped.
+ */
+export const partialIndexWhere = (indexSql: string): string | undefined => {
+  let depth = 0
+  let i = 0
+  while (i < indexSql.length) {
+    const c = indexSql[i]!
+    if (c === "'" || c === `"` || c === "`" || c === "[") {
+      const close = c === "[" ? "]" : c
+      let j = i + 1
+      for (;;) {
+        const k = indexSql.indexOf(close, j)
+        if (k === -1) return undefined
+        if (close !== "]" && indexSql[k + 1] === close) {
+          j = k + 2
+          continue
+        }
+        i = k + 1
+        break
+      }
+      continue
+    }
+    if (c === "-" && indexSql[i + 1] === "-") {
+      const k = indexSql.indexOf("\n", i)
+      if (k === -1) return undefined
+      i = k + 1
+      continue
+    }
+    if (c === "/" && indexSql[i + 1] === "*") {
+      const k = indexSql.indexOf("*/", i + 2)
+      if (k === -1) return undefined
+      i = k + 2
+      continue
+    }
+    if (c === "(") depth++
+    else if (c === ")") depth--
+    else if (depth === 0 && isWordChar(c)) {
+      let j = i + 1
+      while (j < indexSql.length && isWordChar(indexSql[j]!)) j++
+      if (indexSql.slice(i, j).toUpperCase() === "WHERE") {
+        const rest = indexSql.slice(j).trim()
+        return rest.length === 0 ? undefined : rest
+      }
+      i = j
+      continue
+    }
+    i++
+  }
+  return undefined
+}

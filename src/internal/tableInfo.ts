@@ -1,7 +1,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
-import { isInternalTable } from "./sqlText.js"
+import { isInternalTable, partialIndexWhere } from "./sqlText.js"
 
 /**
  * What capture and replay need to know about one table of `main`.
@@ -16,15 +16,22 @@ export interface TableInfo {
   readonly withoutRowid: boolean
   readonly rowidAlias: string | null
   /**
-   * UNIQUE indexes other than the primary key (plain columns only, not partial): their columns, each with
-   * the collation the index compares it with.
+   * UNIQUE indexes other than the primary key (on plain columns, not expressions): their columns, each with
+   * the collation the index compares it with, and the WHERE expression of a partial index.
    */
-  readonly uniqueIndexes: ReadonlyArray<ReadonlyArray<IndexColumn>>
+  readonly uniqueIndexes: ReadonlyArray<UniqueIndex>
+  /** Every column name, generated ones included (what a partial index's WHERE may refer to). */
+  readonly allColumns: ReadonlyArray<string>
 }
 
 export interface IndexColumn {
   readonly column: string
   readonly collation: string
+}
+
+export interface UniqueIndex {
+  readonly columns: ReadonlyArray<IndexColumn>
+  readonly where: string | null
 }
 
 const ROWID_NAMES = ["_rowid_", "rowid", "oid"] as const
@@ -56,15 +63,22 @@ export const read = (table: string): Effect.Effect<TableInfo | undefined, SqlErr
     const primaryKey = rows.filter((row) => row.pk > 0).sort((a, b) => a.pk - b.pk).map((row) => row.name)
     const indexes = yield* sql<{ readonly name: string; readonly origin: string; readonly partial: number }>`
       SELECT name, origin, partial FROM pragma_index_list(${table}, 'main') WHERE "unique" = 1`.withoutTransform
-    const uniqueIndexes: Array<ReadonlyArray<IndexColumn>> = []
+    const uniqueIndexes: Array<UniqueIndex> = []
     for (const index of indexes) {
-      if (index.origin === "pk" || index.partial === 1) continue
+      if (index.origin === "pk") continue
+      let where: string | null = null
+      if (index.partial === 1) {
+        const text = yield* sql<{ readonly sql: string | null }>`
+          SELECT sql FROM main.sqlite_schema WHERE type = 'index' AND name = ${index.name}`.withoutTransform
+        where = partialIndexWhere(text[0]?.sql ?? "") ?? null
+        if (where === null) continue
+      }
       const parts = yield* sql<{ readonly cid: number; readonly name: string | null; readonly coll: string }>`
         SELECT cid, name, coll FROM pragma_index_xinfo(${index.name}, 'main') WHERE key = 1 ORDER BY seqno`
         .withoutTransform
       // Expression indexes (cid -2) cannot be matched from a trigger without re-evaluating the expression.
       if (parts.some((part) => part.cid < 0 || part.name === null)) continue
-      uniqueIndexes.push(parts.map((part) => ({ column: part.name!, collation: part.coll })))
+      uniqueIndexes.push({ columns: parts.map((part) => ({ column: part.name!, collation: part.coll })), where })
     }
     return {
       name: table,
@@ -72,7 +86,8 @@ export const read = (table: string): Effect.Effect<TableInfo | undefined, SqlErr
       primaryKey,
       withoutRowid,
       rowidAlias: rowidAlias(rows.map((row) => row.name), withoutRowid),
-      uniqueIndexes
+      uniqueIndexes,
+      allColumns: rows.filter((row) => row.hidden !== 1).map((row) => row.name)
     }
   })
 
