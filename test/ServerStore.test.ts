@@ -319,7 +319,7 @@ const conformance = (label: string, makeLayer: MakeLayer) =>
             maxFrameNo: framesA.length
           })
           // A push that starts on a differing frame inside the head and runs past it conflicts too.
-          b.db.exec("INSERT INTO t (v) VALUES ('b2'), ('b3')")
+          bigTransaction(b, 3, "b")
           const moreB = b.frames()
           expect(moreB.length).toBeGreaterThan(framesA.length)
           expect(yield* store.push("db", 1, framesA.length, moreB.length + 1, moreB.slice(framesA.length - 1))).toMatchObject({
