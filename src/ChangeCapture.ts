@@ -18,8 +18,8 @@
  *   SQLite fires no DELETE trigger for it while `recursive_triggers` is off. It is kept off (turning it on
  *   would make common self-updating user triggers recurse); instead BEFORE triggers note the rows a write
  *   would evict through a UNIQUE index (for an update also through the key) and the AFTER trigger logs them
- *   as deletes, only if the write happened (index collations and partial-index WHERE clauses are honoured;
- *   UNIQUE indexes on expressions are not covered).
+ *   as deletes, only if the write happened (index collations, indexes on expressions and partial-index WHERE
+ *   clauses are honoured).
  *
  * Schema changes: run statements through {@link execute} (inside {@link transaction} or not). `execute`
  * compares `PRAGMA schema_version` before and after each statement that is not plain DML; when it moved,

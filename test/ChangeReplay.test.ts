@@ -10,7 +10,7 @@ import * as Scope from "effect/Scope"
 import fc from "fast-check"
 import * as ChangeCapture from "../src/ChangeCapture.js"
 import * as ChangeReplay from "../src/ChangeReplay.js"
-import { isLiteral, partialIndexWhere } from "../src/internal/sqlText.js"
+import { indexItems, isLiteral, partialIndexWhere } from "../src/internal/sqlText.js"
 import { dump, exec, on, open, push, run } from "./support/changeSync.js"
 
 type Client = SqlClient.SqlClient
@@ -208,6 +208,13 @@ describe("ChangeReplay", () => {
       )
     })
 
+    it("indexItems reads the key parts of a CREATE INDEX", () => {
+      expect(indexItems(`CREATE UNIQUE INDEX "i(" ON "t(" (lower(a), b COLLATE NOCASE DESC, "c,d" ASC) WHERE x IN (1, 2)`))
+        .toEqual(["lower(a)", "b", `"c,d"`])
+      expect(indexItems(`CREATE UNIQUE INDEX i ON t (coalesce(a, ',') COLLATE "my coll")`)).toEqual(["coalesce(a, ',')"])
+      expect(indexItems(`CREATE UNIQUE INDEX i ON t`)).toBeUndefined()
+    })
+
     it("partialIndexWhere finds the top-level WHERE only", () => {
       expect(partialIndexWhere(`CREATE UNIQUE INDEX i ON t (a) WHERE b = 1`)).toBe("b = 1")
       expect(partialIndexWhere(`CREATE UNIQUE INDEX "where" ON "where" ([where], a) WHERE 'where' <> a -- c`))
@@ -396,6 +403,22 @@ describe("ChangeReplay", () => {
         yield* run(a, "UPDATE OR REPLACE s SET active = 1 WHERE id = 2") // evicts 4
         const kinds = (yield* on(a, ChangeCapture.pending(3))).map((c) => `${c.kind} ${(c.before ?? c.after)!["id"]}`)
         expect(kinds).toEqual(["delete 1", "insert 4", "insert 5", "delete 4", "update 2"])
+        yield* push(a, b)
+        yield* expectSame(a, b)
+      }))
+
+    it.scoped("INSERT OR REPLACE eviction through a UNIQUE index on expressions", () =>
+      Effect.gen(function*() {
+        const { a, b } = yield* pair(
+          "CREATE TABLE m (id INTEGER PRIMARY KEY, email TEXT, domain TEXT)",
+          "CREATE UNIQUE INDEX m_email ON m (lower(trim(email)), coalesce(domain, '-') COLLATE NOCASE DESC)"
+        )
+        yield* run(a, "INSERT INTO m VALUES (1, 'Ann@x', NULL), (2, 'ann@x', 'y'), (3, 'bob@x', 'Z')")
+        yield* push(a, b)
+        yield* run(a, "INSERT OR REPLACE INTO m VALUES (4, ' ANN@X ', '-')") // evicts 1 only
+        yield* run(a, "UPDATE OR REPLACE m SET domain = 'z', email = 'BOB@x' WHERE id = 2") // evicts 3
+        const kinds = (yield* on(a, ChangeCapture.pending(3))).map((c) => `${c.kind} ${(c.before ?? c.after)!["id"]}`)
+        expect(kinds).toEqual(["delete 1", "insert 4", "delete 3", "update 2"])
         yield* push(a, b)
         yield* expectSame(a, b)
       }))

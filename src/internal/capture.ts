@@ -132,18 +132,23 @@ const keyColumns = (info: TableInfo.TableInfo): ReadonlyArray<string> =>
 const evictionPredicate = (info: TableInfo.TableInfo, self: "NEW" | "OLD"): string | undefined => {
   const key = keyColumns(info)
   // the key compares with each column's own collation, which `=` applies by default
-  const keyIndex: TableInfo.UniqueIndex = { columns: key.map((column) => ({ column, collation: "" })), where: null }
+  const keyIndex: TableInfo.UniqueIndex = {
+    columns: key.map((column) => ({ column, expression: null, collation: "" })),
+    where: null
+  }
   const indexes = self === "OLD" && key.length > 0 ? [...info.uniqueIndexes, keyIndex] : info.uniqueIndexes
   if (indexes.length === 0) return undefined
   // A partial index only holds rows its WHERE accepts: both the written row and the other one must match.
   // The expression's bare column names resolve against a one-row projection of that row.
-  const satisfies = (row: string, where: string) =>
-    `EXISTS (SELECT 1 FROM (SELECT ${
-      info.allColumns.map((column) => `${row}.${ident(column)} AS ${ident(column)}`).join(", ")
-    }) WHERE (${where}))`
+  const projection = (row: string) =>
+    `(SELECT ${info.allColumns.map((column) => `${row}.${ident(column)} AS ${ident(column)}`).join(", ")})`
+  const satisfies = (row: string, where: string) => `EXISTS (SELECT 1 FROM ${projection(row)} WHERE (${where}))`
+  // An expression part is evaluated against each row the same way.
+  const valueOf = (row: string, part: TableInfo.IndexColumn) =>
+    part.expression !== null ? `(SELECT (${part.expression}) FROM ${projection(row)})` : `${row}.${ident(part.column!)}`
   const conflicts = indexes.map(({ columns, where }) => {
-    const match = columns.map(({ collation, column }) =>
-      `r.${ident(column)} = NEW.${ident(column)}${collation === "" ? "" : ` COLLATE ${ident(collation)}`}`
+    const match = columns.map((part) =>
+      `${valueOf("r", part)} = ${valueOf("NEW", part)}${part.collation === "" ? "" : ` COLLATE ${ident(part.collation)}`}`
     )
     if (where !== null) match.push(satisfies("NEW", where), satisfies("r", where))
     return "(" + match.join(" AND ") + ")"

@@ -214,3 +214,49 @@ export const partialIndexWhere = (indexSql: string): string | undefined => {
   }
   return undefined
 }
+
+/**
+ * The items of a CREATE INDEX column list (text between the first top-level parentheses, split at top-level
+ * commas), each without a trailing ASC/DESC and COLLATE. Undefined when the text cannot be read.
+ */
+export const indexItems = (indexSql: string): ReadonlyArray<string> | undefined => {
+  let depth = 0
+  let start = -1
+  const items: Array<string> = []
+  let i = 0
+  while (i < indexSql.length) {
+    const c = indexSql[i]!
+    if (c === "'" || c === `"` || c === "`" || c === "[") {
+      const close = c === "[" ? "]" : c
+      let j = i + 1
+      for (;;) {
+        const k = indexSql.indexOf(close, j)
+        if (k === -1) return undefined
+        if (close !== "]" && indexSql[k + 1] === close) {
+          j = k + 2
+          continue
+        }
+        i = k + 1
+        break
+      }
+      continue
+    }
+    if (c === "(") {
+      depth++
+      if (depth === 1 && start === -1) start = i + 1
+    } else if (c === ")") {
+      depth--
+      if (depth === 0 && start !== -1) {
+        items.push(indexSql.slice(start, i))
+        return items.map((item) =>
+          item.trim().replace(/\s+(ASC|DESC)$/i, "").replace(/\s+COLLATE\s+("(?:[^"]|"")*"|\w+)$/i, "").trim()
+        )
+      }
+    } else if (c === "," && depth === 1 && start !== -1) {
+      items.push(indexSql.slice(start, i))
+      start = i + 1
+    }
+    i++
+  }
+  return undefined
+}

@@ -1,7 +1,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
-import { isInternalTable, partialIndexWhere } from "./sqlText.js"
+import { indexItems, isInternalTable, partialIndexWhere } from "./sqlText.js"
 
 /**
  * What capture and replay need to know about one table of `main`.
@@ -24,8 +24,10 @@ export interface TableInfo {
   readonly allColumns: ReadonlyArray<string>
 }
 
+/** One key part of a UNIQUE index: a column, or an expression over the row's columns. */
 export interface IndexColumn {
-  readonly column: string
+  readonly column: string | null
+  readonly expression: string | null
   readonly collation: string
 }
 
@@ -76,9 +78,23 @@ export const read = (table: string): Effect.Effect<TableInfo | undefined, SqlErr
       const parts = yield* sql<{ readonly cid: number; readonly name: string | null; readonly coll: string }>`
         SELECT cid, name, coll FROM pragma_index_xinfo(${index.name}, 'main') WHERE key = 1 ORDER BY seqno`
         .withoutTransform
-      // Expression indexes (cid -2) cannot be matched from a trigger without re-evaluating the expression.
-      if (parts.some((part) => part.cid < 0 || part.name === null)) continue
-      uniqueIndexes.push({ columns: parts.map((part) => ({ column: part.name!, collation: part.coll })), where })
+      let items: ReadonlyArray<string> | undefined
+      if (parts.some((part) => part.cid === -2)) {
+        // expression parts: their text comes from the index's CREATE statement, in key order
+        const text = yield* sql<{ readonly sql: string | null }>`
+          SELECT sql FROM main.sqlite_schema WHERE type = 'index' AND name = ${index.name}`.withoutTransform
+        items = indexItems(text[0]?.sql ?? "")
+        if (items === undefined || items.length !== parts.length) continue
+      }
+      if (parts.some((part) => part.cid === -1)) continue // the rowid itself: never evicts another row
+      uniqueIndexes.push({
+        columns: parts.map((part, i) =>
+          part.cid === -2
+            ? { column: null, expression: items![i]!, collation: part.coll }
+            : { column: part.name!, expression: null, collation: part.coll }
+        ),
+        where
+      })
     }
     return {
       name: table,
