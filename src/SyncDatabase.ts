@@ -34,12 +34,19 @@ import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Option from "effect/Option"
+import type * as Queue from "effect/Queue"
 import type * as Redacted from "effect/Redacted"
 import type * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import type * as Stream from "effect/Stream"
+import type * as SubscriptionRef from "effect/SubscriptionRef"
+import * as AutoSync from "./internal/autoSync.js"
 import * as Engine from "./internal/engine.js"
+import * as SyncEventsInternal from "./internal/syncEvents.js"
 import * as LocalCopies from "./LocalCopies.js"
 import type * as SyncError from "./SyncError.js"
 import * as SyncMetadata from "./SyncMetadata.js"
+import type * as SyncEvents from "./SyncEvents.js"
 import * as SyncRemote from "./SyncRemote.js"
 
 /**
@@ -105,6 +112,16 @@ export interface Service {
   /** `push` then `pull`; succeeds with whether the local copy changed. */
   readonly sync: Effect.Effect<boolean, SyncError.SyncError>
   readonly stats: Effect.Effect<Stats, SyncError.SyncError>
+  /**
+   * What sync does, as it happens: push/pull/sync started, progress (frames and bytes), conflict retries
+   * and their resolution, generation changes, finished (with counts) or failed, and local writes. Each
+   * run of the stream subscribes anew; events before that are not replayed.
+   */
+  readonly events: Stream.Stream<SyncEvents.SyncEvent>
+  /** A subscription to `events` that exists once this succeeds, for code that must not miss one. */
+  readonly subscribe: Effect.Effect<Queue.Dequeue<SyncEvents.SyncEvent>, never, Scope.Scope>
+  /** idle / pushing / pulling, pending local changes, the last error, whether the remote answered. */
+  readonly status: SubscriptionRef.SubscriptionRef<SyncEvents.Status>
 }
 
 /**
@@ -129,6 +146,8 @@ export interface Options {
    * tests kill the process there; tracing may log.
    */
   readonly onStep?: ((step: string) => Effect.Effect<void>) | undefined
+  /** Sync in the background on this schedule and after local writes, as `autoSync` does, for the layer's life. */
+  readonly autoSync?: Schedule.Schedule<unknown, unknown> | undefined
 }
 
 /**
@@ -150,7 +169,43 @@ export interface HttpOptions extends Options {
  * @since 0.1.0
  * @category constructors
  */
-export const make = (options: Options) => Effect.map(Engine.make(options), (engine): Service => engine)
+export const make = (options: Options) =>
+  Effect.gen(function*() {
+    // Events and status come from outside the engine: its remote is observed, its operations wrapped.
+    const instrumentation = yield* SyncEventsInternal.make
+    const remote = yield* SyncRemote.SyncRemote
+    const engine = yield* Engine.make(options).pipe(
+      Effect.provideService(SyncRemote.SyncRemote, instrumentation.observe(remote))
+    )
+    const service: Service = yield* instrumentation.wrap(engine)
+    if (options.autoSync !== undefined) yield* AutoSync.autoSync(service, options.autoSync)
+    return service
+  })
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface AutoSyncOptions extends AutoSync.Options {}
+
+/**
+ * Forks a fiber, for the current scope, that syncs on `schedule` and after local writes (once they have
+ * paused for `debounce`, default 1 second), one sync at a time, retrying transient failures (network,
+ * conflicts) with backoff (default: exponential from 1 second, at most a minute apart). A sync that has
+ * started finishes before the scope closes.
+ *
+ * ```ts
+ * yield* SyncDatabase.autoSync(Schedule.spaced("30 seconds"))
+ * ```
+ *
+ * @since 0.1.0
+ * @category background
+ */
+export const autoSync = <Out, R>(
+  schedule: Schedule.Schedule<Out, unknown, R>,
+  options?: AutoSyncOptions
+): Effect.Effect<void, never, SyncDatabase | Scope.Scope | R> =>
+  Effect.flatMap(SyncDatabase, (db) => AutoSync.autoSync(db, schedule, options))
 
 /**
  * A `SyncDatabase` over any `SyncRemote` (for example `SyncRemote.layerStore` in tests).

@@ -96,6 +96,22 @@ describe("docs/guide.md", () => {
       expect(offline.stdout).toMatch(/^offline, will sync later: .*\n3 notes, 1 not pushed yet\n$/)
     }), { timeout: 180_000 })
 
+  it.scoped("examples/guide/background.ts: autoSync pushes the note in the background, then the app exits", () =>
+    Effect.gen(function*() {
+      const dir = yield* Effect.acquireRelease(
+        Effect.sync(() => Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-guide-"))),
+        (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
+      )
+      const server = yield* serverProcess(["--data", NodePath.join(dir, "server")])
+      const env = { NOTES_DB: NodePath.join(dir, "notes.db"), SYNC_URL: `${server.url}/db/notes` }
+      const result = yield* run(process.execPath, [tsx, "examples/guide/background.ts"], env)
+      expect(result.code, result.stderr).toBe(0)
+      expect(result.stdout).toMatch(/all local changes are on the server\n$/)
+      // The server has it: the app of section 2, on another replica, sees the note after its sync.
+      const other = yield* run(process.execPath, [tsx, "examples/guide/app.ts"], { ...env, NOTES_DB: NodePath.join(dir, "other.db") })
+      expect(other.stdout).toBe("2 notes, 0 not pushed yet\n")
+    }), { timeout: 180_000 })
+
   it.live("examples/workflow.sh: the CLI workflow runs to the end and both replicas agree", () =>
     Effect.gen(function*() {
       const result = yield* run("bash", ["examples/workflow.sh"])

@@ -16,22 +16,23 @@ import * as SubscriptionRef from "effect/SubscriptionRef"
 import * as TestClock from "effect/TestClock"
 import * as TestServices from "effect/TestServices"
 import * as NodePath from "node:path"
-import { autoSync } from "../src/internal/autoSync.js"
-import * as SyncEventsInternal from "../src/internal/syncEvents.js"
 import * as ServerStore from "../src/ServerStore.js"
-import type * as SyncDatabase from "../src/SyncDatabase.js"
+import * as SyncDatabase from "../src/SyncDatabase.js"
 import * as SyncError from "../src/SyncError.js"
 import type { SyncEvent } from "../src/SyncEvents.js"
 import * as SyncRemote from "../src/SyncRemote.js"
 import { openClient, remoteQuery, tempDir } from "./support/engine.js"
 
-/** A SyncDatabase with events and status over `remote`, files at `path`. */
+/** A SyncDatabase (SyncDatabase.layerRemote) over `remote`, files at `path`. */
 const open = (remote: SyncRemote.Service, path: string, options: Partial<SyncDatabase.Options> = {}) =>
-  Effect.gen(function*() {
-    const instrumentation = yield* SyncEventsInternal.make
-    const engine = yield* openClient(instrumentation.observe(remote), path, options)
-    return yield* instrumentation.wrap(engine)
-  })
+  openClient(remote, path, options)
+
+/** `SyncDatabase.autoSync` for `db`, in the current scope. */
+const autoSync = <Out>(
+  db: SyncDatabase.Service,
+  schedule: Schedule.Schedule<Out, unknown>,
+  options?: SyncDatabase.AutoSyncOptions
+) => Effect.provideService(SyncDatabase.autoSync(schedule, options), SyncDatabase.SyncDatabase, db)
 
 const memoryRemote = (database: string, options: ServerStore.Options = {}) =>
   Effect.map(ServerStore.makeMemory(options), (store) => SyncRemote.makeStore(store, database))
@@ -251,6 +252,21 @@ describe("SyncDatabase autoSync (TestClock)", () => {
       const events = yield* until(q, "Finished")
       expect(events.at(-1)).toMatchObject({ operation: "sync", changed: true })
       expect(yield* b.query("SELECT id FROM t")).toEqual([{ id: 42 }])
+    }))
+
+  it.scoped("the layer option autoSync does the same for the layer's life", () =>
+    Effect.gen(function*() {
+      const remote = yield* memoryRemote("option")
+      const dir = yield* tempDir
+      const a = yield* open(remote, NodePath.join(dir, "a"), { autoSync: Schedule.spaced(Duration.minutes(5)) })
+      const q = yield* a.subscribe
+      yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+      yield* a.execute("INSERT INTO t VALUES (5)")
+      yield* settle
+      yield* TestClock.adjust(Duration.seconds(1)) // the default debounce
+      const events = yield* until(q, "Finished")
+      expect(events.at(-1)).toMatchObject({ operation: "sync", pendingChanges: 0 })
+      expect(yield* remoteQuery(remote, "SELECT id FROM t")).toEqual([{ id: 5 }])
     }))
 
   it.scoped("backs off while the remote is down, never runs two syncs at once, and stops with its scope", () =>
