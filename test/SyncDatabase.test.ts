@@ -281,6 +281,25 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       expect(yield* remoteQuery(remote, "SELECT count(*) AS c FROM t")).toEqual([{ c: n + 1 }])
     }))
 
+  it.scoped("a long push does not hold the event loop: a write issued meanwhile lands before the push ends", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("longpush"))
+      const dir = yield* tempDir
+      const db = yield* openClient(remote, NodePath.join(dir, "long"))
+      yield* db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+      yield* db.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000) INSERT INTO t SELECT i, 'x' FROM n"
+      )
+      const push = yield* Effect.fork(db.push)
+      yield* Effect.sleep("20 millis")
+      yield* db.execute("INSERT INTO t VALUES (0, 'during push')")
+      expect(Option.isNone(yield* Fiber.poll(push))).toBe(true)
+      expect(yield* Fiber.join(push)).toBe(true)
+      yield* db.push
+      expect(yield* remoteQuery(remote, "SELECT count(*) AS c FROM t")).toEqual([{ c: 4001 }])
+    }))
+
   it.scoped("follows generation rolls while holding unpushed changes", () =>
     Effect.gen(function*() {
       const harness = yield* Harness

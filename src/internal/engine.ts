@@ -23,6 +23,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
+import * as Scheduler from "effect/Scheduler"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as Crypto from "node:crypto"
 import * as ChangeCapture from "../ChangeCapture.js"
@@ -91,6 +92,16 @@ export interface Stats {
   readonly activeCopy: "draft" | "synced"
   readonly lastWriteBlockedMs: Option.Option<number>
 }
+
+/**
+ * better-sqlite3 runs every statement synchronously, and Effect's default scheduler goes back to the event
+ * loop only after thousands of yields: a replay of thousands of changes would hold the whole process (reads,
+ * writes, an HTTP server) for seconds. Push and pull run on this scheduler instead, which returns to the
+ * event loop (setImmediate) each time the fiber yields (every 2048 operations).
+ */
+const breathingScheduler = Scheduler.make((task) => {
+  setImmediate(task)
+})
 
 const WRITE_PERMITS = 64
 const READ_PERMITS = 1024
@@ -571,11 +582,15 @@ export const make = (options: EngineOptions) =>
       return true
     })
 
-    const push: Effect.Effect<boolean, SyncError.SyncError> = syncLock.withPermits(1)(pushRounds)
-    const pull: Effect.Effect<boolean, SyncError.SyncError> = syncLock.withPermits(1)(pullSteps)
+    const push: Effect.Effect<boolean, SyncError.SyncError> = syncLock.withPermits(1)(pushRounds).pipe(
+      Effect.withScheduler(breathingScheduler)
+    )
+    const pull: Effect.Effect<boolean, SyncError.SyncError> = syncLock.withPermits(1)(pullSteps).pipe(
+      Effect.withScheduler(breathingScheduler)
+    )
     const sync: Effect.Effect<boolean, SyncError.SyncError> = syncLock.withPermits(1)(
       Effect.zipRight(pushRounds, pullSteps)
-    )
+    ).pipe(Effect.withScheduler(breathingScheduler))
 
     const execute = (sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<ExecuteResult, SyncError.SqlStatementError> =>
       writing(on(draft, ChangeCapture.execute(sql, params))).pipe(
