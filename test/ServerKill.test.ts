@@ -198,8 +198,8 @@ const killRun = (KILLS: number, SEED: number, serverArgs: ReadonlyArray<string>)
     })
     console.log(`ServerKill report ${JSON.stringify(report)}`)
     expect(syncs.okAfterLastKill).toBeGreaterThan(0)
-    // The kills did land in the middle of pushes.
-    expect(pushers.reduce((n, p) => n + p.stats.cutPushes, 0)).toBeGreaterThan(0)
+    // The kills did land in the middle of pushes (with 8 kills, all of them missing is very unlikely).
+    if (KILLS >= 8) expect(pushers.reduce((n, p) => n + p.stats.cutPushes, 0)).toBeGreaterThan(0)
     return report
   }).pipe(Effect.scoped)
 
