@@ -124,7 +124,7 @@ const killRun = (KILLS: number, SEED: number, serverArgs: ReadonlyArray<string>)
       yield* Effect.promise(restart)
       killsDone++
     }
-    yield* Effect.promise(() => sleep(1500))
+    yield* Effect.promise(() => sleep(3000))
     running = false
     yield* Effect.promise(() => Promise.all([...loops, ...clientLoops]))
 
