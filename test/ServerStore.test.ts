@@ -571,6 +571,35 @@ const conformance = (label: string, makeLayer: MakeLayer) =>
           expect(yield* store.push("db", 1, 7, 9, c.slice(6, 8))).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: 8 })
         })))
 
+    it.scoped("a pusher that lost its session and comes back past the head is not let to resend from the middle of its transaction", () =>
+      withStore({ integrityCheck: "off", batonIdleMs: 1000 }, (store) =>
+        Effect.gen(function*() {
+          // The two-pusher property's counterexample (seed 1659308816). A: a 3-frame transaction, then two
+          // 1-frame ones; B: 1-frame transactions.
+          const a = syntheticFrames(0, [[1, 1, 1], [1], [1]])
+          const b = syntheticFrames(1, [[1], [1]])
+          expect(yield* store.push("db", 1, 1, 3, a.slice(0, 2))).toMatchObject({ _tag: "Ok", maxFrameNo: 2 })
+          yield* TestClock.adjust(Duration.millis(1500))
+          // B commits one frame, short of A's acknowledged frame 2.
+          expect(yield* store.push("db", 1, 1, 2, b.slice(0, 1))).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: 1 })
+          // A comes back after frame 2. Told "head is 1" it would resend a2, a3, ... on top of b1: instead it
+          // is asked for frame 1, which it has and B does not share: a conflict, and b1 stays alone.
+          expect(yield* store.push("db", 1, 3, 6, a.slice(2, 5))).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: 0 })
+          expect(yield* store.push("db", 1, 1, 6, a.slice(0, 5))).toEqual({ _tag: "Conflict", generation: 1, maxFrameNo: 1 })
+          const { frames } = yield* pullAll(store, "db", 1)
+          expect(frames.map((f) => f.page[0])).toEqual([2])
+          // Had nobody committed, it is asked for the head frame it built on, has it, and its whole
+          // transaction goes in after it.
+          const c = syntheticFrames(0, [[1], [1, 1, 1]])
+          expect(yield* store.push("db2", 1, 1, 2, c.slice(0, 1))).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: 1 })
+          expect(yield* store.push("db2", 1, 2, 4, c.slice(1, 3))).toMatchObject({ _tag: "Ok", maxFrameNo: 3 })
+          yield* TestClock.adjust(Duration.millis(1500))
+          expect(yield* store.push("db2", 1, 4, 5, c.slice(3, 4))).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: 0 })
+          expect(yield* store.push("db2", 1, 1, 5, c)).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: 4 })
+          const { frames: all } = yield* pullAll(store, "db2", 1)
+          expect(all.every((f, i) => WalFrame.equals(f, c[i]))).toBe(true)
+        })))
+
     it.scoped("a malformed commit at the end of a baton session ends the session", () =>
       withStore({}, (store) =>
         Effect.gen(function*() {

@@ -388,6 +388,14 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         const known = head + pending.length
         if (start > known + 1) {
           touch()
+          if (session === undefined && baton === undefined && head >= 1 && h.acked.has(start - 1)) {
+            // A pusher that lost its session comes back after the frame it was acknowledged. Answering
+            // the head would make it resend from head + 1: the middle of its transaction, on top of
+            // whatever others committed meanwhile. Asking for frame `head` first tells the cases apart:
+            // if others committed, its frame `head` differs (conflict); if not, frame `head` is the
+            // committed frame it built on, and it resends its whole transaction after it.
+            return { _tag: "Ok", generation, maxFrameNo: head - 1 } as const
+          }
           return yield* answer(known)
         }
         if (session === undefined && baton === undefined && start === head + 1 && h.acked.has(head)) {
