@@ -28,7 +28,7 @@ const cli = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
       ChildProcess.execFile(
         process.execPath,
         [BIN, ...args],
-        { timeout: 60_000, env: { ...cleanEnv(), ...env } },
+        { timeout: 120_000, env: { ...cleanEnv(), ...env } },
         (error, stdout, stderr) =>
           resolve({ code: error === null ? 0 : typeof error.code === "number" ? error.code : null, stdout, stderr })
       )
@@ -127,7 +127,7 @@ describe("effect-sqlite-sync CLI workflow", () => {
       const conflicts = yield* json(["conflicts", "--db", NodePath.join(dir, "a.db")])
       expect(conflicts.value.conflicts).toEqual([])
       if (conflicts.value.source === "none") expect(conflicts.value.note).toContain("issue 4")
-    }), { timeout: 240_000 })
+    }), { timeout: 420_000 })
 
   it.scoped("exit status 1 when the server is down or the URL unreachable; local work goes on and syncs later", () =>
     Effect.gen(function*() {
@@ -169,7 +169,7 @@ describe("effect-sqlite-sync CLI workflow", () => {
       yield* json(["pull", "--db", NodePath.join(dir, "b.db"), "--url", `${second.url}/db/down`])
       const rows = yield* json(["query", "--db", NodePath.join(dir, "b.db"), "SELECT * FROM t"])
       expect(rows.value).toEqual([{ id: 1, v: "written offline" }])
-    }), { timeout: 240_000 })
+    }), { timeout: 420_000 })
 
   it.scoped("exit status 2 on bad usage, with a message on stderr, nothing on stdout and no file created", () =>
     Effect.gen(function*() {
@@ -197,5 +197,5 @@ describe("effect-sqlite-sync CLI workflow", () => {
         expect(run.stderr, args.join(" ")).toContain(message)
       })
       expect(filesOf(dir)).toEqual([])
-    }), { timeout: 240_000 })
+    }), { timeout: 420_000 })
 })

@@ -36,7 +36,7 @@ const blocks = (markdown: string, lang: string) => {
 const run = (command: string, args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
   Effect.promise(() =>
     new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-      ChildProcess.execFile(command, args, { cwd: ROOT, timeout: 180_000, env: { ...process.env, ...env } }, (error, stdout, stderr) =>
+      ChildProcess.execFile(command, args, { cwd: ROOT, timeout: 300_000, env: { ...process.env, ...env } }, (error, stdout, stderr) =>
         resolve({ code: error === null ? 0 : typeof error.code === "number" ? error.code : null, stdout, stderr }))
     })
   )
@@ -117,5 +117,5 @@ describe("docs/guide.md", () => {
       const result = yield* run("bash", ["examples/workflow.sh"])
       expect(result.code, result.stdout + result.stderr).toBe(0)
       expect(result.stdout).toContain("converged")
-    }), { timeout: 240_000 })
+    }), { timeout: 420_000 })
 })
