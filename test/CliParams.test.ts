@@ -112,6 +112,9 @@ describe("CLI output", () => {
       ["id  name         v", "--  -----------  -----", "1   a            NULL", "10  line\\nbreak  X'01'", "(2 rows)"].join("\n")
     )
     expect(table([])).toBe("(0 rows)")
+    expect(table([{ row: { id: 2n ** 60n, name: "x" }, at: new Date(0) }])).toBe(
+      ["row                                    at", "-------------------------------------  ------------------------", `{"id":1152921504606846976,"name":"x"}  1970-01-01T00:00:00.000Z`, "(1 row)"].join("\n")
+    )
   })
 
   it("the progress line: a bar of fixed width that fills monotonically; no bar without a total", () => {

@@ -119,6 +119,9 @@ export const cell = (value: unknown): string => {
   if (typeof value === "bigint") return value.toString()
   if (value instanceof Uint8Array) return `X'${Buffer.from(value).toString("hex").toUpperCase()}'`
   if (typeof value === "string") return value.replace(/\r?\n/g, "\\n")
+  if (value instanceof Date) return value.toISOString()
+  // Nested data (a conflict's row images) as its JSON text.
+  if (typeof value === "object") return stringify(value)
   return String(value)
 }
 
