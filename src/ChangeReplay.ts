@@ -41,6 +41,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import type * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
 import type * as ChangeCapture from "./ChangeCapture.js"
+import type * as ConflictPolicy from "./ConflictPolicy.js"
 import { plain } from "./internal/capture.js"
 import * as internal from "./internal/replay.js"
 import * as InternalTableInfo from "./internal/tableInfo.js"
@@ -111,10 +112,11 @@ export type Decision =
  * @category errors
  */
 export class ReplayError extends Schema.TaggedError<ReplayError>()("ReplayError", {
-  reason: Schema.Literal("InvalidChange", "MissingTable", "NoRowIdentity", "Constraint", "Statement"),
+  reason: Schema.Literal("InvalidChange", "MissingTable", "NoRowIdentity", "Constraint", "Statement", "Unresolved"),
   message: Schema.String,
   changeId: Schema.optional(Schema.Number),
   txId: Schema.optional(Schema.Number),
+  table: Schema.optional(Schema.String),
   statement: Schema.optional(Schema.String),
   cause: Schema.optional(Schema.Defect)
 }) {}
@@ -140,6 +142,16 @@ export type ApplyOptions =
      * conflict). It is given the same arguments and must return a {@link Decision} for this change.
      */
     readonly decide?: ((change: ChangeCapture.Change, current: ChangeCapture.Image | null, table: TableInfo) => Decision) | undefined
+    /**
+     * The conflict policy (see ConflictPolicy). With it, each local transaction replays inside a savepoint
+     * and as a unit: a `KeepRemote`/`Skip` drops all of it; constraint failures (UNIQUE, CHECK, NOT NULL,
+     * and foreign keys checked at the end of each local transaction) become `Constraint` conflicts; `Fail`
+     * (or a constraint nobody settles) fails a push with `ReplayError` ("Unresolved" / "Constraint"). In pull
+     * mode nothing fails: an unsettled transaction is left out of the copy and stays pending.
+     */
+    readonly resolve?: ((conflict: ConflictPolicy.Conflict) => Effect.Effect<ConflictPolicy.Resolution>) | undefined
+    /** Called for every data change before it is decided (see ConflictPolicy.Transform). */
+    readonly transform?: ConflictPolicy.Transform | undefined
   }
 
 /**
@@ -150,10 +162,15 @@ export type ApplyOptions =
  */
 export interface Conflict {
   readonly change: ChangeCapture.Change
-  readonly kind: ConflictKind
+  readonly kind: ConflictKind | "Constraint"
   /** The target's row at the lookup key before the change was applied (null: absent). */
   readonly current: ChangeCapture.Image | null
   readonly decision: Decision
+  /** What the policy decided (only with the `resolve` option). */
+  readonly resolution?: ConflictPolicy.Resolution | undefined
+  /** For constraint conflicts: the failing statement and SQLite's message. */
+  readonly statement?: string | undefined
+  readonly message?: string | undefined
 }
 
 /**
@@ -168,6 +185,8 @@ export interface ApplyResult {
   readonly lastChangeId: number
   readonly applied: number
   readonly conflicts: ReadonlyArray<Conflict>
+  /** Ids of changes left out because the policy dropped their local transaction (`resolve` only). */
+  readonly dropped?: ReadonlyArray<number> | undefined
 }
 
 /**

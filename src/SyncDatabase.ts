@@ -40,6 +40,7 @@ import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
 import type * as SubscriptionRef from "effect/SubscriptionRef"
+import * as ConflictPolicy from "./ConflictPolicy.js"
 import * as AutoSync from "./internal/autoSync.js"
 import * as Engine from "./internal/engine.js"
 import * as SyncEventsInternal from "./internal/syncEvents.js"
@@ -113,6 +114,11 @@ export interface Service {
   readonly sync: Effect.Effect<boolean, SyncError.SyncError>
   readonly stats: Effect.Effect<Stats, SyncError.SyncError>
   /**
+   * The local conflict log (`<path>-conflicts`, the last 1000 entries, oldest first): every conflict an
+   * acknowledged push met, with table, key, local before/after, remote row, the decision and its time.
+   */
+  readonly conflicts: Effect.Effect<ReadonlyArray<ConflictPolicy.Entry>, SyncError.SyncError>
+  /**
    * What sync does, as it happens: push/pull/sync started, progress (frames and bytes), conflict retries
    * and their resolution, generation changes, finished (with counts) or failed, and local writes. Each
    * run of the stream subscribes anew; events before that are not replayed.
@@ -134,7 +140,15 @@ export class SyncDatabase extends Context.Tag("effect-sqlite-sync/SyncDatabase")
  * @since 0.1.0
  * @category models
  */
-export interface Options {
+export interface Options<R = never> {
+  /**
+   * What happens when a local change meets a remote row it did not expect (see docs/conflicts.md):
+   * `"lastPushWins"` (default), `"remoteWins"`, `"mergeColumns"`, or a resolver
+   * `(conflict) => Effect<ConflictPolicy.Resolution, never, R>` that may use services of the environment.
+   */
+  readonly conflicts?: ConflictPolicy.Policy<R> | undefined
+  /** Called for every captured change before it is replayed: keep, skip or rewrite it. */
+  readonly transform?: ConflictPolicy.Transform<R> | undefined
   /** Local files are `<path>-draft`, `<path>-synced`, `<path>-info` (and their `-wal`/`-shm`). */
   readonly path: string
   readonly clientName?: string | undefined
@@ -154,7 +168,7 @@ export interface Options {
  * @since 0.1.0
  * @category models
  */
-export interface HttpOptions extends Options {
+export interface HttpOptions<R = never> extends Options<R> {
   /** The database URL on a sync server, e.g. `http://127.0.0.1:8080/db/notes`. */
   readonly url: string
   readonly authToken?: Redacted.Redacted | string | undefined
@@ -169,12 +183,24 @@ export interface HttpOptions extends Options {
  * @since 0.1.0
  * @category constructors
  */
-export const make = (options: Options) =>
+export const make = <R = never>(options: Options<R>) =>
   Effect.gen(function*() {
     // Events and status come from outside the engine: its remote is observed, its operations wrapped.
     const instrumentation = yield* SyncEventsInternal.make
     const remote = yield* SyncRemote.SyncRemote
-    const engine = yield* Engine.make(options).pipe(
+    // The policy's and the transform's services come from the environment the layer is built in.
+    const context = yield* Effect.context<R>()
+    const resolver = ConflictPolicy.resolver(options.conflicts ?? "lastPushWins")
+    const transform = options.transform
+    const { conflicts: _, transform: __, ...engineOptions } = options
+    const engine = yield* Engine.make({
+      ...engineOptions,
+      conflicts: (conflict) => Effect.provide(resolver(conflict), context),
+      ...(transform === undefined ? {} : {
+        transform: (change, current) => Effect.provide(transform(change, current), context)
+      }),
+      onConflicts: instrumentation.publishConflicts
+    }).pipe(
       Effect.provideService(SyncRemote.SyncRemote, instrumentation.observe(remote))
     )
     const service: Service = yield* instrumentation.wrap(engine)
@@ -213,7 +239,9 @@ export const autoSync = <Out, R>(
  * @since 0.1.0
  * @category layers
  */
-export const layerRemote = (options: Options): Layer.Layer<SyncDatabase, SyncError.SyncError, SyncRemote.SyncRemote> =>
+export const layerRemote = <R = never>(
+  options: Options<R>
+): Layer.Layer<SyncDatabase, SyncError.SyncError, SyncRemote.SyncRemote | R> =>
   Layer.scoped(SyncDatabase, make(options)).pipe(
     Layer.provide(Layer.merge(LocalCopies.layer({ path: options.path }), SyncMetadata.layer(`${options.path}-info`)))
   )
@@ -224,7 +252,9 @@ export const layerRemote = (options: Options): Layer.Layer<SyncDatabase, SyncErr
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: HttpOptions): Layer.Layer<SyncDatabase, SyncError.SyncError, HttpClient.HttpClient> =>
+export const layer = <R = never>(
+  options: HttpOptions<R>
+): Layer.Layer<SyncDatabase, SyncError.SyncError, HttpClient.HttpClient | R> =>
   layerRemote(options).pipe(
     Layer.provide(
       SyncRemote.layerHttp({
@@ -243,12 +273,14 @@ export const layer = (options: HttpOptions): Layer.Layer<SyncDatabase, SyncError
  * @since 0.1.0
  * @category layers
  */
-export const layerConfig = (
+export const layerConfig = <R = never>(
   config: Config.Config.Wrap<{
     readonly path: string
     readonly url: string
     readonly authToken?: Redacted.Redacted | undefined
     readonly clientName?: string | undefined
-  }>
-): Layer.Layer<SyncDatabase, SyncError.SyncError | ConfigError.ConfigError, HttpClient.HttpClient> =>
-  Layer.unwrapEffect(Effect.map(Config.unwrap(config), (options) => layer(options)))
+  }>,
+  /** Options that cannot come from `Config` (policy, transform, ...). */
+  options?: Omit<HttpOptions<R>, "path" | "url" | "authToken" | "clientName">
+): Layer.Layer<SyncDatabase, SyncError.SyncError | ConfigError.ConfigError, HttpClient.HttpClient | R> =>
+  Layer.unwrapEffect(Effect.map(Config.unwrap(config), (values) => layer<R>({ ...options, ...values })))

@@ -32,16 +32,23 @@ export class RemoteError extends Schema.TaggedError<RemoteError>()("RemoteError"
 }) {}
 
 /**
- * Other replicas kept pushing first: every round of reset, pull, replay and push conflicted.
- * Nothing is lost: the local changes stay pending and the next push tries again.
+ * `RetriesExhausted`: other replicas kept pushing first: every round of reset, pull, replay and push
+ * conflicted. `Constraint`: replaying a local transaction violated a constraint the conflict policy could
+ * not settle; `Unresolved`: the conflict resolver answered `Fail`. Nothing is lost or half-applied: Draft
+ * and the remote are untouched, the local changes stay pending.
  *
  * @since 0.1.0
  * @category errors
  */
 export class ConflictError extends Schema.TaggedError<ConflictError>()("ConflictError", {
-  reason: Schema.Literal("RetriesExhausted"),
+  reason: Schema.Literal("RetriesExhausted", "Constraint", "Unresolved"),
   message: Schema.String,
   rounds: Schema.Number,
+  /** Constraint / Unresolved (issue 4): the statement that failed, the local transaction and change. */
+  statement: Schema.optional(Schema.String),
+  txId: Schema.optional(Schema.Number),
+  changeId: Schema.optional(Schema.Number),
+  table: Schema.optional(Schema.String),
   cause: Schema.optional(Schema.Defect)
 }) {}
 

@@ -8,6 +8,7 @@
  */
 import * as Data from "effect/Data"
 import type * as Option from "effect/Option"
+import type * as ConflictPolicy from "./ConflictPolicy.js"
 import type * as SyncError from "./SyncError.js"
 
 /**
@@ -61,6 +62,11 @@ export type SyncEvent = Data.TaggedEnum<{
   }
   /** The operation failed; nothing acknowledged is lost, pending changes stay pending. */
   Failed: { readonly operation: Operation; readonly error: SyncError.SyncError }
+  /**
+   * A conflict met while replaying a local change onto the remote's newest state, and what the conflict
+   * policy decided; emitted once its push was acknowledged (the same entry is in the conflict log).
+   */
+  Conflict: { readonly operation: Operation; readonly entry: ConflictPolicy.Entry }
   /** `execute` committed a local transaction (`changes` rows). */
   LocalWrite: { readonly changes: number }
 }>

@@ -327,8 +327,20 @@ export const query = (options: LocalOptions, sql: string, inputs: ReadonlyArray<
 /** The name a conflict log table may have in the local database (issue 4). */
 export const CONFLICT_TABLE = "_sync_conflicts"
 
-const CONFLICT_NOTE = "this engine keeps no conflict log yet: conflicts are resolved by replaying local changes over " +
-  "the remote (last push wins) without recording them; the conflict log arrives with issue 4"
+const CONFLICT_NOTE = "this database exposes no conflict log"
+
+/** One conflict log entry as a flat row for the table view (images and keys as JSON). */
+const flatConflict = (entry: Record<string, unknown>): Record<string, unknown> => ({
+  time: typeof entry.at === "number" ? new Date(entry.at).toISOString() : entry.at,
+  kind: entry.kind,
+  table: entry.table,
+  key: JSON.stringify(Object.fromEntries((entry.key as ReadonlyArray<readonly [string, string]> | undefined) ?? [])),
+  decision: entry.decision,
+  tx: entry.txId,
+  local_before: JSON.stringify(entry.localBefore ?? null),
+  local_after: JSON.stringify(entry.localAfter ?? null),
+  remote: JSON.stringify(entry.remote ?? null)
+})
 
 export const conflicts = (options: LocalOptions) =>
   runCommand(options, (progress) =>
@@ -362,6 +374,6 @@ export const conflicts = (options: LocalOptions) =>
             ? `no conflicts recorded (${note})`
             : rows.length === 0
             ? "no conflicts recorded"
-            : table(rows as ReadonlyArray<Record<string, unknown>>)
+            : table((rows as ReadonlyArray<Record<string, unknown>>).map((row) => source === "api" ? flatConflict(row) : row))
       )
     }))

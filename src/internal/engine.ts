@@ -28,12 +28,14 @@ import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as Crypto from "node:crypto"
 import * as ChangeCapture from "../ChangeCapture.js"
 import * as ChangeReplay from "../ChangeReplay.js"
+import * as ConflictPolicy from "../ConflictPolicy.js"
 import * as LocalCopies from "../LocalCopies.js"
 import * as SyncError from "../SyncError.js"
 import * as SyncMetadata from "../SyncMetadata.js"
 import * as SyncProtocol from "../SyncProtocol.js"
 import * as SyncRemote from "../SyncRemote.js"
 import * as WalFrame from "../WalFrame.js"
+import * as ConflictLog from "./conflictLog.js"
 import * as Files from "./files.js"
 
 /** @internal */
@@ -46,6 +48,12 @@ export interface EngineOptions {
   readonly conflictBackoff?: Duration.DurationInput | undefined
   /** Called before each durable step (crash tests kill the process here; tracing may log). */
   readonly onStep?: ((step: Step) => Effect.Effect<void>) | undefined
+  /** The conflict policy as a resolver (its environment already provided). Default: last push wins. */
+  readonly conflicts?: ConflictPolicy.Resolver | undefined
+  /** Called for every captured change before it is replayed (its environment already provided). */
+  readonly transform?: ConflictPolicy.Transform | undefined
+  /** Called with the conflicts of every acknowledged push (after they are in the conflict log). */
+  readonly onConflicts?: ((entries: ReadonlyArray<ConflictPolicy.Entry>) => Effect.Effect<void>) | undefined
 }
 
 /**
@@ -121,6 +129,24 @@ const sqlStatementError = (reason: "Statement" | "Replay" | "Capture", sql?: str
   })
 
 /**
+ * Replay failures a policy did not settle become ConflictErrors naming the statement and the local
+ * transaction; others stay SqlStatementErrors.
+ */
+const replayError = (error: ChangeReplay.ReplayError | import("@effect/sql/SqlError").SqlError) =>
+  error._tag === "ReplayError" && (error.reason === "Constraint" || error.reason === "Unresolved")
+    ? new SyncError.ConflictError({
+      reason: error.reason,
+      message: error.message,
+      rounds: 0,
+      ...(error.statement !== undefined ? { statement: error.statement } : {}),
+      ...(error.txId !== undefined ? { txId: error.txId } : {}),
+      ...(error.changeId !== undefined ? { changeId: error.changeId } : {}),
+      ...(error.table !== undefined ? { table: error.table } : {}),
+      cause: error
+    })
+    : sqlStatementError("Replay")(error)
+
+/**
  * Whether a statement only reads: a write through `query` would skip change capture (and never sync) or,
  * during step 2c, land in Synced. Comments and string literals are skipped before looking at keywords.
  *
@@ -151,6 +177,10 @@ export const make = (options: EngineOptions) =>
     const maxRounds = options.maxPushRounds ?? 12
     const backoff = Duration.decode(options.conflictBackoff ?? Duration.millis(20))
     const step = options.onStep ?? (() => Effect.void)
+    const resolve = options.conflicts ?? ConflictPolicy.resolver("lastPushWins")
+    const conflictLog = ConflictLog.make(`${options.path}-conflicts`)
+    // The conflicts of the last replay in push mode; logged once its push is acknowledged.
+    const pushConflicts = yield* Ref.make<ReadonlyArray<ConflictPolicy.Entry>>([])
 
     const active = yield* Ref.make<"draft" | "synced">("draft")
     const readGate = yield* Effect.makeSemaphore(READ_PERMITS)
@@ -421,10 +451,12 @@ export const make = (options: EngineOptions) =>
       Effect.gen(function*() {
         const changes = yield* on(draft, ChangeCapture.pending(progress)).pipe(Effect.mapError(sqlStatementError("Capture")))
         if (changes.length === 0) return { replayed: 0, lastChangeId: progress }
+        const policy = { resolve, ...(options.transform ? { transform: options.transform } : {}) }
         const result = yield* on(
           synced,
-          ChangeReplay.apply(changes, mode === "push" ? { mode: "push", clientId } : { mode: "pull" })
-        ).pipe(Effect.mapError(sqlStatementError("Replay")))
+          ChangeReplay.apply(changes, mode === "push" ? { mode: "push", clientId, ...policy } : { mode: "pull", ...policy })
+        ).pipe(Effect.mapError(replayError))
+        if (mode === "push") yield* Ref.set(pushConflicts, ConflictLog.entries(result))
         yield* step("replay:done")
         return { replayed: changes.length, lastChangeId: result.lastChangeId }
       })
@@ -455,6 +487,15 @@ export const make = (options: EngineOptions) =>
             const { transferredChangeId: _, ...rest } = m
             return { ...rest, syncedFrame: m.syncedFrame + frames.length, lastPushedChangeId: lastChangeId, lastPushAt: Date.now() }
           })
+          const decided = yield* Ref.getAndSet(pushConflicts, [])
+          if (decided.length > 0) {
+            const at = Date.now()
+            const entries = decided.map((entry) => ({ ...entry, at }))
+            yield* conflictLog.append(entries).pipe(
+              Effect.catchAll((error) => Effect.logWarning("cannot write the conflict log", error))
+            )
+            if (options.onConflicts) yield* options.onConflicts(entries)
+          }
           // Acknowledged changes are not needed in Draft's log any more (ids are never reused).
           yield* on(draft, ChangeCapture.prune(lastChangeId)).pipe(
             Effect.catchAll((error) => Effect.logWarning("cannot prune acknowledged changes", error))
@@ -641,6 +682,7 @@ export const make = (options: EngineOptions) =>
 
     return {
       clientId,
+      conflicts: conflictLog.read,
       execute,
       query,
       push,

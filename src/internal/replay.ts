@@ -3,6 +3,7 @@ import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import type * as ChangeCapture from "../ChangeCapture.js"
 import * as ChangeReplay from "../ChangeReplay.js"
+import * as ConflictPolicy from "../ConflictPolicy.js"
 import { createChangesTable, plain, raiseSequenceFloor } from "./capture.js"
 import { ident, isLiteral, splitStatements } from "./sqlText.js"
 import * as ForeignKeys from "./foreignKeys.js"
@@ -115,6 +116,28 @@ export const decide = (
       return { _tag: "Delete", key: beforeKey, conflict: sameImage(change.before, current) ? null : "RowChanged" }
     }
   }
+}
+
+/**
+ * The decision that writes `row` (a resolver's `Replace`) for `change`: an update moves/overwrites the row at
+ * its before key, anything else upserts at the lookup key.
+ */
+export const replaceDecision = (
+  change: ChangeCapture.Change,
+  table: TableInfo.TableInfo,
+  key: Key,
+  current: Image | null,
+  row: Image,
+  conflict: ChangeReplay.ConflictKind | null
+): ChangeReplay.Decision => {
+  const rowid = change.rowid?.after ?? change.rowid?.before ?? null
+  if (change.kind === "update" && current !== null) {
+    const rowidBefore = change.rowid?.before ?? null
+    const setRowid = table.primaryKey.length === 0 && rowid !== null && rowid !== rowidBefore ? rowid : null
+    return { _tag: "Update", key, set: row, setRowid, conflict }
+  }
+  const upsertKey = keyOf(table, row, rowid) ?? key
+  return { _tag: "Upsert", key: upsertKey, row, rowid, conflict }
 }
 
 /** SQL statements carrying out a decision on `table` (values are inlined literals). */
@@ -314,63 +337,223 @@ export const apply = (
         tables.has(name) ? Effect.succeed(tables.get(name)) : Effect.tap(TableInfo.read(name), (info) => {
           tables.set(name, info)
         })
-      for (const change of todo) {
-        const fail = (reason: ChangeReplay.ReplayError["reason"], message: string, statement?: string, cause?: unknown) =>
-          Effect.fail(
-            new ChangeReplay.ReplayError({
-              reason,
-              message,
-              changeId: change.id,
-              txId: change.txId,
-              ...(statement !== undefined ? { statement } : {}),
-              ...(cause !== undefined ? { cause } : {})
-            })
-          )
-        if (change.kind === "ddl") {
-          const text = change.sql ?? ""
-          // The schema change sees the real schema (it may create or drop triggers itself).
-          yield* restoreTriggers(sql, suspended)
-          for (const part of splitStatements(text)) {
-            yield* runOnce(sql, part).pipe(
-              Effect.catchAll((error) =>
-                alreadyApplied(part, messageOf(error))
-                  ? Effect.void
-                  : fail("Statement", `schema change ${change.id} failed: ${messageOf(error)}`, part, error)
-              )
-            )
+      const resolve = options.resolve
+      const transform = options.transform
+      const mode = options.mode
+      const dropped: Array<number> = []
+      // Whether replay may meet deferred foreign-key violations a policy must see per transaction.
+      const fkProbe = resolve === undefined ? Effect.succeed(false) : Effect.map(
+        sql<{ readonly n: number }>`
+          SELECT (SELECT foreign_keys FROM pragma_foreign_keys) = 1 AND EXISTS (
+            SELECT 1 FROM main.sqlite_schema AS m JOIN pragma_foreign_key_list(m.name) AS f
+            WHERE m.type = 'table') AS n`.withoutTransform,
+        (rows) => rows[0]?.n === 1
+      )
+      let fkActive = yield* fkProbe
+      /**
+       * A constraint failure (UNIQUE, CHECK, NOT NULL) put to the policy: "drop" the transaction, "fail"
+       * (nothing can settle it), or "replaced" (the resolver's row was written instead).
+       */
+      const settleConstraint = (
+        change: ChangeCapture.Change,
+        table: TableInfo.TableInfo,
+        key: Key,
+        current: Image | null,
+        statement: string,
+        message: string
+      ) =>
+        Effect.gen(function*() {
+          const resolution = yield* resolve!({
+            kind: "Constraint", table: change.table, key, change, remote: current, mode, statement, message
+          })
+          const record = (decision: ChangeReplay.Decision) =>
+            conflicts.push({ change, kind: "Constraint", current, decision, resolution, statement, message })
+          if (ConflictPolicy.dropsTransaction(resolution)) {
+            record({ _tag: "Skip", conflict: null })
+            return "drop" as const
           }
-          tables.clear()
-          ddlRan = true
-          suspended = suspend ? yield* suspendTriggers(sql) : []
-          continue
-        }
-        touched.add(change.table)
-        const table = yield* tableInfo(change.table)
-        if (table === undefined) {
-          return yield* fail("MissingTable", `change ${change.id}: table ${change.table} does not exist here`)
-        }
-        const key = lookupKey(change, table)
-        if (key === undefined) {
-          return yield* fail("NoRowIdentity", `change ${change.id}: no key for a row of ${change.table}`)
-        }
-        const current = yield* readCurrent(sql, table, key)
-        const decision = (options.decide ?? decide)(change, current, table)
-        const seen = "conflict" in decision ? decision.conflict : null
-        if (seen !== null) conflicts.push({ change, kind: seen, current, decision })
-        if (decision._tag === "Invalid") {
-          return yield* fail("InvalidChange", `change ${change.id}: ${decision.reason}`)
-        }
-        for (const statement of statements(decision, table)) {
-          yield* runOnce(sql, statement).pipe(
-            Effect.catchAll((error) =>
-              fail(
-                isConstraint(error) ? "Constraint" : "Statement",
-                `change ${change.id} on ${change.table}: ${messageOf(error)}`,
-                statement,
-                error
-              )
+          if (resolution._tag === "Replace") {
+            const decision = replaceDecision(change, table, key, current, resolution.row, null)
+            for (const replacement of statements(decision, table)) {
+              const ok = yield* Effect.either(runOnce(sql, replacement))
+              if (ok._tag === "Left") return mode === "push" ? "fail" as const : "drop" as const
+            }
+            record(decision)
+            return "replaced" as const
+          }
+          // KeepLocal or Fail: the local change cannot be applied. A pull only previews the push: the
+          // transaction stays pending (re-recorded) and the push reports the failure.
+          if (mode === "pull") {
+            record({ _tag: "Skip", conflict: null })
+            return "drop" as const
+          }
+          return "fail" as const
+        })
+      let savepoints = 0
+      for (const group of ChangeReplay.groupByTransaction(todo)) {
+        // A local transaction replays as a unit: a policy that drops one of its changes drops all of them.
+        const savepoint = resolve === undefined ? undefined : `_sync_tx_${++savepoints}`
+        if (savepoint !== undefined) yield* runOnce(sql, `SAVEPOINT ${savepoint}`)
+        const suspendedAtStart = suspended
+        const touchedTx = new Set<string>()
+        let drop: { readonly change: ChangeCapture.Change } | undefined
+        let ddlInTx = false
+        for (const original of group) {
+          let change = original
+          const fail = (reason: ChangeReplay.ReplayError["reason"], message: string, statement?: string, cause?: unknown) =>
+            Effect.fail(
+              new ChangeReplay.ReplayError({
+                reason,
+                message,
+                changeId: change.id,
+                txId: change.txId,
+                table: change.table,
+                ...(statement !== undefined ? { statement } : {}),
+                ...(cause !== undefined ? { cause } : {})
+              })
             )
-          )
+          if (change.kind === "ddl") {
+            const text = change.sql ?? ""
+            // The schema change sees the real schema (it may create or drop triggers itself).
+            yield* restoreTriggers(sql, suspended)
+            for (const part of splitStatements(text)) {
+              yield* runOnce(sql, part).pipe(
+                Effect.catchAll((error) =>
+                  alreadyApplied(part, messageOf(error))
+                    ? Effect.void
+                    : fail("Statement", `schema change ${change.id} failed: ${messageOf(error)}`, part, error)
+                )
+              )
+            }
+            tables.clear()
+            ddlRan = true
+            ddlInTx = true
+            suspended = suspend ? yield* suspendTriggers(sql) : []
+            fkActive = yield* fkProbe
+            continue
+          }
+          touched.add(change.table)
+          touchedTx.add(change.table)
+          let table = yield* tableInfo(change.table)
+          if (table === undefined) {
+            return yield* fail("MissingTable", `change ${change.id}: table ${change.table} does not exist here`)
+          }
+          let key = lookupKey(change, table)
+          if (key === undefined) {
+            return yield* fail("NoRowIdentity", `change ${change.id}: no key for a row of ${change.table}`)
+          }
+          let current = yield* readCurrent(sql, table, key)
+          if (transform !== undefined) {
+            const outcome = yield* transform(change, current)
+            if (outcome._tag === "Skip") continue
+            if (outcome._tag === "Rewrite") {
+              change = { ...outcome.change, id: original.id, txId: original.txId }
+              if (!validLiterals(change)) {
+                return yield* fail("InvalidChange", `change ${change.id} was rewritten with a value that is not a SQL literal`)
+              }
+              table = yield* tableInfo(change.table)
+              if (table === undefined) {
+                return yield* fail("MissingTable", `change ${change.id}: table ${change.table} does not exist here`)
+              }
+              key = lookupKey(change, table)
+              if (key === undefined) {
+                return yield* fail("NoRowIdentity", `change ${change.id}: no key for a row of ${change.table}`)
+              }
+              current = yield* readCurrent(sql, table, key)
+            }
+          }
+          const base = (options.decide ?? decide)(change, current, table)
+          const seen = "conflict" in base ? base.conflict : null
+          let decision = base
+          let resolution: ConflictPolicy.Resolution | undefined
+          if (seen !== null && resolve !== undefined) {
+            resolution = yield* resolve({ kind: seen, table: change.table, key, change, remote: current, mode })
+            if (resolution._tag === "Fail" && mode === "push") {
+              return yield* fail(
+                "Unresolved",
+                `change ${change.id} (local transaction ${change.txId}) on ${change.table}: ${seen} conflict: ` +
+                  (resolution.message ?? "the resolver decided to fail")
+              )
+            }
+            if (ConflictPolicy.dropsTransaction(resolution) || resolution._tag === "Fail") {
+              conflicts.push({ change, kind: seen, current, decision: { _tag: "Skip", conflict: seen }, resolution })
+              drop = { change }
+              break
+            }
+            if (resolution._tag === "Replace") decision = replaceDecision(change, table, key, current, resolution.row, seen)
+          }
+          if (seen !== null) {
+            conflicts.push({ change, kind: seen, current, decision, ...(resolution ? { resolution } : {}) })
+          }
+          if (decision._tag === "Invalid") {
+            return yield* fail("InvalidChange", `change ${change.id}: ${decision.reason}`)
+          }
+          const run = (statement: string) =>
+            Effect.either(runOnce(sql, statement).pipe(
+              Effect.catchAll((error) =>
+                fail(
+                  isConstraint(error) ? "Constraint" : "Statement",
+                  `change ${change.id} (local transaction ${change.txId}) on ${change.table}: ${messageOf(error)}`,
+                  statement,
+                  error
+                )
+              )
+            ))
+          for (const statement of statements(decision, table)) {
+            const result = yield* run(statement)
+            if (result._tag === "Right") continue
+            const error = result.left
+            if (error.reason !== "Constraint" || resolve === undefined) return yield* Effect.fail(error)
+            const settled = yield* settleConstraint(change, table, key, current, statement, messageOf(error.cause as SqlError))
+            if (settled === "fail") return yield* Effect.fail(error)
+            if (settled === "drop") {
+              drop = { change }
+              break
+            }
+            // Replaced: the failed statement was undone by SQLite (ABORT); the replacement row was written.
+            break
+          }
+          if (drop !== undefined) break
+        }
+        if (drop === undefined && fkActive && touchedTx.size > 0 && savepoint !== undefined) {
+          const found = yield* ForeignKeys.violations(sql, ddlInTx ? undefined : touchedTx)
+          if (found.length > 0) {
+            const last = group[group.length - 1]!
+            const message = `FOREIGN KEY constraint failed: ${ForeignKeys.describe(found)}`
+            const statement = "PRAGMA foreign_key_check"
+            const info = yield* tableInfo(last.table)
+            const key = info === undefined ? undefined : lookupKey(last, info)
+            const current = info === undefined || key === undefined ? null : yield* readCurrent(sql, info, key)
+            const resolution = yield* resolve!({
+              kind: "Constraint", table: last.table, key: key ?? [], change: last, remote: current, mode, statement, message
+            })
+            if (!ConflictPolicy.dropsTransaction(resolution) && mode === "push") {
+              return yield* Effect.fail(
+                new ChangeReplay.ReplayError({
+                  reason: "Constraint",
+                  message: `local transaction ${last.txId}: ${message}`,
+                  changeId: last.id,
+                  txId: last.txId,
+                  table: last.table,
+                  statement
+                })
+              )
+            }
+            conflicts.push({
+              change: last, kind: "Constraint", current, decision: { _tag: "Skip", conflict: null }, resolution, statement, message
+            })
+            drop = { change: last }
+          }
+        }
+        if (savepoint !== undefined) {
+          if (drop !== undefined) {
+            yield* runOnce(sql, `ROLLBACK TO ${savepoint}`)
+            for (const change of group) dropped.push(change.id)
+            suspended = suspendedAtStart
+            tables.clear()
+            if (ddlInTx) fkActive = yield* fkProbe
+          }
+          yield* runOnce(sql, `RELEASE ${savepoint}`)
         }
       }
       yield* restoreTriggers(sql, suspended)
@@ -408,6 +591,6 @@ export const apply = (
           : 0
         yield* raiseSequenceFloor(sql, Math.max(floor, last))
       }
-      return { lastChangeId: last, applied: todo.length, conflicts }
+      return { lastChangeId: last, applied: todo.length, conflicts, dropped }
     }))
   }))

@@ -14,6 +14,7 @@ import * as Ref from "effect/Ref"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
+import type * as ConflictPolicy from "../ConflictPolicy.js"
 import type * as SyncError from "../SyncError.js"
 import type { Operation, Status } from "../SyncEvents.js"
 import { SyncEvent } from "../SyncEvents.js"
@@ -228,5 +229,13 @@ export const make = Effect.gen(function*() {
       }
     })
 
-  return { observe, wrap }
+  /** For the engine's own events (conflicts decided by a push), under the operation running now. */
+  const publishConflicts = (entries: ReadonlyArray<ConflictPolicy.Entry>) =>
+    Effect.flatMap(Ref.get(current), (operation) =>
+      Effect.forEach(entries, (entry) =>
+        publish(SyncEvent.Conflict({ operation: operation === "bootstrap" ? "push" : operation, entry })), {
+        discard: true
+      }))
+
+  return { observe, wrap, publishConflicts }
 })
