@@ -204,11 +204,20 @@ const KINDS: ReadonlyArray<Kind> = [
   { group: "http", title: "HTTP version 3.0 in the request line", build: (s) => raw({ bytes: `GET /db/${VICTIM}/info HTTP/3.0\r\nHost: x\r\n${s.authLines.map((l) => `${l}\r\n`).join("")}\r\n` }), status: 400, error: "bad_request" },
   { group: "http", title: "a NUL byte in a header value", build: (s) => raw({ bytes: Raw.head("GET", `/db/${VICTIM}/info`, [...s.authLines, "X-Evil: a\u0000b"]) }), status: 400, error: "bad_request" },
   { group: "http", title: "a header name with a space", build: (s) => raw({ bytes: Raw.head("GET", `/db/${VICTIM}/info`, [...s.authLines, "Bad Header: x"]) }), status: 400, error: "bad_request" },
+  { group: "http", title: "CONNECT to another host", build: (s) => raw({ bytes: Raw.head("CONNECT", "127.0.0.1:22", s.authLines) }), status: 405, error: "method_not_allowed" },
+  { group: "http", title: "an obs-fold header continuation line", build: (s) => raw({ bytes: Raw.head("GET", `/db/${VICTIM}/info`, [...s.authLines, "X-A: 1", "  continued"]) }), status: 400, error: "bad_request" },
+  { group: "http", title: "bare LF line endings", build: (s) => raw({ bytes: `GET /db/${VICTIM}/info HTTP/1.1\nHost: x\n${s.authLines.map((l) => `${l}\n`).join("")}\n` }), status: 400, error: "bad_request" },
+  { group: "http", title: "a tab between method and path", build: (s) => raw({ bytes: Raw.head("GET", `/db/${VICTIM}/info`, s.authLines).replace("GET ", "GET\t") }), status: 400, error: "bad_request" },
+  { group: "http", title: "a negative content-length", build: (s) => raw({ bytes: rawPush(s, 1, ["Content-Length: -1"], "") }), status: 400, error: "bad_request" },
+  { group: "http", title: "a content-length with a '+'", build: (s) => raw({ bytes: rawPush(s, 1, [`Content-Length: +${FRAME}`], wire(s.next[0])) }), status: 400, error: "bad_request" },
+  { group: "http", title: "chunked not the last transfer coding", build: (s) => raw({ bytes: rawPush(s, 1, ["Transfer-Encoding: chunked, gzip"], "3\r\nabc\r\n0\r\n\r\n") }), status: 400, error: "bad_request" },
+  { group: "http", title: "transfer coding 'identity' without a length", build: (s) => raw({ bytes: rawPush(s, 1, ["Transfer-Encoding: identity"], wire(s.next[0])) }), status: 400, error: "bad_request" },
 
   // Clients that stall: the server answers within its request timeout and holds nothing.
   { group: "slow", title: "a push body that stops after 100 bytes", build: (s) => raw({ bytes: rawPush(s, s.next.length, [`Content-Length: ${s.next.length * FRAME}`], wire(...s.next).subarray(0, 100)), timeoutMs: REQUEST_TIMEOUT_MS + 3_000 }), status: 408, error: "request_timeout" },
   { group: "slow", title: "a push body trickled one byte every 100 ms", build: (s) => raw({ bytes: rawPush(s, s.next.length, [`Content-Length: ${s.next.length * FRAME}`], ""), drip: { bytes: wire(...s.next), everyMs: 100 }, timeoutMs: REQUEST_TIMEOUT_MS + 3_000 }), status: 408, error: "request_timeout" },
   { group: "slow", title: "a chunked push that never sends its last chunk", build: (s) => raw({ bytes: rawPush(s, 1, ["Transfer-Encoding: chunked"], `${FRAME.toString(16)}\r\n`), timeoutMs: REQUEST_TIMEOUT_MS + 3_000 }), status: 408, error: "request_timeout" },
+  { group: "slow", title: "a chunk size of 2^64-1, then a stall", build: (s) => raw({ bytes: rawPush(s, 1, ["Transfer-Encoding: chunked"], "ffffffffffffffff\r\nabc"), timeoutMs: REQUEST_TIMEOUT_MS + 3_000 }), status: 408, error: "request_timeout" },
   { group: "slow", title: "headers that never end", build: (s) => raw({ bytes: `GET /db/${VICTIM}/info HTTP/1.1\r\nHost: x\r\n${s.authLines.map((l) => `${l}\r\n`).join("")}X-Slow: 1\r\n`, timeoutMs: HEADERS_TIMEOUT_MS + 3_000 }), status: 408, error: "request_timeout" },
   { group: "slow", title: "headers trickled one byte every 100 ms", build: (s) => raw({ bytes: "G", drip: { bytes: Buffer.from(Raw.head("GET", `/db/${VICTIM}/info`, s.authLines).slice(1), "latin1"), everyMs: 100 }, timeoutMs: HEADERS_TIMEOUT_MS + 3_000 }), status: 408, error: "request_timeout" },
 
@@ -296,6 +305,10 @@ const ANSWERED: ReadonlyArray<Answered> = [
   { title: "a push past the head (gap: ok with the real head)", build: (s) => http({ method: "POST", path: syncPath(1, s.head + 10, s.head + 10 + s.next.length), body: wire(...s.next) }), body: (s) => ({ status: "ok", generation: 1, max_frame_no: s.head }) },
   { title: "an HTTP/1.1 request without Host", build: (s) => raw({ bytes: `GET /db/${VICTIM}/info HTTP/1.1\r\n${s.authLines.map((l) => `${l}\r\n`).join("")}Connection: close\r\n\r\n` }), body: infoBody },
   { title: "a query string on /info", build: () => http({ path: `/db/${VICTIM}/info?x=1&y=%00` }), body: infoBody },
+  { title: "a GET with a body", build: (s) => raw({ bytes: `${Raw.head("GET", `/db/${VICTIM}/info`, [...s.authLines, "Content-Length: 5", "Connection: close"])}hello` }), body: infoBody },
+  { title: "an absolute-form request target naming another host", build: (s) => raw({ bytes: Raw.head("GET", `http://evil.example/db/${VICTIM}/info`, [...s.authLines, "Connection: close"]) }), body: infoBody },
+  { title: "HTTP/1.0 without Host", build: (s) => raw({ bytes: `GET /db/${VICTIM}/info HTTP/1.0\r\n${s.authLines.map((l) => `${l}\r\n`).join("")}\r\n` }), body: infoBody },
+  { title: "a WebSocket upgrade request", build: (s) => raw({ bytes: Raw.head("GET", `/db/${VICTIM}/info`, [...s.authLines, "Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="]) }), body: infoBody },
   { title: "'bearer' in lower case (schemes are case-insensitive)", authOnly: true, build: () => http({ path: `/db/${VICTIM}/info`, headers: { authorization: `bearer ${TOKEN}` } }, true), body: infoBody },
   { title: "the header name in upper case", authOnly: true, build: () => raw({ bytes: Raw.head("GET", `/db/${VICTIM}/info`, [`AUTHORIZATION: Bearer ${TOKEN}`, "Connection: close"]) }), body: infoBody },
   { title: "a token followed by spaces (trimmed as HTTP says)", authOnly: true, build: () => raw({ bytes: Raw.head("GET", `/db/${VICTIM}/info`, [`Authorization: Bearer ${TOKEN}   `, "Connection: close"]) }), body: infoBody }

@@ -31,7 +31,13 @@ export interface Options {
   readonly socketTimeoutMs?: number | undefined
 }
 
-const STATUS: Record<number, string> = { 400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large", 431: "Request Header Fields Too Large" }
+const STATUS: Record<number, string> = {
+  400: "Bad Request",
+  405: "Method Not Allowed",
+  408: "Request Timeout",
+  413: "Payload Too Large",
+  431: "Request Header Fields Too Large"
+}
 
 /** The status and JSON error code of a request Node's parser or timers refused. */
 export const classify = (code: string | undefined): { status: number; error: string; message: string } => {
@@ -42,6 +48,8 @@ export const classify = (code: string | undefined): { status: number; error: str
       return { status: 413, error: "too_large", message: "chunk extensions are over the size limit" }
     case "ERR_HTTP_REQUEST_TIMEOUT":
       return { status: 408, error: "request_timeout", message: "the request did not arrive in time" }
+    case "CONNECT":
+      return { status: 405, error: "method_not_allowed", message: "CONNECT is not allowed: this is not a proxy" }
     default:
       return { status: 400, error: "bad_request", message: "the request is not valid HTTP/1.1" }
   }
@@ -51,7 +59,8 @@ export const classify = (code: string | undefined): { status: number; error: str
 export const refusal = (code: string | undefined): string => {
   const { error, message, status } = classify(code)
   const body = JSON.stringify({ error, message })
-  return `HTTP/1.1 ${status} ${STATUS[status]}\r\nContent-Type: application/json\r\n` +
+  const allow = status === 405 ? "Allow: GET, HEAD, POST\r\n" : ""
+  return `HTTP/1.1 ${status} ${STATUS[status]}\r\nContent-Type: application/json\r\n${allow}` +
     `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
 }
 
@@ -90,6 +99,11 @@ export const createServer = (options: Options = {}): Http.Server => {
     connectionsCheckingInterval: Math.min(1_000, headersTimeout)
   })
   server.on("clientError", onClientError)
+  // Node hands CONNECT requests to this event, not to the routes; without a listener it drops the socket.
+  server.on("connect", (_request: Http.IncomingMessage, socket: Net.Socket) => {
+    socket.on("error", () => socket.destroy())
+    socket.end(refusal("CONNECT"))
+  })
   // With no "timeout" listener, Node destroys a socket idle this long (keep-alive idling has its own 5 s).
   server.timeout = socketTimeout
   return server
