@@ -13,6 +13,7 @@ import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
 import * as Fs from "node:fs"
 import * as NodePath from "node:path"
+import * as SyncFiles from "./SyncFiles.js"
 import { StorageError } from "./SyncError.js"
 
 /**
@@ -92,21 +93,22 @@ const storageError = (path: string, message: string) => (cause: unknown) =>
  * @category utils
  */
 export const writeFileAtomic = (path: string, bytes: Uint8Array | string): Effect.Effect<void, StorageError> =>
-  Effect.try({
-    try: () => {
-      const temp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`
-      const fd = Fs.openSync(temp, "w")
-      try {
-        Fs.writeSync(fd, typeof bytes === "string" ? Buffer.from(bytes) : bytes)
-        Fs.fsyncSync(fd)
-      } finally {
-        Fs.closeSync(fd)
-      }
-      Fs.renameSync(temp, path)
-      fsyncDirectorySync(NodePath.dirname(path))
-    },
-    catch: (cause) => new StorageError({ reason: "Files", message: `cannot write ${path}`, path, cause })
-  })
+  Effect.flatMap(SyncFiles.current, (fs) =>
+    Effect.try({
+      try: () => {
+        const temp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`
+        const fd = fs.openSync(temp, "w")
+        try {
+          fs.writeSync(fd, typeof bytes === "string" ? Buffer.from(bytes) : bytes)
+          fs.fsyncSync(fd)
+        } finally {
+          fs.closeSync(fd)
+        }
+        fs.renameSync(temp, path)
+        SyncFiles.fsyncDirectory(fs, NodePath.dirname(path))
+      },
+      catch: (cause) => new StorageError({ reason: "Files", message: `cannot write ${path}`, path, cause })
+    }))
 
 /**
  * fsync of a directory, so that a rename or unlink in it survives a crash.

@@ -7,8 +7,7 @@
  */
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import * as Fs from "node:fs"
-import { fsyncDirectorySync } from "../SyncMetadata.js"
+import { type Service as FileService, current as currentFiles, fsyncDirectory } from "../SyncFiles.js"
 import { StorageError } from "../SyncError.js"
 import * as WalFrame from "../WalFrame.js"
 
@@ -18,33 +17,37 @@ export const walPath = (db: string) => `${db}-wal`
 export const shmPath = (db: string) => `${db}-shm`
 
 /** @internal */
-export const attempt = <A>(path: string, message: string, f: () => A): Effect.Effect<A, StorageError> =>
-  Effect.try({ try: f, catch: (cause) => new StorageError({ reason: "Files", message: `${message}: ${String(cause)}`, path, cause }) })
+export const attempt = <A>(path: string, message: string, f: (fs: FileService) => A): Effect.Effect<A, StorageError> =>
+  Effect.flatMap(currentFiles, (fs) =>
+    Effect.try({
+      try: () => f(fs),
+      catch: (cause) => new StorageError({ reason: "Files", message: `${message}: ${String(cause)}`, path, cause })
+    }))
 
 /** @internal */
-export const exists = (path: string) => attempt(path, "cannot stat", () => Fs.existsSync(path))
+export const exists = (path: string) => attempt(path, "cannot stat", (fs) => fs.existsSync(path))
 
 /** @internal */
 export const fileSize = (path: string): Effect.Effect<number, StorageError> =>
-  attempt(path, "cannot stat", () => (Fs.existsSync(path) ? Fs.statSync(path).size : 0))
+  attempt(path, "cannot stat", (fs) => (fs.existsSync(path) ? fs.sizeSync(path) : 0))
 
 /** @internal */
-export const remove = (path: string) => attempt(path, "cannot remove", () => Fs.rmSync(path, { force: true }))
+export const remove = (path: string) => attempt(path, "cannot remove", (fs) => fs.removeSync(path))
 
-const fsyncFile = (path: string) => {
-  const fd = Fs.openSync(path, "r+")
+const fsyncFile = (fs: FileService, path: string) => {
+  const fd = fs.openSync(path, "r+")
   try {
-    Fs.fsyncSync(fd)
+    fs.fsyncSync(fd)
   } finally {
-    Fs.closeSync(fd)
+    fs.closeSync(fd)
   }
 }
 
 /** @internal */
 export const rename = (from: string, to: string) =>
-  attempt(to, `cannot rename ${from}`, () => {
-    Fs.renameSync(from, to)
-    fsyncDirectorySync(dirnameOf(to))
+  attempt(to, `cannot rename ${from}`, (fs) => {
+    fs.renameSync(from, to)
+    fsyncDirectory(fs, dirnameOf(to))
   })
 
 const dirnameOf = (path: string) => {
@@ -54,21 +57,21 @@ const dirnameOf = (path: string) => {
 
 /** Writes `bytes` as a new file `path` and fsyncs it and its directory. @internal */
 export const writeNew = (path: string, bytes: Uint8Array) =>
-  attempt(path, "cannot write", () => {
-    const fd = Fs.openSync(path, "w")
+  attempt(path, "cannot write", (fs) => {
+    const fd = fs.openSync(path, "w")
     try {
-      Fs.writeSync(fd, bytes)
-      Fs.fsyncSync(fd)
+      fs.writeSync(fd, bytes)
+      fs.fsyncSync(fd)
     } finally {
-      Fs.closeSync(fd)
+      fs.closeSync(fd)
     }
-    fsyncDirectorySync(dirnameOf(path))
+    fsyncDirectory(fs, dirnameOf(path))
   })
 
 /** The committed frames of `<db>-wal`, `None` when there is no valid WAL. @internal */
 export const readWal = (db: string): Effect.Effect<Option.Option<WalFrame.Wal>, StorageError> =>
-  attempt(walPath(db), "cannot read WAL", () =>
-    Fs.existsSync(walPath(db)) ? WalFrame.parse(Fs.readFileSync(walPath(db))) : Option.none()
+  attempt(walPath(db), "cannot read WAL", (fs) =>
+    fs.existsSync(walPath(db)) ? WalFrame.parse(fs.readFileSync(walPath(db))) : Option.none()
   )
 
 /**
@@ -78,13 +81,13 @@ export const readWal = (db: string): Effect.Effect<Option.Option<WalFrame.Wal>, 
  * @internal
  */
 export const truncateWal = (db: string, frames: number) =>
-  attempt(walPath(db), "cannot truncate WAL", () => {
+  attempt(walPath(db), "cannot truncate WAL", (fs) => {
     const wal = walPath(db)
-    if (Fs.existsSync(wal) && Fs.statSync(wal).size > WalFrame.walSize(frames)) {
-      Fs.truncateSync(wal, frames === 0 ? 0 : WalFrame.walSize(frames))
-      fsyncFile(wal)
+    if (fs.existsSync(wal) && fs.sizeSync(wal) > WalFrame.walSize(frames)) {
+      fs.truncateSync(wal, frames === 0 ? 0 : WalFrame.walSize(frames))
+      fsyncFile(fs, wal)
     }
-    Fs.rmSync(shmPath(db), { force: true })
+    fs.removeSync(shmPath(db))
   })
 
 /**
@@ -101,7 +104,7 @@ export const appendWal = (
   prefix?: WalState | undefined
 ) =>
   Effect.flatMap(truncateWal(db, current), () =>
-    attempt(walPath(db), "cannot append to WAL", (): WalState => {
+    attempt(walPath(db), "cannot append to WAL", (fs): WalState => {
       const path = walPath(db)
       let wal: WalFrame.Wal
       let fresh = false
@@ -109,7 +112,7 @@ export const appendWal = (
         // The running checksum at `current` is known: no need to read the frames before it.
         wal = { header: prefix.header, frames: [], checksum: prefix.checksum }
       } else {
-        const parsed = Fs.existsSync(path) ? WalFrame.parse(Fs.readFileSync(path)) : Option.none()
+        const parsed = fs.existsSync(path) ? WalFrame.parse(fs.readFileSync(path)) : Option.none()
         if (Option.isSome(parsed)) {
           wal = parsed.value
           if (wal.frames.length !== current) {
@@ -126,16 +129,16 @@ export const appendWal = (
         }
       }
       const appended = WalFrame.append(wal, frames)
-      const fd = Fs.openSync(path, fresh ? "w" : "r+")
+      const fd = fs.openSync(path, fresh ? "w" : "r+")
       try {
-        if (fresh) Fs.writeSync(fd, WalFrame.encodeHeader(wal), 0, WalFrame.WAL_HEADER_SIZE, 0)
-        Fs.writeSync(fd, appended.bytes, 0, appended.bytes.byteLength, WalFrame.walSize(current))
-        Fs.ftruncateSync(fd, WalFrame.walSize(current + frames.length))
-        Fs.fsyncSync(fd)
+        if (fresh) fs.writeSync(fd, WalFrame.encodeHeader(wal), 0, WalFrame.WAL_HEADER_SIZE, 0)
+        fs.writeSync(fd, appended.bytes, 0, appended.bytes.byteLength, WalFrame.walSize(current))
+        fs.ftruncateSync(fd, WalFrame.walSize(current + frames.length))
+        fs.fsyncSync(fd)
       } finally {
-        Fs.closeSync(fd)
+        fs.closeSync(fd)
       }
-      Fs.rmSync(shmPath(db), { force: true })
+      fs.removeSync(shmPath(db))
       return { frames: current + frames.length, header: wal.header, checksum: appended.wal.checksum }
     }))
 
@@ -147,18 +150,18 @@ export const appendWal = (
  * @internal
  */
 export const materialize = (basePath: string, frames: ReadonlyArray<WalFrame.Frame>, target: string) =>
-  attempt(target, "cannot materialize", () => {
-    Fs.rmSync(target, { force: true })
-    Fs.copyFileSync(basePath, target)
+  attempt(target, "cannot materialize", (fs) => {
+    fs.removeSync(target)
+    fs.copyFileSync(basePath, target)
     const committed = WalFrame.committedLength(frames)
-    const fd = Fs.openSync(target, "r+")
+    const fd = fs.openSync(target, "r+")
     try {
-      if (committed > 0) writePages(fd, frames.slice(0, committed))
-      Fs.fsyncSync(fd)
+      if (committed > 0) writePages(fs, fd, frames.slice(0, committed))
+      fs.fsyncSync(fd)
     } finally {
-      Fs.closeSync(fd)
+      fs.closeSync(fd)
     }
-    fsyncDirectorySync(dirnameOf(target))
+    fsyncDirectory(fs, dirnameOf(target))
   })
 
 // The WAL checksum (sqlite.org/walformat.html): two u32 accumulators over pairs of u32 words, in the
@@ -195,19 +198,19 @@ export const stateOf = (wal: WalFrame.Wal): WalState => ({ frames: wal.frames.le
  * @internal
  */
 export const prefixState = (db: string, frames: number) =>
-  attempt(walPath(db), "cannot read WAL", (): WalState | undefined => {
+  attempt(walPath(db), "cannot read WAL", (fs): WalState | undefined => {
     if (frames === 0) return undefined
-    const fd = Fs.openSync(walPath(db), "r")
+    const fd = fs.openSync(walPath(db), "r")
     try {
       const bytes = new Uint8Array(WalFrame.walSize(frames))
-      const read = Fs.readSync(fd, bytes, 0, bytes.byteLength, 0)
+      const read = fs.readSync(fd, bytes, 0, bytes.byteLength, 0)
       const wal = WalFrame.parse(bytes.subarray(0, read))
       if (Option.isNone(wal) || wal.value.frames.length !== frames) {
         throw new Error(`WAL does not hold ${frames} valid committed frames`)
       }
       return stateOf(wal.value)
     } finally {
-      Fs.closeSync(fd)
+      fs.closeSync(fd)
     }
   })
 
@@ -220,23 +223,23 @@ export const prefixState = (db: string, frames: number) =>
  * @internal
  */
 export const readWalTail = (db: string, prefix: WalState | undefined) =>
-  attempt(walPath(db), "cannot read WAL", (): { readonly frames: ReadonlyArray<WalFrame.Frame>; readonly state: WalState | undefined } => {
+  attempt(walPath(db), "cannot read WAL", (fs): { readonly frames: ReadonlyArray<WalFrame.Frame>; readonly state: WalState | undefined } => {
     if (prefix === undefined) {
-      const wal = Fs.existsSync(walPath(db)) ? WalFrame.parse(Fs.readFileSync(walPath(db))) : Option.none()
+      const wal = fs.existsSync(walPath(db)) ? WalFrame.parse(fs.readFileSync(walPath(db))) : Option.none()
       return Option.match(wal, {
         onNone: () => ({ frames: [], state: undefined }),
         onSome: (w) => ({ frames: w.frames, state: stateOf(w) })
       })
     }
     const start = WalFrame.walSize(prefix.frames)
-    const fd = Fs.openSync(walPath(db), "r")
+    const fd = fs.openSync(walPath(db), "r")
     let bytes: Uint8Array
     try {
-      const size = Fs.fstatSync(fd).size
+      const size = fs.fsizeSync(fd)
       bytes = new Uint8Array(Math.max(0, size - start))
-      if (bytes.byteLength > 0) Fs.readSync(fd, bytes, 0, bytes.byteLength, start)
+      if (bytes.byteLength > 0) fs.readSync(fd, bytes, 0, bytes.byteLength, start)
     } finally {
-      Fs.closeSync(fd)
+      fs.closeSync(fd)
     }
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
     const littleEndian = !prefix.header.bigEndian
@@ -271,15 +274,15 @@ export const readWalTail = (db: string, prefix: WalState | undefined) =>
  * @internal
  */
 export const readWalFrames = (db: string, count: number) =>
-  attempt(walPath(db), "cannot read WAL", (): ReadonlyArray<WalFrame.Frame> => {
+  attempt(walPath(db), "cannot read WAL", (fs): ReadonlyArray<WalFrame.Frame> => {
     if (count === 0) return []
-    const fd = Fs.openSync(walPath(db), "r")
+    const fd = fs.openSync(walPath(db), "r")
     const bytes = new Uint8Array(count * WalFrame.FRAME_SIZE)
     try {
-      const read = Fs.readSync(fd, bytes, 0, bytes.byteLength, WalFrame.WAL_HEADER_SIZE)
+      const read = fs.readSync(fd, bytes, 0, bytes.byteLength, WalFrame.WAL_HEADER_SIZE)
       if (read !== bytes.byteLength) throw new Error(`WAL holds fewer than ${count} frames`)
     } finally {
-      Fs.closeSync(fd)
+      fs.closeSync(fd)
     }
     const view = new DataView(bytes.buffer)
     const frames: Array<WalFrame.Frame> = []
@@ -301,22 +304,22 @@ export const readWalFrames = (db: string, count: number) =>
  * @internal
  */
 export const applyInPlace = (target: string, frames: ReadonlyArray<WalFrame.Frame>) =>
-  attempt(target, "cannot apply frames", () => {
+  attempt(target, "cannot apply frames", (fs) => {
     const committed = WalFrame.committedLength(frames)
-    const fd = Fs.openSync(target, "r+")
+    const fd = fs.openSync(target, "r+")
     try {
-      if (committed > 0) writePages(fd, frames.slice(0, committed))
-      Fs.fsyncSync(fd)
+      if (committed > 0) writePages(fs, fd, frames.slice(0, committed))
+      fs.fsyncSync(fd)
     } finally {
-      Fs.closeSync(fd)
+      fs.closeSync(fd)
     }
   })
 
-const writePages = (fd: number, committed: ReadonlyArray<WalFrame.Frame>) => {
+const writePages = (fs: FileService, fd: number, committed: ReadonlyArray<WalFrame.Frame>) => {
   const pages = committed[committed.length - 1].commitSize
   const newest = new Map<number, WalFrame.Frame>()
   for (const frame of committed) newest.set(frame.pgno, frame)
-  Fs.ftruncateSync(fd, pages * WalFrame.PAGE_SIZE)
+  fs.ftruncateSync(fd, pages * WalFrame.PAGE_SIZE)
   const pgnos = [...newest.keys()].filter((p) => p <= pages).sort((a, b) => a - b)
   const RUN = 256
   for (let i = 0; i < pgnos.length;) {
@@ -324,7 +327,7 @@ const writePages = (fd: number, committed: ReadonlyArray<WalFrame.Frame>) => {
     while (j < pgnos.length && j - i < RUN && pgnos[j] === pgnos[j - 1] + 1) j++
     const run = Buffer.allocUnsafe((j - i) * WalFrame.PAGE_SIZE)
     for (let k = i; k < j; k++) run.set(newest.get(pgnos[k])!.page, (k - i) * WalFrame.PAGE_SIZE)
-    Fs.writeSync(fd, run, 0, run.byteLength, (pgnos[i] - 1) * WalFrame.PAGE_SIZE)
+    fs.writeSync(fd, run, 0, run.byteLength, (pgnos[i] - 1) * WalFrame.PAGE_SIZE)
     i = j
   }
 }
