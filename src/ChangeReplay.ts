@@ -166,6 +166,8 @@ export interface Conflict {
   /** The target's row at the lookup key before the change was applied (null: absent). */
   readonly current: ChangeCapture.Image | null
   readonly decision: Decision
+  /** The key the row was looked up by (present when the change has one). */
+  readonly key?: Key | undefined
   /** What the policy decided (only with the `resolve` option). */
   readonly resolution?: ConflictPolicy.Resolution | undefined
   /** For constraint conflicts: the failing statement and SQLite's message. */

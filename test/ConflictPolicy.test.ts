@@ -70,7 +70,7 @@ describe("ConflictPolicy.builtin", () => {
     for (const conflict of conflicts) {
       for (const policy of ["lastPushWins", "remoteWins", "mergeColumns"] as const) {
         const { Effect } = await import("effect")
-        expect(await Effect.runPromise(ConflictPolicy.resolver(policy)(conflict))).toEqual(
+        expect(await Effect.runPromise(ConflictPolicy.resolver<never>(policy)(conflict))).toEqual(
           ConflictPolicy.builtin(policy, conflict)
         )
       }

@@ -45,6 +45,7 @@ export const entries = (result: ChangeReplay.ApplyResult): ReadonlyArray<Conflic
 }
 
 const keyOf = (conflict: ChangeReplay.Conflict): ReadonlyArray<readonly [string, string]> => {
+  if (conflict.key !== undefined) return conflict.key
   const d = conflict.decision
   if (d._tag === "Upsert" || d._tag === "Update" || d._tag === "Delete") return d.key
   return []

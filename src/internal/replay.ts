@@ -367,7 +367,7 @@ export const apply = (
             kind: "Constraint", table: change.table, key, change, remote: current, mode, statement, message
           })
           const record = (decision: ChangeReplay.Decision) =>
-            conflicts.push({ change, kind: "Constraint", current, decision, resolution, statement, message })
+            conflicts.push({ change, key, kind: "Constraint", current, decision, resolution, statement, message })
           if (ConflictPolicy.dropsTransaction(resolution)) {
             record({ _tag: "Skip", conflict: null })
             return "drop" as const
@@ -476,14 +476,14 @@ export const apply = (
               )
             }
             if (ConflictPolicy.dropsTransaction(resolution) || resolution._tag === "Fail") {
-              conflicts.push({ change, kind: seen, current, decision: { _tag: "Skip", conflict: seen }, resolution })
+              conflicts.push({ change, key, kind: seen, current, decision: { _tag: "Skip", conflict: seen }, resolution })
               drop = { change }
               break
             }
             if (resolution._tag === "Replace") decision = replaceDecision(change, table, key, current, resolution.row, seen)
           }
           if (seen !== null) {
-            conflicts.push({ change, kind: seen, current, decision, ...(resolution ? { resolution } : {}) })
+            conflicts.push({ change, key, kind: seen, current, decision, ...(resolution ? { resolution } : {}) })
           }
           if (decision._tag === "Invalid") {
             return yield* fail("InvalidChange", `change ${change.id}: ${decision.reason}`)
@@ -540,7 +540,7 @@ export const apply = (
               )
             }
             conflicts.push({
-              change: last, kind: "Constraint", current, decision: { _tag: "Skip", conflict: null }, resolution, statement, message
+              change: last, key: key ?? [], kind: "Constraint", current, decision: { _tag: "Skip", conflict: null }, resolution, statement, message
             })
             drop = { change: last }
           }
