@@ -123,10 +123,29 @@ describe("effect-sqlite-sync CLI workflow", () => {
       const human = yield* cli(["push", ...a])
       expect(human).toMatchObject({ code: 0, stdout: "push: nothing to push\n" })
 
-      // No conflict log yet: an honest empty list that says why.
-      const conflicts = yield* json(["conflicts", "--db", NodePath.join(dir, "a.db")])
-      expect(conflicts.value.conflicts).toEqual([])
-      if (conflicts.value.source === "none") expect(conflicts.value.note).toContain("issue 4")
+      // No conflict so far.
+      const none = yield* json(["conflicts", "--db", NodePath.join(dir, "a.db")])
+      expect(none.value).toEqual({ command: "conflicts", conflicts: [] })
+
+      // Both edit the same row; a pushes first, so b's push meets a row changed remotely: last push wins,
+      // and b's conflict log says so.
+      yield* Effect.all([
+        json(["exec", ...a, "UPDATE items SET name = ? WHERE id = ?", "apple (a)", "1"]),
+        json(["exec", ...b, "UPDATE items SET name = ? WHERE id = ?", "apple (b)", "1"])
+      ], { concurrency: 2 })
+      yield* json(["push", ...a])
+      yield* json(["sync", ...b])
+      yield* json(["pull", ...a])
+      const logged = yield* json(["conflicts", "--db", NodePath.join(dir, "b.db")])
+      expect(logged.value.conflicts).toHaveLength(1)
+      expect(logged.value.conflicts[0]).toMatchObject({ kind: "RowChanged", table: "items", decision: "Replace" })
+      const humanLog = yield* cli(["conflicts", "--db", NodePath.join(dir, "b.db")])
+      expect(humanLog.stdout).toMatch(/RowChanged\s+items\s+\{"id":"1"\}\s+Replace/)
+      const names = yield* Effect.all([
+        json(["query", ...a, "SELECT name FROM items WHERE id = 1"]),
+        json(["query", ...b, "SELECT name FROM items WHERE id = 1"])
+      ], { concurrency: 2 })
+      expect(names.map((n) => n.value)).toEqual([[{ name: "apple (b)" }], [{ name: "apple (b)" }]])
     }), { timeout: 420_000 })
 
   it.scoped("exit status 1 when the server is down or the URL unreachable; local work goes on and syncs later", () =>

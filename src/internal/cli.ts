@@ -23,6 +23,7 @@ import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Fs from "node:fs"
 import * as NodePath from "node:path"
+import type * as ConflictPolicy from "../ConflictPolicy.js"
 import * as LocalCopies from "../LocalCopies.js"
 import * as SyncDatabase from "../SyncDatabase.js"
 import * as SyncError from "../SyncError.js"
@@ -324,56 +325,30 @@ export const query = (options: LocalOptions, sql: string, inputs: ReadonlyArray<
       yield* emit(options, rows, () => table(rows))
     }))
 
-/** The name a conflict log table may have in the local database (issue 4). */
-export const CONFLICT_TABLE = "_sync_conflicts"
-
-const CONFLICT_NOTE = "this database exposes no conflict log"
-
-/** One conflict log entry as a flat row for the table view (images and keys as JSON). */
-const flatConflict = (entry: Record<string, unknown>): Record<string, unknown> => ({
-  time: typeof entry.at === "number" ? new Date(entry.at).toISOString() : entry.at,
+/** One conflict log entry as a flat row for the table view (key and row images as JSON). */
+const flatConflict = (entry: ConflictPolicy.Entry): Record<string, unknown> => ({
+  time: new Date(entry.at).toISOString(),
   kind: entry.kind,
   table: entry.table,
-  key: JSON.stringify(Object.fromEntries((entry.key as ReadonlyArray<readonly [string, string]> | undefined) ?? [])),
+  key: Object.fromEntries(entry.key),
   decision: entry.decision,
   tx: entry.txId,
-  local_before: JSON.stringify(entry.localBefore ?? null),
-  local_after: JSON.stringify(entry.localAfter ?? null),
-  remote: JSON.stringify(entry.remote ?? null)
+  local_before: entry.localBefore,
+  local_after: entry.localAfter,
+  remote: entry.remote
 })
 
 export const conflicts = (options: LocalOptions) =>
   runCommand(options, (progress) =>
     Effect.gen(function*() {
       const opened = yield* open(options, progress, false)
-      // A conflict log exposed by the engine (issue 4) as `conflicts: Effect<rows>`, else a log table.
-      const api = (opened.db as { readonly conflicts?: unknown }).conflicts
-      let source: "api" | "table" | "none" = "none"
-      let rows: ReadonlyArray<unknown> = []
-      if (Effect.isEffect(api)) {
-        const found = yield* (api as Effect.Effect<ReadonlyArray<unknown>, SyncError.SyncError>)
-        rows = found
-        source = "api"
-      } else {
-        const exists = yield* opened.db.query(
-          `SELECT 1 AS found FROM sqlite_master WHERE type = 'table' AND name = '${CONFLICT_TABLE}'`
-        )
-        if (exists.length > 0) {
-          rows = yield* opened.db.query(`SELECT * FROM ${CONFLICT_TABLE} ORDER BY rowid`).pipe(
-            Effect.provideService(SqlClient.SafeIntegers, true)
-          )
-          source = "table"
-        }
-      }
-      const note = source === "none" ? CONFLICT_NOTE : undefined
+      const entries = yield* opened.db.conflicts
       yield* emit(
         options,
-        { command: "conflicts", source, conflicts: rows, ...(note === undefined ? {} : { note }) },
+        { command: "conflicts", conflicts: entries },
         () =>
-          source === "none"
-            ? `no conflicts recorded (${note})`
-            : rows.length === 0
+          entries.length === 0
             ? "no conflicts recorded"
-            : table((rows as ReadonlyArray<Record<string, unknown>>).map((row) => source === "api" ? flatConflict(row) : row))
+            : table(entries.map(flatConflict))
       )
     }))
