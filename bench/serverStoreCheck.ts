@@ -16,6 +16,9 @@ import * as Option from "effect/Option"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import * as Layer from "effect/Layer"
+import * as internalCore from "../src/internal/serverCore.js"
+import * as internalSqlite from "../src/internal/serverSqlite.js"
 import * as ServerStore from "../src/ServerStore.js"
 import * as WalFrame from "../src/WalFrame.js"
 
@@ -105,12 +108,18 @@ const main = Effect.gen(function*() {
   lines.push(`| store | db size | check | median ms/push | p90 | mean | median CPU ms/push | median longest event-loop stall ms/push |`)
   lines.push(`|---|---|---|---|---|---|---|---|`)
   for (const sizeMb of sizes) {
-    for (const kind of ["memory", "sqlite"] as const) {
+    for (const kind of ["memory", "sqlite", "sqlite, check on main thread"] as const) {
       for (const integrityCheck of modes) {
         const dir = fs.mkdtempSync(path.join(os.tmpdir(), "bench-store-"))
+        // The third kind is the SQLite store without its check worker: what the worker saves the event loop.
         const layer = kind === "memory"
           ? ServerStore.layerMemory({ integrityCheck })
-          : ServerStore.layer({ directory: dir, integrityCheck })
+          : kind === "sqlite"
+          ? ServerStore.layer({ directory: dir, integrityCheck })
+          : Layer.scoped(
+            ServerStore.ServerStore,
+            internalCore.make(internalSqlite.make({ directory: dir, integrityCheck }), { integrityCheck })
+          )
         const r = yield* Effect.flatMap(ServerStore.ServerStore, (store) => run(store, sizeMb)).pipe(
           Effect.provide(layer),
           Effect.scoped
