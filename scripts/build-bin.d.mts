@@ -1,0 +1,2 @@
+/** Bundles the CLI into dist/bin.mjs. */
+export declare const build: () => Promise<unknown>
