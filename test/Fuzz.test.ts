@@ -40,6 +40,7 @@ const params = (runs: number, seed: number): fc.Parameters<unknown> => ({
 })
 
 let histories = 0
+const totals = { commits: 0, changes: 0, races: 0 }
 
 /** Runs one history in its own scope and temp dir; on failure the error carries the step log. */
 const runHistory = <R>(
@@ -56,6 +57,9 @@ const runHistory = <R>(
       provide(Effect.gen(function*() {
         const env = yield* setup(dir)
         const outcome = yield* Fuzz.run(ops, { ...env, dir, log: (l) => lines.push(l) })
+        totals.commits += outcome.commits
+        totals.changes += outcome.changes
+        totals.races += outcome.races
         after(outcome, env)
       })),
       scope
@@ -63,12 +67,41 @@ const runHistory = <R>(
     yield* Scope.close(scope, Exit.void)
     Fs.rmSync(dir, { recursive: true, force: true })
     histories++
+    if (histories % 50 === 0) console.log(`fuzz: ${histories} histories passed (${new Date().toISOString()})`)
+    if (process.env.FUZZ_LOG !== undefined) console.log(lines.join("\n"))
     if (Exit.isFailure(exit)) {
       const error = new Error(`history failed after these steps:\n${lines.join("\n")}`)
       ;(error as { cause?: unknown }).cause = exit.cause
       throw new Error(`${error.message}\n${String(exit.cause).slice(0, 4000)}`)
     }
   }).pipe(Logger.withMinimumLogLevel(LogLevel.Warning), Effect.runPromise)
+
+const w = (client: number, _tag: Model.Write["_tag"], table: number, key: Array<number> | "all", set: Array<[number, number]>): Model.Op => ({
+  _tag: "write",
+  client,
+  writes: [{ _tag, table, key, set, plain: true }]
+})
+const s = (client: number, kind: Model.SyncKind): Model.Op => ({ _tag: "sync", client, kind })
+
+/** Hand-written histories run before the random ones: Turso's published scenarios and the model's edges. */
+const examples: Array<[ReadonlyArray<Model.Op>]> = [
+  // edits of different columns of one row by two replicas: the later push's whole row wins (RowChanged)
+  [[w(0, "upsert", 0, [0], [[0, 1], [1, 2]]), s(0, "sync"), s(1, "pull"), s(2, "pull"), w(1, "update", 0, [0], [[0, 3]]),
+    w(2, "update", 0, [0], [[1, 3]]), { _tag: "group", members: [[1, "push"], [2, "push"]] }]],
+  // last push wins with a delete; an update of a row deleted elsewhere brings it back
+  [[w(0, "upsert", 0, [1], [[0, 2]]), s(0, "sync"), s(1, "pull"), w(1, "delete", 0, [1], []), w(0, "update", 0, [1], [[0, 4]]),
+    s(1, "push"), s(0, "push"), s(2, "pull")]],
+  // an update of a column the remote did not change: only that column is written
+  [[w(0, "upsert", 0, [1], [[0, 2], [1, 1]]), s(0, "sync"), s(1, "pull"), s(2, "pull"), w(1, "update", 0, [1], [[0, 4]]),
+    s(1, "push"), w(2, "update", 0, [2], [[1, 3]]), s(2, "sync")]],
+  // non-overlapping keys merge; the same key: the later push wins
+  [[w(0, "upsert", 0, [0], [[0, 1]]), w(1, "upsert", 0, [1], [[0, 2]]), w(2, "upsert", 0, [0], [[0, 3]]),
+    { _tag: "group", members: [[0, "sync"], [1, "sync"], [2, "sync"]] }]],
+  // the same column added by two replicas, data written in it by both, an index on it
+  [[{ _tag: "ddl", client: 0, ddl: { _tag: "addColumn", table: "t0", column: "x" } }, { _tag: "ddl", client: 1, ddl: { _tag: "addColumn", table: "t0", column: "y" } },
+    { _tag: "ddl", client: 1, ddl: { _tag: "addColumn", table: "t0", column: "x" } }, w(0, "upsert", 0, [2], [[2, 1]]), w(1, "upsert", 0, [2], [[2, 2]]),
+    { _tag: "ddl", client: 1, ddl: { _tag: "createIndex", index: "i1" } }, { _tag: "group", members: [[0, "push"], [1, "sync"]] }, s(0, "pull")]]
+]
 
 describe("model-based fuzzing", () => {
   it("replicas over the in-process store follow the last-push-wins model", { timeout: 600_000_000 }, async () => {
@@ -81,9 +114,9 @@ describe("model-based fuzzing", () => {
             const remote = SyncRemote.makeStore(store, "fuzz")
             return { clients, remote, replicaRemote: () => Effect.succeed(remote) }
           }), () => {}, (e) => e)),
-      params(RUNS, 20261129)
+      { ...params(RUNS, 20261129), examples }
     )
-    console.log(`fuzz: ${histories} histories so far`)
+    console.log(`fuzz: ${histories} histories, ${totals.commits} server commits, ${totals.changes} changes replayed, ${totals.races} groups with racing pushes`)
   })
 
   it("replicas over the real HTTP server follow the model", { timeout: 600_000_000 }, async () => {
@@ -156,6 +189,6 @@ describe("model-based fuzzing", () => {
       params(Math.max(1, Math.ceil(RUNS / 10)), 99)
     )
     expect(compared).toBeGreaterThan(0)
-    console.log(`fuzz: ${histories} histories in all, ${compared} libSQL byte comparisons`)
+    console.log(`fuzz: ${histories} histories in all (${totals.commits} commits, ${totals.changes} changes, ${totals.races} races), ${compared} libSQL byte comparisons`)
   })
 })

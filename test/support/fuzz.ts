@@ -80,6 +80,9 @@ export interface Environment {
 export interface Outcome {
   readonly commits: number
   readonly steps: number
+  /** Changes replayed onto the server, and groups in which two or more pushes were committed. */
+  readonly changes: number
+  readonly races: number
   /** The server's materialized database (base + every frame), for byte comparisons. */
   readonly image: Uint8Array
   readonly base: Uint8Array
@@ -106,6 +109,8 @@ export const run = (ops: ReadonlyArray<Model.Op>, env: Environment) =>
     let progress = new Map<string, number>()
     const commits: Array<{ readonly frame: number; readonly state: Model.State }> = [{ frame: 0, state: Model.empty() }]
     const head = () => commits[commits.length - 1]!.state
+    let changes = 0
+    let races = 0
 
     const absorb = Effect.gen(function*() {
       const { generation } = yield* env.remote.info
@@ -136,6 +141,7 @@ export const run = (ops: ReadonlyArray<Model.Op>, env: Environment) =>
           if (pushed === undefined) throw new FuzzFailure(`commit ending at frame ${i + 1} by ${advanced[0]}: no push of it was expected`)
           const state = Model.clone(head())
           for (const change of pushed) Model.replay(state, change)
+          changes += pushed.length
           commits.push({ frame: i + 1, state })
           log(`commit @${i + 1} by r${replicas.indexOf(replica!)} (${pushed.length} changes)`)
           check(`server at commit frame ${i + 1}`, Effect.runSync(snapshot(sqliteAll(db))).data, Model.dump(state))
@@ -207,8 +213,10 @@ export const run = (ops: ReadonlyArray<Model.Op>, env: Environment) =>
           }
           case "group": {
             log(`concurrently: ${op.members.map(([c, k]) => `r${c} ${k}`).join(", ")}`)
+            const before = commits.length
             yield* Effect.forEach(op.members, ([c, kind]) => syncOp(replicas[c]!, kind), { concurrency: "unbounded", discard: true })
             yield* absorb
+            if (commits.length - before >= 2) races++
             for (const [c, kind] of op.members) {
               const r = replicas[c]!
               if (r.accepted.length > 0) throw new FuzzFailure(`r${c}'s push was not found among the server's commits`)
@@ -227,17 +235,19 @@ export const run = (ops: ReadonlyArray<Model.Op>, env: Environment) =>
         }
       })
 
-    // Replica 0 creates t0 and pushes; the others open on the result.
+    // Replica 0 creates t0 and t1 and pushes; the others open on the result.
     for (let i = 0; i < env.clients; i++) {
       const remote = yield* env.replicaRemote(i)
       const db = yield* openClient(remote, NodePath.join(env.dir, `r${i}`), { maxPushRounds: 200, clientName: `r${i}` })
       const replica: Replica = { db, clientId: (yield* db.stats).clientId, local: Model.empty(), pending: [], accepted: [] }
       replicas.push(replica)
       if (i === 0) {
-        yield* db.execute(Model.TABLES.t0!.create)
-        const change: Model.Change = { kind: "ddl", ddl: { _tag: "createTable", table: "t0" } }
-        Model.replay(replica.local, change)
-        replica.pending.push(change)
+        for (const table of ["t0", "t1"]) {
+          yield* db.execute(Model.TABLES[table]!.create)
+          const change: Model.Change = { kind: "ddl", ddl: { _tag: "createTable", table } }
+          Model.replay(replica.local, change)
+          replica.pending.push(change)
+        }
         yield* syncOp(replica, "push")
         yield* absorb
       } else {
@@ -264,5 +274,5 @@ export const run = (ops: ReadonlyArray<Model.Op>, env: Environment) =>
       env.reader.sync()
       check("libsql reader at the end", Effect.runSync(snapshot((sql) => Effect.sync(() => env.reader!.all(sql)))), server)
     }
-    return { commits: commits.length - 1, steps: ops.length, image: image!, base: base!, frames } satisfies Outcome
+    return { commits: commits.length - 1, steps: ops.length, changes, races, image: image!, base: base!, frames } satisfies Outcome
   })
