@@ -32,7 +32,7 @@ const RUNS = Number(process.env.FUZZ_RUNS ?? 6)
 const replay = process.env.FUZZ_SEED === undefined
   ? {}
   : { seed: Number(process.env.FUZZ_SEED), ...(process.env.FUZZ_PATH === undefined ? {} : { path: process.env.FUZZ_PATH }) }
-const params = (runs: number, seed: number): fc.Parameters<unknown> => ({
+const params = <T>(runs: number, seed: number): fc.Parameters<T> => ({
   numRuns: runs,
   seed,
   endOnFailure: process.env.FUZZ_SHRINK === undefined,
@@ -114,7 +114,7 @@ describe("model-based fuzzing", () => {
             const remote = SyncRemote.makeStore(store, "fuzz")
             return { clients, remote, replicaRemote: () => Effect.succeed(remote) }
           }), () => {}, (e) => e)),
-      { ...params(RUNS, 20261129), examples }
+      { ...params<[ReadonlyArray<Model.Op>]>(RUNS, 20261129), examples }
     )
     console.log(`fuzz: ${histories} histories, ${totals.commits} server commits, ${totals.changes} changes replayed, ${totals.races} groups with racing pushes`)
   })
