@@ -31,6 +31,7 @@ import * as ChangeReplay from "../ChangeReplay.js"
 import * as ConflictPolicy from "../ConflictPolicy.js"
 import * as LocalCopies from "../LocalCopies.js"
 import * as SyncError from "../SyncError.js"
+import * as SyncFiles from "../SyncFiles.js"
 import * as SyncMetadata from "../SyncMetadata.js"
 import * as SyncProtocol from "../SyncProtocol.js"
 import * as SyncRemote from "../SyncRemote.js"
@@ -177,6 +178,11 @@ export const make = (options: EngineOptions) =>
     const maxRounds = options.maxPushRounds ?? 12
     const backoff = Duration.decode(options.conflictBackoff ?? Duration.millis(20))
     const step = options.onStep ?? (() => Effect.void)
+    // The file service the engine is built with (tests inject faults through it) also serves push, pull and
+    // sync, whatever context they run in later; without one, the caller's context decides (node:fs).
+    const files = yield* Effect.serviceOption(SyncFiles.SyncFiles)
+    const withFiles = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      Option.isSome(files) ? Effect.provideService(effect, SyncFiles.SyncFiles, files.value) : effect
     const resolve = options.conflicts ?? ConflictPolicy.resolver("lastPushWins")
     const conflictLog = ConflictLog.make(`${options.path}-conflicts`)
     // The conflicts of the last replay in push mode; logged once its push is acknowledged.
@@ -624,14 +630,16 @@ export const make = (options: EngineOptions) =>
     })
 
     const push: Effect.Effect<boolean, SyncError.SyncError> = syncLock.withPermits(1)(pushRounds).pipe(
-      Effect.withScheduler(breathingScheduler)
+      Effect.withScheduler(breathingScheduler),
+      withFiles
     )
     const pull: Effect.Effect<boolean, SyncError.SyncError> = syncLock.withPermits(1)(pullSteps).pipe(
-      Effect.withScheduler(breathingScheduler)
+      Effect.withScheduler(breathingScheduler),
+      withFiles
     )
     const sync: Effect.Effect<boolean, SyncError.SyncError> = syncLock.withPermits(1)(
       Effect.zipRight(pushRounds, pullSteps)
-    ).pipe(Effect.withScheduler(breathingScheduler))
+    ).pipe(Effect.withScheduler(breathingScheduler), withFiles)
 
     const execute = (sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<ExecuteResult, SyncError.SqlStatementError> =>
       writing(on(draft, ChangeCapture.execute(sql, params))).pipe(
