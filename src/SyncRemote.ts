@@ -116,6 +116,11 @@ export const batchedPush = (
         currentBaton = result.baton
         continue
       }
+      if (result.maxFrameNo < start - 1) {
+        // The server rewinds below this push's first frame: its session for our earlier requests was lost
+        // and someone else's commits now sit where our frames were. That is a conflict, not a retry.
+        return { _tag: "Conflict", generation: result.generation, maxFrameNo: result.maxFrameNo } as const
+      }
       return yield* new SyncError.RemoteError({
         reason: "Protocol",
         message: `push of frames ${batchStart}..${batchEnd - 1} answered ok with max_frame_no ${result.maxFrameNo}`

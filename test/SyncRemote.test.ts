@@ -126,5 +126,23 @@ describe("SyncRemote.layerHttp", () => {
       expect(yield* r.push(1, 3, 203, frames)).toEqual({ _tag: "Conflict", generation: 1, maxFrameNo: 7 })
       expect(server.seen.length).toBe(1)
     }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
-})
 
+  it.scopedLive("an ok that rewinds to a frame inside the push is resent from there; below its start it is a conflict", () =>
+    Effect.gen(function*() {
+      // Request 0 opens a session; request 1 learns the session was lost and the server wants frame 101 again
+      // (inside this push: resend from there); the resent tail is then taken.
+      const inside = yield* scripted((seen, i) => {
+        const end = Number(seen.url.split("/")[6])
+        const maxFrameNo = i === 1 ? 100 : end - 1
+        return { status: 200, body: JSON.stringify({ status: "ok", generation: 1, max_frame_no: maxFrameNo }) }
+      })
+      const frames = Array.from({ length: 200 }, (_, i) => frame(i + 1, i === 199 ? 200 : 0))
+      expect(yield* (yield* remote(inside.url)).push(1, 1, 201, frames)).toMatchObject({ _tag: "Ok", maxFrameNo: 200 })
+      expect(inside.seen.map((s) => s.url)).toEqual(["/db/x/sync/1/1/129", "/db/x/sync/1/129/201", "/db/x/sync/1/101/201"])
+
+      // Someone else's commits sit below this push's first frame: resending cannot help, so it is a conflict
+      // (the engine then resets, pulls and replays) rather than a protocol error.
+      const below = yield* scripted(() => ({ status: 200, body: `{"status":"ok","generation":1,"max_frame_no":4}` }))
+      expect(yield* (yield* remote(below.url)).push(1, 11, 211, frames)).toEqual({ _tag: "Conflict", generation: 1, maxFrameNo: 4 })
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
+})
