@@ -1,9 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as fc from "fast-check"
-import type * as ChangeCapture from "../src/ChangeCapture.js"
 import * as ConflictPolicy from "../src/ConflictPolicy.js"
 import { Resolution } from "../src/ConflictPolicy.js"
 import BetterSqlite3 from "better-sqlite3"
+import * as Effect from "effect/Effect"
+import * as ChangeCapture from "../src/ChangeCapture.js"
+import * as ChangeReplay from "../src/ChangeReplay.js"
+import { dump, exec, on, open } from "./support/changeSync.js"
 
 const literalArb = fc.oneof(
   fc.constant("NULL"),
@@ -69,7 +72,6 @@ describe("ConflictPolicy.builtin", () => {
     const conflicts = fc.sample(conflictArb, 50)
     for (const conflict of conflicts) {
       for (const policy of ["lastPushWins", "remoteWins", "mergeColumns"] as const) {
-        const { Effect } = await import("effect")
         expect(await Effect.runPromise(ConflictPolicy.resolver<never>(policy)(conflict))).toEqual(
           ConflictPolicy.builtin(policy, conflict)
         )
@@ -110,4 +112,68 @@ describe("ConflictPolicy.literal / value", () => {
         expect(Number(row.v)).toBe(x)
       }
     })))
+})
+
+describe("ChangeReplay.apply with a policy: local transactions are units", () => {
+  const opArb = fc.record({
+    id: fc.integer({ min: 1, max: 6 }),
+    kind: fc.constantFrom("upsert", "delete", "bump"),
+    value: fc.integer({ min: 0, max: 50 })
+  })
+  const statementOf = (op: { id: number; kind: string; value: number }) =>
+    op.kind === "upsert"
+      ? `INSERT INTO t VALUES (${op.id}, ${op.value}) ON CONFLICT (id) DO UPDATE SET v = excluded.v`
+      : op.kind === "delete"
+      ? `DELETE FROM t WHERE id = ${op.id}`
+      : `UPDATE t SET v = v + 1 WHERE id = ${op.id}`
+
+  it("the target ends exactly as if only the kept transactions had replayed, each in full", () =>
+    fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.record({ id: fc.integer({ min: 1, max: 4 }), remove: fc.boolean(), value: fc.integer({ min: 100, max: 200 }) }), { maxLength: 4 }),
+        fc.array(fc.array(opArb, { minLength: 1, maxLength: 3 }), { minLength: 1, maxLength: 4 }),
+        fc.array(fc.constantFrom("KeepLocal", "KeepRemote", "Skip") as fc.Arbitrary<"KeepLocal" | "KeepRemote" | "Skip">, { minLength: 1, maxLength: 8 }),
+        (remoteOps, transactions, answers) =>
+          Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+            const a = yield* open()
+            const b = yield* open()
+            const model = yield* open()
+            const schema = "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)"
+            const rows = "INSERT INTO t VALUES (1, 0), (2, 0), (3, 0), (4, 0)"
+            for (const db of [a, b, model]) {
+              yield* exec(db, schema)
+              yield* exec(db, rows)
+            }
+            yield* on(a, ChangeCapture.install)
+            for (const op of remoteOps) {
+              const statement = op.remove ? `DELETE FROM t WHERE id = ${op.id}` : `UPDATE t SET v = ${op.value} WHERE id = ${op.id}`
+              yield* exec(b, statement)
+              yield* exec(model, statement)
+            }
+            for (const tx of transactions) {
+              yield* on(a, ChangeCapture.transaction(Effect.forEach(tx, (op) => ChangeCapture.execute(statementOf(op)))))
+            }
+            const changes = yield* on(a, ChangeCapture.pending(0))
+            let calls = 0
+            const result = yield* on(b, ChangeReplay.apply(changes, {
+              mode: "push",
+              clientId: "A",
+              resolve: () => Effect.succeed(ConflictPolicy.Resolution[answers[calls++ % answers.length]!]())
+            }))
+            const dropped = new Set(result.dropped ?? [])
+            // every transaction is dropped whole or not at all
+            for (const group of ChangeReplay.groupByTransaction(changes)) {
+              const count = group.filter((change) => dropped.has(change.id)).length
+              expect(count === 0 || count === group.length).toBe(true)
+            }
+            // a dropped transaction is dropped because one of its changes was answered KeepRemote/Skip
+            const droppers = new Set(result.conflicts.filter((c) => c.resolution !== undefined && ConflictPolicy.dropsTransaction(c.resolution)).map((c) => c.change.txId))
+            for (const change of changes) expect(dropped.has(change.id)).toBe(droppers.has(change.txId))
+            const kept = changes.filter((change) => !dropped.has(change.id))
+            yield* on(model, ChangeReplay.apply(kept, { mode: "push", clientId: "A" }))
+            expect(yield* dump(b)).toBe(yield* dump(model))
+          })))
+      ),
+      { numRuns: 60 }
+    ))
 })
