@@ -10,7 +10,7 @@
  * Remote: `info`, `export`, `pull` and `push` are fault points. `"dropRequest"` fails before the remote
  * sees the call, `"dropAnswer"` after it answered (a push is then applied but unacknowledged), and
  * `"cutBody"` delivers part of the answer: half of a pull's frames (a body ending at a frame boundary, maybe
- * inside a transaction), half of an export's bytes, and a `Protocol` failure for the JSON answers of
+ * inside a transaction), half of an export's pages, and a `Protocol` failure for the JSON answers of
  * `info` and `push` (which, cut, do not parse).
  *
  * @since 0.1.0
@@ -20,6 +20,7 @@ import * as Layer from "effect/Layer"
 import * as SyncError from "./SyncError.js"
 import * as SyncFiles from "./SyncFiles.js"
 import * as SyncRemote from "./SyncRemote.js"
+import * as WalFrame from "./WalFrame.js"
 
 /**
  * @since 0.1.0
@@ -154,6 +155,10 @@ export const files = (plan: CountingPlan, inner: SyncFiles.Service = SyncFiles.n
 export const layerFiles = (plan: CountingPlan): Layer.Layer<SyncFiles.SyncFiles> =>
   Layer.succeed(SyncFiles.SyncFiles, files(plan))
 
+// Half the pages (what a transport that checks for whole pages lets through), or half the bytes of one.
+const cutBase = (length: number) =>
+  length >= 2 * WalFrame.PAGE_SIZE ? Math.floor(length / WalFrame.PAGE_SIZE / 2) * WalFrame.PAGE_SIZE : Math.floor(length / 2)
+
 const dropped = (operation: string) =>
   new SyncError.NetworkError({ reason: "Transport", message: `injected fault: ${operation} request dropped` })
 const lost = (operation: string) =>
@@ -189,7 +194,7 @@ export const remote = (plan: CountingPlan, inner: SyncRemote.Service): SyncRemot
   return {
     info: point("remote.info", inner.info, () => Effect.fail(cut("info"))),
     export: (generation) =>
-      point("remote.export", inner.export(generation), (bytes) => Effect.succeed(bytes.subarray(0, Math.floor(bytes.byteLength / 2)))),
+      point("remote.export", inner.export(generation), (bytes) => Effect.succeed(bytes.subarray(0, cutBase(bytes.byteLength)))),
     pull: (generation, start, end) =>
       point("remote.pull", inner.pull(generation, start, end), (result) =>
         result._tag === "Frames" && result.frames.length > 1

@@ -167,6 +167,20 @@ export const isReadStatement = (sql: string): boolean => {
   return false
 }
 
+/**
+ * The length an SQLite file's header gives (page size × in-header page count), when that count is valid
+ * (its change counter matches "version-valid-for", sqlite.org/fileformat.html); otherwise undefined.
+ *
+ * @internal
+ */
+export const baseLength = (file: Uint8Array): number | undefined => {
+  const view = new DataView(file.buffer, file.byteOffset, file.byteLength)
+  const raw = view.getUint16(16)
+  const pageSize = raw === 1 ? 65536 : raw
+  const pages = view.getUint32(28)
+  return pages > 0 && view.getUint32(24) === view.getUint32(92) ? pages * pageSize : undefined
+}
+
 /** @internal */
 export const make = (options: EngineOptions) =>
   Effect.gen(function*() {
@@ -240,6 +254,15 @@ export const make = (options: EngineOptions) =>
         return yield* new SyncError.BootstrapError({
           reason: "InvalidBase",
           message: `the base of generation ${generation} (${base.byteLength} bytes) is not an SQLite database`
+        })
+      }
+      // A base cut short (whole pages, so the transport did not notice) would be written and its metadata
+      // with it: every later open would fail on a malformed Synced. Its header says how long it is.
+      const expectedBytes = baseLength(base)
+      if (expectedBytes !== undefined && expectedBytes !== base.byteLength) {
+        return yield* new SyncError.BootstrapError({
+          reason: "InvalidBase",
+          message: `the base of generation ${generation} has ${base.byteLength} bytes, its header says ${expectedBytes}`
         })
       }
       yield* Files.writeNew(names.synced, base)
