@@ -36,6 +36,11 @@ export * as SyncError from "./SyncError.js"
 /**
  * @since 0.1.0
  */
+export * as SyncEvents from "./SyncEvents.js"
+
+/**
+ * @since 0.1.0
+ */
 export * as SyncMetadata from "./SyncMetadata.js"
 
 /**
