@@ -344,6 +344,63 @@ layer(layerHttp, { excludeTestServices: true, timeout: 60_000 })("Conflicts over
       }
     }))
 
+  it.scoped("CHECK and NOT NULL violations met on replay are Constraint conflicts: fail by default, settled by a resolver", () =>
+    Effect.gen(function*() {
+      // Decrements become relative to the remote value, so two replicas taking the last unit go below 0.
+      const relative: ConflictPolicy.Transform = (change, current) =>
+        Effect.succeed(
+          change.kind === "update" && current !== null && change.table === "stock"
+            ? Transformed.Rewrite({
+              change: {
+                ...change,
+                before: current,
+                after: { ...change.after!, n: String(BigInt(current.n!) + BigInt(change.after!.n!) - BigInt(change.before!.n!)) }
+              }
+            })
+            : change.kind === "insert" && change.table === "named" && change.after!.name === "'anonymous'"
+            ? Transformed.Rewrite({ change: { ...change, after: { ...change.after!, name: "NULL" } } })
+            : Transformed.Keep()
+        )
+      const floorAtZero: ConflictPolicy.Resolver = (conflict) =>
+        Effect.succeed(
+          conflict.kind === "Constraint" && conflict.table === "stock"
+            ? Resolution.Replace({ row: { ...conflict.change.after!, n: "0" } })
+            : conflict.kind === "Constraint"
+            ? Resolution.Skip()
+            : Resolution.KeepLocal()
+        )
+      for (const settle of [false, true]) {
+        const { a, b, remote } = yield* pair(
+          "CREATE TABLE stock (id TEXT PRIMARY KEY, n INTEGER NOT NULL CHECK (n >= 0)); " +
+            "CREATE TABLE named (id INTEGER PRIMARY KEY, name TEXT NOT NULL)",
+          { transform: relative },
+          { transform: relative, ...(settle ? { conflicts: floorAtZero } : {}) }
+        )
+        yield* a.execute("INSERT INTO stock VALUES ('s', 1)")
+        yield* a.sync
+        yield* b.sync
+        yield* a.execute("UPDATE stock SET n = n - 1 WHERE id = 's'")
+        yield* a.push
+        yield* b.execute("UPDATE stock SET n = n - 1 WHERE id = 's'")
+        if (!settle) {
+          const check = yield* Effect.flip(b.push)
+          expect(check).toMatchObject({ _tag: "ConflictError", reason: "Constraint", table: "stock" })
+          expect(check.message).toContain("CHECK constraint failed")
+          continue
+        }
+        yield* b.execute("INSERT INTO named VALUES (1, 'anonymous')")
+        yield* b.push
+        expect(yield* converge(remote, a, b, "SELECT n FROM stock")).toEqual([{ n: 0 }])
+        expect(yield* remoteQuery(remote, "SELECT count(*) AS c FROM named")).toEqual([{ c: 0 }])
+        const log = yield* b.conflicts
+        expect(log.map((e) => [e.table, e.kind, e.decision])).toEqual([
+          ["stock", "Constraint", "Replace"],
+          ["named", "Constraint", "Skip"]
+        ])
+        expect(log[1]!.message).toContain("NOT NULL constraint failed")
+      }
+    }))
+
   // ---------------------------------------------------------------------------------------------------
   // schema changes
   // ---------------------------------------------------------------------------------------------------
