@@ -249,6 +249,12 @@ layer(layerHttp, { excludeTestServices: true, timeout: 60_000 })("Conflicts over
       expect(yield* remoteQuery(remote, "SELECT v FROM t")).toEqual([{ v: "a" }])
       expect(yield* b.query("SELECT v FROM t")).toEqual([{ v: "b" }])
       expect((yield* b.stats).pendingChanges).toBe(1)
+      // a pull cannot fail on it: the unsettled transaction is left out of the copy and stays pending
+      yield* b.pull
+      expect(yield* b.query("SELECT v FROM t")).toEqual([{ v: "a" }])
+      expect((yield* b.stats).pendingChanges).toBe(1)
+      expect(yield* Effect.flip(b.push)).toMatchObject({ _tag: "ConflictError", reason: "Unresolved" })
+      expect(yield* b.conflicts).toEqual([])
     }))
 
   it.scoped("transform: a counter's absolute value becomes an increment of the remote's value", () =>
