@@ -7,7 +7,8 @@
  *
  * - `"lastPushWins"` (default): the local change is applied over the remote row; an update that met a row
  *   changed remotely writes its whole local row (`Replace`), a constraint failure cannot be settled (`Fail`).
- * - `"remoteWins"`: the local transaction holding a conflicting change is dropped (`KeepRemote`).
+ * - `"remoteWins"`: the local transaction holding a conflicting change is dropped (`KeepRemote`), except
+ *   for a local delete of a row the remote deleted too (both agree).
  * - `"mergeColumns"`: an update writes only the columns it changed, so edits of other columns made remotely
  *   survive; on the same column the local value wins (last push wins per column).
  * - a function `(conflict) => Effect<Resolution, never, R>` using any service of the user's environment.
@@ -137,6 +138,8 @@ export type Transform<R = never> = (
  * @category policies
  */
 export const builtin = (policy: "lastPushWins" | "remoteWins" | "mergeColumns", conflict: Conflict): Resolution => {
+  // A local delete of a row the remote deleted too: both sides agree, nothing to drop a transaction for.
+  if (conflict.kind === "RowMissing" && conflict.change.kind === "delete") return Resolution.KeepLocal()
   if (policy === "remoteWins") return Resolution.KeepRemote()
   if (conflict.kind === "Constraint") {
     return Resolution.Fail({ message: `${policy} cannot settle a constraint conflict: ${conflict.message ?? ""}` })

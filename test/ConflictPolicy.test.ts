@@ -34,10 +34,18 @@ const conflictArb = fc.record({
 }))
 
 describe("ConflictPolicy.builtin", () => {
-  it("remoteWins keeps the remote row for every kind of conflict", () =>
+  it("remoteWins keeps the remote row for every kind of conflict but a delete of a row deleted remotely too", () =>
     fc.assert(fc.property(conflictArb, (conflict) => {
-      expect(ConflictPolicy.builtin("remoteWins", conflict)).toEqual(Resolution.KeepRemote())
-      expect(ConflictPolicy.dropsTransaction(ConflictPolicy.builtin("remoteWins", conflict))).toBe(true)
+      const agree = conflict.kind === "RowMissing" && conflict.change.kind === "delete"
+      const resolution = ConflictPolicy.builtin("remoteWins", conflict)
+      expect(resolution).toEqual(agree ? Resolution.KeepLocal() : Resolution.KeepRemote())
+      expect(ConflictPolicy.dropsTransaction(resolution)).toBe(!agree)
+    })))
+
+  it("every built-in policy lets a delete of a row deleted remotely go through", () =>
+    fc.assert(fc.property(conflictArb, fc.constantFrom("lastPushWins", "remoteWins", "mergeColumns") as fc.Arbitrary<"lastPushWins" | "remoteWins" | "mergeColumns">, (conflict, policy) => {
+      const missingDelete = { ...conflict, kind: "RowMissing" as const, change: { ...conflict.change, kind: "delete" as const } }
+      expect(ConflictPolicy.builtin(policy, missingDelete)).toEqual(Resolution.KeepLocal())
     })))
 
   it("lastPushWins and mergeColumns never drop a transaction; constraints are not theirs to settle", () =>
