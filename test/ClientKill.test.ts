@@ -151,6 +151,7 @@ describe("client SIGKILL while writing, pushing, pulling and syncing", () => {
       const kills: Record<string, number> = { A: 0, B: 0 }
       const duringOpen: Record<string, number> = { A: 0, B: 0 }
       const unexpectedExits: Array<string> = []
+      const killedDuring: Record<string, number> = {}
 
       // Two clients at once, so their pushes also conflict; each is killed and restarted KILLS / 2 times.
       const lane = async (name: string, count: number) => {
@@ -165,6 +166,10 @@ describe("client SIGKILL while writing, pushing, pulling and syncing", () => {
             unexpectedExits.push(`${name}: exited ${child.child.exitCode}: ${child.stderr()}`)
           }
           if (!child.ready()) duringOpen[name]++
+          else {
+            const doing = /> (\w+)\n(?![\s\S]*> )/.exec(child.stdout())?.[1] ?? "ready"
+            killedDuring[doing] = (killedDuring[doing] ?? 0) + 1
+          }
           child.child.kill("SIGKILL")
           const exit = await child.exited
           if (exit.signal === "SIGKILL") kills[name]++
@@ -243,6 +248,7 @@ describe("client SIGKILL while writing, pushing, pulling and syncing", () => {
       )
       expect(yield* fresh.query("PRAGMA integrity_check")).toEqual([{ integrity_check: "ok" }])
 
+      figures.killedDuring = killedDuring
       figures.serverRows = serverKeys.length
       figures.seconds = (Date.now() - started) / 1000
       console.log(`ClientKill report ${JSON.stringify(figures)}`)

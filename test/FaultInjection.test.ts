@@ -2,13 +2,15 @@
  * Issue 6, fault injection: every fault point of bootstrap + pull, pull, push and sync is failed once.
  *
  * For each scenario a clean run counts the operations (file operations through `SyncFiles`, remote calls
- * through the `SyncRemote` wrapper); then, for k = 1..N and each fault that applies to the k-th operation,
- * a fresh setup runs the operation with the k-th one failed. Afterwards the local database must answer
+ * through the `SyncRemote` wrapper); then, for k = 1..N, a fresh setup runs the operation with the k-th
+ * one failed: remote calls with each of dropRequest, dropAnswer, cutBody; file operations "before" or
+ * "after" alternately (FAULTS=all: both). Afterwards the local database must answer
  * queries and pass integrity_check with every local row still there; retrying (in the same process, then
  * after reopening the files) must converge: the remote and the client hold exactly the expected rows,
  * nothing lost, nothing twice.
  *
- * The scenarios run over the in-process store (all faults) and a subset over real HTTP.
+ * The scenarios run over the in-process store (every point) and bootstrap and push over real HTTP (remote
+ * calls, renames and writes). FAULT_DEBUG=1 prints each case.
  */
 import { expect, layer } from "@effect/vitest"
 import * as Cause from "effect/Cause"
@@ -29,6 +31,8 @@ const tempDir = Effect.acquireRelease(
   Effect.sync(() => Fs.mkdtempSync(NodePath.join(Fs.existsSync("/dev/shm") ? "/dev/shm" : Os.tmpdir(), "ess-fault-"))),
   (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
 )
+
+const ALL = process.env.FAULTS === "all"
 
 type Scenario = "bootstrap" | "pull" | "push" | "sync"
 
@@ -203,8 +207,11 @@ const enumerate = (
     let cases = 0
     let failedOps = 0
     for (let at = 1; at <= points.length; at++) {
-      for (const fault of faultsFor(points[at - 1])) {
-        if (!filter(points[at - 1], fault)) continue
+      const kinds = faultsFor(points[at - 1]).filter((fault) => filter(points[at - 1], fault))
+      // Remote calls (a few) always get every fault. By default a file operation fails once, "before" or
+      // "after" alternating with k; FAULTS=all fails it both ways.
+      const chosen = ALL || points[at - 1].startsWith("remote.") || kinds.length === 0 ? kinds : [kinds[at % kinds.length]]
+      for (const fault of chosen) {
         const result = yield* runCase(remoteOf, scenario, { at, fault })
         expect(result.fired?.operation, result.where).toBe(points[at - 1])
         cases++
@@ -233,20 +240,20 @@ layer(layerStore, { excludeTestServices: true, timeout: 300_000 })("fault inject
         const summary = yield* enumerate((name) => harness.remote(name), scenario)
         expect(summary.points).toBeGreaterThan(10)
         expect(summary.operations["remote.pull"]).toBeGreaterThan(0)
-        expect(summary.cases).toBeGreaterThan(summary.points)
+        expect(summary.cases).toBeGreaterThanOrEqual(summary.points)
       }), 600_000)
   }
 })
 
 layer(layerHttp, { excludeTestServices: true, timeout: 300_000 })("fault injection, real HTTP", (it) => {
   for (const scenario of ["bootstrap", "push"] as const) {
-    it.scoped(`${scenario}: every remote call and every rename, fsync and write failed once converges`, () =>
+    it.scoped(`${scenario}: every remote call, rename and write failed once converges`, () =>
       Effect.gen(function*() {
         const harness = yield* Harness
         const summary = yield* enumerate(
           (name) => harness.remote(name),
           scenario,
-          (operation, fault) => operation.startsWith("remote.") || (fault === "before" && operation !== "open" && operation !== "close")
+          (operation) => operation.startsWith("remote.") || operation === "rename" || operation === "write"
         )
         expect(summary.points).toBeGreaterThan(10)
       }), 600_000)

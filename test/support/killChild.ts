@@ -5,7 +5,8 @@
  * counter in `c`. argv[4] names the client. With argv[6] = "final" it syncs until that succeeds, prints
  * `{"integrity": ...}` and exits 0.
  *
- * Prints `open` before opening (after its imports) and `ready` once open, for the parent's timing.
+ * Prints `open` before opening (after its imports), `ready` once open and `> <what>` before each step, for
+ * the parent's timing and figures.
  */
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as Effect from "effect/Effect"
@@ -39,6 +40,8 @@ const program = Effect.gen(function*() {
   }
   for (let i = 0;; i++) {
     const r = Math.random()
+    // What it is doing, for the parent's figures of where kills landed.
+    process.stdout.write(r < 0.6 ? "> write\n" : r < 0.73 ? "> push\n" : r < 0.86 ? "> pull\n" : "> sync\n")
     if (r < 0.45) {
       const key = `${client}:${run}:${i}`
       yield* db.execute("INSERT INTO w (id, client, key) VALUES (?, ?, ?)", [
