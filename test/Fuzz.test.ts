@@ -114,7 +114,8 @@ describe("model-based fuzzing", () => {
             const remote = SyncRemote.makeStore(store, "fuzz")
             return { clients, remote, replicaRemote: () => Effect.succeed(remote) }
           }), () => {}, (e) => e)),
-      { ...params<[ReadonlyArray<Model.Op>]>(RUNS, 20261129), examples }
+      // examples count among numRuns
+      { ...params<[ReadonlyArray<Model.Op>]>(RUNS + examples.length, 20261129), examples }
     )
     console.log(`fuzz: ${histories} histories, ${totals.commits} server commits, ${totals.changes} changes replayed, ${totals.races} groups with racing pushes`)
   })

@@ -6,7 +6,8 @@
  * - after every step, each replica it touched holds exactly its model state (a pull: the server state at
  *   the frame the replica says it synced, plus its pending changes replayed);
  * - at the end (two sync rounds): every replica, the server and the model hold the same rows, columns and
- *   indexes, the same schema text, nothing is pending, every file passes integrity_check.
+ *   indexes, the same schema text, nothing is pending, every file passes integrity_check; so does a fresh
+ *   replica bootstrapped from the server at the end.
  */
 import BetterSqlite3 from "better-sqlite3"
 import * as Effect from "effect/Effect"
@@ -270,6 +271,10 @@ export const run = (ops: ReadonlyArray<Model.Op>, env: Environment) =>
       check(`replica r${i} pending`, (yield* r.db.stats).pendingChanges, 0)
       check(`replica r${i} integrity`, yield* r.db.query("PRAGMA integrity_check"), [{ integrity_check: "ok" }])
     }
+    // A replica that never wrote, bootstrapped from the server now, holds the same.
+    const fresh = yield* openClient(yield* env.replicaRemote(env.clients), NodePath.join(env.dir, "fresh"), { clientName: "fresh" })
+    yield* fresh.pull
+    check("a fresh replica", yield* snapshot((sql) => fresh.query(sql)), server)
     if (env.reader !== undefined) {
       env.reader.sync()
       check("libsql reader at the end", Effect.runSync(snapshot((sql) => Effect.sync(() => env.reader!.all(sql)))), server)
