@@ -4,6 +4,10 @@ import * as ConflictPolicy from "../src/ConflictPolicy.js"
 import { Resolution } from "../src/ConflictPolicy.js"
 import BetterSqlite3 from "better-sqlite3"
 import * as Effect from "effect/Effect"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as NodePath from "node:path"
+import * as ConflictLog from "../src/internal/conflictLog.js"
 import * as ChangeCapture from "../src/ChangeCapture.js"
 import * as ChangeReplay from "../src/ChangeReplay.js"
 import { dump, exec, on, open } from "./support/changeSync.js"
@@ -184,4 +188,27 @@ describe("ChangeReplay.apply with a policy: local transactions are units", () =>
       ),
       { numRuns: 60 }
     ))
+})
+
+describe("conflict log", () => {
+  it.scoped("keeps the newest LIMIT entries across appends, in order, in its own file", () =>
+    Effect.gen(function*() {
+      const dir = yield* Effect.acquireRelease(
+        Effect.sync(() => Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-conflict-log-"))),
+        (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
+      )
+      const log = ConflictLog.make(NodePath.join(dir, "db-conflicts"))
+      expect(yield* log.read).toEqual([])
+      const entry = (i: number): ConflictPolicy.Entry => ({
+        at: i, kind: "RowChanged", table: "t", key: [["id", String(i)]], changeId: i, txId: i,
+        localBefore: null, localAfter: { id: String(i) }, remote: null, decision: "KeepLocal"
+      })
+      yield* log.append(Array.from({ length: 700 }, (_, i) => entry(i)))
+      yield* log.append(Array.from({ length: 700 }, (_, i) => entry(700 + i)))
+      const kept = yield* log.read
+      expect(kept.length).toBe(ConflictLog.LIMIT)
+      expect(kept[0]!.changeId).toBe(1400 - ConflictLog.LIMIT)
+      expect(kept[kept.length - 1]!.changeId).toBe(1399)
+      expect(Fs.readdirSync(dir)).toEqual(["db-conflicts"])
+    }))
 })
