@@ -16,6 +16,11 @@ export * as Cli from "./Cli.js"
 /**
  * @since 0.1.0
  */
+export * as ConflictPolicy from "./ConflictPolicy.js"
+
+/**
+ * @since 0.1.0
+ */
 export * as LocalCopies from "./LocalCopies.js"
 
 /**
