@@ -402,7 +402,22 @@ export const make = (options: EngineOptions) =>
      * Step 1a and 2a: pull every frame the remote has beyond the synced frame into Synced's WAL (written
      * while Synced is closed), following generation rolls. Returns whether anything arrived.
      */
+    /**
+     * A roll flagged in metadata (generation + 1, frame 0) whose file steps then failed leaves Synced on the
+     * old generation's files: finish it as open would, before anything reads or extends Synced. Otherwise
+     * the next pull appends the new generation's frames to the old base (and a push would send pages made
+     * on it).
+     */
+    const finishFlaggedRoll = Effect.gen(function*() {
+      if (!(yield* SynchronizedRef.get(metadata)).rollInProgress) return
+      yield* synced.close
+      yield* Ref.set(syncedPrefix, undefined)
+      if (yield* Files.exists(names.syncedNext)) yield* finishRollFiles
+      yield* updateMetadata((m) => ({ ...m, rollInProgress: false }))
+    }).pipe(Effect.ensuring(Effect.ignore(synced.open)))
+
     const pullRemoteIntoSynced = Effect.gen(function*() {
+      yield* finishFlaggedRoll
       yield* cutSyncedToSyncedFrame
       let { generation, syncedFrame: frame } = yield* SynchronizedRef.get(metadata)
       let buffer: Array<WalFrame.Frame> = []
