@@ -34,7 +34,7 @@ const tempDir = Effect.acquireRelease(
 
 const ALL = process.env.FAULTS === "all"
 
-type Scenario = "bootstrap" | "pull" | "push" | "sync"
+type Scenario = "bootstrap" | "pull" | "push" | "sync" | "pull across rolls"
 
 const faultsFor = (operation: string): ReadonlyArray<FaultInjection.Fault> =>
   operation.startsWith("remote.")
@@ -64,7 +64,7 @@ const runCase = (
   Effect.gen(function*() {
     const plan = FaultInjection.makePlan()
     const faultyFiles = FaultInjection.files(plan)
-    const name = freshName(`fault-${scenario}`)
+    const name = freshName(`fault-${scenario.replace(/ /g, "-")}`)
     const remote = yield* remoteOf(name)
     const victimRemote = FaultInjection.remote(plan, remote)
     const dir = yield* tempDir
@@ -133,7 +133,7 @@ const runCase = (
       expectedLog.push("w-2")
       sortRows()
       const db = victim.db
-      outcome = yield* Effect.exit(withFaults(scenario === "pull" ? db.pull : scenario === "push" ? db.push : db.sync))
+      outcome = yield* Effect.exit(withFaults(scenario === "pull" || scenario === "pull across rolls" ? db.pull : scenario === "push" ? db.push : db.sync))
     }
     sortRows()
     const fired = plan.fired
@@ -230,14 +230,16 @@ const summarize = (points: ReadonlyArray<string>) => {
   return counts
 }
 
-const scenarios: ReadonlyArray<Scenario> = ["bootstrap", "pull", "push", "sync"]
+const scenarios: ReadonlyArray<Scenario> = ["bootstrap", "pull", "push", "sync", "pull across rolls"]
 
 layer(layerStore, { excludeTestServices: true, timeout: 300_000 })("fault injection, in-process store", (it) => {
   for (const scenario of scenarios) {
     it.scoped(`${scenario}: every file operation and remote call failed once converges`, () =>
       Effect.gen(function*() {
         const harness = yield* Harness
-        const summary = yield* enumerate((name) => harness.remote(name), scenario)
+        // "pull across rolls": the store starts a new generation every few frames, so the victim's pull
+        // follows rolls (materializing the next base, renaming it over Synced).
+        const summary = yield* enumerate((name) => harness.remote(name, { rolling: scenario === "pull across rolls" }), scenario)
         expect(summary.points).toBeGreaterThan(10)
         expect(summary.operations["remote.pull"]).toBeGreaterThan(0)
         expect(summary.cases).toBeGreaterThanOrEqual(summary.points)
@@ -261,6 +263,22 @@ layer(layerHttp, { excludeTestServices: true, timeout: 300_000 })("fault injecti
 })
 
 layer(layerStore, { excludeTestServices: true, timeout: 120_000 })("fault injection, regressions", (it) => {
+  it.scoped("a roll whose file steps fail after its flag is finished by the next pull (not built on the old base)", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remoteOf = (name: string) => harness.remote(name, { rolling: true })
+      const clean = yield* runCase(remoteOf, "pull across rolls", undefined)
+      const ops = clean.counted
+      // The roll: materialize the next base (copy), flag it in metadata, then remove Synced's WAL and
+      // -shm and rename the new base over Synced. Fail the first of those.
+      const copy = ops.indexOf("copy")
+      const at = ops.findIndex((op, i) => i > copy && op === "remove" && ops[i + 1] === "remove" && ops[i + 2] === "rename") + 1
+      expect(copy).toBeGreaterThan(0)
+      expect(at).toBeGreaterThan(copy)
+      const result = yield* runCase(remoteOf, "pull across rolls", { at, fault: "before" })
+      expect(result.failed).toBe(true)
+    }))
+
   it.scoped("a generation base cut short is refused at bootstrap, and opening again converges", () =>
     Effect.gen(function*() {
       const harness = yield* Harness
