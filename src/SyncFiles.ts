@@ -7,7 +7,9 @@
  * The operations are synchronous, like node:fs's `*Sync` calls they stand for: the engine runs each
  * multi-step file change inside one `Effect.try`.
  *
- * Without this service in the context, the engine uses `node` (plain node:fs).
+ * The engine uses the service in the context it is built in (e.g. `Layer.provide(SyncFiles.layer)` under a
+ * `SyncDatabase` layer) for opening and for every later push, pull and sync; without one, that of the
+ * context each operation runs in, else `node` (plain node:fs).
  *
  * @since 0.1.0
  */
