@@ -26,7 +26,9 @@
  *
  * @since 0.1.0
  */
+import * as Reactivity from "@effect/experimental/Reactivity"
 import type * as HttpClient from "@effect/platform/HttpClient"
+import * as SqlClient from "@effect/sql/SqlClient"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
@@ -43,6 +45,7 @@ import type * as SubscriptionRef from "effect/SubscriptionRef"
 import * as ConflictPolicy from "./ConflictPolicy.js"
 import * as AutoSync from "./internal/autoSync.js"
 import * as Engine from "./internal/engine.js"
+import * as SqlClientInternal from "./internal/sqlClient.js"
 import * as SyncEventsInternal from "./internal/syncEvents.js"
 import * as LocalCopies from "./LocalCopies.js"
 import type * as SyncError from "./SyncError.js"
@@ -284,3 +287,48 @@ export const layerConfig = <R = never>(
   options?: Omit<HttpOptions<R>, "path" | "url" | "authToken" | "clientName">
 ): Layer.Layer<SyncDatabase, SyncError.SyncError | ConfigError.ConfigError, HttpClient.HttpClient | R> =>
   Layer.unwrapEffect(Effect.map(Config.unwrap(config), (values) => layer<R>({ ...options, ...values })))
+
+/**
+ * `layerRemote` that also provides @effect/sql's `SqlClient` on the synced database, so code written
+ * against `SqlClient` (`sql` templates, `withTransaction`, `SqlSchema`, `SqlResolver`, `Model`) syncs by
+ * adding this layer. Reads follow the active copy; writes are captured for push and wait while a pull
+ * replaces the local copy; `withTransaction` is one local transaction (one unit of replay) that holds
+ * writes back from a pull's copy step until it ends.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerSqlClientRemote = <R = never>(
+  options: Options<R>
+): Layer.Layer<SyncDatabase | SqlClient.SqlClient, SyncError.SyncError, SyncRemote.SyncRemote | R> =>
+  sqlClientFor.pipe(Layer.provideMerge(layerRemote(options)))
+
+/**
+ * `layer` (over HTTP) that also provides @effect/sql's `SqlClient`; see `layerSqlClientRemote`.
+ *
+ * ```ts
+ * const program = Effect.gen(function*() {
+ *   const sql = yield* SqlClient.SqlClient
+ *   yield* sql.withTransaction(sql`INSERT INTO notes ${sql.insert({ id: "n1", body: "hi" })}`)
+ *   yield* (yield* SyncDatabase.SyncDatabase).sync
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerSqlClient = <R = never>(
+  options: HttpOptions<R>
+): Layer.Layer<SyncDatabase | SqlClient.SqlClient, SyncError.SyncError, HttpClient.HttpClient | R> =>
+  sqlClientFor.pipe(Layer.provideMerge(layer(options)))
+
+const sqlClientFor: Layer.Layer<SqlClient.SqlClient, never, SyncDatabase> = Layer.effect(
+  SqlClient.SqlClient,
+  Effect.flatMap(SyncDatabase, (db) => {
+    const engine = db as Service & Partial<SqlClientInternal.EngineAccess>
+    if (engine.executeRows === undefined || engine.transaction === undefined) {
+      return Effect.dieMessage("SyncDatabase.layerSqlClient needs a SyncDatabase built by this module")
+    }
+    return SqlClientInternal.make(engine as Service & SqlClientInternal.EngineAccess)
+  })
+).pipe(Layer.provide(Reactivity.layer))

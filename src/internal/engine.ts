@@ -19,6 +19,8 @@
  * @internal
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
@@ -221,7 +223,12 @@ export const make = (options: EngineOptions) =>
     const lastWriteBlockedMs = yield* Ref.make(Option.none<number>())
 
     const on = <A, E, R>(copy: LocalCopies.Copy, effect: Effect.Effect<A, E, R>) =>
-      Effect.flatMap(copy.client, (client) => Effect.provideService(effect, SqlClient.SqlClient, client))
+      Effect.flatMap(copy.client, (client) => Effect.provideService(effect, SqlClient.SqlClient, client)).pipe(
+        // A caller inside another client's transaction (SyncDatabase.layerSqlClient's withTransaction) must
+        // not make this copy's client join that connection: @effect/sql's transaction tag is shared.
+        Effect.mapInputContext((context: Context.Context<Exclude<R, SqlClient.SqlClient>>) =>
+          Context.omit(SqlClient.TransactionConnection)(context) as Context.Context<Exclude<R, SqlClient.SqlClient>>)
+      )
 
     // -------------------------------------------------------------------------------------------------
     // open: bootstrap or recovery
@@ -703,6 +710,22 @@ export const make = (options: EngineOptions) =>
           })
         )
 
+    /** `execute` that also returns the statement's rows (`INSERT ... RETURNING`): SyncDatabase.layerSqlClient. */
+    const executeRows = (
+      sql: string,
+      params: ReadonlyArray<unknown> = []
+    ): Effect.Effect<ChangeCapture.ExecuteResult, SyncError.SqlStatementError> =>
+      writing(on(draft, ChangeCapture.execute(sql, params))).pipe(Effect.mapError(sqlStatementError("Statement", sql)))
+
+    /**
+     * Runs `effect` with Draft's SqlClient as ONE capture transaction (one unit of replay), holding one write
+     * permit throughout, so a pull's copy step waits for it and it never spans a replaced Draft.
+     */
+    const transaction = <A, E, R>(
+      effect: Effect.Effect<A, E, R>
+    ): Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, Exclude<R, SqlClient.SqlClient>> =>
+      writing(on(draft, ChangeCapture.transaction(effect)))
+
     const stats: Effect.Effect<Stats, SyncError.SyncError> = Effect.gen(function*() {
       const m = yield* SynchronizedRef.get(metadata)
       const pendingChanges = yield* reading(
@@ -730,6 +753,8 @@ export const make = (options: EngineOptions) =>
       clientId,
       conflicts: conflictLog.read,
       execute,
+      executeRows,
+      transaction,
       query,
       push,
       pull,
