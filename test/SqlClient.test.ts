@@ -13,6 +13,7 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
 import * as NodePath from "node:path"
@@ -153,10 +154,14 @@ layer(layerHttp, { timeout: 30_000 })("SqlClient over a real server", (it) => {
       )
       expect(rowsOf(yield* Effect.provide(repo.findAll(), context)).map((p) => p.name)).toEqual(["kept"])
       expect((yield* db.stats).pendingChanges).toBe(1)
+      // A write outside a transaction is reported like `execute` (events, status, autoSync).
+      const events = yield* db.subscribe
+      yield* Effect.provide(repo.setAge({ id: 1, age: 9 }), context)
+      expect(yield* Queue.take(events)).toMatchObject({ _tag: "LocalWrite", changes: 1 })
       yield* db.push
       const b = yield* openClient(remote, NodePath.join(dir, "b"))
       yield* b.pull
-      expect(yield* b.query("SELECT name FROM people")).toEqual([{ name: "kept" }])
+      expect(yield* b.query("SELECT name, age FROM people")).toEqual([{ name: "kept", age: 9 }])
     }))
 
   it.scoped("a write waits for an open transaction; during a pull's copy step reads work and a write waits, then lands", () =>

@@ -24,6 +24,10 @@ import { isReadStatement } from "./engine.js"
 
 /** What the client needs from the engine (members the SyncDatabase service carries at runtime). */
 export interface EngineAccess {
+  readonly execute: (
+    sql: string,
+    params?: ReadonlyArray<unknown>
+  ) => Effect.Effect<{ readonly changes: number; readonly lastInsertRowid: number | bigint }, SyncError.SqlStatementError>
   readonly query: <Row extends object = Record<string, unknown>>(
     sql: string,
     params?: ReadonlyArray<unknown>
@@ -69,14 +73,21 @@ const makeConnection = (run: (sql: string, params: ReadonlyArray<unknown>) => Ef
   } satisfies Connection.Connection
 }
 
+const RETURNING = /\bRETURNING\b/i
+
 /** Outside a transaction: a read on the active copy, anything else through capture. */
 const autocommit = (engine: EngineAccess) =>
   makeConnection((sql, params) =>
     isReadStatement(sql)
       ? Effect.map(engine.query(sql, params), (rows): Result => ({ rows, changes: 0, lastInsertRowid: 0, reader: true }))
         .pipe(Effect.mapError(toSqlError))
-      : Effect.map(engine.executeRows(sql, params), (r): Result => ({ ...r, reader: false }))
-        .pipe(Effect.mapError(toSqlError))
+      : Effect.map(
+        // `execute` (the service's) also reports the write to events/status and autoSync; it has no rows.
+        RETURNING.test(sql)
+          ? engine.executeRows(sql, params)
+          : Effect.map(engine.execute(sql, params), (r) => ({ ...r, rows: [] })),
+        (r): Result => ({ ...r, reader: false })
+      ).pipe(Effect.mapError(toSqlError))
   )
 
 type Request =
