@@ -131,7 +131,7 @@ const transactionConnection = (engine: EngineAccess) =>
       Effect.zipRight(
         Queue.offer(requests, { _tag: "End", commit }),
         Effect.flatMap(Fiber.await(fiber), (exit) =>
-          Exit.isSuccess(exit) || (!commit && Exit.isFailure(exit)) ? Effect.void : Effect.fail(toSqlError(exit.cause)))
+          Exit.isSuccess(exit) || (!commit && Exit.isFailure(exit)) ? Effect.void : Effect.fail(toSqlError(Cause.squash(exit.cause))))
       )
     yield* Effect.addFinalizer(() => Effect.ignore(ended(false)))
     // Wait for the write permit and BEGIN, or for the transaction to fail before it began (no race here:
