@@ -21,6 +21,11 @@ export * as ConflictPolicy from "./ConflictPolicy.js"
 /**
  * @since 0.1.0
  */
+export * as FaultInjection from "./FaultInjection.js"
+
+/**
+ * @since 0.1.0
+ */
 export * as LocalCopies from "./LocalCopies.js"
 
 /**
@@ -42,6 +47,11 @@ export * as SyncError from "./SyncError.js"
  * @since 0.1.0
  */
 export * as SyncEvents from "./SyncEvents.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as SyncFiles from "./SyncFiles.js"
 
 /**
  * @since 0.1.0
