@@ -28,7 +28,7 @@ import * as Fuzz from "./support/fuzz.js"
 import * as Model from "./support/fuzzModel.js"
 import { spawnServer } from "./support/process.js"
 
-const RUNS = Number(process.env.FUZZ_RUNS ?? 6)
+const RUNS = Number(process.env.FUZZ_RUNS ?? 10)
 const replay = process.env.FUZZ_SEED === undefined
   ? {}
   : { seed: Number(process.env.FUZZ_SEED), ...(process.env.FUZZ_PATH === undefined ? {} : { path: process.env.FUZZ_PATH }) }
