@@ -526,11 +526,18 @@ export const make = (options: EngineOptions) =>
         yield* updateMetadata((m) => ({ ...m, transferredChangeId: lastChangeId }))
         const start = m.syncedFrame + 1
         yield* step("push:beforeSend")
-        const result = yield* remote.push(m.generation, start, start + frames.length, frames).pipe(
-          Effect.ensuring(
-            Ref.update(traffic, (t) => ({ ...t, sent: t.sent + frames.length * WalFrame.FRAME_SIZE }))
+        const send = (from: number, sent: ReadonlyArray<WalFrame.Frame>) =>
+          remote.push(m.generation, from, from + sent.length, sent).pipe(
+            Effect.ensuring(Ref.update(traffic, (t) => ({ ...t, sent: t.sent + sent.length * WalFrame.FRAME_SIZE })))
           )
-        )
+        let result = yield* send(start, frames)
+        if (result._tag === "Conflict" && result.generation === m.generation && result.maxFrameNo < start - 1) {
+          // The server cannot tell us from a pusher whose session it lost after acknowledging frames up to our
+          // start, so it asks for its frames from maxFrameNo + 1 again. Those are synced frames we pulled from
+          // it: sending them proves which head we build on (identical bytes), and our frames follow.
+          const rewound = yield* Files.readWalFrames(names.synced, start - 1 - result.maxFrameNo, result.maxFrameNo)
+          result = yield* send(result.maxFrameNo + 1, [...rewound, ...frames])
+        }
         yield* step("push:answered")
         if (result._tag === "Ok") {
           if (tail.state !== undefined) yield* Ref.set(syncedPrefix, { generation: m.generation, state: tail.state })

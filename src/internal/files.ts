@@ -268,18 +268,18 @@ export const readWalTail = (db: string, prefix: WalState | undefined) =>
   })
 
 /**
- * The first `count` frames of `<db>-wal` read by position, without validation: only for frames this
- * client already validated (the synced frames).
+ * `count` frames of `<db>-wal` after the first `skip`, read by position, without validation: only for
+ * frames this client already validated (the synced frames).
  *
  * @internal
  */
-export const readWalFrames = (db: string, count: number) =>
+export const readWalFrames = (db: string, count: number, skip = 0) =>
   attempt(walPath(db), "cannot read WAL", (fs): ReadonlyArray<WalFrame.Frame> => {
     if (count === 0) return []
     const fd = fs.openSync(walPath(db), "r")
     const bytes = new Uint8Array(count * WalFrame.FRAME_SIZE)
     try {
-      const read = fs.readSync(fd, bytes, 0, bytes.byteLength, WalFrame.WAL_HEADER_SIZE)
+      const read = fs.readSync(fd, bytes, 0, bytes.byteLength, WalFrame.walSize(skip))
       if (read !== bytes.byteLength) throw new Error(`WAL holds fewer than ${count} frames`)
     } finally {
       fs.closeSync(fd)
