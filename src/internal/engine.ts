@@ -32,6 +32,7 @@ import * as ChangeCapture from "../ChangeCapture.js"
 import * as ChangeReplay from "../ChangeReplay.js"
 import * as ConflictPolicy from "../ConflictPolicy.js"
 import * as LocalCopies from "../LocalCopies.js"
+import type { ExecuteResult, Stats } from "../SyncDatabase.js"
 import * as SyncError from "../SyncError.js"
 import * as SyncFiles from "../SyncFiles.js"
 import * as SyncMetadata from "../SyncMetadata.js"
@@ -82,27 +83,8 @@ export const steps = [
 /** @internal */
 export type Step = typeof steps[number]
 
-/** @internal */
-export interface ExecuteResult {
-  readonly changes: number
-  readonly lastInsertRowid: number | bigint
-}
-
-/** @internal */
-export interface Stats {
-  readonly clientId: string
-  readonly pendingChanges: number
-  readonly generation: number
-  readonly syncedFrame: number
-  readonly lastPushAt: Option.Option<Date>
-  readonly lastPullAt: Option.Option<Date>
-  readonly bytesSent: number
-  readonly bytesReceived: number
-  readonly draftWalBytes: number
-  readonly syncedWalBytes: number
-  readonly activeCopy: "draft" | "synced"
-  readonly lastWriteBlockedMs: Option.Option<number>
-}
+// The public shapes live in SyncDatabase, where users read them.
+export type { ExecuteResult, Stats } from "../SyncDatabase.js"
 
 /**
  * better-sqlite3 runs every statement synchronously, and Effect's default scheduler goes back to the event
