@@ -6,7 +6,8 @@
  *   conflicts, so such rows are deleted by `IS`-equality and inserted (several rows sharing a NULL-holding
  *   key cannot be told apart and collapse into one);
  * - update → the row is located by the before image's key (key-changing updates move it) and only the
- *   columns the update changed are written (edits of other columns made elsewhere survive);
+ *   columns the update changed are written when the row is as the update found it; on a conflict the policy
+ *   decides (last push wins writes the whole local row, `mergeColumns` only the changed columns);
  * - delete → by key;
  * - ddl → its SQL text, idempotently per statement (a CREATE of an existing object, a DROP of a missing one,
  *   an ADD COLUMN of an existing column, a RENAME whose source is gone or target exists count as already
@@ -15,8 +16,9 @@
  *
  * Every data change passes through one pure decision point, {@link decide}: given the change and the row
  * the target holds now (read by key), it returns what to do and which conflict it saw (RowChanged,
- * RowMissing, KeyExists; reported in {@link ApplyResult}). The default and only policy so far is the seed's
- * "last push wins": an update of a row deleted remotely re-creates it, a delete of a missing row is skipped.
+ * RowMissing, KeyExists; reported in {@link ApplyResult}). The default is the seed's "last push wins": an
+ * update of a row deleted remotely re-creates it, a delete of a missing row is skipped; the `decide` option
+ * replaces it (ConflictPolicy builds one per policy).
  *
  * Foreign keys are checked at the end (`PRAGMA defer_foreign_keys = ON`, then `foreign_key_check` on the
  * affected tables before COMMIT), so replay order inside the transaction cannot trip them and a violation is

@@ -206,7 +206,14 @@ export const make = <R = never>(options: Options<R>) =>
     }).pipe(
       Effect.provideService(SyncRemote.SyncRemote, instrumentation.observe(remote))
     )
-    const service: Service = yield* instrumentation.wrap(engine)
+    const wrapped: Service = yield* instrumentation.wrap(engine)
+    // push, pull, sync and execute get their spans from the wrapper; the reads get theirs here.
+    const service: Service = {
+      ...wrapped,
+      query: (sql, params) => Effect.withSpan(wrapped.query(sql, params), "SyncDatabase.query", { attributes: { sql } }),
+      stats: Effect.withSpan(wrapped.stats, "SyncDatabase.stats"),
+      conflicts: Effect.withSpan(wrapped.conflicts, "SyncDatabase.conflicts")
+    }
     if (options.autoSync !== undefined) yield* AutoSync.autoSync(service, options.autoSync)
     return service
   })

@@ -65,8 +65,9 @@ export const lookupKey = (change: ChangeCapture.Change, table: TableInfo.TableIn
 }
 
 /**
- * Last push wins (the seed's behaviour): the local change is applied over whatever Synced holds, and only
- * the columns an update changed are written, so edits of different columns made elsewhere survive.
+ * Last push wins (the seed's behaviour): the local change is applied over whatever Synced holds. Without a
+ * conflict an update writes only the columns it changed; on RowChanged the whole local row wins (the
+ * `mergeColumns` policy keeps writing only the changed columns; see ConflictPolicy).
  * The conflict kind is recorded on the decision for reporting; it never changes this policy's outcome.
  */
 export const decide = (
