@@ -207,7 +207,7 @@ export const parse = (bytes: Uint8Array): Option.Option<Wal> => {
   if (view.getUint32(4) !== FORMAT_VERSION) return Option.none()
   const pageSize = view.getUint32(8)
   if (pageSize !== PAGE_SIZE) return Option.none()
-  let [s0, s1] = checksumInto(view, 0, 24, littleEndian, 0, 0)
+  const [s0, s1] = checksumInto(view, 0, 24, littleEndian, 0, 0)
   if (s0 !== view.getUint32(24) || s1 !== view.getUint32(28)) return Option.none()
   const header: WalHeader = {
     bigEndian,
@@ -216,10 +216,31 @@ export const parse = (bytes: Uint8Array): Option.Option<Wal> => {
     salt1: view.getUint32(16),
     salt2: view.getUint32(20)
   }
+  const tail = parseFrames(bytes.subarray(WAL_HEADER_SIZE), header, [s0, s1])
+  return Option.some({ header, frames: tail.frames, checksum: tail.checksum })
+}
+
+/**
+ * Parses the frames that follow a known point of a WAL: `bytes` starts at a frame boundary, `checksum` is
+ * the running checksum there (after the header, or after the frames before `bytes`). Validation is the
+ * same as `parse`'s: frames while salts and cumulative checksums hold, kept up to the last commit frame.
+ * Lets a reader that already validated a prefix check only the tail.
+ *
+ * @since 0.1.0
+ * @category decoding
+ */
+export const parseFrames = (
+  bytes: Uint8Array,
+  header: WalHeader,
+  checksum: readonly [number, number]
+): { readonly frames: ReadonlyArray<Frame>; readonly checksum: readonly [number, number] } => {
+  const view = viewOf(bytes)
+  const littleEndian = !header.bigEndian
+  let [s0, s1] = checksum
   const frames: Array<Frame> = []
   let committed = 0
-  let committedChecksum: [number, number] = [s0, s1]
-  for (let offset = WAL_HEADER_SIZE; offset + FRAME_SIZE <= bytes.byteLength; offset += FRAME_SIZE) {
+  let committedChecksum: readonly [number, number] = checksum
+  for (let offset = 0; offset + FRAME_SIZE <= bytes.byteLength; offset += FRAME_SIZE) {
     const pgno = view.getUint32(offset)
     const commitSize = view.getUint32(offset + 4)
     if (pgno === 0) break
@@ -238,7 +259,7 @@ export const parse = (bytes: Uint8Array): Option.Option<Wal> => {
     }
   }
   frames.length = committed
-  return Option.some({ header, frames, checksum: committedChecksum })
+  return { frames, checksum: committedChecksum }
 }
 
 /**

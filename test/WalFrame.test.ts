@@ -80,6 +80,22 @@ describe("WalFrame codec", () => {
       )
     ))
 
+  it.effect("parseFrames validates a tail from a prefix's running checksum exactly as parse does", () =>
+    Effect.sync(() =>
+      fc.assert(
+        fc.property(arbWalOptions, arbTransactions, arbTransactions, (options, before, after) => {
+          const prefix = WalFrame.append(WalFrame.make(options), before).wal
+          const whole = WalFrame.append(prefix, after).wal
+          const bytes = WalFrame.encode(whole)
+          const tail = WalFrame.parseFrames(bytes.subarray(WalFrame.walSize(before.length)), prefix.header, prefix.checksum)
+          const parsed = Option.getOrThrow(WalFrame.parse(bytes))
+          expect(sameFrames(tail.frames, parsed.frames.slice(before.length))).toBe(true)
+          expect(tail.checksum).toEqual(parsed.checksum)
+        }),
+        { numRuns: 100 }
+      )
+    ))
+
   it.effect("parse stops at the first damaged frame and keeps only up to the last commit before it", () =>
     Effect.sync(() =>
       fc.assert(

@@ -164,18 +164,6 @@ export const materialize = (basePath: string, frames: ReadonlyArray<WalFrame.Fra
     fsyncDirectory(fs, dirnameOf(target))
   })
 
-// The WAL checksum (sqlite.org/walformat.html): two u32 accumulators over pairs of u32 words, in the
-// byte order the header's magic names.
-const checksum = (bytes: Uint8Array, offset: number, length: number, littleEndian: boolean, s: readonly [number, number]) => {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-  let [s0, s1] = s
-  for (let i = offset; i < offset + length; i += 8) {
-    s0 = (s0 + view.getUint32(i, littleEndian) + s1) >>> 0
-    s1 = (s1 + view.getUint32(i + 4, littleEndian) + s0) >>> 0
-  }
-  return [s0, s1] as [number, number]
-}
-
 /**
  * Where a WAL stands after its first `frames` frames: enough to validate what follows without reading
  * (or checksumming) those frames again.
@@ -241,29 +229,10 @@ export const readWalTail = (db: string, prefix: WalState | undefined) =>
     } finally {
       fs.closeSync(fd)
     }
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-    const littleEndian = !prefix.header.bigEndian
-    let s: readonly [number, number] = prefix.checksum
-    let committedChecksum = s
-    const frames: Array<WalFrame.Frame> = []
-    let committed = 0
-    for (let offset = 0; offset + WalFrame.FRAME_SIZE <= bytes.byteLength; offset += WalFrame.FRAME_SIZE) {
-      const pgno = view.getUint32(offset)
-      if (pgno === 0) break
-      if (view.getUint32(offset + 8) !== prefix.header.salt1 || view.getUint32(offset + 12) !== prefix.header.salt2) break
-      s = checksum(bytes, offset, 8, littleEndian, s)
-      s = checksum(bytes, offset + WalFrame.FRAME_HEADER_SIZE, WalFrame.PAGE_SIZE, littleEndian, s)
-      if (s[0] !== view.getUint32(offset + 16) || s[1] !== view.getUint32(offset + 20)) break
-      const commitSize = view.getUint32(offset + 4)
-      frames.push({ pgno, commitSize, page: bytes.subarray(offset + WalFrame.FRAME_HEADER_SIZE, offset + WalFrame.FRAME_SIZE) })
-      if (commitSize !== 0) {
-        committed = frames.length
-        committedChecksum = s
-      }
-    }
+    const tail = WalFrame.parseFrames(bytes, prefix.header, prefix.checksum)
     return {
-      frames: frames.slice(0, committed),
-      state: { frames: prefix.frames + committed, header: prefix.header, checksum: committedChecksum }
+      frames: tail.frames,
+      state: { frames: prefix.frames + tail.frames.length, header: prefix.header, checksum: tail.checksum }
     }
   })
 
