@@ -153,14 +153,7 @@ export const materialize = (basePath: string, frames: ReadonlyArray<WalFrame.Fra
   attempt(target, "cannot materialize", (fs) => {
     fs.removeSync(target)
     fs.copyFileSync(basePath, target)
-    const committed = WalFrame.committedLength(frames)
-    const fd = fs.openSync(target, "r+")
-    try {
-      if (committed > 0) writePages(fs, fd, frames.slice(0, committed))
-      fs.fsyncSync(fd)
-    } finally {
-      fs.closeSync(fd)
-    }
+    applyFramesToFile(fs, target, frames)
     fsyncDirectory(fs, dirnameOf(target))
   })
 
@@ -273,16 +266,18 @@ export const readWalFrames = (db: string, count: number, skip = 0) =>
  * @internal
  */
 export const applyInPlace = (target: string, frames: ReadonlyArray<WalFrame.Frame>) =>
-  attempt(target, "cannot apply frames", (fs) => {
-    const committed = WalFrame.committedLength(frames)
-    const fd = fs.openSync(target, "r+")
-    try {
-      if (committed > 0) writePages(fs, fd, frames.slice(0, committed))
-      fs.fsyncSync(fd)
-    } finally {
-      fs.closeSync(fd)
-    }
-  })
+  attempt(target, "cannot apply frames", (fs) => applyFramesToFile(fs, target, frames))
+
+const applyFramesToFile = (fs: FileService, target: string, frames: ReadonlyArray<WalFrame.Frame>) => {
+  const committed = WalFrame.committedLength(frames)
+  const fd = fs.openSync(target, "r+")
+  try {
+    if (committed > 0) writePages(fs, fd, frames.slice(0, committed))
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
 
 const writePages = (fs: FileService, fd: number, committed: ReadonlyArray<WalFrame.Frame>) => {
   const pages = committed[committed.length - 1].commitSize
