@@ -79,6 +79,39 @@ export const mayChangeSchema = (statement: string): boolean => !DML.has(firstKey
 const isWordChar = (c: string) => /[A-Za-z0-9_$]/.test(c)
 
 /**
+ * At a quoted string or name (`'..'`, `".."`, `` `..` ``, `[..]`): the index just after it (doubled quotes
+ * stay inside), or -1 when it never closes. Anywhere else: undefined.
+ */
+const skipQuoted = (text: string, i: number): number | undefined => {
+  const c = text[i]
+  if (c !== "'" && c !== `"` && c !== "`" && c !== "[") return undefined
+  const close = c === "[" ? "]" : c
+  let j = i + 1
+  for (;;) {
+    const k = text.indexOf(close, j)
+    if (k === -1) return -1
+    if (close !== "]" && text[k + 1] === close) {
+      j = k + 2
+      continue
+    }
+    return k + 1
+  }
+}
+
+/** At a line or block comment: the index just after it, or -1 when it never ends. Anywhere else: undefined. */
+const skipComment = (text: string, i: number): number | undefined => {
+  if (text[i] === "-" && text[i + 1] === "-") {
+    const k = text.indexOf("\n", i)
+    return k === -1 ? -1 : k + 1
+  }
+  if (text[i] === "/" && text[i + 1] === "*") {
+    const k = text.indexOf("*/", i + 2)
+    return k === -1 ? -1 : k + 2
+  }
+  return undefined
+}
+
+/**
  * Splits SQL text into statements at top-level semicolons: semicolons inside string literals, quoted
  * identifiers (`"x"`, `` `x` ``, `[x]`), comments and the BEGIN … END body of CREATE TRIGGER (where CASE …
  * END nests) do not split. Empty statements are dropped; each statement is returned without its `;`.
@@ -100,33 +133,9 @@ export const splitStatements = (text: string): ReadonlyArray<string> => {
   }
   while (i < text.length) {
     const c = text[i]!
-    if (c === "'" || c === `"` || c === "`" || c === "[") {
-      const close = c === "[" ? "]" : c
-      let j = i + 1
-      for (;;) {
-        const k = text.indexOf(close, j)
-        if (k === -1) {
-          j = text.length
-          break
-        }
-        if (close !== "]" && text[k + 1] === close) {
-          j = k + 2
-          continue
-        }
-        j = k + 1
-        break
-      }
-      i = j
-      continue
-    }
-    if (c === "-" && text[i + 1] === "-") {
-      const k = text.indexOf("\n", i)
-      i = k === -1 ? text.length : k + 1
-      continue
-    }
-    if (c === "/" && text[i + 1] === "*") {
-      const k = text.indexOf("*/", i + 2)
-      i = k === -1 ? text.length : k + 2
+    const skipped = skipQuoted(text, i) ?? skipComment(text, i)
+    if (skipped !== undefined) {
+      i = skipped === -1 ? text.length : skipped
       continue
     }
     if (isWordChar(c)) {
@@ -171,31 +180,10 @@ export const partialIndexWhere = (indexSql: string): string | undefined => {
   let i = 0
   while (i < indexSql.length) {
     const c = indexSql[i]!
-    if (c === "'" || c === `"` || c === "`" || c === "[") {
-      const close = c === "[" ? "]" : c
-      let j = i + 1
-      for (;;) {
-        const k = indexSql.indexOf(close, j)
-        if (k === -1) return undefined
-        if (close !== "]" && indexSql[k + 1] === close) {
-          j = k + 2
-          continue
-        }
-        i = k + 1
-        break
-      }
-      continue
-    }
-    if (c === "-" && indexSql[i + 1] === "-") {
-      const k = indexSql.indexOf("\n", i)
-      if (k === -1) return undefined
-      i = k + 1
-      continue
-    }
-    if (c === "/" && indexSql[i + 1] === "*") {
-      const k = indexSql.indexOf("*/", i + 2)
-      if (k === -1) return undefined
-      i = k + 2
+    const skipped = skipQuoted(indexSql, i) ?? skipComment(indexSql, i)
+    if (skipped !== undefined) {
+      if (skipped === -1) return undefined
+      i = skipped
       continue
     }
     if (c === "(") depth++
@@ -226,19 +214,10 @@ export const indexItems = (indexSql: string): ReadonlyArray<string> | undefined 
   let i = 0
   while (i < indexSql.length) {
     const c = indexSql[i]!
-    if (c === "'" || c === `"` || c === "`" || c === "[") {
-      const close = c === "[" ? "]" : c
-      let j = i + 1
-      for (;;) {
-        const k = indexSql.indexOf(close, j)
-        if (k === -1) return undefined
-        if (close !== "]" && indexSql[k + 1] === close) {
-          j = k + 2
-          continue
-        }
-        i = k + 1
-        break
-      }
+    const skipped = skipQuoted(indexSql, i)
+    if (skipped !== undefined) {
+      if (skipped === -1) return undefined
+      i = skipped
       continue
     }
     if (c === "(") {
