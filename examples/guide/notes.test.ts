@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
-import { ServerStore, SyncDatabase, SyncRemote } from "effect-sqlite-sync"
+import { SyncDatabase, SyncRemote } from "effect-sqlite-sync"
+import { ServerStore } from "effect-sqlite-sync/testing"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
