@@ -1,6 +1,6 @@
 /**
  * The server's storage and protocol state: generations, their bases and frames, and baton sessions.
- * The HTTP routes (`SyncServer`) and the client's in-process remote (`SyncRemote.layerStore`) both talk
+ * The HTTP routes (`SyncServer`) and the client's in-process remote (`StoreRemote.layer`) both talk
  * to this service, so every storage layer is tested through one conformance suite.
  *
  * @since 0.1.0
