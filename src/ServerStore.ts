@@ -1,6 +1,6 @@
 /**
  * The server's storage and protocol state: generations, their bases and frames, and baton sessions.
- * The HTTP routes (`SyncServer`) and the client's in-process remote (`SyncRemote.layerStore`) both talk
+ * The HTTP routes (`SyncServer`) and the client's in-process remote (`StoreRemote.layer`) both talk
  * to this service, so every storage layer is tested through one conformance suite.
  *
  * @since 0.1.0
@@ -13,10 +13,10 @@ import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import * as fs from "node:fs"
 import type * as Scope from "effect/Scope"
-import * as internalCheckWorker from "./internal/checkWorker.js"
-import * as internalCore from "./internal/serverCore.js"
-import * as internalMemory from "./internal/serverMemory.js"
-import * as internalSqlite from "./internal/serverSqlite.js"
+import * as internalCheckWorker from "./internal/server/checkWorker.js"
+import * as internalCore from "./internal/server/serverCore.js"
+import * as internalMemory from "./internal/server/serverMemory.js"
+import * as internalSqlite from "./internal/server/serverSqlite.js"
 import type * as WalFrame from "./WalFrame.js"
 
 /**

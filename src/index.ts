@@ -1,9 +1,11 @@
 /**
  * The client: a local SQLite database kept in two-way sync with a remote. The server is in
- * `effect-sqlite-sync/server`, test layers in `effect-sqlite-sync/testing`.
+ * `effect-sqlite-sync/server`, test layers in `effect-sqlite-sync/testing`; importing this entry loads
+ * neither, nor the command line.
  *
  * @since 0.1.0
  */
+
 /**
  * @since 0.1.0
  */

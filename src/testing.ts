@@ -1,9 +1,10 @@
 /**
- * Layers for tests of apps that use the client: fault injection, and the in-process store remote
- * (`SyncRemote.layerStore` over `ServerStore.layerMemory`).
+ * For tests of code built on the client: a remote in the same process (`StoreRemote` over
+ * `ServerStore.layerMemory()`), and `FaultInjection` to fail the k-th file or remote operation.
  *
  * @since 0.1.0
  */
+
 /**
  * @since 0.1.0
  */
@@ -17,4 +18,4 @@ export * as ServerStore from "./ServerStore.js"
 /**
  * @since 0.1.0
  */
-export * as SyncRemote from "./SyncRemote.js"
+export * as StoreRemote from "./StoreRemote.js"
