@@ -166,7 +166,8 @@ import { register } from "node:module"
 register("./hooks.mjs", import.meta.url, { data: { log: process.env.MODULE_LOG } })
 `
 
-describe("the packed package in a new project", () => {
+// The four checks are independent child processes: run them side by side.
+describe.concurrent("the packed package in a new project", () => {
   let dir = ""
   let project = ""
 
@@ -214,19 +215,19 @@ describe("the packed package in a new project", () => {
     expect(JSON.parse(result.stdout)).toEqual([{ id: "n1", body: "from alice" }])
     // The disk store wrote its files where the app asked.
     expect(Fs.existsSync(NodePath.join(project, "server-data", "notes"))).toBe(true)
-  }, 60_000)
+  }, 120_000)
 
   it("a TypeScript consumer with moduleResolution nodenext type-checks against the shipped .d.ts", async () => {
     const result = await run(process.execPath, [TSC, "-p", "tsconfig.json"], project)
     expect(result.code, result.stdout + result.stderr).toBe(0)
-  }, 60_000)
+  }, 120_000)
 
   it("npx effect-sqlite-sync --help runs the installed command", async () => {
     const result = await npm(["exec", "--offline", "--", "effect-sqlite-sync", "--help"], project)
     expect(result.code, result.stderr).toBe(0)
     expect(result.stdout).toContain("effect-sqlite-sync")
     for (const command of ["serve", "query", "exec", "push", "pull"]) expect(result.stdout).toContain(command)
-  }, 60_000)
+  }, 120_000)
 
   it("importing the client loads neither the server, the HTTP server stack nor @effect/cli", async () => {
     const loaded = async (program: string) => {
@@ -236,16 +237,15 @@ describe("the packed package in a new project", () => {
       return Fs.readFileSync(log, "utf8").split("\n").filter((url) => url !== "")
     }
     const isServerSide = (url: string) =>
-      /\/effect-sqlite-sync\/dist\/(server|testing|SyncServer|ServerStore|Cli|bin)\.js$/.test(url) ||
-      /\/effect-sqlite-sync\/dist\/internal\/(server|cli|checkWorker|syncServer|nodeHttpGuard)/.test(url) ||
+      /\/effect-sqlite-sync\/dist\/(server|testing|SyncServer|ServerStore|StoreRemote|FaultInjection|Cli|bin)\.js$/.test(url) ||
+      /\/effect-sqlite-sync\/dist\/internal\/(server|cli)\//.test(url) ||
       url.includes("/node_modules/@effect/cli/") ||
       url.includes("/node_modules/@effect/platform-node/") ||
       /\/@effect\/platform\/dist\/esm\/(HttpServer|HttpRouter|HttpApp)/.test(url)
-    const client = await loaded("client.mjs")
+    const [client, server] = await Promise.all([loaded("client.mjs"), loaded("server.mjs")])
     expect(client.some((url) => url.endsWith("/effect-sqlite-sync/dist/SyncDatabase.js"))).toBe(true)
     expect(client.filter(isServerSide)).toEqual([])
     // The same check sees the server when it is imported.
-    const server = await loaded("server.mjs")
     expect(server.filter(isServerSide)).toEqual(expect.arrayContaining([expect.stringMatching(/dist\/SyncServer\.js$/)]))
-  }, 60_000)
+  }, 120_000)
 })
