@@ -19,6 +19,9 @@ const { parentPort, workerData } = require("node:worker_threads")
 const Database = require(workerData.betterSqlite3)
 const corrupt = (e) => e && typeof e.code === "string" && (e.code.startsWith("SQLITE_CORRUPT") || e.code.startsWith("SQLITE_NOTADB"))
 parentPort.on("message", ({ id, file, plan }) => {
+  // The connection is closed before the answer goes out: the store checkpoints head.db right after an
+  // ok, and a reader still open here would make that checkpoint busy.
+  let reply
   let db
   try {
     db = new Database(file, { readonly: true, fileMustExist: true })
@@ -29,13 +32,13 @@ parentPort.on("message", ({ id, file, plan }) => {
       problem = messages.slice(0, 5).join("; ")
       break
     }
-    parentPort.postMessage({ id, problem })
+    reply = { id, problem }
   } catch (e) {
-    if (corrupt(e)) parentPort.postMessage({ id, problem: String(e.message) })
-    else parentPort.postMessage({ id, error: String((e && e.message) || e) })
+    reply = corrupt(e) ? { id, problem: String(e.message) } : { id, error: String((e && e.message) || e) }
   } finally {
     try { if (db) db.close() } catch {}
   }
+  parentPort.postMessage(reply)
 })
 `
 
