@@ -8,6 +8,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Redacted from "effect/Redacted"
+import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as ServerStore from "../src/ServerStore.js"
@@ -226,3 +227,61 @@ describe("a database's identity", () => {
       expect(id).toMatch(/^[0-9a-f-]{36}$/)
     }).pipe(Effect.provide(ServerStore.layerMemory())))
 })
+
+describe("a data directory the server cannot write", () => {
+  // Root writes through permissions, so as root the server runs as `nobody` over a directory it does not own.
+  const asUser = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {}
+
+  it.scopedLive("is served read-only: reads answer as before, writes and new databases get 503 read_only, and the start says so", () =>
+    Effect.gen(function*() {
+      const dir = H.tempDir("readonly")
+      yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true })))
+      const writer = yield* serverProcess(["--data", dir, "--auth-token", TOKEN])
+      const before = yield* Effect.promise(async () => {
+        const replica = await replicaOf(writer.url, "app")
+        const frames = replica.write("CREATE TABLE t (x); INSERT INTO t VALUES (1), (2), (3);")
+        replica.close()
+        expect((await push(writer.url, "app", 1, frames)).status).toBe(200)
+        return {
+          id: H.json(await call(writer.url, { path: "/db/app/info" })).database_id,
+          snapshot: await H.snapshot(writer.url, "app", TOKEN)
+        }
+      })
+      // Killed, so its frames are still in store.sqlite's WAL, not in the file itself.
+      writer.child.kill("SIGKILL")
+      yield* Effect.promise(() => writer.exited)
+      expect(Fs.statSync(Path.join(dir, "app", "store.sqlite-wal")).size).toBeGreaterThan(0)
+      ChildProcess.execFileSync("chmod", ["-R", "a+rX,a-w", dir])
+      yield* Effect.addFinalizer(() => Effect.sync(() => ChildProcess.execFileSync("chmod", ["-R", "u+w", dir])))
+      const listing = treeListing(dir)
+
+      const reader = yield* serverProcess(["--data", dir, "--auth-token", TOKEN], asUser)
+      expect(reader.stderr()).toContain("read-only")
+      yield* Effect.promise(async () => {
+        const info = await call(reader.url, { path: "/db/app/info" })
+        expect(H.json(info)).toEqual({ current_generation: 1, database_id: before.id })
+        const snapshot = await H.snapshot(reader.url, "app", TOKEN)
+        expect(H.digestOf(snapshot)).toBe(H.digestOf(before.snapshot))
+        const db = H.open(snapshot.file)
+        expect(db.prepare("SELECT x FROM t ORDER BY x").all()).toEqual([{ x: 1 }, { x: 2 }, { x: 3 }])
+        db.close()
+        const replica = new H.Replica(snapshot.file)
+        const next = replica.write("INSERT INTO t VALUES (4);")
+        replica.close()
+        const refused = await push(reader.url, "app", before.snapshot.frames.length + 1, next)
+        expect([refused.status, H.json(refused).error]).toEqual([503, "read_only"])
+        expect(H.json(refused).message).toContain("read-only")
+        const created = await call(reader.url, { path: "/db/new/info" })
+        expect([created.status, H.json(created).error]).toEqual([503, "read_only"])
+        expect(H.digestOf(await H.snapshot(reader.url, "app", TOKEN))).toBe(H.digestOf(before.snapshot))
+      })
+      expect(treeListing(dir)).toEqual(listing)
+    }))
+})
+
+/** Every file under `dir` with its size. */
+const treeListing = (dir: string): Array<string> =>
+  (Fs.readdirSync(dir, { recursive: true }) as Array<string>).sort().map((entry) => {
+    const stat = Fs.statSync(Path.join(dir, entry))
+    return `${entry} ${stat.isDirectory() ? "dir" : stat.size}`
+  })
