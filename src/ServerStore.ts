@@ -1,6 +1,6 @@
 /**
  * The server's storage and protocol state: generations, their bases and frames, and baton sessions.
- * The HTTP routes (`SyncServer`) and the client's in-process remote (`SyncRemote.layerStore`) both talk
+ * The HTTP routes (`SyncServer`) and the client's in-process remote (`StoreRemote.layer`) both talk
  * to this service, so every storage layer is tested through one conformance suite.
  *
  * @since 0.1.0
@@ -10,14 +10,13 @@ import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Schema from "effect/Schema"
 import * as fs from "node:fs"
 import type * as Scope from "effect/Scope"
-import * as internalCheckWorker from "./internal/checkWorker.js"
-import * as internalCore from "./internal/serverCore.js"
-import * as internalMemory from "./internal/serverMemory.js"
-import * as internalSqlite from "./internal/serverSqlite.js"
-import * as SyncProtocol from "./SyncProtocol.js"
+import * as internalCheckWorker from "./internal/server/checkWorker.js"
+import * as internalCore from "./internal/server/serverCore.js"
+import * as internalMemory from "./internal/server/serverMemory.js"
+import * as internalSqlite from "./internal/server/serverSqlite.js"
+import { StoreError } from "./internal/server/storeError.js"
 import type * as WalFrame from "./WalFrame.js"
 
 /**
@@ -57,21 +56,19 @@ export type PullResult =
   | { readonly _tag: "Frames"; readonly frames: ReadonlyArray<WalFrame.Frame> }
   | { readonly _tag: "CheckpointNeeded"; readonly generation: number; readonly maxFrameNo: number }
 
-/**
- * Why a request was refused. Each reason has one HTTP status and error code, in
- * `SyncProtocol.errorStatus`: the request was wrong (BadRequest, BadFrames, Malformed, UnknownBaton,
- * TooLarge), names a generation that is not there (GenerationNotFound, GenerationGone) or a database
- * beyond `maxDatabases` (DatabaseLimit); or the server cannot take it now (ReadOnly, PendingLimit, Busy,
- * Storage).
- *
- * @since 0.1.0
- * @category errors
- */
-export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
-  reason: SyncProtocol.StoreErrorReason,
-  message: Schema.String,
-  cause: Schema.optional(Schema.Defect)
-}) {}
+export {
+  /**
+   * Why a request was refused. Each reason has one HTTP status and error code, in
+   * `SyncProtocol.errorStatus`: the request was wrong (BadRequest, BadFrames, Malformed, UnknownBaton,
+   * TooLarge), names a generation that is not there (GenerationNotFound, GenerationGone) or a database
+   * beyond `maxDatabases` (DatabaseLimit); or the server cannot take it now (ReadOnly, PendingLimit, Busy,
+   * Storage).
+   *
+   * @since 0.1.0
+   * @category errors
+   */
+  StoreError
+}
 
 /**
  * @since 0.1.0

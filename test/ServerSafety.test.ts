@@ -13,6 +13,7 @@ import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as ServerStore from "../src/ServerStore.js"
 import * as SyncProtocol from "../src/SyncProtocol.js"
+import * as StoreRemote from "../src/StoreRemote.js"
 import * as SyncRemote from "../src/SyncRemote.js"
 import * as SyncServer from "../src/SyncServer.js"
 import * as WalFrame from "../src/WalFrame.js"
@@ -222,7 +223,7 @@ describe("a database's identity", () => {
     Effect.gen(function*() {
       const store = yield* ServerStore.ServerStore
       const id = yield* store.databaseId("x")
-      const info = yield* SyncRemote.makeStore(store, "x").info
+      const info = yield* StoreRemote.make(store, "x").info
       expect(info).toEqual({ generation: 1, databaseId: id })
       expect(id).toMatch(/^[0-9a-f-]{36}$/)
     }).pipe(Effect.provide(ServerStore.layerMemory())))

@@ -6,7 +6,7 @@ import Database from "better-sqlite3"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import * as WalFrame from "../WalFrame.js"
+import * as WalFrame from "../../WalFrame.js"
 
 // `quick_check` finds every structural fault (b-tree pages, cell and freelist bounds, overflow chains,
 // pages used twice or never, NOT NULL) in one pass, linear in the database size. `integrity_check` also
@@ -14,7 +14,7 @@ import * as WalFrame from "../WalFrame.js"
 // table is not unreadable, but later writes through it fail with SQLITE_CORRUPT on every replica. The
 // default, `changed_tables`, runs `quick_check` and then `integrity_check` of the tables the commit
 // changed (see changedTables.ts), which catches that at a fraction of the full cost.
-import type { IntegrityCheck } from "../ServerStore.js"
+import type { IntegrityCheck } from "../../ServerStore.js"
 import type { CheckPlan, SchemaEntry } from "./changedTables.js"
 import { SCHEMA_QUERY } from "./changedTables.js"
 export type { IntegrityCheck }

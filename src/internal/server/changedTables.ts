@@ -9,7 +9,7 @@
  * placement only ever narrows the check when it is sure. `quick_check` always runs first, over the
  * whole file, so a commit that breaks the structure of a b-tree it did not seem to touch is still refused.
  */
-import * as WalFrame from "../WalFrame.js"
+import * as WalFrame from "../../WalFrame.js"
 
 /** One row of `sqlite_schema` before the commit. */
 export interface SchemaEntry {

@@ -10,9 +10,9 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Stream from "effect/Stream"
 import * as Crypto from "node:crypto"
-import type { StoreError } from "../ServerStore.js"
-import type { ErrorCode } from "../SyncProtocol.js"
-import { errorStatus, isDatabaseName, storageStatusOnPull } from "../SyncProtocol.js"
+import type { StoreError } from "../../ServerStore.js"
+import type { ErrorCode } from "../../SyncProtocol.js"
+import { errorStatus, isDatabaseName, storageStatusOnPull } from "../../SyncProtocol.js"
 
 /**
  * A refusal with its HTTP status, a stable code for the JSON `error` field and a sentence.
