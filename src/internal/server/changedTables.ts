@@ -8,6 +8,8 @@
  * not walk cleanly) or a change to the schema itself asks for the full `integrity_check`: the
  * placement only ever narrows the check when it is sure. `quick_check` always runs first, over the
  * whole file, so a commit that breaks the structure of a b-tree it did not seem to touch is still refused.
+ * When the changed tables hold half the database or more, the full check is cheaper than the two and
+ * is asked for instead.
  */
 import * as WalFrame from "../../WalFrame.js"
 
@@ -128,6 +130,16 @@ export const place = (
     if (label === SCHEMA_TABLE) return full("the commit changes the schema")
     if (label !== FREE) tables.add(label)
   }
+  // quick_check reads every page and integrity_check(T) reads T's again: when the changed tables hold
+  // half the database or more, one full integrity_check costs less.
+  let all = 0
+  let changed = 0
+  for (const label of owner.values()) {
+    if (label === FREE || label === SCHEMA_TABLE) continue
+    all++
+    if (tables.has(label)) changed++
+  }
+  if (tables.size > 0 && 2 * changed >= all) return full("the changed tables hold half the database or more")
   return { _tag: "Tables", tables: Array.from(tables).sort() }
 }
 
