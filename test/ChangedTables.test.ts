@@ -127,7 +127,7 @@ describe("changedTables.place", () => {
       const readHead = (pgno: number) => headImage.subarray((pgno - 1) * WalFrame.PAGE_SIZE, pgno * WalFrame.PAGE_SIZE)
       const schema = db.prepare<[], ChangedTables.SchemaEntry>(ChangedTables.SCHEMA_QUERY).all()
       db.exec("CREATE INDEX a_v ON a (v)")
-      expect(ChangedTables.place(walFrames(file), schema, readHead)._tag).toBe("Full")
+      expect(ChangedTables.place(walFrames(file), schema, readHead)).toMatchObject({ _tag: "Full", schemaChanged: true })
       db.pragma("wal_checkpoint(TRUNCATE)")
       const head2 = new Uint8Array(Fs.readFileSync(file))
       const schema2 = db.prepare<[], ChangedTables.SchemaEntry>(ChangedTables.SCHEMA_QUERY).all()
@@ -155,7 +155,8 @@ describe("changedTables.place", () => {
       const read3 = (pgno: number) => head3.subarray((pgno - 1) * WalFrame.PAGE_SIZE, pgno * WalFrame.PAGE_SIZE)
       expect(ChangedTables.place(walFrames(file), schema3, read3)).toEqual({
         _tag: "Full",
-        why: "the changed tables hold half the database or more"
+        why: "the changed tables hold half the database or more",
+        schemaChanged: false
       })
       expect(ChangedTables.planOf({ _tag: "Tables", tables: ["b", "c"] })).toEqual([
         "quick_check",
