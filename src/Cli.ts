@@ -134,7 +134,7 @@ export const serve = Command.make(
 ).pipe(Command.withDescription("Serve the WAL-frame sync protocol over HTTP (databases at /db/NAME)"))
 
 // ---------------------------------------------------------------------------------------------------------
-// local-database subcommands (issue 5): bodies in internal/cli.ts
+// local-database subcommands: bodies in internal/cli/cli.ts
 // ---------------------------------------------------------------------------------------------------------
 
 const localOptions = (url: "required" | "optional") => ({
@@ -244,13 +244,14 @@ export const query = Command.make(
 ).pipe(Command.withDescription("Print the rows of one statement on the local database (a JSON array with --json)"))
 
 /**
- * `effect-sqlite-sync conflicts --db PATH`: the local conflict log (empty until the engine keeps one).
+ * `effect-sqlite-sync conflicts --db PATH`: the local conflict log, the last 1000 conflicts this replica's
+ * acknowledged pushes settled.
  *
  * @since 0.1.0
  * @category commands
  */
 export const conflicts = Command.make("conflicts", localOptions("optional"), CliCommands.conflicts).pipe(
-  Command.withDescription("List recorded sync conflicts (the conflict log arrives with issue 4; empty until then)")
+  Command.withDescription("List the conflicts this replica's pushes settled (the last 1000), with both sides of each row")
 )
 
 /**
