@@ -25,7 +25,14 @@ export interface ServerProcess {
  */
 export const spawnServer = (
   args: ReadonlyArray<string>,
-  options: { readonly stderrFile?: string; readonly env?: Record<string, string> } = {}
+  options: {
+    readonly stderrFile?: string
+    /** Run as this user and group (the test process must be root to switch). */
+    readonly uid?: number
+    readonly gid?: number
+    /** Added to this process's environment. */
+    readonly env?: Record<string, string>
+  } = {}
 ): Promise<ServerProcess> =>
   new Promise((resolve, reject) => {
     const defaults = [
@@ -35,6 +42,7 @@ export const spawnServer = (
     const logFd = options.stderrFile === undefined ? undefined : Fs.openSync(options.stderrFile, "a")
     const child = ChildProcess.spawn(process.execPath, [BIN, "serve", ...defaults, ...args], {
       stdio: ["ignore", "pipe", logFd ?? "pipe"],
+      ...(options.uid === undefined ? {} : { uid: options.uid, gid: options.gid ?? options.uid }),
       ...(options.env === undefined ? {} : { env: { ...process.env, ...options.env } })
     })
     if (logFd !== undefined) Fs.closeSync(logFd)
@@ -70,7 +78,7 @@ export const spawnServer = (
   })
 
 /** A scoped server process, SIGKILLed on scope close if still running. */
-export const serverProcess = (args: ReadonlyArray<string>, options: { readonly env?: Record<string, string> } = {}) =>
+export const serverProcess = (args: ReadonlyArray<string>, options: Parameters<typeof spawnServer>[1] = {}) =>
   Effect.acquireRelease(
     Effect.promise(() => spawnServer(args, options)),
     (server) =>

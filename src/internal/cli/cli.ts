@@ -31,7 +31,7 @@ import * as SyncRemote from "../../SyncRemote.js"
 import * as WalFrame from "../../WalFrame.js"
 import { formatBytes, parseParams, stringify, table } from "./cliParams.js"
 import * as CliProgress from "./cliProgress.js"
-import { isReadStatement } from "../engine/engine.js"
+import { isReadStatement } from "../engine/local.js"
 
 /** Options shared by every local-database subcommand. */
 export interface LocalOptions {
