@@ -572,6 +572,8 @@ export const make = (options: EngineOptions) =>
       }))
       yield* step("copy:flagged")
       yield* switchReads("synced")
+      // Let reads waiting at the door run on Synced before Draft closes (nothing here need wait for I/O).
+      yield* Effect.yieldNow()
       const swap = Effect.gen(function*() {
         yield* draft.close
         yield* step("copy:draftClosed")
