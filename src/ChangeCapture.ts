@@ -77,7 +77,7 @@ export interface Change {
  * @category errors
  */
 export class CaptureError extends Schema.TaggedError<CaptureError>()("CaptureError", {
-  reason: Schema.Literal("UnrecordedSchemaChange", "UnsupportedDdl", "InvalidStatement"),
+  reason: Schema.Literal("UnrecordedSchemaChange", "UnsupportedDdl", "InvalidStatement", "LogMigration"),
   message: Schema.String,
   cause: Schema.optional(Schema.Defect)
 }) {}
@@ -90,7 +90,7 @@ export class CaptureError extends Schema.TaggedError<CaptureError>()("CaptureErr
  * @since 0.1.0
  * @category capture
  */
-export const install: Effect.Effect<void, SqlError, SqlClient.SqlClient> = internal.install
+export const install: Effect.Effect<void, SqlError | CaptureError, SqlClient.SqlClient> = internal.install
 
 /**
  * Runs `effect` as ONE local transaction whose change rows share a fresh transaction id. Nested calls join
@@ -144,7 +144,7 @@ export const execute: (
  * @since 0.1.0
  * @category capture
  */
-export const ensureChangeIdsAbove: (floor: number) => Effect.Effect<void, SqlError, SqlClient.SqlClient> =
+export const ensureChangeIdsAbove: (floor: number) => Effect.Effect<void, SqlError | CaptureError, SqlClient.SqlClient> =
   internal.ensureChangeIdsAbove
 
 /**

@@ -39,8 +39,10 @@ import * as SyncMetadata from "../SyncMetadata.js"
 import * as SyncProtocol from "../SyncProtocol.js"
 import * as SyncRemote from "../SyncRemote.js"
 import * as WalFrame from "../WalFrame.js"
+import * as Capture from "./capture.js"
 import * as ConflictLog from "./conflictLog.js"
 import * as Files from "./files.js"
+import * as Replay from "./replay.js"
 
 /** @internal */
 export interface EngineOptions {
@@ -482,16 +484,19 @@ export const make = (options: EngineOptions) =>
      */
     const replayDraftOntoSynced = (mode: Mode, progress: number) =>
       Effect.gen(function*() {
-        const changes = yield* on(draft, ChangeCapture.pending(progress)).pipe(Effect.mapError(sqlStatementError("Capture")))
-        if (changes.length === 0) return { replayed: 0, lastChangeId: progress }
+        const head = yield* on(draft, Capture.pendingValues(progress, 1)).pipe(Effect.mapError(sqlStatementError("Capture")))
+        if (head.length === 0) return { replayed: 0, lastChangeId: progress }
         const policy = { resolve, ...(options.transform ? { transform: options.transform } : {}) }
+        // Draft's log is read page by page while it replays (writes wait meanwhile in a pull; a push replays
+        // the changes up to the ones it finds, and later ones wait for the next push).
+        const source: Replay.Source = (afterId, limit) => on(draft, Capture.pendingValues(afterId, limit))
         const result = yield* on(
           synced,
-          ChangeReplay.apply(changes, mode === "push" ? { mode: "push", clientId, ...policy } : { mode: "pull", ...policy })
+          Replay.applySource(source, mode === "push" ? { mode: "push", clientId, ...policy } : { mode: "pull", ...policy })
         ).pipe(Effect.mapError(replayError))
         if (mode === "push") yield* Ref.set(pushConflicts, ConflictLog.entries(result))
         yield* step("replay:done")
-        return { replayed: changes.length, lastChangeId: result.lastChangeId }
+        return { replayed: result.applied, lastChangeId: result.lastChangeId }
       })
 
     /**
