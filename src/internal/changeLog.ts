@@ -24,7 +24,7 @@ import * as SqlValue from "./sqlValue.js"
 export const FIXED_COLUMNS = ["id", "tx_id", "tbl", "kind", "cols", "before_rowid", "after_rowid", "sql"] as const
 
 /** Width of a new log; it grows with the widest table captured. */
-export const INITIAL_WIDTH = 16
+export const INITIAL_WIDTH = 2
 
 /**
  * SQLite allows 2000 columns per table: a row of the log holds the fixed columns and both images of an
@@ -223,10 +223,11 @@ const toChange = (row: ReadonlyArray<unknown>, afterImage?: (columns: ReadonlyAr
   const kind = row[3] as LogChange["kind"]
   const columns = row[4] === null ? [] : columnsOf(row[4] as string)
   const n = columns.length
-  const image = (from: number): Values => ({
-    columns,
-    values: row.slice(8 + from, 8 + from + n).map(SqlValue.fromDriver)
-  })
+  const image = (from: number): Values => {
+    const values = new Array<SqlValue.SqlValue>(n)
+    for (let i = 0; i < n; i++) values[i] = SqlValue.fromDriver(row[8 + from + i])
+    return { columns, values }
+  }
   return {
     id: Number(row[0]),
     txId: Number(row[1]),

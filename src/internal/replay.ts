@@ -571,7 +571,8 @@ export const applySource = (
           }
           touched.add(change.table)
           g.touched.add(change.table)
-          let table = tables.get(change.table) ?? (yield* tableInfo(change.table))
+          let table = tables.get(change.table)
+          if (table === undefined && !tables.has(change.table)) table = yield* tableInfo(change.table)
           if (table === undefined) {
             return yield* failWith(change, "MissingTable", `change ${change.id}: table ${change.table} does not exist here`)
           }
@@ -579,7 +580,26 @@ export const applySource = (
           if (key === undefined) {
             return yield* failWith(change, "NoRowIdentity", `change ${change.id}: no key for a row of ${change.table}`)
           }
-          let current = yield* attempt(() => readCurrent(exec, table!, key!))
+          // An insert whose key is free needs no read: it is written at once (the decision is what `decide`
+          // answers for an absent row); an insert meeting any existing row goes the long way below.
+          if (transform === undefined && options.decide === undefined && change.kind === "insert") {
+            const quick = Values.insertIfAbsent(change, table)
+            if (quick !== undefined) {
+              let written = 0
+              try {
+                written = exec.run(quick.sql, quick.params)
+              } catch {
+                // (a CHECK or NOT NULL failure: the long way meets it again and puts it to the policy)
+              }
+              if (written === 1) continue
+            }
+          }
+          let current: ChangeLog.Values | null
+          try {
+            current = readCurrent(exec, table, key)
+          } catch (cause) {
+            return yield* Effect.fail(Executor.toSqlError(cause))
+          }
           if (transform !== undefined) {
             const outcome = yield* transform(publicChange(change), Values.publicImage(current))
             if (outcome._tag === "Skip") continue

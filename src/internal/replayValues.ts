@@ -207,19 +207,69 @@ const whereKey = (key: Key): string =>
 
 const bind = (values: ReadonlyArray<SqlValue.SqlValue>) => values.map(SqlValue.bindable)
 
+/**
+ * Statement texts per table description (a new description after each schema change) and per key shape:
+ * the texts repeat for every change of a table, so they are built once.
+ */
+const texts = new WeakMap<TableInfo.TableInfo, Map<string, string>>()
+const cachedText = (table: TableInfo.TableInfo, cacheKey: string, build: () => string): string => {
+  let map = texts.get(table)
+  if (map === undefined) {
+    map = new Map()
+    texts.set(table, map)
+  }
+  let text = map.get(cacheKey)
+  if (text === undefined) {
+    text = build()
+    if (map.size >= 256) map.clear()
+    map.set(cacheKey, text)
+  }
+  return text
+}
+
 /** The row `table` holds at `key`: its columns, TEXT as bytes where asked (see readCurrent). */
 export const selectCurrent = (table: TableInfo.TableInfo, key: Key, exact: boolean): Statement => ({
+  sql: cachedText(table, `select|${exact}|${key.columns.length === 1 ? key.columns[0] : key.columns.join("\u0000")}|${SqlValue.shape(key.values)}`, () => selectText(table, key, exact)),
+  params: bind(key.values)
+})
+
+/**
+ * An insert that writes nothing when any uniqueness constraint (the key or another UNIQUE index) already
+ * holds the row's values: replay's first try for an insert, which needs no read when the key is free.
+ * Undefined when it cannot stand for the decision (a key holding NULL never conflicts).
+ */
+export const insertIfAbsent = (change: LogChange, table: TableInfo.TableInfo): Statement | undefined => {
+  const image = change.after
+  if (image === null) return undefined
+  const key = keyOf(table, image, change.rowidAfter)
+  if (key === undefined || key.values.some((value) => value === null)) return undefined
+  const row = onTarget(table, image)
+  const withRowid = table.primaryKey.length === 0 && table.rowidAlias !== null && change.rowidAfter !== null
+  const shape = SqlValue.shape(row.values)
+  const sql = cachedText(table, `insert|${withRowid}|${row.columns.join("\u0000")}|${shape}|${withRowid ? SqlValue.shape([change.rowidAfter]) : ""}`, () => {
+    const columns = row.columns.map(ident)
+    const placeholders = row.values.map(SqlValue.placeholder)
+    if (withRowid) {
+      columns.unshift(ident(table.rowidAlias!))
+      placeholders.unshift(SqlValue.placeholder(change.rowidAfter))
+    }
+    return `INSERT INTO ${ident(table.name)} (${columns.join(", ")}) VALUES (${placeholders.join(", ")}) ON CONFLICT DO NOTHING`
+  })
+  const params = bind(row.values)
+  if (withRowid) params.unshift(SqlValue.bindable(change.rowidAfter))
+  return { sql, params }
+}
+
+const selectText = (table: TableInfo.TableInfo, key: Key, exact: boolean): string =>
   // (aliases: a client returning objects keeps every column, whatever its name)
-  sql: `SELECT ${
+  `SELECT ${
     table.columns.map((column, i) =>
       exact
         ? `typeof(${ident(column)}) AS t${i}, ` +
           `CASE typeof(${ident(column)}) WHEN 'text' THEN CAST(${ident(column)} AS BLOB) ELSE ${ident(column)} END AS c${i}`
         : `${ident(column)} AS c${i}`
     ).join(", ")
-  } FROM ${ident(table.name)} WHERE ${whereKey(key)} LIMIT 1`,
-  params: bind(key.values)
-})
+  } FROM ${ident(table.name)} WHERE ${whereKey(key)} LIMIT 1`
 
 /** The statements carrying out a decision on `table`. */
 export const statements = (decision: Decision, table: TableInfo.TableInfo): ReadonlyArray<Statement> => {
