@@ -41,6 +41,7 @@ import * as SyncRemote from "../SyncRemote.js"
 import * as WalFrame from "../WalFrame.js"
 import * as Capture from "./capture.js"
 import * as ConflictLog from "./conflictLog.js"
+import * as Executor from "./executor.js"
 import * as Files from "./files.js"
 import * as Replay from "./replay.js"
 
@@ -688,23 +689,49 @@ export const make = (options: EngineOptions) =>
         Effect.mapError(sqlStatementError("Statement", sql))
       )
 
+    // SQLite's verdict per statement text (it never changes for a text that prepares).
+    const verdicts = new Map<string, boolean>()
+    /** Whether `sql` only reads, by SQLite's verdict on the active copy; a prepare failure is an SqlError. */
+    const isRead = (client: SqlClient.SqlClient, sql: string): Effect.Effect<boolean, SqlError> => {
+      const known = verdicts.get(sql)
+      if (known !== undefined) return Effect.succeed(known)
+      return Effect.try({
+        try: () => {
+          const verdict = Executor.isPureRead(client, sql) ?? isReadStatement(sql)
+          if (verdicts.size >= 1000) verdicts.clear()
+          verdicts.set(sql, verdict)
+          return verdict
+        },
+        catch: (cause) => Executor.toSqlError(cause, "Failed to prepare statement")
+      })
+    }
+
     const query = <Row extends object = Record<string, unknown>>(
       sql: string,
       params: ReadonlyArray<unknown> = []
     ): Effect.Effect<ReadonlyArray<Row>, SyncError.SqlStatementError> =>
-      isReadStatement(sql)
-        ? reading(
-          Effect.flatMap(Ref.get(active), (which) =>
-            Effect.flatMap((which === "draft" ? draft : synced).client, (client) =>
-              client.unsafe<Row>(sql, params as Array<any>)))
-        ).pipe(Effect.mapError(sqlStatementError("Statement", sql)))
-        : Effect.fail(
-          new SyncError.SqlStatementError({
-            reason: "Statement",
-            message: "query runs reads only (a write here would bypass change capture); use execute",
-            sql
-          })
-        )
+      reading(
+        Effect.flatMap(Ref.get(active), (which) =>
+          Effect.flatMap((which === "draft" ? draft : synced).client, (client) =>
+            Effect.flatMap(isRead(client, sql), (read): Effect.Effect<ReadonlyArray<Row>, SqlError | SyncError.SqlStatementError> =>
+              read
+                ? client.unsafe<Row>(sql, params as Array<any>)
+                : Effect.fail(
+                  new SyncError.SqlStatementError({
+                    reason: "Statement",
+                    message: "query runs reads only (SQLite reports that this statement writes, or it returns no " +
+                      "rows; a write here would bypass change capture); use execute",
+                    sql
+                  })
+                ))))
+      ).pipe(Effect.mapError((error) => error._tag === "SqlStatementError" ? error : sqlStatementError("Statement", sql)(error)))
+
+    /** Whether `sql` is a pure read (SQLite's verdict); statements that do not prepare count as writes. */
+    const classify = (sql: string): Effect.Effect<"read" | "write"> =>
+      reading(
+        Effect.flatMap(Ref.get(active), (which) =>
+          Effect.flatMap((which === "draft" ? draft : synced).client, (client) => isRead(client, sql)))
+      ).pipe(Effect.map((read) => read ? "read" as const : "write" as const), Effect.orElseSucceed(() => "write" as const))
 
     /** `execute` that also returns the statement's rows (`INSERT ... RETURNING`): SyncDatabase.layerSqlClient. */
     const executeRows = (
@@ -752,6 +779,7 @@ export const make = (options: EngineOptions) =>
       executeRows,
       transaction,
       query,
+      classify,
       push,
       pull,
       sync,

@@ -109,6 +109,19 @@ export const executor: Effect.Effect<Executor, never, Client.SqlClient> = Effect
   }
 })
 
+/**
+ * Whether `sql` is one statement that only reads, by SQLite's own verdict on the prepared statement
+ * (`sqlite3_stmt_readonly`: it writes no database file) and one that returns rows (transaction control,
+ * ATTACH and setting PRAGMAs are "read-only" to SQLite, but are not reads). Prepared on the client's
+ * connection; undefined for a client without a handle here. A statement that cannot be prepared throws.
+ */
+export const isPureRead = (client: Client.SqlClient, sql: string): boolean | undefined => {
+  const db = handleOf(client)
+  if (db === undefined) return undefined
+  const statement = db.prepare(sql)
+  return statement.readonly && statement.reader
+}
+
 /** A thrown SQLite error as an SqlError (statement failures are typed errors, not defects). */
 export const toSqlError = (cause: unknown, message = "Failed to execute statement"): SqlError =>
   cause instanceof SqlError ? cause : new SqlError({ cause, message: `${message}: ${String((cause as Error)?.message ?? cause)}` })
