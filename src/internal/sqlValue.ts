@@ -37,7 +37,7 @@ export const mayBeLossy = (value: unknown): boolean => typeof value === "string"
 /** Values from a better-sqlite3 read (safeIntegers on): Buffers become plain Uint8Arrays of the same bytes. */
 export const fromDriver = (value: unknown): SqlValue => {
   if (value === null || typeof value === "bigint" || typeof value === "number" || typeof value === "string") return value
-  if (value instanceof Uint8Array) return value
+  if (value instanceof Uint8Array || value instanceof TextBytes) return value
   if (value === undefined) return null
   throw new TypeError(`not an SQLite value: ${String(value)}`)
 }
