@@ -1,5 +1,5 @@
 /**
- * The client's two SQLite copies of the database (the seed's design):
+ * The client's two SQLite copies of the database:
  * - `Draft` (`<path>-draft`): takes every local write, with change capture installed on its connection;
  * - `Synced` (`<path>-synced`): the remote's base of the synced generation plus exactly the remote's
  *   frames in its WAL; local changes are replayed onto it to make the frames a push sends.
@@ -21,7 +21,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import * as SynchronizedRef from "effect/SynchronizedRef"
-import * as Executor from "./internal/executor.js"
+import * as Executor from "./internal/sqlite/executor.js"
 import { StorageError } from "./SyncError.js"
 
 /**

@@ -1,6 +1,6 @@
 /**
  * Local-first SQLite that syncs with a WAL-frame sync server: reads and writes are local; `push` sends
- * local changes, `pull` brings the remote's, `sync` does both. The seed's design: two copies of the
+ * local changes, `pull` brings the remote's, `sync` does both. Two copies of the
  * database (Draft takes writes, Synced mirrors the remote), local changes captured on Draft and replayed
  * onto Synced to make the frames a push sends.
  *
@@ -43,10 +43,10 @@ import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
 import type * as SubscriptionRef from "effect/SubscriptionRef"
 import * as ConflictPolicy from "./ConflictPolicy.js"
-import * as AutoSync from "./internal/autoSync.js"
-import * as Engine from "./internal/engine.js"
-import * as SqlClientInternal from "./internal/sqlClient.js"
-import * as SyncEventsInternal from "./internal/syncEvents.js"
+import * as AutoSync from "./internal/engine/autoSync.js"
+import * as Engine from "./internal/engine/engine.js"
+import * as SqlClientInternal from "./internal/engine/sqlClient.js"
+import * as SyncEventsInternal from "./internal/engine/syncEvents.js"
 import * as LocalCopies from "./LocalCopies.js"
 import type * as SyncError from "./SyncError.js"
 import * as SyncMetadata from "./SyncMetadata.js"
@@ -107,11 +107,11 @@ export interface Service {
     params?: ReadonlyArray<unknown>
   ) => Effect.Effect<ReadonlyArray<Row>, SyncError.SqlStatementError>
   /**
-   * Sends local changes to the remote (the seed's steps 1a–c). The local copy does not show the remote's
-   * changes afterwards; `pull` does. Succeeds with whether anything was pushed.
+   * Sends local changes to the remote: replays them onto the synced copy and pushes the frames that makes,
+   * again after a conflict. The local copy does not show the remote's changes afterwards; `pull` does. Succeeds with whether anything was pushed.
    */
   readonly push: Effect.Effect<boolean, SyncError.SyncError>
-  /** Brings the remote's changes into the local copy, keeping unpushed local changes (steps 2a–d). */
+  /** Brings the remote's changes into the local copy, keeping unpushed local changes. */
   readonly pull: Effect.Effect<boolean, SyncError.SyncError>
   /** `push` then `pull`; succeeds with whether the local copy changed. */
   readonly sync: Effect.Effect<boolean, SyncError.SyncError>
@@ -244,7 +244,7 @@ export const autoSync = <Out, R>(
   Effect.flatMap(SyncDatabase, (db) => AutoSync.autoSync(db, schedule, options))
 
 /**
- * A `SyncDatabase` over any `SyncRemote` (for example `SyncRemote.layerStore` in tests).
+ * A `SyncDatabase` over any `SyncRemote` (for example `StoreRemote.layer` in tests).
  *
  * @since 0.1.0
  * @category layers

@@ -1,0 +1,118 @@
+/**
+ * Runs the disk store's malformed-database check on a worker thread. The check reads the whole
+ * database (about 1 ms of CPU per MB), and better-sqlite3 is synchronous: on the main thread it would
+ * stall every other request of the server, for every database, while one push is checked.
+ *
+ * The worker is plain JavaScript given as source (`eval`), so it runs the same under tsx, vitest and
+ * compiled code, and loads the better-sqlite3 that this module resolves.
+ */
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as FiberId from "effect/FiberId"
+import type * as Scope from "effect/Scope"
+import { createRequire } from "node:module"
+import { Worker } from "node:worker_threads"
+import type { CheckPlan } from "./changedTables.js"
+
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require("node:worker_threads")
+const Database = require(workerData.betterSqlite3)
+const corrupt = (e) => e && typeof e.code === "string" && (e.code.startsWith("SQLITE_CORRUPT") || e.code.startsWith("SQLITE_NOTADB"))
+parentPort.on("message", ({ id, file, plan }) => {
+  // The connection is closed before the answer goes out: the store checkpoints head.db right after an
+  // ok, and a reader still open here would make that checkpoint busy.
+  let reply
+  let db
+  try {
+    db = new Database(file, { readonly: true, fileMustExist: true })
+    let problem = null
+    for (const pragma of plan) {
+      const messages = db.pragma(pragma).map((row) => String(Object.values(row)[0]))
+      if (messages.length === 1 && messages[0] === "ok") continue
+      problem = messages.slice(0, 5).join("; ")
+      break
+    }
+    reply = { id, problem }
+  } catch (e) {
+    reply = corrupt(e) ? { id, problem: String(e.message) } : { id, error: String((e && e.message) || e) }
+  } finally {
+    try { if (db) db.close() } catch {}
+  }
+  parentPort.postMessage(reply)
+})
+`
+
+type Reply = { readonly id: number; readonly problem?: string | null; readonly error?: string }
+
+export interface Checker {
+  /**
+   * SQLite's verdict on the database file (and its WAL): the pragmas of `plan` in order, undefined
+   * when none finds anything wrong.
+   */
+  readonly check: (file: string, plan: CheckPlan) => Effect.Effect<string | undefined, Error>
+}
+
+/** One worker for the whole store, started on first use and stopped with the scope. */
+export const make: Effect.Effect<Checker, never, Scope.Scope> = Effect.gen(function*() {
+  const betterSqlite3 = createRequire(import.meta.url).resolve("better-sqlite3")
+  let worker: Worker | undefined
+  let nextId = 0
+  const waiting = new Map<number, Deferred.Deferred<string | undefined, Error>>()
+
+  const failAll = (error: Error) => {
+    for (const deferred of waiting.values()) Deferred.unsafeDone(deferred, Effect.fail(error))
+    waiting.clear()
+  }
+
+  const start = (): Worker => {
+    if (worker !== undefined) return worker
+    const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { betterSqlite3 } })
+    w.unref()
+    w.on("message", (reply: Reply) => {
+      const deferred = waiting.get(reply.id)
+      if (deferred === undefined) return
+      waiting.delete(reply.id)
+      if (waiting.size === 0) w.unref()
+      Deferred.unsafeDone(
+        deferred,
+        reply.error !== undefined ? Effect.fail(new Error(reply.error)) : Effect.succeed(reply.problem ?? undefined)
+      )
+    })
+    // A dead worker fails what it had and is replaced on the next check.
+    const lost = (error: Error) => {
+      if (worker === w) worker = undefined
+      failAll(error)
+    }
+    w.on("error", lost)
+    w.on("exit", (code) => lost(new Error(`check worker exited with code ${code}`)))
+    worker = w
+    return w
+  }
+
+  yield* Effect.addFinalizer(() =>
+    Effect.promise(async () => {
+      const w = worker
+      worker = undefined
+      if (w !== undefined) await w.terminate()
+    })
+  )
+
+  return {
+    check: (file, plan) =>
+      Effect.suspend(() => {
+        const deferred = Deferred.unsafeMake<string | undefined, Error>(FiberId.none)
+        const id = nextId++
+        waiting.set(id, deferred)
+        try {
+          const w = start()
+          // Held only while a check is out, so an idle worker never keeps the process alive.
+          w.ref()
+          w.postMessage({ id, file, plan })
+        } catch (error) {
+          waiting.delete(id)
+          return Effect.fail(error instanceof Error ? error : new Error(String(error)))
+        }
+        return Deferred.await(deferred)
+      })
+  }
+})
