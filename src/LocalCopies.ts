@@ -70,7 +70,7 @@ const openClient = (filename: string, readonly: boolean) =>
       Effect.catchAllDefect((cause) =>
         Effect.zipRight(
           Scope.close(scope, Exit.void),
-          Effect.fail(new StorageError({ reason: "Files", message: `cannot open ${filename}: ${String(cause)}`, path: filename, cause }))
+          Effect.fail(new StorageError({ reason: "Files", message: `cannot open ${filename}: ${cause instanceof Error ? cause.message : String(cause)}`, path: filename, cause }))
         )
       )
     )

@@ -60,7 +60,12 @@ import * as SyncRemote from "./SyncRemote.js"
  * @category models
  */
 export interface ExecuteResult {
+  /** Rows inserted, updated or deleted by the statement (SQLite's `changes()`). */
   readonly changes: number
+  /**
+   * The rowid of the last row this statement inserted, as SQLite reports it; 0 when it inserted none
+   * (`CREATE`, `UPDATE`, `DELETE`, an `INSERT OR IGNORE` that ignored its row).
+   */
   readonly lastInsertRowid: number | bigint
 }
 
