@@ -122,6 +122,8 @@ export interface State extends Opening {
   /** Push, pull and sync never run two at a time (invariant 5). */
   readonly syncLock: Effect.Semaphore
   readonly lastWriteBlockedMs: Ref.Ref<Option.Option<number>>
+  /** SQLite's verdict per statement text: whether it only reads (`query`, layerSqlClient's routing). */
+  readonly readVerdicts: Map<string, boolean>
 }
 
 /** Counts bytes that arrived (for `stats`) and tells the observer. */
