@@ -88,7 +88,7 @@ export {
  * @since 0.1.0
  * @category capture
  */
-export const install: Effect.Effect<void, SqlError, SqlClient.SqlClient> = internal.install
+export const install: Effect.Effect<void, SqlError | CaptureError, SqlClient.SqlClient> = internal.install
 
 /**
  * Runs `effect` as ONE local transaction whose change rows share a fresh transaction id. Nested calls join
@@ -147,7 +147,7 @@ export const execute: (
  * @since 0.1.0
  * @category capture
  */
-export const ensureChangeIdsAbove: (floor: number) => Effect.Effect<void, SqlError, SqlClient.SqlClient> =
+export const ensureChangeIdsAbove: (floor: number) => Effect.Effect<void, SqlError | CaptureError, SqlClient.SqlClient> =
   internal.ensureChangeIdsAbove
 
 /**
