@@ -9,6 +9,7 @@ import * as ChangeReplay from "../src/ChangeReplay.js"
 import * as ChangeLog from "../src/internal/capture/changeLog.js"
 import * as Values from "../src/internal/replay/replayValues.js"
 import * as SqlValue from "../src/internal/sqlite/sqlValue.js"
+import { tableABC } from "./support/tables.js"
 
 const value: fc.Arbitrary<SqlValue.SqlValue> = fc.oneof(
   fc.constant(null),
@@ -62,15 +63,7 @@ describe("SqlValue", () => {
 })
 
 describe("replay's decision on values", () => {
-  const table: ChangeReplay.TableInfo = {
-    name: "t",
-    columns: ["a", "b", "c"],
-    primaryKey: ["a"],
-    withoutRowid: false,
-    rowidAlias: "_rowid_",
-    uniqueIndexes: [],
-    allColumns: ["a", "b", "c"]
-  }
+  const table = tableABC
   const small = fc.constantFrom<SqlValue.SqlValue>(null, 1n, 1, -0, 0, "1", "a\0b", new Uint8Array([1]))
   const image = fc.tuple(fc.constantFrom<SqlValue.SqlValue>(1n, 2n, "k"), small, small)
     .map((values): ChangeLog.Values => ({ columns: table.columns, values }))
