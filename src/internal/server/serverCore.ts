@@ -374,8 +374,20 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
       }
     })
 
-    yield* Effect.zipRight(expireSessions, closeIdle).pipe(
-      Effect.delay(sweepInterval(batonIdleMs)),
+    // The sweep runs only while a baton session is open: idle databases beyond the bound are also
+    // closed as requests release them, and a fiber waking every second for nothing costs CPU in an idle
+    // server (and thousands of wake-ups under a test clock moved by hours).
+    const sessionsOpen = yield* Effect.makeLatch(false)
+    const anySession = () => {
+      for (const h of opened.values()) if (h.session !== undefined) return true
+      return false
+    }
+    yield* sessionsOpen.await.pipe(
+      Effect.zipRight(Effect.sleep(sweepInterval(batonIdleMs))),
+      Effect.zipRight(expireSessions),
+      Effect.zipRight(closeIdle),
+      // Checked and closed in one step: a session opened meanwhile opens the latch again.
+      Effect.zipRight(Effect.sync(() => anySession() || sessionsOpen.unsafeClose())),
       Effect.forever,
       Effect.forkScoped,
       Effect.interruptible
@@ -605,6 +617,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
           if (session === undefined) {
             session = { baton: newBaton(), pending: combined, touchedAt: now }
             h.session = session
+            sessionsOpen.unsafeOpen()
           } else {
             session.pending = combined
             session.touchedAt = now
@@ -636,6 +649,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
             session.touchedAt = now
           }
           h.session = session
+          sessionsOpen.unsafeOpen()
         } else {
           if (session !== undefined) h.closedBaton = session.baton
           session = undefined
