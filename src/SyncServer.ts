@@ -124,37 +124,36 @@ export const make = (options: Options = {}): Effect.Effect<
     const maxPushFrames = Math.floor(maxBodyBytes / WalFrame.FRAME_SIZE)
 
     // Every answer that comes from a database names it, so a client can tell a database restored or
-    // recreated under the same name from the one it synced with.
-    const identified = (database: string, route: "pull" | "other") =>
-    (
-      response: HttpServerResponse.HttpServerResponse
-    ): Effect.Effect<HttpServerResponse.HttpServerResponse, internal.HttpFailure, RequestLog> =>
+    // recreated under the same name from the one it synced with. The id is read before the request's
+    // work, so the answer is written as soon as it is ready.
+    const identify = (database: string, route: "pull" | "other") =>
       Effect.map(
         store.databaseId(database).pipe(Effect.catchAll(storeFailure(route))),
-        (id) => id === undefined ? response : HttpServerResponse.setHeader(response, SyncProtocol.DATABASE_ID_HEADER, id)
+        (id) => (response: HttpServerResponse.HttpServerResponse): HttpServerResponse.HttpServerResponse =>
+          id === undefined ? response : HttpServerResponse.setHeader(response, SyncProtocol.DATABASE_ID_HEADER, id)
       )
 
     const info = Effect.gen(function*() {
       yield* describe("GET /info")
       const { database } = yield* databaseParam
-      const result = yield* store.info(database).pipe(Effect.catchAll(storeFailure("other")))
       const id = yield* store.databaseId(database).pipe(Effect.catchAll(storeFailure("other")))
+      const result = yield* store.info(database).pipe(Effect.catchAll(storeFailure("other")))
       const body: typeof SyncProtocol.InfoResponse.Encoded = id === undefined
         ? { current_generation: result.generation }
         : { current_generation: result.generation, database_id: id }
-      return yield* identified(database, "other")(json(body))
+      const response = json(body)
+      return id === undefined ? response : HttpServerResponse.setHeader(response, SyncProtocol.DATABASE_ID_HEADER, id)
     })
 
     const exportGeneration = Effect.gen(function*() {
       yield* describe("GET /export/{G}")
       const { database, params } = yield* databaseParam
       const generation = yield* fromEither(internal.parsePathNumber(params.generation, "generation"))
+      const stamp = yield* identify(database, "other")
       const bytes = yield* store.exportGeneration(database, generation).pipe(Effect.catchAll(storeFailure("other")))
       const log = yield* RequestLog
       log.bytes = bytes.byteLength
-      return yield* identified(database, "other")(
-        HttpServerResponse.uint8Array(bytes, { contentType: "application/octet-stream" })
-      )
+      return stamp(HttpServerResponse.uint8Array(bytes, { contentType: "application/octet-stream" }))
     })
 
     const range = (params: Readonly<Record<string, string | undefined>>) =>
@@ -175,12 +174,13 @@ export const make = (options: Options = {}): Effect.Effect<
       const { database, params } = yield* databaseParam
       const { end, generation, start } = yield* range(params)
       const capped = Math.min(end, start + SyncProtocol.MAX_FRAMES_PER_REQUEST)
+      const stamp = yield* identify(database, "pull")
       // 503, never 500, on this route: the libSQL client reads a 500 here as "checkpoint needed".
       const result = yield* store.pull(database, generation, start, capped).pipe(Effect.catchAll(storeFailure("pull")))
       if (result._tag === "CheckpointNeeded") {
         const log = yield* RequestLog
         log.outcome = "checkpoint_needed"
-        return yield* identified(database, "pull")(
+        return stamp(
           json({ status: "checkpoint_needed", generation: result.generation, max_frame_no: result.maxFrameNo }, 400)
         )
       }
@@ -192,9 +192,7 @@ export const make = (options: Options = {}): Effect.Effect<
       const log = yield* RequestLog
       log.frames = result.frames.length
       log.bytes = body.byteLength
-      return yield* identified(database, "pull")(
-        HttpServerResponse.uint8Array(body, { contentType: "application/octet-stream" })
-      )
+      return stamp(HttpServerResponse.uint8Array(body, { contentType: "application/octet-stream" }))
     })
 
     const push = (route: string) =>
@@ -241,6 +239,7 @@ export const make = (options: Options = {}): Effect.Effect<
           Effect.mapError((error) => new internal.HttpFailure({ status: 400, code: "bad_frames", message: error.message }))
         )
         log.frames = frames.length
+        const stamp = yield* identify(database, "other")
         // A push that reached the store finishes even if the client goes away: its answer may be lost,
         // which the protocol allows (re-push is idempotent), but a half-applied push is not.
         const result = yield* store.push(database, generation, start, end, frames, baton).pipe(
@@ -249,11 +248,9 @@ export const make = (options: Options = {}): Effect.Effect<
         )
         log.outcome = result._tag === "Conflict" ? "conflict" : "ok"
         if (result._tag === "Conflict") {
-          return yield* identified(database, "other")(
-            json({ status: "conflict", generation: result.generation, max_frame_no: result.maxFrameNo })
-          )
+          return stamp(json({ status: "conflict", generation: result.generation, max_frame_no: result.maxFrameNo }))
         }
-        return yield* identified(database, "other")(json(
+        return stamp(json(
           result.baton === undefined
             ? { status: "ok", generation: result.generation, max_frame_no: result.maxFrameNo }
             : { status: "ok", generation: result.generation, max_frame_no: result.maxFrameNo, baton: result.baton }

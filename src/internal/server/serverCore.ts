@@ -422,8 +422,14 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     const info: Service["info"] = (database) =>
       withHandle(database, (h) => Effect.succeed({ generation: h.current, maxFrameNo: h.lastFrames.get(h.current)! }))
 
+    // Asked on every request of the HTTP server: an open database answers without taking its handle.
     const databaseId: Service["databaseId"] = (database) =>
-      withHandle(database, (h) => Effect.succeed(h.backend.id))
+      Effect.suspend(() => {
+        const h = opened.get(database)
+        return h !== undefined && !h.closed
+          ? Effect.succeed(h.backend.id)
+          : withHandle(database, (h) => Effect.succeed(h.backend.id))
+      })
 
     const exportGeneration: Service["exportGeneration"] = (database, generation) =>
       withHandle(database, (h) =>
