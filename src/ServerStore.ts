@@ -10,12 +10,16 @@ import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
+import * as Reactivity from "@effect/experimental/Reactivity"
+import * as PgClient from "@effect/sql-pg/PgClient"
 import * as fs from "node:fs"
 import type * as Scope from "effect/Scope"
 import * as internalCheckWorker from "./internal/checkWorker.js"
 import * as internalCore from "./internal/serverCore.js"
 import * as internalMemory from "./internal/serverMemory.js"
+import * as internalPostgres from "./internal/serverPostgres.js"
 import * as internalSqlite from "./internal/serverSqlite.js"
 import type * as WalFrame from "./WalFrame.js"
 
@@ -214,3 +218,54 @@ export const layerConfig = (
   config: Config.Config.Wrap<LayerOptions>
 ): Layer.Layer<ServerStore, StoreError | ConfigError.ConfigError> =>
   Layer.scoped(ServerStore, Effect.flatMap(Config.unwrap(config), make))
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface PostgresOptions extends Options {
+  /** `postgres://USER:PASSWORD@HOST:PORT/DATABASE` */
+  readonly url: string | Redacted.Redacted<string>
+  /** The schema the store's tables live in, created on first start (default `effect_sqlite_sync`). */
+  readonly schema?: string | undefined
+  /** Connections this process keeps to PostgreSQL at most (default 10). */
+  readonly maxConnections?: number | undefined
+}
+
+/**
+ * The store in PostgreSQL, for running several server processes over one PostgreSQL database: any of
+ * them can answer any request, with the same guarantees as one process. A push (its conflict decision,
+ * frame numbers, commit, baton session and any roll) is one PostgreSQL transaction under the
+ * database's row lock, answered after it committed; pending baton frames are stored in PostgreSQL, so a
+ * transaction spanning requests continues on any process. The tables are created in their own schema on
+ * first start and migrated by version (see docs/server.md).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makePostgres = (options: PostgresOptions): Effect.Effect<Service, StoreError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const schema = options.schema ?? internalPostgres.DEFAULT_SCHEMA
+    const sql = yield* PgClient.make({
+      url: typeof options.url === "string" ? Redacted.make(options.url) : options.url,
+      maxConnections: options.maxConnections ?? 10,
+      applicationName: "effect-sqlite-sync"
+    }).pipe(
+      Effect.provide(Reactivity.layer),
+      Effect.mapError((cause) => new StoreError({ reason: "Storage", message: "cannot connect to PostgreSQL", cause }))
+    )
+    yield* internalPostgres.migrate(sql, schema)
+    return yield* internalCore.make(
+      internalPostgres.make({ sql, schema, integrityCheck: options.integrityCheck ?? "quick_check" }),
+      options
+    )
+  })
+
+/**
+ * `makePostgres` as a layer.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerPostgres = (options: PostgresOptions): Layer.Layer<ServerStore, StoreError> =>
+  Layer.scoped(ServerStore, makePostgres(options))

@@ -1,4 +1,4 @@
-import { describe, expect, it } from "@effect/vitest"
+import { describe, expect, inject, it } from "@effect/vitest"
 import Database from "better-sqlite3"
 import * as Config from "effect/Config"
 import * as ConfigProvider from "effect/ConfigProvider"
@@ -17,6 +17,7 @@ import * as path from "node:path"
 import * as ServerStore from "../src/ServerStore.js"
 import { MAX_FRAMES_PER_REQUEST } from "../src/SyncProtocol.js"
 import * as WalFrame from "../src/WalFrame.js"
+import { freshSchema, suiteDatabase } from "./support/postgres.js"
 
 type Store = ServerStore.Service
 type MakeLayer = (options?: ServerStore.Options) => Layer.Layer<ServerStore.ServerStore, ServerStore.StoreError>
@@ -884,6 +885,17 @@ conformance("layerMemory", (options) => ServerStore.layerMemory(options))
 
 conformance("layer (embedded SQLite in a temp directory)", (options) =>
   Layer.unwrapScoped(Effect.map(tempDir, (directory) => ServerStore.layer({ ...options, directory }))))
+
+// Each store gets a schema of its own in one PostgreSQL database of this file.
+const postgresLayer = (options: ServerStore.Options = {}) =>
+  Layer.unwrapEffect(
+    Effect.map(
+      Effect.promise(() => suiteDatabase(inject("postgresUrl"), "server_store")),
+      (url) => ServerStore.layerPostgres({ ...options, url, schema: freshSchema() })
+    )
+  )
+
+conformance("layerPostgres (a real PostgreSQL server)", postgresLayer)
 
 // ---------------------------------------------------------------------------------------------
 // What only the disk store can show

@@ -12,7 +12,10 @@ import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
-import pg from "pg"
+import * as Reactivity from "@effect/experimental/Reactivity"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
 
 export interface PostgresServer {
   /** `postgres://USER:PASS@127.0.0.1:PORT/postgres` */
@@ -82,14 +85,28 @@ export const startPostgres = async (options: { readonly durable?: boolean } = {}
 /** A new, empty database on the cluster; its URL. Names are made unique so suites never share one. */
 export const freshDatabase = async (serverUrl: string, prefix: string): Promise<string> => {
   const name = `${prefix.replace(/[^a-z0-9_]/gi, "_").toLowerCase()}_${process.pid}_${Math.random().toString(36).slice(2, 8)}`
-  const client = new pg.Client({ connectionString: serverUrl })
-  await client.connect()
-  try {
-    await client.query(`CREATE DATABASE ${client.escapeIdentifier(name)}`)
-  } finally {
-    await client.end()
-  }
+  await Effect.gen(function*() {
+    const sql = yield* PgClient.make({ url: Redacted.make(serverUrl), maxConnections: 1 })
+    yield* sql.unsafe(`CREATE DATABASE ${name}`)
+  }).pipe(Effect.provide(Reactivity.layer), Effect.scoped, Effect.runPromise)
   const url = new URL(serverUrl)
   url.pathname = `/${name}`
   return url.toString()
 }
+
+const databases = new Map<string, Promise<string>>()
+
+/** One database per test file and label, made on first use; `inject("postgresUrl")` names the cluster. */
+export const suiteDatabase = (serverUrl: string, label: string): Promise<string> => {
+  let database = databases.get(label)
+  if (database === undefined) {
+    database = freshDatabase(serverUrl, label)
+    databases.set(label, database)
+  }
+  return database
+}
+
+let schemas = 0
+
+/** A schema name not used before in this process: one per store, so tests never see each other's databases. */
+export const freshSchema = (prefix = "s"): string => `${prefix}_${process.pid}_${++schemas}`
