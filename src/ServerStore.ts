@@ -85,10 +85,25 @@ export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
 }) {}
 
 /**
+ * Counts for monitoring (`GET /metrics`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface StoreStats {
+  /** Databases in the store; the embedded stores count those opened since the process started. */
+  readonly databases: number
+  /** Transactions spanning requests (baton sessions) that are open. */
+  readonly openBatons: number
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
 export interface Service {
+  /** Counts for monitoring; answering at all tells that the store is reachable (`GET /ready`). */
+  readonly stats: Effect.Effect<StoreStats, StoreError>
   /** Creates the database (empty, generation 1) on first use. */
   readonly info: (database: string) => Effect.Effect<DatabaseInfo, StoreError>
   /** The base file of a generation (without its frames). */

@@ -22,8 +22,11 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as nodeHttpGuard from "./internal/nodeHttpGuard.js"
+import * as serverMetrics from "./internal/serverMetrics.js"
 import * as internal from "./internal/syncServer.js"
 import { ServerStore, type StoreError } from "./ServerStore.js"
 import * as SyncProtocol from "./SyncProtocol.js"
@@ -94,6 +97,23 @@ const storeFailure = (storageStatus: 500 | 503) => (error: StoreError) =>
       return fail(new internal.HttpFailure({ ...failure, message: "the server could not read or write its storage" }))
     }
     return fail(failure)
+  })
+
+const recordMetrics = (log: Context.Tag.Service<RequestLog>, status: number, seconds: number) =>
+  Effect.gen(function*() {
+    yield* Metric.increment(serverMetrics.requests).pipe(Effect.tagMetrics({ route: log.route, status: String(status) }))
+    const push = log.route.startsWith("POST /sync")
+    const pull = log.route.startsWith("GET /sync")
+    if (push) yield* Metric.update(serverMetrics.pushSeconds, seconds)
+    if (pull) yield* Metric.update(serverMetrics.pullSeconds, seconds)
+    if (push || pull || log.route.startsWith("GET /export")) {
+      const direction = push ? "push" : "pull"
+      yield* Effect.tagMetrics(
+        Effect.zipRight(Metric.incrementBy(serverMetrics.frames, log.frames), Metric.incrementBy(serverMetrics.bytes, log.bytes)),
+        "direction",
+        direction
+      )
+    }
   })
 
 /**
@@ -237,7 +257,32 @@ export const make = (options: Options = {}): Effect.Effect<
         )
       })
 
+    // Liveness: the process answers. No store access, so a slow store never gets the process restarted.
+    const health = Effect.as(describe("GET /health"), json({ status: "ok" }))
+
+    // Readiness: the store answers (a load balancer sends no traffic here while it does not).
+    const ready = Effect.gen(function*() {
+      yield* describe("GET /ready")
+      yield* store.stats.pipe(Effect.catchAll(storeFailure(503)))
+      return json({ status: "ready" })
+    })
+
+    const metrics = Effect.gen(function*() {
+      yield* describe("GET /metrics")
+      // A store that does not answer leaves its gauges as they were; the request counts still matter then.
+      const stats = yield* Effect.option(store.stats)
+      if (Option.isSome(stats)) {
+        yield* Metric.set(serverMetrics.databases, stats.value.databases)
+        yield* Metric.set(serverMetrics.openBatons, stats.value.openBatons)
+      }
+      const text = serverMetrics.renderPrometheus(yield* Metric.snapshot)
+      return HttpServerResponse.text(text, { contentType: "text/plain; version=0.0.4; charset=utf-8" })
+    })
+
     const router = HttpRouter.empty.pipe(
+      HttpRouter.get("/health", health),
+      HttpRouter.get("/ready", ready),
+      HttpRouter.get("/metrics", metrics),
       HttpRouter.get("/db/:name/info", info),
       HttpRouter.get("/db/:name/export/:generation", exportGeneration),
       HttpRouter.get("/db/:name/sync/:generation/:start/:end", pull),
@@ -249,10 +294,12 @@ export const make = (options: Options = {}): Effect.Effect<
 
     const dispatch = Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
-      if (expected !== undefined) {
+      const path = yield* fromEither(internal.pathOf(request.url))
+      // Load balancers probe these without credentials; they tell nothing about any database.
+      const probe = (request.method === "GET" || request.method === "HEAD") && (path === "/health" || path === "/ready")
+      if (expected !== undefined && !probe) {
         yield* fromEither(internal.authorize(expected, request.headers["authorization"]))
       }
-      const path = yield* fromEither(internal.pathOf(request.url))
       return yield* routed.pipe(
         Effect.catchIf(
           (error): error is HttpServerError.RouteNotFound => error._tag === "RouteNotFound",
@@ -307,6 +354,7 @@ export const make = (options: Options = {}): Effect.Effect<
             if (log.detail !== undefined) annotations.detail = log.detail
             const line = status >= 500 ? Effect.logError("request") : Effect.logInfo("request")
             yield* Effect.annotateLogs(line, annotations)
+            yield* recordMetrics(log, status, Number(ended - started) / 1e9)
           })
         )
       )

@@ -26,7 +26,7 @@ import * as Deferred from "effect/Deferred"
 import * as FiberId from "effect/FiberId"
 import type * as Scope from "effect/Scope"
 import * as crypto from "node:crypto"
-import type { PullResult, PushResult, Service } from "../ServerStore.js"
+import type { PullResult, PushResult, Service, StoreStats } from "../ServerStore.js"
 import { StoreError } from "../ServerStore.js"
 import { MAX_FRAMES_PER_REQUEST } from "../SyncProtocol.js"
 import * as WalFrame from "../WalFrame.js"
@@ -117,6 +117,8 @@ export interface SharedStorage {
 /** A place databases live in. `open` creates the database (generation 1 with `emptyBase`) on first use. */
 export interface Backend {
   readonly open: (name: string, emptyBase: Uint8Array) => Effect.Effect<DatabaseBackend, StoreError>
+  /** Counts from storage, when other processes share it (the core counts its own handles otherwise). */
+  readonly stats?: Effect.Effect<StoreStats, StoreError> | undefined
 }
 
 export interface CoreOptions {
@@ -588,5 +590,13 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         return yield* h.lock.withPermits(1)(Effect.uninterruptible(locked))
       })
 
-    return { info, exportGeneration, pull, push } satisfies Service
+    const stats: Service["stats"] = backend.stats ?? Effect.map(Clock.currentTimeMillis, (now) => {
+      let openBatons = 0
+      for (const h of opened.values()) {
+        if (h.session !== undefined && now - h.session.touchedAt <= batonIdleMs) openBatons++
+      }
+      return { databases: opened.size, openBatons }
+    })
+
+    return { info, exportGeneration, pull, push, stats } satisfies Service
   })

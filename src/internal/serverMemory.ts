@@ -8,6 +8,7 @@ import { StoreError } from "../ServerStore.js"
 import * as WalFrame from "../WalFrame.js"
 import type { Backend, DatabaseBackend } from "./serverCore.js"
 import type { IntegrityCheck } from "./sqliteImage.js"
+import * as serverMetrics from "./serverMetrics.js"
 import { checkImage } from "./sqliteImage.js"
 
 interface Generation {
@@ -46,7 +47,9 @@ export const make = (options: { readonly integrityCheck: IntegrityCheck }): Back
               // Without a check the head image is not needed: skip its copy.
               if (options.integrityCheck !== "off") {
                 const candidate = WalFrame.applyFrames(head, frames)
+                const started = performance.now()
                 const problem = checkImage(candidate, options.integrityCheck, { owned: true })
+                serverMetrics.checkSeconds.unsafeUpdate((performance.now() - started) / 1e3, [])
                 if (problem !== undefined) return Either.left(problem)
                 head = candidate
               }

@@ -32,6 +32,7 @@ import { StoreError } from "../ServerStore.js"
 import * as WalFrame from "../WalFrame.js"
 import type { Backend, DatabaseBackend, GenerationRecord, StoredSession, StoredState } from "./serverCore.js"
 import type { IntegrityCheck } from "./sqliteImage.js"
+import * as serverMetrics from "./serverMetrics.js"
 import { checkImage } from "./sqliteImage.js"
 
 export const DEFAULT_SCHEMA = "effect_sqlite_sync"
@@ -319,7 +320,9 @@ export const make = (options: {
             if (integrityCheck !== "off") {
               const image = yield* imageAt(generation, firstFrameNo - 1)
               const candidate = WalFrame.applyFrames(image, frames)
-              const problem = checkImage(candidate, integrityCheck, { owned: true })
+              const problem = yield* serverMetrics.timeCheck(
+                Effect.sync(() => checkImage(candidate, integrityCheck, { owned: true }))
+              )
               if (problem !== undefined) return Either.left(problem)
               tentativeHead = { id: lockedId, generation, lastFrame: last, image: candidate }
             }
@@ -414,5 +417,11 @@ export const make = (options: {
       return backend
     }).pipe(Effect.catchTag("SqlError", (e) => Effect.fail(storage(`opening database ${name} failed`)(e))))
 
-  return { open }
+  const stats = sql<{ databases: number; batons: number }>`
+    SELECT count(*)::int AS databases, count(session_baton)::int AS batons FROM ${databases}`.pipe(
+    Effect.map(([row]) => ({ databases: row?.databases ?? 0, openBatons: row?.batons ?? 0 })),
+    Effect.mapError(storage("reading the store's counts failed"))
+  )
+
+  return { open, stats }
 }

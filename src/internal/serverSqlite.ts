@@ -31,6 +31,7 @@ import * as WalFrame from "../WalFrame.js"
 import type { Checker } from "./checkWorker.js"
 import type { Backend, DatabaseBackend, GenerationRecord } from "./serverCore.js"
 import type { IntegrityCheck } from "./sqliteImage.js"
+import * as serverMetrics from "./serverMetrics.js"
 import { checkConnection } from "./sqliteImage.js"
 
 const storage = (message: string) => (cause: unknown) => new StoreError({ reason: "Storage", message, cause })
@@ -307,7 +308,7 @@ const openDatabase = (
         }
         if (integrityCheck !== "off") {
           yield* Effect.try({ try: () => prepareCheck(frames), catch: failed })
-          const problem = yield* runCheck(integrityCheck).pipe(
+          const problem = yield* serverMetrics.timeCheck(runCheck(integrityCheck)).pipe(
             Effect.mapError((cause) => {
               clearHeadWal()
               // Whatever went wrong with head.db, the next check starts from a fresh one.
