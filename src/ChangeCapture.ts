@@ -42,8 +42,8 @@ import type * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import type * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
-import * as internal from "./internal/capture.js"
-import * as internalSql from "./internal/sqlText.js"
+import * as internal from "./internal/capture/capture.js"
+import * as internalSql from "./internal/sqlite/sqlText.js"
 
 /**
  * Column name → SQL literal (as written by `quote()`).

@@ -44,9 +44,9 @@ import type * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
 import type * as ChangeCapture from "./ChangeCapture.js"
 import type * as ConflictPolicy from "./ConflictPolicy.js"
-import { plain } from "./internal/capture.js"
-import * as internal from "./internal/replay.js"
-import * as InternalTableInfo from "./internal/tableInfo.js"
+import { plain } from "./internal/capture/capture.js"
+import * as internal from "./internal/replay/replay.js"
+import * as InternalTableInfo from "./internal/sqlite/tableInfo.js"
 
 /**
  * What replay knows of a target table (read from the database replayed onto).

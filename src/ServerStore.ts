@@ -1,6 +1,6 @@
 /**
  * The server's storage and protocol state: generations, their bases and frames, and baton sessions.
- * The HTTP routes (`SyncServer`) and the client's in-process remote (`SyncRemote.layerStore`) both talk
+ * The HTTP routes (`SyncServer`) and the client's in-process remote (`StoreRemote.layer`) both talk
  * to this service, so every storage layer is tested through one conformance suite.
  *
  * @since 0.1.0
@@ -16,11 +16,11 @@ import * as Reactivity from "@effect/experimental/Reactivity"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as fs from "node:fs"
 import type * as Scope from "effect/Scope"
-import * as internalCheckWorker from "./internal/checkWorker.js"
-import * as internalCore from "./internal/serverCore.js"
-import * as internalMemory from "./internal/serverMemory.js"
-import * as internalPostgres from "./internal/serverPostgres.js"
-import * as internalSqlite from "./internal/serverSqlite.js"
+import * as internalCheckWorker from "./internal/server/checkWorker.js"
+import * as internalCore from "./internal/server/serverCore.js"
+import * as internalMemory from "./internal/server/serverMemory.js"
+import * as internalPostgres from "./internal/server/serverPostgres.js"
+import * as internalSqlite from "./internal/server/serverSqlite.js"
 import type * as WalFrame from "./WalFrame.js"
 
 /**

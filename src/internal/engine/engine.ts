@@ -28,19 +28,19 @@ import * as Ref from "effect/Ref"
 import * as Scheduler from "effect/Scheduler"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as Crypto from "node:crypto"
-import * as ChangeCapture from "../ChangeCapture.js"
-import * as ChangeReplay from "../ChangeReplay.js"
-import * as ConflictPolicy from "../ConflictPolicy.js"
-import * as LocalCopies from "../LocalCopies.js"
-import type { ExecuteResult, Stats } from "../SyncDatabase.js"
-import * as SyncError from "../SyncError.js"
-import * as SyncFiles from "../SyncFiles.js"
-import * as SyncMetadata from "../SyncMetadata.js"
-import * as SyncProtocol from "../SyncProtocol.js"
-import * as SyncRemote from "../SyncRemote.js"
-import * as WalFrame from "../WalFrame.js"
+import * as ChangeCapture from "../../ChangeCapture.js"
+import * as ChangeReplay from "../../ChangeReplay.js"
+import * as ConflictPolicy from "../../ConflictPolicy.js"
+import * as LocalCopies from "../../LocalCopies.js"
+import type { ExecuteResult, Stats } from "../../SyncDatabase.js"
+import * as SyncError from "../../SyncError.js"
+import * as SyncFiles from "../../SyncFiles.js"
+import * as SyncMetadata from "../../SyncMetadata.js"
+import * as SyncProtocol from "../../SyncProtocol.js"
+import * as SyncRemote from "../../SyncRemote.js"
+import * as WalFrame from "../../WalFrame.js"
 import * as ConflictLog from "./conflictLog.js"
-import * as Files from "./files.js"
+import * as Files from "../sqlite/files.js"
 
 /** @internal */
 export interface EngineOptions {
@@ -84,7 +84,7 @@ export const steps = [
 export type Step = typeof steps[number]
 
 // The public shapes live in SyncDatabase, where users read them.
-export type { ExecuteResult, Stats } from "../SyncDatabase.js"
+export type { ExecuteResult, Stats } from "../../SyncDatabase.js"
 
 /**
  * better-sqlite3 runs every statement synchronously, and Effect's default scheduler goes back to the event

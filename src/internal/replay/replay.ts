@@ -1,13 +1,13 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
-import type * as ChangeCapture from "../ChangeCapture.js"
-import * as ChangeReplay from "../ChangeReplay.js"
-import * as ConflictPolicy from "../ConflictPolicy.js"
-import { createChangesTable, plain, raiseSequenceFloor } from "./capture.js"
-import { ident, isLiteral, splitStatements } from "./sqlText.js"
-import * as ForeignKeys from "./foreignKeys.js"
-import * as TableInfo from "./tableInfo.js"
+import type * as ChangeCapture from "../../ChangeCapture.js"
+import * as ChangeReplay from "../../ChangeReplay.js"
+import * as ConflictPolicy from "../../ConflictPolicy.js"
+import { createChangesTable, plain, raiseSequenceFloor } from "../capture/capture.js"
+import { ident, isLiteral, splitStatements } from "../sqlite/sqlText.js"
+import * as ForeignKeys from "../sqlite/foreignKeys.js"
+import * as TableInfo from "../sqlite/tableInfo.js"
 
 type Image = ChangeCapture.Image
 type Key = ReadonlyArray<readonly [string, string]>

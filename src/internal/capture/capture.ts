@@ -6,7 +6,7 @@ import * as Exit from "effect/Exit"
 import type { YieldWrap } from "effect/Utils"
 import * as Option from "effect/Option"
 import { globalValue } from "effect/GlobalValue"
-import * as ChangeCapture from "../ChangeCapture.js"
+import * as ChangeCapture from "../../ChangeCapture.js"
 import {
   concat,
   firstKeyword,
@@ -15,9 +15,9 @@ import {
   splitStatements,
   stringLiteral,
   stripLeadingComments
-} from "./sqlText.js"
-import * as ForeignKeys from "./foreignKeys.js"
-import * as TableInfo from "./tableInfo.js"
+} from "../sqlite/sqlText.js"
+import * as ForeignKeys from "../sqlite/foreignKeys.js"
+import * as TableInfo from "../sqlite/tableInfo.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // Schema of the log. Shared with ChangeReplay (pull mode re-records changes into Synced with the same DDL,
