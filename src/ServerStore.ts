@@ -11,7 +11,6 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
-import * as Schema from "effect/Schema"
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as fs from "node:fs"
@@ -21,6 +20,7 @@ import * as internalCore from "./internal/server/serverCore.js"
 import * as internalMemory from "./internal/server/serverMemory.js"
 import * as internalPostgres from "./internal/server/serverPostgres.js"
 import * as internalSqlite from "./internal/server/serverSqlite.js"
+import { StoreError } from "./internal/server/storeError.js"
 import type * as WalFrame from "./WalFrame.js"
 
 /**
@@ -60,29 +60,17 @@ export type PullResult =
   | { readonly _tag: "Frames"; readonly frames: ReadonlyArray<WalFrame.Frame> }
   | { readonly _tag: "CheckpointNeeded"; readonly generation: number; readonly maxFrameNo: number }
 
-/**
- * Why a request was refused. Every reason maps to one HTTP status in `SyncServer`:
- * BadRequest/BadFrames/Malformed/UnknownBaton/TooLarge → 400 (413 for TooLarge), GenerationNotFound → 404,
- * GenerationGone → 410, Busy → 503, Storage → 500.
- *
- * @since 0.1.0
- * @category errors
- */
-export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
-  reason: Schema.Literal(
-    "BadRequest",
-    "BadFrames",
-    "Malformed",
-    "UnknownBaton",
-    "TooLarge",
-    "GenerationNotFound",
-    "GenerationGone",
-    "Busy",
-    "Storage"
-  ),
-  message: Schema.String,
-  cause: Schema.optional(Schema.Defect)
-}) {}
+export {
+  /**
+   * Why a request was refused. Every reason maps to one HTTP status in `SyncServer`:
+   * BadRequest/BadFrames/Malformed/UnknownBaton/TooLarge → 400 (413 for TooLarge), GenerationNotFound → 404,
+   * GenerationGone → 410, Busy → 503, Storage → 500.
+   *
+   * @since 0.1.0
+   * @category errors
+   */
+  StoreError
+}
 
 /**
  * Counts for monitoring (`GET /metrics`).

@@ -1,8 +1,10 @@
-// Tests spawn the CLI many times: build its bundle once so each start is cheap and runs the current sources.
+// Suites spawn the CLI (bin/effect-sqlite-sync.js runs dist/bin.js) and pack the package: compile dist/ once
+// so both run the current sources. The build is incremental, so an unchanged tree costs one type-check.
 // One PostgreSQL cluster serves the whole run; suites reach it through `inject("postgresUrl")` and make
 // their own database in it (test/support/postgres.ts).
+import * as ChildProcess from "node:child_process"
+import * as NodePath from "node:path"
 import type { TestProject } from "vitest/node"
-import { build } from "../scripts/build-bin.mjs"
 import { startPostgres } from "./support/postgres.js"
 
 declare module "vitest" {
@@ -11,8 +13,17 @@ declare module "vitest" {
   }
 }
 
+const ROOT = NodePath.resolve(import.meta.dirname, "..")
+
 export default async function setup(project: TestProject) {
-  await build()
+  const tsc = NodePath.join(ROOT, "node_modules", "typescript", "bin", "tsc")
+  const result = ChildProcess.spawnSync(process.execPath, [tsc, "-p", "tsconfig.build.json"], {
+    cwd: ROOT,
+    encoding: "utf8"
+  })
+  if (result.status !== 0) {
+    throw new Error(`npm run build failed:\n${result.stdout}${result.stderr}`)
+  }
   const postgres = await startPostgres()
   project.provide("postgresUrl", postgres.url)
   return async () => {
