@@ -54,9 +54,10 @@ const serve = (logFile: string, backends: ReadonlyArray<string>) => {
     }
     const target = new URL(path, backends[backend])
     const upstream = Http.request(target, { method: request.method, headers: request.headers, agent }, (answer) => {
+      // Logged before the answer is passed on, so a client that has its answer finds the line.
+      log({ method: request.method ?? "", path, backend, status: answer.statusCode ?? 0 })
       response.writeHead(answer.statusCode ?? 502, answer.headers)
       answer.pipe(response)
-      answer.on("end", () => log({ method: request.method ?? "", path, backend, status: answer.statusCode ?? 0 }))
     })
     upstream.on("error", (error: Error & { code?: string }) => {
       // The backend is gone: leave it out from now on. This request fails; its client retries.
