@@ -383,7 +383,13 @@ export interface NodeOptions extends Options {
   readonly headersTimeoutMs?: number | undefined
   /** A connection idle this long (say, a client that stopped reading an answer) is closed (default 120 000). */
   readonly socketTimeoutMs?: number | undefined
+  /**
+   * On shutdown (the layer's scope closing, e.g. SIGTERM under `NodeRuntime.runMain`) the listener closes at
+   * once and requests in flight get this long to finish before their connections are cut (default 30 000).
+   */
+  readonly shutdownTimeoutMs?: number | undefined
 }
+
 
 /**
  * Serves the protocol on a Node HTTP server listening on `host:port` (port 0 picks a free port; read
@@ -395,14 +401,33 @@ export interface NodeOptions extends Options {
  * @category layers
  */
 export const layerNode = (options: NodeOptions = {}): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError, ServerStore> =>
-  layer(options).pipe(
-    Layer.provideMerge(
-      NodeHttpServer.layerServer(() => nodeHttpGuard.createServer(options), {
-        host: options.host ?? "127.0.0.1",
-        port: options.port ?? 8080
-      })
+  Layer.unwrapEffect(Effect.sync(() => {
+    const shutdownTimeoutMs = options.shutdownTimeoutMs ?? 30_000
+    let node: nodeHttpGuard.GuardedServer | undefined
+    // The drain is the last finalizer added, so it runs first: before the routes are removed and before
+    // the store (built earlier) closes under requests still using it.
+    const serving = Layer.scopedDiscard(Effect.gen(function*() {
+      const app = yield* make(options)
+      let handling = 0
+      const counted = Effect.acquireUseRelease(
+        Effect.sync(() => handling++),
+        () => app,
+        () => Effect.sync(() => handling--)
+      )
+      yield* HttpServer.serveEffect(counted)
+      yield* Effect.addFinalizer(() =>
+        node === undefined ? Effect.void : Effect.promise(() => node!.drain(shutdownTimeoutMs, () => handling))
+      )
+    }))
+    return serving.pipe(
+      Layer.provideMerge(
+        NodeHttpServer.layerServer(() => (node = nodeHttpGuard.createServer(options)), {
+          host: options.host ?? "127.0.0.1",
+          port: options.port ?? 8080
+        })
+      )
     )
-  )
+  }))
 
 /**
  * `layerNode` with its options read from `Config`, for example
