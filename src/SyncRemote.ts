@@ -18,6 +18,7 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import * as TransportCause from "./internal/remote/transportCause.js"
 import type { PullResult, PushResult } from "./ServerStore.js"
 import * as SyncError from "./SyncError.js"
 import * as SyncProtocol from "./SyncProtocol.js"
@@ -40,9 +41,19 @@ export type {
  * @since 0.1.0
  * @category models
  */
+export interface Info {
+  readonly generation: number
+  /** `database_id` of `GET /info`: created with the server's database, unchanged for its life. */
+  readonly databaseId: string | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
 export interface Service {
-  /** The remote's current generation (`GET /info`). */
-  readonly info: Effect.Effect<{ readonly generation: number }, SyncError.RemoteFailure>
+  /** The remote's current generation and, when the server gives one, the database's identity (`GET /info`). */
+  readonly info: Effect.Effect<Info, SyncError.RemoteFailure>
   /** The base database file of a generation (`GET /export/{G}`). */
   readonly export: (generation: number) => Effect.Effect<Uint8Array, SyncError.RemoteFailure>
   /** Committed frames from `start` (fewer than `end - start` is fine), or CheckpointNeeded. */
@@ -129,6 +140,32 @@ export const batchedPush = (
   })
 
 // ---------------------------------------------------------------------------------------------------------
+/**
+ * What a client makes of a refusal with HTTP status `status`: a 5xx is the server's condition, retried
+ * as a NetworkError; a 4xx is final. The same for a remote over HTTP and one in the same process
+ * (`StoreRemote`, which takes the status of a store error from `SyncProtocol.errorStatus`).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const failureOf = (status: number, message: string, cause?: unknown): SyncError.RemoteFailure =>
+  status >= 500
+    ? new SyncError.NetworkError({ reason: "ServerUnavailable", message, cause })
+    : new SyncError.RemoteError({
+      reason: status === 401 || status === 403
+        ? "Unauthorized"
+        : status === 404
+        ? "NotFound"
+        : status === 410
+        ? "GenerationGone"
+        : status >= 400 && status < 500
+        ? "Refused"
+        : "Protocol",
+      message,
+      status,
+      cause
+    })
+
 // HTTP
 // ---------------------------------------------------------------------------------------------------------
 
@@ -179,7 +216,7 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
     const transport = (request: HttpClientRequest.HttpClientRequest) => (cause: HttpClientError.HttpClientError) =>
       new SyncError.NetworkError({
         reason: "Transport",
-        message: `${request.method} ${request.url}: ${cause.message}`,
+        message: `${request.method} ${request.url}: ${TransportCause.describe(cause)}`,
         cause
       })
 
@@ -222,20 +259,8 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
       })
     }
 
-    const refused = (request: string, status: number, body: Uint8Array): SyncError.RemoteError =>
-      new SyncError.RemoteError({
-        reason: status === 401 || status === 403
-          ? "Unauthorized"
-          : status === 404
-          ? "NotFound"
-          : status === 410
-          ? "GenerationGone"
-          : status >= 400 && status < 500
-          ? "Refused"
-          : "Protocol",
-        message: `${request}: ${status} ${describeBody(body)}`,
-        status
-      })
+    const refused = (request: string, status: number, body: Uint8Array): SyncError.RemoteFailure =>
+      failureOf(status, `${request}: ${status} ${describeBody(body)}`)
 
     const json = <A>(
       label: string,
@@ -258,7 +283,10 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
       const url = `${base}/info`
       return send(HttpClientRequest.get(url), (status, body) =>
         status === 200
-          ? Either.map(json(`GET ${url}`, status, body, decodeInfo), (i) => ({ generation: i.current_generation }))
+          ? Either.map(json(`GET ${url}`, status, body, decodeInfo), (i) => ({
+            generation: i.current_generation,
+            databaseId: i.database_id
+          }))
           : Either.left(refused(`GET ${url}`, status, body)))
     })
 

@@ -31,9 +31,10 @@ import * as crypto from "node:crypto"
 import { StoreError } from "./storeError.js"
 import * as WalFrame from "../../WalFrame.js"
 import type { Backend, DatabaseBackend, GenerationRecord, StoredSession, StoredState } from "./serverCore.js"
+import type { SchemaEntry } from "./changedTables.js"
 import type { IntegrityCheck } from "./sqliteImage.js"
 import * as serverMetrics from "./serverMetrics.js"
-import { checkImage } from "./sqliteImage.js"
+import { checkImage, planOnImage } from "./sqliteImage.js"
 
 export const DEFAULT_SCHEMA = "effect_sqlite_sync"
 
@@ -153,6 +154,8 @@ interface HeadImage {
   readonly generation: number
   readonly lastFrame: number
   readonly image: Uint8Array
+  /** The image's sqlite_schema, when known (the `changed_tables` check reads it). */
+  readonly schema: ReadonlyArray<SchemaEntry> | undefined
 }
 
 interface PendingCache {
@@ -193,6 +196,7 @@ export const make = (options: {
           rows.map((row): GenerationRecord => ({ generation: row.generation, lastFrame: row.last_frame, dropped: row.dropped }))
         )
       )
+      const [identity] = yield* sql<{ id: string }>`SELECT id FROM ${databases} WHERE name = ${name}`
       const generations = yield* readGenerations
       const current = generations[generations.length - 1]?.generation ?? 1
       const ackedPending = (yield* sql<{ frame_no: number }>`
@@ -235,17 +239,21 @@ export const make = (options: {
         })
 
       /** Base + committed frames through `lastFrame`, from this process's head image when it can. */
-      const imageAt = (generation: number, lastFrame: number) =>
+      const imageAt = (
+        generation: number,
+        lastFrame: number
+      ): Effect.Effect<{ image: Uint8Array; schema: HeadImage["schema"] }, SqlError | StoreError> =>
         Effect.gen(function*() {
           const known = head
           if (known !== undefined && known.id === lockedId && known.generation === generation) {
-            if (known.lastFrame === lastFrame) return known.image
+            if (known.lastFrame === lastFrame) return { image: known.image, schema: known.schema }
             if (known.lastFrame < lastFrame && lastFrame - known.lastFrame <= CATCH_UP_LIMIT) {
-              return yield* applyCommitted(known.image, generation, known.lastFrame + 1, lastFrame)
+              const image = yield* applyCommitted(known.image, generation, known.lastFrame + 1, lastFrame)
+              return { image, schema: undefined }
             }
           }
           const base = yield* readBase(generation)
-          return yield* applyCommitted(base, generation, 1, lastFrame)
+          return { image: yield* applyCommitted(base, generation, 1, lastFrame), schema: undefined }
         })
 
       const lastFrameOf = (generation: number) =>
@@ -307,6 +315,8 @@ export const make = (options: {
         })
 
       const backend: DatabaseBackend = {
+        id: identity?.id,
+        readOnly: false,
         generations,
         ackedPending,
         readBase,
@@ -318,13 +328,14 @@ export const make = (options: {
           Effect.gen(function*() {
             const last = firstFrameNo + frames.length - 1
             if (integrityCheck !== "off") {
-              const image = yield* imageAt(generation, firstFrameNo - 1)
+              const { image, schema } = yield* imageAt(generation, firstFrameNo - 1)
+              const next = planOnImage(integrityCheck, image, schema, frames)
               const candidate = WalFrame.applyFrames(image, frames)
               const problem = yield* serverMetrics.timeCheck(
-                Effect.sync(() => checkImage(candidate, integrityCheck, { owned: true }))
+                Effect.sync(() => checkImage(candidate, next.plan, { owned: true }))
               )
               if (problem !== undefined) return Either.left(problem)
-              tentativeHead = { id: lockedId, generation, lastFrame: last, image: candidate }
+              tentativeHead = { id: lockedId, generation, lastFrame: last, image: candidate, schema: next.schema }
             }
             yield* insertRows(
               framesTable,
@@ -335,7 +346,7 @@ export const make = (options: {
             return Either.right(undefined)
           }).pipe(Effect.mapError(storage(`storing frames ${firstFrameNo}.. of ${name}/${generation} failed`))),
         materialize: (generation) =>
-          Effect.flatMap(lastFrameOf(generation), (last) => imageAt(generation, last)).pipe(
+          Effect.flatMap(lastFrameOf(generation), (last) => Effect.map(imageAt(generation, last), (at) => at.image)).pipe(
             Effect.catchTag("SqlError", (e) => Effect.fail(storage(`materialising ${name}/${generation} failed`)(e)))
           ),
         recordAck: (generation, frameNo) =>
@@ -349,7 +360,7 @@ export const make = (options: {
               sql.insert({ database: name, generation, last_frame: 0, base: Buffer.from(base.buffer, base.byteOffset, base.byteLength) })
             }`
             yield* sql`DELETE FROM ${ackedTable} WHERE database = ${name} AND generation < ${generation}`
-            if (integrityCheck !== "off") tentativeHead = { id: lockedId, generation, lastFrame: 0, image: base }
+            if (integrityCheck !== "off") tentativeHead = { id: lockedId, generation, lastFrame: 0, image: base, schema: undefined }
           }).pipe(Effect.mapError(storage(`starting generation ${generation} of ${name} failed`))),
         dropThrough: (generation) =>
           sql.withTransaction(Effect.gen(function*() {
@@ -423,5 +434,10 @@ export const make = (options: {
     Effect.mapError(storage("reading the store's counts failed"))
   )
 
-  return { open, stats }
+  const list = sql<{ name: string }>`SELECT name FROM ${databases}`.pipe(
+    Effect.map((rows) => rows.map((row) => row.name)),
+    Effect.mapError(storage("listing the databases failed"))
+  )
+
+  return { readOnly: false, list, open, stats }
 }
