@@ -17,6 +17,7 @@ import * as SyncDatabase from "../src/SyncDatabase.js"
 import * as WalFrame from "../src/WalFrame.js"
 import { type ProxyLine, startProxy } from "./support/alternatingProxy.js"
 import * as H from "./support/http.js"
+import { libsqlBesideSyncDatabase } from "./support/interop.js"
 import { freshDatabase } from "./support/postgres.js"
 import { type ServerProcess, spawnServer } from "./support/process.js"
 
@@ -140,25 +141,7 @@ describe("the real libSQL client against two servers on one PostgreSQL, requests
           Layer.provide(NodeHttpClient.layerUndici)
         )
       ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)))
-      expect(yield* db.pull).toBe(true)
-      expect(yield* db.query("SELECT id, who FROM t")).toEqual([{ id: "l-1", who: "libsql" }])
-      yield* db.execute("INSERT INTO t VALUES (?, ?)", ["s-1", "sync"])
-      yield* db.execute("UPDATE t SET who = 'libsql, seen' WHERE id = 'l-1'")
-      expect(yield* db.push).toBe(true)
-      libsql.sync()
-      libsql.exec("INSERT INTO t VALUES ('l-2', 'libsql')")
-      libsql.sync()
-      yield* db.execute("INSERT INTO t VALUES ('s-2', 'sync')")
-      yield* db.sync
-      const expected = [
-        { id: "l-1", who: "libsql, seen" },
-        { id: "l-2", who: "libsql" },
-        { id: "s-1", who: "sync" },
-        { id: "s-2", who: "sync" }
-      ]
-      expect(yield* db.query("SELECT id, who FROM t ORDER BY id")).toEqual(expected)
-      libsql.sync()
-      expect(libsql.prepare("SELECT id, who FROM t ORDER BY id").all()).toEqual(expected)
+      yield* libsqlBesideSyncDatabase(libsql, db)
       // Every kind of request reached both servers.
       const all = proxy.lines()
       for (const method of ["GET", "POST"]) {
