@@ -186,7 +186,8 @@ describe("effect-sqlite-sync serve", () => {
         [["--generation-frames", "0"], "--generation-frames must be at least 1"],
         [["--keep-generations", "-1"], "--keep-generations must be at least 0"],
         [["--auth-token", ""], "--auth-token must not be empty"],
-        [["--integrity-check", "maybe"], "quick_check"]
+        [["--integrity-check", "maybe"], "quick_check"],
+        [["--store", "mysql://u:p@127.0.0.1/db"], "--store must be a postgres:// URL"]
       ] as const
       const results = yield* promise(() =>
         Promise.all(cases.map(([args]) => runBin(["serve", "--data", "/nonexistent-never-created", ...args])))
