@@ -46,7 +46,8 @@ export const layerLogger = (format: "logfmt" | "json"): Layer.Layer<never> =>
   )
 
 /**
- * `effect-sqlite-sync serve`: serves every database under `--data` until SIGINT or SIGTERM.
+ * `effect-sqlite-sync serve`: serves every database under `--data` (or in PostgreSQL with `--store`)
+ * until SIGINT or SIGTERM.
  *
  * @since 0.1.0
  * @category commands
@@ -62,7 +63,14 @@ export const serve = Command.make(
     ),
     data: Options.text("data").pipe(
       Options.withDefault("./data"),
-      Options.withDescription("directory holding the databases")
+      Options.withDescription("directory holding the databases (the embedded SQLite store)")
+    ),
+    store: Options.text("store").pipe(
+      Options.optional,
+      Options.withDescription(
+        "keep the databases in PostgreSQL instead of --data: postgres://USER:PASSWORD@HOST:PORT/DATABASE " +
+          "(several serve processes may share one)"
+      )
     ),
     authToken: Options.redacted("auth-token").pipe(
       Options.withFallbackConfig(Config.redacted("EFFECT_SQLITE_SYNC_AUTH_TOKEN")),
@@ -119,21 +127,25 @@ export const serve = Command.make(
       if (Option.isSome(options.authToken) && Redacted.value(options.authToken.value).length === 0) {
         return yield* invalid("--auth-token must not be empty")
       }
+      if (Option.isSome(options.store) && !/^postgres(ql)?:\/\/./.test(options.store.value)) {
+        return yield* invalid("--store must be a postgres:// URL, like postgres://USER:PASSWORD@HOST:5432/DATABASE")
+      }
+      const storeOptions = {
+        generationFrames: Option.getOrUndefined(options.generationFrames),
+        keepGenerations: Option.getOrUndefined(options.keepGenerations),
+        integrityCheck: options.integrityCheck,
+        maxDatabases: Option.getOrUndefined(options.maxDatabases),
+        maxOpenDatabases: options.maxOpenDatabases
+      }
+      const store = Option.isSome(options.store)
+        ? ServerStore.layerPostgres({ ...storeOptions, url: options.store.value })
+        : ServerStore.layer({ ...storeOptions, directory: options.data })
       const server = SyncServer.layerNode({
         host: options.host,
         port: options.port,
         authToken: Option.getOrUndefined(options.authToken)
       }).pipe(
-        Layer.provide(
-          ServerStore.layer({
-            directory: options.data,
-            generationFrames: Option.getOrUndefined(options.generationFrames),
-            keepGenerations: Option.getOrUndefined(options.keepGenerations),
-            integrityCheck: options.integrityCheck,
-            maxDatabases: Option.getOrUndefined(options.maxDatabases),
-            maxOpenDatabases: options.maxOpenDatabases
-          })
-        )
+        Layer.provide(store)
       )
       // Before the store creates the data directory: a busy port leaves nothing behind.
       const cannotListen = (error: unknown) =>

@@ -10,11 +10,15 @@ import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import * as Reactivity from "@effect/experimental/Reactivity"
+import * as PgClient from "@effect/sql-pg/PgClient"
 import * as fs from "node:fs"
 import type * as Scope from "effect/Scope"
 import * as internalCheckWorker from "./internal/server/checkWorker.js"
 import * as internalCore from "./internal/server/serverCore.js"
 import * as internalMemory from "./internal/server/serverMemory.js"
+import * as internalPostgres from "./internal/server/serverPostgres.js"
 import * as internalSqlite from "./internal/server/serverSqlite.js"
 import { StoreError } from "./internal/server/storeError.js"
 import type * as WalFrame from "./WalFrame.js"
@@ -71,10 +75,25 @@ export {
 }
 
 /**
+ * Counts for monitoring (`GET /metrics`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface StoreStats {
+  /** Databases in the store; the embedded stores count those opened since the process started. */
+  readonly databases: number
+  /** Transactions spanning requests (baton sessions) that are open. */
+  readonly openBatons: number
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
 export interface Service {
+  /** Counts for monitoring; answering at all tells that the store is reachable (`GET /ready`). */
+  readonly stats: Effect.Effect<StoreStats, StoreError>
   /** Creates the database (empty, generation 1) on first use. */
   readonly info: (database: string) => Effect.Effect<DatabaseInfo, StoreError>
   /**
@@ -239,3 +258,54 @@ export const layerConfig = (
   config: Config.Config.Wrap<LayerOptions>
 ): Layer.Layer<ServerStore, StoreError | ConfigError.ConfigError> =>
   Layer.scoped(ServerStore, Effect.flatMap(Config.unwrap(config), make))
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface PostgresOptions extends Options {
+  /** `postgres://USER:PASSWORD@HOST:PORT/DATABASE` */
+  readonly url: string | Redacted.Redacted<string>
+  /** The schema the store's tables live in, created on first start (default `effect_sqlite_sync`). */
+  readonly schema?: string | undefined
+  /** Connections this process keeps to PostgreSQL at most (default 10). */
+  readonly maxConnections?: number | undefined
+}
+
+/**
+ * The store in PostgreSQL, for running several server processes over one PostgreSQL database: any of
+ * them can answer any request, with the same guarantees as one process. A push (its conflict decision,
+ * frame numbers, commit, baton session and any roll) is one PostgreSQL transaction under the
+ * database's row lock, answered after it committed; pending baton frames are stored in PostgreSQL, so a
+ * transaction spanning requests continues on any process. The tables are created in their own schema on
+ * first start and migrated by version (see docs/server.md).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makePostgres = (options: PostgresOptions): Effect.Effect<Service, StoreError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const schema = options.schema ?? internalPostgres.DEFAULT_SCHEMA
+    const sql = yield* PgClient.make({
+      url: typeof options.url === "string" ? Redacted.make(options.url) : options.url,
+      maxConnections: options.maxConnections ?? 10,
+      applicationName: "effect-sqlite-sync"
+    }).pipe(
+      Effect.provide(Reactivity.layer),
+      Effect.mapError((cause) => new StoreError({ reason: "Storage", message: "cannot connect to PostgreSQL", cause }))
+    )
+    yield* internalPostgres.migrate(sql, schema)
+    return yield* internalCore.make(
+      internalPostgres.make({ sql, schema, integrityCheck: options.integrityCheck ?? DEFAULT_INTEGRITY_CHECK }),
+      options
+    )
+  })
+
+/**
+ * `makePostgres` as a layer.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerPostgres = (options: PostgresOptions): Layer.Layer<ServerStore, StoreError> =>
+  Layer.scoped(ServerStore, makePostgres(options))

@@ -22,8 +22,11 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as nodeHttpGuard from "./internal/server/nodeHttpGuard.js"
+import * as serverMetrics from "./internal/server/serverMetrics.js"
 import * as internal from "./internal/server/syncServer.js"
 import { ServerStore, type StoreError } from "./ServerStore.js"
 import * as SyncProtocol from "./SyncProtocol.js"
@@ -94,6 +97,23 @@ const storeFailure = (route: "pull" | "other") => (error: StoreError) =>
       return fail(new internal.HttpFailure({ ...failure, message: "the server could not read or write its storage" }))
     }
     return fail(failure)
+  })
+
+const recordMetrics = (log: Context.Tag.Service<RequestLog>, status: number, seconds: number) =>
+  Effect.gen(function*() {
+    yield* Metric.increment(serverMetrics.requests).pipe(Effect.tagMetrics({ route: log.route, status: String(status) }))
+    const push = log.route.startsWith("POST /sync")
+    const pull = log.route.startsWith("GET /sync")
+    if (push) yield* Metric.update(serverMetrics.pushSeconds, seconds)
+    if (pull) yield* Metric.update(serverMetrics.pullSeconds, seconds)
+    if (push || pull || log.route.startsWith("GET /export")) {
+      const direction = push ? "push" : "pull"
+      yield* Effect.tagMetrics(
+        Effect.zipRight(Metric.incrementBy(serverMetrics.frames, log.frames), Metric.incrementBy(serverMetrics.bytes, log.bytes)),
+        "direction",
+        direction
+      )
+    }
   })
 
 /**
@@ -257,7 +277,33 @@ export const make = (options: Options = {}): Effect.Effect<
         ))
       })
 
+    // Liveness: the process answers. No store access, so a slow store never gets the process restarted.
+    const health = Effect.as(describe("GET /health"), json({ status: "ok" }))
+
+    // Readiness: the store answers (a load balancer sends no traffic here while it does not).
+    const ready = Effect.gen(function*() {
+      yield* describe("GET /ready")
+      // Mapped as on the pull route: a store that does not answer is 503, which load balancers read as "not ready".
+      yield* store.stats.pipe(Effect.catchAll(storeFailure("pull")))
+      return json({ status: "ready" })
+    })
+
+    const metrics = Effect.gen(function*() {
+      yield* describe("GET /metrics")
+      // A store that does not answer leaves its gauges as they were; the request counts still matter then.
+      const stats = yield* Effect.option(store.stats)
+      if (Option.isSome(stats)) {
+        yield* Metric.set(serverMetrics.databases, stats.value.databases)
+        yield* Metric.set(serverMetrics.openBatons, stats.value.openBatons)
+      }
+      const text = serverMetrics.renderPrometheus(yield* Metric.snapshot)
+      return HttpServerResponse.text(text, { contentType: "text/plain; version=0.0.4; charset=utf-8" })
+    })
+
     const router = HttpRouter.empty.pipe(
+      HttpRouter.get("/health", health),
+      HttpRouter.get("/ready", ready),
+      HttpRouter.get("/metrics", metrics),
       HttpRouter.get("/db/:name/info", info),
       HttpRouter.get("/db/:name/export/:generation", exportGeneration),
       HttpRouter.get("/db/:name/sync/:generation/:start/:end", pull),
@@ -269,10 +315,12 @@ export const make = (options: Options = {}): Effect.Effect<
 
     const dispatch = Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
-      if (expected !== undefined) {
+      const path = yield* fromEither(internal.pathOf(request.url))
+      // Load balancers probe these without credentials; they tell nothing about any database.
+      const probe = (request.method === "GET" || request.method === "HEAD") && (path === "/health" || path === "/ready")
+      if (expected !== undefined && !probe) {
         yield* fromEither(internal.authorize(expected, request.headers["authorization"]))
       }
-      const path = yield* fromEither(internal.pathOf(request.url))
       return yield* routed.pipe(
         Effect.catchIf(
           (error): error is HttpServerError.RouteNotFound => error._tag === "RouteNotFound",
@@ -327,6 +375,7 @@ export const make = (options: Options = {}): Effect.Effect<
             if (log.detail !== undefined) annotations.detail = log.detail
             const line = status >= 500 ? Effect.logError("request") : Effect.logInfo("request")
             yield* Effect.annotateLogs(line, annotations)
+            yield* recordMetrics(log, status, Number(ended - started) / 1e9)
           })
         )
       )
@@ -355,7 +404,13 @@ export interface NodeOptions extends Options {
   readonly headersTimeoutMs?: number | undefined
   /** A connection idle this long (say, a client that stopped reading an answer) is closed (default 120 000). */
   readonly socketTimeoutMs?: number | undefined
+  /**
+   * On shutdown (the layer's scope closing, e.g. SIGTERM under `NodeRuntime.runMain`) the listener closes at
+   * once and requests in flight get this long to finish before their connections are cut (default 30 000).
+   */
+  readonly shutdownTimeoutMs?: number | undefined
 }
+
 
 /**
  * Serves the protocol on a Node HTTP server listening on `host:port` (port 0 picks a free port; read
@@ -367,14 +422,33 @@ export interface NodeOptions extends Options {
  * @category layers
  */
 export const layerNode = (options: NodeOptions = {}): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError, ServerStore> =>
-  layer(options).pipe(
-    Layer.provideMerge(
-      NodeHttpServer.layerServer(() => nodeHttpGuard.createServer(options), {
-        host: options.host ?? "127.0.0.1",
-        port: options.port ?? 8080
-      })
+  Layer.unwrapEffect(Effect.sync(() => {
+    const shutdownTimeoutMs = options.shutdownTimeoutMs ?? 30_000
+    let node: nodeHttpGuard.GuardedServer | undefined
+    // The drain is the last finalizer added, so it runs first: before the routes are removed and before
+    // the store (built earlier) closes under requests still using it.
+    const serving = Layer.scopedDiscard(Effect.gen(function*() {
+      const app = yield* make(options)
+      let handling = 0
+      const counted = Effect.acquireUseRelease(
+        Effect.sync(() => handling++),
+        () => app,
+        () => Effect.sync(() => handling--)
+      )
+      yield* HttpServer.serveEffect(counted)
+      yield* Effect.addFinalizer(() =>
+        node === undefined ? Effect.void : Effect.promise(() => node!.drain(shutdownTimeoutMs, () => handling))
+      )
+    }))
+    return serving.pipe(
+      Layer.provideMerge(
+        NodeHttpServer.layerServer(() => (node = nodeHttpGuard.createServer(options)), {
+          host: options.host ?? "127.0.0.1",
+          port: options.port ?? 8080
+        })
+      )
     )
-  )
+  }))
 
 /**
  * `layerNode` with its options read from `Config`, for example

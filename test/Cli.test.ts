@@ -64,6 +64,54 @@ describe("effect-sqlite-sync serve", () => {
       }), 120_000)
   }
 
+  it.live("SIGTERM during a push: no new connections, the push in flight is answered and stored, then exit 0", () =>
+    Effect.gen(function*() {
+      const data = yield* tempData
+      const server = yield* serverProcess(["--data", data])
+      const base = yield* promise(() => H.exportBase(server.url, "inflight", 1))
+      const replica = new H.Replica(base)
+      yield* Effect.addFinalizer(() => Effect.sync(() => replica.close()))
+      const frames = replica.write("BEGIN; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'in flight'); COMMIT;")
+      const body = WalFrame.encodeWire(frames)
+      const { port } = new URL(server.url)
+      // The request's headers and half its body are sent; the rest follows the signal.
+      const socket = Net.connect(Number(port), "127.0.0.1")
+      const answer = new Promise<string>((resolve, reject) => {
+        let text = ""
+        socket.on("data", (chunk) => (text += chunk.toString()))
+        socket.on("end", () => resolve(text))
+        socket.on("close", () => resolve(text))
+        socket.on("error", reject)
+      })
+      yield* promise(() => new Promise<void>((resolve) => socket.once("connect", () => resolve())))
+      const half = Math.floor(body.byteLength / 2)
+      socket.write(
+        `POST /db/inflight/sync/1/1/${frames.length + 1} HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.byteLength}\r\n` +
+          "Content-Type: application/octet-stream\r\n\r\n"
+      )
+      socket.write(body.subarray(0, half))
+      yield* Effect.sleep("300 millis")
+      server.child.kill("SIGTERM")
+      // The listener closes first: a new connection is refused while the request in flight goes on.
+      let refused: string | undefined
+      for (let attempt = 0; attempt < 50 && refused === undefined; attempt++) {
+        yield* Effect.sleep("100 millis")
+        refused = yield* promise(() =>
+          H.request(server.url, { path: "/health" }).then(() => undefined, (error: NodeJS.ErrnoException) => error.code)
+        )
+      }
+      expect(refused).toBe("ECONNREFUSED")
+      expect(server.child.exitCode).toBeNull()
+      socket.write(body.subarray(half))
+      const text = yield* promise(() => answer)
+      expect(text).toMatch(/^HTTP\/1\.1 200/)
+      expect(JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4))).toEqual({ status: "ok", generation: 1, max_frame_no: frames.length })
+      expect(yield* promise(() => server.exited)).toEqual({ code: 0, signal: null })
+      const again = yield* serverProcess(["--data", data])
+      const snap = yield* promise(() => H.snapshot(again.url, "inflight"))
+      expect(snap.frames.length).toBe(frames.length)
+    }).pipe(Effect.scoped), 120_000)
+
   it.scoped("--auth-token protects every route; logs go to stderr, one line per request", () =>
     Effect.gen(function*() {
       const data = yield* tempData
@@ -138,7 +186,8 @@ describe("effect-sqlite-sync serve", () => {
         [["--generation-frames", "0"], "--generation-frames must be at least 1"],
         [["--keep-generations", "-1"], "--keep-generations must be at least 0"],
         [["--auth-token", ""], "--auth-token must not be empty"],
-        [["--integrity-check", "maybe"], "quick_check"]
+        [["--integrity-check", "maybe"], "quick_check"],
+        [["--store", "mysql://u:p@127.0.0.1/db"], "--store must be a postgres:// URL"]
       ] as const
       const results = yield* promise(() =>
         Promise.all(cases.map(([args]) => runBin(["serve", "--data", "/nonexistent-never-created", ...args])))

@@ -1,4 +1,4 @@
-import { describe, expect, it } from "@effect/vitest"
+import { describe, expect, inject, it } from "@effect/vitest"
 import Database from "better-sqlite3"
 import * as Config from "effect/Config"
 import * as ConfigProvider from "effect/ConfigProvider"
@@ -17,6 +17,7 @@ import * as path from "node:path"
 import * as ServerStore from "../src/ServerStore.js"
 import { MAX_FRAMES_PER_REQUEST } from "../src/SyncProtocol.js"
 import * as WalFrame from "../src/WalFrame.js"
+import { freshSchema, suiteDatabase } from "./support/postgres.js"
 
 type Store = ServerStore.Service
 type MakeLayer = (options?: ServerStore.Options) => Layer.Layer<ServerStore.ServerStore, ServerStore.StoreError>
@@ -885,6 +886,17 @@ conformance("layerMemory", (options) => ServerStore.layerMemory(options))
 conformance("layer (embedded SQLite in a temp directory)", (options) =>
   Layer.unwrapScoped(Effect.map(tempDir, (directory) => ServerStore.layer({ ...options, directory }))))
 
+// Each store gets a schema of its own in one PostgreSQL database of this file.
+const postgresLayer = (options: ServerStore.Options = {}) =>
+  Layer.unwrapEffect(
+    Effect.map(
+      Effect.promise(() => suiteDatabase(inject("postgresUrl"), "server_store")),
+      (url) => ServerStore.layerPostgres({ ...options, url, schema: freshSchema() })
+    )
+  )
+
+conformance("layerPostgres (a real PostgreSQL server)", postgresLayer)
+
 // ---------------------------------------------------------------------------------------------
 // What only the disk store can show
 
@@ -1057,4 +1069,110 @@ describe("ServerStore.layer: persistence", () => {
           expect(rowsOf(yield* materialize(store, "db"))).toHaveLength(20)
         }))
     }).pipe(Effect.scoped))
+})
+
+// ---------------------------------------------------------------------------------------------
+// Several server processes on one PostgreSQL database: two stores over one schema, each with its own
+// memory (open handles, head images, session caches), as two `serve` processes would have.
+
+describe("ServerStore.layerPostgres: two stores on one schema", () => {
+  const twoStores = <A, E>(options: ServerStore.Options, body: (a: Store, b: Store) => Effect.Effect<A, E, Scope.Scope>) =>
+    Effect.gen(function*() {
+      const url = yield* Effect.promise(() => suiteDatabase(inject("postgresUrl"), "server_store"))
+      const schema = freshSchema("two")
+      const a = yield* ServerStore.makePostgres({ ...options, url, schema })
+      const b = yield* ServerStore.makePostgres({ ...options, url, schema })
+      return yield* body(a, b)
+    })
+
+  it.scoped("a baton transaction started on one continues on the other; the database is locked on both", () =>
+    twoStores({}, (a, b) =>
+      Effect.gen(function*() {
+        const { base, replica } = yield* seeded(a, "db", 1)
+        const setup = replica.frames()
+        yield* a.push("db", 1, 1, setup.length + 1, setup)
+        const head = setup.length
+        expect(yield* b.info("db")).toEqual({ generation: 1, maxFrameNo: head })
+        const { frames, start } = bigTransaction(replica, 30, "x")
+        let baton: string | undefined
+        const stores = [a, b]
+        for (let i = 0, n = 0; i < frames.length; i += 6, n++) {
+          const part = frames.slice(i, i + 6)
+          const store = stores[n % 2]
+          const r = yield* store.push("db", 1, start + i, start + i + part.length, part, baton)
+          expect(r).toMatchObject({ _tag: "Ok", maxFrameNo: start + i + part.length - 1 })
+          baton = r._tag === "Ok" ? r.baton : undefined
+          if (baton !== undefined) {
+            // Pending frames are invisible and the database is held on both stores.
+            expect(yield* stores[(n + 1) % 2].info("db")).toEqual({ generation: 1, maxFrameNo: head })
+            const other = yield* openReplica(base)
+            other.db.exec("CREATE TABLE u (x)")
+            expect(yield* failure(stores[(n + 1) % 2].push("db", 1, 1, other.frames().length + 1, other.frames()))).toBe("Busy")
+            // A retry of the request on the other store is answered the same.
+            expect(yield* stores[(n + 1) % 2].push("db", 1, start + i, start + i + part.length, part, baton)).toEqual(r)
+          }
+        }
+        expect(baton).toBeUndefined()
+        for (const store of stores) {
+          const image = yield* materialize(store, "db")
+          expect(rowsOf(image)).toHaveLength(31)
+        }
+        expect(Buffer.compare(yield* materialize(b, "db"), replica.checkpoint())).toBe(0)
+      })))
+
+  it.scoped("concurrent pushes through both are serialized: one winner, frames numbered once", () =>
+    twoStores({}, (a, b) =>
+      Effect.gen(function*() {
+        const base = yield* a.exportGeneration("db", 1)
+        const replicas = yield* Effect.forEach([0, 1, 2, 3], () => openReplica(base))
+        replicas.forEach((r, i) => r.db.exec(`CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL); INSERT INTO t (v) VALUES ('w${i}')`))
+        const results = yield* Effect.all(
+          replicas.map((r, i) => (i % 2 === 0 ? a : b).push("db", 1, 1, r.frames().length + 1, r.frames())),
+          { concurrency: "unbounded" }
+        )
+        expect(results.filter((r) => r._tag === "Ok")).toHaveLength(1)
+        const winner = results.findIndex((r) => r._tag === "Ok")
+        for (const store of [a, b]) {
+          expect(rowsOf(yield* materialize(store, "db")).map((r) => r.v)).toEqual([`w${winner}`])
+        }
+      })))
+
+  it.scoped("the commit check runs on the committed head, not on what one store saw last", () =>
+    twoStores({}, (a, b) =>
+      Effect.gen(function*() {
+        const { replica } = yield* seeded(a, "db", 2)
+        let pushed = 0
+        const stores = [a, b]
+        for (let round = 0; round < 6; round++) {
+          // Whichever store took the last commit, the other one checks the next against the real head.
+          const store = stores[round % 2]
+          bigTransaction(replica, 2, `r${round}`)
+          const fresh = replica.frames().slice(pushed)
+          const corrupted = fresh.map((f, i) => (i === fresh.length - 1 ? corruptBtree(f) : f))
+          expect(yield* failure(store.push("db", 1, pushed + 1, pushed + corrupted.length + 1, corrupted))).toBe("Malformed")
+          expect(yield* store.push("db", 1, pushed + 1, pushed + fresh.length + 1, fresh)).toMatchObject({ _tag: "Ok" })
+          pushed += fresh.length
+        }
+        expect(Buffer.compare(yield* materialize(a, "db"), replica.checkpoint())).toBe(0)
+      })))
+
+  it.scoped("a generation rolls once, whichever store commits past the threshold", () =>
+    twoStores({ generationFrames: 4 }, (a, b) =>
+      Effect.gen(function*() {
+        const { replica } = yield* seeded(a, "db", 3)
+        const frames = replica.frames()
+        expect(frames.length).toBeGreaterThan(4)
+        const results = yield* Effect.all(
+          [a.push("db", 1, 1, frames.length + 1, frames), b.push("db", 1, 1, frames.length + 1, frames)],
+          { concurrency: "unbounded" }
+        )
+        // The first to take the lock commits and rolls in one transaction; the other then finds generation
+        // 1 closed, as any push to an old generation does.
+        expect(results.map((r) => r._tag).sort()).toEqual(["Conflict", "Ok"])
+        expect(results.find((r) => r._tag === "Conflict")).toEqual({ _tag: "Conflict", generation: 1, maxFrameNo: frames.length })
+        expect(yield* a.info("db")).toEqual({ generation: 2, maxFrameNo: 0 })
+        expect(yield* b.info("db")).toEqual({ generation: 2, maxFrameNo: 0 })
+        expect(yield* failure(b.exportGeneration("db", 3))).toBe("GenerationNotFound")
+        expect(Buffer.compare(yield* b.exportGeneration("db", 2), replica.checkpoint())).toBe(0)
+      })))
 })

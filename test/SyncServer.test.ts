@@ -401,7 +401,8 @@ const failingStore = Layer.succeed(ServerStore.ServerStore, {
   databaseId: (database) => failWith(database),
   exportGeneration: (database) => failWith(database),
   pull: (database) => failWith(database),
-  push: (database) => failWith(database)
+  push: (database) => failWith(database),
+  stats: Effect.suspend(() => failWith("Storage"))
 })
 const failWith = (database: string): Effect.Effect<never, ServerStore.StoreError> =>
   database === "defect"
@@ -472,6 +473,77 @@ layer(
         }
       }))
   }
+
+  it.effect("GET /ready is 503 while the store does not answer; GET /health stays 200", () =>
+    Effect.gen(function*() {
+      const ready = yield* call({ path: "/ready", anonymous: true })
+      expect(ready.status).toBe(503)
+      expect(H.json(ready).error).toBe("storage")
+      expect(ready.body.toString()).not.toContain("/srv/secret")
+      const health = yield* call({ path: "/health", anonymous: true })
+      expect(health.status).toBe(200)
+      expect(H.json(health)).toEqual({ status: "ok" })
+      // The metrics still answer, without the store's gauges.
+      const metrics = yield* call({ path: "/metrics" })
+      expect(metrics.status).toBe(200)
+      expect(metrics.body.toString()).toMatch(/effect_sqlite_sync_requests_total\{route="GET \/ready",status="503"\} [1-9]/)
+    }))
+})
+
+layer(serverLayer("memory", { batonIdleMs: 60_000 }), { excludeTestServices: true })("SyncServer operations routes", (it) => {
+  it.effect("GET /health and GET /ready answer without a token; other routes still need it", () =>
+    Effect.gen(function*() {
+      for (const path of ["/health", "/ready"]) {
+        const res = yield* call({ path, anonymous: true })
+        expect(res.status).toBe(200)
+        expect(res.headers["content-type"]).toContain("application/json")
+      }
+      expect(H.json(yield* call({ path: "/ready", anonymous: true }))).toEqual({ status: "ready" })
+      expect((yield* call({ path: "/metrics", anonymous: true })).status).toBe(401)
+      expect((yield* call({ path: "/db/x/info", anonymous: true })).status).toBe(401)
+      expect((yield* call({ path: "/health", method: "POST", anonymous: true })).status).toBe(401)
+      expect((yield* call({ path: "/health", method: "POST" })).status).toBe(405)
+      // Databases may be called like the routes: they live under /db/.
+      for (const name of ["health", "ready", "metrics"]) {
+        expect(H.json(yield* call({ path: `/db/${name}/info` }))).toMatchObject({ current_generation: 1 })
+      }
+    }))
+
+  it.scoped("GET /metrics counts requests by route and status, push and pull latency, frames, bytes, batons, databases and checks", () =>
+    Effect.gen(function*() {
+      const replica = yield* replicaOf("counted")
+      const frames = replica.write("BEGIN; CREATE TABLE t(x); INSERT INTO t VALUES (1); COMMIT;")
+      expect(H.json(yield* push("counted", 1, 1, frames)).status).toBe("ok")
+      expect((yield* call({ path: `/db/counted/sync/1/1/${frames.length + 1}` })).status).toBe(200)
+      // An open baton session.
+      const big = replica.write(
+        "BEGIN; CREATE TABLE big(b BLOB); WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 10) INSERT INTO big SELECT randomblob(3000) FROM s; COMMIT;"
+      )
+      const open = H.json(yield* push("counted", 1, frames.length + 1, big.slice(0, 2)))
+      expect(open.baton).toBeTypeOf("string")
+      const res = yield* call({ path: "/metrics" })
+      expect(res.status).toBe(200)
+      expect(res.headers["content-type"]).toContain("text/plain")
+      const text = res.body.toString()
+      const value = (pattern: string) => {
+        const match = new RegExp(`^${pattern} ([0-9.e+-]+)$`, "m").exec(text)
+        expect(match, pattern).not.toBeNull()
+        return Number(match![1])
+      }
+      expect(text).toContain("# TYPE effect_sqlite_sync_requests_total counter")
+      expect(value(`effect_sqlite_sync_requests_total\\{route="POST /sync/\\{G\\}/\\{start\\}/\\{end\\}",status="200"\\}`)).toBeGreaterThanOrEqual(2)
+      expect(value(`effect_sqlite_sync_requests_total\\{route="GET /sync/\\{G\\}/\\{start\\}/\\{end\\}",status="200"\\}`)).toBeGreaterThanOrEqual(1)
+      expect(text).toContain("# TYPE effect_sqlite_sync_push_seconds histogram")
+      expect(value(`effect_sqlite_sync_push_seconds_bucket\\{le="\\+Inf"\\}`)).toBe(value("effect_sqlite_sync_push_seconds_count"))
+      expect(value("effect_sqlite_sync_push_seconds_count")).toBeGreaterThanOrEqual(2)
+      expect(value("effect_sqlite_sync_pull_seconds_count")).toBeGreaterThanOrEqual(1)
+      expect(value(`effect_sqlite_sync_frames_total\\{direction="push"\\}`)).toBeGreaterThanOrEqual(frames.length + 2)
+      expect(value(`effect_sqlite_sync_frames_total\\{direction="pull"\\}`)).toBeGreaterThanOrEqual(frames.length)
+      expect(value(`effect_sqlite_sync_bytes_total\\{direction="push"\\}`)).toBeGreaterThanOrEqual((frames.length + 2) * FRAME)
+      expect(value("effect_sqlite_sync_check_seconds_count")).toBeGreaterThanOrEqual(1)
+      expect(value("effect_sqlite_sync_databases")).toBeGreaterThanOrEqual(1)
+      expect(value("effect_sqlite_sync_open_batons")).toBeGreaterThanOrEqual(1)
+    }))
 })
 
 layer(serverLayer("disk", { generationFrames: 1, keepGenerations: 1, batonIdleMs: 60_000 }), {

@@ -8,6 +8,12 @@
  * read the committed head from memory, which moves only after the backend has made the frames
  * durable, and frames at or below a head never change.
  *
+ * Shared storage (`DatabaseBackend.shared`, several server processes on one PostgreSQL): no process's
+ * memory can be trusted between requests, so every push runs inside `shared.exclusive`, one storage
+ * transaction holding the database's lock across processes, which first loads the stored state into
+ * the handle (head, generations, baton session, acks) and stores the session the push leaves; reads
+ * take the committed generations from storage instead of the handle.
+ *
  * The malformed-database check runs once per request, on the state after its last commit frame: a
  * request holding several small transactions (the libSQL client batches 128 frames regardless of
  * transaction boundaries) costs one check, not one per transaction. The states between those
@@ -20,7 +26,7 @@ import * as Deferred from "effect/Deferred"
 import * as FiberId from "effect/FiberId"
 import type * as Scope from "effect/Scope"
 import * as crypto from "node:crypto"
-import type { PullResult, PushResult, Service } from "../../ServerStore.js"
+import type { PullResult, PushResult, Service, StoreStats } from "../../ServerStore.js"
 import { StoreError } from "./storeError.js"
 import { isDatabaseName, MAX_FRAMES_PER_REQUEST } from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
@@ -82,6 +88,37 @@ export interface DatabaseBackend {
   /** Forgets the bases and frames of every generation up to and including `generation`. */
   readonly dropThrough: (generation: number) => Effect.Effect<void, StoreError>
   readonly close: Effect.Effect<void>
+  /** Present when other processes use the same storage. */
+  readonly shared?: SharedStorage | undefined
+}
+
+/** The baton session and the last closed baton, as a shared backend stores them between pushes. */
+export interface StoredSession {
+  readonly session: { readonly baton: string; readonly pending: ReadonlyArray<WalFrame.Frame>; readonly touchedAt: number } | undefined
+  readonly closedBaton: string | undefined
+}
+
+/** What a shared backend holds for one database when a push takes its lock. */
+export interface StoredState extends StoredSession {
+  readonly generations: ReadonlyArray<GenerationRecord>
+  /** The current generation's frame numbers answered Ok while pending. */
+  readonly ackedPending: ReadonlyArray<number>
+}
+
+/** Storage several server processes use at once (see the module comment). */
+export interface SharedStorage {
+  /** The generations as committed now, for reads. */
+  readonly generations: Effect.Effect<ReadonlyArray<GenerationRecord>, StoreError>
+  /**
+   * Runs `body` as one storage transaction holding the database's lock against every process: `body`
+   * gets the stored state, and `save()` (the session as `body` left it) is stored before the transaction
+   * commits. A refusal (any StoreError but Storage) commits too, since it can end a session; a Storage
+   * failure or a defect rolls everything back.
+   */
+  readonly exclusive: <A>(
+    body: (state: StoredState) => Effect.Effect<A, StoreError>,
+    save: () => StoredSession
+  ) => Effect.Effect<A, StoreError>
 }
 
 /** A place databases live in. `open` creates the database (generation 1 with `emptyBase`) on first use. */
@@ -91,6 +128,8 @@ export interface Backend {
   /** The databases that exist when the store starts. */
   readonly list: Effect.Effect<ReadonlyArray<string>, StoreError>
   readonly open: (name: string, emptyBase: Uint8Array) => Effect.Effect<DatabaseBackend, StoreError>
+  /** Counts from storage, when other processes share it (the core counts its own handles otherwise). */
+  readonly stats?: Effect.Effect<StoreStats, StoreError> | undefined
 }
 
 export interface CoreOptions {
@@ -120,6 +159,14 @@ interface Session {
   readonly baton: string
   pending: ReadonlyArray<WalFrame.Frame>
   touchedAt: number
+}
+
+/** Generations as seen by one request. */
+interface View {
+  readonly name: string
+  readonly current: number
+  readonly oldest: number
+  readonly lastFrames: ReadonlyMap<number, number>
 }
 
 interface Handle {
@@ -190,6 +237,35 @@ export const checkCommitSizes = (frames: ReadonlyArray<WalFrame.Frame>, headPage
   return undefined
 }
 
+const viewOf = (name: string, records: ReadonlyArray<GenerationRecord>): View => {
+  const lastFrames = new Map<number, number>()
+  let current = 0
+  let oldest = 1
+  for (const record of records) {
+    lastFrames.set(record.generation, record.lastFrame)
+    current = Math.max(current, record.generation)
+    if (record.dropped) oldest = Math.max(oldest, record.generation + 1)
+  }
+  if (current === 0) throw new Error(`ServerStore: database ${name} has no generation`)
+  return { name, current, oldest, lastFrames }
+}
+
+/** Puts the stored state of a shared backend into the handle, as the push that holds its lock sees it. */
+const loadState = (h: Handle, state: StoredState) => {
+  const view = viewOf(h.name, state.generations)
+  if (view.current !== h.current || view.lastFrames.get(view.current) !== h.lastFrames.get(h.current)) {
+    h.headPages = undefined
+  }
+  h.current = view.current
+  h.oldest = view.oldest
+  h.lastFrames.clear()
+  for (const [generation, last] of view.lastFrames) h.lastFrames.set(generation, last)
+  h.session = state.session === undefined ? undefined : { ...state.session }
+  h.closedBaton = state.closedBaton
+  h.acked.clear()
+  for (const n of state.ackedPending) h.acked.add(n)
+}
+
 const newBaton = () => crypto.randomBytes(16).toString("hex")
 
 /** How often idle batons and idle databases are looked for: a fraction of the baton idle time. */
@@ -241,15 +317,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     const openHandle = (name: string): Effect.Effect<Handle, StoreError> =>
       backend.open(name, emptyBase).pipe(
         Effect.map((db): Handle => {
-          const lastFrames = new Map<number, number>()
-          let current = 0
-          let oldest = 1
-          for (const record of db.generations) {
-            lastFrames.set(record.generation, record.lastFrame)
-            current = Math.max(current, record.generation)
-            if (record.dropped) oldest = Math.max(oldest, record.generation + 1)
-          }
-          if (current === 0) throw new Error(`ServerStore: database ${name} has no generation`)
+          const { current, lastFrames, oldest } = viewOf(name, db.generations)
           const closedBaton = closedBatons.get(name)
           closedBatons.delete(name)
           return {
@@ -260,7 +328,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
             lock: Effect.unsafeMakeSemaphore(1),
             current,
             oldest,
-            lastFrames,
+            lastFrames: new Map(lastFrames),
             session: undefined,
             closedBaton,
             acked: new Set(db.ackedPending),
@@ -402,7 +470,13 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
       }))
     }
 
-    const checkGeneration = (h: Handle, generation: number): Effect.Effect<void, StoreError> => {
+    /** The generations a read goes by: the handle's own, or the committed ones of shared storage. */
+    const viewFor = (h: Handle): Effect.Effect<View, StoreError> =>
+      h.backend.shared === undefined
+        ? Effect.succeed(h)
+        : Effect.map(h.backend.shared.generations, (records) => viewOf(h.name, records))
+
+    const checkGeneration = (h: View, generation: number): Effect.Effect<void, StoreError> => {
       if (!Number.isSafeInteger(generation)) return fail("BadRequest", `generation ${generation} is not an integer`)
       if (generation < 1 || generation > h.current) {
         return fail("GenerationNotFound", `database ${h.name} has no generation ${generation} (current is ${h.current})`)
@@ -420,7 +494,8 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     }
 
     const info: Service["info"] = (database) =>
-      withHandle(database, (h) => Effect.succeed({ generation: h.current, maxFrameNo: h.lastFrames.get(h.current)! }))
+      withHandle(database, (h) =>
+        Effect.map(viewFor(h), (v) => ({ generation: v.current, maxFrameNo: v.lastFrames.get(v.current)! })))
 
     // Asked on every request of the HTTP server: an open database answers without taking its handle.
     const databaseId: Service["databaseId"] = (database) =>
@@ -434,7 +509,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     const exportGeneration: Service["exportGeneration"] = (database, generation) =>
       withHandle(database, (h) =>
         Effect.gen(function*() {
-          yield* checkGeneration(h, generation)
+          yield* checkGeneration(yield* viewFor(h), generation)
           return yield* h.backend.readBase(generation)
         }))
 
@@ -444,19 +519,21 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     const pullFrom = (h: Handle, generation: number, start: number, end: number): Effect.Effect<PullResult, StoreError> =>
       Effect.gen(function*() {
         const database = h.name
-        yield* checkGeneration(h, generation)
-        const last = h.lastFrames.get(generation)!
+        const v = yield* viewFor(h)
+        yield* checkGeneration(v, generation)
+        const last = v.lastFrames.get(generation)!
         if (start > last) {
           return {
             _tag: "CheckpointNeeded",
-            generation: h.current,
-            maxFrameNo: h.lastFrames.get(h.current)!
+            generation: v.current,
+            maxFrameNo: v.lastFrames.get(v.current)!
           } satisfies PullResult as PullResult
         }
         const to = Math.min(end - 1, last, start + MAX_FRAMES_PER_REQUEST - 1)
         const frames = yield* h.backend.readFrames(generation, start, to + 1)
         if (frames.length !== to - start + 1) {
-          yield* checkGeneration(h, generation)
+          // Dropped since the generations were read (keepGenerations): GenerationGone, not a defect.
+          yield* checkGeneration(yield* viewFor(h), generation)
           return yield* Effect.dieMessage(
             `ServerStore: generation ${generation} of ${database} returned ${frames.length} frames for ${start}..${to}`
           )
@@ -681,11 +758,38 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         }
         const valid = WalFrame.validateTransactions(frames)
         if (Either.isLeft(valid)) return yield* fail("BadFrames", valid.left.message)
-        return yield* withHandle(database, (h) =>
-          h.backend.readOnly
-            ? fail("ReadOnly", `the store is read-only: database ${h.name} can be read but not written`)
-            : h.lock.withPermits(1)(Effect.uninterruptible(pushLocked(h, generation, start, end, frames, baton))))
+        return yield* withHandle(database, (h) => {
+          if (h.backend.readOnly) {
+            return fail("ReadOnly", `the store is read-only: database ${h.name} can be read but not written`)
+          }
+          const shared = h.backend.shared
+          const locked = shared === undefined
+            ? pushLocked(h, generation, start, end, frames, baton)
+            : shared.exclusive(
+              (state) =>
+                Effect.suspend(() => {
+                  loadState(h, state)
+                  return pushLocked(h, generation, start, end, frames, baton)
+                }),
+              () => ({ session: h.session, closedBaton: h.closedBaton })
+            ).pipe(
+              // The session lives in storage: a copy left here would count against this process's
+              // pending-frames bound and keep the database from being closed when idle.
+              Effect.ensuring(Effect.sync(() => {
+                h.session = undefined
+              }))
+            )
+          return h.lock.withPermits(1)(Effect.uninterruptible(locked))
+        })
       })
 
-    return { info, databaseId, exportGeneration, pull, push } satisfies Service
+    const stats: Service["stats"] = backend.stats ?? Effect.map(Clock.currentTimeMillis, (now) => {
+      let openBatons = 0
+      for (const h of opened.values()) {
+        if (h.session !== undefined && now - h.session.touchedAt <= batonIdleMs) openBatons++
+      }
+      return { databases: known.size, openBatons }
+    })
+
+    return { info, databaseId, exportGeneration, pull, push, stats } satisfies Service
   })

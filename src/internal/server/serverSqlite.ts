@@ -33,6 +33,7 @@ import type { Checker } from "./checkWorker.js"
 import type { Backend, DatabaseBackend, GenerationRecord } from "./serverCore.js"
 import type { IntegrityCheck } from "./sqliteImage.js"
 import * as ChangedTables from "./changedTables.js"
+import * as serverMetrics from "./serverMetrics.js"
 import { checkConnection, fixedPlan } from "./sqliteImage.js"
 
 const storage = (message: string) => (cause: unknown) => new StoreError({ reason: "Storage", message, cause })
@@ -399,7 +400,7 @@ const openDatabase = (
         }
         if (integrityCheck !== "off") {
           const plan = yield* Effect.try({ try: () => prepareCheck(frames), catch: failed })
-          const problem = yield* runCheck(plan).pipe(
+          const problem = yield* serverMetrics.timeCheck(runCheck(plan)).pipe(
             Effect.mapError((cause) => {
               clearHeadWal()
               // Whatever went wrong with head.db, the next check starts from a fresh one.

@@ -97,6 +97,9 @@ const shapeOf = (rest: ReadonlyArray<string>): Shape | undefined => {
   return undefined
 }
 
+/** The operations routes beside the databases' (`/db/...`). */
+const OPERATIONS: ReadonlyArray<string> = ["/health", "/ready", "/metrics"]
+
 const allowed: Record<Shape, string> = { info: "GET, HEAD", export: "GET, HEAD", sync: "GET, HEAD, POST", syncBaton: "POST" }
 
 /**
@@ -106,6 +109,14 @@ const allowed: Record<Shape, string> = { info: "GET, HEAD", export: "GET, HEAD",
  * @internal
  */
 export const classifyUnrouted = (method: string, path: string): HttpFailure => {
+  if (OPERATIONS.includes(path)) {
+    return new HttpFailure({
+      status: 405,
+      code: "method_not_allowed",
+      message: `${method} is not allowed here (allowed: GET, HEAD)`,
+      headers: { allow: "GET, HEAD" }
+    })
+  }
   const segments = path.split("/").slice(1)
   if (segments[0] === "db" && segments.length >= 2) {
     let name: string | undefined
