@@ -399,6 +399,9 @@ suite("disk")
 const failingStore = Layer.succeed(ServerStore.ServerStore, {
   info: (database) => failWith(database),
   exportGeneration: (database) => failWith(database),
+  openExport: (database) => failWith(database),
+  snapshot: (database) => failWith(database),
+  maxPullFrames: 1024,
   pull: (database) => failWith(database),
   push: (database) => failWith(database)
 })

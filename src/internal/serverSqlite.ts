@@ -1,15 +1,20 @@
 /**
  * The embedded SQLite backend. Layout of `<directory>/<name>/`:
  *
- * - `store.sqlite`: the truth. Tables `generations` (number, last committed frame, dropped flag),
- *   `bases` (each kept generation's base file as one BLOB) and `frames` (generation, frame number,
- *   page number, commit size, page). WAL journal with `synchronous=FULL`, so a commit's frames are
- *   durable when its INSERT transaction returns, which is before the push is answered. Bases are BLOBs
- *   rather than files so that starting a generation (its row and its base) is one atomic transaction;
- *   no file protocol is needed for them. `acked_pending` lists frame numbers answered Ok while still
+ * - `store.sqlite`: the truth. Tables `generations` (number, last committed frame, dropped flag, start
+ *   time) and `frames` (generation, frame number, page number, commit size, page). WAL journal with
+ *   `synchronous=FULL`, so a commit's frames are durable when its INSERT transaction returns, which is
+ *   before the push is answered. `acked_pending` lists frame numbers answered Ok while still
  *   pending (see `recordAck` in serverCore.ts), so the protection they need survives a restart, which
  *   loses every baton session. `locking_mode=EXCLUSIVE` keeps a second server process out: two
  *   writers would break the frame accounting silently.
+ * - `base-<G>.db`: each kept generation's base file, so exports stream from disk. Written (temp file,
+ *   fsync, rename, directory fsync) before the generation's row is inserted: a base file without a row is
+ *   the leftover of a crash and is deleted on open, a row always has its file. Dropping deletes the rows'
+ *   frames first and the files after. Stores written before bases were files keep them in a `bases` table;
+ *   open moves them out (file first, row deleted after), so that too survives a crash at any point.
+ * - `snapshot-<G>-<N>.db`: the last snapshot served (generation G at frame N), derived data; a newer one
+ *   replaces it, and open deletes them all, so it needs no fsync.
  * - `head.db`: the current generation materialised (its base with every committed frame applied),
  *   used only to check commits. It is derived data: rebuilt from `store.sqlite` the first time the
  *   database is used after a start (written to a temp file, fsynced, renamed), so a crash at any point
@@ -29,6 +34,7 @@ import * as path from "node:path"
 import { StoreError } from "../ServerStore.js"
 import * as WalFrame from "../WalFrame.js"
 import type { Checker } from "./checkWorker.js"
+import * as ServerBody from "./serverBody.js"
 import type { Backend, DatabaseBackend, GenerationRecord } from "./serverCore.js"
 import type { IntegrityCheck } from "./sqliteImage.js"
 import { checkConnection } from "./sqliteImage.js"
@@ -72,11 +78,8 @@ const SCHEMA = `
 CREATE TABLE IF NOT EXISTS generations (
   generation INTEGER PRIMARY KEY,
   last_frame INTEGER NOT NULL,
-  dropped INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS bases (
-  generation INTEGER PRIMARY KEY,
-  base BLOB NOT NULL
+  dropped INTEGER NOT NULL DEFAULT 0,
+  started_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS acked_pending (
   generation INTEGER NOT NULL,
@@ -105,6 +108,11 @@ const toFrame = (row: FrameRow): WalFrame.Frame => ({
   page: new Uint8Array(row.page.buffer, row.page.byteOffset, row.page.byteLength)
 })
 
+const BASE_FILE = /^base-([1-9][0-9]*)\.db$/
+const SNAPSHOT_FILE = /^snapshot-([1-9][0-9]*)-([0-9]+)\.db$/
+
+const isMissing = (error: unknown) => (error as { code?: unknown } | null)?.code === "ENOENT"
+
 const openDatabase = (
   directory: string,
   name: string,
@@ -116,28 +124,61 @@ const openDatabase = (
   const created = !fs.existsSync(dir)
   fs.mkdirSync(dir, { recursive: true })
   const store = new Database(path.join(dir, "store.sqlite"), { timeout: 0 })
+  const basePath = (generation: number) => path.join(dir, `base-${generation}.db`)
   try {
     store.pragma("locking_mode = EXCLUSIVE")
     store.pragma("journal_mode = WAL")
     store.pragma("synchronous = FULL")
     store.exec(SCHEMA)
+    const columns = (store.prepare("PRAGMA table_info(generations)").all() as Array<{ name: string }>).map((c) => c.name)
+    if (!columns.includes("started_at")) store.exec("ALTER TABLE generations ADD COLUMN started_at INTEGER")
+    // A store written when bases were BLOBs: every base becomes a durable file before the table goes.
+    if (store.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'bases'").get() !== undefined) {
+      const legacy = store.prepare<[], { generation: number }>("SELECT generation FROM bases").all()
+      for (const { generation } of legacy) {
+        const row = store.prepare<[number], { base: Buffer }>("SELECT base FROM bases WHERE generation = ?").get(generation)
+        if (row !== undefined) writeFileDurably(basePath(generation), row.base)
+      }
+      store.exec("DROP TABLE bases")
+    }
     const hasGeneration = store.prepare("SELECT 1 FROM generations LIMIT 1").get() !== undefined
     if (!hasGeneration) {
-      store.transaction(() => {
-        store.prepare("INSERT INTO generations (generation, last_frame) VALUES (1, 0)").run()
-        store.prepare("INSERT INTO bases (generation, base) VALUES (1, ?)").run(Buffer.from(emptyBase))
-      }).immediate()
+      writeFileDurably(basePath(1), emptyBase)
+      store.prepare("INSERT INTO generations (generation, last_frame, started_at) VALUES (1, 0, ?)").run(Date.now())
     }
     if (created) {
       fsyncPath(dir)
       fsyncPath(directory)
+    }
+    // Leftovers: bases of generations never started (a crash before the row) or dropped (a crash before
+    // the unlink), snapshots of an earlier run, temp files.
+    const kept = new Set(
+      store.prepare<[], { generation: number }>("SELECT generation FROM generations WHERE dropped = 0").all().map((r) =>
+        r.generation
+      )
+    )
+    for (const entry of fs.readdirSync(dir)) {
+      const base = BASE_FILE.exec(entry)
+      if ((base !== null && !kept.has(Number(base[1]))) || SNAPSHOT_FILE.test(entry) || entry.includes(".tmp-")) {
+        removeIfPresent(path.join(dir, entry))
+      }
+    }
+    for (const generation of kept) {
+      if (!fs.existsSync(basePath(generation))) throw new Error(`the base file of generation ${generation} of ${name} is missing`)
     }
   } catch (error) {
     store.close()
     throw error
   }
 
-  const selectBase = store.prepare<[number], { base: Buffer }>("SELECT base FROM bases WHERE generation = ?")
+  const readBaseFile = (generation: number): Buffer => {
+    try {
+      return fs.readFileSync(basePath(generation))
+    } catch (error) {
+      if (isMissing(error)) throw new GenerationGoneError(generation)
+      throw error
+    }
+  }
   const selectFrames = store.prepare<[number, number, number], FrameRow>(
     "SELECT pgno, commit_size, page FROM frames WHERE generation = ? AND frame_no >= ? AND frame_no < ? ORDER BY frame_no"
   )
@@ -146,6 +187,13 @@ const openDatabase = (
   )
   const selectCommitSize = store.prepare<[number, number], { commit_size: number }>(
     "SELECT commit_size FROM frames WHERE generation = ? AND frame_no = ?"
+  )
+  // The frame of the newest copy of each page up to a frame; reads no page bytes (they follow in the row).
+  const selectNewest = store.prepare<[number, number], { pgno: number; frame_no: number }>(
+    "SELECT pgno, max(frame_no) AS frame_no FROM frames WHERE generation = ? AND frame_no <= ? GROUP BY pgno"
+  )
+  const selectPage = store.prepare<[number, number], { page: Buffer }>(
+    "SELECT page FROM frames WHERE generation = ? AND frame_no = ?"
   )
   const insertFrame = store.prepare<[number, number, number, number, Buffer]>(
     "INSERT INTO frames (generation, frame_no, pgno, commit_size, page) VALUES (?, ?, ?, ?, ?)"
@@ -156,14 +204,15 @@ const openDatabase = (
   )
 
   const generations = store
-    .prepare<[], { generation: number; last_frame: number; dropped: number }>(
-      "SELECT generation, last_frame, dropped FROM generations ORDER BY generation"
+    .prepare<[], { generation: number; last_frame: number; dropped: number; started_at: number | null }>(
+      "SELECT generation, last_frame, dropped, started_at FROM generations ORDER BY generation"
     )
     .all()
     .map((row): GenerationRecord => ({
       generation: row.generation,
       lastFrame: row.last_frame,
-      dropped: row.dropped !== 0
+      dropped: row.dropped !== 0,
+      startedAt: row.started_at ?? undefined
     }))
   let current = generations[generations.length - 1].generation
   const ackedPending = store
@@ -187,8 +236,7 @@ const openDatabase = (
 
   // WalFrame.applyFrames(base, frames), streamed so memory stays at one database image.
   const materialize = (generation: number): Uint8Array => {
-    const base = selectBase.get(generation)?.base
-    if (base === undefined) throw new GenerationGoneError(generation)
+    const base = readBaseFile(generation)
     const last = lastFrameOf.get(generation)?.last_frame ?? 0
     if (last === 0) return new Uint8Array(base)
     const pages = selectCommitSize.get(generation, last)?.commit_size
@@ -200,6 +248,50 @@ const openDatabase = (
     }
     return image
   }
+
+  /**
+   * Writes generation `generation` at frame `frameNo` as `file`: a copy of the base, cut or extended to
+   * the commit's size, with the newest copy of each page written over it (WalFrame.applyFrames on disk).
+   * Only the last snapshot is kept: older ones are unlinked (readers that have them open keep reading).
+   */
+  const buildSnapshot = (generation: number, frameNo: number, file: string) => {
+    const temp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString("hex")}`
+    try {
+      try {
+        fs.copyFileSync(basePath(generation), temp)
+      } catch (error) {
+        if (isMissing(error)) throw new GenerationGoneError(generation)
+        throw error
+      }
+      if (frameNo > 0) {
+        const pages = selectCommitSize.get(generation, frameNo)?.commit_size
+        if (pages === undefined) throw new GenerationGoneError(generation)
+        if (pages === 0) throw new Error(`frame ${frameNo} of ${name}/${generation} is not a commit frame`)
+        const fd = fs.openSync(temp, "r+")
+        try {
+          fs.ftruncateSync(fd, pages * WalFrame.PAGE_SIZE)
+          for (const { frame_no, pgno } of selectNewest.all(generation, frameNo)) {
+            if (pgno > pages) continue
+            const page = selectPage.get(generation, frame_no)?.page
+            if (page === undefined) throw new GenerationGoneError(generation)
+            fs.writeSync(fd, page, 0, WalFrame.PAGE_SIZE, (pgno - 1) * WalFrame.PAGE_SIZE)
+          }
+        } finally {
+          fs.closeSync(fd)
+        }
+      }
+      fs.renameSync(temp, file)
+    } catch (error) {
+      removeIfPresent(temp)
+      throw error
+    }
+    for (const entry of fs.readdirSync(dir)) {
+      if (SNAPSHOT_FILE.test(entry) && path.join(dir, entry) !== file) removeIfPresent(path.join(dir, entry))
+    }
+  }
+
+  const storeFailure = (generation: number, what: string) => (cause: unknown) =>
+    cause instanceof GenerationGoneError ? gone(generation) : storage(`${what} of ${name}/${generation} failed`)(cause)
 
   const rebuildHead = () => {
     clearHeadWal()
@@ -285,15 +377,39 @@ const openDatabase = (
       }),
     readBase: (generation) =>
       Effect.try({
-        try: () => selectBase.get(generation)?.base,
-        catch: storage(`reading the base of ${name}/${generation} failed`)
-      }).pipe(
-        Effect.flatMap((base) =>
-          base === undefined
-            ? Effect.fail(gone(generation))
-            : Effect.succeed(new Uint8Array(base.buffer, base.byteOffset, base.byteLength))
-        )
+        try: () => {
+          const base = readBaseFile(generation)
+          return new Uint8Array(base.buffer, base.byteOffset, base.byteLength)
+        },
+        catch: storeFailure(generation, "reading the base")
+      }),
+    openBase: (generation) =>
+      ServerBody.ofFile(
+        basePath(generation),
+        (cause) => isMissing(cause) ? gone(generation) : storeFailure(generation, "opening the base")(cause)
       ),
+    baseSize: (generation) =>
+      Effect.try({
+        try: () => {
+          try {
+            return fs.statSync(basePath(generation)).size
+          } catch (error) {
+            if (isMissing(error)) throw new GenerationGoneError(generation)
+            throw error
+          }
+        },
+        catch: storeFailure(generation, "reading the size of the base")
+      }),
+    openSnapshot: (generation, frameNo) => {
+      const file = path.join(dir, `snapshot-${generation}-${frameNo}.db`)
+      return ServerBody.ofFile(
+        file,
+        (cause) => isMissing(cause) ? gone(generation) : storeFailure(generation, "building a snapshot")(cause),
+        () => {
+          if (!fs.existsSync(file)) buildSnapshot(generation, frameNo, file)
+        }
+      )
+    },
     readFrames: (generation, start, end) =>
       Effect.try({
         try: () => selectFrames.all(generation, start, end).map(toFrame),
@@ -347,17 +463,18 @@ const openDatabase = (
     materialize: (generation) =>
       Effect.try({
         try: () => materialize(generation),
-        catch: (cause) =>
-          cause instanceof GenerationGoneError
-            ? gone(generation)
-            : storage(`materialising ${name}/${generation} failed`)(cause)
+        catch: storeFailure(generation, "materialising")
       }),
-    roll: (generation, base) =>
+    roll: (generation, base, startedAt) =>
       Effect.try({
         try: () => {
+          // The file first: a crash before the row leaves a file that open deletes.
+          writeFileDurably(basePath(generation), base)
           store.transaction(() => {
-            store.prepare("INSERT INTO generations (generation, last_frame) VALUES (?, 0)").run(generation)
-            store.prepare("INSERT INTO bases (generation, base) VALUES (?, ?)").run(generation, Buffer.from(base))
+            store.prepare("INSERT INTO generations (generation, last_frame, started_at) VALUES (?, 0, ?)").run(
+              generation,
+              startedAt ?? Date.now()
+            )
             store.prepare("DELETE FROM acked_pending WHERE generation < ?").run(generation)
           }).immediate()
           current = generation
@@ -378,9 +495,13 @@ const openDatabase = (
         try: () => {
           store.transaction(() => {
             store.prepare("UPDATE generations SET dropped = 1 WHERE generation <= ?").run(generation)
-            store.prepare("DELETE FROM bases WHERE generation <= ?").run(generation)
             store.prepare("DELETE FROM frames WHERE generation <= ?").run(generation)
           }).immediate()
+          // After the rows: a crash in between leaves files that open deletes. Open bodies keep reading.
+          for (const entry of fs.readdirSync(dir)) {
+            const match = BASE_FILE.exec(entry) ?? SNAPSHOT_FILE.exec(entry)
+            if (match !== null && Number(match[1]) <= generation) removeIfPresent(path.join(dir, entry))
+          }
         },
         catch: storage(`dropping generations through ${generation} of ${name} failed`)
       }),
