@@ -203,6 +203,20 @@ export interface Options {
 }
 
 /**
+ * Defaults of `Options`: the growth factor and minimum of the roll rule, the retention, the pull answer size.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const defaults = {
+  generationGrowth: internalCore.DEFAULT_GENERATION_GROWTH,
+  generationMinFrames: internalCore.DEFAULT_GENERATION_MIN_FRAMES,
+  keepGenerations: internalCore.DEFAULT_KEEP_GENERATIONS,
+  keepGenerationsMs: internalCore.DEFAULT_KEEP_GENERATIONS_MS,
+  maxPullFrames: internalCore.DEFAULT_MAX_PULL_FRAMES
+} as const
+
+/**
  * @since 0.1.0
  * @category models
  */

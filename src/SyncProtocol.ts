@@ -13,8 +13,40 @@ import * as Schema from "effect/Schema"
  * @category schemas
  */
 export const InfoResponse = Schema.Struct({
-  current_generation: Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))
+  current_generation: Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)),
+  /** This server's extension: the current generation's last committed frame. */
+  max_frame_no: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(0))),
+  /** This server's extension: the most frames one pull answer carries (the libSQL client asks for 128). */
+  max_pull_frames: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))),
+  /** This server's extensions by name, such as `"snapshot"` (`GET /snapshot`). */
+  extensions: Schema.optional(Schema.Array(Schema.String))
 })
+
+/**
+ * The name in `/info`'s `extensions` of `GET /snapshot`: the current generation materialised at its head
+ * frame, as one database file, with headers `x-sync-generation` and `x-sync-frame`.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const EXTENSION_SNAPSHOT = "snapshot"
+
+/**
+ * `GET /snapshot` answer header: the generation the file belongs to.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const HEADER_GENERATION = "x-sync-generation"
+
+/**
+ * `GET /snapshot` answer header: the frame the file is materialised at; a client continues by pulling
+ * `/sync/{generation}/{frame + 1}/...`.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const HEADER_FRAME = "x-sync-frame"
 
 /**
  * `POST /sync/{G}/{start}/{end}[/{baton}]` → 200.
@@ -67,7 +99,7 @@ export const DatabaseName = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_-]{1,
 export type DatabaseName = typeof DatabaseName.Type
 
 /**
- * The most frames one pull answer carries and one push request may carry.
+ * The most frames one push request may carry, and the default most frames of one pull answer.
  *
  * @since 0.1.0
  * @category constants

@@ -17,6 +17,7 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import * as Stream from "effect/Stream"
 import type { PullResult, PushResult, StoreError } from "./ServerStore.js"
 import { ServerStore } from "./ServerStore.js"
 import * as SyncError from "./SyncError.js"
@@ -37,14 +38,49 @@ export type {
 }
 
 /**
+ * What `GET /info` says. Fields other than `generation` are this project's server's extensions: a remote
+ * that does not send them leaves them undefined.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface RemoteInfo {
+  readonly generation: number
+  /** The current generation's last committed frame. */
+  readonly maxFrameNo?: number | undefined
+  /** The most frames one pull answer carries; without it, ask for `CLIENT_BATCH_FRAMES` at a time. */
+  readonly maxPullFrames?: number | undefined
+  /** `true` when the remote serves `snapshot`. */
+  readonly snapshot?: boolean | undefined
+}
+
+/**
+ * The current generation materialised at frame `frameNo` (`GET /snapshot`): `bytes` is the generation's
+ * base with frames `1..frameNo` applied. A replica bootstraps from it and pulls `frameNo + 1..`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface RemoteSnapshot {
+  readonly generation: number
+  readonly frameNo: number
+  readonly bytes: Uint8Array
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
 export interface Service {
-  /** The remote's current generation (`GET /info`). */
-  readonly info: Effect.Effect<{ readonly generation: number }, SyncError.RemoteFailure>
+  /** The remote's current generation (`GET /info`), and what it says about its extensions. */
+  readonly info: Effect.Effect<RemoteInfo, SyncError.RemoteFailure>
   /** The base database file of a generation (`GET /export/{G}`). */
   readonly export: (generation: number) => Effect.Effect<Uint8Array, SyncError.RemoteFailure>
+  /**
+   * The current generation at its head as one file (`GET /snapshot`, when `info` says `snapshot`); a
+   * remote without it fails with `RemoteError` `NotFound`.
+   */
+  readonly snapshot: Effect.Effect<RemoteSnapshot, SyncError.RemoteFailure>
   /** Committed frames from `start` (fewer than `end - start` is fine), or CheckpointNeeded. */
   readonly pull: (
     generation: number,
@@ -154,8 +190,33 @@ const fromStoreError = (error: StoreError): SyncError.RemoteFailure => {
  * @category constructors
  */
 export const makeStore = (store: ServerStore["Type"], database: string): Service => ({
-  info: Effect.mapBoth(store.info(database), { onFailure: fromStoreError, onSuccess: (i) => ({ generation: i.generation }) }),
+  info: Effect.mapBoth(store.info(database), {
+    onFailure: fromStoreError,
+    onSuccess: (i): RemoteInfo => ({
+      generation: i.generation,
+      maxFrameNo: i.maxFrameNo,
+      maxPullFrames: store.maxPullFrames,
+      snapshot: true
+    })
+  }),
   export: (generation) => Effect.mapError(store.exportGeneration(database, generation), fromStoreError),
+  snapshot: store.snapshot(database).pipe(
+    Effect.flatMap((s) =>
+      Effect.map(
+        Stream.runFold(s.body.stream, [] as Array<Uint8Array>, (parts, chunk) => {
+          parts.push(chunk)
+          return parts
+        }),
+        (parts): RemoteSnapshot => ({
+          generation: s.generation,
+          frameNo: s.frameNo,
+          bytes: parts.length === 1 ? parts[0] : new Uint8Array(Buffer.concat(parts))
+        })
+      )
+    ),
+    Effect.scoped,
+    Effect.mapError(fromStoreError)
+  ),
   pull: (generation, start, end) => Effect.mapError(store.pull(database, generation, start, end), fromStoreError),
   push: batchedPush((generation, start, end, frames, baton) =>
     Effect.mapError(store.push(database, generation, start, end, frames, baton), fromStoreError)
@@ -228,13 +289,17 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
     // rest is left to `interpret`.
     const send = <A>(
       request: HttpClientRequest.HttpClientRequest,
-      interpret: (status: number, body: Uint8Array) => Either.Either<A, SyncError.RemoteFailure>,
+      interpret: (
+        status: number,
+        body: Uint8Array,
+        headers: Readonly<Record<string, string | undefined>>
+      ) => Either.Either<A, SyncError.RemoteFailure>,
       serverErrorIsAnswer = false
     ): Effect.Effect<A, SyncError.RemoteFailure> => {
       const withAuth = token === undefined ? request : HttpClientRequest.bearerToken(request, token)
       const once = client.execute(withAuth).pipe(
         Effect.flatMap((response: HttpClientResponse.HttpClientResponse) =>
-          Effect.map(response.arrayBuffer, (buffer) => [response.status, new Uint8Array(buffer)] as const)
+          Effect.map(response.arrayBuffer, (buffer) => [response.status, new Uint8Array(buffer), response.headers] as const)
         ),
         Effect.mapError(transport(request)),
         Effect.timeoutFail({
@@ -245,7 +310,7 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
               message: `${request.method} ${request.url}: no answer within ${Duration.format(timeout)}`
             })
         }),
-        Effect.flatMap(([status, body]): Effect.Effect<A, SyncError.RemoteFailure> => {
+        Effect.flatMap(([status, body, headers]): Effect.Effect<A, SyncError.RemoteFailure> => {
           if (status >= 500 && !(serverErrorIsAnswer && status === 500)) {
             return Effect.fail(
               new SyncError.NetworkError({
@@ -254,7 +319,7 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
               })
             )
           }
-          return interpret(status, body)
+          return interpret(status, body, headers)
         })
       )
       return Effect.retry(once, {
@@ -299,7 +364,13 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
       const url = `${base}/info`
       return send(HttpClientRequest.get(url), (status, body) =>
         status === 200
-          ? Either.map(json(`GET ${url}`, status, body, decodeInfo), (i) => ({ generation: i.current_generation }))
+          ? Either.map(json(`GET ${url}`, status, body, decodeInfo), (i): RemoteInfo => {
+            const known: { -readonly [K in keyof RemoteInfo]: RemoteInfo[K] } = { generation: i.current_generation }
+            if (i.max_frame_no !== undefined) known.maxFrameNo = i.max_frame_no
+            if (i.max_pull_frames !== undefined) known.maxPullFrames = i.max_pull_frames
+            if (i.extensions?.includes(SyncProtocol.EXTENSION_SNAPSHOT) === true) known.snapshot = true
+            return known
+          })
           : Either.left(refused(`GET ${url}`, status, body)))
     })
 
@@ -320,6 +391,34 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
           return Either.right(body)
         })
       })
+
+    const snapshot: Service["snapshot"] = Effect.suspend(() => {
+      const url = `${base}/snapshot`
+      return send(HttpClientRequest.get(url), (status, body, headers) => {
+        if (status !== 200) return Either.left(refused(`GET ${url}`, status, body))
+        const generation = headerNumber(headers[SyncProtocol.HEADER_GENERATION], 1)
+        const frameNo = headerNumber(headers[SyncProtocol.HEADER_FRAME], 0)
+        if (generation === undefined || frameNo === undefined) {
+          return Either.left(
+            new SyncError.RemoteError({
+              reason: "Protocol",
+              message: `GET ${url}: missing or invalid ${SyncProtocol.HEADER_GENERATION} / ${SyncProtocol.HEADER_FRAME} headers`,
+              status
+            })
+          )
+        }
+        if (body.byteLength === 0 || body.byteLength % WalFrame.PAGE_SIZE !== 0) {
+          return Either.left(
+            new SyncError.RemoteError({
+              reason: "Protocol",
+              message: `GET ${url}: a snapshot of ${body.byteLength} bytes is not whole pages`,
+              status
+            })
+          )
+        }
+        return Either.right({ generation, frameNo, bytes: body })
+      })
+    })
 
     const pull: Service["pull"] = (generation, start, end) =>
       Effect.suspend(() => {
@@ -378,8 +477,14 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
         })
       })
 
-    return { info, export: exportGeneration, pull, push: batchedPush(single) }
+    return { info, export: exportGeneration, snapshot, pull, push: batchedPush(single) }
   })
+
+const headerNumber = (value: string | undefined, min: number): number | undefined => {
+  if (value === undefined || !/^[0-9]{1,10}$/.test(value)) return undefined
+  const n = Number(value)
+  return n >= min && n <= 2 ** 31 - 1 ? n : undefined
+}
 
 const describeBody = (body: Uint8Array): string => {
   const text = new TextDecoder().decode(body.subarray(0, 300))

@@ -23,9 +23,11 @@ import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import * as nodeHttpGuard from "./internal/nodeHttpGuard.js"
 import * as internal from "./internal/syncServer.js"
-import { ServerStore, type StoreError } from "./ServerStore.js"
+import { type Body, ServerStore, type StoreError } from "./ServerStore.js"
 import * as SyncProtocol from "./SyncProtocol.js"
 import * as WalFrame from "./WalFrame.js"
 
@@ -106,7 +108,7 @@ const storeFailure = (storageStatus: 500 | 503) => (error: StoreError) =>
  * @category constructors
  */
 export const make = (options: Options = {}): Effect.Effect<
-  Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest>,
+  Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest | Scope.Scope>,
   never,
   ServerStore
 > =>
@@ -127,17 +129,44 @@ export const make = (options: Options = {}): Effect.Effect<
       yield* describe("GET /info")
       const { database } = yield* databaseParam
       const result = yield* store.info(database).pipe(Effect.catchAll(storeFailure(500)))
-      return json({ current_generation: result.generation })
+      return json({
+        current_generation: result.generation,
+        max_frame_no: result.maxFrameNo,
+        max_pull_frames: store.maxPullFrames,
+        extensions: [SyncProtocol.EXTENSION_SNAPSHOT]
+      } satisfies typeof SyncProtocol.InfoResponse.Encoded)
     })
+
+    // A stored file as the answer: read from disk as the client reads it (the request's scope keeps the
+    // file open until the answer is sent), with its length so a cut answer is detectable.
+    const fileResponse = (body: Body, headers?: Record<string, string>) =>
+      Effect.gen(function*() {
+        const log = yield* RequestLog
+        log.bytes = body.size
+        // A failed read after the status is sent can only cut the connection, which the length exposes.
+        return HttpServerResponse.stream(body.stream as Stream.Stream<Uint8Array, unknown>, {
+          contentType: "application/octet-stream",
+          contentLength: body.size,
+          headers
+        })
+      })
 
     const exportGeneration = Effect.gen(function*() {
       yield* describe("GET /export/{G}")
       const { database, params } = yield* databaseParam
       const generation = yield* fromEither(internal.parsePathNumber(params.generation, "generation"))
-      const bytes = yield* store.exportGeneration(database, generation).pipe(Effect.catchAll(storeFailure(500)))
-      const log = yield* RequestLog
-      log.bytes = bytes.byteLength
-      return HttpServerResponse.uint8Array(bytes, { contentType: "application/octet-stream" })
+      const body = yield* store.openExport(database, generation).pipe(Effect.catchAll(storeFailure(500)))
+      return yield* fileResponse(body)
+    })
+
+    const snapshot = Effect.gen(function*() {
+      yield* describe("GET /snapshot")
+      const { database } = yield* databaseParam
+      const result = yield* store.snapshot(database).pipe(Effect.catchAll(storeFailure(500)))
+      return yield* fileResponse(result.body, {
+        [SyncProtocol.HEADER_GENERATION]: String(result.generation),
+        [SyncProtocol.HEADER_FRAME]: String(result.frameNo)
+      })
     })
 
     const range = (params: Readonly<Record<string, string | undefined>>) =>
@@ -157,7 +186,7 @@ export const make = (options: Options = {}): Effect.Effect<
       yield* describe("GET /sync/{G}/{start}/{end}")
       const { database, params } = yield* databaseParam
       const { end, generation, start } = yield* range(params)
-      const capped = Math.min(end, start + SyncProtocol.MAX_FRAMES_PER_REQUEST)
+      const capped = Math.min(end, start + store.maxPullFrames)
       // 503, never 500, on this route: the libSQL client reads a 500 here as "checkpoint needed".
       const result = yield* store.pull(database, generation, start, capped).pipe(Effect.catchAll(storeFailure(503)))
       if (result._tag === "CheckpointNeeded") {
@@ -239,6 +268,7 @@ export const make = (options: Options = {}): Effect.Effect<
 
     const router = HttpRouter.empty.pipe(
       HttpRouter.get("/db/:name/info", info),
+      HttpRouter.get("/db/:name/snapshot", snapshot),
       HttpRouter.get("/db/:name/export/:generation", exportGeneration),
       HttpRouter.get("/db/:name/sync/:generation/:start/:end", pull),
       HttpRouter.post("/db/:name/sync/:generation/:start/:end", push("POST /sync/{G}/{start}/{end}")),

@@ -90,6 +90,9 @@ export const make = Effect.gen(function*() {
   /** The remote the engine is given: same answers, observed. */
   const observe = (remote: SyncRemote.Service): SyncRemote.Service => ({
     info: online(remote.info),
+    snapshot: online(remote.snapshot).pipe(
+      Effect.tap((snapshot) => progressed((c) => ({ ...c, bytesReceived: c.bytesReceived + snapshot.bytes.byteLength })))
+    ),
     export: (generation) =>
       online(remote.export(generation)).pipe(
         Effect.tap((base) => progressed((c) => ({ ...c, bytesReceived: c.bytesReceived + base.byteLength })))
