@@ -91,7 +91,7 @@ const suite = (kind: "memory" | "disk") =>
           const info = yield* call({ path: "/db/fresh/info" })
           expect(info.status).toBe(200)
           expect(info.headers["content-type"]).toContain("application/json")
-          expect(H.json(info)).toEqual({ current_generation: 1 })
+          expect(H.json(info)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"] })
           const base = yield* call({ path: "/db/fresh/export/1" })
           expect(base.status).toBe(200)
           expect(base.headers["content-type"]).toBe("application/octet-stream")
@@ -541,6 +541,6 @@ layer(
       const { base } = yield* TestServer
       expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
       expect((yield* call({ path: "/db/cfg/info", anonymous: true })).status).toBe(401)
-      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1 })
+      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"] })
     }))
 })
