@@ -1237,6 +1237,54 @@ describe("ServerStore.layer: persistence", () => {
       expect(fs.readdirSync(path.join(directory, "db")).filter((f) => f.includes(".tmp-"))).toEqual([])
     }))
 
+  it.scoped("bases are files: a crash's leftovers go on open, and a store that kept bases in a table is moved to files", () =>
+    Effect.gen(function*() {
+      const directory = yield* tempDir
+      const dir = path.join(directory, "db")
+      const options = { generationFrames: 2 }
+      const before = yield* run(directory, options, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 3)
+          const frames = replica.frames()
+          yield* store.push("db", 1, 1, frames.length + 1, frames)
+          expect((yield* store.info("db")).generation).toBe(2)
+          yield* Effect.scoped(store.snapshot("db"))
+          return { base1: yield* store.exportGeneration("db", 1), base2: yield* store.exportGeneration("db", 2) }
+        }))
+      expect(fs.readdirSync(dir).filter((f) => f.startsWith("base-")).sort()).toEqual(["base-1.db", "base-2.db"])
+      expect(Buffer.compare(fs.readFileSync(path.join(dir, "base-2.db")), before.base2)).toBe(0)
+      // What a crash can leave: a base written for a generation whose row never came, a snapshot, temp files.
+      fs.writeFileSync(path.join(dir, "base-3.db"), new Uint8Array(4096))
+      fs.writeFileSync(path.join(dir, "base-3.db.tmp-123"), new Uint8Array(10))
+      fs.writeFileSync(path.join(dir, "snapshot-2-0.db.tmp-1-ab"), new Uint8Array(10))
+      // The layout of stores written before bases were files: a `bases` table and no files.
+      const legacy = new Database(path.join(dir, "store.sqlite"))
+      legacy.exec("CREATE TABLE bases (generation INTEGER PRIMARY KEY, base BLOB NOT NULL)")
+      legacy.prepare("INSERT INTO bases VALUES (1, ?), (2, ?)").run(Buffer.from(before.base1), Buffer.from(before.base2))
+      legacy.close()
+      fs.rmSync(path.join(dir, "base-1.db"))
+      fs.rmSync(path.join(dir, "base-2.db"))
+      yield* run(directory, options, (store) =>
+        Effect.gen(function*() {
+          expect(yield* store.info("db")).toEqual({ generation: 2, maxFrameNo: 0 })
+          expect(Buffer.compare(yield* store.exportGeneration("db", 1), before.base1)).toBe(0)
+          expect(Buffer.compare(yield* Effect.scoped(Effect.flatMap(store.openExport("db", 2), bodyBytes)), before.base2)).toBe(0)
+        }))
+      expect(fs.readdirSync(dir).filter((f) => f !== "store.sqlite-wal" && f !== "store.sqlite-shm").sort()).toEqual([
+        "base-1.db",
+        "base-2.db",
+        "head.db",
+        "store.sqlite"
+      ])
+      const tables = new Database(path.join(dir, "store.sqlite"), { readonly: true })
+      expect(tables.prepare("SELECT name FROM sqlite_schema WHERE name = 'bases'").all()).toEqual([])
+      tables.close()
+      // A base file that is gone while its generation is kept is a storage error, not an empty database.
+      fs.rmSync(path.join(dir, "base-2.db"))
+      const error = yield* Effect.flip(run(directory, options, (store) => store.info("db")))
+      expect(error.reason).toBe("Storage")
+    }))
+
   it.scoped("the head file the check runs on stays equal to base + committed frames", () =>
     Effect.gen(function*() {
       const directory = yield* tempDir
