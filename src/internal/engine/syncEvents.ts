@@ -14,12 +14,12 @@ import * as Ref from "effect/Ref"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
-import type * as ConflictPolicy from "../ConflictPolicy.js"
-import type * as SyncError from "../SyncError.js"
-import type { Operation, Status } from "../SyncEvents.js"
-import { SyncEvent } from "../SyncEvents.js"
-import type * as SyncRemote from "../SyncRemote.js"
-import * as WalFrame from "../WalFrame.js"
+import type * as ConflictPolicy from "../../ConflictPolicy.js"
+import type * as SyncError from "../../SyncError.js"
+import type { Operation, Status } from "../../SyncEvents.js"
+import { SyncEvent } from "../../SyncEvents.js"
+import type * as SyncRemote from "../../SyncRemote.js"
+import * as WalFrame from "../../WalFrame.js"
 
 /** What the wrapper needs of the engine. */
 export interface EngineLike {

@@ -8,10 +8,10 @@
  */
 import * as Effect from "effect/Effect"
 import * as Fs from "node:fs"
-import type * as ChangeReplay from "../ChangeReplay.js"
-import * as ConflictPolicy from "../ConflictPolicy.js"
-import * as SyncError from "../SyncError.js"
-import * as Files from "./files.js"
+import type * as ChangeReplay from "../../ChangeReplay.js"
+import * as ConflictPolicy from "../../ConflictPolicy.js"
+import * as SyncError from "../../SyncError.js"
+import * as Files from "../sqlite/files.js"
 
 /** Entries kept (oldest dropped first). */
 export const LIMIT = 1000

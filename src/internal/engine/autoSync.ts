@@ -10,8 +10,8 @@ import type * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import type * as SyncError from "../SyncError.js"
-import { SyncEvent } from "../SyncEvents.js"
+import type * as SyncError from "../../SyncError.js"
+import { SyncEvent } from "../../SyncEvents.js"
 
 export interface Options {
   /** After a local write, sync once writes have paused this long. Default 1 second; `false`: only on the schedule. */

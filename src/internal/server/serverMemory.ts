@@ -4,8 +4,8 @@
  */
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
-import { StoreError } from "../ServerStore.js"
-import * as WalFrame from "../WalFrame.js"
+import { StoreError } from "./storeError.js"
+import * as WalFrame from "../../WalFrame.js"
 import type { Backend, DatabaseBackend } from "./serverCore.js"
 import type { IntegrityCheck } from "./sqliteImage.js"
 import { checkImage } from "./sqliteImage.js"

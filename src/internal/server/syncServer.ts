@@ -10,7 +10,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Stream from "effect/Stream"
 import * as Crypto from "node:crypto"
-import type { StoreError } from "../ServerStore.js"
+import type { StoreError } from "../../ServerStore.js"
 
 /**
  * A refusal with its HTTP status, a stable code for the JSON `error` field and a sentence.

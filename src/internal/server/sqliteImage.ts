@@ -6,14 +6,14 @@ import Database from "better-sqlite3"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import * as WalFrame from "../WalFrame.js"
+import * as WalFrame from "../../WalFrame.js"
 
 // `quick_check` is the default: it finds every structural fault (b-tree pages, cell and freelist
 // bounds, overflow chains, pages used twice or never, NOT NULL) in one pass, linear in the database
 // size. `integrity_check` also verifies that every index matches its table and UNIQUE constraints; an
 // index out of step with its table is not unreadable, but later writes through it can fail with
 // SQLITE_CORRUPT on replicas. It costs about twice as much (bench/serverStoreCheck.ts), so it is opt-in.
-import type { IntegrityCheck } from "../ServerStore.js"
+import type { IntegrityCheck } from "../../ServerStore.js"
 export type { IntegrityCheck }
 
 let cachedEmptyBase: Uint8Array | undefined

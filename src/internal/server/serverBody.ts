@@ -8,8 +8,8 @@ import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as fs from "node:fs"
-import type { Body } from "../ServerStore.js"
-import { StoreError } from "../ServerStore.js"
+import type { Body } from "../../ServerStore.js"
+import { StoreError } from "./storeError.js"
 
 /** Bytes per chunk read from disk: big enough for throughput, small enough that slow readers cost little. */
 export const CHUNK_BYTES = 64 * 1024

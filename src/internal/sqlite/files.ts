@@ -7,9 +7,9 @@
  */
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import { type Service as FileService, current as currentFiles, fsyncDirectory } from "../SyncFiles.js"
-import { StorageError } from "../SyncError.js"
-import * as WalFrame from "../WalFrame.js"
+import { type Service as FileService, current as currentFiles, fsyncDirectory } from "../../SyncFiles.js"
+import { StorageError } from "../../SyncError.js"
+import * as WalFrame from "../../WalFrame.js"
 
 /** @internal */
 export const walPath = (db: string) => `${db}-wal`

@@ -6,8 +6,8 @@
  * @internal
  */
 import * as Effect from "effect/Effect"
-import type * as SyncRemote from "../SyncRemote.js"
-import * as WalFrame from "../WalFrame.js"
+import type * as SyncRemote from "../../SyncRemote.js"
+import * as WalFrame from "../../WalFrame.js"
 import { formatBytes } from "./cliParams.js"
 
 /** `auto`: only when stderr is a terminal and the transfer is big enough; `always`, `never`. */
