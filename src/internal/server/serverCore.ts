@@ -82,6 +82,12 @@ export interface DatabaseBackend {
    * on top of someone else's frames (see the rewind in `pushLocked`).
    */
   readonly recordAck: (generation: number, frameNo: number) => Effect.Effect<void, StoreError>
+  /**
+   * Starts the generation after the current one with the current one's base and all its frames applied
+   * (what `materialize` gives), built in storage rather than in memory, at `startedAt` (ms); answers the
+   * new base's size in bytes. Without it, the core uses `materialize` and `roll`.
+   */
+  readonly rollForward?: ((startedAt: number) => Effect.Effect<number, StoreError>) | undefined
   /** Starts `generation` with `base` and no frames, at `startedAt` (ms); it becomes the current generation. */
   readonly roll: (generation: number, base: Uint8Array, startedAt?: number) => Effect.Effect<void, StoreError>
   /** Forgets the bases and frames of every generation up to and including `generation`. */
@@ -502,15 +508,19 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         // continuation rule (see `continuation`) relies on no such pusher existing at a roll.
         if (policy._tag === "Never" || h.session !== undefined || h.acked.size > 0 || last === 0) return
         if (!rollDue(policy, last, yield* basePagesOf(h))) return
-        const next = yield* h.backend.materialize(generation)
         const now = yield* Clock.currentTimeMillis
-        yield* h.backend.roll(generation + 1, next, now)
+        const baseBytes = h.backend.rollForward !== undefined
+          ? yield* h.backend.rollForward(now)
+          : yield* Effect.flatMap(
+            h.backend.materialize(generation),
+            (next) => Effect.as(h.backend.roll(generation + 1, next, now), next.byteLength)
+          )
         h.lastFrames.set(generation + 1, 0)
         h.startedAt.set(generation + 1, now)
         h.current = generation + 1
         h.closedBaton = undefined
         h.acked.clear()
-        h.headPages = next.byteLength / WalFrame.PAGE_SIZE
+        h.headPages = baseBytes / WalFrame.PAGE_SIZE
         h.basePages = h.headPages
       })
 

@@ -250,43 +250,81 @@ const openDatabase = (
   }
 
   /**
-   * Writes generation `generation` at frame `frameNo` as `file`: a copy of the base, cut or extended to
-   * the commit's size, with the newest copy of each page written over it (WalFrame.applyFrames on disk).
-   * Only the last snapshot is kept: older ones are unlinked (readers that have them open keep reading).
+   * Writes generation `generation` at frame `frameNo` (a commit frame, or 0) to the new file `temp`: a
+   * copy of the base, cut or extended to the commit's size, with the newest copy of each page up to the
+   * frame written over it. `WalFrame.applyFrames` done on disk, so memory stays at one page.
    */
-  const buildSnapshot = (generation: number, frameNo: number, file: string) => {
-    const temp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString("hex")}`
+  const writeImage = (generation: number, frameNo: number, temp: string, durable: boolean) => {
     try {
-      try {
-        fs.copyFileSync(basePath(generation), temp)
-      } catch (error) {
-        if (isMissing(error)) throw new GenerationGoneError(generation)
-        throw error
-      }
+      fs.copyFileSync(basePath(generation), temp)
+    } catch (error) {
+      if (isMissing(error)) throw new GenerationGoneError(generation)
+      throw error
+    }
+    if (frameNo === 0 && !durable) return
+    const fd = fs.openSync(temp, "r+")
+    try {
       if (frameNo > 0) {
         const pages = selectCommitSize.get(generation, frameNo)?.commit_size
         if (pages === undefined) throw new GenerationGoneError(generation)
         if (pages === 0) throw new Error(`frame ${frameNo} of ${name}/${generation} is not a commit frame`)
-        const fd = fs.openSync(temp, "r+")
-        try {
-          fs.ftruncateSync(fd, pages * WalFrame.PAGE_SIZE)
-          for (const { frame_no, pgno } of selectNewest.all(generation, frameNo)) {
-            if (pgno > pages) continue
-            const page = selectPage.get(generation, frame_no)?.page
-            if (page === undefined) throw new GenerationGoneError(generation)
-            fs.writeSync(fd, page, 0, WalFrame.PAGE_SIZE, (pgno - 1) * WalFrame.PAGE_SIZE)
-          }
-        } finally {
-          fs.closeSync(fd)
+        fs.ftruncateSync(fd, pages * WalFrame.PAGE_SIZE)
+        for (const { frame_no, pgno } of selectNewest.all(generation, frameNo)) {
+          if (pgno > pages) continue
+          const page = selectPage.get(generation, frame_no)?.page
+          if (page === undefined) throw new GenerationGoneError(generation)
+          fs.writeSync(fd, page, 0, WalFrame.PAGE_SIZE, (pgno - 1) * WalFrame.PAGE_SIZE)
         }
       }
-      fs.renameSync(temp, file)
+      if (durable) fs.fsyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
+  }
+
+  /** `writeImage` into `target` by temp file and rename (fsynced, directory too, when `durable`). */
+  const replaceWithImage = (generation: number, frameNo: number, target: string, durable: boolean) => {
+    const temp = `${target}.tmp-${process.pid}-${crypto.randomBytes(4).toString("hex")}`
+    try {
+      writeImage(generation, frameNo, temp, durable)
+      fs.renameSync(temp, target)
     } catch (error) {
       removeIfPresent(temp)
       throw error
     }
+    if (durable) fsyncPath(dir)
+  }
+
+  /**
+   * The snapshot of `generation` at `frameNo` as `file`. Derived data (open deletes snapshots), so no
+   * fsync. Only the last snapshot is kept: older ones are unlinked (readers that have them open keep
+   * reading).
+   */
+  const buildSnapshot = (generation: number, frameNo: number, file: string) => {
+    replaceWithImage(generation, frameNo, file, false)
     for (const entry of fs.readdirSync(dir)) {
       if (SNAPSHOT_FILE.test(entry) && path.join(dir, entry) !== file) removeIfPresent(path.join(dir, entry))
+    }
+  }
+
+  /** Inserts the row of a generation whose base file is durable; it becomes the current one. */
+  const startGeneration = (generation: number, startedAt: number) => {
+    store.transaction(() => {
+      store.prepare("INSERT INTO generations (generation, last_frame, started_at) VALUES (?, 0, ?)").run(
+        generation,
+        startedAt
+      )
+      store.prepare("DELETE FROM acked_pending WHERE generation < ?").run(generation)
+    }).immediate()
+    current = generation
+    headStale = true
+    if (integrityCheck !== "off") {
+      try {
+        rebuildHead()
+        headStale = false
+      } catch {
+        // retried before the next check
+      }
     }
   }
 
@@ -300,7 +338,7 @@ const openDatabase = (
     for (const entry of fs.readdirSync(dir)) {
       if (entry.startsWith("head.db.tmp-")) removeIfPresent(path.join(dir, entry))
     }
-    writeFileDurably(headPath, materialize(current))
+    replaceWithImage(current, lastFrameOf.get(current)?.last_frame ?? 0, headPath, true)
   }
 
   // Only the check reads head.db; without a check it is not kept up to date.
@@ -470,25 +508,21 @@ const openDatabase = (
         try: () => {
           // The file first: a crash before the row leaves a file that open deletes.
           writeFileDurably(basePath(generation), base)
-          store.transaction(() => {
-            store.prepare("INSERT INTO generations (generation, last_frame, started_at) VALUES (?, 0, ?)").run(
-              generation,
-              startedAt ?? Date.now()
-            )
-            store.prepare("DELETE FROM acked_pending WHERE generation < ?").run(generation)
-          }).immediate()
-          current = generation
-          headStale = true
-          if (integrityCheck !== "off") {
-            try {
-              rebuildHead()
-              headStale = false
-            } catch {
-              // retried before the next check
-            }
-          }
+          startGeneration(generation, startedAt ?? Date.now())
         },
         catch: storage(`starting generation ${generation} of ${name} failed`)
+      }),
+    rollForward: (startedAt) =>
+      Effect.try({
+        try: () => {
+          const next = current + 1
+          // The file first (written from the store, fsynced, renamed): a crash before the row leaves a
+          // file that open deletes.
+          replaceWithImage(current, lastFrameOf.get(current)?.last_frame ?? 0, basePath(next), true)
+          startGeneration(next, startedAt)
+          return fs.statSync(basePath(next)).size
+        },
+        catch: storage(`starting generation ${current + 1} of ${name} failed`)
       }),
     dropThrough: (generation) =>
       Effect.try({
