@@ -419,17 +419,22 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
       Effect.gen(function*() {
         const h = yield* handle(database)
         yield* checkGeneration(h, generation)
-        return h.backend.openBase !== undefined
-          ? yield* h.backend.openBase(generation)
-          : ServerBody.ofBytes(yield* h.backend.readBase(generation))
+        return yield* openBaseOf(h, generation)
       })
 
+    const openBaseOf = (h: Handle, generation: number): Effect.Effect<Body, StoreError, Scope.Scope> =>
+      h.backend.openBase !== undefined
+        ? h.backend.openBase(generation)
+        : Effect.map(h.backend.readBase(generation), ServerBody.ofBytes)
+
+    // At frame 0 the snapshot is the base itself.
     const openSnapshotAt = (h: Handle, generation: number, frameNo: number): Effect.Effect<Body, StoreError, Scope.Scope> =>
-      h.backend.openSnapshot !== undefined
+      frameNo === 0
+        ? openBaseOf(h, generation)
+        : h.backend.openSnapshot !== undefined
         ? h.backend.openSnapshot(generation, frameNo)
         : Effect.gen(function*() {
           const base = yield* h.backend.readBase(generation)
-          if (frameNo === 0) return ServerBody.ofBytes(base)
           const frames = yield* h.backend.readFrames(generation, 1, frameNo + 1)
           if (frames.length !== frameNo) return yield* fail("GenerationGone", `generation ${generation} is no longer kept`)
           return ServerBody.ofBytes(WalFrame.applyFrames(base, frames))
