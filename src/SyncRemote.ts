@@ -310,19 +310,8 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
     const exportGeneration: Service["export"] = (generation) =>
       Effect.suspend(() => {
         const url = `${base}/export/${generation}`
-        return send(HttpClientRequest.get(url), (status, body) => {
-          if (status !== 200) return Either.left(refused(`GET ${url}`, status, body))
-          if (body.byteLength === 0 || body.byteLength % WalFrame.PAGE_SIZE !== 0) {
-            return Either.left(
-              new SyncError.RemoteError({
-                reason: "Protocol",
-                message: `GET ${url}: a base of ${body.byteLength} bytes is not whole pages`,
-                status
-              })
-            )
-          }
-          return Either.right(body)
-        })
+        return send(HttpClientRequest.get(url), (status, body) =>
+          status !== 200 ? Either.left(refused(`GET ${url}`, status, body)) : wholePages(`GET ${url}`, "base", body))
       })
 
     const snapshot: Service["snapshot"] = Effect.suspend(() => {
@@ -340,16 +329,7 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
             })
           )
         }
-        if (body.byteLength === 0 || body.byteLength % WalFrame.PAGE_SIZE !== 0) {
-          return Either.left(
-            new SyncError.RemoteError({
-              reason: "Protocol",
-              message: `GET ${url}: a snapshot of ${body.byteLength} bytes is not whole pages`,
-              status
-            })
-          )
-        }
-        return Either.right({ generation, frameNo, bytes: body })
+        return Either.map(wholePages(`GET ${url}`, "snapshot", body), (bytes) => ({ generation, frameNo, bytes }))
       })
     })
 
@@ -412,6 +392,18 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
 
     return { info, export: exportGeneration, snapshot, pull, push: batchedPush(single) }
   })
+
+/** A database file must be whole pages: anything else is a cut or a foreign answer. */
+const wholePages = (request: string, what: string, body: Uint8Array): Either.Either<Uint8Array, SyncError.RemoteError> =>
+  body.byteLength === 0 || body.byteLength % WalFrame.PAGE_SIZE !== 0
+    ? Either.left(
+      new SyncError.RemoteError({
+        reason: "Protocol",
+        message: `${request}: a ${what} of ${body.byteLength} bytes is not whole pages`,
+        status: 200
+      })
+    )
+    : Either.right(body)
 
 const headerNumber = (value: string | undefined, min: number): number | undefined => {
   if (value === undefined || !/^[0-9]{1,10}$/.test(value)) return undefined
