@@ -114,7 +114,12 @@ export const transaction: <A, E, R>(
 export interface ExecuteResult {
   /** Rows of a statement that returns rows (SELECT, RETURNING), else empty. */
   readonly rows: ReadonlyArray<Record<string, unknown>>
+  /** Rows inserted, updated or deleted by the statement (SQLite's `changes()`). */
   readonly changes: number
+  /**
+   * The rowid of the last row this statement inserted, as SQLite reports it; 0 when it inserted none
+   * (`CREATE`, `UPDATE`, `DELETE`, an `INSERT OR IGNORE` that ignored its row).
+   */
   readonly lastInsertRowid: number | bigint
 }
 

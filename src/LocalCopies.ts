@@ -1,5 +1,5 @@
 /**
- * The client's two SQLite copies of the database (the seed's design):
+ * The client's two SQLite copies of the database:
  * - `Draft` (`<path>-draft`): takes every local write, with change capture installed on its connection;
  * - `Synced` (`<path>-synced`): the remote's base of the synced generation plus exactly the remote's
  *   frames in its WAL; local changes are replayed onto it to make the frames a push sends.
@@ -69,7 +69,7 @@ const openClient = (filename: string, readonly: boolean) =>
       Effect.catchAllDefect((cause) =>
         Effect.zipRight(
           Scope.close(scope, Exit.void),
-          Effect.fail(new StorageError({ reason: "Files", message: `cannot open ${filename}: ${String(cause)}`, path: filename, cause }))
+          Effect.fail(new StorageError({ reason: "Files", message: `cannot open ${filename}: ${cause instanceof Error ? cause.message : String(cause)}`, path: filename, cause }))
         )
       )
     )

@@ -9,22 +9,12 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Stream from "effect/Stream"
 import { ServerStore, type StoreError } from "./ServerStore.js"
-import * as SyncError from "./SyncError.js"
+import type * as SyncError from "./SyncError.js"
+import * as SyncProtocol from "./SyncProtocol.js"
 import * as SyncRemote from "./SyncRemote.js"
 
-const fromStoreError = (error: StoreError): SyncError.RemoteFailure => {
-  switch (error.reason) {
-    case "Busy":
-    case "Storage":
-      return new SyncError.NetworkError({ reason: "ServerUnavailable", message: error.message, cause: error })
-    case "GenerationGone":
-      return new SyncError.RemoteError({ reason: "GenerationGone", message: error.message, status: 410, cause: error })
-    case "GenerationNotFound":
-      return new SyncError.RemoteError({ reason: "NotFound", message: error.message, status: 404, cause: error })
-    default:
-      return new SyncError.RemoteError({ reason: "Refused", message: error.message, status: 400, cause: error })
-  }
-}
+const fromStoreError = (error: StoreError): SyncError.RemoteFailure =>
+  SyncRemote.failureOf(SyncProtocol.errorStatus[error.reason].status, error.message, error)
 
 /**
  * The remote of database `database` in `store`.
@@ -33,15 +23,16 @@ const fromStoreError = (error: StoreError): SyncError.RemoteFailure => {
  * @category constructors
  */
 export const make = (store: ServerStore["Type"], database: string): SyncRemote.Service => ({
-  info: Effect.mapBoth(store.info(database), {
-    onFailure: fromStoreError,
-    onSuccess: (i): SyncRemote.RemoteInfo => ({
+  info: Effect.mapError(
+    Effect.zipWith(store.info(database), store.databaseId(database), (i, databaseId): SyncRemote.Info => ({
       generation: i.generation,
+      databaseId,
       maxFrameNo: i.maxFrameNo,
       maxPullFrames: store.maxPullFrames,
       snapshot: true
-    })
-  }),
+    })),
+    fromStoreError
+  ),
   export: (generation) => Effect.mapError(store.exportGeneration(database, generation), fromStoreError),
   snapshot: store.snapshot(database).pipe(
     Effect.flatMap((s) =>

@@ -1,6 +1,6 @@
 /**
  * Local-first SQLite that syncs with a WAL-frame sync server: reads and writes are local; `push` sends
- * local changes, `pull` brings the remote's, `sync` does both. The seed's design: two copies of the
+ * local changes, `pull` brings the remote's, `sync` does both. Two copies of the
  * database (Draft takes writes, Synced mirrors the remote), local changes captured on Draft and replayed
  * onto Synced to make the frames a push sends.
  *
@@ -60,7 +60,12 @@ import * as SyncRemote from "./SyncRemote.js"
  * @category models
  */
 export interface ExecuteResult {
+  /** Rows inserted, updated or deleted by the statement (SQLite's `changes()`). */
   readonly changes: number
+  /**
+   * The rowid of the last row this statement inserted, as SQLite reports it; 0 when it inserted none
+   * (`CREATE`, `UPDATE`, `DELETE`, an `INSERT OR IGNORE` that ignored its row).
+   */
   readonly lastInsertRowid: number | bigint
 }
 
@@ -107,11 +112,11 @@ export interface Service {
     params?: ReadonlyArray<unknown>
   ) => Effect.Effect<ReadonlyArray<Row>, SyncError.SqlStatementError>
   /**
-   * Sends local changes to the remote (the seed's steps 1a–c). The local copy does not show the remote's
-   * changes afterwards; `pull` does. Succeeds with whether anything was pushed.
+   * Sends local changes to the remote: replays them onto the synced copy and pushes the frames that makes,
+   * again after a conflict. The local copy does not show the remote's changes afterwards; `pull` does. Succeeds with whether anything was pushed.
    */
   readonly push: Effect.Effect<boolean, SyncError.SyncError>
-  /** Brings the remote's changes into the local copy, keeping unpushed local changes (steps 2a–d). */
+  /** Brings the remote's changes into the local copy, keeping unpushed local changes. */
   readonly pull: Effect.Effect<boolean, SyncError.SyncError>
   /** `push` then `pull`; succeeds with whether the local copy changed. */
   readonly sync: Effect.Effect<boolean, SyncError.SyncError>

@@ -18,6 +18,7 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import * as TransportCause from "./internal/remote/transportCause.js"
 import type { PullResult, PushResult } from "./ServerStore.js"
 import * as SyncError from "./SyncError.js"
 import * as SyncProtocol from "./SyncProtocol.js"
@@ -37,23 +38,6 @@ export type {
 }
 
 /**
- * What `GET /info` says. Fields other than `generation` are this project's server's extensions: a remote
- * that does not send them leaves them undefined.
- *
- * @since 0.1.0
- * @category models
- */
-export interface RemoteInfo {
-  readonly generation: number
-  /** The current generation's last committed frame. */
-  readonly maxFrameNo?: number | undefined
-  /** The most frames one pull answer carries; without it, ask for `CLIENT_BATCH_FRAMES` at a time. */
-  readonly maxPullFrames?: number | undefined
-  /** `true` when the remote serves `snapshot`. */
-  readonly snapshot?: boolean | undefined
-}
-
-/**
  * The current generation materialised at frame `frameNo` (`GET /snapshot`): `bytes` is the generation's
  * base with frames `1..frameNo` applied. A replica bootstraps from it and pulls `frameNo + 1..`.
  *
@@ -70,9 +54,28 @@ export interface RemoteSnapshot {
  * @since 0.1.0
  * @category models
  */
+export interface Info {
+  readonly generation: number
+  /** `database_id` of `GET /info`: created with the server's database, unchanged for its life. */
+  readonly databaseId: string | undefined
+  /** This project's server's extension: the current generation's last committed frame. */
+  readonly maxFrameNo?: number | undefined
+  /** Extension: the most frames one pull answer carries; without it, ask for `CLIENT_BATCH_FRAMES` at a time. */
+  readonly maxPullFrames?: number | undefined
+  /** Extension: `true` when the remote serves `snapshot`. */
+  readonly snapshot?: boolean | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
 export interface Service {
-  /** The remote's current generation (`GET /info`), and what it says about its extensions. */
-  readonly info: Effect.Effect<RemoteInfo, SyncError.RemoteFailure>
+  /**
+   * The remote's current generation and, when the server gives them, the database's identity and what
+   * it says about its extensions (`GET /info`).
+   */
+  readonly info: Effect.Effect<Info, SyncError.RemoteFailure>
   /** The base database file of a generation (`GET /export/{G}`). */
   readonly export: (generation: number) => Effect.Effect<Uint8Array, SyncError.RemoteFailure>
   /**
@@ -164,6 +167,32 @@ export const batchedPush = (
   })
 
 // ---------------------------------------------------------------------------------------------------------
+/**
+ * What a client makes of a refusal with HTTP status `status`: a 5xx is the server's condition, retried
+ * as a NetworkError; a 4xx is final. The same for a remote over HTTP and one in the same process
+ * (`StoreRemote`, which takes the status of a store error from `SyncProtocol.errorStatus`).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const failureOf = (status: number, message: string, cause?: unknown): SyncError.RemoteFailure =>
+  status >= 500
+    ? new SyncError.NetworkError({ reason: "ServerUnavailable", message, cause })
+    : new SyncError.RemoteError({
+      reason: status === 401 || status === 403
+        ? "Unauthorized"
+        : status === 404
+        ? "NotFound"
+        : status === 410
+        ? "GenerationGone"
+        : status >= 400 && status < 500
+        ? "Refused"
+        : "Protocol",
+      message,
+      status,
+      cause
+    })
+
 // HTTP
 // ---------------------------------------------------------------------------------------------------------
 
@@ -214,7 +243,7 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
     const transport = (request: HttpClientRequest.HttpClientRequest) => (cause: HttpClientError.HttpClientError) =>
       new SyncError.NetworkError({
         reason: "Transport",
-        message: `${request.method} ${request.url}: ${cause.message}`,
+        message: `${request.method} ${request.url}: ${TransportCause.describe(cause)}`,
         cause
       })
 
@@ -261,20 +290,8 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
       })
     }
 
-    const refused = (request: string, status: number, body: Uint8Array): SyncError.RemoteError =>
-      new SyncError.RemoteError({
-        reason: status === 401 || status === 403
-          ? "Unauthorized"
-          : status === 404
-          ? "NotFound"
-          : status === 410
-          ? "GenerationGone"
-          : status >= 400 && status < 500
-          ? "Refused"
-          : "Protocol",
-        message: `${request}: ${status} ${describeBody(body)}`,
-        status
-      })
+    const refused = (request: string, status: number, body: Uint8Array): SyncError.RemoteFailure =>
+      failureOf(status, `${request}: ${status} ${describeBody(body)}`)
 
     const json = <A>(
       label: string,
@@ -297,8 +314,11 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
       const url = `${base}/info`
       return send(HttpClientRequest.get(url), (status, body) =>
         status === 200
-          ? Either.map(json(`GET ${url}`, status, body, decodeInfo), (i): RemoteInfo => {
-            const known: { -readonly [K in keyof RemoteInfo]: RemoteInfo[K] } = { generation: i.current_generation }
+          ? Either.map(json(`GET ${url}`, status, body, decodeInfo), (i): Info => {
+            const known: { -readonly [K in keyof Info]: Info[K] } = {
+              generation: i.current_generation,
+              databaseId: i.database_id
+            }
             if (i.max_frame_no !== undefined) known.maxFrameNo = i.max_frame_no
             if (i.max_pull_frames !== undefined) known.maxPullFrames = i.max_pull_frames
             if (i.extensions?.includes(SyncProtocol.EXTENSION_SNAPSHOT) === true) known.snapshot = true

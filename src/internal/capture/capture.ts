@@ -10,6 +10,7 @@ import type * as ChangeCapture from "../../ChangeCapture.js"
 import {
   concat,
   firstKeyword,
+  mayInsert,
   ident,
   mayChangeSchema,
   splitStatements,
@@ -487,6 +488,13 @@ const executeOne = (
  * `CREATE TABLE t` would keep failing after it: a prepare failure is retried without the cache, and the text
  * is remembered for this client so it never goes through the cache again.
  */
+/**
+ * The rowid of the last row the statement inserted, as SQLite reports it, or 0 when it inserted none
+ * (`CREATE`, `UPDATE`, `DELETE`, an ignored `INSERT`): SQLite would report an earlier insert's rowid there.
+ */
+const insertedRowid = (statement: string, changes: number | bigint, rowid: number | bigint): number | bigint =>
+  Number(changes) > 0 && mayInsert(statement) ? rowid : 0
+
 const runStatement = (
   sql: SqlClient.SqlClient,
   statement: string,
@@ -496,7 +504,7 @@ const runStatement = (
     runUncached(sql, statement, params),
     sql<{ readonly changes: number; readonly id: number | bigint }>`
       SELECT changes() AS changes, last_insert_rowid() AS id`.withoutTransform,
-    (rows, [info]) => ({ rows, changes: Number(info!.changes), lastInsertRowid: info!.id })
+    (rows, [info]) => ({ rows, changes: Number(info!.changes), lastInsertRowid: insertedRowid(statement, info!.changes, info!.id) })
   )
   const poisoned = poisonedTexts(sql)
   if (poisoned.has(statement)) return uncached
@@ -504,7 +512,11 @@ const runStatement = (
     Effect.flatMap((raw): Effect.Effect<ExecuteResult, SqlError> => {
       if (!Array.isArray(raw)) {
         const run = raw as { readonly changes: number | bigint; readonly lastInsertRowid: number | bigint }
-        return Effect.succeed({ rows: [], changes: Number(run.changes), lastInsertRowid: run.lastInsertRowid })
+        return Effect.succeed({
+          rows: [],
+          changes: Number(run.changes),
+          lastInsertRowid: insertedRowid(statement, run.changes, run.lastInsertRowid)
+        })
       }
       return Effect.map(
         sql<{ readonly changes: number; readonly id: number | bigint }>`
@@ -512,7 +524,7 @@ const runStatement = (
         ([info]) => ({
           rows: raw as ReadonlyArray<Record<string, unknown>>,
           changes: Number(info!.changes),
-          lastInsertRowid: info!.id
+          lastInsertRowid: insertedRowid(statement, info!.changes, info!.id)
         })
       )
     }),

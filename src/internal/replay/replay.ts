@@ -66,7 +66,7 @@ export const lookupKey = (change: ChangeCapture.Change, table: TableInfo.TableIn
 }
 
 /**
- * Last push wins (the seed's behaviour): the local change is applied over whatever Synced holds. Without a
+ * Last push wins (the default): the local change is applied over whatever Synced holds. Without a
  * conflict an update writes only the columns it changed; on RowChanged the whole local row wins (the
  * `mergeColumns` policy keeps writing only the changed columns; see ConflictPolicy).
  * The conflict kind is recorded on the decision for reporting; it never changes this policy's outcome.
