@@ -183,7 +183,9 @@ describe("SyncRemote: the server's extensions", () => {
       const local = StoreRemote.make(store, "ext")
       const frames = [frame(1, 0), frame(2, 0), frame(3, 3)]
       expect(yield* http.push(1, 1, 4, frames)).toMatchObject({ _tag: "Ok", maxFrameNo: 3 })
-      const expected = { generation: 1, maxFrameNo: 3, maxPullFrames: 2048, snapshot: true }
+      const databaseId = yield* store.databaseId("ext")
+      expect(typeof databaseId).toBe("string")
+      const expected = { generation: 1, databaseId, maxFrameNo: 3, maxPullFrames: 2048, snapshot: true }
       expect(yield* http.info).toEqual(expected)
       expect(yield* local.info).toEqual(expected)
       const overHttp = yield* http.snapshot
@@ -202,7 +204,7 @@ describe("SyncRemote: the server's extensions", () => {
           ? { status: 200, body: `{"current_generation":2}` }
           : { status: 404, body: `{"error":"not_found","message":"no such route"}` })
       const r = yield* remote(plain.url)
-      expect(yield* r.info).toStrictEqual({ generation: 2 })
+      expect(yield* r.info).toStrictEqual({ generation: 2, databaseId: undefined })
       expect(yield* Effect.flip(r.snapshot)).toMatchObject({ _tag: "RemoteError", reason: "NotFound", status: 404 })
       const headerless = yield* scripted(() => ({ status: 200, body: new Uint8Array(WalFrame.PAGE_SIZE) }))
       expect(yield* Effect.flip((yield* remote(headerless.url)).snapshot)).toMatchObject({ _tag: "RemoteError", reason: "Protocol" })

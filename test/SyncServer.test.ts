@@ -483,7 +483,15 @@ layer(serverLayer("disk", { generationFrames: 6, maxPullFrames: 3 }), { excludeT
     it.scoped("/info advertises them; GET /snapshot is the head as one file; a replica made from it pulls and pushes on", () =>
       Effect.gen(function*() {
         const info0 = yield* call({ path: "/db/snap/info" })
-        expect(H.json(info0)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 3, extensions: ["snapshot"] })
+        expect(H.json(info0)).toEqual({
+          current_generation: 1,
+          max_frame_no: 0,
+          max_pull_frames: 3,
+          extensions: ["snapshot"],
+          database_id: expect.any(String)
+        })
+        // The snapshot carries the database's identity like every answer from the database.
+        const id = H.json(info0).database_id
         const empty = yield* call({ path: "/db/snap/snapshot" })
         expect(empty.status).toBe(200)
         expect([empty.headers["x-sync-generation"], empty.headers["x-sync-frame"]]).toEqual(["1", "0"])
@@ -497,6 +505,7 @@ layer(serverLayer("disk", { generationFrames: 6, maxPullFrames: 3 }), { excludeT
         expect(snap.headers["content-type"]).toBe("application/octet-stream")
         expect(snap.headers["content-length"]).toBe(String(snap.body.byteLength))
         expect([snap.headers["x-sync-generation"], snap.headers["x-sync-frame"]]).toEqual(["1", String(frames.length)])
+        expect(snap.headers["x-database-id"]).toBe(id)
         const server = yield* withBase((base) => H.snapshot(base, "snap", TOKEN))
         expect(Buffer.compare(snap.body, server.file)).toBe(0)
 
