@@ -193,7 +193,7 @@ export interface HttpOptions<R = never> extends Options<R> {
  */
 export const make = <R = never>(options: Options<R>) =>
   Effect.gen(function*() {
-    // Events and status come from outside the engine: its remote is observed, its operations wrapped.
+    // Events and status: the engine tells the observer of frames as they move; its operations are wrapped.
     const instrumentation = yield* SyncEventsInternal.make
     const remote = yield* SyncRemote.SyncRemote
     // The policy's and the transform's services come from the environment the layer is built in.
@@ -207,7 +207,8 @@ export const make = <R = never>(options: Options<R>) =>
       ...(transform === undefined ? {} : {
         transform: (change, current) => Effect.provide(transform(change, current), context)
       }),
-      onConflicts: instrumentation.publishConflicts
+      onConflicts: instrumentation.publishConflicts,
+      observer: instrumentation.observer
     }).pipe(
       Effect.provideService(SyncRemote.SyncRemote, instrumentation.observe(remote))
     )

@@ -1,7 +1,7 @@
 /**
- * Events and status of a SyncDatabase, built around the engine from outside: the remote the engine
- * talks to is observed (frames and bytes, conflicts, generation changes, whether it answered), and the
- * engine's operations are wrapped (started/finished/failed, the state, spans). The engine needs no hook.
+ * Events and status of a SyncDatabase. The engine tells its `Observer` of frames and bases where they
+ * arrive and leave (progress, conflicts met, generation changes); the remote is watched for whether it
+ * answered (`online`); the engine's operations are wrapped (started/finished/failed, the state, spans).
  *
  * @internal
  */
@@ -20,6 +20,7 @@ import type { Operation, Status } from "../../SyncEvents.js"
 import { SyncEvent } from "../../SyncEvents.js"
 import type * as SyncRemote from "../../SyncRemote.js"
 import * as WalFrame from "../../WalFrame.js"
+import type { Observer } from "./state.js"
 
 /** What the wrapper needs of the engine. */
 export interface EngineLike {
@@ -84,26 +85,6 @@ const progressed = (i: Instruments, f: (c: Counters) => Counters) =>
     }))
   })
 
-/** A pull's answer: frames count as progress; a newer generation is announced. */
-const pulled = (i: Instruments, generation: number, result: SyncRemote.PullResult) => {
-  if (result._tag === "Frames") {
-    const n = result.frames.length
-    return progressed(i, (c) => ({
-      ...c,
-      framesReceived: c.framesReceived + n,
-      bytesReceived: c.bytesReceived + n * WalFrame.FRAME_SIZE
-    }))
-  }
-  if (result.generation <= generation) return Effect.void
-  // The engine follows one generation per answer (checkpoint, then frame 1 of the next).
-  return Effect.flatMap(Ref.get(i.current), (operation) =>
-    publish(i, SyncEvent.GenerationChanged({
-      operation: operation === "bootstrap" ? "pull" : operation,
-      from: generation,
-      to: generation + 1
-    })))
-}
-
 /** A push's answer: frames sent count as progress; a conflict is announced with its round. */
 const pushed = (i: Instruments, sent: number, result: SyncRemote.PushResult) =>
   Effect.gen(function*() {
@@ -123,22 +104,23 @@ const pushed = (i: Instruments, sent: number, result: SyncRemote.PushResult) =>
     }
   })
 
-/** The remote the engine is given: same answers, observed. */
+/** What the engine tells as frames arrive and leave, turned into events. */
+const observer = (i: Instruments): Observer => ({
+  received: (frames, bytes) =>
+    progressed(i, (c) => ({ ...c, framesReceived: c.framesReceived + frames, bytesReceived: c.bytesReceived + bytes })),
+  pushed: (frames, result) => pushed(i, frames, result),
+  generationChanged: (from, to) =>
+    Effect.flatMap(Ref.get(i.current), (operation) =>
+      publish(i, SyncEvent.GenerationChanged({ operation: operation === "bootstrap" ? "pull" : operation, from, to })))
+})
+
+/** The remote the engine is given: same answers; whether it answered sets `online`. */
 const observe = (i: Instruments, remote: SyncRemote.Service): SyncRemote.Service => ({
   info: online(i, remote.info),
-  snapshot: online(i, remote.snapshot).pipe(
-    Effect.tap((snapshot) => progressed(i, (c) => ({ ...c, bytesReceived: c.bytesReceived + snapshot.bytes.byteLength })))
-  ),
-  export: (generation) =>
-    online(i, remote.export(generation)).pipe(
-      Effect.tap((base) => progressed(i, (c) => ({ ...c, bytesReceived: c.bytesReceived + base.byteLength })))
-    ),
-  pull: (generation, start, end) =>
-    online(i, remote.pull(generation, start, end)).pipe(Effect.tap((result) => pulled(i, generation, result))),
-  push: (generation, start, end, frames, baton) =>
-    online(i, remote.push(generation, start, end, frames, baton)).pipe(
-      Effect.tap((result) => pushed(i, frames.length, result))
-    )
+  snapshot: online(i, remote.snapshot),
+  export: (generation) => online(i, remote.export(generation)),
+  pull: (generation, start, end) => online(i, remote.pull(generation, start, end)),
+  push: (generation, start, end, frames, baton) => online(i, remote.push(generation, start, end, frames, baton))
 })
 
 const pushPhase = (i: Instruments, engine: EngineLike, operation: Operation) =>
@@ -267,6 +249,7 @@ export const make = Effect.gen(function*() {
   }
   return {
     observe: (remote: SyncRemote.Service) => observe(i, remote),
+    observer: observer(i),
     wrap: <S extends EngineLike>(engine: S) => wrap(i, engine),
     publishConflicts: (entries: ReadonlyArray<ConflictPolicy.Entry>) => publishConflicts(i, entries)
   }
