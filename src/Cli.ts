@@ -45,6 +45,15 @@ export const layerLogger = (format: "logfmt" | "json"): Layer.Layer<never> =>
     Logger.withConsoleError(format === "json" ? Logger.jsonLogger : Logger.logfmtLogger)
   )
 
+const DURATION_UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
+
+/** `90s`, `30m`, `1h`, `7d` or `0`, in milliseconds; undefined when it is none of those. */
+const parseDurationMs = (text: string): number | undefined => {
+  if (text === "0") return 0
+  const match = /^([0-9]{1,9})([smhd])$/.exec(text)
+  return match === null ? undefined : Number(match[1]) * DURATION_UNITS[match[2]]
+}
+
 /**
  * `effect-sqlite-sync serve`: serves every database under `--data` (or in PostgreSQL with `--store`)
  * until SIGINT or SIGTERM.
@@ -81,11 +90,33 @@ export const serve = Command.make(
     ),
     generationFrames: Options.integer("generation-frames").pipe(
       Options.optional,
-      Options.withDescription("start a new generation once one holds more than this many frames (off by default)")
+      Options.withDescription(
+        "start a new generation once one holds more than this many frames (replaces --generation-growth)"
+      )
+    ),
+    generationGrowth: Options.text("generation-growth").pipe(
+      Options.optional,
+      Options.withDescription(
+        "start a new generation once its frames hold more than F times its base's size (default 1), or 'never'"
+      )
+    ),
+    generationMinFrames: Options.integer("generation-min-frames").pipe(
+      Options.optional,
+      Options.withDescription("the growth rule leaves a generation of at most this many frames alone (default 1000)")
     ),
     keepGenerations: Options.integer("keep-generations").pipe(
       Options.optional,
-      Options.withDescription("how many generations before the current one stay pullable (default: all)")
+      Options.withDescription(
+        "keep an old generation while it is one of the K before the current one (default 2, with --keep-generations-for 1h)"
+      )
+    ),
+    keepGenerationsFor: Options.text("keep-generations-for").pipe(
+      Options.optional,
+      Options.withDescription("keep an old generation while it was superseded less than this long ago: 90s, 30m, 1h, 7d")
+    ),
+    maxPullFrames: Options.integer("max-pull-frames").pipe(
+      Options.optional,
+      Options.withDescription("the most frames one pull answer carries (default 1024, at most 16384)")
     ),
     integrityCheck: Options.choice("integrity-check", ["changed_tables", "quick_check", "integrity_check", "off"]).pipe(
       Options.withDefault(ServerStore.DEFAULT_INTEGRITY_CHECK),
@@ -118,6 +149,22 @@ export const serve = Command.make(
       if (Option.isSome(options.keepGenerations) && options.keepGenerations.value < 0) {
         return yield* invalid("--keep-generations must be at least 0")
       }
+      const growth = Option.map(options.generationGrowth, (text) => text === "never" ? "never" as const : Number(text))
+      if (Option.isSome(growth) && growth.value !== "never" && !(Number.isFinite(growth.value) && growth.value > 0)) {
+        return yield* invalid("--generation-growth must be a number above 0, or 'never'")
+      }
+      if (Option.isSome(options.generationMinFrames) && options.generationMinFrames.value < 0) {
+        return yield* invalid("--generation-min-frames must be at least 0")
+      }
+      const keepFor = Option.map(options.keepGenerationsFor, parseDurationMs)
+      if (Option.isSome(keepFor) && keepFor.value === undefined) {
+        return yield* invalid("--keep-generations-for must be a duration such as 90s, 30m, 1h or 7d")
+      }
+      if (
+        Option.isSome(options.maxPullFrames) && !(options.maxPullFrames.value >= 1 && options.maxPullFrames.value <= 16_384)
+      ) {
+        return yield* invalid("--max-pull-frames must be from 1 to 16384")
+      }
       if (Option.isSome(options.maxDatabases) && options.maxDatabases.value < 0) {
         return yield* invalid("--max-databases must be at least 0")
       }
@@ -132,7 +179,11 @@ export const serve = Command.make(
       }
       const storeOptions = {
         generationFrames: Option.getOrUndefined(options.generationFrames),
+        generationGrowth: Option.getOrUndefined(growth),
+        generationMinFrames: Option.getOrUndefined(options.generationMinFrames),
         keepGenerations: Option.getOrUndefined(options.keepGenerations),
+        keepGenerationsMs: Option.getOrUndefined(keepFor),
+        maxPullFrames: Option.getOrUndefined(options.maxPullFrames),
         integrityCheck: options.integrityCheck,
         maxDatabases: Option.getOrUndefined(options.maxDatabases),
         maxOpenDatabases: options.maxOpenDatabases

@@ -15,6 +15,7 @@ import * as Reactivity from "@effect/experimental/Reactivity"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as fs from "node:fs"
 import type * as Scope from "effect/Scope"
+import type * as Stream from "effect/Stream"
 import * as internalCheckWorker from "./internal/server/checkWorker.js"
 import * as internalCore from "./internal/server/serverCore.js"
 import * as internalMemory from "./internal/server/serverMemory.js"
@@ -60,6 +61,33 @@ export type PullResult =
   | { readonly _tag: "Frames"; readonly frames: ReadonlyArray<WalFrame.Frame> }
   | { readonly _tag: "CheckpointNeeded"; readonly generation: number; readonly maxFrameNo: number }
 
+/**
+ * A file the store serves (a generation's base, or a snapshot): its size, and its bytes read from storage
+ * as the consumer asks for them, so a slow reader holds a chunk of memory, not the file. The bytes are
+ * fixed when the body is opened: a roll, a drop or a newer snapshot does not change what it reads.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Body {
+  readonly size: number
+  readonly stream: Stream.Stream<Uint8Array, StoreError>
+}
+
+/**
+ * The current generation materialised at a committed frame: `body` is the generation's base with frames
+ * `1..frameNo` applied (what a replica's TRUNCATE checkpoint at that frame leaves, byte for byte). A client
+ * that bootstraps from it continues by pulling `frameNo + 1..` of `generation`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Snapshot {
+  readonly generation: number
+  readonly frameNo: number
+  readonly body: Body
+}
+
 export {
   /**
    * Why a request was refused. Each reason has one HTTP status and error code, in
@@ -104,6 +132,15 @@ export interface Service {
   readonly databaseId: (database: string) => Effect.Effect<string | undefined, StoreError>
   /** The base file of a generation (without its frames). */
   readonly exportGeneration: (database: string, generation: number) => Effect.Effect<Uint8Array, StoreError>
+  /** `exportGeneration` as a body read as it is consumed; it stays readable until the scope closes. */
+  readonly openExport: (database: string, generation: number) => Effect.Effect<Body, StoreError, Scope.Scope>
+  /**
+   * The current generation materialised at its head (the last committed frame when asked), read as it is
+   * consumed; it stays readable until the scope closes.
+   */
+  readonly snapshot: (database: string) => Effect.Effect<Snapshot, StoreError, Scope.Scope>
+  /** The most frames one pull answers with (`pull` cuts longer windows). */
+  readonly maxPullFrames: number
   /** Committed frames `start..end-1` (fewer is fine), or CheckpointNeeded. */
   readonly pull: (
     database: string,
@@ -158,10 +195,30 @@ export const DEFAULT_INTEGRITY_CHECK: IntegrityCheck = "changed_tables"
  * @category models
  */
 export interface Options {
-  /** Start a new generation after a commit that takes the current one past this many frames (default: never). */
+  /**
+   * Start a new generation after a commit that takes the current one past this many frames. When set, it
+   * replaces the growth rule below.
+   */
   readonly generationFrames?: number | undefined
-  /** How many generations before the current one stay pullable and exportable (default: all). */
+  /**
+   * Without `generationFrames`: start a new generation after a commit once the generation's frames hold
+   * more page bytes than its base times this factor, and more than `generationMinFrames` frames (default
+   * 1: the log never grows past about the database's size). `"never"` keeps one generation forever.
+   */
+  readonly generationGrowth?: number | "never" | undefined
+  /** The fewest frames a generation holds before the growth rule rolls it (default 1000, about 4 MB). */
+  readonly generationMinFrames?: number | undefined
+  /**
+   * Retention: an old generation is kept while it is one of the `keepGenerations` generations before the
+   * current one, or while it was superseded less than `keepGenerationsMs` ago; else its base and frames are
+   * deleted and it answers GenerationGone. An option left out protects nothing; with both left out the
+   * defaults are 2 generations and one hour.
+   */
   readonly keepGenerations?: number | undefined
+  /** See `keepGenerations`. */
+  readonly keepGenerationsMs?: number | undefined
+  /** The most frames one pull answer carries (default 1024, about 4 MB; at most 16 384). */
+  readonly maxPullFrames?: number | undefined
   /** A baton session idle this long is dropped with its frames, releasing the database (default 10 000). */
   readonly batonIdleMs?: number | undefined
   /** The most frames an unfinished transaction may hold across its requests (default 65 536, 256 MiB of pages held in memory). */
@@ -181,6 +238,20 @@ export interface Options {
   /** Default `changed_tables`. */
   readonly integrityCheck?: IntegrityCheck | undefined
 }
+
+/**
+ * Defaults of `Options`: the growth factor and minimum of the roll rule, the retention, the pull answer size.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const defaults = {
+  generationGrowth: internalCore.DEFAULT_GENERATION_GROWTH,
+  generationMinFrames: internalCore.DEFAULT_GENERATION_MIN_FRAMES,
+  keepGenerations: internalCore.DEFAULT_KEEP_GENERATIONS,
+  keepGenerationsMs: internalCore.DEFAULT_KEEP_GENERATIONS_MS,
+  maxPullFrames: internalCore.DEFAULT_MAX_PULL_FRAMES
+} as const
 
 /**
  * @since 0.1.0

@@ -25,10 +25,12 @@ import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import * as nodeHttpGuard from "./internal/server/nodeHttpGuard.js"
 import * as serverMetrics from "./internal/server/serverMetrics.js"
 import * as internal from "./internal/server/syncServer.js"
-import { ServerStore, type StoreError } from "./ServerStore.js"
+import { type Body, ServerStore, type StoreError } from "./ServerStore.js"
 import * as SyncProtocol from "./SyncProtocol.js"
 import * as WalFrame from "./WalFrame.js"
 
@@ -126,7 +128,7 @@ const recordMetrics = (log: Context.Tag.Service<RequestLog>, status: number, sec
  * @category constructors
  */
 export const make = (options: Options = {}): Effect.Effect<
-  Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest>,
+  Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest | Scope.Scope>,
   never,
   ServerStore
 > =>
@@ -158,22 +160,51 @@ export const make = (options: Options = {}): Effect.Effect<
       const { database } = yield* databaseParam
       const id = yield* store.databaseId(database).pipe(Effect.catchAll(storeFailure("other")))
       const result = yield* store.info(database).pipe(Effect.catchAll(storeFailure("other")))
-      const body: typeof SyncProtocol.InfoResponse.Encoded = id === undefined
-        ? { current_generation: result.generation }
-        : { current_generation: result.generation, database_id: id }
+      const body: typeof SyncProtocol.InfoResponse.Encoded = {
+        current_generation: result.generation,
+        max_frame_no: result.maxFrameNo,
+        max_pull_frames: store.maxPullFrames,
+        extensions: [SyncProtocol.EXTENSION_SNAPSHOT],
+        ...(id === undefined ? {} : { database_id: id })
+      }
       const response = json(body)
       return id === undefined ? response : HttpServerResponse.setHeader(response, SyncProtocol.DATABASE_ID_HEADER, id)
     })
+
+    // A stored file as the answer: read from disk as the client reads it (the request's scope keeps the
+    // file open until the answer is sent), with its length so a cut answer is detectable.
+    const fileResponse = (body: Body, headers?: Record<string, string>) =>
+      Effect.gen(function*() {
+        const log = yield* RequestLog
+        log.bytes = body.size
+        // A failed read after the status is sent can only cut the connection, which the length exposes.
+        return HttpServerResponse.stream(body.stream as Stream.Stream<Uint8Array, unknown>, {
+          contentType: "application/octet-stream",
+          contentLength: body.size,
+          headers
+        })
+      })
 
     const exportGeneration = Effect.gen(function*() {
       yield* describe("GET /export/{G}")
       const { database, params } = yield* databaseParam
       const generation = yield* fromEither(internal.parsePathNumber(params.generation, "generation"))
       const stamp = yield* identify(database, "other")
-      const bytes = yield* store.exportGeneration(database, generation).pipe(Effect.catchAll(storeFailure("other")))
-      const log = yield* RequestLog
-      log.bytes = bytes.byteLength
-      return stamp(HttpServerResponse.uint8Array(bytes, { contentType: "application/octet-stream" }))
+      const body = yield* store.openExport(database, generation).pipe(Effect.catchAll(storeFailure("other")))
+      return stamp(yield* fileResponse(body))
+    })
+
+    const snapshot = Effect.gen(function*() {
+      yield* describe("GET /snapshot")
+      const { database } = yield* databaseParam
+      const stamp = yield* identify(database, "other")
+      const result = yield* store.snapshot(database).pipe(Effect.catchAll(storeFailure("other")))
+      return stamp(
+        yield* fileResponse(result.body, {
+          [SyncProtocol.HEADER_GENERATION]: String(result.generation),
+          [SyncProtocol.HEADER_FRAME]: String(result.frameNo)
+        })
+      )
     })
 
     const range = (params: Readonly<Record<string, string | undefined>>) =>
@@ -193,7 +224,7 @@ export const make = (options: Options = {}): Effect.Effect<
       yield* describe("GET /sync/{G}/{start}/{end}")
       const { database, params } = yield* databaseParam
       const { end, generation, start } = yield* range(params)
-      const capped = Math.min(end, start + SyncProtocol.MAX_FRAMES_PER_REQUEST)
+      const capped = Math.min(end, start + store.maxPullFrames)
       const stamp = yield* identify(database, "pull")
       // 503, never 500, on this route: the libSQL client reads a 500 here as "checkpoint needed".
       const result = yield* store.pull(database, generation, start, capped).pipe(Effect.catchAll(storeFailure("pull")))
@@ -305,6 +336,7 @@ export const make = (options: Options = {}): Effect.Effect<
       HttpRouter.get("/ready", ready),
       HttpRouter.get("/metrics", metrics),
       HttpRouter.get("/db/:name/info", info),
+      HttpRouter.get("/db/:name/snapshot", snapshot),
       HttpRouter.get("/db/:name/export/:generation", exportGeneration),
       HttpRouter.get("/db/:name/sync/:generation/:start/:end", pull),
       HttpRouter.post("/db/:name/sync/:generation/:start/:end", push("POST /sync/{G}/{start}/{end}")),

@@ -120,7 +120,7 @@ describe("effect-sqlite-sync serve", () => {
       expect(refused.status).toBe(401)
       expect(H.json(refused).error).toBe("unauthorized")
       const ok = yield* promise(() => H.request(server.url, { path: "/db/a/info", headers: H.auth("cli-secret") }))
-      expect(H.json(ok)).toEqual({ current_generation: 1, database_id: expect.any(String) })
+      expect(H.json(ok)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"], database_id: expect.any(String) })
       // Log lines are written after the response; give the child a moment to flush stderr.
       yield* promise(() => new Promise((r) => setTimeout(r, 300)))
       const lines = server.stderr().trim().split("\n").map((line) => JSON.parse(line))
@@ -129,6 +129,23 @@ describe("effect-sqlite-sync serve", () => {
       expect(server.stderr()).not.toContain("cli-secret")
       // Stdout is for scripts: the URL line and nothing else (no second, pretty copy of the log lines).
       expect(server.stdout()).toBe(`Listening on ${server.url}\n`)
+    }), 120_000)
+
+  it.live("invalid roll, retention and pull options are refused with a non-zero exit code", () =>
+    Effect.gen(function*() {
+      const cases = [
+        [["--generation-growth", "0"], "--generation-growth must be a number above 0, or 'never'"],
+        [["--keep-generations-for", "5x"], "--keep-generations-for must be a duration such as 90s, 30m, 1h or 7d"],
+        [["--max-pull-frames", "0"], "--max-pull-frames must be from 1 to 16384"]
+      ] as const
+      for (const [args, message] of cases) {
+        const result = yield* promise(() => runBin(["serve", "--data", "/nonexistent-never-created", ...args]))
+        expect(result.code, args.join(" ")).not.toBe(0)
+        expect(result.code, args.join(" ")).not.toBe(null)
+        expect(result.stdout + result.stderr, args.join(" ")).toContain(message)
+        expect(result.stdout).not.toContain("Listening on")
+      }
+      expect(Fs.existsSync("/nonexistent-never-created")).toBe(false)
     }), 120_000)
 
   it.scoped("a port in use: one line saying so, exit status 1, no stack trace, and --data is not created", () =>
@@ -163,7 +180,7 @@ describe("effect-sqlite-sync serve", () => {
       expect(server.child.spawnargs.join(" ")).not.toContain("env-secret")
       expect((yield* promise(() => H.request(server.url, { path: "/db/a/info" }))).status).toBe(401)
       const ok = yield* promise(() => H.request(server.url, { path: "/db/a/info", headers: H.auth("env-secret") }))
-      expect(H.json(ok)).toEqual({ current_generation: 1, database_id: expect.any(String) })
+      expect(H.json(ok)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"], database_id: expect.any(String) })
     }), 120_000)
 
   it.live("--help has no colour codes when stdout is not a terminal, and with NO_COLOR", () =>

@@ -91,7 +91,7 @@ const suite = (kind: "memory" | "disk") =>
           const info = yield* call({ path: "/db/fresh/info" })
           expect(info.status).toBe(200)
           expect(info.headers["content-type"]).toContain("application/json")
-          expect(H.json(info)).toEqual({ current_generation: 1, database_id: expect.any(String) })
+          expect(H.json(info)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"], database_id: expect.any(String) })
           const base = yield* call({ path: "/db/fresh/export/1" })
           expect(base.status).toBe(200)
           expect(base.headers["content-type"]).toBe("application/octet-stream")
@@ -400,6 +400,9 @@ const failingStore = Layer.succeed(ServerStore.ServerStore, {
   info: (database) => failWith(database),
   databaseId: (database) => failWith(database),
   exportGeneration: (database) => failWith(database),
+  openExport: (database) => failWith(database),
+  snapshot: (database) => failWith(database),
+  maxPullFrames: 1024,
   pull: (database) => failWith(database),
   push: (database) => failWith(database),
   stats: Effect.suspend(() => failWith("Storage"))
@@ -546,6 +549,65 @@ layer(serverLayer("memory", { batonIdleMs: 60_000 }), { excludeTestServices: tru
     }))
 })
 
+layer(serverLayer("disk", { generationFrames: 6, maxPullFrames: 3 }), { excludeTestServices: true })(
+  "SyncServer extensions: snapshot at the head, pull answer size",
+  (it) => {
+    it.scoped("/info advertises them; GET /snapshot is the head as one file; a replica made from it pulls and pushes on", () =>
+      Effect.gen(function*() {
+        const info0 = yield* call({ path: "/db/snap/info" })
+        expect(H.json(info0)).toEqual({
+          current_generation: 1,
+          max_frame_no: 0,
+          max_pull_frames: 3,
+          extensions: ["snapshot"],
+          database_id: expect.any(String)
+        })
+        // The snapshot carries the database's identity like every answer from the database.
+        const id = H.json(info0).database_id
+        const empty = yield* call({ path: "/db/snap/snapshot" })
+        expect(empty.status).toBe(200)
+        expect([empty.headers["x-sync-generation"], empty.headers["x-sync-frame"]]).toEqual(["1", "0"])
+        expect(Buffer.compare(empty.body, yield* withBase((base) => H.exportBase(base, "snap", 1, TOKEN)))).toBe(0)
+
+        const replica = yield* replicaOf("snap")
+        const frames = replica.write("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'one');")
+        expect(H.json(yield* push("snap", 1, 1, frames)).status).toBe("ok")
+        const snap = yield* call({ path: "/db/snap/snapshot" })
+        expect(snap.status).toBe(200)
+        expect(snap.headers["content-type"]).toBe("application/octet-stream")
+        expect(snap.headers["content-length"]).toBe(String(snap.body.byteLength))
+        expect([snap.headers["x-sync-generation"], snap.headers["x-sync-frame"]]).toEqual(["1", String(frames.length)])
+        expect(snap.headers["x-database-id"]).toBe(id)
+        const server = yield* withBase((base) => H.snapshot(base, "snap", TOKEN))
+        expect(Buffer.compare(snap.body, server.file)).toBe(0)
+
+        // Pull answers are cut at the advertised size.
+        const pulled = yield* call({ path: `/db/snap/sync/1/1/100` })
+        expect(pulled.body.byteLength).toBe(Math.min(3, frames.length) * FRAME)
+
+        // A replica bootstrapped from the snapshot continues after its frame.
+        const fromSnapshot = new H.Replica(new Uint8Array(snap.body))
+        yield* Effect.addFinalizer(() => Effect.sync(() => fromSnapshot.close()))
+        const next = fromSnapshot.write("INSERT INTO t VALUES (2, 'two');")
+        const answer = H.json(yield* push("snap", 1, frames.length + 1, next))
+        expect(answer).toEqual({ status: "ok", generation: 1, max_frame_no: frames.length + next.length })
+        const after = yield* withBase((base) => H.snapshot(base, "snap", TOKEN))
+        const db = H.open(after.file)
+        expect(db.prepare("SELECT v FROM t ORDER BY id").all()).toEqual([{ v: "one" }, { v: "two" }])
+        db.close()
+
+        // HEAD answers the headers alone; the route has no other method.
+        const head = yield* call({ method: "HEAD", path: "/db/snap/snapshot" })
+        expect([head.status, head.body.byteLength]).toEqual([200, 0])
+        expect(head.headers["x-sync-frame"]).toBe(String(frames.length + next.length))
+        const post = yield* call({ method: "POST", path: "/db/snap/snapshot", body: new Uint8Array(1) })
+        expect([post.status, H.json(post).error]).toEqual([405, "method_not_allowed"])
+        const refused = yield* call({ path: "/db/snap/snapshot", anonymous: true })
+        expect(refused.status).toBe(401)
+      }))
+  }
+)
+
 layer(serverLayer("disk", { generationFrames: 1, keepGenerations: 1, batonIdleMs: 60_000 }), {
   excludeTestServices: true
 })("SyncServer with rolling generations and batons", (it) => {
@@ -623,6 +685,6 @@ layer(
       const { base } = yield* TestServer
       expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
       expect((yield* call({ path: "/db/cfg/info", anonymous: true })).status).toBe(401)
-      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1, database_id: expect.any(String) })
+      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"], database_id: expect.any(String) })
     }))
 })

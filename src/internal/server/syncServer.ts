@@ -87,10 +87,11 @@ export const pathOf = (url: string): Either.Either<string, HttpFailure> => {
   }
 }
 
-type Shape = "info" | "export" | "sync" | "syncBaton"
+type Shape = "info" | "snapshot" | "export" | "sync" | "syncBaton"
 
 const shapeOf = (rest: ReadonlyArray<string>): Shape | undefined => {
   if (rest.length === 1 && rest[0] === "info") return "info"
+  if (rest.length === 1 && rest[0] === "snapshot") return "snapshot"
   if (rest.length === 2 && rest[0] === "export") return "export"
   if (rest.length === 4 && rest[0] === "sync") return "sync"
   if (rest.length === 5 && rest[0] === "sync") return "syncBaton"
@@ -100,7 +101,13 @@ const shapeOf = (rest: ReadonlyArray<string>): Shape | undefined => {
 /** The operations routes beside the databases' (`/db/...`). */
 const OPERATIONS: ReadonlyArray<string> = ["/health", "/ready", "/metrics"]
 
-const allowed: Record<Shape, string> = { info: "GET, HEAD", export: "GET, HEAD", sync: "GET, HEAD, POST", syncBaton: "POST" }
+const allowed: Record<Shape, string> = {
+  info: "GET, HEAD",
+  snapshot: "GET, HEAD",
+  export: "GET, HEAD",
+  sync: "GET, HEAD, POST",
+  syncBaton: "POST"
+}
 
 /**
  * Why the router found nothing: a bad database name (400), a known route with another method (405),
