@@ -45,6 +45,7 @@ import type * as SubscriptionRef from "effect/SubscriptionRef"
 import * as ConflictPolicy from "./ConflictPolicy.js"
 import * as AutoSync from "./internal/autoSync.js"
 import * as Engine from "./internal/engine.js"
+import * as OwnerLock from "./internal/ownerLock.js"
 import * as SqlClientInternal from "./internal/sqlClient.js"
 import * as SyncEventsInternal from "./internal/syncEvents.js"
 import * as LocalCopies from "./LocalCopies.js"
@@ -188,6 +189,11 @@ export interface HttpOptions<R = never> extends Options<R> {
  */
 export const make = <R = never>(options: Options<R>) =>
   Effect.gen(function*() {
+    // One owner per path, before any file is read; released last, after both copies are closed.
+    yield* OwnerLock.acquire(options.path)
+    const draft = yield* LocalCopies.Draft
+    const synced = yield* LocalCopies.Synced
+    yield* Effect.addFinalizer(() => Effect.zipRight(draft.close, synced.close))
     // Events and status come from outside the engine: its remote is observed, its operations wrapped.
     const instrumentation = yield* SyncEventsInternal.make
     const remote = yield* SyncRemote.SyncRemote
