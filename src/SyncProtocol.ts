@@ -13,7 +13,13 @@ import * as Schema from "effect/Schema"
  * @category schemas
  */
 export const InfoResponse = Schema.Struct({
-  current_generation: Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))
+  current_generation: Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)),
+  /**
+   * The server database's identity, created with it: a database wiped and created again has another one.
+   * Clients record it at bootstrap and refuse a remote whose identity changed. Optional on the wire (a
+   * server that does not send it is not checked).
+   */
+  database_id: Schema.optional(Schema.String.pipe(Schema.minLength(1)))
 })
 
 /**

@@ -41,8 +41,13 @@ export type {
  * @category models
  */
 export interface Service {
-  /** The remote's current generation (`GET /info`). */
-  readonly info: Effect.Effect<{ readonly generation: number }, SyncError.RemoteFailure>
+  /**
+   * Where the remote is (the database URL over HTTP). A local database records it at bootstrap and
+   * refuses another one unless told that the database moved; `undefined` is not checked.
+   */
+  readonly url?: string | undefined
+  /** The remote's current generation and, when the server tells it, its database identity (`GET /info`). */
+  readonly info: Effect.Effect<Info, SyncError.RemoteFailure>
   /** The base database file of a generation (`GET /export/{G}`). */
   readonly export: (generation: number) => Effect.Effect<Uint8Array, SyncError.RemoteFailure>
   /** Committed frames from `start` (fewer than `end - start` is fine), or CheckpointNeeded. */
@@ -62,6 +67,16 @@ export interface Service {
     frames: ReadonlyArray<WalFrame.Frame>,
     baton?: string | undefined
   ) => Effect.Effect<PushResult, SyncError.RemoteFailure>
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Info {
+  readonly generation: number
+  /** The server database's identity (`database_id`), when the server sends one. */
+  readonly databaseId?: string | undefined
 }
 
 /**
@@ -299,7 +314,10 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
       const url = `${base}/info`
       return send(HttpClientRequest.get(url), (status, body) =>
         status === 200
-          ? Either.map(json(`GET ${url}`, status, body, decodeInfo), (i) => ({ generation: i.current_generation }))
+          ? Either.map(json(`GET ${url}`, status, body, decodeInfo), (i): Info => ({
+            generation: i.current_generation,
+            ...(i.database_id === undefined ? {} : { databaseId: i.database_id })
+          }))
           : Either.left(refused(`GET ${url}`, status, body)))
     })
 
@@ -378,7 +396,7 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
         })
       })
 
-    return { info, export: exportGeneration, pull, push: batchedPush(single) }
+    return { url: base, info, export: exportGeneration, pull, push: batchedPush(single) }
   })
 
 const describeBody = (body: Uint8Array): string => {

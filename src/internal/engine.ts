@@ -41,6 +41,8 @@ import * as SyncRemote from "../SyncRemote.js"
 import * as WalFrame from "../WalFrame.js"
 import * as ConflictLog from "./conflictLog.js"
 import * as Files from "./files.js"
+import * as RemoteBinding from "./remoteBinding.js"
+import * as Validate from "./validate.js"
 
 /** @internal */
 export interface EngineOptions {
@@ -58,6 +60,17 @@ export interface EngineOptions {
   readonly transform?: ConflictPolicy.Transform | undefined
   /** Called with the conflicts of every acknowledged push (after they are in the conflict log). */
   readonly onConflicts?: ((entries: ReadonlyArray<ConflictPolicy.Entry>) => Effect.Effect<void>) | undefined
+  /** The remote's URL may differ from the recorded one (the same server database moved). */
+  readonly allowUrlChange?: boolean | undefined
+  /** Called after the synced copy was rebuilt from the remote's current state, pending changes kept. */
+  readonly onRebootstrap?: ((event: Rebootstrapped) => Effect.Effect<void>) | undefined
+}
+
+/** @internal */
+export interface Rebootstrapped {
+  readonly reason: "GenerationGone" | "Requested"
+  readonly fromGeneration: number
+  readonly toGeneration: number
 }
 
 /**
@@ -151,20 +164,6 @@ export const isReadStatement = (sql: string): boolean => {
   return false
 }
 
-/**
- * The length an SQLite file's header gives (page size × in-header page count), when that count is valid
- * (its change counter matches "version-valid-for", sqlite.org/fileformat.html); otherwise undefined.
- *
- * @internal
- */
-export const baseLength = (file: Uint8Array): number | undefined => {
-  const view = new DataView(file.buffer, file.byteOffset, file.byteLength)
-  const raw = view.getUint16(16)
-  const pageSize = raw === 1 ? 65536 : raw
-  const pages = view.getUint32(28)
-  return pages > 0 && view.getUint32(24) === view.getUint32(92) ? pages * pageSize : undefined
-}
-
 /** @internal */
 export const make = (options: EngineOptions) =>
   Effect.gen(function*() {
@@ -236,25 +235,16 @@ export const make = (options: EngineOptions) =>
     /** A brand-new local database: Synced = the remote's current base, Draft = a copy of it. */
     const bootstrap = Effect.gen(function*() {
       for (const file of allFiles) yield* Files.remove(file)
-      const { generation } = yield* remote.info
+      const { generation, databaseId } = yield* remote.info
       const base = yield* remote.export(generation)
       yield* Ref.update(traffic, (t) => ({ ...t, received: t.received + base.byteLength }))
-      if (base.byteLength < 100 || new TextDecoder().decode(base.subarray(0, 15)) !== "SQLite format 3") {
-        return yield* new SyncError.BootstrapError({
-          reason: "InvalidBase",
-          message: `the base of generation ${generation} (${base.byteLength} bytes) is not an SQLite database`
-        })
-      }
-      // A base cut short (whole pages, so the transport did not notice) would be written and its metadata
-      // with it: every later open would fail on a malformed Synced. Its header says how long it is.
-      const expectedBytes = baseLength(base)
-      if (expectedBytes !== undefined && expectedBytes !== base.byteLength) {
-        return yield* new SyncError.BootstrapError({
-          reason: "InvalidBase",
-          message: `the base of generation ${generation} has ${base.byteLength} bytes, its header says ${expectedBytes}`
-        })
-      }
+      yield* Validate.base(base, generation).pipe(
+        Effect.mapError((e) => new SyncError.BootstrapError({ reason: "InvalidBase", message: e.message, cause: e }))
+      )
       yield* Files.writeNew(names.synced, base)
+      yield* Validate.database(names.synced, `the base of generation ${generation}`).pipe(
+        Effect.mapError((e) => new SyncError.BootstrapError({ reason: "InvalidBase", message: e.message, cause: e }))
+      )
       yield* Files.writeNew(names.draft, base)
       const metadata: SyncMetadata.Metadata = {
         version: 1,
@@ -265,7 +255,9 @@ export const make = (options: EngineOptions) =>
         activeCopy: "draft",
         copyInProgress: false,
         rollInProgress: false,
-        draftBase: { generation, frame: 0 }
+        draftBase: { generation, frame: 0 },
+        ...(remote.url === undefined ? {} : { remoteUrl: remote.url }),
+        ...(databaseId === undefined ? {} : { databaseId })
       }
       // Written last: the metadata file is what says a bootstrap completed.
       yield* metadataStore.write(metadata)
@@ -311,7 +303,14 @@ export const make = (options: EngineOptions) =>
       })
 
     const stored = yield* metadataStore.read
-    const initial = yield* Option.match(stored, { onNone: () => bootstrap, onSome: recover })
+    // Another server database's URL is refused before anything is touched.
+    const urlDecision = Option.isSome(stored)
+      ? yield* RemoteBinding.urlDecision(stored.value.remoteUrl, remote.url, options.allowUrlChange === true)
+      : "keep"
+    const initial = yield* Option.match(stored, {
+      onNone: () => bootstrap,
+      onSome: (m) => recover(urlDecision === "record" && remote.url !== undefined ? { ...m, remoteUrl: remote.url } : m)
+    })
     const metadata = yield* SynchronizedRef.make(initial)
     const clientId = initial.clientId
 
@@ -405,9 +404,29 @@ export const make = (options: EngineOptions) =>
       yield* updateMetadata((m) => ({ ...m, rollInProgress: false }))
     }).pipe(Effect.ensuring(Effect.ignore(synced.open)))
 
+    /**
+     * Before anything is pulled or pushed: the remote is still the server database this one was made from
+     * and still holds the synced position (RemoteBinding.verify); an identity first seen is recorded.
+     */
+    const verifyRemote = Effect.gen(function*() {
+      const m = yield* SynchronizedRef.get(metadata)
+      const info = yield* RemoteBinding.verify(m, remote, (frame) =>
+        Effect.map(Files.readWalFrames(names.synced, 1, frame - 1), (frames) => frames[0]))
+      if (info.databaseId !== undefined && m.databaseId === undefined) {
+        yield* updateMetadata((m) => ({ ...m, databaseId: info.databaseId }))
+      }
+    })
+
+    /** The size in pages of Synced at frame `frame` of the synced generation (its commit size, or the base's). */
+    const syncedPages = (frame: number) =>
+      frame === 0
+        ? Effect.map(Files.fileSize(names.synced), (bytes) => Math.floor(bytes / WalFrame.PAGE_SIZE))
+        : Effect.map(Files.readWalFrames(names.synced, 1, frame - 1), (frames) => frames[0].commitSize)
+
     const pullRemoteIntoSynced = Effect.gen(function*() {
       yield* finishFlaggedRoll
       yield* cutSyncedToSyncedFrame
+      yield* verifyRemote
       let { generation, syncedFrame: frame } = yield* SynchronizedRef.get(metadata)
       let buffer: Array<WalFrame.Frame> = []
       let changed = false
@@ -415,9 +434,13 @@ export const make = (options: EngineOptions) =>
       const flush = Effect.gen(function*() {
         const committed = WalFrame.committedLength(buffer)
         if (committed === 0) return
+        yield* Validate.frames(buffer.slice(0, committed), yield* syncedPages(frame), frame + 1)
         const prefix = frame === 0 ? undefined : yield* prefixAtSyncedFrame
         yield* synced.close
         const state = yield* Files.appendWal(names.synced, frame, buffer.slice(0, committed), prefix)
+        yield* Validate.database(names.synced, `generation ${generation} up to frame ${frame + committed}`).pipe(
+          Effect.tapError(() => Files.truncateWal(names.synced, frame))
+        )
         yield* Ref.set(syncedPrefix, { generation, state })
         yield* step("pull:framesWritten")
         frame += committed
@@ -431,10 +454,17 @@ export const make = (options: EngineOptions) =>
       const loop = Effect.gen(function*() {
         for (;;) {
           const start = frame + buffer.length + 1
-          const result = yield* remote.pull(generation, start, start + SyncProtocol.CLIENT_BATCH_FRAMES)
+          const end = start + SyncProtocol.CLIENT_BATCH_FRAMES
+          const result = yield* remote.pull(generation, start, end)
           if (result._tag === "Frames") {
             if (result.frames.length === 0) {
               return yield* new SyncError.RemoteError({ reason: "Protocol", message: `pull from ${start} answered no frames` })
+            }
+            if (result.frames.length > end - start) {
+              return yield* new SyncError.RemoteError({
+                reason: "InvalidData",
+                message: `pull of ${end - start} frames from ${start} answered ${result.frames.length}`
+              })
             }
             for (const f of result.frames) buffer.push({ pgno: f.pgno, commitSize: f.commitSize, page: Uint8Array.from(f.page) })
             yield* Ref.update(traffic, (t) => ({ ...t, received: t.received + result.frames.length * WalFrame.FRAME_SIZE }))
@@ -472,7 +502,9 @@ export const make = (options: EngineOptions) =>
         const { transferredChangeId: _, ...rest } = m
         return { ...rest, lastPushedChangeId: Math.max(progress, m.lastPushedChangeId) }
       })
-      return progress
+      // Changes at or below lastPushedChangeId were acknowledged: never replayed again, even onto a remote
+      // whose progress row is older (a re-bootstrap onto a server that lost them).
+      return Math.max(progress, (yield* SynchronizedRef.get(metadata)).lastPushedChangeId)
     })
 
     /**
@@ -514,6 +546,7 @@ export const make = (options: EngineOptions) =>
           )
         let result = yield* send(start, frames)
         if (result._tag === "Conflict" && result.generation === m.generation && result.maxFrameNo < start - 1) {
+          yield* RemoteBinding.rewindDecision(start, result.maxFrameNo)
           // The server cannot tell us from a pusher whose session it lost after acknowledging frames up to our
           // start, so it asks for its frames from maxFrameNo + 1 again. Those are synced frames we pulled from
           // it: sending them proves which head we build on (identical bytes), and our frames follow.

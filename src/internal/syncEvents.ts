@@ -89,6 +89,7 @@ export const make = Effect.gen(function*() {
 
   /** The remote the engine is given: same answers, observed. */
   const observe = (remote: SyncRemote.Service): SyncRemote.Service => ({
+    url: remote.url,
     info: online(remote.info),
     export: (generation) =>
       online(remote.export(generation)).pipe(
