@@ -116,6 +116,15 @@ export interface Service {
   readonly pull: Effect.Effect<boolean, SyncError.SyncError>
   /** `push` then `pull`; succeeds with whether the local copy changed. */
   readonly sync: Effect.Effect<boolean, SyncError.SyncError>
+  /**
+   * Starts over from the remote's current state, keeping the local changes not pushed yet: the synced
+   * copy becomes the remote's current base (its identity recorded anew), then a pull replays the pending
+   * changes onto it; the next push sends them, once. This is the way on after a `RemoteMismatch`
+   * (`DatabaseReplaced`, `RemoteBehind`): changes the remote acknowledged and then lost are not sent again.
+   * The engine does the same by itself when the remote no longer keeps the synced generation (an event
+   * `Rebootstrapped` says so).
+   */
+  readonly rebootstrap: Effect.Effect<boolean, SyncError.SyncError>
   readonly stats: Effect.Effect<Stats, SyncError.SyncError>
   /**
    * The local conflict log (`<path>-conflicts`, the last 1000 entries, oldest first): every conflict an
@@ -166,6 +175,13 @@ export interface Options<R = never> {
   readonly onStep?: ((step: string) => Effect.Effect<void>) | undefined
   /** Sync in the background on this schedule and after local writes, as `autoSync` does, for the layer's life. */
   readonly autoSync?: Schedule.Schedule<unknown, unknown> | undefined
+  /**
+   * A local database belongs to the server database it was made from: its URL is recorded, and another
+   * URL is refused (`RemoteMismatch("UrlChanged")`) unless this is true, for when that server database
+   * moved (a new host name). The server database's identity is still checked: moving to another
+   * database is refused all the same.
+   */
+  readonly allowUrlChange?: boolean | undefined
 }
 
 /**
@@ -208,7 +224,8 @@ export const make = <R = never>(options: Options<R>) =>
       ...(transform === undefined ? {} : {
         transform: (change, current) => Effect.provide(transform(change, current), context)
       }),
-      onConflicts: instrumentation.publishConflicts
+      onConflicts: instrumentation.publishConflicts,
+      onRebootstrap: instrumentation.publishRebootstrap
     }).pipe(
       Effect.provideService(SyncRemote.SyncRemote, instrumentation.observe(remote))
     )

@@ -15,11 +15,11 @@ import * as Schema from "effect/Schema"
 export const InfoResponse = Schema.Struct({
   current_generation: Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)),
   /**
-   * The server database's identity, created with it: a database wiped and created again has another one.
-   * Clients record it at bootstrap and refuse a remote whose identity changed. Optional on the wire (a
-   * server that does not send it is not checked).
+   * The database's identity: a random id created with the database and kept for its life. A server
+   * restored from an older backup of the same database answers the same id; a wiped or recreated one
+   * answers another. Absent from servers that predate it (the libSQL client ignores it).
    */
-  database_id: Schema.optional(Schema.String.pipe(Schema.minLength(1)))
+  database_id: Schema.optional(Schema.String)
 })
 
 /**

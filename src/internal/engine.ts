@@ -232,19 +232,20 @@ export const make = (options: EngineOptions) =>
       yield* Files.rename(names.syncedNext, names.synced)
     })
 
+    /** A base from `/export`: its header, then SQLite's check of its pages. */
+    const validBase = (base: Uint8Array, generation: number) =>
+      Effect.zipRight(Validate.base(base, generation), Validate.databaseBytes(base, `the base of generation ${generation}`))
+
     /** A brand-new local database: Synced = the remote's current base, Draft = a copy of it. */
     const bootstrap = Effect.gen(function*() {
       for (const file of allFiles) yield* Files.remove(file)
       const { generation, databaseId } = yield* remote.info
       const base = yield* remote.export(generation)
       yield* Ref.update(traffic, (t) => ({ ...t, received: t.received + base.byteLength }))
-      yield* Validate.base(base, generation).pipe(
+      yield* validBase(base, generation).pipe(
         Effect.mapError((e) => new SyncError.BootstrapError({ reason: "InvalidBase", message: e.message, cause: e }))
       )
       yield* Files.writeNew(names.synced, base)
-      yield* Validate.database(names.synced, `the base of generation ${generation}`).pipe(
-        Effect.mapError((e) => new SyncError.BootstrapError({ reason: "InvalidBase", message: e.message, cause: e }))
-      )
       yield* Files.writeNew(names.draft, base)
       const metadata: SyncMetadata.Metadata = {
         version: 1,
@@ -381,6 +382,43 @@ export const make = (options: EngineOptions) =>
         yield* finishRollFiles
         yield* updateMetadata((m) => ({ ...m, rollInProgress: false }))
       })
+
+    /**
+     * Synced becomes the remote's current base (its generation, frame 0), through the roll's crash-safe
+     * file steps; Draft and its pending changes stay as they are, and the next push or pull replays them
+     * onto it (changes at or below `lastPushedChangeId` never again). `GenerationGone` (the synced
+     * generation was dropped) still requires the recorded identity; `Requested` takes the remote's.
+     */
+    const rebootstrapSynced = (reason: Rebootstrapped["reason"]) =>
+      Effect.gen(function*() {
+        const before = yield* SynchronizedRef.get(metadata)
+        const info = yield* remote.info
+        if (reason === "GenerationGone") yield* RemoteBinding.identityDecision(before.databaseId, info.databaseId)
+        const base = yield* remote.export(info.generation)
+        yield* Ref.update(traffic, (t) => ({ ...t, received: t.received + base.byteLength }))
+        yield* validBase(base, info.generation)
+        yield* synced.close
+        yield* Ref.set(syncedPrefix, undefined)
+        yield* Files.remove(names.syncedNext)
+        yield* Files.writeNew(names.syncedNext, base)
+        yield* updateMetadata((m) => {
+          const { draftBase: _, databaseId: __, ...rest } = m
+          return {
+            ...rest,
+            generation: info.generation,
+            syncedFrame: 0,
+            rollInProgress: true,
+            ...(info.databaseId === undefined ? {} : { databaseId: info.databaseId }),
+            ...(remote.url === undefined ? {} : { remoteUrl: remote.url })
+          }
+        })
+        yield* finishRollFiles
+        yield* updateMetadata((m) => ({ ...m, rollInProgress: false }))
+        yield* Effect.logInfo(`rebuilt the synced copy from generation ${info.generation} of the remote (${reason})`)
+        if (options.onRebootstrap) {
+          yield* options.onRebootstrap({ reason, fromGeneration: before.generation, toGeneration: info.generation })
+        }
+      }).pipe(Effect.ensuring(Effect.ignore(synced.open)))
 
     // -------------------------------------------------------------------------------------------------
     // the seed's steps
@@ -656,9 +694,17 @@ export const make = (options: EngineOptions) =>
     // operations
     // -------------------------------------------------------------------------------------------------
 
+    /** Step a; a synced generation the remote no longer keeps (410) is followed by a re-bootstrap. */
+    const pullFollowingRemote = pullRemoteIntoSynced.pipe(
+      Effect.catchIf(
+        (error) => error._tag === "RemoteError" && error.reason === "GenerationGone",
+        () => Effect.zipRight(rebootstrapSynced("GenerationGone"), Effect.as(pullRemoteIntoSynced, true))
+      )
+    )
+
     const pushRounds = Effect.gen(function*() {
       for (let round = 1; round <= maxRounds; round++) {
-        yield* pullRemoteIntoSynced /* 1a */
+        yield* pullFollowingRemote /* 1a */
         const progress = yield* settleProgress
         const replay = yield* replayDraftOntoSynced("push", progress) /* 1b */
         if (replay.replayed === 0) return false
@@ -675,7 +721,7 @@ export const make = (options: EngineOptions) =>
     }).pipe(Effect.onError(() => Effect.ignore(resetSyncedWal)))
 
     const pullSteps = Effect.gen(function*() {
-      const arrived = yield* pullRemoteIntoSynced /* 2a */
+      const arrived = yield* pullFollowingRemote /* 2a */
       const progress = yield* settleProgress
       const m = yield* SynchronizedRef.get(metadata)
       if (
@@ -695,6 +741,10 @@ export const make = (options: EngineOptions) =>
       yield* resetSyncedWal /* 2d */
       return true
     })
+
+    const rebootstrap: Effect.Effect<boolean, SyncError.SyncError> = syncLock.withPermits(1)(
+      Effect.zipRight(rebootstrapSynced("Requested"), pullSteps)
+    ).pipe(Effect.withScheduler(breathingScheduler), withFiles)
 
     const push: Effect.Effect<boolean, SyncError.SyncError> = syncLock.withPermits(1)(pushRounds).pipe(
       Effect.withScheduler(breathingScheduler),
@@ -781,6 +831,7 @@ export const make = (options: EngineOptions) =>
       push,
       pull,
       sync,
+      rebootstrap,
       stats
     }
   })

@@ -29,6 +29,7 @@ export interface EngineLike {
   ) => Effect.Effect<{ readonly changes: number; readonly lastInsertRowid: number | bigint }, SyncError.SqlStatementError>
   readonly push: Effect.Effect<boolean, SyncError.SyncError>
   readonly pull: Effect.Effect<boolean, SyncError.SyncError>
+  readonly rebootstrap: Effect.Effect<boolean, SyncError.SyncError>
   readonly stats: Effect.Effect<{ readonly pendingChanges: number }, SyncError.SyncError>
 }
 
@@ -226,6 +227,7 @@ export const make = Effect.gen(function*() {
         push: run("push", pushPhase("push")),
         pull: run("pull", pullPhase),
         sync: run("sync", Effect.zipRight(pushPhase("sync"), pullPhase)),
+        rebootstrap: run("rebootstrap", Effect.zipRight(setStatus((s) => ({ ...s, state: "pulling" })), engine.rebootstrap)),
         ...instrumented
       }
     })
@@ -238,5 +240,15 @@ export const make = Effect.gen(function*() {
         discard: true
       }))
 
-  return { observe, wrap, publishConflicts }
+  /** For the engine's re-bootstraps, under the operation running now. */
+  const publishRebootstrap = (event: { readonly reason: "GenerationGone" | "Requested"; readonly fromGeneration: number; readonly toGeneration: number }) =>
+    Effect.flatMap(Ref.get(current), (operation) =>
+      publish(SyncEvent.Rebootstrapped({
+        operation: operation === "bootstrap" ? "pull" : operation,
+        reason: event.reason,
+        from: event.fromGeneration,
+        to: event.toGeneration
+      })))
+
+  return { observe, wrap, publishConflicts, publishRebootstrap }
 })

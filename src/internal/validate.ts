@@ -116,16 +116,12 @@ export const frames = (
   return Either.right(undefined)
 }
 
-/**
- * SQLite's `quick_check` of the database file `file` with its WAL, on a read-only connection of its own.
- * Fails with `InvalidData` naming what SQLite found.
- */
-export const database = (file: string, what: string): Effect.Effect<void, RemoteError> =>
+const quickCheck = (open: () => BetterSqlite3.Database, what: string): Effect.Effect<void, RemoteError> =>
   Effect.suspend(() => {
     let db: BetterSqlite3.Database | undefined
     let problem: string | undefined
     try {
-      db = new BetterSqlite3(file, { readonly: true, fileMustExist: true })
+      db = open()
       const rows = db.pragma("quick_check") as Array<Record<string, unknown>>
       const messages = rows.map((row) => String(Object.values(row)[0]))
       if (!(messages.length === 1 && messages[0] === "ok")) problem = messages.slice(0, 5).join("; ")
@@ -138,3 +134,20 @@ export const database = (file: string, what: string): Effect.Effect<void, Remote
       ? Effect.void
       : Effect.fail(invalid(`${what} fails SQLite's check (${problem}); nothing of it was recorded as synced`))
   })
+
+/**
+ * SQLite's `quick_check` of the database file `file` with its WAL, on a read-only connection of its own.
+ * Fails with `InvalidData` naming what SQLite found.
+ */
+export const database = (file: string, what: string): Effect.Effect<void, RemoteError> =>
+  quickCheck(() => new BetterSqlite3(file, { readonly: true, fileMustExist: true }), what)
+
+/** `database` for a file still in memory (a base before it is written). */
+export const databaseBytes = (bytes: Uint8Array, what: string): Effect.Effect<void, RemoteError> =>
+  quickCheck(() => {
+    // A WAL-mode header (bytes 18-19 = 2) cannot be deserialized; the pages are the same in rollback mode.
+    const copy = Buffer.from(bytes)
+    copy[18] = 1
+    copy[19] = 1
+    return new BetterSqlite3(copy, { readonly: true })
+  }, what)
