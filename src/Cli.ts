@@ -19,7 +19,7 @@ import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
-import * as CliCommands from "./internal/cli.js"
+import * as CliCommands from "./internal/cli/cli.js"
 import * as ServerStore from "./ServerStore.js"
 import * as SyncServer from "./SyncServer.js"
 

@@ -1,6 +1,6 @@
 /**
  * The server's storage and protocol state: generations, their bases and frames, and baton sessions.
- * The HTTP routes (`SyncServer`) and the client's in-process remote (`SyncRemote.layerStore`) both talk
+ * The HTTP routes (`SyncServer`) and the client's in-process remote (`StoreRemote.layer`) both talk
  * to this service, so every storage layer is tested through one conformance suite.
  *
  * @since 0.1.0
@@ -10,13 +10,13 @@ import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Schema from "effect/Schema"
 import * as fs from "node:fs"
 import type * as Scope from "effect/Scope"
-import * as internalCheckWorker from "./internal/checkWorker.js"
-import * as internalCore from "./internal/serverCore.js"
-import * as internalMemory from "./internal/serverMemory.js"
-import * as internalSqlite from "./internal/serverSqlite.js"
+import * as internalCheckWorker from "./internal/server/checkWorker.js"
+import * as internalCore from "./internal/server/serverCore.js"
+import * as internalMemory from "./internal/server/serverMemory.js"
+import * as internalSqlite from "./internal/server/serverSqlite.js"
+import { StoreError } from "./internal/server/storeError.js"
 import type * as WalFrame from "./WalFrame.js"
 
 /**
@@ -56,29 +56,17 @@ export type PullResult =
   | { readonly _tag: "Frames"; readonly frames: ReadonlyArray<WalFrame.Frame> }
   | { readonly _tag: "CheckpointNeeded"; readonly generation: number; readonly maxFrameNo: number }
 
-/**
- * Why a request was refused. Every reason maps to one HTTP status in `SyncServer`:
- * BadRequest/BadFrames/Malformed/UnknownBaton/TooLarge → 400 (413 for TooLarge), GenerationNotFound → 404,
- * GenerationGone → 410, Busy → 503, Storage → 500.
- *
- * @since 0.1.0
- * @category errors
- */
-export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
-  reason: Schema.Literal(
-    "BadRequest",
-    "BadFrames",
-    "Malformed",
-    "UnknownBaton",
-    "TooLarge",
-    "GenerationNotFound",
-    "GenerationGone",
-    "Busy",
-    "Storage"
-  ),
-  message: Schema.String,
-  cause: Schema.optional(Schema.Defect)
-}) {}
+export {
+  /**
+   * Why a request was refused. Every reason maps to one HTTP status in `SyncServer`:
+   * BadRequest/BadFrames/Malformed/UnknownBaton/TooLarge → 400 (413 for TooLarge), GenerationNotFound → 404,
+   * GenerationGone → 410, Busy → 503, Storage → 500.
+   *
+   * @since 0.1.0
+   * @category errors
+   */
+  StoreError
+}
 
 /**
  * @since 0.1.0

@@ -43,11 +43,11 @@ import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
 import type * as SubscriptionRef from "effect/SubscriptionRef"
 import * as ConflictPolicy from "./ConflictPolicy.js"
-import * as AutoSync from "./internal/autoSync.js"
-import * as Engine from "./internal/engine.js"
-import * as OwnerLock from "./internal/ownerLock.js"
-import * as SqlClientInternal from "./internal/sqlClient.js"
-import * as SyncEventsInternal from "./internal/syncEvents.js"
+import * as AutoSync from "./internal/engine/autoSync.js"
+import * as Engine from "./internal/engine/engine.js"
+import * as OwnerLock from "./internal/engine/ownerLock.js"
+import * as SqlClientInternal from "./internal/engine/sqlClient.js"
+import * as SyncEventsInternal from "./internal/engine/syncEvents.js"
 import * as LocalCopies from "./LocalCopies.js"
 import type * as SyncError from "./SyncError.js"
 import * as SyncMetadata from "./SyncMetadata.js"
@@ -267,7 +267,7 @@ export const autoSync = <Out, R>(
   Effect.flatMap(SyncDatabase, (db) => AutoSync.autoSync(db, schedule, options))
 
 /**
- * A `SyncDatabase` over any `SyncRemote` (for example `SyncRemote.layerStore` in tests).
+ * A `SyncDatabase` over any `SyncRemote` (for example `StoreRemote.layer` in tests).
  *
  * @since 0.1.0
  * @category layers

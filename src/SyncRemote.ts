@@ -1,7 +1,8 @@
 /**
  * What the client needs of a remote: the current generation, a generation's base file, frames to pull,
  * and a place to push frames. `layerHttp` speaks the WAL-frame sync protocol over an `HttpClient`;
- * `layerStore` talks to a `ServerStore` in the same process (fast engine tests, same semantics).
+ * `StoreRemote.layer` (from `effect-sqlite-sync/server` or `/testing`) talks to a `ServerStore` in the same
+ * process (fast engine tests, same semantics).
  *
  * @since 0.1.0
  */
@@ -17,8 +18,7 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
-import type { PullResult, PushResult, StoreError } from "./ServerStore.js"
-import { ServerStore } from "./ServerStore.js"
+import type { PullResult, PushResult } from "./ServerStore.js"
 import * as SyncError from "./SyncError.js"
 import * as SyncProtocol from "./SyncProtocol.js"
 import * as WalFrame from "./WalFrame.js"
@@ -142,47 +142,6 @@ export const batchedPush = (
       })
     }
   })
-
-// ---------------------------------------------------------------------------------------------------------
-// in-process remote over a ServerStore
-// ---------------------------------------------------------------------------------------------------------
-
-const fromStoreError = (error: StoreError): SyncError.RemoteFailure => {
-  switch (error.reason) {
-    case "Busy":
-    case "Storage":
-      return new SyncError.NetworkError({ reason: "ServerUnavailable", message: error.message, cause: error })
-    case "GenerationGone":
-      return new SyncError.RemoteError({ reason: "GenerationGone", message: error.message, status: 410, cause: error })
-    case "GenerationNotFound":
-      return new SyncError.RemoteError({ reason: "NotFound", message: error.message, status: 404, cause: error })
-    default:
-      return new SyncError.RemoteError({ reason: "Refused", message: error.message, status: 400, cause: error })
-  }
-}
-
-/**
- * A remote that is a `ServerStore` in the same process, for database `database`. Same batching, batons
- * and error mapping as over HTTP, without the network.
- *
- * @since 0.1.0
- * @category constructors
- */
-export const makeStore = (store: ServerStore["Type"], database: string): Service => ({
-  info: Effect.mapBoth(store.info(database), { onFailure: fromStoreError, onSuccess: (i) => ({ generation: i.generation }) }),
-  export: (generation) => Effect.mapError(store.exportGeneration(database, generation), fromStoreError),
-  pull: (generation, start, end) => Effect.mapError(store.pull(database, generation, start, end), fromStoreError),
-  push: batchedPush((generation, start, end, frames, baton) =>
-    Effect.mapError(store.push(database, generation, start, end, frames, baton), fromStoreError)
-  )
-})
-
-/**
- * @since 0.1.0
- * @category layers
- */
-export const layerStore = (options: { readonly database: string }): Layer.Layer<SyncRemote, never, ServerStore> =>
-  Layer.effect(SyncRemote, Effect.map(ServerStore, (store) => makeStore(store, options.database)))
 
 // ---------------------------------------------------------------------------------------------------------
 // HTTP

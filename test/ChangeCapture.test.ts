@@ -365,7 +365,7 @@ describe("ChangeCapture", () => {
 
 describe("statement classification", () => {
   it("only DML and queries skip the schema check", async () => {
-    const { firstKeyword, mayChangeSchema } = await import("../src/internal/sqlText.js")
+    const { firstKeyword, mayChangeSchema } = await import("../src/internal/sqlite/sqlText.js")
     expect(firstKeyword("  -- note\n /* block */ insert into t values (1)")).toBe("INSERT")
     expect(firstKeyword("/* unterminated")).toBe("")
     for (const dml of ["SELECT 1", "with x as (select 1) insert into t select * from x", "REPLACE INTO t VALUES (1)", "values (1)"]) {

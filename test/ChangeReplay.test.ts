@@ -10,7 +10,7 @@ import * as Scope from "effect/Scope"
 import fc from "fast-check"
 import * as ChangeCapture from "../src/ChangeCapture.js"
 import * as ChangeReplay from "../src/ChangeReplay.js"
-import { indexItems, isLiteral, partialIndexWhere } from "../src/internal/sqlText.js"
+import { indexItems, isLiteral, partialIndexWhere } from "../src/internal/sqlite/sqlText.js"
 import { dump, exec, on, open, push, run } from "./support/changeSync.js"
 
 type Client = SqlClient.SqlClient

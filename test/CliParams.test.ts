@@ -7,8 +7,8 @@ import BetterSqlite3 from "better-sqlite3"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as fc from "fast-check"
-import { parseParam, parseParams, stringify, table } from "../src/internal/cliParams.js"
-import * as CliProgress from "../src/internal/cliProgress.js"
+import { parseParam, parseParams, stringify, table } from "../src/internal/cli/cliParams.js"
+import * as CliProgress from "../src/internal/cli/cliProgress.js"
 
 const right = (input: string) => {
   const parsed = parseParam(input)

@@ -6,8 +6,8 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as fc from "fast-check"
-import { checkCommitSizes } from "../src/internal/serverCore.js"
-import { emptyWalBase } from "../src/internal/sqliteImage.js"
+import { checkCommitSizes } from "../src/internal/server/serverCore.js"
+import { emptyWalBase } from "../src/internal/server/sqliteImage.js"
 import * as WalFrame from "../src/WalFrame.js"
 import * as H from "./support/http.js"
 

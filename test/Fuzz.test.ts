@@ -21,6 +21,7 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
 import * as ServerStore from "../src/ServerStore.js"
+import * as StoreRemote from "../src/StoreRemote.js"
 import * as SyncRemote from "../src/SyncRemote.js"
 import * as SyncServer from "../src/SyncServer.js"
 import * as WalFrame from "../src/WalFrame.js"
@@ -111,7 +112,7 @@ describe("model-based fuzzing", () => {
         runHistory(ops, () =>
           Effect.gen(function*() {
             const store = yield* ServerStore.makeMemory()
-            const remote = SyncRemote.makeStore(store, "fuzz")
+            const remote = StoreRemote.make(store, "fuzz")
             return { clients, remote, replicaRemote: () => Effect.succeed(remote) }
           }), () => {}, (e) => e)),
       // examples count among numRuns

@@ -4,7 +4,7 @@ import * as Option from "effect/Option"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
-import * as Files from "../src/internal/files.js"
+import * as Files from "../src/internal/sqlite/files.js"
 import * as LocalCopies from "../src/LocalCopies.js"
 import * as WalFrame from "../src/WalFrame.js"
 

@@ -8,7 +8,7 @@ import * as Effect from "effect/Effect"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as NodePath from "node:path"
-import * as Engine from "../src/internal/engine.js"
+import * as Engine from "../src/internal/engine/engine.js"
 import * as WalFrame from "../src/WalFrame.js"
 import { Harness, freshName, layerHttp, openClient, remoteQuery, tempDir } from "./support/engine.js"
 

@@ -9,7 +9,7 @@ import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import * as ChangeCapture from "../../src/ChangeCapture.js"
 import * as ChangeReplay from "../../src/ChangeReplay.js"
-import { ident, isInternalTable } from "../../src/internal/sqlText.js"
+import { ident, isInternalTable } from "../../src/internal/sqlite/sqlText.js"
 
 export const open = (filename = ":memory:"): Effect.Effect<SqliteClient.SqliteClient, never, Scope.Scope> =>
   SqliteClient.make({ filename }).pipe(Effect.provide(Reactivity.layer))

@@ -1,0 +1,632 @@
+import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
+import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
+import * as Exit from "effect/Exit"
+import type { YieldWrap } from "effect/Utils"
+import * as Option from "effect/Option"
+import { globalValue } from "effect/GlobalValue"
+import type * as ChangeCapture from "../../ChangeCapture.js"
+import {
+  concat,
+  firstKeyword,
+  ident,
+  mayChangeSchema,
+  splitStatements,
+  stringLiteral,
+  stripLeadingComments
+} from "../sqlite/sqlText.js"
+import { CaptureError } from "./captureError.js"
+import * as ForeignKeys from "../sqlite/foreignKeys.js"
+import * as TableInfo from "../sqlite/tableInfo.js"
+
+// ---------------------------------------------------------------------------------------------------------
+// Schema of the log. Shared with ChangeReplay (pull mode re-records changes into Synced with the same DDL,
+// so that the copy that becomes Draft holds exactly this table).
+// ---------------------------------------------------------------------------------------------------------
+
+export const CHANGES_TABLE = "_sync_changes"
+
+export const createChangesTable = `CREATE TABLE IF NOT EXISTS main._sync_changes (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  tx_id INTEGER NOT NULL,
+  tbl TEXT NOT NULL,
+  kind TEXT NOT NULL CHECK (kind IN ('insert', 'update', 'delete', 'ddl')),
+  before TEXT,
+  after TEXT,
+  before_rowid TEXT,
+  after_rowid TEXT,
+  sql TEXT
+)`
+
+/** Per-connection state: the open capture transaction's id and the schema version triggers match. */
+const createSession = `CREATE TEMP TABLE IF NOT EXISTS _sync_session (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  tx_id INTEGER,
+  schema_version INTEGER NOT NULL
+)`
+
+/**
+ * Rows a BEFORE trigger found in the way of a write through a UNIQUE index other than the key. They are
+ * moved into the log as deletes by the AFTER trigger, which fires only when the write really happened
+ * (an `OR REPLACE` eviction); an `OR IGNORE`/failed write leaves them behind to be cleared by the next one.
+ */
+const createEvicted = `CREATE TEMP TABLE IF NOT EXISTS _sync_evicted (
+  seq INTEGER PRIMARY KEY,
+  tbl TEXT NOT NULL,
+  before TEXT NOT NULL,
+  before_rowid TEXT
+)`
+
+/**
+ * Raises the AUTOINCREMENT sequence of the log to at least every id the remote has acknowledged. After a
+ * pull, Draft is a copy of Synced whose log holds only the still-pending changes: without this floor an
+ * empty log would hand out ids the progress row already counts as applied.
+ */
+export const raiseSequenceFloor = (sql: SqlClient.SqlClient, floor: number) =>
+  Effect.gen(function*() {
+    yield* sql.unsafe(
+      `INSERT INTO main.sqlite_sequence(name, seq) SELECT '_sync_changes', 0
+       WHERE NOT EXISTS (SELECT 1 FROM main.sqlite_sequence WHERE name = '_sync_changes')`
+    ).raw
+    yield* sql`UPDATE main.sqlite_sequence SET seq = max(seq, ${Math.trunc(floor)}) WHERE name = '_sync_changes'`.raw
+  })
+
+const progressFloor = (sql: SqlClient.SqlClient) =>
+  Effect.gen(function*() {
+    const exists = yield* sql<{ readonly n: number }>`
+      SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = '_sync_progress'`.withoutTransform
+    if (exists[0]!.n === 0) return 0
+    const rows = yield* sql<{ readonly m: number }>`
+      SELECT coalesce(max(change_id), 0) AS m FROM main._sync_progress`.withoutTransform
+    return rows[0]!.m
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// Trigger text (pure)
+// ---------------------------------------------------------------------------------------------------------
+
+export const TRIGGER_PREFIX = "_sync_"
+
+const txIdExpr = `coalesce((SELECT tx_id FROM temp._sync_session), ` +
+  `coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1)`
+
+/** JSON object `{"col": "<quote(value)>", ...}` built from NEW, OLD or an alias, exact for every storage class. */
+export const imageExpr = (row: string, columns: ReadonlyArray<string>): string => {
+  const parts: Array<string> = []
+  columns.forEach((column, i) => {
+    parts.push(stringLiteral(`${i === 0 ? "{" : ","}${JSON.stringify(column)}:`))
+    parts.push(`json_quote(quote(${row}.${ident(column)}))`)
+  })
+  parts.push(columns.length === 0 ? `'{}'` : `'}'`)
+  return concat(parts)
+}
+
+const rowidExpr = (row: "NEW" | "OLD", info: TableInfo.TableInfo): string =>
+  info.primaryKey.length === 0 && info.rowidAlias !== null ? `quote(${row}.${ident(info.rowidAlias)})` : "NULL"
+
+const logInsert = (
+  info: TableInfo.TableInfo,
+  kind: "insert" | "update" | "delete"
+): string => {
+  const before = kind === "insert" ? "NULL" : imageExpr("OLD", info.columns)
+  const after = kind === "delete" ? "NULL" : imageExpr("NEW", info.columns)
+  const beforeRowid = kind === "insert" ? "NULL" : rowidExpr("OLD", info)
+  const afterRowid = kind === "delete" ? "NULL" : rowidExpr("NEW", info)
+  return `INSERT INTO main._sync_changes (tx_id, tbl, kind, before, after, before_rowid, after_rowid)
+  VALUES (${txIdExpr}, ${stringLiteral(info.name)}, '${kind}', ${before}, ${after}, ${beforeRowid}, ${afterRowid});`
+}
+
+/** `a IS b AND ...` for the given column pairs. */
+const allIs = (pairs: ReadonlyArray<readonly [string, string]>): string =>
+  pairs.map(([left, right]) => `${left} IS ${right}`).join(" AND ")
+
+/** The columns that identify a row: the primary key, else the reachable rowid. */
+const keyColumns = (info: TableInfo.TableInfo): ReadonlyArray<string> =>
+  info.primaryKey.length > 0 ? info.primaryKey : info.rowidAlias !== null ? [info.rowidAlias] : []
+
+/**
+ * Predicate over `main.T AS r`: rows other than the one being written (`self`) that the write of NEW would
+ * evict with `OR REPLACE`: through a UNIQUE index, or through the key itself when an update changes it.
+ * NULLs never conflict in a UNIQUE index, hence `=` rather than `IS`.
+ */
+const evictionPredicate = (info: TableInfo.TableInfo, self: "NEW" | "OLD"): string | undefined => {
+  const key = keyColumns(info)
+  // the key compares with each column's own collation, which `=` applies by default
+  const keyIndex: TableInfo.UniqueIndex = {
+    columns: key.map((column) => ({ column, expression: null, collation: "" })),
+    where: null
+  }
+  const indexes = self === "OLD" && key.length > 0 ? [...info.uniqueIndexes, keyIndex] : info.uniqueIndexes
+  if (indexes.length === 0) return undefined
+  // A partial index only holds rows its WHERE accepts: both the written row and the other one must match.
+  // The expression's bare column names resolve against a one-row projection of that row.
+  const projection = (row: string) =>
+    `(SELECT ${info.allColumns.map((column) => `${row}.${ident(column)} AS ${ident(column)}`).join(", ")})`
+  const satisfies = (row: string, where: string) => `EXISTS (SELECT 1 FROM ${projection(row)} WHERE (${where}))`
+  // An expression part is evaluated against each row the same way.
+  const valueOf = (row: string, part: TableInfo.IndexColumn) =>
+    part.expression !== null ? `(SELECT (${part.expression}) FROM ${projection(row)})` : `${row}.${ident(part.column!)}`
+  const conflicts = indexes.map(({ columns, where }) => {
+    const match = columns.map((part) =>
+      `${valueOf("r", part)} = ${valueOf("NEW", part)}${part.collation === "" ? "" : ` COLLATE ${ident(part.collation)}`}`
+    )
+    if (where !== null) match.push(satisfies("NEW", where), satisfies("r", where))
+    return "(" + match.join(" AND ") + ")"
+  })
+  const notSelf = key.length > 0
+    ? `NOT (${allIs(key.map((column) => [`r.${ident(column)}`, `${self}.${ident(column)}`]))})`
+    : "1"
+  return `(${conflicts.join(" OR ")}) AND ${notSelf}`
+}
+
+/** The CREATE TEMP TRIGGER statements that capture one table. */
+export const triggerStatements = (info: TableInfo.TableInfo): ReadonlyArray<string> => {
+  const table = `main.${ident(info.name)}`
+  const name = (suffix: string) => ident(`${TRIGGER_PREFIX}${suffix}_${info.name}`)
+  if (info.primaryKey.length === 0 && info.rowidAlias === null) {
+    // No key and the rowid hidden behind columns named rowid, _rowid_ and oid: no row identity to replay
+    // by. Writes fail at once with a clear message rather than diverge (or block every later push).
+    const message = stringLiteral(
+      `effect-sqlite-sync: table ${info.name} has no PRIMARY KEY and columns named rowid, _rowid_ and oid ` +
+        `hide its rowid, so its rows cannot be identified for sync; add a primary key`
+    )
+    return (["INSERT", "UPDATE", "DELETE"] as const).map((event) =>
+      `CREATE TEMP TRIGGER ${name(`no_${event.toLowerCase()}`)} BEFORE ${event} ON ${table} BEGIN
+  SELECT RAISE(ABORT, ${message});
+END`
+    )
+  }
+  const tbl = stringLiteral(info.name)
+  const statements: Array<string> = []
+  const moveEvicted = `INSERT INTO main._sync_changes (tx_id, tbl, kind, before, after, before_rowid, after_rowid)
+  SELECT ${txIdExpr}, tbl, 'delete', before, NULL, before_rowid, NULL FROM temp._sync_evicted WHERE tbl = ${tbl} ORDER BY seq;
+  DELETE FROM temp._sync_evicted WHERE tbl = ${tbl};`
+  const stage = (self: "NEW" | "OLD") => {
+    const predicate = evictionPredicate(info, self)
+    if (predicate === undefined) return undefined
+    const rowid = info.primaryKey.length === 0 && info.rowidAlias !== null
+      ? `quote(r.${ident(info.rowidAlias)})`
+      : "NULL"
+    return `DELETE FROM temp._sync_evicted WHERE tbl = ${tbl};
+  INSERT INTO temp._sync_evicted (tbl, before, before_rowid)
+  SELECT ${tbl}, ${imageExpr("r", info.columns)}, ${rowid} FROM ${table} AS r WHERE ${predicate};`
+  }
+  const stageInsert = stage("NEW")
+  const stageUpdate = stage("OLD")
+  if (stageInsert !== undefined) {
+    statements.push(`CREATE TEMP TRIGGER ${name("bi")} BEFORE INSERT ON ${table} BEGIN
+  ${stageInsert}
+END`)
+  }
+  if (stageUpdate !== undefined) {
+    statements.push(`CREATE TEMP TRIGGER ${name("bu")} BEFORE UPDATE ON ${table} BEGIN
+  ${stageUpdate}
+END`)
+  }
+  statements.push(`CREATE TEMP TRIGGER ${name("ai")} AFTER INSERT ON ${table} BEGIN
+  ${stageInsert !== undefined ? moveEvicted : ""}
+  ${logInsert(info, "insert")}
+END`)
+  statements.push(`CREATE TEMP TRIGGER ${name("au")} AFTER UPDATE ON ${table} BEGIN
+  ${stageUpdate !== undefined ? moveEvicted : ""}
+  ${logInsert(info, "update")}
+END`)
+  statements.push(`CREATE TEMP TRIGGER ${name("ad")} AFTER DELETE ON ${table} BEGIN
+  ${logInsert(info, "delete")}
+END`)
+  return statements
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Effects
+// ---------------------------------------------------------------------------------------------------------
+
+/**
+ * Bookkeeping reads numbers as numbers even when the caller asked for BigInts (`SqlClient.SafeIntegers`)
+ * for its own rows: ids and versions here stay far below 2^53.
+ */
+export const plain = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.provideService(effect, SqlClient.SafeIntegers, false)
+
+const plainGen = <Eff extends YieldWrap<Effect.Effect<any, any, any>>, A>(
+  f: () => Generator<Eff, A, never>
+) => plain(Effect.gen(f))
+
+const schemaVersion = (sql: SqlClient.SqlClient) =>
+  plain(Effect.map(
+    sql<{ readonly schema_version: number }>`PRAGMA main.schema_version`.withoutTransform,
+    (rows) => rows[0]!.schema_version
+  ))
+
+const reinstallTriggers = (sql: SqlClient.SqlClient) =>
+  plainGen(function*() {
+    const ours = yield* sql<{ readonly name: string }>`
+      SELECT name FROM temp.sqlite_schema WHERE type = 'trigger' AND substr(name, 1, 6) = '_sync_'`.withoutTransform
+    for (const { name } of ours) {
+      yield* sql.unsafe(`DROP TRIGGER IF EXISTS temp.${ident(name)}`).raw
+    }
+    const tables = yield* TableInfo.readAll
+    const create = (info: TableInfo.TableInfo) =>
+      sql.withTransaction(Effect.forEach(triggerStatements(info), (statement) => runUncached(sql, statement), {
+        discard: true
+      }))
+    for (const info of tables) {
+      // A partial index's WHERE that cannot be evaluated from a trigger must not stop capture of the table:
+      // without those indexes only their evictions go unseen.
+      yield* create(info).pipe(
+        Effect.catchAll((error) =>
+          info.uniqueIndexes.some((index) => index.where !== null)
+            ? create({ ...info, uniqueIndexes: info.uniqueIndexes.filter((index) => index.where === null) })
+            : Effect.fail(error)
+        )
+      )
+    }
+    yield* sql.unsafe(`DELETE FROM temp._sync_evicted`).raw
+    const version = yield* schemaVersion(sql)
+    yield* sql`UPDATE temp._sync_session SET schema_version = ${version}`.raw
+    return version
+  })
+
+const knownInstalled = globalValue(
+  Symbol.for("effect-sqlite-sync/ChangeCapture/knownInstalled"),
+  () => new WeakSet<SqlClient.SqlClient>()
+)
+
+export const install: Effect.Effect<void, SqlError, SqlClient.SqlClient> = plainGen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql.withTransaction(Effect.gen(function*() {
+    yield* sql.unsafe(createChangesTable).raw
+    yield* raiseSequenceFloor(sql, yield* progressFloor(sql))
+    yield* sql.unsafe(createSession).raw
+    yield* sql.unsafe(createEvicted).raw
+    yield* sql.unsafe(`INSERT OR IGNORE INTO temp._sync_session (id, tx_id, schema_version) VALUES (1, NULL, -1)`).raw
+    yield* reinstallTriggers(sql)
+  }))
+  knownInstalled.add(sql)
+})
+
+const isInstalled = (sql: SqlClient.SqlClient) =>
+  plain(Effect.map(
+    sql<{ readonly n: number }>`
+      SELECT count(*) AS n FROM temp.sqlite_schema WHERE type = 'table' AND name = '_sync_session'`.withoutTransform,
+    (rows) => rows[0]!.n > 0
+  ))
+
+interface CaptureState {
+  readonly txId: number
+}
+
+const currentState = globalValue(
+  Symbol.for("effect-sqlite-sync/ChangeCapture/currentState"),
+  () => FiberRef.unsafeMake<CaptureState | undefined>(undefined)
+)
+
+/** The capture transaction's id, if the current fiber is inside one. */
+export const currentTransactionId: Effect.Effect<number | undefined> = Effect.map(
+  FiberRef.get(currentState),
+  (state) => state?.txId
+)
+
+export const transaction = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  statement?: string
+): Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, R | SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const outer = yield* FiberRef.get(currentState)
+    // A rolled-back transaction may have taken this connection's capture state with it (install, trigger
+    // reinstalls): forget that it is known to be installed, so the next write checks again.
+    const forgetOnFailure = <X, Y, Z>(self: Effect.Effect<X, Y, Z>) =>
+      Effect.onExit(self, (exit) => Exit.isFailure(exit) ? Effect.sync(() => knownInstalled.delete(sql)) : Effect.void)
+    // Nested: the same local transaction (a savepoint, so a failing inner part can be caught and rolled back).
+    if (outer !== undefined) return yield* forgetOnFailure(sql.withTransaction(effect))
+    const recordStatement = (txId: number) =>
+      Effect.gen(function*() {
+        yield* sql`INSERT INTO main._sync_changes (tx_id, tbl, kind, sql) VALUES (${txId}, '', 'ddl', ${statement!})`
+          .raw
+        yield* reinstallTriggers(sql)
+      })
+    return yield* forgetOnFailure(sql.withTransaction(Effect.gen(function*() {
+      // One statement opens the capture transaction: allocate the id, read the versions to compare.
+      const begin = sql<SessionRow>`UPDATE temp._sync_session
+        SET tx_id = coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1
+        RETURNING tx_id, schema_version AS installed, (SELECT schema_version FROM pragma_schema_version) AS current`
+        .withoutTransform
+      // @effect/sql-sqlite-node caches a statement that failed to prepare (as a failure, for minutes): `begin`
+      // must never be prepared before the session table exists on this connection.
+      if (!knownInstalled.has(sql)) {
+        if (!(yield* isInstalled(sql))) yield* install
+        knownInstalled.add(sql)
+      }
+      const opened = yield* plain(begin).pipe(
+        Effect.catchAll((error) =>
+          // installed state rolled back with an outer transaction: the cached statement is valid, rerun it
+          Effect.flatMap(isInstalled(sql), (installed) => installed ? Effect.fail(error) : Effect.zipRight(install, begin))
+        )
+      )
+      let session = opened[0]!
+      if (session.installed !== session.current) {
+        // The schema changed without going through capture (outside any capture transaction): there is no
+        // statement text to record. Capture what exists from now on and say so.
+        yield* Effect.logWarning("effect-sqlite-sync: schema changed outside ChangeCapture; triggers reinstalled")
+        yield* reinstallTriggers(sql)
+        session = (yield* plain(begin))[0]!
+      }
+      const txId = session.tx_id!
+      const result = yield* Effect.locally(effect, currentState, { txId })
+      // One statement closes it: versions to compare, and whether deferred foreign keys need a look.
+      const [closed] = yield* plain(sql<SessionRow & { readonly deferred: number }>`
+        UPDATE temp._sync_session SET tx_id = NULL
+        RETURNING tx_id, schema_version AS installed, (SELECT schema_version FROM pragma_schema_version) AS current,
+          ${sql.literal(ForeignKeys.mayBeDeferredExpr)} AS deferred`.withoutTransform)
+      if (closed!.deferred === 1) {
+        const found = yield* plain(ForeignKeys.violations(sql, undefined))
+        if (found.length > 0) {
+          // COMMIT would fail and leave the connection inside the transaction (see foreignKeys.ts).
+          return yield* Effect.fail(
+            new SqlError({ message: `FOREIGN KEY constraint failed: ${ForeignKeys.describe(found)}` })
+          )
+        }
+      }
+      if (closed!.installed !== closed!.current) {
+        if (statement === undefined) return yield* Effect.fail(unrecordedSchemaChange())
+        yield* recordStatement(txId)
+      }
+      return result
+    })))
+  })
+
+interface SessionRow {
+  readonly tx_id: number | null
+  readonly installed: number
+  readonly current: number
+}
+
+const unrecordedSchemaChange = () =>
+  new CaptureError({
+    reason: "UnrecordedSchemaChange",
+    message: "the schema changed inside ChangeCapture.transaction through a statement not run with " +
+      "ChangeCapture.execute, so its SQL text is unknown and it cannot be replicated; the transaction was rolled back"
+  })
+
+export interface ExecuteResult {
+  readonly rows: ReadonlyArray<Record<string, unknown>>
+  readonly changes: number
+  readonly lastInsertRowid: number | bigint
+}
+
+export const execute = (
+  statement: string,
+  params: ReadonlyArray<unknown> = []
+): Effect.Effect<ExecuteResult, SqlError | ChangeCapture.CaptureError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const state = yield* FiberRef.get(currentState)
+    const parts = statement.includes(";") ? splitStatements(statement) : [statement]
+    if (state === undefined) {
+      const sql = yield* SqlClient.SqlClient
+      const single = parts.length <= 1 ? parts[0] ?? statement : undefined
+      if (
+        single !== undefined && !mayChangeSchema(single) && knownInstalled.has(sql) &&
+        Option.isNone(yield* Effect.serviceOption(SqlClient.TransactionConnection))
+      ) {
+        // One DML statement in autocommit mode is already one transaction with the log rows its triggers
+        // write, all of them sharing one txId (the log's sequence is saved at the statement's end); a
+        // deferred foreign-key violation fails just the statement. No capture transaction needed.
+        return yield* runStatement(sql, single, params)
+      }
+      if (single !== undefined && firstKeyword(single) === "VACUUM" && knownInstalled.has(sql)) {
+        // VACUUM cannot run inside a transaction and rewrites the file without changing its content; it bumps
+        // the schema cookie, which is not a schema change to replicate.
+        const result = yield* runStatement(sql, single, params)
+        yield* plain(Effect.flatMap(
+          schemaVersion(sql),
+          (version) => sql`UPDATE temp._sync_session SET schema_version = ${version}`.raw
+        ))
+        return result
+      }
+      return yield* transaction(execute(statement, params))
+    }
+    if (parts.length <= 1) return yield* executeOne(state, parts[0] ?? statement, params)
+    if (params.length > 0) {
+      return yield* Effect.fail(
+        new CaptureError({
+          reason: "InvalidStatement",
+          message: "bound parameters are only supported with a single statement"
+        })
+      )
+    }
+    let changes = 0
+    let last: ExecuteResult = { rows: [], changes: 0, lastInsertRowid: 0 }
+    for (const part of parts) {
+      last = yield* executeOne(state, part, [])
+      changes += last.changes
+    }
+    return { ...last, changes }
+  })
+
+const executeOne = (
+  state: CaptureState,
+  statement: string,
+  params: ReadonlyArray<unknown>
+): Effect.Effect<ExecuteResult, SqlError | ChangeCapture.CaptureError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const check = mayChangeSchema(statement)
+    const before = check ? yield* schemaVersion(sql) : 0
+    const result = yield* runStatement(sql, statement, params)
+    const after = check ? yield* schemaVersion(sql) : 0
+    if (after !== before) {
+      if (/^\s*CREATE\s+VIRTUAL\s/i.test(stripLeadingComments(statement))) {
+        return yield* Effect.fail(
+          new CaptureError({
+            reason: "UnsupportedDdl",
+            message: "virtual tables cannot be captured (SQLite allows no triggers on them or their shadow " +
+              `tables), so their rows would not sync: ${statement}`
+          })
+        )
+      }
+      if (params.length > 0) {
+        return yield* Effect.fail(
+          new CaptureError({
+            reason: "UnsupportedDdl",
+            message: `a schema change with bound parameters cannot be replicated: ${statement}`
+          })
+        )
+      }
+      yield* sql`INSERT INTO main._sync_changes (tx_id, tbl, kind, sql) VALUES (${state.txId}, '', 'ddl', ${statement})`
+        .raw
+      yield* reinstallTriggers(sql)
+    }
+    return result
+  })
+
+/**
+ * Runs a user statement, through @effect/sql-sqlite-node's prepared-statement cache when possible. That cache
+ * keeps a statement that failed to PREPARE as a failure for minutes, so `SELECT * FROM t` tried before
+ * `CREATE TABLE t` would keep failing after it: a prepare failure is retried without the cache, and the text
+ * is remembered for this client so it never goes through the cache again.
+ */
+const runStatement = (
+  sql: SqlClient.SqlClient,
+  statement: string,
+  params: ReadonlyArray<unknown>
+): Effect.Effect<ExecuteResult, SqlError> => {
+  const uncached = Effect.zipWith(
+    runUncached(sql, statement, params),
+    sql<{ readonly changes: number; readonly id: number | bigint }>`
+      SELECT changes() AS changes, last_insert_rowid() AS id`.withoutTransform,
+    (rows, [info]) => ({ rows, changes: Number(info!.changes), lastInsertRowid: info!.id })
+  )
+  const poisoned = poisonedTexts(sql)
+  if (poisoned.has(statement)) return uncached
+  return sql.unsafe(statement, params as Array<unknown>).raw.pipe(
+    Effect.flatMap((raw): Effect.Effect<ExecuteResult, SqlError> => {
+      if (!Array.isArray(raw)) {
+        const run = raw as { readonly changes: number | bigint; readonly lastInsertRowid: number | bigint }
+        return Effect.succeed({ rows: [], changes: Number(run.changes), lastInsertRowid: run.lastInsertRowid })
+      }
+      return Effect.map(
+        sql<{ readonly changes: number; readonly id: number | bigint }>`
+          SELECT changes() AS changes, last_insert_rowid() AS id`.withoutTransform,
+        ([info]) => ({
+          rows: raw as ReadonlyArray<Record<string, unknown>>,
+          changes: Number(info!.changes),
+          lastInsertRowid: info!.id
+        })
+      )
+    }),
+    Effect.catchAll((error) => {
+      if (!(error.message ?? "").startsWith("Failed to prepare")) return Effect.fail(error)
+      if (poisoned.size >= 10_000) poisoned.clear()
+      poisoned.add(statement)
+      return uncached
+    })
+  )
+}
+
+const poisonedByClient = globalValue(
+  Symbol.for("effect-sqlite-sync/ChangeCapture/poisoned"),
+  () => new WeakMap<SqlClient.SqlClient, Set<string>>()
+)
+
+const poisonedTexts = (sql: SqlClient.SqlClient): Set<string> => {
+  let set = poisonedByClient.get(sql)
+  if (set === undefined) {
+    set = new Set()
+    poisonedByClient.set(sql, set)
+  }
+  return set
+}
+
+/** Runs a statement without the prepared-statement cache; a prepare error becomes an SqlError, not a defect. */
+export const runUncached = (
+  sql: SqlClient.SqlClient,
+  statement: string,
+  params: ReadonlyArray<unknown> = []
+): Effect.Effect<ReadonlyArray<Record<string, unknown>>, SqlError> =>
+  sql.withoutTransforms().unsafe<Record<string, unknown>>(statement, params as Array<unknown>).unprepared.pipe(
+    Effect.catchAllDefect((defect) => Effect.fail(new SqlError({ cause: defect, message: "Failed to prepare statement" })))
+  )
+
+interface ChangeRow {
+  readonly id: number
+  readonly tx_id: number
+  readonly tbl: string
+  readonly kind: "insert" | "update" | "delete" | "ddl"
+  readonly before: string | null
+  readonly after: string | null
+  readonly before_rowid: string | null
+  readonly after_rowid: string | null
+  readonly sql: string | null
+}
+
+const toChange = (row: ChangeRow): ChangeCapture.Change => {
+  const base = {
+    id: row.id,
+    txId: row.tx_id,
+    table: row.tbl,
+    kind: row.kind,
+    before: row.before === null ? null : JSON.parse(row.before) as Record<string, string>,
+    after: row.after === null ? null : JSON.parse(row.after) as Record<string, string>
+  }
+  const withRowid = row.before_rowid !== null || row.after_rowid !== null
+    ? { ...base, rowid: { before: row.before_rowid, after: row.after_rowid } }
+    : base
+  return row.sql !== null ? { ...withRowid, sql: row.sql } : withRowid
+}
+
+const changesTableExists = (sql: SqlClient.SqlClient) =>
+  Effect.map(
+    sql<{ readonly n: number }>`
+      SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = '_sync_changes'`.withoutTransform,
+    (rows) => rows[0]!.n > 0
+  )
+
+export const ensureChangeIdsAbove = (floor: number): Effect.Effect<void, SqlError, SqlClient.SqlClient> =>
+  plainGen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql.withTransaction(Effect.gen(function*() {
+      yield* sql.unsafe(createChangesTable).raw
+      yield* raiseSequenceFloor(sql, floor)
+    }))
+  })
+
+export const pending = (
+  afterId: number,
+  limit?: number
+): Effect.Effect<ReadonlyArray<ChangeCapture.Change>, SqlError, SqlClient.SqlClient> =>
+  plainGen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    if (!(yield* changesTableExists(sql))) return []
+    const rows = yield* sql<ChangeRow>`
+      SELECT id, tx_id, tbl, kind, before, after, before_rowid, after_rowid, sql
+      FROM main._sync_changes WHERE id > ${afterId} ORDER BY id LIMIT ${limit ?? -1}`.withoutTransform
+    return rows.map(toChange)
+  })
+
+export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> = plainGen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  if (!(yield* changesTableExists(sql))) return 0
+  const rows = yield* sql<{ readonly id: number }>`
+    SELECT max(coalesce((SELECT max(id) FROM main._sync_changes), 0),
+               coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0)) AS id`
+    .withoutTransform
+  return rows[0]!.id
+})
+
+export const countPending = (afterId: number): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
+  plainGen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    if (!(yield* changesTableExists(sql))) return 0
+    const rows = yield* sql<{ readonly n: number }>`
+      SELECT count(*) AS n FROM main._sync_changes WHERE id > ${afterId}`.withoutTransform
+    return rows[0]!.n
+  })
+
+export const prune = (upToId: number): Effect.Effect<void, SqlError, SqlClient.SqlClient> =>
+  plainGen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    if (!(yield* changesTableExists(sql))) return
+    yield* sql`DELETE FROM main._sync_changes WHERE id <= ${upToId}`.raw
+  })

@@ -1,0 +1,64 @@
+/**
+ * Opening a brand-new local database: Synced = the remote's current base, Draft = a copy of it, then the
+ * metadata, whose presence says the bootstrap completed.
+ *
+ * @internal
+ */
+import * as Effect from "effect/Effect"
+import * as Ref from "effect/Ref"
+import * as Crypto from "node:crypto"
+import * as SyncError from "../../SyncError.js"
+import type * as SyncMetadata from "../../SyncMetadata.js"
+import * as Files from "../sqlite/files.js"
+import type { Opening, Paths } from "./state.js"
+import * as Validate from "./validate.js"
+
+/** Every file of both copies, with their WALs and the files of unfinished copies and rolls. */
+export const allFiles = (paths: Paths) => [
+  paths.draft, Files.walPath(paths.draft), Files.shmPath(paths.draft), paths.draftNew,
+  paths.synced, Files.walPath(paths.synced), Files.shmPath(paths.synced), paths.syncedNext
+]
+
+/** A base from `/export`: its header, then SQLite's check of its pages (nothing is written before). */
+export const validBase = (base: Uint8Array, generation: number) =>
+  Effect.zipRight(Validate.base(base, generation), Validate.databaseBytes(base, `the base of generation ${generation}`))
+
+/** A brand-new local database: Synced = the remote's current base, Draft = a copy of it. */
+export const bootstrap = Effect.fn("Engine.bootstrap")(
+  function*(opening: Opening) {
+    const { paths, remote } = opening
+    for (const file of allFiles(paths)) yield* Files.remove(file)
+    const { databaseId, generation } = yield* remote.info
+    const base = yield* remote.export(generation)
+    yield* Ref.update(opening.traffic, (t) => ({ ...t, received: t.received + base.byteLength }))
+    yield* validBase(base, generation).pipe(
+      Effect.mapError((e) => new SyncError.BootstrapError({ reason: "InvalidBase", message: e.message, cause: e }))
+    )
+    yield* Files.writeNew(paths.synced, base)
+    yield* Files.writeNew(paths.draft, base)
+    const metadata: SyncMetadata.Metadata = {
+      version: 1,
+      clientId: `${opening.options.clientName ?? "client"}-${Crypto.randomUUID()}`,
+      generation,
+      syncedFrame: 0,
+      lastPushedChangeId: 0,
+      activeCopy: "draft",
+      copyInProgress: false,
+      rollInProgress: false,
+      draftBase: { generation, frame: 0 },
+      ...(remote.url === undefined ? {} : { remoteUrl: remote.url }),
+      ...(databaseId === undefined ? {} : { databaseId })
+    }
+    // Written last: the metadata file is what says a bootstrap completed.
+    yield* opening.metadataStore.write(metadata)
+    return metadata
+  },
+  Effect.mapError((cause) =>
+    cause._tag === "BootstrapError" ? cause : new SyncError.BootstrapError({
+      reason: cause._tag === "StorageError" ? "Storage" : "Remote",
+      message: `cannot create a local database from the remote: ${cause.message}`,
+      cause
+    })
+  ),
+  (effect, opening) => Effect.tapError(effect, () => Effect.forEach(allFiles(opening.paths), (f) => Effect.ignore(Files.remove(f))))
+)

@@ -1,0 +1,171 @@
+/**
+ * The client engine: push (steps 1a–c) and pull (2a–d) over the Draft and Synced copies, bootstrap,
+ * generation rolls and recovery on open. This file says in which order the steps run; each step is a
+ * function of the engine's state in a file of its own (docs/architecture.md has the table).
+ *
+ * Invariants (every step keeps them; recovery on open restores them after a crash):
+ * 1. At rest, Synced = the remote's base of `generation` (its database file) + exactly the remote's frames
+ *    1..`syncedFrame` (its WAL). Frames beyond `syncedFrame` exist only inside a push or a pull and are cut
+ *    off by the next step (a) or on open.
+ * 2. Every change in Draft's change log with an id above the remote's progress row for this client
+ *    (`_sync_progress`, read from Synced after a pull) is not yet on the remote; every one at or below it is,
+ *    exactly once: the progress row is written in the same remote transaction as the replayed changes.
+ * 3. Draft is replaced only by a complete, fsynced copy of Synced (`<path>-draft.new`, renamed over it);
+ *    metadata says when a copy is under way, and open finishes it.
+ * 4. Writes never reach Draft while it is being replaced (the copy holds every write permit); reads never
+ *    see a half-replaced Draft (they are served by Synced meanwhile, which holds the same rows).
+ * 5. Push, pull and sync never run two at a time; Synced is only touched by them (and by reads during 2c).
+ * 6. Local change ids only grow, across copies and restarts, so that (2) can compare them.
+ *
+ * @internal
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Scheduler from "effect/Scheduler"
+import * as SynchronizedRef from "effect/SynchronizedRef"
+import * as ConflictPolicy from "../../ConflictPolicy.js"
+import * as LocalCopies from "../../LocalCopies.js"
+import type * as SyncError from "../../SyncError.js"
+import * as SyncFiles from "../../SyncFiles.js"
+import * as SyncMetadata from "../../SyncMetadata.js"
+import * as SyncRemote from "../../SyncRemote.js"
+import type * as Files from "../sqlite/files.js"
+import { bootstrap } from "./bootstrap.js"
+import * as ConflictLog from "./conflictLog.js"
+import * as Copy from "./copy.js"
+import * as Gates from "./gates.js"
+import * as Local from "./local.js"
+import * as Pull from "./pull.js"
+import * as Push from "./push.js"
+import { recover } from "./recovery.js"
+import { pullFollowingRemote, rebootstrapSynced } from "./rebootstrap.js"
+import * as RemoteBinding from "./remoteBinding.js"
+import * as Replay from "./replay.js"
+import type { EngineOptions, Opening, State, SyncedPrefix } from "./state.js"
+import { resetSyncedWal } from "./syncedWal.js"
+
+export { type EngineOptions, type Step, steps } from "./state.js"
+
+/**
+ * better-sqlite3 runs every statement synchronously, and Effect's default scheduler goes back to the event
+ * loop only after thousands of yields: a replay of thousands of changes would hold the whole process (reads,
+ * writes, an HTTP server) for seconds. Push and pull run on this scheduler instead, which returns to the
+ * event loop (setImmediate) each time the fiber yields (every 2048 operations).
+ */
+const breathingScheduler = Scheduler.make((task) => {
+  setImmediate(task)
+})
+
+/** Push: rounds of 1a, 1b, 1c until the remote acknowledges (or nothing is pending); a conflict starts over. */
+const pushRounds = Effect.fn("Engine.push")(
+  function*(state: State) {
+    for (let round = 1; round <= state.maxRounds; round++) {
+      yield* pullFollowingRemote(state, Pull.pullRemoteIntoSynced) /* 1a */
+      const progress = yield* Pull.settleProgress(state)
+      const replay = yield* Replay.replayDraftOntoSynced(state, "push", progress) /* 1b */
+      if (replay.replayed === 0) return false
+      const outcome = yield* Push.pushSyncedFrames(state, replay.lastChangeId) /* 1c */
+      if (outcome !== "Conflict") return true
+      yield* Push.backoff(state, round)
+    }
+    return yield* Push.retriesExhausted(state)
+  },
+  (effect, state) => Effect.onError(effect, () => Effect.ignore(resetSyncedWal(state)))
+)
+
+/** Steps 2b and 2c, under the write gate: local changes onto Synced, then Synced over Draft. */
+const replayAndCopy = (state: State, progress: number, prefix: Files.WalState | undefined) =>
+  Effect.gen(function*() {
+    const started = Date.now()
+    yield* Replay.replayDraftOntoSynced(state, "pull", progress) /* 2b */
+    yield* Copy.copySyncedOverDraft(state, prefix) /* 2c */
+    yield* Ref.set(state.lastWriteBlockedMs, Option.some(Date.now() - started))
+  })
+
+/** Pull: 2a, then (unless Draft is already a copy of Synced as it stands) 2b, 2c, 2d. */
+const pullSteps = Effect.fn("Engine.pull")(function*(state: State) {
+  const arrived = yield* pullFollowingRemote(state, Pull.pullRemoteIntoSynced) /* 2a */
+  const progress = yield* Pull.settleProgress(state)
+  if (yield* Copy.draftIsCurrent(state)) return arrived
+  const prefix = yield* Copy.prepareDraftCopy(state) /* 2c, first part */
+  yield* Gates.holdingWrites(state.gates, replayAndCopy(state, progress, prefix)).pipe(
+    Effect.onError(() => Effect.ignore(resetSyncedWal(state)))
+  )
+  yield* resetSyncedWal(state) /* 2d */
+  return true
+})
+
+/**
+ * One of push, pull and sync at a time, on the breathing scheduler, with the file service the engine was
+ * built with (tests inject faults through it) whatever context the caller runs in.
+ */
+const exclusive = <A>(state: State, effect: Effect.Effect<A, SyncError.SyncError>): Effect.Effect<A, SyncError.SyncError> => {
+  const locked = state.syncLock.withPermits(1)(effect).pipe(Effect.withScheduler(breathingScheduler))
+  return Option.isSome(state.fileService)
+    ? Effect.provideService(locked, SyncFiles.SyncFiles, state.fileService.value)
+    : locked
+}
+
+/** Opens the local database: bootstrap when it is brand-new, recovery otherwise; then the engine's state. */
+const open = (options: EngineOptions) =>
+  Effect.gen(function*() {
+    const opening: Opening = {
+      options,
+      paths: LocalCopies.files(options.path),
+      remote: yield* SyncRemote.SyncRemote,
+      metadataStore: yield* SyncMetadata.SyncMetadata,
+      traffic: yield* Ref.make({ sent: 0, received: 0 })
+    }
+    const stored = yield* opening.metadataStore.read
+    // Another server database's URL is refused before anything is touched.
+    const url = Option.isSome(stored)
+      ? yield* RemoteBinding.urlDecision(stored.value.remoteUrl, opening.remote.url, options.allowUrlChange === true)
+      : "keep"
+    const initial = yield* Option.match(stored, {
+      onNone: () => bootstrap(opening),
+      onSome: (m) =>
+        recover(opening, url === "record" && opening.remote.url !== undefined ? { ...m, remoteUrl: opening.remote.url } : m)
+    })
+    const state: State = {
+      ...opening,
+      draft: yield* LocalCopies.Draft,
+      synced: yield* LocalCopies.Synced,
+      fileService: yield* Effect.serviceOption(SyncFiles.SyncFiles),
+      metadata: yield* SynchronizedRef.make(initial),
+      clientId: initial.clientId,
+      step: options.onStep ?? (() => Effect.void),
+      maxRounds: options.maxPushRounds ?? 12,
+      backoff: Duration.decode(options.conflictBackoff ?? Duration.millis(20)),
+      resolve: options.conflicts ?? ConflictPolicy.resolver("lastPushWins"),
+      conflictLog: ConflictLog.make(`${options.path}-conflicts`),
+      pushConflicts: yield* Ref.make<ReadonlyArray<ConflictPolicy.Entry>>([]),
+      syncedPrefix: yield* Ref.make<SyncedPrefix | undefined>(undefined),
+      gates: yield* Gates.make,
+      syncLock: yield* Effect.makeSemaphore(1),
+      lastWriteBlockedMs: yield* Ref.make(Option.none<number>())
+    }
+    yield* state.synced.open
+    yield* Copy.openDraft(state)
+    return state
+  })
+
+/** @internal */
+export const make = (options: EngineOptions) =>
+  Effect.map(open(options), (state) => ({
+    clientId: state.clientId,
+    conflicts: state.conflictLog.read,
+    execute: Local.execute(state),
+    executeRows: Local.executeRows(state),
+    transaction: Local.transaction(state),
+    query: Local.query(state),
+    push: exclusive(state, pushRounds(state)),
+    pull: exclusive(state, pullSteps(state)),
+    sync: exclusive(state, Effect.zipRight(pushRounds(state), pullSteps(state))),
+    rebootstrap: exclusive(state, Effect.zipRight(rebootstrapSynced(state, "Requested"), pullSteps(state))),
+    stats: Local.stats(state)
+  }))
+
+/** @internal */
+export type Engine = Effect.Effect.Success<ReturnType<typeof make>>

@@ -1,0 +1,510 @@
+/**
+ * The protocol core behind every `ServerStore` layer: argument validation, generations, idempotent
+ * pushes, conflicts, gaps, baton sessions, rolls. Storage is reached only through `Backend`, so the
+ * in-memory and the SQLite store behave identically by construction.
+ *
+ * Concurrency: pushes to one database run one at a time under its semaphore and uninterruptibly (a
+ * client that hangs up cannot leave half a commit behind). Pulls, info and exports take no lock: they
+ * read the committed head from memory, which moves only after the backend has made the frames
+ * durable, and frames at or below a head never change.
+ *
+ * The malformed-database check runs once per request, on the state after its last commit frame: a
+ * request holding several small transactions (the libSQL client batches 128 frames regardless of
+ * transaction boundaries) costs one check, not one per transaction. The states between those
+ * transactions are not checked on their own.
+ */
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Deferred from "effect/Deferred"
+import * as FiberId from "effect/FiberId"
+import type * as Scope from "effect/Scope"
+import * as crypto from "node:crypto"
+import type { PullResult, PushResult, Service } from "../../ServerStore.js"
+import { StoreError } from "./storeError.js"
+import { MAX_FRAMES_PER_REQUEST } from "../../SyncProtocol.js"
+import * as WalFrame from "../../WalFrame.js"
+import { checkHeaderFrames, emptyWalBase } from "./sqliteImage.js"
+
+/** What a backend knows about one generation when a database is opened. */
+export interface GenerationRecord {
+  readonly generation: number
+  /** Committed frames of the generation (its last frame number). */
+  readonly lastFrame: number
+  /** Its base and frames are gone (keepGenerations); only `lastFrame` remains. */
+  readonly dropped: boolean
+}
+
+/** Storage of one database. Every method is called with the database's push lock held, except reads. */
+export interface DatabaseBackend {
+  /** Every generation ever created, oldest first; never empty (a new database has generation 1). */
+  readonly generations: ReadonlyArray<GenerationRecord>
+  /** The current generation's frame numbers answered Ok while still pending (see `recordAck`). */
+  readonly ackedPending: ReadonlyArray<number>
+  readonly readBase: (generation: number) => Effect.Effect<Uint8Array, StoreError>
+  /** Committed frames `start..end-1` of a generation; fewer only when the generation was dropped. */
+  readonly readFrames: (
+    generation: number,
+    start: number,
+    end: number
+  ) => Effect.Effect<ReadonlyArray<WalFrame.Frame>, StoreError>
+  /**
+   * Checks the current generation's head with `frames` (whole transactions) applied and, when SQLite
+   * finds nothing wrong, stores them durably as frames `firstFrameNo..` of `generation` and moves the
+   * head. Left(message) when the result is malformed; then nothing is stored. Recorded acks below the
+   * new head are forgotten with it.
+   */
+  readonly commit: (
+    generation: number,
+    firstFrameNo: number,
+    frames: ReadonlyArray<WalFrame.Frame>
+  ) => Effect.Effect<Either.Either<void, string>, StoreError>
+  /**
+   * The generation's base with all its committed frames applied: `WalFrame.applyFrames(base, frames)`,
+   * which is what a replica's TRUNCATE checkpoint of the generation leaves.
+   */
+  readonly materialize: (generation: number) => Effect.Effect<Uint8Array, StoreError>
+  /**
+   * Durably notes that frame `frameNo` of `generation` was answered Ok while still pending, before the
+   * answer leaves: the pusher now counts it as stored, and must not later be let to continue after it
+   * on top of someone else's frames (see the rewind in `pushLocked`).
+   */
+  readonly recordAck: (generation: number, frameNo: number) => Effect.Effect<void, StoreError>
+  /** Starts `generation` with `base` and no frames; it becomes the current generation. */
+  readonly roll: (generation: number, base: Uint8Array) => Effect.Effect<void, StoreError>
+  /** Forgets the bases and frames of every generation up to and including `generation`. */
+  readonly dropThrough: (generation: number) => Effect.Effect<void, StoreError>
+  readonly close: Effect.Effect<void>
+}
+
+/** A place databases live in. `open` creates the database (generation 1 with `emptyBase`) on first use. */
+export interface Backend {
+  readonly open: (name: string, emptyBase: Uint8Array) => Effect.Effect<DatabaseBackend, StoreError>
+}
+
+export interface CoreOptions {
+  readonly generationFrames?: number | undefined
+  readonly keepGenerations?: number | undefined
+  readonly batonIdleMs?: number | undefined
+  readonly maxPendingFrames?: number | undefined
+  /** "off" also skips the page-1 header check: a store told to trust its pushers trusts them entirely. */
+  readonly integrityCheck?: "quick_check" | "integrity_check" | "off" | undefined
+}
+
+/** Frames a baton session may hold before its commit frame (256 MiB of pages, held in memory). */
+export const DEFAULT_MAX_PENDING_FRAMES = 65_536
+
+export const DEFAULT_BATON_IDLE_MS = 10_000
+
+const NAME = /^[A-Za-z0-9_-]{1,64}$/
+
+interface Session {
+  readonly baton: string
+  pending: ReadonlyArray<WalFrame.Frame>
+  touchedAt: number
+}
+
+interface Handle {
+  readonly name: string
+  readonly backend: DatabaseBackend
+  readonly lock: Effect.Semaphore
+  current: number
+  /** The oldest generation whose base and frames are still there. */
+  oldest: number
+  readonly lastFrames: Map<number, number>
+  session: Session | undefined
+  /** The baton of the last session a commit ended: a retry of that request is answered, not refused. */
+  closedBaton: string | undefined
+  /** Frame numbers (at or above the head) some pusher was told are stored while they were pending. */
+  readonly acked: Set<number>
+  /** Pages of the current generation's committed head (its last commit size), read on first need. */
+  headPages: number | undefined
+}
+
+const fail = (reason: StoreError["reason"], message: string) => Effect.fail(new StoreError({ reason, message }))
+
+const isPositiveInt = (n: number) => Number.isSafeInteger(n) && n >= 1
+
+const validateOptions = (options: CoreOptions) => {
+  const check = (name: string, value: number | undefined, min: number) => {
+    if (value !== undefined && !(Number.isSafeInteger(value) && value >= min)) {
+      throw new Error(`ServerStore: ${name} must be an integer >= ${min}, got ${value}`)
+    }
+  }
+  check("generationFrames", options.generationFrames, 1)
+  check("keepGenerations", options.keepGenerations, 0)
+  check("batonIdleMs", options.batonIdleMs, 1)
+  check("maxPendingFrames", options.maxPendingFrames, 1)
+}
+
+const copyFrame = (frame: WalFrame.Frame): WalFrame.Frame => ({
+  pgno: frame.pgno,
+  commitSize: frame.commitSize,
+  page: frame.page.slice()
+})
+
+/**
+ * SQLite's own bound on a commit size: a replica that checkpointed the previous commit and then reads
+ * these frames refuses, as SQLITE_CORRUPT, a database larger than its file plus the WAL's pages plus
+ * 64 KiB (walCheckpoint in wal.c). A real transaction grows the file only by pages it writes; a forged
+ * commit size would otherwise make every replica (and the server's own check) allocate up to 16 TiB.
+ */
+export const checkCommitSizes = (frames: ReadonlyArray<WalFrame.Frame>, headPages: number): string | undefined => {
+  const slack = 65_536 / WalFrame.PAGE_SIZE
+  let pages = headPages
+  let written = 0
+  for (const frame of frames) {
+    written++
+    if (frame.commitSize === 0) continue
+    if (frame.commitSize > pages + written + slack) {
+      return `a commit of ${written} frames grows the database from ${pages} to ${frame.commitSize} pages`
+    }
+    pages = frame.commitSize
+    written = 0
+  }
+  return undefined
+}
+
+const newBaton = () => crypto.randomBytes(16).toString("hex")
+
+/**
+ * Builds the service over a backend. Open databases are closed when the scope closes.
+ */
+export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect<Service, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    yield* Effect.try(() => validateOptions(options)).pipe(Effect.orDie)
+    const emptyBase = yield* Effect.try(() => emptyWalBase()).pipe(Effect.orDie)
+    const batonIdleMs = options.batonIdleMs ?? DEFAULT_BATON_IDLE_MS
+    const maxPendingFrames = options.maxPendingFrames ?? DEFAULT_MAX_PENDING_FRAMES
+    const opening = new Map<string, Deferred.Deferred<Handle, StoreError>>()
+
+    const opened = new Map<string, Handle>()
+    yield* Effect.addFinalizer(() => Effect.forEach(opened.values(), (h) => h.backend.close, { discard: true }))
+
+    const openHandle = (name: string): Effect.Effect<Handle, StoreError> =>
+      backend.open(name, emptyBase).pipe(
+        Effect.map((db): Handle => {
+          const lastFrames = new Map<number, number>()
+          let current = 0
+          let oldest = 1
+          for (const record of db.generations) {
+            lastFrames.set(record.generation, record.lastFrame)
+            current = Math.max(current, record.generation)
+            if (record.dropped) oldest = Math.max(oldest, record.generation + 1)
+          }
+          if (current === 0) throw new Error(`ServerStore: database ${name} has no generation`)
+          return {
+            name,
+            backend: db,
+            lock: Effect.unsafeMakeSemaphore(1),
+            current,
+            oldest,
+            lastFrames,
+            session: undefined,
+            closedBaton: undefined,
+            acked: new Set(db.ackedPending),
+            headPages: undefined
+          }
+        }),
+        // A keepGenerations lowered between runs, or a crash between a roll and its drop, is settled here.
+        Effect.tap((handle) => dropOld(handle))
+      )
+
+    const handle = (name: string): Effect.Effect<Handle, StoreError> => {
+      if (typeof name !== "string" || !NAME.test(name)) {
+        return fail("BadRequest", `invalid database name ${JSON.stringify(String(name)).slice(0, 80)}`)
+      }
+      return Effect.suspend(() => {
+        const existing = opening.get(name)
+        if (existing !== undefined) return Deferred.await(existing)
+        const deferred = Deferred.unsafeMake<Handle, StoreError>(FiberId.none)
+        opening.set(name, deferred)
+        return openHandle(name).pipe(
+          Effect.exit,
+          Effect.flatMap((exit) => {
+            // A failed open is not remembered: the next request tries again.
+            if (exit._tag === "Failure") opening.delete(name)
+            else opened.set(name, exit.value)
+            return Deferred.done(deferred, exit)
+          }),
+          Effect.zipRight(Deferred.await(deferred)),
+          Effect.uninterruptible
+        )
+      })
+    }
+
+    const dropOld = (h: Handle): Effect.Effect<void, StoreError> => {
+      if (options.keepGenerations === undefined) return Effect.void
+      const through = h.current - 1 - options.keepGenerations
+      if (through < h.oldest) return Effect.void
+      return h.backend.dropThrough(through).pipe(Effect.tap(() => {
+        h.oldest = through + 1
+      }))
+    }
+
+    const checkGeneration = (h: Handle, generation: number): Effect.Effect<void, StoreError> => {
+      if (!Number.isSafeInteger(generation)) return fail("BadRequest", `generation ${generation} is not an integer`)
+      if (generation < 1 || generation > h.current) {
+        return fail("GenerationNotFound", `database ${h.name} has no generation ${generation} (current is ${h.current})`)
+      }
+      if (generation < h.oldest) {
+        return fail("GenerationGone", `generation ${generation} of database ${h.name} is no longer kept (oldest is ${h.oldest})`)
+      }
+      return Effect.void
+    }
+
+    const checkRange = (start: number, end: number): Effect.Effect<void, StoreError> => {
+      if (!isPositiveInt(start)) return fail("BadRequest", `start ${start} must be an integer >= 1`)
+      if (!Number.isSafeInteger(end) || end <= start) return fail("BadRequest", `end ${end} must be an integer > start ${start}`)
+      return Effect.void
+    }
+
+    const info: Service["info"] = (database) =>
+      Effect.map(handle(database), (h) => ({ generation: h.current, maxFrameNo: h.lastFrames.get(h.current)! }))
+
+    const exportGeneration: Service["exportGeneration"] = (database, generation) =>
+      Effect.gen(function*() {
+        const h = yield* handle(database)
+        yield* checkGeneration(h, generation)
+        return yield* h.backend.readBase(generation)
+      })
+
+    const pull: Service["pull"] = (database, generation, start, end) =>
+      Effect.gen(function*() {
+        yield* checkRange(start, end)
+        const h = yield* handle(database)
+        yield* checkGeneration(h, generation)
+        const last = h.lastFrames.get(generation)!
+        if (start > last) {
+          return {
+            _tag: "CheckpointNeeded",
+            generation: h.current,
+            maxFrameNo: h.lastFrames.get(h.current)!
+          } satisfies PullResult as PullResult
+        }
+        const to = Math.min(end - 1, last, start + MAX_FRAMES_PER_REQUEST - 1)
+        const frames = yield* h.backend.readFrames(generation, start, to + 1)
+        if (frames.length !== to - start + 1) {
+          yield* checkGeneration(h, generation)
+          return yield* Effect.dieMessage(
+            `ServerStore: generation ${generation} of ${database} returned ${frames.length} frames for ${start}..${to}`
+          )
+        }
+        return { _tag: "Frames", frames } satisfies PullResult as PullResult
+      })
+
+    const headPagesOf = (h: Handle, generation: number, head: number): Effect.Effect<number, StoreError> =>
+      h.headPages !== undefined
+        ? Effect.succeed(h.headPages)
+        : (head === 0
+          ? Effect.map(h.backend.readBase(generation), (base) => base.byteLength / WalFrame.PAGE_SIZE)
+          : Effect.map(h.backend.readFrames(generation, head, head + 1), (frames) => frames[0].commitSize)).pipe(
+            Effect.tap((pages) =>
+              Effect.sync(() => {
+                h.headPages = pages
+              })
+            )
+          )
+
+    const maybeRoll = (h: Handle): Effect.Effect<void, StoreError> =>
+      Effect.gen(function*() {
+        const limit = options.generationFrames
+        const generation = h.current
+        const last = h.lastFrames.get(generation)!
+        if (limit === undefined || h.session !== undefined || last <= limit) return
+        const next = yield* h.backend.materialize(generation)
+        yield* h.backend.roll(generation + 1, next)
+        h.lastFrames.set(generation + 1, 0)
+        h.current = generation + 1
+        h.closedBaton = undefined
+        h.acked.clear()
+        h.headPages = next.byteLength / WalFrame.PAGE_SIZE
+        yield* dropOld(h)
+      })
+
+    const recordAck = (h: Handle, generation: number, frameNo: number): Effect.Effect<void, StoreError> =>
+      frameNo <= h.lastFrames.get(generation)! || h.acked.has(frameNo)
+        ? Effect.void
+        : Effect.tap(h.backend.recordAck(generation, frameNo), () => {
+          h.acked.add(frameNo)
+        })
+
+    const pushLocked = (
+      h: Handle,
+      generation: number,
+      start: number,
+      end: number,
+      frames: ReadonlyArray<WalFrame.Frame>,
+      baton: string | undefined
+    ): Effect.Effect<PushResult, StoreError> =>
+      Effect.gen(function*() {
+        const now = yield* Clock.currentTimeMillis
+        if (h.session !== undefined && now - h.session.touchedAt > batonIdleMs) {
+          // An abandoned transaction: its frames were never visible, so dropping them is invisible too.
+          h.session = undefined
+        }
+        yield* checkGeneration(h, generation).pipe(
+          Effect.catchIf((e) => e.reason === "GenerationGone", () => Effect.void)
+        )
+        if (generation < h.current) {
+          return { _tag: "Conflict", generation, maxFrameNo: h.lastFrames.get(generation)! } as const
+        }
+        let session = h.session
+        let retryOfClosed = false
+        if (baton !== undefined) {
+          if (session !== undefined && session.baton === baton) {
+            // the session's own next request
+          } else if (session === undefined && baton === h.closedBaton) {
+            retryOfClosed = true
+          } else {
+            return yield* fail("UnknownBaton", `baton ${baton.slice(0, 64)} is unknown or expired`)
+          }
+        } else if (session !== undefined) {
+          // The request that opened this session, sent again because its answer was lost: whoever sends
+          // frames identical to the session's pending ones is its owner, so it gets the baton back.
+          const head = h.lastFrames.get(generation)!
+          const known = head + session.pending.length
+          if (end - 1 > head && end - 1 <= known) {
+            const stored = start <= head ? [...(yield* h.backend.readFrames(generation, start, head + 1))] : []
+            for (let n = Math.max(start, head + 1); n <= end - 1; n++) stored.push(session.pending[n - head - 1])
+            if (stored.length === frames.length && stored.every((frame, i) => WalFrame.equals(frame, frames[i]))) {
+              session.touchedAt = now
+              yield* recordAck(h, generation, end - 1)
+              return { _tag: "Ok", generation, maxFrameNo: end - 1, baton: session.baton } as const
+            }
+          }
+          return yield* fail("Busy", `database ${h.name} is in the middle of another push's transaction`)
+        }
+        const touch = () => {
+          if (session !== undefined) session.touchedAt = now
+        }
+        const answer = (maxFrameNo: number): Effect.Effect<PushResult, StoreError> =>
+          session === undefined
+            ? Effect.succeed({ _tag: "Ok", generation, maxFrameNo })
+            : Effect.as(recordAck(h, generation, maxFrameNo), { _tag: "Ok", generation, maxFrameNo, baton: session.baton })
+
+        const head = h.lastFrames.get(generation)!
+        const pending = session?.pending ?? []
+        const known = head + pending.length
+        if (start > known + 1) {
+          touch()
+          if (session === undefined && baton === undefined && head >= 1 && h.acked.has(start - 1)) {
+            // A pusher that lost its session comes back after the frame it was acknowledged. Answering
+            // the head would make it resend from head + 1: the middle of its transaction, on top of
+            // whatever others committed meanwhile. Asking for frame `head` first tells the cases apart:
+            // if others committed, its frame `head` differs (conflict); if not, frame `head` is the
+            // committed frame it built on, and it resends its whole transaction after it.
+            return { _tag: "Ok", generation, maxFrameNo: head - 1 } as const
+          }
+          return yield* answer(known)
+        }
+        if (session === undefined && baton === undefined && start === head + 1 && h.acked.has(head)) {
+          // A pusher was once told frame `head` was stored while it was pending, and its session was lost
+          // since (idle, refused or a restart): others' commits now end exactly there. Its continuation
+          // would land on their frames, and a newcomer's new transaction looks the same from here. Asking
+          // for frame `head` again tells them apart: the newcomer has the committed one; the old pusher
+          // has its pending frame (commit size 0, so never equal to a commit frame) and gets a conflict.
+          return { _tag: "Ok", generation, maxFrameNo: head - 1 } as const
+        }
+
+        // Frames the server already has must come back byte for byte.
+        const overlapEnd = Math.min(end - 1, known)
+        if (start <= overlapEnd) {
+          const committedEnd = Math.min(overlapEnd, head)
+          const stored: Array<WalFrame.Frame> = []
+          if (start <= committedEnd) {
+            stored.push(...(yield* h.backend.readFrames(generation, start, committedEnd + 1)))
+          }
+          for (let n = Math.max(start, head + 1); n <= overlapEnd; n++) stored.push(pending[n - head - 1])
+          for (let i = 0; i < stored.length; i++) {
+            if (!WalFrame.equals(stored[i], frames[i])) {
+              // The pusher's transaction no longer matches what it sent: it cannot be finished.
+              if (session !== undefined) h.session = undefined
+              return { _tag: "Conflict", generation, maxFrameNo: head } as const
+            }
+          }
+        }
+        if (end - 1 <= known) {
+          touch()
+          return yield* answer(end - 1)
+        }
+        if (retryOfClosed) {
+          return yield* fail("UnknownBaton", `baton ${baton!.slice(0, 64)} belongs to a finished transaction`)
+        }
+
+        const fresh = frames.slice(known + 1 - start).map(copyFrame)
+        const valid = WalFrame.validateTransactions(fresh, pending)
+        if (Either.isLeft(valid)) return yield* fail("BadFrames", valid.left.message)
+        const combined = pending.concat(fresh)
+        const committed = WalFrame.committedLength(combined)
+        if (combined.length - committed > maxPendingFrames) {
+          return yield* fail("TooLarge", `a transaction of more than ${maxPendingFrames} frames is not accepted`)
+        }
+        if (committed === 0) {
+          if (session === undefined) {
+            session = { baton: newBaton(), pending: combined, touchedAt: now }
+            h.session = session
+          } else {
+            session.pending = combined
+            session.touchedAt = now
+          }
+          return yield* answer(end - 1)
+        }
+
+        const toCommit = combined.slice(0, committed)
+        const rest = combined.slice(committed)
+        const malformed = (message: string) => {
+          // The refused transaction includes the session's pending frames: the session is over.
+          if (session !== undefined) h.session = undefined
+          return fail("Malformed", `the pushed transaction would leave a malformed database: ${message}`)
+        }
+        const headerProblem = options.integrityCheck === "off" ? undefined : checkHeaderFrames(toCommit)
+        if (headerProblem !== undefined) return yield* malformed(headerProblem)
+        const sizeProblem = checkCommitSizes(toCommit, yield* headPagesOf(h, generation, head))
+        if (sizeProblem !== undefined) return yield* malformed(sizeProblem)
+        const result = yield* h.backend.commit(generation, head + 1, toCommit)
+        if (Either.isLeft(result)) return yield* malformed(result.left)
+        h.lastFrames.set(generation, head + committed)
+        h.headPages = toCommit[committed - 1].commitSize
+        for (const n of h.acked) if (n < head + committed) h.acked.delete(n)
+        if (rest.length > 0) {
+          if (session === undefined) {
+            session = { baton: newBaton(), pending: rest, touchedAt: now }
+          } else {
+            session.pending = rest
+            session.touchedAt = now
+          }
+          h.session = session
+        } else {
+          if (session !== undefined) h.closedBaton = session.baton
+          session = undefined
+          h.session = undefined
+        }
+        const result2 = yield* answer(end - 1)
+        // The frames are durable whatever happens to the roll; a failed roll is retried after the next commit.
+        yield* maybeRoll(h).pipe(
+          Effect.catchAll((error) => Effect.logWarning(`ServerStore: roll of ${h.name} failed`, error))
+        )
+        return result2
+      })
+
+    const push: Service["push"] = (database, generation, start, end, frames, baton) =>
+      Effect.gen(function*() {
+        if (!Number.isSafeInteger(generation)) return yield* fail("BadRequest", `generation ${generation} is not an integer`)
+        yield* checkRange(start, end)
+        if (end - start > MAX_FRAMES_PER_REQUEST || frames.length > MAX_FRAMES_PER_REQUEST) {
+          return yield* fail("TooLarge", `at most ${MAX_FRAMES_PER_REQUEST} frames per request`)
+        }
+        if (frames.length !== end - start) {
+          return yield* fail("BadRequest", `${frames.length} frames do not fill ${start}..${end - 1}`)
+        }
+        const valid = WalFrame.validateTransactions(frames)
+        if (Either.isLeft(valid)) return yield* fail("BadFrames", valid.left.message)
+        const h = yield* handle(database)
+        return yield* h.lock.withPermits(1)(
+          Effect.uninterruptible(pushLocked(h, generation, start, end, frames, baton))
+        )
+      })
+
+    return { info, exportGeneration, pull, push } satisfies Service
+  })

@@ -1,0 +1,413 @@
+/**
+ * The embedded SQLite backend. Layout of `<directory>/<name>/`:
+ *
+ * - `store.sqlite`: the truth. Tables `generations` (number, last committed frame, dropped flag),
+ *   `bases` (each kept generation's base file as one BLOB) and `frames` (generation, frame number,
+ *   page number, commit size, page). WAL journal with `synchronous=FULL`, so a commit's frames are
+ *   durable when its INSERT transaction returns, which is before the push is answered. Bases are BLOBs
+ *   rather than files so that starting a generation (its row and its base) is one atomic transaction;
+ *   no file protocol is needed for them. `acked_pending` lists frame numbers answered Ok while still
+ *   pending (see `recordAck` in serverCore.ts), so the protection they need survives a restart, which
+ *   loses every baton session. `locking_mode=EXCLUSIVE` keeps a second server process out: two
+ *   writers would break the frame accounting silently.
+ * - `head.db`: the current generation materialised (its base with every committed frame applied),
+ *   used only to check commits. It is derived data: rebuilt from `store.sqlite` the first time the
+ *   database is used after a start (written to a temp file, fsynced, renamed), so a crash at any point
+ *   of a commit leaves nothing to repair.
+ *
+ * A commit is checked the way SQLite itself will read it: its frames are written as a fresh
+ * `head.db-wal`, a read-only connection (on a worker thread, see checkWorker.ts) recovers that WAL and
+ * runs the check (a read-only connection never checkpoints on close, so a refused WAL is simply
+ * deleted); once the frames are stored, a writer checkpoints them into `head.db` with TRUNCATE.
+ */
+import Database from "better-sqlite3"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as crypto from "node:crypto"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { StoreError } from "./storeError.js"
+import * as WalFrame from "../../WalFrame.js"
+import type { Checker } from "./checkWorker.js"
+import type { Backend, DatabaseBackend, GenerationRecord } from "./serverCore.js"
+import type { IntegrityCheck } from "./sqliteImage.js"
+import { checkConnection } from "./sqliteImage.js"
+
+const storage = (message: string) => (cause: unknown) => new StoreError({ reason: "Storage", message, cause })
+
+const fsyncPath = (target: string) => {
+  const fd = fs.openSync(target, "r")
+  try {
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+const writeFileDurably = (target: string, bytes: Uint8Array) => {
+  const temp = `${target}.tmp-${process.pid}`
+  const fd = fs.openSync(temp, "w")
+  try {
+    fs.writeSync(fd, bytes)
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+  fs.renameSync(temp, target)
+  fsyncPath(path.dirname(target))
+}
+
+const removeIfPresent = (file: string) => fs.rmSync(file, { force: true })
+
+class GenerationGoneError extends Error {
+  constructor(readonly generation: number) {
+    super(`generation ${generation} is no longer kept`)
+  }
+}
+
+const gone = (generation: number) =>
+  new StoreError({ reason: "GenerationGone", message: `generation ${generation} is no longer kept` })
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS generations (
+  generation INTEGER PRIMARY KEY,
+  last_frame INTEGER NOT NULL,
+  dropped INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS bases (
+  generation INTEGER PRIMARY KEY,
+  base BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS acked_pending (
+  generation INTEGER NOT NULL,
+  frame_no INTEGER NOT NULL,
+  PRIMARY KEY (generation, frame_no)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS frames (
+  generation INTEGER NOT NULL,
+  frame_no INTEGER NOT NULL,
+  pgno INTEGER NOT NULL,
+  commit_size INTEGER NOT NULL,
+  page BLOB NOT NULL,
+  PRIMARY KEY (generation, frame_no)
+);
+`
+
+interface FrameRow {
+  readonly pgno: number
+  readonly commit_size: number
+  readonly page: Buffer
+}
+
+const toFrame = (row: FrameRow): WalFrame.Frame => ({
+  pgno: row.pgno,
+  commitSize: row.commit_size,
+  page: new Uint8Array(row.page.buffer, row.page.byteOffset, row.page.byteLength)
+})
+
+const openDatabase = (
+  directory: string,
+  name: string,
+  emptyBase: Uint8Array,
+  integrityCheck: IntegrityCheck,
+  checker: Checker | undefined
+): DatabaseBackend => {
+  const dir = path.join(directory, name)
+  const created = !fs.existsSync(dir)
+  fs.mkdirSync(dir, { recursive: true })
+  const store = new Database(path.join(dir, "store.sqlite"), { timeout: 0 })
+  try {
+    store.pragma("locking_mode = EXCLUSIVE")
+    store.pragma("journal_mode = WAL")
+    store.pragma("synchronous = FULL")
+    store.exec(SCHEMA)
+    const hasGeneration = store.prepare("SELECT 1 FROM generations LIMIT 1").get() !== undefined
+    if (!hasGeneration) {
+      store.transaction(() => {
+        store.prepare("INSERT INTO generations (generation, last_frame) VALUES (1, 0)").run()
+        store.prepare("INSERT INTO bases (generation, base) VALUES (1, ?)").run(Buffer.from(emptyBase))
+      }).immediate()
+    }
+    if (created) {
+      fsyncPath(dir)
+      fsyncPath(directory)
+    }
+  } catch (error) {
+    store.close()
+    throw error
+  }
+
+  const selectBase = store.prepare<[number], { base: Buffer }>("SELECT base FROM bases WHERE generation = ?")
+  const selectFrames = store.prepare<[number, number, number], FrameRow>(
+    "SELECT pgno, commit_size, page FROM frames WHERE generation = ? AND frame_no >= ? AND frame_no < ? ORDER BY frame_no"
+  )
+  const selectPages = store.prepare<[number], { pgno: number; page: Buffer }>(
+    "SELECT pgno, page FROM frames WHERE generation = ? ORDER BY frame_no"
+  )
+  const selectCommitSize = store.prepare<[number, number], { commit_size: number }>(
+    "SELECT commit_size FROM frames WHERE generation = ? AND frame_no = ?"
+  )
+  const insertFrame = store.prepare<[number, number, number, number, Buffer]>(
+    "INSERT INTO frames (generation, frame_no, pgno, commit_size, page) VALUES (?, ?, ?, ?, ?)"
+  )
+  const setLastFrame = store.prepare<[number, number]>("UPDATE generations SET last_frame = ? WHERE generation = ?")
+  const lastFrameOf = store.prepare<[number], { last_frame: number }>(
+    "SELECT last_frame FROM generations WHERE generation = ?"
+  )
+
+  const generations = store
+    .prepare<[], { generation: number; last_frame: number; dropped: number }>(
+      "SELECT generation, last_frame, dropped FROM generations ORDER BY generation"
+    )
+    .all()
+    .map((row): GenerationRecord => ({
+      generation: row.generation,
+      lastFrame: row.last_frame,
+      dropped: row.dropped !== 0
+    }))
+  let current = generations[generations.length - 1].generation
+  const ackedPending = store
+    .prepare<[number], { frame_no: number }>("SELECT frame_no FROM acked_pending WHERE generation = ?")
+    .all(current)
+    .map((row) => row.frame_no)
+  const insertAck = store.prepare<[number, number]>(
+    "INSERT OR IGNORE INTO acked_pending (generation, frame_no) VALUES (?, ?)"
+  )
+  const forgetAcksBelow = store.prepare<[number, number]>(
+    "DELETE FROM acked_pending WHERE generation = ? AND frame_no < ?"
+  )
+
+  const headPath = path.join(dir, "head.db")
+  const headWal = `${headPath}-wal`
+  const headShm = `${headPath}-shm`
+  const clearHeadWal = () => {
+    removeIfPresent(headWal)
+    removeIfPresent(headShm)
+  }
+
+  // WalFrame.applyFrames(base, frames), streamed so memory stays at one database image.
+  const materialize = (generation: number): Uint8Array => {
+    const base = selectBase.get(generation)?.base
+    if (base === undefined) throw new GenerationGoneError(generation)
+    const last = lastFrameOf.get(generation)?.last_frame ?? 0
+    if (last === 0) return new Uint8Array(base)
+    const pages = selectCommitSize.get(generation, last)?.commit_size
+    if (pages === undefined || pages === 0) throw new Error(`frame ${last} of ${name}/${generation} is not a commit frame`)
+    const image = new Uint8Array(pages * WalFrame.PAGE_SIZE)
+    image.set(base.byteLength > image.byteLength ? base.subarray(0, image.byteLength) : base, 0)
+    for (const row of selectPages.iterate(generation)) {
+      if (row.pgno <= pages) image.set(row.page, (row.pgno - 1) * WalFrame.PAGE_SIZE)
+    }
+    return image
+  }
+
+  const rebuildHead = () => {
+    clearHeadWal()
+    removeIfPresent(headPath)
+    // Temp files of a process that died mid-write.
+    for (const entry of fs.readdirSync(dir)) {
+      if (entry.startsWith("head.db.tmp-")) removeIfPresent(path.join(dir, entry))
+    }
+    writeFileDurably(headPath, materialize(current))
+  }
+
+  // Only the check reads head.db; without a check it is not kept up to date.
+  let headStale = true
+  if (integrityCheck !== "off") {
+    rebuildHead()
+    headStale = false
+  }
+
+  // Writes the candidate transaction as head.db's WAL; the check then reads head.db through it.
+  const prepareCheck = (frames: ReadonlyArray<WalFrame.Frame>) => {
+    if (headStale) {
+      rebuildHead()
+      headStale = false
+    }
+    const salts = crypto.randomBytes(8)
+    const wal = WalFrame.append(WalFrame.make({ salt1: salts.readUInt32BE(0), salt2: salts.readUInt32BE(4) }), frames).wal
+    clearHeadWal()
+    fs.writeFileSync(headWal, WalFrame.encode(wal))
+  }
+
+  // A read-only connection recovers the WAL without ever checkpointing it, so a refused WAL is simply
+  // deleted. The check runs on the worker (see checkWorker.ts) when there is one.
+  const runCheck = (mode: Exclude<IntegrityCheck, "off">): Effect.Effect<string | undefined, Error> => {
+    if (checker !== undefined) return checker.check(headPath, mode)
+    return Effect.try({
+      try: () => {
+        let reader: Database.Database | undefined
+        try {
+          reader = new Database(headPath, { readonly: true, fileMustExist: true })
+          return checkConnection(reader, mode)
+        } catch (error) {
+          // SQLite can refuse to open a file whose header is garbage: that is a verdict, not a storage failure.
+          const code = (error as { code?: unknown }).code
+          if (typeof code === "string" && (code.startsWith("SQLITE_CORRUPT") || code.startsWith("SQLITE_NOTADB"))) {
+            return (error as Error).message
+          }
+          throw error
+        } finally {
+          reader?.close()
+        }
+      },
+      catch: (cause) => (cause instanceof Error ? cause : new Error(String(cause)))
+    })
+  }
+
+  const checkpointHead = () => {
+    try {
+      const writer = new Database(headPath, { fileMustExist: true })
+      try {
+        // head.db is rebuilt from store.sqlite after a crash, so its checkpoint needs no fsync.
+        writer.pragma("synchronous = OFF")
+        const [result] = writer.pragma("wal_checkpoint(TRUNCATE)") as Array<{ busy: number }>
+        if (result.busy !== 0) throw new Error("head checkpoint was busy")
+      } finally {
+        writer.close()
+      }
+      clearHeadWal()
+    } catch {
+      // head.db is derived data: rebuild it before the next check instead of failing a stored commit.
+      headStale = true
+    }
+  }
+
+  return {
+    generations,
+    ackedPending,
+    recordAck: (generation, frameNo) =>
+      Effect.try({
+        try: () => {
+          insertAck.run(generation, frameNo)
+        },
+        catch: storage(`recording frame ${frameNo} of ${name}/${generation} failed`)
+      }),
+    readBase: (generation) =>
+      Effect.try({
+        try: () => selectBase.get(generation)?.base,
+        catch: storage(`reading the base of ${name}/${generation} failed`)
+      }).pipe(
+        Effect.flatMap((base) =>
+          base === undefined
+            ? Effect.fail(gone(generation))
+            : Effect.succeed(new Uint8Array(base.buffer, base.byteOffset, base.byteLength))
+        )
+      ),
+    readFrames: (generation, start, end) =>
+      Effect.try({
+        try: () => selectFrames.all(generation, start, end).map(toFrame),
+        catch: storage(`reading frames ${start}..${end - 1} of ${name}/${generation} failed`)
+      }),
+    commit: (generation, firstFrameNo, frames) =>
+      Effect.gen(function*() {
+        const failed = storage(`storing frames ${firstFrameNo}.. of ${name}/${generation} failed`)
+        if (generation !== current) {
+          return yield* Effect.fail(failed(new Error(`commit to ${generation} while ${current} is current`)))
+        }
+        if (integrityCheck !== "off") {
+          yield* Effect.try({ try: () => prepareCheck(frames), catch: failed })
+          const problem = yield* runCheck(integrityCheck).pipe(
+            Effect.mapError((cause) => {
+              clearHeadWal()
+              // Whatever went wrong with head.db, the next check starts from a fresh one.
+              headStale = true
+              return failed(cause)
+            })
+          )
+          if (problem !== undefined) {
+            clearHeadWal()
+            return Either.left(problem)
+          }
+        }
+        yield* Effect.try({
+          try: () =>
+            store.transaction(() => {
+              for (let i = 0; i < frames.length; i++) {
+                const frame = frames[i]
+                insertFrame.run(
+                  generation,
+                  firstFrameNo + i,
+                  frame.pgno,
+                  frame.commitSize,
+                  Buffer.from(frame.page.buffer, frame.page.byteOffset, frame.page.byteLength)
+                )
+              }
+              setLastFrame.run(firstFrameNo + frames.length - 1, generation)
+              forgetAcksBelow.run(generation, firstFrameNo + frames.length - 1)
+            }).immediate(),
+          catch: (cause) => {
+            clearHeadWal()
+            return failed(cause)
+          }
+        })
+        if (integrityCheck !== "off") checkpointHead()
+        return Either.right(undefined)
+      }),
+    materialize: (generation) =>
+      Effect.try({
+        try: () => materialize(generation),
+        catch: (cause) =>
+          cause instanceof GenerationGoneError
+            ? gone(generation)
+            : storage(`materialising ${name}/${generation} failed`)(cause)
+      }),
+    roll: (generation, base) =>
+      Effect.try({
+        try: () => {
+          store.transaction(() => {
+            store.prepare("INSERT INTO generations (generation, last_frame) VALUES (?, 0)").run(generation)
+            store.prepare("INSERT INTO bases (generation, base) VALUES (?, ?)").run(generation, Buffer.from(base))
+            store.prepare("DELETE FROM acked_pending WHERE generation < ?").run(generation)
+          }).immediate()
+          current = generation
+          headStale = true
+          if (integrityCheck !== "off") {
+            try {
+              rebuildHead()
+              headStale = false
+            } catch {
+              // retried before the next check
+            }
+          }
+        },
+        catch: storage(`starting generation ${generation} of ${name} failed`)
+      }),
+    dropThrough: (generation) =>
+      Effect.try({
+        try: () => {
+          store.transaction(() => {
+            store.prepare("UPDATE generations SET dropped = 1 WHERE generation <= ?").run(generation)
+            store.prepare("DELETE FROM bases WHERE generation <= ?").run(generation)
+            store.prepare("DELETE FROM frames WHERE generation <= ?").run(generation)
+          }).immediate()
+        },
+        catch: storage(`dropping generations through ${generation} of ${name} failed`)
+      }),
+    close: Effect.sync(() => {
+      store.close()
+    })
+  }
+}
+
+export const make = (options: {
+  readonly directory: string
+  readonly integrityCheck: IntegrityCheck
+  /** Where checks run; without one they run on the calling thread. */
+  readonly checker?: Checker | undefined
+}): Backend => ({
+  open: (name, emptyBase) =>
+    Effect.try({
+      try: () => openDatabase(options.directory, name, emptyBase, options.integrityCheck, options.checker),
+      catch: (cause) => {
+        const code = (cause as { code?: unknown } | null)?.code
+        return new StoreError({
+          reason: "Storage",
+          message: code === "SQLITE_BUSY"
+            ? `database ${name} is in use by another process`
+            : `opening database ${name} in ${options.directory} failed`,
+          cause
+        })
+      }
+    })
+})

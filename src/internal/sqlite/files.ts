@@ -1,0 +1,297 @@
+/**
+ * File operations on the client's SQLite copies: reading and extending a WAL while no connection is open,
+ * cutting it back, materializing base + frames into a new file. Synchronous node:fs calls wrapped as
+ * Effects; every failure is a StorageError naming the path.
+ *
+ * @internal
+ */
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import { type Service as FileService, current as currentFiles, fsyncDirectory } from "../../SyncFiles.js"
+import { StorageError } from "../../SyncError.js"
+import * as WalFrame from "../../WalFrame.js"
+
+/** @internal */
+export const walPath = (db: string) => `${db}-wal`
+/** @internal */
+export const shmPath = (db: string) => `${db}-shm`
+
+/** @internal */
+export const attempt = <A>(path: string, message: string, f: (fs: FileService) => A): Effect.Effect<A, StorageError> =>
+  Effect.flatMap(currentFiles, (fs) =>
+    Effect.try({
+      try: () => f(fs),
+      catch: (cause) => new StorageError({ reason: "Files", message: `${message}: ${String(cause)}`, path, cause })
+    }))
+
+/** @internal */
+export const exists = (path: string) => attempt(path, "cannot stat", (fs) => fs.existsSync(path))
+
+/** @internal */
+export const fileSize = (path: string): Effect.Effect<number, StorageError> =>
+  attempt(path, "cannot stat", (fs) => (fs.existsSync(path) ? fs.sizeSync(path) : 0))
+
+/** @internal */
+export const remove = (path: string) => attempt(path, "cannot remove", (fs) => fs.removeSync(path))
+
+const fsyncFile = (fs: FileService, path: string) => {
+  const fd = fs.openSync(path, "r+")
+  try {
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/** @internal */
+export const rename = (from: string, to: string) =>
+  attempt(to, `cannot rename ${from}`, (fs) => {
+    fs.renameSync(from, to)
+    fsyncDirectory(fs, dirnameOf(to))
+  })
+
+const dirnameOf = (path: string) => {
+  const i = path.lastIndexOf("/")
+  return i <= 0 ? (i === 0 ? "/" : ".") : path.slice(0, i)
+}
+
+/** Writes `bytes` as a new file `path` and fsyncs it and its directory. @internal */
+export const writeNew = (path: string, bytes: Uint8Array) =>
+  attempt(path, "cannot write", (fs) => {
+    const fd = fs.openSync(path, "w")
+    try {
+      fs.writeSync(fd, bytes)
+      fs.fsyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
+    fsyncDirectory(fs, dirnameOf(path))
+  })
+
+/** The committed frames of `<db>-wal`, `None` when there is no valid WAL. @internal */
+export const readWal = (db: string): Effect.Effect<Option.Option<WalFrame.Wal>, StorageError> =>
+  attempt(walPath(db), "cannot read WAL", (fs) =>
+    fs.existsSync(walPath(db)) ? WalFrame.parse(fs.readFileSync(walPath(db))) : Option.none()
+  )
+
+/**
+ * Cuts `<db>-wal` to exactly `frames` frames and removes `<db>-shm` so the next open recovers from the
+ * WAL. Only with every connection to `db` closed.
+ *
+ * @internal
+ */
+export const truncateWal = (db: string, frames: number) =>
+  attempt(walPath(db), "cannot truncate WAL", (fs) => {
+    const wal = walPath(db)
+    if (fs.existsSync(wal) && fs.sizeSync(wal) > WalFrame.walSize(frames)) {
+      fs.truncateSync(wal, frames === 0 ? 0 : WalFrame.walSize(frames))
+      fsyncFile(fs, wal)
+    }
+    fs.removeSync(shmPath(db))
+  })
+
+/**
+ * Appends frames after the first `current` frames of `<db>-wal` (whatever follows is cut off), with this
+ * WAL's salts and checksums, fsyncs, and removes `<db>-shm`. Only with every connection to `db` closed.
+ * Fails when the WAL holds fewer than `current` valid frames.
+ *
+ * @internal
+ */
+export const appendWal = (
+  db: string,
+  current: number,
+  frames: ReadonlyArray<WalFrame.Frame>,
+  prefix?: WalState | undefined
+) =>
+  Effect.flatMap(truncateWal(db, current), () =>
+    attempt(walPath(db), "cannot append to WAL", (fs): WalState => {
+      const path = walPath(db)
+      let wal: WalFrame.Wal
+      let fresh = false
+      if (prefix !== undefined && prefix.frames === current && current > 0) {
+        // The running checksum at `current` is known: no need to read the frames before it.
+        wal = { header: prefix.header, frames: [], checksum: prefix.checksum }
+      } else {
+        const parsed = fs.existsSync(path) ? WalFrame.parse(fs.readFileSync(path)) : Option.none()
+        if (Option.isSome(parsed)) {
+          wal = parsed.value
+          if (wal.frames.length !== current) {
+            throw new Error(`WAL holds ${wal.frames.length} committed frames, expected ${current}`)
+          }
+        } else if (current === 0) {
+          fresh = true
+          wal = WalFrame.make({
+            salt1: (Math.random() * 0x100000000) >>> 0,
+            salt2: (Math.random() * 0x100000000) >>> 0
+          })
+        } else {
+          throw new Error(`no valid WAL but ${current} frames expected`)
+        }
+      }
+      const appended = WalFrame.append(wal, frames)
+      const fd = fs.openSync(path, fresh ? "w" : "r+")
+      try {
+        if (fresh) fs.writeSync(fd, WalFrame.encodeHeader(wal), 0, WalFrame.WAL_HEADER_SIZE, 0)
+        fs.writeSync(fd, appended.bytes, 0, appended.bytes.byteLength, WalFrame.walSize(current))
+        fs.ftruncateSync(fd, WalFrame.walSize(current + frames.length))
+        fs.fsyncSync(fd)
+      } finally {
+        fs.closeSync(fd)
+      }
+      fs.removeSync(shmPath(db))
+      return { frames: current + frames.length, header: wal.header, checksum: appended.wal.checksum }
+    }))
+
+/**
+ * Writes `base` with `frames` applied (newest copy of each page; cut to the last commit size) to the
+ * new file `target`, fsynced: byte-identical to `WalFrame.applyFrames` and to a TRUNCATE checkpoint,
+ * without holding the whole database in memory.
+ *
+ * @internal
+ */
+export const materialize = (basePath: string, frames: ReadonlyArray<WalFrame.Frame>, target: string) =>
+  attempt(target, "cannot materialize", (fs) => {
+    fs.removeSync(target)
+    fs.copyFileSync(basePath, target)
+    applyFramesToFile(fs, target, frames)
+    fsyncDirectory(fs, dirnameOf(target))
+  })
+
+/**
+ * Where a WAL stands after its first `frames` frames: enough to validate what follows without reading
+ * (or checksumming) those frames again.
+ *
+ * @internal
+ */
+export interface WalState {
+  readonly frames: number
+  readonly header: WalFrame.WalHeader
+  readonly checksum: readonly [number, number]
+}
+
+/** @internal */
+export const stateOf = (wal: WalFrame.Wal): WalState => ({ frames: wal.frames.length, header: wal.header, checksum: wal.checksum })
+
+/**
+ * The state of `<db>-wal` after exactly `frames` frames (parsing only that prefix); fails when the WAL
+ * holds fewer valid frames. `undefined` for 0 frames (SQLite writes a new header on its first frame).
+ *
+ * @internal
+ */
+export const prefixState = (db: string, frames: number) =>
+  attempt(walPath(db), "cannot read WAL", (fs): WalState | undefined => {
+    if (frames === 0) return undefined
+    const fd = fs.openSync(walPath(db), "r")
+    try {
+      const bytes = new Uint8Array(WalFrame.walSize(frames))
+      const read = fs.readSync(fd, bytes, 0, bytes.byteLength, 0)
+      const wal = WalFrame.parse(bytes.subarray(0, read))
+      if (Option.isNone(wal) || wal.value.frames.length !== frames) {
+        throw new Error(`WAL does not hold ${frames} valid committed frames`)
+      }
+      return stateOf(wal.value)
+    } finally {
+      fs.closeSync(fd)
+    }
+  })
+
+/**
+ * The committed frames of `<db>-wal` after the first `prefix.frames`, validated (salts and cumulative
+ * checksums) from the prefix's running checksum on: reads and checks only the tail, so the cost follows
+ * the frames a replay just wrote, not the size of the WAL. Without a prefix the whole WAL is parsed.
+ * Returns the frames and the state after them.
+ *
+ * @internal
+ */
+export const readWalTail = (db: string, prefix: WalState | undefined) =>
+  attempt(walPath(db), "cannot read WAL", (fs): { readonly frames: ReadonlyArray<WalFrame.Frame>; readonly state: WalState | undefined } => {
+    if (prefix === undefined) {
+      const wal = fs.existsSync(walPath(db)) ? WalFrame.parse(fs.readFileSync(walPath(db))) : Option.none()
+      return Option.match(wal, {
+        onNone: () => ({ frames: [], state: undefined }),
+        onSome: (w) => ({ frames: w.frames, state: stateOf(w) })
+      })
+    }
+    const start = WalFrame.walSize(prefix.frames)
+    const fd = fs.openSync(walPath(db), "r")
+    let bytes: Uint8Array
+    try {
+      const size = fs.fsizeSync(fd)
+      bytes = new Uint8Array(Math.max(0, size - start))
+      if (bytes.byteLength > 0) fs.readSync(fd, bytes, 0, bytes.byteLength, start)
+    } finally {
+      fs.closeSync(fd)
+    }
+    const tail = WalFrame.parseFrames(bytes, prefix.header, prefix.checksum)
+    return {
+      frames: tail.frames,
+      state: { frames: prefix.frames + tail.frames.length, header: prefix.header, checksum: tail.checksum }
+    }
+  })
+
+/**
+ * `count` frames of `<db>-wal` after the first `skip`, read by position, without validation: only for
+ * frames this client already validated (the synced frames).
+ *
+ * @internal
+ */
+export const readWalFrames = (db: string, count: number, skip = 0) =>
+  attempt(walPath(db), "cannot read WAL", (fs): ReadonlyArray<WalFrame.Frame> => {
+    if (count === 0) return []
+    const fd = fs.openSync(walPath(db), "r")
+    const bytes = new Uint8Array(count * WalFrame.FRAME_SIZE)
+    try {
+      const read = fs.readSync(fd, bytes, 0, bytes.byteLength, WalFrame.walSize(skip))
+      if (read !== bytes.byteLength) throw new Error(`WAL holds fewer than ${count} frames`)
+    } finally {
+      fs.closeSync(fd)
+    }
+    const view = new DataView(bytes.buffer)
+    const frames: Array<WalFrame.Frame> = []
+    for (let i = 0; i < count; i++) {
+      const offset = i * WalFrame.FRAME_SIZE
+      frames.push({
+        pgno: view.getUint32(offset),
+        commitSize: view.getUint32(offset + 4),
+        page: bytes.subarray(offset + WalFrame.FRAME_HEADER_SIZE, offset + WalFrame.FRAME_SIZE)
+      })
+    }
+    return frames
+  })
+
+/**
+ * Applies committed frames onto the existing file `target` in place (newest copy of each page, cut or
+ * extended to the last commit size) and fsyncs it. Runs of consecutive pages are written at once.
+ *
+ * @internal
+ */
+export const applyInPlace = (target: string, frames: ReadonlyArray<WalFrame.Frame>) =>
+  attempt(target, "cannot apply frames", (fs) => applyFramesToFile(fs, target, frames))
+
+const applyFramesToFile = (fs: FileService, target: string, frames: ReadonlyArray<WalFrame.Frame>) => {
+  const committed = WalFrame.committedLength(frames)
+  const fd = fs.openSync(target, "r+")
+  try {
+    if (committed > 0) writePages(fs, fd, frames.slice(0, committed))
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+const writePages = (fs: FileService, fd: number, committed: ReadonlyArray<WalFrame.Frame>) => {
+  const pages = committed[committed.length - 1].commitSize
+  const newest = new Map<number, WalFrame.Frame>()
+  for (const frame of committed) newest.set(frame.pgno, frame)
+  fs.ftruncateSync(fd, pages * WalFrame.PAGE_SIZE)
+  const pgnos = [...newest.keys()].filter((p) => p <= pages).sort((a, b) => a - b)
+  const RUN = 256
+  for (let i = 0; i < pgnos.length;) {
+    let j = i + 1
+    while (j < pgnos.length && j - i < RUN && pgnos[j] === pgnos[j - 1] + 1) j++
+    const run = Buffer.allocUnsafe((j - i) * WalFrame.PAGE_SIZE)
+    for (let k = i; k < j; k++) run.set(newest.get(pgnos[k])!.page, (k - i) * WalFrame.PAGE_SIZE)
+    fs.writeSync(fd, run, 0, run.byteLength, (pgnos[i] - 1) * WalFrame.PAGE_SIZE)
+    i = j
+  }
+}
