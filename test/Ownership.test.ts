@@ -78,7 +78,7 @@ describe("one owner per local database", () => {
       const reopened = yield* openIn(third, path, url)
       expect(yield* reopened.query("SELECT k FROM t ORDER BY k")).toEqual([{ k: "a" }, { k: "b" }])
       yield* Scope.close(third, Exit.void)
-    }), 120_000)
+    }), 300_000)
 
   it.scoped("the CLI on a path another process holds exits 1 saying it is in use; the lock goes when that process is killed", () =>
     Effect.gen(function*() {
@@ -118,5 +118,5 @@ describe("one owner per local database", () => {
       expect(JSON.parse(after.stdout)).toMatchObject({ command: "sync", pushedChanges: 1, pendingChanges: 0 })
       const rows = yield* cli(["query", "--db", path, "--json", "SELECT k, n FROM t"])
       expect(JSON.parse(rows.stdout)).toEqual([{ k: "child", n: 1 }])
-    }), 120_000)
+    }), 300_000)
 })
