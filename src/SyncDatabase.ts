@@ -182,6 +182,13 @@ export interface Options<R = never> {
    * database is refused all the same.
    */
   readonly allowUrlChange?: boolean | undefined
+  /**
+   * When the copies exist but their `<path>-info` file is lost, the open is refused
+   * (`StorageError("MetadataLost")`): which local changes were not pushed is unknown. With this true, the
+   * local files are discarded instead and the database is made anew from the remote (local changes not
+   * pushed are lost). It changes nothing when the metadata file is there.
+   */
+  readonly startOver?: boolean | undefined
 }
 
 /**

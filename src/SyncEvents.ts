@@ -49,11 +49,11 @@ export type SyncEvent = Data.TaggedEnum<{
    * The synced copy was rebuilt from the remote's current state (generation `to`), keeping the local
    * changes not pushed yet: they replay onto it and are pushed once. `GenerationGone`: the remote no
    * longer keeps the generation this copy was on, and the engine did it by itself; `Requested`: the
-   * app called `rebootstrap`.
+   * app called `rebootstrap`; `SyncedCopyDamaged`: the synced copy was missing or damaged on open.
    */
   Rebootstrapped: {
     readonly operation: Operation
-    readonly reason: "GenerationGone" | "Requested"
+    readonly reason: "GenerationGone" | "Requested" | "SyncedCopyDamaged"
     readonly from: number
     readonly to: number
   }

@@ -11,7 +11,7 @@ const [path, url] = process.argv.slice(2)
 Effect.gen(function*() {
   const db = yield* SyncDatabase.SyncDatabase
   yield* db.pull
-  yield* db.execute("INSERT INTO t VALUES ('child', 1)")
+  yield* db.execute("INSERT INTO t (k) VALUES ('child')")
   process.stdout.write("open\n")
   return yield* Effect.never
 }).pipe(

@@ -39,11 +39,12 @@ import * as Gates from "./gates.js"
 import * as Local from "./local.js"
 import * as Pull from "./pull.js"
 import * as Push from "./push.js"
+import * as LocalFiles from "./localFiles.js"
 import { recover } from "./recovery.js"
 import { pullFollowingRemote, rebootstrapSynced } from "./rebootstrap.js"
 import * as RemoteBinding from "./remoteBinding.js"
 import * as Replay from "./replay.js"
-import type { EngineOptions, Opening, State, SyncedPrefix } from "./state.js"
+import { type EngineOptions, type Opening, type State, type SyncedPrefix, updateMetadata } from "./state.js"
 import { resetSyncedWal } from "./syncedWal.js"
 
 export { type EngineOptions, type Step, steps } from "./state.js"
@@ -119,6 +120,9 @@ const open = (options: EngineOptions) =>
       traffic: yield* Ref.make({ sent: 0, received: 0 })
     }
     const stored = yield* opening.metadataStore.read
+    if (Option.isNone(stored) && options.startOver !== true && (yield* LocalFiles.anyCopyExists(opening.paths))) {
+      return yield* LocalFiles.metadataLost(opening.paths)
+    }
     // Another server database's URL is refused before anything is touched.
     const url = Option.isSome(stored)
       ? yield* RemoteBinding.urlDecision(stored.value.remoteUrl, opening.remote.url, options.allowUrlChange === true)
@@ -146,8 +150,18 @@ const open = (options: EngineOptions) =>
       syncLock: yield* Effect.makeSemaphore(1),
       lastWriteBlockedMs: yield* Ref.make(Option.none<number>())
     }
+    // Checked before either copy is opened: opening a missing file would create an empty database.
+    yield* LocalFiles.repair(state, yield* LocalFiles.inspect(state.paths, initial.inUse !== false))
     yield* state.synced.open
     yield* Copy.openDraft(state)
+    // Set while open; cleared once both copies are closed. Found set on open: the full check above.
+    yield* updateMetadata(state, (m) => ({ ...m, inUse: true }))
+    yield* Effect.addFinalizer(() =>
+      Effect.all([state.draft.close, state.synced.close]).pipe(
+        Effect.zipRight(updateMetadata(state, (m) => ({ ...m, inUse: false }))),
+        Effect.catchAll((error) => Effect.logWarning("cannot record a clean close", error))
+      )
+    )
     return state
   })
 

@@ -19,12 +19,12 @@ import * as RemoteBinding from "./remoteBinding.js"
 import { finishRollFiles } from "./roll.js"
 import { type Rebootstrapped, type State, updateMetadata } from "./state.js"
 
-/** @internal */
-export const rebootstrapSynced = Effect.fn("Engine.rebootstrapSynced")(
+/** The re-bootstrap's steps; Synced is left closed. @internal */
+export const replaceSynced = Effect.fn("Engine.replaceSynced")(
   function*(state: State, reason: Rebootstrapped["reason"]) {
     const before = yield* SynchronizedRef.get(state.metadata)
     const info = yield* state.remote.info
-    if (reason === "GenerationGone") yield* RemoteBinding.identityDecision(before.databaseId, info.databaseId)
+    if (reason !== "Requested") yield* RemoteBinding.identityDecision(before.databaseId, info.databaseId)
     const base = yield* state.remote.export(info.generation)
     yield* Ref.update(state.traffic, (t) => ({ ...t, received: t.received + base.byteLength }))
     yield* validBase(base, info.generation)
@@ -50,9 +50,12 @@ export const rebootstrapSynced = Effect.fn("Engine.rebootstrapSynced")(
     if (state.options.onRebootstrap) {
       yield* state.options.onRebootstrap({ reason, fromGeneration: before.generation, toGeneration: info.generation })
     }
-  },
-  (effect, state) => Effect.ensuring(effect, Effect.ignore(state.synced.open))
+  }
 )
+
+/** `replaceSynced`, with Synced open again afterwards whatever happened (push and pull expect it open). */
+export const rebootstrapSynced = (state: State, reason: Rebootstrapped["reason"]) =>
+  Effect.ensuring(replaceSynced(state, reason), Effect.ignore(state.synced.open))
 
 /** Step a; a synced generation the remote no longer keeps (410) is followed by a re-bootstrap. */
 export const pullFollowingRemote = <A>(

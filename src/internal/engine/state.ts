@@ -36,6 +36,8 @@ export interface EngineOptions {
   readonly transform?: ConflictPolicy.Transform | undefined
   /** Called with the conflicts of every acknowledged push (after they are in the conflict log). */
   readonly onConflicts?: ((entries: ReadonlyArray<ConflictPolicy.Entry>) => Effect.Effect<void>) | undefined
+  /** Copies whose metadata file is lost are discarded and the database made anew from the remote. */
+  readonly startOver?: boolean | undefined
   /** The remote's URL may differ from the recorded one (the same server database moved). */
   readonly allowUrlChange?: boolean | undefined
   /** Called after the synced copy was rebuilt from the remote's current state, pending changes kept. */
@@ -44,7 +46,7 @@ export interface EngineOptions {
 
 /** @internal */
 export interface Rebootstrapped {
-  readonly reason: "GenerationGone" | "Requested"
+  readonly reason: "GenerationGone" | "Requested" | "SyncedCopyDamaged"
   readonly fromGeneration: number
   readonly toGeneration: number
 }

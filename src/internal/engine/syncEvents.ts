@@ -241,7 +241,7 @@ export const make = Effect.gen(function*() {
       }))
 
   /** For the engine's re-bootstraps, under the operation running now. */
-  const publishRebootstrap = (event: { readonly reason: "GenerationGone" | "Requested"; readonly fromGeneration: number; readonly toGeneration: number }) =>
+  const publishRebootstrap = (event: { readonly reason: "GenerationGone" | "Requested" | "SyncedCopyDamaged"; readonly fromGeneration: number; readonly toGeneration: number }) =>
     Effect.flatMap(Ref.get(current), (operation) =>
       publish(SyncEvent.Rebootstrapped({
         operation: operation === "bootstrap" ? "pull" : operation,
