@@ -8,22 +8,12 @@
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { ServerStore, type StoreError } from "./ServerStore.js"
-import * as SyncError from "./SyncError.js"
+import type * as SyncError from "./SyncError.js"
+import * as SyncProtocol from "./SyncProtocol.js"
 import * as SyncRemote from "./SyncRemote.js"
 
-const fromStoreError = (error: StoreError): SyncError.RemoteFailure => {
-  switch (error.reason) {
-    case "Busy":
-    case "Storage":
-      return new SyncError.NetworkError({ reason: "ServerUnavailable", message: error.message, cause: error })
-    case "GenerationGone":
-      return new SyncError.RemoteError({ reason: "GenerationGone", message: error.message, status: 410, cause: error })
-    case "GenerationNotFound":
-      return new SyncError.RemoteError({ reason: "NotFound", message: error.message, status: 404, cause: error })
-    default:
-      return new SyncError.RemoteError({ reason: "Refused", message: error.message, status: 400, cause: error })
-  }
-}
+const fromStoreError = (error: StoreError): SyncError.RemoteFailure =>
+  SyncRemote.failureOf(SyncProtocol.errorStatus[error.reason].status, error.message, error)
 
 /**
  * The remote of database `database` in `store`.
@@ -32,7 +22,10 @@ const fromStoreError = (error: StoreError): SyncError.RemoteFailure => {
  * @category constructors
  */
 export const make = (store: ServerStore["Type"], database: string): SyncRemote.Service => ({
-  info: Effect.mapBoth(store.info(database), { onFailure: fromStoreError, onSuccess: (i) => ({ generation: i.generation }) }),
+  info: Effect.mapError(
+    Effect.zipWith(store.info(database), store.databaseId(database), (i, databaseId) => ({ generation: i.generation, databaseId })),
+    fromStoreError
+  ),
   export: (generation) => Effect.mapError(store.exportGeneration(database, generation), fromStoreError),
   pull: (generation, start, end) => Effect.mapError(store.pull(database, generation, start, end), fromStoreError),
   push: SyncRemote.batchedPush((generation, start, end, frames, baton) =>

@@ -18,6 +18,7 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import * as TransportCause from "./internal/remote/transportCause.js"
 import type { PullResult, PushResult } from "./ServerStore.js"
 import * as SyncError from "./SyncError.js"
 import * as SyncProtocol from "./SyncProtocol.js"
@@ -40,13 +41,23 @@ export type {
  * @since 0.1.0
  * @category models
  */
+export interface Info {
+  readonly generation: number
+  /** `database_id` of `GET /info`: created with the server's database, unchanged for its life. */
+  readonly databaseId: string | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
 export interface Service {
   /**
    * Where the remote is (the database URL over HTTP). A local database records it at bootstrap and
    * refuses another one unless told that the database moved; `undefined` is not checked.
    */
   readonly url?: string | undefined
-  /** The remote's current generation and, when the server tells it, its database identity (`GET /info`). */
+  /** The remote's current generation and, when the server gives one, the database's identity (`GET /info`). */
   readonly info: Effect.Effect<Info, SyncError.RemoteFailure>
   /** The base database file of a generation (`GET /export/{G}`). */
   readonly export: (generation: number) => Effect.Effect<Uint8Array, SyncError.RemoteFailure>
@@ -67,16 +78,6 @@ export interface Service {
     frames: ReadonlyArray<WalFrame.Frame>,
     baton?: string | undefined
   ) => Effect.Effect<PushResult, SyncError.RemoteFailure>
-}
-
-/**
- * @since 0.1.0
- * @category models
- */
-export interface Info {
-  readonly generation: number
-  /** The server database's identity (`database_id`), when the server sends one. */
-  readonly databaseId?: string | undefined
 }
 
 /**
@@ -144,6 +145,32 @@ export const batchedPush = (
   })
 
 // ---------------------------------------------------------------------------------------------------------
+/**
+ * What a client makes of a refusal with HTTP status `status`: a 5xx is the server's condition, retried
+ * as a NetworkError; a 4xx is final. The same for a remote over HTTP and one in the same process
+ * (`StoreRemote`, which takes the status of a store error from `SyncProtocol.errorStatus`).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const failureOf = (status: number, message: string, cause?: unknown): SyncError.RemoteFailure =>
+  status >= 500
+    ? new SyncError.NetworkError({ reason: "ServerUnavailable", message, cause })
+    : new SyncError.RemoteError({
+      reason: status === 401 || status === 403
+        ? "Unauthorized"
+        : status === 404
+        ? "NotFound"
+        : status === 410
+        ? "GenerationGone"
+        : status >= 400 && status < 500
+        ? "Refused"
+        : "Protocol",
+      message,
+      status,
+      cause
+    })
+
 // HTTP
 // ---------------------------------------------------------------------------------------------------------
 
@@ -194,7 +221,7 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
     const transport = (request: HttpClientRequest.HttpClientRequest) => (cause: HttpClientError.HttpClientError) =>
       new SyncError.NetworkError({
         reason: "Transport",
-        message: `${request.method} ${request.url}: ${cause.message}`,
+        message: `${request.method} ${request.url}: ${TransportCause.describe(cause)}`,
         cause
       })
 
@@ -237,20 +264,8 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
       })
     }
 
-    const refused = (request: string, status: number, body: Uint8Array): SyncError.RemoteError =>
-      new SyncError.RemoteError({
-        reason: status === 401 || status === 403
-          ? "Unauthorized"
-          : status === 404
-          ? "NotFound"
-          : status === 410
-          ? "GenerationGone"
-          : status >= 400 && status < 500
-          ? "Refused"
-          : "Protocol",
-        message: `${request}: ${status} ${describeBody(body)}`,
-        status
-      })
+    const refused = (request: string, status: number, body: Uint8Array): SyncError.RemoteFailure =>
+      failureOf(status, `${request}: ${status} ${describeBody(body)}`)
 
     const json = <A>(
       label: string,
@@ -273,9 +288,9 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
       const url = `${base}/info`
       return send(HttpClientRequest.get(url), (status, body) =>
         status === 200
-          ? Either.map(json(`GET ${url}`, status, body, decodeInfo), (i): Info => ({
+          ? Either.map(json(`GET ${url}`, status, body, decodeInfo), (i) => ({
             generation: i.current_generation,
-            ...(i.database_id === undefined ? {} : { databaseId: i.database_id })
+            databaseId: i.database_id
           }))
           : Either.left(refused(`GET ${url}`, status, body)))
     })

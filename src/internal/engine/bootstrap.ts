@@ -5,12 +5,11 @@
  * @internal
  */
 import * as Effect from "effect/Effect"
-import * as Ref from "effect/Ref"
 import * as Crypto from "node:crypto"
 import * as SyncError from "../../SyncError.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import * as Files from "../sqlite/files.js"
-import type { Opening, Paths } from "./state.js"
+import { type Opening, type Paths, received } from "./state.js"
 import * as Validate from "./validate.js"
 
 /** Every file of both copies, with their WALs and the files of unfinished copies and rolls. */
@@ -30,7 +29,7 @@ export const bootstrap = Effect.fn("Engine.bootstrap")(
     for (const file of allFiles(paths)) yield* Files.remove(file)
     const { databaseId, generation } = yield* remote.info
     const base = yield* remote.export(generation)
-    yield* Ref.update(opening.traffic, (t) => ({ ...t, received: t.received + base.byteLength }))
+    yield* received(opening, 0, base.byteLength)
     yield* validBase(base, generation).pipe(
       Effect.mapError((e) => new SyncError.BootstrapError({ reason: "InvalidBase", message: e.message, cause: e }))
     )

@@ -148,7 +148,8 @@ const open = (options: EngineOptions) =>
       syncedPrefix: yield* Ref.make<SyncedPrefix | undefined>(undefined),
       gates: yield* Gates.make,
       syncLock: yield* Effect.makeSemaphore(1),
-      lastWriteBlockedMs: yield* Ref.make(Option.none<number>())
+      lastWriteBlockedMs: yield* Ref.make(Option.none<number>()),
+      readVerdicts: new Map()
     }
     // Checked before either copy is opened: opening a missing file would create an empty database.
     yield* LocalFiles.repair(state, yield* LocalFiles.inspect(state.paths, initial.inUse !== false))
@@ -174,6 +175,7 @@ export const make = (options: EngineOptions) =>
     executeRows: Local.executeRows(state),
     transaction: Local.transaction(state),
     query: Local.query(state),
+    classify: Local.classify(state),
     push: exclusive(state, pushRounds(state)),
     pull: exclusive(state, pullSteps(state)),
     sync: exclusive(state, Effect.zipRight(pushRounds(state), pullSteps(state))),

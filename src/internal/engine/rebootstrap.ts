@@ -17,16 +17,16 @@ import * as Files from "../sqlite/files.js"
 import { validBase } from "./bootstrap.js"
 import * as RemoteBinding from "./remoteBinding.js"
 import { finishRollFiles } from "./roll.js"
-import { type Rebootstrapped, type State, updateMetadata } from "./state.js"
+import { type RebootstrapReason, received, type State, updateMetadata } from "./state.js"
 
 /** The re-bootstrap's steps; Synced is left closed. @internal */
 export const replaceSynced = Effect.fn("Engine.replaceSynced")(
-  function*(state: State, reason: Rebootstrapped["reason"]) {
+  function*(state: State, reason: RebootstrapReason) {
     const before = yield* SynchronizedRef.get(state.metadata)
     const info = yield* state.remote.info
     if (reason !== "Requested") yield* RemoteBinding.identityDecision(before.databaseId, info.databaseId)
     const base = yield* state.remote.export(info.generation)
-    yield* Ref.update(state.traffic, (t) => ({ ...t, received: t.received + base.byteLength }))
+    yield* received(state, 0, base.byteLength)
     yield* validBase(base, info.generation)
     yield* state.synced.close
     yield* Ref.set(state.syncedPrefix, undefined)
@@ -47,14 +47,12 @@ export const replaceSynced = Effect.fn("Engine.replaceSynced")(
     yield* finishRollFiles(state.paths)
     yield* updateMetadata(state, (m) => ({ ...m, rollInProgress: false }))
     yield* Effect.logInfo(`rebuilt the synced copy from generation ${info.generation} of the remote (${reason})`)
-    if (state.options.onRebootstrap) {
-      yield* state.options.onRebootstrap({ reason, fromGeneration: before.generation, toGeneration: info.generation })
-    }
+    if (state.options.observer) yield* state.options.observer.rebootstrapped(reason, before.generation, info.generation)
   }
 )
 
 /** `replaceSynced`, with Synced open again afterwards whatever happened (push and pull expect it open). */
-export const rebootstrapSynced = (state: State, reason: Rebootstrapped["reason"]) =>
+export const rebootstrapSynced = (state: State, reason: RebootstrapReason) =>
   Effect.ensuring(replaceSynced(state, reason), Effect.ignore(state.synced.open))
 
 /** Step a; a synced generation the remote no longer keeps (410) is followed by a re-bootstrap. */

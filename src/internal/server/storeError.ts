@@ -5,20 +5,11 @@
  * @internal
  */
 import * as Schema from "effect/Schema"
+import { StoreErrorReason } from "../../SyncProtocol.js"
 
 /** @internal */
 export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
-  reason: Schema.Literal(
-    "BadRequest",
-    "BadFrames",
-    "Malformed",
-    "UnknownBaton",
-    "TooLarge",
-    "GenerationNotFound",
-    "GenerationGone",
-    "Busy",
-    "Storage"
-  ),
+  reason: StoreErrorReason,
   message: Schema.String,
   cause: Schema.optional(Schema.Defect)
 }) {}
