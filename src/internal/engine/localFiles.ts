@@ -22,7 +22,7 @@ import * as Files from "../sqlite/files.js"
 import { finishCopyFiles } from "./copy.js"
 import { replaceSynced } from "./rebootstrap.js"
 import { type Paths, type State, updateMetadata } from "./state.js"
-import { headerPageSize } from "./validate.js"
+import { headerPageSize, quickCheckProblem } from "./validate.js"
 
 /** What is wrong with one copy, `undefined` when nothing was found. */
 export type Problem = string | undefined
@@ -45,19 +45,8 @@ export const cheapCheck = (file: string): Problem => {
 }
 
 /** SQLite's `quick_check` on a read-only connection (which never checkpoints the WAL). */
-export const sqliteCheck = (file: string): Problem => {
-  let db: BetterSqlite3.Database | undefined
-  try {
-    db = new BetterSqlite3(file, { readonly: true, fileMustExist: true })
-    const rows = db.pragma("quick_check") as Array<Record<string, unknown>>
-    const messages = rows.map((row) => String(Object.values(row)[0]))
-    return messages.length === 1 && messages[0] === "ok" ? undefined : messages.slice(0, 3).join("; ")
-  } catch (error) {
-    return error instanceof Error ? error.message : String(error)
-  } finally {
-    db?.close()
-  }
-}
+export const sqliteCheck = (file: string): Problem =>
+  quickCheckProblem(() => new BetterSqlite3(file, { readonly: true, fileMustExist: true }))
 
 /** Whether any file of a copy is on disk (a database whose metadata was lost). */
 export const anyCopyExists = (paths: Paths) =>

@@ -116,20 +116,24 @@ export const frames = (
   return Either.right(undefined)
 }
 
+/** What SQLite's `quick_check` finds on the connection `open` makes (closed after), `undefined` for nothing. */
+export const quickCheckProblem = (open: () => BetterSqlite3.Database): string | undefined => {
+  let db: BetterSqlite3.Database | undefined
+  try {
+    db = open()
+    const rows = db.pragma("quick_check") as Array<Record<string, unknown>>
+    const messages = rows.map((row) => String(Object.values(row)[0]))
+    return messages.length === 1 && messages[0] === "ok" ? undefined : messages.slice(0, 5).join("; ")
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error)
+  } finally {
+    db?.close()
+  }
+}
+
 const quickCheck = (open: () => BetterSqlite3.Database, what: string): Effect.Effect<void, RemoteError> =>
   Effect.suspend(() => {
-    let db: BetterSqlite3.Database | undefined
-    let problem: string | undefined
-    try {
-      db = open()
-      const rows = db.pragma("quick_check") as Array<Record<string, unknown>>
-      const messages = rows.map((row) => String(Object.values(row)[0]))
-      if (!(messages.length === 1 && messages[0] === "ok")) problem = messages.slice(0, 5).join("; ")
-    } catch (error) {
-      problem = error instanceof Error ? error.message : String(error)
-    } finally {
-      db?.close()
-    }
+    const problem = quickCheckProblem(open)
     return problem === undefined
       ? Effect.void
       : Effect.fail(invalid(`${what} fails SQLite's check (${problem}); nothing of it was recorded as synced`))
