@@ -7,9 +7,10 @@
  *   Rows are identified by primary key (composite, WITHOUT ROWID and INTEGER PRIMARY KEY included); tables
  *   without one by rowid, under whichever of `_rowid_`, `rowid`, `oid` no user column shadows. A table with
  *   no key whose three rowid names are all columns refuses writes (RAISE with a clear message).
- * - Before and after images hold every stored column (generated columns are left out) as the SQL literal
- *   SQLite's `quote()` writes: exact for 64-bit integers, REALs round-trip, BLOBs as `X'..'`, so replay never
- *   passes values through JS numbers. (`quote()` stops TEXT at an embedded NUL character; -0.0 reads 0.0.)
+ * - Before and after images hold every stored column (generated columns are left out). The log stores each
+ *   value in a column of its own, exactly (storage class, 64-bit integers, REAL bits including -0.0, TEXT
+ *   bytes including NULs and invalid UTF-8, BLOBs) at its own size; a `Change` shows them as exact SQL
+ *   literals (see {@link Image}). A log written by an earlier version is rewritten on {@link install}.
  * - Changes are ordered by the log's AUTOINCREMENT id, never by a clock. All changes of one
  *   {@link transaction} share a `txId` (the id its first change gets). Writes that bypass `transaction` on
  *   this connection are still captured, each statement its own unit. Writes through another connection to
@@ -46,7 +47,8 @@ import * as internal from "./internal/capture/capture.js"
 import * as internalSql from "./internal/sqlite/sqlText.js"
 
 /**
- * Column name → SQL literal (as written by `quote()`).
+ * Column name → exact SQL literal: as `quote()` writes it, except `-0.0` for a negative zero and
+ * `CAST(X'..' AS TEXT)` for TEXT holding a NUL or bytes that are not valid UTF-8.
  *
  * @since 0.1.0
  * @category models

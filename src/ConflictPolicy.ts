@@ -33,7 +33,7 @@ import type * as ChangeCapture from "./ChangeCapture.js"
 export type ConflictKind = "RowChanged" | "RowMissing" | "KeyExists" | "Constraint"
 
 /**
- * One conflict, as a resolver sees it. Values are SQL literals as SQLite's quote() writes them.
+ * One conflict, as a resolver sees it. Values are exact SQL literals (see `ChangeCapture.Image`).
  *
  * @since 0.1.0
  * @category models

@@ -12,6 +12,7 @@ import * as ChangeCapture from "../src/ChangeCapture.js"
 import * as ChangeReplay from "../src/ChangeReplay.js"
 import { indexItems, isLiteral, partialIndexWhere } from "../src/internal/sqlite/sqlText.js"
 import { dump, exec, on, open, push, run } from "./support/changeSync.js"
+import { tableABC } from "./support/tables.js"
 
 type Client = SqlClient.SqlClient
 
@@ -150,15 +151,7 @@ const runProperty = (program: Effect.Effect<void, unknown, import("effect/Scope"
 
 describe("ChangeReplay", () => {
   describe("pure planning", () => {
-    const table: ChangeReplay.TableInfo = {
-      name: "t",
-      columns: ["a", "b", "c"],
-      primaryKey: ["a"],
-      withoutRowid: false,
-      rowidAlias: "_rowid_",
-      uniqueIndexes: [],
-      allColumns: ["a", "b", "c"]
-    }
+    const table = tableABC
     const image = fc.record({
       a: fc.constantFrom("1", "2", "'k'"),
       b: fc.constantFrom("NULL", "1", "1.0", "'1'", "X'01'"),

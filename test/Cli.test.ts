@@ -115,7 +115,7 @@ describe("effect-sqlite-sync serve", () => {
       expect(server.child.spawnargs.join(" ")).not.toContain("env-secret")
       expect((yield* promise(() => H.request(server.url, { path: "/db/a/info" }))).status).toBe(401)
       const ok = yield* promise(() => H.request(server.url, { path: "/db/a/info", headers: H.auth("env-secret") }))
-      expect(H.json(ok)).toEqual({ current_generation: 1 })
+      expect(H.json(ok)).toEqual({ current_generation: 1, database_id: expect.any(String) })
     }), 120_000)
 
   it.live("--help has no colour codes when stdout is not a terminal, and with NO_COLOR", () =>

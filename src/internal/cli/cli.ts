@@ -31,7 +31,6 @@ import * as SyncRemote from "../../SyncRemote.js"
 import * as WalFrame from "../../WalFrame.js"
 import { formatBytes, parseParams, stringify, table } from "./cliParams.js"
 import * as CliProgress from "./cliProgress.js"
-import { isReadStatement } from "../engine/local.js"
 
 /** Options shared by every local-database subcommand. */
 export interface LocalOptions {
@@ -367,23 +366,25 @@ export const exec = (options: LocalOptions, sql: string, inputs: ReadonlyArray<s
       )
     }))
 
+/** `SyncDatabase.query` refuses a write naming the `execute` method; on the command line that is `exec`. */
+const toExecCommand = (error: SyncError.SqlStatementError): SyncError.SqlStatementError =>
+  error.reason === "Statement" && error.message.startsWith("query runs reads only") && error.message.endsWith("use execute")
+    ? new SyncError.SqlStatementError({
+      reason: error.reason,
+      message: `${error.message.slice(0, -"use execute".length)}run writes with \`effect-sqlite-sync exec\``,
+      ...(error.sql === undefined ? {} : { sql: error.sql })
+    })
+    : error
+
 export const query = (options: LocalOptions, sql: string, inputs: ReadonlyArray<string>) =>
   runCommand(options, (progress) =>
     Effect.gen(function*() {
       const bound = yield* params(inputs)
-      if (!isReadStatement(sql)) {
-        return yield* Effect.fail(
-          new SyncError.SqlStatementError({
-            reason: "Statement",
-            message: "query runs reads only; run writes with `effect-sqlite-sync exec` (the next push sends them)",
-            sql
-          })
-        )
-      }
       const opened = yield* open(options, progress, false)
       // Safe integers: 64-bit values are printed exactly, not rounded through a double.
       const rows = yield* opened.db.query<Record<string, unknown>>(sql, bound).pipe(
-        Effect.provideService(SqlClient.SafeIntegers, true)
+        Effect.provideService(SqlClient.SafeIntegers, true),
+        Effect.mapError(toExecCommand)
       )
       yield* emit(options, rows, () => table(rows))
     }))
