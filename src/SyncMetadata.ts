@@ -51,7 +51,16 @@ export const Metadata = Schema.Struct({
   /** The synced position the draft copy was last copied from; a pull with nothing new skips the copy. */
   draftBase: Schema.optional(Position),
   lastPushAt: Schema.optional(Schema.Number),
-  lastPullAt: Schema.optional(Schema.Number)
+  lastPullAt: Schema.optional(Schema.Number),
+  /** The database URL this local database syncs with (recorded at bootstrap; changed only when moved). */
+  remoteUrl: Schema.optional(Schema.String),
+  /** The server database's identity (`database_id` of `/info`) recorded at bootstrap. */
+  databaseId: Schema.optional(Schema.String),
+  /**
+   * True while a `SyncDatabase` has the files open; false after it closed them. Found true on open: the
+   * last owner did not close (a crash), so the copies get SQLite's integrity check before use.
+   */
+  inUse: Schema.optional(Schema.Boolean)
 })
 
 /**

@@ -39,9 +39,12 @@ import * as Gates from "./gates.js"
 import * as Local from "./local.js"
 import * as Pull from "./pull.js"
 import * as Push from "./push.js"
+import * as LocalFiles from "./localFiles.js"
 import { recover } from "./recovery.js"
+import { pullFollowingRemote, rebootstrapSynced } from "./rebootstrap.js"
+import * as RemoteBinding from "./remoteBinding.js"
 import * as Replay from "./replay.js"
-import type { EngineOptions, Opening, State, SyncedPrefix } from "./state.js"
+import { type EngineOptions, type Opening, type State, type SyncedPrefix, updateMetadata } from "./state.js"
 import { resetSyncedWal } from "./syncedWal.js"
 
 export { type EngineOptions, type Step, steps } from "./state.js"
@@ -60,7 +63,7 @@ const breathingScheduler = Scheduler.make((task) => {
 const pushRounds = Effect.fn("Engine.push")(
   function*(state: State) {
     for (let round = 1; round <= state.maxRounds; round++) {
-      yield* Pull.pullRemoteIntoSynced(state) /* 1a */
+      yield* pullFollowingRemote(state, Pull.pullRemoteIntoSynced) /* 1a */
       const progress = yield* Pull.settleProgress(state)
       const replay = yield* Replay.replayDraftOntoSynced(state, "push", progress) /* 1b */
       if (replay.replayed === 0) return false
@@ -84,7 +87,7 @@ const replayAndCopy = (state: State, progress: number, prefix: Files.WalState | 
 
 /** Pull: 2a, then (unless Draft is already a copy of Synced as it stands) 2b, 2c, 2d. */
 const pullSteps = Effect.fn("Engine.pull")(function*(state: State) {
-  const arrived = yield* Pull.pullRemoteIntoSynced(state) /* 2a */
+  const arrived = yield* pullFollowingRemote(state, Pull.pullRemoteIntoSynced) /* 2a */
   const progress = yield* Pull.settleProgress(state)
   if (yield* Copy.draftIsCurrent(state)) return arrived
   const prefix = yield* Copy.prepareDraftCopy(state) /* 2c, first part */
@@ -117,7 +120,18 @@ const open = (options: EngineOptions) =>
       traffic: yield* Ref.make({ sent: 0, received: 0 })
     }
     const stored = yield* opening.metadataStore.read
-    const initial = yield* Option.match(stored, { onNone: () => bootstrap(opening), onSome: (m) => recover(opening, m) })
+    if (Option.isNone(stored) && options.startOver !== true && (yield* LocalFiles.anyCopyExists(opening.paths))) {
+      return yield* LocalFiles.metadataLost(opening.paths)
+    }
+    // Another server database's URL is refused before anything is touched.
+    const url = Option.isSome(stored)
+      ? yield* RemoteBinding.urlDecision(stored.value.remoteUrl, opening.remote.url, options.allowUrlChange === true)
+      : "keep"
+    const initial = yield* Option.match(stored, {
+      onNone: () => bootstrap(opening),
+      onSome: (m) =>
+        recover(opening, url === "record" && opening.remote.url !== undefined ? { ...m, remoteUrl: opening.remote.url } : m)
+    })
     const state: State = {
       ...opening,
       draft: yield* LocalCopies.Draft,
@@ -137,8 +151,18 @@ const open = (options: EngineOptions) =>
       lastWriteBlockedMs: yield* Ref.make(Option.none<number>()),
       readVerdicts: new Map()
     }
+    // Checked before either copy is opened: opening a missing file would create an empty database.
+    yield* LocalFiles.repair(state, yield* LocalFiles.inspect(state.paths, initial.inUse !== false))
     yield* state.synced.open
     yield* Copy.openDraft(state)
+    // Set while open; cleared once both copies are closed. Found set on open: the full check above.
+    yield* updateMetadata(state, (m) => ({ ...m, inUse: true }))
+    yield* Effect.addFinalizer(() =>
+      Effect.all([state.draft.close, state.synced.close]).pipe(
+        Effect.zipRight(updateMetadata(state, (m) => ({ ...m, inUse: false }))),
+        Effect.catchAll((error) => Effect.logWarning("cannot record a clean close", error))
+      )
+    )
     return state
   })
 
@@ -155,6 +179,7 @@ export const make = (options: EngineOptions) =>
     push: exclusive(state, pushRounds(state)),
     pull: exclusive(state, pullSteps(state)),
     sync: exclusive(state, Effect.zipRight(pushRounds(state), pullSteps(state))),
+    rebootstrap: exclusive(state, Effect.zipRight(rebootstrapSynced(state, "Requested"), pullSteps(state))),
     stats: Local.stats(state)
   }))
 

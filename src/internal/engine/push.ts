@@ -12,6 +12,7 @@ import * as ChangeCapture from "../../ChangeCapture.js"
 import * as SyncError from "../../SyncError.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
+import * as RemoteBinding from "./remoteBinding.js"
 import { on, type State, updateMetadata, withoutTransfer } from "./state.js"
 import { resetSyncedWal, syncedTail } from "./syncedWal.js"
 
@@ -67,6 +68,7 @@ export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(s
   yield* state.step("push:beforeSend")
   let result = yield* send(state, m.generation, start, frames)
   if (result._tag === "Conflict" && result.generation === m.generation && result.maxFrameNo < start - 1) {
+    yield* RemoteBinding.rewindDecision(start, result.maxFrameNo)
     // The server cannot tell us from a pusher whose session it lost after acknowledging frames up to our
     // start, so it asks for its frames from maxFrameNo + 1 again. Those are synced frames we pulled from
     // it: sending them proves which head we build on (identical bytes), and our frames follow.

@@ -36,9 +36,16 @@ export interface EngineOptions {
   readonly transform?: ConflictPolicy.Transform | undefined
   /** Called with the conflicts of every acknowledged push (after they are in the conflict log). */
   readonly onConflicts?: ((entries: ReadonlyArray<ConflictPolicy.Entry>) => Effect.Effect<void>) | undefined
+  /** Copies whose metadata file is lost are discarded and the database made anew from the remote. */
+  readonly startOver?: boolean | undefined
+  /** The remote's URL may differ from the recorded one (the same server database moved). */
+  readonly allowUrlChange?: boolean | undefined
   /** Told of frames and bases as they arrive and leave (SyncDatabase's events and status). */
   readonly observer?: Observer | undefined
 }
+
+/** @internal */
+export type RebootstrapReason = "GenerationGone" | "Requested" | "SyncedCopyDamaged"
 
 /**
  * What the engine reports where frames arrive and leave, as it counts them for `stats`.
@@ -52,6 +59,8 @@ export interface Observer {
   readonly pushed: (frames: number, result: SyncRemote.PushResult) => Effect.Effect<void>
   /** The remote moved to a newer generation; the engine follows it one generation at a time. */
   readonly generationChanged: (from: number, to: number) => Effect.Effect<void>
+  /** Synced was rebuilt from the remote's current state (generation `to`), the pending changes kept. */
+  readonly rebootstrapped: (reason: RebootstrapReason, from: number, to: number) => Effect.Effect<void>
 }
 
 /**
