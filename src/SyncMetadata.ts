@@ -27,6 +27,37 @@ export const Position = Schema.Struct({
   frame: Schema.Int.pipe(Schema.greaterThanOrEqualTo(0))
 })
 
+const PageNumbers = Schema.Array(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)))
+
+/**
+ * What the client knows about how the draft copy's files differ from the synced copy, so that a pull
+ * rewrites only those pages of the draft copy:
+ * - the draft copy's database file equals the synced copy at `fileBase` except on `filePages`;
+ * - the synced copy's database file equals itself at `fileBase` except on `syncedPages` and on the pages
+ *   its WAL holds;
+ * - with `copy`: the draft copy's WAL begins with a transaction of `copy.frames` frames after which the
+ *   draft copy equals the synced copy at `copy.at` except on `copy.replayPages` (its pending changes).
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const DraftPages = Schema.Struct({
+  fileBase: Position,
+  filePages: PageNumbers,
+  syncedPages: PageNumbers,
+  copy: Schema.optional(Schema.Struct({
+    at: Position,
+    frames: Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)),
+    replayPages: PageNumbers
+  }))
+})
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type DraftPages = typeof DraftPages.Type
+
 /**
  * @since 0.1.0
  * @category schemas
@@ -50,6 +81,15 @@ export const Metadata = Schema.Struct({
   rollInProgress: Schema.Boolean,
   /** The synced position the draft copy was last copied from; a pull with nothing new skips the copy. */
   draftBase: Schema.optional(Position),
+  /**
+   * Frames of `generation` folded into the synced copy's database file (its WAL holds frames
+   * `foldedFrame + 1..syncedFrame`). Absent: 0.
+   */
+  foldedFrame: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(0))),
+  /** Which pages of the draft copy can differ from the synced copy; absent: unknown (the next pull copies every page). */
+  draftPages: Schema.optional(DraftPages),
+  /** A fold of the draft copy's WAL is recorded in `draftPages` but may not have reached its file (redone on open). */
+  draftFoldInProgress: Schema.optional(Schema.Boolean),
   lastPushAt: Schema.optional(Schema.Number),
   lastPullAt: Schema.optional(Schema.Number)
 })
