@@ -5,9 +5,10 @@
  *   frames in its WAL; local changes are replayed onto it to make the frames a push sends.
  *
  * Each is a `SqliteClient` from `SqliteClient.make` under its own tag (never the shared `SqlClient` tag),
- * opened and reopened through scopes because the engine replaces their files. Synced runs with
- * `wal_autocheckpoint=0` and is closed without checkpointing: a read-only connection is opened and
- * queried before the writer closes and is closed last, so the WAL keeps every frame a reset may need.
+ * opened and reopened through scopes because the engine replaces their files. Both run with
+ * `wal_autocheckpoint=0` and are closed without checkpointing: a read-only connection is opened and
+ * queried before the writer closes and is closed last, so the WAL keeps every frame until the engine
+ * folds it (Synced: the frames a reset may need; Draft: the pages its local writes changed).
  *
  * @since 0.1.0
  */
@@ -90,24 +91,22 @@ export const make = (kind: "draft" | "synced", filename: string): Effect.Effect<
       if (Option.isSome(current)) return Effect.succeed([current.value.client, current] as const)
       return Effect.gen(function*() {
         const opened = yield* openClient(filename, false)
-        if (kind === "synced") {
-          yield* opened.client.unsafe("PRAGMA wal_autocheckpoint=0").pipe(
-            Effect.catchAll((cause) =>
-              Effect.zipRight(
-                Scope.close(opened.scope, Exit.void),
-                Effect.fail(new StorageError({ reason: "Files", message: `cannot configure ${filename}`, path: filename, cause }))
-              )
+        yield* opened.client.unsafe("PRAGMA wal_autocheckpoint=0").pipe(
+          Effect.catchAll((cause) =>
+            Effect.zipRight(
+              Scope.close(opened.scope, Exit.void),
+              Effect.fail(new StorageError({ reason: "Files", message: `cannot configure ${filename}`, path: filename, cause }))
             )
           )
-        }
+        )
         return [opened.client, Option.some(opened)] as const
       })
     })
 
     const closeOpened = (opened: Opened): Effect.Effect<void> => {
-      if (kind === "draft") return Scope.close(opened.scope, Exit.void)
       // The last connection to close would checkpoint the WAL into the file and delete it; a read-only
-      // connection cannot, so it closes last.
+      // connection cannot, so it closes last. Both copies keep their WAL: the engine folds it into the file
+      // itself, as a recorded step (Synced's frame numbering, Draft's changed pages depend on it).
       return Effect.gen(function*() {
         const reader = yield* Effect.either(openClient(filename, true))
         if (reader._tag === "Right") {

@@ -165,6 +165,17 @@ export interface Options<R = never> {
   readonly onStep?: ((step: string) => Effect.Effect<void>) | undefined
   /** Sync in the background on this schedule and after local writes, as `autoSync` does, for the layer's life. */
   readonly autoSync?: Schedule.Schedule<unknown, unknown> | undefined
+  /**
+   * How many frames each local copy's WAL holds at rest before they are folded into its database file
+   * (default 1000, about 4 MB): local storage stays about twice the database plus two such WALs.
+   */
+  readonly maxWalFrames?: number | undefined
+  /**
+   * What a new local database starts from: `"head"` (default) the remote's current state, so that it opens
+   * with the data; `"base"` the base of the remote's current generation only (the libSQL client's way:
+   * the rest arrives with the first `pull`).
+   */
+  readonly bootstrap?: "head" | "base" | undefined
 }
 
 /**

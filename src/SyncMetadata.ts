@@ -27,6 +27,12 @@ export const Position = Schema.Struct({
   frame: Schema.Int.pipe(Schema.greaterThanOrEqualTo(0))
 })
 
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Position = typeof Position.Type
+
 const PageNumbers = Schema.Array(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)))
 
 /**
@@ -86,6 +92,8 @@ export const Metadata = Schema.Struct({
    * `foldedFrame + 1..syncedFrame`). Absent: 0.
    */
   foldedFrame: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(0))),
+  /** `<path>-synced-wal.next` holds the synced frames after `foldedFrame` and must replace the synced WAL (redone on open). */
+  foldInProgress: Schema.optional(Schema.Boolean),
   /** Which pages of the draft copy can differ from the synced copy; absent: unknown (the next pull copies every page). */
   draftPages: Schema.optional(DraftPages),
   /** A fold of the draft copy's WAL is recorded in `draftPages` but may not have reached its file (redone on open). */

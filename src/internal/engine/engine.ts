@@ -39,7 +39,9 @@ import * as SyncMetadata from "../../SyncMetadata.js"
 import * as SyncProtocol from "../../SyncProtocol.js"
 import * as SyncRemote from "../../SyncRemote.js"
 import * as WalFrame from "../../WalFrame.js"
+import * as PageCopy from "../sqlite/pageCopy.js"
 import * as ConflictLog from "./conflictLog.js"
+import * as DraftPages from "./draftPages.js"
 import * as Files from "../sqlite/files.js"
 
 /** @internal */
@@ -58,6 +60,16 @@ export interface EngineOptions {
   readonly transform?: ConflictPolicy.Transform | undefined
   /** Called with the conflicts of every acknowledged push (after they are in the conflict log). */
   readonly onConflicts?: ((entries: ReadonlyArray<ConflictPolicy.Entry>) => Effect.Effect<void>) | undefined
+  /**
+   * Frames a copy's WAL may hold at rest before they are folded into its database file. Default 1000
+   * (about 4 MB per copy).
+   */
+  readonly maxWalFrames?: number | undefined
+  /**
+   * What a new local database starts from: `"head"` (default) the remote's current state, `"base"` only the
+   * base of the remote's current generation (its frames arrive with the first pull).
+   */
+  readonly bootstrap?: "head" | "base" | undefined
 }
 
 /**
@@ -68,15 +80,18 @@ export interface EngineOptions {
 export const steps = [
   "pull:framesWritten",
   "pull:metadataWritten",
+  "fold:applied",
+  "fold:flagged",
   "roll:materialized",
   "roll:flagged",
   "replay:done",
   "push:beforeSend",
   "push:answered",
-  "copy:materialized",
+  "copy:walWritten",
   "copy:flagged",
   "copy:draftClosed",
   "copy:renamed",
+  "draftFold:flagged",
   "reset:before"
 ] as const
 
@@ -216,15 +231,22 @@ export const make = (options: EngineOptions) =>
     // open: bootstrap or recovery
     // -------------------------------------------------------------------------------------------------
 
+    const maxWalFrames = Math.max(1, options.maxWalFrames ?? 1000)
+    const draftWalNext = PageCopy.nextWalPath(names.draft)
+    const syncedWalNext = PageCopy.nextWalPath(names.synced)
     const allFiles = [
-      names.draft, Files.walPath(names.draft), Files.shmPath(names.draft), names.draftNew,
-      names.synced, Files.walPath(names.synced), Files.shmPath(names.synced), names.syncedNext
+      names.draft, Files.walPath(names.draft), Files.shmPath(names.draft), names.draftNew, draftWalNext,
+      names.synced, Files.walPath(names.synced), Files.shmPath(names.synced), names.syncedNext, syncedWalNext
     ]
+    /** Frames of Synced's WAL at rest: the synced frames not folded into its file. */
+    const walFrames = (m: SyncMetadata.Metadata) => m.syncedFrame - (m.foldedFrame ?? 0)
+    /** Where Synced's database file stands. */
+    const syncedFileAt = (m: SyncMetadata.Metadata): SyncMetadata.Position => ({ generation: m.generation, frame: m.foldedFrame ?? 0 })
 
+    /** Step 2c's switch: the fresh WAL replaces Draft's (Draft closed); SQLite recovers it on open. */
     const finishCopyFiles = Effect.gen(function*() {
-      yield* Files.remove(Files.walPath(names.draft))
       yield* Files.remove(Files.shmPath(names.draft))
-      yield* Files.rename(names.draftNew, names.draft)
+      yield* Files.rename(draftWalNext, Files.walPath(names.draft))
     })
 
     const finishRollFiles = Effect.gen(function*() {
@@ -232,6 +254,19 @@ export const make = (options: EngineOptions) =>
       yield* Files.remove(Files.shmPath(names.synced))
       yield* Files.rename(names.syncedNext, names.synced)
     })
+
+    /**
+     * A fold's switch (Synced closed): the rest of the WAL, rewritten from frame 1, replaces it; with nothing
+     * left, the WAL is cut to nothing. Idempotent (recovery redoes it).
+     */
+    const finishFoldFiles = (m: SyncMetadata.Metadata) =>
+      Effect.gen(function*() {
+        if (yield* Files.exists(syncedWalNext)) {
+          yield* Files.remove(Files.shmPath(names.synced))
+          yield* Files.rename(syncedWalNext, Files.walPath(names.synced))
+        }
+        yield* Files.truncateWal(names.synced, walFrames(m))
+      })
 
     /** A brand-new local database: Synced = the remote's current base, Draft = a copy of it. */
     const bootstrap = Effect.gen(function*() {
@@ -256,16 +291,19 @@ export const make = (options: EngineOptions) =>
       }
       yield* Files.writeNew(names.synced, base)
       yield* Files.writeNew(names.draft, base)
+      const at = { generation, frame: 0 }
       const metadata: SyncMetadata.Metadata = {
         version: 1,
         clientId: `${options.clientName ?? "client"}-${Crypto.randomUUID()}`,
         generation,
         syncedFrame: 0,
+        foldedFrame: 0,
         lastPushedChangeId: 0,
         activeCopy: "draft",
         copyInProgress: false,
         rollInProgress: false,
-        draftBase: { generation, frame: 0 }
+        draftBase: at,
+        draftPages: DraftPages.fresh(at)
       }
       // Written last: the metadata file is what says a bootstrap completed.
       yield* metadataStore.write(metadata)
@@ -291,21 +329,33 @@ export const make = (options: EngineOptions) =>
         } else {
           yield* Files.remove(names.syncedNext)
         }
+        if (metadata.foldInProgress) {
+          yield* finishFoldFiles(metadata)
+          metadata = { ...metadata, foldInProgress: false }
+        } else {
+          yield* Files.remove(syncedWalNext)
+        }
         if (metadata.copyInProgress) {
-          if (yield* Files.exists(names.draftNew)) yield* finishCopyFiles
+          if (yield* Files.exists(draftWalNext)) yield* finishCopyFiles
           metadata = { ...metadata, copyInProgress: false }
         } else {
-          yield* Files.remove(names.draftNew)
+          yield* Files.remove(draftWalNext)
         }
+        // A copy file of an earlier version of the engine (it materialized whole copies).
+        yield* Files.remove(names.draftNew)
         metadata = { ...metadata, activeCopy: "draft" }
+        if (metadata.draftPages === undefined) {
+          const pages = yield* Files.attempt(names.draft, "cannot read", (fs) => PageCopy.headerPages(fs, names.draft))
+          metadata = { ...metadata, draftPages: DraftPages.unknown(syncedFileAt(metadata), pages) }
+        }
         const wal = yield* Files.readWal(names.synced)
         const frames = Option.match(wal, { onNone: () => 0, onSome: (w) => w.frames.length })
-        if (frames < metadata.syncedFrame) {
+        if (frames < walFrames(metadata)) {
           // Cannot happen with fsync honoured; re-pulling from what is there is still correct.
-          yield* Effect.logWarning(`synced WAL holds ${frames} frames, metadata says ${metadata.syncedFrame}`)
-          metadata = { ...metadata, syncedFrame: frames }
+          yield* Effect.logWarning(`synced WAL holds ${frames} frames, metadata says ${walFrames(metadata)}`)
+          metadata = { ...metadata, syncedFrame: (metadata.foldedFrame ?? 0) + frames }
         }
-        yield* Files.truncateWal(names.synced, metadata.syncedFrame)
+        yield* Files.truncateWal(names.synced, walFrames(metadata))
         if (metadata !== stored) yield* metadataStore.write(metadata)
         return metadata
       })
@@ -316,7 +366,7 @@ export const make = (options: EngineOptions) =>
     const clientId = initial.clientId
 
     const updateMetadata = (f: (m: SyncMetadata.Metadata) => SyncMetadata.Metadata) =>
-      SynchronizedRef.updateEffect(metadata, (m) => {
+      SynchronizedRef.updateAndGetEffect(metadata, (m) => {
         const next = f(m)
         return Effect.as(metadataStore.write(next), next)
       })
@@ -331,35 +381,90 @@ export const make = (options: EngineOptions) =>
       ).pipe(Effect.mapError(sqlStatementError("Capture")))
     })
 
-    yield* synced.open
-    yield* openDraft
-
     // -------------------------------------------------------------------------------------------------
     // file steps shared by the engine and recovery
     // -------------------------------------------------------------------------------------------------
 
+    /** Folds Draft's WAL into its file (SQLite's own checkpoint; the pages it changes are recorded first). */
+    const checkpointDraft = on(draft, Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe<{ busy: number }>("PRAGMA wal_checkpoint(TRUNCATE)"))).pipe(
+      Effect.mapError((cause) => new SyncError.StorageError({ reason: "Files", message: `cannot fold ${names.draft}'s WAL`, path: names.draft, cause })),
+      Effect.flatMap((rows) =>
+        rows[0]?.busy === 0
+          ? Effect.void
+          : Effect.fail(new SyncError.StorageError({ reason: "Files", message: `folding ${names.draft}'s WAL was blocked`, path: names.draft }))
+      )
+    )
+
+    /** A Draft fold recorded in metadata whose checkpoint did not run (or failed): run it before Draft's WAL is replaced. */
+    const finishDraftFold = Effect.gen(function*() {
+      if (!(yield* SynchronizedRef.get(metadata)).draftFoldInProgress) return
+      yield* checkpointDraft
+      yield* updateMetadata((m) => ({ ...m, draftFoldInProgress: false }))
+    })
+
+    /**
+     * Folds Draft's WAL into its file when it holds more than `maxWalFrames` frames (`force`: whatever it
+     * holds). The pages its frames change are recorded in metadata first (with the flag that makes open redo
+     * the checkpoint), so a later copy still knows where Draft's file differs from Synced. The caller holds
+     * every write permit: no transaction is under way in Draft.
+     */
+    const foldDraftUnlocked = (force: boolean) =>
+      Effect.gen(function*() {
+        yield* finishDraftFold
+        const frames = yield* PageCopy.readCommittedFrames(names.draft)
+        const copyFrames = (yield* SynchronizedRef.get(metadata)).draftPages?.copy?.frames ?? 0
+        if (frames.length < copyFrames) {
+          // Draft's WAL is not the one the metadata describes (SQLite folded it when a close could not keep
+          // it): where Draft's file differs is unknown, so the next copy writes every page.
+          const pages = yield* Files.attempt(names.draft, "cannot read", (fs) =>
+            Math.max(PageCopy.headerPages(fs, names.draft), PageCopy.headerPages(fs, names.synced), ...frames.map((f) => f.commitSize)))
+          yield* Effect.logWarning(`${names.draft}'s WAL holds ${frames.length} frames, its copy wrote ${copyFrames}`)
+          yield* updateMetadata((m) => ({ ...m, draftPages: DraftPages.unknown(syncedFileAt(m), pages) }))
+        }
+        if (frames.length === 0 || (!force && frames.length <= maxWalFrames)) return
+        yield* updateMetadata((m) => {
+          const t = m.draftPages ?? DraftPages.fresh(syncedFileAt(m))
+          const local = PageCopy.pageNumbers(frames.slice(t.copy?.frames ?? 0))
+          return { ...m, draftPages: DraftPages.draftFolded(t, local, syncedFileAt(m)), draftFoldInProgress: true }
+        })
+        yield* step("draftFold:flagged")
+        yield* finishDraftFold
+      })
+
+    /** After a local write: fold Draft's WAL if it outgrew its bound and no write is in flight (else later). */
+    const maybeFoldDraft = Effect.gen(function*() {
+      if ((yield* Files.fileSize(Files.walPath(names.draft))) <= WalFrame.walSize(maxWalFrames)) return
+      yield* writeGate.withPermitsIfAvailable(WRITE_PERMITS)(foldDraftUnlocked(false))
+    }).pipe(Effect.catchAll((error) => Effect.logWarning("cannot fold the draft copy's WAL", error)))
+
+    yield* synced.open
+    yield* openDraft
+    yield* foldDraftUnlocked(false)
+
     /** Cuts Synced's WAL back to the synced frame (invariant 1); Synced is closed meanwhile. */
     const cutSyncedToSyncedFrame = Effect.gen(function*() {
-      const { syncedFrame } = yield* SynchronizedRef.get(metadata)
+      const m = yield* SynchronizedRef.get(metadata)
       const size = yield* Files.fileSize(Files.walPath(names.synced))
-      if (size > WalFrame.walSize(syncedFrame)) {
-        yield* synced.withClosed(Files.truncateWal(names.synced, syncedFrame))
+      if (size > WalFrame.walSize(walFrames(m))) {
+        yield* synced.withClosed(Files.truncateWal(names.synced, walFrames(m)))
       }
     })
 
     // Where Synced's WAL stands at the synced frame (header, running checksum), so that pushes and pulls
-    // read and validate only the frames after it, whatever the size of the WAL.
+    // read and validate only the frames after it, whatever the size of the WAL. `state.frames` counts the
+    // WAL's frames (the synced frames not folded).
     const syncedPrefix = yield* Ref.make<{ readonly generation: number; readonly state: Files.WalState } | undefined>(
       undefined
     )
     const prefixAtSyncedFrame = Effect.gen(function*() {
       const m = yield* SynchronizedRef.get(metadata)
-      if (m.syncedFrame === 0) return undefined
+      const frames = walFrames(m)
+      if (frames === 0) return undefined
       const cached = yield* Ref.get(syncedPrefix)
-      if (cached !== undefined && cached.generation === m.generation && cached.state.frames === m.syncedFrame) {
+      if (cached !== undefined && cached.generation === m.generation && cached.state.frames === frames) {
         return cached.state
       }
-      const state = yield* Files.prefixState(names.synced, m.syncedFrame)
+      const state = yield* Files.prefixState(names.synced, frames)
       if (state !== undefined) yield* Ref.set(syncedPrefix, { generation: m.generation, state })
       return state
     })
@@ -372,25 +477,75 @@ export const make = (options: EngineOptions) =>
       Effect.gen(function*() {
         const m = yield* SynchronizedRef.get(metadata)
         yield* prefixAtSyncedFrame // validates the synced frames once if this process has not yet
-        const frames = yield* Files.readWalFrames(names.synced, m.syncedFrame)
+        const frames = yield* Files.readWalFrames(names.synced, walFrames(m))
         yield* synced.close
         yield* Ref.set(syncedPrefix, undefined)
         yield* Files.materialize(names.synced, frames, names.syncedNext)
         yield* step("roll:materialized")
-        yield* updateMetadata((m) => ({ ...m, generation: next, syncedFrame: 0, rollInProgress: true }))
+        const at = { generation: next, frame: 0 }
+        yield* updateMetadata((m) => ({
+          ...m,
+          generation: next,
+          syncedFrame: 0,
+          foldedFrame: 0,
+          rollInProgress: true,
+          ...(m.draftPages ? { draftPages: DraftPages.syncedFolded(m.draftPages, at, PageCopy.pageNumbers(frames)) } : {})
+        }))
         yield* step("roll:flagged")
         yield* finishRollFiles
         yield* updateMetadata((m) => ({ ...m, rollInProgress: false }))
       })
 
+    /**
+     * Folds the synced frames of Synced's WAL into its database file when there are more than
+     * `maxWalFrames` of them (all but the last transaction, unless that one alone is too large). Crash-safe:
+     * the pages are written into the file while the WAL still holds them (SQLite reads the WAL's copy first,
+     * so the file may be ahead), the rest of the WAL is written as `-wal.next`, metadata records the new
+     * `foldedFrame` with a flag, then the new WAL replaces the old one. Open finishes a flagged fold.
+     */
+    const foldSynced = Effect.gen(function*() {
+      const m = yield* SynchronizedRef.get(metadata)
+      if (walFrames(m) <= maxWalFrames) return
+      yield* prefixAtSyncedFrame // validates the synced frames once if this process has not yet
+      const frames = yield* Files.readWalFrames(names.synced, walFrames(m))
+      const fold = PageCopy.foldLength(frames, Math.max(1, Math.floor(maxWalFrames / 2)))
+      if (fold === 0) return
+      yield* synced.close
+      yield* Ref.set(syncedPrefix, undefined)
+      yield* Files.remove(syncedWalNext)
+      yield* Files.applyInPlace(names.synced, frames.slice(0, fold))
+      if (fold < frames.length) yield* PageCopy.writeWalFile(syncedWalNext, frames.slice(fold))
+      yield* step("fold:applied")
+      const folded = PageCopy.pageNumbers(frames.slice(0, fold))
+      const next = yield* updateMetadata((m) => {
+        const foldedFrame = (m.foldedFrame ?? 0) + fold
+        const at = { generation: m.generation, frame: foldedFrame }
+        return {
+          ...m,
+          foldedFrame,
+          foldInProgress: true,
+          ...(m.draftPages ? { draftPages: DraftPages.syncedFolded(m.draftPages, at, folded) } : {})
+        }
+      })
+      yield* step("fold:flagged")
+      yield* finishFoldFiles(next)
+      yield* updateMetadata((m) => ({ ...m, foldInProgress: false }))
+    }).pipe(Effect.ensuring(Effect.ignore(synced.open)))
+
+    /** A fold flagged in metadata whose file steps failed: finish it before anything reads or extends Synced. */
+    const finishFlaggedFold = Effect.gen(function*() {
+      const m = yield* SynchronizedRef.get(metadata)
+      if (!m.foldInProgress) return
+      yield* synced.close
+      yield* Ref.set(syncedPrefix, undefined)
+      yield* finishFoldFiles(m)
+      yield* updateMetadata((m) => ({ ...m, foldInProgress: false }))
+    }).pipe(Effect.ensuring(Effect.ignore(synced.open)))
+
     // -------------------------------------------------------------------------------------------------
     // the seed's steps
     // -------------------------------------------------------------------------------------------------
 
-    /**
-     * Step 1a and 2a: pull every frame the remote has beyond the synced frame into Synced's WAL (written
-     * while Synced is closed), following generation rolls. Returns whether anything arrived.
-     */
     /**
      * A roll flagged in metadata (generation + 1, frame 0) whose file steps then failed leaves Synced on the
      * old generation's files: finish it as open would, before anything reads or extends Synced. Otherwise
@@ -405,8 +560,14 @@ export const make = (options: EngineOptions) =>
       yield* updateMetadata((m) => ({ ...m, rollInProgress: false }))
     }).pipe(Effect.ensuring(Effect.ignore(synced.open)))
 
+    /**
+     * Step 1a and 2a: pull every frame the remote has beyond the synced frame into Synced's WAL (written
+     * while Synced is closed), following generation rolls and folding the WAL when it outgrows its bound.
+     * Returns whether anything arrived.
+     */
     const pullRemoteIntoSynced = Effect.gen(function*() {
       yield* finishFlaggedRoll
+      yield* finishFlaggedFold
       yield* cutSyncedToSyncedFrame
       let { generation, syncedFrame: frame } = yield* SynchronizedRef.get(metadata)
       let buffer: Array<WalFrame.Frame> = []
@@ -415,9 +576,11 @@ export const make = (options: EngineOptions) =>
       const flush = Effect.gen(function*() {
         const committed = WalFrame.committedLength(buffer)
         if (committed === 0) return
-        const prefix = frame === 0 ? undefined : yield* prefixAtSyncedFrame
+        const m = yield* SynchronizedRef.get(metadata)
+        const local = walFrames(m)
+        const prefix = local === 0 ? undefined : yield* prefixAtSyncedFrame
         yield* synced.close
-        const state = yield* Files.appendWal(names.synced, frame, buffer.slice(0, committed), prefix)
+        const state = yield* Files.appendWal(names.synced, local, buffer.slice(0, committed), prefix)
         yield* Ref.set(syncedPrefix, { generation, state })
         yield* step("pull:framesWritten")
         frame += committed
@@ -426,6 +589,7 @@ export const make = (options: EngineOptions) =>
         yield* updateMetadata((m) => ({ ...m, generation, syncedFrame: at }))
         yield* step("pull:metadataWritten")
         changed = true
+        yield* foldSynced
       })
 
       const loop = Effect.gen(function*() {
@@ -513,11 +677,19 @@ export const make = (options: EngineOptions) =>
             Effect.ensuring(Ref.update(traffic, (t) => ({ ...t, sent: t.sent + sent.length * WalFrame.FRAME_SIZE })))
           )
         let result = yield* send(start, frames)
-        if (result._tag === "Conflict" && result.generation === m.generation && result.maxFrameNo < start - 1) {
+        if (
+          result._tag === "Conflict" && result.generation === m.generation && result.maxFrameNo < start - 1 &&
+          result.maxFrameNo >= (m.foldedFrame ?? 0)
+        ) {
           // The server cannot tell us from a pusher whose session it lost after acknowledging frames up to our
           // start, so it asks for its frames from maxFrameNo + 1 again. Those are synced frames we pulled from
-          // it: sending them proves which head we build on (identical bytes), and our frames follow.
-          const rewound = yield* Files.readWalFrames(names.synced, start - 1 - result.maxFrameNo, result.maxFrameNo)
+          // it: sending them proves which head we build on (identical bytes), and our frames follow. (A fold
+          // keeps the last transaction in the WAL for this; frames folded away leave it a conflict.)
+          const rewound = yield* Files.readWalFrames(
+            names.synced,
+            start - 1 - result.maxFrameNo,
+            result.maxFrameNo - (m.foldedFrame ?? 0)
+          )
           result = yield* send(result.maxFrameNo + 1, [...rewound, ...frames])
         }
         yield* step("push:answered")
@@ -554,21 +726,35 @@ export const make = (options: EngineOptions) =>
     const switchReads = (copy: "draft" | "synced") => exclusively(readsOpen, readGate, READ_PERMITS, Ref.set(active, copy))
 
     /**
-     * Step 2c: replace Draft by a copy of Synced (remote frames + the pending changes just replayed).
-     * Materialized into `<path>-draft.new`, fsynced, flagged in metadata, renamed over Draft. Reads go to
-     * Synced meanwhile; the caller holds every write permit.
+     * Step 2c: make Draft equal to Synced (the remote's frames + the pending changes just replayed) by
+     * rewriting only the pages where they can differ (`DraftPages.copyPages`), taken from Synced, as one
+     * transaction in a fresh WAL `<path>-draft-wal.next`: fsynced, flagged in metadata, then renamed over
+     * Draft's WAL while Draft is closed, so that SQLite's WAL recovery makes the switch atomic. Reads go to
+     * Synced meanwhile; the caller holds every write permit. Its cost follows the changed pages, not the
+     * database size.
      */
-    const copySyncedOverDraft = (prefix: Files.WalState | undefined) => Effect.gen(function*() {
+    const copySyncedOverDraft = Effect.gen(function*() {
       const m = yield* SynchronizedRef.get(metadata)
-      const tail = yield* Files.readWalTail(names.synced, prefix)
-      yield* Files.applyInPlace(names.draftNew, tail.frames)
-      yield* step("copy:materialized")
-      const previousBase = m.draftBase
+      const prefix = yield* prefixAtSyncedFrame
+      const synced_ = yield* Files.readWalFrames(names.synced, walFrames(m))
+      const replay = yield* Files.readWalTail(names.synced, prefix)
+      const all = [...synced_, ...replay.frames]
+      const targetPages = all.length > 0
+        ? all[all.length - 1].commitSize
+        : yield* Files.attempt(names.synced, "cannot read", (fs) => PageCopy.headerPages(fs, names.synced))
+      const tracking = m.draftPages ?? DraftPages.fresh(syncedFileAt(m))
+      const pages = DraftPages.copyPages(tracking, PageCopy.pageNumbers(all), targetPages)
+      const frames = yield* PageCopy.pagesAsTransaction(names.synced, all, pages, targetPages)
+      yield* PageCopy.writeWalFile(draftWalNext, frames)
+      yield* step("copy:walWritten")
+      const previous = { draftBase: m.draftBase, draftPages: m.draftPages }
+      const at = { generation: m.generation, frame: m.syncedFrame }
       yield* updateMetadata((m) => ({
         ...m,
         copyInProgress: true,
         activeCopy: "synced",
-        draftBase: { generation: m.generation, frame: m.syncedFrame }
+        draftBase: at,
+        draftPages: DraftPages.copied(m.draftPages ?? tracking, at, frames.length, PageCopy.pageNumbers(replay.frames))
       }))
       yield* step("copy:flagged")
       yield* switchReads("synced")
@@ -581,14 +767,25 @@ export const make = (options: EngineOptions) =>
       })
       yield* swap.pipe(
         Effect.tapError(() =>
-          // Not renamed: the old Draft is whole (closing it checkpointed its WAL); forget the copy.
-          Effect.ignore(Effect.all([
-            Files.remove(names.draftNew),
-            updateMetadata((m) => {
-              const { draftBase: _, ...rest } = m
-              return { ...rest, copyInProgress: false, activeCopy: "draft", ...(previousBase ? { draftBase: previousBase } : {}) }
+          Effect.ignore(Effect.gen(function*() {
+            if (!(yield* Files.exists(draftWalNext))) {
+              // Renamed (the failure came after): Draft has the copy, as the metadata says.
+              yield* updateMetadata((m) => ({ ...m, copyInProgress: false, activeCopy: "draft" }))
+              return
+            }
+            // Not renamed: the old Draft and its WAL are whole (closing keeps the WAL); forget the copy.
+            yield* Files.remove(draftWalNext)
+            yield* updateMetadata((m) => {
+              const { draftBase: _, draftPages: __, ...rest } = m
+              return {
+                ...rest,
+                copyInProgress: false,
+                activeCopy: "draft",
+                ...(previous.draftBase ? { draftBase: previous.draftBase } : {}),
+                ...(previous.draftPages ? { draftPages: previous.draftPages } : {})
+              }
             })
-          ]))
+          }))
         ),
         Effect.exit,
         // Whatever happened, Draft is opened again (capture reinstalled) before reads move back to it.
@@ -596,27 +793,14 @@ export const make = (options: EngineOptions) =>
         Effect.ensuring(Effect.ignore(draft.open)),
         Effect.ensuring(switchReads("draft"))
       )
-    }).pipe(Effect.tapError(() => Effect.ignore(Files.remove(names.draftNew))))
-
-    /**
-     * Step 2c, first part, while writes still flow: Synced at the synced frame (base + the remote's
-     * frames, no local replay yet) materialized into `<path>-draft.new`. The part under the write gate then
-     * only adds the frames of step 2b, so writes wait for work that follows the pending changes, not the
-     * database size.
-     */
-    const prepareDraftCopy = Effect.gen(function*() {
-      const m = yield* SynchronizedRef.get(metadata)
-      const prefix = yield* prefixAtSyncedFrame
-      const frames = yield* Files.readWalFrames(names.synced, m.syncedFrame)
-      yield* Files.materialize(names.synced, frames, names.draftNew)
-      return prefix
-    })
+      return frames.length
+    }).pipe(Effect.tapError(() => Effect.ignore(Files.remove(draftWalNext))))
 
     /** Step 2d: cut Synced's WAL back to the synced frame, dropping the frames of the local replay. */
     const resetSyncedWal = Effect.gen(function*() {
-      const { syncedFrame } = yield* SynchronizedRef.get(metadata)
+      const m = yield* SynchronizedRef.get(metadata)
       yield* step("reset:before")
-      yield* synced.withClosed(Files.truncateWal(names.synced, syncedFrame))
+      yield* synced.withClosed(Files.truncateWal(names.synced, walFrames(m)))
     })
 
     // -------------------------------------------------------------------------------------------------
@@ -630,7 +814,11 @@ export const make = (options: EngineOptions) =>
         const replay = yield* replayDraftOntoSynced("push", progress) /* 1b */
         if (replay.replayed === 0) return false
         const outcome = yield* pushSyncedFrames(replay.lastChangeId) /* 1c */
-        if (outcome !== "Conflict") return true
+        if (outcome !== "Conflict") {
+          yield* foldSynced
+          yield* maybeFoldDraft
+          return true
+        }
         const delay = Math.min(2000, Duration.toMillis(backoff) * 2 ** (round - 1)) * (0.5 + Math.random())
         yield* Effect.sleep(Duration.millis(delay))
       }
@@ -648,18 +836,24 @@ export const make = (options: EngineOptions) =>
       if (
         m.draftBase !== undefined && m.draftBase.generation === m.generation && m.draftBase.frame === m.syncedFrame
       ) {
+        yield* foldSynced
+        yield* maybeFoldDraft
         return arrived
       }
-      const prefix = yield* prepareDraftCopy /* 2c, first part */
       yield* exclusively(writesOpen, writeGate, WRITE_PERMITS,
         Effect.gen(function*() {
           const started = Date.now()
+          yield* finishDraftFold
           yield* replayDraftOntoSynced("pull", progress) /* 2b */
-          yield* copySyncedOverDraft(prefix) /* 2c */
+          yield* copySyncedOverDraft /* 2c */
+          // Draft's file catches up with the copy right away, so the next copy again writes only what
+          // changed after this one.
+          yield* foldDraftUnlocked(true)
           yield* Ref.set(lastWriteBlockedMs, Option.some(Date.now() - started))
         })
       ).pipe(Effect.onError(() => Effect.ignore(resetSyncedWal)))
       yield* resetSyncedWal /* 2d */
+      yield* foldSynced
       return true
     })
 
@@ -678,7 +872,8 @@ export const make = (options: EngineOptions) =>
     const execute = (sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<ExecuteResult, SyncError.SqlStatementError> =>
       writing(on(draft, ChangeCapture.execute(sql, params))).pipe(
         Effect.map((r): ExecuteResult => ({ changes: r.changes, lastInsertRowid: r.lastInsertRowid })),
-        Effect.mapError(sqlStatementError("Statement", sql))
+        Effect.mapError(sqlStatementError("Statement", sql)),
+        Effect.tap(() => maybeFoldDraft)
       )
 
     const query = <Row extends object = Record<string, unknown>>(
@@ -704,7 +899,10 @@ export const make = (options: EngineOptions) =>
       sql: string,
       params: ReadonlyArray<unknown> = []
     ): Effect.Effect<ChangeCapture.ExecuteResult, SyncError.SqlStatementError> =>
-      writing(on(draft, ChangeCapture.execute(sql, params))).pipe(Effect.mapError(sqlStatementError("Statement", sql)))
+      writing(on(draft, ChangeCapture.execute(sql, params))).pipe(
+        Effect.mapError(sqlStatementError("Statement", sql)),
+        Effect.tap(() => maybeFoldDraft)
+      )
 
     /**
      * Runs `effect` with Draft's SqlClient as ONE capture transaction (one unit of replay), holding one write
@@ -713,7 +911,7 @@ export const make = (options: EngineOptions) =>
     const transaction = <A, E, R>(
       effect: Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, Exclude<R, SqlClient.SqlClient>> =>
-      writing(on(draft, ChangeCapture.transaction(effect)))
+      writing(on(draft, ChangeCapture.transaction(effect))).pipe(Effect.tap(() => maybeFoldDraft))
 
     const stats: Effect.Effect<Stats, SyncError.SyncError> = Effect.gen(function*() {
       const m = yield* SynchronizedRef.get(metadata)
