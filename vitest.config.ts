@@ -1,6 +1,16 @@
+import * as NodePath from "node:path"
 import { defineConfig } from "vitest/config"
 
+const src = NodePath.join(import.meta.dirname, "src")
+
 export default defineConfig({
+  // The examples import the package by name: run them on the sources, as tsconfig.json's "paths" does.
+  resolve: {
+    alias: [
+      { find: /^effect-sqlite-sync$/, replacement: NodePath.join(src, "index.ts") },
+      { find: /^effect-sqlite-sync\/(server|testing)$/, replacement: NodePath.join(src, "$1.ts") }
+    ]
+  },
   test: {
     include: ["test/**/*.test.ts"],
     globalSetup: ["test/globalSetup.ts"],

@@ -1,11 +1,12 @@
 /**
  * What the malformed-database check costs per push.
  *
- *   npx tsx bench/serverStoreCheck.ts [sizesMB=1,10] [pushes=40]
+ *   npx tsx bench/serverStoreCheck.ts [sizesMB=1,10] [pushes=40] [tables=1] [stores=memory,sqlite,main]
  *
- * For each store (memory, SQLite in a temp dir), database size and check mode, a database of that size
- * is built from a real SQLite replica (a table with an index, ~1 KB rows), then `pushes` small commits
- * (one row each, as a client syncing an edit does) are timed one by one. The difference between
+ * For each store (memory, SQLite in a temp dir, SQLite checking on the main thread), database size and
+ * check mode, a database of that size is built from a real SQLite replica (`tables` tables of equal
+ * size, each with an index, ~1 KB rows), then `pushes` small commits (one row into the first table, as
+ * a client syncing an edit does) are timed one by one. The difference between
  * `off` and a check mode is the check's cost: materialising the candidate and running the pragma.
  * CPU time counts every thread; the event-loop stall is what other requests wait behind. The SQLite
  * store runs the check on a worker thread, the memory store on the calling thread.
@@ -24,7 +25,9 @@ import * as WalFrame from "../src/WalFrame.js"
 
 const sizes = (process.argv[2] ?? "1,10").split(",").map(Number)
 const pushes = Number(process.argv[3] ?? 40)
-const modes: ReadonlyArray<ServerStore.IntegrityCheck> = ["off", "quick_check", "integrity_check"]
+const tableCount = Number(process.argv[4] ?? 1)
+const stores = (process.argv[5] ?? "memory,sqlite,main").split(",")
+const modes: ReadonlyArray<ServerStore.IntegrityCheck> = ["off", "quick_check", "changed_tables", "integrity_check"]
 
 const walFrames = (file: string): ReadonlyArray<WalFrame.Frame> =>
   Option.match(WalFrame.parse(new Uint8Array(fs.readFileSync(`${file}-wal`))), { onNone: () => [], onSome: (w) => w.frames })
@@ -39,15 +42,21 @@ const run = (store: ServerStore.Service, sizeMb: number) =>
       fs.writeFileSync(file, yield* store.exportGeneration("bench", 1))
       const db = new Database(file)
       db.pragma("wal_autocheckpoint = 0")
-      db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL, v TEXT NOT NULL); CREATE INDEX t_k ON t (k)")
-      const insert = db.prepare("INSERT INTO t (k, v) VALUES (hex(randomblob(8)), hex(randomblob(450)))")
-      const rows = Math.ceil((sizeMb * 1024 * 1024) / 1000)
-      const perTx = 1000
-      for (let done = 0; done < rows; done += perTx) {
-        db.transaction(() => {
-          for (let i = 0; i < Math.min(perTx, rows - done); i++) insert.run()
-        })()
+      const names = Array.from({ length: tableCount }, (_, i) => (i === 0 ? "t" : `t${i}`))
+      for (const name of names) {
+        db.exec(`CREATE TABLE ${name} (id INTEGER PRIMARY KEY, k TEXT NOT NULL, v TEXT NOT NULL); CREATE INDEX ${name}_k ON ${name} (k)`)
       }
+      const rows = Math.ceil((sizeMb * 1024 * 1024) / 1000 / tableCount)
+      const perTx = 1000
+      for (const name of names) {
+        const fill = db.prepare(`INSERT INTO ${name} (k, v) VALUES (hex(randomblob(8)), hex(randomblob(450)))`)
+        for (let done = 0; done < rows; done += perTx) {
+          db.transaction(() => {
+            for (let i = 0; i < Math.min(perTx, rows - done); i++) fill.run()
+          })()
+        }
+      }
+      const insert = db.prepare("INSERT INTO t (k, v) VALUES (hex(randomblob(8)), hex(randomblob(450)))")
       let pushed = 0
       const pushNew = (frames: ReadonlyArray<WalFrame.Frame>) => Effect.gen(function*() {
         let baton: string | undefined
@@ -105,10 +114,12 @@ const run = (store: ServerStore.Service, sizeMb: number) =>
 const main = Effect.gen(function*() {
   const lines: Array<string> = []
   // Wall time is what a client waits; CPU time is steadier on a shared machine.
+  lines.push(`${tableCount} table(s) of equal size, each with an index; every push inserts one row into the first`)
   lines.push(`| store | db size | check | median ms/push | p90 | mean | median CPU ms/push | median longest event-loop stall ms/push |`)
   lines.push(`|---|---|---|---|---|---|---|---|`)
   for (const sizeMb of sizes) {
     for (const kind of ["memory", "sqlite", "sqlite, check on main thread"] as const) {
+      if (!stores.includes(kind === "sqlite, check on main thread" ? "main" : kind)) continue
       for (const integrityCheck of modes) {
         const dir = fs.mkdtempSync(path.join(os.tmpdir(), "bench-store-"))
         // The third kind is the SQLite store without its check worker: what the worker saves the event loop.

@@ -6,7 +6,8 @@
  */
 import { FetchHttpClient } from "@effect/platform"
 import { Console, Context, Effect, Layer, Logger, LogLevel } from "effect"
-import { ServerStore, SyncDatabase, SyncServer } from "effect-sqlite-sync"
+import { SyncDatabase } from "effect-sqlite-sync"
+import { ServerStore, SyncServer } from "effect-sqlite-sync/server"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"

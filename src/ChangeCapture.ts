@@ -41,7 +41,7 @@
 import type * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import type * as Effect from "effect/Effect"
-import * as Schema from "effect/Schema"
+import { CaptureError } from "./internal/capture/captureError.js"
 import * as internal from "./internal/capture/capture.js"
 import * as internalSql from "./internal/sqlite/sqlText.js"
 
@@ -72,15 +72,13 @@ export interface Change {
   readonly sql?: string
 }
 
-/**
- * @since 0.1.0
- * @category errors
- */
-export class CaptureError extends Schema.TaggedError<CaptureError>()("CaptureError", {
-  reason: Schema.Literal("UnrecordedSchemaChange", "UnsupportedDdl", "InvalidStatement"),
-  message: Schema.String,
-  cause: Schema.optional(Schema.Defect)
-}) {}
+export {
+  /**
+   * @since 0.1.0
+   * @category errors
+   */
+  CaptureError
+}
 
 /**
  * Creates `_sync_changes` in main if absent and (re)installs the TEMP capture triggers for every user table

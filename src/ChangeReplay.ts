@@ -41,11 +41,11 @@
 import type * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import type * as Effect from "effect/Effect"
-import * as Schema from "effect/Schema"
 import type * as ChangeCapture from "./ChangeCapture.js"
 import type * as ConflictPolicy from "./ConflictPolicy.js"
 import { plain } from "./internal/capture/capture.js"
 import * as internal from "./internal/replay/replay.js"
+import { ReplayError } from "./internal/replay/replayError.js"
 import * as InternalTableInfo from "./internal/sqlite/tableInfo.js"
 
 /**
@@ -109,19 +109,13 @@ export type Decision =
   | { readonly _tag: "Ddl"; readonly sql: string }
   | { readonly _tag: "Invalid"; readonly reason: string }
 
-/**
- * @since 0.1.0
- * @category errors
- */
-export class ReplayError extends Schema.TaggedError<ReplayError>()("ReplayError", {
-  reason: Schema.Literal("InvalidChange", "MissingTable", "NoRowIdentity", "Constraint", "Statement", "Unresolved"),
-  message: Schema.String,
-  changeId: Schema.optional(Schema.Number),
-  txId: Schema.optional(Schema.Number),
-  table: Schema.optional(Schema.String),
-  statement: Schema.optional(Schema.String),
-  cause: Schema.optional(Schema.Defect)
-}) {}
+export {
+  /**
+   * @since 0.1.0
+   * @category errors
+   */
+  ReplayError
+}
 
 /**
  * `push`: apply onto Synced and upsert `_sync_progress(clientId, last change id)` in the same transaction;
@@ -200,17 +194,9 @@ export interface ApplyResult {
  * @since 0.1.0
  * @category planning
  */
-export const groupByTransaction = (
+export const groupByTransaction: (
   changes: ReadonlyArray<ChangeCapture.Change>
-): ReadonlyArray<ReadonlyArray<ChangeCapture.Change>> => {
-  const groups: Array<Array<ChangeCapture.Change>> = []
-  for (const change of changes) {
-    const last = groups[groups.length - 1]
-    if (last !== undefined && last[0]!.txId === change.txId) last.push(change)
-    else groups.push([change])
-  }
-  return groups
-}
+) => ReadonlyArray<ReadonlyArray<ChangeCapture.Change>> = internal.groupByTransaction
 
 /**
  * The key of a row image on `table` (primary key columns, else the rowid literal); undefined when none.

@@ -69,9 +69,20 @@ export const serve = Command.make(
       Options.optional,
       Options.withDescription("how many generations before the current one stay pullable (default: all)")
     ),
-    integrityCheck: Options.choice("integrity-check", ["quick_check", "integrity_check", "off"]).pipe(
-      Options.withDefault("quick_check" as const),
-      Options.withDescription("the check a pushed transaction must pass before it is acknowledged")
+    integrityCheck: Options.choice("integrity-check", ["changed_tables", "quick_check", "integrity_check", "off"]).pipe(
+      Options.withDefault(ServerStore.DEFAULT_INTEGRITY_CHECK),
+      Options.withDescription(
+        "the check a pushed transaction must pass before it is acknowledged (changed_tables: quick_check, " +
+          "then integrity_check of the tables it changed)"
+      )
+    ),
+    maxDatabases: Options.integer("max-databases").pipe(
+      Options.optional,
+      Options.withDescription("the most databases the data directory may hold; a request for another is refused (404)")
+    ),
+    maxOpenDatabases: Options.integer("max-open-databases").pipe(
+      Options.withDefault(256),
+      Options.withDescription("databases kept open at once (two files each); the least recently used idle ones are closed")
     ),
     logFormat: Options.choice("log-format", ["logfmt", "json"]).pipe(
       Options.withDefault("logfmt" as const),
@@ -89,6 +100,12 @@ export const serve = Command.make(
       if (Option.isSome(options.keepGenerations) && options.keepGenerations.value < 0) {
         return yield* invalid("--keep-generations must be at least 0")
       }
+      if (Option.isSome(options.maxDatabases) && options.maxDatabases.value < 0) {
+        return yield* invalid("--max-databases must be at least 0")
+      }
+      if (options.maxOpenDatabases < 1) {
+        return yield* invalid("--max-open-databases must be at least 1")
+      }
       if (Option.isSome(options.authToken) && Redacted.value(options.authToken.value).length === 0) {
         return yield* invalid("--auth-token must not be empty")
       }
@@ -102,7 +119,9 @@ export const serve = Command.make(
             directory: options.data,
             generationFrames: Option.getOrUndefined(options.generationFrames),
             keepGenerations: Option.getOrUndefined(options.keepGenerations),
-            integrityCheck: options.integrityCheck
+            integrityCheck: options.integrityCheck,
+            maxDatabases: Option.getOrUndefined(options.maxDatabases),
+            maxOpenDatabases: options.maxOpenDatabases
           })
         )
       )

@@ -1,6 +1,6 @@
 /**
  * The server's storage and protocol state: generations, their bases and frames, and baton sessions.
- * The HTTP routes (`SyncServer`) and the client's in-process remote (`SyncRemote.layerStore`) both talk
+ * The HTTP routes (`SyncServer`) and the client's in-process remote (`StoreRemote.layer`) both talk
  * to this service, so every storage layer is tested through one conformance suite.
  *
  * @since 0.1.0
@@ -10,13 +10,13 @@ import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Schema from "effect/Schema"
 import * as fs from "node:fs"
 import type * as Scope from "effect/Scope"
 import * as internalCheckWorker from "./internal/server/checkWorker.js"
 import * as internalCore from "./internal/server/serverCore.js"
 import * as internalMemory from "./internal/server/serverMemory.js"
 import * as internalSqlite from "./internal/server/serverSqlite.js"
+import { StoreError } from "./internal/server/storeError.js"
 import type * as WalFrame from "./WalFrame.js"
 
 /**
@@ -56,29 +56,19 @@ export type PullResult =
   | { readonly _tag: "Frames"; readonly frames: ReadonlyArray<WalFrame.Frame> }
   | { readonly _tag: "CheckpointNeeded"; readonly generation: number; readonly maxFrameNo: number }
 
-/**
- * Why a request was refused. Every reason maps to one HTTP status in `SyncServer`:
- * BadRequest/BadFrames/Malformed/UnknownBaton/TooLarge → 400 (413 for TooLarge), GenerationNotFound → 404,
- * GenerationGone → 410, Busy → 503, Storage → 500.
- *
- * @since 0.1.0
- * @category errors
- */
-export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
-  reason: Schema.Literal(
-    "BadRequest",
-    "BadFrames",
-    "Malformed",
-    "UnknownBaton",
-    "TooLarge",
-    "GenerationNotFound",
-    "GenerationGone",
-    "Busy",
-    "Storage"
-  ),
-  message: Schema.String,
-  cause: Schema.optional(Schema.Defect)
-}) {}
+export {
+  /**
+   * Why a request was refused. Each reason has one HTTP status and error code, in
+   * `SyncProtocol.errorStatus`: the request was wrong (BadRequest, BadFrames, Malformed, UnknownBaton,
+   * TooLarge), names a generation that is not there (GenerationNotFound, GenerationGone) or a database
+   * beyond `maxDatabases` (DatabaseLimit); or the server cannot take it now (ReadOnly, PendingLimit, Busy,
+   * Storage).
+   *
+   * @since 0.1.0
+   * @category errors
+   */
+  StoreError
+}
 
 /**
  * @since 0.1.0
@@ -87,6 +77,12 @@ export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
 export interface Service {
   /** Creates the database (empty, generation 1) on first use. */
   readonly info: (database: string) => Effect.Effect<DatabaseInfo, StoreError>
+  /**
+   * The database's identity: a random id created with it and stored with it, so a copy restored from a
+   * backup keeps it and a database created anew under the same name gets another. Undefined only for a
+   * database created by a version without identities and served read-only. Creates the database like `info`.
+   */
+  readonly databaseId: (database: string) => Effect.Effect<string | undefined, StoreError>
   /** The base file of a generation (without its frames). */
   readonly exportGeneration: (database: string, generation: number) => Effect.Effect<Uint8Array, StoreError>
   /** Committed frames `start..end-1` (fewer is fine), or CheckpointNeeded. */
@@ -119,14 +115,24 @@ export interface Service {
 export class ServerStore extends Context.Tag("effect-sqlite-sync/ServerStore")<ServerStore, Service>() {}
 
 /**
- * Which SQLite check a commit must pass before it is acknowledged: `quick_check` (the default) finds
- * every structural fault in time linear in the database size; `integrity_check` also cross-checks
- * indexes against their tables; `off` trusts the pushers (for benchmarks and closed deployments).
+ * Which SQLite check a commit must pass before it is acknowledged. `quick_check` finds every structural
+ * fault (b-tree pages, cell bounds, pages used twice or never) in time linear in the database size.
+ * `changed_tables` (the default) adds `integrity_check` of each table whose pages the commit changed:
+ * its indexes are cross-checked against its rows, so an index that no longer matches its table is
+ * refused (a commit that changes the schema, or pages the store cannot place in a table, gets a full
+ * `integrity_check`). `integrity_check` cross-checks every index of every table; `off` trusts the
+ * pushers (for benchmarks and closed deployments).
  *
  * @since 0.1.0
  * @category models
  */
-export type IntegrityCheck = "quick_check" | "integrity_check" | "off"
+export type IntegrityCheck = "changed_tables" | "quick_check" | "integrity_check" | "off"
+
+/**
+ * @since 0.1.0
+ * @category constants
+ */
+export const DEFAULT_INTEGRITY_CHECK: IntegrityCheck = "changed_tables"
 
 /**
  * @since 0.1.0
@@ -141,7 +147,19 @@ export interface Options {
   readonly batonIdleMs?: number | undefined
   /** The most frames an unfinished transaction may hold across its requests (default 65 536, 256 MiB of pages held in memory). */
   readonly maxPendingFrames?: number | undefined
-  /** Default `quick_check`. */
+  /**
+   * The most frames all unfinished transactions of the store may hold together (default 262 144, 1 GiB
+   * of pages); a push beyond it is refused with `PendingLimit` until others finish or idle out.
+   */
+  readonly maxPendingFramesTotal?: number | undefined
+  /**
+   * How many databases stay open at once (default 256); the least recently used idle ones are closed.
+   * A database with an unfinished transaction stays open.
+   */
+  readonly maxOpenDatabases?: number | undefined
+  /** How many databases the store holds at most, those already there included (default: no limit). */
+  readonly maxDatabases?: number | undefined
+  /** Default `changed_tables`. */
   readonly integrityCheck?: IntegrityCheck | undefined
 }
 
@@ -161,7 +179,7 @@ export interface LayerOptions extends Options {
  * @category constructors
  */
 export const makeMemory = (options: Options = {}): Effect.Effect<Service, never, Scope.Scope> =>
-  internalCore.make(internalMemory.make({ integrityCheck: options.integrityCheck ?? "quick_check" }), options)
+  internalCore.make(internalMemory.make({ integrityCheck: options.integrityCheck ?? DEFAULT_INTEGRITY_CHECK }), options)
 
 /**
  * @since 0.1.0
@@ -175,7 +193,8 @@ export const layerMemory = (options: Options = {}): Layer.Layer<ServerStore> =>
  * generation's base and frames (`synchronous=FULL`: an `Ok` push survives `kill -9`), and
  * `<directory>/<name>/head.db` the current state used to check commits (rebuilt on first use after a
  * start); the check runs on a worker thread. One process at a time may serve a directory; a second one
- * gets `Storage` errors.
+ * gets `Storage` errors. A data directory the process cannot write is served read-only: reads work,
+ * pushes and new databases get `ReadOnly`, and a warning is logged at start.
  *
  * @since 0.1.0
  * @category constructors
@@ -187,9 +206,15 @@ export const make = (options: LayerOptions): Effect.Effect<Service, StoreError, 
       try: () => fs.mkdirSync(directory, { recursive: true }),
       catch: (cause) => new StoreError({ reason: "Storage", message: `cannot create data directory ${directory}`, cause })
     })
+    const readOnly = internalSqlite.isReadOnlyDirectory(directory)
+    if (readOnly) {
+      yield* Effect.logWarning(
+        `the data directory ${directory} is read-only: serving reads, refusing writes and new databases`
+      )
+    }
     const checker = yield* internalCheckWorker.make
     return yield* internalCore.make(
-      internalSqlite.make({ directory, integrityCheck: options.integrityCheck ?? "quick_check", checker }),
+      internalSqlite.make({ directory, integrityCheck: options.integrityCheck ?? DEFAULT_INTEGRITY_CHECK, checker, readOnly }),
       options
     )
   })

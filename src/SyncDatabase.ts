@@ -255,7 +255,7 @@ export const autoSync = <Out, R>(
   Effect.flatMap(SyncDatabase, (db) => AutoSync.autoSync(db, schedule, options))
 
 /**
- * A `SyncDatabase` over any `SyncRemote` (for example `SyncRemote.layerStore` in tests).
+ * A `SyncDatabase` over any `SyncRemote` (for example `StoreRemote.layer` in tests).
  *
  * @since 0.1.0
  * @category layers

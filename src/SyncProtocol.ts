@@ -13,8 +13,23 @@ import * as Schema from "effect/Schema"
  * @category schemas
  */
 export const InfoResponse = Schema.Struct({
-  current_generation: Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))
+  current_generation: Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)),
+  /**
+   * The database's identity: a random id created with the database and kept for its life. A server
+   * restored from an older backup of the same database answers the same id; a wiped or recreated one
+   * answers another. Absent from servers that predate it (the libSQL client ignores it).
+   */
+  database_id: Schema.optional(Schema.String)
 })
+
+/**
+ * The response header that carries the database's identity (`database_id` of `GET /info`) on every
+ * answer that comes from the database: info, export, pulls (frames and `checkpoint_needed`) and pushes.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const DATABASE_ID_HEADER = "x-database-id"
 
 /**
  * `POST /sync/{G}/{start}/{end}[/{baton}]` → 200.
@@ -42,15 +57,146 @@ export const CheckpointNeeded = Schema.Struct({
 })
 
 /**
+ * Why a store refused a request (the `reason` of `ServerStore.StoreError`). Each has one HTTP status
+ * and error code, in `errorStatus`.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const StoreErrorReason = Schema.Literal(
+  "BadRequest",
+  "BadFrames",
+  "Malformed",
+  "UnknownBaton",
+  "TooLarge",
+  "GenerationNotFound",
+  "GenerationGone",
+  "DatabaseLimit",
+  "ReadOnly",
+  "PendingLimit",
+  "Busy",
+  "Storage"
+)
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type StoreErrorReason = typeof StoreErrorReason.Type
+
+/**
+ * Every code the server puts in the `error` field of a refusal.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const ErrorCode = Schema.Literal(
+  // the request itself
+  "bad_request",
+  "bad_path",
+  "bad_database_name",
+  "bad_number",
+  "bad_range",
+  "bad_baton",
+  "bad_frames",
+  "not_found",
+  "method_not_allowed",
+  "unauthorized",
+  "too_large",
+  "header_too_large",
+  "request_timeout",
+  // the store's refusals (see `errorStatus`)
+  "malformed_database",
+  "unknown_baton",
+  "generation_not_found",
+  "generation_gone",
+  "database_limit",
+  "read_only",
+  "pending_limit",
+  "busy",
+  "storage",
+  "internal"
+)
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type ErrorCode = typeof ErrorCode.Type
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface ErrorStatus {
+  readonly status: number
+  readonly code: ErrorCode
+  /** Seconds a client should wait before it tries again, sent as `Retry-After`. */
+  readonly retryAfter?: number | undefined
+}
+
+/**
+ * The HTTP status and error code of each store refusal: the one place that decides them. 5xx are the
+ * server's conditions, which clients (the libSQL client included) retry; 4xx are final for the request.
+ * `Storage` is 503 instead of 500 on the pull route, where the libSQL client takes a 500 for
+ * "checkpoint needed" (see `storageStatusOnPull`).
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const errorStatus: { readonly [R in StoreErrorReason]: ErrorStatus } = {
+  BadRequest: { status: 400, code: "bad_request" },
+  BadFrames: { status: 400, code: "bad_frames" },
+  Malformed: { status: 400, code: "malformed_database" },
+  UnknownBaton: { status: 400, code: "unknown_baton" },
+  TooLarge: { status: 413, code: "too_large" },
+  GenerationNotFound: { status: 404, code: "generation_not_found" },
+  GenerationGone: { status: 410, code: "generation_gone" },
+  // The database does not exist and will not be created: final, like a missing generation.
+  DatabaseLimit: { status: 404, code: "database_limit" },
+  // The operator has to act (a read-only data directory); 503 tells clients the database is there.
+  ReadOnly: { status: 503, code: "read_only" },
+  // Other transactions hold the server's memory for pending frames; they end or idle out.
+  PendingLimit: { status: 503, code: "pending_limit", retryAfter: 1 },
+  Busy: { status: 503, code: "busy", retryAfter: 1 },
+  Storage: { status: 500, code: "storage" }
+}
+
+/**
+ * The status of a `Storage` refusal on `GET /sync/...`.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const storageStatusOnPull = 503
+
+/**
  * Every other 4xx/5xx body: a stable machine-readable code in `error`, and a sentence in `message`.
  *
  * @since 0.1.0
  * @category schemas
  */
 export const ErrorBody = Schema.Struct({
+  /** One of `ErrorCode`; kept a string so a newer server's codes still decode. */
   error: Schema.String,
   message: Schema.optional(Schema.String)
 })
+
+/**
+ * The database-name rule: 1 to 64 letters, digits, `-` or `_`. A name is also a directory name on the
+ * server, so nothing else is allowed.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const DATABASE_NAME_PATTERN = /^[A-Za-z0-9_-]{1,64}$/
+
+/**
+ * @since 0.1.0
+ * @category predicates
+ */
+export const isDatabaseName = (name: unknown): name is string =>
+  typeof name === "string" && DATABASE_NAME_PATTERN.test(name)
 
 /**
  * A database name in `/db/{NAME}`.
@@ -58,7 +204,7 @@ export const ErrorBody = Schema.Struct({
  * @since 0.1.0
  * @category schemas
  */
-export const DatabaseName = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_-]{1,64}$/), Schema.brand("DatabaseName"))
+export const DatabaseName = Schema.String.pipe(Schema.pattern(DATABASE_NAME_PATTERN), Schema.brand("DatabaseName"))
 
 /**
  * @since 0.1.0

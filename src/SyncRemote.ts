@@ -1,7 +1,8 @@
 /**
  * What the client needs of a remote: the current generation, a generation's base file, frames to pull,
  * and a place to push frames. `layerHttp` speaks the WAL-frame sync protocol over an `HttpClient`;
- * `layerStore` talks to a `ServerStore` in the same process (fast engine tests, same semantics).
+ * `StoreRemote.layer` (from `effect-sqlite-sync/server` or `/testing`) talks to a `ServerStore` in the same
+ * process (fast engine tests, same semantics).
  *
  * @since 0.1.0
  */
@@ -17,8 +18,7 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
-import type { PullResult, PushResult, StoreError } from "./ServerStore.js"
-import { ServerStore } from "./ServerStore.js"
+import type { PullResult, PushResult } from "./ServerStore.js"
 import * as SyncError from "./SyncError.js"
 import * as SyncProtocol from "./SyncProtocol.js"
 import * as WalFrame from "./WalFrame.js"
@@ -40,9 +40,19 @@ export type {
  * @since 0.1.0
  * @category models
  */
+export interface Info {
+  readonly generation: number
+  /** `database_id` of `GET /info`: created with the server's database, unchanged for its life. */
+  readonly databaseId: string | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
 export interface Service {
-  /** The remote's current generation (`GET /info`). */
-  readonly info: Effect.Effect<{ readonly generation: number }, SyncError.RemoteFailure>
+  /** The remote's current generation and, when the server gives one, the database's identity (`GET /info`). */
+  readonly info: Effect.Effect<Info, SyncError.RemoteFailure>
   /** The base database file of a generation (`GET /export/{G}`). */
   readonly export: (generation: number) => Effect.Effect<Uint8Array, SyncError.RemoteFailure>
   /** Committed frames from `start` (fewer than `end - start` is fine), or CheckpointNeeded. */
@@ -129,47 +139,32 @@ export const batchedPush = (
   })
 
 // ---------------------------------------------------------------------------------------------------------
-// in-process remote over a ServerStore
-// ---------------------------------------------------------------------------------------------------------
-
-const fromStoreError = (error: StoreError): SyncError.RemoteFailure => {
-  switch (error.reason) {
-    case "Busy":
-    case "Storage":
-      return new SyncError.NetworkError({ reason: "ServerUnavailable", message: error.message, cause: error })
-    case "GenerationGone":
-      return new SyncError.RemoteError({ reason: "GenerationGone", message: error.message, status: 410, cause: error })
-    case "GenerationNotFound":
-      return new SyncError.RemoteError({ reason: "NotFound", message: error.message, status: 404, cause: error })
-    default:
-      return new SyncError.RemoteError({ reason: "Refused", message: error.message, status: 400, cause: error })
-  }
-}
-
 /**
- * A remote that is a `ServerStore` in the same process, for database `database`. Same batching, batons
- * and error mapping as over HTTP, without the network.
+ * What a client makes of a refusal with HTTP status `status`: a 5xx is the server's condition, retried
+ * as a NetworkError; a 4xx is final. The same for a remote over HTTP and one in the same process
+ * (`StoreRemote`, which takes the status of a store error from `SyncProtocol.errorStatus`).
  *
  * @since 0.1.0
- * @category constructors
+ * @category errors
  */
-export const makeStore = (store: ServerStore["Type"], database: string): Service => ({
-  info: Effect.mapBoth(store.info(database), { onFailure: fromStoreError, onSuccess: (i) => ({ generation: i.generation }) }),
-  export: (generation) => Effect.mapError(store.exportGeneration(database, generation), fromStoreError),
-  pull: (generation, start, end) => Effect.mapError(store.pull(database, generation, start, end), fromStoreError),
-  push: batchedPush((generation, start, end, frames, baton) =>
-    Effect.mapError(store.push(database, generation, start, end, frames, baton), fromStoreError)
-  )
-})
+export const failureOf = (status: number, message: string, cause?: unknown): SyncError.RemoteFailure =>
+  status >= 500
+    ? new SyncError.NetworkError({ reason: "ServerUnavailable", message, cause })
+    : new SyncError.RemoteError({
+      reason: status === 401 || status === 403
+        ? "Unauthorized"
+        : status === 404
+        ? "NotFound"
+        : status === 410
+        ? "GenerationGone"
+        : status >= 400 && status < 500
+        ? "Refused"
+        : "Protocol",
+      message,
+      status,
+      cause
+    })
 
-/**
- * @since 0.1.0
- * @category layers
- */
-export const layerStore = (options: { readonly database: string }): Layer.Layer<SyncRemote, never, ServerStore> =>
-  Layer.effect(SyncRemote, Effect.map(ServerStore, (store) => makeStore(store, options.database)))
-
-// ---------------------------------------------------------------------------------------------------------
 // HTTP
 // ---------------------------------------------------------------------------------------------------------
 
@@ -263,20 +258,8 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
       })
     }
 
-    const refused = (request: string, status: number, body: Uint8Array): SyncError.RemoteError =>
-      new SyncError.RemoteError({
-        reason: status === 401 || status === 403
-          ? "Unauthorized"
-          : status === 404
-          ? "NotFound"
-          : status === 410
-          ? "GenerationGone"
-          : status >= 400 && status < 500
-          ? "Refused"
-          : "Protocol",
-        message: `${request}: ${status} ${describeBody(body)}`,
-        status
-      })
+    const refused = (request: string, status: number, body: Uint8Array): SyncError.RemoteFailure =>
+      failureOf(status, `${request}: ${status} ${describeBody(body)}`)
 
     const json = <A>(
       label: string,
@@ -299,7 +282,10 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
       const url = `${base}/info`
       return send(HttpClientRequest.get(url), (status, body) =>
         status === 200
-          ? Either.map(json(`GET ${url}`, status, body, decodeInfo), (i) => ({ generation: i.current_generation }))
+          ? Either.map(json(`GET ${url}`, status, body, decodeInfo), (i) => ({
+            generation: i.current_generation,
+            databaseId: i.database_id
+          }))
           : Either.left(refused(`GET ${url}`, status, body)))
     })
 

@@ -86,9 +86,9 @@ const databaseParam = Effect.gen(function*() {
 })
 
 // Maps a store refusal to its HTTP failure and keeps the store's own words for the log when hiding them.
-const storeFailure = (storageStatus: 500 | 503) => (error: StoreError) =>
+const storeFailure = (route: "pull" | "other") => (error: StoreError) =>
   Effect.flatMap(RequestLog, (log) => {
-    const failure = internal.fromStoreError(error, storageStatus)
+    const failure = internal.fromStoreError(error, route)
     if (error.reason === "Storage") {
       log.detail = error.message
       return fail(new internal.HttpFailure({ ...failure, message: "the server could not read or write its storage" }))
@@ -123,21 +123,38 @@ export const make = (options: Options = {}): Effect.Effect<
     }
     const maxPushFrames = Math.floor(maxBodyBytes / WalFrame.FRAME_SIZE)
 
+    // Every answer that comes from a database names it, so a client can tell a database restored or
+    // recreated under the same name from the one it synced with.
+    const identified = (database: string, route: "pull" | "other") =>
+    (
+      response: HttpServerResponse.HttpServerResponse
+    ): Effect.Effect<HttpServerResponse.HttpServerResponse, internal.HttpFailure, RequestLog> =>
+      Effect.map(
+        store.databaseId(database).pipe(Effect.catchAll(storeFailure(route))),
+        (id) => id === undefined ? response : HttpServerResponse.setHeader(response, SyncProtocol.DATABASE_ID_HEADER, id)
+      )
+
     const info = Effect.gen(function*() {
       yield* describe("GET /info")
       const { database } = yield* databaseParam
-      const result = yield* store.info(database).pipe(Effect.catchAll(storeFailure(500)))
-      return json({ current_generation: result.generation })
+      const result = yield* store.info(database).pipe(Effect.catchAll(storeFailure("other")))
+      const id = yield* store.databaseId(database).pipe(Effect.catchAll(storeFailure("other")))
+      const body: typeof SyncProtocol.InfoResponse.Encoded = id === undefined
+        ? { current_generation: result.generation }
+        : { current_generation: result.generation, database_id: id }
+      return yield* identified(database, "other")(json(body))
     })
 
     const exportGeneration = Effect.gen(function*() {
       yield* describe("GET /export/{G}")
       const { database, params } = yield* databaseParam
       const generation = yield* fromEither(internal.parsePathNumber(params.generation, "generation"))
-      const bytes = yield* store.exportGeneration(database, generation).pipe(Effect.catchAll(storeFailure(500)))
+      const bytes = yield* store.exportGeneration(database, generation).pipe(Effect.catchAll(storeFailure("other")))
       const log = yield* RequestLog
       log.bytes = bytes.byteLength
-      return HttpServerResponse.uint8Array(bytes, { contentType: "application/octet-stream" })
+      return yield* identified(database, "other")(
+        HttpServerResponse.uint8Array(bytes, { contentType: "application/octet-stream" })
+      )
     })
 
     const range = (params: Readonly<Record<string, string | undefined>>) =>
@@ -159,11 +176,13 @@ export const make = (options: Options = {}): Effect.Effect<
       const { end, generation, start } = yield* range(params)
       const capped = Math.min(end, start + SyncProtocol.MAX_FRAMES_PER_REQUEST)
       // 503, never 500, on this route: the libSQL client reads a 500 here as "checkpoint needed".
-      const result = yield* store.pull(database, generation, start, capped).pipe(Effect.catchAll(storeFailure(503)))
+      const result = yield* store.pull(database, generation, start, capped).pipe(Effect.catchAll(storeFailure("pull")))
       if (result._tag === "CheckpointNeeded") {
         const log = yield* RequestLog
         log.outcome = "checkpoint_needed"
-        return json({ status: "checkpoint_needed", generation: result.generation, max_frame_no: result.maxFrameNo }, 400)
+        return yield* identified(database, "pull")(
+          json({ status: "checkpoint_needed", generation: result.generation, max_frame_no: result.maxFrameNo }, 400)
+        )
       }
       if (result.frames.length === 0) {
         // An empty 200 is an error to clients; the store promised CheckpointNeeded instead.
@@ -173,7 +192,9 @@ export const make = (options: Options = {}): Effect.Effect<
       const log = yield* RequestLog
       log.frames = result.frames.length
       log.bytes = body.byteLength
-      return HttpServerResponse.uint8Array(body, { contentType: "application/octet-stream" })
+      return yield* identified(database, "pull")(
+        HttpServerResponse.uint8Array(body, { contentType: "application/octet-stream" })
+      )
     })
 
     const push = (route: string) =>
@@ -223,18 +244,20 @@ export const make = (options: Options = {}): Effect.Effect<
         // A push that reached the store finishes even if the client goes away: its answer may be lost,
         // which the protocol allows (re-push is idempotent), but a half-applied push is not.
         const result = yield* store.push(database, generation, start, end, frames, baton).pipe(
-          Effect.catchAll(storeFailure(500)),
+          Effect.catchAll(storeFailure("other")),
           Effect.uninterruptible
         )
         log.outcome = result._tag === "Conflict" ? "conflict" : "ok"
         if (result._tag === "Conflict") {
-          return json({ status: "conflict", generation: result.generation, max_frame_no: result.maxFrameNo })
+          return yield* identified(database, "other")(
+            json({ status: "conflict", generation: result.generation, max_frame_no: result.maxFrameNo })
+          )
         }
-        return json(
+        return yield* identified(database, "other")(json(
           result.baton === undefined
             ? { status: "ok", generation: result.generation, max_frame_no: result.maxFrameNo }
             : { status: "ok", generation: result.generation, max_frame_no: result.maxFrameNo, baton: result.baton }
-        )
+        ))
       })
 
     const router = HttpRouter.empty.pipe(

@@ -1,4 +1,12 @@
 /**
+ * The client: a local SQLite database kept in two-way sync with a remote. The server is in
+ * `effect-sqlite-sync/server`, test layers in `effect-sqlite-sync/testing`; importing this entry loads
+ * neither, nor the command line.
+ *
+ * @since 0.1.0
+ */
+
+/**
  * @since 0.1.0
  */
 export * as ChangeCapture from "./ChangeCapture.js"
@@ -11,27 +19,12 @@ export * as ChangeReplay from "./ChangeReplay.js"
 /**
  * @since 0.1.0
  */
-export * as Cli from "./Cli.js"
-
-/**
- * @since 0.1.0
- */
 export * as ConflictPolicy from "./ConflictPolicy.js"
 
 /**
  * @since 0.1.0
  */
-export * as FaultInjection from "./FaultInjection.js"
-
-/**
- * @since 0.1.0
- */
 export * as LocalCopies from "./LocalCopies.js"
-
-/**
- * @since 0.1.0
- */
-export * as ServerStore from "./ServerStore.js"
 
 /**
  * @since 0.1.0
@@ -67,11 +60,6 @@ export * as SyncProtocol from "./SyncProtocol.js"
  * @since 0.1.0
  */
 export * as SyncRemote from "./SyncRemote.js"
-
-/**
- * @since 0.1.0
- */
-export * as SyncServer from "./SyncServer.js"
 
 /**
  * @since 0.1.0

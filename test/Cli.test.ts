@@ -70,7 +70,7 @@ describe("effect-sqlite-sync serve", () => {
       expect(refused.status).toBe(401)
       expect(H.json(refused).error).toBe("unauthorized")
       const ok = yield* promise(() => H.request(server.url, { path: "/db/a/info", headers: H.auth("cli-secret") }))
-      expect(H.json(ok)).toEqual({ current_generation: 1 })
+      expect(H.json(ok)).toEqual({ current_generation: 1, database_id: expect.any(String) })
       // Log lines are written after the response; give the child a moment to flush stderr.
       yield* promise(() => new Promise((r) => setTimeout(r, 300)))
       const lines = server.stderr().trim().split("\n").map((line) => JSON.parse(line))

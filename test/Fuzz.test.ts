@@ -21,6 +21,7 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
 import * as ServerStore from "../src/ServerStore.js"
+import * as StoreRemote from "../src/StoreRemote.js"
 import * as SyncRemote from "../src/SyncRemote.js"
 import * as SyncServer from "../src/SyncServer.js"
 import * as WalFrame from "../src/WalFrame.js"
@@ -113,7 +114,7 @@ describe("model-based fuzzing", () => {
             // Each local copy folds its WAL past a handful of frames, and the server starts a new generation
             // every few commits: folds, rolls and page-wise copies meet in every history.
             const store = yield* ServerStore.makeMemory({ generationFrames })
-            const remote = SyncRemote.makeStore(store, "fuzz")
+            const remote = StoreRemote.make(store, "fuzz")
             return { clients, remote, replicaRemote: () => Effect.succeed(remote), clientOptions: { maxWalFrames } }
           }), () => {}, (e) => e)),
       // examples count among numRuns

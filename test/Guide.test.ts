@@ -16,6 +16,7 @@ import "../examples/guide/notes.test.js"
 
 const ROOT = NodePath.resolve(import.meta.dirname, "..")
 const GUIDE = NodePath.join(ROOT, "docs", "guide.md")
+const README = NodePath.join(ROOT, "README.md")
 
 /** Every fenced block of `lang` with the `<!-- include: path -->` line right before it (if any). */
 const blocks = (markdown: string, lang: string) => {
@@ -55,6 +56,10 @@ describe("docs/guide.md", () => {
       const file = Fs.readFileSync(NodePath.join(ROOT, block.include!), "utf8")
       expect(block.code, `guide.md:${block.line} differs from ${block.include}`).toBe(file.replace(/\n$/, ""))
     }
+    // The README's program is the guide's first one.
+    const readme = blocks(Fs.readFileSync(README, "utf8"), "ts")
+    expect(readme.map((b) => b.include)).toEqual(["examples/start/main.ts"])
+    expect(readme[0].code).toBe(Fs.readFileSync(NodePath.join(ROOT, "examples/start/main.ts"), "utf8").replace(/\n$/, ""))
     // The shell workflow is shown whole too.
     for (const block of blocks(markdown, "sh").filter((b) => b.include !== undefined)) {
       const file = Fs.readFileSync(NodePath.join(ROOT, block.include!), "utf8")
@@ -74,6 +79,25 @@ describe("docs/guide.md", () => {
         { id: "n2", author: "bob", body: "call mom" }
       ])
       expect(result.stdout).toContain("alice: 0 pending changes")
+    }), { timeout: 180_000 })
+
+  it.scoped("examples/start/main.ts, the first program of the guide and README, syncs rows between two replicas", () =>
+    Effect.gen(function*() {
+      const dir = yield* Effect.acquireRelease(
+        Effect.sync(() => Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-guide-"))),
+        (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
+      )
+      const server = yield* serverProcess(["--data", NodePath.join(dir, "server")])
+      const env = { NOTES_DB: NodePath.join(dir, "notes.db"), SYNC_URL: `${server.url}/db/notes` }
+      const rows = (stdout: string) => stdout.split("hello from my app").length - 1
+      const first = yield* run(process.execPath, [tsx, "examples/start/main.ts"], env)
+      expect(first.code, first.stderr).toBe(0)
+      expect(rows(first.stdout)).toBe(1)
+      const second = yield* run(process.execPath, [tsx, "examples/start/main.ts"], env)
+      expect(rows(second.stdout)).toBe(2)
+      const other = yield* run(process.execPath, [tsx, "examples/start/main.ts"], { ...env, NOTES_DB: NodePath.join(dir, "other.db") })
+      expect(other.code, other.stderr).toBe(0)
+      expect(rows(other.stdout)).toBe(3)
     }), { timeout: 180_000 })
 
   it.scoped("examples/guide/app.ts syncs its note to a real server; offline it keeps the note pending", () =>

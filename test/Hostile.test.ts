@@ -297,7 +297,7 @@ interface Answered {
   readonly body: (seed: Seed) => unknown
 }
 
-const infoBody = () => ({ current_generation: 1 })
+const infoBody = () => ({ current_generation: 1, database_id: expect.any(String) })
 const ANSWERED: ReadonlyArray<Answered> = [
   { title: "a re-push of stored frames with different bytes (conflict)", build: (s) => http({ method: "POST", path: syncPath(1, 1, 1 + s.next.length), body: wire(...s.next) }), body: (s) => ({ status: "conflict", generation: 1, max_frame_no: s.head }) },
   { title: "a push straddling the head whose stored part differs (conflict)", build: (s) => http({ method: "POST", path: syncPath(1, s.head, s.head + s.next.length), body: wire(...s.next) }), body: (s) => ({ status: "conflict", generation: 1, max_frame_no: s.head }) },

@@ -5,7 +5,7 @@ import * as Option from "effect/Option"
 import * as Fs from "node:fs"
 import * as NodePath from "node:path"
 import * as ServerStore from "../src/ServerStore.js"
-import * as SyncRemote from "../src/SyncRemote.js"
+import * as StoreRemote from "../src/StoreRemote.js"
 import * as WalFrame from "../src/WalFrame.js"
 import { openClient, remoteQuery, tempDir } from "./support/engine.js"
 
@@ -18,7 +18,7 @@ describe("push after the server rewinds", () => {
     Effect.scoped(Effect.gen(function*() {
       const dir = yield* tempDir
       const store = yield* ServerStore.makeMemory({ batonIdleMs: 200 })
-      const remote = SyncRemote.makeStore(store, "rewind")
+      const remote = StoreRemote.make(store, "rewind")
 
       // A lost pusher: a large transaction of which only uncommitted frames reach the server.
       const base = yield* store.exportGeneration("rewind", 1)

@@ -1,6 +1,6 @@
 /**
  * The client engine's conformance suite: the seed's scenarios and the engine's own guarantees, run once
- * against the in-process remote (SyncRemote.layerStore over a memory ServerStore) and once against the
+ * against the in-process remote (StoreRemote.layer over a memory ServerStore) and once against the
  * real HTTP server on loopback.
  */
 import type * as Vitest from "@effect/vitest"
@@ -13,7 +13,7 @@ import * as Ref from "effect/Ref"
 import * as Fs from "node:fs"
 import * as NodePath from "node:path"
 import * as Crypto from "node:crypto"
-import { isReadStatement } from "../src/internal/engine/engine.js"
+import { isReadStatement } from "../src/internal/engine/local.js"
 import type * as SyncDatabase from "../src/SyncDatabase.js"
 import * as SyncError from "../src/SyncError.js"
 import * as WalFrame from "../src/WalFrame.js"
@@ -497,7 +497,7 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
     }))
 }
 
-layer(layerStore, { excludeTestServices: true })("SyncDatabase over SyncRemote.layerStore", conformance)
+layer(layerStore, { excludeTestServices: true })("SyncDatabase over StoreRemote.layer", conformance)
 layer(layerHttp, { excludeTestServices: true, timeout: 60_000 })("SyncDatabase over HTTP", conformance)
 
 describe("isReadStatement", () => {

@@ -12,8 +12,8 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
 import * as ServerStore from "../src/ServerStore.js"
+import * as StoreRemote from "../src/StoreRemote.js"
 import type * as SyncError from "../src/SyncError.js"
-import * as SyncRemote from "../src/SyncRemote.js"
 import { openClient, remoteQuery } from "./support/engine.js"
 
 type Op =
@@ -37,7 +37,7 @@ const run = (ops: ReadonlyArray<Op>, concurrent: boolean) =>
     const dir = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-converge-"))
     yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true })))
     const store = yield* ServerStore.makeMemory()
-    const remote = SyncRemote.makeStore(store, "converge")
+    const remote = StoreRemote.make(store, "converge")
     const first = yield* openClient(remote, NodePath.join(dir, "c0"), { maxPushRounds: 60 })
     yield* first.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v INTEGER NOT NULL, by INTEGER)")
     yield* first.push

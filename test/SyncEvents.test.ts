@@ -17,6 +17,7 @@ import * as TestClock from "effect/TestClock"
 import * as TestServices from "effect/TestServices"
 import * as NodePath from "node:path"
 import * as ServerStore from "../src/ServerStore.js"
+import * as StoreRemote from "../src/StoreRemote.js"
 import * as SyncDatabase from "../src/SyncDatabase.js"
 import * as SyncError from "../src/SyncError.js"
 import type { SyncEvent } from "../src/SyncEvents.js"
@@ -35,7 +36,7 @@ const autoSync = <Out>(
 ) => Effect.provideService(SyncDatabase.autoSync(schedule, options), SyncDatabase.SyncDatabase, db)
 
 const memoryRemote = (database: string, options: ServerStore.Options = {}) =>
-  Effect.map(ServerStore.makeMemory(options), (store) => SyncRemote.makeStore(store, database))
+  Effect.map(ServerStore.makeMemory(options), (store) => StoreRemote.make(store, database))
 
 /** A remote that fails every call with NetworkError while `down` is true. */
 const switchable = (remote: SyncRemote.Service, down: Ref.Ref<boolean>): SyncRemote.Service => {

@@ -91,7 +91,7 @@ const suite = (kind: "memory" | "disk") =>
           const info = yield* call({ path: "/db/fresh/info" })
           expect(info.status).toBe(200)
           expect(info.headers["content-type"]).toContain("application/json")
-          expect(H.json(info)).toEqual({ current_generation: 1 })
+          expect(H.json(info)).toEqual({ current_generation: 1, database_id: expect.any(String) })
           const base = yield* call({ path: "/db/fresh/export/1" })
           expect(base.status).toBe(200)
           expect(base.headers["content-type"]).toBe("application/octet-stream")
@@ -398,6 +398,7 @@ suite("disk")
 // A store that fails on purpose, to see how the routes map its failures (database name = the failure).
 const failingStore = Layer.succeed(ServerStore.ServerStore, {
   info: (database) => failWith(database),
+  databaseId: (database) => failWith(database),
   exportGeneration: (database) => failWith(database),
   pull: (database) => failWith(database),
   push: (database) => failWith(database)
@@ -434,10 +435,22 @@ layer(
     ["TooLarge", 413, "too_large"],
     ["GenerationNotFound", 404, "generation_not_found"],
     ["GenerationGone", 410, "generation_gone"],
+    ["DatabaseLimit", 404, "database_limit"],
+    ["ReadOnly", 503, "read_only"],
+    ["PendingLimit", 503, "pending_limit"],
     ["Busy", 503, "busy"],
     ["Storage", 500, "storage"],
     ["defect", 500, "internal"]
   ]
+  it("the table covers every store error reason, and the server answers from it", () => {
+    const reasons = expected.map(([reason]) => reason).filter((reason) => reason !== "defect")
+    expect(new Set(reasons)).toEqual(new Set(Object.keys(SyncProtocol.errorStatus)))
+    for (const [reason, status, error] of expected) {
+      if (reason === "defect") continue
+      const row = SyncProtocol.errorStatus[reason as SyncProtocol.StoreErrorReason]
+      expect([row.status, row.code]).toEqual([status, error])
+    }
+  })
   for (const [reason, status, error] of expected) {
     it.effect(`${reason} → ${status} ${error} on info and export, and never 500 on a pull`, () =>
       Effect.gen(function*() {
@@ -448,12 +461,12 @@ layer(
           expect(H.json(res).error).toBe(error)
           // Storage details and defects stay in the log, not in the answer.
           expect(res.body.toString()).not.toContain("/srv/secret")
-          if (reason === "Busy") expect(res.headers["retry-after"]).toBe("1")
+          if (reason === "Busy" || reason === "PendingLimit") expect(res.headers["retry-after"]).toBe("1")
         }
         const { lines } = yield* TestServer
         const last = lines.at(-1)!
         expect(last.annotations.status).toBe(status === 500 ? 503 : status)
-        if (status >= 500 && reason !== "Busy") {
+        if (reason === "Storage" || reason === "defect") {
           expect(last.level).toBe("ERROR")
           expect(String(last.annotations.detail)).toContain("/srv/secret")
         }
@@ -538,6 +551,6 @@ layer(
       const { base } = yield* TestServer
       expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
       expect((yield* call({ path: "/db/cfg/info", anonymous: true })).status).toBe(401)
-      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1 })
+      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1, database_id: expect.any(String) })
     }))
 })

@@ -3,7 +3,7 @@ import * as Effect from "effect/Effect"
 import * as Tracer from "effect/Tracer"
 import * as NodePath from "node:path"
 import * as ServerStore from "../src/ServerStore.js"
-import * as SyncRemote from "../src/SyncRemote.js"
+import * as StoreRemote from "../src/StoreRemote.js"
 import { openClient, tempDir } from "./support/engine.js"
 
 describe("SyncDatabase tracing", () => {
@@ -11,7 +11,7 @@ describe("SyncDatabase tracing", () => {
     Effect.scoped(Effect.gen(function*() {
       const dir = yield* tempDir
       const store = yield* ServerStore.makeMemory()
-      const db = yield* openClient(SyncRemote.makeStore(store, "traced"), NodePath.join(dir, "traced"))
+      const db = yield* openClient(StoreRemote.make(store, "traced"), NodePath.join(dir, "traced"))
 
       // Records the name of every span started, and lets the default tracer do the rest.
       const names: Array<string> = []

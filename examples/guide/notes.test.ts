@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
-import { ServerStore, SyncDatabase, SyncRemote } from "effect-sqlite-sync"
+import { SyncDatabase } from "effect-sqlite-sync"
+import { ServerStore, StoreRemote } from "effect-sqlite-sync/testing"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
@@ -14,7 +15,7 @@ const replica = (name: string) =>
       (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
     )
     const layer = SyncDatabase.layerRemote({ path: Path.join(dir, name) }).pipe(
-      Layer.provide(SyncRemote.layerStore({ database: "notes" }))
+      Layer.provide(StoreRemote.layer({ database: "notes" }))
     )
     // The ServerStore comes from the test's context, so both replicas share one remote.
     return Context.get(yield* Layer.build(layer), SyncDatabase.SyncDatabase)

@@ -15,6 +15,7 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
 import * as ServerStore from "../../src/ServerStore.js"
+import * as StoreRemote from "../../src/StoreRemote.js"
 import * as SyncDatabase from "../../src/SyncDatabase.js"
 import * as SyncRemote from "../../src/SyncRemote.js"
 import * as SyncServer from "../../src/SyncServer.js"
@@ -39,7 +40,7 @@ export const layerStore: Layer.Layer<Harness> = Layer.scoped(
     const rolling = yield* ServerStore.makeMemory({ generationFrames: ROLL_FRAMES })
     return {
       kind: "store",
-      remote: (database, options) => Effect.succeed(SyncRemote.makeStore(options?.rolling ? rolling : normal, database)),
+      remote: (database, options) => Effect.succeed(StoreRemote.make(options?.rolling ? rolling : normal, database)),
       url: () => undefined
     } satisfies HarnessService
   })

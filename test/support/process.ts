@@ -24,7 +24,12 @@ export interface ServerProcess {
  */
 export const spawnServer = (
   args: ReadonlyArray<string>,
-  options: { readonly stderrFile?: string } = {}
+  options: {
+    readonly stderrFile?: string
+    /** Run as this user and group (the test process must be root to switch). */
+    readonly uid?: number
+    readonly gid?: number
+  } = {}
 ): Promise<ServerProcess> =>
   new Promise((resolve, reject) => {
     const defaults = [
@@ -33,7 +38,8 @@ export const spawnServer = (
     ]
     const logFd = options.stderrFile === undefined ? undefined : Fs.openSync(options.stderrFile, "a")
     const child = ChildProcess.spawn(process.execPath, [BIN, "serve", ...defaults, ...args], {
-      stdio: ["ignore", "pipe", logFd ?? "pipe"]
+      stdio: ["ignore", "pipe", logFd ?? "pipe"],
+      ...(options.uid === undefined ? {} : { uid: options.uid, gid: options.gid ?? options.uid })
     })
     if (logFd !== undefined) Fs.closeSync(logFd)
     let stdout = ""
@@ -68,9 +74,9 @@ export const spawnServer = (
   })
 
 /** A scoped server process, SIGKILLed on scope close if still running. */
-export const serverProcess = (args: ReadonlyArray<string>) =>
+export const serverProcess = (args: ReadonlyArray<string>, options: Parameters<typeof spawnServer>[1] = {}) =>
   Effect.acquireRelease(
-    Effect.promise(() => spawnServer(args)),
+    Effect.promise(() => spawnServer(args, options)),
     (server) =>
       Effect.promise(async () => {
         if (server.child.exitCode === null && server.child.signalCode === null) {

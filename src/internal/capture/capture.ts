@@ -6,7 +6,7 @@ import * as Exit from "effect/Exit"
 import type { YieldWrap } from "effect/Utils"
 import * as Option from "effect/Option"
 import { globalValue } from "effect/GlobalValue"
-import * as ChangeCapture from "../../ChangeCapture.js"
+import type * as ChangeCapture from "../../ChangeCapture.js"
 import {
   concat,
   firstKeyword,
@@ -16,6 +16,7 @@ import {
   stringLiteral,
   stripLeadingComments
 } from "../sqlite/sqlText.js"
+import { CaptureError } from "./captureError.js"
 import * as ForeignKeys from "../sqlite/foreignKeys.js"
 import * as TableInfo from "../sqlite/tableInfo.js"
 
@@ -383,7 +384,7 @@ interface SessionRow {
 }
 
 const unrecordedSchemaChange = () =>
-  new ChangeCapture.CaptureError({
+  new CaptureError({
     reason: "UnrecordedSchemaChange",
     message: "the schema changed inside ChangeCapture.transaction through a statement not run with " +
       "ChangeCapture.execute, so its SQL text is unknown and it cannot be replicated; the transaction was rolled back"
@@ -429,7 +430,7 @@ export const execute = (
     if (parts.length <= 1) return yield* executeOne(state, parts[0] ?? statement, params)
     if (params.length > 0) {
       return yield* Effect.fail(
-        new ChangeCapture.CaptureError({
+        new CaptureError({
           reason: "InvalidStatement",
           message: "bound parameters are only supported with a single statement"
         })
@@ -458,7 +459,7 @@ const executeOne = (
     if (after !== before) {
       if (/^\s*CREATE\s+VIRTUAL\s/i.test(stripLeadingComments(statement))) {
         return yield* Effect.fail(
-          new ChangeCapture.CaptureError({
+          new CaptureError({
             reason: "UnsupportedDdl",
             message: "virtual tables cannot be captured (SQLite allows no triggers on them or their shadow " +
               `tables), so their rows would not sync: ${statement}`
@@ -467,7 +468,7 @@ const executeOne = (
       }
       if (params.length > 0) {
         return yield* Effect.fail(
-          new ChangeCapture.CaptureError({
+          new CaptureError({
             reason: "UnsupportedDdl",
             message: `a schema change with bound parameters cannot be replicated: ${statement}`
           })

@@ -20,7 +20,7 @@ import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
 import * as ChangeCapture from "../../ChangeCapture.js"
 import type * as SyncError from "../../SyncError.js"
-import { isReadStatement } from "./engine.js"
+import { isReadStatement } from "./local.js"
 
 /** What the client needs from the engine (members the SyncDatabase service carries at runtime). */
 export interface EngineAccess {

@@ -2,12 +2,13 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import type * as ChangeCapture from "../../ChangeCapture.js"
-import * as ChangeReplay from "../../ChangeReplay.js"
+import type * as ChangeReplay from "../../ChangeReplay.js"
 import * as ConflictPolicy from "../../ConflictPolicy.js"
 import { createChangesTable, plain, raiseSequenceFloor } from "../capture/capture.js"
 import { ident, isLiteral, splitStatements } from "../sqlite/sqlText.js"
 import * as ForeignKeys from "../sqlite/foreignKeys.js"
 import * as TableInfo from "../sqlite/tableInfo.js"
+import { ReplayError } from "./replayError.js"
 
 type Image = ChangeCapture.Image
 type Key = ReadonlyArray<readonly [string, string]>
@@ -274,6 +275,19 @@ const runOnce = (sql: SqlClient.SqlClient, statement: string): Effect.Effect<Rea
         )
   )
 
+/** @internal */
+export const groupByTransaction = (
+  changes: ReadonlyArray<ChangeCapture.Change>
+): ReadonlyArray<ReadonlyArray<ChangeCapture.Change>> => {
+  const groups: Array<Array<ChangeCapture.Change>> = []
+  for (const change of changes) {
+    const last = groups[groups.length - 1]
+    if (last !== undefined && last[0]!.txId === change.txId) last.push(change)
+    else groups.push([change])
+  }
+  return groups
+}
+
 /**
  * User triggers of the target are dropped for the replay and recreated from their stored SQL at the end (in
  * the same transaction): every row they wrote on Draft was captured as a change of its own, so letting them
@@ -306,13 +320,13 @@ const readCurrent = (sql: SqlClient.SqlClient, table: TableInfo.TableInfo, key: 
 export const apply = (
   changes: ReadonlyArray<ChangeCapture.Change>,
   options: ChangeReplay.ApplyOptions
-): Effect.Effect<ChangeReplay.ApplyResult, ChangeReplay.ReplayError | SqlError, SqlClient.SqlClient> =>
+): Effect.Effect<ChangeReplay.ApplyResult, ReplayError | SqlError, SqlClient.SqlClient> =>
   plain(Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     for (const change of changes) {
       if (!validLiterals(change)) {
         return yield* Effect.fail(
-          new ChangeReplay.ReplayError({
+          new ReplayError({
             reason: "InvalidChange",
             message: `change ${change.id} holds a value that is not a SQL literal`,
             changeId: change.id
@@ -391,7 +405,7 @@ export const apply = (
           return "fail" as const
         })
       let savepoints = 0
-      for (const group of ChangeReplay.groupByTransaction(todo)) {
+      for (const group of groupByTransaction(todo)) {
         // A local transaction replays as a unit: a policy that drops one of its changes drops all of them.
         const savepoint = resolve === undefined ? undefined : `_sync_tx_${++savepoints}`
         if (savepoint !== undefined) yield* runOnce(sql, `SAVEPOINT ${savepoint}`)
@@ -401,9 +415,9 @@ export const apply = (
         let ddlInTx = false
         for (const original of group) {
           let change = original
-          const fail = (reason: ChangeReplay.ReplayError["reason"], message: string, statement?: string, cause?: unknown) =>
+          const fail = (reason: ReplayError["reason"], message: string, statement?: string, cause?: unknown) =>
             Effect.fail(
-              new ChangeReplay.ReplayError({
+              new ReplayError({
                 reason,
                 message,
                 changeId: change.id,
@@ -530,7 +544,7 @@ export const apply = (
             })
             if (!ConflictPolicy.dropsTransaction(resolution) && mode === "push") {
               return yield* Effect.fail(
-                new ChangeReplay.ReplayError({
+                new ReplayError({
                   reason: "Constraint",
                   message: `local transaction ${last.txId}: ${message}`,
                   changeId: last.id,
@@ -563,7 +577,7 @@ export const apply = (
       const found = yield* ForeignKeys.violations(sql, ddlRan ? undefined : touched)
       if (found.length > 0) {
         return yield* Effect.fail(
-          new ChangeReplay.ReplayError({
+          new ReplayError({
             reason: "Constraint",
             message: `FOREIGN KEY constraint failed after replay: ${ForeignKeys.describe(found)}`
           })

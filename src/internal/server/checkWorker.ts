@@ -12,34 +12,44 @@ import * as FiberId from "effect/FiberId"
 import type * as Scope from "effect/Scope"
 import { createRequire } from "node:module"
 import { Worker } from "node:worker_threads"
-import type { IntegrityCheck } from "./sqliteImage.js"
+import type { CheckPlan } from "./changedTables.js"
 
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require("node:worker_threads")
 const Database = require(workerData.betterSqlite3)
 const corrupt = (e) => e && typeof e.code === "string" && (e.code.startsWith("SQLITE_CORRUPT") || e.code.startsWith("SQLITE_NOTADB"))
-parentPort.on("message", ({ id, file, mode }) => {
+parentPort.on("message", ({ id, file, plan }) => {
+  // The connection is closed before the answer goes out: the store checkpoints head.db right after an
+  // ok, and a reader still open here would make that checkpoint busy.
+  let reply
   let db
   try {
     db = new Database(file, { readonly: true, fileMustExist: true })
-    const rows = db.pragma(mode)
-    const messages = rows.map((row) => String(Object.values(row)[0]))
-    const ok = messages.length === 1 && messages[0] === "ok"
-    parentPort.postMessage({ id, problem: ok ? null : messages.slice(0, 5).join("; ") })
+    let problem = null
+    for (const pragma of plan) {
+      const messages = db.pragma(pragma).map((row) => String(Object.values(row)[0]))
+      if (messages.length === 1 && messages[0] === "ok") continue
+      problem = messages.slice(0, 5).join("; ")
+      break
+    }
+    reply = { id, problem }
   } catch (e) {
-    if (corrupt(e)) parentPort.postMessage({ id, problem: String(e.message) })
-    else parentPort.postMessage({ id, error: String((e && e.message) || e) })
+    reply = corrupt(e) ? { id, problem: String(e.message) } : { id, error: String((e && e.message) || e) }
   } finally {
     try { if (db) db.close() } catch {}
   }
+  parentPort.postMessage(reply)
 })
 `
 
 type Reply = { readonly id: number; readonly problem?: string | null; readonly error?: string }
 
 export interface Checker {
-  /** SQLite's verdict on the database file (and its WAL): undefined when it finds nothing wrong. */
-  readonly check: (file: string, mode: Exclude<IntegrityCheck, "off">) => Effect.Effect<string | undefined, Error>
+  /**
+   * SQLite's verdict on the database file (and its WAL): the pragmas of `plan` in order, undefined
+   * when none finds anything wrong.
+   */
+  readonly check: (file: string, plan: CheckPlan) => Effect.Effect<string | undefined, Error>
 }
 
 /** One worker for the whole store, started on first use and stopped with the scope. */
@@ -88,7 +98,7 @@ export const make: Effect.Effect<Checker, never, Scope.Scope> = Effect.gen(funct
   )
 
   return {
-    check: (file, mode) =>
+    check: (file, plan) =>
       Effect.suspend(() => {
         const deferred = Deferred.unsafeMake<string | undefined, Error>(FiberId.none)
         const id = nextId++
@@ -97,7 +107,7 @@ export const make: Effect.Effect<Checker, never, Scope.Scope> = Effect.gen(funct
           const w = start()
           // Held only while a check is out, so an idle worker never keeps the process alive.
           w.ref()
-          w.postMessage({ id, file, mode })
+          w.postMessage({ id, file, plan })
         } catch (error) {
           waiting.delete(id)
           return Effect.fail(error instanceof Error ? error : new Error(String(error)))

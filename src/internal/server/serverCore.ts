@@ -21,8 +21,8 @@ import * as FiberId from "effect/FiberId"
 import type * as Scope from "effect/Scope"
 import * as crypto from "node:crypto"
 import type { PullResult, PushResult, Service } from "../../ServerStore.js"
-import { StoreError } from "../../ServerStore.js"
-import { MAX_FRAMES_PER_REQUEST } from "../../SyncProtocol.js"
+import { StoreError } from "./storeError.js"
+import { isDatabaseName, MAX_FRAMES_PER_REQUEST } from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
 import { checkHeaderFrames, emptyWalBase } from "./sqliteImage.js"
 
@@ -37,6 +37,13 @@ export interface GenerationRecord {
 
 /** Storage of one database. Every method is called with the database's push lock held, except reads. */
 export interface DatabaseBackend {
+  /**
+   * The database's identity, created with it and stored with it. Undefined only for a database
+   * created before identities existed and opened read-only, where none can be stored.
+   */
+  readonly id: string | undefined
+  /** Opened read-only: reads work, `commit`, `recordAck`, `roll` and `dropThrough` must not be called. */
+  readonly readOnly: boolean
   /** Every generation ever created, oldest first; never empty (a new database has generation 1). */
   readonly generations: ReadonlyArray<GenerationRecord>
   /** The current generation's frame numbers answered Ok while still pending (see `recordAck`). */
@@ -79,6 +86,10 @@ export interface DatabaseBackend {
 
 /** A place databases live in. `open` creates the database (generation 1 with `emptyBase`) on first use. */
 export interface Backend {
+  /** Nothing can be created or written: every database opens read-only. */
+  readonly readOnly: boolean
+  /** The databases that exist when the store starts. */
+  readonly list: Effect.Effect<ReadonlyArray<string>, StoreError>
   readonly open: (name: string, emptyBase: Uint8Array) => Effect.Effect<DatabaseBackend, StoreError>
 }
 
@@ -87,16 +98,23 @@ export interface CoreOptions {
   readonly keepGenerations?: number | undefined
   readonly batonIdleMs?: number | undefined
   readonly maxPendingFrames?: number | undefined
+  readonly maxPendingFramesTotal?: number | undefined
+  readonly maxOpenDatabases?: number | undefined
+  readonly maxDatabases?: number | undefined
   /** "off" also skips the page-1 header check: a store told to trust its pushers trusts them entirely. */
-  readonly integrityCheck?: "quick_check" | "integrity_check" | "off" | undefined
+  readonly integrityCheck?: "changed_tables" | "quick_check" | "integrity_check" | "off" | undefined
 }
 
 /** Frames a baton session may hold before its commit frame (256 MiB of pages, held in memory). */
 export const DEFAULT_MAX_PENDING_FRAMES = 65_536
 
+/** Frames all baton sessions of a server may hold together (1 GiB of pages). */
+export const DEFAULT_MAX_PENDING_FRAMES_TOTAL = 262_144
+
 export const DEFAULT_BATON_IDLE_MS = 10_000
 
-const NAME = /^[A-Za-z0-9_-]{1,64}$/
+/** Databases kept open at once (each holds two file descriptors and about 250 KB). */
+export const DEFAULT_MAX_OPEN_DATABASES = 256
 
 interface Session {
   readonly baton: string
@@ -106,6 +124,10 @@ interface Session {
 
 interface Handle {
   readonly name: string
+  /** Requests using the handle right now: it is closed only when none is, and no session is open. */
+  users: number
+  /** Closed for being idle: a request that got it just before must open the database again. */
+  closed: boolean
   readonly backend: DatabaseBackend
   readonly lock: Effect.Semaphore
   current: number
@@ -135,6 +157,9 @@ const validateOptions = (options: CoreOptions) => {
   check("keepGenerations", options.keepGenerations, 0)
   check("batonIdleMs", options.batonIdleMs, 1)
   check("maxPendingFrames", options.maxPendingFrames, 1)
+  check("maxPendingFramesTotal", options.maxPendingFramesTotal, 1)
+  check("maxOpenDatabases", options.maxOpenDatabases, 1)
+  check("maxDatabases", options.maxDatabases, 0)
 }
 
 const copyFrame = (frame: WalFrame.Frame): WalFrame.Frame => ({
@@ -167,8 +192,34 @@ export const checkCommitSizes = (frames: ReadonlyArray<WalFrame.Frame>, headPage
 
 const newBaton = () => crypto.randomBytes(16).toString("hex")
 
+/** How often idle batons and idle databases are looked for: a fraction of the baton idle time. */
+export const sweepInterval = (batonIdleMs: number): number => Math.min(1_000, Math.max(10, Math.floor(batonIdleMs / 4)))
+
 /**
- * Builds the service over a backend. Open databases are closed when the scope closes.
+ * Which open databases to close so that at most `max` stay open: the least recently used first, and
+ * only those no request is using and no baton session holds (their pending frames live in the handle).
+ * `handles` is in least-recently-used-first order.
+ */
+export const evictable = <H extends { readonly users: number; readonly session: unknown }>(
+  handles: Iterable<H>,
+  max: number
+): Array<H> => {
+  const all = Array.from(handles)
+  const out: Array<H> = []
+  let excess = all.length - max
+  for (const h of all) {
+    if (excess <= 0) break
+    if (h.users === 0 && h.session === undefined) {
+      out.push(h)
+      excess--
+    }
+  }
+  return out
+}
+
+/**
+ * Builds the service over a backend. Open databases are closed when the scope closes; a fiber of the
+ * scope drops idle baton sessions and closes idle databases beyond `maxOpenDatabases`.
  */
 export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect<Service, never, Scope.Scope> =>
   Effect.gen(function*() {
@@ -176,9 +227,15 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     const emptyBase = yield* Effect.try(() => emptyWalBase()).pipe(Effect.orDie)
     const batonIdleMs = options.batonIdleMs ?? DEFAULT_BATON_IDLE_MS
     const maxPendingFrames = options.maxPendingFrames ?? DEFAULT_MAX_PENDING_FRAMES
+    const maxPendingFramesTotal = options.maxPendingFramesTotal ?? DEFAULT_MAX_PENDING_FRAMES_TOTAL
+    const maxOpen = options.maxOpenDatabases ?? DEFAULT_MAX_OPEN_DATABASES
     const opening = new Map<string, Deferred.Deferred<Handle, StoreError>>()
-
+    // Least recently used first: a use moves a handle to the end.
     const opened = new Map<string, Handle>()
+    // The databases that exist (or are being created), to cap how many this server creates.
+    const known = new Set(yield* backend.list.pipe(Effect.orDie))
+    // The last finished baton of a database closed for being idle: a retry of its last request is still answered.
+    const closedBatons = new Map<string, string>()
     yield* Effect.addFinalizer(() => Effect.forEach(opened.values(), (h) => h.backend.close, { discard: true }))
 
     const openHandle = (name: string): Effect.Effect<Handle, StoreError> =>
@@ -193,38 +250,66 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
             if (record.dropped) oldest = Math.max(oldest, record.generation + 1)
           }
           if (current === 0) throw new Error(`ServerStore: database ${name} has no generation`)
+          const closedBaton = closedBatons.get(name)
+          closedBatons.delete(name)
           return {
             name,
+            users: 0,
+            closed: false,
             backend: db,
             lock: Effect.unsafeMakeSemaphore(1),
             current,
             oldest,
             lastFrames,
             session: undefined,
-            closedBaton: undefined,
+            closedBaton,
             acked: new Set(db.ackedPending),
             headPages: undefined
           }
         }),
         // A keepGenerations lowered between runs, or a crash between a roll and its drop, is settled here.
-        Effect.tap((handle) => dropOld(handle))
+        Effect.tap((handle) => (handle.backend.readOnly ? Effect.void : dropOld(handle)))
       )
 
+    // Refuses a database that would be created beyond what this store may create; claims its place otherwise.
+    const admit = (name: string): StoreError | undefined => {
+      if (known.has(name)) return undefined
+      if (backend.readOnly) {
+        return new StoreError({
+          reason: "ReadOnly",
+          message: `the store is read-only: database ${name} does not exist and cannot be created`
+        })
+      }
+      if (options.maxDatabases !== undefined && known.size >= options.maxDatabases) {
+        return new StoreError({
+          reason: "DatabaseLimit",
+          message: `database ${name} does not exist, and this server creates at most ${options.maxDatabases} databases`
+        })
+      }
+      known.add(name)
+      return undefined
+    }
+
     const handle = (name: string): Effect.Effect<Handle, StoreError> => {
-      if (typeof name !== "string" || !NAME.test(name)) {
+      if (!isDatabaseName(name)) {
         return fail("BadRequest", `invalid database name ${JSON.stringify(String(name)).slice(0, 80)}`)
       }
       return Effect.suspend(() => {
         const existing = opening.get(name)
         if (existing !== undefined) return Deferred.await(existing)
+        const isNew = !known.has(name)
+        const refused = admit(name)
+        if (refused !== undefined) return Effect.fail(refused)
         const deferred = Deferred.unsafeMake<Handle, StoreError>(FiberId.none)
         opening.set(name, deferred)
         return openHandle(name).pipe(
           Effect.exit,
           Effect.flatMap((exit) => {
             // A failed open is not remembered: the next request tries again.
-            if (exit._tag === "Failure") opening.delete(name)
-            else opened.set(name, exit.value)
+            if (exit._tag === "Failure") {
+              opening.delete(name)
+              if (isNew) known.delete(name)
+            } else opened.set(name, exit.value)
             return Deferred.done(deferred, exit)
           }),
           Effect.zipRight(Deferred.await(deferred)),
@@ -232,6 +317,69 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         )
       })
     }
+
+    // Closes the least recently used idle databases beyond the bound. Synchronous up to the closes, so
+    // no request can take a handle between the choice and the close.
+    const closeIdle = Effect.suspend(() => {
+      const victims = evictable(opened.values(), maxOpen)
+      for (const h of victims) {
+        h.closed = true
+        opened.delete(h.name)
+        opening.delete(h.name)
+        if (h.closedBaton !== undefined) closedBatons.set(h.name, h.closedBaton)
+      }
+      return Effect.forEach(victims, (h) => h.backend.close, { discard: true })
+    })
+
+    /** Runs `use` with the database's handle held open. */
+    const withHandle = <A>(
+      name: string,
+      use: (h: Handle) => Effect.Effect<A, StoreError>
+    ): Effect.Effect<A, StoreError> =>
+      Effect.acquireUseRelease(
+        Effect.flatMap(handle(name), function acquire(h): Effect.Effect<Handle, StoreError> {
+          // Closed between its open and this request's use of it: open it again.
+          if (h.closed) return Effect.flatMap(handle(name), acquire)
+          h.users++
+          opened.delete(name)
+          opened.set(name, h)
+          return Effect.succeed(h)
+        }),
+        use,
+        (h) =>
+          Effect.suspend(() => {
+            h.users--
+            return opened.size > maxOpen ? closeIdle : Effect.void
+          })
+      )
+
+    // Frames held by every open baton session. Sessions are never closed for idleness with their
+    // database, so every one of them is in `opened`.
+    const pendingFramesTotal = () => {
+      let total = 0
+      for (const h of opened.values()) total += h.session?.pending.length ?? 0
+      return total
+    }
+
+    // Drops the sessions idle past batonIdleMs, so an abandoned transaction's frames do not wait in
+    // memory for the next push to its database. A database busy with a push is looked at next time.
+    const expireSessions = Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      for (const h of Array.from(opened.values())) {
+        const session = h.session
+        if (session === undefined || now - session.touchedAt <= batonIdleMs) continue
+        yield* h.lock.withPermitsIfAvailable(1)(Effect.sync(() => {
+          if (h.session === session && now - session.touchedAt > batonIdleMs) h.session = undefined
+        }))
+      }
+    })
+
+    yield* Effect.zipRight(expireSessions, closeIdle).pipe(
+      Effect.delay(sweepInterval(batonIdleMs)),
+      Effect.forever,
+      Effect.forkScoped,
+      Effect.interruptible
+    )
 
     const dropOld = (h: Handle): Effect.Effect<void, StoreError> => {
       if (options.keepGenerations === undefined) return Effect.void
@@ -260,19 +408,24 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     }
 
     const info: Service["info"] = (database) =>
-      Effect.map(handle(database), (h) => ({ generation: h.current, maxFrameNo: h.lastFrames.get(h.current)! }))
+      withHandle(database, (h) => Effect.succeed({ generation: h.current, maxFrameNo: h.lastFrames.get(h.current)! }))
+
+    const databaseId: Service["databaseId"] = (database) =>
+      withHandle(database, (h) => Effect.succeed(h.backend.id))
 
     const exportGeneration: Service["exportGeneration"] = (database, generation) =>
-      Effect.gen(function*() {
-        const h = yield* handle(database)
-        yield* checkGeneration(h, generation)
-        return yield* h.backend.readBase(generation)
-      })
+      withHandle(database, (h) =>
+        Effect.gen(function*() {
+          yield* checkGeneration(h, generation)
+          return yield* h.backend.readBase(generation)
+        }))
 
     const pull: Service["pull"] = (database, generation, start, end) =>
+      Effect.flatMap(checkRange(start, end), () => withHandle(database, (h) => pullFrom(h, generation, start, end)))
+
+    const pullFrom = (h: Handle, generation: number, start: number, end: number): Effect.Effect<PullResult, StoreError> =>
       Effect.gen(function*() {
-        yield* checkRange(start, end)
-        const h = yield* handle(database)
+        const database = h.name
         yield* checkGeneration(h, generation)
         const last = h.lastFrames.get(generation)!
         if (start > last) {
@@ -440,6 +593,14 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         if (combined.length - committed > maxPendingFrames) {
           return yield* fail("TooLarge", `a transaction of more than ${maxPendingFrames} frames is not accepted`)
         }
+        const othersPending = pendingFramesTotal() - pending.length
+        if (combined.length > committed && othersPending + combined.length - committed > maxPendingFramesTotal) {
+          // The session stays as it was: the pusher may retry once other transactions end or idle out.
+          return yield* fail(
+            "PendingLimit",
+            `unfinished transactions on this server already hold ${othersPending} frames (at most ${maxPendingFramesTotal})`
+          )
+        }
         if (committed === 0) {
           if (session === undefined) {
             session = { baton: newBaton(), pending: combined, touchedAt: now }
@@ -500,11 +661,11 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         }
         const valid = WalFrame.validateTransactions(frames)
         if (Either.isLeft(valid)) return yield* fail("BadFrames", valid.left.message)
-        const h = yield* handle(database)
-        return yield* h.lock.withPermits(1)(
-          Effect.uninterruptible(pushLocked(h, generation, start, end, frames, baton))
-        )
+        return yield* withHandle(database, (h) =>
+          h.backend.readOnly
+            ? fail("ReadOnly", `the store is read-only: database ${h.name} can be read but not written`)
+            : h.lock.withPermits(1)(Effect.uninterruptible(pushLocked(h, generation, start, end, frames, baton))))
       })
 
-    return { info, exportGeneration, pull, push } satisfies Service
+    return { info, databaseId, exportGeneration, pull, push } satisfies Service
   })

@@ -4,28 +4,53 @@
  */
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
-import { StoreError } from "../../ServerStore.js"
+import * as crypto from "node:crypto"
+import { StoreError } from "./storeError.js"
 import * as WalFrame from "../../WalFrame.js"
 import type { Backend, DatabaseBackend } from "./serverCore.js"
 import type { IntegrityCheck } from "./sqliteImage.js"
-import { checkImage } from "./sqliteImage.js"
+import * as ChangedTables from "./changedTables.js"
+import { checkImage, fixedPlan, schemaOfImage } from "./sqliteImage.js"
 
 interface Generation {
   base: Uint8Array | undefined
   frames: Array<WalFrame.Frame>
+  /** Set when the generation is dropped: its frame count, kept after its frames are gone. */
+  droppedLast?: number
+}
+
+type Stored = Omit<DatabaseBackend, "generations"> & {
+  readonly generationsNow: () => DatabaseBackend["generations"]
 }
 
 const gone = (generation: number) =>
   new StoreError({ reason: "GenerationGone", message: `generation ${generation} is no longer kept` })
 
-export const make = (options: { readonly integrityCheck: IntegrityCheck }): Backend => ({
-  open: (_name, emptyBase) =>
-    Effect.sync((): DatabaseBackend => {
+/**
+ * Databases live as long as the backend: a database closed for being idle is found again when it is
+ * next opened.
+ */
+export const make = (options: { readonly integrityCheck: IntegrityCheck }): Backend => {
+  const databases = new Map<string, Stored>()
+  const open = (emptyBase: Uint8Array): Stored => {
       const generations = new Map<number, Generation>([[1, { base: emptyBase, frames: [] }]])
       let current = 1
       let head = emptyBase
+      // sqlite_schema of `head`, read again after a commit that changes it.
+      let schema: ReadonlyArray<ChangedTables.SchemaEntry> | undefined
+      const planFor = (frames: ReadonlyArray<WalFrame.Frame>): ChangedTables.CheckPlan => {
+        if (options.integrityCheck !== "changed_tables") return fixedPlan(options.integrityCheck)
+        schema ??= schemaOfImage(head)
+        const placement = ChangedTables.place(frames, schema, (pgno) =>
+          pgno * WalFrame.PAGE_SIZE <= head.byteLength
+            ? head.subarray((pgno - 1) * WalFrame.PAGE_SIZE, pgno * WalFrame.PAGE_SIZE)
+            : undefined)
+        if (placement._tag === "Full") schema = undefined
+        return ChangedTables.planOf(placement)
+      }
       return {
-        generations: [{ generation: 1, lastFrame: 0, dropped: false }],
+        id: crypto.randomUUID(),
+        readOnly: false,
         // Nothing here outlives the process, and the core keeps the acks of this process itself.
         ackedPending: [],
         recordAck: () => Effect.void,
@@ -45,8 +70,9 @@ export const make = (options: { readonly integrityCheck: IntegrityCheck }): Back
               }
               // Without a check the head image is not needed: skip its copy.
               if (options.integrityCheck !== "off") {
+                const plan = planFor(frames)
                 const candidate = WalFrame.applyFrames(head, frames)
-                const problem = checkImage(candidate, options.integrityCheck, { owned: true })
+                const problem = checkImage(candidate, plan, { owned: true })
                 if (problem !== undefined) return Either.left(problem)
                 head = candidate
               }
@@ -67,17 +93,37 @@ export const make = (options: { readonly integrityCheck: IntegrityCheck }): Back
             generations.set(generation, { base, frames: [] })
             current = generation
             head = base
+            schema = undefined
           }),
         dropThrough: (generation) =>
           Effect.sync(() => {
             for (const [g, gen] of generations) {
-              if (g <= generation) {
+              if (g <= generation && gen.base !== undefined) {
+                gen.droppedLast = gen.frames.length
                 gen.base = undefined
                 gen.frames = []
               }
             }
           }),
-        close: Effect.void
+        close: Effect.void,
+        generationsNow: () => Array.from(generations, ([generation, gen]) => ({
+          generation,
+          lastFrame: gen.droppedLast ?? gen.frames.length,
+          dropped: gen.base === undefined
+        }))
       }
-    })
-})
+  }
+  return {
+    readOnly: false,
+    list: Effect.sync(() => Array.from(databases.keys())),
+    open: (name, emptyBase) =>
+      Effect.sync((): DatabaseBackend => {
+        let db = databases.get(name)
+        if (db === undefined) {
+          db = open(emptyBase)
+          databases.set(name, db)
+        }
+        return { ...db, generations: db.generationsNow() }
+      })
+  }
+}

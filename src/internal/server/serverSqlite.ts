@@ -26,12 +26,14 @@ import * as Either from "effect/Either"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { StoreError } from "../../ServerStore.js"
+import { StoreError } from "./storeError.js"
+import { isDatabaseName } from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
 import type { Checker } from "./checkWorker.js"
 import type { Backend, DatabaseBackend, GenerationRecord } from "./serverCore.js"
 import type { IntegrityCheck } from "./sqliteImage.js"
-import { checkConnection } from "./sqliteImage.js"
+import * as ChangedTables from "./changedTables.js"
+import { checkConnection, fixedPlan } from "./sqliteImage.js"
 
 const storage = (message: string) => (cause: unknown) => new StoreError({ reason: "Storage", message, cause })
 
@@ -83,6 +85,10 @@ CREATE TABLE IF NOT EXISTS acked_pending (
   frame_no INTEGER NOT NULL,
   PRIMARY KEY (generation, frame_no)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS frames (
   generation INTEGER NOT NULL,
   frame_no INTEGER NOT NULL,
@@ -105,37 +111,91 @@ const toFrame = (row: FrameRow): WalFrame.Frame => ({
   page: new Uint8Array(row.page.buffer, row.page.byteOffset, row.page.byteLength)
 })
 
+/**
+ * Whether the process cannot create files in `directory` (permissions, a read-only mount). Such a
+ * directory is served read-only.
+ */
+export const isReadOnlyDirectory = (directory: string): boolean => {
+  const probe = path.join(directory, `.write-probe-${process.pid}-${crypto.randomBytes(4).toString("hex")}`)
+  try {
+    fs.closeSync(fs.openSync(probe, "wx"))
+    fs.rmSync(probe, { force: true })
+    return false
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    if (code === "EACCES" || code === "EPERM" || code === "EROFS") return true
+    throw error
+  }
+}
+
+const STORE_FILE = "store.sqlite"
+
+/**
+ * `store.sqlite` of a directory this process cannot write, as a read-only in-memory copy. SQLite cannot
+ * open a WAL-mode file there (its WAL index needs a writable directory), so the committed frames of a
+ * WAL left by an unclean stop are applied to the copy here, and the copy is marked a rollback-journal
+ * database, which SQLite reads from memory.
+ */
+const openReadOnlyCopy = (dir: string): Database.Database => {
+  const file = path.join(dir, STORE_FILE)
+  let image: Uint8Array = new Uint8Array(fs.readFileSync(file))
+  const wal = fs.existsSync(`${file}-wal`) ? new Uint8Array(fs.readFileSync(`${file}-wal`)) : undefined
+  if (wal !== undefined && wal.byteLength > 0) {
+    const parsed = WalFrame.parse(wal)
+    if (parsed._tag === "Some" && parsed.value.frames.length > 0) image = WalFrame.applyFrames(image, parsed.value.frames)
+  }
+  if (image.byteLength >= 100) {
+    image[18] = 1
+    image[19] = 1
+  }
+  return new Database(Buffer.from(image.buffer, image.byteOffset, image.byteLength), { readonly: true })
+}
+
+const NEW_ID = "INSERT OR IGNORE INTO meta (key, value) VALUES ('database_id', ?)"
+
 const openDatabase = (
   directory: string,
   name: string,
   emptyBase: Uint8Array,
   integrityCheck: IntegrityCheck,
-  checker: Checker | undefined
+  checker: Checker | undefined,
+  readOnly: boolean,
+  cleanHeads: Set<string>
 ): DatabaseBackend => {
   const dir = path.join(directory, name)
-  const created = !fs.existsSync(dir)
-  fs.mkdirSync(dir, { recursive: true })
-  const store = new Database(path.join(dir, "store.sqlite"), { timeout: 0 })
-  try {
-    store.pragma("locking_mode = EXCLUSIVE")
-    store.pragma("journal_mode = WAL")
-    store.pragma("synchronous = FULL")
-    store.exec(SCHEMA)
-    const hasGeneration = store.prepare("SELECT 1 FROM generations LIMIT 1").get() !== undefined
-    if (!hasGeneration) {
+  let store: Database.Database
+  if (readOnly) {
+    store = openReadOnlyCopy(dir)
+  } else {
+    const created = !fs.existsSync(dir)
+    fs.mkdirSync(dir, { recursive: true })
+    store = new Database(path.join(dir, STORE_FILE), { timeout: 0 })
+    try {
+      store.pragma("locking_mode = EXCLUSIVE")
+      store.pragma("journal_mode = WAL")
+      store.pragma("synchronous = FULL")
+      store.exec(SCHEMA)
       store.transaction(() => {
-        store.prepare("INSERT INTO generations (generation, last_frame) VALUES (1, 0)").run()
-        store.prepare("INSERT INTO bases (generation, base) VALUES (1, ?)").run(Buffer.from(emptyBase))
+        if (store.prepare("SELECT 1 FROM generations LIMIT 1").get() === undefined) {
+          store.prepare("INSERT INTO generations (generation, last_frame) VALUES (1, 0)").run()
+          store.prepare("INSERT INTO bases (generation, base) VALUES (1, ?)").run(Buffer.from(emptyBase))
+        }
+        // With the database's first generation, or on the first open of a database older than identities.
+        store.prepare(NEW_ID).run(crypto.randomUUID())
       }).immediate()
+      if (created) {
+        fsyncPath(dir)
+        fsyncPath(directory)
+      }
+    } catch (error) {
+      store.close()
+      throw error
     }
-    if (created) {
-      fsyncPath(dir)
-      fsyncPath(directory)
-    }
-  } catch (error) {
-    store.close()
-    throw error
   }
+  const hasMeta = store.prepare("SELECT 1 FROM sqlite_schema WHERE name = 'meta'").get() !== undefined
+  const id = hasMeta
+    ? store.prepare<[], { value: string }>("SELECT value FROM meta WHERE key = 'database_id'").get()?.value
+    : undefined
 
   const selectBase = store.prepare<[number], { base: Buffer }>("SELECT base FROM bases WHERE generation = ?")
   const selectFrames = store.prepare<[number, number, number], FrameRow>(
@@ -211,35 +271,65 @@ const openDatabase = (
     writeFileDurably(headPath, materialize(current))
   }
 
-  // Only the check reads head.db; without a check it is not kept up to date.
-  let headStale = true
-  if (integrityCheck !== "off") {
-    rebuildHead()
-    headStale = false
+  // Only the check reads head.db, and it is rebuilt before the first check after a start. A database
+  // this process closed for being idle, with its head checkpointed, keeps it.
+  let headStale = !(cleanHeads.delete(name) && fs.existsSync(headPath) && !fs.existsSync(headWal))
+
+  // sqlite_schema of head.db, read again after a rebuild or a commit that may change it.
+  let schema: ReadonlyArray<ChangedTables.SchemaEntry> | undefined
+
+  // The pragmas `frames` must pass, from head.db as it is before they are written as its WAL.
+  const planFor = (frames: ReadonlyArray<WalFrame.Frame>): ChangedTables.CheckPlan => {
+    if (integrityCheck !== "changed_tables") return fixedPlan(integrityCheck)
+    if (schema === undefined) {
+      const reader = new Database(headPath, { readonly: true, fileMustExist: true })
+      try {
+        schema = reader.prepare<[], ChangedTables.SchemaEntry>(ChangedTables.SCHEMA_QUERY).all()
+      } finally {
+        reader.close()
+      }
+    }
+    const fd = fs.openSync(headPath, "r")
+    try {
+      const pages = fs.fstatSync(fd).size / WalFrame.PAGE_SIZE
+      const placement = ChangedTables.place(frames, schema, (pgno) => {
+        if (pgno > pages) return undefined
+        const page = new Uint8Array(WalFrame.PAGE_SIZE)
+        fs.readSync(fd, page, 0, WalFrame.PAGE_SIZE, (pgno - 1) * WalFrame.PAGE_SIZE)
+        return page
+      })
+      if (placement._tag === "Full") schema = undefined
+      return ChangedTables.planOf(placement)
+    } finally {
+      fs.closeSync(fd)
+    }
   }
 
   // Writes the candidate transaction as head.db's WAL; the check then reads head.db through it.
-  const prepareCheck = (frames: ReadonlyArray<WalFrame.Frame>) => {
+  const prepareCheck = (frames: ReadonlyArray<WalFrame.Frame>): ChangedTables.CheckPlan => {
     if (headStale) {
       rebuildHead()
       headStale = false
+      schema = undefined
     }
+    const plan = planFor(frames)
     const salts = crypto.randomBytes(8)
     const wal = WalFrame.append(WalFrame.make({ salt1: salts.readUInt32BE(0), salt2: salts.readUInt32BE(4) }), frames).wal
     clearHeadWal()
     fs.writeFileSync(headWal, WalFrame.encode(wal))
+    return plan
   }
 
   // A read-only connection recovers the WAL without ever checkpointing it, so a refused WAL is simply
   // deleted. The check runs on the worker (see checkWorker.ts) when there is one.
-  const runCheck = (mode: Exclude<IntegrityCheck, "off">): Effect.Effect<string | undefined, Error> => {
-    if (checker !== undefined) return checker.check(headPath, mode)
+  const runCheck = (plan: ChangedTables.CheckPlan): Effect.Effect<string | undefined, Error> => {
+    if (checker !== undefined) return checker.check(headPath, plan)
     return Effect.try({
       try: () => {
         let reader: Database.Database | undefined
         try {
           reader = new Database(headPath, { readonly: true, fileMustExist: true })
-          return checkConnection(reader, mode)
+          return checkConnection(reader, plan)
         } catch (error) {
           // SQLite can refuse to open a file whose header is garbage: that is a verdict, not a storage failure.
           const code = (error as { code?: unknown }).code
@@ -274,6 +364,8 @@ const openDatabase = (
   }
 
   return {
+    id,
+    readOnly,
     generations,
     ackedPending,
     recordAck: (generation, frameNo) =>
@@ -306,8 +398,8 @@ const openDatabase = (
           return yield* Effect.fail(failed(new Error(`commit to ${generation} while ${current} is current`)))
         }
         if (integrityCheck !== "off") {
-          yield* Effect.try({ try: () => prepareCheck(frames), catch: failed })
-          const problem = yield* runCheck(integrityCheck).pipe(
+          const plan = yield* Effect.try({ try: () => prepareCheck(frames), catch: failed })
+          const problem = yield* runCheck(plan).pipe(
             Effect.mapError((cause) => {
               clearHeadWal()
               // Whatever went wrong with head.db, the next check starts from a fresh one.
@@ -362,6 +454,7 @@ const openDatabase = (
           }).immediate()
           current = generation
           headStale = true
+          schema = undefined
           if (integrityCheck !== "off") {
             try {
               rebuildHead()
@@ -386,6 +479,7 @@ const openDatabase = (
       }),
     close: Effect.sync(() => {
       store.close()
+      if (!readOnly && !headStale && !fs.existsSync(headWal)) cleanHeads.add(name)
     })
   }
 }
@@ -395,11 +489,32 @@ export const make = (options: {
   readonly integrityCheck: IntegrityCheck
   /** Where checks run; without one they run on the calling thread. */
   readonly checker?: Checker | undefined
-}): Backend => ({
+  /** Open every database read-only (see `isReadOnlyDirectory`). */
+  readonly readOnly?: boolean | undefined
+}): Backend => {
+  const readOnly = options.readOnly ?? false
+  // Databases closed for being idle whose head.db is current: reopened without rebuilding it.
+  const cleanHeads = new Set<string>()
+  return {
+  readOnly,
+  list: Effect.try({
+    try: () =>
+      fs.readdirSync(options.directory, { withFileTypes: true })
+        .filter((entry) => entry.isDirectory() && isDatabaseName(entry.name))
+        .filter((entry) => fs.existsSync(path.join(options.directory, entry.name, STORE_FILE)))
+        .map((entry) => entry.name),
+    catch: storage(`listing the databases in ${options.directory} failed`)
+  }),
   open: (name, emptyBase) =>
     Effect.try({
-      try: () => openDatabase(options.directory, name, emptyBase, options.integrityCheck, options.checker),
+      try: () => {
+        if (readOnly && !fs.existsSync(path.join(options.directory, name, STORE_FILE))) {
+          throw new StoreError({ reason: "ReadOnly", message: `the store is read-only: database ${name} cannot be created` })
+        }
+        return openDatabase(options.directory, name, emptyBase, options.integrityCheck, options.checker, readOnly, cleanHeads)
+      },
       catch: (cause) => {
+        if (cause instanceof StoreError) return cause
         const code = (cause as { code?: unknown } | null)?.code
         return new StoreError({
           reason: "Storage",
@@ -410,4 +525,5 @@ export const make = (options: {
         })
       }
     })
-})
+}
+}

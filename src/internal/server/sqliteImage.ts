@@ -8,13 +8,20 @@ import * as os from "node:os"
 import * as path from "node:path"
 import * as WalFrame from "../../WalFrame.js"
 
-// `quick_check` is the default: it finds every structural fault (b-tree pages, cell and freelist
-// bounds, overflow chains, pages used twice or never, NOT NULL) in one pass, linear in the database
-// size. `integrity_check` also verifies that every index matches its table and UNIQUE constraints; an
-// index out of step with its table is not unreadable, but later writes through it can fail with
-// SQLITE_CORRUPT on replicas. It costs about twice as much (bench/serverStoreCheck.ts), so it is opt-in.
+// `quick_check` finds every structural fault (b-tree pages, cell and freelist bounds, overflow chains,
+// pages used twice or never, NOT NULL) in one pass, linear in the database size. `integrity_check` also
+// verifies that every index matches its table and UNIQUE constraints; an index out of step with its
+// table is not unreadable, but later writes through it fail with SQLITE_CORRUPT on every replica. The
+// default, `changed_tables`, runs `quick_check` and then `integrity_check` of the tables the commit
+// changed (see changedTables.ts), which catches that at a fraction of the full cost.
 import type { IntegrityCheck } from "../../ServerStore.js"
+import type { CheckPlan, SchemaEntry } from "./changedTables.js"
+import { SCHEMA_QUERY } from "./changedTables.js"
 export type { IntegrityCheck }
+
+/** The pragmas of a mode that does not depend on the commit. */
+export const fixedPlan = (mode: Exclude<IntegrityCheck, "changed_tables">): CheckPlan =>
+  mode === "off" ? [] : [mode]
 
 let cachedEmptyBase: Uint8Array | undefined
 
@@ -69,17 +76,19 @@ const isCorruption = (error: unknown): boolean => {
  * SQLite reports some faults by failing the pragma itself (SQLITE_CORRUPT); those count as findings.
  * Any other failure is thrown (a storage problem, not a verdict on the pages).
  */
-export const checkConnection = (db: Database.Database, mode: IntegrityCheck): string | undefined => {
-  if (mode === "off") return undefined
-  try {
-    const rows = db.pragma(mode) as ReadonlyArray<Record<string, unknown>>
-    const messages = rows.map((row) => String(Object.values(row)[0]))
-    if (messages.length === 1 && messages[0] === "ok") return undefined
-    return messages.slice(0, 5).join("; ")
-  } catch (error) {
-    if (isCorruption(error)) return (error as Error).message
-    throw error
+export const checkConnection = (db: Database.Database, plan: CheckPlan): string | undefined => {
+  for (const pragma of plan) {
+    try {
+      const rows = db.pragma(pragma) as ReadonlyArray<Record<string, unknown>>
+      const messages = rows.map((row) => String(Object.values(row)[0]))
+      if (messages.length === 1 && messages[0] === "ok") continue
+      return messages.slice(0, 5).join("; ")
+    } catch (error) {
+      if (isCorruption(error)) return (error as Error).message
+      throw error
+    }
   }
+  return undefined
 }
 
 /**
@@ -88,10 +97,10 @@ export const checkConnection = (db: Database.Database, mode: IntegrityCheck): st
  */
 export const checkImage = (
   image: Uint8Array,
-  mode: IntegrityCheck,
+  plan: CheckPlan,
   options?: { readonly owned?: boolean | undefined }
 ): string | undefined => {
-  if (mode === "off") return undefined
+  if (plan.length === 0) return undefined
   // better-sqlite3 copies the buffer it deserializes, so an image the caller owns needs no copy of its own.
   const copy = options?.owned === true
     ? Buffer.from(image.buffer, image.byteOffset, image.byteLength)
@@ -102,7 +111,7 @@ export const checkImage = (
     copy[19] = 1
   }
   try {
-    return checkDeserialized(copy, mode)
+    return checkDeserialized(copy, plan)
   } finally {
     if (copy.byteLength >= 20) {
       copy[18] = versions[0]
@@ -111,7 +120,7 @@ export const checkImage = (
   }
 }
 
-const checkDeserialized = (copy: Buffer, mode: IntegrityCheck): string | undefined => {
+const checkDeserialized = (copy: Buffer, plan: CheckPlan): string | undefined => {
   let db: Database.Database
   try {
     db = new Database(copy)
@@ -120,7 +129,22 @@ const checkDeserialized = (copy: Buffer, mode: IntegrityCheck): string | undefin
     throw error
   }
   try {
-    return checkConnection(db, mode)
+    return checkConnection(db, plan)
+  } finally {
+    db.close()
+  }
+}
+
+/** The `sqlite_schema` b-trees of a database image held in memory (see `changedTables.place`). */
+export const schemaOfImage = (image: Uint8Array): ReadonlyArray<SchemaEntry> => {
+  const copy = Buffer.from(image)
+  if (copy.byteLength >= 20) {
+    copy[18] = 1
+    copy[19] = 1
+  }
+  const db = new Database(copy, { readonly: true })
+  try {
+    return db.prepare<[], SchemaEntry>(SCHEMA_QUERY).all()
   } finally {
     db.close()
   }

@@ -11,6 +11,8 @@ import * as Either from "effect/Either"
 import * as Stream from "effect/Stream"
 import * as Crypto from "node:crypto"
 import type { StoreError } from "../../ServerStore.js"
+import type { ErrorCode } from "../../SyncProtocol.js"
+import { errorStatus, isDatabaseName, storageStatusOnPull } from "../../SyncProtocol.js"
 
 /**
  * A refusal with its HTTP status, a stable code for the JSON `error` field and a sentence.
@@ -19,7 +21,7 @@ import type { StoreError } from "../../ServerStore.js"
  */
 export class HttpFailure extends Data.TaggedError("HttpFailure")<{
   readonly status: number
-  readonly code: string
+  readonly code: ErrorCode
   readonly message: string
   readonly headers?: Readonly<Record<string, string>> | undefined
 }> {}
@@ -27,13 +29,12 @@ export class HttpFailure extends Data.TaggedError("HttpFailure")<{
 /** The largest value a generation or frame number may take (SQLite's frame counters are 32-bit). */
 export const MAX_PATH_NUMBER = 2 ** 31 - 1
 
-const NAME = /^[A-Za-z0-9_-]{1,64}$/
 const DECIMAL = /^[1-9][0-9]{0,9}$/
 const BATON = /^[A-Za-z0-9_.~-]{1,128}$/
 
 /** @internal */
 export const parseDatabaseName = (raw: string | undefined): Either.Either<string, HttpFailure> =>
-  raw !== undefined && NAME.test(raw)
+  isDatabaseName(raw)
     ? Either.right(raw)
     : Either.left(
       new HttpFailure({
@@ -215,30 +216,18 @@ export const readBody = (
   })
 
 /**
- * The HTTP status and code of a store refusal. `storageStatus` is 503 on the pull route, where the
- * libSQL client would take a 500 for "checkpoint needed".
+ * The HTTP refusal of a store error, from `SyncProtocol.errorStatus`. On the pull route a `Storage`
+ * failure is `storageStatusOnPull`: the libSQL client would take a 500 there for "checkpoint needed".
  *
  * @internal
  */
-export const fromStoreError = (error: StoreError, storageStatus: 500 | 503): HttpFailure => {
-  switch (error.reason) {
-    case "BadRequest":
-      return new HttpFailure({ status: 400, code: "bad_request", message: error.message })
-    case "BadFrames":
-      return new HttpFailure({ status: 400, code: "bad_frames", message: error.message })
-    case "Malformed":
-      return new HttpFailure({ status: 400, code: "malformed_database", message: error.message })
-    case "UnknownBaton":
-      return new HttpFailure({ status: 400, code: "unknown_baton", message: error.message })
-    case "TooLarge":
-      return tooLarge(error.message)
-    case "GenerationNotFound":
-      return new HttpFailure({ status: 404, code: "generation_not_found", message: error.message })
-    case "GenerationGone":
-      return new HttpFailure({ status: 410, code: "generation_gone", message: error.message })
-    case "Busy":
-      return new HttpFailure({ status: 503, code: "busy", message: error.message, headers: { "retry-after": "1" } })
-    case "Storage":
-      return new HttpFailure({ status: storageStatus, code: "storage", message: error.message })
-  }
+export const fromStoreError = (error: StoreError, route: "pull" | "other"): HttpFailure => {
+  const { code, retryAfter, status } = errorStatus[error.reason]
+  if (error.reason === "TooLarge") return tooLarge(error.message)
+  return new HttpFailure({
+    status: route === "pull" && error.reason === "Storage" ? storageStatusOnPull : status,
+    code,
+    message: error.message,
+    headers: retryAfter === undefined ? undefined : { "retry-after": String(retryAfter) }
+  })
 }

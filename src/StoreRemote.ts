@@ -1,0 +1,43 @@
+/**
+ * A `SyncRemote` that is a `ServerStore` in the same process: the same batching, batons and error mapping
+ * as over HTTP, without the network. For tests of code built on the client, and for a host that runs a
+ * replica next to its own server.
+ *
+ * @since 0.1.0
+ */
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import { ServerStore, type StoreError } from "./ServerStore.js"
+import type * as SyncError from "./SyncError.js"
+import * as SyncProtocol from "./SyncProtocol.js"
+import * as SyncRemote from "./SyncRemote.js"
+
+const fromStoreError = (error: StoreError): SyncError.RemoteFailure =>
+  SyncRemote.failureOf(SyncProtocol.errorStatus[error.reason].status, error.message, error)
+
+/**
+ * The remote of database `database` in `store`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (store: ServerStore["Type"], database: string): SyncRemote.Service => ({
+  info: Effect.mapError(
+    Effect.zipWith(store.info(database), store.databaseId(database), (i, databaseId) => ({ generation: i.generation, databaseId })),
+    fromStoreError
+  ),
+  export: (generation) => Effect.mapError(store.exportGeneration(database, generation), fromStoreError),
+  pull: (generation, start, end) => Effect.mapError(store.pull(database, generation, start, end), fromStoreError),
+  push: SyncRemote.batchedPush((generation, start, end, frames, baton) =>
+    Effect.mapError(store.push(database, generation, start, end, frames, baton), fromStoreError)
+  )
+})
+
+/**
+ * `SyncRemote` for database `database` of the `ServerStore` in context.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options: { readonly database: string }): Layer.Layer<SyncRemote.SyncRemote, never, ServerStore> =>
+  Layer.effect(SyncRemote.SyncRemote, Effect.map(ServerStore, (store) => make(store, options.database)))

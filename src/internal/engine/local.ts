@@ -1,0 +1,115 @@
+/**
+ * The local operations: writes go to Draft through change capture under a write permit; reads go to the
+ * active copy under a read permit; stats read the metadata and the counters.
+ *
+ * @internal
+ */
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as SynchronizedRef from "effect/SynchronizedRef"
+import * as ChangeCapture from "../../ChangeCapture.js"
+import type { ExecuteResult, Stats } from "../../SyncDatabase.js"
+import * as SyncError from "../../SyncError.js"
+import * as Files from "../sqlite/files.js"
+import { sqlStatementError } from "./errors.js"
+import * as Gates from "./gates.js"
+import { on, type State } from "./state.js"
+
+/**
+ * Whether a statement only reads: a write through `query` would skip change capture (and never sync) or,
+ * while Draft is being replaced, land in Synced. Comments and string literals are skipped before looking
+ * at keywords.
+ *
+ * @internal
+ */
+export const isReadStatement = (sql: string): boolean => {
+  const text = sql
+    .replace(/--[^\n]*/g, " ")
+    .replace(/\/\*[\s\S]*?\*\//g, " ")
+    .replace(/'(?:[^']|'')*'/g, "''")
+    .trim()
+    .toUpperCase()
+  const first = /^[A-Z]+/.exec(text)?.[0]
+  if (first === "SELECT" || first === "VALUES" || first === "EXPLAIN") return true
+  if (first === "PRAGMA") return !text.includes("=")
+  if (first === "WITH") return !/\b(INSERT|UPDATE|DELETE|REPLACE)\b/.test(text)
+  return false
+}
+
+/** @internal */
+export const execute = (state: State) =>
+(sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<ExecuteResult, SyncError.SqlStatementError> =>
+  Gates.writing(state.gates, on(state.draft, ChangeCapture.execute(sql, params))).pipe(
+    Effect.map((r): ExecuteResult => ({ changes: r.changes, lastInsertRowid: r.lastInsertRowid })),
+    Effect.mapError(sqlStatementError("Statement", sql))
+  )
+
+/** `execute` that also returns the statement's rows (`INSERT ... RETURNING`): SyncDatabase.layerSqlClient. */
+export const executeRows = (state: State) =>
+(
+  sql: string,
+  params: ReadonlyArray<unknown> = []
+): Effect.Effect<ChangeCapture.ExecuteResult, SyncError.SqlStatementError> =>
+  Gates.writing(state.gates, on(state.draft, ChangeCapture.execute(sql, params))).pipe(
+    Effect.mapError(sqlStatementError("Statement", sql))
+  )
+
+/** @internal */
+export const query = (state: State) =>
+<Row extends object = Record<string, unknown>>(
+  sql: string,
+  params: ReadonlyArray<unknown> = []
+): Effect.Effect<ReadonlyArray<Row>, SyncError.SqlStatementError> =>
+  isReadStatement(sql)
+    ? Gates.reading(
+      state.gates,
+      Effect.flatMap(Ref.get(state.gates.active), (which) =>
+        Effect.flatMap((which === "draft" ? state.draft : state.synced).client, (client) =>
+          client.unsafe<Row>(sql, params as Array<any>)))
+    ).pipe(Effect.mapError(sqlStatementError("Statement", sql)))
+    : Effect.fail(
+      new SyncError.SqlStatementError({
+        reason: "Statement",
+        message: "query runs reads only (a write here would bypass change capture); use execute",
+        sql
+      })
+    )
+
+/**
+ * Runs `effect` with Draft's SqlClient as ONE capture transaction (one unit of replay), holding one write
+ * permit throughout, so a pull's copy step waits for it and it never spans a replaced Draft.
+ */
+export const transaction = (state: State) =>
+<A, E, R>(
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, Exclude<R, SqlClient.SqlClient>> =>
+  Gates.writing(state.gates, on(state.draft, ChangeCapture.transaction(effect)))
+
+/** @internal */
+export const stats = (state: State): Effect.Effect<Stats, SyncError.SyncError> =>
+  Effect.gen(function*() {
+    const m = yield* SynchronizedRef.get(state.metadata)
+    const pendingChanges = yield* Gates.reading(
+      state.gates,
+      Effect.flatMap(Ref.get(state.gates.active), (which) =>
+        on(which === "draft" ? state.draft : state.synced, ChangeCapture.countPending(m.lastPushedChangeId)))
+    ).pipe(Effect.mapError(sqlStatementError("Capture")))
+    const t = yield* Ref.get(state.traffic)
+    return {
+      clientId: state.clientId,
+      pendingChanges,
+      generation: m.generation,
+      syncedFrame: m.syncedFrame,
+      lastPushAt: Option.map(Option.fromNullable(m.lastPushAt), (ms) => new Date(ms)),
+      lastPullAt: Option.map(Option.fromNullable(m.lastPullAt), (ms) => new Date(ms)),
+      bytesSent: t.sent,
+      bytesReceived: t.received,
+      draftWalBytes: yield* Files.fileSize(Files.walPath(state.paths.draft)),
+      syncedWalBytes: yield* Files.fileSize(Files.walPath(state.paths.synced)),
+      activeCopy: yield* Ref.get(state.gates.active),
+      lastWriteBlockedMs: yield* Ref.get(state.lastWriteBlockedMs)
+    }
+  })

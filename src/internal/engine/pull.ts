@@ -1,0 +1,116 @@
+/**
+ * Steps 1a and 2a: every frame the remote has beyond the synced frame comes into Synced's WAL (written
+ * while Synced is closed, whole transactions only), following generation rolls; then the remote's
+ * progress row for this client says which local changes it has.
+ *
+ * @internal
+ */
+import * as Effect from "effect/Effect"
+import * as Ref from "effect/Ref"
+import * as SynchronizedRef from "effect/SynchronizedRef"
+import * as ChangeReplay from "../../ChangeReplay.js"
+import * as SyncError from "../../SyncError.js"
+import * as SyncProtocol from "../../SyncProtocol.js"
+import * as WalFrame from "../../WalFrame.js"
+import * as Files from "../sqlite/files.js"
+import { sqlStatementError } from "./errors.js"
+import { finishFlaggedRoll, rollSynced } from "./roll.js"
+import { on, type State, updateMetadata, withoutTransfer } from "./state.js"
+import { cutToSyncedFrame, prefixAtSyncedFrame } from "./syncedWal.js"
+
+/** Frames held in memory during a pull before they are written into Synced's WAL. */
+const FLUSH_FRAMES = 2048
+
+/** Where a pull stands: Synced's generation and frame on disk, and frames received but not yet written. */
+interface Cursor {
+  generation: number
+  frame: number
+  buffer: Array<WalFrame.Frame>
+  changed: boolean
+}
+
+/** Writes the buffer's whole transactions into Synced's WAL, then makes them the synced frames. */
+const flush = (state: State, cursor: Cursor) =>
+  Effect.gen(function*() {
+    const committed = WalFrame.committedLength(cursor.buffer)
+    if (committed === 0) return
+    const prefix = cursor.frame === 0 ? undefined : yield* prefixAtSyncedFrame(state)
+    yield* state.synced.close
+    const wal = yield* Files.appendWal(state.paths.synced, cursor.frame, cursor.buffer.slice(0, committed), prefix)
+    const generation = cursor.generation
+    yield* Ref.set(state.syncedPrefix, { generation, state: wal })
+    yield* state.step("pull:framesWritten")
+    cursor.frame += committed
+    cursor.buffer = cursor.buffer.slice(committed)
+    const at = cursor.frame
+    yield* updateMetadata(state, (m) => ({ ...m, generation, syncedFrame: at }))
+    yield* state.step("pull:metadataWritten")
+    cursor.changed = true
+  })
+
+/** Buffers the frames of one answer, flushing when the buffer is large. */
+const receive = (state: State, cursor: Cursor, start: number, frames: ReadonlyArray<WalFrame.Frame>) =>
+  Effect.gen(function*() {
+    if (frames.length === 0) {
+      return yield* new SyncError.RemoteError({ reason: "Protocol", message: `pull from ${start} answered no frames` })
+    }
+    for (const f of frames) cursor.buffer.push({ pgno: f.pgno, commitSize: f.commitSize, page: Uint8Array.from(f.page) })
+    yield* Ref.update(state.traffic, (t) => ({ ...t, received: t.received + frames.length * WalFrame.FRAME_SIZE }))
+    if (cursor.buffer.length >= FLUSH_FRAMES) yield* flush(state, cursor)
+  })
+
+/** Pulls until the remote has nothing more, rolling Synced to each next generation it reports. */
+const pullFrames = (state: State, cursor: Cursor) =>
+  Effect.gen(function*() {
+    for (;;) {
+      const start = cursor.frame + cursor.buffer.length + 1
+      const result = yield* state.remote.pull(cursor.generation, start, start + SyncProtocol.CLIENT_BATCH_FRAMES)
+      if (result._tag === "Frames") {
+        yield* receive(state, cursor, start, result.frames)
+        continue
+      }
+      yield* flush(state, cursor)
+      if (cursor.buffer.length > 0) {
+        return yield* new SyncError.RemoteError({
+          reason: "Protocol",
+          message: `generation ${cursor.generation} ends inside a transaction at frame ${cursor.frame + cursor.buffer.length}`
+        })
+      }
+      if (result.generation <= cursor.generation) return
+      // One generation per answer, like the libSQL client: the base of G+1 is G with all its frames.
+      yield* rollSynced(state, cursor.generation + 1)
+      cursor.generation += 1
+      cursor.frame = 0
+      cursor.changed = true
+    }
+  })
+
+/**
+ * Steps 1a and 2a: pull every frame the remote has beyond the synced frame into Synced's WAL (written
+ * while Synced is closed), following generation rolls. Returns whether anything arrived.
+ */
+export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(function*(state: State) {
+  yield* finishFlaggedRoll(state)
+  yield* cutToSyncedFrame(state)
+  const m = yield* SynchronizedRef.get(state.metadata)
+  const cursor: Cursor = { generation: m.generation, frame: m.syncedFrame, buffer: [], changed: false }
+  yield* pullFrames(state, cursor).pipe(Effect.ensuring(Effect.ignore(state.synced.open)))
+  yield* state.synced.open
+  yield* updateMetadata(state, (m) => ({ ...m, lastPullAt: Date.now() }))
+  return cursor.changed
+})
+
+/**
+ * After step (a): the remote's progress row for this client says which changes it has. That settles a
+ * push whose answer was lost (before or after a restart).
+ */
+export const settleProgress = Effect.fn("Engine.settleProgress")(function*(state: State) {
+  const progress = yield* on(state.synced, ChangeReplay.progress(state.clientId)).pipe(
+    Effect.mapError(sqlStatementError("Replay"))
+  )
+  yield* updateMetadata(state, (m) => ({
+    ...withoutTransfer(m),
+    lastPushedChangeId: Math.max(progress, m.lastPushedChangeId)
+  }))
+  return progress
+})

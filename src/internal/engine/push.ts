@@ -1,0 +1,96 @@
+/**
+ * Step 1c: Synced's frames beyond the synced frame (the replay of step 1b) go to the remote. `Ok` makes
+ * them the synced frames; `Conflict` (someone pushed first) cuts them off again for another round.
+ *
+ * @internal
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Ref from "effect/Ref"
+import * as SynchronizedRef from "effect/SynchronizedRef"
+import * as ChangeCapture from "../../ChangeCapture.js"
+import * as SyncError from "../../SyncError.js"
+import * as WalFrame from "../../WalFrame.js"
+import * as Files from "../sqlite/files.js"
+import { on, type State, updateMetadata, withoutTransfer } from "./state.js"
+import { resetSyncedWal, syncedTail } from "./syncedWal.js"
+
+/** Sends `frames` from frame `from` of `generation`, counting the bytes sent whatever the outcome. */
+const send = (state: State, generation: number, from: number, frames: ReadonlyArray<WalFrame.Frame>) =>
+  state.remote.push(generation, from, from + frames.length, frames).pipe(
+    Effect.ensuring(Ref.update(state.traffic, (t) => ({ ...t, sent: t.sent + frames.length * WalFrame.FRAME_SIZE })))
+  )
+
+/**
+ * An acknowledged push: its frames become synced frames, its changes pushed; the conflicts its replay
+ * decided go to the conflict log, and Draft's log drops the changes the remote now has.
+ */
+const acknowledge = (state: State, pushed: number, lastChangeId: number) =>
+  Effect.gen(function*() {
+    yield* updateMetadata(state, (m) => ({
+      ...withoutTransfer(m),
+      syncedFrame: m.syncedFrame + pushed,
+      lastPushedChangeId: lastChangeId,
+      lastPushAt: Date.now()
+    }))
+    const decided = yield* Ref.getAndSet(state.pushConflicts, [])
+    if (decided.length > 0) {
+      const at = Date.now()
+      const entries = decided.map((entry) => ({ ...entry, at }))
+      yield* state.conflictLog.append(entries).pipe(
+        Effect.catchAll((error) => Effect.logWarning("cannot write the conflict log", error))
+      )
+      if (state.options.onConflicts) yield* state.options.onConflicts(entries)
+    }
+    // Acknowledged changes are not needed in Draft's log any more (ids are never reused).
+    yield* on(state.draft, ChangeCapture.prune(lastChangeId)).pipe(
+      Effect.catchAll((error) => Effect.logWarning("cannot prune acknowledged changes", error))
+    )
+  })
+
+/**
+ * Step 1c: push Synced's frames beyond the synced frame. `Ok` makes them the synced frames; `Conflict`
+ * (someone pushed first) cuts them off again. A failure leaves `transferredChangeId` for the next pull
+ * to settle.
+ */
+export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(state: State, lastChangeId: number) {
+  const m = yield* SynchronizedRef.get(state.metadata)
+  const tail = yield* syncedTail(state)
+  const frames = tail.frames
+  if (frames.length === 0) return "Nothing" as const
+  yield* updateMetadata(state, (m) => ({ ...m, transferredChangeId: lastChangeId }))
+  const start = m.syncedFrame + 1
+  yield* state.step("push:beforeSend")
+  let result = yield* send(state, m.generation, start, frames)
+  if (result._tag === "Conflict" && result.generation === m.generation && result.maxFrameNo < start - 1) {
+    // The server cannot tell us from a pusher whose session it lost after acknowledging frames up to our
+    // start, so it asks for its frames from maxFrameNo + 1 again. Those are synced frames we pulled from
+    // it: sending them proves which head we build on (identical bytes), and our frames follow.
+    const rewound = yield* Files.readWalFrames(state.paths.synced, start - 1 - result.maxFrameNo, result.maxFrameNo)
+    result = yield* send(state, m.generation, result.maxFrameNo + 1, [...rewound, ...frames])
+  }
+  yield* state.step("push:answered")
+  if (result._tag === "Ok") {
+    if (tail.state !== undefined) yield* Ref.set(state.syncedPrefix, { generation: m.generation, state: tail.state })
+    yield* acknowledge(state, frames.length, lastChangeId)
+    return "Pushed" as const
+  }
+  yield* updateMetadata(state, withoutTransfer)
+  yield* resetSyncedWal(state)
+  return "Conflict" as const
+})
+
+/** Waits before the next round after a conflict: doubling from the configured backoff, capped, jittered. */
+export const backoff = (state: State, round: number) =>
+  Effect.suspend(() => {
+    const delay = Math.min(2000, Duration.toMillis(state.backoff) * 2 ** (round - 1)) * (0.5 + Math.random())
+    return Effect.sleep(Duration.millis(delay))
+  })
+
+/** @internal */
+export const retriesExhausted = (state: State) =>
+  new SyncError.ConflictError({
+    reason: "RetriesExhausted",
+    message: `push conflicted ${state.maxRounds} times in a row; local changes stay pending`,
+    rounds: state.maxRounds
+  })

@@ -1,0 +1,39 @@
+/**
+ * Steps 1b and 2b: Draft's changes that the remote does not have are replayed onto Synced, in one SQLite
+ * transaction, through the conflict policy.
+ *
+ * @internal
+ */
+import * as Effect from "effect/Effect"
+import * as Ref from "effect/Ref"
+import * as ChangeCapture from "../../ChangeCapture.js"
+import * as ChangeReplay from "../../ChangeReplay.js"
+import * as ConflictLog from "./conflictLog.js"
+import { replayError, sqlStatementError } from "./errors.js"
+import { on, type State } from "./state.js"
+
+/** @internal */
+export type Mode = "push" | "pull"
+
+/**
+ * Step 1b and 2b: replay Draft's changes that the remote does not have onto Synced, in one SQLite
+ * transaction. Push mode also writes the progress row; pull mode re-records the changes in Synced's
+ * change log so that the copy to Draft keeps them pending.
+ */
+export const replayDraftOntoSynced = Effect.fn("Engine.replayDraftOntoSynced")(
+  function*(state: State, mode: Mode, progress: number) {
+    const changes = yield* on(state.draft, ChangeCapture.pending(progress)).pipe(
+      Effect.mapError(sqlStatementError("Capture"))
+    )
+    if (changes.length === 0) return { replayed: 0, lastChangeId: progress }
+    const transform = state.options.transform
+    const policy = { resolve: state.resolve, ...(transform ? { transform } : {}) }
+    const result = yield* on(
+      state.synced,
+      ChangeReplay.apply(changes, mode === "push" ? { mode: "push", clientId: state.clientId, ...policy } : { mode: "pull", ...policy })
+    ).pipe(Effect.mapError(replayError))
+    if (mode === "push") yield* Ref.set(state.pushConflicts, ConflictLog.entries(result))
+    yield* state.step("replay:done")
+    return { replayed: changes.length, lastChangeId: result.lastChangeId }
+  }
+)

@@ -1,0 +1,131 @@
+/**
+ * The engine's state: one record of the copies, the remote, the metadata, the gates and the counters,
+ * built once when a database opens and passed to every step function.
+ *
+ * @internal
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import type * as Option from "effect/Option"
+import type * as Ref from "effect/Ref"
+import * as SynchronizedRef from "effect/SynchronizedRef"
+import type * as ConflictPolicy from "../../ConflictPolicy.js"
+import type * as LocalCopies from "../../LocalCopies.js"
+import type * as SyncFiles from "../../SyncFiles.js"
+import type * as SyncMetadata from "../../SyncMetadata.js"
+import type * as SyncRemote from "../../SyncRemote.js"
+import type * as Files from "../sqlite/files.js"
+import type * as ConflictLog from "./conflictLog.js"
+import type * as Gates from "./gates.js"
+
+/** @internal */
+export interface EngineOptions {
+  readonly path: string
+  readonly clientName?: string | undefined
+  /** Rounds of reset, pull, replay, push before a push gives up with ConflictError. Default 12. */
+  readonly maxPushRounds?: number | undefined
+  /** First backoff between conflicting push rounds; doubles each round, capped at 2 s. Default 20 ms. */
+  readonly conflictBackoff?: Duration.DurationInput | undefined
+  /** Called before each durable step (crash tests kill the process here; tracing may log). */
+  readonly onStep?: ((step: Step) => Effect.Effect<void>) | undefined
+  /** The conflict policy as a resolver (its environment already provided). Default: last push wins. */
+  readonly conflicts?: ConflictPolicy.Resolver | undefined
+  /** Called for every captured change before it is replayed (its environment already provided). */
+  readonly transform?: ConflictPolicy.Transform | undefined
+  /** Called with the conflicts of every acknowledged push (after they are in the conflict log). */
+  readonly onConflicts?: ((entries: ReadonlyArray<ConflictPolicy.Entry>) => Effect.Effect<void>) | undefined
+}
+
+/**
+ * The points between durable steps, in the order a sync meets them.
+ *
+ * @internal
+ */
+export const steps = [
+  "pull:framesWritten",
+  "pull:metadataWritten",
+  "roll:materialized",
+  "roll:flagged",
+  "replay:done",
+  "push:beforeSend",
+  "push:answered",
+  "copy:materialized",
+  "copy:flagged",
+  "copy:draftClosed",
+  "copy:renamed",
+  "reset:before"
+] as const
+
+/** @internal */
+export type Step = typeof steps[number]
+
+/** @internal */
+export type Paths = ReturnType<typeof LocalCopies.files>
+
+/** Bytes of frames and bases that crossed the network, for `stats`. */
+export interface Traffic {
+  readonly sent: number
+  readonly received: number
+}
+
+/** Where Synced's WAL stands at the synced frame (header, running checksum), for one generation. */
+export interface SyncedPrefix {
+  readonly generation: number
+  readonly state: Files.WalState
+}
+
+/** What opening (bootstrap or recovery) needs, before the metadata is known. */
+export interface Opening {
+  readonly options: EngineOptions
+  readonly paths: Paths
+  readonly remote: SyncRemote.Service
+  readonly metadataStore: SyncMetadata.Service
+  readonly traffic: Ref.Ref<Traffic>
+}
+
+/** @internal */
+export interface State extends Opening {
+  readonly draft: LocalCopies.Copy
+  readonly synced: LocalCopies.Copy
+  /** The file service the engine was built with (tests inject faults through it), if any. */
+  readonly fileService: Option.Option<SyncFiles.Service>
+  readonly metadata: SynchronizedRef.SynchronizedRef<SyncMetadata.Metadata>
+  readonly clientId: string
+  readonly step: (step: Step) => Effect.Effect<void>
+  readonly maxRounds: number
+  readonly backoff: Duration.Duration
+  readonly resolve: ConflictPolicy.Resolver
+  readonly conflictLog: ReturnType<typeof ConflictLog.make>
+  /** The conflicts of the last replay in push mode; logged once its push is acknowledged. */
+  readonly pushConflicts: Ref.Ref<ReadonlyArray<ConflictPolicy.Entry>>
+  /** Synced's WAL at the synced frame, so pushes and pulls read and validate only the frames after it. */
+  readonly syncedPrefix: Ref.Ref<SyncedPrefix | undefined>
+  readonly gates: Gates.Gates
+  /** Push, pull and sync never run two at a time (invariant 5). */
+  readonly syncLock: Effect.Semaphore
+  readonly lastWriteBlockedMs: Ref.Ref<Option.Option<number>>
+}
+
+/** Replaces the metadata, durably, then in memory. */
+export const updateMetadata = (state: State, f: (m: SyncMetadata.Metadata) => SyncMetadata.Metadata) =>
+  SynchronizedRef.updateEffect(state.metadata, (m) => {
+    const next = f(m)
+    return Effect.as(state.metadataStore.write(next), next)
+  })
+
+/** The metadata without the push whose outcome was unknown (it is settled now). */
+export const withoutTransfer = (m: SyncMetadata.Metadata): SyncMetadata.Metadata => {
+  const { transferredChangeId: _, ...rest } = m
+  return rest
+}
+
+/** Runs `effect` with `copy`'s SqlClient. */
+export const on = <A, E, R>(copy: LocalCopies.Copy, effect: Effect.Effect<A, E, R>) =>
+  Effect.flatMap(copy.client, (client) => Effect.provideService(effect, SqlClient.SqlClient, client)).pipe(
+    // A caller inside another client's transaction (SyncDatabase.layerSqlClient's withTransaction) must
+    // not make this copy's client join that connection: @effect/sql's transaction tag is shared.
+    Effect.mapInputContext((context: Context.Context<Exclude<R, SqlClient.SqlClient>>) =>
+      Context.omit(SqlClient.TransactionConnection)(context) as Context.Context<Exclude<R, SqlClient.SqlClient>>)
+  )

@@ -1,0 +1,50 @@
+/**
+ * Synced's WAL around the synced frame (invariant 1): where it stands at that frame, the frames beyond it
+ * (a local replay waiting to be pushed), and cutting it back there.
+ *
+ * @internal
+ */
+import * as Effect from "effect/Effect"
+import * as Ref from "effect/Ref"
+import * as SynchronizedRef from "effect/SynchronizedRef"
+import * as WalFrame from "../../WalFrame.js"
+import * as Files from "../sqlite/files.js"
+import type { State } from "./state.js"
+
+/**
+ * Synced's WAL state at the synced frame (header, running checksum), validated once per process and
+ * generation and then cached, so that pushes and pulls read only the frames after it.
+ */
+export const prefixAtSyncedFrame = (state: State) =>
+  Effect.gen(function*() {
+    const m = yield* SynchronizedRef.get(state.metadata)
+    if (m.syncedFrame === 0) return undefined
+    const cached = yield* Ref.get(state.syncedPrefix)
+    if (cached !== undefined && cached.generation === m.generation && cached.state.frames === m.syncedFrame) {
+      return cached.state
+    }
+    const prefix = yield* Files.prefixState(state.paths.synced, m.syncedFrame)
+    if (prefix !== undefined) yield* Ref.set(state.syncedPrefix, { generation: m.generation, state: prefix })
+    return prefix
+  })
+
+/** Synced's committed frames beyond the synced frame (local replays waiting to be pushed). */
+export const syncedTail = (state: State) =>
+  Effect.flatMap(prefixAtSyncedFrame(state), (prefix) => Files.readWalTail(state.paths.synced, prefix))
+
+/** Cuts Synced's WAL back to the synced frame if it is longer (invariant 1); Synced is closed meanwhile. */
+export const cutToSyncedFrame = (state: State) =>
+  Effect.gen(function*() {
+    const { syncedFrame } = yield* SynchronizedRef.get(state.metadata)
+    const size = yield* Files.fileSize(Files.walPath(state.paths.synced))
+    if (size > WalFrame.walSize(syncedFrame)) {
+      yield* state.synced.withClosed(Files.truncateWal(state.paths.synced, syncedFrame))
+    }
+  })
+
+/** Step 2d: cut Synced's WAL back to the synced frame, dropping the frames of the local replay. */
+export const resetSyncedWal = Effect.fn("Engine.resetSyncedWal")(function*(state: State) {
+  const { syncedFrame } = yield* SynchronizedRef.get(state.metadata)
+  yield* state.step("reset:before")
+  yield* state.synced.withClosed(Files.truncateWal(state.paths.synced, syncedFrame))
+})
