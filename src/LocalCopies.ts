@@ -154,7 +154,11 @@ export const files = (path: string) => ({
   synced: `${path}-synced`,
   info: `${path}-info`,
   draftNew: `${path}-draft.new`,
-  syncedNext: `${path}-synced.next`
+  syncedNext: `${path}-synced.next`,
+  /** A copy step's fresh WAL for Draft, renamed over `<path>-draft-wal`. */
+  draftWalNext: `${path}-draft-wal.next`,
+  /** A fold's rest of Synced's WAL, renamed over `<path>-synced-wal`. */
+  syncedWalNext: `${path}-synced-wal.next`
 })
 
 /**

@@ -31,10 +31,10 @@ import type * as SyncError from "../../SyncError.js"
 import * as SyncFiles from "../../SyncFiles.js"
 import * as SyncMetadata from "../../SyncMetadata.js"
 import * as SyncRemote from "../../SyncRemote.js"
-import type * as Files from "../sqlite/files.js"
 import { bootstrap } from "./bootstrap.js"
 import * as ConflictLog from "./conflictLog.js"
 import * as Copy from "./copy.js"
+import * as Fold from "./fold.js"
 import * as Gates from "./gates.js"
 import * as Local from "./local.js"
 import * as Pull from "./pull.js"
@@ -65,7 +65,11 @@ const pushRounds = Effect.fn("Engine.push")(
       const replay = yield* Replay.replayDraftOntoSynced(state, "push", progress) /* 1b */
       if (replay.replayed === 0) return false
       const outcome = yield* Push.pushSyncedFrames(state, replay.lastChangeId) /* 1c */
-      if (outcome !== "Conflict") return true
+      if (outcome !== "Conflict") {
+        yield* Fold.foldSynced(state)
+        yield* Fold.maybeFoldDraft(state)
+        return true
+      }
       yield* Push.backoff(state, round)
     }
     return yield* Push.retriesExhausted(state)
@@ -73,25 +77,35 @@ const pushRounds = Effect.fn("Engine.push")(
   (effect, state) => Effect.onError(effect, () => Effect.ignore(resetSyncedWal(state)))
 )
 
-/** Steps 2b and 2c, under the write gate: local changes onto Synced, then Synced over Draft. */
-const replayAndCopy = (state: State, progress: number, prefix: Files.WalState | undefined) =>
+/**
+ * Steps 2b and 2c, under the write gate: local changes onto Synced, then Synced's pages over Draft's; then
+ * Draft's WAL is folded so that its file catches up with the copy and the next copy again writes only what
+ * changed after this one.
+ */
+const replayAndCopy = (state: State, progress: number) =>
   Effect.gen(function*() {
     const started = Date.now()
+    yield* Fold.finishDraftFold(state)
     yield* Replay.replayDraftOntoSynced(state, "pull", progress) /* 2b */
-    yield* Copy.copySyncedOverDraft(state, prefix) /* 2c */
+    yield* Copy.copySyncedOverDraft(state) /* 2c */
+    yield* Fold.foldDraft(state, true)
     yield* Ref.set(state.lastWriteBlockedMs, Option.some(Date.now() - started))
   })
 
-/** Pull: 2a, then (unless Draft is already a copy of Synced as it stands) 2b, 2c, 2d. */
+/** Pull: 2a, then (unless Draft is already a copy of Synced as it stands) 2b, 2c, 2d; then Synced's fold. */
 const pullSteps = Effect.fn("Engine.pull")(function*(state: State) {
   const arrived = yield* Pull.pullRemoteIntoSynced(state) /* 2a */
   const progress = yield* Pull.settleProgress(state)
-  if (yield* Copy.draftIsCurrent(state)) return arrived
-  const prefix = yield* Copy.prepareDraftCopy(state) /* 2c, first part */
-  yield* Gates.holdingWrites(state.gates, replayAndCopy(state, progress, prefix)).pipe(
+  if (yield* Copy.draftIsCurrent(state)) {
+    yield* Fold.foldSynced(state)
+    yield* Fold.maybeFoldDraft(state)
+    return arrived
+  }
+  yield* Gates.holdingWrites(state.gates, replayAndCopy(state, progress)).pipe(
     Effect.onError(() => Effect.ignore(resetSyncedWal(state)))
   )
   yield* resetSyncedWal(state) /* 2d */
+  yield* Fold.foldSynced(state)
   return true
 })
 
@@ -134,10 +148,13 @@ const open = (options: EngineOptions) =>
       syncedPrefix: yield* Ref.make<SyncedPrefix | undefined>(undefined),
       gates: yield* Gates.make,
       syncLock: yield* Effect.makeSemaphore(1),
-      lastWriteBlockedMs: yield* Ref.make(Option.none<number>())
+      lastWriteBlockedMs: yield* Ref.make(Option.none<number>()),
+      maxWalFrames: Math.max(1, options.maxWalFrames ?? 1000)
     }
     yield* state.synced.open
     yield* Copy.openDraft(state)
+    // A Draft fold the metadata flags is finished; a Draft WAL that outgrew its bound is folded.
+    yield* Fold.foldDraft(state, false)
     return state
   })
 

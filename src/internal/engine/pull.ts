@@ -15,7 +15,8 @@ import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
 import { sqlStatementError } from "./errors.js"
 import { finishFlaggedRoll, rollSynced } from "./roll.js"
-import { on, type State, updateMetadata, withoutTransfer } from "./state.js"
+import { finishFlaggedFold, foldSynced } from "./fold.js"
+import { on, type State, updateMetadata, walFrames, withoutTransfer } from "./state.js"
 import { cutToSyncedFrame, prefixAtSyncedFrame } from "./syncedWal.js"
 
 /** Frames held in memory during a pull before they are written into Synced's WAL. */
@@ -34,9 +35,12 @@ const flush = (state: State, cursor: Cursor) =>
   Effect.gen(function*() {
     const committed = WalFrame.committedLength(cursor.buffer)
     if (committed === 0) return
-    const prefix = cursor.frame === 0 ? undefined : yield* prefixAtSyncedFrame(state)
+    // Synced's WAL holds the synced frames after the folded ones: frame n of the generation is WAL frame
+    // n - foldedFrame.
+    const inWal = walFrames(yield* SynchronizedRef.get(state.metadata))
+    const prefix = inWal === 0 ? undefined : yield* prefixAtSyncedFrame(state)
     yield* state.synced.close
-    const wal = yield* Files.appendWal(state.paths.synced, cursor.frame, cursor.buffer.slice(0, committed), prefix)
+    const wal = yield* Files.appendWal(state.paths.synced, inWal, cursor.buffer.slice(0, committed), prefix)
     const generation = cursor.generation
     yield* Ref.set(state.syncedPrefix, { generation, state: wal })
     yield* state.step("pull:framesWritten")
@@ -46,6 +50,8 @@ const flush = (state: State, cursor: Cursor) =>
     yield* updateMetadata(state, (m) => ({ ...m, generation, syncedFrame: at }))
     yield* state.step("pull:metadataWritten")
     cursor.changed = true
+    // A long catch-up never holds more than the bound in the WAL.
+    yield* foldSynced(state)
   })
 
 /** Buffers the frames of one answer, flushing when the buffer is large. */
@@ -91,6 +97,7 @@ const pullFrames = (state: State, cursor: Cursor) =>
  */
 export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(function*(state: State) {
   yield* finishFlaggedRoll(state)
+  yield* finishFlaggedFold(state)
   yield* cutToSyncedFrame(state)
   const m = yield* SynchronizedRef.get(state.metadata)
   const cursor: Cursor = { generation: m.generation, frame: m.syncedFrame, buffer: [], changed: false }
