@@ -27,7 +27,7 @@ import * as Scheduler from "effect/Scheduler"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as ConflictPolicy from "../../ConflictPolicy.js"
 import * as LocalCopies from "../../LocalCopies.js"
-import type * as SyncError from "../../SyncError.js"
+import * as SyncError from "../../SyncError.js"
 import * as SyncFiles from "../../SyncFiles.js"
 import * as SyncMetadata from "../../SyncMetadata.js"
 import * as SyncRemote from "../../SyncRemote.js"
@@ -155,6 +155,23 @@ const open = (options: EngineOptions) =>
     yield* Copy.openDraft(state)
     // A Draft fold the metadata flags is finished; a Draft WAL that outgrew its bound is folded.
     yield* Fold.foldDraft(state, false)
+    if ((options.bootstrap ?? "head") === "head" && initial.lastPullAt === undefined) {
+      // A new local database opens with the remote's current state: the frames after its base come now.
+      // If that fails the first time the open fails (its files stay, with the base); a later open of a
+      // database that never pulled tries again but opens whatever happens (it may be offline).
+      const catchUp = exclusive(state, pullSteps(state)).pipe(
+        Effect.mapError((cause) =>
+          new SyncError.BootstrapError({
+            reason: cause._tag === "StorageError" ? "Storage" : "Remote",
+            message: `cannot bring the remote's current state: ${cause.message}`,
+            cause
+          })
+        )
+      )
+      yield* Option.isNone(stored)
+        ? catchUp
+        : Effect.catchAll(catchUp, (error) => Effect.logWarning("cannot bring the remote's state on open", error))
+    }
     return state
   })
 
