@@ -81,7 +81,7 @@ export const Metadata = Schema.Struct({
   transferredChangeId: Schema.optional(Schema.Int),
   /** Which copy serves reads. "synced" only while the draft copy is being replaced. */
   activeCopy: Schema.Literal("draft", "synced"),
-  /** `<path>-draft.new` is complete and must replace the draft copy (redone on open). */
+  /** `<path>-draft-wal.next` is complete and must replace the draft copy's WAL (redone on open). */
   copyInProgress: Schema.Boolean,
   /** `<path>-synced.next` is the base of `generation` and must replace the synced copy (redone on open). */
   rollInProgress: Schema.Boolean,

@@ -4,14 +4,16 @@
  * function of the engine's state in a file of its own (docs/architecture.md has the table).
  *
  * Invariants (every step keeps them; recovery on open restores them after a crash):
- * 1. At rest, Synced = the remote's base of `generation` (its database file) + exactly the remote's frames
- *    1..`syncedFrame` (its WAL). Frames beyond `syncedFrame` exist only inside a push or a pull and are cut
- *    off by the next step (a) or on open.
+ * 1. At rest, Synced = generation `generation` at frame `foldedFrame` (its database file) + exactly the
+ *    remote's frames `foldedFrame+1..syncedFrame` (its WAL, at most `maxWalFrames` of them after a fold).
+ *    Frames beyond `syncedFrame` exist only inside a push or a pull and are cut off by the next step (a) or
+ *    on open.
  * 2. Every change in Draft's change log with an id above the remote's progress row for this client
  *    (`_sync_progress`, read from Synced after a pull) is not yet on the remote; every one at or below it is,
  *    exactly once: the progress row is written in the same remote transaction as the replayed changes.
- * 3. Draft is replaced only by a complete, fsynced copy of Synced (`<path>-draft.new`, renamed over it);
- *    metadata says when a copy is under way, and open finishes it.
+ * 3. Draft's file equals Synced at `draftPages.fileBase` except on `draftPages.filePages`; a pull changes
+ *    Draft only by a complete, fsynced copy transaction (`<path>-draft-wal.next`, renamed over Draft's WAL);
+ *    metadata says when a copy or a fold is under way, and open finishes it.
  * 4. Writes never reach Draft while it is being replaced (the copy holds every write permit); reads never
  *    see a half-replaced Draft (they are served by Synced meanwhile, which holds the same rows).
  * 5. Push, pull and sync never run two at a time; Synced is only touched by them (and by reads during 2c).
