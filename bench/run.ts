@@ -2,7 +2,7 @@
  * `npm run bench` — the client engine measured in one run against a real server process (the
  * `effect-sqlite-sync serve` binary, embedded SQLite store, default quick_check) on loopback.
  *
- *   npx tsx bench/run.ts [--rows 10000] [--sizes 1,10,64,100] [--changed 100] [--updates 3000]
+ *   npx tsx bench/run.ts [--rows 10000] [--sizes 1,10,64,100] [--changed 100] [--updates 3000] [--push-rows 20000,100000]
  *
  * Rows: (id INTEGER PRIMARY KEY, name TEXT, value REAL, payload TEXT of 100 chars). Every figure is one
  * measurement (the baseline: the median of 5), reported as a ratio to the baseline: a raw better-sqlite3
@@ -21,6 +21,9 @@ import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as ChangeCapture from "../src/ChangeCapture.js"
+import * as Executor from "../src/internal/sqlite/executor.js"
 import * as SyncDatabase from "../src/SyncDatabase.js"
 import * as SyncRemote from "../src/SyncRemote.js"
 import * as WalFrame from "../src/WalFrame.js"
@@ -33,6 +36,7 @@ const ROWS = Number(flag("rows", "10000"))
 const SIZES_MB = flag("sizes", "1,10,64,100").split(",").map(Number)
 const UPDATES = Number(flag("updates", "3000"))
 const CHANGED = Number(flag("changed", "100"))
+const PUSH_ROWS = flag("push-rows", "20000,100000").split(",").filter((n) => n !== "").map(Number)
 
 const BIN = NodePath.resolve(import.meta.dirname, "..", "bin", "effect-sqlite-sync.js")
 const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-bench-"))
@@ -264,6 +268,64 @@ const main = async () => {
     })
     lines.push({ what: `libsql: fresh replica bootstrap + pull of ${ROWS} rows`, ms: libPullMs })
     libA.close()
+
+    // 7. capture overhead alone: raw better-sqlite3 statements on a file with the capture triggers installed
+    // (through the engine's own connection) against the same statements without them.
+    const captureRaw = async (name: string, withCapture: boolean) => {
+      const scopeC = Effect.runSync(Scope.make())
+      const client = await Effect.runPromise(Scope.extend(Executor.makeClient({ filename: NodePath.join(work, name) }), scopeC))
+      await Effect.runPromise(client.unsafe(CREATE).raw)
+      if (withCapture) await Effect.runPromise(Effect.provideService(ChangeCapture.install, SqlClient.SqlClient, client))
+      const db = Executor.handleOf(client)!
+      const insert = db.prepare(INSERT)
+      const [txMs] = await time(() => db.transaction(() => { for (let i = 1; i <= ROWS; i++) insert.run(...row(i)) })())
+      db.exec("DELETE FROM items")
+      const [eachMs] = await time(() => { for (let i = 1; i <= ROWS; i++) insert.run(...row(i)) })
+      await Effect.runPromise(Scope.close(scopeC, Exit.void))
+      return { txMs, eachMs }
+    }
+    const plainRaw = await captureRaw("capture-off.db", false)
+    const captured = await captureRaw("capture-on.db", true)
+    lines.push({ what: `capture overhead: ${ROWS} raw inserts in one transaction, triggers on`, ms: captured.txMs, note: `${(captured.txMs / plainRaw.txMs).toFixed(2)}x the same without triggers (${plainRaw.txMs.toFixed(1)} ms)` })
+    lines.push({ what: `capture overhead: ${ROWS} raw inserts, one transaction each, triggers on`, ms: captured.eachMs, note: `${(captured.eachMs / plainRaw.eachMs).toFixed(2)}x the same without triggers (${plainRaw.eachMs.toFixed(1)} ms)` })
+    lines.push({ what: `execute vs raw, one transaction each`, ms: perRowMs, note: `${(perRowMs / autoMs).toFixed(2)}x raw better-sqlite3 doing the same` })
+    lines.push({ what: `execute vs raw, ${ROWS} rows in one statement`, ms: bulkMs, note: `${(bulkMs / baseline).toFixed(2)}x raw (one transaction of prepared inserts)` })
+
+    // 8. push of N captured rows (inserts, updates of one column, deletes), each against a raw insert of the same
+    // rows in one transaction and the libSQL client's push of the same change on the same server.
+    for (const n of PUSH_ROWS) {
+      const rawN = new BetterSqlite3(NodePath.join(work, `raw-n-${n}.db`))
+      rawN.pragma("journal_mode = WAL")
+      rawN.exec(CREATE)
+      const insertN = rawN.prepare(INSERT)
+      const [rawMs] = await time(() => rawN.transaction(() => { for (let i = 1; i <= n; i++) insertN.run(...row(i)) })())
+      rawN.close()
+      lines.push({ what: `raw: ${n} rows inserted in one transaction (reference of the next rows)`, ms: rawMs })
+      const ours = await open(`push-${n}`, `push-${n}`)
+      await run(ours.execute(CREATE))
+      await run(ours.push)
+      const lib = new Database(NodePath.join(work, `libsql-${n}.db`), { syncUrl: `${server.url}/db/libsql-${n}`, offline: true } as Database.Options)
+      lib.exec(CREATE)
+      lib.sync()
+      const bulkN = `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${n}) ` +
+        "INSERT INTO items SELECT i, 'name-' || i, i * 0.5, substr(replace(hex(zeroblob(100)), '0', 'x'), 1, 100 - length(i)) || i FROM n"
+      for (const [kind, statement] of [["inserts", bulkN], ["updates of one column", "UPDATE items SET value = value + 1"], ["deletes", "DELETE FROM items"]] as const) {
+        await run(ours.execute(statement))
+        const memoryBefore = process.memoryUsage().rss
+        let peak = memoryBefore
+        const sampler = setInterval(() => { peak = Math.max(peak, process.memoryUsage().rss) }, 5)
+        const [oursMs] = await time(() => run(ours.push))
+        clearInterval(sampler)
+        lib.exec(statement)
+        const [libMs] = await time(() => lib.sync())
+        lines.push({
+          what: `push of ${n} ${kind}`,
+          ms: oursMs,
+          note: `${(oursMs / rawMs).toFixed(1)}x raw, ${(oursMs / libMs).toFixed(2)}x libsql (${libMs.toFixed(0)} ms); rss ${(memoryBefore / 1e6).toFixed(0)} -> peak ${(peak / 1e6).toFixed(0)} MB`
+        })
+      }
+      lib.close()
+    }
 
     const table = lines.map((l) => ({
       measurement: l.what,

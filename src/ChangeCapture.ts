@@ -88,7 +88,7 @@ export {
  * @since 0.1.0
  * @category capture
  */
-export const install: Effect.Effect<void, SqlError, SqlClient.SqlClient> = internal.install
+export const install: Effect.Effect<void, SqlError | CaptureError, SqlClient.SqlClient> = internal.install
 
 /**
  * Runs `effect` as ONE local transaction whose change rows share a fresh transaction id. Nested calls join
@@ -114,7 +114,12 @@ export const transaction: <A, E, R>(
 export interface ExecuteResult {
   /** Rows of a statement that returns rows (SELECT, RETURNING), else empty. */
   readonly rows: ReadonlyArray<Record<string, unknown>>
+  /** Rows inserted, updated or deleted by the statement (SQLite's `changes()`). */
   readonly changes: number
+  /**
+   * The rowid of the last row this statement inserted, as SQLite reports it; 0 when it inserted none
+   * (`CREATE`, `UPDATE`, `DELETE`, an `INSERT OR IGNORE` that ignored its row).
+   */
   readonly lastInsertRowid: number | bigint
 }
 
@@ -142,7 +147,7 @@ export const execute: (
  * @since 0.1.0
  * @category capture
  */
-export const ensureChangeIdsAbove: (floor: number) => Effect.Effect<void, SqlError, SqlClient.SqlClient> =
+export const ensureChangeIdsAbove: (floor: number) => Effect.Effect<void, SqlError | CaptureError, SqlClient.SqlClient> =
   internal.ensureChangeIdsAbove
 
 /**

@@ -16,7 +16,7 @@
  *
  * Every data change passes through one pure decision point, {@link decide}: given the change and the row
  * the target holds now (read by key), it returns what to do and which conflict it saw (RowChanged,
- * RowMissing, KeyExists; reported in {@link ApplyResult}). The default is the seed's "last push wins": an
+ * RowMissing, KeyExists; reported in {@link ApplyResult}). The default is "last push wins": an
  * update of a row deleted remotely re-creates it, a delete of a missing row is skipped; the `decide` option
  * replaces it (ConflictPolicy builds one per policy).
  *

@@ -5,6 +5,7 @@
  * @since 0.1.0
  */
 import * as Args from "@effect/cli/Args"
+import type * as CliApp from "@effect/cli/CliApp"
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
 import * as ValidationError from "@effect/cli/ValidationError"
@@ -20,8 +21,13 @@ import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as CliCommands from "./internal/cli/cli.js"
+import * as Listen from "./internal/cli/listen.js"
 import * as ServerStore from "./ServerStore.js"
 import * as SyncServer from "./SyncServer.js"
+
+/** Prints `error: message` on stderr and fails with the exit status 1, without a stack trace. */
+const reported = (message: string) =>
+  Effect.zipRight(Console.error(`error: ${message}`), Effect.fail(new CliCommands.ReportedFailure({ error: message })))
 
 // Printed here because @effect/cli prints only the errors of its own parsing.
 const invalid = (message: string) =>
@@ -50,16 +56,20 @@ export const serve = Command.make(
   {
     host: Options.text("host").pipe(Options.withDefault("127.0.0.1"), Options.withDescription("address to listen on")),
     port: Options.integer("port").pipe(
+      Options.withFallbackConfig(Config.integer("PORT")),
       Options.withDefault(8080),
-      Options.withDescription("port to listen on (0 picks a free one)")
+      Options.withDescription("port to listen on, 0 picks a free one (env PORT)")
     ),
     data: Options.text("data").pipe(
       Options.withDefault("./data"),
       Options.withDescription("directory holding the databases")
     ),
     authToken: Options.redacted("auth-token").pipe(
+      Options.withFallbackConfig(Config.redacted("EFFECT_SQLITE_SYNC_AUTH_TOKEN")),
       Options.optional,
-      Options.withDescription("require 'Authorization: Bearer <token>' on every request")
+      Options.withDescription(
+        "require 'Authorization: Bearer <token>' on every request (env EFFECT_SQLITE_SYNC_AUTH_TOKEN, which keeps it out of ps)"
+      )
     ),
     generationFrames: Options.integer("generation-frames").pipe(
       Options.optional,
@@ -125,16 +135,26 @@ export const serve = Command.make(
           })
         )
       )
+      // Before the store creates the data directory: a busy port leaves nothing behind.
+      const cannotListen = (error: unknown) =>
+        reported(Listen.describeListenError(options.host, options.port, error))
+      if (options.port !== 0) yield* Effect.catchAll(Listen.probe(options.host, options.port), cannotListen)
       yield* Effect.gen(function*() {
         const url = yield* SyncServer.baseUrl
         yield* Console.log(`Listening on ${url}`)
         return yield* Effect.never
-      }).pipe(Effect.provide(server))
+      }).pipe(
+        Effect.provide(server),
+        Effect.catchTags({
+          ServeError: (error) => cannotListen(error.cause),
+          StoreError: (error) => reported(error.message)
+        })
+      )
     }).pipe(Effect.provide(layerLogger(options.logFormat)))
 ).pipe(Command.withDescription("Serve the WAL-frame sync protocol over HTTP (databases at /db/NAME)"))
 
 // ---------------------------------------------------------------------------------------------------------
-// local-database subcommands (issue 5): bodies in internal/cli.ts
+// local-database subcommands: bodies in internal/cli/cli.ts
 // ---------------------------------------------------------------------------------------------------------
 
 const localOptions = (url: "required" | "optional") => ({
@@ -244,13 +264,14 @@ export const query = Command.make(
 ).pipe(Command.withDescription("Print the rows of one statement on the local database (a JSON array with --json)"))
 
 /**
- * `effect-sqlite-sync conflicts --db PATH`: the local conflict log (empty until the engine keeps one).
+ * `effect-sqlite-sync conflicts --db PATH`: the local conflict log, the last 1000 conflicts this replica's
+ * acknowledged pushes settled.
  *
  * @since 0.1.0
  * @category commands
  */
 export const conflicts = Command.make("conflicts", localOptions("optional"), CliCommands.conflicts).pipe(
-  Command.withDescription("List recorded sync conflicts (the conflict log arrives with issue 4; empty until then)")
+  Command.withDescription("List the conflicts this replica's pushes settled (the last 1000), with both sides of each row")
 )
 
 /**
@@ -288,4 +309,20 @@ export const teardown: Runtime.Teardown = (exit, onExit) => {
  * @since 0.1.0
  * @category running
  */
-export const run = Command.run(command, { name: "effect-sqlite-sync", version: "0.1.0" })
+export const run = (
+  args: ReadonlyArray<string>
+): Effect.Effect<void, CliCommands.ReportedFailure | ValidationError.ValidationError, CliApp.CliApp.Environment> =>
+  Console.consoleWith((console) =>
+    Effect.withConsole(
+      runCommand(args),
+      CliCommands.plainConsole(console, {
+        stdout: colours(process.stdout.isTTY === true),
+        stderr: colours(process.stderr.isTTY === true)
+      })
+    )
+  )
+
+const runCommand = Command.run(command, { name: "effect-sqlite-sync", version: "0.1.0" })
+
+/** ANSI colours only on a terminal, and never with NO_COLOR set (https://no-color.org). */
+const colours = (tty: boolean) => tty && (process.env.NO_COLOR ?? "") === ""

@@ -1,10 +1,12 @@
 /**
- * The client's two SQLite copies of the database (the seed's design):
+ * The client's two SQLite copies of the database:
  * - `Draft` (`<path>-draft`): takes every local write, with change capture installed on its connection;
  * - `Synced` (`<path>-synced`): the remote's base of the synced generation plus exactly the remote's
  *   frames in its WAL; local changes are replayed onto it to make the frames a push sends.
  *
- * Each is a `SqliteClient` from `SqliteClient.make` under its own tag (never the shared `SqlClient` tag),
+ * Each is an @effect/sql `SqlClient` on a better-sqlite3 connection the engine opens itself (so that replay
+ * and capture can run prepared statements on the handle without Effect work per row), under its own tag
+ * (never the shared `SqlClient` tag),
  * opened and reopened through scopes because the engine replaces their files. Both run with
  * `wal_autocheckpoint=0` and are closed without checkpointing: a read-only connection is opened and
  * queried before the writer closes and is closed last, so the WAL keeps every frame until the engine
@@ -12,8 +14,7 @@
  *
  * @since 0.1.0
  */
-import * as Reactivity from "@effect/experimental/Reactivity"
-import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
+import type * as SqlClient from "@effect/sql/SqlClient"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -21,6 +22,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import * as SynchronizedRef from "effect/SynchronizedRef"
+import * as Executor from "./internal/sqlite/executor.js"
 import { StorageError } from "./SyncError.js"
 
 /**
@@ -33,10 +35,10 @@ export interface Copy {
   readonly kind: "draft" | "synced"
   readonly filename: string
   /** The open client. Using a closed copy is an engine bug (a defect). */
-  readonly client: Effect.Effect<SqliteClient.SqliteClient>
+  readonly client: Effect.Effect<SqlClient.SqlClient>
   readonly isOpen: Effect.Effect<boolean>
   /** Opens the file (idempotent). */
-  readonly open: Effect.Effect<SqliteClient.SqliteClient, StorageError>
+  readonly open: Effect.Effect<SqlClient.SqlClient, StorageError>
   /** Closes the connection (idempotent); for Synced without checkpointing its WAL. */
   readonly close: Effect.Effect<void>
   /** Closes, runs `effect` on the files, and reopens whatever happens. */
@@ -56,21 +58,20 @@ export class Draft extends Context.Tag("effect-sqlite-sync/LocalCopies/Draft")<D
 export class Synced extends Context.Tag("effect-sqlite-sync/LocalCopies/Synced")<Synced, Copy>() {}
 
 interface Opened {
-  readonly client: SqliteClient.SqliteClient
+  readonly client: SqlClient.SqlClient
   readonly scope: Scope.CloseableScope
 }
 
 const openClient = (filename: string, readonly: boolean) =>
   Effect.gen(function*() {
     const scope = yield* Scope.make()
-    const client = yield* SqliteClient.make({ filename, readonly }).pipe(
+    const client = yield* Executor.makeClient({ filename, readonly }).pipe(
       Scope.extend(scope),
-      Effect.provide(Reactivity.layer),
-      // better-sqlite3 throws from its constructor; SqliteClient turns that into a defect.
+      // better-sqlite3 throws from its constructor: a defect here, turned into a StorageError.
       Effect.catchAllDefect((cause) =>
         Effect.zipRight(
           Scope.close(scope, Exit.void),
-          Effect.fail(new StorageError({ reason: "Files", message: `cannot open ${filename}: ${String(cause)}`, path: filename, cause }))
+          Effect.fail(new StorageError({ reason: "Files", message: `cannot open ${filename}: ${cause instanceof Error ? cause.message : String(cause)}`, path: filename, cause }))
         )
       )
     )

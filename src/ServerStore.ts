@@ -34,7 +34,7 @@ export interface DatabaseInfo {
  * or the generation is old. `baton` names the session a transaction that is not yet committed continues in.
  * An `Ok` below `end - 1` means "continue from `maxFrameNo + 1`": after a gap it is the head; it can also
  * be below `start - 1` when the server must see an earlier frame again to tell a pusher whose baton
- * session was lost from a newcomer (see `recordAck` in internal/serverCore.ts).
+ * session was lost from a newcomer (see `recordAck` in internal/server/serverCore.ts).
  *
  * @since 0.1.0
  * @category models

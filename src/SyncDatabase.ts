@@ -1,6 +1,6 @@
 /**
  * Local-first SQLite that syncs with a WAL-frame sync server: reads and writes are local; `push` sends
- * local changes, `pull` brings the remote's, `sync` does both. The seed's design: two copies of the
+ * local changes, `pull` brings the remote's, `sync` does both. Two copies of the
  * database (Draft takes writes, Synced mirrors the remote), local changes captured on Draft and replayed
  * onto Synced to make the frames a push sends.
  *
@@ -60,7 +60,12 @@ import * as SyncRemote from "./SyncRemote.js"
  * @category models
  */
 export interface ExecuteResult {
+  /** Rows inserted, updated or deleted by the statement (SQLite's `changes()`). */
   readonly changes: number
+  /**
+   * The rowid of the last row this statement inserted, as SQLite reports it; 0 when it inserted none
+   * (`CREATE`, `UPDATE`, `DELETE`, an `INSERT OR IGNORE` that ignored its row).
+   */
   readonly lastInsertRowid: number | bigint
 }
 
@@ -107,11 +112,11 @@ export interface Service {
     params?: ReadonlyArray<unknown>
   ) => Effect.Effect<ReadonlyArray<Row>, SyncError.SqlStatementError>
   /**
-   * Sends local changes to the remote (the seed's steps 1a–c). The local copy does not show the remote's
-   * changes afterwards; `pull` does. Succeeds with whether anything was pushed.
+   * Sends local changes to the remote: replays them onto the synced copy and pushes the frames that makes,
+   * again after a conflict. The local copy does not show the remote's changes afterwards; `pull` does. Succeeds with whether anything was pushed.
    */
   readonly push: Effect.Effect<boolean, SyncError.SyncError>
-  /** Brings the remote's changes into the local copy, keeping unpushed local changes (steps 2a–d). */
+  /** Brings the remote's changes into the local copy, keeping unpushed local changes. */
   readonly pull: Effect.Effect<boolean, SyncError.SyncError>
   /** `push` then `pull`; succeeds with whether the local copy changed. */
   readonly sync: Effect.Effect<boolean, SyncError.SyncError>
@@ -199,7 +204,7 @@ export interface HttpOptions<R = never> extends Options<R> {
  */
 export const make = <R = never>(options: Options<R>) =>
   Effect.gen(function*() {
-    // Events and status come from outside the engine: its remote is observed, its operations wrapped.
+    // Events and status: the engine tells the observer of frames as they move; its operations are wrapped.
     const instrumentation = yield* SyncEventsInternal.make
     const remote = yield* SyncRemote.SyncRemote
     // The policy's and the transform's services come from the environment the layer is built in.
@@ -213,7 +218,8 @@ export const make = <R = never>(options: Options<R>) =>
       ...(transform === undefined ? {} : {
         transform: (change, current) => Effect.provide(transform(change, current), context)
       }),
-      onConflicts: instrumentation.publishConflicts
+      onConflicts: instrumentation.publishConflicts,
+      observer: instrumentation.observer
     }).pipe(
       Effect.provideService(SyncRemote.SyncRemote, instrumentation.observe(remote))
     )

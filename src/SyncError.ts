@@ -44,7 +44,7 @@ export class ConflictError extends Schema.TaggedError<ConflictError>()("Conflict
   reason: Schema.Literal("RetriesExhausted", "Constraint", "Unresolved"),
   message: Schema.String,
   rounds: Schema.Number,
-  /** Constraint / Unresolved (issue 4): the statement that failed, the local transaction and change. */
+  /** Constraint / Unresolved: the statement that failed, the local transaction and change. */
   statement: Schema.optional(Schema.String),
   txId: Schema.optional(Schema.Number),
   changeId: Schema.optional(Schema.Number),

@@ -18,6 +18,7 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import * as TransportCause from "./internal/remote/transportCause.js"
 import type { PullResult, PushResult } from "./ServerStore.js"
 import * as SyncError from "./SyncError.js"
 import * as SyncProtocol from "./SyncProtocol.js"
@@ -215,7 +216,7 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
     const transport = (request: HttpClientRequest.HttpClientRequest) => (cause: HttpClientError.HttpClientError) =>
       new SyncError.NetworkError({
         reason: "Transport",
-        message: `${request.method} ${request.url}: ${cause.message}`,
+        message: `${request.method} ${request.url}: ${TransportCause.describe(cause)}`,
         cause
       })
 

@@ -172,6 +172,26 @@ describe("ChangeCapture", () => {
       expect((yield* on(a, ChangeCapture.pending(0))).map((c) => c.kind)).toEqual(["ddl", "insert", "insert", "insert"])
     }))
 
+  it.scoped("lastInsertRowid: the statement's last inserted rowid, 0 when it inserted nothing, inside a transaction too", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      const run = (sql: string) =>
+        Effect.map(on(a, ChangeCapture.execute(sql)), (r) => [r.changes, r.lastInsertRowid] as const)
+      expect(yield* run("CREATE TABLE t (id INTEGER PRIMARY KEY, v)")).toEqual([0, 0])
+      expect(yield* run("INSERT INTO t (v) VALUES ('a'), ('b')")).toEqual([2, 2])
+      expect(yield* run("UPDATE t SET v = 'c'")).toEqual([2, 0])
+      expect(yield* run("WITH n(x) AS (SELECT 7) INSERT INTO t (id, v) SELECT x, 'w' FROM n")).toEqual([1, 7])
+      expect(yield* run("DELETE FROM t WHERE id = 1")).toEqual([1, 0])
+      expect(yield* run("INSERT OR IGNORE INTO t (id, v) VALUES (2, 'dup')")).toEqual([0, 0])
+      const inTransaction = yield* on(
+        a,
+        ChangeCapture.transaction(
+          Effect.zip(ChangeCapture.execute("INSERT INTO t (id, v) VALUES (20, 'x')"), ChangeCapture.execute("UPDATE t SET v = 'y'"))
+        )
+      )
+      expect(inTransaction.map((r) => r.lastInsertRowid)).toEqual([20, 0])
+    }))
+
   it.scoped("a rolled-back nested part takes its schema change, its log rows and its triggers with it", () =>
     Effect.gen(function*() {
       const a = yield* open()

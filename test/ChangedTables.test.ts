@@ -18,9 +18,9 @@ import * as WalFrame from "../src/WalFrame.js"
 import * as H from "./support/http.js"
 
 const TOKEN = "changed-tables"
-const TABLES = ["a", "b", "c"] as const
+const TABLES = ["a", "b", "c", "d", "e", "f"] as const
 
-/** A database file with three tables, each with an index, checkpointed; a connection that keeps its WAL. */
+/** A database file with six tables, each with an index, checkpointed; a connection that keeps its WAL. */
 const makeDatabase = () => {
   const dir = H.tempDir("changed")
   const file = Path.join(dir, "db")
@@ -55,19 +55,19 @@ type Op =
 const arbOp: fc.Arbitrary<Op> = fc.oneof(
   fc.record({
     kind: fc.constant("insert" as const),
-    table: fc.integer({ min: 0, max: 2 }),
+    table: fc.integer({ min: 0, max: 5 }),
     count: fc.integer({ min: 1, max: 40 }),
     size: fc.oneof(fc.integer({ min: 1, max: 500 }), fc.integer({ min: 3000, max: 9000 }))
   }),
   fc.record({
     kind: fc.constant("update" as const),
-    table: fc.integer({ min: 0, max: 2 }),
+    table: fc.integer({ min: 0, max: 5 }),
     id: fc.integer({ min: 1, max: 450 }),
     size: fc.oneof(fc.integer({ min: 1, max: 500 }), fc.integer({ min: 3000, max: 9000 }))
   }),
   fc.record({
     kind: fc.constant("delete" as const),
-    table: fc.integer({ min: 0, max: 2 }),
+    table: fc.integer({ min: 0, max: 5 }),
     from: fc.integer({ min: 1, max: 450 }),
     count: fc.integer({ min: 1, max: 120 })
   })
@@ -91,7 +91,7 @@ describe("changedTables.place", () => {
     let narrowed = 0
     try {
       fc.assert(
-        fc.property(fc.array(arbOp, { minLength: 1, maxLength: 4 }), (ops) => {
+        fc.property(fc.array(arbOp, { minLength: 1, maxLength: 3 }), (ops) => {
           const headImage = new Uint8Array(Fs.readFileSync(file))
           const schema = db.prepare<[], ChangedTables.SchemaEntry>(ChangedTables.SCHEMA_QUERY).all()
           const before = TABLES.map((t) => contents(db, t))
@@ -127,7 +127,7 @@ describe("changedTables.place", () => {
       const readHead = (pgno: number) => headImage.subarray((pgno - 1) * WalFrame.PAGE_SIZE, pgno * WalFrame.PAGE_SIZE)
       const schema = db.prepare<[], ChangedTables.SchemaEntry>(ChangedTables.SCHEMA_QUERY).all()
       db.exec("CREATE INDEX a_v ON a (v)")
-      expect(ChangedTables.place(walFrames(file), schema, readHead)._tag).toBe("Full")
+      expect(ChangedTables.place(walFrames(file), schema, readHead)).toMatchObject({ _tag: "Full", schemaChanged: true })
       db.pragma("wal_checkpoint(TRUNCATE)")
       const head2 = new Uint8Array(Fs.readFileSync(file))
       const schema2 = db.prepare<[], ChangedTables.SchemaEntry>(ChangedTables.SCHEMA_QUERY).all()
@@ -142,6 +142,22 @@ describe("changedTables.place", () => {
         commitSize: size + 1
       }]
       expect(ChangedTables.place(stray, schema2, read2)._tag).toBe("Full")
+      // A table that holds most of the database gets the full check: cheaper than quick_check plus its own.
+      db.pragma("wal_checkpoint(TRUNCATE)")
+      db.exec(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) " +
+          "INSERT INTO a (k, v) SELECT hex(randomblob(6)), randomblob(300) FROM n"
+      )
+      db.pragma("wal_checkpoint(TRUNCATE)")
+      const head3 = new Uint8Array(Fs.readFileSync(file))
+      const schema3 = db.prepare<[], ChangedTables.SchemaEntry>(ChangedTables.SCHEMA_QUERY).all()
+      db.exec("INSERT INTO a (k, v) VALUES ('y', randomblob(10))")
+      const read3 = (pgno: number) => head3.subarray((pgno - 1) * WalFrame.PAGE_SIZE, pgno * WalFrame.PAGE_SIZE)
+      expect(ChangedTables.place(walFrames(file), schema3, read3)).toEqual({
+        _tag: "Full",
+        why: "the changed tables hold half the database or more",
+        schemaChanged: false
+      })
       expect(ChangedTables.planOf({ _tag: "Tables", tables: ["b", "c"] })).toEqual([
         "quick_check",
         "integrity_check(\"b\")",
@@ -209,6 +225,8 @@ describe("a commit whose index no longer matches its table", () => {
             const seed = replica.write(
               "CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL, v TEXT NOT NULL); CREATE INDEX t_k ON t (k);" +
                 "CREATE TABLE other (x); INSERT INTO other VALUES (1);" +
+                // Other data, so that t is a minority of the database and its check is narrowed to it.
+                "CREATE TABLE bulk (v TEXT); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600) INSERT INTO bulk SELECT hex(randomblob(120)) FROM n;" +
                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) INSERT INTO t (k, v) SELECT hex(randomblob(8)), hex(randomblob(100)) FROM n;"
             )
             const pushTo = (base: string, start: number, frames: ReadonlyArray<WalFrame.Frame>) =>

@@ -1,9 +1,11 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Fs from "node:fs"
+import * as Net from "node:net"
+import * as NodePath from "node:path"
 import * as WalFrame from "../src/WalFrame.js"
 import * as H from "./support/http.js"
-import { runBin, serverProcess } from "./support/process.js"
+import { freePort, runBin, serverProcess } from "./support/process.js"
 
 const tempData = Effect.acquireRelease(
   Effect.sync(() => H.tempDir("cli")),
@@ -79,6 +81,53 @@ describe("effect-sqlite-sync serve", () => {
       expect(server.stderr()).not.toContain("cli-secret")
       // Stdout is for scripts: the URL line and nothing else (no second, pretty copy of the log lines).
       expect(server.stdout()).toBe(`Listening on ${server.url}\n`)
+    }), 120_000)
+
+  it.scoped("a port in use: one line saying so, exit status 1, no stack trace, and --data is not created", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempData
+      const busy = yield* Effect.acquireRelease(
+        promise(() =>
+          new Promise<Net.Server>((resolve) => {
+            const server = Net.createServer()
+            server.listen(0, "127.0.0.1", () => resolve(server))
+          })
+        ),
+        (server) => promise(() => new Promise<void>((resolve) => server.close(() => resolve())))
+      )
+      const port = (busy.address() as Net.AddressInfo).port
+      const data = NodePath.join(dir, "never-created")
+      const result = yield* promise(() => runBin(["serve", "--host", "127.0.0.1", "--port", String(port), "--data", data]))
+      expect(result.code).toBe(1)
+      expect(result.stdout).toBe("")
+      expect(result.stderr).toBe(`error: port ${port} is in use (on 127.0.0.1); stop the other server or pick another --port\n`)
+      expect(Fs.existsSync(data)).toBe(false)
+    }), 120_000)
+
+  it.scoped("PORT sets the port and EFFECT_SQLITE_SYNC_AUTH_TOKEN the token, neither on the command line", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempData
+      const port = yield* promise(freePort)
+      const server = yield* serverProcess(["--data", dir], {
+        env: { PORT: String(port), EFFECT_SQLITE_SYNC_AUTH_TOKEN: "env-secret" }
+      })
+      expect(server.url).toBe(`http://127.0.0.1:${port}`)
+      expect(server.child.spawnargs.join(" ")).not.toContain("env-secret")
+      expect((yield* promise(() => H.request(server.url, { path: "/db/a/info" }))).status).toBe(401)
+      const ok = yield* promise(() => H.request(server.url, { path: "/db/a/info", headers: H.auth("env-secret") }))
+      expect(H.json(ok)).toEqual({ current_generation: 1, database_id: expect.any(String) })
+    }), 120_000)
+
+  it.live("--help has no colour codes when stdout is not a terminal, and with NO_COLOR", () =>
+    Effect.gen(function*() {
+      const [piped, noColor] = yield* promise(() => Promise.all([runBin(["--help"]), runBin(["serve", "--help"], { NO_COLOR: "1" })]))
+      for (const result of [piped, noColor]) {
+        expect(result.code).toBe(0)
+        expect(result.stdout).toContain("USAGE")
+        expect(result.stdout).not.toContain("\u001b[")
+      }
+      expect(noColor.stdout).toContain("env PORT")
+      expect(noColor.stdout).toContain("EFFECT_SQLITE_SYNC_AUTH_TOKEN")
     }), 120_000)
 
   it.live("invalid options are refused with a non-zero exit code", () =>

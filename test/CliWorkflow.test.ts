@@ -8,7 +8,7 @@ import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
-import { BIN, serverProcess } from "./support/process.js"
+import { BIN, freePort, serverProcess } from "./support/process.js"
 
 interface Run {
   readonly code: number | null
@@ -49,6 +49,8 @@ const tempDir = Effect.acquireRelease(
 )
 
 const filesOf = (dir: string) => Fs.readdirSync(dir).sort()
+
+const ISO_DATE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/
 
 describe("effect-sqlite-sync CLI workflow", () => {
   it.scoped("two local databases converge through exec, push, pull, sync and query", () =>
@@ -139,8 +141,12 @@ describe("effect-sqlite-sync CLI workflow", () => {
       const logged = yield* json(["conflicts", "--db", NodePath.join(dir, "b.db")])
       expect(logged.value.conflicts).toHaveLength(1)
       expect(logged.value.conflicts[0]).toMatchObject({ kind: "RowChanged", table: "items", decision: "Replace" })
+      // Times are ISO dates, in JSON as in the table, as `status` prints its times.
+      expect(logged.value.conflicts[0].at).toMatch(ISO_DATE)
+      expect(new Date(logged.value.conflicts[0].at).getTime()).toBeGreaterThan(Date.now() - 3_600_000)
       const humanLog = yield* cli(["conflicts", "--db", NodePath.join(dir, "b.db")])
       expect(humanLog.stdout).toMatch(/RowChanged\s+items\s+\{"id":"1"\}\s+Replace/)
+      expect(humanLog.stdout).toContain(logged.value.conflicts[0].at)
       const names = yield* Effect.all([
         json(["query", ...a, "SELECT name FROM items WHERE id = 1"]),
         json(["query", ...b, "SELECT name FROM items WHERE id = 1"])
@@ -188,6 +194,59 @@ describe("effect-sqlite-sync CLI workflow", () => {
       yield* json(["pull", "--db", NodePath.join(dir, "b.db"), "--url", `${second.url}/db/down`])
       const rows = yield* json(["query", "--db", NodePath.join(dir, "b.db"), "SELECT * FROM t"])
       expect(rows.value).toEqual([{ id: 1, v: "written offline" }])
+    }), { timeout: 420_000 })
+
+  it.scoped("messages a user reads: lastInsertRowid, query refusing a write, capture refusals, transport causes", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const server = yield* serverProcess(["--data", NodePath.join(dir, "server")])
+      const db = ["--db", NodePath.join(dir, "a.db")]
+      const url = `${server.url}/db/messages`
+
+      // lastInsertRowid is the inserted row's, and 0 after a statement that inserted nothing.
+      const rowids = []
+      for (
+        const sql of [
+          "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)",
+          "INSERT INTO t (v) VALUES ('a'), ('b')",
+          "UPDATE t SET v = 'c' WHERE id = 1",
+          "DELETE FROM t WHERE id = 2",
+          "INSERT OR IGNORE INTO t (id, v) VALUES (1, 'again')",
+          "CREATE INDEX t_v ON t (v)",
+          "INSERT INTO t (id, v) VALUES (40, 'd')"
+        ]
+      ) {
+        const run = yield* json(["exec", ...db, "--url", url, sql])
+        rowids.push([run.value.changes, run.value.lastInsertRowid])
+      }
+      expect(rowids).toEqual([[0, 0], [2, 2], [1, 0], [1, 0], [0, 0], [0, 0], [1, 40]])
+      const human = yield* cli(["exec", ...db, "UPDATE t SET v = 'e'"])
+      expect(human.stdout).toBe("ok: 2 rows changed, last insert rowid 0\n")
+
+      // query refuses a write and names the command that runs it.
+      const write = yield* cli(["query", ...db, "DELETE FROM t"])
+      expect(write.code).toBe(1)
+      expect(write.stderr).toContain("run writes with `effect-sqlite-sync exec`")
+      expect(write.stderr).not.toContain("use execute")
+
+      // A statement change capture refuses: the reason, without an error class name in front of it.
+      const virtual = yield* cli(["exec", ...db, "CREATE VIRTUAL TABLE v USING fts5(x)"])
+      expect(virtual.code).toBe(1)
+      expect(virtual.stderr).toMatch(/^error: SqlStatementError \(Statement\): virtual tables cannot be captured/)
+      expect(virtual.stderr).not.toMatch(/CaptureError|Error:/)
+
+      // Transport failures name their cause, once each, with the URL once.
+      const closedPort = yield* Effect.promise(freePort)
+      const refused = yield* cli(["push", ...db, "--url", `http://127.0.0.1:${closedPort}/db/messages`, "--retries", "0"])
+      const tls = yield* cli(["push", ...db, "--url", url.replace("http://", "https://"), "--retries", "0"])
+      expect(refused.code).toBe(1)
+      expect(tls.code).toBe(1)
+      expect(refused.stderr).toContain("connection refused")
+      expect(tls.stderr).toContain("TLS handshake failed: the server does not speak https")
+      for (const [run, target] of [[refused, `127.0.0.1:${closedPort}`], [tls, url.replace("http://", "https://")]] as const) {
+        expect(run.stderr.split(target).length - 1, run.stderr).toBe(1)
+        expect(run.stderr).not.toContain("Transport error (")
+      }
     }), { timeout: 420_000 })
 
   it.scoped("exit status 2 on bad usage, with a message on stderr, nothing on stdout and no file created", () =>

@@ -1,7 +1,7 @@
 /**
- * The shape of src/: no import cycles, and each package entry loads only its part. Imports are read with
- * the TypeScript parser; type-only imports and exports are left out, since they are erased and load
- * nothing at run time.
+ * The shape of src/: no import cycles, each package entry loads only its part, and the engine's steps stay
+ * short enough to read. Imports are read with the TypeScript parser; type-only imports and exports are left
+ * out, since they are erased and load nothing at run time.
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Fs from "node:fs"
@@ -158,5 +158,24 @@ describe("src layout", () => {
       expect(files.filter((f) => f.startsWith("src/internal/cli/") || f === "src/Cli.ts")).toEqual([])
       expect(packages.filter((p) => p.startsWith("@effect/cli"))).toEqual([])
     }
+  })
+
+  it("no function of the engine is longer than 80 lines", () => {
+    const lengths: Array<readonly [string, number]> = []
+    const dir = NodePath.join(SRC, "internal", "engine")
+    for (const file of sourceFiles(dir)) {
+      const source = ts.createSourceFile(file, Fs.readFileSync(file, "utf8"), ts.ScriptTarget.Latest, true)
+      const visit = (node: ts.Node) => {
+        if (ts.isFunctionLike(node) && "body" in node && node.body !== undefined) {
+          const first = source.getLineAndCharacterOfPosition(node.getStart(source)).line
+          const last = source.getLineAndCharacterOfPosition(node.getEnd()).line
+          lengths.push([`${NodePath.relative(ROOT, file)}:${first + 1}`, last - first + 1])
+        }
+        ts.forEachChild(node, visit)
+      }
+      visit(source)
+    }
+    expect(lengths.length).toBeGreaterThan(20)
+    expect(lengths.filter(([, n]) => n >= 80)).toEqual([])
   })
 })

@@ -496,6 +496,33 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       const state = yield* remoteState(remote)
       state.db.close()
     }))
+
+  it.scoped("query refuses every statement SQLite says writes (or returns no rows), by its verdict, not keywords", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("verdict"))
+      const dir = yield* tempDir
+      const db = yield* openClient(remote, NodePath.join(dir, "db"))
+      yield* db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+      for (const sql of ["PRAGMA user_version(42)", "PRAGMA user_version = 42", "BEGIN", "SAVEPOINT s",
+        "ATTACH ':memory:' AS other", "PRAGMA journal_mode = DELETE", "INSERT INTO t VALUES (1, 'x') RETURNING id",
+        "WITH a AS (SELECT 1 AS id, 'y' AS v) INSERT INTO t SELECT * FROM a", "CREATE TEMP TABLE scratch (a)",
+        "ANALYZE", "VACUUM"]) {
+        const error = yield* Effect.flip(db.query(sql))
+        expect(error._tag, sql).toBe("SqlStatementError")
+        expect(error.message, sql).toContain("reads only")
+      }
+      expect(yield* db.query("PRAGMA user_version")).toEqual([{ user_version: 0 }])
+      expect(yield* db.query("SELECT count(*) AS n FROM t")).toEqual([{ n: 0 }])
+      // reads SQLite accepts as reads, whatever their first keyword
+      expect(yield* db.query("WITH a AS (SELECT 2 AS x) SELECT x FROM a")).toEqual([{ x: 2 }])
+      expect(yield* db.query("EXPLAIN QUERY PLAN SELECT * FROM t WHERE id = 1")).not.toEqual([])
+      expect(yield* db.query("PRAGMA integrity_check")).toEqual([{ integrity_check: "ok" }])
+      // nothing changed, and the connection is not left inside a transaction
+      yield* db.execute("INSERT INTO t VALUES (1, 'x')")
+      yield* db.push
+      expect(yield* remoteQuery(remote, "SELECT id, v FROM t")).toEqual([{ id: 1, v: "x" }])
+    }))
 }
 
 layer(layerStore, { excludeTestServices: true })("SyncDatabase over StoreRemote.layer", conformance)

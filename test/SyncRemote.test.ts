@@ -1,3 +1,4 @@
+import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
@@ -96,6 +97,21 @@ describe("SyncRemote.layerHttp", () => {
       const r = yield* remote(url)
       expect(yield* Effect.flip(r.info)).toMatchObject({ _tag: "NetworkError", reason: "Transport" })
     }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
+
+  for (const [name, layer] of [["undici", NodeHttpClient.layerUndici], ["fetch", FetchHttpClient.layer]] as const) {
+    it.scopedLive(`transport failures name their cause once, with the URL once (${name})`, () =>
+      Effect.gen(function*() {
+        const server = yield* scripted(() => ({ status: 200, body: `{"current_generation":1}` }))
+        const tls = yield* Effect.flip(remote(server.url.replace("http://", "https://")).pipe(Effect.flatMap((r) => r.info)))
+        const closed = yield* scripted(() => ({ status: 200 }))
+        yield* Effect.promise(() => new Promise<void>((r) => closed.server.close(() => r())))
+        const refused = yield* Effect.flip(remote(closed.url).pipe(Effect.flatMap((r) => r.info)))
+        const https = server.url.replace("http://", "https://")
+        expect(tls).toMatchObject({ _tag: "NetworkError", reason: "Transport" })
+        expect(tls.message).toBe(`GET ${https}/info: TLS handshake failed: the server does not speak https (try http://)`)
+        expect(refused.message).toBe(`GET ${closed.url}/info: connection refused (is the server running on that host and port?)`)
+      }).pipe(Effect.provide(layer)))
+  }
 
   it.scopedLive("a push is sent in batches of 128 frames with each answer's baton in the next URL", () =>
     Effect.gen(function*() {

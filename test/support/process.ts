@@ -3,6 +3,7 @@
  */
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
+import * as Net from "node:net"
 import * as Path from "node:path"
 import * as Effect from "effect/Effect"
 
@@ -29,17 +30,20 @@ export const spawnServer = (
     /** Run as this user and group (the test process must be root to switch). */
     readonly uid?: number
     readonly gid?: number
+    /** Added to this process's environment. */
+    readonly env?: Record<string, string>
   } = {}
 ): Promise<ServerProcess> =>
   new Promise((resolve, reject) => {
     const defaults = [
       ...(args.includes("--host") ? [] : ["--host", "127.0.0.1"]),
-      ...(args.includes("--port") ? [] : ["--port", "0"])
+      ...(args.includes("--port") || options.env?.PORT !== undefined ? [] : ["--port", "0"])
     ]
     const logFd = options.stderrFile === undefined ? undefined : Fs.openSync(options.stderrFile, "a")
     const child = ChildProcess.spawn(process.execPath, [BIN, "serve", ...defaults, ...args], {
       stdio: ["ignore", "pipe", logFd ?? "pipe"],
-      ...(options.uid === undefined ? {} : { uid: options.uid, gid: options.gid ?? options.uid })
+      ...(options.uid === undefined ? {} : { uid: options.uid, gid: options.gid ?? options.uid }),
+      ...(options.env === undefined ? {} : { env: { ...process.env, ...options.env } })
     })
     if (logFd !== undefined) Fs.closeSync(logFd)
     let stdout = ""
@@ -87,9 +91,22 @@ export const serverProcess = (args: ReadonlyArray<string>, options: Parameters<t
   )
 
 /** Runs the binary to completion (for argument errors). */
-export const runBin = (args: ReadonlyArray<string>): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+export const runBin = (
+  args: ReadonlyArray<string>,
+  env: Record<string, string> = {}
+): Promise<{ code: number | null; stdout: string; stderr: string }> =>
   new Promise((resolve) => {
-    ChildProcess.execFile(process.execPath, [BIN, ...args], { timeout: 30_000 }, (error, stdout, stderr) => {
+    ChildProcess.execFile(process.execPath, [BIN, ...args], { timeout: 120_000, env: { ...process.env, ...env } }, (error, stdout, stderr) => {
       resolve({ code: error === null ? 0 : typeof error.code === "number" ? error.code : null, stdout, stderr })
+    })
+  })
+
+/** A loopback port that was free a moment ago (nothing listens on it). */
+export const freePort = (): Promise<number> =>
+  new Promise((resolve) => {
+    const probe = Net.createServer()
+    probe.listen(0, "127.0.0.1", () => {
+      const port = (probe.address() as Net.AddressInfo).port
+      probe.close(() => resolve(port))
     })
   })

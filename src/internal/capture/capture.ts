@@ -8,8 +8,8 @@ import * as Option from "effect/Option"
 import { globalValue } from "effect/GlobalValue"
 import type * as ChangeCapture from "../../ChangeCapture.js"
 import {
-  concat,
   firstKeyword,
+  mayInsert,
   ident,
   mayChangeSchema,
   splitStatements,
@@ -17,6 +17,8 @@ import {
   stripLeadingComments
 } from "../sqlite/sqlText.js"
 import { CaptureError } from "./captureError.js"
+import * as ChangeLog from "./changeLog.js"
+import * as Executor from "../sqlite/executor.js"
 import * as ForeignKeys from "../sqlite/foreignKeys.js"
 import * as TableInfo from "../sqlite/tableInfo.js"
 
@@ -27,17 +29,7 @@ import * as TableInfo from "../sqlite/tableInfo.js"
 
 export const CHANGES_TABLE = "_sync_changes"
 
-export const createChangesTable = `CREATE TABLE IF NOT EXISTS main._sync_changes (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  tx_id INTEGER NOT NULL,
-  tbl TEXT NOT NULL,
-  kind TEXT NOT NULL CHECK (kind IN ('insert', 'update', 'delete', 'ddl')),
-  before TEXT,
-  after TEXT,
-  before_rowid TEXT,
-  after_rowid TEXT,
-  sql TEXT
-)`
+export const createChangesTable = ChangeLog.createChangesTable
 
 /** Per-connection state: the open capture transaction's id and the schema version triggers match. */
 const createSession = `CREATE TEMP TABLE IF NOT EXISTS _sync_session (
@@ -51,12 +43,7 @@ const createSession = `CREATE TEMP TABLE IF NOT EXISTS _sync_session (
  * moved into the log as deletes by the AFTER trigger, which fires only when the write really happened
  * (an `OR REPLACE` eviction); an `OR IGNORE`/failed write leaves them behind to be cleared by the next one.
  */
-const createEvicted = `CREATE TEMP TABLE IF NOT EXISTS _sync_evicted (
-  seq INTEGER PRIMARY KEY,
-  tbl TEXT NOT NULL,
-  before TEXT NOT NULL,
-  before_rowid TEXT
-)`
+const createEvicted = ChangeLog.createEvicted(ChangeLog.INITIAL_WIDTH)
 
 /**
  * Raises the AUTOINCREMENT sequence of the log to at least every id the remote has acknowledged. After a
@@ -91,30 +78,41 @@ export const TRIGGER_PREFIX = "_sync_"
 const txIdExpr = `coalesce((SELECT tx_id FROM temp._sync_session), ` +
   `coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1)`
 
-/** JSON object `{"col": "<quote(value)>", ...}` built from NEW, OLD or an alias, exact for every storage class. */
-export const imageExpr = (row: string, columns: ReadonlyArray<string>): string => {
-  const parts: Array<string> = []
-  columns.forEach((column, i) => {
-    parts.push(stringLiteral(`${i === 0 ? "{" : ","}${JSON.stringify(column)}:`))
-    parts.push(`json_quote(quote(${row}.${ident(column)}))`)
-  })
-  parts.push(columns.length === 0 ? `'{}'` : `'}'`)
-  return concat(parts)
-}
+/** The values of a row (NEW, OLD or an alias), each as is: the log keeps them exactly (see changeLog.ts). */
+const valuesExpr = (row: string, columns: ReadonlyArray<string>): ReadonlyArray<string> =>
+  columns.map((column) => `${row}.${ident(column)}`)
 
-const rowidExpr = (row: "NEW" | "OLD", info: TableInfo.TableInfo): string =>
-  info.primaryKey.length === 0 && info.rowidAlias !== null ? `quote(${row}.${ident(info.rowidAlias)})` : "NULL"
+const columnsLiteral = (info: TableInfo.TableInfo) => stringLiteral(JSON.stringify(info.columns))
+
+const rowidExpr = (row: string, info: TableInfo.TableInfo): string =>
+  info.primaryKey.length === 0 && info.rowidAlias !== null ? `${row}.${ident(info.rowidAlias)}` : "NULL"
+
+const valueColumns = (count: number) => Array.from({ length: count }, (_, i) => ChangeLog.valueColumn(i))
 
 const logInsert = (
   info: TableInfo.TableInfo,
   kind: "insert" | "update" | "delete"
 ): string => {
-  const before = kind === "insert" ? "NULL" : imageExpr("OLD", info.columns)
-  const after = kind === "delete" ? "NULL" : imageExpr("NEW", info.columns)
+  const values: Array<string> = [
+    ...(kind === "insert" ? [] : valuesExpr("OLD", info.columns)),
+    ...(kind === "delete" ? [] : valuesExpr("NEW", info.columns))
+  ]
+  const split = kind === "update" && ChangeLog.splitUpdate(info.columns.length)
+  if (split) values.splice(info.columns.length)
   const beforeRowid = kind === "insert" ? "NULL" : rowidExpr("OLD", info)
   const afterRowid = kind === "delete" ? "NULL" : rowidExpr("NEW", info)
-  return `INSERT INTO main._sync_changes (tx_id, tbl, kind, before, after, before_rowid, after_rowid)
-  VALUES (${txIdExpr}, ${stringLiteral(info.name)}, '${kind}', ${before}, ${after}, ${beforeRowid}, ${afterRowid});`
+  return `INSERT INTO main._sync_changes (tx_id, tbl, kind, cols, before_rowid, after_rowid${
+    values.length === 0 ? "" : `, ${valueColumns(values.length).join(", ")}`
+  })
+  VALUES (${txIdExpr}, ${stringLiteral(info.name)}, '${kind}', ${columnsLiteral(info)}, ${beforeRowid}, ${afterRowid}${
+    values.length === 0 ? "" : `, ${values.join(", ")}`
+  });${
+    split
+      ? `
+  INSERT INTO main.${ChangeLog.AFTER_TABLE} (id, ${valueColumns(info.columns.length).join(", ")})
+  VALUES (last_insert_rowid(), ${valuesExpr("NEW", info.columns).join(", ")});`
+      : ""
+  }`
 }
 
 /** `a IS b AND ...` for the given column pairs. */
@@ -164,13 +162,17 @@ const evictionPredicate = (info: TableInfo.TableInfo, self: "NEW" | "OLD"): stri
 export const triggerStatements = (info: TableInfo.TableInfo): ReadonlyArray<string> => {
   const table = `main.${ident(info.name)}`
   const name = (suffix: string) => ident(`${TRIGGER_PREFIX}${suffix}_${info.name}`)
-  if (info.primaryKey.length === 0 && info.rowidAlias === null) {
+  const refusal = info.primaryKey.length === 0 && info.rowidAlias === null
     // No key and the rowid hidden behind columns named rowid, _rowid_ and oid: no row identity to replay
     // by. Writes fail at once with a clear message rather than diverge (or block every later push).
-    const message = stringLiteral(
-      `effect-sqlite-sync: table ${info.name} has no PRIMARY KEY and columns named rowid, _rowid_ and oid ` +
-        `hide its rowid, so its rows cannot be identified for sync; add a primary key`
-    )
+    ? `effect-sqlite-sync: table ${info.name} has no PRIMARY KEY and columns named rowid, _rowid_ and oid ` +
+      `hide its rowid, so its rows cannot be identified for sync; add a primary key`
+    : info.columns.length > ChangeLog.MAX_TABLE_COLUMNS
+    ? `effect-sqlite-sync: table ${info.name} has ${info.columns.length} columns; at most ` +
+      `${ChangeLog.MAX_TABLE_COLUMNS} can be captured for sync`
+    : undefined
+  if (refusal !== undefined) {
+    const message = stringLiteral(refusal)
     return (["INSERT", "UPDATE", "DELETE"] as const).map((event) =>
       `CREATE TEMP TRIGGER ${name(`no_${event.toLowerCase()}`)} BEFORE ${event} ON ${table} BEGIN
   SELECT RAISE(ABORT, ${message});
@@ -179,18 +181,17 @@ END`
   }
   const tbl = stringLiteral(info.name)
   const statements: Array<string> = []
-  const moveEvicted = `INSERT INTO main._sync_changes (tx_id, tbl, kind, before, after, before_rowid, after_rowid)
-  SELECT ${txIdExpr}, tbl, 'delete', before, NULL, before_rowid, NULL FROM temp._sync_evicted WHERE tbl = ${tbl} ORDER BY seq;
+  const slots = valueColumns(info.columns.length).join(", ")
+  const moveEvicted = `INSERT INTO main._sync_changes (tx_id, tbl, kind, cols, before_rowid, ${slots})
+  SELECT ${txIdExpr}, tbl, 'delete', ${columnsLiteral(info)}, before_rowid, ${slots} FROM temp._sync_evicted
+  WHERE tbl = ${tbl} ORDER BY seq;
   DELETE FROM temp._sync_evicted WHERE tbl = ${tbl};`
   const stage = (self: "NEW" | "OLD") => {
     const predicate = evictionPredicate(info, self)
     if (predicate === undefined) return undefined
-    const rowid = info.primaryKey.length === 0 && info.rowidAlias !== null
-      ? `quote(r.${ident(info.rowidAlias)})`
-      : "NULL"
     return `DELETE FROM temp._sync_evicted WHERE tbl = ${tbl};
-  INSERT INTO temp._sync_evicted (tbl, before, before_rowid)
-  SELECT ${tbl}, ${imageExpr("r", info.columns)}, ${rowid} FROM ${table} AS r WHERE ${predicate};`
+  INSERT INTO temp._sync_evicted (tbl, before_rowid, ${slots})
+  SELECT ${tbl}, ${rowidExpr("r", info)}, ${valuesExpr("r", info.columns).join(", ")} FROM ${table} AS r WHERE ${predicate};`
   }
   const stageInsert = stage("NEW")
   const stageUpdate = stage("OLD")
@@ -247,6 +248,15 @@ const reinstallTriggers = (sql: SqlClient.SqlClient) =>
       yield* sql.unsafe(`DROP TRIGGER IF EXISTS temp.${ident(name)}`).raw
     }
     const tables = yield* TableInfo.readAll
+    // The log (and the eviction table) must have a value column for every value a trigger writes.
+    const captured = tables.map((info) => info.columns.length).filter((n) => n <= ChangeLog.MAX_TABLE_COLUMNS)
+    const widest = Math.max(0, ...captured)
+    const split = captured.filter(ChangeLog.splitUpdate)
+    yield* Executor.withExecutor((exec) => {
+      ChangeLog.widen(exec, "main", "_sync_changes", Math.max(0, ...captured.map((n) => ChangeLog.splitUpdate(n) ? n : 2 * n)))
+      ChangeLog.widen(exec, "temp", "_sync_evicted", widest)
+      if (split.length > 0) ChangeLog.widen(exec, "main", ChangeLog.AFTER_TABLE, Math.max(...split))
+    })
     const create = (info: TableInfo.TableInfo) =>
       sql.withTransaction(Effect.forEach(triggerStatements(info), (statement) => runUncached(sql, statement), {
         discard: true
@@ -273,10 +283,10 @@ const knownInstalled = globalValue(
   () => new WeakSet<SqlClient.SqlClient>()
 )
 
-export const install: Effect.Effect<void, SqlError, SqlClient.SqlClient> = plainGen(function*() {
+export const install: Effect.Effect<void, SqlError | CaptureError, SqlClient.SqlClient> = plainGen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* sql.withTransaction(Effect.gen(function*() {
-    yield* sql.unsafe(createChangesTable).raw
+    yield* ensureLog(sql)
     yield* raiseSequenceFloor(sql, yield* progressFloor(sql))
     yield* sql.unsafe(createSession).raw
     yield* sql.unsafe(createEvicted).raw
@@ -311,7 +321,7 @@ export const currentTransactionId: Effect.Effect<number | undefined> = Effect.ma
 export const transaction = <A, E, R>(
   effect: Effect.Effect<A, E, R>,
   statement?: string
-): Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, R | SqlClient.SqlClient> =>
+): Effect.Effect<A, E | SqlError | CaptureError, R | SqlClient.SqlClient> =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const outer = yield* FiberRef.get(currentState)
@@ -399,7 +409,7 @@ export interface ExecuteResult {
 export const execute = (
   statement: string,
   params: ReadonlyArray<unknown> = []
-): Effect.Effect<ExecuteResult, SqlError | ChangeCapture.CaptureError, SqlClient.SqlClient> =>
+): Effect.Effect<ExecuteResult, SqlError | CaptureError, SqlClient.SqlClient> =>
   Effect.gen(function*() {
     const state = yield* FiberRef.get(currentState)
     const parts = statement.includes(";") ? splitStatements(statement) : [statement]
@@ -449,7 +459,7 @@ const executeOne = (
   state: CaptureState,
   statement: string,
   params: ReadonlyArray<unknown>
-): Effect.Effect<ExecuteResult, SqlError | ChangeCapture.CaptureError, SqlClient.SqlClient> =>
+): Effect.Effect<ExecuteResult, SqlError | CaptureError, SqlClient.SqlClient> =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const check = mayChangeSchema(statement)
@@ -487,6 +497,13 @@ const executeOne = (
  * `CREATE TABLE t` would keep failing after it: a prepare failure is retried without the cache, and the text
  * is remembered for this client so it never goes through the cache again.
  */
+/**
+ * The rowid of the last row the statement inserted, as SQLite reports it, or 0 when it inserted none
+ * (`CREATE`, `UPDATE`, `DELETE`, an ignored `INSERT`): SQLite would report an earlier insert's rowid there.
+ */
+const insertedRowid = (statement: string, changes: number | bigint, rowid: number | bigint): number | bigint =>
+  Number(changes) > 0 && mayInsert(statement) ? rowid : 0
+
 const runStatement = (
   sql: SqlClient.SqlClient,
   statement: string,
@@ -496,7 +513,7 @@ const runStatement = (
     runUncached(sql, statement, params),
     sql<{ readonly changes: number; readonly id: number | bigint }>`
       SELECT changes() AS changes, last_insert_rowid() AS id`.withoutTransform,
-    (rows, [info]) => ({ rows, changes: Number(info!.changes), lastInsertRowid: info!.id })
+    (rows, [info]) => ({ rows, changes: Number(info!.changes), lastInsertRowid: insertedRowid(statement, info!.changes, info!.id) })
   )
   const poisoned = poisonedTexts(sql)
   if (poisoned.has(statement)) return uncached
@@ -504,7 +521,11 @@ const runStatement = (
     Effect.flatMap((raw): Effect.Effect<ExecuteResult, SqlError> => {
       if (!Array.isArray(raw)) {
         const run = raw as { readonly changes: number | bigint; readonly lastInsertRowid: number | bigint }
-        return Effect.succeed({ rows: [], changes: Number(run.changes), lastInsertRowid: run.lastInsertRowid })
+        return Effect.succeed({
+          rows: [],
+          changes: Number(run.changes),
+          lastInsertRowid: insertedRowid(statement, run.changes, run.lastInsertRowid)
+        })
       }
       return Effect.map(
         sql<{ readonly changes: number; readonly id: number | bigint }>`
@@ -512,7 +533,7 @@ const runStatement = (
         ([info]) => ({
           rows: raw as ReadonlyArray<Record<string, unknown>>,
           changes: Number(info!.changes),
-          lastInsertRowid: info!.id
+          lastInsertRowid: insertedRowid(statement, info!.changes, info!.id)
         })
       )
     }),
@@ -549,33 +570,6 @@ export const runUncached = (
     Effect.catchAllDefect((defect) => Effect.fail(new SqlError({ cause: defect, message: "Failed to prepare statement" })))
   )
 
-interface ChangeRow {
-  readonly id: number
-  readonly tx_id: number
-  readonly tbl: string
-  readonly kind: "insert" | "update" | "delete" | "ddl"
-  readonly before: string | null
-  readonly after: string | null
-  readonly before_rowid: string | null
-  readonly after_rowid: string | null
-  readonly sql: string | null
-}
-
-const toChange = (row: ChangeRow): ChangeCapture.Change => {
-  const base = {
-    id: row.id,
-    txId: row.tx_id,
-    table: row.tbl,
-    kind: row.kind,
-    before: row.before === null ? null : JSON.parse(row.before) as Record<string, string>,
-    after: row.after === null ? null : JSON.parse(row.after) as Record<string, string>
-  }
-  const withRowid = row.before_rowid !== null || row.after_rowid !== null
-    ? { ...base, rowid: { before: row.before_rowid, after: row.after_rowid } }
-    : base
-  return row.sql !== null ? { ...withRowid, sql: row.sql } : withRowid
-}
-
 const changesTableExists = (sql: SqlClient.SqlClient) =>
   Effect.map(
     sql<{ readonly n: number }>`
@@ -583,26 +577,54 @@ const changesTableExists = (sql: SqlClient.SqlClient) =>
     (rows) => rows[0]!.n > 0
   )
 
-export const ensureChangeIdsAbove = (floor: number): Effect.Effect<void, SqlError, SqlClient.SqlClient> =>
+export const ensureChangeIdsAbove = (
+  floor: number
+): Effect.Effect<void, SqlError | CaptureError, SqlClient.SqlClient> =>
   plainGen(function*() {
     const sql = yield* SqlClient.SqlClient
     yield* sql.withTransaction(Effect.gen(function*() {
-      yield* sql.unsafe(createChangesTable).raw
+      yield* ensureLog(sql)
       yield* raiseSequenceFloor(sql, floor)
     }))
+  })
+
+/** Changes with id > `afterId` in the log's own form (values exact), at most `limit`. */
+export const pendingValues = (
+  afterId: number,
+  limit?: number
+): Effect.Effect<ReadonlyArray<ChangeLog.LogChange>, SqlError, SqlClient.SqlClient> =>
+  plainGen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    if (!(yield* changesTableExists(sql))) return []
+    return yield* Executor.withExecutor((exec) => ChangeLog.readPage(exec, afterId, limit ?? -1))
   })
 
 export const pending = (
   afterId: number,
   limit?: number
 ): Effect.Effect<ReadonlyArray<ChangeCapture.Change>, SqlError, SqlClient.SqlClient> =>
-  plainGen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    if (!(yield* changesTableExists(sql))) return []
-    const rows = yield* sql<ChangeRow>`
-      SELECT id, tx_id, tbl, kind, before, after, before_rowid, after_rowid, sql
-      FROM main._sync_changes WHERE id > ${afterId} ORDER BY id LIMIT ${limit ?? -1}`.withoutTransform
-    return rows.map(toChange)
+  Effect.map(pendingValues(afterId, limit), (changes) => changes.map(ChangeLog.toPublic))
+
+/**
+ * Creates the log if absent; a log in the first format (JSON images of literals) is rewritten in place,
+ * within the caller's transaction.
+ */
+export const ensureLog = (sql: SqlClient.SqlClient): Effect.Effect<void, SqlError | CaptureError> =>
+  Effect.gen(function*() {
+    yield* sql.unsafe(createChangesTable).raw
+    const migrated = yield* Effect.provideService(
+      Executor.withExecutor((exec) => ChangeLog.isFirstFormat(exec) ? ChangeLog.migrate(exec) : undefined),
+      SqlClient.SqlClient,
+      sql
+    )
+    if (migrated !== undefined && migrated.unreadable.length > 0) {
+      return yield* new CaptureError({
+        reason: "LogMigration",
+        message: `cannot upgrade the change log: pending change${migrated.unreadable.length === 1 ? "" : "s"} ` +
+          `${migrated.unreadable.slice(0, 5).join(", ")} of the earlier format cannot be read (migration step: ` +
+          `rewriting _sync_changes from JSON literals to typed values); nothing was changed`
+      })
+    }
   })
 
 export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> = plainGen(function*() {
@@ -629,4 +651,7 @@ export const prune = (upToId: number): Effect.Effect<void, SqlError, SqlClient.S
     const sql = yield* SqlClient.SqlClient
     if (!(yield* changesTableExists(sql))) return
     yield* sql`DELETE FROM main._sync_changes WHERE id <= ${upToId}`.raw
+    const after = yield* sql<{ readonly n: number }>`
+      SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = ${ChangeLog.AFTER_TABLE}`.withoutTransform
+    if (Number(after[0]!.n) > 0) yield* sql.unsafe(`DELETE FROM main.${ChangeLog.AFTER_TABLE} WHERE id <= ?`, [upToId]).raw
   })

@@ -8,7 +8,7 @@ import * as Schema from "effect/Schema"
 
 /** @internal */
 export class CaptureError extends Schema.TaggedError<CaptureError>()("CaptureError", {
-  reason: Schema.Literal("UnrecordedSchemaChange", "UnsupportedDdl", "InvalidStatement"),
+  reason: Schema.Literal("UnrecordedSchemaChange", "UnsupportedDdl", "InvalidStatement", "LogMigration"),
   message: Schema.String,
   cause: Schema.optional(Schema.Defect)
 }) {}

@@ -31,6 +31,7 @@ import * as SyncRemote from "../../SyncRemote.js"
 import * as WalFrame from "../../WalFrame.js"
 import { formatBytes, parseParams, stringify, table } from "./cliParams.js"
 import * as CliProgress from "./cliProgress.js"
+import { isReadStatement } from "../engine/local.js"
 
 /** Options shared by every local-database subcommand. */
 export interface LocalOptions {
@@ -40,6 +41,35 @@ export interface LocalOptions {
   readonly json: boolean
   readonly progress: CliProgress.Mode
   readonly retries: number
+}
+
+// SGR sequences (colours, bold) as @effect/cli's help and error rendering writes them.
+const ANSI = /\u001b\[[0-9;]*m/g
+
+const strip = (value: unknown) => (typeof value === "string" ? value.replace(ANSI, "") : value)
+
+/** `console` with the colour codes removed from what goes to a stream that is not to keep them. */
+export const plainConsole = (
+  console: Console.Console,
+  keep: { readonly stdout: boolean; readonly stderr: boolean }
+): Console.Console => {
+  if (keep.stdout && keep.stderr) return console
+  const out = keep.stdout ? (args: ReadonlyArray<unknown>) => args : (args: ReadonlyArray<unknown>) => args.map(strip)
+  const err = keep.stderr ? (args: ReadonlyArray<unknown>) => args : (args: ReadonlyArray<unknown>) => args.map(strip)
+  return {
+    ...console,
+    log: (...args) => console.log(...out(args)),
+    info: (...args) => console.info(...out(args)),
+    error: (...args) => console.error(...err(args)),
+    warn: (...args) => console.warn(...err(args)),
+    unsafe: {
+      ...console.unsafe,
+      log: (...args) => console.unsafe.log(...out(args)),
+      info: (...args) => console.unsafe.info(...out(args)),
+      error: (...args) => console.unsafe.error(...err(args)),
+      warn: (...args) => console.unsafe.warn(...err(args))
+    }
+  }
 }
 
 /** A failure already printed (stderr, or stdout as JSON with `--json`); exit status 1. */
@@ -317,6 +347,15 @@ export const query = (options: LocalOptions, sql: string, inputs: ReadonlyArray<
   runCommand(options, (progress) =>
     Effect.gen(function*() {
       const bound = yield* params(inputs)
+      if (!isReadStatement(sql)) {
+        return yield* Effect.fail(
+          new SyncError.SqlStatementError({
+            reason: "Statement",
+            message: "query runs reads only; run writes with `effect-sqlite-sync exec` (the next push sends them)",
+            sql
+          })
+        )
+      }
       const opened = yield* open(options, progress, false)
       // Safe integers: 64-bit values are printed exactly, not rounded through a double.
       const rows = yield* opened.db.query<Record<string, unknown>>(sql, bound).pipe(
@@ -324,6 +363,9 @@ export const query = (options: LocalOptions, sql: string, inputs: ReadonlyArray<
       )
       yield* emit(options, rows, () => table(rows))
     }))
+
+/** One conflict log entry with its time as an ISO date, as `status` prints its times. */
+const conflictDocument = ({ at, ...entry }: ConflictPolicy.Entry) => ({ at: new Date(at).toISOString(), ...entry })
 
 /** One conflict log entry as a flat row for the table view (key and row images as JSON). */
 const flatConflict = (entry: ConflictPolicy.Entry): Record<string, unknown> => ({
@@ -345,7 +387,7 @@ export const conflicts = (options: LocalOptions) =>
       const entries = yield* opened.db.conflicts
       yield* emit(
         options,
-        { command: "conflicts", conflicts: entries },
+        { command: "conflicts", conflicts: entries.map(conflictDocument) },
         () =>
           entries.length === 0
             ? "no conflicts recorded"

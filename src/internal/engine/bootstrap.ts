@@ -5,13 +5,12 @@
  * @internal
  */
 import * as Effect from "effect/Effect"
-import * as Ref from "effect/Ref"
 import * as Crypto from "node:crypto"
 import * as SyncError from "../../SyncError.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import * as Files from "../sqlite/files.js"
 import * as DraftPages from "./draftPages.js"
-import type { Opening, Paths } from "./state.js"
+import { type Opening, type Paths, received } from "./state.js"
 
 /**
  * The length an SQLite file's header gives (page size × in-header page count), when that count is valid
@@ -60,7 +59,7 @@ export const bootstrap = Effect.fn("Engine.bootstrap")(
     for (const file of allFiles(paths)) yield* Files.remove(file)
     const { generation } = yield* remote.info
     const base = yield* remote.export(generation)
-    yield* Ref.update(opening.traffic, (t) => ({ ...t, received: t.received + base.byteLength }))
+    yield* received(opening, 0, base.byteLength)
     const invalid = invalidBase(generation, base)
     if (invalid !== undefined) return yield* invalid
     yield* Files.writeNew(paths.synced, base)

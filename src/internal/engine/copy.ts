@@ -93,6 +93,8 @@ export const copySyncedOverDraft = Effect.fn("Engine.copySyncedOverDraft")(
     })
     yield* state.step("copy:flagged")
     yield* Gates.switchReads(state.gates, "synced")
+    // Let reads waiting at the door run on Synced before Draft closes (nothing here need wait for I/O).
+    yield* Effect.yieldNow()
     yield* swapDraft(state).pipe(
       Effect.tapError(() =>
         Effect.ignore(Effect.gen(function*() {

@@ -151,6 +151,7 @@ const open = (options: EngineOptions) =>
       gates: yield* Gates.make,
       syncLock: yield* Effect.makeSemaphore(1),
       lastWriteBlockedMs: yield* Ref.make(Option.none<number>()),
+      readVerdicts: new Map(),
       maxWalFrames: Math.max(1, options.maxWalFrames ?? 1000)
     }
     yield* state.synced.open
@@ -186,6 +187,7 @@ export const make = (options: EngineOptions) =>
     executeRows: Local.executeRows(state),
     transaction: Local.transaction(state),
     query: Local.query(state),
+    classify: Local.classify(state),
     push: exclusive(state, pushRounds(state)),
     pull: exclusive(state, pullSteps(state)),
     sync: exclusive(state, Effect.zipRight(pushRounds(state), pullSteps(state))),

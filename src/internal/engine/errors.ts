@@ -11,8 +11,11 @@ import * as SyncError from "../../SyncError.js"
 export const sqlStatementError = (reason: "Statement" | "Replay" | "Capture", sql?: string) => (cause: unknown) =>
   new SyncError.SqlStatementError({
     reason,
+    // The message itself, never `String(error)`: that prefixes the error's name (`CaptureError: ...`).
     message: cause instanceof Error && "cause" in cause && cause.cause instanceof Error
       ? cause.cause.message
+      : cause instanceof Error
+      ? cause.message
       : String(cause),
     ...(sql === undefined ? {} : { sql }),
     cause

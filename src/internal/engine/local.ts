@@ -13,6 +13,7 @@ import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as ChangeCapture from "../../ChangeCapture.js"
 import type { ExecuteResult, Stats } from "../../SyncDatabase.js"
 import * as SyncError from "../../SyncError.js"
+import * as Executor from "../sqlite/executor.js"
 import * as Files from "../sqlite/files.js"
 import { sqlStatementError } from "./errors.js"
 import { maybeFoldDraft } from "./fold.js"
@@ -20,9 +21,8 @@ import * as Gates from "./gates.js"
 import { on, type State } from "./state.js"
 
 /**
- * Whether a statement only reads: a write through `query` would skip change capture (and never sync) or,
- * while Draft is being replaced, land in Synced. Comments and string literals are skipped before looking
- * at keywords.
+ * A keyword look at whether a statement only reads, for a client whose statements cannot be prepared here
+ * (the engine's own copies use SQLite's verdict, see `query`). Comments and string literals are skipped.
  *
  * @internal
  */
@@ -60,26 +60,57 @@ export const executeRows = (state: State) =>
     Effect.tap(() => maybeFoldDraft(state))
   )
 
+/**
+ * Whether `sql` only reads, by SQLite's verdict on the active copy (see Executor.isPureRead); a statement
+ * that does not prepare fails. Verdicts are kept per text (a text's verdict never changes once it prepares).
+ */
+const isRead = (state: State, client: SqlClient.SqlClient, sql: string): Effect.Effect<boolean, SqlError> => {
+  const known = state.readVerdicts.get(sql)
+  if (known !== undefined) return Effect.succeed(known)
+  return Effect.try({
+    try: () => {
+      const verdict = Executor.isPureRead(client, sql) ?? isReadStatement(sql)
+      if (state.readVerdicts.size >= 1000) state.readVerdicts.clear()
+      state.readVerdicts.set(sql, verdict)
+      return verdict
+    },
+    catch: (cause) => Executor.toSqlError(cause, "Failed to prepare statement")
+  })
+}
+
+const onActive = <A, E>(state: State, f: (client: SqlClient.SqlClient) => Effect.Effect<A, E>) =>
+  Gates.reading(
+    state.gates,
+    Effect.flatMap(Ref.get(state.gates.active), (which) =>
+      Effect.flatMap((which === "draft" ? state.draft : state.synced).client, f))
+  )
+
 /** @internal */
 export const query = (state: State) =>
 <Row extends object = Record<string, unknown>>(
   sql: string,
   params: ReadonlyArray<unknown> = []
 ): Effect.Effect<ReadonlyArray<Row>, SyncError.SqlStatementError> =>
-  isReadStatement(sql)
-    ? Gates.reading(
-      state.gates,
-      Effect.flatMap(Ref.get(state.gates.active), (which) =>
-        Effect.flatMap((which === "draft" ? state.draft : state.synced).client, (client) =>
-          client.unsafe<Row>(sql, params as Array<any>)))
-    ).pipe(Effect.mapError(sqlStatementError("Statement", sql)))
-    : Effect.fail(
-      new SyncError.SqlStatementError({
-        reason: "Statement",
-        message: "query runs reads only (a write here would bypass change capture); use execute",
-        sql
-      })
-    )
+  onActive(state, (client) =>
+    Effect.flatMap(isRead(state, client, sql), (read): Effect.Effect<ReadonlyArray<Row>, SqlError | SyncError.SqlStatementError> =>
+      read
+        ? client.unsafe<Row>(sql, params as Array<any>)
+        : Effect.fail(
+          new SyncError.SqlStatementError({
+            reason: "Statement",
+            message: "query runs reads only (SQLite reports that this statement writes, or it returns no rows; " +
+              "a write here would bypass change capture); use execute",
+            sql
+          })
+        ))
+  ).pipe(Effect.mapError((error) => error._tag === "SqlStatementError" ? error : sqlStatementError("Statement", sql)(error)))
+
+/** Whether `sql` is a pure read by SQLite's verdict (layerSqlClient routes by it); one that fails to prepare is not. */
+export const classify = (state: State) => (sql: string): Effect.Effect<"read" | "write"> =>
+  onActive(state, (client) => isRead(state, client, sql)).pipe(
+    Effect.map((read) => read ? "read" as const : "write" as const),
+    Effect.orElseSucceed(() => "write" as const)
+  )
 
 /**
  * Runs `effect` with Draft's SqlClient as ONE capture transaction (one unit of replay), holding one write

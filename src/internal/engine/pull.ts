@@ -16,7 +16,7 @@ import * as Files from "../sqlite/files.js"
 import { sqlStatementError } from "./errors.js"
 import { finishFlaggedRoll, rollSynced } from "./roll.js"
 import { finishFlaggedFold, foldSynced } from "./fold.js"
-import { on, type State, updateMetadata, walFrames, withoutTransfer } from "./state.js"
+import { on, received, type State, updateMetadata, walFrames, withoutTransfer } from "./state.js"
 import { cutToSyncedFrame, prefixAtSyncedFrame } from "./syncedWal.js"
 
 /** Frames held in memory during a pull before they are written into Synced's WAL. */
@@ -57,11 +57,11 @@ const flush = (state: State, cursor: Cursor) =>
 /** Buffers the frames of one answer, flushing when the buffer is large. */
 const receive = (state: State, cursor: Cursor, start: number, frames: ReadonlyArray<WalFrame.Frame>) =>
   Effect.gen(function*() {
+    yield* received(state, frames.length, frames.length * WalFrame.FRAME_SIZE)
     if (frames.length === 0) {
       return yield* new SyncError.RemoteError({ reason: "Protocol", message: `pull from ${start} answered no frames` })
     }
     for (const f of frames) cursor.buffer.push({ pgno: f.pgno, commitSize: f.commitSize, page: Uint8Array.from(f.page) })
-    yield* Ref.update(state.traffic, (t) => ({ ...t, received: t.received + frames.length * WalFrame.FRAME_SIZE }))
     if (cursor.buffer.length >= FLUSH_FRAMES) yield* flush(state, cursor)
   })
 
@@ -74,6 +74,9 @@ const pullFrames = (state: State, cursor: Cursor) =>
       if (result._tag === "Frames") {
         yield* receive(state, cursor, start, result.frames)
         continue
+      }
+      if (result.generation > cursor.generation) {
+        yield* state.options.observer?.generationChanged(cursor.generation, cursor.generation + 1) ?? Effect.void
       }
       yield* flush(state, cursor)
       if (cursor.buffer.length > 0) {

@@ -15,9 +15,13 @@ import * as Files from "../sqlite/files.js"
 import { on, type State, updateMetadata, withoutTransfer } from "./state.js"
 import { resetSyncedWal, syncedTail } from "./syncedWal.js"
 
-/** Sends `frames` from frame `from` of `generation`, counting the bytes sent whatever the outcome. */
+/**
+ * Sends `frames` from frame `from` of `generation`, counting the bytes sent whatever the outcome (`stats`)
+ * and telling the observer of the answer.
+ */
 const send = (state: State, generation: number, from: number, frames: ReadonlyArray<WalFrame.Frame>) =>
   state.remote.push(generation, from, from + frames.length, frames).pipe(
+    Effect.tap((result) => state.options.observer?.pushed(frames.length, result) ?? Effect.void),
     Effect.ensuring(Ref.update(state.traffic, (t) => ({ ...t, sent: t.sent + frames.length * WalFrame.FRAME_SIZE })))
   )
 

@@ -6,8 +6,8 @@
  */
 import * as Effect from "effect/Effect"
 import * as Ref from "effect/Ref"
-import * as ChangeCapture from "../../ChangeCapture.js"
-import * as ChangeReplay from "../../ChangeReplay.js"
+import * as Capture from "../capture/capture.js"
+import * as Replay from "../replay/replay.js"
 import * as ConflictLog from "./conflictLog.js"
 import { replayError, sqlStatementError } from "./errors.js"
 import { on, type State } from "./state.js"
@@ -22,18 +22,24 @@ export type Mode = "push" | "pull"
  */
 export const replayDraftOntoSynced = Effect.fn("Engine.replayDraftOntoSynced")(
   function*(state: State, mode: Mode, progress: number) {
-    const changes = yield* on(state.draft, ChangeCapture.pending(progress)).pipe(
+    const head = yield* on(state.draft, Capture.pendingValues(progress, 1)).pipe(
       Effect.mapError(sqlStatementError("Capture"))
     )
-    if (changes.length === 0) return { replayed: 0, lastChangeId: progress }
+    if (head.length === 0) return { replayed: 0, lastChangeId: progress }
     const transform = state.options.transform
     const policy = { resolve: state.resolve, ...(transform ? { transform } : {}) }
+    // Draft's log is read page by page as it replays, never held whole (in a pull, writes wait meanwhile;
+    // a push replays what it finds, later changes wait for the next push).
+    const source: Replay.Source = (afterId, limit) => on(state.draft, Capture.pendingValues(afterId, limit))
     const result = yield* on(
       state.synced,
-      ChangeReplay.apply(changes, mode === "push" ? { mode: "push", clientId: state.clientId, ...policy } : { mode: "pull", ...policy })
+      Replay.applySource(
+        source,
+        mode === "push" ? { mode: "push", clientId: state.clientId, ...policy } : { mode: "pull", ...policy }
+      )
     ).pipe(Effect.mapError(replayError))
     if (mode === "push") yield* Ref.set(state.pushConflicts, ConflictLog.entries(result))
     yield* state.step("replay:done")
-    return { replayed: changes.length, lastChangeId: result.lastChangeId }
+    return { replayed: result.applied, lastChangeId: result.lastChangeId }
   }
 )

@@ -20,7 +20,6 @@ import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
 import * as ChangeCapture from "../../ChangeCapture.js"
 import type * as SyncError from "../../SyncError.js"
-import { isReadStatement } from "./local.js"
 
 /** What the client needs from the engine (members the SyncDatabase service carries at runtime). */
 export interface EngineAccess {
@@ -36,6 +35,8 @@ export interface EngineAccess {
     sql: string,
     params?: ReadonlyArray<unknown>
   ) => Effect.Effect<ChangeCapture.ExecuteResult, SyncError.SqlStatementError>
+  /** SQLite's verdict: whether a statement only reads (it then runs on the active copy, uncaptured). */
+  readonly classify: (sql: string) => Effect.Effect<"read" | "write">
   readonly transaction: <A, E, R>(
     effect: Effect.Effect<A, E, R>
   ) => Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, Exclude<R, Client.SqlClient>>
@@ -78,7 +79,8 @@ const RETURNING = /\bRETURNING\b/i
 /** Outside a transaction: a read on the active copy, anything else through capture. */
 const autocommit = (engine: EngineAccess) =>
   makeConnection((sql, params) =>
-    isReadStatement(sql)
+    Effect.flatMap(engine.classify(sql), (kind): Effect.Effect<Result, SqlError> =>
+    kind === "read"
       ? Effect.map(engine.query(sql, params), (rows): Result => ({ rows, changes: 0, lastInsertRowid: 0, reader: true }))
         .pipe(Effect.mapError(toSqlError))
       : Effect.map(
@@ -87,7 +89,7 @@ const autocommit = (engine: EngineAccess) =>
           ? engine.executeRows(sql, params)
           : Effect.map(engine.execute(sql, params), (r) => ({ ...r, rows: [] })),
         (r): Result => ({ ...r, reader: false })
-      ).pipe(Effect.mapError(toSqlError))
+      ).pipe(Effect.mapError(toSqlError)))
   )
 
 type Request =

@@ -9,7 +9,7 @@ import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Option from "effect/Option"
-import type * as Ref from "effect/Ref"
+import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import type * as ConflictPolicy from "../../ConflictPolicy.js"
 import type * as LocalCopies from "../../LocalCopies.js"
@@ -46,6 +46,22 @@ export interface EngineOptions {
    * base of the remote's current generation (its frames arrive with the first pull).
    */
   readonly bootstrap?: "head" | "base" | undefined
+  /** Told of frames and bases as they arrive and leave (SyncDatabase's events and status). */
+  readonly observer?: Observer | undefined
+}
+
+/**
+ * What the engine reports where frames arrive and leave, as it counts them for `stats`.
+ *
+ * @internal
+ */
+export interface Observer {
+  /** A base file (`frames` 0) or a batch of frames arrived. */
+  readonly received: (frames: number, bytes: number) => Effect.Effect<void>
+  /** The remote answered a push of `frames` frames. */
+  readonly pushed: (frames: number, result: SyncRemote.PushResult) => Effect.Effect<void>
+  /** The remote moved to a newer generation; the engine follows it one generation at a time. */
+  readonly generationChanged: (from: number, to: number) => Effect.Effect<void>
 }
 
 /**
@@ -121,7 +137,16 @@ export interface State extends Opening {
   readonly lastWriteBlockedMs: Ref.Ref<Option.Option<number>>
   /** Frames a copy's WAL holds at rest before it is folded. */
   readonly maxWalFrames: number
+  /** SQLite's verdict per statement text: whether it only reads (`query`, layerSqlClient's routing). */
+  readonly readVerdicts: Map<string, boolean>
 }
+
+/** Counts bytes that arrived (for `stats`) and tells the observer. */
+export const received = (opening: Opening, frames: number, bytes: number) =>
+  Effect.zipRight(
+    opening.options.observer?.received(frames, bytes) ?? Effect.void,
+    Ref.update(opening.traffic, (t) => ({ ...t, received: t.received + bytes }))
+  )
 
 /** Replaces the metadata, durably, then in memory; returns the new metadata. */
 export const updateMetadata = (state: State, f: (m: SyncMetadata.Metadata) => SyncMetadata.Metadata) =>

@@ -1,7 +1,7 @@
 /**
- * Events and status of a SyncDatabase, built around the engine from outside: the remote the engine
- * talks to is observed (frames and bytes, conflicts, generation changes, whether it answered), and the
- * engine's operations are wrapped (started/finished/failed, the state, spans). The engine needs no hook.
+ * Events and status of a SyncDatabase. The engine tells its `Observer` of frames and bases where they
+ * arrive and leave (progress, conflicts met, generation changes); the remote is watched for whether it
+ * answered (`online`); the engine's operations are wrapped (started/finished/failed, the state, spans).
  *
  * @internal
  */
@@ -20,6 +20,7 @@ import type { Operation, Status } from "../../SyncEvents.js"
 import { SyncEvent } from "../../SyncEvents.js"
 import type * as SyncRemote from "../../SyncRemote.js"
 import * as WalFrame from "../../WalFrame.js"
+import type { Observer } from "./state.js"
 
 /** What the wrapper needs of the engine. */
 export interface EngineLike {
@@ -53,189 +54,202 @@ interface Counters {
 
 const zero: Counters = { framesReceived: 0, bytesReceived: 0, framesSent: 0, bytesSent: 0, conflicts: 0 }
 
+/** The instruments of one SyncDatabase: its event hub, its status, and what the running operation counted. */
+interface Instruments {
+  readonly hub: PubSub.PubSub<SyncEvent>
+  readonly status: SubscriptionRef.SubscriptionRef<Status>
+  readonly current: Ref.Ref<Operation | "bootstrap">
+  readonly counters: Ref.Ref<Counters>
+  readonly operationLock: Effect.Semaphore
+}
+
+const publish = (i: Instruments, event: SyncEvent) => PubSub.publish(i.hub, event)
+const setStatus = (i: Instruments, f: (s: Status) => Status) => SubscriptionRef.update(i.status, f)
+
+/** Whether the remote answered: any answer means online, a NetworkError offline. */
+const online = <A, E extends SyncError.SyncError>(i: Instruments, effect: Effect.Effect<A, E>) =>
+  Effect.tapBoth(effect, {
+    onSuccess: () => setStatus(i, (s) => (s.online ? s : { ...s, online: true })),
+    onFailure: (error) => error._tag === "NetworkError" ? setStatus(i, (s) => ({ ...s, online: false })) : Effect.void
+  })
+
+const progressed = (i: Instruments, f: (c: Counters) => Counters) =>
+  Effect.gen(function*() {
+    const c = yield* Ref.updateAndGet(i.counters, f)
+    yield* publish(i, SyncEvent.Progress({
+      operation: yield* Ref.get(i.current),
+      framesReceived: c.framesReceived,
+      bytesReceived: c.bytesReceived,
+      framesSent: c.framesSent,
+      bytesSent: c.bytesSent
+    }))
+  })
+
+/** A push's answer: frames sent count as progress; a conflict is announced with its round. */
+const pushed = (i: Instruments, sent: number, result: SyncRemote.PushResult) =>
+  Effect.gen(function*() {
+    yield* progressed(i, (c) => ({
+      ...c,
+      framesSent: c.framesSent + sent,
+      bytesSent: c.bytesSent + sent * WalFrame.FRAME_SIZE,
+      conflicts: c.conflicts + (result._tag === "Conflict" ? 1 : 0)
+    }))
+    if (result._tag === "Conflict") {
+      const operation = yield* Ref.get(i.current)
+      const { conflicts } = yield* Ref.get(i.counters)
+      yield* publish(i, SyncEvent.ConflictRetry({
+        operation: operation === "bootstrap" ? "push" : operation,
+        round: conflicts
+      }))
+    }
+  })
+
+/** What the engine tells as frames arrive and leave, turned into events. */
+const observer = (i: Instruments): Observer => ({
+  received: (frames, bytes) =>
+    progressed(i, (c) => ({ ...c, framesReceived: c.framesReceived + frames, bytesReceived: c.bytesReceived + bytes })),
+  pushed: (frames, result) => pushed(i, frames, result),
+  generationChanged: (from, to) =>
+    Effect.flatMap(Ref.get(i.current), (operation) =>
+      publish(i, SyncEvent.GenerationChanged({ operation: operation === "bootstrap" ? "pull" : operation, from, to })))
+})
+
+/** The remote the engine is given: same answers; whether it answered sets `online`. */
+const observe = (i: Instruments, remote: SyncRemote.Service): SyncRemote.Service => ({
+  info: online(i, remote.info),
+  export: (generation) => online(i, remote.export(generation)),
+  pull: (generation, start, end) => online(i, remote.pull(generation, start, end)),
+  push: (generation, start, end, frames, baton) => online(i, remote.push(generation, start, end, frames, baton))
+})
+
+const pushPhase = (i: Instruments, engine: EngineLike, operation: Operation) =>
+  Effect.gen(function*() {
+    yield* setStatus(i, (s) => ({ ...s, state: "pushing" }))
+    const pushed = yield* engine.push
+    const { conflicts } = yield* Ref.get(i.counters)
+    if (pushed && conflicts > 0) yield* publish(i, SyncEvent.ConflictResolved({ operation, rounds: conflicts }))
+    return pushed
+  })
+
+const pullPhase = (i: Instruments, engine: EngineLike) =>
+  Effect.zipRight(setStatus(i, (s) => ({ ...s, state: "pulling" })), engine.pull)
+
+/** An operation that succeeded: status back to idle with the new pending count, and its summary event. */
+const succeeded = (i: Instruments, engine: EngineLike, operation: Operation, body: Effect.Effect<boolean, SyncError.SyncError>) =>
+  Effect.gen(function*() {
+    yield* Ref.set(i.current, operation)
+    yield* Ref.set(i.counters, zero)
+    const startedAt = yield* Clock.currentTimeMillis
+    yield* publish(i, SyncEvent.Started({ operation }))
+    const before = yield* engine.stats
+    const changed = yield* body
+    const after = yield* engine.stats
+    const c = yield* Ref.get(i.counters)
+    const finishedAt = yield* Clock.currentTimeMillis
+    yield* setStatus(i, (s) => ({
+      ...s,
+      state: "idle",
+      pendingChanges: after.pendingChanges,
+      lastError: Option.none(),
+      lastSyncAt: Option.some(new Date(finishedAt))
+    }))
+    yield* publish(i, SyncEvent.Finished({
+      operation,
+      changed,
+      pushedChanges: operation === "pull" ? 0 : Math.max(0, before.pendingChanges - after.pendingChanges),
+      pendingChanges: after.pendingChanges,
+      framesReceived: c.framesReceived,
+      bytesReceived: c.bytesReceived,
+      framesSent: c.framesSent,
+      bytesSent: c.bytesSent,
+      durationMs: finishedAt - startedAt
+    }))
+    return changed
+  })
+
+/** An operation that failed: status idle with the error, and the Failed event. */
+const failed = (i: Instruments, engine: EngineLike, operation: Operation, error: SyncError.SyncError) =>
+  Effect.gen(function*() {
+    const pending = yield* Effect.option(engine.stats)
+    yield* setStatus(i, (s) => ({
+      ...s,
+      state: "idle",
+      lastError: Option.some(error),
+      pendingChanges: Option.match(pending, { onNone: () => s.pendingChanges, onSome: (p) => p.pendingChanges })
+    }))
+    yield* publish(i, SyncEvent.Failed({ operation, error }))
+  })
+
+/** Runs one operation, one at a time, with its events, status changes and span. */
+const run = (i: Instruments, engine: EngineLike, operation: Operation, body: Effect.Effect<boolean, SyncError.SyncError>) =>
+  i.operationLock.withPermits(1)(
+    succeeded(i, engine, operation, body).pipe(
+      Effect.tapError((error) => failed(i, engine, operation, error)),
+      Effect.onInterrupt(() => setStatus(i, (s) => ({ ...s, state: "idle" }))),
+      Effect.withSpan(`SyncDatabase.${operation}`)
+    )
+  )
+
+const execute = (i: Instruments, engine: EngineLike): EngineLike["execute"] => (sql, params) =>
+  engine.execute(sql, params).pipe(
+    Effect.tap((result) =>
+      Effect.zipRight(
+        // Between operations the count grows by the rows each write reports (counting them
+        // exactly would cost a query per write); every push, pull and sync sets it exactly.
+        setStatus(i, (s) => ({ ...s, pendingChanges: s.pendingChanges + result.changes })),
+        publish(i, SyncEvent.LocalWrite({ changes: result.changes }))
+      )
+    ),
+    Effect.withSpan("SyncDatabase.execute", { attributes: { sql } })
+  )
+
+/** The engine's service with events, status and spans; push, pull and sync one at a time. */
+const wrap = <S extends EngineLike>(i: Instruments, engine: S): Effect.Effect<S & Instrumented, SyncError.SyncError> =>
+  Effect.gen(function*() {
+    const initial = yield* engine.stats
+    yield* setStatus(i, (s) => ({ ...s, pendingChanges: initial.pendingChanges }))
+    yield* Ref.set(i.current, "sync")
+    const instrumented: Instrumented = {
+      events: Stream.fromPubSub(i.hub),
+      subscribe: PubSub.subscribe(i.hub),
+      status: i.status
+    }
+    return {
+      ...engine,
+      execute: execute(i, engine),
+      push: run(i, engine, "push", pushPhase(i, engine, "push")),
+      pull: run(i, engine, "pull", pullPhase(i, engine)),
+      sync: run(i, engine, "sync", Effect.zipRight(pushPhase(i, engine, "sync"), pullPhase(i, engine))),
+      ...instrumented
+    }
+  })
+
+/** For the engine's own events (conflicts decided by a push), under the operation running now. */
+const publishConflicts = (i: Instruments, entries: ReadonlyArray<ConflictPolicy.Entry>) =>
+  Effect.flatMap(Ref.get(i.current), (operation) =>
+    Effect.forEach(entries, (entry) =>
+      publish(i, SyncEvent.Conflict({ operation: operation === "bootstrap" ? "push" : operation, entry })), {
+      discard: true
+    }))
+
 export const make = Effect.gen(function*() {
-  const hub = yield* PubSub.sliding<SyncEvent>(EVENT_BUFFER)
-  const status = yield* SubscriptionRef.make<Status>({
-    state: "idle",
-    pendingChanges: 0,
-    lastError: Option.none(),
-    online: true,
-    lastSyncAt: Option.none()
-  })
-  const current = yield* Ref.make<Operation | "bootstrap">("bootstrap")
-  const counters = yield* Ref.make<Counters>(zero)
-  const operationLock = yield* Effect.makeSemaphore(1)
-
-  const publish = (event: SyncEvent) => PubSub.publish(hub, event)
-  const setStatus = (f: (s: Status) => Status) => SubscriptionRef.update(status, f)
-
-  const online = <A, E extends SyncError.SyncError>(effect: Effect.Effect<A, E>) =>
-    Effect.tapBoth(effect, {
-      onSuccess: () => setStatus((s) => (s.online ? s : { ...s, online: true })),
-      onFailure: (error) => error._tag === "NetworkError" ? setStatus((s) => ({ ...s, online: false })) : Effect.void
-    })
-
-  const progressed = (f: (c: Counters) => Counters) =>
-    Effect.gen(function*() {
-      const c = yield* Ref.updateAndGet(counters, f)
-      yield* publish(SyncEvent.Progress({
-        operation: yield* Ref.get(current),
-        framesReceived: c.framesReceived,
-        bytesReceived: c.bytesReceived,
-        framesSent: c.framesSent,
-        bytesSent: c.bytesSent
-      }))
-    })
-
-  /** The remote the engine is given: same answers, observed. */
-  const observe = (remote: SyncRemote.Service): SyncRemote.Service => ({
-    info: online(remote.info),
-    export: (generation) =>
-      online(remote.export(generation)).pipe(
-        Effect.tap((base) => progressed((c) => ({ ...c, bytesReceived: c.bytesReceived + base.byteLength })))
-      ),
-    pull: (generation, start, end) =>
-      online(remote.pull(generation, start, end)).pipe(Effect.tap((result) => {
-        if (result._tag === "Frames") {
-          const n = result.frames.length
-          return progressed((c) => ({
-            ...c,
-            framesReceived: c.framesReceived + n,
-            bytesReceived: c.bytesReceived + n * WalFrame.FRAME_SIZE
-          }))
-        }
-        if (result.generation <= generation) return Effect.void
-        // The engine follows one generation per answer (checkpoint, then frame 1 of the next).
-        return Effect.flatMap(Ref.get(current), (operation) =>
-          publish(SyncEvent.GenerationChanged({
-            operation: operation === "bootstrap" ? "pull" : operation,
-            from: generation,
-            to: generation + 1
-          })))
-      })),
-    push: (generation, start, end, frames, baton) =>
-      online(remote.push(generation, start, end, frames, baton)).pipe(Effect.tap((result) =>
-        Effect.gen(function*() {
-          yield* progressed((c) => ({
-            ...c,
-            framesSent: c.framesSent + frames.length,
-            bytesSent: c.bytesSent + frames.length * WalFrame.FRAME_SIZE,
-            conflicts: c.conflicts + (result._tag === "Conflict" ? 1 : 0)
-          }))
-          if (result._tag === "Conflict") {
-            const operation = yield* Ref.get(current)
-            const { conflicts } = yield* Ref.get(counters)
-            yield* publish(SyncEvent.ConflictRetry({
-              operation: operation === "bootstrap" ? "push" : operation,
-              round: conflicts
-            }))
-          }
-        })
-      ))
-  })
-
-  /** The engine's service with events, status and spans; push, pull and sync one at a time. */
-  const wrap = <S extends EngineLike>(engine: S): Effect.Effect<S & Instrumented, SyncError.SyncError> =>
-    Effect.gen(function*() {
-      const initial = yield* engine.stats
-      yield* setStatus((s) => ({ ...s, pendingChanges: initial.pendingChanges }))
-      yield* Ref.set(current, "sync")
-
-      const pushPhase = (operation: Operation) =>
-        Effect.gen(function*() {
-          yield* setStatus((s) => ({ ...s, state: "pushing" }))
-          const pushed = yield* engine.push
-          const { conflicts } = yield* Ref.get(counters)
-          if (pushed && conflicts > 0) yield* publish(SyncEvent.ConflictResolved({ operation, rounds: conflicts }))
-          return pushed
-        })
-
-      const pullPhase = Effect.zipRight(setStatus((s) => ({ ...s, state: "pulling" })), engine.pull)
-
-      const run = (operation: Operation, body: Effect.Effect<boolean, SyncError.SyncError>) =>
-        operationLock.withPermits(1)(
-          Effect.gen(function*() {
-            yield* Ref.set(current, operation)
-            yield* Ref.set(counters, zero)
-            const startedAt = yield* Clock.currentTimeMillis
-            yield* publish(SyncEvent.Started({ operation }))
-            const before = yield* engine.stats
-            const changed = yield* body
-            const after = yield* engine.stats
-            const c = yield* Ref.get(counters)
-            const finishedAt = yield* Clock.currentTimeMillis
-            yield* setStatus((s) => ({
-              ...s,
-              state: "idle",
-              pendingChanges: after.pendingChanges,
-              lastError: Option.none(),
-              lastSyncAt: Option.some(new Date(finishedAt))
-            }))
-            yield* publish(SyncEvent.Finished({
-              operation,
-              changed,
-              pushedChanges: operation === "pull" ? 0 : Math.max(0, before.pendingChanges - after.pendingChanges),
-              pendingChanges: after.pendingChanges,
-              framesReceived: c.framesReceived,
-              bytesReceived: c.bytesReceived,
-              framesSent: c.framesSent,
-              bytesSent: c.bytesSent,
-              durationMs: finishedAt - startedAt
-            }))
-            return changed
-          }).pipe(
-            Effect.tapError((error) =>
-              Effect.gen(function*() {
-                const pending = yield* Effect.option(engine.stats)
-                yield* setStatus((s) => ({
-                  ...s,
-                  state: "idle",
-                  lastError: Option.some(error),
-                  pendingChanges: Option.match(pending, { onNone: () => s.pendingChanges, onSome: (p) => p.pendingChanges })
-                }))
-                yield* publish(SyncEvent.Failed({ operation, error }))
-              })
-            ),
-            Effect.onInterrupt(() => setStatus((s) => ({ ...s, state: "idle" }))),
-            Effect.withSpan(`SyncDatabase.${operation}`)
-          )
-        )
-
-      const execute: EngineLike["execute"] = (sql, params) =>
-        engine.execute(sql, params).pipe(
-          Effect.tap((result) =>
-            Effect.zipRight(
-              // Between operations the count grows by the rows each write reports (counting them
-              // exactly would cost a query per write); every push, pull and sync sets it exactly.
-              setStatus((s) => ({ ...s, pendingChanges: s.pendingChanges + result.changes })),
-              publish(SyncEvent.LocalWrite({ changes: result.changes }))
-            )
-          ),
-          Effect.withSpan("SyncDatabase.execute", { attributes: { sql } })
-        )
-
-      const instrumented: Instrumented = {
-        events: Stream.fromPubSub(hub),
-        subscribe: PubSub.subscribe(hub),
-        status
-      }
-      return {
-        ...engine,
-        execute,
-        push: run("push", pushPhase("push")),
-        pull: run("pull", pullPhase),
-        sync: run("sync", Effect.zipRight(pushPhase("sync"), pullPhase)),
-        ...instrumented
-      }
-    })
-
-  /** For the engine's own events (conflicts decided by a push), under the operation running now. */
-  const publishConflicts = (entries: ReadonlyArray<ConflictPolicy.Entry>) =>
-    Effect.flatMap(Ref.get(current), (operation) =>
-      Effect.forEach(entries, (entry) =>
-        publish(SyncEvent.Conflict({ operation: operation === "bootstrap" ? "push" : operation, entry })), {
-        discard: true
-      }))
-
-  return { observe, wrap, publishConflicts }
+  const i: Instruments = {
+    hub: yield* PubSub.sliding<SyncEvent>(EVENT_BUFFER),
+    status: yield* SubscriptionRef.make<Status>({
+      state: "idle",
+      pendingChanges: 0,
+      lastError: Option.none(),
+      online: true,
+      lastSyncAt: Option.none()
+    }),
+    current: yield* Ref.make<Operation | "bootstrap">("bootstrap"),
+    counters: yield* Ref.make<Counters>(zero),
+    operationLock: yield* Effect.makeSemaphore(1)
+  }
+  return {
+    observe: (remote: SyncRemote.Service) => observe(i, remote),
+    observer: observer(i),
+    wrap: <S extends EngineLike>(engine: S) => wrap(i, engine),
+    publishConflicts: (entries: ReadonlyArray<ConflictPolicy.Entry>) => publishConflicts(i, entries)
+  }
 })

@@ -4,11 +4,15 @@ import * as Effect from "effect/Effect"
 import type * as ChangeCapture from "../../ChangeCapture.js"
 import type * as ChangeReplay from "../../ChangeReplay.js"
 import * as ConflictPolicy from "../../ConflictPolicy.js"
-import { createChangesTable, plain, raiseSequenceFloor } from "../capture/capture.js"
-import { ident, isLiteral, splitStatements } from "../sqlite/sqlText.js"
+import { ensureLog, plain, raiseSequenceFloor } from "../capture/capture.js"
+import * as ChangeLog from "../capture/changeLog.js"
+import * as Executor from "../sqlite/executor.js"
 import * as ForeignKeys from "../sqlite/foreignKeys.js"
+import { ident, isLiteral, splitStatements } from "../sqlite/sqlText.js"
+import * as SqlValue from "../sqlite/sqlValue.js"
 import * as TableInfo from "../sqlite/tableInfo.js"
 import { ReplayError } from "./replayError.js"
+import * as Values from "./replayValues.js"
 
 type Image = ChangeCapture.Image
 type Key = ReadonlyArray<readonly [string, string]>
@@ -66,7 +70,7 @@ export const lookupKey = (change: ChangeCapture.Change, table: TableInfo.TableIn
 }
 
 /**
- * Last push wins (the seed's behaviour): the local change is applied over whatever Synced holds. Without a
+ * Last push wins (the default): the local change is applied over whatever Synced holds. Without a
  * conflict an update writes only the columns it changed; on RowChanged the whole local row wins (the
  * `mergeColumns` policy keeps writing only the changed columns; see ConflictPolicy).
  * The conflict kind is recorded on the decision for reporting; it never changes this policy's outcome.
@@ -225,56 +229,29 @@ const PROGRESS_DDL = `CREATE TABLE IF NOT EXISTS main._sync_progress (
   change_id INTEGER NOT NULL
 )`
 
-const tableExists = (sql: SqlClient.SqlClient, name: string) =>
-  Effect.map(
-    sql<{ readonly n: number }>`
-      SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = ${name}`.withoutTransform,
-    (rows) => rows[0]!.n > 0
-  )
+const tableExists = (exec: Executor.Executor, name: string) =>
+  exec.values(`SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?`, [name]).length > 0
 
-const readProgress = (sql: SqlClient.SqlClient, clientId: string) =>
-  Effect.gen(function*() {
-    if (!(yield* tableExists(sql, "_sync_progress"))) return 0
-    const rows = yield* sql<{ readonly change_id: number }>`
-      SELECT change_id FROM main._sync_progress WHERE client_id = ${clientId}`.withoutTransform
-    return rows.length === 0 ? 0 : rows[0]!.change_id
-  })
-
-export const progress = (clientId: string): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
-  plain(Effect.flatMap(SqlClient.SqlClient, (sql) => readProgress(sql, clientId)))
-
-const messageOf = (error: SqlError): string => {
-  const cause = error.cause
-  return cause instanceof Error ? cause.message : String(error.message ?? cause)
+const readProgress = (exec: Executor.Executor, clientId: string) => {
+  if (!tableExists(exec, "_sync_progress")) return 0
+  const rows = exec.values(`SELECT change_id FROM main._sync_progress WHERE client_id = ?`, [clientId])
+  return rows.length === 0 ? 0 : Number(rows[0]![0])
 }
 
-const isConstraint = (error: SqlError): boolean => {
-  const cause = error.cause as { readonly code?: unknown } | undefined
+export const progress = (clientId: string): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
+  Executor.withExecutor((exec) => readProgress(exec, clientId))
+
+const messageOf = (error: unknown): string => {
+  const cause = error instanceof SqlError ? error.cause : error
+  return cause instanceof Error ? cause.message : String((error as SqlError)?.message ?? cause)
+}
+
+const isConstraint = (error: unknown): boolean => {
+  const cause = (error instanceof SqlError ? error.cause : error) as { readonly code?: unknown } | undefined
   return typeof cause?.code === "string" && cause.code.startsWith("SQLITE_CONSTRAINT")
 }
 
 /**
- * Runs one statement without the prepared-statement cache (replay statements embed literals, so caching them
- * would only hold memory). A statement that fails to prepare surfaces as an SqlError, not a defect.
- */
-const runOnce = (sql: SqlClient.SqlClient, statement: string): Effect.Effect<ReadonlyArray<any>, SqlError> =>
-  Effect.flatMap(
-    Effect.serviceOption(SqlClient.TransactionConnection),
-    (conn) =>
-      // Inside the replay transaction, straight to the connection: a span and a Statement per replayed
-      // row cost more than the row's SQL itself.
-      // (executeUnprepared prepares before it returns an Effect: suspend it so a prepare error is caught)
-      Effect.suspend(() =>
-        conn._tag === "Some"
-          ? conn.value[0].executeUnprepared(statement, [], undefined)
-          : sql.unsafe(statement).unprepared
-      ).pipe(
-          Effect.catchAllDefect((defect) =>
-            Effect.fail(new SqlError({ cause: defect, message: "Failed to prepare statement" }))
-          )
-        )
-  )
-
 /** @internal */
 export const groupByTransaction = (
   changes: ReadonlyArray<ChangeCapture.Change>
@@ -293,57 +270,100 @@ export const groupByTransaction = (
  * the same transaction): every row they wrote on Draft was captured as a change of its own, so letting them
  * fire again would apply their effects twice (an audit row per replay, a counter bumped twice).
  */
-const suspendTriggers = (sql: SqlClient.SqlClient) =>
-  Effect.gen(function*() {
-    const triggers = yield* sql<{ readonly name: string; readonly sql: string }>`
-      SELECT name, sql FROM main.sqlite_schema WHERE type = 'trigger' ORDER BY rowid`.withoutTransform
-    for (const trigger of triggers) yield* runOnce(sql, `DROP TRIGGER main.${ident(trigger.name)}`)
-    return triggers
-  })
+const suspendTriggers = (exec: Executor.Executor) => {
+  const triggers = exec.values(`SELECT name, sql FROM main.sqlite_schema WHERE type = 'trigger' ORDER BY rowid`)
+    .map((row) => ({ name: row[0] as string, sql: row[1] as string }))
+  for (const trigger of triggers) exec.once(`DROP TRIGGER main.${ident(trigger.name)}`)
+  return triggers
+}
 
-const restoreTriggers = (sql: SqlClient.SqlClient, triggers: ReadonlyArray<{ readonly sql: string }>) =>
-  Effect.forEach(triggers, (trigger) => runOnce(sql, trigger.sql), { discard: true })
+const restoreTriggers = (exec: Executor.Executor, triggers: ReadonlyArray<{ readonly sql: string }>) => {
+  for (const trigger of triggers) exec.once(trigger.sql)
+}
 
-const readCurrent = (sql: SqlClient.SqlClient, table: TableInfo.TableInfo, key: Key) =>
-  Effect.gen(function*() {
-    if (table.columns.length === 0) return null
-    const rows = yield* runOnce(
-      sql,
-      `SELECT ${table.columns.map((column, i) => `quote(${ident(column)}) AS c${i}`).join(", ")} ` +
-        `FROM ${ident(table.name)} WHERE ${where(key)} LIMIT 1`
+/**
+ * The row the target holds at `key` (null: none). better-sqlite3 decodes TEXT that is not valid UTF-8
+ * lossily, so a row holding U+FFFD is read again with its TEXT as bytes.
+ */
+const readCurrent = (exec: Executor.Executor, table: TableInfo.TableInfo, key: Values.Key): ChangeLog.Values | null => {
+  if (table.columns.length === 0) return null
+  const fast = Values.selectCurrent(table, key, false)
+  const rows = exec.values(fast.sql, fast.params)
+  if (rows.length === 0) return null
+  const row = rows[0]!
+  if (!row.some(SqlValue.mayBeLossy)) return { columns: table.columns, values: row.map(SqlValue.fromDriver) }
+  const exact = Values.selectCurrent(table, key, true)
+  const typed = exec.values(exact.sql, exact.params)[0]!
+  return {
+    columns: table.columns,
+    values: table.columns.map((_, i) =>
+      typed[2 * i] === "text" ? SqlValue.textFromBytes(typed[2 * i + 1] as Uint8Array) : SqlValue.fromDriver(typed[2 * i + 1])
     )
-    if (rows.length === 0) return null
-    const row = rows[0] as Record<string, string>
-    return Object.fromEntries(table.columns.map((column, i) => [column, row[`c${i}`]!])) as Image
-  })
+  }
+}
+
+const FK_PROBE = `SELECT (SELECT foreign_keys FROM pragma_foreign_keys) = 1 AND EXISTS (
+  SELECT 1 FROM main.sqlite_schema AS m JOIN pragma_foreign_key_list(m.name) AS f WHERE m.type = 'table')`
+
+/** Changes are read and replayed this many at a time (the log is paged, never held whole). */
+const PAGE = 2048
+
+/**
+ * Where replay reads its changes: pages of changes with id above the given one, in id order, each id once;
+ * an empty page ends. Replay may read them twice (pull mode re-records them after replaying).
+ */
+export type Source = (afterId: number, limit: number) => Effect.Effect<ReadonlyArray<ChangeLog.LogChange>, SqlError>
+
+/** A source over changes held in memory (sorted by id, the last of equal ids kept). */
+export const fromArray = (changes: ReadonlyArray<ChangeLog.LogChange>): Source => {
+  const byId = new Map<number, ChangeLog.LogChange>()
+  for (const change of changes) byId.set(change.id, change)
+  const sorted = [...byId.values()].sort((x, y) => x.id - y.id)
+  return (afterId, limit) => {
+    let from = 0
+    while (from < sorted.length && sorted[from]!.id <= afterId) from++
+    return Effect.succeed(sorted.slice(from, from + limit))
+  }
+}
 
 export const apply = (
   changes: ReadonlyArray<ChangeCapture.Change>,
   options: ChangeReplay.ApplyOptions
 ): Effect.Effect<ChangeReplay.ApplyResult, ReplayError | SqlError, SqlClient.SqlClient> =>
-  plain(Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
+  Effect.suspend(() => {
+    const converted: Array<ChangeLog.LogChange> = []
     for (const change of changes) {
-      if (!validLiterals(change)) {
-        return yield* Effect.fail(
+      const log = ChangeLog.fromPublic(change)
+      if (typeof log === "string") {
+        return Effect.fail(
           new ReplayError({
             reason: "InvalidChange",
-            message: `change ${change.id} holds a value that is not a SQL literal`,
+            message: `change ${change.id} holds a value that is not a SQL literal (${log})`,
             changeId: change.id
           })
         )
       }
+      converted.push(log)
     }
+    return applySource(fromArray(converted), options)
+  })
+
+/** Replays the changes of `source` (see ChangeReplay.apply) in ONE transaction on the environment's client. */
+export const applySource = (
+  source: Source,
+  options: ChangeReplay.ApplyOptions
+): Effect.Effect<ChangeReplay.ApplyResult, ReplayError | SqlError, SqlClient.SqlClient> =>
+  plain(Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
     return yield* sql.withTransaction(Effect.gen(function*() {
-      yield* sql.unsafe(`PRAGMA defer_foreign_keys = ON`).raw
-      const clientId = options.mode === "push" ? options.clientId : options.clientId
-      const done = clientId === undefined ? 0 : yield* readProgress(sql, clientId)
-      // in id order, each id once (the log's order is the only order that means anything)
-      const byId = new Map<number, ChangeCapture.Change>()
-      for (const change of changes) if (change.id > done) byId.set(change.id, change)
-      const todo = [...byId.values()].sort((x, y) => x.id - y.id)
-      const suspend = options.triggers !== "fire" && todo.length > 0
-      let suspended = suspend ? yield* suspendTriggers(sql) : []
+      const exec = yield* Executor.executor
+      const attempt = <A>(f: () => A) => Effect.try({ try: f, catch: (cause) => Executor.toSqlError(cause) })
+      yield* attempt(() => exec.once(`PRAGMA defer_foreign_keys = ON`))
+      const clientId = options.clientId
+      const done = clientId === undefined ? 0 : yield* attempt(() => readProgress(exec, clientId))
+      const first = yield* source(done, PAGE)
+      const suspend = options.triggers !== "fire" && first.length > 0
+      let suspended = suspend ? yield* attempt(() => suspendTriggers(exec)) : []
       const conflicts: Array<ChangeReplay.Conflict> = []
       const touched = new Set<string>()
       let ddlRan = false
@@ -357,255 +377,367 @@ export const apply = (
       const mode = options.mode
       const dropped: Array<number> = []
       // Whether replay may meet deferred foreign-key violations a policy must see per transaction.
-      const fkProbe = resolve === undefined ? Effect.succeed(false) : Effect.map(
-        sql<{ readonly n: number }>`
-          SELECT (SELECT foreign_keys FROM pragma_foreign_keys) = 1 AND EXISTS (
-            SELECT 1 FROM main.sqlite_schema AS m JOIN pragma_foreign_key_list(m.name) AS f
-            WHERE m.type = 'table') AS n`.withoutTransform,
-        (rows) => rows[0]?.n === 1
-      )
+      const fkProbe = resolve === undefined
+        ? Effect.succeed(false)
+        : attempt(() => exec.values(FK_PROBE)[0]?.[0] === 1n)
       let fkActive = yield* fkProbe
+
+      type Change = ChangeLog.LogChange
+      const publicChange = (change: Change) => ChangeLog.toPublic(change)
+      const recordConflict = (
+        change: Change,
+        key: Values.Key | undefined,
+        kind: ChangeReplay.Conflict["kind"],
+        current: ChangeLog.Values | null,
+        decision: Values.Decision,
+        extra: Partial<Pick<ChangeReplay.Conflict, "resolution" | "statement" | "message">> = {}
+      ) =>
+        conflicts.push({
+          change: publicChange(change),
+          key: key === undefined ? [] : Values.publicKey(key),
+          kind,
+          current: Values.publicImage(current),
+          decision: Values.toPublic(decision),
+          ...extra
+        })
+      const failWith = (
+        change: Change,
+        reason: ReplayError["reason"],
+        message: string,
+        statement?: string,
+        cause?: unknown
+      ) =>
+        Effect.fail(
+          new ReplayError({
+            reason,
+            message,
+            changeId: change.id,
+            txId: change.txId,
+            table: change.table,
+            ...(statement !== undefined ? { statement } : {}),
+            ...(cause !== undefined ? { cause } : {})
+          })
+        )
+      /** Runs the statements of a decision; the first failure is returned (SQLite undid that statement). */
+      const execute = (statements: ReadonlyArray<Values.Statement>) => {
+        for (const statement of statements) {
+          try {
+            exec.run(statement.sql, statement.params)
+          } catch (cause) {
+            return { statement: statement.sql, cause }
+          }
+        }
+        return undefined
+      }
       /**
        * A constraint failure (UNIQUE, CHECK, NOT NULL) put to the policy: "drop" the transaction, "fail"
        * (nothing can settle it), or "replaced" (the resolver's row was written instead).
        */
       const settleConstraint = (
-        change: ChangeCapture.Change,
+        change: Change,
         table: TableInfo.TableInfo,
-        key: Key,
-        current: Image | null,
+        key: Values.Key,
+        current: ChangeLog.Values | null,
         statement: string,
         message: string
       ) =>
         Effect.gen(function*() {
           const resolution = yield* resolve!({
-            kind: "Constraint", table: change.table, key, change, remote: current, mode, statement, message
+            kind: "Constraint",
+            table: change.table,
+            key: Values.publicKey(key),
+            change: publicChange(change),
+            remote: Values.publicImage(current),
+            mode,
+            statement,
+            message
           })
-          const record = (decision: ChangeReplay.Decision) =>
-            conflicts.push({ change, key, kind: "Constraint", current, decision, resolution, statement, message })
           if (ConflictPolicy.dropsTransaction(resolution)) {
-            record({ _tag: "Skip", conflict: null })
+            recordConflict(change, key, "Constraint", current, { _tag: "Skip", conflict: null }, { resolution, statement, message })
             return "drop" as const
           }
           if (resolution._tag === "Replace") {
-            const decision = replaceDecision(change, table, key, current, resolution.row, null)
-            for (const replacement of statements(decision, table)) {
-              const ok = yield* Effect.either(runOnce(sql, replacement))
-              if (ok._tag === "Left") return mode === "push" ? "fail" as const : "drop" as const
+            const row = Values.valuesFromPublic(resolution.row)
+            if (typeof row === "string") {
+              return yield* failWith(change, "InvalidChange", `change ${change.id}: the resolver's row holds a value that is not a SQL literal in column ${row}`)
             }
-            record(decision)
+            const decision = Values.replaceDecision(change, table, key, current, row, null)
+            if (execute(Values.statements(decision, table)) !== undefined) {
+              return mode === "push" ? "fail" as const : "drop" as const
+            }
+            recordConflict(change, key, "Constraint", current, decision, { resolution, statement, message })
             return "replaced" as const
           }
           // KeepLocal or Fail: the local change cannot be applied. A pull only previews the push: the
           // transaction stays pending (re-recorded) and the push reports the failure.
           if (mode === "pull") {
-            record({ _tag: "Skip", conflict: null })
+            recordConflict(change, key, "Constraint", current, { _tag: "Skip", conflict: null }, { resolution, statement, message })
             return "drop" as const
           }
           return "fail" as const
         })
-      let savepoints = 0
-      for (const group of groupByTransaction(todo)) {
-        // A local transaction replays as a unit: a policy that drops one of its changes drops all of them.
-        const savepoint = resolve === undefined ? undefined : `_sync_tx_${++savepoints}`
-        if (savepoint !== undefined) yield* runOnce(sql, `SAVEPOINT ${savepoint}`)
-        const suspendedAtStart = suspended
-        const touchedTx = new Set<string>()
-        let drop: { readonly change: ChangeCapture.Change } | undefined
-        let ddlInTx = false
-        for (const original of group) {
-          let change = original
-          const fail = (reason: ReplayError["reason"], message: string, statement?: string, cause?: unknown) =>
-            Effect.fail(
-              new ReplayError({
-                reason,
-                message,
-                changeId: change.id,
-                txId: change.txId,
-                table: change.table,
-                ...(statement !== undefined ? { statement } : {}),
-                ...(cause !== undefined ? { cause } : {})
+
+      // The local transaction being replayed: a unit, inside a savepoint when a policy may drop it.
+      let group: {
+        readonly txId: number
+        readonly ids: Array<number>
+        readonly touched: Set<string>
+        readonly suspendedAtStart: typeof suspended
+        last: Change
+        ddl: boolean
+        drop: boolean
+      } | undefined
+      const useSavepoints = resolve !== undefined
+      const closeGroup = Effect.gen(function*() {
+        const g = group
+        if (g === undefined) return
+        group = undefined
+        if (!g.drop && fkActive && g.touched.size > 0 && useSavepoints) {
+          const found = yield* ForeignKeys.violations(sql, g.ddl ? undefined : g.touched)
+          if (found.length > 0) {
+            const last = g.last
+            const message = `FOREIGN KEY constraint failed: ${ForeignKeys.describe(found)}`
+            const statement = "PRAGMA foreign_key_check"
+            const info = yield* tableInfo(last.table)
+            const key = info === undefined ? undefined : Values.lookupKey(last, info)
+            const current = info === undefined || key === undefined ? null : yield* attempt(() => readCurrent(exec, info, key))
+            const resolution = yield* resolve!({
+              kind: "Constraint",
+              table: last.table,
+              key: key === undefined ? [] : Values.publicKey(key),
+              change: publicChange(last),
+              remote: Values.publicImage(current),
+              mode,
+              statement,
+              message
+            })
+            if (!ConflictPolicy.dropsTransaction(resolution) && mode === "push") {
+              return yield* new ReplayError({
+                reason: "Constraint",
+                message: `local transaction ${last.txId}: ${message}`,
+                changeId: last.id,
+                txId: last.txId,
+                table: last.table,
+                statement
               })
-            )
+            }
+            recordConflict(last, key, "Constraint", current, { _tag: "Skip", conflict: null }, { resolution, statement, message })
+            g.drop = true
+          }
+        }
+        if (useSavepoints) {
+          if (g.drop) {
+            yield* attempt(() => exec.run(`ROLLBACK TO _sync_tx`))
+            for (const id of g.ids) dropped.push(id)
+            suspended = g.suspendedAtStart
+            tables.clear()
+            if (g.ddl) fkActive = yield* fkProbe
+          }
+          yield* attempt(() => exec.run(`RELEASE _sync_tx`))
+        }
+      })
+
+      let last = done
+      let applied = 0
+      let page = first
+      while (page.length > 0) {
+        for (let index = 0; index < page.length; index++) {
+          const original = page[index]!
+          if (index % 256 === 255) yield* Effect.yieldNow()
+          last = Math.max(last, original.id)
+          applied++
+          if (group !== undefined && group.txId !== original.txId) yield* closeGroup
+          if (group === undefined) {
+            if (useSavepoints) yield* attempt(() => exec.run(`SAVEPOINT _sync_tx`))
+            group = {
+              txId: original.txId,
+              ids: [],
+              touched: new Set(),
+              suspendedAtStart: suspended,
+              last: original,
+              ddl: false,
+              drop: false
+            }
+          }
+          const g = group
+          g.ids.push(original.id)
+          g.last = original
+          if (g.drop) continue
+          let change = original
           if (change.kind === "ddl") {
             const text = change.sql ?? ""
             // The schema change sees the real schema (it may create or drop triggers itself).
-            yield* restoreTriggers(sql, suspended)
+            yield* attempt(() => restoreTriggers(exec, suspended))
             for (const part of splitStatements(text)) {
-              yield* runOnce(sql, part).pipe(
-                Effect.catchAll((error) =>
-                  alreadyApplied(part, messageOf(error))
-                    ? Effect.void
-                    : fail("Statement", `schema change ${change.id} failed: ${messageOf(error)}`, part, error)
-                )
-              )
+              try {
+                exec.once(part)
+              } catch (cause) {
+                if (!alreadyApplied(part, messageOf(cause))) {
+                  return yield* failWith(change, "Statement", `schema change ${change.id} failed: ${messageOf(cause)}`, part, Executor.toSqlError(cause))
+                }
+              }
             }
             tables.clear()
             ddlRan = true
-            ddlInTx = true
-            suspended = suspend ? yield* suspendTriggers(sql) : []
+            g.ddl = true
+            suspended = suspend ? yield* attempt(() => suspendTriggers(exec)) : []
             fkActive = yield* fkProbe
             continue
           }
           touched.add(change.table)
-          touchedTx.add(change.table)
-          let table = yield* tableInfo(change.table)
+          g.touched.add(change.table)
+          let table = tables.get(change.table)
+          if (table === undefined && !tables.has(change.table)) table = yield* tableInfo(change.table)
           if (table === undefined) {
-            return yield* fail("MissingTable", `change ${change.id}: table ${change.table} does not exist here`)
+            return yield* failWith(change, "MissingTable", `change ${change.id}: table ${change.table} does not exist here`)
           }
-          let key = lookupKey(change, table)
+          let key = Values.lookupKey(change, table)
           if (key === undefined) {
-            return yield* fail("NoRowIdentity", `change ${change.id}: no key for a row of ${change.table}`)
+            return yield* failWith(change, "NoRowIdentity", `change ${change.id}: no key for a row of ${change.table}`)
           }
-          let current = yield* readCurrent(sql, table, key)
-          if (transform !== undefined) {
-            const outcome = yield* transform(change, current)
-            if (outcome._tag === "Skip") continue
-            if (outcome._tag === "Rewrite") {
-              change = { ...outcome.change, id: original.id, txId: original.txId }
-              if (!validLiterals(change)) {
-                return yield* fail("InvalidChange", `change ${change.id} was rewritten with a value that is not a SQL literal`)
+          // An insert whose key is free needs no read: it is written at once (the decision is what `decide`
+          // answers for an absent row); an insert meeting any existing row goes the long way below.
+          if (transform === undefined && options.decide === undefined && change.kind === "insert") {
+            const quick = Values.insertIfAbsent(change, table)
+            if (quick !== undefined) {
+              let written = 0
+              try {
+                written = exec.run(quick.sql, quick.params)
+              } catch {
+                // (a CHECK or NOT NULL failure: the long way meets it again and puts it to the policy)
               }
-              table = yield* tableInfo(change.table)
-              if (table === undefined) {
-                return yield* fail("MissingTable", `change ${change.id}: table ${change.table} does not exist here`)
-              }
-              key = lookupKey(change, table)
-              if (key === undefined) {
-                return yield* fail("NoRowIdentity", `change ${change.id}: no key for a row of ${change.table}`)
-              }
-              current = yield* readCurrent(sql, table, key)
+              if (written === 1) continue
             }
           }
-          const base = (options.decide ?? decide)(change, current, table)
+          let current: ChangeLog.Values | null
+          try {
+            current = readCurrent(exec, table, key)
+          } catch (cause) {
+            return yield* Effect.fail(Executor.toSqlError(cause))
+          }
+          if (transform !== undefined) {
+            const outcome = yield* transform(publicChange(change), Values.publicImage(current))
+            if (outcome._tag === "Skip") continue
+            if (outcome._tag === "Rewrite") {
+              const rewritten = ChangeLog.fromPublic({ ...outcome.change, id: original.id, txId: original.txId })
+              if (typeof rewritten === "string") {
+                return yield* failWith(change, "InvalidChange", `change ${change.id} was rewritten with a value that is not a SQL literal (${rewritten})`)
+              }
+              change = rewritten
+              table = yield* tableInfo(change.table)
+              if (table === undefined) {
+                return yield* failWith(change, "MissingTable", `change ${change.id}: table ${change.table} does not exist here`)
+              }
+              key = Values.lookupKey(change, table)
+              if (key === undefined) {
+                return yield* failWith(change, "NoRowIdentity", `change ${change.id}: no key for a row of ${change.table}`)
+              }
+              current = yield* attempt(() => readCurrent(exec, table!, key!))
+            }
+          }
+          const base = options.decide === undefined
+            ? Values.decide(change, current, table)
+            : Values.fromPublic(options.decide(publicChange(change), Values.publicImage(current), table))
           const seen = "conflict" in base ? base.conflict : null
           let decision = base
           let resolution: ConflictPolicy.Resolution | undefined
           if (seen !== null && resolve !== undefined) {
-            resolution = yield* resolve({ kind: seen, table: change.table, key, change, remote: current, mode })
+            resolution = yield* resolve({
+              kind: seen,
+              table: change.table,
+              key: Values.publicKey(key),
+              change: publicChange(change),
+              remote: Values.publicImage(current),
+              mode
+            })
             if (resolution._tag === "Fail" && mode === "push") {
-              return yield* fail(
+              return yield* failWith(
+                change,
                 "Unresolved",
                 `change ${change.id} (local transaction ${change.txId}) on ${change.table}: ${seen} conflict: ` +
                   (resolution.message ?? "the resolver decided to fail")
               )
             }
             if (ConflictPolicy.dropsTransaction(resolution) || resolution._tag === "Fail") {
-              conflicts.push({ change, key, kind: seen, current, decision: { _tag: "Skip", conflict: seen }, resolution })
-              drop = { change }
-              break
+              recordConflict(change, key, seen, current, { _tag: "Skip", conflict: seen }, { resolution })
+              g.drop = true
+              continue
             }
-            if (resolution._tag === "Replace") decision = replaceDecision(change, table, key, current, resolution.row, seen)
+            if (resolution._tag === "Replace") {
+              const row = Values.valuesFromPublic(resolution.row)
+              if (typeof row === "string") {
+                return yield* failWith(change, "InvalidChange", `change ${change.id}: the resolver's row holds a value that is not a SQL literal in column ${row}`)
+              }
+              decision = Values.replaceDecision(change, table, key, current, row, seen)
+            }
           }
-          if (seen !== null) {
-            conflicts.push({ change, key, kind: seen, current, decision, ...(resolution ? { resolution } : {}) })
-          }
+          if (seen !== null) recordConflict(change, key, seen, current, decision, resolution ? { resolution } : {})
           if (decision._tag === "Invalid") {
-            return yield* fail("InvalidChange", `change ${change.id}: ${decision.reason}`)
+            return yield* failWith(change, "InvalidChange", `change ${change.id}: ${decision.reason}`)
           }
-          const run = (statement: string) =>
-            Effect.either(runOnce(sql, statement).pipe(
-              Effect.catchAll((error) =>
-                fail(
-                  isConstraint(error) ? "Constraint" : "Statement",
-                  `change ${change.id} (local transaction ${change.txId}) on ${change.table}: ${messageOf(error)}`,
-                  statement,
-                  error
-                )
-              )
-            ))
-          for (const statement of statements(decision, table)) {
-            const result = yield* run(statement)
-            if (result._tag === "Right") continue
-            const error = result.left
-            if (error.reason !== "Constraint" || resolve === undefined) return yield* Effect.fail(error)
-            const settled = yield* settleConstraint(change, table, key, current, statement, messageOf(error.cause as SqlError))
-            if (settled === "fail") return yield* Effect.fail(error)
-            if (settled === "drop") {
-              drop = { change }
-              break
-            }
-            // Replaced: the failed statement was undone by SQLite (ABORT); the replacement row was written.
-            break
-          }
-          if (drop !== undefined) break
+          const failed = execute(Values.statements(decision, table))
+          if (failed === undefined) continue
+          const error = new ReplayError({
+            reason: isConstraint(failed.cause) ? "Constraint" : "Statement",
+            message: `change ${change.id} (local transaction ${change.txId}) on ${change.table}: ${messageOf(failed.cause)}`,
+            changeId: change.id,
+            txId: change.txId,
+            table: change.table,
+            statement: failed.statement,
+            cause: Executor.toSqlError(failed.cause)
+          })
+          if (error.reason !== "Constraint" || resolve === undefined) return yield* error
+          const settled = yield* settleConstraint(change, table, key, current, failed.statement, messageOf(failed.cause))
+          if (settled === "fail") return yield* error
+          if (settled === "drop") g.drop = true
+          // Replaced: the failed statement was undone by SQLite (ABORT); the replacement row was written.
         }
-        if (drop === undefined && fkActive && touchedTx.size > 0 && savepoint !== undefined) {
-          const found = yield* ForeignKeys.violations(sql, ddlInTx ? undefined : touchedTx)
-          if (found.length > 0) {
-            const last = group[group.length - 1]!
-            const message = `FOREIGN KEY constraint failed: ${ForeignKeys.describe(found)}`
-            const statement = "PRAGMA foreign_key_check"
-            const info = yield* tableInfo(last.table)
-            const key = info === undefined ? undefined : lookupKey(last, info)
-            const current = info === undefined || key === undefined ? null : yield* readCurrent(sql, info, key)
-            const resolution = yield* resolve!({
-              kind: "Constraint", table: last.table, key: key ?? [], change: last, remote: current, mode, statement, message
-            })
-            if (!ConflictPolicy.dropsTransaction(resolution) && mode === "push") {
-              return yield* Effect.fail(
-                new ReplayError({
-                  reason: "Constraint",
-                  message: `local transaction ${last.txId}: ${message}`,
-                  changeId: last.id,
-                  txId: last.txId,
-                  table: last.table,
-                  statement
-                })
-              )
-            }
-            conflicts.push({
-              change: last, key: key ?? [], kind: "Constraint", current, decision: { _tag: "Skip", conflict: null }, resolution, statement, message
-            })
-            drop = { change: last }
-          }
-        }
-        if (savepoint !== undefined) {
-          if (drop !== undefined) {
-            yield* runOnce(sql, `ROLLBACK TO ${savepoint}`)
-            for (const change of group) dropped.push(change.id)
-            suspended = suspendedAtStart
-            tables.clear()
-            if (ddlInTx) fkActive = yield* fkProbe
-          }
-          yield* runOnce(sql, `RELEASE ${savepoint}`)
-        }
+        page = yield* source(page[page.length - 1]!.id, PAGE)
       }
-      yield* restoreTriggers(sql, suspended)
+      yield* closeGroup
+      yield* attempt(() => restoreTriggers(exec, suspended))
       // Deferred foreign keys are checked by COMMIT; find violations first so the failure is a typed error
       // and a clean rollback (see foreignKeys.ts).
       const found = yield* ForeignKeys.violations(sql, ddlRan ? undefined : touched)
       if (found.length > 0) {
-        return yield* Effect.fail(
-          new ReplayError({
-            reason: "Constraint",
-            message: `FOREIGN KEY constraint failed after replay: ${ForeignKeys.describe(found)}`
-          })
-        )
+        return yield* new ReplayError({
+          reason: "Constraint",
+          message: `FOREIGN KEY constraint failed after replay: ${ForeignKeys.describe(found)}`
+        })
       }
-      const last = todo.length === 0 ? done : Math.max(done, todo[todo.length - 1]!.id)
       if (options.mode === "push") {
-        if (todo.length > 0) {
-          yield* sql.unsafe(PROGRESS_DDL).raw
-          yield* sql`INSERT INTO main._sync_progress (client_id, change_id) VALUES (${options.clientId}, ${last})
-            ON CONFLICT (client_id) DO UPDATE SET change_id = max(change_id, excluded.change_id)`.raw
+        if (applied > 0) {
+          yield* attempt(() => {
+            exec.once(PROGRESS_DDL)
+            exec.run(
+              `INSERT INTO main._sync_progress (client_id, change_id) VALUES (?, ?)
+               ON CONFLICT (client_id) DO UPDATE SET change_id = max(change_id, excluded.change_id)`,
+              [options.clientId, last]
+            )
+          })
         }
       } else {
-        yield* sql.unsafe(createChangesTable).raw
-        for (const change of todo) {
-          yield* sql`INSERT OR REPLACE INTO main._sync_changes
-            (id, tx_id, tbl, kind, before, after, before_rowid, after_rowid, sql) VALUES (
-              ${change.id}, ${change.txId}, ${change.table}, ${change.kind},
-              ${change.before === null ? null : JSON.stringify(change.before)},
-              ${change.after === null ? null : JSON.stringify(change.after)},
-              ${change.rowid?.before ?? null}, ${change.rowid?.after ?? null}, ${change.sql ?? null})`.raw
+        // The changes stay pending in the copy that becomes Draft: recorded again, read again page by page.
+        yield* ensureLog(sql).pipe(Effect.catchTag("CaptureError", (error) =>
+          new ReplayError({ reason: "Statement", message: error.message, cause: error })))
+        let width = yield* attempt(() => ChangeLog.widthOf(exec, "main", "_sync_changes"))
+        let after = done
+        for (;;) {
+          const batch = yield* source(after, PAGE)
+          if (batch.length === 0) break
+          yield* attempt(() => {
+            for (const change of batch) width = ChangeLog.record(exec, change, width)
+          })
+          after = batch[batch.length - 1]!.id
+          yield* Effect.yieldNow()
         }
-        const floor = (yield* tableExists(sql, "_sync_progress"))
-          ? (yield* sql<{ readonly m: number }>`
-              SELECT coalesce(max(change_id), 0) AS m FROM main._sync_progress`.withoutTransform)[0]!.m
-          : 0
+        const floor = yield* attempt(() =>
+          tableExists(exec, "_sync_progress")
+            ? Number(exec.values(`SELECT coalesce(max(change_id), 0) FROM main._sync_progress`)[0]![0])
+            : 0
+        )
         yield* raiseSequenceFloor(sql, Math.max(floor, last))
       }
-      return { lastChangeId: last, applied: todo.length, conflicts, dropped }
+      return { lastChangeId: last, applied, conflicts, dropped }
     }))
   }))

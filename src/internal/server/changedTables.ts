@@ -8,6 +8,8 @@
  * not walk cleanly) or a change to the schema itself asks for the full `integrity_check`: the
  * placement only ever narrows the check when it is sure. `quick_check` always runs first, over the
  * whole file, so a commit that breaks the structure of a b-tree it did not seem to touch is still refused.
+ * When the changed tables hold half the database or more, the full check is cheaper than the two and
+ * is asked for instead.
  */
 import * as WalFrame from "../../WalFrame.js"
 
@@ -20,7 +22,12 @@ export interface SchemaEntry {
 
 /** What the check must cover: everything, or the listed tables (with their indexes). */
 export type Placement =
-  | { readonly _tag: "Full"; readonly why: string }
+  | {
+    readonly _tag: "Full"
+    readonly why: string
+    /** The schema may differ after the commit: a cached copy of it must be read again. */
+    readonly schemaChanged: boolean
+  }
   | { readonly _tag: "Tables"; readonly tables: ReadonlyArray<string> }
 
 /** The pragmas a commit must pass, in order; the first finding refuses it. */
@@ -37,7 +44,7 @@ const INDEX_INTERIOR = 0x02
 const SCHEMA_TABLE = "\u0000sqlite_schema"
 const FREE = "\u0000free"
 
-const full = (why: string): Placement => ({ _tag: "Full", why })
+const full = (why: string, schemaChanged = false): Placement => ({ _tag: "Full", why, schemaChanged })
 
 const u16 = (page: Uint8Array, at: number) => (page[at] << 8) | page[at + 1]
 const u32 = (page: Uint8Array, at: number) =>
@@ -65,7 +72,7 @@ export const place = (
     // Page 1 carries the file header, which every commit rewrites, and the root of sqlite_schema.
     const before = readHead(1)
     if (before === undefined || Buffer.compare(before.subarray(100), page1.subarray(100)) !== 0) {
-      return full("the commit changes the schema")
+      return full("the commit changes the schema", true)
     }
     touched.delete(1)
   }
@@ -104,7 +111,7 @@ export const place = (
     return true
   }
 
-  if (!walk(1, SCHEMA_TABLE)) return full("sqlite_schema does not walk as a b-tree")
+  if (!walk(1, SCHEMA_TABLE)) return full("sqlite_schema does not walk as a b-tree", true)
   for (const entry of schema) {
     if (!walk(entry.rootpage, entry.tblName)) return full(`the b-tree of ${entry.name} does not walk as a b-tree`)
   }
@@ -125,9 +132,19 @@ export const place = (
   for (const pgno of touched) {
     const label = owner.get(pgno)
     if (label === undefined) return full(`page ${pgno} is in no b-tree or freelist`)
-    if (label === SCHEMA_TABLE) return full("the commit changes the schema")
+    if (label === SCHEMA_TABLE) return full("the commit changes the schema", true)
     if (label !== FREE) tables.add(label)
   }
+  // quick_check reads every page and integrity_check(T) reads T's again: when the changed tables hold
+  // half the database or more, one full integrity_check costs less.
+  let all = 0
+  let changed = 0
+  for (const label of owner.values()) {
+    if (label === FREE || label === SCHEMA_TABLE) continue
+    all++
+    if (tables.has(label)) changed++
+  }
+  if (tables.size > 0 && 2 * changed >= all) return full("the changed tables hold half the database or more")
   return { _tag: "Tables", tables: Array.from(tables).sort() }
 }
 

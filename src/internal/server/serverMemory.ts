@@ -45,7 +45,7 @@ export const make = (options: { readonly integrityCheck: IntegrityCheck }): Back
           pgno * WalFrame.PAGE_SIZE <= head.byteLength
             ? head.subarray((pgno - 1) * WalFrame.PAGE_SIZE, pgno * WalFrame.PAGE_SIZE)
             : undefined)
-        if (placement._tag === "Full") schema = undefined
+        if (placement._tag === "Full" && placement.schemaChanged) schema = undefined
         return ChangedTables.planOf(placement)
       }
       return {

@@ -298,7 +298,7 @@ const openDatabase = (
         fs.readSync(fd, page, 0, WalFrame.PAGE_SIZE, (pgno - 1) * WalFrame.PAGE_SIZE)
         return page
       })
-      if (placement._tag === "Full") schema = undefined
+      if (placement._tag === "Full" && placement.schemaChanged) schema = undefined
       return ChangedTables.planOf(placement)
     } finally {
       fs.closeSync(fd)

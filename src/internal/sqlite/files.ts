@@ -21,7 +21,7 @@ export const attempt = <A>(path: string, message: string, f: (fs: FileService) =
   Effect.flatMap(currentFiles, (fs) =>
     Effect.try({
       try: () => f(fs),
-      catch: (cause) => new StorageError({ reason: "Files", message: `${message}: ${String(cause)}`, path, cause })
+      catch: (cause) => new StorageError({ reason: "Files", message: `${message}: ${cause instanceof Error ? cause.message : String(cause)}`, path, cause })
     }))
 
 /** @internal */

@@ -52,6 +52,17 @@ export const firstKeyword = (statement: string): string => {
   return match === null ? "" : match[0].toUpperCase()
 }
 
+/**
+ * Whether a statement can insert rows into a table: `INSERT`, `REPLACE`, or a `WITH` clause ahead of one.
+ * `last_insert_rowid()` means something after these only; after any other statement it still holds the rowid
+ * of an earlier insert on the connection, which may be one of the change log's own rows.
+ */
+export const mayInsert = (statement: string): boolean => {
+  const keyword = firstKeyword(statement)
+  return keyword === "INSERT" || keyword === "REPLACE" ||
+    (keyword === "WITH" && /\b(INSERT|REPLACE)\b/i.test(statement))
+}
+
 /** The statement without its leading whitespace and comments. */
 export const stripLeadingComments = (statement: string): string => {
   let i = 0
