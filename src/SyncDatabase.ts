@@ -194,6 +194,17 @@ export interface Options<R = never> {
    * pushed are lost). It changes nothing when the metadata file is there.
    */
   readonly startOver?: boolean | undefined
+  /**
+   * How many frames each local copy's WAL holds at rest before they are folded into its database file
+   * (default 1000, about 4 MB): local storage stays about twice the database plus two such WALs.
+   */
+  readonly maxWalFrames?: number | undefined
+  /**
+   * What a new local database starts from: `"head"` (default) the remote's current state, so that it opens
+   * with the data; `"base"` the base of the remote's current generation only (the libSQL client's way:
+   * the rest arrives with the first `pull`).
+   */
+  readonly bootstrap?: "head" | "base" | undefined
 }
 
 /**

@@ -9,13 +9,14 @@ import * as Crypto from "node:crypto"
 import * as SyncError from "../../SyncError.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import * as Files from "../sqlite/files.js"
+import * as DraftPages from "./draftPages.js"
 import { type Opening, type Paths, received } from "./state.js"
 import * as Validate from "./validate.js"
 
 /** Every file of both copies, with their WALs and the files of unfinished copies and rolls. */
 export const allFiles = (paths: Paths) => [
-  paths.draft, Files.walPath(paths.draft), Files.shmPath(paths.draft), paths.draftNew,
-  paths.synced, Files.walPath(paths.synced), Files.shmPath(paths.synced), paths.syncedNext
+  paths.draft, Files.walPath(paths.draft), Files.shmPath(paths.draft), paths.draftNew, paths.draftWalNext,
+  paths.synced, Files.walPath(paths.synced), Files.shmPath(paths.synced), paths.syncedNext, paths.syncedWalNext
 ]
 
 /** A base from `/export`: its header, then SQLite's check of its pages (nothing is written before). */
@@ -35,16 +36,19 @@ export const bootstrap = Effect.fn("Engine.bootstrap")(
     )
     yield* Files.writeNew(paths.synced, base)
     yield* Files.writeNew(paths.draft, base)
+    const at = { generation, frame: 0 }
     const metadata: SyncMetadata.Metadata = {
       version: 1,
       clientId: `${opening.options.clientName ?? "client"}-${Crypto.randomUUID()}`,
       generation,
       syncedFrame: 0,
+      foldedFrame: 0,
       lastPushedChangeId: 0,
       activeCopy: "draft",
       copyInProgress: false,
       rollInProgress: false,
-      draftBase: { generation, frame: 0 },
+      draftBase: at,
+      draftPages: DraftPages.fresh(at),
       ...(remote.url === undefined ? {} : { remoteUrl: remote.url }),
       ...(databaseId === undefined ? {} : { databaseId })
     }

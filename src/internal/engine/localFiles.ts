@@ -21,7 +21,7 @@ import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
 import { finishCopyFiles } from "./copy.js"
 import { replaceSynced } from "./rebootstrap.js"
-import { type Paths, type State, updateMetadata } from "./state.js"
+import { type Paths, type State, updateMetadata, walFrames } from "./state.js"
 import { headerPageSize, quickCheckProblem } from "./validate.js"
 
 /** What is wrong with one copy, `undefined` when nothing was found. */
@@ -99,9 +99,10 @@ const repairDraft = (state: State, problem: string) =>
     )
     yield* state.draft.close
     const m = yield* SynchronizedRef.get(state.metadata)
-    const frames = yield* Files.readWalFrames(state.paths.synced, m.syncedFrame)
+    const frames = yield* Files.readWalFrames(state.paths.synced, walFrames(m))
     yield* Files.materialize(state.paths.synced, frames, state.paths.draftNew)
-    yield* updateMetadata(state, (m) => ({
+    // Without page bookkeeping the next copy step writes every page of the rebuilt Draft.
+    yield* updateMetadata(state, ({ draftPages: _, ...m }) => ({
       ...m,
       copyInProgress: true,
       draftBase: { generation: m.generation, frame: m.syncedFrame }

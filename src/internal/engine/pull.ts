@@ -16,7 +16,8 @@ import * as Files from "../sqlite/files.js"
 import { sqlStatementError } from "./errors.js"
 import * as RemoteBinding from "./remoteBinding.js"
 import { finishFlaggedRoll, rollSynced } from "./roll.js"
-import { on, received, type State, updateMetadata, withoutTransfer } from "./state.js"
+import { finishFlaggedFold, foldSynced } from "./fold.js"
+import { on, received, type State, updateMetadata, walFrames, withoutTransfer } from "./state.js"
 import { cutToSyncedFrame, prefixAtSyncedFrame } from "./syncedWal.js"
 import * as Validate from "./validate.js"
 
@@ -37,13 +38,17 @@ const flush = (state: State, cursor: Cursor) =>
     const committed = WalFrame.committedLength(cursor.buffer)
     if (committed === 0) return
     const generation = cursor.generation
-    yield* Validate.frames(cursor.buffer.slice(0, committed), yield* syncedPages(state, cursor.frame), cursor.frame + 1)
-    const prefix = cursor.frame === 0 ? undefined : yield* prefixAtSyncedFrame(state)
+    // Synced's WAL holds the synced frames after the folded ones: frame n of the generation is WAL frame
+    // n - foldedFrame.
+    const m = yield* SynchronizedRef.get(state.metadata)
+    const inWal = walFrames(m)
+    yield* Validate.frames(cursor.buffer.slice(0, committed), yield* syncedPages(state, inWal), cursor.frame + 1)
+    const prefix = inWal === 0 ? undefined : yield* prefixAtSyncedFrame(state)
     yield* state.synced.close
-    const wal = yield* Files.appendWal(state.paths.synced, cursor.frame, cursor.buffer.slice(0, committed), prefix)
+    const wal = yield* Files.appendWal(state.paths.synced, inWal, cursor.buffer.slice(0, committed), prefix)
     // SQLite's own check before the frames count as synced; refused, they are cut off again.
     yield* Validate.database(state.paths.synced, `generation ${generation} up to frame ${cursor.frame + committed}`).pipe(
-      Effect.tapError(() => Files.truncateWal(state.paths.synced, cursor.frame))
+      Effect.tapError(() => Files.truncateWal(state.paths.synced, inWal))
     )
     yield* Ref.set(state.syncedPrefix, { generation, state: wal })
     yield* state.step("pull:framesWritten")
@@ -53,6 +58,8 @@ const flush = (state: State, cursor: Cursor) =>
     yield* updateMetadata(state, (m) => ({ ...m, generation, syncedFrame: at }))
     yield* state.step("pull:metadataWritten")
     cursor.changed = true
+    // A long catch-up never holds more than the bound in the WAL.
+    yield* foldSynced(state)
   })
 
 /** Buffers the frames of one answer, flushing when the buffer is large. */
@@ -115,8 +122,12 @@ const syncedPages = (state: State, frame: number) =>
 const verifyRemote = (state: State) =>
   Effect.gen(function*() {
     const m = yield* SynchronizedRef.get(state.metadata)
+    // A frame already folded into Synced's file is no longer at hand to compare (identity and head still are).
+    const folded = m.foldedFrame ?? 0
     const info = yield* RemoteBinding.verify(m, state.remote, (frame) =>
-      Effect.map(Files.readWalFrames(state.paths.synced, 1, frame - 1), (frames) => frames[0]))
+      frame <= folded
+        ? Effect.succeed(undefined)
+        : Effect.map(Files.readWalFrames(state.paths.synced, 1, frame - 1 - folded), (frames) => frames[0]))
     if (info.databaseId !== undefined && m.databaseId === undefined) {
       yield* updateMetadata(state, (m) => ({ ...m, databaseId: info.databaseId }))
     }
@@ -128,6 +139,7 @@ const verifyRemote = (state: State) =>
  */
 export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(function*(state: State) {
   yield* finishFlaggedRoll(state)
+  yield* finishFlaggedFold(state)
   yield* cutToSyncedFrame(state)
   yield* verifyRemote(state)
   const m = yield* SynchronizedRef.get(state.metadata)

@@ -33,12 +33,14 @@ export const replaceSynced = Effect.fn("Engine.replaceSynced")(
     yield* Files.remove(state.paths.syncedNext)
     yield* Files.writeNew(state.paths.syncedNext, base)
     yield* updateMetadata(state, (m) => {
-      // Draft is no copy of the new position, whatever it was a copy of.
-      const { databaseId: _, draftBase: __, ...rest } = m
+      // Draft is no copy of the new position, whatever it was a copy of: without page bookkeeping the
+      // next copy step writes every page.
+      const { databaseId: _, draftBase: __, draftPages: ___, ...rest } = m
       return {
         ...rest,
         generation: info.generation,
         syncedFrame: 0,
+        foldedFrame: 0,
         rollInProgress: true,
         ...(info.databaseId === undefined ? {} : { databaseId: info.databaseId }),
         ...(state.remote.url === undefined ? {} : { remoteUrl: state.remote.url })

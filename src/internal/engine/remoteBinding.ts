@@ -120,7 +120,7 @@ export const rewindDecision = (start: number, maxFrameNo: number): Either.Either
 export const verify = <E>(
   known: { readonly generation: number; readonly syncedFrame: number; readonly databaseId?: string | undefined },
   remote: SyncRemote.Service,
-  localFrame: (frame: number) => Effect.Effect<WalFrame.Frame, E>
+  localFrame: (frame: number) => Effect.Effect<WalFrame.Frame | undefined, E>
 ): Effect.Effect<SyncRemote.Info, SyncError.RemoteFailure | RemoteMismatch | E> =>
   Effect.gen(function*() {
     const answerOf = (result: SyncRemote.PullResult): Effect.Effect<HeadAnswer, E> =>
@@ -129,7 +129,7 @@ export const verify = <E>(
         ? Effect.succeed({ _tag: "Ends", maxFrameNo: result.generation === known.generation ? result.maxFrameNo : -1 })
         : Effect.map(localFrame(known.syncedFrame), (local) => ({
           _tag: "Frame",
-          same: result.frames.length > 0 && WalFrame.equals(local, result.frames[0])
+          same: result.frames.length > 0 && (local === undefined || WalFrame.equals(local, result.frames[0]))
         }))
     const info = yield* remote.info
     yield* identityDecision(known.databaseId, info.databaseId)

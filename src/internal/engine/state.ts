@@ -40,6 +40,16 @@ export interface EngineOptions {
   readonly startOver?: boolean | undefined
   /** The remote's URL may differ from the recorded one (the same server database moved). */
   readonly allowUrlChange?: boolean | undefined
+  /**
+   * Frames a copy's WAL may hold at rest before they are folded into its database file. Default 1000
+   * (about 4 MB per copy).
+   */
+  readonly maxWalFrames?: number | undefined
+  /**
+   * What a new local database starts from: `"head"` (default) the remote's current state, `"base"` only the
+   * base of the remote's current generation (its frames arrive with the first pull).
+   */
+  readonly bootstrap?: "head" | "base" | undefined
   /** Told of frames and bases as they arrive and leave (SyncDatabase's events and status). */
   readonly observer?: Observer | undefined
 }
@@ -71,15 +81,18 @@ export interface Observer {
 export const steps = [
   "pull:framesWritten",
   "pull:metadataWritten",
+  "fold:applied",
+  "fold:flagged",
   "roll:materialized",
   "roll:flagged",
   "replay:done",
   "push:beforeSend",
   "push:answered",
-  "copy:materialized",
+  "copy:walWritten",
   "copy:flagged",
   "copy:draftClosed",
   "copy:renamed",
+  "draftFold:flagged",
   "reset:before"
 ] as const
 
@@ -131,6 +144,8 @@ export interface State extends Opening {
   /** Push, pull and sync never run two at a time (invariant 5). */
   readonly syncLock: Effect.Semaphore
   readonly lastWriteBlockedMs: Ref.Ref<Option.Option<number>>
+  /** Frames a copy's WAL holds at rest before it is folded. */
+  readonly maxWalFrames: number
   /** SQLite's verdict per statement text: whether it only reads (`query`, layerSqlClient's routing). */
   readonly readVerdicts: Map<string, boolean>
 }
@@ -142,12 +157,21 @@ export const received = (opening: Opening, frames: number, bytes: number) =>
     Ref.update(opening.traffic, (t) => ({ ...t, received: t.received + bytes }))
   )
 
-/** Replaces the metadata, durably, then in memory. */
+/** Replaces the metadata, durably, then in memory; returns the new metadata. */
 export const updateMetadata = (state: State, f: (m: SyncMetadata.Metadata) => SyncMetadata.Metadata) =>
-  SynchronizedRef.updateEffect(state.metadata, (m) => {
+  SynchronizedRef.updateAndGetEffect(state.metadata, (m) => {
     const next = f(m)
     return Effect.as(state.metadataStore.write(next), next)
   })
+
+/** Frames of Synced's WAL at rest: the synced frames not folded into its database file. */
+export const walFrames = (m: SyncMetadata.Metadata): number => m.syncedFrame - (m.foldedFrame ?? 0)
+
+/** Where Synced's database file stands on the remote's history. */
+export const syncedFileAt = (m: SyncMetadata.Metadata): SyncMetadata.Position => ({
+  generation: m.generation,
+  frame: m.foldedFrame ?? 0
+})
 
 /** The metadata without the push whose outcome was unknown (it is settled now). */
 export const withoutTransfer = (m: SyncMetadata.Metadata): SyncMetadata.Metadata => {
