@@ -26,7 +26,8 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       const remote = yield* harness.remote(freshName("single"))
       const dir = yield* tempDir
       const other = yield* openClient(remote, NodePath.join(dir, "other"))
-      const local = yield* openClient(remote, NodePath.join(dir, "local"))
+      // The seed's bootstrap: the generation's base only, the remote's frames with the first pull.
+      const local = yield* openClient(remote, NodePath.join(dir, "local"), { bootstrap: "base" })
 
       yield* other.execute("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)")
       yield* other.push
@@ -403,6 +404,7 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       const unreliable = {
         info: flaky(remote.info),
         export: (g: number) => flaky(remote.export(g)),
+        snapshot: flaky(remote.snapshot),
         pull: (g: number, s: number, e: number) => flaky(remote.pull(g, s, e)),
         push: (...args: Parameters<typeof remote.push>) => flaky(remote.push(...args))
       }
@@ -444,6 +446,7 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       const unreachable = {
         info: Effect.fail(down),
         export: () => Effect.fail(down),
+        snapshot: Effect.fail(down),
         pull: () => Effect.fail(down),
         push: () => Effect.fail(down)
       }

@@ -59,6 +59,9 @@ layer(layerHttp, { excludeTestServices: true, timeout: 120_000 })("SyncDatabase 
         expect(metadataFile.copyInProgress).toBe(false)
         expect(metadataFile.rollInProgress).toBe(false)
         expect(Fs.existsSync(`${path}-draft.new`)).toBe(false)
+        expect(metadataFile.foldInProgress ?? false).toBe(false)
+        expect(Fs.existsSync(`${path}-draft-wal.next`)).toBe(false)
+        expect(Fs.existsSync(`${path}-synced-wal.next`)).toBe(false)
         expect(Fs.statSync(`${path}-synced-wal`, { throwIfNoEntry: false })?.size ?? 0).toBeLessThanOrEqual(
           WalFrame.walSize(metadataFile.syncedFrame)
         )
