@@ -486,6 +486,22 @@ describe("the hostile-input campaign", () => {
 // A client that asks for answers and never reads them: the server drops it after socketTimeoutMs
 // instead of holding the answers' buffers and sockets forever.
 const SOCKET_TIMEOUT_MS = 1_000
+
+/**
+ * The most a loopback TCP connection can hold in flight: the sender's largest send buffer plus the
+ * receiver's largest receive buffer (Linux's limits; elsewhere a generous 64 MiB).
+ */
+const socketBufferBytes = (): number => {
+  const largest = (file: string) => {
+    try {
+      return Number(Fs.readFileSync(file, "utf8").trim().split(/\s+/).pop())
+    } catch {
+      return Number.NaN
+    }
+  }
+  const total = largest("/proc/sys/net/ipv4/tcp_wmem") + largest("/proc/sys/net/ipv4/tcp_rmem")
+  return Number.isFinite(total) && total > 0 ? total : 64 * 1024 * 1024
+}
 layer(
   Layer.effect(TestServer, Effect.map(SyncServer.baseUrl, (base) => ({ base, dir: undefined, token: undefined }))).pipe(
     Layer.provide(SyncServer.layerNode({ port: 0, socketTimeoutMs: SOCKET_TIMEOUT_MS })),
@@ -517,15 +533,20 @@ layer(
         baton = H.json(res).baton
       }
       const answerBytes = 1024 * FRAME
+      // Each reader pipelines more answers than the kernel's socket buffers between the two ends can hold
+      // (the server's send buffer and the reader's receive buffer, each at its largest), so whatever the
+      // buffers absorb, the server is left with answers it cannot hand over and must drop the reader.
+      const pipelined = Math.ceil(socketBufferBytes() / answerBytes) + 2
+      const asked = pipelined * answerBytes
       const url = new URL(base)
-      // Several stalled readers, each asking for the largest answer a pull gives.
+      // Several stalled readers, each asking for the largest answer a pull gives, again and again.
       const outcomes = yield* Effect.promise(() =>
         Promise.all(Array.from({ length: 4 }, () =>
           new Promise<{ received: number; closedWithin: number }>((resolve) => {
             const started = Date.now()
             let received = 0
             const socket = Net.connect(Number(url.port), url.hostname, () => {
-              socket.write(`GET /db/big/sync/1/1/1025 HTTP/1.1\r\nHost: x\r\n\r\n`)
+              socket.write(`GET /db/big/sync/1/1/1025 HTTP/1.1\r\nHost: x\r\n\r\n`.repeat(pipelined))
               socket.pause()
               // After the timeout has passed, read whatever the server had sent before dropping us.
               setTimeout(() => socket.resume(), SOCKET_TIMEOUT_MS * 3)
@@ -540,7 +561,7 @@ layer(
         ))
       )
       for (const outcome of outcomes) {
-        expect(outcome.received).toBeLessThan(answerBytes)
+        expect(outcome.received).toBeLessThan(asked)
         expect(outcome.closedWithin).toBeLessThan(SOCKET_TIMEOUT_MS * 10)
       }
       const alive = yield* Effect.promise(() => H.request(base, { path: "/db/big/info" }))
