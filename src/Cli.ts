@@ -45,8 +45,18 @@ export const layerLogger = (format: "logfmt" | "json"): Layer.Layer<never> =>
     Logger.withConsoleError(format === "json" ? Logger.jsonLogger : Logger.logfmtLogger)
   )
 
+const DURATION_UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
+
+/** `90s`, `30m`, `1h`, `7d` or `0`, in milliseconds; undefined when it is none of those. */
+const parseDurationMs = (text: string): number | undefined => {
+  if (text === "0") return 0
+  const match = /^([0-9]{1,9})([smhd])$/.exec(text)
+  return match === null ? undefined : Number(match[1]) * DURATION_UNITS[match[2]]
+}
+
 /**
- * `effect-sqlite-sync serve`: serves every database under `--data` until SIGINT or SIGTERM.
+ * `effect-sqlite-sync serve`: serves every database under `--data` (or in PostgreSQL with `--store`)
+ * until SIGINT or SIGTERM.
  *
  * @since 0.1.0
  * @category commands
@@ -62,7 +72,14 @@ export const serve = Command.make(
     ),
     data: Options.text("data").pipe(
       Options.withDefault("./data"),
-      Options.withDescription("directory holding the databases")
+      Options.withDescription("directory holding the databases (the embedded SQLite store)")
+    ),
+    store: Options.text("store").pipe(
+      Options.optional,
+      Options.withDescription(
+        "keep the databases in PostgreSQL instead of --data: postgres://USER:PASSWORD@HOST:PORT/DATABASE " +
+          "(several serve processes may share one)"
+      )
     ),
     authToken: Options.redacted("auth-token").pipe(
       Options.withFallbackConfig(Config.redacted("EFFECT_SQLITE_SYNC_AUTH_TOKEN")),
@@ -73,11 +90,33 @@ export const serve = Command.make(
     ),
     generationFrames: Options.integer("generation-frames").pipe(
       Options.optional,
-      Options.withDescription("start a new generation once one holds more than this many frames (off by default)")
+      Options.withDescription(
+        "start a new generation once one holds more than this many frames (replaces --generation-growth)"
+      )
+    ),
+    generationGrowth: Options.text("generation-growth").pipe(
+      Options.optional,
+      Options.withDescription(
+        "start a new generation once its frames hold more than F times its base's size (default 1), or 'never'"
+      )
+    ),
+    generationMinFrames: Options.integer("generation-min-frames").pipe(
+      Options.optional,
+      Options.withDescription("the growth rule leaves a generation of at most this many frames alone (default 1000)")
     ),
     keepGenerations: Options.integer("keep-generations").pipe(
       Options.optional,
-      Options.withDescription("how many generations before the current one stay pullable (default: all)")
+      Options.withDescription(
+        "keep an old generation while it is one of the K before the current one (default 2, with --keep-generations-for 1h)"
+      )
+    ),
+    keepGenerationsFor: Options.text("keep-generations-for").pipe(
+      Options.optional,
+      Options.withDescription("keep an old generation while it was superseded less than this long ago: 90s, 30m, 1h, 7d")
+    ),
+    maxPullFrames: Options.integer("max-pull-frames").pipe(
+      Options.optional,
+      Options.withDescription("the most frames one pull answer carries (default 1024, at most 16384)")
     ),
     integrityCheck: Options.choice("integrity-check", ["changed_tables", "quick_check", "integrity_check", "off"]).pipe(
       Options.withDefault(ServerStore.DEFAULT_INTEGRITY_CHECK),
@@ -110,6 +149,22 @@ export const serve = Command.make(
       if (Option.isSome(options.keepGenerations) && options.keepGenerations.value < 0) {
         return yield* invalid("--keep-generations must be at least 0")
       }
+      const growth = Option.map(options.generationGrowth, (text) => text === "never" ? "never" as const : Number(text))
+      if (Option.isSome(growth) && growth.value !== "never" && !(Number.isFinite(growth.value) && growth.value > 0)) {
+        return yield* invalid("--generation-growth must be a number above 0, or 'never'")
+      }
+      if (Option.isSome(options.generationMinFrames) && options.generationMinFrames.value < 0) {
+        return yield* invalid("--generation-min-frames must be at least 0")
+      }
+      const keepFor = Option.map(options.keepGenerationsFor, parseDurationMs)
+      if (Option.isSome(keepFor) && keepFor.value === undefined) {
+        return yield* invalid("--keep-generations-for must be a duration such as 90s, 30m, 1h or 7d")
+      }
+      if (
+        Option.isSome(options.maxPullFrames) && !(options.maxPullFrames.value >= 1 && options.maxPullFrames.value <= 16_384)
+      ) {
+        return yield* invalid("--max-pull-frames must be from 1 to 16384")
+      }
       if (Option.isSome(options.maxDatabases) && options.maxDatabases.value < 0) {
         return yield* invalid("--max-databases must be at least 0")
       }
@@ -119,21 +174,29 @@ export const serve = Command.make(
       if (Option.isSome(options.authToken) && Redacted.value(options.authToken.value).length === 0) {
         return yield* invalid("--auth-token must not be empty")
       }
+      if (Option.isSome(options.store) && !/^postgres(ql)?:\/\/./.test(options.store.value)) {
+        return yield* invalid("--store must be a postgres:// URL, like postgres://USER:PASSWORD@HOST:5432/DATABASE")
+      }
+      const storeOptions = {
+        generationFrames: Option.getOrUndefined(options.generationFrames),
+        generationGrowth: Option.getOrUndefined(growth),
+        generationMinFrames: Option.getOrUndefined(options.generationMinFrames),
+        keepGenerations: Option.getOrUndefined(options.keepGenerations),
+        keepGenerationsMs: Option.getOrUndefined(keepFor),
+        maxPullFrames: Option.getOrUndefined(options.maxPullFrames),
+        integrityCheck: options.integrityCheck,
+        maxDatabases: Option.getOrUndefined(options.maxDatabases),
+        maxOpenDatabases: options.maxOpenDatabases
+      }
+      const store = Option.isSome(options.store)
+        ? ServerStore.layerPostgres({ ...storeOptions, url: options.store.value })
+        : ServerStore.layer({ ...storeOptions, directory: options.data })
       const server = SyncServer.layerNode({
         host: options.host,
         port: options.port,
         authToken: Option.getOrUndefined(options.authToken)
       }).pipe(
-        Layer.provide(
-          ServerStore.layer({
-            directory: options.data,
-            generationFrames: Option.getOrUndefined(options.generationFrames),
-            keepGenerations: Option.getOrUndefined(options.keepGenerations),
-            integrityCheck: options.integrityCheck,
-            maxDatabases: Option.getOrUndefined(options.maxDatabases),
-            maxOpenDatabases: options.maxOpenDatabases
-          })
-        )
+        Layer.provide(store)
       )
       // Before the store creates the data directory: a busy port leaves nothing behind.
       const cannotListen = (error: unknown) =>

@@ -195,6 +195,11 @@ export const remote = (plan: CountingPlan, inner: SyncRemote.Service): SyncRemot
     info: point("remote.info", inner.info, () => Effect.fail(cut("info"))),
     export: (generation) =>
       point("remote.export", inner.export(generation), (bytes) => Effect.succeed(bytes.subarray(0, cutBase(bytes.byteLength)))),
+    snapshot: point(
+      "remote.snapshot",
+      inner.snapshot,
+      (snapshot) => Effect.succeed({ ...snapshot, bytes: snapshot.bytes.subarray(0, cutBase(snapshot.bytes.byteLength)) })
+    ),
     pull: (generation, start, end) =>
       point("remote.pull", inner.pull(generation, start, end), (result) =>
         result._tag === "Frames" && result.frames.length > 1

@@ -10,11 +10,16 @@ import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import * as Reactivity from "@effect/experimental/Reactivity"
+import * as PgClient from "@effect/sql-pg/PgClient"
 import * as fs from "node:fs"
 import type * as Scope from "effect/Scope"
+import type * as Stream from "effect/Stream"
 import * as internalCheckWorker from "./internal/server/checkWorker.js"
 import * as internalCore from "./internal/server/serverCore.js"
 import * as internalMemory from "./internal/server/serverMemory.js"
+import * as internalPostgres from "./internal/server/serverPostgres.js"
 import * as internalSqlite from "./internal/server/serverSqlite.js"
 import { StoreError } from "./internal/server/storeError.js"
 import type * as WalFrame from "./WalFrame.js"
@@ -56,6 +61,33 @@ export type PullResult =
   | { readonly _tag: "Frames"; readonly frames: ReadonlyArray<WalFrame.Frame> }
   | { readonly _tag: "CheckpointNeeded"; readonly generation: number; readonly maxFrameNo: number }
 
+/**
+ * A file the store serves (a generation's base, or a snapshot): its size, and its bytes read from storage
+ * as the consumer asks for them, so a slow reader holds a chunk of memory, not the file. The bytes are
+ * fixed when the body is opened: a roll, a drop or a newer snapshot does not change what it reads.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Body {
+  readonly size: number
+  readonly stream: Stream.Stream<Uint8Array, StoreError>
+}
+
+/**
+ * The current generation materialised at a committed frame: `body` is the generation's base with frames
+ * `1..frameNo` applied (what a replica's TRUNCATE checkpoint at that frame leaves, byte for byte). A client
+ * that bootstraps from it continues by pulling `frameNo + 1..` of `generation`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Snapshot {
+  readonly generation: number
+  readonly frameNo: number
+  readonly body: Body
+}
+
 export {
   /**
    * Why a request was refused. Each reason has one HTTP status and error code, in
@@ -71,10 +103,25 @@ export {
 }
 
 /**
+ * Counts for monitoring (`GET /metrics`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface StoreStats {
+  /** Databases in the store; the embedded stores count those opened since the process started. */
+  readonly databases: number
+  /** Transactions spanning requests (baton sessions) that are open. */
+  readonly openBatons: number
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
 export interface Service {
+  /** Counts for monitoring; answering at all tells that the store is reachable (`GET /ready`). */
+  readonly stats: Effect.Effect<StoreStats, StoreError>
   /** Creates the database (empty, generation 1) on first use. */
   readonly info: (database: string) => Effect.Effect<DatabaseInfo, StoreError>
   /**
@@ -85,6 +132,15 @@ export interface Service {
   readonly databaseId: (database: string) => Effect.Effect<string | undefined, StoreError>
   /** The base file of a generation (without its frames). */
   readonly exportGeneration: (database: string, generation: number) => Effect.Effect<Uint8Array, StoreError>
+  /** `exportGeneration` as a body read as it is consumed; it stays readable until the scope closes. */
+  readonly openExport: (database: string, generation: number) => Effect.Effect<Body, StoreError, Scope.Scope>
+  /**
+   * The current generation materialised at its head (the last committed frame when asked), read as it is
+   * consumed; it stays readable until the scope closes.
+   */
+  readonly snapshot: (database: string) => Effect.Effect<Snapshot, StoreError, Scope.Scope>
+  /** The most frames one pull answers with (`pull` cuts longer windows). */
+  readonly maxPullFrames: number
   /** Committed frames `start..end-1` (fewer is fine), or CheckpointNeeded. */
   readonly pull: (
     database: string,
@@ -139,10 +195,30 @@ export const DEFAULT_INTEGRITY_CHECK: IntegrityCheck = "changed_tables"
  * @category models
  */
 export interface Options {
-  /** Start a new generation after a commit that takes the current one past this many frames (default: never). */
+  /**
+   * Start a new generation after a commit that takes the current one past this many frames. When set, it
+   * replaces the growth rule below.
+   */
   readonly generationFrames?: number | undefined
-  /** How many generations before the current one stay pullable and exportable (default: all). */
+  /**
+   * Without `generationFrames`: start a new generation after a commit once the generation's frames hold
+   * more page bytes than its base times this factor, and more than `generationMinFrames` frames (default
+   * 1: the log never grows past about the database's size). `"never"` keeps one generation forever.
+   */
+  readonly generationGrowth?: number | "never" | undefined
+  /** The fewest frames a generation holds before the growth rule rolls it (default 1000, about 4 MB). */
+  readonly generationMinFrames?: number | undefined
+  /**
+   * Retention: an old generation is kept while it is one of the `keepGenerations` generations before the
+   * current one, or while it was superseded less than `keepGenerationsMs` ago; else its base and frames are
+   * deleted and it answers GenerationGone. An option left out protects nothing; with both left out the
+   * defaults are 2 generations and one hour.
+   */
   readonly keepGenerations?: number | undefined
+  /** See `keepGenerations`. */
+  readonly keepGenerationsMs?: number | undefined
+  /** The most frames one pull answer carries (default 1024, about 4 MB; at most 16 384). */
+  readonly maxPullFrames?: number | undefined
   /** A baton session idle this long is dropped with its frames, releasing the database (default 10 000). */
   readonly batonIdleMs?: number | undefined
   /** The most frames an unfinished transaction may hold across its requests (default 65 536, 256 MiB of pages held in memory). */
@@ -162,6 +238,20 @@ export interface Options {
   /** Default `changed_tables`. */
   readonly integrityCheck?: IntegrityCheck | undefined
 }
+
+/**
+ * Defaults of `Options`: the growth factor and minimum of the roll rule, the retention, the pull answer size.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const defaults = {
+  generationGrowth: internalCore.DEFAULT_GENERATION_GROWTH,
+  generationMinFrames: internalCore.DEFAULT_GENERATION_MIN_FRAMES,
+  keepGenerations: internalCore.DEFAULT_KEEP_GENERATIONS,
+  keepGenerationsMs: internalCore.DEFAULT_KEEP_GENERATIONS_MS,
+  maxPullFrames: internalCore.DEFAULT_MAX_PULL_FRAMES
+} as const
 
 /**
  * @since 0.1.0
@@ -239,3 +329,54 @@ export const layerConfig = (
   config: Config.Config.Wrap<LayerOptions>
 ): Layer.Layer<ServerStore, StoreError | ConfigError.ConfigError> =>
   Layer.scoped(ServerStore, Effect.flatMap(Config.unwrap(config), make))
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface PostgresOptions extends Options {
+  /** `postgres://USER:PASSWORD@HOST:PORT/DATABASE` */
+  readonly url: string | Redacted.Redacted<string>
+  /** The schema the store's tables live in, created on first start (default `effect_sqlite_sync`). */
+  readonly schema?: string | undefined
+  /** Connections this process keeps to PostgreSQL at most (default 10). */
+  readonly maxConnections?: number | undefined
+}
+
+/**
+ * The store in PostgreSQL, for running several server processes over one PostgreSQL database: any of
+ * them can answer any request, with the same guarantees as one process. A push (its conflict decision,
+ * frame numbers, commit, baton session and any roll) is one PostgreSQL transaction under the
+ * database's row lock, answered after it committed; pending baton frames are stored in PostgreSQL, so a
+ * transaction spanning requests continues on any process. The tables are created in their own schema on
+ * first start and migrated by version (see docs/server.md).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makePostgres = (options: PostgresOptions): Effect.Effect<Service, StoreError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const schema = options.schema ?? internalPostgres.DEFAULT_SCHEMA
+    const sql = yield* PgClient.make({
+      url: typeof options.url === "string" ? Redacted.make(options.url) : options.url,
+      maxConnections: options.maxConnections ?? 10,
+      applicationName: "effect-sqlite-sync"
+    }).pipe(
+      Effect.provide(Reactivity.layer),
+      Effect.mapError((cause) => new StoreError({ reason: "Storage", message: "cannot connect to PostgreSQL", cause }))
+    )
+    yield* internalPostgres.migrate(sql, schema)
+    return yield* internalCore.make(
+      internalPostgres.make({ sql, schema, integrityCheck: options.integrityCheck ?? DEFAULT_INTEGRITY_CHECK }),
+      options
+    )
+  })
+
+/**
+ * `makePostgres` as a layer.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerPostgres = (options: PostgresOptions): Layer.Layer<ServerStore, StoreError> =>
+  Layer.scoped(ServerStore, makePostgres(options))

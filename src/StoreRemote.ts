@@ -7,6 +7,7 @@
  */
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Stream from "effect/Stream"
 import { ServerStore, type StoreError } from "./ServerStore.js"
 import type * as SyncError from "./SyncError.js"
 import * as SyncProtocol from "./SyncProtocol.js"
@@ -23,10 +24,34 @@ const fromStoreError = (error: StoreError): SyncError.RemoteFailure =>
  */
 export const make = (store: ServerStore["Type"], database: string): SyncRemote.Service => ({
   info: Effect.mapError(
-    Effect.zipWith(store.info(database), store.databaseId(database), (i, databaseId) => ({ generation: i.generation, databaseId })),
+    Effect.zipWith(store.info(database), store.databaseId(database), (i, databaseId): SyncRemote.Info => ({
+      generation: i.generation,
+      databaseId,
+      maxFrameNo: i.maxFrameNo,
+      maxPullFrames: store.maxPullFrames,
+      snapshot: true
+    })),
     fromStoreError
   ),
   export: (generation) => Effect.mapError(store.exportGeneration(database, generation), fromStoreError),
+  snapshot: store.snapshot(database).pipe(
+    Effect.flatMap((s) =>
+      Effect.map(
+        Stream.runFold(s.body.stream, [] as Array<Uint8Array>, (parts, chunk) => {
+          parts.push(chunk)
+          return parts
+        }),
+        (parts): SyncRemote.RemoteSnapshot => {
+          if (parts.length === 1) return { generation: s.generation, frameNo: s.frameNo, bytes: parts[0] }
+          const joined = Buffer.concat(parts)
+          const bytes = new Uint8Array(joined.buffer, joined.byteOffset, joined.byteLength)
+          return { generation: s.generation, frameNo: s.frameNo, bytes }
+        }
+      )
+    ),
+    Effect.scoped,
+    Effect.mapError(fromStoreError)
+  ),
   pull: (generation, start, end) => Effect.mapError(store.pull(database, generation, start, end), fromStoreError),
   push: SyncRemote.batchedPush((generation, start, end, frames, baton) =>
     Effect.mapError(store.push(database, generation, start, end, frames, baton), fromStoreError)

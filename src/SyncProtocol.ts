@@ -14,6 +14,12 @@ import * as Schema from "effect/Schema"
  */
 export const InfoResponse = Schema.Struct({
   current_generation: Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)),
+  /** This server's extension: the current generation's last committed frame. */
+  max_frame_no: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(0))),
+  /** This server's extension: the most frames one pull answer carries (the libSQL client asks for 128). */
+  max_pull_frames: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))),
+  /** This server's extensions by name, such as `"snapshot"` (`GET /snapshot`). */
+  extensions: Schema.optional(Schema.Array(Schema.String)),
   /**
    * The database's identity: a random id created with the database and kept for its life. A server
    * restored from an older backup of the same database answers the same id; a wiped or recreated one
@@ -21,6 +27,32 @@ export const InfoResponse = Schema.Struct({
    */
   database_id: Schema.optional(Schema.String)
 })
+
+/**
+ * The name in `/info`'s `extensions` of `GET /snapshot`: the current generation materialised at its head
+ * frame, as one database file, with headers `x-sync-generation` and `x-sync-frame`.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const EXTENSION_SNAPSHOT = "snapshot"
+
+/**
+ * `GET /snapshot` answer header: the generation the file belongs to.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const HEADER_GENERATION = "x-sync-generation"
+
+/**
+ * `GET /snapshot` answer header: the frame the file is materialised at; a client continues by pulling
+ * `/sync/{generation}/{frame + 1}/...`.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const HEADER_FRAME = "x-sync-frame"
 
 /**
  * The response header that carries the database's identity (`database_id` of `GET /info`) on every
@@ -213,7 +245,7 @@ export const DatabaseName = Schema.String.pipe(Schema.pattern(DATABASE_NAME_PATT
 export type DatabaseName = typeof DatabaseName.Type
 
 /**
- * The most frames one pull answer carries and one push request may carry.
+ * The most frames one push request may carry, and the default most frames of one pull answer.
  *
  * @since 0.1.0
  * @category constants

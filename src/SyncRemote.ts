@@ -38,6 +38,19 @@ export type {
 }
 
 /**
+ * The current generation materialised at frame `frameNo` (`GET /snapshot`): `bytes` is the generation's
+ * base with frames `1..frameNo` applied. A replica bootstraps from it and pulls `frameNo + 1..`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface RemoteSnapshot {
+  readonly generation: number
+  readonly frameNo: number
+  readonly bytes: Uint8Array
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
@@ -45,6 +58,12 @@ export interface Info {
   readonly generation: number
   /** `database_id` of `GET /info`: created with the server's database, unchanged for its life. */
   readonly databaseId: string | undefined
+  /** This project's server's extension: the current generation's last committed frame. */
+  readonly maxFrameNo?: number | undefined
+  /** Extension: the most frames one pull answer carries; without it, ask for `CLIENT_BATCH_FRAMES` at a time. */
+  readonly maxPullFrames?: number | undefined
+  /** Extension: `true` when the remote serves `snapshot`. */
+  readonly snapshot?: boolean | undefined
 }
 
 /**
@@ -52,10 +71,18 @@ export interface Info {
  * @category models
  */
 export interface Service {
-  /** The remote's current generation and, when the server gives one, the database's identity (`GET /info`). */
+  /**
+   * The remote's current generation and, when the server gives them, the database's identity and what
+   * it says about its extensions (`GET /info`).
+   */
   readonly info: Effect.Effect<Info, SyncError.RemoteFailure>
   /** The base database file of a generation (`GET /export/{G}`). */
   readonly export: (generation: number) => Effect.Effect<Uint8Array, SyncError.RemoteFailure>
+  /**
+   * The current generation at its head as one file (`GET /snapshot`, when `info` says `snapshot`); a
+   * remote without it fails with `RemoteError` `NotFound`.
+   */
+  readonly snapshot: Effect.Effect<RemoteSnapshot, SyncError.RemoteFailure>
   /** Committed frames from `start` (fewer than `end - start` is fine), or CheckpointNeeded. */
   readonly pull: (
     generation: number,
@@ -224,13 +251,17 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
     // rest is left to `interpret`.
     const send = <A>(
       request: HttpClientRequest.HttpClientRequest,
-      interpret: (status: number, body: Uint8Array) => Either.Either<A, SyncError.RemoteFailure>,
+      interpret: (
+        status: number,
+        body: Uint8Array,
+        headers: Readonly<Record<string, string | undefined>>
+      ) => Either.Either<A, SyncError.RemoteFailure>,
       serverErrorIsAnswer = false
     ): Effect.Effect<A, SyncError.RemoteFailure> => {
       const withAuth = token === undefined ? request : HttpClientRequest.bearerToken(request, token)
       const once = client.execute(withAuth).pipe(
         Effect.flatMap((response: HttpClientResponse.HttpClientResponse) =>
-          Effect.map(response.arrayBuffer, (buffer) => [response.status, new Uint8Array(buffer)] as const)
+          Effect.map(response.arrayBuffer, (buffer) => [response.status, new Uint8Array(buffer), response.headers] as const)
         ),
         Effect.mapError(transport(request)),
         Effect.timeoutFail({
@@ -241,7 +272,7 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
               message: `${request.method} ${request.url}: no answer within ${Duration.format(timeout)}`
             })
         }),
-        Effect.flatMap(([status, body]): Effect.Effect<A, SyncError.RemoteFailure> => {
+        Effect.flatMap(([status, body, headers]): Effect.Effect<A, SyncError.RemoteFailure> => {
           if (status >= 500 && !(serverErrorIsAnswer && status === 500)) {
             return Effect.fail(
               new SyncError.NetworkError({
@@ -250,7 +281,7 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
               })
             )
           }
-          return interpret(status, body)
+          return interpret(status, body, headers)
         })
       )
       return Effect.retry(once, {
@@ -283,30 +314,44 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
       const url = `${base}/info`
       return send(HttpClientRequest.get(url), (status, body) =>
         status === 200
-          ? Either.map(json(`GET ${url}`, status, body, decodeInfo), (i) => ({
-            generation: i.current_generation,
-            databaseId: i.database_id
-          }))
+          ? Either.map(json(`GET ${url}`, status, body, decodeInfo), (i): Info => {
+            const known: { -readonly [K in keyof Info]: Info[K] } = {
+              generation: i.current_generation,
+              databaseId: i.database_id
+            }
+            if (i.max_frame_no !== undefined) known.maxFrameNo = i.max_frame_no
+            if (i.max_pull_frames !== undefined) known.maxPullFrames = i.max_pull_frames
+            if (i.extensions?.includes(SyncProtocol.EXTENSION_SNAPSHOT) === true) known.snapshot = true
+            return known
+          })
           : Either.left(refused(`GET ${url}`, status, body)))
     })
 
     const exportGeneration: Service["export"] = (generation) =>
       Effect.suspend(() => {
         const url = `${base}/export/${generation}`
-        return send(HttpClientRequest.get(url), (status, body) => {
-          if (status !== 200) return Either.left(refused(`GET ${url}`, status, body))
-          if (body.byteLength === 0 || body.byteLength % WalFrame.PAGE_SIZE !== 0) {
-            return Either.left(
-              new SyncError.RemoteError({
-                reason: "Protocol",
-                message: `GET ${url}: a base of ${body.byteLength} bytes is not whole pages`,
-                status
-              })
-            )
-          }
-          return Either.right(body)
-        })
+        return send(HttpClientRequest.get(url), (status, body) =>
+          status !== 200 ? Either.left(refused(`GET ${url}`, status, body)) : wholePages(`GET ${url}`, "base", body))
       })
+
+    const snapshot: Service["snapshot"] = Effect.suspend(() => {
+      const url = `${base}/snapshot`
+      return send(HttpClientRequest.get(url), (status, body, headers) => {
+        if (status !== 200) return Either.left(refused(`GET ${url}`, status, body))
+        const generation = headerNumber(headers[SyncProtocol.HEADER_GENERATION], 1)
+        const frameNo = headerNumber(headers[SyncProtocol.HEADER_FRAME], 0)
+        if (generation === undefined || frameNo === undefined) {
+          return Either.left(
+            new SyncError.RemoteError({
+              reason: "Protocol",
+              message: `GET ${url}: missing or invalid ${SyncProtocol.HEADER_GENERATION} / ${SyncProtocol.HEADER_FRAME} headers`,
+              status
+            })
+          )
+        }
+        return Either.map(wholePages(`GET ${url}`, "snapshot", body), (bytes) => ({ generation, frameNo, bytes }))
+      })
+    })
 
     const pull: Service["pull"] = (generation, start, end) =>
       Effect.suspend(() => {
@@ -365,8 +410,26 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
         })
       })
 
-    return { info, export: exportGeneration, pull, push: batchedPush(single) }
+    return { info, export: exportGeneration, snapshot, pull, push: batchedPush(single) }
   })
+
+/** A database file must be whole pages: anything else is a cut or a foreign answer. */
+const wholePages = (request: string, what: string, body: Uint8Array): Either.Either<Uint8Array, SyncError.RemoteError> =>
+  body.byteLength === 0 || body.byteLength % WalFrame.PAGE_SIZE !== 0
+    ? Either.left(
+      new SyncError.RemoteError({
+        reason: "Protocol",
+        message: `${request}: a ${what} of ${body.byteLength} bytes is not whole pages`,
+        status: 200
+      })
+    )
+    : Either.right(body)
+
+const headerNumber = (value: string | undefined, min: number): number | undefined => {
+  if (value === undefined || !/^[0-9]{1,10}$/.test(value)) return undefined
+  const n = Number(value)
+  return n >= min && n <= 2 ** 31 - 1 ? n : undefined
+}
 
 const describeBody = (body: Uint8Array): string => {
   const text = new TextDecoder().decode(body.subarray(0, 300))

@@ -22,10 +22,15 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import * as nodeHttpGuard from "./internal/server/nodeHttpGuard.js"
+import * as serverMetrics from "./internal/server/serverMetrics.js"
 import * as internal from "./internal/server/syncServer.js"
-import { ServerStore, type StoreError } from "./ServerStore.js"
+import { type Body, ServerStore, type StoreError } from "./ServerStore.js"
 import * as SyncProtocol from "./SyncProtocol.js"
 import * as WalFrame from "./WalFrame.js"
 
@@ -96,6 +101,23 @@ const storeFailure = (route: "pull" | "other") => (error: StoreError) =>
     return fail(failure)
   })
 
+const recordMetrics = (log: Context.Tag.Service<RequestLog>, status: number, seconds: number) =>
+  Effect.gen(function*() {
+    yield* Metric.increment(serverMetrics.requests).pipe(Effect.tagMetrics({ route: log.route, status: String(status) }))
+    const push = log.route.startsWith("POST /sync")
+    const pull = log.route.startsWith("GET /sync")
+    if (push) yield* Metric.update(serverMetrics.pushSeconds, seconds)
+    if (pull) yield* Metric.update(serverMetrics.pullSeconds, seconds)
+    if (push || pull || log.route.startsWith("GET /export")) {
+      const direction = push ? "push" : "pull"
+      yield* Effect.tagMetrics(
+        Effect.zipRight(Metric.incrementBy(serverMetrics.frames, log.frames), Metric.incrementBy(serverMetrics.bytes, log.bytes)),
+        "direction",
+        direction
+      )
+    }
+  })
+
 /**
  * The sync protocol as an `HttpApp` over the `ServerStore` in context. It never fails: every refusal
  * is a JSON response, and every request logs exactly one line (annotations `database`, `method`,
@@ -106,7 +128,7 @@ const storeFailure = (route: "pull" | "other") => (error: StoreError) =>
  * @category constructors
  */
 export const make = (options: Options = {}): Effect.Effect<
-  Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest>,
+  Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest | Scope.Scope>,
   never,
   ServerStore
 > =>
@@ -138,22 +160,51 @@ export const make = (options: Options = {}): Effect.Effect<
       const { database } = yield* databaseParam
       const id = yield* store.databaseId(database).pipe(Effect.catchAll(storeFailure("other")))
       const result = yield* store.info(database).pipe(Effect.catchAll(storeFailure("other")))
-      const body: typeof SyncProtocol.InfoResponse.Encoded = id === undefined
-        ? { current_generation: result.generation }
-        : { current_generation: result.generation, database_id: id }
+      const body: typeof SyncProtocol.InfoResponse.Encoded = {
+        current_generation: result.generation,
+        max_frame_no: result.maxFrameNo,
+        max_pull_frames: store.maxPullFrames,
+        extensions: [SyncProtocol.EXTENSION_SNAPSHOT],
+        ...(id === undefined ? {} : { database_id: id })
+      }
       const response = json(body)
       return id === undefined ? response : HttpServerResponse.setHeader(response, SyncProtocol.DATABASE_ID_HEADER, id)
     })
+
+    // A stored file as the answer: read from disk as the client reads it (the request's scope keeps the
+    // file open until the answer is sent), with its length so a cut answer is detectable.
+    const fileResponse = (body: Body, headers?: Record<string, string>) =>
+      Effect.gen(function*() {
+        const log = yield* RequestLog
+        log.bytes = body.size
+        // A failed read after the status is sent can only cut the connection, which the length exposes.
+        return HttpServerResponse.stream(body.stream as Stream.Stream<Uint8Array, unknown>, {
+          contentType: "application/octet-stream",
+          contentLength: body.size,
+          headers
+        })
+      })
 
     const exportGeneration = Effect.gen(function*() {
       yield* describe("GET /export/{G}")
       const { database, params } = yield* databaseParam
       const generation = yield* fromEither(internal.parsePathNumber(params.generation, "generation"))
       const stamp = yield* identify(database, "other")
-      const bytes = yield* store.exportGeneration(database, generation).pipe(Effect.catchAll(storeFailure("other")))
-      const log = yield* RequestLog
-      log.bytes = bytes.byteLength
-      return stamp(HttpServerResponse.uint8Array(bytes, { contentType: "application/octet-stream" }))
+      const body = yield* store.openExport(database, generation).pipe(Effect.catchAll(storeFailure("other")))
+      return stamp(yield* fileResponse(body))
+    })
+
+    const snapshot = Effect.gen(function*() {
+      yield* describe("GET /snapshot")
+      const { database } = yield* databaseParam
+      const stamp = yield* identify(database, "other")
+      const result = yield* store.snapshot(database).pipe(Effect.catchAll(storeFailure("other")))
+      return stamp(
+        yield* fileResponse(result.body, {
+          [SyncProtocol.HEADER_GENERATION]: String(result.generation),
+          [SyncProtocol.HEADER_FRAME]: String(result.frameNo)
+        })
+      )
     })
 
     const range = (params: Readonly<Record<string, string | undefined>>) =>
@@ -173,7 +224,7 @@ export const make = (options: Options = {}): Effect.Effect<
       yield* describe("GET /sync/{G}/{start}/{end}")
       const { database, params } = yield* databaseParam
       const { end, generation, start } = yield* range(params)
-      const capped = Math.min(end, start + SyncProtocol.MAX_FRAMES_PER_REQUEST)
+      const capped = Math.min(end, start + store.maxPullFrames)
       const stamp = yield* identify(database, "pull")
       // 503, never 500, on this route: the libSQL client reads a 500 here as "checkpoint needed".
       const result = yield* store.pull(database, generation, start, capped).pipe(Effect.catchAll(storeFailure("pull")))
@@ -257,8 +308,35 @@ export const make = (options: Options = {}): Effect.Effect<
         ))
       })
 
+    // Liveness: the process answers. No store access, so a slow store never gets the process restarted.
+    const health = Effect.as(describe("GET /health"), json({ status: "ok" }))
+
+    // Readiness: the store answers (a load balancer sends no traffic here while it does not).
+    const ready = Effect.gen(function*() {
+      yield* describe("GET /ready")
+      // Mapped as on the pull route: a store that does not answer is 503, which load balancers read as "not ready".
+      yield* store.stats.pipe(Effect.catchAll(storeFailure("pull")))
+      return json({ status: "ready" })
+    })
+
+    const metrics = Effect.gen(function*() {
+      yield* describe("GET /metrics")
+      // A store that does not answer leaves its gauges as they were; the request counts still matter then.
+      const stats = yield* Effect.option(store.stats)
+      if (Option.isSome(stats)) {
+        yield* Metric.set(serverMetrics.databases, stats.value.databases)
+        yield* Metric.set(serverMetrics.openBatons, stats.value.openBatons)
+      }
+      const text = serverMetrics.renderPrometheus(yield* Metric.snapshot)
+      return HttpServerResponse.text(text, { contentType: "text/plain; version=0.0.4; charset=utf-8" })
+    })
+
     const router = HttpRouter.empty.pipe(
+      HttpRouter.get("/health", health),
+      HttpRouter.get("/ready", ready),
+      HttpRouter.get("/metrics", metrics),
       HttpRouter.get("/db/:name/info", info),
+      HttpRouter.get("/db/:name/snapshot", snapshot),
       HttpRouter.get("/db/:name/export/:generation", exportGeneration),
       HttpRouter.get("/db/:name/sync/:generation/:start/:end", pull),
       HttpRouter.post("/db/:name/sync/:generation/:start/:end", push("POST /sync/{G}/{start}/{end}")),
@@ -269,10 +347,12 @@ export const make = (options: Options = {}): Effect.Effect<
 
     const dispatch = Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
-      if (expected !== undefined) {
+      const path = yield* fromEither(internal.pathOf(request.url))
+      // Load balancers probe these without credentials; they tell nothing about any database.
+      const probe = (request.method === "GET" || request.method === "HEAD") && (path === "/health" || path === "/ready")
+      if (expected !== undefined && !probe) {
         yield* fromEither(internal.authorize(expected, request.headers["authorization"]))
       }
-      const path = yield* fromEither(internal.pathOf(request.url))
       return yield* routed.pipe(
         Effect.catchIf(
           (error): error is HttpServerError.RouteNotFound => error._tag === "RouteNotFound",
@@ -327,6 +407,7 @@ export const make = (options: Options = {}): Effect.Effect<
             if (log.detail !== undefined) annotations.detail = log.detail
             const line = status >= 500 ? Effect.logError("request") : Effect.logInfo("request")
             yield* Effect.annotateLogs(line, annotations)
+            yield* recordMetrics(log, status, Number(ended - started) / 1e9)
           })
         )
       )
@@ -355,7 +436,13 @@ export interface NodeOptions extends Options {
   readonly headersTimeoutMs?: number | undefined
   /** A connection idle this long (say, a client that stopped reading an answer) is closed (default 120 000). */
   readonly socketTimeoutMs?: number | undefined
+  /**
+   * On shutdown (the layer's scope closing, e.g. SIGTERM under `NodeRuntime.runMain`) the listener closes at
+   * once and requests in flight get this long to finish before their connections are cut (default 30 000).
+   */
+  readonly shutdownTimeoutMs?: number | undefined
 }
+
 
 /**
  * Serves the protocol on a Node HTTP server listening on `host:port` (port 0 picks a free port; read
@@ -367,14 +454,33 @@ export interface NodeOptions extends Options {
  * @category layers
  */
 export const layerNode = (options: NodeOptions = {}): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError, ServerStore> =>
-  layer(options).pipe(
-    Layer.provideMerge(
-      NodeHttpServer.layerServer(() => nodeHttpGuard.createServer(options), {
-        host: options.host ?? "127.0.0.1",
-        port: options.port ?? 8080
-      })
+  Layer.unwrapEffect(Effect.sync(() => {
+    const shutdownTimeoutMs = options.shutdownTimeoutMs ?? 30_000
+    let node: nodeHttpGuard.GuardedServer | undefined
+    // The drain is the last finalizer added, so it runs first: before the routes are removed and before
+    // the store (built earlier) closes under requests still using it.
+    const serving = Layer.scopedDiscard(Effect.gen(function*() {
+      const app = yield* make(options)
+      let handling = 0
+      const counted = Effect.acquireUseRelease(
+        Effect.sync(() => handling++),
+        () => app,
+        () => Effect.sync(() => handling--)
+      )
+      yield* HttpServer.serveEffect(counted)
+      yield* Effect.addFinalizer(() =>
+        node === undefined ? Effect.void : Effect.promise(() => node!.drain(shutdownTimeoutMs, () => handling))
+      )
+    }))
+    return serving.pipe(
+      Layer.provideMerge(
+        NodeHttpServer.layerServer(() => (node = nodeHttpGuard.createServer(options)), {
+          host: options.host ?? "127.0.0.1",
+          port: options.port ?? 8080
+        })
+      )
     )
-  )
+  }))
 
 /**
  * `layerNode` with its options read from `Config`, for example

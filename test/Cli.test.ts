@@ -64,6 +64,54 @@ describe("effect-sqlite-sync serve", () => {
       }), 120_000)
   }
 
+  it.live("SIGTERM during a push: no new connections, the push in flight is answered and stored, then exit 0", () =>
+    Effect.gen(function*() {
+      const data = yield* tempData
+      const server = yield* serverProcess(["--data", data])
+      const base = yield* promise(() => H.exportBase(server.url, "inflight", 1))
+      const replica = new H.Replica(base)
+      yield* Effect.addFinalizer(() => Effect.sync(() => replica.close()))
+      const frames = replica.write("BEGIN; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'in flight'); COMMIT;")
+      const body = WalFrame.encodeWire(frames)
+      const { port } = new URL(server.url)
+      // The request's headers and half its body are sent; the rest follows the signal.
+      const socket = Net.connect(Number(port), "127.0.0.1")
+      const answer = new Promise<string>((resolve, reject) => {
+        let text = ""
+        socket.on("data", (chunk) => (text += chunk.toString()))
+        socket.on("end", () => resolve(text))
+        socket.on("close", () => resolve(text))
+        socket.on("error", reject)
+      })
+      yield* promise(() => new Promise<void>((resolve) => socket.once("connect", () => resolve())))
+      const half = Math.floor(body.byteLength / 2)
+      socket.write(
+        `POST /db/inflight/sync/1/1/${frames.length + 1} HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.byteLength}\r\n` +
+          "Content-Type: application/octet-stream\r\n\r\n"
+      )
+      socket.write(body.subarray(0, half))
+      yield* Effect.sleep("300 millis")
+      server.child.kill("SIGTERM")
+      // The listener closes first: a new connection is refused while the request in flight goes on.
+      let refused: string | undefined
+      for (let attempt = 0; attempt < 50 && refused === undefined; attempt++) {
+        yield* Effect.sleep("100 millis")
+        refused = yield* promise(() =>
+          H.request(server.url, { path: "/health" }).then(() => undefined, (error: NodeJS.ErrnoException) => error.code)
+        )
+      }
+      expect(refused).toBe("ECONNREFUSED")
+      expect(server.child.exitCode).toBeNull()
+      socket.write(body.subarray(half))
+      const text = yield* promise(() => answer)
+      expect(text).toMatch(/^HTTP\/1\.1 200/)
+      expect(JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4))).toEqual({ status: "ok", generation: 1, max_frame_no: frames.length })
+      expect(yield* promise(() => server.exited)).toEqual({ code: 0, signal: null })
+      const again = yield* serverProcess(["--data", data])
+      const snap = yield* promise(() => H.snapshot(again.url, "inflight"))
+      expect(snap.frames.length).toBe(frames.length)
+    }).pipe(Effect.scoped), 120_000)
+
   it.scoped("--auth-token protects every route; logs go to stderr, one line per request", () =>
     Effect.gen(function*() {
       const data = yield* tempData
@@ -72,7 +120,7 @@ describe("effect-sqlite-sync serve", () => {
       expect(refused.status).toBe(401)
       expect(H.json(refused).error).toBe("unauthorized")
       const ok = yield* promise(() => H.request(server.url, { path: "/db/a/info", headers: H.auth("cli-secret") }))
-      expect(H.json(ok)).toEqual({ current_generation: 1, database_id: expect.any(String) })
+      expect(H.json(ok)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"], database_id: expect.any(String) })
       // Log lines are written after the response; give the child a moment to flush stderr.
       yield* promise(() => new Promise((r) => setTimeout(r, 300)))
       const lines = server.stderr().trim().split("\n").map((line) => JSON.parse(line))
@@ -81,6 +129,23 @@ describe("effect-sqlite-sync serve", () => {
       expect(server.stderr()).not.toContain("cli-secret")
       // Stdout is for scripts: the URL line and nothing else (no second, pretty copy of the log lines).
       expect(server.stdout()).toBe(`Listening on ${server.url}\n`)
+    }), 120_000)
+
+  it.live("invalid roll, retention and pull options are refused with a non-zero exit code", () =>
+    Effect.gen(function*() {
+      const cases = [
+        [["--generation-growth", "0"], "--generation-growth must be a number above 0, or 'never'"],
+        [["--keep-generations-for", "5x"], "--keep-generations-for must be a duration such as 90s, 30m, 1h or 7d"],
+        [["--max-pull-frames", "0"], "--max-pull-frames must be from 1 to 16384"]
+      ] as const
+      for (const [args, message] of cases) {
+        const result = yield* promise(() => runBin(["serve", "--data", "/nonexistent-never-created", ...args]))
+        expect(result.code, args.join(" ")).not.toBe(0)
+        expect(result.code, args.join(" ")).not.toBe(null)
+        expect(result.stdout + result.stderr, args.join(" ")).toContain(message)
+        expect(result.stdout).not.toContain("Listening on")
+      }
+      expect(Fs.existsSync("/nonexistent-never-created")).toBe(false)
     }), 120_000)
 
   it.scoped("a port in use: one line saying so, exit status 1, no stack trace, and --data is not created", () =>
@@ -115,7 +180,7 @@ describe("effect-sqlite-sync serve", () => {
       expect(server.child.spawnargs.join(" ")).not.toContain("env-secret")
       expect((yield* promise(() => H.request(server.url, { path: "/db/a/info" }))).status).toBe(401)
       const ok = yield* promise(() => H.request(server.url, { path: "/db/a/info", headers: H.auth("env-secret") }))
-      expect(H.json(ok)).toEqual({ current_generation: 1, database_id: expect.any(String) })
+      expect(H.json(ok)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"], database_id: expect.any(String) })
     }), 120_000)
 
   it.live("--help has no colour codes when stdout is not a terminal, and with NO_COLOR", () =>
@@ -138,7 +203,8 @@ describe("effect-sqlite-sync serve", () => {
         [["--generation-frames", "0"], "--generation-frames must be at least 1"],
         [["--keep-generations", "-1"], "--keep-generations must be at least 0"],
         [["--auth-token", ""], "--auth-token must not be empty"],
-        [["--integrity-check", "maybe"], "quick_check"]
+        [["--integrity-check", "maybe"], "quick_check"],
+        [["--store", "mysql://u:p@127.0.0.1/db"], "--store must be a postgres:// URL"]
       ] as const
       const results = yield* promise(() =>
         Promise.all(cases.map(([args]) => runBin(["serve", "--data", "/nonexistent-never-created", ...args])))

@@ -222,6 +222,70 @@ describe("the real libSQL client against our server", () => {
       for (const client of [a, b, c]) client.close()
     }), 180_000)
 
+  it.scoped("the roll trap: a client whose own push rolled the server (default rule) writes on and syncs; nobody is stranded", () =>
+    Effect.gen(function*() {
+      // No roll options: the default rule rolls once a generation's frames outgrow its base and 1000 frames.
+      const { clients, server } = yield* world()
+      const url = `${server.url}/db/trap`
+      const a = open(clients, "a.db", url)
+      const b = open(clients, "b.db", url)
+      a.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT, v BLOB)")
+      a.exec(
+        "BEGIN; WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 1100) INSERT INTO t SELECT x, 'a', randomblob(3500) FROM s; COMMIT;"
+      )
+      a.sync()
+      expect(yield* Effect.promise(() => H.currentGeneration(server.url, "trap", TOKEN))).toBe(2)
+
+      // A holds local writes and pushes them to generation 1, which it still believes current.
+      a.exec("INSERT INTO t VALUES (5001, 'a', x'01')")
+      a.sync()
+      a.exec("INSERT INTO t VALUES (5002, 'a', x'02')")
+      a.exec("INSERT INTO t VALUES (5003, 'a', x'03')")
+      a.sync()
+      const pushes = (yield* logsSince(server, 0, 1)).filter((l) => l.annotations.method === "POST")
+      expect(pushes.every((l) => l.annotations.status === 200 && l.annotations.outcome === "ok")).toBe(true)
+      const snap = yield* Effect.promise(() => serverDb(server, "trap"))
+      expect(snap.generation).toBe(2)
+      expect(snap.frames.length).toBeGreaterThan(0)
+      expect(rows(snap.db, "SELECT id FROM t WHERE id > 5000 ORDER BY id")).toEqual([{ id: 5001 }, { id: 5002 }, { id: 5003 }])
+      expect(snap.db.pragma("integrity_check", { simple: true })).toBe("ok")
+      snap.db.close()
+
+      // A fresh replica bootstraps in generation 2 and has everything; it writes too.
+      const c = open(clients, "c.db", url)
+      c.sync()
+      expect(rows(c, "SELECT count(*) AS n FROM t")).toEqual([{ n: 1103 }])
+      c.exec("INSERT INTO t VALUES (6001, 'c', x'04')")
+      c.sync()
+
+      // A, with nothing left to push, pulls: it moves to generation 2 and gets C's row on top of its own.
+      a.sync()
+      expect(rows(a, "SELECT id, who FROM t WHERE id > 5000 ORDER BY id")).toEqual([
+        { id: 5001, who: "a" },
+        { id: 5002, who: "a" },
+        { id: 5003, who: "a" },
+        { id: 6001, who: "c" }
+      ])
+      expect(rows(a, "PRAGMA integrity_check")).toEqual([{ integrity_check: "ok" }])
+      // And keeps writing in generation 2's numbering.
+      a.exec("INSERT INTO t VALUES (5004, 'a', x'05')")
+      a.sync()
+      // B, bootstrapped before the roll and without writes, pulls across it.
+      b.sync()
+      expect(rows(b, "SELECT id FROM t WHERE id > 5000 ORDER BY id")).toEqual([
+        { id: 5001 },
+        { id: 5002 },
+        { id: 5003 },
+        { id: 5004 },
+        { id: 6001 }
+      ])
+      const final = yield* Effect.promise(() => serverDb(server, "trap"))
+      expect(rows(final.db, "SELECT count(*) AS n FROM t")).toEqual([{ n: 1105 }])
+      expect(final.db.pragma("integrity_check", { simple: true })).toBe("ok")
+      final.db.close()
+      for (const client of [a, b, c]) client.close()
+    }), 180_000)
+
   it.scoped("kill -9 of the server in the middle of a 20 MB push: nothing partial is visible, the next sync completes it", () =>
     Effect.gen(function*() {
       const data = H.tempDir("crash-data")

@@ -37,21 +37,35 @@ const run = (command: string, args: ReadonlyArray<string>, cwd: string, env: Rec
 const npm = (args: ReadonlyArray<string>, cwd: string) =>
   Fs.existsSync(NPM_CLI) ? run(process.execPath, [NPM_CLI, ...args], cwd) : run("npm", args, cwd)
 
-/** The installed packages the tarball needs (its dependencies and required peers, transitively). */
+/**
+ * The installed packages the tarball needs (its dependencies and required peers, transitively), as top-level
+ * names. A package nested in another's node_modules comes along with that one's tree, but what it needs
+ * from the top level is counted too.
+ */
 const closure = (names: ReadonlyArray<string>): Array<string> => {
   const seen = new Set<string>()
-  const visit = (name: string) => {
-    if (seen.has(name)) return
-    const dir = NodePath.join(ROOT, "node_modules", name)
-    if (!Fs.existsSync(dir)) return // an optional dependency for another platform
-    seen.add(name)
+  const visited = new Set<string>()
+  // Node's lookup: the nearest node_modules from the requiring package up to the repository's.
+  const resolve = (name: string, from: string): string | undefined => {
+    for (let dir = from; dir.startsWith(ROOT); dir = NodePath.dirname(dir)) {
+      const candidate = NodePath.join(dir, "node_modules", name)
+      if (Fs.existsSync(candidate)) return candidate
+      if (dir === ROOT) break
+    }
+    return undefined
+  }
+  const visit = (name: string, from: string) => {
+    const dir = resolve(name, from)
+    if (dir === undefined || visited.has(dir)) return // an optional dependency for another platform
+    visited.add(dir)
+    if (dir === NodePath.join(ROOT, "node_modules", name)) seen.add(name)
     const json = JSON.parse(Fs.readFileSync(NodePath.join(dir, "package.json"), "utf8"))
     const optionalPeers = json.peerDependenciesMeta ?? {}
-    for (const dep of Object.keys(json.dependencies ?? {})) visit(dep)
-    for (const dep of Object.keys(json.optionalDependencies ?? {})) visit(dep)
-    for (const dep of Object.keys(json.peerDependencies ?? {})) if (optionalPeers[dep]?.optional !== true) visit(dep)
+    for (const dep of Object.keys(json.dependencies ?? {})) visit(dep, dir)
+    for (const dep of Object.keys(json.optionalDependencies ?? {})) visit(dep, dir)
+    for (const dep of Object.keys(json.peerDependencies ?? {})) if (optionalPeers[dep]?.optional !== true) visit(dep, dir)
   }
-  names.forEach(visit)
+  for (const name of names) visit(name, ROOT)
   return [...seen]
 }
 

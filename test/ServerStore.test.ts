@@ -1,12 +1,16 @@
-import { describe, expect, it } from "@effect/vitest"
+import { describe, expect, inject, it } from "@effect/vitest"
 import Database from "better-sqlite3"
 import * as Config from "effect/Config"
 import * as ConfigProvider from "effect/ConfigProvider"
+import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import * as TestContext from "effect/TestContext"
 import fc from "fast-check"
@@ -17,6 +21,7 @@ import * as path from "node:path"
 import * as ServerStore from "../src/ServerStore.js"
 import { MAX_FRAMES_PER_REQUEST } from "../src/SyncProtocol.js"
 import * as WalFrame from "../src/WalFrame.js"
+import { freshSchema, suiteDatabase } from "./support/postgres.js"
 
 type Store = ServerStore.Service
 type MakeLayer = (options?: ServerStore.Options) => Layer.Layer<ServerStore.ServerStore, ServerStore.StoreError>
@@ -111,6 +116,14 @@ const materialize = (store: Store, name: string) =>
     const { frames } = yield* pullAll(store, name, info.generation)
     expect(frames.length).toBe(info.maxFrameNo)
     return WalFrame.applyFrames(base, frames)
+  })
+
+/** A body's bytes, checked against its size. */
+const bodyBytes = (body: ServerStore.Body) =>
+  Effect.map(Stream.runCollect(body.stream), (chunks) => {
+    const bytes = Buffer.concat(Chunk.toReadonlyArray(chunks))
+    expect(bytes.byteLength).toBe(body.size)
+    return new Uint8Array(bytes)
   })
 
 const rowsOf = (image: Uint8Array) => queryImage<{ id: number; v: string }>(image, "SELECT id, v FROM t ORDER BY id")
@@ -698,6 +711,289 @@ const conformance = (label: string, makeLayer: MakeLayer) =>
           expect(yield* store.push("db", 2, 1, frames.length + 1, frames)).toEqual({ _tag: "Conflict", generation: 2, maxFrameNo: lastFrames[1] })
         })))
 
+    it.scoped("a snapshot is the current generation at its head, byte for byte, and a replica pulls on after it", () =>
+      withStore({ generationFrames: 12 }, (store) =>
+        Effect.gen(function*() {
+          // A new database: the snapshot is the base at frame 0.
+          const empty = yield* Effect.scoped(store.snapshot("db"))
+          expect({ generation: empty.generation, frameNo: empty.frameNo }).toEqual({ generation: 1, frameNo: 0 })
+          const base1 = yield* store.exportGeneration("db", 1)
+          expect(Buffer.compare(yield* Effect.scoped(Effect.flatMap(store.snapshot("db"), (s) => bodyBytes(s.body))), base1)).toBe(0)
+
+          const { replica } = yield* seeded(store, "db", 3)
+          const first = replica.frames()
+          yield* store.push("db", 1, 1, first.length + 1, first)
+          // A body opened now keeps reading this state whatever happens next.
+          const scope = yield* Scope.make()
+          const held = yield* Scope.extend(store.snapshot("db"), scope)
+          expect({ generation: held.generation, frameNo: held.frameNo }).toEqual({ generation: 1, frameNo: first.length })
+          const atFirst = yield* materialize(store, "db")
+          expect(held.body.size).toBe(atFirst.byteLength)
+
+          const more = bigTransaction(replica, 2, "s")
+          yield* store.push("db", 1, more.start, more.start + more.frames.length, more.frames)
+          const head = first.length + more.frames.length
+          const snap = yield* Effect.scoped(Effect.flatMap(store.snapshot("db"), (s) =>
+            Effect.map(bodyBytes(s.body), (bytes) => ({ generation: s.generation, frameNo: s.frameNo, bytes }))))
+          expect({ generation: snap.generation, frameNo: snap.frameNo }).toEqual({ generation: 1, frameNo: head })
+          expect(Buffer.compare(snap.bytes, yield* materialize(store, "db"))).toBe(0)
+          expect(Buffer.compare(yield* bodyBytes(held.body), atFirst)).toBe(0)
+          yield* Scope.close(scope, Exit.void)
+
+          // A replica bootstrapped from the snapshot continues with the frames after it.
+          const fromSnapshot = yield* openReplica(snap.bytes)
+          fromSnapshot.db.prepare("INSERT INTO t (v) VALUES ('after the snapshot')").run()
+          const next = fromSnapshot.frames()
+          expect(yield* store.push("db", 1, head + 1, head + next.length + 1, next)).toEqual({
+            _tag: "Ok",
+            generation: 1,
+            maxFrameNo: head + next.length
+          })
+          const latest = yield* Effect.scoped(Effect.flatMap(store.snapshot("db"), (s) => bodyBytes(s.body)))
+          expect(Buffer.compare(latest, fromSnapshot.checkpoint())).toBe(0)
+          expect(rowsOf(latest).map((r) => r.v).at(-1)).toBe("after the snapshot")
+
+          // After a roll, the snapshot belongs to the new generation (the replica's WAL restarted at its
+          // checkpoint above, so its frames now follow frame head + next.length).
+          const pushed = head + next.length
+          const rolling = bigTransaction(fromSnapshot, 12, "roll").frames
+          yield* pushChunks(store, "db", 1, pushed + 1, rolling, 5)
+          const rolled = yield* Effect.scoped(Effect.flatMap(store.snapshot("db"), (s) =>
+            Effect.map(bodyBytes(s.body), (bytes) => ({ generation: s.generation, frameNo: s.frameNo, bytes }))))
+          expect({ generation: rolled.generation, frameNo: rolled.frameNo }).toEqual({ generation: 2, frameNo: 0 })
+          expect(Buffer.compare(rolled.bytes, fromSnapshot.checkpoint())).toBe(0)
+        })))
+
+    it.scoped("openExport streams a generation's base; a body opened before a drop keeps reading it", () =>
+      withStore({ generationFrames: 1, keepGenerations: 0 }, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 2)
+          const base1 = yield* store.exportGeneration("db", 1)
+          const scope = yield* Scope.make()
+          const held = yield* Scope.extend(store.openExport("db", 1), scope)
+          expect(held.size).toBe(base1.byteLength)
+          const frames = replica.frames()
+          yield* store.push("db", 1, 1, frames.length + 1, frames)
+          // Rolled to 2 and, with the push that rolls it to 3, generation 1 is dropped.
+          const base2 = replica.checkpoint()
+          expect(Buffer.compare(yield* Effect.scoped(Effect.flatMap(store.openExport("db", 2), bodyBytes)), base2)).toBe(0)
+          replica.db.prepare("INSERT INTO t (v) VALUES ('g2')").run()
+          replica.db.prepare("INSERT INTO t (v) VALUES ('g2b')").run()
+          replica.db.prepare("INSERT INTO t (v) VALUES ('g2c')").run()
+          replica.db.prepare("INSERT INTO t (v) VALUES ('g2d')").run()
+          const g2 = replica.frames()
+          yield* store.push("db", 2, 1, g2.length + 1, g2)
+          expect((yield* store.info("db")).generation).toBe(3)
+          expect(yield* failure(Effect.scoped(store.openExport("db", 1)))).toBe("GenerationGone")
+          expect(Buffer.compare(yield* bodyBytes(held), base1)).toBe(0)
+          yield* Scope.close(scope, Exit.void)
+          // A big base streams in several chunks and arrives whole.
+          const big = yield* Effect.scoped(Effect.flatMap(store.openExport("db", 3), (body) =>
+            Effect.map(Stream.runCollect(body.stream), (chunks) => ({ size: body.size, chunks: Chunk.toReadonlyArray(chunks) }))))
+          expect(big.chunks.reduce((n, c) => n + c.byteLength, 0)).toBe(big.size)
+        })))
+
+    it.scoped("pull answers carry up to maxPullFrames frames (1024 by default)", () =>
+      Effect.gen(function*() {
+        const frames = syntheticFrames(0, [Array.from({ length: 1500 }, (_, i) => i + 1)])
+        const fill = (store: Store) =>
+          Effect.gen(function*() {
+            let baton: string | undefined
+            for (let at = 0; at < frames.length; at += 1000) {
+              const part = frames.slice(at, at + 1000)
+              const r = yield* store.push("db", 1, at + 1, at + part.length + 1, part, baton)
+              baton = r._tag === "Ok" ? r.baton : undefined
+            }
+            expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: 1500 })
+          })
+        const count = (r: ServerStore.PullResult) => (r._tag === "Frames" ? r.frames.length : -1)
+        // One generation throughout: 1500 frames would roll by the default rule.
+        yield* withStore({ integrityCheck: "off", generationGrowth: "never" }, (store) =>
+          Effect.gen(function*() {
+            expect(store.maxPullFrames).toBe(1024)
+            yield* fill(store)
+            expect(count(yield* store.pull("db", 1, 1, 5000))).toBe(1024)
+          }))
+        yield* withStore({ integrityCheck: "off", generationGrowth: "never", maxPullFrames: 4096 }, (store) =>
+          Effect.gen(function*() {
+            expect(store.maxPullFrames).toBe(4096)
+            yield* fill(store)
+            const all = yield* store.pull("db", 1, 1, 5000)
+            expect(count(all)).toBe(1500)
+            if (all._tag === "Frames") all.frames.forEach((f, i) => expect(WalFrame.equals(f, frames[i])).toBe(true))
+            expect(count(yield* store.pull("db", 1, 2, 100))).toBe(98)
+          }))
+        const refused = yield* Effect.exit(withStore({ maxPullFrames: 16_385 }, (store) => store.info("db")))
+        expect(Exit.isFailure(refused) && Cause.isDie(refused.cause)).toBe(true)
+      }))
+
+    it.scoped("by default a generation rolls once its frames outgrow its base and the minimum, into a byte-identical base", () =>
+      withStore({ integrityCheck: "off", generationMinFrames: 8 }, (store) =>
+        Effect.gen(function*() {
+          // Generation 1's base is one page: the minimum decides. Frames 1..8 stay, the commit past 8 rolls.
+          const g1 = syntheticFrames(0, [[1, 2, 3, 4], [1, 2, 3, 4], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]])
+          yield* store.push("db", 1, 1, 9, g1.slice(0, 8))
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: 8 })
+          yield* store.push("db", 1, 9, 21, g1.slice(8))
+          expect(yield* store.info("db")).toEqual({ generation: 2, maxFrameNo: 0 })
+          const base2 = yield* store.exportGeneration("db", 2)
+          expect(base2.byteLength).toBe(16 * WalFrame.PAGE_SIZE)
+          expect(Buffer.compare(base2, WalFrame.applyFrames(yield* store.exportGeneration("db", 1), g1))).toBe(0)
+          // Generation 2's base is 16 pages: now the frames must pass 16 (growth factor 1).
+          const g2 = syntheticFrames(1, [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [1, 2, 3, 4], [1]])
+          yield* store.push("db", 2, 1, 17, g2.slice(0, 16))
+          expect(yield* store.info("db")).toEqual({ generation: 2, maxFrameNo: 16 })
+          yield* store.push("db", 2, 17, 18, g2.slice(16))
+          expect(yield* store.info("db")).toEqual({ generation: 3, maxFrameNo: 0 })
+        })))
+
+    it.scoped("generationGrowth scales the rule, and 'never' keeps one generation", () =>
+      Effect.gen(function*() {
+        const frames = syntheticFrames(0, Array.from({ length: 40 }, () => [1, 2]))
+        yield* withStore({ integrityCheck: "off", generationMinFrames: 0, generationGrowth: "never" }, (store) =>
+          Effect.gen(function*() {
+            yield* store.push("db", 1, 1, 81, frames)
+            expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: 80 })
+          }))
+        yield* withStore({ integrityCheck: "off", generationMinFrames: 0, generationGrowth: 10 }, (store) =>
+          Effect.gen(function*() {
+            // A base of one page and a factor of 10: the commit that passes 10 frames rolls.
+            yield* store.push("db", 1, 1, 11, frames.slice(0, 10))
+            expect((yield* store.info("db")).generation).toBe(1)
+            yield* store.push("db", 1, 11, 13, frames.slice(10, 12))
+            expect(yield* store.info("db")).toEqual({ generation: 2, maxFrameNo: 0 })
+          }))
+        for (const bad of [0, -1, Number.NaN]) {
+          const exit = yield* Effect.exit(withStore({ generationGrowth: bad }, (store) => store.info("db")))
+          expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
+        }
+      }))
+
+    it.scoped("retention: an old generation goes once it is past the count and was superseded longer ago than the time", () =>
+      Effect.gen(function*() {
+        // Rolls at every commit of more than one frame; each push is two one-frame transactions.
+        const rollOnce = (store: Store, generation: number) =>
+          Effect.gen(function*() {
+            yield* store.push("db", generation, 1, 3, syntheticFrames(generation, [[1], [1]]))
+            expect((yield* store.info("db")).generation).toBe(generation + 1)
+          })
+        const kept = (store: Store, upTo: number) =>
+          Effect.forEach(Array.from({ length: upTo }, (_, i) => i + 1), (g) =>
+            Effect.map(Effect.either(store.exportGeneration("db", g)), (e) => e._tag === "Right"))
+
+        // Both rules (the defaults are 2 generations and one hour; see ServerCore.test.ts), here with a
+        // minute so the test clock does not have to run the store's timers through hours.
+        yield* withStore({ integrityCheck: "off", generationFrames: 1, keepGenerations: 2, keepGenerationsMs: 60_000 }, (store) =>
+          Effect.gen(function*() {
+            for (let g = 1; g <= 4; g++) {
+              yield* rollOnce(store, g)
+              yield* TestClock.adjust(Duration.seconds(5))
+            }
+            expect(yield* kept(store, 5)).toEqual([true, true, true, true, true])
+            yield* TestClock.adjust(Duration.minutes(2))
+            yield* rollOnce(store, 5)
+            // Current 6: 4 and 5 are the two before it; 1..3 were superseded minutes ago.
+            expect(yield* kept(store, 6)).toEqual([false, false, false, true, true, true])
+            expect(yield* failure(store.pull("db", 2, 1, 10))).toBe("GenerationGone")
+          }))
+        // Time only: everything superseded within the last minute stays, whatever the count.
+        yield* withStore({ integrityCheck: "off", generationFrames: 1, keepGenerationsMs: 60_000 }, (store) =>
+          Effect.gen(function*() {
+            yield* rollOnce(store, 1)
+            yield* TestClock.adjust(Duration.minutes(2))
+            for (let g = 2; g <= 4; g++) yield* rollOnce(store, g)
+            expect(yield* kept(store, 5)).toEqual([false, true, true, true, true])
+          }))
+        // Count only (time left out): exactly the count, at once.
+        yield* withStore({ integrityCheck: "off", generationFrames: 1, keepGenerations: 1 }, (store) =>
+          Effect.gen(function*() {
+            for (let g = 1; g <= 3; g++) yield* rollOnce(store, g)
+            expect(yield* kept(store, 4)).toEqual([false, false, true, true])
+          }))
+      }))
+
+    it.scoped("a push that continues right after an old generation's last frame goes on in the next ones (the roll trap)", () =>
+      withStore({ generationFrames: 6 }, (store) =>
+        Effect.gen(function*() {
+          // A pushes generation 1 past the threshold: its own push rolls the store to 2.
+          const { base, replica: a } = yield* seeded(store, "db", 2)
+          bigTransaction(a, 4, "a")
+          const g1 = a.frames()
+          expect(g1.length).toBeGreaterThan(6)
+          const last1 = g1.length
+          yield* store.push("db", 1, 1, last1 + 1, g1)
+          expect(yield* store.info("db")).toEqual({ generation: 2, maxFrameNo: 0 })
+
+          // A does not know: it writes on and pushes to generation 1 after its last frame.
+          a.db.prepare("INSERT INTO t (v) VALUES ('after the roll')").run()
+          const more = a.frames().slice(last1)
+          expect(yield* store.push("db", 1, last1 + 1, last1 + more.length + 1, more)).toEqual({
+            _tag: "Ok",
+            generation: 1,
+            maxFrameNo: last1 + more.length
+          })
+          // Stored as frames 1.. of generation 2, whose base is generation 1 with all its frames.
+          expect(yield* store.info("db")).toEqual({ generation: 2, maxFrameNo: more.length })
+          const g2 = (yield* pullAll(store, "db", 2)).frames
+          g2.forEach((f, i) => expect(WalFrame.equals(f, more[i])).toBe(true))
+          // A re-push (its answer was lost) is idempotent in generation 1's numbering too.
+          expect(yield* store.push("db", 1, last1 + 1, last1 + more.length + 1, more)).toMatchObject({
+            _tag: "Ok",
+            maxFrameNo: last1 + more.length
+          })
+
+          // A keeps going in generation 1's numbering, with a transaction over several requests, past
+          // another roll (generation 2 outgrows 6 frames): its frames land in generation 3.
+          const big = bigTransaction(a, 8, "b")
+          const answers = yield* pushChunks(store, "db", 1, big.start, big.frames, 3)
+          expect(answers.at(-1)).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: big.start + big.frames.length - 1 })
+          expect((yield* store.info("db")).generation).toBe(3)
+          a.db.prepare("INSERT INTO t (v) VALUES ('in generation 3')").run()
+          const tail = a.frames().slice(big.start + big.frames.length - 1)
+          const at = big.start + big.frames.length
+          expect(yield* store.push("db", 1, at, at + tail.length, tail)).toMatchObject({ _tag: "Ok", generation: 1 })
+          expect(yield* store.info("db")).toEqual({ generation: 3, maxFrameNo: tail.length })
+          const image = yield* materialize(store, "db")
+          expect(Buffer.compare(image, a.checkpoint())).toBe(0)
+          expect(rowsOf(image).map((r) => r.v).slice(-1)).toEqual(["in generation 3"])
+
+          // B, who wrote on generation 1 without having all of it, still conflicts.
+          const b = yield* openReplica(base)
+          b.db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL); INSERT INTO t (v) VALUES ('b')")
+          const fromB = b.frames()
+          expect(yield* store.push("db", 1, 1, fromB.length + 1, fromB)).toMatchObject({ _tag: "Conflict", generation: 1 })
+          // C held all of generation 1 but wrote something else than A after it: conflict with A's frames,
+          // answered in generation 1's numbering.
+          const c = yield* openReplica(WalFrame.applyFrames(base, g1))
+          c.db.prepare("INSERT INTO t (v) VALUES ('c')").run()
+          const fromC = c.frames()
+          const answer = yield* store.push("db", 1, last1 + 1, last1 + fromC.length + 1, fromC)
+          expect(answer._tag).toBe("Conflict")
+          expect(answer.generation).toBe(1)
+          expect(Buffer.compare(yield* materialize(store, "db"), image)).toBe(0)
+        })))
+
+    it.scoped("no roll while a pusher that lost its session holds acknowledged frames at or past the head", () =>
+      withStore({ integrityCheck: "off", generationFrames: 3, batonIdleMs: 1000 }, (store) =>
+        Effect.gen(function*() {
+          const a = syntheticFrames(0, [[1, 2], [1, 2, 3, 4]])
+          const b = syntheticFrames(1, [[1, 2], [1, 2]])
+          yield* store.push("db", 1, 1, 3, a.slice(0, 2))
+          // A's second transaction is pending when its session expires: frame 4 was answered Ok.
+          expect(yield* store.push("db", 1, 3, 5, a.slice(2, 4))).toMatchObject({ _tag: "Ok", maxFrameNo: 4 })
+          yield* TestClock.adjust(Duration.seconds(2))
+          // B commits up to frame 4 exactly: past the threshold, but A still counts frame 4 as stored.
+          expect(yield* store.push("db", 1, 3, 5, b.slice(2, 4))).toMatchObject({ _tag: "Ok", maxFrameNo: 4 })
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: 4 })
+          // A comes back after frame 4: it is asked for frame 4 again (and conflicts there), never let
+          // continue in generation 2 on top of B's frames.
+          expect(yield* store.push("db", 1, 5, 7, a.slice(4, 6))).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: 3 })
+          expect(yield* store.push("db", 1, 4, 7, a.slice(3, 6))).toMatchObject({ _tag: "Conflict" })
+          // Once commits pass A's frames, the roll happens.
+          yield* store.push("db", 1, 4, 7, [b[3], ...syntheticFrames(2, [[1], [1]])])
+          expect(yield* store.info("db")).toEqual({ generation: 2, maxFrameNo: 0 })
+        })))
+
     it.scoped("concurrent pushes of one database are serialized; different databases are independent", () =>
       withStore({}, (store) =>
         Effect.gen(function*() {
@@ -891,6 +1187,17 @@ conformance("layerMemory", (options) => ServerStore.layerMemory(options))
 conformance("layer (embedded SQLite in a temp directory)", (options) =>
   Layer.unwrapScoped(Effect.map(tempDir, (directory) => ServerStore.layer({ ...options, directory }))))
 
+// Each store gets a schema of its own in one PostgreSQL database of this file.
+const postgresLayer = (options: ServerStore.Options = {}) =>
+  Layer.unwrapEffect(
+    Effect.map(
+      Effect.promise(() => suiteDatabase(inject("postgresUrl"), "server_store")),
+      (url) => ServerStore.layerPostgres({ ...options, url, schema: freshSchema() })
+    )
+  )
+
+conformance("layerPostgres (a real PostgreSQL server)", postgresLayer)
+
 // ---------------------------------------------------------------------------------------------
 // What only the disk store can show
 
@@ -947,6 +1254,54 @@ describe("ServerStore.layer: persistence", () => {
         }))
       expect(fs.existsSync(path.join(directory, "db", "store.sqlite"))).toBe(true)
       expect(fs.readdirSync(path.join(directory, "db")).filter((f) => f.includes(".tmp-"))).toEqual([])
+    }))
+
+  it.scoped("bases are files: a crash's leftovers go on open, and a store that kept bases in a table is moved to files", () =>
+    Effect.gen(function*() {
+      const directory = yield* tempDir
+      const dir = path.join(directory, "db")
+      const options = { generationFrames: 2 }
+      const before = yield* run(directory, options, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 3)
+          const frames = replica.frames()
+          yield* store.push("db", 1, 1, frames.length + 1, frames)
+          expect((yield* store.info("db")).generation).toBe(2)
+          yield* Effect.scoped(store.snapshot("db"))
+          return { base1: yield* store.exportGeneration("db", 1), base2: yield* store.exportGeneration("db", 2) }
+        }))
+      expect(fs.readdirSync(dir).filter((f) => f.startsWith("base-")).sort()).toEqual(["base-1.db", "base-2.db"])
+      expect(Buffer.compare(fs.readFileSync(path.join(dir, "base-2.db")), before.base2)).toBe(0)
+      // What a crash can leave: a base written for a generation whose row never came, a snapshot, temp files.
+      fs.writeFileSync(path.join(dir, "base-3.db"), new Uint8Array(4096))
+      fs.writeFileSync(path.join(dir, "base-3.db.tmp-123"), new Uint8Array(10))
+      fs.writeFileSync(path.join(dir, "snapshot-2-0.db.tmp-1-ab"), new Uint8Array(10))
+      // The layout of stores written before bases were files: a `bases` table and no files.
+      const legacy = new Database(path.join(dir, "store.sqlite"))
+      legacy.exec("CREATE TABLE bases (generation INTEGER PRIMARY KEY, base BLOB NOT NULL)")
+      legacy.prepare("INSERT INTO bases VALUES (1, ?), (2, ?)").run(Buffer.from(before.base1), Buffer.from(before.base2))
+      legacy.close()
+      fs.rmSync(path.join(dir, "base-1.db"))
+      fs.rmSync(path.join(dir, "base-2.db"))
+      yield* run(directory, options, (store) =>
+        Effect.gen(function*() {
+          expect(yield* store.info("db")).toEqual({ generation: 2, maxFrameNo: 0 })
+          expect(Buffer.compare(yield* store.exportGeneration("db", 1), before.base1)).toBe(0)
+          expect(Buffer.compare(yield* Effect.scoped(Effect.flatMap(store.openExport("db", 2), bodyBytes)), before.base2)).toBe(0)
+        }))
+      expect(fs.readdirSync(dir).filter((f) => f !== "store.sqlite-wal" && f !== "store.sqlite-shm").sort()).toEqual([
+        "base-1.db",
+        "base-2.db",
+        "head.db",
+        "store.sqlite"
+      ])
+      const tables = new Database(path.join(dir, "store.sqlite"), { readonly: true })
+      expect(tables.prepare("SELECT name FROM sqlite_schema WHERE name = 'bases'").all()).toEqual([])
+      tables.close()
+      // A base file that is gone while its generation is kept is a storage error, not an empty database.
+      fs.rmSync(path.join(dir, "base-2.db"))
+      const error = yield* Effect.flip(run(directory, options, (store) => store.info("db")))
+      expect(error.reason).toBe("Storage")
     }))
 
   it.scoped("the head file the check runs on stays equal to base + committed frames", () =>
@@ -1063,4 +1418,110 @@ describe("ServerStore.layer: persistence", () => {
           expect(rowsOf(yield* materialize(store, "db"))).toHaveLength(20)
         }))
     }).pipe(Effect.scoped))
+})
+
+// ---------------------------------------------------------------------------------------------
+// Several server processes on one PostgreSQL database: two stores over one schema, each with its own
+// memory (open handles, head images, session caches), as two `serve` processes would have.
+
+describe("ServerStore.layerPostgres: two stores on one schema", () => {
+  const twoStores = <A, E>(options: ServerStore.Options, body: (a: Store, b: Store) => Effect.Effect<A, E, Scope.Scope>) =>
+    Effect.gen(function*() {
+      const url = yield* Effect.promise(() => suiteDatabase(inject("postgresUrl"), "server_store"))
+      const schema = freshSchema("two")
+      const a = yield* ServerStore.makePostgres({ ...options, url, schema })
+      const b = yield* ServerStore.makePostgres({ ...options, url, schema })
+      return yield* body(a, b)
+    })
+
+  it.scoped("a baton transaction started on one continues on the other; the database is locked on both", () =>
+    twoStores({}, (a, b) =>
+      Effect.gen(function*() {
+        const { base, replica } = yield* seeded(a, "db", 1)
+        const setup = replica.frames()
+        yield* a.push("db", 1, 1, setup.length + 1, setup)
+        const head = setup.length
+        expect(yield* b.info("db")).toEqual({ generation: 1, maxFrameNo: head })
+        const { frames, start } = bigTransaction(replica, 30, "x")
+        let baton: string | undefined
+        const stores = [a, b]
+        for (let i = 0, n = 0; i < frames.length; i += 6, n++) {
+          const part = frames.slice(i, i + 6)
+          const store = stores[n % 2]
+          const r = yield* store.push("db", 1, start + i, start + i + part.length, part, baton)
+          expect(r).toMatchObject({ _tag: "Ok", maxFrameNo: start + i + part.length - 1 })
+          baton = r._tag === "Ok" ? r.baton : undefined
+          if (baton !== undefined) {
+            // Pending frames are invisible and the database is held on both stores.
+            expect(yield* stores[(n + 1) % 2].info("db")).toEqual({ generation: 1, maxFrameNo: head })
+            const other = yield* openReplica(base)
+            other.db.exec("CREATE TABLE u (x)")
+            expect(yield* failure(stores[(n + 1) % 2].push("db", 1, 1, other.frames().length + 1, other.frames()))).toBe("Busy")
+            // A retry of the request on the other store is answered the same.
+            expect(yield* stores[(n + 1) % 2].push("db", 1, start + i, start + i + part.length, part, baton)).toEqual(r)
+          }
+        }
+        expect(baton).toBeUndefined()
+        for (const store of stores) {
+          const image = yield* materialize(store, "db")
+          expect(rowsOf(image)).toHaveLength(31)
+        }
+        expect(Buffer.compare(yield* materialize(b, "db"), replica.checkpoint())).toBe(0)
+      })))
+
+  it.scoped("concurrent pushes through both are serialized: one winner, frames numbered once", () =>
+    twoStores({}, (a, b) =>
+      Effect.gen(function*() {
+        const base = yield* a.exportGeneration("db", 1)
+        const replicas = yield* Effect.forEach([0, 1, 2, 3], () => openReplica(base))
+        replicas.forEach((r, i) => r.db.exec(`CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL); INSERT INTO t (v) VALUES ('w${i}')`))
+        const results = yield* Effect.all(
+          replicas.map((r, i) => (i % 2 === 0 ? a : b).push("db", 1, 1, r.frames().length + 1, r.frames())),
+          { concurrency: "unbounded" }
+        )
+        expect(results.filter((r) => r._tag === "Ok")).toHaveLength(1)
+        const winner = results.findIndex((r) => r._tag === "Ok")
+        for (const store of [a, b]) {
+          expect(rowsOf(yield* materialize(store, "db")).map((r) => r.v)).toEqual([`w${winner}`])
+        }
+      })))
+
+  it.scoped("the commit check runs on the committed head, not on what one store saw last", () =>
+    twoStores({}, (a, b) =>
+      Effect.gen(function*() {
+        const { replica } = yield* seeded(a, "db", 2)
+        let pushed = 0
+        const stores = [a, b]
+        for (let round = 0; round < 6; round++) {
+          // Whichever store took the last commit, the other one checks the next against the real head.
+          const store = stores[round % 2]
+          bigTransaction(replica, 2, `r${round}`)
+          const fresh = replica.frames().slice(pushed)
+          const corrupted = fresh.map((f, i) => (i === fresh.length - 1 ? corruptBtree(f) : f))
+          expect(yield* failure(store.push("db", 1, pushed + 1, pushed + corrupted.length + 1, corrupted))).toBe("Malformed")
+          expect(yield* store.push("db", 1, pushed + 1, pushed + fresh.length + 1, fresh)).toMatchObject({ _tag: "Ok" })
+          pushed += fresh.length
+        }
+        expect(Buffer.compare(yield* materialize(a, "db"), replica.checkpoint())).toBe(0)
+      })))
+
+  it.scoped("a generation rolls once, whichever store commits past the threshold", () =>
+    twoStores({ generationFrames: 4 }, (a, b) =>
+      Effect.gen(function*() {
+        const { replica } = yield* seeded(a, "db", 3)
+        const frames = replica.frames()
+        expect(frames.length).toBeGreaterThan(4)
+        const results = yield* Effect.all(
+          [a.push("db", 1, 1, frames.length + 1, frames), b.push("db", 1, 1, frames.length + 1, frames)],
+          { concurrency: "unbounded" }
+        )
+        // The first to take the lock commits and rolls in one transaction; the other then finds generation
+        // 1 closed, as any push to an old generation does.
+        expect(results.map((r) => r._tag).sort()).toEqual(["Conflict", "Ok"])
+        expect(results.find((r) => r._tag === "Conflict")).toEqual({ _tag: "Conflict", generation: 1, maxFrameNo: frames.length })
+        expect(yield* a.info("db")).toEqual({ generation: 2, maxFrameNo: 0 })
+        expect(yield* b.info("db")).toEqual({ generation: 2, maxFrameNo: 0 })
+        expect(yield* failure(b.exportGeneration("db", 3))).toBe("GenerationNotFound")
+        expect(Buffer.compare(yield* b.exportGeneration("db", 2), replica.checkpoint())).toBe(0)
+      })))
 })

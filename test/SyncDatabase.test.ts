@@ -407,6 +407,7 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       const unreliable = {
         info: flaky(remote.info),
         export: (g: number) => flaky(remote.export(g)),
+        snapshot: flaky(remote.snapshot),
         pull: (g: number, s: number, e: number) => flaky(remote.pull(g, s, e)),
         push: (...args: Parameters<typeof remote.push>) => flaky(remote.push(...args))
       }
@@ -448,6 +449,7 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       const unreachable = {
         info: Effect.fail(down),
         export: () => Effect.fail(down),
+        snapshot: Effect.fail(down),
         pull: () => Effect.fail(down),
         push: () => Effect.fail(down)
       }

@@ -16,6 +16,7 @@ import * as Fs from "node:fs"
 import * as NodePath from "node:path"
 import * as SyncDatabase from "../src/SyncDatabase.js"
 import { tempDir } from "./support/engine.js"
+import { libsqlBesideSyncDatabase } from "./support/interop.js"
 import { serverProcess } from "./support/process.js"
 
 const TOKEN = "engine-interop"
@@ -39,32 +40,7 @@ describe("SyncDatabase with the real libSQL client", () => {
           Layer.provide(NodeHttpClient.layerUndici)
         )
       ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)))
-      expect(yield* db.pull).toBe(true)
-      expect(yield* db.query("SELECT id, who FROM t")).toEqual([{ id: "l-1", who: "libsql" }])
-
-      yield* db.execute("INSERT INTO t VALUES (?, ?)", ["s-1", "sync"])
-      yield* db.execute("UPDATE t SET who = 'libsql, seen' WHERE id = 'l-1'")
-      expect(yield* db.push).toBe(true)
-
-      libsql.sync()
-      expect(libsql.prepare("SELECT id, who FROM t ORDER BY id").all()).toEqual([
-        { id: "l-1", who: "libsql, seen" },
-        { id: "s-1", who: "sync" }
-      ])
-      libsql.exec("INSERT INTO t VALUES ('l-2', 'libsql')")
-      libsql.sync()
-
-      yield* db.execute("INSERT INTO t VALUES ('s-2', 'sync')")
-      yield* db.sync
-      const expected = [
-        { id: "l-1", who: "libsql, seen" },
-        { id: "l-2", who: "libsql" },
-        { id: "s-1", who: "sync" },
-        { id: "s-2", who: "sync" }
-      ]
-      expect(yield* db.query("SELECT id, who FROM t ORDER BY id")).toEqual(expected)
-      libsql.sync()
-      expect(libsql.prepare("SELECT id, who FROM t ORDER BY id").all()).toEqual(expected)
+      yield* libsqlBesideSyncDatabase(libsql, db)
     }))
 
   it.scoped("layerConfig reads path, url, token and client name from Config; a wrong token is a typed RemoteError", () =>

@@ -46,6 +46,7 @@ const switchable = (remote: SyncRemote.Service, down: Ref.Ref<boolean>): SyncRem
   return {
     info: guard(remote.info),
     export: (g) => guard(remote.export(g)),
+    snapshot: guard(remote.snapshot),
     pull: (g, s, e) => guard(remote.pull(g, s, e)),
     push: (g, s, e, f, b) => guard(remote.push(g, s, e, f, b))
   }

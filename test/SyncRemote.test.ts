@@ -2,10 +2,16 @@ import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import * as Schedule from "effect/Schedule"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
+import * as ServerStore from "../src/ServerStore.js"
+import * as StoreRemote from "../src/StoreRemote.js"
 import * as SyncRemote from "../src/SyncRemote.js"
+import * as SyncServer from "../src/SyncServer.js"
 import * as WalFrame from "../src/WalFrame.js"
 
 interface Seen {
@@ -160,5 +166,47 @@ describe("SyncRemote.layerHttp", () => {
       // (the engine then resets, pulls and replays) rather than a protocol error.
       const below = yield* scripted(() => ({ status: 200, body: `{"status":"ok","generation":1,"max_frame_no":4}` }))
       expect(yield* (yield* remote(below.url)).push(1, 11, 211, frames)).toEqual({ _tag: "Conflict", generation: 1, maxFrameNo: 4 })
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
+})
+
+describe("SyncRemote: the server's extensions", () => {
+  it.scopedLive("info reports them and snapshot fetches the head, over HTTP and in process alike", () =>
+    Effect.gen(function*() {
+      const context = yield* Layer.build(
+        SyncServer.layerNode({ port: 0 }).pipe(
+          Layer.provideMerge(ServerStore.layerMemory({ integrityCheck: "off", maxPullFrames: 2048 }))
+        )
+      ).pipe(Logger.withMinimumLogLevel(LogLevel.Warning))
+      const url = yield* Effect.provide(SyncServer.databaseUrl("ext"), context)
+      const store = yield* Effect.provide(ServerStore.ServerStore, context)
+      const http = yield* remote(url)
+      const local = StoreRemote.make(store, "ext")
+      const frames = [frame(1, 0), frame(2, 0), frame(3, 3)]
+      expect(yield* http.push(1, 1, 4, frames)).toMatchObject({ _tag: "Ok", maxFrameNo: 3 })
+      const databaseId = yield* store.databaseId("ext")
+      expect(typeof databaseId).toBe("string")
+      const expected = { generation: 1, databaseId, maxFrameNo: 3, maxPullFrames: 2048, snapshot: true }
+      expect(yield* http.info).toEqual(expected)
+      expect(yield* local.info).toEqual(expected)
+      const overHttp = yield* http.snapshot
+      const inProcess = yield* local.snapshot
+      expect({ generation: overHttp.generation, frameNo: overHttp.frameNo }).toEqual({ generation: 1, frameNo: 3 })
+      expect({ generation: inProcess.generation, frameNo: inProcess.frameNo }).toEqual({ generation: 1, frameNo: 3 })
+      const base = yield* http.export(1)
+      expect(Buffer.compare(overHttp.bytes, WalFrame.applyFrames(base, frames))).toBe(0)
+      expect(Buffer.compare(inProcess.bytes, overHttp.bytes)).toBe(0)
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
+
+  it.scopedLive("a remote without them: info leaves them out, snapshot is NotFound, bad snapshot headers are Protocol", () =>
+    Effect.gen(function*() {
+      const plain = yield* scripted((seen) =>
+        seen.url.endsWith("/info")
+          ? { status: 200, body: `{"current_generation":2}` }
+          : { status: 404, body: `{"error":"not_found","message":"no such route"}` })
+      const r = yield* remote(plain.url)
+      expect(yield* r.info).toStrictEqual({ generation: 2, databaseId: undefined })
+      expect(yield* Effect.flip(r.snapshot)).toMatchObject({ _tag: "RemoteError", reason: "NotFound", status: 404 })
+      const headerless = yield* scripted(() => ({ status: 200, body: new Uint8Array(WalFrame.PAGE_SIZE) }))
+      expect(yield* Effect.flip((yield* remote(headerless.url)).snapshot)).toMatchObject({ _tag: "RemoteError", reason: "Protocol" })
     }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
 })

@@ -91,7 +91,7 @@ const suite = (kind: "memory" | "disk") =>
           const info = yield* call({ path: "/db/fresh/info" })
           expect(info.status).toBe(200)
           expect(info.headers["content-type"]).toContain("application/json")
-          expect(H.json(info)).toEqual({ current_generation: 1, database_id: expect.any(String) })
+          expect(H.json(info)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"], database_id: expect.any(String) })
           const base = yield* call({ path: "/db/fresh/export/1" })
           expect(base.status).toBe(200)
           expect(base.headers["content-type"]).toBe("application/octet-stream")
@@ -400,8 +400,12 @@ const failingStore = Layer.succeed(ServerStore.ServerStore, {
   info: (database) => failWith(database),
   databaseId: (database) => failWith(database),
   exportGeneration: (database) => failWith(database),
+  openExport: (database) => failWith(database),
+  snapshot: (database) => failWith(database),
+  maxPullFrames: 1024,
   pull: (database) => failWith(database),
-  push: (database) => failWith(database)
+  push: (database) => failWith(database),
+  stats: Effect.suspend(() => failWith("Storage"))
 })
 const failWith = (database: string): Effect.Effect<never, ServerStore.StoreError> =>
   database === "defect"
@@ -472,7 +476,137 @@ layer(
         }
       }))
   }
+
+  it.effect("GET /ready is 503 while the store does not answer; GET /health stays 200", () =>
+    Effect.gen(function*() {
+      const ready = yield* call({ path: "/ready", anonymous: true })
+      expect(ready.status).toBe(503)
+      expect(H.json(ready).error).toBe("storage")
+      expect(ready.body.toString()).not.toContain("/srv/secret")
+      const health = yield* call({ path: "/health", anonymous: true })
+      expect(health.status).toBe(200)
+      expect(H.json(health)).toEqual({ status: "ok" })
+      // The metrics still answer, without the store's gauges.
+      const metrics = yield* call({ path: "/metrics" })
+      expect(metrics.status).toBe(200)
+      expect(metrics.body.toString()).toMatch(/effect_sqlite_sync_requests_total\{route="GET \/ready",status="503"\} [1-9]/)
+    }))
 })
+
+layer(serverLayer("memory", { batonIdleMs: 60_000 }), { excludeTestServices: true })("SyncServer operations routes", (it) => {
+  it.effect("GET /health and GET /ready answer without a token; other routes still need it", () =>
+    Effect.gen(function*() {
+      for (const path of ["/health", "/ready"]) {
+        const res = yield* call({ path, anonymous: true })
+        expect(res.status).toBe(200)
+        expect(res.headers["content-type"]).toContain("application/json")
+      }
+      expect(H.json(yield* call({ path: "/ready", anonymous: true }))).toEqual({ status: "ready" })
+      expect((yield* call({ path: "/metrics", anonymous: true })).status).toBe(401)
+      expect((yield* call({ path: "/db/x/info", anonymous: true })).status).toBe(401)
+      expect((yield* call({ path: "/health", method: "POST", anonymous: true })).status).toBe(401)
+      expect((yield* call({ path: "/health", method: "POST" })).status).toBe(405)
+      // Databases may be called like the routes: they live under /db/.
+      for (const name of ["health", "ready", "metrics"]) {
+        expect(H.json(yield* call({ path: `/db/${name}/info` }))).toMatchObject({ current_generation: 1 })
+      }
+    }))
+
+  it.scoped("GET /metrics counts requests by route and status, push and pull latency, frames, bytes, batons, databases and checks", () =>
+    Effect.gen(function*() {
+      const replica = yield* replicaOf("counted")
+      const frames = replica.write("BEGIN; CREATE TABLE t(x); INSERT INTO t VALUES (1); COMMIT;")
+      expect(H.json(yield* push("counted", 1, 1, frames)).status).toBe("ok")
+      expect((yield* call({ path: `/db/counted/sync/1/1/${frames.length + 1}` })).status).toBe(200)
+      // An open baton session.
+      const big = replica.write(
+        "BEGIN; CREATE TABLE big(b BLOB); WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 10) INSERT INTO big SELECT randomblob(3000) FROM s; COMMIT;"
+      )
+      const open = H.json(yield* push("counted", 1, frames.length + 1, big.slice(0, 2)))
+      expect(open.baton).toBeTypeOf("string")
+      const res = yield* call({ path: "/metrics" })
+      expect(res.status).toBe(200)
+      expect(res.headers["content-type"]).toContain("text/plain")
+      const text = res.body.toString()
+      const value = (pattern: string) => {
+        const match = new RegExp(`^${pattern} ([0-9.e+-]+)$`, "m").exec(text)
+        expect(match, pattern).not.toBeNull()
+        return Number(match![1])
+      }
+      expect(text).toContain("# TYPE effect_sqlite_sync_requests_total counter")
+      expect(value(`effect_sqlite_sync_requests_total\\{route="POST /sync/\\{G\\}/\\{start\\}/\\{end\\}",status="200"\\}`)).toBeGreaterThanOrEqual(2)
+      expect(value(`effect_sqlite_sync_requests_total\\{route="GET /sync/\\{G\\}/\\{start\\}/\\{end\\}",status="200"\\}`)).toBeGreaterThanOrEqual(1)
+      expect(text).toContain("# TYPE effect_sqlite_sync_push_seconds histogram")
+      expect(value(`effect_sqlite_sync_push_seconds_bucket\\{le="\\+Inf"\\}`)).toBe(value("effect_sqlite_sync_push_seconds_count"))
+      expect(value("effect_sqlite_sync_push_seconds_count")).toBeGreaterThanOrEqual(2)
+      expect(value("effect_sqlite_sync_pull_seconds_count")).toBeGreaterThanOrEqual(1)
+      expect(value(`effect_sqlite_sync_frames_total\\{direction="push"\\}`)).toBeGreaterThanOrEqual(frames.length + 2)
+      expect(value(`effect_sqlite_sync_frames_total\\{direction="pull"\\}`)).toBeGreaterThanOrEqual(frames.length)
+      expect(value(`effect_sqlite_sync_bytes_total\\{direction="push"\\}`)).toBeGreaterThanOrEqual((frames.length + 2) * FRAME)
+      expect(value("effect_sqlite_sync_check_seconds_count")).toBeGreaterThanOrEqual(1)
+      expect(value("effect_sqlite_sync_databases")).toBeGreaterThanOrEqual(1)
+      expect(value("effect_sqlite_sync_open_batons")).toBeGreaterThanOrEqual(1)
+    }))
+})
+
+layer(serverLayer("disk", { generationFrames: 6, maxPullFrames: 3 }), { excludeTestServices: true })(
+  "SyncServer extensions: snapshot at the head, pull answer size",
+  (it) => {
+    it.scoped("/info advertises them; GET /snapshot is the head as one file; a replica made from it pulls and pushes on", () =>
+      Effect.gen(function*() {
+        const info0 = yield* call({ path: "/db/snap/info" })
+        expect(H.json(info0)).toEqual({
+          current_generation: 1,
+          max_frame_no: 0,
+          max_pull_frames: 3,
+          extensions: ["snapshot"],
+          database_id: expect.any(String)
+        })
+        // The snapshot carries the database's identity like every answer from the database.
+        const id = H.json(info0).database_id
+        const empty = yield* call({ path: "/db/snap/snapshot" })
+        expect(empty.status).toBe(200)
+        expect([empty.headers["x-sync-generation"], empty.headers["x-sync-frame"]]).toEqual(["1", "0"])
+        expect(Buffer.compare(empty.body, yield* withBase((base) => H.exportBase(base, "snap", 1, TOKEN)))).toBe(0)
+
+        const replica = yield* replicaOf("snap")
+        const frames = replica.write("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'one');")
+        expect(H.json(yield* push("snap", 1, 1, frames)).status).toBe("ok")
+        const snap = yield* call({ path: "/db/snap/snapshot" })
+        expect(snap.status).toBe(200)
+        expect(snap.headers["content-type"]).toBe("application/octet-stream")
+        expect(snap.headers["content-length"]).toBe(String(snap.body.byteLength))
+        expect([snap.headers["x-sync-generation"], snap.headers["x-sync-frame"]]).toEqual(["1", String(frames.length)])
+        expect(snap.headers["x-database-id"]).toBe(id)
+        const server = yield* withBase((base) => H.snapshot(base, "snap", TOKEN))
+        expect(Buffer.compare(snap.body, server.file)).toBe(0)
+
+        // Pull answers are cut at the advertised size.
+        const pulled = yield* call({ path: `/db/snap/sync/1/1/100` })
+        expect(pulled.body.byteLength).toBe(Math.min(3, frames.length) * FRAME)
+
+        // A replica bootstrapped from the snapshot continues after its frame.
+        const fromSnapshot = new H.Replica(new Uint8Array(snap.body))
+        yield* Effect.addFinalizer(() => Effect.sync(() => fromSnapshot.close()))
+        const next = fromSnapshot.write("INSERT INTO t VALUES (2, 'two');")
+        const answer = H.json(yield* push("snap", 1, frames.length + 1, next))
+        expect(answer).toEqual({ status: "ok", generation: 1, max_frame_no: frames.length + next.length })
+        const after = yield* withBase((base) => H.snapshot(base, "snap", TOKEN))
+        const db = H.open(after.file)
+        expect(db.prepare("SELECT v FROM t ORDER BY id").all()).toEqual([{ v: "one" }, { v: "two" }])
+        db.close()
+
+        // HEAD answers the headers alone; the route has no other method.
+        const head = yield* call({ method: "HEAD", path: "/db/snap/snapshot" })
+        expect([head.status, head.body.byteLength]).toEqual([200, 0])
+        expect(head.headers["x-sync-frame"]).toBe(String(frames.length + next.length))
+        const post = yield* call({ method: "POST", path: "/db/snap/snapshot", body: new Uint8Array(1) })
+        expect([post.status, H.json(post).error]).toEqual([405, "method_not_allowed"])
+        const refused = yield* call({ path: "/db/snap/snapshot", anonymous: true })
+        expect(refused.status).toBe(401)
+      }))
+  }
+)
 
 layer(serverLayer("disk", { generationFrames: 1, keepGenerations: 1, batonIdleMs: 60_000 }), {
   excludeTestServices: true
@@ -551,6 +685,6 @@ layer(
       const { base } = yield* TestServer
       expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
       expect((yield* call({ path: "/db/cfg/info", anonymous: true })).status).toBe(401)
-      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1, database_id: expect.any(String) })
+      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"], database_id: expect.any(String) })
     }))
 })

@@ -120,7 +120,7 @@ const offlineRemote: SyncRemote.Service = (() => {
   const refuse = Effect.fail(
     new SyncError.RemoteError({ reason: "Refused", message: "no --url given: this command cannot reach the remote" })
   )
-  return { info: refuse, export: () => refuse, pull: () => refuse, push: () => refuse }
+  return { info: refuse, export: () => refuse, snapshot: refuse, pull: () => refuse, push: () => refuse }
 })()
 
 export interface Opened {

@@ -117,6 +117,7 @@ const observer = (i: Instruments): Observer => ({
 /** The remote the engine is given: same answers; whether it answered sets `online`. */
 const observe = (i: Instruments, remote: SyncRemote.Service): SyncRemote.Service => ({
   info: online(i, remote.info),
+  snapshot: online(i, remote.snapshot),
   export: (generation) => online(i, remote.export(generation)),
   pull: (generation, start, end) => online(i, remote.pull(generation, start, end)),
   push: (generation, start, end, frames, baton) => online(i, remote.push(generation, start, end, frames, baton))

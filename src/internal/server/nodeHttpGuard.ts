@@ -11,7 +11,7 @@
  * @internal
  */
 import * as Http from "node:http"
-import type * as Net from "node:net"
+import * as Net from "node:net"
 
 /** Time for a whole request, body included: a 4 MiB push at 70 KiB/s still fits. */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000
@@ -73,11 +73,74 @@ const onClientError = (error: Error & { code?: string }, socket: Net.Socket) => 
   socket.destroy()
 }
 
+/** A server that can be shut down without cutting requests in flight. */
+export interface GuardedServer extends Http.Server {
+  /**
+   * Stops accepting connections, lets every request in flight finish (its connection is closed after its
+   * answer), closes idle keep-alive connections, and resolves once all are closed or after `timeoutMs`,
+   * when whatever is left is cut. `handlers()` counts requests still being handled, whose client may
+   * have gone: the drain waits for them too, since they may still be using the store.
+   */
+  readonly drain: (timeoutMs: number, handlers: () => number) => Promise<void>
+}
+
+/**
+ * Tracks which connections have a request in flight. Node's own `closeIdleConnections` (which
+ * `server.close()` calls) counts a connection as idle once its request has been read, while its answer
+ * is still being computed: a push committing at that moment would lose its answer.
+ */
+const makeDrainable = (server: Http.Server): GuardedServer => {
+  const sockets = new Set<Net.Socket>()
+  const busy = new Map<Net.Socket, number>()
+  let draining = false
+  server.on("connection", (socket: Net.Socket) => {
+    sockets.add(socket)
+    socket.once("close", () => {
+      sockets.delete(socket)
+      busy.delete(socket)
+    })
+  })
+  server.on("request", (request: Http.IncomingMessage, response: Http.ServerResponse) => {
+    const socket = request.socket
+    busy.set(socket, (busy.get(socket) ?? 0) + 1)
+    if (draining) response.shouldKeepAlive = false
+    let done = false
+    const finished = () => {
+      if (done) return
+      done = true
+      const left = (busy.get(socket) ?? 1) - 1
+      if (left > 0) busy.set(socket, left)
+      else busy.delete(socket)
+      if (draining && left <= 0) socket.end()
+    }
+    response.once("finish", finished)
+    response.once("close", finished)
+  })
+  const drain = (timeoutMs: number, handlers: () => number) =>
+    new Promise<void>((resolve) => {
+      draining = true
+      // Not `server.close()`: it would close connections whose answer is still being computed.
+      Net.Server.prototype.close.call(server)
+      for (const socket of sockets) if (!busy.has(socket)) socket.end()
+      const deadline = Date.now() + timeoutMs
+      const tick = () => {
+        if ((sockets.size === 0 && handlers() === 0) || Date.now() >= deadline) {
+          for (const socket of sockets) socket.destroy()
+          resolve()
+          return
+        }
+        setTimeout(tick, 20)
+      }
+      tick()
+    })
+  return Object.assign(server, { drain })
+}
+
 /**
  * `http.createServer` with the timeouts and the JSON `clientError` answer. Timers are checked every
  * second (Node's default is 30 s), so a stalled request is answered within a second of its deadline.
  */
-export const createServer = (options: Options = {}): Http.Server => {
+export const createServer = (options: Options = {}): GuardedServer => {
   const requestTimeout = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS
   const headersTimeout = Math.min(options.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS, requestTimeout)
   if (!(Number.isSafeInteger(requestTimeout) && requestTimeout >= 1)) {
@@ -106,5 +169,5 @@ export const createServer = (options: Options = {}): Http.Server => {
   })
   // With no "timeout" listener, Node destroys a socket idle this long (keep-alive idling has its own 5 s).
   server.timeout = socketTimeout
-  return server
+  return makeDrainable(server)
 }

@@ -8,6 +8,12 @@
  * read the committed head from memory, which moves only after the backend has made the frames
  * durable, and frames at or below a head never change.
  *
+ * Shared storage (`DatabaseBackend.shared`, several server processes on one PostgreSQL): no process's
+ * memory can be trusted between requests, so every push runs inside `shared.exclusive`, one storage
+ * transaction holding the database's lock across processes, which first loads the stored state into
+ * the handle (head, generations, baton session, acks) and stores the session the push leaves; reads
+ * take the committed generations from storage instead of the handle.
+ *
  * The malformed-database check runs once per request, on the state after its last commit frame: a
  * request holding several small transactions (the libSQL client batches 128 frames regardless of
  * transaction boundaries) costs one check, not one per transaction. The states between those
@@ -20,10 +26,11 @@ import * as Deferred from "effect/Deferred"
 import * as FiberId from "effect/FiberId"
 import type * as Scope from "effect/Scope"
 import * as crypto from "node:crypto"
-import type { PullResult, PushResult, Service } from "../../ServerStore.js"
-import { StoreError } from "./storeError.js"
+import type { Body, PullResult, PushResult, Service, Snapshot, StoreStats } from "../../ServerStore.js"
 import { isDatabaseName, MAX_FRAMES_PER_REQUEST } from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
+import * as ServerBody from "./serverBody.js"
+import { StoreError } from "./storeError.js"
 import { checkHeaderFrames, emptyWalBase } from "./sqliteImage.js"
 
 /** What a backend knows about one generation when a database is opened. */
@@ -33,6 +40,8 @@ export interface GenerationRecord {
   readonly lastFrame: number
   /** Its base and frames are gone (keepGenerations); only `lastFrame` remains. */
   readonly dropped: boolean
+  /** When it started (ms since the epoch), when the backend knows: the retention time counts from the next one's start. */
+  readonly startedAt?: number | undefined
 }
 
 /** Storage of one database. Every method is called with the database's push lock held, except reads. */
@@ -49,6 +58,15 @@ export interface DatabaseBackend {
   /** The current generation's frame numbers answered Ok while still pending (see `recordAck`). */
   readonly ackedPending: ReadonlyArray<number>
   readonly readBase: (generation: number) => Effect.Effect<Uint8Array, StoreError>
+  /** The base as a body read as it is consumed; without it, `readBase` is served from memory. */
+  readonly openBase?: ((generation: number) => Effect.Effect<Body, StoreError, Scope.Scope>) | undefined
+  /** The base's size in bytes without reading it; without it, `readBase` is read once. */
+  readonly baseSize?: ((generation: number) => Effect.Effect<number, StoreError>) | undefined
+  /**
+   * The generation's base with frames `1..frameNo` applied (`frameNo` a commit frame or 0), as a body;
+   * without it, the core applies `readFrames` to `readBase` in memory.
+   */
+  readonly openSnapshot?: ((generation: number, frameNo: number) => Effect.Effect<Body, StoreError, Scope.Scope>) | undefined
   /** Committed frames `start..end-1` of a generation; fewer only when the generation was dropped. */
   readonly readFrames: (
     generation: number,
@@ -77,11 +95,48 @@ export interface DatabaseBackend {
    * on top of someone else's frames (see the rewind in `pushLocked`).
    */
   readonly recordAck: (generation: number, frameNo: number) => Effect.Effect<void, StoreError>
-  /** Starts `generation` with `base` and no frames; it becomes the current generation. */
-  readonly roll: (generation: number, base: Uint8Array) => Effect.Effect<void, StoreError>
+  /**
+   * Starts the generation after the current one with the current one's base and all its frames applied
+   * (what `materialize` gives), built in storage rather than in memory, at `startedAt` (ms); answers the
+   * new base's size in bytes. Without it, the core uses `materialize` and `roll`.
+   */
+  readonly rollForward?: ((startedAt: number) => Effect.Effect<number, StoreError>) | undefined
+  /** Starts `generation` with `base` and no frames, at `startedAt` (ms); it becomes the current generation. */
+  readonly roll: (generation: number, base: Uint8Array, startedAt?: number) => Effect.Effect<void, StoreError>
   /** Forgets the bases and frames of every generation up to and including `generation`. */
   readonly dropThrough: (generation: number) => Effect.Effect<void, StoreError>
   readonly close: Effect.Effect<void>
+  /** Present when other processes use the same storage. */
+  readonly shared?: SharedStorage | undefined
+}
+
+/** The baton session and the last closed baton, as a shared backend stores them between pushes. */
+export interface StoredSession {
+  readonly session: { readonly baton: string; readonly pending: ReadonlyArray<WalFrame.Frame>; readonly touchedAt: number } | undefined
+  readonly closedBaton: string | undefined
+}
+
+/** What a shared backend holds for one database when a push takes its lock. */
+export interface StoredState extends StoredSession {
+  readonly generations: ReadonlyArray<GenerationRecord>
+  /** The current generation's frame numbers answered Ok while pending. */
+  readonly ackedPending: ReadonlyArray<number>
+}
+
+/** Storage several server processes use at once (see the module comment). */
+export interface SharedStorage {
+  /** The generations as committed now, for reads. */
+  readonly generations: Effect.Effect<ReadonlyArray<GenerationRecord>, StoreError>
+  /**
+   * Runs `body` as one storage transaction holding the database's lock against every process: `body`
+   * gets the stored state, and `save()` (the session as `body` left it) is stored before the transaction
+   * commits. A refusal (any StoreError but Storage) commits too, since it can end a session; a Storage
+   * failure or a defect rolls everything back.
+   */
+  readonly exclusive: <A>(
+    body: (state: StoredState) => Effect.Effect<A, StoreError>,
+    save: () => StoredSession
+  ) => Effect.Effect<A, StoreError>
 }
 
 /** A place databases live in. `open` creates the database (generation 1 with `emptyBase`) on first use. */
@@ -91,11 +146,17 @@ export interface Backend {
   /** The databases that exist when the store starts. */
   readonly list: Effect.Effect<ReadonlyArray<string>, StoreError>
   readonly open: (name: string, emptyBase: Uint8Array) => Effect.Effect<DatabaseBackend, StoreError>
+  /** Counts from storage, when other processes share it (the core counts its own handles otherwise). */
+  readonly stats?: Effect.Effect<StoreStats, StoreError> | undefined
 }
 
 export interface CoreOptions {
   readonly generationFrames?: number | undefined
+  readonly generationGrowth?: number | "never" | undefined
+  readonly generationMinFrames?: number | undefined
   readonly keepGenerations?: number | undefined
+  readonly keepGenerationsMs?: number | undefined
+  readonly maxPullFrames?: number | undefined
   readonly batonIdleMs?: number | undefined
   readonly maxPendingFrames?: number | undefined
   readonly maxPendingFramesTotal?: number | undefined
@@ -116,10 +177,120 @@ export const DEFAULT_BATON_IDLE_MS = 10_000
 /** Databases kept open at once (each holds two file descriptors and about 250 KB). */
 export const DEFAULT_MAX_OPEN_DATABASES = 256
 
+export const DEFAULT_GENERATION_GROWTH = 1
+
+export const DEFAULT_GENERATION_MIN_FRAMES = 1000
+
+export const DEFAULT_KEEP_GENERATIONS = 2
+
+export const DEFAULT_KEEP_GENERATIONS_MS = 60 * 60 * 1000
+
+export const DEFAULT_MAX_PULL_FRAMES = MAX_FRAMES_PER_REQUEST
+
+/** 64 MiB of pages: one pull answer is built in memory. */
+export const MAX_PULL_FRAMES_LIMIT = 16_384
+
+/** When a generation is rolled, from the options. */
+export type RollPolicy =
+  | { readonly _tag: "Frames"; readonly frames: number }
+  | { readonly _tag: "Growth"; readonly growth: number; readonly minFrames: number }
+  | { readonly _tag: "Never" }
+
+export const rollPolicy = (options: CoreOptions): RollPolicy =>
+  options.generationFrames !== undefined
+    ? { _tag: "Frames", frames: options.generationFrames }
+    : options.generationGrowth === "never"
+    ? { _tag: "Never" }
+    : {
+      _tag: "Growth",
+      growth: options.generationGrowth ?? DEFAULT_GENERATION_GROWTH,
+      minFrames: options.generationMinFrames ?? DEFAULT_GENERATION_MIN_FRAMES
+    }
+
+/**
+ * Whether a generation of `lastFrame` frames over a base of `basePages` pages is due to roll. The growth
+ * rule bounds the frame log by the database: once the frames hold more pages than the base times the
+ * factor, a replica that bootstraps from the base pulls more than the database itself.
+ */
+export const rollDue = (policy: RollPolicy, lastFrame: number, basePages: number): boolean => {
+  switch (policy._tag) {
+    case "Never":
+      return false
+    case "Frames":
+      return lastFrame > policy.frames
+    case "Growth":
+      return lastFrame > policy.minFrames && lastFrame > basePages * policy.growth
+  }
+}
+
+/** How long old generations are kept, from the options: a rule left out protects nothing. */
+export interface Retention {
+  readonly count: number | undefined
+  readonly ms: number | undefined
+}
+
+export const retention = (options: CoreOptions): Retention =>
+  options.keepGenerations === undefined && options.keepGenerationsMs === undefined
+    ? { count: DEFAULT_KEEP_GENERATIONS, ms: DEFAULT_KEEP_GENERATIONS_MS }
+    : { count: options.keepGenerations, ms: options.keepGenerationsMs }
+
+/**
+ * The newest generation to drop (`oldest - 1` when none): generation g < current is kept while it is one
+ * of the `count` before the current one, or while its successor started less than `ms` ago. Both
+ * protections only grow with g, so what is dropped is always a prefix.
+ */
+export const dropThroughFor = (
+  rule: Retention,
+  current: number,
+  oldest: number,
+  startedAt: (generation: number) => number,
+  now: number
+): number => {
+  let through = oldest - 1
+  for (let g = oldest; g < current; g++) {
+    const byCount = rule.count !== undefined && g >= current - rule.count
+    const byTime = rule.ms !== undefined && now - startedAt(g + 1) < rule.ms
+    if (byCount || byTime) break
+    through = g
+  }
+  return through
+}
+
+/**
+ * Where a push to an older generation continues in the current one, as the frame-number offset to
+ * subtract, or undefined when it does not continue there. Generation g+1's base is g's base with all of
+ * g's frames applied, so a pusher that holds all of g (its push starts after g's last frame) made its
+ * frames on top of g+1's base: its frame `last(g) + k` is frame k of g+1, and so on across several
+ * rolls. This is what keeps a libSQL client that wrote while its own push rolled the server from being
+ * stranded: it never pulls while it holds local writes, so it keeps pushing to the generation it knows.
+ */
+export const continuation = (
+  lastFrame: (generation: number) => number,
+  generation: number,
+  current: number,
+  start: number
+): number | undefined => {
+  let offset = 0
+  for (let g = generation; g < current; g++) {
+    const last = lastFrame(g)
+    if (start - offset <= last) return undefined
+    offset += last
+  }
+  return offset
+}
+
 interface Session {
   readonly baton: string
   pending: ReadonlyArray<WalFrame.Frame>
   touchedAt: number
+}
+
+/** Generations as seen by one request. */
+interface View {
+  readonly name: string
+  readonly current: number
+  readonly oldest: number
+  readonly lastFrames: ReadonlyMap<number, number>
 }
 
 interface Handle {
@@ -141,6 +312,10 @@ interface Handle {
   readonly acked: Set<number>
   /** Pages of the current generation's committed head (its last commit size), read on first need. */
   headPages: number | undefined
+  /** Pages of the current generation's base, read on first need (the growth rule compares with it). */
+  basePages: number | undefined
+  /** When each generation started, as far as known (ms); generations before this process use its start. */
+  readonly startedAt: Map<number, number>
 }
 
 const fail = (reason: StoreError["reason"], message: string) => Effect.fail(new StoreError({ reason, message }))
@@ -154,7 +329,17 @@ const validateOptions = (options: CoreOptions) => {
     }
   }
   check("generationFrames", options.generationFrames, 1)
+  check("generationMinFrames", options.generationMinFrames, 0)
   check("keepGenerations", options.keepGenerations, 0)
+  check("keepGenerationsMs", options.keepGenerationsMs, 0)
+  check("maxPullFrames", options.maxPullFrames, 1)
+  if (options.maxPullFrames !== undefined && options.maxPullFrames > MAX_PULL_FRAMES_LIMIT) {
+    throw new Error(`ServerStore: maxPullFrames must be at most ${MAX_PULL_FRAMES_LIMIT}, got ${options.maxPullFrames}`)
+  }
+  const growth = options.generationGrowth
+  if (growth !== undefined && growth !== "never" && !(Number.isFinite(growth) && growth > 0)) {
+    throw new Error(`ServerStore: generationGrowth must be a number > 0 or "never", got ${growth}`)
+  }
   check("batonIdleMs", options.batonIdleMs, 1)
   check("maxPendingFrames", options.maxPendingFrames, 1)
   check("maxPendingFramesTotal", options.maxPendingFramesTotal, 1)
@@ -188,6 +373,35 @@ export const checkCommitSizes = (frames: ReadonlyArray<WalFrame.Frame>, headPage
     written = 0
   }
   return undefined
+}
+
+const viewOf = (name: string, records: ReadonlyArray<GenerationRecord>): View => {
+  const lastFrames = new Map<number, number>()
+  let current = 0
+  let oldest = 1
+  for (const record of records) {
+    lastFrames.set(record.generation, record.lastFrame)
+    current = Math.max(current, record.generation)
+    if (record.dropped) oldest = Math.max(oldest, record.generation + 1)
+  }
+  if (current === 0) throw new Error(`ServerStore: database ${name} has no generation`)
+  return { name, current, oldest, lastFrames }
+}
+
+/** Puts the stored state of a shared backend into the handle, as the push that holds its lock sees it. */
+const loadState = (h: Handle, state: StoredState) => {
+  const view = viewOf(h.name, state.generations)
+  if (view.current !== h.current || view.lastFrames.get(view.current) !== h.lastFrames.get(h.current)) {
+    h.headPages = undefined
+  }
+  h.current = view.current
+  h.oldest = view.oldest
+  h.lastFrames.clear()
+  for (const [generation, last] of view.lastFrames) h.lastFrames.set(generation, last)
+  h.session = state.session === undefined ? undefined : { ...state.session }
+  h.closedBaton = state.closedBaton
+  h.acked.clear()
+  for (const n of state.ackedPending) h.acked.add(n)
 }
 
 const newBaton = () => crypto.randomBytes(16).toString("hex")
@@ -227,6 +441,9 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     const emptyBase = yield* Effect.try(() => emptyWalBase()).pipe(Effect.orDie)
     const batonIdleMs = options.batonIdleMs ?? DEFAULT_BATON_IDLE_MS
     const maxPendingFrames = options.maxPendingFrames ?? DEFAULT_MAX_PENDING_FRAMES
+    const maxPullFrames = options.maxPullFrames ?? DEFAULT_MAX_PULL_FRAMES
+    const policy = rollPolicy(options)
+    const keep = retention(options)
     const maxPendingFramesTotal = options.maxPendingFramesTotal ?? DEFAULT_MAX_PENDING_FRAMES_TOTAL
     const maxOpen = options.maxOpenDatabases ?? DEFAULT_MAX_OPEN_DATABASES
     const opening = new Map<string, Deferred.Deferred<Handle, StoreError>>()
@@ -239,17 +456,12 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     yield* Effect.addFinalizer(() => Effect.forEach(opened.values(), (h) => h.backend.close, { discard: true }))
 
     const openHandle = (name: string): Effect.Effect<Handle, StoreError> =>
-      backend.open(name, emptyBase).pipe(
-        Effect.map((db): Handle => {
-          const lastFrames = new Map<number, number>()
-          let current = 0
-          let oldest = 1
-          for (const record of db.generations) {
-            lastFrames.set(record.generation, record.lastFrame)
-            current = Math.max(current, record.generation)
-            if (record.dropped) oldest = Math.max(oldest, record.generation + 1)
-          }
-          if (current === 0) throw new Error(`ServerStore: database ${name} has no generation`)
+      Effect.zip(backend.open(name, emptyBase), Clock.currentTimeMillis).pipe(
+        Effect.map(([db, now]): Handle => {
+          const { current, lastFrames, oldest } = viewOf(name, db.generations)
+          // A start the backend does not know counts from now: retention by time never drops early.
+          const startedAt = new Map<number, number>()
+          for (const record of db.generations) startedAt.set(record.generation, record.startedAt ?? now)
           const closedBaton = closedBatons.get(name)
           closedBatons.delete(name)
           return {
@@ -260,11 +472,13 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
             lock: Effect.unsafeMakeSemaphore(1),
             current,
             oldest,
-            lastFrames,
+            lastFrames: new Map(lastFrames),
             session: undefined,
             closedBaton,
             acked: new Set(db.ackedPending),
-            headPages: undefined
+            headPages: undefined,
+            basePages: undefined,
+            startedAt
           }
         }),
         // A keepGenerations lowered between runs, or a crash between a roll and its drop, is settled here.
@@ -332,10 +546,10 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     })
 
     /** Runs `use` with the database's handle held open. */
-    const withHandle = <A>(
+    const withHandle = <A, R = never>(
       name: string,
-      use: (h: Handle) => Effect.Effect<A, StoreError>
-    ): Effect.Effect<A, StoreError> =>
+      use: (h: Handle) => Effect.Effect<A, StoreError, R>
+    ): Effect.Effect<A, StoreError, R> =>
       Effect.acquireUseRelease(
         Effect.flatMap(handle(name), function acquire(h): Effect.Effect<Handle, StoreError> {
           // Closed between its open and this request's use of it: open it again.
@@ -393,16 +607,22 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
       Effect.interruptible
     )
 
-    const dropOld = (h: Handle): Effect.Effect<void, StoreError> => {
-      if (options.keepGenerations === undefined) return Effect.void
-      const through = h.current - 1 - options.keepGenerations
-      if (through < h.oldest) return Effect.void
-      return h.backend.dropThrough(through).pipe(Effect.tap(() => {
-        h.oldest = through + 1
-      }))
-    }
+    const dropOld = (h: Handle): Effect.Effect<void, StoreError> =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        const through = dropThroughFor(keep, h.current, h.oldest, (g) => h.startedAt.get(g) ?? now, now)
+        if (through < h.oldest) return Effect.void
+        return h.backend.dropThrough(through).pipe(Effect.tap(() => {
+          h.oldest = through + 1
+        }))
+      })
 
-    const checkGeneration = (h: Handle, generation: number): Effect.Effect<void, StoreError> => {
+    /** The generations a read goes by: the handle's own, or the committed ones of shared storage. */
+    const viewFor = (h: Handle): Effect.Effect<View, StoreError> =>
+      h.backend.shared === undefined
+        ? Effect.succeed(h)
+        : Effect.map(h.backend.shared.generations, (records) => viewOf(h.name, records))
+
+    const checkGeneration = (h: View, generation: number): Effect.Effect<void, StoreError> => {
       if (!Number.isSafeInteger(generation)) return fail("BadRequest", `generation ${generation} is not an integer`)
       if (generation < 1 || generation > h.current) {
         return fail("GenerationNotFound", `database ${h.name} has no generation ${generation} (current is ${h.current})`)
@@ -420,7 +640,8 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     }
 
     const info: Service["info"] = (database) =>
-      withHandle(database, (h) => Effect.succeed({ generation: h.current, maxFrameNo: h.lastFrames.get(h.current)! }))
+      withHandle(database, (h) =>
+        Effect.map(viewFor(h), (v) => ({ generation: v.current, maxFrameNo: v.lastFrames.get(v.current)! })))
 
     // Asked on every request of the HTTP server: an open database answers without taking its handle.
     const databaseId: Service["databaseId"] = (database) =>
@@ -434,9 +655,53 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     const exportGeneration: Service["exportGeneration"] = (database, generation) =>
       withHandle(database, (h) =>
         Effect.gen(function*() {
-          yield* checkGeneration(h, generation)
+          yield* checkGeneration(yield* viewFor(h), generation)
           return yield* h.backend.readBase(generation)
         }))
+
+    // The handle is held only while the body is opened: an open body reads its own file descriptor (or
+    // bytes), whatever happens to the database afterwards.
+    const openExport: Service["openExport"] = (database, generation) =>
+      withHandle(database, (h) =>
+        Effect.gen(function*() {
+          yield* checkGeneration(h, generation)
+          return yield* openBaseOf(h, generation)
+        }))
+
+    const openBaseOf = (h: Handle, generation: number): Effect.Effect<Body, StoreError, Scope.Scope> =>
+      h.backend.openBase !== undefined
+        ? h.backend.openBase(generation)
+        : Effect.map(h.backend.readBase(generation), ServerBody.ofBytes)
+
+    // At frame 0 the snapshot is the base itself.
+    const openSnapshotAt = (h: Handle, generation: number, frameNo: number): Effect.Effect<Body, StoreError, Scope.Scope> =>
+      frameNo === 0
+        ? openBaseOf(h, generation)
+        : h.backend.openSnapshot !== undefined
+        ? h.backend.openSnapshot(generation, frameNo)
+        : Effect.gen(function*() {
+          const base = yield* h.backend.readBase(generation)
+          const frames = yield* h.backend.readFrames(generation, 1, frameNo + 1)
+          if (frames.length !== frameNo) return yield* fail("GenerationGone", `generation ${generation} is no longer kept`)
+          return ServerBody.ofBytes(WalFrame.applyFrames(base, frames))
+        })
+
+    const snapshot: Service["snapshot"] = (database) =>
+      withHandle(database, (h) => snapshotOf(h))
+
+    const snapshotOf = (h: Handle): Effect.Effect<Snapshot, StoreError, Scope.Scope> =>
+      Effect.gen(function*() {
+        // The head read here is a committed frame; frames at or below it never change. Only a roll that
+        // drops the generation meanwhile can get in the way, and then the new current one is served.
+        for (let attempt = 1;; attempt++) {
+          const generation = h.current
+          const frameNo = h.lastFrames.get(generation)!
+          const body = yield* openSnapshotAt(h, generation, frameNo).pipe(
+            Effect.catchIf((e) => e.reason === "GenerationGone" && attempt < 3, () => Effect.succeed(undefined))
+          )
+          if (body !== undefined) return { generation, frameNo, body } satisfies Snapshot
+        }
+      })
 
     const pull: Service["pull"] = (database, generation, start, end) =>
       Effect.flatMap(checkRange(start, end), () => withHandle(database, (h) => pullFrom(h, generation, start, end)))
@@ -444,19 +709,21 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     const pullFrom = (h: Handle, generation: number, start: number, end: number): Effect.Effect<PullResult, StoreError> =>
       Effect.gen(function*() {
         const database = h.name
-        yield* checkGeneration(h, generation)
-        const last = h.lastFrames.get(generation)!
+        const v = yield* viewFor(h)
+        yield* checkGeneration(v, generation)
+        const last = v.lastFrames.get(generation)!
         if (start > last) {
           return {
             _tag: "CheckpointNeeded",
-            generation: h.current,
-            maxFrameNo: h.lastFrames.get(h.current)!
+            generation: v.current,
+            maxFrameNo: v.lastFrames.get(v.current)!
           } satisfies PullResult as PullResult
         }
-        const to = Math.min(end - 1, last, start + MAX_FRAMES_PER_REQUEST - 1)
+        const to = Math.min(end - 1, last, start + maxPullFrames - 1)
         const frames = yield* h.backend.readFrames(generation, start, to + 1)
         if (frames.length !== to - start + 1) {
-          yield* checkGeneration(h, generation)
+          // Dropped since the generations were read (keepGenerations): GenerationGone, not a defect.
+          yield* checkGeneration(yield* viewFor(h), generation)
           return yield* Effect.dieMessage(
             `ServerStore: generation ${generation} of ${database} returned ${frames.length} frames for ${start}..${to}`
           )
@@ -477,20 +744,41 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
             )
           )
 
+    const basePagesOf = (h: Handle): Effect.Effect<number, StoreError> =>
+      h.basePages !== undefined
+        ? Effect.succeed(h.basePages)
+        : (h.backend.baseSize !== undefined
+          ? h.backend.baseSize(h.current)
+          : Effect.map(h.backend.readBase(h.current), (base) => base.byteLength)).pipe(
+            Effect.map((bytes) => {
+              h.basePages = bytes / WalFrame.PAGE_SIZE
+              return h.basePages
+            })
+          )
+
     const maybeRoll = (h: Handle): Effect.Effect<void, StoreError> =>
       Effect.gen(function*() {
-        const limit = options.generationFrames
         const generation = h.current
         const last = h.lastFrames.get(generation)!
-        if (limit === undefined || h.session !== undefined || last <= limit) return
-        const next = yield* h.backend.materialize(generation)
-        yield* h.backend.roll(generation + 1, next)
+        // Not while a transaction is open, nor while a pusher that lost its session was told frames at or
+        // past the head are stored: the rewind that protects it works inside one generation, and the
+        // continuation rule (see `continuation`) relies on no such pusher existing at a roll.
+        if (policy._tag === "Never" || h.session !== undefined || h.acked.size > 0 || last === 0) return
+        if (!rollDue(policy, last, yield* basePagesOf(h))) return
+        const now = yield* Clock.currentTimeMillis
+        const baseBytes = h.backend.rollForward !== undefined
+          ? yield* h.backend.rollForward(now)
+          : yield* Effect.flatMap(
+            h.backend.materialize(generation),
+            (next) => Effect.as(h.backend.roll(generation + 1, next, now), next.byteLength)
+          )
         h.lastFrames.set(generation + 1, 0)
+        h.startedAt.set(generation + 1, now)
         h.current = generation + 1
         h.closedBaton = undefined
         h.acked.clear()
-        h.headPages = next.byteLength / WalFrame.PAGE_SIZE
-        yield* dropOld(h)
+        h.headPages = baseBytes / WalFrame.PAGE_SIZE
+        h.basePages = h.headPages
       })
 
     const recordAck = (h: Handle, generation: number, frameNo: number): Effect.Effect<void, StoreError> =>
@@ -518,7 +806,14 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
           Effect.catchIf((e) => e.reason === "GenerationGone", () => Effect.void)
         )
         if (generation < h.current) {
-          return { _tag: "Conflict", generation, maxFrameNo: h.lastFrames.get(generation)! } as const
+          const offset = continuation((g) => h.lastFrames.get(g)!, generation, h.current, start)
+          if (offset === undefined) {
+            return { _tag: "Conflict", generation, maxFrameNo: h.lastFrames.get(generation)! } as const
+          }
+          // Answered in the numbering of the generation asked for (the libSQL client adopts the answer's
+          // generation, and keeps numbering its frames from there until it pulls).
+          const result = yield* pushLocked(h, h.current, start - offset, end - offset, frames, baton)
+          return { ...result, generation, maxFrameNo: result.maxFrameNo + offset }
         }
         let session = h.session
         let retryOfClosed = false
@@ -664,6 +959,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         const result2 = yield* answer(end - 1)
         // The frames are durable whatever happens to the roll; a failed roll is retried after the next commit.
         yield* maybeRoll(h).pipe(
+          Effect.zipRight(dropOld(h)),
           Effect.catchAll((error) => Effect.logWarning(`ServerStore: roll of ${h.name} failed`, error))
         )
         return result2
@@ -681,11 +977,40 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         }
         const valid = WalFrame.validateTransactions(frames)
         if (Either.isLeft(valid)) return yield* fail("BadFrames", valid.left.message)
-        return yield* withHandle(database, (h) =>
-          h.backend.readOnly
-            ? fail("ReadOnly", `the store is read-only: database ${h.name} can be read but not written`)
-            : h.lock.withPermits(1)(Effect.uninterruptible(pushLocked(h, generation, start, end, frames, baton))))
+        return yield* withHandle(database, (h) => {
+          if (h.backend.readOnly) {
+            return fail("ReadOnly", `the store is read-only: database ${h.name} can be read but not written`)
+          }
+          const shared = h.backend.shared
+          const locked = shared === undefined
+            ? pushLocked(h, generation, start, end, frames, baton)
+            : shared.exclusive(
+              (state) =>
+                Effect.suspend(() => {
+                  loadState(h, state)
+                  return pushLocked(h, generation, start, end, frames, baton)
+                }),
+              () => ({ session: h.session, closedBaton: h.closedBaton })
+            ).pipe(
+              // The session lives in storage: a copy left here would count against this process's
+              // pending-frames bound and keep the database from being closed when idle.
+              Effect.ensuring(Effect.sync(() => {
+                h.session = undefined
+              }))
+            )
+          return h.lock.withPermits(1)(Effect.uninterruptible(locked))
+        })
       })
 
-    return { info, databaseId, exportGeneration, pull, push } satisfies Service
+    const stats: Service["stats"] = backend.stats ?? Effect.map(Clock.currentTimeMillis, (now) => {
+      let openBatons = 0
+      for (const h of opened.values()) {
+        if (h.session !== undefined && now - h.session.touchedAt <= batonIdleMs) openBatons++
+      }
+      return { databases: known.size, openBatons }
+    })
+
+    return {
+      info, databaseId, exportGeneration, openExport, snapshot, maxPullFrames, pull, push, stats
+    } satisfies Service
   })

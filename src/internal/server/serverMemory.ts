@@ -10,7 +10,8 @@ import * as WalFrame from "../../WalFrame.js"
 import type { Backend, DatabaseBackend } from "./serverCore.js"
 import type { IntegrityCheck } from "./sqliteImage.js"
 import * as ChangedTables from "./changedTables.js"
-import { checkImage, fixedPlan, schemaOfImage } from "./sqliteImage.js"
+import * as serverMetrics from "./serverMetrics.js"
+import { checkImage, planOnImage } from "./sqliteImage.js"
 
 interface Generation {
   base: Uint8Array | undefined
@@ -39,14 +40,9 @@ export const make = (options: { readonly integrityCheck: IntegrityCheck }): Back
       // sqlite_schema of `head`, read again after a commit that changes it.
       let schema: ReadonlyArray<ChangedTables.SchemaEntry> | undefined
       const planFor = (frames: ReadonlyArray<WalFrame.Frame>): ChangedTables.CheckPlan => {
-        if (options.integrityCheck !== "changed_tables") return fixedPlan(options.integrityCheck)
-        schema ??= schemaOfImage(head)
-        const placement = ChangedTables.place(frames, schema, (pgno) =>
-          pgno * WalFrame.PAGE_SIZE <= head.byteLength
-            ? head.subarray((pgno - 1) * WalFrame.PAGE_SIZE, pgno * WalFrame.PAGE_SIZE)
-            : undefined)
-        if (placement._tag === "Full" && placement.schemaChanged) schema = undefined
-        return ChangedTables.planOf(placement)
+        const next = planOnImage(options.integrityCheck, head, schema, frames)
+        schema = next.schema
+        return next.plan
       }
       return {
         id: crypto.randomUUID(),
@@ -72,7 +68,9 @@ export const make = (options: { readonly integrityCheck: IntegrityCheck }): Back
               if (options.integrityCheck !== "off") {
                 const plan = planFor(frames)
                 const candidate = WalFrame.applyFrames(head, frames)
+                const started = performance.now()
                 const problem = checkImage(candidate, plan, { owned: true })
+                serverMetrics.checkSeconds.unsafeUpdate((performance.now() - started) / 1e3, [])
                 if (problem !== undefined) return Either.left(problem)
                 head = candidate
               }

@@ -1,15 +1,20 @@
 /**
  * The embedded SQLite backend. Layout of `<directory>/<name>/`:
  *
- * - `store.sqlite`: the truth. Tables `generations` (number, last committed frame, dropped flag),
- *   `bases` (each kept generation's base file as one BLOB) and `frames` (generation, frame number,
- *   page number, commit size, page). WAL journal with `synchronous=FULL`, so a commit's frames are
- *   durable when its INSERT transaction returns, which is before the push is answered. Bases are BLOBs
- *   rather than files so that starting a generation (its row and its base) is one atomic transaction;
- *   no file protocol is needed for them. `acked_pending` lists frame numbers answered Ok while still
+ * - `store.sqlite`: the truth. Tables `generations` (number, last committed frame, dropped flag, start
+ *   time) and `frames` (generation, frame number, page number, commit size, page). WAL journal with
+ *   `synchronous=FULL`, so a commit's frames are durable when its INSERT transaction returns, which is
+ *   before the push is answered. `acked_pending` lists frame numbers answered Ok while still
  *   pending (see `recordAck` in serverCore.ts), so the protection they need survives a restart, which
  *   loses every baton session. `locking_mode=EXCLUSIVE` keeps a second server process out: two
  *   writers would break the frame accounting silently.
+ * - `base-<G>.db`: each kept generation's base file, so exports stream from disk. Written (temp file,
+ *   fsync, rename, directory fsync) before the generation's row is inserted: a base file without a row is
+ *   the leftover of a crash and is deleted on open, a row always has its file. Dropping deletes the rows'
+ *   frames first and the files after. Stores written before bases were files keep them in a `bases` table;
+ *   open moves them out (file first, row deleted after), so that too survives a crash at any point.
+ * - `snapshot-<G>-<N>.db`: the last snapshot served (generation G at frame N), derived data; a newer one
+ *   replaces it, and open deletes them all, so it needs no fsync.
  * - `head.db`: the current generation materialised (its base with every committed frame applied),
  *   used only to check commits. It is derived data: rebuilt from `store.sqlite` the first time the
  *   database is used after a start (written to a temp file, fsynced, renamed), so a crash at any point
@@ -30,9 +35,11 @@ import { StoreError } from "./storeError.js"
 import { isDatabaseName } from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
 import type { Checker } from "./checkWorker.js"
+import * as ServerBody from "./serverBody.js"
 import type { Backend, DatabaseBackend, GenerationRecord } from "./serverCore.js"
 import type { IntegrityCheck } from "./sqliteImage.js"
 import * as ChangedTables from "./changedTables.js"
+import * as serverMetrics from "./serverMetrics.js"
 import { checkConnection, fixedPlan } from "./sqliteImage.js"
 
 const storage = (message: string) => (cause: unknown) => new StoreError({ reason: "Storage", message, cause })
@@ -74,11 +81,8 @@ const SCHEMA = `
 CREATE TABLE IF NOT EXISTS generations (
   generation INTEGER PRIMARY KEY,
   last_frame INTEGER NOT NULL,
-  dropped INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS bases (
-  generation INTEGER PRIMARY KEY,
-  base BLOB NOT NULL
+  dropped INTEGER NOT NULL DEFAULT 0,
+  started_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS acked_pending (
   generation INTEGER NOT NULL,
@@ -110,6 +114,11 @@ const toFrame = (row: FrameRow): WalFrame.Frame => ({
   commitSize: row.commit_size,
   page: new Uint8Array(row.page.buffer, row.page.byteOffset, row.page.byteLength)
 })
+
+const BASE_FILE = /^base-([1-9][0-9]*)\.db$/
+const SNAPSHOT_FILE = /^snapshot-([1-9][0-9]*)-([0-9]+)\.db$/
+
+const isMissing = (error: unknown) => (error as { code?: unknown } | null)?.code === "ENOENT"
 
 /**
  * Whether the process cannot create files in `directory` (permissions, a read-only mount). Such a
@@ -163,9 +172,13 @@ const openDatabase = (
   cleanHeads: Set<string>
 ): DatabaseBackend => {
   const dir = path.join(directory, name)
+  const basePath = (generation: number) => path.join(dir, `base-${generation}.db`)
   let store: Database.Database
+  // A read-only directory written before bases were files still has them in the `bases` table.
+  let legacyBases = false
   if (readOnly) {
     store = openReadOnlyCopy(dir)
+    legacyBases = store.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'bases'").get() !== undefined
   } else {
     const created = !fs.existsSync(dir)
     fs.mkdirSync(dir, { recursive: true })
@@ -175,10 +188,23 @@ const openDatabase = (
       store.pragma("journal_mode = WAL")
       store.pragma("synchronous = FULL")
       store.exec(SCHEMA)
+      const columns = (store.prepare("PRAGMA table_info(generations)").all() as Array<{ name: string }>).map((c) => c.name)
+      if (!columns.includes("started_at")) store.exec("ALTER TABLE generations ADD COLUMN started_at INTEGER")
+      // A store written when bases were BLOBs: every base becomes a durable file before the table goes.
+      if (store.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'bases'").get() !== undefined) {
+        const legacy = store.prepare<[], { generation: number }>("SELECT generation FROM bases").all()
+        for (const { generation } of legacy) {
+          const row = store.prepare<[number], { base: Buffer }>("SELECT base FROM bases WHERE generation = ?").get(generation)
+          if (row !== undefined) writeFileDurably(basePath(generation), row.base)
+        }
+        store.exec("DROP TABLE bases")
+      }
+      // The first generation's base file before its row: a file without a row is deleted below.
+      const fresh = store.prepare("SELECT 1 FROM generations LIMIT 1").get() === undefined
+      if (fresh) writeFileDurably(basePath(1), emptyBase)
       store.transaction(() => {
-        if (store.prepare("SELECT 1 FROM generations LIMIT 1").get() === undefined) {
-          store.prepare("INSERT INTO generations (generation, last_frame) VALUES (1, 0)").run()
-          store.prepare("INSERT INTO bases (generation, base) VALUES (1, ?)").run(Buffer.from(emptyBase))
+        if (fresh) {
+          store.prepare("INSERT INTO generations (generation, last_frame, started_at) VALUES (1, 0, ?)").run(Date.now())
         }
         // With the database's first generation, or on the first open of a database older than identities.
         store.prepare(NEW_ID).run(crypto.randomUUID())
@@ -186,6 +212,24 @@ const openDatabase = (
       if (created) {
         fsyncPath(dir)
         fsyncPath(directory)
+      }
+      // Leftovers: bases of generations never started (a crash before the row) or dropped (a crash before
+      // the unlink), snapshots of an earlier run, temp files.
+      const kept = new Set(
+        store.prepare<[], { generation: number }>("SELECT generation FROM generations WHERE dropped = 0").all().map((r) =>
+          r.generation
+        )
+      )
+      for (const entry of fs.readdirSync(dir)) {
+        const base = BASE_FILE.exec(entry)
+        if ((base !== null && !kept.has(Number(base[1]))) || SNAPSHOT_FILE.test(entry) || entry.includes(".tmp-")) {
+          removeIfPresent(path.join(dir, entry))
+        }
+      }
+      for (const generation of kept) {
+        if (!fs.existsSync(basePath(generation))) {
+          throw new Error(`the base file of generation ${generation} of ${name} is missing`)
+        }
       }
     } catch (error) {
       store.close()
@@ -197,7 +241,19 @@ const openDatabase = (
     ? store.prepare<[], { value: string }>("SELECT value FROM meta WHERE key = 'database_id'").get()?.value
     : undefined
 
-  const selectBase = store.prepare<[number], { base: Buffer }>("SELECT base FROM bases WHERE generation = ?")
+  const readBaseFile = (generation: number): Buffer => {
+    if (legacyBases) {
+      const row = store.prepare<[number], { base: Buffer }>("SELECT base FROM bases WHERE generation = ?").get(generation)
+      if (row === undefined) throw new GenerationGoneError(generation)
+      return row.base
+    }
+    try {
+      return fs.readFileSync(basePath(generation))
+    } catch (error) {
+      if (isMissing(error)) throw new GenerationGoneError(generation)
+      throw error
+    }
+  }
   const selectFrames = store.prepare<[number, number, number], FrameRow>(
     "SELECT pgno, commit_size, page FROM frames WHERE generation = ? AND frame_no >= ? AND frame_no < ? ORDER BY frame_no"
   )
@@ -206,6 +262,13 @@ const openDatabase = (
   )
   const selectCommitSize = store.prepare<[number, number], { commit_size: number }>(
     "SELECT commit_size FROM frames WHERE generation = ? AND frame_no = ?"
+  )
+  // The frame of the newest copy of each page up to a frame; reads no page bytes (they follow in the row).
+  const selectNewest = store.prepare<[number, number], { pgno: number; frame_no: number }>(
+    "SELECT pgno, max(frame_no) AS frame_no FROM frames WHERE generation = ? AND frame_no <= ? GROUP BY pgno"
+  )
+  const selectPage = store.prepare<[number, number], { page: Buffer }>(
+    "SELECT page FROM frames WHERE generation = ? AND frame_no = ?"
   )
   const insertFrame = store.prepare<[number, number, number, number, Buffer]>(
     "INSERT INTO frames (generation, frame_no, pgno, commit_size, page) VALUES (?, ?, ?, ?, ?)"
@@ -216,14 +279,15 @@ const openDatabase = (
   )
 
   const generations = store
-    .prepare<[], { generation: number; last_frame: number; dropped: number }>(
-      "SELECT generation, last_frame, dropped FROM generations ORDER BY generation"
+    .prepare<[], { generation: number; last_frame: number; dropped: number; started_at: number | null }>(
+      "SELECT generation, last_frame, dropped, started_at FROM generations ORDER BY generation"
     )
     .all()
     .map((row): GenerationRecord => ({
       generation: row.generation,
       lastFrame: row.last_frame,
-      dropped: row.dropped !== 0
+      dropped: row.dropped !== 0,
+      startedAt: row.started_at ?? undefined
     }))
   let current = generations[generations.length - 1].generation
   const ackedPending = store
@@ -247,8 +311,7 @@ const openDatabase = (
 
   // WalFrame.applyFrames(base, frames), streamed so memory stays at one database image.
   const materialize = (generation: number): Uint8Array => {
-    const base = selectBase.get(generation)?.base
-    if (base === undefined) throw new GenerationGoneError(generation)
+    const base = readBaseFile(generation)
     const last = lastFrameOf.get(generation)?.last_frame ?? 0
     if (last === 0) return new Uint8Array(base)
     const pages = selectCommitSize.get(generation, last)?.commit_size
@@ -261,6 +324,89 @@ const openDatabase = (
     return image
   }
 
+  /**
+   * Writes generation `generation` at frame `frameNo` (a commit frame, or 0) to the new file `temp`: a
+   * copy of the base, cut or extended to the commit's size, with the newest copy of each page up to the
+   * frame written over it. `WalFrame.applyFrames` done on disk, so memory stays at one page.
+   */
+  const writeImage = (generation: number, frameNo: number, temp: string, durable: boolean) => {
+    try {
+      fs.copyFileSync(basePath(generation), temp)
+    } catch (error) {
+      if (isMissing(error)) throw new GenerationGoneError(generation)
+      throw error
+    }
+    if (frameNo === 0 && !durable) return
+    const fd = fs.openSync(temp, "r+")
+    try {
+      if (frameNo > 0) {
+        const pages = selectCommitSize.get(generation, frameNo)?.commit_size
+        if (pages === undefined) throw new GenerationGoneError(generation)
+        if (pages === 0) throw new Error(`frame ${frameNo} of ${name}/${generation} is not a commit frame`)
+        fs.ftruncateSync(fd, pages * WalFrame.PAGE_SIZE)
+        for (const { frame_no, pgno } of selectNewest.all(generation, frameNo)) {
+          if (pgno > pages) continue
+          const page = selectPage.get(generation, frame_no)?.page
+          if (page === undefined) throw new GenerationGoneError(generation)
+          fs.writeSync(fd, page, 0, WalFrame.PAGE_SIZE, (pgno - 1) * WalFrame.PAGE_SIZE)
+        }
+      }
+      if (durable) fs.fsyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
+  }
+
+  /** `writeImage` into `target` by temp file and rename (fsynced, directory too, when `durable`). */
+  const replaceWithImage = (generation: number, frameNo: number, target: string, durable: boolean) => {
+    const temp = `${target}.tmp-${process.pid}-${crypto.randomBytes(4).toString("hex")}`
+    try {
+      writeImage(generation, frameNo, temp, durable)
+      fs.renameSync(temp, target)
+    } catch (error) {
+      removeIfPresent(temp)
+      throw error
+    }
+    if (durable) fsyncPath(dir)
+  }
+
+  /**
+   * The snapshot of `generation` at `frameNo` as `file`. Derived data (open deletes snapshots), so no
+   * fsync. Only the last snapshot is kept: older ones are unlinked (readers that have them open keep
+   * reading).
+   */
+  const buildSnapshot = (generation: number, frameNo: number, file: string) => {
+    replaceWithImage(generation, frameNo, file, false)
+    for (const entry of fs.readdirSync(dir)) {
+      if (SNAPSHOT_FILE.test(entry) && path.join(dir, entry) !== file) removeIfPresent(path.join(dir, entry))
+    }
+  }
+
+  /** Inserts the row of a generation whose base file is durable; it becomes the current one. */
+  const startGeneration = (generation: number, startedAt: number) => {
+    store.transaction(() => {
+      store.prepare("INSERT INTO generations (generation, last_frame, started_at) VALUES (?, 0, ?)").run(
+        generation,
+        startedAt
+      )
+      store.prepare("DELETE FROM acked_pending WHERE generation < ?").run(generation)
+    }).immediate()
+    current = generation
+    headStale = true
+    schema = undefined
+    if (integrityCheck !== "off") {
+      try {
+        rebuildHead()
+        headStale = false
+      } catch {
+        // retried before the next check
+      }
+    }
+  }
+
+  const storeFailure = (generation: number, what: string) => (cause: unknown) =>
+    cause instanceof GenerationGoneError ? gone(generation) : storage(`${what} of ${name}/${generation} failed`)(cause)
+
   const rebuildHead = () => {
     clearHeadWal()
     removeIfPresent(headPath)
@@ -268,7 +414,7 @@ const openDatabase = (
     for (const entry of fs.readdirSync(dir)) {
       if (entry.startsWith("head.db.tmp-")) removeIfPresent(path.join(dir, entry))
     }
-    writeFileDurably(headPath, materialize(current))
+    replaceWithImage(current, lastFrameOf.get(current)?.last_frame ?? 0, headPath, true)
   }
 
   // Only the check reads head.db, and it is rebuilt before the first check after a start. A database
@@ -377,15 +523,41 @@ const openDatabase = (
       }),
     readBase: (generation) =>
       Effect.try({
-        try: () => selectBase.get(generation)?.base,
-        catch: storage(`reading the base of ${name}/${generation} failed`)
-      }).pipe(
-        Effect.flatMap((base) =>
-          base === undefined
-            ? Effect.fail(gone(generation))
-            : Effect.succeed(new Uint8Array(base.buffer, base.byteOffset, base.byteLength))
-        )
+        try: () => {
+          const base = readBaseFile(generation)
+          return new Uint8Array(base.buffer, base.byteOffset, base.byteLength)
+        },
+        catch: storeFailure(generation, "reading the base")
+      }),
+    // A read-only directory with bases still in a table serves them from memory (the core's fallback).
+    openBase: legacyBases ? undefined : (generation) =>
+      ServerBody.ofFile(
+        basePath(generation),
+        (cause) => isMissing(cause) ? gone(generation) : storeFailure(generation, "opening the base")(cause)
       ),
+    baseSize: legacyBases ? undefined : (generation) =>
+      Effect.try({
+        try: () => {
+          try {
+            return fs.statSync(basePath(generation)).size
+          } catch (error) {
+            if (isMissing(error)) throw new GenerationGoneError(generation)
+            throw error
+          }
+        },
+        catch: storeFailure(generation, "reading the size of the base")
+      }),
+    // Snapshots are files written on first use: a read-only directory builds them in memory instead.
+    openSnapshot: readOnly ? undefined : (generation, frameNo) => {
+      const file = path.join(dir, `snapshot-${generation}-${frameNo}.db`)
+      return ServerBody.ofFile(
+        file,
+        (cause) => isMissing(cause) ? gone(generation) : storeFailure(generation, "building a snapshot")(cause),
+        () => {
+          if (!fs.existsSync(file)) buildSnapshot(generation, frameNo, file)
+        }
+      )
+    },
     readFrames: (generation, start, end) =>
       Effect.try({
         try: () => selectFrames.all(generation, start, end).map(toFrame),
@@ -399,7 +571,7 @@ const openDatabase = (
         }
         if (integrityCheck !== "off") {
           const plan = yield* Effect.try({ try: () => prepareCheck(frames), catch: failed })
-          const problem = yield* runCheck(plan).pipe(
+          const problem = yield* serverMetrics.timeCheck(runCheck(plan)).pipe(
             Effect.mapError((cause) => {
               clearHeadWal()
               // Whatever went wrong with head.db, the next check starts from a fresh one.
@@ -439,41 +611,41 @@ const openDatabase = (
     materialize: (generation) =>
       Effect.try({
         try: () => materialize(generation),
-        catch: (cause) =>
-          cause instanceof GenerationGoneError
-            ? gone(generation)
-            : storage(`materialising ${name}/${generation} failed`)(cause)
+        catch: storeFailure(generation, "materialising")
       }),
-    roll: (generation, base) =>
+    roll: (generation, base, startedAt) =>
       Effect.try({
         try: () => {
-          store.transaction(() => {
-            store.prepare("INSERT INTO generations (generation, last_frame) VALUES (?, 0)").run(generation)
-            store.prepare("INSERT INTO bases (generation, base) VALUES (?, ?)").run(generation, Buffer.from(base))
-            store.prepare("DELETE FROM acked_pending WHERE generation < ?").run(generation)
-          }).immediate()
-          current = generation
-          headStale = true
-          schema = undefined
-          if (integrityCheck !== "off") {
-            try {
-              rebuildHead()
-              headStale = false
-            } catch {
-              // retried before the next check
-            }
-          }
+          // The file first: a crash before the row leaves a file that open deletes.
+          writeFileDurably(basePath(generation), base)
+          startGeneration(generation, startedAt ?? Date.now())
         },
         catch: storage(`starting generation ${generation} of ${name} failed`)
+      }),
+    rollForward: (startedAt) =>
+      Effect.try({
+        try: () => {
+          const next = current + 1
+          // The file first (written from the store, fsynced, renamed): a crash before the row leaves a
+          // file that open deletes.
+          replaceWithImage(current, lastFrameOf.get(current)?.last_frame ?? 0, basePath(next), true)
+          startGeneration(next, startedAt)
+          return fs.statSync(basePath(next)).size
+        },
+        catch: storage(`starting generation ${current + 1} of ${name} failed`)
       }),
     dropThrough: (generation) =>
       Effect.try({
         try: () => {
           store.transaction(() => {
             store.prepare("UPDATE generations SET dropped = 1 WHERE generation <= ?").run(generation)
-            store.prepare("DELETE FROM bases WHERE generation <= ?").run(generation)
             store.prepare("DELETE FROM frames WHERE generation <= ?").run(generation)
           }).immediate()
+          // After the rows: a crash in between leaves files that open deletes. Open bodies keep reading.
+          for (const entry of fs.readdirSync(dir)) {
+            const match = BASE_FILE.exec(entry) ?? SNAPSHOT_FILE.exec(entry)
+            if (match !== null && Number(match[1]) <= generation) removeIfPresent(path.join(dir, entry))
+          }
         },
         catch: storage(`dropping generations through ${generation} of ${name} failed`)
       }),

@@ -16,6 +16,7 @@ import * as WalFrame from "../../WalFrame.js"
 // changed (see changedTables.ts), which catches that at a fraction of the full cost.
 import type { IntegrityCheck } from "../../ServerStore.js"
 import type { CheckPlan, SchemaEntry } from "./changedTables.js"
+import * as ChangedTables from "./changedTables.js"
 import { SCHEMA_QUERY } from "./changedTables.js"
 export type { IntegrityCheck }
 
@@ -132,6 +133,29 @@ const checkDeserialized = (copy: Buffer, plan: CheckPlan): string | undefined =>
     return checkConnection(db, plan)
   } finally {
     db.close()
+  }
+}
+
+/**
+ * The check plan of a commit of `frames` on the database image `head`, for stores that hold their head
+ * in memory. `schema` is `head`'s sqlite_schema when known (read from `head` otherwise); the answer's
+ * `schema` is the one to keep for the image after the commit (undefined when the commit changes it).
+ */
+export const planOnImage = (
+  mode: IntegrityCheck,
+  head: Uint8Array,
+  schema: ReadonlyArray<SchemaEntry> | undefined,
+  frames: ReadonlyArray<WalFrame.Frame>
+): { readonly plan: CheckPlan; readonly schema: ReadonlyArray<SchemaEntry> | undefined } => {
+  if (mode !== "changed_tables") return { plan: fixedPlan(mode), schema }
+  const known = schema ?? schemaOfImage(head)
+  const placement = ChangedTables.place(frames, known, (pgno) =>
+    pgno * WalFrame.PAGE_SIZE <= head.byteLength
+      ? head.subarray((pgno - 1) * WalFrame.PAGE_SIZE, pgno * WalFrame.PAGE_SIZE)
+      : undefined)
+  return {
+    plan: ChangedTables.planOf(placement),
+    schema: placement._tag === "Full" && placement.schemaChanged ? undefined : known
   }
 }
 

@@ -87,17 +87,27 @@ export const pathOf = (url: string): Either.Either<string, HttpFailure> => {
   }
 }
 
-type Shape = "info" | "export" | "sync" | "syncBaton"
+type Shape = "info" | "snapshot" | "export" | "sync" | "syncBaton"
 
 const shapeOf = (rest: ReadonlyArray<string>): Shape | undefined => {
   if (rest.length === 1 && rest[0] === "info") return "info"
+  if (rest.length === 1 && rest[0] === "snapshot") return "snapshot"
   if (rest.length === 2 && rest[0] === "export") return "export"
   if (rest.length === 4 && rest[0] === "sync") return "sync"
   if (rest.length === 5 && rest[0] === "sync") return "syncBaton"
   return undefined
 }
 
-const allowed: Record<Shape, string> = { info: "GET, HEAD", export: "GET, HEAD", sync: "GET, HEAD, POST", syncBaton: "POST" }
+/** The operations routes beside the databases' (`/db/...`). */
+const OPERATIONS: ReadonlyArray<string> = ["/health", "/ready", "/metrics"]
+
+const allowed: Record<Shape, string> = {
+  info: "GET, HEAD",
+  snapshot: "GET, HEAD",
+  export: "GET, HEAD",
+  sync: "GET, HEAD, POST",
+  syncBaton: "POST"
+}
 
 /**
  * Why the router found nothing: a bad database name (400), a known route with another method (405),
@@ -106,6 +116,14 @@ const allowed: Record<Shape, string> = { info: "GET, HEAD", export: "GET, HEAD",
  * @internal
  */
 export const classifyUnrouted = (method: string, path: string): HttpFailure => {
+  if (OPERATIONS.includes(path)) {
+    return new HttpFailure({
+      status: 405,
+      code: "method_not_allowed",
+      message: `${method} is not allowed here (allowed: GET, HEAD)`,
+      headers: { allow: "GET, HEAD" }
+    })
+  }
   const segments = path.split("/").slice(1)
   if (segments[0] === "db" && segments.length >= 2) {
     let name: string | undefined
