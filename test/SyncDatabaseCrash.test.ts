@@ -16,8 +16,8 @@ import { bundleScript } from "./support/bundle.js"
 import { Harness, freshName, layerHttp, openClient, remoteQuery, tempDir } from "./support/engine.js"
 
 /**
- * The child script, bundled once for the whole file: run through tsx, each of the 24 children compiled the
- * sources again, which on a loaded machine was most of each test's time.
+ * The child script, bundled once for the whole file with its packages: run through tsx, each of the 24
+ * children compiled the sources again, which on a loaded machine was most of each test's time.
  */
 class CrashChild extends Context.Tag("test/SyncDatabaseCrash/CrashChild")<CrashChild, string>() {}
 
@@ -35,7 +35,7 @@ const runChild = (args: ReadonlyArray<string>) =>
 
 const layerCrashChild = Layer.scoped(
   CrashChild,
-  bundleScript(NodePath.resolve(import.meta.dirname, "support", "crashChild.ts"))
+  bundleScript(NodePath.resolve(import.meta.dirname, "support", "crashChild.ts"), { inlinePackages: true })
 )
 
 layer(Layer.merge(layerHttp, layerCrashChild), { excludeTestServices: true, timeout: 120_000 })("SyncDatabase crash recovery", (it) => {
