@@ -2,7 +2,7 @@
  * `npm run bench` — the client engine measured in one run against a real server process (the
  * `effect-sqlite-sync serve` binary, embedded SQLite store, default quick_check) on loopback.
  *
- *   npx tsx bench/run.ts [--rows 10000] [--sizes 10,100] [--changed 100] [--push-rows 20000,100000]
+ *   npx tsx bench/run.ts [--rows 10000] [--sizes 1,10,64,100] [--changed 100] [--updates 3000] [--push-rows 20000,100000]
  *
  * Rows: (id INTEGER PRIMARY KEY, name TEXT, value REAL, payload TEXT of 100 chars). Every figure is one
  * measurement (the baseline: the median of 5), reported as a ratio to the baseline: a raw better-sqlite3
@@ -33,7 +33,8 @@ const flag = (name: string, fallback: string) => {
   return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback
 }
 const ROWS = Number(flag("rows", "10000"))
-const SIZES_MB = flag("sizes", "10,100").split(",").map(Number)
+const SIZES_MB = flag("sizes", "1,10,64,100").split(",").map(Number)
+const UPDATES = Number(flag("updates", "3000"))
 const CHANGED = Number(flag("changed", "100"))
 const PUSH_ROWS = flag("push-rows", "20000,100000").split(",").filter((n) => n !== "").map(Number)
 
@@ -55,6 +56,23 @@ const startServer = () =>
     })
     child.once("exit", (code) => reject(new Error(`server exited ${code}`)))
   })
+
+/** Bytes this process has handed to write(2) so far (Linux `/proc/self/io`), NaN elsewhere. */
+const writtenBytes = () => {
+  try {
+    const line = Fs.readFileSync("/proc/self/io", "utf8").split("\n").find((l) => l.startsWith("wchar:"))
+    return line === undefined ? NaN : Number(line.split(/\s+/)[1])
+  } catch {
+    return NaN
+  }
+}
+
+/** Bytes of every local file of the database at `path` (copies, WALs, metadata). */
+const localBytes = (path: string) => {
+  const dir = NodePath.dirname(path)
+  const name = NodePath.basename(path)
+  return Fs.readdirSync(dir).filter((f) => f.startsWith(`${name}-`)).reduce((n, f) => n + Fs.statSync(NodePath.join(dir, f)).size, 0)
+}
 
 const time = async <A>(f: () => Promise<A> | A): Promise<[number, A]> => {
   const start = performance.now()
@@ -138,6 +156,7 @@ const main = async () => {
     lines.push({ what: `fresh replica: bootstrap + pull of ${ROWS} rows`, ms: freshMs })
 
     // 5. write-blocked time of a pull bringing CHANGED changed rows, on databases of SIZES_MB.
+    const pullTimes = new Map<number, number>()
     for (const mb of SIZES_MB) {
       const name = `big-${mb}`
       const remote = await run(
@@ -163,25 +182,76 @@ const main = async () => {
       const insertBlob = replica.prepare("INSERT INTO blobs (id, n, data) VALUES (?, 0, randomblob(3900))")
       replica.transaction(() => { for (let i = 1; i <= count; i++) insertBlob.run(i) })()
       await pushReplica()
-      const client = await open(`client-${mb}`, name)
-      const [setupMs] = await time(() => run(client.pull))
+      // Opening a new path brings the remote's current state; the pull after it finds nothing new.
+      const [setupMs, client] = await time(async () => {
+        const opened = await open(`client-${mb}`, name)
+        await run(opened.pull)
+        return opened
+      })
       await run(client.execute("CREATE TABLE IF NOT EXISTS local_notes (id INTEGER PRIMARY KEY, body TEXT)"))
       await run(client.execute("INSERT INTO local_notes (body) VALUES ('pending while pulling')"))
       const update = replica.prepare("UPDATE blobs SET n = n + 1 WHERE id = ?")
       replica.transaction(() => { for (let i = 0; i < CHANGED; i++) update.run(1 + Math.floor((i * count) / CHANGED)) })()
       await pushReplica()
       // A write issued during the pull waits for the copy: its latency is the blocked time seen by a writer.
+      const writtenBefore = writtenBytes()
       const [pullMs] = await time(() => run(client.pull))
+      const pullWritten = writtenBytes() - writtenBefore
       const stats = await run(client.stats)
       const blocked = Option.getOrElse(stats.lastWriteBlockedMs, () => NaN)
       replica.close()
       const size = Fs.statSync(NodePath.join(work, `client-${mb}-draft`)).size
+      const atRest = localBytes(NodePath.join(work, `client-${mb}`))
+      pullTimes.set(mb, pullMs)
       lines.push({ what: `${mb} MB: bootstrap + first pull`, ms: setupMs })
-      lines.push({ what: `${mb} MB: pull of ${CHANGED} changed rows (total)`, ms: pullMs })
-      lines.push({ what: `${mb} MB: writes blocked during that pull (2b+2c)`, ms: blocked, note: `draft file ${(size / 1e6).toFixed(1)} MB` })
+      lines.push({
+        what: `${mb} MB: pull of ${CHANGED} changed rows (total)`,
+        ms: pullMs,
+        note: `${(pullWritten / 1e6).toFixed(2)} MB written by the process during it`
+      })
+      lines.push({
+        what: `${mb} MB: writes blocked during that pull (2b+2c)`,
+        ms: blocked,
+        note: `draft file ${(size / 1e6).toFixed(1)} MB; all local files ${(atRest / 1e6).toFixed(1)} MB (${(atRest / size).toFixed(2)}x)`
+      })
     }
 
-    // 6. the real libSQL offline client pushing and pulling the same rows through the same server.
+    if (SIZES_MB.length > 1) {
+      const small = Math.min(...SIZES_MB)
+      for (const mb of SIZES_MB.filter((m) => m !== small)) {
+        lines.push({
+          what: `pull of ${CHANGED} changed rows: ${mb} MB against ${small} MB`,
+          ms: NaN,
+          note: `${(pullTimes.get(mb)! / pullTimes.get(small)!).toFixed(2)}x the time`
+        })
+      }
+    }
+
+    // 6. local storage after UPDATES single-row updates of a 16 KB database (pushed every 3), at a third
+    // of them and at the end: it follows the database, not its history.
+    {
+      const path = NodePath.join(work, "updates")
+      const db = await open("updates", "updates")
+      await run(db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, pad TEXT)"))
+      await run(db.execute("INSERT INTO t VALUES (1, 0, ?)", ["x".repeat(6000)]))
+      await run(db.push)
+      const sizes: Array<number> = []
+      const [updatesMs] = await time(async () => {
+        for (let i = 1; i <= UPDATES; i++) {
+          await run(db.execute("UPDATE t SET n = n + 1 WHERE id = 1"))
+          if (i % 3 === 0) await run(db.push)
+          if (i === Math.floor(UPDATES / 3) || i === UPDATES) sizes.push(localBytes(path))
+        }
+      })
+      const stats = await run(db.stats)
+      lines.push({
+        what: `${UPDATES} single-row updates of a 16 KB database, pushed every 3`,
+        ms: updatesMs,
+        note: `local files ${(sizes[0] / 1e6).toFixed(2)} MB after ${Math.floor(UPDATES / 3)}, ${(sizes[1] / 1e6).toFixed(2)} MB after ${UPDATES} (${stats.syncedFrame} frames synced)`
+      })
+    }
+
+    // 7. the real libSQL offline client pushing and pulling the same rows through the same server.
     const libA = new Database(NodePath.join(work, "libsql-a.db"), { syncUrl: `${server.url}/db/libsql`, offline: true } as Database.Options)
     libA.exec(CREATE)
     const libInsert = libA.prepare(INSERT)

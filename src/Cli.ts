@@ -249,6 +249,16 @@ const localOptions = (url: "required" | "optional") => ({
   retries: Options.integer("retries").pipe(
     Options.withDefault(4),
     Options.withDescription("retries of a request that failed in transit or with 5xx (exponential from 100 ms)")
+  ),
+  allowUrlChange: Options.boolean("allow-url-change").pipe(
+    Options.withDescription(
+      "accept a --url other than the one the local database was made from (the same server database at a new address; it is recorded)"
+    )
+  ),
+  startOver: Options.boolean("start-over").pipe(
+    Options.withDescription(
+      "when PATH-info is lost but the copies exist, discard the local files and make the database anew from the remote (unpushed changes are lost)"
+    )
   )
 })
 
@@ -338,6 +348,19 @@ export const conflicts = Command.make("conflicts", localOptions("optional"), Cli
 )
 
 /**
+ * `effect-sqlite-sync rebootstrap --db PATH --url URL`: starts over from the remote's current state,
+ * keeping the local changes not pushed yet (the way on after the remote was replaced or restored).
+ *
+ * @since 0.1.0
+ * @category commands
+ */
+export const rebootstrap = Command.make("rebootstrap", localOptions("required"), CliCommands.rebootstrap).pipe(
+  Command.withDescription(
+    "Take the remote's current state as the new base, keeping local changes not pushed yet (after the server database was replaced or restored from a backup)"
+  )
+)
+
+/**
  * The root command with every subcommand.
  *
  * @since 0.1.0
@@ -345,7 +368,7 @@ export const conflicts = Command.make("conflicts", localOptions("optional"), Cli
  */
 export const command = Command.make("effect-sqlite-sync").pipe(
   Command.withDescription("Local-first SQLite with two-way WAL-frame sync, and its server"),
-  Command.withSubcommands([serve, pull, push, sync, status, exec, query, conflicts])
+  Command.withSubcommands([serve, pull, push, sync, status, exec, query, conflicts, rebootstrap])
 )
 
 /**

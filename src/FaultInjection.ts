@@ -192,6 +192,7 @@ export const remote = (plan: CountingPlan, inner: SyncRemote.Service): SyncRemot
       }
     })
   return {
+    url: inner.url,
     info: point("remote.info", inner.info, () => Effect.fail(cut("info"))),
     export: (generation) =>
       point("remote.export", inner.export(generation), (bytes) => Effect.succeed(bytes.subarray(0, cutBase(bytes.byteLength)))),

@@ -7,9 +7,10 @@
  * Each is an @effect/sql `SqlClient` on a better-sqlite3 connection the engine opens itself (so that replay
  * and capture can run prepared statements on the handle without Effect work per row), under its own tag
  * (never the shared `SqlClient` tag),
- * opened and reopened through scopes because the engine replaces their files. Synced runs with
- * `wal_autocheckpoint=0` and is closed without checkpointing: a read-only connection is opened and
- * queried before the writer closes and is closed last, so the WAL keeps every frame a reset may need.
+ * opened and reopened through scopes because the engine replaces their files. Both run with
+ * `wal_autocheckpoint=0` and are closed without checkpointing: a read-only connection is opened and
+ * queried before the writer closes and is closed last, so the WAL keeps every frame until the engine
+ * folds it (Synced: the frames a reset may need; Draft: the pages its local writes changed).
  *
  * @since 0.1.0
  */
@@ -91,24 +92,22 @@ export const make = (kind: "draft" | "synced", filename: string): Effect.Effect<
       if (Option.isSome(current)) return Effect.succeed([current.value.client, current] as const)
       return Effect.gen(function*() {
         const opened = yield* openClient(filename, false)
-        if (kind === "synced") {
-          yield* opened.client.unsafe("PRAGMA wal_autocheckpoint=0").pipe(
-            Effect.catchAll((cause) =>
-              Effect.zipRight(
-                Scope.close(opened.scope, Exit.void),
-                Effect.fail(new StorageError({ reason: "Files", message: `cannot configure ${filename}`, path: filename, cause }))
-              )
+        yield* opened.client.unsafe("PRAGMA wal_autocheckpoint=0").pipe(
+          Effect.catchAll((cause) =>
+            Effect.zipRight(
+              Scope.close(opened.scope, Exit.void),
+              Effect.fail(new StorageError({ reason: "Files", message: `cannot configure ${filename}`, path: filename, cause }))
             )
           )
-        }
+        )
         return [opened.client, Option.some(opened)] as const
       })
     })
 
     const closeOpened = (opened: Opened): Effect.Effect<void> => {
-      if (kind === "draft") return Scope.close(opened.scope, Exit.void)
       // The last connection to close would checkpoint the WAL into the file and delete it; a read-only
-      // connection cannot, so it closes last.
+      // connection cannot, so it closes last. Both copies keep their WAL: the engine folds it into the file
+      // itself, as a recorded step (Synced's frame numbering, Draft's changed pages depend on it).
       return Effect.gen(function*() {
         const reader = yield* Effect.either(openClient(filename, true))
         if (reader._tag === "Right") {
@@ -156,7 +155,11 @@ export const files = (path: string) => ({
   synced: `${path}-synced`,
   info: `${path}-info`,
   draftNew: `${path}-draft.new`,
-  syncedNext: `${path}-synced.next`
+  syncedNext: `${path}-synced.next`,
+  /** A copy step's fresh WAL for Draft, renamed over `<path>-draft-wal`. */
+  draftWalNext: `${path}-draft-wal.next`,
+  /** A fold's rest of Synced's WAL, renamed over `<path>-synced-wal`. */
+  syncedWalNext: `${path}-synced-wal.next`
 })
 
 /**

@@ -45,6 +45,7 @@ import type * as SubscriptionRef from "effect/SubscriptionRef"
 import * as ConflictPolicy from "./ConflictPolicy.js"
 import * as AutoSync from "./internal/engine/autoSync.js"
 import * as Engine from "./internal/engine/engine.js"
+import * as OwnerLock from "./internal/engine/ownerLock.js"
 import * as SqlClientInternal from "./internal/engine/sqlClient.js"
 import * as SyncEventsInternal from "./internal/engine/syncEvents.js"
 import * as LocalCopies from "./LocalCopies.js"
@@ -120,6 +121,15 @@ export interface Service {
   readonly pull: Effect.Effect<boolean, SyncError.SyncError>
   /** `push` then `pull`; succeeds with whether the local copy changed. */
   readonly sync: Effect.Effect<boolean, SyncError.SyncError>
+  /**
+   * Starts over from the remote's current state, keeping the local changes not pushed yet: the synced
+   * copy becomes the remote's current base (its identity recorded anew), then a pull replays the pending
+   * changes onto it; the next push sends them, once. This is the way on after a `RemoteMismatch`
+   * (`DatabaseReplaced`, `RemoteBehind`): changes the remote acknowledged and then lost are not sent again.
+   * The engine does the same by itself when the remote no longer keeps the synced generation (an event
+   * `Rebootstrapped` says so).
+   */
+  readonly rebootstrap: Effect.Effect<boolean, SyncError.SyncError>
   readonly stats: Effect.Effect<Stats, SyncError.SyncError>
   /**
    * The local conflict log (`<path>-conflicts`, the last 1000 entries, oldest first): every conflict an
@@ -170,6 +180,31 @@ export interface Options<R = never> {
   readonly onStep?: ((step: string) => Effect.Effect<void>) | undefined
   /** Sync in the background on this schedule and after local writes, as `autoSync` does, for the layer's life. */
   readonly autoSync?: Schedule.Schedule<unknown, unknown> | undefined
+  /**
+   * A local database belongs to the server database it was made from: its URL is recorded, and another
+   * URL is refused (`RemoteMismatch("UrlChanged")`) unless this is true, for when that server database
+   * moved (a new host name). The server database's identity is still checked: moving to another
+   * database is refused all the same.
+   */
+  readonly allowUrlChange?: boolean | undefined
+  /**
+   * When the copies exist but their `<path>-info` file is lost, the open is refused
+   * (`StorageError("MetadataLost")`): which local changes were not pushed is unknown. With this true, the
+   * local files are discarded instead and the database is made anew from the remote (local changes not
+   * pushed are lost). It changes nothing when the metadata file is there.
+   */
+  readonly startOver?: boolean | undefined
+  /**
+   * How many frames each local copy's WAL holds at rest before they are folded into its database file
+   * (default 1000, about 4 MB): local storage stays about twice the database plus two such WALs.
+   */
+  readonly maxWalFrames?: number | undefined
+  /**
+   * What a new local database starts from: `"head"` (default) the remote's current state, so that it opens
+   * with the data; `"base"` the base of the remote's current generation only (the libSQL client's way:
+   * the rest arrives with the first `pull`).
+   */
+  readonly bootstrap?: "head" | "base" | undefined
 }
 
 /**
@@ -193,6 +228,11 @@ export interface HttpOptions<R = never> extends Options<R> {
  */
 export const make = <R = never>(options: Options<R>) =>
   Effect.gen(function*() {
+    // One owner per path, before any file is read; released last, after both copies are closed.
+    yield* OwnerLock.acquire(options.path)
+    const draft = yield* LocalCopies.Draft
+    const synced = yield* LocalCopies.Synced
+    yield* Effect.addFinalizer(() => Effect.zipRight(draft.close, synced.close))
     // Events and status: the engine tells the observer of frames as they move; its operations are wrapped.
     const instrumentation = yield* SyncEventsInternal.make
     const remote = yield* SyncRemote.SyncRemote

@@ -25,7 +25,11 @@ export class NetworkError extends Schema.TaggedError<NetworkError>()("NetworkErr
  * @category errors
  */
 export class RemoteError extends Schema.TaggedError<RemoteError>()("RemoteError", {
-  reason: Schema.Literal("Unauthorized", "Refused", "GenerationGone", "NotFound", "Protocol"),
+  /**
+   * `InvalidData`: frames or a base that fail validation (page size, page numbers, commit sizes, SQLite's
+   * own malformed-database check); nothing of them was recorded as synced.
+   */
+  reason: Schema.Literal("Unauthorized", "Refused", "GenerationGone", "NotFound", "Protocol", "InvalidData"),
   message: Schema.String,
   status: Schema.optional(Schema.Number),
   cause: Schema.optional(Schema.Defect)
@@ -67,13 +71,15 @@ export class SqlStatementError extends Schema.TaggedError<SqlStatementError>()("
 }) {}
 
 /**
- * The local files or the metadata file could not be read, written or trusted.
+ * The local files or the metadata file could not be read, written or trusted. `MetadataLost`: the copies
+ * exist but their `<path>-info` file does not, so which changes are pending is unknown; nothing was
+ * touched (open with `startOver: true` to discard the local files and start from the remote).
  *
  * @since 0.1.0
  * @category errors
  */
 export class StorageError extends Schema.TaggedError<StorageError>()("StorageError", {
-  reason: Schema.Literal("Metadata", "Files", "Corrupt"),
+  reason: Schema.Literal("Metadata", "Files", "Corrupt", "MetadataLost"),
   message: Schema.String,
   path: Schema.optional(Schema.String),
   cause: Schema.optional(Schema.Defect)
@@ -93,6 +99,45 @@ export class BootstrapError extends Schema.TaggedError<BootstrapError>()("Bootst
 }) {}
 
 /**
+ * Another `SyncDatabase` (in this process or another one) has the local database open: one path has one
+ * owner at a time. `pid` is the holder's process id when it could be read. Nothing was touched.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class DatabaseLocked extends Schema.TaggedError<DatabaseLocked>()("DatabaseLocked", {
+  reason: Schema.Literal("InUse"),
+  message: Schema.String,
+  path: Schema.String,
+  pid: Schema.optional(Schema.Number),
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
+ * The remote is not the server database this local database was made from, or it forgot what it had
+ * acknowledged; sync stops and nothing is changed, locally or remotely.
+ *
+ * - `UrlChanged`: the database URL differs from the one recorded at bootstrap (open with
+ *   `allowUrlChange: true` when the same server database moved to a new address).
+ * - `DatabaseReplaced`: the server database's identity (`database_id` of `/info`) differs: it was wiped
+ *   and created anew, or the URL names another database.
+ * - `RemoteBehind`: the remote lacks frames or generations it acknowledged to this client (restored from
+ *   an older backup), or its frames at the synced position differ from those this client holds.
+ *
+ * `rebootstrap` takes the remote's current state as the new base and keeps the pending local changes.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class RemoteMismatch extends Schema.TaggedError<RemoteMismatch>()("RemoteMismatch", {
+  reason: Schema.Literal("UrlChanged", "DatabaseReplaced", "RemoteBehind"),
+  message: Schema.String,
+  expected: Schema.optional(Schema.String),
+  actual: Schema.optional(Schema.String),
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
  * Every failure of the sync client.
  *
  * @since 0.1.0
@@ -105,6 +150,8 @@ export type SyncError =
   | SqlStatementError
   | StorageError
   | BootstrapError
+  | DatabaseLocked
+  | RemoteMismatch
 
 /**
  * Failures of talking to the remote.

@@ -15,7 +15,7 @@ import type * as SyncError from "./SyncError.js"
  * @since 0.1.0
  * @category models
  */
-export type Operation = "push" | "pull" | "sync"
+export type Operation = "push" | "pull" | "sync" | "rebootstrap"
 
 /**
  * One thing that happened. `operation` names the public call the event belongs to (a `sync` is a push
@@ -45,6 +45,18 @@ export type SyncEvent = Data.TaggedEnum<{
   ConflictRetry: { readonly operation: Operation; readonly round: number }
   /** A push that met conflicts went through after `rounds` retries (the local changes win on top). */
   ConflictResolved: { readonly operation: Operation; readonly rounds: number }
+  /**
+   * The synced copy was rebuilt from the remote's current state (generation `to`), keeping the local
+   * changes not pushed yet: they replay onto it and are pushed once. `GenerationGone`: the remote no
+   * longer keeps the generation this copy was on, and the engine did it by itself; `Requested`: the
+   * app called `rebootstrap`; `SyncedCopyDamaged`: the synced copy was missing or damaged on open.
+   */
+  Rebootstrapped: {
+    readonly operation: Operation
+    readonly reason: "GenerationGone" | "Requested" | "SyncedCopyDamaged"
+    readonly from: number
+    readonly to: number
+  }
   /** The remote started a new generation and the local copy followed it. */
   GenerationChanged: { readonly operation: Operation; readonly from: number; readonly to: number }
   /** The operation succeeded. */

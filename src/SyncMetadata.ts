@@ -29,6 +29,43 @@ export const Position = Schema.Struct({
 
 /**
  * @since 0.1.0
+ * @category models
+ */
+export type Position = typeof Position.Type
+
+const PageNumbers = Schema.Array(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)))
+
+/**
+ * What the client knows about how the draft copy's files differ from the synced copy, so that a pull
+ * rewrites only those pages of the draft copy:
+ * - the draft copy's database file equals the synced copy at `fileBase` except on `filePages`;
+ * - the synced copy's database file equals itself at `fileBase` except on `syncedPages` and on the pages
+ *   its WAL holds;
+ * - with `copy`: the draft copy's WAL begins with a transaction of `copy.frames` frames after which the
+ *   draft copy equals the synced copy at `copy.at` except on `copy.replayPages` (its pending changes).
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const DraftPages = Schema.Struct({
+  fileBase: Position,
+  filePages: PageNumbers,
+  syncedPages: PageNumbers,
+  copy: Schema.optional(Schema.Struct({
+    at: Position,
+    frames: Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)),
+    replayPages: PageNumbers
+  }))
+})
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type DraftPages = typeof DraftPages.Type
+
+/**
+ * @since 0.1.0
  * @category schemas
  */
 export const Metadata = Schema.Struct({
@@ -44,14 +81,34 @@ export const Metadata = Schema.Struct({
   transferredChangeId: Schema.optional(Schema.Int),
   /** Which copy serves reads. "synced" only while the draft copy is being replaced. */
   activeCopy: Schema.Literal("draft", "synced"),
-  /** `<path>-draft.new` is complete and must replace the draft copy (redone on open). */
+  /** `<path>-draft-wal.next` is complete and must replace the draft copy's WAL (redone on open). */
   copyInProgress: Schema.Boolean,
   /** `<path>-synced.next` is the base of `generation` and must replace the synced copy (redone on open). */
   rollInProgress: Schema.Boolean,
   /** The synced position the draft copy was last copied from; a pull with nothing new skips the copy. */
   draftBase: Schema.optional(Position),
+  /**
+   * Frames of `generation` folded into the synced copy's database file (its WAL holds frames
+   * `foldedFrame + 1..syncedFrame`). Absent: 0.
+   */
+  foldedFrame: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(0))),
+  /** `<path>-synced-wal.next` holds the synced frames after `foldedFrame` and must replace the synced WAL (redone on open). */
+  foldInProgress: Schema.optional(Schema.Boolean),
+  /** Which pages of the draft copy can differ from the synced copy; absent: unknown (the next pull copies every page). */
+  draftPages: Schema.optional(DraftPages),
+  /** A fold of the draft copy's WAL is recorded in `draftPages` but may not have reached its file (redone on open). */
+  draftFoldInProgress: Schema.optional(Schema.Boolean),
   lastPushAt: Schema.optional(Schema.Number),
-  lastPullAt: Schema.optional(Schema.Number)
+  lastPullAt: Schema.optional(Schema.Number),
+  /** The database URL this local database syncs with (recorded at bootstrap; changed only when moved). */
+  remoteUrl: Schema.optional(Schema.String),
+  /** The server database's identity (`database_id` of `/info`) recorded at bootstrap. */
+  databaseId: Schema.optional(Schema.String),
+  /**
+   * True while a `SyncDatabase` has the files open; false after it closed them. Found true on open: the
+   * last owner did not close (a crash), so the copies get SQLite's integrity check before use.
+   */
+  inUse: Schema.optional(Schema.Boolean)
 })
 
 /**

@@ -72,6 +72,11 @@ export interface Info {
  */
 export interface Service {
   /**
+   * Where the remote is (the database URL over HTTP). A local database records it at bootstrap and
+   * refuses another one unless told that the database moved; `undefined` is not checked.
+   */
+  readonly url?: string | undefined
+  /**
    * The remote's current generation and, when the server gives them, the database's identity and what
    * it says about its extensions (`GET /info`).
    */
@@ -410,7 +415,7 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
         })
       })
 
-    return { info, export: exportGeneration, snapshot, pull, push: batchedPush(single) }
+    return { url: base, info, export: exportGeneration, snapshot, pull, push: batchedPush(single) }
   })
 
 /** A database file must be whole pages: anything else is a cut or a foreign answer. */

@@ -99,7 +99,8 @@ const runCase = (
     // Each victim lives in its own scope so it can be closed and reopened.
     const openVictim = Effect.gen(function*() {
       const scope = yield* Scope.make()
-      const db = yield* Scope.extend(openClient(victimRemote, path), scope).pipe(
+      // Tiny WAL bounds: the operations fold both copies, so the fold's file steps are failed too.
+      const db = yield* Scope.extend(openClient(victimRemote, path, { maxWalFrames: 1 }), scope).pipe(
         Effect.onError(() => Scope.close(scope, Exit.void))
       )
       return { db, close: Scope.close(scope, Exit.void) }

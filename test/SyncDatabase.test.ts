@@ -27,7 +27,8 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       const remote = yield* harness.remote(freshName("single"))
       const dir = yield* tempDir
       const other = yield* openClient(remote, NodePath.join(dir, "other"))
-      const local = yield* openClient(remote, NodePath.join(dir, "local"))
+      // The seed's bootstrap: the generation's base only, the remote's frames with the first pull.
+      const local = yield* openClient(remote, NodePath.join(dir, "local"), { bootstrap: "base" })
 
       yield* other.execute("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)")
       yield* other.push

@@ -71,6 +71,9 @@ layer(Layer.merge(layerHttp, layerCrashChild), { excludeTestServices: true, time
         expect(metadataFile.copyInProgress).toBe(false)
         expect(metadataFile.rollInProgress).toBe(false)
         expect(Fs.existsSync(`${path}-draft.new`)).toBe(false)
+        expect(metadataFile.foldInProgress ?? false).toBe(false)
+        expect(Fs.existsSync(`${path}-draft-wal.next`)).toBe(false)
+        expect(Fs.existsSync(`${path}-synced-wal.next`)).toBe(false)
         expect(Fs.statSync(`${path}-synced-wal`, { throwIfNoEntry: false })?.size ?? 0).toBeLessThanOrEqual(
           WalFrame.walSize(metadataFile.syncedFrame)
         )

@@ -8,9 +8,14 @@ import * as SyncDatabase from "../../src/SyncDatabase.js"
 
 const [path, url, crashAt, ...values] = process.argv.slice(2)
 
+// Armed once the inserts are done: the kill lands in the sync (a write may fold Draft's WAL too, at the
+// same named step, and would otherwise be killed before the second insert).
+let armed = false
+
 const program = Effect.gen(function*() {
   const db = yield* SyncDatabase.SyncDatabase
   for (const value of values) yield* db.execute("INSERT INTO t (k, n) VALUES (?, 1)", [value])
+  armed = true
   yield* db.sync
 })
 
@@ -19,8 +24,10 @@ program.pipe(
     SyncDatabase.layer({
       path,
       url,
+      // Tiny WAL bounds: every sync folds both copies, so the fold steps are among those killed.
+      maxWalFrames: 1,
       onStep: (step) =>
-        step === crashAt
+        armed && step === crashAt
           ? Effect.sync(() => {
             process.kill(process.pid, "SIGKILL")
           })

@@ -76,6 +76,8 @@ export interface Environment {
   /** A pull-only reader (the real libSQL client), synced on `reader` ops and at the end. */
   readonly reader?: { readonly sync: () => void; readonly all: (sql: string) => Rows } | undefined
   readonly log?: ((line: string) => void) | undefined
+  /** Options of every replica (small WAL bounds, a bootstrap mode). */
+  readonly clientOptions?: Partial<SyncDatabase.Options> | undefined
 }
 
 export interface Outcome {
@@ -84,7 +86,7 @@ export interface Outcome {
   /** Changes replayed onto the server, and groups in which two or more pushes were committed. */
   readonly changes: number
   readonly races: number
-  /** The server's materialized database (base + every frame), for byte comparisons. */
+  /** The server's materialized database (the current generation's base + every frame), for byte comparisons. */
   readonly image: Uint8Array
   readonly base: Uint8Array
   readonly frames: ReadonlyArray<WalFrame.Frame>
@@ -104,27 +106,44 @@ export const run = (ops: ReadonlyArray<Model.Op>, env: Environment) =>
     const log = env.log ?? (() => {})
     const replicas: Array<Replica> = []
     // Server history: every frame, the image at the last commit, and the model state after each commit.
-    const frames: Array<WalFrame.Frame> = []
+    // Of the current generation (a roll starts the next from the image at the last commit).
+    let generation = 1
+    let frames: Array<WalFrame.Frame> = []
     let base: Uint8Array | undefined
     let image: Uint8Array | undefined
     let progress = new Map<string, number>()
-    const commits: Array<{ readonly frame: number; readonly state: Model.State }> = [{ frame: 0, state: Model.empty() }]
+    const commits: Array<{ readonly generation: number; readonly frame: number; readonly state: Model.State }> = [
+      { generation: 1, frame: 0, state: Model.empty() }
+    ]
     const head = () => commits[commits.length - 1]!.state
     let changes = 0
     let races = 0
 
     const absorb = Effect.gen(function*() {
-      const { generation } = yield* env.remote.info
-      if (generation !== 1) throw new FuzzFailure(`unexpected generation ${generation}`)
       if (base === undefined) {
         base = yield* env.remote.export(1)
         image = base
       }
       for (;;) {
-        const result = yield* env.remote.pull(1, frames.length + 1, frames.length + 129)
-        if (result._tag !== "Frames" || result.frames.length === 0) break
-        frames.push(...result.frames.map((f) => ({ ...f, page: Uint8Array.from(f.page) })))
+        const result = yield* env.remote.pull(generation, frames.length + 1, frames.length + 129)
+        if (result._tag === "Frames") {
+          if (result.frames.length === 0) break
+          frames.push(...result.frames.map((f) => ({ ...f, page: Uint8Array.from(f.page) })))
+          continue
+        }
+        if (result.generation <= generation) break
+        // The server rolled: the next generation's base is this one's image at its last commit.
+        absorbCommits()
+        generation += 1
+        base = image
+        frames = []
+        commits.push({ generation, frame: 0, state: head() })
+        log(`server rolled to generation ${generation}`)
       }
+      absorbCommits()
+    })
+
+    const absorbCommits = () => {
       let applied = commits[commits.length - 1]!.frame
       for (let i = applied; i < frames.length; i++) {
         if (frames[i]!.commitSize === 0) continue
@@ -143,14 +162,14 @@ export const run = (ops: ReadonlyArray<Model.Op>, env: Environment) =>
           const state = Model.clone(head())
           for (const change of pushed) Model.replay(state, change)
           changes += pushed.length
-          commits.push({ frame: i + 1, state })
+          commits.push({ generation, frame: i + 1, state })
           log(`commit @${i + 1} by r${replicas.indexOf(replica!)} (${pushed.length} changes)`)
           check(`server at commit frame ${i + 1}`, Effect.runSync(snapshot(sqliteAll(db))).data, Model.dump(state))
         } finally {
           db.close()
         }
       }
-    })
+    }
 
     const checkLocal = (r: Replica, what: string) =>
       Effect.gen(function*() {
@@ -165,10 +184,11 @@ export const run = (ops: ReadonlyArray<Model.Op>, env: Environment) =>
 
     const afterPull = (r: Replica) =>
       Effect.gen(function*() {
-        const { generation, syncedFrame } = yield* r.db.stats
-        if (generation !== 1) throw new FuzzFailure(`replica on generation ${generation}`)
-        const at = commits.find((c) => c.frame === syncedFrame)
-        if (at === undefined) throw new FuzzFailure(`replica synced to frame ${syncedFrame}, not a commit frame`)
+        const stats = yield* r.db.stats
+        const at = commits.find((c) => c.generation === stats.generation && c.frame === stats.syncedFrame)
+        if (at === undefined) {
+          throw new FuzzFailure(`replica synced to generation ${stats.generation} frame ${stats.syncedFrame}, not a commit frame`)
+        }
         const local = Model.clone(at.state)
         for (const change of r.pending) Model.replay(local, change)
         r.local = local
@@ -239,7 +259,11 @@ export const run = (ops: ReadonlyArray<Model.Op>, env: Environment) =>
     // Replica 0 creates t0 and t1 and pushes; the others open on the result.
     for (let i = 0; i < env.clients; i++) {
       const remote = yield* env.replicaRemote(i)
-      const db = yield* openClient(remote, NodePath.join(env.dir, `r${i}`), { maxPushRounds: 200, clientName: `r${i}` })
+      const db = yield* openClient(remote, NodePath.join(env.dir, `r${i}`), {
+        maxPushRounds: 200,
+        clientName: `r${i}`,
+        ...env.clientOptions
+      })
       const replica: Replica = { db, clientId: (yield* db.stats).clientId, local: Model.empty(), pending: [], accepted: [] }
       replicas.push(replica)
       if (i === 0) {
@@ -272,7 +296,10 @@ export const run = (ops: ReadonlyArray<Model.Op>, env: Environment) =>
       check(`replica r${i} integrity`, yield* r.db.query("PRAGMA integrity_check"), [{ integrity_check: "ok" }])
     }
     // A replica that never wrote, bootstrapped from the server now, holds the same.
-    const fresh = yield* openClient(yield* env.replicaRemote(env.clients), NodePath.join(env.dir, "fresh"), { clientName: "fresh" })
+    const fresh = yield* openClient(yield* env.replicaRemote(env.clients), NodePath.join(env.dir, "fresh"), {
+      clientName: "fresh",
+      ...env.clientOptions
+    })
     yield* fresh.pull
     check("a fresh replica", yield* snapshot((sql) => fresh.query(sql)), server)
     if (env.reader !== undefined) {

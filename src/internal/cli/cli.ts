@@ -40,6 +40,8 @@ export interface LocalOptions {
   readonly json: boolean
   readonly progress: CliProgress.Mode
   readonly retries: number
+  readonly allowUrlChange: boolean
+  readonly startOver: boolean
 }
 
 // SGR sequences (colours, bold) as @effect/cli's help and error rendering writes them.
@@ -174,7 +176,12 @@ export const open = (
     })
     const observed = CliProgress.observe(Option.getOrElse(remote, () => offlineRemote), progress)
     const context = yield* Layer.build(
-      SyncDatabase.layerRemote({ path: options.db, clientName: "cli" }).pipe(
+      SyncDatabase.layerRemote({
+        path: options.db,
+        clientName: "cli",
+        allowUrlChange: options.allowUrlChange,
+        startOver: options.startOver
+      }).pipe(
         Layer.provide(Layer.succeed(SyncRemote.SyncRemote, observed))
       )
     )
@@ -275,6 +282,23 @@ export const sync = (options: LocalOptions) =>
           `synced: pushed ${plural(pushedChanges, "local change")}, ${
             changed ? "local copy updated" : "local copy unchanged"
           } (generation ${stats.generation}, frame ${stats.syncedFrame})`
+      )
+    }))
+
+export const rebootstrap = (options: LocalOptions) =>
+  runCommand(options, (progress) =>
+    Effect.gen(function*() {
+      const opened = yield* open(options, progress, true)
+      const before = yield* opened.db.stats
+      yield* opened.db.rebootstrap
+      const stats = yield* opened.db.stats
+      yield* emit(
+        options,
+        { command: "rebootstrap", fromGeneration: before.generation, ...statsDocument(stats) },
+        () =>
+          `rebootstrapped from the remote's generation ${stats.generation} (frame ${stats.syncedFrame}); ${
+            plural(stats.pendingChanges, "local change")
+          } kept, to be pushed`
       )
     }))
 

@@ -4,14 +4,16 @@
  * function of the engine's state in a file of its own (docs/architecture.md has the table).
  *
  * Invariants (every step keeps them; recovery on open restores them after a crash):
- * 1. At rest, Synced = the remote's base of `generation` (its database file) + exactly the remote's frames
- *    1..`syncedFrame` (its WAL). Frames beyond `syncedFrame` exist only inside a push or a pull and are cut
- *    off by the next step (a) or on open.
+ * 1. At rest, Synced = generation `generation` at frame `foldedFrame` (its database file) + exactly the
+ *    remote's frames `foldedFrame+1..syncedFrame` (its WAL, at most `maxWalFrames` of them after a fold).
+ *    Frames beyond `syncedFrame` exist only inside a push or a pull and are cut off by the next step (a) or
+ *    on open.
  * 2. Every change in Draft's change log with an id above the remote's progress row for this client
  *    (`_sync_progress`, read from Synced after a pull) is not yet on the remote; every one at or below it is,
  *    exactly once: the progress row is written in the same remote transaction as the replayed changes.
- * 3. Draft is replaced only by a complete, fsynced copy of Synced (`<path>-draft.new`, renamed over it);
- *    metadata says when a copy is under way, and open finishes it.
+ * 3. Draft's file equals Synced at `draftPages.fileBase` except on `draftPages.filePages`; a pull changes
+ *    Draft only by a complete, fsynced copy transaction (`<path>-draft-wal.next`, renamed over Draft's WAL);
+ *    metadata says when a copy or a fold is under way, and open finishes it.
  * 4. Writes never reach Draft while it is being replaced (the copy holds every write permit); reads never
  *    see a half-replaced Draft (they are served by Synced meanwhile, which holds the same rows).
  * 5. Push, pull and sync never run two at a time; Synced is only touched by them (and by reads during 2c).
@@ -27,21 +29,24 @@ import * as Scheduler from "effect/Scheduler"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as ConflictPolicy from "../../ConflictPolicy.js"
 import * as LocalCopies from "../../LocalCopies.js"
-import type * as SyncError from "../../SyncError.js"
+import * as SyncError from "../../SyncError.js"
 import * as SyncFiles from "../../SyncFiles.js"
 import * as SyncMetadata from "../../SyncMetadata.js"
 import * as SyncRemote from "../../SyncRemote.js"
-import type * as Files from "../sqlite/files.js"
 import { bootstrap } from "./bootstrap.js"
 import * as ConflictLog from "./conflictLog.js"
 import * as Copy from "./copy.js"
+import * as Fold from "./fold.js"
 import * as Gates from "./gates.js"
 import * as Local from "./local.js"
 import * as Pull from "./pull.js"
 import * as Push from "./push.js"
+import * as LocalFiles from "./localFiles.js"
 import { recover } from "./recovery.js"
+import { pullFollowingRemote, rebootstrapSynced } from "./rebootstrap.js"
+import * as RemoteBinding from "./remoteBinding.js"
 import * as Replay from "./replay.js"
-import type { EngineOptions, Opening, State, SyncedPrefix } from "./state.js"
+import { type EngineOptions, type Opening, type State, type SyncedPrefix, updateMetadata } from "./state.js"
 import { resetSyncedWal } from "./syncedWal.js"
 
 export { type EngineOptions, type Step, steps } from "./state.js"
@@ -60,12 +65,16 @@ const breathingScheduler = Scheduler.make((task) => {
 const pushRounds = Effect.fn("Engine.push")(
   function*(state: State) {
     for (let round = 1; round <= state.maxRounds; round++) {
-      yield* Pull.pullRemoteIntoSynced(state) /* 1a */
+      yield* pullFollowingRemote(state, Pull.pullRemoteIntoSynced) /* 1a */
       const progress = yield* Pull.settleProgress(state)
       const replay = yield* Replay.replayDraftOntoSynced(state, "push", progress) /* 1b */
       if (replay.replayed === 0) return false
       const outcome = yield* Push.pushSyncedFrames(state, replay.lastChangeId) /* 1c */
-      if (outcome !== "Conflict") return true
+      if (outcome !== "Conflict") {
+        yield* Fold.foldSynced(state)
+        yield* Fold.maybeFoldDraft(state)
+        return true
+      }
       yield* Push.backoff(state, round)
     }
     return yield* Push.retriesExhausted(state)
@@ -73,25 +82,35 @@ const pushRounds = Effect.fn("Engine.push")(
   (effect, state) => Effect.onError(effect, () => Effect.ignore(resetSyncedWal(state)))
 )
 
-/** Steps 2b and 2c, under the write gate: local changes onto Synced, then Synced over Draft. */
-const replayAndCopy = (state: State, progress: number, prefix: Files.WalState | undefined) =>
+/**
+ * Steps 2b and 2c, under the write gate: local changes onto Synced, then Synced's pages over Draft's; then
+ * Draft's WAL is folded so that its file catches up with the copy and the next copy again writes only what
+ * changed after this one.
+ */
+const replayAndCopy = (state: State, progress: number) =>
   Effect.gen(function*() {
     const started = Date.now()
+    yield* Fold.finishDraftFold(state)
     yield* Replay.replayDraftOntoSynced(state, "pull", progress) /* 2b */
-    yield* Copy.copySyncedOverDraft(state, prefix) /* 2c */
+    yield* Copy.copySyncedOverDraft(state) /* 2c */
+    yield* Fold.foldDraft(state, true)
     yield* Ref.set(state.lastWriteBlockedMs, Option.some(Date.now() - started))
   })
 
-/** Pull: 2a, then (unless Draft is already a copy of Synced as it stands) 2b, 2c, 2d. */
+/** Pull: 2a, then (unless Draft is already a copy of Synced as it stands) 2b, 2c, 2d; then Synced's fold. */
 const pullSteps = Effect.fn("Engine.pull")(function*(state: State) {
-  const arrived = yield* Pull.pullRemoteIntoSynced(state) /* 2a */
+  const arrived = yield* pullFollowingRemote(state, Pull.pullRemoteIntoSynced) /* 2a */
   const progress = yield* Pull.settleProgress(state)
-  if (yield* Copy.draftIsCurrent(state)) return arrived
-  const prefix = yield* Copy.prepareDraftCopy(state) /* 2c, first part */
-  yield* Gates.holdingWrites(state.gates, replayAndCopy(state, progress, prefix)).pipe(
+  if (yield* Copy.draftIsCurrent(state)) {
+    yield* Fold.foldSynced(state)
+    yield* Fold.maybeFoldDraft(state)
+    return arrived
+  }
+  yield* Gates.holdingWrites(state.gates, replayAndCopy(state, progress)).pipe(
     Effect.onError(() => Effect.ignore(resetSyncedWal(state)))
   )
   yield* resetSyncedWal(state) /* 2d */
+  yield* Fold.foldSynced(state)
   return true
 })
 
@@ -117,7 +136,18 @@ const open = (options: EngineOptions) =>
       traffic: yield* Ref.make({ sent: 0, received: 0 })
     }
     const stored = yield* opening.metadataStore.read
-    const initial = yield* Option.match(stored, { onNone: () => bootstrap(opening), onSome: (m) => recover(opening, m) })
+    if (Option.isNone(stored) && options.startOver !== true && (yield* LocalFiles.anyCopyExists(opening.paths))) {
+      return yield* LocalFiles.metadataLost(opening.paths)
+    }
+    // Another server database's URL is refused before anything is touched.
+    const url = Option.isSome(stored)
+      ? yield* RemoteBinding.urlDecision(stored.value.remoteUrl, opening.remote.url, options.allowUrlChange === true)
+      : "keep"
+    const initial = yield* Option.match(stored, {
+      onNone: () => bootstrap(opening),
+      onSome: (m) =>
+        recover(opening, url === "record" && opening.remote.url !== undefined ? { ...m, remoteUrl: opening.remote.url } : m)
+    })
     const state: State = {
       ...opening,
       draft: yield* LocalCopies.Draft,
@@ -135,10 +165,40 @@ const open = (options: EngineOptions) =>
       gates: yield* Gates.make,
       syncLock: yield* Effect.makeSemaphore(1),
       lastWriteBlockedMs: yield* Ref.make(Option.none<number>()),
-      readVerdicts: new Map()
+      readVerdicts: new Map(),
+      maxWalFrames: Math.max(1, options.maxWalFrames ?? 1000)
     }
+    // Checked before either copy is opened: opening a missing file would create an empty database.
+    yield* LocalFiles.repair(state, yield* LocalFiles.inspect(state.paths, initial.inUse !== false))
     yield* state.synced.open
     yield* Copy.openDraft(state)
+    // Set while open; cleared once both copies are closed. Found set on open: the full check above.
+    yield* updateMetadata(state, (m) => ({ ...m, inUse: true }))
+    yield* Effect.addFinalizer(() =>
+      Effect.all([state.draft.close, state.synced.close]).pipe(
+        Effect.zipRight(updateMetadata(state, (m) => ({ ...m, inUse: false }))),
+        Effect.catchAll((error) => Effect.logWarning("cannot record a clean close", error))
+      )
+    )
+    // A Draft fold the metadata flags is finished; a Draft WAL that outgrew its bound is folded.
+    yield* Fold.foldDraft(state, false)
+    if ((options.bootstrap ?? "head") === "head" && initial.lastPullAt === undefined) {
+      // A new local database opens with the remote's current state: the frames after its base come now.
+      // If that fails the first time the open fails (its files stay, with the base); a later open of a
+      // database that never pulled tries again but opens whatever happens (it may be offline).
+      const catchUp = exclusive(state, pullSteps(state)).pipe(
+        Effect.mapError((cause) =>
+          new SyncError.BootstrapError({
+            reason: cause._tag === "StorageError" ? "Storage" : "Remote",
+            message: `cannot bring the remote's current state: ${cause.message}`,
+            cause
+          })
+        )
+      )
+      yield* Option.isNone(stored)
+        ? catchUp
+        : Effect.catchAll(catchUp, (error) => Effect.logWarning("cannot bring the remote's state on open", error))
+    }
     return state
   })
 
@@ -155,6 +215,7 @@ export const make = (options: EngineOptions) =>
     push: exclusive(state, pushRounds(state)),
     pull: exclusive(state, pullSteps(state)),
     sync: exclusive(state, Effect.zipRight(pushRounds(state), pullSteps(state))),
+    rebootstrap: exclusive(state, Effect.zipRight(rebootstrapSynced(state, "Requested"), pullSteps(state))),
     stats: Local.stats(state)
   }))
 

@@ -52,6 +52,10 @@ const exclusively = <A, E, R>(latch: Effect.Latch, gate: Effect.Semaphore, permi
 export const holdingWrites = <A, E, R>(gates: Gates, effect: Effect.Effect<A, E, R>) =>
   exclusively(gates.writesOpen, gates.writeGate, WRITE_PERMITS, effect)
 
+/** Runs `effect` only if no write is in flight (and keeps new ones waiting meanwhile); `None` otherwise. */
+export const ifNoWrites = <A, E, R>(gates: Gates, effect: Effect.Effect<A, E, R>) =>
+  gates.writeGate.withPermitsIfAvailable(WRITE_PERMITS)(effect)
+
 /** Moves reads to `copy`, after every read in flight on the other one has finished. */
 export const switchReads = (gates: Gates, copy: ActiveCopy) =>
   exclusively(gates.readsOpen, gates.readGate, READ_PERMITS, Ref.set(gates.active, copy))

@@ -16,6 +16,7 @@ import * as SyncError from "../../SyncError.js"
 import * as Executor from "../sqlite/executor.js"
 import * as Files from "../sqlite/files.js"
 import { sqlStatementError } from "./errors.js"
+import { maybeFoldDraft } from "./fold.js"
 import * as Gates from "./gates.js"
 import { on, type State } from "./state.js"
 
@@ -44,7 +45,8 @@ export const execute = (state: State) =>
 (sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<ExecuteResult, SyncError.SqlStatementError> =>
   Gates.writing(state.gates, on(state.draft, ChangeCapture.execute(sql, params))).pipe(
     Effect.map((r): ExecuteResult => ({ changes: r.changes, lastInsertRowid: r.lastInsertRowid })),
-    Effect.mapError(sqlStatementError("Statement", sql))
+    Effect.mapError(sqlStatementError("Statement", sql)),
+    Effect.tap(() => maybeFoldDraft(state))
   )
 
 /** `execute` that also returns the statement's rows (`INSERT ... RETURNING`): SyncDatabase.layerSqlClient. */
@@ -54,7 +56,8 @@ export const executeRows = (state: State) =>
   params: ReadonlyArray<unknown> = []
 ): Effect.Effect<ChangeCapture.ExecuteResult, SyncError.SqlStatementError> =>
   Gates.writing(state.gates, on(state.draft, ChangeCapture.execute(sql, params))).pipe(
-    Effect.mapError(sqlStatementError("Statement", sql))
+    Effect.mapError(sqlStatementError("Statement", sql)),
+    Effect.tap(() => maybeFoldDraft(state))
   )
 
 /**
@@ -117,7 +120,7 @@ export const transaction = (state: State) =>
 <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, Exclude<R, SqlClient.SqlClient>> =>
-  Gates.writing(state.gates, on(state.draft, ChangeCapture.transaction(effect)))
+  Gates.writing(state.gates, on(state.draft, ChangeCapture.transaction(effect))).pipe(Effect.tap(() => maybeFoldDraft(state)))
 
 /** @internal */
 export const stats = (state: State): Effect.Effect<Stats, SyncError.SyncError> =>

@@ -14,9 +14,12 @@ import * as SyncProtocol from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
 import { sqlStatementError } from "./errors.js"
+import * as RemoteBinding from "./remoteBinding.js"
 import { finishFlaggedRoll, rollSynced } from "./roll.js"
-import { on, received, type State, updateMetadata, withoutTransfer } from "./state.js"
+import { finishFlaggedFold, foldSynced } from "./fold.js"
+import { on, received, type State, updateMetadata, walFrames, withoutTransfer } from "./state.js"
 import { cutToSyncedFrame, prefixAtSyncedFrame } from "./syncedWal.js"
+import * as Validate from "./validate.js"
 
 /** Frames held in memory during a pull before they are written into Synced's WAL. */
 const FLUSH_FRAMES = 2048
@@ -34,10 +37,19 @@ const flush = (state: State, cursor: Cursor) =>
   Effect.gen(function*() {
     const committed = WalFrame.committedLength(cursor.buffer)
     if (committed === 0) return
-    const prefix = cursor.frame === 0 ? undefined : yield* prefixAtSyncedFrame(state)
-    yield* state.synced.close
-    const wal = yield* Files.appendWal(state.paths.synced, cursor.frame, cursor.buffer.slice(0, committed), prefix)
     const generation = cursor.generation
+    // Synced's WAL holds the synced frames after the folded ones: frame n of the generation is WAL frame
+    // n - foldedFrame.
+    const m = yield* SynchronizedRef.get(state.metadata)
+    const inWal = walFrames(m)
+    yield* Validate.frames(cursor.buffer.slice(0, committed), yield* syncedPages(state, inWal), cursor.frame + 1)
+    const prefix = inWal === 0 ? undefined : yield* prefixAtSyncedFrame(state)
+    yield* state.synced.close
+    const wal = yield* Files.appendWal(state.paths.synced, inWal, cursor.buffer.slice(0, committed), prefix)
+    // SQLite's own check before the frames count as synced; refused, they are cut off again.
+    yield* Validate.database(state.paths.synced, `generation ${generation} up to frame ${cursor.frame + committed}`).pipe(
+      Effect.tapError(() => Files.truncateWal(state.paths.synced, inWal))
+    )
     yield* Ref.set(state.syncedPrefix, { generation, state: wal })
     yield* state.step("pull:framesWritten")
     cursor.frame += committed
@@ -46,14 +58,22 @@ const flush = (state: State, cursor: Cursor) =>
     yield* updateMetadata(state, (m) => ({ ...m, generation, syncedFrame: at }))
     yield* state.step("pull:metadataWritten")
     cursor.changed = true
+    // A long catch-up never holds more than the bound in the WAL.
+    yield* foldSynced(state)
   })
 
 /** Buffers the frames of one answer, flushing when the buffer is large. */
-const receive = (state: State, cursor: Cursor, start: number, frames: ReadonlyArray<WalFrame.Frame>) =>
+const receive = (state: State, cursor: Cursor, start: number, end: number, frames: ReadonlyArray<WalFrame.Frame>) =>
   Effect.gen(function*() {
     yield* received(state, frames.length, frames.length * WalFrame.FRAME_SIZE)
     if (frames.length === 0) {
       return yield* new SyncError.RemoteError({ reason: "Protocol", message: `pull from ${start} answered no frames` })
+    }
+    if (frames.length > end - start) {
+      return yield* new SyncError.RemoteError({
+        reason: "InvalidData",
+        message: `pull of ${end - start} frames from ${start} answered ${frames.length}`
+      })
     }
     for (const f of frames) cursor.buffer.push({ pgno: f.pgno, commitSize: f.commitSize, page: Uint8Array.from(f.page) })
     if (cursor.buffer.length >= FLUSH_FRAMES) yield* flush(state, cursor)
@@ -64,9 +84,10 @@ const pullFrames = (state: State, cursor: Cursor) =>
   Effect.gen(function*() {
     for (;;) {
       const start = cursor.frame + cursor.buffer.length + 1
-      const result = yield* state.remote.pull(cursor.generation, start, start + SyncProtocol.CLIENT_BATCH_FRAMES)
+      const end = start + SyncProtocol.CLIENT_BATCH_FRAMES
+      const result = yield* state.remote.pull(cursor.generation, start, end)
       if (result._tag === "Frames") {
-        yield* receive(state, cursor, start, result.frames)
+        yield* receive(state, cursor, start, end, result.frames)
         continue
       }
       if (result.generation > cursor.generation) {
@@ -88,13 +109,39 @@ const pullFrames = (state: State, cursor: Cursor) =>
     }
   })
 
+/** The size in pages of Synced at frame `frame` of the synced generation (its commit size, or the base's). */
+const syncedPages = (state: State, frame: number) =>
+  frame === 0
+    ? Effect.map(Files.fileSize(state.paths.synced), (bytes) => Math.floor(bytes / WalFrame.PAGE_SIZE))
+    : Effect.map(Files.readWalFrames(state.paths.synced, 1, frame - 1), (frames) => frames[0].commitSize)
+
+/**
+ * Before anything is pulled or pushed: the remote is still the server database this one was made from
+ * and still holds the synced position (RemoteBinding.verify); an identity first seen is recorded.
+ */
+const verifyRemote = (state: State) =>
+  Effect.gen(function*() {
+    const m = yield* SynchronizedRef.get(state.metadata)
+    // A frame already folded into Synced's file is no longer at hand to compare (identity and head still are).
+    const folded = m.foldedFrame ?? 0
+    const info = yield* RemoteBinding.verify(m, state.remote, (frame) =>
+      frame <= folded
+        ? Effect.succeed(undefined)
+        : Effect.map(Files.readWalFrames(state.paths.synced, 1, frame - 1 - folded), (frames) => frames[0]))
+    if (info.databaseId !== undefined && m.databaseId === undefined) {
+      yield* updateMetadata(state, (m) => ({ ...m, databaseId: info.databaseId }))
+    }
+  })
+
 /**
  * Steps 1a and 2a: pull every frame the remote has beyond the synced frame into Synced's WAL (written
  * while Synced is closed), following generation rolls. Returns whether anything arrived.
  */
 export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(function*(state: State) {
   yield* finishFlaggedRoll(state)
+  yield* finishFlaggedFold(state)
   yield* cutToSyncedFrame(state)
+  yield* verifyRemote(state)
   const m = yield* SynchronizedRef.get(state.metadata)
   const cursor: Cursor = { generation: m.generation, frame: m.syncedFrame, buffer: [], changed: false }
   yield* pullFrames(state, cursor).pipe(Effect.ensuring(Effect.ignore(state.synced.open)))
@@ -115,5 +162,7 @@ export const settleProgress = Effect.fn("Engine.settleProgress")(function*(state
     ...withoutTransfer(m),
     lastPushedChangeId: Math.max(progress, m.lastPushedChangeId)
   }))
-  return progress
+  // Changes at or below lastPushedChangeId were acknowledged: never replayed again, even onto a remote
+  // whose progress row is older (a re-bootstrap onto a server that lost them).
+  return (yield* SynchronizedRef.get(state.metadata)).lastPushedChangeId
 })

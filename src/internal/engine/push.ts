@@ -12,6 +12,7 @@ import * as ChangeCapture from "../../ChangeCapture.js"
 import * as SyncError from "../../SyncError.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
+import * as RemoteBinding from "./remoteBinding.js"
 import { on, type State, updateMetadata, withoutTransfer } from "./state.js"
 import { resetSyncedWal, syncedTail } from "./syncedWal.js"
 
@@ -66,11 +67,17 @@ export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(s
   const start = m.syncedFrame + 1
   yield* state.step("push:beforeSend")
   let result = yield* send(state, m.generation, start, frames)
-  if (result._tag === "Conflict" && result.generation === m.generation && result.maxFrameNo < start - 1) {
+  const folded = m.foldedFrame ?? 0
+  if (
+    result._tag === "Conflict" && result.generation === m.generation && result.maxFrameNo < start - 1 &&
+    result.maxFrameNo >= folded
+  ) {
+    yield* RemoteBinding.rewindDecision(start, result.maxFrameNo)
     // The server cannot tell us from a pusher whose session it lost after acknowledging frames up to our
     // start, so it asks for its frames from maxFrameNo + 1 again. Those are synced frames we pulled from
-    // it: sending them proves which head we build on (identical bytes), and our frames follow.
-    const rewound = yield* Files.readWalFrames(state.paths.synced, start - 1 - result.maxFrameNo, result.maxFrameNo)
+    // it: sending them proves which head we build on (identical bytes), and our frames follow. (A fold
+    // keeps the last transaction in the WAL for this; frames already folded leave it a conflict.)
+    const rewound = yield* Files.readWalFrames(state.paths.synced, start - 1 - result.maxFrameNo, result.maxFrameNo - folded)
     result = yield* send(state, m.generation, result.maxFrameNo + 1, [...rewound, ...frames])
   }
   yield* state.step("push:answered")

@@ -1,6 +1,6 @@
 /**
- * Opening after a crash: finish the roll or the copy the metadata flags (or drop its half-made file), and
- * cut Synced back to its synced frame (invariants 1 and 3).
+ * Opening after a crash: finish the roll, the fold or the copy the metadata flags (or drop its half-made
+ * file), and cut Synced back to its synced frame (invariants 1 and 3).
  *
  * @internal
  */
@@ -8,9 +8,12 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import * as Files from "../sqlite/files.js"
+import * as PageCopy from "../sqlite/pageCopy.js"
 import { finishCopyFiles } from "./copy.js"
+import * as DraftPages from "./draftPages.js"
+import { finishFoldFiles } from "./fold.js"
 import { finishRollFiles } from "./roll.js"
-import type { Opening } from "./state.js"
+import { type Opening, syncedFileAt, walFrames } from "./state.js"
 
 /** Finishes what a crash interrupted, and cuts Synced back to its synced frame (invariants 1, 3). */
 export const recover = Effect.fn("Engine.recover")(function*(opening: Opening, stored: SyncMetadata.Metadata) {
@@ -22,21 +25,35 @@ export const recover = Effect.fn("Engine.recover")(function*(opening: Opening, s
   } else {
     yield* Files.remove(paths.syncedNext)
   }
+  if (metadata.foldInProgress) {
+    yield* finishFoldFiles(paths, metadata)
+    metadata = { ...metadata, foldInProgress: false }
+  } else {
+    yield* Files.remove(paths.syncedWalNext)
+  }
   if (metadata.copyInProgress) {
-    if (yield* Files.exists(paths.draftNew)) yield* finishCopyFiles(paths)
+    if (yield* Files.exists(paths.draftWalNext)) yield* finishCopyFiles(paths)
     metadata = { ...metadata, copyInProgress: false }
   } else {
-    yield* Files.remove(paths.draftNew)
+    yield* Files.remove(paths.draftWalNext)
   }
+  // The copy file of an earlier version of the engine, which materialized whole copies.
+  yield* Files.remove(paths.draftNew)
   metadata = { ...metadata, activeCopy: "draft" }
+  if (metadata.draftPages === undefined) {
+    // Metadata of an earlier version: where Draft differs from Synced is unknown; the next copy writes it all.
+    const pages = yield* Files.attempt(paths.draft, "cannot read", (fs) =>
+      Math.max(PageCopy.headerPages(fs, paths.draft), PageCopy.headerPages(fs, paths.synced)))
+    metadata = { ...metadata, draftPages: DraftPages.unknown(syncedFileAt(metadata), pages) }
+  }
   const wal = yield* Files.readWal(paths.synced)
   const frames = Option.match(wal, { onNone: () => 0, onSome: (w) => w.frames.length })
-  if (frames < metadata.syncedFrame) {
+  if (frames < walFrames(metadata)) {
     // Cannot happen with fsync honoured; re-pulling from what is there is still correct.
-    yield* Effect.logWarning(`synced WAL holds ${frames} frames, metadata says ${metadata.syncedFrame}`)
-    metadata = { ...metadata, syncedFrame: frames }
+    yield* Effect.logWarning(`synced WAL holds ${frames} frames, metadata says ${walFrames(metadata)}`)
+    metadata = { ...metadata, syncedFrame: (metadata.foldedFrame ?? 0) + frames }
   }
-  yield* Files.truncateWal(paths.synced, metadata.syncedFrame)
+  yield* Files.truncateWal(paths.synced, walFrames(metadata))
   if (metadata !== stored) yield* opening.metadataStore.write(metadata)
   return metadata
 })

@@ -8,7 +8,9 @@ import * as Effect from "effect/Effect"
 import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as Files from "../sqlite/files.js"
-import { type Paths, type State, updateMetadata } from "./state.js"
+import * as PageCopy from "../sqlite/pageCopy.js"
+import * as DraftPages from "./draftPages.js"
+import { type Paths, type State, updateMetadata, walFrames } from "./state.js"
 import { prefixAtSyncedFrame } from "./syncedWal.js"
 
 /** The file steps of a flagged roll: `<path>-synced.next` replaces Synced (and its WAL). */
@@ -23,12 +25,21 @@ export const finishRollFiles = (paths: Paths) =>
 export const rollSynced = Effect.fn("Engine.rollSynced")(function*(state: State, next: number) {
   const m = yield* SynchronizedRef.get(state.metadata)
   yield* prefixAtSyncedFrame(state) // validates the synced frames once if this process has not yet
-  const frames = yield* Files.readWalFrames(state.paths.synced, m.syncedFrame)
+  const frames = yield* Files.readWalFrames(state.paths.synced, walFrames(m))
   yield* state.synced.close
   yield* Ref.set(state.syncedPrefix, undefined)
   yield* Files.materialize(state.paths.synced, frames, state.paths.syncedNext)
   yield* state.step("roll:materialized")
-  yield* updateMetadata(state, (m) => ({ ...m, generation: next, syncedFrame: 0, rollInProgress: true }))
+  const at = { generation: next, frame: 0 }
+  yield* updateMetadata(state, (m) => ({
+    ...m,
+    generation: next,
+    syncedFrame: 0,
+    foldedFrame: 0,
+    rollInProgress: true,
+    // Synced's file moves past every frame of the old generation: Draft may differ on their pages.
+    ...(m.draftPages ? { draftPages: DraftPages.syncedFolded(m.draftPages, at, PageCopy.pageNumbers(frames)) } : {})
+  }))
   yield* state.step("roll:flagged")
   yield* finishRollFiles(state.paths)
   yield* updateMetadata(state, (m) => ({ ...m, rollInProgress: false }))

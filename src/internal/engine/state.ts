@@ -36,9 +36,26 @@ export interface EngineOptions {
   readonly transform?: ConflictPolicy.Transform | undefined
   /** Called with the conflicts of every acknowledged push (after they are in the conflict log). */
   readonly onConflicts?: ((entries: ReadonlyArray<ConflictPolicy.Entry>) => Effect.Effect<void>) | undefined
+  /** Copies whose metadata file is lost are discarded and the database made anew from the remote. */
+  readonly startOver?: boolean | undefined
+  /** The remote's URL may differ from the recorded one (the same server database moved). */
+  readonly allowUrlChange?: boolean | undefined
+  /**
+   * Frames a copy's WAL may hold at rest before they are folded into its database file. Default 1000
+   * (about 4 MB per copy).
+   */
+  readonly maxWalFrames?: number | undefined
+  /**
+   * What a new local database starts from: `"head"` (default) the remote's current state, `"base"` only the
+   * base of the remote's current generation (its frames arrive with the first pull).
+   */
+  readonly bootstrap?: "head" | "base" | undefined
   /** Told of frames and bases as they arrive and leave (SyncDatabase's events and status). */
   readonly observer?: Observer | undefined
 }
+
+/** @internal */
+export type RebootstrapReason = "GenerationGone" | "Requested" | "SyncedCopyDamaged"
 
 /**
  * What the engine reports where frames arrive and leave, as it counts them for `stats`.
@@ -52,6 +69,8 @@ export interface Observer {
   readonly pushed: (frames: number, result: SyncRemote.PushResult) => Effect.Effect<void>
   /** The remote moved to a newer generation; the engine follows it one generation at a time. */
   readonly generationChanged: (from: number, to: number) => Effect.Effect<void>
+  /** Synced was rebuilt from the remote's current state (generation `to`), the pending changes kept. */
+  readonly rebootstrapped: (reason: RebootstrapReason, from: number, to: number) => Effect.Effect<void>
 }
 
 /**
@@ -62,15 +81,18 @@ export interface Observer {
 export const steps = [
   "pull:framesWritten",
   "pull:metadataWritten",
+  "fold:applied",
+  "fold:flagged",
   "roll:materialized",
   "roll:flagged",
   "replay:done",
   "push:beforeSend",
   "push:answered",
-  "copy:materialized",
+  "copy:walWritten",
   "copy:flagged",
   "copy:draftClosed",
   "copy:renamed",
+  "draftFold:flagged",
   "reset:before"
 ] as const
 
@@ -122,6 +144,8 @@ export interface State extends Opening {
   /** Push, pull and sync never run two at a time (invariant 5). */
   readonly syncLock: Effect.Semaphore
   readonly lastWriteBlockedMs: Ref.Ref<Option.Option<number>>
+  /** Frames a copy's WAL holds at rest before it is folded. */
+  readonly maxWalFrames: number
   /** SQLite's verdict per statement text: whether it only reads (`query`, layerSqlClient's routing). */
   readonly readVerdicts: Map<string, boolean>
 }
@@ -133,12 +157,21 @@ export const received = (opening: Opening, frames: number, bytes: number) =>
     Ref.update(opening.traffic, (t) => ({ ...t, received: t.received + bytes }))
   )
 
-/** Replaces the metadata, durably, then in memory. */
+/** Replaces the metadata, durably, then in memory; returns the new metadata. */
 export const updateMetadata = (state: State, f: (m: SyncMetadata.Metadata) => SyncMetadata.Metadata) =>
-  SynchronizedRef.updateEffect(state.metadata, (m) => {
+  SynchronizedRef.updateAndGetEffect(state.metadata, (m) => {
     const next = f(m)
     return Effect.as(state.metadataStore.write(next), next)
   })
+
+/** Frames of Synced's WAL at rest: the synced frames not folded into its database file. */
+export const walFrames = (m: SyncMetadata.Metadata): number => m.syncedFrame - (m.foldedFrame ?? 0)
+
+/** Where Synced's database file stands on the remote's history. */
+export const syncedFileAt = (m: SyncMetadata.Metadata): SyncMetadata.Position => ({
+  generation: m.generation,
+  frame: m.foldedFrame ?? 0
+})
 
 /** The metadata without the push whose outcome was unknown (it is settled now). */
 export const withoutTransfer = (m: SyncMetadata.Metadata): SyncMetadata.Metadata => {

@@ -30,6 +30,7 @@ export interface EngineLike {
   ) => Effect.Effect<{ readonly changes: number; readonly lastInsertRowid: number | bigint }, SyncError.SqlStatementError>
   readonly push: Effect.Effect<boolean, SyncError.SyncError>
   readonly pull: Effect.Effect<boolean, SyncError.SyncError>
+  readonly rebootstrap: Effect.Effect<boolean, SyncError.SyncError>
   readonly stats: Effect.Effect<{ readonly pendingChanges: number }, SyncError.SyncError>
 }
 
@@ -111,11 +112,15 @@ const observer = (i: Instruments): Observer => ({
   pushed: (frames, result) => pushed(i, frames, result),
   generationChanged: (from, to) =>
     Effect.flatMap(Ref.get(i.current), (operation) =>
-      publish(i, SyncEvent.GenerationChanged({ operation: operation === "bootstrap" ? "pull" : operation, from, to })))
+      publish(i, SyncEvent.GenerationChanged({ operation: operation === "bootstrap" ? "pull" : operation, from, to }))),
+  rebootstrapped: (reason, from, to) =>
+    Effect.flatMap(Ref.get(i.current), (operation) =>
+      publish(i, SyncEvent.Rebootstrapped({ operation: operation === "bootstrap" ? "pull" : operation, reason, from, to })))
 })
 
 /** The remote the engine is given: same answers; whether it answered sets `online`. */
 const observe = (i: Instruments, remote: SyncRemote.Service): SyncRemote.Service => ({
+  url: remote.url,
   info: online(i, remote.info),
   snapshot: online(i, remote.snapshot),
   export: (generation) => online(i, remote.export(generation)),
@@ -221,6 +226,12 @@ const wrap = <S extends EngineLike>(i: Instruments, engine: S): Effect.Effect<S 
       push: run(i, engine, "push", pushPhase(i, engine, "push")),
       pull: run(i, engine, "pull", pullPhase(i, engine)),
       sync: run(i, engine, "sync", Effect.zipRight(pushPhase(i, engine, "sync"), pullPhase(i, engine))),
+      rebootstrap: run(
+        i,
+        engine,
+        "rebootstrap",
+        Effect.zipRight(setStatus(i, (s) => ({ ...s, state: "pulling" })), engine.rebootstrap)
+      ),
       ...instrumented
     }
   })

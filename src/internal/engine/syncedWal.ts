@@ -9,7 +9,7 @@ import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
-import type { State } from "./state.js"
+import { type State, walFrames } from "./state.js"
 
 /**
  * Synced's WAL state at the synced frame (header, running checksum), validated once per process and
@@ -18,12 +18,14 @@ import type { State } from "./state.js"
 export const prefixAtSyncedFrame = (state: State) =>
   Effect.gen(function*() {
     const m = yield* SynchronizedRef.get(state.metadata)
-    if (m.syncedFrame === 0) return undefined
+    // `state.frames` counts the WAL's frames: the synced frames not folded into the file.
+    const frames = walFrames(m)
+    if (frames === 0) return undefined
     const cached = yield* Ref.get(state.syncedPrefix)
-    if (cached !== undefined && cached.generation === m.generation && cached.state.frames === m.syncedFrame) {
+    if (cached !== undefined && cached.generation === m.generation && cached.state.frames === frames) {
       return cached.state
     }
-    const prefix = yield* Files.prefixState(state.paths.synced, m.syncedFrame)
+    const prefix = yield* Files.prefixState(state.paths.synced, frames)
     if (prefix !== undefined) yield* Ref.set(state.syncedPrefix, { generation: m.generation, state: prefix })
     return prefix
   })
@@ -35,16 +37,16 @@ export const syncedTail = (state: State) =>
 /** Cuts Synced's WAL back to the synced frame if it is longer (invariant 1); Synced is closed meanwhile. */
 export const cutToSyncedFrame = (state: State) =>
   Effect.gen(function*() {
-    const { syncedFrame } = yield* SynchronizedRef.get(state.metadata)
+    const frames = walFrames(yield* SynchronizedRef.get(state.metadata))
     const size = yield* Files.fileSize(Files.walPath(state.paths.synced))
-    if (size > WalFrame.walSize(syncedFrame)) {
-      yield* state.synced.withClosed(Files.truncateWal(state.paths.synced, syncedFrame))
+    if (size > WalFrame.walSize(frames)) {
+      yield* state.synced.withClosed(Files.truncateWal(state.paths.synced, frames))
     }
   })
 
 /** Step 2d: cut Synced's WAL back to the synced frame, dropping the frames of the local replay. */
 export const resetSyncedWal = Effect.fn("Engine.resetSyncedWal")(function*(state: State) {
-  const { syncedFrame } = yield* SynchronizedRef.get(state.metadata)
+  const frames = walFrames(yield* SynchronizedRef.get(state.metadata))
   yield* state.step("reset:before")
-  yield* state.synced.withClosed(Files.truncateWal(state.paths.synced, syncedFrame))
+  yield* state.synced.withClosed(Files.truncateWal(state.paths.synced, frames))
 })

@@ -1,0 +1,87 @@
+/**
+ * Which pages of the draft copy a pull must rewrite: the pure bookkeeping behind a copy step whose cost
+ * follows the changes, not the database size.
+ *
+ * The draft copy's database file is kept equal to "the synced copy at `fileBase`, except on `filePages`".
+ * The synced copy's file drifts away from that position as confirmed frames are folded into it; the pages
+ * those frames wrote are `syncedPages` (frames still in its WAL are read from the WAL itself). A pull makes
+ * the draft copy equal to "the synced copy now, plus the pending local changes replayed": every page on which
+ * the two can differ is in `filePages ∪ syncedPages ∪ pages of the synced WAL` (the replay's frames are at
+ * the end of that WAL). Those pages, taken from the synced copy, form one transaction written as the draft
+ * copy's new WAL (`copy`); folding the draft copy's WAL into its file later moves `fileBase` to `copy.at`.
+ *
+ * Over-approximating a set costs writes, never correctness; missing a page would be a silent divergence,
+ * which is what the property tests check.
+ *
+ * @internal
+ */
+import type { DraftPages, Position } from "../../SyncMetadata.js"
+
+export type { DraftPages, Position }
+
+/** Orders positions: generation first, then frame. */
+export const compare = (a: Position, b: Position): number =>
+  a.generation !== b.generation ? a.generation - b.generation : a.frame - b.frame
+
+const union = (a: ReadonlyArray<number>, b: Iterable<number>): ReadonlyArray<number> => {
+  const set = new Set(a)
+  for (const p of b) set.add(p)
+  return set.size === a.length ? a : [...set].sort((x, y) => x - y)
+}
+
+/** Both copies' files hold the synced copy at `at` (a bootstrap). */
+export const fresh = (at: Position): DraftPages => ({ fileBase: at, filePages: [], syncedPages: [] })
+
+/**
+ * Nothing is known about the draft copy's file (metadata of an older version): every page it has may
+ * differ from the synced copy's file, which is at `syncedFileAt`.
+ */
+export const unknown = (syncedFileAt: Position, draftFilePages: number): DraftPages => ({
+  fileBase: syncedFileAt,
+  filePages: Array.from({ length: draftFilePages }, (_, i) => i + 1),
+  syncedPages: []
+})
+
+/**
+ * The synced copy's file moved to `to` by folding frames that wrote `pages` (a local fold, or a roll to
+ * the next generation's base, whose frame 0 is after every frame of the previous one).
+ */
+export const syncedFolded = (t: DraftPages, to: Position, pages: Iterable<number>): DraftPages =>
+  compare(to, t.fileBase) <= 0 ? t : { ...t, syncedPages: union(t.syncedPages, pages) }
+
+/**
+ * The pages a copy writes: every page on which the draft copy's file can differ from the synced copy now
+ * (`syncedWalPages`: the pages of every frame in the synced WAL, the replay's included), limited to the
+ * target's `targetPages`; page 1 always (it carries the change counter, and a transaction needs a frame).
+ */
+export const copyPages = (
+  t: DraftPages,
+  syncedWalPages: Iterable<number>,
+  targetPages: number
+): ReadonlyArray<number> => {
+  const set = new Set<number>([1])
+  for (const source of [t.filePages, t.syncedPages, syncedWalPages]) {
+    for (const p of source) if (p <= targetPages) set.add(p)
+  }
+  return [...set].sort((a, b) => a - b)
+}
+
+/** A copy transaction of `frames` frames, making the draft copy the synced copy at `at` + `replayPages`, is the draft WAL now. */
+export const copied = (t: DraftPages, at: Position, frames: number, replayPages: Iterable<number>): DraftPages => ({
+  ...t,
+  copy: { at, frames, replayPages: union([], replayPages) }
+})
+
+/**
+ * The draft copy's WAL was folded into its file. `localPages`: pages of the WAL's frames after the copy
+ * transaction (all of them without one). `syncedFileAt`: where the synced copy's file stands.
+ */
+export const draftFolded = (t: DraftPages, localPages: Iterable<number>, syncedFileAt: Position): DraftPages => {
+  if (t.copy === undefined) return { ...t, filePages: union(t.filePages, localPages) }
+  const at = t.copy.at
+  return {
+    fileBase: at,
+    filePages: union(t.copy.replayPages, localPages),
+    syncedPages: compare(syncedFileAt, at) <= 0 ? [] : t.syncedPages
+  }
+}

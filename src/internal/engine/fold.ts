@@ -1,0 +1,144 @@
+/**
+ * Folds: each copy's WAL is kept under `maxWalFrames` at rest by moving its frames into its database file,
+ * as a recorded, crash-safe step (SQLite never checkpoints either copy on its own).
+ *
+ * - Synced: the synced frames but the last transaction (kept so a push the server asks to resend from it can
+ *   be answered) are written into its file while its WAL still holds them (SQLite reads the WAL's copy of
+ *   a page first, so a file ahead of the metadata is harmless); the rest of the WAL is written as
+ *   `<path>-synced-wal.next`; the metadata records the new `foldedFrame` with `foldInProgress`; the new WAL
+ *   replaces the old one. The protocol's frame numbers stay: the WAL holds `foldedFrame + 1..syncedFrame`.
+ * - Draft: the pages its WAL's frames change are recorded in the metadata (`draftPages`, with
+ *   `draftFoldInProgress`), then SQLite's own TRUNCATE checkpoint runs. The record is what lets a pull write
+ *   only the pages where Draft can differ from Synced.
+ *
+ * Open, and the next push or pull, finish a flagged fold.
+ *
+ * @internal
+ */
+import * as Effect from "effect/Effect"
+import * as Ref from "effect/Ref"
+import * as SynchronizedRef from "effect/SynchronizedRef"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as SyncError from "../../SyncError.js"
+import type * as SyncMetadata from "../../SyncMetadata.js"
+import * as WalFrame from "../../WalFrame.js"
+import * as Files from "../sqlite/files.js"
+import * as PageCopy from "../sqlite/pageCopy.js"
+import * as DraftPages from "./draftPages.js"
+import * as Gates from "./gates.js"
+import { on, type Paths, type State, syncedFileAt, updateMetadata, walFrames } from "./state.js"
+import { prefixAtSyncedFrame } from "./syncedWal.js"
+
+/**
+ * A flagged fold's file steps (Synced closed): the rest of the WAL replaces it; with nothing left, the WAL
+ * is cut to nothing. Idempotent: recovery redoes it.
+ */
+export const finishFoldFiles = (paths: Paths, m: SyncMetadata.Metadata) =>
+  Effect.gen(function*() {
+    if (yield* Files.exists(paths.syncedWalNext)) {
+      yield* Files.remove(Files.shmPath(paths.synced))
+      yield* Files.rename(paths.syncedWalNext, Files.walPath(paths.synced))
+    }
+    yield* Files.truncateWal(paths.synced, walFrames(m))
+  })
+
+/** Folds Synced's WAL when its synced frames outgrew `maxWalFrames` (the caller holds the sync lock). */
+export const foldSynced = Effect.fn("Engine.foldSynced")(
+  function*(state: State) {
+    const { paths } = state
+    const m = yield* SynchronizedRef.get(state.metadata)
+    if (walFrames(m) <= state.maxWalFrames) return
+    yield* prefixAtSyncedFrame(state) // validates the synced frames once if this process has not yet
+    const frames = yield* Files.readWalFrames(paths.synced, walFrames(m))
+    const fold = PageCopy.foldLength(frames, Math.max(1, Math.floor(state.maxWalFrames / 2)))
+    if (fold === 0) return
+    yield* state.synced.close
+    yield* Ref.set(state.syncedPrefix, undefined)
+    yield* Files.remove(paths.syncedWalNext)
+    yield* Files.applyInPlace(paths.synced, frames.slice(0, fold))
+    if (fold < frames.length) yield* PageCopy.writeWalFile(paths.syncedWalNext, frames.slice(fold))
+    yield* state.step("fold:applied")
+    const pages = PageCopy.pageNumbers(frames.slice(0, fold))
+    const next = yield* updateMetadata(state, (m) => {
+      const foldedFrame = (m.foldedFrame ?? 0) + fold
+      const at = { generation: m.generation, frame: foldedFrame }
+      return {
+        ...m,
+        foldedFrame,
+        foldInProgress: true,
+        ...(m.draftPages ? { draftPages: DraftPages.syncedFolded(m.draftPages, at, pages) } : {})
+      }
+    })
+    yield* state.step("fold:flagged")
+    yield* finishFoldFiles(paths, next)
+    yield* updateMetadata(state, (m) => ({ ...m, foldInProgress: false }))
+  },
+  (effect, state) => Effect.ensuring(effect, Effect.ignore(state.synced.open))
+)
+
+/** A fold flagged in metadata whose file steps failed: finished before anything reads or extends Synced. */
+export const finishFlaggedFold = (state: State) =>
+  Effect.gen(function*() {
+    const m = yield* SynchronizedRef.get(state.metadata)
+    if (!m.foldInProgress) return
+    yield* state.synced.close
+    yield* Ref.set(state.syncedPrefix, undefined)
+    yield* finishFoldFiles(state.paths, m)
+    yield* updateMetadata(state, (m) => ({ ...m, foldInProgress: false }))
+  }).pipe(Effect.ensuring(Effect.ignore(state.synced.open)))
+
+/** SQLite's TRUNCATE checkpoint of Draft's WAL into its file. */
+const checkpointDraft = (state: State) =>
+  on(state.draft, Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe<{ busy: number }>("PRAGMA wal_checkpoint(TRUNCATE)"))).pipe(
+    Effect.mapError((cause) =>
+      new SyncError.StorageError({ reason: "Files", message: `cannot fold the WAL of ${state.paths.draft}`, path: state.paths.draft, cause })
+    ),
+    Effect.flatMap((rows) =>
+      rows[0]?.busy === 0 ? Effect.void : Effect.fail(
+        new SyncError.StorageError({ reason: "Files", message: `folding the WAL of ${state.paths.draft} was blocked`, path: state.paths.draft })
+      )
+    )
+  )
+
+/** A Draft fold recorded in metadata whose checkpoint did not run (or failed): run it now. */
+export const finishDraftFold = (state: State) =>
+  Effect.gen(function*() {
+    if (!(yield* SynchronizedRef.get(state.metadata)).draftFoldInProgress) return
+    yield* checkpointDraft(state)
+    yield* updateMetadata(state, (m) => ({ ...m, draftFoldInProgress: false }))
+  })
+
+/**
+ * Folds Draft's WAL into its file when it holds more than `maxWalFrames` frames (`force`: whatever it
+ * holds). The caller holds every write permit: no transaction is under way in Draft.
+ */
+export const foldDraft = Effect.fn("Engine.foldDraft")(function*(state: State, force: boolean) {
+  const { paths } = state
+  yield* finishDraftFold(state)
+  const frames = yield* PageCopy.readCommittedFrames(paths.draft)
+  const copyFrames = (yield* SynchronizedRef.get(state.metadata)).draftPages?.copy?.frames ?? 0
+  if (frames.length < copyFrames) {
+    // Draft's WAL is not the one the metadata describes (SQLite folded it when a close could not keep it):
+    // where Draft's file differs from Synced is unknown, so the next copy writes every page.
+    const pages = yield* Files.attempt(paths.draft, "cannot read", (fs) =>
+      Math.max(PageCopy.headerPages(fs, paths.draft), PageCopy.headerPages(fs, paths.synced), ...frames.map((f) => f.commitSize)))
+    yield* Effect.logWarning(`the WAL of ${paths.draft} holds ${frames.length} frames, its copy wrote ${copyFrames}`)
+    yield* updateMetadata(state, (m) => ({ ...m, draftPages: DraftPages.unknown(syncedFileAt(m), pages) }))
+  }
+  if (frames.length === 0 || (!force && frames.length <= state.maxWalFrames)) return
+  yield* updateMetadata(state, (m) => {
+    const t = m.draftPages ?? DraftPages.fresh(syncedFileAt(m))
+    const local = PageCopy.pageNumbers(frames.slice(t.copy?.frames ?? 0))
+    return { ...m, draftPages: DraftPages.draftFolded(t, local, syncedFileAt(m)), draftFoldInProgress: true }
+  })
+  yield* state.step("draftFold:flagged")
+  yield* finishDraftFold(state)
+})
+
+/** After a local write: folds Draft's WAL if it outgrew its bound and no write is in flight (else later). */
+export const maybeFoldDraft = (state: State) =>
+  Effect.gen(function*() {
+    const size = yield* Files.fileSize(Files.walPath(state.paths.draft))
+    if (size <= WalFrame.walSize(state.maxWalFrames)) return
+    yield* Gates.ifNoWrites(state.gates, foldDraft(state, false))
+  }).pipe(Effect.catchAll((error) => Effect.logWarning("cannot fold the WAL of the draft copy", error)))

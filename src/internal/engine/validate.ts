@@ -1,0 +1,157 @@
+/**
+ * What a remote sends is checked before any of it is recorded as synced: a lying or broken remote must
+ * not leave garbage that later pushes and pulls build on, nor a database file of terabytes.
+ *
+ * - a base (`/export`): an SQLite file of the protocol's page size whose header agrees with its length;
+ * - frames (pull): page numbers and commit sizes within what the transaction can reach from the size the
+ *   database had before it, and never more frames than asked for;
+ * - the result: SQLite's own `quick_check` on the file with its WAL, as the server runs on every commit.
+ *
+ * Pure checks return `Either`; the SQLite check opens its own read-only connection (which never
+ * checkpoints, so the WAL stays as the engine wrote it).
+ *
+ * @internal
+ */
+import BetterSqlite3 from "better-sqlite3"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import { RemoteError } from "../../SyncError.js"
+import * as WalFrame from "../../WalFrame.js"
+
+const invalid = (message: string, cause?: unknown) =>
+  new RemoteError({ reason: "InvalidData", message, ...(cause === undefined ? {} : { cause }) })
+
+const SQLITE_MAGIC = "SQLite format 3\u0000"
+
+/**
+ * The page size an SQLite header declares (bytes 16-17; 1 means 65536), or undefined when `bytes` does
+ * not start with an SQLite header.
+ */
+export const headerPageSize = (bytes: Uint8Array): number | undefined => {
+  if (bytes.byteLength < 100) return undefined
+  if (new TextDecoder().decode(bytes.subarray(0, 16)) !== SQLITE_MAGIC) return undefined
+  const raw = (bytes[16] << 8) | bytes[17]
+  return raw === 1 ? 65536 : raw
+}
+
+/**
+ * The length an SQLite file's header gives (page size × in-header page count), when that count is valid
+ * (its change counter matches "version-valid-for", sqlite.org/fileformat.html); otherwise undefined.
+ */
+export const headerLength = (file: Uint8Array): number | undefined => {
+  const view = new DataView(file.buffer, file.byteOffset, file.byteLength)
+  const raw = view.getUint16(16)
+  const pageSize = raw === 1 ? 65536 : raw
+  const pages = view.getUint32(28)
+  return pages > 0 && view.getUint32(24) === view.getUint32(92) ? pages * pageSize : undefined
+}
+
+/** A generation's base as `/export` sent it. */
+export const base = (bytes: Uint8Array, generation: number): Either.Either<void, RemoteError> => {
+  const pageSize = headerPageSize(bytes)
+  if (pageSize === undefined) {
+    return Either.left(invalid(`the base of generation ${generation} (${bytes.byteLength} bytes) is not an SQLite database`))
+  }
+  if (pageSize !== WalFrame.PAGE_SIZE) {
+    return Either.left(
+      invalid(`the base of generation ${generation} has ${pageSize}-byte pages; the protocol speaks ${WalFrame.PAGE_SIZE}-byte pages only`)
+    )
+  }
+  if (bytes.byteLength % WalFrame.PAGE_SIZE !== 0) {
+    return Either.left(invalid(`the base of generation ${generation} (${bytes.byteLength} bytes) is not whole pages`))
+  }
+  // A base cut short (whole pages, so the transport did not notice) would be written and its metadata with
+  // it: every later open would fail on a malformed Synced. Its header says how long it is.
+  const expected = headerLength(bytes)
+  if (expected !== undefined && expected !== bytes.byteLength) {
+    return Either.left(
+      invalid(`the base of generation ${generation} has ${bytes.byteLength} bytes, its header says ${expected}`)
+    )
+  }
+  return Either.right(undefined)
+}
+
+/**
+ * Committed frames about to follow a database of `pages` pages. A transaction can grow the database only
+ * by pages it writes (plus the lock-byte page SQLite never writes), so a commit size beyond that, or a
+ * page beyond its commit size, is refused; page 1, when sent, must be an SQLite header of the protocol's
+ * page size. `at` is the frame number of the first frame, for messages.
+ */
+export const frames = (
+  committed: ReadonlyArray<WalFrame.Frame>,
+  pages: number,
+  at: number
+): Either.Either<void, RemoteError> => {
+  let size = pages
+  let written = 0
+  let maxPgno = 0
+  for (let i = 0; i < committed.length; i++) {
+    const frame = committed[i]
+    const n = at + i
+    if (frame.page.byteLength !== WalFrame.PAGE_SIZE) {
+      return Either.left(invalid(`frame ${n} has a page of ${frame.page.byteLength} bytes`))
+    }
+    if (frame.pgno < 1 || frame.pgno > size + written + 2) {
+      return Either.left(invalid(`frame ${n} writes page ${frame.pgno} of a database of ${size} pages`))
+    }
+    if (frame.pgno === 1 && headerPageSize(frame.page) !== WalFrame.PAGE_SIZE) {
+      return Either.left(invalid(`frame ${n} writes page 1 without an SQLite header of ${WalFrame.PAGE_SIZE}-byte pages`))
+    }
+    written++
+    maxPgno = Math.max(maxPgno, frame.pgno)
+    if (frame.commitSize !== 0) {
+      if (frame.commitSize < maxPgno || frame.commitSize > size + written + 1) {
+        return Either.left(
+          invalid(
+            `frame ${n} commits a database of ${frame.commitSize} pages after one of ${size} pages and ${written} written ` +
+              `(highest page ${maxPgno})`
+          )
+        )
+      }
+      size = frame.commitSize
+      written = 0
+      maxPgno = 0
+    }
+  }
+  return Either.right(undefined)
+}
+
+/** What SQLite's `quick_check` finds on the connection `open` makes (closed after), `undefined` for nothing. */
+export const quickCheckProblem = (open: () => BetterSqlite3.Database): string | undefined => {
+  let db: BetterSqlite3.Database | undefined
+  try {
+    db = open()
+    const rows = db.pragma("quick_check") as Array<Record<string, unknown>>
+    const messages = rows.map((row) => String(Object.values(row)[0]))
+    return messages.length === 1 && messages[0] === "ok" ? undefined : messages.slice(0, 5).join("; ")
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error)
+  } finally {
+    db?.close()
+  }
+}
+
+const quickCheck = (open: () => BetterSqlite3.Database, what: string): Effect.Effect<void, RemoteError> =>
+  Effect.suspend(() => {
+    const problem = quickCheckProblem(open)
+    return problem === undefined
+      ? Effect.void
+      : Effect.fail(invalid(`${what} fails SQLite's check (${problem}); nothing of it was recorded as synced`))
+  })
+
+/**
+ * SQLite's `quick_check` of the database file `file` with its WAL, on a read-only connection of its own.
+ * Fails with `InvalidData` naming what SQLite found.
+ */
+export const database = (file: string, what: string): Effect.Effect<void, RemoteError> =>
+  quickCheck(() => new BetterSqlite3(file, { readonly: true, fileMustExist: true }), what)
+
+/** `database` for a file still in memory (a base before it is written). */
+export const databaseBytes = (bytes: Uint8Array, what: string): Effect.Effect<void, RemoteError> =>
+  quickCheck(() => {
+    // A WAL-mode header (bytes 18-19 = 2) cannot be deserialized; the pages are the same in rollback mode.
+    const copy = Buffer.from(bytes)
+    copy[18] = 1
+    copy[19] = 1
+    return new BetterSqlite3(copy, { readonly: true })
+  }, what)

@@ -1,0 +1,114 @@
+/**
+ * Page-level file steps on the client's copies: folding WAL frames into a database file, writing a fresh
+ * WAL (one transaction) next to a copy, reading which pages a WAL's frames write. Like `files.ts`, every
+ * call goes through `SyncFiles` (so faults can be injected) and runs with the copy's connection closed
+ * where it says so.
+ *
+ * @internal
+ */
+import * as Option from "effect/Option"
+import type { Service as FileService } from "../../SyncFiles.js"
+import * as WalFrame from "../../WalFrame.js"
+import { attempt, walPath } from "./files.js"
+
+/** `<db>-wal.next`: a WAL written whole, then renamed over `<db>-wal` while `db` is closed. */
+export const nextWalPath = (db: string) => `${db}-wal.next`
+
+/** The number of pages a database file's header gives (its in-header size), 0 for a missing or empty file. */
+export const headerPages = (fs: FileService, db: string): number => {
+  if (!fs.existsSync(db)) return 0
+  const fd = fs.openSync(db, "r")
+  try {
+    const header = new Uint8Array(100)
+    if (fs.readSync(fd, header, 0, 100, 0) < 100) return 0
+    const view = new DataView(header.buffer)
+    const size = fs.fsizeSync(fd)
+    // The in-header count is valid only when "version-valid-for" matches the change counter.
+    return view.getUint32(24) === view.getUint32(92) ? view.getUint32(28) : Math.floor(size / WalFrame.PAGE_SIZE)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/**
+ * The committed frames of `<db>-wal` (validated), `[]` without a valid WAL. Read while the copy is open
+ * only when no transaction can be under way (the caller holds every write permit).
+ */
+export const readCommittedFrames = (db: string) =>
+  attempt(walPath(db), "cannot read WAL", (fs): ReadonlyArray<WalFrame.Frame> => {
+    if (!fs.existsSync(walPath(db))) return []
+    return Option.match(WalFrame.parse(fs.readFileSync(walPath(db))), { onNone: () => [], onSome: (w) => w.frames })
+  })
+
+/**
+ * Writes `frames` as a complete new WAL at `path` (fresh salts, checksums from its header), fsynced. The
+ * frames must end with a commit frame.
+ */
+export const writeWalFile = (path: string, frames: ReadonlyArray<WalFrame.Frame>) =>
+  attempt(path, "cannot write WAL", (fs) => {
+    const wal = WalFrame.make({
+      salt1: (Math.random() * 0x100000000) >>> 0,
+      salt2: (Math.random() * 0x100000000) >>> 0
+    })
+    const appended = WalFrame.append(wal, frames)
+    fs.removeSync(path)
+    const fd = fs.openSync(path, "w")
+    try {
+      fs.writeSync(fd, WalFrame.encodeHeader(wal), 0, WalFrame.WAL_HEADER_SIZE, 0)
+      if (appended.bytes.byteLength > 0) fs.writeSync(fd, appended.bytes, 0, appended.bytes.byteLength, WalFrame.WAL_HEADER_SIZE)
+      fs.fsyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
+  })
+
+/**
+ * The frames of one transaction that writes `pages` of the database "`db`'s file + `walFrames`" (each page
+ * from the newest frame that holds it, else from the file), committing a database of `targetPages` pages.
+ */
+export const pagesAsTransaction = (
+  db: string,
+  walFrames: ReadonlyArray<WalFrame.Frame>,
+  pages: ReadonlyArray<number>,
+  targetPages: number
+) =>
+  attempt(db, "cannot read pages", (fs): ReadonlyArray<WalFrame.Frame> => {
+    const newest = new Map<number, Uint8Array>()
+    for (const frame of walFrames) newest.set(frame.pgno, frame.page)
+    const wanted = pages.filter((p) => p <= targetPages)
+    const fd = fs.openSync(db, "r")
+    const frames: Array<WalFrame.Frame> = []
+    try {
+      for (let i = 0; i < wanted.length; i++) {
+        const pgno = wanted[i]
+        let page = newest.get(pgno)
+        if (page === undefined) {
+          const read = new Uint8Array(WalFrame.PAGE_SIZE)
+          // A page past the file's end is all zeros (SQLite never reads it before writing it).
+          fs.readSync(fd, read, 0, WalFrame.PAGE_SIZE, (pgno - 1) * WalFrame.PAGE_SIZE)
+          page = read
+        }
+        frames.push({ pgno, commitSize: i === wanted.length - 1 ? targetPages : 0, page })
+      }
+    } finally {
+      fs.closeSync(fd)
+    }
+    return frames
+  })
+
+/** Distinct page numbers written by `frames`. */
+export const pageNumbers = (frames: ReadonlyArray<WalFrame.Frame>): ReadonlyArray<number> => [
+  ...new Set(frames.map((f) => f.pgno))
+]
+
+/**
+ * Where a fold of `frames` (ending with a commit) stops: the end of the last transaction but one, so that
+ * the last transaction stays in the WAL (a push the server asks to resend from it can be answered), unless
+ * that transaction alone holds more than `keepAtMost` frames: then everything is folded. 0: nothing to fold.
+ */
+export const foldLength = (frames: ReadonlyArray<WalFrame.Frame>, keepAtMost: number): number => {
+  for (let i = frames.length - 2; i >= 0; i--) {
+    if (frames[i].commitSize !== 0) return frames.length - (i + 1) > keepAtMost ? frames.length : i + 1
+  }
+  return frames.length > keepAtMost ? frames.length : 0
+}
