@@ -7,7 +7,7 @@
  *   key cannot be told apart and collapse into one);
  * - update → the row is located by the before image's key (key-changing updates move it) and only the
  *   columns the update changed are written when the row is as the update found it; on a conflict the policy
- *   decides (last push wins writes the whole local row, `mergeColumns` only the changed columns);
+ *   decides (see ConflictPolicy);
  * - delete → by key;
  * - ddl → its SQL text, idempotently per statement (a CREATE of an existing object, a DROP of a missing one,
  *   an ADD COLUMN of an existing column, a RENAME whose source is gone or target exists count as already
@@ -33,8 +33,9 @@
  * restored, so it sees the real schema). The cost is a schema-cookie bump per replay when triggers exist.
  * `triggers: "fire"` keeps them firing.
  *
- * Known hazards (not conflicts this module can see): rowids of key-less tables and INTEGER/AUTOINCREMENT keys
- * allocated independently on two replicas collide, and last push wins then overwrites the other row.
+ * Keys allocated independently on two replicas (rowids of key-less tables, INTEGER PRIMARY KEY, AUTOINCREMENT)
+ * collide: the second insert meets `KeyExists`. Without a policy it overwrites the other row; the default
+ * policy of `SyncDatabase` fails the push instead (see ConflictPolicy).
  *
  * @since 0.1.0
  */

@@ -5,12 +5,16 @@
  * Every conflict is a {@link Conflict} (kind `RowChanged`, `RowMissing`, `KeyExists` or `Constraint`), and a
  * policy turns it into a {@link Resolution}:
  *
- * - `"lastPushWins"` (default): the local change is applied over the remote row; an update that met a row
- *   changed remotely writes its whole local row (`Replace`), a constraint failure cannot be settled (`Fail`).
+ * - `"lastPushWins"` (default): column-level last push wins. An update writes only the columns it changed, so
+ *   edits of different columns made by different replicas all survive; on the same column the later push
+ *   wins. An insert whose key another replica already holds with other values is not written over it: the
+ *   push fails with a `KeyExists` conflict (`Fail`) for the application to settle, since overwriting would
+ *   erase a row another replica inserted. A constraint failure cannot be settled either (`Fail`).
+ * - `"lastPushWinsRow"`: row-level last push wins. An update that met a row changed remotely writes its
+ *   whole local row (`Replace`), and an insert over an existing key overwrites it (`KeepLocal`).
  * - `"remoteWins"`: the local transaction holding a conflicting change is dropped (`KeepRemote`), except
  *   for a local delete of a row the remote deleted too (both agree).
- * - `"mergeColumns"`: an update writes only the columns it changed, so edits of other columns made remotely
- *   survive; on the same column the local value wins (last push wins per column).
+ * - `"mergeColumns"`: the former name of `"lastPushWins"`, kept for existing configurations.
  * - a function `(conflict) => Effect<Resolution, never, R>` using any service of the user's environment.
  *
  * A local transaction replays as a unit: `KeepRemote` or `Skip` of any of its changes drops the whole
@@ -98,7 +102,15 @@ export type Resolver<R = never> = (conflict: Conflict) => Effect.Effect<Resoluti
  * @since 0.1.0
  * @category models
  */
-export type Policy<R = never> = "lastPushWins" | "remoteWins" | "mergeColumns" | Resolver<R>
+export type Policy<R = never> = Builtin | Resolver<R>
+
+/**
+ * The names of the built-in policies.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Builtin = "lastPushWins" | "lastPushWinsRow" | "remoteWins" | "mergeColumns"
 
 /**
  * What a transform hook does with one captured change before it is replayed.
@@ -137,19 +149,30 @@ export type Transform<R = never> = (
  * @since 0.1.0
  * @category policies
  */
-export const builtin = (policy: "lastPushWins" | "remoteWins" | "mergeColumns", conflict: Conflict): Resolution => {
+export const builtin = (policy: Builtin, conflict: Conflict): Resolution => {
   // A local delete of a row the remote deleted too: both sides agree, nothing to drop a transaction for.
   if (conflict.kind === "RowMissing" && conflict.change.kind === "delete") return Resolution.KeepLocal()
   if (policy === "remoteWins") return Resolution.KeepRemote()
   if (conflict.kind === "Constraint") {
     return Resolution.Fail({ message: `${policy} cannot settle a constraint conflict: ${conflict.message ?? ""}` })
   }
-  if (
-    policy === "lastPushWins" && conflict.kind === "RowChanged" && conflict.change.kind === "update" &&
-    conflict.change.after !== null && conflict.remote !== null
-  ) {
-    // The local row wins as a whole; columns the remote has and the change does not (added elsewhere) stay.
-    return Resolution.Replace({ row: { ...conflict.remote, ...conflict.change.after } })
+  if (policy === "lastPushWinsRow") {
+    if (
+      conflict.kind === "RowChanged" && conflict.change.kind === "update" && conflict.change.after !== null &&
+      conflict.remote !== null
+    ) {
+      // The local row wins as a whole; columns the remote has and the change does not (added elsewhere) stay.
+      return Resolution.Replace({ row: { ...conflict.remote, ...conflict.change.after } })
+    }
+    return Resolution.KeepLocal()
+  }
+  // Column-level: the change as captured writes only its changed columns. An insert meeting another row at
+  // its key would erase a row another replica inserted: that is the application's call, not ours.
+  if (conflict.kind === "KeyExists") {
+    return Resolution.Fail({
+      message: `another replica inserted a row with this key; ${policy} does not overwrite it. Use keys that ` +
+        `cannot collide (random text ids), or settle it with a resolver`
+    })
   }
   return Resolution.KeepLocal()
 }

@@ -161,7 +161,8 @@ export class SyncDatabase extends Context.Tag("effect-sqlite-sync/SyncDatabase")
 export interface Options<R = never> {
   /**
    * What happens when a local change meets a remote row it did not expect (see docs/conflicts.md):
-   * `"lastPushWins"` (default), `"remoteWins"`, `"mergeColumns"`, or a resolver
+   * `"lastPushWins"` (default: column-level, an insert over another replica's row fails the push with a
+   * `KeyExists` conflict), `"lastPushWinsRow"` (whole rows), `"remoteWins"`, or a resolver
    * `(conflict) => Effect<ConflictPolicy.Resolution, never, R>` that may use services of the environment.
    */
   readonly conflicts?: ConflictPolicy.Policy<R> | undefined

@@ -53,6 +53,11 @@ export class ConflictError extends Schema.TaggedError<ConflictError>()("Conflict
   txId: Schema.optional(Schema.Number),
   changeId: Schema.optional(Schema.Number),
   table: Schema.optional(Schema.String),
+  /**
+   * Unresolved: the kind of row conflict the policy left to the application (`KeyExists` under the default
+   * policy: another replica inserted a row with the same key).
+   */
+  kind: Schema.optional(Schema.Literal("RowChanged", "RowMissing", "KeyExists")),
   cause: Schema.optional(Schema.Defect)
 }) {}
 

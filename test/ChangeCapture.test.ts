@@ -1,5 +1,6 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import fc from "fast-check"
 import * as Exit from "effect/Exit"
@@ -402,10 +403,12 @@ describe("multi-statement text", () => {
     maxLength: 8
   }).map((parts) => parts.join(""))
   const literal = nasty.map((text) => `'${text.replaceAll("'", "''")}'`)
+  // One pass of replaceAll can leave a "*/" behind ("/**//*" becomes "/*/*"): remove until none is left.
+  const withoutCommentEnd = (text: string): string => text.includes("*/") ? withoutCommentEnd(text.replaceAll("*/", "")) : text
   const statement = fc.oneof(
     literal.map((l) => `INSERT INTO t (v) VALUES (${l})`),
     fc.tuple(nasty, literal).map(([name, l]) => `INSERT INTO t (v) SELECT ${l} AS "${name.replaceAll('"', '""')}"`),
-    literal.map((l) => `INSERT INTO t (v) VALUES (1 /* ; ${l.replaceAll("*/", "")} */ + 2) -- ;${l.replaceAll("\n", "")}\n`),
+    literal.map((l) => `INSERT INTO t (v) VALUES (1 /* ; ${withoutCommentEnd(l)} */ + 2) -- ;${l.replaceAll("\n", "")}\n`),
     fc.tuple(fc.integer({ min: 0, max: 1e6 }), literal).map(([n, l]) =>
       `CREATE TRIGGER tr${n} AFTER INSERT ON t WHEN NEW.v = ${l} BEGIN
          INSERT INTO log VALUES (CASE WHEN NEW.v = ';' THEN 'semi' ELSE CASE WHEN 1 THEN ${l} END END);
@@ -413,6 +416,25 @@ describe("multi-statement text", () => {
        END`
     )
   )
+
+  it.scoped("a block comment ends at the first */, as in SQLite (fast-check seed -80811209)", () =>
+    Effect.gen(function*() {
+      // The text the generator once built: its comment ends inside '/*/*', so SQLite reads the rest as a
+      // string, a comment and an unterminated comment swallowing the second statement ("incomplete input").
+      const ended = "INSERT INTO t (v) VALUES (1 /* ; '/*/*' */ + 2) -- ;'/**//*'\n"
+      const second = `INSERT INTO t (v) SELECT '' AS ""`
+      expect(ChangeCapture.splitStatements(`${ended};${second};`)).toEqual([`${ended};${second};`.trim()])
+      const c = yield* open()
+      yield* exec(c, "CREATE TABLE t (v)")
+      const refused = yield* Effect.exit(exec(c, ended))
+      expect(Exit.isFailure(refused) && Cause.pretty(refused.cause)).toContain("incomplete input")
+      // The statement the generator meant (no "*/" inside the comment) splits where SQLite splits.
+      const meant = "INSERT INTO t (v) VALUES (1 /* ; '/*' */ + 2) -- ;'/**//*'\n"
+      expect(ChangeCapture.splitStatements(`${meant};${second};`)).toEqual([meant.trim(), second])
+      yield* exec(c, meant)
+      yield* exec(c, second)
+      expect(yield* c.unsafe("SELECT v FROM t ORDER BY rowid")).toEqual([{ v: 3 }, { v: "" }])
+    }))
 
   it("property: splitStatements returns the statements that were joined", () =>
     fc.assert(fc.property(fc.array(statement, { minLength: 1, maxLength: 6 }), fc.constantFrom(";", ";\n", " ; -- x\n;"), (statements, separator) => {

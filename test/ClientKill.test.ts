@@ -17,11 +17,11 @@ import BetterSqlite3 from "better-sqlite3"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as esbuild from "esbuild"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as SyncDatabase from "../src/SyncDatabase.js"
+import { bundleScript } from "./support/bundle.js"
 import * as H from "./support/http.js"
 import { type ServerProcess, spawnServer } from "./support/process.js"
 
@@ -38,25 +38,6 @@ const mulberry32 = (seed: number) => () => {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-
-/**
- * The child bundled once into plain JavaScript (packages stay external), so that each of the hundred
- * restarts costs a Node start, not a TypeScript compile.
- */
-const bundleChild = async () => {
-  // Inside the package, so that its imports resolve from node_modules.
-  const outfile = Path.resolve(import.meta.dirname, "..", "node_modules", ".cache", `ess-kill-child-${process.pid}.mjs`)
-  await esbuild.build({
-    entryPoints: [Path.resolve(import.meta.dirname, "support", "killChild.ts")],
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    packages: "external",
-    outfile,
-    logLevel: "silent"
-  })
-  return outfile
-}
 
 interface Spawned {
   readonly child: ChildProcess.ChildProcess
@@ -119,10 +100,8 @@ describe("client SIGKILL while writing, pushing, pulling and syncing", () => {
       )
       const data = Path.join(dir, "server")
       Fs.mkdirSync(data)
-      const script = yield* Effect.acquireRelease(
-        Effect.promise(() => bundleChild()),
-        (file) => Effect.sync(() => Fs.rmSync(file, { force: true }))
-      )
+      // Bundled once: each of the restarts costs a Node start, not a TypeScript compile.
+      const script = yield* bundleScript(Path.resolve(import.meta.dirname, "support", "killChild.ts"))
 
       const server: ServerProcess = yield* Effect.promise(() => spawnServer(["--data", data]))
       yield* Effect.addFinalizer(() =>

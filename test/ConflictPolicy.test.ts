@@ -47,30 +47,72 @@ describe("ConflictPolicy.builtin", () => {
     })))
 
   it("every built-in policy lets a delete of a row deleted remotely go through", () =>
-    fc.assert(fc.property(conflictArb, fc.constantFrom("lastPushWins", "remoteWins", "mergeColumns") as fc.Arbitrary<"lastPushWins" | "remoteWins" | "mergeColumns">, (conflict, policy) => {
+    fc.assert(fc.property(conflictArb, fc.constantFrom<ConflictPolicy.Builtin>("lastPushWins", "lastPushWinsRow", "remoteWins", "mergeColumns"), (conflict, policy) => {
       const missingDelete = { ...conflict, kind: "RowMissing" as const, change: { ...conflict.change, kind: "delete" as const } }
       expect(ConflictPolicy.builtin(policy, missingDelete)).toEqual(Resolution.KeepLocal())
     })))
 
-  it("lastPushWins and mergeColumns never drop a transaction; constraints are not theirs to settle", () =>
-    fc.assert(fc.property(conflictArb, fc.constantFrom("lastPushWins", "mergeColumns") as fc.Arbitrary<"lastPushWins" | "mergeColumns">, (conflict, policy) => {
-      const resolution = ConflictPolicy.builtin(policy, conflict)
+  it("lastPushWinsRow never drops a transaction; constraints are not its to settle", () =>
+    fc.assert(fc.property(conflictArb, (conflict) => {
+      const resolution = ConflictPolicy.builtin("lastPushWinsRow", conflict)
       expect(ConflictPolicy.dropsTransaction(resolution)).toBe(false)
       expect(resolution._tag === "Fail").toBe(conflict.kind === "Constraint")
     })))
 
-  it("mergeColumns keeps the local change as captured (its changed columns only)", () =>
-    fc.assert(fc.property(conflictArb.filter((c) => c.kind !== "Constraint"), (conflict) => {
+  it("lastPushWins (and its former name mergeColumns) never drops a transaction; constraints and inserts over another replica's row are left to the application", () =>
+    fc.assert(fc.property(conflictArb, fc.constantFrom<ConflictPolicy.Builtin>("lastPushWins", "mergeColumns"), (conflict, policy) => {
+      const resolution = ConflictPolicy.builtin(policy, conflict)
+      expect(ConflictPolicy.dropsTransaction(resolution)).toBe(false)
+      expect(resolution._tag === "Fail").toBe(conflict.kind === "Constraint" || conflict.kind === "KeyExists")
+      if (conflict.kind === "KeyExists" && resolution._tag === "Fail") expect(resolution.message).toContain("another replica inserted")
+    })))
+
+  it("lastPushWins keeps every other local change as captured (its changed columns only); mergeColumns answers the same", () =>
+    fc.assert(fc.property(conflictArb.filter((c) => c.kind !== "Constraint" && c.kind !== "KeyExists"), (conflict) => {
+      expect(ConflictPolicy.builtin("lastPushWins", conflict)).toEqual(Resolution.KeepLocal())
       expect(ConflictPolicy.builtin("mergeColumns", conflict)).toEqual(Resolution.KeepLocal())
     })))
 
-  it("lastPushWins writes the whole local row over a row changed remotely, keeping columns only the remote has", () =>
+  it("lastPushWinsRow overwrites a row at an inserted key (KeepLocal)", () =>
+    fc.assert(fc.property(conflictArb.map((c) => ({ ...c, kind: "KeyExists" as const })), (conflict) => {
+      expect(ConflictPolicy.builtin("lastPushWinsRow", conflict)).toEqual(Resolution.KeepLocal())
+    })))
+
+  it("column-level last push wins: the row ends with the local value where the local transaction changed a column, the remote value elsewhere", () =>
+    fc.assert(fc.property(imageArb, imageArb, imageArb, (beforeRest, afterRest, remoteRest) => {
+      // one row of a table (id, a, b, c) as the local transaction found it, left it, and the remote holds it now
+      const full = (image: ChangeCapture.Image, base: ChangeCapture.Image): ChangeCapture.Image => ({ ...base, ...image, id: "1" })
+      const before = full(beforeRest, { a: "NULL", b: "NULL", c: "NULL" })
+      const after = full(afterRest, before)
+      const remote = full(remoteRest, before)
+      const table: ChangeReplay.TableInfo = {
+        name: "t", columns: ["id", "a", "b", "c"], primaryKey: ["id"], withoutRowid: false, rowidAlias: null,
+        uniqueIndexes: [], allColumns: ["id", "a", "b", "c"]
+      }
+      const change: ChangeCapture.Change = { id: 1, txId: 1, table: "t", kind: "update", before, after }
+      const decision = ChangeReplay.decide(change, remote, table)
+      const changed = table.columns.filter((column) => before[column] !== after[column])
+      const conflict = table.columns.some((column) => before[column] !== remote[column])
+      if (conflict) {
+        const kind = "RowChanged" as const
+        expect(ConflictPolicy.builtin("lastPushWins", { kind, table: "t", key: [["id", "1"]], change, remote, mode: "push" }))
+          .toEqual(Resolution.KeepLocal())
+      }
+      const result: Record<string, string> = { ...remote }
+      if (decision._tag === "Update") Object.assign(result, decision.set)
+      else expect(decision._tag).toBe("Skip")
+      for (const column of table.columns) {
+        expect(result[column]).toBe(changed.includes(column) ? after[column] : remote[column])
+      }
+    })))
+
+  it("lastPushWinsRow writes the whole local row over a row changed remotely, keeping columns only the remote has", () =>
     fc.assert(fc.property(imageArb, imageArb, imageArb, (before, after, remote) => {
       const conflict: ConflictPolicy.Conflict = {
         kind: "RowChanged", table: "t", key: [["id", "1"]], remote, mode: "push",
         change: { id: 1, txId: 1, table: "t", kind: "update", before, after }
       }
-      const resolution = ConflictPolicy.builtin("lastPushWins", conflict)
+      const resolution = ConflictPolicy.builtin("lastPushWinsRow", conflict)
       expect(resolution._tag).toBe("Replace")
       if (resolution._tag === "Replace") {
         for (const [column, value] of Object.entries(after)) expect(resolution.row[column]).toBe(value)
@@ -83,7 +125,7 @@ describe("ConflictPolicy.builtin", () => {
   it("resolver(policy) answers what builtin answers; a function is used as is", async () => {
     const conflicts = fc.sample(conflictArb, 50)
     for (const conflict of conflicts) {
-      for (const policy of ["lastPushWins", "remoteWins", "mergeColumns"] as const) {
+      for (const policy of ["lastPushWins", "lastPushWinsRow", "remoteWins", "mergeColumns"] as const) {
         expect(await Effect.runPromise(ConflictPolicy.resolver<never>(policy)(conflict))).toEqual(
           ConflictPolicy.builtin(policy, conflict)
         )

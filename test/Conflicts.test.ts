@@ -71,9 +71,9 @@ layer(layerHttp, { excludeTestServices: true, timeout: 60_000 })("Conflicts over
       expect(yield* b.conflicts).toEqual([])
     }))
 
-  it.scoped("last push wins for shared keys: reported as an event and in the conflict log, which survives pulls", () =>
+  it.scoped("lastPushWinsRow for shared keys: reported as an event and in the conflict log, which survives pulls", () =>
     Effect.gen(function*() {
-      const { a, b, remote } = yield* pair("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT, w TEXT)")
+      const { a, b, remote } = yield* pair("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT, w TEXT)", {}, { conflicts: "lastPushWinsRow" })
       yield* a.execute("INSERT INTO t VALUES ('k', 'v0', 'w0')")
       yield* a.sync
       yield* b.sync
@@ -165,6 +165,84 @@ layer(layerHttp, { excludeTestServices: true, timeout: 60_000 })("Conflicts over
       yield* b.push
       expect(yield* converge(remote, a, b, "SELECT * FROM t")).toEqual([{ id: "k", title: "title-a", body: "body-b", n: 2 }])
       expect((yield* b.conflicts).map((e) => e.decision)).toEqual(["KeepLocal"])
+    }))
+
+  it.scoped("default (lastPushWins): edits of different columns on two replicas both survive; on the same column the later push wins", () =>
+    Effect.gen(function*() {
+      const { a, b, remote } = yield* pair("CREATE TABLE t (id TEXT PRIMARY KEY, title TEXT, body TEXT, n INTEGER)")
+      yield* a.execute("INSERT INTO t VALUES ('k', 't0', 'b0', 0)")
+      yield* a.sync
+      yield* b.sync
+      yield* a.execute("UPDATE t SET title = 'title-a', n = 1 WHERE id = 'k'")
+      yield* b.execute("UPDATE t SET body = 'body-b', n = 2 WHERE id = 'k'")
+      yield* a.push
+      yield* b.push
+      expect(yield* converge(remote, a, b, "SELECT * FROM t")).toEqual([{ id: "k", title: "title-a", body: "body-b", n: 2 }])
+      expect((yield* b.conflicts).map((e) => [e.kind, e.decision])).toEqual([["RowChanged", "KeepLocal"]])
+    }))
+
+  it.scoped("default (lastPushWins): two offline replicas inserting with SQLite-assigned ids lose no row; the second push fails with KeyExists", () =>
+    Effect.gen(function*() {
+      const { a, b, remote } = yield* pair("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+      yield* a.execute("INSERT INTO notes (body) VALUES ('from a')")
+      yield* b.execute("INSERT INTO notes (body) VALUES ('from b')")
+      yield* a.push
+      const error = yield* Effect.flip(b.push)
+      expect(error).toMatchObject({ _tag: "ConflictError", reason: "Unresolved", kind: "KeyExists", table: "notes" })
+      expect(error.message).toContain("id = 1")
+      expect(error.message).toContain("another replica inserted")
+      // nothing overwritten: the remote keeps a's row, b keeps its own, still pending
+      expect(yield* remoteQuery(remote, "SELECT id, body FROM notes")).toEqual([{ id: 1, body: "from a" }])
+      expect(yield* b.query("SELECT id, body FROM notes")).toEqual([{ id: 1, body: "from b" }])
+      expect((yield* b.stats).pendingChanges).toBe(1)
+      yield* b.pull
+      expect((yield* b.stats).pendingChanges).toBe(1)
+      expect(yield* Effect.flip(b.push)).toMatchObject({ _tag: "ConflictError", kind: "KeyExists" })
+      expect(yield* remoteQuery(remote, "SELECT id, body FROM notes")).toEqual([{ id: 1, body: "from a" }])
+      // an application settles it with a resolver: here, the later insert moves to a fresh key
+      const rekey: ConflictPolicy.Resolver = (conflict) =>
+        Effect.succeed(
+          conflict.kind === "KeyExists" && conflict.change.after !== null
+            ? Resolution.Replace({ row: { ...conflict.change.after, id: "100" } })
+            : ConflictPolicy.builtin("lastPushWins", conflict)
+        )
+      const c = yield* openClient(remote, NodePath.join((yield* tempDir), "c"), { conflicts: rekey })
+      yield* c.pull
+      const d = yield* openClient(remote, NodePath.join((yield* tempDir), "d"))
+      yield* d.pull
+      yield* d.execute("INSERT INTO notes (body) VALUES ('from d')")
+      yield* c.execute("INSERT INTO notes (body) VALUES ('from c')")
+      yield* d.push
+      yield* c.push
+      expect(yield* remoteQuery(remote, "SELECT id, body FROM notes ORDER BY id")).toEqual([
+        { id: 1, body: "from a" },
+        { id: 2, body: "from d" },
+        { id: 100, body: "from c" }
+      ])
+      expect((yield* c.conflicts).map((e) => [e.kind, e.decision])).toEqual([["KeyExists", "Replace"]])
+    }))
+
+  it.scoped("a resolver's Replace row is bound, never spliced: a subquery or an unquoted string fails the push naming the column", () =>
+    Effect.gen(function*() {
+      for (const bad of ["(SELECT group_concat(name) FROM sqlite_schema)", "plain text", "1; DROP TABLE t"]) {
+        const { a, b, remote } = yield* pair("CREATE TABLE t (id TEXT PRIMARY KEY, title TEXT, body TEXT)", {}, {
+          conflicts: (conflict) =>
+            Effect.succeed(Resolution.Replace({ row: { ...conflict.change.after!, body: bad } }))
+        })
+        yield* a.execute("INSERT INTO t VALUES ('k', 't0', 'b0')")
+        yield* a.sync
+        yield* b.sync
+        yield* a.execute("UPDATE t SET title = 'A' WHERE id = 'k'")
+        yield* a.push
+        yield* b.execute("UPDATE t SET body = 'B' WHERE id = 'k'")
+        const error = yield* Effect.flip(b.push)
+        expect(error).toMatchObject({ _tag: "SqlStatementError", reason: "Replay" })
+        expect(error.message).toContain("not a SQL literal in column body")
+        expect((error.cause as { readonly reason?: string }).reason).toBe("InvalidChange")
+        // nothing ran: the remote keeps a's row, b's change stays pending
+        expect(yield* remoteQuery(remote, "SELECT * FROM t")).toEqual([{ id: "k", title: "A", body: "b0" }])
+        expect((yield* b.stats).pendingChanges).toBe(1)
+      }
     }))
 
   it.scoped("remoteWins drops the local transaction holding a conflicting change (all of it) and reports it", () =>
@@ -507,9 +585,10 @@ layer(layerHttp, { excludeTestServices: true, timeout: 60_000 })("Conflicts over
       ])
     }))
 
-  it.scoped("no primary key (rowid): edits of synced rows converge; independent inserts colliding on a rowid are reported", () =>
+  it.scoped("no primary key (rowid): edits of synced rows converge; under lastPushWinsRow independent inserts colliding on a rowid are reported", () =>
     Effect.gen(function*() {
-      const { a, b, remote } = yield* pair("CREATE TABLE n (v TEXT)")
+      const whole = { conflicts: "lastPushWinsRow" } as const
+      const { a, b, remote } = yield* pair("CREATE TABLE n (v TEXT)", whole, whole)
       yield* a.execute("INSERT INTO n VALUES ('one'), ('two')")
       yield* a.sync
       yield* b.sync

@@ -38,12 +38,15 @@ const run = (ops: ReadonlyArray<Op>, concurrent: boolean) =>
     yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true })))
     const store = yield* ServerStore.makeMemory()
     const remote = StoreRemote.make(store, "converge")
-    const first = yield* openClient(remote, NodePath.join(dir, "c0"), { maxPushRounds: 60 })
+    // Upserts of shared keys: an insert meeting another client's row overwrites it (the default policy would
+    // leave that to the application and fail the push).
+    const options = { maxPushRounds: 60, conflicts: "lastPushWinsRow" } as const
+    const first = yield* openClient(remote, NodePath.join(dir, "c0"), options)
     yield* first.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v INTEGER NOT NULL, by INTEGER)")
     yield* first.push
     const clients = [first]
     for (let i = 1; i < CLIENTS; i++) {
-      const db = yield* openClient(remote, NodePath.join(dir, `c${i}`), { maxPushRounds: 60 })
+      const db = yield* openClient(remote, NodePath.join(dir, `c${i}`), options)
       yield* db.pull
       clients.push(db)
     }

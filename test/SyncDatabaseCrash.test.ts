@@ -4,29 +4,41 @@
  * must converge with every local change on the remote exactly once.
  */
 import { expect, layer } from "@effect/vitest"
+import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as NodePath from "node:path"
 import * as Engine from "../src/internal/engine/engine.js"
 import * as WalFrame from "../src/WalFrame.js"
+import { bundleScript } from "./support/bundle.js"
 import { Harness, freshName, layerHttp, openClient, remoteQuery, tempDir } from "./support/engine.js"
 
-const CHILD = NodePath.resolve(import.meta.dirname, "support", "crashChild.ts")
+/**
+ * The child script, bundled once for the whole file with its packages: run through tsx, each of the 24
+ * children compiled the sources again, which on a loaded machine was most of each test's time.
+ */
+class CrashChild extends Context.Tag("test/SyncDatabaseCrash/CrashChild")<CrashChild, string>() {}
 
 const runChild = (args: ReadonlyArray<string>) =>
-  Effect.promise(() =>
+  Effect.flatMap(CrashChild, (script) => Effect.promise(() =>
     new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve) => {
-      const child = ChildProcess.spawn(process.execPath, ["--import", "tsx", CHILD, ...args], {
+      const child = ChildProcess.spawn(process.execPath, [script, ...args], {
         stdio: ["ignore", "ignore", "pipe"]
       })
       let stderr = ""
       child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()))
       child.once("exit", (code, signal) => resolve({ code, signal, stderr }))
     })
-  )
+  ))
 
-layer(layerHttp, { excludeTestServices: true, timeout: 120_000 })("SyncDatabase crash recovery", (it) => {
+const layerCrashChild = Layer.scoped(
+  CrashChild,
+  bundleScript(NodePath.resolve(import.meta.dirname, "support", "crashChild.ts"), { inlinePackages: true })
+)
+
+layer(Layer.merge(layerHttp, layerCrashChild), { excludeTestServices: true, timeout: 120_000 })("SyncDatabase crash recovery", (it) => {
   for (const crashAt of Engine.steps) {
     it.scoped(`killed at ${crashAt}: reopening converges, every change exactly once`, () =>
       Effect.gen(function*() {

@@ -256,12 +256,14 @@ export const run = (ops: ReadonlyArray<Model.Op>, env: Environment) =>
         }
       })
 
-    // Replica 0 creates t0 and t1 and pushes; the others open on the result.
+    // Replica 0 creates t0 and t1 and pushes; the others open on the result. The model is row-level last
+    // push wins (inserts on a small key space collide on purpose, and overwrite).
     for (let i = 0; i < env.clients; i++) {
       const remote = yield* env.replicaRemote(i)
       const db = yield* openClient(remote, NodePath.join(env.dir, `r${i}`), {
         maxPushRounds: 200,
         clientName: `r${i}`,
+        conflicts: "lastPushWinsRow",
         ...env.clientOptions
       })
       const replica: Replica = { db, clientId: (yield* db.stats).clientId, local: Model.empty(), pending: [], accepted: [] }

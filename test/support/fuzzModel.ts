@@ -1,6 +1,6 @@
 /**
  * Reference model of the fuzzer (test/Fuzz.test.ts): what SyncDatabase replicas and the server must hold
- * under the default policy, last push wins.
+ * under row-level last push wins (the `lastPushWinsRow` policy the runner opens them with).
  *
  * - A replica's local state changes only by its own statements and by pulls. Its statements are turned into
  *   the row changes capture records (insert / update with full before and after images / delete / DDL).
@@ -8,7 +8,7 @@
  *   at the moment of acceptance (`replay`): insert → upsert of the after image's columns, update → the
  *   columns whose literal changed (or an upsert of the after image if the row is gone), delete → delete
  *   by key, DDL → run unless already applied. An update that meets a row changed since its before image
- *   (RowChanged) writes its whole after image instead (ConflictPolicy's lastPushWins `Replace`). Columns
+ *   (RowChanged) writes its whole after image instead (ConflictPolicy's lastPushWinsRow `Replace`). Columns
  *   the target does not have are ignored; columns the change does not name keep their value (or get
  *   their default on a fresh row).
  * - A pull makes the local state = the server state at the frame pulled, with the still-pending local

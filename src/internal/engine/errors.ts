@@ -37,6 +37,7 @@ export const replayError = (error: ChangeReplay.ReplayError | SqlError) =>
       ...(error.txId !== undefined ? { txId: error.txId } : {}),
       ...(error.changeId !== undefined ? { changeId: error.changeId } : {}),
       ...(error.table !== undefined ? { table: error.table } : {}),
+      ...(error.kind !== undefined ? { kind: error.kind } : {}),
       cause: error
     })
     : sqlStatementError("Replay")(error)

@@ -70,10 +70,9 @@ export const lookupKey = (change: ChangeCapture.Change, table: TableInfo.TableIn
 }
 
 /**
- * Last push wins (the default): the local change is applied over whatever Synced holds. Without a
- * conflict an update writes only the columns it changed; on RowChanged the whole local row wins (the
- * `mergeColumns` policy keeps writing only the changed columns; see ConflictPolicy).
- * The conflict kind is recorded on the decision for reporting; it never changes this policy's outcome.
+ * The decision without a policy: the local change is applied over whatever Synced holds; an update writes
+ * only the columns it changed. The conflict kind is recorded on the decision for the policy, which may
+ * settle it otherwise (see ConflictPolicy).
  */
 export const decide = (
   change: ChangeCapture.Change,
@@ -301,6 +300,9 @@ const readCurrent = (exec: Executor.Executor, table: TableInfo.TableInfo, key: V
     )
   }
 }
+
+const describeKey = (key: Values.Key): string =>
+  Values.publicKey(key).map(([column, literal]) => `${column} = ${literal}`).join(", ")
 
 const FK_PROBE = `SELECT (SELECT foreign_keys FROM pragma_foreign_keys) = 1 AND EXISTS (
   SELECT 1 FROM main.sqlite_schema AS m JOIN pragma_foreign_key_list(m.name) AS f WHERE m.type = 'table')`
@@ -651,11 +653,16 @@ export const applySource = (
               mode
             })
             if (resolution._tag === "Fail" && mode === "push") {
-              return yield* failWith(
-                change,
-                "Unresolved",
-                `change ${change.id} (local transaction ${change.txId}) on ${change.table}: ${seen} conflict: ` +
-                  (resolution.message ?? "the resolver decided to fail")
+              return yield* Effect.fail(
+                new ReplayError({
+                  reason: "Unresolved",
+                  message: `change ${change.id} (local transaction ${change.txId}) on ${change.table}: ${seen} ` +
+                    `conflict at ${describeKey(key)}: ${resolution.message ?? "the resolver decided to fail"}`,
+                  changeId: change.id,
+                  txId: change.txId,
+                  table: change.table,
+                  kind: seen
+                })
               )
             }
             if (ConflictPolicy.dropsTransaction(resolution) || resolution._tag === "Fail") {

@@ -13,6 +13,8 @@ export class ReplayError extends Schema.TaggedError<ReplayError>()("ReplayError"
   changeId: Schema.optional(Schema.Number),
   txId: Schema.optional(Schema.Number),
   table: Schema.optional(Schema.String),
+  /** The kind of row conflict a policy did not settle (reason `Unresolved`). */
+  kind: Schema.optional(Schema.Literal("RowChanged", "RowMissing", "KeyExists")),
   statement: Schema.optional(Schema.String),
   cause: Schema.optional(Schema.Defect)
 }) {}
