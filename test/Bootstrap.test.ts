@@ -6,6 +6,7 @@
 import { expect, layer } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as NodePath from "node:path"
+import * as WalFrame from "../src/WalFrame.js"
 import { Harness, freshName, layerHttp, layerStore, openClient, remoteQuery, tempDir } from "./support/engine.js"
 
 for (const [name, harnessLayer] of [["in-process store", layerStore], ["HTTP", layerHttp]] as const) {
@@ -46,3 +47,40 @@ for (const [name, harnessLayer] of [["in-process store", layerStore], ["HTTP", l
       }))
   })
 }
+
+layer(layerHttp, { excludeTestServices: true, timeout: 300_000 })("bootstrap from the head snapshot over HTTP", (it) => {
+  it.scoped("a fresh replica downloads about one database, not the generation's history, and has the data on open", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("snap"))
+      const dir = yield* tempDir
+      const writer = yield* openClient(remote, NodePath.join(dir, "writer"))
+      yield* writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, pad TEXT)")
+      yield* writer.execute("INSERT INTO t VALUES (1, 0, ?)", ["x".repeat(6000)])
+      yield* writer.push
+      for (let i = 0; i < 100; i++) {
+        yield* writer.execute("UPDATE t SET n = n + 1 WHERE id = 1")
+        yield* writer.push
+      }
+      const { syncedFrame } = yield* writer.stats
+      const history = syncedFrame * WalFrame.FRAME_SIZE
+
+      const fresh = yield* openClient(remote, NodePath.join(dir, "fresh"))
+      expect(yield* fresh.query("SELECT n FROM t")).toEqual([{ n: 100 }])
+      // The server's database at the head (the replica's own copy also holds its change-capture tables).
+      const [{ pages }] = yield* remoteQuery<{ pages: number }>(remote, "SELECT page_count AS pages FROM pragma_page_count")
+      const database = pages * WalFrame.PAGE_SIZE
+      const stats = yield* fresh.stats
+      // The snapshot at the head, and nothing to pull after it.
+      expect(stats.syncedFrame).toBe(syncedFrame)
+      expect(stats.bytesReceived).toBeGreaterThanOrEqual(database)
+      expect(stats.bytesReceived).toBeLessThanOrEqual(database + 2 * WalFrame.FRAME_SIZE)
+      expect(history).toBeGreaterThan(10 * database)
+      console.log(`head bootstrap: ${stats.bytesReceived} bytes received for a ${database}-byte database, history ${history} bytes`)
+      // A replica like any other.
+      yield* fresh.execute("UPDATE t SET n = n + 1 WHERE id = 1")
+      expect(yield* fresh.push).toBe(true)
+      yield* writer.pull
+      expect(yield* writer.query("SELECT n FROM t")).toEqual([{ n: 101 }])
+    }))
+})

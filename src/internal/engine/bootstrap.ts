@@ -23,26 +23,37 @@ export const allFiles = (paths: Paths) => [
 export const validBase = (base: Uint8Array, generation: number) =>
   Effect.zipRight(Validate.base(base, generation), Validate.databaseBytes(base, `the base of generation ${generation}`))
 
-/** A brand-new local database: Synced = the remote's current base, Draft = a copy of it. */
+/** A brand-new local database: Synced = the remote's head snapshot or current base, Draft = a copy of it. */
 export const bootstrap = Effect.fn("Engine.bootstrap")(
   function*(opening: Opening) {
     const { paths, remote } = opening
     for (const file of allFiles(paths)) yield* Files.remove(file)
-    const { databaseId, generation } = yield* remote.info
-    const base = yield* remote.export(generation)
+    const info = yield* remote.info
+    const { databaseId } = info
+    // The head as one file when the server offers it and the app wants the head: one database to download,
+    // not a base plus the generation's history. Else the base (frame 0), and the pull on open follows.
+    const snapshot = info.snapshot === true && (opening.options.bootstrap ?? "head") === "head"
+      ? yield* remote.snapshot.pipe(
+        // A server that announced the extension but no longer serves it: the base will do.
+        Effect.catchIf((e) => e._tag === "RemoteError" && e.reason === "NotFound", () => Effect.succeed(undefined))
+      )
+      : undefined
+    // The snapshot names its own generation (the server may have rolled since `/info`).
+    const generation = snapshot?.generation ?? info.generation
+    const at = { generation, frame: snapshot?.frameNo ?? 0 }
+    const base = snapshot?.bytes ?? (yield* remote.export(generation))
     yield* received(opening, 0, base.byteLength)
     yield* validBase(base, generation).pipe(
       Effect.mapError((e) => new SyncError.BootstrapError({ reason: "InvalidBase", message: e.message, cause: e }))
     )
     yield* Files.writeNew(paths.synced, base)
     yield* Files.writeNew(paths.draft, base)
-    const at = { generation, frame: 0 }
     const metadata: SyncMetadata.Metadata = {
       version: 1,
       clientId: `${opening.options.clientName ?? "client"}-${Crypto.randomUUID()}`,
       generation,
-      syncedFrame: 0,
-      foldedFrame: 0,
+      syncedFrame: at.frame,
+      foldedFrame: at.frame,
       lastPushedChangeId: 0,
       activeCopy: "draft",
       copyInProgress: false,

@@ -19,9 +19,9 @@ import * as Fs from "node:fs"
 import * as SyncError from "../../SyncError.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
-import { finishCopyFiles } from "./copy.js"
+import * as PageCopy from "../sqlite/pageCopy.js"
 import { replaceSynced } from "./rebootstrap.js"
-import { type Paths, type State, updateMetadata, walFrames } from "./state.js"
+import { type Paths, type State, syncedFileAt, updateMetadata, walFrames } from "./state.js"
 import { headerPageSize, quickCheckProblem } from "./validate.js"
 
 /** What is wrong with one copy, `undefined` when nothing was found. */
@@ -90,7 +90,12 @@ const repairSynced = (state: State, problem: string) =>
     )
   )
 
-/** Draft rebuilt from Synced at the synced frame, with the copy step's file steps (flag, rename, clear). */
+/**
+ * Draft rebuilt from Synced at the synced frame: a whole file made beside it, then renamed over it with
+ * its WAL gone. The metadata is written first: a crash before the rename leaves the damaged Draft, which
+ * the next open finds (and repairs) again; the copy step's WAL swap cannot serve, as Draft's file itself is
+ * what is lost.
+ */
 const repairDraft = (state: State, problem: string) =>
   Effect.gen(function*() {
     yield* Effect.logWarning(
@@ -101,14 +106,16 @@ const repairDraft = (state: State, problem: string) =>
     const m = yield* SynchronizedRef.get(state.metadata)
     const frames = yield* Files.readWalFrames(state.paths.synced, walFrames(m))
     yield* Files.materialize(state.paths.synced, frames, state.paths.draftNew)
-    // Without page bookkeeping the next copy step writes every page of the rebuilt Draft.
+    // The rebuilt file is Synced's file plus the pages of Synced's WAL: exactly where it differs from it.
     yield* updateMetadata(state, ({ draftPages: _, ...m }) => ({
       ...m,
-      copyInProgress: true,
-      draftBase: { generation: m.generation, frame: m.syncedFrame }
+      copyInProgress: false,
+      draftBase: { generation: m.generation, frame: m.syncedFrame },
+      draftPages: { fileBase: syncedFileAt(m), filePages: [...PageCopy.pageNumbers(frames)].sort((a, b) => a - b), syncedPages: [] }
     }))
-    yield* finishCopyFiles(state.paths)
-    yield* updateMetadata(state, (m) => ({ ...m, copyInProgress: false }))
+    yield* Files.remove(Files.walPath(state.paths.draft))
+    yield* Files.remove(Files.shmPath(state.paths.draft))
+    yield* Files.rename(state.paths.draftNew, state.paths.draft)
   })
 
 /** Repairs what `inspect` found, Synced first (Draft may be rebuilt from it). */

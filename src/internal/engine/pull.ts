@@ -80,11 +80,11 @@ const receive = (state: State, cursor: Cursor, start: number, end: number, frame
   })
 
 /** Pulls until the remote has nothing more, rolling Synced to each next generation it reports. */
-const pullFrames = (state: State, cursor: Cursor) =>
+const pullFrames = (state: State, cursor: Cursor, batch: number) =>
   Effect.gen(function*() {
     for (;;) {
       const start = cursor.frame + cursor.buffer.length + 1
-      const end = start + SyncProtocol.CLIENT_BATCH_FRAMES
+      const end = start + batch
       const result = yield* state.remote.pull(cursor.generation, start, end)
       if (result._tag === "Frames") {
         yield* receive(state, cursor, start, end, result.frames)
@@ -131,6 +131,7 @@ const verifyRemote = (state: State) =>
     if (info.databaseId !== undefined && m.databaseId === undefined) {
       yield* updateMetadata(state, (m) => ({ ...m, databaseId: info.databaseId }))
     }
+    return info
   })
 
 /**
@@ -141,10 +142,14 @@ export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(fun
   yield* finishFlaggedRoll(state)
   yield* finishFlaggedFold(state)
   yield* cutToSyncedFrame(state)
-  yield* verifyRemote(state)
+  const info = yield* verifyRemote(state)
   const m = yield* SynchronizedRef.get(state.metadata)
   const cursor: Cursor = { generation: m.generation, frame: m.syncedFrame, buffer: [], changed: false }
-  yield* pullFrames(state, cursor).pipe(Effect.ensuring(Effect.ignore(state.synced.open)))
+  // As many frames per request as the server says it answers at once.
+  const batch = info.maxPullFrames !== undefined && info.maxPullFrames > 0
+    ? info.maxPullFrames
+    : SyncProtocol.CLIENT_BATCH_FRAMES
+  yield* pullFrames(state, cursor, batch).pipe(Effect.ensuring(Effect.ignore(state.synced.open)))
   yield* state.synced.open
   yield* updateMetadata(state, (m) => ({ ...m, lastPullAt: Date.now() }))
   return cursor.changed

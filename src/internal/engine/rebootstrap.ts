@@ -14,7 +14,9 @@ import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import type * as SyncError from "../../SyncError.js"
 import * as Files from "../sqlite/files.js"
+import * as PageCopy from "../sqlite/pageCopy.js"
 import { validBase } from "./bootstrap.js"
+import * as DraftPages from "./draftPages.js"
 import * as RemoteBinding from "./remoteBinding.js"
 import { finishRollFiles } from "./roll.js"
 import { type RebootstrapReason, received, type State, updateMetadata } from "./state.js"
@@ -32,12 +34,16 @@ export const replaceSynced = Effect.fn("Engine.replaceSynced")(
     yield* Ref.set(state.syncedPrefix, undefined)
     yield* Files.remove(state.paths.syncedNext)
     yield* Files.writeNew(state.paths.syncedNext, base)
+    const at = { generation: info.generation, frame: 0 }
+    // Draft is no copy of the new position, whatever it was a copy of: every page of its file, or of the
+    // new base, may differ, so the next copy step writes them all.
+    const pages = yield* Files.attempt(state.paths.draft, "cannot read", (fs) =>
+      Math.max(PageCopy.headerPages(fs, state.paths.draft), PageCopy.headerPages(fs, state.paths.syncedNext)))
     yield* updateMetadata(state, (m) => {
-      // Draft is no copy of the new position, whatever it was a copy of: without page bookkeeping the
-      // next copy step writes every page.
       const { databaseId: _, draftBase: __, draftPages: ___, ...rest } = m
       return {
         ...rest,
+        draftPages: DraftPages.unknown(at, pages),
         generation: info.generation,
         syncedFrame: 0,
         foldedFrame: 0,
