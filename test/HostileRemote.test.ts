@@ -52,7 +52,8 @@ const lyingProxy = (upstream: string, mode: () => Mode, dir: string) =>
                 body = Crypto.randomBytes(body.byteLength)
               }
             }
-            if (answer.status === 200 && /\/export\/\d+$/.test(req.url ?? "") && m === "small pages") {
+            // Both ways a new replica takes a whole file: the base of a generation and the snapshot at the head.
+            if (answer.status === 200 && /\/(export\/\d+|snapshot)$/.test(req.url ?? "") && m === "small pages") {
               const file = NodePath.join(dir, `small-${Date.now()}.db`)
               const db = new BetterSqlite3(file)
               db.pragma("page_size = 1024")
@@ -64,7 +65,12 @@ const lyingProxy = (upstream: string, mode: () => Mode, dir: string) =>
               db.close()
               body = Fs.readFileSync(file)
             }
-            res.writeHead(answer.status, { "content-type": String(answer.headers["content-type"] ?? "application/octet-stream") })
+            // The protocol's own headers pass (the snapshot's generation and frame, the database identity).
+            const own = Object.entries(answer.headers).filter(([name]) => name.startsWith("x-"))
+            res.writeHead(answer.status, {
+              ...Object.fromEntries(own.map(([name, value]) => [name, String(value)])),
+              "content-type": String(answer.headers["content-type"] ?? "application/octet-stream")
+            })
             res.end(body)
           }, (error) => {
             res.writeHead(502)
@@ -76,9 +82,9 @@ const lyingProxy = (upstream: string, mode: () => Mode, dir: string) =>
     (server) => Effect.promise(() => new Promise<void>((resolve) => server.close(() => resolve())))
   ).pipe(Effect.map((server) => `http://127.0.0.1:${(server.address() as Net.AddressInfo).port}`))
 
-const open = (path: string, url: string) =>
+const open = (path: string, url: string, bootstrap: "head" | "base" = "head") =>
   Layer.build(
-    SyncDatabase.layer({ path, url, retrySchedule: undefined }).pipe(Layer.provide(NodeHttpClient.layerUndici))
+    SyncDatabase.layer({ path, url, retrySchedule: undefined, bootstrap }).pipe(Layer.provide(NodeHttpClient.layerUndici))
   ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)))
 
 /** Every local file of `path` and its size. */
@@ -99,8 +105,10 @@ describe("a lying or broken remote", () => {
       yield* writer.execute("INSERT INTO t VALUES ('w1', 'one')")
       yield* writer.push
 
+      // Opened on the base alone, so that the writer's frames still have to come through the lying proxy
+      // (a replica at the head would first find the lie at its own synced frame: RemoteBehind).
       const path = NodePath.join(dir, "victim")
-      const victim = yield* open(path, url)
+      const victim = yield* open(path, url, "base")
       yield* victim.execute("CREATE TABLE mine (k TEXT PRIMARY KEY)")
       yield* victim.execute("INSERT INTO mine VALUES ('pending')")
       const metadataBefore = Fs.readFileSync(`${path}-info`, "utf8")
