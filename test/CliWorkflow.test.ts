@@ -72,12 +72,14 @@ describe("effect-sqlite-sync CLI workflow", () => {
       const syncedA = yield* json(["sync", ...a])
       expect(syncedA.value).toMatchObject({ command: "sync", pushedChanges: 2, pendingChanges: 0 })
 
-      // b: bootstraps on its first sync and gets a's rows; its progress bar is forced on (stderr not a TTY).
+      // b: bootstraps on its first sync at the remote's head, so it opens with a's rows and the sync itself
+      // has nothing left to bring; its progress bar is forced on (stderr not a TTY).
       const firstB = yield* cli(["sync", ...b, "--json", "--progress", "always"])
       expect(firstB.code, firstB.stderr).toBe(0)
-      expect(JSON.parse(firstB.stdout)).toMatchObject({ command: "sync", changed: true, pendingChanges: 0 })
-      expect(firstB.stderr).toContain("bootstrap (base of generation 1)")
+      expect(JSON.parse(firstB.stdout)).toMatchObject({ command: "sync", changed: false, pendingChanges: 0 })
+      expect(firstB.stderr).toContain("bootstrap (head of generation 1, frame ")
       expect(firstB.stderr).toMatch(/sync \[#+\] 100%/)
+      expect((yield* json(["query", ...b, "SELECT name FROM items"])).value).toEqual([{ name: "apple" }])
 
       // b writes (text that looks like a number stays text when quoted; the smallest 64-bit integer; NULL).
       yield* json(["exec", ...b, "INSERT INTO items VALUES (?, ?, ?, ?, ?)", "2", "'007'", "NULL", "-9223372036854775808", "X''"])
@@ -185,11 +187,12 @@ describe("effect-sqlite-sync CLI workflow", () => {
       expect(bootstrap.stderr).toContain("BootstrapError")
       expect(filesOf(fresh)).toEqual([])
 
-      // The server is back (on another port, same data): the offline write goes through, once.
+      // The server is back (on another port, same data): the offline write goes through, once. The local
+      // databases record their server's URL, so they are told it moved.
       const second = yield* serverProcess(["--data", data])
-      const synced = yield* json(["sync", "--db", db, "--url", `${second.url}/db/down`])
+      const synced = yield* json(["sync", "--db", db, "--url", `${second.url}/db/down`, "--allow-url-change"])
       expect(synced.value).toMatchObject({ pushedChanges: 1, pendingChanges: 0 })
-      const other = yield* json(["query", "--db", NodePath.join(dir, "b.db"), "--url", `${second.url}/db/down`, "SELECT 1"])
+      const other = yield* json(["query", "--db", NodePath.join(dir, "b.db"), "--url", `${second.url}/db/down`, "--allow-url-change", "SELECT 1"])
       expect(other.value).toEqual([{ 1: 1 }])
       yield* json(["pull", "--db", NodePath.join(dir, "b.db"), "--url", `${second.url}/db/down`])
       const rows = yield* json(["query", "--db", NodePath.join(dir, "b.db"), "SELECT * FROM t"])
@@ -237,8 +240,9 @@ describe("effect-sqlite-sync CLI workflow", () => {
 
       // Transport failures name their cause, once each, with the URL once.
       const closedPort = yield* Effect.promise(freePort)
-      const refused = yield* cli(["push", ...db, "--url", `http://127.0.0.1:${closedPort}/db/messages`, "--retries", "0"])
-      const tls = yield* cli(["push", ...db, "--url", url.replace("http://", "https://"), "--retries", "0"])
+      // The local database records its server's URL; --allow-url-change lets it try these others.
+      const refused = yield* cli(["push", ...db, "--url", `http://127.0.0.1:${closedPort}/db/messages`, "--retries", "0", "--allow-url-change"])
+      const tls = yield* cli(["push", ...db, "--url", url.replace("http://", "https://"), "--retries", "0", "--allow-url-change"])
       expect(refused.code).toBe(1)
       expect(tls.code).toBe(1)
       expect(refused.stderr).toContain("connection refused")

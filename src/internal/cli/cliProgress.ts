@@ -135,6 +135,12 @@ export const observe = (remote: SyncRemote.Service, progress: Progress): SyncRem
       progress.begin(`bootstrap (base of generation ${generation})`, undefined),
       Effect.tap(remote.export(generation), (base) => Effect.zipRight(progress.advance(base.byteLength), progress.end))
     ),
+  // A new database opens at the remote's head by default: one snapshot, reported once it is known.
+  snapshot: Effect.tap(remote.snapshot, (snapshot) =>
+    Effect.zipRight(
+      progress.begin(`bootstrap (head of generation ${snapshot.generation}, frame ${snapshot.frameNo})`, undefined),
+      Effect.zipRight(progress.advance(snapshot.bytes.byteLength), progress.end)
+    )),
   pull: (generation, start, end) =>
     Effect.tap(remote.pull(generation, start, end), (result) =>
       result._tag === "Frames" ? progress.advance(result.frames.length * WalFrame.FRAME_SIZE) : Effect.void)

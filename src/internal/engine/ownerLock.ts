@@ -89,5 +89,8 @@ export const acquire = (path: string): Effect.Effect<void, DatabaseLocked | Stor
         // Removed while still holding the lock, so it never names a later holder.
         Fs.rmSync(pidPath(path), { force: true })
         db.close()
+        // An open that failed before the database file existed (a bootstrap from an unreachable remote)
+        // leaves nothing to own: the lock file goes too, so a failed first open leaves no file behind.
+        if (!Fs.existsSync(path)) Fs.rmSync(lockPath(path), { force: true })
       })
   ).pipe(Effect.asVoid)
