@@ -205,7 +205,13 @@ describe("a database's identity", () => {
             Effect.provide(NodeHttpClient.layerUndici)
           )
         )
-        expect(remote).toEqual({ generation: 1, databaseId: info.database_id })
+        expect(remote).toEqual({
+          generation: 1,
+          databaseId: info.database_id,
+          maxFrameNo: frames.length,
+          maxPullFrames: 1024,
+          snapshot: true
+        })
         return info.database_id as string
       })
       yield* withServer({ directory: dir }, async (base) => {
@@ -224,7 +230,7 @@ describe("a database's identity", () => {
       const store = yield* ServerStore.ServerStore
       const id = yield* store.databaseId("x")
       const info = yield* StoreRemote.make(store, "x").info
-      expect(info).toEqual({ generation: 1, databaseId: id })
+      expect(info).toEqual({ generation: 1, databaseId: id, maxFrameNo: 0, maxPullFrames: 1024, snapshot: true })
       expect(id).toMatch(/^[0-9a-f-]{36}$/)
     }).pipe(Effect.provide(ServerStore.layerMemory())))
 })
@@ -245,6 +251,7 @@ describe("a data directory the server cannot write", () => {
         expect((await push(writer.url, "app", 1, frames)).status).toBe(200)
         return {
           id: H.json(await call(writer.url, { path: "/db/app/info" })).database_id,
+          frames: frames.length,
           snapshot: await H.snapshot(writer.url, "app", TOKEN)
         }
       })
@@ -260,7 +267,13 @@ describe("a data directory the server cannot write", () => {
       expect(reader.stderr()).toContain("read-only")
       yield* Effect.promise(async () => {
         const info = await call(reader.url, { path: "/db/app/info" })
-        expect(H.json(info)).toEqual({ current_generation: 1, database_id: before.id })
+        expect(H.json(info)).toEqual({
+          current_generation: 1,
+          database_id: before.id,
+          max_frame_no: before.frames,
+          max_pull_frames: 1024,
+          extensions: ["snapshot"]
+        })
         const snapshot = await H.snapshot(reader.url, "app", TOKEN)
         expect(H.digestOf(snapshot)).toBe(H.digestOf(before.snapshot))
         const db = H.open(snapshot.file)

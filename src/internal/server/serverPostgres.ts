@@ -244,7 +244,8 @@ export const make = (options: {
         lastFrame: number
       ): Effect.Effect<{ image: Uint8Array; schema: HeadImage["schema"] }, SqlError | StoreError> =>
         Effect.gen(function*() {
-          const known = head
+          // Inside a push transaction the head this transaction just committed is the newest known image.
+          const known = tentativeHead !== undefined && tentativeHead.id === lockedId ? tentativeHead : head
           if (known !== undefined && known.id === lockedId && known.generation === generation) {
             if (known.lastFrame === lastFrame) return { image: known.image, schema: known.schema }
             if (known.lastFrame < lastFrame && lastFrame - known.lastFrame <= CATCH_UP_LIMIT) {
