@@ -32,8 +32,16 @@ export const recover = Effect.fn("Engine.recover")(function*(opening: Opening, s
     yield* Files.remove(paths.syncedWalNext)
   }
   if (metadata.copyInProgress) {
-    if (yield* Files.exists(paths.draftWalNext)) yield* finishCopyFiles(paths)
-    metadata = { ...metadata, copyInProgress: false }
+    if (yield* Files.exists(paths.draftWalNext)) {
+      yield* finishCopyFiles(paths)
+      metadata = { ...metadata, copyInProgress: false }
+    } else {
+      // Flagged but no fresh WAL: either it was renamed (Draft has the copy) or it was dropped when the copy
+      // failed after its flag reached the disk (Draft is the old one). Which cannot be told apart, so the
+      // copy is treated as not done: the next pull replays and copies again, over every page of Draft.
+      const { draftBase: _, draftPages: __, ...rest } = metadata
+      metadata = { ...rest, copyInProgress: false }
+    }
   } else {
     yield* Files.remove(paths.draftWalNext)
   }
