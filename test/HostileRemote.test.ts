@@ -145,7 +145,7 @@ describe("a lying or broken remote", () => {
       expect(error).toBeInstanceOf(SyncError.BootstrapError)
       expect(error).toMatchObject({ reason: "InvalidBase" })
       expect(error.message).toContain("1024-byte pages")
-      // Only the lock file, which stays (an empty SQLite file, the next opener's lock).
+      // Nothing: a refused first open removes its lock file too.
       expect(Object.keys(localFiles(dir))).toEqual([])
     }), 300_000)
 })
