@@ -26,7 +26,7 @@ import * as Deferred from "effect/Deferred"
 import * as FiberId from "effect/FiberId"
 import type * as Scope from "effect/Scope"
 import * as crypto from "node:crypto"
-import type { Body, PullResult, PushResult, Service, Snapshot, StoreStats } from "../../ServerStore.js"
+import type { Body, Options, PullResult, PushResult, Service, Snapshot, StoreStats } from "../../ServerStore.js"
 import { isDatabaseName, MAX_FRAMES_PER_REQUEST } from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as ServerBody from "./serverBody.js"
@@ -150,21 +150,8 @@ export interface Backend {
   readonly stats?: Effect.Effect<StoreStats, StoreError> | undefined
 }
 
-export interface CoreOptions {
-  readonly generationFrames?: number | undefined
-  readonly generationGrowth?: number | "never" | undefined
-  readonly generationMinFrames?: number | undefined
-  readonly keepGenerations?: number | undefined
-  readonly keepGenerationsMs?: number | undefined
-  readonly maxPullFrames?: number | undefined
-  readonly batonIdleMs?: number | undefined
-  readonly maxPendingFrames?: number | undefined
-  readonly maxPendingFramesTotal?: number | undefined
-  readonly maxOpenDatabases?: number | undefined
-  readonly maxDatabases?: number | undefined
-  /** "off" also skips the page-1 header check: a store told to trust its pushers trusts them entirely. */
-  readonly integrityCheck?: "changed_tables" | "quick_check" | "integrity_check" | "off" | undefined
-}
+/** The store options the protocol core reads: the public `ServerStore.Options`, documented there. */
+export type CoreOptions = Options
 
 /** Frames a baton session may hold before its commit frame (256 MiB of pages, held in memory). */
 export const DEFAULT_MAX_PENDING_FRAMES = 65_536
