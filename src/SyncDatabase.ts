@@ -257,7 +257,8 @@ export const make = <R = never>(options: Options<R>) =>
     // push, pull, sync and execute get their spans from the wrapper; the reads get theirs here.
     const service: Service = {
       ...wrapped,
-      query: (sql, params) => Effect.withSpan(wrapped.query(sql, params), "SyncDatabase.query", { attributes: { sql } }),
+      query: (sql, params) =>
+        Effect.withSpan(wrapped.query(sql, params), "SyncDatabase.query", { attributes: { sql }, captureStackTrace: false }),
       stats: Effect.withSpan(wrapped.stats, "SyncDatabase.stats"),
       conflicts: Effect.withSpan(wrapped.conflicts, "SyncDatabase.conflicts")
     }

@@ -206,7 +206,8 @@ const execute = (i: Instruments, engine: EngineLike): EngineLike["execute"] => (
         publish(i, SyncEvent.LocalWrite({ changes: result.changes }))
       )
     ),
-    Effect.withSpan("SyncDatabase.execute", { attributes: { sql } })
+    // No stack trace: capturing one costs more than the statement itself (the span's name says where).
+    Effect.withSpan("SyncDatabase.execute", { attributes: { sql }, captureStackTrace: false })
   )
 
 /** The engine's service with events, status and spans; push, pull and sync one at a time. */
