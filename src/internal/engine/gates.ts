@@ -30,6 +30,11 @@ export interface Gates {
   readonly writesOpen: Effect.Latch
   /** Steps that hold or wait for every read (write) permit, counted from before they close the door. */
   readonly exclusive: { reads: number; writes: number }
+  /**
+   * Counts writes to Draft: it grows each time one starts (a direct one included). A pull that prepares its
+   * copy outside the write gate compares it under the gate: unchanged means no write landed meanwhile.
+   */
+  readonly epoch: { writes: number }
 }
 
 /** @internal */
@@ -40,7 +45,8 @@ export const make: Effect.Effect<Gates> = Effect.gen(function*() {
     writeGate: yield* Effect.makeSemaphore(WRITE_PERMITS),
     readsOpen: yield* Effect.makeLatch(true),
     writesOpen: yield* Effect.makeLatch(true),
-    exclusive: { reads: 0, writes: 0 }
+    exclusive: { reads: 0, writes: 0 },
+    epoch: { writes: 0 }
   }
 })
 
@@ -50,8 +56,23 @@ export const active = (gates: Gates): Effect.Effect<ActiveCopy> => Effect.sync((
 /** Whether a read running in one synchronous step may run now without a permit. */
 export const readsPass = (gates: Gates): boolean => gates.exclusive.reads === 0
 
-/** Whether a write running in one synchronous step may run now without a permit. */
-export const writesPass = (gates: Gates): boolean => gates.exclusive.writes === 0
+/**
+ * Whether a write running in one synchronous step may run now without a permit; when it may, the write is
+ * counted (see `Gates.epoch`) as starting now.
+ */
+export const writesPass = (gates: Gates): boolean => {
+  if (gates.exclusive.writes !== 0) return false
+  gates.epoch.writes++
+  return true
+}
+
+const started = (gates: Gates) =>
+  Effect.sync(() => {
+    gates.epoch.writes++
+  })
+
+/** How many writes have started so far (see `Gates.epoch`). */
+export const writeEpoch = (gates: Gates): Effect.Effect<number> => Effect.sync(() => gates.epoch.writes)
 
 /** Runs a read under one read permit. */
 export const reading = <A, E, R>(gates: Gates, effect: Effect.Effect<A, E, R>) =>
@@ -59,7 +80,7 @@ export const reading = <A, E, R>(gates: Gates, effect: Effect.Effect<A, E, R>) =
 
 /** Runs a write under one write permit. */
 export const writing = <A, E, R>(gates: Gates, effect: Effect.Effect<A, E, R>) =>
-  Effect.zipRight(gates.writesOpen.await, gates.writeGate.withPermits(1)(effect))
+  Effect.zipRight(gates.writesOpen.await, gates.writeGate.withPermits(1)(Effect.zipRight(started(gates), effect)))
 
 const exclusively = <A, E, R>(
   gates: Gates,
@@ -83,7 +104,7 @@ export const holdingWrites = <A, E, R>(gates: Gates, effect: Effect.Effect<A, E,
 export const ifNoWrites = <A, E, R>(gates: Gates, effect: Effect.Effect<A, E, R>) =>
   gates.writeGate.withPermitsIfAvailable(WRITE_PERMITS)(
     Effect.acquireUseRelease(
-      Effect.sync(() => gates.exclusive.writes++),
+      Effect.zipRight(Effect.sync(() => gates.exclusive.writes++), started(gates)),
       () => effect,
       () => Effect.sync(() => gates.exclusive.writes--)
     )
