@@ -138,7 +138,7 @@ export const serve = Command.make(
       Options.withDefault(SyncProtocol.DEFAULT_MAX_WAIT_SECONDS),
       Options.withDescription(
         "the longest a pull at the head waits for the next commit when the client asks to (Prefer: wait=N), " +
-          "in seconds; 0 turns waiting pulls off"
+          "in seconds, at most 240; 0 turns waiting pulls off"
       )
     ),
     logFormat: Options.choice("log-format", ["logfmt", "json"]).pipe(
