@@ -10,6 +10,7 @@ import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { describe, expect, inject, it } from "@effect/vitest"
 import Database from "better-sqlite3"
 import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -20,6 +21,7 @@ import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import fc from "fast-check"
+import * as crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
 import * as Path from "node:path"
@@ -32,6 +34,9 @@ import * as SyncProtocol from "../src/SyncProtocol.js"
 import * as SyncRemote from "../src/SyncRemote.js"
 import * as SyncServer from "../src/SyncServer.js"
 import * as WalFrame from "../src/WalFrame.js"
+import * as CommitNotify from "../src/internal/server/commitNotify.js"
+import * as CommitNotifyPostgres from "../src/internal/server/commitNotifyPostgres.js"
+import * as WaitingPull from "../src/internal/server/waitingPull.js"
 import * as H from "./support/http.js"
 import { freshSchema, suiteDatabase } from "./support/postgres.js"
 import { serverProcess } from "./support/process.js"
@@ -640,5 +645,62 @@ describe("the Prefer header", () => {
     expect(SyncRemote.waitToAsk(20, undefined)).toBe(0)
     expect(SyncRemote.waitToAsk(undefined, 30)).toBe(0)
     expect(SyncRemote.waitToAsk(Number.NaN, 30)).toBe(0)
+  })
+})
+
+describe("the pure parts", () => {
+  const head = fc.record({ generation: fc.integer({ min: 1, max: 2 ** 31 - 1 }), maxFrameNo: fc.integer({ min: 0, max: 2 ** 31 - 1 }) })
+
+  it("a notification names the database and its head, and nothing else on the channel reads as one", () => {
+    fc.assert(fc.property(fc.stringMatching(/^[A-Za-z0-9_-]{1,64}$/), head, (database, h) => {
+      expect(CommitNotifyPostgres.parsePayload(CommitNotifyPostgres.formatPayload(database, h.generation, h.maxFrameNo)))
+        .toEqual({ database, head: h })
+    }))
+    expect(CommitNotifyPostgres.parsePayload(`ping:${crypto.randomUUID()}`)).toBeUndefined()
+    expect(CommitNotifyPostgres.parsePayload("a:1")).toBeUndefined()
+    expect(CommitNotifyPostgres.parsePayload("a/b:1:2")).toBeUndefined()
+  })
+
+  it("channel names are PostgreSQL identifiers, one per schema", () => {
+    const schemas = fc.stringMatching(/^[a-z_][a-z0-9_]{0,62}$/)
+    fc.assert(fc.property(schemas, schemas, (a, b) => {
+      const ca = CommitNotifyPostgres.channelOf(a)
+      expect(Buffer.byteLength(ca)).toBeLessThanOrEqual(63)
+      expect(ca).toMatch(/^[a-z_][a-z0-9_]*$/)
+      if (a !== b) expect(ca).not.toBe(CommitNotifyPostgres.channelOf(b))
+    }))
+    expect(CommitNotifyPostgres.channelOf("effect_sqlite_sync")).toBe("effect_sqlite_sync_commits")
+  })
+
+  it("notify wakes the waiters whose head differs from the one reported, notifyAll every one, remove forgets", () =>
+    fc.assert(fc.property(fc.array(head, { minLength: 1, maxLength: 20 }), head, (seen, reported) => {
+      const notifier = CommitNotify.make()
+      const waiters = seen.map((h) => notifier.add("db", h.generation, h.maxFrameNo))
+      const other = notifier.add("other", 1, 0)
+      expect(notifier.size()).toBe(seen.length + 1)
+      notifier.notify("db", reported)
+      waiters.forEach((w, i) => {
+        const done = Effect.runSync(Deferred.isDone(w.woken))
+        expect(done).toBe(CommitNotify.moved(reported, seen[i].generation, seen[i].maxFrameNo))
+      })
+      expect(Effect.runSync(Deferred.isDone(other.woken))).toBe(false)
+      notifier.notifyAll()
+      expect(Effect.runSync(Deferred.isDone(other.woken))).toBe(true)
+      for (const w of [...waiters, other]) notifier.remove(w)
+      expect(notifier.size()).toBe(0)
+      expect(notifier.databases()).toEqual([])
+    })))
+
+  it("a pull waits only at the head of the generation it names", () => {
+    const frames = { _tag: "Frames" as const, frames: [] }
+    expect(WaitingPull.atHead({ _tag: "CheckpointNeeded", generation: 3, maxFrameNo: 9 }, 3, 10)).toBe(true)
+    expect(WaitingPull.atHead({ _tag: "CheckpointNeeded", generation: 4, maxFrameNo: 0 }, 3, 10)).toBe(false)
+    expect(WaitingPull.atHead({ _tag: "CheckpointNeeded", generation: 3, maxFrameNo: 9 }, 3, 12)).toBe(false)
+    expect(WaitingPull.atHead(frames, 3, 10)).toBe(false)
+    fc.assert(fc.property(head, head, (a, b) => {
+      // ahead implies moved; a head is never ahead of itself.
+      if (CommitNotify.ahead(a, b.generation, b.maxFrameNo)) expect(CommitNotify.moved(a, b.generation, b.maxFrameNo)).toBe(true)
+      expect(CommitNotify.ahead(a, a.generation, a.maxFrameNo)).toBe(false)
+    }))
   })
 })
