@@ -251,19 +251,38 @@ describe("ServerStore.layerPostgres: waiters and other processes' commits", () =
     return { a, b, url, schema }
   })
 
+  /**
+   * A waiter on `waiting` at frame `frameNo`, `meanwhile`, then `sql` written and pushed through `pushing`:
+   * the waiter wakes with the pushed head, after the push and well before its wait runs out.
+   */
+  const wakesOnPush = (
+    waiting: ServerStore.Service,
+    pushing: ServerStore.Service,
+    writer: Writer,
+    frameNo: number,
+    sql: string,
+    meanwhile: Effect.Effect<void> = Effect.void
+  ) =>
+    Effect.gen(function*() {
+      const waiter = yield* Effect.fork(timed(waiting.awaitChange("db", 1, frameNo, `${WAIT_SECONDS} seconds`)))
+      yield* Effect.sleep("200 millis")
+      yield* meanwhile
+      const write = writer.write(sql)
+      const pushedAt = Date.now()
+      yield* pushing.push("db", 1, write.start, write.start + write.frames.length, write.frames)
+      const woken = yield* Fiber.join(waiter)
+      const head = write.start + write.frames.length - 1
+      expect(woken.value).toEqual({ generation: 1, maxFrameNo: head })
+      expect(woken.endedAt).toBeGreaterThanOrEqual(pushedAt)
+      expect(woken.ms).toBeLessThan(WELL_BEFORE_MS)
+      return head
+    })
+
   it.scopedLive("a waiter on one store wakes on a commit through the other", () =>
     Effect.gen(function*() {
       const { a, b } = yield* twoStores
       const writer = yield* writerFrom(yield* b.exportGeneration("db", 1))
-      const waiter = yield* Effect.fork(timed(a.awaitChange("db", 1, 0, `${WAIT_SECONDS} seconds`)))
-      yield* Effect.sleep("300 millis")
-      const write = writer.write("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-      const pushedAt = Date.now()
-      yield* b.push("db", 1, 1, write.frames.length + 1, write.frames)
-      const woken = yield* Fiber.join(waiter)
-      expect(woken.value).toEqual({ generation: 1, maxFrameNo: write.frames.length })
-      expect(woken.endedAt).toBeGreaterThanOrEqual(pushedAt)
-      expect(woken.ms).toBeLessThan(WELL_BEFORE_MS)
+      yield* wakesOnPush(a, b, writer, 0, "CREATE TABLE t (id INTEGER PRIMARY KEY)")
     }).pipe(quiet))
 
   it.scopedLive("the listening connection killed: a commit through the other store still wakes the waiter, and listening resumes", () =>
@@ -273,32 +292,19 @@ describe("ServerStore.layerPostgres: waiters and other processes' commits", () =
       yield* a.info("db")
       // Both stores listen once they started.
       yield* Effect.sleep("500 millis")
-      const waiter = yield* Effect.fork(timed(a.awaitChange("db", 1, 0, `${WAIT_SECONDS} seconds`)))
-      yield* Effect.sleep("200 millis")
-      expect(yield* killListeners(url, schema)).toBe(2)
-      yield* Effect.sleep("200 millis")
-      const write = writer.write("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-      const pushedAt = Date.now()
-      yield* b.push("db", 1, 1, write.frames.length + 1, write.frames)
-      const woken = yield* Fiber.join(waiter)
-      expect(woken.value).toEqual({ generation: 1, maxFrameNo: write.frames.length })
-      expect(woken.endedAt).toBeGreaterThanOrEqual(pushedAt)
-      expect(woken.ms).toBeLessThan(WELL_BEFORE_MS)
-      // New listening connections are made: both stores listen again.
+      const killed = Effect.flatMap(killListeners(url, schema), (n) =>
+        Effect.sync(() => {
+          expect(n).toBe(2)
+        }))
+      const head = yield* wakesOnPush(a, b, writer, 0, "CREATE TABLE t (id INTEGER PRIMARY KEY)", Effect.zipRight(killed, Effect.sleep("200 millis")))
+      // New listening connections are made: both stores listen again, and a commit wakes a waiter again.
       let listening = 0
       for (let attempt = 0; attempt < 60 && listening < 2; attempt++) {
         yield* Effect.sleep("250 millis")
         listening = yield* countListeners(url, schema)
       }
       expect(listening).toBe(2)
-      // And a commit wakes a waiter again.
-      const again = yield* Effect.fork(timed(a.awaitChange("db", 1, write.frames.length, `${WAIT_SECONDS} seconds`)))
-      yield* Effect.sleep("200 millis")
-      const next = writer.write("INSERT INTO t VALUES (1)")
-      yield* b.push("db", 1, next.start, next.start + next.frames.length, next.frames)
-      const second = yield* Fiber.join(again)
-      expect(second.value).toEqual({ generation: 1, maxFrameNo: next.start + next.frames.length - 1 })
-      expect(second.ms).toBeLessThan(WELL_BEFORE_MS)
+      yield* wakesOnPush(a, b, writer, head, "INSERT INTO t VALUES (1)")
     }).pipe(quiet), 60_000)
 })
 
