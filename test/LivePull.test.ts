@@ -38,7 +38,7 @@ import * as CommitNotify from "../src/internal/server/commitNotify.js"
 import * as CommitNotifyPostgres from "../src/internal/server/commitNotifyPostgres.js"
 import * as WaitingPull from "../src/internal/server/waitingPull.js"
 import * as H from "./support/http.js"
-import { freshSchema, suiteDatabase } from "./support/postgres.js"
+import { freshDatabase, freshSchema, suiteDatabase } from "./support/postgres.js"
 import { serverProcess } from "./support/process.js"
 
 const quiet = Logger.withMinimumLogLevel(LogLevel.Error)
@@ -563,26 +563,46 @@ for (const [label, makeStore] of httpStores) {
 }
 
 describe("waiting pulls: two servers on one PostgreSQL, the CLI, the in-process remote", () => {
-  it.scopedLive("a pull waiting on one server wakes on a push through the other", () =>
+  /**
+   * A pull waiting on the server at `readerBase`, then a push through the one at `writerBase`: the pull
+   * answers the pushed frames, after the push and well before its wait runs out.
+   */
+  const pullWakesOnPush = (readerBase: string, writerBase: string, name: string) =>
     Effect.gen(function*() {
-      const url = yield* Effect.promise(pgUrl)
-      const schema = freshSchema("livehttp")
-      const one = yield* startServer(ServerStore.layerPostgres({ url, schema }))
-      const two = yield* startServer(ServerStore.layerPostgres({ url, schema }))
-      const reader = yield* remote(one.url("shared"))
-      const writer = yield* remote(two.url("shared"))
+      const reader = yield* remote(`${readerBase}/db/${name}`)
+      const writer = yield* remote(`${writerBase}/db/${name}`)
       const replica = yield* writerFrom(yield* writer.export(1))
       const started = Date.now()
       const waiting = yield* Effect.fork(reader.pull(1, 1, 129, { waitSeconds: WAIT_SECONDS }))
-      expect(yield* gaugeReaches(one.base, 1)).toBe(1)
+      expect(yield* gaugeReaches(readerBase, 1)).toBe(1)
       const write = replica.write("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t (v) VALUES ('x')")
       const pushedAt = Date.now()
       yield* writer.push(1, 1, write.frames.length + 1, write.frames)
       const result = yield* Fiber.join(waiting)
       expect(Date.now()).toBeGreaterThanOrEqual(pushedAt)
       expect(Date.now() - started).toBeLessThan(WELL_BEFORE_MS)
-      expect(result._tag === "Frames" && result.frames.length).toBe(write.frames.length)
-    }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
+      const pulled = result._tag === "Frames" ? result.frames : []
+      expect(pulled.length).toBe(write.frames.length)
+      pulled.forEach((frame, i) => expect(WalFrame.equals(frame, write.frames[i])).toBe(true))
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici))
+
+  it.scopedLive("a pull waiting on one server wakes on a push through the other", () =>
+    Effect.gen(function*() {
+      const url = yield* Effect.promise(pgUrl)
+      const schema = freshSchema("livehttp")
+      const one = yield* startServer(ServerStore.layerPostgres({ url, schema }))
+      const two = yield* startServer(ServerStore.layerPostgres({ url, schema }))
+      yield* pullWakesOnPush(one.base, two.base, "shared")
+    }))
+
+  it.scopedLive("two serve processes on one PostgreSQL: a pull waiting on one wakes on a push through the other", () =>
+    Effect.gen(function*() {
+      const store = yield* Effect.promise(() => freshDatabase(inject("postgresUrl"), "live_procs"))
+      const [one, two] = yield* Effect.all([serverProcess(["--store", store]), serverProcess(["--store", store])], {
+        concurrency: "unbounded"
+      })
+      yield* pullWakesOnPush(one.url, two.url, "procs")
+    }), 120_000)
 
   it.scopedLive("serve --max-pull-wait sets the longest wait, and /info says it", () =>
     Effect.gen(function*() {
