@@ -94,6 +94,18 @@ const rawPerRow = (work: string, rows: number) => {
   return ms
 }
 
+const rawTransaction = (work: string, rows: number) => {
+  const db = rawDb(work)
+  const insert = db.prepare(INSERT)
+  const start = performance.now()
+  db.transaction(() => {
+    for (let i = 1; i <= rows; i++) insert.run(...row(i))
+  })()
+  const ms = performance.now() - start
+  db.close()
+  return ms
+}
+
 const rawBulk = (work: string, rows: number) => {
   const db = rawDb(work)
   const start = performance.now()
@@ -115,7 +127,7 @@ const rawQuery = (work: string, rows: number) => {
 }
 
 /** Raw statements on the engine's own connection with the capture triggers installed. */
-const capturedRaw = async (lib: Library, work: string, rows: number, kind: "perRow" | "bulk") => {
+const capturedRaw = async (lib: Library, work: string, rows: number, kind: "perRow" | "transaction" | "bulk") => {
   const scope = Effect.runSync(Scope.make())
   try {
     const client = await Effect.runPromise(Scope.extend(lib.Executor.makeClient({ filename: fresh(work, "captured") }), scope))
@@ -124,9 +136,10 @@ const capturedRaw = async (lib: Library, work: string, rows: number, kind: "perR
     const db = lib.Executor.handleOf(client)!
     if (kind === "bulk") return await time(() => db.prepare(bulk(rows)).run())
     const insert = db.prepare(INSERT)
-    return await time(() => {
+    const each = () => {
       for (let i = 1; i <= rows; i++) insert.run(...row(i))
-    })
+    }
+    return await time(kind === "transaction" ? db.transaction(each) : each)
   } finally {
     await Effect.runPromise(Scope.close(scope, Exit.void))
   }
@@ -197,10 +210,12 @@ export const executeBench = async (options: {
   try {
     for (let r = 0; r < repeat; r++) {
       await sample("rawPerRow", () => rawPerRow(work, rows))
+      await sample("rawTransaction", () => rawTransaction(work, rows))
       await sample("rawBulk", () => rawBulk(work, rows))
       await sample("rawQuery", () => rawQuery(work, rows))
       for (const [label, lib] of libs) {
         await sample(`${label}capturedPerRow`, () => capturedRaw(lib, work, rows, "perRow"))
+        await sample(`${label}capturedTransaction`, () => capturedRaw(lib, work, rows, "transaction"))
         await sample(`${label}capturedBulk`, () => capturedRaw(lib, work, rows, "bulk"))
         for (const measure of ["perRow", "perRowNoSpan", "perRowNoFold", "bulk", "query", "queryNoSpan"] as const) {
           await sample(`${label}${measure}`, () => ours(lib, work, rows, measure))
@@ -214,6 +229,7 @@ export const executeBench = async (options: {
   const perRow = ms("rawPerRow")
   const lines: Array<Line> = [
     { what: `raw: ${rows} rows, one transaction each`, ms: perRow, note: "1.0 (reference of the per-row rows)" },
+    { what: `raw: ${rows} rows in one transaction of prepared inserts`, ms: ms("rawTransaction") },
     { what: `raw: ${rows} rows in one statement`, ms: ms("rawBulk"), note: "reference of the one-statement rows" },
     { what: `raw: ${rows} reads by key`, ms: ms("rawQuery"), note: "reference of the query rows" }
   ]
@@ -225,6 +241,11 @@ export const executeBench = async (options: {
         what: `${label}capture overhead: raw, one transaction each, triggers on`,
         ms: k("capturedPerRow"),
         note: `${ratio(k("capturedPerRow"), perRow)} raw without triggers`
+      },
+      {
+        what: `${label}capture overhead: raw, one transaction of prepared inserts, triggers on`,
+        ms: k("capturedTransaction"),
+        note: `${ratio(k("capturedTransaction"), ms("rawTransaction"))} raw without triggers`
       },
       {
         what: `${label}capture overhead: raw, rows in one statement, triggers on`,
