@@ -70,7 +70,7 @@ const onCopy = <A, E, R>(copy: LocalCopies.Copy, effect: Effect.Effect<A, E, R>)
  * WAL decides whether that runs at all, unless the engine was built with its own file service (tests inject
  * faults through it), which `maybeFoldDraft` then uses for every check as before.
  */
-const afterWrite = (state: State): Effect.Effect<void> => {
+const foldIfOutgrown = (state: State): Effect.Effect<void> => {
   if (Option.isSome(state.fileService)) return maybeFoldDraft(state)
   const size = Fs.statSync(Files.walPath(state.paths.draft), { throwIfNoEntry: false })?.size ?? 0
   return size > WalFrame.walSize(state.maxWalFrames) ? maybeFoldDraft(state) : Effect.void
@@ -95,11 +95,11 @@ const write = (state: State) =>
       } catch (cause) {
         return Effect.fail(executeError(sql)(cause))
       }
-      if (result !== undefined) return Effect.as(afterWrite(state), result)
+      if (result !== undefined) return Effect.as(foldIfOutgrown(state), result)
     }
     return Gates.writing(state.gates, onCopy(state.draft, ChangeCapture.execute(sql, params))).pipe(
       Effect.mapError(sqlStatementError("Statement", sql)),
-      Effect.tap(() => afterWrite(state))
+      Effect.tap(() => foldIfOutgrown(state))
     )
   })
 
@@ -217,7 +217,7 @@ export const transaction = (state: State) =>
 <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, Exclude<R, SqlClient.SqlClient>> =>
-  Gates.writing(state.gates, onCopy(state.draft, ChangeCapture.transaction(effect))).pipe(Effect.tap(() => afterWrite(state)))
+  Gates.writing(state.gates, onCopy(state.draft, ChangeCapture.transaction(effect))).pipe(Effect.tap(() => foldIfOutgrown(state)))
 
 /** @internal */
 export const stats = (state: State): Effect.Effect<Stats, SyncError.SyncError> =>
