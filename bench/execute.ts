@@ -84,23 +84,16 @@ const rawDb = (work: string) => {
   return db
 }
 
-const rawPerRow = (work: string, rows: number) => {
+/** Prepared inserts, one transaction each or all in one. */
+const rawInserts = (work: string, rows: number, kind: "perRow" | "transaction") => {
   const db = rawDb(work)
   const insert = db.prepare(INSERT)
-  const start = performance.now()
-  for (let i = 1; i <= rows; i++) insert.run(...row(i))
-  const ms = performance.now() - start
-  db.close()
-  return ms
-}
-
-const rawTransaction = (work: string, rows: number) => {
-  const db = rawDb(work)
-  const insert = db.prepare(INSERT)
-  const start = performance.now()
-  db.transaction(() => {
+  const each = () => {
     for (let i = 1; i <= rows; i++) insert.run(...row(i))
-  })()
+  }
+  const start = performance.now()
+  if (kind === "transaction") db.transaction(each)()
+  else each()
   const ms = performance.now() - start
   db.close()
   return ms
@@ -209,8 +202,8 @@ export const executeBench = async (options: {
   }
   try {
     for (let r = 0; r < repeat; r++) {
-      await sample("rawPerRow", () => rawPerRow(work, rows))
-      await sample("rawTransaction", () => rawTransaction(work, rows))
+      await sample("rawPerRow", () => rawInserts(work, rows, "perRow"))
+      await sample("rawTransaction", () => rawInserts(work, rows, "transaction"))
       await sample("rawBulk", () => rawBulk(work, rows))
       await sample("rawQuery", () => rawQuery(work, rows))
       for (const [label, lib] of libs) {
