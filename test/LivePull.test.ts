@@ -8,7 +8,6 @@
  */
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { describe, expect, inject, it } from "@effect/vitest"
-import Database from "better-sqlite3"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -24,7 +23,6 @@ import fc from "fast-check"
 import * as crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
-import * as Path from "node:path"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as Redacted from "effect/Redacted"
@@ -57,31 +55,14 @@ interface Writer {
 
 const writerFrom = (base: Uint8Array): Effect.Effect<Writer, never, Scope.Scope> =>
   Effect.map(
-    Effect.acquireRelease(
-      Effect.sync(() => {
-        const dir = H.tempDir("live-replica")
-        const file = Path.join(dir, "db.sqlite")
-        Fs.writeFileSync(file, base)
-        const db = new Database(file)
-        db.pragma("wal_autocheckpoint = 0")
-        return { dir, file, db }
-      }),
-      ({ db, dir }) =>
-        Effect.sync(() => {
-          db.close()
-          Fs.rmSync(dir, { recursive: true, force: true })
-        })
-    ),
-    ({ db, file }) => {
+    Effect.acquireRelease(Effect.sync(() => new H.Replica(base)), (replica) => Effect.sync(() => replica.close())),
+    (replica) => {
       let pushed = 0
       return {
         write: (sql) => {
-          db.exec(sql)
-          const wal = WalFrame.parse(new Uint8Array(Fs.readFileSync(`${file}-wal`)))
-          const all = Option.isSome(wal) ? wal.value.frames.map((f) => ({ ...f, page: f.page.slice() })) : []
+          const frames = replica.write(sql)
           const start = pushed + 1
-          const frames = all.slice(pushed)
-          pushed = all.length
+          pushed += frames.length
           return { start, frames }
         }
       }
