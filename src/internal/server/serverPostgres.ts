@@ -223,17 +223,28 @@ export const make = (options: {
           )
         )
 
-      /** Applies committed frames `from..to` of a generation to `image`, a batch at a time. */
+      /**
+       * Applies committed frames `from..to` of a generation to `image`, read a batch at a time. `applyFrames`
+       * stops at a batch's last commit frame, so the frames of a transaction a batch boundary cuts are
+       * carried into the next batch, where its commit frame is.
+       */
       const applyCommitted = (image: Uint8Array, generation: number, from: number, to: number) =>
         Effect.gen(function*() {
           let result = image
+          let carried: ReadonlyArray<WalFrame.Frame> = []
           for (let start = from; start <= to; start += INSERT_BATCH) {
             const end = Math.min(to + 1, start + INSERT_BATCH)
             const frames = yield* readFrames(generation, start, end)
             if (frames.length !== end - start) {
               return yield* Effect.dieMessage(`frames ${start}..${end - 1} of ${name}/${generation} are missing`)
             }
-            result = WalFrame.applyFrames(result, frames)
+            const batch = carried.length === 0 ? frames : carried.concat(frames)
+            const committed = WalFrame.committedLength(batch)
+            result = WalFrame.applyFrames(result, batch)
+            carried = batch.slice(committed)
+          }
+          if (carried.length > 0) {
+            return yield* Effect.dieMessage(`frame ${to} of ${name}/${generation} is not a commit frame`)
           }
           return result
         })
