@@ -18,6 +18,9 @@
  * as a load balancer would send them. Requests cut by the kill are counted apart (`failover`): the
  * pushers treat them as uncertain and find out from a fresh copy whether they were stored, and the
  * check at the end proves that nothing acknowledged was lost.
+ * `--profile DIR` writes a CPU profile of every server process to DIR (node --cpu-prof, on SIGTERM at the
+ * end; a SIGKILLed instance writes none) and prints PostgreSQL's busiest statements (pg_stat_statements):
+ * calls per acknowledged push show the round trips a push costs.
  * `--suite postgres` runs one instance, two instances, and two instances with a kill at half time;
  * `--suite all`, the default when no store is named, runs the embedded SQLite store (one instance) first.
  *
@@ -33,6 +36,10 @@ import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import * as Reactivity from "@effect/experimental/Reactivity"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
 import * as H from "../test/support/http.js"
 import { freshDatabase, type PostgresServer, startPostgres } from "../test/support/postgres.js"
 import { type ServerProcess, spawnServer } from "../test/support/process.js"
@@ -53,6 +60,7 @@ const single = args.includes("--store") || args.includes("--instances") || args.
 const suite = flag("suite", single ? "" : "all")
 const storeFlag = flag("store", "sqlite")
 const instancesFlag = Number(flag("instances", "1"))
+const profileDir = args.includes("--profile") ? Path.resolve(flag("profile", "bench/results/profile")) : undefined
 const killAfterFlag = args.includes("--kill-after") ? Number(flag("kill-after", "0")) : undefined
 for (const [name, value] of Object.entries({ clients, seconds, databases, pullShare, largeShare, instancesFlag })) {
   if (!Number.isFinite(value) || value < 0) throw new Error(`--${name}: not a number`)
@@ -112,7 +120,12 @@ const runOnce = async (run: Run, postgres: PostgresServer | undefined) => {
   const servers: Array<ServerProcess> = []
   for (const log of logs) {
     const storeArgs = store === undefined ? ["--data", data] : ["--store", store]
-    servers.push(await spawnServer([...storeArgs, "--log-format", "json", "--integrity-check", check], { stderrFile: log }))
+    servers.push(
+      await spawnServer([...storeArgs, "--log-format", "json", "--integrity-check", check], {
+        stderrFile: log,
+        ...(profileDir === undefined ? {} : { nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] })
+      })
+    )
   }
   const alive = servers.map(() => true)
   const peakRss = servers.map((s) => peakRssMb(s.child.pid))
@@ -161,6 +174,7 @@ const runOnce = async (run: Run, postgres: PostgresServer | undefined) => {
       }
     }))
     const elapsed = (performance.now() - started) / 1000
+    if (profileDir !== undefined && store !== undefined) await printStatements(store, sum(pushers, (p) => p.stats.acked))
     if (killer !== undefined) clearTimeout(killer)
     servers.forEach((s, i) => {
       if (alive[i]) peakRss[i] = peakRssMb(s.child.pid)
@@ -253,6 +267,22 @@ const runOnce = async (run: Run, postgres: PostgresServer | undefined) => {
   }
 }
 
+/** PostgreSQL's busiest statements of the run, with calls per acknowledged push. */
+const printStatements = async (url: string, acked: number) => {
+  const rows = await Effect.gen(function*() {
+    const sql = yield* PgClient.make({ url: Redacted.make(url), maxConnections: 1 })
+    yield* sql`CREATE EXTENSION IF NOT EXISTS pg_stat_statements`
+    return yield* sql<{ calls: number; ms: number; query: string }>`
+      SELECT calls::int AS calls, round(total_exec_time)::int AS ms, left(regexp_replace(query, '[[:space:]]+', ' ', 'g'), 110) AS query
+      FROM pg_stat_statements
+      ORDER BY calls DESC LIMIT 25`
+  }).pipe(Effect.provide(Reactivity.layer), Effect.scoped, Effect.runPromise)
+  console.log(`\nPostgreSQL statements (${acked} acknowledged pushes): calls, calls per push, total ms, statement`)
+  for (const row of rows) {
+    console.log(`${String(row.calls).padStart(7)} ${(row.calls / Math.max(1, acked)).toFixed(2).padStart(7)} ${String(row.ms).padStart(7)}  ${row.query}`)
+  }
+}
+
 const build = () => {
   const root = Path.resolve(import.meta.dirname, "..")
   const tsc = Path.join(root, "node_modules", "typescript", "bin", "tsc")
@@ -272,7 +302,12 @@ const main = async () => {
     ? postgresRuns
     : [{ store: storeFlag as Run["store"], instances: instancesFlag, killAfter: killAfterFlag }]
   build()
-  const postgres = runs.some((run) => run.store === "postgres") ? await startPostgres({ durable: true }) : undefined
+  const postgres = runs.some((run) => run.store === "postgres")
+    ? await startPostgres({
+      durable: true,
+      settings: profileDir === undefined ? [] : ["shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all"]
+    })
+    : undefined
   try {
     const results = []
     let failed = false
