@@ -478,6 +478,9 @@ export const make = (options: {
             const last = firstFrameNo + frames.length - 1
             if (integrityCheck !== "off") {
               const { image, schema } = yield* imageAt(generation, firstFrameNo - 1)
+              // Nothing of this transaction is written yet: the image is the committed head, worth keeping
+              // whatever becomes of this commit (a refused or conflicting push would read it again).
+              head = { id: lockedId, generation, lastFrame: firstFrameNo - 1, image, schema }
               const next = planOnImage(integrityCheck, image, schema, frames)
               const candidate = WalFrame.applyFrames(image, frames)
               const problem = yield* check(candidate, next.plan)
