@@ -306,7 +306,8 @@ const fast = Schedule.intersect(Schedule.spaced(10), Schedule.recurs(2))
 /** A server on a free loopback port over `store`, in a scope of its own (closed by `close`). */
 const startServer = (
   store: Layer.Layer<ServerStore.ServerStore, ServerStore.StoreError>,
-  options: SyncServer.NodeOptions = {}
+  options: SyncServer.NodeOptions = {},
+  logLevel: LogLevel.LogLevel = LogLevel.Error
 ) =>
   Effect.gen(function*() {
     const scope = yield* Scope.make()
@@ -314,7 +315,7 @@ const startServer = (
     const context = yield* Layer.buildWithScope(
       SyncServer.layerNode({ port: 0, ...options }).pipe(Layer.provideMerge(store)),
       scope
-    ).pipe(quiet)
+    ).pipe(Logger.withMinimumLogLevel(logLevel))
     const base = yield* Effect.provide(SyncServer.baseUrl, context)
     return {
       base,
@@ -623,6 +624,37 @@ describe("waiting pulls: two servers on one PostgreSQL, the CLI, the in-process 
       const now = yield* timed(off.pull(1, write.frames.length + 1, write.frames.length + 2, { waitSeconds: WAIT_SECONDS }))
       expect(now.value._tag).toBe("CheckpointNeeded")
       expect(now.ms).toBeLessThan(WELL_BEFORE_MS)
+    }))
+})
+
+describe("waiting pulls: logs and metrics", () => {
+  it.scopedLive("a waited pull logs waited_ms, and its wait is not serving time in pull_seconds", () =>
+    Effect.gen(function*() {
+      const lines: Array<Record<string, unknown>> = []
+      const capture = Logger.make(({ annotations, message }) => {
+        if (Array.isArray(message) ? message[0] === "request" : message === "request") lines.push(Object.fromEntries(annotations))
+      })
+      const server = yield* startServer(ServerStore.layerMemory(), {}, LogLevel.Info).pipe(
+        Effect.provide(Logger.replace(Logger.defaultLogger, capture))
+      )
+      const metric = (text: string, series: string) => {
+        const match = new RegExp(`^${series.replace(/[{}.+"]/g, "\\$&")} (\\d+)$`, "m").exec(text)
+        return match === null ? 0 : Number(match[1])
+      }
+      const metrics = Effect.promise(async () => (await H.request(server.base, { path: "/metrics" })).body.toString("utf8"))
+      const before = yield* metrics
+      const waited = yield* timed(rawPull(server.base, "/db/logged/sync/1/1/129", 3))
+      expect(waited.ms).toBeGreaterThanOrEqual(2_900)
+      const after = yield* metrics
+      const within = `effect_sqlite_sync_pull_seconds_bucket{le="2.048"}`
+      const all = `effect_sqlite_sync_pull_seconds_count`
+      expect(metric(after, all) - metric(before, all)).toBe(1)
+      expect(metric(after, within) - metric(before, within)).toBe(1)
+      yield* Effect.sleep("200 millis")
+      const line = lines.find((l) => l.route === "GET /sync/{G}/{start}/{end}")
+      expect(line).toMatchObject({ database: "logged", status: 400, outcome: "checkpoint_needed" })
+      expect(line?.waited_ms).toBeGreaterThanOrEqual(2_900)
+      expect(line?.ms).toBeGreaterThanOrEqual(line?.waited_ms as number)
     }))
 })
 
