@@ -6,6 +6,7 @@
  * Timing assertions are one-sided and loose, for a loaded machine: a wake-up must come after its cause
  * and well before the wait would have run out (waits of 20 s, answers asserted under 10 s).
  */
+import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { describe, expect, inject, it } from "@effect/vitest"
 import * as Context from "effect/Context"
@@ -490,6 +491,12 @@ for (const [label, makeStore] of httpStores) {
         expect(yield* gaugeReaches(server.base, 1)).toBe(1)
         socket.destroy()
         expect(yield* gaugeReaches(server.base, 0)).toBe(0)
+        // And the fetch-based client aborts its request the same way.
+        const viaFetch = yield* remote(server.url("abort")).pipe(Effect.provide(FetchHttpClient.layer))
+        const fetching = yield* Effect.fork(viaFetch.pull(1, 1, 129, { waitSeconds: WAIT_SECONDS }))
+        expect(yield* gaugeReaches(server.base, 1)).toBe(1)
+        yield* Fiber.interrupt(fetching)
+        expect(yield* gaugeReaches(server.base, 0)).toBe(0)
       }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
 
     it.scopedLive("shutdown answers waiting pulls at once (checkpoint_needed) instead of waiting them out", () =>
@@ -625,6 +632,63 @@ describe("waiting pulls: two servers on one PostgreSQL, the CLI, the in-process 
       expect(now.value._tag).toBe("CheckpointNeeded")
       expect(now.ms).toBeLessThan(WELL_BEFORE_MS)
     }))
+})
+
+describe("the client asks to wait only a server that offers it", () => {
+  /** A server answering `/info` with `info` and every pull with checkpoint_needed; it records each pull's `Prefer`. */
+  const scripted = (info: Record<string, unknown>) =>
+    Effect.acquireRelease(
+      Effect.promise(() =>
+        new Promise<{ base: string; prefer: Array<string | undefined>; infos: () => number; server: Http.Server }>((resolve) => {
+          const prefer: Array<string | undefined> = []
+          let infos = 0
+          const server = Http.createServer((req, res) => {
+            res.setHeader("content-type", "application/json")
+            if (req.url!.endsWith("/info")) {
+              infos++
+              res.end(JSON.stringify(info))
+              return
+            }
+            const value = req.headers.prefer
+            prefer.push(Array.isArray(value) ? value.join(", ") : value)
+            res.statusCode = 400
+            res.end(JSON.stringify({ status: "checkpoint_needed", generation: 1, max_frame_no: 0 }))
+          })
+          server.listen(0, "127.0.0.1", () => {
+            const port = (server.address() as { port: number }).port
+            resolve({ base: `http://127.0.0.1:${port}/db/x`, prefer, infos: () => infos, server })
+          })
+        })
+      ),
+      ({ server }) =>
+        Effect.sync(() => {
+          server.closeAllConnections()
+          server.close()
+        })
+    )
+
+  it.scopedLive("no wait offered: no header; offered: the header, cut to the server's maximum; not yet known: /info is asked once first", () =>
+    Effect.gen(function*() {
+      const plain = yield* scripted({ current_generation: 1, extensions: ["snapshot"] })
+      const a = yield* remote(plain.base)
+      yield* a.pull(1, 1, 129, { waitSeconds: 20 })
+      yield* a.pull(1, 1, 129, { waitSeconds: 20 })
+      expect(plain.infos()).toBe(1)
+      expect(plain.prefer).toEqual([undefined, undefined])
+
+      const waits = yield* scripted({ current_generation: 1, extensions: ["snapshot", "wait"], max_wait_seconds: 5 })
+      const b = yield* remote(waits.base)
+      yield* b.pull(1, 1, 129, { waitSeconds: 20 })
+      yield* b.pull(1, 1, 129, { waitSeconds: 2.5 })
+      yield* b.pull(1, 1, 129)
+      expect(waits.infos()).toBe(1)
+      expect(waits.prefer).toEqual(["wait=5", "wait=2", undefined])
+      // A pull without a wait never asks /info.
+      const fresh = yield* scripted({ current_generation: 1, extensions: ["wait"], max_wait_seconds: 5 })
+      yield* (yield* remote(fresh.base)).pull(1, 1, 129)
+      expect(fresh.infos()).toBe(0)
+      expect(fresh.prefer).toEqual([undefined])
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
 })
 
 describe("waiting pulls: logs and metrics", () => {
