@@ -115,20 +115,26 @@ export const finishDraftFold = (state: State) =>
 export const foldDraft = Effect.fn("Engine.foldDraft")(function*(state: State, force: boolean) {
   const { paths } = state
   yield* finishDraftFold(state)
-  const frames = yield* PageCopy.readCommittedFrames(paths.draft)
+  // Frame headers only: the pages the frames write and where they commit, not the pages themselves (a fold
+  // then costs about what SQLite's checkpoint does). Their page set can only be larger than the committed
+  // frames' (see readFrameHeaders), which costs a copy of a page, never a missed one.
+  const wal = yield* PageCopy.readFrameHeaders(paths.draft)
   const copyFrames = (yield* SynchronizedRef.get(state.metadata)).draftPages?.copy?.frames ?? 0
-  if (frames.length < copyFrames) {
+  if (wal.committed < copyFrames) {
     // Draft's WAL is not the one the metadata describes (SQLite folded it when a close could not keep it):
     // where Draft's file differs from Synced is unknown, so the next copy writes every page.
     const pages = yield* Files.attempt(paths.draft, "cannot read", (fs) =>
-      Math.max(PageCopy.headerPages(fs, paths.draft), PageCopy.headerPages(fs, paths.synced), ...frames.map((f) => f.commitSize)))
-    yield* Effect.logWarning(`the WAL of ${paths.draft} holds ${frames.length} frames, its copy wrote ${copyFrames}`)
+      wal.frames.reduce(
+        (max, f) => Math.max(max, f.commitSize),
+        Math.max(PageCopy.headerPages(fs, paths.draft), PageCopy.headerPages(fs, paths.synced))
+      ))
+    yield* Effect.logWarning(`the WAL of ${paths.draft} holds ${wal.committed} frames, its copy wrote ${copyFrames}`)
     yield* updateMetadata(state, (m) => ({ ...m, draftPages: DraftPages.unknown(syncedFileAt(m), pages) }))
   }
-  if (frames.length === 0 || (!force && frames.length <= state.maxWalFrames)) return
+  if (wal.committed === 0 || (!force && wal.committed <= state.maxWalFrames)) return
   yield* updateMetadata(state, (m) => {
     const t = m.draftPages ?? DraftPages.fresh(syncedFileAt(m))
-    const local = PageCopy.pageNumbers(frames.slice(t.copy?.frames ?? 0))
+    const local = PageCopy.pageNumbers(wal.frames.slice(t.copy?.frames ?? 0))
     return { ...m, draftPages: DraftPages.draftFolded(t, local, syncedFileAt(m)), draftFoldInProgress: true }
   })
   yield* state.step("draftFold:flagged")

@@ -40,6 +40,57 @@ export const readCommittedFrames = (db: string) =>
     return Option.match(WalFrame.parse(fs.readFileSync(walPath(db))), { onNone: () => [], onSome: (w) => w.frames })
   })
 
+/** A WAL frame as its 24-byte header gives it: the page it writes, the commit size (0 but on a commit frame). */
+export interface FrameHeader {
+  readonly pgno: number
+  readonly commitSize: number
+}
+
+/**
+ * The frame headers of `<db>-wal` that carry its header's salts, in order, up to the first that does not;
+ * `committed`: how many of them end with the last commit frame. Pages are neither read nor checksummed, so
+ * this costs a fraction of `readCommittedFrames` and over-approximates it: frames a crash left torn (with
+ * the WAL's salts but a bad checksum) are included, as are frames written after the last commit (a
+ * transaction under way, or rolled back). Frames before a checkpoint that restarted the WAL carry the old
+ * salts, which ends the scan. `[]` without a valid WAL header. Read while the copy is open only when no
+ * transaction can be under way (the caller holds every write permit).
+ */
+export const readFrameHeaders = (db: string) =>
+  attempt(walPath(db), "cannot read WAL", (fs): { readonly frames: ReadonlyArray<FrameHeader>; readonly committed: number } => {
+    const frames: Array<FrameHeader> = []
+    let committed = 0
+    if (!fs.existsSync(walPath(db))) return { frames, committed }
+    const fd = fs.openSync(walPath(db), "r")
+    try {
+      const head = new Uint8Array(WalFrame.WAL_HEADER_SIZE)
+      if (fs.readSync(fd, head, 0, head.byteLength, 0) < head.byteLength) return { frames, committed }
+      // A WAL of its header alone parses to that header, validated as SQLite's recovery does.
+      const wal = WalFrame.parse(head)
+      if (Option.isNone(wal)) return { frames, committed }
+      const { salt1, salt2 } = wal.value.header
+      // Frames are read a chunk at a time (bounded memory); only their headers are looked at. A frame cut
+      // short by the end of the file is not one (SQLite's recovery ignores it too).
+      const chunk = new Uint8Array(256 * WalFrame.FRAME_SIZE)
+      const view = new DataView(chunk.buffer)
+      for (let position = WalFrame.WAL_HEADER_SIZE;;) {
+        const read = fs.readSync(fd, chunk, 0, chunk.byteLength, position)
+        for (let offset = 0; offset + WalFrame.FRAME_SIZE <= read; offset += WalFrame.FRAME_SIZE) {
+          const pgno = view.getUint32(offset)
+          if (pgno === 0 || view.getUint32(offset + 8) !== salt1 || view.getUint32(offset + 12) !== salt2) {
+            return { frames, committed }
+          }
+          const commitSize = view.getUint32(offset + 4)
+          frames.push({ pgno, commitSize })
+          if (commitSize !== 0) committed = frames.length
+        }
+        if (read < chunk.byteLength) return { frames, committed }
+        position += read
+      }
+    } finally {
+      fs.closeSync(fd)
+    }
+  })
+
 /**
  * Writes `frames` as a complete new WAL at `path` (fresh salts, checksums from its header), fsynced. The
  * frames must end with a commit frame.
@@ -97,7 +148,7 @@ export const pagesAsTransaction = (
   })
 
 /** Distinct page numbers written by `frames`. */
-export const pageNumbers = (frames: ReadonlyArray<WalFrame.Frame>): ReadonlyArray<number> => [
+export const pageNumbers = (frames: ReadonlyArray<FrameHeader>): ReadonlyArray<number> => [
   ...new Set(frames.map((f) => f.pgno))
 ]
 
