@@ -31,7 +31,7 @@ const op: fc.Arbitrary<Op> = fc.oneof(
   { weight: 1, arbitrary: fc.integer({ min: 5, max: 40 }).map((rows) => ({ _tag: "rollback" as const, rows })) },
   {
     weight: 2,
-    arbitrary: fc.constantFrom("PASSIVE", "RESTART", "TRUNCATE").map((mode) => ({ _tag: "checkpoint" as const, mode }))
+    arbitrary: fc.constantFrom<"PASSIVE" | "RESTART" | "TRUNCATE">("PASSIVE", "RESTART", "TRUNCATE").map((mode) => ({ _tag: "checkpoint" as const, mode }))
   },
   {
     weight: 1,

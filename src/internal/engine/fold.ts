@@ -100,12 +100,34 @@ const checkpointDraft = (state: State) =>
     )
   )
 
-/** A Draft fold recorded in metadata whose checkpoint did not run (or failed): run it now. */
+/**
+ * The checkpoint of a recorded Draft fold, then its flag cleared in memory only: the cleared flag reaches
+ * the disk with the next metadata write, which saves a write (and its fsyncs) per fold. A restart that
+ * finds the flag still set cannot tell whether the checkpoint ran, so `finishDraftFold` records whatever
+ * Draft's WAL then holds before checkpointing it: right either way, the record only grows.
+ */
+const checkpointRecorded = (state: State) =>
+  Effect.zipRight(
+    checkpointDraft(state),
+    SynchronizedRef.update(state.metadata, (m) => ({ ...m, draftFoldInProgress: false }))
+  )
+
+/**
+ * A Draft fold flagged in metadata whose checkpoint did not run, failed, or ran without its flag cleared on
+ * disk: the pages of every frame Draft's WAL holds now are recorded as folded too (frames written since
+ * the flag, if the checkpoint ran or failed), then the checkpoint runs.
+ */
 export const finishDraftFold = (state: State) =>
   Effect.gen(function*() {
     if (!(yield* SynchronizedRef.get(state.metadata)).draftFoldInProgress) return
-    yield* checkpointDraft(state)
-    yield* updateMetadata(state, (m) => ({ ...m, draftFoldInProgress: false }))
+    const wal = yield* PageCopy.readFrameHeaders(state.paths.draft)
+    if (wal.frames.length > 0) {
+      yield* updateMetadata(state, (m) => {
+        const t = m.draftPages ?? DraftPages.fresh(syncedFileAt(m))
+        return { ...m, draftPages: DraftPages.draftFolded(t, PageCopy.pageNumbers(wal.frames), syncedFileAt(m)) }
+      })
+    }
+    yield* checkpointRecorded(state)
   })
 
 /**
@@ -138,7 +160,7 @@ export const foldDraft = Effect.fn("Engine.foldDraft")(function*(state: State, f
     return { ...m, draftPages: DraftPages.draftFolded(t, local, syncedFileAt(m)), draftFoldInProgress: true }
   })
   yield* state.step("draftFold:flagged")
-  yield* finishDraftFold(state)
+  yield* checkpointRecorded(state)
 })
 
 /** After a local write: folds Draft's WAL if it outgrew its bound and no write is in flight (else later). */
