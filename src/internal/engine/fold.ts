@@ -7,9 +7,10 @@
  *   a page first, so a file ahead of the metadata is harmless); the rest of the WAL is written as
  *   `<path>-synced-wal.next`; the metadata records the new `foldedFrame` with `foldInProgress`; the new WAL
  *   replaces the old one. The protocol's frame numbers stay: the WAL holds `foldedFrame + 1..syncedFrame`.
- * - Draft: the pages its WAL's frames change are recorded in the metadata (`draftPages`, with
- *   `draftFoldInProgress`), then SQLite's own TRUNCATE checkpoint runs. The record is what lets a pull write
- *   only the pages where Draft can differ from Synced.
+ * - Draft: the pages its WAL's frames change (read from the frame headers) are recorded in the metadata
+ *   (`draftPages`, with `draftFoldInProgress`), then SQLite's own TRUNCATE checkpoint runs; the flag is
+ *   cleared on disk by the next metadata write. The record is what lets a pull write only the pages where
+ *   Draft can differ from Synced.
  *
  * Open, and the next push or pull, finish a flagged fold.
  *
@@ -101,6 +102,17 @@ const checkpointDraft = (state: State) =>
   )
 
 /**
+ * Records, flagged, that Draft's WAL of `frames` is being folded into its file: the pages they write (after
+ * the copy transaction, if the WAL starts with one) become pages where Draft's file can differ.
+ */
+const recordDraftFold = (state: State, frames: ReadonlyArray<PageCopy.FrameHeader>) =>
+  updateMetadata(state, (m) => {
+    const t = m.draftPages ?? DraftPages.fresh(syncedFileAt(m))
+    const local = PageCopy.pageNumbers(frames.slice(t.copy?.frames ?? 0))
+    return { ...m, draftPages: DraftPages.draftFolded(t, local, syncedFileAt(m)), draftFoldInProgress: true }
+  })
+
+/**
  * The checkpoint of a recorded Draft fold, then its flag cleared in memory only: the cleared flag reaches
  * the disk with the next metadata write, which saves a write (and its fsyncs) per fold. A restart that
  * finds the flag still set cannot tell whether the checkpoint ran, so `finishDraftFold` records whatever
@@ -121,12 +133,7 @@ export const finishDraftFold = (state: State) =>
   Effect.gen(function*() {
     if (!(yield* SynchronizedRef.get(state.metadata)).draftFoldInProgress) return
     const wal = yield* PageCopy.readFrameHeaders(state.paths.draft)
-    if (wal.frames.length > 0) {
-      yield* updateMetadata(state, (m) => {
-        const t = m.draftPages ?? DraftPages.fresh(syncedFileAt(m))
-        return { ...m, draftPages: DraftPages.draftFolded(t, PageCopy.pageNumbers(wal.frames), syncedFileAt(m)) }
-      })
-    }
+    if (wal.frames.length > 0) yield* recordDraftFold(state, wal.frames)
     yield* checkpointRecorded(state)
   })
 
@@ -154,11 +161,7 @@ export const foldDraft = Effect.fn("Engine.foldDraft")(function*(state: State, f
     yield* updateMetadata(state, (m) => ({ ...m, draftPages: DraftPages.unknown(syncedFileAt(m), pages) }))
   }
   if (wal.committed === 0 || (!force && wal.committed <= state.maxWalFrames)) return
-  yield* updateMetadata(state, (m) => {
-    const t = m.draftPages ?? DraftPages.fresh(syncedFileAt(m))
-    const local = PageCopy.pageNumbers(wal.frames.slice(t.copy?.frames ?? 0))
-    return { ...m, draftPages: DraftPages.draftFolded(t, local, syncedFileAt(m)), draftFoldInProgress: true }
-  })
+  yield* recordDraftFold(state, wal.frames)
   yield* state.step("draftFold:flagged")
   yield* checkpointRecorded(state)
 })
