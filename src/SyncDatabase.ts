@@ -47,6 +47,7 @@ import * as AutoSync from "./internal/engine/autoSync.js"
 import * as Engine from "./internal/engine/engine.js"
 import * as OwnerLock from "./internal/engine/ownerLock.js"
 import * as SqlClientInternal from "./internal/engine/sqlClient.js"
+import * as Reactive from "./internal/live/reactive.js"
 import * as SyncEventsInternal from "./internal/engine/syncEvents.js"
 import * as LocalCopies from "./LocalCopies.js"
 import type * as SyncError from "./SyncError.js"
@@ -146,6 +147,24 @@ export interface Service {
   readonly subscribe: Effect.Effect<Queue.Dequeue<SyncEvents.SyncEvent>, never, Scope.Scope>
   /** idle / pushing / pulling, pending local changes, the last error, whether the remote answered. */
   readonly status: SubscriptionRef.SubscriptionRef<SyncEvents.Status>
+  /**
+   * The rows of a read-only statement (as `query` runs it) as a Stream: emitted at once, then again after
+   * every local write and every pull that changes a table the statement reads (SQLite's plan of the
+   * statement names them: views, joins, subqueries and CTEs are followed). Writes to other tables cause no
+   * emission. Changes made while the query runs again make one more run, so a burst of writes may give one
+   * emission, and the last state is always emitted; a consumer slower than the changes gets the newest rows.
+   * A pull may touch any table: after one, the statement runs again and emits only if its rows differ.
+   *
+   * ```ts
+   * yield* db.reactive("SELECT id, body FROM notes ORDER BY id").pipe(
+   *   Stream.runForEach((rows) => Console.log(rows))
+   * )
+   * ```
+   */
+  readonly reactive: <Row extends object = Record<string, unknown>>(
+    sql: string,
+    params?: ReadonlyArray<unknown>
+  ) => Stream.Stream<ReadonlyArray<Row>, SyncError.SqlStatementError>
 }
 
 /**
@@ -253,11 +272,15 @@ export const make = <R = never>(options: Options<R>) =>
     }).pipe(
       Effect.provideService(SyncRemote.SyncRemote, instrumentation.observe(remote))
     )
-    const wrapped: Service = yield* instrumentation.wrap(engine)
+    const wrapped = yield* instrumentation.wrap(engine)
     // push, pull, sync and execute get their spans from the wrapper; the reads get theirs here.
-    const service: Service = {
+    const query: Service["query"] = (sql, params) =>
+      Effect.withSpan(wrapped.query(sql, params), "SyncDatabase.query", { attributes: { sql } })
+    const service: Service & Reactive.Source = {
       ...wrapped,
-      query: (sql, params) => Effect.withSpan(wrapped.query(sql, params), "SyncDatabase.query", { attributes: { sql } }),
+      query,
+      tracker: engine.changes,
+      reactive: (sql, params) => Reactive.reactive({ ...engine, tracker: engine.changes, query }, sql, params ?? []),
       stats: Effect.withSpan(wrapped.stats, "SyncDatabase.stats"),
       conflicts: Effect.withSpan(wrapped.conflicts, "SyncDatabase.conflicts")
     }
@@ -354,7 +377,7 @@ export const layerConfig = <R = never>(
  */
 export const layerSqlClientRemote = <R = never>(
   options: Options<R>
-): Layer.Layer<SyncDatabase | SqlClient.SqlClient, SyncError.SyncError, SyncRemote.SyncRemote | R> =>
+): Layer.Layer<SyncDatabase | SqlClient.SqlClient | Reactivity.Reactivity, SyncError.SyncError, SyncRemote.SyncRemote | R> =>
   sqlClientFor.pipe(Layer.provideMerge(layerRemote(options)))
 
 /**
@@ -373,16 +396,22 @@ export const layerSqlClientRemote = <R = never>(
  */
 export const layerSqlClient = <R = never>(
   options: HttpOptions<R>
-): Layer.Layer<SyncDatabase | SqlClient.SqlClient, SyncError.SyncError, HttpClient.HttpClient | R> =>
+): Layer.Layer<SyncDatabase | SqlClient.SqlClient | Reactivity.Reactivity, SyncError.SyncError, HttpClient.HttpClient | R> =>
   sqlClientFor.pipe(Layer.provideMerge(layer(options)))
 
-const sqlClientFor: Layer.Layer<SqlClient.SqlClient, never, SyncDatabase> = Layer.effect(
-  SqlClient.SqlClient,
-  Effect.flatMap(SyncDatabase, (db) => {
-    const engine = db as Service & Partial<SqlClientInternal.EngineAccess>
-    if (engine.executeRows === undefined || engine.transaction === undefined) {
-      return Effect.dieMessage("SyncDatabase.layerSqlClient needs a SyncDatabase built by this module")
+/**
+ * The SqlClient and the database's Reactivity: `sql.reactive(["notes"], ...)` runs again when a write or a
+ * pull changes `notes`, and so do `Reactivity.stream`/`query` of the app on the same keys (table names).
+ */
+const sqlClientFor: Layer.Layer<SqlClient.SqlClient | Reactivity.Reactivity, never, SyncDatabase> = Layer.unwrapEffect(
+  Effect.map(SyncDatabase, (db) => {
+    const engine = db as Service & Partial<SqlClientInternal.EngineAccess & Reactive.Source>
+    if (engine.executeRows === undefined || engine.transaction === undefined || engine.tracker === undefined) {
+      return Layer.die("SyncDatabase.layerSqlClient needs a SyncDatabase built by this module")
     }
-    return SqlClientInternal.make(engine as Service & SqlClientInternal.EngineAccess)
+    const reactivity = Layer.succeed(Reactivity.Reactivity, Reactive.service(engine.tracker, engine.watch!))
+    return Layer.effect(SqlClient.SqlClient, SqlClientInternal.make(engine as Service & SqlClientInternal.EngineAccess)).pipe(
+      Layer.provideMerge(reactivity)
+    )
   })
-).pipe(Layer.provide(Reactivity.layer))
+)

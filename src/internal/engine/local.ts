@@ -4,7 +4,7 @@
  *
  * @internal
  */
-import type * as SqlClient from "@effect/sql/SqlClient"
+import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
@@ -13,6 +13,8 @@ import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as ChangeCapture from "../../ChangeCapture.js"
 import type { ExecuteResult, Stats } from "../../SyncDatabase.js"
 import * as SyncError from "../../SyncError.js"
+import * as Changes from "../live/changes.js"
+import * as Reactive from "../live/reactive.js"
 import * as Executor from "../sqlite/executor.js"
 import * as Files from "../sqlite/files.js"
 import { sqlStatementError } from "./errors.js"
@@ -40,10 +42,13 @@ export const isReadStatement = (sql: string): boolean => {
   return false
 }
 
+/** Reactive queries and live sync hear of a committed write while its permit is held (Draft is its copy). */
+const afterWrite = (state: State) => Changes.afterWrite(state.changes, state.draft)
+
 /** @internal */
 export const execute = (state: State) =>
 (sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<ExecuteResult, SyncError.SqlStatementError> =>
-  Gates.writing(state.gates, on(state.draft, ChangeCapture.execute(sql, params))).pipe(
+  Gates.writing(state.gates, Effect.tap(on(state.draft, ChangeCapture.execute(sql, params)), afterWrite(state))).pipe(
     Effect.map((r): ExecuteResult => ({ changes: r.changes, lastInsertRowid: r.lastInsertRowid })),
     Effect.mapError(sqlStatementError("Statement", sql)),
     Effect.tap(() => maybeFoldDraft(state))
@@ -55,7 +60,7 @@ export const executeRows = (state: State) =>
   sql: string,
   params: ReadonlyArray<unknown> = []
 ): Effect.Effect<ChangeCapture.ExecuteResult, SyncError.SqlStatementError> =>
-  Gates.writing(state.gates, on(state.draft, ChangeCapture.execute(sql, params))).pipe(
+  Gates.writing(state.gates, Effect.tap(on(state.draft, ChangeCapture.execute(sql, params)), afterWrite(state))).pipe(
     Effect.mapError(sqlStatementError("Statement", sql)),
     Effect.tap(() => maybeFoldDraft(state))
   )
@@ -105,6 +110,14 @@ export const query = (state: State) =>
         ))
   ).pipe(Effect.mapError((error) => error._tag === "SqlStatementError" ? error : sqlStatementError("Statement", sql)(error)))
 
+/** The tables `sql` reads, as reactive queries key them (Reactive.tablesRead), on the active copy. */
+export const tablesRead = (state: State) =>
+(sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<ReadonlyArray<string>, SyncError.SqlStatementError> =>
+  onActive(
+    state,
+    (client) => Effect.provideService(Executor.withExecutor((exec) => Reactive.tablesRead(exec, sql, params)), SqlClient.SqlClient, client)
+  ).pipe(Effect.mapError(sqlStatementError("Statement", sql)))
+
 /** Whether `sql` is a pure read by SQLite's verdict (layerSqlClient routes by it); one that fails to prepare is not. */
 export const classify = (state: State) => (sql: string): Effect.Effect<"read" | "write"> =>
   onActive(state, (client) => isRead(state, client, sql)).pipe(
@@ -120,7 +133,9 @@ export const transaction = (state: State) =>
 <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, Exclude<R, SqlClient.SqlClient>> =>
-  Gates.writing(state.gates, on(state.draft, ChangeCapture.transaction(effect))).pipe(Effect.tap(() => maybeFoldDraft(state)))
+  Gates.writing(state.gates, Effect.tap(on(state.draft, ChangeCapture.transaction(effect)), afterWrite(state))).pipe(
+    Effect.tap(() => maybeFoldDraft(state))
+  )
 
 /** @internal */
 export const stats = (state: State): Effect.Effect<Stats, SyncError.SyncError> =>
