@@ -47,10 +47,11 @@ import * as AutoSync from "./internal/engine/autoSync.js"
 import * as Engine from "./internal/engine/engine.js"
 import * as OwnerLock from "./internal/engine/ownerLock.js"
 import * as SqlClientInternal from "./internal/engine/sqlClient.js"
+import * as LiveSync from "./internal/live/liveSync.js"
 import * as Reactive from "./internal/live/reactive.js"
 import * as SyncEventsInternal from "./internal/engine/syncEvents.js"
 import * as LocalCopies from "./LocalCopies.js"
-import type * as SyncError from "./SyncError.js"
+import * as SyncError from "./SyncError.js"
 import * as SyncMetadata from "./SyncMetadata.js"
 import type * as SyncEvents from "./SyncEvents.js"
 import * as SyncRemote from "./SyncRemote.js"
@@ -201,6 +202,15 @@ export interface Options<R = never> {
   /** Sync in the background on this schedule and after local writes, as `autoSync` does, for the layer's life. */
   readonly autoSync?: Schedule.Schedule<unknown, unknown> | undefined
   /**
+   * Live sync for the layer's life (`true`, or options): a waiting pull stays open at the remote's head and
+   * its changes are pulled as soon as they are committed; local writes are pushed shortly after they
+   * commit (a burst goes as one sync); an unreachable remote is tried again with capped exponential backoff,
+   * and `status.live` / `Live` events say `connected`, `syncing` or `offline`. Against a server without
+   * waiting pulls the remote is polled instead (every 2 seconds by default). An alternative to `autoSync`:
+   * giving both fails with `OptionsError`. `push`, `pull` and `sync` keep working.
+   */
+  readonly live?: boolean | LiveOptions | undefined
+  /**
    * A local database belongs to the server database it was made from: its URL is recorded, and another
    * URL is refused (`RemoteMismatch("UrlChanged")`) unless this is true, for when that server database
    * moved (a new host name). The server database's identity is still checked: moving to another
@@ -248,6 +258,13 @@ export interface HttpOptions<R = never> extends Options<R> {
  */
 export const make = <R = never>(options: Options<R>) =>
   Effect.gen(function*() {
+    const live = options.live === true ? {} : options.live === false ? undefined : options.live
+    if (live !== undefined && options.autoSync !== undefined) {
+      return yield* new SyncError.OptionsError({
+        reason: "Conflicting",
+        message: "live and autoSync are alternatives: give one of them"
+      })
+    }
     // One owner per path, before any file is read; released last, after both copies are closed.
     yield* OwnerLock.acquire(options.path)
     const draft = yield* LocalCopies.Draft
@@ -260,7 +277,8 @@ export const make = <R = never>(options: Options<R>) =>
     const context = yield* Effect.context<R>()
     const resolver = ConflictPolicy.resolver(options.conflicts ?? "lastPushWins")
     const transform = options.transform
-    const { conflicts: _, transform: __, ...engineOptions } = options
+    const { conflicts: _, transform: __, live: ___, ...engineOptions } = options
+    const observed = instrumentation.observe(remote)
     const engine = yield* Engine.make({
       ...engineOptions,
       conflicts: (conflict) => Effect.provide(resolver(conflict), context),
@@ -270,7 +288,7 @@ export const make = <R = never>(options: Options<R>) =>
       onConflicts: instrumentation.publishConflicts,
       observer: instrumentation.observer
     }).pipe(
-      Effect.provideService(SyncRemote.SyncRemote, instrumentation.observe(remote))
+      Effect.provideService(SyncRemote.SyncRemote, observed)
     )
     const wrapped = yield* instrumentation.wrap(engine)
     // push, pull, sync and execute get their spans from the wrapper; the reads get theirs here.
@@ -285,6 +303,17 @@ export const make = <R = never>(options: Options<R>) =>
       conflicts: Effect.withSpan(wrapped.conflicts, "SyncDatabase.conflicts")
     }
     if (options.autoSync !== undefined) yield* AutoSync.autoSync(service, options.autoSync)
+    if (live !== undefined) {
+      yield* instrumentation.reportLive("syncing")
+      yield* LiveSync.run({
+        sync: service.sync,
+        pull: service.pull,
+        position: engine.position,
+        tracker: engine.changes,
+        remote: observed,
+        report: instrumentation.reportLive
+      }, live)
+    }
     return service
   })
 
@@ -293,6 +322,17 @@ export const make = <R = never>(options: Options<R>) =>
  * @category models
  */
 export interface AutoSyncOptions extends AutoSync.Options {}
+
+/**
+ * Live sync's settings (`live: { ... }`): `waitSeconds` a waiting pull stays open (default 25, cut to the
+ * server's limit), `pushDelay` after a local write before it is pushed (default 10 ms), `pollInterval`
+ * against a server without waiting pulls (default 2 seconds), `maxBackoff` between attempts while the
+ * remote cannot be reached (default 10 seconds; from 250 ms, doubling).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface LiveOptions extends LiveSync.Options {}
 
 /**
  * Forks a fiber, for the current scope, that syncs on `schedule` and after local writes (once they have
@@ -359,6 +399,7 @@ export const layerConfig = <R = never>(
     readonly url: string
     readonly authToken?: Redacted.Redacted | undefined
     readonly clientName?: string | undefined
+    readonly live?: boolean | undefined
   }>,
   /** Options that cannot come from `Config` (policy, transform, ...). */
   options?: Omit<HttpOptions<R>, "path" | "url" | "authToken" | "clientName">
