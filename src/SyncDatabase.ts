@@ -306,8 +306,9 @@ export const make = <R = never>(options: Options<R>) =>
     if (live !== undefined) {
       yield* instrumentation.reportLive("syncing")
       yield* LiveSync.run({
-        sync: service.sync,
+        push: service.push,
         pull: service.pull,
+        received: Effect.match(engine.stats, { onFailure: () => undefined, onSuccess: (s) => s.bytesReceived }),
         position: engine.position,
         tracker: engine.changes,
         remote: observed,

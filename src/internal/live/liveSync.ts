@@ -30,9 +30,11 @@ export interface Options {
 
 /** What live sync needs of the database. */
 export interface Target {
-  /** Push then pull (the service's, with events and status). */
-  readonly sync: Effect.Effect<boolean, SyncError.SyncError>
+  /** The service's push and pull (with events and status). */
+  readonly push: Effect.Effect<boolean, SyncError.SyncError>
   readonly pull: Effect.Effect<boolean, SyncError.SyncError>
+  /** Bytes received from the remote so far (a push that brought other replicas' frames is followed by a pull). */
+  readonly received: Effect.Effect<number | undefined>
   /** Where the synced copy stands on the remote's history. */
   readonly position: Effect.Effect<{ readonly generation: number; readonly frame: number }>
   readonly tracker: Changes.Tracker
@@ -84,6 +86,17 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
       Effect.zipRight(Queue.take(writes), Effect.zipRight(Effect.sleep(pushDelay), Effect.sync(() => request("sync"))))
     )
 
+    // A push whose frames are all this replica's leaves the local copy as it is: no pull after it (the pull
+    // would only copy the same rows again). Frames of other replicas it met (a conflict, or a push before
+    // ours) are not in the local copy yet: pulled at once, since the watcher's position is past them now.
+    const pushThenPull = Effect.gen(function*() {
+      const before = yield* target.received
+      const pushed = yield* target.push
+      const after = yield* target.received
+      if (before === undefined || after === undefined || after > before) return (yield* target.pull) || pushed
+      return pushed
+    })
+
     let failures = 0
     const worker = Effect.forever(Effect.gen(function*() {
       yield* Queue.take(wake)
@@ -94,7 +107,7 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
         wants.pull = false
         yield* target.report("syncing")
         // A sync that started finishes even when the scope closes (like autoSync's).
-        const outcome = yield* Effect.either(Effect.uninterruptible(op === "sync" ? target.sync : target.pull))
+        const outcome = yield* Effect.either(Effect.uninterruptible(op === "sync" ? pushThenPull : target.pull))
         if (outcome._tag === "Right") {
           failures = 0
           yield* target.report("connected")
