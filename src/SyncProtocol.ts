@@ -79,12 +79,14 @@ export const HEADER_PREFERENCE_APPLIED = "preference-applied"
 export const DEFAULT_MAX_WAIT_SECONDS = 30
 
 /**
- * The most seconds a `Prefer: wait=N` may name: larger values are read as this.
+ * The longest wait a server may grant (`max_wait_seconds`); a `Prefer: wait=N` naming more is read as
+ * this. It stays under the five minutes after which common HTTP clients (Node's fetch among them) give
+ * up on an answer that has not started.
  *
  * @since 0.1.0
  * @category constants
  */
-export const MAX_WAIT_SECONDS_LIMIT = 3600
+export const MAX_WAIT_SECONDS_LIMIT = 240
 
 /**
  * The `wait` preference of a `Prefer` header, in whole seconds, or undefined when it names none (or an

@@ -87,6 +87,8 @@ class RequestLog extends Context.Tag("effect-sqlite-sync/SyncServer/RequestLog")
   detail: string | undefined
   /** Seconds the request waited for a commit: not serving time, so left out of the latency histogram. */
   waited: number
+  /** The request asked to wait and could not (the server holds as many waiting pulls as it allows, or stops). */
+  waitRefused: boolean
 }>() {}
 
 const fail = (failure: internal.HttpFailure) => Effect.fail(failure)
@@ -147,7 +149,7 @@ const recordMetrics = (log: Context.Tag.Service<RequestLog>, status: number, sec
  * The sync protocol as an `HttpApp` over the `ServerStore` in context. It never fails: every refusal
  * is a JSON response, and every request logs exactly one line (annotations `database`, `method`,
  * `route`, `status`, `frames`, `bytes`, `ms`; `outcome` for pushes and checkpoint answers; `error`
- * when refused).
+ * when refused; `waited_ms` for a pull that waited for a commit).
  *
  * @since 0.1.0
  * @category constructors
@@ -286,10 +288,13 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
       const granted = asked === undefined || waits.closing || waits.waiting >= maxWaitingPulls
         ? 0
         : Math.min(asked, maxWaitSeconds)
+      // The wait granted: 0 also when the pull turned out to be one that could not wait after all.
       const applied = (response: HttpServerResponse.HttpServerResponse) =>
-        asked === undefined
-          ? response
-          : HttpServerResponse.setHeader(response, SyncProtocol.HEADER_PREFERENCE_APPLIED, SyncProtocol.formatWait(granted))
+        asked === undefined ? response : HttpServerResponse.setHeader(
+          response,
+          SyncProtocol.HEADER_PREFERENCE_APPLIED,
+          SyncProtocol.formatWait(log.waitRefused ? 0 : granted)
+        )
       const stamp = yield* identify(database, "pull")
       // 503, never 500, on this route: the libSQL client reads a 500 here as "checkpoint needed".
       const result = yield* waitingPull.pull(
@@ -326,14 +331,16 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
       wait: Effect.Effect<void, StoreError>
     ) =>
       Effect.suspend(() => {
-        if (waits.closing || waits.waiting >= maxWaitingPulls) return Effect.void
+        if (waits.closing || waits.waiting >= maxWaitingPulls) {
+          log.waitRefused = true
+          return Effect.void
+        }
         waits.waiting++
         const during = whileWaiting === undefined ? wait : Effect.scoped(Effect.zipRight(whileWaiting(request), wait))
         return Effect.raceFirst(during, Deferred.await(closing)).pipe(
           Effect.timed,
           Effect.map(([duration]) => {
             log.waited = Duration.toSeconds(duration)
-            log.outcome = "waited"
           }),
           Effect.ensuring(Effect.sync(() => {
             waits.waiting--
@@ -473,7 +480,8 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
         outcome: undefined,
         error: undefined,
         detail: undefined,
-        waited: 0
+        waited: 0,
+        waitRefused: false
       }
       return yield* dispatch.pipe(
         Effect.catchAll((failure) => {
@@ -507,6 +515,7 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
             if (log.outcome !== undefined) annotations.outcome = log.outcome
             if (log.error !== undefined) annotations.error = log.error
             if (log.detail !== undefined) annotations.detail = log.detail
+            if (log.waited > 0) annotations.waited_ms = Math.round(log.waited * 1000)
             const line = status >= 500 ? Effect.logError("request") : Effect.logInfo("request")
             yield* Effect.annotateLogs(line, annotations)
             yield* recordMetrics(log, status, Number(ended - started) / 1e9)

@@ -136,7 +136,8 @@ describe("effect-sqlite-sync serve", () => {
       const cases = [
         [["--generation-growth", "0"], "--generation-growth must be a number above 0, or 'never'"],
         [["--keep-generations-for", "5x"], "--keep-generations-for must be a duration such as 90s, 30m, 1h or 7d"],
-        [["--max-pull-frames", "0"], "--max-pull-frames must be from 1 to 16384"]
+        [["--max-pull-frames", "0"], "--max-pull-frames must be from 1 to 16384"],
+        [["--max-pull-wait", "-1"], "--max-pull-wait must be from 0 to 240 seconds"]
       ] as const
       for (const [args, message] of cases) {
         const result = yield* promise(() => runBin(["serve", "--data", "/nonexistent-never-created", ...args]))
