@@ -160,6 +160,10 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
         request("sync")
       }
       if (moved(result.right, at.generation, at.frame)) {
+        // Moved by this replica meanwhile (its own push, or a pull): ask again from there. Another replica's
+        // frames a push of ours took in are pulled by the worker right after that push.
+        const current = yield* target.position
+        if (current.generation !== at.generation || current.frame !== at.frame) return
         yield* pullAndWait
         const now = yield* target.position
         // A pull that could not move (a remote that went back in time, a failure said in status): not again at once.
