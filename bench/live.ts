@@ -4,7 +4,7 @@
  *
  *   npx tsx bench/live.ts [--writes 200] [--gap 30] [--idle-seconds 10]
  *
- * 1. Latency: replicas A and B, both `live: true`, in this process. A inserts `--writes` rows, one every
+ * 1. Latency: replicas A (this process) and B (a child process), both `live: true`. A inserts `--writes` rows, one every
  *    `--gap` ms; B watches `SELECT n FROM items` through `db.reactive`. Per row: from A's `execute` returning
  *    to the first emission of B's stream that holds the row. p50, p99, max.
  * 2. Idle CPU: a live replica alone in a child process, connected and idle, over `--idle-seconds`
@@ -112,36 +112,94 @@ interface Run {
   readonly writtenWhileDown?: number | undefined
 }
 
-/** Two live replicas; `writes` rows on A, B watching; `restart` stops and starts the server halfway. */
+/** Wall-clock milliseconds, comparable between the processes of this machine. */
+const now = () => performance.timeOrigin + performance.now()
+
+/** Starts the watching replica B in a child process; its first-seen times come back as JSON lines. */
+const startWatcher = (url: string, path: string) => {
+  const child = ChildProcess.spawn(process.execPath, ["--import", "tsx", import.meta.filename, "--watch-child", url, path], {
+    stdio: ["pipe", "pipe", "inherit"]
+  })
+  const seen = new Map<number, number>()
+  let ready = false
+  let result: { rows: number; missing: number; duplicated: number } | undefined
+  let buffer = ""
+  child.stdout!.on("data", (chunk: Buffer) => {
+    buffer += chunk.toString()
+    let i: number
+    while ((i = buffer.indexOf("\n")) >= 0) {
+      const line = JSON.parse(buffer.slice(0, i))
+      buffer = buffer.slice(i + 1)
+      if (line.ready) ready = true
+      else if (line.result) result = line.result
+      else for (const n of line.ns) if (!seen.has(n)) seen.set(n, line.at)
+    }
+  })
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
+  return { child, seen, ready: () => ready, result: () => result, exited }
+}
+
+/** The child B: a live replica watching `SELECT n FROM items`; prints the new rows of each emission with the time. */
+const watchChild = async (url: string, path: string) => {
+  const scope = Effect.runSync(Scope.make())
+  const db = await openLive(scope, path, url)
+  await Effect.runPromise(
+    db.reactive("SELECT name FROM sqlite_schema WHERE name = 'items'").pipe(
+      Stream.filter((rows) => rows.length === 1),
+      Stream.take(1),
+      Stream.runDrain
+    )
+  )
+  const known = new Set<number>()
+  const fiber = Effect.runFork(
+    db.reactive<{ n: number }>("SELECT n FROM items ORDER BY n").pipe(
+      Stream.runForEach((rows) =>
+        Effect.sync(() => {
+          const at = now()
+          const ns = rows.map((r) => Number(r.n)).filter((n) => !known.has(n))
+          for (const n of ns) known.add(n)
+          if (ns.length > 0) process.stdout.write(`${JSON.stringify({ at, ns })}\n`)
+        })
+      )
+    )
+  )
+  process.stdout.write(`${JSON.stringify({ ready: true })}\n`)
+  // Told to finish on stdin's end (the parent has seen every row): settle, count, report.
+  await new Promise((resolve) => process.stdin.on("end", resolve).resume())
+  await sleep(500)
+  const rows = await Effect.runPromise(db.query<{ n: number; c: number }>("SELECT n, count(*) AS c FROM items GROUP BY n"))
+  const expected = Number(process.env.BENCH_WRITES)
+  const present = new Set(rows.map((r) => Number(r.n)))
+  process.stdout.write(`${JSON.stringify({
+    result: {
+      rows: rows.reduce((sum, r) => sum + Number(r.c), 0),
+      missing: Array.from({ length: expected }, (_, i) => i + 1).filter((n) => !present.has(n)).length,
+      duplicated: rows.filter((r) => Number(r.c) > 1).length
+    }
+  })}\n`)
+  await Effect.runPromise(Fiber.interrupt(fiber))
+  await Effect.runPromise(Scope.close(scope, Exit.void))
+}
+
+/**
+ * Replica A here, B in a child process (another device); `writes` rows on A, B watching; `restart` stops the
+ * server halfway and starts it again a second later.
+ */
 const measure = async (work: string, name: string, restart: boolean): Promise<Run> => {
   const data = NodePath.join(work, "server")
   const port = await freePort()
   let server = await startServer(data, port)
   const url = `${server.url}/db/${name}`
   const scope = Effect.runSync(Scope.make())
+  let watcher: ReturnType<typeof startWatcher> | undefined
   try {
     const a = await openLive(scope, NodePath.join(work, `${name}-a`), url)
     await Effect.runPromise(a.execute("CREATE TABLE items (n INTEGER NOT NULL, body TEXT)"))
-    const b = await openLive(scope, NodePath.join(work, `${name}-b`), url)
-    await Effect.runPromise(
-      b.reactive("SELECT name FROM sqlite_schema WHERE name = 'items'").pipe(
-        Stream.filter((rows) => rows.length === 1),
-        Stream.take(1),
-        Stream.runDrain
-      )
-    )
+    const b = startWatcher(url, NodePath.join(work, `${name}-b`))
+    watcher = b
+    await until(b.ready, 120_000, "B to open and see the table")
+    await sleep(500)
     const written = new Map<number, number>()
-    const seen = new Map<number, number>()
-    const watching = Effect.runFork(
-      b.reactive<{ n: number }>("SELECT n FROM items ORDER BY n").pipe(
-        Stream.runForEach((rows) =>
-          Effect.sync(() => {
-            const now = performance.now()
-            for (const { n } of rows) if (!seen.has(n)) seen.set(n, now)
-          })
-        )
-      )
-    )
     let downMs: number | undefined
     let restartedAt: number | undefined
     let writtenByRestart = 0
@@ -149,38 +207,39 @@ const measure = async (work: string, name: string, restart: boolean): Promise<Ru
     for (let n = 1; n <= WRITES; n++) {
       if (restart && n === Math.floor(WRITES / 2) + 1) {
         // Stopped; A keeps writing while it is away; started again on the same port and data a second later.
-        const down = performance.now()
+        const down = now()
         await stopServer(server.child)
         restarting = sleep(1000).then(() => startServer(data, port)).then((started) => {
           server = started
-          restartedAt = performance.now()
+          restartedAt = now()
           downMs = restartedAt - down
           writtenByRestart = written.size
         })
       }
       await Effect.runPromise(a.execute("INSERT INTO items VALUES (?, ?)", [n, `row ${n}`]))
-      written.set(n, performance.now())
+      written.set(n, now())
       await sleep(GAP_MS)
     }
     await restarting
-    await until(() => seen.size >= WRITES, 120_000, `B to see all ${WRITES} rows`)
+    await until(() => b.seen.size >= WRITES, 300_000, `B to see all ${WRITES} rows`)
     // Caught up: B holds every row written before the server was back.
-    const caughtUp = Math.max(...Array.from({ length: writtenByRestart }, (_, i) => seen.get(i + 1) ?? NaN))
-    // Settle: nothing more should arrive; then count on B and what A still holds.
-    await sleep(500)
-    const rows = await Effect.runPromise(b.query<{ n: number; c: number }>("SELECT n, count(*) AS c FROM items GROUP BY n"))
+    const caughtUp = Math.max(...Array.from({ length: writtenByRestart }, (_, i) => b.seen.get(i + 1) ?? NaN))
+    b.child.stdin?.end()
+    await until(() => b.result() !== undefined, 60_000, "B's count")
+    const counted = b.result()!
     const stats = await Effect.runPromise(a.stats)
-    await Effect.runPromise(Fiber.interrupt(watching))
-    const latencies = [...written].map(([n, at]) => (seen.get(n) ?? NaN) - at).sort((x, y) => x - y)
+    const latencies = [...written].map(([n, at]) => (b.seen.get(n) ?? NaN) - at).sort((x, y) => x - y)
     return {
       latencies,
-      missing: Array.from({ length: WRITES }, (_, i) => i + 1).filter((n) => !rows.some((r) => Number(r.n) === n)).length,
-      duplicated: rows.filter((r) => Number(r.c) > 1).length,
-      rowsOnB: rows.reduce((sum, r) => sum + Number(r.c), 0),
+      missing: counted.missing,
+      duplicated: counted.duplicated,
+      rowsOnB: counted.rows,
       pendingOnA: stats.pendingChanges,
       ...(restart ? { catchUpMs: caughtUp - (restartedAt ?? NaN), downMs, writtenWhileDown: writtenByRestart - Math.floor(WRITES / 2) } : {})
     }
   } finally {
+    watcher?.child.kill("SIGTERM")
+    await watcher?.exited
     await Effect.runPromise(Scope.close(scope, Exit.void))
     await stopServer(server.child)
   }
@@ -211,7 +270,7 @@ const measureIdle = async (work: string) => {
     const output = await new Promise<string>((resolve, reject) => {
       ChildProcess.execFile(
         process.execPath,
-        ["--import", "tsx", import.meta.filename, "--idle-child", `${server.url}/db/idle`, NodePath.join(work, "idle")],
+        ["--import", "tsx", import.meta.filename, "--idle-child", `${server.url}/db/idle`, NodePath.join(work, "idle"), "--idle-seconds", String(IDLE_SECONDS)],
         { timeout: 120_000 },
         (error, stdout) => (error ? reject(error) : resolve(stdout))
       )
@@ -226,6 +285,9 @@ const measureIdle = async (work: string) => {
 const main = async () => {
   const childAt = process.argv.indexOf("--idle-child")
   if (childAt >= 0) return idleChild(process.argv[childAt + 1], process.argv[childAt + 2])
+  const watchAt = process.argv.indexOf("--watch-child")
+  if (watchAt >= 0) return watchChild(process.argv[watchAt + 1], process.argv[watchAt + 2])
+  process.env.BENCH_WRITES = String(WRITES)
   const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-bench-live-"))
   try {
     console.log(`node ${process.version}, ${Os.cpus().length} cpus, load ${Os.loadavg().map((l) => l.toFixed(1)).join(" ")}`)
