@@ -30,6 +30,7 @@ import * as Net from "node:net"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
 import * as SyncDatabase from "../src/SyncDatabase.js"
+import { startServer } from "./serverProcess.js"
 
 const flag = (name: string, fallback: string) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -39,8 +40,6 @@ const WRITES = Number(flag("writes", "200"))
 const GAP_MS = Number(flag("gap", "30"))
 const IDLE_SECONDS = Number(flag("idle-seconds", "10"))
 
-const BIN = NodePath.resolve(import.meta.dirname, "..", "bin", "effect-sqlite-sync.js")
-
 const freePort = () =>
   new Promise<number>((resolve) => {
     const probe = Net.createServer()
@@ -48,22 +47,6 @@ const freePort = () =>
       const port = (probe.address() as Net.AddressInfo).port
       probe.close(() => resolve(port))
     })
-  })
-
-const startServer = (data: string, port: number) =>
-  new Promise<{ url: string; child: ChildProcess.ChildProcess }>((resolve, reject) => {
-    const child = ChildProcess.spawn(
-      process.execPath,
-      [BIN, "serve", "--host", "127.0.0.1", "--port", String(port), "--data", data],
-      { stdio: ["ignore", "pipe", "ignore"] }
-    )
-    let out = ""
-    child.stdout!.on("data", (c: Buffer) => {
-      out += c.toString()
-      const m = /Listening on (http:\/\/\S+)/.exec(out)
-      if (m) resolve({ url: m[1], child })
-    })
-    child.once("exit", (code) => reject(new Error(`server exited ${code}`)))
   })
 
 const stopServer = (child: ChildProcess.ChildProcess) =>
