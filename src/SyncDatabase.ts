@@ -412,7 +412,9 @@ export const layerConfig = <R = never>(
  * against `SqlClient` (`sql` templates, `withTransaction`, `SqlSchema`, `SqlResolver`, `Model`) syncs by
  * adding this layer. Reads follow the active copy; writes are captured for push and wait while a pull
  * replaces the local copy; `withTransaction` is one local transaction (one unit of replay) that holds
- * writes back from a pull's copy step until it ends.
+ * writes back from a pull's copy step until it ends. It also provides the database's `Reactivity`
+ * (@effect/experimental): `sql.reactive(["notes"], ...)` runs again after every write and every pull that
+ * changes `notes` (keys are table names, in any case).
  *
  * @since 0.1.0
  * @category layers
