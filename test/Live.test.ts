@@ -106,7 +106,7 @@ describe("live sync over a real server", () => {
       yield* b.push
       expect(yield* b.query("SELECT id FROM notes WHERE id = 200")).toEqual([{ id: 200 }])
       expect((yield* b.stats).pendingChanges).toBe(0)
-    }))
+    }), 180_000)
 
   it.scopedLive("a server stopped and restarted: offline, then connected, and every write arrives once", () =>
     Effect.gen(function*() {
@@ -148,7 +148,7 @@ describe("live sync over a real server", () => {
       // A's pending write went exactly once.
       expect((yield* a.stats).pendingChanges).toBe(0)
       expect(yield* b.query("SELECT count(*) AS n FROM notes")).toEqual([{ n: 3 }])
-    }))
+    }), 180_000)
 
   it.scopedLive("live and autoSync together are refused when the layer is built, before any file is made", () =>
     Effect.gen(function*() {
@@ -160,7 +160,7 @@ describe("live sync over a real server", () => {
       expect(error._tag).toBe("OptionsError")
       expect(error.reason).toBe("Conflicting")
       expect(Fs.readdirSync(dir)).toEqual([])
-    }))
+    }), 180_000)
 
   it.scopedLive("against a server without waiting pulls, changes arrive by polling", () =>
     Effect.gen(function*() {
@@ -180,5 +180,5 @@ describe("live sync over a real server", () => {
       yield* rowsUntil(b, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
       const rows = yield* rowsUntil<{ id: number }>(b, "SELECT id FROM t", (r) => r.length === 1)
       expect(rows).toEqual([{ id: 7 }])
-    }))
+    }), 180_000)
 })

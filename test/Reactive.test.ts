@@ -111,7 +111,7 @@ layer(layerHttp, { excludeTestServices: true, timeout: 120_000 })("db.reactive o
       let last: ReadonlyArray<{ id: number }> = []
       while (last.length !== 51) last = yield* next(queue)
       expect(ids(last)).toEqual([2, ...Array.from({ length: 50 }, (_, i) => 10 + i)])
-    }))
+    }), 120_000)
 
   it.scoped("views and joins: a write to any table under them emits; a schema change is followed", () =>
     Effect.gen(function*() {
@@ -139,7 +139,7 @@ layer(layerHttp, { excludeTestServices: true, timeout: 120_000 })("db.reactive o
       expect(rows).toEqual([{ id: 1, x: "c", y: "c" }])
       yield* db.execute("INSERT INTO c VALUES (2)")
       expect(ids(yield* next(queue))).toEqual([1, 2])
-    }))
+    }), 120_000)
 
   it.scoped("a pull that changes a table it reads emits; one that changes other tables does not", () =>
     Effect.gen(function*() {
@@ -171,7 +171,7 @@ layer(layerHttp, { excludeTestServices: true, timeout: 120_000 })("db.reactive o
       yield* a.push
       yield* b.pull
       expect(ids(yield* next(queue))).toEqual([1, 2, 3])
-    }))
+    }), 120_000)
 
   it.scoped("the stream ends with the query's error; a closed subscriber stops costing reads", () =>
     Effect.gen(function*() {
@@ -188,7 +188,7 @@ layer(layerHttp, { excludeTestServices: true, timeout: 120_000 })("db.reactive o
       expect(Array.from(first)).toEqual([[{ n: 0 }]])
       const tracker = (db as unknown as Reactive.Source).tracker
       expect(tracker.watchers).toBe(0)
-    }))
+    }), 120_000)
 
   it.scoped("layerSqlClient: sql.reactive and the app's Reactivity hear writes and pulls by table name", () =>
     Effect.gen(function*() {
@@ -229,5 +229,5 @@ layer(layerHttp, { excludeTestServices: true, timeout: 120_000 })("db.reactive o
       while (rows.length < 4) rows = yield* next(people.queue)
       expect(ids(rows)).toEqual([1, 2, 3, 4])
       yield* Fiber.interrupt(people.fiber)
-    }))
+    }), 120_000)
 })
