@@ -141,8 +141,10 @@ export const watch = (tracker: Tracker, gates: Gates.Gates, draft: LocalCopies.C
     () => Effect.sync(() => void tracker.watchers--)
   ).pipe(
     Effect.zipRight(
-      Effect.suspend(() =>
-        tracker.seen !== undefined
+      Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
+        // Inside layerSqlClient's withTransaction a write permit is held already, and a pull waiting for all
+        // of them would wait for this one: the first write after it tells ALL instead.
+        tracker.seen !== undefined || transaction._tag === "Some"
           ? Effect.void
           : Gates.writing(
             gates,
