@@ -334,6 +334,8 @@ export const runPusher = async (pusher: Pusher, running: () => boolean): Promise
 }
 
 export interface Verdict {
+  /** The generation the check read. */
+  readonly generation: number
   readonly rows: number
   readonly integrity: string
   readonly duplicates: ReadonlyArray<string>
@@ -384,7 +386,7 @@ export const verify = async (
       }
     }
     const rows = [...counts.values()].reduce((a, b) => a + b, 0)
-    return { rows, integrity, duplicates, missing, framesDiffering, totalFrames: snap.frames.length, framesAcknowledged }
+    return { generation: snap.generation, rows, integrity, duplicates, missing, framesDiffering, totalFrames: snap.frames.length, framesAcknowledged }
   } finally {
     db.close()
   }
