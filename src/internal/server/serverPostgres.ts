@@ -45,6 +45,7 @@ import type { Backend, DatabaseBackend, GenerationRecord, StoredSession, StoredS
 import type { SchemaEntry } from "./changedTables.js"
 import type { Checker } from "./checkWorker.js"
 import type { IntegrityCheck } from "./sqliteImage.js"
+import * as commitNotify from "./commitNotifyPostgres.js"
 import * as serverMetrics from "./serverMetrics.js"
 import { checkImage, planOnImage } from "./sqliteImage.js"
 
@@ -265,12 +266,15 @@ export const make = (options: {
   const framesTable = table("frames")
   const pendingTable = table("pending_frames")
   const ackedTable = table("acked_pending")
+  const channel = commitNotify.channelOf(schema)
 
   // One statement per step of a push (see the module comment). Data-modifying WITH clauses all run,
   // each on the snapshot the statement started with; none of them touches the rows of another (the acks
   // a push records are all above the head its commit leaves, the acks the commit forgets all below).
   const LOCK = `SELECT ${schema}.lock_database($1, $2, $3, $4, $5, $6) AS state`
-  // A commit's clauses, `p(n)` naming its parameter n: 2 generation, 3 first frame, 4..6 frames, 7 last frame.
+  // A commit's clauses, `p(n)` naming its parameter n: 2 generation, 3 first frame, 4..6 frames, 7 last
+  // frame; 8 and 9 are the channel and payload of its notification (commitNotifyPostgres.ts), which
+  // PostgreSQL delivers once the transaction commits.
   const commitClauses = (p: (n: number) => string) =>
     `stored AS (
       INSERT INTO ${schema}.frames (database, generation, frame_no, pgno, commit_size, page)
@@ -281,10 +285,10 @@ export const make = (options: {
     ), forgotten AS (
       DELETE FROM ${schema}.acked_pending WHERE database = $1 AND generation = ${p(2)} AND frame_no < ${p(7)}
     )`
-  const COMMIT = `WITH ${commitClauses((n) => `$${n}`)} SELECT 1`
+  const COMMIT = `WITH ${commitClauses((n) => `$${n}`)} SELECT pg_notify($8, $9)`
   // $6: whether the pending frames go (never together with new ones: their positions would collide in
   // one statement); $7..$10: frames appended at positions $7..; $11, $12: acks recorded (generation, frame);
-  // with a commit, its parameters 2..7 as $13..$18.
+  // with a commit, its parameters 2..9 as $13..$20.
   const saveSession = (withCommit: boolean) =>
     `WITH ${withCommit ? `${commitClauses((n) => `$${n + 11}`)},` : ""} dropped AS (
       DELETE FROM ${schema}.pending_frames WHERE database = $1 AND $6::boolean
@@ -298,6 +302,7 @@ export const make = (options: {
       ON CONFLICT DO NOTHING
     )
     UPDATE ${schema}.databases SET session_baton = $2, session_touched_at = $3, session_version = $4, closed_baton = $5
+    ${withCommit ? "FROM (SELECT pg_notify($19, $20)) AS notified" : ""}
     WHERE name = $1`
   const SAVE_SESSION = saveSession(false)
   const SAVE_SESSION_AND_COMMIT = saveSession(true)
@@ -339,12 +344,17 @@ export const make = (options: {
       let deferredCommit:
         | { readonly generation: number; readonly firstFrameNo: number; readonly frames: ReadonlyArray<WalFrame.Frame> }
         | undefined
-      const commitParameters = (commit: NonNullable<typeof deferredCommit>) => [
-        commit.generation,
-        commit.firstFrameNo,
-        ...frameArrays(commit.frames),
-        commit.firstFrameNo + commit.frames.length - 1
-      ]
+      const commitParameters = (commit: NonNullable<typeof deferredCommit>) => {
+        const last = commit.firstFrameNo + commit.frames.length - 1
+        return [
+          commit.generation,
+          commit.firstFrameNo,
+          ...frameArrays(commit.frames),
+          last,
+          channel,
+          commitNotify.formatPayload(name, commit.generation, last)
+        ]
+      }
       /** Writes the deferred commit now: called by every statement a push may make after its commit. */
       const flush = Effect.suspend(() => {
         const commit = deferredCommit
@@ -549,6 +559,7 @@ export const make = (options: {
                 if (integrityCheck !== "off") tentativeHead = { id: lockedId, generation, lastFrame: 0, image: base, schema: undefined }
               })
             ),
+            Effect.zipRight(commitNotify.notifyCommit(sql, channel, name, generation, 0)),
             Effect.asVoid,
             Effect.mapError(storage(`starting generation ${generation} of ${name} failed`))
           ),
@@ -658,5 +669,5 @@ export const make = (options: {
     Effect.mapError(storage("listing the databases failed"))
   )
 
-  return { readOnly: false, list, open, stats }
+  return { readOnly: false, list, open, stats, watchCommits: commitNotify.watch(sql, schema) }
 }
