@@ -237,7 +237,15 @@ const runOnce = async (run: Run, postgres: PostgresServer | undefined) => {
         framesDiffering: Object.values(verdicts).reduce((n, v) => n + v.framesDiffering, 0),
         duplicatedRows: duplicated,
         integrityFailures: unsound,
-        missingExamples: Object.entries(verdicts).flatMap(([name, v]) => v.missing.map((row) => `${name}:${row}`)).slice(0, 10)
+        missingExamples: Object.entries(verdicts).flatMap(([name, v]) =>
+          v.missing.map((row) => {
+            const [id, seq] = row.split("/")
+            const ack = pushers.find((p) => p.options.id === id)?.acks.find((a) => a.seq === Number(seq))
+            return `${name}:${row} ` + (ack === undefined
+              ? "(found after an uncertain push)"
+              : `(acknowledged at ${ack.generation}/${ack.start}..${ack.start + ack.frames.length - 1}; read at generation ${v.generation})`)
+          })
+        ).slice(0, 10)
       },
       serverPeakRssMb: peakRss,
       serverSideMs: serverTimes(logs)

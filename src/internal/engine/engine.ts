@@ -37,6 +37,7 @@ import { bootstrap } from "./bootstrap.js"
 import * as ConflictLog from "./conflictLog.js"
 import * as Copy from "./copy.js"
 import * as Fold from "./fold.js"
+import * as Changes from "../live/changes.js"
 import * as Gates from "./gates.js"
 import * as Local from "./local.js"
 import * as Pull from "./pull.js"
@@ -92,7 +93,8 @@ const replayAndCopy = (state: State, progress: number) =>
     const started = Date.now()
     yield* Fold.finishDraftFold(state)
     yield* Replay.replayDraftOntoSynced(state, "pull", progress) /* 2b */
-    yield* Copy.copySyncedOverDraft(state) /* 2c */
+    // Reactive queries look again whatever the outcome: a copy that failed late may have replaced Draft.
+    yield* Copy.copySyncedOverDraft(state).pipe(Effect.ensuring(Changes.afterCopy(state.changes, state.draft))) /* 2c */
     yield* Fold.foldDraft(state, true)
     yield* Ref.set(state.lastWriteBlockedMs, Option.some(Date.now() - started))
   })
@@ -166,6 +168,7 @@ const open = (options: EngineOptions) =>
       syncLock: yield* Effect.makeSemaphore(1),
       lastWriteBlockedMs: yield* Ref.make(Option.none<number>()),
       readVerdicts: new Map(),
+      changes: yield* Changes.make,
       maxWalFrames: Math.max(1, options.maxWalFrames ?? 1000)
     }
     // Checked before either copy is opened: opening a missing file would create an empty database.
@@ -216,7 +219,11 @@ export const make = (options: EngineOptions) =>
     pull: exclusive(state, pullSteps(state)),
     sync: exclusive(state, Effect.zipRight(pushRounds(state), pullSteps(state))),
     rebootstrap: exclusive(state, Effect.zipRight(rebootstrapSynced(state, "Requested"), pullSteps(state))),
-    stats: Local.stats(state)
+    stats: Local.stats(state),
+    changes: state.changes,
+    watch: Changes.watch(state.changes, state.gates, state.draft),
+    tablesRead: Local.tablesRead(state),
+    position: Effect.map(SynchronizedRef.get(state.metadata), (m) => ({ generation: m.generation, frame: m.syncedFrame }))
   }))
 
 /** @internal */

@@ -18,6 +18,8 @@ import type { ExecuteResult, Stats } from "../../SyncDatabase.js"
 import * as SyncError from "../../SyncError.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as CaptureInternal from "../capture/capture.js"
+import * as Changes from "../live/changes.js"
+import * as Reactive from "../live/reactive.js"
 import * as Executor from "../sqlite/executor.js"
 import * as Files from "../sqlite/files.js"
 import { sqlStatementError } from "./errors.js"
@@ -44,6 +46,9 @@ export const isReadStatement = (sql: string): boolean => {
   if (first === "WITH") return !/\b(INSERT|UPDATE|DELETE|REPLACE)\b/.test(text)
   return false
 }
+
+/** Reactive queries and live sync hear of a committed write (Draft is its copy). */
+const afterWrite = (state: State) => Changes.afterWrite(state.changes, state.draft)
 
 /** The client each copy had when last seen open: while its handle is open it is still that copy's client. */
 const lastClients = new WeakMap<LocalCopies.Copy, SqlClient.SqlClient>()
@@ -95,9 +100,9 @@ const write = (state: State) =>
       } catch (cause) {
         return Effect.fail(executeError(sql)(cause))
       }
-      if (result !== undefined) return Effect.as(foldIfOutgrown(state), result)
+      if (result !== undefined) return Effect.as(Effect.zipRight(afterWrite(state), foldIfOutgrown(state)), result)
     }
-    return Gates.writing(state.gates, onCopy(state.draft, ChangeCapture.execute(sql, params))).pipe(
+    return Gates.writing(state.gates, Effect.tap(onCopy(state.draft, ChangeCapture.execute(sql, params)), afterWrite(state))).pipe(
       Effect.mapError(sqlStatementError("Statement", sql)),
       Effect.tap(() => foldIfOutgrown(state))
     )
@@ -199,6 +204,14 @@ export const query = (state: State) =>
       )
   })
 
+/** The tables `sql` reads, as reactive queries key them (Reactive.tablesRead), on the active copy. */
+export const tablesRead = (state: State) =>
+(sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<ReadonlyArray<string>, SyncError.SqlStatementError> =>
+  onActive(
+    state,
+    (client) => Effect.provideService(Executor.withExecutor((exec) => Reactive.tablesRead(exec, sql, params)), SqlClient.SqlClient, client)
+  ).pipe(Effect.mapError(sqlStatementError("Statement", sql)))
+
 /** Whether `sql` is a pure read by SQLite's verdict (layerSqlClient routes by it); one that fails to prepare is not. */
 export const classify = (state: State) => (sql: string): Effect.Effect<"read" | "write"> => {
   const known = state.readVerdicts.get(sql)
@@ -217,7 +230,9 @@ export const transaction = (state: State) =>
 <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, Exclude<R, SqlClient.SqlClient>> =>
-  Gates.writing(state.gates, onCopy(state.draft, ChangeCapture.transaction(effect))).pipe(Effect.tap(() => foldIfOutgrown(state)))
+  Gates.writing(state.gates, Effect.tap(onCopy(state.draft, ChangeCapture.transaction(effect)), afterWrite(state))).pipe(
+    Effect.tap(() => foldIfOutgrown(state))
+  )
 
 /** @internal */
 export const stats = (state: State): Effect.Effect<Stats, SyncError.SyncError> =>

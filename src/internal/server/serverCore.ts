@@ -684,7 +684,8 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     const openExport: Service["openExport"] = (database, generation) =>
       withHandle(database, (h) =>
         Effect.gen(function*() {
-          yield* checkGeneration(h, generation)
+          // Shared storage: another process may have started or dropped generations since this one looked.
+          yield* checkGeneration(yield* viewFor(h), generation)
           return yield* openBaseOf(h, generation)
         }))
 

@@ -20,8 +20,9 @@
  * a function that takes the row lock and then reads, in the same call, everything the push decides on
  * (a VOLATILE function's statements each see what committed before them, so its reads see the last
  * holder's commit, which one statement that locks and reads in its own snapshot would not); one statement
- * that stores a commit (frames as arrays through `unnest`, head, acks); one that stores the session
- * (with any acks recorded meanwhile); COMMIT.
+ * that stores the commit, if any (frames as arrays through `unnest`, head, forgotten acks), the session
+ * and the acks recorded; COMMIT. A commit is held back until that statement, or until the push makes
+ * any other statement (a roll), so that statements run in the order the push made them.
  *
  * The commit check needs the committed head as a database image. Each process keeps the last image it
  * saw per database, keyed by (database identity, generation, last frame). `lock_database` is told the
@@ -268,19 +269,28 @@ export const make = (options: {
   const channel = commitNotify.channelOf(schema)
 
   // One statement per step of a push (see the module comment). Data-modifying WITH clauses all run,
-  // each on the snapshot the statement started with; none of them touches the rows of another.
+  // each on the snapshot the statement started with; none of them touches the rows of another (the acks
+  // a push records are all above the head its commit leaves, the acks the commit forgets all below).
   const LOCK = `SELECT ${schema}.lock_database($1, $2, $3, $4, $5, $6) AS state`
-  const COMMIT = `WITH stored AS (
+  // A commit's clauses, `p(n)` naming its parameter n: 2 generation, 3 first frame, 4..6 frames, 7 last
+  // frame; 8 and 9 are the channel and payload of its notification (commitNotifyPostgres.ts), which
+  // PostgreSQL delivers once the transaction commits.
+  const commitClauses = (p: (n: number) => string) =>
+    `stored AS (
       INSERT INTO ${schema}.frames (database, generation, frame_no, pgno, commit_size, page)
-      SELECT $1, $2, $3 + f.i - 1, f.pgno, f.commit_size, f.page
-      FROM unnest($4::int[], $5::int[], $6::bytea[]) WITH ORDINALITY AS f(pgno, commit_size, page, i)
+      SELECT $1, ${p(2)}, ${p(3)} + f.i - 1, f.pgno, f.commit_size, f.page
+      FROM unnest(${p(4)}::int[], ${p(5)}::int[], ${p(6)}::bytea[]) WITH ORDINALITY AS f(pgno, commit_size, page, i)
     ), head AS (
-      UPDATE ${schema}.generations SET last_frame = $7 WHERE database = $1 AND generation = $2
-    )
-    DELETE FROM ${schema}.acked_pending WHERE database = $1 AND generation = $2 AND frame_no < $7`
+      UPDATE ${schema}.generations SET last_frame = ${p(7)} WHERE database = $1 AND generation = ${p(2)}
+    ), forgotten AS (
+      DELETE FROM ${schema}.acked_pending WHERE database = $1 AND generation = ${p(2)} AND frame_no < ${p(7)}
+    )`
+  const COMMIT = `WITH ${commitClauses((n) => `$${n}`)} SELECT pg_notify($8, $9)`
   // $6: whether the pending frames go (never together with new ones: their positions would collide in
-  // one statement); $7..$10: frames appended at positions $7..; $11, $12: acks recorded (generation, frame).
-  const SAVE_SESSION = `WITH dropped AS (
+  // one statement); $7..$10: frames appended at positions $7..; $11, $12: acks recorded (generation, frame);
+  // with a commit, its parameters 2..9 as $13..$20.
+  const saveSession = (withCommit: boolean) =>
+    `WITH ${withCommit ? `${commitClauses((n) => `$${n + 11}`)},` : ""} dropped AS (
       DELETE FROM ${schema}.pending_frames WHERE database = $1 AND $6::boolean
     ), appended AS (
       INSERT INTO ${schema}.pending_frames (database, position, pgno, commit_size, page)
@@ -292,7 +302,10 @@ export const make = (options: {
       ON CONFLICT DO NOTHING
     )
     UPDATE ${schema}.databases SET session_baton = $2, session_touched_at = $3, session_version = $4, closed_baton = $5
+    ${withCommit ? "FROM (SELECT pg_notify($19, $20)) AS notified" : ""}
     WHERE name = $1`
+  const SAVE_SESSION = saveSession(false)
+  const SAVE_SESSION_AND_COMMIT = saveSession(true)
 
   const open = (name: string, emptyBase: Uint8Array): Effect.Effect<DatabaseBackend, StoreError> =>
     Effect.gen(function*() {
@@ -326,6 +339,29 @@ export const make = (options: {
       let tentativePending: PendingCache | undefined
       // Frames answered Ok while pending during this transaction, stored with its session.
       let acksToStore: Array<readonly [generation: number, frameNo: number]> = []
+      // The commit of this transaction, checked but not yet written: it goes with the session's
+      // statement (one round trip less), or before any statement of the transaction that follows it.
+      let deferredCommit:
+        | { readonly generation: number; readonly firstFrameNo: number; readonly frames: ReadonlyArray<WalFrame.Frame> }
+        | undefined
+      const commitParameters = (commit: NonNullable<typeof deferredCommit>) => {
+        const last = commit.firstFrameNo + commit.frames.length - 1
+        return [
+          commit.generation,
+          commit.firstFrameNo,
+          ...frameArrays(commit.frames),
+          last,
+          channel,
+          commitNotify.formatPayload(name, commit.generation, last)
+        ]
+      }
+      /** Writes the deferred commit now: called by every statement a push may make after its commit. */
+      const flush = Effect.suspend(() => {
+        const commit = deferredCommit
+        if (commit === undefined) return Effect.void
+        deferredCommit = undefined
+        return Effect.asVoid(sql.unsafe(COMMIT, [name, ...commitParameters(commit)]))
+      })
       let lockedId = ""
 
       const readFrames = (generation: number, start: number, end: number) =>
@@ -447,10 +483,13 @@ export const make = (options: {
           if (dropPending && appended.length > 0) {
             // The old frames' positions are taken again: their DELETE must have happened first, which a
             // WITH clause beside the INSERT would not guarantee.
+            yield* flush
             yield* sql`DELETE FROM ${pendingTable} WHERE database = ${name}`
             dropPending = false
           }
-          yield* sql.unsafe(SAVE_SESSION, [
+          const commit = deferredCommit
+          deferredCommit = undefined
+          yield* sql.unsafe(commit === undefined ? SAVE_SESSION : SAVE_SESSION_AND_COMMIT, [
             name,
             now?.baton ?? null,
             now?.touchedAt ?? null,
@@ -460,7 +499,8 @@ export const make = (options: {
             from,
             ...frameArrays(appended),
             acks.map(([generation]) => generation),
-            acks.map(([, frameNo]) => frameNo)
+            acks.map(([, frameNo]) => frameNo),
+            ...(commit === undefined ? [] : commitParameters(commit))
           ])
           tentativePending = now === undefined ? undefined : { id: lockedId, baton: now.baton, version: nextVersion, frames: now.pending }
         })
@@ -489,14 +529,13 @@ export const make = (options: {
               if (problem !== undefined) return Either.left(problem)
               tentativeHead = { id: lockedId, generation, lastFrame: last, image: candidate, schema: next.schema }
             }
-            yield* sql.unsafe(COMMIT, [name, generation, firstFrameNo, ...frameArrays(frames), last])
-            yield* commitNotify.notifyCommit(sql, channel, name, generation, last)
+            deferredCommit = { generation, firstFrameNo, frames }
             return Either.right(undefined)
           }).pipe(
             Effect.catchTag("SqlError", (e) => Effect.fail(storage(`storing frames ${firstFrameNo}.. of ${name}/${generation} failed`)(e)))
           ),
         materialize: (generation) =>
-          Effect.flatMap(lastFrameOf(generation), (last) => Effect.map(imageAt(generation, last), (at) => at.image)).pipe(
+          Effect.flatMap(Effect.zipRight(flush, lastFrameOf(generation)), (last) => Effect.map(imageAt(generation, last), (at) => at.image)).pipe(
             Effect.catchTag("SqlError", (e) => Effect.fail(storage(`materialising ${name}/${generation} failed`)(e)))
           ),
         // Stored with the session, before the transaction commits and so before the answer leaves.
@@ -505,13 +544,16 @@ export const make = (options: {
             acksToStore.push([generation, frameNo])
           }),
         roll: (generation, base) =>
-          sql`
+          Effect.zipRight(
+            flush,
+            sql`
             WITH started AS (
               INSERT INTO ${generationsTable} ${
             sql.insert({ database: name, generation, last_frame: 0, base: Buffer.from(base.buffer, base.byteOffset, base.byteLength) })
           }
             )
-            DELETE FROM ${ackedTable} WHERE database = ${name} AND generation < ${generation}`.pipe(
+            DELETE FROM ${ackedTable} WHERE database = ${name} AND generation < ${generation}`
+          ).pipe(
             Effect.tap(() =>
               Effect.sync(() => {
                 if (integrityCheck !== "off") tentativeHead = { id: lockedId, generation, lastFrame: 0, image: base, schema: undefined }
@@ -523,11 +565,14 @@ export const make = (options: {
           ),
         // One statement, so atomic inside a push transaction or outside one.
         dropThrough: (generation) =>
-          sql`
+          Effect.zipRight(
+            flush,
+            sql`
             WITH dropped AS (
               UPDATE ${generationsTable} SET dropped = true, base = NULL WHERE database = ${name} AND generation <= ${generation}
             )
-            DELETE FROM ${framesTable} WHERE database = ${name} AND generation <= ${generation}`.pipe(
+            DELETE FROM ${framesTable} WHERE database = ${name} AND generation <= ${generation}`
+          ).pipe(
             Effect.asVoid,
             Effect.mapError(storage(`dropping generations through ${generation} of ${name} failed`))
           ),
@@ -539,6 +584,7 @@ export const make = (options: {
               tentativeHead = undefined
               tentativePending = undefined
               acksToStore = []
+              deferredCommit = undefined
               const cached = integrityCheck === "off" ? undefined : head
               const known = pendingCache
               const [row] = yield* sql.unsafe<{ state: LockedState | null }>(LOCK, [
@@ -602,6 +648,7 @@ export const make = (options: {
                   tentativeHead = undefined
                   tentativePending = undefined
                   acksToStore = []
+                  deferredCommit = undefined
                 })
               ),
               Effect.flatten
