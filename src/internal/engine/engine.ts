@@ -72,7 +72,7 @@ const pushRounds = Effect.fn("Engine.push")(
       const outcome = yield* Push.pushSyncedFrames(state, replay.lastChangeId) /* 1c */
       if (outcome !== "Conflict") {
         yield* Fold.foldSynced(state)
-        yield* Fold.maybeFoldDraft(state)
+        yield* Fold.foldDraftIfIdle(state)
         return true
       }
       yield* Push.backoff(state, round)
@@ -82,35 +82,21 @@ const pushRounds = Effect.fn("Engine.push")(
   (effect, state) => Effect.onError(effect, () => Effect.ignore(resetSyncedWal(state)))
 )
 
-/**
- * Steps 2b and 2c, under the write gate: local changes onto Synced, then Synced's pages over Draft's; then
- * Draft's WAL is folded so that its file catches up with the copy and the next copy again writes only what
- * changed after this one.
- */
-const replayAndCopy = (state: State, progress: number) =>
-  Effect.gen(function*() {
-    const started = Date.now()
-    yield* Fold.finishDraftFold(state)
-    yield* Replay.replayDraftOntoSynced(state, "pull", progress) /* 2b */
-    yield* Copy.copySyncedOverDraft(state) /* 2c */
-    yield* Fold.foldDraft(state, true)
-    yield* Ref.set(state.lastWriteBlockedMs, Option.some(Date.now() - started))
-  })
-
-/** Pull: 2a, then (unless Draft is already a copy of Synced as it stands) 2b, 2c, 2d; then Synced's fold. */
+/** Pull: 2a, then (unless Draft is already a copy of Synced as it stands) 2b, 2c, 2d; then the folds. */
 const pullSteps = Effect.fn("Engine.pull")(function*(state: State) {
   const arrived = yield* pullFollowingRemote(state, Pull.pullRemoteIntoSynced) /* 2a */
   const progress = yield* Pull.settleProgress(state)
   if (yield* Copy.draftIsCurrent(state)) {
     yield* Fold.foldSynced(state)
-    yield* Fold.maybeFoldDraft(state)
+    yield* Fold.foldDraftIfIdle(state)
     return arrived
   }
-  yield* Gates.holdingWrites(state.gates, replayAndCopy(state, progress)).pipe(
+  yield* Copy.replayAndCopy(state, progress).pipe( /* 2b, 2c */
     Effect.onError(() => Effect.ignore(resetSyncedWal(state)))
   )
   yield* resetSyncedWal(state) /* 2d */
   yield* Fold.foldSynced(state)
+  yield* Fold.foldDraftIfIdle(state)
   return true
 })
 

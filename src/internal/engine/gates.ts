@@ -24,6 +24,11 @@ export interface Gates {
   // at the latch while the ones in flight finish, then the step runs, then the door opens again.
   readonly readsOpen: Effect.Latch
   readonly writesOpen: Effect.Latch
+  /**
+   * Counts writes to Draft: `epoch` grows each time one starts. A pull that prepares its copy outside the
+   * write gate compares it under the gate: unchanged means no write landed meanwhile.
+   */
+  readonly writes: Ref.Ref<number>
 }
 
 /** @internal */
@@ -33,7 +38,8 @@ export const make: Effect.Effect<Gates> = Effect.gen(function*() {
     readGate: yield* Effect.makeSemaphore(READ_PERMITS),
     writeGate: yield* Effect.makeSemaphore(WRITE_PERMITS),
     readsOpen: yield* Effect.makeLatch(true),
-    writesOpen: yield* Effect.makeLatch(true)
+    writesOpen: yield* Effect.makeLatch(true),
+    writes: yield* Ref.make(0)
   }
 })
 
@@ -43,7 +49,10 @@ export const reading = <A, E, R>(gates: Gates, effect: Effect.Effect<A, E, R>) =
 
 /** Runs a write under one write permit. */
 export const writing = <A, E, R>(gates: Gates, effect: Effect.Effect<A, E, R>) =>
-  Effect.zipRight(gates.writesOpen.await, gates.writeGate.withPermits(1)(effect))
+  Effect.zipRight(gates.writesOpen.await, gates.writeGate.withPermits(1)(Effect.zipRight(Ref.update(gates.writes, (n) => n + 1), effect)))
+
+/** How many writes have started so far (see `Gates.writes`). */
+export const writeEpoch = (gates: Gates) => Ref.get(gates.writes)
 
 const exclusively = <A, E, R>(latch: Effect.Latch, gate: Effect.Semaphore, permits: number, effect: Effect.Effect<A, E, R>) =>
   Effect.acquireUseRelease(latch.close, () => gate.withPermits(permits)(effect), () => latch.open)
@@ -54,7 +63,7 @@ export const holdingWrites = <A, E, R>(gates: Gates, effect: Effect.Effect<A, E,
 
 /** Runs `effect` only if no write is in flight (and keeps new ones waiting meanwhile); `None` otherwise. */
 export const ifNoWrites = <A, E, R>(gates: Gates, effect: Effect.Effect<A, E, R>) =>
-  gates.writeGate.withPermitsIfAvailable(WRITE_PERMITS)(effect)
+  gates.writeGate.withPermitsIfAvailable(WRITE_PERMITS)(Effect.zipRight(Ref.update(gates.writes, (n) => n + 1), effect))
 
 /** Moves reads to `copy`, after every read in flight on the other one has finished. */
 export const switchReads = (gates: Gates, copy: ActiveCopy) =>
