@@ -63,34 +63,41 @@ const signed = (n: number) => (n >= 2 ** 63 ? n - 2 ** 64 : n)
 const contentSize = (t: number): number =>
   t <= 4 ? t : t === 5 ? 6 : t === 6 || t === 7 ? 8 : t === 8 || t === 9 ? 0 : t === 10 || t === 11 ? -1 : Math.floor((t - 12) / 2)
 
+/** Where the walk placed each page: 0 nowhere, FREE the freelist, else 1 + 2 × tree + (1 for a leaf). */
+const FREE = -1
+
 /**
- * Walks every b-tree through its interior pages, and the freelist. `undefined` with the reason when the
- * structure does not walk as SQLite's does.
+ * Walks every b-tree through its interior pages, and the freelist, into one number per page (a typed
+ * array: a database of 100 MB has 25 000 pages). The reason when the structure does not walk as SQLite's
+ * does.
  */
 const walk = (
   trees: ReadonlyArray<Tree>,
   size: number,
   page: (pgno: number) => Uint8Array | undefined
-): { readonly places: Map<number, Place>; readonly free: Set<number> } | string => {
-  const places = new Map<number, Place>()
-  const free = new Set<number>()
+): { readonly owner: Int32Array; readonly tables: ReadonlyArray<boolean> } | string => {
+  const owner = new Int32Array(size + 1)
+  const tables: Array<boolean> = []
+  const nameOf = (code: number) => code === FREE ? "the freelist" : trees[(code - 1) >> 1].name
   let visits = 0
-  for (const tree of trees) {
+  for (const [index, tree] of trees.entries()) {
     const root = page(tree.rootpage)
     const rootAt = tree.rootpage === 1 ? 100 : 0
     if (root === undefined) return `the root page ${tree.rootpage} of ${tree.name} is missing`
     const table = root[rootAt] === TABLE_LEAF || root[rootAt] === TABLE_INTERIOR
+    tables.push(table)
     let level = [tree.rootpage]
     while (level.length > 0) {
       const first = page(level[0])
       if (first === undefined) return `page ${level[0]} of ${tree.name} is missing`
       const type = first[level[0] === 1 ? 100 : 0]
       const leaf = type === TABLE_LEAF || type === INDEX_LEAF
+      const code = 1 + 2 * index + (leaf ? 1 : 0)
       for (const pgno of level) {
         if (pgno < 1 || pgno > size) return `${tree.name} refers to page ${pgno} of a database of ${size} pages`
-        if (places.has(pgno)) return `page ${pgno} is referenced twice (${places.get(pgno)!.tree}, ${tree.name})`
+        if (owner[pgno] !== 0) return `page ${pgno} is referenced twice (${nameOf(owner[pgno])}, ${tree.name})`
         if (++visits > size) return "the b-trees hold more pages than the database"
-        places.set(pgno, { tree: tree.name, table, leaf })
+        owner[pgno] = code
       }
       if (leaf) break
       const next: Array<number> = []
@@ -117,23 +124,23 @@ const walk = (
   if (header === undefined) return "page 1 is missing"
   let count = 0
   for (let trunk = u32(header, 32); trunk !== 0;) {
-    const p = page(trunk)
-    if (trunk > size || places.has(trunk) || free.has(trunk) || p === undefined || ++visits > size) {
+    const p = trunk <= size ? page(trunk) : undefined
+    if (trunk > size || owner[trunk] !== 0 || p === undefined || ++visits > size) {
       return `the freelist does not walk (trunk page ${trunk})`
     }
-    free.add(trunk)
+    owner[trunk] = FREE
     const leaves = u32(p, 4)
     if (8 + 4 * leaves > p.byteLength) return `freelist trunk page ${trunk} lists too many leaves`
     for (let i = 0; i < leaves; i++) {
       const leaf = u32(p, 8 + 4 * i)
-      if (leaf < 2 || leaf > size || places.has(leaf) || free.has(leaf)) return `freelist leaf ${leaf} is out of range or used twice`
-      free.add(leaf)
+      if (leaf < 2 || leaf > size || owner[leaf] !== 0) return `freelist leaf ${leaf} is out of range or used twice`
+      owner[leaf] = FREE
     }
     count += 1 + leaves
     trunk = u32(p, 0)
   }
   if (count !== u32(header, 36)) return `the freelist holds ${count} pages, the header says ${u32(header, 36)}`
-  return { places, free }
+  return { owner, tables }
 }
 
 /** The checks `quick_check` makes of one b-tree page; a message for the first fault. */
@@ -282,12 +289,15 @@ export const check = (
   const schema = [{ name: "sqlite_schema", rootpage: 1 }, ...trees]
   const walked = walk(schema, size, page)
   if (typeof walked === "string") return { _tag: "Fault", message: walked }
-  const owned = (pgno: number) => walked.places.has(pgno) || walked.free.has(pgno)
+  const { owner, tables } = walked
+  const owned = (pgno: number) => owner[pgno] !== 0
   for (const pgno of written) {
-    if (walked.free.has(pgno)) continue
-    const place = walked.places.get(pgno)
-    if (place === undefined) return { _tag: "Full", why: `page ${pgno} is in no b-tree or freelist` }
-    if (place.tree === "sqlite_schema") return { _tag: "Full", why: "the commit changes the schema" }
+    const code = owner[pgno]
+    if (code === FREE) continue
+    if (code === 0) return { _tag: "Full", why: `page ${pgno} is in no b-tree or freelist` }
+    const tree = (code - 1) >> 1
+    if (tree === 0) return { _tag: "Full", why: "the commit changes the schema" }
+    const place: Place = { tree: schema[tree].name, table: tables[tree], leaf: (code - 1) % 2 === 1 }
     const problem = checkTreePage(pgno, page(pgno)!, place, size, owned)
     if (problem !== undefined) return { _tag: "Fault", message: problem }
   }
