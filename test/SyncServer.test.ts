@@ -91,7 +91,7 @@ const suite = (kind: "memory" | "disk") =>
           const info = yield* call({ path: "/db/fresh/info" })
           expect(info.status).toBe(200)
           expect(info.headers["content-type"]).toContain("application/json")
-          expect(H.json(info)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"], database_id: expect.any(String) })
+          expect(H.json(info)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot", "wait"], max_wait_seconds: 30, database_id: expect.any(String) })
           const base = yield* call({ path: "/db/fresh/export/1" })
           expect(base.status).toBe(200)
           expect(base.headers["content-type"]).toBe("application/octet-stream")
@@ -405,7 +405,8 @@ const failingStore = Layer.succeed(ServerStore.ServerStore, {
   maxPullFrames: 1024,
   pull: (database) => failWith(database),
   push: (database) => failWith(database),
-  stats: Effect.suspend(() => failWith("Storage"))
+  stats: Effect.suspend(() => failWith("Storage")),
+  awaitChange: (database) => failWith(database)
 })
 const failWith = (database: string): Effect.Effect<never, ServerStore.StoreError> =>
   database === "defect"
@@ -559,7 +560,8 @@ layer(serverLayer("disk", { generationFrames: 6, maxPullFrames: 3 }), { excludeT
           current_generation: 1,
           max_frame_no: 0,
           max_pull_frames: 3,
-          extensions: ["snapshot"],
+          extensions: ["snapshot", "wait"],
+          max_wait_seconds: 30,
           database_id: expect.any(String)
         })
         // The snapshot carries the database's identity like every answer from the database.
@@ -685,6 +687,6 @@ layer(
       const { base } = yield* TestServer
       expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
       expect((yield* call({ path: "/db/cfg/info", anonymous: true })).status).toBe(401)
-      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"], database_id: expect.any(String) })
+      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot", "wait"], max_wait_seconds: 30, database_id: expect.any(String) })
     }))
 })

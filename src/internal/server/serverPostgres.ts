@@ -33,6 +33,7 @@ import * as WalFrame from "../../WalFrame.js"
 import type { Backend, DatabaseBackend, GenerationRecord, StoredSession, StoredState } from "./serverCore.js"
 import type { SchemaEntry } from "./changedTables.js"
 import type { IntegrityCheck } from "./sqliteImage.js"
+import * as commitNotify from "./commitNotifyPostgres.js"
 import * as serverMetrics from "./serverMetrics.js"
 import { checkImage, planOnImage } from "./sqliteImage.js"
 
@@ -176,6 +177,7 @@ export const make = (options: {
   const framesTable = table("frames")
   const pendingTable = table("pending_frames")
   const ackedTable = table("acked_pending")
+  const channel = commitNotify.channelOf(schema)
 
   const open = (name: string, emptyBase: Uint8Array): Effect.Effect<DatabaseBackend, StoreError> =>
     Effect.gen(function*() {
@@ -344,6 +346,7 @@ export const make = (options: {
             )
             yield* sql`UPDATE ${generationsTable} SET last_frame = ${last} WHERE database = ${name} AND generation = ${generation}`
             yield* sql`DELETE FROM ${ackedTable} WHERE database = ${name} AND generation = ${generation} AND frame_no < ${last}`
+            yield* commitNotify.notifyCommit(sql, channel, name, generation, last)
             return Either.right(undefined)
           }).pipe(Effect.mapError(storage(`storing frames ${firstFrameNo}.. of ${name}/${generation} failed`))),
         materialize: (generation) =>
@@ -361,6 +364,7 @@ export const make = (options: {
               sql.insert({ database: name, generation, last_frame: 0, base: Buffer.from(base.buffer, base.byteOffset, base.byteLength) })
             }`
             yield* sql`DELETE FROM ${ackedTable} WHERE database = ${name} AND generation < ${generation}`
+            yield* commitNotify.notifyCommit(sql, channel, name, generation, 0)
             if (integrityCheck !== "off") tentativeHead = { id: lockedId, generation, lastFrame: 0, image: base, schema: undefined }
           }).pipe(Effect.mapError(storage(`starting generation ${generation} of ${name} failed`))),
         dropThrough: (generation) =>
@@ -440,5 +444,5 @@ export const make = (options: {
     Effect.mapError(storage("listing the databases failed"))
   )
 
-  return { readOnly: false, list, open, stats }
+  return { readOnly: false, list, open, stats, watchCommits: commitNotify.watch(sql, schema) }
 }
