@@ -155,11 +155,12 @@ const open = (options: EngineOptions) =>
       maxWalFrames: Math.max(1, options.maxWalFrames ?? 1000)
     }
     // Checked before either copy is opened: opening a missing file would create an empty database.
-    yield* LocalFiles.repair(state, yield* LocalFiles.inspect(state.paths, initial.inUse !== false))
+    // A database bootstrapped just now was checked as it arrived: the cheap checks do.
+    yield* LocalFiles.repair(state, yield* LocalFiles.inspect(state.paths, Option.isSome(stored) && initial.inUse !== false))
     yield* state.synced.open
     yield* Copy.openDraft(state)
     // Set while open; cleared once both copies are closed. Found set on open: the full check above.
-    yield* updateMetadata(state, (m) => ({ ...m, inUse: true }))
+    if (initial.inUse !== true) yield* updateMetadata(state, (m) => ({ ...m, inUse: true }))
     yield* Effect.addFinalizer(() =>
       Effect.all([state.draft.close, state.synced.close]).pipe(
         Effect.zipRight(updateMetadata(state, (m) => ({ ...m, inUse: false }))),

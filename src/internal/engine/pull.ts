@@ -165,7 +165,8 @@ export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(fun
     : SyncProtocol.CLIENT_BATCH_FRAMES
   yield* pullFrames(state, cursor, batch).pipe(Effect.ensuring(Effect.ignore(state.synced.open)))
   yield* state.synced.open
-  yield* updateMetadata(state, (m) => ({ ...m, lastPullAt: Date.now() }))
+  // Made durable by `settleProgress`, whose metadata write always follows this step.
+  yield* SynchronizedRef.update(state.metadata, (m) => ({ ...m, lastPullAt: Date.now() }))
   return cursor.changed
 })
 
