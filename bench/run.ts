@@ -16,7 +16,6 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import Database from "libsql"
-import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
@@ -24,7 +23,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as ChangeCapture from "../src/ChangeCapture.js"
 import * as Executor from "../src/internal/sqlite/executor.js"
 import * as SyncDatabase from "../src/SyncDatabase.js"
-import { storageBench } from "./storage.js"
+import { startServer as startServerIn, storageBench } from "./storage.js"
 
 const flag = (name: string, fallback: string) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -36,24 +35,9 @@ const UPDATES = Number(flag("updates", "3000"))
 const CHANGED = Number(flag("changed", "100"))
 const PUSH_ROWS = flag("push-rows", "20000,100000").split(",").filter((n) => n !== "").map(Number)
 
-const BIN = NodePath.resolve(import.meta.dirname, "..", "bin", "effect-sqlite-sync.js")
 const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-bench-"))
 
-const startServer = () =>
-  new Promise<{ url: string; child: ChildProcess.ChildProcess }>((resolve, reject) => {
-    const child = ChildProcess.spawn(
-      process.execPath,
-      [BIN, "serve", "--host", "127.0.0.1", "--port", "0", "--data", NodePath.join(work, "server")],
-      { stdio: ["ignore", "pipe", "ignore"] }
-    )
-    let out = ""
-    child.stdout!.on("data", (c: Buffer) => {
-      out += c.toString()
-      const m = /Listening on (http:\/\/\S+)/.exec(out)
-      if (m) resolve({ url: m[1], child })
-    })
-    child.once("exit", (code) => reject(new Error(`server exited ${code}`)))
-  })
+const startServer = () => startServerIn(work)
 
 /** Bytes of every local file of the database at `path` (copies, WALs, metadata). */
 const localBytes = (path: string) => {

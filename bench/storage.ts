@@ -200,8 +200,8 @@ export const storageBench = async (bench: Bench, lines: Array<Line>) => {
   }
 }
 
-// Alone: a server of its own, a database of `--rows` rows pushed by this client, then the section.
-const startServer = (work: string) =>
+/** The `effect-sqlite-sync serve` binary on a loopback port, its data under `work`. */
+export const startServer = (work: string) =>
   new Promise<{ url: string; child: ChildProcess.ChildProcess }>((resolve, reject) => {
     const bin = NodePath.resolve(import.meta.dirname, "..", "bin", "effect-sqlite-sync.js")
     const child = ChildProcess.spawn(
@@ -218,6 +218,7 @@ const startServer = (work: string) =>
     child.once("exit", (code) => reject(new Error(`server exited ${code}`)))
   })
 
+// Alone: a server of its own, a database of `--rows` rows pushed by this client, then the section.
 const alone = async () => {
   const rows = Number(flag("rows", "10000"))
   const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-storage-"))
