@@ -15,15 +15,22 @@ import * as Validate from "../src/internal/engine/validate.js"
 import * as PageCheck from "../src/internal/sqlite/pageCheck.js"
 import * as WalFrame from "../src/WalFrame.js"
 
+type Key = number | bigint
 type Op =
-  | { readonly _tag: "insert"; readonly table: "a" | "b"; readonly key: number; readonly bytes: number }
-  | { readonly _tag: "update"; readonly table: "a" | "b"; readonly key: number; readonly bytes: number }
-  | { readonly _tag: "delete"; readonly table: "a" | "b"; readonly key: number }
+  | { readonly _tag: "insert"; readonly table: "a" | "b"; readonly key: Key; readonly bytes: number }
+  | { readonly _tag: "update"; readonly table: "a" | "b"; readonly key: Key; readonly bytes: number }
+  | { readonly _tag: "delete"; readonly table: "a" | "b"; readonly key: Key }
+
+// Mostly small keys (rows meet again), sometimes any 64-bit rowid (9-byte varints, negative rowids).
+const key: fc.Arbitrary<Key> = fc.oneof(
+  { weight: 9, arbitrary: fc.nat(400) },
+  { weight: 1, arbitrary: fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }) }
+)
 
 const op: fc.Arbitrary<Op> = fc.oneof(
-  { weight: 5, arbitrary: fc.record({ _tag: fc.constant("insert" as const), table: fc.constantFrom("a" as const, "b" as const), key: fc.nat(400), bytes: fc.oneof({ weight: 6, arbitrary: fc.nat(300) }, { weight: 2, arbitrary: fc.nat(3000) }, { weight: 1, arbitrary: fc.nat(9000) }) }) },
-  { weight: 3, arbitrary: fc.record({ _tag: fc.constant("update" as const), table: fc.constantFrom("a" as const, "b" as const), key: fc.nat(400), bytes: fc.nat(2000) }) },
-  { weight: 2, arbitrary: fc.record({ _tag: fc.constant("delete" as const), table: fc.constantFrom("a" as const, "b" as const), key: fc.nat(400) }) }
+  { weight: 5, arbitrary: fc.record({ _tag: fc.constant("insert" as const), table: fc.constantFrom("a" as const, "b" as const), key, bytes: fc.oneof({ weight: 6, arbitrary: fc.nat(300) }, { weight: 2, arbitrary: fc.nat(3000) }, { weight: 1, arbitrary: fc.nat(9000) }) }) },
+  { weight: 3, arbitrary: fc.record({ _tag: fc.constant("update" as const), table: fc.constantFrom("a" as const, "b" as const), key, bytes: fc.nat(2000) }) },
+  { weight: 2, arbitrary: fc.record({ _tag: fc.constant("delete" as const), table: fc.constantFrom("a" as const, "b" as const), key }) }
 )
 
 interface Commit {

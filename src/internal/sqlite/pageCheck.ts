@@ -56,8 +56,18 @@ const varint = (p: Uint8Array, at: number, end: number): readonly [number, numbe
   return undefined
 }
 
-/** Signed 64-bit rowid from a varint's value read as unsigned (rowids compare as signed). */
-const signed = (n: number) => (n >= 2 ** 63 ? n - 2 ** 64 : n)
+/** A rowid: the varint at `at` read exactly, as a signed 64-bit integer, and its length. */
+const rowidAt = (p: Uint8Array, at: number, end: number): readonly [bigint, number] | undefined => {
+  let value = 0n
+  for (let i = 0; i < 9; i++) {
+    if (at + i >= end) return undefined
+    const byte = p[at + i]
+    if (i === 8) return [BigInt.asIntN(64, (value << 8n) | BigInt(byte)), 9]
+    value = (value << 7n) | BigInt(byte & 0x7f)
+    if ((byte & 0x80) === 0) return [BigInt.asIntN(64, value), i + 1]
+  }
+  return undefined
+}
 
 /** Bytes of a record column of serial type `t` (-1: a reserved type). */
 const contentSize = (t: number): number =>
@@ -169,7 +179,7 @@ const checkTreePage = (
   const maxLocal = place.table ? U - 35 : Math.floor(((U - 12) * 64) / 255) - 23
   const minLocal = Math.floor(((U - 12) * 32) / 255) - 23
   const spans: Array<readonly [number, number]> = []
-  let previousKey: number | undefined
+  let previousKey: bigint | undefined
   for (let i = 0; i < cells; i++) {
     const at = u16(p, hdr + headerSize + 2 * i)
     if (at < contentStart || at + 4 > U) return `page ${pgno}: cell ${i} at ${at} is outside the content area`
@@ -187,10 +197,10 @@ const checkTreePage = (
       pos += v[1]
     }
     if (place.table) {
-      const key = varint(p, pos, U)
+      const key = rowidAt(p, pos, U)
       if (key === undefined) return `page ${pgno}: cell ${i} has a broken rowid`
       pos += key[1]
-      const rowid = signed(key[0])
+      const rowid = key[0]
       if (previousKey !== undefined && (place.leaf ? rowid <= previousKey : rowid < previousKey)) {
         return `page ${pgno}: rowid ${rowid} out of order`
       }
