@@ -19,11 +19,10 @@ import Database from "libsql"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
-import * as SqlClient from "@effect/sql/SqlClient"
-import * as ChangeCapture from "../src/ChangeCapture.js"
-import * as Executor from "../src/internal/sqlite/executor.js"
 import * as SyncDatabase from "../src/SyncDatabase.js"
-import { startServer as startServerIn, storageBench } from "./storage.js"
+import { executeBench } from "./execute.js"
+import * as ServerProcess from "./serverProcess.js"
+import { storageBench } from "./storage.js"
 
 const flag = (name: string, fallback: string) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -37,7 +36,7 @@ const PUSH_ROWS = flag("push-rows", "20000,100000").split(",").filter((n) => n !
 
 const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-bench-"))
 
-const startServer = () => startServerIn(work)
+const startServer = () => ServerProcess.startServer(NodePath.join(work, "server"))
 
 /** Bytes of every local file of the database at `path` (copies, WALs, metadata). */
 const localBytes = (path: string) => {
@@ -92,21 +91,8 @@ const main = async () => {
     const baseline = baselineRuns.sort((a, b) => a - b)[2]
     lines.push({ what: `baseline: better-sqlite3, ${ROWS} rows in one transaction`, ms: baseline, note: "median of 5" })
 
-    const rawAuto = new BetterSqlite3(NodePath.join(work, "raw-auto.db"))
-    rawAuto.pragma("journal_mode = WAL")
-    rawAuto.exec(CREATE)
-    const insertAuto = rawAuto.prepare(INSERT)
-    const [autoMs] = await time(() => { for (let i = 1; i <= ROWS; i++) insertAuto.run(...row(i)) })
-    rawAuto.close()
-    lines.push({ what: `better-sqlite3, ${ROWS} rows, one transaction each`, ms: autoMs })
-
-    // 2. the same rows through execute: one statement per row, and one multi-row statement.
-    const perRow = await open("per-row", "per-row")
-    await run(perRow.execute(CREATE))
-    const [perRowMs] = await time(() =>
-      run(Effect.forEach(Array.from({ length: ROWS }, (_, i) => i + 1), (i) => perRow.execute(INSERT, row(i)), { discard: true })))
-    lines.push({ what: `execute, ${ROWS} rows, one transaction each (capture)`, ms: perRowMs })
-
+    // 2. the same rows through execute, in one multi-row statement (pushed below); execute and query per row
+    // against raw better-sqlite3 are in section 7 (bench/execute.ts).
     const writer = await open("writer", "rows")
     await run(writer.execute(CREATE))
     const bulk = `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${ROWS}) ` +
@@ -172,27 +158,8 @@ const main = async () => {
     lines.push({ what: `libsql: fresh replica bootstrap + pull of ${ROWS} rows`, ms: libPullMs })
     libA.close()
 
-    // 7. capture overhead alone: raw better-sqlite3 statements on a file with the capture triggers installed
-    // (through the engine's own connection) against the same statements without them.
-    const captureRaw = async (name: string, withCapture: boolean) => {
-      const scopeC = Effect.runSync(Scope.make())
-      const client = await Effect.runPromise(Scope.extend(Executor.makeClient({ filename: NodePath.join(work, name) }), scopeC))
-      await Effect.runPromise(client.unsafe(CREATE).raw)
-      if (withCapture) await Effect.runPromise(Effect.provideService(ChangeCapture.install, SqlClient.SqlClient, client))
-      const db = Executor.handleOf(client)!
-      const insert = db.prepare(INSERT)
-      const [txMs] = await time(() => db.transaction(() => { for (let i = 1; i <= ROWS; i++) insert.run(...row(i)) })())
-      db.exec("DELETE FROM items")
-      const [eachMs] = await time(() => { for (let i = 1; i <= ROWS; i++) insert.run(...row(i)) })
-      await Effect.runPromise(Scope.close(scopeC, Exit.void))
-      return { txMs, eachMs }
-    }
-    const plainRaw = await captureRaw("capture-off.db", false)
-    const captured = await captureRaw("capture-on.db", true)
-    lines.push({ what: `capture overhead: ${ROWS} raw inserts in one transaction, triggers on`, ms: captured.txMs, note: `${(captured.txMs / plainRaw.txMs).toFixed(2)}x the same without triggers (${plainRaw.txMs.toFixed(1)} ms)` })
-    lines.push({ what: `capture overhead: ${ROWS} raw inserts, one transaction each, triggers on`, ms: captured.eachMs, note: `${(captured.eachMs / plainRaw.eachMs).toFixed(2)}x the same without triggers (${plainRaw.eachMs.toFixed(1)} ms)` })
-    lines.push({ what: `execute vs raw, one transaction each`, ms: perRowMs, note: `${(perRowMs / autoMs).toFixed(2)}x raw better-sqlite3 doing the same` })
-    lines.push({ what: `execute vs raw, ${ROWS} rows in one statement`, ms: bulkMs, note: `${(bulkMs / baseline).toFixed(2)}x raw (one transaction of prepared inserts)` })
+    // 7. execute and query against raw better-sqlite3, capture overhead alone (bench/execute.ts).
+    lines.push(...(await executeBench({ rows: ROWS })))
 
     // 8. push of N captured rows (inserts, updates of one column, deletes), each against a raw insert of the same
     // rows in one transaction and the libSQL client's push of the same change on the same server.

@@ -20,7 +20,6 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import Database from "libsql"
-import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
@@ -29,6 +28,7 @@ import type { HttpClient } from "@effect/platform/HttpClient"
 import * as SyncDatabase from "../src/SyncDatabase.js"
 import * as SyncRemote from "../src/SyncRemote.js"
 import * as WalFrame from "../src/WalFrame.js"
+import * as ServerProcess from "./serverProcess.js"
 
 const flag = (name: string, fallback: string) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -200,29 +200,11 @@ export const storageBench = async (bench: Bench, lines: Array<Line>) => {
   }
 }
 
-/** The `effect-sqlite-sync serve` binary on a loopback port, its data under `work`. */
-export const startServer = (work: string) =>
-  new Promise<{ url: string; child: ChildProcess.ChildProcess }>((resolve, reject) => {
-    const bin = NodePath.resolve(import.meta.dirname, "..", "bin", "effect-sqlite-sync.js")
-    const child = ChildProcess.spawn(
-      process.execPath,
-      [bin, "serve", "--host", "127.0.0.1", "--port", "0", "--data", NodePath.join(work, "server")],
-      { stdio: ["ignore", "pipe", "ignore"] }
-    )
-    let out = ""
-    child.stdout!.on("data", (c: Buffer) => {
-      out += c.toString()
-      const m = /Listening on (http:\/\/\S+)/.exec(out)
-      if (m) resolve({ url: m[1], child })
-    })
-    child.once("exit", (code) => reject(new Error(`server exited ${code}`)))
-  })
-
 // Alone: a server of its own, a database of `--rows` rows pushed by this client, then the section.
 const alone = async () => {
   const rows = Number(flag("rows", "10000"))
   const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-storage-"))
-  const server = await startServer(work)
+  const server = await ServerProcess.startServer(NodePath.join(work, "server"))
   const scope = Effect.runSync(Scope.make())
   try {
     const http = await Effect.runPromise(Scope.extend(Layer.build(NodeHttpClient.layerUndici), scope))

@@ -349,6 +349,28 @@ export const query = Command.make(
 ).pipe(Command.withDescription("Print the rows of one statement on the local database (a JSON array with --json)"))
 
 /**
+ * `effect-sqlite-sync watch --db PATH --url URL SQL [params...]`: the rows of one read-only statement, printed
+ * at once and again each time they change, with the database syncing live, until interrupted.
+ *
+ * @since 0.1.0
+ * @category commands
+ */
+export const watch = Command.make(
+  "watch",
+  {
+    ...localOptions("required"),
+    json: Options.boolean("json").pipe(Options.withDescription("print one JSON line (an array of rows) per change")),
+    sql: Args.text({ name: "sql" }).pipe(Args.withDescription("one read-only statement (SELECT, WITH ... SELECT, a view)")),
+    params: paramsArg
+  },
+  (options) => CliCommands.watch(options, options.sql, options.params)
+).pipe(
+  Command.withDescription(
+    "Sync live and print the rows of one statement now and each time they change (local writes, other replicas' pushes) until interrupted"
+  )
+)
+
+/**
  * `effect-sqlite-sync conflicts --db PATH`: the local conflict log, the last 1000 conflicts this replica's
  * acknowledged pushes settled.
  *
@@ -380,7 +402,7 @@ export const rebootstrap = Command.make("rebootstrap", localOptions("required"),
  */
 export const command = Command.make("effect-sqlite-sync").pipe(
   Command.withDescription("Local-first SQLite with two-way WAL-frame sync, and its server"),
-  Command.withSubcommands([serve, pull, push, sync, status, exec, query, conflicts, rebootstrap])
+  Command.withSubcommands([serve, pull, push, sync, status, exec, query, watch, conflicts, rebootstrap])
 )
 
 /**

@@ -380,8 +380,9 @@ export const makePostgres = (options: PostgresOptions): Effect.Effect<Service, S
       Effect.mapError((cause) => new StoreError({ reason: "Storage", message: "cannot connect to PostgreSQL", cause }))
     )
     yield* internalPostgres.migrate(sql, schema)
+    const checker = yield* internalCheckWorker.make
     return yield* internalCore.make(
-      internalPostgres.make({ sql, schema, integrityCheck: options.integrityCheck ?? DEFAULT_INTEGRITY_CHECK }),
+      internalPostgres.make({ sql, schema, integrityCheck: options.integrityCheck ?? DEFAULT_INTEGRITY_CHECK, checker }),
       options
     )
   })

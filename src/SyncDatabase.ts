@@ -47,9 +47,11 @@ import * as AutoSync from "./internal/engine/autoSync.js"
 import * as Engine from "./internal/engine/engine.js"
 import * as OwnerLock from "./internal/engine/ownerLock.js"
 import * as SqlClientInternal from "./internal/engine/sqlClient.js"
+import * as LiveSync from "./internal/live/liveSync.js"
+import * as Reactive from "./internal/live/reactive.js"
 import * as SyncEventsInternal from "./internal/engine/syncEvents.js"
 import * as LocalCopies from "./LocalCopies.js"
-import type * as SyncError from "./SyncError.js"
+import * as SyncError from "./SyncError.js"
 import * as SyncMetadata from "./SyncMetadata.js"
 import type * as SyncEvents from "./SyncEvents.js"
 import * as SyncRemote from "./SyncRemote.js"
@@ -149,6 +151,24 @@ export interface Service {
   readonly subscribe: Effect.Effect<Queue.Dequeue<SyncEvents.SyncEvent>, never, Scope.Scope>
   /** idle / pushing / pulling, pending local changes, the last error, whether the remote answered. */
   readonly status: SubscriptionRef.SubscriptionRef<SyncEvents.Status>
+  /**
+   * The rows of a read-only statement (as `query` runs it) as a Stream: emitted at once, then again after
+   * every local write and every pull that changes a table the statement reads (SQLite's plan of the
+   * statement names them: views, joins, subqueries and CTEs are followed). Writes to other tables cause no
+   * emission. Changes made while the query runs again make one more run, so a burst of writes may give one
+   * emission, and the last state is always emitted; a consumer slower than the changes gets the newest rows.
+   * A pull may touch any table: after one, the statement runs again and emits only if its rows differ.
+   *
+   * ```ts
+   * yield* db.reactive("SELECT id, body FROM notes ORDER BY id").pipe(
+   *   Stream.runForEach((rows) => Console.log(rows))
+   * )
+   * ```
+   */
+  readonly reactive: <Row extends object = Record<string, unknown>>(
+    sql: string,
+    params?: ReadonlyArray<unknown>
+  ) => Stream.Stream<ReadonlyArray<Row>, SyncError.SqlStatementError>
 }
 
 /**
@@ -184,6 +204,15 @@ export interface Options<R = never> {
   readonly onStep?: ((step: string) => Effect.Effect<void>) | undefined
   /** Sync in the background on this schedule and after local writes, as `autoSync` does, for the layer's life. */
   readonly autoSync?: Schedule.Schedule<unknown, unknown> | undefined
+  /**
+   * Live sync for the layer's life (`true`, or options): a waiting pull stays open at the remote's head and
+   * its changes are pulled as soon as they are committed; local writes are pushed shortly after they
+   * commit (a burst goes as one sync); an unreachable remote is tried again with capped exponential backoff,
+   * and `status.live` / `Live` events say `connected`, `syncing` or `offline`. Against a server without
+   * waiting pulls the remote is polled instead (every 2 seconds by default). An alternative to `autoSync`:
+   * giving both fails with `OptionsError`. `push`, `pull` and `sync` keep working.
+   */
+  readonly live?: boolean | LiveOptions | undefined
   /**
    * A local database belongs to the server database it was made from: its URL is recorded, and another
    * URL is refused (`RemoteMismatch("UrlChanged")`) unless this is true, for when that server database
@@ -232,6 +261,13 @@ export interface HttpOptions<R = never> extends Options<R> {
  */
 export const make = <R = never>(options: Options<R>) =>
   Effect.gen(function*() {
+    const live = options.live === true ? {} : options.live === false ? undefined : options.live
+    if (live !== undefined && options.autoSync !== undefined) {
+      return yield* new SyncError.OptionsError({
+        reason: "Conflicting",
+        message: "live and autoSync are alternatives: give one of them"
+      })
+    }
     // One owner per path, before any file is read; released last, after both copies are closed.
     yield* OwnerLock.acquire(options.path)
     const draft = yield* LocalCopies.Draft
@@ -244,7 +280,8 @@ export const make = <R = never>(options: Options<R>) =>
     const context = yield* Effect.context<R>()
     const resolver = ConflictPolicy.resolver(options.conflicts ?? "lastPushWins")
     const transform = options.transform
-    const { conflicts: _, transform: __, ...engineOptions } = options
+    const { conflicts: _, transform: __, live: ___, ...engineOptions } = options
+    const observed = instrumentation.observe(remote)
     const engine = yield* Engine.make({
       ...engineOptions,
       conflicts: (conflict) => Effect.provide(resolver(conflict), context),
@@ -254,17 +291,33 @@ export const make = <R = never>(options: Options<R>) =>
       onConflicts: instrumentation.publishConflicts,
       observer: instrumentation.observer
     }).pipe(
-      Effect.provideService(SyncRemote.SyncRemote, instrumentation.observe(remote))
+      Effect.provideService(SyncRemote.SyncRemote, observed)
     )
-    const wrapped: Service = yield* instrumentation.wrap(engine)
+    const wrapped = yield* instrumentation.wrap(engine)
     // push, pull, sync and execute get their spans from the wrapper; the reads get theirs here.
-    const service: Service = {
+    const query: Service["query"] = (sql, params) =>
+      Effect.withSpan(wrapped.query(sql, params), "SyncDatabase.query", { attributes: { sql }, captureStackTrace: false })
+    const service: Service & Reactive.Source = {
       ...wrapped,
-      query: (sql, params) => Effect.withSpan(wrapped.query(sql, params), "SyncDatabase.query", { attributes: { sql } }),
+      query,
+      tracker: engine.changes,
+      reactive: (sql, params) => Reactive.reactive({ ...engine, tracker: engine.changes, query }, sql, params ?? []),
       stats: Effect.withSpan(wrapped.stats, "SyncDatabase.stats"),
       conflicts: Effect.withSpan(wrapped.conflicts, "SyncDatabase.conflicts")
     }
     if (options.autoSync !== undefined) yield* AutoSync.autoSync(service, options.autoSync)
+    if (live !== undefined) {
+      yield* instrumentation.reportLive("syncing")
+      yield* LiveSync.run({
+        push: service.push,
+        pull: service.pull,
+        received: Effect.match(engine.stats, { onFailure: () => undefined, onSuccess: (s) => s.bytesReceived }),
+        position: engine.position,
+        tracker: engine.changes,
+        remote: observed,
+        report: instrumentation.reportLive
+      }, live)
+    }
     return service
   })
 
@@ -273,6 +326,17 @@ export const make = <R = never>(options: Options<R>) =>
  * @category models
  */
 export interface AutoSyncOptions extends AutoSync.Options {}
+
+/**
+ * Live sync's settings (`live: { ... }`): `waitSeconds` a waiting pull stays open (default 25, cut to the
+ * server's limit), `pushDelay` after a local write before it is pushed (default 10 ms), `pollInterval`
+ * against a server without waiting pulls (default 2 seconds), `maxBackoff` between attempts while the
+ * remote cannot be reached (default 10 seconds; from 250 ms, doubling).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface LiveOptions extends LiveSync.Options {}
 
 /**
  * Forks a fiber, for the current scope, that syncs on `schedule` and after local writes (once they have
@@ -339,6 +403,7 @@ export const layerConfig = <R = never>(
     readonly url: string
     readonly authToken?: Redacted.Redacted | undefined
     readonly clientName?: string | undefined
+    readonly live?: boolean | undefined
   }>,
   /** Options that cannot come from `Config` (policy, transform, ...). */
   options?: Omit<HttpOptions<R>, "path" | "url" | "authToken" | "clientName">
@@ -350,14 +415,16 @@ export const layerConfig = <R = never>(
  * against `SqlClient` (`sql` templates, `withTransaction`, `SqlSchema`, `SqlResolver`, `Model`) syncs by
  * adding this layer. Reads follow the active copy; writes are captured for push and wait while a pull
  * replaces the local copy; `withTransaction` is one local transaction (one unit of replay) that holds
- * writes back from a pull's copy step until it ends.
+ * writes back from a pull's copy step until it ends. It also provides the database's `Reactivity`
+ * (@effect/experimental): `sql.reactive(["notes"], ...)` runs again after every write and every pull that
+ * changes `notes` (keys are table names, in any case).
  *
  * @since 0.1.0
  * @category layers
  */
 export const layerSqlClientRemote = <R = never>(
   options: Options<R>
-): Layer.Layer<SyncDatabase | SqlClient.SqlClient, SyncError.SyncError, SyncRemote.SyncRemote | R> =>
+): Layer.Layer<SyncDatabase | SqlClient.SqlClient | Reactivity.Reactivity, SyncError.SyncError, SyncRemote.SyncRemote | R> =>
   sqlClientFor.pipe(Layer.provideMerge(layerRemote(options)))
 
 /**
@@ -376,16 +443,22 @@ export const layerSqlClientRemote = <R = never>(
  */
 export const layerSqlClient = <R = never>(
   options: HttpOptions<R>
-): Layer.Layer<SyncDatabase | SqlClient.SqlClient, SyncError.SyncError, HttpClient.HttpClient | R> =>
+): Layer.Layer<SyncDatabase | SqlClient.SqlClient | Reactivity.Reactivity, SyncError.SyncError, HttpClient.HttpClient | R> =>
   sqlClientFor.pipe(Layer.provideMerge(layer(options)))
 
-const sqlClientFor: Layer.Layer<SqlClient.SqlClient, never, SyncDatabase> = Layer.effect(
-  SqlClient.SqlClient,
-  Effect.flatMap(SyncDatabase, (db) => {
-    const engine = db as Service & Partial<SqlClientInternal.EngineAccess>
-    if (engine.executeRows === undefined || engine.transaction === undefined) {
-      return Effect.dieMessage("SyncDatabase.layerSqlClient needs a SyncDatabase built by this module")
+/**
+ * The SqlClient and the database's Reactivity: `sql.reactive(["notes"], ...)` runs again when a write or a
+ * pull changes `notes`, and so do `Reactivity.stream`/`query` of the app on the same keys (table names).
+ */
+const sqlClientFor: Layer.Layer<SqlClient.SqlClient | Reactivity.Reactivity, never, SyncDatabase> = Layer.unwrapEffect(
+  Effect.map(SyncDatabase, (db) => {
+    const engine = db as Service & Partial<SqlClientInternal.EngineAccess & Reactive.Source>
+    if (engine.executeRows === undefined || engine.transaction === undefined || engine.tracker === undefined) {
+      return Layer.die("SyncDatabase.layerSqlClient needs a SyncDatabase built by this module")
     }
-    return SqlClientInternal.make(engine as Service & SqlClientInternal.EngineAccess)
+    const reactivity = Layer.succeed(Reactivity.Reactivity, Reactive.service(engine.tracker, engine.watch!))
+    return Layer.effect(SqlClient.SqlClient, SqlClientInternal.make(engine as Service & SqlClientInternal.EngineAccess)).pipe(
+      Layer.provideMerge(reactivity)
+    )
   })
-).pipe(Layer.provide(Reactivity.layer))
+)

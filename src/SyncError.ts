@@ -143,6 +143,17 @@ export class RemoteMismatch extends Schema.TaggedError<RemoteMismatch>()("Remote
 }) {}
 
 /**
+ * Options that cannot go together (`live` with `autoSync`): the database was not opened.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class OptionsError extends Schema.TaggedError<OptionsError>()("OptionsError", {
+  reason: Schema.Literal("Conflicting"),
+  message: Schema.String
+}) {}
+
+/**
  * Every failure of the sync client.
  *
  * @since 0.1.0
@@ -157,6 +168,7 @@ export type SyncError =
   | BootstrapError
   | DatabaseLocked
   | RemoteMismatch
+  | OptionsError
 
 /**
  * Failures of talking to the remote.

@@ -18,6 +18,16 @@ import type * as SyncError from "./SyncError.js"
 export type Operation = "push" | "pull" | "sync" | "rebootstrap"
 
 /**
+ * Where live sync stands (`live: true`): `connected` (a waiting pull is open at the remote's head, or the
+ * remote answered last), `syncing` (pushing or pulling now), `offline` (the remote cannot be reached; it
+ * is tried again with backoff).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type LiveState = "connected" | "offline" | "syncing"
+
+/**
  * One thing that happened. `operation` names the public call the event belongs to (a `sync` is a push
  * and then a pull: its events carry `"sync"`).
  *
@@ -81,6 +91,8 @@ export type SyncEvent = Data.TaggedEnum<{
   Conflict: { readonly operation: Operation; readonly entry: ConflictPolicy.Entry }
   /** `execute` committed a local transaction (`changes` rows). */
   LocalWrite: { readonly changes: number }
+  /** Live sync's state changed (only with `live`); `status.live` holds it too. */
+  Live: { readonly state: LiveState }
 }>
 
 /**
@@ -107,4 +119,6 @@ export interface Status {
   /** Whether the remote answered the last request (true until one fails to reach it). */
   readonly online: boolean
   readonly lastSyncAt: Option.Option<Date>
+  /** Live sync's state; undefined when the database is not live. */
+  readonly live?: LiveState | undefined
 }

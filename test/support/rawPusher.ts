@@ -135,6 +135,19 @@ export class Pusher {
       return 0
     }
     let received = 0
+    try {
+      await this.pullFrames((n) => {
+        received += n
+      })
+    } finally {
+      // Frames already applied to `file` must reach the replica even when a later request fails: a
+      // replica left behind its head would write its next transaction on pages the server has moved past.
+      if (received > 0) this.rebuild()
+    }
+    return received
+  }
+
+  private async pullFrames(onFrames: (n: number) => void): Promise<void> {
     for (;;) {
       const start = this.head + 1
       const started = performance.now()
@@ -148,25 +161,23 @@ export class Pusher {
         if (decoded._tag === "Left") throw new Error(`${this.options.id}: undecodable pull: ${decoded.left.message}`)
         this.file = WalFrame.applyFrames(this.file, decoded.right)
         this.head += decoded.right.length
-        received += decoded.right.length
+        onFrames(decoded.right.length)
         this.stats.framesPulled += decoded.right.length
         continue
       }
       const body = res.headers["content-type"]?.includes("json") ? H.json(res) : undefined
       if (res.status === 400 && body?.status === "checkpoint_needed") {
         if (body.generation !== this.generation) {
-          this.replica.close()
+          this.replica!.close()
           this.replica = undefined
           await this.resync()
-          return received
+          return
         }
-        break
+        return
       }
       this.stats.unexpected.push(`pull ${res.status} ${res.body.toString("utf8").slice(0, 200)}`)
       throw new Error(`pull answered ${res.status}`)
     }
-    if (received > 0) this.rebuild()
-    return received
   }
 
   private hasRow(seq: number): boolean {
@@ -334,6 +345,8 @@ export const runPusher = async (pusher: Pusher, running: () => boolean): Promise
 }
 
 export interface Verdict {
+  /** The generation the check read. */
+  readonly generation: number
   readonly rows: number
   readonly integrity: string
   readonly duplicates: ReadonlyArray<string>
@@ -384,7 +397,7 @@ export const verify = async (
       }
     }
     const rows = [...counts.values()].reduce((a, b) => a + b, 0)
-    return { rows, integrity, duplicates, missing, framesDiffering, totalFrames: snap.frames.length, framesAcknowledged }
+    return { generation: snap.generation, rows, integrity, duplicates, missing, framesDiffering, totalFrames: snap.frames.length, framesAcknowledged }
   } finally {
     db.close()
   }

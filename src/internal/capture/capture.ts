@@ -1,7 +1,9 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
+import * as Context from "effect/Context"
 import * as FiberRef from "effect/FiberRef"
+import type * as Fiber from "effect/Fiber"
 import * as Exit from "effect/Exit"
 import type { YieldWrap } from "effect/Utils"
 import * as Option from "effect/Option"
@@ -455,6 +457,74 @@ export const execute = (
     }
     return { ...last, changes }
   })
+
+/** What the direct path needs to know of a statement text, decided once per text. */
+interface DirectText {
+  /** The one DML statement the text holds (without a trailing `;`), or undefined when it is not that. */
+  readonly statement: string | undefined
+  /** Whether it may insert rows (see {@link insertedRowid}). */
+  readonly inserts: boolean
+}
+
+const directTexts = globalValue(
+  Symbol.for("effect-sqlite-sync/ChangeCapture/directTexts"),
+  () => new Map<string, DirectText>()
+)
+
+const directText = (text: string): DirectText => {
+  let known = directTexts.get(text)
+  if (known === undefined) {
+    const parts = text.includes(";") ? splitStatements(text) : [text]
+    const single = parts.length <= 1 ? parts[0] ?? text : undefined
+    const statement = single !== undefined && !mayChangeSchema(single) ? single : undefined
+    known = { statement, inserts: statement !== undefined && mayInsert(statement) }
+    if (directTexts.size >= 1000) directTexts.clear()
+    directTexts.set(text, known)
+  }
+  return known
+}
+
+/**
+ * `execute` of one DML statement in autocommit mode, synchronously on the connection (the path `execute`
+ * takes for it, without its Effect work): the statement and the log rows its triggers write are one SQLite
+ * transaction. Undefined when `execute` must run it: several statements or one that may change the schema,
+ * inside a capture transaction, capture not known to be installed on this connection, the connection held
+ * by a transaction, a statement that does not prepare (execute retries those without the cache). A failing
+ * statement throws SQLite's error. Runs only in one synchronous step with the caller's checks.
+ */
+export const executeDirect = (
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  sql: SqlClient.SqlClient,
+  text: string,
+  params: ReadonlyArray<unknown>
+): ExecuteResult | undefined => {
+  const { inserts, statement } = directText(text)
+  if (statement === undefined || !knownInstalled.has(sql) || fiber.getFiberRef(currentState) !== undefined) return
+  const direct = Executor.directOf(sql)
+  if (direct === undefined || !direct.free()) return
+  let prepared: ReturnType<typeof direct.prepare>
+  try {
+    prepared = direct.prepare(statement)
+  } catch {
+    return
+  }
+  const safeIntegers = Context.get(fiber.currentContext, SqlClient.SafeIntegers)
+  prepared.safeIntegers(safeIntegers)
+  if (!prepared.reader) {
+    const run = prepared.run(...params)
+    return {
+      rows: [],
+      changes: run.changes,
+      lastInsertRowid: run.changes > 0 && inserts ? run.lastInsertRowid : 0
+    }
+  }
+  prepared.raw(false)
+  const rows = prepared.all(...params) as ReadonlyArray<Record<string, unknown>>
+  const info = direct.prepare("SELECT changes(), last_insert_rowid()")
+  info.safeIntegers(safeIntegers)
+  const [changes, rowid] = info.raw(true).get() as [number | bigint, number | bigint]
+  return { rows, changes: Number(changes), lastInsertRowid: Number(changes) > 0 && inserts ? rowid : 0 }
+}
 
 const executeOne = (
   state: CaptureState,

@@ -20,6 +20,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import type * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
 import type * as Scope from "effect/Scope"
 import * as Fs from "node:fs"
 import * as NodePath from "node:path"
@@ -139,7 +140,8 @@ export interface Opened {
 export const open = (
   options: LocalOptions,
   progress: CliProgress.Progress,
-  needsRemote: boolean
+  needsRemote: boolean,
+  live = false
 ): Effect.Effect<Opened, SyncError.SyncError | ValidationError.ValidationError, Scope.Scope> =>
   Effect.gen(function*() {
     if (options.db.trim() === "") return yield* usage("--db must not be empty")
@@ -180,7 +182,8 @@ export const open = (
         path: options.db,
         clientName: "cli",
         allowUrlChange: options.allowUrlChange,
-        startOver: options.startOver
+        startOver: options.startOver,
+        live
       }).pipe(
         Layer.provide(Layer.succeed(SyncRemote.SyncRemote, observed))
       )
@@ -387,6 +390,37 @@ export const query = (options: LocalOptions, sql: string, inputs: ReadonlyArray<
         Effect.mapError(toExecCommand)
       )
       yield* emit(options, rows, () => table(rows))
+    }))
+
+/**
+ * `watch`: the database runs live for the command's life; the rows are printed at once and again each time
+ * they change (a table, or one JSON line with `--json`), until interrupted. Whether the server is reachable
+ * is told on stderr as it changes.
+ */
+export const watch = (options: LocalOptions, sql: string, inputs: ReadonlyArray<string>) =>
+  runCommand(options, (progress) =>
+    Effect.gen(function*() {
+      const bound = yield* params(inputs)
+      const opened = yield* open(options, progress, true, true)
+      yield* progress.end
+      yield* opened.db.status.changes.pipe(
+        Stream.map((s) => s.live),
+        Stream.changes,
+        Stream.runForEach((state) =>
+          state === "offline"
+            ? Console.error("watch: the server cannot be reached; trying again")
+            : state === "connected"
+            ? Console.error("watch: connected")
+            : Effect.void
+        ),
+        Effect.forkScoped
+      )
+      yield* opened.db.reactive<Record<string, unknown>>(sql, bound).pipe(
+        Stream.runForEach((rows) => emit(options, rows, () => `${table(rows)}\n`)),
+        // Safe integers: 64-bit values are printed exactly, not rounded through a double.
+        Effect.provideService(SqlClient.SafeIntegers, true),
+        Effect.mapError(toExecCommand)
+      )
     }))
 
 /** One conflict log entry with its time as an ISO date, as `status` prints its times. */

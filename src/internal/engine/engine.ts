@@ -37,6 +37,7 @@ import { bootstrap } from "./bootstrap.js"
 import * as ConflictLog from "./conflictLog.js"
 import * as Copy from "./copy.js"
 import * as Fold from "./fold.js"
+import * as Changes from "../live/changes.js"
 import * as Gates from "./gates.js"
 import * as Local from "./local.js"
 import * as Pull from "./pull.js"
@@ -92,6 +93,8 @@ const pullSteps = Effect.fn("Engine.pull")(function*(state: State) {
     return arrived
   }
   yield* Copy.replayAndCopy(state, progress).pipe( /* 2b, 2c */
+    // Reactive queries look again whatever the outcome: a copy that failed late may have replaced Draft.
+    Effect.ensuring(Changes.afterCopy(state.changes, state.draft)),
     Effect.onError(() => Effect.ignore(resetSyncedWal(state)))
   )
   yield* resetSyncedWal(state) /* 2d */
@@ -152,6 +155,7 @@ const open = (options: EngineOptions) =>
       syncLock: yield* Effect.makeSemaphore(1),
       lastWriteBlockedMs: yield* Ref.make(Option.none<number>()),
       readVerdicts: new Map(),
+      changes: yield* Changes.make,
       maxWalFrames: Math.max(1, options.maxWalFrames ?? 1000)
     }
     // Checked before either copy is opened: opening a missing file would create an empty database.
@@ -203,7 +207,11 @@ export const make = (options: EngineOptions) =>
     pull: exclusive(state, pullSteps(state)),
     sync: exclusive(state, Effect.zipRight(pushRounds(state), pullSteps(state))),
     rebootstrap: exclusive(state, Effect.zipRight(rebootstrapSynced(state, "Requested"), pullSteps(state))),
-    stats: Local.stats(state)
+    stats: Local.stats(state),
+    changes: state.changes,
+    watch: Changes.watch(state.changes, state.gates, state.draft),
+    tablesRead: Local.tablesRead(state),
+    position: Effect.map(SynchronizedRef.get(state.metadata), (m) => ({ generation: m.generation, frame: m.syncedFrame }))
   }))
 
 /** @internal */

@@ -4,15 +4,22 @@
  *
  * @internal
  */
-import type * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
+import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
+import * as Fs from "node:fs"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as ChangeCapture from "../../ChangeCapture.js"
+import type * as LocalCopies from "../../LocalCopies.js"
 import type { ExecuteResult, Stats } from "../../SyncDatabase.js"
 import * as SyncError from "../../SyncError.js"
+import * as WalFrame from "../../WalFrame.js"
+import * as CaptureInternal from "../capture/capture.js"
+import * as Changes from "../live/changes.js"
+import * as Reactive from "../live/reactive.js"
 import * as Executor from "../sqlite/executor.js"
 import * as Files from "../sqlite/files.js"
 import { sqlStatementError } from "./errors.js"
@@ -40,25 +47,82 @@ export const isReadStatement = (sql: string): boolean => {
   return false
 }
 
-/** @internal */
-export const execute = (state: State) =>
-(sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<ExecuteResult, SyncError.SqlStatementError> =>
-  Gates.writing(state.gates, on(state.draft, ChangeCapture.execute(sql, params))).pipe(
-    Effect.map((r): ExecuteResult => ({ changes: r.changes, lastInsertRowid: r.lastInsertRowid })),
-    Effect.mapError(sqlStatementError("Statement", sql)),
-    Effect.tap(() => maybeFoldDraft(state))
+/** Reactive queries and live sync hear of a committed write (Draft is its copy). */
+const afterWrite = (state: State) => Changes.afterWrite(state.changes, state.draft)
+
+/** The client each copy had when last seen open: while its handle is open it is still that copy's client. */
+const lastClients = new WeakMap<LocalCopies.Copy, SqlClient.SqlClient>()
+
+/** `copy`'s client and direct access to it, if it is known and open (synchronous). */
+const openDirect = (copy: LocalCopies.Copy) => {
+  const client = lastClients.get(copy)
+  if (client === undefined) return undefined
+  const direct = Executor.directOf(client)
+  return direct !== undefined && direct.db.open ? { client, direct } : undefined
+}
+
+/** `on`, remembering the copy's client for the direct paths. */
+const onCopy = <A, E, R>(copy: LocalCopies.Copy, effect: Effect.Effect<A, E, R>) =>
+  Effect.zipRight(
+    Effect.tap(copy.client, (client) => {
+      lastClients.set(copy, client)
+    }),
+    on(copy, effect)
   )
 
+/**
+ * After a local write: Draft's WAL is folded when it outgrew its bound (`maybeFoldDraft`). One stat of the
+ * WAL decides whether that runs at all, unless the engine was built with its own file service (tests inject
+ * faults through it), which `maybeFoldDraft` then uses for every check as before.
+ */
+const foldIfOutgrown = (state: State): Effect.Effect<void> => {
+  if (Option.isSome(state.fileService)) return maybeFoldDraft(state)
+  const size = Fs.statSync(Files.walPath(state.paths.draft), { throwIfNoEntry: false })?.size ?? 0
+  return size > WalFrame.walSize(state.maxWalFrames) ? maybeFoldDraft(state) : Effect.void
+}
+
+const executeError = (sql: string) => (cause: unknown) =>
+  sqlStatementError("Statement", sql)(new SqlError({ cause, message: "Failed to execute statement" }))
+
+/**
+ * A write through change capture: one DML statement in autocommit mode runs synchronously on Draft's
+ * connection, in the step that checks the write gate (no permit, span or fiber work); anything else, or
+ * when the gate or the connection is held, waits for a write permit and runs through `ChangeCapture.execute`.
+ */
+const write = (state: State) =>
+(sql: string, params: ReadonlyArray<unknown>): Effect.Effect<ChangeCapture.ExecuteResult, SyncError.SqlStatementError> =>
+  Effect.withFiberRuntime((fiber) => {
+    const open = Gates.writesPass(state.gates) ? openDirect(state.draft) : undefined
+    if (open !== undefined) {
+      let result: ChangeCapture.ExecuteResult | undefined
+      try {
+        result = CaptureInternal.executeDirect(fiber, open.client, sql, params)
+      } catch (cause) {
+        return Effect.fail(executeError(sql)(cause))
+      }
+      if (result !== undefined) return Effect.as(Effect.zipRight(afterWrite(state), foldIfOutgrown(state)), result)
+    }
+    return Gates.writing(state.gates, Effect.tap(onCopy(state.draft, ChangeCapture.execute(sql, params)), afterWrite(state))).pipe(
+      Effect.mapError(sqlStatementError("Statement", sql)),
+      Effect.tap(() => foldIfOutgrown(state))
+    )
+  })
+
+/** @internal */
+export const execute = (state: State) => {
+  const run = write(state)
+  return (sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<ExecuteResult, SyncError.SqlStatementError> =>
+    Effect.map(run(sql, params), (r): ExecuteResult => ({ changes: r.changes, lastInsertRowid: r.lastInsertRowid }))
+}
+
 /** `execute` that also returns the statement's rows (`INSERT ... RETURNING`): SyncDatabase.layerSqlClient. */
-export const executeRows = (state: State) =>
-(
-  sql: string,
-  params: ReadonlyArray<unknown> = []
-): Effect.Effect<ChangeCapture.ExecuteResult, SyncError.SqlStatementError> =>
-  Gates.writing(state.gates, on(state.draft, ChangeCapture.execute(sql, params))).pipe(
-    Effect.mapError(sqlStatementError("Statement", sql)),
-    Effect.tap(() => maybeFoldDraft(state))
-  )
+export const executeRows = (state: State) => {
+  const run = write(state)
+  return (
+    sql: string,
+    params: ReadonlyArray<unknown> = []
+  ): Effect.Effect<ChangeCapture.ExecuteResult, SyncError.SqlStatementError> => run(sql, params)
+}
 
 /**
  * Whether `sql` only reads, by SQLite's verdict on the active copy (see Executor.isPureRead); a statement
@@ -78,39 +142,85 @@ const isRead = (state: State, client: SqlClient.SqlClient, sql: string): Effect.
   })
 }
 
+const activeCopy = (state: State) => state.gates.active.current === "draft" ? state.draft : state.synced
+
 const onActive = <A, E>(state: State, f: (client: SqlClient.SqlClient) => Effect.Effect<A, E>) =>
   Gates.reading(
     state.gates,
-    Effect.flatMap(Ref.get(state.gates.active), (which) =>
-      Effect.flatMap((which === "draft" ? state.draft : state.synced).client, f))
+    Effect.suspend(() => {
+      const copy = activeCopy(state)
+      return Effect.flatMap(copy.client, (client) => {
+        lastClients.set(copy, client)
+        return f(client)
+      })
+    })
   )
 
-/** @internal */
+const notARead = (sql: string) =>
+  new SyncError.SqlStatementError({
+    reason: "Statement",
+    message: "query runs reads only (SQLite reports that this statement writes, or it returns no rows; " +
+      "a write here would bypass change capture); use execute",
+    sql
+  })
+
+/**
+ * A read on the active copy. A statement already known to be a read runs synchronously on the copy's
+ * connection, in the step that checks the read gate; otherwise (or while the gate or the connection is
+ * held) it waits for a read permit and runs through the copy's SqlClient.
+ *
+ * @internal
+ */
 export const query = (state: State) =>
 <Row extends object = Record<string, unknown>>(
   sql: string,
   params: ReadonlyArray<unknown> = []
 ): Effect.Effect<ReadonlyArray<Row>, SyncError.SqlStatementError> =>
-  onActive(state, (client) =>
-    Effect.flatMap(isRead(state, client, sql), (read): Effect.Effect<ReadonlyArray<Row>, SqlError | SyncError.SqlStatementError> =>
-      read
-        ? client.unsafe<Row>(sql, params as Array<any>)
-        : Effect.fail(
-          new SyncError.SqlStatementError({
-            reason: "Statement",
-            message: "query runs reads only (SQLite reports that this statement writes, or it returns no rows; " +
-              "a write here would bypass change capture); use execute",
-            sql
-          })
-        ))
-  ).pipe(Effect.mapError((error) => error._tag === "SqlStatementError" ? error : sqlStatementError("Statement", sql)(error)))
+  Effect.withFiberRuntime((fiber) => {
+    const open = Gates.readsPass(state.gates) && state.readVerdicts.get(sql) === true
+      ? openDirect(activeCopy(state))
+      : undefined
+    if (open !== undefined && open.direct.free()) {
+      let statement: ReturnType<typeof open.direct.prepare> | undefined
+      try {
+        statement = open.direct.prepare(sql)
+      } catch {
+        // the slow path reports it as before
+      }
+      if (statement !== undefined) {
+        try {
+          statement.safeIntegers(Context.get(fiber.currentContext, SqlClient.SafeIntegers))
+          statement.raw(false)
+          return Effect.succeed(statement.all(...params) as ReadonlyArray<Row>)
+        } catch (cause) {
+          return Effect.fail(executeError(sql)(cause))
+        }
+      }
+    }
+    return onActive(state, (client) =>
+      Effect.flatMap(isRead(state, client, sql), (read): Effect.Effect<ReadonlyArray<Row>, SqlError | SyncError.SqlStatementError> =>
+        read ? client.unsafe<Row>(sql, params as Array<any>) : Effect.fail(notARead(sql)))).pipe(
+        Effect.mapError((error) => error._tag === "SqlStatementError" ? error : sqlStatementError("Statement", sql)(error))
+      )
+  })
+
+/** The tables `sql` reads, as reactive queries key them (Reactive.tablesRead), on the active copy. */
+export const tablesRead = (state: State) =>
+(sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<ReadonlyArray<string>, SyncError.SqlStatementError> =>
+  onActive(
+    state,
+    (client) => Effect.provideService(Executor.withExecutor((exec) => Reactive.tablesRead(exec, sql, params)), SqlClient.SqlClient, client)
+  ).pipe(Effect.mapError(sqlStatementError("Statement", sql)))
 
 /** Whether `sql` is a pure read by SQLite's verdict (layerSqlClient routes by it); one that fails to prepare is not. */
-export const classify = (state: State) => (sql: string): Effect.Effect<"read" | "write"> =>
-  onActive(state, (client) => isRead(state, client, sql)).pipe(
+export const classify = (state: State) => (sql: string): Effect.Effect<"read" | "write"> => {
+  const known = state.readVerdicts.get(sql)
+  if (known !== undefined) return Effect.succeed(known ? "read" : "write")
+  return onActive(state, (client) => isRead(state, client, sql)).pipe(
     Effect.map((read) => read ? "read" as const : "write" as const),
     Effect.orElseSucceed(() => "write" as const)
   )
+}
 
 /**
  * Runs `effect` with Draft's SqlClient as ONE capture transaction (one unit of replay), holding one write
@@ -120,7 +230,9 @@ export const transaction = (state: State) =>
 <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, Exclude<R, SqlClient.SqlClient>> =>
-  Gates.writing(state.gates, on(state.draft, ChangeCapture.transaction(effect))).pipe(Effect.tap(() => maybeFoldDraft(state)))
+  Gates.writing(state.gates, Effect.tap(onCopy(state.draft, ChangeCapture.transaction(effect)), afterWrite(state))).pipe(
+    Effect.tap(() => foldIfOutgrown(state))
+  )
 
 /** @internal */
 export const stats = (state: State): Effect.Effect<Stats, SyncError.SyncError> =>
@@ -128,8 +240,7 @@ export const stats = (state: State): Effect.Effect<Stats, SyncError.SyncError> =
     const m = yield* SynchronizedRef.get(state.metadata)
     const pendingChanges = yield* Gates.reading(
       state.gates,
-      Effect.flatMap(Ref.get(state.gates.active), (which) =>
-        on(which === "draft" ? state.draft : state.synced, ChangeCapture.countPending(m.lastPushedChangeId)))
+      Effect.suspend(() => on(activeCopy(state), ChangeCapture.countPending(m.lastPushedChangeId)))
     ).pipe(Effect.mapError(sqlStatementError("Capture")))
     const t = yield* Ref.get(state.traffic)
     return {
@@ -143,7 +254,7 @@ export const stats = (state: State): Effect.Effect<Stats, SyncError.SyncError> =
       bytesReceived: t.received,
       draftWalBytes: yield* Files.fileSize(Files.walPath(state.paths.draft)),
       syncedWalBytes: yield* Files.fileSize(Files.walPath(state.paths.synced)),
-      activeCopy: yield* Ref.get(state.gates.active),
+      activeCopy: yield* Gates.active(state.gates),
       lastWriteBlockedMs: yield* Ref.get(state.lastWriteBlockedMs)
     }
   })

@@ -16,6 +16,7 @@ import type * as LocalCopies from "../../LocalCopies.js"
 import type * as SyncFiles from "../../SyncFiles.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import type * as SyncRemote from "../../SyncRemote.js"
+import type * as Changes from "../live/changes.js"
 import type * as Files from "../sqlite/files.js"
 import type * as ConflictLog from "./conflictLog.js"
 import type * as Gates from "./gates.js"
@@ -150,6 +151,8 @@ export interface State extends Opening {
   readonly maxWalFrames: number
   /** SQLite's verdict per statement text: whether it only reads (`query`, layerSqlClient's routing). */
   readonly readVerdicts: Map<string, boolean>
+  /** Told of every change to Draft: reactive queries and live sync listen. */
+  readonly changes: Changes.Tracker
 }
 
 /** Counts bytes that arrived (for `stats`) and tells the observer. */

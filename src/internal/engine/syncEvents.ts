@@ -16,7 +16,7 @@ import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import type * as ConflictPolicy from "../../ConflictPolicy.js"
 import type * as SyncError from "../../SyncError.js"
-import type { Operation, Status } from "../../SyncEvents.js"
+import type { LiveState, Operation, Status } from "../../SyncEvents.js"
 import { SyncEvent } from "../../SyncEvents.js"
 import type * as SyncRemote from "../../SyncRemote.js"
 import * as WalFrame from "../../WalFrame.js"
@@ -206,7 +206,8 @@ const execute = (i: Instruments, engine: EngineLike): EngineLike["execute"] => (
         publish(i, SyncEvent.LocalWrite({ changes: result.changes }))
       )
     ),
-    Effect.withSpan("SyncDatabase.execute", { attributes: { sql } })
+    // No stack trace: capturing one costs more than the statement itself (the span's name says where).
+    Effect.withSpan("SyncDatabase.execute", { attributes: { sql }, captureStackTrace: false })
   )
 
 /** The engine's service with events, status and spans; push, pull and sync one at a time. */
@@ -236,6 +237,13 @@ const wrap = <S extends EngineLike>(i: Instruments, engine: S): Effect.Effect<S 
     }
   })
 
+/** Live sync's state in the status, and an event when it changed. */
+const reportLive = (i: Instruments, state: LiveState) =>
+  Effect.flatMap(
+    SubscriptionRef.modify(i.status, (s): [boolean, Status] => s.live === state ? [false, s] : [true, { ...s, live: state }]),
+    (changed) => changed ? publish(i, SyncEvent.Live({ state })) : Effect.void
+  )
+
 /** For the engine's own events (conflicts decided by a push), under the operation running now. */
 const publishConflicts = (i: Instruments, entries: ReadonlyArray<ConflictPolicy.Entry>) =>
   Effect.flatMap(Ref.get(i.current), (operation) =>
@@ -262,6 +270,7 @@ export const make = Effect.gen(function*() {
     observe: (remote: SyncRemote.Service) => observe(i, remote),
     observer: observer(i),
     wrap: <S extends EngineLike>(engine: S) => wrap(i, engine),
-    publishConflicts: (entries: ReadonlyArray<ConflictPolicy.Entry>) => publishConflicts(i, entries)
+    publishConflicts: (entries: ReadonlyArray<ConflictPolicy.Entry>) => publishConflicts(i, entries),
+    reportLive: (state: LiveState) => reportLive(i, state)
   }
 })

@@ -132,6 +132,9 @@ export interface StoredState extends StoredSession {
   readonly generations: ReadonlyArray<GenerationRecord>
   /** The current generation's frame numbers answered Ok while pending. */
   readonly ackedPending: ReadonlyArray<number>
+  /** Pages of the current generation's committed head and of its base, when the backend read them with the rest. */
+  readonly headPages?: number | undefined
+  readonly basePages?: number | undefined
 }
 
 /** Storage several server processes use at once (see the module comment). */
@@ -405,6 +408,10 @@ const loadState = (h: Handle, state: StoredState) => {
   if (view.current !== h.current || view.lastFrames.get(view.current) !== h.lastFrames.get(h.current)) {
     h.headPages = undefined
   }
+  // Another process rolled: the base the growth rule compares with is the new generation's.
+  if (view.current !== h.current) h.basePages = undefined
+  if (state.headPages !== undefined) h.headPages = state.headPages
+  if (state.basePages !== undefined) h.basePages = state.basePages
   h.current = view.current
   h.oldest = view.oldest
   h.lastFrames.clear()
@@ -677,7 +684,8 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     const openExport: Service["openExport"] = (database, generation) =>
       withHandle(database, (h) =>
         Effect.gen(function*() {
-          yield* checkGeneration(h, generation)
+          // Shared storage: another process may have started or dropped generations since this one looked.
+          yield* checkGeneration(yield* viewFor(h), generation)
           return yield* openBaseOf(h, generation)
         }))
 
@@ -707,8 +715,10 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         // The head read here is a committed frame; frames at or below it never change. Only a roll that
         // drops the generation meanwhile can get in the way, and then the new current one is served.
         for (let attempt = 1;; attempt++) {
-          const generation = h.current
-          const frameNo = h.lastFrames.get(generation)!
+          // Shared storage: the head committed now, whichever process committed it.
+          const v = yield* viewFor(h)
+          const generation = v.current
+          const frameNo = v.lastFrames.get(generation)!
           const body = yield* openSnapshotAt(h, generation, frameNo).pipe(
             Effect.catchIf((e) => e.reason === "GenerationGone" && attempt < 3, () => Effect.succeed(undefined))
           )

@@ -135,9 +135,37 @@ export const withExecutor = <A>(f: (exec: Executor) => A): Effect.Effect<A, SqlE
 // ---------------------------------------------------------------------------------------------------------
 
 /**
+ * Direct, synchronous access to a connection the engine opened, for the hot paths of `execute` and `query`:
+ * its handle, its statement cache, and whether a transaction holds it. A statement may run here without
+ * going through the client only in one synchronous step that first checks {@link Direct.free}: nothing else
+ * can run on the connection in between (better-sqlite3 is synchronous and fibers take turns).
+ *
+ * @internal
+ */
+export interface Direct {
+  readonly db: BetterSqlite3.Database
+  /** The prepared statement for `sql` from the connection's cache (least recently used dropped); throws. */
+  readonly prepare: (sql: string) => BetterSqlite3.Statement
+  /** No transaction holds the connection and none is open on it: an autocommit statement may run now. */
+  readonly free: () => boolean
+}
+
+const directs = globalValue(
+  Symbol.for("effect-sqlite-sync/executor/directs"),
+  () => new WeakMap<Client.SqlClient, Direct>()
+)
+
+/** Direct access to a client the engine opened, if it is one. */
+export const directOf = (client: Client.SqlClient): Direct | undefined => directs.get(client)
+
+/** Prepared statements kept per connection, by SQL text. */
+const STATEMENTS = 500
+
+/**
  * An @effect/sql client on a better-sqlite3 connection this module opens (WAL mode), whose handle
- * {@link handleOf} returns. One connection; statements are cached per text (a statement that fails to
- * prepare is not cached, so it can succeed once the schema allows it). Closed with the scope.
+ * {@link handleOf} returns. One connection; statements are cached per text, least recently used dropped
+ * first (a statement that fails to prepare is not cached, so it can succeed once the schema allows it).
+ * Closed with the scope.
  */
 export const makeClient = (options: {
   readonly filename: string
@@ -152,9 +180,12 @@ export const makeClient = (options: {
       let statement = cache.get(sql)
       if (statement === undefined) {
         statement = db.prepare(sql)
-        if (cache.size >= 200) cache.delete(cache.keys().next().value!)
-        cache.set(sql, statement)
+        if (cache.size >= STATEMENTS) cache.delete(cache.keys().next().value!)
+      } else {
+        // a Map iterates in insertion order: moved to the end, the first key is the least recently used
+        cache.delete(sql)
       }
+      cache.set(sql, statement)
       return statement
     }
     const runStatement = (
@@ -197,13 +228,26 @@ export const makeClient = (options: {
         )
     }
     const semaphore = yield* Effect.makeSemaphore(1)
+    // Whether a transaction holds the connection (from its acquisition to its release), for `Direct.free`.
+    let held = false
     const client = yield* Client.make({
       acquirer: semaphore.withPermits(1)(Effect.succeed(connection)),
       transactionAcquirer: Effect.uninterruptibleMask((restore) =>
         Effect.as(
           Effect.zipRight(
-            restore(semaphore.take(1)),
-            Effect.tap(Effect.scope, (scope) => Scope.addFinalizer(scope, semaphore.release(1)))
+            Effect.zipRight(restore(semaphore.take(1)), Effect.sync(() => {
+              held = true
+            })),
+            Effect.tap(Effect.scope, (scope) =>
+              Scope.addFinalizer(
+                scope,
+                Effect.zipRight(
+                  Effect.sync(() => {
+                    held = false
+                  }),
+                  semaphore.release(1)
+                )
+              ))
           ),
           connection
         )
@@ -212,5 +256,6 @@ export const makeClient = (options: {
       spanAttributes: [["db.system.name", "sqlite"]]
     }).pipe(Effect.provide(Reactivity.layer))
     handles.set(client, db)
+    directs.set(client, { db, prepare, free: () => !held && db.open && !db.inTransaction })
     return client
   })

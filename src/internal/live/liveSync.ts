@@ -1,0 +1,185 @@
+/**
+ * Live sync: for the layer's life, a waiting pull stays open at the remote's head (its answer means a
+ * commit landed: pull), local writes are pushed shortly after they commit (a burst is one sync), and a
+ * remote that cannot be reached is tried again with capped exponential backoff. A remote without waiting
+ * pulls is polled instead. Two fibers: the watcher (waiting pulls) and the worker (one sync or pull at a
+ * time, on requests the watcher and the writes make).
+ *
+ * @internal
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Queue from "effect/Queue"
+import type * as Scope from "effect/Scope"
+import type * as SyncError from "../../SyncError.js"
+import type { LiveState } from "../../SyncEvents.js"
+import type * as SyncRemote from "../../SyncRemote.js"
+import type * as Changes from "./changes.js"
+
+/** @internal */
+export interface Options {
+  /** Seconds a waiting pull stays open (cut to the remote's `maxWaitSeconds`). Default 25. */
+  readonly waitSeconds?: number | undefined
+  /** How soon after a local write it is pushed; writes meanwhile go with it. Default 10 ms. */
+  readonly pushDelay?: Duration.DurationInput | undefined
+  /** How often a remote without waiting pulls is asked for changes. Default 2 seconds. */
+  readonly pollInterval?: Duration.DurationInput | undefined
+  /** The longest pause between attempts while the remote cannot be reached. Default 10 seconds. */
+  readonly maxBackoff?: Duration.DurationInput | undefined
+}
+
+/** What live sync needs of the database. */
+export interface Target {
+  /** The service's push and pull (with events and status). */
+  readonly push: Effect.Effect<boolean, SyncError.SyncError>
+  readonly pull: Effect.Effect<boolean, SyncError.SyncError>
+  /** Bytes received from the remote so far (a push that brought other replicas' frames is followed by a pull). */
+  readonly received: Effect.Effect<number | undefined>
+  /** Where the synced copy stands on the remote's history. */
+  readonly position: Effect.Effect<{ readonly generation: number; readonly frame: number }>
+  readonly tracker: Changes.Tracker
+  /** The remote, observed (its answers set `online`). */
+  readonly remote: SyncRemote.Service
+  /** Records the live state in `status` and tells `events` when it changes. */
+  readonly report: (state: LiveState) => Effect.Effect<void>
+}
+
+/** The pause before attempt `n` (from 0) after failures: 250 ms doubling, capped. */
+export const backoffMs = (attempt: number, capMs: number): number => Math.min(capMs, 250 * 2 ** Math.min(attempt, 20))
+
+/**
+ * Whether the answer to a pull of the frame after `frame` says the remote moved on: frames came, or its
+ * head is in another generation or past `frame`.
+ */
+export const moved = (result: SyncRemote.PullResult, generation: number, frame: number): boolean =>
+  result._tag === "Frames" || result.generation !== generation || result.maxFrameNo !== frame
+
+/** Failures worth trying again: the remote was unreachable, busy, or another replica pushed first. */
+const transient = (error: SyncError.SyncError) => error._tag === "NetworkError" || error._tag === "ConflictError"
+
+export const run = (target: Target, options: Options = {}): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const pushDelay = Duration.decode(options.pushDelay ?? Duration.millis(10))
+    const pollInterval = Duration.decode(options.pollInterval ?? Duration.seconds(2))
+    const capMs = Duration.toMillis(options.maxBackoff ?? Duration.seconds(10))
+    const waitSeconds = options.waitSeconds ?? 25
+
+    // Requests to the worker: a sync (local writes to push) and/or a pull; one wake-up covers many.
+    const wants = { sync: true, pull: false }
+    const wake = yield* Queue.sliding<void>(1)
+    const request = (what: "sync" | "pull") => {
+      wants[what] = true
+      wake.unsafeOffer(undefined)
+    }
+    // Pulls the watcher asked for and is waiting on (it looks at the new position once they are done).
+    const pulled = yield* Queue.unbounded<void>()
+    let pullsWaited = 0
+
+    const writes = yield* Queue.sliding<void>(1)
+    const listener = () => writes.unsafeOffer(undefined)
+    yield* Effect.acquireRelease(
+      Effect.sync(() => target.tracker.writeListeners.add(listener)),
+      () => Effect.sync(() => target.tracker.writeListeners.delete(listener))
+    )
+    // The first write of a burst starts the clock; every write until it runs out goes with the same sync.
+    const pusher = Effect.forever(
+      Effect.zipRight(Queue.take(writes), Effect.zipRight(Effect.sleep(pushDelay), Effect.sync(() => request("sync"))))
+    )
+
+    // A push whose frames are all this replica's leaves the local copy as it is: no pull after it (the pull
+    // would only copy the same rows again). Frames of other replicas it met (a conflict, or a push before
+    // ours) are not in the local copy yet: pulled at once, since the watcher's position is past them now.
+    const pushThenPull = Effect.gen(function*() {
+      const before = yield* target.received
+      const pushed = yield* target.push
+      const after = yield* target.received
+      if (before === undefined || after === undefined || after > before) return (yield* target.pull) || pushed
+      return pushed
+    })
+
+    let failures = 0
+    const worker = Effect.forever(Effect.gen(function*() {
+      yield* Queue.take(wake)
+      while (wants.sync || wants.pull) {
+        const op = wants.sync ? "sync" : "pull"
+        const waiting = pullsWaited
+        wants.sync = false
+        wants.pull = false
+        yield* target.report("syncing")
+        // A sync that started finishes even when the scope closes (like autoSync's).
+        const outcome = yield* Effect.either(Effect.uninterruptible(op === "sync" ? pushThenPull : target.pull))
+        if (outcome._tag === "Right") {
+          failures = 0
+          yield* target.report("connected")
+          for (let i = 0; i < waiting; i++) yield* Queue.offer(pulled, undefined)
+          pullsWaited -= waiting
+          continue
+        }
+        const error = outcome.left
+        yield* target.report(error._tag === "NetworkError" ? "offline" : "connected")
+        if (!transient(error)) {
+          // Not a matter of time (refused, a mismatch, a local failure): said in status and events already;
+          // the next write or remote change tries again.
+          yield* Effect.logWarning(`live sync: ${error._tag}: ${error.message}`)
+          for (let i = 0; i < waiting; i++) yield* Queue.offer(pulled, undefined)
+          pullsWaited -= waiting
+          continue
+        }
+        yield* Effect.sleep(backoffMs(failures++, capMs))
+        wants[op] = true
+      }
+    }))
+
+    // Asks the worker for a pull and waits for it (the position moves only then).
+    const pullAndWait = Effect.suspend(() => {
+      pullsWaited++
+      request("pull")
+      return Queue.take(pulled)
+    })
+
+    let watchFailures = 0
+    // Whether the remote waits, learnt on the first answer and again after an outage (it may be another server).
+    let waits: boolean | undefined
+    const watcher = Effect.forever(Effect.gen(function*() {
+      const at = yield* target.position
+      const result = yield* Effect.either(
+        target.remote.pull(at.generation, at.frame + 1, at.frame + 2, { waitSeconds })
+      )
+      if (result._tag === "Left") {
+        const error = result.left
+        if (error._tag === "NetworkError") yield* target.report("offline")
+        else yield* Effect.logWarning(`live sync: ${error._tag}: ${error.message}`)
+        waits = undefined
+        yield* Effect.sleep(backoffMs(watchFailures++, capMs))
+        return
+      }
+      if (watchFailures > 0) {
+        // Back after an outage: push what was written meanwhile and bring what others did.
+        watchFailures = 0
+        yield* target.report("connected")
+        request("sync")
+      }
+      if (moved(result.right, at.generation, at.frame)) {
+        // Moved by this replica meanwhile (its own push, or a pull): ask again from there. Another replica's
+        // frames a push of ours took in are pulled by the worker right after that push.
+        const current = yield* target.position
+        if (current.generation !== at.generation || current.frame !== at.frame) return
+        yield* pullAndWait
+        const now = yield* target.position
+        // A pull that could not move (a remote that went back in time, a failure said in status): not again at once.
+        if (now.generation === at.generation && now.frame === at.frame) yield* Effect.sleep(backoffMs(watchFailures++, capMs))
+        return
+      }
+      // Nothing new. A remote that waited is asked again at once; one that does not wait is polled.
+      if (waits === undefined) {
+        const info = yield* Effect.either(target.remote.info)
+        waits = info._tag === "Right" && (info.right.maxWaitSeconds ?? 0) > 0
+      }
+      if (!waits) yield* Effect.sleep(pollInterval)
+    }))
+
+    yield* Effect.forkScoped(pusher)
+    yield* Effect.forkScoped(worker)
+    yield* Effect.forkScoped(watcher)
+    wake.unsafeOffer(undefined)
+  })

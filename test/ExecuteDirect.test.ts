@@ -1,0 +1,99 @@
+/**
+ * `execute` and `query` run one DML statement (a known read) synchronously on the copy's connection, with
+ * no permit taken: these tests hold them to what the gated path guarantees, against the real HTTP server on
+ * loopback and a second replica.
+ */
+import { expect, layer } from "@effect/vitest"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as NodePath from "node:path"
+import * as SyncDatabase from "../src/SyncDatabase.js"
+import * as SyncRemote from "../src/SyncRemote.js"
+import { Harness, freshName, layerHttp, openClient, remoteQuery, tempDir } from "./support/engine.js"
+
+const realSleep = (ms: number) => Effect.promise(() => new Promise((resolve) => setTimeout(resolve, ms)))
+
+layer(layerHttp, { timeout: 60_000 })("execute and query on the direct path", (it) => {
+  it.scoped("a write and a read from another fiber during an open transaction wait for it; its rollback takes only its own rows", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("direct-tx"))
+      const dir = yield* tempDir
+      const context = yield* Layer.build(
+        SyncDatabase.layerSqlClientRemote({ path: NodePath.join(dir, "a") }).pipe(
+          Layer.provide(Layer.succeed(SyncRemote.SyncRemote, remote))
+        )
+      )
+      const db = Context.get(context, SyncDatabase.SyncDatabase)
+      const sql = Context.get(context, SqlClient.SqlClient)
+      yield* db.execute("CREATE TABLE t (id TEXT PRIMARY KEY)")
+      yield* db.execute("INSERT INTO t VALUES ('before')")
+      // Both statements are on the direct path by now (a known read, capture installed).
+      expect(yield* db.query("SELECT id FROM t ORDER BY id")).toEqual([{ id: "before" }])
+
+      // The transaction runs in a fiber of its own: the read and the write below are not part of it.
+      const opened = yield* Deferred.make<void>()
+      const release = yield* Deferred.make<void>()
+      const transaction = yield* Effect.fork(sql.withTransaction(Effect.gen(function*() {
+        yield* sql`INSERT INTO t VALUES ('inside')`
+        yield* Deferred.succeed(opened, undefined)
+        yield* Deferred.await(release)
+        return yield* Effect.fail("rolled back" as const)
+      })))
+      yield* Deferred.await(opened)
+      const write = yield* Effect.fork(db.execute("INSERT INTO t VALUES ('outside')"))
+      const read = yield* Effect.fork(db.query<{ id: string }>("SELECT id FROM t ORDER BY id"))
+      yield* realSleep(50)
+      // Neither ran inside the open transaction: they wait for it.
+      expect(Option.isNone(yield* Fiber.poll(write))).toBe(true)
+      expect(Option.isNone(yield* Fiber.poll(read))).toBe(true)
+      yield* Deferred.succeed(release, undefined)
+      expect(yield* Effect.flip(Fiber.join(transaction))).toBe("rolled back")
+      expect((yield* Fiber.join(write)).changes).toBe(1)
+      expect((yield* Fiber.join(read)).map((r) => r.id)).not.toContain("inside")
+      expect(yield* db.query("SELECT id FROM t ORDER BY id")).toEqual([{ id: "before" }, { id: "outside" }])
+
+      // Captured exactly: the remote and a second replica get the rows the writer kept, and only those.
+      expect(yield* db.push).toBe(true)
+      expect(yield* remoteQuery(remote, "SELECT id FROM t ORDER BY id")).toEqual([{ id: "before" }, { id: "outside" }])
+      const b = yield* openClient(remote, NodePath.join(dir, "b"))
+      expect(yield* b.query("SELECT id FROM t ORDER BY id")).toEqual([{ id: "before" }, { id: "outside" }])
+    }))
+
+  it.scoped("more statement texts than the statement cache holds: every write captured once, results as SQLite reports them", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("direct-cache"))
+      const dir = yield* tempDir
+      const db = yield* openClient(remote, NodePath.join(dir, "a"))
+      yield* db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+      // 600 distinct texts (the cache keeps 500), then the first ones again after they were dropped.
+      const texts = Array.from({ length: 600 }, (_, i) => `INSERT INTO t (id, v) VALUES (?, 'text ${i}')`)
+      for (let i = 0; i < texts.length; i++) {
+        const result = yield* db.execute(texts[i]!, [i + 1])
+        expect(result).toEqual({ changes: 1, lastInsertRowid: i + 1 })
+      }
+      for (let i = 0; i < 10; i++) {
+        expect(yield* db.execute(texts[i]!, [1000 + i])).toEqual({ changes: 1, lastInsertRowid: 1000 + i })
+      }
+      // After a statement that inserted nothing, 0 (SQLite would still report the last insert's rowid).
+      expect(yield* db.execute("UPDATE t SET v = 'u' WHERE id = ?", [1])).toEqual({ changes: 1, lastInsertRowid: 0 })
+      expect(yield* db.execute("INSERT OR IGNORE INTO t (id, v) VALUES (?, 'x')", [1])).toEqual({ changes: 0, lastInsertRowid: 0 })
+      expect(yield* db.execute("DELETE FROM t WHERE id = ?", [2])).toEqual({ changes: 1, lastInsertRowid: 0 })
+
+      const stats = yield* db.stats
+      // CREATE, 610 inserts, the update, the delete (the ignored insert captured nothing)
+      expect(stats.pendingChanges).toBe(613)
+      expect(yield* db.push).toBe(true)
+      const b = yield* openClient(remote, NodePath.join(dir, "b"))
+      expect(yield* b.query("SELECT count(*) AS n, sum(id) AS s FROM t")).toEqual(
+        yield* db.query("SELECT count(*) AS n, sum(id) AS s FROM t")
+      )
+      expect(yield* b.query("SELECT v FROM t WHERE id = 1")).toEqual([{ v: "u" }])
+    }))
+})

@@ -1,0 +1,184 @@
+/**
+ * Live sync (`live: true`) between two replicas over a real HTTP server on a loopback port, on real SQLite
+ * files: a write on one appears on the other without any sync call; a stopped server makes the replicas
+ * report `offline` and, once it is back on the same port, `connected`, with every write delivered once;
+ * `live` with `autoSync` is refused; `push`, `pull` and `sync` keep working.
+ */
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
+import { describe, expect, it } from "@effect/vitest"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as NodePath from "node:path"
+import * as ServerStore from "../src/ServerStore.js"
+import * as SyncDatabase from "../src/SyncDatabase.js"
+import type * as SyncEvents from "../src/SyncEvents.js"
+import * as SyncServer from "../src/SyncServer.js"
+
+const quiet = Logger.withMinimumLogLevel(LogLevel.Error)
+
+/** A server on `port` (0: any) over the data directory `data`, in its own scope so a test can stop it. */
+const startServer = (data: string, port = 0) =>
+  Effect.gen(function*() {
+    const scope = yield* Scope.make()
+    const context = yield* Layer.buildWithScope(
+      SyncServer.layerNode({ host: "127.0.0.1", port }).pipe(Layer.provide(ServerStore.layer({ directory: data }))),
+      scope
+    ).pipe(quiet)
+    const base = yield* Effect.provide(SyncServer.baseUrl, context)
+    return { base, port: Number(new URL(base).port), stop: Scope.close(scope, Exit.void) }
+  })
+
+const tempDir = Effect.acquireRelease(
+  Effect.sync(() => Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-live-"))),
+  (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
+)
+
+/** A live replica, closed with the test's scope. Requests are retried briefly, so an outage shows soon. */
+const openLive = (path: string, url: string, options: Partial<SyncDatabase.HttpOptions> = {}) =>
+  Layer.build(
+    SyncDatabase.layer({
+      path,
+      url,
+      live: { maxBackoff: "500 millis", pollInterval: "200 millis" },
+      retrySchedule: Schedule.intersect(Schedule.spaced(50), Schedule.recurs(1)),
+      requestTimeout: "5 seconds",
+      ...options
+    }).pipe(Layer.provide(NodeHttpClient.layerUndici))
+  ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)), quiet)
+
+/** Waits (at most 30 s) until `f` holds for the rows `db.reactive(sql)` emits; answers those rows. */
+const rowsUntil = <Row extends object>(
+  db: SyncDatabase.Service,
+  sql: string,
+  f: (rows: ReadonlyArray<Row>) => boolean
+) =>
+  db.reactive<Row>(sql).pipe(
+    Stream.filter(f),
+    Stream.take(1),
+    Stream.runHead,
+    Effect.flatten,
+    Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error(`no emission of ${sql} as expected`) })
+  )
+
+/** Waits (at most 30 s) until the live state is `state`. */
+const liveState = (db: SyncDatabase.Service, state: SyncEvents.LiveState) =>
+  db.status.changes.pipe(
+    Stream.filter((s) => s.live === state),
+    Stream.take(1),
+    Stream.runDrain,
+    Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error(`status.live never became ${state}`) })
+  )
+
+describe("live sync over a real server", () => {
+  it.scopedLive("a write on A appears on B without a sync call; B reports connected", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const server = yield* startServer(NodePath.join(dir, "data"))
+      yield* Effect.addFinalizer(() => server.stop)
+      const url = `${server.base}/db/live`
+      const a = yield* openLive(NodePath.join(dir, "a"), url)
+      yield* a.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+      const b = yield* openLive(NodePath.join(dir, "b"), url)
+      yield* liveState(b, "connected")
+      yield* rowsUntil(b, "SELECT name FROM sqlite_schema WHERE name = 'notes'", (rows) => rows.length === 1)
+      for (let i = 1; i <= 5; i++) {
+        yield* a.execute("INSERT INTO notes VALUES (?, ?)", [i, `note ${i}`])
+        const rows = yield* rowsUntil<{ id: number }>(b, "SELECT id FROM notes ORDER BY id", (rows) => rows.length === i)
+        expect(rows.map((r) => r.id)).toEqual(Array.from({ length: i }, (_, k) => k + 1))
+      }
+      // And back: B's write reaches A.
+      yield* b.execute("INSERT INTO notes VALUES (100, 'from b')")
+      yield* rowsUntil<{ id: number }>(a, "SELECT id FROM notes WHERE id = 100", (rows) => rows.length === 1)
+      // The explicit operations still work alongside.
+      yield* a.execute("INSERT INTO notes VALUES (200, 'explicit')")
+      yield* a.sync
+      yield* b.pull
+      yield* b.push
+      expect(yield* b.query("SELECT id FROM notes WHERE id = 200")).toEqual([{ id: 200 }])
+      expect((yield* b.stats).pendingChanges).toBe(0)
+    }), 180_000)
+
+  it.scopedLive("a server stopped and restarted: offline, then connected, and every write arrives once", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const data = NodePath.join(dir, "data")
+      let server = yield* startServer(data)
+      const port = server.port
+      yield* Effect.addFinalizer(() => Effect.suspend(() => server.stop))
+      const url = `${server.base}/db/outage`
+      const a = yield* openLive(NodePath.join(dir, "a"), url)
+      yield* a.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+      yield* a.execute("INSERT INTO notes VALUES (1, 'before')")
+      const b = yield* openLive(NodePath.join(dir, "b"), url)
+      const states = yield* Queue.unbounded<SyncEvents.LiveState>()
+      yield* b.events.pipe(
+        Stream.runForEach((event) => event._tag === "Live" ? Queue.offer(states, event.state) : Effect.void),
+        Effect.forkScoped
+      )
+      yield* rowsUntil(b, "SELECT name FROM sqlite_schema WHERE name = 'notes'", (rows) => rows.length === 1)
+      yield* rowsUntil(b, "SELECT id FROM notes", (rows) => rows.length === 1)
+
+      yield* server.stop
+      yield* liveState(b, "offline")
+      // Written while the server is away: pending on A until it is back.
+      yield* a.execute("INSERT INTO notes VALUES (2, 'during')")
+      yield* liveState(a, "offline")
+      server = yield* startServer(data, port)
+      yield* liveState(b, "connected")
+      const rows = yield* rowsUntil<{ id: number; body: string }>(b, "SELECT id, body FROM notes ORDER BY id", (rows) => rows.length >= 2)
+      expect(rows).toEqual([{ id: 1, body: "before" }, { id: 2, body: "during" }])
+      yield* a.execute("INSERT INTO notes VALUES (3, 'after')")
+      const after = yield* rowsUntil<{ id: number }>(b, "SELECT id FROM notes ORDER BY id", (rows) => rows.length >= 3)
+      expect(after.map((r) => r.id)).toEqual([1, 2, 3])
+      // B saw itself go offline, then connected again (in that order).
+      const seen = Array.from(yield* Queue.takeAll(states))
+      const offline = seen.indexOf("offline")
+      expect(offline).toBeGreaterThanOrEqual(0)
+      expect(seen.slice(offline + 1)).toContain("connected")
+      // A's pending write went exactly once.
+      expect((yield* a.stats).pendingChanges).toBe(0)
+      expect(yield* b.query("SELECT count(*) AS n FROM notes")).toEqual([{ n: 3 }])
+    }), 180_000)
+
+  it.scopedLive("live and autoSync together are refused when the layer is built, before any file is made", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const path = NodePath.join(dir, "both")
+      const error = yield* openLive(path, "http://127.0.0.1:9/db/none", {
+        autoSync: Schedule.spaced("1 second")
+      }).pipe(Effect.flip)
+      expect(error._tag).toBe("OptionsError")
+      expect(error.reason).toBe("Conflicting")
+      expect(Fs.readdirSync(dir)).toEqual([])
+    }), 180_000)
+
+  it.scopedLive("against a server without waiting pulls, changes arrive by polling", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const scope = yield* Effect.scope
+      const context = yield* Layer.buildWithScope(
+        SyncServer.layerNode({ host: "127.0.0.1", port: 0, maxWaitSeconds: 0 }).pipe(
+          Layer.provide(ServerStore.layer({ directory: NodePath.join(dir, "data") }))
+        ),
+        scope
+      ).pipe(quiet)
+      const url = `${yield* Effect.provide(SyncServer.baseUrl, context)}/db/polled`
+      const a = yield* openLive(NodePath.join(dir, "a"), url)
+      const b = yield* openLive(NodePath.join(dir, "b"), url)
+      yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+      yield* a.execute("INSERT INTO t VALUES (7)")
+      yield* rowsUntil(b, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
+      const rows = yield* rowsUntil<{ id: number }>(b, "SELECT id FROM t", (r) => r.length === 1)
+      expect(rows).toEqual([{ id: 7 }])
+    }), 180_000)
+})
