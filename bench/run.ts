@@ -14,17 +14,15 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
-import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import Database from "libsql"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
 import * as SyncDatabase from "../src/SyncDatabase.js"
-import * as SyncRemote from "../src/SyncRemote.js"
-import * as WalFrame from "../src/WalFrame.js"
 import { executeBench } from "./execute.js"
 import * as ServerProcess from "./serverProcess.js"
+import { storageBench } from "./storage.js"
 
 const flag = (name: string, fallback: string) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -39,16 +37,6 @@ const PUSH_ROWS = flag("push-rows", "20000,100000").split(",").filter((n) => n !
 const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-bench-"))
 
 const startServer = () => ServerProcess.startServer(NodePath.join(work, "server"))
-
-/** Bytes this process has handed to write(2) so far (Linux `/proc/self/io`), NaN elsewhere. */
-const writtenBytes = () => {
-  try {
-    const line = Fs.readFileSync("/proc/self/io", "utf8").split("\n").find((l) => l.startsWith("wchar:"))
-    return line === undefined ? NaN : Number(line.split(/\s+/)[1])
-  } catch {
-    return NaN
-  }
-}
 
 /** Bytes of every local file of the database at `path` (copies, WALs, metadata). */
 const localBytes = (path: string) => {
@@ -125,77 +113,8 @@ const main = async () => {
     })
     lines.push({ what: `fresh replica: bootstrap + pull of ${ROWS} rows`, ms: freshMs })
 
-    // 5. write-blocked time of a pull bringing CHANGED changed rows, on databases of SIZES_MB.
-    const pullTimes = new Map<number, number>()
-    for (const mb of SIZES_MB) {
-      const name = `big-${mb}`
-      const remote = await run(
-        SyncRemote.makeHttp({ url: `${server.url}/db/${name}` }).pipe(Effect.provide(http))
-      )
-      // The big database is written by a raw replica (no capture) and pushed as frames.
-      const base = await run(Effect.flatMap(remote.info, (i) => remote.export(i.generation)))
-      const file = NodePath.join(work, `${name}.replica`)
-      Fs.writeFileSync(file, base)
-      const replica = new BetterSqlite3(file)
-      replica.pragma("wal_autocheckpoint = 0")
-      replica.pragma("journal_mode = WAL")
-      let pushedFrames = 0
-      const pushReplica = async () => {
-        const wal = Option.getOrThrow(WalFrame.parse(new Uint8Array(Fs.readFileSync(`${file}-wal`))))
-        const frames = wal.frames.slice(pushedFrames).map((f) => ({ ...f, page: Uint8Array.from(f.page) }))
-        const result = await run(remote.push(1, pushedFrames + 1, pushedFrames + 1 + frames.length, frames))
-        if (result._tag !== "Ok") throw new Error(`replica push: ${result._tag}`)
-        pushedFrames += frames.length
-      }
-      replica.exec("CREATE TABLE blobs (id INTEGER PRIMARY KEY, n INTEGER, data BLOB)")
-      const count = Math.ceil((mb * 1024 * 1024) / 4096)
-      const insertBlob = replica.prepare("INSERT INTO blobs (id, n, data) VALUES (?, 0, randomblob(3900))")
-      replica.transaction(() => { for (let i = 1; i <= count; i++) insertBlob.run(i) })()
-      await pushReplica()
-      // Opening a new path brings the remote's current state; the pull after it finds nothing new.
-      const [setupMs, client] = await time(async () => {
-        const opened = await open(`client-${mb}`, name)
-        await run(opened.pull)
-        return opened
-      })
-      await run(client.execute("CREATE TABLE IF NOT EXISTS local_notes (id INTEGER PRIMARY KEY, body TEXT)"))
-      await run(client.execute("INSERT INTO local_notes (body) VALUES ('pending while pulling')"))
-      const update = replica.prepare("UPDATE blobs SET n = n + 1 WHERE id = ?")
-      replica.transaction(() => { for (let i = 0; i < CHANGED; i++) update.run(1 + Math.floor((i * count) / CHANGED)) })()
-      await pushReplica()
-      // A write issued during the pull waits for the copy: its latency is the blocked time seen by a writer.
-      const writtenBefore = writtenBytes()
-      const [pullMs] = await time(() => run(client.pull))
-      const pullWritten = writtenBytes() - writtenBefore
-      const stats = await run(client.stats)
-      const blocked = Option.getOrElse(stats.lastWriteBlockedMs, () => NaN)
-      replica.close()
-      const size = Fs.statSync(NodePath.join(work, `client-${mb}-draft`)).size
-      const atRest = localBytes(NodePath.join(work, `client-${mb}`))
-      pullTimes.set(mb, pullMs)
-      lines.push({ what: `${mb} MB: bootstrap + first pull`, ms: setupMs })
-      lines.push({
-        what: `${mb} MB: pull of ${CHANGED} changed rows (total)`,
-        ms: pullMs,
-        note: `${(pullWritten / 1e6).toFixed(2)} MB written by the process during it`
-      })
-      lines.push({
-        what: `${mb} MB: writes blocked during that pull (2b+2c)`,
-        ms: blocked,
-        note: `draft file ${(size / 1e6).toFixed(1)} MB; all local files ${(atRest / 1e6).toFixed(1)} MB (${(atRest / size).toFixed(2)}x)`
-      })
-    }
-
-    if (SIZES_MB.length > 1) {
-      const small = Math.min(...SIZES_MB)
-      for (const mb of SIZES_MB.filter((m) => m !== small)) {
-        lines.push({
-          what: `pull of ${CHANGED} changed rows: ${mb} MB against ${small} MB`,
-          ms: NaN,
-          note: `${(pullTimes.get(mb)! / pullTimes.get(small)!).toFixed(2)}x the time`
-        })
-      }
-    }
+    // 5. storage and pull: fresh replica against libsql, pulls of CHANGED rows at SIZES_MB (bench/storage.ts).
+    await storageBench({ serverUrl: server.url, http, work, scope, rowsDatabase: "rows", rows: ROWS }, lines)
 
     // 6. local storage after UPDATES single-row updates of a 16 KB database (pushed every 3), at a third
     // of them and at the end: it follows the database, not its history.

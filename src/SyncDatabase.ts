@@ -91,7 +91,10 @@ export interface Stats {
   readonly syncedWalBytes: number
   /** "synced" only while a pull replaces the draft copy. */
   readonly activeCopy: "draft" | "synced"
-  /** How long the last pull that replaced the draft copy held writes back (steps 2b and 2c). */
+  /**
+   * The longest time the last pull that replaced the draft copy held writes back: the swap of the draft
+   * copy's WAL, or one read of its change log (the copy itself is made while writes go on).
+   */
   readonly lastWriteBlockedMs: Option.Option<number>
 }
 

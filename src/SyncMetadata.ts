@@ -33,6 +33,27 @@ export const Position = Schema.Struct({
  */
 export type Position = typeof Position.Type
 
+/**
+ * A WAL file as it stands: its length, its header's salts and its last frame's checksum. Any committed
+ * write changes it (appends grow it; a restarted WAL has new salts).
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const WalIdentity = Schema.Struct({
+  bytes: Schema.Int.pipe(Schema.greaterThanOrEqualTo(0)),
+  salt1: Schema.Number,
+  salt2: Schema.Number,
+  checksum1: Schema.Number,
+  checksum2: Schema.Number
+})
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type WalIdentity = typeof WalIdentity.Type
+
 const PageNumbers = Schema.Array(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)))
 
 /**
@@ -81,8 +102,17 @@ export const Metadata = Schema.Struct({
   transferredChangeId: Schema.optional(Schema.Int),
   /** Which copy serves reads. "synced" only while the draft copy is being replaced. */
   activeCopy: Schema.Literal("draft", "synced"),
-  /** `<path>-draft-wal.next` is complete and must replace the draft copy's WAL (redone on open). */
+  /**
+   * `<path>-draft-wal.next` is complete and replaces the draft copy's WAL (redone on open) if that WAL is
+   * still `draftWalBeforeCopy`.
+   */
   copyInProgress: Schema.Boolean,
+  /**
+   * The draft copy's WAL when the copy flagged by `copyInProgress` was prepared: on open, a WAL still equal
+   * to it gets the copy, one that differs either has it (the fresh WAL is gone) or took a local write
+   * since (the copy is dropped).
+   */
+  draftWalBeforeCopy: Schema.optional(WalIdentity),
   /** `<path>-synced.next` is the base of `generation` and must replace the synced copy (redone on open). */
   rollInProgress: Schema.Boolean,
   /** The synced position the draft copy was last copied from; a pull with nothing new skips the copy. */

@@ -183,7 +183,8 @@ layer(layerHttp, { timeout: 30_000 })("SqlClient over a real server", (it) => {
           if (!(yield* Ref.get(armed))) return
           const context = yield* Deferred.await(self)
           const repo = yield* Effect.provide(makeRepository, context)
-          if (step === "copy:flagged") {
+          if (step === "copy:writesHeld") {
+            // Writes are held for the swap: this one waits for it, then lands.
             yield* Deferred.succeed(
               pendingWrite,
               yield* Effect.fork(Effect.provide(repo.insert({ name: "during", age: 4 }), context))

@@ -218,8 +218,8 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
         Effect.gen(function*() {
           if (!(yield* Ref.get(armed))) return
           const db = yield* Deferred.await(self)
-          if (step === "copy:flagged") {
-            // A write issued now must wait for the copy and then land.
+          if (step === "copy:writesHeld") {
+            // A write issued now (writes are held for the swap) must wait for the copy and then land.
             yield* Deferred.succeed(pendingWrite, yield* Effect.fork(db.execute("INSERT INTO t VALUES ('during')")))
           }
           if (step === "copy:draftClosed") {

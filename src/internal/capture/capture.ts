@@ -58,7 +58,8 @@ export const raiseSequenceFloor = (sql: SqlClient.SqlClient, floor: number) =>
       `INSERT INTO main.sqlite_sequence(name, seq) SELECT '_sync_changes', 0
        WHERE NOT EXISTS (SELECT 1 FROM main.sqlite_sequence WHERE name = '_sync_changes')`
     ).raw
-    yield* sql`UPDATE main.sqlite_sequence SET seq = max(seq, ${Math.trunc(floor)}) WHERE name = '_sync_changes'`.raw
+    // Only when it moves: an UPDATE to the same value still writes the page (a WAL frame at every reopen).
+    yield* sql`UPDATE main.sqlite_sequence SET seq = ${Math.trunc(floor)} WHERE name = '_sync_changes' AND seq < ${Math.trunc(floor)}`.raw
   })
 
 const progressFloor = (sql: SqlClient.SqlClient) =>

@@ -60,6 +60,10 @@ export const bootstrap = Effect.fn("Engine.bootstrap")(
       rollInProgress: false,
       draftBase: at,
       draftPages: DraftPages.fresh(at),
+      // The open that bootstraps holds the files from here (the engine records it only for later opens).
+      inUse: true,
+      // The head snapshot is the remote's state as a pull would bring it: no catch-up pull on open.
+      ...(snapshot === undefined ? {} : { lastPullAt: Date.now() }),
       ...(remote.url === undefined ? {} : { remoteUrl: remote.url }),
       ...(databaseId === undefined ? {} : { databaseId })
     }

@@ -1,22 +1,35 @@
 /**
- * Step 2c: Draft becomes equal to Synced (the remote's frames + the pending changes just replayed) by
- * rewriting only the pages where the two can differ (`DraftPages.copyPages`), taken from Synced, as one
- * transaction in a fresh WAL `<path>-draft-wal.next`: fsynced, flagged in the metadata, renamed over
- * Draft's WAL while Draft is closed, so that SQLite's WAL recovery makes the switch atomic (invariant 3);
- * reads go to Synced meanwhile (invariant 4). Its cost follows the changed pages, not the database size.
+ * Steps 2b and 2c: Draft becomes equal to Synced (the remote's frames + the pending changes replayed onto
+ * it) by rewriting only the pages where the two can differ (`DraftPages.copyPages`), taken from Synced, as
+ * one transaction in a fresh WAL `<path>-draft-wal.next` that replaces Draft's WAL while Draft is closed,
+ * so that SQLite's WAL recovery makes the switch atomic (invariant 3). Its cost follows the changed pages.
+ *
+ * Everything that waits for the disk happens before writes are held: the replay (reading Draft's change
+ * log one page at a time, each read under the write gate), the fresh WAL (fsynced) and the metadata that
+ * flags it, with Draft's WAL as it stood when the replay began. Under the write gate only: no write
+ * started since (else the copy is dropped and made again), Draft closed, the fresh WAL renamed over its
+ * WAL, Draft reopened; reads go to Synced meanwhile (invariant 4). After the gate: the rename made
+ * durable, the copy's pages written into Draft's file too (its WAL holds them, so nothing changes for
+ * SQLite), and one metadata write that clears the flag and records the file's new position.
  *
  * @internal
  */
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as ChangeCapture from "../../ChangeCapture.js"
+import type * as SyncMetadata from "../../SyncMetadata.js"
+import type * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
 import * as PageCopy from "../sqlite/pageCopy.js"
 import * as DraftPages from "./draftPages.js"
 import { sqlStatementError } from "./errors.js"
+import * as Fold from "./fold.js"
 import * as Gates from "./gates.js"
+import * as Replay from "./replay.js"
 import { on, type Paths, type State, syncedFileAt, updateMetadata, walFrames } from "./state.js"
-import { prefixAtSyncedFrame } from "./syncedWal.js"
+import { prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
 
 /** Opens Draft with capture installed and change ids above everything the remote has (invariant 6). */
 export const openDraft = (state: State) =>
@@ -36,22 +49,25 @@ export const finishCopyFiles = (paths: Paths) =>
     yield* Files.rename(paths.draftWalNext, Files.walPath(paths.draft))
   })
 
+/**
+ * What open does with a copy the metadata flags, from whether its fresh WAL is still there and whether
+ * Draft's WAL is still the one the copy was prepared over (`undefined`: metadata that did not record it).
+ * - `finish`: rename the fresh WAL over Draft's (nothing was written to Draft since the copy was prepared);
+ * - `done`: the rename happened (the fresh WAL is gone and Draft's WAL is another one);
+ * - `drop`: the copy did not happen and will not (remove the fresh WAL; where Draft differs from Synced is
+ *   no longer known, so the next pull writes every page).
+ */
+export const flaggedCopyOutcome = (nextExists: boolean, walUnchanged: boolean | undefined): "finish" | "done" | "drop" =>
+  nextExists
+    ? (walUnchanged === false ? "drop" : "finish")
+    : (walUnchanged === false ? "done" : "drop")
+
 /** Whether Draft was last copied from Synced as it stands: a pull that brought nothing needs no copy. */
 export const draftIsCurrent = (state: State) =>
   Effect.map(SynchronizedRef.get(state.metadata), (m) =>
     m.draftBase !== undefined && m.draftBase.generation === m.generation && m.draftBase.frame === m.syncedFrame)
 
-/** Closes Draft and renames the fresh WAL over its own; reads are on Synced meanwhile. */
-const swapDraft = (state: State) =>
-  Effect.gen(function*() {
-    yield* state.draft.close
-    yield* state.step("copy:draftClosed")
-    yield* finishCopyFiles(state.paths)
-    yield* state.step("copy:renamed")
-    yield* updateMetadata(state, (m) => ({ ...m, copyInProgress: false, activeCopy: "draft" }))
-  })
-
-/** The frames of the copy transaction: Draft's pages that can differ, as Synced (with the replay) has them. */
+/** The pages where Draft can differ from Synced now, as Synced (with the replay) has them, as one transaction. */
 const copyTransaction = (state: State) =>
   Effect.gen(function*() {
     const { paths } = state
@@ -63,59 +79,91 @@ const copyTransaction = (state: State) =>
     const targetPages = all.length > 0
       ? all[all.length - 1].commitSize
       : yield* Files.attempt(paths.synced, "cannot read", (fs) => PageCopy.headerPages(fs, paths.synced))
-    const tracking = m.draftPages ?? DraftPages.fresh(syncedFileAt(m))
+    // No record of where Draft differs (lost, or dropped with a copy that did not happen): every page.
+    const tracking = m.draftPages ?? DraftPages.orUnknown(
+      undefined,
+      syncedFileAt(m),
+      Math.max(targetPages, yield* Files.attempt(paths.draft, "cannot read", (fs) => PageCopy.headerPages(fs, paths.draft)))
+    )
     const pages = DraftPages.copyPages(tracking, PageCopy.pageNumbers(all), targetPages)
     const frames = yield* PageCopy.pagesAsTransaction(paths.synced, all, pages, targetPages)
-    return { frames, replayPages: PageCopy.pageNumbers(replay.frames) }
+    return { frames, tracking, replayPages: PageCopy.pageNumbers(replay.frames) }
   })
 
+/** A copy made and flagged, waiting for the swap; `previous`: the metadata to restore if it is dropped. */
+interface Prepared {
+  readonly frames: ReadonlyArray<WalFrame.Frame>
+  readonly previous: SyncMetadata.Metadata
+}
+
 /**
- * Step 2c: Draft's pages that can differ from Synced, in a fresh WAL renamed over Draft's. The caller holds
- * every write permit. Returns the frames written.
+ * 2b and the making of 2c: the replay onto Synced, the fresh WAL (fsynced), then the metadata flag naming
+ * Draft's WAL as it stood (`before`) when the replay began.
  */
-export const copySyncedOverDraft = Effect.fn("Engine.copySyncedOverDraft")(
-  function*(state: State) {
+const prepare = (state: State, progress: number, before: SyncMetadata.WalIdentity, readDraft: Replay.ReadDraft) =>
+  Effect.gen(function*() {
     const { paths } = state
-    const { frames, replayPages } = yield* copyTransaction(state)
+    yield* Replay.replayDraftOntoSynced(state, "pull", progress, readDraft) /* 2b */
+    const { frames, replayPages, tracking } = yield* copyTransaction(state)
     yield* PageCopy.writeWalFile(paths.draftWalNext, frames)
     yield* state.step("copy:walWritten")
     const previous = yield* SynchronizedRef.get(state.metadata)
     yield* updateMetadata(state, (m) => {
       const at = { generation: m.generation, frame: m.syncedFrame }
-      const tracking = m.draftPages ?? DraftPages.fresh(syncedFileAt(m))
       return {
         ...m,
         copyInProgress: true,
-        activeCopy: "synced",
+        draftWalBeforeCopy: before,
         draftBase: at,
         draftPages: DraftPages.copied(tracking, at, frames.length, replayPages)
       }
     })
     yield* state.step("copy:flagged")
+    return { frames, previous } satisfies Prepared
+  })
+
+/** A prepared copy that will not happen: the metadata forgets it first, then its fresh WAL goes. */
+const drop = (state: State, prepared: Prepared) =>
+  Effect.gen(function*() {
+    yield* updateMetadata(state, (m) => {
+      const { draftBase: _, draftPages: __, draftWalBeforeCopy: ___, ...rest } = m
+      const { previous } = prepared
+      return {
+        ...rest,
+        copyInProgress: false,
+        ...(previous.draftBase ? { draftBase: previous.draftBase } : {}),
+        ...(previous.draftPages ? { draftPages: previous.draftPages } : {})
+      }
+    })
+    yield* Files.remove(state.paths.draftWalNext)
+  })
+
+/**
+ * Under the write gate: Draft closed, the fresh WAL renamed over its WAL (made durable after the gate),
+ * Draft reopened with capture; reads on Synced meanwhile.
+ */
+const swap = (state: State, prepared: Prepared) =>
+  Effect.gen(function*() {
+    const { paths } = state
+    yield* state.step("copy:writesHeld")
     yield* Gates.switchReads(state.gates, "synced")
     // Let reads waiting at the door run on Synced before Draft closes (nothing here need wait for I/O).
     yield* Effect.yieldNow()
-    yield* swapDraft(state).pipe(
-      Effect.tapError(() =>
-        Effect.ignore(Effect.gen(function*() {
-          if (!(yield* Files.exists(paths.draftWalNext))) {
-            // Renamed (the failure came after it): Draft has the copy, as the metadata says.
-            yield* updateMetadata(state, (m) => ({ ...m, copyInProgress: false, activeCopy: "draft" }))
-            return
-          }
+    yield* Effect.gen(function*() {
+      yield* state.draft.close
+      yield* state.step("copy:draftClosed")
+      yield* Files.remove(Files.shmPath(paths.draft))
+      yield* Files.renameUnsynced(paths.draftWalNext, Files.walPath(paths.draft))
+      yield* state.step("copy:renamed")
+    }).pipe(
+      Effect.catchAll((error) =>
+        Effect.gen(function*() {
+          // Renamed (the failure came after it): Draft has the copy, as the metadata says.
+          if (!(yield* Files.exists(paths.draftWalNext))) return
           // Not renamed: the old Draft and its WAL are whole (closing keeps the WAL); forget the copy.
-          yield* Files.remove(paths.draftWalNext)
-          yield* updateMetadata(state, (m) => {
-            const { draftBase: _, draftPages: __, ...rest } = m
-            return {
-              ...rest,
-              copyInProgress: false,
-              activeCopy: "draft",
-              ...(previous.draftBase ? { draftBase: previous.draftBase } : {}),
-              ...(previous.draftPages ? { draftPages: previous.draftPages } : {})
-            }
-          })
-        }))
+          yield* Effect.ignore(drop(state, prepared))
+          return yield* error
+        })
       ),
       Effect.exit,
       // Whatever happened, Draft is opened again (capture reinstalled) before reads move back to it.
@@ -123,7 +171,85 @@ export const copySyncedOverDraft = Effect.fn("Engine.copySyncedOverDraft")(
       Effect.ensuring(Effect.ignore(state.draft.open)),
       Effect.ensuring(Gates.switchReads(state.gates, "draft"))
     )
-    return frames.length
+  })
+
+/**
+ * After the gate: the rename made durable; the copy's pages written into Draft's file as well (its WAL
+ * holds every one of them, so SQLite reads the same pages; nothing checkpoints Draft during a pull), so
+ * that the file follows the copy and the next copy writes only what changes after this one; then one
+ * metadata write clears the flag and records that.
+ */
+const settle = (state: State, prepared: Prepared) =>
+  Effect.gen(function*() {
+    const { paths } = state
+    yield* Files.syncDirectoryOf(paths.draft)
+    yield* PageCopy.writePagesInPlace(paths.draft, prepared.frames)
+    yield* state.step("copy:applied")
+    yield* updateMetadata(state, (m) => {
+      const { draftWalBeforeCopy: _, ...rest } = m
+      return {
+        ...rest,
+        copyInProgress: false,
+        activeCopy: "draft",
+        ...(m.draftPages ? { draftPages: DraftPages.copyApplied(m.draftPages, syncedFileAt(m)) } : {})
+      }
+    })
+  })
+
+/** Optimistic attempts before the copy is made with writes held throughout (a steady stream of writes). */
+const ATTEMPTS = 2
+
+/**
+ * Steps 2b and 2c. Writes are held only for the swap (and each read of Draft's change log), unless writes
+ * keep landing while the copy is made: then, after `ATTEMPTS` tries, it is made with writes held. Returns
+ * the frames the copy wrote; records the longest time writes were held.
+ */
+export const replayAndCopy = Effect.fn("Engine.replayAndCopy")(
+  function*(state: State, progress: number) {
+    let blocked = 0
+    const holding = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      Effect.suspend(() => {
+        const started = Date.now()
+        return Gates.holdingWrites(state.gates, effect).pipe(
+          Effect.ensuring(Effect.sync(() => {
+            blocked = Math.max(blocked, Date.now() - started)
+          }))
+        )
+      })
+    if ((yield* SynchronizedRef.get(state.metadata)).draftFoldInProgress) yield* holding(Fold.finishDraftFold(state))
+    // Where Draft stands when the replay begins: the writes counted so far and its WAL.
+    const quiet = holding(Effect.all([Gates.writeEpoch(state.gates), PageCopy.walIdentity(state.paths.draft)]))
+    let done: Prepared | undefined
+    for (let attempt = 1; attempt <= ATTEMPTS && done === undefined; attempt++) {
+      if (attempt > 1) yield* resetSyncedWal(state) // the dropped attempt's replay
+      const [epoch, before] = yield* quiet
+      const prepared = yield* prepare(state, progress, before, holding)
+      const swapped = yield* holding(Effect.gen(function*() {
+        // A write started since the replay read Draft: the copy would lose it.
+        if ((yield* Gates.writeEpoch(state.gates)) !== epoch) return false
+        yield* swap(state, prepared)
+        return true
+      }))
+      if (swapped) done = prepared
+      else yield* drop(state, prepared)
+    }
+    if (done === undefined) {
+      yield* resetSyncedWal(state)
+      done = yield* holding(Effect.gen(function*() {
+        const before = yield* PageCopy.walIdentity(state.paths.draft)
+        const prepared = yield* prepare(state, progress, before, (read) => read)
+        yield* swap(state, prepared)
+        return prepared
+      }))
+    }
+    yield* Ref.set(state.lastWriteBlockedMs, Option.some(blocked))
+    yield* settle(state, done)
+    return done.frames.length
   },
-  (effect, state) => Effect.tapError(effect, () => Effect.ignore(Files.remove(state.paths.draftWalNext)))
+  // A failure before the flag leaves a stray fresh WAL; one after it keeps it for open to judge.
+  (effect, state) =>
+    Effect.tapError(effect, () =>
+      Effect.ignore(Effect.gen(function*() {
+        if (!(yield* SynchronizedRef.get(state.metadata)).copyInProgress) yield* Files.remove(state.paths.draftWalNext)
+      })))
 )

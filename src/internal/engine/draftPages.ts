@@ -43,6 +43,14 @@ export const unknown = (syncedFileAt: Position, draftFilePages: number): DraftPa
 })
 
 /**
+ * The record as kept, or, when there is none (lost, or dropped with a copy that did not happen), "every
+ * page may differ": never "the draft copy equals the synced copy". `draftFilePages`: the larger of the
+ * draft copy's size and of the size a copy will write.
+ */
+export const orUnknown = (t: DraftPages | undefined, syncedFileAt: Position, draftFilePages: number): DraftPages =>
+  t ?? unknown(syncedFileAt, draftFilePages)
+
+/**
  * The synced copy's file moved to `to` by folding frames that wrote `pages` (a local fold, or a roll to
  * the next generation's base, whose frame 0 is after every frame of the previous one).
  */
@@ -60,15 +68,22 @@ export const copyPages = (
   targetPages: number
 ): ReadonlyArray<number> => {
   const set = new Set<number>([1])
-  for (const source of [t.filePages, t.syncedPages, syncedWalPages]) {
+  // The last copy's replay pages too: its pages may have reached the draft copy's file before the record
+  // of that did (`copyApplied` is recorded after the pages are written).
+  for (const source of [t.filePages, t.syncedPages, syncedWalPages, t.copy?.replayPages ?? []]) {
     for (const p of source) if (p <= targetPages) set.add(p)
   }
   return [...set].sort((a, b) => a - b)
 }
 
-/** A copy transaction of `frames` frames, making the draft copy the synced copy at `at` + `replayPages`, is the draft WAL now. */
+/**
+ * A copy transaction of `frames` frames, making the draft copy the synced copy at `at` + `replayPages`, is
+ * the draft WAL now. The previous copy's replay pages may have reached the draft copy's file unrecorded
+ * (a crash while `copyApplied`'s pages were written): they stay among the file's differing pages.
+ */
 export const copied = (t: DraftPages, at: Position, frames: number, replayPages: Iterable<number>): DraftPages => ({
   ...t,
+  filePages: union(t.filePages, t.copy?.replayPages ?? []),
   copy: { at, frames, replayPages: union([], replayPages) }
 })
 
@@ -85,3 +100,11 @@ export const draftFolded = (t: DraftPages, localPages: Iterable<number>, syncedF
     syncedPages: compare(syncedFileAt, at) <= 0 ? [] : t.syncedPages
   }
 }
+
+/**
+ * The copy transaction's pages were also written into the draft copy's file (its WAL still holds them, so
+ * SQLite reads the same pages either way): the file is now the synced copy at `copy.at` except on the
+ * replay's pages. The copy stays recorded, since the WAL still begins with it.
+ */
+export const copyApplied = (t: DraftPages, syncedFileAt: Position): DraftPages =>
+  t.copy === undefined ? t : { ...draftFolded(t, [], syncedFileAt), copy: t.copy }

@@ -73,7 +73,7 @@ const pushRounds = Effect.fn("Engine.push")(
       const outcome = yield* Push.pushSyncedFrames(state, replay.lastChangeId) /* 1c */
       if (outcome !== "Conflict") {
         yield* Fold.foldSynced(state)
-        yield* Fold.maybeFoldDraft(state)
+        yield* Fold.foldDraftIfIdle(state)
         return true
       }
       yield* Push.backoff(state, round)
@@ -83,36 +83,23 @@ const pushRounds = Effect.fn("Engine.push")(
   (effect, state) => Effect.onError(effect, () => Effect.ignore(resetSyncedWal(state)))
 )
 
-/**
- * Steps 2b and 2c, under the write gate: local changes onto Synced, then Synced's pages over Draft's; then
- * Draft's WAL is folded so that its file catches up with the copy and the next copy again writes only what
- * changed after this one.
- */
-const replayAndCopy = (state: State, progress: number) =>
-  Effect.gen(function*() {
-    const started = Date.now()
-    yield* Fold.finishDraftFold(state)
-    yield* Replay.replayDraftOntoSynced(state, "pull", progress) /* 2b */
-    // Reactive queries look again whatever the outcome: a copy that failed late may have replaced Draft.
-    yield* Copy.copySyncedOverDraft(state).pipe(Effect.ensuring(Changes.afterCopy(state.changes, state.draft))) /* 2c */
-    yield* Fold.foldDraft(state, true)
-    yield* Ref.set(state.lastWriteBlockedMs, Option.some(Date.now() - started))
-  })
-
-/** Pull: 2a, then (unless Draft is already a copy of Synced as it stands) 2b, 2c, 2d; then Synced's fold. */
+/** Pull: 2a, then (unless Draft is already a copy of Synced as it stands) 2b, 2c, 2d; then the folds. */
 const pullSteps = Effect.fn("Engine.pull")(function*(state: State) {
   const arrived = yield* pullFollowingRemote(state, Pull.pullRemoteIntoSynced) /* 2a */
   const progress = yield* Pull.settleProgress(state)
   if (yield* Copy.draftIsCurrent(state)) {
     yield* Fold.foldSynced(state)
-    yield* Fold.maybeFoldDraft(state)
+    yield* Fold.foldDraftIfIdle(state)
     return arrived
   }
-  yield* Gates.holdingWrites(state.gates, replayAndCopy(state, progress)).pipe(
+  yield* Copy.replayAndCopy(state, progress).pipe( /* 2b, 2c */
+    // Reactive queries look again whatever the outcome: a copy that failed late may have replaced Draft.
+    Effect.ensuring(Changes.afterCopy(state.changes, state.draft)),
     Effect.onError(() => Effect.ignore(resetSyncedWal(state)))
   )
   yield* resetSyncedWal(state) /* 2d */
   yield* Fold.foldSynced(state)
+  yield* Fold.foldDraftIfIdle(state)
   return true
 })
 
@@ -172,11 +159,12 @@ const open = (options: EngineOptions) =>
       maxWalFrames: Math.max(1, options.maxWalFrames ?? 1000)
     }
     // Checked before either copy is opened: opening a missing file would create an empty database.
-    yield* LocalFiles.repair(state, yield* LocalFiles.inspect(state.paths, initial.inUse !== false))
+    // A database bootstrapped just now was checked as it arrived: the cheap checks do.
+    yield* LocalFiles.repair(state, yield* LocalFiles.inspect(state.paths, Option.isSome(stored) && initial.inUse !== false))
     yield* state.synced.open
     yield* Copy.openDraft(state)
     // Set while open; cleared once both copies are closed. Found set on open: the full check above.
-    yield* updateMetadata(state, (m) => ({ ...m, inUse: true }))
+    if (initial.inUse !== true) yield* updateMetadata(state, (m) => ({ ...m, inUse: true }))
     yield* Effect.addFinalizer(() =>
       Effect.all([state.draft.close, state.synced.close]).pipe(
         Effect.zipRight(updateMetadata(state, (m) => ({ ...m, inUse: false }))),

@@ -126,8 +126,11 @@ export const foldDraft = Effect.fn("Engine.foldDraft")(function*(state: State, f
     yield* updateMetadata(state, (m) => ({ ...m, draftPages: DraftPages.unknown(syncedFileAt(m), pages) }))
   }
   if (frames.length === 0 || (!force && frames.length <= state.maxWalFrames)) return
+  // Without a record of where Draft's file differs, none is made up: every page of it may.
+  const filePages = yield* Files.attempt(paths.draft, "cannot read", (fs) =>
+    Math.max(PageCopy.headerPages(fs, paths.draft), ...frames.map((f) => f.commitSize)))
   yield* updateMetadata(state, (m) => {
-    const t = m.draftPages ?? DraftPages.fresh(syncedFileAt(m))
+    const t = DraftPages.orUnknown(m.draftPages, syncedFileAt(m), filePages)
     const local = PageCopy.pageNumbers(frames.slice(t.copy?.frames ?? 0))
     return { ...m, draftPages: DraftPages.draftFolded(t, local, syncedFileAt(m)), draftFoldInProgress: true }
   })
@@ -135,10 +138,16 @@ export const foldDraft = Effect.fn("Engine.foldDraft")(function*(state: State, f
   yield* finishDraftFold(state)
 })
 
-/** After a local write: folds Draft's WAL if it outgrew its bound and no write is in flight (else later). */
+/**
+ * After a local write: folds Draft's WAL if it outgrew its bound, no write is in flight and no push or pull
+ * runs (a pull writes its copy's pages into Draft's file; the next write or sync folds instead).
+ */
 export const maybeFoldDraft = (state: State) =>
   Effect.gen(function*() {
     const size = yield* Files.fileSize(Files.walPath(state.paths.draft))
     if (size <= WalFrame.walSize(state.maxWalFrames)) return
-    yield* Gates.ifNoWrites(state.gates, foldDraft(state, false))
+    yield* state.syncLock.withPermitsIfAvailable(1)(foldDraftIfIdle(state))
   }).pipe(Effect.catchAll((error) => Effect.logWarning("cannot fold the WAL of the draft copy", error)))
+
+/** Folds Draft's WAL past its bound if no write is in flight (the caller holds the sync lock). */
+export const foldDraftIfIdle = (state: State) => Gates.ifNoWrites(state.gates, foldDraft(state, false))

@@ -44,10 +44,13 @@ const flush = (state: State, cursor: Cursor) =>
     const inWal = walFrames(m)
     yield* Validate.frames(cursor.buffer.slice(0, committed), yield* syncedPages(state, inWal), cursor.frame + 1)
     const prefix = inWal === 0 ? undefined : yield* prefixAtSyncedFrame(state)
+    const trees = yield* syncedTrees(state)
     yield* state.synced.close
-    const wal = yield* Files.appendWal(state.paths.synced, inWal, cursor.buffer.slice(0, committed), prefix)
-    // SQLite's own check before the frames count as synced; refused, they are cut off again.
-    yield* Validate.database(state.paths.synced, `generation ${generation} up to frame ${cursor.frame + committed}`).pipe(
+    const frames = cursor.buffer.slice(0, committed)
+    const wal = yield* Files.appendWal(state.paths.synced, inWal, frames, prefix)
+    // SQLite's checks before the frames count as synced (of the pages they wrote, or the whole database
+    // when those cannot tell); refused, they are cut off again.
+    yield* Validate.pulled(state.paths.synced, inWal, frames, trees, `generation ${generation} up to frame ${cursor.frame + committed}`).pipe(
       Effect.tapError(() => Files.truncateWal(state.paths.synced, inWal))
     )
     yield* Ref.set(state.syncedPrefix, { generation, state: wal })
@@ -61,6 +64,17 @@ const flush = (state: State, cursor: Cursor) =>
     // A long catch-up never holds more than the bound in the WAL.
     yield* foldSynced(state)
   })
+
+/** The b-trees of Synced as it stands (`sqlite_schema` rows with a root page), for the check of pulled frames. */
+const syncedTrees = (state: State) =>
+  Effect.flatMap(state.synced.open, (sql) =>
+    sql.unsafe<{ readonly name: string; readonly rootpage: number }>(
+      "SELECT name, rootpage FROM sqlite_schema WHERE rootpage > 0"
+    ).pipe(
+      Effect.mapError((cause) =>
+        new SyncError.StorageError({ reason: "Corrupt", message: `cannot read the schema of ${state.paths.synced}`, path: state.paths.synced, cause })
+      )
+    ))
 
 /** Buffers the frames of one answer, flushing when the buffer is large. */
 const receive = (state: State, cursor: Cursor, start: number, end: number, frames: ReadonlyArray<WalFrame.Frame>) =>
@@ -151,7 +165,8 @@ export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(fun
     : SyncProtocol.CLIENT_BATCH_FRAMES
   yield* pullFrames(state, cursor, batch).pipe(Effect.ensuring(Effect.ignore(state.synced.open)))
   yield* state.synced.open
-  yield* updateMetadata(state, (m) => ({ ...m, lastPullAt: Date.now() }))
+  // Made durable by `settleProgress`, whose metadata write always follows this step.
+  yield* SynchronizedRef.update(state.metadata, (m) => ({ ...m, lastPullAt: Date.now() }))
   return cursor.changed
 })
 

@@ -9,7 +9,7 @@ import * as Option from "effect/Option"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import * as Files from "../sqlite/files.js"
 import * as PageCopy from "../sqlite/pageCopy.js"
-import { finishCopyFiles } from "./copy.js"
+import { finishCopyFiles, flaggedCopyOutcome } from "./copy.js"
 import * as DraftPages from "./draftPages.js"
 import { finishFoldFiles } from "./fold.js"
 import { finishRollFiles } from "./roll.js"
@@ -32,15 +32,21 @@ export const recover = Effect.fn("Engine.recover")(function*(opening: Opening, s
     yield* Files.remove(paths.syncedWalNext)
   }
   if (metadata.copyInProgress) {
-    if (yield* Files.exists(paths.draftWalNext)) {
+    const before = metadata.draftWalBeforeCopy
+    const walUnchanged = before === undefined
+      ? undefined
+      : PageCopy.sameWal(before, yield* PageCopy.walIdentity(paths.draft))
+    const outcome = flaggedCopyOutcome(yield* Files.exists(paths.draftWalNext), walUnchanged)
+    const { draftWalBeforeCopy: _, ...rest } = metadata
+    metadata = { ...rest, copyInProgress: false }
+    if (outcome === "finish") {
       yield* finishCopyFiles(paths)
-      metadata = { ...metadata, copyInProgress: false }
-    } else {
-      // Flagged but no fresh WAL: either it was renamed (Draft has the copy) or it was dropped when the copy
-      // failed after its flag reached the disk (Draft is the old one). Which cannot be told apart, so the
-      // copy is treated as not done: the next pull replays and copies again, over every page of Draft.
-      const { draftBase: _, draftPages: __, ...rest } = metadata
-      metadata = { ...rest, copyInProgress: false }
+    } else if (outcome === "drop") {
+      // Draft is the old one (or took writes the copy would lose): the copy is treated as not done, and
+      // where Draft differs from Synced as unknown: the next pull replays and copies every page of Draft.
+      yield* Files.remove(paths.draftWalNext)
+      const { draftBase: __, draftPages: ___, ...kept } = metadata
+      metadata = kept
     }
   } else {
     yield* Files.remove(paths.draftWalNext)

@@ -15,14 +15,17 @@ import { on, type State } from "./state.js"
 /** @internal */
 export type Mode = "push" | "pull"
 
+/** How each read of Draft's change log runs (a pull preparing its copy outside the write gate takes it per read). */
+export type ReadDraft = <A, E, R>(read: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+
 /**
  * Step 1b and 2b: replay Draft's changes that the remote does not have onto Synced, in one SQLite
  * transaction. Push mode also writes the progress row; pull mode re-records the changes in Synced's
  * change log so that the copy to Draft keeps them pending.
  */
 export const replayDraftOntoSynced = Effect.fn("Engine.replayDraftOntoSynced")(
-  function*(state: State, mode: Mode, progress: number) {
-    const head = yield* on(state.draft, Capture.pendingValues(progress, 1)).pipe(
+  function*(state: State, mode: Mode, progress: number, readDraft: ReadDraft = (read) => read) {
+    const head = yield* readDraft(on(state.draft, Capture.pendingValues(progress, 1))).pipe(
       Effect.mapError(sqlStatementError("Capture"))
     )
     if (head.length === 0) return { replayed: 0, lastChangeId: progress }
@@ -30,7 +33,7 @@ export const replayDraftOntoSynced = Effect.fn("Engine.replayDraftOntoSynced")(
     const policy = { resolve: state.resolve, ...(transform ? { transform } : {}) }
     // Draft's log is read page by page as it replays, never held whole (in a pull, writes wait meanwhile;
     // a push replays what it finds, later changes wait for the next push).
-    const source: Replay.Source = (afterId, limit) => on(state.draft, Capture.pendingValues(afterId, limit))
+    const source: Replay.Source = (afterId, limit) => readDraft(on(state.draft, Capture.pendingValues(afterId, limit)))
     const result = yield* on(
       state.synced,
       Replay.applySource(

@@ -91,8 +91,10 @@ export const steps = [
   "push:answered",
   "copy:walWritten",
   "copy:flagged",
+  "copy:writesHeld",
   "copy:draftClosed",
   "copy:renamed",
+  "copy:applied",
   "draftFold:flagged",
   "reset:before"
 ] as const

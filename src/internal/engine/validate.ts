@@ -5,7 +5,10 @@
  * - a base (`/export`): an SQLite file of the protocol's page size whose header agrees with its length;
  * - frames (pull): page numbers and commit sizes within what the transaction can reach from the size the
  *   database had before it, and never more frames than asked for;
- * - the result: SQLite's own `quick_check` on the file with its WAL, as the server runs on every commit.
+ * - the result: SQLite's own checks: `quick_check`'s checks of every page the frames wrote, after a walk of
+ *   every b-tree's interior pages (`pageCheck.ts`), so that the cost follows the frames; the whole
+ *   `quick_check` on the file with its WAL when the frames change the schema or write a page outside every
+ *   b-tree (as for a base, always).
  *
  * Pure checks return `Either`; the SQLite check opens its own read-only connection (which never
  * checkpoints, so the WAL stays as the engine wrote it).
@@ -17,6 +20,8 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import { RemoteError } from "../../SyncError.js"
 import * as WalFrame from "../../WalFrame.js"
+import { attempt, walPath } from "../sqlite/files.js"
+import * as PageCheck from "../sqlite/pageCheck.js"
 
 const invalid = (message: string, cause?: unknown) =>
   new RemoteError({ reason: "InvalidData", message, ...(cause === undefined ? {} : { cause }) })
@@ -155,3 +160,60 @@ export const databaseBytes = (bytes: Uint8Array, what: string): Effect.Effect<vo
     copy[19] = 1
     return new BetterSqlite3(copy, { readonly: true })
   }, what)
+
+/**
+ * Frames just appended after the first `before` frames of `<file>-wal`: SQLite's checks of the pages they
+ * wrote (`PageCheck.check`), or the whole `quick_check` when those cannot judge them. `trees`: the b-trees
+ * of `sqlite_schema` before the frames.
+ */
+export const pulled = (
+  file: string,
+  before: number,
+  frames: ReadonlyArray<WalFrame.Frame>,
+  trees: ReadonlyArray<PageCheck.Tree>,
+  what: string
+) =>
+  Effect.flatMap(
+    attempt(file, "cannot read pages", (fs) => {
+      const fd = fs.openSync(file, "r")
+      const wal = before > 0 ? fs.openSync(walPath(file), "r") : undefined
+      try {
+        // Where each page's newest copy is among the WAL's first `before` frames.
+        const inWal = new Map<number, number>()
+        const head = new Uint8Array(4)
+        for (let i = 0; i < before; i++) {
+          fs.readSync(wal!, head, 0, 4, WalFrame.walSize(i))
+          inWal.set(new DataView(head.buffer).getUint32(0), i)
+        }
+        const fileBytes = fs.fsizeSync(fd)
+        const pageBefore = (pgno: number): Uint8Array | undefined => {
+          const out = new Uint8Array(WalFrame.PAGE_SIZE)
+          const i = inWal.get(pgno)
+          if (i !== undefined) {
+            fs.readSync(wal!, out, 0, WalFrame.PAGE_SIZE, WalFrame.walSize(i) + WalFrame.FRAME_HEADER_SIZE)
+            return out
+          }
+          if (pgno * WalFrame.PAGE_SIZE > fileBytes) return undefined
+          fs.readSync(fd, out, 0, WalFrame.PAGE_SIZE, (pgno - 1) * WalFrame.PAGE_SIZE)
+          return out
+        }
+        const newest = new Map<number, Uint8Array>()
+        let size = 0
+        for (const f of frames) {
+          newest.set(f.pgno, f.page)
+          if (f.commitSize !== 0) size = f.commitSize
+        }
+        const page = (pgno: number) => pgno > size ? undefined : newest.get(pgno) ?? pageBefore(pgno)
+        return PageCheck.check(frames, trees, size, page, pageBefore)
+      } finally {
+        fs.closeSync(fd)
+        if (wal !== undefined) fs.closeSync(wal)
+      }
+    }),
+    (verdict): Effect.Effect<void, RemoteError> =>
+      verdict._tag === "Ok"
+        ? Effect.void
+        : verdict._tag === "Full"
+        ? database(file, what)
+        : Effect.fail(invalid(`${what} fails SQLite's checks (${verdict.message}); nothing of it was recorded as synced`))
+  )

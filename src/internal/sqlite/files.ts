@@ -50,6 +50,19 @@ export const rename = (from: string, to: string) =>
     fsyncDirectory(fs, dirnameOf(to))
   })
 
+/**
+ * Renames without the directory's fsync, for a step inside the write gate: the caller makes it durable
+ * afterwards (`syncDirectoryOf`) and recovery tells whether it happened.
+ *
+ * @internal
+ */
+export const renameUnsynced = (from: string, to: string) =>
+  attempt(to, `cannot rename ${from}`, (fs) => fs.renameSync(from, to))
+
+/** fsync of the directory holding `path`, so that renames and removals in it survive a crash. @internal */
+export const syncDirectoryOf = (path: string) =>
+  attempt(path, "cannot fsync the directory of", (fs) => fsyncDirectory(fs, dirnameOf(path)))
+
 const dirnameOf = (path: string) => {
   const i = path.lastIndexOf("/")
   return i <= 0 ? (i === 0 ? "/" : ".") : path.slice(0, i)

@@ -8,6 +8,7 @@
  */
 import * as Option from "effect/Option"
 import type { Service as FileService } from "../../SyncFiles.js"
+import type { WalIdentity } from "../../SyncMetadata.js"
 import * as WalFrame from "../../WalFrame.js"
 import { attempt, walPath } from "./files.js"
 
@@ -94,6 +95,63 @@ export const pagesAsTransaction = (
       fs.closeSync(fd)
     }
     return frames
+  })
+
+/**
+ * `<db>-wal` as it stands (length, salts, last whole frame's checksum); all zeros without one. Read while
+ * the copy is open only when no transaction can be under way.
+ */
+export const walIdentity = (db: string) =>
+  attempt(walPath(db), "cannot read WAL", (fs): WalIdentity => {
+    const none = { bytes: 0, salt1: 0, salt2: 0, checksum1: 0, checksum2: 0 }
+    if (!fs.existsSync(walPath(db))) return none
+    const fd = fs.openSync(walPath(db), "r")
+    try {
+      const bytes = fs.fsizeSync(fd)
+      if (bytes < WalFrame.WAL_HEADER_SIZE) return { ...none, bytes }
+      const header = new Uint8Array(WalFrame.WAL_HEADER_SIZE)
+      fs.readSync(fd, header, 0, header.byteLength, 0)
+      const h = new DataView(header.buffer)
+      const frames = Math.floor((bytes - WalFrame.WAL_HEADER_SIZE) / WalFrame.FRAME_SIZE)
+      const last = new Uint8Array(WalFrame.FRAME_HEADER_SIZE)
+      if (frames > 0) fs.readSync(fd, last, 0, last.byteLength, WalFrame.walSize(frames - 1))
+      const l = new DataView(last.buffer)
+      return { bytes, salt1: h.getUint32(16), salt2: h.getUint32(20), checksum1: l.getUint32(16), checksum2: l.getUint32(20) }
+    } finally {
+      fs.closeSync(fd)
+    }
+  })
+
+/** Whether two WAL identities are the same WAL. */
+export const sameWal = (a: WalIdentity, b: WalIdentity): boolean =>
+  a.bytes === b.bytes && a.salt1 === b.salt1 && a.salt2 === b.salt2 && a.checksum1 === b.checksum1 &&
+  a.checksum2 === b.checksum2
+
+/**
+ * Writes the newest copy of each page `frames` hold into the database file `db` in place, fsynced; never
+ * shortens it. Safe while `db` is open only when its WAL holds every one of those pages (SQLite reads a
+ * page from the WAL before the file) and nothing checkpoints it meanwhile.
+ */
+export const writePagesInPlace = (db: string, frames: ReadonlyArray<WalFrame.Frame>) =>
+  attempt(db, "cannot write pages", (fs) => {
+    const newest = new Map<number, Uint8Array>()
+    for (const frame of frames) newest.set(frame.pgno, frame.page)
+    const pgnos = [...newest.keys()].sort((a, b) => a - b)
+    const fd = fs.openSync(db, "r+")
+    try {
+      for (let i = 0; i < pgnos.length;) {
+        // Runs of consecutive pages in one write.
+        let j = i + 1
+        while (j < pgnos.length && j - i < 256 && pgnos[j] === pgnos[j - 1] + 1) j++
+        const run = Buffer.allocUnsafe((j - i) * WalFrame.PAGE_SIZE)
+        for (let k = i; k < j; k++) run.set(newest.get(pgnos[k])!, (k - i) * WalFrame.PAGE_SIZE)
+        fs.writeSync(fd, run, 0, run.byteLength, (pgnos[i] - 1) * WalFrame.PAGE_SIZE)
+        i = j
+      }
+      fs.fsyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
   })
 
 /** Distinct page numbers written by `frames`. */

@@ -1,0 +1,240 @@
+/**
+ * Storage and pull figures of `npm run bench` (called by `bench/run.ts`; also runs alone, with its own
+ * server and rows):
+ *
+ *   npx tsx bench/storage.ts [--rows 10000] [--sizes 1,10,64,100] [--changed 100] [--repeat 3]
+ *
+ * - a fresh replica (bootstrap + first pull) of the same server database against the real libSQL client
+ *   doing the same (median of `--repeat` alternating runs);
+ * - at each size: bootstrap + first pull; a pull of `--changed` changed rows, with the bytes the process
+ *   wrote during it and how long writes were held; the check of the pulled frames on its own; local files
+ *   at rest; each pull's time against the smallest size's.
+ */
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
+import BetterSqlite3 from "better-sqlite3"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Scope from "effect/Scope"
+import Database from "libsql"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as NodePath from "node:path"
+import * as Url from "node:url"
+import type { HttpClient } from "@effect/platform/HttpClient"
+import * as SyncDatabase from "../src/SyncDatabase.js"
+import * as SyncRemote from "../src/SyncRemote.js"
+import * as WalFrame from "../src/WalFrame.js"
+import * as ServerProcess from "./serverProcess.js"
+
+const flag = (name: string, fallback: string) => {
+  const i = process.argv.indexOf(`--${name}`)
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback
+}
+
+/** One printed figure. */
+export interface Line {
+  readonly what: string
+  readonly ms: number
+  readonly note?: string
+}
+
+/** What run.ts shares with this section: its server, its HTTP client, its scratch directory. */
+export interface Bench {
+  readonly serverUrl: string
+  readonly http: Context.Context<HttpClient>
+  readonly work: string
+  readonly scope: Scope.Scope
+  /** A server database already holding `rows` rows of run.ts's `items` table. */
+  readonly rowsDatabase: string
+  readonly rows: number
+}
+
+const time = async <A>(f: () => Promise<A> | A): Promise<[number, A]> => {
+  const start = performance.now()
+  const a = await f()
+  return [performance.now() - start, a]
+}
+
+/** Bytes this process has handed to write(2) so far (Linux `/proc/self/io`), NaN elsewhere. */
+const writtenBytes = () => {
+  try {
+    const line = Fs.readFileSync("/proc/self/io", "utf8").split("\n").find((l) => l.startsWith("wchar:"))
+    return line === undefined ? NaN : Number(line.split(/\s+/)[1])
+  } catch {
+    return NaN
+  }
+}
+
+/** Bytes of every local file of the database at `path` (copies, WALs, metadata). */
+const localBytes = (path: string) => {
+  const dir = NodePath.dirname(path)
+  const name = NodePath.basename(path)
+  return Fs.readdirSync(dir).filter((f) => f.startsWith(`${name}-`)).reduce((n, f) => n + Fs.statSync(NodePath.join(dir, f)).size, 0)
+}
+
+const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+
+/** The storage and pull figures, appended to `lines`. */
+export const storageBench = async (bench: Bench, lines: Array<Line>) => {
+  const SIZES_MB = flag("sizes", "1,10,64,100").split(",").map(Number)
+  const CHANGED = Number(flag("changed", "100"))
+  const REPEAT = Number(flag("repeat", "3"))
+  const { http, scope, serverUrl, work } = bench
+  const run = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>) => Effect.runPromise(Scope.extend(effect, scope))
+  // Each client gets a scope of its own, closed after use, so the files it holds are released.
+  const open = async (name: string, db: string) => {
+    const own = await Effect.runPromise(Scope.fork(scope, ExecutionStrategy.sequential))
+    const client = await Effect.runPromise(
+      Layer.buildWithScope(
+        SyncDatabase.layer({ path: NodePath.join(work, name), url: `${serverUrl}/db/${db}` }).pipe(
+          Layer.provide(Layer.succeedContext(bench.http))
+        ),
+        own
+      ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)))
+    )
+    return { client, close: () => Effect.runPromise(Scope.close(own, Exit.void)) }
+  }
+
+  // 1. a fresh replica of the same server database: this client against the libSQL client.
+  {
+    const ours: Array<number> = []
+    const theirs: Array<number> = []
+    for (let i = 0; i < REPEAT; i++) {
+      const [oursMs, opened] = await time(async () => {
+        const o = await open(`fresh-cmp-${i}`, bench.rowsDatabase)
+        await run(o.client.pull)
+        const rows = await run(o.client.query<{ c: number }>("SELECT count(*) AS c FROM items"))
+        if (rows[0].c !== bench.rows) throw new Error(`pulled ${rows[0].c} rows`)
+        return o
+      })
+      await opened.close()
+      ours.push(oursMs)
+      const [libMs] = await time(() => {
+        const lib = new Database(NodePath.join(work, `libsql-cmp-${i}.db`), { syncUrl: `${serverUrl}/db/${bench.rowsDatabase}`, offline: true } as Database.Options)
+        lib.sync()
+        const [{ c }] = lib.prepare("SELECT count(*) AS c FROM items").all() as Array<{ c: number }>
+        lib.close()
+        if (c !== bench.rows) throw new Error(`libsql pulled ${c} rows`)
+      })
+      theirs.push(libMs)
+    }
+    lines.push({
+      what: `fresh replica: bootstrap + first pull of ${bench.rows} rows (same server database as libsql)`,
+      ms: median(ours),
+      note: `${(median(ours) / median(theirs)).toFixed(2)}x the libsql client (${median(theirs).toFixed(1)} ms); medians of ${REPEAT}`
+    })
+  }
+
+  // 2. a pull bringing CHANGED changed rows, on databases of SIZES_MB.
+  const pullTimes = new Map<number, number>()
+  for (const mb of SIZES_MB) {
+    const name = `big-${mb}`
+    const remote = await run(SyncRemote.makeHttp({ url: `${serverUrl}/db/${name}` }).pipe(Effect.provide(http)))
+    // The big database is written by a raw replica (no capture) and pushed as frames.
+    const base = await run(Effect.flatMap(remote.info, (i) => remote.export(i.generation)))
+    const file = NodePath.join(work, `${name}.replica`)
+    Fs.writeFileSync(file, base)
+    const replica = new BetterSqlite3(file)
+    replica.pragma("wal_autocheckpoint = 0")
+    replica.pragma("journal_mode = WAL")
+    let pushedFrames = 0
+    const pushReplica = async () => {
+      const wal = Option.getOrThrow(WalFrame.parse(new Uint8Array(Fs.readFileSync(`${file}-wal`))))
+      const frames = wal.frames.slice(pushedFrames).map((f) => ({ ...f, page: Uint8Array.from(f.page) }))
+      const result = await run(remote.push(1, pushedFrames + 1, pushedFrames + 1 + frames.length, frames))
+      if (result._tag !== "Ok") throw new Error(`replica push: ${result._tag}`)
+      pushedFrames += frames.length
+    }
+    replica.exec("CREATE TABLE blobs (id INTEGER PRIMARY KEY, n INTEGER, data BLOB)")
+    const count = Math.ceil((mb * 1024 * 1024) / 4096)
+    const insertBlob = replica.prepare("INSERT INTO blobs (id, n, data) VALUES (?, 0, randomblob(3900))")
+    replica.transaction(() => { for (let i = 1; i <= count; i++) insertBlob.run(i) })()
+    await pushReplica()
+    // Opening a new path brings the remote's current state; the pull after it finds nothing new.
+    const [setupMs, opened] = await time(async () => {
+      const o = await open(`client-${mb}`, name)
+      await run(o.client.pull)
+      return o
+    })
+    const client = opened.client
+    await run(client.execute("CREATE TABLE IF NOT EXISTS local_notes (id INTEGER PRIMARY KEY, body TEXT)"))
+    await run(client.execute("INSERT INTO local_notes (body) VALUES ('pending while pulling')"))
+    const update = replica.prepare("UPDATE blobs SET n = n + 1 WHERE id = ?")
+    replica.transaction(() => { for (let i = 0; i < CHANGED; i++) update.run(1 + Math.floor((i * count) / CHANGED)) })()
+    await pushReplica()
+    const writtenBefore = writtenBytes()
+    const [pullMs] = await time(() => run(client.pull))
+    const pullWritten = writtenBytes() - writtenBefore
+    const stats = await run(client.stats)
+    const blocked = Option.getOrElse(stats.lastWriteBlockedMs, () => NaN)
+    replica.close()
+    const size = Fs.statSync(NodePath.join(work, `client-${mb}-draft`)).size
+    const atRest = localBytes(NodePath.join(work, `client-${mb}`))
+    await opened.close()
+    pullTimes.set(mb, pullMs)
+    lines.push({ what: `${mb} MB: bootstrap + first pull`, ms: setupMs })
+    lines.push({
+      what: `${mb} MB: pull of ${CHANGED} changed rows (total)`,
+      ms: pullMs,
+      note: `${(pullWritten / 1e6).toFixed(2)} MB written by the process during it`
+    })
+    lines.push({
+      what: `${mb} MB: writes blocked during that pull`,
+      ms: blocked,
+      note: `draft file ${(size / 1e6).toFixed(1)} MB; all local files ${(atRest / 1e6).toFixed(1)} MB (${(atRest / size).toFixed(2)}x)`
+    })
+  }
+  if (SIZES_MB.length > 1) {
+    const small = Math.min(...SIZES_MB)
+    for (const mb of SIZES_MB.filter((m) => m !== small)) {
+      lines.push({
+        what: `pull of ${CHANGED} changed rows: ${mb} MB against ${small} MB`,
+        ms: NaN,
+        note: `${(pullTimes.get(mb)! / pullTimes.get(small)!).toFixed(2)}x the time`
+      })
+    }
+  }
+}
+
+// Alone: a server of its own, a database of `--rows` rows pushed by this client, then the section.
+const alone = async () => {
+  const rows = Number(flag("rows", "10000"))
+  const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-storage-"))
+  const server = await ServerProcess.startServer(NodePath.join(work, "server"))
+  const scope = Effect.runSync(Scope.make())
+  try {
+    const http = await Effect.runPromise(Scope.extend(Layer.build(NodeHttpClient.layerUndici), scope))
+    const writer = await Effect.runPromise(Scope.extend(
+      Layer.build(
+        SyncDatabase.layer({ path: NodePath.join(work, "writer"), url: `${server.url}/db/rows` }).pipe(
+          Layer.provide(Layer.succeedContext(http))
+        )
+      ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase))),
+      scope
+    ))
+    await Effect.runPromise(writer.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, value REAL, payload TEXT)"))
+    await Effect.runPromise(writer.execute(
+      `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${rows}) ` +
+        "INSERT INTO items SELECT i, 'name-' || i, i * 0.5, substr(replace(hex(zeroblob(100)), '0', 'x'), 1, 100 - length(i)) || i FROM n"
+    ))
+    await Effect.runPromise(writer.push)
+    const lines: Array<Line> = []
+    await storageBench({ serverUrl: server.url, http, work, scope, rowsDatabase: "rows", rows }, lines)
+    console.table(lines.map((l) => ({ measurement: l.what, ms: Number.isFinite(l.ms) ? Number(l.ms.toFixed(1)) : l.ms, note: l.note ?? "" })))
+  } finally {
+    await Effect.runPromise(Scope.close(scope, Exit.void))
+    server.child.kill("SIGTERM")
+    Fs.rmSync(work, { recursive: true, force: true })
+  }
+}
+
+if (process.argv[1] !== undefined && import.meta.url === Url.pathToFileURL(process.argv[1]).href) {
+  alone().then(() => process.exit(0), (error) => {
+    console.error(error)
+    process.exit(1)
+  })
+}
