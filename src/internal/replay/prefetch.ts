@@ -67,9 +67,14 @@ const hexOf = (bytes: Uint8Array) => Buffer.from(bytes.buffer, bytes.byteOffset,
 /**
  * Pure: a token for a key such that two keys SQLite may take for the same row get the same token (numbers
  * by value whatever their storage class or text form, text compared without case and trailing spaces, as
- * NOCASE and RTRIM collations do). Distinct rows may share a token: that only makes replay read again.
+ * NOCASE and RTRIM collations do). Distinct rows may share a token: that only makes replay read again. A
+ * key of one number is its own token (the common rowid or INTEGER PRIMARY KEY: nothing to build).
  */
-export const token = (values: ReadonlyArray<SqlValue.SqlValue>): string => {
+export const token = (values: ReadonlyArray<SqlValue.SqlValue>): string | number => {
+  if (values.length === 1) {
+    const value = values[0]!
+    if (typeof value === "bigint" || typeof value === "number") return Number(value)
+  }
   let out = ""
   for (const value of values) {
     if (value === null) out += "\u0001z"
@@ -80,7 +85,8 @@ export const token = (values: ReadonlyArray<SqlValue.SqlValue>): string => {
       out += Number.isNaN(n) ? `\u0001s${value.toLowerCase().trimEnd()}` : `\u0001n${n}`
     } else out += `\u0001b${hexOf(value instanceof SqlValue.TextBytes ? value.bytes : value)}`
   }
-  return out
+  // a one-column text key that reads as a number meets the number's own token
+  return values.length === 1 && out.startsWith("\u0001n") ? Number(out.slice(2)) : out
 }
 
 /** Pure: the statement reading the rows at `count` keys of `table` (`i` = the key's place in the list). */
@@ -184,7 +190,7 @@ export const replaces = (createSql: string | null): boolean => createSql === nul
  */
 export class Prefetch {
   private rows = new Map<number, Values | null>()
-  private readonly written = new Map<string, Set<string>>()
+  private readonly written = new Map<string, Set<string | number>>()
 
   /** The map to fill for a new page (writes before it were read by it: they are forgotten). */
   reset(): Map<number, Values | null> {
