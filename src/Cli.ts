@@ -23,6 +23,7 @@ import * as Redacted from "effect/Redacted"
 import * as CliCommands from "./internal/cli/cli.js"
 import * as Listen from "./internal/cli/listen.js"
 import * as ServerStore from "./ServerStore.js"
+import * as SyncProtocol from "./SyncProtocol.js"
 import * as SyncServer from "./SyncServer.js"
 
 /** Prints `error: message` on stderr and fails with the exit status 1, without a stack trace. */
@@ -133,6 +134,13 @@ export const serve = Command.make(
       Options.withDefault(256),
       Options.withDescription("databases kept open at once (two files each); the least recently used idle ones are closed")
     ),
+    maxPullWait: Options.integer("max-pull-wait").pipe(
+      Options.withDefault(SyncProtocol.DEFAULT_MAX_WAIT_SECONDS),
+      Options.withDescription(
+        "the longest a pull at the head waits for the next commit when the client asks to (Prefer: wait=N), " +
+          "in seconds, at most 240; 0 turns waiting pulls off"
+      )
+    ),
     logFormat: Options.choice("log-format", ["logfmt", "json"]).pipe(
       Options.withDefault("logfmt" as const),
       Options.withDescription("format of the per-request log lines on stderr")
@@ -171,6 +179,9 @@ export const serve = Command.make(
       if (options.maxOpenDatabases < 1) {
         return yield* invalid("--max-open-databases must be at least 1")
       }
+      if (!(options.maxPullWait >= 0 && options.maxPullWait <= SyncProtocol.MAX_WAIT_SECONDS_LIMIT)) {
+        return yield* invalid(`--max-pull-wait must be from 0 to ${SyncProtocol.MAX_WAIT_SECONDS_LIMIT} seconds`)
+      }
       if (Option.isSome(options.authToken) && Redacted.value(options.authToken.value).length === 0) {
         return yield* invalid("--auth-token must not be empty")
       }
@@ -194,7 +205,8 @@ export const serve = Command.make(
       const server = SyncServer.layerNode({
         host: options.host,
         port: options.port,
-        authToken: Option.getOrUndefined(options.authToken)
+        authToken: Option.getOrUndefined(options.authToken),
+        maxWaitSeconds: options.maxPullWait
       }).pipe(
         Layer.provide(store)
       )

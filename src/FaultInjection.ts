@@ -201,8 +201,8 @@ export const remote = (plan: CountingPlan, inner: SyncRemote.Service): SyncRemot
       inner.snapshot,
       (snapshot) => Effect.succeed({ ...snapshot, bytes: snapshot.bytes.subarray(0, cutBase(snapshot.bytes.byteLength)) })
     ),
-    pull: (generation, start, end) =>
-      point("remote.pull", inner.pull(generation, start, end), (result) =>
+    pull: (generation, start, end, options) =>
+      point("remote.pull", inner.pull(generation, start, end, options), (result) =>
         result._tag === "Frames" && result.frames.length > 1
           ? Effect.succeed({ ...result, frames: result.frames.slice(0, Math.floor(result.frames.length / 2)) })
           : Effect.fail(cut("pull"))),

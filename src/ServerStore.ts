@@ -8,6 +8,7 @@
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
@@ -162,6 +163,19 @@ export interface Service {
     frames: ReadonlyArray<WalFrame.Frame>,
     baton?: string | undefined
   ) => Effect.Effect<PushResult, StoreError>
+  /**
+   * Waits until the database's head is no longer frame `frameNo` of generation `generation` (a commit
+   * after it, or a new generation), for at most `timeout`, and answers the head then: unchanged when the
+   * time ran out, at once when the head is already another. Commits made through another server process
+   * sharing the storage wake it too. A waiter holds no connection, lock or timer of the storage, and
+   * interrupting it removes it.
+   */
+  readonly awaitChange: (
+    database: string,
+    generation: number,
+    frameNo: number,
+    timeout: Duration.DurationInput
+  ) => Effect.Effect<DatabaseInfo, StoreError>
 }
 
 /**
@@ -366,8 +380,9 @@ export const makePostgres = (options: PostgresOptions): Effect.Effect<Service, S
       Effect.mapError((cause) => new StoreError({ reason: "Storage", message: "cannot connect to PostgreSQL", cause }))
     )
     yield* internalPostgres.migrate(sql, schema)
+    const checker = yield* internalCheckWorker.make
     return yield* internalCore.make(
-      internalPostgres.make({ sql, schema, integrityCheck: options.integrityCheck ?? DEFAULT_INTEGRITY_CHECK }),
+      internalPostgres.make({ sql, schema, integrityCheck: options.integrityCheck ?? DEFAULT_INTEGRITY_CHECK, checker }),
       options
     )
   })

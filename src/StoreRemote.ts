@@ -12,9 +12,22 @@ import { ServerStore, type StoreError } from "./ServerStore.js"
 import type * as SyncError from "./SyncError.js"
 import * as SyncProtocol from "./SyncProtocol.js"
 import * as SyncRemote from "./SyncRemote.js"
+import * as waitingPull from "./internal/server/waitingPull.js"
 
 const fromStoreError = (error: StoreError): SyncError.RemoteFailure =>
   SyncRemote.failureOf(SyncProtocol.errorStatus[error.reason].status, error.message, error)
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /**
+   * The longest a pull at the head waits for the next commit when asked to (`SyncRemote.PullOptions`),
+   * in seconds; 0 makes pulls answer at once. Default `SyncProtocol.DEFAULT_MAX_WAIT_SECONDS`.
+   */
+  readonly maxWaitSeconds?: number | undefined
+}
 
 /**
  * The remote of database `database` in `store`.
@@ -22,14 +35,17 @@ const fromStoreError = (error: StoreError): SyncError.RemoteFailure =>
  * @since 0.1.0
  * @category constructors
  */
-export const make = (store: ServerStore["Type"], database: string): SyncRemote.Service => ({
+export const make = (store: ServerStore["Type"], database: string, options: Options = {}): SyncRemote.Service => {
+  const maxWaitSeconds = options.maxWaitSeconds ?? SyncProtocol.DEFAULT_MAX_WAIT_SECONDS
+  return {
   info: Effect.mapError(
     Effect.zipWith(store.info(database), store.databaseId(database), (i, databaseId): SyncRemote.Info => ({
       generation: i.generation,
       databaseId,
       maxFrameNo: i.maxFrameNo,
       maxPullFrames: store.maxPullFrames,
-      snapshot: true
+      snapshot: true,
+      ...(maxWaitSeconds > 0 ? { maxWaitSeconds } : {})
     })),
     fromStoreError
   ),
@@ -52,11 +68,23 @@ export const make = (store: ServerStore["Type"], database: string): SyncRemote.S
     Effect.scoped,
     Effect.mapError(fromStoreError)
   ),
-  pull: (generation, start, end) => Effect.mapError(store.pull(database, generation, start, end), fromStoreError),
+  pull: (generation, start, end, pullOptions) =>
+    Effect.mapError(
+      waitingPull.pull(
+        store,
+        database,
+        generation,
+        start,
+        end,
+        SyncRemote.waitToAsk(pullOptions?.waitSeconds, maxWaitSeconds > 0 ? maxWaitSeconds : undefined) * 1000
+      ),
+      fromStoreError
+    ),
   push: SyncRemote.batchedPush((generation, start, end, frames, baton) =>
     Effect.mapError(store.push(database, generation, start, end, frames, baton), fromStoreError)
   )
-})
+  }
+}
 
 /**
  * `SyncRemote` for database `database` of the `ServerStore` in context.
@@ -64,5 +92,5 @@ export const make = (store: ServerStore["Type"], database: string): SyncRemote.S
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: { readonly database: string }): Layer.Layer<SyncRemote.SyncRemote, never, ServerStore> =>
-  Layer.effect(SyncRemote.SyncRemote, Effect.map(ServerStore, (store) => make(store, options.database)))
+export const layer = (options: Options & { readonly database: string }): Layer.Layer<SyncRemote.SyncRemote, never, ServerStore> =>
+  Layer.effect(SyncRemote.SyncRemote, Effect.map(ServerStore, (store) => make(store, options.database, options)))

@@ -18,8 +18,13 @@ export const InfoResponse = Schema.Struct({
   max_frame_no: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(0))),
   /** This server's extension: the most frames one pull answer carries (the libSQL client asks for 128). */
   max_pull_frames: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))),
-  /** This server's extensions by name, such as `"snapshot"` (`GET /snapshot`). */
+  /** This server's extensions by name, such as `"snapshot"` (`GET /snapshot`) and `"wait"` (waiting pulls). */
   extensions: Schema.optional(Schema.Array(Schema.String)),
+  /**
+   * With the `"wait"` extension: the longest a pull at the head waits for the next commit, in seconds
+   * (a longer `Prefer: wait=N` is cut to it).
+   */
+  max_wait_seconds: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(0))),
   /**
    * The database's identity: a random id created with the database and kept for its life. A server
    * restored from an older backup of the same database answers the same id; a wiped or recreated one
@@ -36,6 +41,84 @@ export const InfoResponse = Schema.Struct({
  * @category constants
  */
 export const EXTENSION_SNAPSHOT = "snapshot"
+
+/**
+ * The name in `/info`'s `extensions` of waiting pulls: a `GET /sync/{G}/{start}/{end}` that carries
+ * `Prefer: wait=N` and finds nothing at or after `start` at the head of the current generation waits up to
+ * N seconds (at most `max_wait_seconds`) for the next commit before it answers. Its answer carries
+ * `Preference-Applied: wait=M`, M the seconds granted.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const EXTENSION_WAIT = "wait"
+
+/**
+ * The request header a waiting pull carries (RFC 7240): `Prefer: wait=N`, N whole seconds.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const HEADER_PREFER = "prefer"
+
+/**
+ * The answer header of a pull that asked to wait (RFC 7240): `Preference-Applied: wait=M`, M the seconds
+ * the server granted (0 when it answered without waiting).
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const HEADER_PREFERENCE_APPLIED = "preference-applied"
+
+/**
+ * The server's default longest wait of a pull, in seconds (`max_wait_seconds`).
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const DEFAULT_MAX_WAIT_SECONDS = 30
+
+/**
+ * The longest wait a server may grant (`max_wait_seconds`); a `Prefer: wait=N` naming more is read as
+ * this. It stays under the five minutes after which common HTTP clients (Node's fetch among them) give
+ * up on an answer that has not started.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const MAX_WAIT_SECONDS_LIMIT = 240
+
+/**
+ * The `wait` preference of a `Prefer` header, in whole seconds, or undefined when it names none (or an
+ * unreadable one). Preferences are comma-separated, names case-insensitive, values optionally quoted,
+ * parameters after `;` ignored; the first `wait` counts (RFC 7240, section 2).
+ *
+ * @since 0.1.0
+ * @category parsing
+ */
+export const parsePreferWait = (header: string | undefined): number | undefined => {
+  if (header === undefined) return undefined
+  for (const preference of header.split(",")) {
+    const token = preference.split(";")[0]
+    const eq = token.indexOf("=")
+    const name = (eq === -1 ? token : token.slice(0, eq)).trim().toLowerCase()
+    if (name !== "wait") continue
+    if (eq === -1) return undefined
+    const raw = token.slice(eq + 1).trim()
+    const value = raw.length >= 2 && raw.startsWith("\"") && raw.endsWith("\"") ? raw.slice(1, -1) : raw
+    if (!/^[0-9]{1,15}$/.test(value)) return undefined
+    return Math.min(Number(value), MAX_WAIT_SECONDS_LIMIT)
+  }
+  return undefined
+}
+
+/**
+ * The `Prefer` (or `Preference-Applied`) value of a wait of `seconds`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const formatWait = (seconds: number): string => `wait=${seconds}`
 
 /**
  * `GET /snapshot` answer header: the generation the file belongs to.

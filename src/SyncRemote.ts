@@ -64,6 +64,25 @@ export interface Info {
   readonly maxPullFrames?: number | undefined
   /** Extension: `true` when the remote serves `snapshot`. */
   readonly snapshot?: boolean | undefined
+  /**
+   * Extension: the longest a pull at the head waits for the next commit, in seconds (`PullOptions`);
+   * absent when the remote does not wait.
+   */
+  readonly maxWaitSeconds?: number | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface PullOptions {
+  /**
+   * When the remote has nothing at or after `start` at the head of the current generation, wait up to
+   * this many seconds (whole seconds; at most the remote's `maxWaitSeconds`) for the next commit before
+   * answering CheckpointNeeded. A remote that does not wait answers at once. Interrupting the pull
+   * abandons the wait (over HTTP, the request is aborted).
+   */
+  readonly waitSeconds?: number | undefined
 }
 
 /**
@@ -88,11 +107,15 @@ export interface Service {
    * remote without it fails with `RemoteError` `NotFound`.
    */
   readonly snapshot: Effect.Effect<RemoteSnapshot, SyncError.RemoteFailure>
-  /** Committed frames from `start` (fewer than `end - start` is fine), or CheckpointNeeded. */
+  /**
+   * Committed frames from `start` (fewer than `end - start` is fine), or CheckpointNeeded; with
+   * `waitSeconds`, a pull at the head waits for the next commit first.
+   */
   readonly pull: (
     generation: number,
     start: number,
-    end: number
+    end: number,
+    options?: PullOptions | undefined
   ) => Effect.Effect<PullResult, SyncError.RemoteFailure>
   /**
    * Frames `start..end-1`, sent in batches of at most `CLIENT_BATCH_FRAMES`, the baton of each answer
@@ -211,9 +234,21 @@ export interface HttpOptions {
   readonly authToken?: Redacted.Redacted | string | undefined
   /** Retries of transient failures (transport errors, 5xx). Default: exponential from 100 ms, 6 retries. */
   readonly retrySchedule?: Schedule.Schedule<unknown, SyncError.RemoteFailure> | undefined
-  /** Time allowed for one request, body included. Default 30 seconds. */
+  /** Time allowed for one request, body included; a waiting pull gets its wait on top. Default 30 seconds. */
   readonly requestTimeout?: Duration.DurationInput | undefined
 }
+
+/**
+ * The whole seconds a pull asks to wait: `waitSeconds` floored and cut to what the remote allows
+ * (`maxWaitSeconds`, undefined when it does not wait); 0 means "do not ask".
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const waitToAsk = (waitSeconds: number | undefined, maxWaitSeconds: number | undefined): number =>
+  waitSeconds === undefined || maxWaitSeconds === undefined || !(waitSeconds >= 1)
+    ? 0
+    : Math.min(Math.floor(waitSeconds), maxWaitSeconds)
 
 const decodeInfo = Schema.decodeUnknownEither(SyncProtocol.InfoResponse)
 const decodePush = Schema.decodeUnknownEither(SyncProtocol.PushResponse)
@@ -241,7 +276,9 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
       : typeof options.authToken === "string"
       ? options.authToken
       : Redacted.value(options.authToken)
-    const timeout = Duration.decode(options.requestTimeout ?? Duration.seconds(30))
+    const baseTimeout = Duration.decode(options.requestTimeout ?? Duration.seconds(30))
+    // What the last `info` said about waiting pulls: undefined until asked, 0 when the remote does not wait.
+    let maxWaitSeconds: number | undefined = undefined
     const schedule = options.retrySchedule ??
       Schedule.intersect(Schedule.exponential(Duration.millis(100), 2), Schedule.recurs(6))
 
@@ -261,7 +298,8 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
         body: Uint8Array,
         headers: Readonly<Record<string, string | undefined>>
       ) => Either.Either<A, SyncError.RemoteFailure>,
-      serverErrorIsAnswer = false
+      serverErrorIsAnswer = false,
+      timeout = baseTimeout
     ): Effect.Effect<A, SyncError.RemoteFailure> => {
       const withAuth = token === undefined ? request : HttpClientRequest.bearerToken(request, token)
       const once = client.execute(withAuth).pipe(
@@ -327,6 +365,9 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
             if (i.max_frame_no !== undefined) known.maxFrameNo = i.max_frame_no
             if (i.max_pull_frames !== undefined) known.maxPullFrames = i.max_pull_frames
             if (i.extensions?.includes(SyncProtocol.EXTENSION_SNAPSHOT) === true) known.snapshot = true
+            const waits = i.extensions?.includes(SyncProtocol.EXTENSION_WAIT) === true && (i.max_wait_seconds ?? 0) > 0
+            if (waits) known.maxWaitSeconds = i.max_wait_seconds
+            maxWaitSeconds = waits ? i.max_wait_seconds : 0
             return known
           })
           : Either.left(refused(`GET ${url}`, status, body)))
@@ -358,11 +399,22 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
       })
     })
 
-    const pull: Service["pull"] = (generation, start, end) =>
-      Effect.suspend(() => {
+    // Whether the remote waits is learnt from `info`, asked once if nothing asked it before.
+    const waitFor = (waitSeconds: number | undefined): Effect.Effect<number, SyncError.RemoteFailure> =>
+      waitSeconds === undefined || !(waitSeconds >= 1)
+        ? Effect.succeed(0)
+        : maxWaitSeconds !== undefined
+        ? Effect.succeed(waitToAsk(waitSeconds, maxWaitSeconds))
+        : Effect.map(info, () => waitToAsk(waitSeconds, maxWaitSeconds))
+
+    const pull: Service["pull"] = (generation, start, end, pullOptions) =>
+      Effect.flatMap(waitFor(pullOptions?.waitSeconds), (wait) => {
         const url = `${base}/sync/${generation}/${start}/${end}`
+        const request = wait === 0
+          ? HttpClientRequest.get(url)
+          : HttpClientRequest.get(url).pipe(HttpClientRequest.setHeader(SyncProtocol.HEADER_PREFER, SyncProtocol.formatWait(wait)))
         return send(
-          HttpClientRequest.get(url),
+          request,
           (status, body): Either.Either<PullResult, SyncError.RemoteFailure> => {
             if (status === 200) {
               if (body.byteLength === 0) {
@@ -396,7 +448,8 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
             }
             return Either.left(refused(`GET ${url}`, status, body))
           },
-          true
+          true,
+          wait === 0 ? baseTimeout : Duration.sum(baseTimeout, Duration.seconds(wait))
         )
       })
 

@@ -13,11 +13,14 @@ import type * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
+import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
@@ -30,6 +33,7 @@ import * as Stream from "effect/Stream"
 import * as nodeHttpGuard from "./internal/server/nodeHttpGuard.js"
 import * as serverMetrics from "./internal/server/serverMetrics.js"
 import * as internal from "./internal/server/syncServer.js"
+import * as waitingPull from "./internal/server/waitingPull.js"
 import { type Body, ServerStore, type StoreError } from "./ServerStore.js"
 import * as SyncProtocol from "./SyncProtocol.js"
 import * as WalFrame from "./WalFrame.js"
@@ -43,7 +47,26 @@ export interface Options {
   readonly authToken?: Redacted.Redacted<string> | undefined
   /** Largest push body accepted, in bytes (default: `MAX_FRAMES_PER_REQUEST` frames). */
   readonly maxBodyBytes?: number | undefined
+  /**
+   * The longest a pull at the head waits for the next commit when it asks to (`Prefer: wait=N`), in
+   * seconds (default `SyncProtocol.DEFAULT_MAX_WAIT_SECONDS`); 0 turns waiting pulls off, and `/info` then
+   * does not offer them.
+   */
+  readonly maxWaitSeconds?: number | undefined
+  /**
+   * How many pulls may wait at once (default 10 000); a pull beyond it is answered at once, as if it had
+   * not asked to wait.
+   */
+  readonly maxWaitingPulls?: number | undefined
 }
+
+/**
+ * The default of `Options.maxWaitingPulls`.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const DEFAULT_MAX_WAITING_PULLS = 10_000
 
 /**
  * The default push body limit: `MAX_FRAMES_PER_REQUEST` whole frames.
@@ -62,6 +85,10 @@ class RequestLog extends Context.Tag("effect-sqlite-sync/SyncServer/RequestLog")
   outcome: string | undefined
   error: string | undefined
   detail: string | undefined
+  /** Seconds the request waited for a commit: not serving time, so left out of the latency histogram. */
+  waited: number
+  /** The request asked to wait and could not (the server holds as many waiting pulls as it allows, or stops). */
+  waitRefused: boolean
 }>() {}
 
 const fail = (failure: internal.HttpFailure) => Effect.fail(failure)
@@ -107,7 +134,7 @@ const recordMetrics = (log: Context.Tag.Service<RequestLog>, status: number, sec
     const push = log.route.startsWith("POST /sync")
     const pull = log.route.startsWith("GET /sync")
     if (push) yield* Metric.update(serverMetrics.pushSeconds, seconds)
-    if (pull) yield* Metric.update(serverMetrics.pullSeconds, seconds)
+    if (pull) yield* Metric.update(serverMetrics.pullSeconds, Math.max(0, seconds - log.waited))
     if (push || pull || log.route.startsWith("GET /export")) {
       const direction = push ? "push" : "pull"
       yield* Effect.tagMetrics(
@@ -122,7 +149,7 @@ const recordMetrics = (log: Context.Tag.Service<RequestLog>, status: number, sec
  * The sync protocol as an `HttpApp` over the `ServerStore` in context. It never fails: every refusal
  * is a JSON response, and every request logs exactly one line (annotations `database`, `method`,
  * `route`, `status`, `frames`, `bytes`, `ms`; `outcome` for pushes and checkpoint answers; `error`
- * when refused).
+ * when refused; `waited_ms` for a pull that waited for a commit).
  *
  * @since 0.1.0
  * @category constructors
@@ -131,7 +158,21 @@ export const make = (options: Options = {}): Effect.Effect<
   Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest | Scope.Scope>,
   never,
   ServerStore
-> =>
+> => Effect.map(makeApp(options), (app) => app.handler)
+
+interface App {
+  readonly handler: Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest | Scope.Scope>
+  /** Ends every waiting pull (they answer what is there) and makes later ones answer at once. */
+  readonly shutdown: Effect.Effect<void>
+}
+
+/**
+ * What the platform does while a pull waits, such as lifting the idle timeout of its connection (nothing
+ * moves on it while it waits).
+ */
+type WhileWaiting = (request: HttpServerRequest.HttpServerRequest) => Effect.Effect<void, never, Scope.Scope>
+
+const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<App, never, ServerStore> =>
   Effect.gen(function*() {
     const store = yield* ServerStore
     if (options.authToken !== undefined && Redacted.value(options.authToken).length === 0) {
@@ -144,6 +185,19 @@ export const make = (options: Options = {}): Effect.Effect<
       return yield* Effect.dieMessage(`SyncServer: maxBodyBytes must be an integer >= ${WalFrame.FRAME_SIZE}`)
     }
     const maxPushFrames = Math.floor(maxBodyBytes / WalFrame.FRAME_SIZE)
+    const maxWaitSeconds = options.maxWaitSeconds ?? SyncProtocol.DEFAULT_MAX_WAIT_SECONDS
+    if (!Number.isSafeInteger(maxWaitSeconds) || maxWaitSeconds < 0 || maxWaitSeconds > SyncProtocol.MAX_WAIT_SECONDS_LIMIT) {
+      return yield* Effect.dieMessage(
+        `SyncServer: maxWaitSeconds must be an integer from 0 to ${SyncProtocol.MAX_WAIT_SECONDS_LIMIT}`
+      )
+    }
+    const maxWaitingPulls = options.maxWaitingPulls ?? DEFAULT_MAX_WAITING_PULLS
+    if (!Number.isSafeInteger(maxWaitingPulls) || maxWaitingPulls < 0) {
+      return yield* Effect.dieMessage("SyncServer: maxWaitingPulls must be an integer >= 0")
+    }
+    // Waiting pulls of this server: counted for the cap and `/metrics`, ended at once by `shutdown`.
+    const waits = { waiting: 0, closing: false }
+    const closing = yield* Deferred.make<void>()
 
     // Every answer that comes from a database names it, so a client can tell a database restored or
     // recreated under the same name from the one it synced with. The id is read before the request's
@@ -164,7 +218,9 @@ export const make = (options: Options = {}): Effect.Effect<
         current_generation: result.generation,
         max_frame_no: result.maxFrameNo,
         max_pull_frames: store.maxPullFrames,
-        extensions: [SyncProtocol.EXTENSION_SNAPSHOT],
+        ...(maxWaitSeconds > 0
+          ? { extensions: [SyncProtocol.EXTENSION_SNAPSHOT, SyncProtocol.EXTENSION_WAIT], max_wait_seconds: maxWaitSeconds }
+          : { extensions: [SyncProtocol.EXTENSION_SNAPSHOT] }),
         ...(id === undefined ? {} : { database_id: id })
       }
       const response = json(body)
@@ -225,26 +281,72 @@ export const make = (options: Options = {}): Effect.Effect<
       const { database, params } = yield* databaseParam
       const { end, generation, start } = yield* range(params)
       const capped = Math.min(end, start + store.maxPullFrames)
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const log = yield* RequestLog
+      // Without the extension the preference is ignored, as RFC 7240 has servers do.
+      const asked = maxWaitSeconds === 0 ? undefined : SyncProtocol.parsePreferWait(request.headers[SyncProtocol.HEADER_PREFER])
+      const granted = asked === undefined || waits.closing || waits.waiting >= maxWaitingPulls
+        ? 0
+        : Math.min(asked, maxWaitSeconds)
+      // The wait granted: 0 also when the pull turned out to be one that could not wait after all.
+      const applied = (response: HttpServerResponse.HttpServerResponse) =>
+        asked === undefined ? response : HttpServerResponse.setHeader(
+          response,
+          SyncProtocol.HEADER_PREFERENCE_APPLIED,
+          SyncProtocol.formatWait(log.waitRefused ? 0 : granted)
+        )
       const stamp = yield* identify(database, "pull")
       // 503, never 500, on this route: the libSQL client reads a 500 here as "checkpoint needed".
-      const result = yield* store.pull(database, generation, start, capped).pipe(Effect.catchAll(storeFailure("pull")))
+      const result = yield* waitingPull.pull(
+        store,
+        database,
+        generation,
+        start,
+        capped,
+        granted * 1000,
+        guardWait(log, request)
+      ).pipe(
+        Effect.catchAll(storeFailure("pull"))
+      )
       if (result._tag === "CheckpointNeeded") {
-        const log = yield* RequestLog
         log.outcome = "checkpoint_needed"
-        return stamp(
+        return applied(stamp(
           json({ status: "checkpoint_needed", generation: result.generation, max_frame_no: result.maxFrameNo }, 400)
-        )
+        ))
       }
       if (result.frames.length === 0) {
         // An empty 200 is an error to clients; the store promised CheckpointNeeded instead.
         return yield* Effect.dieMessage("ServerStore.pull returned no frames")
       }
       const body = WalFrame.encodeWire(result.frames)
-      const log = yield* RequestLog
       log.frames = result.frames.length
       log.bytes = body.byteLength
-      return stamp(HttpServerResponse.uint8Array(body, { contentType: "application/octet-stream" }))
+      return applied(stamp(HttpServerResponse.uint8Array(body, { contentType: "application/octet-stream" })))
     })
+
+    // A wait is counted while it lasts (a client that hangs up interrupts it, which ends the count), ends
+    // at once on shutdown, and is skipped when the server already holds `maxWaitingPulls` of them.
+    const guardWait = (log: Context.Tag.Service<RequestLog>, request: HttpServerRequest.HttpServerRequest) =>
+    (
+      wait: Effect.Effect<void, StoreError>
+    ) =>
+      Effect.suspend(() => {
+        if (waits.closing || waits.waiting >= maxWaitingPulls) {
+          log.waitRefused = true
+          return Effect.void
+        }
+        waits.waiting++
+        const during = whileWaiting === undefined ? wait : Effect.scoped(Effect.zipRight(whileWaiting(request), wait))
+        return Effect.raceFirst(during, Deferred.await(closing)).pipe(
+          Effect.timed,
+          Effect.map(([duration]) => {
+            log.waited = Duration.toSeconds(duration)
+          }),
+          Effect.ensuring(Effect.sync(() => {
+            waits.waiting--
+          }))
+        )
+      })
 
     const push = (route: string) =>
       Effect.gen(function*() {
@@ -327,6 +429,7 @@ export const make = (options: Options = {}): Effect.Effect<
         yield* Metric.set(serverMetrics.databases, stats.value.databases)
         yield* Metric.set(serverMetrics.openBatons, stats.value.openBatons)
       }
+      yield* Metric.set(serverMetrics.waitingPulls, waits.waiting)
       const text = serverMetrics.renderPrometheus(yield* Metric.snapshot)
       return HttpServerResponse.text(text, { contentType: "text/plain; version=0.0.4; charset=utf-8" })
     })
@@ -361,7 +464,12 @@ export const make = (options: Options = {}): Effect.Effect<
       )
     })
 
-    return Effect.gen(function*() {
+    const shutdown = Effect.suspend(() => {
+      waits.closing = true
+      return Deferred.succeed(closing, undefined)
+    })
+
+    const handler = Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
       const started = yield* Clock.currentTimeNanos
       const log: Context.Tag.Service<RequestLog> = {
@@ -371,7 +479,9 @@ export const make = (options: Options = {}): Effect.Effect<
         bytes: 0,
         outcome: undefined,
         error: undefined,
-        detail: undefined
+        detail: undefined,
+        waited: 0,
+        waitRefused: false
       }
       return yield* dispatch.pipe(
         Effect.catchAll((failure) => {
@@ -405,6 +515,7 @@ export const make = (options: Options = {}): Effect.Effect<
             if (log.outcome !== undefined) annotations.outcome = log.outcome
             if (log.error !== undefined) annotations.error = log.error
             if (log.detail !== undefined) annotations.detail = log.detail
+            if (log.waited > 0) annotations.waited_ms = Math.round(log.waited * 1000)
             const line = status >= 500 ? Effect.logError("request") : Effect.logInfo("request")
             yield* Effect.annotateLogs(line, annotations)
             yield* recordMetrics(log, status, Number(ended - started) / 1e9)
@@ -412,6 +523,7 @@ export const make = (options: Options = {}): Effect.Effect<
         )
       )
     })
+    return { handler, shutdown } satisfies App
   })
 
 /**
@@ -421,7 +533,12 @@ export const make = (options: Options = {}): Effect.Effect<
  * @category layers
  */
 export const layer = (options: Options = {}): Layer.Layer<never, never, HttpServer.HttpServer | ServerStore> =>
-  Layer.unwrapEffect(Effect.map(make(options), (app) => HttpServer.serve(app)))
+  Layer.scopedDiscard(Effect.gen(function*() {
+    const app = yield* makeApp(options)
+    yield* HttpServer.serveEffect(app.handler)
+    // Added last, so run first: waiting pulls answer before the server stops serving.
+    yield* Effect.addFinalizer(() => app.shutdown)
+  }))
 
 /**
  * Options of `layerNode`: the protocol's, where to listen, and how long a request may take to arrive.
@@ -460,16 +577,27 @@ export const layerNode = (options: NodeOptions = {}): Layer.Layer<HttpServer.Htt
     // The drain is the last finalizer added, so it runs first: before the routes are removed and before
     // the store (built earlier) closes under requests still using it.
     const serving = Layer.scopedDiscard(Effect.gen(function*() {
-      const app = yield* make(options)
+      // The connection of a waiting pull is idle by design: the socket timeout is lifted while it waits.
+      const app = yield* makeApp(options, (request) => {
+        const socket = NodeHttpServerRequest.toIncomingMessage(request).socket
+        return Effect.acquireRelease(
+          Effect.sync(() => socket.setTimeout(0)),
+          () => Effect.sync(() => socket.setTimeout(node?.timeout ?? nodeHttpGuard.DEFAULT_SOCKET_TIMEOUT_MS))
+        )
+      })
       let handling = 0
       const counted = Effect.acquireUseRelease(
         Effect.sync(() => handling++),
-        () => app,
+        () => app.handler,
         () => Effect.sync(() => handling--)
       )
       yield* HttpServer.serveEffect(counted)
+      // Waiting pulls are answered first (what is there): a drain would otherwise wait out their waits.
       yield* Effect.addFinalizer(() =>
-        node === undefined ? Effect.void : Effect.promise(() => node!.drain(shutdownTimeoutMs, () => handling))
+        Effect.zipRight(
+          app.shutdown,
+          node === undefined ? Effect.void : Effect.promise(() => node!.drain(shutdownTimeoutMs, () => handling))
+        )
       )
     }))
     return serving.pipe(

@@ -120,7 +120,7 @@ describe("effect-sqlite-sync serve", () => {
       expect(refused.status).toBe(401)
       expect(H.json(refused).error).toBe("unauthorized")
       const ok = yield* promise(() => H.request(server.url, { path: "/db/a/info", headers: H.auth("cli-secret") }))
-      expect(H.json(ok)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"], database_id: expect.any(String) })
+      expect(H.json(ok)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot", "wait"], max_wait_seconds: 30, database_id: expect.any(String) })
       // Log lines are written after the response; give the child a moment to flush stderr.
       yield* promise(() => new Promise((r) => setTimeout(r, 300)))
       const lines = server.stderr().trim().split("\n").map((line) => JSON.parse(line))
@@ -136,7 +136,8 @@ describe("effect-sqlite-sync serve", () => {
       const cases = [
         [["--generation-growth", "0"], "--generation-growth must be a number above 0, or 'never'"],
         [["--keep-generations-for", "5x"], "--keep-generations-for must be a duration such as 90s, 30m, 1h or 7d"],
-        [["--max-pull-frames", "0"], "--max-pull-frames must be from 1 to 16384"]
+        [["--max-pull-frames", "0"], "--max-pull-frames must be from 1 to 16384"],
+        [["--max-pull-wait", "-1"], "--max-pull-wait must be from 0 to 240 seconds"]
       ] as const
       for (const [args, message] of cases) {
         const result = yield* promise(() => runBin(["serve", "--data", "/nonexistent-never-created", ...args]))
@@ -180,7 +181,7 @@ describe("effect-sqlite-sync serve", () => {
       expect(server.child.spawnargs.join(" ")).not.toContain("env-secret")
       expect((yield* promise(() => H.request(server.url, { path: "/db/a/info" }))).status).toBe(401)
       const ok = yield* promise(() => H.request(server.url, { path: "/db/a/info", headers: H.auth("env-secret") }))
-      expect(H.json(ok)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"], database_id: expect.any(String) })
+      expect(H.json(ok)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot", "wait"], max_wait_seconds: 30, database_id: expect.any(String) })
     }), 120_000)
 
   it.live("--help has no colour codes when stdout is not a terminal, and with NO_COLOR", () =>

@@ -1505,6 +1505,48 @@ describe("ServerStore.layerPostgres: two stores on one schema", () => {
         expect(Buffer.compare(yield* materialize(a, "db"), replica.checkpoint())).toBe(0)
       })))
 
+  // A store that did not take the last commits builds the committed head from the base and the frames,
+  // read a batch at a time: a transaction cut by a batch boundary must still be applied whole, both for
+  // the commit check and for the base of a roll.
+  const pastOneBatch = (a: Store) =>
+    Effect.gen(function*() {
+      const { replica } = yield* seeded(a, "db", 1)
+      let pushed = 0
+      let straddles = false
+      for (let round = 0; pushed <= 1100; round++) {
+        bigTransaction(replica, 90, `r${round}`)
+        const fresh = replica.frames().slice(pushed)
+        if (pushed < 1024 && pushed + fresh.length > 1024 && replica.frames()[1023].commitSize === 0) straddles = true
+        expect(yield* a.push("db", 1, pushed + 1, pushed + fresh.length + 1, fresh)).toMatchObject({ _tag: "Ok" })
+        pushed += fresh.length
+      }
+      expect(straddles).toBe(true)
+      return { replica, pushed }
+    })
+
+  it.scoped("the other store checks against the whole committed head when a transaction spans a read batch", () =>
+    twoStores({ generationGrowth: "never" }, (a, b) =>
+      Effect.gen(function*() {
+        const { pushed, replica } = yield* pastOneBatch(a)
+        const { frames } = bigTransaction(replica, 2, "b")
+        expect(yield* b.push("db", 1, pushed + 1, pushed + frames.length + 1, frames)).toMatchObject({ _tag: "Ok" })
+        expect(Buffer.compare(yield* materialize(a, "db"), replica.checkpoint())).toBe(0)
+      })))
+
+  it.scoped("a roll by the other store, check off, starts from the whole committed head", () =>
+    twoStores({ integrityCheck: "off", generationFrames: 1200 }, (a, b) =>
+      Effect.gen(function*() {
+        const { pushed, replica } = yield* pastOneBatch(a)
+        let last = pushed
+        while (last <= 1200) {
+          const { frames } = bigTransaction(replica, 30, `b${last}`)
+          expect(yield* b.push("db", 1, last + 1, last + frames.length + 1, frames)).toMatchObject({ _tag: "Ok" })
+          last += frames.length
+        }
+        expect(yield* a.info("db")).toEqual({ generation: 2, maxFrameNo: 0 })
+        expect(Buffer.compare(yield* a.exportGeneration("db", 2), replica.checkpoint())).toBe(0)
+      })))
+
   it.scoped("a generation rolls once, whichever store commits past the threshold", () =>
     twoStores({ generationFrames: 4 }, (a, b) =>
       Effect.gen(function*() {

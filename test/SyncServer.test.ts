@@ -1,4 +1,4 @@
-import { describe, expect, layer } from "@effect/vitest"
+import { describe, expect, inject, layer } from "@effect/vitest"
 import * as Config from "effect/Config"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Context from "effect/Context"
@@ -14,6 +14,7 @@ import * as SyncProtocol from "../src/SyncProtocol.js"
 import * as SyncServer from "../src/SyncServer.js"
 import * as WalFrame from "../src/WalFrame.js"
 import * as H from "./support/http.js"
+import { freshSchema, suiteDatabase } from "./support/postgres.js"
 
 const TOKEN = "test-token-\u00e9-1"
 const MAX_FRAMES = 64
@@ -26,15 +27,31 @@ interface LogLine {
 }
 
 class TestServer extends Context.Tag("test/TestServer")<TestServer, {
+  /** The server's URL; over PostgreSQL, each read of it names the other of the two instances. */
   readonly base: string
+  /** Every instance's URL (two over PostgreSQL). */
+  readonly bases: ReadonlyArray<string>
   readonly dir: string | undefined
   readonly lines: Array<LogLine>
 }>() {}
 
-const storeLayer = (kind: "memory" | "disk", directory: string, options: ServerStore.Options) =>
-  kind === "memory" ? ServerStore.layerMemory(options) : ServerStore.layer({ ...options, directory })
+type Kind = "memory" | "disk" | "postgres"
 
-const serverLayer = (kind: "memory" | "disk", storeOptions: ServerStore.Options = {}) =>
+/**
+ * `postgres`: two servers, each with a store of its own on one PostgreSQL schema (as two `serve`
+ * processes would be), and every request goes to the other one than the last: no sticky sessions.
+ */
+const storeLayer = (kind: Kind, directory: string, options: ServerStore.Options, schema: string) =>
+  kind === "memory"
+    ? ServerStore.layerMemory(options)
+    : kind === "disk"
+    ? ServerStore.layer({ ...options, directory })
+    : Layer.unwrapEffect(Effect.map(
+      Effect.promise(() => suiteDatabase(inject("postgresUrl"), "sync_server")),
+      (url) => ServerStore.layerPostgres({ ...options, url, schema })
+    ))
+
+const serverLayer = (kind: Kind, storeOptions: ServerStore.Options = {}) =>
   Layer.unwrapScoped(Effect.gen(function*() {
     const dir = yield* Effect.acquireRelease(
       Effect.sync(() => H.tempDir(`server-${kind}`)),
@@ -44,16 +61,26 @@ const serverLayer = (kind: "memory" | "disk", storeOptions: ServerStore.Options 
     const capture = Logger.make<unknown, void>(({ annotations, logLevel, message }) => {
       lines.push({ message, level: logLevel.label, annotations: Object.fromEntries(HashMap.toEntries(annotations)) })
     })
-    return Layer.effect(
-      TestServer,
-      Effect.map(SyncServer.baseUrl, (base) => ({ base, dir: kind === "disk" ? dir : undefined, lines }))
-    ).pipe(
-      Layer.provide(
-        SyncServer.layerNode({ port: 0, authToken: Redacted.make(TOKEN), maxBodyBytes: MAX_FRAMES * FRAME })
+    const schema = freshSchema("sync_server")
+    const instance = Effect.flatMap(
+      Layer.build(
+        SyncServer.layerNode({ port: 0, authToken: Redacted.make(TOKEN), maxBodyBytes: MAX_FRAMES * FRAME }).pipe(
+          Layer.provide(storeLayer(kind, dir, storeOptions, schema)),
+          Layer.provide(Logger.replace(Logger.defaultLogger, capture))
+        )
       ),
-      Layer.provide(storeLayer(kind, dir, storeOptions)),
-      Layer.provide(Logger.replace(Logger.defaultLogger, capture))
+      (context) => Effect.provide(SyncServer.baseUrl, context)
     )
+    const bases = kind === "postgres" ? [yield* instance, yield* instance] : [yield* instance]
+    let next = 0
+    return Layer.succeed(TestServer, {
+      get base() {
+        return bases[next++ % bases.length]
+      },
+      bases,
+      dir: kind === "disk" ? dir : undefined,
+      lines
+    })
   }))
 
 const authed = H.auth(TOKEN)
@@ -83,7 +110,7 @@ const replicaOf = (name: string) =>
     (replica) => Effect.sync(() => replica.close())
   )
 
-const suite = (kind: "memory" | "disk") =>
+const suite = (kind: Kind) =>
   layer(serverLayer(kind), { excludeTestServices: true })(`SyncServer over the ${kind} store`, (it) => {
     describe("protocol", () => {
       it.effect("a new database is at generation 1 with the one-page WAL-mode base, and a pull at the head says so", () =>
@@ -91,7 +118,7 @@ const suite = (kind: "memory" | "disk") =>
           const info = yield* call({ path: "/db/fresh/info" })
           expect(info.status).toBe(200)
           expect(info.headers["content-type"]).toContain("application/json")
-          expect(H.json(info)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"], database_id: expect.any(String) })
+          expect(H.json(info)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot", "wait"], max_wait_seconds: 30, database_id: expect.any(String) })
           const base = yield* call({ path: "/db/fresh/export/1" })
           expect(base.status).toBe(200)
           expect(base.headers["content-type"]).toBe("application/octet-stream")
@@ -167,6 +194,38 @@ const suite = (kind: "memory" | "disk") =>
           expect(db.prepare("SELECT count(*) AS n FROM big").get()).toEqual({ n: 20 })
           db.close()
         }))
+
+      if (kind === "postgres") {
+        it.scoped("a baton transaction goes on whichever instance each request reaches; both then serve the commit", () =>
+          Effect.gen(function*() {
+            const { bases } = yield* TestServer
+            const replica = yield* replicaOf("crossing")
+            const frames = replica.write(
+              "BEGIN; CREATE TABLE big(b BLOB); WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 20) INSERT INTO big SELECT randomblob(3000) FROM s; COMMIT;"
+            )
+            const parts = [frames.slice(0, 4), frames.slice(4, 8), frames.slice(8)]
+            expect(WalFrame.committedLength(parts[1])).toBe(0)
+            let baton: string | undefined
+            let start = 1
+            for (const [i, part] of parts.entries()) {
+              const path = `/db/crossing/sync/1/${start}/${start + part.length}${baton === undefined ? "" : `/${baton}`}`
+              const res = yield* Effect.promise(() =>
+                H.request(bases[i % 2], { method: "POST", path, headers: authed, body: WalFrame.encodeWire(part) })
+              )
+              expect(H.json(res)).toMatchObject({ status: "ok", max_frame_no: start + part.length - 1 })
+              baton = H.json(res).baton
+              start += part.length
+            }
+            expect(baton).toBeUndefined()
+            for (const base of bases) {
+              const snap = yield* Effect.promise(() => H.snapshot(base, "crossing", TOKEN))
+              expect(snap.frames.length).toBe(frames.length)
+              const db = H.open(snap.file)
+              expect(db.prepare("SELECT count(*) AS n FROM big").get()).toEqual({ n: 20 })
+              db.close()
+            }
+          }))
+      }
 
       it.effect("every request logs exactly one line with database, route, status, frames and ms", () =>
         Effect.gen(function*() {
@@ -394,6 +453,7 @@ const suite = (kind: "memory" | "disk") =>
 
 suite("memory")
 suite("disk")
+suite("postgres")
 
 // A store that fails on purpose, to see how the routes map its failures (database name = the failure).
 const failingStore = Layer.succeed(ServerStore.ServerStore, {
@@ -405,7 +465,8 @@ const failingStore = Layer.succeed(ServerStore.ServerStore, {
   maxPullFrames: 1024,
   pull: (database) => failWith(database),
   push: (database) => failWith(database),
-  stats: Effect.suspend(() => failWith("Storage"))
+  stats: Effect.suspend(() => failWith("Storage")),
+  awaitChange: (database) => failWith(database)
 })
 const failWith = (database: string): Effect.Effect<never, ServerStore.StoreError> =>
   database === "defect"
@@ -423,7 +484,7 @@ layer(
     const capture = Logger.make<unknown, void>(({ annotations, logLevel, message }) => {
       lines.push({ message, level: logLevel.label, annotations: Object.fromEntries(HashMap.toEntries(annotations)) })
     })
-    return Layer.effect(TestServer, Effect.map(SyncServer.baseUrl, (base) => ({ base, dir: undefined, lines }))).pipe(
+    return Layer.effect(TestServer, Effect.map(SyncServer.baseUrl, (base) => ({ base, bases: [base], dir: undefined, lines }))).pipe(
       Layer.provide(SyncServer.layerNode({ port: 0, authToken: Redacted.make(TOKEN) })),
       Layer.provide(failingStore),
       Layer.provide(Logger.replace(Logger.defaultLogger, capture))
@@ -559,7 +620,8 @@ layer(serverLayer("disk", { generationFrames: 6, maxPullFrames: 3 }), { excludeT
           current_generation: 1,
           max_frame_no: 0,
           max_pull_frames: 3,
-          extensions: ["snapshot"],
+          extensions: ["snapshot", "wait"],
+          max_wait_seconds: 30,
           database_id: expect.any(String)
         })
         // The snapshot carries the database's identity like every answer from the database.
@@ -664,7 +726,7 @@ layer(serverLayer("disk", { generationFrames: 1, keepGenerations: 1, batonIdleMs
 })
 
 layer(
-  Layer.effect(TestServer, Effect.map(SyncServer.baseUrl, (base) => ({ base, dir: undefined, lines: [] }))).pipe(
+  Layer.effect(TestServer, Effect.map(SyncServer.baseUrl, (base) => ({ base, bases: [base], dir: undefined, lines: [] }))).pipe(
     Layer.provide(
       SyncServer.layerConfig({
         host: Config.string("SYNC_HOST"),
@@ -685,6 +747,6 @@ layer(
       const { base } = yield* TestServer
       expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
       expect((yield* call({ path: "/db/cfg/info", anonymous: true })).status).toBe(401)
-      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot"], database_id: expect.any(String) })
+      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot", "wait"], max_wait_seconds: 30, database_id: expect.any(String) })
     }))
 })

@@ -37,7 +37,13 @@ const freePort = (): Promise<number> =>
  * Starts a cluster. `durable: false` (tests) turns fsync off: the tests kill server processes, never
  * PostgreSQL itself, so they lose nothing by it. Benchmarks keep PostgreSQL's durable defaults.
  */
-export const startPostgres = async (options: { readonly durable?: boolean } = {}): Promise<PostgresServer> => {
+export const startPostgres = async (
+  options: {
+    readonly durable?: boolean
+    /** More `-c name=value` settings (a benchmark's `shared_preload_libraries=pg_stat_statements`). */
+    readonly settings?: ReadonlyArray<string>
+  } = {}
+): Promise<PostgresServer> => {
   // Readable by the postgres user, which runs the server: not the 0700 of mkdtemp's parent in some setups.
   const root = Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-sqlite-sync-pg-"))
   Fs.chmodSync(root, 0o755)
@@ -62,7 +68,8 @@ export const startPostgres = async (options: { readonly durable?: boolean } = {}
       "-c", "listen_addresses=127.0.0.1",
       "-c", "unix_socket_directories=",
       "-c", "max_connections=300",
-      ...(options.durable === true ? [] : ["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off"])
+      ...(options.durable === true ? [] : ["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off"]),
+      ...(options.settings ?? []).flatMap((setting) => ["-c", setting])
     ]
   })
   try {

@@ -32,6 +32,8 @@ export const spawnServer = (
     readonly gid?: number
     /** Added to this process's environment. */
     readonly env?: Record<string, string>
+    /** Options for node itself, before the script (say `--cpu-prof`). */
+    readonly nodeArgs?: ReadonlyArray<string>
   } = {}
 ): Promise<ServerProcess> =>
   new Promise((resolve, reject) => {
@@ -40,7 +42,7 @@ export const spawnServer = (
       ...(args.includes("--port") || options.env?.PORT !== undefined ? [] : ["--port", "0"])
     ]
     const logFd = options.stderrFile === undefined ? undefined : Fs.openSync(options.stderrFile, "a")
-    const child = ChildProcess.spawn(process.execPath, [BIN, "serve", ...defaults, ...args], {
+    const child = ChildProcess.spawn(process.execPath, [...(options.nodeArgs ?? []), BIN, "serve", ...defaults, ...args], {
       stdio: ["ignore", "pipe", logFd ?? "pipe"],
       ...(options.uid === undefined ? {} : { uid: options.uid, gid: options.gid ?? options.uid }),
       ...(options.env === undefined ? {} : { env: { ...process.env, ...options.env } })

@@ -124,7 +124,7 @@ const observe = (i: Instruments, remote: SyncRemote.Service): SyncRemote.Service
   info: online(i, remote.info),
   snapshot: online(i, remote.snapshot),
   export: (generation) => online(i, remote.export(generation)),
-  pull: (generation, start, end) => online(i, remote.pull(generation, start, end)),
+  pull: (generation, start, end, options) => online(i, remote.pull(generation, start, end, options)),
   push: (generation, start, end, frames, baton) => online(i, remote.push(generation, start, end, frames, baton))
 })
 

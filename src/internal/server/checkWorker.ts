@@ -1,7 +1,8 @@
 /**
- * Runs the disk store's malformed-database check on a worker thread. The check reads the whole
- * database (about 1 ms of CPU per MB), and better-sqlite3 is synchronous: on the main thread it would
- * stall every other request of the server, for every database, while one push is checked.
+ * Runs the stores' malformed-database check on a worker thread: on a database file (the disk store's
+ * head.db and its WAL) or on a database image held in memory (the PostgreSQL store's head). The check
+ * reads the whole database (about 1 ms of CPU per MB), and better-sqlite3 is synchronous: on the main
+ * thread it would stall every other request of the server, for every database, while one push is checked.
  *
  * The worker is plain JavaScript given as source (`eval`), so it runs the same under tsx, vitest and
  * compiled code, and loads the better-sqlite3 that this module resolves.
@@ -18,13 +19,21 @@ const WORKER_SOURCE = `
 const { parentPort, workerData } = require("node:worker_threads")
 const Database = require(workerData.betterSqlite3)
 const corrupt = (e) => e && typeof e.code === "string" && (e.code.startsWith("SQLITE_CORRUPT") || e.code.startsWith("SQLITE_NOTADB"))
-parentPort.on("message", ({ id, file, plan }) => {
+parentPort.on("message", ({ id, file, image, plan }) => {
   // The connection is closed before the answer goes out: the store checkpoints head.db right after an
   // ok, and a reader still open here would make that checkpoint busy.
   let reply
   let db
   try {
-    db = new Database(file, { readonly: true, fileMustExist: true })
+    if (image !== undefined) {
+      // A WAL-mode header (bytes 18/19 = 2) cannot be deserialized; the content reads the same in rollback
+      // mode. The image is this thread's own copy.
+      const bytes = Buffer.from(image.buffer, image.byteOffset, image.byteLength)
+      if (bytes.byteLength >= 20) { bytes[18] = 1; bytes[19] = 1 }
+      db = new Database(bytes)
+    } else {
+      db = new Database(file, { readonly: true, fileMustExist: true })
+    }
     let problem = null
     for (const pragma of plan) {
       const messages = db.pragma(pragma).map((row) => String(Object.values(row)[0]))
@@ -50,6 +59,8 @@ export interface Checker {
    * when none finds anything wrong.
    */
   readonly check: (file: string, plan: CheckPlan) => Effect.Effect<string | undefined, Error>
+  /** The same verdict on a database image held in memory (copied to the worker; `image` is not changed). */
+  readonly checkImage: (image: Uint8Array, plan: CheckPlan) => Effect.Effect<string | undefined, Error>
 }
 
 /** One worker for the whole store, started on first use and stopped with the scope. */
@@ -97,22 +108,25 @@ export const make: Effect.Effect<Checker, never, Scope.Scope> = Effect.gen(funct
     })
   )
 
+  const send = (message: { readonly file?: string; readonly image?: Uint8Array; readonly plan: CheckPlan }) =>
+    Effect.suspend(() => {
+      const deferred = Deferred.unsafeMake<string | undefined, Error>(FiberId.none)
+      const id = nextId++
+      waiting.set(id, deferred)
+      try {
+        const w = start()
+        // Held only while a check is out, so an idle worker never keeps the process alive.
+        w.ref()
+        w.postMessage({ id, ...message })
+      } catch (error) {
+        waiting.delete(id)
+        return Effect.fail(error instanceof Error ? error : new Error(String(error)))
+      }
+      return Deferred.await(deferred)
+    })
+
   return {
-    check: (file, plan) =>
-      Effect.suspend(() => {
-        const deferred = Deferred.unsafeMake<string | undefined, Error>(FiberId.none)
-        const id = nextId++
-        waiting.set(id, deferred)
-        try {
-          const w = start()
-          // Held only while a check is out, so an idle worker never keeps the process alive.
-          w.ref()
-          w.postMessage({ id, file, plan })
-        } catch (error) {
-          waiting.delete(id)
-          return Effect.fail(error instanceof Error ? error : new Error(String(error)))
-        }
-        return Deferred.await(deferred)
-      })
+    check: (file, plan) => send({ file, plan }),
+    checkImage: (image, plan) => (plan.length === 0 ? Effect.succeed(undefined) : send({ image, plan }))
   }
 })

@@ -26,9 +26,20 @@ import * as Deferred from "effect/Deferred"
 import * as FiberId from "effect/FiberId"
 import type * as Scope from "effect/Scope"
 import * as crypto from "node:crypto"
-import type { Body, Options, PullResult, PushResult, Service, Snapshot, StoreStats } from "../../ServerStore.js"
+import * as Duration from "effect/Duration"
+import type {
+  Body,
+  DatabaseInfo,
+  Options,
+  PullResult,
+  PushResult,
+  Service,
+  Snapshot,
+  StoreStats
+} from "../../ServerStore.js"
 import { isDatabaseName, MAX_FRAMES_PER_REQUEST } from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
+import * as CommitNotify from "./commitNotify.js"
 import * as ServerBody from "./serverBody.js"
 import { StoreError } from "./storeError.js"
 import { checkHeaderFrames, emptyWalBase } from "./sqliteImage.js"
@@ -121,6 +132,9 @@ export interface StoredState extends StoredSession {
   readonly generations: ReadonlyArray<GenerationRecord>
   /** The current generation's frame numbers answered Ok while pending. */
   readonly ackedPending: ReadonlyArray<number>
+  /** Pages of the current generation's committed head and of its base, when the backend read them with the rest. */
+  readonly headPages?: number | undefined
+  readonly basePages?: number | undefined
 }
 
 /** Storage several server processes use at once (see the module comment). */
@@ -148,6 +162,17 @@ export interface Backend {
   readonly open: (name: string, emptyBase: Uint8Array) => Effect.Effect<DatabaseBackend, StoreError>
   /** Counts from storage, when other processes share it (the core counts its own handles otherwise). */
   readonly stats?: Effect.Effect<StoreStats, StoreError> | undefined
+  /**
+   * Present when other processes commit to the same storage: runs for the store's life and reports
+   * their commits to `notifier` (the store reports its own). `head` reads a database's committed head,
+   * for when reports may be missing.
+   */
+  readonly watchCommits?:
+    | ((
+      notifier: CommitNotify.CommitNotifier,
+      head: (database: string) => Effect.Effect<DatabaseInfo, StoreError>
+    ) => Effect.Effect<void, never, Scope.Scope>)
+    | undefined
 }
 
 /** The store options the protocol core reads: the public `ServerStore.Options`, documented there. */
@@ -303,6 +328,8 @@ interface Handle {
   basePages: number | undefined
   /** When each generation started, as far as known (ms); generations before this process use its start. */
   readonly startedAt: Map<number, number>
+  /** A push under the lock committed or rolled: waiting pulls are woken once its result is durable. */
+  moved: boolean
 }
 
 const fail = (reason: StoreError["reason"], message: string) => Effect.fail(new StoreError({ reason, message }))
@@ -381,6 +408,10 @@ const loadState = (h: Handle, state: StoredState) => {
   if (view.current !== h.current || view.lastFrames.get(view.current) !== h.lastFrames.get(h.current)) {
     h.headPages = undefined
   }
+  // Another process rolled: the base the growth rule compares with is the new generation's.
+  if (view.current !== h.current) h.basePages = undefined
+  if (state.headPages !== undefined) h.headPages = state.headPages
+  if (state.basePages !== undefined) h.basePages = state.basePages
   h.current = view.current
   h.oldest = view.oldest
   h.lastFrames.clear()
@@ -441,6 +472,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     // The last finished baton of a database closed for being idle: a retry of its last request is still answered.
     const closedBatons = new Map<string, string>()
     yield* Effect.addFinalizer(() => Effect.forEach(opened.values(), (h) => h.backend.close, { discard: true }))
+    const notifier = CommitNotify.make()
 
     const openHandle = (name: string): Effect.Effect<Handle, StoreError> =>
       Effect.zip(backend.open(name, emptyBase), Clock.currentTimeMillis).pipe(
@@ -465,7 +497,8 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
             acked: new Set(db.ackedPending),
             headPages: undefined,
             basePages: undefined,
-            startedAt
+            startedAt,
+            moved: false
           }
         }),
         // A keepGenerations lowered between runs, or a crash between a roll and its drop, is settled here.
@@ -681,8 +714,10 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         // The head read here is a committed frame; frames at or below it never change. Only a roll that
         // drops the generation meanwhile can get in the way, and then the new current one is served.
         for (let attempt = 1;; attempt++) {
-          const generation = h.current
-          const frameNo = h.lastFrames.get(generation)!
+          // Shared storage: the head committed now, whichever process committed it.
+          const v = yield* viewFor(h)
+          const generation = v.current
+          const frameNo = v.lastFrames.get(generation)!
           const body = yield* openSnapshotAt(h, generation, frameNo).pipe(
             Effect.catchIf((e) => e.reason === "GenerationGone" && attempt < 3, () => Effect.succeed(undefined))
           )
@@ -762,6 +797,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         h.lastFrames.set(generation + 1, 0)
         h.startedAt.set(generation + 1, now)
         h.current = generation + 1
+        h.moved = true
         h.closedBaton = undefined
         h.acked.clear()
         h.headPages = baseBytes / WalFrame.PAGE_SIZE
@@ -927,6 +963,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         const result = yield* h.backend.commit(generation, head + 1, toCommit)
         if (Either.isLeft(result)) return yield* malformed(result.left)
         h.lastFrames.set(generation, head + committed)
+        h.moved = true
         h.headPages = toCommit[committed - 1].commitSize
         for (const n of h.acked) if (n < head + committed) h.acked.delete(n)
         if (rest.length > 0) {
@@ -985,8 +1022,45 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
                 h.session = undefined
               }))
             )
-          return h.lock.withPermits(1)(Effect.uninterruptible(locked))
+          return h.lock.withPermits(1)(Effect.uninterruptible(Effect.ensuring(locked, wakeWaiters(h))))
         })
+      })
+
+    // After the push's storage transaction ended: a shared backend's own listener reports the commit
+    // (with the head as committed, and only if it committed), so only the store's own head is told here.
+    const wakeWaiters = (h: Handle) =>
+      Effect.sync(() => {
+        if (!h.moved) return
+        h.moved = false
+        if (h.backend.shared === undefined) {
+          notifier.notify(h.name, { generation: h.current, maxFrameNo: h.lastFrames.get(h.current)! })
+        }
+      })
+
+    const awaitChange: Service["awaitChange"] = (database, generation, frameNo, timeout) =>
+      Effect.gen(function*() {
+        const deadline = (yield* Clock.currentTimeMillis) + Math.max(0, Duration.toMillis(Duration.decode(timeout)))
+        for (;;) {
+          // Registered before the head is read: a commit between the read and the wait still wakes it.
+          const woken = yield* Effect.acquireUseRelease(
+            Effect.sync(() => notifier.add(database, generation, frameNo)),
+            (waiter) =>
+              Effect.gen(function*() {
+                const head = yield* info(database)
+                if (CommitNotify.moved(head, generation, frameNo)) return head
+                const left = deadline - (yield* Clock.currentTimeMillis)
+                if (left <= 0) return head
+                const reported = yield* Deferred.await(waiter.woken).pipe(Effect.timeout(left), Effect.option)
+                if (reported._tag === "None") return head
+                // A head past the one seen is an answer; an unknown one is read again.
+                return reported.value !== undefined && CommitNotify.ahead(reported.value, generation, frameNo)
+                  ? reported.value
+                  : undefined
+              }),
+            (waiter) => Effect.sync(() => notifier.remove(waiter))
+          )
+          if (woken !== undefined) return woken
+        }
       })
 
     const stats: Service["stats"] = backend.stats ?? Effect.map(Clock.currentTimeMillis, (now) => {
@@ -997,7 +1071,9 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
       return { databases: known.size, openBatons }
     })
 
+    if (backend.watchCommits !== undefined) yield* backend.watchCommits(notifier, info)
+
     return {
-      info, databaseId, exportGeneration, openExport, snapshot, maxPullFrames, pull, push, stats
+      info, databaseId, exportGeneration, openExport, snapshot, maxPullFrames, pull, push, stats, awaitChange
     } satisfies Service
   })

@@ -53,6 +53,10 @@ export const openBatons = Metric.gauge(`${PREFIX}open_batons`, {
   description: "Transactions spanning requests that are open (baton sessions)"
 })
 
+export const waitingPulls = Metric.gauge(`${PREFIX}waiting_pulls`, {
+  description: "Pulls waiting for the next commit of their database (Prefer: wait)"
+})
+
 /** Records how long `effect` takes in `checkSeconds`. */
 export const timeCheck = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
   Effect.timed(effect).pipe(
