@@ -6,9 +6,9 @@
  * Timing assertions are one-sided and loose, for a loaded machine: a wake-up must come after its cause
  * and well before the wait would have run out (waits of 20 s, answers asserted under 10 s).
  */
+import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { describe, expect, inject, it } from "@effect/vitest"
-import Database from "better-sqlite3"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -24,7 +24,6 @@ import fc from "fast-check"
 import * as crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
-import * as Path from "node:path"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as Redacted from "effect/Redacted"
@@ -57,31 +56,14 @@ interface Writer {
 
 const writerFrom = (base: Uint8Array): Effect.Effect<Writer, never, Scope.Scope> =>
   Effect.map(
-    Effect.acquireRelease(
-      Effect.sync(() => {
-        const dir = H.tempDir("live-replica")
-        const file = Path.join(dir, "db.sqlite")
-        Fs.writeFileSync(file, base)
-        const db = new Database(file)
-        db.pragma("wal_autocheckpoint = 0")
-        return { dir, file, db }
-      }),
-      ({ db, dir }) =>
-        Effect.sync(() => {
-          db.close()
-          Fs.rmSync(dir, { recursive: true, force: true })
-        })
-    ),
-    ({ db, file }) => {
+    Effect.acquireRelease(Effect.sync(() => new H.Replica(base)), (replica) => Effect.sync(() => replica.close())),
+    (replica) => {
       let pushed = 0
       return {
         write: (sql) => {
-          db.exec(sql)
-          const wal = WalFrame.parse(new Uint8Array(Fs.readFileSync(`${file}-wal`)))
-          const all = Option.isSome(wal) ? wal.value.frames.map((f) => ({ ...f, page: f.page.slice() })) : []
+          const frames = replica.write(sql)
           const start = pushed + 1
-          const frames = all.slice(pushed)
-          pushed = all.length
+          pushed += frames.length
           return { start, frames }
         }
       }
@@ -325,7 +307,8 @@ const fast = Schedule.intersect(Schedule.spaced(10), Schedule.recurs(2))
 /** A server on a free loopback port over `store`, in a scope of its own (closed by `close`). */
 const startServer = (
   store: Layer.Layer<ServerStore.ServerStore, ServerStore.StoreError>,
-  options: SyncServer.NodeOptions = {}
+  options: SyncServer.NodeOptions = {},
+  logLevel: LogLevel.LogLevel = LogLevel.Error
 ) =>
   Effect.gen(function*() {
     const scope = yield* Scope.make()
@@ -333,7 +316,7 @@ const startServer = (
     const context = yield* Layer.buildWithScope(
       SyncServer.layerNode({ port: 0, ...options }).pipe(Layer.provideMerge(store)),
       scope
-    ).pipe(quiet)
+    ).pipe(Logger.withMinimumLogLevel(logLevel))
     const base = yield* Effect.provide(SyncServer.baseUrl, context)
     return {
       base,
@@ -508,6 +491,12 @@ for (const [label, makeStore] of httpStores) {
         expect(yield* gaugeReaches(server.base, 1)).toBe(1)
         socket.destroy()
         expect(yield* gaugeReaches(server.base, 0)).toBe(0)
+        // And the fetch-based client aborts its request the same way.
+        const viaFetch = yield* remote(server.url("abort")).pipe(Effect.provide(FetchHttpClient.layer))
+        const fetching = yield* Effect.fork(viaFetch.pull(1, 1, 129, { waitSeconds: WAIT_SECONDS }))
+        expect(yield* gaugeReaches(server.base, 1)).toBe(1)
+        yield* Fiber.interrupt(fetching)
+        expect(yield* gaugeReaches(server.base, 0)).toBe(0)
       }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
 
     it.scopedLive("shutdown answers waiting pulls at once (checkpoint_needed) instead of waiting them out", () =>
@@ -642,6 +631,94 @@ describe("waiting pulls: two servers on one PostgreSQL, the CLI, the in-process 
       const now = yield* timed(off.pull(1, write.frames.length + 1, write.frames.length + 2, { waitSeconds: WAIT_SECONDS }))
       expect(now.value._tag).toBe("CheckpointNeeded")
       expect(now.ms).toBeLessThan(WELL_BEFORE_MS)
+    }))
+})
+
+describe("the client asks to wait only a server that offers it", () => {
+  /** A server answering `/info` with `info` and every pull with checkpoint_needed; it records each pull's `Prefer`. */
+  const scripted = (info: Record<string, unknown>) =>
+    Effect.acquireRelease(
+      Effect.promise(() =>
+        new Promise<{ base: string; prefer: Array<string | undefined>; infos: () => number; server: Http.Server }>((resolve) => {
+          const prefer: Array<string | undefined> = []
+          let infos = 0
+          const server = Http.createServer((req, res) => {
+            res.setHeader("content-type", "application/json")
+            if (req.url!.endsWith("/info")) {
+              infos++
+              res.end(JSON.stringify(info))
+              return
+            }
+            const value = req.headers.prefer
+            prefer.push(Array.isArray(value) ? value.join(", ") : value)
+            res.statusCode = 400
+            res.end(JSON.stringify({ status: "checkpoint_needed", generation: 1, max_frame_no: 0 }))
+          })
+          server.listen(0, "127.0.0.1", () => {
+            const port = (server.address() as { port: number }).port
+            resolve({ base: `http://127.0.0.1:${port}/db/x`, prefer, infos: () => infos, server })
+          })
+        })
+      ),
+      ({ server }) =>
+        Effect.sync(() => {
+          server.closeAllConnections()
+          server.close()
+        })
+    )
+
+  it.scopedLive("no wait offered: no header; offered: the header, cut to the server's maximum; not yet known: /info is asked once first", () =>
+    Effect.gen(function*() {
+      const plain = yield* scripted({ current_generation: 1, extensions: ["snapshot"] })
+      const a = yield* remote(plain.base)
+      yield* a.pull(1, 1, 129, { waitSeconds: 20 })
+      yield* a.pull(1, 1, 129, { waitSeconds: 20 })
+      expect(plain.infos()).toBe(1)
+      expect(plain.prefer).toEqual([undefined, undefined])
+
+      const waits = yield* scripted({ current_generation: 1, extensions: ["snapshot", "wait"], max_wait_seconds: 5 })
+      const b = yield* remote(waits.base)
+      yield* b.pull(1, 1, 129, { waitSeconds: 20 })
+      yield* b.pull(1, 1, 129, { waitSeconds: 2.5 })
+      yield* b.pull(1, 1, 129)
+      expect(waits.infos()).toBe(1)
+      expect(waits.prefer).toEqual(["wait=5", "wait=2", undefined])
+      // A pull without a wait never asks /info.
+      const fresh = yield* scripted({ current_generation: 1, extensions: ["wait"], max_wait_seconds: 5 })
+      yield* (yield* remote(fresh.base)).pull(1, 1, 129)
+      expect(fresh.infos()).toBe(0)
+      expect(fresh.prefer).toEqual([undefined])
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
+})
+
+describe("waiting pulls: logs and metrics", () => {
+  it.scopedLive("a waited pull logs waited_ms, and its wait is not serving time in pull_seconds", () =>
+    Effect.gen(function*() {
+      const lines: Array<Record<string, unknown>> = []
+      const capture = Logger.make(({ annotations, message }) => {
+        if (Array.isArray(message) ? message[0] === "request" : message === "request") lines.push(Object.fromEntries(annotations))
+      })
+      const server = yield* startServer(ServerStore.layerMemory(), {}, LogLevel.Info).pipe(
+        Effect.provide(Logger.replace(Logger.defaultLogger, capture))
+      )
+      const metric = (text: string, series: string) => {
+        const match = new RegExp(`^${series.replace(/[{}.+"]/g, "\\$&")} (\\d+)$`, "m").exec(text)
+        return match === null ? 0 : Number(match[1])
+      }
+      const metrics = Effect.promise(async () => (await H.request(server.base, { path: "/metrics" })).body.toString("utf8"))
+      const before = yield* metrics
+      const waited = yield* timed(rawPull(server.base, "/db/logged/sync/1/1/129", 3))
+      expect(waited.ms).toBeGreaterThanOrEqual(2_900)
+      const after = yield* metrics
+      const within = `effect_sqlite_sync_pull_seconds_bucket{le="2.048"}`
+      const all = `effect_sqlite_sync_pull_seconds_count`
+      expect(metric(after, all) - metric(before, all)).toBe(1)
+      expect(metric(after, within) - metric(before, within)).toBe(1)
+      yield* Effect.sleep("200 millis")
+      const line = lines.find((l) => l.route === "GET /sync/{G}/{start}/{end}")
+      expect(line).toMatchObject({ database: "logged", status: 400, outcome: "checkpoint_needed" })
+      expect(line?.waited_ms).toBeGreaterThanOrEqual(2_900)
+      expect(line?.ms).toBeGreaterThanOrEqual(line?.waited_ms as number)
     }))
 })
 
