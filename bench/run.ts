@@ -3,6 +3,7 @@
  * `effect-sqlite-sync serve` binary, embedded SQLite store, default quick_check) on loopback.
  *
  *   npx tsx bench/run.ts [--rows 10000] [--sizes 1,10,64,100] [--changed 100] [--updates 3000] [--push-rows 20000,100000]
+ *     [--peak-rows 200000]
  *
  * Rows: (id INTEGER PRIMARY KEY, name TEXT, value REAL, payload TEXT of 100 chars). Every figure is one
  * measurement (the baseline: the median of 5), reported as a ratio to the baseline: a raw better-sqlite3
@@ -23,6 +24,7 @@ import * as SyncDatabase from "../src/SyncDatabase.js"
 import { executeBench } from "./execute.js"
 import * as ServerProcess from "./serverProcess.js"
 import { storageBench } from "./storage.js"
+import { benchPush } from "./push.js"
 
 const flag = (name: string, fallback: string) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -161,41 +163,8 @@ const main = async () => {
     // 7. execute and query against raw better-sqlite3, capture overhead alone (bench/execute.ts).
     lines.push(...(await executeBench({ rows: ROWS })))
 
-    // 8. push of N captured rows (inserts, updates of one column, deletes), each against a raw insert of the same
-    // rows in one transaction and the libSQL client's push of the same change on the same server.
-    for (const n of PUSH_ROWS) {
-      const rawN = new BetterSqlite3(NodePath.join(work, `raw-n-${n}.db`))
-      rawN.pragma("journal_mode = WAL")
-      rawN.exec(CREATE)
-      const insertN = rawN.prepare(INSERT)
-      const [rawMs] = await time(() => rawN.transaction(() => { for (let i = 1; i <= n; i++) insertN.run(...row(i)) })())
-      rawN.close()
-      lines.push({ what: `raw: ${n} rows inserted in one transaction (reference of the next rows)`, ms: rawMs })
-      const ours = await open(`push-${n}`, `push-${n}`)
-      await run(ours.execute(CREATE))
-      await run(ours.push)
-      const lib = new Database(NodePath.join(work, `libsql-${n}.db`), { syncUrl: `${server.url}/db/libsql-${n}`, offline: true } as Database.Options)
-      lib.exec(CREATE)
-      lib.sync()
-      const bulkN = `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${n}) ` +
-        "INSERT INTO items SELECT i, 'name-' || i, i * 0.5, substr(replace(hex(zeroblob(100)), '0', 'x'), 1, 100 - length(i)) || i FROM n"
-      for (const [kind, statement] of [["inserts", bulkN], ["updates of one column", "UPDATE items SET value = value + 1"], ["deletes", "DELETE FROM items"]] as const) {
-        await run(ours.execute(statement))
-        const memoryBefore = process.memoryUsage().rss
-        let peak = memoryBefore
-        const sampler = setInterval(() => { peak = Math.max(peak, process.memoryUsage().rss) }, 5)
-        const [oursMs] = await time(() => run(ours.push))
-        clearInterval(sampler)
-        lib.exec(statement)
-        const [libMs] = await time(() => lib.sync())
-        lines.push({
-          what: `push of ${n} ${kind}`,
-          ms: oursMs,
-          note: `${(oursMs / rawMs).toFixed(1)}x raw, ${(oursMs / libMs).toFixed(2)}x libsql (${libMs.toFixed(0)} ms); rss ${(memoryBefore / 1e6).toFixed(0)} -> peak ${(peak / 1e6).toFixed(0)} MB`
-        })
-      }
-      lib.close()
-    }
+    // 8. push of N captured rows (inserts, updates, deletes) against raw and the libSQL client; peak memory
+    lines.push(...await benchPush({ server: server.url, work, rows: PUSH_ROWS, peakRows: Number(flag("peak-rows", "200000")) }))
 
     const table = lines.map((l) => ({
       measurement: l.what,

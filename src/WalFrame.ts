@@ -221,6 +221,51 @@ export const parse = (bytes: Uint8Array): Option.Option<Wal> => {
 }
 
 /**
+ * What {@link scanFrames} found: `valid` frames while salts and cumulative checksums hold (`checksum` is
+ * the running checksum after the last of them), of which the first `committed` end with a commit frame
+ * (`committedChecksum` is the running checksum there).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface FrameScan {
+  readonly valid: number
+  readonly checksum: readonly [number, number]
+  readonly committed: number
+  readonly committedChecksum: readonly [number, number]
+}
+
+/**
+ * Validates the frames that follow a known point of a WAL without copying them: `bytes` starts at a frame
+ * boundary, `checksum` is the running checksum there. Scanning a long tail a piece at a time (each piece
+ * from the previous piece's `checksum`, while every frame of it was valid) checks it in bounded memory.
+ *
+ * @since 0.1.0
+ * @category decoding
+ */
+export const scanFrames = (bytes: Uint8Array, header: WalHeader, checksum: readonly [number, number]): FrameScan => {
+  const view = viewOf(bytes)
+  const littleEndian = !header.bigEndian
+  let [s0, s1] = checksum
+  let valid = 0
+  let committed = 0
+  let committedChecksum: readonly [number, number] = checksum
+  for (let offset = 0; offset + FRAME_SIZE <= bytes.byteLength; offset += FRAME_SIZE) {
+    if (view.getUint32(offset) === 0) break
+    if (view.getUint32(offset + 8) !== header.salt1 || view.getUint32(offset + 12) !== header.salt2) break
+    ;[s0, s1] = checksumInto(view, offset, 8, littleEndian, s0, s1)
+    ;[s0, s1] = checksumInto(view, offset + FRAME_HEADER_SIZE, PAGE_SIZE, littleEndian, s0, s1)
+    if (s0 !== view.getUint32(offset + 16) || s1 !== view.getUint32(offset + 20)) break
+    valid++
+    if (view.getUint32(offset + 4) !== 0) {
+      committed = valid
+      committedChecksum = [s0, s1]
+    }
+  }
+  return { valid, checksum: [s0, s1], committed, committedChecksum }
+}
+
+/**
  * Parses the frames that follow a known point of a WAL: `bytes` starts at a frame boundary, `checksum` is
  * the running checksum there (after the header, or after the frames before `bytes`). Validation is the
  * same as `parse`'s: frames while salts and cumulative checksums hold, kept up to the last commit frame.
@@ -234,32 +279,18 @@ export const parseFrames = (
   header: WalHeader,
   checksum: readonly [number, number]
 ): { readonly frames: ReadonlyArray<Frame>; readonly checksum: readonly [number, number] } => {
+  const scan = scanFrames(bytes, header, checksum)
   const view = viewOf(bytes)
-  const littleEndian = !header.bigEndian
-  let [s0, s1] = checksum
-  const frames: Array<Frame> = []
-  let committed = 0
-  let committedChecksum: readonly [number, number] = checksum
-  for (let offset = 0; offset + FRAME_SIZE <= bytes.byteLength; offset += FRAME_SIZE) {
-    const pgno = view.getUint32(offset)
-    const commitSize = view.getUint32(offset + 4)
-    if (pgno === 0) break
-    if (view.getUint32(offset + 8) !== header.salt1 || view.getUint32(offset + 12) !== header.salt2) break
-    ;[s0, s1] = checksumInto(view, offset, 8, littleEndian, s0, s1)
-    ;[s0, s1] = checksumInto(view, offset + FRAME_HEADER_SIZE, PAGE_SIZE, littleEndian, s0, s1)
-    if (s0 !== view.getUint32(offset + 16) || s1 !== view.getUint32(offset + 20)) break
-    frames.push({
-      pgno,
-      commitSize,
+  const frames: Array<Frame> = new Array(scan.committed)
+  for (let i = 0; i < scan.committed; i++) {
+    const offset = i * FRAME_SIZE
+    frames[i] = {
+      pgno: view.getUint32(offset),
+      commitSize: view.getUint32(offset + 4),
       page: bytes.subarray(offset + FRAME_HEADER_SIZE, offset + FRAME_SIZE)
-    })
-    if (commitSize !== 0) {
-      committed = frames.length
-      committedChecksum = [s0, s1]
     }
   }
-  frames.length = committed
-  return { frames, checksum: committedChecksum }
+  return { frames, checksum: scan.committedChecksum }
 }
 
 /**

@@ -9,12 +9,10 @@ import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
-import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as NodePath from "node:path"
 import * as SyncDatabase from "../src/SyncDatabase.js"
-import * as SyncRemote from "../src/SyncRemote.js"
-import { Harness, freshName, layerHttp, openClient, remoteQuery, tempDir } from "./support/engine.js"
+import { Harness, freshName, layerHttp, openClient, openSqlReplica, remoteQuery, tempDir } from "./support/engine.js"
 
 const realSleep = (ms: number) => Effect.promise(() => new Promise((resolve) => setTimeout(resolve, ms)))
 
@@ -24,11 +22,7 @@ layer(layerHttp, { timeout: 60_000 })("execute and query on the direct path", (i
       const harness = yield* Harness
       const remote = yield* harness.remote(freshName("direct-tx"))
       const dir = yield* tempDir
-      const context = yield* Layer.build(
-        SyncDatabase.layerSqlClientRemote({ path: NodePath.join(dir, "a") }).pipe(
-          Layer.provide(Layer.succeed(SyncRemote.SyncRemote, remote))
-        )
-      )
+      const context = yield* openSqlReplica(remote, NodePath.join(dir, "a"))
       const db = Context.get(context, SyncDatabase.SyncDatabase)
       const sql = Context.get(context, SqlClient.SqlClient)
       yield* db.execute("CREATE TABLE t (id TEXT PRIMARY KEY)")

@@ -11,7 +11,6 @@ import BetterSqlite3 from "better-sqlite3"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
-import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
@@ -21,7 +20,7 @@ import * as Reactive from "../src/internal/live/reactive.js"
 import * as Executor from "../src/internal/sqlite/executor.js"
 import * as SyncDatabase from "../src/SyncDatabase.js"
 import * as SyncRemote from "../src/SyncRemote.js"
-import { freshName, Harness, layerHttp, openClient, tempDir } from "./support/engine.js"
+import { freshName, Harness, layerHttp, openClient, openSqlReplica, tempDir } from "./support/engine.js"
 
 /** Every emission of `stream`, in order, in a queue the test takes from. */
 const collect = <A, E>(stream: Stream.Stream<A, E>) =>
@@ -195,11 +194,7 @@ layer(layerHttp, { excludeTestServices: true, timeout: 120_000 })("db.reactive o
       const harness = yield* Harness
       const remote = yield* harness.remote(freshName("reactive-sql"))
       const dir = yield* tempDir
-      const context = yield* Layer.build(
-        SyncDatabase.layerSqlClientRemote({ path: NodePath.join(dir, "a") }).pipe(
-          Layer.provide(Layer.succeed(SyncRemote.SyncRemote, remote))
-        )
-      )
+      const context = yield* openSqlReplica(remote, NodePath.join(dir, "a"))
       const db = Context.get(context, SyncDatabase.SyncDatabase)
       const sql = Context.get(context, SqlClient.SqlClient)
       const reactivity = Context.get(context, Reactivity.Reactivity)

@@ -11,15 +11,13 @@ import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
-import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
 import * as NodePath from "node:path"
 import * as SyncDatabase from "../src/SyncDatabase.js"
-import * as SyncRemote from "../src/SyncRemote.js"
-import { Harness, freshName, layerHttp, openClient, remoteQuery, tempDir } from "./support/engine.js"
+import { Harness, freshName, layerHttp, openClient, openSqlReplica, remoteQuery, tempDir } from "./support/engine.js"
 
 class Person extends Schema.Class<Person>("Person")({
   id: Schema.Number,
@@ -60,14 +58,6 @@ const makeRepository = Effect.gen(function*() {
 })
 
 const rowsOf = (people: ReadonlyArray<Person>) => people.map(({ age, id, name }) => ({ id, name, age }))
-
-/** A replica through layerSqlClientRemote: its context (SyncDatabase + SqlClient), closed with the scope. */
-const openSqlReplica = (remote: SyncRemote.Service, path: string, options: Partial<SyncDatabase.Options> = {}) =>
-  Layer.build(
-    SyncDatabase.layerSqlClientRemote({ path, conflictBackoff: 5, ...options }).pipe(
-      Layer.provide(Layer.succeed(SyncRemote.SyncRemote, remote))
-    )
-  )
 
 layer(layerHttp, { timeout: 30_000 })("SqlClient over a real server", (it) => {
   it.scoped("a repository's writes, in transactions and outside, reach another replica exactly", () =>

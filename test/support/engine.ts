@@ -121,3 +121,12 @@ export const remoteQuery = <Row = Record<string, unknown>>(remote: SyncRemote.Se
       db.close()
     }
   })
+
+/** A replica through layerSqlClientRemote: its context (SyncDatabase + SqlClient), closed with the scope. */
+export const openSqlReplica = (remote: SyncRemote.Service, path: string, options: Partial<SyncDatabase.Options> = {}) =>
+  Layer.build(
+    SyncDatabase.layerSqlClientRemote({ path, conflictBackoff: 5, ...options }).pipe(
+      Layer.provide(Layer.succeed(SyncRemote.SyncRemote, remote))
+    )
+  )
+

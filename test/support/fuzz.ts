@@ -26,6 +26,16 @@ export interface Snapshot {
   readonly schema: Array<string>
 }
 
+/**
+ * A column's value as an exact literal, in SQL (the libSQL reader answers through the same text): TEXT by
+ * its bytes, since `quote()` cuts TEXT at a NUL and reading TEXT that is not valid UTF-8 as a string is
+ * lossy (or, in the libSQL client, fatal); -0.0 told from 0.0 by the sign `atan2` sees, since `quote()`
+ * writes both as 0.0. Model.exact writes the model's literals the same way.
+ */
+const exactColumn = (c: string) =>
+  `CASE typeof(${c}) WHEN 'text' THEN 'CAST(X''' || hex(${c}) || ''' AS TEXT)' ` +
+  `WHEN 'real' THEN CASE WHEN ${c} = 0 AND atan2(${c}, -1) < 0 THEN '-0.0' ELSE quote(${c}) END ELSE quote(${c}) END`
+
 /** Reads what fuzzModel.dump produces (plus index names and schema text) through any query function. */
 export const snapshot = <E>(all: (sql: string) => Effect.Effect<Rows, E>): Effect.Effect<Snapshot, E> =>
   Effect.gen(function*() {
@@ -35,7 +45,7 @@ export const snapshot = <E>(all: (sql: string) => Effect.Effect<Rows, E>): Effec
     const data: Record<string, Array<string>> = {}
     for (const { name } of tables) {
       const columns = (yield* all(`SELECT name FROM pragma_table_info('${name}') ORDER BY cid`)).map((r) => r.name as string)
-      const rows = yield* all(`SELECT ${columns.map((c) => `quote(${c})`).join(" || ' | ' || ")} AS line FROM ${name}`)
+      const rows = yield* all(`SELECT ${columns.map(exactColumn).join(" || ' | ' || ")} AS line FROM ${name}`)
       data[`${name}(${columns.join(",")})`] = rows.map((r) => r.line as string).sort()
     }
     const indexes = (yield* all("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name"))

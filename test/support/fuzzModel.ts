@@ -71,12 +71,28 @@ export const INDEXES: Record<string, { readonly table: string; readonly column: 
   i3: { table: "t2", column: "y" }
 }
 
+/**
+ * Literal pools per column type, in the canonical form the runner reads back (see {@link exact}): besides
+ * ordinary values, the 64-bit integer limits, infinities and subnormals (a REAL column keeps them; it turns
+ * -0.0 into 0.0, so -0.0 goes to the BLOB column, which keeps any value as it is), TEXT holding a NUL and
+ * TEXT that is not valid UTF-8, and BLOBs across several overflow pages.
+ */
 const VALUES: Record<ColumnType, ReadonlyArray<Lit>> = {
-  int: ["NULL", "0", "1", "42", "-5", "9007199254740993", "9223372036854775807", "-9223372036854775807"],
-  text: ["NULL", "''", "'x'", "'y'", "'it''s'", `'${"long".repeat(600)}'`, "'ünï'"],
-  real: ["NULL", "0.5", "-2.25", "3.75", "1.0"],
-  blob: ["NULL", "X''", "X'00FF'", `X'${"AB".repeat(3000)}'`]
+  int: ["NULL", "0", "1", "42", "-5", "9007199254740993", "9223372036854775807", "-9223372036854775807", "-9223372036854775808"],
+  text: ["NULL", "''", "'x'", "'y'", "'it''s'", `'${"long".repeat(600)}'`, "'ünï'", "CAST(X'610062' AS TEXT)", "CAST(X'FF61C3' AS TEXT)"],
+  real: ["NULL", "0.5", "-2.25", "3.75", "1.0", "9.0e+999", "-9.0e+999", "4.9406564584124654e-324", "2.2250738585072009e-308"],
+  blob: ["NULL", "X''", "X'00FF'", `X'${"AB".repeat(3000)}'`, "-0.0", "-9.0e+999", `X'${"CD".repeat(40000)}'`]
 }
+
+const utf8Hex = (text: string) => Buffer.from(text, "utf8").toString("hex").toUpperCase()
+
+/**
+ * A literal as the runner reads values back (test/support/fuzz.ts `snapshot`): TEXT by its bytes
+ * (`CAST(X'..' AS TEXT)`, so a NUL or invalid UTF-8 is compared exactly), anything else as `quote()` writes
+ * it, -0.0 as `-0.0`.
+ */
+export const exact = (lit: Lit): string =>
+  lit.startsWith("'") ? `CAST(X'${utf8Hex(lit.slice(1, -1).replaceAll("''", "'"))}' AS TEXT)` : lit
 
 // ---------------------------------------------------------------------------------------------------------
 // Operations (abstract; resolved against a replica's model state when they run)
@@ -327,6 +343,6 @@ export const dump = (state: State): Record<string, Array<string>> =>
   Object.fromEntries(
     [...state.tables.values()].sort((a, b) => a.name.localeCompare(b.name)).map((t) => [
       `${t.name}(${t.columns.join(",")})`,
-      [...t.rows.values()].map((row) => t.columns.map((c) => row[c]).join(" | ")).sort()
+      [...t.rows.values()].map((row) => t.columns.map((c) => exact(row[c]!)).join(" | ")).sort()
     ])
   )

@@ -10,21 +10,53 @@ import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as ChangeCapture from "../../ChangeCapture.js"
 import * as SyncError from "../../SyncError.js"
+import * as SyncProtocol from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
 import * as RemoteBinding from "./remoteBinding.js"
 import { on, type State, updateMetadata, withoutTransfer } from "./state.js"
-import { resetSyncedWal, syncedTail } from "./syncedWal.js"
+import { prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
+
+/** Frames read from Synced's WAL and sent per request: a push holds only these in memory. */
+const BATCH = SyncProtocol.CLIENT_BATCH_FRAMES
+
+/** Rewinds within one push the server may ask for (its session for our earlier requests was lost). */
+const MAX_RESTARTS = 8
 
 /**
- * Sends `frames` from frame `from` of `generation`, counting the bytes sent whatever the outcome (`stats`)
- * and telling the observer of the answer.
+ * Sends remote frames `from..end-1` of `generation`, read from Synced's WAL a batch at a time (remote
+ * frame n is WAL frame n - `folded`), the baton of each answer carried into the next request. Bytes sent
+ * count whatever the outcome (`stats`); the observer hears of each accepted batch and of a conflict.
  */
-const send = (state: State, generation: number, from: number, frames: ReadonlyArray<WalFrame.Frame>) =>
-  state.remote.push(generation, from, from + frames.length, frames).pipe(
-    Effect.tap((result) => state.options.observer?.pushed(frames.length, result) ?? Effect.void),
-    Effect.ensuring(Ref.update(state.traffic, (t) => ({ ...t, sent: t.sent + frames.length * WalFrame.FRAME_SIZE })))
-  )
+const sendFrames = (state: State, generation: number, folded: number, from: number, end: number) =>
+  Effect.gen(function*() {
+    let next = from
+    let baton: string | undefined
+    let restarts = 0
+    for (;;) {
+      const count = Math.min(BATCH, end - next)
+      const frames = yield* Files.readWalFrames(state.paths.synced, count, next - folded - 1)
+      const result = yield* state.remote.push(generation, next, next + count, frames, baton).pipe(
+        Effect.ensuring(Ref.update(state.traffic, (t) => ({ ...t, sent: t.sent + count * WalFrame.FRAME_SIZE })))
+      )
+      if (result._tag === "Conflict") {
+        // An answer below this request but not below the push: the server lost the transaction our earlier
+        // requests opened (and answers with its real head); the push goes on from there.
+        if (result.maxFrameNo >= from - 1 && result.maxFrameNo < next - 1 && restarts < MAX_RESTARTS) {
+          restarts++
+          next = result.maxFrameNo + 1
+          baton = undefined
+          continue
+        }
+        yield* state.options.observer?.pushed(count, result) ?? Effect.void
+        return result
+      }
+      yield* state.options.observer?.pushed(count, result) ?? Effect.void
+      next += count
+      baton = result.baton
+      if (next >= end) return result
+    }
+  })
 
 /**
  * An acknowledged push: its frames become synced frames, its changes pushed; the conflicts its replay
@@ -56,18 +88,20 @@ const acknowledge = (state: State, pushed: number, lastChangeId: number) =>
 /**
  * Step 1c: push Synced's frames beyond the synced frame. `Ok` makes them the synced frames; `Conflict`
  * (someone pushed first) cuts them off again. A failure leaves `transferredChangeId` for the next pull
- * to settle.
+ * to settle. The frames are validated, then read and sent a batch at a time: a push of any size holds
+ * one batch in memory.
  */
 export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(state: State, lastChangeId: number) {
   const m = yield* SynchronizedRef.get(state.metadata)
-  const tail = yield* syncedTail(state)
-  const frames = tail.frames
-  if (frames.length === 0) return "Nothing" as const
+  const prefix = yield* prefixAtSyncedFrame(state)
+  const tail = yield* Files.scanWalTail(state.paths.synced, prefix, BATCH * 8)
+  if (tail.count === 0) return "Nothing" as const
   yield* updateMetadata(state, (m) => ({ ...m, transferredChangeId: lastChangeId }))
   const start = m.syncedFrame + 1
-  yield* state.step("push:beforeSend")
-  let result = yield* send(state, m.generation, start, frames)
+  const end = start + tail.count
   const folded = m.foldedFrame ?? 0
+  yield* state.step("push:beforeSend")
+  let result = yield* sendFrames(state, m.generation, folded, start, end)
   if (
     result._tag === "Conflict" && result.generation === m.generation && result.maxFrameNo < start - 1 &&
     result.maxFrameNo >= folded
@@ -77,13 +111,12 @@ export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(s
     // start, so it asks for its frames from maxFrameNo + 1 again. Those are synced frames we pulled from
     // it: sending them proves which head we build on (identical bytes), and our frames follow. (A fold
     // keeps the last transaction in the WAL for this; frames already folded leave it a conflict.)
-    const rewound = yield* Files.readWalFrames(state.paths.synced, start - 1 - result.maxFrameNo, result.maxFrameNo - folded)
-    result = yield* send(state, m.generation, result.maxFrameNo + 1, [...rewound, ...frames])
+    result = yield* sendFrames(state, m.generation, folded, result.maxFrameNo + 1, end)
   }
   yield* state.step("push:answered")
   if (result._tag === "Ok") {
     if (tail.state !== undefined) yield* Ref.set(state.syncedPrefix, { generation: m.generation, state: tail.state })
-    yield* acknowledge(state, frames.length, lastChangeId)
+    yield* acknowledge(state, tail.count, lastChangeId)
     return "Pushed" as const
   }
   yield* updateMetadata(state, withoutTransfer)

@@ -30,10 +30,6 @@ export const prefixAtSyncedFrame = (state: State) =>
     return prefix
   })
 
-/** Synced's committed frames beyond the synced frame (local replays waiting to be pushed). */
-export const syncedTail = (state: State) =>
-  Effect.flatMap(prefixAtSyncedFrame(state), (prefix) => Files.readWalTail(state.paths.synced, prefix))
-
 /** Cuts Synced's WAL back to the synced frame if it is longer (invariant 1); Synced is closed meanwhile. */
 export const cutToSyncedFrame = (state: State) =>
   Effect.gen(function*() {

@@ -12,6 +12,7 @@ import { ident, isLiteral, splitStatements } from "../sqlite/sqlText.js"
 import * as SqlValue from "../sqlite/sqlValue.js"
 import * as TableInfo from "../sqlite/tableInfo.js"
 import { ReplayError } from "./replayError.js"
+import * as Prefetch from "./prefetch.js"
 import * as Values from "./replayValues.js"
 
 type Image = ChangeCapture.Image
@@ -383,6 +384,51 @@ export const applySource = (
         ? Effect.succeed(false)
         : attempt(() => exec.values(FK_PROBE)[0]?.[0] === 1n)
       let fkActive = yield* fkProbe
+      // Rows compared by updates and deletes are read a page at a time where no write can reach other rows
+      // (see prefetch.ts); `createSql` says which tables declare a REPLACE conflict clause.
+      const readAheadProbe = options.triggers === "fire"
+        ? Effect.succeed(false)
+        : attempt(() => exec.values(Prefetch.PROBE)[0]?.[0] === 1n)
+      let readAhead = yield* readAheadProbe
+      const prefetch = new Prefetch.Prefetch()
+      const createSql = new Map<string, string | null>()
+      const readAheadOn = (name: string): TableInfo.TableInfo | undefined => {
+        const table = tables.get(name)
+        if (table === undefined) return undefined
+        let text = createSql.get(name)
+        if (text === undefined) {
+          const rows = exec.values(`SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?`, [name])
+          text = rows.length === 0 ? null : rows[0]![0] as string | null
+          createSql.set(name, text)
+        }
+        return Prefetch.replaces(text) ? undefined : table
+      }
+      /** The rows a page's updates and deletes compare, read a few statements per table. */
+      const readPage = (page: ReadonlyArray<Change>) =>
+        Effect.gen(function*() {
+          const into = prefetch.reset()
+          if (!readAhead) return
+          for (const change of page) {
+            if (change.kind === "ddl") break
+            if (change.kind !== "insert" && !tables.has(change.table)) yield* tableInfo(change.table)
+          }
+          yield* attempt(() => {
+            for (const [name, wanted] of Prefetch.plan(page, readAheadOn)) {
+              if (wanted.length > 1) Prefetch.read(exec, tables.get(name)!, wanted, into)
+            }
+          })
+        })
+      /** What a decision's statements write: the row at its key; a write that moves a key, anything. */
+      const wrote = (table: string, decision: Values.Decision) => {
+        if (decision._tag === "Delete" || decision._tag === "Upsert") prefetch.wrote(table, decision.key)
+        else if (decision._tag === "Update") {
+          const info = tables.get(table)
+          const movesKey = decision.setRowid !== null || info === undefined ||
+            decision.set.columns.some((column) => info.primaryKey.includes(column))
+          if (movesKey) prefetch.clear()
+          else prefetch.wrote(table, decision.key)
+        }
+      }
 
       type Change = ChangeLog.LogChange
       const publicChange = (change: Change) => ChangeLog.toPublic(change)
@@ -464,6 +510,7 @@ export const applySource = (
               return yield* failWith(change, "InvalidChange", `change ${change.id}: the resolver's row holds a value that is not a SQL literal in column ${row}`)
             }
             const decision = Values.replaceDecision(change, table, key, current, row, null)
+            prefetch.clear()
             if (execute(Values.statements(decision, table)) !== undefined) {
               return mode === "push" ? "fail" as const : "drop" as const
             }
@@ -530,6 +577,7 @@ export const applySource = (
         if (useSavepoints) {
           if (g.drop) {
             yield* attempt(() => exec.run(`ROLLBACK TO _sync_tx`))
+            prefetch.clear()
             for (const id of g.ids) dropped.push(id)
             suspended = g.suspendedAtStart
             tables.clear()
@@ -543,6 +591,7 @@ export const applySource = (
       let applied = 0
       let page = first
       while (page.length > 0) {
+        yield* readPage(page)
         for (let index = 0; index < page.length; index++) {
           const original = page[index]!
           if (index % 256 === 255) yield* Effect.yieldNow()
@@ -580,10 +629,13 @@ export const applySource = (
               }
             }
             tables.clear()
+            createSql.clear()
+            prefetch.clear()
             ddlRan = true
             g.ddl = true
             suspended = suspend ? yield* attempt(() => suspendTriggers(exec)) : []
             fkActive = yield* fkProbe
+            readAhead = yield* readAheadProbe
             continue
           }
           touched.add(change.table)
@@ -608,12 +660,16 @@ export const applySource = (
               } catch {
                 // (a CHECK or NOT NULL failure: the long way meets it again and puts it to the policy)
               }
-              if (written === 1) continue
+              if (written === 1) {
+                prefetch.wrote(change.table, key)
+                continue
+              }
             }
           }
           let current: ChangeLog.Values | null
           try {
-            current = readCurrent(exec, table, key)
+            const ahead = prefetch.take(index, change.table, key)
+            current = ahead !== undefined ? ahead : readCurrent(exec, table, key)
           } catch (cause) {
             return yield* Effect.fail(Executor.toSqlError(cause))
           }
@@ -682,6 +738,7 @@ export const applySource = (
           if (decision._tag === "Invalid") {
             return yield* failWith(change, "InvalidChange", `change ${change.id}: ${decision.reason}`)
           }
+          wrote(change.table, decision)
           const failed = execute(Values.statements(decision, table))
           if (failed === undefined) continue
           const error = new ReplayError({

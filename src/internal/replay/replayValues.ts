@@ -271,56 +271,83 @@ const selectText = (table: TableInfo.TableInfo, key: Key, exact: boolean): strin
     ).join(", ")
   } FROM ${ident(table.name)} WHERE ${whereKey(key)} LIMIT 1`
 
-/** The statements carrying out a decision on `table`. */
+/** Column names in a statement cache key: counted and NUL-terminated, so no two lists read the same. */
+const names = (columns: ReadonlyArray<string>) => `${columns.length}\u0000${columns.join("\u0000")}\u0000`
+
+/**
+ * The statements carrying out a decision on `table`. Their texts depend only on the table, the kind of
+ * decision, its column set and which values are TEXT given as bytes, so each is built once (and prepared
+ * once by the executor) and serves every change of that shape.
+ */
 export const statements = (decision: Decision, table: TableInfo.TableInfo): ReadonlyArray<Statement> => {
-  const name = ident(table.name)
   switch (decision._tag) {
     case "Skip":
     case "Invalid":
     case "Ddl":
       return []
-    case "Delete":
-      return [{ sql: `DELETE FROM ${name} WHERE ${whereKey(decision.key)}`, params: bind(decision.key.values) }]
+    case "Delete": {
+      const key = decision.key
+      const sql = cachedText(table, `delete|${names(key.columns)}|${SqlValue.shape(key.values)}`, () =>
+        `DELETE FROM ${ident(table.name)} WHERE ${whereKey(key)}`)
+      return [{ sql, params: bind(key.values) }]
+    }
     case "Update": {
       const set = onTarget(table, decision.set)
-      const assignments = set.columns.map((column, i) => `${ident(column)} = ${SqlValue.placeholder(set.values[i]!)}`)
+      const withRowid = decision.setRowid !== null && table.rowidAlias !== null
+      if (set.columns.length === 0 && !withRowid) return []
+      const key = decision.key
+      const sql = cachedText(
+        table,
+        `update|${names(set.columns)}|${SqlValue.shape(set.values)}|${withRowid ? SqlValue.placeholder(decision.setRowid) : ""}|${
+          names(key.columns)
+        }|${SqlValue.shape(key.values)}`,
+        () => {
+          const assignments = set.columns.map((column, i) => `${ident(column)} = ${SqlValue.placeholder(set.values[i]!)}`)
+          if (withRowid) assignments.push(`${ident(table.rowidAlias!)} = ${SqlValue.placeholder(decision.setRowid)}`)
+          return `UPDATE ${ident(table.name)} SET ${assignments.join(", ")} WHERE ${whereKey(key)}`
+        }
+      )
       const params = bind(set.values)
-      if (decision.setRowid !== null && table.rowidAlias !== null) {
-        assignments.push(`${ident(table.rowidAlias)} = ${SqlValue.placeholder(decision.setRowid)}`)
-        params.push(SqlValue.bindable(decision.setRowid))
-      }
-      if (assignments.length === 0) return []
-      return [{
-        sql: `UPDATE ${name} SET ${assignments.join(", ")} WHERE ${whereKey(decision.key)}`,
-        params: [...params, ...bind(decision.key.values)]
-      }]
+      if (withRowid) params.push(SqlValue.bindable(decision.setRowid))
+      for (const value of key.values) params.push(SqlValue.bindable(value))
+      return [{ sql, params }]
     }
     case "Upsert": {
+      const name = ident(table.name)
       const row = onTarget(table, decision.row)
-      const columns = row.columns.map(ident)
-      const placeholders = row.values.map(SqlValue.placeholder)
+      const withRowid = table.primaryKey.length === 0 && table.rowidAlias !== null && decision.rowid !== null
       const params = bind(row.values)
-      if (table.primaryKey.length === 0 && table.rowidAlias !== null && decision.rowid !== null) {
-        columns.unshift(ident(table.rowidAlias))
-        placeholders.unshift(SqlValue.placeholder(decision.rowid))
-        params.unshift(SqlValue.bindable(decision.rowid))
+      if (withRowid) params.unshift(SqlValue.bindable(decision.rowid))
+      const shape = `${names(row.columns)}|${SqlValue.shape(row.values)}|${withRowid ? SqlValue.placeholder(decision.rowid) : ""}`
+      const insert = () => {
+        const columns = row.columns.map(ident)
+        const placeholders = row.values.map(SqlValue.placeholder)
+        if (withRowid) {
+          columns.unshift(ident(table.rowidAlias!))
+          placeholders.unshift(SqlValue.placeholder(decision.rowid))
+        }
+        return `INSERT INTO ${name} (${columns.join(", ")}) VALUES (${placeholders.join(", ")})`
       }
-      const insert = `INSERT INTO ${name} (${columns.join(", ")}) VALUES (${placeholders.join(", ")})`
+      const key = decision.key
       // An upsert keyed on a NULL never conflicts (NULLs are distinct), so it would add a duplicate.
-      if (decision.key.values.some((value) => value === null)) {
+      if (key.values.some((value) => value === null)) {
         return [
-          { sql: `DELETE FROM ${name} WHERE ${whereKey(decision.key)}`, params: bind(decision.key.values) },
-          { sql: insert, params }
+          {
+            sql: cachedText(table, `delete|${names(key.columns)}|${SqlValue.shape(key.values)}`, () =>
+              `DELETE FROM ${name} WHERE ${whereKey(key)}`),
+            params: bind(key.values)
+          },
+          { sql: cachedText(table, `insert|${shape}`, insert), params }
         ]
       }
-      const keyColumns = new Set(decision.key.columns)
-      const updates = row.columns.filter((column) => !keyColumns.has(column))
-        .map((column) => `${ident(column)} = excluded.${ident(column)}`)
-      const target = decision.key.columns.map(ident).join(", ")
-      return [{
-        sql: `${insert} ON CONFLICT (${target}) DO ${updates.length === 0 ? "NOTHING" : `UPDATE SET ${updates.join(", ")}`}`,
-        params
-      }]
+      const sql = cachedText(table, `upsert|${shape}|${names(key.columns)}`, () => {
+        const keyColumns = new Set(key.columns)
+        const updates = row.columns.filter((column) => !keyColumns.has(column))
+          .map((column) => `${ident(column)} = excluded.${ident(column)}`)
+        const target = key.columns.map(ident).join(", ")
+        return `${insert()} ON CONFLICT (${target}) DO ${updates.length === 0 ? "NOTHING" : `UPDATE SET ${updates.join(", ")}`}`
+      })
+      return [{ sql, params }]
     }
   }
 }

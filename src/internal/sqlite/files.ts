@@ -243,6 +243,51 @@ export const readWalTail = (db: string, prefix: WalState | undefined) =>
   })
 
 /**
+ * Validates the frames of `<db>-wal` after the first `prefix.frames`, `chunk` frames at a time (bounded
+ * memory, whatever the tail's length): the number of them up to the last commit frame, and the WAL's state
+ * after that frame (undefined when none). Read them with {@link readWalFrames}.
+ *
+ * @internal
+ */
+export const scanWalTail = (db: string, known: WalState | undefined, chunk: number) =>
+  attempt(walPath(db), "cannot read WAL", (fs): { readonly count: number; readonly state: WalState | undefined } => {
+    if (!fs.existsSync(walPath(db))) return { count: 0, state: undefined }
+    const fd = fs.openSync(walPath(db), "r")
+    try {
+      // without a known prefix, the tail is the whole WAL: its header says where the checksum starts
+      let prefix = known
+      if (prefix === undefined) {
+        const header = new Uint8Array(WalFrame.WAL_HEADER_SIZE)
+        const wal = WalFrame.parse(header.subarray(0, fs.readSync(fd, header, 0, header.byteLength, 0)))
+        if (Option.isNone(wal)) return { count: 0, state: undefined }
+        prefix = stateOf(wal.value)
+      }
+      const bytes = new Uint8Array(chunk * WalFrame.FRAME_SIZE)
+      let checksum = prefix.checksum
+      let scanned = 0
+      let count = 0
+      let committedChecksum = prefix.checksum
+      for (;;) {
+        const read = fs.readSync(fd, bytes, 0, bytes.byteLength, WalFrame.walSize(prefix.frames + scanned))
+        const scan = WalFrame.scanFrames(bytes.subarray(0, read), prefix.header, checksum)
+        if (scan.committed > 0) {
+          count = scanned + scan.committed
+          committedChecksum = scan.committedChecksum
+        }
+        scanned += scan.valid
+        checksum = scan.checksum
+        if (scan.valid < chunk) break
+      }
+      return {
+        count,
+        state: count === 0 ? undefined : { frames: prefix.frames + count, header: prefix.header, checksum: committedChecksum }
+      }
+    } finally {
+      fs.closeSync(fd)
+    }
+  })
+
+/**
  * `count` frames of `<db>-wal` after the first `skip`, read by position, without validation: only for
  * frames this client already validated (the synced frames).
  *
