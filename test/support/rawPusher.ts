@@ -148,8 +148,14 @@ export class Pusher {
   }
 
   private async pullFrames(onFrames: (n: number) => void): Promise<void> {
+    // A pull answer may end inside a transaction (the server caps answers without looking at transaction
+    // boundaries): its frames after the last commit frame are held until the answer that completes it.
+    // Applying only what precedes the commit frame while counting every frame into `head` would leave
+    // the replica without those pages, and its next transaction would be written on pages the server has
+    // moved past (refused as malformed, or worse, accepted and undoing another pusher's row).
+    let carried: ReadonlyArray<WalFrame.Frame> = []
     for (;;) {
-      const start = this.head + 1
+      const start = this.head + carried.length + 1
       const started = performance.now()
       const res = await H.request(this.options.base(), {
         path: `/db/${this.options.database}/sync/${this.generation}/${start}/${start + 128}`,
@@ -159,9 +165,12 @@ export class Pusher {
       if (res.status === 200) {
         const decoded = WalFrame.decodeWire(new Uint8Array(res.body))
         if (decoded._tag === "Left") throw new Error(`${this.options.id}: undecodable pull: ${decoded.left.message}`)
-        this.file = WalFrame.applyFrames(this.file, decoded.right)
-        this.head += decoded.right.length
-        onFrames(decoded.right.length)
+        const batch = carried.length === 0 ? decoded.right : carried.concat(decoded.right)
+        const committed = WalFrame.committedLength(batch)
+        this.file = WalFrame.applyFrames(this.file, batch)
+        this.head += committed
+        carried = batch.slice(committed)
+        onFrames(committed)
         this.stats.framesPulled += decoded.right.length
         continue
       }
