@@ -221,6 +221,7 @@ const runOnce = async (run: Run, postgres: PostgresServer | undefined) => {
         perSecond: Math.round(pulls.length / elapsed),
         latencyMs: { p50: percentile(pulls, 0.5), p99: percentile(pulls, 0.99) },
         frames: sum(pushers, (p) => p.stats.framesPulled),
+        endingInsideATransaction: sum(pushers, (p) => p.stats.cutPulls),
         fullRereads: sum(pushers, (p) => p.stats.pulls)
       },
       errors: {

@@ -43,6 +43,8 @@ export interface PusherStats {
   pulls: number
   /** Frames received by incremental pulls. */
   framesPulled: number
+  /** Pull answers that ended inside a transaction (its frames held for the next answer). */
+  cutPulls: number
 }
 
 export interface PusherOptions {
@@ -80,7 +82,8 @@ export class Pusher {
     pushRequestLatencies: [],
     pullLatencies: [],
     pulls: 0,
-    framesPulled: 0
+    framesPulled: 0,
+    cutPulls: 0
   }
   readonly acks: Array<Ack> = []
   /** Rows this pusher knows the server has: acknowledged or found after an uncertain push. */
@@ -100,6 +103,11 @@ export class Pusher {
 
   constructor(readonly options: PusherOptions) {
     this.random = options.random ?? Math.random
+  }
+
+  /** The committed database the replica holds: its generation, last frame and file. */
+  get committed(): { readonly generation: number; readonly head: number; readonly file: Uint8Array } {
+    return { generation: this.generation, head: this.head, file: this.file }
   }
 
   private headers() {
@@ -170,6 +178,7 @@ export class Pusher {
         this.file = WalFrame.applyFrames(this.file, batch)
         this.head += committed
         carried = batch.slice(committed)
+        if (carried.length > 0) this.stats.cutPulls++
         onFrames(committed)
         this.stats.framesPulled += decoded.right.length
         continue
