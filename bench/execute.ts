@@ -27,14 +27,9 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
 import * as Url from "node:url"
+import { bulkInsert as bulk, CREATE, INSERT, row } from "./rows.js"
 
-const CREATE = "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, value REAL, payload TEXT)"
-const INSERT = "INSERT INTO items (id, name, value, payload) VALUES (?, ?, ?, ?)"
 const SELECT = "SELECT * FROM items WHERE id = ?"
-const row = (i: number) => [i, `name-${i}`, i * 0.5, String(i).padStart(100, "x")] as const
-const bulk = (n: number) =>
-  `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${n}) ` +
-  "INSERT INTO items SELECT i, 'name-' || i, i * 0.5, substr(replace(hex(zeroblob(100)), '0', 'x'), 1, 100 - length(i)) || i FROM n"
 
 /** One figure of the table. */
 export interface Line {

@@ -24,6 +24,7 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
 import * as SyncDatabase from "../src/SyncDatabase.js"
+import { bulkInsert, CREATE, INSERT, row } from "./rows.js"
 
 export interface Line {
   readonly what: string
@@ -31,13 +32,6 @@ export interface Line {
   readonly note?: string
 }
 
-const CREATE = "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, value REAL, payload TEXT)"
-const INSERT = "INSERT INTO items (id, name, value, payload) VALUES (?, ?, ?, ?)"
-const row = (i: number) => [i, `name-${i}`, i * 0.5, String(i).padStart(100, "x")] as const
-/** The same rows, written by one statement (one captured transaction). */
-const bulkInsert = (n: number) =>
-  `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${n}) ` +
-  "INSERT INTO items SELECT i, 'name-' || i, i * 0.5, substr(replace(hex(zeroblob(100)), '0', 'x'), 1, 100 - length(i)) || i FROM n"
 
 const time = async <A>(f: () => Promise<A> | A): Promise<[number, A]> => {
   const start = performance.now()

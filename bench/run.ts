@@ -22,6 +22,7 @@ import * as Os from "node:os"
 import * as NodePath from "node:path"
 import * as SyncDatabase from "../src/SyncDatabase.js"
 import { executeBench } from "./execute.js"
+import { CREATE, INSERT, row } from "./rows.js"
 import * as ServerProcess from "./serverProcess.js"
 import { storageBench } from "./storage.js"
 import { benchPush } from "./push.js"
@@ -53,9 +54,6 @@ const time = async <A>(f: () => Promise<A> | A): Promise<[number, A]> => {
   return [performance.now() - start, a]
 }
 
-const CREATE = "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, value REAL, payload TEXT)"
-const row = (i: number) => [i, `name-${i}`, i * 0.5, String(i).padStart(100, "x")] as const
-const INSERT = "INSERT INTO items (id, name, value, payload) VALUES (?, ?, ?, ?)"
 
 interface Line {
   readonly what: string
