@@ -14,6 +14,7 @@ import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as WalFrame from "../src/WalFrame.js"
 import * as H from "./support/http.js"
+import { expectBehindPushConflicts, expectBigTransactionStored, serverDb } from "./support/interop.js"
 import { type ServerProcess, spawnServer } from "./support/process.js"
 
 const TOKEN = "interop-token"
@@ -24,12 +25,6 @@ const open = (dir: string, file: string, url: string, token = TOKEN): Client =>
   new Database(Path.join(dir, file), { syncUrl: url, authToken: token, offline: true } as Database.Options)
 
 const rows = (db: { prepare: (sql: string) => { all: () => Array<unknown> } }, sql: string) => db.prepare(sql).all()
-
-/** The server's current database, materialized and opened with better-sqlite3. */
-const serverDb = async (server: ServerProcess, name: string) => {
-  const snap = await H.snapshot(server.url, name, TOKEN)
-  return { ...snap, db: H.open(snap.file), digest: H.digestOf(snap) }
-}
 
 const logLines = (server: ServerProcess) =>
   server.stderr().trim().split("\n").filter((l) => l.length > 0).map((l) => JSON.parse(l))
@@ -89,7 +84,7 @@ describe("the real libSQL client against our server", () => {
       a.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT, v TEXT)")
       a.exec("INSERT INTO t VALUES (1, 'a', 'first'), (2, 'a', 'second')")
       a.sync()
-      const afterA = yield* Effect.promise(() => serverDb(server, "shared"))
+      const afterA = yield* serverDb(server.url, "shared", TOKEN)
       expect(rows(afterA.db, "SELECT id, who, v FROM t ORDER BY id")).toEqual([
         { id: 1, who: "a", v: "first" },
         { id: 2, who: "a", v: "second" }
@@ -123,31 +118,11 @@ describe("the real libSQL client against our server", () => {
       expect(pushes.length).toBeGreaterThan(3)
       expect(pushes.some((l) => l.annotations.route === "POST /sync/{G}/{start}/{end}/{baton}")).toBe(true)
       expect(pushes.every((l) => l.annotations.status === 200 && l.annotations.outcome === "ok")).toBe(true)
-      const afterBig = yield* Effect.promise(() => serverDb(server, "shared"))
+      const afterBig = yield* expectBigTransactionStored(server.url, "shared", TOKEN, a)
       expect(afterBig.frames.length).toBeGreaterThan(500)
-      expect(rows(afterBig.db, "SELECT count(*) AS n, sum(length(data)) AS bytes FROM big")).toEqual([
-        { n: 500, bytes: 2_000_000 }
-      ])
-      expect(rows(afterBig.db, "SELECT hex(data) AS h FROM big WHERE id = 250")).toEqual(
-        rows(a, "SELECT hex(data) AS h FROM big WHERE id = 250")
-      )
-      expect(afterBig.db.pragma("integrity_check", { simple: true })).toBe("ok")
-      afterBig.db.close()
 
       // B wrote while behind (it has not pulled the big transaction): its push conflicts.
-      b.exec("INSERT INTO t VALUES (4, 'b', 'written while behind')")
-      let failure: unknown
-      try {
-        b.sync()
-      } catch (error) {
-        failure = error
-      }
-      expect(String(failure)).toMatch(/InvalidPushFrameConflict/)
-      const afterConflict = yield* Effect.promise(() => serverDb(server, "shared"))
-      expect(afterConflict.digest).toBe(afterBig.digest)
-      expect(rows(afterConflict.db, "SELECT count(*) AS n FROM t WHERE id = 4")).toEqual([{ n: 0 }])
-      expect(afterConflict.db.pragma("integrity_check", { simple: true })).toBe("ok")
-      afterConflict.db.close()
+      yield* expectBehindPushConflicts(server.url, "shared", TOKEN, b, afterBig.digest)
       const conflictLines = (yield* logsSince(server, 0, 1)).filter((l) => l.annotations.outcome === "conflict")
       expect(conflictLines.length).toBeGreaterThan(0)
 
@@ -214,7 +189,7 @@ describe("the real libSQL client against our server", () => {
       c.sync()
       expect(rows(c, "SELECT count(*) AS n FROM t")).toEqual([{ n: 13 }])
 
-      const snap = yield* Effect.promise(() => serverDb(server, "rolling"))
+      const snap = yield* serverDb(server.url, "rolling", TOKEN)
       expect(snap.generation).toBe(2)
       expect(rows(snap.db, "SELECT count(*) AS n FROM t")).toEqual([{ n: 13 }])
       expect(snap.db.pragma("integrity_check", { simple: true })).toBe("ok")
@@ -244,7 +219,7 @@ describe("the real libSQL client against our server", () => {
       a.sync()
       const pushes = (yield* logsSince(server, 0, 1)).filter((l) => l.annotations.method === "POST")
       expect(pushes.every((l) => l.annotations.status === 200 && l.annotations.outcome === "ok")).toBe(true)
-      const snap = yield* Effect.promise(() => serverDb(server, "trap"))
+      const snap = yield* serverDb(server.url, "trap", TOKEN)
       expect(snap.generation).toBe(2)
       expect(snap.frames.length).toBeGreaterThan(0)
       expect(rows(snap.db, "SELECT id FROM t WHERE id > 5000 ORDER BY id")).toEqual([{ id: 5001 }, { id: 5002 }, { id: 5003 }])
@@ -279,7 +254,7 @@ describe("the real libSQL client against our server", () => {
         { id: 5004 },
         { id: 6001 }
       ])
-      const final = yield* Effect.promise(() => serverDb(server, "trap"))
+      const final = yield* serverDb(server.url, "trap", TOKEN)
       expect(rows(final.db, "SELECT count(*) AS n FROM t")).toEqual([{ n: 1105 }])
       expect(final.db.pragma("integrity_check", { simple: true })).toBe("ok")
       final.db.close()
@@ -305,7 +280,7 @@ describe("the real libSQL client against our server", () => {
       a.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
       a.exec("INSERT INTO t VALUES (1, 'before the crash')")
       a.sync()
-      const before = yield* Effect.promise(() => serverDb(first, "crash"))
+      const before = yield* serverDb(first.url, "crash", TOKEN)
       before.db.close()
 
       // One transaction of ~5000 frames: about 40 requests of 128, chained by batons. A watcher process
@@ -333,7 +308,7 @@ describe("the real libSQL client against our server", () => {
         spawnServer(["--data", data, "--port", port, "--log-format", "json"], { stderrFile: Path.join(logs, "second.log") })
       )
       yield* Effect.addFinalizer(() => Effect.sync(() => second.child.kill("SIGKILL")))
-      const reopened = yield* Effect.promise(() => serverDb(second, "crash"))
+      const reopened = yield* serverDb(second.url, "crash", TOKEN)
       expect(reopened.digest).toBe(before.digest)
       expect(rows(reopened.db, "SELECT name FROM sqlite_schema WHERE name = 'big'")).toEqual([])
       reopened.db.close()
@@ -349,7 +324,7 @@ describe("the real libSQL client against our server", () => {
         }
       }
       expect(synced).toBe(true)
-      const after = yield* Effect.promise(() => serverDb(second, "crash"))
+      const after = yield* serverDb(second.url, "crash", TOKEN)
       expect(rows(after.db, "SELECT count(*) AS n, sum(length(data)) AS bytes FROM big")).toEqual([{ n: 5000, bytes: 20_000_000 }])
       expect(rows(after.db, "SELECT hex(data) AS h FROM big WHERE id IN (1, 2500, 5000) ORDER BY id")).toEqual(
         rows(a, "SELECT hex(data) AS h FROM big WHERE id IN (1, 2500, 5000) ORDER BY id")

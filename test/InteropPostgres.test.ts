@@ -17,7 +17,7 @@ import * as SyncDatabase from "../src/SyncDatabase.js"
 import * as WalFrame from "../src/WalFrame.js"
 import { type ProxyLine, startProxy } from "./support/alternatingProxy.js"
 import * as H from "./support/http.js"
-import { libsqlBesideSyncDatabase } from "./support/interop.js"
+import { expectBehindPushConflicts, expectBigTransactionStored, libsqlBesideSyncDatabase, serverDb } from "./support/interop.js"
 import { freshDatabase } from "./support/postgres.js"
 import { type ServerProcess, spawnServer } from "./support/process.js"
 
@@ -29,11 +29,6 @@ const open = (dir: string, file: string, url: string): Client =>
   new Database(Path.join(dir, file), { syncUrl: url, authToken: TOKEN, offline: true } as Database.Options)
 
 const rows = (db: { prepare: (sql: string) => { all: () => Array<unknown> } }, sql: string) => db.prepare(sql).all()
-
-const serverDb = async (base: string, name: string) => {
-  const snap = await H.snapshot(base, name, TOKEN)
-  return { ...snap, db: H.open(snap.file), digest: H.digestOf(snap) }
-}
 
 /** A sync path with a baton: /db/NAME/sync/G/START/END/BATON. */
 const isBatonPush = (line: ProxyLine) => line.method === "POST" && line.path.split("/").length === 8
@@ -76,7 +71,7 @@ describe("the real libSQL client against two servers on one PostgreSQL, requests
       a.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT, v TEXT)")
       a.exec("INSERT INTO t VALUES (1, 'a', 'first'), (2, 'a', 'second')")
       a.sync()
-      const afterA = yield* Effect.promise(() => serverDb(proxy.url, "shared"))
+      const afterA = yield* serverDb(proxy.url, "shared", TOKEN)
       expect(rows(afterA.db, "SELECT id, who, v FROM t ORDER BY id")).toEqual([
         { id: 1, who: "a", v: "first" },
         { id: 2, who: "a", v: "second" }
@@ -103,27 +98,10 @@ describe("the real libSQL client against two servers on one PostgreSQL, requests
       expect(pushes.every((l) => l.status === 200)).toBe(true)
       // The baton requests went to both servers: the transaction was continued wherever it landed.
       expect(new Set(pushes.filter(isBatonPush).map((l) => l.backend))).toEqual(new Set([0, 1]))
-      const afterBig = yield* Effect.promise(() => serverDb(proxy.url, "shared"))
-      expect(rows(afterBig.db, "SELECT count(*) AS n, sum(length(data)) AS bytes FROM big")).toEqual([{ n: 500, bytes: 2_000_000 }])
-      expect(rows(afterBig.db, "SELECT hex(data) AS h FROM big WHERE id = 250")).toEqual(
-        rows(a, "SELECT hex(data) AS h FROM big WHERE id = 250")
-      )
-      expect(afterBig.db.pragma("integrity_check", { simple: true })).toBe("ok")
-      afterBig.db.close()
+      const afterBig = yield* expectBigTransactionStored(proxy.url, "shared", TOKEN, a)
 
       // B wrote while behind: its push conflicts, on whichever server it lands.
-      b.exec("INSERT INTO t VALUES (4, 'b', 'written while behind')")
-      let failure: unknown
-      try {
-        b.sync()
-      } catch (error) {
-        failure = error
-      }
-      expect(String(failure)).toMatch(/InvalidPushFrameConflict/)
-      const afterConflict = yield* Effect.promise(() => serverDb(proxy.url, "shared"))
-      expect(afterConflict.digest).toBe(afterBig.digest)
-      expect(rows(afterConflict.db, "SELECT count(*) AS n FROM t WHERE id = 4")).toEqual([{ n: 0 }])
-      afterConflict.db.close()
+      yield* expectBehindPushConflicts(proxy.url, "shared", TOKEN, b, afterBig.digest)
 
       const c = open(clients, "c.db", url)
       c.sync()
@@ -185,7 +163,7 @@ describe("the real libSQL client against two servers on one PostgreSQL, requests
       const c = open(clients, "c.db", url)
       c.sync()
       expect(rows(c, "SELECT count(*) AS n FROM t")).toEqual([{ n: 13 }])
-      const snap = yield* Effect.promise(() => serverDb(proxy.url, "rolling"))
+      const snap = yield* serverDb(proxy.url, "rolling", TOKEN)
       expect(snap.generation).toBe(2)
       expect(rows(snap.db, "SELECT count(*) AS n FROM t")).toEqual([{ n: 13 }])
       snap.db.close()
@@ -200,7 +178,7 @@ describe("the real libSQL client against two servers on one PostgreSQL, requests
       a.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
       a.exec("INSERT INTO t VALUES (1, 'before the crash')")
       a.sync()
-      const before = yield* Effect.promise(() => serverDb(proxy.url, "crash"))
+      const before = yield* serverDb(proxy.url, "crash", TOKEN)
       before.db.close()
 
       // ~1200 frames in one transaction; server 0 is killed once the proxy has passed a baton request.
@@ -219,7 +197,7 @@ describe("the real libSQL client against two servers on one PostgreSQL, requests
         // This sync may fail (its request reached the killed server); the next one goes to the survivor.
       }
       expect(yield* Effect.promise(() => servers[0].exited)).toEqual({ code: null, signal: "SIGKILL" })
-      const mid = yield* Effect.promise(() => serverDb(proxy.url, "crash"))
+      const mid = yield* serverDb(proxy.url, "crash", TOKEN)
       // Either the whole transaction or none of it: never a part.
       const tables = rows(mid.db, "SELECT name FROM sqlite_schema WHERE name = 'big'")
       if (tables.length === 0) expect(mid.digest).toBe(before.digest)
@@ -236,7 +214,7 @@ describe("the real libSQL client against two servers on one PostgreSQL, requests
         }
       }
       expect(synced).toBe(true)
-      const after = yield* Effect.promise(() => serverDb(proxy.url, "crash"))
+      const after = yield* serverDb(proxy.url, "crash", TOKEN)
       expect(rows(after.db, "SELECT count(*) AS n, sum(length(data)) AS bytes FROM big")).toEqual([{ n: 1200, bytes: 4_800_000 }])
       expect(rows(after.db, "SELECT v FROM t")).toEqual([{ v: "before the crash" }])
       expect(after.db.pragma("integrity_check", { simple: true })).toBe("ok")
