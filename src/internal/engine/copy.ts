@@ -28,7 +28,7 @@ import { sqlStatementError } from "./errors.js"
 import * as Fold from "./fold.js"
 import * as Gates from "./gates.js"
 import * as Replay from "./replay.js"
-import { on, type Paths, type State, syncedFileAt, updateMetadata, walFrames } from "./state.js"
+import { on, type Paths, stageMetadata, type State, syncedFileAt, updateMetadata, walFrames } from "./state.js"
 import { prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
 
 /** Opens Draft with capture installed and change ids above everything the remote has (invariant 6). */
@@ -176,8 +176,11 @@ const swap = (state: State, prepared: Prepared) =>
 /**
  * After the gate: the rename made durable; the copy's pages written into Draft's file as well (its WAL
  * holds every one of them, so SQLite reads the same pages; nothing checkpoints Draft during a pull), so
- * that the file follows the copy and the next copy writes only what changes after this one; then one
- * metadata write clears the flag and records that.
+ * that the file follows the copy and the next copy writes only what changes after this one, fsynced (a
+ * later metadata write takes the record of that to the file); then the flag is cleared and that recorded,
+ * in memory: the next metadata write takes it to the file. A crash before that finds the copy flagged,
+ * its fresh WAL renamed and Draft's WAL no longer the one before the copy: done (`flaggedCopyOutcome`),
+ * with the record of before `copyApplied`, which `DraftPages.copyPages` already allows for.
  */
 const settle = (state: State, prepared: Prepared) =>
   Effect.gen(function*() {
@@ -185,7 +188,7 @@ const settle = (state: State, prepared: Prepared) =>
     yield* Files.syncDirectoryOf(paths.draft)
     yield* PageCopy.writePagesInPlace(paths.draft, prepared.frames)
     yield* state.step("copy:applied")
-    yield* updateMetadata(state, (m) => {
+    yield* stageMetadata(state, (m) => {
       const { draftWalBeforeCopy: _, ...rest } = m
       return {
         ...rest,
