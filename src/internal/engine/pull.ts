@@ -105,12 +105,18 @@ interface FirstRequest {
 }
 
 /**
- * Pulls until the remote has nothing more, rolling Synced to each next generation it reports. `cap`: the
- * most frames the remote answers at once, when it says so (`max_pull_frames`); it then answers every frame
- * it has up to that many, so an answer of fewer frames than asked and than `cap`, ending on a commit, is
- * the remote's head when it answered: no request is made only to hear that.
+ * Pulls until the remote has nothing more, rolling Synced to each next generation it reports. `head`: where
+ * `/info` said the remote's head was when the pull began, if it said; frames up to it make the pull
+ * complete (it brings the remote as it was when it began) without a request only to hear that there is
+ * nothing more. A commit that landed since is the next pull's, as it would be a moment later.
  */
-const pullFrames = (state: State, cursor: Cursor, batch: number, cap: number | undefined, first: FirstRequest | undefined) =>
+const pullFrames = (
+  state: State,
+  cursor: Cursor,
+  batch: number,
+  head: { readonly generation: number; readonly maxFrameNo: number } | undefined,
+  first: FirstRequest | undefined
+) =>
   Effect.gen(function*() {
     let pending = first
     for (;;) {
@@ -121,9 +127,12 @@ const pullFrames = (state: State, cursor: Cursor, batch: number, cap: number | u
       const result = usable !== undefined ? yield* usable.result : yield* state.remote.pull(cursor.generation, start, end)
       if (result._tag === "Frames") {
         yield* receive(state, cursor, start, end, result.frames)
-        if (cap !== undefined && result.frames.length < Math.min(end - start, cap)) {
+        if (
+          head !== undefined && head.generation === cursor.generation &&
+          cursor.frame + cursor.buffer.length >= head.maxFrameNo
+        ) {
           yield* flush(state, cursor)
-          // A short answer ends on a commit; one that does not is asked on from where it stopped.
+          // The head is a commit; frames that do not end on one (a remote that moved back) are asked on.
           if (cursor.buffer.length === 0) return
         }
         continue
@@ -192,8 +201,11 @@ export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(fun
     Effect.either(state.remote.pull(m.generation, start, end))
   ], { concurrency: 2 })
   // As many frames per request as the server says it answers at once.
-  const cap = info.maxPullFrames !== undefined && info.maxPullFrames > 0 ? info.maxPullFrames : undefined
-  yield* pullFrames(state, cursor, cap ?? SyncProtocol.CLIENT_BATCH_FRAMES, cap, { start, end, result }).pipe(
+  const batch = info.maxPullFrames !== undefined && info.maxPullFrames > 0
+    ? info.maxPullFrames
+    : SyncProtocol.CLIENT_BATCH_FRAMES
+  const head = info.maxFrameNo === undefined ? undefined : { generation: info.generation, maxFrameNo: info.maxFrameNo }
+  yield* pullFrames(state, cursor, batch, head, { start, end, result }).pipe(
     Effect.ensuring(Effect.ignore(state.synced.open))
   )
   yield* state.synced.open
