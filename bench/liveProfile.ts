@@ -22,11 +22,11 @@ export interface Event {
 
 const now = () => performance.timeOrigin + performance.now()
 
-/** The HTTP request a client span stands for: method and the last part of its path. */
-const httpName = (name: string, attributes: ReadonlyMap<string, unknown>) => {
+/** The HTTP request a client span stands for: method, route (`sync`, `info`, ...) and the span it ran in. */
+const httpName = (name: string, attributes: ReadonlyMap<string, unknown>, parent: string) => {
   const url = String(attributes.get("url.full") ?? attributes.get("http.url") ?? "")
-  const path = url.replace(/^https?:\/\/[^/]+/, "").split("?")[0]
-  return `${name} ${path.split("/").slice(-1)[0] ?? ""}`
+  const route = /\/db\/[^/]+\/([a-z]+)/.exec(url)?.[1] ?? "?"
+  return `${name} ${route} (in ${parent})`
 }
 
 /** A recorder: a tracer and a file service that note their events into `events`. */
@@ -43,7 +43,10 @@ export const make = (proc: string) => {
       return Object.assign(span, {
         end: (endTime: bigint, exit: Exit.Exit<unknown, unknown>) => {
           event.end = now()
-          if (name.startsWith("http.client")) (event as { name: string }).name = httpName(name, span.attributes)
+          if (name.startsWith("http.client")) {
+            const within = parent._tag === "Some" && parent.value._tag === "Span" ? parent.value.name : "no span"
+            ;(event as { name: string }).name = httpName(name, span.attributes, within)
+          }
           end(endTime, exit)
         }
       })

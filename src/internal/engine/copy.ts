@@ -120,7 +120,7 @@ const prepare = (state: State, progress: number, before: SyncMetadata.WalIdentit
     })
     yield* state.step("copy:flagged")
     return { frames, previous } satisfies Prepared
-  })
+  }).pipe(Effect.withSpan("Engine.prepareCopy"))
 
 /** A prepared copy that will not happen: the metadata forgets it first, then its fresh WAL goes. */
 const drop = (state: State, prepared: Prepared) =>
@@ -171,7 +171,7 @@ const swap = (state: State, prepared: Prepared) =>
       Effect.ensuring(Effect.ignore(state.draft.open)),
       Effect.ensuring(Gates.switchReads(state.gates, "draft"))
     )
-  })
+  }).pipe(Effect.withSpan("Engine.swapDraft"))
 
 /**
  * After the gate: the rename made durable; the copy's pages written into Draft's file as well (its WAL
@@ -197,7 +197,7 @@ const settle = (state: State, prepared: Prepared) =>
         ...(m.draftPages ? { draftPages: DraftPages.copyApplied(m.draftPages, syncedFileAt(m)) } : {})
       }
     })
-  })
+  }).pipe(Effect.withSpan("Engine.settleCopy"))
 
 /** Optimistic attempts before the copy is made with writes held throughout (a steady stream of writes). */
 const ATTEMPTS = 2

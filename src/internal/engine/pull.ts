@@ -35,39 +35,38 @@ interface Cursor {
 }
 
 /** Writes the buffer's whole transactions into Synced's WAL, then makes them the synced frames. */
-const flush = (state: State, cursor: Cursor) =>
-  Effect.gen(function*() {
-    const committed = WalFrame.committedLength(cursor.buffer)
-    if (committed === 0) return
-    const generation = cursor.generation
-    // Synced's WAL holds the synced frames after the folded ones: frame n of the generation is WAL frame
-    // n - foldedFrame.
-    const m = yield* SynchronizedRef.get(state.metadata)
-    const inWal = walFrames(m)
-    yield* Validate.frames(cursor.buffer.slice(0, committed), yield* syncedPages(state, inWal), cursor.frame + 1)
-    const prefix = inWal === 0 ? undefined : yield* prefixAtSyncedFrame(state)
-    const trees = yield* syncedTrees(state)
-    yield* state.synced.close
-    const frames = cursor.buffer.slice(0, committed)
-    const wal = yield* Files.appendWal(state.paths.synced, inWal, frames, prefix)
-    // SQLite's checks before the frames count as synced (of the pages they wrote, or the whole database
-    // when those cannot tell); refused, they are cut off again.
-    yield* Validate.pulled(state.paths.synced, inWal, frames, trees, `generation ${generation} up to frame ${cursor.frame + committed}`).pipe(
-      Effect.tapError(() => Files.truncateWal(state.paths.synced, inWal))
-    )
-    yield* Ref.set(state.syncedPrefix, { generation, state: wal })
-    yield* state.step("pull:framesWritten")
-    cursor.frame += committed
-    cursor.buffer = cursor.buffer.slice(committed)
-    const at = cursor.frame
-    // Staged: the frames are fsynced in Synced's WAL, so a crash before the next metadata write only makes
-    // recovery cut them off again (the next pull brings them back). The settle, a copy's flag or a fold
-    // writes it.
-    yield* stageMetadata(state, (m) => ({ ...m, generation, syncedFrame: at }))
-    cursor.changed = true
-    // A long catch-up never holds more than the bound in the WAL.
-    yield* foldSynced(state)
-  })
+const flush = Effect.fn("Engine.writePulledFrames")(function*(state: State, cursor: Cursor) {
+  const committed = WalFrame.committedLength(cursor.buffer)
+  if (committed === 0) return
+  const generation = cursor.generation
+  // Synced's WAL holds the synced frames after the folded ones: frame n of the generation is WAL frame
+  // n - foldedFrame.
+  const m = yield* SynchronizedRef.get(state.metadata)
+  const inWal = walFrames(m)
+  yield* Validate.frames(cursor.buffer.slice(0, committed), yield* syncedPages(state, inWal), cursor.frame + 1)
+  const prefix = inWal === 0 ? undefined : yield* prefixAtSyncedFrame(state)
+  const trees = yield* syncedTrees(state)
+  yield* state.synced.close
+  const frames = cursor.buffer.slice(0, committed)
+  const wal = yield* Files.appendWal(state.paths.synced, inWal, frames, prefix)
+  // SQLite's checks before the frames count as synced (of the pages they wrote, or the whole database
+  // when those cannot tell); refused, they are cut off again.
+  yield* Validate.pulled(state.paths.synced, inWal, frames, trees, `generation ${generation} up to frame ${cursor.frame + committed}`).pipe(
+    Effect.tapError(() => Files.truncateWal(state.paths.synced, inWal))
+  )
+  yield* Ref.set(state.syncedPrefix, { generation, state: wal })
+  yield* state.step("pull:framesWritten")
+  cursor.frame += committed
+  cursor.buffer = cursor.buffer.slice(committed)
+  const at = cursor.frame
+  // Staged: the frames are fsynced in Synced's WAL, so a crash before the next metadata write only makes
+  // recovery cut them off again (the next pull brings them back). The settle, a copy's flag or a fold
+  // writes it.
+  yield* stageMetadata(state, (m) => ({ ...m, generation, syncedFrame: at }))
+  cursor.changed = true
+  // A long catch-up never holds more than the bound in the WAL.
+  yield* foldSynced(state)
+})
 
 /** The b-trees of Synced as it stands (`sqlite_schema` rows with a root page), for the check of pulled frames. */
 const syncedTrees = (state: State) =>

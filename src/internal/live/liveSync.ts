@@ -20,7 +20,10 @@ import type * as Changes from "./changes.js"
 export interface Options {
   /** Seconds a waiting pull stays open (cut to the remote's `maxWaitSeconds`). Default 25. */
   readonly waitSeconds?: number | undefined
-  /** How soon after a local write it is pushed; writes meanwhile go with it. Default 10 ms. */
+  /**
+   * How soon after a local write it is pushed; writes meanwhile go with it, and so do the writes made while
+   * a push runs (the next one takes them all). Default 2 ms.
+   */
   readonly pushDelay?: Duration.DurationInput | undefined
   /** How often a remote without waiting pulls is asked for changes. Default 2 seconds. */
   readonly pollInterval?: Duration.DurationInput | undefined
@@ -59,7 +62,7 @@ const transient = (error: SyncError.SyncError) => error._tag === "NetworkError" 
 
 export const run = (target: Target, options: Options = {}): Effect.Effect<void, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const pushDelay = Duration.decode(options.pushDelay ?? Duration.millis(10))
+    const pushDelay = Duration.decode(options.pushDelay ?? Duration.millis(2))
     const pollInterval = Duration.decode(options.pollInterval ?? Duration.seconds(2))
     const capMs = Duration.toMillis(options.maxBackoff ?? Duration.seconds(10))
     const waitSeconds = options.waitSeconds ?? 25
