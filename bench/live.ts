@@ -108,7 +108,9 @@ const now = () => performance.timeOrigin + performance.now()
 
 /** Starts the watching replica B in a child process; its first-seen times come back as JSON lines. */
 const startWatcher = (url: string, path: string) => {
-  const child = ChildProcess.spawn(process.execPath, ["--import", "tsx", import.meta.filename, "--watch-child", url, path, ...(PROFILE ? ["--profile"] : [])], {
+  // A CPU profile asked of this process (`node --cpu-prof`) is taken of B too.
+  const cpuProf = process.execArgv.filter((a) => a.startsWith("--cpu-prof"))
+  const child = ChildProcess.spawn(process.execPath, [...cpuProf, "--import", "tsx", import.meta.filename, "--watch-child", url, path, ...(PROFILE ? ["--profile"] : [])], {
     stdio: ["pipe", "pipe", "inherit"]
   })
   const seen = new Map<number, number>()
@@ -240,8 +242,12 @@ const measure = async (work: string, name: string, restart: boolean): Promise<Ru
       ...(restart ? { catchUpMs: caughtUp - (restartedAt ?? NaN), downMs, writtenWhileDown: writtenByRestart - Math.floor(WRITES / 2) } : {})
     }
   } finally {
-    watcher?.child.kill("SIGTERM")
-    await watcher?.exited
+    // B ends by itself once it reported (a CPU profile of it is written then); stopped if it does not.
+    if (watcher !== undefined) {
+      await Promise.race([watcher.exited, sleep(watcher.result() === undefined ? 0 : 5000)])
+      watcher.child.kill("SIGTERM")
+      await watcher.exited
+    }
     await Effect.runPromise(Scope.close(scope, Exit.void))
     await stopServer(server.child)
   }

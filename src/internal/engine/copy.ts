@@ -21,6 +21,7 @@ import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as ChangeCapture from "../../ChangeCapture.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import type * as WalFrame from "../../WalFrame.js"
+import * as Changes from "../live/changes.js"
 import * as Files from "../sqlite/files.js"
 import * as PageCopy from "../sqlite/pageCopy.js"
 import * as DraftPages from "./draftPages.js"
@@ -169,7 +170,10 @@ const swap = (state: State, prepared: Prepared) =>
       // Whatever happened, Draft is opened again (capture reinstalled) before reads move back to it.
       Effect.flatMap((exit) => Effect.zipRight(openDraft(state), exit)),
       Effect.ensuring(Effect.ignore(state.draft.open)),
-      Effect.ensuring(Gates.switchReads(state.gates, "draft"))
+      Effect.ensuring(Gates.switchReads(state.gates, "draft")),
+      // Reactive queries look again whatever the outcome (a failure after the rename leaves Draft replaced),
+      // as soon as Draft serves reads again, writes still held.
+      Effect.ensuring(Changes.afterCopy(state.changes, state.draft))
     )
   }).pipe(Effect.withSpan("Engine.swapDraft"))
 
@@ -185,6 +189,8 @@ const swap = (state: State, prepared: Prepared) =>
 const settle = (state: State, prepared: Prepared) =>
   Effect.gen(function*() {
     const { paths } = state
+    // The reactive queries the swap woke read the new rows before this waits for the disk.
+    yield* Effect.yieldNow()
     yield* Files.syncDirectoryOf(paths.draft)
     yield* PageCopy.writePagesInPlace(paths.draft, prepared.frames)
     yield* state.step("copy:applied")

@@ -95,9 +95,7 @@ const pullSteps = Effect.fn("Engine.pull")(function*(state: State) {
     yield* Fold.foldDraftIfIdle(state)
     return arrived
   }
-  yield* Copy.replayAndCopy(state, progress).pipe( /* 2b, 2c */
-    // Reactive queries look again whatever the outcome: a copy that failed late may have replaced Draft.
-    Effect.ensuring(Changes.afterCopy(state.changes, state.draft)),
+  yield* Copy.replayAndCopy(state, progress).pipe( /* 2b, 2c (reactive queries are told by its swap) */
     Effect.onError(() => Effect.ignore(resetSyncedWal(state)))
   )
   yield* resetSyncedWal(state) /* 2d */
