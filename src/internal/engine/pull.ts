@@ -208,7 +208,7 @@ export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(fun
     Effect.ensuring(Effect.ignore(state.synced.open))
   )
   yield* state.synced.open
-  // Made durable by `settleProgress`, whose metadata write always follows this step.
+  // In memory: the next metadata write takes it along.
   yield* SynchronizedRef.update(state.metadata, (m) => ({ ...m, lastPullAt: Date.now() }))
   return cursor.changed
 })
