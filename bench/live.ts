@@ -2,7 +2,7 @@
  * `npm run bench:live` — live sync and reactive queries against a real server process (the
  * `effect-sqlite-sync serve` binary, embedded SQLite store) on loopback.
  *
- *   npx tsx bench/live.ts [--writes 200] [--gap 30] [--idle-seconds 10]
+ *   npx tsx bench/live.ts [--writes 200] [--gap 30] [--idle-seconds 10] [--profile]
  *
  * 1. Latency: replicas A (this process) and B (a child process), both `live: true`. A inserts `--writes` rows, one every
  *    `--gap` ms; B watches `SELECT n FROM items` through `db.reactive`. Per row: from A's `execute` returning
@@ -12,6 +12,9 @@
  * 3. The same writes with the server stopped (SIGTERM) after half of them and started again on the same port
  *    and data a second later: B catches up; every row arrives exactly once (checked on B: each n once, all of
  *    them) and A has nothing pending.
+ *
+ * `--profile`: only 1, with every engine step, HTTP request and fsync of both replicas recorded and laid out
+ * per write (bench/liveProfile.ts). `node --cpu-prof --import tsx bench/live.ts` profiles A and B's CPU.
  */
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as Context from "effect/Context"
