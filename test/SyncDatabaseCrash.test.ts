@@ -112,6 +112,13 @@ layer(Layer.merge(layerHttp, layerCrashChild), { excludeTestServices: true, time
         // Killed with the copies on disk and no metadata: not a database whose metadata was lost.
         expect(Fs.existsSync(`${path}-synced`)).toBe(true)
         expect(Fs.existsSync(`${path}-info`)).toBe(false)
+        // The same files with a Draft that differs from Synced may hold local changes: still refused.
+        const other = NodePath.join(dir, "other")
+        Fs.copyFileSync(`${path}-synced`, `${other}-synced`)
+        const draft = Fs.readFileSync(`${path}-draft`)
+        draft[draft.length - 1] ^= 1
+        Fs.writeFileSync(`${other}-draft`, draft)
+        expect(yield* Effect.flip(openClient(remote, other))).toMatchObject({ _tag: "StorageError", reason: "MetadataLost" })
 
         yield* writer.execute("INSERT INTO t VALUES ('w-1', 1)")
         yield* writer.push

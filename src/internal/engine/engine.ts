@@ -50,7 +50,7 @@ import * as Replay from "./replay.js"
 import { type EngineOptions, type Opening, type State, type SyncedPrefix, updateMetadata } from "./state.js"
 import { resetSyncedWal } from "./syncedWal.js"
 
-export { type EngineOptions, type Step, steps } from "./state.js"
+export { bootstrapSteps, type EngineOptions, type Step, steps } from "./state.js"
 
 /**
  * better-sqlite3 runs every statement synchronously, and Effect's default scheduler goes back to the event
