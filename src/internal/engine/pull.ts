@@ -163,9 +163,7 @@ export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(fun
   const batch = info.maxPullFrames !== undefined && info.maxPullFrames > 0
     ? info.maxPullFrames
     : SyncProtocol.CLIENT_BATCH_FRAMES
-  if (!RemoteBinding.upToDate(m, info)) {
-    yield* pullFrames(state, cursor, batch).pipe(Effect.ensuring(Effect.ignore(state.synced.open)))
-  }
+  yield* pullFrames(state, cursor, batch).pipe(Effect.ensuring(Effect.ignore(state.synced.open)))
   yield* state.synced.open
   // Made durable by `settleProgress`, whose metadata write always follows this step.
   yield* SynchronizedRef.update(state.metadata, (m) => ({ ...m, lastPullAt: Date.now() }))

@@ -114,41 +114,11 @@ export const rewindDecision = (start: number, maxFrameNo: number): Either.Either
     )
 
 /**
- * What `/info` alone says about the synced position, when that is all a pull of the frame could say: the
- * frame is folded into Synced's file (nothing local to compare it with, only whether the remote still
- * has it) and `/info` gives the length of that same generation. `undefined`: the frame must be pulled.
- */
-export const headFromInfo = (
-  known: { readonly generation: number; readonly syncedFrame: number; readonly foldedFrame?: number | undefined },
-  info: SyncRemote.Info
-): HeadAnswer | undefined =>
-  known.syncedFrame <= (known.foldedFrame ?? 0) && info.generation === known.generation && info.maxFrameNo !== undefined
-    ? { _tag: "Ends", maxFrameNo: info.maxFrameNo }
-    : undefined
-
-/**
- * Whether `/info` says the remote holds nothing beyond the synced position: same generation, same last
- * frame. A pull then has nothing to ask for (frames committed after `/info` answered are the next pull's,
- * as they would be had they been committed just after the last answer).
- */
-export const upToDate = (
-  known: { readonly generation: number; readonly syncedFrame: number },
-  info: SyncRemote.Info
-): boolean => info.generation === known.generation && info.maxFrameNo === known.syncedFrame
-
-/**
  * The check before a push or a pull pulls: the identity and generation from `/info`, then the frame at
- * the synced position (pulled again and compared with the local one; for a frame folded into Synced's
- * file, whose bytes are no longer at hand, `/info`'s length of the generation does). Returns `/info`'s
- * answer.
+ * the synced position (pulled again and compared with the local one). Returns `/info`'s answer.
  */
 export const verify = <E>(
-  known: {
-    readonly generation: number
-    readonly syncedFrame: number
-    readonly foldedFrame?: number | undefined
-    readonly databaseId?: string | undefined
-  },
+  known: { readonly generation: number; readonly syncedFrame: number; readonly databaseId?: string | undefined },
   remote: SyncRemote.Service,
   localFrame: (frame: number) => Effect.Effect<WalFrame.Frame | undefined, E>
 ): Effect.Effect<SyncRemote.Info, SyncError.RemoteFailure | RemoteMismatch | E> =>
@@ -165,11 +135,6 @@ export const verify = <E>(
     yield* identityDecision(known.databaseId, info.databaseId)
     yield* headDecision(known, info.generation, undefined)
     if (known.syncedFrame === 0) return info
-    const fromInfo = headFromInfo(known, info)
-    if (fromInfo !== undefined) {
-      yield* headDecision(known, info.generation, fromInfo)
-      return info
-    }
     const answer: HeadAnswer = yield* remote.pull(known.generation, known.syncedFrame, known.syncedFrame + 1).pipe(
       Effect.catchIf(
         (error): error is SyncError.RemoteError => error._tag === "RemoteError" && error.reason === "NotFound",
