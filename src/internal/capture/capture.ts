@@ -33,11 +33,15 @@ export const CHANGES_TABLE = "_sync_changes"
 
 export const createChangesTable = ChangeLog.createChangesTable
 
-/** Per-connection state: the open capture transaction's id and the schema version triggers match. */
+/**
+ * Per-connection state: the open capture transaction's id, the schema version triggers match, and a random
+ * `salt` that makes this connection's statement keys (see {@link stmtExpr}) differ from any other's.
+ */
 const createSession = `CREATE TEMP TABLE IF NOT EXISTS _sync_session (
   id INTEGER PRIMARY KEY CHECK (id = 1),
   tx_id INTEGER,
-  schema_version INTEGER NOT NULL
+  schema_version INTEGER NOT NULL,
+  salt INTEGER NOT NULL
 )`
 
 /**
@@ -48,18 +52,15 @@ const createSession = `CREATE TEMP TABLE IF NOT EXISTS _sync_session (
 const createEvicted = ChangeLog.createEvicted(ChangeLog.INITIAL_WIDTH)
 
 /**
- * Raises the AUTOINCREMENT sequence of the log to at least every id the remote has acknowledged. After a
+ * Raises the log's id floor to at least every id the remote has acknowledged (the log exists). After a
  * pull, Draft is a copy of Synced whose log holds only the still-pending changes: without this floor an
  * empty log would hand out ids the progress row already counts as applied.
  */
 export const raiseSequenceFloor = (sql: SqlClient.SqlClient, floor: number) =>
   Effect.gen(function*() {
-    yield* sql.unsafe(
-      `INSERT INTO main.sqlite_sequence(name, seq) SELECT '_sync_changes', 0
-       WHERE NOT EXISTS (SELECT 1 FROM main.sqlite_sequence WHERE name = '_sync_changes')`
-    ).raw
+    yield* sql.unsafe(ChangeLog.initFloor).raw
     // Only when it moves: an UPDATE to the same value still writes the page (a WAL frame at every reopen).
-    yield* sql`UPDATE main.sqlite_sequence SET seq = ${Math.trunc(floor)} WHERE name = '_sync_changes' AND seq < ${Math.trunc(floor)}`.raw
+    yield* sql.unsafe(...ChangeLog.raiseFloor(floor)).raw
   })
 
 const progressFloor = (sql: SqlClient.SqlClient) =>
@@ -78,8 +79,23 @@ const progressFloor = (sql: SqlClient.SqlClient) =>
 
 export const TRIGGER_PREFIX = "_sync_"
 
+/**
+ * A key of the statement being run, the same for every row it writes and different from the previous
+ * statement's on this connection: `total_changes()` only moves when a statement ends (rows written by
+ * triggers and by the statement itself are counted then), and every statement that fires a capture trigger
+ * changes at least one row itself, so the count is new for each one. The connection's salt keeps keys of
+ * different connections apart (the count starts at 0 on each).
+ */
+const stmtExpr = `((SELECT salt FROM temp._sync_session) + total_changes())`
+
+/**
+ * The change's transaction id: the open capture transaction's; else, when the log's last row was written by
+ * this same statement, that row's; else the id this change takes (a statement in autocommit mode is its
+ * own transaction, whose id is its first change's).
+ */
 const txIdExpr = `coalesce((SELECT tx_id FROM temp._sync_session), ` +
-  `coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1)`
+  `(SELECT CASE WHEN c.stmt = ${stmtExpr} THEN c.tx_id END FROM main._sync_changes AS c ORDER BY c.id DESC LIMIT 1), ` +
+  `${ChangeLog.NEXT_ID})`
 
 /** The values of a row (NEW, OLD or an alias), each as is: the log keeps them exactly (see changeLog.ts). */
 const valuesExpr = (row: string, columns: ReadonlyArray<string>): ReadonlyArray<string> =>
@@ -104,10 +120,10 @@ const logInsert = (
   if (split) values.splice(info.columns.length)
   const beforeRowid = kind === "insert" ? "NULL" : rowidExpr("OLD", info)
   const afterRowid = kind === "delete" ? "NULL" : rowidExpr("NEW", info)
-  return `INSERT INTO main._sync_changes (tx_id, tbl, kind, cols, before_rowid, after_rowid${
+  return `INSERT INTO main._sync_changes (id, tx_id, stmt, tbl, kind, cols, before_rowid, after_rowid${
     values.length === 0 ? "" : `, ${valueColumns(values.length).join(", ")}`
   })
-  VALUES (${txIdExpr}, ${stringLiteral(info.name)}, '${kind}', ${columnsLiteral(info)}, ${beforeRowid}, ${afterRowid}${
+  VALUES (${ChangeLog.NEXT_ID}, ${txIdExpr}, ${stmtExpr}, ${stringLiteral(info.name)}, '${kind}', ${columnsLiteral(info)}, ${beforeRowid}, ${afterRowid}${
     values.length === 0 ? "" : `, ${values.join(", ")}`
   });${
     split
@@ -185,8 +201,11 @@ END`
   const tbl = stringLiteral(info.name)
   const statements: Array<string> = []
   const slots = valueColumns(info.columns.length).join(", ")
-  const moveEvicted = `INSERT INTO main._sync_changes (tx_id, tbl, kind, cols, before_rowid, ${slots})
-  SELECT ${txIdExpr}, tbl, 'delete', ${columnsLiteral(info)}, before_rowid, ${slots} FROM temp._sync_evicted
+  // Ids: the next one, then one more per row (row_number counts from 1). Should SQLite evaluate NEXT_ID again
+  // for each row rather than once, the ids still grow, only not by 1.
+  const moveEvicted = `INSERT INTO main._sync_changes (id, tx_id, stmt, tbl, kind, cols, before_rowid, ${slots})
+  SELECT ${ChangeLog.NEXT_ID} + row_number() OVER (ORDER BY seq) - 1, ${txIdExpr}, ${stmtExpr}, tbl, 'delete',
+    ${columnsLiteral(info)}, before_rowid, ${slots} FROM temp._sync_evicted
   WHERE tbl = ${tbl} ORDER BY seq;
   DELETE FROM temp._sync_evicted WHERE tbl = ${tbl};`
   const stage = (self: "NEW" | "OLD") => {
@@ -293,11 +312,21 @@ export const install: Effect.Effect<void, SqlError | CaptureError, SqlClient.Sql
     yield* raiseSequenceFloor(sql, yield* progressFloor(sql))
     yield* sql.unsafe(createSession).raw
     yield* sql.unsafe(createEvicted).raw
-    yield* sql.unsafe(`INSERT OR IGNORE INTO temp._sync_session (id, tx_id, schema_version) VALUES (1, NULL, -1)`).raw
+    yield* sql.unsafe(
+      `INSERT OR IGNORE INTO temp._sync_session (id, tx_id, schema_version, salt)
+       VALUES (1, NULL, -1, random() & 4611686018427387903)`
+    ).raw
     yield* reinstallTriggers(sql)
   }))
   knownInstalled.add(sql)
 })
+
+/** Logs a schema change's statement text under `txId`. */
+const recordDdl = (sql: SqlClient.SqlClient, txId: number, statement: string) =>
+  sql.unsafe(
+    `INSERT INTO main._sync_changes (id, tx_id, tbl, kind, sql) VALUES (${ChangeLog.NEXT_ID}, ?, '', 'ddl', ?)`,
+    [txId, statement]
+  ).raw
 
 const isInstalled = (sql: SqlClient.SqlClient) =>
   plain(Effect.map(
@@ -336,14 +365,13 @@ export const transaction = <A, E, R>(
     if (outer !== undefined) return yield* forgetOnFailure(sql.withTransaction(effect))
     const recordStatement = (txId: number) =>
       Effect.gen(function*() {
-        yield* sql`INSERT INTO main._sync_changes (tx_id, tbl, kind, sql) VALUES (${txId}, '', 'ddl', ${statement!})`
-          .raw
+        yield* recordDdl(sql, txId, statement!)
         yield* reinstallTriggers(sql)
       })
     return yield* forgetOnFailure(sql.withTransaction(Effect.gen(function*() {
       // One statement opens the capture transaction: allocate the id, read the versions to compare.
       const begin = sql<SessionRow>`UPDATE temp._sync_session
-        SET tx_id = coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1
+        SET tx_id = ${sql.literal(ChangeLog.NEXT_ID)}
         RETURNING tx_id, schema_version AS installed, (SELECT schema_version FROM pragma_schema_version) AS current`
         .withoutTransform
       // @effect/sql-sqlite-node caches a statement that failed to prepare (as a failure, for minutes): `begin`
@@ -555,8 +583,7 @@ const executeOne = (
           })
         )
       }
-      yield* sql`INSERT INTO main._sync_changes (tx_id, tbl, kind, sql) VALUES (${state.txId}, '', 'ddl', ${statement})`
-        .raw
+      yield* recordDdl(sql, state.txId, statement)
       yield* reinstallTriggers(sql)
     }
     return result
@@ -677,17 +704,32 @@ export const pending = (
   Effect.map(pendingValues(afterId, limit), (changes) => changes.map(ChangeLog.toPublic))
 
 /**
- * Creates the log if absent; a log in the first format (JSON images of literals) is rewritten in place,
- * within the caller's transaction.
+ * Creates the log (and its id floor) if absent; a log of an earlier format is rewritten in place, within
+ * the caller's transaction (see changeLog.ts).
  */
 export const ensureLog = (sql: SqlClient.SqlClient): Effect.Effect<void, SqlError | CaptureError> =>
   Effect.gen(function*() {
     yield* sql.unsafe(createChangesTable).raw
-    const migrated = yield* Effect.provideService(
-      Executor.withExecutor((exec) => ChangeLog.isFirstFormat(exec) ? ChangeLog.migrate(exec) : undefined),
-      SqlClient.SqlClient,
-      sql
+    const withExec = <A>(f: (exec: Executor.Executor) => A) =>
+      Effect.provideService(Executor.withExecutor(f), SqlClient.SqlClient, sql)
+    const format = yield* withExec((exec) =>
+      ChangeLog.isFirstFormat(exec) ? "first" as const : ChangeLog.isSecondFormat(exec) ? "second" as const : "current" as const
     )
+    if (format === "second") {
+      yield* withExec(ChangeLog.upgradeSecondFormat).pipe(
+        Effect.mapError((cause) =>
+          new CaptureError({
+            reason: "LogMigration",
+            message: `cannot upgrade the change log (migration step: rebuilding _sync_changes without ` +
+              `AUTOINCREMENT, its sequence kept in ${ChangeLog.FLOOR_TABLE}): ${cause.message}; nothing was changed`,
+            cause
+          })
+        )
+      )
+    }
+    const migrated = format === "first" ? yield* withExec(ChangeLog.migrate) : undefined
+    yield* sql.unsafe(ChangeLog.createFloorTable).raw
+    yield* sql.unsafe(ChangeLog.initFloor).raw
     if (migrated !== undefined && migrated.unreadable.length > 0) {
       return yield* new CaptureError({
         reason: "LogMigration",
@@ -701,10 +743,7 @@ export const ensureLog = (sql: SqlClient.SqlClient): Effect.Effect<void, SqlErro
 export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> = plainGen(function*() {
   const sql = yield* SqlClient.SqlClient
   if (!(yield* changesTableExists(sql))) return 0
-  const rows = yield* sql<{ readonly id: number }>`
-    SELECT max(coalesce((SELECT max(id) FROM main._sync_changes), 0),
-               coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0)) AS id`
-    .withoutTransform
+  const rows = yield* sql.unsafe<{ readonly id: number }>(`${ChangeLog.LAST_ID} AS id`).withoutTransform
   return rows[0]!.id
 })
 
@@ -721,6 +760,9 @@ export const prune = (upToId: number): Effect.Effect<void, SqlError, SqlClient.S
   plainGen(function*() {
     const sql = yield* SqlClient.SqlClient
     if (!(yield* changesTableExists(sql))) return
+    // The floor first: ids handed out stay handed out once their rows are gone.
+    yield* sql.unsafe(ChangeLog.initFloor).raw
+    yield* sql.unsafe(...ChangeLog.raiseFloor(upToId)).raw
     yield* sql`DELETE FROM main._sync_changes WHERE id <= ${upToId}`.raw
     const after = yield* sql<{ readonly n: number }>`
       SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = ${ChangeLog.AFTER_TABLE}`.withoutTransform
