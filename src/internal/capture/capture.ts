@@ -80,13 +80,33 @@ const progressFloor = (sql: SqlClient.SqlClient) =>
 export const TRIGGER_PREFIX = "_sync_"
 
 /**
- * A key of the statement being run, the same for every row it writes and different from the previous
- * statement's on this connection: `total_changes()` only moves when a statement ends (rows written by
- * triggers and by the statement itself are counted then), and every statement that fires a capture trigger
- * changes at least one row itself, so the count is new for each one. The connection's salt keeps keys of
- * different connections apart (the count starts at 0 on each).
+ * Statement keys. `temp._sync_stmt` is an AUTOINCREMENT table: SQLite loads its sequence when a statement
+ * starts and saves it when the statement ends, so `temp.sqlite_sequence` reads the same value for every row
+ * one statement writes, and a higher one in the next statement once a row was inserted. The first captured
+ * row of a statement (the log's last row has another key) inserts one (and deletes the previous one: the
+ * table holds at most one row). Its journal is kept in memory (see Executor.makeClient): a temp write per
+ * statement then costs no file. The connection's salt keeps keys of different connections apart (the
+ * sequence starts at 0 on each). Outside a capture transaction only: inside, the session's `tx_id` is used.
  */
-const stmtExpr = `((SELECT salt FROM temp._sync_session) + total_changes())`
+const createStatementSequence = `CREATE TEMP TABLE IF NOT EXISTS _sync_stmt (id INTEGER PRIMARY KEY AUTOINCREMENT)`
+
+const stmtExpr = `((SELECT salt FROM temp._sync_session) + ` +
+  `coalesce((SELECT seq FROM temp.sqlite_sequence WHERE name = '_sync_stmt'), 0))`
+
+/** The key a row takes: none inside a capture transaction (its rows must not look like a statement's). */
+const rowStmtExpr = `CASE WHEN (SELECT tx_id FROM temp._sync_session) IS NULL THEN ${stmtExpr} END`
+
+/** 1 when the log's last row was written by the statement being run. */
+const sameStatement = `(SELECT c.stmt = ${stmtExpr} FROM main._sync_changes AS c ORDER BY c.id DESC LIMIT 1)`
+
+/** A new statement key for the next statement, when this row is its statement's first (see above). */
+const markStatement = (() => {
+  const first = `(SELECT tx_id FROM temp._sync_session) IS NULL AND ${sameStatement} IS NOT 1`
+  // Two plain statements rather than INSERT OR REPLACE: a conflict clause of the user's statement (OR IGNORE)
+  // would override the trigger's and leave the key unchanged.
+  return `DELETE FROM temp._sync_stmt WHERE ${first};
+  INSERT INTO temp._sync_stmt (id) SELECT NULL WHERE ${first};`
+})()
 
 /**
  * The change's transaction id: the open capture transaction's; else, when the log's last row was written by
@@ -123,7 +143,7 @@ const logInsert = (
   return `INSERT INTO main._sync_changes (id, tx_id, stmt, tbl, kind, cols, before_rowid, after_rowid${
     values.length === 0 ? "" : `, ${valueColumns(values.length).join(", ")}`
   })
-  VALUES (${ChangeLog.NEXT_ID}, ${txIdExpr}, ${stmtExpr}, ${stringLiteral(info.name)}, '${kind}', ${columnsLiteral(info)}, ${beforeRowid}, ${afterRowid}${
+  VALUES (${ChangeLog.NEXT_ID}, ${txIdExpr}, ${rowStmtExpr}, ${stringLiteral(info.name)}, '${kind}', ${columnsLiteral(info)}, ${beforeRowid}, ${afterRowid}${
     values.length === 0 ? "" : `, ${values.join(", ")}`
   });${
     split
@@ -204,7 +224,7 @@ END`
   // Ids: the next one, then one more per row (row_number counts from 1). Should SQLite evaluate NEXT_ID again
   // for each row rather than once, the ids still grow, only not by 1.
   const moveEvicted = `INSERT INTO main._sync_changes (id, tx_id, stmt, tbl, kind, cols, before_rowid, ${slots})
-  SELECT ${ChangeLog.NEXT_ID} + row_number() OVER (ORDER BY seq) - 1, ${txIdExpr}, ${stmtExpr}, tbl, 'delete',
+  SELECT ${ChangeLog.NEXT_ID} + row_number() OVER (ORDER BY seq) - 1, ${txIdExpr}, ${rowStmtExpr}, tbl, 'delete',
     ${columnsLiteral(info)}, before_rowid, ${slots} FROM temp._sync_evicted
   WHERE tbl = ${tbl} ORDER BY seq;
   DELETE FROM temp._sync_evicted WHERE tbl = ${tbl};`
@@ -228,14 +248,17 @@ END`)
 END`)
   }
   statements.push(`CREATE TEMP TRIGGER ${name("ai")} AFTER INSERT ON ${table} BEGIN
+  ${markStatement}
   ${stageInsert !== undefined ? moveEvicted : ""}
   ${logInsert(info, "insert")}
 END`)
   statements.push(`CREATE TEMP TRIGGER ${name("au")} AFTER UPDATE ON ${table} BEGIN
+  ${markStatement}
   ${stageUpdate !== undefined ? moveEvicted : ""}
   ${logInsert(info, "update")}
 END`)
   statements.push(`CREATE TEMP TRIGGER ${name("ad")} AFTER DELETE ON ${table} BEGIN
+  ${markStatement}
   ${logInsert(info, "delete")}
 END`)
   return statements
@@ -311,6 +334,7 @@ export const install: Effect.Effect<void, SqlError | CaptureError, SqlClient.Sql
     yield* ensureLog(sql)
     yield* raiseSequenceFloor(sql, yield* progressFloor(sql))
     yield* sql.unsafe(createSession).raw
+    yield* sql.unsafe(createStatementSequence).raw
     yield* sql.unsafe(createEvicted).raw
     yield* sql.unsafe(
       `INSERT OR IGNORE INTO temp._sync_session (id, tx_id, schema_version, salt)
