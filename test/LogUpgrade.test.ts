@@ -107,24 +107,37 @@ const downgrade = (draft: string, changes: ReadonlyArray<{
   }
 }
 
+/**
+ * A server, and a local database whose three notes were pushed and which then wrote `pending` (closed
+ * again): the files an earlier version would have left.
+ */
+const pushedNotes = (name: string, pending: (a: SyncDatabase.SyncDatabase["Type"]) => Effect.Effect<unknown, unknown>) =>
+  Effect.gen(function*() {
+    const data = yield* tempDir
+    const dir = yield* tempDir
+    const server = yield* serverProcess(["--data", data])
+    const url = `${server.url}/db/${name}`
+    const path = NodePath.join(dir, "a")
+    yield* Effect.scoped(Effect.gen(function*() {
+      const a = yield* open(path, url)
+      yield* a.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, n REAL)")
+      yield* a.execute("INSERT INTO notes VALUES (1, 'kept', 1.5), (2, 'to change', 2.0), (3, 'to delete', 3)")
+      yield* a.push
+      yield* pending(a)
+    }))
+    return { dir, url, path }
+  })
+
 describe("a change log of the earlier format", () => {
   it.scoped("is rewritten on open and its pending changes push exactly", () =>
     Effect.gen(function*() {
-      const data = yield* tempDir
-      const dir = yield* tempDir
-      const server = yield* serverProcess(["--data", data])
-      const url = `${server.url}/db/upgrade`
-      const path = NodePath.join(dir, "a")
-      yield* Effect.scoped(Effect.gen(function*() {
-        const a = yield* open(path, url)
-        yield* a.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, n REAL)")
-        yield* a.execute("INSERT INTO notes VALUES (1, 'kept', 1.5), (2, 'to change', 2.0), (3, 'to delete', 3)")
-        yield* a.push
-        // the pending writes, as the earlier version captured them
-        yield* a.execute("INSERT INTO notes VALUES (4, 'it''s new', 0.1)")
-        yield* a.execute("UPDATE notes SET body = 'changed', n = 9223372036854775807 WHERE id = 2")
-        yield* a.execute("DELETE FROM notes WHERE id = 3")
-      }))
+      // the pending writes, as the earlier version captured them
+      const { dir, path, url } = yield* pushedNotes("upgrade", (a) =>
+        Effect.gen(function*() {
+          yield* a.execute("INSERT INTO notes VALUES (4, 'it''s new', 0.1)")
+          yield* a.execute("UPDATE notes SET body = 'changed', n = 9223372036854775807 WHERE id = 2")
+          yield* a.execute("DELETE FROM notes WHERE id = 3")
+        }))
       downgrade(`${path}-draft`, [
         { kind: "insert", after: `{"id":"4","body":"'it''s new'","n":"0.1"}` },
         {
@@ -184,21 +197,13 @@ describe("a change log of the earlier format", () => {
 
   it.scoped("of the second format (AUTOINCREMENT ids) is rebuilt on open: its pending changes push, new ids stay above its sequence", () =>
     Effect.gen(function*() {
-      const data = yield* tempDir
-      const dir = yield* tempDir
-      const server = yield* serverProcess(["--data", data])
-      const url = `${server.url}/db/second`
-      const path = NodePath.join(dir, "a")
-      yield* Effect.scoped(Effect.gen(function*() {
-        const a = yield* open(path, url)
-        yield* a.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, n REAL)")
-        yield* a.execute("INSERT INTO notes VALUES (1, 'kept', 1.5), (2, 'to change', 2.0), (3, 'to delete', 3)")
-        yield* a.push
-        // pending: a statement of two rows (one transaction), an update, a delete
-        yield* a.execute("INSERT INTO notes VALUES (4, ?, 0.1), (5, 'five', -0.0)", ["a\0b"])
-        yield* a.execute("UPDATE notes SET body = 'changed', n = 9223372036854775807 WHERE id = 2")
-        yield* a.execute("DELETE FROM notes WHERE id = 3")
-      }))
+      // pending: a statement of two rows (one transaction), an update, a delete
+      const { dir, path, url } = yield* pushedNotes("second", (a) =>
+        Effect.gen(function*() {
+          yield* a.execute("INSERT INTO notes VALUES (4, ?, 0.1), (5, 'five', -0.0)", ["a\0b"])
+          yield* a.execute("UPDATE notes SET body = 'changed', n = 9223372036854775807 WHERE id = 2")
+          yield* a.execute("DELETE FROM notes WHERE id = 3")
+        }))
       const draft = `${path}-draft`
       const before = (() => {
         const db = new BetterSqlite3(draft, { readonly: true })
