@@ -46,16 +46,18 @@ export interface Run extends RunStart {
 }
 
 /**
- * Pure: the statement listing run starts after the first parameter (at most the second's count of them) in the log `schema`, in id
- * order: the changes whose transaction, table, kind or column list differs from the change before.
+ * Pure: the statement listing run starts after change `$after` (at most `$limit` of them) in the log
+ * `schema`, in id order: the changes whose transaction, table, kind or column list differs from the
+ * change before. (A gap in the ids also starts a run: a run split in two is only slower.)
  */
-export const runStartsText = (schema: string) =>
-  `SELECT id, tx_id, tbl, kind, cols FROM (
-    SELECT id, tx_id, tbl, kind, cols,
-      tx_id IS NOT lag(tx_id) OVER w OR tbl IS NOT lag(tbl) OVER w OR kind IS NOT lag(kind) OVER w
-        OR cols IS NOT lag(cols) OVER w AS boundary
-    FROM ${ident(schema)}._sync_changes WHERE id > ? WINDOW w AS (ORDER BY id)
-  ) WHERE boundary ORDER BY id LIMIT ?`
+export const runStartsText = (schema: string) => {
+  const log = `${ident(schema)}._sync_changes`
+  return `SELECT l.id, l.tx_id, l.tbl, l.kind, l.cols FROM ${log} AS l
+    LEFT JOIN ${log} AS p ON p.id = l.id - 1 AND p.id > $after
+    WHERE l.id > $after AND (p.id IS NULL OR p.tx_id IS NOT l.tx_id OR p.tbl IS NOT l.tbl OR p.kind IS NOT l.kind
+      OR p.cols IS NOT l.cols)
+    ORDER BY l.id LIMIT $limit`
+}
 
 /**
  * Reads the runs after change `afterId` (up to {@link RUNS_PER_READ}), each with its last id. Inside the
@@ -63,7 +65,7 @@ export const runStartsText = (schema: string) =>
  * change this snapshot has.
  */
 export const readRuns = (exec: Executor, schema: string, afterId: number): ReadonlyArray<Run> => {
-  const rows = exec.values(runStartsText(schema), [afterId, RUNS_PER_READ + 1])
+  const rows = exec.values(runStartsText(schema), [{ after: afterId, limit: RUNS_PER_READ + 1 }])
   if (rows.length === 0) return []
   const starts: Array<RunStart> = rows.map((row) => ({
     id: Number(row[0]),

@@ -370,7 +370,8 @@ export const applySource = (
       yield* attempt(() => exec.once(`PRAGMA defer_foreign_keys = ON`))
       const clientId = options.clientId
       const done = clientId === undefined ? 0 : yield* attempt(() => readProgress(exec, clientId))
-      const first = yield* source(done, PAGE)
+      // (with the log attached only whether anything is pending matters: runs are read from the log)
+      const first = yield* source(done, log === undefined ? PAGE : 1)
       const suspend = options.triggers !== "fire" && first.length > 0
       let suspended = suspend ? yield* attempt(() => suspendTriggers(exec)) : []
       const conflicts: Array<ChangeReplay.Conflict> = []
