@@ -401,6 +401,15 @@ const suite = (kind: Kind) =>
           }))
       }
 
+      it.effect("a sync URL that leaves out /db/NAME gets a 404 that says where databases are served", () =>
+        Effect.gen(function*() {
+          const res = yield* call({ path: "/info" })
+          expect(res.status).toBe(404)
+          const body = H.json(res)
+          expect(body.error).toBe("not_found")
+          expect(body.message).toContain("/db/NAME")
+        }))
+
       it.effect("a client that hangs up in the middle of a push body changes nothing and is logged as 499 or 400", () =>
         Effect.gen(function*() {
           const { base, lines } = yield* TestServer

@@ -148,7 +148,11 @@ export const classifyUnrouted = (method: string, path: string): HttpFailure => {
       return new HttpFailure({ status: 400, code: "bad_path", message: "a path parameter is malformed or too long" })
     }
   }
-  return new HttpFailure({ status: 404, code: "not_found", message: "no such route" })
+  return new HttpFailure({
+    status: 404,
+    code: "not_found",
+    message: "no such route: a database is served under /db/NAME (its sync URL is http://HOST:PORT/db/NAME)"
+  })
 }
 
 /**
