@@ -6,7 +6,7 @@
  * same changes.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import { describe, expect, it } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -22,6 +22,7 @@ import * as Replay from "../src/internal/replay/replay.js"
 import * as Executor from "../src/internal/sqlite/executor.js"
 import * as TableInfo from "../src/internal/sqlite/tableInfo.js"
 import { ident, isInternalTable } from "../src/internal/sqlite/sqlText.js"
+import { freshName, Harness, layerHttp, openClient, remoteQuery, tempDir } from "./support/engine.js"
 
 type Client = SqlClient.SqlClient
 
@@ -269,4 +270,37 @@ describe("ReplayBulk", () => {
       )
       yield* Effect.promise(() => fc.assert(property, { numRuns: 12 }))
     }), 120_000)
+})
+
+layer(layerHttp, { excludeTestServices: true, timeout: 120_000 })("ReplayBulk over HTTP", (it) => {
+  it.scoped("large pushes over another replica's edits converge as change by change would have them", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("bulk"))
+      const dir = yield* tempDir
+      const a = yield* openClient(remote, path.join(dir, "a"))
+      const b = yield* openClient(remote, path.join(dir, "b"))
+      yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, w INTEGER)")
+      yield* a.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500) INSERT INTO t SELECT i, 'a' || i, 0 FROM n")
+      yield* a.push
+      yield* b.pull
+      // B edits a few rows; A then rewrites every row's v and deletes some: A's runs meet B's rows
+      yield* b.execute("UPDATE t SET w = 7 WHERE id IN (10, 250)")
+      yield* b.execute("DELETE FROM t WHERE id = 400")
+      yield* b.push
+      yield* a.execute("UPDATE t SET v = v || '!'")
+      yield* a.execute("DELETE FROM t WHERE id > 450")
+      yield* a.push
+      yield* a.pull
+      yield* b.pull
+      const query = "SELECT id, v, w FROM t ORDER BY id"
+      const rows = yield* a.query(query)
+      expect(yield* b.query(query)).toEqual(rows)
+      expect(yield* remoteQuery(remote, query)).toEqual(rows)
+      expect(rows.length).toBe(450)
+      // column-level: B's w survives A's update of v; A's update of the row B deleted writes it again
+      expect(rows.find((row) => row.id === 10)).toEqual({ id: 10, v: "a10!", w: 7 })
+      expect(rows.find((row) => row.id === 400)).toEqual({ id: 400, v: "a400!", w: 0 })
+      expect((yield* a.conflicts).map((c) => c.kind).sort()).toEqual(["RowChanged", "RowChanged", "RowMissing"])
+    }))
 })
