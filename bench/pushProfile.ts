@@ -1,6 +1,9 @@
 /**
  * Where a push's time goes: the engine's spans (Effect.fn names) summed per name, for a push of N inserts,
- * updates of one column and deletes, plus the server's push and check time from its /metrics.
+ * updates of one column and deletes, the steps' times since the push began, and the server's time answering
+ * the push requests (its /metrics). A CPU profile of both processes, with compiled code:
+ *
+ *   npx tsc -p <a tsconfig emitting src and bench>; node --cpu-prof OUT/bench/pushProfile.js --server-prof DIR
  *
  *   npx tsx bench/pushProfile.ts [--rows 20000] [--server-prof DIR]
  */
@@ -9,39 +12,19 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
-import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import * as Tracer from "effect/Tracer"
-import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
 import * as SyncDatabase from "../src/SyncDatabase.js"
+import { startServer } from "./push.js"
 import { bulkInsert, CREATE } from "./rows.js"
 
 const flag = (name: string, fallback: string) => {
   const i = process.argv.indexOf(`--${name}`)
   return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1]! : fallback
 }
-
-// compiled (a profile wants the compiled names and lines): the compiled server; from source: through tsx
-const compiled = import.meta.filename.endsWith(".js")
-const BIN = NodePath.resolve(import.meta.dirname, "..", "src", compiled ? "bin.js" : "bin.ts")
-const startServer = (dir: string, prof: string | undefined) =>
-  new Promise<{ url: string; child: ChildProcess.ChildProcess }>((resolve, reject) => {
-    const child = ChildProcess.spawn(
-      process.execPath,
-      [...(prof ? ["--cpu-prof", "--cpu-prof-dir", prof] : []), ...(compiled ? [] : ["--import", "tsx"]), BIN, "serve", "--host", "127.0.0.1", "--port", "0", "--data", dir],
-      { stdio: ["ignore", "pipe", process.env.SERVER_LOG ? Fs.openSync(process.env.SERVER_LOG, "w") : "ignore"] }
-    )
-    let out = ""
-    child.stdout!.on("data", (c: Buffer) => {
-      out += c.toString()
-      const m = /Listening on (http:\/\/\S+)/.exec(out)
-      if (m) resolve({ url: m[1]!, child })
-    })
-    child.once("exit", (code) => reject(new Error(`server exited ${code}`)))
-  })
 
 const totals = new Map<string, { ms: number; n: number }>()
 let recording = false
@@ -86,7 +69,10 @@ const main = async () => {
   const n = Number(flag("rows", "20000"))
   const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-push-prof-"))
   const prof = process.argv.includes("--server-prof") ? flag("server-prof", "/tmp/prof") : undefined
-  const server = await startServer(NodePath.join(work, "server"), prof)
+  const server = await startServer(NodePath.join(work, "server"), {
+    nodeArgs: prof ? ["--cpu-prof", "--cpu-prof-dir", prof] : [],
+    ...(process.env.SERVER_LOG ? { stderr: Fs.openSync(process.env.SERVER_LOG, "w") } : {})
+  })
   const scope = Effect.runSync(Scope.make())
   const run = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>) =>
     Effect.runPromise(Scope.extend(effect, scope).pipe(Effect.withTracer(tracer)))
@@ -111,7 +97,6 @@ const main = async () => {
       totals.clear()
       marks.length = 0
       const pushBefore = await metric(server.url, "effect_sqlite_sync_push_seconds")
-      const checkBefore = await metric(server.url, "effect_sqlite_sync_check_seconds")
       recording = true
       const start = performance.now()
       const t0 = process.hrtime.bigint() / 1000n
@@ -120,8 +105,7 @@ const main = async () => {
       console.log(`window ${kind} ${t0} ${process.hrtime.bigint() / 1000n}`)
       recording = false
       const pushMs = (await metric(server.url, "effect_sqlite_sync_push_seconds")) - pushBefore
-      const checkMs = (await metric(server.url, "effect_sqlite_sync_check_seconds")) - checkBefore
-      console.log(`push of ${n} ${kind}: ${ms.toFixed(1)} ms (server: push requests ${pushMs.toFixed(1)} ms, check ${checkMs.toFixed(1)} ms)`)
+      console.log(`push of ${n} ${kind}: ${ms.toFixed(1)} ms (server: push requests ${pushMs.toFixed(1)} ms)`)
       const rows = [...totals].filter(([name]) => !name.startsWith("sql.")).sort((a, b) => b[1].ms - a[1].ms).slice(0, 14)
       console.log("  steps: " + marks.map(([step, at]) => `${step} +${(at - start).toFixed(0)}`).join(", "))
       for (const [name, t] of rows) console.log(`  ${name.padEnd(40)} ${t.ms.toFixed(1).padStart(8)} ms  x${t.n}`)
@@ -134,7 +118,6 @@ const main = async () => {
   }
 }
 
-void Option
 main().then(() => process.exit(0), (e) => {
   console.error(e)
   process.exit(1)
