@@ -33,7 +33,7 @@ import * as SyncError from "../../SyncError.js"
 import * as SyncFiles from "../../SyncFiles.js"
 import * as SyncMetadata from "../../SyncMetadata.js"
 import * as SyncRemote from "../../SyncRemote.js"
-import { bootstrap } from "./bootstrap.js"
+import { bootstrap, unfinished } from "./bootstrap.js"
 import * as ConflictLog from "./conflictLog.js"
 import * as Copy from "./copy.js"
 import * as Fold from "./fold.js"
@@ -50,7 +50,7 @@ import * as Replay from "./replay.js"
 import { type EngineOptions, type Opening, persistStaged, type State, type SyncedPrefix, updateMetadata } from "./state.js"
 import { resetSyncedWal } from "./syncedWal.js"
 
-export { type EngineOptions, type Step, steps } from "./state.js"
+export { bootstrapSteps, type EngineOptions, type Step, steps } from "./state.js"
 
 /**
  * better-sqlite3 runs every statement synchronously, and Effect's default scheduler goes back to the event
@@ -126,7 +126,12 @@ const open = (options: EngineOptions) =>
       traffic: yield* Ref.make({ sent: 0, received: 0 })
     }
     const stored = yield* opening.metadataStore.read
-    if (Option.isNone(stored) && options.startOver !== true && (yield* LocalFiles.anyCopyExists(opening.paths))) {
+    // Copies without metadata: a bootstrap killed before its metadata write starts again (bootstrap removes
+    // them); anything else may hold changes not pushed yet.
+    if (
+      Option.isNone(stored) && options.startOver !== true && (yield* LocalFiles.anyCopyExists(opening.paths)) &&
+      !(yield* unfinished(opening.paths))
+    ) {
       return yield* LocalFiles.metadataLost(opening.paths)
     }
     // Another server database's URL is refused before anything is touched.

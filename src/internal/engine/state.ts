@@ -99,8 +99,16 @@ export const steps = [
   "reset:before"
 ] as const
 
+/**
+ * The point between the durable steps of a bootstrap (the copies written, the metadata not yet): met
+ * only by an open that bootstraps, so kept apart from the steps a sync meets.
+ *
+ * @internal
+ */
+export const bootstrapSteps = ["bootstrap:copiesWritten"] as const
+
 /** @internal */
-export type Step = typeof steps[number]
+export type Step = typeof steps[number] | typeof bootstrapSteps[number]
 
 /** @internal */
 export type Paths = ReturnType<typeof LocalCopies.files>
