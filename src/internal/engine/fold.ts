@@ -143,7 +143,9 @@ const recordDraftFold = (state: State, frames: ReadonlyArray<PageCopy.FrameHeade
  */
 const checkpointRecorded = (state: State) =>
   Effect.zipRight(
-    checkpointDraft(state),
+    // A copy's cleared flag may still be only in memory (`stageMetadata`): written first, since the
+    // checkpoint empties Draft's WAL, which could then look like the WAL the flagged copy was prepared over.
+    Effect.zipRight(persistStaged(state), checkpointDraft(state)),
     SynchronizedRef.update(state.metadata, (m) => ({ ...m, draftFoldInProgress: false }))
   )
 
