@@ -177,6 +177,36 @@ const ours = async (lib: Library, work: string, rows: number, measure: Measure) 
 }
 
 /**
+ * What the per-row figures compare, stated with them: SQLite's journal mode and synchronous setting of raw
+ * better-sqlite3 and of the library's Draft copy (both at better-sqlite3's defaults for WAL).
+ */
+export const settings = async (): Promise<string> => {
+  const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-settings-"))
+  const scope = Effect.runSync(Scope.make())
+  try {
+    const raw = rawDb(work)
+    const rawSettings = `${raw.pragma("journal_mode", { simple: true })}, synchronous ${raw.pragma("synchronous", { simple: true })}, ` +
+      `wal_autocheckpoint ${raw.pragma("wal_autocheckpoint", { simple: true })}`
+    raw.close()
+    const lib = await load(NodePath.resolve(import.meta.dirname, "..", "src"))
+    const run = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>) => Effect.runPromise(Scope.extend(effect, scope))
+    const store = await run(lib.ServerStore.makeMemory())
+    const db = await run(
+      Layer.build(lib.SyncDatabase.layerRemote({ path: fresh(work, "settings") }).pipe(
+        Layer.provide(Layer.succeed(lib.SyncRemote.SyncRemote, lib.StoreRemote.make(store, "settings")))
+      )).pipe(Effect.map(Context.get(lib.SyncDatabase.SyncDatabase)))
+    )
+    const pragma = (sql: string) => run(Effect.map(db.query(sql), (rows) => Object.values(rows[0]!)[0]))
+    const ours = `${await pragma("SELECT * FROM pragma_journal_mode")}, synchronous ${await pragma("PRAGMA synchronous")}, ` +
+      `wal_autocheckpoint ${await pragma("PRAGMA wal_autocheckpoint")} (its WAL is folded past 1000 frames)`
+    return `raw: ${rawSettings}; Draft: ${ours}`
+  } finally {
+    await Effect.runPromise(Scope.close(scope, Exit.void))
+    Fs.rmSync(work, { recursive: true, force: true })
+  }
+}
+
+/**
  * The figures of this checkout (and of `before`, if given), each the median of `repeat` runs, runs of
  * both interleaved so that both see the same machine.
  */
@@ -272,8 +302,9 @@ if (process.argv[1] !== undefined && Url.pathToFileURL(process.argv[1]).href ===
     rows: Number(flag("rows") ?? "10000"),
     repeat: Number(flag("repeat") ?? "3"),
     before: flag("before")
-  }).then((lines) => {
+  }).then(async (lines) => {
     console.log(`node ${process.version}, ${Os.cpus().length} cpus, load ${Os.loadavg().map((l) => l.toFixed(1)).join(" ")}`)
+    console.log(await settings())
     console.table(lines.map((l) => ({ measurement: l.what, ms: Number(l.ms.toFixed(1)), note: l.note ?? "" })))
     process.exit(0)
   }, (error) => {

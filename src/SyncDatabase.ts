@@ -55,6 +55,7 @@ import * as SyncError from "./SyncError.js"
 import * as SyncMetadata from "./SyncMetadata.js"
 import type * as SyncEvents from "./SyncEvents.js"
 import * as SyncRemote from "./SyncRemote.js"
+import * as CallSpan from "./internal/engine/callSpan.js"
 
 /**
  * Result of `execute`.
@@ -296,7 +297,7 @@ export const make = <R = never>(options: Options<R>) =>
     const wrapped = yield* instrumentation.wrap(engine)
     // push, pull, sync and execute get their spans from the wrapper; the reads get theirs here.
     const query: Service["query"] = (sql, params) =>
-      Effect.withSpan(wrapped.query(sql, params), "SyncDatabase.query", { attributes: { sql }, captureStackTrace: false })
+      CallSpan.around("SyncDatabase.query", { sql })(wrapped.query(sql, params))
     const service: Service & Reactive.Source = {
       ...wrapped,
       query,
@@ -329,7 +330,7 @@ export interface AutoSyncOptions extends AutoSync.Options {}
 
 /**
  * Live sync's settings (`live: { ... }`): `waitSeconds` a waiting pull stays open (default 25, cut to the
- * server's limit), `pushDelay` after a local write before it is pushed (default 10 ms), `pollInterval`
+ * server's limit), `pushDelay` after a local write before it is pushed (default 2 ms), `pollInterval`
  * against a server without waiting pulls (default 2 seconds), `maxBackoff` between attempts while the
  * remote cannot be reached (default 10 seconds; from 250 ms, doubling).
  *

@@ -95,6 +95,49 @@ describe("ChangeCapture", () => {
       expect((yield* on(a, ChangeCapture.pending(0))).map((c) => c.id)).toEqual([5, 6])
     }))
 
+  it.scoped("each statement outside a transaction is one unit: its rows share its first change's id, ids keep growing once pruned", () =>
+    Effect.gen(function*() {
+      const a = yield* open()
+      yield* exec(a, "CREATE TABLE t (id INTEGER PRIMARY KEY, v, u UNIQUE)")
+      yield* exec(a, "CREATE TABLE audit (n INTEGER PRIMARY KEY, what)")
+      // a user trigger writing a captured table from inside the statement
+      yield* exec(a, "CREATE TRIGGER t_audit AFTER UPDATE ON t BEGIN INSERT INTO audit (what) VALUES (NEW.v); END")
+      yield* on(a, ChangeCapture.install)
+      const units = (after: number) =>
+        Effect.map(on(a, ChangeCapture.pending(after)), (changes) => changes.map((c) => [c.id, c.txId, c.table, c.kind]))
+      yield* run(a, "INSERT INTO t (id, v, u) VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3)")
+      yield* run(a, "INSERT INTO t (id, v, u) VALUES (4, 'd', 4)")
+      yield* run(a, "UPDATE t SET v = v || '!' WHERE id <= 2")
+      // a conflict clause of the statement applies to the triggers' own writes too: the key still moves
+      yield* run(a, "INSERT OR IGNORE INTO t (id, v, u) VALUES (5, 'e', 5), (1, 'dup', 9)")
+      yield* run(a, "INSERT OR IGNORE INTO t (id, v, u) VALUES (6, 'f', 6)")
+      yield* run(a, "INSERT OR REPLACE INTO t (id, v, u) VALUES (7, 'g', 6)")
+      expect(yield* units(0)).toEqual([
+        [1, 1, "t", "insert"], [2, 1, "t", "insert"], [3, 1, "t", "insert"],
+        [4, 4, "t", "insert"],
+        [5, 5, "t", "update"], [6, 5, "audit", "insert"], [7, 5, "t", "update"], [8, 5, "audit", "insert"],
+        [9, 9, "t", "insert"],
+        [10, 10, "t", "insert"],
+        [11, 11, "t", "delete"], [12, 11, "t", "insert"]
+      ])
+      // a failed statement leaves no rows, and the next one is a unit of its own
+      expect(Exit.isFailure(yield* Effect.exit(run(a, "INSERT INTO t (id, v, u) VALUES (20, 'x', 20), (21, 'y', 20)")))).toBe(true)
+      yield* run(a, "DELETE FROM t WHERE id = 7")
+      expect(yield* units(12)).toEqual([[13, 13, "t", "delete"]])
+      // all pushed and pruned: the log is empty, ids go on above the last one
+      yield* on(a, ChangeCapture.prune(13))
+      expect(yield* units(0)).toEqual([])
+      expect(yield* on(a, ChangeCapture.lastChangeId)).toBe(13)
+      yield* run(a, "DELETE FROM t WHERE id >= 4")
+      expect(yield* units(0)).toEqual([[14, 14, "t", "delete"], [15, 14, "t", "delete"]])
+      // a transaction's rows and the statement after it are two units
+      yield* tx(a, "UPDATE t SET v = 'tx' WHERE id = 1")
+      yield* run(a, "UPDATE t SET u = 100 WHERE id = 2")
+      expect((yield* units(15)).map(([id, txId, table]) => [id, txId, table])).toEqual([
+        [16, 16, "t"], [17, 16, "audit"], [18, 18, "t"], [19, 18, "audit"]
+      ])
+    }))
+
   it.scoped("a failed transaction leaves no change rows", () =>
     Effect.gen(function*() {
       const a = yield* open()

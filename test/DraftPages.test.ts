@@ -128,7 +128,10 @@ const run = (ops: ReadonlyArray<Op>) => {
         draftWal = []
         copyFrames = undefined
         aheadOfRecord = new Map()
-        t = DraftPages.draftFolded(known, local, { generation, frame: folded })
+        // As fold.ts: nothing recorded when every page is already; else the pages and a growth margin.
+        if (t === undefined || DraftPages.foldChanges(known, local)) {
+          t = DraftPages.draftFolded(known, DraftPages.withGrowth(local, 2), { generation, frame: folded })
+        }
         break
       }
       case "copyApplied":

@@ -88,6 +88,29 @@ export const copied = (t: DraftPages, at: Position, frames: number, replayPages:
 })
 
 /**
+ * The pages a fold records for local frames that wrote `localPages`: those, and the `margin` pages after the
+ * last of them, which the file is likely to grow into next. Recording a page that does not differ costs a
+ * copy of it at most (and nothing while the synced copy does not have it either); it lets the following
+ * folds of a growing file find their pages recorded already.
+ */
+export const withGrowth = (localPages: ReadonlyArray<number>, margin: number): ReadonlyArray<number> => {
+  if (localPages.length === 0 || margin <= 0) return localPages
+  const last = localPages.reduce((a, b) => Math.max(a, b), 0)
+  return union(localPages, Array.from({ length: margin }, (_, i) => last + 1 + i))
+}
+
+/**
+ * Whether folding local frames that wrote `localPages` changes the record: not when no copy transaction
+ * is in the WAL and every page is recorded already (the fold then needs no record written first).
+ */
+export const foldChanges = (t: DraftPages, localPages: Iterable<number>): boolean => {
+  if (t.copy !== undefined) return true
+  const recorded = new Set(t.filePages)
+  for (const p of localPages) if (!recorded.has(p)) return true
+  return false
+}
+
+/**
  * The draft copy's WAL was folded into its file. `localPages`: pages of the WAL's frames after the copy
  * transaction (all of them without one). `syncedFileAt`: where the synced copy's file stands.
  */

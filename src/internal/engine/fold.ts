@@ -27,7 +27,7 @@ import * as Files from "../sqlite/files.js"
 import * as PageCopy from "../sqlite/pageCopy.js"
 import * as DraftPages from "./draftPages.js"
 import * as Gates from "./gates.js"
-import { on, type Paths, type State, syncedFileAt, updateMetadata, walFrames } from "./state.js"
+import { on, type Paths, persistStaged, type State, syncedFileAt, updateMetadata, walFrames } from "./state.js"
 import { prefixAtSyncedFrame } from "./syncedWal.js"
 
 /**
@@ -53,6 +53,8 @@ export const foldSynced = Effect.fn("Engine.foldSynced")(
     const frames = yield* Files.readWalFrames(paths.synced, walFrames(m))
     const fold = PageCopy.foldLength(frames, Math.max(1, Math.floor(state.maxWalFrames / 2)))
     if (fold === 0) return
+    // The frames go into the file, past recovery's reach: the metadata file must count them first.
+    yield* persistStaged(state)
     yield* state.synced.close
     yield* Ref.set(state.syncedPrefix, undefined)
     yield* Files.remove(paths.syncedWalNext)
@@ -103,21 +105,34 @@ const checkpointDraft = (state: State) =>
 
 /**
  * Records, flagged, that Draft's WAL of `frames` is being folded into its file: the pages they write (after
- * the copy transaction, if the WAL starts with one) become pages where Draft's file can differ.
+ * the copy transaction, if the WAL starts with one) become pages where Draft's file can differ, with a
+ * margin of pages after them (see `DraftPages.withGrowth`). Nothing is written when the record already
+ * holds every page (a fold of pages already recorded needs no flag: whatever a crash leaves, the record is
+ * right); false then.
  */
 const recordDraftFold = (state: State, frames: ReadonlyArray<PageCopy.FrameHeader>) =>
   Effect.gen(function*() {
     const { paths } = state
+    const now = yield* SynchronizedRef.get(state.metadata)
+    if (now.draftPages !== undefined && !now.draftFoldInProgress) {
+      const local = PageCopy.pageNumbers(frames.slice(now.draftPages.copy?.frames ?? 0))
+      if (!DraftPages.foldChanges(now.draftPages, local)) return false
+    }
     // Without a record of where Draft's file differs, none is made up: every page of it may.
-    const filePages = (yield* SynchronizedRef.get(state.metadata)).draftPages !== undefined
+    const filePages = now.draftPages !== undefined
       ? 0
       : yield* Files.attempt(paths.draft, "cannot read", (fs) =>
         frames.reduce((max, f) => Math.max(max, f.commitSize), PageCopy.headerPages(fs, paths.draft)))
     yield* updateMetadata(state, (m) => {
       const t = DraftPages.orUnknown(m.draftPages, syncedFileAt(m), filePages)
       const local = PageCopy.pageNumbers(frames.slice(t.copy?.frames ?? 0))
-      return { ...m, draftPages: DraftPages.draftFolded(t, local, syncedFileAt(m)), draftFoldInProgress: true }
+      return {
+        ...m,
+        draftPages: DraftPages.draftFolded(t, DraftPages.withGrowth(local, state.maxWalFrames), syncedFileAt(m)),
+        draftFoldInProgress: true
+      }
     })
+    return true
   })
 
 /**

@@ -21,6 +21,7 @@ import { SyncEvent } from "../../SyncEvents.js"
 import type * as SyncRemote from "../../SyncRemote.js"
 import * as WalFrame from "../../WalFrame.js"
 import type { Observer } from "./state.js"
+import * as CallSpan from "./callSpan.js"
 
 /** What the wrapper needs of the engine. */
 export interface EngineLike {
@@ -206,8 +207,8 @@ const execute = (i: Instruments, engine: EngineLike): EngineLike["execute"] => (
         publish(i, SyncEvent.LocalWrite({ changes: result.changes }))
       )
     ),
-    // No stack trace: capturing one costs more than the statement itself (the span's name says where).
-    Effect.withSpan("SyncDatabase.execute", { attributes: { sql }, captureStackTrace: false })
+    // A span as withSpan makes it, without a stack trace or the per-call context copy (see callSpan.ts).
+    CallSpan.around("SyncDatabase.execute", { sql })
   )
 
 /** The engine's service with events, status and spans; push, pull and sync one at a time. */
