@@ -2,7 +2,7 @@
  * `npm run bench:live` — live sync and reactive queries against a real server process (the
  * `effect-sqlite-sync serve` binary, embedded SQLite store) on loopback.
  *
- *   npx tsx bench/live.ts [--writes 200] [--gap 30] [--idle-seconds 10]
+ *   npx tsx bench/live.ts [--writes 200] [--gap 30] [--idle-seconds 10] [--profile]
  *
  * 1. Latency: replicas A (this process) and B (a child process), both `live: true`. A inserts `--writes` rows, one every
  *    `--gap` ms; B watches `SELECT n FROM items` through `db.reactive`. Per row: from A's `execute` returning
@@ -12,6 +12,9 @@
  * 3. The same writes with the server stopped (SIGTERM) after half of them and started again on the same port
  *    and data a second later: B catches up; every row arrives exactly once (checked on B: each n once, all of
  *    them) and A has nothing pending.
+ *
+ * `--profile`: only 1, with every engine step, HTTP request and fsync of both replicas recorded and laid out
+ * per write (bench/liveProfile.ts). `node --cpu-prof --import tsx bench/live.ts` profiles A and B's CPU.
  */
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as Context from "effect/Context"
@@ -30,6 +33,7 @@ import * as Net from "node:net"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
 import * as SyncDatabase from "../src/SyncDatabase.js"
+import * as Profile from "./liveProfile.js"
 import { startServer } from "./serverProcess.js"
 
 const flag = (name: string, fallback: string) => {
@@ -39,6 +43,8 @@ const flag = (name: string, fallback: string) => {
 const WRITES = Number(flag("writes", "200"))
 const GAP_MS = Number(flag("gap", "30"))
 const IDLE_SECONDS = Number(flag("idle-seconds", "10"))
+/** `--profile`: the latency run only, with each replica's steps recorded and laid out per write (liveProfile.ts). */
+const PROFILE = process.argv.includes("--profile")
 
 const freePort = () =>
   new Promise<number>((resolve) => {
@@ -59,16 +65,21 @@ const stopServer = (child: ChildProcess.ChildProcess) =>
 
 const quiet = Logger.withMinimumLogLevel(LogLevel.Error)
 
-const openLive = (scope: Scope.Scope, path: string, url: string) =>
+const openLive = (scope: Scope.Scope, path: string, url: string, profile?: ReturnType<typeof Profile.make>) =>
   Layer.buildWithScope(
     SyncDatabase.layer({
       path,
       url,
       live: { maxBackoff: "1 second" },
       retrySchedule: Schedule.intersect(Schedule.spaced(100), Schedule.recurs(2))
-    }).pipe(Layer.provide(NodeHttpClient.layerUndici)),
+    }).pipe(Layer.provide(NodeHttpClient.layerUndici), Layer.provide(profile?.layer ?? Layer.empty)),
     scope
-  ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)), quiet, Effect.runPromise)
+  ).pipe(
+    Effect.map(Context.get(SyncDatabase.SyncDatabase)),
+    quiet,
+    (e) => (profile ? profile.withTracer(e) : e),
+    Effect.runPromise
+  )
 
 const percentile = (sorted: ReadonlyArray<number>, p: number) =>
   sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]
@@ -100,12 +111,15 @@ const now = () => performance.timeOrigin + performance.now()
 
 /** Starts the watching replica B in a child process; its first-seen times come back as JSON lines. */
 const startWatcher = (url: string, path: string) => {
-  const child = ChildProcess.spawn(process.execPath, ["--import", "tsx", import.meta.filename, "--watch-child", url, path], {
+  // A CPU profile asked of this process (`node --cpu-prof`) is taken of B too.
+  const cpuProf = process.execArgv.filter((a) => a.startsWith("--cpu-prof"))
+  const child = ChildProcess.spawn(process.execPath, [...cpuProf, "--import", "tsx", import.meta.filename, "--watch-child", url, path, ...(PROFILE ? ["--profile"] : [])], {
     stdio: ["pipe", "pipe", "inherit"]
   })
   const seen = new Map<number, number>()
   let ready = false
   let result: { rows: number; missing: number; duplicated: number } | undefined
+  let profile: Array<Profile.Event> = []
   let buffer = ""
   child.stdout!.on("data", (chunk: Buffer) => {
     buffer += chunk.toString()
@@ -115,17 +129,19 @@ const startWatcher = (url: string, path: string) => {
       buffer = buffer.slice(i + 1)
       if (line.ready) ready = true
       else if (line.result) result = line.result
+      else if (line.profile) profile = line.profile
       else for (const n of line.ns) if (!seen.has(n)) seen.set(n, line.at)
     }
   })
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
-  return { child, seen, ready: () => ready, result: () => result, exited }
+  return { child, seen, ready: () => ready, result: () => result, profile: () => profile, exited }
 }
 
 /** The child B: a live replica watching `SELECT n FROM items`; prints the new rows of each emission with the time. */
 const watchChild = async (url: string, path: string) => {
   const scope = Effect.runSync(Scope.make())
-  const db = await openLive(scope, path, url)
+  const profile = PROFILE ? Profile.make("B") : undefined
+  const db = await openLive(scope, path, url, profile)
   await Effect.runPromise(
     db.reactive("SELECT name FROM sqlite_schema WHERE name = 'items'").pipe(
       Stream.filter((rows) => rows.length === 1),
@@ -153,6 +169,8 @@ const watchChild = async (url: string, path: string) => {
   const rows = await Effect.runPromise(db.query<{ n: number; c: number }>("SELECT n, count(*) AS c FROM items GROUP BY n"))
   const expected = Number(process.env.BENCH_WRITES)
   const present = new Set(rows.map((r) => Number(r.n)))
+  // Before the result: the parent stops this process once it has the result.
+  if (profile) process.stdout.write(`${JSON.stringify({ profile: profile.events.filter((e) => Number.isFinite(e.end)) })}\n`)
   process.stdout.write(`${JSON.stringify({
     result: {
       rows: rows.reduce((sum, r) => sum + Number(r.c), 0),
@@ -168,15 +186,16 @@ const watchChild = async (url: string, path: string) => {
  * Replica A here, B in a child process (another device); `writes` rows on A, B watching; `restart` stops the
  * server halfway and starts it again a second later.
  */
-const measure = async (work: string, name: string, restart: boolean): Promise<Run> => {
+const measure = async (work: string, name: string, restart: boolean): Promise<Run & { profile?: () => void }> => {
   const data = NodePath.join(work, "server")
   const port = await freePort()
   let server = await startServer(data, port)
   const url = `${server.url}/db/${name}`
   const scope = Effect.runSync(Scope.make())
   let watcher: ReturnType<typeof startWatcher> | undefined
+  const profile = PROFILE ? Profile.make("A") : undefined
   try {
-    const a = await openLive(scope, NodePath.join(work, `${name}-a`), url)
+    const a = await openLive(scope, NodePath.join(work, `${name}-a`), url, profile)
     await Effect.runPromise(a.execute("CREATE TABLE items (n INTEGER NOT NULL, body TEXT)"))
     const b = startWatcher(url, NodePath.join(work, `${name}-b`))
     watcher = b
@@ -199,7 +218,8 @@ const measure = async (work: string, name: string, restart: boolean): Promise<Ru
           writtenByRestart = written.size
         })
       }
-      await Effect.runPromise(a.execute("INSERT INTO items VALUES (?, ?)", [n, `row ${n}`]))
+      const insert = a.execute("INSERT INTO items VALUES (?, ?)", [n, `row ${n}`])
+      await Effect.runPromise(profile ? profile.withTracer(insert) : insert)
       written.set(n, now())
       await sleep(GAP_MS)
     }
@@ -212,7 +232,11 @@ const measure = async (work: string, name: string, restart: boolean): Promise<Ru
     const counted = b.result()!
     const stats = await Effect.runPromise(a.stats)
     const latencies = [...written].map(([n, at]) => (b.seen.get(n) ?? NaN) - at).sort((x, y) => x - y)
+    const events = [...(profile?.events ?? []), ...b.profile()]
     return {
+      ...(profile
+        ? { profile: () => Profile.report(events, [...written].map(([n, t0]) => ({ n, t0, t1: b.seen.get(n) ?? NaN }))) }
+        : {}),
       latencies,
       missing: counted.missing,
       duplicated: counted.duplicated,
@@ -221,8 +245,12 @@ const measure = async (work: string, name: string, restart: boolean): Promise<Ru
       ...(restart ? { catchUpMs: caughtUp - (restartedAt ?? NaN), downMs, writtenWhileDown: writtenByRestart - Math.floor(WRITES / 2) } : {})
     }
   } finally {
-    watcher?.child.kill("SIGTERM")
-    await watcher?.exited
+    // B ends by itself once it reported (a CPU profile of it is written then); stopped if it does not.
+    if (watcher !== undefined) {
+      await Promise.race([watcher.exited, sleep(watcher.result() === undefined ? 0 : 5000)])
+      watcher.child.kill("SIGTERM")
+      await watcher.exited
+    }
     await Effect.runPromise(Scope.close(scope, Exit.void))
     await stopServer(server.child)
   }
@@ -281,6 +309,7 @@ const main = async () => {
         `p99 ${ms(percentile(plain.latencies, 99))}, max ${ms(plain.latencies.at(-1))} ` +
         `(rows on B ${plain.rowsOnB}, missing ${plain.missing}, duplicated ${plain.duplicated}, pending on A ${plain.pendingOnA})`
     )
+    if (plain.profile) return plain.profile()
     const idle = await measureIdle(work)
     console.log(
       `idle live replica: ${idle.cpuMs.toFixed(1)} ms CPU over ${(idle.wallMs / 1000).toFixed(1)} s = ` +

@@ -39,16 +39,21 @@ const time = async <A>(f: () => Promise<A> | A): Promise<[number, A]> => {
   return [performance.now() - start, a]
 }
 
-// The command from source (no build needed); the server runs in a process of its own.
-const BIN = NodePath.resolve(import.meta.dirname, "..", "src", "bin.ts")
+// The command from source (no build needed), or compiled when this file is (a CPU profile wants compiled
+// names and lines: bench/pushProfile.ts); the server runs in a process of its own.
+const COMPILED = import.meta.filename.endsWith(".js")
+const BIN = NodePath.resolve(import.meta.dirname, "..", "src", COMPILED ? "bin.js" : "bin.ts")
 
-/** The `serve` binary on a loopback port with its data under `dir`. */
-export const startServer = (dir: string) =>
+/**
+ * The `serve` binary on a loopback port with its data under `dir`; `nodeArgs` go to its node (a CPU profile),
+ * `stderr` takes its log (a file descriptor; default: dropped).
+ */
+export const startServer = (dir: string, options?: { readonly nodeArgs?: ReadonlyArray<string>; readonly stderr?: number }) =>
   new Promise<{ url: string; child: ChildProcess.ChildProcess }>((resolve, reject) => {
     const child = ChildProcess.spawn(
       process.execPath,
-      ["--import", "tsx", BIN, "serve", "--host", "127.0.0.1", "--port", "0", "--data", dir],
-      { stdio: ["ignore", "pipe", "ignore"] }
+      [...(options?.nodeArgs ?? []), ...(COMPILED ? [] : ["--import", "tsx"]), BIN, "serve", "--host", "127.0.0.1", "--port", "0", "--data", dir],
+      { stdio: ["ignore", "pipe", options?.stderr ?? "ignore"] }
     )
     let out = ""
     child.stdout!.on("data", (c: Buffer) => {

@@ -21,6 +21,7 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
 import * as SyncDatabase from "../src/SyncDatabase.js"
+import { bootstrapBench } from "./bootstrap.js"
 import { executeBench } from "./execute.js"
 import { CREATE, INSERT, row } from "./rows.js"
 import * as ServerProcess from "./serverProcess.js"
@@ -113,8 +114,10 @@ const main = async () => {
     })
     lines.push({ what: `fresh replica: bootstrap + pull of ${ROWS} rows`, ms: freshMs })
 
-    // 5. storage and pull: fresh replica against libsql, pulls of CHANGED rows at SIZES_MB (bench/storage.ts).
-    await storageBench({ serverUrl: server.url, http, work, scope, rowsDatabase: "rows", rows: ROWS }, lines)
+    // 5. a fresh replica of the same server database against the libSQL client (bench/bootstrap.ts);
+    // storage and pulls of CHANGED rows at SIZES_MB (bench/storage.ts).
+    await bootstrapBench({ serverUrl: server.url, http, work, rowsDatabase: "rows", rows: ROWS, repeat: 5 }, lines)
+    await storageBench({ serverUrl: server.url, http, work, scope }, lines)
 
     // 6. local storage after UPDATES single-row updates of a 16 KB database (pushed every 3), at a third
     // of them and at the end: it follows the database, not its history.

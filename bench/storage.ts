@@ -1,11 +1,9 @@
 /**
  * Storage and pull figures of `npm run bench` (called by `bench/run.ts`; also runs alone, with its own
- * server and rows):
+ * server):
  *
- *   npx tsx bench/storage.ts [--rows 10000] [--sizes 1,10,64,100] [--changed 100] [--repeat 3]
+ *   npx tsx bench/storage.ts [--sizes 1,10,64,100] [--changed 100]
  *
- * - a fresh replica (bootstrap + first pull) of the same server database against the real libSQL client
- *   doing the same (median of `--repeat` alternating runs);
  * - at each size: bootstrap + first pull; a pull of `--changed` changed rows, with the bytes the process
  *   wrote during it and how long writes were held; the check of the pulled frames on its own; local files
  *   at rest; each pull's time against the smallest size's.
@@ -19,7 +17,6 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
-import Database from "libsql"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
@@ -48,9 +45,6 @@ export interface Bench {
   readonly http: Context.Context<HttpClient>
   readonly work: string
   readonly scope: Scope.Scope
-  /** A server database already holding `rows` rows of run.ts's `items` table. */
-  readonly rowsDatabase: string
-  readonly rows: number
 }
 
 const time = async <A>(f: () => Promise<A> | A): Promise<[number, A]> => {
@@ -76,13 +70,10 @@ const localBytes = (path: string) => {
   return Fs.readdirSync(dir).filter((f) => f.startsWith(`${name}-`)).reduce((n, f) => n + Fs.statSync(NodePath.join(dir, f)).size, 0)
 }
 
-const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
-
 /** The storage and pull figures, appended to `lines`. */
 export const storageBench = async (bench: Bench, lines: Array<Line>) => {
   const SIZES_MB = flag("sizes", "1,10,64,100").split(",").map(Number)
   const CHANGED = Number(flag("changed", "100"))
-  const REPEAT = Number(flag("repeat", "3"))
   const { http, scope, serverUrl, work } = bench
   const run = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>) => Effect.runPromise(Scope.extend(effect, scope))
   // Each client gets a scope of its own, closed after use, so the files it holds are released.
@@ -99,37 +90,7 @@ export const storageBench = async (bench: Bench, lines: Array<Line>) => {
     return { client, close: () => Effect.runPromise(Scope.close(own, Exit.void)) }
   }
 
-  // 1. a fresh replica of the same server database: this client against the libSQL client.
-  {
-    const ours: Array<number> = []
-    const theirs: Array<number> = []
-    for (let i = 0; i < REPEAT; i++) {
-      const [oursMs, opened] = await time(async () => {
-        const o = await open(`fresh-cmp-${i}`, bench.rowsDatabase)
-        await run(o.client.pull)
-        const rows = await run(o.client.query<{ c: number }>("SELECT count(*) AS c FROM items"))
-        if (rows[0].c !== bench.rows) throw new Error(`pulled ${rows[0].c} rows`)
-        return o
-      })
-      await opened.close()
-      ours.push(oursMs)
-      const [libMs] = await time(() => {
-        const lib = new Database(NodePath.join(work, `libsql-cmp-${i}.db`), { syncUrl: `${serverUrl}/db/${bench.rowsDatabase}`, offline: true } as Database.Options)
-        lib.sync()
-        const [{ c }] = lib.prepare("SELECT count(*) AS c FROM items").all() as Array<{ c: number }>
-        lib.close()
-        if (c !== bench.rows) throw new Error(`libsql pulled ${c} rows`)
-      })
-      theirs.push(libMs)
-    }
-    lines.push({
-      what: `fresh replica: bootstrap + first pull of ${bench.rows} rows (same server database as libsql)`,
-      ms: median(ours),
-      note: `${(median(ours) / median(theirs)).toFixed(2)}x the libsql client (${median(theirs).toFixed(1)} ms); medians of ${REPEAT}`
-    })
-  }
-
-  // 2. a pull bringing CHANGED changed rows, on databases of SIZES_MB.
+  // A pull bringing CHANGED changed rows, on databases of SIZES_MB.
   const pullTimes = new Map<number, number>()
   for (const mb of SIZES_MB) {
     const name = `big-${mb}`
@@ -200,30 +161,15 @@ export const storageBench = async (bench: Bench, lines: Array<Line>) => {
   }
 }
 
-// Alone: a server of its own, a database of `--rows` rows pushed by this client, then the section.
+// Alone: a server of its own, then the section.
 const alone = async () => {
-  const rows = Number(flag("rows", "10000"))
   const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-storage-"))
   const server = await ServerProcess.startServer(NodePath.join(work, "server"))
   const scope = Effect.runSync(Scope.make())
   try {
     const http = await Effect.runPromise(Scope.extend(Layer.build(NodeHttpClient.layerUndici), scope))
-    const writer = await Effect.runPromise(Scope.extend(
-      Layer.build(
-        SyncDatabase.layer({ path: NodePath.join(work, "writer"), url: `${server.url}/db/rows` }).pipe(
-          Layer.provide(Layer.succeedContext(http))
-        )
-      ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase))),
-      scope
-    ))
-    await Effect.runPromise(writer.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, value REAL, payload TEXT)"))
-    await Effect.runPromise(writer.execute(
-      `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${rows}) ` +
-        "INSERT INTO items SELECT i, 'name-' || i, i * 0.5, substr(replace(hex(zeroblob(100)), '0', 'x'), 1, 100 - length(i)) || i FROM n"
-    ))
-    await Effect.runPromise(writer.push)
     const lines: Array<Line> = []
-    await storageBench({ serverUrl: server.url, http, work, scope, rowsDatabase: "rows", rows }, lines)
+    await storageBench({ serverUrl: server.url, http, work, scope }, lines)
     console.table(lines.map((l) => ({ measurement: l.what, ms: Number.isFinite(l.ms) ? Number(l.ms.toFixed(1)) : l.ms, note: l.note ?? "" })))
   } finally {
     await Effect.runPromise(Scope.close(scope, Exit.void))

@@ -50,18 +50,19 @@ export const make = (store: ServerStore["Type"], database: string, options: Opti
     fromStoreError
   ),
   export: (generation) => Effect.mapError(store.exportGeneration(database, generation), fromStoreError),
-  snapshot: store.snapshot(database).pipe(
-    Effect.flatMap((s) =>
+  // Named like the HTTP answer does (its identity header, read before the snapshot).
+  snapshot: Effect.zip(store.databaseId(database), store.snapshot(database)).pipe(
+    Effect.flatMap(([databaseId, s]) =>
       Effect.map(
         Stream.runFold(s.body.stream, [] as Array<Uint8Array>, (parts, chunk) => {
           parts.push(chunk)
           return parts
         }),
         (parts): SyncRemote.RemoteSnapshot => {
-          if (parts.length === 1) return { generation: s.generation, frameNo: s.frameNo, bytes: parts[0] }
+          const named = { generation: s.generation, frameNo: s.frameNo, ...(databaseId === undefined ? {} : { databaseId }) }
+          if (parts.length === 1) return { ...named, bytes: parts[0] }
           const joined = Buffer.concat(parts)
-          const bytes = new Uint8Array(joined.buffer, joined.byteOffset, joined.byteLength)
-          return { generation: s.generation, frameNo: s.frameNo, bytes }
+          return { ...named, bytes: new Uint8Array(joined.buffer, joined.byteOffset, joined.byteLength) }
         }
       )
     ),

@@ -330,7 +330,7 @@ export interface AutoSyncOptions extends AutoSync.Options {}
 
 /**
  * Live sync's settings (`live: { ... }`): `waitSeconds` a waiting pull stays open (default 25, cut to the
- * server's limit), `pushDelay` after a local write before it is pushed (default 10 ms), `pollInterval`
+ * server's limit), `pushDelay` after a local write before it is pushed (default 2 ms), `pollInterval`
  * against a server without waiting pulls (default 2 seconds), `maxBackoff` between attempts while the
  * remote cannot be reached (default 10 seconds; from 250 ms, doubling).
  *

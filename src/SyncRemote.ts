@@ -48,6 +48,8 @@ export interface RemoteSnapshot {
   readonly generation: number
   readonly frameNo: number
   readonly bytes: Uint8Array
+  /** The server database's identity, as `info` gives it, when the answer names it. */
+  readonly databaseId?: string | undefined
 }
 
 /**
@@ -395,7 +397,13 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
             })
           )
         }
-        return Either.map(wholePages(`GET ${url}`, "snapshot", body), (bytes) => ({ generation, frameNo, bytes }))
+        const databaseId = headers[SyncProtocol.DATABASE_ID_HEADER]
+        return Either.map(wholePages(`GET ${url}`, "snapshot", body), (bytes) => ({
+          generation,
+          frameNo,
+          bytes,
+          ...(typeof databaseId === "string" && databaseId !== "" ? { databaseId } : {})
+        }))
       })
     })
 

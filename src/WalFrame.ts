@@ -120,6 +120,8 @@ export class WalFrameError extends Schema.TaggedError<WalFrameError>()("WalFrame
 export const walSize = (frames: number): number => WAL_HEADER_SIZE + frames * FRAME_SIZE
 
 // The running checksum of the WAL format: two u32 accumulators over pairs of u32 words.
+const HOST_LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1
+
 const checksumInto = (
   view: DataView,
   offset: number,
@@ -131,6 +133,16 @@ const checksumInto = (
   let s0 = s0In
   let s1 = s1In
   const end = offset + length
+  const at = view.byteOffset + offset
+  if (littleEndian && HOST_LITTLE_ENDIAN && at % 4 === 0) {
+    // the common case (a WAL written on a little-endian machine): words read in place, several times faster
+    const words = new Uint32Array(view.buffer, at, length >>> 2)
+    for (let i = 0; i < words.length; i += 2) {
+      s0 = (s0 + words[i] + s1) >>> 0
+      s1 = (s1 + words[i + 1] + s0) >>> 0
+    }
+    return [s0, s1]
+  }
   for (let i = offset; i < end; i += 8) {
     s0 = (s0 + view.getUint32(i, littleEndian) + s1) >>> 0
     s1 = (s1 + view.getUint32(i + 4, littleEndian) + s0) >>> 0

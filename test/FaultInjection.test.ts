@@ -299,7 +299,8 @@ layer(layerStore, { excludeTestServices: true, timeout: 120_000 })("fault inject
 
       const plan = FaultInjection.makePlan()
       const path = NodePath.join(dir, "victim")
-      plan.arm(2, "cutBody")
+      // The bootstrap's first request: the head snapshot, asked for at once.
+      plan.arm(1, "cutBody")
       const cut = FaultInjection.remote(plan, remote)
       const opened = yield* Effect.exit(Effect.scoped(openClient(cut, path)))
       // A new replica takes the head snapshot as its one file (the generation's base when there is none).

@@ -92,4 +92,45 @@ layer(Layer.merge(layerHttp, layerCrashChild), { excludeTestServices: true, time
         expect((yield* victim.stats).pendingChanges).toBe(0)
       }))
   }
+
+  for (const crashAt of Engine.bootstrapSteps) {
+    it.scoped(`killed at ${crashAt}: the next open bootstraps again and is a replica like any other`, () =>
+      Effect.gen(function*() {
+        const harness = yield* Harness
+        const name = freshName("crash-boot")
+        const remote = yield* harness.remote(name)
+        const url = harness.url(name)!
+        const dir = yield* tempDir
+        const path = NodePath.join(dir, "victim")
+        const writer = yield* openClient(remote, NodePath.join(dir, "writer"))
+        yield* writer.execute("CREATE TABLE t (k TEXT PRIMARY KEY, n INTEGER)")
+        yield* writer.execute("INSERT INTO t VALUES ('w-0', 1)")
+        yield* writer.push
+
+        const killed = yield* runChild([path, url, crashAt])
+        expect(killed.signal, killed.stderr).toBe("SIGKILL")
+        // Killed with the copies on disk and no metadata: not a database whose metadata was lost.
+        expect(Fs.existsSync(`${path}-synced`)).toBe(true)
+        expect(Fs.existsSync(`${path}-info`)).toBe(false)
+        // The same files with a Draft that differs from Synced may hold local changes: still refused.
+        const other = NodePath.join(dir, "other")
+        Fs.copyFileSync(`${path}-synced`, `${other}-synced`)
+        const draft = Fs.readFileSync(`${path}-draft`)
+        draft[draft.length - 1] ^= 1
+        Fs.writeFileSync(`${other}-draft`, draft)
+        expect(yield* Effect.flip(openClient(remote, other))).toMatchObject({ _tag: "StorageError", reason: "MetadataLost" })
+
+        yield* writer.execute("INSERT INTO t VALUES ('w-1', 1)")
+        yield* writer.push
+        const victim = yield* openClient(remote, path)
+        expect(yield* victim.query("SELECT k, n FROM t ORDER BY k")).toEqual([{ k: "w-0", n: 1 }, { k: "w-1", n: 1 }])
+        yield* victim.execute("INSERT INTO t VALUES ('v-1', 1)")
+        yield* victim.sync
+        yield* writer.sync
+        const expected = [{ k: "v-1", n: 1 }, { k: "w-0", n: 1 }, { k: "w-1", n: 1 }]
+        expect(yield* remoteQuery(remote, "SELECT k, n FROM t ORDER BY k")).toEqual(expected)
+        expect(yield* writer.query("SELECT k, n FROM t ORDER BY k")).toEqual(expected)
+        expect(yield* victim.query("PRAGMA integrity_check")).toEqual([{ integrity_check: "ok" }])
+      }))
+  }
 })

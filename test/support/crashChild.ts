@@ -1,6 +1,7 @@
 /**
  * Child process of the crash tests: opens a SyncDatabase over HTTP at argv[2] on argv[3], inserts the
- * values argv[5..] into `t`, then syncs, SIGKILLing itself at the engine step named argv[4] ("none": never).
+ * values argv[5..] into `t`, then syncs, SIGKILLing itself at the engine step named argv[4] ("none": never;
+ * a bootstrap step: in the open that bootstraps).
  */
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as Effect from "effect/Effect"
@@ -10,7 +11,7 @@ const [path, url, crashAt, ...values] = process.argv.slice(2)
 
 // Armed once the inserts are done: the kill lands in the sync (a write may fold Draft's WAL too, at the
 // same named step, and would otherwise be killed before the second insert).
-let armed = false
+let armed = crashAt.startsWith("bootstrap:")
 
 const program = Effect.gen(function*() {
   const db = yield* SyncDatabase.SyncDatabase

@@ -58,7 +58,7 @@ export const spawnServer = (
     const timer = setTimeout(() => {
       child.kill("SIGKILL")
       reject(new Error(`server did not print its URL in time; stderr: ${stderr()}`))
-    }, 30_000)
+    }, 120_000)
     child.stderr?.on("data", (chunk: Buffer) => {
       piped += chunk.toString()
     })

@@ -1,12 +1,18 @@
 /**
- * Opening a brand-new local database: Synced = the remote's current base, Draft = a copy of it, then the
- * metadata, whose presence says the bootstrap completed.
+ * Opening a brand-new local database: Synced = the remote's head snapshot (or current base), Draft = a
+ * copy of it, then the metadata, whose presence says the bootstrap completed.
+ *
+ * Durable steps: both copies written and fsynced (`bootstrap:copiesWritten`), then the metadata (atomic).
+ * Killed before the metadata, the next open finds copies that were never opened and no metadata
+ * (`unfinished`) and bootstraps again; after it, the open is an ordinary one.
  *
  * @internal
  */
 import * as Effect from "effect/Effect"
 import * as Crypto from "node:crypto"
+import * as NodePath from "node:path"
 import * as SyncError from "../../SyncError.js"
+import { fsyncDirectory } from "../../SyncFiles.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import * as Files from "../sqlite/files.js"
 import * as DraftPages from "./draftPages.js"
@@ -23,31 +29,78 @@ export const allFiles = (paths: Paths) => [
 export const validBase = (base: Uint8Array, generation: number) =>
   Effect.zipRight(Validate.base(base, generation), Validate.databaseBytes(base, `the base of generation ${generation}`))
 
-/** A brand-new local database: Synced = the remote's head snapshot or current base, Draft = a copy of it. */
+/** The remote's failures that mean it does not serve the head snapshot (a server without the extension). */
+const noSnapshot = (error: SyncError.RemoteFailure) =>
+  error._tag === "RemoteError" && (error.reason === "NotFound" || error.reason === "Refused" || error.reason === "Protocol")
+
+/**
+ * What the bootstrap starts from: the head snapshot, asked for at once (one request: it names its
+ * generation, frame and database identity), when the app wants the head; else, or from a remote that does
+ * not serve it, `/info` and the current generation's base (frame 0; the pull on open follows).
+ */
+const download = (opening: Opening) =>
+  Effect.gen(function*() {
+    const { remote } = opening
+    const snapshot = (opening.options.bootstrap ?? "head") === "head"
+      ? yield* remote.snapshot.pipe(Effect.catchIf(noSnapshot, () => Effect.succeed(undefined)))
+      : undefined
+    if (snapshot !== undefined) {
+      return { generation: snapshot.generation, frame: snapshot.frameNo, bytes: snapshot.bytes, databaseId: snapshot.databaseId, head: true }
+    }
+    const info = yield* remote.info
+    const bytes = yield* remote.export(info.generation)
+    return { generation: info.generation, frame: 0, bytes, databaseId: info.databaseId, head: false }
+  })
+
+/**
+ * Both copies written from `bytes` (each fsynced) and their directory fsynced once: Synced first, so that
+ * a crash leaves Synced alone or both (`unfinished` tells them from a database whose metadata was lost).
+ */
+const writeCopies = (paths: Paths, bytes: Uint8Array) =>
+  Files.attempt(paths.synced, "cannot write", (fs) => {
+    for (const path of [paths.synced, paths.draft]) {
+      const fd = fs.openSync(path, "w")
+      try {
+        fs.writeSync(fd, bytes)
+        fs.fsyncSync(fd)
+      } finally {
+        fs.closeSync(fd)
+      }
+    }
+    fsyncDirectory(fs, NodePath.dirname(paths.synced))
+  })
+
+/**
+ * Whether the local files without metadata are what a bootstrap interrupted before its metadata write
+ * leaves: neither copy was ever opened (SQLite creates a copy's `-wal` when it opens it, and the engine
+ * opens them only once the metadata exists) and Draft is absent or byte-identical to Synced. Starting over
+ * from them loses nothing: Draft holds nothing Synced does not, and Synced's file holds only the remote's.
+ * Anything else may hold local changes not pushed yet (`metadataLost`).
+ */
+export const unfinished = (paths: Paths) =>
+  Files.attempt(paths.info, "cannot read", (fs) => {
+    const opened = [paths.draft, paths.synced].some((f) => fs.existsSync(Files.walPath(f)) || fs.existsSync(Files.shmPath(f)))
+    if (opened || !fs.existsSync(paths.synced)) return false
+    if (!fs.existsSync(paths.draft)) return true
+    return Buffer.compare(fs.readFileSync(paths.draft), fs.readFileSync(paths.synced)) === 0
+  })
+
+/**
+ * A brand-new local database: Synced = the remote's head snapshot or current base, Draft = a copy of it,
+ * then the metadata, whose presence says the bootstrap completed.
+ */
 export const bootstrap = Effect.fn("Engine.bootstrap")(
   function*(opening: Opening) {
     const { paths, remote } = opening
     for (const file of allFiles(paths)) yield* Files.remove(file)
-    const info = yield* remote.info
-    const { databaseId } = info
-    // The head as one file when the server offers it and the app wants the head: one database to download,
-    // not a base plus the generation's history. Else the base (frame 0), and the pull on open follows.
-    const snapshot = info.snapshot === true && (opening.options.bootstrap ?? "head") === "head"
-      ? yield* remote.snapshot.pipe(
-        // A server that announced the extension but no longer serves it: the base will do.
-        Effect.catchIf((e) => e._tag === "RemoteError" && e.reason === "NotFound", () => Effect.succeed(undefined))
-      )
-      : undefined
-    // The snapshot names its own generation (the server may have rolled since `/info`).
-    const generation = snapshot?.generation ?? info.generation
-    const at = { generation, frame: snapshot?.frameNo ?? 0 }
-    const base = snapshot?.bytes ?? (yield* remote.export(generation))
+    const { bytes: base, databaseId, frame, generation, head } = yield* download(opening)
+    const at = { generation, frame }
     yield* received(opening, 0, base.byteLength)
     yield* validBase(base, generation).pipe(
       Effect.mapError((e) => new SyncError.BootstrapError({ reason: "InvalidBase", message: e.message, cause: e }))
     )
-    yield* Files.writeNew(paths.synced, base)
-    yield* Files.writeNew(paths.draft, base)
+    yield* writeCopies(paths, base)
+    if (opening.options.onStep) yield* opening.options.onStep("bootstrap:copiesWritten")
     const metadata: SyncMetadata.Metadata = {
       version: 1,
       clientId: `${opening.options.clientName ?? "client"}-${Crypto.randomUUID()}`,
@@ -63,7 +116,7 @@ export const bootstrap = Effect.fn("Engine.bootstrap")(
       // The open that bootstraps holds the files from here (the engine records it only for later opens).
       inUse: true,
       // The head snapshot is the remote's state as a pull would bring it: no catch-up pull on open.
-      ...(snapshot === undefined ? {} : { lastPullAt: Date.now() }),
+      ...(head ? { lastPullAt: Date.now() } : {}),
       ...(remote.url === undefined ? {} : { remoteUrl: remote.url }),
       ...(databaseId === undefined ? {} : { databaseId })
     }

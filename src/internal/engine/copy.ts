@@ -21,6 +21,7 @@ import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as ChangeCapture from "../../ChangeCapture.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import type * as WalFrame from "../../WalFrame.js"
+import * as Changes from "../live/changes.js"
 import * as Files from "../sqlite/files.js"
 import * as PageCopy from "../sqlite/pageCopy.js"
 import * as DraftPages from "./draftPages.js"
@@ -28,7 +29,7 @@ import { sqlStatementError } from "./errors.js"
 import * as Fold from "./fold.js"
 import * as Gates from "./gates.js"
 import * as Replay from "./replay.js"
-import { on, type Paths, type State, syncedFileAt, updateMetadata, walFrames } from "./state.js"
+import { on, type Paths, stageMetadata, type State, syncedFileAt, updateMetadata, walFrames } from "./state.js"
 import { prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
 
 /** Opens Draft with capture installed and change ids above everything the remote has (invariant 6). */
@@ -120,7 +121,7 @@ const prepare = (state: State, progress: number, before: SyncMetadata.WalIdentit
     })
     yield* state.step("copy:flagged")
     return { frames, previous } satisfies Prepared
-  })
+  }).pipe(Effect.withSpan("Engine.prepareCopy"))
 
 /** A prepared copy that will not happen: the metadata forgets it first, then its fresh WAL goes. */
 const drop = (state: State, prepared: Prepared) =>
@@ -169,23 +170,31 @@ const swap = (state: State, prepared: Prepared) =>
       // Whatever happened, Draft is opened again (capture reinstalled) before reads move back to it.
       Effect.flatMap((exit) => Effect.zipRight(openDraft(state), exit)),
       Effect.ensuring(Effect.ignore(state.draft.open)),
-      Effect.ensuring(Gates.switchReads(state.gates, "draft"))
+      Effect.ensuring(Gates.switchReads(state.gates, "draft")),
+      // Reactive queries look again whatever the outcome (a failure after the rename leaves Draft replaced),
+      // as soon as Draft serves reads again, writes still held.
+      Effect.ensuring(Changes.afterCopy(state.changes, state.draft))
     )
-  })
+  }).pipe(Effect.withSpan("Engine.swapDraft"))
 
 /**
  * After the gate: the rename made durable; the copy's pages written into Draft's file as well (its WAL
  * holds every one of them, so SQLite reads the same pages; nothing checkpoints Draft during a pull), so
- * that the file follows the copy and the next copy writes only what changes after this one; then one
- * metadata write clears the flag and records that.
+ * that the file follows the copy and the next copy writes only what changes after this one, fsynced (a
+ * later metadata write takes the record of that to the file); then the flag is cleared and that recorded,
+ * in memory: the next metadata write takes it to the file. A crash before that finds the copy flagged,
+ * its fresh WAL renamed and Draft's WAL no longer the one before the copy: done (`flaggedCopyOutcome`),
+ * with the record of before `copyApplied`, which `DraftPages.copyPages` already allows for.
  */
 const settle = (state: State, prepared: Prepared) =>
   Effect.gen(function*() {
     const { paths } = state
+    // The reactive queries the swap woke read the new rows before this waits for the disk.
+    yield* Effect.yieldNow()
     yield* Files.syncDirectoryOf(paths.draft)
     yield* PageCopy.writePagesInPlace(paths.draft, prepared.frames)
     yield* state.step("copy:applied")
-    yield* updateMetadata(state, (m) => {
+    yield* stageMetadata(state, (m) => {
       const { draftWalBeforeCopy: _, ...rest } = m
       return {
         ...rest,
@@ -194,7 +203,7 @@ const settle = (state: State, prepared: Prepared) =>
         ...(m.draftPages ? { draftPages: DraftPages.copyApplied(m.draftPages, syncedFileAt(m)) } : {})
       }
     })
-  })
+  }).pipe(Effect.withSpan("Engine.settleCopy"))
 
 /** Optimistic attempts before the copy is made with writes held throughout (a steady stream of writes). */
 const ATTEMPTS = 2

@@ -33,7 +33,7 @@ import * as SyncError from "../../SyncError.js"
 import * as SyncFiles from "../../SyncFiles.js"
 import * as SyncMetadata from "../../SyncMetadata.js"
 import * as SyncRemote from "../../SyncRemote.js"
-import { bootstrap } from "./bootstrap.js"
+import { bootstrap, unfinished } from "./bootstrap.js"
 import * as ConflictLog from "./conflictLog.js"
 import * as Copy from "./copy.js"
 import * as Fold from "./fold.js"
@@ -47,10 +47,10 @@ import { recover } from "./recovery.js"
 import { pullFollowingRemote, rebootstrapSynced } from "./rebootstrap.js"
 import * as RemoteBinding from "./remoteBinding.js"
 import * as Replay from "./replay.js"
-import { type EngineOptions, type Opening, type State, type SyncedPrefix, updateMetadata } from "./state.js"
+import { type EngineOptions, type Opening, persistStaged, type State, type SyncedPrefix, updateMetadata } from "./state.js"
 import { resetSyncedWal } from "./syncedWal.js"
 
-export { type EngineOptions, type Step, steps } from "./state.js"
+export { bootstrapSteps, type EngineOptions, type Step, steps } from "./state.js"
 
 /**
  * better-sqlite3 runs every statement synchronously, and Effect's default scheduler goes back to the event
@@ -69,7 +69,8 @@ const pushRounds = Effect.fn("Engine.push")(
       yield* pullFollowingRemote(state, Pull.pullRemoteIntoSynced) /* 1a */
       const progress = yield* Pull.settleProgress(state)
       const replay = yield* Replay.replayDraftOntoSynced(state, "push", progress) /* 1b */
-      if (replay.replayed === 0) return false
+      // Nothing to push: what step (a) staged is written now (a push ends with the metadata file current).
+      if (replay.replayed === 0) return yield* Effect.as(persistStaged(state), false)
       const outcome = yield* Push.pushSyncedFrames(state, replay.lastChangeId) /* 1c */
       if (outcome !== "Conflict") {
         yield* Fold.foldSynced(state)
@@ -88,13 +89,13 @@ const pullSteps = Effect.fn("Engine.pull")(function*(state: State) {
   const arrived = yield* pullFollowingRemote(state, Pull.pullRemoteIntoSynced) /* 2a */
   const progress = yield* Pull.settleProgress(state)
   if (yield* Copy.draftIsCurrent(state)) {
+    // No copy to carry what step (a) staged: written now.
+    yield* persistStaged(state)
     yield* Fold.foldSynced(state)
     yield* Fold.foldDraftIfIdle(state)
     return arrived
   }
-  yield* Copy.replayAndCopy(state, progress).pipe( /* 2b, 2c */
-    // Reactive queries look again whatever the outcome: a copy that failed late may have replaced Draft.
-    Effect.ensuring(Changes.afterCopy(state.changes, state.draft)),
+  yield* Copy.replayAndCopy(state, progress).pipe( /* 2b, 2c (reactive queries are told by its swap) */
     Effect.onError(() => Effect.ignore(resetSyncedWal(state)))
   )
   yield* resetSyncedWal(state) /* 2d */
@@ -125,7 +126,12 @@ const open = (options: EngineOptions) =>
       traffic: yield* Ref.make({ sent: 0, received: 0 })
     }
     const stored = yield* opening.metadataStore.read
-    if (Option.isNone(stored) && options.startOver !== true && (yield* LocalFiles.anyCopyExists(opening.paths))) {
+    // Copies without metadata: a bootstrap killed before its metadata write starts again (bootstrap removes
+    // them); anything else may hold changes not pushed yet.
+    if (
+      Option.isNone(stored) && options.startOver !== true && (yield* LocalFiles.anyCopyExists(opening.paths)) &&
+      !(yield* unfinished(opening.paths))
+    ) {
       return yield* LocalFiles.metadataLost(opening.paths)
     }
     // Another server database's URL is refused before anything is touched.
@@ -143,6 +149,7 @@ const open = (options: EngineOptions) =>
       synced: yield* LocalCopies.Synced,
       fileService: yield* Effect.serviceOption(SyncFiles.SyncFiles),
       metadata: yield* SynchronizedRef.make(initial),
+      staged: yield* Ref.make(false),
       clientId: initial.clientId,
       step: options.onStep ?? (() => Effect.void),
       maxRounds: options.maxPushRounds ?? 12,

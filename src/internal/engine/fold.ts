@@ -27,7 +27,7 @@ import * as Files from "../sqlite/files.js"
 import * as PageCopy from "../sqlite/pageCopy.js"
 import * as DraftPages from "./draftPages.js"
 import * as Gates from "./gates.js"
-import { on, type Paths, type State, syncedFileAt, updateMetadata, walFrames } from "./state.js"
+import { on, type Paths, persistStaged, type State, syncedFileAt, updateMetadata, walFrames } from "./state.js"
 import { prefixAtSyncedFrame } from "./syncedWal.js"
 
 /**
@@ -53,6 +53,8 @@ export const foldSynced = Effect.fn("Engine.foldSynced")(
     const frames = yield* Files.readWalFrames(paths.synced, walFrames(m))
     const fold = PageCopy.foldLength(frames, Math.max(1, Math.floor(state.maxWalFrames / 2)))
     if (fold === 0) return
+    // The frames go into the file, past recovery's reach: the metadata file must count them first.
+    yield* persistStaged(state)
     yield* state.synced.close
     yield* Ref.set(state.syncedPrefix, undefined)
     yield* Files.remove(paths.syncedWalNext)

@@ -2,11 +2,11 @@
  * One owner per local database: an exclusive OS-level lock on `<path>-lock`, held for the life of the
  * opener's scope.
  *
- * Node has no flock, so the lock is SQLite's own: `<path>-lock` is a tiny SQLite file opened with
- * `locking_mode=EXCLUSIVE` and an exclusive transaction, after which the connection keeps its POSIX lock
- * until it closes. The OS drops the lock when the process dies (SIGKILL included), and SQLite's unix VFS
- * also makes a second connection in the same process see it (it tracks locks per file, not per process
- * as POSIX does). A second opener gets SQLITE_BUSY at once (no busy timeout) and a `DatabaseLocked`
+ * Node has no flock, so the lock is SQLite's own: `<path>-lock` is an (empty) SQLite file opened with
+ * `locking_mode=EXCLUSIVE` and an exclusive transaction (rolled back: nothing is written to it), after
+ * which the connection keeps its POSIX lock until it closes. The OS drops the lock when the process dies
+ * (SIGKILL included), and SQLite's unix VFS also makes a second connection in the same process see it (it
+ * tracks locks per file, not per process as POSIX does). A second opener gets SQLITE_BUSY at once (no busy timeout) and a `DatabaseLocked`
  * naming the holder's pid, which the holder writes to `<path>-lock.pid` once it has the lock.
  *
  * @internal
@@ -39,9 +39,14 @@ const holderPid = (path: string): number | undefined => {
 const take = (path: string): BetterSqlite3.Database => {
   const db = new BetterSqlite3(lockPath(path), { timeout: 0 })
   try {
+    // Nothing is ever written to the file: its lock is all that counts. A journal in memory and a rolled
+    // back transaction keep it so (a committed one on a new file wrote its first page, with a journal file
+    // and its fsyncs: most of an open's time).
+    db.pragma("journal_mode = MEMORY")
     db.pragma("locking_mode = EXCLUSIVE")
-    // An exclusive transaction takes the EXCLUSIVE lock; in EXCLUSIVE locking mode it is kept after COMMIT.
-    db.exec("BEGIN EXCLUSIVE; COMMIT")
+    // An exclusive transaction takes the EXCLUSIVE lock at BEGIN; in EXCLUSIVE locking mode it is kept after
+    // the transaction ends.
+    db.exec("BEGIN EXCLUSIVE; ROLLBACK")
     return db
   } catch (error) {
     db.close()

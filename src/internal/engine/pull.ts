@@ -6,18 +6,20 @@
  * @internal
  */
 import * as Effect from "effect/Effect"
+import type * as Either from "effect/Either"
 import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as ChangeReplay from "../../ChangeReplay.js"
 import * as SyncError from "../../SyncError.js"
 import * as SyncProtocol from "../../SyncProtocol.js"
+import type * as SyncRemote from "../../SyncRemote.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
 import { sqlStatementError } from "./errors.js"
 import * as RemoteBinding from "./remoteBinding.js"
 import { finishFlaggedRoll, rollSynced } from "./roll.js"
 import { finishFlaggedFold, foldSynced } from "./fold.js"
-import { on, received, type State, updateMetadata, walFrames, withoutTransfer } from "./state.js"
+import { on, received, stageMetadata, type State, walFrames, withoutTransfer } from "./state.js"
 import { cutToSyncedFrame, prefixAtSyncedFrame } from "./syncedWal.js"
 import * as Validate from "./validate.js"
 
@@ -33,37 +35,38 @@ interface Cursor {
 }
 
 /** Writes the buffer's whole transactions into Synced's WAL, then makes them the synced frames. */
-const flush = (state: State, cursor: Cursor) =>
-  Effect.gen(function*() {
-    const committed = WalFrame.committedLength(cursor.buffer)
-    if (committed === 0) return
-    const generation = cursor.generation
-    // Synced's WAL holds the synced frames after the folded ones: frame n of the generation is WAL frame
-    // n - foldedFrame.
-    const m = yield* SynchronizedRef.get(state.metadata)
-    const inWal = walFrames(m)
-    yield* Validate.frames(cursor.buffer.slice(0, committed), yield* syncedPages(state, inWal), cursor.frame + 1)
-    const prefix = inWal === 0 ? undefined : yield* prefixAtSyncedFrame(state)
-    const trees = yield* syncedTrees(state)
-    yield* state.synced.close
-    const frames = cursor.buffer.slice(0, committed)
-    const wal = yield* Files.appendWal(state.paths.synced, inWal, frames, prefix)
-    // SQLite's checks before the frames count as synced (of the pages they wrote, or the whole database
-    // when those cannot tell); refused, they are cut off again.
-    yield* Validate.pulled(state.paths.synced, inWal, frames, trees, `generation ${generation} up to frame ${cursor.frame + committed}`).pipe(
-      Effect.tapError(() => Files.truncateWal(state.paths.synced, inWal))
-    )
-    yield* Ref.set(state.syncedPrefix, { generation, state: wal })
-    yield* state.step("pull:framesWritten")
-    cursor.frame += committed
-    cursor.buffer = cursor.buffer.slice(committed)
-    const at = cursor.frame
-    yield* updateMetadata(state, (m) => ({ ...m, generation, syncedFrame: at }))
-    yield* state.step("pull:metadataWritten")
-    cursor.changed = true
-    // A long catch-up never holds more than the bound in the WAL.
-    yield* foldSynced(state)
-  })
+const flush = Effect.fn("Engine.writePulledFrames")(function*(state: State, cursor: Cursor) {
+  const committed = WalFrame.committedLength(cursor.buffer)
+  if (committed === 0) return
+  const generation = cursor.generation
+  // Synced's WAL holds the synced frames after the folded ones: frame n of the generation is WAL frame
+  // n - foldedFrame.
+  const m = yield* SynchronizedRef.get(state.metadata)
+  const inWal = walFrames(m)
+  yield* Validate.frames(cursor.buffer.slice(0, committed), yield* syncedPages(state, inWal), cursor.frame + 1)
+  const prefix = inWal === 0 ? undefined : yield* prefixAtSyncedFrame(state)
+  const trees = yield* syncedTrees(state)
+  yield* state.synced.close
+  const frames = cursor.buffer.slice(0, committed)
+  const wal = yield* Files.appendWal(state.paths.synced, inWal, frames, prefix)
+  // SQLite's checks before the frames count as synced (of the pages they wrote, or the whole database
+  // when those cannot tell); refused, they are cut off again.
+  yield* Validate.pulled(state.paths.synced, inWal, frames, trees, `generation ${generation} up to frame ${cursor.frame + committed}`).pipe(
+    Effect.tapError(() => Files.truncateWal(state.paths.synced, inWal))
+  )
+  yield* Ref.set(state.syncedPrefix, { generation, state: wal })
+  yield* state.step("pull:framesWritten")
+  cursor.frame += committed
+  cursor.buffer = cursor.buffer.slice(committed)
+  const at = cursor.frame
+  // Staged: the frames are fsynced in Synced's WAL, so a crash before the next metadata write only makes
+  // recovery cut them off again (the next pull brings them back). The settle, a copy's flag or a fold
+  // writes it.
+  yield* stageMetadata(state, (m) => ({ ...m, generation, syncedFrame: at }))
+  cursor.changed = true
+  // A long catch-up never holds more than the bound in the WAL.
+  yield* foldSynced(state)
+})
 
 /** The b-trees of Synced as it stands (`sqlite_schema` rows with a root page), for the check of pulled frames. */
 const syncedTrees = (state: State) =>
@@ -93,15 +96,44 @@ const receive = (state: State, cursor: Cursor, start: number, end: number, frame
     if (cursor.buffer.length >= FLUSH_FRAMES) yield* flush(state, cursor)
   })
 
-/** Pulls until the remote has nothing more, rolling Synced to each next generation it reports. */
-const pullFrames = (state: State, cursor: Cursor, batch: number) =>
+/** The first request of a pull, asked beside the check of the remote and used once that passed. */
+interface FirstRequest {
+  readonly start: number
+  readonly end: number
+  readonly result: Either.Either<SyncRemote.PullResult, SyncError.RemoteFailure>
+}
+
+/**
+ * Pulls until the remote has nothing more, rolling Synced to each next generation it reports. `head`: where
+ * `/info` said the remote's head was when the pull began, if it said; frames up to it make the pull
+ * complete (it brings the remote as it was when it began) without a request only to hear that there is
+ * nothing more. A commit that landed since is the next pull's, as it would be a moment later.
+ */
+const pullFrames = (
+  state: State,
+  cursor: Cursor,
+  batch: number,
+  head: { readonly generation: number; readonly maxFrameNo: number } | undefined,
+  first: FirstRequest | undefined
+) =>
   Effect.gen(function*() {
+    let pending = first
     for (;;) {
       const start = cursor.frame + cursor.buffer.length + 1
-      const end = start + batch
-      const result = yield* state.remote.pull(cursor.generation, start, end)
+      const usable = pending !== undefined && pending.start === start ? pending : undefined
+      pending = undefined
+      const end = usable?.end ?? start + batch
+      const result = usable !== undefined ? yield* usable.result : yield* state.remote.pull(cursor.generation, start, end)
       if (result._tag === "Frames") {
         yield* receive(state, cursor, start, end, result.frames)
+        if (
+          head !== undefined && head.generation === cursor.generation &&
+          cursor.frame + cursor.buffer.length >= head.maxFrameNo
+        ) {
+          yield* flush(state, cursor)
+          // The head is a commit; frames that do not end on one (a remote that moved back) are asked on.
+          if (cursor.buffer.length === 0) return
+        }
         continue
       }
       if (result.generation > cursor.generation) {
@@ -143,7 +175,8 @@ const verifyRemote = (state: State) =>
         ? Effect.succeed(undefined)
         : Effect.map(Files.readWalFrames(state.paths.synced, 1, frame - 1 - folded), (frames) => frames[0]))
     if (info.databaseId !== undefined && m.databaseId === undefined) {
-      yield* updateMetadata(state, (m) => ({ ...m, databaseId: info.databaseId }))
+      // Staged: lost in a crash, it is seen and recorded again by the next check.
+      yield* stageMetadata(state, (m) => ({ ...m, databaseId: info.databaseId }))
     }
     return info
   })
@@ -156,16 +189,26 @@ export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(fun
   yield* finishFlaggedRoll(state)
   yield* finishFlaggedFold(state)
   yield* cutToSyncedFrame(state)
-  const info = yield* verifyRemote(state)
   const m = yield* SynchronizedRef.get(state.metadata)
   const cursor: Cursor = { generation: m.generation, frame: m.syncedFrame, buffer: [], changed: false }
+  // The first frames are asked for beside the check (one round trip for both), and used only once the
+  // check passed. A catch-up of more frames goes on with as many per request as the server answers.
+  const start = m.syncedFrame + 1
+  const end = start + SyncProtocol.CLIENT_BATCH_FRAMES
+  const [info, result] = yield* Effect.all([
+    verifyRemote(state),
+    Effect.either(state.remote.pull(m.generation, start, end))
+  ], { concurrency: 2 })
   // As many frames per request as the server says it answers at once.
   const batch = info.maxPullFrames !== undefined && info.maxPullFrames > 0
     ? info.maxPullFrames
     : SyncProtocol.CLIENT_BATCH_FRAMES
-  yield* pullFrames(state, cursor, batch).pipe(Effect.ensuring(Effect.ignore(state.synced.open)))
+  const head = info.maxFrameNo === undefined ? undefined : { generation: info.generation, maxFrameNo: info.maxFrameNo }
+  yield* pullFrames(state, cursor, batch, head, { start, end, result }).pipe(
+    Effect.ensuring(Effect.ignore(state.synced.open))
+  )
   yield* state.synced.open
-  // Made durable by `settleProgress`, whose metadata write always follows this step.
+  // In memory: the next metadata write takes it along.
   yield* SynchronizedRef.update(state.metadata, (m) => ({ ...m, lastPullAt: Date.now() }))
   return cursor.changed
 })
@@ -178,10 +221,13 @@ export const settleProgress = Effect.fn("Engine.settleProgress")(function*(state
   const progress = yield* on(state.synced, ChangeReplay.progress(state.clientId)).pipe(
     Effect.mapError(sqlStatementError("Replay"))
   )
-  yield* updateMetadata(state, (m) => ({
+  // Staged with the pulled position (the row is in the frames it counts): a crash before the next write
+  // leaves both to the next pull. A push's acknowledgement or a pull's copy or settle writes them.
+  yield* stageMetadata(state, (m) => ({
     ...withoutTransfer(m),
     lastPushedChangeId: Math.max(progress, m.lastPushedChangeId)
   }))
+  yield* state.step("pull:settled")
   // Changes at or below lastPushedChangeId were acknowledged: never replayed again, even onto a remote
   // whose progress row is older (a re-bootstrap onto a server that lost them).
   return (yield* SynchronizedRef.get(state.metadata)).lastPushedChangeId

@@ -14,7 +14,7 @@ import * as SyncProtocol from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
 import * as RemoteBinding from "./remoteBinding.js"
-import { on, type State, updateMetadata, withoutTransfer } from "./state.js"
+import { on, stageMetadata, type State, updateMetadata, withoutTransfer } from "./state.js"
 import { prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
 
 /** Frames read from Synced's WAL and sent per request: a push holds only these in memory. */
@@ -59,8 +59,9 @@ const sendFrames = (state: State, generation: number, folded: number, from: numb
   })
 
 /**
- * An acknowledged push: its frames become synced frames, its changes pushed; the conflicts its replay
- * decided go to the conflict log, and Draft's log drops the changes the remote now has.
+ * An acknowledged push: its frames become synced frames, its changes pushed (one durable metadata write,
+ * with whatever step (a) staged); the conflicts its replay decided go to the conflict log, and Draft's log
+ * drops the changes the remote now has.
  */
 const acknowledge = (state: State, pushed: number, lastChangeId: number) =>
   Effect.gen(function*() {
@@ -87,8 +88,8 @@ const acknowledge = (state: State, pushed: number, lastChangeId: number) =>
 
 /**
  * Step 1c: push Synced's frames beyond the synced frame. `Ok` makes them the synced frames; `Conflict`
- * (someone pushed first) cuts them off again. A failure leaves `transferredChangeId` for the next pull
- * to settle. The frames are validated, then read and sent a batch at a time: a push of any size holds
+ * (someone pushed first) cuts them off again. A failure leaves the push to the next pull to settle (the
+ * remote's progress row says whether it landed). The frames are validated, then read and sent a batch at a time: a push of any size holds
  * one batch in memory.
  */
 export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(state: State, lastChangeId: number) {
@@ -96,7 +97,9 @@ export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(s
   const prefix = yield* prefixAtSyncedFrame(state)
   const tail = yield* Files.scanWalTail(state.paths.synced, prefix, BATCH * 8)
   if (tail.count === 0) return "Nothing" as const
-  yield* updateMetadata(state, (m) => ({ ...m, transferredChangeId: lastChangeId }))
+  // In memory only: nothing decides on it after a crash, the next pull settles a push whose answer was lost
+  // from the remote's progress row (and a crash cuts the frames beyond the recorded position off again).
+  yield* stageMetadata(state, (m) => ({ ...m, transferredChangeId: lastChangeId }))
   const start = m.syncedFrame + 1
   const end = start + tail.count
   const folded = m.foldedFrame ?? 0
@@ -119,7 +122,7 @@ export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(s
     yield* acknowledge(state, tail.count, lastChangeId)
     return "Pushed" as const
   }
-  yield* updateMetadata(state, withoutTransfer)
+  yield* stageMetadata(state, withoutTransfer)
   yield* resetSyncedWal(state)
   return "Conflict" as const
 })

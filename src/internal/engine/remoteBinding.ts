@@ -131,19 +131,23 @@ export const verify = <E>(
           _tag: "Frame",
           same: result.frames.length > 0 && (local === undefined || WalFrame.equals(local, result.frames[0]))
         }))
-    const info = yield* remote.info
+    // Both questions at once (one round trip); `/info`'s answer is judged first, whatever the pull got.
+    const [info, pulled] = yield* Effect.all([
+      remote.info,
+      known.syncedFrame === 0 ? Effect.succeed(undefined) : Effect.either(
+        remote.pull(known.generation, known.syncedFrame, known.syncedFrame + 1).pipe(
+          Effect.catchIf(
+            (error): error is SyncError.RemoteError => error._tag === "RemoteError" && error.reason === "NotFound",
+            () => Effect.succeed("Missing" as const)
+          )
+        )
+      )
+    ], { concurrency: 2 })
     yield* identityDecision(known.databaseId, info.databaseId)
     yield* headDecision(known, info.generation, undefined)
-    if (known.syncedFrame === 0) return info
-    const answer: HeadAnswer = yield* remote.pull(known.generation, known.syncedFrame, known.syncedFrame + 1).pipe(
-      Effect.catchIf(
-        (error): error is SyncError.RemoteError => error._tag === "RemoteError" && error.reason === "NotFound",
-        () => Effect.succeed("Missing" as const)
-      ),
-      Effect.flatMap((result): Effect.Effect<HeadAnswer, E> =>
-        result === "Missing" ? Effect.succeed({ _tag: "Missing" }) : answerOf(result)
-      )
-    )
+    if (pulled === undefined) return info
+    const result = yield* pulled
+    const answer: HeadAnswer = result === "Missing" ? { _tag: "Missing" } : yield* answerOf(result)
     yield* headDecision(known, info.generation, answer)
     return info
   })

@@ -4,16 +4,49 @@
  *
  * @internal
  */
+import type * as SqlClient from "@effect/sql/SqlClient"
 import * as Effect from "effect/Effect"
 import * as Ref from "effect/Ref"
 import * as Capture from "../capture/capture.js"
+import * as NodePath from "node:path"
 import * as Replay from "../replay/replay.js"
+import * as Executor from "../sqlite/executor.js"
 import * as ConflictLog from "./conflictLog.js"
 import { replayError, sqlStatementError } from "./errors.js"
 import { on, type State } from "./state.js"
 
 /** @internal */
 export type Mode = "push" | "pull"
+
+/** The schema under which a push's replay reads Draft's change log on Synced's connection. */
+const DRAFT_SCHEMA = "_sync_draft"
+
+/**
+ * Runs `use` on Synced with Draft's file attached as {@link DRAFT_SCHEMA} (given the schema, or
+ * undefined when it cannot be attached), so that replay can copy runs of changes from the log in SQL (see
+ * replay/bulk.ts). Attached outside the replay's transaction (SQLite refuses ATTACH and DETACH inside one)
+ * and detached whatever the outcome: nothing of it outlives the push, and Draft is never written through it.
+ */
+const withDraftAttached = <A, E>(
+  state: State,
+  use: (schema: string | undefined) => Effect.Effect<A, E, SqlClient.SqlClient>
+) =>
+  on(
+    state.synced,
+    Effect.acquireUseRelease(
+      Executor.withExecutor((exec) => {
+        // (a plain path: the connection takes no URI filenames; only read, never written)
+        const path = NodePath.resolve(state.paths.draft)
+        exec.once(`ATTACH DATABASE '${path.replaceAll("'", "''")}' AS ${DRAFT_SCHEMA}`)
+        return DRAFT_SCHEMA
+      }).pipe(Effect.orElseSucceed(() => undefined)),
+      use,
+      (schema) =>
+        schema === undefined
+          ? Effect.void
+          : Effect.ignore(Executor.withExecutor((exec) => exec.once(`DETACH DATABASE ${DRAFT_SCHEMA}`)))
+    )
+  )
 
 /** How each read of Draft's change log runs (a pull preparing its copy outside the write gate takes it per read). */
 export type ReadDraft = <A, E, R>(read: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
@@ -34,13 +67,12 @@ export const replayDraftOntoSynced = Effect.fn("Engine.replayDraftOntoSynced")(
     // Draft's log is read page by page as it replays, never held whole (in a pull, writes wait meanwhile;
     // a push replays what it finds, later changes wait for the next push).
     const source: Replay.Source = (afterId, limit) => readDraft(on(state.draft, Capture.pendingValues(afterId, limit)))
-    const result = yield* on(
-      state.synced,
-      Replay.applySource(
-        source,
-        mode === "push" ? { mode: "push", clientId: state.clientId, ...policy } : { mode: "pull", ...policy }
+    const result = yield* (mode === "push"
+      ? withDraftAttached(
+        state,
+        (schema) => Replay.applySource(source, { mode: "push", clientId: state.clientId, ...policy }, schema)
       )
-    ).pipe(Effect.mapError(replayError))
+      : on(state.synced, Replay.applySource(source, { mode: "pull", ...policy }))).pipe(Effect.mapError(replayError))
     if (mode === "push") yield* Ref.set(state.pushConflicts, ConflictLog.entries(result))
     yield* state.step("replay:done")
     return { replayed: result.applied, lastChangeId: result.lastChangeId }

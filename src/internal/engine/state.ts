@@ -81,7 +81,7 @@ export interface Observer {
  */
 export const steps = [
   "pull:framesWritten",
-  "pull:metadataWritten",
+  "pull:settled",
   "fold:applied",
   "fold:flagged",
   "roll:materialized",
@@ -99,8 +99,16 @@ export const steps = [
   "reset:before"
 ] as const
 
+/**
+ * The point between the durable steps of a bootstrap (the copies written, the metadata not yet): met
+ * only by an open that bootstraps, so kept apart from the steps a sync meets.
+ *
+ * @internal
+ */
+export const bootstrapSteps = ["bootstrap:copiesWritten"] as const
+
 /** @internal */
-export type Step = typeof steps[number]
+export type Step = typeof steps[number] | typeof bootstrapSteps[number]
 
 /** @internal */
 export type Paths = ReturnType<typeof LocalCopies.files>
@@ -133,6 +141,8 @@ export interface State extends Opening {
   /** The file service the engine was built with (tests inject faults through it), if any. */
   readonly fileService: Option.Option<SyncFiles.Service>
   readonly metadata: SynchronizedRef.SynchronizedRef<SyncMetadata.Metadata>
+  /** Whether `metadata` holds staged facts the metadata file does not have yet (see `stageMetadata`). */
+  readonly staged: Ref.Ref<boolean>
   readonly clientId: string
   readonly step: (step: Step) => Effect.Effect<void>
   readonly maxRounds: number
@@ -162,12 +172,40 @@ export const received = (opening: Opening, frames: number, bytes: number) =>
     Ref.update(opening.traffic, (t) => ({ ...t, received: t.received + bytes }))
   )
 
-/** Replaces the metadata, durably, then in memory; returns the new metadata. */
+/**
+ * Replaces the metadata, durably, then in memory; returns the new metadata. What was staged before is
+ * written with it.
+ */
 export const updateMetadata = (state: State, f: (m: SyncMetadata.Metadata) => SyncMetadata.Metadata) =>
   SynchronizedRef.updateAndGetEffect(state.metadata, (m) => {
     const next = f(m)
-    return Effect.as(state.metadataStore.write(next), next)
+    return Effect.as(Effect.zipRight(state.metadataStore.write(next), Ref.set(state.staged, false)), next)
   })
+
+/**
+ * Replaces the metadata in memory only: the next durable write (`updateMetadata`, `persistStaged`) takes
+ * it to the file. Only for facts whose loss in a crash the metadata file as it stands still describes
+ * correctly: a synced position whose frames are in Synced's WAL, fsynced (recovery cuts the WAL back to
+ * the recorded position and the next pull brings them again), the progress row read from such frames
+ * (read again by that pull), a push in flight, a finished copy (recovery finds it done), a remote identity
+ * first seen (verified and recorded again). A step that makes something irreversible on the strength of a
+ * staged fact (a fold of Synced's WAL into its file, a copy that replaces Draft's WAL) persists first.
+ */
+export const stageMetadata = (state: State, f: (m: SyncMetadata.Metadata) => SyncMetadata.Metadata) =>
+  SynchronizedRef.modify(state.metadata, (m) => {
+    const next = f(m)
+    return [sameFields(m, next), next] as const
+  }).pipe(Effect.flatMap((same) => same ? Effect.void : Ref.set(state.staged, true)))
+
+/** Whether two metadata records have the same fields (nested records are replaced, never changed in place). */
+const sameFields = (a: SyncMetadata.Metadata, b: SyncMetadata.Metadata): boolean => {
+  const keys = Object.keys(a) as Array<keyof SyncMetadata.Metadata>
+  return keys.length === Object.keys(b).length && keys.every((k) => a[k] === b[k])
+}
+
+/** Writes the staged metadata, if anything is staged. */
+export const persistStaged = (state: State) =>
+  Effect.flatMap(Ref.get(state.staged), (staged) => staged ? updateMetadata(state, (m) => m) : Effect.void)
 
 /** Frames of Synced's WAL at rest: the synced frames not folded into its database file. */
 export const walFrames = (m: SyncMetadata.Metadata): number => m.syncedFrame - (m.foldedFrame ?? 0)

@@ -40,9 +40,13 @@ export const cutToSyncedFrame = (state: State) =>
     }
   })
 
-/** Step 2d: cut Synced's WAL back to the synced frame, dropping the frames of the local replay. */
+/**
+ * Step 2d: cut Synced's WAL back to the synced frame, dropping the frames of the local replay. A WAL with
+ * nothing beyond it (no replay, or the replay wrote nothing) is left as it is, Synced open.
+ */
 export const resetSyncedWal = Effect.fn("Engine.resetSyncedWal")(function*(state: State) {
   const frames = walFrames(yield* SynchronizedRef.get(state.metadata))
   yield* state.step("reset:before")
+  if ((yield* Files.fileSize(Files.walPath(state.paths.synced))) <= WalFrame.walSize(frames)) return
   yield* state.synced.withClosed(Files.truncateWal(state.paths.synced, frames))
 })

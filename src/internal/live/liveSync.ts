@@ -20,7 +20,10 @@ import type * as Changes from "./changes.js"
 export interface Options {
   /** Seconds a waiting pull stays open (cut to the remote's `maxWaitSeconds`). Default 25. */
   readonly waitSeconds?: number | undefined
-  /** How soon after a local write it is pushed; writes meanwhile go with it. Default 10 ms. */
+  /**
+   * How soon after a local write it is pushed; writes meanwhile go with it, and so do the writes made while
+   * a push runs (the next one takes them all). Default 2 ms.
+   */
   readonly pushDelay?: Duration.DurationInput | undefined
   /** How often a remote without waiting pulls is asked for changes. Default 2 seconds. */
   readonly pollInterval?: Duration.DurationInput | undefined
@@ -59,7 +62,7 @@ const transient = (error: SyncError.SyncError) => error._tag === "NetworkError" 
 
 export const run = (target: Target, options: Options = {}): Effect.Effect<void, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const pushDelay = Duration.decode(options.pushDelay ?? Duration.millis(10))
+    const pushDelay = Duration.decode(options.pushDelay ?? Duration.millis(2))
     const pollInterval = Duration.decode(options.pollInterval ?? Duration.seconds(2))
     const capMs = Duration.toMillis(options.maxBackoff ?? Duration.seconds(10))
     const waitSeconds = options.waitSeconds ?? 25
@@ -74,6 +77,9 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
     // Pulls the watcher asked for and is waiting on (it looks at the new position once they are done).
     const pulled = yield* Queue.unbounded<void>()
     let pullsWaited = 0
+    // Where the watcher stood when it asked for the pull: a push of ours that moved the position meanwhile
+    // was the commit its waiting pull heard (see the worker).
+    let pullFrom: { readonly generation: number; readonly frame: number } | undefined
 
     const writes = yield* Queue.sliding<void>(1)
     const listener = () => writes.unsafeOffer(undefined)
@@ -103,8 +109,21 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
       while (wants.sync || wants.pull) {
         const op = wants.sync ? "sync" : "pull"
         const waiting = pullsWaited
+        const from = pullFrom
         wants.sync = false
         wants.pull = false
+        pullFrom = undefined
+        if (op === "pull" && from !== undefined) {
+          // The position moved since the watcher asked: our own push landed (its commit woke the watcher) and
+          // took in every frame before it. Nothing to pull; the watcher asks again from the new position and
+          // hears at once of anything beyond it.
+          const now = yield* target.position
+          if (now.generation !== from.generation || now.frame !== from.frame) {
+            for (let i = 0; i < waiting; i++) yield* Queue.offer(pulled, undefined)
+            pullsWaited -= waiting
+            continue
+          }
+        }
         yield* target.report("syncing")
         // A sync that started finishes even when the scope closes (like autoSync's).
         const outcome = yield* Effect.either(Effect.uninterruptible(op === "sync" ? pushThenPull : target.pull))
@@ -130,12 +149,14 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
       }
     }))
 
-    // Asks the worker for a pull and waits for it (the position moves only then).
-    const pullAndWait = Effect.suspend(() => {
-      pullsWaited++
-      request("pull")
-      return Queue.take(pulled)
-    })
+    // Asks the worker for a pull from `at` and waits for it (the position moves only then).
+    const pullAndWait = (at: { readonly generation: number; readonly frame: number }) =>
+      Effect.suspend(() => {
+        pullsWaited++
+        pullFrom = at
+        request("pull")
+        return Queue.take(pulled)
+      })
 
     let watchFailures = 0
     // Whether the remote waits, learnt on the first answer and again after an outage (it may be another server).
@@ -164,7 +185,7 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
         // frames a push of ours took in are pulled by the worker right after that push.
         const current = yield* target.position
         if (current.generation !== at.generation || current.frame !== at.frame) return
-        yield* pullAndWait
+        yield* pullAndWait(at)
         const now = yield* target.position
         // A pull that could not move (a remote that went back in time, a failure said in status): not again at once.
         if (now.generation === at.generation && now.frame === at.frame) yield* Effect.sleep(backoffMs(watchFailures++, capMs))

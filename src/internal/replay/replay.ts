@@ -11,6 +11,7 @@ import * as ForeignKeys from "../sqlite/foreignKeys.js"
 import { ident, isLiteral, splitStatements } from "../sqlite/sqlText.js"
 import * as SqlValue from "../sqlite/sqlValue.js"
 import * as TableInfo from "../sqlite/tableInfo.js"
+import * as Bulk from "./bulk.js"
 import { ReplayError } from "./replayError.js"
 import * as Prefetch from "./prefetch.js"
 import * as Values from "./replayValues.js"
@@ -354,7 +355,12 @@ export const apply = (
 /** Replays the changes of `source` (see ChangeReplay.apply) in ONE transaction on the environment's client. */
 export const applySource = (
   source: Source,
-  options: ChangeReplay.ApplyOptions
+  options: ChangeReplay.ApplyOptions,
+  /**
+   * The schema under which the source's change log is attached to this connection (Draft's file during a
+   * push): runs of changes are then tried in bulk (see bulk.ts).
+   */
+  log?: string | undefined
 ): Effect.Effect<ChangeReplay.ApplyResult, ReplayError | SqlError, SqlClient.SqlClient> =>
   plain(Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
@@ -364,7 +370,8 @@ export const applySource = (
       yield* attempt(() => exec.once(`PRAGMA defer_foreign_keys = ON`))
       const clientId = options.clientId
       const done = clientId === undefined ? 0 : yield* attempt(() => readProgress(exec, clientId))
-      const first = yield* source(done, PAGE)
+      // (with the log attached only whether anything is pending matters: runs are read from the log)
+      const first = yield* source(done, log === undefined ? PAGE : 1)
       const suspend = options.triggers !== "fire" && first.length > 0
       let suspended = suspend ? yield* attempt(() => suspendTriggers(exec)) : []
       const conflicts: Array<ChangeReplay.Conflict> = []
@@ -530,9 +537,12 @@ export const applySource = (
       let group: {
         readonly txId: number
         readonly ids: Array<number>
+        /** Runs of changes written in bulk (first and last id), in the attached log. */
+        readonly runs: Array<readonly [number, number]>
         readonly touched: Set<string>
         readonly suspendedAtStart: typeof suspended
-        last: Change
+        /** The last change replayed one by one (undefined: only bulk runs so far). */
+        last: Change | undefined
         ddl: boolean
         drop: boolean
       } | undefined
@@ -541,7 +551,8 @@ export const applySource = (
         const g = group
         if (g === undefined) return
         group = undefined
-        if (!g.drop && fkActive && g.touched.size > 0 && useSavepoints) {
+        // (bulk runs are written only where no foreign key can act: a group of them alone has no last change)
+        if (!g.drop && fkActive && g.touched.size > 0 && useSavepoints && g.last !== undefined) {
           const found = yield* ForeignKeys.violations(sql, g.ddl ? undefined : g.touched)
           if (found.length > 0) {
             const last = g.last
@@ -578,7 +589,15 @@ export const applySource = (
           if (g.drop) {
             yield* attempt(() => exec.run(`ROLLBACK TO _sync_tx`))
             prefetch.clear()
-            for (const id of g.ids) dropped.push(id)
+            if (g.runs.length === 0) {
+              for (const id of g.ids) dropped.push(id)
+            } else {
+              const ids = [...g.ids]
+              for (const [from, to] of g.runs) {
+                for (const id of yield* attempt(() => Bulk.idsOf(exec, log!, from, to))) ids.push(id)
+              }
+              for (const id of ids.sort((x, y) => x - y)) dropped.push(id)
+            }
             suspended = g.suspendedAtStart
             tables.clear()
             if (g.ddl) fkActive = yield* fkProbe
@@ -587,30 +606,38 @@ export const applySource = (
         }
       })
 
+      /** The group of local transaction `txId`, the one before closed. */
+      const enter = (txId: number) =>
+        Effect.gen(function*() {
+          if (group !== undefined && group.txId !== txId) yield* closeGroup
+          if (group === undefined) {
+            if (useSavepoints) yield* attempt(() => exec.run(`SAVEPOINT _sync_tx`))
+            group = {
+              txId,
+              ids: [],
+              runs: [],
+              touched: new Set(),
+              suspendedAtStart: suspended,
+              last: undefined,
+              ddl: false,
+              drop: false
+            }
+          }
+          return group
+        })
+
       let last = done
       let applied = 0
-      let page = first
-      while (page.length > 0) {
+      /** Replays a page of changes one by one. */
+      const replayPage = (page: ReadonlyArray<Change>) =>
+        Effect.gen(function*() {
         yield* readPage(page)
         for (let index = 0; index < page.length; index++) {
           const original = page[index]!
           if (index % 256 === 255) yield* Effect.yieldNow()
           last = Math.max(last, original.id)
           applied++
-          if (group !== undefined && group.txId !== original.txId) yield* closeGroup
-          if (group === undefined) {
-            if (useSavepoints) yield* attempt(() => exec.run(`SAVEPOINT _sync_tx`))
-            group = {
-              txId: original.txId,
-              ids: [],
-              touched: new Set(),
-              suspendedAtStart: suspended,
-              last: original,
-              ddl: false,
-              drop: false
-            }
-          }
-          const g = group
+          const g = yield* enter(original.txId)
           g.ids.push(original.id)
           g.last = original
           if (g.drop) continue
@@ -756,7 +783,60 @@ export const applySource = (
           if (settled === "drop") g.drop = true
           // Replaced: the failed statement was undone by SQLite (ABORT); the replacement row was written.
         }
-        page = yield* source(page[page.length - 1]!.id, PAGE)
+        })
+
+      /** Replays changes `after+1..to` one by one, a page at a time. */
+      const replayRange = (after: number, to: number) =>
+        Effect.gen(function*() {
+          let cursor = after
+          while (cursor < to) {
+            const page = (yield* source(cursor, Math.min(PAGE, to - cursor))).filter((change) => change.id <= to)
+            if (page.length === 0) return
+            yield* replayPage(page)
+            cursor = page[page.length - 1]!.id
+          }
+        })
+
+      if (log === undefined) {
+        let page = first
+        while (page.length > 0) {
+          yield* replayPage(page)
+          page = yield* source(page[page.length - 1]!.id, PAGE)
+        }
+      } else if (first.length > 0) {
+        // Runs of changes (one transaction, table, kind and column list) are tried in bulk (see bulk.ts);
+        // whatever cannot go in bulk goes one by one, in id order all the same.
+        let after = done
+        let pendingFrom = done
+        for (;;) {
+          const runs = yield* attempt(() => Bulk.readRuns(exec, log, after))
+          if (runs.length === 0) break
+          for (const run of runs) {
+            after = run.last
+            if (transform !== undefined || options.decide !== undefined || !Bulk.mayTry(run)) continue
+            // the changes before this run first, one by one (a schema change among them changes what follows)
+            yield* replayRange(pendingFrom, run.id - 1)
+            pendingFrom = run.id - 1
+            if (!readAhead) continue
+            if (!tables.has(run.table)) yield* tableInfo(run.table)
+            const table = readAheadOn(run.table)
+            const keys = Bulk.eligible(run, table)
+            if (table === undefined || keys === undefined) continue
+            const entered = yield* enter(run.txId)
+            if (entered.drop) continue
+            const count = yield* attempt(() => Bulk.attempt(exec, run, table, keys, log))
+            yield* Effect.yieldNow()
+            if (count === undefined) continue
+            entered.runs.push([run.id, run.last])
+            applied += count
+            last = Math.max(last, run.last)
+            touched.add(run.table)
+            entered.touched.add(run.table)
+            prefetch.clear()
+            pendingFrom = run.last
+          }
+        }
+        yield* replayRange(pendingFrom, after)
       }
       yield* closeGroup
       yield* attempt(() => restoreTriggers(exec, suspended))

@@ -41,6 +41,7 @@ import { isDatabaseName, MAX_FRAMES_PER_REQUEST } from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as CommitNotify from "./commitNotify.js"
 import * as ServerBody from "./serverBody.js"
+import * as SnapshotCache from "./snapshotCache.js"
 import { StoreError } from "./storeError.js"
 import { checkHeaderFrames, emptyWalBase } from "./sqliteImage.js"
 
@@ -473,6 +474,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     const closedBatons = new Map<string, string>()
     yield* Effect.addFinalizer(() => Effect.forEach(opened.values(), (h) => h.backend.close, { discard: true }))
     const notifier = CommitNotify.make()
+    const snapshots = SnapshotCache.make()
 
     const openHandle = (name: string): Effect.Effect<Handle, StoreError> =>
       Effect.zip(backend.open(name, emptyBase), Clock.currentTimeMillis).pipe(
@@ -707,6 +709,24 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
           return ServerBody.ofBytes(WalFrame.applyFrames(base, frames))
         })
 
+    // A snapshot above frame 0 from memory when it was materialized before and is small (snapshotCache.ts);
+    // read whole into memory the first time, so the next replica's answer neither builds nor reads it.
+    const cachedSnapshotAt = (h: Handle, generation: number, frameNo: number): Effect.Effect<Body, StoreError, Scope.Scope> =>
+      Effect.suspend(() => {
+        // Without an identity a database made again under its name could not be told apart: not kept.
+        if (frameNo === 0 || h.backend.id === undefined) return openSnapshotAt(h, generation, frameNo)
+        const key = SnapshotCache.keyOf(h.name, h.backend.id, generation, frameNo)
+        const cached = snapshots.get(key)
+        if (cached !== undefined) return Effect.succeed(ServerBody.ofBytes(cached))
+        return Effect.flatMap(openSnapshotAt(h, generation, frameNo), (body) =>
+          snapshots.fits(body.size)
+            ? Effect.map(ServerBody.readAll(body), (bytes) => {
+              snapshots.set(key, bytes)
+              return ServerBody.ofBytes(bytes)
+            })
+            : Effect.succeed(body))
+      })
+
     const snapshot: Service["snapshot"] = (database) =>
       withHandle(database, (h) => snapshotOf(h))
 
@@ -719,7 +739,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
           const v = yield* viewFor(h)
           const generation = v.current
           const frameNo = v.lastFrames.get(generation)!
-          const body = yield* openSnapshotAt(h, generation, frameNo).pipe(
+          const body = yield* cachedSnapshotAt(h, generation, frameNo).pipe(
             Effect.catchIf((e) => e.reason === "GenerationGone" && attempt < 3, () => Effect.succeed(undefined))
           )
           if (body !== undefined) return { generation, frameNo, body } satisfies Snapshot

@@ -460,9 +460,12 @@ const openDatabase = (
     }
     const plan = planFor(frames)
     const salts = crypto.randomBytes(8)
-    const wal = WalFrame.append(WalFrame.make({ salt1: salts.readUInt32BE(0), salt2: salts.readUInt32BE(4) }), frames).wal
+    const empty = WalFrame.make({ salt1: salts.readUInt32BE(0), salt2: salts.readUInt32BE(4) })
+    // the header, then the frames as `append` encoded them (checksums computed once, pages copied once)
+    const { bytes } = WalFrame.append(empty, frames)
     clearHeadWal()
-    fs.writeFileSync(headWal, WalFrame.encode(wal))
+    fs.writeFileSync(headWal, WalFrame.encode(empty))
+    fs.appendFileSync(headWal, bytes)
     return plan
   }
 

@@ -1,0 +1,223 @@
+/**
+ * A fresh replica of the same server database, this client against the real libSQL client (called by
+ * `bench/run.ts`; also runs alone, with its own server and rows):
+ *
+ *   npx tsx bench/bootstrap.ts [--rows 10000] [--repeat 5] [--steps]
+ *
+ * Both sides start from nothing on disk and end holding the server's `rows` rows, counted by a query:
+ * - this client: `SyncDatabase.layer` built on a new path (bootstrap: `/info`, the head snapshot, both
+ *   local copies, the metadata, the copies opened with capture installed), then `pull`, then the count;
+ * - libSQL: `new Database(path, { syncUrl, offline: true })`, `sync()`, the count, `close()`.
+ * Runs alternate (ours, theirs, ours, ...) and each side's median is reported. `--steps` adds one more run
+ * of ours through a counting proxy: the time of each engine step (its span) and every HTTP request either
+ * client makes.
+ */
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Scope from "effect/Scope"
+import * as Tracer from "effect/Tracer"
+import type { HttpClient } from "@effect/platform/HttpClient"
+import Database from "libsql"
+import * as ChildProcess from "node:child_process"
+import * as Fs from "node:fs"
+import * as Http from "node:http"
+import * as Os from "node:os"
+import * as NodePath from "node:path"
+import * as Url from "node:url"
+import * as SyncDatabase from "../src/SyncDatabase.js"
+import { bulkInsert, CREATE } from "./rows.js"
+import * as ServerProcess from "./serverProcess.js"
+
+const flag = (name: string, fallback: string) => {
+  const i = process.argv.indexOf(`--${name}`)
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback
+}
+
+/** One printed figure. */
+export interface Line {
+  readonly what: string
+  readonly ms: number
+  readonly note?: string
+}
+
+/** What run.ts shares with this section. */
+export interface Bench {
+  readonly serverUrl: string
+  readonly http: Context.Context<HttpClient>
+  readonly work: string
+  /** A server database already holding `rows` rows of `items` (bench/rows.ts). */
+  readonly rowsDatabase: string
+  readonly rows: number
+  readonly repeat: number
+}
+
+const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+
+/** A spans' recorder wrapping the current tracer: every span's name, start and duration. */
+const recorder = () => {
+  const spans: Array<{ name: string; depth: number; start: number; ms: number }> = []
+  const depthOf = new WeakMap<object, number>()
+  const wrap = (inner: Tracer.Tracer) =>
+    Tracer.make({
+      context: (f, fiber) => inner.context(f, fiber),
+      span: (name, parent, context, links, startTime, kind, options) => {
+        const span = inner.span(name, parent, context, links, startTime, kind, options)
+        const depth = parent._tag === "Some" ? (depthOf.get(parent.value) ?? -1) + 1 : 0
+        depthOf.set(span, depth)
+        const entry = { name, depth, start: Number(startTime) / 1e6, ms: NaN }
+        spans.push(entry)
+        const end = span.end.bind(span)
+        span.end = (endTime, exit) => {
+          entry.ms = Number(endTime - startTime) / 1e6
+          end(endTime, exit)
+        }
+        return span
+      }
+    })
+  return { spans, wrap }
+}
+
+/** A proxy in front of `target` counting the requests that pass (method and path). */
+const countingProxy = (target: string) =>
+  new Promise<{ url: string; requests: Array<string>; close: () => void }>((resolve) => {
+    const to = new URL(target)
+    const requests: Array<string> = []
+    const server = Http.createServer((req, res) => {
+      const started = performance.now()
+      const upstream = Http.request(
+        { host: to.hostname, port: to.port, method: req.method, path: req.url, headers: req.headers },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers)
+          answer.pipe(res)
+          answer.on("end", () =>
+            requests.push(`${req.method} ${req.url} -> ${answer.statusCode} (${(performance.now() - started).toFixed(1)} ms)`))
+        }
+      )
+      req.pipe(upstream)
+    })
+    server.listen(0, "127.0.0.1", () => {
+      const port = (server.address() as { port: number }).port
+      resolve({ url: `http://127.0.0.1:${port}`, requests, close: () => server.close() })
+    })
+  })
+
+/** Ours: a new local database on `name`, then `pull`, then the count. Closed after. */
+const freshOurs = async (bench: Bench, url: string, name: string, tracer?: (t: Tracer.Tracer) => Tracer.Tracer) => {
+  const scope = await Effect.runPromise(Scope.make(ExecutionStrategy.sequential))
+  const program = Effect.gen(function*() {
+    const db = yield* Layer.buildWithScope(
+      SyncDatabase.layer({ path: NodePath.join(bench.work, name), url: `${url}/db/${bench.rowsDatabase}` }).pipe(
+        Layer.provide(Layer.succeedContext(bench.http))
+      ),
+      scope
+    ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)))
+    yield* db.pull
+    const rows = yield* db.query<{ c: number }>("SELECT count(*) AS c FROM items")
+    if (rows[0].c !== bench.rows) return yield* Effect.dieMessage(`pulled ${rows[0].c} rows`)
+  })
+  const start = performance.now()
+  await Effect.runPromise(
+    tracer === undefined ? program : Effect.flatMap(Effect.tracer, (t) => Effect.withTracer(program, tracer(t)))
+  )
+  const ms = performance.now() - start
+  await Effect.runPromise(Scope.close(scope, Exit.void))
+  return ms
+}
+
+/** Theirs: the libSQL client's bootstrap and sync on a new path, then the count, then close. */
+const freshLibsql = (bench: Bench, url: string, name: string) => {
+  const start = performance.now()
+  const lib = new Database(NodePath.join(bench.work, name), { syncUrl: `${url}/db/${bench.rowsDatabase}`, offline: true } as Database.Options)
+  lib.sync()
+  const [{ c }] = lib.prepare("SELECT count(*) AS c FROM items").all() as Array<{ c: number }>
+  lib.close()
+  if (c !== bench.rows) throw new Error(`libsql pulled ${c} rows`)
+  return performance.now() - start
+}
+
+/** The fresh-replica figures (and, with `steps`, the per-step breakdown), appended to `lines`. */
+export const bootstrapBench = async (bench: Bench, lines: Array<Line>, steps = false) => {
+  const ours: Array<number> = []
+  const theirs: Array<number> = []
+  for (let i = 0; i < bench.repeat; i++) {
+    ours.push(await freshOurs(bench, bench.serverUrl, `boot-ours-${i}`))
+    theirs.push(freshLibsql(bench, bench.serverUrl, `boot-libsql-${i}.db`))
+  }
+  lines.push({
+    what: `fresh replica: bootstrap + first pull of ${bench.rows} rows (same server database as libsql)`,
+    ms: median(ours),
+    note: `${(median(ours) / median(theirs)).toFixed(2)}x the libsql client (${median(theirs).toFixed(1)} ms); medians of ${bench.repeat}`
+  })
+  if (!steps) return
+  const proxy = await countingProxy(bench.serverUrl)
+  try {
+    const rec = recorder()
+    const ms = await freshOurs(bench, proxy.url, "boot-steps-ours", rec.wrap)
+    const t0 = Math.min(...rec.spans.map((s) => s.start))
+    console.log(`\nours through the proxy: ${ms.toFixed(1)} ms; spans (start offset, duration):`)
+    for (const s of rec.spans) {
+      console.log(`${"  ".repeat(s.depth)}${s.name}  +${(s.start - t0).toFixed(1)} ms  ${s.ms.toFixed(1)} ms`)
+    }
+    console.log("requests:")
+    for (const r of proxy.requests.splice(0)) console.log(`  ${r}`)
+    // libsql's sync blocks its thread: run it in a child process so this one's proxy can answer.
+    const script = `import Database from "libsql"; const s = performance.now(); ` +
+      `const db = new Database(${JSON.stringify(NodePath.join(bench.work, "boot-steps-libsql.db"))}, ` +
+      `{ syncUrl: ${JSON.stringify(`${proxy.url}/db/${bench.rowsDatabase}`)}, offline: true }); db.sync(); ` +
+      `const c = db.prepare("SELECT count(*) AS c FROM items").get().c; db.close(); console.log(c, performance.now() - s)`
+    const out = await new Promise<string>((resolve, reject) =>
+      ChildProcess.execFile(process.execPath, ["--input-type=module", "-e", script], { cwd: NodePath.resolve(import.meta.dirname, "..") }, (error, stdout) =>
+        error ? reject(error) : resolve(stdout))
+    )
+    const [count, libMs] = out.trim().split(" ").map(Number)
+    if (count !== bench.rows) throw new Error(`libsql pulled ${count} rows`)
+    console.log(`libsql through the proxy (in a child process): ${libMs.toFixed(1)} ms; requests:`)
+    for (const r of proxy.requests) console.log(`  ${r}`)
+  } finally {
+    proxy.close()
+  }
+}
+
+// Alone: a server of its own, a database of `--rows` rows pushed by this client, then the section.
+const alone = async () => {
+  const rows = Number(flag("rows", "10000"))
+  const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-bootstrap-"))
+  const server = await ServerProcess.startServer(NodePath.join(work, "server"))
+  const scope = Effect.runSync(Scope.make())
+  try {
+    const run = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>) => Effect.runPromise(Scope.extend(effect, scope))
+    const http = await run(Layer.build(NodeHttpClient.layerUndici))
+    const writer = await run(
+      Layer.build(
+        SyncDatabase.layer({ path: NodePath.join(work, "writer"), url: `${server.url}/db/rows` }).pipe(
+          Layer.provide(Layer.succeedContext(http))
+        )
+      ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)))
+    )
+    await run(writer.execute(CREATE))
+    await run(writer.execute(bulkInsert(rows)))
+    await run(writer.push)
+    const lines: Array<Line> = []
+    await bootstrapBench(
+      { serverUrl: server.url, http, work, rowsDatabase: "rows", rows, repeat: Number(flag("repeat", "5")) },
+      lines,
+      process.argv.includes("--steps")
+    )
+    console.table(lines.map((l) => ({ measurement: l.what, ms: Number(l.ms.toFixed(1)), note: l.note ?? "" })))
+  } finally {
+    await Effect.runPromise(Scope.close(scope, Exit.void))
+    server.child.kill("SIGTERM")
+    Fs.rmSync(work, { recursive: true, force: true })
+  }
+}
+
+if (process.argv[1] !== undefined && import.meta.url === Url.pathToFileURL(process.argv[1]).href) {
+  alone().then(() => process.exit(0), (error) => {
+    console.error(error)
+    process.exit(1)
+  })
+}

@@ -1,0 +1,200 @@
+/**
+ * Replay of a run of changes as one statement, when the change log is readable on the target's own
+ * connection (Draft's file attached to Synced's connection during a push).
+ *
+ * A run is a stretch of consecutive changes of one local transaction, one table, one kind and one column
+ * list. Carried out change by change, each value crosses into JavaScript twice (read from the log, bound
+ * to a statement); here SQLite copies them from the log to the table itself. The run is written this way
+ * only when that gives what replaying it change by change gives, which is when no change of it meets a
+ * conflict:
+ *
+ * - inserts: every key is non-NULL and free (`ON CONFLICT DO NOTHING` wrote every row);
+ * - updates and deletes: every change finds the row at its key holding exactly its before image (same
+ *   storage class and bytes; a REAL zero is not trusted, since `=` does not tell -0.0 from 0.0), no two
+ *   changes of the run touch the same key, and no update moves its key; an update then writes its after
+ *   image, which differs from the row only in the columns the change changed.
+ *
+ * Anything else (a conflict, a constraint failure, a column list that is not the table's) rolls the run
+ * back to its savepoint and replay takes it change by change, where the conflict rules and the policy
+ * apply. The statement texts are pure; running them takes an executor.
+ *
+ * @internal
+ */
+import type { Executor } from "../sqlite/executor.js"
+import { ident } from "../sqlite/sqlText.js"
+import type * as TableInfo from "../sqlite/tableInfo.js"
+import { MAX_PAIRED, valueColumn } from "../capture/changeLog.js"
+
+/** Runs shorter than this are replayed change by change (a bulk attempt costs a few statements). */
+export const MIN_RUN = 32
+
+/** Run starts read per statement. */
+export const RUNS_PER_READ = 1024
+
+/** The start of a run: the first change of a stretch with one transaction, table, kind and column list. */
+export interface RunStart {
+  readonly id: number
+  readonly txId: number
+  readonly table: string
+  readonly kind: string
+  readonly cols: string | null
+}
+
+/** A run: changes `first..last` (ids; some ids in between may not exist). */
+export interface Run extends RunStart {
+  readonly last: number
+}
+
+/**
+ * Pure: the statement listing run starts after change `$after` (at most `$limit` of them) in the log
+ * `schema`, in id order: the changes whose transaction, table, kind or column list differs from the
+ * change before. (A gap in the ids also starts a run: a run split in two is only slower.)
+ */
+export const runStartsText = (schema: string) => {
+  const log = `${ident(schema)}._sync_changes`
+  return `SELECT l.id, l.tx_id, l.tbl, l.kind, l.cols FROM ${log} AS l
+    LEFT JOIN ${log} AS p ON p.id = l.id - 1 AND p.id > $after
+    WHERE l.id > $after AND (p.id IS NULL OR p.tx_id IS NOT l.tx_id OR p.tbl IS NOT l.tbl OR p.kind IS NOT l.kind
+      OR p.cols IS NOT l.cols)
+    ORDER BY l.id LIMIT $limit`
+}
+
+/**
+ * Reads the runs after change `afterId` (up to {@link RUNS_PER_READ}), each with its last id. Inside the
+ * replay's transaction the attached log is read from one snapshot, so the last run ends at the last
+ * change this snapshot has.
+ */
+export const readRuns = (exec: Executor, schema: string, afterId: number): ReadonlyArray<Run> => {
+  const rows = exec.values(runStartsText(schema), [{ after: afterId, limit: RUNS_PER_READ + 1 }])
+  if (rows.length === 0) return []
+  const starts: Array<RunStart> = rows.map((row) => ({
+    id: Number(row[0]),
+    txId: Number(row[1]),
+    table: row[2] as string,
+    kind: row[3] as string,
+    cols: row[4] as string | null
+  }))
+  const runs: Array<Run> = []
+  for (let i = 0; i + 1 < starts.length; i++) runs.push({ ...starts[i]!, last: starts[i + 1]!.id - 1 })
+  if (starts.length <= RUNS_PER_READ) {
+    const max = Number(exec.values(`SELECT max(id) FROM ${ident(schema)}._sync_changes`)[0]![0])
+    runs.push({ ...starts[starts.length - 1]!, last: max })
+  }
+  return runs
+}
+
+/** Pure: whether a run is long enough and of a kind to try in bulk (before its table is looked at). */
+export const mayTry = (run: Run): boolean =>
+  run.cols !== null && run.last - run.id + 1 >= MIN_RUN &&
+  (run.kind === "insert" || run.kind === "update" || run.kind === "delete")
+
+/**
+ * Pure: whether a run of `table` may be tried in bulk, with the positions of the key columns in the log's
+ * column list. Undefined: change by change.
+ */
+export const eligible = (run: Run, table: TableInfo.TableInfo | undefined): ReadonlyArray<number> | undefined => {
+  if (table === undefined || !mayTry(run) || table.primaryKey.length === 0) return undefined
+  const n = table.columns.length
+  if (n === 0 || n > MAX_PAIRED) return undefined
+  // the log's column list must be the table's as it is now (a column dropped or added since: change by change)
+  if (run.cols !== JSON.stringify(table.columns)) return undefined
+  const keys = table.primaryKey.map((column) => table.columns.indexOf(column))
+  if (keys.some((position) => position < 0)) return undefined
+  return keys
+}
+
+/** `a` and `b` hold the same value exactly (see the module comment: a REAL zero never counts as equal). */
+const exactlyEqual = (a: string, b: string) =>
+  `(typeof(${a}) = typeof(${b}) AND ${a} IS ${b} COLLATE BINARY AND NOT (typeof(${b}) = 'real' AND ${b} = 0))`
+
+const v = (i: number) => `l.${valueColumn(i)}`
+
+/**
+ * Pure: the statements of a bulk run on `table` reading the log `schema` (`$first`, `$last`: the run's first
+ * and last id). `check` answers one row: the number of changes, and how many of them stand in the way (a
+ * NULL key, a row that is not the before image, a key touched twice, a key moved).
+ */
+export const statements = (
+  kind: "insert" | "update" | "delete",
+  table: TableInfo.TableInfo,
+  keys: ReadonlyArray<number>,
+  schema: string
+): { readonly check: string; readonly write: string } | undefined => {
+  const log = `${ident(schema)}._sync_changes`
+  const target = `main.${ident(table.name)}`
+  const n = table.columns.length
+  const range = `l.id BETWEEN $first AND $last`
+  const keyNotNull = keys.map((k) => `${v(k)} IS NOT NULL`).join(" AND ")
+  if (kind === "insert") {
+    const columns = table.columns.map(ident).join(", ")
+    const values = table.columns.map((_, i) => v(i)).join(", ")
+    return {
+      check: `SELECT count(*), count(*) - coalesce(sum(${keyNotNull}), 0) FROM ${log} AS l WHERE ${range}`,
+      // (ORDER BY: the rows are written in the order they were captured, as change by change)
+      write: `INSERT INTO ${target} (${columns}) SELECT ${values} FROM ${log} AS l WHERE ${range} ORDER BY l.id ` +
+        `ON CONFLICT DO NOTHING`
+    }
+  }
+  const join = table.primaryKey.map((column, j) => `t.${ident(column)} = ${v(keys[j]!)}`).join(" AND ")
+  const matches = [keyNotNull, ...table.columns.map((column, i) => exactlyEqual(`t.${ident(column)}`, v(i)))]
+  if (kind === "update") {
+    // the key stays where it is: before and after key the same
+    for (const k of keys) matches.push(exactlyEqual(v(k), v(n + k)))
+  }
+  const keyList = keys.map((k) => v(k)).join(", ")
+  const check = `SELECT count(*),
+      count(*) - coalesce(sum(${matches.join(" AND ")}), 0)
+        + (SELECT count(*) FROM (SELECT 1 FROM ${log} AS l WHERE ${range} GROUP BY ${keyList} HAVING count(*) > 1))
+    FROM ${log} AS l LEFT JOIN ${target} AS t ON ${join} WHERE ${range}`
+  if (kind === "delete") {
+    const keyColumns = table.primaryKey.map(ident)
+    const left = keyColumns.length === 1 ? keyColumns[0]! : `(${keyColumns.join(", ")})`
+    return { check, write: `DELETE FROM ${target} WHERE ${left} IN (SELECT ${keyList} FROM ${log} AS l WHERE ${range})` }
+  }
+  const keySet = new Set(keys)
+  const assignments = table.columns.flatMap((column, i) => keySet.has(i) ? [] : [`${ident(column)} = ${v(n + i)}`])
+  if (assignments.length === 0) return undefined
+  return {
+    check,
+    write: `UPDATE ${target} AS t SET ${assignments.join(", ")} FROM (SELECT * FROM ${log} AS l WHERE ${range}) AS l ` +
+      `WHERE ${join}`
+  }
+}
+
+/**
+ * Tries a run in bulk inside a savepoint: the number of changes written, or undefined when the run must
+ * go change by change (nothing of it is left written). Failures other than the statements' own (a
+ * constraint, a conflict found by the check) are thrown.
+ */
+export const attempt = (
+  exec: Executor,
+  run: Run,
+  table: TableInfo.TableInfo,
+  keys: ReadonlyArray<number>,
+  schema: string
+): number | undefined => {
+  const texts = statements(run.kind as "insert" | "update" | "delete", table, keys, schema)
+  if (texts === undefined) return undefined
+  const [count, blocked] = exec.values(texts.check, [{ first: run.id, last: run.last }])[0]!.map(Number) as [number, number]
+  if (count === 0 || blocked !== 0) return undefined
+  exec.run(`SAVEPOINT _sync_bulk`)
+  let written: number
+  try {
+    written = exec.run(texts.write, [{ first: run.id, last: run.last }])
+  } catch {
+    // a constraint of the table (CHECK, NOT NULL, UNIQUE elsewhere): change by change meets it again
+    written = -1
+  }
+  if (written !== count) {
+    exec.run(`ROLLBACK TO _sync_bulk`)
+    exec.run(`RELEASE _sync_bulk`)
+    return undefined
+  }
+  exec.run(`RELEASE _sync_bulk`)
+  return count
+}
+
+/** The ids of changes `first..last` in the log (for a local transaction a policy drops after a bulk run). */
+export const idsOf = (exec: Executor, schema: string, first: number, last: number): ReadonlyArray<number> =>
+  exec.values(`SELECT id FROM ${ident(schema)}._sync_changes WHERE id BETWEEN ? AND ? ORDER BY id`, [first, last])
+    .map((row) => Number(row[0]))

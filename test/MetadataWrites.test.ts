@@ -1,0 +1,123 @@
+/**
+ * What a push and a pull cost in durable metadata writes and in requests, over a real HTTP server: one
+ * metadata write each (the pull's copy flag, the push's acknowledgement), none for a pull that brings
+ * nothing but what an earlier step left in memory; the check of the remote and the first frames asked for together. The metadata file still
+ * says where the local database stands: right after each acknowledged push and each copy, and after close.
+ */
+import { expect, layer } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
+import * as Fs from "node:fs"
+import * as NodePath from "node:path"
+import * as SyncFiles from "../src/SyncFiles.js"
+import type * as SyncRemote from "../src/SyncRemote.js"
+import { Harness, freshName, layerHttp, openClient, tempDir } from "./support/engine.js"
+
+/** The file service, counting the replacements of `metadataPath` (each durable metadata write renames over it). */
+const countingFiles = (metadataPath: string) => {
+  const counts = { metadataWrites: 0 }
+  const files: SyncFiles.Service = {
+    ...SyncFiles.node,
+    renameSync: (from, to) => {
+      SyncFiles.node.renameSync(from, to)
+      if (to === metadataPath) counts.metadataWrites++
+    }
+  }
+  return { counts, files }
+}
+
+/** The remote, counting its requests by kind. */
+const countingRemote = (remote: SyncRemote.Service) => {
+  const counts = { info: 0, pull: 0, push: 0 }
+  const counted: SyncRemote.Service = {
+    ...remote,
+    info: Effect.suspend(() => {
+      counts.info++
+      return remote.info
+    }),
+    pull: (...args) =>
+      Effect.suspend(() => {
+        counts.pull++
+        return remote.pull(...args)
+      }),
+    push: (...args) =>
+      Effect.suspend(() => {
+        counts.push++
+        return remote.push(...args)
+      })
+  }
+  return { counts, remote: counted }
+}
+
+const onDisk = (path: string) => JSON.parse(Fs.readFileSync(`${path}-info`, "utf8"))
+
+layer(layerHttp, { excludeTestServices: true, timeout: 120_000 })("metadata writes and requests per push and pull", (it) => {
+  it.scoped("a pull of one commit writes the metadata once, a push once, a pull of nothing only what was left in memory", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const name = freshName("writes")
+      const dir = yield* tempDir
+      const writer = yield* openClient(yield* harness.remote(name), NodePath.join(dir, "writer"))
+      yield* writer.execute("CREATE TABLE t (k TEXT PRIMARY KEY, n INTEGER)")
+      yield* writer.push
+
+      const path = NodePath.join(dir, "reader")
+      const { counts: files, files: service } = countingFiles(`${path}-info`)
+      const { counts: requests, remote } = countingRemote(yield* harness.remote(name))
+      const scope = yield* Scope.make()
+      const reader = yield* Scope.extend(openClient(remote, path), scope).pipe(
+        Effect.provideService(SyncFiles.SyncFiles, service)
+      )
+      const reset = () => {
+        files.metadataWrites = 0
+        requests.info = requests.pull = requests.push = 0
+      }
+
+      // One commit arrives: one write (the copy's flag, which carries the pulled position).
+      yield* writer.execute("INSERT INTO t VALUES ('w-1', 1)")
+      yield* writer.push
+      reset()
+      expect(yield* reader.pull).toBe(true)
+      expect(files.metadataWrites).toBe(1)
+      // `/info`, the frame at the synced position and the first frames (asked together), nothing more.
+      expect(requests).toEqual({ info: 1, pull: 2, push: 0 })
+      expect(yield* reader.query("SELECT k, n FROM t")).toEqual([{ k: "w-1", n: 1 }])
+      const pulled = yield* reader.stats
+      expect(onDisk(path).syncedFrame).toBe(pulled.syncedFrame)
+
+      // Nothing new: the first such pull writes what the copy left in memory (its flag cleared), once.
+      reset()
+      expect(yield* reader.pull).toBe(false)
+      expect(files.metadataWrites).toBe(1)
+      expect(onDisk(path).copyInProgress).toBe(false)
+      reset()
+      expect(yield* reader.pull).toBe(false)
+      expect(files.metadataWrites).toBe(0)
+
+      // A push of one row: one write (the acknowledgement), with the position it reached.
+      yield* reader.execute("INSERT INTO t VALUES ('r-1', 1)")
+      reset()
+      expect(yield* reader.push).toBe(true)
+      expect(files.metadataWrites).toBe(1)
+      expect(requests.push).toBe(1)
+      const pushed = yield* reader.stats
+      expect(pushed.pendingChanges).toBe(0)
+      expect(onDisk(path).syncedFrame).toBe(pushed.syncedFrame)
+      expect(onDisk(path).lastPushedChangeId).toBeGreaterThan(0)
+
+      // Closed: the file holds everything (no copy left flagged).
+      yield* Scope.close(scope, Exit.void)
+      const closed = onDisk(path)
+      expect(closed.copyInProgress).toBe(false)
+      expect(closed.inUse).toBe(false)
+      expect(closed.syncedFrame).toBe(pushed.syncedFrame)
+
+      // And it opens where it stood.
+      const again = yield* openClient(yield* harness.remote(name), path)
+      expect(yield* again.query("SELECT k, n FROM t ORDER BY k")).toEqual([{ k: "r-1", n: 1 }, { k: "w-1", n: 1 }])
+      expect((yield* again.stats).pendingChanges).toBe(0)
+      yield* writer.pull
+      expect(yield* writer.query("SELECT k, n FROM t ORDER BY k")).toEqual([{ k: "r-1", n: 1 }, { k: "w-1", n: 1 }])
+    }))
+})
