@@ -12,7 +12,6 @@
  * of ours through a counting proxy: the time of each engine step (its span) and every HTTP request either
  * client makes.
  */
-import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
@@ -23,25 +22,16 @@ import * as Tracer from "effect/Tracer"
 import type { HttpClient } from "@effect/platform/HttpClient"
 import Database from "libsql"
 import * as ChildProcess from "node:child_process"
-import * as Fs from "node:fs"
 import * as Http from "node:http"
-import * as Os from "node:os"
 import * as NodePath from "node:path"
-import * as Url from "node:url"
 import * as SyncDatabase from "../src/SyncDatabase.js"
 import { bulkInsert, CREATE } from "./rows.js"
 import * as ServerProcess from "./serverProcess.js"
+import type { Line } from "./storage.js"
 
 const flag = (name: string, fallback: string) => {
   const i = process.argv.indexOf(`--${name}`)
   return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback
-}
-
-/** One printed figure. */
-export interface Line {
-  readonly what: string
-  readonly ms: number
-  readonly note?: string
 }
 
 /** What run.ts shares with this section. */
@@ -183,41 +173,24 @@ export const bootstrapBench = async (bench: Bench, lines: Array<Line>, steps = f
 }
 
 // Alone: a server of its own, a database of `--rows` rows pushed by this client, then the section.
-const alone = async () => {
+ServerProcess.runAlone(import.meta.url, "bootstrap", async ({ http, scope, serverUrl, work }) => {
   const rows = Number(flag("rows", "10000"))
-  const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-bootstrap-"))
-  const server = await ServerProcess.startServer(NodePath.join(work, "server"))
-  const scope = Effect.runSync(Scope.make())
-  try {
-    const run = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>) => Effect.runPromise(Scope.extend(effect, scope))
-    const http = await run(Layer.build(NodeHttpClient.layerUndici))
-    const writer = await run(
-      Layer.build(
-        SyncDatabase.layer({ path: NodePath.join(work, "writer"), url: `${server.url}/db/rows` }).pipe(
-          Layer.provide(Layer.succeedContext(http))
-        )
-      ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)))
-    )
-    await run(writer.execute(CREATE))
-    await run(writer.execute(bulkInsert(rows)))
-    await run(writer.push)
-    const lines: Array<Line> = []
-    await bootstrapBench(
-      { serverUrl: server.url, http, work, rowsDatabase: "rows", rows, repeat: Number(flag("repeat", "5")) },
-      lines,
-      process.argv.includes("--steps")
-    )
-    console.table(lines.map((l) => ({ measurement: l.what, ms: Number(l.ms.toFixed(1)), note: l.note ?? "" })))
-  } finally {
-    await Effect.runPromise(Scope.close(scope, Exit.void))
-    server.child.kill("SIGTERM")
-    Fs.rmSync(work, { recursive: true, force: true })
-  }
-}
-
-if (process.argv[1] !== undefined && import.meta.url === Url.pathToFileURL(process.argv[1]).href) {
-  alone().then(() => process.exit(0), (error) => {
-    console.error(error)
-    process.exit(1)
-  })
-}
+  const run = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>) => Effect.runPromise(Scope.extend(effect, scope))
+  const writer = await run(
+    Layer.build(
+      SyncDatabase.layer({ path: NodePath.join(work, "writer"), url: `${serverUrl}/db/rows` }).pipe(
+        Layer.provide(Layer.succeedContext(http))
+      )
+    ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)))
+  )
+  await run(writer.execute(CREATE))
+  await run(writer.execute(bulkInsert(rows)))
+  await run(writer.push)
+  const lines: Array<Line> = []
+  await bootstrapBench(
+    { serverUrl, http, work, rowsDatabase: "rows", rows, repeat: Number(flag("repeat", "5")) },
+    lines,
+    process.argv.includes("--steps")
+  )
+  console.table(lines.map((l) => ({ measurement: l.what, ms: Number(l.ms.toFixed(1)), note: l.note ?? "" })))
+})

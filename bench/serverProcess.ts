@@ -2,8 +2,18 @@
  * The benches' server: the `effect-sqlite-sync serve` binary (embedded SQLite store) as a child process
  * on loopback.
  */
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
+import type { HttpClient } from "@effect/platform/HttpClient"
+import type * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Scope from "effect/Scope"
 import * as ChildProcess from "node:child_process"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
 import * as NodePath from "node:path"
+import * as Url from "node:url"
 
 const BIN = NodePath.resolve(import.meta.dirname, "..", "bin", "effect-sqlite-sync.js")
 
@@ -23,3 +33,36 @@ export const startServer = (data: string, port = 0) =>
     })
     child.once("exit", (code) => reject(new Error(`server exited ${code}`)))
   })
+
+/** What a bench file run alone gets: a server of its own, an HTTP client, a scratch directory, a scope. */
+export interface Alone {
+  readonly serverUrl: string
+  readonly http: Context.Context<HttpClient>
+  readonly work: string
+  readonly scope: Scope.Scope
+}
+
+/**
+ * Runs `body` when the module at `moduleUrl` is the script node was started with (a bench file run alone),
+ * with a server of its own; everything is stopped and removed afterwards, and the process exits.
+ */
+export const runAlone = (moduleUrl: string, name: string, body: (alone: Alone) => Promise<void>) => {
+  if (process.argv[1] === undefined || moduleUrl !== Url.pathToFileURL(process.argv[1]).href) return
+  const main = async () => {
+    const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), `ess-${name}-`))
+    const server = await startServer(NodePath.join(work, "server"))
+    const scope = Effect.runSync(Scope.make())
+    try {
+      const http = await Effect.runPromise(Scope.extend(Layer.build(NodeHttpClient.layerUndici), scope))
+      await body({ serverUrl: server.url, http, work, scope })
+    } finally {
+      await Effect.runPromise(Scope.close(scope, Exit.void))
+      server.child.kill("SIGTERM")
+      Fs.rmSync(work, { recursive: true, force: true })
+    }
+  }
+  main().then(() => process.exit(0), (error) => {
+    console.error(error)
+    process.exit(1)
+  })
+}

@@ -8,7 +8,6 @@
  *   wrote during it and how long writes were held; the check of the pulled frames on its own; local files
  *   at rest; each pull's time against the smallest size's.
  */
-import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import BetterSqlite3 from "better-sqlite3"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
@@ -18,9 +17,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import * as Fs from "node:fs"
-import * as Os from "node:os"
 import * as NodePath from "node:path"
-import * as Url from "node:url"
 import type { HttpClient } from "@effect/platform/HttpClient"
 import * as SyncDatabase from "../src/SyncDatabase.js"
 import * as SyncRemote from "../src/SyncRemote.js"
@@ -162,25 +159,8 @@ export const storageBench = async (bench: Bench, lines: Array<Line>) => {
 }
 
 // Alone: a server of its own, then the section.
-const alone = async () => {
-  const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-storage-"))
-  const server = await ServerProcess.startServer(NodePath.join(work, "server"))
-  const scope = Effect.runSync(Scope.make())
-  try {
-    const http = await Effect.runPromise(Scope.extend(Layer.build(NodeHttpClient.layerUndici), scope))
-    const lines: Array<Line> = []
-    await storageBench({ serverUrl: server.url, http, work, scope }, lines)
-    console.table(lines.map((l) => ({ measurement: l.what, ms: Number.isFinite(l.ms) ? Number(l.ms.toFixed(1)) : l.ms, note: l.note ?? "" })))
-  } finally {
-    await Effect.runPromise(Scope.close(scope, Exit.void))
-    server.child.kill("SIGTERM")
-    Fs.rmSync(work, { recursive: true, force: true })
-  }
-}
-
-if (process.argv[1] !== undefined && import.meta.url === Url.pathToFileURL(process.argv[1]).href) {
-  alone().then(() => process.exit(0), (error) => {
-    console.error(error)
-    process.exit(1)
-  })
-}
+ServerProcess.runAlone(import.meta.url, "storage", async (alone) => {
+  const lines: Array<Line> = []
+  await storageBench(alone, lines)
+  console.table(lines.map((l) => ({ measurement: l.what, ms: Number.isFinite(l.ms) ? Number(l.ms.toFixed(1)) : l.ms, note: l.note ?? "" })))
+})

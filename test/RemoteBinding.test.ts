@@ -261,4 +261,27 @@ describe("the remote a local database belongs to", () => {
       expect(Either.isRight(RemoteBinding.rewindDecision(start, maxFrameNo))).toBe(maxFrameNo >= start - 2)
     }))
   })
+
+  it("decisions: /info stands for pulling the synced frame again only for a folded frame of its own generation", () => {
+    fc.assert(fc.property(
+      fc.integer({ min: 1, max: 5 }),
+      fc.integer({ min: 1, max: 50 }),
+      fc.integer({ min: 0, max: 50 }),
+      fc.integer({ min: 1, max: 5 }),
+      fc.option(fc.integer({ min: 0, max: 60 })),
+      (generation, syncedFrame, foldedFrame, remoteGeneration, maxFrameNo) => {
+        const known = { generation, syncedFrame, foldedFrame: Math.min(foldedFrame, syncedFrame) }
+        const info = { generation: remoteGeneration, databaseId: undefined, ...(maxFrameNo === null ? {} : { maxFrameNo }) }
+        const answer = RemoteBinding.headFromInfo(known, info)
+        const folded = known.foldedFrame === syncedFrame
+        expect(answer !== undefined).toBe(folded && remoteGeneration === generation && maxFrameNo !== null)
+        if (answer !== undefined) {
+          // What a pull of the folded frame would have said: the remote has it exactly when its
+          // generation reaches it (there are no local bytes to compare it with).
+          const decided = RemoteBinding.headDecision(known, remoteGeneration, answer)
+          expect(Either.isRight(decided)).toBe(maxFrameNo! >= syncedFrame)
+        }
+      }
+    ))
+  })
 })

@@ -38,6 +38,16 @@ const layerCrashChild = Layer.scoped(
   bundleScript(NodePath.resolve(import.meta.dirname, "support", "crashChild.ts"), { inlinePackages: true })
 )
 
+/** A writer whose first push gave the remote table `t` and its row w-0. */
+const seededWriter = (remote: Parameters<typeof openClient>[0], dir: string) =>
+  Effect.gen(function*() {
+    const writer = yield* openClient(remote, NodePath.join(dir, "writer"))
+    yield* writer.execute("CREATE TABLE t (k TEXT PRIMARY KEY, n INTEGER)")
+    yield* writer.execute("INSERT INTO t VALUES ('w-0', 1)")
+    yield* writer.push
+    return writer
+  })
+
 layer(Layer.merge(layerHttp, layerCrashChild), { excludeTestServices: true, timeout: 120_000 })("SyncDatabase crash recovery", (it) => {
   for (const crashAt of Engine.steps) {
     it.scoped(`killed at ${crashAt}: reopening converges, every change exactly once`, () =>
@@ -50,10 +60,7 @@ layer(Layer.merge(layerHttp, layerCrashChild), { excludeTestServices: true, time
         const dir = yield* tempDir
         const path = NodePath.join(dir, "victim")
 
-        const writer = yield* openClient(remote, NodePath.join(dir, "writer"))
-        yield* writer.execute("CREATE TABLE t (k TEXT PRIMARY KEY, n INTEGER)")
-        yield* writer.execute("INSERT INTO t VALUES ('w-0', 1)")
-        yield* writer.push
+        const writer = yield* seededWriter(remote, dir)
 
         const first = yield* runChild([path, url, "none"])
         expect(first.code, first.stderr).toBe(0)
@@ -102,10 +109,7 @@ layer(Layer.merge(layerHttp, layerCrashChild), { excludeTestServices: true, time
         const url = harness.url(name)!
         const dir = yield* tempDir
         const path = NodePath.join(dir, "victim")
-        const writer = yield* openClient(remote, NodePath.join(dir, "writer"))
-        yield* writer.execute("CREATE TABLE t (k TEXT PRIMARY KEY, n INTEGER)")
-        yield* writer.execute("INSERT INTO t VALUES ('w-0', 1)")
-        yield* writer.push
+        const writer = yield* seededWriter(remote, dir)
 
         const killed = yield* runChild([path, url, crashAt])
         expect(killed.signal, killed.stderr).toBe("SIGKILL")

@@ -48,15 +48,18 @@ const createSession = `CREATE TEMP TABLE IF NOT EXISTS _sync_session (
 const createEvicted = ChangeLog.createEvicted(ChangeLog.INITIAL_WIDTH)
 
 /**
- * Raises the log's id floor to at least every id the remote has acknowledged (the log exists). After a
+ * Raises the AUTOINCREMENT sequence of the log to at least every id the remote has acknowledged. After a
  * pull, Draft is a copy of Synced whose log holds only the still-pending changes: without this floor an
  * empty log would hand out ids the progress row already counts as applied.
  */
 export const raiseSequenceFloor = (sql: SqlClient.SqlClient, floor: number) =>
   Effect.gen(function*() {
-    yield* sql.unsafe(ChangeLog.initFloor).raw
+    yield* sql.unsafe(
+      `INSERT INTO main.sqlite_sequence(name, seq) SELECT '_sync_changes', 0
+       WHERE NOT EXISTS (SELECT 1 FROM main.sqlite_sequence WHERE name = '_sync_changes')`
+    ).raw
     // Only when it moves: an UPDATE to the same value still writes the page (a WAL frame at every reopen).
-    yield* sql.unsafe(...ChangeLog.raiseFloor(floor)).raw
+    yield* sql`UPDATE main.sqlite_sequence SET seq = ${Math.trunc(floor)} WHERE name = '_sync_changes' AND seq < ${Math.trunc(floor)}`.raw
   })
 
 const progressFloor = (sql: SqlClient.SqlClient) =>
@@ -75,33 +78,8 @@ const progressFloor = (sql: SqlClient.SqlClient) =>
 
 export const TRIGGER_PREFIX = "_sync_"
 
-/**
- * The transaction of a statement run outside a capture transaction (each is its own): `temp._sync_stmt`
- * holds it, as one row under an AUTOINCREMENT id. SQLite loads such a table's sequence when a statement
- * starts and saves it when the statement ends, so `temp.sqlite_sequence` reads the same value (K) for every
- * row one statement writes: a row with an id above K was inserted by this statement, and there is none
- * before its first captured row. That row replaces the previous statement's with the id the change is
- * about to take. The temp journal is kept in memory (Executor.makeClient): a temp write per statement then
- * costs no file, less than the page the log's own AUTOINCREMENT sequence cost every commit.
- */
-const createStatementTable = `CREATE TEMP TABLE IF NOT EXISTS _sync_stmt (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  tx INTEGER NOT NULL
-)`
-
-const statementKey = `coalesce((SELECT seq FROM temp.sqlite_sequence WHERE name = '_sync_stmt'), 0)`
-
-// Plain statements (no OR REPLACE): a conflict clause of the user's statement (OR IGNORE) would override the
-// trigger's own.
-const markStatement = `DELETE FROM temp._sync_stmt WHERE id <= ${statementKey};
-  INSERT INTO temp._sync_stmt (tx) SELECT ${ChangeLog.NEXT_ID}
-  WHERE (SELECT tx_id FROM temp._sync_session) IS NULL AND NOT EXISTS (SELECT 1 FROM temp._sync_stmt);`
-
-/**
- * The change's transaction id: the open capture transaction's, else its statement's (the id of the
- * statement's first change, see above).
- */
-const txIdExpr = `coalesce((SELECT tx_id FROM temp._sync_session), (SELECT tx FROM temp._sync_stmt), ${ChangeLog.NEXT_ID})`
+const txIdExpr = `coalesce((SELECT tx_id FROM temp._sync_session), ` +
+  `coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1)`
 
 /** The values of a row (NEW, OLD or an alias), each as is: the log keeps them exactly (see changeLog.ts). */
 const valuesExpr = (row: string, columns: ReadonlyArray<string>): ReadonlyArray<string> =>
@@ -126,10 +104,10 @@ const logInsert = (
   if (split) values.splice(info.columns.length)
   const beforeRowid = kind === "insert" ? "NULL" : rowidExpr("OLD", info)
   const afterRowid = kind === "delete" ? "NULL" : rowidExpr("NEW", info)
-  return `INSERT INTO main._sync_changes (id, tx_id, tbl, kind, cols, before_rowid, after_rowid${
+  return `INSERT INTO main._sync_changes (tx_id, tbl, kind, cols, before_rowid, after_rowid${
     values.length === 0 ? "" : `, ${valueColumns(values.length).join(", ")}`
   })
-  VALUES (${ChangeLog.NEXT_ID}, ${txIdExpr}, ${stringLiteral(info.name)}, '${kind}', ${columnsLiteral(info)}, ${beforeRowid}, ${afterRowid}${
+  VALUES (${txIdExpr}, ${stringLiteral(info.name)}, '${kind}', ${columnsLiteral(info)}, ${beforeRowid}, ${afterRowid}${
     values.length === 0 ? "" : `, ${values.join(", ")}`
   });${
     split
@@ -207,11 +185,8 @@ END`
   const tbl = stringLiteral(info.name)
   const statements: Array<string> = []
   const slots = valueColumns(info.columns.length).join(", ")
-  // Ids: the next one, then one more per row (row_number counts from 1). Should SQLite evaluate NEXT_ID again
-  // for each row rather than once, the ids still grow, only not by 1.
-  const moveEvicted = `INSERT INTO main._sync_changes (id, tx_id, tbl, kind, cols, before_rowid, ${slots})
-  SELECT ${ChangeLog.NEXT_ID} + row_number() OVER (ORDER BY seq) - 1, ${txIdExpr}, tbl, 'delete',
-    ${columnsLiteral(info)}, before_rowid, ${slots} FROM temp._sync_evicted
+  const moveEvicted = `INSERT INTO main._sync_changes (tx_id, tbl, kind, cols, before_rowid, ${slots})
+  SELECT ${txIdExpr}, tbl, 'delete', ${columnsLiteral(info)}, before_rowid, ${slots} FROM temp._sync_evicted
   WHERE tbl = ${tbl} ORDER BY seq;
   DELETE FROM temp._sync_evicted WHERE tbl = ${tbl};`
   const stage = (self: "NEW" | "OLD") => {
@@ -234,17 +209,14 @@ END`)
 END`)
   }
   statements.push(`CREATE TEMP TRIGGER ${name("ai")} AFTER INSERT ON ${table} BEGIN
-  ${markStatement}
   ${stageInsert !== undefined ? moveEvicted : ""}
   ${logInsert(info, "insert")}
 END`)
   statements.push(`CREATE TEMP TRIGGER ${name("au")} AFTER UPDATE ON ${table} BEGIN
-  ${markStatement}
   ${stageUpdate !== undefined ? moveEvicted : ""}
   ${logInsert(info, "update")}
 END`)
   statements.push(`CREATE TEMP TRIGGER ${name("ad")} AFTER DELETE ON ${table} BEGIN
-  ${markStatement}
   ${logInsert(info, "delete")}
 END`)
   return statements
@@ -320,20 +292,12 @@ export const install: Effect.Effect<void, SqlError | CaptureError, SqlClient.Sql
     yield* ensureLog(sql)
     yield* raiseSequenceFloor(sql, yield* progressFloor(sql))
     yield* sql.unsafe(createSession).raw
-    yield* sql.unsafe(createStatementTable).raw
     yield* sql.unsafe(createEvicted).raw
     yield* sql.unsafe(`INSERT OR IGNORE INTO temp._sync_session (id, tx_id, schema_version) VALUES (1, NULL, -1)`).raw
     yield* reinstallTriggers(sql)
   }))
   knownInstalled.add(sql)
 })
-
-/** Logs a schema change's statement text under `txId`. */
-const recordDdl = (sql: SqlClient.SqlClient, txId: number, statement: string) =>
-  sql.unsafe(
-    `INSERT INTO main._sync_changes (id, tx_id, tbl, kind, sql) VALUES (${ChangeLog.NEXT_ID}, ?, '', 'ddl', ?)`,
-    [txId, statement]
-  ).raw
 
 const isInstalled = (sql: SqlClient.SqlClient) =>
   plain(Effect.map(
@@ -372,13 +336,14 @@ export const transaction = <A, E, R>(
     if (outer !== undefined) return yield* forgetOnFailure(sql.withTransaction(effect))
     const recordStatement = (txId: number) =>
       Effect.gen(function*() {
-        yield* recordDdl(sql, txId, statement!)
+        yield* sql`INSERT INTO main._sync_changes (tx_id, tbl, kind, sql) VALUES (${txId}, '', 'ddl', ${statement!})`
+          .raw
         yield* reinstallTriggers(sql)
       })
     return yield* forgetOnFailure(sql.withTransaction(Effect.gen(function*() {
       // One statement opens the capture transaction: allocate the id, read the versions to compare.
       const begin = sql<SessionRow>`UPDATE temp._sync_session
-        SET tx_id = ${sql.literal(ChangeLog.NEXT_ID)}
+        SET tx_id = coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1
         RETURNING tx_id, schema_version AS installed, (SELECT schema_version FROM pragma_schema_version) AS current`
         .withoutTransform
       // @effect/sql-sqlite-node caches a statement that failed to prepare (as a failure, for minutes): `begin`
@@ -590,7 +555,8 @@ const executeOne = (
           })
         )
       }
-      yield* recordDdl(sql, state.txId, statement)
+      yield* sql`INSERT INTO main._sync_changes (tx_id, tbl, kind, sql) VALUES (${state.txId}, '', 'ddl', ${statement})`
+        .raw
       yield* reinstallTriggers(sql)
     }
     return result
@@ -711,32 +677,17 @@ export const pending = (
   Effect.map(pendingValues(afterId, limit), (changes) => changes.map(ChangeLog.toPublic))
 
 /**
- * Creates the log (and its id floor) if absent; a log of an earlier format is rewritten in place, within
- * the caller's transaction (see changeLog.ts).
+ * Creates the log if absent; a log in the first format (JSON images of literals) is rewritten in place,
+ * within the caller's transaction.
  */
 export const ensureLog = (sql: SqlClient.SqlClient): Effect.Effect<void, SqlError | CaptureError> =>
   Effect.gen(function*() {
     yield* sql.unsafe(createChangesTable).raw
-    const withExec = <A>(f: (exec: Executor.Executor) => A) =>
-      Effect.provideService(Executor.withExecutor(f), SqlClient.SqlClient, sql)
-    const format = yield* withExec((exec) =>
-      ChangeLog.isFirstFormat(exec) ? "first" as const : ChangeLog.isSecondFormat(exec) ? "second" as const : "current" as const
+    const migrated = yield* Effect.provideService(
+      Executor.withExecutor((exec) => ChangeLog.isFirstFormat(exec) ? ChangeLog.migrate(exec) : undefined),
+      SqlClient.SqlClient,
+      sql
     )
-    if (format === "second") {
-      yield* withExec(ChangeLog.upgradeSecondFormat).pipe(
-        Effect.mapError((cause) =>
-          new CaptureError({
-            reason: "LogMigration",
-            message: `cannot upgrade the change log (migration step: rebuilding _sync_changes without ` +
-              `AUTOINCREMENT, its sequence kept in ${ChangeLog.FLOOR_TABLE}): ${cause.message}; nothing was changed`,
-            cause
-          })
-        )
-      )
-    }
-    const migrated = format === "first" ? yield* withExec(ChangeLog.migrate) : undefined
-    yield* sql.unsafe(ChangeLog.createFloorTable).raw
-    yield* sql.unsafe(ChangeLog.initFloor).raw
     if (migrated !== undefined && migrated.unreadable.length > 0) {
       return yield* new CaptureError({
         reason: "LogMigration",
@@ -750,7 +701,10 @@ export const ensureLog = (sql: SqlClient.SqlClient): Effect.Effect<void, SqlErro
 export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> = plainGen(function*() {
   const sql = yield* SqlClient.SqlClient
   if (!(yield* changesTableExists(sql))) return 0
-  const rows = yield* sql.unsafe<{ readonly id: number }>(`${ChangeLog.LAST_ID} AS id`).withoutTransform
+  const rows = yield* sql<{ readonly id: number }>`
+    SELECT max(coalesce((SELECT max(id) FROM main._sync_changes), 0),
+               coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0)) AS id`
+    .withoutTransform
   return rows[0]!.id
 })
 
@@ -767,9 +721,6 @@ export const prune = (upToId: number): Effect.Effect<void, SqlError, SqlClient.S
   plainGen(function*() {
     const sql = yield* SqlClient.SqlClient
     if (!(yield* changesTableExists(sql))) return
-    // The floor first: ids handed out stay handed out once their rows are gone.
-    yield* sql.unsafe(ChangeLog.initFloor).raw
-    yield* sql.unsafe(...ChangeLog.raiseFloor(upToId)).raw
     yield* sql`DELETE FROM main._sync_changes WHERE id <= ${upToId}`.raw
     const after = yield* sql<{ readonly n: number }>`
       SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = ${ChangeLog.AFTER_TABLE}`.withoutTransform

@@ -8,15 +8,8 @@
  * after image `vn..v(2n-1)`. `cols` names the n columns (a JSON array). The log widens (ALTER TABLE ADD
  * COLUMN) when a wider table is captured.
  *
- * Ids are allocated without AUTOINCREMENT (whose `sqlite_sequence` row would be one more page written by
- * every commit): each change takes {@link NEXT_ID}, one above both the log's largest id and the floor kept in
- * `_sync_changes_floor` (raised when the log is pruned and to what the remote acknowledged), so ids only
- * grow even once the log is empty.
- *
- * Earlier formats are upgraded in place, in the install transaction: the first (before 0.2) held JSON
- * objects of `quote()` literals in `before`/`after` ({@link migrate}); the second had the same values with an
- * AUTOINCREMENT id ({@link upgradeSecondFormat}: the table is rebuilt with its rows and ids,
- * the sequence becomes the floor).
+ * The first format (before 0.2) held JSON objects of `quote()` literals in `before`/`after`; {@link migrate}
+ * rewrites such a log in place, in one transaction.
  *
  * @internal
  */
@@ -53,7 +46,7 @@ const valueColumns = (from: number, to: number) =>
   Array.from({ length: to - from }, (_, i) => valueColumn(from + i))
 
 export const createChangesTable = `CREATE TABLE IF NOT EXISTS main._sync_changes (
-  id INTEGER PRIMARY KEY,
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
   tx_id INTEGER NOT NULL,
   tbl TEXT NOT NULL,
   kind TEXT NOT NULL CHECK (kind IN ('insert', 'update', 'delete', 'ddl')),
@@ -63,29 +56,6 @@ export const createChangesTable = `CREATE TABLE IF NOT EXISTS main._sync_changes
   sql TEXT,
   ${valueColumns(0, INITIAL_WIDTH).join(", ")}
 )`
-
-export const FLOOR_TABLE = "_sync_changes_floor"
-
-/** Every id at or below `seq` was handed out already (one row). */
-export const createFloorTable = `CREATE TABLE IF NOT EXISTS main.${FLOOR_TABLE} (
-  id INTEGER PRIMARY KEY CHECK (id = 1),
-  seq INTEGER NOT NULL
-)`
-
-export const initFloor = `INSERT OR IGNORE INTO main.${FLOOR_TABLE} (id, seq) VALUES (1, 0)`
-
-/** The id the next change takes: above every id in the log and above the floor. */
-export const NEXT_ID = `(max(coalesce((SELECT max(id) FROM main._sync_changes), 0), ` +
-  `coalesce((SELECT seq FROM main.${FLOOR_TABLE}), 0)) + 1)`
-
-/** The last id handed out (0 for none). */
-export const LAST_ID = `SELECT ${NEXT_ID} - 1`
-
-/** Raises the floor to `floor` (only when it moves: an UPDATE to the same value still writes the page). */
-export const raiseFloor = (floor: number): readonly [string, ReadonlyArray<number>] => [
-  `UPDATE main.${FLOOR_TABLE} SET seq = ? WHERE id = 1 AND seq < ?`,
-  [Math.trunc(floor), Math.trunc(floor)]
-]
 
 /**
  * Rows a BEFORE trigger found in the way of a write through a UNIQUE index other than the key (see
@@ -216,39 +186,37 @@ const createAfterTable = (width: number) =>
 /**
  * Makes `table` hold at least `width` value columns (created when absent, for the after-image table). A
  * narrower table is rebuilt at once (one statement per column would reparse the schema each time), its rows
- * kept.
+ * and, for the log, its id sequence kept.
  */
 export const widen = (exec: Executor, schema: "main" | "temp", table: string, width: number): number => {
   if (table === AFTER_TABLE) exec.once(createAfterTable(width))
   const current = widthOf(exec, schema, table)
   if (current >= width) return current
-  if (table !== "_sync_changes" && table !== AFTER_TABLE) {
+  const name = `${schema}.${ident(table)}`
+  const fixed = exec.values(`SELECT name FROM pragma_table_info(?, ?) WHERE name NOT GLOB 'v[0-9]*' ORDER BY cid`, [table, schema])
+    .map((row) => row[0] as string)
+  const kept = [...fixed, ...valueColumns(0, current)].map(ident).join(", ")
+  const sequence = exec.values(`SELECT seq FROM main.sqlite_sequence WHERE name = ?`, [table])
+  const createSql = table === "_sync_changes"
+    ? createChangesTable.replace(valueColumns(0, INITIAL_WIDTH).join(", "), valueColumns(0, width).join(", "))
+    : table === AFTER_TABLE
+    ? createAfterTable(width)
+    : undefined
+  if (createSql === undefined) {
     // the eviction scratch table (empty between statements): recreated
-    exec.once(`DROP TABLE ${schema}.${ident(table)}`)
+    exec.once(`DROP TABLE ${name}`)
     exec.once(createEvicted(width))
     return width
   }
-  rebuild(exec, table, current, width)
-  return width
-}
-
-/**
- * Rebuilds `main.table` in the current format with `width` value columns, keeping its rows (the columns
- * both formats have, and the first `current` value columns).
- */
-const rebuild = (exec: Executor, table: "_sync_changes" | typeof AFTER_TABLE, current: number, width: number) => {
-  const name = `main.${ident(table)}`
-  const createSql = table === "_sync_changes"
-    ? createChangesTable.replace(valueColumns(0, INITIAL_WIDTH).join(", "), valueColumns(0, width).join(", "))
-    : createAfterTable(width)
-  const fixed = exec.values(`SELECT name FROM pragma_table_info(?, 'main') WHERE name NOT GLOB 'v[0-9]*' ORDER BY cid`, [table])
-    .map((row) => row[0] as string)
-  const kept = [...fixed, ...valueColumns(0, current)].map(ident).join(", ")
-  const narrow = `main.${ident(`${table}_narrow`)}`
   exec.once(`ALTER TABLE ${name} RENAME TO ${ident(`${table}_narrow`)}`)
   exec.once(createSql)
-  exec.once(`INSERT INTO ${name} (${kept}) SELECT ${kept} FROM ${narrow}`)
-  exec.once(`DROP TABLE ${narrow}`)
+  exec.once(`INSERT INTO ${name} (${kept}) SELECT ${kept} FROM ${schema}.${ident(`${table}_narrow`)}`)
+  exec.once(`DROP TABLE ${schema}.${ident(`${table}_narrow`)}`)
+  if (sequence.length > 0) {
+    exec.run(`INSERT INTO main.sqlite_sequence (name, seq) SELECT ?, 0 WHERE NOT EXISTS (SELECT 1 FROM main.sqlite_sequence WHERE name = ?)`, [table, table])
+    exec.run(`UPDATE main.sqlite_sequence SET seq = max(seq, ?) WHERE name = ?`, [sequence[0]![0], table])
+  }
+  return width
 }
 
 const toChange = (row: ReadonlyArray<unknown>, afterImage?: (columns: ReadonlyArray<string>) => Values): LogChange => {
@@ -386,50 +354,14 @@ export const record = (exec: Executor, change: LogChange, width: number): number
 export const isFirstFormat = (exec: Executor): boolean =>
   exec.values(`SELECT 1 FROM pragma_table_info('_sync_changes', 'main') WHERE name = 'before'`).length > 0
 
-/** Whether the log in `main` is in the second format (typed values, AUTOINCREMENT ids). */
-export const isSecondFormat = (exec: Executor): boolean =>
-  !isFirstFormat(exec) &&
-  exec.values(`SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_sync_changes' AND sql LIKE '%AUTOINCREMENT%'`).length > 0
-
-/** The AUTOINCREMENT sequence of an earlier format's log (0 without one). */
-const autoincrementSequence = (exec: Executor): number => {
-  const hasSequence = exec.values(`SELECT 1 FROM main.sqlite_schema WHERE name = 'sqlite_sequence'`).length > 0
-  if (!hasSequence) return 0
-  const sequence = exec.values(`SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'`)
-  return sequence.length === 0 ? 0 : Number(sequence[0]![0])
-}
-
-/** The floor table with its row, raised to `floor`; an earlier format's sequence row is dropped. */
-const settleFloor = (exec: Executor, floor: number) => {
-  exec.once(createFloorTable)
-  exec.run(initFloor)
-  exec.run(...raiseFloor(floor))
-  if (exec.values(`SELECT 1 FROM main.sqlite_schema WHERE name = 'sqlite_sequence'`).length > 0) {
-    exec.run(`DELETE FROM main.sqlite_sequence WHERE name = '_sync_changes'`)
-  }
-}
-
 /**
- * Rewrites a second-format log into the current one: the table rebuilt with every row, id and value; its
- * AUTOINCREMENT sequence (which may be above every id left after a prune) becomes the floor.
- */
-export const upgradeSecondFormat = (exec: Executor): void => {
-  const floor = Math.max(
-    autoincrementSequence(exec),
-    Number(exec.values(`SELECT coalesce(max(id), 0) FROM main._sync_changes`)[0]![0])
-  )
-  const width = widthOf(exec, "main", "_sync_changes")
-  rebuild(exec, "_sync_changes", width, Math.max(width, INITIAL_WIDTH))
-  settleFloor(exec, floor)
-}
-
-/**
- * Rewrites a first-format log into the current one, keeping every id and the id sequence (as the floor).
- * Returns the ids that could not be read (their images are not literals); the caller fails then and the
- * transaction rolls back.
+ * Rewrites a first-format log into the current one, keeping every id and the id sequence. Returns the
+ * ids that could not be read (their images are not literals); the caller fails then and the transaction
+ * rolls back.
  */
 export const migrate = (exec: Executor): { readonly unreadable: ReadonlyArray<number> } => {
-  const floor = autoincrementSequence(exec)
+  const sequence = exec.values(`SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'`)
+  const floor = sequence.length === 0 ? 0 : Number(sequence[0]![0])
   const old = exec.values(
     `SELECT id, tx_id, tbl, kind, before, after, before_rowid, after_rowid, sql FROM main._sync_changes ORDER BY id`
   )
@@ -462,7 +394,11 @@ export const migrate = (exec: Executor): { readonly unreadable: ReadonlyArray<nu
     width = record(exec, change, width)
   }
   const last = old.length === 0 ? 0 : Number(old[old.length - 1]![0])
-  settleFloor(exec, Math.max(floor, last))
+  exec.run(
+    `INSERT INTO main.sqlite_sequence (name, seq) SELECT '_sync_changes', 0
+     WHERE NOT EXISTS (SELECT 1 FROM main.sqlite_sequence WHERE name = '_sync_changes')`
+  )
+  exec.run(`UPDATE main.sqlite_sequence SET seq = max(seq, ?) WHERE name = '_sync_changes'`, [Math.max(floor, last)])
   return { unreadable }
 }
 

@@ -10,9 +10,7 @@
  */
 import * as Effect from "effect/Effect"
 import * as Crypto from "node:crypto"
-import * as NodePath from "node:path"
 import * as SyncError from "../../SyncError.js"
-import { fsyncDirectory } from "../../SyncFiles.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import * as Files from "../sqlite/files.js"
 import * as DraftPages from "./draftPages.js"
@@ -53,24 +51,6 @@ const download = (opening: Opening) =>
   })
 
 /**
- * Both copies written from `bytes` (each fsynced) and their directory fsynced once: Synced first, so that
- * a crash leaves Synced alone or both (`unfinished` tells them from a database whose metadata was lost).
- */
-const writeCopies = (paths: Paths, bytes: Uint8Array) =>
-  Files.attempt(paths.synced, "cannot write", (fs) => {
-    for (const path of [paths.synced, paths.draft]) {
-      const fd = fs.openSync(path, "w")
-      try {
-        fs.writeSync(fd, bytes)
-        fs.fsyncSync(fd)
-      } finally {
-        fs.closeSync(fd)
-      }
-    }
-    fsyncDirectory(fs, NodePath.dirname(paths.synced))
-  })
-
-/**
  * Whether the local files without metadata are what a bootstrap interrupted before its metadata write
  * leaves: neither copy was ever opened (SQLite creates a copy's `-wal` when it opens it, and the engine
  * opens them only once the metadata exists) and Draft is absent or byte-identical to Synced. Starting over
@@ -99,7 +79,9 @@ export const bootstrap = Effect.fn("Engine.bootstrap")(
     yield* validBase(base, generation).pipe(
       Effect.mapError((e) => new SyncError.BootstrapError({ reason: "InvalidBase", message: e.message, cause: e }))
     )
-    yield* writeCopies(paths, base)
+    // Synced first, so that a crash leaves Synced alone or both (`unfinished` tells them from a database
+    // whose metadata was lost); one directory fsync for both.
+    yield* Files.writeNewFiles([paths.synced, paths.draft], base)
     if (opening.options.onStep) yield* opening.options.onStep("bootstrap:copiesWritten")
     const metadata: SyncMetadata.Metadata = {
       version: 1,

@@ -114,7 +114,8 @@ const recordDraftFold = (state: State, frames: ReadonlyArray<PageCopy.FrameHeade
   Effect.gen(function*() {
     const { paths } = state
     const now = yield* SynchronizedRef.get(state.metadata)
-    if (now.draftPages !== undefined && !now.draftFoldInProgress) {
+    // Only a record the metadata file holds as well (nothing staged) can stand for the fold.
+    if (now.draftPages !== undefined && !now.draftFoldInProgress && !(yield* Ref.get(state.staged))) {
       const local = PageCopy.pageNumbers(frames.slice(now.draftPages.copy?.frames ?? 0))
       if (!DraftPages.foldChanges(now.draftPages, local)) return false
     }

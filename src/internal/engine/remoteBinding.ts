@@ -114,11 +114,31 @@ export const rewindDecision = (start: number, maxFrameNo: number): Either.Either
     )
 
 /**
+ * What `/info` alone says about the synced position when that is all a pull of the frame could say: the
+ * frame is folded into Synced's file (no local bytes to compare it with, only whether the remote still
+ * has it) and `/info` gives the length of that same generation. `undefined`: the frame must be pulled.
+ */
+export const headFromInfo = (
+  known: { readonly generation: number; readonly syncedFrame: number; readonly foldedFrame?: number | undefined },
+  info: SyncRemote.Info
+): HeadAnswer | undefined =>
+  known.syncedFrame <= (known.foldedFrame ?? 0) && info.generation === known.generation && info.maxFrameNo !== undefined
+    ? { _tag: "Ends", maxFrameNo: info.maxFrameNo }
+    : undefined
+
+/**
  * The check before a push or a pull pulls: the identity and generation from `/info`, then the frame at
- * the synced position (pulled again and compared with the local one). Returns `/info`'s answer.
+ * the synced position (pulled again and compared with the local one; a frame folded into Synced's file,
+ * whose bytes are no longer at hand, is judged by `/info`'s length of its generation when it gives one).
+ * Returns `/info`'s answer.
  */
 export const verify = <E>(
-  known: { readonly generation: number; readonly syncedFrame: number; readonly databaseId?: string | undefined },
+  known: {
+    readonly generation: number
+    readonly syncedFrame: number
+    readonly foldedFrame?: number | undefined
+    readonly databaseId?: string | undefined
+  },
   remote: SyncRemote.Service,
   localFrame: (frame: number) => Effect.Effect<WalFrame.Frame | undefined, E>
 ): Effect.Effect<SyncRemote.Info, SyncError.RemoteFailure | RemoteMismatch | E> =>
@@ -131,22 +151,30 @@ export const verify = <E>(
           _tag: "Frame",
           same: result.frames.length > 0 && (local === undefined || WalFrame.equals(local, result.frames[0]))
         }))
-    // Both questions at once (one round trip); `/info`'s answer is judged first, whatever the pull got.
-    const [info, pulled] = yield* Effect.all([
-      remote.info,
-      known.syncedFrame === 0 ? Effect.succeed(undefined) : Effect.either(
-        remote.pull(known.generation, known.syncedFrame, known.syncedFrame + 1).pipe(
-          Effect.catchIf(
-            (error): error is SyncError.RemoteError => error._tag === "RemoteError" && error.reason === "NotFound",
-            () => Effect.succeed("Missing" as const)
-          )
+    const pullAt = Effect.either(
+      remote.pull(known.generation, known.syncedFrame, known.syncedFrame + 1).pipe(
+        Effect.catchIf(
+          (error): error is SyncError.RemoteError => error._tag === "RemoteError" && error.reason === "NotFound",
+          () => Effect.succeed("Missing" as const)
         )
       )
+    )
+    // Both questions at once (one round trip); `/info`'s answer is judged first, whatever the pull got. A
+    // folded frame is not asked for unless `/info` cannot tell.
+    const folded = known.syncedFrame <= (known.foldedFrame ?? 0)
+    const [info, early] = yield* Effect.all([
+      remote.info,
+      known.syncedFrame === 0 || folded ? Effect.succeed(undefined) : pullAt
     ], { concurrency: 2 })
     yield* identityDecision(known.databaseId, info.databaseId)
     yield* headDecision(known, info.generation, undefined)
-    if (pulled === undefined) return info
-    const result = yield* pulled
+    if (known.syncedFrame === 0) return info
+    const fromInfo = headFromInfo(known, info)
+    if (fromInfo !== undefined) {
+      yield* headDecision(known, info.generation, fromInfo)
+      return info
+    }
+    const result = yield* (early ?? (yield* pullAt))
     const answer: HeadAnswer = result === "Missing" ? { _tag: "Missing" } : yield* answerOf(result)
     yield* headDecision(known, info.generation, answer)
     return info

@@ -19,7 +19,6 @@ import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import type * as LocalCopies from "../../LocalCopies.js"
-import * as ChangeLog from "../capture/changeLog.js"
 import * as Executor from "../sqlite/executor.js"
 import * as Gates from "../engine/gates.js"
 
@@ -59,7 +58,7 @@ export const make: Effect.Effect<Tracker> = Effect.map(Reactivity.make, (reactiv
   writeListeners: new Set()
 }))
 
-const LAST_ID = ChangeLog.LAST_ID
+const LAST_ID = "SELECT coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0)"
 const SINCE = "SELECT tbl, kind, max(id) FROM main._sync_changes WHERE id > ? GROUP BY tbl, kind"
 
 /** The tables (keys) the log's rows after `seen` name, and the new last id; `ALL` for a schema change. */

@@ -174,13 +174,7 @@ export const makeClient = (options: {
   Effect.gen(function*() {
     const db = new BetterSqlite3(options.filename, { readonly: options.readonly ?? false })
     yield* Effect.addFinalizer(() => Effect.sync(() => db.close()))
-    if (options.readonly !== true) {
-      db.pragma("journal_mode = WAL")
-      // The temp schema's journal in memory: change capture writes a temp row per statement (its statement
-      // key), which with a journal file would create and delete that file every time. Temp tables do not
-      // outlive the connection, so a journal on disk protects nothing a crash would keep.
-      db.pragma("temp.journal_mode = MEMORY")
-    }
+    if (options.readonly !== true) db.pragma("journal_mode = WAL")
     const cache = new Map<string, BetterSqlite3.Statement>()
     const prepare = (sql: string): BetterSqlite3.Statement => {
       let statement = cache.get(sql)
