@@ -43,26 +43,35 @@ export interface Alone {
 }
 
 /**
- * Runs `body` when the module at `moduleUrl` is the script node was started with (a bench file run alone),
- * with a server of its own; everything is stopped and removed afterwards, and the process exits.
+ * Runs `body` with a server of its own, an HTTP client, a scratch directory and a scope; everything is
+ * stopped and removed afterwards, whatever `body` does.
  */
-export const runAlone = (moduleUrl: string, name: string, body: (alone: Alone) => Promise<void>) => {
-  if (process.argv[1] === undefined || moduleUrl !== Url.pathToFileURL(process.argv[1]).href) return
-  const main = async () => {
-    const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), `ess-${name}-`))
-    const server = await startServer(NodePath.join(work, "server"))
-    const scope = Effect.runSync(Scope.make())
-    try {
-      const http = await Effect.runPromise(Scope.extend(Layer.build(NodeHttpClient.layerUndici), scope))
-      await body({ serverUrl: server.url, http, work, scope })
-    } finally {
-      await Effect.runPromise(Scope.close(scope, Exit.void))
-      server.child.kill("SIGTERM")
-      Fs.rmSync(work, { recursive: true, force: true })
-    }
+export const withServer = async <A>(name: string, body: (alone: Alone) => Promise<A>): Promise<A> => {
+  const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), `ess-${name}-`))
+  const server = await startServer(NodePath.join(work, "server"))
+  const scope = Effect.runSync(Scope.make())
+  try {
+    const http = await Effect.runPromise(Scope.extend(Layer.build(NodeHttpClient.layerUndici), scope))
+    return await body({ serverUrl: server.url, http, work, scope })
+  } finally {
+    await Effect.runPromise(Scope.close(scope, Exit.void))
+    server.child.kill("SIGTERM")
+    Fs.rmSync(work, { recursive: true, force: true })
   }
-  main().then(() => process.exit(0), (error) => {
+}
+
+/** Ends the process when `main` settles: status 0, or 1 with the error printed. */
+export const exitWith = (main: Promise<unknown>) =>
+  main.then(() => process.exit(0), (error) => {
     console.error(error)
     process.exit(1)
   })
+
+/**
+ * Runs `body` when the module at `moduleUrl` is the script node was started with (a bench file run alone),
+ * with a server of its own (`withServer`), and exits.
+ */
+export const runAlone = (moduleUrl: string, name: string, body: (alone: Alone) => Promise<void>) => {
+  if (process.argv[1] === undefined || moduleUrl !== Url.pathToFileURL(process.argv[1]).href) return
+  exitWith(withServer(name, body))
 }
