@@ -23,6 +23,25 @@ export interface PostgresServer {
   readonly stop: () => Promise<void>
 }
 
+/**
+ * As root the server runs as the `postgres` user, which must reach the binaries under node_modules: a
+ * checkout in a directory only root may enter (mkdtemp's 0700) made initdb's spawn fail with EACCES, which
+ * ended the test run without a word. This names the directory instead.
+ */
+const checkBinariesReachable = () => {
+  if (process.getuid?.() !== 0) return
+  let dir = Path.dirname(Path.dirname(import.meta.dirname))
+  for (; dir !== Path.dirname(dir); dir = Path.dirname(dir)) {
+    const stat = Fs.statSync(dir)
+    if ((stat.mode & 0o001) === 0) {
+      throw new Error(
+        `PostgreSQL for the tests runs as the postgres user, which cannot enter ${dir} ` +
+          `(mode ${(stat.mode & 0o777).toString(8)}): make it and every directory above the checkout world-searchable (chmod o+x)`
+      )
+    }
+  }
+}
+
 const freePort = (): Promise<number> =>
   new Promise((resolve, reject) => {
     const server = Net.createServer()
@@ -44,6 +63,7 @@ export const startPostgres = async (
     readonly settings?: ReadonlyArray<string>
   } = {}
 ): Promise<PostgresServer> => {
+  checkBinariesReachable()
   // Readable by the postgres user, which runs the server: not the 0700 of mkdtemp's parent in some setups.
   const root = Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-sqlite-sync-pg-"))
   Fs.chmodSync(root, 0o755)
