@@ -125,6 +125,22 @@ describe("ReplayBulk", () => {
       expect(Exit.isSuccess(bulk.exit) && bulk.exit.value.applied).toBe(ROWS * 2 + ROWS / 2)
     }))
 
+  it("a long run goes as pieces of at most MAX_RUN changes that cover it exactly, in order", () =>
+    fc.assert(fc.property(fc.integer({ min: 1, max: 10_000 }), fc.integer({ min: 0, max: 3 * Bulk.MAX_RUN + 5 }), (id, length) => {
+      const start: Bulk.RunStart = { id, txId: 7, table: "items", kind: "update", cols: "[\"id\"]" }
+      const runs: Array<Bulk.Run> = []
+      Bulk.pieces(runs, start, id + length - 1)
+      let next = id
+      for (const run of runs) {
+        expect(run).toMatchObject({ txId: 7, table: "items", kind: "update", id: next })
+        expect(run.last - run.id + 1).toBeGreaterThan(0)
+        expect(run.last - run.id + 1).toBeLessThanOrEqual(Bulk.MAX_RUN)
+        next = run.last + 1
+      }
+      expect(next).toBe(id + length)
+      expect(runs.length).toBe(Math.ceil(length / Bulk.MAX_RUN))
+    })))
+
   it.scoped("a clean run is written by one statement; a run meeting a changed row is left to replay change by change", () =>
     Effect.gen(function*() {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), "replay-bulk-"))

@@ -294,7 +294,7 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       const db = yield* openClient(remote, NodePath.join(dir, "long"))
       yield* db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
       yield* db.execute(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000) INSERT INTO t SELECT i, 'x' FROM n"
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40000) INSERT INTO t SELECT i, 'x' FROM n"
       )
       const push = yield* Effect.fork(db.push)
       yield* Effect.sleep("20 millis")
@@ -302,7 +302,7 @@ const conformance = (it: Vitest.Vitest.MethodsNonLive<Harness, true>) => {
       expect(Option.isNone(yield* Fiber.poll(push))).toBe(true)
       expect(yield* Fiber.join(push)).toBe(true)
       yield* db.push
-      expect(yield* remoteQuery(remote, "SELECT count(*) AS c FROM t")).toEqual([{ c: 4001 }])
+      expect(yield* remoteQuery(remote, "SELECT count(*) AS c FROM t")).toEqual([{ c: 40001 }])
     }))
 
   it.scoped("follows generation rolls while holding unpushed changes", () =>

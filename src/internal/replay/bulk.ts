@@ -28,6 +28,13 @@ import { MAX_PAIRED, valueColumn } from "../capture/changeLog.js"
 /** Runs shorter than this are replayed change by change (a bulk attempt costs a few statements). */
 export const MIN_RUN = 32
 
+/**
+ * The most changes one bulk statement writes: a longer run goes as several pieces, with the event loop
+ * free between them (one statement of a 200 000-row transaction would hold it for the whole copy). A
+ * piece of a run is a run: the same transaction, table, kind and column list, in id order.
+ */
+export const MAX_RUN = 2048
+
 /** Run starts read per statement. */
 export const RUNS_PER_READ = 1024
 
@@ -75,12 +82,19 @@ export const readRuns = (exec: Executor, schema: string, afterId: number): Reado
     cols: row[4] as string | null
   }))
   const runs: Array<Run> = []
-  for (let i = 0; i + 1 < starts.length; i++) runs.push({ ...starts[i]!, last: starts[i + 1]!.id - 1 })
+  for (let i = 0; i + 1 < starts.length; i++) pieces(runs, starts[i]!, starts[i + 1]!.id - 1)
   if (starts.length <= RUNS_PER_READ) {
     const max = Number(exec.values(`SELECT max(id) FROM ${ident(schema)}._sync_changes`)[0]![0])
-    runs.push({ ...starts[starts.length - 1]!, last: max })
+    pieces(runs, starts[starts.length - 1]!, max)
   }
   return runs
+}
+
+/** Pure: the run `start..last` as pieces of at most {@link MAX_RUN} ids, appended to `runs`. */
+export const pieces = (runs: Array<Run>, start: RunStart, last: number): void => {
+  for (let id = start.id; id <= last; id += MAX_RUN) {
+    runs.push({ ...start, id, last: Math.min(last, id + MAX_RUN - 1) })
+  }
 }
 
 /** Pure: whether a run is long enough and of a kind to try in bulk (before its table is looked at). */
