@@ -3,7 +3,7 @@ import { Config, Console, Effect, Layer, Stream } from "effect"
 import { SyncDatabase } from "effect-sqlite-sync"
 import { addNote, migrate } from "./notes.js"
 
-// Live: a waiting pull stays open at the server, local writes are pushed 10 ms after they commit.
+// Live: a waiting pull stays open at the server, local writes are pushed 2 ms after they commit.
 const SyncLive = SyncDatabase.layerConfig({
   path: Config.string("NOTES_DB").pipe(Config.withDefault("./notes.db")),
   url: Config.string("SYNC_URL").pipe(Config.withDefault("http://127.0.0.1:8080/db/notes"))

@@ -115,6 +115,34 @@ const exclusive = <A>(state: State, effect: Effect.Effect<A, SyncError.SyncError
     : locked
 }
 
+/** The engine's state over the opened local database, whose metadata is `initial`. */
+const makeState = (opening: Opening, initial: SyncMetadata.Metadata) =>
+  Effect.gen(function*() {
+    const state: State = {
+      ...opening,
+      draft: yield* LocalCopies.Draft,
+      synced: yield* LocalCopies.Synced,
+      fileService: yield* Effect.serviceOption(SyncFiles.SyncFiles),
+      metadata: yield* SynchronizedRef.make(initial),
+      staged: yield* Ref.make(false),
+      clientId: initial.clientId,
+      step: opening.options.onStep ?? (() => Effect.void),
+      maxRounds: opening.options.maxPushRounds ?? 12,
+      backoff: Duration.decode(opening.options.conflictBackoff ?? Duration.millis(20)),
+      resolve: opening.options.conflicts ?? ConflictPolicy.resolver("lastPushWins"),
+      conflictLog: ConflictLog.make(`${opening.options.path}-conflicts`),
+      pushConflicts: yield* Ref.make<ReadonlyArray<ConflictPolicy.Entry>>([]),
+      syncedPrefix: yield* Ref.make<SyncedPrefix | undefined>(undefined),
+      gates: yield* Gates.make,
+      syncLock: yield* Effect.makeSemaphore(1),
+      lastWriteBlockedMs: yield* Ref.make(Option.none<number>()),
+      readVerdicts: new Map(),
+      changes: yield* Changes.make,
+      maxWalFrames: Math.max(1, opening.options.maxWalFrames ?? 1000)
+    }
+    return state
+  })
+
 /** Opens the local database: bootstrap when it is brand-new, recovery otherwise; then the engine's state. */
 const open = (options: EngineOptions) =>
   Effect.gen(function*() {
@@ -143,28 +171,7 @@ const open = (options: EngineOptions) =>
       onSome: (m) =>
         recover(opening, url === "record" && opening.remote.url !== undefined ? { ...m, remoteUrl: opening.remote.url } : m)
     })
-    const state: State = {
-      ...opening,
-      draft: yield* LocalCopies.Draft,
-      synced: yield* LocalCopies.Synced,
-      fileService: yield* Effect.serviceOption(SyncFiles.SyncFiles),
-      metadata: yield* SynchronizedRef.make(initial),
-      staged: yield* Ref.make(false),
-      clientId: initial.clientId,
-      step: options.onStep ?? (() => Effect.void),
-      maxRounds: options.maxPushRounds ?? 12,
-      backoff: Duration.decode(options.conflictBackoff ?? Duration.millis(20)),
-      resolve: options.conflicts ?? ConflictPolicy.resolver("lastPushWins"),
-      conflictLog: ConflictLog.make(`${options.path}-conflicts`),
-      pushConflicts: yield* Ref.make<ReadonlyArray<ConflictPolicy.Entry>>([]),
-      syncedPrefix: yield* Ref.make<SyncedPrefix | undefined>(undefined),
-      gates: yield* Gates.make,
-      syncLock: yield* Effect.makeSemaphore(1),
-      lastWriteBlockedMs: yield* Ref.make(Option.none<number>()),
-      readVerdicts: new Map(),
-      changes: yield* Changes.make,
-      maxWalFrames: Math.max(1, options.maxWalFrames ?? 1000)
-    }
+    const state = yield* makeState(opening, initial)
     // Checked before either copy is opened: opening a missing file would create an empty database.
     // A database bootstrapped just now was checked as it arrived: the cheap checks do.
     yield* LocalFiles.repair(state, yield* LocalFiles.inspect(state.paths, Option.isSome(stored) && initial.inUse !== false))
