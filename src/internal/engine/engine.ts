@@ -137,6 +137,7 @@ const makeState = (opening: Opening, initial: SyncMetadata.Metadata) =>
       syncLock: yield* Effect.makeSemaphore(1),
       lastWriteBlockedMs: yield* Ref.make(Option.none<number>()),
       readVerdicts: new Map(),
+      writesSinceWalCheck: { count: 0 },
       changes: yield* Changes.make,
       maxWalFrames: Math.max(1, opening.options.maxWalFrames ?? 1000)
     }

@@ -81,9 +81,6 @@ const foldIfOutgrown = (state: State): Effect.Effect<void> => {
   return size > WalFrame.walSize(state.maxWalFrames) ? maybeFoldDraft(state) : Effect.void
 }
 
-/** Direct writes since Draft's WAL size was last looked at, per engine. */
-const sinceCheck = new WeakMap<State, { writes: number }>()
-
 /** A direct write of one row with small values: its WAL size is looked at with every 8th such write. */
 const CHECK_EVERY = 8
 const SMALL_PARAMS = 16 * 1024
@@ -94,12 +91,8 @@ const SMALL_PARAMS = 16 * 1024
  * write): the WAL may exceed its bound by those few writes' frames until then.
  */
 const foldIfOutgrownSoon = (state: State, changes: number, params: ReadonlyArray<unknown>): Effect.Effect<void> => {
-  let count = sinceCheck.get(state)
-  if (count === undefined) {
-    count = { writes: 0 }
-    sinceCheck.set(state, count)
-  }
-  if (changes <= 1 && ++count.writes < CHECK_EVERY) {
+  const since = state.writesSinceWalCheck
+  if (changes <= 1 && ++since.count < CHECK_EVERY) {
     let bytes = 0
     for (const param of params) {
       if (typeof param === "string") bytes += param.length * 3
@@ -107,7 +100,7 @@ const foldIfOutgrownSoon = (state: State, changes: number, params: ReadonlyArray
     }
     if (bytes <= SMALL_PARAMS) return Effect.void
   }
-  count.writes = 0
+  since.count = 0
   return foldIfOutgrown(state)
 }
 

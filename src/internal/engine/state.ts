@@ -161,6 +161,8 @@ export interface State extends Opening {
   readonly maxWalFrames: number
   /** SQLite's verdict per statement text: whether it only reads (`query`, layerSqlClient's routing). */
   readonly readVerdicts: Map<string, boolean>
+  /** Small direct writes since Draft's WAL size was last looked at (local.ts looks every few of them). */
+  readonly writesSinceWalCheck: { count: number }
   /** Told of every change to Draft: reactive queries and live sync listen. */
   readonly changes: Changes.Tracker
 }
