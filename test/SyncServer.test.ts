@@ -651,6 +651,12 @@ layer(serverLayer("disk", { generationFrames: 6, maxPullFrames: 3 }), { excludeT
         expect(snap.headers["x-database-id"]).toBe(id)
         const server = yield* withBase((base) => H.snapshot(base, "snap", TOKEN))
         expect(Buffer.compare(snap.body, server.file)).toBe(0)
+        // Asked again, it is answered from memory in one write: the same bytes, headers and length.
+        const again = yield* call({ path: "/db/snap/snapshot" })
+        expect(again.status).toBe(200)
+        expect(Buffer.compare(again.body, snap.body)).toBe(0)
+        expect([again.headers["content-type"], again.headers["content-length"], again.headers["x-sync-frame"], again.headers["x-database-id"]])
+          .toEqual(["application/octet-stream", String(snap.body.byteLength), String(frames.length), id])
 
         // Pull answers are cut at the advertised size.
         const pulled = yield* call({ path: `/db/snap/sync/1/1/100` })
