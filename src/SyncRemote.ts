@@ -423,7 +423,7 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
           : HttpClientRequest.get(url).pipe(HttpClientRequest.setHeader(SyncProtocol.HEADER_PREFER, SyncProtocol.formatWait(wait)))
         return send(
           request,
-          (status, body): Either.Either<PullResult, SyncError.RemoteFailure> => {
+          (status, body, headers): Either.Either<PullResult, SyncError.RemoteFailure> => {
             if (status === 200) {
               if (body.byteLength === 0) {
                 return Either.left(
@@ -439,10 +439,12 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
             if (status === 400 || status === 500) {
               const checkpoint = decodeCheckpoint(parseJson(new TextDecoder().decode(body)))
               if (Either.isRight(checkpoint)) {
+                const databaseId = headers[SyncProtocol.DATABASE_ID_HEADER]
                 return Either.right({
                   _tag: "CheckpointNeeded",
                   generation: checkpoint.right.generation,
-                  maxFrameNo: checkpoint.right.max_frame_no
+                  maxFrameNo: checkpoint.right.max_frame_no,
+                  ...(typeof databaseId === "string" && databaseId !== "" ? { databaseId } : {})
                 })
               }
               if (status === 500) {

@@ -6,7 +6,7 @@
  * @internal
  */
 import * as Effect from "effect/Effect"
-import type * as Either from "effect/Either"
+import * as Either from "effect/Either"
 import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as ChangeReplay from "../../ChangeReplay.js"
@@ -195,23 +195,38 @@ export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(fun
   // check passed. A catch-up of more frames goes on with as many per request as the server answers.
   const start = m.syncedFrame + 1
   const end = start + SyncProtocol.CLIENT_BATCH_FRAMES
-  const [info, result] = yield* Effect.all([
-    verifyRemote(state),
-    Effect.either(state.remote.pull(m.generation, start, end))
-  ], { concurrency: 2 })
-  // As many frames per request as the server says it answers at once.
-  const batch = info.maxPullFrames !== undefined && info.maxPullFrames > 0
-    ? info.maxPullFrames
-    : SyncProtocol.CLIENT_BATCH_FRAMES
-  const head = info.maxFrameNo === undefined ? undefined : { generation: info.generation, maxFrameNo: info.maxFrameNo }
-  yield* pullFrames(state, cursor, batch, head, { start, end, result }).pipe(
-    Effect.ensuring(Effect.ignore(state.synced.open))
-  )
-  yield* state.synced.open
-  // In memory: the next metadata write takes it along.
-  yield* SynchronizedRef.update(state.metadata, (m) => ({ ...m, lastPullAt: Date.now() }))
-  return cursor.changed
+  const first = Effect.either(state.remote.pull(m.generation, start, end))
+  // With the synced frame folded (after a bootstrap, a fold) the first answer alone can settle the check
+  // when nothing is new: one request, no `/info`. Otherwise the check follows, before the answer is used.
+  if (RemoteBinding.settlesByAnswer(m)) {
+    const answer = yield* first
+    if (Either.isRight(answer) && RemoteBinding.settledByAnswer(m, answer.right)) {
+      yield* state.synced.open
+      yield* SynchronizedRef.update(state.metadata, (m) => ({ ...m, lastPullAt: Date.now() }))
+      return false
+    }
+    return yield* pullChecked(state, cursor, yield* verifyRemote(state), { start, end, result: answer })
+  }
+  const [info, result] = yield* Effect.all([verifyRemote(state), first], { concurrency: 2 })
+  return yield* pullChecked(state, cursor, info, { start, end, result })
 })
+
+/** The rest of step (a) once the remote passed the check: every frame after the first answer's. */
+const pullChecked = (state: State, cursor: Cursor, info: SyncRemote.Info, first: FirstRequest) =>
+  Effect.gen(function*() {
+    // As many frames per request as the server says it answers at once.
+    const batch = info.maxPullFrames !== undefined && info.maxPullFrames > 0
+      ? info.maxPullFrames
+      : SyncProtocol.CLIENT_BATCH_FRAMES
+    const head = info.maxFrameNo === undefined ? undefined : { generation: info.generation, maxFrameNo: info.maxFrameNo }
+    yield* pullFrames(state, cursor, batch, head, first).pipe(
+      Effect.ensuring(Effect.ignore(state.synced.open))
+    )
+    yield* state.synced.open
+    // In memory: the next metadata write takes it along.
+    yield* SynchronizedRef.update(state.metadata, (m) => ({ ...m, lastPullAt: Date.now() }))
+    return cursor.changed
+  })
 
 /**
  * After step (a): the remote's progress row for this client says which changes it has. That settles a
