@@ -273,6 +273,7 @@ describe("a data directory the server cannot write", () => {
           database_id: before.id,
           max_frame_no: before.frames,
           max_pull_frames: 1024,
+          max_push_frames: 1024,
           extensions: ["snapshot", "wait"],
           max_wait_seconds: 30
         })

@@ -139,6 +139,15 @@ export const isReadOnlyDirectory = (directory: string): boolean => {
 
 const STORE_FILE = "store.sqlite"
 
+/** The backstop of `store.sqlite`'s own checkpoint, in pages. */
+const STORE_AUTOCHECKPOINT_PAGES = 16_384
+
+/** Frames stored since the last checkpoint of `store.sqlite` past which one is scheduled (about 8 MB of WAL). */
+const STORE_CHECKPOINT_FRAMES = 1_000
+
+/** How long after a commit that checkpoint waits: the answer is on its way by then. */
+const STORE_CHECKPOINT_DELAY_MS = 20
+
 /**
  * `store.sqlite` of a directory this process cannot write, as a read-only in-memory copy. SQLite cannot
  * open a WAL-mode file there (its WAL index needs a writable directory), so the committed frames of a
@@ -169,7 +178,8 @@ const openDatabase = (
   integrityCheck: IntegrityCheck,
   checker: Checker | undefined,
   readOnly: boolean,
-  cleanHeads: Set<string>
+  cleanHeads: Set<string>,
+  headWork: Map<string, Effect.Effect<boolean>>
 ): DatabaseBackend => {
   const dir = path.join(directory, name)
   const basePath = (generation: number) => path.join(dir, `base-${generation}.db`)
@@ -187,6 +197,9 @@ const openDatabase = (
       store.pragma("locking_mode = EXCLUSIVE")
       store.pragma("journal_mode = WAL")
       store.pragma("synchronous = FULL")
+      // Checkpoints run after a commit is answered (see `storeCheckpointSoon`); SQLite's own, at the end of
+      // a commit, only past this many pages (64 MiB), should commits come faster than that.
+      store.pragma(`wal_autocheckpoint = ${STORE_AUTOCHECKPOINT_PAGES}`)
       store.exec(SCHEMA)
       const columns = (store.prepare("PRAGMA table_info(generations)").all() as Array<{ name: string }>).map((c) => c.name)
       if (!columns.includes("started_at")) store.exec("ALTER TABLE generations ADD COLUMN started_at INTEGER")
@@ -394,7 +407,8 @@ const openDatabase = (
     current = generation
     headStale = true
     schema = undefined
-    if (integrityCheck !== "off") {
+    // (while the worker still checkpoints the last commit into head.db, the rebuild waits for the next check)
+    if (integrityCheck !== "off" && !headWork.has(name)) {
       try {
         rebuildHead()
         headStale = false
@@ -470,9 +484,8 @@ const openDatabase = (
   }
 
   // A read-only connection recovers the WAL without ever checkpointing it, so a refused WAL is simply
-  // deleted. The check runs on the worker (see checkWorker.ts) when there is one.
+  // deleted. This is the check on the calling thread, for a store without a worker (see checkWorker.ts).
   const runCheck = (plan: ChangedTables.CheckPlan): Effect.Effect<string | undefined, Error> => {
-    if (checker !== undefined) return checker.check(headPath, plan)
     return Effect.try({
       try: () => {
         let reader: Database.Database | undefined
@@ -510,6 +523,57 @@ const openDatabase = (
       // head.db is derived data: rebuild it before the next check instead of failing a stored commit.
       headStale = true
     }
+  }
+
+  /** Waits for the worker's checkpoint of the last commit into head.db; head.db is rebuilt if it failed. */
+  const awaitHead = Effect.suspend(() => {
+    const work = headWork.get(name)
+    if (work === undefined) return Effect.void
+    return Effect.map(work, (checkpointed) => {
+      if (headWork.get(name) === work) headWork.delete(name)
+      if (!checkpointed) headStale = true
+    })
+  })
+
+  // store.sqlite's WAL is checkpointed shortly after a commit, off its answer's path: a commit of a few
+  // thousand frames otherwise pays SQLite's checkpoint (the whole WAL written to the file, and its fsync)
+  // before it is answered. The frames are durable in the WAL either way.
+  let framesSinceCheckpoint = 0
+  let storeCheckpoint: ReturnType<typeof setTimeout> | undefined
+  let closed = false
+  const storeCheckpointSoon = () => {
+    if (storeCheckpoint !== undefined || framesSinceCheckpoint < STORE_CHECKPOINT_FRAMES) return
+    storeCheckpoint = setTimeout(() => {
+      storeCheckpoint = undefined
+      if (closed || store.inTransaction) return
+      try {
+        store.pragma("wal_checkpoint(PASSIVE)")
+        framesSinceCheckpoint = 0
+      } catch {
+        // SQLite checkpoints on its own past STORE_AUTOCHECKPOINT_PAGES, and at close
+      }
+    }, STORE_CHECKPOINT_DELAY_MS)
+    storeCheckpoint.unref()
+  }
+
+  /** The frames as rows of `store.sqlite`, durable when this returns (synchronous=FULL). */
+  const insertFrames = (generation: number, firstFrameNo: number, frames: ReadonlyArray<WalFrame.Frame>) => {
+    framesSinceCheckpoint += frames.length
+    storeCheckpointSoon()
+    return store.transaction(() => {
+      for (let i = 0; i < frames.length; i++) {
+        const frame = frames[i]
+        insertFrame.run(
+          generation,
+          firstFrameNo + i,
+          frame.pgno,
+          frame.commitSize,
+          Buffer.from(frame.page.buffer, frame.page.byteOffset, frame.page.byteLength)
+        )
+      }
+      setLastFrame.run(firstFrameNo + frames.length - 1, generation)
+      forgetAcksBelow.run(generation, firstFrameNo + frames.length - 1)
+    }).immediate()
   }
 
   return {
@@ -572,43 +636,43 @@ const openDatabase = (
         if (generation !== current) {
           return yield* Effect.fail(failed(new Error(`commit to ${generation} while ${current} is current`)))
         }
-        if (integrityCheck !== "off") {
-          const plan = yield* Effect.try({ try: () => prepareCheck(frames), catch: failed })
-          const problem = yield* serverMetrics.timeCheck(runCheck(plan)).pipe(
-            Effect.mapError((cause) => {
-              clearHeadWal()
-              // Whatever went wrong with head.db, the next check starts from a fresh one.
-              headStale = true
-              return failed(cause)
-            })
-          )
-          if (problem !== undefined) {
-            clearHeadWal()
-            return Either.left(problem)
-          }
+        if (integrityCheck === "off") {
+          yield* Effect.try({ try: () => insertFrames(generation, firstFrameNo, frames), catch: failed })
+          return Either.right(undefined)
         }
-        yield* Effect.try({
-          try: () =>
-            store.transaction(() => {
-              for (let i = 0; i < frames.length; i++) {
-                const frame = frames[i]
-                insertFrame.run(
-                  generation,
-                  firstFrameNo + i,
-                  frame.pgno,
-                  frame.commitSize,
-                  Buffer.from(frame.page.buffer, frame.page.byteOffset, frame.page.byteLength)
-                )
-              }
-              setLastFrame.run(firstFrameNo + frames.length - 1, generation)
-              forgetAcksBelow.run(generation, firstFrameNo + frames.length - 1)
-            }).immediate(),
-          catch: (cause) => {
+        yield* awaitHead
+        const plan = yield* Effect.try({ try: () => prepareCheck(frames), catch: failed })
+        // With a worker, head.db's checkpoint runs there after the verdict, while the frames are stored here.
+        const verdict: Effect.Effect<
+          { readonly problem: string | undefined; readonly checkpointed: Effect.Effect<boolean> | undefined },
+          Error
+        > = checker !== undefined
+          ? checker.checkThenCheckpoint(headPath, plan)
+          : Effect.map(runCheck(plan), (problem) => ({ problem, checkpointed: undefined }))
+        const { checkpointed, problem } = yield* serverMetrics.timeCheck(verdict).pipe(
+          Effect.mapError((cause) => {
             clearHeadWal()
+            // Whatever went wrong with head.db, the next check starts from a fresh one.
+            headStale = true
+            return failed(cause)
+          })
+        )
+        if (problem !== undefined) {
+          clearHeadWal()
+          return Either.left(problem)
+        }
+        if (checkpointed !== undefined) headWork.set(name, Effect.runSync(Effect.cached(checkpointed)))
+        yield* Effect.try({
+          try: () => insertFrames(generation, firstFrameNo, frames),
+          catch: (cause) => {
+            // head.db may hold the refused frames (or will, once the worker's checkpoint ends): rebuilt
+            // (after that checkpoint) before the next check.
+            if (checkpointed === undefined) clearHeadWal()
+            headStale = true
             return failed(cause)
           }
         })
-        if (integrityCheck !== "off") checkpointHead()
+        if (checkpointed === undefined) checkpointHead()
         return Either.right(undefined)
       }),
     materialize: (generation) =>
@@ -653,6 +717,8 @@ const openDatabase = (
         catch: storage(`dropping generations through ${generation} of ${name} failed`)
       }),
     close: Effect.sync(() => {
+      closed = true
+      if (storeCheckpoint !== undefined) clearTimeout(storeCheckpoint)
       store.close()
       if (!readOnly && !headStale && !fs.existsSync(headWal)) cleanHeads.add(name)
     })
@@ -670,6 +736,9 @@ export const make = (options: {
   const readOnly = options.readOnly ?? false
   // Databases closed for being idle whose head.db is current: reopened without rebuilding it.
   const cleanHeads = new Set<string>()
+  // Per database, the checkpoint of head.db's WAL still running on the check worker after a commit
+  // (kept here, not in the handle: a database closed and reopened meanwhile must wait for it too).
+  const headWork = new Map<string, Effect.Effect<boolean>>()
   return {
   readOnly,
   list: Effect.try({
@@ -686,7 +755,16 @@ export const make = (options: {
         if (readOnly && !fs.existsSync(path.join(options.directory, name, STORE_FILE))) {
           throw new StoreError({ reason: "ReadOnly", message: `the store is read-only: database ${name} cannot be created` })
         }
-        return openDatabase(options.directory, name, emptyBase, options.integrityCheck, options.checker, readOnly, cleanHeads)
+        return openDatabase(
+          options.directory,
+          name,
+          emptyBase,
+          options.integrityCheck,
+          options.checker,
+          readOnly,
+          cleanHeads,
+          headWork
+        )
       },
       catch: (cause) => {
         if (cause instanceof StoreError) return cause
