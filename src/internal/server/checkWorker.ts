@@ -83,15 +83,20 @@ export interface Checker {
    */
   readonly check: (file: string, plan: CheckPlan) => Effect.Effect<string | undefined, Error>
   /**
-   * `check`, and when it finds nothing, a TRUNCATE checkpoint of the file's WAL into it on the worker,
-   * after the verdict is answered (the caller stores the commit meanwhile). `checkpointed` completes
-   * with whether the WAL went into the file (false when the check did not pass, failed, or the worker
-   * was lost). Checks and checkpoints run in the order asked.
+   * `check`, sent now and answered by the returned `verdict`; when it finds nothing, the worker then
+   * runs a TRUNCATE checkpoint of the file's WAL into it, after the verdict is answered. The caller may
+   * work meanwhile (store the commit). `settled` completes once the worker is done with the file: true
+   * when the WAL went into it, or when the check found something (the file untouched, the WAL the
+   * caller's to delete); false when the check or the checkpoint failed or the worker was lost. Checks
+   * and checkpoints run in the order sent.
    */
   readonly checkThenCheckpoint: (
     file: string,
     plan: CheckPlan
-  ) => Effect.Effect<{ readonly problem: string | undefined; readonly checkpointed: Effect.Effect<boolean> }, Error>
+  ) => Effect.Effect<{
+    readonly verdict: Effect.Effect<string | undefined, Error>
+    readonly settled: Effect.Effect<boolean>
+  }>
   /** The same verdict on a database image held in memory (copied to the worker; `image` is not changed). */
   readonly checkImage: (image: Uint8Array, plan: CheckPlan) => Effect.Effect<string | undefined, Error>
 }
@@ -128,11 +133,12 @@ export const make: Effect.Effect<Checker, never, Scope.Scope> = Effect.gen(funct
       const deferred = waiting.get(reply.id)
       if (deferred === undefined) return
       waiting.delete(reply.id)
-      // A verdict that passed is followed by its checkpoint's reply; any other verdict ends the check.
+      // A verdict that passed is followed by its checkpoint's reply. A finding leaves the file as it was
+      // (settled); a failure leaves it unknown.
       const checkpoint = checkpoints.get(reply.id)
       if (checkpoint !== undefined && (reply.error !== undefined || reply.problem != null)) {
         checkpoints.delete(reply.id)
-        Deferred.unsafeDone(checkpoint, Effect.succeed(false))
+        Deferred.unsafeDone(checkpoint, Effect.succeed(reply.error === undefined))
       }
       if (held() === 0) w.unref()
       Deferred.unsafeDone(
@@ -159,11 +165,11 @@ export const make: Effect.Effect<Checker, never, Scope.Scope> = Effect.gen(funct
     })
   )
 
-  const send = (
+  // Posts the message at once; the effect answered waits for the verdict.
+  const post = (
     message: { readonly file?: string; readonly image?: Uint8Array; readonly plan: CheckPlan; readonly checkpointAfter?: boolean },
     checkpoint?: Deferred.Deferred<boolean>
-  ) =>
-    Effect.suspend(() => {
+  ): Effect.Effect<string | undefined, Error> => {
       const deferred = Deferred.unsafeMake<string | undefined, Error>(FiberId.none)
       const id = nextId++
       waiting.set(id, deferred)
@@ -180,18 +186,16 @@ export const make: Effect.Effect<Checker, never, Scope.Scope> = Effect.gen(funct
         return Effect.fail(error instanceof Error ? error : new Error(String(error)))
       }
       return Deferred.await(deferred)
-    })
+    }
 
   return {
-    check: (file, plan) => send({ file, plan }),
+    check: (file, plan) => Effect.suspend(() => post({ file, plan })),
     checkThenCheckpoint: (file, plan) =>
-      Effect.suspend(() => {
+      Effect.sync(() => {
         const checkpointed = Deferred.unsafeMake<boolean>(FiberId.none)
-        return Effect.map(send({ file, plan, checkpointAfter: true }, checkpointed), (problem) => ({
-          problem,
-          checkpointed: Deferred.await(checkpointed)
-        }))
+        // Posted now (the effect below only waits), so the check runs while the caller goes on.
+        return { verdict: post({ file, plan, checkpointAfter: true }, checkpointed), settled: Deferred.await(checkpointed) }
       }),
-    checkImage: (image, plan) => (plan.length === 0 ? Effect.succeed(undefined) : send({ image, plan }))
+    checkImage: (image, plan) => (plan.length === 0 ? Effect.succeed(undefined) : Effect.suspend(() => post({ image, plan })))
   }
 })

@@ -178,8 +178,7 @@ const openDatabase = (
   integrityCheck: IntegrityCheck,
   checker: Checker | undefined,
   readOnly: boolean,
-  cleanHeads: Set<string>,
-  headWork: Map<string, Effect.Effect<boolean>>
+  cleanHeads: Set<string>
 ): DatabaseBackend => {
   const dir = path.join(directory, name)
   const basePath = (generation: number) => path.join(dir, `base-${generation}.db`)
@@ -270,8 +269,9 @@ const openDatabase = (
   const selectFrames = store.prepare<[number, number, number], FrameRow>(
     "SELECT pgno, commit_size, page FROM frames WHERE generation = ? AND frame_no >= ? AND frame_no < ? ORDER BY frame_no"
   )
-  const selectPages = store.prepare<[number], { pgno: number; page: Buffer }>(
-    "SELECT pgno, page FROM frames WHERE generation = ? ORDER BY frame_no"
+  // (bounded by the committed head: a commit's rows exist, uncommitted, while its check runs)
+  const selectPages = store.prepare<[number, number], { pgno: number; page: Buffer }>(
+    "SELECT pgno, page FROM frames WHERE generation = ? AND frame_no <= ? ORDER BY frame_no"
   )
   const selectCommitSize = store.prepare<[number, number], { commit_size: number }>(
     "SELECT commit_size FROM frames WHERE generation = ? AND frame_no = ?"
@@ -331,7 +331,7 @@ const openDatabase = (
     if (pages === undefined || pages === 0) throw new Error(`frame ${last} of ${name}/${generation} is not a commit frame`)
     const image = new Uint8Array(pages * WalFrame.PAGE_SIZE)
     image.set(base.byteLength > image.byteLength ? base.subarray(0, image.byteLength) : base, 0)
-    for (const row of selectPages.iterate(generation)) {
+    for (const row of selectPages.iterate(generation, last)) {
       if (row.pgno <= pages) image.set(row.page, (row.pgno - 1) * WalFrame.PAGE_SIZE)
     }
     return image
@@ -407,8 +407,7 @@ const openDatabase = (
     current = generation
     headStale = true
     schema = undefined
-    // (while the worker still checkpoints the last commit into head.db, the rebuild waits for the next check)
-    if (integrityCheck !== "off" && !headWork.has(name)) {
+    if (integrityCheck !== "off") {
       try {
         rebuildHead()
         headStale = false
@@ -525,16 +524,6 @@ const openDatabase = (
     }
   }
 
-  /** Waits for the worker's checkpoint of the last commit into head.db; head.db is rebuilt if it failed. */
-  const awaitHead = Effect.suspend(() => {
-    const work = headWork.get(name)
-    if (work === undefined) return Effect.void
-    return Effect.map(work, (checkpointed) => {
-      if (headWork.get(name) === work) headWork.delete(name)
-      if (!checkpointed) headStale = true
-    })
-  })
-
   // store.sqlite's WAL is checkpointed shortly after a commit, off its answer's path: a commit of a few
   // thousand frames otherwise pays SQLite's checkpoint (the whole WAL written to the file, and its fsync)
   // before it is answered. The frames are durable in the WAL either way.
@@ -556,11 +545,14 @@ const openDatabase = (
     storeCheckpoint.unref()
   }
 
-  /** The frames as rows of `store.sqlite`, durable when this returns (synchronous=FULL). */
-  const insertFrames = (generation: number, firstFrameNo: number, frames: ReadonlyArray<WalFrame.Frame>) => {
-    framesSinceCheckpoint += frames.length
-    storeCheckpointSoon()
-    return store.transaction(() => {
+  /**
+   * Opens the write transaction of a commit and inserts its frames as rows; `finishCommit` makes them
+   * durable (synchronous=FULL), `abandonCommit` drops them. In between, reads of this connection (pulls,
+   * snapshots) see the new rows, but only ever ask for frames up to the committed head.
+   */
+  const beginCommit = (generation: number, firstFrameNo: number, frames: ReadonlyArray<WalFrame.Frame>) => {
+    store.exec("BEGIN IMMEDIATE")
+    try {
       for (let i = 0; i < frames.length; i++) {
         const frame = frames[i]
         insertFrame.run(
@@ -571,9 +563,25 @@ const openDatabase = (
           Buffer.from(frame.page.buffer, frame.page.byteOffset, frame.page.byteLength)
         )
       }
-      setLastFrame.run(firstFrameNo + frames.length - 1, generation)
-      forgetAcksBelow.run(generation, firstFrameNo + frames.length - 1)
-    }).immediate()
+    } catch (error) {
+      abandonCommit()
+      throw error
+    }
+  }
+  const abandonCommit = () => {
+    if (store.inTransaction) store.exec("ROLLBACK")
+  }
+  const finishCommit = (generation: number, lastFrameNo: number, count: number) => {
+    try {
+      setLastFrame.run(lastFrameNo, generation)
+      forgetAcksBelow.run(generation, lastFrameNo)
+      store.exec("COMMIT")
+    } catch (error) {
+      abandonCommit()
+      throw error
+    }
+    framesSinceCheckpoint += count
+    storeCheckpointSoon()
   }
 
   return {
@@ -636,43 +644,75 @@ const openDatabase = (
         if (generation !== current) {
           return yield* Effect.fail(failed(new Error(`commit to ${generation} while ${current} is current`)))
         }
+        const lastFrameNo = firstFrameNo + frames.length - 1
+        const storing = (f: () => void) =>
+          Effect.try({
+            try: f,
+            catch: (cause) => {
+              // head.db may hold frames the store does not: rebuilt from the store before the next check.
+              headStale = true
+              return failed(cause)
+            }
+          })
         if (integrityCheck === "off") {
-          yield* Effect.try({ try: () => insertFrames(generation, firstFrameNo, frames), catch: failed })
+          yield* storing(() => {
+            beginCommit(generation, firstFrameNo, frames)
+            finishCommit(generation, lastFrameNo, frames.length)
+          })
           return Either.right(undefined)
         }
-        yield* awaitHead
         const plan = yield* Effect.try({ try: () => prepareCheck(frames), catch: failed })
-        // With a worker, head.db's checkpoint runs there after the verdict, while the frames are stored here.
-        const verdict: Effect.Effect<
-          { readonly problem: string | undefined; readonly checkpointed: Effect.Effect<boolean> | undefined },
-          Error
-        > = checker !== undefined
-          ? checker.checkThenCheckpoint(headPath, plan)
-          : Effect.map(runCheck(plan), (problem) => ({ problem, checkpointed: undefined }))
-        const { checkpointed, problem } = yield* serverMetrics.timeCheck(verdict).pipe(
-          Effect.mapError((cause) => {
-            clearHeadWal()
-            // Whatever went wrong with head.db, the next check starts from a fresh one.
-            headStale = true
-            return failed(cause)
-          })
-        )
-        if (problem !== undefined) {
+        const refused = (cause: Error) => {
           clearHeadWal()
-          return Either.left(problem)
+          // Whatever went wrong with head.db, the next check starts from a fresh one.
+          headStale = true
+          return failed(cause)
         }
-        if (checkpointed !== undefined) headWork.set(name, Effect.runSync(Effect.cached(checkpointed)))
-        yield* Effect.try({
-          try: () => insertFrames(generation, firstFrameNo, frames),
-          catch: (cause) => {
-            // head.db may hold the refused frames (or will, once the worker's checkpoint ends): rebuilt
-            // (after that checkpoint) before the next check.
-            if (checkpointed === undefined) clearHeadWal()
-            headStale = true
-            return failed(cause)
+        if (checker === undefined) {
+          const problem = yield* serverMetrics.timeCheck(runCheck(plan)).pipe(Effect.mapError(refused))
+          if (problem !== undefined) {
+            clearHeadWal()
+            return Either.left(problem)
           }
-        })
-        if (checkpointed === undefined) checkpointHead()
+          yield* storing(() => {
+            beginCommit(generation, firstFrameNo, frames)
+            finishCommit(generation, lastFrameNo, frames.length)
+          })
+          checkpointHead()
+          return Either.right(undefined)
+        }
+        // The worker checks while the frames are inserted here, then checkpoints head.db while they are
+        // committed here (only once it found nothing wrong). Both end before the answer: nothing of the
+        // commit is left running.
+        // (the check's time, as the commit waits for it, counts from when it is sent)
+        const { headSettled, inserted, problem } = yield* serverMetrics.timeCheck(Effect.gen(function*() {
+          const { settled, verdict } = yield* checker.checkThenCheckpoint(headPath, plan)
+          const inserted = yield* Effect.either(storing(() => beginCommit(generation, firstFrameNo, frames)))
+          const problem = yield* Effect.either(verdict)
+          const headSettled = Effect.flatMap(settled, (ok) =>
+            Effect.sync(() => {
+              if (!ok) headStale = true
+            }))
+          return { headSettled, inserted, problem }
+        }))
+        if (Either.isLeft(problem)) {
+          abandonCommit()
+          return yield* Effect.fail(refused(problem.left))
+        }
+        if (problem.right !== undefined) {
+          abandonCommit()
+          clearHeadWal()
+          return Either.left(problem.right)
+        }
+        if (Either.isLeft(inserted)) {
+          // head.db gets the frames (the check passed): rebuilt from the store before the next check
+          yield* headSettled
+          headStale = true
+          return yield* Effect.fail(inserted.left)
+        }
+        const committed = yield* Effect.either(storing(() => finishCommit(generation, lastFrameNo, frames.length)))
+        yield* headSettled
+        if (Either.isLeft(committed)) return yield* Effect.fail(committed.left)
         return Either.right(undefined)
       }),
     materialize: (generation) =>
@@ -736,9 +776,6 @@ export const make = (options: {
   const readOnly = options.readOnly ?? false
   // Databases closed for being idle whose head.db is current: reopened without rebuilding it.
   const cleanHeads = new Set<string>()
-  // Per database, the checkpoint of head.db's WAL still running on the check worker after a commit
-  // (kept here, not in the handle: a database closed and reopened meanwhile must wait for it too).
-  const headWork = new Map<string, Effect.Effect<boolean>>()
   return {
   readOnly,
   list: Effect.try({
@@ -762,8 +799,7 @@ export const make = (options: {
           options.integrityCheck,
           options.checker,
           readOnly,
-          cleanHeads,
-          headWork
+          cleanHeads
         )
       },
       catch: (cause) => {
