@@ -68,6 +68,30 @@ const writeFileDurably = (target: string, bytes: Uint8Array) => {
 
 const removeIfPresent = (file: string) => fs.rmSync(file, { force: true })
 
+/** Frames per `writev` (two pieces each, within the usual IOV_MAX of 1024). */
+const WRITEV_FRAMES = 500
+
+/** Writes `pieces` one after another at `position`, whatever a short write leaves; answers the bytes written. */
+const writeFully = (fd: number, pieces: ReadonlyArray<Uint8Array>, position: number): number => {
+  const total = pieces.reduce((sum, piece) => sum + piece.byteLength, 0)
+  let written = fs.writevSync(fd, pieces as Array<Uint8Array>, position)
+  if (written === total) return total
+  // A short write (rare on a regular file): the rest piece by piece.
+  let at = 0
+  for (const piece of pieces) {
+    const start = Math.max(0, written - at)
+    if (start < piece.byteLength) {
+      let offset = start
+      while (offset < piece.byteLength) {
+        offset += fs.writeSync(fd, piece, offset, piece.byteLength - offset, position + at + offset)
+      }
+      written += piece.byteLength - start
+    }
+    at += piece.byteLength
+  }
+  return total
+}
+
 class GenerationGoneError extends Error {
   constructor(readonly generation: number) {
     super(`generation ${generation} is no longer kept`)
@@ -474,11 +498,24 @@ const openDatabase = (
     const plan = planFor(frames)
     const salts = crypto.randomBytes(8)
     const empty = WalFrame.make({ salt1: salts.readUInt32BE(0), salt2: salts.readUInt32BE(4) })
-    // the header, then the frames as `append` encoded them (checksums computed once, pages copied once)
-    const { bytes } = WalFrame.append(empty, frames)
+    // the header, then each frame's header and its page where it lies (checksums computed once, no page copied)
+    const { headers } = WalFrame.appendHeaders(empty, frames)
     clearHeadWal()
-    fs.writeFileSync(headWal, WalFrame.encode(empty))
-    fs.appendFileSync(headWal, bytes)
+    const fd = fs.openSync(headWal, "w")
+    try {
+      const header = WalFrame.encode(empty)
+      writeFully(fd, [header], 0)
+      let position = header.byteLength
+      for (let first = 0; first < frames.length; first += WRITEV_FRAMES) {
+        const pieces: Array<Uint8Array> = []
+        for (let i = first; i < Math.min(first + WRITEV_FRAMES, frames.length); i++) {
+          pieces.push(headers.subarray(i * WalFrame.FRAME_HEADER_SIZE, (i + 1) * WalFrame.FRAME_HEADER_SIZE), frames[i].page)
+        }
+        position += writeFully(fd, pieces, position)
+      }
+    } finally {
+      fs.closeSync(fd)
+    }
     return plan
   }
 
