@@ -8,9 +8,12 @@
  *   `<path>-synced-wal.next`; the metadata records the new `foldedFrame` with `foldInProgress`; the new WAL
  *   replaces the old one. The protocol's frame numbers stay: the WAL holds `foldedFrame + 1..syncedFrame`.
  * - Draft: the pages its WAL's frames change (read from the frame headers) are recorded in the metadata
- *   (`draftPages`, with `draftFoldInProgress`), then SQLite's own TRUNCATE checkpoint runs; the flag is
+ *   (`draftPages`, with `draftFoldInProgress`), then SQLite's own RESTART checkpoint runs; the flag is
  *   cleared on disk by the next metadata write. The record is what lets a pull write only the pages where
- *   Draft can differ from Synced.
+ *   Draft can differ from Synced. The WAL file is not cut to nothing (the next write would grow it again,
+ *   a page at a time): the next write starts it over from its beginning, and SQLite cuts the file back to
+ *   the bound's size then (`journal_size_limit`). Its frames are counted from SQLite's wal-index
+ *   (walIndex.ts), since its size no longer counts them.
  *
  * Open, and the next push or pull, finish a flagged fold.
  *
@@ -25,6 +28,7 @@ import type * as SyncMetadata from "../../SyncMetadata.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
 import * as PageCopy from "../sqlite/pageCopy.js"
+import * as WalIndex from "../sqlite/walIndex.js"
 import * as DraftPages from "./draftPages.js"
 import * as Gates from "./gates.js"
 import { on, type Paths, persistStaged, type State, syncedFileAt, updateMetadata, walFrames } from "./state.js"
@@ -90,9 +94,19 @@ export const finishFlaggedFold = (state: State) =>
     yield* updateMetadata(state, (m) => ({ ...m, foldInProgress: false }))
   }).pipe(Effect.ensuring(Effect.ignore(state.synced.open)))
 
-/** SQLite's TRUNCATE checkpoint of Draft's WAL into its file. */
+/**
+ * SQLite's RESTART checkpoint of Draft's WAL into its file: every frame is copied into the file and the
+ * next write starts the WAL over. The WAL keeps its file, cut back to the bound's size by that write.
+ */
 const checkpointDraft = (state: State) =>
-  on(state.draft, Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe<{ busy: number }>("PRAGMA wal_checkpoint(TRUNCATE)"))).pipe(
+  on(
+    state.draft,
+    Effect.flatMap(SqlClient.SqlClient, (sql) =>
+      Effect.zipRight(
+        sql.unsafe(`PRAGMA journal_size_limit = ${WalFrame.walSize(state.maxWalFrames)}`).raw,
+        sql.unsafe<{ busy: number }>("PRAGMA wal_checkpoint(RESTART)")
+      ))
+  ).pipe(
     Effect.mapError((cause) =>
       new SyncError.StorageError({ reason: "Files", message: `cannot fold the WAL of ${state.paths.draft}`, path: state.paths.draft, cause })
     ),
@@ -186,7 +200,11 @@ export const foldDraft = Effect.fn("Engine.foldDraft")(function*(state: State, f
     yield* Effect.logWarning(`the WAL of ${paths.draft} holds ${wal.committed} frames, its copy wrote ${copyFrames}`)
     yield* updateMetadata(state, (m) => ({ ...m, draftPages: DraftPages.unknown(syncedFileAt(m), pages) }))
   }
-  if (wal.committed === 0 || (!force && wal.committed <= state.maxWalFrames)) return
+  // Frames a fold already copied stay in the file until the next write starts it over: by SQLite's count,
+  // when it has one, there is nothing to fold then.
+  const unfolded = (yield* Files.attempt(paths.draft, "cannot read", (fs) => WalIndex.unfoldedFrames(fs, paths.draft))) ??
+    wal.committed
+  if (wal.committed === 0 || unfolded === 0 || (!force && unfolded <= state.maxWalFrames)) return
   yield* recordDraftFold(state, wal.frames)
   yield* state.step("draftFold:flagged")
   yield* checkpointRecorded(state)
@@ -198,10 +216,22 @@ export const foldDraft = Effect.fn("Engine.foldDraft")(function*(state: State, f
  */
 export const maybeFoldDraft = (state: State) =>
   Effect.gen(function*() {
-    const size = yield* Files.fileSize(Files.walPath(state.paths.draft))
-    if (size <= WalFrame.walSize(state.maxWalFrames)) return
+    if (!(yield* draftOutgrown(state))) return
     yield* state.syncLock.withPermitsIfAvailable(1)(foldDraftIfIdle(state))
   }).pipe(Effect.catchAll((error) => Effect.logWarning("cannot fold the WAL of the draft copy", error)))
+
+/**
+ * Whether Draft's WAL holds more than `maxWalFrames` frames not yet folded: by SQLite's wal-index, else by
+ * the WAL file's size (which counts frames a fold copied and no write has overwritten yet).
+ */
+export const draftOutgrown = (state: State): Effect.Effect<boolean, SyncError.StorageError> =>
+  Effect.flatMap(
+    Files.attempt(state.paths.draft, "cannot read", (fs) => WalIndex.unfoldedFrames(fs, state.paths.draft)),
+    (frames) =>
+      frames !== undefined
+        ? Effect.succeed(frames > state.maxWalFrames)
+        : Effect.map(Files.fileSize(Files.walPath(state.paths.draft)), (size) => size > WalFrame.walSize(state.maxWalFrames))
+  )
 
 /** Folds Draft's WAL past its bound if no write is in flight (the caller holds the sync lock). */
 export const foldDraftIfIdle = (state: State) => Gates.ifNoWrites(state.gates, foldDraft(state, false))
