@@ -8,12 +8,12 @@
  *   `<path>-synced-wal.next`; the metadata records the new `foldedFrame` with `foldInProgress`; the new WAL
  *   replaces the old one. The protocol's frame numbers stay: the WAL holds `foldedFrame + 1..syncedFrame`.
  * - Draft: the pages its WAL's frames change (read from the frame headers) are recorded in the metadata
- *   (`draftPages`, with `draftFoldInProgress`), then SQLite's own RESTART checkpoint runs; the flag is
- *   cleared on disk by the next metadata write. The record is what lets a pull write only the pages where
- *   Draft can differ from Synced. The WAL file is not cut to nothing (the next write would grow it again,
- *   a page at a time): the next write starts it over from its beginning, and SQLite cuts the file back to
- *   the bound's size then (`journal_size_limit`). Its frames are counted from SQLite's wal-index
- *   (walIndex.ts), since its size no longer counts them.
+ *   (`draftPages`, with `draftFoldInProgress`), then SQLite's own checkpoint runs; the flag is cleared
+ *   on disk by the next metadata write. The record is what lets a pull write only the pages where Draft can
+ *   differ from Synced. A WAL of ordinary writes is not cut to nothing (the next writes would grow the file
+ *   again, a frame at a time): the next write starts it over from its
+ *   beginning and SQLite cuts the file back to the bound's size then (`journal_size_limit`). Its frames are
+ *   counted from SQLite's wal-index (walIndex.ts), since its size no longer counts them.
  *
  * Open, and the next push or pull, finish a flagged fold.
  *
@@ -95,18 +95,23 @@ export const finishFlaggedFold = (state: State) =>
   }).pipe(Effect.ensuring(Effect.ignore(state.synced.open)))
 
 /**
- * SQLite's RESTART checkpoint of Draft's WAL into its file: every frame is copied into the file and the
- * next write starts the WAL over. The WAL keeps its file, cut back to the bound's size by that write.
+ * SQLite's checkpoint of Draft's WAL into its file: every frame is copied into the file and the next write
+ * starts the WAL over. A WAL just past its bound (ordinary writes) keeps its file for the next writes to
+ * reuse (RESTART; that write cuts it back to the bound's size); one of more than twice the bound (a large
+ * transaction) is cut to nothing at once (TRUNCATE), so that it does not stay on disk until the next write.
  */
 const checkpointDraft = (state: State) =>
-  on(
-    state.draft,
-    Effect.flatMap(SqlClient.SqlClient, (sql) =>
-      Effect.zipRight(
-        sql.unsafe(`PRAGMA journal_size_limit = ${WalFrame.walSize(state.maxWalFrames)}`).raw,
-        sql.unsafe<{ busy: number }>("PRAGMA wal_checkpoint(RESTART)")
-      ))
-  ).pipe(
+  Effect.flatMap(Files.fileSize(Files.walPath(state.paths.draft)), (size) =>
+    on(
+      state.draft,
+      Effect.flatMap(SqlClient.SqlClient, (sql) =>
+        Effect.zipRight(
+          sql.unsafe(`PRAGMA journal_size_limit = ${WalFrame.walSize(state.maxWalFrames)}`).raw,
+          sql.unsafe<{ busy: number }>(
+            `PRAGMA wal_checkpoint(${size > WalFrame.walSize(2 * state.maxWalFrames) ? "TRUNCATE" : "RESTART"})`
+          )
+        ))
+    )).pipe(
     Effect.mapError((cause) =>
       new SyncError.StorageError({ reason: "Files", message: `cannot fold the WAL of ${state.paths.draft}`, path: state.paths.draft, cause })
     ),
