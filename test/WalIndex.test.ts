@@ -34,7 +34,7 @@ const walFrames = (path: string) => {
   return parsed._tag === "Some" ? parsed.value.frames.length : 0
 }
 
-describe("WalIndex.unfoldedFrames", () => {
+describe("WalIndex", () => {
   it("counts the frames of a live WAL as SQLite does, and none after a RESTART checkpoint", () =>
     withDb((db, path) => {
       db.exec("CREATE TABLE t (x)")
@@ -51,6 +51,46 @@ describe("WalIndex.unfoldedFrames", () => {
       expect(WalIndex.unfoldedFrames(Fs, path)).toBe(1)
       expect(WalFrame.parse(new Uint8Array(Fs.readFileSync(`${path}-wal`)))._tag).toBe("Some")
     }))
+
+  it("reads the page of every frame as the WAL file holds it, across the index's blocks and restarts", () =>
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.oneof(
+            fc.record({ rows: fc.integer({ min: 1, max: 40 }), size: fc.integer({ min: 1, max: 9000 }) }),
+            fc.constant("restart" as const)
+          ),
+          { minLength: 1, maxLength: 12 }
+        ),
+        fc.boolean(),
+        (steps, large) =>
+          withDb((db, path) => {
+            db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, x)")
+            // More than the first block's 4062 frames in one transaction, when drawn.
+            if (large) db.exec("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4500) INSERT INTO t (x) SELECT randomblob(3000) FROM n")
+            const insert = db.prepare("INSERT INTO t (x) VALUES (randomblob(?))")
+            const update = db.prepare("UPDATE t SET x = randomblob(?) WHERE id % 7 = ?")
+            for (const step of steps) {
+              if (step === "restart") db.pragma("wal_checkpoint(RESTART)")
+              else {
+                db.transaction(() => {
+                  for (let i = 0; i < step.rows; i++) insert.run(step.size)
+                  update.run(step.size, step.rows % 7)
+                })()
+              }
+              const index = WalIndex.readIndex(Fs, path)
+              const wal = WalFrame.parse(new Uint8Array(Fs.readFileSync(`${path}-wal`)))
+              const frames = wal._tag === "Some" ? wal.value.frames : []
+              expect(index).toBeDefined()
+              expect(index!.frames).toBe(frames.length)
+              expect(index!.pages).toEqual(frames.map((f) => f.pgno))
+              expect(index!.dbPages).toBe(db.pragma("page_count", { simple: true }))
+              expect(index!.frames - index!.backfilled).toBe(step === "restart" ? 0 : WalIndex.unfoldedFrames(Fs, path))
+            }
+          })
+      ),
+      { numRuns: 15 }
+    ), 120_000)
 
   it("is undefined without a wal-index file", () => {
     const dir = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-walindex-"))

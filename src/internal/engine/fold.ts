@@ -189,11 +189,24 @@ export const finishDraftFold = (state: State) =>
 export const foldDraft = Effect.fn("Engine.foldDraft")(function*(state: State, force: boolean) {
   const { paths } = state
   yield* finishDraftFold(state)
+  const copyFrames = (yield* SynchronizedRef.get(state.metadata)).draftPages?.copy?.frames ?? 0
+  // SQLite's wal-index, while it can be read and is the WAL's: how many frames the WAL holds, how many a
+  // fold copied already (they stay in the file until the next write starts it over), and the page of each
+  // frame, in a few KB rather than from every frame of the WAL. A WAL shorter than the metadata's copy is
+  // looked at below.
+  const index = yield* Files.attempt(paths.draft, "cannot read", (fs) => WalIndex.readIndex(fs, paths.draft))
+  if (index !== undefined && index.frames >= copyFrames) {
+    const unfolded = index.frames - index.backfilled
+    if (unfolded === 0 || (!force && unfolded <= state.maxWalFrames)) return
+    const frames = index.pages.map((pgno, i) => ({ pgno, commitSize: i === index.pages.length - 1 ? index.dbPages : 0 }))
+    yield* recordDraftFold(state, frames)
+    yield* state.step("draftFold:flagged")
+    return yield* checkpointRecorded(state)
+  }
   // Frame headers only: the pages the frames write and where they commit, not the pages themselves (a fold
   // then costs about what SQLite's checkpoint does). Their page set can only be larger than the committed
   // frames' (see readFrameHeaders), which costs a copy of a page, never a missed one.
   const wal = yield* PageCopy.readFrameHeaders(paths.draft)
-  const copyFrames = (yield* SynchronizedRef.get(state.metadata)).draftPages?.copy?.frames ?? 0
   if (wal.committed < copyFrames) {
     // Draft's WAL is not the one the metadata describes (SQLite folded it when a close could not keep it):
     // where Draft's file differs from Synced is unknown, so the next copy writes every page.
@@ -205,11 +218,7 @@ export const foldDraft = Effect.fn("Engine.foldDraft")(function*(state: State, f
     yield* Effect.logWarning(`the WAL of ${paths.draft} holds ${wal.committed} frames, its copy wrote ${copyFrames}`)
     yield* updateMetadata(state, (m) => ({ ...m, draftPages: DraftPages.unknown(syncedFileAt(m), pages) }))
   }
-  // Frames a fold already copied stay in the file until the next write starts it over: by SQLite's count,
-  // when it has one, there is nothing to fold then.
-  const unfolded = (yield* Files.attempt(paths.draft, "cannot read", (fs) => WalIndex.unfoldedFrames(fs, paths.draft))) ??
-    wal.committed
-  if (wal.committed === 0 || unfolded === 0 || (!force && unfolded <= state.maxWalFrames)) return
+  if (wal.committed === 0 || (!force && wal.committed <= state.maxWalFrames)) return
   yield* recordDraftFold(state, wal.frames)
   yield* state.step("draftFold:flagged")
   yield* checkpointRecorded(state)
