@@ -140,6 +140,12 @@ export const files = (plan: CountingPlan, inner: SyncFiles.Service = SyncFiles.n
     writeSync: (fd, bytes, offset, length, position) =>
       point("write", () => inner.writeSync(fd, bytes, offset, length, position)),
     fsyncSync: (fd) => point("fsync", () => inner.fsyncSync(fd)),
+    // One counted point per descriptor, in order, as `fsyncSync` would be.
+    fsyncAll: (fds) =>
+      new Promise<void>((resolve) => {
+        for (const fd of fds) point("fsync", () => inner.fsyncSync(fd))
+        resolve()
+      }),
     ftruncateSync: (fd, length) => point("truncate", () => inner.ftruncateSync(fd, length)),
     truncateSync: (path, length) => point("truncate", () => inner.truncateSync(path, length)),
     renameSync: (from, to) => point("rename", () => inner.renameSync(from, to)),

@@ -60,7 +60,13 @@ export type PushResult =
  */
 export type PullResult =
   | { readonly _tag: "Frames"; readonly frames: ReadonlyArray<WalFrame.Frame> }
-  | { readonly _tag: "CheckpointNeeded"; readonly generation: number; readonly maxFrameNo: number }
+  | {
+    readonly _tag: "CheckpointNeeded"
+    readonly generation: number
+    readonly maxFrameNo: number
+    /** The database's identity, when the answer names it (over HTTP, its `x-database-id` header). */
+    readonly databaseId?: string | undefined
+  }
 
 /**
  * A file the store serves (a generation's base, or a snapshot): its size, and its bytes read from storage

@@ -39,6 +39,12 @@ export interface Service {
   readonly existsSync: (path: string) => boolean
   readonly sizeSync: (path: string) => number
   readonly fsizeSync: (fd: number) => number
+  /**
+   * fsyncs every descriptor, all of them in flight at once and off the calling thread (the file system
+   * commits them together, and the caller's thread does other work meanwhile). Optional: without it they
+   * are fsynced one after the other with `fsyncSync`. Settles once every fsync has; rejects if any failed.
+   */
+  readonly fsyncAll?: ((fds: ReadonlyArray<number>) => Promise<void>) | undefined
 }
 
 /**
@@ -68,7 +74,13 @@ export const node: Service = {
   readFileSync: (path) => Fs.readFileSync(path),
   existsSync: (path) => Fs.existsSync(path),
   sizeSync: (path) => Fs.statSync(path).size,
-  fsizeSync: (fd) => Fs.fstatSync(fd).size
+  fsizeSync: (fd) => Fs.fstatSync(fd).size,
+  fsyncAll: (fds) =>
+    Promise.allSettled(fds.map((fd) => new Promise<void>((resolve, reject) => Fs.fsync(fd, (error) => error === null ? resolve() : reject(error)))))
+      .then((results) => {
+        const failed = results.find((r) => r.status === "rejected")
+        if (failed !== undefined) throw failed.reason
+      })
 }
 
 /**

@@ -31,6 +31,7 @@ import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as nodeHttpGuard from "./internal/server/nodeHttpGuard.js"
+import * as ServerBody from "./internal/server/serverBody.js"
 import * as serverMetrics from "./internal/server/serverMetrics.js"
 import * as internal from "./internal/server/syncServer.js"
 import * as waitingPull from "./internal/server/waitingPull.js"
@@ -218,6 +219,7 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
         current_generation: result.generation,
         max_frame_no: result.maxFrameNo,
         max_pull_frames: store.maxPullFrames,
+        max_push_frames: maxPushFrames,
         ...(maxWaitSeconds > 0
           ? { extensions: [SyncProtocol.EXTENSION_SNAPSHOT, SyncProtocol.EXTENSION_WAIT], max_wait_seconds: maxWaitSeconds }
           : { extensions: [SyncProtocol.EXTENSION_SNAPSHOT] }),
@@ -233,6 +235,10 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
       Effect.gen(function*() {
         const log = yield* RequestLog
         log.bytes = body.size
+        const bytes = ServerBody.bytesOf(body)
+        if (bytes !== undefined) {
+          return HttpServerResponse.uint8Array(bytes, { contentType: "application/octet-stream", headers })
+        }
         // A failed read after the status is sent can only cut the connection, which the length exposes.
         return HttpServerResponse.stream(body.stream as Stream.Stream<Uint8Array, unknown>, {
           contentType: "application/octet-stream",

@@ -430,7 +430,7 @@ for (const [label, makeStore] of httpStores) {
         expect(woken.ms).toBeLessThan(WELL_BEFORE_MS)
         expect(woken.value._tag === "Frames" && woken.value.frames.length).toBe(write.frames.length)
         const next = yield* timed(client.pull(1, write.frames.length + 1, write.frames.length + 129, { waitSeconds: WAIT_SECONDS }))
-        expect(next.value).toEqual({ _tag: "CheckpointNeeded", generation: 2, maxFrameNo: 0 })
+        expect(next.value).toEqual({ _tag: "CheckpointNeeded", generation: 2, maxFrameNo: 0, databaseId: expect.any(String) })
         expect(next.ms).toBeLessThan(WELL_BEFORE_MS)
       }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
 
@@ -526,7 +526,7 @@ for (const [label, makeStore] of httpStores) {
         // A client whose request timeout is shorter than the wait still gets the answer.
         const client = yield* remote(server.url("slow"), "1 second")
         const pulled = yield* timed(client.pull(1, 1, 129, { waitSeconds: 3 }))
-        expect(pulled.value).toEqual({ _tag: "CheckpointNeeded", generation: 1, maxFrameNo: 0 })
+        expect(pulled.value).toEqual({ _tag: "CheckpointNeeded", generation: 1, maxFrameNo: 0, databaseId: expect.any(String) })
         expect(pulled.ms).toBeGreaterThanOrEqual(2_900)
         // The idle-socket timeout still applies outside waits: the connection was kept, not cut.
         expect((yield* rawPull(server.base, "/health")).status).toBe(200)

@@ -226,6 +226,67 @@ describe("the remote a local database belongs to", () => {
       expect((yield* serverRows(s.url, "shop")).rows).toEqual([{ k: "pending" }])
     }), 120_000)
 
+  it.scoped("a pull from a folded position with nothing new is one request; an answer naming another database is checked, and refused", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const data = NodePath.join(dir, "server")
+      const first = yield* server(data)
+      const port = new URL(first.url).port
+      const url = `${first.url}/db/shop`
+      const writer = yield* open(NodePath.join(dir, "writer"), url)
+      yield* writer.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+      yield* writer.execute("INSERT INTO t VALUES ('w1')")
+      expect(yield* writer.push).toBe(true)
+      const requests = (base: string, route: string) =>
+        Effect.promise(async () => {
+          const text = (await H.request(base, { path: "/metrics" })).body.toString()
+          const escaped = route.replace(/[{}/]/g, (c) => `\\${c}`)
+          return Array.from(text.matchAll(new RegExp(`^effect_sqlite_sync_requests_total\\{route="${escaped}",status="\\d+"\\} (\\d+)$`, "gm")))
+            .reduce((sum, m) => sum + Number(m[1]), 0)
+        })
+      const INFO = "GET /info"
+      const PULL = "GET /sync/{G}/{start}/{end}"
+
+      // Bootstrapped at the head: its synced frame is in Synced's file. Its first pull, with nothing new,
+      // asks for the frames after it and nothing else.
+      const scope = yield* Scope.make()
+      const fresh = yield* openIn(scope, NodePath.join(dir, "fresh"), url)
+      const [info0, pulls0] = [yield* requests(first.url, INFO), yield* requests(first.url, PULL)]
+      expect(yield* fresh.pull).toBe(false)
+      expect([(yield* requests(first.url, INFO)) - info0, (yield* requests(first.url, PULL)) - pulls0]).toEqual([0, 1])
+      expect(yield* fresh.query("SELECT k FROM t")).toEqual([{ k: "w1" }])
+
+      // Something new: the answer's frames are used once the check (`/info`) passed.
+      yield* writer.execute("INSERT INTO t VALUES ('w2')")
+      expect(yield* writer.push).toBe(true)
+      const info1 = yield* requests(first.url, INFO)
+      expect(yield* fresh.pull).toBe(true)
+      expect((yield* requests(first.url, INFO)) - info1).toBe(1)
+      expect(yield* fresh.query("SELECT k FROM t ORDER BY k")).toEqual([{ k: "w1" }, { k: "w2" }])
+
+      // A replica bootstrapped at the head; the server database is then wiped and made again under its
+      // name by the same writes: the answer to the replica's first pull names another database, the check
+      // refuses it, and nothing local changes.
+      const latePath = NodePath.join(dir, "late")
+      const late = yield* openIn(scope, latePath, url)
+      yield* stop(first)
+      Fs.rmSync(data, { recursive: true })
+      yield* server(data, port)
+      const rewriter = yield* open(NodePath.join(dir, "rewriter"), url)
+      yield* rewriter.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+      yield* rewriter.execute("INSERT INTO t VALUES ('w1')")
+      expect(yield* rewriter.push).toBe(true)
+      yield* rewriter.execute("INSERT INTO t VALUES ('w2')")
+      expect(yield* rewriter.push).toBe(true)
+      const localBefore = filesDigest(latePath)
+      for (const db of [late, fresh]) {
+        expect(yield* Effect.flip(db.pull)).toMatchObject({ _tag: "RemoteMismatch", reason: "DatabaseReplaced" })
+      }
+      expect(filesDigest(latePath)).toBe(localBefore)
+      expect(yield* late.query("SELECT k FROM t ORDER BY k")).toEqual([{ k: "w1" }, { k: "w2" }])
+      yield* Scope.close(scope, Exit.void)
+    }), 120_000)
+
   it("decisions: a URL or identity is refused only when one was recorded and it differs", () => {
     fc.assert(fc.property(fc.option(fc.string()), fc.option(fc.string()), fc.boolean(), (recorded, actual, allow) => {
       const r = recorded ?? undefined
@@ -260,6 +321,43 @@ describe("the remote a local database belongs to", () => {
     fc.assert(fc.property(fc.integer({ min: 1, max: 100 }), fc.integer({ min: -1, max: 100 }), (start, maxFrameNo) => {
       expect(Either.isRight(RemoteBinding.rewindDecision(start, maxFrameNo))).toBe(maxFrameNo >= start - 2)
     }))
+  })
+
+  it("decisions: a pull's first answer settles the check only from a folded position, naming the recorded database at exactly the synced head", () => {
+    fc.assert(fc.property(
+      fc.integer({ min: 1, max: 4 }),
+      fc.integer({ min: 0, max: 20 }),
+      fc.integer({ min: 0, max: 20 }),
+      fc.option(fc.constantFrom("id-1", "id-2")),
+      fc.oneof(
+        fc.record({
+          _tag: fc.constant("CheckpointNeeded" as const),
+          generation: fc.integer({ min: 1, max: 4 }),
+          maxFrameNo: fc.integer({ min: 0, max: 22 }),
+          databaseId: fc.option(fc.constantFrom("id-1", "id-2"), { nil: undefined })
+        }),
+        fc.constant({ _tag: "Frames" as const, frames: [] })
+      ),
+      (generation, syncedFrame, foldedFrame, recorded, answer) => {
+        const known = { generation, syncedFrame, foldedFrame: Math.min(foldedFrame, syncedFrame), databaseId: recorded ?? undefined }
+        const settled = RemoteBinding.settledByAnswer(known, answer)
+        if (!RemoteBinding.settlesByAnswer(known)) expect(settled).toBe(false)
+        expect(RemoteBinding.settlesByAnswer(known)).toBe(known.databaseId !== undefined && known.foldedFrame === syncedFrame)
+        if (settled && answer._tag === "CheckpointNeeded") {
+          // All `verify` would have learnt from `/info`, and every one of its checks passes on it.
+          const info = { generation: answer.generation, maxFrameNo: answer.maxFrameNo, databaseId: answer.databaseId }
+          expect(RemoteBinding.identityDecision(known.databaseId, info.databaseId)).toEqual(Either.right("keep"))
+          const head = RemoteBinding.headFromInfo(known, info)
+          expect(head).toEqual({ _tag: "Ends", maxFrameNo: syncedFrame })
+          expect(Either.isRight(RemoteBinding.headDecision(known, info.generation, head))).toBe(true)
+        }
+        // Exactly: folded, the recorded identity named, nothing beyond the synced frame of its generation.
+        expect(settled).toBe(
+          RemoteBinding.settlesByAnswer(known) && answer._tag === "CheckpointNeeded" &&
+            answer.databaseId === known.databaseId && answer.generation === generation && answer.maxFrameNo === syncedFrame
+        )
+      }
+    ))
   })
 
   it("decisions: /info stands for pulling the synced frame again only for a folded frame of its own generation", () => {

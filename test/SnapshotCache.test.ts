@@ -5,6 +5,12 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as fc from "fast-check"
+import * as Effect from "effect/Effect"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as NodePath from "node:path"
+import * as ServerBody from "../src/internal/server/serverBody.js"
+import { StoreError } from "../src/internal/server/storeError.js"
 import * as SnapshotCache from "../src/internal/server/snapshotCache.js"
 
 describe("SnapshotCache", () => {
@@ -49,4 +55,18 @@ describe("SnapshotCache", () => {
     ]
     expect(new Set(keys).size).toBe(keys.length)
   })
+
+  it.scoped("a body over bytes in memory gives them whole (one write), a body over a file does not", () =>
+    Effect.gen(function*() {
+      const bytes = new Uint8Array(ServerBody.CHUNK_BYTES * 2 + 5).map((_, i) => i % 251)
+      const inMemory = ServerBody.ofBytes(bytes)
+      expect(ServerBody.bytesOf(inMemory)).toBe(bytes)
+      expect(Buffer.compare(yield* ServerBody.readAll(inMemory), bytes)).toBe(0)
+      const dir = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-body-"))
+      yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true })))
+      Fs.writeFileSync(NodePath.join(dir, "f"), bytes)
+      const onFile = yield* ServerBody.ofFile(NodePath.join(dir, "f"), (cause) => new StoreError({ reason: "Storage", message: "read", cause }))
+      expect(ServerBody.bytesOf(onFile)).toBeUndefined()
+      expect(Buffer.compare(yield* ServerBody.readAll(onFile), bytes)).toBe(0)
+    }))
 })

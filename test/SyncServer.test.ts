@@ -118,7 +118,7 @@ const suite = (kind: Kind) =>
           const info = yield* call({ path: "/db/fresh/info" })
           expect(info.status).toBe(200)
           expect(info.headers["content-type"]).toContain("application/json")
-          expect(H.json(info)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot", "wait"], max_wait_seconds: 30, database_id: expect.any(String) })
+          expect(H.json(info)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, max_push_frames: MAX_FRAMES, extensions: ["snapshot", "wait"], max_wait_seconds: 30, database_id: expect.any(String) })
           const base = yield* call({ path: "/db/fresh/export/1" })
           expect(base.status).toBe(200)
           expect(base.headers["content-type"]).toBe("application/octet-stream")
@@ -629,6 +629,7 @@ layer(serverLayer("disk", { generationFrames: 6, maxPullFrames: 3 }), { excludeT
           current_generation: 1,
           max_frame_no: 0,
           max_pull_frames: 3,
+          max_push_frames: MAX_FRAMES,
           extensions: ["snapshot", "wait"],
           max_wait_seconds: 30,
           database_id: expect.any(String)
@@ -651,6 +652,12 @@ layer(serverLayer("disk", { generationFrames: 6, maxPullFrames: 3 }), { excludeT
         expect(snap.headers["x-database-id"]).toBe(id)
         const server = yield* withBase((base) => H.snapshot(base, "snap", TOKEN))
         expect(Buffer.compare(snap.body, server.file)).toBe(0)
+        // Asked again, it is answered from memory in one write: the same bytes, headers and length.
+        const again = yield* call({ path: "/db/snap/snapshot" })
+        expect(again.status).toBe(200)
+        expect(Buffer.compare(again.body, snap.body)).toBe(0)
+        expect([again.headers["content-type"], again.headers["content-length"], again.headers["x-sync-frame"], again.headers["x-database-id"]])
+          .toEqual(["application/octet-stream", String(snap.body.byteLength), String(frames.length), id])
 
         // Pull answers are cut at the advertised size.
         const pulled = yield* call({ path: `/db/snap/sync/1/1/100` })
@@ -756,6 +763,6 @@ layer(
       const { base } = yield* TestServer
       expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
       expect((yield* call({ path: "/db/cfg/info", anonymous: true })).status).toBe(401)
-      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, extensions: ["snapshot", "wait"], max_wait_seconds: 30, database_id: expect.any(String) })
+      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, max_push_frames: 1024, extensions: ["snapshot", "wait"], max_wait_seconds: 30, database_id: expect.any(String) })
     }))
 })

@@ -76,12 +76,18 @@ export const bootstrap = Effect.fn("Engine.bootstrap")(
     const { bytes: base, databaseId, frame, generation, head } = yield* download(opening)
     const at = { generation, frame }
     yield* received(opening, 0, base.byteLength)
-    yield* validBase(base, generation).pipe(
-      Effect.mapError((e) => new SyncError.BootstrapError({ reason: "InvalidBase", message: e.message, cause: e }))
-    )
+    const invalid = (e: SyncError.RemoteError) =>
+      new SyncError.BootstrapError({ reason: "InvalidBase", message: e.message, cause: e })
+    // Its header before anything is written.
+    yield* Effect.mapError(Validate.base(base, generation), invalid)
     // Synced first, so that a crash leaves Synced alone or both (`unfinished` tells them from a database
-    // whose metadata was lost); one directory fsync for both.
-    yield* Files.writeNewFiles([paths.synced, paths.draft], base)
+    // whose metadata was lost); their fsyncs together, one directory fsync for both. SQLite's check of the
+    // pages runs while the fsyncs are in flight: a base it refuses is removed with the copies (the metadata
+    // that would make them count is written only after both).
+    yield* Effect.all([
+      Files.writeNewFiles([paths.synced, paths.draft], base),
+      Effect.mapError(Validate.databaseBytes(base, `the base of generation ${generation}`), invalid)
+    ], { concurrency: 2, discard: true })
     if (opening.options.onStep) yield* opening.options.onStep("bootstrap:copiesWritten")
     const metadata: SyncMetadata.Metadata = {
       version: 1,

@@ -249,25 +249,44 @@ export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(fun
   // check passed. A catch-up of more frames goes on with as many per request as the server answers.
   const start = m.syncedFrame + 1
   const end = start + SyncProtocol.CLIENT_BATCH_FRAMES
-  const { first, info } = yield* (m.syncedFrame > (m.foldedFrame ?? 0)
-    ? verifyAndFirstTogether(state, m, start, end)
-    : Effect.map(
-      Effect.all([verifyRemote(state), Effect.either(state.remote.pull(m.generation, start, end))], { concurrency: 2 }),
-      ([info, result]): { first: FirstRequest; info: SyncRemote.Info } => ({ first: { start, end, result }, info })
-    ))
-  // As many frames per request as the server says it answers at once.
-  const batch = info.maxPullFrames !== undefined && info.maxPullFrames > 0
-    ? info.maxPullFrames
-    : SyncProtocol.CLIENT_BATCH_FRAMES
-  const head = info.maxFrameNo === undefined ? undefined : { generation: info.generation, maxFrameNo: info.maxFrameNo }
-  yield* pullFrames(state, cursor, batch, head, first).pipe(
-    Effect.ensuring(Effect.ignore(state.synced.open))
-  )
-  yield* state.synced.open
-  // In memory: the next metadata write takes it along.
-  yield* SynchronizedRef.update(state.metadata, (m) => ({ ...m, lastPullAt: Date.now() }))
-  return cursor.changed
+  // Not folded: the frame at the synced position is at hand to compare, and one pull from it brings the
+  // check's frame and the first frames beside `/info`.
+  if (m.syncedFrame > (m.foldedFrame ?? 0)) {
+    const { first, info } = yield* verifyAndFirstTogether(state, m, start, end)
+    return yield* pullChecked(state, cursor, info, first)
+  }
+  const first = Effect.either(state.remote.pull(m.generation, start, end))
+  // With the synced frame folded (after a bootstrap, a fold) the first answer alone can settle the check
+  // when nothing is new: one request, no `/info`. Otherwise the check follows, before the answer is used.
+  if (RemoteBinding.settlesByAnswer(m)) {
+    const answer = yield* first
+    if (Either.isRight(answer) && RemoteBinding.settledByAnswer(m, answer.right)) {
+      yield* state.synced.open
+      yield* SynchronizedRef.update(state.metadata, (m) => ({ ...m, lastPullAt: Date.now() }))
+      return false
+    }
+    return yield* pullChecked(state, cursor, yield* verifyRemote(state), { start, end, result: answer })
+  }
+  const [info, result] = yield* Effect.all([verifyRemote(state), first], { concurrency: 2 })
+  return yield* pullChecked(state, cursor, info, { start, end, result })
 })
+
+/** The rest of step (a) once the remote passed the check: every frame after the first answer's. */
+const pullChecked = (state: State, cursor: Cursor, info: SyncRemote.Info, first: FirstRequest | undefined) =>
+  Effect.gen(function*() {
+    // As many frames per request as the server says it answers at once.
+    const batch = info.maxPullFrames !== undefined && info.maxPullFrames > 0
+      ? info.maxPullFrames
+      : SyncProtocol.CLIENT_BATCH_FRAMES
+    const head = info.maxFrameNo === undefined ? undefined : { generation: info.generation, maxFrameNo: info.maxFrameNo }
+    yield* pullFrames(state, cursor, batch, head, first).pipe(
+      Effect.ensuring(Effect.ignore(state.synced.open))
+    )
+    yield* state.synced.open
+    // In memory: the next metadata write takes it along.
+    yield* SynchronizedRef.update(state.metadata, (m) => ({ ...m, lastPullAt: Date.now() }))
+    return cursor.changed
+  })
 
 /**
  * After step (a): the remote's progress row for this client says which changes it has. That settles a

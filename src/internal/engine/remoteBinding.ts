@@ -127,6 +127,36 @@ export const headFromInfo = (
     : undefined
 
 /**
+ * Whether the check before a pull (`verify`) could be settled by the pull's own first answer, without
+ * `/info`: the synced frame is folded into Synced's file (so only the identity and the head are to be
+ * checked, no local frame compared) and an identity was recorded to compare the answer's with.
+ */
+export const settlesByAnswer = (known: {
+  readonly syncedFrame: number
+  readonly foldedFrame?: number | undefined
+  readonly databaseId?: string | undefined
+}): boolean => known.databaseId !== undefined && known.syncedFrame <= (known.foldedFrame ?? 0)
+
+/**
+ * Whether a pull's first answer settles that check on its own (`settlesByAnswer`): it names the recorded
+ * database and says the synced generation ends exactly at the synced frame, which is all `verify` would
+ * have learnt from `/info` (same identity, same generation, a head at the synced frame) and means nothing
+ * is new. Any other answer (frames, a roll, a shorter or longer head, another or no identity) leaves the
+ * check to `verify`, before the answer is used.
+ */
+export const settledByAnswer = (
+  known: {
+    readonly generation: number
+    readonly syncedFrame: number
+    readonly foldedFrame?: number | undefined
+    readonly databaseId?: string | undefined
+  },
+  answer: SyncRemote.PullResult
+): boolean =>
+  settlesByAnswer(known) && answer._tag === "CheckpointNeeded" && answer.databaseId === known.databaseId &&
+  answer.generation === known.generation && answer.maxFrameNo === known.syncedFrame
+
+/**
  * The check before a push or a pull pulls: the identity and generation from `/info`, then the frame at
  * the synced position (pulled again and compared with the local one; a frame folded into Synced's file,
  * whose bytes are no longer at hand, is judged by `/info`'s length of its generation when it gives one).

@@ -155,10 +155,17 @@ export const database = (file: string, what: string): Effect.Effect<void, Remote
 export const databaseBytes = (bytes: Uint8Array, what: string): Effect.Effect<void, RemoteError> =>
   quickCheck(() => {
     // A WAL-mode header (bytes 18-19 = 2) cannot be deserialized; the pages are the same in rollback mode.
-    const copy = Buffer.from(bytes)
-    copy[18] = 1
-    copy[19] = 1
-    return new BetterSqlite3(copy, { readonly: true })
+    // The constructor copies the bytes into SQLite's memory: the header is changed for that copy and put
+    // back at once, in the same synchronous step (nothing else can see it), instead of a copy of our own.
+    const header = [bytes[18], bytes[19]] as const
+    bytes[18] = 1
+    bytes[19] = 1
+    try {
+      return new BetterSqlite3(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), { readonly: true })
+    } finally {
+      bytes[18] = header[0]
+      bytes[19] = header[1]
+    }
   }, what)
 
 /**

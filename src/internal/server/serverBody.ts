@@ -18,17 +18,30 @@ import { StoreError } from "./storeError.js"
  */
 export const CHUNK_BYTES = 512 * 1024
 
+/** The bytes of bodies made by `ofBytes`, so that an answer can send them in one write. */
+const inMemory = new WeakMap<Body, Uint8Array>()
+
 /** A body over bytes already in memory (the memory store): chunks are views, never copies. */
-export const ofBytes = (bytes: Uint8Array): Body => ({
-  size: bytes.byteLength,
-  stream: Stream.suspend(() => {
-    const chunks: Array<Uint8Array> = []
-    for (let at = 0; at < bytes.byteLength; at += CHUNK_BYTES) {
-      chunks.push(bytes.subarray(at, Math.min(at + CHUNK_BYTES, bytes.byteLength)))
-    }
-    return Stream.fromIterable(chunks)
-  })
-})
+export const ofBytes = (bytes: Uint8Array): Body => {
+  const body: Body = {
+    size: bytes.byteLength,
+    stream: Stream.suspend(() => {
+      const chunks: Array<Uint8Array> = []
+      for (let at = 0; at < bytes.byteLength; at += CHUNK_BYTES) {
+        chunks.push(bytes.subarray(at, Math.min(at + CHUNK_BYTES, bytes.byteLength)))
+      }
+      return Stream.fromIterable(chunks)
+    })
+  }
+  inMemory.set(body, bytes)
+  return body
+}
+
+/**
+ * The whole of a body already in memory (made by `ofBytes`), undefined for one read as it is consumed:
+ * an answer sends those in one write, without the trips of a stream (most of a cached snapshot's time).
+ */
+export const bytesOf = (body: Body): Uint8Array | undefined => inMemory.get(body)
 
 const readAt = (fd: number, position: number, length: number): Effect.Effect<Uint8Array, StoreError> =>
   Effect.async<Uint8Array, StoreError>((resume) => {

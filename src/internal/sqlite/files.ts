@@ -86,11 +86,53 @@ export const writeNew = (path: string, bytes: Uint8Array) =>
     fsyncDirectory(fs, dirnameOf(path))
   })
 
-/** `writeNew` of several files in one directory: each fsynced, the directory once. @internal */
+/**
+ * `writeNew` of several files in one directory, created in order: their fsyncs all in flight at once when
+ * the file service can (`fsyncAll`: the file system commits them together, and the fiber waits off the
+ * event loop, so other work runs meanwhile), then the directory's once. Uninterruptible: a descriptor is
+ * never closed under its fsync. @internal
+ */
 export const writeNewFiles = (paths: ReadonlyArray<string>, bytes: Uint8Array) =>
-  attempt(paths[0], "cannot write", (fs) => {
-    for (const path of paths) writeFileSynced(fs, path, bytes)
-    fsyncDirectory(fs, dirnameOf(paths[0]))
+  Effect.flatMap(currentFiles, (fs) => {
+    const failed = (cause: unknown) =>
+      new StorageError({ reason: "Files", message: `cannot write: ${cause instanceof Error ? cause.message : String(cause)}`, path: paths[0], cause })
+    const fds: Array<number> = []
+    const written = Effect.try({
+      try: () => {
+        for (const path of paths) {
+          fds.push(fs.openSync(path, "w"))
+          fs.writeSync(fds[fds.length - 1], bytes)
+        }
+      },
+      catch: failed
+    })
+    const synced = fs.fsyncAll === undefined
+      ? Effect.try({ try: () => fds.forEach((fd) => fs.fsyncSync(fd)), catch: failed })
+      : Effect.tryPromise({ try: () => fs.fsyncAll!(fds), catch: failed })
+    // Every descriptor is closed whatever happened; the first close that fails is the error when nothing
+    // failed before it.
+    const closed = Effect.try({
+      try: () => {
+        let error: unknown
+        for (const fd of fds.splice(0)) {
+          try {
+            fs.closeSync(fd)
+          } catch (e) {
+            error ??= e
+          }
+        }
+        if (error !== undefined) throw error
+      },
+      catch: failed
+    })
+    return Effect.zipRight(written, synced).pipe(
+      Effect.matchCauseEffect({
+        onFailure: (cause) => Effect.zipRight(Effect.ignore(closed), Effect.failCause(cause)),
+        onSuccess: () => closed
+      }),
+      Effect.zipRight(attempt(paths[0], "cannot write", (fs) => fsyncDirectory(fs, dirnameOf(paths[0])))),
+      Effect.uninterruptible
+    )
   })
 
 /** The committed frames of `<db>-wal`, `None` when there is no valid WAL. @internal */
