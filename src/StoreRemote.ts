@@ -44,6 +44,7 @@ export const make = (store: ServerStore["Type"], database: string, options: Opti
       databaseId,
       maxFrameNo: i.maxFrameNo,
       maxPullFrames: store.maxPullFrames,
+      maxPushFrames: SyncProtocol.MAX_FRAMES_PER_REQUEST,
       snapshot: true,
       ...(maxWaitSeconds > 0 ? { maxWaitSeconds } : {})
     })),
@@ -81,8 +82,11 @@ export const make = (store: ServerStore["Type"], database: string, options: Opti
       ),
       fromStoreError
     ),
-  push: SyncRemote.batchedPush((generation, start, end, frames, baton) =>
-    Effect.mapError(store.push(database, generation, start, end, frames, baton), fromStoreError)
+  // As many frames a request as the store takes (what the HTTP server advertises as `max_push_frames`).
+  push: SyncRemote.batchedPush(
+    (generation, start, end, frames, baton) =>
+      Effect.mapError(store.push(database, generation, start, end, frames, baton), fromStoreError),
+    SyncProtocol.MAX_FRAMES_PER_REQUEST
   )
   }
 }

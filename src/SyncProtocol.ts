@@ -18,6 +18,8 @@ export const InfoResponse = Schema.Struct({
   max_frame_no: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(0))),
   /** This server's extension: the most frames one pull answer carries (the libSQL client asks for 128). */
   max_pull_frames: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))),
+  /** This server's extension: the most frames one push request may carry (the libSQL client sends 128). */
+  max_push_frames: Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))),
   /** This server's extensions by name, such as `"snapshot"` (`GET /snapshot`) and `"wait"` (waiting pulls). */
   extensions: Schema.optional(Schema.Array(Schema.String)),
   /**

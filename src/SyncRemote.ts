@@ -64,6 +64,8 @@ export interface Info {
   readonly maxFrameNo?: number | undefined
   /** Extension: the most frames one pull answer carries; without it, ask for `CLIENT_BATCH_FRAMES` at a time. */
   readonly maxPullFrames?: number | undefined
+  /** Extension: the most frames one push request may carry; without it, send `CLIENT_BATCH_FRAMES` at a time. */
+  readonly maxPushFrames?: number | undefined
   /** Extension: `true` when the remote serves `snapshot`. */
   readonly snapshot?: boolean | undefined
   /**
@@ -281,6 +283,8 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
     const baseTimeout = Duration.decode(options.requestTimeout ?? Duration.seconds(30))
     // What the last `info` said about waiting pulls: undefined until asked, 0 when the remote does not wait.
     let maxWaitSeconds: number | undefined = undefined
+    // Frames per push request: what the last `info` allowed, the libSQL client's batch until one did.
+    let pushBatch = SyncProtocol.CLIENT_BATCH_FRAMES
     const schedule = options.retrySchedule ??
       Schedule.intersect(Schedule.exponential(Duration.millis(100), 2), Schedule.recurs(6))
 
@@ -366,6 +370,9 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
             }
             if (i.max_frame_no !== undefined) known.maxFrameNo = i.max_frame_no
             if (i.max_pull_frames !== undefined) known.maxPullFrames = i.max_pull_frames
+            if (i.max_push_frames !== undefined) known.maxPushFrames = i.max_push_frames
+            // (bounded by what this client ever sends at once)
+            pushBatch = Math.min(i.max_push_frames ?? SyncProtocol.CLIENT_BATCH_FRAMES, SyncProtocol.MAX_FRAMES_PER_REQUEST)
             if (i.extensions?.includes(SyncProtocol.EXTENSION_SNAPSHOT) === true) known.snapshot = true
             const waits = i.extensions?.includes(SyncProtocol.EXTENSION_WAIT) === true && (i.max_wait_seconds ?? 0) > 0
             if (waits) known.maxWaitSeconds = i.max_wait_seconds
@@ -478,7 +485,10 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
         })
       })
 
-    return { url: base, info, export: exportGeneration, snapshot, pull, push: batchedPush(single) }
+    const push: Service["push"] = (generation, start, end, frames, baton) =>
+      Effect.suspend(() => batchedPush(single, pushBatch)(generation, start, end, frames, baton))
+
+    return { url: base, info, export: exportGeneration, snapshot, pull, push }
   })
 
 /** A database file must be whole pages: anything else is a cut or a foreign answer. */

@@ -219,6 +219,7 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
         current_generation: result.generation,
         max_frame_no: result.maxFrameNo,
         max_pull_frames: store.maxPullFrames,
+        max_push_frames: maxPushFrames,
         ...(maxWaitSeconds > 0
           ? { extensions: [SyncProtocol.EXTENSION_SNAPSHOT, SyncProtocol.EXTENSION_WAIT], max_wait_seconds: maxWaitSeconds }
           : { extensions: [SyncProtocol.EXTENSION_SNAPSHOT] }),

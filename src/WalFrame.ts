@@ -306,6 +306,39 @@ export const parseFrames = (
 }
 
 /**
+ * The 24-byte headers of `frames` appended to `wal`, one after another (salts and cumulative checksums
+ * computed over each header and its page where the page lies): header i followed by page i, for each i,
+ * are the bytes {@link append} gives, without a copy of any page. Answers them with the running checksum
+ * after the last frame.
+ *
+ * @since 0.1.0
+ * @category encoding
+ */
+export const appendHeaders = (
+  wal: Wal,
+  frames: ReadonlyArray<Frame>
+): { readonly headers: Uint8Array; readonly checksum: readonly [number, number] } => {
+  const headers = new Uint8Array(frames.length * FRAME_HEADER_SIZE)
+  const view = viewOf(headers)
+  const littleEndian = !wal.header.bigEndian
+  let [s0, s1] = wal.checksum
+  for (let i = 0; i < frames.length; i++) {
+    const frame = frames[i]
+    if (frame.page.byteLength !== PAGE_SIZE) throw new Error(`WalFrame.appendHeaders: page of ${frame.page.byteLength} bytes`)
+    const offset = i * FRAME_HEADER_SIZE
+    view.setUint32(offset, frame.pgno)
+    view.setUint32(offset + 4, frame.commitSize)
+    view.setUint32(offset + 8, wal.header.salt1)
+    view.setUint32(offset + 12, wal.header.salt2)
+    ;[s0, s1] = checksumInto(view, offset, 8, littleEndian, s0, s1)
+    ;[s0, s1] = checksumInto(viewOf(frame.page), 0, PAGE_SIZE, littleEndian, s0, s1)
+    view.setUint32(offset + 16, s0)
+    view.setUint32(offset + 20, s1)
+  }
+  return { headers, checksum: [s0, s1] }
+}
+
+/**
  * Appends frames to a WAL. Returns the new WAL and the bytes to write after the existing file's
  * `walSize(wal.frames.length)` bytes (salts and cumulative checksums computed for this WAL).
  *

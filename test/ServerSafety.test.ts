@@ -210,6 +210,7 @@ describe("a database's identity", () => {
           databaseId: info.database_id,
           maxFrameNo: frames.length,
           maxPullFrames: 1024,
+          maxPushFrames: 1024,
           snapshot: true,
           maxWaitSeconds: 30
         })
@@ -231,7 +232,7 @@ describe("a database's identity", () => {
       const store = yield* ServerStore.ServerStore
       const id = yield* store.databaseId("x")
       const info = yield* StoreRemote.make(store, "x").info
-      expect(info).toEqual({ generation: 1, databaseId: id, maxFrameNo: 0, maxPullFrames: 1024, snapshot: true, maxWaitSeconds: 30 })
+      expect(info).toEqual({ generation: 1, databaseId: id, maxFrameNo: 0, maxPullFrames: 1024, maxPushFrames: 1024, snapshot: true, maxWaitSeconds: 30 })
       expect(id).toMatch(/^[0-9a-f-]{36}$/)
     }).pipe(Effect.provide(ServerStore.layerMemory())))
 })
@@ -273,6 +274,7 @@ describe("a data directory the server cannot write", () => {
           database_id: before.id,
           max_frame_no: before.frames,
           max_pull_frames: 1024,
+          max_push_frames: 1024,
           extensions: ["snapshot", "wait"],
           max_wait_seconds: 30
         })

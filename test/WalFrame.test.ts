@@ -80,6 +80,26 @@ describe("WalFrame codec", () => {
       )
     ))
 
+  it.effect("appendHeaders interleaved with the pages are the bytes append writes (any prefix, either byte order)", () =>
+    Effect.sync(() =>
+      fc.assert(
+        fc.property(arbWalOptions, arbTransactions, fc.nat(), (options, frames, cut) => {
+          const at = cut % (frames.length + 1)
+          const prefix = WalFrame.append(WalFrame.make(options), frames.slice(0, at)).wal
+          const rest = frames.slice(at)
+          const { checksum, headers } = WalFrame.appendHeaders(prefix, rest)
+          const interleaved = Buffer.concat(rest.flatMap((frame, i) => [
+            headers.subarray(i * WalFrame.FRAME_HEADER_SIZE, (i + 1) * WalFrame.FRAME_HEADER_SIZE),
+            frame.page
+          ]))
+          const appended = WalFrame.append(prefix, rest)
+          expect(interleaved.equals(appended.bytes)).toBe(true)
+          expect(checksum).toEqual(appended.wal.checksum)
+        }),
+        { numRuns: 100 }
+      )
+    ))
+
   it.effect("parseFrames validates a tail from a prefix's running checksum exactly as parse does", () =>
     Effect.sync(() =>
       fc.assert(

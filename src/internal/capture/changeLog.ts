@@ -45,11 +45,16 @@ export const valueColumn = (i: number) => `v${i}`
 const valueColumns = (from: number, to: number) =>
   Array.from({ length: to - from }, (_, i) => valueColumn(from + i))
 
+/**
+ * The log's table. Its CHECK on `kind` is a chain of comparisons: `kind IN (...)` builds a lookup table
+ * each time it is evaluated inside a trigger, once per captured row (a log created by an earlier version
+ * keeps that form; the two accept the same rows).
+ */
 export const createChangesTable = `CREATE TABLE IF NOT EXISTS main._sync_changes (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   tx_id INTEGER NOT NULL,
   tbl TEXT NOT NULL,
-  kind TEXT NOT NULL CHECK (kind IN ('insert', 'update', 'delete', 'ddl')),
+  kind TEXT NOT NULL CHECK (kind = 'insert' OR kind = 'update' OR kind = 'delete' OR kind = 'ddl'),
   cols TEXT,
   before_rowid,
   after_rowid,

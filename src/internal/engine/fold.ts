@@ -8,9 +8,12 @@
  *   `<path>-synced-wal.next`; the metadata records the new `foldedFrame` with `foldInProgress`; the new WAL
  *   replaces the old one. The protocol's frame numbers stay: the WAL holds `foldedFrame + 1..syncedFrame`.
  * - Draft: the pages its WAL's frames change (read from the frame headers) are recorded in the metadata
- *   (`draftPages`, with `draftFoldInProgress`), then SQLite's own TRUNCATE checkpoint runs; the flag is
- *   cleared on disk by the next metadata write. The record is what lets a pull write only the pages where
- *   Draft can differ from Synced.
+ *   (`draftPages`, with `draftFoldInProgress`), then SQLite's own checkpoint runs; the flag is cleared
+ *   on disk by the next metadata write. The record is what lets a pull write only the pages where Draft can
+ *   differ from Synced. A WAL of ordinary writes is not cut to nothing (the next writes would grow the file
+ *   again, a frame at a time): the next write starts it over from its
+ *   beginning and SQLite cuts the file back to the bound's size then (`journal_size_limit`). Its frames are
+ *   counted from SQLite's wal-index (walIndex.ts), since its size no longer counts them.
  *
  * Open, and the next push or pull, finish a flagged fold.
  *
@@ -25,6 +28,7 @@ import type * as SyncMetadata from "../../SyncMetadata.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
 import * as PageCopy from "../sqlite/pageCopy.js"
+import * as WalIndex from "../sqlite/walIndex.js"
 import * as DraftPages from "./draftPages.js"
 import * as Gates from "./gates.js"
 import { on, type Paths, persistStaged, type State, syncedFileAt, updateMetadata, walFrames } from "./state.js"
@@ -90,9 +94,24 @@ export const finishFlaggedFold = (state: State) =>
     yield* updateMetadata(state, (m) => ({ ...m, foldInProgress: false }))
   }).pipe(Effect.ensuring(Effect.ignore(state.synced.open)))
 
-/** SQLite's TRUNCATE checkpoint of Draft's WAL into its file. */
+/**
+ * SQLite's checkpoint of Draft's WAL into its file: every frame is copied into the file and the next write
+ * starts the WAL over. A WAL just past its bound (ordinary writes) keeps its file for the next writes to
+ * reuse (RESTART; that write cuts it back to the bound's size); one of more than twice the bound (a large
+ * transaction) is cut to nothing at once (TRUNCATE), so that it does not stay on disk until the next write.
+ */
 const checkpointDraft = (state: State) =>
-  on(state.draft, Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe<{ busy: number }>("PRAGMA wal_checkpoint(TRUNCATE)"))).pipe(
+  Effect.flatMap(Files.fileSize(Files.walPath(state.paths.draft)), (size) =>
+    on(
+      state.draft,
+      Effect.flatMap(SqlClient.SqlClient, (sql) =>
+        Effect.zipRight(
+          sql.unsafe(`PRAGMA journal_size_limit = ${WalFrame.walSize(state.maxWalFrames)}`).raw,
+          sql.unsafe<{ busy: number }>(
+            `PRAGMA wal_checkpoint(${size > WalFrame.walSize(2 * state.maxWalFrames) ? "TRUNCATE" : "RESTART"})`
+          )
+        ))
+    )).pipe(
     Effect.mapError((cause) =>
       new SyncError.StorageError({ reason: "Files", message: `cannot fold the WAL of ${state.paths.draft}`, path: state.paths.draft, cause })
     ),
@@ -170,11 +189,24 @@ export const finishDraftFold = (state: State) =>
 export const foldDraft = Effect.fn("Engine.foldDraft")(function*(state: State, force: boolean) {
   const { paths } = state
   yield* finishDraftFold(state)
+  const copyFrames = (yield* SynchronizedRef.get(state.metadata)).draftPages?.copy?.frames ?? 0
+  // SQLite's wal-index, while it can be read and is the WAL's: how many frames the WAL holds, how many a
+  // fold copied already (they stay in the file until the next write starts it over), and the page of each
+  // frame, in a few KB rather than from every frame of the WAL. A WAL shorter than the metadata's copy is
+  // looked at below.
+  const index = yield* Files.attempt(paths.draft, "cannot read", (fs) => WalIndex.readIndex(fs, paths.draft))
+  if (index !== undefined && index.frames >= copyFrames) {
+    const unfolded = index.frames - index.backfilled
+    if (unfolded === 0 || (!force && unfolded <= state.maxWalFrames)) return
+    const frames = index.pages.map((pgno, i) => ({ pgno, commitSize: i === index.pages.length - 1 ? index.dbPages : 0 }))
+    yield* recordDraftFold(state, frames)
+    yield* state.step("draftFold:flagged")
+    return yield* checkpointRecorded(state)
+  }
   // Frame headers only: the pages the frames write and where they commit, not the pages themselves (a fold
   // then costs about what SQLite's checkpoint does). Their page set can only be larger than the committed
   // frames' (see readFrameHeaders), which costs a copy of a page, never a missed one.
   const wal = yield* PageCopy.readFrameHeaders(paths.draft)
-  const copyFrames = (yield* SynchronizedRef.get(state.metadata)).draftPages?.copy?.frames ?? 0
   if (wal.committed < copyFrames) {
     // Draft's WAL is not the one the metadata describes (SQLite folded it when a close could not keep it):
     // where Draft's file differs from Synced is unknown, so the next copy writes every page.
@@ -198,10 +230,22 @@ export const foldDraft = Effect.fn("Engine.foldDraft")(function*(state: State, f
  */
 export const maybeFoldDraft = (state: State) =>
   Effect.gen(function*() {
-    const size = yield* Files.fileSize(Files.walPath(state.paths.draft))
-    if (size <= WalFrame.walSize(state.maxWalFrames)) return
+    if (!(yield* draftOutgrown(state))) return
     yield* state.syncLock.withPermitsIfAvailable(1)(foldDraftIfIdle(state))
   }).pipe(Effect.catchAll((error) => Effect.logWarning("cannot fold the WAL of the draft copy", error)))
+
+/**
+ * Whether Draft's WAL holds more than `maxWalFrames` frames not yet folded: by SQLite's wal-index, else by
+ * the WAL file's size (which counts frames a fold copied and no write has overwritten yet).
+ */
+export const draftOutgrown = (state: State): Effect.Effect<boolean, SyncError.StorageError> =>
+  Effect.flatMap(
+    Files.attempt(state.paths.draft, "cannot read", (fs) => WalIndex.unfoldedFrames(fs, state.paths.draft)),
+    (frames) =>
+      frames !== undefined
+        ? Effect.succeed(frames > state.maxWalFrames)
+        : Effect.map(Files.fileSize(Files.walPath(state.paths.draft)), (size) => size > WalFrame.walSize(state.maxWalFrames))
+  )
 
 /** Folds Draft's WAL past its bound if no write is in flight (the caller holds the sync lock). */
 export const foldDraftIfIdle = (state: State) => Gates.ifNoWrites(state.gates, foldDraft(state, false))

@@ -22,6 +22,7 @@ import * as Changes from "../live/changes.js"
 import * as Reactive from "../live/reactive.js"
 import * as Executor from "../sqlite/executor.js"
 import * as Files from "../sqlite/files.js"
+import * as WalIndex from "../sqlite/walIndex.js"
 import { sqlStatementError } from "./errors.js"
 import { maybeFoldDraft } from "./fold.js"
 import * as Gates from "./gates.js"
@@ -71,14 +72,18 @@ const onCopy = <A, E, R>(copy: LocalCopies.Copy, effect: Effect.Effect<A, E, R>)
   )
 
 /**
- * After a local write: Draft's WAL is folded when it outgrew its bound (`maybeFoldDraft`). One stat of the
- * WAL decides whether that runs at all, unless the engine was built with its own file service (tests inject
- * faults through it), which `maybeFoldDraft` then uses for every check as before.
+ * After a local write: Draft's WAL is folded when it outgrew its bound (`maybeFoldDraft`). One read of its
+ * wal-index (or, without one, a stat of the WAL) decides whether that runs at all, unless the engine was
+ * built with its own file service (tests inject faults through it), which `maybeFoldDraft` then uses for
+ * every check as before.
  */
 const foldIfOutgrown = (state: State): Effect.Effect<void> => {
   if (Option.isSome(state.fileService)) return maybeFoldDraft(state)
-  const size = Fs.statSync(Files.walPath(state.paths.draft), { throwIfNoEntry: false })?.size ?? 0
-  return size > WalFrame.walSize(state.maxWalFrames) ? maybeFoldDraft(state) : Effect.void
+  const frames = WalIndex.unfoldedFrames(Fs, state.paths.draft)
+  const outgrown = frames !== undefined
+    ? frames > state.maxWalFrames
+    : (Fs.statSync(Files.walPath(state.paths.draft), { throwIfNoEntry: false })?.size ?? 0) > WalFrame.walSize(state.maxWalFrames)
+  return outgrown ? maybeFoldDraft(state) : Effect.void
 }
 
 /** A direct write of one row with small values: its WAL size is looked at with every 8th such write. */

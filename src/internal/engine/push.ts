@@ -17,8 +17,14 @@ import * as RemoteBinding from "./remoteBinding.js"
 import { on, stageMetadata, type State, updateMetadata, withoutTransfer } from "./state.js"
 import { prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
 
-/** Frames read from Synced's WAL and sent per request: a push holds only these in memory. */
-const BATCH = SyncProtocol.CLIENT_BATCH_FRAMES
+/**
+ * Frames read from Synced's WAL and handed to the remote at a time (which sends them in as many requests
+ * as the server takes, `max_push_frames` of `/info`): a push holds only these in memory (4 MiB).
+ */
+const BATCH = SyncProtocol.MAX_FRAMES_PER_REQUEST
+
+/** Frames of Synced's WAL validated per read before the push. */
+const SCAN_CHUNK = SyncProtocol.CLIENT_BATCH_FRAMES * 8
 
 /** Rewinds within one push the server may ask for (its session for our earlier requests was lost). */
 const MAX_RESTARTS = 8
@@ -95,7 +101,7 @@ const acknowledge = (state: State, pushed: number, lastChangeId: number) =>
 export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(state: State, lastChangeId: number) {
   const m = yield* SynchronizedRef.get(state.metadata)
   const prefix = yield* prefixAtSyncedFrame(state)
-  const tail = yield* Files.scanWalTail(state.paths.synced, prefix, BATCH * 8)
+  const tail = yield* Files.scanWalTail(state.paths.synced, prefix, SCAN_CHUNK)
   if (tail.count === 0) return "Nothing" as const
   // In memory only: nothing decides on it after a crash, the next pull settles a push whose answer was lost
   // from the remote's progress row (and a crash cuts the frames beyond the recorded position off again).

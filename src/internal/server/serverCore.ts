@@ -942,7 +942,8 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
           return yield* fail("UnknownBaton", `baton ${baton!.slice(0, 64)} belongs to a finished transaction`)
         }
 
-        const fresh = frames.slice(known + 1 - start).map(copyFrame)
+        // Views into the request's body: copied only where they outlive the request (a session's pending frames).
+        const fresh = frames.slice(known + 1 - start)
         const valid = WalFrame.validateTransactions(fresh, pending)
         if (Either.isLeft(valid)) return yield* fail("BadFrames", valid.left.message)
         const combined = pending.concat(fresh)
@@ -959,19 +960,20 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
           )
         }
         if (committed === 0) {
+          const kept = pending.concat(fresh.map(copyFrame))
           if (session === undefined) {
-            session = { baton: newBaton(), pending: combined, touchedAt: now }
+            session = { baton: newBaton(), pending: kept, touchedAt: now }
             h.session = session
             sessionsOpen.unsafeOpen()
           } else {
-            session.pending = combined
+            session.pending = kept
             session.touchedAt = now
           }
           return yield* answer(end - 1)
         }
 
         const toCommit = combined.slice(0, committed)
-        const rest = combined.slice(committed)
+        const rest = combined.slice(committed).map((frame, i) => (committed + i < pending.length ? frame : copyFrame(frame)))
         const malformed = (message: string) => {
           // The refused transaction includes the session's pending frames: the session is over.
           if (session !== undefined) h.session = undefined

@@ -74,7 +74,8 @@ export const make = (options: { readonly integrityCheck: IntegrityCheck }): Back
                 if (problem !== undefined) return Either.left(problem)
                 head = candidate
               }
-              gen.frames.push(...frames)
+              // (the frames may be views into a request's body: the store keeps copies)
+              for (const frame of frames) gen.frames.push({ ...frame, page: frame.page.slice() })
               return Either.right(undefined)
             },
             catch: (cause) => new StoreError({ reason: "Storage", message: "commit failed", cause })

@@ -68,6 +68,30 @@ const writeFileDurably = (target: string, bytes: Uint8Array) => {
 
 const removeIfPresent = (file: string) => fs.rmSync(file, { force: true })
 
+/** Frames per `writev` (two pieces each, within the usual IOV_MAX of 1024). */
+const WRITEV_FRAMES = 500
+
+/** Writes `pieces` one after another at `position`, whatever a short write leaves; answers the bytes written. */
+const writeFully = (fd: number, pieces: ReadonlyArray<Uint8Array>, position: number): number => {
+  const total = pieces.reduce((sum, piece) => sum + piece.byteLength, 0)
+  let written = fs.writevSync(fd, pieces as Array<Uint8Array>, position)
+  if (written === total) return total
+  // A short write (rare on a regular file): the rest piece by piece.
+  let at = 0
+  for (const piece of pieces) {
+    const start = Math.max(0, written - at)
+    if (start < piece.byteLength) {
+      let offset = start
+      while (offset < piece.byteLength) {
+        offset += fs.writeSync(fd, piece, offset, piece.byteLength - offset, position + at + offset)
+      }
+      written += piece.byteLength - start
+    }
+    at += piece.byteLength
+  }
+  return total
+}
+
 class GenerationGoneError extends Error {
   constructor(readonly generation: number) {
     super(`generation ${generation} is no longer kept`)
@@ -139,6 +163,15 @@ export const isReadOnlyDirectory = (directory: string): boolean => {
 
 const STORE_FILE = "store.sqlite"
 
+/** The backstop of `store.sqlite`'s own checkpoint, in pages. */
+const STORE_AUTOCHECKPOINT_PAGES = 16_384
+
+/** Frames stored since the last checkpoint of `store.sqlite` past which one is scheduled (about 8 MB of WAL). */
+const STORE_CHECKPOINT_FRAMES = 1_000
+
+/** How long after a commit that checkpoint waits: the answer is on its way by then. */
+const STORE_CHECKPOINT_DELAY_MS = 20
+
 /**
  * `store.sqlite` of a directory this process cannot write, as a read-only in-memory copy. SQLite cannot
  * open a WAL-mode file there (its WAL index needs a writable directory), so the committed frames of a
@@ -187,6 +220,9 @@ const openDatabase = (
       store.pragma("locking_mode = EXCLUSIVE")
       store.pragma("journal_mode = WAL")
       store.pragma("synchronous = FULL")
+      // Checkpoints run after a commit is answered (see `storeCheckpointSoon`); SQLite's own, at the end of
+      // a commit, only past this many pages (64 MiB), should commits come faster than that.
+      store.pragma(`wal_autocheckpoint = ${STORE_AUTOCHECKPOINT_PAGES}`)
       store.exec(SCHEMA)
       const columns = (store.prepare("PRAGMA table_info(generations)").all() as Array<{ name: string }>).map((c) => c.name)
       if (!columns.includes("started_at")) store.exec("ALTER TABLE generations ADD COLUMN started_at INTEGER")
@@ -257,8 +293,9 @@ const openDatabase = (
   const selectFrames = store.prepare<[number, number, number], FrameRow>(
     "SELECT pgno, commit_size, page FROM frames WHERE generation = ? AND frame_no >= ? AND frame_no < ? ORDER BY frame_no"
   )
-  const selectPages = store.prepare<[number], { pgno: number; page: Buffer }>(
-    "SELECT pgno, page FROM frames WHERE generation = ? ORDER BY frame_no"
+  // (bounded by the committed head: a commit's rows exist, uncommitted, while its check runs)
+  const selectPages = store.prepare<[number, number], { pgno: number; page: Buffer }>(
+    "SELECT pgno, page FROM frames WHERE generation = ? AND frame_no <= ? ORDER BY frame_no"
   )
   const selectCommitSize = store.prepare<[number, number], { commit_size: number }>(
     "SELECT commit_size FROM frames WHERE generation = ? AND frame_no = ?"
@@ -318,7 +355,7 @@ const openDatabase = (
     if (pages === undefined || pages === 0) throw new Error(`frame ${last} of ${name}/${generation} is not a commit frame`)
     const image = new Uint8Array(pages * WalFrame.PAGE_SIZE)
     image.set(base.byteLength > image.byteLength ? base.subarray(0, image.byteLength) : base, 0)
-    for (const row of selectPages.iterate(generation)) {
+    for (const row of selectPages.iterate(generation, last)) {
       if (row.pgno <= pages) image.set(row.page, (row.pgno - 1) * WalFrame.PAGE_SIZE)
     }
     return image
@@ -461,18 +498,30 @@ const openDatabase = (
     const plan = planFor(frames)
     const salts = crypto.randomBytes(8)
     const empty = WalFrame.make({ salt1: salts.readUInt32BE(0), salt2: salts.readUInt32BE(4) })
-    // the header, then the frames as `append` encoded them (checksums computed once, pages copied once)
-    const { bytes } = WalFrame.append(empty, frames)
+    // the header, then each frame's header and its page where it lies (checksums computed once, no page copied)
+    const { headers } = WalFrame.appendHeaders(empty, frames)
     clearHeadWal()
-    fs.writeFileSync(headWal, WalFrame.encode(empty))
-    fs.appendFileSync(headWal, bytes)
+    const fd = fs.openSync(headWal, "w")
+    try {
+      const header = WalFrame.encode(empty)
+      writeFully(fd, [header], 0)
+      let position = header.byteLength
+      for (let first = 0; first < frames.length; first += WRITEV_FRAMES) {
+        const pieces: Array<Uint8Array> = []
+        for (let i = first; i < Math.min(first + WRITEV_FRAMES, frames.length); i++) {
+          pieces.push(headers.subarray(i * WalFrame.FRAME_HEADER_SIZE, (i + 1) * WalFrame.FRAME_HEADER_SIZE), frames[i].page)
+        }
+        position += writeFully(fd, pieces, position)
+      }
+    } finally {
+      fs.closeSync(fd)
+    }
     return plan
   }
 
   // A read-only connection recovers the WAL without ever checkpointing it, so a refused WAL is simply
-  // deleted. The check runs on the worker (see checkWorker.ts) when there is one.
+  // deleted. This is the check on the calling thread, for a store without a worker (see checkWorker.ts).
   const runCheck = (plan: ChangedTables.CheckPlan): Effect.Effect<string | undefined, Error> => {
-    if (checker !== undefined) return checker.check(headPath, plan)
     return Effect.try({
       try: () => {
         let reader: Database.Database | undefined
@@ -510,6 +559,66 @@ const openDatabase = (
       // head.db is derived data: rebuild it before the next check instead of failing a stored commit.
       headStale = true
     }
+  }
+
+  // store.sqlite's WAL is checkpointed shortly after a commit, off its answer's path: a commit of a few
+  // thousand frames otherwise pays SQLite's checkpoint (the whole WAL written to the file, and its fsync)
+  // before it is answered. The frames are durable in the WAL either way.
+  let framesSinceCheckpoint = 0
+  let storeCheckpoint: ReturnType<typeof setTimeout> | undefined
+  let closed = false
+  const storeCheckpointSoon = () => {
+    if (storeCheckpoint !== undefined || framesSinceCheckpoint < STORE_CHECKPOINT_FRAMES) return
+    storeCheckpoint = setTimeout(() => {
+      storeCheckpoint = undefined
+      if (closed || store.inTransaction) return
+      try {
+        store.pragma("wal_checkpoint(PASSIVE)")
+        framesSinceCheckpoint = 0
+      } catch {
+        // SQLite checkpoints on its own past STORE_AUTOCHECKPOINT_PAGES, and at close
+      }
+    }, STORE_CHECKPOINT_DELAY_MS)
+    storeCheckpoint.unref()
+  }
+
+  /**
+   * Opens the write transaction of a commit and inserts its frames as rows; `finishCommit` makes them
+   * durable (synchronous=FULL), `abandonCommit` drops them. In between, reads of this connection (pulls,
+   * snapshots) see the new rows, but only ever ask for frames up to the committed head.
+   */
+  const beginCommit = (generation: number, firstFrameNo: number, frames: ReadonlyArray<WalFrame.Frame>) => {
+    store.exec("BEGIN IMMEDIATE")
+    try {
+      for (let i = 0; i < frames.length; i++) {
+        const frame = frames[i]
+        insertFrame.run(
+          generation,
+          firstFrameNo + i,
+          frame.pgno,
+          frame.commitSize,
+          Buffer.from(frame.page.buffer, frame.page.byteOffset, frame.page.byteLength)
+        )
+      }
+    } catch (error) {
+      abandonCommit()
+      throw error
+    }
+  }
+  const abandonCommit = () => {
+    if (store.inTransaction) store.exec("ROLLBACK")
+  }
+  const finishCommit = (generation: number, lastFrameNo: number, count: number) => {
+    try {
+      setLastFrame.run(lastFrameNo, generation)
+      forgetAcksBelow.run(generation, lastFrameNo)
+      store.exec("COMMIT")
+    } catch (error) {
+      abandonCommit()
+      throw error
+    }
+    framesSinceCheckpoint += count
+    storeCheckpointSoon()
   }
 
   return {
@@ -572,43 +681,75 @@ const openDatabase = (
         if (generation !== current) {
           return yield* Effect.fail(failed(new Error(`commit to ${generation} while ${current} is current`)))
         }
-        if (integrityCheck !== "off") {
-          const plan = yield* Effect.try({ try: () => prepareCheck(frames), catch: failed })
-          const problem = yield* serverMetrics.timeCheck(runCheck(plan)).pipe(
-            Effect.mapError((cause) => {
-              clearHeadWal()
-              // Whatever went wrong with head.db, the next check starts from a fresh one.
+        const lastFrameNo = firstFrameNo + frames.length - 1
+        const storing = (f: () => void) =>
+          Effect.try({
+            try: f,
+            catch: (cause) => {
+              // head.db may hold frames the store does not: rebuilt from the store before the next check.
               headStale = true
               return failed(cause)
-            })
-          )
+            }
+          })
+        if (integrityCheck === "off") {
+          yield* storing(() => {
+            beginCommit(generation, firstFrameNo, frames)
+            finishCommit(generation, lastFrameNo, frames.length)
+          })
+          return Either.right(undefined)
+        }
+        const plan = yield* Effect.try({ try: () => prepareCheck(frames), catch: failed })
+        const refused = (cause: Error) => {
+          clearHeadWal()
+          // Whatever went wrong with head.db, the next check starts from a fresh one.
+          headStale = true
+          return failed(cause)
+        }
+        if (checker === undefined) {
+          const problem = yield* serverMetrics.timeCheck(runCheck(plan)).pipe(Effect.mapError(refused))
           if (problem !== undefined) {
             clearHeadWal()
             return Either.left(problem)
           }
+          yield* storing(() => {
+            beginCommit(generation, firstFrameNo, frames)
+            finishCommit(generation, lastFrameNo, frames.length)
+          })
+          checkpointHead()
+          return Either.right(undefined)
         }
-        yield* Effect.try({
-          try: () =>
-            store.transaction(() => {
-              for (let i = 0; i < frames.length; i++) {
-                const frame = frames[i]
-                insertFrame.run(
-                  generation,
-                  firstFrameNo + i,
-                  frame.pgno,
-                  frame.commitSize,
-                  Buffer.from(frame.page.buffer, frame.page.byteOffset, frame.page.byteLength)
-                )
-              }
-              setLastFrame.run(firstFrameNo + frames.length - 1, generation)
-              forgetAcksBelow.run(generation, firstFrameNo + frames.length - 1)
-            }).immediate(),
-          catch: (cause) => {
-            clearHeadWal()
-            return failed(cause)
-          }
-        })
-        if (integrityCheck !== "off") checkpointHead()
+        // The worker checks while the frames are inserted here, then checkpoints head.db while they are
+        // committed here (only once it found nothing wrong). Both end before the answer: nothing of the
+        // commit is left running.
+        // (the check's time, as the commit waits for it, counts from when it is sent)
+        const { headSettled, inserted, problem } = yield* serverMetrics.timeCheck(Effect.gen(function*() {
+          const { settled, verdict } = yield* checker.checkThenCheckpoint(headPath, plan)
+          const inserted = yield* Effect.either(storing(() => beginCommit(generation, firstFrameNo, frames)))
+          const problem = yield* Effect.either(verdict)
+          const headSettled = Effect.flatMap(settled, (ok) =>
+            Effect.sync(() => {
+              if (!ok) headStale = true
+            }))
+          return { headSettled, inserted, problem }
+        }))
+        if (Either.isLeft(problem)) {
+          abandonCommit()
+          return yield* Effect.fail(refused(problem.left))
+        }
+        if (problem.right !== undefined) {
+          abandonCommit()
+          clearHeadWal()
+          return Either.left(problem.right)
+        }
+        if (Either.isLeft(inserted)) {
+          // head.db gets the frames (the check passed): rebuilt from the store before the next check
+          yield* headSettled
+          headStale = true
+          return yield* Effect.fail(inserted.left)
+        }
+        const committed = yield* Effect.either(storing(() => finishCommit(generation, lastFrameNo, frames.length)))
+        yield* headSettled
+        if (Either.isLeft(committed)) return yield* Effect.fail(committed.left)
         return Either.right(undefined)
       }),
     materialize: (generation) =>
@@ -653,6 +794,8 @@ const openDatabase = (
         catch: storage(`dropping generations through ${generation} of ${name} failed`)
       }),
     close: Effect.sync(() => {
+      closed = true
+      if (storeCheckpoint !== undefined) clearTimeout(storeCheckpoint)
       store.close()
       if (!readOnly && !headStale && !fs.existsSync(headWal)) cleanHeads.add(name)
     })
@@ -686,7 +829,15 @@ export const make = (options: {
         if (readOnly && !fs.existsSync(path.join(options.directory, name, STORE_FILE))) {
           throw new StoreError({ reason: "ReadOnly", message: `the store is read-only: database ${name} cannot be created` })
         }
-        return openDatabase(options.directory, name, emptyBase, options.integrityCheck, options.checker, readOnly, cleanHeads)
+        return openDatabase(
+          options.directory,
+          name,
+          emptyBase,
+          options.integrityCheck,
+          options.checker,
+          readOnly,
+          cleanHeads
+        )
       },
       catch: (cause) => {
         if (cause instanceof StoreError) return cause
