@@ -6,7 +6,8 @@
  *
  * 1. Latency: replicas A (this process) and B (a child process), both `live: true`. A inserts `--writes` rows, one every
  *    `--gap` ms; B watches `SELECT n FROM items` through `db.reactive`. Per row: from A's `execute` returning
- *    to the first emission of B's stream that holds the row. p50, p99, max.
+ *    to the first emission of B's stream that holds the row. p50, p99, max; and the CPU A, B and the server
+ *    used per write meanwhile (a figure that load changes less than latency).
  * 2. Idle CPU: a live replica alone in a child process, connected and idle, over `--idle-seconds`
  *    (`process.cpuUsage`, user + system, as a share of one core).
  * 3. The same writes with the server stopped (SIGTERM) after half of them and started again on the same port
@@ -101,9 +102,22 @@ interface Run {
   readonly duplicated: number
   readonly rowsOnB: number
   readonly pendingOnA: number
+  /** CPU (user + system) over the writes: A and the server until B held every row, B until told to finish. */
+  readonly cpuMs: { readonly a: number; readonly b: number; readonly server: number }
   readonly catchUpMs?: number | undefined
   readonly downMs?: number | undefined
   readonly writtenWhileDown?: number | undefined
+}
+
+/** CPU (user + system) a child process used so far, from /proc (Linux); NaN elsewhere. */
+const serverCpuMs = (child: ChildProcess.ChildProcess): number => {
+  try {
+    const fields = Fs.readFileSync(`/proc/${child.pid}/stat`, "utf8").replace(/^.*\) /, "").split(" ")
+    // utime and stime: fields 14 and 15 of stat, 12 and 13 after the name; in clock ticks (100 per second).
+    return (Number(fields[11]) + Number(fields[12])) * 10
+  } catch {
+    return NaN
+  }
 }
 
 /** Wall-clock milliseconds, comparable between the processes of this machine. */
@@ -118,7 +132,7 @@ const startWatcher = (url: string, path: string) => {
   })
   const seen = new Map<number, number>()
   let ready = false
-  let result: { rows: number; missing: number; duplicated: number } | undefined
+  let result: { rows: number; missing: number; duplicated: number; cpuMs: number } | undefined
   let profile: Array<Profile.Event> = []
   let buffer = ""
   child.stdout!.on("data", (chunk: Buffer) => {
@@ -150,6 +164,7 @@ const watchChild = async (url: string, path: string) => {
     )
   )
   const known = new Set<number>()
+  const cpuAtReady = process.cpuUsage()
   const fiber = Effect.runFork(
     db.reactive<{ n: number }>("SELECT n FROM items ORDER BY n").pipe(
       Stream.runForEach((rows) =>
@@ -165,6 +180,7 @@ const watchChild = async (url: string, path: string) => {
   process.stdout.write(`${JSON.stringify({ ready: true })}\n`)
   // Told to finish on stdin's end (the parent has seen every row): settle, count, report.
   await new Promise((resolve) => process.stdin.on("end", resolve).resume())
+  const cpu = process.cpuUsage(cpuAtReady)
   await sleep(500)
   const rows = await Effect.runPromise(db.query<{ n: number; c: number }>("SELECT n, count(*) AS c FROM items GROUP BY n"))
   const expected = Number(process.env.BENCH_WRITES)
@@ -175,7 +191,8 @@ const watchChild = async (url: string, path: string) => {
     result: {
       rows: rows.reduce((sum, r) => sum + Number(r.c), 0),
       missing: Array.from({ length: expected }, (_, i) => i + 1).filter((n) => !present.has(n)).length,
-      duplicated: rows.filter((r) => Number(r.c) > 1).length
+      duplicated: rows.filter((r) => Number(r.c) > 1).length,
+      cpuMs: (cpu.user + cpu.system) / 1000
     }
   })}\n`)
   await Effect.runPromise(Fiber.interrupt(fiber))
@@ -201,6 +218,8 @@ const measure = async (work: string, name: string, restart: boolean): Promise<Ru
     watcher = b
     await until(b.ready, 120_000, "B to open and see the table")
     await sleep(500)
+    const cpuA = process.cpuUsage()
+    let cpuServer = -serverCpuMs(server.child)
     const written = new Map<number, number>()
     let downMs: number | undefined
     let restartedAt: number | undefined
@@ -210,9 +229,11 @@ const measure = async (work: string, name: string, restart: boolean): Promise<Ru
       if (restart && n === Math.floor(WRITES / 2) + 1) {
         // Stopped; A keeps writing while it is away; started again on the same port and data a second later.
         const down = now()
+        cpuServer += serverCpuMs(server.child)
         await stopServer(server.child)
         restarting = sleep(1000).then(() => startServer(data, port)).then((started) => {
           server = started
+          cpuServer -= serverCpuMs(started.child)
           restartedAt = now()
           downMs = restartedAt - down
           writtenByRestart = written.size
@@ -225,6 +246,8 @@ const measure = async (work: string, name: string, restart: boolean): Promise<Ru
     }
     await restarting
     await until(() => b.seen.size >= WRITES, 300_000, `B to see all ${WRITES} rows`)
+    const usedA = process.cpuUsage(cpuA)
+    cpuServer += serverCpuMs(server.child)
     // Caught up: B holds every row written before the server was back.
     const caughtUp = Math.max(...Array.from({ length: writtenByRestart }, (_, i) => b.seen.get(i + 1) ?? NaN))
     b.child.stdin?.end()
@@ -242,6 +265,7 @@ const measure = async (work: string, name: string, restart: boolean): Promise<Ru
       duplicated: counted.duplicated,
       rowsOnB: counted.rows,
       pendingOnA: stats.pendingChanges,
+      cpuMs: { a: (usedA.user + usedA.system) / 1000, b: counted.cpuMs, server: cpuServer },
       ...(restart ? { catchUpMs: caughtUp - (restartedAt ?? NaN), downMs, writtenWhileDown: writtenByRestart - Math.floor(WRITES / 2) } : {})
     }
   } finally {
@@ -303,12 +327,14 @@ const main = async () => {
   try {
     console.log(`node ${process.version}, ${Os.cpus().length} cpus, load ${Os.loadavg().map((l) => l.toFixed(1)).join(" ")}`)
     const plain = await measure(work, "latency", false)
+    const cpu = (run: Run, who: keyof Run["cpuMs"]) => `${(run.cpuMs[who] / WRITES).toFixed(2)} ms`
     const ms = (x: number | undefined) => (x === undefined || Number.isNaN(x) ? "n/a" : `${x.toFixed(1)} ms`)
     console.log(
       `latency, A's execute to B's emission, ${WRITES} writes ${GAP_MS} ms apart: p50 ${ms(percentile(plain.latencies, 50))}, ` +
         `p99 ${ms(percentile(plain.latencies, 99))}, max ${ms(plain.latencies.at(-1))} ` +
         `(rows on B ${plain.rowsOnB}, missing ${plain.missing}, duplicated ${plain.duplicated}, pending on A ${plain.pendingOnA})`
     )
+    console.log(`CPU per write meanwhile: A ${cpu(plain, "a")}, B ${cpu(plain, "b")}, server ${cpu(plain, "server")}`)
     if (plain.profile) return plain.profile()
     const idle = await measureIdle(work)
     console.log(

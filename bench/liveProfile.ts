@@ -22,6 +22,10 @@ export interface Event {
 
 const now = () => performance.timeOrigin + performance.now()
 
+/** Names worth a line: the engine's steps, HTTP requests, fsyncs and the public operations. */
+const interesting = (name: string) =>
+  /^(Engine\.|SyncDatabase\.(push|pull|sync|execute|query)|http\.client|fsync|SyncMetadata)/.test(name)
+
 /** The HTTP request a client span stands for: method, route (`sync`, `info`, ...) and the span it ran in. */
 const httpName = (name: string, attributes: ReadonlyMap<string, unknown>, parent: string) => {
   const url = String(attributes.get("url.full") ?? attributes.get("http.url") ?? "")
@@ -37,6 +41,8 @@ export const make = (proc: string) => {
   const tracer = Tracer.make({
     span: (name, parent, context, links, startTime, kind, options) => {
       const span = base.span(name, parent, context, links, startTime, kind, options)
+      // Only the steps the report lays out: every SQL statement's span would make B's report line megabytes.
+      if (!interesting(name)) return span
       const event: Event = { proc, name, start: now(), end: NaN }
       events.push(event)
       const end = span.end.bind(span)
@@ -78,10 +84,6 @@ const median = (xs: ReadonlyArray<number>) => {
   const s = [...xs].sort((a, b) => a - b)
   return s.length === 0 ? NaN : s[Math.floor((s.length - 1) / 2)]
 }
-
-/** Names worth a line: the engine's steps, HTTP requests, fsyncs and the public operations. */
-const interesting = (name: string) =>
-  /^(Engine\.|SyncDatabase\.(push|pull|sync|execute|query)|http\.client|fsync|SyncMetadata)/.test(name)
 
 /**
  * Per write (A's execute return `t0` to B's emission `t1`): the events of both replicas that overlap the

@@ -303,6 +303,7 @@ const infoBody = (s: Seed) => ({
   current_generation: 1,
   max_frame_no: s.head,
   max_pull_frames: 1024,
+  max_push_frames: MAX_FRAMES,
   extensions: ["snapshot", "wait"],
   max_wait_seconds: 30,
   database_id: expect.any(String)

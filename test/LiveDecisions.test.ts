@@ -10,6 +10,7 @@ import * as Changes from "../src/internal/live/changes.js"
 import * as LiveSync from "../src/internal/live/liveSync.js"
 import * as Reactive from "../src/internal/live/reactive.js"
 import * as Executor from "../src/internal/sqlite/executor.js"
+import * as Pull from "../src/internal/engine/pull.js"
 import * as WalFrame from "../src/WalFrame.js"
 
 describe("backoffMs", () => {
@@ -33,6 +34,41 @@ describe("moved", () => {
     fc.assert(fc.property(fc.integer({ min: 1, max: 9 }), fc.nat(1000), fc.integer({ min: 1, max: 9 }), fc.nat(1000), (g, f, hg, hf) => {
       expect(LiveSync.moved({ _tag: "Frames", frames: [frame] }, g, f)).toBe(true)
       expect(LiveSync.moved({ _tag: "CheckpointNeeded", generation: hg, maxFrameNo: hf }, g, f)).toBe(hg !== g || hf !== f)
+    }))
+  })
+})
+
+describe("checkPart and restPart (one pull from the synced frame for the check and the first frames)", () => {
+  const frameNo = (pgno: number): WalFrame.Frame => ({ pgno, commitSize: pgno, page: new Uint8Array(0) })
+  it("the check reads the frame at the synced position; the rest is the frames after it, in order, or nothing more only when /info's head is there", () => {
+    fc.assert(fc.property(
+      fc.integer({ min: 1, max: 9 }),
+      fc.integer({ min: 1, max: 1000 }),
+      fc.nat(300),
+      fc.integer({ min: 1, max: 9 }),
+      fc.option(fc.nat(1300), { nil: undefined }),
+      (generation, frame, more, headGeneration, headFrame) => {
+        const frames = Array.from({ length: 1 + more }, (_, i) => frameNo(frame + i))
+        const answer = { _tag: "Frames" as const, frames }
+        const at = { generation, frame }
+        const head = { generation: headGeneration, maxFrameNo: headFrame }
+        expect(Pull.checkPart(answer)).toEqual({ _tag: "Frames", frames: [frames[0]] })
+        const rest = Pull.restPart(answer, at, head)
+        if (more > 0) expect(rest).toEqual({ _tag: "Frames", frames: frames.slice(1) })
+        else if (headGeneration === generation && headFrame === frame) {
+          expect(rest).toEqual({ _tag: "CheckpointNeeded", generation, maxFrameNo: frame })
+        } else expect(rest).toBeUndefined()
+      }
+    ))
+  })
+  it("an answer without the synced frame is the check's alone: the pull asks for the rest itself", () => {
+    fc.assert(fc.property(fc.integer({ min: 1, max: 9 }), fc.nat(1000), fc.nat(1000), (generation, frame, maxFrameNo) => {
+      const ends = { _tag: "CheckpointNeeded" as const, generation, maxFrameNo }
+      expect(Pull.checkPart(ends)).toEqual(ends)
+      expect(Pull.restPart(ends, { generation, frame }, { generation, maxFrameNo: frame })).toBeUndefined()
+      const none = { _tag: "Frames" as const, frames: [] }
+      expect(Pull.checkPart(none)).toEqual(none)
+      expect(Pull.restPart(none, { generation, frame }, { generation, maxFrameNo: frame })).toBeUndefined()
     }))
   })
 })

@@ -169,6 +169,44 @@ describe("SyncRemote.layerHttp", () => {
     }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
 })
 
+describe("SyncRemote: push requests as large as the server takes", () => {
+  // A server that takes every push, answering its last frame and a baton; `info` says what it allows.
+  const pushServer = (infoBody: string) =>
+    scripted((seen) => {
+      if (seen.url.endsWith("/info")) return { status: 200, body: infoBody }
+      const [, , , , , , end] = seen.url.split("/")
+      return { status: 200, body: JSON.stringify({ status: "ok", generation: 1, max_frame_no: Number(end) - 1, baton: "b" }) }
+    })
+  const frames = Array.from({ length: 250 }, (_, i) => frame(i + 1, i === 249 ? 250 : 0))
+  const posts = (seen: ReadonlyArray<Seen>) => seen.filter((s) => s.method === "POST").map((s) => s.bytes / WalFrame.FRAME_SIZE)
+
+  it.scopedLive("128 frames a request until info says max_push_frames; then that many", () =>
+    Effect.gen(function*() {
+      const server = yield* pushServer(`{"current_generation":1,"max_push_frames":100}`)
+      const r = yield* remote(server.url)
+      expect(yield* r.push(1, 1, 251, frames)).toMatchObject({ _tag: "Ok", maxFrameNo: 250 })
+      expect(posts(server.seen)).toEqual([128, 122])
+      expect(yield* r.info).toMatchObject({ maxPushFrames: 100 })
+      expect(yield* r.push(1, 1, 251, frames)).toMatchObject({ _tag: "Ok", maxFrameNo: 250 })
+      expect(posts(server.seen)).toEqual([128, 122, 100, 100, 50])
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
+
+  it.scopedLive("an info without it (the libSQL client's server) keeps 128; a larger one is capped at 1024", () =>
+    Effect.gen(function*() {
+      const plain = yield* pushServer(`{"current_generation":1}`)
+      const r = yield* remote(plain.url)
+      expect(yield* r.info).toStrictEqual({ generation: 1, databaseId: undefined })
+      expect(yield* r.push(1, 1, 251, frames)).toMatchObject({ _tag: "Ok", maxFrameNo: 250 })
+      expect(posts(plain.seen)).toEqual([128, 122])
+      const big = yield* pushServer(`{"current_generation":1,"max_push_frames":100000}`)
+      const many = Array.from({ length: 1100 }, (_, i) => frame(i + 1, i === 1099 ? 1100 : 0))
+      const rb = yield* remote(big.url)
+      yield* rb.info
+      expect(yield* rb.push(1, 1, 1101, many)).toMatchObject({ _tag: "Ok", maxFrameNo: 1100 })
+      expect(posts(big.seen)).toEqual([1024, 76])
+    }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
+})
+
 describe("SyncRemote: the server's extensions", () => {
   it.scopedLive("info reports them and snapshot fetches the head, over HTTP and in process alike", () =>
     Effect.gen(function*() {

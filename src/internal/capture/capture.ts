@@ -243,13 +243,38 @@ const schemaVersion = (sql: SqlClient.SqlClient) =>
     (rows) => rows[0]!.schema_version
   ))
 
-const reinstallTriggers = (sql: SqlClient.SqlClient) =>
-  plainGen(function*() {
-    const ours = yield* sql<{ readonly name: string }>`
-      SELECT name FROM temp.sqlite_schema WHERE type = 'trigger' AND substr(name, 1, 6) = '_sync_'`.withoutTransform
-    for (const { name } of ours) {
-      yield* sql.unsafe(`DROP TRIGGER IF EXISTS temp.${ident(name)}`).raw
-    }
+/**
+ * The triggers last made for a schema, by the text of main's `sqlite_schema` once the log was widened for
+ * it: a connection opened on a schema seen before (Draft, reopened after every pull's copy) creates the same
+ * triggers from their text, without reading every table's columns and indexes again. A few schemas kept.
+ */
+interface MadeTriggers {
+  readonly statements: ReadonlyArray<string>
+  /** The width the eviction table (TEMP, new on each connection) needs. */
+  readonly widest: number
+}
+
+const madeForSchema = globalValue(
+  Symbol.for("effect-sqlite-sync/ChangeCapture/madeForSchema"),
+  () => new Map<string, MadeTriggers>()
+)
+
+const SCHEMAS_KEPT = 8
+
+/** Main's schema as text: every object's type, name and SQL, in order (what the triggers are made from). */
+const schemaText = (exec: Executor.Executor): string =>
+  exec.values("SELECT type, name, sql FROM main.sqlite_schema ORDER BY rowid")
+    .map((row) => `${row[0]}\u001f${row[1]}\u001f${row[2] ?? ""}`).join("\u001e")
+
+const rememberTriggers = (schema: string, made: MadeTriggers) => {
+  madeForSchema.delete(schema)
+  madeForSchema.set(schema, made)
+  if (madeForSchema.size > SCHEMAS_KEPT) madeForSchema.delete(madeForSchema.keys().next().value!)
+}
+
+/** Every table's triggers made from its columns and indexes; remembered for the schema as it stands after. */
+const makeTriggers = (sql: SqlClient.SqlClient) =>
+  Effect.gen(function*() {
     const tables = yield* TableInfo.readAll
     // The log (and the eviction table) must have a value column for every value a trigger writes.
     const captured = tables.map((info) => info.columns.length).filter((n) => n <= ChangeLog.MAX_TABLE_COLUMNS)
@@ -260,10 +285,13 @@ const reinstallTriggers = (sql: SqlClient.SqlClient) =>
       ChangeLog.widen(exec, "temp", "_sync_evicted", widest)
       if (split.length > 0) ChangeLog.widen(exec, "main", ChangeLog.AFTER_TABLE, Math.max(...split))
     })
-    const create = (info: TableInfo.TableInfo) =>
-      sql.withTransaction(Effect.forEach(triggerStatements(info), (statement) => runUncached(sql, statement), {
+    const made: Array<string> = []
+    const create = (info: TableInfo.TableInfo) => {
+      const statements = triggerStatements(info)
+      return sql.withTransaction(Effect.forEach(statements, (statement) => runUncached(sql, statement), {
         discard: true
-      }))
+      })).pipe(Effect.tap(() => made.push(...statements)))
+    }
     for (const info of tables) {
       // A partial index's WHERE that cannot be evaluated from a trigger must not stop capture of the table:
       // without those indexes only their evictions go unseen.
@@ -275,6 +303,27 @@ const reinstallTriggers = (sql: SqlClient.SqlClient) =>
         )
       )
     }
+    rememberTriggers(yield* Executor.withExecutor(schemaText), { statements: made, widest })
+  })
+
+/** The triggers remembered for `made`'s schema, created again (a failure leaves none of them). */
+const remakeTriggers = (sql: SqlClient.SqlClient, made: MadeTriggers) =>
+  sql.withTransaction(Executor.withExecutor((exec) => {
+    ChangeLog.widen(exec, "temp", "_sync_evicted", made.widest)
+    for (const statement of made.statements) exec.once(statement)
+  }))
+
+const reinstallTriggers = (sql: SqlClient.SqlClient) =>
+  plainGen(function*() {
+    const ours = yield* sql<{ readonly name: string }>`
+      SELECT name FROM temp.sqlite_schema WHERE type = 'trigger' AND substr(name, 1, 6) = '_sync_'`.withoutTransform
+    for (const { name } of ours) {
+      yield* sql.unsafe(`DROP TRIGGER IF EXISTS temp.${ident(name)}`).raw
+    }
+    const known = madeForSchema.get(yield* Executor.withExecutor(schemaText))
+    yield* known === undefined
+      ? makeTriggers(sql)
+      : remakeTriggers(sql, known).pipe(Effect.catchAll(() => makeTriggers(sql)))
     yield* sql.unsafe(`DELETE FROM temp._sync_evicted`).raw
     const version = yield* schemaVersion(sql)
     yield* sql`UPDATE temp._sync_session SET schema_version = ${version}`.raw

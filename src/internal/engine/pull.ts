@@ -162,15 +162,42 @@ const syncedPages = (state: State, frame: number) =>
     : Effect.map(Files.readWalFrames(state.paths.synced, 1, frame - 1), (frames) => frames[0].commitSize)
 
 /**
+ * The part of one answer to a pull from the synced frame that the check of the remote reads: the frame at
+ * the synced position, as a pull of that frame alone would have answered.
+ */
+export const checkPart = (answer: SyncRemote.PullResult): SyncRemote.PullResult =>
+  answer._tag === "Frames" && answer.frames.length > 1 ? { ...answer, frames: answer.frames.slice(0, 1) } : answer
+
+/**
+ * The rest of that answer: what a pull from the frame after `at` would have answered, or `undefined` when
+ * it cannot tell (then that pull is asked). The frames after the first; none with `/info`'s head (asked at
+ * the same time) at `at` in its generation: nothing more, as the remote would have said. Any other answer
+ * (nothing at `at`, a head elsewhere) is the check's to judge and the pull's to ask.
+ */
+export const restPart = (
+  answer: SyncRemote.PullResult,
+  at: { readonly generation: number; readonly frame: number },
+  head: { readonly generation: number; readonly maxFrameNo?: number | undefined }
+): SyncRemote.PullResult | undefined => {
+  if (answer._tag !== "Frames" || answer.frames.length === 0) return undefined
+  if (answer.frames.length > 1) return { ...answer, frames: answer.frames.slice(1) }
+  return head.generation === at.generation && head.maxFrameNo === at.frame
+    ? { _tag: "CheckpointNeeded", generation: at.generation, maxFrameNo: at.frame }
+    : undefined
+}
+
+/**
  * Before anything is pulled or pushed: the remote is still the server database this one was made from
  * and still holds the synced position (RemoteBinding.verify); an identity first seen is recorded.
+ * `remote`: the remote the check asks (one that answers the frame at the synced position from a pull
+ * already under way).
  */
-const verifyRemote = (state: State) =>
+const verifyRemote = (state: State, remote: SyncRemote.Service = state.remote) =>
   Effect.gen(function*() {
     const m = yield* SynchronizedRef.get(state.metadata)
     // A frame already folded into Synced's file is no longer at hand to compare (identity and head still are).
     const folded = m.foldedFrame ?? 0
-    const info = yield* RemoteBinding.verify(m, state.remote, (frame) =>
+    const info = yield* RemoteBinding.verify(m, remote, (frame) =>
       frame <= folded
         ? Effect.succeed(undefined)
         : Effect.map(Files.readWalFrames(state.paths.synced, 1, frame - 1 - folded), (frames) => frames[0]))
@@ -179,6 +206,33 @@ const verifyRemote = (state: State) =>
       yield* stageMetadata(state, (m) => ({ ...m, databaseId: info.databaseId }))
     }
     return info
+  })
+
+/**
+ * The check and the first frames from one pull that starts at the synced frame (which the check compares)
+ * instead of two requests: `/info` and that pull, side by side. Its frames after the synced one are the
+ * pull's first request, used only once the check passed.
+ */
+const verifyAndFirstTogether = (
+  state: State,
+  m: { readonly generation: number; readonly syncedFrame: number },
+  start: number,
+  end: number
+) =>
+  Effect.gen(function*() {
+    const both = yield* Effect.cached(state.remote.pull(m.generation, m.syncedFrame, end))
+    const remote: SyncRemote.Service = {
+      ...state.remote,
+      pull: (generation, from, to, options) =>
+        generation === m.generation && from === m.syncedFrame && to === from + 1 && options === undefined
+          ? Effect.map(both, checkPart)
+          : state.remote.pull(generation, from, to, options)
+    }
+    const info = yield* verifyRemote(state, remote)
+    // The check passed: the pull answered (the check read it).
+    const rest = restPart(yield* both, { generation: m.generation, frame: m.syncedFrame }, info)
+    const first: FirstRequest | undefined = rest === undefined ? undefined : { start, end, result: Either.right(rest) }
+    return { first, info }
   })
 
 /**
@@ -195,6 +249,12 @@ export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(fun
   // check passed. A catch-up of more frames goes on with as many per request as the server answers.
   const start = m.syncedFrame + 1
   const end = start + SyncProtocol.CLIENT_BATCH_FRAMES
+  // Not folded: the frame at the synced position is at hand to compare, and one pull from it brings the
+  // check's frame and the first frames beside `/info`.
+  if (m.syncedFrame > (m.foldedFrame ?? 0)) {
+    const { first, info } = yield* verifyAndFirstTogether(state, m, start, end)
+    return yield* pullChecked(state, cursor, info, first)
+  }
   const first = Effect.either(state.remote.pull(m.generation, start, end))
   // With the synced frame folded (after a bootstrap, a fold) the first answer alone can settle the check
   // when nothing is new: one request, no `/info`. Otherwise the check follows, before the answer is used.
@@ -212,7 +272,7 @@ export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(fun
 })
 
 /** The rest of step (a) once the remote passed the check: every frame after the first answer's. */
-const pullChecked = (state: State, cursor: Cursor, info: SyncRemote.Info, first: FirstRequest) =>
+const pullChecked = (state: State, cursor: Cursor, info: SyncRemote.Info, first: FirstRequest | undefined) =>
   Effect.gen(function*() {
     // As many frames per request as the server says it answers at once.
     const batch = info.maxPullFrames !== undefined && info.maxPullFrames > 0

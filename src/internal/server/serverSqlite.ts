@@ -23,7 +23,9 @@
  * A commit is checked the way SQLite itself will read it: its frames are written as a fresh
  * `head.db-wal`, a read-only connection (on a worker thread, see checkWorker.ts) recovers that WAL and
  * runs the check (a read-only connection never checkpoints on close, so a refused WAL is simply
- * deleted); once the frames are stored, a writer checkpoints them into `head.db` with TRUNCATE.
+ * deleted). Meanwhile the frames are inserted into `store.sqlite` in a transaction committed only on a
+ * passing verdict; the worker then checkpoints them into `head.db` with TRUNCATE while that transaction
+ * commits, and both end before the push is answered.
  */
 import Database from "better-sqlite3"
 import * as Effect from "effect/Effect"
