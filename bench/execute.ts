@@ -8,7 +8,8 @@
  * inserting the same rows one transaction each (1.0); the capture overhead is raw statements on a
  * connection with the capture triggers against the same without them; rows in one statement and reads by
  * key have their own raw reference. The span of each public call can be switched off
- * (`Effect.withTracerEnabled(false)`): both are measured.
+ * (`Effect.withTracerEnabled(false)`), and is made only for a tracer an application installs (Effect's
+ * default one records nothing): all three are measured.
  *
  * `--before DIR` measures another checkout of the library in the same run, interleaved with this one (DIR
  * holds its `src/` and a `node_modules` of the same packages), e.g.
@@ -23,6 +24,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
+import * as Tracer from "effect/Tracer"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
@@ -133,7 +135,14 @@ const capturedRaw = async (lib: Library, work: string, rows: number, kind: "perR
   }
 }
 
-type Measure = "perRow" | "perRowNoSpan" | "perRowNoFold" | "bulk" | "query" | "queryNoSpan"
+type Measure = "perRow" | "perRowNoSpan" | "perRowTracer" | "perRowNoFold" | "bulk" | "query" | "queryNoSpan"
+
+/**
+ * A tracer of the application's own, as one that traces installs: Effect's spans, each made and ended (the
+ * default tracer's spans are recorded nowhere, so the library makes none for it).
+ */
+const defaultTracer = Effect.runSync(Effect.tracer)
+const appTracer = Tracer.make({ span: (...args) => defaultTracer.span(...args), context: (f) => f() })
 
 /** One measurement through a SyncDatabase (a fresh local database over an in-process remote). */
 const ours = async (lib: Library, work: string, rows: number, measure: Measure) => {
@@ -155,7 +164,8 @@ const ours = async (lib: Library, work: string, rows: number, measure: Measure) 
     )
     await run(db.execute(CREATE))
     const spans = measure !== "perRowNoSpan" && measure !== "queryNoSpan"
-    const traced = <A, E>(effect: Effect.Effect<A, E>) => spans ? effect : Effect.withTracerEnabled(effect, false)
+    const traced = <A, E>(effect: Effect.Effect<A, E>) =>
+      measure === "perRowTracer" ? Effect.withTracer(effect, appTracer) : spans ? effect : Effect.withTracerEnabled(effect, false)
     if (measure === "bulk") return await time(() => run(db.execute(bulk(rows))))
     if (measure === "query" || measure === "queryNoSpan") {
       await run(db.execute(bulk(rows)))
@@ -235,7 +245,7 @@ export const executeBench = async (options: {
         await sample(`${label}capturedPerRow`, () => capturedRaw(lib, work, rows, "perRow"))
         await sample(`${label}capturedTransaction`, () => capturedRaw(lib, work, rows, "transaction"))
         await sample(`${label}capturedBulk`, () => capturedRaw(lib, work, rows, "bulk"))
-        for (const measure of ["perRow", "perRowNoSpan", "perRowNoFold", "bulk", "query", "queryNoSpan"] as const) {
+        for (const measure of ["perRow", "perRowNoSpan", "perRowTracer", "perRowNoFold", "bulk", "query", "queryNoSpan"] as const) {
           await sample(`${label}${measure}`, () => ours(lib, work, rows, measure))
         }
       }
@@ -276,6 +286,11 @@ export const executeBench = async (options: {
         note: `${ratio(k("perRow"), perRow)} raw, ${ratio(k("perRow"), k("capturedPerRow"))} raw with triggers`
       },
       { what: `${label}execute, one per row (span off)`, ms: k("perRowNoSpan"), note: `${ratio(k("perRowNoSpan"), perRow)} raw` },
+      {
+        what: `${label}execute, one per row, an application's tracer installed`,
+        ms: k("perRowTracer"),
+        note: `${ratio(k("perRowTracer"), perRow)} raw, span ${((k("perRowTracer") - k("perRowNoSpan")) * 1000 / rows).toFixed(1)} µs a call`
+      },
       {
         what: `${label}execute, one per row (span on), no WAL fold during the run`,
         ms: k("perRowNoFold"),

@@ -6,6 +6,8 @@ import fc from "fast-check"
 import * as Exit from "effect/Exit"
 import * as ChangeCapture from "../src/ChangeCapture.js"
 import * as ChangeReplay from "../src/ChangeReplay.js"
+import BetterSqlite3 from "better-sqlite3"
+import * as ChangeLog from "../src/internal/capture/changeLog.js"
 import { dump, exec, on, open, run } from "./support/changeSync.js"
 
 const tx = (a: SqlClient.SqlClient, ...statements: ReadonlyArray<string>) =>
@@ -506,4 +508,30 @@ describe("multi-statement text", () => {
       const error = yield* on(c, ChangeCapture.execute("SELECT ?; SELECT ?", [1, 2])).pipe(Effect.flip)
       expect(error._tag === "CaptureError" && error.reason).toBe("InvalidStatement")
     }))
+})
+
+describe("the change log's table", () => {
+  it("accepts the four kinds of change and refuses any other, as the earlier form of its CHECK did", () => {
+    const kinds = ["insert", "update", "delete", "ddl", "Insert", "", "insertx", "truncate"]
+    const accepted = (create: string) => {
+      const db = new BetterSqlite3(":memory:")
+      try {
+        db.exec(create)
+        return kinds.filter((kind) => {
+          try {
+            db.prepare("INSERT INTO _sync_changes (tx_id, tbl, kind) VALUES (1, 't', ?)").run(kind)
+            return true
+          } catch {
+            return false
+          }
+        })
+      } finally {
+        db.close()
+      }
+    }
+    const earlier = ChangeLog.createChangesTable.replace(/CHECK \([^\n]*\),/, "CHECK (kind IN ('insert', 'update', 'delete', 'ddl')),")
+    expect(earlier).not.toBe(ChangeLog.createChangesTable)
+    expect(accepted(ChangeLog.createChangesTable)).toEqual(["insert", "update", "delete", "ddl"])
+    expect(accepted(earlier)).toEqual(accepted(ChangeLog.createChangesTable))
+  })
 })

@@ -3,7 +3,9 @@
  * (name, attributes, parent, the fiber's span annotations and links, timing), for a fraction of its cost.
  * `withSpan` also makes the span the parent of everything the call runs, which copies the fiber's context on
  * every call; a statement runs no traced work of its own, so work it sets off (a WAL fold) is traced beside
- * it, under the caller's span. With the tracer disabled it costs one fiber-ref read.
+ * it, under the caller's span. With the tracer disabled, or with Effect's default tracer (whose spans
+ * nothing records or exports: an application that traces installs its own), no span is made: a fiber-ref
+ * read and a comparison.
  *
  * @internal
  */
@@ -22,11 +24,14 @@ const parentOf = (span: Option.Option<Tracer.AnySpan>): Option.Option<Tracer.Any
       ? s._tag === "Span" ? parentOf(s.parent) : Option.none()
       : Option.some(s))
 
+/** Effect's default tracer, as every fiber has it unless a tracer is provided. */
+const defaultTracer = Effect.runSync(Effect.tracer)
+
 /** @internal */
 export const around = (name: string, attributes: Readonly<Record<string, unknown>>) =>
 <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
   Effect.withFiberRuntime<A, E, R>((fiber) => {
-    if (!fiber.getFiberRef(FiberRef.currentTracerEnabled)) return self
+    if (!fiber.getFiberRef(FiberRef.currentTracerEnabled) || fiber.currentTracer === defaultTracer) return self
     const context = fiber.currentContext
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
     const timing = fiber.getFiberRef(FiberRef.currentTracerTimingEnabled)
