@@ -324,7 +324,7 @@ export const appendHeaders = (
   let [s0, s1] = wal.checksum
   for (let i = 0; i < frames.length; i++) {
     const frame = frames[i]
-    if (frame.page.byteLength !== PAGE_SIZE) throw new Error(`WalFrame.appendHeaders: page of ${frame.page.byteLength} bytes`)
+    if (frame.page.byteLength !== PAGE_SIZE) throw new Error(`WalFrame.append: page of ${frame.page.byteLength} bytes`)
     const offset = i * FRAME_HEADER_SIZE
     view.setUint32(offset, frame.pgno)
     view.setUint32(offset + 4, frame.commitSize)
@@ -349,34 +349,21 @@ export const append = (
   wal: Wal,
   frames: ReadonlyArray<Frame>
 ): { readonly wal: Wal; readonly bytes: Uint8Array } => {
+  const { checksum, headers } = appendHeaders(wal, frames)
   const out = new Uint8Array(frames.length * FRAME_SIZE)
-  const view = viewOf(out)
-  const littleEndian = !wal.header.bigEndian
-  let [s0, s1] = wal.checksum
   const appended: Array<Frame> = []
   for (let i = 0; i < frames.length; i++) {
     const frame = frames[i]
-    if (frame.page.byteLength !== PAGE_SIZE) throw new Error(`WalFrame.append: page of ${frame.page.byteLength} bytes`)
     const offset = i * FRAME_SIZE
-    view.setUint32(offset, frame.pgno)
-    view.setUint32(offset + 4, frame.commitSize)
-    view.setUint32(offset + 8, wal.header.salt1)
-    view.setUint32(offset + 12, wal.header.salt2)
+    out.set(headers.subarray(i * FRAME_HEADER_SIZE, (i + 1) * FRAME_HEADER_SIZE), offset)
     out.set(frame.page, offset + FRAME_HEADER_SIZE)
-    ;[s0, s1] = checksumInto(view, offset, 8, littleEndian, s0, s1)
-    ;[s0, s1] = checksumInto(view, offset + FRAME_HEADER_SIZE, PAGE_SIZE, littleEndian, s0, s1)
-    view.setUint32(offset + 16, s0)
-    view.setUint32(offset + 20, s1)
     appended.push({
       pgno: frame.pgno,
       commitSize: frame.commitSize,
       page: out.subarray(offset + FRAME_HEADER_SIZE, offset + FRAME_SIZE)
     })
   }
-  return {
-    wal: { header: wal.header, frames: wal.frames.concat(appended), checksum: [s0, s1] },
-    bytes: out
-  }
+  return { wal: { header: wal.header, frames: wal.frames.concat(appended), checksum }, bytes: out }
 }
 
 /**
