@@ -32,26 +32,14 @@ import * as Replay from "./replay.js"
 import { on, type Paths, stageMetadata, type State, syncedFileAt, updateMetadata, walFrames } from "./state.js"
 import { prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
 
-/**
- * Opens Draft with capture installed and change ids above everything the remote has (invariant 6), in one
- * transaction committed without waiting for the disk (`synchronous = NORMAL` for it alone): what it writes
- * (the change log's table, the floor of its ids) is made again by every open before any write, and the
- * next write's commit (`FULL`) syncs the WAL that holds it first. A new Draft (a bootstrap) so skips the
- * fsyncs of its WAL and of the directory that SQLite's first commit would make.
- */
+/** Opens Draft with capture installed and change ids above everything the remote has (invariant 6), in one transaction. */
 export const openDraft = (state: State) =>
   Effect.gen(function*() {
     const sql = yield* state.draft.open
     const floor = (yield* SynchronizedRef.get(state.metadata)).lastPushedChangeId
-    const install = sql.withTransaction(Effect.zipRight(ChangeCapture.install, ChangeCapture.ensureChangeIdsAbove(floor)))
     yield* on(
       state.draft,
-      Effect.acquireUseRelease(
-        Effect.flatMap(sql.unsafe<{ readonly synchronous: number }>("PRAGMA synchronous"), (rows) =>
-          Effect.as(sql.unsafe("PRAGMA synchronous = NORMAL").raw, rows[0]?.synchronous ?? 2)),
-        () => install,
-        (level) => Effect.orDie(sql.unsafe(`PRAGMA synchronous = ${Number(level)}`).raw)
-      )
+      sql.withTransaction(Effect.zipRight(ChangeCapture.install, ChangeCapture.ensureChangeIdsAbove(floor)))
     ).pipe(Effect.mapError(sqlStatementError("Capture")))
   })
 
