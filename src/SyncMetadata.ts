@@ -154,10 +154,23 @@ export type Metadata = typeof Metadata.Type
 export interface Service {
   /** The stored metadata, `None` for a database that was never bootstrapped. */
   readonly read: Effect.Effect<Option.Option<Metadata>, StorageError>
-  /** Replaces the metadata durably. */
-  readonly write: (metadata: Metadata) => Effect.Effect<void, StorageError>
+  /**
+   * Replaces the metadata durably. `{ renameDurable: false }`: the new record's contents are durable but
+   * its replacing of the old one may be undone by a crash (the old record is found again), for a record
+   * whose loss costs only work, like the one written on close; one directory fsync fewer.
+   */
+  readonly write: (metadata: Metadata, options?: WriteOptions) => Effect.Effect<void, StorageError>
   /** Removes the metadata (a bootstrap that failed half-way). */
   readonly remove: Effect.Effect<void, StorageError>
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface WriteOptions {
+  /** Whether the rename over the old record is made durable too (a directory fsync); default true. */
+  readonly renameDurable?: boolean | undefined
 }
 
 /**
@@ -184,7 +197,11 @@ const storageError = (path: string, message: string) => (cause: unknown) =>
  * @since 0.1.0
  * @category utils
  */
-export const writeFileAtomic = (path: string, bytes: Uint8Array | string): Effect.Effect<void, StorageError> =>
+export const writeFileAtomic = (
+  path: string,
+  bytes: Uint8Array | string,
+  options?: WriteOptions
+): Effect.Effect<void, StorageError> =>
   Effect.flatMap(SyncFiles.current, (fs) =>
     Effect.try({
       try: () => {
@@ -197,7 +214,7 @@ export const writeFileAtomic = (path: string, bytes: Uint8Array | string): Effec
           fs.closeSync(fd)
         }
         fs.renameSync(temp, path)
-        SyncFiles.fsyncDirectory(fs, NodePath.dirname(path))
+        if (options?.renameDurable !== false) SyncFiles.fsyncDirectory(fs, NodePath.dirname(path))
       },
       catch: (cause) => new StorageError({ reason: "Files", message: `cannot write ${path}`, path, cause })
     }))
@@ -240,8 +257,8 @@ export const make = (path: string): Service => ({
         )
     })
   ),
-  write: (metadata) =>
-    writeFileAtomic(path, encode(metadata)).pipe(
+  write: (metadata, options) =>
+    writeFileAtomic(path, encode(metadata), options).pipe(
       Effect.mapError((e) => new StorageError({ reason: "Metadata", message: e.message, path, cause: e.cause }))
     ),
   remove: Effect.try({

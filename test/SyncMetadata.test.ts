@@ -3,6 +3,7 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Fs from "node:fs"
 import * as NodePath from "node:path"
+import * as SyncFiles from "../src/SyncFiles.js"
 import * as SyncMetadata from "../src/SyncMetadata.js"
 import { tempDir } from "./support/engine.js"
 
@@ -43,6 +44,34 @@ describe("SyncMetadata", () => {
         const error = yield* Effect.flip(SyncMetadata.make(path).read)
         expect(error).toMatchObject({ _tag: "StorageError", reason: "Metadata", path })
       }
+    }))
+
+  it.scoped("renameDurable: false fsyncs the new record's contents but not the directory; the default fsyncs both", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const path = NodePath.join(dir, "db-info")
+      const synced: Array<string> = []
+      const names = new Map<number, string>()
+      const counting: SyncFiles.Service = {
+        ...SyncFiles.node,
+        openSync: (file, flags) => {
+          const fd = SyncFiles.node.openSync(file, flags)
+          names.set(fd, file === dir ? "directory" : "file")
+          return fd
+        },
+        fsyncSync: (fd) => {
+          synced.push(names.get(fd) ?? "?")
+          SyncFiles.node.fsyncSync(fd)
+        }
+      }
+      const store = SyncMetadata.make(path)
+      yield* Effect.provideService(store.write(sample), SyncFiles.SyncFiles, counting)
+      expect(synced).toEqual(["file", "directory"])
+      synced.length = 0
+      yield* Effect.provideService(store.write({ ...sample, syncedFrame: 18 }, { renameDurable: false }), SyncFiles.SyncFiles, counting)
+      expect(synced).toEqual(["file"])
+      expect(yield* store.read).toEqual(Option.some({ ...sample, syncedFrame: 18 }))
+      expect(Fs.readdirSync(dir)).toEqual(["db-info"])
     }))
 
   it.effect("layerMemory keeps the last write", () =>

@@ -178,11 +178,13 @@ const open = (options: EngineOptions) =>
     yield* LocalFiles.repair(state, yield* LocalFiles.inspect(state.paths, Option.isSome(stored) && initial.inUse !== false))
     yield* state.synced.open
     yield* Copy.openDraft(state)
-    // Set while open; cleared once both copies are closed. Found set on open: the full check above.
+    // Set while open; cleared once both copies are closed. Found set on open: the full check above. The
+    // clearing's rename need not survive a crash: the record it replaces (set, with every durable fact;
+    // staged facts may be lost) only makes the next open check in full.
     if (initial.inUse !== true) yield* updateMetadata(state, (m) => ({ ...m, inUse: true }))
     yield* Effect.addFinalizer(() =>
       Effect.all([state.draft.close, state.synced.close]).pipe(
-        Effect.zipRight(updateMetadata(state, (m) => ({ ...m, inUse: false }))),
+        Effect.zipRight(updateMetadata(state, (m) => ({ ...m, inUse: false }), { renameDurable: false })),
         Effect.catchAll((error) => Effect.logWarning("cannot record a clean close", error))
       )
     )

@@ -178,10 +178,14 @@ export const received = (opening: Opening, frames: number, bytes: number) =>
  * Replaces the metadata, durably, then in memory; returns the new metadata. What was staged before is
  * written with it.
  */
-export const updateMetadata = (state: State, f: (m: SyncMetadata.Metadata) => SyncMetadata.Metadata) =>
+export const updateMetadata = (
+  state: State,
+  f: (m: SyncMetadata.Metadata) => SyncMetadata.Metadata,
+  options?: SyncMetadata.WriteOptions
+) =>
   SynchronizedRef.updateAndGetEffect(state.metadata, (m) => {
     const next = f(m)
-    return Effect.as(Effect.zipRight(state.metadataStore.write(next), Ref.set(state.staged, false)), next)
+    return Effect.as(Effect.zipRight(state.metadataStore.write(next, options), Ref.set(state.staged, false)), next)
   })
 
 /**
