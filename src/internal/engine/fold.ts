@@ -235,17 +235,23 @@ export const maybeFoldDraft = (state: State) =>
   }).pipe(Effect.catchAll((error) => Effect.logWarning("cannot fold the WAL of the draft copy", error)))
 
 /**
- * Whether Draft's WAL holds more than `maxWalFrames` frames not yet folded: by SQLite's wal-index, else by
- * the WAL file's size (which counts frames a fold copied and no write has overwritten yet).
+ * Whether Draft's WAL holds more than `maxWalFrames` frames not yet folded: by SQLite's wal-index
+ * (`unfolded`, when it could be read), else by the WAL file's size (which counts frames a fold copied and no
+ * write has overwritten yet; read only then).
  */
+export const outgrownBound = (maxWalFrames: number, unfolded: number | undefined, walBytes: () => number): boolean =>
+  unfolded !== undefined ? unfolded > maxWalFrames : walBytes() > WalFrame.walSize(maxWalFrames)
+
+/** `outgrownBound` of Draft's WAL, read through the engine's file service. */
 export const draftOutgrown = (state: State): Effect.Effect<boolean, SyncError.StorageError> =>
-  Effect.flatMap(
-    Files.attempt(state.paths.draft, "cannot read", (fs) => WalIndex.unfoldedFrames(fs, state.paths.draft)),
-    (frames) =>
-      frames !== undefined
-        ? Effect.succeed(frames > state.maxWalFrames)
-        : Effect.map(Files.fileSize(Files.walPath(state.paths.draft)), (size) => size > WalFrame.walSize(state.maxWalFrames))
-  )
+  Files.attempt(state.paths.draft, "cannot read", (fs) => {
+    const wal = Files.walPath(state.paths.draft)
+    return outgrownBound(
+      state.maxWalFrames,
+      WalIndex.unfoldedFrames(fs, state.paths.draft),
+      () => (fs.existsSync(wal) ? fs.sizeSync(wal) : 0)
+    )
+  })
 
 /** Folds Draft's WAL past its bound if no write is in flight (the caller holds the sync lock). */
 export const foldDraftIfIdle = (state: State) => Gates.ifNoWrites(state.gates, foldDraft(state, false))

@@ -16,7 +16,6 @@ import * as ChangeCapture from "../../ChangeCapture.js"
 import type * as LocalCopies from "../../LocalCopies.js"
 import type { ExecuteResult, Stats } from "../../SyncDatabase.js"
 import * as SyncError from "../../SyncError.js"
-import * as WalFrame from "../../WalFrame.js"
 import * as CaptureInternal from "../capture/capture.js"
 import * as Changes from "../live/changes.js"
 import * as Reactive from "../live/reactive.js"
@@ -24,7 +23,7 @@ import * as Executor from "../sqlite/executor.js"
 import * as Files from "../sqlite/files.js"
 import * as WalIndex from "../sqlite/walIndex.js"
 import { sqlStatementError } from "./errors.js"
-import { maybeFoldDraft } from "./fold.js"
+import { maybeFoldDraft, outgrownBound } from "./fold.js"
 import * as Gates from "./gates.js"
 import { on, type State } from "./state.js"
 
@@ -79,10 +78,11 @@ const onCopy = <A, E, R>(copy: LocalCopies.Copy, effect: Effect.Effect<A, E, R>)
  */
 const foldIfOutgrown = (state: State): Effect.Effect<void> => {
   if (Option.isSome(state.fileService)) return maybeFoldDraft(state)
-  const frames = WalIndex.unfoldedFrames(Fs, state.paths.draft)
-  const outgrown = frames !== undefined
-    ? frames > state.maxWalFrames
-    : (Fs.statSync(Files.walPath(state.paths.draft), { throwIfNoEntry: false })?.size ?? 0) > WalFrame.walSize(state.maxWalFrames)
+  const outgrown = outgrownBound(
+    state.maxWalFrames,
+    WalIndex.unfoldedFrames(Fs, state.paths.draft),
+    () => Fs.statSync(Files.walPath(state.paths.draft), { throwIfNoEntry: false })?.size ?? 0
+  )
   return outgrown ? maybeFoldDraft(state) : Effect.void
 }
 

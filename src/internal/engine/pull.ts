@@ -261,9 +261,7 @@ export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(fun
   if (RemoteBinding.settlesByAnswer(m)) {
     const answer = yield* first
     if (Either.isRight(answer) && RemoteBinding.settledByAnswer(m, answer.right)) {
-      yield* state.synced.open
-      yield* SynchronizedRef.update(state.metadata, (m) => ({ ...m, lastPullAt: Date.now() }))
-      return false
+      return yield* pulled(state, false)
     }
     return yield* pullChecked(state, cursor, yield* verifyRemote(state), { start, end, result: answer })
   }
@@ -282,11 +280,15 @@ const pullChecked = (state: State, cursor: Cursor, info: SyncRemote.Info, first:
     yield* pullFrames(state, cursor, batch, head, first).pipe(
       Effect.ensuring(Effect.ignore(state.synced.open))
     )
-    yield* state.synced.open
-    // In memory: the next metadata write takes it along.
-    yield* SynchronizedRef.update(state.metadata, (m) => ({ ...m, lastPullAt: Date.now() }))
-    return cursor.changed
+    return yield* pulled(state, cursor.changed)
   })
+
+/** The end of step (a): Synced open again and the pull's time noted (in memory: the next metadata write takes it along). */
+const pulled = (state: State, changed: boolean) =>
+  Effect.zipRight(
+    state.synced.open,
+    Effect.as(SynchronizedRef.update(state.metadata, (m) => ({ ...m, lastPullAt: Date.now() })), changed)
+  )
 
 /**
  * After step (a): the remote's progress row for this client says which changes it has. That settles a

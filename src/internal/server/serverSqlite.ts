@@ -693,11 +693,13 @@ const openDatabase = (
               return failed(cause)
             }
           })
+        // The commit when nothing runs beside it (no check, or the check on this thread, done before).
+        const commitHere = storing(() => {
+          beginCommit(generation, firstFrameNo, frames)
+          finishCommit(generation, lastFrameNo, frames.length)
+        })
         if (integrityCheck === "off") {
-          yield* storing(() => {
-            beginCommit(generation, firstFrameNo, frames)
-            finishCommit(generation, lastFrameNo, frames.length)
-          })
+          yield* commitHere
           return Either.right(undefined)
         }
         const plan = yield* Effect.try({ try: () => prepareCheck(frames), catch: failed })
@@ -713,10 +715,7 @@ const openDatabase = (
             clearHeadWal()
             return Either.left(problem)
           }
-          yield* storing(() => {
-            beginCommit(generation, firstFrameNo, frames)
-            finishCommit(generation, lastFrameNo, frames.length)
-          })
+          yield* commitHere
           checkpointHead()
           return Either.right(undefined)
         }
