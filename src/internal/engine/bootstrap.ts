@@ -2,7 +2,8 @@
  * Opening a brand-new local database: Synced = the remote's head snapshot (or current base), Draft = a
  * copy of it, then the metadata, whose presence says the bootstrap completed.
  *
- * Durable steps: both copies written and fsynced (`bootstrap:copiesWritten`), then the metadata (atomic).
+ * Durable steps: both copies written and fsynced with their directory, and the metadata written beside its
+ * place and fsynced, all at once (`bootstrap:copiesWritten`); then the metadata renamed into place.
  * Killed before the metadata, the next open finds copies that were never opened and no metadata
  * (`unfinished`) and bootstraps again; after it, the open is an ordinary one.
  *
@@ -101,8 +102,8 @@ export const bootstrap = Effect.fn("Engine.bootstrap")(
       ...(databaseId === undefined ? {} : { databaseId })
     }
     // Synced first, so that a crash leaves Synced alone or both (`unfinished` tells them from a database
-    // whose metadata was lost); their fsyncs together, one directory fsync for both. The metadata is
-    // written beside its place and fsynced at the same time, and SQLite checks the pages while the fsyncs
+    // whose metadata was lost); their fsyncs and their directory's together. The metadata is written
+    // beside its place and fsynced at the same time, and SQLite checks the pages while the fsyncs
     // are in flight (a base it refuses is removed with the copies). The metadata is put in place last, once
     // the copies are durable: the metadata file is what says a bootstrap completed.
     yield* Effect.scoped(Effect.gen(function*() {
