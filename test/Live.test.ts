@@ -79,6 +79,18 @@ const liveState = (db: SyncDatabase.Service, state: SyncEvents.LiveState) =>
     Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error(`status.live never became ${state}`) })
   )
 
+/**
+ * Waits (at most 30 s) until A's push of what it wrote has finished (status: nothing pending, idle): B can
+ * see a row before the push that carried it has recorded its acknowledgement on A.
+ */
+const pushed = (db: SyncDatabase.Service) =>
+  db.status.changes.pipe(
+    Stream.filter((s) => s.pendingChanges === 0 && s.state === "idle"),
+    Stream.take(1),
+    Stream.runDrain,
+    Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error("the pending changes never went") })
+  )
+
 describe("live sync over a real server", () => {
   it.scopedLive("a write on A appears on B without a sync call; B reports connected", () =>
     Effect.gen(function*() {
@@ -146,6 +158,7 @@ describe("live sync over a real server", () => {
       expect(offline).toBeGreaterThanOrEqual(0)
       expect(seen.slice(offline + 1)).toContain("connected")
       // A's pending write went exactly once.
+      yield* pushed(a)
       expect((yield* a.stats).pendingChanges).toBe(0)
       expect(yield* b.query("SELECT count(*) AS n FROM notes")).toEqual([{ n: 3 }])
     }), 180_000)
