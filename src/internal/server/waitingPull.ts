@@ -18,11 +18,12 @@ export const atHead = (result: PullResult, generation: number, start: number): b
 
 /**
  * Whether a pull answer means "the head is still frame `after`" for a pull that asked to wait while it is
- * (`SyncProtocol.EXTENSION_WAIT_AFTER`): nothing at or after `start`, or frames that end at `after`.
+ * (`SyncProtocol.EXTENSION_WAIT_AFTER`): the generation's head at `after` (nothing from `start`), or frames
+ * that end at `after` (a pull answers up to the head).
  */
 export const atHeadAfter = (result: PullResult, generation: number, start: number, after: number): boolean =>
   result._tag === "CheckpointNeeded"
-    ? result.generation === generation && result.maxFrameNo === Math.max(after, start - 1)
+    ? result.generation === generation && result.maxFrameNo === after
     : start + result.frames.length - 1 === after
 
 /**
