@@ -47,9 +47,14 @@ export interface RunStart {
   readonly cols: string | null
 }
 
-/** A run: changes `first..last` (ids; some ids in between may not exist). */
+/**
+ * A run: changes `first..last` (ids; some ids in between may not exist), a piece of the whole run
+ * `runId..runLast` (the same when the run is short).
+ */
 export interface Run extends RunStart {
   readonly last: number
+  readonly runId: number
+  readonly runLast: number
 }
 
 /**
@@ -93,7 +98,7 @@ export const readRuns = (exec: Executor, schema: string, afterId: number): Reado
 /** Pure: the run `start..last` as pieces of at most {@link MAX_RUN} ids, appended to `runs`. */
 export const pieces = (runs: Array<Run>, start: RunStart, last: number): void => {
   for (let id = start.id; id <= last; id += MAX_RUN) {
-    runs.push({ ...start, id, last: Math.min(last, id + MAX_RUN - 1) })
+    runs.push({ ...start, id, last: Math.min(last, id + MAX_RUN - 1), runId: start.id, runLast: last })
   }
 }
 
@@ -197,6 +202,70 @@ export const attempt = (
     written = exec.run(texts.write, [{ first: run.id, last: run.last }])
   } catch {
     // a constraint of the table (CHECK, NOT NULL, UNIQUE elsewhere): change by change meets it again
+    written = -1
+  }
+  if (written !== count) {
+    exec.run(`ROLLBACK TO _sync_bulk`)
+    exec.run(`RELEASE _sync_bulk`)
+    return undefined
+  }
+  exec.run(`RELEASE _sync_bulk`)
+  return count
+}
+
+/**
+ * Pure: the statements of a run of deletes that removes every row of `table`: the table's rows, the run's
+ * changes, the delete check of {@link statements}, and the write, one `DELETE` without a WHERE clause.
+ * SQLite carries that out by freeing the table's pages whole (its truncate optimization, when no trigger
+ * is on the table), where a delete by key rewrites every page it leaves: a push of the change sends the
+ * few pages that record the free pages, not every page of the table.
+ */
+export const clearStatements = (
+  table: TableInfo.TableInfo,
+  keys: ReadonlyArray<number>,
+  schema: string
+): { readonly rows: string; readonly changes: string; readonly check: string; readonly write: string } => {
+  const target = `main.${ident(table.name)}`
+  return {
+    rows: `SELECT count(*) FROM ${target}`,
+    changes: `SELECT count(*) FROM ${ident(schema)}._sync_changes WHERE id BETWEEN $first AND $last`,
+    check: statements("delete", table, keys, schema)!.check,
+    write: `DELETE FROM ${target}`
+  }
+}
+
+/**
+ * Tries the whole run of deletes that `run` starts as one table-wide delete (see {@link clearStatements}):
+ * the number of changes written, or undefined when it is not that (the run's pieces then go as usual).
+ *
+ * Replaying the run change by change removes every row of the table, with no conflict, exactly when the
+ * check finds every change meeting the row at its key holding its before image and no key twice, and the
+ * run has as many changes as the table has rows: its keys are then distinct keys of rows of the table, as
+ * many as it has, so they are all its rows. A table-wide delete then leaves what the deletes by key leave
+ * (an empty table; AUTOINCREMENT's counter untouched either way). User triggers are suspended by replay
+ * and no foreign key can act when replay goes in bulk (see replay.ts), so nothing else is written either.
+ */
+export const attemptClear = (
+  exec: Executor,
+  run: Run,
+  table: TableInfo.TableInfo,
+  keys: ReadonlyArray<number>,
+  schema: string
+): number | undefined => {
+  if (run.kind !== "delete" || run.id !== run.runId) return undefined
+  const texts = clearStatements(table, keys, schema)
+  const range = [{ first: run.runId, last: run.runLast }]
+  const rows = Number(exec.values(texts.rows)[0]![0])
+  // (each id holds one change at most: a run of fewer ids than the table has rows cannot remove them all)
+  if (rows < MIN_RUN || run.runLast - run.runId + 1 < rows) return undefined
+  if (Number(exec.values(texts.changes, range)[0]![0]) !== rows) return undefined
+  const [count, blocked] = exec.values(texts.check, range)[0]!.map(Number) as [number, number]
+  if (count !== rows || blocked !== 0) return undefined
+  exec.run(`SAVEPOINT _sync_bulk`)
+  let written: number
+  try {
+    written = exec.run(texts.write)
+  } catch {
     written = -1
   }
   if (written !== count) {
