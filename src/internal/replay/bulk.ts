@@ -130,28 +130,32 @@ const v = (i: number) => `l.${valueColumn(i)}`
 
 /**
  * Pure: the statements of a bulk run on `table` reading the log `schema` (`$first`, `$last`: the run's first
- * and last id). `check` answers one row: the number of changes, and how many of them stand in the way (a
- * NULL key, a row that is not the before image, a key touched twice, a key moved).
+ * and last id): `count` answers the number of changes; `write` writes the changes that meet no conflict and
+ * no NULL key, each at most once per row. The run went as change by change would have it exactly when
+ * `write` wrote `count` rows: an insert meeting a taken key (ON CONFLICT DO NOTHING), an update or delete
+ * meeting a row that is not its before image, a key moved, or two changes meeting one row (a row is
+ * updated or deleted once by one statement) all write fewer. One pass over the run, no separate check.
  */
 export const statements = (
   kind: "insert" | "update" | "delete",
   table: TableInfo.TableInfo,
   keys: ReadonlyArray<number>,
   schema: string
-): { readonly check: string; readonly write: string } | undefined => {
+): { readonly count: string; readonly write: string } | undefined => {
   const log = `${ident(schema)}._sync_changes`
   const target = `main.${ident(table.name)}`
   const n = table.columns.length
   const range = `l.id BETWEEN $first AND $last`
+  const count = `SELECT count(*) FROM ${log} AS l WHERE ${range}`
   const keyNotNull = keys.map((k) => `${v(k)} IS NOT NULL`).join(" AND ")
   if (kind === "insert") {
     const columns = table.columns.map(ident).join(", ")
     const values = table.columns.map((_, i) => v(i)).join(", ")
     return {
-      check: `SELECT count(*), count(*) - coalesce(sum(${keyNotNull}), 0) FROM ${log} AS l WHERE ${range}`,
+      count,
       // (ORDER BY: the rows are written in the order they were captured, as change by change)
-      write: `INSERT INTO ${target} (${columns}) SELECT ${values} FROM ${log} AS l WHERE ${range} ORDER BY l.id ` +
-        `ON CONFLICT DO NOTHING`
+      write: `INSERT INTO ${target} (${columns}) SELECT ${values} FROM ${log} AS l WHERE ${range} AND ${keyNotNull} ` +
+        `ORDER BY l.id ON CONFLICT DO NOTHING`
     }
   }
   const join = table.primaryKey.map((column, j) => `t.${ident(column)} = ${v(keys[j]!)}`).join(" AND ")
@@ -160,24 +164,43 @@ export const statements = (
     // the key stays where it is: before and after key the same
     for (const k of keys) matches.push(exactlyEqual(v(k), v(n + k)))
   }
-  const keyList = keys.map((k) => v(k)).join(", ")
-  const check = `SELECT count(*),
-      count(*) - coalesce(sum(${matches.join(" AND ")}), 0)
-        + (SELECT count(*) FROM (SELECT 1 FROM ${log} AS l WHERE ${range} GROUP BY ${keyList} HAVING count(*) > 1))
-    FROM ${log} AS l LEFT JOIN ${target} AS t ON ${join} WHERE ${range}`
   if (kind === "delete") {
+    // the rows' own keys, as the table holds them: a row met by two changes is in the list once
     const keyColumns = table.primaryKey.map(ident)
     const left = keyColumns.length === 1 ? keyColumns[0]! : `(${keyColumns.join(", ")})`
-    return { check, write: `DELETE FROM ${target} WHERE ${left} IN (SELECT ${keyList} FROM ${log} AS l WHERE ${range})` }
+    const rowKeys = keyColumns.map((column) => `t.${column}`).join(", ")
+    return {
+      count,
+      write: `DELETE FROM ${target} WHERE ${left} IN (SELECT ${rowKeys} FROM ${log} AS l JOIN ${target} AS t ON ${join} ` +
+        `WHERE ${range} AND ${matches.join(" AND ")})`
+    }
   }
   const keySet = new Set(keys)
   const assignments = table.columns.flatMap((column, i) => keySet.has(i) ? [] : [`${ident(column)} = ${v(n + i)}`])
   if (assignments.length === 0) return undefined
   return {
-    check,
+    count,
     write: `UPDATE ${target} AS t SET ${assignments.join(", ")} FROM (SELECT * FROM ${log} AS l WHERE ${range}) AS l ` +
-      `WHERE ${join}`
+      `WHERE ${join} AND ${matches.join(" AND ")}`
   }
+}
+
+/**
+ * Pure: the check of a run of deletes, in one statement: the number of changes, and how many of them stand
+ * in the way (a NULL key, a row that is not the before image, a key met twice).
+ */
+export const deleteCheck = (table: TableInfo.TableInfo, keys: ReadonlyArray<number>, schema: string): string => {
+  const log = `${ident(schema)}._sync_changes`
+  const target = `main.${ident(table.name)}`
+  const range = `l.id BETWEEN $first AND $last`
+  const keyNotNull = keys.map((k) => `${v(k)} IS NOT NULL`).join(" AND ")
+  const join = table.primaryKey.map((column, j) => `t.${ident(column)} = ${v(keys[j]!)}`).join(" AND ")
+  const matches = [keyNotNull, ...table.columns.map((column, i) => exactlyEqual(`t.${ident(column)}`, v(i)))]
+  const keyList = keys.map((k) => v(k)).join(", ")
+  return `SELECT count(*),
+      count(*) - coalesce(sum(${matches.join(" AND ")}), 0)
+        + (SELECT count(*) FROM (SELECT 1 FROM ${log} AS l WHERE ${range} GROUP BY ${keyList} HAVING count(*) > 1))
+    FROM ${log} AS l LEFT JOIN ${target} AS t ON ${join} WHERE ${range}`
 }
 
 /**
@@ -194,8 +217,8 @@ export const attempt = (
 ): number | undefined => {
   const texts = statements(run.kind as "insert" | "update" | "delete", table, keys, schema)
   if (texts === undefined) return undefined
-  const [count, blocked] = exec.values(texts.check, [{ first: run.id, last: run.last }])[0]!.map(Number) as [number, number]
-  if (count === 0 || blocked !== 0) return undefined
+  const count = Number(exec.values(texts.count, [{ first: run.id, last: run.last }])[0]![0])
+  if (count === 0) return undefined
   exec.run(`SAVEPOINT _sync_bulk`)
   let written: number
   try {
@@ -215,7 +238,7 @@ export const attempt = (
 
 /**
  * Pure: the statements of a run of deletes that removes every row of `table`: the table's rows, the run's
- * changes, the delete check of {@link statements}, and the write, one `DELETE` without a WHERE clause.
+ * changes, the {@link deleteCheck}, and the write, one `DELETE` without a WHERE clause.
  * SQLite carries that out by freeing the table's pages whole (its truncate optimization, when no trigger
  * is on the table), where a delete by key rewrites every page it leaves: a push of the change sends the
  * few pages that record the free pages, not every page of the table.
@@ -229,7 +252,7 @@ export const clearStatements = (
   return {
     rows: `SELECT count(*) FROM ${target}`,
     changes: `SELECT count(*) FROM ${ident(schema)}._sync_changes WHERE id BETWEEN $first AND $last`,
-    check: statements("delete", table, keys, schema)!.check,
+    check: deleteCheck(table, keys, schema),
     write: `DELETE FROM ${target}`
   }
 }
