@@ -124,7 +124,9 @@ export const eligible = (run: Run, table: TableInfo.TableInfo | undefined): Read
 
 /** `a` and `b` hold the same value exactly (see the module comment: a REAL zero never counts as equal). */
 const exactlyEqual = (a: string, b: string) =>
-  `(typeof(${a}) = typeof(${b}) AND ${a} IS ${b} COLLATE BINARY AND NOT (typeof(${b}) = 'real' AND ${b} = 0))`
+  // (in this order, the cheapest first: `b <> 0` holds for every value but a numeric zero, whose storage class
+  // then decides; a NULL `b` makes it NULL, and `typeof(b) <> 'real'` true)
+  `(${a} IS ${b} COLLATE BINARY AND typeof(${a}) = typeof(${b}) AND (${b} <> 0 OR typeof(${b}) <> 'real'))`
 
 const v = (i: number) => `l.${valueColumn(i)}`
 
@@ -186,21 +188,18 @@ export const statements = (
 }
 
 /**
- * Pure: the check of a run of deletes, in one statement: the number of changes, and how many of them stand
- * in the way (a NULL key, a row that is not the before image, a key met twice).
+ * Pure: the check of a run of deletes that may remove every row (see {@link attemptClear}), in one pass:
+ * how many of its changes meet the row at their key holding exactly their before image, and how many
+ * distinct rows they meet (told apart by the rows' own keys, as the table holds them).
  */
-export const deleteCheck = (table: TableInfo.TableInfo, keys: ReadonlyArray<number>, schema: string): string => {
+export const clearCheck = (table: TableInfo.TableInfo, keys: ReadonlyArray<number>, schema: string): string => {
   const log = `${ident(schema)}._sync_changes`
   const target = `main.${ident(table.name)}`
-  const range = `l.id BETWEEN $first AND $last`
-  const keyNotNull = keys.map((k) => `${v(k)} IS NOT NULL`).join(" AND ")
   const join = table.primaryKey.map((column, j) => `t.${ident(column)} = ${v(keys[j]!)}`).join(" AND ")
-  const matches = [keyNotNull, ...table.columns.map((column, i) => exactlyEqual(`t.${ident(column)}`, v(i)))]
-  const keyList = keys.map((k) => v(k)).join(", ")
-  return `SELECT count(*),
-      count(*) - coalesce(sum(${matches.join(" AND ")}), 0)
-        + (SELECT count(*) FROM (SELECT 1 FROM ${log} AS l WHERE ${range} GROUP BY ${keyList} HAVING count(*) > 1))
-    FROM ${log} AS l LEFT JOIN ${target} AS t ON ${join} WHERE ${range}`
+  const matches = table.columns.map((column, i) => exactlyEqual(`t.${ident(column)}`, v(i)))
+  const rowKeys = table.primaryKey.map((column) => `t.${ident(column)}`).join(", ")
+  return `SELECT coalesce(sum(c), 0), count(*) FROM (SELECT count(*) AS c FROM ${log} AS l JOIN ${target} AS t ON ${join}
+    WHERE l.id BETWEEN $first AND $last AND ${matches.join(" AND ")} GROUP BY ${rowKeys})`
 }
 
 /**
@@ -238,7 +237,7 @@ export const attempt = (
 
 /**
  * Pure: the statements of a run of deletes that removes every row of `table`: the table's rows, the run's
- * changes, the {@link deleteCheck}, and the write, one `DELETE` without a WHERE clause.
+ * changes, the {@link clearCheck}, and the write, one `DELETE` without a WHERE clause.
  * SQLite carries that out by freeing the table's pages whole (its truncate optimization, when no trigger
  * is on the table), where a delete by key rewrites every page it leaves: a push of the change sends the
  * few pages that record the free pages, not every page of the table.
@@ -252,7 +251,7 @@ export const clearStatements = (
   return {
     rows: `SELECT count(*) FROM ${target}`,
     changes: `SELECT count(*) FROM ${ident(schema)}._sync_changes WHERE id BETWEEN $first AND $last`,
-    check: deleteCheck(table, keys, schema),
+    check: clearCheck(table, keys, schema),
     write: `DELETE FROM ${target}`
   }
 }
@@ -262,9 +261,9 @@ export const clearStatements = (
  * the number of changes written, or undefined when it is not that (the run's pieces then go as usual).
  *
  * Replaying the run change by change removes every row of the table, with no conflict, exactly when the
- * check finds every change meeting the row at its key holding its before image and no key twice, and the
- * run has as many changes as the table has rows: its keys are then distinct keys of rows of the table, as
- * many as it has, so they are all its rows. A table-wide delete then leaves what the deletes by key leave
+ * run has as many changes as the table has rows, and the check finds each of them meeting the row at its
+ * key holding its before image, and as many distinct rows met: they are then all the table's rows, each
+ * met once. A table-wide delete then leaves what the deletes by key leave
  * (an empty table; AUTOINCREMENT's counter untouched either way). User triggers are suspended by replay
  * and no foreign key can act when replay goes in bulk (see replay.ts), so nothing else is written either.
  */
@@ -282,8 +281,9 @@ export const attemptClear = (
   // (each id holds one change at most: a run of fewer ids than the table has rows cannot remove them all)
   if (rows < MIN_RUN || run.runLast - run.runId + 1 < rows) return undefined
   if (Number(exec.values(texts.changes, range)[0]![0]) !== rows) return undefined
-  const [count, blocked] = exec.values(texts.check, range)[0]!.map(Number) as [number, number]
-  if (count !== rows || blocked !== 0) return undefined
+  const [matched, distinct] = exec.values(texts.check, range)[0]!.map(Number) as [number, number]
+  if (matched !== rows || distinct !== rows) return undefined
+  const count = rows
   exec.run(`SAVEPOINT _sync_bulk`)
   let written: number
   try {
