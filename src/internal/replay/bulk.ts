@@ -71,21 +71,71 @@ export const runStartsText = (schema: string) => {
     ORDER BY l.id LIMIT $limit`
 }
 
+/** Pure: the statement reading the change after `$after` with its run's header. */
+export const headText = (schema: string) =>
+  `SELECT id, tx_id, tbl, kind, cols FROM ${ident(schema)}._sync_changes WHERE id > $after ORDER BY id LIMIT 1`
+
+/**
+ * Pure: the statement finding where the run that starts at `$first` ends within its next {@link MAX_RUN}
+ * ids: the first change there whose header differs (none: the run goes on, or the log ends). One pass over
+ * those changes, which stops at the end of the run.
+ */
+export const runEndText = (schema: string) =>
+  `SELECT id FROM ${ident(schema)}._sync_changes WHERE id > $from AND id <= $from + ${MAX_RUN}
+    AND (tx_id IS NOT $tx OR tbl IS NOT $tbl OR kind IS NOT $kind OR cols IS NOT $cols) ORDER BY id LIMIT 1`
+
 /**
  * Reads the runs after change `afterId` (up to {@link RUNS_PER_READ}), each with its last id. Inside the
  * replay's transaction the attached log is read from one snapshot, so the last run ends at the last
  * change this snapshot has.
+ *
+ * A long run (the changes of one large statement) is followed to its end a piece at a time, comparing
+ * each change with the run's first; where runs are short, their starts are listed by one statement
+ * comparing each change with the one before ({@link runStartsText}).
  */
 export const readRuns = (exec: Executor, schema: string, afterId: number): ReadonlyArray<Run> => {
+  const runs: Array<Run> = []
+  let after = afterId
+  let max: number | undefined
+  while (runs.length < RUNS_PER_READ) {
+    const head = exec.values(headText(schema), [{ after }])[0]
+    if (head === undefined) return runs
+    const start = runStart(head)
+    let from = start.id
+    let last: number
+    for (;;) {
+      const end = exec.values(runEndText(schema), [{ from, tx: start.txId, tbl: start.table, kind: start.kind, cols: start.cols }])[0]
+      if (end !== undefined) {
+        last = Number(end[0]) - 1
+        break
+      }
+      max ??= Number(exec.values(`SELECT max(id) FROM ${ident(schema)}._sync_changes`)[0]![0])
+      if (from + MAX_RUN >= max) {
+        last = max
+        break
+      }
+      from += MAX_RUN
+    }
+    if (last - start.id + 1 < MIN_RUN) return runs.length > 0 ? runs : readRunStarts(exec, schema, after)
+    pieces(runs, start, last)
+    after = last
+  }
+  return runs
+}
+
+const runStart = (row: ReadonlyArray<unknown>): RunStart => ({
+  id: Number(row[0]),
+  txId: Number(row[1]),
+  table: row[2] as string,
+  kind: row[3] as string,
+  cols: row[4] as string | null
+})
+
+/** The runs after change `afterId` from their starts, listed by {@link runStartsText}. */
+const readRunStarts = (exec: Executor, schema: string, afterId: number): ReadonlyArray<Run> => {
   const rows = exec.values(runStartsText(schema), [{ after: afterId, limit: RUNS_PER_READ + 1 }])
   if (rows.length === 0) return []
-  const starts: Array<RunStart> = rows.map((row) => ({
-    id: Number(row[0]),
-    txId: Number(row[1]),
-    table: row[2] as string,
-    kind: row[3] as string,
-    cols: row[4] as string | null
-  }))
+  const starts = rows.map(runStart)
   const runs: Array<Run> = []
   for (let i = 0; i + 1 < starts.length; i++) pieces(runs, starts[i]!, starts[i + 1]!.id - 1)
   if (starts.length <= RUNS_PER_READ) {
