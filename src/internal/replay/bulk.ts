@@ -330,7 +330,8 @@ export const attemptClear = (
   const rows = Number(exec.values(texts.rows)[0]![0])
   // (each id holds one change at most: a run of fewer ids than the table has rows cannot remove them all)
   if (rows < MIN_RUN || run.runLast - run.runId + 1 < rows) return undefined
-  if (Number(exec.values(texts.changes, range)[0]![0]) !== rows) return undefined
+  // (a run of exactly as many ids has at most as many changes, and the check counts as many: no count needed)
+  if (run.runLast - run.runId + 1 !== rows && Number(exec.values(texts.changes, range)[0]![0]) !== rows) return undefined
   const [matched, distinct] = exec.values(texts.check, range)[0]!.map(Number) as [number, number]
   if (matched !== rows || distinct !== rows) return undefined
   const count = rows
