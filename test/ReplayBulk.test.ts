@@ -313,6 +313,15 @@ describe("ReplayBulk", () => {
           yield* expectSame({ base: [ITEMS, insertItems(1, all)], local: [["DELETE FROM items"]], remote: [remote], policy })
         }
       }
+      // a transaction the policy drops after its table-wide delete: the rows come back, its changes are dropped
+      const dropped = yield* expectSame({
+        base: [ITEMS, insertItems(1, all), "CREATE TABLE o (id INTEGER PRIMARY KEY, v)", "INSERT INTO o VALUES (1, 'base')"],
+        local: [["DELETE FROM items", "UPDATE o SET v = 'mine' WHERE id = 1"]],
+        remote: ["UPDATE o SET v = 'theirs' WHERE id = 1"],
+        policy: "remoteWins"
+      })
+      expect(Exit.isSuccess(dropped.bulk.exit) && dropped.bulk.exit.value.dropped?.length).toBe(all + 1)
+      expect(dropped.bulk.rows).toContain("text:7468656972") // 'theirs'
       // AUTOINCREMENT keeps its counter; a user trigger of the target does not fire
       const { bulk } = yield* expectSame({
         base: [
