@@ -268,10 +268,18 @@ export const attempt = (
   if (texts === undefined) return undefined
   const count = Number(exec.values(texts.count, [{ first: run.id, last: run.last }])[0]![0])
   if (count === 0) return undefined
+  return writeExactly(exec, texts.write, [{ first: run.id, last: run.last }], count)
+}
+
+/**
+ * Runs `write` inside a savepoint: `count` when it wrote exactly `count` rows, else undefined with nothing
+ * of it left written.
+ */
+const writeExactly = (exec: Executor, write: string, params: ReadonlyArray<unknown>, count: number): number | undefined => {
   exec.run(`SAVEPOINT _sync_bulk`)
   let written: number
   try {
-    written = exec.run(texts.write, [{ first: run.id, last: run.last }])
+    written = exec.run(write, params)
   } catch {
     // a constraint of the table (CHECK, NOT NULL, UNIQUE elsewhere): change by change meets it again
     written = -1
@@ -334,21 +342,7 @@ export const attemptClear = (
   if (run.runLast - run.runId + 1 !== rows && Number(exec.values(texts.changes, range)[0]![0]) !== rows) return undefined
   const [matched, distinct] = exec.values(texts.check, range)[0]!.map(Number) as [number, number]
   if (matched !== rows || distinct !== rows) return undefined
-  const count = rows
-  exec.run(`SAVEPOINT _sync_bulk`)
-  let written: number
-  try {
-    written = exec.run(texts.write)
-  } catch {
-    written = -1
-  }
-  if (written !== count) {
-    exec.run(`ROLLBACK TO _sync_bulk`)
-    exec.run(`RELEASE _sync_bulk`)
-    return undefined
-  }
-  exec.run(`RELEASE _sync_bulk`)
-  return count
+  return writeExactly(exec, texts.write, [], rows)
 }
 
 /** The ids of changes `first..last` in the log (for a local transaction a policy drops after a bulk run). */
