@@ -254,8 +254,8 @@ export const clearCheck = (table: TableInfo.TableInfo, keys: ReadonlyArray<numbe
 
 /**
  * Tries a run in bulk inside a savepoint: the number of changes written, or undefined when the run must
- * go change by change (nothing of it is left written: a conflict, or a constraint of the table the write
- * fails on). Failures of SQLite itself (I/O, a full disk) are thrown.
+ * go change by change (nothing of it is left written): a conflict, or a failure of the write (a constraint
+ * of the table), which change by change meets again. Failures of the other statements are thrown.
  */
 export const attempt = (
   exec: Executor,
