@@ -221,7 +221,10 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
         max_pull_frames: store.maxPullFrames,
         max_push_frames: maxPushFrames,
         ...(maxWaitSeconds > 0
-          ? { extensions: [SyncProtocol.EXTENSION_SNAPSHOT, SyncProtocol.EXTENSION_WAIT], max_wait_seconds: maxWaitSeconds }
+          ? {
+            extensions: [SyncProtocol.EXTENSION_SNAPSHOT, SyncProtocol.EXTENSION_WAIT, SyncProtocol.EXTENSION_WAIT_AFTER],
+            max_wait_seconds: maxWaitSeconds
+          }
           : { extensions: [SyncProtocol.EXTENSION_SNAPSHOT] }),
         ...(id === undefined ? {} : { database_id: id })
       }
@@ -310,7 +313,8 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
         start,
         capped,
         granted * 1000,
-        guardWait(log, request)
+        guardWait(log, request),
+        asked === undefined ? undefined : SyncProtocol.parsePreferAfter(request.headers[SyncProtocol.HEADER_PREFER])
       ).pipe(
         Effect.catchAll(storeFailure("pull"))
       )

@@ -165,6 +165,16 @@ export interface State extends Opening {
   readonly writesSinceWalCheck: { count: number }
   /** Told of every change to Draft: reactive queries and live sync listen. */
   readonly changes: Changes.Tracker
+  /** A waiting pull's answer live sync hands to the next step (a), which takes it (pull.ts `offer`). */
+  readonly offeredAnswer: { current: OfferedAnswer | undefined }
+}
+
+/** The answer to a pull of `generation` from `start` to `end` (exclusive), as the remote gave it. */
+export interface OfferedAnswer {
+  readonly generation: number
+  readonly start: number
+  readonly end: number
+  readonly result: SyncRemote.PullResult
 }
 
 /** Counts bytes that arrived (for `stats`) and tells the observer. */
