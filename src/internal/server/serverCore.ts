@@ -1012,7 +1012,16 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         return result2
       })
 
-    const push: Service["push"] = (database, generation, start, end, frames, baton) =>
+    /**
+     * A push that names another database than this one (`EXTENSION_PUSH_IDENTITY`): its frames build on
+     * that database's history, so it is answered a conflict at this head, before anything else is looked at.
+     */
+    const identityConflict = (h: Handle, generation: number, databaseId: string | undefined): PushResult | undefined =>
+      databaseId === undefined || databaseId === h.backend.id
+        ? undefined
+        : { _tag: "Conflict", generation, maxFrameNo: h.lastFrames.get(generation) ?? h.lastFrames.get(h.current)! }
+
+    const push: Service["push"] = (database, generation, start, end, frames, baton, pushOptions) =>
       Effect.gen(function*() {
         if (!Number.isSafeInteger(generation)) return yield* fail("BadRequest", `generation ${generation} is not an integer`)
         yield* checkRange(start, end)
@@ -1029,13 +1038,17 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
             return fail("ReadOnly", `the store is read-only: database ${h.name} can be read but not written`)
           }
           const shared = h.backend.shared
+          const checked = () => {
+            const refused = identityConflict(h, generation, pushOptions?.databaseId)
+            return refused === undefined ? pushLocked(h, generation, start, end, frames, baton) : Effect.succeed(refused)
+          }
           const locked = shared === undefined
-            ? pushLocked(h, generation, start, end, frames, baton)
+            ? Effect.suspend(checked)
             : shared.exclusive(
               (state) =>
                 Effect.suspend(() => {
                   loadState(h, state)
-                  return pushLocked(h, generation, start, end, frames, baton)
+                  return checked()
                 }),
               () => ({ session: h.session, closedBaton: h.closedBaton })
             ).pipe(
