@@ -146,7 +146,7 @@ const makeState = (opening: Opening, initial: SyncMetadata.Metadata) =>
       readVerdicts: new Map(),
       writesSinceWalCheck: { count: 0 },
       changes: yield* Changes.make,
-      pushIdentity: yield* Ref.make(false),
+      pushIdentity: yield* Ref.make<boolean | undefined>(undefined),
       maxWalFrames: Math.max(1, opening.options.maxWalFrames ?? 1000)
     }
     return state

@@ -189,7 +189,12 @@ export const atHeadDecision = (
  */
 export const pushAtHead = Effect.fn("Engine.pushAtHead")(function*(state: State) {
   const m = yield* SynchronizedRef.get(state.metadata)
-  if (!atHeadDecision(m, yield* Ref.get(state.pushIdentity))) return "NotTried" as const
+  if (!atHeadDecision(m, true)) return "NotTried" as const
+  // Asked once when no check of the remote asked it yet (a pull settled by its answer alone asks no `/info`).
+  const known = yield* Ref.get(state.pushIdentity)
+  const pushIdentity = known ?? (yield* Effect.map(state.remote.info, (info) => info.pushIdentity === true))
+  yield* Ref.set(state.pushIdentity, pushIdentity)
+  if (!pushIdentity) return "NotTried" as const
   const pending = yield* on(state.draft, ChangeCapture.countPending(m.lastPushedChangeId)).pipe(
     Effect.mapError(sqlStatementError("Capture"))
   )

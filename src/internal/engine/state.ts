@@ -167,9 +167,9 @@ export interface State extends Opening {
   readonly changes: Changes.Tracker
   /**
    * Whether the remote's last `/info` offered pushes that name their database (`SyncRemote.Info.pushIdentity`):
-   * then a push may skip the pull before it (push.ts `pushAtHead`).
+   * then a push may skip the pull before it (push.ts `pushAtHead`). `undefined`: not asked yet.
    */
-  readonly pushIdentity: Ref.Ref<boolean>
+  readonly pushIdentity: Ref.Ref<boolean | undefined>
 }
 
 /** Counts bytes that arrived (for `stats`) and tells the observer. */
