@@ -212,6 +212,7 @@ describe("a database's identity", () => {
           maxPullFrames: 1024,
           maxPushFrames: 1024,
           snapshot: true,
+          pushIdentity: true,
           maxWaitSeconds: 30
         })
         return info.database_id as string
@@ -232,7 +233,7 @@ describe("a database's identity", () => {
       const store = yield* ServerStore.ServerStore
       const id = yield* store.databaseId("x")
       const info = yield* StoreRemote.make(store, "x").info
-      expect(info).toEqual({ generation: 1, databaseId: id, maxFrameNo: 0, maxPullFrames: 1024, maxPushFrames: 1024, snapshot: true, maxWaitSeconds: 30 })
+      expect(info).toEqual({ generation: 1, databaseId: id, maxFrameNo: 0, maxPullFrames: 1024, maxPushFrames: 1024, snapshot: true, pushIdentity: true, maxWaitSeconds: 30 })
       expect(id).toMatch(/^[0-9a-f-]{36}$/)
     }).pipe(Effect.provide(ServerStore.layerMemory())))
 })

@@ -25,7 +25,9 @@
  * runs the check (a read-only connection never checkpoints on close, so a refused WAL is simply
  * deleted). Meanwhile the frames are inserted into `store.sqlite` in a transaction committed only on a
  * passing verdict; the worker then checkpoints them into `head.db` with TRUNCATE while that transaction
- * commits, and both end before the push is answered.
+ * commits, and both end before the push is answered. A head of at most `CHECK_HERE_MAX_BYTES` is checked,
+ * committed and checkpointed on the calling thread instead, one after the other: cheaper than the worker's
+ * round trip.
  */
 import Database from "better-sqlite3"
 import * as Effect from "effect/Effect"
