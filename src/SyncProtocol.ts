@@ -57,9 +57,10 @@ export const EXTENSION_WAIT = "wait"
 
 /**
  * The name in `/info`'s `extensions` of pushes that name their database: a `POST /sync/...` that carries
- * `x-database-id` (`DATABASE_ID_HEADER`) with another identity than the database's is answered
- * `conflict` with the database's head, and nothing is stored. A client that names the identity it synced
- * with can push without asking `/info` first: its push lands only on that database.
+ * `x-database-id` (`DATABASE_ID_HEADER`) is answered `conflict` with the database's head, and nothing is
+ * stored, when that is not the database's identity, or when it has no baton and starts after the head
+ * (it must send the frame it builds on again). A client that names the identity it synced with can push
+ * without asking `/info` first: its push lands only on that database, on the frame it knows.
  *
  * @since 0.1.0
  * @category constants

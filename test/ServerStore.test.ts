@@ -592,6 +592,13 @@ const conformance = (label: string, makeLayer: MakeLayer) =>
           expect(yield* store.push("db", 1, at, at + later.length + 1, [otherHead, ...later], undefined, { databaseId: id }))
             .toEqual({ _tag: "Conflict", generation: 1, maxFrameNo: at })
           expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: at })
+          // Starting after the head, naming the database: the frame it builds on is not here, a conflict.
+          expect(yield* store.push("db", 1, at + 1, at + later.length + 1, later, undefined, { databaseId: id }))
+            .toEqual({ _tag: "Conflict", generation: 1, maxFrameNo: at })
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: at })
+          // Without a name, the same push is an ordinary one.
+          expect(yield* store.push("db", 1, at + 1, at + later.length + 1, later))
+            .toEqual({ _tag: "Ok", generation: 1, maxFrameNo: at + later.length })
         })))
 
     it.scoped("refuses a malformed commit to a database of more than 1 MiB too (checked off the request's thread)", () =>

@@ -1013,13 +1013,24 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
       })
 
     /**
-     * A push that names another database than this one (`EXTENSION_PUSH_IDENTITY`): its frames build on
-     * that database's history, so it is answered a conflict at this head, before anything else is looked at.
+     * A push that names its database (`EXTENSION_PUSH_IDENTITY`) builds on a frame it names by sending it
+     * again: answered a conflict at this head, before anything else is looked at, when it names another
+     * database (its frames build on that one's history) or when its first request starts after the head
+     * (the frame it builds on is not here: this database lost it, or never had it).
      */
-    const identityConflict = (h: Handle, generation: number, databaseId: string | undefined): PushResult | undefined =>
-      databaseId === undefined || databaseId === h.backend.id
-        ? undefined
-        : { _tag: "Conflict", generation, maxFrameNo: h.lastFrames.get(generation) ?? h.lastFrames.get(h.current)! }
+    const identityConflict = (
+      h: Handle,
+      generation: number,
+      start: number,
+      baton: string | undefined,
+      databaseId: string | undefined
+    ): PushResult | undefined => {
+      if (databaseId === undefined) return undefined
+      const head = h.lastFrames.get(generation) ?? h.lastFrames.get(h.current)!
+      return databaseId !== h.backend.id || (baton === undefined && start > head)
+        ? { _tag: "Conflict", generation, maxFrameNo: head }
+        : undefined
+    }
 
     const push: Service["push"] = (database, generation, start, end, frames, baton, pushOptions) =>
       Effect.gen(function*() {
@@ -1039,7 +1050,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
           }
           const shared = h.backend.shared
           const checked = () => {
-            const refused = identityConflict(h, generation, pushOptions?.databaseId)
+            const refused = identityConflict(h, generation, start, baton, pushOptions?.databaseId)
             return refused === undefined ? pushLocked(h, generation, start, end, frames, baton) : Effect.succeed(refused)
           }
           const locked = shared === undefined
