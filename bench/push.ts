@@ -3,6 +3,11 @@
  * of the same change on the same server, and the peak memory of pushing one large transaction.
  *
  *   npx tsx bench/push.ts [--push-rows 20000,100000] [--peak-rows 200000]     (starts its own server)
+ *   npx tsx bench/push.ts --before DIR [--rounds 3] [--push-rows ...] [--peak-rows ...]
+ *
+ * `--before DIR` compares with another checkout of the project (DIR, with its node_modules): the bench of
+ * each tree runs in a process of its own, alternately, `--rounds` times, and the table gives the median of
+ * each figure for both (one sitting, so both see the same machine load).
  *
  * `npm run bench` runs it too (bench/run.ts, against its server). For each N: inserts, then an update of
  * one column of every row, then a delete of every row, each captured by one `execute` and pushed by one
@@ -203,10 +208,68 @@ const standalone = async () => {
   }
 }
 
+/** One run of the push bench of the tree at `root` in a process of its own: its table's rows. */
+type Rows = ReadonlyArray<{ readonly what: string; readonly ms: number; readonly note: string }>
+
+const runTree = (root: string, args: ReadonlyArray<string>) =>
+  new Promise<Rows>((resolve, reject) => {
+    const child = ChildProcess.spawn(process.execPath, ["--import", "tsx", NodePath.join(root, "bench", "push.ts"), ...args], {
+      cwd: root,
+      stdio: ["ignore", "pipe", "inherit"]
+    })
+    let out = ""
+    child.stdout!.on("data", (c: Buffer) => (out += c.toString()))
+    child.once("exit", (code) => {
+      if (code !== 0) return reject(new Error(`the bench of ${root} exited ${code}: ${out}`))
+      // the rows of console.table: │ index │ 'measurement' │ ms │ 'note' │
+      const rows = [...out.matchAll(/│[^│]*│\s*'([^']*)'\s*│\s*([\d.]+)\s*│\s*'([^']*)'/g)]
+      resolve(rows.map((m) => ({ what: m[1]!, ms: Number(m[2]), note: m[3]! })))
+    })
+  })
+
+const median = (values: ReadonlyArray<number>) => {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.floor((sorted.length - 1) / 2)]!
+}
+
+/** Ratios in a note (`2.17x raw, 1.50x libsql (426 ms)`), each figure by name. */
+const ratios = (note: string) => ({
+  raw: Number(/([\d.]+)x raw/.exec(note)?.[1] ?? NaN),
+  libsql: Number(/([\d.]+)x libsql/.exec(note)?.[1] ?? NaN)
+})
+
+const compare = async (before: string) => {
+  const rounds = Number(flag("rounds", "3"))
+  const args = ["--push-rows", flag("push-rows", "20000,100000"), "--peak-rows", flag("peak-rows", "0")]
+  const after = NodePath.resolve(import.meta.dirname, "..")
+  const runs: { readonly before: Array<Rows>; readonly after: Array<Rows> } = { before: [], after: [] }
+  for (let round = 0; round < rounds; round++) {
+    const load = Os.loadavg()[0]!.toFixed(1)
+    console.error(`round ${round + 1}/${rounds} (load ${load})`)
+    runs.before.push(await runTree(NodePath.resolve(before), args))
+    runs.after.push(await runTree(after, args))
+  }
+  const summary = (tree: ReadonlyArray<Rows>, what: string) => {
+    const lines = tree.map((rows) => rows.find((row) => row.what === what)).filter((row) => row !== undefined)
+    if (lines.length === 0) return ""
+    const ms = median(lines.map((l) => l.ms))
+    const raw = median(lines.map((l) => ratios(l.note).raw))
+    const lib = median(lines.map((l) => ratios(l.note).libsql))
+    return `${ms.toFixed(0)} ms` + (Number.isNaN(raw) ? "" : `, ${raw.toFixed(2)}x raw`) +
+      (Number.isNaN(lib) ? "" : `, ${lib.toFixed(2)}x libsql`)
+  }
+  const names = runs.after[0]!.map((row) => row.what)
+  console.log(`medians of ${rounds} alternating runs of each tree (before: ${before})`)
+  console.table(names.map((what) => ({ measurement: what, before: summary(runs.before, what), after: summary(runs.after, what) })))
+}
+
 if (process.argv[1] !== undefined && NodePath.resolve(process.argv[1]) === import.meta.filename) {
   const child = process.argv.indexOf("--peak-child")
+  const before = process.argv.indexOf("--before")
   const main = child >= 0
     ? peakChild(Number(process.argv[child + 1]), process.argv[child + 2]!, process.argv[child + 3]!)
+    : before >= 0
+    ? compare(process.argv[before + 1]!)
     : standalone()
   main.then(() => process.exit(0), (error) => {
     console.error(error)

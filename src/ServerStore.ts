@@ -59,7 +59,12 @@ export type PushResult =
  * @category models
  */
 export type PullResult =
-  | { readonly _tag: "Frames"; readonly frames: ReadonlyArray<WalFrame.Frame> }
+  | {
+    readonly _tag: "Frames"
+    readonly frames: ReadonlyArray<WalFrame.Frame>
+    /** The database's identity, when the answer names it (over HTTP, its `x-database-id` header). */
+    readonly databaseId?: string | undefined
+  }
   | {
     readonly _tag: "CheckpointNeeded"
     readonly generation: number

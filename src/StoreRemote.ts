@@ -47,7 +47,7 @@ export const make = (store: ServerStore["Type"], database: string, options: Opti
       maxPushFrames: SyncProtocol.MAX_FRAMES_PER_REQUEST,
       snapshot: true,
       pushIdentity: true,
-      ...(maxWaitSeconds > 0 ? { maxWaitSeconds } : {})
+      ...(maxWaitSeconds > 0 ? { maxWaitSeconds, waitAfter: true } : {})
     })),
     fromStoreError
   ),
@@ -71,16 +71,19 @@ export const make = (store: ServerStore["Type"], database: string, options: Opti
     Effect.scoped,
     Effect.mapError(fromStoreError)
   ),
+  // Named like the HTTP answer is (its identity header, read before the pull).
   pull: (generation, start, end, pullOptions) =>
     Effect.mapError(
-      waitingPull.pull(
+      Effect.zipWith(store.databaseId(database), waitingPull.pull(
         store,
         database,
         generation,
         start,
         end,
-        SyncRemote.waitToAsk(pullOptions?.waitSeconds, maxWaitSeconds > 0 ? maxWaitSeconds : undefined) * 1000
-      ),
+        SyncRemote.waitToAsk(pullOptions?.waitSeconds, maxWaitSeconds > 0 ? maxWaitSeconds : undefined) * 1000,
+        undefined,
+        pullOptions?.after
+      ), (databaseId, result): SyncRemote.PullResult => databaseId === undefined ? result : { ...result, databaseId }),
       fromStoreError
     ),
   // As many frames a request as the store takes (what the HTTP server advertises as `max_push_frames`).

@@ -315,6 +315,7 @@ export const make = <R = never>(options: Options<R>) =>
         received: Effect.match(engine.stats, { onFailure: () => undefined, onSuccess: (s) => s.bytesReceived }),
         position: engine.position,
         tracker: engine.changes,
+        offer: engine.offer,
         remote: observed,
         report: instrumentation.reportLive
       }, live)

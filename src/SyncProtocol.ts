@@ -56,6 +56,17 @@ export const EXTENSION_SNAPSHOT = "snapshot"
 export const EXTENSION_WAIT = "wait"
 
 /**
+ * The name in `/info`'s `extensions` of waiting pulls that start at the client's last frame: a waiting
+ * pull whose `Prefer` also names `after=F` (F the last frame the client holds of generation G) waits while
+ * the head of G is frame F, then answers from `start` (at most F) as any pull does. Asked from F, the answer
+ * carries the frame the client holds (to compare with its own) and the frames after it, in one request.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const EXTENSION_WAIT_AFTER = "wait-after"
+
+/**
  * The name in `/info`'s `extensions` of pushes that name their database: a `POST /sync/...` that carries
  * `x-database-id` (`DATABASE_ID_HEADER`) is answered `conflict` with the database's head, and nothing is
  * stored, when that is not the database's identity, or when it has no baton and starts after the head
@@ -111,20 +122,41 @@ export const MAX_WAIT_SECONDS_LIMIT = 240
  * @category parsing
  */
 export const parsePreferWait = (header: string | undefined): number | undefined => {
+  const value = preferenceNumber(header, "wait")
+  return value === undefined ? undefined : Math.min(value, MAX_WAIT_SECONDS_LIMIT)
+}
+
+/** The first preference `name` of a `Prefer` header as a whole number (see `parsePreferWait`). */
+const preferenceNumber = (header: string | undefined, name: string): number | undefined => {
   if (header === undefined) return undefined
   for (const preference of header.split(",")) {
     const token = preference.split(";")[0]
     const eq = token.indexOf("=")
-    const name = (eq === -1 ? token : token.slice(0, eq)).trim().toLowerCase()
-    if (name !== "wait") continue
+    if ((eq === -1 ? token : token.slice(0, eq)).trim().toLowerCase() !== name) continue
     if (eq === -1) return undefined
     const raw = token.slice(eq + 1).trim()
     const value = raw.length >= 2 && raw.startsWith("\"") && raw.endsWith("\"") ? raw.slice(1, -1) : raw
-    if (!/^[0-9]{1,15}$/.test(value)) return undefined
-    return Math.min(Number(value), MAX_WAIT_SECONDS_LIMIT)
+    return /^[0-9]{1,15}$/.test(value) ? Number(value) : undefined
   }
   return undefined
 }
+
+/**
+ * The `after` preference of a `Prefer` header (`EXTENSION_WAIT_AFTER`): the frame whose being the head
+ * makes a waiting pull wait, or undefined when it names none (or an unreadable one). Read like `wait`.
+ *
+ * @since 0.1.0
+ * @category parsing
+ */
+export const parsePreferAfter = (header: string | undefined): number | undefined => preferenceNumber(header, "after")
+
+/**
+ * The `Prefer` value of a wait of `seconds` while the head is frame `after` (`EXTENSION_WAIT_AFTER`).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const formatWaitAfter = (seconds: number, after: number): string => `wait=${seconds}, after=${after}`
 
 /**
  * The `Prefer` (or `Preference-Applied`) value of a wait of `seconds`.

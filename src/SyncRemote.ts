@@ -78,6 +78,11 @@ export interface Info {
    * absent when the remote does not wait.
    */
   readonly maxWaitSeconds?: number | undefined
+  /**
+   * Extension: a waiting pull may start at or before the last frame the client holds and wait while the
+   * head is that frame (`PullOptions.after`); absent when the remote does not.
+   */
+  readonly waitAfter?: boolean | undefined
 }
 
 /**
@@ -92,6 +97,13 @@ export interface PullOptions {
    * abandons the wait (over HTTP, the request is aborted).
    */
   readonly waitSeconds?: number | undefined
+  /**
+   * With `waitSeconds`, against a remote whose `info` says `waitAfter`: wait while the head of the
+   * generation is this frame (at or after `start - 1`) instead of while nothing is at or after `start`. A
+   * pull from the client's last frame then answers that frame and the ones after it once they exist.
+   * Other remotes ignore it.
+   */
+  readonly after?: number | undefined
 }
 
 /**
@@ -397,6 +409,7 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
             if (i.extensions?.includes(SyncProtocol.EXTENSION_PUSH_IDENTITY) === true) known.pushIdentity = true
             const waits = i.extensions?.includes(SyncProtocol.EXTENSION_WAIT) === true && (i.max_wait_seconds ?? 0) > 0
             if (waits) known.maxWaitSeconds = i.max_wait_seconds
+            if (waits && i.extensions?.includes(SyncProtocol.EXTENSION_WAIT_AFTER) === true) known.waitAfter = true
             maxWaitSeconds = waits ? i.max_wait_seconds : 0
             return known
           })
@@ -448,7 +461,12 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
         const url = `${base}/sync/${generation}/${start}/${end}`
         const request = wait === 0
           ? HttpClientRequest.get(url)
-          : HttpClientRequest.get(url).pipe(HttpClientRequest.setHeader(SyncProtocol.HEADER_PREFER, SyncProtocol.formatWait(wait)))
+          : HttpClientRequest.get(url).pipe(HttpClientRequest.setHeader(
+            SyncProtocol.HEADER_PREFER,
+            pullOptions?.after === undefined
+              ? SyncProtocol.formatWait(wait)
+              : SyncProtocol.formatWaitAfter(wait, pullOptions.after)
+          ))
         return send(
           request,
           (status, body, headers): Either.Either<PullResult, SyncError.RemoteFailure> => {
@@ -461,7 +479,12 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
               return Either.mapBoth(WalFrame.decodeWire(body), {
                 onLeft: (cause) =>
                   new SyncError.RemoteError({ reason: "Protocol", message: `GET ${url}: ${cause.message}`, status, cause }),
-                onRight: (frames): PullResult => ({ _tag: "Frames", frames })
+                onRight: (frames): PullResult => {
+                  const databaseId = headers[SyncProtocol.DATABASE_ID_HEADER]
+                  return typeof databaseId === "string" && databaseId !== ""
+                    ? { _tag: "Frames", frames, databaseId }
+                    : { _tag: "Frames", frames }
+                }
               })
             }
             if (status === 400 || status === 500) {

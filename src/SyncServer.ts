@@ -222,7 +222,7 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
         max_pull_frames: store.maxPullFrames,
         max_push_frames: maxPushFrames,
         ...(maxWaitSeconds > 0
-          ? { extensions: [...EXTENSIONS, SyncProtocol.EXTENSION_WAIT], max_wait_seconds: maxWaitSeconds }
+          ? { extensions: [...EXTENSIONS, SyncProtocol.EXTENSION_WAIT, SyncProtocol.EXTENSION_WAIT_AFTER], max_wait_seconds: maxWaitSeconds }
           : { extensions: EXTENSIONS }),
         ...(id === undefined ? {} : { database_id: id })
       }
@@ -311,7 +311,8 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
         start,
         capped,
         granted * 1000,
-        guardWait(log, request)
+        guardWait(log, request),
+        asked === undefined ? undefined : SyncProtocol.parsePreferAfter(request.headers[SyncProtocol.HEADER_PREFER])
       ).pipe(
         Effect.catchAll(storeFailure("pull"))
       )

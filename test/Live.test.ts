@@ -22,6 +22,7 @@ import * as NodePath from "node:path"
 import * as ServerStore from "../src/ServerStore.js"
 import * as SyncDatabase from "../src/SyncDatabase.js"
 import type * as SyncEvents from "../src/SyncEvents.js"
+import * as SyncRemote from "../src/SyncRemote.js"
 import * as SyncServer from "../src/SyncServer.js"
 
 const quiet = Logger.withMinimumLogLevel(LogLevel.Error)
@@ -79,6 +80,63 @@ const liveState = (db: SyncDatabase.Service, state: SyncEvents.LiveState) =>
     Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error(`status.live never became ${state}`) })
   )
 
+/**
+ * Waits (at most 30 s) until A's push of what it wrote has finished (status: nothing pending, idle): B can
+ * see a row before the push that carried it has recorded its acknowledgement on A.
+ */
+const pushed = (db: SyncDatabase.Service) =>
+  db.status.changes.pipe(
+    Stream.filter((s) => s.pendingChanges === 0 && s.state === "idle"),
+    Stream.take(1),
+    Stream.runDrain,
+    Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error("the pending changes never went") })
+  )
+
+/** What a replica asked of its remote, counted. */
+interface Asked {
+  info: number
+  /** Pulls that did not wait (a pull's own requests, as opposed to the waiting pull of live sync). */
+  plainPulls: number
+  /** Answers of waiting pulls from the synced frame that had new frames. */
+  heldAnswers: number
+}
+
+/**
+ * A live replica on an HTTP remote whose requests are counted; `tamper` may change what a waiting pull
+ * from the synced frame answers before live sync sees it.
+ */
+const openCounted = (
+  path: string,
+  url: string,
+  tamper: (result: SyncRemote.PullResult) => SyncRemote.PullResult = (result) => result
+) =>
+  Effect.gen(function*() {
+    const asked: Asked = { info: 0, plainPulls: 0, heldAnswers: 0 }
+    // The HTTP client lives as long as the test's scope (the replica's requests outlive this function).
+    const client = yield* Layer.build(NodeHttpClient.layerUndici)
+    const http = yield* SyncRemote.makeHttp({ url, retrySchedule: Schedule.intersect(Schedule.spaced(50), Schedule.recurs(1)) }).pipe(
+      Effect.provide(client)
+    )
+    const counted: SyncRemote.Service = {
+      ...http,
+      info: Effect.zipRight(Effect.sync(() => asked.info++), http.info),
+      pull: (generation, start, end, options) =>
+        options?.waitSeconds === undefined
+          ? Effect.zipRight(Effect.sync(() => asked.plainPulls++), http.pull(generation, start, end, options))
+          : Effect.map(http.pull(generation, start, end, options), (result) => {
+            if (options.after === undefined || result._tag !== "Frames" || result.frames.length < 2) return result
+            asked.heldAnswers++
+            return tamper(result)
+          })
+    }
+    const db = yield* Layer.build(
+      SyncDatabase.layerRemote({ path, live: { maxBackoff: "500 millis" } }).pipe(
+        Layer.provide(Layer.succeed(SyncRemote.SyncRemote, counted))
+      )
+    ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)), quiet)
+    return { db, asked }
+  })
+
 describe("live sync over a real server", () => {
   it.scopedLive("a write on A appears on B without a sync call; B reports connected", () =>
     Effect.gen(function*() {
@@ -107,6 +165,83 @@ describe("live sync over a real server", () => {
       expect(yield* b.query("SELECT id FROM notes WHERE id = 200")).toEqual([{ id: 200 }])
       expect((yield* b.stats).pendingChanges).toBe(0)
     }), 180_000)
+
+  it.scopedLive("the waiting pull's answer is the pull: B asks nothing else for a remote write, and each arrives once", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const server = yield* startServer(NodePath.join(dir, "data"))
+      yield* Effect.addFinalizer(() => server.stop)
+      const url = `${server.base}/db/held`
+      const a = yield* openLive(NodePath.join(dir, "a"), url)
+      yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+      yield* a.push
+      const { asked, db: b } = yield* openCounted(NodePath.join(dir, "b"), url)
+      yield* rowsUntil(b, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
+      yield* liveState(b, "connected")
+      const before = { ...asked }
+      for (let i = 1; i <= 5; i++) {
+        yield* a.execute(`INSERT INTO t VALUES (${i})`)
+        const rows = yield* rowsUntil<{ id: number }>(b, "SELECT id FROM t ORDER BY id", (r) => r.length >= i)
+        expect(rows.map((r) => r.id)).toEqual(Array.from({ length: i }, (_, k) => k + 1))
+      }
+      // Every write came in a waiting pull's answer, which B's pull used as its check and its frames.
+      expect(asked.heldAnswers - before.heldAnswers).toBeGreaterThanOrEqual(1)
+      expect(asked.info - before.info).toBe(0)
+      expect(asked.plainPulls - before.plainPulls).toBe(0)
+      expect((yield* b.stats).pendingChanges).toBe(0)
+    }), 180_000)
+
+  for (
+    const [what, tamper] of [
+      [
+        "holds another synced frame than B's (a remote restored from an older backup)",
+        (result: Extract<SyncRemote.PullResult, { _tag: "Frames" }>): SyncRemote.PullResult => ({
+          ...result,
+          frames: [{ ...result.frames[0], page: result.frames[0].page.map((b, i) => i === 100 ? b ^ 1 : b) }, ...result.frames.slice(1)]
+        })
+      ],
+      [
+        "names another database",
+        (result: Extract<SyncRemote.PullResult, { _tag: "Frames" }>): SyncRemote.PullResult => ({ ...result, databaseId: "another" })
+      ],
+      [
+        "names no database",
+        (result: Extract<SyncRemote.PullResult, { _tag: "Frames" }>): SyncRemote.PullResult => ({ _tag: "Frames", frames: result.frames })
+      ]
+    ] as const
+  ) {
+    it.scopedLive(`a waiting pull's answer that ${what} is not used: B's pull checks the remote itself`, () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const server = yield* startServer(NodePath.join(dir, "data"))
+        yield* Effect.addFinalizer(() => server.stop)
+        const url = `${server.base}/db/tampered`
+        const a = yield* openLive(NodePath.join(dir, "a"), url)
+        yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        yield* a.push
+        let armed = false
+        const { asked, db: b } = yield* openCounted(
+          NodePath.join(dir, "b"),
+          url,
+          (result) => armed && result._tag === "Frames" ? tamper(result) : result
+        )
+        yield* rowsUntil(b, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
+        yield* liveState(b, "connected")
+        // A first write pulled as it came: B's synced frame is then in its WAL, at hand to compare (the frame
+        // a bootstrap ends at is folded into the file, and only the remote's having it is checked then).
+        yield* a.execute("INSERT INTO t VALUES (1)")
+        yield* rowsUntil<{ id: number }>(b, "SELECT id FROM t", (r) => r.length >= 1)
+        armed = true
+        const before = { ...asked }
+        yield* a.execute("INSERT INTO t VALUES (2)")
+        const rows = yield* rowsUntil<{ id: number }>(b, "SELECT id FROM t ORDER BY id", (r) => r.length >= 2)
+        expect(rows).toEqual([{ id: 1 }, { id: 2 }])
+        expect(asked.heldAnswers - before.heldAnswers).toBeGreaterThanOrEqual(1)
+        // The check asked the remote (its identity, the synced frame), as a pull without an answer does.
+        expect(asked.info - before.info).toBeGreaterThanOrEqual(1)
+        expect(asked.plainPulls - before.plainPulls).toBeGreaterThanOrEqual(1)
+      }), 180_000)
+  }
 
   it.scopedLive("a server stopped and restarted: offline, then connected, and every write arrives once", () =>
     Effect.gen(function*() {
@@ -146,6 +281,7 @@ describe("live sync over a real server", () => {
       expect(offline).toBeGreaterThanOrEqual(0)
       expect(seen.slice(offline + 1)).toContain("connected")
       // A's pending write went exactly once.
+      yield* pushed(a)
       expect((yield* a.stats).pendingChanges).toBe(0)
       expect(yield* b.query("SELECT count(*) AS n FROM notes")).toEqual([{ n: 3 }])
     }), 180_000)

@@ -38,6 +38,43 @@ describe("moved", () => {
   })
 })
 
+describe("movedFromHeld and settledByFrames (a waiting pull from the synced frame as the pull)", () => {
+  const frameOf = (n: number): WalFrame.Frame => ({ pgno: n, commitSize: n, page: new Uint8Array([n % 256]) })
+  it("from the synced frame, only frames after it or a head elsewhere mean a change", () => {
+    fc.assert(fc.property(fc.integer({ min: 1, max: 5 }), fc.integer({ min: 1, max: 9 }), fc.nat(1000), (n, g, f) => {
+      const frames = Array.from({ length: n }, (_, i) => frameOf(i))
+      expect(LiveSync.movedFromHeld({ _tag: "Frames", frames })).toBe(n > 1)
+      expect(LiveSync.movedFromHeld({ _tag: "CheckpointNeeded", generation: g, maxFrameNo: f })).toBe(true)
+    }))
+  })
+  it("settles the check only for frames of the synced generation from the synced frame, naming the recorded database, whose first is the local one (or a folded one)", () => {
+    fc.assert(fc.property(
+      fc.record({
+        generation: fc.integer({ min: 1, max: 3 }),
+        syncedFrame: fc.integer({ min: 0, max: 4 }),
+        databaseId: fc.option(fc.constantFrom("db-1", "db-2"), { nil: undefined })
+      }),
+      fc.integer({ min: 1, max: 3 }),
+      fc.integer({ min: 0, max: 4 }),
+      fc.option(fc.constantFrom("db-1", "db-2"), { nil: undefined }),
+      fc.integer({ min: 0, max: 3 }),
+      fc.constantFrom("same", "other", "folded"),
+      (known, generation, start, databaseId, count, local) => {
+        const frames = Array.from({ length: count }, (_, i) => frameOf(start + i))
+        const answer = { generation, start, end: start + 129, result: { _tag: "Frames" as const, frames, databaseId } }
+        const localFrame = local === "same" ? frameOf(start) : local === "other" ? frameOf(start + 1) : undefined
+        const settled = Pull.settledByFrames(known, answer, localFrame)
+        expect(settled).toBe(
+          known.syncedFrame > 0 && known.databaseId !== undefined && databaseId === known.databaseId &&
+            generation === known.generation && start === known.syncedFrame && count > 0 && local !== "other"
+        )
+        // A CheckpointNeeded answer never settles it.
+        expect(Pull.settledByFrames(known, { ...answer, result: { _tag: "CheckpointNeeded", generation, maxFrameNo: start, databaseId } }, localFrame)).toBe(false)
+      }
+    ))
+  })
+})
+
 describe("checkPart and restPart (one pull from the synced frame for the check and the first frames)", () => {
   const frameNo = (pgno: number): WalFrame.Frame => ({ pgno, commitSize: pgno, page: new Uint8Array(0) })
   it("the check reads the frame at the synced position; the rest is the frames after it, in order, or nothing more only when /info's head is there", () => {

@@ -365,7 +365,7 @@ for (const [label, makeStore] of httpStores) {
         const reader = yield* remote(server.url("live"))
         const writer = yield* remote(server.url("live"))
         const info = H.json(yield* Effect.promise(() => H.request(server.base, { path: "/db/live/info" })))
-        expect(info.extensions).toEqual(["snapshot", "push_identity", "wait"])
+        expect(info.extensions).toEqual(["snapshot", "push_identity", "wait", "wait-after"])
         expect(info.max_wait_seconds).toBe(SyncProtocol.DEFAULT_MAX_WAIT_SECONDS)
         expect(yield* reader.info).toMatchObject({ generation: 1, maxFrameNo: 0, maxWaitSeconds: 30 })
         const replica = yield* writerFrom(yield* writer.export(1))
@@ -383,6 +383,45 @@ for (const [label, makeStore] of httpStores) {
         pulled.forEach((frame, i) => expect(WalFrame.equals(frame, write.frames[i])).toBe(true))
         expect(returnedAt).toBeGreaterThanOrEqual(pushedAt)
         expect(returnedAt - started).toBeLessThan(WELL_BEFORE_MS)
+      }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
+
+    it.scopedLive("after=F: a pull from the client's last frame waits while the head is F, then answers F and the frames after it, naming the database", () =>
+      Effect.gen(function*() {
+        const server = yield* startServer(makeStore())
+        const reader = yield* remote(server.url("held"))
+        const writer = yield* remote(server.url("held"))
+        expect(yield* reader.info).toMatchObject({ waitAfter: true })
+        const replica = yield* writerFrom(yield* writer.export(1))
+        const first = replica.write("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        expect(yield* writer.push(1, 1, first.frames.length + 1, first.frames)).toMatchObject({ _tag: "Ok" })
+        const held = first.frames.length
+        const id = (yield* reader.info).databaseId
+        // Nothing after F: waits its time, then answers F alone.
+        const idle = yield* timed(reader.pull(1, held, held + 129, { waitSeconds: 1, after: held }))
+        expect(idle.ms).toBeGreaterThanOrEqual(950)
+        expect(idle.value).toMatchObject({ _tag: "Frames", databaseId: id })
+        expect(idle.value._tag === "Frames" ? idle.value.frames.length : 0).toBe(1)
+        // A commit during the wait: answered as soon as it lands, from F.
+        const started = Date.now()
+        const waiting = yield* Effect.fork(reader.pull(1, held, held + 129, { waitSeconds: WAIT_SECONDS, after: held }))
+        yield* Effect.sleep("300 millis")
+        const second = replica.write("INSERT INTO t (v) VALUES ('hello')")
+        expect(yield* writer.push(1, held + 1, held + second.frames.length + 1, second.frames)).toMatchObject({ _tag: "Ok" })
+        const result = yield* Fiber.join(waiting)
+        expect(Date.now() - started).toBeLessThan(WELL_BEFORE_MS)
+        expect(result).toMatchObject({ _tag: "Frames", databaseId: id })
+        const frames = result._tag === "Frames" ? result.frames : []
+        expect(frames.length).toBe(1 + second.frames.length)
+        expect(WalFrame.equals(frames[0], first.frames[held - 1])).toBe(true)
+        second.frames.forEach((frame, i) => expect(WalFrame.equals(frames[i + 1], frame)).toBe(true))
+        // The head is past F already: answered at once, F and what follows.
+        const past = yield* timed(reader.pull(1, held, held + 129, { waitSeconds: WAIT_SECONDS, after: held }))
+        expect(past.ms).toBeLessThan(950)
+        expect(past.value._tag === "Frames" ? past.value.frames.length : 0).toBe(1 + second.frames.length)
+        // A client past the head (F beyond it) is answered at once, as without after.
+        const beyond = yield* timed(reader.pull(1, held + 5, held + 129, { waitSeconds: WAIT_SECONDS, after: held + 5 }))
+        expect(beyond.ms).toBeLessThan(950)
+        expect(beyond.value).toMatchObject({ _tag: "CheckpointNeeded", generation: 1, maxFrameNo: held + second.frames.length })
       }).pipe(Effect.provide(NodeHttpClient.layerUndici)))
 
     it.scopedLive("a pull that finds nothing waits its time, then answers checkpoint_needed; without the header it answers at once", () =>
@@ -601,7 +640,7 @@ describe("waiting pulls: two servers on one PostgreSQL, the CLI, the in-process 
       yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(dataOff, { recursive: true, force: true })))
       const server = yield* serverProcess(["--data", data, "--max-pull-wait", "2"])
       const info = H.json(yield* rawPull(server.url, "/db/cli/info"))
-      expect(info.extensions).toEqual(["snapshot", "push_identity", "wait"])
+      expect(info.extensions).toEqual(["snapshot", "push_identity", "wait", "wait-after"])
       expect(info.max_wait_seconds).toBe(2)
       const waited = yield* timed(rawPull(server.url, "/db/cli/sync/1/1/129", 30))
       expect(waited.value.headers[SyncProtocol.HEADER_PREFERENCE_APPLIED]).toBe("wait=2")
@@ -723,6 +762,19 @@ describe("waiting pulls: logs and metrics", () => {
 })
 
 describe("the Prefer header", () => {
+  it("formatWaitAfter and parsePreferAfter agree; parsePreferWait reads the same header", () => {
+    fc.assert(fc.property(fc.integer({ min: 0, max: 600 }), fc.integer({ min: 0, max: 2 ** 40 }), (n, f) => {
+      const header = SyncProtocol.formatWaitAfter(n, f)
+      expect(SyncProtocol.parsePreferAfter(header)).toBe(f)
+      expect(SyncProtocol.parsePreferWait(header)).toBe(Math.min(n, SyncProtocol.MAX_WAIT_SECONDS_LIMIT))
+    }))
+    expect(SyncProtocol.parsePreferAfter("wait=5")).toBeUndefined()
+    expect(SyncProtocol.parsePreferAfter("wait=5, AFTER=\"12\"; x=y")).toBe(12)
+    for (const bad of ["after", "after=", "after=-1", "after=1.5", "after=x"]) {
+      expect(SyncProtocol.parsePreferAfter(`wait=5, ${bad}`)).toBeUndefined()
+    }
+  })
+
   it("formatWait and parsePreferWait agree; other preferences, parameters, quotes and case are understood", () => {
     fc.assert(fc.property(fc.integer({ min: 0, max: 10_000 }), (n) => {
       expect(SyncProtocol.parsePreferWait(SyncProtocol.formatWait(n))).toBe(Math.min(n, SyncProtocol.MAX_WAIT_SECONDS_LIMIT))
@@ -793,6 +845,19 @@ describe("the pure parts", () => {
       expect(notifier.size()).toBe(0)
       expect(notifier.databases()).toEqual([])
     })))
+
+  it("a pull with after=F waits only while the head of its generation is F; without F as the head, as atHead", () => {
+    const framesOf = (n: number) => ({ _tag: "Frames" as const, frames: Array.from({ length: n }, () => ({ pgno: 1, commitSize: 1, page: new Uint8Array(0) })) })
+    fc.assert(fc.property(fc.integer({ min: 1, max: 50 }), fc.integer({ min: 0, max: 50 }), fc.integer({ min: 0, max: 60 }), (start, after, head) => {
+      // What the store answers a pull from `start` when the generation's head is `head`.
+      const answer = head >= start ? framesOf(head - start + 1) : { _tag: "CheckpointNeeded" as const, generation: 2, maxFrameNo: head }
+      expect(WaitingPull.atHeadAfter(answer, 2, start, after)).toBe(head === after)
+      // Another generation's head never waits.
+      expect(WaitingPull.atHeadAfter({ _tag: "CheckpointNeeded", generation: 3, maxFrameNo: after }, 2, start, after)).toBe(false)
+      // after = start - 1 is the plain waiting pull.
+      expect(WaitingPull.atHeadAfter(answer, 2, start, start - 1)).toBe(WaitingPull.atHead(answer, 2, start))
+    }))
+  })
 
   it("a pull waits only at the head of the generation it names", () => {
     const frames = { _tag: "Frames" as const, frames: [] }

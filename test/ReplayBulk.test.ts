@@ -258,6 +258,125 @@ describe("ReplayBulk", () => {
       })
     }))
 
+  it.scoped("a run of deletes removing every row goes as one table-wide delete, which frees the pages whole", () =>
+    Effect.gen(function*() {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "replay-bulk-"))
+      yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true })))
+      const rows = Bulk.MAX_RUN * 2 + 100
+      const draft = yield* Executor.makeClient({ filename: path.join(dir, "draft") })
+      const target = yield* Executor.makeClient({ filename: path.join(dir, "target") })
+      for (const client of [draft, target]) {
+        yield* plain(client, ITEMS)
+        yield* plain(client, insertItems(1, rows))
+      }
+      yield* on(draft, ChangeCapture.install)
+      yield* on(draft, ChangeCapture.execute("DELETE FROM items"))
+      yield* plain(target, `ATTACH DATABASE '${path.join(dir, "draft")}' AS _sync_draft`)
+      const exec = yield* on(target, Executor.executor)
+      const table = (yield* on(target, TableInfo.read("items")))!
+      const runs = Bulk.readRuns(exec, "_sync_draft", 0)
+      expect(runs.length).toBe(3)
+      expect(runs.every((run) => run.runId === runs[0]!.id && run.runLast === runs[2]!.last)).toBe(true)
+      const keys = Bulk.eligible(runs[0]!, table)!
+      // a piece that does not start the run is never a table-wide delete
+      expect(Bulk.attemptClear(exec, runs[1]!, table, keys, "_sync_draft")).toBeUndefined()
+      // a row the run does not delete (another replica's): not every row goes, nothing is written
+      yield* plain(target, `INSERT INTO items (id, name) VALUES (${rows + 1}, 'theirs')`)
+      expect(Bulk.attemptClear(exec, runs[0]!, table, keys, "_sync_draft")).toBeUndefined()
+      yield* plain(target, `DELETE FROM items WHERE id = ${rows + 1}`)
+      // a row another replica changed: a conflict, left to replay change by change
+      yield* plain(target, "UPDATE items SET name = 'theirs' WHERE id = 7")
+      expect(Bulk.attemptClear(exec, runs[0]!, table, keys, "_sync_draft")).toBeUndefined()
+      yield* plain(target, "UPDATE items SET name = 'name-7' WHERE id = 7")
+      const pages = Number((yield* target.unsafe("PRAGMA page_count").values)[0]![0])
+      expect(Bulk.attemptClear(exec, runs[0]!, table, keys, "_sync_draft")).toBe(rows)
+      expect((yield* target.unsafe("SELECT count(*) FROM items").values)[0]![0]).toBe(0)
+      // SQLite's truncate optimization: the table's pages went to the free list whole
+      const free = Number((yield* target.unsafe("PRAGMA freelist_count").values)[0]![0])
+      expect(free).toBeGreaterThan(pages / 2)
+      yield* plain(target, "DETACH DATABASE _sync_draft")
+    }))
+
+  it.scoped("table-wide deletes leave what deletes by key leave: every row or all but some, conflicts, triggers, AUTOINCREMENT", () =>
+    Effect.gen(function*() {
+      const all = Bulk.MAX_RUN + 50
+      const rows = `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${all})`
+      for (const policy of ["lastPushWins", "remoteWins"] as const) {
+        // every row; then more rows in the same transaction after it
+        yield* expectSame({
+          base: [ITEMS, insertItems(1, all)],
+          local: [["DELETE FROM items"], [insertItems(1, 40), "DELETE FROM items", insertItems(5, 60)]],
+          policy
+        })
+        // another replica added, changed or deleted a row meanwhile
+        for (const remote of [`INSERT INTO items (id) VALUES (${all + 1})`, "UPDATE items SET value = 9 WHERE id = 3", "DELETE FROM items WHERE id = 3"]) {
+          yield* expectSame({ base: [ITEMS, insertItems(1, all)], local: [["DELETE FROM items"]], remote: [remote], policy })
+        }
+      }
+      // a transaction the policy drops after its table-wide delete: the rows come back, its changes are dropped
+      const dropped = yield* expectSame({
+        base: [ITEMS, insertItems(1, all), "CREATE TABLE o (id INTEGER PRIMARY KEY, v)", "INSERT INTO o VALUES (1, 'base')"],
+        local: [["DELETE FROM items", "UPDATE o SET v = 'mine' WHERE id = 1"]],
+        remote: ["UPDATE o SET v = 'theirs' WHERE id = 1"],
+        policy: "remoteWins"
+      })
+      expect(Exit.isSuccess(dropped.bulk.exit) && dropped.bulk.exit.value.dropped?.length).toBe(all + 1)
+      expect(dropped.bulk.rows).toContain("text:7468656972") // 'theirs'
+      // AUTOINCREMENT keeps its counter; a user trigger of the target does not fire
+      const { bulk } = yield* expectSame({
+        base: [
+          "CREATE TABLE a (id INTEGER PRIMARY KEY AUTOINCREMENT, v)",
+          `${rows} INSERT INTO a (v) SELECT i FROM n`,
+          "CREATE TABLE audit (n)",
+          "CREATE TRIGGER a_del AFTER DELETE ON a BEGIN INSERT INTO audit VALUES (old.id); END"
+        ],
+        local: [["DELETE FROM audit", "DELETE FROM a", "INSERT INTO a (v) VALUES ('after')"]]
+      })
+      // (hex() of an integer is the hex of its decimal text)
+      const a = `a: integer:${Buffer.from(String(all + 1)).toString("hex").toUpperCase()} text:${Buffer.from("after").toString("hex").toUpperCase()}`
+      expect(bulk.rows.split("\n")[0]).toBe(a)
+      expect(bulk.rows.split("\n")[1]!.split(" | ").length).toBe(all)
+      // a composite key, a text key without case, a table without rowid
+      yield* expectSame({
+        base: ["CREATE TABLE c (a TEXT COLLATE NOCASE, b INTEGER, v, PRIMARY KEY (a, b)) WITHOUT ROWID", `${rows} INSERT INTO c SELECT 'K' || (i % 7), i, i FROM n`],
+        local: [["DELETE FROM c"]],
+        remote: ["UPDATE c SET v = -1 WHERE b = 9"]
+      })
+    }), 120_000)
+
+  it.scoped("deletes of every row, or all but a few, over random remote edits leave what change by change leaves (property)", () =>
+    Effect.gen(function*() {
+      const value = fc.constantFrom("NULL", "0.0", "-0.0", "1", "1.0", "'a'", "CAST(X'FF61' AS TEXT)", "X'00'")
+      const property = fc.asyncProperty(
+        fc.integer({ min: Bulk.MIN_RUN, max: 90 }),
+        fc.array(value, { minLength: 1, maxLength: 90 }),
+        fc.constantFrom("p (id INTEGER PRIMARY KEY, v)", "p (id TEXT PRIMARY KEY COLLATE NOCASE, v) WITHOUT ROWID", "p (id, v, PRIMARY KEY (id, v))"),
+        fc.array(fc.integer({ min: 1, max: 100 }), { maxLength: 2 }),
+        fc.array(fc.tuple(fc.integer({ min: 1, max: 100 }), value, fc.constantFrom("insert", "update", "delete")), { maxLength: 3 }),
+        fc.constantFrom("lastPushWins", "remoteWins", "lastPushWinsRow") as fc.Arbitrary<ConflictPolicy.Policy>,
+        async (rows, values, shape, kept, remote, policy) => {
+          const id = (i: number) => shape.includes("TEXT") ? `'k${i}'` : String(i)
+          const scenario: Scenario = {
+            base: [
+              `CREATE TABLE ${shape}`,
+              `INSERT INTO p (id, v) VALUES ${Array.from({ length: rows }, (_, i) => `(${id(i + 1)}, ${values[i % values.length]})`).join(", ")}`
+            ],
+            local: [[kept.length === 0 ? "DELETE FROM p" : `DELETE FROM p WHERE id NOT IN (${kept.map(id).join(", ")})`]],
+            remote: remote.map(([i, v, kind]) =>
+              kind === "delete"
+                ? `DELETE FROM p WHERE id = ${id(i)}`
+                : kind === "update"
+                ? `UPDATE p SET v = ${v} WHERE id = ${id(i)}`
+                : `INSERT OR IGNORE INTO p (id, v) VALUES (${id(i + 100)}, ${v})`
+            ),
+            policy
+          }
+          await Effect.runPromise(Effect.scoped(expectSame(scenario)))
+        }
+      )
+      yield* Effect.promise(() => fc.assert(property, { numRuns: 15 }))
+    }), 120_000)
+
   it.scoped("random runs of exact values over random remote edits (property)", () =>
     Effect.gen(function*() {
       const value = fc.oneof(

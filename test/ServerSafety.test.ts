@@ -276,7 +276,7 @@ describe("a data directory the server cannot write", () => {
           max_frame_no: before.frames,
           max_pull_frames: 1024,
           max_push_frames: 1024,
-          extensions: ["snapshot", "push_identity", "wait"],
+          extensions: ["snapshot", "push_identity", "wait", "wait-after"],
           max_wait_seconds: 30
         })
         const snapshot = await H.snapshot(reader.url, "app", TOKEN)

@@ -47,7 +47,7 @@ import { recover } from "./recovery.js"
 import { pullFollowingRemote, rebootstrapSynced } from "./rebootstrap.js"
 import * as RemoteBinding from "./remoteBinding.js"
 import * as Replay from "./replay.js"
-import { type EngineOptions, type Opening, persistStaged, type State, type SyncedPrefix, updateMetadata } from "./state.js"
+import { type EngineOptions, type OfferedAnswer, type Opening, persistStaged, type State, type SyncedPrefix, updateMetadata } from "./state.js"
 import { resetSyncedWal } from "./syncedWal.js"
 
 export { bootstrapSteps, type EngineOptions, type Step, steps } from "./state.js"
@@ -147,6 +147,7 @@ const makeState = (opening: Opening, initial: SyncMetadata.Metadata) =>
       writesSinceWalCheck: { count: 0 },
       changes: yield* Changes.make,
       pushIdentity: yield* Ref.make<boolean | undefined>(undefined),
+      offeredAnswer: { current: undefined },
       maxWalFrames: Math.max(1, opening.options.maxWalFrames ?? 1000)
     }
     return state
@@ -236,6 +237,7 @@ export const make = (options: EngineOptions) =>
     changes: state.changes,
     watch: Changes.watch(state.changes, state.gates, state.draft),
     tablesRead: Local.tablesRead(state),
+    offer: (answer: OfferedAnswer) => Pull.offer(state, answer),
     position: Effect.map(SynchronizedRef.get(state.metadata), (m) => ({ generation: m.generation, frame: m.syncedFrame }))
   }))
 

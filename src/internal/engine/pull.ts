@@ -11,6 +11,7 @@ import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as ChangeReplay from "../../ChangeReplay.js"
 import * as SyncError from "../../SyncError.js"
+import type * as SyncMetadata from "../../SyncMetadata.js"
 import * as SyncProtocol from "../../SyncProtocol.js"
 import type * as SyncRemote from "../../SyncRemote.js"
 import * as WalFrame from "../../WalFrame.js"
@@ -19,7 +20,7 @@ import { sqlStatementError } from "./errors.js"
 import * as RemoteBinding from "./remoteBinding.js"
 import { finishFlaggedRoll, rollSynced } from "./roll.js"
 import { finishFlaggedFold, foldSynced } from "./fold.js"
-import { on, received, stageMetadata, type State, walFrames, withoutTransfer } from "./state.js"
+import { type OfferedAnswer, on, received, stageMetadata, type State, walFrames, withoutTransfer } from "./state.js"
 import { cutToSyncedFrame, prefixAtSyncedFrame } from "./syncedWal.js"
 import * as Validate from "./validate.js"
 
@@ -237,6 +238,66 @@ const verifyAndFirstTogether = (
   })
 
 /**
+ * Hands the next step (a) an answer the remote gave already (live sync's waiting pull): used in place of
+ * its requests when it settles the check (`settledByFrames`), else dropped. Only the latest is kept.
+ */
+export const offer = (state: State, answer: OfferedAnswer): Effect.Effect<void> =>
+  Effect.sync(() => {
+    state.offeredAnswer.current = answer
+  })
+
+/**
+ * Whether an answer to a pull that starts at the synced frame settles the check before a pull
+ * (RemoteBinding.verify) on its own: it names the recorded database (what `/info`'s identity says), it has
+ * frames of the synced generation (so the remote has not gone back to an earlier one), and its first frame
+ * is the synced frame as this client holds it (`local`; `undefined` when it is folded into Synced's file,
+ * and then the remote still having it is enough, as for `verify`). Anything else is left to `verify`.
+ */
+export const settledByFrames = (
+  known: {
+    readonly generation: number
+    readonly syncedFrame: number
+    readonly databaseId?: string | undefined
+  },
+  answer: OfferedAnswer,
+  local: WalFrame.Frame | undefined
+): boolean =>
+  known.syncedFrame > 0 && known.databaseId !== undefined && answer.generation === known.generation &&
+  answer.start === known.syncedFrame && answer.result._tag === "Frames" && answer.result.frames.length > 0 &&
+  answer.result.databaseId === known.databaseId &&
+  (local === undefined || WalFrame.equals(local, answer.result.frames[0]))
+
+/**
+ * An offered answer that settles the check, as the check's `/info` and the pull's first request: `/info`
+ * with the answer's last frame as the head (the pull brings the remote as the answer found it; a commit
+ * since is the next pull's), the frames after the synced one as the first request's answer. `undefined`:
+ * no answer offered, or one that cannot settle the check.
+ */
+const takeOffered = (state: State, m: SyncMetadata.Metadata) =>
+  Effect.gen(function*() {
+    const answer = state.offeredAnswer.current
+    state.offeredAnswer.current = undefined
+    if (answer === undefined || answer.result._tag !== "Frames") return undefined
+    const folded = m.foldedFrame ?? 0
+    const local = m.syncedFrame <= folded
+      ? undefined
+      : (yield* Files.readWalFrames(state.paths.synced, 1, m.syncedFrame - 1 - folded))[0]
+    if (!settledByFrames(m, answer, local)) return undefined
+    const frames = answer.result.frames
+    const info: SyncRemote.Info = {
+      generation: m.generation,
+      databaseId: m.databaseId,
+      maxFrameNo: m.syncedFrame + frames.length - 1
+    }
+    const first: FirstRequest | undefined = frames.length === 1 ? undefined : {
+      start: m.syncedFrame + 1,
+      end: answer.end,
+      result: Either.right({ _tag: "Frames", frames: frames.slice(1) })
+    }
+    return { info, first }
+  })
+
+/**
  * Steps 1a and 2a: pull every frame the remote has beyond the synced frame into Synced's WAL (written
  * while Synced is closed), following generation rolls. Returns whether anything arrived.
  */
@@ -246,6 +307,13 @@ export const pullRemoteIntoSynced = Effect.fn("Engine.pullRemoteIntoSynced")(fun
   yield* cutToSyncedFrame(state)
   const m = yield* SynchronizedRef.get(state.metadata)
   const cursor: Cursor = { generation: m.generation, frame: m.syncedFrame, buffer: [], changed: false }
+  // Live sync's waiting pull answered from the synced frame: no request at all when that settles the check.
+  const offered = yield* takeOffered(state, m)
+  if (offered !== undefined) {
+    return offered.first === undefined
+      ? yield* pulled(state, false)
+      : yield* pullChecked(state, cursor, offered.info, offered.first)
+  }
   // The first frames are asked for beside the check (one round trip for both), and used only once the
   // check passed. A catch-up of more frames goes on with as many per request as the server answers.
   const start = m.syncedFrame + 1

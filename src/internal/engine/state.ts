@@ -170,6 +170,16 @@ export interface State extends Opening {
    * then a push may skip the pull before it (push.ts `pushAtHead`). `undefined`: not asked yet.
    */
   readonly pushIdentity: Ref.Ref<boolean | undefined>
+  /** A waiting pull's answer live sync hands to the next step (a), which takes it (pull.ts `offer`). */
+  readonly offeredAnswer: { current: OfferedAnswer | undefined }
+}
+
+/** The answer to a pull of `generation` from `start` to `end` (exclusive), as the remote gave it. */
+export interface OfferedAnswer {
+  readonly generation: number
+  readonly start: number
+  readonly end: number
+  readonly result: SyncRemote.PullResult
 }
 
 /** Counts bytes that arrived (for `stats`) and tells the observer. */

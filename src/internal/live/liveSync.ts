@@ -12,6 +12,7 @@ import * as Effect from "effect/Effect"
 import * as Queue from "effect/Queue"
 import type * as Scope from "effect/Scope"
 import type * as SyncError from "../../SyncError.js"
+import * as SyncProtocol from "../../SyncProtocol.js"
 import type { LiveState } from "../../SyncEvents.js"
 import type * as SyncRemote from "../../SyncRemote.js"
 import type * as Changes from "./changes.js"
@@ -41,6 +42,16 @@ export interface Target {
   /** Where the synced copy stands on the remote's history. */
   readonly position: Effect.Effect<{ readonly generation: number; readonly frame: number }>
   readonly tracker: Changes.Tracker
+  /**
+   * Hands the next push or pull a waiting pull's answer from the synced frame, used in place of its first
+   * requests when it settles the check of the remote (else dropped).
+   */
+  readonly offer: (answer: {
+    readonly generation: number
+    readonly start: number
+    readonly end: number
+    readonly result: SyncRemote.PullResult
+  }) => Effect.Effect<void>
   /** The remote, observed (its answers set `online`). */
   readonly remote: SyncRemote.Service
   /** Records the live state in `status` and tells `events` when it changes. */
@@ -56,6 +67,13 @@ export const backoffMs = (attempt: number, capMs: number): number => Math.min(ca
  */
 export const moved = (result: SyncRemote.PullResult, generation: number, frame: number): boolean =>
   result._tag === "Frames" || result.generation !== generation || result.maxFrameNo !== frame
+
+/**
+ * The same for a waiting pull from the synced frame `frame` itself (`after`): frames after it came, or the
+ * remote no longer has it where this replica does (a pull says why).
+ */
+export const movedFromHeld = (result: SyncRemote.PullResult): boolean =>
+  result._tag === "CheckpointNeeded" || result.frames.length > 1
 
 /** Failures worth trying again: the remote was unreachable, busy, or another replica pushed first. */
 const transient = (error: SyncError.SyncError) => error._tag === "NetworkError" || error._tag === "ConflictError"
@@ -80,6 +98,8 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
     // Where the watcher stood when it asked for the pull: a push of ours that moved the position meanwhile
     // was the commit its waiting pull heard (see the worker).
     let pullFrom: { readonly generation: number; readonly frame: number } | undefined
+    // The waiting pull's answer that asked for the pull, if it can serve as the pull's first requests.
+    let answer: Parameters<Target["offer"]>[0] | undefined
 
     const writes = yield* Queue.sliding<void>(1)
     const listener = () => writes.unsafeOffer(undefined)
@@ -110,9 +130,11 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
         const op = wants.sync ? "sync" : "pull"
         const waiting = pullsWaited
         const from = pullFrom
+        const offered = answer
         wants.sync = false
         wants.pull = false
         pullFrom = undefined
+        answer = undefined
         if (op === "pull" && from !== undefined) {
           // The position moved since the watcher asked: our own push landed (its commit woke the watcher) and
           // took in every frame before it. Nothing to pull; the watcher asks again from the new position and
@@ -125,6 +147,8 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
           }
         }
         yield* target.report("syncing")
+        // Whichever runs (a push's step (a) too) uses it if it still applies.
+        if (offered !== undefined) yield* target.offer(offered)
         // A sync that started finishes even when the scope closes (like autoSync's).
         const outcome = yield* Effect.either(Effect.uninterruptible(op === "sync" ? pushThenPull : target.pull))
         if (outcome._tag === "Right") {
@@ -150,53 +174,65 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
     }))
 
     // Asks the worker for a pull from `at` and waits for it (the position moves only then).
-    const pullAndWait = (at: { readonly generation: number; readonly frame: number }) =>
+    const pullAndWait = (
+      at: { readonly generation: number; readonly frame: number },
+      offered: Parameters<Target["offer"]>[0] | undefined
+    ) =>
       Effect.suspend(() => {
         pullsWaited++
         pullFrom = at
+        answer = offered
         request("pull")
         return Queue.take(pulled)
       })
 
     let watchFailures = 0
-    // Whether the remote waits, learnt on the first answer and again after an outage (it may be another server).
-    let waits: boolean | undefined
-    const watcher = Effect.forever(Effect.gen(function*() {
-      const at = yield* target.position
-      const result = yield* Effect.either(
-        target.remote.pull(at.generation, at.frame + 1, at.frame + 2, { waitSeconds })
-      )
-      if (result._tag === "Left") {
-        const error = result.left
+    // What the remote does with waiting pulls, learnt from `info` first and again after an outage (it may
+    // be another server): whether it waits, and whether a waiting pull may start at the synced frame.
+    let mode: { readonly waits: boolean; readonly after: boolean } | undefined
+    const failed = (error: SyncError.SyncError) =>
+      Effect.gen(function*() {
         if (error._tag === "NetworkError") yield* target.report("offline")
         else yield* Effect.logWarning(`live sync: ${error._tag}: ${error.message}`)
-        waits = undefined
+        mode = undefined
         yield* Effect.sleep(backoffMs(watchFailures++, capMs))
-        return
+      })
+    const watcher = Effect.forever(Effect.gen(function*() {
+      if (mode === undefined) {
+        const info = yield* Effect.either(target.remote.info)
+        if (info._tag === "Left") return yield* failed(info.left)
+        const waits = (info.right.maxWaitSeconds ?? 0) > 0
+        mode = { waits, after: waits && info.right.waitAfter === true }
       }
+      const at = yield* target.position
+      // From the synced frame itself where the remote allows it: the answer then carries that frame (the
+      // check of the remote compares it) and the new ones, and serves as the pull's requests.
+      const fromHeld = mode.after && at.frame > 0
+      const start = fromHeld ? at.frame : at.frame + 1
+      const end = fromHeld ? at.frame + 1 + SyncProtocol.CLIENT_BATCH_FRAMES : at.frame + 2
+      const result = yield* Effect.either(
+        target.remote.pull(at.generation, start, end, fromHeld ? { waitSeconds, after: at.frame } : { waitSeconds })
+      )
+      if (result._tag === "Left") return yield* failed(result.left)
       if (watchFailures > 0) {
         // Back after an outage: push what was written meanwhile and bring what others did.
         watchFailures = 0
         yield* target.report("connected")
         request("sync")
       }
-      if (moved(result.right, at.generation, at.frame)) {
+      if (fromHeld ? movedFromHeld(result.right) : moved(result.right, at.generation, at.frame)) {
         // Moved by this replica meanwhile (its own push, or a pull): ask again from there. Another replica's
         // frames a push of ours took in are pulled by the worker right after that push.
         const current = yield* target.position
         if (current.generation !== at.generation || current.frame !== at.frame) return
-        yield* pullAndWait(at)
+        yield* pullAndWait(at, fromHeld ? { generation: at.generation, start, end, result: result.right } : undefined)
         const now = yield* target.position
         // A pull that could not move (a remote that went back in time, a failure said in status): not again at once.
         if (now.generation === at.generation && now.frame === at.frame) yield* Effect.sleep(backoffMs(watchFailures++, capMs))
         return
       }
       // Nothing new. A remote that waited is asked again at once; one that does not wait is polled.
-      if (waits === undefined) {
-        const info = yield* Effect.either(target.remote.info)
-        waits = info._tag === "Right" && (info.right.maxWaitSeconds ?? 0) > 0
-      }
-      if (!waits) yield* Effect.sleep(pollInterval)
+      if (!mode.waits) yield* Effect.sleep(pollInterval)
     }))
 
     yield* Effect.forkScoped(pusher)

@@ -47,9 +47,14 @@ export interface RunStart {
   readonly cols: string | null
 }
 
-/** A run: changes `first..last` (ids; some ids in between may not exist). */
+/**
+ * A run: changes `first..last` (ids; some ids in between may not exist), a piece of the whole run
+ * `runId..runLast` (the same when the run is short).
+ */
 export interface Run extends RunStart {
   readonly last: number
+  readonly runId: number
+  readonly runLast: number
 }
 
 /**
@@ -66,21 +71,71 @@ export const runStartsText = (schema: string) => {
     ORDER BY l.id LIMIT $limit`
 }
 
+/** Pure: the statement reading the change after `$after` with its run's header. */
+export const headText = (schema: string) =>
+  `SELECT id, tx_id, tbl, kind, cols FROM ${ident(schema)}._sync_changes WHERE id > $after ORDER BY id LIMIT 1`
+
+/**
+ * Pure: the statement finding where the run that starts at `$first` ends within its next {@link MAX_RUN}
+ * ids: the first change there whose header differs (none: the run goes on, or the log ends). One pass over
+ * those changes, which stops at the end of the run.
+ */
+export const runEndText = (schema: string) =>
+  `SELECT id FROM ${ident(schema)}._sync_changes WHERE id > $from AND id <= $from + ${MAX_RUN}
+    AND (tx_id IS NOT $tx OR tbl IS NOT $tbl OR kind IS NOT $kind OR cols IS NOT $cols) ORDER BY id LIMIT 1`
+
 /**
  * Reads the runs after change `afterId` (up to {@link RUNS_PER_READ}), each with its last id. Inside the
  * replay's transaction the attached log is read from one snapshot, so the last run ends at the last
  * change this snapshot has.
+ *
+ * A long run (the changes of one large statement) is followed to its end a piece at a time, comparing
+ * each change with the run's first; where runs are short, their starts are listed by one statement
+ * comparing each change with the one before ({@link runStartsText}).
  */
 export const readRuns = (exec: Executor, schema: string, afterId: number): ReadonlyArray<Run> => {
+  const runs: Array<Run> = []
+  let after = afterId
+  let max: number | undefined
+  while (runs.length < RUNS_PER_READ) {
+    const head = exec.values(headText(schema), [{ after }])[0]
+    if (head === undefined) return runs
+    const start = runStart(head)
+    let from = start.id
+    let last: number
+    for (;;) {
+      const end = exec.values(runEndText(schema), [{ from, tx: start.txId, tbl: start.table, kind: start.kind, cols: start.cols }])[0]
+      if (end !== undefined) {
+        last = Number(end[0]) - 1
+        break
+      }
+      max ??= Number(exec.values(`SELECT max(id) FROM ${ident(schema)}._sync_changes`)[0]![0])
+      if (from + MAX_RUN >= max) {
+        last = max
+        break
+      }
+      from += MAX_RUN
+    }
+    if (last - start.id + 1 < MIN_RUN) return runs.length > 0 ? runs : readRunStarts(exec, schema, after)
+    pieces(runs, start, last)
+    after = last
+  }
+  return runs
+}
+
+const runStart = (row: ReadonlyArray<unknown>): RunStart => ({
+  id: Number(row[0]),
+  txId: Number(row[1]),
+  table: row[2] as string,
+  kind: row[3] as string,
+  cols: row[4] as string | null
+})
+
+/** The runs after change `afterId` from their starts, listed by {@link runStartsText}. */
+const readRunStarts = (exec: Executor, schema: string, afterId: number): ReadonlyArray<Run> => {
   const rows = exec.values(runStartsText(schema), [{ after: afterId, limit: RUNS_PER_READ + 1 }])
   if (rows.length === 0) return []
-  const starts: Array<RunStart> = rows.map((row) => ({
-    id: Number(row[0]),
-    txId: Number(row[1]),
-    table: row[2] as string,
-    kind: row[3] as string,
-    cols: row[4] as string | null
-  }))
+  const starts = rows.map(runStart)
   const runs: Array<Run> = []
   for (let i = 0; i + 1 < starts.length; i++) pieces(runs, starts[i]!, starts[i + 1]!.id - 1)
   if (starts.length <= RUNS_PER_READ) {
@@ -93,7 +148,7 @@ export const readRuns = (exec: Executor, schema: string, afterId: number): Reado
 /** Pure: the run `start..last` as pieces of at most {@link MAX_RUN} ids, appended to `runs`. */
 export const pieces = (runs: Array<Run>, start: RunStart, last: number): void => {
   for (let id = start.id; id <= last; id += MAX_RUN) {
-    runs.push({ ...start, id, last: Math.min(last, id + MAX_RUN - 1) })
+    runs.push({ ...start, id, last: Math.min(last, id + MAX_RUN - 1), runId: start.id, runLast: last })
   }
 }
 
@@ -119,34 +174,40 @@ export const eligible = (run: Run, table: TableInfo.TableInfo | undefined): Read
 
 /** `a` and `b` hold the same value exactly (see the module comment: a REAL zero never counts as equal). */
 const exactlyEqual = (a: string, b: string) =>
-  `(typeof(${a}) = typeof(${b}) AND ${a} IS ${b} COLLATE BINARY AND NOT (typeof(${b}) = 'real' AND ${b} = 0))`
+  // (in this order, the cheapest first: `b <> 0` holds for every value but a numeric zero, whose storage class
+  // then decides; a NULL `b` makes it NULL, and `typeof(b) <> 'real'` true)
+  `(${a} IS ${b} COLLATE BINARY AND typeof(${a}) = typeof(${b}) AND (${b} <> 0 OR typeof(${b}) <> 'real'))`
 
 const v = (i: number) => `l.${valueColumn(i)}`
 
 /**
  * Pure: the statements of a bulk run on `table` reading the log `schema` (`$first`, `$last`: the run's first
- * and last id). `check` answers one row: the number of changes, and how many of them stand in the way (a
- * NULL key, a row that is not the before image, a key touched twice, a key moved).
+ * and last id): `count` answers the number of changes; `write` writes the changes that meet no conflict and
+ * no NULL key, each at most once per row. The run went as change by change would have it exactly when
+ * `write` wrote `count` rows: an insert meeting a taken key (ON CONFLICT DO NOTHING), an update or delete
+ * meeting a row that is not its before image, a key moved, or two changes meeting one row (a row is
+ * updated or deleted once by one statement) all write fewer. One pass over the run, no separate check.
  */
 export const statements = (
   kind: "insert" | "update" | "delete",
   table: TableInfo.TableInfo,
   keys: ReadonlyArray<number>,
   schema: string
-): { readonly check: string; readonly write: string } | undefined => {
+): { readonly count: string; readonly write: string } | undefined => {
   const log = `${ident(schema)}._sync_changes`
   const target = `main.${ident(table.name)}`
   const n = table.columns.length
   const range = `l.id BETWEEN $first AND $last`
+  const count = `SELECT count(*) FROM ${log} AS l WHERE ${range}`
   const keyNotNull = keys.map((k) => `${v(k)} IS NOT NULL`).join(" AND ")
   if (kind === "insert") {
     const columns = table.columns.map(ident).join(", ")
     const values = table.columns.map((_, i) => v(i)).join(", ")
     return {
-      check: `SELECT count(*), count(*) - coalesce(sum(${keyNotNull}), 0) FROM ${log} AS l WHERE ${range}`,
+      count,
       // (ORDER BY: the rows are written in the order they were captured, as change by change)
-      write: `INSERT INTO ${target} (${columns}) SELECT ${values} FROM ${log} AS l WHERE ${range} ORDER BY l.id ` +
-        `ON CONFLICT DO NOTHING`
+      write: `INSERT INTO ${target} (${columns}) SELECT ${values} FROM ${log} AS l WHERE ${range} AND ${keyNotNull} ` +
+        `ORDER BY l.id ON CONFLICT DO NOTHING`
     }
   }
   const join = table.primaryKey.map((column, j) => `t.${ident(column)} = ${v(keys[j]!)}`).join(" AND ")
@@ -155,30 +216,46 @@ export const statements = (
     // the key stays where it is: before and after key the same
     for (const k of keys) matches.push(exactlyEqual(v(k), v(n + k)))
   }
-  const keyList = keys.map((k) => v(k)).join(", ")
-  const check = `SELECT count(*),
-      count(*) - coalesce(sum(${matches.join(" AND ")}), 0)
-        + (SELECT count(*) FROM (SELECT 1 FROM ${log} AS l WHERE ${range} GROUP BY ${keyList} HAVING count(*) > 1))
-    FROM ${log} AS l LEFT JOIN ${target} AS t ON ${join} WHERE ${range}`
   if (kind === "delete") {
+    // the rows' own keys, as the table holds them: a row met by two changes is in the list once
     const keyColumns = table.primaryKey.map(ident)
     const left = keyColumns.length === 1 ? keyColumns[0]! : `(${keyColumns.join(", ")})`
-    return { check, write: `DELETE FROM ${target} WHERE ${left} IN (SELECT ${keyList} FROM ${log} AS l WHERE ${range})` }
+    const rowKeys = keyColumns.map((column) => `t.${column}`).join(", ")
+    return {
+      count,
+      write: `DELETE FROM ${target} WHERE ${left} IN (SELECT ${rowKeys} FROM ${log} AS l JOIN ${target} AS t ON ${join} ` +
+        `WHERE ${range} AND ${matches.join(" AND ")})`
+    }
   }
   const keySet = new Set(keys)
   const assignments = table.columns.flatMap((column, i) => keySet.has(i) ? [] : [`${ident(column)} = ${v(n + i)}`])
   if (assignments.length === 0) return undefined
   return {
-    check,
+    count,
     write: `UPDATE ${target} AS t SET ${assignments.join(", ")} FROM (SELECT * FROM ${log} AS l WHERE ${range}) AS l ` +
-      `WHERE ${join}`
+      `WHERE ${join} AND ${matches.join(" AND ")}`
   }
 }
 
 /**
+ * Pure: the check of a run of deletes that may remove every row (see {@link attemptClear}), in one pass:
+ * how many of its changes meet the row at their key holding exactly their before image, and how many
+ * distinct rows they meet (told apart by the rows' own keys, as the table holds them).
+ */
+export const clearCheck = (table: TableInfo.TableInfo, keys: ReadonlyArray<number>, schema: string): string => {
+  const log = `${ident(schema)}._sync_changes`
+  const target = `main.${ident(table.name)}`
+  const join = table.primaryKey.map((column, j) => `t.${ident(column)} = ${v(keys[j]!)}`).join(" AND ")
+  const matches = table.columns.map((column, i) => exactlyEqual(`t.${ident(column)}`, v(i)))
+  const rowKeys = table.primaryKey.map((column) => `t.${ident(column)}`).join(", ")
+  return `SELECT coalesce(sum(c), 0), count(*) FROM (SELECT count(*) AS c FROM ${log} AS l JOIN ${target} AS t ON ${join}
+    WHERE l.id BETWEEN $first AND $last AND ${matches.join(" AND ")} GROUP BY ${rowKeys})`
+}
+
+/**
  * Tries a run in bulk inside a savepoint: the number of changes written, or undefined when the run must
- * go change by change (nothing of it is left written). Failures other than the statements' own (a
- * constraint, a conflict found by the check) are thrown.
+ * go change by change (nothing of it is left written: a conflict, or a constraint of the table the write
+ * fails on). Failures of SQLite itself (I/O, a full disk) are thrown.
  */
 export const attempt = (
   exec: Executor,
@@ -189,12 +266,20 @@ export const attempt = (
 ): number | undefined => {
   const texts = statements(run.kind as "insert" | "update" | "delete", table, keys, schema)
   if (texts === undefined) return undefined
-  const [count, blocked] = exec.values(texts.check, [{ first: run.id, last: run.last }])[0]!.map(Number) as [number, number]
-  if (count === 0 || blocked !== 0) return undefined
+  const count = Number(exec.values(texts.count, [{ first: run.id, last: run.last }])[0]![0])
+  if (count === 0) return undefined
+  return writeExactly(exec, texts.write, [{ first: run.id, last: run.last }], count)
+}
+
+/**
+ * Runs `write` inside a savepoint: `count` when it wrote exactly `count` rows, else undefined with nothing
+ * of it left written.
+ */
+const writeExactly = (exec: Executor, write: string, params: ReadonlyArray<unknown>, count: number): number | undefined => {
   exec.run(`SAVEPOINT _sync_bulk`)
   let written: number
   try {
-    written = exec.run(texts.write, [{ first: run.id, last: run.last }])
+    written = exec.run(write, params)
   } catch {
     // a constraint of the table (CHECK, NOT NULL, UNIQUE elsewhere): change by change meets it again
     written = -1
@@ -206,6 +291,58 @@ export const attempt = (
   }
   exec.run(`RELEASE _sync_bulk`)
   return count
+}
+
+/**
+ * Pure: the statements of a run of deletes that removes every row of `table`: the table's rows, the run's
+ * changes, the {@link clearCheck}, and the write, one `DELETE` without a WHERE clause.
+ * SQLite carries that out by freeing the table's pages whole (its truncate optimization, when no trigger
+ * is on the table), where a delete by key rewrites every page it leaves: a push of the change sends the
+ * few pages that record the free pages, not every page of the table.
+ */
+export const clearStatements = (
+  table: TableInfo.TableInfo,
+  keys: ReadonlyArray<number>,
+  schema: string
+): { readonly rows: string; readonly changes: string; readonly check: string; readonly write: string } => {
+  const target = `main.${ident(table.name)}`
+  return {
+    rows: `SELECT count(*) FROM ${target}`,
+    changes: `SELECT count(*) FROM ${ident(schema)}._sync_changes WHERE id BETWEEN $first AND $last`,
+    check: clearCheck(table, keys, schema),
+    write: `DELETE FROM ${target}`
+  }
+}
+
+/**
+ * Tries the whole run of deletes that `run` starts as one table-wide delete (see {@link clearStatements}):
+ * the number of changes written, or undefined when it is not that (the run's pieces then go as usual).
+ *
+ * Replaying the run change by change removes every row of the table, with no conflict, exactly when the
+ * run has as many changes as the table has rows, and the check finds each of them meeting the row at its
+ * key holding its before image, and as many distinct rows met: they are then all the table's rows, each
+ * met once. A table-wide delete then leaves what the deletes by key leave
+ * (an empty table; AUTOINCREMENT's counter untouched either way). User triggers are suspended by replay
+ * and no foreign key can act when replay goes in bulk (see replay.ts), so nothing else is written either.
+ */
+export const attemptClear = (
+  exec: Executor,
+  run: Run,
+  table: TableInfo.TableInfo,
+  keys: ReadonlyArray<number>,
+  schema: string
+): number | undefined => {
+  if (run.kind !== "delete" || run.id !== run.runId) return undefined
+  const texts = clearStatements(table, keys, schema)
+  const range = [{ first: run.runId, last: run.runLast }]
+  const rows = Number(exec.values(texts.rows)[0]![0])
+  // (each id holds one change at most: a run of fewer ids than the table has rows cannot remove them all)
+  if (rows < MIN_RUN || run.runLast - run.runId + 1 < rows) return undefined
+  // (a run of exactly as many ids has at most as many changes, and the check counts as many: no count needed)
+  if (run.runLast - run.runId + 1 !== rows && Number(exec.values(texts.changes, range)[0]![0]) !== rows) return undefined
+  const [matched, distinct] = exec.values(texts.check, range)[0]!.map(Number) as [number, number]
+  if (matched !== rows || distinct !== rows) return undefined
+  return writeExactly(exec, texts.write, [], rows)
 }
 
 /** The ids of changes `first..last` in the log (for a local transaction a policy drops after a bulk run). */

@@ -808,11 +808,14 @@ export const applySource = (
         // whatever cannot go in bulk goes one by one, in id order all the same.
         let after = done
         let pendingFrom = done
+        // the end of a run of deletes written as one table-wide delete: its remaining pieces are done
+        let cleared = done
         for (;;) {
           const runs = yield* attempt(() => Bulk.readRuns(exec, log, after))
           if (runs.length === 0) break
           for (const run of runs) {
             after = run.last
+            if (run.last <= cleared) continue
             if (transform !== undefined || options.decide !== undefined || !Bulk.mayTry(run)) continue
             // the changes before this run first, one by one (a schema change among them changes what follows)
             yield* replayRange(pendingFrom, run.id - 1)
@@ -824,16 +827,19 @@ export const applySource = (
             if (table === undefined || keys === undefined) continue
             const entered = yield* enter(run.txId)
             if (entered.drop) continue
-            const count = yield* attempt(() => Bulk.attempt(exec, run, table, keys, log))
+            const whole = yield* attempt(() => Bulk.attemptClear(exec, run, table, keys, log))
+            const count = whole ?? (yield* attempt(() => Bulk.attempt(exec, run, table, keys, log)))
             yield* Effect.yieldNow()
             if (count === undefined) continue
-            entered.runs.push([run.id, run.last])
+            const end = whole === undefined ? run.last : run.runLast
+            if (whole !== undefined) cleared = end
+            entered.runs.push([run.id, end])
             applied += count
-            last = Math.max(last, run.last)
+            last = Math.max(last, end)
             touched.add(run.table)
             entered.touched.add(run.table)
             prefetch.clear()
-            pendingFrom = run.last
+            pendingFrom = end
           }
         }
         yield* replayRange(pendingFrom, after)
