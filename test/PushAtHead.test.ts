@@ -17,33 +17,7 @@ import * as ServerStore from "../src/ServerStore.js"
 import * as StoreRemote from "../src/StoreRemote.js"
 import type * as SyncRemote from "../src/SyncRemote.js"
 import * as Push from "../src/internal/engine/push.js"
-import { Harness, freshName, layerHttp, layerStore, openClient, remoteQuery, tempDir } from "./support/engine.js"
-
-/** The remote, counting its requests by kind. */
-const countingRemote = (remote: SyncRemote.Service) => {
-  const counts = { info: 0, pull: 0, push: 0 }
-  const counted: SyncRemote.Service = {
-    ...remote,
-    info: Effect.suspend(() => {
-      counts.info++
-      return remote.info
-    }),
-    pull: (...args) =>
-      Effect.suspend(() => {
-        counts.pull++
-        return remote.pull(...args)
-      }),
-    push: (...args) =>
-      Effect.suspend(() => {
-        counts.push++
-        return remote.push(...args)
-      })
-  }
-  const reset = () => {
-    counts.info = counts.pull = counts.push = 0
-  }
-  return { counts, reset, remote: counted }
-}
+import { countingRemote, Harness, freshName, layerHttp, layerStore, openClient, remoteQuery, tempDir } from "./support/engine.js"
 
 for (const [label, harness] of [["store", layerStore], ["http", layerHttp]] as const) {
   layer(harness, { excludeTestServices: true, timeout: 120_000 })(`push at the head (${label})`, (it) => {
