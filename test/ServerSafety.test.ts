@@ -213,7 +213,8 @@ describe("a database's identity", () => {
           maxPushFrames: 1024,
           snapshot: true,
           pushIdentity: true,
-          maxWaitSeconds: 30
+          maxWaitSeconds: 30,
+          waitAfter: true
         })
         return info.database_id as string
       })
@@ -233,7 +234,7 @@ describe("a database's identity", () => {
       const store = yield* ServerStore.ServerStore
       const id = yield* store.databaseId("x")
       const info = yield* StoreRemote.make(store, "x").info
-      expect(info).toEqual({ generation: 1, databaseId: id, maxFrameNo: 0, maxPullFrames: 1024, maxPushFrames: 1024, snapshot: true, pushIdentity: true, maxWaitSeconds: 30 })
+      expect(info).toEqual({ generation: 1, databaseId: id, maxFrameNo: 0, maxPullFrames: 1024, maxPushFrames: 1024, snapshot: true, pushIdentity: true, maxWaitSeconds: 30, waitAfter: true })
       expect(id).toMatch(/^[0-9a-f-]{36}$/)
     }).pipe(Effect.provide(ServerStore.layerMemory())))
 })
