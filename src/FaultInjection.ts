@@ -212,8 +212,8 @@ export const remote = (plan: CountingPlan, inner: SyncRemote.Service): SyncRemot
         result._tag === "Frames" && result.frames.length > 1
           ? Effect.succeed({ ...result, frames: result.frames.slice(0, Math.floor(result.frames.length / 2)) })
           : Effect.fail(cut("pull"))),
-    push: (generation, start, end, frames, baton) =>
-      point("remote.push", inner.push(generation, start, end, frames, baton), () => Effect.fail(cut("push")))
+    push: (generation, start, end, frames, baton, options) =>
+      point("remote.push", inner.push(generation, start, end, frames, baton, options), () => Effect.fail(cut("push")))
   }
 }
 

@@ -131,6 +131,18 @@ export interface StoreStats {
  * @since 0.1.0
  * @category models
  */
+export interface PushOptions {
+  /**
+   * The identity of the database the pushed frames build on (`SyncProtocol.EXTENSION_PUSH_IDENTITY`): a
+   * database with another one answers Conflict and stores nothing.
+   */
+  readonly databaseId?: string | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
 export interface Service {
   /** Counts for monitoring; answering at all tells that the store is reachable (`GET /ready`). */
   readonly stats: Effect.Effect<StoreStats, StoreError>
@@ -165,6 +177,7 @@ export interface Service {
    * it answers Ok. Frames after the request's last commit frame wait in the baton session it answers
    * with; they become visible and durable with their commit frame, and are dropped if the session idles
    * out or the server restarts (the pusher then gets UnknownBaton, and a gap answer when it starts over).
+   * With `options.databaseId` other than the database's identity: Conflict at the head, nothing stored.
    */
   readonly push: (
     database: string,
@@ -172,7 +185,8 @@ export interface Service {
     start: number,
     end: number,
     frames: ReadonlyArray<WalFrame.Frame>,
-    baton?: string | undefined
+    baton?: string | undefined,
+    options?: PushOptions | undefined
   ) => Effect.Effect<PushResult, StoreError>
   /**
    * Waits until the database's head is no longer frame `frameNo` of generation `generation` (a commit

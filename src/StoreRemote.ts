@@ -46,6 +46,7 @@ export const make = (store: ServerStore["Type"], database: string, options: Opti
       maxPullFrames: store.maxPullFrames,
       maxPushFrames: SyncProtocol.MAX_FRAMES_PER_REQUEST,
       snapshot: true,
+      pushIdentity: true,
       ...(maxWaitSeconds > 0 ? { maxWaitSeconds, waitAfter: true } : {})
     })),
     fromStoreError
@@ -87,8 +88,8 @@ export const make = (store: ServerStore["Type"], database: string, options: Opti
     ),
   // As many frames a request as the store takes (what the HTTP server advertises as `max_push_frames`).
   push: SyncRemote.batchedPush(
-    (generation, start, end, frames, baton) =>
-      Effect.mapError(store.push(database, generation, start, end, frames, baton), fromStoreError),
+    (generation, start, end, frames, baton, pushOptions) =>
+      Effect.mapError(store.push(database, generation, start, end, frames, baton, pushOptions), fromStoreError),
     SyncProtocol.MAX_FRAMES_PER_REQUEST
   )
   }

@@ -67,6 +67,18 @@ export const EXTENSION_WAIT = "wait"
 export const EXTENSION_WAIT_AFTER = "wait-after"
 
 /**
+ * The name in `/info`'s `extensions` of pushes that name their database: a `POST /sync/...` that carries
+ * `x-database-id` (`DATABASE_ID_HEADER`) is answered `conflict` with the database's head, and nothing is
+ * stored, when that is not the database's identity, or when it has no baton and starts after the head
+ * (it must send the frame it builds on again). A client that names the identity it synced with can push
+ * without asking `/info` first: its push lands only on that database, on the frame it knows.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const EXTENSION_PUSH_IDENTITY = "push_identity"
+
+/**
  * The request header a waiting pull carries (RFC 7240): `Prefer: wait=N`, N whole seconds.
  *
  * @since 0.1.0
@@ -174,6 +186,7 @@ export const HEADER_FRAME = "x-sync-frame"
 /**
  * The response header that carries the database's identity (`database_id` of `GET /info`) on every
  * answer that comes from the database: info, export, pulls (frames and `checkpoint_needed`) and pushes.
+ * A push request may carry it too: the identity the pusher's frames build on (`EXTENSION_PUSH_IDENTITY`).
  *
  * @since 0.1.0
  * @category constants

@@ -69,6 +69,11 @@ export interface Info {
   /** Extension: `true` when the remote serves `snapshot`. */
   readonly snapshot?: boolean | undefined
   /**
+   * Extension: `true` when a push that names a database (`PushOptions.databaseId`) is refused as a
+   * conflict by any other database.
+   */
+  readonly pushIdentity?: boolean | undefined
+  /**
    * Extension: the longest a pull at the head waits for the next commit, in seconds (`PullOptions`);
    * absent when the remote does not wait.
    */
@@ -99,6 +104,19 @@ export interface PullOptions {
    * Other remotes ignore it.
    */
   readonly after?: number | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface PushOptions {
+  /**
+   * The identity of the server database the frames build on (`Info.databaseId` as recorded): a remote
+   * with `pushIdentity` answers Conflict, storing nothing, when it is another database. Other remotes
+   * ignore it.
+   */
+  readonly databaseId?: string | undefined
 }
 
 /**
@@ -142,7 +160,8 @@ export interface Service {
     start: number,
     end: number,
     frames: ReadonlyArray<WalFrame.Frame>,
-    baton?: string | undefined
+    baton?: string | undefined,
+    options?: PushOptions | undefined
   ) => Effect.Effect<PushResult, SyncError.RemoteFailure>
 }
 
@@ -157,7 +176,8 @@ type SingleRequest = (
   start: number,
   end: number,
   frames: ReadonlyArray<WalFrame.Frame>,
-  baton: string | undefined
+  baton: string | undefined,
+  options?: PushOptions | undefined
 ) => Effect.Effect<PushResult, SyncError.RemoteFailure>
 
 /**
@@ -172,7 +192,7 @@ export const batchedPush = (
   single: SingleRequest,
   batchFrames: number = SyncProtocol.CLIENT_BATCH_FRAMES
 ): Service["push"] =>
-(generation, start, end, frames, baton) =>
+(generation, start, end, frames, baton, options) =>
   Effect.gen(function*() {
     if (frames.length !== end - start || frames.length === 0) {
       return yield* Effect.dieMessage(`SyncRemote.push: ${frames.length} frames for ${start}..${end}`)
@@ -184,7 +204,7 @@ export const batchedPush = (
       const count = Math.min(batchFrames, frames.length - offset)
       const batchStart = start + offset
       const batchEnd = batchStart + count
-      const result = yield* single(generation, batchStart, batchEnd, frames.slice(offset, offset + count), currentBaton)
+      const result = yield* single(generation, batchStart, batchEnd, frames.slice(offset, offset + count), currentBaton, options)
       if (result._tag === "Conflict") return result
       if (result.maxFrameNo === batchEnd - 1) {
         offset += count
@@ -386,6 +406,7 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
             // (bounded by what this client ever sends at once)
             pushBatch = Math.min(i.max_push_frames ?? SyncProtocol.CLIENT_BATCH_FRAMES, SyncProtocol.MAX_FRAMES_PER_REQUEST)
             if (i.extensions?.includes(SyncProtocol.EXTENSION_SNAPSHOT) === true) known.snapshot = true
+            if (i.extensions?.includes(SyncProtocol.EXTENSION_PUSH_IDENTITY) === true) known.pushIdentity = true
             const waits = i.extensions?.includes(SyncProtocol.EXTENSION_WAIT) === true && (i.max_wait_seconds ?? 0) > 0
             if (waits) known.maxWaitSeconds = i.max_wait_seconds
             if (waits && i.extensions?.includes(SyncProtocol.EXTENSION_WAIT_AFTER) === true) known.waitAfter = true
@@ -493,12 +514,15 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
         )
       })
 
-    const single: SingleRequest = (generation, start, end, frames, baton) =>
+    const single: SingleRequest = (generation, start, end, frames, baton, pushOptions) =>
       Effect.suspend(() => {
         const url = `${base}/sync/${generation}/${start}/${end}${baton === undefined ? "" : `/${encodeURIComponent(baton)}`}`
-        const request = HttpClientRequest.post(url).pipe(
+        const post = HttpClientRequest.post(url).pipe(
           HttpClientRequest.bodyUint8Array(WalFrame.encodeWire(frames), "application/octet-stream")
         )
+        const request = pushOptions?.databaseId === undefined
+          ? post
+          : HttpClientRequest.setHeader(post, SyncProtocol.DATABASE_ID_HEADER, pushOptions.databaseId)
         return send(request, (status, body): Either.Either<PushResult, SyncError.RemoteFailure> => {
           if (status !== 200) return Either.left(refused(`POST ${url}`, status, body))
           return Either.map(json(`POST ${url}`, status, body, decodePush), (r): PushResult =>
@@ -508,8 +532,8 @@ export const makeHttp = (options: HttpOptions): Effect.Effect<Service, never, Ht
         })
       })
 
-    const push: Service["push"] = (generation, start, end, frames, baton) =>
-      Effect.suspend(() => batchedPush(single, pushBatch)(generation, start, end, frames, baton))
+    const push: Service["push"] = (generation, start, end, frames, baton, pushOptions) =>
+      Effect.suspend(() => batchedPush(single, pushBatch)(generation, start, end, frames, baton, pushOptions))
 
     return { url: base, info, export: exportGeneration, snapshot, pull, push }
   })

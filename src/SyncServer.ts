@@ -210,6 +210,7 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
           id === undefined ? response : HttpServerResponse.setHeader(response, SyncProtocol.DATABASE_ID_HEADER, id)
       )
 
+    const EXTENSIONS = [SyncProtocol.EXTENSION_SNAPSHOT, SyncProtocol.EXTENSION_PUSH_IDENTITY]
     const info = Effect.gen(function*() {
       yield* describe("GET /info")
       const { database } = yield* databaseParam
@@ -221,11 +222,8 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
         max_pull_frames: store.maxPullFrames,
         max_push_frames: maxPushFrames,
         ...(maxWaitSeconds > 0
-          ? {
-            extensions: [SyncProtocol.EXTENSION_SNAPSHOT, SyncProtocol.EXTENSION_WAIT, SyncProtocol.EXTENSION_WAIT_AFTER],
-            max_wait_seconds: maxWaitSeconds
-          }
-          : { extensions: [SyncProtocol.EXTENSION_SNAPSHOT] }),
+          ? { extensions: [...EXTENSIONS, SyncProtocol.EXTENSION_WAIT, SyncProtocol.EXTENSION_WAIT_AFTER], max_wait_seconds: maxWaitSeconds }
+          : { extensions: EXTENSIONS }),
         ...(id === undefined ? {} : { database_id: id })
       }
       const response = json(body)
@@ -405,7 +403,11 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
         const stamp = yield* identify(database, "other")
         // A push that reached the store finishes even if the client goes away: its answer may be lost,
         // which the protocol allows (re-push is idempotent), but a half-applied push is not.
-        const result = yield* store.push(database, generation, start, end, frames, baton).pipe(
+        // The identity the pusher's frames build on, when it names one (extension `push_identity`).
+        const named = request.headers[SyncProtocol.DATABASE_ID_HEADER]
+        const result = yield* store.push(database, generation, start, end, frames, baton, {
+          databaseId: named === undefined || named === "" ? undefined : named
+        }).pipe(
           Effect.catchAll(storeFailure("other")),
           Effect.uninterruptible
         )

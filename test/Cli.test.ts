@@ -120,7 +120,7 @@ describe("effect-sqlite-sync serve", () => {
       expect(refused.status).toBe(401)
       expect(H.json(refused).error).toBe("unauthorized")
       const ok = yield* promise(() => H.request(server.url, { path: "/db/a/info", headers: H.auth("cli-secret") }))
-      expect(H.json(ok)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, max_push_frames: 1024, extensions: ["snapshot", "wait", "wait-after"], max_wait_seconds: 30, database_id: expect.any(String) })
+      expect(H.json(ok)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, max_push_frames: 1024, extensions: ["snapshot", "push_identity", "wait", "wait-after"], max_wait_seconds: 30, database_id: expect.any(String) })
       // Log lines are written after the response; give the child a moment to flush stderr.
       yield* promise(() => new Promise((r) => setTimeout(r, 300)))
       const lines = server.stderr().trim().split("\n").map((line) => JSON.parse(line))
@@ -181,7 +181,7 @@ describe("effect-sqlite-sync serve", () => {
       expect(server.child.spawnargs.join(" ")).not.toContain("env-secret")
       expect((yield* promise(() => H.request(server.url, { path: "/db/a/info" }))).status).toBe(401)
       const ok = yield* promise(() => H.request(server.url, { path: "/db/a/info", headers: H.auth("env-secret") }))
-      expect(H.json(ok)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, max_push_frames: 1024, extensions: ["snapshot", "wait", "wait-after"], max_wait_seconds: 30, database_id: expect.any(String) })
+      expect(H.json(ok)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, max_push_frames: 1024, extensions: ["snapshot", "push_identity", "wait", "wait-after"], max_wait_seconds: 30, database_id: expect.any(String) })
     }), 120_000)
 
   it.live("--help has no colour codes when stdout is not a terminal, and with NO_COLOR", () =>

@@ -304,7 +304,7 @@ const infoBody = (s: Seed) => ({
   max_frame_no: s.head,
   max_pull_frames: 1024,
   max_push_frames: MAX_FRAMES,
-  extensions: ["snapshot", "wait", "wait-after"],
+  extensions: ["snapshot", "push_identity", "wait", "wait-after"],
   max_wait_seconds: 30,
   database_id: expect.any(String)
 })

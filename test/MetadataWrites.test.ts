@@ -11,8 +11,7 @@ import * as Scope from "effect/Scope"
 import * as Fs from "node:fs"
 import * as NodePath from "node:path"
 import * as SyncFiles from "../src/SyncFiles.js"
-import type * as SyncRemote from "../src/SyncRemote.js"
-import { Harness, freshName, layerHttp, openClient, tempDir } from "./support/engine.js"
+import { countingRemote, Harness, freshName, layerHttp, openClient, tempDir } from "./support/engine.js"
 
 /** The file service, counting the replacements of `metadataPath` (each durable metadata write renames over it). */
 const countingFiles = (metadataPath: string) => {
@@ -25,29 +24,6 @@ const countingFiles = (metadataPath: string) => {
     }
   }
   return { counts, files }
-}
-
-/** The remote, counting its requests by kind. */
-const countingRemote = (remote: SyncRemote.Service) => {
-  const counts = { info: 0, pull: 0, push: 0 }
-  const counted: SyncRemote.Service = {
-    ...remote,
-    info: Effect.suspend(() => {
-      counts.info++
-      return remote.info
-    }),
-    pull: (...args) =>
-      Effect.suspend(() => {
-        counts.pull++
-        return remote.pull(...args)
-      }),
-    push: (...args) =>
-      Effect.suspend(() => {
-        counts.push++
-        return remote.push(...args)
-      })
-  }
-  return { counts, remote: counted }
 }
 
 const onDisk = (path: string) => JSON.parse(Fs.readFileSync(`${path}-info`, "utf8"))
@@ -64,14 +40,14 @@ layer(layerHttp, { excludeTestServices: true, timeout: 120_000 })("metadata writ
 
       const path = NodePath.join(dir, "reader")
       const { counts: files, files: service } = countingFiles(`${path}-info`)
-      const { counts: requests, remote } = countingRemote(yield* harness.remote(name))
+      const { counts: requests, remote, reset: resetRequests } = countingRemote(yield* harness.remote(name))
       const scope = yield* Scope.make()
       const reader = yield* Scope.extend(openClient(remote, path), scope).pipe(
         Effect.provideService(SyncFiles.SyncFiles, service)
       )
       const reset = () => {
         files.metadataWrites = 0
-        requests.info = requests.pull = requests.push = 0
+        resetRequests()
       }
 
       // One commit arrives: one write (the copy's flag, which carries the pulled position).
@@ -100,12 +76,13 @@ layer(layerHttp, { excludeTestServices: true, timeout: 120_000 })("metadata writ
       // come in one pull beside `/info`.
       expect(requests).toEqual({ info: 1, pull: 1, push: 0 })
 
-      // A push of one row: one write (the acknowledgement), with the position it reached.
+      // A push of one row: one write (the acknowledgement), with the position it reached. At the head, it
+      // is the push alone: it starts at the synced frame and names the database (no `/info`, no pull).
       yield* reader.execute("INSERT INTO t VALUES ('r-1', 1)")
       reset()
       expect(yield* reader.push).toBe(true)
       expect(files.metadataWrites).toBe(1)
-      expect(requests).toEqual({ info: 1, pull: 1, push: 1 })
+      expect(requests).toEqual({ info: 0, pull: 0, push: 1 })
       const pushed = yield* reader.stats
       expect(pushed.pendingChanges).toBe(0)
       expect(onDisk(path).syncedFrame).toBe(pushed.syncedFrame)

@@ -212,7 +212,9 @@ describe("a database's identity", () => {
           maxPullFrames: 1024,
           maxPushFrames: 1024,
           snapshot: true,
-          maxWaitSeconds: 30
+          pushIdentity: true,
+          maxWaitSeconds: 30,
+          waitAfter: true
         })
         return info.database_id as string
       })
@@ -232,7 +234,7 @@ describe("a database's identity", () => {
       const store = yield* ServerStore.ServerStore
       const id = yield* store.databaseId("x")
       const info = yield* StoreRemote.make(store, "x").info
-      expect(info).toEqual({ generation: 1, databaseId: id, maxFrameNo: 0, maxPullFrames: 1024, maxPushFrames: 1024, snapshot: true, maxWaitSeconds: 30 })
+      expect(info).toEqual({ generation: 1, databaseId: id, maxFrameNo: 0, maxPullFrames: 1024, maxPushFrames: 1024, snapshot: true, pushIdentity: true, maxWaitSeconds: 30, waitAfter: true })
       expect(id).toMatch(/^[0-9a-f-]{36}$/)
     }).pipe(Effect.provide(ServerStore.layerMemory())))
 })
@@ -275,7 +277,7 @@ describe("a data directory the server cannot write", () => {
           max_frame_no: before.frames,
           max_pull_frames: 1024,
           max_push_frames: 1024,
-          extensions: ["snapshot", "wait", "wait-after"],
+          extensions: ["snapshot", "push_identity", "wait", "wait-after"],
           max_wait_seconds: 30
         })
         const snapshot = await H.snapshot(reader.url, "app", TOKEN)

@@ -565,6 +565,66 @@ const conformance = (label: string, makeLayer: MakeLayer) =>
           expect(rowsOf(yield* materialize(store, "db")).map((r) => r.v)).toEqual(["row 0", "row 1", "row 2", "next"])
         })))
 
+    it.scoped("a push that names another database is a conflict and stores nothing; one that names this one is stored", () =>
+      withStore({}, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 3)
+          const good = replica.frames()
+          yield* store.push("db", 1, 1, good.length + 1, good)
+          const id = yield* store.databaseId("db")
+          expect(id).toBeDefined()
+          replica.db.prepare("INSERT INTO t (v) VALUES ('next')").run()
+          const next = replica.frames().slice(good.length)
+          const head = good.length
+          expect(yield* store.push("db", 1, head + 1, head + next.length + 1, next, undefined, { databaseId: "another" }))
+            .toEqual({ _tag: "Conflict", generation: 1, maxFrameNo: head })
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: head })
+          // From the head frame, sent again byte for byte, and naming this database: stored.
+          expect(
+            yield* store.push("db", 1, head, head + next.length + 1, [good[head - 1], ...next], undefined, { databaseId: id })
+          ).toEqual({ _tag: "Ok", generation: 1, maxFrameNo: head + next.length })
+          expect(rowsOf(yield* materialize(store, "db")).map((r) => r.v)).toEqual(["row 0", "row 1", "row 2", "next"])
+          // A head frame that differs (another history at the same length): a conflict, nothing stored.
+          replica.db.prepare("INSERT INTO t (v) VALUES ('later')").run()
+          const later = replica.frames().slice(good.length + next.length)
+          const otherHead = corruptBtree(next[next.length - 1])
+          const at = head + next.length
+          expect(yield* store.push("db", 1, at, at + later.length + 1, [otherHead, ...later], undefined, { databaseId: id }))
+            .toEqual({ _tag: "Conflict", generation: 1, maxFrameNo: at })
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: at })
+          // Starting after the head, naming the database: the frame it builds on is not here, a conflict.
+          expect(yield* store.push("db", 1, at + 1, at + later.length + 1, later, undefined, { databaseId: id }))
+            .toEqual({ _tag: "Conflict", generation: 1, maxFrameNo: at })
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: at })
+          // Without a name, the same push is an ordinary one.
+          expect(yield* store.push("db", 1, at + 1, at + later.length + 1, later))
+            .toEqual({ _tag: "Ok", generation: 1, maxFrameNo: at + later.length })
+        })))
+
+    it.scoped("refuses a malformed commit to a database of more than 1 MiB too (checked off the request's thread)", () =>
+      withStore({}, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 1)
+          const setup = replica.frames()
+          yield* store.push("db", 1, 1, setup.length + 1, setup)
+          // About 1.5 MB of rows.
+          const { frames, start } = bigTransaction(replica, 400, "big")
+          yield* pushChunks(store, "db", 1, start, frames, MAX_FRAMES_PER_REQUEST)
+          const head = start + frames.length - 1
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: head })
+          replica.db.prepare("INSERT INTO t (v) VALUES ('next')").run()
+          const next = replica.frames().slice(head)
+          const corrupted = next.map((f, i) => (i === next.length - 1 ? corruptBtree(f) : f))
+          expect(yield* failure(store.push("db", 1, head + 1, head + next.length + 1, corrupted))).toBe("Malformed")
+          expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: head })
+          expect(yield* store.push("db", 1, head + 1, head + next.length + 1, next)).toEqual({
+            _tag: "Ok",
+            generation: 1,
+            maxFrameNo: head + next.length
+          })
+          expect(rowsOf(yield* materialize(store, "db"))).toHaveLength(402)
+        })))
+
     it.scoped("a pusher whose acknowledged pending frames were lost cannot continue on someone else's frames", () =>
       withStore({ integrityCheck: "off", batonIdleMs: 1000 }, (store) =>
         Effect.gen(function*() {

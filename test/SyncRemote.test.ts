@@ -223,7 +223,7 @@ describe("SyncRemote: the server's extensions", () => {
       expect(yield* http.push(1, 1, 4, frames)).toMatchObject({ _tag: "Ok", maxFrameNo: 3 })
       const databaseId = yield* store.databaseId("ext")
       expect(typeof databaseId).toBe("string")
-      const expected = { generation: 1, databaseId, maxFrameNo: 3, maxPullFrames: 2048, maxPushFrames: 1024, snapshot: true, maxWaitSeconds: 30 }
+      const expected = { generation: 1, databaseId, maxFrameNo: 3, maxPullFrames: 2048, maxPushFrames: 1024, snapshot: true, pushIdentity: true, maxWaitSeconds: 30, waitAfter: true }
       expect(yield* http.info).toEqual(expected)
       expect(yield* local.info).toEqual(expected)
       const overHttp = yield* http.snapshot

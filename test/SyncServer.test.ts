@@ -118,7 +118,7 @@ const suite = (kind: Kind) =>
           const info = yield* call({ path: "/db/fresh/info" })
           expect(info.status).toBe(200)
           expect(info.headers["content-type"]).toContain("application/json")
-          expect(H.json(info)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, max_push_frames: MAX_FRAMES, extensions: ["snapshot", "wait", "wait-after"], max_wait_seconds: 30, database_id: expect.any(String) })
+          expect(H.json(info)).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, max_push_frames: MAX_FRAMES, extensions: ["snapshot", "push_identity", "wait", "wait-after"], max_wait_seconds: 30, database_id: expect.any(String) })
           const base = yield* call({ path: "/db/fresh/export/1" })
           expect(base.status).toBe(200)
           expect(base.headers["content-type"]).toBe("application/octet-stream")
@@ -630,7 +630,7 @@ layer(serverLayer("disk", { generationFrames: 6, maxPullFrames: 3 }), { excludeT
           max_frame_no: 0,
           max_pull_frames: 3,
           max_push_frames: MAX_FRAMES,
-          extensions: ["snapshot", "wait", "wait-after"],
+          extensions: ["snapshot", "push_identity", "wait", "wait-after"],
           max_wait_seconds: 30,
           database_id: expect.any(String)
         })
@@ -763,6 +763,6 @@ layer(
       const { base } = yield* TestServer
       expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
       expect((yield* call({ path: "/db/cfg/info", anonymous: true })).status).toBe(401)
-      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, max_push_frames: 1024, extensions: ["snapshot", "wait", "wait-after"], max_wait_seconds: 30, database_id: expect.any(String) })
+      expect(H.json(yield* call({ path: "/db/cfg/info" }))).toEqual({ current_generation: 1, max_frame_no: 0, max_pull_frames: 1024, max_push_frames: 1024, extensions: ["snapshot", "push_identity", "wait", "wait-after"], max_wait_seconds: 30, database_id: expect.any(String) })
     }))
 })

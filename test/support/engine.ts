@@ -130,3 +130,28 @@ export const openSqlReplica = (remote: SyncRemote.Service, path: string, options
     )
   )
 
+/** The remote, counting its requests by kind (`reset` sets the counts back to 0). */
+export const countingRemote = (remote: SyncRemote.Service) => {
+  const counts = { info: 0, pull: 0, push: 0 }
+  const counted: SyncRemote.Service = {
+    ...remote,
+    info: Effect.suspend(() => {
+      counts.info++
+      return remote.info
+    }),
+    pull: (...args) =>
+      Effect.suspend(() => {
+        counts.pull++
+        return remote.pull(...args)
+      }),
+    push: (...args) =>
+      Effect.suspend(() => {
+        counts.push++
+        return remote.push(...args)
+      })
+  }
+  const reset = () => {
+    counts.info = counts.pull = counts.push = 0
+  }
+  return { counts, reset, remote: counted }
+}

@@ -66,6 +66,13 @@ const breathingScheduler = Scheduler.make((task) => {
 /** Push: rounds of 1a, 1b, 1c until the remote acknowledges (or nothing is pending); a conflict starts over. */
 const pushRounds = Effect.fn("Engine.push")(
   function*(state: State) {
+    // At the remote's head (as far as this replica knows), the push goes first, without the pull before it.
+    const atHead = yield* Push.pushAtHead(state)
+    if (atHead === "Pushed") {
+      yield* Fold.foldSynced(state)
+      yield* Fold.foldDraftIfIdle(state)
+      return true
+    }
     for (let round = 1; round <= state.maxRounds; round++) {
       yield* pullFollowingRemote(state, Pull.pullRemoteIntoSynced) /* 1a */
       const progress = yield* Pull.settleProgress(state)
@@ -140,6 +147,7 @@ const makeState = (opening: Opening, initial: SyncMetadata.Metadata) =>
       readVerdicts: new Map(),
       writesSinceWalCheck: { count: 0 },
       changes: yield* Changes.make,
+      pushIdentity: yield* Ref.make<boolean | undefined>(undefined),
       offeredAnswer: { current: undefined },
       maxWalFrames: Math.max(1, opening.options.maxWalFrames ?? 1000)
     }

@@ -202,6 +202,7 @@ const verifyRemote = (state: State, remote: SyncRemote.Service = state.remote) =
       frame <= folded
         ? Effect.succeed(undefined)
         : Effect.map(Files.readWalFrames(state.paths.synced, 1, frame - 1 - folded), (frames) => frames[0]))
+    yield* Ref.set(state.pushIdentity, info.pushIdentity === true)
     if (info.databaseId !== undefined && m.databaseId === undefined) {
       // Staged: lost in a crash, it is seen and recorded again by the next check.
       yield* stageMetadata(state, (m) => ({ ...m, databaseId: info.databaseId }))

@@ -10,12 +10,15 @@ import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as ChangeCapture from "../../ChangeCapture.js"
 import * as SyncError from "../../SyncError.js"
+import type * as SyncMetadata from "../../SyncMetadata.js"
 import * as SyncProtocol from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
 import * as RemoteBinding from "./remoteBinding.js"
 import { on, stageMetadata, type State, updateMetadata, withoutTransfer } from "./state.js"
-import { prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
+import { cutToSyncedFrame, prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
+import * as Replay from "./replay.js"
+import { sqlStatementError } from "./errors.js"
 
 /**
  * Frames read from Synced's WAL and handed to the remote at a time (which sends them in as many requests
@@ -29,22 +32,36 @@ const SCAN_CHUNK = SyncProtocol.CLIENT_BATCH_FRAMES * 8
 /** Rewinds within one push the server may ask for (its session for our earlier requests was lost). */
 const MAX_RESTARTS = 8
 
+/** How a push is sent: after the pull of step 1a, or at the head without it (`pushAtHead`). */
+interface Sending {
+  /** Frames before the push's own the remote already has, sent first (not reported as pushed). */
+  readonly resent: number
+  /** The remote identity the frames build on, named in each request (`pushAtHead`). */
+  readonly databaseId?: string | undefined
+  /** A conflict is not the observer's to hear of: it only says that a pull must come first. */
+  readonly quiet: boolean
+}
+
 /**
  * Sends remote frames `from..end-1` of `generation`, read from Synced's WAL a batch at a time (remote
  * frame n is WAL frame n - `folded`), the baton of each answer carried into the next request. Bytes sent
  * count whatever the outcome (`stats`); the observer hears of each accepted batch and of a conflict.
  */
-const sendFrames = (state: State, generation: number, folded: number, from: number, end: number) =>
+const sendFrames = (state: State, generation: number, folded: number, from: number, end: number, sending: Sending) =>
   Effect.gen(function*() {
     let next = from
     let baton: string | undefined
     let restarts = 0
+    const options = sending.databaseId === undefined ? undefined : { databaseId: sending.databaseId }
+    // The frames of this push in a batch that also carries frames the remote has.
+    const own = (first: number, count: number) => count - Math.max(0, Math.min(count, from + sending.resent - first))
     for (;;) {
       const count = Math.min(BATCH, end - next)
       const frames = yield* Files.readWalFrames(state.paths.synced, count, next - folded - 1)
-      const result = yield* state.remote.push(generation, next, next + count, frames, baton).pipe(
+      const result = yield* state.remote.push(generation, next, next + count, frames, baton, options).pipe(
         Effect.ensuring(Ref.update(state.traffic, (t) => ({ ...t, sent: t.sent + count * WalFrame.FRAME_SIZE })))
       )
+      if (result._tag === "Conflict" && sending.quiet) return result
       if (result._tag === "Conflict") {
         // An answer below this request but not below the push: the server lost the transaction our earlier
         // requests opened (and answers with its real head); the push goes on from there.
@@ -54,10 +71,10 @@ const sendFrames = (state: State, generation: number, folded: number, from: numb
           baton = undefined
           continue
         }
-        yield* state.options.observer?.pushed(count, result) ?? Effect.void
+        yield* state.options.observer?.pushed(own(next, count), result) ?? Effect.void
         return result
       }
-      yield* state.options.observer?.pushed(count, result) ?? Effect.void
+      yield* state.options.observer?.pushed(own(next, count), result) ?? Effect.void
       next += count
       baton = result.baton
       if (next >= end) return result
@@ -98,7 +115,11 @@ const acknowledge = (state: State, pushed: number, lastChangeId: number) =>
  * remote's progress row says whether it landed). The frames are validated, then read and sent a batch at a time: a push of any size holds
  * one batch in memory.
  */
-export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(state: State, lastChangeId: number) {
+export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(
+  state: State,
+  lastChangeId: number,
+  atHead?: { readonly databaseId: string }
+) {
   const m = yield* SynchronizedRef.get(state.metadata)
   const prefix = yield* prefixAtSyncedFrame(state)
   const tail = yield* Files.scanWalTail(state.paths.synced, prefix, SCAN_CHUNK)
@@ -110,8 +131,14 @@ export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(s
   const end = start + tail.count
   const folded = m.foldedFrame ?? 0
   yield* state.step("push:beforeSend")
-  let result = yield* sendFrames(state, m.generation, folded, start, end)
+  // At the head: the synced frame goes first. The remote takes the push only if it holds that frame byte
+  // for byte and nothing after it (any other frame there is a conflict): the check of step 1a's pull, in
+  // the push itself.
+  let result = atHead === undefined
+    ? yield* sendFrames(state, m.generation, folded, start, end, { resent: 0, quiet: false })
+    : yield* sendFrames(state, m.generation, folded, start - 1, end, { resent: 1, quiet: true, databaseId: atHead.databaseId })
   if (
+    atHead === undefined &&
     result._tag === "Conflict" && result.generation === m.generation && result.maxFrameNo < start - 1 &&
     result.maxFrameNo >= folded
   ) {
@@ -120,7 +147,7 @@ export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(s
     // start, so it asks for its frames from maxFrameNo + 1 again. Those are synced frames we pulled from
     // it: sending them proves which head we build on (identical bytes), and our frames follow. (A fold
     // keeps the last transaction in the WAL for this; frames already folded leave it a conflict.)
-    result = yield* sendFrames(state, m.generation, folded, result.maxFrameNo + 1, end)
+    result = yield* sendFrames(state, m.generation, folded, result.maxFrameNo + 1, end, { resent: 0, quiet: false })
   }
   yield* state.step("push:answered")
   if (result._tag === "Ok") {
@@ -131,6 +158,52 @@ export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(s
   yield* stageMetadata(state, withoutTransfer)
   yield* resetSyncedWal(state)
   return "Conflict" as const
+})
+
+/** Local changes a push at the head replays at most: a stale one replays them again after its pull. */
+const AT_HEAD_MAX_CHANGES = 1000
+
+/**
+ * Whether a push may go without the pull before it (`pushAtHead`): the remote refuses a push that names
+ * another database (`pushIdentity`, learnt from its last `/info`), an identity was recorded to name, the
+ * synced frame is still in Synced's WAL to send first, no roll or fold is left to finish, and no push's
+ * outcome is in doubt (a pull settles that from the progress row).
+ */
+export const atHeadDecision = (
+  m: Pick<
+    SyncMetadata.Metadata,
+    "databaseId" | "syncedFrame" | "foldedFrame" | "rollInProgress" | "foldInProgress" | "transferredChangeId"
+  >,
+  pushIdentity: boolean
+): m is typeof m & { readonly databaseId: string } =>
+  pushIdentity && m.databaseId !== undefined && m.syncedFrame > (m.foldedFrame ?? 0) && !m.rollInProgress &&
+  m.foldInProgress !== true && m.transferredChangeId === undefined
+
+/**
+ * A push without step 1a: the local changes replayed onto Synced as it stands and pushed from the synced
+ * frame, naming the recorded identity. When this replica is at the remote's head (a live replica almost
+ * always is) that saves the pull's two requests; when it is not, the remote answers a conflict and stores
+ * nothing ("Stale": the rounds with their pull follow). A small push only: a stale one costs a replay.
+ * Its durable steps are a push's (the acknowledgement, one metadata write): a crash anywhere leaves what
+ * a crash in a push leaves, and the next push after an open pulls first (the remote's `/info` is not known).
+ */
+export const pushAtHead = Effect.fn("Engine.pushAtHead")(function*(state: State) {
+  const m = yield* SynchronizedRef.get(state.metadata)
+  if (!atHeadDecision(m, true)) return "NotTried" as const
+  // Asked once when no check of the remote asked it yet (a pull settled by its answer alone asks no `/info`).
+  const known = yield* Ref.get(state.pushIdentity)
+  const pushIdentity = known ?? (yield* Effect.map(state.remote.info, (info) => info.pushIdentity === true))
+  yield* Ref.set(state.pushIdentity, pushIdentity)
+  if (!pushIdentity) return "NotTried" as const
+  const pending = yield* on(state.draft, ChangeCapture.countPending(m.lastPushedChangeId)).pipe(
+    Effect.mapError(sqlStatementError("Capture"))
+  )
+  if (pending === 0 || pending > AT_HEAD_MAX_CHANGES) return "NotTried" as const
+  yield* cutToSyncedFrame(state)
+  const replay = yield* Replay.replayDraftOntoSynced(state, "push", m.lastPushedChangeId)
+  if (replay.replayed === 0) return "NotTried" as const
+  const outcome = yield* pushSyncedFrames(state, replay.lastChangeId, { databaseId: m.databaseId })
+  return outcome === "Conflict" ? "Stale" as const : "Pushed" as const
 })
 
 /** Waits before the next round after a conflict: doubling from the configured backoff, capped, jittered. */

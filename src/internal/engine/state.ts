@@ -165,6 +165,11 @@ export interface State extends Opening {
   readonly writesSinceWalCheck: { count: number }
   /** Told of every change to Draft: reactive queries and live sync listen. */
   readonly changes: Changes.Tracker
+  /**
+   * Whether the remote's last `/info` offered pushes that name their database (`SyncRemote.Info.pushIdentity`):
+   * then a push may skip the pull before it (push.ts `pushAtHead`). `undefined`: not asked yet.
+   */
+  readonly pushIdentity: Ref.Ref<boolean | undefined>
   /** A waiting pull's answer live sync hands to the next step (a), which takes it (pull.ts `offer`). */
   readonly offeredAnswer: { current: OfferedAnswer | undefined }
 }

@@ -126,7 +126,7 @@ const observe = (i: Instruments, remote: SyncRemote.Service): SyncRemote.Service
   snapshot: online(i, remote.snapshot),
   export: (generation) => online(i, remote.export(generation)),
   pull: (generation, start, end, options) => online(i, remote.pull(generation, start, end, options)),
-  push: (generation, start, end, frames, baton) => online(i, remote.push(generation, start, end, frames, baton))
+  push: (generation, start, end, frames, baton, options) => online(i, remote.push(generation, start, end, frames, baton, options))
 })
 
 const pushPhase = (i: Instruments, engine: EngineLike, operation: Operation) =>

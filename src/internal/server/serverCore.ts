@@ -1012,7 +1012,27 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         return result2
       })
 
-    const push: Service["push"] = (database, generation, start, end, frames, baton) =>
+    /**
+     * A push that names its database (`EXTENSION_PUSH_IDENTITY`) builds on a frame it names by sending it
+     * again: answered a conflict at this head, before anything else is looked at, when it names another
+     * database (its frames build on that one's history) or when its first request starts after the head
+     * (the frame it builds on is not here: this database lost it, or never had it).
+     */
+    const identityConflict = (
+      h: Handle,
+      generation: number,
+      start: number,
+      baton: string | undefined,
+      databaseId: string | undefined
+    ): PushResult | undefined => {
+      if (databaseId === undefined) return undefined
+      const head = h.lastFrames.get(generation) ?? h.lastFrames.get(h.current)!
+      return databaseId !== h.backend.id || (baton === undefined && start > head)
+        ? { _tag: "Conflict", generation, maxFrameNo: head }
+        : undefined
+    }
+
+    const push: Service["push"] = (database, generation, start, end, frames, baton, pushOptions) =>
       Effect.gen(function*() {
         if (!Number.isSafeInteger(generation)) return yield* fail("BadRequest", `generation ${generation} is not an integer`)
         yield* checkRange(start, end)
@@ -1029,13 +1049,17 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
             return fail("ReadOnly", `the store is read-only: database ${h.name} can be read but not written`)
           }
           const shared = h.backend.shared
+          const checked = () => {
+            const refused = identityConflict(h, generation, start, baton, pushOptions?.databaseId)
+            return refused === undefined ? pushLocked(h, generation, start, end, frames, baton) : Effect.succeed(refused)
+          }
           const locked = shared === undefined
-            ? pushLocked(h, generation, start, end, frames, baton)
+            ? Effect.suspend(checked)
             : shared.exclusive(
               (state) =>
                 Effect.suspend(() => {
                   loadState(h, state)
-                  return pushLocked(h, generation, start, end, frames, baton)
+                  return checked()
                 }),
               () => ({ session: h.session, closedBaton: h.closedBaton })
             ).pipe(
