@@ -134,3 +134,14 @@ describe("bootstrap files", () => {
       expect(Buffer.compare(larger, brokenCopy)).toBe(0)
     }))
 })
+
+describe("removeTemps", () => {
+  it.scoped("removes the temp files of one path's atomic writes and nothing else", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const names = ["db-info", "db-info.tmp-12-ab", "db-info.tmp-13-cd", "db-infox.tmp-1-a", "other-info.tmp-1-a", "db-info.tmpx"]
+      for (const name of names) Fs.writeFileSync(NodePath.join(dir, name), "x")
+      yield* Files.removeTemps(NodePath.join(dir, "db-info"))
+      expect(Fs.readdirSync(dir).sort()).toEqual(["db-info", "db-info.tmpx", "db-infox.tmp-1-a", "other-info.tmp-1-a"])
+    }))
+})

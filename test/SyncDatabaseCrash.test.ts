@@ -126,7 +126,12 @@ layer(Layer.merge(layerHttp, layerCrashChild), { excludeTestServices: true, time
 
         yield* writer.execute("INSERT INTO t VALUES ('w-1', 1)")
         yield* writer.push
+        // The metadata the kill cut short before its rename is left as a temp file beside the copies...
+        const temps = () => Fs.readdirSync(dir).filter((f) => f.startsWith("victim-info.tmp-"))
+        expect(temps().length).toBeLessThanOrEqual(1)
         const victim = yield* openClient(remote, path)
+        // ...which the next open's bootstrap removes.
+        expect(temps()).toEqual([])
         expect(yield* victim.query("SELECT k, n FROM t ORDER BY k")).toEqual([{ k: "w-0", n: 1 }, { k: "w-1", n: 1 }])
         yield* victim.execute("INSERT INTO t VALUES ('v-1', 1)")
         yield* victim.sync

@@ -75,6 +75,7 @@ export const bootstrap = Effect.fn("Engine.bootstrap")(
   function*(opening: Opening) {
     const { paths, remote } = opening
     for (const file of allFiles(paths)) yield* Files.remove(file)
+    yield* Files.removeTemps(paths.info)
     const { bytes: base, databaseId, frame, generation, head } = yield* download(opening)
     const at = { generation, frame }
     yield* received(opening, 0, base.byteLength)

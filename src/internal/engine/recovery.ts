@@ -53,6 +53,8 @@ export const recover = Effect.fn("Engine.recover")(function*(opening: Opening, s
   }
   // The copy file of an earlier version of the engine, which materialized whole copies.
   yield* Files.remove(paths.draftNew)
+  // A metadata write the crash cut short before its rename: the record in place is the one recovery uses.
+  yield* Files.removeTemps(paths.info)
   metadata = { ...metadata, activeCopy: "draft" }
   if (metadata.draftPages === undefined) {
     // Metadata of an earlier version: where Draft differs from Synced is unknown; the next copy writes it all.

@@ -7,6 +7,7 @@
  */
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
+import * as NodeFs from "node:fs"
 import { type Service as FileService, current as currentFiles, fsyncDirectory } from "../../SyncFiles.js"
 import { StorageError } from "../../SyncError.js"
 import * as WalFrame from "../../WalFrame.js"
@@ -33,6 +34,20 @@ export const fileSize = (path: string): Effect.Effect<number, StorageError> =>
 
 /** @internal */
 export const remove = (path: string) => attempt(path, "cannot remove", (fs) => fs.removeSync(path))
+
+/**
+ * Removes the temp files an atomic write of `path` leaves when the process dies before its rename
+ * (`<path>.tmp-*`, see SyncMetadata's writes). Only their owner writes them, and the caller holds the
+ * database's owner lock, so none is in use. @internal
+ */
+export const removeTemps = (path: string) =>
+  attempt(path, "cannot remove the temp files of", (fs) => {
+    const prefix = `${path.slice(path.lastIndexOf("/") + 1)}.tmp-`
+    const directory = dirnameOf(path)
+    for (const name of NodeFs.readdirSync(directory)) {
+      if (name.startsWith(prefix)) fs.removeSync(`${directory}/${name}`)
+    }
+  })
 
 const fsyncFile = (fs: FileService, path: string) => {
   const fd = fs.openSync(path, "r+")
