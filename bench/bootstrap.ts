@@ -2,16 +2,18 @@
  * A fresh replica of the same server database, this client against the real libSQL client (called by
  * `bench/run.ts`; also runs alone, with its own server and rows):
  *
- *   npx tsx bench/bootstrap.ts [--rows 10000] [--repeat 5] [--steps]
+ *   npx tsx bench/bootstrap.ts [--rows 10000] [--repeat 5] [--steps] [--before DIR]
  *
  * Both sides start from nothing on disk and end holding the server's `rows` rows, counted by a query:
  * - this client: `SyncDatabase.layer` built on a new path (bootstrap: the head snapshot, both local
  *   copies, the metadata, the copies opened with capture installed), then `pull`, then the count, then the
  *   layer's scope closed (both copies closed, the clean close recorded);
  * - libSQL: `new Database(path, { syncUrl, offline: true })`, `sync()`, the count, `close()`.
- * Runs alternate (ours, theirs, ours, ...) and each side's median is reported. `--steps` adds one more run
- * of ours through a counting proxy: the time of each engine step (its span) and every HTTP request either
- * client makes.
+ * Runs alternate (ours, theirs, ours, ...) and each side's median is reported, with the CPU time of ours.
+ * `--before DIR`: the same client from another checkout of this repository (say, a commit before a change)
+ * runs in the rotation too, on the same server, so that both figures come from one sitting. `--steps` adds
+ * one more run of ours through a counting proxy: the time of each engine step (its span) and every HTTP
+ * request either client makes.
  */
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
@@ -25,6 +27,7 @@ import Database from "libsql"
 import * as ChildProcess from "node:child_process"
 import * as Http from "node:http"
 import * as NodePath from "node:path"
+import * as Url from "node:url"
 import * as SyncDatabase from "../src/SyncDatabase.js"
 import { bulkInsert, CREATE } from "./rows.js"
 import * as ServerProcess from "./serverProcess.js"
@@ -97,15 +100,21 @@ const countingProxy = (target: string) =>
   })
 
 /** Ours: a new local database on `name`, then `pull`, then the count, then the close. */
-const freshOurs = async (bench: Bench, url: string, name: string, tracer?: (t: Tracer.Tracer) => Tracer.Tracer) => {
+const freshOurs = async (
+  bench: Bench,
+  url: string,
+  name: string,
+  tracer?: (t: Tracer.Tracer) => Tracer.Tracer,
+  module: typeof SyncDatabase = SyncDatabase
+) => {
   const scope = await Effect.runPromise(Scope.make(ExecutionStrategy.sequential))
   const program = Effect.gen(function*() {
     const db = yield* Layer.buildWithScope(
-      SyncDatabase.layer({ path: NodePath.join(bench.work, name), url: `${url}/db/${bench.rowsDatabase}` }).pipe(
+      module.layer({ path: NodePath.join(bench.work, name), url: `${url}/db/${bench.rowsDatabase}` }).pipe(
         Layer.provide(Layer.succeedContext(bench.http))
       ),
       scope
-    ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)))
+    ).pipe(Effect.map(Context.get(module.SyncDatabase as typeof SyncDatabase.SyncDatabase)))
     yield* db.pull
     const rows = yield* db.query<{ c: number }>("SELECT count(*) AS c FROM items")
     if (rows[0].c !== bench.rows) return yield* Effect.dieMessage(`pulled ${rows[0].c} rows`)
@@ -113,11 +122,14 @@ const freshOurs = async (bench: Bench, url: string, name: string, tracer?: (t: T
   // Closed inside the timing, as libSQL's figure includes its close(): both copies closed and the clean
   // close recorded in the metadata.
   const closed = Effect.ensuring(program, Scope.close(scope, Exit.void))
+  const cpu = process.cpuUsage()
   const start = performance.now()
   await Effect.runPromise(
     tracer === undefined ? closed : Effect.flatMap(Effect.tracer, (t) => Effect.withTracer(closed, tracer(t)))
   )
-  return performance.now() - start
+  const ms = performance.now() - start
+  const used = process.cpuUsage(cpu)
+  return { ms, cpuMs: (used.user + used.system) / 1000 }
 }
 
 /** Theirs: the libSQL client's bootstrap and sync on a new path, then the count, then close. */
@@ -131,24 +143,35 @@ const freshLibsql = (bench: Bench, url: string, name: string) => {
   return performance.now() - start
 }
 
-/** The fresh-replica figures (and, with `steps`, the per-step breakdown), appended to `lines`. */
-export const bootstrapBench = async (bench: Bench, lines: Array<Line>, steps = false) => {
-  const ours: Array<number> = []
+/**
+ * The fresh-replica figures (and, with `steps`, the per-step breakdown), appended to `lines`. `before`: the
+ * `SyncDatabase` module of another checkout, measured in the same rotation.
+ */
+export const bootstrapBench = async (bench: Bench, lines: Array<Line>, steps = false, before?: typeof SyncDatabase) => {
+  const ours: Array<{ ms: number; cpuMs: number }> = []
+  const earlier: Array<{ ms: number; cpuMs: number }> = []
   const theirs: Array<number> = []
   for (let i = 0; i < bench.repeat; i++) {
+    // With `before`, each goes first every other time.
+    if (before !== undefined && i % 2 === 1) earlier.push(await freshOurs(bench, bench.serverUrl, `boot-before-${i}`, undefined, before))
     ours.push(await freshOurs(bench, bench.serverUrl, `boot-ours-${i}`))
+    if (before !== undefined && i % 2 === 0) earlier.push(await freshOurs(bench, bench.serverUrl, `boot-before-${i}`, undefined, before))
     theirs.push(freshLibsql(bench, bench.serverUrl, `boot-libsql-${i}.db`))
   }
-  lines.push({
-    what: `fresh replica: bootstrap + first pull of ${bench.rows} rows (same server database as libsql)`,
-    ms: median(ours),
-    note: `${(median(ours) / median(theirs)).toFixed(2)}x the libsql client (${median(theirs).toFixed(1)} ms); medians of ${bench.repeat}`
+  const libsql = median(theirs)
+  const line = (what: string, runs: ReadonlyArray<{ ms: number; cpuMs: number }>): Line => ({
+    what,
+    ms: median(runs.map((r) => r.ms)),
+    note: `${(median(runs.map((r) => r.ms)) / libsql).toFixed(2)}x the libsql client (${libsql.toFixed(1)} ms); ` +
+      `CPU ${median(runs.map((r) => r.cpuMs)).toFixed(1)} ms; medians of ${bench.repeat}`
   })
+  lines.push(line(`fresh replica: bootstrap + first pull of ${bench.rows} rows (same server database as libsql)`, ours))
+  if (before !== undefined) lines.push(line("  the same, --before checkout", earlier))
   if (!steps) return
   const proxy = await countingProxy(bench.serverUrl)
   try {
     const rec = recorder()
-    const ms = await freshOurs(bench, proxy.url, "boot-steps-ours", rec.wrap)
+    const { ms } = await freshOurs(bench, proxy.url, "boot-steps-ours", rec.wrap)
     const t0 = Math.min(...rec.spans.map((s) => s.start))
     console.log(`\nours through the proxy: ${ms.toFixed(1)} ms; spans (start offset, duration):`)
     for (const s of rec.spans) {
@@ -189,10 +212,15 @@ ServerProcess.runAlone(import.meta.url, "bootstrap", async ({ http, scope, serve
   await run(writer.execute(bulkInsert(rows)))
   await run(writer.push)
   const lines: Array<Line> = []
+  const beforeDir = flag("before", "")
+  const before = beforeDir === ""
+    ? undefined
+    : await import(Url.pathToFileURL(NodePath.resolve(beforeDir, "src", "SyncDatabase.ts")).href) as typeof SyncDatabase
   await bootstrapBench(
     { serverUrl, http, work, rowsDatabase: "rows", rows, repeat: Number(flag("repeat", "5")) },
     lines,
-    process.argv.includes("--steps")
+    process.argv.includes("--steps"),
+    before
   )
   console.table(lines.map((l) => ({ measurement: l.what, ms: Number(l.ms.toFixed(1)), note: l.note ?? "" })))
 })

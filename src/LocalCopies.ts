@@ -15,6 +15,7 @@
  * @since 0.1.0
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
+import BetterSqlite3 from "better-sqlite3"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -62,10 +63,10 @@ interface Opened {
   readonly scope: Scope.CloseableScope
 }
 
-const openClient = (filename: string, readonly: boolean) =>
+const openClient = (filename: string) =>
   Effect.gen(function*() {
     const scope = yield* Scope.make()
-    const client = yield* Executor.makeClient({ filename, readonly }).pipe(
+    const client = yield* Executor.makeClient({ filename }).pipe(
       Scope.extend(scope),
       // better-sqlite3 throws from its constructor: a defect here, turned into a StorageError.
       Effect.catchAllDefect((cause) =>
@@ -77,6 +78,19 @@ const openClient = (filename: string, readonly: boolean) =>
     )
     return { client, scope } satisfies Opened
   })
+
+/** A read-only connection to `filename` holding its read lock, or `undefined` when none can be had. */
+const holdingReader = (filename: string): BetterSqlite3.Database | undefined => {
+  let reader: BetterSqlite3.Database | undefined
+  try {
+    reader = new BetterSqlite3(filename, { readonly: true, fileMustExist: true })
+    reader.prepare("SELECT count(*) FROM sqlite_master").get()
+    return reader
+  } catch {
+    reader?.close()
+    return undefined
+  }
+}
 
 /**
  * A copy of kind `kind` on `filename`, closed until `open` is called.
@@ -91,7 +105,7 @@ export const make = (kind: "draft" | "synced", filename: string): Effect.Effect<
     const open: Copy["open"] = SynchronizedRef.modifyEffect(state, (current) => {
       if (Option.isSome(current)) return Effect.succeed([current.value.client, current] as const)
       return Effect.gen(function*() {
-        const opened = yield* openClient(filename, false)
+        const opened = yield* openClient(filename)
         yield* opened.client.unsafe("PRAGMA wal_autocheckpoint=0").pipe(
           Effect.catchAll((cause) =>
             Effect.zipRight(
@@ -106,15 +120,13 @@ export const make = (kind: "draft" | "synced", filename: string): Effect.Effect<
 
     const closeOpened = (opened: Opened): Effect.Effect<void> => {
       // The last connection to close would checkpoint the WAL into the file and delete it; a read-only
-      // connection cannot, so it closes last. Both copies keep their WAL: the engine folds it into the file
-      // itself, as a recorded step (Synced's frame numbering, Draft's changed pages depend on it).
+      // connection cannot, so it closes last (a plain handle: it only has to hold its read lock, which a
+      // read takes). Both copies keep their WAL: the engine folds it into the file itself, as a recorded
+      // step (Synced's frame numbering, Draft's changed pages depend on it).
       return Effect.gen(function*() {
-        const reader = yield* Effect.either(openClient(filename, true))
-        if (reader._tag === "Right") {
-          yield* Effect.ignore(reader.right.client.unsafe("SELECT count(*) FROM sqlite_master"))
-        }
+        const reader = holdingReader(filename)
         yield* Scope.close(opened.scope, Exit.void)
-        if (reader._tag === "Right") yield* Scope.close(reader.right.scope, Exit.void)
+        if (reader !== undefined) reader.close()
         else yield* Effect.logWarning(`closing ${filename} without a reader: its WAL may be checkpointed`)
       })
     }

@@ -160,8 +160,26 @@ export interface Service {
    * whose loss costs only work, like the one written on close; one directory fsync fewer.
    */
   readonly write: (metadata: Metadata, options?: WriteOptions) => Effect.Effect<void, StorageError>
+  /**
+   * `write` in two steps, for a caller with other work to do while the new record becomes durable: the
+   * record written beside the current one with its contents durable (waiting off the calling thread when
+   * the file service can), then `commit` replaces the current one with it (as `write` would). Until then
+   * the current record stands; `discard` drops the new one.
+   */
+  readonly prepare: (metadata: Metadata, options?: WriteOptions) => Effect.Effect<Prepared, StorageError>
   /** Removes the metadata (a bootstrap that failed half-way). */
   readonly remove: Effect.Effect<void, StorageError>
+}
+
+/**
+ * A record written and durable, not yet in place (`Service.prepare`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Prepared {
+  readonly commit: Effect.Effect<void, StorageError>
+  readonly discard: Effect.Effect<void>
 }
 
 /**
@@ -187,6 +205,9 @@ const decode = Schema.decodeUnknownEither(Schema.parseJson(Metadata))
  */
 const encode = (metadata: Metadata): string => JSON.stringify(metadata)
 
+const metadataError = (path: string) => (e: StorageError) =>
+  new StorageError({ reason: "Metadata", message: e.message, path, cause: e.cause })
+
 const storageError = (path: string, message: string) => (cause: unknown) =>
   new StorageError({ reason: "Metadata", message, path, cause })
 
@@ -205,7 +226,7 @@ export const writeFileAtomic = (
   Effect.flatMap(SyncFiles.current, (fs) =>
     Effect.try({
       try: () => {
-        const temp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`
+        const temp = tempPath(path)
         const fd = fs.openSync(temp, "w")
         try {
           fs.writeSync(fd, typeof bytes === "string" ? Buffer.from(bytes) : bytes)
@@ -218,6 +239,67 @@ export const writeFileAtomic = (
       },
       catch: (cause) => new StorageError({ reason: "Files", message: `cannot write ${path}`, path, cause })
     }))
+
+const tempPath = (path: string) => `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`
+
+/**
+ * `writeFileAtomic` in two steps: the temp file written and fsynced (off the calling thread when the file
+ * service can: other fibers run meanwhile), then `commit` renames it over `path` (and fsyncs the
+ * directory unless `renameDurable: false`). A failure before the rename removes the temp file.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const prepareFileAtomic = (
+  path: string,
+  bytes: Uint8Array | string,
+  options?: WriteOptions
+): Effect.Effect<Prepared, StorageError> =>
+  Effect.flatMap(SyncFiles.current, (fs) => {
+    const temp = tempPath(path)
+    const failed = (cause: unknown) => new StorageError({ reason: "Files", message: `cannot write ${path}`, path, cause })
+    const discard = Effect.sync(() => {
+      try {
+        fs.removeSync(temp)
+      } catch {
+        // A temp file left behind is only clutter: the record in place is untouched.
+      }
+    })
+    const written = Effect.try({
+      try: () => {
+        const fd = fs.openSync(temp, "w")
+        try {
+          fs.writeSync(fd, typeof bytes === "string" ? Buffer.from(bytes) : bytes)
+        } catch (error) {
+          fs.closeSync(fd)
+          throw error
+        }
+        return fd
+      },
+      catch: failed
+    })
+    const synced = (fd: number) =>
+      (fs.fsyncAll === undefined
+        ? Effect.try({ try: () => fs.fsyncSync(fd), catch: failed })
+        : Effect.tryPromise({ try: () => fs.fsyncAll!([fd]), catch: failed })).pipe(
+          Effect.matchCauseEffect({
+            onFailure: (cause) => Effect.zipRight(Effect.ignore(Effect.try(() => fs.closeSync(fd))), Effect.failCause(cause)),
+            onSuccess: () => Effect.try({ try: () => fs.closeSync(fd), catch: failed })
+          })
+        )
+    const commit = Effect.zipRight(
+      Effect.tapError(Effect.try({ try: () => fs.renameSync(temp, path), catch: failed }), () => discard),
+      options?.renameDurable === false
+        ? Effect.void
+        : Effect.try({ try: () => SyncFiles.fsyncDirectory(fs, NodePath.dirname(path)), catch: failed })
+    )
+    return Effect.flatMap(written, synced).pipe(
+      Effect.tapError(() => discard),
+      Effect.as({ commit, discard } satisfies Prepared),
+      // A descriptor is never closed under its fsync.
+      Effect.uninterruptible
+    )
+  })
 
 /**
  * fsync of a directory, so that a rename or unlink in it survives a crash.
@@ -257,9 +339,11 @@ export const make = (path: string): Service => ({
         )
     })
   ),
-  write: (metadata, options) =>
-    writeFileAtomic(path, encode(metadata), options).pipe(
-      Effect.mapError((e) => new StorageError({ reason: "Metadata", message: e.message, path, cause: e.cause }))
+  write: (metadata, options) => Effect.mapError(writeFileAtomic(path, encode(metadata), options), metadataError(path)),
+  prepare: (metadata, options) =>
+    prepareFileAtomic(path, encode(metadata), options).pipe(
+      Effect.map((prepared) => ({ ...prepared, commit: Effect.mapError(prepared.commit, metadataError(path)) })),
+      Effect.mapError(metadataError(path))
     ),
   remove: Effect.try({
     try: () => Fs.rmSync(path, { force: true }),
@@ -284,6 +368,7 @@ export const layerMemory: Layer.Layer<SyncMetadata> = Layer.effect(
   Effect.map(Ref.make(Option.none<Metadata>()), (ref) => ({
     read: Ref.get(ref),
     write: (metadata: Metadata) => Ref.set(ref, Option.some(metadata)),
+    prepare: (metadata: Metadata) => Effect.succeed({ commit: Ref.set(ref, Option.some(metadata)), discard: Effect.void }),
     remove: Ref.set(ref, Option.none())
   }))
 )

@@ -1,6 +1,6 @@
 /**
- * The bootstrap's file steps: both copies written and fsynced together (`SyncFiles.fsyncAll`, all in
- * flight at once), every descriptor closed whatever fails, and SQLite's check of a base in memory leaving
+ * The bootstrap's file steps: both copies written and fsynced together with their directory
+ * (`SyncFiles.fsyncAll`, all in flight at once), every descriptor closed whatever fails, and SQLite's check of a base in memory leaving
  * the downloaded bytes as they came (it runs while the copies' fsyncs are in flight, on the same bytes).
  */
 import { describe, expect, it } from "@effect/vitest"
@@ -64,6 +64,31 @@ describe("bootstrap files", () => {
       }
     }))
 
+  it.scoped("writeNewFiles: the directory is fsynced together with the files, opened once every name exists", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const opened: Array<string> = []
+      const batches: Array<ReadonlyArray<string>> = []
+      const names = new Map<number, string>()
+      const recording: SyncFiles.Service = {
+        ...SyncFiles.node,
+        openSync: (path, flags) => {
+          const fd = SyncFiles.node.openSync(path, flags)
+          names.set(fd, NodePath.basename(path))
+          opened.push(NodePath.basename(path))
+          return fd
+        },
+        fsyncAll: (fds) => {
+          batches.push(fds.map((fd) => names.get(fd)!))
+          return SyncFiles.node.fsyncAll!(fds)
+        }
+      }
+      const paths = [NodePath.join(dir, "synced"), NodePath.join(dir, "draft")]
+      yield* Files.writeNewFiles(paths, new Uint8Array(4096).fill(1)).pipe(Effect.provideService(SyncFiles.SyncFiles, recording))
+      expect(opened).toEqual(["synced", "draft", NodePath.basename(dir)])
+      expect(batches).toEqual([["synced", "draft", NodePath.basename(dir)]])
+    }))
+
   it.scoped("writeNewFiles: each of its file operations failed once is a StorageError, and no descriptor stays open", () =>
     Effect.gen(function*() {
       const dir = yield* tempDir
@@ -72,7 +97,7 @@ describe("bootstrap files", () => {
       const files = FaultInjection.files(plan)
       const paths = [NodePath.join(dir, "synced"), NodePath.join(dir, "draft")]
       yield* Files.writeNewFiles(paths, bytes).pipe(Effect.provideService(SyncFiles.SyncFiles, files))
-      // open, write (twice), fsync (twice), close (twice), the directory's open, fsync and close.
+      // open and write (twice), the directory's open, fsync (both files and the directory), close (three).
       const operations = [...plan.operations]
       expect(operations.filter((o) => o === "fsync")).toHaveLength(3)
       for (let at = 1; at <= operations.length; at++) {

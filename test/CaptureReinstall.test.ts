@@ -54,4 +54,46 @@ describe("capture installed on a reopened connection", () => {
       yield* run(third, "INSERT INTO later (v) VALUES (1)")
       expect(yield* dump(third)).toContain("later")
     }))
+
+  it.scoped("a database without the log gets it as wide as its tables need at once; a copy of it installs the same", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const columns = Array.from({ length: 40 }, (_, i) => `c${i}`)
+      const schema = `CREATE TABLE wide (id INTEGER PRIMARY KEY, ${columns.join(", ")})`
+      const logColumns = (client: SqlClient.SqlClient) =>
+        Effect.map(
+          client<{ name: string }>`SELECT name FROM pragma_table_info('_sync_changes') WHERE name GLOB 'v[0-9]*'`.withoutTransform,
+          (rows) => rows.length
+        )
+      const logText = (client: SqlClient.SqlClient) =>
+        client<{ sql: string }>`SELECT sql FROM main.sqlite_schema WHERE name = '_sync_changes'`.withoutTransform
+      const fresh = (name: string) =>
+        Effect.gen(function*() {
+          const client = yield* open(NodePath.join(dir, name))
+          yield* exec(client, schema)
+          yield* on(client, ChangeCapture.install)
+          return client
+        })
+      const version = (client: SqlClient.SqlClient) =>
+        Effect.map(client<{ schema_version: number }>`PRAGMA main.schema_version`.withoutTransform, (rows) => rows[0].schema_version)
+      const first = yield* open(NodePath.join(dir, "a.sqlite"))
+      yield* exec(first, schema)
+      const before = yield* version(first)
+      yield* on(first, ChangeCapture.install)
+      // One change of main's schema, the log's creation: not a narrow log renamed, copied and dropped.
+      expect((yield* version(first)) - before).toBe(1)
+      // Both images of an update of the 41 columns, in one row of the log.
+      expect(yield* logColumns(first)).toBe(82)
+      expect((yield* first<{ name: string }>`SELECT name FROM main.sqlite_schema`.withoutTransform).map((r) => r.name))
+        .not.toContain("_sync_changes_narrow")
+      // Another new database of the same schema: the same log, the same triggers, and they capture.
+      const second = yield* fresh("b.sqlite")
+      expect(yield* logText(second)).toEqual(yield* logText(first))
+      expect(yield* triggers(second)).toEqual(yield* triggers(first))
+      yield* run(second, `INSERT INTO wide (id, ${columns.join(", ")}) VALUES (1, ${columns.map((_, i) => i).join(", ")})`)
+      yield* run(second, "UPDATE wide SET c39 = 'last' WHERE id = 1")
+      const logged = yield* second<{ kind: string; v40: unknown; v81: unknown }>`
+        SELECT kind, v40, v81 FROM _sync_changes ORDER BY id`.withoutTransform
+      expect(logged).toEqual([{ kind: "insert", v40: 39, v81: null }, { kind: "update", v40: 39, v81: "last" }])
+    }))
 })

@@ -272,16 +272,26 @@ const rememberTriggers = (schema: string, made: MadeTriggers) => {
   if (madeForSchema.size > SCHEMAS_KEPT) madeForSchema.delete(madeForSchema.keys().next().value!)
 }
 
+/**
+ * The value columns the log (and the eviction table) need for the triggers of `tables`: one for every value
+ * a trigger writes.
+ */
+const widths = (tables: ReadonlyArray<TableInfo.TableInfo>) => {
+  const captured = tables.map((info) => info.columns.length).filter((n) => n <= ChangeLog.MAX_TABLE_COLUMNS)
+  return {
+    log: Math.max(0, ...captured.map((n) => ChangeLog.splitUpdate(n) ? n : 2 * n)),
+    widest: Math.max(0, ...captured),
+    split: captured.filter(ChangeLog.splitUpdate)
+  }
+}
+
 /** Every table's triggers made from its columns and indexes; remembered for the schema as it stands after. */
 const makeTriggers = (sql: SqlClient.SqlClient) =>
   Effect.gen(function*() {
     const tables = yield* TableInfo.readAll
-    // The log (and the eviction table) must have a value column for every value a trigger writes.
-    const captured = tables.map((info) => info.columns.length).filter((n) => n <= ChangeLog.MAX_TABLE_COLUMNS)
-    const widest = Math.max(0, ...captured)
-    const split = captured.filter(ChangeLog.splitUpdate)
+    const { log, split, widest } = widths(tables)
     yield* Executor.withExecutor((exec) => {
-      ChangeLog.widen(exec, "main", "_sync_changes", Math.max(0, ...captured.map((n) => ChangeLog.splitUpdate(n) ? n : 2 * n)))
+      ChangeLog.widen(exec, "main", "_sync_changes", log)
       ChangeLog.widen(exec, "temp", "_sync_evicted", widest)
       if (split.length > 0) ChangeLog.widen(exec, "main", ChangeLog.AFTER_TABLE, Math.max(...split))
     })
@@ -338,6 +348,11 @@ const knownInstalled = globalValue(
 export const install: Effect.Effect<void, SqlError | CaptureError, SqlClient.SqlClient> = plainGen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* sql.withTransaction(Effect.gen(function*() {
+    // A database without the log (a new replica's first open) gets it as wide as its tables' triggers need
+    // at once: widening it afterwards rewrites the table (a rename, a copy and a drop, each a schema change).
+    if (!(yield* changesTableExists(sql))) {
+      yield* sql.unsafe(ChangeLog.createChangesTableOfWidth(widths(yield* TableInfo.readAll).log)).raw
+    }
     yield* ensureLog(sql)
     yield* raiseSequenceFloor(sql, yield* progressFloor(sql))
     yield* sql.unsafe(createSession).raw

@@ -62,6 +62,10 @@ export const createChangesTable = `CREATE TABLE IF NOT EXISTS main._sync_changes
   ${valueColumns(0, INITIAL_WIDTH).join(", ")}
 )`
 
+/** `createChangesTable` with `width` value columns. */
+export const createChangesTableOfWidth = (width: number) =>
+  createChangesTable.replace(valueColumns(0, INITIAL_WIDTH).join(", "), valueColumns(0, Math.max(width, INITIAL_WIDTH)).join(", "))
+
 /**
  * Rows a BEFORE trigger found in the way of a write through a UNIQUE index other than the key (see
  * capture.ts), with their values laid out as in the log.
@@ -203,7 +207,7 @@ export const widen = (exec: Executor, schema: "main" | "temp", table: string, wi
   const kept = [...fixed, ...valueColumns(0, current)].map(ident).join(", ")
   const sequence = exec.values(`SELECT seq FROM main.sqlite_sequence WHERE name = ?`, [table])
   const createSql = table === "_sync_changes"
-    ? createChangesTable.replace(valueColumns(0, INITIAL_WIDTH).join(", "), valueColumns(0, width).join(", "))
+    ? createChangesTableOfWidth(width)
     : table === AFTER_TABLE
     ? createAfterTable(width)
     : undefined

@@ -2,13 +2,15 @@
  * Opening a brand-new local database: Synced = the remote's head snapshot (or current base), Draft = a
  * copy of it, then the metadata, whose presence says the bootstrap completed.
  *
- * Durable steps: both copies written and fsynced (`bootstrap:copiesWritten`), then the metadata (atomic).
+ * Durable steps: both copies written and fsynced with their directory, and the metadata written beside its
+ * place and fsynced, all at once (`bootstrap:copiesWritten`); then the metadata renamed into place.
  * Killed before the metadata, the next open finds copies that were never opened and no metadata
  * (`unfinished`) and bootstraps again; after it, the open is an ordinary one.
  *
  * @internal
  */
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Crypto from "node:crypto"
 import * as SyncError from "../../SyncError.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
@@ -80,15 +82,6 @@ export const bootstrap = Effect.fn("Engine.bootstrap")(
       new SyncError.BootstrapError({ reason: "InvalidBase", message: e.message, cause: e })
     // Its header before anything is written.
     yield* Effect.mapError(Validate.base(base, generation), invalid)
-    // Synced first, so that a crash leaves Synced alone or both (`unfinished` tells them from a database
-    // whose metadata was lost); their fsyncs together, one directory fsync for both. SQLite's check of the
-    // pages runs while the fsyncs are in flight: a base it refuses is removed with the copies (the metadata
-    // that would make them count is written only after both).
-    yield* Effect.all([
-      Files.writeNewFiles([paths.synced, paths.draft], base),
-      Effect.mapError(Validate.databaseBytes(base, `the base of generation ${generation}`), invalid)
-    ], { concurrency: 2, discard: true })
-    if (opening.options.onStep) yield* opening.options.onStep("bootstrap:copiesWritten")
     const metadata: SyncMetadata.Metadata = {
       version: 1,
       clientId: `${opening.options.clientName ?? "client"}-${Crypto.randomUUID()}`,
@@ -108,8 +101,21 @@ export const bootstrap = Effect.fn("Engine.bootstrap")(
       ...(remote.url === undefined ? {} : { remoteUrl: remote.url }),
       ...(databaseId === undefined ? {} : { databaseId })
     }
-    // Written last: the metadata file is what says a bootstrap completed.
-    yield* opening.metadataStore.write(metadata)
+    // Synced first, so that a crash leaves Synced alone or both (`unfinished` tells them from a database
+    // whose metadata was lost); their fsyncs and their directory's together. The metadata is written
+    // beside its place and fsynced at the same time, and SQLite checks the pages while the fsyncs
+    // are in flight (a base it refuses is removed with the copies). The metadata is put in place last, once
+    // the copies are durable: the metadata file is what says a bootstrap completed.
+    yield* Effect.scoped(Effect.gen(function*() {
+      const [, prepared] = yield* Effect.all([
+        Files.writeNewFiles([paths.synced, paths.draft], base),
+        // Dropped unless put in place.
+        Effect.acquireRelease(opening.metadataStore.prepare(metadata), (p, exit) => Exit.isFailure(exit) ? p.discard : Effect.void),
+        Effect.mapError(Validate.databaseBytes(base, `the base of generation ${generation}`), invalid)
+      ], { concurrency: 3 })
+      if (opening.options.onStep) yield* opening.options.onStep("bootstrap:copiesWritten")
+      yield* prepared.commit
+    }))
     return metadata
   },
   Effect.mapError((cause) =>

@@ -23,6 +23,7 @@
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Scheduler from "effect/Scheduler"
@@ -153,6 +154,31 @@ const makeState = (opening: Opening, initial: SyncMetadata.Metadata) =>
     return state
   })
 
+/**
+ * Both copies closed, then the clean close recorded. The record is written and fsynced while the copies
+ * close, and put in place once they are closed (a crash before that leaves the record that says in use,
+ * which only makes the next open check in full).
+ */
+const closeCleanly = (state: State) =>
+  SynchronizedRef.updateEffect(state.metadata, (m) =>
+    Effect.gen(function*() {
+      const next: SyncMetadata.Metadata = { ...m, inUse: false }
+      const [prepared] = yield* Effect.all([
+        // First: its fsync is in flight while the copies close.
+        Effect.either(state.metadataStore.prepare(next, { renameDurable: false })),
+        Effect.all([state.draft.close, state.synced.close])
+      ], { concurrency: 2 })
+      if (Either.isLeft(prepared)) {
+        yield* Effect.logWarning("cannot record a clean close", prepared.left)
+        return m
+      }
+      return yield* prepared.right.commit.pipe(
+        Effect.zipRight(Ref.set(state.staged, false)),
+        Effect.as(next),
+        Effect.catchAll((error) => Effect.as(Effect.logWarning("cannot record a clean close", error), m))
+      )
+    }))
+
 /** Opens the local database: bootstrap when it is brand-new, recovery otherwise; then the engine's state. */
 const open = (options: EngineOptions) =>
   Effect.gen(function*() {
@@ -191,12 +217,7 @@ const open = (options: EngineOptions) =>
     // clearing's rename need not survive a crash: the record it replaces (set, with every durable fact;
     // staged facts may be lost) only makes the next open check in full.
     if (initial.inUse !== true) yield* updateMetadata(state, (m) => ({ ...m, inUse: true }))
-    yield* Effect.addFinalizer(() =>
-      Effect.all([state.draft.close, state.synced.close]).pipe(
-        Effect.zipRight(updateMetadata(state, (m) => ({ ...m, inUse: false }), { renameDurable: false })),
-        Effect.catchAll((error) => Effect.logWarning("cannot record a clean close", error))
-      )
-    )
+    yield* Effect.addFinalizer(() => closeCleanly(state))
     // A Draft fold the metadata flags is finished; a Draft WAL that outgrew its bound is folded.
     yield* Fold.foldDraft(state, false)
     if ((options.bootstrap ?? "head") === "head" && initial.lastPullAt === undefined) {

@@ -254,8 +254,8 @@ export const clearCheck = (table: TableInfo.TableInfo, keys: ReadonlyArray<numbe
 
 /**
  * Tries a run in bulk inside a savepoint: the number of changes written, or undefined when the run must
- * go change by change (nothing of it is left written: a conflict, or a constraint of the table the write
- * fails on). Failures of SQLite itself (I/O, a full disk) are thrown.
+ * go change by change (nothing of it is left written): a conflict, or a failure of the write (a constraint
+ * of the table), which change by change meets again. Failures of the other statements are thrown.
  */
 export const attempt = (
   exec: Executor,
@@ -307,7 +307,8 @@ export const clearStatements = (
 ): { readonly rows: string; readonly changes: string; readonly check: string; readonly write: string } => {
   const target = `main.${ident(table.name)}`
   return {
-    rows: `SELECT count(*) FROM ${target}`,
+    // (counted up to `$limit` rows: a table larger than the run is not read whole)
+    rows: `SELECT count(*) FROM (SELECT 1 FROM ${target} LIMIT $limit)`,
     changes: `SELECT count(*) FROM ${ident(schema)}._sync_changes WHERE id BETWEEN $first AND $last`,
     check: clearCheck(table, keys, schema),
     write: `DELETE FROM ${target}`
@@ -335,11 +336,12 @@ export const attemptClear = (
   if (run.kind !== "delete" || run.id !== run.runId) return undefined
   const texts = clearStatements(table, keys, schema)
   const range = [{ first: run.runId, last: run.runLast }]
-  const rows = Number(exec.values(texts.rows)[0]![0])
+  const span = run.runLast - run.runId + 1
+  const rows = Number(exec.values(texts.rows, [{ limit: span + 1 }])[0]![0])
   // (each id holds one change at most: a run of fewer ids than the table has rows cannot remove them all)
-  if (rows < MIN_RUN || run.runLast - run.runId + 1 < rows) return undefined
+  if (rows < MIN_RUN || span < rows) return undefined
   // (a run of exactly as many ids has at most as many changes, and the check counts as many: no count needed)
-  if (run.runLast - run.runId + 1 !== rows && Number(exec.values(texts.changes, range)[0]![0]) !== rows) return undefined
+  if (span !== rows && Number(exec.values(texts.changes, range)[0]![0]) !== rows) return undefined
   const [matched, distinct] = exec.values(texts.check, range)[0]!.map(Number) as [number, number]
   if (matched !== rows || distinct !== rows) return undefined
   return writeExactly(exec, texts.write, [], rows)

@@ -87,10 +87,10 @@ export const writeNew = (path: string, bytes: Uint8Array) =>
   })
 
 /**
- * `writeNew` of several files in one directory, created in order: their fsyncs all in flight at once when
- * the file service can (`fsyncAll`: the file system commits them together, and the fiber waits off the
- * event loop, so other work runs meanwhile), then the directory's once. Uninterruptible: a descriptor is
- * never closed under its fsync. @internal
+ * `writeNew` of several files in one directory, created in order: their fsyncs and the directory's (which
+ * makes their names durable) all in flight at once when the file service can (`fsyncAll`: the file system
+ * commits them together, and the fiber waits off the event loop, so other work runs meanwhile), else one
+ * after the other. Uninterruptible: a descriptor is never closed under its fsync. @internal
  */
 export const writeNewFiles = (paths: ReadonlyArray<string>, bytes: Uint8Array) =>
   Effect.flatMap(currentFiles, (fs) => {
@@ -103,6 +103,8 @@ export const writeNewFiles = (paths: ReadonlyArray<string>, bytes: Uint8Array) =
           fds.push(fs.openSync(path, "w"))
           fs.writeSync(fds[fds.length - 1], bytes)
         }
+        // Opened once every name exists: its fsync covers them all.
+        fds.push(fs.openSync(dirnameOf(paths[0]), "r"))
       },
       catch: failed
     })
@@ -130,7 +132,6 @@ export const writeNewFiles = (paths: ReadonlyArray<string>, bytes: Uint8Array) =
         onFailure: (cause) => Effect.zipRight(Effect.ignore(closed), Effect.failCause(cause)),
         onSuccess: () => closed
       }),
-      Effect.zipRight(attempt(paths[0], "cannot write", (fs) => fsyncDirectory(fs, dirnameOf(paths[0])))),
       Effect.uninterruptible
     )
   })
