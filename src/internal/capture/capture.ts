@@ -741,6 +741,22 @@ export const pending = (
   Effect.map(pendingValues(afterId, limit), (changes) => changes.map(ChangeLog.toPublic))
 
 /**
+ * Deletes the rows of log table `table` with ids up to `upToId`. When nothing is logged after it (the usual
+ * case after a push), a DELETE without a WHERE clause, which SQLite carries out by freeing the table's pages
+ * whole instead of rewriting each as its rows go.
+ */
+const pruneTable = (sql: SqlClient.SqlClient, table: string, upToId: number) =>
+  Effect.gen(function*() {
+    const later = yield* sql.unsafe<{ readonly n: number }>(
+      `SELECT EXISTS (SELECT 1 FROM main.${table} WHERE id > ?) AS n`,
+      [upToId]
+    ).withoutTransform
+    yield* (Number(later[0]!.n) === 0
+      ? sql.unsafe(`DELETE FROM main.${table}`)
+      : sql.unsafe(`DELETE FROM main.${table} WHERE id <= ?`, [upToId])).raw
+  })
+
+/**
  * Creates the log if absent; a log in the first format (JSON images of literals) is rewritten in place,
  * within the caller's transaction.
  */
@@ -785,21 +801,8 @@ export const prune = (upToId: number): Effect.Effect<void, SqlError, SqlClient.S
   plainGen(function*() {
     const sql = yield* SqlClient.SqlClient
     if (!(yield* changesTableExists(sql))) return
-    // Nothing logged after `upToId` (the usual case after a push): a DELETE without a WHERE clause, which
-    // SQLite carries out by freeing the log's pages whole instead of rewriting each as its rows go.
-    const later = yield* sql<{ readonly n: number }>`
-      SELECT EXISTS (SELECT 1 FROM main._sync_changes WHERE id > ${upToId}) AS n`.withoutTransform
-    const all = Number(later[0]!.n) === 0
-    yield* (all ? sql`DELETE FROM main._sync_changes` : sql`DELETE FROM main._sync_changes WHERE id <= ${upToId}`).raw
+    yield* pruneTable(sql, CHANGES_TABLE, upToId)
     const after = yield* sql<{ readonly n: number }>`
       SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = ${ChangeLog.AFTER_TABLE}`.withoutTransform
-    if (Number(after[0]!.n) > 0) {
-      const laterAfter = yield* sql.unsafe<{ readonly n: number }>(
-        `SELECT EXISTS (SELECT 1 FROM main.${ChangeLog.AFTER_TABLE} WHERE id > ?) AS n`,
-        [upToId]
-      ).withoutTransform
-      yield* (Number(laterAfter[0]!.n) === 0
-        ? sql.unsafe(`DELETE FROM main.${ChangeLog.AFTER_TABLE}`)
-        : sql.unsafe(`DELETE FROM main.${ChangeLog.AFTER_TABLE} WHERE id <= ?`, [upToId])).raw
-    }
+    if (Number(after[0]!.n) > 0) yield* pruneTable(sql, ChangeLog.AFTER_TABLE, upToId)
   })
