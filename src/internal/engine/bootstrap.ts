@@ -14,6 +14,7 @@ import * as Exit from "effect/Exit"
 import * as Crypto from "node:crypto"
 import * as SyncError from "../../SyncError.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
+import type * as SyncRemote from "../../SyncRemote.js"
 import * as Files from "../sqlite/files.js"
 import * as DraftPages from "./draftPages.js"
 import { type Opening, type Paths, received } from "./state.js"
@@ -33,17 +34,23 @@ export const validBase = (base: Uint8Array, generation: number) =>
 const noSnapshot = (error: SyncError.RemoteFailure) =>
   error._tag === "RemoteError" && (error.reason === "NotFound" || error.reason === "Refused" || error.reason === "Protocol")
 
+/** The head snapshot, `undefined` from a remote that does not serve it. */
+export type EarlySnapshot = Effect.Effect<SyncRemote.RemoteSnapshot | undefined, SyncError.RemoteFailure>
+
+/** The head snapshot asked for, `undefined` from a remote without the extension. */
+export const headSnapshot = (remote: SyncRemote.Service): EarlySnapshot =>
+  remote.snapshot.pipe(Effect.catchIf(noSnapshot, () => Effect.succeed(undefined)))
+
 /**
  * What the bootstrap starts from: the head snapshot, asked for at once (one request: it names its
  * generation, frame and database identity), when the app wants the head; else, or from a remote that does
- * not serve it, `/info` and the current generation's base (frame 0; the pull on open follows).
+ * not serve it, `/info` and the current generation's base (frame 0; the pull on open follows). `early`: the
+ * head snapshot's answer, asked for before the open took the owner lock (`Engine.askEarly`).
  */
-const download = (opening: Opening) =>
+const download = (opening: Opening, early: EarlySnapshot | undefined) =>
   Effect.gen(function*() {
     const { remote } = opening
-    const snapshot = (opening.options.bootstrap ?? "head") === "head"
-      ? yield* remote.snapshot.pipe(Effect.catchIf(noSnapshot, () => Effect.succeed(undefined)))
-      : undefined
+    const snapshot = (opening.options.bootstrap ?? "head") === "head" ? yield* (early ?? headSnapshot(remote)) : undefined
     if (snapshot !== undefined) {
       return { generation: snapshot.generation, frame: snapshot.frameNo, bytes: snapshot.bytes, databaseId: snapshot.databaseId, head: true }
     }
@@ -72,11 +79,11 @@ export const unfinished = (paths: Paths) =>
  * then the metadata, whose presence says the bootstrap completed.
  */
 export const bootstrap = Effect.fn("Engine.bootstrap")(
-  function*(opening: Opening) {
+  function*(opening: Opening, early?: EarlySnapshot) {
     const { paths, remote } = opening
     for (const file of allFiles(paths)) yield* Files.remove(file)
     yield* Files.removeTemps(paths.info)
-    const { bytes: base, databaseId, frame, generation, head } = yield* download(opening)
+    const { bytes: base, databaseId, frame, generation, head } = yield* download(opening, early)
     const at = { generation, frame }
     yield* received(opening, 0, base.byteLength)
     const invalid = (e: SyncError.RemoteError) =>

@@ -24,17 +24,19 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Scheduler from "effect/Scheduler"
 import * as SynchronizedRef from "effect/SynchronizedRef"
+import * as Fs from "node:fs"
 import * as ConflictPolicy from "../../ConflictPolicy.js"
 import * as LocalCopies from "../../LocalCopies.js"
 import * as SyncError from "../../SyncError.js"
 import * as SyncFiles from "../../SyncFiles.js"
 import * as SyncMetadata from "../../SyncMetadata.js"
 import * as SyncRemote from "../../SyncRemote.js"
-import { bootstrap, unfinished } from "./bootstrap.js"
+import { bootstrap, type EarlySnapshot, headSnapshot, unfinished } from "./bootstrap.js"
 import * as ConflictLog from "./conflictLog.js"
 import * as Copy from "./copy.js"
 import * as Fold from "./fold.js"
@@ -179,8 +181,26 @@ const closeCleanly = (state: State) =>
       )
     }))
 
+/**
+ * A brand-new local database's head snapshot, asked for before the open takes the owner lock: when
+ * `<path>-info` does not exist (the open will most likely bootstrap), the request starts now, in a fiber of
+ * the caller's scope, so that the download overlaps the open's work before the bootstrap needs the bytes
+ * (the owner lock, the copies' services, the metadata's read, the removal of leftovers). Nothing local is
+ * read but that file's existence; only a bootstrap, decided under the lock, uses the answer, and any other
+ * open interrupts the request.
+ */
+export const askEarly = (options: Pick<EngineOptions, "path" | "bootstrap">, remote: SyncRemote.Service) =>
+  Effect.suspend(() =>
+    (options.bootstrap ?? "head") !== "head" || Fs.existsSync(LocalCopies.files(options.path).info)
+      ? Effect.succeed(undefined)
+      : Effect.forkScoped(headSnapshot(remote))
+  )
+
+/** The answer `askEarly` asked for, if it did. */
+export type Early = Effect.Effect.Success<ReturnType<typeof askEarly>>
+
 /** Opens the local database: bootstrap when it is brand-new, recovery otherwise; then the engine's state. */
-const open = (options: EngineOptions) =>
+const open = (options: EngineOptions, early: Early) =>
   Effect.gen(function*() {
     const opening: Opening = {
       options,
@@ -203,9 +223,12 @@ const open = (options: EngineOptions) =>
       ? yield* RemoteBinding.urlDecision(stored.value.remoteUrl, opening.remote.url, options.allowUrlChange === true)
       : "keep"
     const initial = yield* Option.match(stored, {
-      onNone: () => bootstrap(opening),
+      onNone: () => bootstrap(opening, early === undefined ? undefined : Fiber.join(early) satisfies EarlySnapshot),
       onSome: (m) =>
-        recover(opening, url === "record" && opening.remote.url !== undefined ? { ...m, remoteUrl: opening.remote.url } : m)
+        Effect.zipRight(
+          early === undefined ? Effect.void : Fiber.interruptFork(early),
+          recover(opening, url === "record" && opening.remote.url !== undefined ? { ...m, remoteUrl: opening.remote.url } : m)
+        )
     })
     const state = yield* makeState(opening, initial)
     // Checked before either copy is opened: opening a missing file would create an empty database.
@@ -241,8 +264,8 @@ const open = (options: EngineOptions) =>
   })
 
 /** @internal */
-export const make = (options: EngineOptions) =>
-  Effect.map(open(options), (state) => ({
+export const make = (options: EngineOptions, early?: Early) =>
+  Effect.map(open(options, early), (state) => ({
     clientId: state.clientId,
     conflicts: state.conflictLog.read,
     execute: Local.execute(state),
