@@ -3,7 +3,8 @@
  * copy of it, then the metadata, whose presence says the bootstrap completed.
  *
  * Durable steps: both copies written and fsynced with their directory, and the metadata written beside its
- * place and fsynced, all at once (`bootstrap:copiesWritten`); then the metadata renamed into place.
+ * place and fsynced, all at once (`bootstrap:copiesWritten`); then the metadata renamed into place (its
+ * directory's fsync in flight while the open opens the copies; the open returns once it is done).
  * Killed before the metadata, the next open finds copies that were never opened and no metadata
  * (`unfinished`) and bootstraps again; after it, the open is an ordinary one.
  *
@@ -11,8 +12,11 @@
  */
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as Crypto from "node:crypto"
+import * as NodeFs from "node:fs"
 import * as SyncError from "../../SyncError.js"
+import * as SyncFiles from "../../SyncFiles.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import type * as SyncRemote from "../../SyncRemote.js"
 import * as Files from "../sqlite/files.js"
@@ -75,14 +79,46 @@ export const unfinished = (paths: Paths) =>
   })
 
 /**
+ * Every file a bootstrap starts without (`allFiles`, and the temp files of a metadata write cut short,
+ * `<path>-info.tmp-*`): one listing of their directory, and each that is there removed.
+ */
+const removeLeftovers = (paths: Paths) =>
+  Files.attempt(paths.info, "cannot remove the leftovers of", (fs) => {
+    const slash = paths.info.lastIndexOf("/")
+    const directory = slash < 0 ? "." : paths.info.slice(0, slash + 1) || "/"
+    const prefix = paths.info.slice(slash + 1)
+    const names = new Set(allFiles(paths).map((file) => file.slice(slash + 1)))
+    for (const name of NodeFs.readdirSync(directory)) {
+      if (names.has(name) || name.startsWith(`${prefix}.tmp-`)) fs.removeSync(paths.info.slice(0, slash + 1) + name)
+    }
+  })
+
+/**
+ * fsync of the directory holding `path` off the event loop when the file service can (`fsyncAll`), else
+ * on it. Uninterruptible: the descriptor is never closed under its fsync.
+ */
+const syncDirectoryInFlight = (path: string) =>
+  Effect.flatMap(SyncFiles.current, (fs): Effect.Effect<void, SyncError.StorageError> => {
+    if (fs.fsyncAll === undefined) return Files.syncDirectoryOf(path)
+    const slash = path.lastIndexOf("/")
+    const directory = slash < 0 ? "." : path.slice(0, slash) || "/"
+    const failed = (cause: unknown) =>
+      new SyncError.StorageError({ reason: "Files", message: `cannot fsync the directory of ${path}`, path, cause })
+    return Effect.acquireUseRelease(
+      Effect.try({ try: () => fs.openSync(directory, "r"), catch: failed }),
+      (fd) => Effect.tryPromise({ try: () => fs.fsyncAll!([fd]), catch: failed }),
+      (fd) => Effect.ignore(Effect.try(() => fs.closeSync(fd)))
+    ).pipe(Effect.uninterruptible)
+  })
+
+/**
  * A brand-new local database: Synced = the remote's head snapshot or current base, Draft = a copy of it,
  * then the metadata, whose presence says the bootstrap completed.
  */
 export const bootstrap = Effect.fn("Engine.bootstrap")(
   function*(opening: Opening, early?: EarlySnapshot) {
     const { paths, remote } = opening
-    for (const file of allFiles(paths)) yield* Files.remove(file)
-    yield* Files.removeTemps(paths.info)
+    yield* removeLeftovers(paths)
     const { bytes: base, databaseId, frame, generation, head } = yield* download(opening, early)
     const at = { generation, frame }
     yield* received(opening, 0, base.byteLength)
@@ -114,17 +150,25 @@ export const bootstrap = Effect.fn("Engine.bootstrap")(
     // beside its place and fsynced at the same time, and SQLite checks the pages while the fsyncs
     // are in flight (a base it refuses is removed with the copies). The metadata is put in place last, once
     // the copies are durable: the metadata file is what says a bootstrap completed.
-    yield* Effect.scoped(Effect.gen(function*() {
+    // The rename's own durability (the directory's fsync) is in flight while the open goes on to open the
+    // copies: `renameDurable`, which the open awaits before it returns. A kill meanwhile loses nothing (the
+    // rename is done); a journaling file system commits the copies' WALs, created after the rename, in a
+    // later transaction than it, so no crash finds them without the metadata.
+    const renameDurable = yield* Effect.scoped(Effect.gen(function*() {
       const [, prepared] = yield* Effect.all([
         Files.writeNewFiles([paths.synced, paths.draft], base),
         // Dropped unless put in place.
-        Effect.acquireRelease(opening.metadataStore.prepare(metadata), (p, exit) => Exit.isFailure(exit) ? p.discard : Effect.void),
+        Effect.acquireRelease(
+          opening.metadataStore.prepare(metadata, { renameDurable: false }),
+          (p, exit) => Exit.isFailure(exit) ? p.discard : Effect.void
+        ),
         Effect.mapError(Validate.databaseBytes(base, `the base of generation ${generation}`), invalid)
       ], { concurrency: 3 })
       if (opening.options.onStep) yield* opening.options.onStep("bootstrap:copiesWritten")
       yield* prepared.commit
+      return yield* Effect.fork(syncDirectoryInFlight(paths.info))
     }))
-    return metadata
+    return { metadata, renameDurable: Fiber.join(renameDurable) }
   },
   Effect.mapError((cause) =>
     cause._tag === "BootstrapError" ? cause : new SyncError.BootstrapError({

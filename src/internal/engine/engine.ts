@@ -222,18 +222,25 @@ const open = (options: EngineOptions, early: Early) =>
     const url = Option.isSome(stored)
       ? yield* RemoteBinding.urlDecision(stored.value.remoteUrl, opening.remote.url, options.allowUrlChange === true)
       : "keep"
-    const initial = yield* Option.match(stored, {
-      onNone: () => bootstrap(opening, early === undefined ? undefined : Fiber.join(early) satisfies EarlySnapshot),
+    const { initial, renameDurable } = yield* Option.match(stored, {
+      onNone: () =>
+        Effect.map(
+          bootstrap(opening, early === undefined ? undefined : Fiber.join(early) satisfies EarlySnapshot),
+          ({ metadata, renameDurable }) => ({ initial: metadata, renameDurable })
+        ),
       onSome: (m) =>
         Effect.zipRight(
           early === undefined ? Effect.void : Fiber.interruptFork(early),
-          recover(opening, url === "record" && opening.remote.url !== undefined ? { ...m, remoteUrl: opening.remote.url } : m)
+          Effect.map(
+            recover(opening, url === "record" && opening.remote.url !== undefined ? { ...m, remoteUrl: opening.remote.url } : m),
+            (initial) => ({ initial, renameDurable: Effect.void })
+          )
         )
     })
     const state = yield* makeState(opening, initial)
     // Checked before either copy is opened: opening a missing file would create an empty database.
-    // A database bootstrapped just now was checked as it arrived: the cheap checks do.
-    yield* LocalFiles.repair(state, yield* LocalFiles.inspect(state.paths, Option.isSome(stored) && initial.inUse !== false))
+    // A database bootstrapped just now was written and checked (SQLite's check of the base) by this open.
+    if (Option.isSome(stored)) yield* LocalFiles.repair(state, yield* LocalFiles.inspect(state.paths, initial.inUse !== false))
     yield* state.synced.open
     yield* Copy.openDraft(state)
     // Set while open; cleared once both copies are closed. Found set on open: the full check above. The
@@ -260,6 +267,13 @@ const open = (options: EngineOptions, early: Early) =>
         ? catchUp
         : Effect.catchAll(catchUp, (error) => Effect.logWarning("cannot bring the remote's state on open", error))
     }
+    // A bootstrap's metadata rename, durable before the open returns.
+    yield* Effect.mapError(renameDurable, (cause) =>
+      new SyncError.BootstrapError({
+        reason: "Storage",
+        message: `cannot create a local database from the remote: ${cause.message}`,
+        cause
+      }))
     return state
   })
 
