@@ -12,7 +12,6 @@
  */
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as Fiber from "effect/Fiber"
 import * as Crypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as SyncError from "../../SyncError.js"
@@ -94,21 +93,45 @@ const removeLeftovers = (paths: Paths) =>
   })
 
 /**
- * fsync of the directory holding `path` off the event loop when the file service can (`fsyncAll`), else
- * on it. Uninterruptible: the descriptor is never closed under its fsync.
+ * fsync of the directory holding `path`, started now off the event loop when the file service can
+ * (`fsyncAll`), else done now; the effect returned waits for it and closes the descriptor (once, however
+ * often it runs: the open runs it when it returns and when it fails). The file operations happen in the
+ * caller's order: the open and the fsync's start now, the close when the caller waits.
  */
 const syncDirectoryInFlight = (path: string) =>
-  Effect.flatMap(SyncFiles.current, (fs): Effect.Effect<void, SyncError.StorageError> => {
-    if (fs.fsyncAll === undefined) return Files.syncDirectoryOf(path)
+  Effect.flatMap(SyncFiles.current, (fs): Effect.Effect<Effect.Effect<void, SyncError.StorageError>, SyncError.StorageError> => {
+    if (fs.fsyncAll === undefined) return Effect.as(Files.syncDirectoryOf(path), Effect.void)
     const slash = path.lastIndexOf("/")
     const directory = slash < 0 ? "." : path.slice(0, slash) || "/"
     const failed = (cause: unknown) =>
       new SyncError.StorageError({ reason: "Files", message: `cannot fsync the directory of ${path}`, path, cause })
-    return Effect.acquireUseRelease(
-      Effect.try({ try: () => fs.openSync(directory, "r"), catch: failed }),
-      (fd) => Effect.tryPromise({ try: () => fs.fsyncAll!([fd]), catch: failed }),
-      (fd) => Effect.ignore(Effect.try(() => fs.closeSync(fd)))
-    ).pipe(Effect.uninterruptible)
+    return Effect.try({
+      try: () => {
+        const fd = fs.openSync(directory, "r")
+        let fsynced: Promise<unknown>
+        try {
+          // Settles with the failure, never rejects: the wait below reads it.
+          fsynced = fs.fsyncAll!([fd]).then(() => undefined, (cause) => cause ?? new Error("fsync failed"))
+        } catch (error) {
+          fs.closeSync(fd)
+          throw error
+        }
+        let closed = false
+        return Effect.flatMap(Effect.promise(() => fsynced), (cause) =>
+          Effect.suspend(() => {
+            if (closed) return Effect.void
+            closed = true
+            let error = cause
+            try {
+              fs.closeSync(fd)
+            } catch (e) {
+              error ??= e
+            }
+            return error === undefined ? Effect.void : Effect.fail(failed(error))
+          })).pipe(Effect.uninterruptible)
+      },
+      catch: failed
+    })
   })
 
 /**
@@ -166,9 +189,9 @@ export const bootstrap = Effect.fn("Engine.bootstrap")(
       ], { concurrency: 3 })
       if (opening.options.onStep) yield* opening.options.onStep("bootstrap:copiesWritten")
       yield* prepared.commit
-      return yield* Effect.fork(syncDirectoryInFlight(paths.info))
+      return yield* syncDirectoryInFlight(paths.info)
     }))
-    return { metadata, renameDurable: Fiber.join(renameDurable) }
+    return { metadata, renameDurable }
   },
   Effect.mapError((cause) =>
     cause._tag === "BootstrapError" ? cause : new SyncError.BootstrapError({

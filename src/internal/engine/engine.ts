@@ -237,6 +237,19 @@ const open = (options: EngineOptions, early: Early) =>
           )
         )
     })
+    // Waited for on the way out whatever happens: it closes the descriptor of the fsync in flight.
+    return yield* Effect.onError(ready(options, opening, stored, initial, renameDurable), () => Effect.ignore(renameDurable))
+  })
+
+/** The rest of `open`, from the metadata on: the copies opened, and what the open brings. */
+const ready = (
+  options: EngineOptions,
+  opening: Opening,
+  stored: Option.Option<SyncMetadata.Metadata>,
+  initial: SyncMetadata.Metadata,
+  renameDurable: Effect.Effect<void, SyncError.StorageError>
+) =>
+  Effect.gen(function*() {
     const state = yield* makeState(opening, initial)
     // Checked before either copy is opened: opening a missing file would create an empty database.
     // A database bootstrapped just now was written and checked (SQLite's check of the base) by this open.
@@ -250,6 +263,13 @@ const open = (options: EngineOptions, early: Early) =>
     yield* Effect.addFinalizer(() => closeCleanly(state))
     // A Draft fold the metadata flags is finished; a Draft WAL that outgrew its bound is folded.
     yield* Fold.foldDraft(state, false)
+    // A bootstrap's metadata rename durable before the open goes on (to a pull) or returns.
+    yield* Effect.mapError(renameDurable, (cause) =>
+      new SyncError.BootstrapError({
+        reason: "Storage",
+        message: `cannot create a local database from the remote: ${cause.message}`,
+        cause
+      }))
     if ((options.bootstrap ?? "head") === "head" && initial.lastPullAt === undefined) {
       // A new local database opens with the remote's current state: the frames after its base come now.
       // If that fails the first time the open fails (its files stay, with the base); a later open of a
@@ -267,13 +287,6 @@ const open = (options: EngineOptions, early: Early) =>
         ? catchUp
         : Effect.catchAll(catchUp, (error) => Effect.logWarning("cannot bring the remote's state on open", error))
     }
-    // A bootstrap's metadata rename, durable before the open returns.
-    yield* Effect.mapError(renameDurable, (cause) =>
-      new SyncError.BootstrapError({
-        reason: "Storage",
-        message: `cannot create a local database from the remote: ${cause.message}`,
-        cause
-      }))
     return state
   })
 
