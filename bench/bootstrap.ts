@@ -192,7 +192,15 @@ export const bootstrapBench = async (bench: Bench, lines: Array<Line>, steps = f
       `medians of ${bench.repeat}`
   })
   lines.push(line(`fresh replica: bootstrap + first pull of ${bench.rows} rows (same server database as libsql)`, ours))
-  if (before !== undefined) lines.push(line("  the same, --before checkout", earlier))
+  if (before !== undefined) {
+    lines.push(line("  the same, --before checkout", earlier))
+    lines.push({
+      what: "  this checkout / the --before checkout",
+      ms: NaN,
+      note: `median of the rounds' ratios ${median(ours.map((r, i) => r.ms / earlier[i].ms)).toFixed(2)}x (time), ` +
+        `${median(ours.map((r, i) => r.cpuMs / earlier[i].cpuMs)).toFixed(2)}x (CPU)`
+    })
+  }
   if (!steps) return
   const proxy = await countingProxy(bench.serverUrl)
   try {
