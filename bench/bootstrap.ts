@@ -24,6 +24,7 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import * as Tracer from "effect/Tracer"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import type { HttpClient } from "@effect/platform/HttpClient"
 import Database from "libsql"
 import * as ChildProcess from "node:child_process"
@@ -231,30 +232,52 @@ export const bootstrapBench = async (bench: Bench, lines: Array<Line>, steps = f
   }
 }
 
-// Alone: a server of its own, a database of `--rows` rows pushed by this client, then the section.
-ServerProcess.runAlone(import.meta.url, "bootstrap", async ({ http, scope, serverUrl, work }) => {
-  const rows = Number(flag("rows", "10000"))
+/**
+ * The rows of `--rows` pushed to `--url` by a writer of this client in a process of its own: the measured
+ * runs of this client start from a module no other `SyncDatabase` has run in (in the bench's process, a
+ * writer's earlier work made the same code about a tenth slower, measured by swapping the checkouts of
+ * `--before`), as in an app that opens a new replica.
+ */
+const writeRows = async () => {
+  const scope = await Effect.runPromise(Scope.make())
   const run = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>) => Effect.runPromise(Scope.extend(effect, scope))
   const writer = await run(
     Layer.build(
-      SyncDatabase.layer({ path: NodePath.join(work, "writer"), url: `${serverUrl}/db/rows` }).pipe(
-        Layer.provide(Layer.succeedContext(http))
-      )
+      SyncDatabase.layer({ path: flag("path", ""), url: flag("url", "") }).pipe(Layer.provide(NodeHttpClient.layerUndici))
     ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)))
   )
   await run(writer.execute(CREATE))
-  await run(writer.execute(bulkInsert(rows)))
+  await run(writer.execute(bulkInsert(Number(flag("rows", "10000")))))
   await run(writer.push)
-  const lines: Array<Line> = []
-  const beforeDir = flag("before", "")
-  const before = beforeDir === ""
-    ? undefined
-    : await import(Url.pathToFileURL(NodePath.resolve(beforeDir, "src", "SyncDatabase.ts")).href) as typeof SyncDatabase
-  await bootstrapBench(
-    { serverUrl, http, work, rowsDatabase: "rows", rows, repeat: Number(flag("repeat", "5")), warmup: Number(flag("warmup", "3")) },
-    lines,
-    process.argv.includes("--steps"),
-    before
-  )
-  console.table(lines.map((l) => ({ measurement: l.what, ms: Number(l.ms.toFixed(1)), note: l.note ?? "" })))
-})
+  await Effect.runPromise(Scope.close(scope, Exit.void))
+}
+
+// Alone: a server of its own, a database of `--rows` rows pushed by this client (from another process),
+// then the section.
+if (process.argv.includes("--write-rows")) {
+  ServerProcess.exitWith(writeRows())
+} else {
+  ServerProcess.runAlone(import.meta.url, "bootstrap", async ({ http, serverUrl, work }) => {
+    const rows = Number(flag("rows", "10000"))
+    await new Promise<void>((resolve, reject) =>
+      ChildProcess.execFile(
+        process.execPath,
+        [...process.execArgv, Url.fileURLToPath(import.meta.url), "--write-rows", "--rows", String(rows), "--path",
+          NodePath.join(work, "writer"), "--url", `${serverUrl}/db/rows`],
+        (error) => error ? reject(error) : resolve()
+      )
+    )
+    const lines: Array<Line> = []
+    const beforeDir = flag("before", "")
+    const before = beforeDir === ""
+      ? undefined
+      : await import(Url.pathToFileURL(NodePath.resolve(beforeDir, "src", "SyncDatabase.ts")).href) as typeof SyncDatabase
+    await bootstrapBench(
+      { serverUrl, http, work, rowsDatabase: "rows", rows, repeat: Number(flag("repeat", "5")), warmup: Number(flag("warmup", "3")) },
+      lines,
+      process.argv.includes("--steps"),
+      before
+    )
+    console.table(lines.map((l) => ({ measurement: l.what, ms: Number(l.ms.toFixed(1)), note: l.note ?? "" })))
+  })
+}
