@@ -48,19 +48,19 @@ const createSession = `CREATE TEMP TABLE IF NOT EXISTS _sync_session (
 const createEvicted = ChangeLog.createEvicted(ChangeLog.INITIAL_WIDTH)
 
 /**
- * Raises the AUTOINCREMENT sequence of the log to at least every id the remote has acknowledged. After a
- * pull, Draft is a copy of Synced whose log holds only the still-pending changes: without this floor an
- * empty log would hand out ids the progress row already counts as applied.
+ * Raises the log's id floor to at least every id the remote has acknowledged. After a pull, Draft is a copy
+ * of Synced whose log holds only the still-pending changes: without this floor an empty log would hand out
+ * ids the progress row already counts as applied.
  */
 export const raiseSequenceFloor = (sql: SqlClient.SqlClient, floor: number) =>
-  Effect.gen(function*() {
-    yield* sql.unsafe(
-      `INSERT INTO main.sqlite_sequence(name, seq) SELECT '_sync_changes', 0
-       WHERE NOT EXISTS (SELECT 1 FROM main.sqlite_sequence WHERE name = '_sync_changes')`
-    ).raw
-    // Only when it moves: an UPDATE to the same value still writes the page (a WAL frame at every reopen).
-    yield* sql`UPDATE main.sqlite_sequence SET seq = ${Math.trunc(floor)} WHERE name = '_sync_changes' AND seq < ${Math.trunc(floor)}`.raw
-  })
+  Effect.provideService(
+    Executor.withExecutor((exec) => {
+      exec.once(ChangeLog.createFloorTable)
+      ChangeLog.raiseFloor(exec, floor)
+    }),
+    SqlClient.SqlClient,
+    sql
+  )
 
 const progressFloor = (sql: SqlClient.SqlClient) =>
   Effect.gen(function*() {
@@ -78,8 +78,11 @@ const progressFloor = (sql: SqlClient.SqlClient) =>
 
 export const TRIGGER_PREFIX = "_sync_"
 
-const txIdExpr = `coalesce((SELECT tx_id FROM temp._sync_session), ` +
-  `coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1)`
+/**
+ * A logged row's transaction: the capture transaction's, or the statement's that `execute` runs (both set in
+ * the session, see {@link setStatementTx}); else, for a write that bypasses both, the row's own id.
+ */
+const txIdExpr = `coalesce((SELECT tx_id FROM temp._sync_session), ${ChangeLog.nextId})`
 
 /** The values of a row (NEW, OLD or an alias), each as is: the log keeps them exactly (see changeLog.ts). */
 const valuesExpr = (row: string, columns: ReadonlyArray<string>): ReadonlyArray<string> =>
@@ -104,10 +107,10 @@ const logInsert = (
   if (split) values.splice(info.columns.length)
   const beforeRowid = kind === "insert" ? "NULL" : rowidExpr("OLD", info)
   const afterRowid = kind === "delete" ? "NULL" : rowidExpr("NEW", info)
-  return `INSERT INTO main._sync_changes (tx_id, tbl, kind, cols, before_rowid, after_rowid${
+  return `INSERT INTO main._sync_changes (id, tx_id, tbl, kind, cols, before_rowid, after_rowid${
     values.length === 0 ? "" : `, ${valueColumns(values.length).join(", ")}`
   })
-  VALUES (${txIdExpr}, ${stringLiteral(info.name)}, '${kind}', ${columnsLiteral(info)}, ${beforeRowid}, ${afterRowid}${
+  VALUES (${ChangeLog.nextId}, ${txIdExpr}, ${stringLiteral(info.name)}, '${kind}', ${columnsLiteral(info)}, ${beforeRowid}, ${afterRowid}${
     values.length === 0 ? "" : `, ${values.join(", ")}`
   });${
     split
@@ -185,9 +188,12 @@ END`
   const tbl = stringLiteral(info.name)
   const statements: Array<string> = []
   const slots = valueColumns(info.columns.length).join(", ")
-  const moveEvicted = `INSERT INTO main._sync_changes (tx_id, tbl, kind, cols, before_rowid, ${slots})
-  SELECT ${txIdExpr}, tbl, 'delete', ${columnsLiteral(info)}, before_rowid, ${slots} FROM temp._sync_evicted
-  WHERE tbl = ${tbl} ORDER BY seq;
+  // The SELECT reads the log, so SQLite runs it to the end before inserting: the ids count up from one base.
+  const moveEvicted = `INSERT INTO main._sync_changes (id, tx_id, tbl, kind, cols, before_rowid, ${slots})
+  SELECT n.base + row_number() OVER (ORDER BY e.seq) - 1, coalesce((SELECT tx_id FROM temp._sync_session), n.base),
+    e.tbl, 'delete', ${columnsLiteral(info)}, e.before_rowid, ${valuesExpr("e", valueColumns(info.columns.length)).join(", ")}
+  FROM temp._sync_evicted AS e, (SELECT ${ChangeLog.nextId} AS base) AS n
+  WHERE e.tbl = ${tbl} ORDER BY e.seq;
   DELETE FROM temp._sync_evicted WHERE tbl = ${tbl};`
   const stage = (self: "NEW" | "OLD") => {
     const predicate = evictionPredicate(info, self)
@@ -400,14 +406,13 @@ export const transaction = <A, E, R>(
     if (outer !== undefined) return yield* forgetOnFailure(sql.withTransaction(effect))
     const recordStatement = (txId: number) =>
       Effect.gen(function*() {
-        yield* sql`INSERT INTO main._sync_changes (tx_id, tbl, kind, sql) VALUES (${txId}, '', 'ddl', ${statement!})`
-          .raw
+        yield* logDdl(sql, txId, statement!)
         yield* reinstallTriggers(sql)
       })
     return yield* forgetOnFailure(sql.withTransaction(Effect.gen(function*() {
       // One statement opens the capture transaction: allocate the id, read the versions to compare.
       const begin = sql<SessionRow>`UPDATE temp._sync_session
-        SET tx_id = coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1
+        SET tx_id = ${sql.literal(ChangeLog.nextId)}
         RETURNING tx_id, schema_version AS installed, (SELECT schema_version FROM pragma_schema_version) AS current`
         .withoutTransform
       // @effect/sql-sqlite-node caches a statement that failed to prepare (as a failure, for minutes): `begin`
@@ -454,6 +459,13 @@ export const transaction = <A, E, R>(
     })))
   })
 
+/** A schema change's text, logged under transaction `txId`. */
+const logDdl = (sql: SqlClient.SqlClient, txId: number, statement: string) =>
+  sql.unsafe(
+    `INSERT INTO main._sync_changes (id, tx_id, tbl, kind, sql) VALUES (${ChangeLog.nextId}, ?, '', 'ddl', ?)`,
+    [txId, statement]
+  ).raw
+
 interface SessionRow {
   readonly tx_id: number | null
   readonly installed: number
@@ -488,9 +500,13 @@ export const execute = (
         Option.isNone(yield* Effect.serviceOption(SqlClient.TransactionConnection))
       ) {
         // One DML statement in autocommit mode is already one transaction with the log rows its triggers
-        // write, all of them sharing one txId (the log's sequence is saved at the statement's end); a
-        // deferred foreign-key violation fails just the statement. No capture transaction needed.
-        return yield* runStatement(sql, single, params)
+        // write, all of them sharing the txId set around it; a deferred foreign-key violation fails just the
+        // statement. No capture transaction needed.
+        return yield* Effect.acquireUseRelease(
+          sql.unsafe(SET_STATEMENT_TX).raw,
+          () => runStatement(sql, single, params),
+          () => Effect.orDie(sql.unsafe(CLEAR_STATEMENT_TX).raw)
+        )
       }
       if (single !== undefined && firstKeyword(single) === "VACUUM" && knownInstalled.has(sql)) {
         // VACUUM cannot run inside a transaction and rewrites the file without changing its content; it bumps
@@ -521,6 +537,14 @@ export const execute = (
     }
     return { ...last, changes }
   })
+
+/**
+ * Set around a statement `execute` runs outside a capture transaction: the id its first logged row gets
+ * becomes the txId of every row it logs (the log's ids are plain rowids, so nothing else marks where a
+ * statement's rows begin). Both write only the connection's TEMP session: no WAL frame.
+ */
+const SET_STATEMENT_TX = `UPDATE temp._sync_session SET tx_id = ${ChangeLog.nextId}`
+const CLEAR_STATEMENT_TX = `UPDATE temp._sync_session SET tx_id = NULL`
 
 /** What the direct path needs to know of a statement text, decided once per text. */
 interface DirectText {
@@ -567,11 +591,33 @@ export const executeDirect = (
   const direct = Executor.directOf(sql)
   if (direct === undefined || !direct.free()) return
   let prepared: ReturnType<typeof direct.prepare>
+  let set: ReturnType<typeof direct.prepare> | undefined
+  let clear: ReturnType<typeof direct.prepare> | undefined
   try {
     prepared = direct.prepare(statement)
+    if (!prepared.readonly) {
+      set = direct.prepare(SET_STATEMENT_TX)
+      clear = direct.prepare(CLEAR_STATEMENT_TX)
+    }
   } catch {
     return
   }
+  if (set === undefined || clear === undefined) return runDirect(fiber, direct, prepared, params, inserts)
+  set.run()
+  try {
+    return runDirect(fiber, direct, prepared, params, inserts)
+  } finally {
+    clear.run()
+  }
+}
+
+const runDirect = (
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  direct: Executor.Direct,
+  prepared: ReturnType<Executor.Direct["prepare"]>,
+  params: ReadonlyArray<unknown>,
+  inserts: boolean
+): ExecuteResult => {
   const safeIntegers = Context.get(fiber.currentContext, SqlClient.SafeIntegers)
   prepared.safeIntegers(safeIntegers)
   if (!prepared.reader) {
@@ -619,8 +665,7 @@ const executeOne = (
           })
         )
       }
-      yield* sql`INSERT INTO main._sync_changes (tx_id, tbl, kind, sql) VALUES (${state.txId}, '', 'ddl', ${statement})`
-        .raw
+      yield* logDdl(sql, state.txId, statement)
       yield* reinstallTriggers(sql)
     }
     return result
@@ -757,8 +802,9 @@ const pruneTable = (sql: SqlClient.SqlClient, table: string, upToId: number) =>
   })
 
 /**
- * Creates the log if absent; a log in the first format (JSON images of literals) is rewritten in place,
- * within the caller's transaction.
+ * Creates the log and its id floor if absent; a log in the first format (JSON images of literals) is
+ * rewritten in place, and one with AUTOINCREMENT ids is rebuilt with plain ids, within the caller's
+ * transaction.
  */
 export const ensureLog = (sql: SqlClient.SqlClient): Effect.Effect<void, SqlError | CaptureError> =>
   Effect.gen(function*() {
@@ -776,16 +822,27 @@ export const ensureLog = (sql: SqlClient.SqlClient): Effect.Effect<void, SqlErro
           `rewriting _sync_changes from JSON literals to typed values); nothing was changed`
       })
     }
+    yield* Effect.provideService(
+      Executor.withExecutor((exec) => {
+        exec.once(ChangeLog.createFloorTable)
+        if (ChangeLog.isAutoincrement(exec)) ChangeLog.dropAutoincrement(exec)
+      }),
+      SqlClient.SqlClient,
+      sql
+    ).pipe(Effect.mapError((cause) =>
+      new CaptureError({
+        reason: "LogMigration",
+        message: `cannot upgrade the change log (migration step: rebuilding _sync_changes with plain ids in place ` +
+          `of AUTOINCREMENT): ${cause.message}; nothing was changed`,
+        cause
+      })
+    ))
   })
 
 export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> = plainGen(function*() {
   const sql = yield* SqlClient.SqlClient
   if (!(yield* changesTableExists(sql))) return 0
-  const rows = yield* sql<{ readonly id: number }>`
-    SELECT max(coalesce((SELECT max(id) FROM main._sync_changes), 0),
-               coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0)) AS id`
-    .withoutTransform
-  return rows[0]!.id
+  return yield* Executor.withExecutor(ChangeLog.lastId)
 })
 
 export const countPending = (afterId: number): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
@@ -801,6 +858,13 @@ export const prune = (upToId: number): Effect.Effect<void, SqlError, SqlClient.S
   plainGen(function*() {
     const sql = yield* SqlClient.SqlClient
     if (!(yield* changesTableExists(sql))) return
+    // The ids pruned are never handed out again (the next id is above the log's highest or the floor). A
+    // log without the floor is one of an earlier version, whose AUTOINCREMENT sequence keeps them.
+    yield* Executor.withExecutor((exec) => {
+      if (!ChangeLog.hasFloor(exec)) return
+      const pruned = exec.values(`SELECT max(id) FROM main._sync_changes WHERE id <= ?`, [upToId])[0]![0]
+      if (pruned !== null) ChangeLog.raiseFloor(exec, Number(pruned))
+    })
     yield* pruneTable(sql, CHANGES_TABLE, upToId)
     const after = yield* sql<{ readonly n: number }>`
       SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = ${ChangeLog.AFTER_TABLE}`.withoutTransform
