@@ -92,7 +92,7 @@ const withAutoincrement = (draft: string) => {
         .replace("id INTEGER PRIMARY KEY,", "id INTEGER PRIMARY KEY AUTOINCREMENT,"))
       db.exec(`INSERT INTO main._sync_changes SELECT * FROM old_changes`)
       db.exec(`DROP TABLE old_changes`)
-      db.exec(`DROP TABLE main._sync_change_floor`)
+      db.exec(`DROP TABLE IF EXISTS main._sync_change_floor`)
       db.prepare(`INSERT INTO sqlite_sequence (name, seq) SELECT '_sync_changes', 0
         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = '_sync_changes')`).run()
       db.prepare(`UPDATE sqlite_sequence SET seq = ? WHERE name = '_sync_changes'`).run(seq)

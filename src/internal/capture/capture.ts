@@ -33,11 +33,15 @@ export const CHANGES_TABLE = "_sync_changes"
 
 export const createChangesTable = ChangeLog.createChangesTable
 
-/** Per-connection state: the open capture transaction's id and the schema version triggers match. */
+/**
+ * Per-connection state: the open capture transaction's id, the schema version triggers match, and the id
+ * floor (see changeLog.ts).
+ */
 const createSession = `CREATE TEMP TABLE IF NOT EXISTS _sync_session (
   id INTEGER PRIMARY KEY CHECK (id = 1),
   tx_id INTEGER,
-  schema_version INTEGER NOT NULL
+  schema_version INTEGER NOT NULL,
+  floor INTEGER NOT NULL DEFAULT 0
 )`
 
 /**
@@ -48,29 +52,28 @@ const createSession = `CREATE TEMP TABLE IF NOT EXISTS _sync_session (
 const createEvicted = ChangeLog.createEvicted(ChangeLog.INITIAL_WIDTH)
 
 /**
- * Raises the log's id floor to at least every id the remote has acknowledged. After a pull, Draft is a copy
- * of Synced whose log holds only the still-pending changes: without this floor an empty log would hand out
- * ids the progress row already counts as applied.
+ * Raises the log's id floor to at least `floor` (every id the remote has acknowledged, or pruned): kept in
+ * main, and in this connection's session when capture is installed on it. After a pull, Draft is a copy of
+ * Synced whose log holds only the still-pending changes: without this floor an empty log would hand out ids
+ * the progress row already counts as applied.
  */
 export const raiseSequenceFloor = (sql: SqlClient.SqlClient, floor: number) =>
-  Effect.provideService(
-    Executor.withExecutor((exec) => {
-      exec.once(ChangeLog.createFloorTable)
-      ChangeLog.raiseFloor(exec, floor)
-    }),
-    SqlClient.SqlClient,
-    sql
-  )
+  Effect.provideService(Executor.withExecutor((exec) => raiseFloor(exec, floor)), SqlClient.SqlClient, sql)
 
-const progressFloor = (sql: SqlClient.SqlClient) =>
-  Effect.gen(function*() {
-    const exists = yield* sql<{ readonly n: number }>`
-      SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = '_sync_progress'`.withoutTransform
-    if (exists[0]!.n === 0) return 0
-    const rows = yield* sql<{ readonly m: number }>`
-      SELECT coalesce(max(change_id), 0) AS m FROM main._sync_progress`.withoutTransform
-    return rows[0]!.m
-  })
+const raiseFloor = (exec: Executor.Executor, floor: number) => {
+  const session = exec.values(`SELECT 1 FROM temp.sqlite_schema WHERE type = 'table' AND name = '_sync_session'`).length > 0
+  const version = Number(exec.values(`PRAGMA main.schema_version`)[0]![0])
+  const made = ChangeLog.persistFloor(exec, floor)
+  if (!session) return
+  exec.run(`UPDATE temp._sync_session SET floor = max(floor, ?)`, [Math.trunc(floor)])
+  // The floor's own table is no schema change the triggers must follow.
+  if (made) {
+    exec.run(
+      `UPDATE temp._sync_session SET schema_version = (SELECT schema_version FROM pragma_schema_version) WHERE schema_version = ?`,
+      [version]
+    )
+  }
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // Trigger text (pure)
@@ -360,10 +363,12 @@ export const install: Effect.Effect<void, SqlError | CaptureError, SqlClient.Sql
       yield* sql.unsafe(ChangeLog.createChangesTableOfWidth(widths(yield* TableInfo.readAll).log)).raw
     }
     yield* ensureLog(sql)
-    yield* raiseSequenceFloor(sql, yield* progressFloor(sql))
     yield* sql.unsafe(createSession).raw
     yield* sql.unsafe(createEvicted).raw
     yield* sql.unsafe(`INSERT OR IGNORE INTO temp._sync_session (id, tx_id, schema_version) VALUES (1, NULL, -1)`).raw
+    yield* Executor.withExecutor((exec) =>
+      exec.run(`UPDATE temp._sync_session SET floor = max(floor, ?)`, [ChangeLog.storedFloor(exec)])
+    )
     yield* reinstallTriggers(sql)
   }))
   knownInstalled.add(sql)
@@ -824,7 +829,6 @@ export const ensureLog = (sql: SqlClient.SqlClient): Effect.Effect<void, SqlErro
     }
     yield* Effect.provideService(
       Executor.withExecutor((exec) => {
-        exec.once(ChangeLog.createFloorTable)
         if (ChangeLog.isAutoincrement(exec)) ChangeLog.dropAutoincrement(exec)
       }),
       SqlClient.SqlClient,
@@ -858,12 +862,14 @@ export const prune = (upToId: number): Effect.Effect<void, SqlError, SqlClient.S
   plainGen(function*() {
     const sql = yield* SqlClient.SqlClient
     if (!(yield* changesTableExists(sql))) return
-    // The ids pruned are never handed out again (the next id is above the log's highest or the floor). A
-    // log without the floor is one of an earlier version, whose AUTOINCREMENT sequence keeps them.
+    // The ids pruned are never handed out again (the next id is above the log's highest or the floor)
+    // (needed only when no higher id stays in the log to keep them)
     yield* Executor.withExecutor((exec) => {
-      if (!ChangeLog.hasFloor(exec)) return
-      const pruned = exec.values(`SELECT max(id) FROM main._sync_changes WHERE id <= ?`, [upToId])[0]![0]
-      if (pruned !== null) ChangeLog.raiseFloor(exec, Number(pruned))
+      const [pruned, later] = exec.values(
+        `SELECT (SELECT max(id) FROM main._sync_changes WHERE id <= ?), EXISTS (SELECT 1 FROM main._sync_changes WHERE id > ?)`,
+        [upToId, upToId]
+      )[0]!
+      if (pruned !== null && Number(later) === 0) raiseFloor(exec, Number(pruned))
     })
     yield* pruneTable(sql, CHANGES_TABLE, upToId)
     const after = yield* sql<{ readonly n: number }>`

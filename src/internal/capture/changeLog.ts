@@ -66,8 +66,9 @@ export const createChangesTable = `CREATE TABLE IF NOT EXISTS main._sync_changes
 )`
 
 /**
- * The highest change id ever handed out or acknowledged, kept when the log's rows are pruned (or a copy's log
- * holds only its still-pending changes), so that ids are never handed out twice. One row.
+ * The highest change id pruned or acknowledged, kept when the log's rows are pruned (or a copy's log holds
+ * only its still-pending changes), so that ids are never handed out twice. One row; made the first time a
+ * floor must be kept (a new log is one schema change, not two).
  */
 export const FLOOR_TABLE = "_sync_change_floor"
 
@@ -77,38 +78,54 @@ export const createFloorTable = `CREATE TABLE IF NOT EXISTS main.${FLOOR_TABLE} 
 )`
 
 /**
- * The next change id (SQL): above every id the log holds and above the floor. Both lookups are a seek to
- * one end of a b-tree.
+ * The next change id (SQL), on a connection with capture installed: above every id the log holds and above
+ * the floor the connection's session holds (loaded from {@link storedFloor}). Both lookups are a seek to one
+ * end of a b-tree.
  */
 export const nextId = `(max(coalesce((SELECT max(id) FROM main._sync_changes), 0), ` +
-  `coalesce((SELECT floor FROM main.${FLOOR_TABLE} WHERE id = 1), 0)) + 1)`
+  `(SELECT floor FROM temp._sync_session WHERE id = 1)) + 1)`
 
-/** Raises the floor to `floor` (written only when it moves: an unchanged page costs no WAL frame). */
-export const raiseFloor = (exec: Executor, floor: number) =>
+const tableExists = (exec: Executor, name: string) =>
+  exec.values(`SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?`, [name]).length > 0
+
+/** Whether main holds the id floor table. */
+export const hasFloor = (exec: Executor) => tableExists(exec, FLOOR_TABLE)
+
+/**
+ * Keeps `floor` in main (the table made if absent; written only when the floor moves: an unchanged page costs
+ * no WAL frame). True when the table was made (a schema change).
+ */
+export const persistFloor = (exec: Executor, floor: number): boolean => {
+  const made = !hasFloor(exec)
+  if (made) {
+    if (floor <= 0) return false
+    exec.once(createFloorTable)
+  }
   exec.run(
     `INSERT INTO main.${FLOOR_TABLE} (id, floor) VALUES (1, ?)
      ON CONFLICT (id) DO UPDATE SET floor = excluded.floor WHERE floor < excluded.floor`,
     [Math.trunc(floor)]
   )
-
-const tableExists = (exec: Executor, name: string) =>
-  exec.values(`SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?`, [name]).length > 0
-
-/** Whether main holds the id floor (a log of this version). */
-export const hasFloor = (exec: Executor) => tableExists(exec, FLOOR_TABLE)
+  return made
+}
 
 /**
- * The last id handed out: the log's highest id or the floor, whichever is higher (or, in a log not yet
- * rebuilt without AUTOINCREMENT, its sequence). Reads only.
+ * The floor main keeps: its floor table, an earlier version's AUTOINCREMENT sequence, and the highest change
+ * id the replica's progress counts as applied. Reads only.
  */
-export const lastId = (exec: Executor): number => {
-  const parts = ["coalesce((SELECT max(id) FROM main._sync_changes), 0)"]
-  if (tableExists(exec, FLOOR_TABLE)) parts.push(`coalesce((SELECT floor FROM main.${FLOOR_TABLE} WHERE id = 1), 0)`)
+export const storedFloor = (exec: Executor): number => {
+  const parts = ["0"]
+  if (hasFloor(exec)) parts.push(`coalesce((SELECT floor FROM main.${FLOOR_TABLE} WHERE id = 1), 0)`)
   if (tableExists(exec, "sqlite_sequence")) {
     parts.push("coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0)")
   }
-  return Number(exec.values(`SELECT max(${parts.join(", ")}, 0)`)[0]![0])
+  if (tableExists(exec, "_sync_progress")) parts.push("coalesce((SELECT max(change_id) FROM main._sync_progress), 0)")
+  return Number(exec.values(`SELECT max(${parts.join(", ")})`)[0]![0])
 }
+
+/** The last id handed out: the log's highest id or the stored floor, whichever is higher. Reads only. */
+export const lastId = (exec: Executor): number =>
+  Math.max(Number(exec.values(`SELECT coalesce(max(id), 0) FROM main._sync_changes`)[0]![0]), storedFloor(exec))
 
 /** Whether the log in `main` still has the AUTOINCREMENT id of versions before 0.3. */
 export const isAutoincrement = (exec: Executor): boolean =>
@@ -129,9 +146,8 @@ export const dropAutoincrement = (exec: Executor) => {
   exec.once(createChangesTableOfWidth(width))
   exec.once(`INSERT INTO main._sync_changes (${columns}) SELECT ${columns} FROM main._sync_changes_autoincrement`)
   exec.once(`DROP TABLE main._sync_changes_autoincrement`)
-  exec.once(createFloorTable)
   const last = exec.values(`SELECT coalesce(max(id), 0) FROM main._sync_changes`)[0]![0]
-  raiseFloor(exec, Math.max(sequence.length === 0 ? 0 : Number(sequence[0]![0]), Number(last)))
+  persistFloor(exec, Math.max(sequence.length === 0 ? 0 : Number(sequence[0]![0]), Number(last)))
 }
 
 /** `createChangesTable` with `width` value columns. */
@@ -478,8 +494,7 @@ export const migrate = (exec: Executor): { readonly unreadable: ReadonlyArray<nu
     width = record(exec, change, width)
   }
   const last = old.length === 0 ? 0 : Number(old[old.length - 1]![0])
-  exec.once(createFloorTable)
-  raiseFloor(exec, Math.max(floor, last))
+  persistFloor(exec, Math.max(floor, last))
   return { unreadable }
 }
 
