@@ -1,4 +1,5 @@
 import * as SqlClient from "@effect/sql/SqlClient"
+import type BetterSqlite3 from "better-sqlite3"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Context from "effect/Context"
@@ -82,10 +83,47 @@ const raiseFloor = (exec: Executor.Executor, floor: number) => {
 export const TRIGGER_PREFIX = "_sync_"
 
 /**
- * A logged row's transaction: the capture transaction's, or the statement's that `execute` runs (both set in
- * the session, see {@link setStatementTx}); else, for a write that bypasses both, the row's own id.
+ * A logged row's transaction: the capture transaction's, or the statement's that `execute` runs (set in the
+ * session around it, or, on a connection this module has the handle of, kept by {@link STATEMENT_TX} while
+ * the direct path runs it); else, for a write that bypasses both, the row's own id.
  */
-const txIdExpr = `coalesce((SELECT tx_id FROM temp._sync_session), ${ChangeLog.nextId})`
+const txIdOf = (candidate: string, statementTx: boolean) =>
+  `coalesce((SELECT tx_id FROM temp._sync_session), ${statementTx ? `${STATEMENT_TX}(${candidate})` : candidate})`
+
+/**
+ * A function the direct path's connection has: while a statement runs armed, the first id offered is the
+ * statement's txId, returned for every row it logs; unarmed, the id offered. Costs a call per logged row, where
+ * setting the session around the statement costs two statements (each a TEMP transaction).
+ */
+const STATEMENT_TX = "_sync_statement_tx"
+
+interface StatementTx {
+  armed: boolean
+  tx: unknown
+}
+
+const statementTxs = globalValue(
+  Symbol.for("effect-sqlite-sync/ChangeCapture/statementTxs"),
+  () => new WeakMap<BetterSqlite3.Database, StatementTx>()
+)
+
+/** The connection's statement-tx function, registered once; undefined for a client without a handle. */
+const statementTxOf = (sql: SqlClient.SqlClient): StatementTx | undefined => {
+  const db = Executor.handleOf(sql)
+  if (db === undefined) return undefined
+  let state = statementTxs.get(db)
+  if (state === undefined) {
+    const made: StatementTx = { armed: false, tx: undefined }
+    db.function(STATEMENT_TX, { deterministic: false }, (candidate: unknown) => {
+      if (!made.armed) return candidate
+      if (made.tx === undefined) made.tx = candidate
+      return made.tx
+    })
+    statementTxs.set(db, made)
+    state = made
+  }
+  return state
+}
 
 /** The values of a row (NEW, OLD or an alias), each as is: the log keeps them exactly (see changeLog.ts). */
 const valuesExpr = (row: string, columns: ReadonlyArray<string>): ReadonlyArray<string> =>
@@ -100,7 +138,8 @@ const valueColumns = (count: number) => Array.from({ length: count }, (_, i) => 
 
 const logInsert = (
   info: TableInfo.TableInfo,
-  kind: "insert" | "update" | "delete"
+  kind: "insert" | "update" | "delete",
+  statementTx: boolean
 ): string => {
   const values: Array<string> = [
     ...(kind === "insert" ? [] : valuesExpr("OLD", info.columns)),
@@ -113,7 +152,7 @@ const logInsert = (
   return `INSERT INTO main._sync_changes (id, tx_id, tbl, kind, cols, before_rowid, after_rowid${
     values.length === 0 ? "" : `, ${valueColumns(values.length).join(", ")}`
   })
-  VALUES (${ChangeLog.nextId}, ${txIdExpr}, ${stringLiteral(info.name)}, '${kind}', ${columnsLiteral(info)}, ${beforeRowid}, ${afterRowid}${
+  VALUES (${ChangeLog.nextId}, ${txIdOf(ChangeLog.nextId, statementTx)}, ${stringLiteral(info.name)}, '${kind}', ${columnsLiteral(info)}, ${beforeRowid}, ${afterRowid}${
     values.length === 0 ? "" : `, ${values.join(", ")}`
   });${
     split
@@ -168,7 +207,7 @@ const evictionPredicate = (info: TableInfo.TableInfo, self: "NEW" | "OLD"): stri
 }
 
 /** The CREATE TEMP TRIGGER statements that capture one table. */
-export const triggerStatements = (info: TableInfo.TableInfo): ReadonlyArray<string> => {
+export const triggerStatements = (info: TableInfo.TableInfo, statementTx = false): ReadonlyArray<string> => {
   const table = `main.${ident(info.name)}`
   const name = (suffix: string) => ident(`${TRIGGER_PREFIX}${suffix}_${info.name}`)
   const refusal = info.primaryKey.length === 0 && info.rowidAlias === null
@@ -193,7 +232,7 @@ END`
   const slots = valueColumns(info.columns.length).join(", ")
   // The SELECT reads the log, so SQLite runs it to the end before inserting: the ids count up from one base.
   const moveEvicted = `INSERT INTO main._sync_changes (id, tx_id, tbl, kind, cols, before_rowid, ${slots})
-  SELECT n.base + row_number() OVER (ORDER BY e.seq) - 1, coalesce((SELECT tx_id FROM temp._sync_session), n.base),
+  SELECT n.base + row_number() OVER (ORDER BY e.seq) - 1, ${txIdOf("n.base", statementTx)},
     e.tbl, 'delete', ${columnsLiteral(info)}, e.before_rowid, ${valuesExpr("e", valueColumns(info.columns.length)).join(", ")}
   FROM temp._sync_evicted AS e, (SELECT ${ChangeLog.nextId} AS base) AS n
   WHERE e.tbl = ${tbl} ORDER BY e.seq;
@@ -219,14 +258,14 @@ END`)
   }
   statements.push(`CREATE TEMP TRIGGER ${name("ai")} AFTER INSERT ON ${table} BEGIN
   ${stageInsert !== undefined ? moveEvicted : ""}
-  ${logInsert(info, "insert")}
+  ${logInsert(info, "insert", statementTx)}
 END`)
   statements.push(`CREATE TEMP TRIGGER ${name("au")} AFTER UPDATE ON ${table} BEGIN
   ${stageUpdate !== undefined ? moveEvicted : ""}
-  ${logInsert(info, "update")}
+  ${logInsert(info, "update", statementTx)}
 END`)
   statements.push(`CREATE TEMP TRIGGER ${name("ad")} AFTER DELETE ON ${table} BEGIN
-  ${logInsert(info, "delete")}
+  ${logInsert(info, "delete", statementTx)}
 END`)
   return statements
 }
@@ -305,8 +344,9 @@ const makeTriggers = (sql: SqlClient.SqlClient) =>
       if (split.length > 0) ChangeLog.widen(exec, "main", ChangeLog.AFTER_TABLE, Math.max(...split))
     })
     const made: Array<string> = []
+    const statementTx = statementTxOf(sql) !== undefined
     const create = (info: TableInfo.TableInfo) => {
-      const statements = triggerStatements(info)
+      const statements = triggerStatements(info, statementTx)
       return sql.withTransaction(Effect.forEach(statements, (statement) => runUncached(sql, statement), {
         discard: true
       })).pipe(Effect.tap(() => made.push(...statements)))
@@ -322,8 +362,15 @@ const makeTriggers = (sql: SqlClient.SqlClient) =>
         )
       )
     }
-    rememberTriggers(yield* Executor.withExecutor(schemaText), { statements: made, widest })
+    rememberTriggers(yield* triggersKey(sql), { statements: made, widest })
   })
+
+/** What the triggers are made from: main's schema, and whether the connection has the statement-tx function. */
+const triggersKey = (sql: SqlClient.SqlClient) =>
+  Effect.map(
+    Executor.withExecutor(schemaText),
+    (schema) => `${statementTxOf(sql) === undefined ? "session" : STATEMENT_TX}\u001d${schema}`
+  )
 
 /** The triggers remembered for `made`'s schema, created again (a failure leaves none of them). */
 const remakeTriggers = (sql: SqlClient.SqlClient, made: MadeTriggers) =>
@@ -339,7 +386,7 @@ const reinstallTriggers = (sql: SqlClient.SqlClient) =>
     for (const { name } of ours) {
       yield* sql.unsafe(`DROP TRIGGER IF EXISTS temp.${ident(name)}`).raw
     }
-    const known = madeForSchema.get(yield* Executor.withExecutor(schemaText))
+    const known = madeForSchema.get(yield* triggersKey(sql))
     yield* known === undefined
       ? makeTriggers(sql)
       : remakeTriggers(sql, known).pipe(Effect.catchAll(() => makeTriggers(sql)))
@@ -544,9 +591,9 @@ export const execute = (
   })
 
 /**
- * Set around a statement `execute` runs outside a capture transaction: the id its first logged row gets
- * becomes the txId of every row it logs (the log's ids are plain rowids, so nothing else marks where a
- * statement's rows begin). Both write only the connection's TEMP session: no WAL frame.
+ * Set around a statement `execute` runs outside a capture transaction (off the direct path): the id its first
+ * logged row gets becomes the txId of every row it logs (the log's ids are plain rowids, so nothing else
+ * marks where a statement's rows begin). Both write only the connection's TEMP session: no WAL frame.
  */
 const SET_STATEMENT_TX = `UPDATE temp._sync_session SET tx_id = ${ChangeLog.nextId}`
 const CLEAR_STATEMENT_TX = `UPDATE temp._sync_session SET tx_id = NULL`
@@ -595,24 +642,22 @@ export const executeDirect = (
   if (statement === undefined || !knownInstalled.has(sql) || fiber.getFiberRef(currentState) !== undefined) return
   const direct = Executor.directOf(sql)
   if (direct === undefined || !direct.free()) return
+  const statementTx = statementTxs.get(direct.db)
+  if (statementTx === undefined) return
   let prepared: ReturnType<typeof direct.prepare>
-  let set: ReturnType<typeof direct.prepare> | undefined
-  let clear: ReturnType<typeof direct.prepare> | undefined
   try {
     prepared = direct.prepare(statement)
-    if (!prepared.readonly) {
-      set = direct.prepare(SET_STATEMENT_TX)
-      clear = direct.prepare(CLEAR_STATEMENT_TX)
-    }
   } catch {
     return
   }
-  if (set === undefined || clear === undefined) return runDirect(fiber, direct, prepared, params, inserts)
-  set.run()
+  // the statement's rows share the txId of the first (see STATEMENT_TX): the statement runs armed
+  statementTx.armed = true
+  statementTx.tx = undefined
   try {
     return runDirect(fiber, direct, prepared, params, inserts)
   } finally {
-    clear.run()
+    statementTx.armed = false
+    statementTx.tx = undefined
   }
 }
 
