@@ -333,10 +333,13 @@ const widths = (tables: ReadonlyArray<TableInfo.TableInfo>) => {
   }
 }
 
-/** Every table's triggers made from its columns and indexes; remembered for the schema as it stands after. */
-const makeTriggers = (sql: SqlClient.SqlClient) =>
+/**
+ * Every table's triggers made from its columns and indexes (`known`: the tables as read already in this
+ * transaction); remembered for the schema as it stands after.
+ */
+const makeTriggers = (sql: SqlClient.SqlClient, known?: ReadonlyArray<TableInfo.TableInfo>) =>
   Effect.gen(function*() {
-    const tables = yield* TableInfo.readAll
+    const tables = known ?? (yield* TableInfo.readAll)
     const { log, split, widest } = widths(tables)
     yield* Executor.withExecutor((exec) => {
       ChangeLog.widen(exec, "main", "_sync_changes", log)
@@ -378,7 +381,7 @@ const remakeTriggers = (sql: SqlClient.SqlClient, made: MadeTriggers) =>
     for (const statement of made.statements) exec.once(statement)
   }))
 
-const reinstallTriggers = (sql: SqlClient.SqlClient) =>
+const reinstallTriggers = (sql: SqlClient.SqlClient, tables?: ReadonlyArray<TableInfo.TableInfo>) =>
   plainGen(function*() {
     // Synchronous steps run on the connection directly: one effect each instead of one per statement.
     const key = yield* Executor.withExecutor((exec) => {
@@ -390,8 +393,8 @@ const reinstallTriggers = (sql: SqlClient.SqlClient) =>
     })
     const known = madeForSchema.get(key)
     yield* known === undefined
-      ? makeTriggers(sql)
-      : remakeTriggers(sql, known).pipe(Effect.catchAll(() => makeTriggers(sql)))
+      ? makeTriggers(sql, tables)
+      : remakeTriggers(sql, known).pipe(Effect.catchAll(() => makeTriggers(sql, tables)))
     return yield* Executor.withExecutor((exec) => {
       exec.run(`DELETE FROM temp._sync_evicted`)
       // Read as SQLite's own number into the session (the version's text differs from an application's
@@ -420,8 +423,11 @@ const installWith = (floor: number | undefined): Effect.Effect<void, SqlError | 
     yield* sql.withTransaction(Effect.gen(function*() {
       // A database without the log (a new replica's first open) gets it as wide as its tables' triggers need
       // at once: widening it afterwards rewrites the table (a rename, a copy and a drop, each a schema change).
+      // The tables read for it are the ones the triggers are made for (the log is no user table).
+      let tables: ReadonlyArray<TableInfo.TableInfo> | undefined
       if (!(yield* changesTableExists(sql))) {
-        yield* sql.unsafe(ChangeLog.createChangesTableOfWidth(widths(yield* TableInfo.readAll).log)).raw
+        tables = yield* TableInfo.readAll
+        yield* sql.unsafe(ChangeLog.createChangesTableOfWidth(widths(tables).log)).raw
       }
       yield* ensureLog(sql)
       yield* Executor.withExecutor((exec) => {
@@ -430,7 +436,7 @@ const installWith = (floor: number | undefined): Effect.Effect<void, SqlError | 
         exec.run(`INSERT OR IGNORE INTO temp._sync_session (id, tx_id, schema_version) VALUES (1, NULL, -1)`)
         exec.run(`UPDATE temp._sync_session SET floor = max(floor, ?)`, [ChangeLog.storedFloor(exec)])
       })
-      yield* reinstallTriggers(sql)
+      yield* reinstallTriggers(sql, tables)
       if (floor !== undefined) yield* raiseSequenceFloor(sql, floor)
     }))
     knownInstalled.add(sql)
