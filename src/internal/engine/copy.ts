@@ -101,10 +101,17 @@ interface Prepared {
  * 2b and the making of 2c: the replay onto Synced, the fresh WAL (fsynced), then the metadata flag naming
  * Draft's WAL as it stood (`before`) when the replay began.
  */
-const prepare = (state: State, progress: number, before: SyncMetadata.WalIdentity, readDraft: Replay.ReadDraft) =>
+const prepare = (
+  state: State,
+  progress: number,
+  before: SyncMetadata.WalIdentity,
+  readDraft: Replay.ReadDraft,
+  replayed: Effect.Effect<void> = Effect.void
+) =>
   Effect.gen(function*() {
     const { paths } = state
     yield* Replay.replayDraftOntoSynced(state, "pull", progress, readDraft) /* 2b */
+    yield* replayed
     const { frames, replayPages, tracking } = yield* copyTransaction(state)
     yield* PageCopy.writeWalFile(paths.draftWalNext, frames)
     yield* state.step("copy:walWritten")
@@ -205,6 +212,25 @@ const settle = (state: State, prepared: Prepared) =>
     })
   }).pipe(Effect.withSpan("Engine.settleCopy"))
 
+/**
+ * With writes held and the replay made: reads go to Synced (invariant 4: with the replay it holds what
+ * Draft is about to become) and reactive queries look again there, before the copy waits for the disk.
+ */
+const readsOnSynced = (state: State) =>
+  Effect.gen(function*() {
+    yield* Gates.switchReads(state.gates, "synced")
+    yield* Changes.beforeCopy(state.changes)
+    yield* Effect.yieldNow()
+  })
+
+/** A copy that failed before Draft served reads again: reads go back to Draft, and queries look there. */
+const readsBackOnDraft = (state: State) =>
+  Effect.gen(function*() {
+    if (state.gates.active.current === "draft") return
+    yield* Gates.switchReads(state.gates, "draft")
+    yield* Changes.beforeCopy(state.changes)
+  })
+
 /** Optimistic attempts before the copy is made with writes held throughout (a steady stream of writes). */
 const ATTEMPTS = 2
 
@@ -226,6 +252,20 @@ export const replayAndCopy = Effect.fn("Engine.replayAndCopy")(
         )
       })
     if ((yield* SynchronizedRef.get(state.metadata)).draftFoldInProgress) yield* holding(Fold.finishDraftFold(state))
+    if (state.changes.watchers > 0) {
+      // Reactive queries watch: they are shown the pulled rows as soon as Synced holds them with the replay
+      // (what Draft is about to become), read from Synced while the copy is made, so the whole copy is made
+      // with writes held (a write meanwhile would be missing from those reads).
+      const prepared = yield* holding(Effect.gen(function*() {
+        const before = yield* PageCopy.walIdentity(state.paths.draft)
+        const prepared = yield* prepare(state, progress, before, (read) => read, readsOnSynced(state))
+        yield* swap(state, prepared)
+        return prepared
+      }).pipe(Effect.onError(() => readsBackOnDraft(state))))
+      yield* Ref.set(state.lastWriteBlockedMs, Option.some(blocked))
+      yield* settle(state, prepared)
+      return prepared.frames.length
+    }
     // Where Draft stands when the replay begins: the writes counted so far and its WAL.
     const quiet = holding(Effect.all([Gates.writeEpoch(state.gates), PageCopy.walIdentity(state.paths.draft)]))
     let done: Prepared | undefined

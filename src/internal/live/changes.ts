@@ -111,6 +111,15 @@ export const afterWrite = (tracker: Tracker, draft: LocalCopies.Copy): Effect.Ef
   })
 
 /**
+ * Reads moved to Synced holding what Draft is about to become (a pull's copy with writes held, before the
+ * copy is written): queries look again at once, on Synced, instead of after Draft was replaced.
+ */
+export const beforeCopy = (tracker: Tracker): Effect.Effect<void> =>
+  Effect.sync(() => {
+    if (tracker.watchers > 0) invalidate(tracker, [ALL], false)
+  })
+
+/**
  * After a pull replaced Draft (the caller still holds every write permit): the log's position moves to
  * Draft's new one, and every query is asked to look again.
  */
