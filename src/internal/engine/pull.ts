@@ -65,6 +65,7 @@ const flush = Effect.fn("Engine.writePulledFrames")(function*(state: State, curs
   // writes it.
   yield* stageMetadata(state, (m) => ({ ...m, generation, syncedFrame: at }))
   cursor.changed = true
+  for (const listener of state.changes.positionListeners) listener()
   // A long catch-up never holds more than the bound in the WAL.
   yield* foldSynced(state)
 })

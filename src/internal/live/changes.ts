@@ -48,6 +48,11 @@ export interface Tracker {
   readonly versions: Map<string, number>
   /** Called after every local write commits (live sync pushes soon after). */
   readonly writeListeners: Set<() => void>
+  /**
+   * Called when a pull moved the synced position (its frames are in Synced, the copy to Draft may still be
+   * under way): live sync asks the remote for what is after them meanwhile.
+   */
+  readonly positionListeners: Set<() => void>
 }
 
 export const make: Effect.Effect<Tracker> = Effect.map(Reactivity.make, (reactivity) => ({
@@ -55,7 +60,8 @@ export const make: Effect.Effect<Tracker> = Effect.map(Reactivity.make, (reactiv
   watchers: 0,
   seen: undefined,
   versions: new Map(),
-  writeListeners: new Set()
+  writeListeners: new Set(),
+  positionListeners: new Set()
 }))
 
 const LAST_ID = "SELECT coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0)"
