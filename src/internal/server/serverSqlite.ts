@@ -16,7 +16,8 @@
  * - `snapshot-<G>-<N>.db`: the last snapshot served (generation G at frame N), derived data; a newer one
  *   replaces it, and open deletes them all, so it needs no fsync.
  * - `head.db`: the current generation materialised (its base with every committed frame applied),
- *   used only to check commits. It is derived data: rebuilt from `store.sqlite` the first time the
+ *   used to check commits, and copied (by the kernel) as the next generation's base when a commit rolls
+ *   while it is that commit's image. It is derived data: rebuilt from `store.sqlite` the first time the
  *   database is used after a start (written to a temp file, fsynced, renamed), so a crash at any point
  *   of a commit leaves nothing to repair.
  *
@@ -71,6 +72,20 @@ const writeFileDurably = (target: string, bytes: Uint8Array) => {
 }
 
 const removeIfPresent = (file: string) => fs.rmSync(file, { force: true })
+
+/** A durable copy of `source` as `target` (temp file, fsync, rename, directory fsync); the kernel copies the bytes. */
+const copyFileDurably = (source: string, target: string) => {
+  const temp = `${target}.tmp-${process.pid}-${crypto.randomBytes(4).toString("hex")}`
+  try {
+    fs.copyFileSync(source, temp)
+    fsyncPath(temp)
+    fs.renameSync(temp, target)
+  } catch (error) {
+    removeIfPresent(temp)
+    throw error
+  }
+  fsyncPath(path.dirname(target))
+}
 
 /** Frames per `writev` (two pieces each, within the usual IOV_MAX of 1024). */
 const WRITEV_FRAMES = 500
@@ -431,8 +446,11 @@ const openDatabase = (
     }
   }
 
-  /** Inserts the row of a generation whose base file is durable; it becomes the current one. */
-  const startGeneration = (generation: number, startedAt: number) => {
+  /**
+   * Inserts the row of a generation whose base file is durable; it becomes the current one. `headIsBase`:
+   * head.db already holds exactly that base (a roll copied its base from head.db), so it is kept as it is.
+   */
+  const startGeneration = (generation: number, startedAt: number, headIsBase = false) => {
     store.transaction(() => {
       store.prepare("INSERT INTO generations (generation, last_frame, started_at) VALUES (?, 0, ?)").run(
         generation,
@@ -441,6 +459,7 @@ const openDatabase = (
       store.prepare("DELETE FROM acked_pending WHERE generation < ?").run(generation)
     }).immediate()
     current = generation
+    if (headIsBase) return
     headStale = true
     schema = undefined
     if (integrityCheck !== "off") {
@@ -469,6 +488,21 @@ const openDatabase = (
   // Only the check reads head.db, and it is rebuilt before the first check after a start. A database
   // this process closed for being idle, with its head checkpointed, keeps it.
   let headStale = !(cleanHeads.delete(name) && fs.existsSync(headPath) && !fs.existsSync(headWal))
+
+  /**
+   * Whether head.db holds exactly the current generation at its committed frame `last`: the checks keep it
+   * so (each passing commit is checkpointed into it, its WAL then gone), unless something failed (stale) or
+   * no check runs. SQLite's checkpoint copies the frames' pages as they are and cuts the file to the
+   * commit's size, so the file is then byte for byte the image `writeImage` builds from the store.
+   */
+  const headIsCommitted = (last: number): boolean => {
+    if (integrityCheck === "off" || headStale || readOnly) return false
+    if (fs.existsSync(headWal) && fs.statSync(headWal).size > 0) return false
+    const pages = last === 0 ? undefined : selectCommitSize.get(current, last)?.commit_size
+    if (last > 0 && (pages === undefined || pages === 0)) return false
+    const size = fs.existsSync(headPath) ? fs.statSync(headPath).size : -1
+    return size === (pages === undefined ? fs.statSync(basePath(current)).size : pages * WalFrame.PAGE_SIZE)
+  }
 
   // sqlite_schema of head.db, read again after a rebuild or a commit that may change it.
   let schema: ReadonlyArray<ChangedTables.SchemaEntry> | undefined
@@ -782,10 +816,13 @@ const openDatabase = (
       Effect.try({
         try: () => {
           const next = current + 1
-          // The file first (written from the store, fsynced, renamed): a crash before the row leaves a
-          // file that open deletes.
-          replaceWithImage(current, lastFrameOf.get(current)?.last_frame ?? 0, basePath(next), true)
-          startGeneration(next, startedAt)
+          const last = lastFrameOf.get(current)?.last_frame ?? 0
+          // The file first (fsynced, renamed): a crash before the row leaves a file that open deletes. When
+          // head.db is the committed head, the kernel copies it; otherwise it is written from the store.
+          const fromHead = headIsCommitted(last)
+          if (fromHead) copyFileDurably(headPath, basePath(next))
+          else replaceWithImage(current, last, basePath(next), true)
+          startGeneration(next, startedAt, fromHead)
           return fs.statSync(basePath(next)).size
         },
         catch: storage(`starting generation ${current + 1} of ${name} failed`)
