@@ -721,6 +721,10 @@ const openDatabase = (
         try: () => selectFrames.all(generation, start, end).map(toFrame),
         catch: storage(`reading frames ${start}..${end - 1} of ${name}/${generation} failed`)
       }),
+    // A transaction that will be checked on the worker is on its way: the worker starts meanwhile.
+    pendingCommit: (frames) => {
+      if (checker !== undefined && integrityCheck !== "off" && frames * WalFrame.PAGE_SIZE > CHECK_HERE_MAX_BYTES) checker.warm()
+    },
     commit: (generation, firstFrameNo, frames) =>
       Effect.gen(function*() {
         const failed = storage(`storing frames ${firstFrameNo}.. of ${name}/${generation} failed`)
@@ -754,7 +758,9 @@ const openDatabase = (
           return failed(cause)
         }
         // A small database is checked here (see CHECK_HERE_MAX_BYTES); the commit then waits for nothing.
-        if (checker === undefined || fs.statSync(headPath).size <= CHECK_HERE_MAX_BYTES) {
+        // (its size as the check reads it: the head's, or the commit's when that is larger)
+        const checkedBytes = Math.max(fs.statSync(headPath).size, frames[frames.length - 1].commitSize * WalFrame.PAGE_SIZE)
+        if (checker === undefined || checkedBytes <= CHECK_HERE_MAX_BYTES) {
           const problem = yield* serverMetrics.timeCheck(runCheck(plan)).pipe(Effect.mapError(refused))
           if (problem !== undefined) {
             clearHeadWal()
@@ -762,6 +768,10 @@ const openDatabase = (
           }
           yield* commitHere
           checkpointHead()
+          // The next commit's check runs on the worker: started now, off this answer's path.
+          if (checker !== undefined && frames[frames.length - 1].commitSize * WalFrame.PAGE_SIZE > CHECK_HERE_MAX_BYTES) {
+            checker.warm()
+          }
           return Either.right(undefined)
         }
         // The worker checks while the frames are inserted here, then checkpoints head.db while they are
