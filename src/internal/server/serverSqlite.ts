@@ -26,8 +26,9 @@
  * runs the check (a read-only connection never checkpoints on close, so a refused WAL is simply
  * deleted). Meanwhile the frames are inserted into `store.sqlite` in a transaction committed only on a
  * passing verdict; the worker then checkpoints them into `head.db` with TRUNCATE while that transaction
- * commits, and both end before the push is answered. A head of at most `CHECK_HERE_MAX_BYTES` is checked,
- * committed and checkpointed on the calling thread instead, one after the other: cheaper than the worker's
+ * commits, and both end before the push is answered. A commit whose database (before and after it) is at
+ * most `CHECK_HERE_MAX_BYTES` is checked, committed and checkpointed on the calling thread instead, one
+ * after the other: cheaper than the worker's
  * round trip.
  */
 import Database from "better-sqlite3"
@@ -189,7 +190,7 @@ const STORE_AUTOCHECKPOINT_PAGES = 16_384
 const STORE_CHECKPOINT_FRAMES = 1_000
 
 /**
- * A head database up to this size is checked on the calling thread: its check (about 1 ms of CPU per MB)
+ * A database up to this size (the head, and the commit's size) is checked on the calling thread: its check (about 1 ms of CPU per MB)
  * takes less than the worker's round trip, which on a busy machine waits for the worker to be scheduled
  * (a one-row push to a small database was answered in 7-17 ms this way, 25-130 ms through the worker, on
  * a 2-core machine at load 6).
