@@ -28,8 +28,7 @@
  * passing verdict; the worker then checkpoints them into `head.db` with TRUNCATE while that transaction
  * commits, and both end before the push is answered. A commit whose database (before and after it) is at
  * most `CHECK_HERE_MAX_BYTES` is checked, committed and checkpointed on the calling thread instead, one
- * after the other: cheaper than the worker's
- * round trip.
+ * after the other: cheaper than the worker's round trip.
  */
 import Database from "better-sqlite3"
 import * as Effect from "effect/Effect"
