@@ -888,7 +888,7 @@ export const make = (options: {
         if (readOnly && !fs.existsSync(path.join(options.directory, name, STORE_FILE))) {
           throw new StoreError({ reason: "ReadOnly", message: `the store is read-only: database ${name} cannot be created` })
         }
-        return openDatabase(
+        const opened = openDatabase(
           options.directory,
           name,
           emptyBase,
@@ -897,6 +897,10 @@ export const make = (options: {
           readOnly,
           cleanHeads
         )
+        // The check worker starts with the first database in use (in the background), so the first large
+        // commit does not wait for the thread to load SQLite.
+        if (!readOnly && options.integrityCheck !== "off") options.checker?.warm()
+        return opened
       },
       catch: (cause) => {
         if (cause instanceof StoreError) return cause
