@@ -135,6 +135,38 @@ const capturedRaw = async (lib: Library, work: string, rows: number, kind: "perR
   }
 }
 
+/**
+ * WAL frames one one-row transaction writes (raw, or on the engine's connection with the capture triggers):
+ * every page a commit dirties is a frame, each written and later checkpointed. Counted from the WAL's size
+ * with checkpoints off.
+ */
+const framesPerCommit = async (lib: Library | undefined, work: string, rows = 1000) => {
+  const scope = Effect.runSync(Scope.make())
+  try {
+    const path = fresh(work, "frames")
+    let db: BetterSqlite3.Database
+    if (lib === undefined) {
+      db = new BetterSqlite3(path)
+      db.pragma("journal_mode = WAL")
+      db.exec(CREATE)
+    } else {
+      const client = await Effect.runPromise(Scope.extend(lib.Executor.makeClient({ filename: path }), scope))
+      await Effect.runPromise(client.unsafe(CREATE).raw)
+      await Effect.runPromise(Effect.provideService(lib.ChangeCapture.install, SqlClient.SqlClient, client))
+      db = lib.Executor.handleOf(client)!
+    }
+    db.pragma("wal_autocheckpoint = 0")
+    db.pragma("wal_checkpoint(TRUNCATE)")
+    const insert = db.prepare(INSERT)
+    for (let i = 1; i <= rows; i++) insert.run(...row(i))
+    const frames = (Fs.statSync(`${path}-wal`).size - 32) / (db.pragma("page_size", { simple: true }) as number + 24)
+    if (lib === undefined) db.close()
+    return frames / rows
+  } finally {
+    await Effect.runPromise(Scope.close(scope, Exit.void))
+  }
+}
+
 type Measure = "perRow" | "perRowNoSpan" | "perRowTracer" | "perRowNoFold" | "bulk" | "query" | "queryNoSpan"
 
 /**
@@ -231,6 +263,7 @@ export const executeBench = async (options: {
   const libs: Array<readonly [string, Library]> = [["", await load(NodePath.resolve(import.meta.dirname, "..", "src"))]]
   if (options.before !== undefined) libs.unshift(["before: ", await load(NodePath.resolve(options.before, "src"))])
   const samples = new Map<string, Array<number>>()
+  const frames = new Map<string, number>()
   const sample = async (key: string, f: () => number | Promise<number>) => {
     const ms = await f()
     samples.set(key, [...(samples.get(key) ?? []), ms])
@@ -250,6 +283,8 @@ export const executeBench = async (options: {
         }
       }
     }
+    frames.set("raw", await framesPerCommit(undefined, work))
+    for (const [label, lib] of libs) frames.set(label, await framesPerCommit(lib, work))
   } finally {
     Fs.rmSync(work, { recursive: true, force: true })
   }
@@ -265,6 +300,11 @@ export const executeBench = async (options: {
   for (const [label, _] of libs) {
     const k = (key: string) => ms(`${label}${key}`)
     lines.push(
+      {
+        what: `${label}capture overhead: WAL frames a one-row transaction writes, triggers on`,
+        ms: Number.NaN,
+        note: `${frames.get(label)!.toFixed(2)} frames (raw without triggers: ${frames.get("raw")!.toFixed(2)})`
+      },
       {
         what: `${label}capture overhead: raw, one transaction each, triggers on`,
         ms: k("capturedPerRow"),

@@ -11,9 +11,10 @@
  *   value in a column of its own, exactly (storage class, 64-bit integers, REAL bits including -0.0, TEXT
  *   bytes including NULs and invalid UTF-8, BLOBs) at its own size; a `Change` shows them as exact SQL
  *   literals (see {@link Image}). A log written by an earlier version is rewritten on {@link install}.
- * - Changes are ordered by the log's AUTOINCREMENT id, never by a clock. All changes of one
- *   {@link transaction} share a `txId` (the id its first change gets). Writes that bypass `transaction` on
- *   this connection are still captured, each statement its own unit. Writes through another connection to
+ * - Changes are ordered by the log's id, never by a clock; an id is never handed out twice (pruned ones
+ *   included). All changes of one {@link transaction} share a `txId` (the id its first change gets), as do
+ *   those of one statement {@link execute} runs outside a transaction. Writes that bypass both on this
+ *   connection are still captured, each row its own unit. Writes through another connection to
  *   the same file are not captured (its triggers are its own).
  * - `INSERT OR REPLACE` / `UPDATE OR REPLACE` (or `ON CONFLICT REPLACE` in the schema) evicting another row:
  *   SQLite fires no DELETE trigger for it while `recursive_triggers` is off. It is kept off (turning it on

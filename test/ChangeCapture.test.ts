@@ -8,7 +8,9 @@ import * as ChangeCapture from "../src/ChangeCapture.js"
 import * as ChangeReplay from "../src/ChangeReplay.js"
 import BetterSqlite3 from "better-sqlite3"
 import * as ChangeLog from "../src/internal/capture/changeLog.js"
+import * as NodePath from "node:path"
 import { dump, exec, on, open, run } from "./support/changeSync.js"
+import { tempDir } from "./support/engine.js"
 
 const tx = (a: SqlClient.SqlClient, ...statements: ReadonlyArray<string>) =>
   on(a, ChangeCapture.transaction(Effect.forEach(statements, (s) => ChangeCapture.execute(s), { discard: true })))
@@ -138,6 +140,34 @@ describe("ChangeCapture", () => {
       expect((yield* units(15)).map(([id, txId, table]) => [id, txId, table])).toEqual([
         [16, 16, "t"], [17, 16, "audit"], [18, 18, "t"], [19, 18, "audit"]
       ])
+    }))
+
+  it.scoped("pruned ids are never handed out again, on a reopened connection too; a write bypassing execute is a unit per row", () =>
+    Effect.gen(function*() {
+      const file = NodePath.join(yield* tempDir, "floor.sqlite")
+      const units = (client: SqlClient.SqlClient) =>
+        Effect.map(on(client, ChangeCapture.pending(0)), (changes) => changes.map((c) => [c.id, c.txId]))
+      yield* Effect.scoped(Effect.gen(function*() {
+        const a = yield* open(file)
+        yield* exec(a, "CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+        yield* on(a, ChangeCapture.install)
+        yield* run(a, "INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+        expect(yield* units(a)).toEqual([[1, 1], [2, 1], [3, 1]])
+        yield* on(a, ChangeCapture.prune(3))
+        expect(yield* units(a)).toEqual([])
+      }))
+      const b = yield* open(file)
+      yield* on(b, ChangeCapture.install)
+      expect(yield* on(b, ChangeCapture.lastChangeId)).toBe(3)
+      yield* run(b, "INSERT INTO t VALUES (4, 'd')")
+      // a plain statement on the connection: captured, each row its own unit
+      yield* exec(b, "INSERT INTO t VALUES (5, 'e'), (6, 'f')")
+      yield* run(b, "UPDATE t SET v = upper(v) WHERE id >= 5")
+      expect(yield* units(b)).toEqual([[4, 4], [5, 5], [6, 6], [7, 7], [8, 7]])
+      // the ids are the log's own: no AUTOINCREMENT sequence is kept (nor written with every statement)
+      const log = yield* b<{ sql: string }>`SELECT sql FROM sqlite_schema WHERE name = '_sync_changes'`
+      expect(log[0]!.sql).not.toContain("AUTOINCREMENT")
+      expect(yield* b`SELECT name FROM sqlite_schema WHERE name = 'sqlite_sequence'`).toEqual([])
     }))
 
   it.scoped("a failed transaction leaves no change rows", () =>

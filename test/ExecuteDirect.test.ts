@@ -17,6 +17,36 @@ import { Harness, freshName, layerHttp, openClient, openSqlReplica, remoteQuery,
 const realSleep = (ms: number) => Effect.promise(() => new Promise((resolve) => setTimeout(resolve, ms)))
 
 layer(layerHttp, { timeout: 60_000 })("execute and query on the direct path", (it) => {
+  it.scoped("every row one statement logs shares the txId of its first, evictions and a failed statement included", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("direct-units"))
+      const dir = yield* tempDir
+      const db = yield* openClient(remote, NodePath.join(dir, "a"))
+      yield* db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, u UNIQUE)")
+      yield* db.execute("INSERT INTO t VALUES (1, 'a')")
+      yield* db.push
+      const units = db.query<{ id: number; tx_id: number; kind: string }>("SELECT id, tx_id, kind FROM _sync_changes ORDER BY id")
+      // (the first statements took the gated path; these run on the direct one)
+      yield* db.execute("INSERT INTO t VALUES (?, ?)", [2, "b"])
+      yield* db.execute("INSERT INTO t VALUES (3, 'c'), (4, 'd')")
+      yield* db.execute("INSERT OR REPLACE INTO t VALUES (?, ?)", [5, "a"])
+      expect(yield* Effect.flip(db.execute("INSERT INTO t VALUES (6, 'e'), (7, 'b')"))).toBeDefined()
+      yield* db.execute("UPDATE t SET u = u || '!' WHERE id >= 4")
+      const logged = yield* units
+      const first = logged[0]!.id
+      expect(logged.map((r) => [r.id - first, r.tx_id - first, r.kind])).toEqual([
+        [0, 0, "insert"],
+        [1, 1, "insert"], [2, 1, "insert"],
+        [3, 3, "delete"], [4, 3, "insert"],
+        [5, 5, "update"], [6, 5, "update"]
+      ])
+      expect(yield* db.push).toBe(true)
+      expect(yield* remoteQuery(remote, "SELECT id, u FROM t ORDER BY id")).toEqual([
+        { id: 2, u: "b" }, { id: 3, u: "c" }, { id: 4, u: "d!" }, { id: 5, u: "a!" }
+      ])
+    }))
+
   it.scoped("a write and a read from another fiber during an open transaction wait for it; its rollback takes only its own rows", () =>
     Effect.gen(function*() {
       const harness = yield* Harness

@@ -33,6 +33,19 @@ const open = (path: string, url: string) =>
     SyncDatabase.layer({ path, url, clientName: NodePath.basename(path) }).pipe(Layer.provide(NodeHttpClient.layerUndici))
   ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)))
 
+/** The last change id a log handed out (its highest id, the floor, or an earlier version's sequence). */
+const lastId = (db: BetterSqlite3.Database): number => {
+  const has = (name: string) =>
+    db.prepare(`SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?`).get(name) !== undefined
+  return Math.max(
+    db.prepare(`SELECT coalesce(max(id), 0) FROM main._sync_changes`).pluck().get() as number,
+    has("_sync_change_floor") ? db.prepare(`SELECT floor FROM main._sync_change_floor`).pluck().get() as number : 0,
+    has("sqlite_sequence")
+      ? (db.prepare(`SELECT seq FROM sqlite_sequence WHERE name = '_sync_changes'`).pluck().get() as number | undefined) ?? 0
+      : 0
+  )
+}
+
 /**
  * Rewrites Draft's log into the first format, as the earlier version would have left it: the same changes,
  * their images as JSON objects of quote() literals (computed by SQLite from the rows the changes describe).
@@ -45,17 +58,44 @@ const downgrade = (draft: string, changes: ReadonlyArray<{
   const db = new BetterSqlite3(draft)
   try {
     db.transaction(() => {
-      const seq = db.prepare(`SELECT seq FROM sqlite_sequence WHERE name = '_sync_changes'`).pluck().get() as number
+      const seq = lastId(db)
       // the pending changes keep their ids and transactions (acknowledged ones were pruned)
       const ids = db.prepare(`SELECT id, tx_id FROM main._sync_changes ORDER BY id`).raw().all() as Array<[number, number]>
       expect(ids.length).toBe(changes.length)
       db.exec(`DROP TABLE main._sync_changes`)
+      db.exec(`DROP TABLE IF EXISTS main._sync_change_floor`)
       db.exec(FIRST_FORMAT)
       const insert = db.prepare(
         `INSERT INTO main._sync_changes (id, tx_id, tbl, kind, before, after) VALUES (?, ?, 'notes', ?, ?, ?)`
       )
       changes.forEach((change, i) => insert.run(ids[i]![0], ids[i]![1], change.kind, change.before ?? null, change.after ?? null))
       db.prepare(`UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = '_sync_changes'`).run(seq)
+    })()
+  } finally {
+    db.close()
+  }
+}
+
+/**
+ * Rewrites Draft's log as versions 0.2 left it: the same rows and columns, its ids AUTOINCREMENT (the id
+ * sequence in sqlite_sequence, no floor table).
+ */
+const withAutoincrement = (draft: string) => {
+  const db = new BetterSqlite3(draft)
+  try {
+    db.transaction(() => {
+      const seq = lastId(db)
+      const sql = db.prepare(`SELECT sql FROM sqlite_schema WHERE name = '_sync_changes'`).pluck().get() as string
+      expect(sql).not.toContain("AUTOINCREMENT")
+      db.exec(`ALTER TABLE main._sync_changes RENAME TO old_changes`)
+      db.exec(sql.replace(/CREATE TABLE "?_sync_changes"?/, "CREATE TABLE main._sync_changes")
+        .replace("id INTEGER PRIMARY KEY,", "id INTEGER PRIMARY KEY AUTOINCREMENT,"))
+      db.exec(`INSERT INTO main._sync_changes SELECT * FROM old_changes`)
+      db.exec(`DROP TABLE old_changes`)
+      db.exec(`DROP TABLE IF EXISTS main._sync_change_floor`)
+      db.prepare(`INSERT INTO sqlite_sequence (name, seq) SELECT '_sync_changes', 0
+        WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = '_sync_changes')`).run()
+      db.prepare(`UPDATE sqlite_sequence SET seq = ? WHERE name = '_sync_changes'`).run(seq)
     })()
   } finally {
     db.close()
@@ -110,6 +150,52 @@ describe("a change log of the earlier format", () => {
       expect(yield* a.push).toBe(true)
       yield* b.pull
       expect(yield* b.query("SELECT hex(body) AS h FROM notes WHERE id = 5")).toEqual([{ h: "610062" }])
+    }), { timeout: 120_000 })
+
+  it.scoped("with AUTOINCREMENT ids is rebuilt with plain ids on open: pending changes push, ids stay above the sequence", () =>
+    Effect.gen(function*() {
+      const data = yield* tempDir
+      const dir = yield* tempDir
+      const server = yield* serverProcess(["--data", data])
+      const url = `${server.url}/db/autoincrement`
+      const path = NodePath.join(dir, "a")
+      let pushedUpTo = 0
+      yield* Effect.scoped(Effect.gen(function*() {
+        const a = yield* open(path, url)
+        yield* a.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT UNIQUE, n)")
+        yield* a.execute("INSERT INTO notes VALUES (1, 'one', 1), (2, 'two', 2), (3, 'three', 3)")
+        yield* a.push
+        pushedUpTo = Number((yield* a.query<{ m: number }>("SELECT max(id) AS m FROM _sync_changes"))[0]!.m ?? 0)
+        // pending: one statement of two rows (one unit), an eviction through the UNIQUE index
+        yield* a.execute("UPDATE notes SET n = n * 10 WHERE id <= 2")
+        yield* a.execute("INSERT OR REPLACE INTO notes VALUES (4, 'three', 4)")
+      }))
+      withAutoincrement(`${path}-draft`)
+      const before = new BetterSqlite3(`${path}-draft`, { readonly: true })
+      const pending = before.prepare(`SELECT id, tx_id, kind FROM _sync_changes ORDER BY id`).raw().all() as Array<[number, number, string]>
+      const sequence = before.prepare(`SELECT seq FROM sqlite_sequence WHERE name = '_sync_changes'`).pluck().get() as number
+      before.close()
+      expect(pending.map(([, , kind]) => kind)).toEqual(["update", "update", "delete", "insert"])
+      expect(pending[0]![0]).toBeGreaterThan(pushedUpTo)
+
+      const a = yield* open(path, url)
+      expect((yield* a.stats).pendingChanges).toBe(4)
+      expect(yield* a.query("SELECT id, tx_id, kind FROM _sync_changes ORDER BY id")).toEqual(
+        pending.map(([id, tx_id, kind]) => ({ id, tx_id, kind }))
+      )
+      expect(yield* a.push).toBe(true)
+      const b = yield* open(NodePath.join(dir, "b"), url)
+      yield* b.pull
+      const rows = "SELECT id, body, n FROM notes ORDER BY id"
+      const expected = [{ id: 1, body: "one", n: 10 }, { id: 2, body: "two", n: 20 }, { id: 4, body: "three", n: 4 }]
+      expect(yield* b.query(rows)).toEqual(expected)
+      // the log was pruned after the push: the next ids go on above the old sequence, a statement one unit
+      yield* a.execute("INSERT INTO notes VALUES (5, 'five', 5), (6, 'six', 6)")
+      const next = yield* a.query<{ id: number; tx_id: number }>("SELECT id, tx_id FROM _sync_changes ORDER BY id")
+      expect(next).toEqual([{ id: sequence + 1, tx_id: sequence + 1 }, { id: sequence + 2, tx_id: sequence + 1 }])
+      expect(yield* a.push).toBe(true)
+      yield* b.pull
+      expect((yield* b.query<{ n: number }>("SELECT count(*) AS n FROM notes"))[0]!.n).toBe(5)
     }), { timeout: 120_000 })
 
   it.scoped("that cannot be read fails the open with a typed error naming the migration step, changing nothing", () =>

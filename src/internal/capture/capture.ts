@@ -1,4 +1,5 @@
 import * as SqlClient from "@effect/sql/SqlClient"
+import type BetterSqlite3 from "better-sqlite3"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Context from "effect/Context"
@@ -33,11 +34,15 @@ export const CHANGES_TABLE = "_sync_changes"
 
 export const createChangesTable = ChangeLog.createChangesTable
 
-/** Per-connection state: the open capture transaction's id and the schema version triggers match. */
+/**
+ * Per-connection state: the open capture transaction's id, the schema version triggers match, and the id
+ * floor (see changeLog.ts).
+ */
 const createSession = `CREATE TEMP TABLE IF NOT EXISTS _sync_session (
   id INTEGER PRIMARY KEY CHECK (id = 1),
   tx_id INTEGER,
-  schema_version INTEGER NOT NULL
+  schema_version INTEGER NOT NULL,
+  floor INTEGER NOT NULL DEFAULT 0
 )`
 
 /**
@@ -48,29 +53,28 @@ const createSession = `CREATE TEMP TABLE IF NOT EXISTS _sync_session (
 const createEvicted = ChangeLog.createEvicted(ChangeLog.INITIAL_WIDTH)
 
 /**
- * Raises the AUTOINCREMENT sequence of the log to at least every id the remote has acknowledged. After a
- * pull, Draft is a copy of Synced whose log holds only the still-pending changes: without this floor an
- * empty log would hand out ids the progress row already counts as applied.
+ * Raises the log's id floor to at least `floor` (every id the remote has acknowledged, or pruned): kept in
+ * main, and in this connection's session when capture is installed on it. After a pull, Draft is a copy of
+ * Synced whose log holds only the still-pending changes: without this floor an empty log would hand out ids
+ * the progress row already counts as applied.
  */
 export const raiseSequenceFloor = (sql: SqlClient.SqlClient, floor: number) =>
-  Effect.gen(function*() {
-    yield* sql.unsafe(
-      `INSERT INTO main.sqlite_sequence(name, seq) SELECT '_sync_changes', 0
-       WHERE NOT EXISTS (SELECT 1 FROM main.sqlite_sequence WHERE name = '_sync_changes')`
-    ).raw
-    // Only when it moves: an UPDATE to the same value still writes the page (a WAL frame at every reopen).
-    yield* sql`UPDATE main.sqlite_sequence SET seq = ${Math.trunc(floor)} WHERE name = '_sync_changes' AND seq < ${Math.trunc(floor)}`.raw
-  })
+  Effect.provideService(Executor.withExecutor((exec) => raiseFloor(exec, floor)), SqlClient.SqlClient, sql)
 
-const progressFloor = (sql: SqlClient.SqlClient) =>
-  Effect.gen(function*() {
-    const exists = yield* sql<{ readonly n: number }>`
-      SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = '_sync_progress'`.withoutTransform
-    if (exists[0]!.n === 0) return 0
-    const rows = yield* sql<{ readonly m: number }>`
-      SELECT coalesce(max(change_id), 0) AS m FROM main._sync_progress`.withoutTransform
-    return rows[0]!.m
-  })
+const raiseFloor = (exec: Executor.Executor, floor: number) => {
+  const session = exec.values(`SELECT 1 FROM temp.sqlite_schema WHERE type = 'table' AND name = '_sync_session'`).length > 0
+  const version = Number(exec.values(`PRAGMA main.schema_version`)[0]![0])
+  const made = ChangeLog.persistFloor(exec, floor)
+  if (!session) return
+  exec.run(`UPDATE temp._sync_session SET floor = max(floor, ?)`, [Math.trunc(floor)])
+  // The floor's own table is no schema change the triggers must follow.
+  if (made) {
+    exec.run(
+      `UPDATE temp._sync_session SET schema_version = (SELECT schema_version FROM pragma_schema_version) WHERE schema_version = ?`,
+      [version]
+    )
+  }
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // Trigger text (pure)
@@ -78,8 +82,48 @@ const progressFloor = (sql: SqlClient.SqlClient) =>
 
 export const TRIGGER_PREFIX = "_sync_"
 
-const txIdExpr = `coalesce((SELECT tx_id FROM temp._sync_session), ` +
-  `coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1)`
+/**
+ * A logged row's transaction: the capture transaction's, or the statement's that `execute` runs (set in the
+ * session around it, or, on a connection this module has the handle of, kept by {@link STATEMENT_TX} while
+ * the direct path runs it); else, for a write that bypasses both, the row's own id.
+ */
+const txIdOf = (candidate: string, statementTx: boolean) =>
+  `coalesce((SELECT tx_id FROM temp._sync_session), ${statementTx ? `${STATEMENT_TX}(${candidate})` : candidate})`
+
+/**
+ * A function the direct path's connection has: while a statement runs armed, the first id offered is the
+ * statement's txId, returned for every row it logs; unarmed, the id offered. Costs a call per logged row, where
+ * setting the session around the statement costs two statements (each a TEMP transaction).
+ */
+const STATEMENT_TX = "_sync_statement_tx"
+
+interface StatementTx {
+  armed: boolean
+  tx: unknown
+}
+
+const statementTxs = globalValue(
+  Symbol.for("effect-sqlite-sync/ChangeCapture/statementTxs"),
+  () => new WeakMap<BetterSqlite3.Database, StatementTx>()
+)
+
+/** The connection's statement-tx function, registered once; undefined for a client without a handle. */
+const statementTxOf = (sql: SqlClient.SqlClient): StatementTx | undefined => {
+  const db = Executor.handleOf(sql)
+  if (db === undefined) return undefined
+  let state = statementTxs.get(db)
+  if (state === undefined) {
+    const made: StatementTx = { armed: false, tx: undefined }
+    db.function(STATEMENT_TX, { deterministic: false }, (candidate: unknown) => {
+      if (!made.armed) return candidate
+      if (made.tx === undefined) made.tx = candidate
+      return made.tx
+    })
+    statementTxs.set(db, made)
+    state = made
+  }
+  return state
+}
 
 /** The values of a row (NEW, OLD or an alias), each as is: the log keeps them exactly (see changeLog.ts). */
 const valuesExpr = (row: string, columns: ReadonlyArray<string>): ReadonlyArray<string> =>
@@ -94,7 +138,8 @@ const valueColumns = (count: number) => Array.from({ length: count }, (_, i) => 
 
 const logInsert = (
   info: TableInfo.TableInfo,
-  kind: "insert" | "update" | "delete"
+  kind: "insert" | "update" | "delete",
+  statementTx: boolean
 ): string => {
   const values: Array<string> = [
     ...(kind === "insert" ? [] : valuesExpr("OLD", info.columns)),
@@ -104,10 +149,10 @@ const logInsert = (
   if (split) values.splice(info.columns.length)
   const beforeRowid = kind === "insert" ? "NULL" : rowidExpr("OLD", info)
   const afterRowid = kind === "delete" ? "NULL" : rowidExpr("NEW", info)
-  return `INSERT INTO main._sync_changes (tx_id, tbl, kind, cols, before_rowid, after_rowid${
+  return `INSERT INTO main._sync_changes (id, tx_id, tbl, kind, cols, before_rowid, after_rowid${
     values.length === 0 ? "" : `, ${valueColumns(values.length).join(", ")}`
   })
-  VALUES (${txIdExpr}, ${stringLiteral(info.name)}, '${kind}', ${columnsLiteral(info)}, ${beforeRowid}, ${afterRowid}${
+  VALUES (${ChangeLog.nextId}, ${txIdOf(ChangeLog.nextId, statementTx)}, ${stringLiteral(info.name)}, '${kind}', ${columnsLiteral(info)}, ${beforeRowid}, ${afterRowid}${
     values.length === 0 ? "" : `, ${values.join(", ")}`
   });${
     split
@@ -162,7 +207,7 @@ const evictionPredicate = (info: TableInfo.TableInfo, self: "NEW" | "OLD"): stri
 }
 
 /** The CREATE TEMP TRIGGER statements that capture one table. */
-export const triggerStatements = (info: TableInfo.TableInfo): ReadonlyArray<string> => {
+export const triggerStatements = (info: TableInfo.TableInfo, statementTx = false): ReadonlyArray<string> => {
   const table = `main.${ident(info.name)}`
   const name = (suffix: string) => ident(`${TRIGGER_PREFIX}${suffix}_${info.name}`)
   const refusal = info.primaryKey.length === 0 && info.rowidAlias === null
@@ -185,9 +230,12 @@ END`
   const tbl = stringLiteral(info.name)
   const statements: Array<string> = []
   const slots = valueColumns(info.columns.length).join(", ")
-  const moveEvicted = `INSERT INTO main._sync_changes (tx_id, tbl, kind, cols, before_rowid, ${slots})
-  SELECT ${txIdExpr}, tbl, 'delete', ${columnsLiteral(info)}, before_rowid, ${slots} FROM temp._sync_evicted
-  WHERE tbl = ${tbl} ORDER BY seq;
+  // The SELECT reads the log, so SQLite runs it to the end before inserting: the ids count up from one base.
+  const moveEvicted = `INSERT INTO main._sync_changes (id, tx_id, tbl, kind, cols, before_rowid, ${slots})
+  SELECT n.base + row_number() OVER (ORDER BY e.seq) - 1, ${txIdOf("n.base", statementTx)},
+    e.tbl, 'delete', ${columnsLiteral(info)}, e.before_rowid, ${valuesExpr("e", valueColumns(info.columns.length)).join(", ")}
+  FROM temp._sync_evicted AS e, (SELECT ${ChangeLog.nextId} AS base) AS n
+  WHERE e.tbl = ${tbl} ORDER BY e.seq;
   DELETE FROM temp._sync_evicted WHERE tbl = ${tbl};`
   const stage = (self: "NEW" | "OLD") => {
     const predicate = evictionPredicate(info, self)
@@ -210,14 +258,14 @@ END`)
   }
   statements.push(`CREATE TEMP TRIGGER ${name("ai")} AFTER INSERT ON ${table} BEGIN
   ${stageInsert !== undefined ? moveEvicted : ""}
-  ${logInsert(info, "insert")}
+  ${logInsert(info, "insert", statementTx)}
 END`)
   statements.push(`CREATE TEMP TRIGGER ${name("au")} AFTER UPDATE ON ${table} BEGIN
   ${stageUpdate !== undefined ? moveEvicted : ""}
-  ${logInsert(info, "update")}
+  ${logInsert(info, "update", statementTx)}
 END`)
   statements.push(`CREATE TEMP TRIGGER ${name("ad")} AFTER DELETE ON ${table} BEGIN
-  ${logInsert(info, "delete")}
+  ${logInsert(info, "delete", statementTx)}
 END`)
   return statements
 }
@@ -296,8 +344,9 @@ const makeTriggers = (sql: SqlClient.SqlClient) =>
       if (split.length > 0) ChangeLog.widen(exec, "main", ChangeLog.AFTER_TABLE, Math.max(...split))
     })
     const made: Array<string> = []
+    const statementTx = statementTxOf(sql) !== undefined
     const create = (info: TableInfo.TableInfo) => {
-      const statements = triggerStatements(info)
+      const statements = triggerStatements(info, statementTx)
       return sql.withTransaction(Effect.forEach(statements, (statement) => runUncached(sql, statement), {
         discard: true
       })).pipe(Effect.tap(() => made.push(...statements)))
@@ -313,8 +362,15 @@ const makeTriggers = (sql: SqlClient.SqlClient) =>
         )
       )
     }
-    rememberTriggers(yield* Executor.withExecutor(schemaText), { statements: made, widest })
+    rememberTriggers(yield* triggersKey(sql), { statements: made, widest })
   })
+
+/** What the triggers are made from: main's schema, and whether the connection has the statement-tx function. */
+const triggersKey = (sql: SqlClient.SqlClient) =>
+  Effect.map(
+    Executor.withExecutor(schemaText),
+    (schema) => `${statementTxOf(sql) === undefined ? "session" : STATEMENT_TX}\u001d${schema}`
+  )
 
 /** The triggers remembered for `made`'s schema, created again (a failure leaves none of them). */
 const remakeTriggers = (sql: SqlClient.SqlClient, made: MadeTriggers) =>
@@ -330,7 +386,7 @@ const reinstallTriggers = (sql: SqlClient.SqlClient) =>
     for (const { name } of ours) {
       yield* sql.unsafe(`DROP TRIGGER IF EXISTS temp.${ident(name)}`).raw
     }
-    const known = madeForSchema.get(yield* Executor.withExecutor(schemaText))
+    const known = madeForSchema.get(yield* triggersKey(sql))
     yield* known === undefined
       ? makeTriggers(sql)
       : remakeTriggers(sql, known).pipe(Effect.catchAll(() => makeTriggers(sql)))
@@ -354,10 +410,12 @@ export const install: Effect.Effect<void, SqlError | CaptureError, SqlClient.Sql
       yield* sql.unsafe(ChangeLog.createChangesTableOfWidth(widths(yield* TableInfo.readAll).log)).raw
     }
     yield* ensureLog(sql)
-    yield* raiseSequenceFloor(sql, yield* progressFloor(sql))
     yield* sql.unsafe(createSession).raw
     yield* sql.unsafe(createEvicted).raw
     yield* sql.unsafe(`INSERT OR IGNORE INTO temp._sync_session (id, tx_id, schema_version) VALUES (1, NULL, -1)`).raw
+    yield* Executor.withExecutor((exec) =>
+      exec.run(`UPDATE temp._sync_session SET floor = max(floor, ?)`, [ChangeLog.storedFloor(exec)])
+    )
     yield* reinstallTriggers(sql)
   }))
   knownInstalled.add(sql)
@@ -400,14 +458,13 @@ export const transaction = <A, E, R>(
     if (outer !== undefined) return yield* forgetOnFailure(sql.withTransaction(effect))
     const recordStatement = (txId: number) =>
       Effect.gen(function*() {
-        yield* sql`INSERT INTO main._sync_changes (tx_id, tbl, kind, sql) VALUES (${txId}, '', 'ddl', ${statement!})`
-          .raw
+        yield* logDdl(sql, txId, statement!)
         yield* reinstallTriggers(sql)
       })
     return yield* forgetOnFailure(sql.withTransaction(Effect.gen(function*() {
       // One statement opens the capture transaction: allocate the id, read the versions to compare.
       const begin = sql<SessionRow>`UPDATE temp._sync_session
-        SET tx_id = coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0) + 1
+        SET tx_id = ${sql.literal(ChangeLog.nextId)}
         RETURNING tx_id, schema_version AS installed, (SELECT schema_version FROM pragma_schema_version) AS current`
         .withoutTransform
       // @effect/sql-sqlite-node caches a statement that failed to prepare (as a failure, for minutes): `begin`
@@ -454,6 +511,13 @@ export const transaction = <A, E, R>(
     })))
   })
 
+/** A schema change's text, logged under transaction `txId`. */
+const logDdl = (sql: SqlClient.SqlClient, txId: number, statement: string) =>
+  sql.unsafe(
+    `INSERT INTO main._sync_changes (id, tx_id, tbl, kind, sql) VALUES (${ChangeLog.nextId}, ?, '', 'ddl', ?)`,
+    [txId, statement]
+  ).raw
+
 interface SessionRow {
   readonly tx_id: number | null
   readonly installed: number
@@ -488,9 +552,13 @@ export const execute = (
         Option.isNone(yield* Effect.serviceOption(SqlClient.TransactionConnection))
       ) {
         // One DML statement in autocommit mode is already one transaction with the log rows its triggers
-        // write, all of them sharing one txId (the log's sequence is saved at the statement's end); a
-        // deferred foreign-key violation fails just the statement. No capture transaction needed.
-        return yield* runStatement(sql, single, params)
+        // write, all of them sharing the txId set around it; a deferred foreign-key violation fails just the
+        // statement. No capture transaction needed.
+        return yield* Effect.acquireUseRelease(
+          sql.unsafe(SET_STATEMENT_TX).raw,
+          () => runStatement(sql, single, params),
+          () => Effect.orDie(sql.unsafe(CLEAR_STATEMENT_TX).raw)
+        )
       }
       if (single !== undefined && firstKeyword(single) === "VACUUM" && knownInstalled.has(sql)) {
         // VACUUM cannot run inside a transaction and rewrites the file without changing its content; it bumps
@@ -521,6 +589,14 @@ export const execute = (
     }
     return { ...last, changes }
   })
+
+/**
+ * Set around a statement `execute` runs outside a capture transaction (off the direct path): the id its first
+ * logged row gets becomes the txId of every row it logs (the log's ids are plain rowids, so nothing else
+ * marks where a statement's rows begin). Both write only the connection's TEMP session: no WAL frame.
+ */
+const SET_STATEMENT_TX = `UPDATE temp._sync_session SET tx_id = ${ChangeLog.nextId}`
+const CLEAR_STATEMENT_TX = `UPDATE temp._sync_session SET tx_id = NULL`
 
 /** What the direct path needs to know of a statement text, decided once per text. */
 interface DirectText {
@@ -566,12 +642,32 @@ export const executeDirect = (
   if (statement === undefined || !knownInstalled.has(sql) || fiber.getFiberRef(currentState) !== undefined) return
   const direct = Executor.directOf(sql)
   if (direct === undefined || !direct.free()) return
+  const statementTx = statementTxs.get(direct.db)
+  if (statementTx === undefined) return
   let prepared: ReturnType<typeof direct.prepare>
   try {
     prepared = direct.prepare(statement)
   } catch {
     return
   }
+  // the statement's rows share the txId of the first (see STATEMENT_TX): the statement runs armed
+  statementTx.armed = true
+  statementTx.tx = undefined
+  try {
+    return runDirect(fiber, direct, prepared, params, inserts)
+  } finally {
+    statementTx.armed = false
+    statementTx.tx = undefined
+  }
+}
+
+const runDirect = (
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  direct: Executor.Direct,
+  prepared: ReturnType<Executor.Direct["prepare"]>,
+  params: ReadonlyArray<unknown>,
+  inserts: boolean
+): ExecuteResult => {
   const safeIntegers = Context.get(fiber.currentContext, SqlClient.SafeIntegers)
   prepared.safeIntegers(safeIntegers)
   if (!prepared.reader) {
@@ -619,8 +715,7 @@ const executeOne = (
           })
         )
       }
-      yield* sql`INSERT INTO main._sync_changes (tx_id, tbl, kind, sql) VALUES (${state.txId}, '', 'ddl', ${statement})`
-        .raw
+      yield* logDdl(sql, state.txId, statement)
       yield* reinstallTriggers(sql)
     }
     return result
@@ -757,8 +852,9 @@ const pruneTable = (sql: SqlClient.SqlClient, table: string, upToId: number) =>
   })
 
 /**
- * Creates the log if absent; a log in the first format (JSON images of literals) is rewritten in place,
- * within the caller's transaction.
+ * Creates the log and its id floor if absent; a log in the first format (JSON images of literals) is
+ * rewritten in place, and one with AUTOINCREMENT ids is rebuilt with plain ids, within the caller's
+ * transaction.
  */
 export const ensureLog = (sql: SqlClient.SqlClient): Effect.Effect<void, SqlError | CaptureError> =>
   Effect.gen(function*() {
@@ -776,16 +872,26 @@ export const ensureLog = (sql: SqlClient.SqlClient): Effect.Effect<void, SqlErro
           `rewriting _sync_changes from JSON literals to typed values); nothing was changed`
       })
     }
+    yield* Effect.provideService(
+      Executor.withExecutor((exec) => {
+        if (ChangeLog.isAutoincrement(exec)) ChangeLog.dropAutoincrement(exec)
+      }),
+      SqlClient.SqlClient,
+      sql
+    ).pipe(Effect.mapError((cause) =>
+      new CaptureError({
+        reason: "LogMigration",
+        message: `cannot upgrade the change log (migration step: rebuilding _sync_changes with plain ids in place ` +
+          `of AUTOINCREMENT): ${cause.message}; nothing was changed`,
+        cause
+      })
+    ))
   })
 
 export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> = plainGen(function*() {
   const sql = yield* SqlClient.SqlClient
   if (!(yield* changesTableExists(sql))) return 0
-  const rows = yield* sql<{ readonly id: number }>`
-    SELECT max(coalesce((SELECT max(id) FROM main._sync_changes), 0),
-               coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0)) AS id`
-    .withoutTransform
-  return rows[0]!.id
+  return yield* Executor.withExecutor(ChangeLog.lastId)
 })
 
 export const countPending = (afterId: number): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
@@ -801,6 +907,15 @@ export const prune = (upToId: number): Effect.Effect<void, SqlError, SqlClient.S
   plainGen(function*() {
     const sql = yield* SqlClient.SqlClient
     if (!(yield* changesTableExists(sql))) return
+    // The ids pruned are never handed out again (the next id is above the log's highest or the floor)
+    // (needed only when no higher id stays in the log to keep them)
+    yield* Executor.withExecutor((exec) => {
+      const [pruned, later] = exec.values(
+        `SELECT (SELECT max(id) FROM main._sync_changes WHERE id <= ?), EXISTS (SELECT 1 FROM main._sync_changes WHERE id > ?)`,
+        [upToId, upToId]
+      )[0]!
+      if (pruned !== null && Number(later) === 0) raiseFloor(exec, Number(pruned))
+    })
     yield* pruneTable(sql, CHANGES_TABLE, upToId)
     const after = yield* sql<{ readonly n: number }>`
       SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = ${ChangeLog.AFTER_TABLE}`.withoutTransform

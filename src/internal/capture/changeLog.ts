@@ -46,12 +46,15 @@ const valueColumns = (from: number, to: number) =>
   Array.from({ length: to - from }, (_, i) => valueColumn(from + i))
 
 /**
- * The log's table. Its CHECK on `kind` is a chain of comparisons: `kind IN (...)` builds a lookup table
+ * The log's table. Its ids are plain rowids handed out by the triggers ({@link nextId}), not AUTOINCREMENT:
+ * AUTOINCREMENT rewrites `sqlite_sequence` at the end of every statement that logs a row, a third page (and
+ * WAL frame) in every one-row transaction. What AUTOINCREMENT guaranteed — no id handed out again once its
+ * rows are pruned — is kept by {@link FLOOR_TABLE}. Its CHECK on `kind` is a chain of comparisons: `kind IN (...)` builds a lookup table
  * each time it is evaluated inside a trigger, once per captured row (a log created by an earlier version
  * keeps that form; the two accept the same rows).
  */
 export const createChangesTable = `CREATE TABLE IF NOT EXISTS main._sync_changes (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  id INTEGER PRIMARY KEY,
   tx_id INTEGER NOT NULL,
   tbl TEXT NOT NULL,
   kind TEXT NOT NULL CHECK (kind = 'insert' OR kind = 'update' OR kind = 'delete' OR kind = 'ddl'),
@@ -61,6 +64,91 @@ export const createChangesTable = `CREATE TABLE IF NOT EXISTS main._sync_changes
   sql TEXT,
   ${valueColumns(0, INITIAL_WIDTH).join(", ")}
 )`
+
+/**
+ * The highest change id pruned or acknowledged, kept when the log's rows are pruned (or a copy's log holds
+ * only its still-pending changes), so that ids are never handed out twice. One row; made the first time a
+ * floor must be kept (a new log is one schema change, not two).
+ */
+export const FLOOR_TABLE = "_sync_change_floor"
+
+export const createFloorTable = `CREATE TABLE IF NOT EXISTS main.${FLOOR_TABLE} (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  floor INTEGER NOT NULL
+)`
+
+/**
+ * The next change id (SQL), on a connection with capture installed: above every id the log holds and above
+ * the floor the connection's session holds (loaded from {@link storedFloor}). Both lookups are a seek to one
+ * end of a b-tree.
+ */
+export const nextId = `(max(coalesce((SELECT max(id) FROM main._sync_changes), 0), ` +
+  `(SELECT floor FROM temp._sync_session WHERE id = 1)) + 1)`
+
+const tableExists = (exec: Executor, name: string) =>
+  exec.values(`SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?`, [name]).length > 0
+
+/** Whether main holds the id floor table. */
+export const hasFloor = (exec: Executor) => tableExists(exec, FLOOR_TABLE)
+
+/**
+ * Keeps `floor` in main (the table made if absent; written only when the floor moves: an unchanged page costs
+ * no WAL frame). True when the table was made (a schema change).
+ */
+export const persistFloor = (exec: Executor, floor: number): boolean => {
+  const made = !hasFloor(exec)
+  if (made) {
+    if (floor <= 0) return false
+    exec.once(createFloorTable)
+  }
+  exec.run(
+    `INSERT INTO main.${FLOOR_TABLE} (id, floor) VALUES (1, ?)
+     ON CONFLICT (id) DO UPDATE SET floor = excluded.floor WHERE floor < excluded.floor`,
+    [Math.trunc(floor)]
+  )
+  return made
+}
+
+/**
+ * The floor main keeps: its floor table, an earlier version's AUTOINCREMENT sequence, and the highest change
+ * id the replica's progress counts as applied. Reads only.
+ */
+export const storedFloor = (exec: Executor): number => {
+  const parts = ["0"]
+  if (hasFloor(exec)) parts.push(`coalesce((SELECT floor FROM main.${FLOOR_TABLE} WHERE id = 1), 0)`)
+  if (tableExists(exec, "sqlite_sequence")) {
+    parts.push("coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0)")
+  }
+  if (tableExists(exec, "_sync_progress")) parts.push("coalesce((SELECT max(change_id) FROM main._sync_progress), 0)")
+  return Number(exec.values(`SELECT max(${parts.join(", ")})`)[0]![0])
+}
+
+/** The last id handed out: the log's highest id or the stored floor, whichever is higher. Reads only. */
+export const lastId = (exec: Executor): number =>
+  Math.max(Number(exec.values(`SELECT coalesce(max(id), 0) FROM main._sync_changes`)[0]![0]), storedFloor(exec))
+
+/** Whether the log in `main` still has the AUTOINCREMENT id of versions before 0.3. */
+export const isAutoincrement = (exec: Executor): boolean =>
+  exec.values(
+    `SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_sync_changes' AND sql LIKE '%AUTOINCREMENT%'`
+  ).length > 0
+
+/**
+ * Rewrites an AUTOINCREMENT log as one with plain ids (see {@link createChangesTable}), every row and its
+ * width kept, the id sequence moved to the floor. Within the caller's transaction.
+ */
+export const dropAutoincrement = (exec: Executor) => {
+  const sequence = exec.values(`SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'`)
+  const width = widthOf(exec, "main", "_sync_changes")
+  const columns = exec.values(`SELECT name FROM pragma_table_info('_sync_changes', 'main') ORDER BY cid`)
+    .map((row) => ident(row[0] as string)).join(", ")
+  exec.once(`ALTER TABLE main._sync_changes RENAME TO _sync_changes_autoincrement`)
+  exec.once(createChangesTableOfWidth(width))
+  exec.once(`INSERT INTO main._sync_changes (${columns}) SELECT ${columns} FROM main._sync_changes_autoincrement`)
+  exec.once(`DROP TABLE main._sync_changes_autoincrement`)
+  const last = exec.values(`SELECT coalesce(max(id), 0) FROM main._sync_changes`)[0]![0]
+  persistFloor(exec, Math.max(sequence.length === 0 ? 0 : Number(sequence[0]![0]), Number(last)))
+}
 
 /** `createChangesTable` with `width` value columns. */
 export const createChangesTableOfWidth = (width: number) =>
@@ -205,7 +293,10 @@ export const widen = (exec: Executor, schema: "main" | "temp", table: string, wi
   const fixed = exec.values(`SELECT name FROM pragma_table_info(?, ?) WHERE name NOT GLOB 'v[0-9]*' ORDER BY cid`, [table, schema])
     .map((row) => row[0] as string)
   const kept = [...fixed, ...valueColumns(0, current)].map(ident).join(", ")
-  const sequence = exec.values(`SELECT seq FROM main.sqlite_sequence WHERE name = ?`, [table])
+  // (a log of an earlier version had an AUTOINCREMENT sequence; rebuilt, it keeps it until ensureLog drops it)
+  const sequence = tableExists(exec, "sqlite_sequence")
+    ? exec.values(`SELECT seq FROM main.sqlite_sequence WHERE name = ?`, [table])
+    : []
   const createSql = table === "_sync_changes"
     ? createChangesTableOfWidth(width)
     : table === AFTER_TABLE
@@ -403,11 +494,7 @@ export const migrate = (exec: Executor): { readonly unreadable: ReadonlyArray<nu
     width = record(exec, change, width)
   }
   const last = old.length === 0 ? 0 : Number(old[old.length - 1]![0])
-  exec.run(
-    `INSERT INTO main.sqlite_sequence (name, seq) SELECT '_sync_changes', 0
-     WHERE NOT EXISTS (SELECT 1 FROM main.sqlite_sequence WHERE name = '_sync_changes')`
-  )
-  exec.run(`UPDATE main.sqlite_sequence SET seq = max(seq, ?) WHERE name = '_sync_changes'`, [Math.max(floor, last)])
+  persistFloor(exec, Math.max(floor, last))
   return { unreadable }
 }
 

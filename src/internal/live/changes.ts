@@ -58,7 +58,8 @@ export const make: Effect.Effect<Tracker> = Effect.map(Reactivity.make, (reactiv
   writeListeners: new Set()
 }))
 
-const LAST_ID = "SELECT coalesce((SELECT seq FROM main.sqlite_sequence WHERE name = '_sync_changes'), 0)"
+// the log's highest id: rows after it are new (a pruned log reads 0, which misses nothing)
+const LAST_ID = "SELECT coalesce((SELECT max(id) FROM main._sync_changes), 0)"
 const SINCE = "SELECT tbl, kind, max(id) FROM main._sync_changes WHERE id > ? GROUP BY tbl, kind"
 
 /** The tables (keys) the log's rows after `seen` name, and the new last id; `ALL` for a schema change. */
