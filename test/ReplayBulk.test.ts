@@ -141,15 +141,21 @@ describe("ReplayBulk", () => {
       expect(runs.length).toBe(Math.ceil(length / Bulk.MAX_RUN))
     })))
 
+  /** A Draft with capture installed and a target, both holding `items`, in a directory removed afterwards. */
+  const itemsPair = Effect.gen(function*() {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "replay-bulk-"))
+    yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true })))
+    const draft = yield* Executor.makeClient({ filename: path.join(dir, "draft") })
+    const target = yield* Executor.makeClient({ filename: path.join(dir, "target") })
+    yield* plain(draft, ITEMS)
+    yield* plain(target, ITEMS)
+    yield* on(draft, ChangeCapture.install)
+    return { dir, draft, target }
+  })
+
   it.scoped("the pieces of a long run are counted exactly by the scan that finds its end, gaps in the ids and all", () =>
     Effect.gen(function*() {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "replay-bulk-"))
-      yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true })))
-      const draft = yield* Executor.makeClient({ filename: path.join(dir, "draft") })
-      const target = yield* Executor.makeClient({ filename: path.join(dir, "target") })
-      yield* plain(draft, ITEMS)
-      yield* plain(target, ITEMS)
-      yield* on(draft, ChangeCapture.install)
+      const { dir, draft, target } = yield* itemsPair
       const rows = 3 * Bulk.MAX_RUN + 700
       yield* on(draft, ChangeCapture.execute(insertItems(1, rows)))
       yield* on(draft, ChangeCapture.execute("UPDATE items SET value = 1 WHERE id <= 40"))
@@ -181,13 +187,7 @@ describe("ReplayBulk", () => {
 
   it.scoped("a clean run is written by one statement; a run meeting a changed row is left to replay change by change", () =>
     Effect.gen(function*() {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "replay-bulk-"))
-      yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true })))
-      const draft = yield* Executor.makeClient({ filename: path.join(dir, "draft") })
-      const target = yield* Executor.makeClient({ filename: path.join(dir, "target") })
-      yield* plain(draft, ITEMS)
-      yield* plain(target, ITEMS)
-      yield* on(draft, ChangeCapture.install)
+      const { dir, draft, target } = yield* itemsPair
       yield* on(draft, ChangeCapture.execute(insertItems(1, 100)))
       yield* plain(target, `ATTACH DATABASE '${path.join(dir, "draft")}' AS _sync_draft`)
       const exec = yield* on(target, Executor.executor)
