@@ -2,14 +2,16 @@
  * A fresh replica of the same server database, this client against the real libSQL client (called by
  * `bench/run.ts`; also runs alone, with its own server and rows):
  *
- *   npx tsx bench/bootstrap.ts [--rows 10000] [--repeat 5] [--steps] [--before DIR]
+ *   npx tsx bench/bootstrap.ts [--rows 10000] [--repeat 5] [--warmup 3] [--steps] [--before DIR]
  *
  * Both sides start from nothing on disk and end holding the server's `rows` rows, counted by a query:
  * - this client: `SyncDatabase.layer` built on a new path (bootstrap: the head snapshot, both local
  *   copies, the metadata, the copies opened with capture installed), then `pull`, then the count, then the
  *   layer's scope closed (both copies closed, the clean close recorded);
  * - libSQL: `new Database(path, { syncUrl, offline: true })`, `sync()`, the count, `close()`.
- * Runs alternate (ours, theirs, ours, ...) and each side's median is reported, with the CPU time of ours.
+ * After `--warmup` rounds (default 3) whose figures are dropped, each round runs every side once, the order
+ * rotated round by round (each side goes first equally often), with a short pause between runs; each
+ * side's median is reported, with the CPU time of ours.
  * `--before DIR`: the same client from another checkout of this repository (say, a commit before a change)
  * runs in the rotation too, on the same server, so that both figures come from one sitting. `--steps` adds
  * one more run of ours through a counting proxy: the time of each engine step (its span) and every HTTP
@@ -22,6 +24,7 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import * as Tracer from "effect/Tracer"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import type { HttpClient } from "@effect/platform/HttpClient"
 import Database from "libsql"
 import * as ChildProcess from "node:child_process"
@@ -47,6 +50,8 @@ export interface Bench {
   readonly rowsDatabase: string
   readonly rows: number
   readonly repeat: number
+  /** Rounds run before the counted ones, whose figures are dropped. */
+  readonly warmup: number
 }
 
 const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
@@ -134,13 +139,16 @@ const freshOurs = async (
 
 /** Theirs: the libSQL client's bootstrap and sync on a new path, then the count, then close. */
 const freshLibsql = (bench: Bench, url: string, name: string) => {
+  const cpu = process.cpuUsage()
   const start = performance.now()
   const lib = new Database(NodePath.join(bench.work, name), { syncUrl: `${url}/db/${bench.rowsDatabase}`, offline: true } as Database.Options)
   lib.sync()
   const [{ c }] = lib.prepare("SELECT count(*) AS c FROM items").all() as Array<{ c: number }>
   lib.close()
+  const ms = performance.now() - start
+  const used = process.cpuUsage(cpu)
   if (c !== bench.rows) throw new Error(`libsql pulled ${c} rows`)
-  return performance.now() - start
+  return { ms, cpuMs: (used.user + used.system) / 1000 }
 }
 
 /**
@@ -150,23 +158,50 @@ const freshLibsql = (bench: Bench, url: string, name: string) => {
 export const bootstrapBench = async (bench: Bench, lines: Array<Line>, steps = false, before?: typeof SyncDatabase) => {
   const ours: Array<{ ms: number; cpuMs: number }> = []
   const earlier: Array<{ ms: number; cpuMs: number }> = []
-  const theirs: Array<number> = []
-  for (let i = 0; i < bench.repeat; i++) {
-    // With `before`, each goes first every other time.
-    if (before !== undefined && i % 2 === 1) earlier.push(await freshOurs(bench, bench.serverUrl, `boot-before-${i}`, undefined, before))
-    ours.push(await freshOurs(bench, bench.serverUrl, `boot-ours-${i}`))
-    if (before !== undefined && i % 2 === 0) earlier.push(await freshOurs(bench, bench.serverUrl, `boot-before-${i}`, undefined, before))
-    theirs.push(freshLibsql(bench, bench.serverUrl, `boot-libsql-${i}.db`))
+  const theirs: Array<{ ms: number; cpuMs: number }> = []
+  const sides: Array<(i: number) => Promise<void>> = [
+    async (i) => void ours.push(await freshOurs(bench, bench.serverUrl, `boot-ours-${i}`)),
+    async (i) => void theirs.push(freshLibsql(bench, bench.serverUrl, `boot-libsql-${i}.db`)),
+    ...(before === undefined ? [] : [async (i: number) => void earlier.push(await freshOurs(bench, bench.serverUrl, `boot-before-${i}`, undefined, before))])
+  ]
+  // Warm-up rounds first, not counted (the JIT's first compilations of either client's JavaScript, the
+  // server's caches); then each round runs every side once, the order rotated each round so that each goes
+  // first, second (and third) equally often, with a pause between runs so that none pays for what the run
+  // before it left behind (the server still logging it, the disk still writing back its files).
+  const pause = () => new Promise((resolve) => setTimeout(resolve, 10))
+  for (let i = -bench.warmup; i < bench.repeat; i++) {
+    const first = ((i % sides.length) + sides.length) % sides.length
+    for (let k = 0; k < sides.length; k++) {
+      await sides[(first + k) % sides.length](i)
+      await pause()
+    }
+    if (i < 0) {
+      ours.length = 0
+      earlier.length = 0
+      theirs.length = 0
+    }
   }
-  const libsql = median(theirs)
+  const libsql = median(theirs.map((r) => r.ms))
+  // Each round's ratio too: runs of one round are seconds apart at most, so a load that changes over the
+  // sitting moves both sides of a ratio alike.
   const line = (what: string, runs: ReadonlyArray<{ ms: number; cpuMs: number }>): Line => ({
     what,
     ms: median(runs.map((r) => r.ms)),
     note: `${(median(runs.map((r) => r.ms)) / libsql).toFixed(2)}x the libsql client (${libsql.toFixed(1)} ms); ` +
-      `CPU ${median(runs.map((r) => r.cpuMs)).toFixed(1)} ms; medians of ${bench.repeat}`
+      `median of the rounds' ratios ${median(runs.map((r, i) => r.ms / theirs[i].ms)).toFixed(2)}x; ` +
+      `CPU ${median(runs.map((r) => r.cpuMs)).toFixed(1)} ms (libsql ${median(theirs.map((r) => r.cpuMs)).toFixed(1)} ms); ` +
+      `medians of ${bench.repeat}`
   })
   lines.push(line(`fresh replica: bootstrap + first pull of ${bench.rows} rows (same server database as libsql)`, ours))
-  if (before !== undefined) lines.push(line("  the same, --before checkout", earlier))
+  if (before !== undefined) {
+    lines.push(line("  the same, --before checkout", earlier))
+    lines.push({
+      what: "  this checkout / the --before checkout",
+      ms: NaN,
+      note: `median of the rounds' ratios ${median(ours.map((r, i) => r.ms / earlier[i].ms)).toFixed(2)}x (time), ` +
+        `${median(ours.map((r, i) => r.cpuMs / earlier[i].cpuMs)).toFixed(2)}x (CPU)`
+    })
+  }
   if (!steps) return
   const proxy = await countingProxy(bench.serverUrl)
   try {
@@ -197,30 +232,52 @@ export const bootstrapBench = async (bench: Bench, lines: Array<Line>, steps = f
   }
 }
 
-// Alone: a server of its own, a database of `--rows` rows pushed by this client, then the section.
-ServerProcess.runAlone(import.meta.url, "bootstrap", async ({ http, scope, serverUrl, work }) => {
-  const rows = Number(flag("rows", "10000"))
+/**
+ * The rows of `--rows` pushed to `--url` by a writer of this client in a process of its own: the measured
+ * runs of this client start from a module no other `SyncDatabase` has run in (in the bench's process, a
+ * writer's earlier work made the same code about a tenth slower, measured by swapping the checkouts of
+ * `--before`), as in an app that opens a new replica.
+ */
+const writeRows = async () => {
+  const scope = await Effect.runPromise(Scope.make())
   const run = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>) => Effect.runPromise(Scope.extend(effect, scope))
   const writer = await run(
     Layer.build(
-      SyncDatabase.layer({ path: NodePath.join(work, "writer"), url: `${serverUrl}/db/rows` }).pipe(
-        Layer.provide(Layer.succeedContext(http))
-      )
+      SyncDatabase.layer({ path: flag("path", ""), url: flag("url", "") }).pipe(Layer.provide(NodeHttpClient.layerUndici))
     ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)))
   )
   await run(writer.execute(CREATE))
-  await run(writer.execute(bulkInsert(rows)))
+  await run(writer.execute(bulkInsert(Number(flag("rows", "10000")))))
   await run(writer.push)
-  const lines: Array<Line> = []
-  const beforeDir = flag("before", "")
-  const before = beforeDir === ""
-    ? undefined
-    : await import(Url.pathToFileURL(NodePath.resolve(beforeDir, "src", "SyncDatabase.ts")).href) as typeof SyncDatabase
-  await bootstrapBench(
-    { serverUrl, http, work, rowsDatabase: "rows", rows, repeat: Number(flag("repeat", "5")) },
-    lines,
-    process.argv.includes("--steps"),
-    before
-  )
-  console.table(lines.map((l) => ({ measurement: l.what, ms: Number(l.ms.toFixed(1)), note: l.note ?? "" })))
-})
+  await Effect.runPromise(Scope.close(scope, Exit.void))
+}
+
+// Alone: a server of its own, a database of `--rows` rows pushed by this client (from another process),
+// then the section.
+if (process.argv.includes("--write-rows")) {
+  ServerProcess.exitWith(writeRows())
+} else {
+  ServerProcess.runAlone(import.meta.url, "bootstrap", async ({ http, serverUrl, work }) => {
+    const rows = Number(flag("rows", "10000"))
+    await new Promise<void>((resolve, reject) =>
+      ChildProcess.execFile(
+        process.execPath,
+        [...process.execArgv, Url.fileURLToPath(import.meta.url), "--write-rows", "--rows", String(rows), "--path",
+          NodePath.join(work, "writer"), "--url", `${serverUrl}/db/rows`],
+        (error) => error ? reject(error) : resolve()
+      )
+    )
+    const lines: Array<Line> = []
+    const beforeDir = flag("before", "")
+    const before = beforeDir === ""
+      ? undefined
+      : await import(Url.pathToFileURL(NodePath.resolve(beforeDir, "src", "SyncDatabase.ts")).href) as typeof SyncDatabase
+    await bootstrapBench(
+      { serverUrl, http, work, rowsDatabase: "rows", rows, repeat: Number(flag("repeat", "5")), warmup: Number(flag("warmup", "3")) },
+      lines,
+      process.argv.includes("--steps"),
+      before
+    )
+    console.table(lines.map((l) => ({ measurement: l.what, ms: Number(l.ms.toFixed(1)), note: l.note ?? "" })))
+  })
+}

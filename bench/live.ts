@@ -2,7 +2,7 @@
  * `npm run bench:live` — live sync and reactive queries against a real server process (the
  * `effect-sqlite-sync serve` binary, embedded SQLite store) on loopback.
  *
- *   npx tsx bench/live.ts [--writes 200] [--gap 30] [--idle-seconds 10] [--profile]
+ *   npx tsx bench/live.ts [--writes 200] [--gap 30] [--idle-seconds 10] [--profile] [--latency-only]
  *
  * 1. Latency: replicas A (this process) and B (a child process), both `live: true`. A inserts `--writes` rows, one every
  *    `--gap` ms; B watches `SELECT n FROM items` through `db.reactive`. Per row: from A's `execute` returning
@@ -46,6 +46,8 @@ const GAP_MS = Number(flag("gap", "30"))
 const IDLE_SECONDS = Number(flag("idle-seconds", "10"))
 /** `--profile`: the latency run only, with each replica's steps recorded and laid out per write (liveProfile.ts). */
 const PROFILE = process.argv.includes("--profile")
+/** `--latency-only`: part 1 alone (for comparing trees run after run). */
+const LATENCY_ONLY = process.argv.includes("--latency-only")
 
 const freePort = () =>
   new Promise<number>((resolve) => {
@@ -336,6 +338,7 @@ const main = async () => {
     )
     console.log(`CPU per write meanwhile: A ${cpu(plain, "a")}, B ${cpu(plain, "b")}, server ${cpu(plain, "server")}`)
     if (plain.profile) return plain.profile()
+    if (LATENCY_ONLY) return
     const idle = await measureIdle(work)
     console.log(
       `idle live replica: ${idle.cpuMs.toFixed(1)} ms CPU over ${(idle.wallMs / 1000).toFixed(1)} s = ` +

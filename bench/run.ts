@@ -107,7 +107,7 @@ const main = async ({ http, scope, serverUrl, work }: ServerProcess.Alone) => {
 
   // 5. a fresh replica of the same server database against the libSQL client (bench/bootstrap.ts);
   // storage and pulls of CHANGED rows at SIZES_MB (bench/storage.ts).
-  await bootstrapBench({ serverUrl: server.url, http, work, rowsDatabase: "rows", rows: ROWS, repeat: 5 }, lines)
+  await bootstrapBench({ serverUrl: server.url, http, work, rowsDatabase: "rows", rows: ROWS, repeat: 5, warmup: 2 }, lines)
   await storageBench({ serverUrl: server.url, http, work, scope }, lines)
 
   // 6. local storage after UPDATES single-row updates of a 16 KB database (pushed every 3), at a third

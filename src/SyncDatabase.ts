@@ -269,20 +269,22 @@ export const make = <R = never>(options: Options<R>) =>
         message: "live and autoSync are alternatives: give one of them"
       })
     }
+    // Events and status: the engine tells the observer of frames as they move; its operations are wrapped.
+    const instrumentation = yield* SyncEventsInternal.make
+    const remote = yield* SyncRemote.SyncRemote
+    const observed = instrumentation.observe(remote)
+    // A new database's download starts before the lock is taken (used only if the open bootstraps).
+    const early = yield* Engine.askEarly(options, observed)
     // One owner per path, before any file is read; released last, after both copies are closed.
     yield* OwnerLock.acquire(options.path)
     const draft = yield* LocalCopies.Draft
     const synced = yield* LocalCopies.Synced
     yield* Effect.addFinalizer(() => Effect.zipRight(draft.close, synced.close))
-    // Events and status: the engine tells the observer of frames as they move; its operations are wrapped.
-    const instrumentation = yield* SyncEventsInternal.make
-    const remote = yield* SyncRemote.SyncRemote
     // The policy's and the transform's services come from the environment the layer is built in.
     const context = yield* Effect.context<R>()
     const resolver = ConflictPolicy.resolver(options.conflicts ?? "lastPushWins")
     const transform = options.transform
     const { conflicts: _, transform: __, live: ___, ...engineOptions } = options
-    const observed = instrumentation.observe(remote)
     const engine = yield* Engine.make({
       ...engineOptions,
       conflicts: (conflict) => Effect.provide(resolver(conflict), context),
@@ -291,7 +293,7 @@ export const make = <R = never>(options: Options<R>) =>
       }),
       onConflicts: instrumentation.publishConflicts,
       observer: instrumentation.observer
-    }).pipe(
+    }, early).pipe(
       Effect.provideService(SyncRemote.SyncRemote, observed)
     )
     const wrapped = yield* instrumentation.wrap(engine)

@@ -10,14 +10,18 @@
  * nothing lost, nothing twice.
  *
  * The scenarios run over the in-process store (every point) and bootstrap and push over real HTTP (remote
- * calls, renames and writes). FAULT_DEBUG=1 prints each case.
+ * calls, renames and writes). In "pull watched" a reactive query watches the victim throughout (a pull then
+ * shows the pulled rows from Synced and makes its copy with writes held): its last rows must end equal to
+ * the converged table. FAULT_DEBUG=1 prints each case.
  */
 import { expect, layer } from "@effect/vitest"
 import * as Cause from "effect/Cause"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
@@ -34,7 +38,7 @@ const tempDir = Effect.acquireRelease(
 
 const ALL = process.env.FAULTS === "all"
 
-type Scenario = "bootstrap" | "pull" | "push" | "push at head" | "sync" | "pull across rolls"
+type Scenario = "bootstrap" | "pull" | "pull watched" | "push" | "push at head" | "sync" | "pull across rolls"
 
 const faultsFor = (operation: string): ReadonlyArray<FaultInjection.Fault> =>
   operation.startsWith("remote.")
@@ -79,6 +83,8 @@ const runCase = (
         plan.disarm()
       })))
     let counted: ReadonlyArray<string> = []
+    // The reactive query's last rows ("pull watched").
+    let watched: ReadonlyArray<Row> | undefined
 
     const writer = yield* openClient(remote, NodePath.join(dir, "writer"))
     yield* writer.execute("CREATE TABLE t (k TEXT PRIMARY KEY, n INTEGER)")
@@ -105,6 +111,15 @@ const runCase = (
       const db = yield* Scope.extend(openClient(victimRemote, path, bounds), scope).pipe(
         Effect.onError(() => Scope.close(scope, Exit.void))
       )
+      if (scenario === "pull watched") {
+        const first = yield* Deferred.make<void>()
+        yield* db.reactive<Row>(T).pipe(
+          Stream.runForEach((rows) => Effect.zipRight(Effect.sync(() => (watched = rows)), Deferred.succeed(first, undefined))),
+          Effect.ignore,
+          Effect.forkIn(scope)
+        )
+        yield* Deferred.await(first)
+      }
       return { db, close: Scope.close(scope, Exit.void) }
     })
 
@@ -146,7 +161,7 @@ const runCase = (
       }
       sortRows()
       const db = victim.db
-      outcome = yield* Effect.exit(withFaults(scenario === "pull" || scenario === "pull across rolls" ? db.pull : scenario.startsWith("push") ? db.push : db.sync))
+      outcome = yield* Effect.exit(withFaults(scenario === "pull" || scenario === "pull watched" || scenario === "pull across rolls" ? db.pull : scenario.startsWith("push") ? db.push : db.sync))
     }
     sortRows()
     const fired = plan.fired
@@ -192,6 +207,11 @@ const runCase = (
     expect((yield* victim.db.query<{ v: string }>(LOG)).map((r) => r.v), where).toEqual(expectedLog)
     expect(yield* writer.query(T), where).toEqual(expectedT)
     expect((yield* victim.db.stats).pendingChanges, where).toBe(0)
+    if (scenario === "pull watched") {
+      // The watcher was shown the pulled rows (from Synced, then Draft) and ends on the converged table.
+      yield* Effect.sleep("10 millis").pipe(Effect.repeat({ until: () => JSON.stringify(watched) === JSON.stringify(expectedT), times: 500 }))
+      expect(watched, where).toEqual(expectedT)
+    }
 
     // 3. Reopen the files (recovery on open) and sync again: nothing changes.
     yield* victim.close
@@ -245,7 +265,7 @@ const summarize = (points: ReadonlyArray<string>) => {
   return counts
 }
 
-const scenarios: ReadonlyArray<Scenario> = ["bootstrap", "pull", "push", "push at head", "sync", "pull across rolls"]
+const scenarios: ReadonlyArray<Scenario> = ["bootstrap", "pull", "pull watched", "push", "push at head", "sync", "pull across rolls"]
 
 layer(layerStore, { excludeTestServices: true, timeout: 300_000 })("fault injection, in-process store", (it) => {
   for (const scenario of scenarios) {

@@ -28,6 +28,37 @@ const countingFiles = (metadataPath: string) => {
 
 const onDisk = (path: string) => JSON.parse(Fs.readFileSync(`${path}-info`, "utf8"))
 
+/** The file service, noting writes, fsyncs (of fsyncAll too) and renames by path, in order. */
+const recordingFiles = () => {
+  const ops: Array<string> = []
+  const paths = new Map<number, string>()
+  const files: SyncFiles.Service = {
+    ...SyncFiles.node,
+    openSync: (path, flags) => {
+      const fd = SyncFiles.node.openSync(path, flags)
+      paths.set(fd, path)
+      return fd
+    },
+    writeSync: (fd, ...rest) => {
+      ops.push(`write ${paths.get(fd)}`)
+      return SyncFiles.node.writeSync(fd, ...rest)
+    },
+    fsyncSync: (fd) => {
+      SyncFiles.node.fsyncSync(fd)
+      ops.push(`fsync ${paths.get(fd)}`)
+    },
+    fsyncAll: async (fds) => {
+      await SyncFiles.node.fsyncAll!(fds)
+      for (const fd of fds) ops.push(`fsync ${paths.get(fd)}`)
+    },
+    renameSync: (from, to) => {
+      SyncFiles.node.renameSync(from, to)
+      ops.push(`rename ${to}`)
+    }
+  }
+  return { ops, files }
+}
+
 layer(layerHttp, { excludeTestServices: true, timeout: 120_000 })("metadata writes and requests per push and pull", (it) => {
   it.scoped("a pull of one commit writes the metadata once, a push once, a pull of nothing only what was left in memory", () =>
     Effect.gen(function*() {
@@ -102,4 +133,35 @@ layer(layerHttp, { excludeTestServices: true, timeout: 120_000 })("metadata writ
       yield* writer.pull
       expect(yield* writer.query("SELECT k, n FROM t ORDER BY k")).toEqual([{ k: "r-1", n: 1 }, { k: "w-1", n: 1 }])
     }))
+
+  it.scoped("a pull's frames in Synced's WAL are fsynced before the metadata write that records their position", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const name = freshName("pulled-sync")
+      const dir = yield* tempDir
+      const writer = yield* openClient(yield* harness.remote(name), NodePath.join(dir, "writer"))
+      yield* writer.execute("CREATE TABLE t (k TEXT PRIMARY KEY, n INTEGER)")
+      yield* writer.push
+      const path = NodePath.join(dir, "reader")
+      const { files, ops } = recordingFiles()
+      const reader = yield* openClient(yield* harness.remote(name), path).pipe(Effect.provideService(SyncFiles.SyncFiles, files))
+      for (let i = 1; i <= 3; i++) {
+        yield* writer.execute("INSERT INTO t VALUES (?, ?)", [`w-${i}`, i])
+        yield* writer.push
+        ops.length = 0
+        expect(yield* reader.pull).toBe(true)
+        const appended = ops.indexOf(`write ${path}-synced-wal`)
+        expect(appended, ops.join("\n")).toBeGreaterThanOrEqual(0)
+        const recorded = ops.findIndex((op, at) => at > appended && op === `rename ${path}-info`)
+        expect(recorded, ops.join("\n")).toBeGreaterThan(appended)
+        // The last write to the WAL before the metadata names its frames, then its fsync, then the metadata.
+        const lastWrite = ops.lastIndexOf(`write ${path}-synced-wal`, recorded)
+        const synced = ops.indexOf(`fsync ${path}-synced-wal`, lastWrite)
+        expect(synced, ops.join("\n")).toBeGreaterThan(lastWrite)
+        expect(synced, ops.join("\n")).toBeLessThan(recorded)
+        expect(onDisk(path).syncedFrame).toBe((yield* reader.stats).syncedFrame)
+        expect(yield* reader.query("SELECT count(*) AS n FROM t")).toEqual([{ n: i }])
+      }
+    }))
 })
+

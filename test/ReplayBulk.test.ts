@@ -141,15 +141,53 @@ describe("ReplayBulk", () => {
       expect(runs.length).toBe(Math.ceil(length / Bulk.MAX_RUN))
     })))
 
+  /** A Draft with capture installed and a target, both holding `items`, in a directory removed afterwards. */
+  const itemsPair = Effect.gen(function*() {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "replay-bulk-"))
+    yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true })))
+    const draft = yield* Executor.makeClient({ filename: path.join(dir, "draft") })
+    const target = yield* Executor.makeClient({ filename: path.join(dir, "target") })
+    yield* plain(draft, ITEMS)
+    yield* plain(target, ITEMS)
+    yield* on(draft, ChangeCapture.install)
+    return { dir, draft, target }
+  })
+
+  it.scoped("the pieces of a long run are counted exactly by the scan that finds its end, gaps in the ids and all", () =>
+    Effect.gen(function*() {
+      const { dir, draft, target } = yield* itemsPair
+      const rows = 3 * Bulk.MAX_RUN + 700
+      yield* on(draft, ChangeCapture.execute(insertItems(1, rows)))
+      yield* on(draft, ChangeCapture.execute("UPDATE items SET value = 1 WHERE id <= 40"))
+      // gaps in the ids of the long run (in its second and last pieces): the counts are of the changes there
+      const first = Number((yield* draft.unsafe("SELECT min(id) FROM _sync_changes").values)[0]![0])
+      yield* plain(draft, `DELETE FROM _sync_changes WHERE id BETWEEN ${first + Bulk.MAX_RUN + 10} AND ${first + Bulk.MAX_RUN + 19}`)
+      yield* plain(draft, `DELETE FROM _sync_changes WHERE id = ${first + rows - 5}`)
+      yield* plain(target, `ATTACH DATABASE '${path.join(dir, "draft")}' AS _sync_draft`)
+      const exec = yield* on(target, Executor.executor)
+      const runs = Bulk.readRuns(exec, "_sync_draft", 0)
+      const long = runs.filter((run) => run.kind === "insert")
+      expect(long.length).toBe(4)
+      expect(long[long.length - 1]!.last).toBe(first + rows - 1)
+      // every piece but the first was counted on the way, each count the number of its changes
+      expect(long.map((run) => run.count !== undefined)).toEqual([false, true, true, true])
+      for (const run of long.slice(1)) {
+        const actual = Number(exec.values("SELECT count(*) FROM _sync_draft._sync_changes WHERE id BETWEEN ? AND ?", [run.id, run.last])[0]![0])
+        expect(run.count).toBe(actual)
+      }
+      expect(long[1]!.count).toBe(Bulk.MAX_RUN - 10)
+      const table = (yield* on(target, TableInfo.read("items")))!
+      let written = 0
+      for (const run of long) written += Bulk.attempt(exec, run, table, Bulk.eligible(run, table)!, "_sync_draft")!
+      expect(written).toBe(rows - 11)
+      const update = runs.find((run) => run.kind === "update")!
+      expect(update).toMatchObject({ id: first + rows, last: first + rows + 39 })
+      yield* plain(target, "DETACH DATABASE _sync_draft")
+    }))
+
   it.scoped("a clean run is written by one statement; a run meeting a changed row is left to replay change by change", () =>
     Effect.gen(function*() {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "replay-bulk-"))
-      yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true })))
-      const draft = yield* Executor.makeClient({ filename: path.join(dir, "draft") })
-      const target = yield* Executor.makeClient({ filename: path.join(dir, "target") })
-      yield* plain(draft, ITEMS)
-      yield* plain(target, ITEMS)
-      yield* on(draft, ChangeCapture.install)
+      const { dir, draft, target } = yield* itemsPair
       yield* on(draft, ChangeCapture.execute(insertItems(1, 100)))
       yield* plain(target, `ATTACH DATABASE '${path.join(dir, "draft")}' AS _sync_draft`)
       const exec = yield* on(target, Executor.executor)

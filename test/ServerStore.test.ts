@@ -1316,6 +1316,71 @@ describe("ServerStore.layer: persistence", () => {
       expect(fs.readdirSync(path.join(directory, "db")).filter((f) => f.includes(".tmp-"))).toEqual([])
     }))
 
+  it.scoped("a roll's base is the committed head byte for byte: heads checked on the worker, shrunk, refused, rebuilt or unchecked", () =>
+    Effect.gen(function*() {
+      const directory = yield* tempDir
+      const dir = path.join(directory, "db")
+      // Rolls at every commit past 4 frames; the head passes 1 MiB, so its check runs on the worker.
+      const options = { generationFrames: 4, keepGenerations: 20 }
+      const replica = yield* openReplica(yield* run(directory, options, (store) => store.exportGeneration("db", 1)))
+      replica.db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+      let generation = 1
+      let pushed = 0
+      // Pushes the replica's frames since the last push, which must roll; the replica then moves on to the
+      // next generation as a client does (TRUNCATE checkpoint), and the new base must be its file.
+      const pushRolling = (store: Store) =>
+        Effect.gen(function*() {
+          const frames = replica.frames().slice(pushed)
+          expect(yield* store.push("db", generation, pushed + 1, pushed + frames.length + 1, frames)).toMatchObject({ _tag: "Ok" })
+          expect(yield* store.info("db")).toEqual({ generation: generation + 1, maxFrameNo: 0 })
+          generation++
+          pushed = 0
+          expect(Buffer.compare(yield* store.exportGeneration("db", generation), replica.checkpoint())).toBe(0)
+        })
+      yield* run(directory, options, (store) =>
+        Effect.gen(function*() {
+          bigTransaction(replica, 5, "small")
+          yield* pushRolling(store)
+          bigTransaction(replica, 1000, "big")
+          expect(fs.statSync(path.join(dir, "head.db")).size).toBeLessThan(1024 * 1024)
+          yield* pushRolling(store)
+          expect(fs.statSync(path.join(dir, "head.db")).size).toBeGreaterThan(1024 * 1024)
+          // A refused commit leaves the head as it was: the next roll's base is still the committed head.
+          replica.db.exec("UPDATE t SET v = v || 'x' WHERE id % 7 = 0")
+          const good = replica.frames()
+          const bad = good.map((f, i) => (i === good.length - 1 ? corruptBtree(f) : f))
+          expect(yield* failure(store.push("db", generation, 1, bad.length + 1, bad))).toBe("Malformed")
+          yield* pushRolling(store)
+          // A commit that shrinks the database: the head is cut to the commit's size.
+          replica.db.exec("DELETE FROM t WHERE id % 2 = 0")
+          replica.db.exec("VACUUM")
+          yield* pushRolling(store)
+        }))
+      // A head damaged while the server was down is rebuilt from the store before it is used.
+      fs.writeFileSync(path.join(dir, "head.db"), new Uint8Array(4096))
+      yield* run(directory, options, (store) =>
+        Effect.gen(function*() {
+          replica.db.exec("UPDATE t SET v = 'y' WHERE id % 5 = 0")
+          yield* pushRolling(store)
+        }))
+      // Without checks the head is not kept: rolls write their base from the store.
+      yield* run(directory, { ...options, integrityCheck: "off" }, (store) =>
+        Effect.gen(function*() {
+          replica.db.exec("UPDATE t SET v = 'z' WHERE id % 3 = 0")
+          yield* pushRolling(store)
+          replica.db.exec("DELETE FROM t WHERE id % 3 = 0")
+          yield* pushRolling(store)
+        }))
+      // ...and the head left behind by that run is not trusted by the next one that checks.
+      yield* run(directory, options, (store) =>
+        Effect.gen(function*() {
+          replica.db.exec("UPDATE t SET v = 'w' WHERE id % 4 = 1")
+          yield* pushRolling(store)
+          expect(rowsOf(yield* materialize(store, "db"))).toEqual(replica.db.prepare("SELECT id, v FROM t ORDER BY id").all())
+        }))
+      expect(fs.readdirSync(dir).filter((f) => f.includes(".tmp-"))).toEqual([])
+    }))
+
   it.scoped("bases are files: a crash's leftovers go on open, and a store that kept bases in a table is moved to files", () =>
     Effect.gen(function*() {
       const directory = yield* tempDir

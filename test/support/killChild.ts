@@ -5,12 +5,15 @@
  * counter in `c`. argv[4] names the client. With argv[6] = "final" it syncs until that succeeds, prints
  * `{"integrity": ...}` and exits 0.
  *
+ * Client B keeps a reactive query running (`db.reactive`), so its pulls take the path that serves it.
+ *
  * Prints `open` before opening (after its imports), `ready` once open and `> <what>` before each step, for
  * the parent's timing and figures.
  */
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as Effect from "effect/Effect"
 import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
 import * as Fs from "node:fs"
 import * as SyncDatabase from "../../src/SyncDatabase.js"
 
@@ -24,6 +27,11 @@ const program = Effect.gen(function*() {
   // A brand-new client starts from the remote's base; the tables arrive with its frames.
   while ((yield* db.query("SELECT name FROM sqlite_master WHERE name = 'c'")).length === 0) {
     yield* Effect.ignore(db.pull)
+  }
+  // Client B watches a reactive query throughout: its pulls show the pulled rows from Synced and make the
+  // copy with writes held, so kills land in that path too.
+  if (client === "B") {
+    yield* db.reactive("SELECT count(*) AS n FROM w").pipe(Stream.runDrain, Effect.ignore, Effect.forkScoped)
   }
   process.stdout.write("ready\n")
   if (mode === "final") {
@@ -63,6 +71,7 @@ const program = Effect.gen(function*() {
 
 process.stdout.write("open\n")
 program.pipe(
+  Effect.scoped,
   Effect.provide(
     SyncDatabase.layer({
       path,

@@ -68,17 +68,57 @@ export const draftIsCurrent = (state: State) =>
   Effect.map(SynchronizedRef.get(state.metadata), (m) =>
     m.draftBase !== undefined && m.draftBase.generation === m.generation && m.draftBase.frame === m.syncedFrame)
 
+/**
+ * Where each page's newest copy is among the synced frames of Synced's WAL (frame index from 0), for the
+ * WAL `key` names; kept per engine and extended by the frames a pull appends, so that a copy reads the
+ * headers of the new frames and the pages it copies, not every frame of the WAL.
+ */
+interface SyncedPageIndex {
+  readonly key: string
+  frames: number
+  lastCommitSize: number
+  readonly newest: Map<number, number>
+}
+
+const pageIndexes = new WeakMap<State, SyncedPageIndex>()
+
+/** Above this many pages from the synced frames, a copy reads them all in one read. */
+const FRAMES_READ_ONE_BY_ONE = 32
+
+/** The synced frames' page index, read from the WAL where the cached one does not cover them. */
+const syncedPageIndex = (state: State, m: SyncMetadata.Metadata, prefix: Files.WalState | undefined) =>
+  Effect.gen(function*() {
+    const count = walFrames(m)
+    // A WAL made again (a fold's rest, a roll, a rebootstrap) has other salts or starts at another frame.
+    const key = prefix === undefined
+      ? "none"
+      : `${m.generation}:${m.foldedFrame ?? 0}:${prefix.header.salt1}:${prefix.header.salt2}`
+    const cached = pageIndexes.get(state)
+    const index: SyncedPageIndex = cached !== undefined && cached.key === key && cached.frames <= count
+      ? cached
+      : { key, frames: 0, lastCommitSize: 0, newest: new Map() }
+    if (index.frames < count) {
+      const added = yield* Files.readWalFrames(state.paths.synced, count - index.frames, index.frames)
+      for (let i = 0; i < added.length; i++) index.newest.set(added[i].pgno, index.frames + i)
+      index.frames = count
+      index.lastCommitSize = added[added.length - 1].commitSize
+    }
+    pageIndexes.set(state, index)
+    return index
+  })
+
 /** The pages where Draft can differ from Synced now, as Synced (with the replay) has them, as one transaction. */
 const copyTransaction = (state: State) =>
   Effect.gen(function*() {
     const { paths } = state
     const m = yield* SynchronizedRef.get(state.metadata)
     const prefix = yield* prefixAtSyncedFrame(state)
-    const synced = yield* Files.readWalFrames(paths.synced, walFrames(m))
+    const index = yield* syncedPageIndex(state, m, prefix)
     const replay = yield* Files.readWalTail(paths.synced, prefix)
-    const all = [...synced, ...replay.frames]
-    const targetPages = all.length > 0
-      ? all[all.length - 1].commitSize
+    const targetPages = replay.frames.length > 0
+      ? replay.frames[replay.frames.length - 1].commitSize
+      : index.frames > 0
+      ? index.lastCommitSize
       : yield* Files.attempt(paths.synced, "cannot read", (fs) => PageCopy.headerPages(fs, paths.synced))
     // No record of where Draft differs (lost, or dropped with a copy that did not happen): every page.
     const tracking = m.draftPages ?? DraftPages.orUnknown(
@@ -86,8 +126,18 @@ const copyTransaction = (state: State) =>
       syncedFileAt(m),
       Math.max(targetPages, yield* Files.attempt(paths.draft, "cannot read", (fs) => PageCopy.headerPages(fs, paths.draft)))
     )
-    const pages = DraftPages.copyPages(tracking, PageCopy.pageNumbers(all), targetPages)
-    const frames = yield* PageCopy.pagesAsTransaction(paths.synced, all, pages, targetPages)
+    const pages = DraftPages.copyPages(tracking, [...index.newest.keys(), ...PageCopy.pageNumbers(replay.frames)], targetPages)
+    // The newest copy of each page to copy among the synced frames (the replay's frames come after them):
+    // read one by one when they are few, else the synced frames are read at once.
+    const at = pages.flatMap((pgno) => index.newest.get(pgno) ?? [])
+    const synced: Array<WalFrame.Frame> = []
+    if (at.length > FRAMES_READ_ONE_BY_ONE) {
+      const all = yield* Files.readWalFrames(paths.synced, index.frames)
+      for (const i of at) synced.push(all[i])
+    } else {
+      for (const i of at) synced.push(...(yield* Files.readWalFrames(paths.synced, 1, i)))
+    }
+    const frames = yield* PageCopy.pagesAsTransaction(paths.synced, [...synced, ...replay.frames], pages, targetPages)
     return { frames, tracking, replayPages: PageCopy.pageNumbers(replay.frames) }
   })
 
@@ -101,10 +151,17 @@ interface Prepared {
  * 2b and the making of 2c: the replay onto Synced, the fresh WAL (fsynced), then the metadata flag naming
  * Draft's WAL as it stood (`before`) when the replay began.
  */
-const prepare = (state: State, progress: number, before: SyncMetadata.WalIdentity, readDraft: Replay.ReadDraft) =>
+const prepare = (
+  state: State,
+  progress: number,
+  before: SyncMetadata.WalIdentity,
+  readDraft: Replay.ReadDraft,
+  replayed: Effect.Effect<void> = Effect.void
+) =>
   Effect.gen(function*() {
     const { paths } = state
     yield* Replay.replayDraftOntoSynced(state, "pull", progress, readDraft) /* 2b */
+    yield* replayed
     const { frames, replayPages, tracking } = yield* copyTransaction(state)
     yield* PageCopy.writeWalFile(paths.draftWalNext, frames)
     yield* state.step("copy:walWritten")
@@ -205,6 +262,25 @@ const settle = (state: State, prepared: Prepared) =>
     })
   }).pipe(Effect.withSpan("Engine.settleCopy"))
 
+/**
+ * With writes held and the replay made: reads go to Synced (invariant 4: with the replay it holds what
+ * Draft is about to become) and reactive queries look again there, before the copy waits for the disk.
+ */
+const readsOnSynced = (state: State) =>
+  Effect.gen(function*() {
+    yield* Gates.switchReads(state.gates, "synced")
+    yield* Changes.beforeCopy(state.changes)
+    yield* Effect.yieldNow()
+  })
+
+/** A copy that failed before Draft served reads again: reads go back to Draft, and queries look there. */
+const readsBackOnDraft = (state: State) =>
+  Effect.gen(function*() {
+    if (state.gates.active.current === "draft") return
+    yield* Gates.switchReads(state.gates, "draft")
+    yield* Changes.beforeCopy(state.changes)
+  })
+
 /** Optimistic attempts before the copy is made with writes held throughout (a steady stream of writes). */
 const ATTEMPTS = 2
 
@@ -226,6 +302,20 @@ export const replayAndCopy = Effect.fn("Engine.replayAndCopy")(
         )
       })
     if ((yield* SynchronizedRef.get(state.metadata)).draftFoldInProgress) yield* holding(Fold.finishDraftFold(state))
+    if (state.changes.watchers > 0) {
+      // Reactive queries watch: they are shown the pulled rows as soon as Synced holds them with the replay
+      // (what Draft is about to become), read from Synced while the copy is made, so the whole copy is made
+      // with writes held (a write meanwhile would be missing from those reads).
+      const prepared = yield* holding(Effect.gen(function*() {
+        const before = yield* PageCopy.walIdentity(state.paths.draft)
+        const prepared = yield* prepare(state, progress, before, (read) => read, readsOnSynced(state))
+        yield* swap(state, prepared)
+        return prepared
+      }).pipe(Effect.onError(() => readsBackOnDraft(state))))
+      yield* Ref.set(state.lastWriteBlockedMs, Option.some(blocked))
+      yield* settle(state, prepared)
+      return prepared.frames.length
+    }
     // Where Draft stands when the replay begins: the writes counted so far and its WAL.
     const quiet = holding(Effect.all([Gates.writeEpoch(state.gates), PageCopy.walIdentity(state.paths.draft)]))
     let done: Prepared | undefined

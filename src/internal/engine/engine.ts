@@ -24,17 +24,19 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Scheduler from "effect/Scheduler"
 import * as SynchronizedRef from "effect/SynchronizedRef"
+import * as Fs from "node:fs"
 import * as ConflictPolicy from "../../ConflictPolicy.js"
 import * as LocalCopies from "../../LocalCopies.js"
 import * as SyncError from "../../SyncError.js"
 import * as SyncFiles from "../../SyncFiles.js"
 import * as SyncMetadata from "../../SyncMetadata.js"
 import * as SyncRemote from "../../SyncRemote.js"
-import { bootstrap, unfinished } from "./bootstrap.js"
+import { bootstrap, type EarlySnapshot, headSnapshot, unfinished } from "./bootstrap.js"
 import * as ConflictLog from "./conflictLog.js"
 import * as Copy from "./copy.js"
 import * as Fold from "./fold.js"
@@ -179,8 +181,26 @@ const closeCleanly = (state: State) =>
       )
     }))
 
+/**
+ * A brand-new local database's head snapshot, asked for before the open takes the owner lock: when
+ * `<path>-info` does not exist (the open will most likely bootstrap), the request starts now, in a fiber of
+ * the caller's scope, so that the download overlaps the open's work before the bootstrap needs the bytes
+ * (the owner lock, the copies' services, the metadata's read, the removal of leftovers). Nothing local is
+ * read but that file's existence; only a bootstrap, decided under the lock, uses the answer, and any other
+ * open interrupts the request.
+ */
+export const askEarly = (options: Pick<EngineOptions, "path" | "bootstrap">, remote: SyncRemote.Service) =>
+  Effect.suspend(() =>
+    (options.bootstrap ?? "head") !== "head" || Fs.existsSync(LocalCopies.files(options.path).info)
+      ? Effect.succeed(undefined)
+      : Effect.forkScoped(headSnapshot(remote))
+  )
+
+/** The answer `askEarly` asked for, if it did. */
+export type Early = Effect.Effect.Success<ReturnType<typeof askEarly>>
+
 /** Opens the local database: bootstrap when it is brand-new, recovery otherwise; then the engine's state. */
-const open = (options: EngineOptions) =>
+const open = (options: EngineOptions, early: Early) =>
   Effect.gen(function*() {
     const opening: Opening = {
       options,
@@ -202,15 +222,38 @@ const open = (options: EngineOptions) =>
     const url = Option.isSome(stored)
       ? yield* RemoteBinding.urlDecision(stored.value.remoteUrl, opening.remote.url, options.allowUrlChange === true)
       : "keep"
-    const initial = yield* Option.match(stored, {
-      onNone: () => bootstrap(opening),
+    const { initial, renameDurable } = yield* Option.match(stored, {
+      onNone: () =>
+        Effect.map(
+          bootstrap(opening, early === undefined ? undefined : Fiber.join(early) satisfies EarlySnapshot),
+          ({ metadata, renameDurable }) => ({ initial: metadata, renameDurable })
+        ),
       onSome: (m) =>
-        recover(opening, url === "record" && opening.remote.url !== undefined ? { ...m, remoteUrl: opening.remote.url } : m)
+        Effect.zipRight(
+          early === undefined ? Effect.void : Fiber.interruptFork(early),
+          Effect.map(
+            recover(opening, url === "record" && opening.remote.url !== undefined ? { ...m, remoteUrl: opening.remote.url } : m),
+            (initial) => ({ initial, renameDurable: Effect.void })
+          )
+        )
     })
+    // Waited for on the way out whatever happens: it closes the descriptor of the fsync in flight.
+    return yield* Effect.onError(ready(options, opening, stored, initial, renameDurable), () => Effect.ignore(renameDurable))
+  })
+
+/** The rest of `open`, from the metadata on: the copies opened, and what the open brings. */
+const ready = (
+  options: EngineOptions,
+  opening: Opening,
+  stored: Option.Option<SyncMetadata.Metadata>,
+  initial: SyncMetadata.Metadata,
+  renameDurable: Effect.Effect<void, SyncError.StorageError>
+) =>
+  Effect.gen(function*() {
     const state = yield* makeState(opening, initial)
     // Checked before either copy is opened: opening a missing file would create an empty database.
-    // A database bootstrapped just now was checked as it arrived: the cheap checks do.
-    yield* LocalFiles.repair(state, yield* LocalFiles.inspect(state.paths, Option.isSome(stored) && initial.inUse !== false))
+    // A database bootstrapped just now was written and checked (SQLite's check of the base) by this open.
+    if (Option.isSome(stored)) yield* LocalFiles.repair(state, yield* LocalFiles.inspect(state.paths, initial.inUse !== false))
     yield* state.synced.open
     yield* Copy.openDraft(state)
     // Set while open; cleared once both copies are closed. Found set on open: the full check above. The
@@ -220,6 +263,13 @@ const open = (options: EngineOptions) =>
     yield* Effect.addFinalizer(() => closeCleanly(state))
     // A Draft fold the metadata flags is finished; a Draft WAL that outgrew its bound is folded.
     yield* Fold.foldDraft(state, false)
+    // A bootstrap's metadata rename durable before the open goes on (to a pull) or returns.
+    yield* Effect.mapError(renameDurable, (cause) =>
+      new SyncError.BootstrapError({
+        reason: "Storage",
+        message: `cannot create a local database from the remote: ${cause.message}`,
+        cause
+      }))
     if ((options.bootstrap ?? "head") === "head" && initial.lastPullAt === undefined) {
       // A new local database opens with the remote's current state: the frames after its base come now.
       // If that fails the first time the open fails (its files stay, with the base); a later open of a
@@ -241,8 +291,8 @@ const open = (options: EngineOptions) =>
   })
 
 /** @internal */
-export const make = (options: EngineOptions) =>
-  Effect.map(open(options), (state) => ({
+export const make = (options: EngineOptions, early?: Early) =>
+  Effect.map(open(options, early), (state) => ({
     clientId: state.clientId,
     conflicts: state.conflictLog.read,
     execute: Local.execute(state),

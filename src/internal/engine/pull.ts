@@ -20,7 +20,7 @@ import { sqlStatementError } from "./errors.js"
 import * as RemoteBinding from "./remoteBinding.js"
 import { finishFlaggedRoll, rollSynced } from "./roll.js"
 import { finishFlaggedFold, foldSynced } from "./fold.js"
-import { type OfferedAnswer, on, received, stageMetadata, type State, walFrames, withoutTransfer } from "./state.js"
+import { type OfferedAnswer, on, owesSync, received, stageMetadata, type State, walFrames, withoutTransfer } from "./state.js"
 import { cutToSyncedFrame, prefixAtSyncedFrame } from "./syncedWal.js"
 import * as Validate from "./validate.js"
 
@@ -49,7 +49,10 @@ const flush = Effect.fn("Engine.writePulledFrames")(function*(state: State, curs
   const trees = yield* syncedTrees(state)
   yield* state.synced.close
   const frames = cursor.buffer.slice(0, committed)
-  const wal = yield* Files.appendWal(state.paths.synced, inWal, frames, prefix)
+  // Not fsynced here: only the staged position counts on the frames until the next metadata write, which
+  // fsyncs them first (`owesSync`); the copy that shows them comes sooner.
+  const wal = yield* Files.appendWal(state.paths.synced, inWal, frames, prefix, { sync: false })
+  yield* owesSync(state, Files.walPath(state.paths.synced))
   // SQLite's checks before the frames count as synced (of the pages they wrote, or the whole database
   // when those cannot tell); refused, they are cut off again.
   yield* Validate.pulled(state.paths.synced, inWal, frames, trees, `generation ${generation} up to frame ${cursor.frame + committed}`).pipe(
@@ -60,11 +63,12 @@ const flush = Effect.fn("Engine.writePulledFrames")(function*(state: State, curs
   cursor.frame += committed
   cursor.buffer = cursor.buffer.slice(committed)
   const at = cursor.frame
-  // Staged: the frames are fsynced in Synced's WAL, so a crash before the next metadata write only makes
-  // recovery cut them off again (the next pull brings them back). The settle, a copy's flag or a fold
-  // writes it.
+  // Staged: the frames are in Synced's WAL, fsynced before the next metadata write records the position,
+  // so a crash before that only makes recovery cut them off again (the next pull brings them back). The
+  // settle, a copy's flag or a fold writes it.
   yield* stageMetadata(state, (m) => ({ ...m, generation, syncedFrame: at }))
   cursor.changed = true
+  for (const listener of state.changes.positionListeners) listener()
   // A long catch-up never holds more than the bound in the WAL.
   yield* foldSynced(state)
 })

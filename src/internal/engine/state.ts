@@ -17,7 +17,7 @@ import type * as SyncFiles from "../../SyncFiles.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import type * as SyncRemote from "../../SyncRemote.js"
 import type * as Changes from "../live/changes.js"
-import type * as Files from "../sqlite/files.js"
+import * as Files from "../sqlite/files.js"
 import type * as ConflictLog from "./conflictLog.js"
 import type * as Gates from "./gates.js"
 
@@ -190,8 +190,31 @@ export const received = (opening: Opening, frames: number, bytes: number) =>
   )
 
 /**
+ * Files written without their fsync, per engine, whose contents only staged facts count on (a pull's frames
+ * in Synced's WAL): fsynced before the next durable metadata write, which may record those facts.
+ */
+const owedSyncs = new WeakMap<State, Set<string>>()
+
+/** `path` was written without its fsync; only staged facts count on it until the next metadata write. */
+export const owesSync = (state: State, path: string): Effect.Effect<void> =>
+  Effect.sync(() => {
+    const owed = owedSyncs.get(state)
+    if (owed === undefined) owedSyncs.set(state, new Set([path]))
+    else owed.add(path)
+  })
+
+const payOwedSyncs = (state: State) =>
+  Effect.suspend(() => {
+    const owed = owedSyncs.get(state)
+    if (owed === undefined || owed.size === 0) return Effect.void
+    return Effect.forEach([...owed], (path) => Effect.zipRight(Files.syncFile(path), Effect.sync(() => owed.delete(path))), {
+      discard: true
+    })
+  })
+
+/**
  * Replaces the metadata, durably, then in memory; returns the new metadata. What was staged before is
- * written with it.
+ * written with it, after the files it counts on were fsynced.
  */
 export const updateMetadata = (
   state: State,
@@ -200,13 +223,17 @@ export const updateMetadata = (
 ) =>
   SynchronizedRef.updateAndGetEffect(state.metadata, (m) => {
     const next = f(m)
-    return Effect.as(Effect.zipRight(state.metadataStore.write(next, options), Ref.set(state.staged, false)), next)
+    return Effect.as(
+      Effect.zipRight(payOwedSyncs(state), Effect.zipRight(state.metadataStore.write(next, options), Ref.set(state.staged, false))),
+      next
+    )
   })
 
 /**
  * Replaces the metadata in memory only: the next durable write (`updateMetadata`, `persistStaged`) takes
  * it to the file. Only for facts whose loss in a crash the metadata file as it stands still describes
- * correctly: a synced position whose frames are in Synced's WAL, fsynced (recovery cuts the WAL back to
+ * correctly: a synced position whose frames are in Synced's WAL, fsynced or owed (`owesSync`: fsynced before
+ * the next metadata write; recovery cuts the WAL back to
  * the recorded position and the next pull brings them again), the progress row read from such frames
  * (read again by that pull), a push in flight, a finished copy (recovery finds it done), a remote identity
  * first seen (verified and recorded again). A step that makes something irreversible on the strength of a

@@ -160,12 +160,23 @@ export const databaseBytes = (bytes: Uint8Array, what: string): Effect.Effect<vo
     const header = [bytes[18], bytes[19]] as const
     bytes[18] = 1
     bytes[19] = 1
+    let db: BetterSqlite3.Database
     try {
-      return new BetterSqlite3(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), { readonly: true })
+      db = new BetterSqlite3(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), { readonly: true })
     } finally {
       bytes[18] = header[0]
       bytes[19] = header[1]
     }
+    // Pages read where they lie in memory (the in-memory file maps them) rather than each copied into a page
+    // cache that grows to hold them all (alone, on a freshly allocated copy of a 1.3 MB base: 0.9 ms instead
+    // of 5).
+    try {
+      db.pragma(`mmap_size = ${bytes.byteLength}`)
+    } catch (error) {
+      db.close()
+      throw error
+    }
+    return db
   }, what)
 
 /**

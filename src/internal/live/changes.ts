@@ -48,6 +48,11 @@ export interface Tracker {
   readonly versions: Map<string, number>
   /** Called after every local write commits (live sync pushes soon after). */
   readonly writeListeners: Set<() => void>
+  /**
+   * Called when a pull moved the synced position (its frames are in Synced, the copy to Draft may still be
+   * under way): live sync asks the remote for what is after them meanwhile.
+   */
+  readonly positionListeners: Set<() => void>
 }
 
 export const make: Effect.Effect<Tracker> = Effect.map(Reactivity.make, (reactivity) => ({
@@ -55,7 +60,8 @@ export const make: Effect.Effect<Tracker> = Effect.map(Reactivity.make, (reactiv
   watchers: 0,
   seen: undefined,
   versions: new Map(),
-  writeListeners: new Set()
+  writeListeners: new Set(),
+  positionListeners: new Set()
 }))
 
 // the log's highest id: rows after it are new (a pruned log reads 0, which misses nothing)
@@ -109,6 +115,15 @@ export const afterWrite = (tracker: Tracker, draft: LocalCopies.Copy): Effect.Ef
       Effect.catchAll(() => Effect.sync(() => (tracker.seen = undefined)).pipe(Effect.as([ALL]))),
       Effect.map((keys) => invalidate(tracker, keys, true))
     )
+  })
+
+/**
+ * Reads moved to Synced holding what Draft is about to become (a pull's copy with writes held, before the
+ * copy is written): queries look again at once, on Synced, instead of after Draft was replaced.
+ */
+export const beforeCopy = (tracker: Tracker): Effect.Effect<void> =>
+  Effect.sync(() => {
+    if (tracker.watchers > 0) invalidate(tracker, [ALL], false)
   })
 
 /**

@@ -92,9 +92,12 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
       wants[what] = true
       wake.unsafeOffer(undefined)
     }
-    // Pulls the watcher asked for and is waiting on (it looks at the new position once they are done).
-    const pulled = yield* Queue.unbounded<void>()
-    let pullsWaited = 0
+    // Pulls the watcher asked for (`requested`) and how many of them a finished step covered (`served`);
+    // `progress` wakes the watcher when that or the synced position moved.
+    let requested = 0
+    let served = 0
+    const progress = yield* Queue.sliding<void>(1)
+    const progressed = () => progress.unsafeOffer(undefined)
     // Where the watcher stood when it asked for the pull: a push of ours that moved the position meanwhile
     // was the commit its waiting pull heard (see the worker).
     let pullFrom: { readonly generation: number; readonly frame: number } | undefined
@@ -106,6 +109,10 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
     yield* Effect.acquireRelease(
       Effect.sync(() => target.tracker.writeListeners.add(listener)),
       () => Effect.sync(() => target.tracker.writeListeners.delete(listener))
+    )
+    yield* Effect.acquireRelease(
+      Effect.sync(() => target.tracker.positionListeners.add(progressed)),
+      () => Effect.sync(() => target.tracker.positionListeners.delete(progressed))
     )
     // The first write of a burst starts the clock; every write until it runs out goes with the same sync.
     const pusher = Effect.forever(
@@ -128,7 +135,11 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
       yield* Queue.take(wake)
       while (wants.sync || wants.pull) {
         const op = wants.sync ? "sync" : "pull"
-        const waiting = pullsWaited
+        const covers = requested
+        const done = Effect.sync(() => {
+          served = Math.max(served, covers)
+          progressed()
+        })
         const from = pullFrom
         const offered = answer
         wants.sync = false
@@ -141,8 +152,7 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
           // hears at once of anything beyond it.
           const now = yield* target.position
           if (now.generation !== from.generation || now.frame !== from.frame) {
-            for (let i = 0; i < waiting; i++) yield* Queue.offer(pulled, undefined)
-            pullsWaited -= waiting
+            yield* done
             continue
           }
         }
@@ -154,8 +164,7 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
         if (outcome._tag === "Right") {
           failures = 0
           yield* target.report("connected")
-          for (let i = 0; i < waiting; i++) yield* Queue.offer(pulled, undefined)
-          pullsWaited -= waiting
+          yield* done
           continue
         }
         const error = outcome.left
@@ -164,8 +173,7 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
           // Not a matter of time (refused, a mismatch, a local failure): said in status and events already;
           // the next write or remote change tries again.
           yield* Effect.logWarning(`live sync: ${error._tag}: ${error.message}`)
-          for (let i = 0; i < waiting; i++) yield* Queue.offer(pulled, undefined)
-          pullsWaited -= waiting
+          yield* done
           continue
         }
         yield* Effect.sleep(backoffMs(failures++, capMs))
@@ -173,17 +181,24 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
       }
     }))
 
-    // Asks the worker for a pull from `at` and waits for it (the position moves only then).
+    // Asks the worker for a pull from `at` and waits until it is done or has moved the position: the pull's
+    // frames are in the synced copy, its copy to Draft may still run, and the next waiting pull can start
+    // from there meanwhile (its answer is the next pull's, which starts as soon as this one ends).
     const pullAndWait = (
       at: { readonly generation: number; readonly frame: number },
       offered: Parameters<Target["offer"]>[0] | undefined
     ) =>
-      Effect.suspend(() => {
-        pullsWaited++
+      Effect.gen(function*() {
+        const ticket = ++requested
         pullFrom = at
         answer = offered
         request("pull")
-        return Queue.take(pulled)
+        for (;;) {
+          yield* Queue.take(progress)
+          if (served >= ticket) return
+          const now = yield* target.position
+          if (now.generation !== at.generation || now.frame !== at.frame) return
+        }
       })
 
     let watchFailures = 0

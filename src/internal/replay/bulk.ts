@@ -55,6 +55,8 @@ export interface Run extends RunStart {
   readonly last: number
   readonly runId: number
   readonly runLast: number
+  /** The number of changes `first..last`, when finding the run's end counted them (else counted when tried). */
+  readonly count?: number | undefined
 }
 
 /**
@@ -85,39 +87,69 @@ export const runEndText = (schema: string) =>
     AND (tx_id IS NOT $tx OR tbl IS NOT $tbl OR kind IS NOT $kind OR cols IS NOT $cols) ORDER BY id LIMIT 1`
 
 /**
+ * Pure: the statement scanning piece `$from..$to` of the run whose first change has the header `$tx`,
+ * `$tbl`, `$kind`, `$cols`, in one pass: the first change there whose header differs (NULL: none), and the
+ * number and last id of the changes whose header is the run's. When the last of those comes before the
+ * first that differs, they are exactly the run's changes in the piece: counted here, not again when the
+ * piece is tried. (Used past a run's first piece: a run known to be long is scanned to the piece's end
+ * anyway, where {@link runEndText} stops at a short run's end.)
+ */
+export const pieceText = (schema: string) =>
+  `SELECT min(id) FILTER (WHERE d), count(*) FILTER (WHERE NOT d), max(id) FILTER (WHERE NOT d)
+    FROM (SELECT id, (tx_id IS NOT $tx OR tbl IS NOT $tbl OR kind IS NOT $kind OR cols IS NOT $cols) AS d
+      FROM ${ident(schema)}._sync_changes WHERE id BETWEEN $from AND $to)`
+
+/**
  * Reads the runs after change `afterId` (up to {@link RUNS_PER_READ}), each with its last id. Inside the
  * replay's transaction the attached log is read from one snapshot, so the last run ends at the last
  * change this snapshot has.
  *
  * A long run (the changes of one large statement) is followed to its end a piece at a time, comparing
- * each change with the run's first; where runs are short, their starts are listed by one statement
- * comparing each change with the one before ({@link runStartsText}).
+ * each change with the run's first (its pieces after the first counted on the way, see {@link pieceText});
+ * where runs are short, their starts are listed by one statement comparing each change with the one
+ * before ({@link runStartsText}).
  */
 export const readRuns = (exec: Executor, schema: string, afterId: number): ReadonlyArray<Run> => {
   const runs: Array<Run> = []
   let after = afterId
   let max: number | undefined
+  const maxId = () => (max ??= Number(exec.values(`SELECT max(id) FROM ${ident(schema)}._sync_changes`)[0]![0]))
   while (runs.length < RUNS_PER_READ) {
     const head = exec.values(headText(schema), [{ after }])[0]
     if (head === undefined) return runs
     const start = runStart(head)
-    let from = start.id
+    const header = { tx: start.txId, tbl: start.table, kind: start.kind, cols: start.cols }
+    // the counts of the pieces after the first, by their first id
+    const counts = new Map<number, number>()
     let last: number
-    for (;;) {
-      const end = exec.values(runEndText(schema), [{ from, tx: start.txId, tbl: start.table, kind: start.kind, cols: start.cols }])[0]
-      if (end !== undefined) {
-        last = Number(end[0]) - 1
-        break
+    const end = exec.values(runEndText(schema), [{ from: start.id, ...header }])[0]
+    if (end !== undefined) {
+      last = Number(end[0]) - 1
+    } else if (start.id + MAX_RUN >= maxId()) {
+      last = maxId()
+    } else {
+      for (let from = start.id + MAX_RUN;; from += MAX_RUN) {
+        const to = from + MAX_RUN - 1
+        const [differs, same, lastSame] = exec.values(pieceText(schema), [{ from, to, ...header }])[0]!
+        if (differs !== null) {
+          last = Number(differs) - 1
+          if (lastSame === null || Number(lastSame) < Number(differs)) counts.set(from, Number(same))
+          break
+        }
+        counts.set(from, Number(same))
+        if (to >= maxId()) {
+          last = maxId()
+          break
+        }
       }
-      max ??= Number(exec.values(`SELECT max(id) FROM ${ident(schema)}._sync_changes`)[0]![0])
-      if (from + MAX_RUN >= max) {
-        last = max
-        break
-      }
-      from += MAX_RUN
     }
     if (last - start.id + 1 < MIN_RUN) return runs.length > 0 ? runs : readRunStarts(exec, schema, after)
+    const first = runs.length
     pieces(runs, start, last)
+    for (let i = first; i < runs.length; i++) {
+      const count = counts.get(runs[i]!.id)
+      if (count !== undefined) runs[i] = { ...runs[i]!, count }
+    }
     after = last
   }
   return runs
@@ -266,7 +298,7 @@ export const attempt = (
 ): number | undefined => {
   const texts = statements(run.kind as "insert" | "update" | "delete", table, keys, schema)
   if (texts === undefined) return undefined
-  const count = Number(exec.values(texts.count, [{ first: run.id, last: run.last }])[0]![0])
+  const count = run.count ?? Number(exec.values(texts.count, [{ first: run.id, last: run.last }])[0]![0])
   if (count === 0) return undefined
   return writeExactly(exec, texts.write, [{ first: run.id, last: run.last }], count)
 }

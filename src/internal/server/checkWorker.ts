@@ -99,6 +99,12 @@ export interface Checker {
   }>
   /** The same verdict on a database image held in memory (copied to the worker; `image` is not changed). */
   readonly checkImage: (image: Uint8Array, plan: CheckPlan) => Effect.Effect<string | undefined, Error>
+  /**
+   * Starts the worker now if it is not running, without waiting for it: a caller that expects to check
+   * soon keeps the thread's start (loading SQLite, tens of milliseconds, more on a busy machine) out of
+   * that check's wait.
+   */
+  readonly warm: () => void
 }
 
 /** One worker for the whole store, started on first use and stopped with the scope. */
@@ -196,6 +202,13 @@ export const make: Effect.Effect<Checker, never, Scope.Scope> = Effect.gen(funct
         // Posted now (the effect below only waits), so the check runs while the caller goes on.
         return { verdict: post({ file, plan, checkpointAfter: true }, checkpointed), settled: Deferred.await(checkpointed) }
       }),
-    checkImage: (image, plan) => (plan.length === 0 ? Effect.succeed(undefined) : Effect.suspend(() => post({ image, plan })))
+    checkImage: (image, plan) => (plan.length === 0 ? Effect.succeed(undefined) : Effect.suspend(() => post({ image, plan }))),
+    warm: () => {
+      try {
+        start()
+      } catch {
+        // started again by the first check, which reports the failure
+      }
+    }
   }
 })

@@ -97,6 +97,11 @@ export interface DatabaseBackend {
     frames: ReadonlyArray<WalFrame.Frame>
   ) => Effect.Effect<Either.Either<void, string>, StoreError>
   /**
+   * Told that a transaction of `frames` frames is pending (its commit frame still to come), so the backend
+   * can get ready for a large commit meanwhile (start its check worker). Never waited for.
+   */
+  readonly pendingCommit?: ((frames: number) => void) | undefined
+  /**
    * The generation's base with all its committed frames applied: `WalFrame.applyFrames(base, frames)`,
    * which is what a replica's TRUNCATE checkpoint of the generation leaves.
    */
@@ -961,6 +966,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         }
         if (committed === 0) {
           const kept = pending.concat(fresh.map(copyFrame))
+          h.backend.pendingCommit?.(kept.length)
           if (session === undefined) {
             session = { baton: newBaton(), pending: kept, touchedAt: now }
             h.session = session

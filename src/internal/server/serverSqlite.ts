@@ -16,7 +16,8 @@
  * - `snapshot-<G>-<N>.db`: the last snapshot served (generation G at frame N), derived data; a newer one
  *   replaces it, and open deletes them all, so it needs no fsync.
  * - `head.db`: the current generation materialised (its base with every committed frame applied),
- *   used only to check commits. It is derived data: rebuilt from `store.sqlite` the first time the
+ *   used to check commits, and copied (by the kernel) as the next generation's base when a commit rolls
+ *   while it is that commit's image. It is derived data: rebuilt from `store.sqlite` the first time the
  *   database is used after a start (written to a temp file, fsynced, renamed), so a crash at any point
  *   of a commit leaves nothing to repair.
  *
@@ -25,9 +26,9 @@
  * runs the check (a read-only connection never checkpoints on close, so a refused WAL is simply
  * deleted). Meanwhile the frames are inserted into `store.sqlite` in a transaction committed only on a
  * passing verdict; the worker then checkpoints them into `head.db` with TRUNCATE while that transaction
- * commits, and both end before the push is answered. A head of at most `CHECK_HERE_MAX_BYTES` is checked,
- * committed and checkpointed on the calling thread instead, one after the other: cheaper than the worker's
- * round trip.
+ * commits, and both end before the push is answered. A commit whose database (before and after it) is at
+ * most `CHECK_HERE_MAX_BYTES` is checked, committed and checkpointed on the calling thread instead, one
+ * after the other: cheaper than the worker's round trip.
  */
 import Database from "better-sqlite3"
 import * as Effect from "effect/Effect"
@@ -71,6 +72,20 @@ const writeFileDurably = (target: string, bytes: Uint8Array) => {
 }
 
 const removeIfPresent = (file: string) => fs.rmSync(file, { force: true })
+
+/** A durable copy of `source` as `target` (temp file, fsync, rename, directory fsync); the kernel copies the bytes. */
+const copyFileDurably = (source: string, target: string) => {
+  const temp = `${target}.tmp-${process.pid}-${crypto.randomBytes(4).toString("hex")}`
+  try {
+    fs.copyFileSync(source, temp)
+    fsyncPath(temp)
+    fs.renameSync(temp, target)
+  } catch (error) {
+    removeIfPresent(temp)
+    throw error
+  }
+  fsyncPath(path.dirname(target))
+}
 
 /** Frames per `writev` (two pieces each, within the usual IOV_MAX of 1024). */
 const WRITEV_FRAMES = 500
@@ -174,7 +189,7 @@ const STORE_AUTOCHECKPOINT_PAGES = 16_384
 const STORE_CHECKPOINT_FRAMES = 1_000
 
 /**
- * A head database up to this size is checked on the calling thread: its check (about 1 ms of CPU per MB)
+ * A database up to this size (the head, and the commit's size) is checked on the calling thread: its check (about 1 ms of CPU per MB)
  * takes less than the worker's round trip, which on a busy machine waits for the worker to be scheduled
  * (a one-row push to a small database was answered in 7-17 ms this way, 25-130 ms through the worker, on
  * a 2-core machine at load 6).
@@ -431,8 +446,11 @@ const openDatabase = (
     }
   }
 
-  /** Inserts the row of a generation whose base file is durable; it becomes the current one. */
-  const startGeneration = (generation: number, startedAt: number) => {
+  /**
+   * Inserts the row of a generation whose base file is durable; it becomes the current one. `headIsBase`:
+   * head.db already holds exactly that base (a roll copied its base from head.db), so it is kept as it is.
+   */
+  const startGeneration = (generation: number, startedAt: number, headIsBase = false) => {
     store.transaction(() => {
       store.prepare("INSERT INTO generations (generation, last_frame, started_at) VALUES (?, 0, ?)").run(
         generation,
@@ -441,6 +459,7 @@ const openDatabase = (
       store.prepare("DELETE FROM acked_pending WHERE generation < ?").run(generation)
     }).immediate()
     current = generation
+    if (headIsBase) return
     headStale = true
     schema = undefined
     if (integrityCheck !== "off") {
@@ -469,6 +488,21 @@ const openDatabase = (
   // Only the check reads head.db, and it is rebuilt before the first check after a start. A database
   // this process closed for being idle, with its head checkpointed, keeps it.
   let headStale = !(cleanHeads.delete(name) && fs.existsSync(headPath) && !fs.existsSync(headWal))
+
+  /**
+   * Whether head.db holds exactly the current generation at its committed frame `last`: the checks keep it
+   * so (each passing commit is checkpointed into it, its WAL then gone), unless something failed (stale) or
+   * no check runs. SQLite's checkpoint copies the frames' pages as they are and cuts the file to the
+   * commit's size, so the file is then byte for byte the image `writeImage` builds from the store.
+   */
+  const headIsCommitted = (last: number): boolean => {
+    if (integrityCheck === "off" || headStale || readOnly) return false
+    if (fs.existsSync(headWal) && fs.statSync(headWal).size > 0) return false
+    const pages = last === 0 ? undefined : selectCommitSize.get(current, last)?.commit_size
+    if (last > 0 && (pages === undefined || pages === 0)) return false
+    const size = fs.existsSync(headPath) ? fs.statSync(headPath).size : -1
+    return size === (pages === undefined ? fs.statSync(basePath(current)).size : pages * WalFrame.PAGE_SIZE)
+  }
 
   // sqlite_schema of head.db, read again after a rebuild or a commit that may change it.
   let schema: ReadonlyArray<ChangedTables.SchemaEntry> | undefined
@@ -687,6 +721,10 @@ const openDatabase = (
         try: () => selectFrames.all(generation, start, end).map(toFrame),
         catch: storage(`reading frames ${start}..${end - 1} of ${name}/${generation} failed`)
       }),
+    // A transaction that will be checked on the worker is on its way: the worker starts meanwhile.
+    pendingCommit: (frames) => {
+      if (checker !== undefined && integrityCheck !== "off" && frames * WalFrame.PAGE_SIZE > CHECK_HERE_MAX_BYTES) checker.warm()
+    },
     commit: (generation, firstFrameNo, frames) =>
       Effect.gen(function*() {
         const failed = storage(`storing frames ${firstFrameNo}.. of ${name}/${generation} failed`)
@@ -720,7 +758,9 @@ const openDatabase = (
           return failed(cause)
         }
         // A small database is checked here (see CHECK_HERE_MAX_BYTES); the commit then waits for nothing.
-        if (checker === undefined || fs.statSync(headPath).size <= CHECK_HERE_MAX_BYTES) {
+        // (its size as the check reads it: the head's, or the commit's when that is larger)
+        const checkedBytes = Math.max(fs.statSync(headPath).size, frames[frames.length - 1].commitSize * WalFrame.PAGE_SIZE)
+        if (checker === undefined || checkedBytes <= CHECK_HERE_MAX_BYTES) {
           const problem = yield* serverMetrics.timeCheck(runCheck(plan)).pipe(Effect.mapError(refused))
           if (problem !== undefined) {
             clearHeadWal()
@@ -728,6 +768,10 @@ const openDatabase = (
           }
           yield* commitHere
           checkpointHead()
+          // The next commit's check runs on the worker: started now, off this answer's path.
+          if (checker !== undefined && frames[frames.length - 1].commitSize * WalFrame.PAGE_SIZE > CHECK_HERE_MAX_BYTES) {
+            checker.warm()
+          }
           return Either.right(undefined)
         }
         // The worker checks while the frames are inserted here, then checkpoints head.db while they are
@@ -782,10 +826,13 @@ const openDatabase = (
       Effect.try({
         try: () => {
           const next = current + 1
-          // The file first (written from the store, fsynced, renamed): a crash before the row leaves a
-          // file that open deletes.
-          replaceWithImage(current, lastFrameOf.get(current)?.last_frame ?? 0, basePath(next), true)
-          startGeneration(next, startedAt)
+          const last = lastFrameOf.get(current)?.last_frame ?? 0
+          // The file first (fsynced, renamed): a crash before the row leaves a file that open deletes. When
+          // head.db is the committed head, the kernel copies it; otherwise it is written from the store.
+          const fromHead = headIsCommitted(last)
+          if (fromHead) copyFileDurably(headPath, basePath(next))
+          else replaceWithImage(current, last, basePath(next), true)
+          startGeneration(next, startedAt, fromHead)
           return fs.statSync(basePath(next)).size
         },
         catch: storage(`starting generation ${current + 1} of ${name} failed`)
@@ -841,7 +888,7 @@ export const make = (options: {
         if (readOnly && !fs.existsSync(path.join(options.directory, name, STORE_FILE))) {
           throw new StoreError({ reason: "ReadOnly", message: `the store is read-only: database ${name} cannot be created` })
         }
-        return openDatabase(
+        const opened = openDatabase(
           options.directory,
           name,
           emptyBase,
@@ -850,6 +897,10 @@ export const make = (options: {
           readOnly,
           cleanHeads
         )
+        // The check worker starts with the first database in use (in the background), so the first large
+        // commit does not wait for the thread to load SQLite.
+        if (!readOnly && options.integrityCheck !== "off") options.checker?.warm()
+        return opened
       },
       catch: (cause) => {
         if (cause instanceof StoreError) return cause

@@ -58,6 +58,12 @@ const fsyncFile = (fs: FileService, path: string) => {
   }
 }
 
+/** fsync of the file `path`, if it exists (one removed since needs none). @internal */
+export const syncFile = (path: string) =>
+  attempt(path, "cannot fsync", (fs) => {
+    if (fs.existsSync(path)) fsyncFile(fs, path)
+  })
+
 /** @internal */
 export const rename = (from: string, to: string) =>
   attempt(to, `cannot rename ${from}`, (fs) => {
@@ -175,7 +181,8 @@ export const truncateWal = (db: string, frames: number) =>
 
 /**
  * Appends frames after the first `current` frames of `<db>-wal` (whatever follows is cut off), with this
- * WAL's salts and checksums, fsyncs, and removes `<db>-shm`. Only with every connection to `db` closed.
+ * WAL's salts and checksums, fsyncs (unless `sync: false`: the caller fsyncs before anything durable counts
+ * on the frames), and removes `<db>-shm`. Only with every connection to `db` closed.
  * Fails when the WAL holds fewer than `current` valid frames.
  *
  * @internal
@@ -184,7 +191,8 @@ export const appendWal = (
   db: string,
   current: number,
   frames: ReadonlyArray<WalFrame.Frame>,
-  prefix?: WalState | undefined
+  prefix?: WalState | undefined,
+  options?: { readonly sync?: boolean | undefined }
 ) =>
   Effect.flatMap(truncateWal(db, current), () =>
     attempt(walPath(db), "cannot append to WAL", (fs): WalState => {
@@ -217,7 +225,7 @@ export const appendWal = (
         if (fresh) fs.writeSync(fd, WalFrame.encodeHeader(wal), 0, WalFrame.WAL_HEADER_SIZE, 0)
         fs.writeSync(fd, appended.bytes, 0, appended.bytes.byteLength, WalFrame.walSize(current))
         fs.ftruncateSync(fd, WalFrame.walSize(current + frames.length))
-        fs.fsyncSync(fd)
+        if (options?.sync !== false) fs.fsyncSync(fd)
       } finally {
         fs.closeSync(fd)
       }

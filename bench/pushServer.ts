@@ -1,0 +1,96 @@
+/**
+ * The server's share of a push: the CPU time the server process (every thread: the check worker too)
+ * spends on the libSQL client's push of N inserts, updates of one column and deletes, including what it
+ * does just after answering (the store's checkpoint), beside the wall time of that push. CPU time hardly
+ * moves with the machine's load, where wall times on a busy machine do; the libSQL client keeps this
+ * project's client out of the figure.
+ *
+ *   npx tsx bench/pushServer.ts [--rows 20000,100000] [--before DIR] [--rounds 2]
+ *
+ * `--before DIR` runs the same against the server of another checkout (DIR, with its node_modules), the two
+ * alternately, `--rounds` times each.
+ */
+import Database from "libsql"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as NodePath from "node:path"
+
+const flag = (name: string, fallback: string) => {
+  const i = process.argv.indexOf(`--${name}`)
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1]! : fallback
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** utime + stime of a process, in ms (clock ticks of 10 ms). */
+const cpuOf = (pid: number) => {
+  const fields = Fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+  return (Number(fields[11]) + Number(fields[12])) * 10
+}
+
+/** One run against the server of the tree at `root`: a line per size and kind. */
+const runTree = async (root: string, sizes: ReadonlyArray<number>) => {
+  const { startServer } = await import(NodePath.join(root, "bench", "push.ts"))
+  const { bulkInsert, CREATE } = await import(NodePath.join(root, "bench", "rows.ts"))
+  const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-bench-push-server-"))
+  const server = await startServer(NodePath.join(work, "server"))
+  const lines: Array<{ what: string; cpu: number; wall: number }> = []
+  try {
+    for (const n of sizes) {
+      const lib = new Database(NodePath.join(work, `libsql-${n}.db`), {
+        syncUrl: `${server.url}/db/libsql-${n}`,
+        offline: true
+      } as Database.Options)
+      lib.exec(CREATE)
+      lib.sync()
+      for (const [kind, statement] of [["inserts", bulkInsert(n)], ["updates of one column", "UPDATE items SET value = value + 1"], ["deletes", "DELETE FROM items"]] as const) {
+        lib.exec(statement)
+        await sleep(400)
+        const cpu = cpuOf(server.child.pid!)
+        const start = performance.now()
+        lib.sync()
+        const wall = performance.now() - start
+        // the work the server does right after its answer (the store's checkpoint) counts too
+        await sleep(600)
+        lines.push({ what: `libSQL push of ${n} ${kind}`, cpu: cpuOf(server.child.pid!) - cpu, wall })
+      }
+      lib.close()
+    }
+  } finally {
+    server.child.kill("SIGTERM")
+    await sleep(300)
+    Fs.rmSync(work, { recursive: true, force: true })
+  }
+  return lines
+}
+
+const median = (values: ReadonlyArray<number>) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)]!
+
+const main = async () => {
+  const sizes = flag("rows", "20000,100000").split(",").filter((n) => n !== "").map(Number)
+  const before = process.argv.includes("--before") ? NodePath.resolve(flag("before", "")) : undefined
+  const after = NodePath.resolve(import.meta.dirname, "..")
+  const rounds = Number(flag("rounds", before === undefined ? "1" : "2"))
+  const runs = new Map<string, Array<Awaited<ReturnType<typeof runTree>>>>([["after", []], ["before", []]])
+  for (let round = 0; round < rounds; round++) {
+    console.error(`round ${round + 1}/${rounds} (load ${Os.loadavg()[0]!.toFixed(1)})`)
+    if (before !== undefined) runs.get("before")!.push(await runTree(before, sizes))
+    runs.get("after")!.push(await runTree(after, sizes))
+  }
+  const summary = (tree: string, what: string) => {
+    const lines = runs.get(tree)!.map((rows) => rows.find((row) => row.what === what)!)
+    if (lines.length === 0) return ""
+    return `cpu ${median(lines.map((l) => l.cpu)).toFixed(0)} ms, wall ${median(lines.map((l) => l.wall)).toFixed(0)} ms`
+  }
+  console.log(`server CPU time per push, medians of ${rounds} run(s)` + (before === undefined ? "" : ` (before: ${before})`))
+  console.table(runs.get("after")![0]!.map(({ what }) => ({
+    measurement: what,
+    ...(before === undefined ? {} : { before: summary("before", what) }),
+    [before === undefined ? "server" : "after"]: summary("after", what)
+  })))
+}
+
+main().then(() => process.exit(0), (error) => {
+  console.error(error)
+  process.exit(1)
+})
