@@ -232,7 +232,16 @@ export const maybeFoldDraft = (state: State) =>
   Effect.gen(function*() {
     if (!(yield* draftOutgrown(state))) return
     yield* state.syncLock.withPermitsIfAvailable(1)(foldDraftIfIdle(state))
-  }).pipe(Effect.catchAll((error) => Effect.logWarning("cannot fold the WAL of the draft copy", error)))
+  }).pipe(Effect.catchAll(cannotFold))
+
+/**
+ * `maybeFoldDraft` for a caller that has just read Draft's wal-index and found it past its bound: the index
+ * is not read a second time for that (`foldDraft` reads it once more, under the locks, before it folds).
+ */
+export const foldOutgrownDraft = (state: State) =>
+  state.syncLock.withPermitsIfAvailable(1)(foldDraftIfIdle(state)).pipe(Effect.catchAll(cannotFold))
+
+const cannotFold = (error: SyncError.StorageError) => Effect.logWarning("cannot fold the WAL of the draft copy", error)
 
 /**
  * Whether Draft's WAL holds more than `maxWalFrames` frames not yet folded: by SQLite's wal-index

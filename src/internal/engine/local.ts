@@ -23,7 +23,7 @@ import * as Executor from "../sqlite/executor.js"
 import * as Files from "../sqlite/files.js"
 import * as WalIndex from "../sqlite/walIndex.js"
 import { sqlStatementError } from "./errors.js"
-import { maybeFoldDraft, outgrownBound } from "./fold.js"
+import { foldOutgrownDraft, maybeFoldDraft, outgrownBound } from "./fold.js"
 import * as Gates from "./gates.js"
 import { on, type State } from "./state.js"
 
@@ -71,7 +71,7 @@ const onCopy = <A, E, R>(copy: LocalCopies.Copy, effect: Effect.Effect<A, E, R>)
   )
 
 /**
- * After a local write: Draft's WAL is folded when it outgrew its bound (`maybeFoldDraft`). One read of its
+ * After a local write: Draft's WAL is folded when it outgrew its bound (`foldOutgrownDraft`). One read of its
  * wal-index (or, without one, a stat of the WAL) decides whether that runs at all, unless the engine was
  * built with its own file service (tests inject faults through it), which `maybeFoldDraft` then uses for
  * every check as before.
@@ -83,7 +83,7 @@ const foldIfOutgrown = (state: State): Effect.Effect<void> => {
     WalIndex.unfoldedFrames(Fs, state.paths.draft),
     () => Fs.statSync(Files.walPath(state.paths.draft), { throwIfNoEntry: false })?.size ?? 0
   )
-  return outgrown ? maybeFoldDraft(state) : Effect.void
+  return outgrown ? foldOutgrownDraft(state) : Effect.void
 }
 
 /** A direct write of one row with small values: its WAL size is looked at with every 8th such write. */
