@@ -333,10 +333,13 @@ const widths = (tables: ReadonlyArray<TableInfo.TableInfo>) => {
   }
 }
 
-/** Every table's triggers made from its columns and indexes; remembered for the schema as it stands after. */
-const makeTriggers = (sql: SqlClient.SqlClient) =>
+/**
+ * Every table's triggers made from its columns and indexes (`known`: the tables as read already in this
+ * transaction); remembered for the schema as it stands after.
+ */
+const makeTriggers = (sql: SqlClient.SqlClient, known?: ReadonlyArray<TableInfo.TableInfo>) =>
   Effect.gen(function*() {
-    const tables = yield* TableInfo.readAll
+    const tables = known ?? (yield* TableInfo.readAll)
     const { log, split, widest } = widths(tables)
     yield* Executor.withExecutor((exec) => {
       ChangeLog.widen(exec, "main", "_sync_changes", log)
@@ -366,11 +369,10 @@ const makeTriggers = (sql: SqlClient.SqlClient) =>
   })
 
 /** What the triggers are made from: main's schema, and whether the connection has the statement-tx function. */
-const triggersKey = (sql: SqlClient.SqlClient) =>
-  Effect.map(
-    Executor.withExecutor(schemaText),
-    (schema) => `${statementTxOf(sql) === undefined ? "session" : STATEMENT_TX}\u001d${schema}`
-  )
+const triggersKey = (sql: SqlClient.SqlClient) => Executor.withExecutor((exec) => triggersKeyOf(sql, exec))
+
+const triggersKeyOf = (sql: SqlClient.SqlClient, exec: Executor.Executor) =>
+  `${statementTxOf(sql) === undefined ? "session" : STATEMENT_TX}\u001d${schemaText(exec)}`
 
 /** The triggers remembered for `made`'s schema, created again (a failure leaves none of them). */
 const remakeTriggers = (sql: SqlClient.SqlClient, made: MadeTriggers) =>
@@ -379,21 +381,30 @@ const remakeTriggers = (sql: SqlClient.SqlClient, made: MadeTriggers) =>
     for (const statement of made.statements) exec.once(statement)
   }))
 
-const reinstallTriggers = (sql: SqlClient.SqlClient) =>
+const reinstallTriggers = (sql: SqlClient.SqlClient, tables?: ReadonlyArray<TableInfo.TableInfo>) =>
   plainGen(function*() {
-    const ours = yield* sql<{ readonly name: string }>`
-      SELECT name FROM temp.sqlite_schema WHERE type = 'trigger' AND substr(name, 1, 6) = '_sync_'`.withoutTransform
-    for (const { name } of ours) {
-      yield* sql.unsafe(`DROP TRIGGER IF EXISTS temp.${ident(name)}`).raw
-    }
-    const known = madeForSchema.get(yield* triggersKey(sql))
+    // Synchronous steps run on the connection directly: one effect each instead of one per statement.
+    const key = yield* Executor.withExecutor((exec) => {
+      const ours = exec.values(
+        `SELECT name FROM temp.sqlite_schema WHERE type = 'trigger' AND substr(name, 1, 6) = '_sync_'`
+      )
+      for (const [name] of ours) exec.once(`DROP TRIGGER IF EXISTS temp.${ident(String(name))}`)
+      return triggersKeyOf(sql, exec)
+    })
+    const known = madeForSchema.get(key)
     yield* known === undefined
-      ? makeTriggers(sql)
-      : remakeTriggers(sql, known).pipe(Effect.catchAll(() => makeTriggers(sql)))
-    yield* sql.unsafe(`DELETE FROM temp._sync_evicted`).raw
-    const version = yield* schemaVersion(sql)
-    yield* sql`UPDATE temp._sync_session SET schema_version = ${version}`.raw
-    return version
+      ? makeTriggers(sql, tables)
+      : remakeTriggers(sql, known).pipe(Effect.catchAll(() => makeTriggers(sql, tables)))
+    return yield* Executor.withExecutor((exec) => {
+      exec.run(`DELETE FROM temp._sync_evicted`)
+      // Read as SQLite's own number into the session (the version's text differs from an application's
+      // `PRAGMA main.schema_version`: a client's cached statement keeps the integer mode it last ran with).
+      const version = Number(
+        exec.values(`UPDATE temp._sync_session SET schema_version = (SELECT schema_version FROM pragma_schema_version)
+          RETURNING schema_version`)[0]![0]
+      )
+      return version
+    })
   })
 
 const knownInstalled = globalValue(
@@ -401,25 +412,41 @@ const knownInstalled = globalValue(
   () => new WeakSet<SqlClient.SqlClient>()
 )
 
-export const install: Effect.Effect<void, SqlError | CaptureError, SqlClient.SqlClient> = plainGen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  yield* sql.withTransaction(Effect.gen(function*() {
-    // A database without the log (a new replica's first open) gets it as wide as its tables' triggers need
-    // at once: widening it afterwards rewrites the table (a rename, a copy and a drop, each a schema change).
-    if (!(yield* changesTableExists(sql))) {
-      yield* sql.unsafe(ChangeLog.createChangesTableOfWidth(widths(yield* TableInfo.readAll).log)).raw
-    }
-    yield* ensureLog(sql)
-    yield* sql.unsafe(createSession).raw
-    yield* sql.unsafe(createEvicted).raw
-    yield* sql.unsafe(`INSERT OR IGNORE INTO temp._sync_session (id, tx_id, schema_version) VALUES (1, NULL, -1)`).raw
-    yield* Executor.withExecutor((exec) =>
-      exec.run(`UPDATE temp._sync_session SET floor = max(floor, ?)`, [ChangeLog.storedFloor(exec)])
-    )
-    yield* reinstallTriggers(sql)
-  }))
-  knownInstalled.add(sql)
-})
+/**
+ * Installs capture on the connection (the log, the session, the triggers) in one transaction; with `floor`,
+ * also raises the log's id floor to it (what {@link ensureChangeIdsAbove} does, without its second look at
+ * the log's format).
+ */
+const installWith = (floor: number | undefined): Effect.Effect<void, SqlError | CaptureError, SqlClient.SqlClient> =>
+  plainGen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql.withTransaction(Effect.gen(function*() {
+      // A database without the log (a new replica's first open) gets it as wide as its tables' triggers need
+      // at once: widening it afterwards rewrites the table (a rename, a copy and a drop, each a schema change).
+      // The tables read for it are the ones the triggers are made for (the log is no user table).
+      let tables: ReadonlyArray<TableInfo.TableInfo> | undefined
+      if (!(yield* changesTableExists(sql))) {
+        tables = yield* TableInfo.readAll
+        yield* sql.unsafe(ChangeLog.createChangesTableOfWidth(widths(tables).log)).raw
+      }
+      yield* ensureLog(sql)
+      yield* Executor.withExecutor((exec) => {
+        exec.once(createSession)
+        exec.once(createEvicted)
+        exec.run(`INSERT OR IGNORE INTO temp._sync_session (id, tx_id, schema_version) VALUES (1, NULL, -1)`)
+        exec.run(`UPDATE temp._sync_session SET floor = max(floor, ?)`, [ChangeLog.storedFloor(exec)])
+      })
+      yield* reinstallTriggers(sql, tables)
+      if (floor !== undefined) yield* raiseSequenceFloor(sql, floor)
+    }))
+    knownInstalled.add(sql)
+  })
+
+export const install: Effect.Effect<void, SqlError | CaptureError, SqlClient.SqlClient> = installWith(undefined)
+
+/** {@link install}, then {@link ensureChangeIdsAbove} `floor`, in one transaction. */
+export const installAbove = (floor: number): Effect.Effect<void, SqlError | CaptureError, SqlClient.SqlClient> =>
+  installWith(floor)
 
 const isInstalled = (sql: SqlClient.SqlClient) =>
   plain(Effect.map(

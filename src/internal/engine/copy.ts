@@ -18,9 +18,9 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
-import * as ChangeCapture from "../../ChangeCapture.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import type * as WalFrame from "../../WalFrame.js"
+import * as Capture from "../capture/capture.js"
 import * as Changes from "../live/changes.js"
 import * as Files from "../sqlite/files.js"
 import * as PageCopy from "../sqlite/pageCopy.js"
@@ -35,11 +35,11 @@ import { prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
 /** Opens Draft with capture installed and change ids above everything the remote has (invariant 6), in one transaction. */
 export const openDraft = (state: State) =>
   Effect.gen(function*() {
-    const sql = yield* state.draft.open
+    yield* state.draft.open
     const floor = (yield* SynchronizedRef.get(state.metadata)).lastPushedChangeId
     yield* on(
       state.draft,
-      sql.withTransaction(Effect.zipRight(ChangeCapture.install, ChangeCapture.ensureChangeIdsAbove(floor)))
+      Capture.installAbove(floor)
     ).pipe(Effect.mapError(sqlStatementError("Capture")))
   })
 
