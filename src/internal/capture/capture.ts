@@ -865,17 +865,17 @@ export const pending = (
 /**
  * Deletes the rows of log table `table` with ids up to `upToId`. When nothing is logged after it (the usual
  * case after a push), a DELETE without a WHERE clause, which SQLite carries out by freeing the table's pages
- * whole instead of rewriting each as its rows go.
+ * whole instead of rewriting each as its rows go. `later`: whether rows after `upToId` are known to exist.
  */
-const pruneTable = (sql: SqlClient.SqlClient, table: string, upToId: number) =>
+const pruneTable = (sql: SqlClient.SqlClient, table: string, upToId: number, later?: boolean) =>
   Effect.gen(function*() {
-    const later = yield* sql.unsafe<{ readonly n: number }>(
+    const anyLater = later ?? Number((yield* sql.unsafe<{ readonly n: number }>(
       `SELECT EXISTS (SELECT 1 FROM main.${table} WHERE id > ?) AS n`,
       [upToId]
-    ).withoutTransform
-    yield* (Number(later[0]!.n) === 0
-      ? sql.unsafe(`DELETE FROM main.${table}`)
-      : sql.unsafe(`DELETE FROM main.${table} WHERE id <= ?`, [upToId])).raw
+    ).withoutTransform)[0]!.n) !== 0
+    yield* (anyLater
+      ? sql.unsafe(`DELETE FROM main.${table} WHERE id <= ?`, [upToId])
+      : sql.unsafe(`DELETE FROM main.${table}`)).raw
   })
 
 /**
@@ -934,16 +934,17 @@ export const prune = (upToId: number): Effect.Effect<void, SqlError, SqlClient.S
   plainGen(function*() {
     const sql = yield* SqlClient.SqlClient
     if (!(yield* changesTableExists(sql))) return
-    // The ids pruned are never handed out again (the next id is above the log's highest or the floor)
-    // (needed only when no higher id stays in the log to keep them)
-    yield* Executor.withExecutor((exec) => {
+    // The next id is above the log's highest or the floor: with no higher id left in the log to keep the
+    // pruned ones from being handed out again, the floor rises to them first.
+    const later = yield* Executor.withExecutor((exec) => {
       const [pruned, later] = exec.values(
         `SELECT (SELECT max(id) FROM main._sync_changes WHERE id <= ?), EXISTS (SELECT 1 FROM main._sync_changes WHERE id > ?)`,
         [upToId, upToId]
       )[0]!
       if (pruned !== null && Number(later) === 0) raiseFloor(exec, Number(pruned))
+      return Number(later) !== 0
     })
-    yield* pruneTable(sql, CHANGES_TABLE, upToId)
+    yield* pruneTable(sql, CHANGES_TABLE, upToId, later)
     const after = yield* sql<{ readonly n: number }>`
       SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = ${ChangeLog.AFTER_TABLE}`.withoutTransform
     if (Number(after[0]!.n) > 0) yield* pruneTable(sql, ChangeLog.AFTER_TABLE, upToId)
