@@ -29,7 +29,7 @@ import { sqlStatementError } from "./errors.js"
 import * as Fold from "./fold.js"
 import * as Gates from "./gates.js"
 import * as Replay from "./replay.js"
-import { on, type Paths, stageMetadata, type State, syncedFileAt, updateMetadata, walFrames } from "./state.js"
+import { on, type Paths, stageMetadata, type State, type SyncedPageIndex, syncedFileAt, updateMetadata, walFrames } from "./state.js"
 import { prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
 
 /** Opens Draft with capture installed and change ids above everything the remote has (invariant 6), in one transaction. */
@@ -68,20 +68,6 @@ export const draftIsCurrent = (state: State) =>
   Effect.map(SynchronizedRef.get(state.metadata), (m) =>
     m.draftBase !== undefined && m.draftBase.generation === m.generation && m.draftBase.frame === m.syncedFrame)
 
-/**
- * Where each page's newest copy is among the synced frames of Synced's WAL (frame index from 0), for the
- * WAL `key` names; kept per engine and extended by the frames a pull appends, so that a copy reads the
- * headers of the new frames and the pages it copies, not every frame of the WAL.
- */
-interface SyncedPageIndex {
-  readonly key: string
-  frames: number
-  lastCommitSize: number
-  readonly newest: Map<number, number>
-}
-
-const pageIndexes = new WeakMap<State, SyncedPageIndex>()
-
 /** Above this many pages from the synced frames, a copy reads them all in one read. */
 const FRAMES_READ_ONE_BY_ONE = 32
 
@@ -93,7 +79,7 @@ const syncedPageIndex = (state: State, m: SyncMetadata.Metadata, prefix: Files.W
     const key = prefix === undefined
       ? "none"
       : `${m.generation}:${m.foldedFrame ?? 0}:${prefix.header.salt1}:${prefix.header.salt2}`
-    const cached = pageIndexes.get(state)
+    const cached = state.syncedPageIndex.current
     const index: SyncedPageIndex = cached !== undefined && cached.key === key && cached.frames <= count
       ? cached
       : { key, frames: 0, lastCommitSize: 0, newest: new Map() }
@@ -103,7 +89,7 @@ const syncedPageIndex = (state: State, m: SyncMetadata.Metadata, prefix: Files.W
       index.frames = count
       index.lastCommitSize = added[added.length - 1].commitSize
     }
-    pageIndexes.set(state, index)
+    state.syncedPageIndex.current = index
     return index
   })
 

@@ -50,7 +50,7 @@ import { recover } from "./recovery.js"
 import { pullFollowingRemote, rebootstrapSynced } from "./rebootstrap.js"
 import * as RemoteBinding from "./remoteBinding.js"
 import * as Replay from "./replay.js"
-import { type EngineOptions, type OfferedAnswer, type Opening, persistStaged, type State, type SyncedPrefix, updateMetadata } from "./state.js"
+import { type EngineOptions, type OfferedAnswer, type Opening, payOwedSyncs, persistStaged, type State, type SyncedPrefix, updateMetadata } from "./state.js"
 import { resetSyncedWal } from "./syncedWal.js"
 
 export { bootstrapSteps, type EngineOptions, type Step, steps } from "./state.js"
@@ -151,6 +151,8 @@ const makeState = (opening: Opening, initial: SyncMetadata.Metadata) =>
       changes: yield* Changes.make,
       pushIdentity: yield* Ref.make<boolean | undefined>(undefined),
       offeredAnswer: { current: undefined },
+      owedSyncs: new Set(),
+      syncedPageIndex: { current: undefined },
       maxWalFrames: Math.max(1, opening.options.maxWalFrames ?? 1000)
     }
     return state
@@ -166,8 +168,9 @@ const closeCleanly = (state: State) =>
     Effect.gen(function*() {
       const next: SyncMetadata.Metadata = { ...m, inUse: false }
       const [prepared] = yield* Effect.all([
-        // First: its fsync is in flight while the copies close.
-        Effect.either(state.metadataStore.prepare(next, { renameDurable: false })),
+        // First: its fsync is in flight while the copies close. The record may count on frames whose
+        // fsync is owed: those come first.
+        Effect.either(Effect.zipRight(payOwedSyncs(state), state.metadataStore.prepare(next, { renameDurable: false }))),
         Effect.all([state.draft.close, state.synced.close])
       ], { concurrency: 2 })
       if (Either.isLeft(prepared)) {

@@ -172,6 +172,25 @@ export interface State extends Opening {
   readonly pushIdentity: Ref.Ref<boolean | undefined>
   /** A waiting pull's answer live sync hands to the next step (a), which takes it (pull.ts `offer`). */
   readonly offeredAnswer: { current: OfferedAnswer | undefined }
+  /**
+   * Files written without their fsync whose contents only staged facts count on (a pull's frames in Synced's
+   * WAL): fsynced before the next durable metadata write, which may record those facts (`owesSync`).
+   */
+  readonly owedSyncs: Set<string>
+  /** Where each page's newest copy is among Synced's synced frames (copy.ts keeps it; see `SyncedPageIndex`). */
+  readonly syncedPageIndex: { current: SyncedPageIndex | undefined }
+}
+
+/**
+ * Where each page's newest copy is among the synced frames of Synced's WAL (frame index from 0), for the
+ * WAL `key` names; extended by the frames a pull appends, so that a copy reads the headers of the new frames
+ * and the pages it copies, not every frame of the WAL.
+ */
+export interface SyncedPageIndex {
+  readonly key: string
+  frames: number
+  lastCommitSize: number
+  readonly newest: Map<number, number>
 }
 
 /** The answer to a pull of `generation` from `start` to `end` (exclusive), as the remote gave it. */
@@ -189,24 +208,17 @@ export const received = (opening: Opening, frames: number, bytes: number) =>
     Ref.update(opening.traffic, (t) => ({ ...t, received: t.received + bytes }))
   )
 
-/**
- * Files written without their fsync, per engine, whose contents only staged facts count on (a pull's frames
- * in Synced's WAL): fsynced before the next durable metadata write, which may record those facts.
- */
-const owedSyncs = new WeakMap<State, Set<string>>()
-
 /** `path` was written without its fsync; only staged facts count on it until the next metadata write. */
 export const owesSync = (state: State, path: string): Effect.Effect<void> =>
   Effect.sync(() => {
-    const owed = owedSyncs.get(state)
-    if (owed === undefined) owedSyncs.set(state, new Set([path]))
-    else owed.add(path)
+    state.owedSyncs.add(path)
   })
 
-const payOwedSyncs = (state: State) =>
+/** The fsyncs `owesSync` recorded, done: before a metadata write that may record what they hold. */
+export const payOwedSyncs = (state: State) =>
   Effect.suspend(() => {
-    const owed = owedSyncs.get(state)
-    if (owed === undefined || owed.size === 0) return Effect.void
+    const owed = state.owedSyncs
+    if (owed.size === 0) return Effect.void
     return Effect.forEach([...owed], (path) => Effect.zipRight(Files.syncFile(path), Effect.sync(() => owed.delete(path))), {
       discard: true
     })
