@@ -13,7 +13,6 @@
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Crypto from "node:crypto"
-import * as NodeFs from "node:fs"
 import * as SyncError from "../../SyncError.js"
 import * as SyncFiles from "../../SyncFiles.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
@@ -81,16 +80,15 @@ export const unfinished = (paths: Paths) =>
  * Every file a bootstrap starts without (`allFiles`, and the temp files of a metadata write cut short,
  * `<path>-info.tmp-*`): one listing of their directory, and each that is there removed.
  */
-const removeLeftovers = (paths: Paths) =>
-  Files.attempt(paths.info, "cannot remove the leftovers of", (fs) => {
-    const slash = paths.info.lastIndexOf("/")
-    const directory = slash < 0 ? "." : paths.info.slice(0, slash + 1) || "/"
-    const prefix = paths.info.slice(slash + 1)
-    const names = new Set(allFiles(paths).map((file) => file.slice(slash + 1)))
-    for (const name of NodeFs.readdirSync(directory)) {
-      if (names.has(name) || name.startsWith(`${prefix}.tmp-`)) fs.removeSync(paths.info.slice(0, slash + 1) + name)
-    }
-  })
+const removeLeftovers = (paths: Paths) => {
+  const names = new Set(allFiles(paths).map((file) => file.slice(file.lastIndexOf("/") + 1)))
+  const temps = Files.tempPrefix(paths.info)
+  return Files.removeInDirectory(
+    paths.info,
+    (name) => names.has(name) || name.startsWith(temps),
+    "cannot remove the leftovers of"
+  )
+}
 
 /**
  * fsync of the directory holding `path`, started now off the event loop when the file service can
@@ -101,8 +99,7 @@ const removeLeftovers = (paths: Paths) =>
 const syncDirectoryInFlight = (path: string) =>
   Effect.flatMap(SyncFiles.current, (fs): Effect.Effect<Effect.Effect<void, SyncError.StorageError>, SyncError.StorageError> => {
     if (fs.fsyncAll === undefined) return Effect.as(Files.syncDirectoryOf(path), Effect.void)
-    const slash = path.lastIndexOf("/")
-    const directory = slash < 0 ? "." : path.slice(0, slash) || "/"
+    const directory = Files.dirnameOf(path)
     const failed = (cause: unknown) =>
       new SyncError.StorageError({ reason: "Files", message: `cannot fsync the directory of ${path}`, path, cause })
     return Effect.try({

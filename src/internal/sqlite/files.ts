@@ -36,18 +36,26 @@ export const fileSize = (path: string): Effect.Effect<number, StorageError> =>
 export const remove = (path: string) => attempt(path, "cannot remove", (fs) => fs.removeSync(path))
 
 /**
- * Removes the temp files an atomic write of `path` leaves when the process dies before its rename
- * (`<path>.tmp-*`, see SyncMetadata's writes). Only their owner writes them, and the caller holds the
- * database's owner lock, so none is in use. @internal
+ * Removes the files of `path`'s directory whose names `matches` accepts, from one listing of it. Only for
+ * files the caller's owner lock keeps anyone else from using. @internal
  */
-export const removeTemps = (path: string) =>
-  attempt(path, "cannot remove the temp files of", (fs) => {
-    const prefix = `${path.slice(path.lastIndexOf("/") + 1)}.tmp-`
+export const removeInDirectory = (path: string, matches: (name: string) => boolean, what = "cannot remove files beside") =>
+  attempt(path, what, (fs) => {
     const directory = dirnameOf(path)
     for (const name of NodeFs.readdirSync(directory)) {
-      if (name.startsWith(prefix)) fs.removeSync(`${directory}/${name}`)
+      if (matches(name)) fs.removeSync(`${directory}/${name}`)
     }
   })
+
+/** The prefix of the temp files an atomic write of `path` makes (`<path>.tmp-*`, see SyncMetadata's writes). @internal */
+export const tempPrefix = (path: string) => `${path.slice(path.lastIndexOf("/") + 1)}.tmp-`
+
+/**
+ * Removes the temp files an atomic write of `path` leaves when the process dies before its rename. Only
+ * their owner writes them, and the caller holds the database's owner lock, so none is in use. @internal
+ */
+export const removeTemps = (path: string) =>
+  removeInDirectory(path, (name) => name.startsWith(tempPrefix(path)), "cannot remove the temp files of")
 
 const fsyncFile = (fs: FileService, path: string) => {
   const fd = fs.openSync(path, "r+")
@@ -84,7 +92,8 @@ export const renameUnsynced = (from: string, to: string) =>
 export const syncDirectoryOf = (path: string) =>
   attempt(path, "cannot fsync the directory of", (fs) => fsyncDirectory(fs, dirnameOf(path)))
 
-const dirnameOf = (path: string) => {
+/** The directory of `path` (`.` for a bare name). @internal */
+export const dirnameOf = (path: string) => {
   const i = path.lastIndexOf("/")
   return i <= 0 ? (i === 0 ? "/" : ".") : path.slice(0, i)
 }
