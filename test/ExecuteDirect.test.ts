@@ -8,6 +8,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as NodePath from "node:path"
@@ -119,5 +120,62 @@ layer(layerHttp, { timeout: 60_000 })("execute and query on the direct path", (i
         yield* db.query("SELECT count(*) AS n, sum(id) AS s FROM t")
       )
       expect(yield* b.query("SELECT v FROM t WHERE id = 1")).toEqual([{ v: "u" }])
+    }))
+
+  it.scoped("a statement that would let SQLite checkpoint or leave WAL mode on its own is refused with a typed error and changes nothing", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("direct-pragma"))
+      const dir = yield* tempDir
+      const context = yield* openSqlReplica(remote, NodePath.join(dir, "a"))
+      const db = Context.get(context, SyncDatabase.SyncDatabase)
+      const sql = Context.get(context, SqlClient.SqlClient)
+      yield* db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+      yield* db.execute("INSERT INTO t VALUES (1, 'a')")
+      const walBytes = (yield* db.stats).draftWalBytes
+      expect(walBytes).toBeGreaterThan(0)
+      const settings = Effect.all([
+        db.query("PRAGMA wal_autocheckpoint"),
+        db.query("SELECT (SELECT journal_mode FROM pragma_journal_mode) AS mode, (SELECT locking_mode FROM pragma_locking_mode) AS locking")
+      ])
+      const before = yield* settings
+      expect(before).toEqual([[{ wal_autocheckpoint: 0 }], [{ mode: "wal", locking: "normal" }]])
+      const refused = [
+        "PRAGMA wal_autocheckpoint = 1000",
+        "pragma WAL_AUTOCHECKPOINT(1)",
+        "PRAGMA wal_checkpoint",
+        "PRAGMA main.wal_checkpoint(TRUNCATE)",
+        "/* settings */ PRAGMA \"main\".journal_mode = DELETE",
+        "PRAGMA locking_mode = EXCLUSIVE",
+        "INSERT INTO t VALUES (2, 'b'); PRAGMA wal_checkpoint(RESTART)"
+      ]
+      for (const statement of refused) {
+        for (const attempt of [Effect.asVoid(db.execute(statement)), Effect.asVoid(db.query(statement))]) {
+          const error = yield* Effect.flip(attempt)
+          expect(error._tag).toBe("SqlStatementError")
+          expect(error.reason).toBe("Statement")
+          expect(error.message).toMatch(/^PRAGMA (wal_autocheckpoint|wal_checkpoint|journal_mode|locking_mode) is refused/)
+          expect(error.sql).toBe(statement)
+        }
+        // through the SqlClient, outside and inside a transaction (which it rolls back)
+        expect((yield* Effect.flip(sql.unsafe(statement))).message).toContain("is refused")
+        const inside = yield* Effect.flip(sql.withTransaction(Effect.zipRight(
+          sql`INSERT INTO t VALUES (3, 'c')`,
+          sql.unsafe(statement)
+        )))
+        expect(inside.message).toContain("is refused")
+      }
+      // Nothing changed: the settings, the WAL (no checkpoint ran), the rows, the pending changes.
+      expect(yield* settings).toEqual(before)
+      expect((yield* db.stats).draftWalBytes).toBe(walBytes)
+      expect(yield* db.query("SELECT id, v FROM t ORDER BY id")).toEqual([{ id: 1, v: "a" }])
+      expect((yield* db.stats).pendingChanges).toBe(2)
+      // Reading the settings stays allowed, and the copy syncs as before.
+      expect(yield* db.query("PRAGMA wal_autocheckpoint")).toEqual([{ wal_autocheckpoint: 0 }])
+      expect(Exit.isSuccess(yield* Effect.exit(db.execute("PRAGMA journal_mode")))).toBe(true)
+      yield* db.execute("INSERT INTO t VALUES (4, 'd')")
+      expect(yield* db.push).toBe(true)
+      const b = yield* openClient(remote, NodePath.join(dir, "b"))
+      expect(yield* b.query("SELECT id, v FROM t ORDER BY id")).toEqual([{ id: 1, v: "a" }, { id: 4, v: "d" }])
     }))
 })
