@@ -29,7 +29,7 @@ import { sqlStatementError } from "./errors.js"
 import * as Fold from "./fold.js"
 import * as Gates from "./gates.js"
 import * as Replay from "./replay.js"
-import { on, type Paths, stageMetadata, type State, type SyncedPageIndex, syncedFileAt, updateMetadata, walFrames } from "./state.js"
+import { on, owesSync, type Paths, stageMetadata, type State, type SyncedPageIndex, syncedFileAt, updateMetadata, walFrames } from "./state.js"
 import { prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
 
 /** Opens Draft with capture installed and change ids above everything the remote has (invariant 6), in one transaction. */
@@ -149,7 +149,10 @@ const prepare = (
     yield* Replay.replayDraftOntoSynced(state, "pull", progress, readDraft) /* 2b */
     yield* replayed
     const { frames, replayPages, tracking } = yield* copyTransaction(state)
-    yield* PageCopy.writeWalFile(paths.draftWalNext, frames)
+    // Its fsync goes with the flag's metadata write (with Synced's owed frames and the record's own, all
+    // at once, off the event loop), which puts the flag in place only once they are all done.
+    yield* PageCopy.writeWalFile(paths.draftWalNext, frames, { sync: false })
+    yield* owesSync(state, paths.draftWalNext)
     yield* state.step("copy:walWritten")
     const previous = yield* SynchronizedRef.get(state.metadata)
     yield* updateMetadata(state, (m) => {
@@ -234,8 +237,11 @@ const settle = (state: State, prepared: Prepared) =>
     const { paths } = state
     // The reactive queries the swap woke read the new rows before this waits for the disk.
     yield* Effect.yieldNow()
-    yield* Files.syncDirectoryOf(paths.draft)
-    yield* PageCopy.writePagesInPlace(paths.draft, prepared.frames)
+    // The rename made durable and the pages fsynced together, off the event loop: their order does not
+    // matter, since a crash that undoes the rename finds the copy flagged and its fresh WAL (which holds
+    // every page written here) still there, and finishes it (`flaggedCopyOutcome`).
+    yield* PageCopy.writePagesInPlace(paths.draft, prepared.frames, { sync: false })
+    yield* Files.syncAll([paths.draft], [paths.draft])
     yield* state.step("copy:applied")
     yield* stageMetadata(state, (m) => {
       const { draftWalBeforeCopy: _, ...rest } = m
