@@ -243,23 +243,6 @@ export const writeFileAtomic = (
 const tempPath = (path: string) => `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`
 
 /**
- * fsync of `directory`, waited for off the event loop when the file service can (`fsyncAll`), else on it.
- * Uninterruptible: the descriptor is never closed under its fsync.
- */
-const fsyncDirectoryOffThread = (
-  fs: SyncFiles.Service,
-  directory: string,
-  failed: (cause: unknown) => StorageError
-): Effect.Effect<void, StorageError> =>
-  fs.fsyncAll === undefined
-    ? Effect.try({ try: () => SyncFiles.fsyncDirectory(fs, directory), catch: failed })
-    : Effect.acquireUseRelease(
-      Effect.try({ try: () => fs.openSync(directory, "r"), catch: failed }),
-      (fd) => Effect.tryPromise({ try: () => fs.fsyncAll!([fd]), catch: failed }),
-      (fd) => Effect.ignore(Effect.try(() => fs.closeSync(fd)))
-    ).pipe(Effect.uninterruptible)
-
-/**
  * `writeFileAtomic` in two steps: the temp file written and fsynced (off the calling thread when the file
  * service can: other fibers run meanwhile), then `commit` renames it over `path` (and fsyncs the
  * directory unless `renameDurable: false`). A failure before the rename removes the temp file.
@@ -306,7 +289,9 @@ export const prepareFileAtomic = (
         )
     const commit = Effect.zipRight(
       Effect.tapError(Effect.try({ try: () => fs.renameSync(temp, path), catch: failed }), () => discard),
-      options?.renameDurable === false ? Effect.void : fsyncDirectoryOffThread(fs, NodePath.dirname(path), failed)
+      options?.renameDurable === false
+        ? Effect.void
+        : Effect.try({ try: () => SyncFiles.fsyncDirectory(fs, NodePath.dirname(path)), catch: failed })
     )
     return Effect.flatMap(written, synced).pipe(
       Effect.tapError(() => discard),
