@@ -250,6 +250,8 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
       const end = fromHeld ? at.frame + 1 + SyncProtocol.CLIENT_BATCH_FRAMES : at.frame + 2
       const abandon = Deferred.unsafeMake<void>(FiberId.none)
       waiting = abandon
+      // A push that began since the check above: given up at once.
+      if (syncing) Deferred.unsafeDone(abandon, Exit.void)
       const answered = yield* Effect.raceFirst(
         Effect.map(
           Effect.either(
