@@ -217,7 +217,8 @@ export const pushAtHead = Effect.fn("Engine.pushAtHead")(function*(state: State)
   const pushIdentity = known ?? (yield* Effect.map(state.remote.info, (info) => info.pushIdentity === true))
   yield* Ref.set(state.pushIdentity, pushIdentity)
   if (!pushIdentity) return "NotTried" as const
-  const pending = yield* on(state.draft, ChangeCapture.countPending(m.lastPushedChangeId)).pipe(
+  // (counted only up to the bound: a long log is not read through to learn that it is long)
+  const pending = yield* on(state.draft, ChangeCapture.countPending(m.lastPushedChangeId, AT_HEAD_MAX_CHANGES + 1)).pipe(
     Effect.mapError(sqlStatementError("Capture"))
   )
   if (pending === 0 || pending > AT_HEAD_MAX_CHANGES) return "NotTried" as const
