@@ -44,7 +44,7 @@ import type { Backend, DatabaseBackend, GenerationRecord } from "./serverCore.js
 import type { IntegrityCheck } from "./sqliteImage.js"
 import * as ChangedTables from "./changedTables.js"
 import * as serverMetrics from "./serverMetrics.js"
-import { checkConnection, fixedPlan } from "./sqliteImage.js"
+import { checkConnection, checkImage, fixedPlan } from "./sqliteImage.js"
 
 const storage = (message: string) => (cause: unknown) => new StoreError({ reason: "Storage", message, cause })
 
@@ -431,14 +431,7 @@ const openDatabase = (
     unlinkIfPresent(headWal)
     unlinkIfPresent(headShm)
   }
-  const headWalEmpty = () => {
-    try {
-      return fs.statSync(headWal).size === 0
-    } catch (error) {
-      if (isMissing(error)) return true
-      throw error
-    }
-  }
+  const headWalEmpty = () => (fs.statSync(headWal, { throwIfNoEntry: false })?.size ?? 0) === 0
 
   // WalFrame.applyFrames(base, frames), streamed so memory stays at one database image.
   const materialize = (generation: number): Uint8Array => {
@@ -583,6 +576,7 @@ const openDatabase = (
         schema = reader.prepare<[], ChangedTables.SchemaEntry>(ChangedTables.SCHEMA_QUERY).all()
       } finally {
         reader.close()
+        clearHeadWal()
       }
     }
     const fd = fs.openSync(headPath, "r")
@@ -648,7 +642,7 @@ const openDatabase = (
 
   // The plan of `frames` on head.db as it is, then head.db with them written over it (see `writeHead`).
   const prepareCheck = (frames: ReadonlyArray<WalFrame.Frame>): { plan: ChangedTables.CheckPlan; undo: HeadUndo } => {
-    if (headStale || !headWalEmpty()) {
+    if (headStale) {
       rebuildHead()
       headStale = false
       schema = undefined
@@ -658,9 +652,12 @@ const openDatabase = (
   }
 
   // The check on the calling thread, for a small database or a store without a worker (see checkWorker.ts).
-  const runCheck = (plan: ChangedTables.CheckPlan): Effect.Effect<string | undefined, Error> => {
+  const runCheck = (plan: ChangedTables.CheckPlan, bytes: number): Effect.Effect<string | undefined, Error> => {
     return Effect.try({
       try: () => {
+        // A small one is read into memory and checked there: no connection to open on the file, and no
+        // WAL and index for it to create (a tenth of the CPU for a database of a few pages).
+        if (bytes <= CHECK_HERE_MAX_BYTES) return checkImage(fs.readFileSync(headPath), plan, { owned: true })
         let reader: Database.Database | undefined
         try {
           reader = new Database(headPath, { readonly: true, fileMustExist: true })
@@ -842,7 +839,7 @@ const openDatabase = (
         const commitBytes = frames[frames.length - 1].commitSize * WalFrame.PAGE_SIZE
         const checkedBytes = Math.max(undo.pages * WalFrame.PAGE_SIZE, commitBytes)
         if (checker === undefined || checkedBytes <= CHECK_HERE_MAX_BYTES) {
-          const problem = yield* serverMetrics.timeCheck(runCheck(plan)).pipe(Effect.mapError(refused))
+          const problem = yield* serverMetrics.timeCheck(runCheck(plan, commitBytes)).pipe(Effect.mapError(refused))
           if (problem !== undefined) {
             undoHead(undo)
             return Either.left(problem)
