@@ -924,12 +924,15 @@ export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> 
   return yield* Executor.withExecutor(ChangeLog.lastId)
 })
 
-export const countPending = (afterId: number): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
+export const countPending = (afterId: number, atMost?: number): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
   plainGen(function*() {
     const sql = yield* SqlClient.SqlClient
     if (!(yield* changesTableExists(sql))) return 0
-    const rows = yield* sql<{ readonly n: number }>`
+    const rows = atMost === undefined
+      ? yield* sql<{ readonly n: number }>`
       SELECT count(*) AS n FROM main._sync_changes WHERE id > ${afterId}`.withoutTransform
+      : yield* sql<{ readonly n: number }>`
+      SELECT count(*) AS n FROM (SELECT 1 FROM main._sync_changes WHERE id > ${afterId} LIMIT ${atMost})`.withoutTransform
     return rows[0]!.n
   })
 
