@@ -366,11 +366,12 @@ export const readWalTail = (db: string, prefix: WalState | undefined) =>
 /**
  * Validates the frames of `<db>-wal` after the first `prefix.frames`, `chunk` frames at a time (bounded
  * memory, whatever the tail's length): the number of them up to the last commit frame, and the WAL's state
- * after that frame (undefined when none). Read them with {@link readWalFrames}.
+ * after that frame (undefined when none). Read them with {@link readWalFrames}. `scratch`, when given and
+ * large enough, holds each chunk (see scratch.ts) instead of a buffer of its own.
  *
  * @internal
  */
-export const scanWalTail = (db: string, known: WalState | undefined, chunk: number) =>
+export const scanWalTail = (db: string, known: WalState | undefined, chunk: number, scratch?: Uint8Array) =>
   attempt(walPath(db), "cannot read WAL", (fs): { readonly count: number; readonly state: WalState | undefined } => {
     if (!fs.existsSync(walPath(db))) return { count: 0, state: undefined }
     const fd = fs.openSync(walPath(db), "r")
@@ -383,7 +384,8 @@ export const scanWalTail = (db: string, known: WalState | undefined, chunk: numb
         if (Option.isNone(wal)) return { count: 0, state: undefined }
         prefix = stateOf(wal.value)
       }
-      const bytes = new Uint8Array(chunk * WalFrame.FRAME_SIZE)
+      const size = chunk * WalFrame.FRAME_SIZE
+      const bytes = scratch !== undefined && scratch.byteLength >= size ? scratch.subarray(0, size) : new Uint8Array(size)
       let checksum = prefix.checksum
       let scanned = 0
       let count = 0
@@ -434,6 +436,39 @@ export const readWalFrames = (db: string, count: number, skip = 0) =>
         commitSize: view.getUint32(offset + 4),
         page: bytes.subarray(offset + WalFrame.FRAME_HEADER_SIZE, offset + WalFrame.FRAME_SIZE)
       })
+    }
+    return frames
+  })
+
+/**
+ * `count` frames of `<db>-wal` after the first `skip`, as {@link readWalFrames} reads them, into `into` (at
+ * least `count` frames long) and laid out in wire form there: each frame's salts and checksums are zeroed
+ * in place, so that `WalFrame.encodeWire` of the answer is a view of `into`, not a copy. The frames are
+ * views of `into`: valid until it is written again.
+ *
+ * @internal
+ */
+export const readWireFrames = (db: string, count: number, skip: number, into: Uint8Array) =>
+  attempt(walPath(db), "cannot read WAL", (fs): ReadonlyArray<WalFrame.Frame> => {
+    if (count === 0) return []
+    const bytes = into.subarray(0, count * WalFrame.FRAME_SIZE)
+    const fd = fs.openSync(walPath(db), "r")
+    try {
+      const read = fs.readSync(fd, bytes, 0, bytes.byteLength, WalFrame.walSize(skip))
+      if (read !== bytes.byteLength) throw new Error(`WAL holds fewer than ${count} frames`)
+    } finally {
+      fs.closeSync(fd)
+    }
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+    const frames: Array<WalFrame.Frame> = new Array(count)
+    for (let i = 0; i < count; i++) {
+      const offset = i * WalFrame.FRAME_SIZE
+      bytes.fill(0, offset + 8, offset + WalFrame.FRAME_HEADER_SIZE)
+      frames[i] = {
+        pgno: view.getUint32(offset),
+        commitSize: view.getUint32(offset + 4),
+        page: bytes.subarray(offset + WalFrame.FRAME_HEADER_SIZE, offset + WalFrame.FRAME_SIZE)
+      }
     }
     return frames
   })
