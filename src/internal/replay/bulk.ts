@@ -322,7 +322,19 @@ export const attempt = (
  * Runs `write` inside a savepoint: `count` when it wrote exactly `count` rows, else undefined with nothing
  * of it left written.
  */
-const writeExactly = (exec: Executor, write: string, params: ReadonlyArray<unknown>, count: number): number | undefined => {
+const writeExactly = (exec: Executor, write: string, params: ReadonlyArray<unknown>, count: number): number | undefined =>
+  writeChecked(exec, write, params, (written) => written === count)
+
+/**
+ * Runs `write` inside a savepoint: the number of rows it wrote when `whole` (asked inside the savepoint)
+ * says that is the whole of it, else undefined with nothing of it left written.
+ */
+const writeChecked = (
+  exec: Executor,
+  write: string,
+  params: ReadonlyArray<unknown>,
+  whole: (written: number) => boolean
+): number | undefined => {
   exec.run(`SAVEPOINT _sync_bulk`)
   let written: number
   try {
@@ -331,13 +343,13 @@ const writeExactly = (exec: Executor, write: string, params: ReadonlyArray<unkno
     // a constraint of the table (CHECK, NOT NULL, UNIQUE elsewhere): change by change meets it again
     written = -1
   }
-  if (written !== count) {
+  if (written < 0 || !whole(written)) {
     exec.run(`ROLLBACK TO _sync_bulk`)
     exec.run(`RELEASE _sync_bulk`)
     return undefined
   }
   exec.run(`RELEASE _sync_bulk`)
-  return count
+  return written
 }
 
 /**
@@ -442,23 +454,10 @@ export const attemptPiece = (
 ): number | undefined => {
   const texts = statements(start.kind as "insert" | "update" | "delete", table, keys, schema, true)
   if (texts === undefined) return undefined
-  exec.run(`SAVEPOINT _sync_bulk`)
-  let written: number
-  try {
-    written = exec.run(texts.write, [{ first, last, ...headerParams(start) }])
-  } catch {
-    written = -1
-  }
   // (ids are unique: as many rows written as the range has ids are all of its changes)
-  const whole = written === last - first + 1 ||
-    (written > 0 && written === Number(exec.values(countText(schema), [{ first, last }])[0]![0]))
-  if (!whole) {
-    exec.run(`ROLLBACK TO _sync_bulk`)
-    exec.run(`RELEASE _sync_bulk`)
-    return undefined
-  }
-  exec.run(`RELEASE _sync_bulk`)
-  return written
+  return writeChecked(exec, texts.write, [{ first, last, ...headerParams(start) }], (written) =>
+    written === last - first + 1 ||
+    (written > 0 && written === Number(exec.values(countText(schema), [{ first, last }])[0]![0])))
 }
 
 /**
