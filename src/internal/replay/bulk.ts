@@ -16,7 +16,10 @@
  *
  * Anything else (a conflict, a constraint failure, a column list that is not the table's) rolls the run
  * back to its savepoint and replay takes it change by change, where the conflict rules and the policy
- * apply. The statement texts are pure; running them takes an executor.
+ * apply. A log that begins with a long run is taken a piece at a time without reading first where the run
+ * ends ({@link longStart}, {@link attemptPiece}): each piece's write reads only the changes of the run's
+ * header, and counts as written only when it wrote as many rows as its range has changes. The statement
+ * texts are pure; running them takes an executor.
  *
  * @internal
  */
