@@ -3,12 +3,16 @@
  * spends on the libSQL client's push of N inserts, updates of one column and deletes, including what it
  * does just after answering (the store's checkpoint), beside the wall time of that push. CPU time hardly
  * moves with the machine's load, where wall times on a busy machine do; the libSQL client keeps this
- * project's client out of the figure.
+ * project's client out of the figure. Then the server's CPU per one-row transaction (`--one-row` N of them, 0:
+ * none): the libSQL client inserts a row and syncs (a push of its frame and a pull), N times, on a small
+ * database (the live bench's writes); the CPU of all N divided by N, and the median wall time of a sync.
  *
- *   npx tsx bench/pushServer.ts [--rows 20000,100000] [--before DIR] [--rounds 2]
+ *   npx tsx bench/pushServer.ts [--rows 20000,100000] [--one-row 200] [--before DIR] [--rounds 2] [--cpu-prof DIR]
  *
  * `--before DIR` runs the same against the server of another checkout (DIR, with its node_modules), the two
- * alternately, `--rounds` times each.
+ * alternately, `--rounds` times each. The server is the compiled one (`bin/effect-sqlite-sync.js`, as `npm
+ * start` runs it): build `dist` in each tree first. `--cpu-prof DIR` writes a CPU profile of this tree's server (every
+ * thread) into DIR.
  */
 import Database from "libsql"
 import * as Fs from "node:fs"
@@ -22,6 +26,8 @@ const flag = (name: string, fallback: string) => {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
+const median = (values: ReadonlyArray<number>) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)]!
+
 /** utime + stime of a process, in ms (clock ticks of 10 ms). */
 const cpuOf = (pid: number) => {
   const fields = Fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
@@ -29,11 +35,17 @@ const cpuOf = (pid: number) => {
 }
 
 /** One run against the server of the tree at `root`: a line per size and kind. */
-const runTree = async (root: string, sizes: ReadonlyArray<number>) => {
-  const { startServer } = await import(NodePath.join(root, "bench", "push.ts"))
+const runTree = async (
+  root: string,
+  sizes: ReadonlyArray<number>,
+  oneRow: number,
+  nodeArgs?: ReadonlyArray<string>
+) => {
+  // the compiled server (`npm start`'s): build dist in each tree first
+  const { startServer } = await import(NodePath.join(root, "bench", "serverProcess.ts"))
   const { bulkInsert, CREATE } = await import(NodePath.join(root, "bench", "rows.ts"))
   const work = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-bench-push-server-"))
-  const server = await startServer(NodePath.join(work, "server"))
+  const server = await startServer(NodePath.join(work, "server"), 0, ...(nodeArgs === undefined ? [] : [nodeArgs]))
   const lines: Array<{ what: string; cpu: number; wall: number }> = []
   try {
     for (const n of sizes) {
@@ -56,31 +68,66 @@ const runTree = async (root: string, sizes: ReadonlyArray<number>) => {
       }
       lib.close()
     }
+    if (oneRow > 0) {
+      // the live bench's table and writes: a small database, one row a transaction
+      const lib = new Database(NodePath.join(work, "libsql-one-row.db"), {
+        syncUrl: `${server.url}/db/libsql-one-row`,
+        offline: true
+      } as Database.Options)
+      lib.exec("CREATE TABLE items (n INTEGER NOT NULL, body TEXT)")
+      lib.sync()
+      const insert = lib.prepare("INSERT INTO items VALUES (?, ?)")
+      // a few first, so the figure is the steady state (the check worker, caches)
+      for (let n = 0; n < 10; n++) {
+        insert.run(n, `row ${n}`)
+        lib.sync()
+      }
+      await sleep(400)
+      const walls: Array<number> = []
+      const cpu = cpuOf(server.child.pid!)
+      for (let n = 10; n < 10 + oneRow; n++) {
+        insert.run(n, `row ${n}`)
+        const start = performance.now()
+        lib.sync()
+        walls.push(performance.now() - start)
+      }
+      await sleep(200)
+      lines.push({
+        what: `libSQL sync of a one-row insert (its push and pull), per sync of ${oneRow}`,
+        cpu: (cpuOf(server.child.pid!) - cpu) / oneRow,
+        wall: median(walls)
+      })
+      lib.close()
+    }
   } finally {
+    const exited = new Promise((resolve) => server.child.once("exit", resolve))
     server.child.kill("SIGTERM")
-    await sleep(300)
+    await exited
     Fs.rmSync(work, { recursive: true, force: true })
   }
   return lines
 }
 
-const median = (values: ReadonlyArray<number>) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)]!
-
 const main = async () => {
   const sizes = flag("rows", "20000,100000").split(",").filter((n) => n !== "").map(Number)
+  const oneRow = Number(flag("one-row", "200"))
   const before = process.argv.includes("--before") ? NodePath.resolve(flag("before", "")) : undefined
   const after = NodePath.resolve(import.meta.dirname, "..")
   const rounds = Number(flag("rounds", before === undefined ? "1" : "2"))
   const runs = new Map<string, Array<Awaited<ReturnType<typeof runTree>>>>([["after", []], ["before", []]])
   for (let round = 0; round < rounds; round++) {
     console.error(`round ${round + 1}/${rounds} (load ${Os.loadavg()[0]!.toFixed(1)})`)
-    if (before !== undefined) runs.get("before")!.push(await runTree(before, sizes))
-    runs.get("after")!.push(await runTree(after, sizes))
+    if (before !== undefined) runs.get("before")!.push(await runTree(before, sizes, oneRow))
+    const profile = process.argv.includes("--cpu-prof") ? NodePath.resolve(flag("cpu-prof", "")) : undefined
+    runs.get("after")!.push(
+      await runTree(after, sizes, oneRow, profile === undefined ? undefined : ["--cpu-prof", `--cpu-prof-dir=${profile}`])
+    )
   }
   const summary = (tree: string, what: string) => {
     const lines = runs.get(tree)!.map((rows) => rows.find((row) => row.what === what)!)
     if (lines.length === 0) return ""
-    return `cpu ${median(lines.map((l) => l.cpu)).toFixed(0)} ms, wall ${median(lines.map((l) => l.wall)).toFixed(0)} ms`
+    const digits = what.includes("one-row") ? 1 : 0
+    return `cpu ${median(lines.map((l) => l.cpu)).toFixed(digits)} ms, wall ${median(lines.map((l) => l.wall)).toFixed(digits)} ms`
   }
   console.log(`server CPU time per push, medians of ${rounds} run(s)` + (before === undefined ? "" : ` (before: ${before})`))
   console.table(runs.get("after")![0]!.map(({ what }) => ({

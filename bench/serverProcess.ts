@@ -17,12 +17,15 @@ import * as Url from "node:url"
 
 const BIN = NodePath.resolve(import.meta.dirname, "..", "bin", "effect-sqlite-sync.js")
 
-/** Starts `serve --data data --port port` (0: any free port); resolves once it prints its URL. */
-export const startServer = (data: string, port = 0) =>
+/**
+ * Starts `serve --data data --port port` (0: any free port); resolves once it prints its URL. `nodeArgs` go
+ * to its node (a CPU profile).
+ */
+export const startServer = (data: string, port = 0, nodeArgs: ReadonlyArray<string> = []) =>
   new Promise<{ url: string; child: ChildProcess.ChildProcess }>((resolve, reject) => {
     const child = ChildProcess.spawn(
       process.execPath,
-      [BIN, "serve", "--host", "127.0.0.1", "--port", String(port), "--data", data],
+      [...nodeArgs, BIN, "serve", "--host", "127.0.0.1", "--port", String(port), "--data", data],
       { stdio: ["ignore", "pipe", "ignore"] }
     )
     let out = ""

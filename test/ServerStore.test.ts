@@ -1462,6 +1462,40 @@ describe("ServerStore.layer: persistence", () => {
         }))
     }))
 
+  it.scoped("a refused commit that cuts the database short leaves the head file as it was, checked here or on the worker", () =>
+    Effect.gen(function*() {
+      const directory = yield* tempDir
+      const head = path.join(directory, "db", "head.db")
+      yield* run(directory, { generationGrowth: "never" }, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 2)
+          let pushed = 0
+          const sync = Effect.gen(function*() {
+            const frames = replica.frames()
+            yield* pushChunks(store, "db", 1, pushed + 1, frames.slice(pushed), 200)
+            pushed = frames.length
+          })
+          // about 200 KB (checked on the calling thread), then about 3 MB (on the worker)
+          for (const rows of [40, 700]) {
+            bigTransaction(replica, rows, `r${rows}:`)
+            replica.db.exec("DELETE FROM t WHERE id % 10 != 0")
+            yield* sync
+            const sizeBefore = fs.statSync(head).size
+            // VACUUM gives the deleted rows' pages back: its commit cuts the file short
+            replica.db.exec("VACUUM")
+            const vacuum = replica.frames().slice(pushed)
+            expect(vacuum[vacuum.length - 1].commitSize * WalFrame.PAGE_SIZE).toBeLessThan(sizeBefore / 2)
+            const corrupted = vacuum.map((f, i) => (i === vacuum.length - 1 ? corruptBtree(f) : f))
+            expect(yield* failure(store.push("db", 1, pushed + 1, pushed + vacuum.length + 1, corrupted))).toBe("Malformed")
+            expect(fs.statSync(head).size).toBe(sizeBefore)
+            expect(Buffer.compare(fs.readFileSync(head), yield* materialize(store, "db"))).toBe(0)
+            expect(fs.existsSync(`${head}-wal`)).toBe(false)
+            yield* sync
+            expect(Buffer.compare(fs.readFileSync(head), yield* materialize(store, "db"))).toBe(0)
+          }
+        }))
+    }))
+
   it.scoped("layerConfig reads its options from Config", () =>
     Effect.gen(function*() {
       const directory = yield* tempDir

@@ -93,7 +93,10 @@ const txIdOf = (candidate: string, statementTx: boolean) =>
 /**
  * A function the direct path's connection has: while a statement runs armed, the first id offered is the
  * statement's txId, returned for every row it logs; unarmed, the id offered. Costs a call per logged row, where
- * setting the session around the statement costs two statements (each a TEMP transaction).
+ * setting the session around the statement costs two statements (each a TEMP transaction). SQL alone has no
+ * marker of the statement a trigger runs for: `total_changes()` moves inside one statement (SQLite adds each
+ * trigger statement's changes as it finishes, the log's own inserts included), `changes()` names the last
+ * statement that finished, and a TEMP row per statement is itself a write per statement.
  */
 const STATEMENT_TX = "_sync_statement_tx"
 

@@ -21,14 +21,13 @@
  *   database is used after a start (written to a temp file, fsynced, renamed), so a crash at any point
  *   of a commit leaves nothing to repair.
  *
- * A commit is checked the way SQLite itself will read it: its frames are written as a fresh
- * `head.db-wal`, a read-only connection (on a worker thread, see checkWorker.ts) recovers that WAL and
- * runs the check (a read-only connection never checkpoints on close, so a refused WAL is simply
- * deleted). Meanwhile the frames are inserted into `store.sqlite` in a transaction committed only on a
- * passing verdict; the worker then checkpoints them into `head.db` with TRUNCATE while that transaction
- * commits, and both end before the push is answered. A commit whose database (before and after it) is at
- * most `CHECK_HERE_MAX_BYTES` is checked, committed and checkpointed on the calling thread instead, one
- * after the other: cheaper than the worker's round trip.
+ * A commit is checked the way SQLite itself will read it: its pages are written over `head.db` as
+ * SQLite's checkpoint of them would write them (the pages they replace read first), and a read-only
+ * connection (on a worker thread, see checkWorker.ts) runs the check on the file. Meanwhile the frames
+ * are inserted into `store.sqlite` in a transaction committed only on a passing verdict; a refused
+ * commit's transaction is rolled back and the replaced pages are written back. Both end before the push
+ * is answered. A commit whose database (before and after it) is at most `CHECK_HERE_MAX_BYTES` is
+ * checked and then committed on the calling thread instead: cheaper than the worker's round trip.
  */
 import Database from "better-sqlite3"
 import * as Effect from "effect/Effect"
@@ -45,7 +44,7 @@ import type { Backend, DatabaseBackend, GenerationRecord } from "./serverCore.js
 import type { IntegrityCheck } from "./sqliteImage.js"
 import * as ChangedTables from "./changedTables.js"
 import * as serverMetrics from "./serverMetrics.js"
-import { checkConnection, fixedPlan } from "./sqliteImage.js"
+import { checkConnection, checkImage, fixedPlan } from "./sqliteImage.js"
 
 const storage = (message: string) => (cause: unknown) => new StoreError({ reason: "Storage", message, cause })
 
@@ -73,6 +72,15 @@ const writeFileDurably = (target: string, bytes: Uint8Array) => {
 
 const removeIfPresent = (file: string) => fs.rmSync(file, { force: true })
 
+/** `removeIfPresent` for a file known not to be a directory, in one system call. */
+const unlinkIfPresent = (file: string) => {
+  try {
+    fs.unlinkSync(file)
+  } catch (error) {
+    if (!isMissing(error)) throw error
+  }
+}
+
 /** A durable copy of `source` as `target` (temp file, fsync, rename, directory fsync); the kernel copies the bytes. */
 const copyFileDurably = (source: string, target: string) => {
   const temp = `${target}.tmp-${process.pid}-${crypto.randomBytes(4).toString("hex")}`
@@ -87,8 +95,8 @@ const copyFileDurably = (source: string, target: string) => {
   fsyncPath(path.dirname(target))
 }
 
-/** Frames per `writev` (two pieces each, within the usual IOV_MAX of 1024). */
-const WRITEV_FRAMES = 500
+/** Pieces per `writev` (within the usual IOV_MAX of 1024). */
+const WRITEV_PAGES = 512
 
 /** Writes `pieces` one after another at `position`, whatever a short write leaves; answers the bytes written. */
 const writeFully = (fd: number, pieces: ReadonlyArray<Uint8Array>, position: number): number => {
@@ -110,6 +118,55 @@ const writeFully = (fd: number, pieces: ReadonlyArray<Uint8Array>, position: num
   }
   return total
 }
+
+/** Reads the pages `pgnos` (ascending) of `fd`, a run of consecutive pages at a time. */
+const readRuns = (fd: number, pgnos: ReadonlyArray<number>): Array<WalFrame.Frame> => {
+  const pages: Array<WalFrame.Frame> = []
+  for (let first = 0; first < pgnos.length;) {
+    let last = first
+    while (last + 1 < pgnos.length && pgnos[last + 1] === pgnos[last] + 1 && last + 1 - first < WRITEV_PAGES) last++
+    const run = Buffer.allocUnsafe((last - first + 1) * WalFrame.PAGE_SIZE)
+    let at = 0
+    while (at < run.byteLength) {
+      const read = fs.readSync(fd, run, at, run.byteLength - at, (pgnos[first] - 1) * WalFrame.PAGE_SIZE + at)
+      if (read === 0) throw new Error(`head.db ended before page ${pgnos[first] + at / WalFrame.PAGE_SIZE}`)
+      at += read
+    }
+    for (let i = first; i <= last; i++) {
+      const offset = (i - first) * WalFrame.PAGE_SIZE
+      pages.push({ pgno: pgnos[i], commitSize: 0, page: run.subarray(offset, offset + WalFrame.PAGE_SIZE) })
+    }
+    first = last + 1
+  }
+  return pages
+}
+
+/**
+ * Writes each frame's page at its place in `fd`, in order (a later copy of a page lands over an earlier
+ * one), a run of consecutive pages per `writev`.
+ */
+const writeRuns = (fd: number, frames: ReadonlyArray<WalFrame.Frame>) => {
+  for (let first = 0; first < frames.length;) {
+    let last = first
+    while (
+      last + 1 < frames.length && frames[last + 1].pgno === frames[last].pgno + 1 && last + 1 - first < WRITEV_PAGES
+    ) last++
+    writeFully(fd, frames.slice(first, last + 1).map((frame) => frame.page), (frames[first].pgno - 1) * WalFrame.PAGE_SIZE)
+    first = last + 1
+  }
+}
+
+/** What `writeHead` replaced: head.db's size in pages before, and the pages it overwrote or cut off (undefined: too many to keep). */
+interface HeadUndo {
+  readonly pages: number
+  readonly saved: ReadonlyArray<WalFrame.Frame> | undefined
+}
+
+/**
+ * The most pages a commit that shrinks the database may cut off head.db and still be undone in place
+ * (16 MiB, read before the cut); a refused commit that cut more has head.db rebuilt from the store.
+ */
+const HEAD_UNDO_TAIL_MAX_PAGES = 4096
 
 class GenerationGoneError extends Error {
   constructor(readonly generation: number) {
@@ -368,10 +425,13 @@ const openDatabase = (
   const headPath = path.join(dir, "head.db")
   const headWal = `${headPath}-wal`
   const headShm = `${headPath}-shm`
+  // The check's read-only connection leaves an empty WAL and its index beside head.db, deleted after
+  // each check; a WAL with frames in it is the leftover of an earlier version's check (rebuilt away).
   const clearHeadWal = () => {
-    removeIfPresent(headWal)
-    removeIfPresent(headShm)
+    unlinkIfPresent(headWal)
+    unlinkIfPresent(headShm)
   }
+  const headWalEmpty = () => (fs.statSync(headWal, { throwIfNoEntry: false })?.size ?? 0) === 0
 
   // WalFrame.applyFrames(base, frames), streamed so memory stays at one database image.
   const materialize = (generation: number): Uint8Array => {
@@ -487,7 +547,7 @@ const openDatabase = (
 
   // Only the check reads head.db, and it is rebuilt before the first check after a start. A database
   // this process closed for being idle, with its head checkpointed, keeps it.
-  let headStale = !(cleanHeads.delete(name) && fs.existsSync(headPath) && !fs.existsSync(headWal))
+  let headStale = !(cleanHeads.delete(name) && fs.existsSync(headPath) && headWalEmpty())
 
   /**
    * Whether head.db holds exactly the current generation at its committed frame `last`: the checks keep it
@@ -497,7 +557,7 @@ const openDatabase = (
    */
   const headIsCommitted = (last: number): boolean => {
     if (integrityCheck === "off" || headStale || readOnly) return false
-    if (fs.existsSync(headWal) && fs.statSync(headWal).size > 0) return false
+    if (!headWalEmpty()) return false
     const pages = last === 0 ? undefined : selectCommitSize.get(current, last)?.commit_size
     if (last > 0 && (pages === undefined || pages === 0)) return false
     const size = fs.existsSync(headPath) ? fs.statSync(headPath).size : -1
@@ -516,6 +576,7 @@ const openDatabase = (
         schema = reader.prepare<[], ChangedTables.SchemaEntry>(ChangedTables.SCHEMA_QUERY).all()
       } finally {
         reader.close()
+        clearHeadWal()
       }
     }
     const fd = fs.openSync(headPath, "r")
@@ -534,42 +595,69 @@ const openDatabase = (
     }
   }
 
-  // Writes the candidate transaction as head.db's WAL; the check then reads head.db through it.
-  const prepareCheck = (frames: ReadonlyArray<WalFrame.Frame>): ChangedTables.CheckPlan => {
+  /**
+   * Writes `frames` over head.db the way SQLite's checkpoint of them would (each page at its place in
+   * frame order, so the newest copy wins; the file cut or extended to the last commit's size), after
+   * reading what they replace: the answer puts head.db back (`undoHead`) when the check refuses them.
+   * The check then reads head.db itself, with no WAL to write, recover and checkpoint.
+   */
+  const writeHead = (frames: ReadonlyArray<WalFrame.Frame>): HeadUndo => {
+    const fd = fs.openSync(headPath, "r+")
+    try {
+      const oldPages = Math.floor(fs.fstatSync(fd).size / WalFrame.PAGE_SIZE)
+      const newPages = frames[frames.length - 1].commitSize
+      // the pages to keep: every page written that exists now, and the tail a shrinking commit cuts off
+      const kept = new Set<number>()
+      for (const frame of frames) if (frame.pgno <= Math.min(oldPages, newPages)) kept.add(frame.pgno)
+      const cut = Math.max(0, oldPages - newPages)
+      const undoable = cut <= HEAD_UNDO_TAIL_MAX_PAGES
+      if (undoable) for (let pgno = newPages + 1; pgno <= oldPages; pgno++) kept.add(pgno)
+      const saved = undoable ? readRuns(fd, [...kept].sort((a, b) => a - b)) : []
+      fs.ftruncateSync(fd, newPages * WalFrame.PAGE_SIZE)
+      writeRuns(fd, frames.filter((frame) => frame.pgno <= newPages))
+      return { pages: oldPages, saved: undoable ? saved : undefined }
+    } finally {
+      fs.closeSync(fd)
+    }
+  }
+
+  /** Puts head.db back as it was before `writeHead`; when that cannot be done, it is rebuilt before the next check. */
+  const undoHead = (undo: HeadUndo) => {
+    if (undo.saved === undefined) {
+      headStale = true
+      return
+    }
+    try {
+      const fd = fs.openSync(headPath, "r+")
+      try {
+        fs.ftruncateSync(fd, undo.pages * WalFrame.PAGE_SIZE)
+        writeRuns(fd, undo.saved)
+      } finally {
+        fs.closeSync(fd)
+      }
+    } catch {
+      headStale = true
+    }
+  }
+
+  // The plan of `frames` on head.db as it is, then head.db with them written over it (see `writeHead`).
+  const prepareCheck = (frames: ReadonlyArray<WalFrame.Frame>): { plan: ChangedTables.CheckPlan; undo: HeadUndo } => {
     if (headStale) {
       rebuildHead()
       headStale = false
       schema = undefined
     }
     const plan = planFor(frames)
-    const salts = crypto.randomBytes(8)
-    const empty = WalFrame.make({ salt1: salts.readUInt32BE(0), salt2: salts.readUInt32BE(4) })
-    // the header, then each frame's header and its page where it lies (checksums computed once, no page copied)
-    const { headers } = WalFrame.appendHeaders(empty, frames)
-    clearHeadWal()
-    const fd = fs.openSync(headWal, "w")
-    try {
-      const header = WalFrame.encode(empty)
-      writeFully(fd, [header], 0)
-      let position = header.byteLength
-      for (let first = 0; first < frames.length; first += WRITEV_FRAMES) {
-        const pieces: Array<Uint8Array> = []
-        for (let i = first; i < Math.min(first + WRITEV_FRAMES, frames.length); i++) {
-          pieces.push(headers.subarray(i * WalFrame.FRAME_HEADER_SIZE, (i + 1) * WalFrame.FRAME_HEADER_SIZE), frames[i].page)
-        }
-        position += writeFully(fd, pieces, position)
-      }
-    } finally {
-      fs.closeSync(fd)
-    }
-    return plan
+    return { plan, undo: writeHead(frames) }
   }
 
-  // A read-only connection recovers the WAL without ever checkpointing it, so a refused WAL is simply
-  // deleted. This is the check on the calling thread, for a store without a worker (see checkWorker.ts).
-  const runCheck = (plan: ChangedTables.CheckPlan): Effect.Effect<string | undefined, Error> => {
+  // The check on the calling thread, for a small database or a store without a worker (see checkWorker.ts).
+  const runCheck = (plan: ChangedTables.CheckPlan, bytes: number): Effect.Effect<string | undefined, Error> => {
     return Effect.try({
       try: () => {
+        // A small one is read into memory and checked there: no connection to open on the file, and no
+        // WAL and index for it to create (a tenth of the CPU for a database of a few pages).
+        if (bytes <= CHECK_HERE_MAX_BYTES) return checkImage(fs.readFileSync(headPath), plan, { owned: true })
         let reader: Database.Database | undefined
         try {
           reader = new Database(headPath, { readonly: true, fileMustExist: true })
@@ -583,28 +671,11 @@ const openDatabase = (
           throw error
         } finally {
           reader?.close()
+          clearHeadWal()
         }
       },
       catch: (cause) => (cause instanceof Error ? cause : new Error(String(cause)))
     })
-  }
-
-  const checkpointHead = () => {
-    try {
-      const writer = new Database(headPath, { fileMustExist: true })
-      try {
-        // head.db is rebuilt from store.sqlite after a crash, so its checkpoint needs no fsync.
-        writer.pragma("synchronous = OFF")
-        const [result] = writer.pragma("wal_checkpoint(TRUNCATE)") as Array<{ busy: number }>
-        if (result.busy !== 0) throw new Error("head checkpoint was busy")
-      } finally {
-        writer.close()
-      }
-      clearHeadWal()
-    } catch {
-      // head.db is derived data: rebuild it before the next check instead of failing a stored commit.
-      headStale = true
-    }
   }
 
   // store.sqlite's WAL is checkpointed shortly after a commit, off its answer's path: a commit of a few
@@ -750,43 +821,43 @@ const openDatabase = (
           yield* commitHere
           return Either.right(undefined)
         }
-        const plan = yield* Effect.try({ try: () => prepareCheck(frames), catch: failed })
+        const { plan, undo } = yield* Effect.try({
+          try: () => prepareCheck(frames),
+          catch: (cause) => {
+            // head.db may be half written: rebuilt from the store before the next check
+            headStale = true
+            return failed(cause)
+          }
+        })
         const refused = (cause: Error) => {
-          clearHeadWal()
           // Whatever went wrong with head.db, the next check starts from a fresh one.
           headStale = true
           return failed(cause)
         }
         // A small database is checked here (see CHECK_HERE_MAX_BYTES); the commit then waits for nothing.
         // (its size as the check reads it: the head's, or the commit's when that is larger)
-        const checkedBytes = Math.max(fs.statSync(headPath).size, frames[frames.length - 1].commitSize * WalFrame.PAGE_SIZE)
+        const commitBytes = frames[frames.length - 1].commitSize * WalFrame.PAGE_SIZE
+        const checkedBytes = Math.max(undo.pages * WalFrame.PAGE_SIZE, commitBytes)
         if (checker === undefined || checkedBytes <= CHECK_HERE_MAX_BYTES) {
-          const problem = yield* serverMetrics.timeCheck(runCheck(plan)).pipe(Effect.mapError(refused))
+          const problem = yield* serverMetrics.timeCheck(runCheck(plan, commitBytes)).pipe(Effect.mapError(refused))
           if (problem !== undefined) {
-            clearHeadWal()
+            undoHead(undo)
             return Either.left(problem)
           }
           yield* commitHere
-          checkpointHead()
           // The next commit's check runs on the worker: started now, off this answer's path.
-          if (checker !== undefined && frames[frames.length - 1].commitSize * WalFrame.PAGE_SIZE > CHECK_HERE_MAX_BYTES) {
-            checker.warm()
-          }
+          if (checker !== undefined && commitBytes > CHECK_HERE_MAX_BYTES) checker.warm()
           return Either.right(undefined)
         }
-        // The worker checks while the frames are inserted here, then checkpoints head.db while they are
-        // committed here (only once it found nothing wrong). Both end before the answer: nothing of the
-        // commit is left running.
+        // The worker checks head.db while the frames are inserted here; they are committed once it found
+        // nothing wrong. Both end before the answer: nothing of the commit is left running.
         // (the check's time, as the commit waits for it, counts from when it is sent)
-        const { headSettled, inserted, problem } = yield* serverMetrics.timeCheck(Effect.gen(function*() {
-          const { settled, verdict } = yield* checker.checkThenCheckpoint(headPath, plan)
+        const { inserted, problem } = yield* serverMetrics.timeCheck(Effect.gen(function*() {
+          const verdict = yield* checker.send(headPath, plan)
           const inserted = yield* Effect.either(storing(() => beginCommit(generation, firstFrameNo, frames)))
           const problem = yield* Effect.either(verdict)
-          const headSettled = Effect.flatMap(settled, (ok) =>
-            Effect.sync(() => {
-              if (!ok) headStale = true
-            }))
-          return { headSettled, inserted, problem }
+          yield* Effect.try({ try: clearHeadWal, catch: failed }).pipe(Effect.ignore)
+          return { inserted, problem }
         }))
         if (Either.isLeft(problem)) {
           abandonCommit()
@@ -794,18 +865,12 @@ const openDatabase = (
         }
         if (problem.right !== undefined) {
           abandonCommit()
-          clearHeadWal()
+          undoHead(undo)
           return Either.left(problem.right)
         }
-        if (Either.isLeft(inserted)) {
-          // head.db gets the frames (the check passed): rebuilt from the store before the next check
-          yield* headSettled
-          headStale = true
-          return yield* Effect.fail(inserted.left)
-        }
-        const committed = yield* Effect.either(storing(() => finishCommit(generation, lastFrameNo, frames.length)))
-        yield* headSettled
-        if (Either.isLeft(committed)) return yield* Effect.fail(committed.left)
+        // (a failed insert already marked head.db, which holds the frames, to be rebuilt)
+        if (Either.isLeft(inserted)) return yield* Effect.fail(inserted.left)
+        yield* storing(() => finishCommit(generation, lastFrameNo, frames.length))
         return Either.right(undefined)
       }),
     materialize: (generation) =>
@@ -856,7 +921,7 @@ const openDatabase = (
       closed = true
       if (storeCheckpoint !== undefined) clearTimeout(storeCheckpoint)
       store.close()
-      if (!readOnly && !headStale && !fs.existsSync(headWal)) cleanHeads.add(name)
+      if (!readOnly && !headStale && headWalEmpty()) cleanHeads.add(name)
     })
   }
 }

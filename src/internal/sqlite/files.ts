@@ -117,6 +117,60 @@ export const writeNew = (path: string, bytes: Uint8Array) =>
   })
 
 /**
+ * fsyncs `fds`, all in flight at once and off the event loop when the file service can (`fsyncAll`: the
+ * file system commits them together, and other fibers run meanwhile), else one after the other; then
+ * closes every one of them whatever happened (the first close that fails is the error when nothing failed
+ * before it). `fds` may still be filled by the effect this follows. Run it uninterruptibly: a descriptor
+ * is never closed under its fsync.
+ */
+const syncAndClose = (fs: FileService, fds: Array<number>, failed: (cause: unknown) => StorageError) => {
+  const synced = Effect.suspend(() =>
+    fs.fsyncAll === undefined
+      ? Effect.try({ try: () => fds.forEach((fd) => fs.fsyncSync(fd)), catch: failed })
+      : Effect.tryPromise({ try: () => fs.fsyncAll!(fds), catch: failed })
+  )
+  const closed = Effect.try({
+    try: () => {
+      let error: unknown
+      for (const fd of fds.splice(0)) {
+        try {
+          fs.closeSync(fd)
+        } catch (e) {
+          error ??= e
+        }
+      }
+      if (error !== undefined) throw error
+    },
+    catch: failed
+  })
+  return Effect.matchCauseEffect(synced, {
+    onFailure: (cause) => Effect.zipRight(Effect.ignore(closed), Effect.failCause(cause)),
+    onSuccess: () => closed
+  })
+}
+
+/**
+ * fsyncs of the files `paths` that exist (one removed since needs none) and of the directories holding
+ * `renamed` (so that renames and removals there survive a crash), all at once and off the event loop when
+ * the file service can (`syncAndClose`). For a step that waits on several fsyncs whose order does not
+ * matter, none of them holding up the thread. @internal
+ */
+export const syncAll = (paths: ReadonlyArray<string>, renamed: ReadonlyArray<string> = []) =>
+  Effect.flatMap(currentFiles, (fs) => {
+    const failed = (cause: unknown) =>
+      new StorageError({ reason: "Files", message: `cannot fsync: ${cause instanceof Error ? cause.message : String(cause)}`, path: paths[0] ?? renamed[0], cause })
+    const fds: Array<number> = []
+    const opened = Effect.try({
+      try: () => {
+        for (const path of paths) if (fs.existsSync(path)) fds.push(fs.openSync(path, "r+"))
+        for (const directory of new Set(renamed.map(dirnameOf))) fds.push(fs.openSync(directory, "r"))
+      },
+      catch: failed
+    })
+    return Effect.zipRight(opened, syncAndClose(fs, fds, failed)).pipe(Effect.uninterruptible)
+  })
+
+/**
  * `writeNew` of several files in one directory, created in order: their fsyncs and the directory's (which
  * makes their names durable) all in flight at once when the file service can (`fsyncAll`: the file system
  * commits them together, and the fiber waits off the event loop, so other work runs meanwhile), else one
@@ -138,30 +192,7 @@ export const writeNewFiles = (paths: ReadonlyArray<string>, bytes: Uint8Array) =
       },
       catch: failed
     })
-    const synced = fs.fsyncAll === undefined
-      ? Effect.try({ try: () => fds.forEach((fd) => fs.fsyncSync(fd)), catch: failed })
-      : Effect.tryPromise({ try: () => fs.fsyncAll!(fds), catch: failed })
-    // Every descriptor is closed whatever happened; the first close that fails is the error when nothing
-    // failed before it.
-    const closed = Effect.try({
-      try: () => {
-        let error: unknown
-        for (const fd of fds.splice(0)) {
-          try {
-            fs.closeSync(fd)
-          } catch (e) {
-            error ??= e
-          }
-        }
-        if (error !== undefined) throw error
-      },
-      catch: failed
-    })
-    return Effect.zipRight(written, synced).pipe(
-      Effect.matchCauseEffect({
-        onFailure: (cause) => Effect.zipRight(Effect.ignore(closed), Effect.failCause(cause)),
-        onSuccess: () => closed
-      }),
+    return Effect.zipRight(written, syncAndClose(fs, fds, failed)).pipe(
       Effect.uninterruptible
     )
   })
