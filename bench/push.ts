@@ -162,13 +162,18 @@ export const benchPush = async (options: {
     ]] as const
     for (const [kind, statement] of kinds) {
       await ours.run(ours.db.execute(statement))
+      // the client's own CPU time for the push (the server runs in a process of its own): what sets our
+      // push apart from the libSQL client's, whose push is almost all the server's
+      const cpu = process.cpuUsage()
       const [oursMs] = await time(() => ours.run(ours.db.push))
+      const clientCpu = process.cpuUsage(cpu)
       lib.exec(statement)
       const [libMs] = await time(() => lib.sync())
       lines.push({
         what: `push of ${n} ${kind}`,
         ms: oursMs,
-        note: `${(oursMs / rawMs).toFixed(2)}x raw, ${(oursMs / libMs).toFixed(2)}x libsql (${libMs.toFixed(0)} ms)`
+        note: `${(oursMs / rawMs).toFixed(2)}x raw, ${(oursMs / libMs).toFixed(2)}x libsql (${libMs.toFixed(0)} ms), ` +
+          `client CPU ${((clientCpu.user + clientCpu.system) / 1000).toFixed(0)} ms`
       })
     }
     lib.close()
@@ -235,7 +240,8 @@ const median = (values: ReadonlyArray<number>) => {
 /** Ratios in a note (`2.17x raw, 1.50x libsql (426 ms)`), each figure by name. */
 const ratios = (note: string) => ({
   raw: Number(/([\d.]+)x raw/.exec(note)?.[1] ?? NaN),
-  libsql: Number(/([\d.]+)x libsql/.exec(note)?.[1] ?? NaN)
+  libsql: Number(/([\d.]+)x libsql/.exec(note)?.[1] ?? NaN),
+  cpu: Number(/client CPU ([\d.]+) ms/.exec(note)?.[1] ?? NaN)
 })
 
 const compare = async (before: string) => {
@@ -255,8 +261,9 @@ const compare = async (before: string) => {
     const ms = median(lines.map((l) => l.ms))
     const raw = median(lines.map((l) => ratios(l.note).raw))
     const lib = median(lines.map((l) => ratios(l.note).libsql))
+    const cpu = median(lines.map((l) => ratios(l.note).cpu))
     return `${ms.toFixed(0)} ms` + (Number.isNaN(raw) ? "" : `, ${raw.toFixed(2)}x raw`) +
-      (Number.isNaN(lib) ? "" : `, ${lib.toFixed(2)}x libsql`)
+      (Number.isNaN(lib) ? "" : `, ${lib.toFixed(2)}x libsql`) + (Number.isNaN(cpu) ? "" : `, client CPU ${cpu.toFixed(0)} ms`)
   }
   const names = runs.after[0]!.map((row) => row.what)
   console.log(`medians of ${rounds} alternating runs of each tree (before: ${before})`)

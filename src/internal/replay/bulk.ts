@@ -16,7 +16,10 @@
  *
  * Anything else (a conflict, a constraint failure, a column list that is not the table's) rolls the run
  * back to its savepoint and replay takes it change by change, where the conflict rules and the policy
- * apply. The statement texts are pure; running them takes an executor.
+ * apply. A log that begins with a long run is taken a piece at a time without reading first where the run
+ * ends ({@link longStart}, {@link attemptPiece}): each piece's write reads only the changes of the run's
+ * header, and counts as written only when it wrote as many rows as its range has changes. The statement
+ * texts are pure; running them takes an executor.
  *
  * @internal
  */
@@ -322,7 +325,19 @@ export const attempt = (
  * Runs `write` inside a savepoint: `count` when it wrote exactly `count` rows, else undefined with nothing
  * of it left written.
  */
-const writeExactly = (exec: Executor, write: string, params: ReadonlyArray<unknown>, count: number): number | undefined => {
+const writeExactly = (exec: Executor, write: string, params: ReadonlyArray<unknown>, count: number): number | undefined =>
+  writeChecked(exec, write, params, (written) => written === count)
+
+/**
+ * Runs `write` inside a savepoint: the number of rows it wrote when `whole` (asked inside the savepoint)
+ * says that is the whole of it, else undefined with nothing of it left written.
+ */
+const writeChecked = (
+  exec: Executor,
+  write: string,
+  params: ReadonlyArray<unknown>,
+  whole: (written: number) => boolean
+): number | undefined => {
   exec.run(`SAVEPOINT _sync_bulk`)
   let written: number
   try {
@@ -331,13 +346,13 @@ const writeExactly = (exec: Executor, write: string, params: ReadonlyArray<unkno
     // a constraint of the table (CHECK, NOT NULL, UNIQUE elsewhere): change by change meets it again
     written = -1
   }
-  if (written !== count) {
+  if (written < 0 || !whole(written)) {
     exec.run(`ROLLBACK TO _sync_bulk`)
     exec.run(`RELEASE _sync_bulk`)
     return undefined
   }
   exec.run(`RELEASE _sync_bulk`)
-  return count
+  return written
 }
 
 /**
@@ -442,23 +457,10 @@ export const attemptPiece = (
 ): number | undefined => {
   const texts = statements(start.kind as "insert" | "update" | "delete", table, keys, schema, true)
   if (texts === undefined) return undefined
-  exec.run(`SAVEPOINT _sync_bulk`)
-  let written: number
-  try {
-    written = exec.run(texts.write, [{ first, last, ...headerParams(start) }])
-  } catch {
-    written = -1
-  }
   // (ids are unique: as many rows written as the range has ids are all of its changes)
-  const whole = written === last - first + 1 ||
-    (written > 0 && written === Number(exec.values(countText(schema), [{ first, last }])[0]![0]))
-  if (!whole) {
-    exec.run(`ROLLBACK TO _sync_bulk`)
-    exec.run(`RELEASE _sync_bulk`)
-    return undefined
-  }
-  exec.run(`RELEASE _sync_bulk`)
-  return written
+  return writeChecked(exec, texts.write, [{ first, last, ...headerParams(start) }], (written) =>
+    written === last - first + 1 ||
+    (written > 0 && written === Number(exec.values(countText(schema), [{ first, last }])[0]![0])))
 }
 
 /**

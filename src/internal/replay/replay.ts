@@ -810,6 +810,16 @@ export const applySource = (
         let pendingFrom = done
         // the end of a run of deletes written as one table-wide delete: its remaining pieces are done
         let cleared = done
+        /** Changes `first..end` of `table`, `count` of them, written in bulk in the group `g`. */
+        const wroteBulk = (g: NonNullable<typeof group>, table: string, first: number, end: number, count: number) => {
+          g.runs.push([first, end])
+          applied += count
+          last = Math.max(last, end)
+          touched.add(table)
+          g.touched.add(table)
+          prefetch.clear()
+          pendingFrom = end
+        }
         // A log that begins with a long run (the changes of one large statement: the common large push) is
         // taken a piece at a time without reading first where the run ends (see Bulk.longStart), as far as
         // its pieces go in bulk; the runs after that are read as below. A run of deletes goes this way only
@@ -825,14 +835,8 @@ export const applySource = (
           const entered = table === undefined || keys === undefined ? undefined : yield* enter(start.txId)
           if (table !== undefined && keys !== undefined && entered !== undefined && !entered.drop) {
             const wrote = (first: number, end: number, count: number) => {
-              entered.runs.push([first, end])
-              applied += count
-              last = Math.max(last, end)
-              touched.add(start.table)
-              entered.touched.add(start.table)
-              prefetch.clear()
+              wroteBulk(entered, start.table, first, end, count)
               after = end
-              pendingFrom = end
             }
             if (start.kind === "delete") {
               const whole = yield* attempt(() => Bulk.attemptClearTo(exec, start, maxId, table, keys, log))
@@ -871,13 +875,7 @@ export const applySource = (
             if (count === undefined) continue
             const end = whole === undefined ? run.last : run.runLast
             if (whole !== undefined) cleared = end
-            entered.runs.push([run.id, end])
-            applied += count
-            last = Math.max(last, end)
-            touched.add(run.table)
-            entered.touched.add(run.table)
-            prefetch.clear()
-            pendingFrom = end
+            wroteBulk(entered, run.table, run.id, end, count)
           }
         }
         yield* replayRange(pendingFrom, after)
