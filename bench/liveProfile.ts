@@ -60,6 +60,9 @@ export const make = (proc: string) => {
     context: base.context
   })
   const paths = new Map<number, string>()
+  // The file's role, not its temp name: `-info`, `-synced-wal`, a directory...
+  const role = (fd: number) =>
+    NodePath.basename(paths.get(fd) ?? "?").replace(/^[^-]*/, "").replace(/\.tmp-.*$/, ".tmp") || "(dir)"
   const files: SyncFiles.Service = {
     ...SyncFiles.node,
     openSync: (path, flags) => {
@@ -70,10 +73,15 @@ export const make = (proc: string) => {
     fsyncSync: (fd) => {
       const start = now()
       SyncFiles.node.fsyncSync(fd)
-      const path = paths.get(fd) ?? "?"
-      // The file's role, not its temp name: `-info`, `-synced-wal`, a directory...
-      const role = NodePath.basename(path).replace(/^[^-]*/, "").replace(/\.tmp-.*$/, ".tmp") || "(dir)"
-      events.push({ proc, name: `fsync ${role}`, start, end: now() })
+      events.push({ proc, name: `fsync ${role(fd)}`, start, end: now() })
+    },
+    // Off the event loop (the engine waits, other fibers run): noted as such, each from when all were asked.
+    fsyncAll: (fds) => {
+      const start = now()
+      return SyncFiles.node.fsyncAll!(fds).then(() => {
+        const end = now()
+        for (const fd of fds) events.push({ proc, name: `fsync ${role(fd)} (off the thread)`, start, end })
+      })
     }
   }
   const layer = Layer.mergeAll(Layer.setTracer(tracer), Layer.succeed(SyncFiles.SyncFiles, files))

@@ -182,12 +182,13 @@ export const pending: (
 export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> = internal.lastChangeId
 
 /**
- * How many changes have id > `afterId`.
+ * How many changes have id > `afterId`; with `atMost`, counted up to that many (the answer is then
+ * `min(count, atMost)`, without reading the rest of a long log).
  *
  * @since 0.1.0
  * @category reading
  */
-export const countPending: (afterId: number) => Effect.Effect<number, SqlError, SqlClient.SqlClient> =
+export const countPending: (afterId: number, atMost?: number) => Effect.Effect<number, SqlError, SqlClient.SqlClient> =
   internal.countPending
 
 /**

@@ -3,14 +3,20 @@
  * no permit taken: these tests hold them to what the gated path guarantees, against the real HTTP server on
  * loopback and a second replica.
  */
-import { expect, layer } from "@effect/vitest"
+import { describe, expect, it as plainIt, layer } from "@effect/vitest"
+import BetterSqlite3 from "better-sqlite3"
+import fc from "fast-check"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as NodePath from "node:path"
+import { refusedStatement } from "../src/internal/engine/local.js"
 import * as SyncDatabase from "../src/SyncDatabase.js"
 import { Harness, freshName, layerHttp, openClient, openSqlReplica, remoteQuery, tempDir } from "./support/engine.js"
 
@@ -120,4 +126,126 @@ layer(layerHttp, { timeout: 60_000 })("execute and query on the direct path", (i
       )
       expect(yield* b.query("SELECT v FROM t WHERE id = 1")).toEqual([{ v: "u" }])
     }))
+
+  it.scoped("a statement that would let SQLite checkpoint or leave WAL mode on its own is refused with a typed error and changes nothing", () =>
+    Effect.gen(function*() {
+      const harness = yield* Harness
+      const remote = yield* harness.remote(freshName("direct-pragma"))
+      const dir = yield* tempDir
+      const context = yield* openSqlReplica(remote, NodePath.join(dir, "a"))
+      const db = Context.get(context, SyncDatabase.SyncDatabase)
+      const sql = Context.get(context, SqlClient.SqlClient)
+      yield* db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+      yield* db.execute("INSERT INTO t VALUES (1, 'a')")
+      const walBytes = (yield* db.stats).draftWalBytes
+      expect(walBytes).toBeGreaterThan(0)
+      const settings = Effect.all([
+        db.query("PRAGMA wal_autocheckpoint"),
+        db.query("SELECT (SELECT journal_mode FROM pragma_journal_mode) AS mode, (SELECT locking_mode FROM pragma_locking_mode) AS locking")
+      ])
+      const before = yield* settings
+      expect(before).toEqual([[{ wal_autocheckpoint: 0 }], [{ mode: "wal", locking: "normal" }]])
+      const refused = [
+        "PRAGMA wal_autocheckpoint = 1000",
+        "pragma WAL_AUTOCHECKPOINT(1)",
+        "PRAGMA wal_checkpoint",
+        "PRAGMA main.wal_checkpoint(TRUNCATE)",
+        "/* settings */ PRAGMA \"main\".journal_mode = DELETE",
+        "PRAGMA locking_mode = EXCLUSIVE",
+        "INSERT INTO t VALUES (2, 'b'); PRAGMA wal_checkpoint(RESTART)"
+      ]
+      for (const statement of refused) {
+        for (const attempt of [Effect.asVoid(db.execute(statement)), Effect.asVoid(db.query(statement))]) {
+          const error = yield* Effect.flip(attempt)
+          expect(error._tag).toBe("SqlStatementError")
+          expect(error.reason).toBe("Statement")
+          expect(error.message).toMatch(/^PRAGMA (wal_autocheckpoint|wal_checkpoint|journal_mode|locking_mode) is refused/)
+          expect(error.sql).toBe(statement)
+        }
+        // through the SqlClient, outside and inside a transaction (which it rolls back)
+        expect((yield* Effect.flip(sql.unsafe(statement))).message).toContain("is refused")
+        const inside = yield* Effect.flip(sql.withTransaction(Effect.zipRight(
+          sql`INSERT INTO t VALUES (3, 'c')`,
+          sql.unsafe(statement)
+        )))
+        expect(inside.message).toContain("is refused")
+      }
+      // Nothing changed: the settings, the WAL (no checkpoint ran), the rows, the pending changes.
+      expect(yield* settings).toEqual(before)
+      expect((yield* db.stats).draftWalBytes).toBe(walBytes)
+      expect(yield* db.query("SELECT id, v FROM t ORDER BY id")).toEqual([{ id: 1, v: "a" }])
+      expect((yield* db.stats).pendingChanges).toBe(2)
+      // Reading the settings stays allowed, and the copy syncs as before.
+      expect(yield* db.query("PRAGMA wal_autocheckpoint")).toEqual([{ wal_autocheckpoint: 0 }])
+      expect(Exit.isSuccess(yield* Effect.exit(db.execute("PRAGMA journal_mode")))).toBe(true)
+      yield* db.execute("INSERT INTO t VALUES (4, 'd')")
+      expect(yield* db.push).toBe(true)
+      const b = yield* openClient(remote, NodePath.join(dir, "b"))
+      expect(yield* b.query("SELECT id, v FROM t ORDER BY id")).toEqual([{ id: 1, v: "a" }, { id: 4, v: "d" }])
+    }))
+})
+
+describe("the statements refused for letting SQLite checkpoint on its own", () => {
+  const names = ["wal_checkpoint", "wal_autocheckpoint", "journal_mode", "locking_mode", "user_version", "cache_size", "synchronous"]
+  const values: Record<string, ReadonlyArray<string>> = {
+    wal_checkpoint: ["PASSIVE", "FULL", "RESTART", "TRUNCATE"],
+    wal_autocheckpoint: ["0", "1", "1000"],
+    journal_mode: ["WAL", "DELETE", "TRUNCATE", "MEMORY", "OFF", "PERSIST"],
+    locking_mode: ["NORMAL", "EXCLUSIVE"],
+    user_version: ["3"],
+    cache_size: ["-2000"],
+    synchronous: ["FULL", "NORMAL"]
+  }
+  const pragma = fc.record({
+    name: fc.constantFrom(...names),
+    form: fc.constantFrom("bare", "=", "()"),
+    schema: fc.constantFrom("", "main.", "\"main\".", "[main] . "),
+    comment: fc.constantFrom("", "/* c */ ", "-- c\n"),
+    upper: fc.boolean(),
+    pick: fc.nat()
+  }).map(({ comment, form, name, pick, schema, upper }) => {
+    const value = values[name]![pick % values[name]!.length]!
+    const spelled = upper ? name.toUpperCase() : name
+    const text = `${comment}PRAGMA ${comment}${schema}${spelled}${form === "bare" ? "" : form === "=" ? ` = ${value}` : `(${value})`}`
+    return { name, form, text }
+  })
+
+  plainIt("property: a pragma is refused when it checkpoints or sets a checkpoint or journal setting; SQLite agrees nothing let through does", () => {
+    const dir = Fs.mkdtempSync(NodePath.join(Os.tmpdir(), "ess-pragma-"))
+    try {
+      let n = 0
+      fc.assert(fc.property(pragma, fc.boolean(), ({ form, name, text }, after) => {
+        const statement = after ? `INSERT INTO t VALUES (1); ${text}` : text
+        const refused = refusedStatement(statement)
+        const expected = name === "wal_checkpoint" ||
+          (["wal_autocheckpoint", "journal_mode", "locking_mode"].includes(name) && form !== "bare")
+        expect(refused !== undefined).toBe(expected)
+        if (refused !== undefined) expect(refused.sql).toBe(statement)
+        // What SQLite does with the pragma on a copy as the engine keeps it (WAL, no autocheckpoint, frames
+        // in the WAL): anything it checkpoints or changes of these settings must have been refused.
+        const file = NodePath.join(dir, `db-${n++}`)
+        const db = new BetterSqlite3(file)
+        try {
+          db.pragma("journal_mode = WAL")
+          db.pragma("wal_autocheckpoint = 0")
+          db.exec("CREATE TABLE t (x); INSERT INTO t VALUES (0)")
+          const fileBefore = Fs.readFileSync(file)
+          try {
+            db.exec(text)
+          } catch {
+            return // a form SQLite refuses itself changes nothing
+          }
+          const changed = !Fs.readFileSync(file).equals(fileBefore) ||
+            db.pragma("wal_autocheckpoint", { simple: true }) !== 0 ||
+            db.pragma("journal_mode", { simple: true }) !== "wal" ||
+            db.pragma("locking_mode", { simple: true }) !== "normal"
+          if (changed) expect(refused).toBeDefined()
+        } finally {
+          db.close()
+        }
+      }), { numRuns: 150 })
+    } finally {
+      Fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
 })

@@ -99,6 +99,8 @@ interface Asked {
   plainPulls: number
   /** Answers of waiting pulls from the synced frame that had new frames. */
   heldAnswers: number
+  /** Answers of waiting pulls of any kind (an abandoned one has none). */
+  waitingAnswers: number
 }
 
 /**
@@ -111,7 +113,7 @@ const openCounted = (
   tamper: (result: SyncRemote.PullResult) => SyncRemote.PullResult = (result) => result
 ) =>
   Effect.gen(function*() {
-    const asked: Asked = { info: 0, plainPulls: 0, heldAnswers: 0 }
+    const asked: Asked = { info: 0, plainPulls: 0, heldAnswers: 0, waitingAnswers: 0 }
     // The HTTP client lives as long as the test's scope (the replica's requests outlive this function).
     const client = yield* Layer.build(NodeHttpClient.layerUndici)
     const http = yield* SyncRemote.makeHttp({ url, retrySchedule: Schedule.intersect(Schedule.spaced(50), Schedule.recurs(1)) }).pipe(
@@ -124,6 +126,7 @@ const openCounted = (
         options?.waitSeconds === undefined
           ? Effect.zipRight(Effect.sync(() => asked.plainPulls++), http.pull(generation, start, end, options))
           : Effect.map(http.pull(generation, start, end, options), (result) => {
+            asked.waitingAnswers++
             if (options.after === undefined || result._tag !== "Frames" || result.frames.length < 2) return result
             asked.heldAnswers++
             return tamper(result)
@@ -189,6 +192,36 @@ describe("live sync over a real server", () => {
       expect(asked.info - before.info).toBe(0)
       expect(asked.plainPulls - before.plainPulls).toBe(0)
       expect((yield* b.stats).pendingChanges).toBe(0)
+    }), 180_000)
+
+  it.scopedLive("a replica's own pushes do not come back through its waiting pull; another replica's write does", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const server = yield* startServer(NodePath.join(dir, "data"))
+      yield* Effect.addFinalizer(() => server.stop)
+      const url = `${server.base}/db/own`
+      const other = yield* openLive(NodePath.join(dir, "other"), url)
+      yield* other.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+      yield* other.push
+      const { asked, db: a } = yield* openCounted(NodePath.join(dir, "a"), url)
+      yield* rowsUntil(a, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
+      yield* liveState(a, "connected")
+      yield* pushed(a)
+      const before = { ...asked }
+      for (let i = 1; i <= 5; i++) {
+        yield* a.execute(`INSERT INTO t VALUES (${i})`)
+        yield* pushed(a)
+        yield* rowsUntil<{ id: number }>(other, "SELECT id FROM t", (r) => r.length >= i)
+      }
+      // Five commits of A's own on the server, none of them answered to A's waiting pull (each abandoned while
+      // A pushed, and asked again from where the push left A).
+      expect(asked.waitingAnswers - before.waitingAnswers).toBe(0)
+      expect((yield* a.stats).pendingChanges).toBe(0)
+      // Another replica's commit still wakes it, and arrives once.
+      yield* other.execute("INSERT INTO t VALUES (100)")
+      const rows = yield* rowsUntil<{ id: number }>(a, "SELECT id FROM t ORDER BY id", (r) => r.length >= 6)
+      expect(rows.map((r) => r.id)).toEqual([1, 2, 3, 4, 5, 100])
+      expect(asked.waitingAnswers - before.waitingAnswers).toBeGreaterThanOrEqual(1)
     }), 180_000)
 
   for (

@@ -335,6 +335,71 @@ describe("ReplayBulk", () => {
       yield* plain(target, "DETACH DATABASE _sync_draft")
     }))
 
+  it.scoped("a log beginning with a long run goes a piece at a time without reading the run's end first, as change by change would", () =>
+    Effect.gen(function*() {
+      const long = 2 * Bulk.MAX_RUN + 100
+      for (const policy of ["lastPushWins", "remoteWins"] as const) {
+        // the run ends inside a piece (more changes of its transaction follow), and another transaction after it
+        const { bulk } = yield* expectSame({
+          base: [ITEMS],
+          local: [[insertItems(1, long), "UPDATE items SET value = 1 WHERE id <= 40"], ["DELETE FROM items WHERE id % 7 = 0"]],
+          policy
+        })
+        expect(Exit.isSuccess(bulk.exit) && bulk.exit.value.applied).toBe(long + 40 + Math.floor(long / 7))
+        // another replica's row in the second piece (KeyExists), and its edits in the last piece of a run of updates
+        yield* expectSame({
+          base: [ITEMS],
+          local: [[insertItems(1, long)]],
+          remote: [`INSERT INTO items (id, name) VALUES (${Bulk.MAX_RUN + 500}, 'theirs')`],
+          policy
+        })
+        yield* expectSame({
+          base: [ITEMS, insertItems(1, long)],
+          local: [["UPDATE items SET value = value + 1"]],
+          remote: [`UPDATE items SET name = 'theirs' WHERE id = ${long - 3}`, `DELETE FROM items WHERE id = ${long - 1}`],
+          policy
+        })
+      }
+      // a table-wide delete that is the whole log, and one that another replica's row keeps from being one
+      yield* expectSame({ base: [ITEMS, insertItems(1, long)], local: [["DELETE FROM items"]] })
+      yield* expectSame({ base: [ITEMS, insertItems(1, long)], local: [["DELETE FROM items"]], remote: ["INSERT INTO items (id) VALUES (0)"] })
+    }), 120_000)
+
+  it.scoped("a piece tried without knowing its run: written whole when every id is a change of the run (gaps counted), else nothing", () =>
+    Effect.gen(function*() {
+      const { dir, draft, target } = yield* itemsPair
+      const rows = Bulk.MAX_RUN + 300
+      yield* on(draft, ChangeCapture.execute(insertItems(1, rows)))
+      yield* on(draft, ChangeCapture.execute("UPDATE items SET value = 2 WHERE id <= 10"))
+      const first = Number((yield* draft.unsafe("SELECT min(id) FROM _sync_changes").values)[0]![0])
+      // a gap in the ids of the run
+      yield* plain(draft, `DELETE FROM _sync_changes WHERE id BETWEEN ${first + 100} AND ${first + 104}`)
+      yield* plain(target, `ATTACH DATABASE '${path.join(dir, "draft")}' AS _sync_draft`)
+      const exec = yield* on(target, Executor.executor)
+      const long = Bulk.longStart(exec, "_sync_draft", 0)!
+      expect(long.start).toMatchObject({ id: first, kind: "insert" })
+      expect(long.maxId).toBe(first + rows + 9)
+      const table = (yield* on(target, TableInfo.read("items")))!
+      const keys = Bulk.eligible({ ...long.start, last: long.maxId, runId: long.start.id, runLast: long.maxId }, table)!
+      const count = () => Number(exec.values("SELECT count(*) FROM items")[0]![0])
+      // a piece reaching into the updates that follow the run: nothing written
+      expect(Bulk.attemptPiece(exec, long.start, first + rows - 50, first + rows + 5, table, keys, "_sync_draft")).toBeUndefined()
+      expect(count()).toBe(0)
+      // a piece with the gap: its 195 changes
+      expect(Bulk.attemptPiece(exec, long.start, first, first + 199, table, keys, "_sync_draft")).toBe(195)
+      expect(count()).toBe(195)
+      // a piece one of whose rows another replica holds: nothing written
+      yield* plain(target, `INSERT INTO items (id, name) VALUES (250, 'theirs')`)
+      expect(Bulk.attemptPiece(exec, long.start, first + 200, first + 299, table, keys, "_sync_draft")).toBeUndefined()
+      expect(count()).toBe(196)
+      yield* plain(target, "DELETE FROM items WHERE id = 250")
+      expect(Bulk.attemptPiece(exec, long.start, first + 200, first + 299, table, keys, "_sync_draft")).toBe(100)
+      expect(count()).toBe(295)
+      // a log beginning with a short run is read run by run
+      expect(Bulk.longStart(exec, "_sync_draft", first + rows - 1)).toBeUndefined()
+      yield* plain(target, "DETACH DATABASE _sync_draft")
+    }))
+
   it.scoped("table-wide deletes leave what deletes by key leave: every row or all but some, conflicts, triggers, AUTOINCREMENT", () =>
     Effect.gen(function*() {
       const all = Bulk.MAX_RUN + 50

@@ -93,7 +93,10 @@ const txIdOf = (candidate: string, statementTx: boolean) =>
 /**
  * A function the direct path's connection has: while a statement runs armed, the first id offered is the
  * statement's txId, returned for every row it logs; unarmed, the id offered. Costs a call per logged row, where
- * setting the session around the statement costs two statements (each a TEMP transaction).
+ * setting the session around the statement costs two statements (each a TEMP transaction). SQL alone has no
+ * marker of the statement a trigger runs for: `total_changes()` moves inside one statement (SQLite adds each
+ * trigger statement's changes as it finishes, the log's own inserts included), `changes()` names the last
+ * statement that finished, and a TEMP row per statement is itself a write per statement.
  */
 const STATEMENT_TX = "_sync_statement_tx"
 
@@ -921,12 +924,15 @@ export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> 
   return yield* Executor.withExecutor(ChangeLog.lastId)
 })
 
-export const countPending = (afterId: number): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
+export const countPending = (afterId: number, atMost?: number): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
   plainGen(function*() {
     const sql = yield* SqlClient.SqlClient
     if (!(yield* changesTableExists(sql))) return 0
-    const rows = yield* sql<{ readonly n: number }>`
+    const rows = atMost === undefined
+      ? yield* sql<{ readonly n: number }>`
       SELECT count(*) AS n FROM main._sync_changes WHERE id > ${afterId}`.withoutTransform
+      : yield* sql<{ readonly n: number }>`
+      SELECT count(*) AS n FROM (SELECT 1 FROM main._sync_changes WHERE id > ${afterId} LIMIT ${atMost})`.withoutTransform
     return rows[0]!.n
   })
 

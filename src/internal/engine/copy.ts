@@ -29,8 +29,8 @@ import { sqlStatementError } from "./errors.js"
 import * as Fold from "./fold.js"
 import * as Gates from "./gates.js"
 import * as Replay from "./replay.js"
-import { on, type Paths, stageMetadata, type State, type SyncedPageIndex, syncedFileAt, updateMetadata, walFrames } from "./state.js"
-import { prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
+import { on, owesSync, type Paths, stageMetadata, type State, syncedFileAt, updateMetadata } from "./state.js"
+import { prefixAtSyncedFrame, resetSyncedWal, syncedPageIndex } from "./syncedWal.js"
 
 /** Opens Draft with capture installed and change ids above everything the remote has (invariant 6), in one transaction. */
 export const openDraft = (state: State) =>
@@ -70,28 +70,6 @@ export const draftIsCurrent = (state: State) =>
 
 /** Above this many pages from the synced frames, a copy reads them all in one read. */
 const FRAMES_READ_ONE_BY_ONE = 32
-
-/** The synced frames' page index, read from the WAL where the cached one does not cover them. */
-const syncedPageIndex = (state: State, m: SyncMetadata.Metadata, prefix: Files.WalState | undefined) =>
-  Effect.gen(function*() {
-    const count = walFrames(m)
-    // A WAL made again (a fold's rest, a roll, a rebootstrap) has other salts or starts at another frame.
-    const key = prefix === undefined
-      ? "none"
-      : `${m.generation}:${m.foldedFrame ?? 0}:${prefix.header.salt1}:${prefix.header.salt2}`
-    const cached = state.syncedPageIndex.current
-    const index: SyncedPageIndex = cached !== undefined && cached.key === key && cached.frames <= count
-      ? cached
-      : { key, frames: 0, lastCommitSize: 0, newest: new Map() }
-    if (index.frames < count) {
-      const added = yield* Files.readWalFrames(state.paths.synced, count - index.frames, index.frames)
-      for (let i = 0; i < added.length; i++) index.newest.set(added[i].pgno, index.frames + i)
-      index.frames = count
-      index.lastCommitSize = added[added.length - 1].commitSize
-    }
-    state.syncedPageIndex.current = index
-    return index
-  })
 
 /** The pages where Draft can differ from Synced now, as Synced (with the replay) has them, as one transaction. */
 const copyTransaction = (state: State) =>
@@ -149,7 +127,10 @@ const prepare = (
     yield* Replay.replayDraftOntoSynced(state, "pull", progress, readDraft) /* 2b */
     yield* replayed
     const { frames, replayPages, tracking } = yield* copyTransaction(state)
-    yield* PageCopy.writeWalFile(paths.draftWalNext, frames)
+    // Its fsync goes with the flag's metadata write (with Synced's owed frames and the record's own, all
+    // at once, off the event loop), which puts the flag in place only once they are all done.
+    yield* PageCopy.writeWalFile(paths.draftWalNext, frames, { sync: false })
+    yield* owesSync(state, paths.draftWalNext)
     yield* state.step("copy:walWritten")
     const previous = yield* SynchronizedRef.get(state.metadata)
     yield* updateMetadata(state, (m) => {
@@ -234,8 +215,11 @@ const settle = (state: State, prepared: Prepared) =>
     const { paths } = state
     // The reactive queries the swap woke read the new rows before this waits for the disk.
     yield* Effect.yieldNow()
-    yield* Files.syncDirectoryOf(paths.draft)
-    yield* PageCopy.writePagesInPlace(paths.draft, prepared.frames)
+    // The rename made durable and the pages fsynced together, off the event loop: their order does not
+    // matter, since a crash that undoes the rename finds the copy flagged and its fresh WAL (which holds
+    // every page written here) still there, and finishes it (`flaggedCopyOutcome`).
+    yield* PageCopy.writePagesInPlace(paths.draft, prepared.frames, { sync: false })
+    yield* Files.syncAll([paths.draft], [paths.draft])
     yield* state.step("copy:applied")
     yield* stageMetadata(state, (m) => {
       const { draftWalBeforeCopy: _, ...rest } = m

@@ -21,6 +21,7 @@ import * as Changes from "../live/changes.js"
 import * as Reactive from "../live/reactive.js"
 import * as Executor from "../sqlite/executor.js"
 import * as Files from "../sqlite/files.js"
+import { checkpointingPragma } from "../sqlite/sqlText.js"
 import * as WalIndex from "../sqlite/walIndex.js"
 import { sqlStatementError } from "./errors.js"
 import { foldOutgrownDraft, maybeFoldDraft, outgrownBound } from "./fold.js"
@@ -109,6 +110,25 @@ const foldIfOutgrownSoon = (state: State, changes: number, params: ReadonlyArray
   return foldIfOutgrown(state)
 }
 
+/**
+ * A statement that would let SQLite checkpoint a copy's WAL (or leave WAL mode) on its own, refused: each
+ * copy's WAL is folded only by the engine, as a recorded step (Draft's record of changed pages, Synced's
+ * frame numbers depend on it). Undefined for any other statement. A pure look at the text; no statement
+ * that the direct paths run (DML, known reads) is one.
+ *
+ * @internal
+ */
+export const refusedStatement = (sql: string): SyncError.SqlStatementError | undefined => {
+  const pragma = checkpointingPragma(sql)
+  return pragma === undefined ? undefined : new SyncError.SqlStatementError({
+    reason: "Statement",
+    message: `PRAGMA ${pragma} is refused: the local database folds its WAL into its file itself, as a recorded ` +
+      `step, and keeps it in WAL mode; a checkpoint or WAL setting of SQLite's own would break that record ` +
+      `(nothing was changed)`,
+    sql
+  })
+}
+
 const executeError = (sql: string) => (cause: unknown) =>
   sqlStatementError("Statement", sql)(new SqlError({ cause, message: "Failed to execute statement" }))
 
@@ -132,6 +152,8 @@ const write = (state: State) =>
         return Effect.as(Effect.zipRight(afterWrite(state), foldIfOutgrownSoon(state, result.changes, params)), result)
       }
     }
+    const refused = refusedStatement(sql)
+    if (refused !== undefined) return Effect.fail(refused)
     return Gates.writing(state.gates, Effect.tap(onCopy(state.draft, ChangeCapture.execute(sql, params)), afterWrite(state))).pipe(
       Effect.mapError(sqlStatementError("Statement", sql)),
       Effect.tap(() => foldIfOutgrown(state))
@@ -158,9 +180,16 @@ export const executeRows = (state: State) => {
  * Whether `sql` only reads, by SQLite's verdict on the active copy (see Executor.isPureRead); a statement
  * that does not prepare fails. Verdicts are kept per text (a text's verdict never changes once it prepares).
  */
-const isRead = (state: State, client: SqlClient.SqlClient, sql: string): Effect.Effect<boolean, SqlError> => {
+const isRead = (
+  state: State,
+  client: SqlClient.SqlClient,
+  sql: string
+): Effect.Effect<boolean, SqlError | SyncError.SqlStatementError> => {
   const known = state.readVerdicts.get(sql)
   if (known !== undefined) return Effect.succeed(known)
+  // never cached as a read (SQLite calls `PRAGMA wal_autocheckpoint = N` one): the direct path never runs it
+  const refused = refusedStatement(sql)
+  if (refused !== undefined) return Effect.fail(refused)
   return Effect.try({
     try: () => {
       const verdict = Executor.isPureRead(client, sql) ?? isReadStatement(sql)

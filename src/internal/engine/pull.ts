@@ -21,7 +21,7 @@ import * as RemoteBinding from "./remoteBinding.js"
 import { finishFlaggedRoll, rollSynced } from "./roll.js"
 import { finishFlaggedFold, foldSynced } from "./fold.js"
 import { type OfferedAnswer, on, owesSync, received, stageMetadata, type State, walFrames, withoutTransfer } from "./state.js"
-import { cutToSyncedFrame, prefixAtSyncedFrame } from "./syncedWal.js"
+import { cutToSyncedFrame, prefixAtSyncedFrame, syncedPageIndex } from "./syncedWal.js"
 import * as Validate from "./validate.js"
 
 /** Frames held in memory during a pull before they are written into Synced's WAL. */
@@ -46,6 +46,7 @@ const flush = Effect.fn("Engine.writePulledFrames")(function*(state: State, curs
   const inWal = walFrames(m)
   yield* Validate.frames(cursor.buffer.slice(0, committed), yield* syncedPages(state, inWal), cursor.frame + 1)
   const prefix = inWal === 0 ? undefined : yield* prefixAtSyncedFrame(state)
+  const index = yield* syncedPageIndex(state, m, prefix)
   const trees = yield* syncedTrees(state)
   yield* state.synced.close
   const frames = cursor.buffer.slice(0, committed)
@@ -55,7 +56,14 @@ const flush = Effect.fn("Engine.writePulledFrames")(function*(state: State, curs
   yield* owesSync(state, Files.walPath(state.paths.synced))
   // SQLite's checks before the frames count as synced (of the pages they wrote, or the whole database
   // when those cannot tell); refused, they are cut off again.
-  yield* Validate.pulled(state.paths.synced, inWal, frames, trees, `generation ${generation} up to frame ${cursor.frame + committed}`).pipe(
+  yield* Validate.pulled(
+    state.paths.synced,
+    inWal,
+    frames,
+    trees,
+    `generation ${generation} up to frame ${cursor.frame + committed}`,
+    index.newest
+  ).pipe(
     Effect.tapError(() => Files.truncateWal(state.paths.synced, inWal))
   )
   yield* Ref.set(state.syncedPrefix, { generation, state: wal })

@@ -14,6 +14,7 @@ import type * as SyncMetadata from "../../SyncMetadata.js"
 import * as SyncProtocol from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
+import * as Scratch from "../sqlite/scratch.js"
 import * as RemoteBinding from "./remoteBinding.js"
 import { on, stageMetadata, type State, updateMetadata, withoutTransfer } from "./state.js"
 import { cutToSyncedFrame, prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
@@ -47,7 +48,15 @@ interface Sending {
  * frame n is WAL frame n - `folded`), the baton of each answer carried into the next request. Bytes sent
  * count whatever the outcome (`stats`); the observer hears of each accepted batch and of a conflict.
  */
-const sendFrames = (state: State, generation: number, folded: number, from: number, end: number, sending: Sending) =>
+const sendFrames = (
+  state: State,
+  generation: number,
+  folded: number,
+  from: number,
+  end: number,
+  sending: Sending,
+  scratch: Uint8Array
+) =>
   Effect.gen(function*() {
     let next = from
     let baton: string | undefined
@@ -57,7 +66,8 @@ const sendFrames = (state: State, generation: number, folded: number, from: numb
     const own = (first: number, count: number) => count - Math.max(0, Math.min(count, from + sending.resent - first))
     for (;;) {
       const count = Math.min(BATCH, end - next)
-      const frames = yield* Files.readWalFrames(state.paths.synced, count, next - folded - 1)
+      // (read in wire form into the push's buffer: sent as they lie, the buffer written again only after the answer)
+      const frames = yield* Files.readWireFrames(state.paths.synced, count, next - folded - 1, scratch)
       const result = yield* state.remote.push(generation, next, next + count, frames, baton, options).pipe(
         Effect.ensuring(Ref.update(state.traffic, (t) => ({ ...t, sent: t.sent + count * WalFrame.FRAME_SIZE })))
       )
@@ -120,9 +130,21 @@ export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(
   lastChangeId: number,
   atHead?: { readonly databaseId: string }
 ) {
+  return yield* Scratch.withBuffer(SCRATCH_SIZE, (scratch) => pushWith(state, lastChangeId, atHead, scratch))
+})
+
+/** A buffer for a batch of frames and for a chunk of the scan, reused from one push to the next (scratch.ts). */
+const SCRATCH_SIZE = Math.max(BATCH, SCAN_CHUNK) * WalFrame.FRAME_SIZE
+
+const pushWith = (
+  state: State,
+  lastChangeId: number,
+  atHead: { readonly databaseId: string } | undefined,
+  scratch: Uint8Array
+) => Effect.gen(function*() {
   const m = yield* SynchronizedRef.get(state.metadata)
   const prefix = yield* prefixAtSyncedFrame(state)
-  const tail = yield* Files.scanWalTail(state.paths.synced, prefix, SCAN_CHUNK)
+  const tail = yield* Files.scanWalTail(state.paths.synced, prefix, SCAN_CHUNK, scratch)
   if (tail.count === 0) return "Nothing" as const
   // In memory only: nothing decides on it after a crash, the next pull settles a push whose answer was lost
   // from the remote's progress row (and a crash cuts the frames beyond the recorded position off again).
@@ -135,8 +157,8 @@ export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(
   // for byte and nothing after it (any other frame there is a conflict): the check of step 1a's pull, in
   // the push itself.
   let result = atHead === undefined
-    ? yield* sendFrames(state, m.generation, folded, start, end, { resent: 0, quiet: false })
-    : yield* sendFrames(state, m.generation, folded, start - 1, end, { resent: 1, quiet: true, databaseId: atHead.databaseId })
+    ? yield* sendFrames(state, m.generation, folded, start, end, { resent: 0, quiet: false }, scratch)
+    : yield* sendFrames(state, m.generation, folded, start - 1, end, { resent: 1, quiet: true, databaseId: atHead.databaseId }, scratch)
   if (
     atHead === undefined &&
     result._tag === "Conflict" && result.generation === m.generation && result.maxFrameNo < start - 1 &&
@@ -147,7 +169,7 @@ export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(
     // start, so it asks for its frames from maxFrameNo + 1 again. Those are synced frames we pulled from
     // it: sending them proves which head we build on (identical bytes), and our frames follow. (A fold
     // keeps the last transaction in the WAL for this; frames already folded leave it a conflict.)
-    result = yield* sendFrames(state, m.generation, folded, result.maxFrameNo + 1, end, { resent: 0, quiet: false })
+    result = yield* sendFrames(state, m.generation, folded, result.maxFrameNo + 1, end, { resent: 0, quiet: false }, scratch)
   }
   yield* state.step("push:answered")
   if (result._tag === "Ok") {
@@ -195,7 +217,8 @@ export const pushAtHead = Effect.fn("Engine.pushAtHead")(function*(state: State)
   const pushIdentity = known ?? (yield* Effect.map(state.remote.info, (info) => info.pushIdentity === true))
   yield* Ref.set(state.pushIdentity, pushIdentity)
   if (!pushIdentity) return "NotTried" as const
-  const pending = yield* on(state.draft, ChangeCapture.countPending(m.lastPushedChangeId)).pipe(
+  // (counted only up to the bound: a long log is not read through to learn that it is long)
+  const pending = yield* on(state.draft, ChangeCapture.countPending(m.lastPushedChangeId, AT_HEAD_MAX_CHANGES + 1)).pipe(
     Effect.mapError(sqlStatementError("Capture"))
   )
   if (pending === 0 || pending > AT_HEAD_MAX_CHANGES) return "NotTried" as const

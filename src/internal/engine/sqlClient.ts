@@ -20,6 +20,7 @@ import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
 import * as ChangeCapture from "../../ChangeCapture.js"
 import type * as SyncError from "../../SyncError.js"
+import { refusedStatement } from "./local.js"
 
 /** What the client needs from the engine (members the SyncDatabase service carries at runtime). */
 export interface EngineAccess {
@@ -117,7 +118,10 @@ const transactionConnection = (engine: EngineAccess) =>
           if (request.commit) return
           return yield* Effect.fail(new RolledBack())
         }
-        const exit = yield* Effect.exit(ChangeCapture.execute(request.sql, request.params))
+        const refused = refusedStatement(request.sql)
+        const exit = yield* Effect.exit<ChangeCapture.ExecuteResult, SqlError | ChangeCapture.CaptureError | SyncError.SqlStatementError, Client.SqlClient>(
+          refused !== undefined ? Effect.fail(refused) : ChangeCapture.execute(request.sql, request.params)
+        )
         yield* Deferred.done(
           request.reply,
           Exit.mapBoth(exit, { onFailure: toSqlError, onSuccess: (r): Result => ({ ...r, reader: r.rows.length > 0 }) })

@@ -8,6 +8,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import type * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
@@ -214,15 +215,38 @@ export const owesSync = (state: State, path: string): Effect.Effect<void> =>
     state.owedSyncs.add(path)
   })
 
-/** The fsyncs `owesSync` recorded, done: before a metadata write that may record what they hold. */
+/**
+ * The fsyncs `owesSync` recorded, done (all at once, off the event loop where the file service can): before
+ * a metadata write that may record what they hold.
+ */
 export const payOwedSyncs = (state: State) =>
   Effect.suspend(() => {
-    const owed = state.owedSyncs
-    if (owed.size === 0) return Effect.void
-    return Effect.forEach([...owed], (path) => Effect.zipRight(Files.syncFile(path), Effect.sync(() => owed.delete(path))), {
-      discard: true
-    })
+    const owed = [...state.owedSyncs]
+    if (owed.length === 0) return Effect.void
+    return Effect.zipRight(
+      Files.syncAll(owed),
+      Effect.sync(() => owed.forEach((path) => state.owedSyncs.delete(path)))
+    )
   })
+
+/**
+ * The metadata record `next` made durable and put in place, after the files it counts on (`owesSync`)
+ * were fsynced: the record's own fsync and theirs in flight together (neither is in place before both
+ * are done), waited for off the event loop where the file service can, so that the replica's other
+ * fibers (live sync's waiting pull, reactive queries) run meanwhile.
+ */
+const writeMetadata = (state: State, next: SyncMetadata.Metadata, options?: SyncMetadata.WriteOptions) =>
+  Effect.zipWith(
+    Effect.either(payOwedSyncs(state)),
+    Effect.either(state.metadataStore.prepare(next, options)),
+    (owed, prepared) =>
+      Either.isLeft(prepared)
+        ? Effect.fail(prepared.left)
+        : Either.isLeft(owed)
+        ? Effect.zipRight(prepared.right.discard, Effect.fail(owed.left))
+        : prepared.right.commit,
+    { concurrent: true }
+  ).pipe(Effect.flatten)
 
 /**
  * Replaces the metadata, durably, then in memory; returns the new metadata. What was staged before is
@@ -235,10 +259,7 @@ export const updateMetadata = (
 ) =>
   SynchronizedRef.updateAndGetEffect(state.metadata, (m) => {
     const next = f(m)
-    return Effect.as(
-      Effect.zipRight(payOwedSyncs(state), Effect.zipRight(state.metadataStore.write(next, options), Ref.set(state.staged, false))),
-      next
-    )
+    return Effect.as(Effect.zipRight(writeMetadata(state, next, options), Ref.set(state.staged, false)), next)
   })
 
 /**

@@ -9,7 +9,8 @@ import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
-import { type State, walFrames } from "./state.js"
+import type * as SyncMetadata from "../../SyncMetadata.js"
+import { type State, type SyncedPageIndex, walFrames } from "./state.js"
 
 /**
  * Synced's WAL state at the synced frame (header, running checksum), validated once per process and
@@ -50,3 +51,28 @@ export const resetSyncedWal = Effect.fn("Engine.resetSyncedWal")(function*(state
   if ((yield* Files.fileSize(Files.walPath(state.paths.synced))) <= WalFrame.walSize(frames)) return
   yield* state.synced.withClosed(Files.truncateWal(state.paths.synced, frames))
 })
+
+/**
+ * The synced frames' page index (`SyncedPageIndex`), read from the WAL where the cached one does not cover
+ * them: a pull's check of its frames and a copy read the pages they need, not every frame's header.
+ */
+export const syncedPageIndex = (state: State, m: SyncMetadata.Metadata, prefix: Files.WalState | undefined) =>
+  Effect.gen(function*() {
+    const count = walFrames(m)
+    // A WAL made again (a fold's rest, a roll, a rebootstrap) has other salts or starts at another frame.
+    const key = prefix === undefined
+      ? "none"
+      : `${m.generation}:${m.foldedFrame ?? 0}:${prefix.header.salt1}:${prefix.header.salt2}`
+    const cached = state.syncedPageIndex.current
+    const index: SyncedPageIndex = cached !== undefined && cached.key === key && cached.frames <= count
+      ? cached
+      : { key, frames: 0, lastCommitSize: 0, newest: new Map() }
+    if (index.frames < count) {
+      const added = yield* Files.readWalFrames(state.paths.synced, count - index.frames, index.frames)
+      for (let i = 0; i < added.length; i++) index.newest.set(added[i].pgno, index.frames + i)
+      index.frames = count
+      index.lastCommitSize = added[added.length - 1].commitSize
+    }
+    state.syncedPageIndex.current = index
+    return index
+  })

@@ -182,14 +182,16 @@ export const databaseBytes = (bytes: Uint8Array, what: string): Effect.Effect<vo
 /**
  * Frames just appended after the first `before` frames of `<file>-wal`: SQLite's checks of the pages they
  * wrote (`PageCheck.check`), or the whole `quick_check` when those cannot judge them. `trees`: the b-trees
- * of `sqlite_schema` before the frames.
+ * of `sqlite_schema` before the frames. `index`: where each page's newest copy is among those `before`
+ * frames (frame index from 0), when the caller keeps it (else read from the frames' headers).
  */
 export const pulled = (
   file: string,
   before: number,
   frames: ReadonlyArray<WalFrame.Frame>,
   trees: ReadonlyArray<PageCheck.Tree>,
-  what: string
+  what: string,
+  index?: ReadonlyMap<number, number> | undefined
 ) =>
   Effect.flatMap(
     attempt(file, "cannot read pages", (fs) => {
@@ -197,11 +199,15 @@ export const pulled = (
       const wal = before > 0 ? fs.openSync(walPath(file), "r") : undefined
       try {
         // Where each page's newest copy is among the WAL's first `before` frames.
-        const inWal = new Map<number, number>()
-        const head = new Uint8Array(4)
-        for (let i = 0; i < before; i++) {
-          fs.readSync(wal!, head, 0, 4, WalFrame.walSize(i))
-          inWal.set(new DataView(head.buffer).getUint32(0), i)
+        let inWal = index
+        if (inWal === undefined) {
+          const read = new Map<number, number>()
+          const head = new Uint8Array(4)
+          for (let i = 0; i < before; i++) {
+            fs.readSync(wal!, head, 0, 4, WalFrame.walSize(i))
+            read.set(new DataView(head.buffer).getUint32(0), i)
+          }
+          inWal = read
         }
         const fileBytes = fs.fsizeSync(fd)
         const pageBefore = (pgno: number): Uint8Array | undefined => {

@@ -7,8 +7,12 @@
  *
  * @internal
  */
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
+import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import type * as Scope from "effect/Scope"
 import type * as SyncError from "../../SyncError.js"
@@ -130,6 +134,13 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
       return pushed
     })
 
+    // A sync (a push of local writes) under way, and the waiting pull to abandon when one starts: the
+    // commit of our own push would wake it with frames this replica already holds (work for the remote and
+    // for us), so it is given up (the request aborted) and asked again from where the push leaves us, which
+    // hears at once of anything another replica committed meanwhile.
+    let syncing = false
+    let waiting: Deferred.Deferred<void> | undefined
+
     let failures = 0
     const worker = Effect.forever(Effect.gen(function*() {
       yield* Queue.take(wake)
@@ -159,8 +170,18 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
         yield* target.report("syncing")
         // Whichever runs (a push's step (a) too) uses it if it still applies.
         if (offered !== undefined) yield* target.offer(offered)
+        if (op === "sync") {
+          syncing = true
+          if (waiting !== undefined) Deferred.unsafeDone(waiting, Exit.void)
+        }
         // A sync that started finishes even when the scope closes (like autoSync's).
-        const outcome = yield* Effect.either(Effect.uninterruptible(op === "sync" ? pushThenPull : target.pull))
+        const outcome = yield* Effect.either(Effect.uninterruptible(op === "sync" ? pushThenPull : target.pull)).pipe(
+          Effect.ensuring(Effect.sync(() => {
+            if (!syncing) return
+            syncing = false
+            progressed()
+          }))
+        )
         if (outcome._tag === "Right") {
           failures = 0
           yield* target.report("connected")
@@ -219,15 +240,32 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
         const waits = (info.right.maxWaitSeconds ?? 0) > 0
         mode = { waits, after: waits && info.right.waitAfter === true }
       }
+      // Not while our own push runs (its commit would wake the pull): from where it leaves the position.
+      while (syncing) yield* Queue.take(progress)
       const at = yield* target.position
       // From the synced frame itself where the remote allows it: the answer then carries that frame (the
       // check of the remote compares it) and the new ones, and serves as the pull's requests.
       const fromHeld = mode.after && at.frame > 0
       const start = fromHeld ? at.frame : at.frame + 1
       const end = fromHeld ? at.frame + 1 + SyncProtocol.CLIENT_BATCH_FRAMES : at.frame + 2
-      const result = yield* Effect.either(
-        target.remote.pull(at.generation, start, end, fromHeld ? { waitSeconds, after: at.frame } : { waitSeconds })
-      )
+      const abandon = Deferred.unsafeMake<void>(FiberId.none)
+      waiting = abandon
+      // A push that began since the check above: given up at once.
+      if (syncing) Deferred.unsafeDone(abandon, Exit.void)
+      const answered = yield* Effect.raceFirst(
+        Effect.map(
+          Effect.either(
+            target.remote.pull(at.generation, start, end, fromHeld ? { waitSeconds, after: at.frame } : { waitSeconds })
+          ),
+          Option.some
+        ),
+        Effect.as(Deferred.await(abandon), Option.none())
+      ).pipe(Effect.ensuring(Effect.sync(() => {
+        waiting = undefined
+      })))
+      // Abandoned for a push of ours: asked again once it is done.
+      if (Option.isNone(answered)) return
+      const result = answered.value
       if (result._tag === "Left") return yield* failed(result.left)
       if (watchFailures > 0) {
         // Back after an outage: push what was written meanwhile and bring what others did.

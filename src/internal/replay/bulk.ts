@@ -100,6 +100,15 @@ export const pieceText = (schema: string) =>
       FROM ${ident(schema)}._sync_changes WHERE id BETWEEN $from AND $to)`
 
 /**
+ * The condition that a change of the log (`l`) has the header `$tx`, `$tbl`, `$kind`, `$cols` (a statement
+ * given it reads only the changes of one run, whatever else its range of ids holds).
+ */
+const HEADER = `l.tx_id = $tx AND l.tbl = $tbl AND l.kind = $kind AND l.cols = $cols`
+
+/** The parameters of {@link HEADER} for the run that `start` starts. */
+const headerParams = (start: RunStart) => ({ tx: start.txId, tbl: start.table, kind: start.kind, cols: start.cols })
+
+/**
  * Reads the runs after change `afterId` (up to {@link RUNS_PER_READ}), each with its last id. Inside the
  * replay's transaction the attached log is read from one snapshot, so the last run ends at the last
  * change this snapshot has.
@@ -224,12 +233,13 @@ export const statements = (
   kind: "insert" | "update" | "delete",
   table: TableInfo.TableInfo,
   keys: ReadonlyArray<number>,
-  schema: string
+  schema: string,
+  filtered = false
 ): { readonly count: string; readonly write: string } | undefined => {
   const log = `${ident(schema)}._sync_changes`
   const target = `main.${ident(table.name)}`
   const n = table.columns.length
-  const range = `l.id BETWEEN $first AND $last`
+  const range = filtered ? `l.id BETWEEN $first AND $last AND ${HEADER}` : `l.id BETWEEN $first AND $last`
   const count = `SELECT count(*) FROM ${log} AS l WHERE ${range}`
   const keyNotNull = keys.map((k) => `${v(k)} IS NOT NULL`).join(" AND ")
   if (kind === "insert") {
@@ -274,14 +284,19 @@ export const statements = (
  * how many of its changes meet the row at their key holding exactly their before image, and how many
  * distinct rows they meet (told apart by the rows' own keys, as the table holds them).
  */
-export const clearCheck = (table: TableInfo.TableInfo, keys: ReadonlyArray<number>, schema: string): string => {
+export const clearCheck = (
+  table: TableInfo.TableInfo,
+  keys: ReadonlyArray<number>,
+  schema: string,
+  filtered = false
+): string => {
   const log = `${ident(schema)}._sync_changes`
   const target = `main.${ident(table.name)}`
   const join = table.primaryKey.map((column, j) => `t.${ident(column)} = ${v(keys[j]!)}`).join(" AND ")
   const matches = table.columns.map((column, i) => exactlyEqual(`t.${ident(column)}`, v(i)))
   const rowKeys = table.primaryKey.map((column) => `t.${ident(column)}`).join(", ")
   return `SELECT coalesce(sum(c), 0), count(*) FROM (SELECT count(*) AS c FROM ${log} AS l JOIN ${target} AS t ON ${join}
-    WHERE l.id BETWEEN $first AND $last AND ${matches.join(" AND ")} GROUP BY ${rowKeys})`
+    WHERE l.id BETWEEN $first AND $last${filtered ? ` AND ${HEADER}` : ""} AND ${matches.join(" AND ")} GROUP BY ${rowKeys})`
 }
 
 /**
@@ -383,3 +398,94 @@ export const attemptClear = (
 export const idsOf = (exec: Executor, schema: string, first: number, last: number): ReadonlyArray<number> =>
   exec.values(`SELECT id FROM ${ident(schema)}._sync_changes WHERE id BETWEEN ? AND ? ORDER BY id`, [first, last])
     .map((row) => Number(row[0]))
+
+/**
+ * The start of the changes after `afterId` when they begin with a long run (its first {@link MAX_RUN} ids
+ * all of its header, or all the log has), with the log's last id: a replay may then take the run a piece
+ * at a time up to where a piece is not all of it ({@link attemptPiece}), without reading where it ends
+ * first. Undefined: the changes begin otherwise (read their runs with {@link readRuns}).
+ */
+export const longStart = (
+  exec: Executor,
+  schema: string,
+  afterId: number
+): { readonly start: RunStart; readonly maxId: number } | undefined => {
+  const head = exec.values(headText(schema), [{ after: afterId }])[0]
+  if (head === undefined) return undefined
+  const start = runStart(head)
+  if (start.cols === null) return undefined
+  if (exec.values(runEndText(schema), [{ from: start.id, ...headerParams(start) }])[0] !== undefined) return undefined
+  const maxId = Number(exec.values(`SELECT max(id) FROM ${ident(schema)}._sync_changes`)[0]![0])
+  return maxId - start.id + 1 < MIN_RUN ? undefined : { start, maxId }
+}
+
+/** Pure: the statement counting the changes `$first..$last` of the log, whatever their header. */
+export const countText = (schema: string) =>
+  `SELECT count(*) FROM ${ident(schema)}._sync_changes WHERE id BETWEEN $first AND $last`
+
+/**
+ * Tries changes `first..last` as a piece of the run that `start` starts, not knowing whether each of them
+ * is of that run: the write reads only the changes with the run's header, and the piece went as change
+ * by change would have it exactly when it wrote as many rows as the range holds changes (then every one
+ * of them is of the run, and met no conflict: see {@link statements}). The range is counted only when the
+ * write wrote fewer rows than it has ids (a gap in the ids, or the end of the run, or a conflict).
+ * The number of changes written, or undefined with nothing of it left written.
+ */
+export const attemptPiece = (
+  exec: Executor,
+  start: RunStart,
+  first: number,
+  last: number,
+  table: TableInfo.TableInfo,
+  keys: ReadonlyArray<number>,
+  schema: string
+): number | undefined => {
+  const texts = statements(start.kind as "insert" | "update" | "delete", table, keys, schema, true)
+  if (texts === undefined) return undefined
+  exec.run(`SAVEPOINT _sync_bulk`)
+  let written: number
+  try {
+    written = exec.run(texts.write, [{ first, last, ...headerParams(start) }])
+  } catch {
+    written = -1
+  }
+  // (ids are unique: as many rows written as the range has ids are all of its changes)
+  const whole = written === last - first + 1 ||
+    (written > 0 && written === Number(exec.values(countText(schema), [{ first, last }])[0]![0]))
+  if (!whole) {
+    exec.run(`ROLLBACK TO _sync_bulk`)
+    exec.run(`RELEASE _sync_bulk`)
+    return undefined
+  }
+  exec.run(`RELEASE _sync_bulk`)
+  return written
+}
+
+/**
+ * Tries the run of deletes that `start` starts, taken to reach the log's last id `maxId`, as one
+ * table-wide delete ({@link attemptClear}, not knowing the run's end): when the range has as many ids as
+ * the table has rows, and as many of its changes, of the run's header, meet the row at their key holding
+ * their before image, and as many distinct rows, every id of the range is a change of the run and they
+ * remove every row. The number of changes written, or undefined with nothing written.
+ */
+export const attemptClearTo = (
+  exec: Executor,
+  start: RunStart,
+  maxId: number,
+  table: TableInfo.TableInfo,
+  keys: ReadonlyArray<number>,
+  schema: string
+): number | undefined => {
+  if (start.kind !== "delete") return undefined
+  const texts = clearStatements(table, keys, schema)
+  const span = maxId - start.id + 1
+  const rows = Number(exec.values(texts.rows, [{ limit: span + 1 }])[0]![0])
+  if (rows < MIN_RUN || rows !== span) return undefined
+  const [matched, distinct] = exec.values(clearCheck(table, keys, schema, true), [{
+    first: start.id,
+    last: maxId,
+    ...headerParams(start)
+  }])[0]!.map(Number) as [number, number]
+  if (matched !== rows || distinct !== rows) return undefined
+  return writeExactly(exec, texts.write, [], rows)
+}

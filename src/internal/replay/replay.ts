@@ -810,6 +810,44 @@ export const applySource = (
         let pendingFrom = done
         // the end of a run of deletes written as one table-wide delete: its remaining pieces are done
         let cleared = done
+        // A log that begins with a long run (the changes of one large statement: the common large push) is
+        // taken a piece at a time without reading first where the run ends (see Bulk.longStart), as far as
+        // its pieces go in bulk; the runs after that are read as below. A run of deletes goes this way only
+        // as one table-wide delete.
+        const long = transform === undefined && options.decide === undefined && readAhead
+          ? yield* attempt(() => Bulk.longStart(exec, log, done))
+          : undefined
+        if (long !== undefined) {
+          const { maxId, start } = long
+          if (!tables.has(start.table)) yield* tableInfo(start.table)
+          const table = readAheadOn(start.table)
+          const keys = Bulk.eligible({ ...start, last: maxId, runId: start.id, runLast: maxId }, table)
+          const entered = table === undefined || keys === undefined ? undefined : yield* enter(start.txId)
+          if (table !== undefined && keys !== undefined && entered !== undefined && !entered.drop) {
+            const wrote = (first: number, end: number, count: number) => {
+              entered.runs.push([first, end])
+              applied += count
+              last = Math.max(last, end)
+              touched.add(start.table)
+              entered.touched.add(start.table)
+              prefetch.clear()
+              after = end
+              pendingFrom = end
+            }
+            if (start.kind === "delete") {
+              const whole = yield* attempt(() => Bulk.attemptClearTo(exec, start, maxId, table, keys, log))
+              if (whole !== undefined) wrote(start.id, maxId, whole)
+            } else {
+              for (let first = start.id; first <= maxId; first += Bulk.MAX_RUN) {
+                const end = Math.min(maxId, first + Bulk.MAX_RUN - 1)
+                const count = yield* attempt(() => Bulk.attemptPiece(exec, start, first, end, table, keys, log))
+                yield* Effect.yieldNow()
+                if (count === undefined) break
+                wrote(first, end, count)
+              }
+            }
+          }
+        }
         for (;;) {
           const runs = yield* attempt(() => Bulk.readRuns(exec, log, after))
           if (runs.length === 0) break

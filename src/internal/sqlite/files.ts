@@ -117,6 +117,60 @@ export const writeNew = (path: string, bytes: Uint8Array) =>
   })
 
 /**
+ * fsyncs `fds`, all in flight at once and off the event loop when the file service can (`fsyncAll`: the
+ * file system commits them together, and other fibers run meanwhile), else one after the other; then
+ * closes every one of them whatever happened (the first close that fails is the error when nothing failed
+ * before it). `fds` may still be filled by the effect this follows. Run it uninterruptibly: a descriptor
+ * is never closed under its fsync.
+ */
+const syncAndClose = (fs: FileService, fds: Array<number>, failed: (cause: unknown) => StorageError) => {
+  const synced = Effect.suspend(() =>
+    fs.fsyncAll === undefined
+      ? Effect.try({ try: () => fds.forEach((fd) => fs.fsyncSync(fd)), catch: failed })
+      : Effect.tryPromise({ try: () => fs.fsyncAll!(fds), catch: failed })
+  )
+  const closed = Effect.try({
+    try: () => {
+      let error: unknown
+      for (const fd of fds.splice(0)) {
+        try {
+          fs.closeSync(fd)
+        } catch (e) {
+          error ??= e
+        }
+      }
+      if (error !== undefined) throw error
+    },
+    catch: failed
+  })
+  return Effect.matchCauseEffect(synced, {
+    onFailure: (cause) => Effect.zipRight(Effect.ignore(closed), Effect.failCause(cause)),
+    onSuccess: () => closed
+  })
+}
+
+/**
+ * fsyncs of the files `paths` that exist (one removed since needs none) and of the directories holding
+ * `renamed` (so that renames and removals there survive a crash), all at once and off the event loop when
+ * the file service can (`syncAndClose`). For a step that waits on several fsyncs whose order does not
+ * matter, none of them holding up the thread. @internal
+ */
+export const syncAll = (paths: ReadonlyArray<string>, renamed: ReadonlyArray<string> = []) =>
+  Effect.flatMap(currentFiles, (fs) => {
+    const failed = (cause: unknown) =>
+      new StorageError({ reason: "Files", message: `cannot fsync: ${cause instanceof Error ? cause.message : String(cause)}`, path: paths[0] ?? renamed[0], cause })
+    const fds: Array<number> = []
+    const opened = Effect.try({
+      try: () => {
+        for (const path of paths) if (fs.existsSync(path)) fds.push(fs.openSync(path, "r+"))
+        for (const directory of new Set(renamed.map(dirnameOf))) fds.push(fs.openSync(directory, "r"))
+      },
+      catch: failed
+    })
+    return Effect.zipRight(opened, syncAndClose(fs, fds, failed)).pipe(Effect.uninterruptible)
+  })
+
+/**
  * `writeNew` of several files in one directory, created in order: their fsyncs and the directory's (which
  * makes their names durable) all in flight at once when the file service can (`fsyncAll`: the file system
  * commits them together, and the fiber waits off the event loop, so other work runs meanwhile), else one
@@ -138,30 +192,7 @@ export const writeNewFiles = (paths: ReadonlyArray<string>, bytes: Uint8Array) =
       },
       catch: failed
     })
-    const synced = fs.fsyncAll === undefined
-      ? Effect.try({ try: () => fds.forEach((fd) => fs.fsyncSync(fd)), catch: failed })
-      : Effect.tryPromise({ try: () => fs.fsyncAll!(fds), catch: failed })
-    // Every descriptor is closed whatever happened; the first close that fails is the error when nothing
-    // failed before it.
-    const closed = Effect.try({
-      try: () => {
-        let error: unknown
-        for (const fd of fds.splice(0)) {
-          try {
-            fs.closeSync(fd)
-          } catch (e) {
-            error ??= e
-          }
-        }
-        if (error !== undefined) throw error
-      },
-      catch: failed
-    })
-    return Effect.zipRight(written, synced).pipe(
-      Effect.matchCauseEffect({
-        onFailure: (cause) => Effect.zipRight(Effect.ignore(closed), Effect.failCause(cause)),
-        onSuccess: () => closed
-      }),
+    return Effect.zipRight(written, syncAndClose(fs, fds, failed)).pipe(
       Effect.uninterruptible
     )
   })
@@ -332,11 +363,12 @@ export const readWalTail = (db: string, prefix: WalState | undefined) =>
 /**
  * Validates the frames of `<db>-wal` after the first `prefix.frames`, `chunk` frames at a time (bounded
  * memory, whatever the tail's length): the number of them up to the last commit frame, and the WAL's state
- * after that frame (undefined when none). Read them with {@link readWalFrames}.
+ * after that frame (undefined when none). Read them with {@link readWalFrames}. `scratch`, when given and
+ * large enough, holds each chunk (see scratch.ts) instead of a buffer of its own.
  *
  * @internal
  */
-export const scanWalTail = (db: string, known: WalState | undefined, chunk: number) =>
+export const scanWalTail = (db: string, known: WalState | undefined, chunk: number, scratch?: Uint8Array) =>
   attempt(walPath(db), "cannot read WAL", (fs): { readonly count: number; readonly state: WalState | undefined } => {
     if (!fs.existsSync(walPath(db))) return { count: 0, state: undefined }
     const fd = fs.openSync(walPath(db), "r")
@@ -349,7 +381,8 @@ export const scanWalTail = (db: string, known: WalState | undefined, chunk: numb
         if (Option.isNone(wal)) return { count: 0, state: undefined }
         prefix = stateOf(wal.value)
       }
-      const bytes = new Uint8Array(chunk * WalFrame.FRAME_SIZE)
+      const size = chunk * WalFrame.FRAME_SIZE
+      const bytes = scratch !== undefined && scratch.byteLength >= size ? scratch.subarray(0, size) : new Uint8Array(size)
       let checksum = prefix.checksum
       let scanned = 0
       let count = 0
@@ -400,6 +433,39 @@ export const readWalFrames = (db: string, count: number, skip = 0) =>
         commitSize: view.getUint32(offset + 4),
         page: bytes.subarray(offset + WalFrame.FRAME_HEADER_SIZE, offset + WalFrame.FRAME_SIZE)
       })
+    }
+    return frames
+  })
+
+/**
+ * `count` frames of `<db>-wal` after the first `skip`, as {@link readWalFrames} reads them, into `into` (at
+ * least `count` frames long) and laid out in wire form there: each frame's salts and checksums are zeroed
+ * in place, so that `WalFrame.encodeWire` of the answer is a view of `into`, not a copy. The frames are
+ * views of `into`: valid until it is written again.
+ *
+ * @internal
+ */
+export const readWireFrames = (db: string, count: number, skip: number, into: Uint8Array) =>
+  attempt(walPath(db), "cannot read WAL", (fs): ReadonlyArray<WalFrame.Frame> => {
+    if (count === 0) return []
+    const bytes = into.subarray(0, count * WalFrame.FRAME_SIZE)
+    const fd = fs.openSync(walPath(db), "r")
+    try {
+      const read = fs.readSync(fd, bytes, 0, bytes.byteLength, WalFrame.walSize(skip))
+      if (read !== bytes.byteLength) throw new Error(`WAL holds fewer than ${count} frames`)
+    } finally {
+      fs.closeSync(fd)
+    }
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+    const frames: Array<WalFrame.Frame> = new Array(count)
+    for (let i = 0; i < count; i++) {
+      const offset = i * WalFrame.FRAME_SIZE
+      bytes.fill(0, offset + 8, offset + WalFrame.FRAME_HEADER_SIZE)
+      frames[i] = {
+        pgno: view.getUint32(offset),
+        commitSize: view.getUint32(offset + 4),
+        page: bytes.subarray(offset + WalFrame.FRAME_HEADER_SIZE, offset + WalFrame.FRAME_SIZE)
+      }
     }
     return frames
   })

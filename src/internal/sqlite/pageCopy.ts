@@ -93,10 +93,15 @@ export const readFrameHeaders = (db: string) =>
   })
 
 /**
- * Writes `frames` as a complete new WAL at `path` (fresh salts, checksums from its header), fsynced. The
- * frames must end with a commit frame.
+ * Writes `frames` as a complete new WAL at `path` (fresh salts, checksums from its header), fsynced unless
+ * `sync: false` (the caller fsyncs it before anything durable counts on it). The frames must end with a
+ * commit frame.
  */
-export const writeWalFile = (path: string, frames: ReadonlyArray<WalFrame.Frame>) =>
+export const writeWalFile = (
+  path: string,
+  frames: ReadonlyArray<WalFrame.Frame>,
+  options?: { readonly sync?: boolean | undefined }
+) =>
   attempt(path, "cannot write WAL", (fs) => {
     const wal = WalFrame.make({
       salt1: (Math.random() * 0x100000000) >>> 0,
@@ -108,7 +113,7 @@ export const writeWalFile = (path: string, frames: ReadonlyArray<WalFrame.Frame>
     try {
       fs.writeSync(fd, WalFrame.encodeHeader(wal), 0, WalFrame.WAL_HEADER_SIZE, 0)
       if (appended.bytes.byteLength > 0) fs.writeSync(fd, appended.bytes, 0, appended.bytes.byteLength, WalFrame.WAL_HEADER_SIZE)
-      fs.fsyncSync(fd)
+      if (options?.sync !== false) fs.fsyncSync(fd)
     } finally {
       fs.closeSync(fd)
     }
@@ -179,11 +184,16 @@ export const sameWal = (a: WalIdentity, b: WalIdentity): boolean =>
   a.checksum2 === b.checksum2
 
 /**
- * Writes the newest copy of each page `frames` hold into the database file `db` in place, fsynced; never
- * shortens it. Safe while `db` is open only when its WAL holds every one of those pages (SQLite reads a
- * page from the WAL before the file) and nothing checkpoints it meanwhile.
+ * Writes the newest copy of each page `frames` hold into the database file `db` in place, fsynced unless
+ * `sync: false` (the caller fsyncs it); never shortens it. Safe while `db` is open only when its WAL holds
+ * every one of those pages (SQLite reads a page from the WAL before the file) and nothing checkpoints it
+ * meanwhile.
  */
-export const writePagesInPlace = (db: string, frames: ReadonlyArray<WalFrame.Frame>) =>
+export const writePagesInPlace = (
+  db: string,
+  frames: ReadonlyArray<WalFrame.Frame>,
+  options?: { readonly sync?: boolean | undefined }
+) =>
   attempt(db, "cannot write pages", (fs) => {
     const newest = new Map<number, Uint8Array>()
     for (const frame of frames) newest.set(frame.pgno, frame.page)
@@ -199,7 +209,7 @@ export const writePagesInPlace = (db: string, frames: ReadonlyArray<WalFrame.Fra
         fs.writeSync(fd, run, 0, run.byteLength, (pgnos[i] - 1) * WalFrame.PAGE_SIZE)
         i = j
       }
-      fs.fsyncSync(fd)
+      if (options?.sync !== false) fs.fsyncSync(fd)
     } finally {
       fs.closeSync(fd)
     }

@@ -250,3 +250,27 @@ export const indexItems = (indexSql: string): ReadonlyArray<string> | undefined 
   }
   return undefined
 }
+
+/** Pragmas that run a checkpoint whenever they are run, and ones that do (or stop WAL mode) once set. */
+const CHECKPOINTING = new Set(["wal_checkpoint"])
+const CHECKPOINTING_WHEN_SET = new Set(["wal_autocheckpoint", "journal_mode", "locking_mode"])
+
+const PRAGMA = /^PRAGMA\s+(?:(?:"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]|'(?:[^']|'')*'|\w+)\s*\.\s*)?("|`|\[|')?(\w+)["`\]']?\s*([\s\S]*)$/i
+
+/**
+ * The pragma of `text` (any of its statements) that would let SQLite checkpoint a WAL, or take the database
+ * out of WAL mode, on its own: `wal_checkpoint` in any form, and `wal_autocheckpoint`, `journal_mode` or
+ * `locking_mode` set to a value (reading them is harmless). Lower case; undefined when there is none.
+ * Comments anywhere in a statement, quoted names and schema prefixes are seen through.
+ */
+export const checkpointingPragma = (text: string): string | undefined => {
+  if (!/pragma/i.test(text)) return undefined
+  for (const statement of text.includes(";") ? splitStatements(text) : [text]) {
+    const match = PRAGMA.exec(stripComments(statement).trim())
+    if (match === null) continue
+    const name = match[2]!.toLowerCase()
+    if (CHECKPOINTING.has(name)) return name
+    if (CHECKPOINTING_WHEN_SET.has(name) && /^[=(]/.test(match[3]!)) return name
+  }
+  return undefined
+}
