@@ -187,18 +187,23 @@ const isRead = (
 ): Effect.Effect<boolean, SqlError | SyncError.SqlStatementError> => {
   const known = state.readVerdicts.get(sql)
   if (known !== undefined) return Effect.succeed(known)
-  // never cached as a read (SQLite calls `PRAGMA wal_autocheckpoint = N` one): the direct path never runs it
-  const refused = refusedStatement(sql)
-  if (refused !== undefined) return Effect.fail(refused)
-  return Effect.try({
-    try: () => {
-      const verdict = Executor.isPureRead(client, sql) ?? isReadStatement(sql)
+  // SQLite applies these as it prepares them: refused before the verdict, which prepares the statement
+  const pragma = checkpointingPragma(sql)
+  if (pragma === "wal_autocheckpoint" || pragma === "locking_mode") return Effect.fail(refusedStatement(sql)!)
+  return Effect.flatMap(
+    Effect.try({
+      try: () => Executor.isPureRead(client, sql) ?? isReadStatement(sql),
+      catch: (cause) => Executor.toSqlError(cause, "Failed to prepare statement")
+    }),
+    (verdict) => {
+      // one SQLite calls a read is refused all the same, and never cached as one: the direct path never runs it
+      const refused = verdict && pragma !== undefined ? refusedStatement(sql) : undefined
+      if (refused !== undefined) return Effect.fail(refused)
       if (state.readVerdicts.size >= 1000) state.readVerdicts.clear()
       state.readVerdicts.set(sql, verdict)
-      return verdict
-    },
-    catch: (cause) => Executor.toSqlError(cause, "Failed to prepare statement")
-  })
+      return Effect.succeed(verdict)
+    }
+  )
 }
 
 const activeCopy = (state: State) => state.gates.active.current === "draft" ? state.draft : state.synced
@@ -265,11 +270,15 @@ export const query = (state: State) =>
 
 /** The tables `sql` reads, as reactive queries key them (Reactive.tablesRead), on the active copy. */
 export const tablesRead = (state: State) =>
-(sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<ReadonlyArray<string>, SyncError.SqlStatementError> =>
-  onActive(
+(sql: string, params: ReadonlyArray<unknown> = []): Effect.Effect<ReadonlyArray<string>, SyncError.SqlStatementError> => {
+  // its EXPLAIN prepares the statement, which applies some of these already
+  const refused = refusedStatement(sql)
+  if (refused !== undefined) return Effect.fail(refused)
+  return onActive(
     state,
     (client) => Effect.provideService(Executor.withExecutor((exec) => Reactive.tablesRead(exec, sql, params)), SqlClient.SqlClient, client)
   ).pipe(Effect.mapError(sqlStatementError("Statement", sql)))
+}
 
 /** Whether `sql` is a pure read by SQLite's verdict (layerSqlClient routes by it); one that fails to prepare is not. */
 export const classify = (state: State) => (sql: string): Effect.Effect<"read" | "write"> => {

@@ -117,13 +117,18 @@ export const writeNew = (path: string, bytes: Uint8Array) =>
   })
 
 /**
- * fsyncs `fds`, all in flight at once and off the event loop when the file service can (`fsyncAll`: the
- * file system commits them together, and other fibers run meanwhile), else one after the other; then
- * closes every one of them whatever happened (the first close that fails is the error when nothing failed
- * before it). `fds` may still be filled by the effect this follows. Run it uninterruptibly: a descriptor
- * is never closed under its fsync.
+ * `opened` (which fills `fds`), then fsyncs of `fds`, all in flight at once and off the event loop when the
+ * file service can (`fsyncAll`: the file system commits them together, and other fibers run meanwhile),
+ * else one after the other; then closes every one of them whatever happened, a failure of `opened` too
+ * (the first close that fails is the error when nothing failed before it). Uninterruptible: a descriptor is
+ * never closed under its fsync.
  */
-const syncAndClose = (fs: FileService, fds: Array<number>, failed: (cause: unknown) => StorageError) => {
+const syncAndClose = (
+  fs: FileService,
+  opened: Effect.Effect<void, StorageError>,
+  fds: Array<number>,
+  failed: (cause: unknown) => StorageError
+) => {
   const synced = Effect.suspend(() =>
     fs.fsyncAll === undefined
       ? Effect.try({ try: () => fds.forEach((fd) => fs.fsyncSync(fd)), catch: failed })
@@ -143,10 +148,10 @@ const syncAndClose = (fs: FileService, fds: Array<number>, failed: (cause: unkno
     },
     catch: failed
   })
-  return Effect.matchCauseEffect(synced, {
+  return Effect.matchCauseEffect(Effect.zipRight(opened, synced), {
     onFailure: (cause) => Effect.zipRight(Effect.ignore(closed), Effect.failCause(cause)),
     onSuccess: () => closed
-  })
+  }).pipe(Effect.uninterruptible)
 }
 
 /**
@@ -167,7 +172,7 @@ export const syncAll = (paths: ReadonlyArray<string>, renamed: ReadonlyArray<str
       },
       catch: failed
     })
-    return Effect.zipRight(opened, syncAndClose(fs, fds, failed)).pipe(Effect.uninterruptible)
+    return syncAndClose(fs, opened, fds, failed)
   })
 
 /**
@@ -192,9 +197,7 @@ export const writeNewFiles = (paths: ReadonlyArray<string>, bytes: Uint8Array) =
       },
       catch: failed
     })
-    return Effect.zipRight(written, syncAndClose(fs, fds, failed)).pipe(
-      Effect.uninterruptible
-    )
+    return syncAndClose(fs, written, fds, failed)
   })
 
 /** The committed frames of `<db>-wal`, `None` when there is no valid WAL. @internal */
