@@ -4,7 +4,7 @@
  * does just after answering (the store's checkpoint), beside the wall time of that push. CPU time hardly
  * moves with the machine's load, where wall times on a busy machine do; the libSQL client keeps this
  * project's client out of the figure. Then the server's CPU per one-row transaction (`--one-row` N of them, 0:
- * none): the libSQL client inserts a row and syncs (a push of its frame and a pull), N times, on a small
+ * none): the libSQL client inserts a row and syncs (one push request: with writes pending, its sync does not pull), N times, on a small
  * database (the live bench's writes); the CPU of all N divided by N, and the median wall time of a sync.
  *
  *   npx tsx bench/pushServer.ts [--rows 20000,100000] [--one-row 200] [--before DIR] [--rounds 2] [--cpu-prof DIR]
@@ -93,7 +93,7 @@ const runTree = async (
       }
       await sleep(200)
       lines.push({
-        what: `libSQL sync of a one-row insert (its push and pull), per sync of ${oneRow}`,
+        what: `libSQL sync of a one-row insert (one push request), per sync of ${oneRow}`,
         cpu: (cpuOf(server.child.pid!) - cpu) / oneRow,
         wall: median(walls)
       })

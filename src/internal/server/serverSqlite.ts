@@ -27,7 +27,8 @@
  * are inserted into `store.sqlite` in a transaction committed only on a passing verdict; a refused
  * commit's transaction is rolled back and the replaced pages are written back. Both end before the push
  * is answered. A commit whose database (before and after it) is at most `CHECK_HERE_MAX_BYTES` is
- * checked and then committed on the calling thread instead: cheaper than the worker's round trip.
+ * checked on the calling thread instead, on head.db read into memory with the frames applied (cheaper
+ * than the worker's round trip, and than a connection to the file), and written over head.db once stored.
  */
 import Database from "better-sqlite3"
 import * as Effect from "effect/Effect"
@@ -44,7 +45,7 @@ import type { Backend, DatabaseBackend, GenerationRecord } from "./serverCore.js
 import type { IntegrityCheck } from "./sqliteImage.js"
 import * as ChangedTables from "./changedTables.js"
 import * as serverMetrics from "./serverMetrics.js"
-import { checkConnection, checkImage, fixedPlan } from "./sqliteImage.js"
+import { checkConnection, checkImage, fixedPlan, planOnImage } from "./sqliteImage.js"
 
 const storage = (message: string) => (cause: unknown) => new StoreError({ reason: "Storage", message, cause })
 
@@ -156,6 +157,16 @@ const writeRuns = (fd: number, frames: ReadonlyArray<WalFrame.Frame>) => {
   }
 }
 
+/**
+ * Writes whole transactions into a database file as SQLite's checkpoint of them would: each page at its
+ * place, in frame order (the newest copy wins), the file cut or extended to the last commit's size.
+ */
+const writeCommit = (fd: number, frames: ReadonlyArray<WalFrame.Frame>) => {
+  const pages = frames[frames.length - 1].commitSize
+  fs.ftruncateSync(fd, pages * WalFrame.PAGE_SIZE)
+  writeRuns(fd, frames.filter((frame) => frame.pgno <= pages))
+}
+
 /** What `writeHead` replaced: head.db's size in pages before, and the pages it overwrote or cut off (undefined: too many to keep). */
 interface HeadUndo {
   readonly pages: number
@@ -246,8 +257,8 @@ const STORE_AUTOCHECKPOINT_PAGES = 16_384
 const STORE_CHECKPOINT_FRAMES = 1_000
 
 /**
- * A database up to this size (the head, and the commit's size) is checked on the calling thread: its check (about 1 ms of CPU per MB)
- * takes less than the worker's round trip, which on a busy machine waits for the worker to be scheduled
+ * A database up to this size (the head, and the commit's size) is checked on the calling thread, on an
+ * image in memory: its check (about 1 ms of CPU per MB) takes less than the worker's round trip, which on a busy machine waits for the worker to be scheduled
  * (a one-row push to a small database was answered in 7-17 ms this way, 25-130 ms through the worker, on
  * a 2-core machine at load 6).
  */
@@ -613,8 +624,7 @@ const openDatabase = (
       const undoable = cut <= HEAD_UNDO_TAIL_MAX_PAGES
       if (undoable) for (let pgno = newPages + 1; pgno <= oldPages; pgno++) kept.add(pgno)
       const saved = undoable ? readRuns(fd, [...kept].sort((a, b) => a - b)) : []
-      fs.ftruncateSync(fd, newPages * WalFrame.PAGE_SIZE)
-      writeRuns(fd, frames.filter((frame) => frame.pgno <= newPages))
+      writeCommit(fd, frames)
       return { pages: oldPages, saved: undoable ? saved : undefined }
     } finally {
       fs.closeSync(fd)
@@ -640,24 +650,48 @@ const openDatabase = (
     }
   }
 
-  // The plan of `frames` on head.db as it is, then head.db with them written over it (see `writeHead`).
-  const prepareCheck = (frames: ReadonlyArray<WalFrame.Frame>): { plan: ChangedTables.CheckPlan; undo: HeadUndo } => {
+  /** Rebuilds head.db when it is stale; answers its size in bytes. */
+  const freshHead = (): number => {
     if (headStale) {
       rebuildHead()
       headStale = false
       schema = undefined
     }
+    return fs.statSync(headPath).size
+  }
+
+  // The plan of `frames` on head.db as it is, then head.db with them written over it (see `writeHead`).
+  const prepareCheck = (frames: ReadonlyArray<WalFrame.Frame>): { plan: ChangedTables.CheckPlan; undo: HeadUndo } => {
     const plan = planFor(frames)
     return { plan, undo: writeHead(frames) }
   }
 
-  // The check on the calling thread, for a small database or a store without a worker (see checkWorker.ts).
-  const runCheck = (plan: ChangedTables.CheckPlan, bytes: number): Effect.Effect<string | undefined, Error> => {
+  /**
+   * The check of a small database: head.db read into memory, `frames` applied to that image and the
+   * image checked, with no connection to open on the file (nor the WAL and index it would create), and
+   * nothing to put back when the check refuses them.
+   */
+  const checkInMemory = (frames: ReadonlyArray<WalFrame.Frame>): string | undefined => {
+    const head = fs.readFileSync(headPath)
+    const planned = planOnImage(integrityCheck, head, schema, frames)
+    schema = planned.schema
+    return checkImage(WalFrame.applyFrames(head, frames), planned.plan, { owned: true })
+  }
+
+  /** `frames` written over head.db (see `writeHead`), once their commit is stored. */
+  const writeHeadPages = (frames: ReadonlyArray<WalFrame.Frame>) => {
+    const fd = fs.openSync(headPath, "r+")
+    try {
+      writeCommit(fd, frames)
+    } finally {
+      fs.closeSync(fd)
+    }
+  }
+
+  // The check of head.db on the calling thread, for a store without a worker (see checkWorker.ts).
+  const runCheck = (plan: ChangedTables.CheckPlan): Effect.Effect<string | undefined, Error> => {
     return Effect.try({
       try: () => {
-        // A small one is read into memory and checked there: no connection to open on the file, and no
-        // WAL and index for it to create (a tenth of the CPU for a database of a few pages).
-        if (bytes <= CHECK_HERE_MAX_BYTES) return checkImage(fs.readFileSync(headPath), plan, { owned: true })
         let reader: Database.Database | undefined
         try {
           reader = new Database(headPath, { readonly: true, fileMustExist: true })
@@ -821,6 +855,30 @@ const openDatabase = (
           yield* commitHere
           return Either.right(undefined)
         }
+        const refused = (cause: Error) => {
+          // Whatever went wrong with head.db, the next check starts from a fresh one.
+          headStale = true
+          return failed(cause)
+        }
+        const headBytes = yield* Effect.try({ try: freshHead, catch: failed })
+        // A small database is checked here, in memory (see CHECK_HERE_MAX_BYTES), and head.db written once
+        // the commit is stored. (its size as the check reads it: the head's, or the commit's when larger)
+        const commitBytes = frames[frames.length - 1].commitSize * WalFrame.PAGE_SIZE
+        if (Math.max(headBytes, commitBytes) <= CHECK_HERE_MAX_BYTES) {
+          const problem = yield* serverMetrics.timeCheck(Effect.try({
+            try: () => checkInMemory(frames),
+            catch: (cause) => (cause instanceof Error ? cause : new Error(String(cause)))
+          })).pipe(Effect.mapError(refused))
+          if (problem !== undefined) return Either.left(problem)
+          yield* commitHere
+          try {
+            writeHeadPages(frames)
+          } catch {
+            // head.db is derived data: rebuilt before the next check instead of failing a stored commit
+            headStale = true
+          }
+          return Either.right(undefined)
+        }
         const { plan, undo } = yield* Effect.try({
           try: () => prepareCheck(frames),
           catch: (cause) => {
@@ -829,24 +887,13 @@ const openDatabase = (
             return failed(cause)
           }
         })
-        const refused = (cause: Error) => {
-          // Whatever went wrong with head.db, the next check starts from a fresh one.
-          headStale = true
-          return failed(cause)
-        }
-        // A small database is checked here (see CHECK_HERE_MAX_BYTES); the commit then waits for nothing.
-        // (its size as the check reads it: the head's, or the commit's when that is larger)
-        const commitBytes = frames[frames.length - 1].commitSize * WalFrame.PAGE_SIZE
-        const checkedBytes = Math.max(undo.pages * WalFrame.PAGE_SIZE, commitBytes)
-        if (checker === undefined || checkedBytes <= CHECK_HERE_MAX_BYTES) {
-          const problem = yield* serverMetrics.timeCheck(runCheck(plan, commitBytes)).pipe(Effect.mapError(refused))
+        if (checker === undefined) {
+          const problem = yield* serverMetrics.timeCheck(runCheck(plan)).pipe(Effect.mapError(refused))
           if (problem !== undefined) {
             undoHead(undo)
             return Either.left(problem)
           }
           yield* commitHere
-          // The next commit's check runs on the worker: started now, off this answer's path.
-          if (checker !== undefined && commitBytes > CHECK_HERE_MAX_BYTES) checker.warm()
           return Either.right(undefined)
         }
         // The worker checks head.db while the frames are inserted here; they are committed once it found
