@@ -24,10 +24,13 @@ import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as SyncError from "../../SyncError.js"
+import type { Service as FileService } from "../../SyncFiles.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
+import * as SyncProtocol from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as Files from "../sqlite/files.js"
 import * as PageCopy from "../sqlite/pageCopy.js"
+import * as Scratch from "../sqlite/scratch.js"
 import * as WalIndex from "../sqlite/walIndex.js"
 import * as DraftPages from "./draftPages.js"
 import * as Gates from "./gates.js"
@@ -47,14 +50,27 @@ export const finishFoldFiles = (paths: Paths, m: SyncMetadata.Metadata) =>
     yield* Files.truncateWal(paths.synced, walFrames(m))
   })
 
+/** Frames of Synced's WAL a fold reads at a time, into the buffer a push reads its batches into (scratch.ts). */
+const FOLD_CHUNK = SyncProtocol.MAX_FRAMES_PER_REQUEST
+
 /** Folds Synced's WAL when its synced frames outgrew `maxWalFrames` (the caller holds the sync lock). */
 export const foldSynced = Effect.fn("Engine.foldSynced")(
   function*(state: State) {
-    const { paths } = state
     const m = yield* SynchronizedRef.get(state.metadata)
     if (walFrames(m) <= state.maxWalFrames) return
     yield* prefixAtSyncedFrame(state) // validates the synced frames once if this process has not yet
-    const frames = yield* Files.readWalFrames(paths.synced, walFrames(m))
+    // Through a reused buffer, a chunk at a time: the WAL is not held in fresh memory (whose first touch
+    // costs as much as the fold's own work).
+    yield* Scratch.withBuffer(FOLD_CHUNK * WalFrame.FRAME_SIZE, (scratch) => foldSyncedWith(state, walFrames(m), scratch))
+  },
+  (effect, state) => Effect.ensuring(effect, Effect.ignore(state.synced.open))
+)
+
+const foldSyncedWith = (state: State, count: number, scratch: Uint8Array) =>
+  Effect.gen(function*() {
+    const { paths } = state
+    const read = yield* readSyncedHeaders(paths.synced, count, scratch)
+    const frames = read.frames
     const fold = PageCopy.foldLength(frames, Math.max(1, Math.floor(state.maxWalFrames / 2)))
     if (fold === 0) return
     // The frames go into the file, past recovery's reach: the metadata file must count them first.
@@ -62,8 +78,16 @@ export const foldSynced = Effect.fn("Engine.foldSynced")(
     yield* state.synced.close
     yield* Ref.set(state.syncedPrefix, undefined)
     yield* Files.remove(paths.syncedWalNext)
-    yield* Files.applyInPlace(paths.synced, frames.slice(0, fold))
-    if (fold < frames.length) yield* PageCopy.writeWalFile(paths.syncedWalNext, frames.slice(fold))
+    yield* applySyncedFrames(paths.synced, frames, fold, scratch, read.loaded)
+    if (fold < count) {
+      // the last transaction, rewritten as a WAL of its own (at most half the bound, so it fits the buffer
+      // unless the bound is large)
+      const kept = count - fold
+      const last = kept * WalFrame.FRAME_SIZE <= scratch.byteLength
+        ? yield* Files.readWireFrames(paths.synced, kept, fold, scratch)
+        : yield* Files.readWalFrames(paths.synced, kept, fold)
+      yield* PageCopy.writeWalFile(paths.syncedWalNext, last)
+    }
     yield* state.step("fold:applied")
     const pages = PageCopy.pageNumbers(frames.slice(0, fold))
     const next = yield* updateMetadata(state, (m) => {
@@ -79,9 +103,122 @@ export const foldSynced = Effect.fn("Engine.foldSynced")(
     yield* state.step("fold:flagged")
     yield* finishFoldFiles(paths, next)
     yield* updateMetadata(state, (m) => ({ ...m, foldInProgress: false }))
-  },
-  (effect, state) => Effect.ensuring(effect, Effect.ignore(state.synced.open))
-)
+  })
+
+/**
+ * Reads `count` frames of `<db>-wal` (synced frames: validated already) from frame `first` into
+ * `scratch`, which holds at least that many.
+ */
+const readChunk = (fs: FileService, fd: number, scratch: Uint8Array, first: number, count: number) => {
+  const length = count * WalFrame.FRAME_SIZE
+  if (fs.readSync(fd, scratch, 0, length, WalFrame.walSize(first)) !== length) {
+    throw new Error(`WAL holds fewer than ${first + count} frames`)
+  }
+}
+
+/**
+ * The headers of the first `count` frames of `<db>-wal`, read a chunk at a time into `scratch`; `loaded`:
+ * the first frame of the chunk `scratch` holds after it.
+ */
+const readSyncedHeaders = (db: string, count: number, scratch: Uint8Array) =>
+  Files.attempt(Files.walPath(db), "cannot read WAL", (fs) => {
+    const chunk = Math.floor(scratch.byteLength / WalFrame.FRAME_SIZE)
+    const view = new DataView(scratch.buffer, scratch.byteOffset, scratch.byteLength)
+    const frames: Array<PageCopy.FrameHeader> = new Array(count)
+    let loaded = 0
+    const fd = fs.openSync(Files.walPath(db), "r")
+    try {
+      for (let first = 0; first < count; first += chunk) {
+        const n = Math.min(chunk, count - first)
+        readChunk(fs, fd, scratch, first, n)
+        loaded = first
+        for (let i = 0; i < n; i++) {
+          frames[first + i] = { pgno: view.getUint32(i * WalFrame.FRAME_SIZE), commitSize: view.getUint32(i * WalFrame.FRAME_SIZE + 4) }
+        }
+      }
+    } finally {
+      fs.closeSync(fd)
+    }
+    return { frames, loaded }
+  })
+
+/**
+ * Which of the first `count` frames a fold writes into the database file: the newest frame of each page
+ * within the size the last commit frame among them gives (the file is cut to that size); each page is
+ * written once. All false when none of them commits.
+ */
+export const foldWrites = (frames: ReadonlyArray<PageCopy.FrameHeader>, count: number): {
+  readonly pages: number
+  readonly writes: ReadonlyArray<boolean>
+} => {
+  let committed = count
+  while (committed > 0 && frames[committed - 1]!.commitSize === 0) committed--
+  const writes: Array<boolean> = new Array(count).fill(false)
+  if (committed === 0) return { pages: 0, writes }
+  const pages = frames[committed - 1]!.commitSize
+  const newest = new Map<number, number>()
+  for (let i = 0; i < committed; i++) newest.set(frames[i]!.pgno, i)
+  for (const [pgno, i] of newest) if (pgno <= pages) writes[i] = true
+  return { pages, writes }
+}
+
+/**
+ * The first `fold` frames of `<db>-wal` written into `db`'s file in place (see {@link foldWrites}), read a
+ * chunk at a time into `scratch` (the chunk it holds, from frame `loaded`, first), and the file fsynced.
+ * Each chunk's pages to write are moved together in `scratch` (over the headers and pages already dealt
+ * with), so that a run of consecutive pages is one write. Only with `db` closed.
+ */
+const applySyncedFrames = (
+  db: string,
+  frames: ReadonlyArray<PageCopy.FrameHeader>,
+  fold: number,
+  scratch: Uint8Array,
+  loaded: number
+) =>
+  Files.attempt(db, "cannot apply frames", (fs) => {
+    const { pages, writes } = foldWrites(frames, fold)
+    const chunk = Math.floor(scratch.byteLength / WalFrame.FRAME_SIZE)
+    const wal = fs.openSync(Files.walPath(db), "r")
+    try {
+      const fd = fs.openSync(db, "r+")
+      try {
+        if (pages > 0) {
+          fs.ftruncateSync(fd, pages * WalFrame.PAGE_SIZE)
+          const apply = (first: number) => {
+            const n = Math.min(chunk, fold - first)
+            let runPgno = 0
+            let runLength = 0
+            const flush = () => {
+              if (runLength > 0) fs.writeSync(fd, scratch, 0, runLength * WalFrame.PAGE_SIZE, (runPgno - 1) * WalFrame.PAGE_SIZE)
+              runLength = 0
+            }
+            for (let i = 0; i < n; i++) {
+              if (!writes[first + i]) continue
+              const pgno = frames[first + i]!.pgno
+              if (runLength > 0 && pgno !== runPgno + runLength) flush()
+              if (runLength === 0) runPgno = pgno
+              // (to an offset below the frame's own: nothing not yet dealt with is overwritten)
+              const source = i * WalFrame.FRAME_SIZE + WalFrame.FRAME_HEADER_SIZE
+              scratch.copyWithin(runLength * WalFrame.PAGE_SIZE, source, source + WalFrame.PAGE_SIZE)
+              runLength++
+            }
+            flush()
+          }
+          if (loaded < fold) apply(loaded)
+          for (let first = 0; first < fold; first += chunk) {
+            if (first === loaded) continue
+            readChunk(fs, wal, scratch, first, Math.min(chunk, fold - first))
+            apply(first)
+          }
+        }
+        fs.fsyncSync(fd)
+      } finally {
+        fs.closeSync(fd)
+      }
+    } finally {
+      fs.closeSync(wal)
+    }
+  })
 
 /** A fold flagged in metadata whose file steps failed: finished before anything reads or extends Synced. */
 export const finishFlaggedFold = (state: State) =>

@@ -225,7 +225,7 @@ export const pageNumbers = (frames: ReadonlyArray<FrameHeader>): ReadonlyArray<n
  * the last transaction stays in the WAL (a push the server asks to resend from it can be answered), unless
  * that transaction alone holds more than `keepAtMost` frames: then everything is folded. 0: nothing to fold.
  */
-export const foldLength = (frames: ReadonlyArray<WalFrame.Frame>, keepAtMost: number): number => {
+export const foldLength = (frames: ReadonlyArray<FrameHeader>, keepAtMost: number): number => {
   for (let i = frames.length - 2; i >= 0; i--) {
     if (frames[i].commitSize !== 0) return frames.length - (i + 1) > keepAtMost ? frames.length : i + 1
   }
