@@ -81,7 +81,7 @@ const pushRounds = Effect.fn("Engine.push")(
       const replay = yield* Replay.replayDraftOntoSynced(state, "push", progress) /* 1b */
       // Nothing to push: what step (a) staged is written now (a push ends with the metadata file current).
       if (replay.replayed === 0) return yield* Effect.as(persistStaged(state), false)
-      const outcome = yield* Push.pushSyncedFrames(state, replay.lastChangeId) /* 1c */
+      const outcome = yield* Push.pushSyncedFrames(state, replay) /* 1c */
       if (outcome !== "Conflict") {
         yield* Fold.foldSynced(state)
         yield* Fold.foldDraftIfIdle(state)

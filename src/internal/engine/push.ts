@@ -96,7 +96,7 @@ const sendFrames = (
  * with whatever step (a) staged); the conflicts its replay decided go to the conflict log, and Draft's log
  * drops the changes the remote now has.
  */
-const acknowledge = (state: State, pushed: number, lastChangeId: number) =>
+const acknowledge = (state: State, pushed: number, lastChangeId: number, changes: number) =>
   Effect.gen(function*() {
     yield* updateMetadata(state, (m) => ({
       ...withoutTransfer(m),
@@ -104,6 +104,7 @@ const acknowledge = (state: State, pushed: number, lastChangeId: number) =>
       lastPushedChangeId: lastChangeId,
       lastPushAt: Date.now()
     }))
+    yield* state.options.observer?.acknowledged?.(changes) ?? Effect.void
     const decided = yield* Ref.getAndSet(state.pushConflicts, [])
     if (decided.length > 0) {
       const at = Date.now()
@@ -127,10 +128,10 @@ const acknowledge = (state: State, pushed: number, lastChangeId: number) =>
  */
 export const pushSyncedFrames = Effect.fn("Engine.pushSyncedFrames")(function*(
   state: State,
-  lastChangeId: number,
+  replayed: { readonly lastChangeId: number; readonly replayed: number },
   atHead?: { readonly databaseId: string }
 ) {
-  return yield* Scratch.withBuffer(SCRATCH_SIZE, (scratch) => pushWith(state, lastChangeId, atHead, scratch))
+  return yield* Scratch.withBuffer(SCRATCH_SIZE, (scratch) => pushWith(state, replayed, atHead, scratch))
 })
 
 /** A buffer for a batch of frames and for a chunk of the scan, reused from one push to the next (scratch.ts). */
@@ -138,10 +139,11 @@ const SCRATCH_SIZE = Math.max(BATCH, SCAN_CHUNK) * WalFrame.FRAME_SIZE
 
 const pushWith = (
   state: State,
-  lastChangeId: number,
+  replayed: { readonly lastChangeId: number; readonly replayed: number },
   atHead: { readonly databaseId: string } | undefined,
   scratch: Uint8Array
 ) => Effect.gen(function*() {
+  const { lastChangeId } = replayed
   const m = yield* SynchronizedRef.get(state.metadata)
   const prefix = yield* prefixAtSyncedFrame(state)
   const tail = yield* Files.scanWalTail(state.paths.synced, prefix, SCAN_CHUNK, scratch)
@@ -174,7 +176,7 @@ const pushWith = (
   yield* state.step("push:answered")
   if (result._tag === "Ok") {
     if (tail.state !== undefined) yield* Ref.set(state.syncedPrefix, { generation: m.generation, state: tail.state })
-    yield* acknowledge(state, tail.count, lastChangeId)
+    yield* acknowledge(state, tail.count, lastChangeId, replayed.replayed)
     return "Pushed" as const
   }
   yield* stageMetadata(state, withoutTransfer)
@@ -225,7 +227,7 @@ export const pushAtHead = Effect.fn("Engine.pushAtHead")(function*(state: State)
   yield* cutToSyncedFrame(state)
   const replay = yield* Replay.replayDraftOntoSynced(state, "push", m.lastPushedChangeId)
   if (replay.replayed === 0) return "NotTried" as const
-  const outcome = yield* pushSyncedFrames(state, replay.lastChangeId, { databaseId: m.databaseId })
+  const outcome = yield* pushSyncedFrames(state, replay, { databaseId: m.databaseId })
   return outcome === "Conflict" ? "Stale" as const : "Pushed" as const
 })
 

@@ -69,6 +69,8 @@ export interface Observer {
   readonly received: (frames: number, bytes: number) => Effect.Effect<void>
   /** The remote answered a push of `frames` frames. */
   readonly pushed: (frames: number, result: SyncRemote.PushResult) => Effect.Effect<void>
+  /** The remote acknowledged a push: `changes` local changes are no longer pending. */
+  readonly acknowledged?: ((changes: number) => Effect.Effect<void>) | undefined
   /** The remote moved to a newer generation; the engine follows it one generation at a time. */
   readonly generationChanged: (from: number, to: number) => Effect.Effect<void>
   /** Synced was rebuilt from the remote's current state (generation `to`), the pending changes kept. */

@@ -52,9 +52,11 @@ interface Counters {
   readonly framesSent: number
   readonly bytesSent: number
   readonly conflicts: number
+  /** Local changes the remote acknowledged. */
+  readonly pushedChanges: number
 }
 
-const zero: Counters = { framesReceived: 0, bytesReceived: 0, framesSent: 0, bytesSent: 0, conflicts: 0 }
+const zero: Counters = { framesReceived: 0, bytesReceived: 0, framesSent: 0, bytesSent: 0, conflicts: 0, pushedChanges: 0 }
 
 /** The instruments of one SyncDatabase: its event hub, its status, and what the running operation counted. */
 interface Instruments {
@@ -111,6 +113,7 @@ const observer = (i: Instruments): Observer => ({
   received: (frames, bytes) =>
     progressed(i, (c) => ({ ...c, framesReceived: c.framesReceived + frames, bytesReceived: c.bytesReceived + bytes })),
   pushed: (frames, result) => pushed(i, frames, result),
+  acknowledged: (changes) => Ref.update(i.counters, (c) => ({ ...c, pushedChanges: c.pushedChanges + changes })),
   generationChanged: (from, to) =>
     Effect.flatMap(Ref.get(i.current), (operation) =>
       publish(i, SyncEvent.GenerationChanged({ operation: operation === "bootstrap" ? "pull" : operation, from, to }))),
@@ -148,7 +151,10 @@ const succeeded = (i: Instruments, engine: EngineLike, operation: Operation, bod
     yield* Ref.set(i.counters, zero)
     const startedAt = yield* Clock.currentTimeMillis
     yield* publish(i, SyncEvent.Started({ operation }))
-    const before = yield* engine.stats
+    // The changes a push or sync pushed are counted as the remote acknowledges them (the engine tells):
+    // counting every pending change before the operation would read the whole change log. A rebootstrap
+    // pushes its pending changes by other steps: counted before and after.
+    const before = operation === "rebootstrap" ? yield* engine.stats : undefined
     const changed = yield* body
     const after = yield* engine.stats
     const c = yield* Ref.get(i.counters)
@@ -163,7 +169,11 @@ const succeeded = (i: Instruments, engine: EngineLike, operation: Operation, bod
     yield* publish(i, SyncEvent.Finished({
       operation,
       changed,
-      pushedChanges: operation === "pull" ? 0 : Math.max(0, before.pendingChanges - after.pendingChanges),
+      pushedChanges: operation === "pull"
+        ? 0
+        : before === undefined
+        ? c.pushedChanges
+        : Math.max(0, before.pendingChanges - after.pendingChanges),
       pendingChanges: after.pendingChanges,
       framesReceived: c.framesReceived,
       bytesReceived: c.bytesReceived,
