@@ -32,6 +32,7 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as nodeHttpGuard from "./internal/server/nodeHttpGuard.js"
 import * as ServerBody from "./internal/server/serverBody.js"
+import * as Scratch from "./internal/sqlite/scratch.js"
 import * as serverMetrics from "./internal/server/serverMetrics.js"
 import * as internal from "./internal/server/syncServer.js"
 import * as waitingPull from "./internal/server/waitingPull.js"
@@ -368,58 +369,61 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
         }
         const expectedBytes = count * WalFrame.FRAME_SIZE
         const request = yield* HttpServerRequest.HttpServerRequest
-        const declared = request.headers["content-length"]
-        if (declared !== undefined && /^[0-9]{1,15}$/.test(declared) && Number(declared) <= maxBodyBytes) {
-          if (Number(declared) !== expectedBytes) {
+        // (the body read into a buffer kept between requests: the store copies whatever it keeps of the frames)
+        return yield* Scratch.withBuffer(expectedBytes, (into) => Effect.gen(function*() {
+          const declared = request.headers["content-length"]
+          if (declared !== undefined && /^[0-9]{1,15}$/.test(declared) && Number(declared) <= maxBodyBytes) {
+            if (Number(declared) !== expectedBytes) {
+              return yield* fail(
+                new internal.HttpFailure({
+                  status: 400,
+                  code: "bad_frames",
+                  message: `frames ${start}..${end - 1} take ${expectedBytes} bytes, the body declares ${declared}`
+                })
+              )
+            }
+          }
+          const body = yield* internal.readBody(request, maxBodyBytes, 2 * maxBodyBytes, into)
+          const log = yield* RequestLog
+          log.bytes = body.byteLength
+          if (body.byteLength !== expectedBytes) {
             return yield* fail(
               new internal.HttpFailure({
                 status: 400,
                 code: "bad_frames",
-                message: `frames ${start}..${end - 1} take ${expectedBytes} bytes, the body declares ${declared}`
+                message: `frames ${start}..${end - 1} take ${expectedBytes} bytes, the body has ${body.byteLength}`
               })
             )
           }
-        }
-        const body = yield* internal.readBody(request, maxBodyBytes, 2 * maxBodyBytes)
-        const log = yield* RequestLog
-        log.bytes = body.byteLength
-        if (body.byteLength !== expectedBytes) {
-          return yield* fail(
-            new internal.HttpFailure({
-              status: 400,
-              code: "bad_frames",
-              message: `frames ${start}..${end - 1} take ${expectedBytes} bytes, the body has ${body.byteLength}`
-            })
+          const frames = yield* WalFrame.decodeWire(body).pipe(
+            Effect.mapError((error) => new internal.HttpFailure({ status: 400, code: "bad_frames", message: error.message }))
           )
-        }
-        const frames = yield* WalFrame.decodeWire(body).pipe(
-          Effect.mapError((error) => new internal.HttpFailure({ status: 400, code: "bad_frames", message: error.message }))
-        )
-        // Sound without the baton's earlier frames: they can only add pages a commit size must cover.
-        yield* WalFrame.validateTransactions(frames).pipe(
-          Effect.mapError((error) => new internal.HttpFailure({ status: 400, code: "bad_frames", message: error.message }))
-        )
-        log.frames = frames.length
-        const stamp = yield* identify(database, "other")
-        // A push that reached the store finishes even if the client goes away: its answer may be lost,
-        // which the protocol allows (re-push is idempotent), but a half-applied push is not.
-        // The identity the pusher's frames build on, when it names one (extension `push_identity`).
-        const named = request.headers[SyncProtocol.DATABASE_ID_HEADER]
-        const result = yield* store.push(database, generation, start, end, frames, baton, {
-          databaseId: named === undefined || named === "" ? undefined : named
-        }).pipe(
-          Effect.catchAll(storeFailure("other")),
-          Effect.uninterruptible
-        )
-        log.outcome = result._tag === "Conflict" ? "conflict" : "ok"
-        if (result._tag === "Conflict") {
-          return stamp(json({ status: "conflict", generation: result.generation, max_frame_no: result.maxFrameNo }))
-        }
-        return stamp(json(
-          result.baton === undefined
-            ? { status: "ok", generation: result.generation, max_frame_no: result.maxFrameNo }
-            : { status: "ok", generation: result.generation, max_frame_no: result.maxFrameNo, baton: result.baton }
-        ))
+          // Sound without the baton's earlier frames: they can only add pages a commit size must cover.
+          yield* WalFrame.validateTransactions(frames).pipe(
+            Effect.mapError((error) => new internal.HttpFailure({ status: 400, code: "bad_frames", message: error.message }))
+          )
+          log.frames = frames.length
+          const stamp = yield* identify(database, "other")
+          // A push that reached the store finishes even if the client goes away: its answer may be lost,
+          // which the protocol allows (re-push is idempotent), but a half-applied push is not.
+          // The identity the pusher's frames build on, when it names one (extension `push_identity`).
+          const named = request.headers[SyncProtocol.DATABASE_ID_HEADER]
+          const result = yield* store.push(database, generation, start, end, frames, baton, {
+            databaseId: named === undefined || named === "" ? undefined : named
+          }).pipe(
+            Effect.catchAll(storeFailure("other")),
+            Effect.uninterruptible
+          )
+          log.outcome = result._tag === "Conflict" ? "conflict" : "ok"
+          if (result._tag === "Conflict") {
+            return stamp(json({ status: "conflict", generation: result.generation, max_frame_no: result.maxFrameNo }))
+          }
+          return stamp(json(
+            result.baton === undefined
+              ? { status: "ok", generation: result.generation, max_frame_no: result.maxFrameNo }
+              : { status: "ok", generation: result.generation, max_frame_no: result.maxFrameNo, baton: result.baton }
+          ))
+        }))
       })
 
     // Liveness: the process answers. No store access, so a slow store never gets the process restarted.
