@@ -79,12 +79,16 @@ const openClient = (filename: string) =>
     return { client, scope } satisfies Opened
   })
 
-/** A read-only connection to `filename` holding its read lock, or `undefined` when none can be had. */
+/**
+ * A read-only connection to `filename` holding its read lock, or `undefined` when none can be had. The
+ * lock comes with any read of the file (in WAL mode SQLite keeps it until the connection closes); reading
+ * the header's schema cookie takes it without parsing the schema, as a query of `sqlite_master` would.
+ */
 const holdingReader = (filename: string): BetterSqlite3.Database | undefined => {
   let reader: BetterSqlite3.Database | undefined
   try {
     reader = new BetterSqlite3(filename, { readonly: true, fileMustExist: true })
-    reader.prepare("SELECT count(*) FROM sqlite_master").get()
+    reader.pragma("schema_version", { simple: true })
     return reader
   } catch {
     reader?.close()

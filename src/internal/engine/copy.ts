@@ -15,6 +15,7 @@
  * @internal
  */
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
@@ -167,7 +168,7 @@ const drop = (state: State, prepared: Prepared) =>
  * Under the write gate: Draft closed, the fresh WAL renamed over its WAL (made durable after the gate),
  * Draft reopened with capture; reads on Synced meanwhile.
  */
-const swap = (state: State, prepared: Prepared) =>
+const swap = (state: State, prepared: Prepared, shown = false) =>
   Effect.gen(function*() {
     const { paths } = state
     yield* state.step("copy:writesHeld")
@@ -196,8 +197,9 @@ const swap = (state: State, prepared: Prepared) =>
       Effect.ensuring(Effect.ignore(state.draft.open)),
       Effect.ensuring(Gates.switchReads(state.gates, "draft")),
       // Reactive queries look again whatever the outcome (a failure after the rename leaves Draft replaced),
-      // as soon as Draft serves reads again, writes still held.
-      Effect.ensuring(Changes.afterCopy(state.changes, state.draft))
+      // as soon as Draft serves reads again, writes still held; not after a copy whose rows they were shown
+      // from Synced before it (`shown`), which succeeded: Draft holds what they read then.
+      Effect.onExit((exit) => Changes.afterCopy(state.changes, state.draft, shown && Exit.isSuccess(exit)))
     )
   }).pipe(Effect.withSpan("Engine.swapDraft"))
 
@@ -279,7 +281,7 @@ export const replayAndCopy = Effect.fn("Engine.replayAndCopy")(
       const prepared = yield* holding(Effect.gen(function*() {
         const before = yield* PageCopy.walIdentity(state.paths.draft)
         const prepared = yield* prepare(state, progress, before, (read) => read, readsOnSynced(state))
-        yield* swap(state, prepared)
+        yield* swap(state, prepared, true)
         return prepared
       }).pipe(Effect.onError(() => readsBackOnDraft(state))))
       yield* Ref.set(state.lastWriteBlockedMs, Option.some(blocked))

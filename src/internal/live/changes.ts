@@ -128,9 +128,11 @@ export const beforeCopy = (tracker: Tracker): Effect.Effect<void> =>
 
 /**
  * After a pull replaced Draft (the caller still holds every write permit): the log's position moves to
- * Draft's new one, and every query is asked to look again.
+ * Draft's new one, and every query is asked to look again, unless `shown`: the copy succeeded after
+ * `beforeCopy` showed its rows (read from Synced with the replay, writes held since), so Draft now holds
+ * exactly what the queries read then.
  */
-export const afterCopy = (tracker: Tracker, draft: LocalCopies.Copy): Effect.Effect<void> =>
+export const afterCopy = (tracker: Tracker, draft: LocalCopies.Copy, shown = false): Effect.Effect<void> =>
   Effect.suspend(() => {
     if (tracker.watchers === 0) {
       tracker.seen = undefined
@@ -141,7 +143,9 @@ export const afterCopy = (tracker: Tracker, draft: LocalCopies.Copy): Effect.Eff
         onFailure: () => (tracker.seen = undefined),
         onSuccess: (last) => (tracker.seen = last)
       }),
-      Effect.zipRight(Effect.sync(() => invalidate(tracker, [ALL], false)))
+      Effect.zipRight(Effect.sync(() => {
+        if (!shown) invalidate(tracker, [ALL], false)
+      }))
     )
   })
 
