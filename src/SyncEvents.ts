@@ -74,6 +74,7 @@ export type SyncEvent = Data.TaggedEnum<{
     readonly operation: Operation
     /** Whether the local copy changed (pull, sync) or anything was pushed (push). */
     readonly changed: boolean
+    /** Local changes the remote acknowledged during the operation (0 for a pull). */
     readonly pushedChanges: number
     readonly pendingChanges: number
     readonly framesReceived: number
