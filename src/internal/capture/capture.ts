@@ -428,7 +428,7 @@ const installWith = (floor: number | undefined): Effect.Effect<void, SqlError | 
       // at once: widening it afterwards rewrites the table (a rename, a copy and a drop, each a schema change).
       // The tables read for it are the ones the triggers are made for (the log is no user table).
       let tables: ReadonlyArray<TableInfo.TableInfo> | undefined
-      if (!(yield* changesTableExists(sql))) {
+      if (!(yield* Executor.withExecutor(logExists))) {
         tables = yield* TableInfo.readAll
         yield* sql.unsafe(ChangeLog.createChangesTableOfWidth(widths(tables).log)).raw
       }
@@ -830,12 +830,22 @@ export const runUncached = (
     Effect.catchAllDefect((defect) => Effect.fail(new SqlError({ cause: defect, message: "Failed to prepare statement" })))
   )
 
-const changesTableExists = (sql: SqlClient.SqlClient) =>
-  Effect.map(
-    sql<{ readonly n: number }>`
-      SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = '_sync_changes'`.withoutTransform,
-    (rows) => rows[0]!.n > 0
-  )
+/** Whether main holds the change log. */
+const logExists = (exec: Executor.Executor) =>
+  exec.values(`SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '${CHANGES_TABLE}'`).length > 0
+
+/**
+ * Runs the synchronous `f` with the executor of the environment's client, as one step: on a connection the
+ * engine opened and no transaction holds, directly (nothing else can run on it in between, see
+ * `Executor.Direct`); otherwise inside a transaction of the client (one of its own, or a savepoint in the
+ * caller's), so that its statements see one state of the database either way. The small reads and writes of
+ * the log on every push cost one effect this way instead of several per statement.
+ */
+const inOneStep = <A>(f: (exec: Executor.Executor) => A): Effect.Effect<A, SqlError, SqlClient.SqlClient> =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) => {
+    const step = Executor.withExecutor(f)
+    return Executor.directOf(sql)?.free() === true ? step : sql.withTransaction(step)
+  })
 
 export const ensureChangeIdsAbove = (
   floor: number
@@ -853,11 +863,7 @@ export const pendingValues = (
   afterId: number,
   limit?: number
 ): Effect.Effect<ReadonlyArray<ChangeLog.LogChange>, SqlError, SqlClient.SqlClient> =>
-  plainGen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    if (!(yield* changesTableExists(sql))) return []
-    return yield* Executor.withExecutor((exec) => ChangeLog.readPage(exec, afterId, limit ?? -1))
-  })
+  plain(inOneStep((exec) => logExists(exec) ? ChangeLog.readPage(exec, afterId, limit ?? -1) : []))
 
 export const pending = (
   afterId: number,
@@ -870,16 +876,12 @@ export const pending = (
  * case after a push), a DELETE without a WHERE clause, which SQLite carries out by freeing the table's pages
  * whole instead of rewriting each as its rows go. `later`: whether rows after `upToId` are known to exist.
  */
-const pruneTable = (sql: SqlClient.SqlClient, table: string, upToId: number, later?: boolean) =>
-  Effect.gen(function*() {
-    const anyLater = later ?? Number((yield* sql.unsafe<{ readonly n: number }>(
-      `SELECT EXISTS (SELECT 1 FROM main.${table} WHERE id > ?) AS n`,
-      [upToId]
-    ).withoutTransform)[0]!.n) !== 0
-    yield* (anyLater
-      ? sql.unsafe(`DELETE FROM main.${table} WHERE id <= ?`, [upToId])
-      : sql.unsafe(`DELETE FROM main.${table}`)).raw
-  })
+const pruneTable = (exec: Executor.Executor, table: string, upToId: number, later?: boolean) => {
+  const anyLater = later ??
+    Number(exec.values(`SELECT EXISTS (SELECT 1 FROM main.${table} WHERE id > ?)`, [upToId])[0]![0]) !== 0
+  if (anyLater) exec.run(`DELETE FROM main.${table} WHERE id <= ?`, [upToId])
+  else exec.run(`DELETE FROM main.${table}`)
+}
 
 /**
  * Creates the log and its id floor if absent; a log in the first format (JSON images of literals) is
@@ -918,40 +920,31 @@ export const ensureLog = (sql: SqlClient.SqlClient): Effect.Effect<void, SqlErro
     ))
   })
 
-export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> = plainGen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  if (!(yield* changesTableExists(sql))) return 0
-  return yield* Executor.withExecutor(ChangeLog.lastId)
-})
+export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> = plain(
+  inOneStep((exec) => logExists(exec) ? ChangeLog.lastId(exec) : 0)
+)
 
 export const countPending = (afterId: number, atMost?: number): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
-  plainGen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    if (!(yield* changesTableExists(sql))) return 0
+  plain(inOneStep((exec) => {
+    if (!logExists(exec)) return 0
     const rows = atMost === undefined
-      ? yield* sql<{ readonly n: number }>`
-      SELECT count(*) AS n FROM main._sync_changes WHERE id > ${afterId}`.withoutTransform
-      : yield* sql<{ readonly n: number }>`
-      SELECT count(*) AS n FROM (SELECT 1 FROM main._sync_changes WHERE id > ${afterId} LIMIT ${atMost})`.withoutTransform
-    return rows[0]!.n
-  })
+      ? exec.values(`SELECT count(*) FROM main._sync_changes WHERE id > ?`, [afterId])
+      : exec.values(`SELECT count(*) FROM (SELECT 1 FROM main._sync_changes WHERE id > ? LIMIT ?)`, [afterId, atMost])
+    return Number(rows[0]![0])
+  }))
 
 export const prune = (upToId: number): Effect.Effect<void, SqlError, SqlClient.SqlClient> =>
-  plainGen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    if (!(yield* changesTableExists(sql))) return
+  plain(inOneStep((exec) => {
+    if (!logExists(exec)) return
     // The next id is above the log's highest or the floor: with no higher id left in the log to keep the
     // pruned ones from being handed out again, the floor rises to them first.
-    const later = yield* Executor.withExecutor((exec) => {
-      const [pruned, later] = exec.values(
-        `SELECT (SELECT max(id) FROM main._sync_changes WHERE id <= ?), EXISTS (SELECT 1 FROM main._sync_changes WHERE id > ?)`,
-        [upToId, upToId]
-      )[0]!
-      if (pruned !== null && Number(later) === 0) raiseFloor(exec, Number(pruned))
-      return Number(later) !== 0
-    })
-    yield* pruneTable(sql, CHANGES_TABLE, upToId, later)
-    const after = yield* sql<{ readonly n: number }>`
-      SELECT count(*) AS n FROM main.sqlite_schema WHERE type = 'table' AND name = ${ChangeLog.AFTER_TABLE}`.withoutTransform
-    if (Number(after[0]!.n) > 0) yield* pruneTable(sql, ChangeLog.AFTER_TABLE, upToId)
-  })
+    const [pruned, later] = exec.values(
+      `SELECT (SELECT max(id) FROM main._sync_changes WHERE id <= ?), EXISTS (SELECT 1 FROM main._sync_changes WHERE id > ?)`,
+      [upToId, upToId]
+    )[0]!
+    if (pruned !== null && Number(later) === 0) raiseFloor(exec, Number(pruned))
+    pruneTable(exec, CHANGES_TABLE, upToId, Number(later) !== 0)
+    if (exec.values(`SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?`, [ChangeLog.AFTER_TABLE]).length > 0) {
+      pruneTable(exec, ChangeLog.AFTER_TABLE, upToId)
+    }
+  }))

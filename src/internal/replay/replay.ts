@@ -884,7 +884,9 @@ export const applySource = (
       yield* attempt(() => restoreTriggers(exec, suspended))
       // Deferred foreign keys are checked by COMMIT; find violations first so the failure is a typed error
       // and a clean rollback (see foreignKeys.ts).
-      const found = yield* ForeignKeys.violations(sql, ddlRan ? undefined : touched)
+      // (asked of the connection first: with foreign keys off, as they are by default, there is nothing to find)
+      const foreignKeysOn = yield* attempt(() => exec.values(`SELECT foreign_keys FROM pragma_foreign_keys`)[0]?.[0] === 1n)
+      const found = foreignKeysOn ? yield* ForeignKeys.violations(sql, ddlRan ? undefined : touched) : []
       if (found.length > 0) {
         return yield* new ReplayError({
           reason: "Constraint",
