@@ -1,6 +1,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
+import * as Executor from "./executor.js"
 import { indexItems, isInternalTable, partialIndexWhere } from "./sqlText.js"
 
 /**
@@ -45,67 +46,63 @@ export const rowidAlias = (allColumnNames: ReadonlyArray<string>, withoutRowid: 
   return ROWID_NAMES.find((name) => !taken.has(name)) ?? null
 }
 
-interface ColumnRow {
-  readonly name: string
-  readonly pk: number
-  readonly hidden: number
-}
-
-/** Reads one table's description; None when `main` has no such ordinary table. */
+/**
+ * Reads one table's description; None when `main` has no such ordinary table. Its statements run as one
+ * synchronous step with the executor of the environment's client (replay reads each table it meets inside
+ * its transaction: one effect instead of several per statement).
+ */
 export const read = (table: string): Effect.Effect<TableInfo | undefined, SqlError, SqlClient.SqlClient> =>
-  Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    const listed = yield* sql<{ readonly type: string; readonly wr: number }>`
-      SELECT type, wr FROM pragma_table_list WHERE schema = 'main' AND name = ${table}`.withoutTransform
-    if (listed.length === 0 || listed[0]!.type !== "table") return undefined
-    const withoutRowid = listed[0]!.wr === 1
-    const rows = yield* sql<ColumnRow>`
-      SELECT name, pk, hidden FROM pragma_table_xinfo(${table}, 'main') ORDER BY cid`.withoutTransform
-    const columns = rows.filter((row) => row.hidden === 0).map((row) => row.name)
-    const primaryKey = rows.filter((row) => row.pk > 0).sort((a, b) => a.pk - b.pk).map((row) => row.name)
-    const indexes = yield* sql<{ readonly name: string; readonly origin: string; readonly partial: number }>`
-      SELECT name, origin, partial FROM pragma_index_list(${table}, 'main') WHERE "unique" = 1`.withoutTransform
-    const uniqueIndexes: Array<UniqueIndex> = []
-    for (const index of indexes) {
-      if (index.origin === "pk") continue
-      let where: string | null = null
-      if (index.partial === 1) {
-        const text = yield* sql<{ readonly sql: string | null }>`
-          SELECT sql FROM main.sqlite_schema WHERE type = 'index' AND name = ${index.name}`.withoutTransform
-        where = partialIndexWhere(text[0]?.sql ?? "") ?? null
-        if (where === null) continue
-      }
-      const parts = yield* sql<{ readonly cid: number; readonly name: string | null; readonly coll: string }>`
-        SELECT cid, name, coll FROM pragma_index_xinfo(${index.name}, 'main') WHERE key = 1 ORDER BY seqno`
-        .withoutTransform
-      let items: ReadonlyArray<string> | undefined
-      if (parts.some((part) => part.cid === -2)) {
-        // expression parts: their text comes from the index's CREATE statement, in key order
-        const text = yield* sql<{ readonly sql: string | null }>`
-          SELECT sql FROM main.sqlite_schema WHERE type = 'index' AND name = ${index.name}`.withoutTransform
-        items = indexItems(text[0]?.sql ?? "")
-        if (items === undefined || items.length !== parts.length) continue
-      }
-      if (parts.some((part) => part.cid === -1)) continue // the rowid itself: never evicts another row
-      uniqueIndexes.push({
-        columns: parts.map((part, i) =>
-          part.cid === -2
-            ? { column: null, expression: items![i]!, collation: part.coll }
-            : { column: part.name!, expression: null, collation: part.coll }
-        ),
-        where
-      })
+  Executor.withExecutor((exec) => readWith(exec, table))
+
+/** {@link read} with `exec`. */
+export const readWith = (exec: Executor.Executor, table: string): TableInfo | undefined => {
+  const listed = exec.values(`SELECT type, wr FROM pragma_table_list WHERE schema = 'main' AND name = ?`, [table])
+  if (listed.length === 0 || listed[0]![0] !== "table") return undefined
+  const withoutRowid = Number(listed[0]![1]) === 1
+  const rows = exec.values(`SELECT name, pk, hidden FROM pragma_table_xinfo(?, 'main') ORDER BY cid`, [table])
+    .map(([name, pk, hidden]) => ({ name: name as string, pk: Number(pk), hidden: Number(hidden) }))
+  const columns = rows.filter((row) => row.hidden === 0).map((row) => row.name)
+  const primaryKey = rows.filter((row) => row.pk > 0).sort((a, b) => a.pk - b.pk).map((row) => row.name)
+  const indexes = exec.values(`SELECT name, origin, partial FROM pragma_index_list(?, 'main') WHERE "unique" = 1`, [table])
+    .map(([name, origin, partial]) => ({ name: name as string, origin: origin as string, partial: Number(partial) }))
+  const indexSql = (name: string) =>
+    (exec.values(`SELECT sql FROM main.sqlite_schema WHERE type = 'index' AND name = ?`, [name])[0]?.[0] ?? "") as string
+  const uniqueIndexes: Array<UniqueIndex> = []
+  for (const index of indexes) {
+    if (index.origin === "pk") continue
+    let where: string | null = null
+    if (index.partial === 1) {
+      where = partialIndexWhere(indexSql(index.name)) ?? null
+      if (where === null) continue
     }
-    return {
-      name: table,
-      columns,
-      primaryKey,
-      withoutRowid,
-      rowidAlias: rowidAlias(rows.map((row) => row.name), withoutRowid),
-      uniqueIndexes,
-      allColumns: rows.filter((row) => row.hidden !== 1).map((row) => row.name)
+    const parts = exec.values(`SELECT cid, name, coll FROM pragma_index_xinfo(?, 'main') WHERE key = 1 ORDER BY seqno`, [index.name])
+      .map(([cid, name, coll]) => ({ cid: Number(cid), name: name as string | null, coll: coll as string }))
+    let items: ReadonlyArray<string> | undefined
+    if (parts.some((part) => part.cid === -2)) {
+      // expression parts: their text comes from the index's CREATE statement, in key order
+      items = indexItems(indexSql(index.name))
+      if (items === undefined || items.length !== parts.length) continue
     }
-  })
+    if (parts.some((part) => part.cid === -1)) continue // the rowid itself: never evicts another row
+    uniqueIndexes.push({
+      columns: parts.map((part, i) =>
+        part.cid === -2
+          ? { column: null, expression: items![i]!, collation: part.coll }
+          : { column: part.name!, expression: null, collation: part.coll }
+      ),
+      where
+    })
+  }
+  return {
+    name: table,
+    columns,
+    primaryKey,
+    withoutRowid,
+    rowidAlias: rowidAlias(rows.map((row) => row.name), withoutRowid),
+    uniqueIndexes,
+    allColumns: rows.filter((row) => row.hidden !== 1).map((row) => row.name)
+  }
+}
 
 /** Names of the user tables of `main` (ordinary tables, never `_sync_%`/`sqlite_%`, shadow or virtual). */
 export const userTables: Effect.Effect<ReadonlyArray<string>, SqlError, SqlClient.SqlClient> = Effect.gen(
