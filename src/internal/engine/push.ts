@@ -225,7 +225,7 @@ export const pushAtHead = Effect.fn("Engine.pushAtHead")(function*(state: State)
   )
   if (pending === 0 || pending > AT_HEAD_MAX_CHANGES) return "NotTried" as const
   yield* cutToSyncedFrame(state)
-  const replay = yield* Replay.replayDraftOntoSynced(state, "push", m.lastPushedChangeId)
+  const replay = yield* Replay.replayDraftOntoSynced(state, "push", m.lastPushedChangeId, undefined, pending)
   if (replay.replayed === 0) return "NotTried" as const
   const outcome = yield* pushSyncedFrames(state, replay, { databaseId: m.databaseId })
   return outcome === "Conflict" ? "Stale" as const : "Pushed" as const

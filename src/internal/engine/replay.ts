@@ -52,26 +52,37 @@ const withDraftAttached = <A, E>(
 export type ReadDraft = <A, E, R>(read: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 
 /**
+ * Pending changes from which a push attaches Draft's log to replay runs of them in bulk: below, attaching
+ * and detaching it and looking for runs cost more than replaying them one by one.
+ */
+const BULK_FROM = 16
+
+/**
  * Step 1b and 2b: replay Draft's changes that the remote does not have onto Synced, in one SQLite
  * transaction. Push mode also writes the progress row; pull mode re-records the changes in Synced's
- * change log so that the copy to Draft keeps them pending.
+ * change log so that the copy to Draft keeps them pending. `pending`: how many changes after `progress`
+ * the caller counted already (at least one), so that none is read to learn whether any is pending.
  */
 export const replayDraftOntoSynced = Effect.fn("Engine.replayDraftOntoSynced")(
-  function*(state: State, mode: Mode, progress: number, readDraft: ReadDraft = (read) => read) {
-    const head = yield* readDraft(on(state.draft, Capture.pendingValues(progress, 1))).pipe(
-      Effect.mapError(sqlStatementError("Capture"))
-    )
-    if (head.length === 0) return { replayed: 0, lastChangeId: progress }
+  function*(state: State, mode: Mode, progress: number, readDraft: ReadDraft = (read) => read, pending?: number) {
+    if (pending === undefined) {
+      const head = yield* readDraft(on(state.draft, Capture.pendingValues(progress, 1))).pipe(
+        Effect.mapError(sqlStatementError("Capture"))
+      )
+      if (head.length === 0) return { replayed: 0, lastChangeId: progress }
+    }
     const transform = state.options.transform
     const policy = { resolve: state.resolve, ...(transform ? { transform } : {}) }
     // Draft's log is read page by page as it replays, never held whole (in a pull, writes wait meanwhile;
     // a push replays what it finds, later changes wait for the next push).
     const source: Replay.Source = (afterId, limit) => readDraft(on(state.draft, Capture.pendingValues(afterId, limit)))
     const result = yield* (mode === "push"
-      ? withDraftAttached(
-        state,
-        (schema) => Replay.applySource(source, { mode: "push", clientId: state.clientId, ...policy }, schema)
-      )
+      ? pending !== undefined && pending < BULK_FROM
+        ? on(state.synced, Replay.applySource(source, { mode: "push", clientId: state.clientId, ...policy }))
+        : withDraftAttached(
+          state,
+          (schema) => Replay.applySource(source, { mode: "push", clientId: state.clientId, ...policy }, schema)
+        )
       : on(state.synced, Replay.applySource(source, { mode: "pull", ...policy }))).pipe(Effect.mapError(replayError))
     if (mode === "push") yield* Ref.set(state.pushConflicts, ConflictLog.entries(result))
     yield* state.step("replay:done")
