@@ -73,7 +73,9 @@ const setStatus = (i: Instruments, f: (s: Status) => Status) => SubscriptionRef.
 /** Whether the remote answered: any answer means online, a NetworkError offline. */
 const online = <A, E extends SyncError.SyncError>(i: Instruments, effect: Effect.Effect<A, E>) =>
   Effect.tapBoth(effect, {
-    onSuccess: () => setStatus(i, (s) => (s.online ? s : { ...s, online: true })),
+    // (read first: a status that is already online is not set again, which would tell every subscriber)
+    onSuccess: () =>
+      Effect.flatMap(SubscriptionRef.get(i.status), (s) => s.online ? Effect.void : setStatus(i, (s) => ({ ...s, online: true }))),
     onFailure: (error) => error._tag === "NetworkError" ? setStatus(i, (s) => ({ ...s, online: false })) : Effect.void
   })
 
