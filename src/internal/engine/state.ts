@@ -238,6 +238,14 @@ export const payOwedSyncs = (state: State) =>
  * fibers (live sync's waiting pull, reactive queries) run meanwhile.
  */
 const writeMetadata = (state: State, next: SyncMetadata.Metadata, options?: SyncMetadata.WriteOptions) =>
+  Effect.suspend(() =>
+    state.owedSyncs.size === 0
+      // (nothing owed, as after most pushes: the record alone, without two fibers to run it beside nothing)
+      ? Effect.flatMap(state.metadataStore.prepare(next, options), (prepared) => prepared.commit)
+      : writeWithOwed(state, next, options)
+  )
+
+const writeWithOwed = (state: State, next: SyncMetadata.Metadata, options?: SyncMetadata.WriteOptions) =>
   Effect.zipWith(
     Effect.either(payOwedSyncs(state)),
     Effect.either(state.metadataStore.prepare(next, options)),
