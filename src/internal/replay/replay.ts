@@ -801,6 +801,8 @@ export const applySource = (
         let page = first
         while (page.length > 0) {
           yield* replayPage(page)
+          // (a short page was the end of the log when it was read: changes logged since wait for the next replay)
+          if (page.length < PAGE) break
           page = yield* source(page[page.length - 1]!.id, PAGE)
         }
       } else if (first.length > 0) {
