@@ -308,6 +308,7 @@ export const make = (options: EngineOptions, early?: Early) =>
     sync: exclusive(state, Effect.zipRight(pushRounds(state), pullSteps(state))),
     rebootstrap: exclusive(state, Effect.zipRight(rebootstrapSynced(state, "Requested"), pullSteps(state))),
     stats: Local.stats(state),
+    pendingChanges: Local.pendingChanges(state),
     changes: state.changes,
     watch: Changes.watch(state.changes, state.gates, state.draft),
     tablesRead: Local.tablesRead(state),

@@ -16,6 +16,7 @@ import * as ChangeCapture from "../../ChangeCapture.js"
 import type * as LocalCopies from "../../LocalCopies.js"
 import type { ExecuteResult, Stats } from "../../SyncDatabase.js"
 import * as SyncError from "../../SyncError.js"
+import type * as SyncMetadata from "../../SyncMetadata.js"
 import * as CaptureInternal from "../capture/capture.js"
 import * as Changes from "../live/changes.js"
 import * as Reactive from "../live/reactive.js"
@@ -302,14 +303,22 @@ export const transaction = (state: State) =>
     Effect.tap(() => foldIfOutgrown(state))
   )
 
+/** Local changes after those the metadata `m` records as pushed. */
+const pendingAfter = (state: State, m: SyncMetadata.Metadata): Effect.Effect<number, SyncError.SyncError> =>
+  Gates.reading(
+    state.gates,
+    Effect.suspend(() => on(activeCopy(state), ChangeCapture.countPending(m.lastPushedChangeId)))
+  ).pipe(Effect.mapError(sqlStatementError("Capture")))
+
+/** @internal `stats`' `pendingChanges` alone (what every push, pull and sync reports when it ends). */
+export const pendingChanges = (state: State): Effect.Effect<number, SyncError.SyncError> =>
+  Effect.flatMap(SynchronizedRef.get(state.metadata), (m) => pendingAfter(state, m))
+
 /** @internal */
 export const stats = (state: State): Effect.Effect<Stats, SyncError.SyncError> =>
   Effect.gen(function*() {
     const m = yield* SynchronizedRef.get(state.metadata)
-    const pendingChanges = yield* Gates.reading(
-      state.gates,
-      Effect.suspend(() => on(activeCopy(state), ChangeCapture.countPending(m.lastPushedChangeId)))
-    ).pipe(Effect.mapError(sqlStatementError("Capture")))
+    const pendingChanges = yield* pendingAfter(state, m)
     const t = yield* Ref.get(state.traffic)
     return {
       clientId: state.clientId,

@@ -33,7 +33,13 @@ export interface EngineLike {
   readonly pull: Effect.Effect<boolean, SyncError.SyncError>
   readonly rebootstrap: Effect.Effect<boolean, SyncError.SyncError>
   readonly stats: Effect.Effect<{ readonly pendingChanges: number }, SyncError.SyncError>
+  /** `stats`' `pendingChanges` alone, when the engine can count them without the rest. */
+  readonly pendingChanges?: Effect.Effect<number, SyncError.SyncError> | undefined
 }
+
+/** The local changes not pushed yet, as `stats` counts them. */
+const pendingOf = (engine: EngineLike) =>
+  engine.pendingChanges ?? Effect.map(engine.stats, (s) => s.pendingChanges)
 
 /** What the wrapper adds. */
 export interface Instrumented {
@@ -158,13 +164,13 @@ const succeeded = (i: Instruments, engine: EngineLike, operation: Operation, bod
     // pushes its pending changes by other steps: counted before and after.
     const before = operation === "rebootstrap" ? yield* engine.stats : undefined
     const changed = yield* body
-    const after = yield* engine.stats
+    const after = yield* pendingOf(engine)
     const c = yield* Ref.get(i.counters)
     const finishedAt = yield* Clock.currentTimeMillis
     yield* setStatus(i, (s) => ({
       ...s,
       state: "idle",
-      pendingChanges: after.pendingChanges,
+      pendingChanges: after,
       lastError: Option.none(),
       lastSyncAt: Option.some(new Date(finishedAt))
     }))
@@ -175,8 +181,8 @@ const succeeded = (i: Instruments, engine: EngineLike, operation: Operation, bod
         ? 0
         : before === undefined
         ? c.pushedChanges
-        : Math.max(0, before.pendingChanges - after.pendingChanges),
-      pendingChanges: after.pendingChanges,
+        : Math.max(0, before.pendingChanges - after),
+      pendingChanges: after,
       framesReceived: c.framesReceived,
       bytesReceived: c.bytesReceived,
       framesSent: c.framesSent,
