@@ -844,7 +844,7 @@ const logExists = (exec: Executor.Executor) =>
 const inOneStep = <A>(f: (exec: Executor.Executor) => A): Effect.Effect<A, SqlError, SqlClient.SqlClient> =>
   Effect.flatMap(SqlClient.SqlClient, (sql) => {
     const step = Executor.withExecutor(f)
-    return Executor.directOf(sql)?.free() === true ? step : sql.withTransaction(step)
+    return Executor.freeExecutor(sql) !== undefined ? step : sql.withTransaction(step)
   })
 
 export const ensureChangeIdsAbove = (
@@ -863,7 +863,11 @@ export const pendingValues = (
   afterId: number,
   limit?: number
 ): Effect.Effect<ReadonlyArray<ChangeLog.LogChange>, SqlError, SqlClient.SqlClient> =>
-  plain(inOneStep((exec) => logExists(exec) ? ChangeLog.readPage(exec, afterId, limit ?? -1) : []))
+  plain(inOneStep((exec) => pendingValuesIn(exec, afterId, limit)))
+
+/** {@link pendingValues} with `exec`, in one synchronous step. */
+export const pendingValuesIn = (exec: Executor.Executor, afterId: number, limit?: number): ReadonlyArray<ChangeLog.LogChange> =>
+  logExists(exec) ? ChangeLog.readPage(exec, afterId, limit ?? -1) : []
 
 export const pending = (
   afterId: number,
@@ -925,26 +929,32 @@ export const lastChangeId: Effect.Effect<number, SqlError, SqlClient.SqlClient> 
 )
 
 export const countPending = (afterId: number, atMost?: number): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
-  plain(inOneStep((exec) => {
-    if (!logExists(exec)) return 0
-    const rows = atMost === undefined
-      ? exec.values(`SELECT count(*) FROM main._sync_changes WHERE id > ?`, [afterId])
-      : exec.values(`SELECT count(*) FROM (SELECT 1 FROM main._sync_changes WHERE id > ? LIMIT ?)`, [afterId, atMost])
-    return Number(rows[0]![0])
-  }))
+  plain(inOneStep((exec) => countPendingIn(exec, afterId, atMost)))
+
+/** {@link countPending} with `exec`, in one synchronous step. */
+export const countPendingIn = (exec: Executor.Executor, afterId: number, atMost?: number): number => {
+  if (!logExists(exec)) return 0
+  const rows = atMost === undefined
+    ? exec.values(`SELECT count(*) FROM main._sync_changes WHERE id > ?`, [afterId])
+    : exec.values(`SELECT count(*) FROM (SELECT 1 FROM main._sync_changes WHERE id > ? LIMIT ?)`, [afterId, atMost])
+  return Number(rows[0]![0])
+}
 
 export const prune = (upToId: number): Effect.Effect<void, SqlError, SqlClient.SqlClient> =>
-  plain(inOneStep((exec) => {
-    if (!logExists(exec)) return
-    // The next id is above the log's highest or the floor: with no higher id left in the log to keep the
-    // pruned ones from being handed out again, the floor rises to them first.
-    const [pruned, later] = exec.values(
-      `SELECT (SELECT max(id) FROM main._sync_changes WHERE id <= ?), EXISTS (SELECT 1 FROM main._sync_changes WHERE id > ?)`,
-      [upToId, upToId]
-    )[0]!
-    if (pruned !== null && Number(later) === 0) raiseFloor(exec, Number(pruned))
-    pruneTable(exec, CHANGES_TABLE, upToId, Number(later) !== 0)
-    if (exec.values(`SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?`, [ChangeLog.AFTER_TABLE]).length > 0) {
-      pruneTable(exec, ChangeLog.AFTER_TABLE, upToId)
-    }
-  }))
+  plain(inOneStep((exec) => pruneIn(exec, upToId)))
+
+/** {@link prune} with `exec`, in one synchronous step. */
+export const pruneIn = (exec: Executor.Executor, upToId: number): void => {
+  if (!logExists(exec)) return
+  // The next id is above the log's highest or the floor: with no higher id left in the log to keep the
+  // pruned ones from being handed out again, the floor rises to them first.
+  const [pruned, later] = exec.values(
+    `SELECT (SELECT max(id) FROM main._sync_changes WHERE id <= ?), EXISTS (SELECT 1 FROM main._sync_changes WHERE id > ?)`,
+    [upToId, upToId]
+  )[0]!
+  if (pruned !== null && Number(later) === 0) raiseFloor(exec, Number(pruned))
+  pruneTable(exec, CHANGES_TABLE, upToId, Number(later) !== 0)
+  if (exec.values(`SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?`, [ChangeLog.AFTER_TABLE]).length > 0) {
+    pruneTable(exec, ChangeLog.AFTER_TABLE, upToId)
+  }
+}

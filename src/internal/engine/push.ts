@@ -13,10 +13,11 @@ import * as SyncError from "../../SyncError.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import * as SyncProtocol from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
+import * as Capture from "../capture/capture.js"
 import * as Files from "../sqlite/files.js"
 import * as Scratch from "../sqlite/scratch.js"
 import * as RemoteBinding from "./remoteBinding.js"
-import { on, stageMetadata, type State, updateMetadata, withoutTransfer } from "./state.js"
+import { stageMetadata, type State, updateMetadata, withoutTransfer } from "./state.js"
 import { cutToSyncedFrame, prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
 import * as Replay from "./replay.js"
 import { sqlStatementError } from "./errors.js"
@@ -115,7 +116,7 @@ const acknowledge = (state: State, pushed: number, lastChangeId: number, changes
       if (state.options.onConflicts) yield* state.options.onConflicts(entries)
     }
     // Acknowledged changes are not needed in Draft's log any more (ids are never reused).
-    yield* on(state.draft, ChangeCapture.prune(lastChangeId)).pipe(
+    yield* Replay.stepOn(state.draft, (exec) => Capture.pruneIn(exec, lastChangeId), ChangeCapture.prune(lastChangeId)).pipe(
       Effect.catchAll((error) => Effect.logWarning("cannot prune acknowledged changes", error))
     )
   })
@@ -220,7 +221,11 @@ export const pushAtHead = Effect.fn("Engine.pushAtHead")(function*(state: State)
   yield* Ref.set(state.pushIdentity, pushIdentity)
   if (!pushIdentity) return "NotTried" as const
   // (counted only up to the bound: a long log is not read through to learn that it is long)
-  const pending = yield* on(state.draft, ChangeCapture.countPending(m.lastPushedChangeId, AT_HEAD_MAX_CHANGES + 1)).pipe(
+  const pending = yield* Replay.stepOn(
+    state.draft,
+    (exec) => Capture.countPendingIn(exec, m.lastPushedChangeId, AT_HEAD_MAX_CHANGES + 1),
+    ChangeCapture.countPending(m.lastPushedChangeId, AT_HEAD_MAX_CHANGES + 1)
+  ).pipe(
     Effect.mapError(sqlStatementError("Capture"))
   )
   if (pending === 0 || pending > AT_HEAD_MAX_CHANGES) return "NotTried" as const

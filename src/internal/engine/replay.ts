@@ -5,8 +5,10 @@
  * @internal
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Ref from "effect/Ref"
+import type * as LocalCopies from "../../LocalCopies.js"
 import * as Capture from "../capture/capture.js"
 import * as NodePath from "node:path"
 import * as Replay from "../replay/replay.js"
@@ -48,6 +50,23 @@ const withDraftAttached = <A, E>(
     )
   )
 
+/**
+ * `step` on `copy`'s connection as one synchronous step when no transaction holds it (no effect per
+ * statement, no context to provide: see `Executor.freeExecutor`); otherwise `otherwise` through the copy's
+ * client (`on`). For the small reads and writes of Draft's log on every push.
+ */
+export const stepOn = <A, E>(
+  copy: LocalCopies.Copy,
+  step: (exec: Executor.Executor) => A,
+  otherwise: Effect.Effect<A, E, SqlClient.SqlClient>
+): Effect.Effect<A, E | SqlError> =>
+  Effect.flatMap(copy.client, (client): Effect.Effect<A, E | SqlError> => {
+    const exec = Executor.freeExecutor(client)
+    return exec === undefined
+      ? on(copy, otherwise)
+      : Effect.try({ try: () => step(exec), catch: (cause) => Executor.toSqlError(cause) })
+  })
+
 /** How each read of Draft's change log runs (a pull preparing its copy outside the write gate takes it per read). */
 export type ReadDraft = <A, E, R>(read: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 
@@ -75,7 +94,8 @@ export const replayDraftOntoSynced = Effect.fn("Engine.replayDraftOntoSynced")(
     const policy = { resolve: state.resolve, ...(transform ? { transform } : {}) }
     // Draft's log is read page by page as it replays, never held whole (in a pull, writes wait meanwhile;
     // a push replays what it finds, later changes wait for the next push).
-    const source: Replay.Source = (afterId, limit) => readDraft(on(state.draft, Capture.pendingValues(afterId, limit)))
+    const source: Replay.Source = (afterId, limit) =>
+      readDraft(stepOn(state.draft, (exec) => Capture.pendingValuesIn(exec, afterId, limit), Capture.pendingValues(afterId, limit)))
     const result = yield* (mode === "push"
       ? pending !== undefined && pending < BULK_FROM
         ? on(state.synced, Replay.applySource(source, { mode: "push", clientId: state.clientId, ...policy }))

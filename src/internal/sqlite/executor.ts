@@ -77,18 +77,31 @@ const unwrap = (cause: Cause.Cause<unknown>): unknown => {
   return error instanceof SqlError && error.cause !== undefined ? error.cause : error
 }
 
+/** The executor straight on `db`, made once per handle. */
+const executorOfHandle = (db: BetterSqlite3.Database): Executor => {
+  let cached = executors.get(db)
+  if (cached === undefined) {
+    cached = fromHandle(db)
+    executors.set(db, cached)
+  }
+  return cached
+}
+
+/**
+ * The executor of a client the engine opened, when no transaction holds it and none is open on it (see
+ * {@link Direct.free}): statements run on it in one synchronous step are autocommit statements of their own.
+ * Undefined for any other client, or while a transaction does.
+ */
+export const freeExecutor = (client: Client.SqlClient): Executor | undefined => {
+  const direct = directs.get(client)
+  return direct !== undefined && direct.free() ? executorOfHandle(direct.db) : undefined
+}
+
 /** The executor for the SqlClient in the environment (see the module comment). */
 export const executor: Effect.Effect<Executor, never, Client.SqlClient> = Effect.gen(function*() {
   const sql = yield* Client.SqlClient
   const db = handleOf(sql)
-  if (db !== undefined) {
-    let cached = executors.get(db)
-    if (cached === undefined) {
-      cached = fromHandle(db)
-      executors.set(db, cached)
-    }
-    return cached
-  }
+  if (db !== undefined) return executorOfHandle(db)
   const context = yield* Effect.context<Client.SqlClient>()
   const runSync = <A>(effect: Effect.Effect<A, SqlError, Client.SqlClient>): A => {
     const exit = Effect.runSyncExit(Effect.provide(Effect.provideService(effect, Client.SafeIntegers, true), context))
