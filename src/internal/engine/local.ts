@@ -27,6 +27,7 @@ import * as WalIndex from "../sqlite/walIndex.js"
 import { sqlStatementError } from "./errors.js"
 import { foldOutgrownDraft, maybeFoldDraft, outgrownBound } from "./fold.js"
 import * as Gates from "./gates.js"
+import { stepOn } from "./replay.js"
 import { on, type State } from "./state.js"
 
 /**
@@ -307,7 +308,13 @@ export const transaction = (state: State) =>
 const pendingAfter = (state: State, m: SyncMetadata.Metadata): Effect.Effect<number, SyncError.SyncError> =>
   Gates.reading(
     state.gates,
-    Effect.suspend(() => on(activeCopy(state), ChangeCapture.countPending(m.lastPushedChangeId)))
+    Effect.suspend(() =>
+      stepOn(
+        activeCopy(state),
+        (exec) => CaptureInternal.countPendingIn(exec, m.lastPushedChangeId),
+        ChangeCapture.countPending(m.lastPushedChangeId)
+      )
+    )
   ).pipe(Effect.mapError(sqlStatementError("Capture")))
 
 /** @internal `stats`' `pendingChanges` alone (what every push, pull and sync reports when it ends). */
