@@ -287,6 +287,8 @@ export const make = <R = never>(options: Options<R>) =>
     const { conflicts: _, transform: __, live: ___, ...engineOptions } = options
     const engine = yield* Engine.make({
       ...engineOptions,
+      // A live replica follows the remote on its synced copy (reads there) and copies to Draft when it writes.
+      followOnSynced: live !== undefined,
       conflicts: (conflict) => Effect.provide(resolver(conflict), context),
       ...(transform === undefined ? {} : {
         transform: (change, current) => Effect.provide(transform(change, current), context)
