@@ -90,7 +90,10 @@ export interface Stats {
   readonly bytesReceived: number
   readonly draftWalBytes: number
   readonly syncedWalBytes: number
-  /** "synced" only while a pull replaces the draft copy. */
+  /**
+   * "synced" while a pull replaces the draft copy, and on a live replica with nothing pending, which reads
+   * the remote's changes from its synced copy and brings them to the draft copy before its next write.
+   */
   readonly activeCopy: "draft" | "synced"
   /**
    * The longest time the last pull that replaced the draft copy held writes back: the swap of the draft
