@@ -107,8 +107,9 @@ const pullSteps = Effect.fn("Engine.pull")(function*(state: State) {
     return arrived
   }
   if (state.options.followOnSynced === true && (yield* Follow.leaveDraftBehind(state, progress, arrived))) {
-    // Reads are on Synced; Draft's copy waits for the next write or the close (follow.ts).
-    yield* persistStaged(state)
+    // Reads are on Synced; Draft's copy waits for the next write or the close (follow.ts). What step (a)
+    // staged stays staged: the next metadata write (that copy's flag, a push's acknowledgement, a fold of
+    // Synced, the close) takes it; a crash before that only makes recovery cut the frames off again.
     yield* Fold.foldSynced(state)
     return arrived
   }
