@@ -324,7 +324,9 @@ export const make = <R = never>(options: Options<R>) =>
         tracker: engine.changes,
         offer: engine.offer,
         remote: observed,
-        report: instrumentation.reportLive
+        report: instrumentation.reportLive,
+        behind: engine.behind,
+        catchUp: engine.catchUp
       }, live)
     }
     return service
@@ -340,7 +342,9 @@ export interface AutoSyncOptions extends AutoSync.Options {}
  * Live sync's settings (`live: { ... }`): `waitSeconds` a waiting pull stays open (default 25, cut to the
  * server's limit), `pushDelay` after a local write before it is pushed (default 2 ms), `pollInterval`
  * against a server without waiting pulls (default 2 seconds), `maxBackoff` between attempts while the
- * remote cannot be reached (default 10 seconds; from 250 ms, doubling).
+ * remote cannot be reached (default 10 seconds; from 250 ms, doubling), `catchUpDelay` after the last pull
+ * before a replica that reads the remote's changes from its synced copy brings its draft copy up to date in
+ * the background (default 100 ms).
  *
  * @since 0.1.0
  * @category models

@@ -360,6 +360,9 @@ const openScoped = (path: string, url: string, options: Partial<SyncDatabase.Htt
     return { db, close: Scope.close(scope, Exit.void) }
   })
 
+/** Live settings that keep a replica following the remote on Synced until it writes or closes. */
+const followingLive = { maxBackoff: "500 millis", pollInterval: "200 millis", catchUpDelay: "1 hour" } as const
+
 describe("a live replica follows the remote on its synced copy", () => {
   it.scopedLive("remote commits are read from Synced with Draft left as it was; B's write copies them first, and every row lands once", () =>
     Effect.gen(function*() {
@@ -369,7 +372,7 @@ describe("a live replica follows the remote on its synced copy", () => {
       const url = `${server.base}/db/follow`
       const a = yield* openLive(NodePath.join(dir, "a"), url)
       yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
-      const b = yield* openLive(NodePath.join(dir, "b"), url)
+      const b = yield* openLive(NodePath.join(dir, "b"), url, { live: followingLive })
       yield* rowsUntil(b, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
       yield* a.execute("INSERT INTO t VALUES (1, 'a')")
       yield* rowsUntil(b, "SELECT id FROM t", (r) => r.length === 1)
@@ -403,7 +406,7 @@ describe("a live replica follows the remote on its synced copy", () => {
       const a = yield* openLive(NodePath.join(dir, "a"), url)
       yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
       // A small WAL bound: Synced folds (closed and reopened) every few commits while reads are on it.
-      const b = yield* openLive(NodePath.join(dir, "b"), url, { maxWalFrames: 4 })
+      const b = yield* openLive(NodePath.join(dir, "b"), url, { maxWalFrames: 4, live: followingLive })
       yield* rowsUntil(b, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
       const counts: Array<number> = []
       const reader = yield* Effect.forkScoped(Effect.forever(
@@ -457,7 +460,7 @@ describe("a live replica follows the remote on its synced copy", () => {
       const a = yield* openLive(NodePath.join(dir, "a"), url)
       yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
       const path = NodePath.join(dir, "b")
-      const first = yield* openScoped(path, url)
+      const first = yield* openScoped(path, url, { live: followingLive })
       yield* rowsUntil(first.db, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
       for (let i = 1; i <= 3; i++) yield* a.execute("INSERT INTO t VALUES (?)", [i])
       yield* rowsUntil(first.db, "SELECT id FROM t", (r) => r.length === 3)
@@ -474,5 +477,28 @@ describe("a live replica follows the remote on its synced copy", () => {
       expect(stats.activeCopy).toBe("draft")
       expect(stats.pendingChanges).toBe(0)
       expect((yield* again.query<{ id: number }>("SELECT id FROM t ORDER BY id")).map((r) => r.id)).toEqual([1, 2, 3])
+    }), 180_000)
+
+  it.scopedLive("once remote commits pause, the draft copy is brought up to date in the background: reads move back to it", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const server = yield* startServer(NodePath.join(dir, "data"))
+      yield* Effect.addFinalizer(() => server.stop)
+      const url = `${server.base}/db/pause`
+      const a = yield* openLive(NodePath.join(dir, "a"), url)
+      yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+      const b = yield* openLive(NodePath.join(dir, "b"), url, { live: { ...followingLive, catchUpDelay: "50 millis" } })
+      yield* rowsUntil(b, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
+      const before = (yield* b.stats).draftWalBytes
+      for (let i = 1; i <= 3; i++) yield* a.execute("INSERT INTO t VALUES (?)", [i])
+      yield* rowsUntil(b, "SELECT id FROM t", (r) => r.length === 3)
+      // No write on B: its worker makes the copy once the pulls pause.
+      const stats = yield* b.stats.pipe(
+        Effect.filterOrFail((s) => s.activeCopy === "draft" && s.draftWalBytes !== before, () => new Error("not yet")),
+        Effect.retry(Schedule.spaced("20 millis")),
+        Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error("the draft copy was never brought up to date") })
+      )
+      expect(stats.pendingChanges).toBe(0)
+      expect((yield* b.query<{ id: number }>("SELECT id FROM t ORDER BY id")).map((r) => r.id)).toEqual([1, 2, 3])
     }), 180_000)
 })

@@ -361,6 +361,8 @@ export const make = (options: EngineOptions, early?: Early) =>
     watch: Changes.watch(state.changes, state.gates, state.draft),
     tablesRead: Local.tablesRead(state),
     offer: (answer: OfferedAnswer) => Pull.offer(state, answer),
+    behind: Effect.sync(() => state.following.behind),
+    catchUp: Effect.suspend(() => state.following.catchUp),
     position: Effect.map(SynchronizedRef.get(state.metadata), (m) => ({ generation: m.generation, frame: m.syncedFrame }))
   }))
 
