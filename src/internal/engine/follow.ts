@@ -63,11 +63,13 @@ export const gatedSynced = (copy: LocalCopies.Copy, gates: Gates.Gates): LocalCo
 /**
  * After a pull's step (a): when nothing is pending in Draft (after `progress`) and no write waits for it,
  * reads move to Synced and Draft's copy is left for later (`following.behind`). Decided with writes held,
- * so no write lands between the look at the log and the move. Reactive queries look again when the
- * pull brought frames or reads moved. Returns whether Draft is behind.
+ * so no write lands between the look at the log and the move. Reactive queries look again when reads
+ * moved (frames written while they were on Synced told them already). Returns whether Draft is behind.
  */
 export const leaveDraftBehind = Effect.fn("Engine.leaveDraftBehind")(
   function*(state: State, progress: number, arrived: boolean) {
+    // Already behind: the frames step (a) wrote told the queries (pull.ts).
+    const told = state.following.behind
     const moved = yield* Gates.holdingWrites(
       state.gates,
       Effect.gen(function*() {
@@ -85,7 +87,7 @@ export const leaveDraftBehind = Effect.fn("Engine.leaveDraftBehind")(
       })
     )
     if (moved === undefined) return false
-    if (moved || arrived) yield* Changes.beforeCopy(state.changes)
+    if (moved || (arrived && !told)) yield* Changes.beforeCopy(state.changes)
     return true
   }
 )
