@@ -26,6 +26,7 @@ import { checkpointingPragma } from "../sqlite/sqlText.js"
 import * as WalIndex from "../sqlite/walIndex.js"
 import { sqlStatementError } from "./errors.js"
 import { foldOutgrownDraft, maybeFoldDraft, outgrownBound } from "./fold.js"
+import { writingCurrent } from "./follow.js"
 import * as Gates from "./gates.js"
 import { stepOn } from "./replay.js"
 import { on, type State } from "./state.js"
@@ -142,7 +143,8 @@ const executeError = (sql: string) => (cause: unknown) =>
 const write = (state: State) =>
 (sql: string, params: ReadonlyArray<unknown>): Effect.Effect<ChangeCapture.ExecuteResult, SyncError.SqlStatementError> =>
   Effect.withFiberRuntime((fiber) => {
-    const open = Gates.writesPass(state.gates) ? openDirect(state.draft) : undefined
+    // (not while pulls left Draft behind: the write waits for its copy, see follow.ts)
+    const open = !state.following.behind && Gates.writesPass(state.gates) ? openDirect(state.draft) : undefined
     if (open !== undefined) {
       let result: ChangeCapture.ExecuteResult | undefined
       try {
@@ -156,8 +158,12 @@ const write = (state: State) =>
     }
     const refused = refusedStatement(sql)
     if (refused !== undefined) return Effect.fail(refused)
-    return Gates.writing(state.gates, Effect.tap(onCopy(state.draft, ChangeCapture.execute(sql, params)), afterWrite(state))).pipe(
-      Effect.mapError(sqlStatementError("Statement", sql)),
+    return writingCurrent(
+      state,
+      Effect.tap(onCopy(state.draft, ChangeCapture.execute(sql, params)), afterWrite(state)).pipe(
+        Effect.mapError(sqlStatementError("Statement", sql))
+      )
+    ).pipe(
       Effect.tap(() => foldIfOutgrown(state))
     )
   })
@@ -299,14 +305,19 @@ export const classify = (state: State) => (sql: string): Effect.Effect<"read" | 
 export const transaction = (state: State) =>
 <A, E, R>(
   effect: Effect.Effect<A, E, R>
-): Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, Exclude<R, SqlClient.SqlClient>> =>
-  Gates.writing(state.gates, Effect.tap(onCopy(state.draft, ChangeCapture.transaction(effect)), afterWrite(state))).pipe(
+): Effect.Effect<
+  A,
+  E | SqlError | ChangeCapture.CaptureError | SyncError.SqlStatementError,
+  Exclude<R, SqlClient.SqlClient>
+> =>
+  writingCurrent(state, Effect.tap(onCopy(state.draft, ChangeCapture.transaction(effect)), afterWrite(state))).pipe(
     Effect.tap(() => foldIfOutgrown(state))
   )
 
 /** Local changes after those the metadata `m` records as pushed. */
 const pendingAfter = (state: State, m: SyncMetadata.Metadata): Effect.Effect<number, SyncError.SyncError> =>
-  Gates.reading(
+  // Draft is left behind only with nothing pending, and a write makes its copy first (follow.ts).
+  state.following.behind ? Effect.succeed(0) : Gates.reading(
     state.gates,
     Effect.suspend(() =>
       stepOn(
