@@ -13,10 +13,9 @@ import * as Capture from "../capture/capture.js"
 import * as NodePath from "node:path"
 import * as Replay from "../replay/replay.js"
 import * as Executor from "../sqlite/executor.js"
-import * as Files from "../sqlite/files.js"
 import * as ConflictLog from "./conflictLog.js"
 import { replayError, sqlStatementError } from "./errors.js"
-import { on, owesSync, type State } from "./state.js"
+import { on, type State } from "./state.js"
 
 /** @internal */
 export type Mode = "push" | "pull"
@@ -68,24 +67,6 @@ export const stepOn = <A, E>(
       : Effect.try({ try: () => step(exec), catch: (cause) => Executor.toSqlError(cause) })
   })
 
-/**
- * `use` (on Synced's client) with Synced's commits not waiting for the WAL's fsync: the frames of a push's
- * replay count only once the metadata write that acknowledges the push records them, and that write fsyncs
- * the WAL first (`owesSync`), off the event loop and together with its own file; a crash before it cuts
- * them off again. (Its checkpoints stay off, see LocalCopies: nothing reaches the database file unsynced.)
- * SQLite takes the setting only outside a transaction: set before the replay's, restored after it.
- */
-const withoutCommitSync = <A, E>(state: State, use: Effect.Effect<A, E, SqlClient.SqlClient>) =>
-  Effect.acquireUseRelease(
-    Executor.withExecutor((exec) => {
-      const level = Number(exec.values(`PRAGMA main.synchronous`)[0]![0])
-      exec.once(`PRAGMA main.synchronous = OFF`)
-      return level
-    }),
-    () => Effect.zipRight(owesSync(state, Files.walPath(state.paths.synced)), use),
-    (level) => Effect.ignore(Executor.withExecutor((exec) => exec.once(`PRAGMA main.synchronous = ${level}`)))
-  )
-
 /** How each read of Draft's change log runs (a pull preparing its copy outside the write gate takes it per read). */
 export type ReadDraft = <A, E, R>(read: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 
@@ -117,10 +98,7 @@ export const replayDraftOntoSynced = Effect.fn("Engine.replayDraftOntoSynced")(
       readDraft(stepOn(state.draft, (exec) => Capture.pendingValuesIn(exec, afterId, limit), Capture.pendingValues(afterId, limit)))
     const result = yield* (mode === "push"
       ? pending !== undefined && pending < BULK_FROM
-        ? on(
-          state.synced,
-          withoutCommitSync(state, Replay.applySource(source, { mode: "push", clientId: state.clientId, ...policy }))
-        )
+        ? on(state.synced, Replay.applySource(source, { mode: "push", clientId: state.clientId, ...policy }))
         : withDraftAttached(
           state,
           (schema) => Replay.applySource(source, { mode: "push", clientId: state.clientId, ...policy }, schema)
