@@ -17,16 +17,20 @@ import * as Url from "node:url"
 
 const BIN = NodePath.resolve(import.meta.dirname, "..", "bin", "effect-sqlite-sync.js")
 
+/** `BENCH_SERVER_NODE_ARGS`: node options for every bench server (say `--cpu-prof --cpu-prof-dir=DIR`). */
+const envNodeArgs = (process.env.BENCH_SERVER_NODE_ARGS ?? "").split(" ").filter((a) => a !== "")
+
 /**
  * Starts `serve --data data --port port` (0: any free port); resolves once it prints its URL. `nodeArgs` go
- * to its node (a CPU profile).
+ * to its node (a CPU profile; by default those of `BENCH_SERVER_NODE_ARGS`).
  */
-export const startServer = (data: string, port = 0, nodeArgs: ReadonlyArray<string> = []) =>
+export const startServer = (data: string, port = 0, nodeArgs: ReadonlyArray<string> = envNodeArgs) =>
   new Promise<{ url: string; child: ChildProcess.ChildProcess }>((resolve, reject) => {
     const child = ChildProcess.spawn(
       process.execPath,
       [...nodeArgs, BIN, "serve", "--host", "127.0.0.1", "--port", String(port), "--data", data],
-      { stdio: ["ignore", "pipe", "ignore"] }
+      // `BENCH_SERVER_LOG=FILE`: its request log (stderr) appended to FILE
+      { stdio: ["ignore", "pipe", process.env.BENCH_SERVER_LOG === undefined ? "ignore" : Fs.openSync(process.env.BENCH_SERVER_LOG, "a")] }
     )
     let out = ""
     child.stdout!.on("data", (c: Buffer) => {

@@ -7,6 +7,7 @@
  *
  * @since 0.1.0
  */
+import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
 import type * as HttpServerError from "@effect/platform/HttpServerError"
@@ -24,6 +25,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
@@ -131,20 +133,16 @@ const storeFailure = (route: "pull" | "other") => (error: StoreError) =>
   })
 
 const recordMetrics = (log: Context.Tag.Service<RequestLog>, status: number, seconds: number) =>
-  Effect.gen(function*() {
-    yield* Metric.increment(serverMetrics.requests).pipe(Effect.tagMetrics({ route: log.route, status: String(status) }))
-    const push = log.route.startsWith("POST /sync")
-    const pull = log.route.startsWith("GET /sync")
-    if (push) yield* Metric.update(serverMetrics.pushSeconds, seconds)
-    if (pull) yield* Metric.update(serverMetrics.pullSeconds, Math.max(0, seconds - log.waited))
-    if (push || pull || log.route.startsWith("GET /export")) {
-      const direction = push ? "push" : "pull"
-      yield* Effect.tagMetrics(
-        Effect.zipRight(Metric.incrementBy(serverMetrics.frames, log.frames), Metric.incrementBy(serverMetrics.bytes, log.bytes)),
-        "direction",
-        direction
-      )
-    }
+  Effect.withFiberRuntime<void>((fiber) => {
+    serverMetrics.recordRequest(fiber.getFiberRef(FiberRef.currentMetricLabels), {
+      route: log.route,
+      status,
+      seconds,
+      waited: log.waited,
+      frames: log.frames,
+      bytes: log.bytes
+    })
+    return Effect.void
   })
 
 /**
@@ -543,6 +541,17 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
   })
 
 /**
+ * `HttpServer.serveEffect`, without the platform's span per request when the tracer is Effect's own (it
+ * exports nowhere): that span parses the URL and records every header of every request, and each log
+ * line becomes an event of it. An app that installs a tracer keeps the spans.
+ */
+const serveEffect = <R>(handler: Effect.Effect<HttpServerResponse.HttpServerResponse, never, R>) =>
+  Effect.flatMap(Effect.tracer, (tracer) =>
+    tracer === Effect.runSync(Effect.tracer)
+      ? HttpMiddleware.withTracerDisabledWhenEffect(HttpServer.serveEffect(handler), () => true)
+      : HttpServer.serveEffect(handler))
+
+/**
  * Serves the protocol on the `HttpServer` in context (any platform).
  *
  * @since 0.1.0
@@ -551,7 +560,7 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
 export const layer = (options: Options = {}): Layer.Layer<never, never, HttpServer.HttpServer | ServerStore> =>
   Layer.scopedDiscard(Effect.gen(function*() {
     const app = yield* makeApp(options)
-    yield* HttpServer.serveEffect(app.handler)
+    yield* serveEffect(app.handler)
     // Added last, so run first: waiting pulls answer before the server stops serving.
     yield* Effect.addFinalizer(() => app.shutdown)
   }))
@@ -607,7 +616,7 @@ export const layerNode = (options: NodeOptions = {}): Layer.Layer<HttpServer.Htt
         () => app.handler,
         () => Effect.sync(() => handling--)
       )
-      yield* HttpServer.serveEffect(counted)
+      yield* serveEffect(counted)
       // Waiting pulls are answered first (what is there): a drain would otherwise wait out their waits.
       yield* Effect.addFinalizer(() =>
         Effect.zipRight(
