@@ -1103,7 +1103,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
                 if (CommitNotify.moved(head, generation, frameNo)) return head
                 const left = deadline - (yield* Clock.currentTimeMillis)
                 if (left <= 0) return head
-                const reported = yield* Deferred.await(waiter.woken).pipe(Effect.timeout(left), Effect.option)
+                const reported = yield* CommitNotify.awaitWake(waiter, left)
                 if (reported._tag === "None") return head
                 // A head past the one seen is an answer; an unknown one is read again.
                 return reported.value !== undefined && CommitNotify.ahead(reported.value, generation, frameNo)
