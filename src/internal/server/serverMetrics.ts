@@ -5,6 +5,7 @@
  * @internal
  */
 import * as Arr from "effect/Array"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
@@ -111,7 +112,7 @@ export const recordRequest = (ambient: ReadonlyArray<MetricLabel.MetricLabel>, r
 /** Records how long `effect` takes in `checkSeconds`. */
 export const timeCheck = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
   Effect.timed(effect).pipe(
-    Effect.tap(([duration]) => Metric.update(checkSeconds, Number(duration) / 1e3)),
+    Effect.tap(([duration]) => Metric.update(checkSeconds, Duration.toSeconds(duration))),
     Effect.map(([, a]) => a)
   )
 
