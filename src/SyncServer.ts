@@ -25,8 +25,13 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
+import * as HashMap from "effect/HashMap"
+import * as HashSet from "effect/HashSet"
+import * as Inspectable from "effect/Inspectable"
 import * as Layer from "effect/Layer"
+import * as LogLevel from "effect/LogLevel"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
@@ -132,18 +137,56 @@ const storeFailure = (route: "pull" | "other") => (error: StoreError) =>
     return fail(failure)
   })
 
-const recordMetrics = (log: Context.Tag.Service<RequestLog>, status: number, seconds: number) =>
-  Effect.withFiberRuntime<void>((fiber) => {
-    serverMetrics.recordRequest(fiber.getFiberRef(FiberRef.currentMetricLabels), {
-      route: log.route,
-      status,
-      seconds,
-      waited: log.waited,
-      frames: log.frames,
-      bytes: log.bytes
-    })
-    return Effect.void
+const recordMetrics = (
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  log: Context.Tag.Service<RequestLog>,
+  status: number,
+  seconds: number
+) =>
+  serverMetrics.recordRequest(fiber.getFiberRef(FiberRef.currentMetricLabels), {
+    route: log.route,
+    status,
+    seconds,
+    waited: log.waited,
+    frames: log.frames,
+    bytes: log.bytes
   })
+
+/**
+ * Writes the line `Effect.annotateLogs(Effect.logWithLevel(level)(message), annotations)` would, to the
+ * fiber's loggers, without setting the fiber's annotations to do so: each set of them compares the whole
+ * annotation maps, a large share of a request's log cost.
+ */
+const logLine = (
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  clock: Clock.Clock,
+  level: LogLevel.LogLevel,
+  message: string,
+  annotations: Readonly<Record<string, unknown>>
+): void => {
+  if (LogLevel.greaterThan(fiber.getFiberRef(FiberRef.currentMinimumLogLevel), level)) return
+  const loggers = fiber.getFiberRef(FiberRef.currentLoggers)
+  if (HashSet.size(loggers) === 0) return
+  let all = fiber.getFiberRef(FiberRef.currentLogAnnotations)
+  for (const [key, value] of Object.entries(annotations)) all = HashMap.set(all, key, value)
+  const spans = fiber.getFiberRef(FiberRef.currentLogSpan)
+  const context = fiber.getFiberRefs()
+  const date = new Date(clock.unsafeCurrentTimeMillis())
+  Inspectable.withRedactableContext(context, () => {
+    for (const logger of loggers) {
+      logger.log({
+        fiberId: fiber.id(),
+        logLevel: level,
+        message: [message],
+        cause: Cause.empty,
+        context,
+        spans,
+        annotations: all,
+        date
+      })
+    }
+  })
+}
 
 /**
  * The sync protocol as an `HttpApp` over the `ServerStore` in context. It never fails: every refusal
@@ -514,26 +557,28 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
         }),
         Effect.provideService(RequestLog, log),
         Effect.onExit((exit) =>
-          Effect.gen(function*() {
-            const ended = yield* Clock.currentTimeNanos
-            const status = Exit.isSuccess(exit) ? exit.value.status : 499
-            const annotations: Record<string, unknown> = {
-              database: log.database ?? "-",
-              method: request.method,
-              route: log.route,
-              status,
-              frames: log.frames,
-              bytes: log.bytes,
-              ms: Math.round(Number(ended - started) / 1e4) / 100
-            }
-            if (log.outcome !== undefined) annotations.outcome = log.outcome
-            if (log.error !== undefined) annotations.error = log.error
-            if (log.detail !== undefined) annotations.detail = log.detail
-            if (log.waited > 0) annotations.waited_ms = Math.round(log.waited * 1000)
-            const line = status >= 500 ? Effect.logError("request") : Effect.logInfo("request")
-            yield* Effect.annotateLogs(line, annotations)
-            yield* recordMetrics(log, status, Number(ended - started) / 1e9)
-          })
+          Effect.clockWith((clock) =>
+            Effect.withFiberRuntime<void>((fiber) => {
+              const ended = clock.unsafeCurrentTimeNanos()
+              const status = Exit.isSuccess(exit) ? exit.value.status : 499
+              const annotations: Record<string, unknown> = {
+                database: log.database ?? "-",
+                method: request.method,
+                route: log.route,
+                status,
+                frames: log.frames,
+                bytes: log.bytes,
+                ms: Math.round(Number(ended - started) / 1e4) / 100
+              }
+              if (log.outcome !== undefined) annotations.outcome = log.outcome
+              if (log.error !== undefined) annotations.error = log.error
+              if (log.detail !== undefined) annotations.detail = log.detail
+              if (log.waited > 0) annotations.waited_ms = Math.round(log.waited * 1000)
+              logLine(fiber, clock, status >= 500 ? LogLevel.Error : LogLevel.Info, "request", annotations)
+              recordMetrics(fiber, log, status, Number(ended - started) / 1e9)
+              return Effect.void
+            })
+          )
         )
       )
     })
