@@ -213,7 +213,10 @@ interface App {
  * What the platform does while a pull waits, such as lifting the idle timeout of its connection (nothing
  * moves on it while it waits).
  */
-type WhileWaiting = (request: HttpServerRequest.HttpServerRequest) => Effect.Effect<void, never, Scope.Scope>
+type WhileWaiting = (
+  request: HttpServerRequest.HttpServerRequest,
+  wait: Effect.Effect<void, StoreError>
+) => Effect.Effect<void, StoreError>
 
 const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<App, never, ServerStore> =>
   Effect.gen(function*() {
@@ -386,7 +389,7 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
           return Effect.void
         }
         waits.waiting++
-        const during = whileWaiting === undefined ? wait : Effect.scoped(Effect.zipRight(whileWaiting(request), wait))
+        const during = whileWaiting === undefined ? wait : whileWaiting(request, wait)
         return Effect.raceFirst(during, Deferred.await(closing)).pipe(
           Effect.timed,
           Effect.map(([duration]) => {
@@ -648,10 +651,12 @@ export const layerNode = (options: NodeOptions = {}): Layer.Layer<HttpServer.Htt
     // the store (built earlier) closes under requests still using it.
     const serving = Layer.scopedDiscard(Effect.gen(function*() {
       // The connection of a waiting pull is idle by design: the socket timeout is lifted while it waits.
-      const app = yield* makeApp(options, (request) => {
+      // (no scope of its own: providing one replaces the request's, which costs more than the wait's bookkeeping)
+      const app = yield* makeApp(options, (request, wait) => {
         const socket = NodeHttpServerRequest.toIncomingMessage(request).socket
-        return Effect.acquireRelease(
+        return Effect.acquireUseRelease(
           Effect.sync(() => socket.setTimeout(0)),
+          () => wait,
           () => Effect.sync(() => socket.setTimeout(node?.timeout ?? nodeHttpGuard.DEFAULT_SOCKET_TIMEOUT_MS))
         )
       })
