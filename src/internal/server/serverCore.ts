@@ -578,13 +578,19 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
       use: (h: Handle) => Effect.Effect<A, StoreError, R>
     ): Effect.Effect<A, StoreError, R> =>
       Effect.acquireUseRelease(
-        Effect.flatMap(handle(name), function acquire(h): Effect.Effect<Handle, StoreError> {
-          // Closed between its open and this request's use of it: open it again.
-          if (h.closed) return Effect.flatMap(handle(name), acquire)
-          h.users++
-          opened.delete(name)
-          opened.set(name, h)
-          return Effect.succeed(h)
+        Effect.suspend(() => {
+          const take = (h: Handle): Effect.Effect<Handle, StoreError> => {
+            h.users++
+            opened.delete(name)
+            opened.set(name, h)
+            return Effect.succeed(h)
+          }
+          const acquire = (h: Handle): Effect.Effect<Handle, StoreError> =>
+            // Closed between its open and this request's use of it: open it again.
+            h.closed ? Effect.flatMap(handle(name), acquire) : take(h)
+          // An open database's handle at once (what `handle` would answer, after waiting on its opening).
+          const open = opened.get(name)
+          return open !== undefined && !open.closed ? take(open) : Effect.flatMap(handle(name), acquire)
         }),
         use,
         (h) =>
