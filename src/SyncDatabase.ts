@@ -90,7 +90,10 @@ export interface Stats {
   readonly bytesReceived: number
   readonly draftWalBytes: number
   readonly syncedWalBytes: number
-  /** "synced" only while a pull replaces the draft copy. */
+  /**
+   * "synced" while a pull replaces the draft copy, and on a live replica with nothing pending, which reads
+   * the remote's changes from its synced copy and brings them to the draft copy before its next write.
+   */
   readonly activeCopy: "draft" | "synced"
   /**
    * The longest time the last pull that replaced the draft copy held writes back: the swap of the draft
@@ -287,6 +290,8 @@ export const make = <R = never>(options: Options<R>) =>
     const { conflicts: _, transform: __, live: ___, ...engineOptions } = options
     const engine = yield* Engine.make({
       ...engineOptions,
+      // A live replica follows the remote on its synced copy (reads there) and copies to Draft when it writes.
+      followOnSynced: live !== undefined,
       conflicts: (conflict) => Effect.provide(resolver(conflict), context),
       ...(transform === undefined ? {} : {
         transform: (change, current) => Effect.provide(transform(change, current), context)
@@ -319,7 +324,9 @@ export const make = <R = never>(options: Options<R>) =>
         tracker: engine.changes,
         offer: engine.offer,
         remote: observed,
-        report: instrumentation.reportLive
+        report: instrumentation.reportLive,
+        behind: engine.behind,
+        catchUp: engine.catchUp
       }, live)
     }
     return service
@@ -335,7 +342,9 @@ export interface AutoSyncOptions extends AutoSync.Options {}
  * Live sync's settings (`live: { ... }`): `waitSeconds` a waiting pull stays open (default 25, cut to the
  * server's limit), `pushDelay` after a local write before it is pushed (default 2 ms), `pollInterval`
  * against a server without waiting pulls (default 2 seconds), `maxBackoff` between attempts while the
- * remote cannot be reached (default 10 seconds; from 250 ms, doubling).
+ * remote cannot be reached (default 10 seconds; from 250 ms, doubling), `catchUpDelay` after the last pull
+ * before a replica that reads the remote's changes from its synced copy brings its draft copy up to date in
+ * the background (default 100 ms).
  *
  * @since 0.1.0
  * @category models

@@ -351,3 +351,154 @@ describe("live sync over a real server", () => {
       expect(rows).toEqual([{ id: 7 }])
     }), 180_000)
 })
+
+/** A replica of its own scope, so a test can close it and open the same files again. */
+const openScoped = (path: string, url: string, options: Partial<SyncDatabase.HttpOptions> = {}) =>
+  Effect.gen(function*() {
+    const scope = yield* Scope.make()
+    const db = yield* openLive(path, url, options).pipe(Scope.extend(scope))
+    return { db, close: Scope.close(scope, Exit.void) }
+  })
+
+/** Live settings that keep a replica following the remote on Synced until it writes or closes. */
+const followingLive = { maxBackoff: "500 millis", pollInterval: "200 millis", catchUpDelay: "1 hour" } as const
+
+describe("a live replica follows the remote on its synced copy", () => {
+  it.scopedLive("remote commits are read from Synced with Draft left as it was; B's write copies them first, and every row lands once", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const server = yield* startServer(NodePath.join(dir, "data"))
+      yield* Effect.addFinalizer(() => server.stop)
+      const url = `${server.base}/db/follow`
+      const a = yield* openLive(NodePath.join(dir, "a"), url)
+      yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
+      const b = yield* openLive(NodePath.join(dir, "b"), url, { live: followingLive })
+      yield* rowsUntil(b, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
+      yield* a.execute("INSERT INTO t VALUES (1, 'a')")
+      yield* rowsUntil(b, "SELECT id FROM t", (r) => r.length === 1)
+      const following = yield* b.stats
+      expect(following.activeCopy).toBe("synced")
+      expect(following.pendingChanges).toBe(0)
+      // Five more commits: shown to B's queries, and Draft's WAL not written for any of them.
+      for (let i = 2; i <= 6; i++) {
+        yield* a.execute("INSERT INTO t VALUES (?, 'a')", [i])
+        yield* rowsUntil(b, "SELECT id FROM t", (r) => r.length === i)
+      }
+      const still = yield* b.stats
+      expect(still.activeCopy).toBe("synced")
+      expect(still.draftWalBytes).toBe(following.draftWalBytes)
+      // B writes: Draft catches up first, so the write lands beside every row B has shown.
+      yield* b.execute("INSERT INTO t VALUES (100, 'b')")
+      expect((yield* b.stats).activeCopy).toBe("draft")
+      expect((yield* b.query<{ id: number }>("SELECT id FROM t ORDER BY id")).map((r) => r.id)).toEqual([1, 2, 3, 4, 5, 6, 100])
+      const onA = yield* rowsUntil<{ id: number }>(a, "SELECT id FROM t ORDER BY id", (r) => r.length === 7)
+      expect(onA.map((r) => r.id)).toEqual([1, 2, 3, 4, 5, 6, 100])
+      yield* pushed(b)
+      expect((yield* b.stats).pendingChanges).toBe(0)
+    }), 180_000)
+
+  it.scopedLive("reads while Synced takes commits and folds its WAL never fail and never go back", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const server = yield* startServer(NodePath.join(dir, "data"))
+      yield* Effect.addFinalizer(() => server.stop)
+      const url = `${server.base}/db/reads`
+      const a = yield* openLive(NodePath.join(dir, "a"), url)
+      yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
+      // A small WAL bound: Synced folds (closed and reopened) every few commits while reads are on it.
+      const b = yield* openLive(NodePath.join(dir, "b"), url, { maxWalFrames: 4, live: followingLive })
+      yield* rowsUntil(b, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
+      const counts: Array<number> = []
+      const reader = yield* Effect.forkScoped(Effect.forever(
+        Effect.flatMap(b.query<{ n: number }>("SELECT count(*) AS n FROM t"), ([row]) =>
+          Effect.sync(() => void counts.push(row.n))).pipe(Effect.zipRight(Effect.sleep("1 millis")))
+      ))
+      for (let i = 1; i <= 30; i++) {
+        yield* a.execute("INSERT INTO t VALUES (?, ?)", [i, "x".repeat(3000)])
+        if (i % 5 === 0) yield* rowsUntil(b, "SELECT id FROM t", (r) => r.length === i)
+      }
+      yield* rowsUntil(b, "SELECT id FROM t", (r) => r.length === 30)
+      yield* Effect.sleep("50 millis")
+      // The reader is still running: none of its reads failed (a failure would have ended the fiber).
+      expect(reader.unsafePoll()).toBeNull()
+      expect(counts.length).toBeGreaterThan(30)
+      for (let i = 1; i < counts.length; i++) expect(counts[i]).toBeGreaterThanOrEqual(counts[i - 1])
+      expect(counts[counts.length - 1]).toBe(30)
+      expect((yield* b.stats).activeCopy).toBe("synced")
+    }), 180_000)
+
+  it.scopedLive("writes on both replicas while B follows: each lands once on both, nothing pending", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const server = yield* startServer(NodePath.join(dir, "data"))
+      yield* Effect.addFinalizer(() => server.stop)
+      const url = `${server.base}/db/both`
+      const a = yield* openLive(NodePath.join(dir, "a"), url)
+      yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT)")
+      const b = yield* openLive(NodePath.join(dir, "b"), url)
+      yield* rowsUntil(b, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
+      const writes = (db: SyncDatabase.Service, who: string, from: number) =>
+        Effect.forEach(Array.from({ length: 20 }, (_, i) => from + i), (id) =>
+          Effect.zipRight(db.execute("INSERT INTO t VALUES (?, ?)", [id, who]), Effect.sleep(`${id % 7} millis`)))
+      yield* Effect.all([writes(a, "a", 1), writes(b, "b", 101)], { concurrency: 2 })
+      const expected = [...Array.from({ length: 20 }, (_, i) => 1 + i), ...Array.from({ length: 20 }, (_, i) => 101 + i)]
+      for (const db of [a, b]) {
+        const rows = yield* rowsUntil<{ id: number }>(db, "SELECT id FROM t ORDER BY id", (r) => r.length >= 40)
+        expect(rows.map((r) => r.id)).toEqual(expected)
+      }
+      yield* pushed(a)
+      yield* pushed(b)
+      expect((yield* a.stats).pendingChanges).toBe(0)
+      expect((yield* b.stats).pendingChanges).toBe(0)
+    }), 180_000)
+
+  it.scopedLive("closing a following replica copies first: opened again with the server gone, it reads what it showed", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const server = yield* startServer(NodePath.join(dir, "data"))
+      const url = `${server.base}/db/close`
+      const a = yield* openLive(NodePath.join(dir, "a"), url)
+      yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+      const path = NodePath.join(dir, "b")
+      const first = yield* openScoped(path, url, { live: followingLive })
+      yield* rowsUntil(first.db, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
+      for (let i = 1; i <= 3; i++) yield* a.execute("INSERT INTO t VALUES (?)", [i])
+      yield* rowsUntil(first.db, "SELECT id FROM t", (r) => r.length === 3)
+      expect((yield* first.db.stats).activeCopy).toBe("synced")
+      yield* first.close
+      yield* server.stop
+      // Not live and offline: no pull brings anything; Draft already holds the rows.
+      const again = yield* Layer.build(
+        SyncDatabase.layer({ path, url, requestTimeout: "2 seconds", retrySchedule: Schedule.recurs(0) }).pipe(
+          Layer.provide(NodeHttpClient.layerUndici)
+        )
+      ).pipe(Effect.map(Context.get(SyncDatabase.SyncDatabase)), quiet)
+      const stats = yield* again.stats
+      expect(stats.activeCopy).toBe("draft")
+      expect(stats.pendingChanges).toBe(0)
+      expect((yield* again.query<{ id: number }>("SELECT id FROM t ORDER BY id")).map((r) => r.id)).toEqual([1, 2, 3])
+    }), 180_000)
+
+  it.scopedLive("once remote commits pause, the draft copy is brought up to date in the background: reads move back to it", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const server = yield* startServer(NodePath.join(dir, "data"))
+      yield* Effect.addFinalizer(() => server.stop)
+      const url = `${server.base}/db/pause`
+      const a = yield* openLive(NodePath.join(dir, "a"), url)
+      yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+      const b = yield* openLive(NodePath.join(dir, "b"), url, { live: { ...followingLive, catchUpDelay: "50 millis" } })
+      yield* rowsUntil(b, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
+      const before = (yield* b.stats).draftWalBytes
+      for (let i = 1; i <= 3; i++) yield* a.execute("INSERT INTO t VALUES (?)", [i])
+      yield* rowsUntil(b, "SELECT id FROM t", (r) => r.length === 3)
+      // No write on B: its worker makes the copy once the pulls pause.
+      const stats = yield* b.stats.pipe(
+        Effect.filterOrFail((s) => s.activeCopy === "draft" && s.draftWalBytes !== before, () => new Error("not yet")),
+        Effect.retry(Schedule.spaced("20 millis")),
+        Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error("the draft copy was never brought up to date") })
+      )
+      expect(stats.pendingChanges).toBe(0)
+      expect((yield* b.query<{ id: number }>("SELECT id FROM t ORDER BY id")).map((r) => r.id)).toEqual([1, 2, 3])
+    }), 180_000)
+})

@@ -5,7 +5,8 @@
  * counter in `c`. argv[4] names the client. With argv[6] = "final" it syncs until that succeeds, prints
  * `{"integrity": ...}` and exits 0.
  *
- * Client B keeps a reactive query running (`db.reactive`), so its pulls take the path that serves it.
+ * Client B keeps a reactive query running (`db.reactive`), so its pulls take the path that serves it, and is
+ * live (`live: true`): it follows the remote on its synced copy between its own steps.
  *
  * Prints `open` before opening (after its imports), `ready` once open and `> <what>` before each step, for
  * the parent's timing and figures.
@@ -77,6 +78,9 @@ program.pipe(
       path,
       url,
       clientName: client,
+      // Client B is live as well: it follows A's commits on its synced copy and copies them to Draft when it
+      // writes or closes, so kills land between those too.
+      live: client === "B",
       conflictBackoff: 5,
       requestTimeout: "5 seconds",
       retrySchedule: Schedule.intersect(Schedule.spaced("50 millis"), Schedule.recurs(3))

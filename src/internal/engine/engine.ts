@@ -40,6 +40,7 @@ import { bootstrap, type EarlySnapshot, headSnapshot, unfinished } from "./boots
 import * as ConflictLog from "./conflictLog.js"
 import * as Copy from "./copy.js"
 import * as Fold from "./fold.js"
+import * as Follow from "./follow.js"
 import * as Changes from "../live/changes.js"
 import * as Gates from "./gates.js"
 import * as Local from "./local.js"
@@ -105,14 +106,56 @@ const pullSteps = Effect.fn("Engine.pull")(function*(state: State) {
     yield* Fold.foldDraftIfIdle(state)
     return arrived
   }
-  yield* Copy.replayAndCopy(state, progress).pipe( /* 2b, 2c (reactive queries are told by its swap) */
-    Effect.onError(() => Effect.ignore(resetSyncedWal(state)))
-  )
-  yield* resetSyncedWal(state) /* 2d */
-  yield* Fold.foldSynced(state)
-  yield* Fold.foldDraftIfIdle(state)
+  if (state.options.followOnSynced === true && (yield* Follow.leaveDraftBehind(state, progress, arrived))) {
+    // Reads are on Synced; Draft's copy waits for the next write or the close (follow.ts). What step (a)
+    // staged stays staged: the next metadata write (that copy's flag, a push's acknowledgement, a fold of
+    // Synced, the close) takes it; a crash before that only makes recovery cut the frames off again.
+    yield* Fold.foldSynced(state)
+    return arrived
+  }
+  yield* copySteps(state, progress)
   return true
 })
+
+/** 2b, 2c (reactive queries are told by its swap), 2d, then the folds. */
+const copySteps = (state: State, progress: number) =>
+  Effect.gen(function*() {
+    yield* Copy.replayAndCopy(state, progress).pipe(
+      Effect.onError(() => Effect.ignore(resetSyncedWal(state))),
+      // Reads are back on Draft unless the copy failed before they left Synced.
+      Effect.ensuring(Effect.sync(() => {
+        state.following.behind = state.following.behind && state.gates.active.current === "synced"
+      }))
+    )
+    yield* resetSyncedWal(state) /* 2d */
+    yield* Fold.foldSynced(state)
+    yield* Fold.foldDraftIfIdle(state)
+  })
+
+/**
+ * Draft brought up to Synced after pulls left it behind (follow.ts), under the sync lock. If that fails,
+ * reads go back to Draft as it is (a write is never failed for it; the next pull copies).
+ */
+const catchUp = (state: State): Effect.Effect<void> =>
+  exclusive(
+    state,
+    Effect.suspend(() =>
+      state.following.behind
+        ? Effect.flatMap(SynchronizedRef.get(state.metadata), (m) => copySteps(state, m.lastPushedChangeId))
+        : Effect.void
+    ).pipe(Effect.withSpan("Engine.catchUp"))
+  ).pipe(
+    Effect.catchAll((error) =>
+      Effect.zipRight(
+        Effect.logWarning("cannot bring the local copy up to the remote's state: reads go back to it as it is", error),
+        Effect.suspend(() => {
+          if (!state.following.behind) return Effect.void
+          state.following.behind = false
+          return Gates.switchReads(state.gates, "draft")
+        })
+      )
+    )
+  )
 
 /**
  * One of push, pull and sync at a time, on the breathing scheduler, with the file service the engine was
@@ -128,10 +171,11 @@ const exclusive = <A>(state: State, effect: Effect.Effect<A, SyncError.SyncError
 /** The engine's state over the opened local database, whose metadata is `initial`. */
 const makeState = (opening: Opening, initial: SyncMetadata.Metadata) =>
   Effect.gen(function*() {
+    const gates = yield* Gates.make
     const state: State = {
       ...opening,
       draft: yield* LocalCopies.Draft,
-      synced: yield* LocalCopies.Synced,
+      synced: Follow.gatedSynced(yield* LocalCopies.Synced, gates),
       fileService: yield* Effect.serviceOption(SyncFiles.SyncFiles),
       metadata: yield* SynchronizedRef.make(initial),
       staged: yield* Ref.make(false),
@@ -143,7 +187,7 @@ const makeState = (opening: Opening, initial: SyncMetadata.Metadata) =>
       conflictLog: ConflictLog.make(`${opening.options.path}-conflicts`),
       pushConflicts: yield* Ref.make<ReadonlyArray<ConflictPolicy.Entry>>([]),
       syncedPrefix: yield* Ref.make<SyncedPrefix | undefined>(undefined),
-      gates: yield* Gates.make,
+      gates,
       syncLock: yield* Effect.makeSemaphore(1),
       lastWriteBlockedMs: yield* Ref.make(Option.none<number>()),
       readVerdicts: new Map(),
@@ -153,8 +197,10 @@ const makeState = (opening: Opening, initial: SyncMetadata.Metadata) =>
       offeredAnswer: { current: undefined },
       owedSyncs: new Set(),
       syncedPageIndex: { current: undefined },
-      maxWalFrames: Math.max(1, opening.options.maxWalFrames ?? 1000)
+      maxWalFrames: Math.max(1, opening.options.maxWalFrames ?? 1000),
+      following: { behind: false, wanting: 0, catchUp: Effect.void }
     }
+    state.following.catchUp = catchUp(state)
     return state
   })
 
@@ -164,6 +210,9 @@ const makeState = (opening: Opening, initial: SyncMetadata.Metadata) =>
  * which only makes the next open check in full).
  */
 const closeCleanly = (state: State) =>
+  Effect.zipRight(state.following.catchUp, recordCleanClose(state))
+
+const recordCleanClose = (state: State) =>
   SynchronizedRef.updateEffect(state.metadata, (m) =>
     Effect.gen(function*() {
       const next: SyncMetadata.Metadata = { ...m, inUse: false }
@@ -312,6 +361,8 @@ export const make = (options: EngineOptions, early?: Early) =>
     watch: Changes.watch(state.changes, state.gates, state.draft),
     tablesRead: Local.tablesRead(state),
     offer: (answer: OfferedAnswer) => Pull.offer(state, answer),
+    behind: Effect.sync(() => state.following.behind),
+    catchUp: Effect.suspend(() => state.following.catchUp),
     position: Effect.map(SynchronizedRef.get(state.metadata), (m) => ({ generation: m.generation, frame: m.syncedFrame }))
   }))
 

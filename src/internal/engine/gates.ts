@@ -122,3 +122,28 @@ export const switchReads = (gates: Gates, copy: ActiveCopy) =>
       gates.active.current = copy
     })
   )
+
+/**
+ * Takes every read permit (new reads wait at the door) until {@link releaseReads}: for a step that closes the
+ * copy reads are on and opens it again in separate steps (see follow.ts). Interrupted while waiting for the
+ * reads in flight, it opens the door again.
+ */
+export const holdReads = (gates: Gates): Effect.Effect<void> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.zipRight(
+      Effect.zipRight(Effect.sync(() => gates.exclusive.reads++), gates.readsOpen.close),
+      restore(gates.readGate.take(READ_PERMITS)).pipe(
+        Effect.onInterrupt(() => Effect.zipRight(gates.readsOpen.open, Effect.sync(() => gates.exclusive.reads--)))
+      )
+    )
+  )
+
+/** Ends {@link holdReads}; `copy`, if given, is where reads go from now on. */
+export const releaseReads = (gates: Gates, copy?: ActiveCopy): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    if (copy !== undefined) gates.active.current = copy
+    return Effect.zipRight(
+      gates.readGate.release(READ_PERMITS),
+      Effect.zipRight(gates.readsOpen.open, Effect.sync(() => gates.exclusive.reads--))
+    )
+  })

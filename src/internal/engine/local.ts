@@ -25,6 +25,7 @@ import { checkpointingPragma } from "../sqlite/sqlText.js"
 import * as WalIndex from "../sqlite/walIndex.js"
 import { sqlStatementError } from "./errors.js"
 import { foldOutgrownDraft, maybeFoldDraft, outgrownBound } from "./fold.js"
+import { writingCurrent } from "./follow.js"
 import * as Gates from "./gates.js"
 import { on, type State } from "./state.js"
 
@@ -140,7 +141,8 @@ const executeError = (sql: string) => (cause: unknown) =>
 const write = (state: State) =>
 (sql: string, params: ReadonlyArray<unknown>): Effect.Effect<ChangeCapture.ExecuteResult, SyncError.SqlStatementError> =>
   Effect.withFiberRuntime((fiber) => {
-    const open = Gates.writesPass(state.gates) ? openDirect(state.draft) : undefined
+    // (not while pulls left Draft behind: the write waits for its copy, see follow.ts)
+    const open = !state.following.behind && Gates.writesPass(state.gates) ? openDirect(state.draft) : undefined
     if (open !== undefined) {
       let result: ChangeCapture.ExecuteResult | undefined
       try {
@@ -154,7 +156,7 @@ const write = (state: State) =>
     }
     const refused = refusedStatement(sql)
     if (refused !== undefined) return Effect.fail(refused)
-    return Gates.writing(state.gates, Effect.tap(onCopy(state.draft, ChangeCapture.execute(sql, params)), afterWrite(state))).pipe(
+    return writingCurrent(state, Effect.tap(onCopy(state.draft, ChangeCapture.execute(sql, params)), afterWrite(state))).pipe(
       Effect.mapError(sqlStatementError("Statement", sql)),
       Effect.tap(() => foldIfOutgrown(state))
     )
@@ -298,7 +300,7 @@ export const transaction = (state: State) =>
 <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, Exclude<R, SqlClient.SqlClient>> =>
-  Gates.writing(state.gates, Effect.tap(onCopy(state.draft, ChangeCapture.transaction(effect)), afterWrite(state))).pipe(
+  writingCurrent(state, Effect.tap(onCopy(state.draft, ChangeCapture.transaction(effect)), afterWrite(state))).pipe(
     Effect.tap(() => foldIfOutgrown(state))
   )
 
@@ -306,7 +308,8 @@ export const transaction = (state: State) =>
 export const stats = (state: State): Effect.Effect<Stats, SyncError.SyncError> =>
   Effect.gen(function*() {
     const m = yield* SynchronizedRef.get(state.metadata)
-    const pendingChanges = yield* Gates.reading(
+    // Draft is left behind only with nothing pending, and a write makes its copy first (follow.ts).
+    const pendingChanges = state.following.behind ? 0 : yield* Gates.reading(
       state.gates,
       Effect.suspend(() => on(activeCopy(state), ChangeCapture.countPending(m.lastPushedChangeId)))
     ).pipe(Effect.mapError(sqlStatementError("Capture")))

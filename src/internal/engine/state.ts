@@ -54,6 +54,11 @@ export interface EngineOptions {
   readonly bootstrap?: "head" | "base" | undefined
   /** Told of frames and bases as they arrive and leave (SyncDatabase's events and status). */
   readonly observer?: Observer | undefined
+  /**
+   * Pulls that find nothing pending leave Draft's copy for later and serve reads from Synced (live sync:
+   * a stream of remote commits costs a pull each, not a pull and a copy); see follow.ts.
+   */
+  readonly followOnSynced?: boolean | undefined
 }
 
 /** @internal */
@@ -182,6 +187,18 @@ export interface State extends Opening {
   readonly owedSyncs: Set<string>
   /** Where each page's newest copy is among Synced's synced frames (copy.ts keeps it; see `SyncedPageIndex`). */
   readonly syncedPageIndex: { current: SyncedPageIndex | undefined }
+  /** Whether pulls left Draft behind Synced, reads on Synced (see follow.ts). */
+  readonly following: Following
+}
+
+/** Draft left behind by pulls that found nothing pending (`EngineOptions.followOnSynced`; follow.ts). */
+export interface Following {
+  /** Reads are on Synced and Draft's copy is left for later; a write makes the copy first. */
+  behind: boolean
+  /** Writes waiting for that copy or running after it: a pull leaves Draft behind only while none do. */
+  wanting: number
+  /** Makes the copy under the sync lock (set by the engine once it can take that lock); never fails. */
+  catchUp: Effect.Effect<void>
 }
 
 /**

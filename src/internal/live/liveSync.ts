@@ -34,6 +34,12 @@ export interface Options {
   readonly pollInterval?: Duration.DurationInput | undefined
   /** The longest pause between attempts while the remote cannot be reached. Default 10 seconds. */
   readonly maxBackoff?: Duration.DurationInput | undefined
+  /**
+   * While the replica reads the remote's changes from its synced copy (nothing of its own pending), how
+   * long after its last pull the draft copy is brought up to date in the background, so that a write made
+   * later need not wait for that. Default 100 ms: a stream of remote changes is copied once, when it pauses.
+   */
+  readonly catchUpDelay?: Duration.DurationInput | undefined
 }
 
 /** What live sync needs of the database. */
@@ -60,6 +66,9 @@ export interface Target {
   readonly remote: SyncRemote.Service
   /** Records the live state in `status` and tells `events` when it changes. */
   readonly report: (state: LiveState) => Effect.Effect<void>
+  /** Whether pulls left the draft copy behind the synced one (reads on Synced), and the copy that ends that. */
+  readonly behind: Effect.Effect<boolean>
+  readonly catchUp: Effect.Effect<void>
 }
 
 /** The pause before attempt `n` (from 0) after failures: 250 ms doubling, capped. */
@@ -88,6 +97,7 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
     const pollInterval = Duration.decode(options.pollInterval ?? Duration.seconds(2))
     const capMs = Duration.toMillis(options.maxBackoff ?? Duration.seconds(10))
     const waitSeconds = options.waitSeconds ?? 25
+    const catchUpDelay = Duration.decode(options.catchUpDelay ?? Duration.millis(100))
 
     // Requests to the worker: a sync (local writes to push) and/or a pull; one wake-up covers many.
     const wants = { sync: true, pull: false }
@@ -143,7 +153,13 @@ export const run = (target: Target, options: Options = {}): Effect.Effect<void, 
 
     let failures = 0
     const worker = Effect.forever(Effect.gen(function*() {
-      yield* Queue.take(wake)
+      // Pulls left the draft copy behind: brought up to date once they pause (unless a write did it first).
+      if (yield* target.behind) {
+        const woken = yield* Effect.timeout(Queue.take(wake), catchUpDelay).pipe(Effect.option)
+        if (Option.isNone(woken)) return yield* Effect.uninterruptible(target.catchUp)
+      } else {
+        yield* Queue.take(wake)
+      }
       while (wants.sync || wants.pull) {
         const op = wants.sync ? "sync" : "pull"
         const covers = requested
