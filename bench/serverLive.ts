@@ -11,26 +11,12 @@
  * `--before DIR` runs the same against the server of another checkout (DIR, with its dist built and its
  * node_modules), the two alternately, `--rounds` times each.
  */
-import Database from "libsql"
 import * as Http from "node:http"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
+import { cpuOf, flag, median, oneRowReplica, sleep } from "./serverProcess.js"
 
-const flag = (name: string, fallback: string) => {
-  const i = process.argv.indexOf(`--${name}`)
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1]! : fallback
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
-const median = (values: ReadonlyArray<number>) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)]!
-
-/** utime + stime of a process, in ms (clock ticks of 10 ms). */
-const cpuOf = (pid: number) => {
-  const fields = Fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
-  return (Number(fields[11]) + Number(fields[12])) * 10
-}
 
 /** A waiting pull of frames from `start`: the frames it got (0 for an answer without frames, or an error). */
 const waitingPull = (url: string, agent: Http.Agent, generation: number, start: number) => {
@@ -55,15 +41,7 @@ const runTree = async (root: string, writes: number) => {
   const server = await startServer(NodePath.join(work, "server"), 0)
   const url = `${server.url}/db/live`
   try {
-    const lib = new Database(NodePath.join(work, "a.db"), { syncUrl: url, offline: true } as Database.Options)
-    lib.exec("CREATE TABLE items (n INTEGER NOT NULL, body TEXT)")
-    lib.sync()
-    const insert = lib.prepare("INSERT INTO items VALUES (?, ?)")
-    // a few first, so the figure is the steady state (the check worker, caches)
-    for (let n = 0; n < 10; n++) {
-      insert.run(n, `row ${n}`)
-      lib.sync()
-    }
+    const { insert, lib } = oneRowReplica(NodePath.join(work, "a.db"), url)
     const info = await (await fetch(`${url}/info`)).json() as { current_generation: number; max_frame_no: number }
     const generation = info.current_generation
     let next = info.max_frame_no + 1
