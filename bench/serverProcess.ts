@@ -16,7 +16,8 @@ import * as Os from "node:os"
 import * as NodePath from "node:path"
 import * as Url from "node:url"
 
-const BIN = NodePath.resolve(import.meta.dirname, "..", "bin", "effect-sqlite-sync.js")
+// `BENCH_SERVER_ROOT=DIR`: the server of another checkout (its dist built), beside this tree's clients
+const BIN = NodePath.resolve(process.env.BENCH_SERVER_ROOT ?? NodePath.resolve(import.meta.dirname, ".."), "bin", "effect-sqlite-sync.js")
 
 /** `BENCH_SERVER_NODE_ARGS`: node options for every bench server (say `--cpu-prof --cpu-prof-dir=DIR`). */
 const envNodeArgs = (process.env.BENCH_SERVER_NODE_ARGS ?? "").split(" ").filter((a) => a !== "")
