@@ -21,6 +21,7 @@ import * as Os from "node:os"
 import * as NodePath from "node:path"
 import * as ServerStore from "../src/ServerStore.js"
 import * as SyncDatabase from "../src/SyncDatabase.js"
+import * as SyncFiles from "../src/SyncFiles.js"
 import type * as SyncEvents from "../src/SyncEvents.js"
 import * as SyncRemote from "../src/SyncRemote.js"
 import * as SyncServer from "../src/SyncServer.js"
@@ -500,5 +501,49 @@ describe("a live replica follows the remote on its synced copy", () => {
       )
       expect(stats.pendingChanges).toBe(0)
       expect((yield* b.query<{ id: number }>("SELECT id FROM t ORDER BY id")).map((r) => r.id)).toEqual([1, 2, 3])
+    }), 180_000)
+
+  it.scopedLive("a copy to Draft that fails before B's write fails the write, typed, with nothing written; the next write copies and lands", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const server = yield* startServer(NodePath.join(dir, "data"))
+      yield* Effect.addFinalizer(() => server.stop)
+      const url = `${server.base}/db/fails`
+      const a = yield* openLive(NodePath.join(dir, "a"), url)
+      yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+      // B's file service refuses, while armed, to put a copy's fresh WAL in place of Draft's.
+      const armed = { on: false }
+      const files: SyncFiles.Service = {
+        ...SyncFiles.node,
+        renameSync: (from, to) => {
+          if (armed.on && from.endsWith("-draft-wal.next")) throw new Error("injected: cannot rename")
+          SyncFiles.node.renameSync(from, to)
+        }
+      }
+      const b = yield* openLive(NodePath.join(dir, "b"), url, { live: followingLive }).pipe(
+        Effect.provideService(SyncFiles.SyncFiles, files)
+      )
+      yield* rowsUntil(b, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
+      for (let i = 1; i <= 3; i++) yield* a.execute("INSERT INTO t VALUES (?)", [i])
+      yield* rowsUntil(b, "SELECT id FROM t", (r) => r.length === 3)
+      expect((yield* b.stats).activeCopy).toBe("synced")
+      armed.on = true
+      // The write was meant for the rows B showed (Draft has not even the table): refused, nothing written.
+      const error = yield* Effect.flip(b.execute("INSERT INTO t VALUES (100)"))
+      expect(error._tag).toBe("SqlStatementError")
+      expect(error.reason).toBe("Capture")
+      expect(error.message).toContain("nothing was written")
+      const after = yield* b.stats
+      expect(after.activeCopy).toBe("synced")
+      expect(after.pendingChanges).toBe(0)
+      expect((yield* b.query<{ id: number }>("SELECT id FROM t ORDER BY id")).map((r) => r.id)).toEqual([1, 2, 3])
+      armed.on = false
+      yield* b.execute("INSERT INTO t VALUES (100)")
+      expect((yield* b.stats).activeCopy).toBe("draft")
+      expect((yield* b.query<{ id: number }>("SELECT id FROM t ORDER BY id")).map((r) => r.id)).toEqual([1, 2, 3, 100])
+      const onA = yield* rowsUntil<{ id: number }>(a, "SELECT id FROM t ORDER BY id", (r) => r.length === 4)
+      expect(onA.map((r) => r.id)).toEqual([1, 2, 3, 100])
+      yield* pushed(b)
+      expect((yield* b.stats).pendingChanges).toBe(0)
     }), 180_000)
 })

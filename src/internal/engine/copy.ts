@@ -195,7 +195,11 @@ const swap = (state: State, prepared: Prepared, shown = false) =>
       // Whatever happened, Draft is opened again (capture reinstalled) before reads move back to it.
       Effect.flatMap((exit) => Effect.zipRight(openDraft(state), exit)),
       Effect.ensuring(Effect.ignore(state.draft.open)),
-      Effect.ensuring(Gates.switchReads(state.gates, "draft")),
+      // Back to Draft, unless the copy failed while pulls had left Draft behind (follow.ts): reads stay on
+      // Synced, which holds what they showed.
+      Effect.onExit((exit) =>
+        Gates.switchReads(state.gates, Exit.isFailure(exit) && state.following.behind ? "synced" : "draft")
+      ),
       // Reactive queries look again whatever the outcome (a failure after the rename leaves Draft replaced),
       // as soon as Draft serves reads again, writes still held; not after a copy whose rows they were shown
       // from Synced before it (`shown`), which succeeded: Draft holds what they read then.
@@ -245,10 +249,13 @@ const readsOnSynced = (state: State) =>
     yield* Effect.yieldNow()
   })
 
-/** A copy that failed before Draft served reads again: reads go back to Draft, and queries look there. */
+/**
+ * A copy that failed before Draft served reads again: reads go back to Draft, and queries look there;
+ * not while pulls had left Draft behind (follow.ts): reads stay on Synced, which holds what they showed.
+ */
 const readsBackOnDraft = (state: State) =>
   Effect.gen(function*() {
-    if (state.gates.active.current === "draft") return
+    if (state.gates.active.current === "draft" || state.following.behind) return
     yield* Gates.switchReads(state.gates, "draft")
     yield* Changes.beforeCopy(state.changes)
   })

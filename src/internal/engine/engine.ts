@@ -133,10 +133,10 @@ const copySteps = (state: State, progress: number) =>
   })
 
 /**
- * Draft brought up to Synced after pulls left it behind (follow.ts), under the sync lock. If that fails,
- * reads go back to Draft as it is (a write is never failed for it; the next pull copies).
+ * Draft brought up to Synced after pulls left it behind (follow.ts), under the sync lock. A failure leaves
+ * it behind, reads on Synced: the next write, pull or close tries again.
  */
-const catchUp = (state: State): Effect.Effect<void> =>
+const catchUp = (state: State): Effect.Effect<void, SyncError.SyncError> =>
   exclusive(
     state,
     Effect.suspend(() =>
@@ -144,17 +144,6 @@ const catchUp = (state: State): Effect.Effect<void> =>
         ? Effect.flatMap(SynchronizedRef.get(state.metadata), (m) => copySteps(state, m.lastPushedChangeId))
         : Effect.void
     ).pipe(Effect.withSpan("Engine.catchUp"))
-  ).pipe(
-    Effect.catchAll((error) =>
-      Effect.zipRight(
-        Effect.logWarning("cannot bring the local copy up to the remote's state: reads go back to it as it is", error),
-        Effect.suspend(() => {
-          if (!state.following.behind) return Effect.void
-          state.following.behind = false
-          return Gates.switchReads(state.gates, "draft")
-        })
-      )
-    )
   )
 
 /**
@@ -210,7 +199,11 @@ const makeState = (opening: Opening, initial: SyncMetadata.Metadata) =>
  * which only makes the next open check in full).
  */
 const closeCleanly = (state: State) =>
-  Effect.zipRight(state.following.catchUp, recordCleanClose(state))
+  Effect.zipRight(
+    Effect.catchAll(state.following.catchUp, (error) =>
+      Effect.logWarning("cannot bring the local copy up to the remote's state before closing", error)),
+    recordCleanClose(state)
+  )
 
 const recordCleanClose = (state: State) =>
   SynchronizedRef.updateEffect(state.metadata, (m) =>
@@ -362,7 +355,9 @@ export const make = (options: EngineOptions, early?: Early) =>
     tablesRead: Local.tablesRead(state),
     offer: (answer: OfferedAnswer) => Pull.offer(state, answer),
     behind: Effect.sync(() => state.following.behind),
-    catchUp: Effect.suspend(() => state.following.catchUp),
+    catchUp: Effect.suspend(() => state.following.catchUp).pipe(
+      Effect.catchAll((error) => Effect.logWarning("cannot bring the local copy up to the remote's state", error))
+    ),
     position: Effect.map(SynchronizedRef.get(state.metadata), (m) => ({ generation: m.generation, frame: m.syncedFrame }))
   }))
 

@@ -19,6 +19,7 @@
 import * as Effect from "effect/Effect"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as ChangeCapture from "../../ChangeCapture.js"
+import * as SyncError from "../../SyncError.js"
 import type * as LocalCopies from "../../LocalCopies.js"
 import * as Changes from "../live/changes.js"
 import { sqlStatementError } from "./errors.js"
@@ -94,14 +95,21 @@ export const leaveDraftBehind = Effect.fn("Engine.leaveDraftBehind")(
 
 /**
  * Runs `effect` under a write permit with Draft current: while pulls leave Draft behind, the copy is made
- * first; should a pull leave it behind again before the permit is had, again.
+ * first; should a pull leave it behind again before the permit is had, again. A copy that fails fails the
+ * write before anything is written (`SqlStatementError` "Capture"): it was meant for the rows reads showed.
  */
-export const writingCurrent = <A, E, R>(state: State, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+export const writingCurrent = <A, E, R>(
+  state: State,
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | SyncError.SqlStatementError, R> =>
   Effect.suspend(() => {
     const following = state.following
     if (following.behind) {
       following.wanting++
-      return Effect.zipRight(following.catchUp, writingCurrent(state, effect)).pipe(
+      return Effect.zipRight(
+        Effect.mapError(following.catchUp, notCaughtUp),
+        writingCurrent(state, effect)
+      ).pipe(
         Effect.ensuring(Effect.sync(() => void following.wanting--))
       )
     }
@@ -110,8 +118,17 @@ export const writingCurrent = <A, E, R>(state: State, effect: Effect.Effect<A, E
         state.gates,
         Effect.suspend((): Effect.Effect<A | typeof retry, E, R> => following.behind ? Effect.succeed(retry) : effect)
       ),
-      (result): Effect.Effect<A, E, R> => result === retry ? writingCurrent(state, effect) : Effect.succeed(result as A)
+      (result): Effect.Effect<A, E | SyncError.SqlStatementError, R> =>
+        result === retry ? writingCurrent(state, effect) : Effect.succeed(result as A)
     )
+  })
+
+const notCaughtUp = (cause: SyncError.SyncError) =>
+  new SyncError.SqlStatementError({
+    reason: "Capture",
+    message: `cannot bring the local database up to the remote's state before this write (${cause.message}); ` +
+      "nothing was written",
+    cause
   })
 
 const retry: unique symbol = Symbol("effect-sqlite-sync/follow/retry")

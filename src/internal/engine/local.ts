@@ -156,8 +156,12 @@ const write = (state: State) =>
     }
     const refused = refusedStatement(sql)
     if (refused !== undefined) return Effect.fail(refused)
-    return writingCurrent(state, Effect.tap(onCopy(state.draft, ChangeCapture.execute(sql, params)), afterWrite(state))).pipe(
-      Effect.mapError(sqlStatementError("Statement", sql)),
+    return writingCurrent(
+      state,
+      Effect.tap(onCopy(state.draft, ChangeCapture.execute(sql, params)), afterWrite(state)).pipe(
+        Effect.mapError(sqlStatementError("Statement", sql))
+      )
+    ).pipe(
       Effect.tap(() => foldIfOutgrown(state))
     )
   })
@@ -299,7 +303,11 @@ export const classify = (state: State) => (sql: string): Effect.Effect<"read" | 
 export const transaction = (state: State) =>
 <A, E, R>(
   effect: Effect.Effect<A, E, R>
-): Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, Exclude<R, SqlClient.SqlClient>> =>
+): Effect.Effect<
+  A,
+  E | SqlError | ChangeCapture.CaptureError | SyncError.SqlStatementError,
+  Exclude<R, SqlClient.SqlClient>
+> =>
   writingCurrent(state, Effect.tap(onCopy(state.draft, ChangeCapture.transaction(effect)), afterWrite(state))).pipe(
     Effect.tap(() => foldIfOutgrown(state))
   )

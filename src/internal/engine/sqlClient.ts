@@ -40,7 +40,11 @@ export interface EngineAccess {
   readonly classify: (sql: string) => Effect.Effect<"read" | "write">
   readonly transaction: <A, E, R>(
     effect: Effect.Effect<A, E, R>
-  ) => Effect.Effect<A, E | SqlError | ChangeCapture.CaptureError, Exclude<R, Client.SqlClient>>
+  ) => Effect.Effect<
+    A,
+    E | SqlError | ChangeCapture.CaptureError | SyncError.SqlStatementError,
+    Exclude<R, Client.SqlClient>
+  >
 }
 
 // withTransaction's BEGIN/COMMIT/ROLLBACK reach the transaction connection as these texts: the engine owns

@@ -15,6 +15,7 @@ import * as SynchronizedRef from "effect/SynchronizedRef"
 import type * as ConflictPolicy from "../../ConflictPolicy.js"
 import type * as LocalCopies from "../../LocalCopies.js"
 import type * as SyncFiles from "../../SyncFiles.js"
+import type * as SyncError from "../../SyncError.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import type * as SyncRemote from "../../SyncRemote.js"
 import type * as Changes from "../live/changes.js"
@@ -197,8 +198,8 @@ export interface Following {
   behind: boolean
   /** Writes waiting for that copy or running after it: a pull leaves Draft behind only while none do. */
   wanting: number
-  /** Makes the copy under the sync lock (set by the engine once it can take that lock); never fails. */
-  catchUp: Effect.Effect<void>
+  /** Makes the copy under the sync lock (set by the engine once it can take that lock). */
+  catchUp: Effect.Effect<void, SyncError.SyncError>
 }
 
 /**
