@@ -18,21 +18,8 @@ import Database from "libsql"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
+import { cpuOf, flag, median, oneRowReplica, sleep } from "./serverProcess.js"
 
-const flag = (name: string, fallback: string) => {
-  const i = process.argv.indexOf(`--${name}`)
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1]! : fallback
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
-const median = (values: ReadonlyArray<number>) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)]!
-
-/** utime + stime of a process, in ms (clock ticks of 10 ms). */
-const cpuOf = (pid: number) => {
-  const fields = Fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
-  return (Number(fields[11]) + Number(fields[12])) * 10
-}
 
 /** One run against the server of the tree at `root`: a line per size and kind. */
 const runTree = async (
@@ -70,18 +57,7 @@ const runTree = async (
     }
     if (oneRow > 0) {
       // the live bench's table and writes: a small database, one row a transaction
-      const lib = new Database(NodePath.join(work, "libsql-one-row.db"), {
-        syncUrl: `${server.url}/db/libsql-one-row`,
-        offline: true
-      } as Database.Options)
-      lib.exec("CREATE TABLE items (n INTEGER NOT NULL, body TEXT)")
-      lib.sync()
-      const insert = lib.prepare("INSERT INTO items VALUES (?, ?)")
-      // a few first, so the figure is the steady state (the check worker, caches)
-      for (let n = 0; n < 10; n++) {
-        insert.run(n, `row ${n}`)
-        lib.sync()
-      }
+      const { insert, lib } = oneRowReplica(NodePath.join(work, "libsql-one-row.db"), `${server.url}/db/libsql-one-row`)
       await sleep(400)
       const walls: Array<number> = []
       const cpu = cpuOf(server.child.pid!)

@@ -43,7 +43,11 @@ const invalid = (message: string) =>
 export const layerLogger = (format: "logfmt" | "json"): Layer.Layer<never> =>
   Logger.replace(
     Logger.defaultLogger,
-    Logger.withConsoleError(format === "json" ? Logger.jsonLogger : Logger.logfmtLogger)
+    // Written as `console.error` writes a single string, without its per-call formatting and listener
+    // bookkeeping: the server logs a line per request.
+    Logger.map(format === "json" ? Logger.jsonLogger : Logger.logfmtLogger, (line) => {
+      process.stderr.write(`${line}\n`)
+    })
   )
 
 const DURATION_UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }

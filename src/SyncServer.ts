@@ -7,6 +7,7 @@
  *
  * @since 0.1.0
  */
+import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
 import type * as HttpServerError from "@effect/platform/HttpServerError"
@@ -24,7 +25,13 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
+import * as HashMap from "effect/HashMap"
+import * as HashSet from "effect/HashSet"
+import * as Inspectable from "effect/Inspectable"
 import * as Layer from "effect/Layer"
+import * as LogLevel from "effect/LogLevel"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
@@ -130,22 +137,56 @@ const storeFailure = (route: "pull" | "other") => (error: StoreError) =>
     return fail(failure)
   })
 
-const recordMetrics = (log: Context.Tag.Service<RequestLog>, status: number, seconds: number) =>
-  Effect.gen(function*() {
-    yield* Metric.increment(serverMetrics.requests).pipe(Effect.tagMetrics({ route: log.route, status: String(status) }))
-    const push = log.route.startsWith("POST /sync")
-    const pull = log.route.startsWith("GET /sync")
-    if (push) yield* Metric.update(serverMetrics.pushSeconds, seconds)
-    if (pull) yield* Metric.update(serverMetrics.pullSeconds, Math.max(0, seconds - log.waited))
-    if (push || pull || log.route.startsWith("GET /export")) {
-      const direction = push ? "push" : "pull"
-      yield* Effect.tagMetrics(
-        Effect.zipRight(Metric.incrementBy(serverMetrics.frames, log.frames), Metric.incrementBy(serverMetrics.bytes, log.bytes)),
-        "direction",
-        direction
-      )
+const recordMetrics = (
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  log: Context.Tag.Service<RequestLog>,
+  status: number,
+  seconds: number
+) =>
+  serverMetrics.recordRequest(fiber.getFiberRef(FiberRef.currentMetricLabels), {
+    route: log.route,
+    status,
+    seconds,
+    waited: log.waited,
+    frames: log.frames,
+    bytes: log.bytes
+  })
+
+/**
+ * Writes the line `Effect.annotateLogs(Effect.logWithLevel(level)(message), annotations)` would, to the
+ * fiber's loggers, without setting the fiber's annotations to do so: each set of them compares the whole
+ * annotation maps, a large share of a request's log cost.
+ */
+const logLine = (
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  clock: Clock.Clock,
+  level: LogLevel.LogLevel,
+  message: string,
+  annotations: Readonly<Record<string, unknown>>
+): void => {
+  if (LogLevel.greaterThan(fiber.getFiberRef(FiberRef.currentMinimumLogLevel), level)) return
+  const loggers = fiber.getFiberRef(FiberRef.currentLoggers)
+  if (HashSet.size(loggers) === 0) return
+  let all = fiber.getFiberRef(FiberRef.currentLogAnnotations)
+  for (const [key, value] of Object.entries(annotations)) all = HashMap.set(all, key, value)
+  const spans = fiber.getFiberRef(FiberRef.currentLogSpan)
+  const context = fiber.getFiberRefs()
+  const date = new Date(clock.unsafeCurrentTimeMillis())
+  Inspectable.withRedactableContext(context, () => {
+    for (const logger of loggers) {
+      logger.log({
+        fiberId: fiber.id(),
+        logLevel: level,
+        message: [message],
+        cause: Cause.empty,
+        context,
+        spans,
+        annotations: all,
+        date
+      })
     }
   })
+}
 
 /**
  * The sync protocol as an `HttpApp` over the `ServerStore` in context. It never fails: every refusal
@@ -172,7 +213,10 @@ interface App {
  * What the platform does while a pull waits, such as lifting the idle timeout of its connection (nothing
  * moves on it while it waits).
  */
-type WhileWaiting = (request: HttpServerRequest.HttpServerRequest) => Effect.Effect<void, never, Scope.Scope>
+type WhileWaiting = (
+  request: HttpServerRequest.HttpServerRequest,
+  wait: Effect.Effect<void, StoreError>
+) => Effect.Effect<void, StoreError>
 
 const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<App, never, ServerStore> =>
   Effect.gen(function*() {
@@ -345,7 +389,7 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
           return Effect.void
         }
         waits.waiting++
-        const during = whileWaiting === undefined ? wait : Effect.scoped(Effect.zipRight(whileWaiting(request), wait))
+        const during = whileWaiting === undefined ? wait : whileWaiting(request, wait)
         return Effect.raceFirst(during, Deferred.await(closing)).pipe(
           Effect.timed,
           Effect.map(([duration]) => {
@@ -516,31 +560,44 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
         }),
         Effect.provideService(RequestLog, log),
         Effect.onExit((exit) =>
-          Effect.gen(function*() {
-            const ended = yield* Clock.currentTimeNanos
-            const status = Exit.isSuccess(exit) ? exit.value.status : 499
-            const annotations: Record<string, unknown> = {
-              database: log.database ?? "-",
-              method: request.method,
-              route: log.route,
-              status,
-              frames: log.frames,
-              bytes: log.bytes,
-              ms: Math.round(Number(ended - started) / 1e4) / 100
-            }
-            if (log.outcome !== undefined) annotations.outcome = log.outcome
-            if (log.error !== undefined) annotations.error = log.error
-            if (log.detail !== undefined) annotations.detail = log.detail
-            if (log.waited > 0) annotations.waited_ms = Math.round(log.waited * 1000)
-            const line = status >= 500 ? Effect.logError("request") : Effect.logInfo("request")
-            yield* Effect.annotateLogs(line, annotations)
-            yield* recordMetrics(log, status, Number(ended - started) / 1e9)
-          })
+          Effect.clockWith((clock) =>
+            Effect.withFiberRuntime<void>((fiber) => {
+              const ended = clock.unsafeCurrentTimeNanos()
+              const status = Exit.isSuccess(exit) ? exit.value.status : 499
+              const annotations: Record<string, unknown> = {
+                database: log.database ?? "-",
+                method: request.method,
+                route: log.route,
+                status,
+                frames: log.frames,
+                bytes: log.bytes,
+                ms: Math.round(Number(ended - started) / 1e4) / 100
+              }
+              if (log.outcome !== undefined) annotations.outcome = log.outcome
+              if (log.error !== undefined) annotations.error = log.error
+              if (log.detail !== undefined) annotations.detail = log.detail
+              if (log.waited > 0) annotations.waited_ms = Math.round(log.waited * 1000)
+              logLine(fiber, clock, status >= 500 ? LogLevel.Error : LogLevel.Info, "request", annotations)
+              recordMetrics(fiber, log, status, Number(ended - started) / 1e9)
+              return Effect.void
+            })
+          )
         )
       )
     })
     return { handler, shutdown } satisfies App
   })
+
+/**
+ * `HttpServer.serveEffect`, without the platform's span per request when the tracer is Effect's own (it
+ * exports nowhere): that span parses the URL and records every header of every request, and each log
+ * line becomes an event of it. An app that installs a tracer keeps the spans.
+ */
+const serveEffect = <R>(handler: Effect.Effect<HttpServerResponse.HttpServerResponse, never, R>) =>
+  Effect.flatMap(Effect.tracer, (tracer) =>
+    tracer === Effect.runSync(Effect.tracer)
+      ? HttpMiddleware.withTracerDisabledWhenEffect(HttpServer.serveEffect(handler), () => true)
+      : HttpServer.serveEffect(handler))
 
 /**
  * Serves the protocol on the `HttpServer` in context (any platform).
@@ -551,7 +608,7 @@ const makeApp = (options: Options, whileWaiting?: WhileWaiting): Effect.Effect<A
 export const layer = (options: Options = {}): Layer.Layer<never, never, HttpServer.HttpServer | ServerStore> =>
   Layer.scopedDiscard(Effect.gen(function*() {
     const app = yield* makeApp(options)
-    yield* HttpServer.serveEffect(app.handler)
+    yield* serveEffect(app.handler)
     // Added last, so run first: waiting pulls answer before the server stops serving.
     yield* Effect.addFinalizer(() => app.shutdown)
   }))
@@ -594,10 +651,12 @@ export const layerNode = (options: NodeOptions = {}): Layer.Layer<HttpServer.Htt
     // the store (built earlier) closes under requests still using it.
     const serving = Layer.scopedDiscard(Effect.gen(function*() {
       // The connection of a waiting pull is idle by design: the socket timeout is lifted while it waits.
-      const app = yield* makeApp(options, (request) => {
+      // (no scope of its own: providing one replaces the request's, which costs more than the wait's bookkeeping)
+      const app = yield* makeApp(options, (request, wait) => {
         const socket = NodeHttpServerRequest.toIncomingMessage(request).socket
-        return Effect.acquireRelease(
+        return Effect.acquireUseRelease(
           Effect.sync(() => socket.setTimeout(0)),
+          () => wait,
           () => Effect.sync(() => socket.setTimeout(node?.timeout ?? nodeHttpGuard.DEFAULT_SOCKET_TIMEOUT_MS))
         )
       })
@@ -607,7 +666,7 @@ export const layerNode = (options: NodeOptions = {}): Layer.Layer<HttpServer.Htt
         () => app.handler,
         () => Effect.sync(() => handling--)
       )
-      yield* HttpServer.serveEffect(counted)
+      yield* serveEffect(counted)
       // Waiting pulls are answered first (what is there): a drain would otherwise wait out their waits.
       yield* Effect.addFinalizer(() =>
         Effect.zipRight(

@@ -578,13 +578,19 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
       use: (h: Handle) => Effect.Effect<A, StoreError, R>
     ): Effect.Effect<A, StoreError, R> =>
       Effect.acquireUseRelease(
-        Effect.flatMap(handle(name), function acquire(h): Effect.Effect<Handle, StoreError> {
-          // Closed between its open and this request's use of it: open it again.
-          if (h.closed) return Effect.flatMap(handle(name), acquire)
-          h.users++
-          opened.delete(name)
-          opened.set(name, h)
-          return Effect.succeed(h)
+        Effect.suspend(() => {
+          const take = (h: Handle): Effect.Effect<Handle, StoreError> => {
+            h.users++
+            opened.delete(name)
+            opened.set(name, h)
+            return Effect.succeed(h)
+          }
+          const acquire = (h: Handle): Effect.Effect<Handle, StoreError> =>
+            // Closed between its open and this request's use of it: open it again.
+            h.closed ? Effect.flatMap(handle(name), acquire) : take(h)
+          // An open database's handle at once (what `handle` would answer, after waiting on its opening).
+          const open = opened.get(name)
+          return open !== undefined && !open.closed ? take(open) : Effect.flatMap(handle(name), acquire)
         }),
         use,
         (h) =>
@@ -1103,7 +1109,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
                 if (CommitNotify.moved(head, generation, frameNo)) return head
                 const left = deadline - (yield* Clock.currentTimeMillis)
                 if (left <= 0) return head
-                const reported = yield* Deferred.await(waiter.woken).pipe(Effect.timeout(left), Effect.option)
+                const reported = yield* CommitNotify.awaitWake(waiter, left)
                 if (reported._tag === "None") return head
                 // A head past the one seen is an answer; an unknown one is read again.
                 return reported.value !== undefined && CommitNotify.ahead(reported.value, generation, frameNo)

@@ -4,10 +4,13 @@
  *
  * @internal
  */
+import * as Arr from "effect/Array"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
 import type * as MetricKey from "effect/MetricKey"
+import * as MetricLabel from "effect/MetricLabel"
 import type * as MetricPair from "effect/MetricPair"
 import * as MetricState from "effect/MetricState"
 
@@ -57,10 +60,59 @@ export const waitingPulls = Metric.gauge(`${PREFIX}waiting_pulls`, {
   description: "Pulls waiting for the next commit of their database (Prefer: wait)"
 })
 
+/**
+ * The labels of one value of the tags a request is counted under, made once: a metric finds its series
+ * by the identity of the labels array it is updated with, so a fresh array (what `Effect.tagMetrics`
+ * makes each time) costs a new key, its hash and a registry lookup on every request.
+ */
+const labelsOf = (() => {
+  const made = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
+  return (pairs: ReadonlyArray<readonly [string, string]>): ReadonlyArray<MetricLabel.MetricLabel> => {
+    const id = pairs.map(([k, v]) => `${k}\u0000${v}`).join("\u0000")
+    let labels = made.get(id)
+    if (labels === undefined) {
+      labels = pairs.map(([k, v]) => MetricLabel.make(k, v))
+      made.set(id, labels)
+    }
+    return labels
+  }
+})()
+
+/** A request as the metrics count it. */
+export interface RequestMeasure {
+  readonly route: string
+  readonly status: number
+  /** Seconds from the request's arrival to its answer. */
+  readonly seconds: number
+  /** Seconds of that spent waiting for a commit (not serving time). */
+  readonly waited: number
+  readonly frames: number
+  readonly bytes: number
+}
+
+/**
+ * Counts one answered request: `requests` by route and status, the push or pull latency, and the frames
+ * and bytes carried by direction. `ambient`: the labels of the fiber (`FiberRef.currentMetricLabels`),
+ * which come first, as with `Effect.tagMetrics` around the updates.
+ */
+export const recordRequest = (ambient: ReadonlyArray<MetricLabel.MetricLabel>, r: RequestMeasure): void => {
+  const tagged = (labels: ReadonlyArray<MetricLabel.MetricLabel>) => ambient.length === 0 ? labels : Arr.union(ambient, labels)
+  requests.unsafeUpdate(1, tagged(labelsOf([["route", r.route], ["status", String(r.status)]])))
+  const push = r.route.startsWith("POST /sync")
+  const pull = r.route.startsWith("GET /sync")
+  if (push) pushSeconds.unsafeUpdate(r.seconds, ambient)
+  if (pull) pullSeconds.unsafeUpdate(Math.max(0, r.seconds - r.waited), ambient)
+  if (push || pull || r.route.startsWith("GET /export")) {
+    const direction = tagged(labelsOf([["direction", push ? "push" : "pull"]]))
+    frames.unsafeUpdate(r.frames, direction)
+    bytes.unsafeUpdate(r.bytes, direction)
+  }
+}
+
 /** Records how long `effect` takes in `checkSeconds`. */
 export const timeCheck = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
   Effect.timed(effect).pipe(
-    Effect.tap(([duration]) => Metric.update(checkSeconds, Number(duration) / 1e3)),
+    Effect.tap(([duration]) => Metric.update(checkSeconds, Duration.toSeconds(duration))),
     Effect.map(([, a]) => a)
   )
 

@@ -10,6 +10,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Stream from "effect/Stream"
 import * as Crypto from "node:crypto"
+import { Readable } from "node:stream"
 import type { StoreError } from "../../ServerStore.js"
 import type { ErrorCode } from "../../SyncProtocol.js"
 import { errorStatus, isDatabaseName, storageStatusOnPull } from "../../SyncProtocol.js"
@@ -222,22 +223,83 @@ export const readBody = (
         return Effect.fail(tooLarge(`body of ${declared} bytes is over the limit of ${limit} bytes`))
       }
     }
+    const source = (request as { readonly source?: unknown }).source
+    const read = source instanceof Readable
+      ? readReadable(source, limit, drainLimit)
+      : readStream(request.stream, limit, drainLimit)
+    return read.pipe(
+      Effect.mapError(() =>
+        new HttpFailure({ status: 400, code: "bad_request", message: "the request body could not be read" })
+      ),
+      Effect.flatMap(({ chunks, total }) => {
+        if (total > limit) return Effect.fail(tooLarge(`body is over the limit of ${limit} bytes`))
+        return Effect.succeed(chunks.length === 1 ? chunks[0] : join(chunks, total, into))
+      })
+    )
+  })
+
+/** What a body read gave: the chunks kept (those within the limit) and the bytes seen. */
+interface Read {
+  readonly chunks: ReadonlyArray<Uint8Array>
+  readonly total: number
+}
+
+/** Reads through the platform's body stream (a request of any platform). */
+const readStream = (stream: Stream.Stream<Uint8Array, unknown>, limit: number, drainLimit: number) =>
+  Effect.suspend(() => {
     const chunks: Array<Uint8Array> = []
     let total = 0
-    return Stream.runForEachWhile(request.stream, (chunk) =>
+    return Stream.runForEachWhile(stream, (chunk) =>
       Effect.sync(() => {
         total += chunk.byteLength
         if (total <= limit) chunks.push(chunk)
         return total <= drainLimit
-      })).pipe(
-        Effect.mapError(() =>
-          new HttpFailure({ status: 400, code: "bad_request", message: "the request body could not be read" })
-        ),
-        Effect.flatMap(() => {
-          if (total > limit) return Effect.fail(tooLarge(`body is over the limit of ${limit} bytes`))
-          return Effect.succeed(chunks.length === 1 ? chunks[0] : join(chunks, total, into))
-        })
-      )
+      })).pipe(Effect.map((): Read => ({ chunks, total })))
+  })
+
+/**
+ * Reads a Node request's body off its `IncomingMessage` directly, as `readStream` does over the platform's
+ * stream of it (which is that message too) but without a stream's machinery for each request: the same
+ * chunks, the same stop past `drainLimit`, and the message destroyed when it is left unfinished.
+ */
+const readReadable = (message: Readable, limit: number, drainLimit: number): Effect.Effect<Read, unknown> =>
+  Effect.async<Read, unknown>((resume) => {
+    if (!message.readable) {
+      resume(Effect.succeed({ chunks: [], total: 0 }))
+      return
+    }
+    const chunks: Array<Uint8Array> = []
+    let total = 0
+    const detach = () => {
+      message.off("data", onData)
+      message.off("end", onEnd)
+      message.off("error", onError)
+    }
+    // left unfinished (past `drainLimit`, or the request interrupted): as the platform's stream does
+    const stop = () => {
+      detach()
+      if (!message.closed) message.destroy()
+    }
+    const onData = (chunk: Uint8Array) => {
+      total += chunk.byteLength
+      if (total <= limit) chunks.push(chunk)
+      if (total > drainLimit) {
+        stop()
+        resume(Effect.succeed({ chunks, total }))
+      }
+    }
+    const onEnd = () => {
+      detach()
+      resume(Effect.succeed({ chunks, total }))
+    }
+    const onError = (error: unknown) => {
+      detach()
+      resume(Effect.fail(error))
+    }
+    message.on("data", onData)
+    message.on("end", onEnd)
+    message.on("error", onError)
+    return Effect.sync(stop)
   })
 
 const join = (chunks: ReadonlyArray<Uint8Array>, total: number, into: Uint8Array | undefined): Uint8Array => {
