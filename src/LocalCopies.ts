@@ -97,6 +97,17 @@ const holdingReader = (filename: string): BetterSqlite3.Database | undefined => 
 }
 
 /**
+ * `Copy.withClosed` made of a copy's `close` and `open`: closes, runs the effect, reopens whatever happens.
+ *
+ * @internal
+ */
+export const withClosedBy = (close: Copy["close"], open: Copy["open"]): Copy["withClosed"] => (effect) =>
+  Effect.zipRight(close, effect).pipe(
+    Effect.exit,
+    Effect.flatMap((exit) => Effect.zipRight(open, exit))
+  )
+
+/**
  * A copy of kind `kind` on `filename`, closed until `open` is called.
  *
  * @since 0.1.0
@@ -152,11 +163,7 @@ export const make = (kind: "draft" | "synced", filename: string): Effect.Effect<
       isOpen: Effect.map(SynchronizedRef.get(state), Option.isSome),
       open,
       close,
-      withClosed: (effect) =>
-        Effect.zipRight(close, effect).pipe(
-          Effect.exit,
-          Effect.flatMap((exit) => Effect.zipRight(open, exit))
-        )
+      withClosed: withClosedBy(close, open)
     } satisfies Copy
   })
 

@@ -20,7 +20,7 @@ import * as Effect from "effect/Effect"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import * as ChangeCapture from "../../ChangeCapture.js"
 import * as SyncError from "../../SyncError.js"
-import type * as LocalCopies from "../../LocalCopies.js"
+import * as LocalCopies from "../../LocalCopies.js"
 import * as Changes from "../live/changes.js"
 import { sqlStatementError } from "./errors.js"
 import * as Gates from "./gates.js"
@@ -53,11 +53,7 @@ export const gatedSynced = (copy: LocalCopies.Copy, gates: Gates.Gates): LocalCo
     ...copy,
     open,
     close,
-    withClosed: (effect) =>
-      Effect.zipRight(close, effect).pipe(
-        Effect.exit,
-        Effect.flatMap((exit) => Effect.zipRight(open, exit))
-      )
+    withClosed: LocalCopies.withClosedBy(close, open)
   }
 }
 
