@@ -373,14 +373,25 @@ describe("a live replica follows the remote on its synced copy", () => {
       const url = `${server.base}/db/follow`
       const a = yield* openLive(NodePath.join(dir, "a"), url)
       yield* a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
-      const b = yield* openLive(NodePath.join(dir, "b"), url, { live: followingLive })
+      // B's metadata file is replaced (renamed over) by each durable metadata write: counted.
+      const bPath = NodePath.join(dir, "b")
+      const renames = { info: 0 }
+      const files: SyncFiles.Service = {
+        ...SyncFiles.node,
+        renameSync: (from, to) => {
+          SyncFiles.node.renameSync(from, to)
+          if (to === `${bPath}-info`) renames.info++
+        }
+      }
+      const b = yield* openLive(bPath, url, { live: followingLive }).pipe(Effect.provideService(SyncFiles.SyncFiles, files))
       yield* rowsUntil(b, "SELECT name FROM sqlite_schema WHERE name = 't'", (r) => r.length === 1)
       yield* a.execute("INSERT INTO t VALUES (1, 'a')")
       yield* rowsUntil(b, "SELECT id FROM t", (r) => r.length === 1)
       const following = yield* b.stats
       expect(following.activeCopy).toBe("synced")
       expect(following.pendingChanges).toBe(0)
-      // Five more commits: shown to B's queries, and Draft's WAL not written for any of them.
+      // Five more commits: shown to B's queries, and neither Draft's WAL nor the metadata written for any.
+      const infoBefore = renames.info
       for (let i = 2; i <= 6; i++) {
         yield* a.execute("INSERT INTO t VALUES (?, 'a')", [i])
         yield* rowsUntil(b, "SELECT id FROM t", (r) => r.length === i)
@@ -388,6 +399,7 @@ describe("a live replica follows the remote on its synced copy", () => {
       const still = yield* b.stats
       expect(still.activeCopy).toBe("synced")
       expect(still.draftWalBytes).toBe(following.draftWalBytes)
+      expect(renames.info - infoBefore).toBe(0)
       // B writes: Draft catches up first, so the write lands beside every row B has shown.
       yield* b.execute("INSERT INTO t VALUES (100, 'b')")
       expect((yield* b.stats).activeCopy).toBe("draft")
