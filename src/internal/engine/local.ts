@@ -28,8 +28,7 @@ import { sqlStatementError } from "./errors.js"
 import { foldOutgrownDraft, maybeFoldDraft, outgrownBound } from "./fold.js"
 import { writingCurrent } from "./follow.js"
 import * as Gates from "./gates.js"
-import { stepOn } from "./replay.js"
-import { on, type State } from "./state.js"
+import { on, type State, stepOn } from "./state.js"
 
 /**
  * A keyword look at whether a statement only reads, for a client whose statements cannot be prepared here

@@ -17,7 +17,7 @@ import * as Capture from "../capture/capture.js"
 import * as Files from "../sqlite/files.js"
 import * as Scratch from "../sqlite/scratch.js"
 import * as RemoteBinding from "./remoteBinding.js"
-import { stageMetadata, type State, updateMetadata, withoutTransfer } from "./state.js"
+import { stageMetadata, type State, stepOn, updateMetadata, withoutTransfer } from "./state.js"
 import { cutToSyncedFrame, prefixAtSyncedFrame, resetSyncedWal } from "./syncedWal.js"
 import * as Replay from "./replay.js"
 import { sqlStatementError } from "./errors.js"
@@ -116,7 +116,7 @@ const acknowledge = (state: State, pushed: number, lastChangeId: number, changes
       if (state.options.onConflicts) yield* state.options.onConflicts(entries)
     }
     // Acknowledged changes are not needed in Draft's log any more (ids are never reused).
-    yield* Replay.stepOn(state.draft, (exec) => Capture.pruneIn(exec, lastChangeId), ChangeCapture.prune(lastChangeId)).pipe(
+    yield* stepOn(state.draft, (exec) => Capture.pruneIn(exec, lastChangeId), ChangeCapture.prune(lastChangeId)).pipe(
       Effect.catchAll((error) => Effect.logWarning("cannot prune acknowledged changes", error))
     )
   })
@@ -221,7 +221,7 @@ export const pushAtHead = Effect.fn("Engine.pushAtHead")(function*(state: State)
   yield* Ref.set(state.pushIdentity, pushIdentity)
   if (!pushIdentity) return "NotTried" as const
   // (counted only up to the bound: a long log is not read through to learn that it is long)
-  const pending = yield* Replay.stepOn(
+  const pending = yield* stepOn(
     state.draft,
     (exec) => Capture.countPendingIn(exec, m.lastPushedChangeId, AT_HEAD_MAX_CHANGES + 1),
     ChangeCapture.countPending(m.lastPushedChangeId, AT_HEAD_MAX_CHANGES + 1)

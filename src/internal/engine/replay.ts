@@ -5,17 +5,15 @@
  * @internal
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Ref from "effect/Ref"
-import type * as LocalCopies from "../../LocalCopies.js"
 import * as Capture from "../capture/capture.js"
 import * as NodePath from "node:path"
 import * as Replay from "../replay/replay.js"
 import * as Executor from "../sqlite/executor.js"
 import * as ConflictLog from "./conflictLog.js"
 import { replayError, sqlStatementError } from "./errors.js"
-import { on, type State } from "./state.js"
+import { on, type State, stepOn } from "./state.js"
 
 /** @internal */
 export type Mode = "push" | "pull"
@@ -49,23 +47,6 @@ const withDraftAttached = <A, E>(
           : Effect.ignore(Executor.withExecutor((exec) => exec.once(`DETACH DATABASE ${DRAFT_SCHEMA}`)))
     )
   )
-
-/**
- * `step` on `copy`'s connection as one synchronous step when no transaction holds it (no effect per
- * statement, no context to provide: see `Executor.freeExecutor`); otherwise `otherwise` through the copy's
- * client (`on`). For the small reads and writes of Draft's log on every push.
- */
-export const stepOn = <A, E>(
-  copy: LocalCopies.Copy,
-  step: (exec: Executor.Executor) => A,
-  otherwise: Effect.Effect<A, E, SqlClient.SqlClient>
-): Effect.Effect<A, E | SqlError> =>
-  Effect.flatMap(copy.client, (client): Effect.Effect<A, E | SqlError> => {
-    const exec = Executor.freeExecutor(client)
-    return exec === undefined
-      ? on(copy, otherwise)
-      : Effect.try({ try: () => step(exec), catch: (cause) => Executor.toSqlError(cause) })
-  })
 
 /** How each read of Draft's change log runs (a pull preparing its copy outside the write gate takes it per read). */
 export type ReadDraft = <A, E, R>(read: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>

@@ -5,6 +5,7 @@
  * @internal
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
 import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -19,6 +20,7 @@ import type * as SyncError from "../../SyncError.js"
 import type * as SyncMetadata from "../../SyncMetadata.js"
 import type * as SyncRemote from "../../SyncRemote.js"
 import type * as Changes from "../live/changes.js"
+import * as Executor from "../sqlite/executor.js"
 import * as Files from "../sqlite/files.js"
 import type * as ConflictLog from "./conflictLog.js"
 import type * as Gates from "./gates.js"
@@ -339,3 +341,20 @@ export const on = <A, E, R>(copy: LocalCopies.Copy, effect: Effect.Effect<A, E, 
     Effect.mapInputContext((context: Context.Context<Exclude<R, SqlClient.SqlClient>>) =>
       Context.omit(SqlClient.TransactionConnection)(context) as Context.Context<Exclude<R, SqlClient.SqlClient>>)
   )
+
+/**
+ * `step` on `copy`'s connection as one synchronous step when no transaction holds it (no effect per
+ * statement, no context to provide: see `Executor.freeExecutor`); otherwise `otherwise` through the copy's
+ * client (`on`). For the small reads and writes of Draft's log on every push.
+ */
+export const stepOn = <A, E>(
+  copy: LocalCopies.Copy,
+  step: (exec: Executor.Executor) => A,
+  otherwise: Effect.Effect<A, E, SqlClient.SqlClient>
+): Effect.Effect<A, E | SqlError> =>
+  Effect.flatMap(copy.client, (client): Effect.Effect<A, E | SqlError> => {
+    const exec = Executor.freeExecutor(client)
+    return exec === undefined
+      ? on(copy, otherwise)
+      : Effect.try({ try: () => step(exec), catch: (cause) => Executor.toSqlError(cause) })
+  })
