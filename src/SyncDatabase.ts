@@ -92,7 +92,8 @@ export interface Stats {
   readonly syncedWalBytes: number
   /**
    * "synced" while a pull replaces the draft copy, and on a live replica with nothing pending, which reads
-   * the remote's changes from its synced copy and brings them to the draft copy before its next write.
+   * the remote's changes from its synced copy and brings them to the draft copy once they pause, before its
+   * next write, or when it closes.
    */
   readonly activeCopy: "draft" | "synced"
   /**

@@ -106,8 +106,8 @@ const pullSteps = Effect.fn("Engine.pull")(function*(state: State) {
     yield* Fold.foldDraftIfIdle(state)
     return arrived
   }
-  if (state.options.followOnSynced === true && (yield* Follow.leaveDraftBehind(state, progress, arrived))) {
-    // Reads are on Synced; Draft's copy waits for the next write or the close (follow.ts). What step (a)
+  if (state.options.followOnSynced === true && (yield* Follow.leaveDraftBehind(state, progress))) {
+    // Reads are on Synced; Draft's copy waits for a pause, the next write or the close (follow.ts). What step (a)
     // staged stays staged: the next metadata write (that copy's flag, a push's acknowledgement, a fold of
     // Synced, the close) takes it; a crash before that only makes recovery cut the frames off again.
     yield* Fold.foldSynced(state)
@@ -161,10 +161,11 @@ const exclusive = <A>(state: State, effect: Effect.Effect<A, SyncError.SyncError
 const makeState = (opening: Opening, initial: SyncMetadata.Metadata) =>
   Effect.gen(function*() {
     const gates = yield* Gates.make
+    const changes = yield* Changes.make
     const state: State = {
       ...opening,
       draft: yield* LocalCopies.Draft,
-      synced: Follow.gatedSynced(yield* LocalCopies.Synced, gates),
+      synced: Follow.gatedSynced(yield* LocalCopies.Synced, gates, changes),
       fileService: yield* Effect.serviceOption(SyncFiles.SyncFiles),
       metadata: yield* SynchronizedRef.make(initial),
       staged: yield* Ref.make(false),
@@ -181,7 +182,7 @@ const makeState = (opening: Opening, initial: SyncMetadata.Metadata) =>
       lastWriteBlockedMs: yield* Ref.make(Option.none<number>()),
       readVerdicts: new Map(),
       writesSinceWalCheck: { count: 0 },
-      changes: yield* Changes.make,
+      changes,
       pushIdentity: yield* Ref.make<boolean | undefined>(undefined),
       offeredAnswer: { current: undefined },
       owedSyncs: new Set(),
@@ -356,7 +357,7 @@ export const make = (options: EngineOptions, early?: Early) =>
     tablesRead: Local.tablesRead(state),
     offer: (answer: OfferedAnswer) => Pull.offer(state, answer),
     behind: Effect.sync(() => state.following.behind),
-    catchUp: Effect.suspend(() => state.following.catchUp).pipe(
+    catchUp: state.following.catchUp.pipe(
       Effect.catchAll((error) => Effect.logWarning("cannot bring the local copy up to the remote's state", error))
     ),
     position: Effect.map(SynchronizedRef.get(state.metadata), (m) => ({ generation: m.generation, frame: m.syncedFrame }))

@@ -4,8 +4,9 @@
  * exactly the remote's state. A stream of remote commits then costs one pull each, not a pull and a copy
  * of Draft each, and reactive queries see each commit as soon as its frames are in Synced.
  *
- * Draft catches up (the copy step, over every commit pulled since) before the next local write lands (a
- * write waits for it, as it waits for any copy), and when the database closes. Nothing else needs Draft
+ * Draft catches up (the copy step, over every commit pulled since) once the pulls pause (live sync's
+ * `catchUpDelay`), before the next local write lands (a write waits for it, as it waits for any copy), and
+ * when the database closes, whichever comes first. Nothing else needs Draft
  * current: with nothing pending, a push has nothing to send, and Draft's file stays what it was at its last
  * copy (`draftBase`), as the copy step's record of where it can differ from Synced (`draftPages`) allows.
  * A crash meanwhile leaves Draft at its last copy: the next pull copies, as after a crash between a pull's
@@ -28,9 +29,11 @@ import { on, type State } from "./state.js"
 
 /**
  * Synced as the engine uses it: closing it while reads are on it holds them (every read permit) until it
- * is open again. An open that fails leaves reads on Draft rather than on a closed copy.
+ * is open again, and reactive queries then look again (frames written into its WAL, a roll, a rebuild may
+ * have changed what they read; a fold changes nothing, and their rows compare equal). An open that fails
+ * leaves reads on Draft rather than on a closed copy.
  */
-export const gatedSynced = (copy: LocalCopies.Copy, gates: Gates.Gates): LocalCopies.Copy => {
+export const gatedSynced = (copy: LocalCopies.Copy, gates: Gates.Gates, changes: Changes.Tracker): LocalCopies.Copy => {
   let held = false
   const hold = Effect.suspend(() =>
     held || gates.active.current !== "synced"
@@ -43,7 +46,7 @@ export const gatedSynced = (copy: LocalCopies.Copy, gates: Gates.Gates): LocalCo
     Effect.suspend(() => {
       if (!held) return Effect.void
       held = false
-      return Gates.releaseReads(gates, opened ? undefined : "draft")
+      return Effect.zipRight(Gates.releaseReads(gates, opened ? undefined : "draft"), Changes.beforeCopy(changes))
     })
   const close = Effect.zipRight(hold, copy.close)
   const open = copy.open.pipe(
@@ -61,12 +64,11 @@ export const gatedSynced = (copy: LocalCopies.Copy, gates: Gates.Gates): LocalCo
  * After a pull's step (a): when nothing is pending in Draft (after `progress`) and no write waits for it,
  * reads move to Synced and Draft's copy is left for later (`following.behind`). Decided with writes held,
  * so no write lands between the look at the log and the move. Reactive queries look again when reads
- * moved (frames written while they were on Synced told them already). Returns whether Draft is behind.
+ * move (while they are on Synced, its reopening after each change tells them: `gatedSynced`). Returns
+ * whether Draft is behind.
  */
 export const leaveDraftBehind = Effect.fn("Engine.leaveDraftBehind")(
-  function*(state: State, progress: number, arrived: boolean) {
-    // Already behind: the frames step (a) wrote told the queries (pull.ts).
-    const told = state.following.behind
+  function*(state: State, progress: number) {
     const moved = yield* Gates.holdingWrites(
       state.gates,
       Effect.gen(function*() {
@@ -84,7 +86,7 @@ export const leaveDraftBehind = Effect.fn("Engine.leaveDraftBehind")(
       })
     )
     if (moved === undefined) return false
-    if (moved || (arrived && !told)) yield* Changes.beforeCopy(state.changes)
+    if (moved) yield* Changes.beforeCopy(state.changes)
     return true
   }
 )

@@ -15,7 +15,6 @@ import type * as SyncMetadata from "../../SyncMetadata.js"
 import * as SyncProtocol from "../../SyncProtocol.js"
 import type * as SyncRemote from "../../SyncRemote.js"
 import * as WalFrame from "../../WalFrame.js"
-import * as Changes from "../live/changes.js"
 import * as Files from "../sqlite/files.js"
 import { sqlStatementError } from "./errors.js"
 import * as RemoteBinding from "./remoteBinding.js"
@@ -78,8 +77,6 @@ const flush = Effect.fn("Engine.writePulledFrames")(function*(state: State, curs
   yield* stageMetadata(state, (m) => ({ ...m, generation, syncedFrame: at }))
   cursor.changed = true
   for (const listener of state.changes.positionListeners) listener()
-  // Reads are on Synced (follow.ts): queries look again once it is open (any step (a), a push's too).
-  if (state.following.behind) yield* Changes.beforeCopy(state.changes)
   // A long catch-up never holds more than the bound in the WAL.
   yield* foldSynced(state)
 })
