@@ -14,6 +14,7 @@ import type * as Scope from "effect/Scope"
 import { createRequire } from "node:module"
 import { Worker } from "node:worker_threads"
 import type { CheckPlan } from "./changedTables.js"
+import { CHECK_CACHE_PRAGMA } from "./sqliteImage.js"
 
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require("node:worker_threads")
@@ -34,6 +35,7 @@ parentPort.on("message", ({ id, file, image, plan }) => {
       db = new Database(file, { readonly: true, fileMustExist: true })
     }
     let problem = null
+    if (plan.length > 0) db.pragma(${JSON.stringify(CHECK_CACHE_PRAGMA)})
     for (const pragma of plan) {
       const messages = db.pragma(pragma).map((row) => String(Object.values(row)[0]))
       if (messages.length === 1 && messages[0] === "ok") continue

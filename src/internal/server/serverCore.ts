@@ -367,11 +367,25 @@ const validateOptions = (options: CoreOptions) => {
   check("maxDatabases", options.maxDatabases, 0)
 }
 
-const copyFrame = (frame: WalFrame.Frame): WalFrame.Frame => ({
-  pgno: frame.pgno,
-  commitSize: frame.commitSize,
-  page: frame.page.slice()
-})
+/**
+ * Copies of `frames` whose pages share one new buffer: a request's frames are views into a buffer reused
+ * by the next request, and one allocation for them all costs far less than one per page (an `ArrayBuffer`
+ * each, and the collections they bring on).
+ */
+const copyFrames = (frames: ReadonlyArray<WalFrame.Frame>): Array<WalFrame.Frame> => {
+  let bytes = 0
+  for (const frame of frames) bytes += frame.page.byteLength
+  const into = new Uint8Array(bytes)
+  const copies: Array<WalFrame.Frame> = new Array(frames.length)
+  let at = 0
+  for (let i = 0; i < frames.length; i++) {
+    const { commitSize, page, pgno } = frames[i]
+    into.set(page, at)
+    copies[i] = { pgno, commitSize, page: into.subarray(at, at + page.byteLength) }
+    at += page.byteLength
+  }
+  return copies
+}
 
 /**
  * SQLite's own bound on a commit size: a replica that checkpointed the previous commit and then reads
@@ -971,7 +985,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
           )
         }
         if (committed === 0) {
-          const kept = pending.concat(fresh.map(copyFrame))
+          const kept = pending.concat(copyFrames(fresh))
           h.backend.pendingCommit?.(kept.length)
           if (session === undefined) {
             session = { baton: newBaton(), pending: kept, touchedAt: now }
@@ -985,7 +999,10 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         }
 
         const toCommit = combined.slice(0, committed)
-        const rest = combined.slice(committed).map((frame, i) => (committed + i < pending.length ? frame : copyFrame(frame)))
+        // (the session's frames are copies already; only the request's own are copied)
+        const rest = committed < pending.length
+          ? pending.slice(committed).concat(copyFrames(fresh))
+          : copyFrames(combined.slice(committed))
         const malformed = (message: string) => {
           // The refused transaction includes the session's pending frames: the session is over.
           if (session !== undefined) h.session = undefined

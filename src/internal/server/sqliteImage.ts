@@ -73,11 +73,26 @@ const isCorruption = (error: unknown): boolean => {
 }
 
 /**
+ * The page cache of a check's connection. The check reads each page about once, from the OS's cache, and
+ * its connection lives for one check: the bundled SQLite's default (16 MiB) only makes every check of a
+ * large database touch that much fresh memory, a page fault per 4 KiB, which cost about four times the
+ * check itself (110 ms against 20-30 ms for a 13 MB table; tables with indexes gain less but still do).
+ */
+export const CHECK_CACHE_PRAGMA = "cache_size = -1024"
+
+/**
  * Runs the check on an open connection: `undefined` when SQLite finds nothing, else its complaint.
  * SQLite reports some faults by failing the pragma itself (SQLITE_CORRUPT); those count as findings.
  * Any other failure is thrown (a storage problem, not a verdict on the pages).
  */
 export const checkConnection = (db: Database.Database, plan: CheckPlan): string | undefined => {
+  if (plan.length === 0) return undefined
+  try {
+    db.pragma(CHECK_CACHE_PRAGMA)
+  } catch (error) {
+    if (isCorruption(error)) return (error as Error).message
+    throw error
+  }
   for (const pragma of plan) {
     try {
       const rows = db.pragma(pragma) as ReadonlyArray<Record<string, unknown>>
