@@ -451,6 +451,49 @@ const conformance = (label: string, makeLayer: MakeLayer) =>
           expect(rowsOf(yield* materialize(store, "db"))).toHaveLength(11)
         })))
 
+    it.scoped("transactions spanning requests, one after another, from one reused request buffer: stored byte for byte", () =>
+      withStore({}, (store) =>
+        Effect.gen(function*() {
+          const { replica } = yield* seeded(store, "db", 1)
+          // Each request's pages are views into one buffer, overwritten by the next request (as the
+          // server reads bodies): what the store keeps of a pending request must be its own copy, and
+          // buffers it reuses from a finished transaction must not reach the frames of a live one.
+          const buffer = new Uint8Array(64 * WalFrame.PAGE_SIZE)
+          const send = (start: number, part: ReadonlyArray<WalFrame.Frame>, baton: string | undefined) => {
+            const views = part.map((frame, i) => {
+              const page = buffer.subarray(i * WalFrame.PAGE_SIZE, (i + 1) * WalFrame.PAGE_SIZE)
+              page.set(frame.page)
+              return { ...frame, page }
+            })
+            return Effect.ensuring(
+              store.push("db", 1, start, start + part.length, views, baton),
+              Effect.sync(() => buffer.fill(0xa5))
+            )
+          }
+          const pushed: Array<WalFrame.Frame> = []
+          let next = 1
+          for (const [round, chunk] of [[0, 40], [1, 7], [2, 64], [3, 33]] as const) {
+            const first = round === 0 ? replica.frames() : []
+            const { frames } = bigTransaction(replica, 60 + 20 * round, `r${round}-`)
+            const all = [...first, ...frames]
+            let baton: string | undefined
+            for (let i = 0; i < all.length; i += chunk) {
+              const part = all.slice(i, i + chunk)
+              const result = yield* send(next + i, part, baton)
+              expect(result).toMatchObject({ _tag: "Ok", maxFrameNo: next + i + part.length - 1 })
+              baton = result._tag === "Ok" ? result.baton : undefined
+            }
+            expect(baton).toBeUndefined()
+            pushed.push(...all)
+            next += all.length
+            expect(yield* store.info("db")).toEqual({ generation: 1, maxFrameNo: pushed.length })
+          }
+          const { frames: pulled } = yield* pullAll(store, "db", 1)
+          expect(pulled.length).toBe(pushed.length)
+          for (let i = 0; i < pushed.length; i++) expect(WalFrame.equals(pulled[i], pushed[i])).toBe(true)
+          expect(rowsOf(yield* materialize(store, "db"))).toHaveLength(1 + 60 + 80 + 100 + 120)
+        })))
+
     it.scoped("requests and answers are capped at MAX_FRAMES_PER_REQUEST; pending transactions at maxPendingFrames", () =>
       withStore({ maxPendingFrames: 1100 }, (store) =>
         Effect.gen(function*() {

@@ -40,6 +40,7 @@ import type {
 import { isDatabaseName, MAX_FRAMES_PER_REQUEST } from "../../SyncProtocol.js"
 import * as WalFrame from "../../WalFrame.js"
 import * as CommitNotify from "./commitNotify.js"
+import * as FramePool from "./framePool.js"
 import * as ServerBody from "./serverBody.js"
 import * as SnapshotCache from "./snapshotCache.js"
 import { StoreError } from "./storeError.js"
@@ -368,26 +369,6 @@ const validateOptions = (options: CoreOptions) => {
 }
 
 /**
- * Copies of `frames` whose pages share one new buffer: a request's frames are views into a buffer reused
- * by the next request, and one allocation for them all costs far less than one per page (an `ArrayBuffer`
- * each, and the collections they bring on).
- */
-const copyFrames = (frames: ReadonlyArray<WalFrame.Frame>): Array<WalFrame.Frame> => {
-  let bytes = 0
-  for (const frame of frames) bytes += frame.page.byteLength
-  const into = new Uint8Array(bytes)
-  const copies: Array<WalFrame.Frame> = new Array(frames.length)
-  let at = 0
-  for (let i = 0; i < frames.length; i++) {
-    const { commitSize, page, pgno } = frames[i]
-    into.set(page, at)
-    copies[i] = { pgno, commitSize, page: into.subarray(at, at + page.byteLength) }
-    at += page.byteLength
-  }
-  return copies
-}
-
-/**
  * SQLite's own bound on a commit size: a replica that checkpointed the previous commit and then reads
  * these frames refuses, as SQLITE_CORRUPT, a database larger than its file plus the WAL's pages plus
  * 64 KiB (walCheckpoint in wal.c). A real transaction grows the file only by pages it writes; a forged
@@ -639,6 +620,12 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
     // closed as requests release them, and a fiber waking every second for nothing costs CPU in an idle
     // server (and thousands of wake-ups under a test clock moved by hours).
     const sessionsOpen = yield* Effect.makeLatch(false)
+
+    // Copies of a request's frames that `session` keeps past the request. A shared backend's session is
+    // stored between pushes (and read back as new frames), so its copies are not reused.
+    const framePool = FramePool.make()
+    const keptCopies = (h: Handle, session: Session, frames: ReadonlyArray<WalFrame.Frame>) =>
+      FramePool.copy(h.backend.shared === undefined ? framePool : undefined, session, frames)
     const anySession = () => {
       for (const h of opened.values()) if (h.session !== undefined) return true
       return false
@@ -984,16 +971,17 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
             `unfinished transactions on this server already hold ${othersPending} frames (at most ${maxPendingFramesTotal})`
           )
         }
+        // The session that keeps what stays pending (a new one if none is open).
+        const keeper: Session = session ?? { baton: newBaton(), pending: [], touchedAt: now }
         if (committed === 0) {
-          const kept = pending.concat(copyFrames(fresh))
+          const kept = pending.concat(keptCopies(h, keeper, fresh))
           h.backend.pendingCommit?.(kept.length)
+          keeper.pending = kept
+          keeper.touchedAt = now
           if (session === undefined) {
-            session = { baton: newBaton(), pending: kept, touchedAt: now }
+            session = keeper
             h.session = session
             sessionsOpen.unsafeOpen()
-          } else {
-            session.pending = kept
-            session.touchedAt = now
           }
           return yield* answer(end - 1)
         }
@@ -1001,8 +989,8 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         const toCommit = combined.slice(0, committed)
         // (the session's frames are copies already; only the request's own are copied)
         const rest = committed < pending.length
-          ? pending.slice(committed).concat(copyFrames(fresh))
-          : copyFrames(combined.slice(committed))
+          ? pending.slice(committed).concat(keptCopies(h, keeper, fresh))
+          : keptCopies(h, keeper, combined.slice(committed))
         const malformed = (message: string) => {
           // The refused transaction includes the session's pending frames: the session is over.
           if (session !== undefined) h.session = undefined
@@ -1019,16 +1007,17 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         h.headPages = toCommit[committed - 1].commitSize
         for (const n of h.acked) if (n < head + committed) h.acked.delete(n)
         if (rest.length > 0) {
-          if (session === undefined) {
-            session = { baton: newBaton(), pending: rest, touchedAt: now }
-          } else {
-            session.pending = rest
-            session.touchedAt = now
-          }
+          keeper.pending = rest
+          keeper.touchedAt = now
+          session = keeper
           h.session = session
           sessionsOpen.unsafeOpen()
         } else {
-          if (session !== undefined) h.closedBaton = session.baton
+          if (session !== undefined) {
+            h.closedBaton = session.baton
+            // Its whole transaction is stored (the store keeps copies): nothing reads its frames any more.
+            FramePool.release(framePool, session)
+          }
           session = undefined
           h.session = undefined
         }
