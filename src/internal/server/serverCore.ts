@@ -971,9 +971,11 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
             `unfinished transactions on this server already hold ${othersPending} frames (at most ${maxPendingFramesTotal})`
           )
         }
-        // The session that keeps what stays pending (a new one if none is open).
-        const keeper: Session = session ?? { baton: newBaton(), pending: [], touchedAt: now }
+        // The session that keeps what stays pending (a new one if none is open), made when first needed.
+        let keeping = session
+        const keeperOf = (): Session => (keeping ??= { baton: newBaton(), pending: [], touchedAt: now })
         if (committed === 0) {
+          const keeper = keeperOf()
           const kept = pending.concat(keptCopies(h, keeper, fresh))
           h.backend.pendingCommit?.(kept.length)
           keeper.pending = kept
@@ -988,9 +990,10 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
 
         const toCommit = combined.slice(0, committed)
         // (the session's frames are copies already; only the request's own are copied)
-        const rest = committed < pending.length
-          ? pending.slice(committed).concat(keptCopies(h, keeper, fresh))
-          : keptCopies(h, keeper, combined.slice(committed))
+        const restFresh = committed < pending.length ? fresh : combined.slice(committed)
+        const rest = (committed < pending.length ? pending.slice(committed) : []).concat(
+          restFresh.length === 0 ? [] : keptCopies(h, keeperOf(), restFresh)
+        )
         const malformed = (message: string) => {
           // The refused transaction includes the session's pending frames: the session is over.
           if (session !== undefined) h.session = undefined
@@ -1007,6 +1010,7 @@ export const make = (backend: Backend, options: CoreOptions = {}): Effect.Effect
         h.headPages = toCommit[committed - 1].commitSize
         for (const n of h.acked) if (n < head + committed) h.acked.delete(n)
         if (rest.length > 0) {
+          const keeper = keeperOf()
           keeper.pending = rest
           keeper.touchedAt = now
           session = keeper
