@@ -646,9 +646,18 @@ const openDatabase = (
       if (oldPages > 0 && (kept.size + cut) * HEAD_UNDO_COPY_SHARE >= oldPages) {
         // (named as a temp file: one left by a crash goes with the next rebuild of head.db)
         const copy = `${headPath}.tmp-undo-${process.pid}`
-        fs.copyFileSync(headPath, copy)
-        writeCommit(fd, frames)
-        return { pages: oldPages, saved: undefined, copy }
+        let copied = false
+        try {
+          fs.copyFileSync(headPath, copy)
+          copied = true
+        } catch {
+          // (no room for the copy, say): the pages are read instead
+          removeIfPresent(copy)
+        }
+        if (copied) {
+          writeCommit(fd, frames)
+          return { pages: oldPages, saved: undefined, copy }
+        }
       }
       const undoable = cut <= HEAD_UNDO_TAIL_MAX_PAGES
       if (undoable) for (let pgno = newPages + 1; pgno <= oldPages; pgno++) kept.add(pgno)
