@@ -147,7 +147,10 @@ const pushWith = (
   const { lastChangeId } = replayed
   const m = yield* SynchronizedRef.get(state.metadata)
   const prefix = yield* prefixAtSyncedFrame(state)
-  const tail = yield* Files.scanWalTail(state.paths.synced, prefix, SCAN_CHUNK, scratch)
+  // The replay's frames as SQLite's wal-index has them (Synced is still open from the replay), else scanned.
+  const byIndex = yield* Files.walTailByIndex(state.paths.synced, prefix)
+  const tail = byIndex ??
+    (yield* Files.scanWalTail(state.paths.synced, prefix, SCAN_CHUNK, scratch))
   if (tail.count === 0) return "Nothing" as const
   // In memory only: nothing decides on it after a crash, the next pull settles a push whose answer was lost
   // from the remote's progress row (and a crash cuts the frames beyond the recorded position off again).
