@@ -148,8 +148,7 @@ const pushWith = (
   const m = yield* SynchronizedRef.get(state.metadata)
   const prefix = yield* prefixAtSyncedFrame(state)
   // The replay's frames as SQLite's wal-index has them (Synced is still open from the replay), else scanned.
-  const byIndex = yield* Files.walTailByIndex(state.paths.synced, prefix)
-  const tail = byIndex ??
+  const tail = (yield* Files.walTailByIndex(state.paths.synced, prefix)) ??
     (yield* Files.scanWalTail(state.paths.synced, prefix, SCAN_CHUNK, scratch))
   if (tail.count === 0) return "Nothing" as const
   // In memory only: nothing decides on it after a crash, the next pull settles a push whose answer was lost
