@@ -1,6 +1,7 @@
 /**
  * A push at the remote's head goes without the pull before it: one request, starting at the synced frame
- * (sent again) and naming the recorded database. A stale one (another replica pushed since) is a conflict
+ * (sent again) and naming the recorded database, whatever its size, until one finds the replica behind
+ * (then only small ones, until one lands). A stale one (another replica pushed since) is a conflict
  * the remote answers without storing anything, and the push's rounds with their pull follow; a remote
  * that is another database with the same history refuses it by identity; a push whose answer was lost is
  * settled by a pull, never sent at the head. Over the in-process store and over HTTP.
@@ -63,6 +64,65 @@ for (const [label, harness] of [["store", layerStore], ["http", layerHttp]] as c
           { k: "a2", n: 1 },
           { k: "b1", n: 1 }
         ])
+      }))
+
+    it.scoped("a large push goes at the head too; after one found the replica behind, large ones pull first until one lands", () =>
+      Effect.gen(function*() {
+        const h = yield* Harness
+        const name = freshName("at-head-large")
+        const dir = yield* tempDir
+        const { counts, remote, reset } = countingRemote(yield* h.remote(name))
+        const a = yield* openClient(remote, NodePath.join(dir, "a"))
+        const b = yield* openClient(yield* h.remote(name), NodePath.join(dir, "b"))
+        // 1500 rows in one statement: more pending changes than a push at the head takes after a stale one
+        let next = 0
+        const insertMany = (n: number) => {
+          const from = next + 1
+          next += n
+          return a.execute(
+            `WITH RECURSIVE s(i) AS (SELECT ${from} UNION ALL SELECT i + 1 FROM s WHERE i < ${next}) INSERT INTO t SELECT i FROM s`
+          )
+        }
+        yield* a.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+        expect(yield* a.push).toBe(true)
+        yield* a.execute("INSERT INTO t VALUES (0)")
+        expect(yield* a.push).toBe(true)
+
+        yield* insertMany(1500)
+        reset()
+        expect(yield* a.push).toBe(true)
+        expect(counts).toEqual({ info: 0, pull: 0, push: 1 })
+
+        // B pushes: A's large push at the head is stale, then its rounds pull and push.
+        yield* b.pull
+        yield* b.execute("INSERT INTO t VALUES (-1)")
+        expect(yield* b.push).toBe(true)
+        yield* insertMany(1500)
+        reset()
+        expect(yield* a.push).toBe(true)
+        expect(counts.push).toBe(2)
+        expect(counts.pull).toBeGreaterThan(0)
+
+        // At the head again, but the last try there was stale: a large push pulls first (one push request).
+        yield* insertMany(1500)
+        reset()
+        expect(yield* a.push).toBe(true)
+        expect(counts.pull).toBeGreaterThan(0)
+        expect(counts.push).toBe(1)
+
+        // A small push goes at the head and lands: large ones go there again.
+        yield* insertMany(1)
+        reset()
+        expect(yield* a.push).toBe(true)
+        expect(counts).toEqual({ info: 0, pull: 0, push: 1 })
+        yield* insertMany(1500)
+        reset()
+        expect(yield* a.push).toBe(true)
+        expect(counts).toEqual({ info: 0, pull: 0, push: 1 })
+
+        expect((yield* a.stats).pendingChanges).toBe(0)
+        expect(yield* remoteQuery(yield* h.remote(name), "SELECT count(*) AS n, count(DISTINCT k) AS d, min(k) AS lo, max(k) AS hi FROM t"))
+          .toEqual([{ n: next + 2, d: next + 2, lo: -1, hi: next }])
       }))
 
     it.scoped("a push whose answer was lost is settled by the pull of the next push, never sent again at the head", () =>
@@ -147,6 +207,20 @@ describe("push at the head", () => {
       expect(yield* store.info("copy")).toEqual({ generation: 1, maxFrameNo: head })
       expect((yield* a.stats).pendingChanges).toBe(1)
     }))
+
+  it("decision: how far a push at the head counts, and whether it goes", () => {
+    fc.assert(fc.property(fc.boolean(), fc.nat(3000), (missedLast, pending) => {
+      const bound = Push.atHeadCount(missedLast)
+      // the count as the push makes it: the pending changes, up to the bound
+      const counted = Math.min(pending, bound)
+      const goes = Push.atHeadGoes(counted, missedLast)
+      // nothing pending never goes; a replica whose last try at the head was stale goes only with at most
+      // 1000 changes (the count reaches past that to tell); otherwise any number goes
+      expect(goes).toBe(pending > 0 && (!missedLast || pending <= 1000))
+      // the count is read no further than the replay's choice needs, unless the size decides
+      expect(bound).toBe(missedLast ? 1001 : 16)
+    }))
+  })
 
   it("decision: only with the remote checking identities, one recorded, the synced frame in the WAL, nothing to finish or settle", () => {
     fc.assert(fc.property(

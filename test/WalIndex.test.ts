@@ -2,7 +2,8 @@
  * The count of a WAL's frames not yet checkpointed, read from SQLite's wal-index (src/internal/sqlite/
  * walIndex.ts), against what SQLite itself reports, on real WAL files: written frames, a RESTART checkpoint
  * (after which the WAL file keeps its size), the next write starting the WAL over, and headers that must
- * not be trusted.
+ * not be trusted; and a WAL's committed tail after a known prefix as the index has it (what a push sends),
+ * against the checksum scan of the same tail.
  */
 import { describe, expect, it } from "@effect/vitest"
 import BetterSqlite3 from "better-sqlite3"
@@ -10,6 +11,8 @@ import * as fc from "fast-check"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as NodePath from "node:path"
+import * as Effect from "effect/Effect"
+import * as Files from "../src/internal/sqlite/files.js"
 import * as WalIndex from "../src/internal/sqlite/walIndex.js"
 import * as WalFrame from "../src/WalFrame.js"
 
@@ -123,4 +126,71 @@ describe("WalIndex", () => {
       expect(WalIndex.parse(uninitialized)).toBeUndefined()
       expect(WalIndex.parse(new Uint8Array(100))).toBeUndefined()
     }))
+
+  describe("the tail after a known prefix, by the index", () => {
+    const tailByIndex = (path: string, prefix: Files.WalState | undefined) =>
+      Effect.runSync(Files.walTailByIndex(path, prefix))
+    const scan = (path: string, prefix: Files.WalState | undefined) => Effect.runSync(Files.scanWalTail(path, prefix, 64))
+    const prefixAt = (path: string, frames: number) => Effect.runSync(Files.prefixState(path, frames))
+
+    it("is what the checksum scan finds, for any prefix of transactions of any size", () =>
+      fc.assert(
+        fc.property(
+          fc.array(fc.record({ rows: fc.integer({ min: 1, max: 30 }), size: fc.integer({ min: 1, max: 9000 }) }), {
+            minLength: 1,
+            maxLength: 8
+          }),
+          fc.nat(),
+          (transactions, pick) =>
+            withDb((db, path) => {
+              db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, x)")
+              const insert = db.prepare("INSERT INTO t (x) VALUES (randomblob(?))")
+              // the frame counts at each commit: any of them can be the known prefix
+              const commits = [walFrames(path)]
+              for (const { rows, size } of transactions) {
+                db.transaction(() => {
+                  for (let i = 0; i < rows; i++) insert.run(size)
+                })()
+                commits.push(walFrames(path))
+              }
+              const known = commits[pick % (commits.length - 1)]!
+              const prefix = known === 0 ? undefined : prefixAt(path, known)
+              const byIndex = tailByIndex(path, prefix)
+              expect(byIndex).toBeDefined()
+              expect(byIndex).toEqual(scan(path, prefix))
+              expect(byIndex!.count).toBe(walFrames(path) - known)
+              // at the end of the WAL: nothing after it
+              expect(tailByIndex(path, prefixAt(path, walFrames(path)))).toEqual({ count: 0, state: undefined })
+            })
+        ),
+        { numRuns: 25 }
+      ), 120_000)
+
+    it("is undefined where the index does not plainly describe the WAL file, and the scan decides", () =>
+      withDb((db, path) => {
+        db.exec("CREATE TABLE t (x)")
+        db.prepare("INSERT INTO t VALUES (randomblob(5000))").run()
+        const prefix = prefixAt(path, walFrames(path))
+        db.prepare("INSERT INTO t VALUES (randomblob(100))").run()
+        expect(tailByIndex(path, prefix)?.count).toBe(1)
+        // A WAL file longer than the frames the index holds (frames written behind its back, or left over):
+        // the index is not the file's, so it does not answer.
+        const wal = `${path}-wal`
+        const bytes = Fs.readFileSync(wal)
+        Fs.appendFileSync(wal, bytes.subarray(WalFrame.WAL_HEADER_SIZE, WalFrame.WAL_HEADER_SIZE + WalFrame.FRAME_SIZE))
+        expect(tailByIndex(path, prefix)).toBeUndefined()
+        Fs.truncateSync(wal, bytes.byteLength)
+        expect(tailByIndex(path, prefix)?.count).toBe(1)
+        // A prefix of another WAL (other salts): not this index's.
+        const other = { ...prefix!, header: { ...prefix!.header, salt1: (prefix!.header.salt1 + 1) >>> 0 } }
+        expect(tailByIndex(path, other)).toBeUndefined()
+        // A prefix longer than the index: the index is behind the WAL it is asked about.
+        expect(tailByIndex(path, { ...prefix!, frames: walFrames(path) + 1 })).toBeUndefined()
+        // No index at all.
+        const copy = NodePath.join(NodePath.dirname(path), "copy")
+        Fs.copyFileSync(wal, `${copy}-wal`)
+        expect(tailByIndex(copy, prefix)).toBeUndefined()
+        expect(scan(copy, prefix).count).toBe(1)
+      }))
+  })
 })

@@ -184,6 +184,7 @@ const makeState = (opening: Opening, initial: SyncMetadata.Metadata) =>
       writesSinceWalCheck: { count: 0 },
       changes,
       pushIdentity: yield* Ref.make<boolean | undefined>(undefined),
+      atHeadMissed: yield* Ref.make(false),
       offeredAnswer: { current: undefined },
       owedSyncs: new Set(),
       syncedPageIndex: { current: undefined },

@@ -147,7 +147,9 @@ const pushWith = (
   const { lastChangeId } = replayed
   const m = yield* SynchronizedRef.get(state.metadata)
   const prefix = yield* prefixAtSyncedFrame(state)
-  const tail = yield* Files.scanWalTail(state.paths.synced, prefix, SCAN_CHUNK, scratch)
+  // The replay's frames as SQLite's wal-index has them (Synced is still open from the replay), else scanned.
+  const tail = (yield* Files.walTailByIndex(state.paths.synced, prefix)) ??
+    (yield* Files.scanWalTail(state.paths.synced, prefix, SCAN_CHUNK, scratch))
   if (tail.count === 0) return "Nothing" as const
   // In memory only: nothing decides on it after a crash, the next pull settles a push whose answer was lost
   // from the remote's progress row (and a crash cuts the frames beyond the recorded position off again).
@@ -185,8 +187,23 @@ const pushWith = (
   return "Conflict" as const
 })
 
-/** Local changes a push at the head replays at most: a stale one replays them again after its pull. */
+/**
+ * Local changes a push at the head replays at most while this replica's last push at the head found it
+ * behind: a stale push costs its replay again after the pull, so a large one waits for a sign that the
+ * replica is at the head again (a push at the head that landed).
+ */
 const AT_HEAD_MAX_CHANGES = 1000
+
+/**
+ * How far a push at the head counts the pending changes: to the bound, after a push at the head that found
+ * the replica behind (it goes only when the count is within it); else only as far as the replay's choice
+ * between one by one and runs needs (a long log is never read through to learn its length).
+ */
+export const atHeadCount = (missedLast: boolean): number => missedLast ? AT_HEAD_MAX_CHANGES + 1 : Replay.BULK_FROM
+
+/** Whether a push at the head goes with `counted` pending changes (counted up to `atHeadCount`). */
+export const atHeadGoes = (counted: number, missedLast: boolean): boolean =>
+  counted > 0 && (!missedLast || counted <= AT_HEAD_MAX_CHANGES)
 
 /**
  * Whether a push may go without the pull before it (`pushAtHead`): the remote refuses a push that names
@@ -208,7 +225,8 @@ export const atHeadDecision = (
  * A push without step 1a: the local changes replayed onto Synced as it stands and pushed from the synced
  * frame, naming the recorded identity. When this replica is at the remote's head (a live replica almost
  * always is) that saves the pull's two requests; when it is not, the remote answers a conflict and stores
- * nothing ("Stale": the rounds with their pull follow). A small push only: a stale one costs a replay.
+ * nothing ("Stale": the rounds with their pull follow). A stale push costs its replay: after one, only a small
+ * push goes at the head until one lands there again (`atHeadCount`).
  * Its durable steps are a push's (the acknowledgement, one metadata write): a crash anywhere leaves what
  * a crash in a push leaves, and the next push after an open pulls first (the remote's `/info` is not known).
  */
@@ -220,19 +238,22 @@ export const pushAtHead = Effect.fn("Engine.pushAtHead")(function*(state: State)
   const pushIdentity = known ?? (yield* Effect.map(state.remote.info, (info) => info.pushIdentity === true))
   yield* Ref.set(state.pushIdentity, pushIdentity)
   if (!pushIdentity) return "NotTried" as const
-  // (counted only up to the bound: a long log is not read through to learn that it is long)
+  const missedLast = yield* Ref.get(state.atHeadMissed)
+  const bound = atHeadCount(missedLast)
   const pending = yield* stepOn(
     state.draft,
-    (exec) => Capture.countPendingIn(exec, m.lastPushedChangeId, AT_HEAD_MAX_CHANGES + 1),
-    ChangeCapture.countPending(m.lastPushedChangeId, AT_HEAD_MAX_CHANGES + 1)
+    (exec) => Capture.countPendingIn(exec, m.lastPushedChangeId, bound),
+    ChangeCapture.countPending(m.lastPushedChangeId, bound)
   ).pipe(
     Effect.mapError(sqlStatementError("Capture"))
   )
-  if (pending === 0 || pending > AT_HEAD_MAX_CHANGES) return "NotTried" as const
+  if (!atHeadGoes(pending, missedLast)) return "NotTried" as const
   yield* cutToSyncedFrame(state)
-  const replay = yield* Replay.replayDraftOntoSynced(state, "push", m.lastPushedChangeId, undefined, pending)
+  // (the count, when it is exact: below the bound)
+  const replay = yield* Replay.replayDraftOntoSynced(state, "push", m.lastPushedChangeId, undefined, pending < bound ? pending : undefined)
   if (replay.replayed === 0) return "NotTried" as const
   const outcome = yield* pushSyncedFrames(state, replay, { databaseId: m.databaseId })
+  yield* Ref.set(state.atHeadMissed, outcome === "Conflict")
   return outcome === "Conflict" ? "Stale" as const : "Pushed" as const
 })
 

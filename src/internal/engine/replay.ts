@@ -55,7 +55,7 @@ export type ReadDraft = <A, E, R>(read: Effect.Effect<A, E, R>) => Effect.Effect
  * Pending changes from which a push attaches Draft's log to replay runs of them in bulk: below, attaching
  * and detaching it and looking for runs cost more than replaying them one by one.
  */
-const BULK_FROM = 16
+export const BULK_FROM = 16
 
 /**
  * Step 1b and 2b: replay Draft's changes that the remote does not have onto Synced, in one SQLite

@@ -181,6 +181,11 @@ export interface State extends Opening {
    * then a push may skip the pull before it (push.ts `pushAtHead`). `undefined`: not asked yet.
    */
   readonly pushIdentity: Ref.Ref<boolean | undefined>
+  /**
+   * Whether this replica's last push at the head found it behind (Push.pushAtHead): a large push then pulls
+   * first, until a push at the head lands again.
+   */
+  readonly atHeadMissed: Ref.Ref<boolean>
   /** A waiting pull's answer live sync hands to the next step (a), which takes it (pull.ts `offer`). */
   readonly offeredAnswer: { current: OfferedAnswer | undefined }
   /**

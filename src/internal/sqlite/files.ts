@@ -11,6 +11,7 @@ import * as NodeFs from "node:fs"
 import { type Service as FileService, current as currentFiles, fsyncDirectory } from "../../SyncFiles.js"
 import { StorageError } from "../../SyncError.js"
 import * as WalFrame from "../../WalFrame.js"
+import * as WalIndex from "./walIndex.js"
 
 /** @internal */
 export const walPath = (db: string) => `${db}-wal`
@@ -360,6 +361,54 @@ export const readWalTail = (db: string, prefix: WalState | undefined) =>
     return {
       frames: tail.frames,
       state: { frames: prefix.frames + tail.frames.length, header: prefix.header, checksum: tail.checksum }
+    }
+  })
+
+/**
+ * What {@link scanWalTail} finds, without reading the tail: the committed frames after `known` as SQLite's
+ * wal-index has them (`mxFrame`), and the running checksum SQLite wrote into the last of them. For frames
+ * SQLite itself just wrote through a connection that still has `db` open (a push's replay): what is sent is
+ * then exactly what SQLite reads, and the tail is not read twice (checking it costs about a fifth of a large
+ * push's client time). `undefined` when the index does not plainly describe this WAL (absent or being
+ * written, other salts, a WAL file not exactly as long as its frames, a last frame that is not the commit
+ * the index names): the caller scans then.
+ *
+ * @internal
+ */
+export const walTailByIndex = (db: string, known: WalState | undefined) =>
+  attempt(walPath(db), "cannot read WAL", (fs): { readonly count: number; readonly state: WalState | undefined } | undefined => {
+    const path = walPath(db)
+    if (!fs.existsSync(path)) return undefined
+    const index = WalIndex.readIndexHeader(fs, db)
+    if (index === undefined || index.backfilled !== 0) return undefined
+    const fd = fs.openSync(path, "r")
+    try {
+      if (fs.fsizeSync(fd) !== WalFrame.walSize(index.frames)) return undefined
+      let prefix = known
+      if (prefix === undefined) {
+        const header = new Uint8Array(WalFrame.WAL_HEADER_SIZE)
+        const wal = WalFrame.parse(header.subarray(0, fs.readSync(fd, header, 0, header.byteLength, 0)))
+        if (Option.isNone(wal)) return undefined
+        prefix = stateOf(wal.value)
+      }
+      const salts = new DataView(index.salt.buffer, index.salt.byteOffset, 8)
+      if (salts.getUint32(0) !== prefix.header.salt1 || salts.getUint32(4) !== prefix.header.salt2) return undefined
+      if (index.frames < prefix.frames) return undefined
+      if (index.frames === prefix.frames) return { count: 0, state: undefined }
+      const last = new Uint8Array(WalFrame.FRAME_HEADER_SIZE)
+      if (fs.readSync(fd, last, 0, last.byteLength, WalFrame.walSize(index.frames - 1)) !== last.byteLength) return undefined
+      const view = new DataView(last.buffer)
+      const commitSize = view.getUint32(4)
+      if (
+        view.getUint32(0) === 0 || commitSize === 0 || commitSize !== index.dbPages ||
+        view.getUint32(8) !== prefix.header.salt1 || view.getUint32(12) !== prefix.header.salt2
+      ) return undefined
+      return {
+        count: index.frames - prefix.frames,
+        state: { frames: index.frames, header: prefix.header, checksum: [view.getUint32(16), view.getUint32(20)] }
+      }
+    } finally {
+      fs.closeSync(fd)
     }
   })
 

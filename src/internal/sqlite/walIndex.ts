@@ -141,6 +141,13 @@ export const readIndex = (fs: Reader, db: string): Index | undefined =>
     }))
 
 /**
+ * The wal-index header of `db`, or undefined when it cannot be read (no `-shm`, or a header that is not
+ * initialized or is being written). Meaningful while a connection has `db` open and no write is under way.
+ */
+export const readIndexHeader = (fs: Reader, db: string): Header | undefined =>
+  withFile(fs, `${db}-shm`, (fd) => readHeader(fs, fd))
+
+/**
  * Frames of `db`'s WAL not yet in its database file, by its wal-index; undefined when that cannot be read
  * (no `-shm`, or a header that is not initialized or is being written): the caller then counts otherwise.
  * Meaningful while a connection has `db` open (the index is rebuilt when the first one opens it).
