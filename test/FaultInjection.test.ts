@@ -306,12 +306,14 @@ layer(layerStore, { excludeTestServices: true, timeout: 120_000 })("fault inject
       const remoteOf = (name: string) => harness.remote(name, { rolling: true })
       const clean = yield* runCase(remoteOf, "pull across rolls", undefined)
       const ops = clean.counted
-      // The roll: materialize the next base (copy), flag it in metadata, then remove Synced's WAL and
-      // -shm and rename the new base over Synced. Fail the first of those.
-      const copy = ops.indexOf("copy")
-      const at = ops.findIndex((op, i) => i > copy && op === "remove" && ops[i + 1] === "remove" && ops[i + 2] === "rename") + 1
-      expect(copy).toBeGreaterThan(0)
-      expect(at).toBeGreaterThan(copy)
+      // The roll: the old generation's frames written into Synced's file, the roll flagged in metadata (a
+      // metadata write: temp file written, fsynced, renamed, directory fsynced), then Synced's WAL and -shm
+      // removed. Fail the first of those removals.
+      const at = ops.findIndex((op, i) =>
+        i >= 4 && op === "remove" && ops[i + 1] === "remove" &&
+        ops[i - 4] === "rename" && ops[i - 3] === "open" && ops[i - 2] === "fsync" && ops[i - 1] === "close"
+      ) + 1
+      expect(at).toBeGreaterThan(0)
       const result = yield* runCase(remoteOf, "pull across rolls", { at, fault: "before" })
       expect(result.failed).toBe(true)
     }))

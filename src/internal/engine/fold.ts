@@ -106,6 +106,23 @@ const foldSyncedWith = (state: State, count: number, scratch: Uint8Array) =>
   })
 
 /**
+ * Every synced frame of Synced's WAL (`count`) written into its file, which then holds the synced generation
+ * at its last frame: the next generation's base, made in place (a roll, roll.ts), at the cost of those
+ * frames rather than of a copy of the whole database. Synced is closed, and the metadata file counts the
+ * frames already (`persistStaged`): until the roll is flagged, its WAL still holds them, so SQLite reads the
+ * same pages from file and WAL alike. Answers the pages they wrote.
+ */
+export const applyAllSynced = (state: State, count: number) =>
+  count === 0
+    ? Effect.succeed<ReadonlyArray<number>>([])
+    : Scratch.withBuffer(FOLD_CHUNK * WalFrame.FRAME_SIZE, (scratch) =>
+      Effect.gen(function*() {
+        const read = yield* readSyncedHeaders(state.paths.synced, count, scratch)
+        yield* applySyncedFrames(state.paths.synced, read.frames, count, scratch, read.loaded)
+        return PageCopy.pageNumbers(read.frames)
+      }))
+
+/**
  * Reads `count` frames of `<db>-wal` (synced frames: validated already) from frame `first` into
  * `scratch`, which holds at least that many.
  */

@@ -20,7 +20,7 @@ export const recover = Effect.fn("Engine.recover")(function*(opening: Opening, s
   const { paths } = opening
   let metadata = stored
   if (metadata.rollInProgress) {
-    if (yield* Files.exists(paths.syncedNext)) yield* finishRollFiles(paths)
+    yield* finishRollFiles(paths)
     metadata = { ...metadata, rollInProgress: false }
   } else {
     yield* Files.remove(paths.syncedNext)
