@@ -87,4 +87,38 @@ layer(Layer.empty, { excludeTestServices: true, timeout: 300_000 })("fold of the
       expect(yield* reader.query("SELECT sum(n) AS s FROM t")).toEqual([{ s: 3010 }])
       expect(yield* writer.query("SELECT sum(n) AS s FROM t")).toEqual([{ s: 3010 }])
     }))
+
+  it.scoped("a roll after folds (the file past frame 0, the WAL holding the last transaction) makes Synced's file the next base byte for byte", () =>
+    Effect.gen(function*() {
+      // a new generation every 6 frames; the reader folds its WAL past 2 frames, keeping the last transaction
+      const store = yield* ServerStore.makeMemory({ generationFrames: 6 })
+      const remote = StoreRemote.make(store, freshName("fold-roll"))
+      const dir = yield* tempDir
+      const writer = yield* openClient(remote, NodePath.join(dir, "writer"))
+      const path = NodePath.join(dir, "reader")
+      yield* writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, data BLOB)")
+      yield* writer.push
+      const reader = yield* openClient(remote, path, { maxWalFrames: 2 })
+      let rollsFromFoldedWal = 0
+      for (let i = 1; i <= 24; i++) {
+        yield* writer.execute("INSERT INTO t VALUES (?, randomblob(?))", [i, 200 + 700 * (i % 4)])
+        yield* writer.push
+        const before = JSON.parse(Fs.readFileSync(`${path}-info`, "utf8"))
+        yield* reader.pull
+        const after = yield* reader.stats
+        if (after.generation > before.generation && after.syncedFrame === 0) {
+          // rolled, and nothing of the new generation yet: Synced's file is its base as the remote has it
+          expect(Buffer.compare(Fs.readFileSync(`${path}-synced`), yield* remote.export(after.generation))).toBe(0)
+          expect(after.syncedWalBytes).toBe(0)
+          if ((before.foldedFrame ?? 0) > 0 && before.syncedFrame > before.foldedFrame) rollsFromFoldedWal++
+        }
+        expect(yield* reader.query("SELECT count(*) AS n FROM t")).toEqual([{ n: i }])
+      }
+      // the case in the title happened
+      expect(rollsFromFoldedWal).toBeGreaterThan(0)
+      expect(yield* reader.query("PRAGMA integrity_check")).toEqual([{ integrity_check: "ok" }])
+      expect(yield* reader.query("SELECT id, hex(data) AS h FROM t ORDER BY id")).toEqual(
+        yield* writer.query("SELECT id, hex(data) AS h FROM t ORDER BY id")
+      )
+    }))
 })
