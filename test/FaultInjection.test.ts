@@ -273,7 +273,7 @@ layer(layerStore, { excludeTestServices: true, timeout: 300_000 })("fault inject
       Effect.gen(function*() {
         const harness = yield* Harness
         // "pull across rolls": the store starts a new generation every few frames, so the victim's pull
-        // follows rolls (materializing the next base, renaming it over Synced).
+        // follows rolls (the old generation's frames written into Synced's file, flagged, its WAL removed).
         const summary = yield* enumerate((name) => harness.remote(name, { rolling: scenario === "pull across rolls" }), scenario)
         expect(summary.points).toBeGreaterThan(10)
         // At the head, the push is its one request (and `/info` once, asked by no pull since the open).

@@ -88,7 +88,7 @@ layer(Layer.empty, { excludeTestServices: true, timeout: 300_000 })("fold of the
       expect(yield* writer.query("SELECT sum(n) AS s FROM t")).toEqual([{ s: 3010 }])
     }))
 
-  it.scoped("a roll after folds (the file past frame 0, the WAL holding the last transaction) makes Synced's file the next base byte for byte", () =>
+  it.scoped("a roll after folds (the file past frame 0, the WAL holding the last transaction) makes Synced's file the next base byte for byte, whatever lies beside it", () =>
     Effect.gen(function*() {
       // a new generation every 6 frames; the reader folds its WAL past 2 frames, keeping the last transaction
       const store = yield* ServerStore.makeMemory({ generationFrames: 6 })
@@ -99,6 +99,9 @@ layer(Layer.empty, { excludeTestServices: true, timeout: 300_000 })("fold of the
       yield* writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, data BLOB)")
       yield* writer.push
       const reader = yield* openClient(remote, path, { maxWalFrames: 2 })
+      // A base a re-bootstrap left beside Synced before its flag (a metadata write that failed): never taken
+      // for a roll's.
+      Fs.writeFileSync(`${path}-synced.next`, new Uint8Array(2 * 4096).fill(7))
       let rollsFromFoldedWal = 0
       for (let i = 1; i <= 24; i++) {
         yield* writer.execute("INSERT INTO t VALUES (?, randomblob(?))", [i, 200 + 700 * (i % 4)])
@@ -116,6 +119,7 @@ layer(Layer.empty, { excludeTestServices: true, timeout: 300_000 })("fold of the
       }
       // the case in the title happened
       expect(rollsFromFoldedWal).toBeGreaterThan(0)
+      expect(Fs.existsSync(`${path}-synced.next`)).toBe(false)
       expect(yield* reader.query("PRAGMA integrity_check")).toEqual([{ integrity_check: "ok" }])
       expect(yield* reader.query("SELECT id, hex(data) AS h FROM t ORDER BY id")).toEqual(
         yield* writer.query("SELECT id, hex(data) AS h FROM t ORDER BY id")

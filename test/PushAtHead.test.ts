@@ -1,7 +1,7 @@
 /**
  * A push at the remote's head goes without the pull before it: one request, starting at the synced frame
  * (sent again) and naming the recorded database, whatever its size, until one finds the replica behind
- * (then only small ones, until one lands). A stale one (another replica pushed since) is a conflict
+ * (then only small ones, until a push finds it at the head again). A stale one (another replica pushed since) is a conflict
  * the remote answers without storing anything, and the push's rounds with their pull follow; a remote
  * that is another database with the same history refuses it by identity; a push whose answer was lost is
  * settled by a pull, never sent at the head. Over the in-process store and over HTTP.
@@ -66,7 +66,7 @@ for (const [label, harness] of [["store", layerStore], ["http", layerHttp]] as c
         ])
       }))
 
-    it.scoped("a large push goes at the head too; after one found the replica behind, large ones pull first until one lands", () =>
+    it.scoped("a large push goes at the head too; after one found the replica behind, large ones pull first until a push finds it at the head", () =>
       Effect.gen(function*() {
         const h = yield* Harness
         const name = freshName("at-head-large")
@@ -104,12 +104,25 @@ for (const [label, harness] of [["store", layerStore], ["http", layerHttp]] as c
         expect(counts.pull).toBeGreaterThan(0)
 
         // At the head again, but the last try there was stale: a large push pulls first (one push request).
+        // That pull brings nothing: the replica was at the head, so the next large push goes there.
         yield* insertMany(1500)
         reset()
         expect(yield* a.push).toBe(true)
         expect(counts.pull).toBeGreaterThan(0)
         expect(counts.push).toBe(1)
+        yield* insertMany(1500)
+        reset()
+        expect(yield* a.push).toBe(true)
+        expect(counts).toEqual({ info: 0, pull: 0, push: 1 })
 
+        // Stale again (B pushed); the rounds' pull brings B's commit, so a large push still pulls first.
+        yield* b.pull
+        yield* b.execute("INSERT INTO t VALUES (-2)")
+        expect(yield* b.push).toBe(true)
+        yield* insertMany(1500)
+        reset()
+        expect(yield* a.push).toBe(true)
+        expect(counts.push).toBe(2)
         // A small push goes at the head and lands: large ones go there again.
         yield* insertMany(1)
         reset()
@@ -122,7 +135,7 @@ for (const [label, harness] of [["store", layerStore], ["http", layerHttp]] as c
 
         expect((yield* a.stats).pendingChanges).toBe(0)
         expect(yield* remoteQuery(yield* h.remote(name), "SELECT count(*) AS n, count(DISTINCT k) AS d, min(k) AS lo, max(k) AS hi FROM t"))
-          .toEqual([{ n: next + 2, d: next + 2, lo: -1, hi: next }])
+          .toEqual([{ n: next + 3, d: next + 3, lo: -2, hi: next }])
       }))
 
     it.scoped("a push whose answer was lost is settled by the pull of the next push, never sent again at the head", () =>

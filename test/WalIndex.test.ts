@@ -181,6 +181,14 @@ describe("WalIndex", () => {
         expect(tailByIndex(path, prefix)).toBeUndefined()
         Fs.truncateSync(wal, bytes.byteLength)
         expect(tailByIndex(path, prefix)?.count).toBe(1)
+        // A last frame whose checksum is not the one the index keeps for it: not this index's frame.
+        const at = WalFrame.walSize(walFrames(path) - 1) + 16
+        const fd = Fs.openSync(wal, "r+")
+        Fs.writeSync(fd, Uint8Array.of(bytes[at]! ^ 1), 0, 1, at)
+        expect(tailByIndex(path, prefix)).toBeUndefined()
+        Fs.writeSync(fd, Uint8Array.of(bytes[at]!), 0, 1, at)
+        Fs.closeSync(fd)
+        expect(tailByIndex(path, prefix)?.count).toBe(1)
         // A prefix of another WAL (other salts): not this index's.
         const other = { ...prefix!, header: { ...prefix!.header, salt1: (prefix!.header.salt1 + 1) >>> 0 } }
         expect(tailByIndex(path, other)).toBeUndefined()

@@ -4,7 +4,8 @@
  * function of the engine's state in a file of its own (docs/architecture.md has the table).
  *
  * Invariants (every step keeps them; recovery on open restores them after a crash):
- * 1. At rest, Synced = generation `generation` at frame `foldedFrame` (its database file) + exactly the
+ * 1. At rest, Synced = generation `generation` at frame `foldedFrame` (its database file; after a fold or a
+ *    roll cut short, ahead of it only on pages its WAL still holds, which SQLite reads first) + exactly the
  *    remote's frames `foldedFrame+1..syncedFrame` (its WAL, at most `maxWalFrames` of them after a fold).
  *    Frames beyond `syncedFrame` exist only inside a push or a pull and are cut off by the next step (a) or
  *    on open.
@@ -77,13 +78,15 @@ const pushRounds = Effect.fn("Engine.push")(
       return true
     }
     for (let round = 1; round <= state.maxRounds; round++) {
-      yield* pullFollowingRemote(state, Pull.pullRemoteIntoSynced) /* 1a */
+      const arrived = yield* pullFollowingRemote(state, Pull.pullRemoteIntoSynced) /* 1a */
       const progress = yield* Pull.settleProgress(state)
       const replay = yield* Replay.replayDraftOntoSynced(state, "push", progress) /* 1b */
       // Nothing to push: what step (a) staged is written now (a push ends with the metadata file current).
       if (replay.replayed === 0) return yield* Effect.as(persistStaged(state), false)
       const outcome = yield* Push.pushSyncedFrames(state, replay) /* 1c */
       if (outcome !== "Conflict") {
+        // The pull found the replica at the head: a push at the head would have landed (push.ts `atHeadCount`).
+        if (!arrived) yield* Ref.set(state.atHeadMissed, false)
         yield* Fold.foldSynced(state)
         yield* Fold.foldDraftIfIdle(state)
         return true

@@ -190,7 +190,7 @@ const pushWith = (
 /**
  * Local changes a push at the head replays at most while this replica's last push at the head found it
  * behind: a stale push costs its replay again after the pull, so a large one waits for a sign that the
- * replica is at the head again (a push at the head that landed).
+ * replica is at the head again (a push at the head that landed, or a pull before a push that brought nothing).
  */
 const AT_HEAD_MAX_CHANGES = 1000
 
@@ -226,7 +226,7 @@ export const atHeadDecision = (
  * frame, naming the recorded identity. When this replica is at the remote's head (a live replica almost
  * always is) that saves the pull's two requests; when it is not, the remote answers a conflict and stores
  * nothing ("Stale": the rounds with their pull follow). A stale push costs its replay: after one, only a small
- * push goes at the head until one lands there again (`atHeadCount`).
+ * push goes at the head until a push finds the replica at the head again (`atHeadCount`).
  * Its durable steps are a push's (the acknowledgement, one metadata write): a crash anywhere leaves what
  * a crash in a push leaves, and the next push after an open pulls first (the remote's `/info` is not known).
  */

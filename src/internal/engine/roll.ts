@@ -33,6 +33,9 @@ export const rollSynced = Effect.fn("Engine.rollSynced")(function*(state: State,
   yield* prefixAtSyncedFrame(state) // validates the synced frames once if this process has not yet
   // The frames go into the file, past recovery's reach: the metadata file must count them first.
   yield* persistStaged(state)
+  // A base left beside Synced by a re-bootstrap that stopped before its flag: once this roll is flagged, its
+  // file steps would take it for theirs and rename it over the base this roll makes.
+  yield* Files.remove(state.paths.syncedNext)
   yield* state.synced.close
   yield* Ref.set(state.syncedPrefix, undefined)
   const pages = yield* applyAllSynced(state, walFrames(m))

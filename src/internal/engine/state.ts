@@ -183,7 +183,8 @@ export interface State extends Opening {
   readonly pushIdentity: Ref.Ref<boolean | undefined>
   /**
    * Whether this replica's last push at the head found it behind (Push.pushAtHead): a large push then pulls
-   * first, until a push at the head lands again.
+   * first, until a push finds the replica at the head again (one at the head lands, or the pull before one
+   * brings nothing).
    */
   readonly atHeadMissed: Ref.Ref<boolean>
   /** A waiting pull's answer live sync hands to the next step (a), which takes it (pull.ts `offer`). */

@@ -371,7 +371,7 @@ export const readWalTail = (db: string, prefix: WalState | undefined) =>
  * then exactly what SQLite reads, and the tail is not read twice (checking it costs about a fifth of a large
  * push's client time). `undefined` when the index does not plainly describe this WAL (absent or being
  * written, other salts, a WAL file not exactly as long as its frames, a last frame that is not the commit
- * the index names): the caller scans then.
+ * the index names or whose checksum is not the one the index keeps): the caller scans then.
  *
  * @internal
  */
@@ -399,14 +399,13 @@ export const walTailByIndex = (db: string, known: WalState | undefined) =>
       if (fs.readSync(fd, last, 0, last.byteLength, WalFrame.walSize(index.frames - 1)) !== last.byteLength) return undefined
       const view = new DataView(last.buffer)
       const commitSize = view.getUint32(4)
+      const checksum: [number, number] = [view.getUint32(16), view.getUint32(20)]
       if (
         view.getUint32(0) === 0 || commitSize === 0 || commitSize !== index.dbPages ||
-        view.getUint32(8) !== prefix.header.salt1 || view.getUint32(12) !== prefix.header.salt2
+        view.getUint32(8) !== prefix.header.salt1 || view.getUint32(12) !== prefix.header.salt2 ||
+        checksum[0] !== index.frameChecksum[0] || checksum[1] !== index.frameChecksum[1]
       ) return undefined
-      return {
-        count: index.frames - prefix.frames,
-        state: { frames: index.frames, header: prefix.header, checksum: [view.getUint32(16), view.getUint32(20)] }
-      }
+      return { count: index.frames - prefix.frames, state: { frames: index.frames, header: prefix.header, checksum } }
     } finally {
       fs.closeSync(fd)
     }

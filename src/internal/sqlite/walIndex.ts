@@ -22,6 +22,7 @@ const IS_INIT = 12
 const PAGE_SIZE = 14
 const MX_FRAME = 16
 const N_PAGE = 20
+const FRAME_CKSUM = 24
 const SALT = 32
 const N_BACKFILL = 96
 /** The index's blocks: the first holds the header (136 bytes) and the page numbers of 4062 frames. */
@@ -42,6 +43,8 @@ export interface Header {
   readonly dbPages: number
   /** The WAL header's salts, as its bytes 16..23. */
   readonly salt: Uint8Array
+  /** The running checksum after the last frame (`aFrameCksum`), as that frame's header holds it. */
+  readonly frameChecksum: readonly [number, number]
 }
 
 /** The wal-index header in `bytes` (its first 100 bytes), or undefined when they do not hold a usable one. */
@@ -55,7 +58,13 @@ export const parseHeader = (bytes: Uint8Array): Header | undefined => {
   const frames = view.getUint32(MX_FRAME, littleEndian)
   const backfilled = view.getUint32(N_BACKFILL, littleEndian)
   if (backfilled > frames) return undefined
-  return { frames, backfilled, dbPages: view.getUint32(N_PAGE, littleEndian), salt: bytes.slice(SALT, SALT + 8) }
+  return {
+    frames,
+    backfilled,
+    dbPages: view.getUint32(N_PAGE, littleEndian),
+    salt: bytes.slice(SALT, SALT + 8),
+    frameChecksum: [view.getUint32(FRAME_CKSUM, littleEndian), view.getUint32(FRAME_CKSUM + 4, littleEndian)]
+  }
 }
 
 /** The wal-index header's `mxFrame - nBackfill`, or undefined when `bytes` do not hold a usable header. */
