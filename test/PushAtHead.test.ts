@@ -83,55 +83,46 @@ for (const [label, harness] of [["store", layerStore], ["http", layerHttp]] as c
             `WITH RECURSIVE s(i) AS (SELECT ${from} UNION ALL SELECT i + 1 FROM s WHERE i < ${next}) INSERT INTO t SELECT i FROM s`
           )
         }
+        /** Writes `rows` rows on A and pushes them: the requests that push made. */
+        const writeAndPush = (rows: number) =>
+          Effect.gen(function*() {
+            yield* insertMany(rows)
+            reset()
+            expect(yield* a.push).toBe(true)
+            return { ...counts }
+          })
+        const bPushes = (k: number) =>
+          Effect.gen(function*() {
+            yield* b.pull
+            yield* b.execute("INSERT INTO t VALUES (?)", [k])
+            expect(yield* b.push).toBe(true)
+          })
+        const atHead = { info: 0, pull: 0, push: 1 }
         yield* a.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
         expect(yield* a.push).toBe(true)
         yield* a.execute("INSERT INTO t VALUES (0)")
         expect(yield* a.push).toBe(true)
 
-        yield* insertMany(1500)
-        reset()
-        expect(yield* a.push).toBe(true)
-        expect(counts).toEqual({ info: 0, pull: 0, push: 1 })
+        expect(yield* writeAndPush(1500)).toEqual(atHead)
 
-        // B pushes: A's large push at the head is stale, then its rounds pull and push.
-        yield* b.pull
-        yield* b.execute("INSERT INTO t VALUES (-1)")
-        expect(yield* b.push).toBe(true)
-        yield* insertMany(1500)
-        reset()
-        expect(yield* a.push).toBe(true)
-        expect(counts.push).toBe(2)
-        expect(counts.pull).toBeGreaterThan(0)
+        // B pushes: A's large push at the head is stale (refused), then its rounds pull and push.
+        yield* bPushes(-1)
+        const stale = yield* writeAndPush(1500)
+        expect(stale.push).toBe(2)
+        expect(stale.pull).toBeGreaterThan(0)
 
         // At the head again, but the last try there was stale: a large push pulls first (one push request).
         // That pull brings nothing: the replica was at the head, so the next large push goes there.
-        yield* insertMany(1500)
-        reset()
-        expect(yield* a.push).toBe(true)
-        expect(counts.pull).toBeGreaterThan(0)
-        expect(counts.push).toBe(1)
-        yield* insertMany(1500)
-        reset()
-        expect(yield* a.push).toBe(true)
-        expect(counts).toEqual({ info: 0, pull: 0, push: 1 })
+        const pulledFirst = yield* writeAndPush(1500)
+        expect(pulledFirst.push).toBe(1)
+        expect(pulledFirst.pull).toBeGreaterThan(0)
+        expect(yield* writeAndPush(1500)).toEqual(atHead)
 
-        // Stale again (B pushed); the rounds' pull brings B's commit, so a large push still pulls first.
-        yield* b.pull
-        yield* b.execute("INSERT INTO t VALUES (-2)")
-        expect(yield* b.push).toBe(true)
-        yield* insertMany(1500)
-        reset()
-        expect(yield* a.push).toBe(true)
-        expect(counts.push).toBe(2)
-        // A small push goes at the head and lands: large ones go there again.
-        yield* insertMany(1)
-        reset()
-        expect(yield* a.push).toBe(true)
-        expect(counts).toEqual({ info: 0, pull: 0, push: 1 })
-        yield* insertMany(1500)
-        reset()
-        expect(yield* a.push).toBe(true)
-        expect(counts).toEqual({ info: 0, pull: 0, push: 1 })
+        // Stale again; then a small push goes at the head and lands: large ones go there again.
+        yield* bPushes(-2)
+        expect((yield* writeAndPush(1500)).push).toBe(2)
+        expect(yield* writeAndPush(1)).toEqual(atHead)
+        expect(yield* writeAndPush(1500)).toEqual(atHead)
 
         expect((yield* a.stats).pendingChanges).toBe(0)
         expect(yield* remoteQuery(yield* h.remote(name), "SELECT count(*) AS n, count(DISTINCT k) AS d, min(k) AS lo, max(k) AS hi FROM t"))
