@@ -365,6 +365,17 @@ export const readWalTail = (db: string, prefix: WalState | undefined) =>
   })
 
 /**
+ * Where the tail of the WAL open as `fd` starts: `known`, or without it the WAL's beginning, its header
+ * saying where the checksum starts (undefined: no valid header, so no frames).
+ */
+const tailStart = (fs: FileService, fd: number, known: WalState | undefined): WalState | undefined => {
+  if (known !== undefined) return known
+  const header = new Uint8Array(WalFrame.WAL_HEADER_SIZE)
+  const wal = WalFrame.parse(header.subarray(0, fs.readSync(fd, header, 0, header.byteLength, 0)))
+  return Option.isNone(wal) ? undefined : stateOf(wal.value)
+}
+
+/**
  * What {@link scanWalTail} finds, without reading the tail: the committed frames after `known` as SQLite's
  * wal-index has them (`mxFrame`), and the running checksum SQLite wrote into the last of them. For frames
  * SQLite itself just wrote through a connection that still has `db` open (a push's replay): what is sent is
@@ -384,13 +395,8 @@ export const walTailByIndex = (db: string, known: WalState | undefined) =>
     const fd = fs.openSync(path, "r")
     try {
       if (fs.fsizeSync(fd) !== WalFrame.walSize(index.frames)) return undefined
-      let prefix = known
-      if (prefix === undefined) {
-        const header = new Uint8Array(WalFrame.WAL_HEADER_SIZE)
-        const wal = WalFrame.parse(header.subarray(0, fs.readSync(fd, header, 0, header.byteLength, 0)))
-        if (Option.isNone(wal)) return undefined
-        prefix = stateOf(wal.value)
-      }
+      const prefix = tailStart(fs, fd, known)
+      if (prefix === undefined) return undefined
       const salts = new DataView(index.salt.buffer, index.salt.byteOffset, 8)
       if (salts.getUint32(0) !== prefix.header.salt1 || salts.getUint32(4) !== prefix.header.salt2) return undefined
       if (index.frames < prefix.frames) return undefined
@@ -424,14 +430,9 @@ export const scanWalTail = (db: string, known: WalState | undefined, chunk: numb
     if (!fs.existsSync(walPath(db))) return { count: 0, state: undefined }
     const fd = fs.openSync(walPath(db), "r")
     try {
-      // without a known prefix, the tail is the whole WAL: its header says where the checksum starts
-      let prefix = known
-      if (prefix === undefined) {
-        const header = new Uint8Array(WalFrame.WAL_HEADER_SIZE)
-        const wal = WalFrame.parse(header.subarray(0, fs.readSync(fd, header, 0, header.byteLength, 0)))
-        if (Option.isNone(wal)) return { count: 0, state: undefined }
-        prefix = stateOf(wal.value)
-      }
+      // without a known prefix, the tail is the whole WAL
+      const prefix = tailStart(fs, fd, known)
+      if (prefix === undefined) return { count: 0, state: undefined }
       const size = chunk * WalFrame.FRAME_SIZE
       const bytes = scratch !== undefined && scratch.byteLength >= size ? scratch.subarray(0, size) : new Uint8Array(size)
       let checksum = prefix.checksum

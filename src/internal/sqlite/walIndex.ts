@@ -161,8 +161,7 @@ export const readIndexHeader = (fs: Reader, db: string): Header | undefined =>
  * (no `-shm`, or a header that is not initialized or is being written): the caller then counts otherwise.
  * Meaningful while a connection has `db` open (the index is rebuilt when the first one opens it).
  */
-export const unfoldedFrames = (fs: Reader, db: string): number | undefined =>
-  withFile(fs, `${db}-shm`, (fd) => {
-    const header = readHeader(fs, fd)
-    return header === undefined ? undefined : header.frames - header.backfilled
-  })
+export const unfoldedFrames = (fs: Reader, db: string): number | undefined => {
+  const header = readIndexHeader(fs, db)
+  return header === undefined ? undefined : header.frames - header.backfilled
+}
